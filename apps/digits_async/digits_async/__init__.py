@@ -1,0 +1,1 @@
+"""digits-async: a Flower App running flchain-flwr's FedBuff on sklearn digits."""

@@ -1,0 +1,25 @@
+"""Record keys shared by the server-side strategies and the client side.
+
+Plain Flower ClientApps need none of this: they receive ``arrays`` and ``config`` and
+reply with ``arrays`` (full weights) and ``metrics`` (with ``num-examples``), exactly
+as with Flower's FedAvg. The keys below are the optional extras.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Keys the strategy writes into each train message's ConfigRecord.
+MODEL_VERSION_KEY: Final = "model-version"
+"""Global model version the node is asked to train on (0 = initial model)."""
+SERVER_ROUND_KEY: Final = "server-round"
+"""Flower's usual round counter: the version this update will help produce."""
+
+# Optional ConfigRecord a client (or a client mod) adds to its train reply.
+UPDATE_INFO_KEY: Final = "flchain"
+"""Key of the optional ConfigRecord describing the update in a train reply."""
+UPDATE_KIND_KEY: Final = "update-kind"
+"""Inside ``UPDATE_INFO_KEY``: ``"weights"`` (default) or ``"delta"``."""
+UPDATE_KIND_WEIGHTS: Final = "weights"
+UPDATE_KIND_DELTA: Final = "delta"
+UPDATE_KINDS: Final = (UPDATE_KIND_WEIGHTS, UPDATE_KIND_DELTA)

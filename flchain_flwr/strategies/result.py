@@ -1,0 +1,90 @@
+"""What a semi-asynchronous run returns, beyond Flower's :class:`Result`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from flwr.serverapp.strategy import Result
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """One global model version (one aggregation).
+
+    ``time`` is the strategy's clock (simulated seconds under the virtual-clock
+    grid, monotonic wall seconds otherwise) measured from the start of the run.
+    """
+
+    version: int
+    time: float
+    wall_time: float
+    trigger: str
+    num_updates: int
+    num_examples: float
+    staleness_histogram: dict[int, int]
+    node_ids: list[int]
+    kept_versions: int
+    """Global versions held in memory after this aggregation (bounded)."""
+
+
+@dataclass(frozen=True)
+class RejectedUpdate:
+    """A reply that was taken but not used, and why (stale, malformed, ...)."""
+
+    node_id: int
+    version: int
+    trained_on: int
+    time: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class NodeFailure:
+    """A message that produced no usable reply: an error reply, or its TTL ran out."""
+
+    node_id: int
+    version: int
+    time: float
+    error_code: int
+    reason: str
+
+
+@dataclass
+class AsyncResult(Result):
+    """Flower's :class:`Result` plus the history of a semi-asynchronous run.
+
+    Attributes
+    ----------
+    versions : list[VersionRecord]
+        One record per aggregation, in order.
+    rejected : list[RejectedUpdate]
+        Replies that were not aggregated, with the reason.
+    failures : list[NodeFailure]
+        Messages that failed (error replies, expired TTLs, departed nodes).
+    participation : dict[int, int]
+        Number of aggregated updates per node id.
+    """
+
+    versions: list[VersionRecord] = field(default_factory=list)
+    rejected: list[RejectedUpdate] = field(default_factory=list)
+    failures: list[NodeFailure] = field(default_factory=list)
+    participation: dict[int, int] = field(default_factory=dict)
+    stop_reason: str = ""
+
+    def history_dict(self) -> dict[str, Any]:
+        """Everything but the arrays, as plain JSON-serialisable data."""
+        return {
+            "versions": [asdict(v) for v in self.versions],
+            "rejected": [asdict(r) for r in self.rejected],
+            "failures": [asdict(f) for f in self.failures],
+            "participation": {str(k): v for k, v in self.participation.items()},
+            "stop_reason": self.stop_reason,
+            "train_metrics_clientapp": _metrics(self.train_metrics_clientapp),
+            "evaluate_metrics_clientapp": _metrics(self.evaluate_metrics_clientapp),
+            "evaluate_metrics_serverapp": _metrics(self.evaluate_metrics_serverapp),
+        }
+
+
+def _metrics(by_round: dict[int, Any]) -> dict[str, dict[str, Any]]:
+    return {str(r): dict(m) for r, m in by_round.items()}

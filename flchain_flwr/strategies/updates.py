@@ -1,0 +1,198 @@
+"""Pure helpers: turn a train reply into a validated update, and aggregate updates.
+
+Nothing here touches strategy state. A reply that fails validation raises
+:class:`UpdateRejected` with a reason meant for logs and the ledger; the caller
+records it and carries on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from ..protocol import (
+    UPDATE_INFO_KEY,
+    UPDATE_KIND_DELTA,
+    UPDATE_KIND_KEY,
+    UPDATE_KINDS,
+)
+
+NDArrays = dict[str, np.ndarray]
+
+
+class UpdateRejected(Exception):
+    """A reply cannot be used as an update; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ParsedUpdate:
+    """A validated update: ``delta`` against the model it was trained on."""
+
+    delta: NDArrays
+    num_examples: float
+    metrics: MetricRecord
+    kind: str
+
+
+def to_ndarrays(arrays: ArrayRecord) -> NDArrays:
+    """Decode an ArrayRecord into a name -> ndarray dict (insertion order kept)."""
+    return {name: arr.numpy() for name, arr in arrays.items()}
+
+
+def to_arrayrecord(ndarrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Encode a name -> ndarray mapping as an ArrayRecord."""
+    return ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in ndarrays.items()})
+
+
+def _select_arrayrecord(content: RecordDict, arrayrecord_key: str) -> ArrayRecord:
+    records = content.array_records
+    if arrayrecord_key in records:
+        return records[arrayrecord_key]
+    if len(records) == 1:
+        return next(iter(records.values()))
+    if not records:
+        raise UpdateRejected("reply carries no ArrayRecord")
+    raise UpdateRejected(
+        f"reply carries {len(records)} ArrayRecords and none named {arrayrecord_key!r}"
+    )
+
+
+def _select_metricrecord(content: RecordDict, weighted_by_key: str) -> MetricRecord:
+    holders = [rec for rec in content.metric_records.values() if weighted_by_key in rec]
+    if not holders:
+        raise UpdateRejected(f"reply has no MetricRecord with {weighted_by_key!r}")
+    if len(holders) > 1:
+        raise UpdateRejected(f"reply has several MetricRecords with {weighted_by_key!r}")
+    return holders[0]
+
+
+def _num_examples(metrics: MetricRecord, weighted_by_key: str) -> float:
+    value = metrics[weighted_by_key]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise UpdateRejected(f"{weighted_by_key!r} must be a number, got {value!r}")
+    n = float(value)
+    if not math.isfinite(n) or n <= 0:
+        raise UpdateRejected(f"{weighted_by_key!r} must be finite and > 0, got {value!r}")
+    return n
+
+
+def _update_kind(content: RecordDict) -> str:
+    info = content.get(UPDATE_INFO_KEY)
+    if info is None:
+        return UPDATE_KINDS[0]
+    if not isinstance(info, ConfigRecord):
+        raise UpdateRejected(f"{UPDATE_INFO_KEY!r} must be a ConfigRecord")
+    kind = info.get(UPDATE_KIND_KEY, UPDATE_KINDS[0])
+    if kind not in UPDATE_KINDS:
+        raise UpdateRejected(f"unknown update kind {kind!r}; expected one of {UPDATE_KINDS}")
+    return str(kind)
+
+
+def _decode_checked(name: str, arr: Array, ref: np.ndarray) -> np.ndarray:
+    try:
+        value = arr.numpy()
+    except Exception as exc:  # a forged Array can fail to decode in many ways
+        raise UpdateRejected(f"array {name!r} cannot be decoded: {exc}") from None
+    if value.dtype != ref.dtype:
+        raise UpdateRejected(f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}")
+    if value.shape != ref.shape:
+        raise UpdateRejected(
+            f"array {name!r} has shape {value.shape}, expected {ref.shape}"
+        )
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        raise UpdateRejected(f"array {name!r} holds NaN or Inf")
+    return value
+
+
+def parse_update(
+    content: RecordDict,
+    reference: Mapping[str, np.ndarray],
+    *,
+    arrayrecord_key: str = "arrays",
+    weighted_by_key: str = "num-examples",
+) -> ParsedUpdate:
+    """Validate a train reply and return its update as a delta.
+
+    Parameters
+    ----------
+    content : RecordDict
+        The reply's content.
+    reference : Mapping[str, np.ndarray]
+        The global model the node trained on. Every array must match its name,
+        shape and dtype. Full weights are turned into ``weights - reference``.
+    arrayrecord_key, weighted_by_key : str
+        As in Flower's FedAvg.
+
+    Raises
+    ------
+    UpdateRejected
+        If anything is missing, malformed or non-finite.
+    """
+    kind = _update_kind(content)
+    arrays = _select_arrayrecord(content, arrayrecord_key)
+    metrics = _select_metricrecord(content, weighted_by_key)
+    num_examples = _num_examples(metrics, weighted_by_key)
+
+    missing = [name for name in reference if name not in arrays]
+    if missing:
+        raise UpdateRejected(f"missing arrays: {missing}")
+    extra = [name for name in arrays if name not in reference]
+    if extra:
+        raise UpdateRejected(f"unexpected arrays: {extra}")
+
+    delta: NDArrays = {}
+    for name, ref in reference.items():
+        value = _decode_checked(name, arrays[name], ref)
+        if kind == UPDATE_KIND_DELTA:
+            delta[name] = value
+        else:
+            delta[name] = value - ref
+    return ParsedUpdate(delta=delta, num_examples=num_examples, metrics=metrics, kind=kind)
+
+
+def weighted_delta(
+    deltas: Sequence[Mapping[str, np.ndarray]],
+    num_examples: Sequence[float],
+    staleness_weights: Sequence[float],
+) -> NDArrays:
+    """Return ``sum_i w_i n_i delta_i / sum_i n_i`` in float64.
+
+    Dividing by ``sum n_i`` (not ``sum w_i n_i``) lets stale updates shrink the step,
+    as in FedBuff, instead of being renormalised away.
+    """
+    if not deltas:
+        raise ValueError("cannot aggregate zero updates")
+    if not len(deltas) == len(num_examples) == len(staleness_weights):
+        raise ValueError("deltas, num_examples and staleness_weights differ in length")
+    total = float(sum(num_examples))
+    out: NDArrays = {}
+    for delta, n, w in zip(deltas, num_examples, staleness_weights, strict=True):
+        factor = w * n / total
+        for name, value in delta.items():
+            contribution = value.astype(np.float64) * factor
+            if name in out:
+                out[name] += contribution
+            else:
+                out[name] = contribution
+    return out
+
+
+def apply_step(
+    model: Mapping[str, np.ndarray], step: Mapping[str, np.ndarray], lr: float
+) -> NDArrays:
+    """Return ``model + lr * step`` in each array's own dtype (a new dict)."""
+    out: NDArrays = {}
+    for name, value in model.items():
+        updated = value.astype(np.float64) + lr * step[name]
+        if value.dtype.kind in "iu":
+            updated = np.rint(updated)
+        out[name] = updated.astype(value.dtype)
+    return out
