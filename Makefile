@@ -1,0 +1,39 @@
+# flchain-flwr: make install | run | test | bench | lint
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+APPS   := apps/digits_async
+
+.PHONY: install run test bench lint clean
+
+# torch is pinned through constraints.txt to the local CPU build; an unpinned torch
+# would pull several GB of CUDA wheels.
+$(STAMP): pyproject.toml constraints.txt $(APPS:%=%/pyproject.toml)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" $(APPS:%=-e %)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job: a real federated run of the digits app with `flwr run` in Ray
+# simulation (10 SuperNodes, project-local FLWR_HOME in .flwr/), then the local
+# SuperLink it started is stopped by PID.
+run: install
+	$(BIN)/python -m flchain_flwr.sim.local_run apps/digits_async \
+		--flwr-home .flwr --num-supernodes 10
+
+test: install
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python benchmarks/async_vs_sync.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check flchain_flwr
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .flwr .pytest_cache .mypy_cache .ruff_cache .hypothesis
