@@ -32,7 +32,7 @@ bench: install
 
 lint: install
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check flchain_flwr
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
 clean:

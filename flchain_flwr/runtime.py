@@ -55,7 +55,9 @@ def clock_of(grid: object, poll_interval: float = 0.1) -> Clock:
     return WallClock(poll_interval)
 
 
-_RESULT_SINK: ContextVar[list[Any] | None] = ContextVar("flchain_result_sink", default=None)
+_RESULT_SINK: ContextVar[list[Any] | None] = ContextVar(
+    "flchain_result_sink", default=None
+)
 
 
 def publish_result(result: Any) -> None:

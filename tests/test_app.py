@@ -21,7 +21,9 @@ def quiet() -> None:
     FLOWER_LOGGER.setLevel(logging.WARNING)
 
 
-def test_app_learns_non_iid_digits_in_the_virtual_clock_simulator(tmp_path: Path) -> None:
+def test_app_learns_non_iid_digits_in_the_virtual_clock_simulator(
+    tmp_path: Path,
+) -> None:
     from digits_async.client_app import app as client_app
     from digits_async.server_app import app as server_app
 
@@ -29,7 +31,9 @@ def test_app_learns_non_iid_digits_in_the_virtual_clock_simulator(tmp_path: Path
     config = app_run_config(
         "apps/digits_async", {"num-server-rounds": 40, "results-path": str(results)}
     )
-    run = run_federation(server_app, client_app, devices=tiered(20), run_config=config, seed=0)
+    run = run_federation(
+        server_app, client_app, devices=tiered(20), run_config=config, seed=0
+    )
     result = run.result
     assert isinstance(result, AsyncResult)
     assert len(result.versions) == 40

@@ -32,7 +32,9 @@ def run_with(
         **grid_kwargs,  # type: ignore[arg-type]
     )
     strategy = FedBuff(buffer_size=3, staleness_fn=Constant(), retry_backoff=5.0)
-    result = strategy.start(grid, initial_arrays(), num_rounds=num_rounds, timeout=timeout)
+    result = strategy.start(
+        grid, initial_arrays(), num_rounds=num_rounds, timeout=timeout
+    )
     return result, grid
 
 
@@ -58,7 +60,9 @@ def honest_only_model(num_rounds: int) -> float:
         ("corrupt-bytes", "cannot be decoded"),
     ],
 )
-def test_bad_reply_is_rejected_and_never_reaches_the_model(behaviour: str, reason: str) -> None:
+def test_bad_reply_is_rejected_and_never_reaches_the_model(
+    behaviour: str, reason: str
+) -> None:
     result, grid = run_with(behaviour)
     assert result.stop_reason == "completed"
     bad_node = grid.node_ids[BAD]
@@ -66,7 +70,9 @@ def test_bad_reply_is_rejected_and_never_reaches_the_model(behaviour: str, reaso
     assert len(rejected) == 4  # one per version, none accepted
     assert all(reason in r.reason for r in rejected)
     assert bad_node not in result.participation
-    np.testing.assert_allclose(result.arrays["w"].numpy(), honest_only_model(4), rtol=1e-6)
+    np.testing.assert_allclose(
+        result.arrays["w"].numpy(), honest_only_model(4), rtol=1e-6
+    )
     assert np.isfinite(result.arrays["b"].numpy()).all()
 
 
@@ -83,8 +89,12 @@ def test_client_errors_are_recorded_and_the_run_goes_on(
     result, grid = run_with(behaviour)
     assert result.stop_reason == "completed"
     failures = [f for f in result.failures if f.node_id == grid.node_ids[BAD]]
-    assert failures and all(f.error_code == code and reason in f.reason for f in failures)
-    np.testing.assert_allclose(result.arrays["w"].numpy(), honest_only_model(4), rtol=1e-6)
+    assert failures and all(
+        f.error_code == code and reason in f.reason for f in failures
+    )
+    np.testing.assert_allclose(
+        result.arrays["w"].numpy(), honest_only_model(4), rtol=1e-6
+    )
 
 
 def test_a_node_that_never_replies_times_out_by_ttl() -> None:
@@ -125,9 +135,14 @@ def test_a_node_that_leaves_is_recorded_and_the_run_finishes() -> None:
 
 
 def test_all_nodes_bad_stops_after_timeout_without_touching_the_model() -> None:
-    grid = VirtualGrid(toy_client_app({0: "nan", 1: "shape"}), [DeviceProfile()] * 2,
-                       work_fn=constant_work(1.0))
-    result = FedBuff(buffer_size=1).start(grid, initial_arrays(), num_rounds=3, timeout=30.0)
+    grid = VirtualGrid(
+        toy_client_app({0: "nan", 1: "shape"}),
+        [DeviceProfile()] * 2,
+        work_fn=constant_work(1.0),
+    )
+    result = FedBuff(buffer_size=1).start(
+        grid, initial_arrays(), num_rounds=3, timeout=30.0
+    )
     assert result.stop_reason == "no usable reply for 30s"
     assert result.versions == []
     assert not result.arrays["w"].numpy().any()
@@ -136,5 +151,7 @@ def test_all_nodes_bad_stops_after_timeout_without_touching_the_model() -> None:
 def test_no_nodes_at_all_stops_after_timeout() -> None:
     devices = [DeviceProfile(online=((1000.0, math.inf),))]
     grid = VirtualGrid(toy_client_app(), devices, work_fn=constant_work(1.0))
-    result = FedBuff(min_available_nodes=1).start(grid, initial_arrays(), 2, timeout=60.0)
+    result = FedBuff(min_available_nodes=1).start(
+        grid, initial_arrays(), 2, timeout=60.0
+    )
     assert result.stop_reason == "no usable reply for 60s"

@@ -55,7 +55,9 @@ def run(
         work_fn=constant_work(work),
         **grid_kwargs,  # type: ignore[arg-type]
     )
-    result = strategy.start(grid, initial_arrays(), num_rounds=num_rounds, timeout=timeout)
+    result = strategy.start(
+        grid, initial_arrays(), num_rounds=num_rounds, timeout=timeout
+    )
     return result, grid
 
 
@@ -66,7 +68,9 @@ def model_w(result: AsyncResult) -> np.ndarray:
 def test_buffer_full_trigger_aggregates_exactly_k_updates() -> None:
     result, _ = run([1.0, 1.0, 0.5, 0.1], FedBuff(buffer_size=3, seed=0), 6)
     assert [v.version for v in result.versions] == [1, 2, 3, 4, 5, 6]
-    assert all(v.num_updates == 3 and v.trigger == "buffer_full" for v in result.versions)
+    assert all(
+        v.num_updates == 3 and v.trigger == "buffer_full" for v in result.versions
+    )
     assert result.stop_reason == "completed"
 
 
@@ -110,14 +114,20 @@ def test_max_staleness_drops_are_recorded_and_bound_memory() -> None:
     assert max(v.kept_versions for v in result.versions) <= 3
 
 
-def test_versions_kept_are_bounded_by_in_flight_messages_without_max_staleness() -> None:
+def test_versions_kept_are_bounded_by_in_flight_messages_without_max_staleness() -> (
+    None
+):
     result, _ = run([1.0, 0.1, 0.05], FedBuff(buffer_size=1), 30)
     assert max(v.kept_versions for v in result.versions) <= 3  # current + 2 in flight
 
 
 def test_server_momentum() -> None:
-    strategy = FedBuff(buffer_size=1, server_momentum=0.5, staleness_fn=Constant(),
-                       min_available_nodes=1)
+    strategy = FedBuff(
+        buffer_size=1,
+        server_momentum=0.5,
+        staleness_fn=Constant(),
+        min_available_nodes=1,
+    )
     result, _ = run([1.0], strategy, 3)
     d = shift_of(0)
     # steps: d, 1.5 d, 1.75 d
@@ -134,8 +144,12 @@ def test_server_learning_rate_scales_the_step() -> None:
 
 def test_delta_replies_are_aggregated_like_full_weights() -> None:
     full, _ = run([1.0, 0.5], FedBuff(buffer_size=2, staleness_fn=Constant()), 3)
-    delta, _ = run([1.0, 0.5], FedBuff(buffer_size=2, staleness_fn=Constant()), 3,
-                   behaviours={0: "delta", 1: "delta"})
+    delta, _ = run(
+        [1.0, 0.5],
+        FedBuff(buffer_size=2, staleness_fn=Constant()),
+        3,
+        behaviours={0: "delta", 1: "delta"},
+    )
     np.testing.assert_allclose(model_w(delta), model_w(full), rtol=1e-6)
 
 
@@ -152,7 +166,11 @@ def test_every_node_is_redispatched_and_participates() -> None:
 
 
 def test_late_joining_node_gets_work_after_it_joins() -> None:
-    devices = [DeviceProfile(), DeviceProfile(), DeviceProfile(online=((5.0, math.inf),))]
+    devices = [
+        DeviceProfile(),
+        DeviceProfile(),
+        DeviceProfile(online=((5.0, math.inf),)),
+    ]
     strategy = FedBuff(buffer_size=2, membership_refresh=1.0, seed=0)
     result, grid = run([], strategy, 8, devices=devices)
     late = grid.node_ids[2]
@@ -161,8 +179,9 @@ def test_late_joining_node_gets_work_after_it_joins() -> None:
 
 
 def test_federated_evaluation_every_k_versions() -> None:
-    strategy = FedBuff(buffer_size=2, fraction_evaluate=1.0, evaluate_every=2,
-                       staleness_fn=Constant())
+    strategy = FedBuff(
+        buffer_size=2, fraction_evaluate=1.0, evaluate_every=2, staleness_fn=Constant()
+    )
     result, _ = run([1.0, 1.0], strategy, 4)
     assert sorted(result.evaluate_metrics_clientapp) == [2, 4]
     assert result.evaluate_metrics_clientapp[4]["mean-w"] == pytest.approx(
@@ -171,13 +190,17 @@ def test_federated_evaluation_every_k_versions() -> None:
 
 
 def test_centralized_evaluation_runs_for_every_version() -> None:
-    grid = VirtualGrid(toy_client_app(), [DeviceProfile()] * 2, work_fn=constant_work(1.0))
+    grid = VirtualGrid(
+        toy_client_app(), [DeviceProfile()] * 2, work_fn=constant_work(1.0)
+    )
     seen: list[int] = []
 
     def evaluate_fn(version: int, arrays: object) -> None:
         seen.append(version)
 
-    FedBuff(buffer_size=1).start(grid, initial_arrays(), num_rounds=3, evaluate_fn=evaluate_fn)
+    FedBuff(buffer_size=1).start(
+        grid, initial_arrays(), num_rounds=3, evaluate_fn=evaluate_fn
+    )
     assert seen == [0, 1, 2, 3]
 
 
@@ -206,3 +229,10 @@ def test_history_is_json_serialisable() -> None:
 def test_invalid_configuration_is_a_clear_error(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         FedBuff(**kwargs)  # type: ignore[arg-type]
+
+
+def test_time_budget_stops_the_run_on_the_grids_clock() -> None:
+    result, grid = run([1.0, 0.5], FedBuff(buffer_size=1, time_budget=4.5), 100)
+    assert result.stop_reason == "time budget reached"
+    assert grid.clock.now() == pytest.approx(4.5)
+    assert all(v.time <= 4.5 for v in result.versions) and len(result.versions) == 6

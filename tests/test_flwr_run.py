@@ -22,7 +22,11 @@ def test_flwr_run_of_the_app_in_ray_simulation(tmp_path: Path) -> None:
         "apps/digits_async",
         flwr_home=home,
         num_supernodes=4,
-        run_config={"num-server-rounds": 3, "buffer-size": 2, "results-path": str(results)},
+        run_config={
+            "num-server-rounds": 3,
+            "buffer-size": 2,
+            "results-path": str(results),
+        },
         timeout=420,
     )
     assert run.returncode == 0, run.output[-3000:]

@@ -30,8 +30,9 @@ def train_message(grid: VirtualGrid, node: int, ttl: float | None = None) -> Mes
 
 
 def test_completion_time_is_download_compute_upload() -> None:
-    device = DeviceProfile(speed=0.5, uplink_bps=8_000.0, downlink_bps=16_000.0,
-                           latency_s=0.25)
+    device = DeviceProfile(
+        speed=0.5, uplink_bps=8_000.0, downlink_bps=16_000.0, latency_s=0.25
+    )
     grid = VirtualGrid(toy_client_app(), [device], work_fn=constant_work(2.0))
     node = grid.node_ids[0]
     msg = train_message(grid, node)
@@ -48,8 +49,11 @@ def test_completion_time_is_download_compute_upload() -> None:
 
 
 def test_replies_are_released_in_simulated_time_order() -> None:
-    grid = VirtualGrid(toy_client_app(), [DeviceProfile(speed=s) for s in (0.1, 1.0, 0.5)],
-                       work_fn=constant_work(1.0))
+    grid = VirtualGrid(
+        toy_client_app(),
+        [DeviceProfile(speed=s) for s in (0.1, 1.0, 0.5)],
+        work_fn=constant_work(1.0),
+    )
     ids = list(grid.push_messages([train_message(grid, n) for n in grid.node_ids]))
     order = []
     while len(order) < 3:
@@ -60,9 +64,14 @@ def test_replies_are_released_in_simulated_time_order() -> None:
 
 
 def test_send_and_receive_waits_for_the_slowest_node() -> None:
-    grid = VirtualGrid(toy_client_app(), [DeviceProfile(speed=s) for s in (1.0, 0.25)],
-                       work_fn=constant_work(1.0))
-    replies = list(grid.send_and_receive([train_message(grid, n) for n in grid.node_ids]))
+    grid = VirtualGrid(
+        toy_client_app(),
+        [DeviceProfile(speed=s) for s in (1.0, 0.25)],
+        work_fn=constant_work(1.0),
+    )
+    replies = list(
+        grid.send_and_receive([train_message(grid, n) for n in grid.node_ids])
+    )
     assert len(replies) == 2 and grid.clock.now() == pytest.approx(4.0)
 
 
@@ -78,8 +87,9 @@ def test_clientapp_gets_a_copy_and_state_persists_only_on_success() -> None:
         calls.append(count)
         msg.content["arrays"]["w"] = msg.content["arrays"]["b"]  # vandalise the copy
 
-    grid = VirtualGrid(toy_client_app(on_train=on_train), [DeviceProfile()],
-                       work_fn=constant_work(1.0))
+    grid = VirtualGrid(
+        toy_client_app(on_train=on_train), [DeviceProfile()], work_fn=constant_work(1.0)
+    )
     node = grid.node_ids[0]
     sent = train_message(grid, node)
     grid.send_and_receive([sent])
@@ -101,7 +111,9 @@ def test_offline_nodes_are_hidden_and_refuse_messages() -> None:
 
 
 def test_ttl_expiry_is_an_error_reply() -> None:
-    grid = VirtualGrid(toy_client_app(), [DeviceProfile(speed=0.1)], work_fn=constant_work(1.0))
+    grid = VirtualGrid(
+        toy_client_app(), [DeviceProfile(speed=0.1)], work_fn=constant_work(1.0)
+    )
     [reply] = grid.send_and_receive([train_message(grid, grid.node_ids[0], ttl=3.0)])
     assert reply.error.code == ErrorCode.MESSAGE_UNAVAILABLE
     assert grid.clock.now() == pytest.approx(3.0)
@@ -115,10 +127,19 @@ def test_default_work_is_proportional_to_examples() -> None:
 
 def _fingerprint(seed: int) -> tuple[list[object], bytes]:
     devices = lognormal(8, sigma=1.0, seed=3, uplink_bps=1e6)
-    devices = [DeviceProfile(speed=d.speed, uplink_bps=d.uplink_bps, jitter=0.3,
-                             hang_probability=0.1) for d in devices]
-    run = simulate(FedBuff(buffer_size=3, message_ttl=50.0, seed=seed), toy_client_app(),
-                   initial_arrays(), devices=devices, num_rounds=25, seed=seed)
+    devices = [
+        DeviceProfile(
+            speed=d.speed, uplink_bps=d.uplink_bps, jitter=0.3, hang_probability=0.1
+        )
+        for d in devices
+    ]
+    grid = VirtualGrid(toy_client_app(), devices, seed=seed)
+    run = simulate(
+        FedBuff(buffer_size=3, message_ttl=50.0, seed=seed),
+        grid,
+        initial_arrays(),
+        num_rounds=25,
+    )
     result = run.result
     assert result is not None
     history = [(v.time, v.node_ids, v.staleness_histogram) for v in result.versions]  # type: ignore[attr-defined]

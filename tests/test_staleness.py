@@ -4,7 +4,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flchain_flwr.strategies import Constant, FedBuffStaleness, Hinge, Polynomial, staleness_fn
+from flchain_flwr.strategies import (
+    Constant,
+    FedBuffStaleness,
+    Hinge,
+    Polynomial,
+    staleness_fn,
+)
 
 
 def test_known_values() -> None:
@@ -21,7 +27,13 @@ def test_known_values() -> None:
 
 @given(st.integers(min_value=0, max_value=10_000))
 def test_weights_are_in_unit_interval_and_non_increasing(s: int) -> None:
-    for fn in (Constant(), Polynomial(0.5), Polynomial(2.0), Hinge(10, 4), FedBuffStaleness()):
+    for fn in (
+        Constant(),
+        Polynomial(0.5),
+        Polynomial(2.0),
+        Hinge(10, 4),
+        FedBuffStaleness(),
+    ):
         w, w_next = fn(s), fn(s + 1)
         assert 0.0 < w <= 1.0
         assert w_next <= w

@@ -13,7 +13,10 @@ from flchain_flwr.strategies.updates import (
     weighted_delta,
 )
 
-REF = {"w": np.array([1.0, 2.0, 3.0], dtype=np.float32), "n": np.array([5], dtype=np.int64)}
+REF = {
+    "w": np.array([1.0, 2.0, 3.0], dtype=np.float32),
+    "n": np.array([5], dtype=np.int64),
+}
 
 
 def reply(arrays: dict[str, np.ndarray], n: object = 10, **extra: object) -> RecordDict:
@@ -38,7 +41,9 @@ def test_full_weights_become_a_delta() -> None:
 
 def test_delta_replies_are_taken_as_is() -> None:
     info = ConfigRecord({UPDATE_KIND_KEY: "delta"})
-    got = parse_update(reply({"w": REF["w"], "n": REF["n"]}, **{UPDATE_INFO_KEY: info}), REF)
+    got = parse_update(
+        reply({"w": REF["w"], "n": REF["n"]}, **{UPDATE_INFO_KEY: info}), REF
+    )
     np.testing.assert_array_equal(got.delta["w"], REF["w"])
     assert got.kind == "delta"
 
@@ -48,22 +53,39 @@ def test_delta_replies_are_taken_as_is() -> None:
     [
         (reply({"w": REF["w"]}), "missing arrays: ['n']"),
         (reply({**REF, "x": REF["w"]}), "unexpected arrays: ['x']"),
-        (reply({"w": np.zeros(4, np.float32), "n": REF["n"]}), "has shape (4,), expected (3,)"),
+        (
+            reply({"w": np.zeros(4, np.float32), "n": REF["n"]}),
+            "has shape (4,), expected (3,)",
+        ),
         (reply({"w": REF["w"].astype(np.float64), "n": REF["n"]}), "has dtype float64"),
-        (reply({"w": np.array([1, np.nan, 3], np.float32), "n": REF["n"]}), "NaN or Inf"),
-        (reply({"w": np.array([1, np.inf, 3], np.float32), "n": REF["n"]}), "NaN or Inf"),
+        (
+            reply({"w": np.array([1, np.nan, 3], np.float32), "n": REF["n"]}),
+            "NaN or Inf",
+        ),
+        (
+            reply({"w": np.array([1, np.inf, 3], np.float32), "n": REF["n"]}),
+            "NaN or Inf",
+        ),
         (reply(REF, n=0), "must be finite and > 0"),
         (reply(REF, n=-3.0), "must be finite and > 0"),
         (reply(REF, n=float("nan")), "must be finite and > 0"),
         (reply(REF, n=[1, 2]), "must be a number"),
         (RecordDict({"metrics": MetricRecord({"num-examples": 1})}), "no ArrayRecord"),
-        (RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in REF.items()})}),
-         "no MetricRecord with 'num-examples'"),
-        (reply(REF, **{UPDATE_INFO_KEY: ConfigRecord({UPDATE_KIND_KEY: "gradient"})}),
-         "unknown update kind 'gradient'"),
+        (
+            RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in REF.items()})}),
+            "no MetricRecord with 'num-examples'",
+        ),
+        (
+            reply(
+                REF, **{UPDATE_INFO_KEY: ConfigRecord({UPDATE_KIND_KEY: "gradient"})}
+            ),
+            "unknown update kind 'gradient'",
+        ),
     ],
 )
-def test_bad_replies_are_rejected_with_a_reason(content: RecordDict, reason: str) -> None:
+def test_bad_replies_are_rejected_with_a_reason(
+    content: RecordDict, reason: str
+) -> None:
     with pytest.raises(UpdateRejected) as info:
         parse_update(content, REF)
     assert reason in info.value.reason
@@ -72,7 +94,7 @@ def test_bad_replies_are_rejected_with_a_reason(content: RecordDict, reason: str
 def test_truncated_array_bytes_are_rejected() -> None:
     content = reply(REF)
     content["arrays"]["w"].data = content["arrays"]["w"].data[:-3]
-    with pytest.raises(UpdateRejected, match="cannot be decoded|has shape"):
+    with pytest.raises(UpdateRejected, match="array 'w' cannot be decoded"):
         parse_update(content, REF)
 
 
@@ -100,13 +122,17 @@ def test_weighted_delta_divides_by_total_examples_not_by_total_weight() -> None:
     hnp.arrays(np.float32, st.integers(1, 6), elements=st.floats(-100, 100, width=32)),
     st.lists(st.floats(0.1, 1000), min_size=1, max_size=5),
 )
-def test_constant_weight_aggregate_equals_weighted_mean(base: np.ndarray, ns: list[float]) -> None:
+def test_constant_weight_aggregate_equals_weighted_mean(
+    base: np.ndarray, ns: list[float]
+) -> None:
     rng = np.random.default_rng(0)
     models = [base + rng.normal(size=base.shape).astype(np.float32) for _ in ns]
     deltas = [{"x": m - base} for m in models]
     step = weighted_delta(deltas, ns, [1.0] * len(ns))
     new = apply_step({"x": base}, step, 1.0)["x"]
-    expected = sum(n * m.astype(np.float64) for n, m in zip(ns, models, strict=True)) / sum(ns)
+    expected = sum(
+        n * m.astype(np.float64) for n, m in zip(ns, models, strict=True)
+    ) / sum(ns)
     np.testing.assert_allclose(new, expected, rtol=1e-5, atol=1e-4)
 
 

@@ -41,12 +41,17 @@ def examples_of(partition_id: int) -> int:
 
 
 def _reply(msg: Message, arrays: ArrayRecord, n: object) -> Message:
-    content = RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": n})})  # type: ignore[dict-item]
+    content = RecordDict(
+        {"arrays": arrays, "metrics": MetricRecord({"num-examples": n})}
+    )  # type: ignore[dict-item]
     return Message(content=content, reply_to=msg)
 
 
 def _trained(msg: Message, pid: int) -> dict[str, np.ndarray]:
-    return {k: v.numpy() + np.float32(shift_of(pid)) for k, v in msg.content["arrays"].items()}
+    return {
+        k: v.numpy() + np.float32(shift_of(pid))
+        for k, v in msg.content["arrays"].items()
+    }
 
 
 def _misbehave(mode: str, msg: Message, pid: int) -> Message:
@@ -72,7 +77,9 @@ def _misbehave(mode: str, msg: Message, pid: int) -> Message:
     elif mode == "zero-examples":
         n = 0
     elif mode == "nan-examples":
-        return _reply(msg, ArrayRecord({k: Array(v) for k, v in trained.items()}), float("nan"))
+        return _reply(
+            msg, ArrayRecord({k: Array(v) for k, v in trained.items()}), float("nan")
+        )
     elif mode == "corrupt-bytes":
         arrays = ArrayRecord({k: Array(v) for k, v in trained.items()})
         arrays["w"].data = arrays["w"].data[:-3]
@@ -103,14 +110,24 @@ def toy_client_app(
         mode = modes.get(pid, "ok")
         if mode == "ok":
             trained = _trained(msg, pid)
-            return _reply(msg, ArrayRecord({k: Array(v) for k, v in trained.items()}),
-                          examples_of(pid))
+            return _reply(
+                msg,
+                ArrayRecord({k: Array(v) for k, v in trained.items()}),
+                examples_of(pid),
+            )
         if mode == "delta":
-            delta = {k: np.full_like(v.numpy(), shift_of(pid))
-                     for k, v in msg.content["arrays"].items()}
-            reply = _reply(msg, ArrayRecord({k: Array(v) for k, v in delta.items()}),
-                           examples_of(pid))
-            reply.content[UPDATE_INFO_KEY] = ConfigRecord({UPDATE_KIND_KEY: UPDATE_KIND_DELTA})
+            delta = {
+                k: np.full_like(v.numpy(), shift_of(pid))
+                for k, v in msg.content["arrays"].items()
+            }
+            reply = _reply(
+                msg,
+                ArrayRecord({k: Array(v) for k, v in delta.items()}),
+                examples_of(pid),
+            )
+            reply.content[UPDATE_INFO_KEY] = ConfigRecord(
+                {UPDATE_KIND_KEY: UPDATE_KIND_DELTA}
+            )
             return reply
         return _misbehave(mode, msg, pid)
 
@@ -118,7 +135,9 @@ def toy_client_app(
     def evaluate(msg: Message, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         w = msg.content["arrays"]["w"].numpy()
-        metrics = MetricRecord({"mean-w": float(w.mean()), "num-examples": examples_of(pid)})
+        metrics = MetricRecord(
+            {"mean-w": float(w.mean()), "num-examples": examples_of(pid)}
+        )
         return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
 
     return app

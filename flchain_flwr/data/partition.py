@@ -27,7 +27,10 @@ def dirichlet_partition(
         raise ValueError("alpha must be > 0")
     return list(
         _cached_partition(
-            tuple(int(v) for v in labels), num_partitions, float(alpha), seed,
+            tuple(int(v) for v in labels),
+            num_partitions,
+            float(alpha),
+            seed,
             min_partition_size,
         )
     )
@@ -44,7 +47,9 @@ def _cached_partition(
     from datasets import Dataset
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    dataset = Dataset.from_dict({"label": list(labels), "index": list(range(len(labels)))})
+    dataset = Dataset.from_dict(
+        {"label": list(labels), "index": list(range(len(labels)))}
+    )
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions,
         partition_by="label",

@@ -43,34 +43,23 @@ class SimulationRun:
 # pylint: disable=too-many-arguments
 def simulate(
     strategy: Strategy,
-    client_app: ClientApp,
+    grid: VirtualGrid,
     initial_arrays: ArrayRecord,
     *,
-    devices: Sequence[DeviceProfile],
     num_rounds: int,
-    node_configs: Sequence[dict[str, ConfigValue]] | None = None,
-    run_config: dict[str, ConfigValue] | None = None,
-    seed: int = 0,
-    work_fn: WorkFn | None = None,
     timeout: float = 3600.0,
     train_config: ConfigRecord | None = None,
     evaluate_config: ConfigRecord | None = None,
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
 ) -> SimulationRun:
-    """Run any Flower strategy against the real ClientApp in simulated time.
+    """Run any Flower strategy on a :class:`VirtualGrid`, in simulated time.
 
     Works for :class:`~flchain_flwr.strategies.FedBuff` and for Flower's own
     strategies unchanged (their ``send_and_receive`` advances the clock to the
-    slowest reply, which is exactly what a synchronous round costs).
+    slowest reply, which is exactly what a synchronous round costs). Build the
+    grid with :class:`VirtualGrid`; ``grid.clock.now()`` is
+    the simulated time, e.g. inside ``evaluate_fn``.
     """
-    grid = VirtualGrid(
-        client_app,
-        devices,
-        node_configs=node_configs,
-        run_config=run_config,
-        seed=seed,
-        work_fn=work_fn,
-    )
     started = time.perf_counter()
     result = strategy.start(
         grid=grid,
@@ -119,7 +108,10 @@ def run_federation(
     with collect_results() as results:
         server_app(grid, context)
     return SimulationRun(
-        results[-1] if results else None, list(results), grid, time.perf_counter() - started
+        results[-1] if results else None,
+        list(results),
+        grid,
+        time.perf_counter() - started,
     )
 
 

@@ -41,7 +41,9 @@ def payload_bytes(content: RecordDict) -> int:
     return sum(record.count_bytes() for record in content.values())
 
 
-def examples_work(seconds_per_example: float, weighted_by_key: str = "num-examples") -> WorkFn:
+def examples_work(
+    seconds_per_example: float, weighted_by_key: str = "num-examples"
+) -> WorkFn:
     """Work model: ``seconds_per_example`` times the reply's example count.
 
     Replies without a count (errors, custom messages) cost one example.
@@ -159,7 +161,9 @@ class VirtualGrid(Grid):
         self._pending: list[_Pending] = []
         self._ready: dict[str, _Pending] = {}
 
-        ids = sorted({int(x) for x in self.rng.integers(1, 2**63 - 1, size=len(devices))})
+        ids = sorted(
+            {int(x) for x in self.rng.integers(1, 2**63 - 1, size=len(devices))}
+        )
         if len(ids) != len(devices):  # pragma: no cover - 1 in 2**60 collision
             raise RuntimeError("node id collision; pick another seed")
         self.node_ids: list[int] = ids
@@ -188,7 +192,9 @@ class VirtualGrid(Grid):
     def set_run(self, run: Run) -> None:
         """Adopt a run (the simulator creates its own by default)."""
         if not isinstance(run, Run):
-            raise TypeError(f"`run` must be an instance of Run, got {type(run).__name__}")
+            raise TypeError(
+                f"`run` must be an instance of Run, got {type(run).__name__}"
+            )
         self._run = run
 
     @property
@@ -229,7 +235,9 @@ class VirtualGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         """Replies to the given ids that are complete by now, in time order."""
         self._release()
-        ready = sorted(self._ready.pop(mid) for mid in message_ids if mid in self._ready)
+        ready = sorted(
+            self._ready.pop(mid) for mid in message_ids if mid in self._ready
+        )
         return [item.reply for item in ready]
 
     def send_and_receive(
@@ -270,7 +278,9 @@ class VirtualGrid(Grid):
             self._ready[item.reply.metadata.reply_to_message_id] = item
 
     def _enqueue(self, reply: Message, ready_at: float) -> None:
-        reply.metadata.__dict__["_message_id"] = str(UUID(bytes=self.rng.bytes(16), version=4))
+        reply.metadata.__dict__["_message_id"] = str(
+            UUID(bytes=self.rng.bytes(16), version=4)
+        )
         reply.metadata.created_at = ready_at  # sim time: orders pulled replies
         self._seq += 1
         heapq.heappush(self._pending, _Pending(ready_at, self._seq, reply))
@@ -285,16 +295,22 @@ class VirtualGrid(Grid):
         device = self.devices.get(node_id)
         ttl_end = now + message.metadata.ttl
         if device is None or not device.is_online(now):
-            self._error(message, ErrorCode.NODE_UNAVAILABLE, "node is not connected", now)
+            self._error(
+                message, ErrorCode.NODE_UNAVAILABLE, "node is not connected", now
+            )
             return
         stats = self.stats[node_id]
         stats.messages += 1
         down = payload_bytes(message.content)
         stats.bytes_down += down
-        hang = device.hang_probability > 0 and self.rng.random() < device.hang_probability
+        hang = (
+            device.hang_probability > 0 and self.rng.random() < device.hang_probability
+        )
         jitter = math.exp(self.rng.normal(0.0, device.jitter)) if device.jitter else 1.0
         if hang:
-            self._error(message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end)
+            self._error(
+                message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end
+            )
             return
 
         reply = self._execute(message)
@@ -316,7 +332,9 @@ class VirtualGrid(Grid):
                 min(leaves + self.failure_detection_s, ttl_end),
             )
         elif done > ttl_end:
-            self._error(message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end)
+            self._error(
+                message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end
+            )
         else:
             if reply.has_content():
                 stats.replies += 1
@@ -342,7 +360,10 @@ class VirtualGrid(Grid):
         self.contexts[node_id] = working  # state persists only on success
         if reply.metadata.reply_to_message_id != message.metadata.message_id:
             return Message(
-                Error(ErrorCode.UNKNOWN, "ClientApp returned a message that is not a reply"),
+                Error(
+                    ErrorCode.UNKNOWN,
+                    "ClientApp returned a message that is not a reply",
+                ),
                 reply_to=message,
             )
         return copy.deepcopy(reply)
@@ -358,4 +379,3 @@ class VirtualGrid(Grid):
             "busy_seconds": sum(s.busy_seconds for s in self.stats.values()),
             "simulated_seconds": self.clock.time,
         }
-

@@ -14,6 +14,7 @@ Command line (used by ``make run``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -68,11 +69,18 @@ def processes_of(flwr_home: Path) -> list[int]:
     each other).
     """
     home = str(flwr_home.resolve())
-    table = {int(p.name): _cmdline(int(p.name)) for p in Path("/proc").iterdir()
-             if p.name.isdigit()}
-    ours = {pid for pid, argv in table.items()
-            if any(arg.startswith(home) for arg in argv) and pid != os.getpid()
-            and any("flower-superlink" in arg for arg in argv)}
+    table = {
+        int(p.name): _cmdline(int(p.name))
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit()
+    }
+    ours = {
+        pid
+        for pid, argv in table.items()
+        if any(arg.startswith(home) for arg in argv)
+        and pid != os.getpid()
+        and any("flower-superlink" in arg for arg in argv)
+    }
     grew = True
     while grew:
         grew = False
@@ -80,8 +88,11 @@ def processes_of(flwr_home: Path) -> list[int]:
             if pid in ours or "--parent-pid" not in argv:
                 continue
             index = argv.index("--parent-pid")
-            if index + 1 < len(argv) and argv[index + 1].isdigit() and \
-                    int(argv[index + 1]) in ours:
+            if (
+                index + 1 < len(argv)
+                and argv[index + 1].isdigit()
+                and int(argv[index + 1]) in ours
+            ):
                 ours.add(pid)
                 grew = True
     return sorted(ours)
@@ -90,20 +101,16 @@ def processes_of(flwr_home: Path) -> list[int]:
 def stop_processes(pids: Sequence[int], grace: float = 10.0) -> None:
     """SIGTERM each PID, wait up to ``grace`` seconds, then SIGKILL the rest."""
     for pid in pids:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + grace
     alive = list(pids)
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
         alive = [pid for pid in alive if _is_running(pid)]
     for pid in alive:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _is_running(pid: int) -> bool:
@@ -165,12 +172,19 @@ def flwr_run_local(
         f"init-args-num-cpus={num_supernodes}",
     ]
     if run_config:
-        command += ["--run-config",
-                    " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())]
+        command += [
+            "--run-config",
+            " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items()),
+        ]
     lines: list[str] = []
     try:
-        with subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) as proc:
+        with subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        ) as proc:
             watchdog = threading.Timer(timeout, proc.kill)
             watchdog.start()
             try:
@@ -212,8 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
         stream_to=1,
     )
-    print(f"flwr run exited with {run.returncode}; stopped local SuperLink PIDs "
-          f"{run.stopped_pids}")
+    print(
+        f"flwr run exited with {run.returncode}; stopped local SuperLink PIDs "
+        f"{run.stopped_pids}"
+    )
     return run.returncode
 
 

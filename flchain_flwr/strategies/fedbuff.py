@@ -112,6 +112,9 @@ class FedBuff(Strategy):
         As in Flower's :class:`FedAvg`.
     train_metrics_aggr_fn, evaluate_metrics_aggr_fn : callable, optional
         As in Flower's :class:`FedAvg`; default: weighted average.
+    time_budget : float | None (default: None)
+        Stop after this many seconds on the grid's clock (simulated seconds in the
+        simulator, wall seconds otherwise), even before ``num_rounds`` versions.
     seed : int | None (default: None)
         Seeds the choice among idle nodes, for reproducible runs.
     poll_interval : float (default: 0.1)
@@ -140,6 +143,7 @@ class FedBuff(Strategy):
         configrecord_key: str = "config",
         train_metrics_aggr_fn: MetricsAggrFn | None = None,
         evaluate_metrics_aggr_fn: MetricsAggrFn | None = None,
+        time_budget: float | None = None,
         seed: int | None = None,
         poll_interval: float = 0.1,
     ) -> None:
@@ -158,6 +162,7 @@ class FedBuff(Strategy):
         _require(0.0 <= fraction_evaluate <= 1.0, "fraction_evaluate must be in [0, 1]")
         _require(evaluate_every >= 1, "evaluate_every must be >= 1")
         _require(poll_interval > 0, "poll_interval must be > 0")
+        _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
         self.buffer_size = buffer_size
         self.max_wait = max_wait
         self.staleness_fn: StalenessFn = staleness_fn or FedBuffStaleness()
@@ -178,6 +183,7 @@ class FedBuff(Strategy):
         self.evaluate_metrics_aggr_fn = (
             evaluate_metrics_aggr_fn or aggregate_metricrecords
         )
+        self.time_budget = time_budget
         self.seed = seed
         self.poll_interval = poll_interval
         self._sync_reference: NDArrays | None = None
@@ -236,7 +242,8 @@ class FedBuff(Strategy):
         self._sync_reference = to_ndarrays(arrays)
         content = self.train_content(arrays, config, server_round - 1)
         return [
-            Message(content, node_id, MessageType.TRAIN) for node_id in grid.get_node_ids()
+            Message(content, node_id, MessageType.TRAIN)
+            for node_id in grid.get_node_ids()
         ]
 
     def aggregate_train(
@@ -253,8 +260,12 @@ class FedBuff(Strategy):
             try:
                 accepted.append((self._parse(reply.content, reference), reply.content))
             except UpdateRejected as exc:
-                log(WARNING, "Rejected reply from node %d: %s",
-                    reply.metadata.src_node_id, exc.reason)
+                log(
+                    WARNING,
+                    "Rejected reply from node %d: %s",
+                    reply.metadata.src_node_id,
+                    exc.reason,
+                )
         if not accepted:
             return None, None
         updates = [u for u, _ in accepted]
@@ -333,7 +344,9 @@ class FedBuff(Strategy):
             failures and per-node participation.
         """
         log(INFO, "Starting %s strategy:", self.__class__.__name__)
-        log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
+        log_strategy_start_info(
+            num_rounds, initial_arrays, train_config, evaluate_config
+        )
         self.summary()
         _require(num_rounds >= 0, f"num_rounds must be >= 0, got {num_rounds}")
         _require(timeout > 0, f"timeout must be > 0, got {timeout}")
@@ -517,11 +530,17 @@ class _AsyncRun:
                     self.eval_rounds[version].arrays, self.evaluate_config, version
                 )
                 message = Message(
-                    content, node_id, MessageType.EVALUATE, ttl=self.ttl,
+                    content,
+                    node_id,
+                    MessageType.EVALUATE,
+                    ttl=self.ttl,
                     group_id=str(version),
                 )
                 outgoing.append(
-                    (message, _InFlight(node_id, MessageType.EVALUATE, version, deadline))
+                    (
+                        message,
+                        _InFlight(node_id, MessageType.EVALUATE, version, deadline),
+                    )
                 )
                 del self.eval_pending[node_id]
         self._push(outgoing)
@@ -533,11 +552,16 @@ class _AsyncRun:
         if capacity <= 0 or not eligible:
             return
         self.rng.shuffle(eligible)
-        content = self.s.train_content(self.model_record, self.train_config, self.version)
+        content = self.s.train_content(
+            self.model_record, self.train_config, self.version
+        )
         outgoing = []
         for node_id in eligible[:capacity]:
             message = Message(
-                content, node_id, MessageType.TRAIN, ttl=self.ttl,
+                content,
+                node_id,
+                MessageType.TRAIN,
+                ttl=self.ttl,
                 group_id=str(self.version + 1),
             )
             outgoing.append(
@@ -669,7 +693,9 @@ class _AsyncRun:
             trigger=trigger,
             num_updates=len(buffered),
             num_examples=float(sum(b.update.num_examples for b in buffered)),
-            staleness_histogram=dict(sorted(Counter(b.staleness for b in buffered).items())),
+            staleness_histogram=dict(
+                sorted(Counter(b.staleness for b in buffered).items())
+            ),
             node_ids=[b.node_id for b in buffered],
             kept_versions=len(self.kept),
         )
@@ -717,7 +743,9 @@ class _AsyncRun:
                 self._eval_done(node_id, previous, None)
             self.eval_pending[node_id] = self.version
 
-    def _eval_done(self, node_id: int, version: int, content: RecordDict | None) -> None:
+    def _eval_done(
+        self, node_id: int, version: int, content: RecordDict | None
+    ) -> None:
         round_ = self.eval_rounds.get(version)
         if round_ is None:
             return
@@ -727,7 +755,9 @@ class _AsyncRun:
         if round_.waiting:
             return
         del self.eval_rounds[version]
-        metrics = self.s._aggregate_metrics(self.s.evaluate_metrics_aggr_fn, round_.replies)
+        metrics = self.s._aggregate_metrics(
+            self.s.evaluate_metrics_aggr_fn, round_.replies
+        )
         if metrics is not None:
             log(INFO, "\t└──> Federated evaluation of version %d: %s", version, metrics)
             self.result.evaluate_metrics_clientapp[version] = metrics
@@ -743,6 +773,8 @@ class _AsyncRun:
         candidates = [
             self.next_refresh,
             self.last_progress + self.timeout,
+            self.t0
+            + (self.s.time_budget if self.s.time_budget is not None else math.inf),
             *(f.deadline for f in self.in_flight.values()),
             *(t for t in self.backoff_until.values() if t > self.clock.now()),
         ]
@@ -755,11 +787,16 @@ class _AsyncRun:
             return "completed"
         if self.clock.now() - self.last_progress >= self.timeout:
             return f"no usable reply for {self.timeout:g}s"
+        if self.s.time_budget is not None and self.now() >= self.s.time_budget:
+            return "time budget reached"
         return None
 
     def _waiting_for_nodes(self) -> bool:
-        return self.version == 0 and not self.in_flight and not self.result.versions and (
-            len(self.nodes) < self.s.min_available_nodes
+        return (
+            self.version == 0
+            and not self.in_flight
+            and not self.result.versions
+            and (len(self.nodes) < self.s.min_available_nodes)
         )
 
     def execute(self) -> AsyncResult:
@@ -786,7 +823,8 @@ class _AsyncRun:
             log(WARNING, "Stopping early: %s", reason)
         log(
             INFO,
-            "%s finished: %d versions in %.2fs (%d rejected, %d failed, %d left in flight)",
+            "%s finished: %d versions in %.2fs "
+            "(%d rejected, %d failed, %d left in flight)",
             self.s.__class__.__name__,
             self.version,
             self.now(),
@@ -809,4 +847,6 @@ def mean_staleness(result: AsyncResult) -> float:
     """Mean staleness of all aggregated updates of a run (0 if none)."""
     hist = staleness_histogram(result)
     count = sum(hist.values())
-    return float(np.dot(list(hist.keys()), list(hist.values())) / count) if count else 0.0
+    return (
+        float(np.dot(list(hist.keys()), list(hist.values())) / count) if count else 0.0
+    )

@@ -49,7 +49,9 @@ def to_ndarrays(arrays: ArrayRecord) -> NDArrays:
 
 def to_arrayrecord(ndarrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """Encode a name -> ndarray mapping as an ArrayRecord."""
-    return ArrayRecord({name: Array(np.ascontiguousarray(v)) for name, v in ndarrays.items()})
+    return ArrayRecord(
+        {name: Array(np.ascontiguousarray(v)) for name, v in ndarrays.items()}
+    )
 
 
 def _select_arrayrecord(content: RecordDict, arrayrecord_key: str) -> ArrayRecord:
@@ -70,7 +72,9 @@ def _select_metricrecord(content: RecordDict, weighted_by_key: str) -> MetricRec
     if not holders:
         raise UpdateRejected(f"reply has no MetricRecord with {weighted_by_key!r}")
     if len(holders) > 1:
-        raise UpdateRejected(f"reply has several MetricRecords with {weighted_by_key!r}")
+        raise UpdateRejected(
+            f"reply has several MetricRecords with {weighted_by_key!r}"
+        )
     return holders[0]
 
 
@@ -80,7 +84,9 @@ def _num_examples(metrics: MetricRecord, weighted_by_key: str) -> float:
         raise UpdateRejected(f"{weighted_by_key!r} must be a number, got {value!r}")
     n = float(value)
     if not math.isfinite(n) or n <= 0:
-        raise UpdateRejected(f"{weighted_by_key!r} must be finite and > 0, got {value!r}")
+        raise UpdateRejected(
+            f"{weighted_by_key!r} must be finite and > 0, got {value!r}"
+        )
     return n
 
 
@@ -92,7 +98,9 @@ def _update_kind(content: RecordDict) -> str:
         raise UpdateRejected(f"{UPDATE_INFO_KEY!r} must be a ConfigRecord")
     kind = info.get(UPDATE_KIND_KEY, UPDATE_KINDS[0])
     if kind not in UPDATE_KINDS:
-        raise UpdateRejected(f"unknown update kind {kind!r}; expected one of {UPDATE_KINDS}")
+        raise UpdateRejected(
+            f"unknown update kind {kind!r}; expected one of {UPDATE_KINDS}"
+        )
     return str(kind)
 
 
@@ -102,7 +110,9 @@ def _decode_checked(name: str, arr: Array, ref: np.ndarray) -> np.ndarray:
     except Exception as exc:  # a forged Array can fail to decode in many ways
         raise UpdateRejected(f"array {name!r} cannot be decoded: {exc}") from None
     if value.dtype != ref.dtype:
-        raise UpdateRejected(f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}")
+        raise UpdateRejected(
+            f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}"
+        )
     if value.shape != ref.shape:
         raise UpdateRejected(
             f"array {name!r} has shape {value.shape}, expected {ref.shape}"
@@ -155,7 +165,9 @@ def parse_update(
             delta[name] = value
         else:
             delta[name] = value - ref
-    return ParsedUpdate(delta=delta, num_examples=num_examples, metrics=metrics, kind=kind)
+    return ParsedUpdate(
+        delta=delta, num_examples=num_examples, metrics=metrics, kind=kind
+    )
 
 
 def weighted_delta(

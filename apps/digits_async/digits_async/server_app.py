@@ -51,7 +51,9 @@ def main(grid: Grid, context: Context) -> None:
         evaluate_fn=central_evaluate,
     )
     final = result.evaluate_metrics_serverapp.get(len(result.versions))
-    print(f"final accuracy: {final['accuracy']:.4f}" if final else "no versions produced")
+    print(
+        f"final accuracy: {final['accuracy']:.4f}" if final else "no versions produced"
+    )
     if cfg["results-path"]:
         path = Path(str(cfg["results-path"]))
         path.parent.mkdir(parents=True, exist_ok=True)
