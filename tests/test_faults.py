@@ -155,3 +155,14 @@ def test_no_nodes_at_all_stops_after_timeout() -> None:
         grid, initial_arrays(), 2, timeout=60.0
     )
     assert result.stop_reason == "no usable reply for 60s"
+
+
+def test_an_aggregate_that_would_overflow_the_model_is_refused() -> None:
+    grid = VirtualGrid(
+        toy_client_app(), [DeviceProfile()] * 2, work_fn=constant_work(1.0)
+    )
+    big = FedBuff(buffer_size=2, server_lr=1e40, staleness_fn=Constant())
+    result = big.start(grid, initial_arrays(), num_rounds=2, timeout=20.0)
+    assert result.versions == []
+    assert {r.reason for r in result.rejected} == {"aggregate would overflow the model"}
+    assert np.isfinite(result.arrays["w"].numpy()).all()

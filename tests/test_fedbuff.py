@@ -236,3 +236,52 @@ def test_time_budget_stops_the_run_on_the_grids_clock() -> None:
     assert result.stop_reason == "time budget reached"
     assert grid.clock.now() == pytest.approx(4.5)
     assert all(v.time <= 4.5 for v in result.versions) and len(result.versions) == 6
+
+
+# Regressions found in review ------------------------------------------------
+def test_max_wait_fires_despite_float_rounding_of_the_deadline() -> None:
+    # buffer starts at t=0.7; 0.7 + 0.1 - 0.7 < 0.1 in floating point
+    result, _ = run([1.0, 0.01], FedBuff(buffer_size=2, max_wait=0.1), 1, work=0.7)
+    assert result.versions[0].trigger == "max_wait"
+    assert result.versions[0].time == pytest.approx(0.8)
+
+
+def test_replies_after_the_last_version_do_not_stall_pending_evaluations() -> None:
+    strategy = FedBuff(buffer_size=1, max_wait=5.0, fraction_evaluate=1.0)
+    result, _ = run([1.0, 0.5, 0.25], strategy, 1)
+    assert result.stop_reason == "completed"
+    assert 1 in result.evaluate_metrics_clientapp
+
+
+def test_a_departed_node_in_flight_does_not_block_idle_ones() -> None:
+    devices = [DeviceProfile(), DeviceProfile(), DeviceProfile(online=((0.0, 0.5),))]
+    strategy = FedBuff(buffer_size=2, membership_refresh=0.1, seed=0)
+    result, _ = run([], strategy, 2, devices=devices)
+    assert [v.time for v in result.versions] == pytest.approx([1.0, 2.0])
+
+
+def test_idle_timeout_waits_for_messages_in_flight() -> None:
+    devices = [DeviceProfile(online=((50.0, math.inf),))] * 2
+    result, _ = run(
+        [], FedBuff(buffer_size=2), 1, devices=devices, work=20.0, timeout=60.0
+    )
+    assert result.stop_reason == "completed"
+    assert result.versions[0].time == pytest.approx(70.0)
+
+
+def test_membership_failures_keep_the_last_known_nodes() -> None:
+    class FlakyGrid(StrictGrid):
+        calls = 0
+
+        def get_node_ids(self) -> Iterable[int]:
+            self.calls += 1
+            if self.calls % 2 == 0:
+                raise ConnectionError("SuperLink hiccup")
+            return super().get_node_ids()
+
+    grid = FlakyGrid(
+        toy_client_app(), [DeviceProfile()] * 2, work_fn=constant_work(1.0)
+    )
+    strategy = FedBuff(buffer_size=2, membership_refresh=0.5)
+    result = strategy.start(grid, initial_arrays(), num_rounds=5, timeout=50.0)
+    assert result.stop_reason == "completed" and grid.calls > 2

@@ -141,3 +141,25 @@ def test_apply_step_keeps_dtypes_and_rounds_integers() -> None:
     assert out["w"].dtype == np.float32
     assert out["n"].dtype == np.int64
     assert out["n"][0] == 6
+
+
+def test_integer_and_bool_arrays_do_not_wrap_or_crash() -> None:
+    ref = {"u": np.array([5], np.uint8), "m": np.array([False])}
+    got = parse_update(
+        reply({"u": np.array([3], np.uint8), "m": np.array([True])}), ref
+    )
+    assert got.delta["u"][0] == -2.0 and got.delta["m"][0] == 1.0
+    new = apply_step(ref, weighted_delta([got.delta], [1.0], [1.0]), 1.0)
+    assert new["u"][0] == 3 and new["u"].dtype == np.uint8 and bool(new["m"][0])
+
+
+def test_finite_replies_whose_delta_overflows_are_rejected() -> None:
+    ref = {"f": np.array([-3e38], np.float32)}
+    with pytest.raises(UpdateRejected, match="overflows"):
+        parse_update(reply({"f": np.array([3e38], np.float32)}), ref)
+
+
+def test_non_numeric_arrays_are_rejected() -> None:
+    ref = {"s": np.array(["a"])}
+    with pytest.raises(UpdateRejected, match="non-numeric dtype"):
+        parse_update(reply({"s": np.array(["b"])}), ref)

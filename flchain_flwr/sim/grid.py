@@ -313,7 +313,7 @@ class VirtualGrid(Grid):
             )
             return
 
-        reply = self._execute(message)
+        reply, context = self._execute(message)
         compute = self.work_fn(message, reply) / device.speed * jitter
         up = payload_bytes(reply.content) if reply.has_content() else 0
         done = (
@@ -324,6 +324,8 @@ class VirtualGrid(Grid):
         )
         stats.busy_seconds += done - now
         leaves = device.offline_at(now)
+        if context is not None and leaves >= done:
+            self.contexts[node_id] = context  # state persists when the work finished
         if leaves < done:
             self._error(
                 message,
@@ -343,30 +345,26 @@ class VirtualGrid(Grid):
                 stats.errors += 1
             self._enqueue(reply, done)
 
-    def _execute(self, message: Message) -> Message:
-        """Run the ClientApp on a private copy, as Flower's runtimes do."""
-        node_id = message.metadata.dst_node_id
-        context = self.contexts[node_id]
+    def _execute(self, message: Message) -> tuple[Message, Context | None]:
+        """Run the ClientApp on private copies, as Flower's runtimes do.
+
+        Returns the reply and the node's updated Context (``None`` when the
+        ClientApp raised: its state changes are dropped, as Flower does).
+        """
         delivered = copy.deepcopy(message)
-        working = copy.deepcopy(context)
+        working = copy.deepcopy(self.contexts[message.metadata.dst_node_id])
         try:
             reply = self.client_app(delivered, working)
         except Exception as exc:  # the runtime turns exceptions into error replies
             reason = f"{type(exc)}:<'{exc}'>"
-            return Message(
-                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                reply_to=message,
-            )
-        self.contexts[node_id] = working  # state persists only on success
+            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
+            return Message(error, reply_to=message), None
         if reply.metadata.reply_to_message_id != message.metadata.message_id:
-            return Message(
-                Error(
-                    ErrorCode.UNKNOWN,
-                    "ClientApp returned a message that is not a reply",
-                ),
-                reply_to=message,
+            error = Error(
+                ErrorCode.UNKNOWN, "ClientApp returned a message that is not a reply"
             )
-        return copy.deepcopy(reply)
+            return Message(error, reply_to=message), working
+        return copy.deepcopy(reply), working
 
     # ---------------------------------------------------------------- reports
     def totals(self) -> dict[str, float]:

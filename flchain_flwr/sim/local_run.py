@@ -127,7 +127,7 @@ def flwr_run_local(
     *,
     flwr_home: str | Path,
     num_supernodes: int = 10,
-    run_config: Mapping[str, ConfigValue] | None = None,
+    run_config: Mapping[str, ConfigValue] | str | None = None,
     timeout: float = 600.0,
     stream_to: int | None = None,
 ) -> LocalRun:
@@ -141,8 +141,9 @@ def flwr_run_local(
         A directory of this project's; it holds Flower's config and local SuperLink.
     num_supernodes : int
         Simulated SuperNodes; each gets one CPU and the Ray pool gets them all.
-    run_config : mapping, optional
-        ``--run-config`` overrides.
+    run_config : mapping or str, optional
+        ``--run-config`` overrides: a mapping, or flwr's own ``"k1=v1 k2=v2"`` form
+        (TOML values) passed through unchanged.
     timeout : float
         Seconds before ``flwr run`` is stopped.
     stream_to : int, optional
@@ -171,7 +172,9 @@ def flwr_run_local(
         f"num-supernodes={num_supernodes} client-resources-num-cpus=1 "
         f"init-args-num-cpus={num_supernodes}",
     ]
-    if run_config:
+    if isinstance(run_config, str):
+        command += ["--run-config", run_config]
+    elif run_config:
         command += [
             "--run-config",
             " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items()),
@@ -211,18 +214,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--flwr-home", default=".flwr")
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=600.0)
-    parser.add_argument("--run-config", default="", help="k=v pairs, TOML values")
+    parser.add_argument(
+        "--run-config",
+        default="",
+        help="passed to flwr run: 'k1=v1 k2=v2', TOML values",
+    )
     args = parser.parse_args(argv)
-    overrides: dict[str, ConfigValue] = {}
-    if args.run_config:
-        import tomllib
-
-        overrides = dict(tomllib.loads("\n".join(args.run_config.split())))
     run = flwr_run_local(
         args.app_dir,
         flwr_home=args.flwr_home,
         num_supernodes=args.num_supernodes,
-        run_config=overrides,
+        run_config=args.run_config or None,
         timeout=args.timeout,
         stream_to=1,
     )

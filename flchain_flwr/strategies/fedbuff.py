@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
+from pathlib import Path
 
 import numpy as np
 from flwr.app import (
@@ -33,6 +34,8 @@ from flwr.serverapp.strategy.strategy_utils import (
 )
 from flwr.supercore import log
 
+from ..ledger import Ledger, contributions, update_digest
+from ..ledger.canonical import canonical_json, sha256_hex
 from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
 from ..runtime import Clock, clock_of, publish_result
 from .result import AsyncResult, NodeFailure, RejectedUpdate, VersionRecord
@@ -112,6 +115,12 @@ class FedBuff(Strategy):
         As in Flower's :class:`FedAvg`.
     train_metrics_aggr_fn, evaluate_metrics_aggr_fn : callable, optional
         As in Flower's :class:`FedAvg`; default: weighted average.
+    ledger : Ledger | str | Path | None (default: None)
+        Record every aggregation as a signed block in this ledger (a path opens
+        or creates one). A ledger that already holds blocks is resumed: the run
+        continues from its last global model and version, and ``num_rounds`` is
+        the total number of versions to reach. ``None`` records nothing and costs
+        nothing.
     time_budget : float | None (default: None)
         Stop after this many seconds on the grid's clock (simulated seconds in the
         simulator, wall seconds otherwise), even before ``num_rounds`` versions.
@@ -143,6 +152,7 @@ class FedBuff(Strategy):
         configrecord_key: str = "config",
         train_metrics_aggr_fn: MetricsAggrFn | None = None,
         evaluate_metrics_aggr_fn: MetricsAggrFn | None = None,
+        ledger: Ledger | str | Path | None = None,
         time_budget: float | None = None,
         seed: int | None = None,
         poll_interval: float = 0.1,
@@ -183,10 +193,12 @@ class FedBuff(Strategy):
         self.evaluate_metrics_aggr_fn = (
             evaluate_metrics_aggr_fn or aggregate_metricrecords
         )
+        self.ledger = ledger
         self.time_budget = time_budget
         self.seed = seed
         self.poll_interval = poll_interval
         self._sync_reference: NDArrays | None = None
+        self._sample_rng = random.Random(seed)
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> None:
@@ -211,6 +223,25 @@ class FedBuff(Strategy):
             self.message_ttl if self.message_ttl is not None else "timeout",
             self.min_available_nodes,
         )
+
+    def config_dict(self) -> dict[str, object]:
+        """The settings that shape the global model (recorded in ledger blocks)."""
+        return {
+            "strategy": type(self).__name__,
+            "buffer_size": self.buffer_size,
+            "max_wait": self.max_wait,
+            "staleness_fn": repr(self.staleness_fn),
+            "max_staleness": self.max_staleness,
+            "server_lr": self.server_lr,
+            "server_momentum": self.server_momentum,
+            "concurrency": self.concurrency,
+            "weighted_by_key": self.weighted_by_key,
+            "arrayrecord_key": self.arrayrecord_key,
+        }
+
+    def config_digest(self) -> str:
+        """SHA-256 of :meth:`config_dict` in canonical JSON."""
+        return sha256_hex(canonical_json(self.config_dict()))
 
     # ------------------------------------------------- message building blocks
     def train_content(
@@ -249,7 +280,11 @@ class FedBuff(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate one synchronous batch of replies (all with staleness 0)."""
+        """Aggregate one synchronous batch of replies (all with staleness 0).
+
+        Server momentum and the ledger belong to :meth:`start`'s loop and are not
+        applied here.
+        """
         if self._sync_reference is None:
             raise RuntimeError("aggregate_train called before configure_train")
         reference = self._sync_reference
@@ -287,7 +322,7 @@ class FedBuff(Strategy):
             return []
         node_ids = sorted(grid.get_node_ids())
         count = math.ceil(self.fraction_evaluate * len(node_ids))
-        chosen = random.Random(self.seed).sample(node_ids, count)
+        chosen = self._sample_rng.sample(node_ids, count)
         content = self.evaluate_content(arrays, config, server_round)
         return [Message(content, node_id, MessageType.EVALUATE) for node_id in chosen]
 
@@ -387,6 +422,7 @@ class _Buffered:
     weight: float
     update: ParsedUpdate
     content: RecordDict
+    digest: str = ""
 
 
 @dataclass
@@ -437,15 +473,90 @@ class _AsyncRun:
         self.last_trained: dict[int, int] = {}
         self.backoff_until: dict[int, float] = {}
         self.buffer: list[_Buffered] = []
-        self.buffer_started = 0.0
+        self.buffer_deadline = math.inf  # tau after the buffer's first update
         self.eval_rounds: dict[int, _EvalRound] = {}
         self.eval_pending: dict[int, int] = {}  # node -> version to evaluate
 
         self.t0 = clock.now()
         self.wall0 = time.time()
         self.next_refresh = self.t0
-        self.last_progress = self.t0
+        self.idle_deadline = self.t0 + timeout  # pushed back by every usable reply
+        self.budget_deadline = self.t0 + (
+            strategy.time_budget if strategy.time_budget is not None else math.inf
+        )
         self.result = AsyncResult(arrays=initial_arrays)
+
+        self.ledger: Ledger | None = None
+        self.owns_ledger = False
+        self.pending_rejected: list[dict[str, object]] = []
+        if strategy.ledger is not None:
+            self._open_ledger(strategy.ledger)
+
+    # ------------------------------------------------------------------ ledger
+    def _open_ledger(self, ledger: Ledger | str | Path) -> None:
+        if isinstance(ledger, Ledger):
+            self.ledger = ledger
+        else:
+            self.ledger, self.owns_ledger = Ledger(ledger), True
+        head = self.ledger.head()
+        if head is None:
+            self.ledger.append(
+                model=self.model,
+                model_version=0,
+                base_version=0,
+                config_digest=self.s.config_digest(),
+            )
+            return
+        model = self.ledger.load_model(head)
+        expected = {k: (v.shape, v.dtype) for k, v in self.model.items()}
+        if {k: (v.shape, v.dtype) for k, v in model.items()} != expected:
+            raise ValueError(
+                f"ledger {self.ledger.path} holds a model with other arrays than "
+                "initial_arrays; resume it with the same model architecture"
+            )
+        self.version = int(head.header["model_version"])
+        self.model = model
+        self.model_record = to_arrayrecord(model)
+        self.kept = {self.version: model}
+        self.result.arrays = self.model_record
+        log(
+            INFO,
+            "Resuming from ledger %s: block %d, version %d",
+            self.ledger.path,
+            head.height,
+            self.version,
+        )
+
+    def _record_block(self, buffered: list[_Buffered], step: NDArrays) -> None:
+        if self.ledger is None:
+            return
+        included = [
+            {
+                "node_id": b.node_id,
+                "digest": b.digest,
+                "trained_on": b.trained_on,
+                "staleness": b.staleness,
+                "weight": b.weight,
+                "num_examples": b.update.num_examples,
+            }
+            for b in buffered
+        ]
+        self.ledger.append(
+            model=self.model,
+            model_version=self.version,
+            base_version=self.version - 1,
+            config_digest=self.s.config_digest(),
+            included=included,
+            rejected=self.pending_rejected,
+            contributions=contributions(
+                [b.node_id for b in buffered],
+                [b.update.delta for b in buffered],
+                [b.update.num_examples for b in buffered],
+                step,
+            ),
+            sim_time=self.now(),
+        )
+        self.pending_rejected = []
 
     # ----------------------------------------------------------------- helpers
     def now(self) -> float:
@@ -454,7 +565,10 @@ class _AsyncRun:
     def _refresh_nodes(self) -> None:
         if self.clock.now() < self.next_refresh:
             return
-        self.nodes = set(self.grid.get_node_ids())
+        try:
+            self.nodes = set(self.grid.get_node_ids())
+        except Exception as exc:  # transport trouble: keep the last known nodes
+            log(WARNING, "get_node_ids failed: %s", exc)
         self.next_refresh = self.clock.now() + self.s.membership_refresh
 
     def _dispatchable(self, node_id: int) -> bool:
@@ -483,11 +597,22 @@ class _AsyncRun:
         else:
             self._eval_done(flight.node_id, flight.version, None)
 
-    def _reject(self, node_id: int, trained_on: int, reason: str) -> None:
+    def _reject(
+        self, node_id: int, trained_on: int, reason: str, content: RecordDict
+    ) -> None:
         log(WARNING, "Rejected update from node %d: %s", node_id, reason)
         self.result.rejected.append(
             RejectedUpdate(node_id, self.version, trained_on, self.now(), reason)
         )
+        if self.ledger is not None:
+            self.pending_rejected.append(
+                {
+                    "node_id": node_id,
+                    "digest": update_digest(content),
+                    "trained_on": trained_on,
+                    "reason": reason,
+                }
+            )
 
     def _prune_versions(self) -> None:
         needed = {self.version}
@@ -508,14 +633,16 @@ class _AsyncRun:
         if not messages:
             return
         try:
-            self.grid.push_messages([m for m, _ in messages])
+            accepted = {
+                str(i) for i in self.grid.push_messages([m for m, _ in messages]) if i
+            }
         except Exception as exc:  # transport trouble: count as failures, go on
             for _, flight in messages:
                 self._record_failure(flight, ErrorCode.UNKNOWN, f"push failed: {exc}")
             return
         for message, flight in messages:
             msg_id = message.metadata.message_id
-            if not msg_id:
+            if not msg_id or msg_id not in accepted:
                 self._record_failure(flight, ErrorCode.UNKNOWN, "push was refused")
                 continue
             self.in_flight[msg_id] = flight
@@ -545,9 +672,14 @@ class _AsyncRun:
                 del self.eval_pending[node_id]
         self._push(outgoing)
 
+        training = {
+            f.node_id
+            for f in self.in_flight.values()
+            if f.message_type == MessageType.TRAIN and f.node_id in self.nodes
+        }
         capacity = (
             len(self.nodes) if self.s.concurrency is None else self.s.concurrency
-        ) - len(self.busy)
+        ) - len(training)
         eligible = self._train_eligible()
         if capacity <= 0 or not eligible:
             return
@@ -622,22 +754,29 @@ class _AsyncRun:
         return len(expired)
 
     def _take_update(self, flight: _InFlight, content: RecordDict) -> None:
+        if self.version >= self.num_versions:
+            return  # the run is complete; a late update has nowhere to go
         staleness = self.version - flight.version
         if self.s.max_staleness is not None and staleness > self.s.max_staleness:
             self._reject(
                 flight.node_id,
                 flight.version,
                 f"stale: staleness {staleness} > max_staleness {self.s.max_staleness}",
+                content,
             )
             return
         try:
             update = self.s._parse(content, self.kept[flight.version])
         except UpdateRejected as exc:
-            self._reject(flight.node_id, flight.version, exc.reason)
+            self._reject(flight.node_id, flight.version, exc.reason, content)
             return
-        self.last_progress = self.clock.now()
-        if not self.buffer:
-            self.buffer_started = self.clock.now()
+        except Exception as exc:  # whatever a forged reply triggers, it is rejected
+            reason = f"reply could not be parsed: {exc!r}"
+            self._reject(flight.node_id, flight.version, reason, content)
+            return
+        self.idle_deadline = self.clock.now() + self.timeout
+        if not self.buffer and self.s.max_wait is not None:
+            self.buffer_deadline = self.clock.now() + self.s.max_wait
         self.buffer.append(
             _Buffered(
                 flight.node_id,
@@ -645,7 +784,8 @@ class _AsyncRun:
                 staleness,
                 self.s.staleness_fn(staleness),
                 update,
-                content,
+                RecordDict(dict(content.metric_records)),  # metrics only: no 2nd copy
+                update_digest(content) if self.ledger is not None else "",
             )
         )
 
@@ -653,10 +793,7 @@ class _AsyncRun:
     def _trigger(self) -> str | None:
         if not self.buffer or self.version >= self.num_versions:
             return None
-        if (
-            self.s.max_wait is not None
-            and self.clock.now() - self.buffer_started >= self.s.max_wait
-        ):
+        if self.clock.now() >= self.buffer_deadline:
             return TRIGGER_MAX_WAIT
         if not self.in_flight and not self._train_eligible():
             return TRIGGER_DRAINED
@@ -664,6 +801,7 @@ class _AsyncRun:
 
     def _aggregate(self, trigger: str) -> None:
         buffered, self.buffer = self.buffer, []
+        self.buffer_deadline = math.inf
         step = weighted_delta(
             [b.update.delta for b in buffered],
             [b.update.num_examples for b in buffered],
@@ -676,11 +814,25 @@ class _AsyncRun:
                 beta = self.s.server_momentum
                 self.momentum = {k: beta * self.momentum[k] + step[k] for k in step}
             step = self.momentum
-        self.model = apply_step(self.model, step, self.s.server_lr)
+        new_model = apply_step(self.model, step, self.s.server_lr)
+        if not all(
+            np.isfinite(v).all() for v in new_model.values() if v.dtype.kind == "f"
+        ):
+            for b in buffered:
+                self._reject(
+                    b.node_id,
+                    b.trained_on,
+                    "aggregate would overflow the model",
+                    b.content,
+                )
+            self.momentum = None
+            return
+        self.model = new_model
         self.model_record = to_arrayrecord(self.model)
         self.version += 1
         self.kept[self.version] = self.model
         self._prune_versions()
+        self._record_block(buffered, step)
 
         for b in buffered:
             self.result.participation[b.node_id] = (
@@ -770,53 +922,66 @@ class _AsyncRun:
 
     # -------------------------------------------------------------------- loop
     def _wait(self) -> None:
+        """Wait for the next reply, or the next deadline that is still ahead.
+
+        Only future deadlines count: one that is due but cannot act (the idle
+        timeout while messages are in flight) must not pin a virtual clock.
+        """
+        now = self.clock.now()
         candidates = [
             self.next_refresh,
-            self.last_progress + self.timeout,
-            self.t0
-            + (self.s.time_budget if self.s.time_budget is not None else math.inf),
+            self.idle_deadline,
+            self.budget_deadline,
             *(f.deadline for f in self.in_flight.values()),
-            *(t for t in self.backoff_until.values() if t > self.clock.now()),
+            *self.backoff_until.values(),
         ]
-        if self.buffer and self.s.max_wait is not None:
-            candidates.append(self.buffer_started + self.s.max_wait)
-        self.clock.wait(min(candidates))
+        if self.buffer and self.version < self.num_versions:
+            candidates.append(self.buffer_deadline)
+        self.clock.wait(
+            min((t for t in candidates if t > now), default=now + self.timeout)
+        )
 
     def _finished(self) -> str | None:
         if self.version >= self.num_versions and not self.eval_rounds:
             return "completed"
-        if self.clock.now() - self.last_progress >= self.timeout:
+        if self.clock.now() >= self.idle_deadline and not self.in_flight:
             return f"no usable reply for {self.timeout:g}s"
-        if self.s.time_budget is not None and self.now() >= self.s.time_budget:
+        if self.clock.now() >= self.budget_deadline:
             return "time budget reached"
         return None
 
     def _waiting_for_nodes(self) -> bool:
         return (
-            self.version == 0
+            not self.result.versions
             and not self.in_flight
-            and not self.result.versions
-            and (len(self.nodes) < self.s.min_available_nodes)
+            and len(self.nodes) < self.s.min_available_nodes
         )
 
     def execute(self) -> AsyncResult:
+        try:
+            return self._execute()
+        finally:
+            if self.owns_ledger and self.ledger is not None:
+                self.ledger.close()
+
+    def _execute(self) -> AsyncResult:
         if self.evaluate_fn is not None:
-            res = self.evaluate_fn(0, self.model_record)
+            res = self.evaluate_fn(self.version, self.model_record)
             log(INFO, "Initial global evaluation results: %s", res)
             if res is not None:
-                self.result.evaluate_metrics_serverapp[0] = res
+                self.result.evaluate_metrics_serverapp[self.version] = res
 
         while (reason := self._finished()) is None:
             self._refresh_nodes()
             self._forget_unreachable_evaluations()
             if not self._waiting_for_nodes():
                 self._dispatch()
-            if self._collect():
-                continue  # dispatch to freed nodes before waiting
+            progressed = self._collect() > 0
             if (trigger := self._trigger()) is not None:
                 self._aggregate(trigger)
-                continue
-            self._wait()
+                progressed = True
+            if not progressed:
+                self._wait()  # else: dispatch to freed nodes first
 
         self.result.stop_reason = reason
         if reason != "completed":

@@ -117,7 +117,9 @@ def _decode_checked(name: str, arr: Array, ref: np.ndarray) -> np.ndarray:
         raise UpdateRejected(
             f"array {name!r} has shape {value.shape}, expected {ref.shape}"
         )
-    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+    if value.dtype.kind not in "biuf":
+        raise UpdateRejected(f"array {name!r} has non-numeric dtype {value.dtype}")
+    if value.dtype.kind == "f" and not np.isfinite(value).all():
         raise UpdateRejected(f"array {name!r} holds NaN or Inf")
     return value
 
@@ -161,10 +163,13 @@ def parse_update(
     delta: NDArrays = {}
     for name, ref in reference.items():
         value = _decode_checked(name, arrays[name], ref)
-        if kind == UPDATE_KIND_DELTA:
-            delta[name] = value
-        else:
-            delta[name] = value - ref
+        if ref.dtype.kind != "f":  # ints, uints, bools: no wrap-around, no bool math
+            value = value.astype(np.float64)
+            ref = ref.astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            delta[name] = value if kind == UPDATE_KIND_DELTA else value - ref
+        if not np.isfinite(delta[name]).all():
+            raise UpdateRejected(f"array {name!r} overflows when taken as an update")
     return ParsedUpdate(
         delta=delta, num_examples=num_examples, metrics=metrics, kind=kind
     )
@@ -200,11 +205,19 @@ def weighted_delta(
 def apply_step(
     model: Mapping[str, np.ndarray], step: Mapping[str, np.ndarray], lr: float
 ) -> NDArrays:
-    """Return ``model + lr * step`` in each array's own dtype (a new dict)."""
+    """Return ``model + lr * step`` in each array's own dtype (a new dict).
+
+    Integers are rounded and clipped to their range; a float result that
+    overflows its dtype comes out as Inf, which callers check for.
+    """
     out: NDArrays = {}
     for name, value in model.items():
         updated = value.astype(np.float64) + lr * step[name]
         if value.dtype.kind in "iu":
-            updated = np.rint(updated)
-        out[name] = updated.astype(value.dtype)
+            info = np.iinfo(value.dtype)
+            updated = np.clip(np.rint(updated), info.min, info.max)
+        elif value.dtype.kind == "b":
+            updated = np.rint(np.clip(updated, 0, 1))
+        with np.errstate(over="ignore"):
+            out[name] = updated.astype(value.dtype)
     return out

@@ -1,0 +1,168 @@
+"""Canonical, versioned serialisation and the digests built on it.
+
+Every hash in the ledger is recomputable by anyone from stored data:
+
+- headers and bodies are canonical JSON (sorted keys, no whitespace, UTF-8,
+  integers as integers, floats in Python's shortest round-trip form), prefixed by
+  a format tag, so ``sha256(tag + json)`` is well defined;
+- an update digest covers the reply exactly as received (sparse or dense): every
+  record's name and kind, every array's dtype, shape, storage type and the
+  SHA-256 of its bytes, and every metric and config value;
+- a model's hash is the SHA-256 of its blob in the content-addressed store (a
+  small canonical header followed by each array's raw C-order bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import struct
+from collections.abc import Iterator, Mapping
+from typing import Any, Final
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+HEADER_TAG: Final = b"flchain-block-header/1\n"
+BODY_TAG: Final = b"flchain-block-body/1\n"
+UPDATE_TAG: Final = b"flchain-update/1\n"
+VOTE_TAG: Final = b"flchain-vote/1\n"
+MODEL_MAGIC: Final = b"FLCHAIN-MODEL/1\n"
+ZERO_HASH: Final = "0" * 64
+
+
+class NotCanonical(ValueError):
+    """Stored bytes are not the canonical encoding of their content."""
+
+
+def canonical_json(value: Any) -> bytes:
+    """The canonical JSON encoding of ``value`` (rejects NaN and Inf)."""
+    _check_finite(value)
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode("utf-8")
+
+
+def parse_canonical(data: bytes) -> Any:
+    """Parse canonical JSON; raise :class:`NotCanonical` if it is not canonical."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotCanonical(f"not valid JSON: {exc}") from None
+    if canonical_json(value) != data:
+        raise NotCanonical("not in canonical form")
+    return value
+
+
+def _check_finite(value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("canonical JSON cannot hold NaN or Inf")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _check_finite(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_finite(item)
+
+
+def sha256_hex(*parts: bytes | memoryview) -> str:
+    """Hex SHA-256 over the concatenation of ``parts``."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------- update digests
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes-sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def update_digest(content: RecordDict) -> str:
+    """SHA-256 of a reply's content as received (format ``flchain-update/1``)."""
+    records: dict[str, Any] = {}
+    for name, record in content.items():
+        if isinstance(record, ArrayRecord):
+            records[name] = {
+                "kind": "arrays",
+                "order": list(record.keys()),
+                "arrays": {
+                    key: {
+                        "dtype": arr.dtype,
+                        "shape": list(arr.shape),
+                        "stype": arr.stype,
+                        "sha256": hashlib.sha256(arr.data).hexdigest(),
+                    }
+                    for key, arr in record.items()
+                },
+            }
+        elif isinstance(record, MetricRecord | ConfigRecord):
+            kind = "metrics" if isinstance(record, MetricRecord) else "config"
+            records[name] = {
+                "kind": kind,
+                "values": {k: _plain(v) for k, v in record.items()},
+            }
+    return sha256_hex(UPDATE_TAG, canonical_json(records))
+
+
+# ------------------------------------------------------------------ model blobs
+def _array_chunks(arrays: Mapping[str, np.ndarray]) -> Iterator[memoryview]:
+    header = {
+        "arrays": [
+            {"name": name, "dtype": a.dtype.str, "shape": list(a.shape)}
+            for name, a in arrays.items()
+        ]
+    }
+    head = canonical_json(header)
+    yield memoryview(MODEL_MAGIC + struct.pack("<Q", len(head)) + head)
+    for a in arrays.values():
+        contiguous = np.ascontiguousarray(a)
+        yield contiguous.data.cast("B")
+
+
+def model_chunks(arrays: Mapping[str, np.ndarray]) -> list[memoryview]:
+    """The model's blob as a list of zero-copy chunks (header, then array bytes)."""
+    return list(_array_chunks(arrays))
+
+
+def model_hash(arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of the model's blob, without materialising the blob."""
+    return sha256_hex(*model_chunks(arrays))
+
+
+def decode_model(blob: bytes) -> dict[str, np.ndarray]:
+    """Inverse of the blob encoding; raises ``ValueError`` on any inconsistency."""
+    if not blob.startswith(MODEL_MAGIC):
+        raise ValueError("not a flchain model blob")
+    offset = len(MODEL_MAGIC)
+    if len(blob) < offset + 8:
+        raise ValueError("truncated model blob")
+    (head_len,) = struct.unpack_from("<Q", blob, offset)
+    offset += 8
+    header = parse_canonical(blob[offset : offset + head_len])
+    offset += head_len
+    arrays: dict[str, np.ndarray] = {}
+    for spec in header["arrays"]:
+        dtype = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"], dtype=np.int64))
+        size = count * dtype.itemsize
+        if offset + size > len(blob):
+            raise ValueError(f"model blob too short for array {spec['name']!r}")
+        arrays[spec["name"]] = (
+            np.frombuffer(blob, dtype=dtype, count=count, offset=offset)
+            .reshape(spec["shape"])
+            .copy()
+        )
+        offset += size
+    if offset != len(blob):
+        raise ValueError("model blob has trailing bytes")
+    return arrays

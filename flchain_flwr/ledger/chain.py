@@ -1,0 +1,575 @@
+"""The hash-chained ledger: blocks in SQLite, models in a content-addressed store.
+
+One block per accepted aggregation (height 0 is the genesis block holding the
+initial model). A block is stored as its canonical header and body bytes, its hash
+(``sha256(HEADER_TAG + header)``) and the leader's Ed25519 signature over the same
+bytes. The header commits to everything else: the previous block's hash, the
+body's hash, the Merkle root of the included update digests and the new global
+model's hash. Each block is one SQLite transaction (WAL mode), and its model blob
+is in place before that transaction starts, so a process killed at any moment
+leaves a ledger whose every committed block verifies.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from nacl.encoding import HexEncoder
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from .blobs import BlobStore
+from .canonical import (
+    BODY_TAG,
+    HEADER_TAG,
+    VOTE_TAG,
+    ZERO_HASH,
+    NotCanonical,
+    canonical_json,
+    parse_canonical,
+    sha256_hex,
+)
+from .merkle import (
+    InvalidProof,
+    consistency_proof,
+    inclusion_proof,
+    merkle_root,
+    verify_proof,
+)
+
+LEDGER_FORMAT: Final = "flchain-ledger/1"
+BLOCK_FORMAT: Final = "flchain-block/1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blocks (
+    height INTEGER PRIMARY KEY,
+    hash TEXT NOT NULL,
+    header BLOB NOT NULL,
+    body BLOB NOT NULL,
+    signature TEXT NOT NULL
+);
+"""
+
+
+class LedgerError(Exception):
+    """A ledger cannot be opened or used as asked (missing, not a ledger, ...)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A stored block: its exact bytes plus their parsed form."""
+
+    height: int
+    hash: str
+    header_bytes: bytes
+    body_bytes: bytes
+    signature: str
+    header: dict[str, Any] = field(compare=False)
+    body: dict[str, Any] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :meth:`Ledger.verify`: ``ok``, or the first bad block and why."""
+
+    ok: bool
+    blocks: int
+    bad_height: int | None = None
+    reason: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"ok: {self.blocks} blocks verified"
+        where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
+        return f"FAILED at {where}: {self.reason}"
+
+
+def vote_payload(
+    chain_id: str, height: int, candidate: str, verdict: bool, score: float
+) -> bytes:
+    """The bytes a verifier signs for one vote."""
+    return VOTE_TAG + canonical_json(
+        {
+            "chain_id": chain_id,
+            "height": height,
+            "candidate": candidate,
+            "verdict": verdict,
+            "score": score,
+        }
+    )
+
+
+def sign_vote(
+    key: SigningKey,
+    chain_id: str,
+    height: int,
+    candidate: str,
+    verdict: bool,
+    score: float,
+) -> dict[str, Any]:
+    """A signed vote, in the form stored in a block body."""
+    payload = vote_payload(chain_id, height, candidate, verdict, score)
+    return {
+        "verifier": key.verify_key.encode(HexEncoder).decode(),
+        "candidate": candidate,
+        "verdict": verdict,
+        "score": score,
+        "signature": key.sign(payload).signature.hex(),
+    }
+
+
+def load_or_create_key(path: Path) -> SigningKey:
+    """The Ed25519 key at ``path``, created (mode 0600) if it does not exist."""
+    if path.exists():
+        try:
+            return SigningKey(path.read_bytes().strip(), encoder=HexEncoder)
+        except Exception as exc:
+            raise LedgerError(
+                f"{path} does not hold an Ed25519 signing key: {exc}"
+            ) from None
+    key = SigningKey.generate()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(key.encode(HexEncoder))
+    os.replace(tmp, path)
+    return key
+
+
+# pylint: disable=too-many-instance-attributes
+class Ledger:
+    """An append-only chain of aggregation blocks.
+
+    Parameters
+    ----------
+    path : str | Path
+        The SQLite file. Models live beside it in ``<path>.models/``; the leader's
+        signing key, unless given, in ``<path>.key`` (created on first append).
+    chain_id : str, optional
+        Identifies the chain; fixed at creation (a random id if not given). Opening
+        an existing ledger with another id is an error.
+    signing_key : nacl.signing.SigningKey, optional
+        The leader's key for signing headers.
+    create : bool (default: True)
+        Create the ledger if the file does not exist; with ``False`` a missing
+        file is an error (what read-only tools want).
+    durable : bool (default: False)
+        fsync blobs and use ``synchronous=FULL``: survive power loss, not just a
+        killed process (which the default already survives).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        chain_id: str | None = None,
+        signing_key: SigningKey | None = None,
+        create: bool = True,
+        durable: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise LedgerError(f"no ledger at {self.path}")
+        if self.path.is_dir():
+            raise LedgerError(f"{self.path} is a directory, not a ledger file")
+        self.blobs = BlobStore(
+            self.path.with_name(self.path.name + ".models"), durable=durable
+        )
+        self._signing_key = signing_key
+        self._key_path = self.path.with_name(self.path.name + ".key")
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"{self.path} is not a flchain ledger ({exc})") from None
+        if not tables:
+            if not create:
+                raise LedgerError(f"{self.path} is not a flchain ledger (empty file)")
+            self.db.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+            self.db.executescript(_SCHEMA)
+            self._set_meta("format", LEDGER_FORMAT)
+            self._set_meta("chain_id", chain_id or uuid.uuid4().hex)
+        elif not {"meta", "blocks"} <= tables or self._meta("format") != LEDGER_FORMAT:
+            raise LedgerError(f"{self.path} is not a flchain ledger")
+        stored = self._meta("chain_id")
+        if stored is None:
+            raise LedgerError(f"{self.path} has no chain id")
+        if chain_id is not None and chain_id != stored:
+            raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
+        self.chain_id: str = stored
+
+    # ------------------------------------------------------------------ basics
+    def close(self) -> None:
+        """Close the database connection."""
+        self.db.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
+        )
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The leader's key (loaded or created beside the ledger on first use)."""
+        if self._signing_key is None:
+            self._signing_key = load_or_create_key(self._key_path)
+        return self._signing_key
+
+    def __len__(self) -> int:
+        row = self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()
+        return int(row[0])
+
+    # ------------------------------------------------------------------ reading
+    @staticmethod
+    def _row_to_block(row: tuple[Any, ...]) -> Block:
+        height, digest, header, body, signature = row
+        header, body = bytes(header), bytes(body)
+        return Block(
+            height=int(height),
+            hash=str(digest),
+            header_bytes=header,
+            body_bytes=body,
+            signature=str(signature),
+            header=parse_canonical(header),
+            body=parse_canonical(body),
+        )
+
+    def _rows(self) -> Iterator[tuple[Any, ...]]:
+        yield from self.db.execute(
+            "SELECT height, hash, header, body, signature FROM blocks ORDER BY height"
+        )
+
+    def blocks(self) -> Iterator[Block]:
+        """Every block, by height."""
+        for row in self._rows():
+            yield self._row_to_block(row)
+
+    def block(self, height: int) -> Block:
+        """The block at ``height``; ``LedgerError`` if there is none."""
+        row = self.db.execute(
+            "SELECT height, hash, header, body, signature FROM blocks WHERE height = ?",
+            (height,),
+        ).fetchone()
+        if row is None:
+            raise LedgerError(
+                f"no block at height {height} (ledger has {len(self)} blocks)"
+            )
+        return self._row_to_block(row)
+
+    def head(self) -> Block | None:
+        """The last block, or ``None`` for an empty ledger."""
+        row = self.db.execute(
+            "SELECT height, hash, header, body, signature FROM blocks "
+            "ORDER BY height DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else self._row_to_block(row)
+
+    def load_model(self, block: Block) -> dict[str, np.ndarray]:
+        """The global model a block references, from the content-addressed store."""
+        return self.blobs.load_model(str(block.header["model_hash"]))
+
+    def block_hashes(self) -> list[str]:
+        """Block hashes by height: the leaves of the chain's Merkle log."""
+        return [
+            str(r[0])
+            for r in self.db.execute("SELECT hash FROM blocks ORDER BY height")
+        ]
+
+    # ---------------------------------------------------------------- appending
+    # pylint: disable=too-many-arguments,too-many-locals
+    def append(
+        self,
+        *,
+        model: Mapping[str, np.ndarray],
+        model_version: int,
+        base_version: int,
+        config_digest: str,
+        included: Sequence[Mapping[str, Any]] = (),
+        rejected: Sequence[Mapping[str, Any]] = (),
+        votes: Sequence[Mapping[str, Any]] = (),
+        contributions: Sequence[Mapping[str, Any]] = (),
+        sim_time: float = 0.0,
+        wall_time: float | None = None,
+    ) -> Block:
+        """Store the model, then commit one signed block in one transaction.
+
+        ``included`` entries need a ``digest`` (hex SHA-256 of the update as
+        received, see :func:`~flchain_flwr.ledger.canonical.update_digest`); their
+        digests, in order, are the leaves of the block's Merkle root.
+        """
+        model_hash = self.blobs.put_model(model)
+        body = {
+            "included": [dict(u) for u in included],
+            "rejected": [dict(r) for r in rejected],
+            "votes": [dict(v) for v in votes],
+            "contributions": [dict(c) for c in contributions],
+        }
+        body_bytes = canonical_json(body)
+        key = self.signing_key
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            head = self.head()
+            height = 0 if head is None else head.height + 1
+            header = {
+                "format": BLOCK_FORMAT,
+                "chain_id": self.chain_id,
+                "height": height,
+                "prev_hash": ZERO_HASH if head is None else head.hash,
+                "wall_time": time.time() if wall_time is None else wall_time,
+                "sim_time": sim_time,
+                "model_version": model_version,
+                "base_version": base_version,
+                "config_digest": config_digest,
+                "model_hash": model_hash,
+                "updates_root": merkle_root([str(u["digest"]) for u in included]),
+                "body_hash": sha256_hex(BODY_TAG, body_bytes),
+                "leader": key.verify_key.encode(HexEncoder).decode(),
+            }
+            header_bytes = canonical_json(header)
+            block_hash = sha256_hex(HEADER_TAG, header_bytes)
+            signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
+            if head is None:
+                self._set_meta("leader_key", str(header["leader"]))
+            self.db.execute(
+                "INSERT INTO blocks (height, hash, header, body, signature) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (height, block_hash, header_bytes, body_bytes, signature),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return Block(
+            height, block_hash, header_bytes, body_bytes, signature, header, body
+        )
+
+    # ---------------------------------------------------------------- verifying
+    def verify(
+        self, *, trusted_key: str | None = None, check_models: bool = True
+    ) -> VerifyReport:
+        """Check every block; report the first one that fails and why.
+
+        Checks: canonical encodings, header hash, height sequence, chain id,
+        previous-hash links, body hash, Merkle root of included updates, leader
+        signature (against the genesis leader, or ``trusted_key``), every vote's
+        signature, and (``check_models``) that each model blob hashes to its name.
+        """
+        count = 0
+        try:
+            leader = trusted_key or self._meta("leader_key")
+            prev_hash = ZERO_HASH
+            for expected_height, row in enumerate(self._rows()):
+                try:
+                    problem = self._check_block(
+                        row, expected_height, prev_hash, leader, check_models
+                    )
+                except Exception as exc:  # any corruption is a finding, not a crash
+                    problem = f"block cannot be checked: {exc!r}"
+                if problem is not None:
+                    return VerifyReport(False, count, int(row[0]), problem)
+                prev_hash = str(row[1])
+                count += 1
+        except sqlite3.DatabaseError as exc:
+            return VerifyReport(False, count, None, f"database unreadable: {exc}")
+        return VerifyReport(True, count)
+
+    # pylint: disable=too-many-return-statements,too-many-arguments
+    def _check_block(
+        self,
+        row: tuple[Any, ...],
+        expected_height: int,
+        prev_hash: str,
+        leader: str | None,
+        check_models: bool,
+    ) -> str | None:
+        height, stored_hash, header_raw, body_raw, signature = row
+        if not isinstance(header_raw, bytes) or not isinstance(body_raw, bytes):
+            return "header or body is not stored as bytes"
+        if height != expected_height:
+            return (
+                f"block {expected_height} is missing (next stored height is {height})"
+            )
+        try:
+            header = parse_canonical(header_raw)
+            body = parse_canonical(body_raw)
+        except NotCanonical as exc:
+            return f"stored header or body is corrupt: {exc}"
+        if not isinstance(header, dict) or not isinstance(body, dict):
+            return "header or body is not a JSON object"
+        if sha256_hex(HEADER_TAG, header_raw) != stored_hash:
+            return "block hash does not match the header"
+        try:
+            checks = [
+                (
+                    header["format"] == BLOCK_FORMAT,
+                    f"unknown block format {header['format']!r}",
+                ),
+                (header["height"] == height, f"header says height {header['height']}"),
+                (
+                    header["chain_id"] == self.chain_id,
+                    "header belongs to another chain",
+                ),
+                (header["prev_hash"] == prev_hash, "previous-hash link is broken"),
+                (
+                    header["body_hash"] == sha256_hex(BODY_TAG, body_raw),
+                    "body does not match the header's body hash",
+                ),
+                (
+                    header["updates_root"]
+                    == merkle_root([str(u["digest"]) for u in body["included"]]),
+                    "Merkle root of included updates does not match",
+                ),
+                (
+                    leader is None or header["leader"] == leader,
+                    "signed by an unexpected leader",
+                ),
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"header or body is missing a field: {exc!r}"
+        for ok, reason in checks:
+            if not ok:
+                return reason
+        if not _is_hex(signature, 128) or not _signature_ok(
+            str(header["leader"]), HEADER_TAG + header_raw, signature
+        ):
+            return "leader signature is invalid"
+        for index, vote in enumerate(body.get("votes", [])):
+            problem = _check_vote(self.chain_id, height, vote)
+            if problem is not None:
+                return f"vote {index}: {problem}"
+        if check_models:
+            return self.blobs.check(str(header["model_hash"]))
+        return None
+
+    # ------------------------------------------------------------------- proofs
+    def find_update(self, digest: str) -> tuple[Block, int]:
+        """The block including an update digest, and its index in that block."""
+        for block in self.blocks():
+            for index, update in enumerate(block.body["included"]):
+                if update["digest"] == digest:
+                    return block, index
+        raise LedgerError(f"update digest {digest} is not in any block")
+
+    def prove_update(self, digest: str) -> dict[str, Any]:
+        """Proof that an update is in a block, and that the block is in the log.
+
+        Self-contained: the block header (whose hash the checker recomputes and
+        whose ``updates_root`` anchors the update proof) and an inclusion proof of
+        the block hash in the Merkle log of all block hashes so far.
+        """
+        block, index = self.find_update(digest)
+        leaves = [str(u["digest"]) for u in block.body["included"]]
+        hashes = self.block_hashes()
+        return {
+            "type": "update-in-block",
+            "chain_id": self.chain_id,
+            "height": block.height,
+            "header": block.header_bytes.decode("utf-8"),
+            "update": inclusion_proof(leaves, index),
+            "block": inclusion_proof(hashes, block.height),
+        }
+
+    def prove_consistency(
+        self, prior_size: int, later_size: int | None = None
+    ) -> dict[str, Any]:
+        """Proof that the ledger at ``prior_size`` blocks is a prefix of a later one."""
+        hashes = self.block_hashes()
+        later = len(hashes) if later_size is None else later_size
+        try:
+            proof = consistency_proof(hashes, prior_size, later)
+        except ValueError as exc:
+            raise LedgerError(str(exc)) from None
+        return {"chain_id": self.chain_id, **proof}
+
+
+def _is_hex(value: object, length: int) -> bool:
+    """Lower-case hex of exactly ``length`` characters: the only stored form."""
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
+    try:
+        VerifyKey(public_hex.encode(), encoder=HexEncoder).verify(
+            message, bytes.fromhex(signature_hex)
+        )
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    except Exception:  # malformed keys raise nacl's own errors
+        return False
+    return True
+
+
+def _check_vote(chain_id: str, height: int, vote: Any) -> str | None:
+    try:
+        payload = vote_payload(
+            chain_id, height, vote["candidate"], vote["verdict"], vote["score"]
+        )
+        ok = _signature_ok(str(vote["verifier"]), payload, str(vote["signature"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"malformed vote: {exc!r}"
+    return None if ok else "signature is invalid"
+
+
+def check_proof(proof: Mapping[str, Any]) -> str:
+    """Verify a proof from :meth:`Ledger.prove_update` or
+    :meth:`Ledger.prove_consistency` offline; return what it proves.
+
+    Raises ``InvalidProof`` if it does not hold.
+    """
+    kind = proof.get("type")
+    if kind == "consistency":
+        verify_proof(dict(proof))
+        return (
+            f"the ledger of {proof['later_size']} blocks "
+            f"(root {proof['later_root'][:16]}…) extends the ledger of "
+            f"{proof['prior_size']} blocks (root {proof['prior_root'][:16]}…)"
+        )
+    if kind != "update-in-block":
+        raise InvalidProof(f"unknown proof type {kind!r}")
+    try:
+        header_bytes = str(proof["header"]).encode("utf-8")
+        header = parse_canonical(header_bytes)
+        update, block = proof["update"], proof["block"]
+        block_hash = sha256_hex(HEADER_TAG, header_bytes)
+        if (
+            header["height"] != proof["height"]
+            or header["chain_id"] != proof["chain_id"]
+        ):
+            raise InvalidProof("header does not match the claimed height or chain")
+        if update["root"] != header["updates_root"]:
+            raise InvalidProof("update proof is not anchored in the block header")
+        if block["leaf"] != block_hash or block["index"] != header["height"]:
+            raise InvalidProof("block proof is not about this block")
+    except (KeyError, TypeError, NotCanonical) as exc:
+        raise InvalidProof(f"malformed proof: {exc!r}") from None
+    verify_proof(update)
+    verify_proof(block)
+    return (
+        f"update {update['leaf'][:16]}… is in block {header['height']} "
+        f"({block_hash[:16]}…), which is block {block['index']} of a "
+        f"{block['size']}-block log with root {block['root'][:16]}…"
+    )

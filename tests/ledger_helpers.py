@@ -1,0 +1,67 @@
+"""Build small ledgers for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from flchain_flwr.ledger import Ledger, sign_vote
+
+
+def digest_of(i: int) -> str:
+    return f"{i:064x}"
+
+
+def build_ledger(path: Path, blocks: int = 5, *, with_votes: bool = True) -> Ledger:
+    """A ledger with a genesis block and ``blocks - 1`` aggregation blocks."""
+    ledger = Ledger(path, chain_id="test-chain", signing_key=SigningKey(b"\x01" * 32))
+    verifiers = [SigningKey(bytes([i + 2]) * 32) for i in range(3)]
+    rng = np.random.default_rng(0)
+    for height in range(blocks):
+        model = {
+            "w": rng.normal(size=(4, 3)).astype(np.float32),
+            "b": np.full(2, height, np.int64),
+        }
+        included = [
+            {
+                "node_id": 10 + k,
+                "digest": digest_of(100 * height + k),
+                "staleness": k,
+                "weight": 1.0 / (1 + k),
+                "num_examples": 5 + k,
+            }
+            for k in range(height % 4)
+        ]
+        votes = []
+        if with_votes and included:
+            votes = [
+                sign_vote(v, "test-chain", height, included[0]["digest"], True, 0.9)
+                for v in verifiers
+            ]
+        ledger.append(
+            model=model,
+            model_version=height,
+            base_version=max(0, height - 1),
+            config_digest="c" * 64,
+            included=included,
+            rejected=[
+                {"node_id": 99, "digest": digest_of(7), "reason": "holds NaN or Inf"}
+            ]
+            if height == 2
+            else [],
+            votes=votes,
+            contributions=[
+                {
+                    "node_id": u["node_id"],
+                    "data_share": 0.5,
+                    "relevance": 0.5,
+                    "score": 0.25,
+                }
+                for u in included
+            ],
+            sim_time=float(height),
+            wall_time=1_000.0 + height,
+        )
+    return ledger
