@@ -74,7 +74,7 @@ def run_one(
     grid = VirtualGrid(
         client_app,
         tiered(num_nodes, (1.0, 4.0, 10.0), uplink_bps=8e6, downlink_bps=8e6),
-        run_config=config,
+        run_config={**config, "seed": seed},  # partition and local shuffles per seed
         seed=seed,
         work_fn=examples_work(seconds_per_example),
     )
