@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-APPS   := apps/digits_async
+APPS   := apps/flchain_cnn
 
 .PHONY: install run test bench lint clean
 
@@ -21,7 +21,7 @@ install: $(STAMP)
 # simulation (10 SuperNodes, project-local FLWR_HOME in .flwr/), then the local
 # SuperLink it started is stopped by PID.
 run: install
-	$(BIN)/python -m flchain_flwr.sim.local_run apps/digits_async \
+	$(BIN)/python -m flchain_flwr.sim.local_run apps/flchain_cnn \
 		--flwr-home .flwr --num-supernodes 10
 
 test: install

@@ -43,7 +43,7 @@ from flchain_flwr.sim import (
 from flchain_flwr.strategies import AsyncResult, FedBuff, Polynomial, mean_staleness
 
 RESULTS = Path(__file__).parent / "results"
-APP_DIR = Path(__file__).parent.parent / "apps" / "digits_async"
+APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
 
 
 def time_to_target(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -67,9 +67,9 @@ def run_one(
     seconds_per_example: float,
 ) -> dict[str, Any]:
     """One strategy, one seed: accuracy against simulated time."""
-    from digits_async.client_app import app as client_app
-    from digits_async.server_app import central_evaluate
-    from digits_async.task import new_model
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.server_app import central_evaluator
+    from flchain_cnn.task import new_model
 
     grid = VirtualGrid(
         client_app,
@@ -79,6 +79,7 @@ def run_one(
         work_fn=examples_work(seconds_per_example),
     )
     curve: list[tuple[float, float]] = []
+    central_evaluate = central_evaluator("digits")
 
     def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
         metrics = central_evaluate(version, arrays)
@@ -89,7 +90,7 @@ def run_one(
     run = simulate(
         strategy,
         grid,
-        ArrayRecord(new_model(seed).state_dict()),
+        ArrayRecord(new_model("digits", seed).state_dict()),
         num_rounds=num_rounds,
         evaluate_fn=evaluate,
     )

@@ -24,12 +24,12 @@ def quiet() -> None:
 def test_app_learns_non_iid_digits_in_the_virtual_clock_simulator(
     tmp_path: Path,
 ) -> None:
-    from digits_async.client_app import app as client_app
-    from digits_async.server_app import app as server_app
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.server_app import app as server_app
 
     results = tmp_path / "history.json"
     config = app_run_config(
-        "apps/digits_async", {"num-server-rounds": 40, "results-path": str(results)}
+        "apps/flchain_cnn", {"num-server-rounds": 40, "results-path": str(results)}
     )
     run = run_federation(
         server_app, client_app, devices=tiered(20), run_config=config, seed=0
@@ -50,6 +50,6 @@ def test_app_learns_non_iid_digits_in_the_virtual_clock_simulator(
 
 def test_app_run_config_rejects_unknown_keys() -> None:
     with pytest.raises(KeyError, match="num-rounds"):
-        app_run_config("apps/digits_async", {"num-rounds": 3})
+        app_run_config("apps/flchain_cnn", {"num-rounds": 3})
     with pytest.raises(FileNotFoundError):
         app_run_config("apps/missing")

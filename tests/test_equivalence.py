@@ -67,12 +67,12 @@ def test_digits_app_matches_fedavg_on_the_same_seed_and_data() -> None:
     FedBuff version must agree to float32 rounding.
     """
     pytest.importorskip("torch")
-    from digits_async.client_app import app as client_app
-    from digits_async.task import new_model
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.task import new_model
     from flwr.common.logger import FLOWER_LOGGER
 
     FLOWER_LOGGER.setLevel(logging.WARNING)
-    config = app_run_config("apps/digits_async", {"local-epochs": 1})
+    config = app_run_config("apps/flchain_cnn", {"local-epochs": 1})
 
     def grid() -> VirtualGrid:
         return VirtualGrid(client_app, tiered(6), run_config=config, seed=7)
@@ -81,7 +81,7 @@ def test_digits_app_matches_fedavg_on_the_same_seed_and_data() -> None:
     simulate(
         fedavg(),
         grid(),
-        ArrayRecord(new_model(1).state_dict()),
+        ArrayRecord(new_model("digits", 1).state_dict()),
         num_rounds=3,
         evaluate_fn=lambda _r, arrays: trajectory.append(arrays),
     )  # type: ignore[arg-type,func-returns-value]

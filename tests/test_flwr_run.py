@@ -19,7 +19,7 @@ def test_flwr_run_of_the_app_in_ray_simulation(tmp_path: Path) -> None:
     home = tmp_path / "flwr-home"
     results = tmp_path / "history.json"
     run = flwr_run_local(
-        "apps/digits_async",
+        "apps/flchain_cnn",
         flwr_home=home,
         num_supernodes=4,
         run_config={

@@ -8,7 +8,7 @@ belong to that ``FLWR_HOME``, by PID.
 
 Command line (used by ``make run``)::
 
-    python -m flchain_flwr.sim.local_run apps/digits_async --num-supernodes 10
+    python -m flchain_flwr.sim.local_run apps/flchain_cnn --num-supernodes 10
 """
 
 from __future__ import annotations

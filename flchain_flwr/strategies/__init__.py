@@ -1,5 +1,6 @@
 """Server-side strategies: semi-asynchronous buffered aggregation and helpers."""
 
+from .config import fedbuff_from_run_config
 from .fedbuff import FedBuff, mean_staleness, staleness_histogram
 from .result import AsyncResult, NodeFailure, RejectedUpdate, VersionRecord
 from .staleness import (
@@ -25,6 +26,7 @@ __all__ = [
     "StalenessFn",
     "UpdateRejected",
     "VersionRecord",
+    "fedbuff_from_run_config",
     "mean_staleness",
     "parse_update",
     "staleness_fn",

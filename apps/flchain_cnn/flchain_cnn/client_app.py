@@ -5,31 +5,41 @@ from __future__ import annotations
 import zlib
 from typing import cast
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from digits_async.task import evaluate, load_partition, new_model, train
+from flchain_cnn.task import evaluate, load_partition, new_model, train
 
 app = ClientApp()
 
 
-def _partition(context: Context) -> tuple[int, int]:
-    return int(context.node_config["partition-id"]), int(
-        context.node_config["num-partitions"]
+def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
+    cfg = context.run_config
+    return load_partition(
+        str(cfg["dataset"]),
+        int(context.node_config["partition-id"]),
+        int(context.node_config["num-partitions"]),
+        float(cfg["dirichlet-alpha"]),
+        int(cfg["seed"]),
+        bool(cfg["allow-download"]),
     )
+
+
+def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-def]
+    net = new_model(str(context.run_config["dataset"]), 0)
+    net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return net
 
 
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition; reply with full weights."""
     cfg = context.run_config
-    partition_id, num_partitions = _partition(context)
-    x, y = load_partition(
-        partition_id, num_partitions, float(cfg["dirichlet-alpha"]), int(cfg["seed"])
-    )
-    net = new_model(0)
-    net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    x, y = _local_data(context)
+    net = _received_model(msg, context)
     server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
+    partition_id = int(context.node_config["partition-id"])
     train_loss = train(
         net,
         x,
@@ -51,19 +61,9 @@ def train_fn(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
     """Evaluate the received model on the local partition."""
-    cfg = context.run_config
-    partition_id, num_partitions = _partition(context)
-    x, y = load_partition(
-        partition_id, num_partitions, float(cfg["dirichlet-alpha"]), int(cfg["seed"])
+    x, y = _local_data(context)
+    loss, accuracy = evaluate(_received_model(msg, context), x, y)
+    metrics = MetricRecord(
+        {"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(y)}
     )
-    net = new_model(0)
-    net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
-    loss, accuracy = evaluate(net, x, y)
-    content = RecordDict(
-        {
-            "metrics": MetricRecord(
-                {"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(y)}
-            )
-        }
-    )
-    return Message(content=content, reply_to=msg)
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

@@ -1,1 +1,0 @@
-"""digits-async: a Flower App running flchain-flwr's FedBuff on sklearn digits."""

@@ -1,0 +1,1 @@
+"""flchain-cnn: a Flower App running flchain-flwr's FedBuff on sklearn digits."""

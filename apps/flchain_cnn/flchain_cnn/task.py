@@ -1,0 +1,119 @@
+"""Models, data and training for the app: sklearn digits or Fashion-MNIST.
+
+``dataset = "digits"`` (the default) needs no download: scikit-learn ships it.
+``dataset = "fashion-mnist"`` reads Debian's dataset-fashion-mnist IDX files, or
+downloads from the Hugging Face hub when ``allow-download`` is true.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from flchain_flwr.data import dirichlet_partition, load_digits_split
+from flchain_flwr.data.fashion_mnist import load_fashion_mnist
+from flchain_flwr.training import evaluate, train
+
+__all__ = [
+    "DigitsNet",
+    "FashionNet",
+    "evaluate",
+    "load_partition",
+    "load_test",
+    "new_model",
+    "train",
+]
+
+Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+class DigitsNet(nn.Module):
+    """A small CNN for 8x8 digit images (about 9k parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
+
+
+class FashionNet(nn.Module):
+    """The Fashion-MNIST CNN (about 1.63M parameters, most in the first dense layer)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.classifier(self.features(x))
+        return out
+
+
+DATASETS: dict[str, tuple[Callable[[bool], Split], type[nn.Module]]] = {
+    "digits": (lambda _download: load_digits_split(), DigitsNet),
+    "fashion-mnist": (load_fashion_mnist, FashionNet),
+}
+
+
+def _dataset(name: str) -> tuple[Callable[[bool], Split], type[nn.Module]]:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown dataset {name!r}; choose one of {sorted(DATASETS)}"
+        ) from None
+
+
+def new_model(dataset: str, seed: int) -> nn.Module:
+    """A freshly initialised model for ``dataset``, identical for the same seed."""
+    torch.manual_seed(seed)
+    return _dataset(dataset)[1]()
+
+
+def load_partition(
+    dataset: str,
+    partition_id: int,
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    allow_download: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The training examples of one node under a Dirichlet(alpha) label split."""
+    x_train, y_train, _, _ = _dataset(dataset)[0](allow_download)
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} not in [0, {num_partitions})")
+    idx = dirichlet_partition(y_train, num_partitions, alpha, seed=seed)[partition_id]
+    return x_train[idx], y_train[idx]
+
+
+def load_test(
+    dataset: str, allow_download: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The server's held-out test set."""
+    _, _, x_test, y_test = _dataset(dataset)[0](allow_download)
+    return x_test, y_test

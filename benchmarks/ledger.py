@@ -1,0 +1,199 @@
+"""What the ledger costs: one block append against its floor, and verify throughput.
+
+- Append: a block for a global model the size of the Fashion-MNIST CNN
+  (1.63M parameters, 6.5 MB), with K=5 included updates and their contributions:
+  hash the model, store its blob, Merkle root, leader signature, SQLite commit.
+  Floor, measured in the same run, interleaved: ``hashlib.sha256`` over the
+  model's bytes plus writing those bytes once to a file in the same directory.
+- Share of a global version: median append time over the median wall time of one
+  version of the Fashion-MNIST app (FedBuff, 10 nodes, K=5, Dirichlet 0.5, one
+  local epoch), run on the virtual-clock grid with the ledger on.
+- Verify: blocks per second over a ledger of ``--verify-blocks`` blocks, each
+  with its own model blob (with and without re-hashing the blobs).
+
+JSON to benchmarks/results/ledger.json; last line ``ledger append cost: <x.xx>x floor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord
+from flwr.common.logger import FLOWER_LOGGER
+
+from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger.canonical import model_chunks
+from flchain_flwr.sim import VirtualGrid, app_run_config, examples_work, simulate, tiered
+from flchain_flwr.strategies import fedbuff_from_run_config
+
+RESULTS = Path(__file__).parent / "results"
+APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
+
+
+def fashion_model(seed: int = 0) -> dict[str, np.ndarray]:
+    from flchain_cnn.task import new_model
+
+    state = new_model("fashion-mnist", seed).state_dict()
+    return {k: v.detach().numpy().copy() for k, v in state.items()}
+
+
+def block_body(rng: np.random.Generator, k: int = 5) -> dict[str, Any]:
+    included = [
+        {
+            "node_id": int(rng.integers(1, 2**62)),
+            "digest": rng.bytes(32).hex(),
+            "trained_on": 0,
+            "staleness": int(s),
+            "weight": float(1 / np.sqrt(1 + s)),
+            "num_examples": 6000,
+        }
+        for s in rng.integers(0, 5, size=k)
+    ]
+    contributions = [
+        {"node_id": u["node_id"], "data_share": 0.2, "relevance": 0.8, "score": 0.16}
+        for u in included
+    ]
+    return {"included": included, "contributions": contributions}
+
+
+def floor(model: dict[str, np.ndarray], path: Path) -> float:
+    """sha256 over the model's bytes plus writing them once: the least any store does."""
+    started = time.perf_counter()
+    digest = hashlib.sha256()
+    with path.open("wb") as out:
+        for chunk in model_chunks(model):
+            digest.update(chunk)
+            out.write(chunk)
+    digest.hexdigest()
+    return time.perf_counter() - started
+
+
+def measure_append(workdir: Path, repeats: int) -> dict[str, Any]:
+    model = fashion_model()
+    rng = np.random.default_rng(0)
+    ledger = Ledger(workdir / "append.db")
+    ledger.append(model=model, model_version=0, base_version=0, config_digest="c" * 64)
+    (workdir / "floor").mkdir()
+    appends, floors = [], []
+    for i in range(repeats):
+        model["classifier.1.bias"] += np.float32(1e-3)  # a new model, a new blob
+        body = block_body(rng)
+        floors.append(floor(model, workdir / "floor" / f"{i}.bin"))
+        started = time.perf_counter()
+        ledger.append(model=model, model_version=i + 1, base_version=i,
+                      config_digest="c" * 64, **body)
+        appends.append(time.perf_counter() - started)
+    ledger.close()
+    params = sum(v.size for v in model.values())
+    return {
+        "parameters": int(params),
+        "model_bytes": int(sum(v.nbytes for v in model.values())),
+        "repeats": repeats,
+        "append_median_s": statistics.median(appends),
+        "floor_median_s": statistics.median(floors),
+        "append_s": appends,
+        "floor_s": floors,
+        "ratio": statistics.median(appends) / statistics.median(floors),
+    }
+
+
+def measure_version_time(workdir: Path, versions: int) -> dict[str, Any]:
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.task import new_model
+
+    config = app_run_config(
+        APP_DIR,
+        {"dataset": "fashion-mnist", "dirichlet-alpha": 0.5, "local-epochs": 1,
+         "batch-size": 32, "buffer-size": 5, "ledger-path": str(workdir / "app.db")},
+    )
+    strategy = fedbuff_from_run_config(config, min_available_nodes=10)
+    grid = VirtualGrid(client_app, tiered(10), run_config=config, seed=0,
+                       work_fn=examples_work(1e-3))
+    run = simulate(strategy, grid, ArrayRecord(new_model("fashion-mnist", 0).state_dict()),
+                   num_rounds=versions)
+    walls = [v.wall_time for v in run.result.versions]  # type: ignore[union-attr]
+    per_version = np.diff([0.0, *walls]).tolist()
+    with Ledger(workdir / "app.db", create=False) as ledger:
+        assert ledger.verify().ok
+    return {"versions": versions, "version_wall_s": per_version,
+            "version_wall_median_s": statistics.median(per_version)}
+
+
+def measure_verify(workdir: Path, blocks: int) -> dict[str, Any]:
+    model = fashion_model(1)
+    rng = np.random.default_rng(1)
+    path = workdir / "verify.db"
+    with Ledger(path) as ledger:
+        for i in range(blocks):
+            model["classifier.1.bias"] += np.float32(1e-3)
+            ledger.append(model=model, model_version=i, base_version=max(0, i - 1),
+                          config_digest="c" * 64, **block_body(rng))
+    with Ledger(path, create=False) as ledger:
+        started = time.perf_counter()
+        report = ledger.verify()
+        with_models = time.perf_counter() - started
+        started = time.perf_counter()
+        assert ledger.verify(check_models=False).ok
+        without_models = time.perf_counter() - started
+    assert report.ok, report
+    return {
+        "blocks": blocks,
+        "with_models_s": with_models,
+        "blocks_per_s_with_models": blocks / with_models,
+        "without_models_s": without_models,
+        "blocks_per_s_without_models": blocks / without_models,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=40)
+    parser.add_argument("--versions", type=int, default=4)
+    parser.add_argument("--verify-blocks", type=int, default=1000)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="scratch directory (default: a temporary one, removed after)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "ledger.json")
+    args = parser.parse_args()
+    FLOWER_LOGGER.setLevel(logging.WARNING)
+    workdir = Path(tempfile.mkdtemp(prefix="flchain-ledger-bench-", dir=args.workdir))
+    try:
+        append = measure_append(workdir, args.repeats)
+        print(f"append: median {append['append_median_s'] * 1e3:.1f} ms, floor "
+              f"{append['floor_median_s'] * 1e3:.1f} ms, {append['parameters']:,} params",
+              flush=True)
+        version = measure_version_time(workdir, args.versions)
+        share = append["append_median_s"] / version["version_wall_median_s"]
+        print(f"one version of the Fashion-MNIST app: {version['version_wall_median_s']:.2f} s;"
+              f" append = {share:.2%} of it", flush=True)
+        verify = measure_verify(workdir, args.verify_blocks)
+        print(f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with models, "
+              f"{verify['blocks_per_s_without_models']:.0f} without", flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    payload = {
+        "benchmark": "ledger",
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "append": append,
+        "version": version,
+        "append_share_of_version": share,
+        "verify": verify,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2))
+    print(f"ledger append cost: {append['ratio']:.2f}x floor")
+
+
+if __name__ == "__main__":
+    main()
