@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APPS   := apps/flchain_cnn
 
-.PHONY: install run test bench lint clean
+.PHONY: install data run test bench lint clean
 
 # torch is pinned through constraints.txt to the local CPU build; an unpinned torch
 # would pull several GB of CUDA wheels.
@@ -27,8 +27,18 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-bench: install
+# Debian's Fashion-MNIST IDX files, for the benchmarks (apt-get needs root; CI is root).
+data:
+	@if dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "run: sudo apt-get install dataset-fashion-mnist"; exit 1; \
+	fi
+
+bench: install data
 	$(BIN)/python benchmarks/async_vs_sync.py
+	$(BIN)/python benchmarks/ledger.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -34,7 +34,13 @@ from flwr.common.logger import FLOWER_LOGGER
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.canonical import model_chunks
-from flchain_flwr.sim import VirtualGrid, app_run_config, examples_work, simulate, tiered
+from flchain_flwr.sim import (
+    VirtualGrid,
+    app_run_config,
+    examples_work,
+    simulate,
+    tiered,
+)
 from flchain_flwr.strategies import fedbuff_from_run_config
 
 RESULTS = Path(__file__).parent / "results"
@@ -68,7 +74,7 @@ def block_body(rng: np.random.Generator, k: int = 5) -> dict[str, Any]:
 
 
 def floor(model: dict[str, np.ndarray], path: Path) -> float:
-    """sha256 over the model's bytes plus writing them once: the least any store does."""
+    """sha256 over the model's bytes plus writing them once: any store's minimum."""
     started = time.perf_counter()
     digest = hashlib.sha256()
     with path.open("wb") as out:
@@ -91,8 +97,13 @@ def measure_append(workdir: Path, repeats: int) -> dict[str, Any]:
         body = block_body(rng)
         floors.append(floor(model, workdir / "floor" / f"{i}.bin"))
         started = time.perf_counter()
-        ledger.append(model=model, model_version=i + 1, base_version=i,
-                      config_digest="c" * 64, **body)
+        ledger.append(
+            model=model,
+            model_version=i + 1,
+            base_version=i,
+            config_digest="c" * 64,
+            **body,
+        )
         appends.append(time.perf_counter() - started)
     ledger.close()
     params = sum(v.size for v in model.values())
@@ -114,20 +125,34 @@ def measure_version_time(workdir: Path, versions: int) -> dict[str, Any]:
 
     config = app_run_config(
         APP_DIR,
-        {"dataset": "fashion-mnist", "dirichlet-alpha": 0.5, "local-epochs": 1,
-         "batch-size": 32, "buffer-size": 5, "ledger-path": str(workdir / "app.db")},
+        {
+            "dataset": "fashion-mnist",
+            "dirichlet-alpha": 0.5,
+            "local-epochs": 1,
+            "batch-size": 32,
+            "buffer-size": 5,
+            "ledger-path": str(workdir / "app.db"),
+        },
     )
     strategy = fedbuff_from_run_config(config, min_available_nodes=10)
-    grid = VirtualGrid(client_app, tiered(10), run_config=config, seed=0,
-                       work_fn=examples_work(1e-3))
-    run = simulate(strategy, grid, ArrayRecord(new_model("fashion-mnist", 0).state_dict()),
-                   num_rounds=versions)
+    grid = VirtualGrid(
+        client_app, tiered(10), run_config=config, seed=0, work_fn=examples_work(1e-3)
+    )
+    run = simulate(
+        strategy,
+        grid,
+        ArrayRecord(new_model("fashion-mnist", 0).state_dict()),
+        num_rounds=versions,
+    )
     walls = [v.wall_time for v in run.result.versions]  # type: ignore[union-attr]
     per_version = np.diff([0.0, *walls]).tolist()
     with Ledger(workdir / "app.db", create=False) as ledger:
         assert ledger.verify().ok
-    return {"versions": versions, "version_wall_s": per_version,
-            "version_wall_median_s": statistics.median(per_version)}
+    return {
+        "versions": versions,
+        "version_wall_s": per_version,
+        "version_wall_median_s": statistics.median(per_version),
+    }
 
 
 def measure_verify(workdir: Path, blocks: int) -> dict[str, Any]:
@@ -137,8 +162,13 @@ def measure_verify(workdir: Path, blocks: int) -> dict[str, Any]:
     with Ledger(path) as ledger:
         for i in range(blocks):
             model["classifier.1.bias"] += np.float32(1e-3)
-            ledger.append(model=model, model_version=i, base_version=max(0, i - 1),
-                          config_digest="c" * 64, **block_body(rng))
+            ledger.append(
+                model=model,
+                model_version=i,
+                base_version=max(0, i - 1),
+                config_digest="c" * 64,
+                **block_body(rng),
+            )
     with Ledger(path, create=False) as ledger:
         started = time.perf_counter()
         report = ledger.verify()
@@ -161,30 +191,47 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--versions", type=int, default=4)
     parser.add_argument("--verify-blocks", type=int, default=1000)
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="scratch directory (default: a temporary one, removed after)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="scratch directory (default: a temporary one, removed afterwards)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ledger.json")
     args = parser.parse_args()
     FLOWER_LOGGER.setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="flchain-ledger-bench-", dir=args.workdir))
     try:
         append = measure_append(workdir, args.repeats)
-        print(f"append: median {append['append_median_s'] * 1e3:.1f} ms, floor "
-              f"{append['floor_median_s'] * 1e3:.1f} ms, {append['parameters']:,} params",
-              flush=True)
+        print(
+            f"append: median {append['append_median_s'] * 1e3:.1f} ms, floor "
+            f"{append['floor_median_s'] * 1e3:.1f} ms, {append['parameters']:,} params",
+            flush=True,
+        )
         version = measure_version_time(workdir, args.versions)
         share = append["append_median_s"] / version["version_wall_median_s"]
-        print(f"one version of the Fashion-MNIST app: {version['version_wall_median_s']:.2f} s;"
-              f" append = {share:.2%} of it", flush=True)
+        print(
+            f"one version of the Fashion-MNIST app: "
+            f"{version['version_wall_median_s']:.2f} s; append = {share:.2%} of it",
+            flush=True,
+        )
         verify = measure_verify(workdir, args.verify_blocks)
-        print(f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with models, "
-              f"{verify['blocks_per_s_without_models']:.0f} without", flush=True)
+        print(
+            f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with models, "
+            f"{verify['blocks_per_s_without_models']:.0f} without",
+            flush=True,
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     payload = {
         "benchmark": "ledger",
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": {"python": platform.python_version(), "platform": platform.platform()},
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "append": append,
         "version": version,
         "append_share_of_version": share,

@@ -23,3 +23,6 @@ UPDATE_KIND_KEY: Final = "update-kind"
 UPDATE_KIND_WEIGHTS: Final = "weights"
 UPDATE_KIND_DELTA: Final = "delta"
 UPDATE_KINDS: Final = (UPDATE_KIND_WEIGHTS, UPDATE_KIND_DELTA)
+TRAINED_ON_KEY: Final = "trained-on"
+"""Inside ``UPDATE_INFO_KEY``, optional: the model version the client trained on;
+the server rejects a reply whose claim differs from what it sent."""

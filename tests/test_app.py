@@ -53,3 +53,39 @@ def test_app_run_config_rejects_unknown_keys() -> None:
         app_run_config("apps/flchain_cnn", {"num-rounds": 3})
     with pytest.raises(FileNotFoundError):
         app_run_config("apps/missing")
+
+
+def test_app_config_builds_the_strategy_and_records_a_ledger(tmp_path: Path) -> None:
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.server_app import app as server_app
+
+    from flchain_flwr.ledger import Ledger
+    from flchain_flwr.strategies import fedbuff_from_run_config
+
+    strategy = fedbuff_from_run_config(
+        {"buffer-size": 3, "max-wait": 0.0, "staleness": "hinge", "max-staleness": -1}
+    )
+    assert strategy.buffer_size == 3 and strategy.max_wait is None
+    assert strategy.max_staleness is None and "Hinge" in repr(strategy.staleness_fn)
+
+    ledger_path = tmp_path / "ledger.db"
+    config = app_run_config(
+        "apps/flchain_cnn", {"num-server-rounds": 3, "ledger-path": str(ledger_path)}
+    )
+    run_federation(server_app, client_app, devices=tiered(6), run_config=config)
+    run_federation(
+        server_app,
+        client_app,
+        devices=tiered(6),
+        run_config={**config, "num-server-rounds": 5},
+    )  # resumes
+    with Ledger(ledger_path, create=False) as ledger:
+        assert ledger.verify().ok
+        assert [b.header["model_version"] for b in ledger.blocks()] == [
+            0,
+            1,
+            2,
+            3,
+            4,
+            5,
+        ]

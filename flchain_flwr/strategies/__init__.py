@@ -1,6 +1,7 @@
 """Server-side strategies: semi-asynchronous buffered aggregation and helpers."""
 
 from .config import fedbuff_from_run_config
+from .decompress import DecompressReplies
 from .fedbuff import FedBuff, mean_staleness, staleness_histogram
 from .result import AsyncResult, NodeFailure, RejectedUpdate, VersionRecord
 from .staleness import (
@@ -16,6 +17,7 @@ from .updates import ParsedUpdate, UpdateRejected, parse_update
 __all__ = [
     "AsyncResult",
     "Constant",
+    "DecompressReplies",
     "FedBuff",
     "FedBuffStaleness",
     "Hinge",

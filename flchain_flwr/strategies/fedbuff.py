@@ -333,12 +333,15 @@ class FedBuff(Strategy):
         contents = [r.content for r in replies if not r.has_error()]
         return self._aggregate_metrics(self.evaluate_metrics_aggr_fn, contents)
 
-    def _parse(self, content: RecordDict, reference: NDArrays) -> ParsedUpdate:
+    def _parse(
+        self, content: RecordDict, reference: NDArrays, trained_on: int | None = None
+    ) -> ParsedUpdate:
         return parse_update(
             content,
             reference,
             arrayrecord_key=self.arrayrecord_key,
             weighted_by_key=self.weighted_by_key,
+            trained_on=trained_on,
         )
 
     def _aggregate_metrics(
@@ -766,7 +769,7 @@ class _AsyncRun:
             )
             return
         try:
-            update = self.s._parse(content, self.kept[flight.version])
+            update = self.s._parse(content, self.kept[flight.version], flight.version)
         except UpdateRejected as exc:
             self._reject(flight.node_id, flight.version, exc.reason, content)
             return

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from ..compression.sparse import SparseFormatError, decode, is_sparse
 from ..protocol import (
+    TRAINED_ON_KEY,
     UPDATE_INFO_KEY,
     UPDATE_KIND_DELTA,
     UPDATE_KIND_KEY,
@@ -104,7 +106,26 @@ def _update_kind(content: RecordDict) -> str:
     return str(kind)
 
 
-def _decode_checked(name: str, arr: Array, ref: np.ndarray) -> np.ndarray:
+def _claimed_version(content: RecordDict) -> int | None:
+    info = content.get(UPDATE_INFO_KEY)
+    if not isinstance(info, ConfigRecord) or TRAINED_ON_KEY not in info:
+        return None
+    value = info[TRAINED_ON_KEY]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UpdateRejected(f"{TRAINED_ON_KEY!r} must be an integer, got {value!r}")
+    return value
+
+
+def _decode_checked(name: str, arr: Array, ref: np.ndarray, kind: str) -> np.ndarray:
+    if is_sparse(arr):
+        if kind != UPDATE_KIND_DELTA:
+            raise UpdateRejected(
+                f"array {name!r} is sparse but the update is not a delta"
+            )
+        try:
+            return decode(arr, shape=ref.shape, dtype=ref.dtype)
+        except SparseFormatError as exc:
+            raise UpdateRejected(f"sparse array {name!r}: {exc}") from None
     try:
         value = arr.numpy()
     except Exception as exc:  # a forged Array can fail to decode in many ways
@@ -130,8 +151,12 @@ def parse_update(
     *,
     arrayrecord_key: str = "arrays",
     weighted_by_key: str = "num-examples",
+    trained_on: int | None = None,
 ) -> ParsedUpdate:
     """Validate a train reply and return its update as a delta.
+
+    Arrays may be dense (any Flower ClientApp) or, in a delta, in the sparse
+    encoding of :mod:`flchain_flwr.compression` (the DGC mod's replies).
 
     Parameters
     ----------
@@ -149,6 +174,11 @@ def parse_update(
         If anything is missing, malformed or non-finite.
     """
     kind = _update_kind(content)
+    claimed = _claimed_version(content)
+    if trained_on is not None and claimed is not None and claimed != trained_on:
+        raise UpdateRejected(
+            f"reply says it was trained on version {claimed}, it was sent {trained_on}"
+        )
     arrays = _select_arrayrecord(content, arrayrecord_key)
     metrics = _select_metricrecord(content, weighted_by_key)
     num_examples = _num_examples(metrics, weighted_by_key)
@@ -162,7 +192,7 @@ def parse_update(
 
     delta: NDArrays = {}
     for name, ref in reference.items():
-        value = _decode_checked(name, arrays[name], ref)
+        value = _decode_checked(name, arrays[name], ref, kind)
         if ref.dtype.kind != "f":  # ints, uints, bools: no wrap-around, no bool math
             value = value.astype(np.float64)
             ref = ref.astype(np.float64)

@@ -1,0 +1,395 @@
+"""Deep Gradient Compression (Lin et al., ICLR 2018) as a Flower client mod.
+
+Shaped like PyTorch's PowerSGD hook: :class:`DGCConfig` says what to do,
+:class:`DGCState` is the per-node state (momentum ``u``, residual ``v``, rounds
+seen), :func:`compress` is a pure function from an update and a state to what is
+sent and the next state, and :func:`dgc_mod` wires it into a ClientApp::
+
+    app = ClientApp(mods=[dgc_mod(DGCConfig(density=0.001))])
+
+For each train reply the mod turns the returned weights into the update
+``delta = trained - received``, then: clips it by norm (optional), applies
+momentum correction (``u <- m u + delta; v <- v + u``), keeps the top ``density``
+fraction of ``|v|`` per tensor (exact, or DGC's sampled threshold for large
+tensors), zeroes ``u`` and ``v`` where it sent (momentum factor masking), and
+keeps the rest of ``v`` as the residual for the next round. Tensors smaller than
+``min_sparse_size`` go dense. The density follows a warm-up schedule over the
+node's first rounds. State lives in ``Context.state``, so it survives across
+messages in simulation and in deployment. Evaluate and query messages, and
+replies that carry an error, pass through untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import numpy as np
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
+
+from ..compression.sparse import SPARSE_STYPE, encode
+from ..protocol import (
+    MODEL_VERSION_KEY,
+    TRAINED_ON_KEY,
+    UPDATE_INFO_KEY,
+    UPDATE_KIND_DELTA,
+    UPDATE_KIND_KEY,
+)
+
+STATE_RESIDUAL: Final = "flchain.dgc.residual"
+STATE_MOMENTUM: Final = "flchain.dgc.momentum"
+STATE_INFO: Final = "flchain.dgc"
+FORMAT_KEY: Final = "format"
+DGC_WARMUP: Final = (0.25, 0.0625, 0.015, 0.004)
+"""DGC's warm-up densities (25 %, 6.25 %, 1.5 %, 0.4 %), then the target density."""
+
+NDArrays = dict[str, np.ndarray]
+ClientAppCallable = Callable[[Message, Context], Message]
+Mod = Callable[[Message, Context, ClientAppCallable], Message]
+
+
+@dataclass(frozen=True)
+class DGCConfig:
+    """What the DGC mod does.
+
+    Parameters
+    ----------
+    density : float (default: 0.001)
+        Fraction of each large tensor's entries sent per round after warm-up.
+    momentum : float (default: 0.9)
+        Momentum correction factor ``m``; 0 turns momentum correction off.
+    accumulate : bool (default: True)
+        Keep what is not sent as a residual for later rounds (off = plain top-k).
+    masking : bool (default: True)
+        Momentum factor masking: zero ``u`` where entries were sent.
+    clip_norm : float | None (default: None)
+        Local clipping: scale the update down to this L2 norm if it is larger.
+    warmup : tuple[float, ...] (default: DGC's 25 % -> 0.4 %)
+        Densities for the node's first rounds (never below ``density``).
+    min_sparse_size : int (default: 1024)
+        Tensors with fewer elements are sent dense.
+    value_dtype : str (default: "float32")
+        ``float32`` or ``float16`` for sent values (float16 rounding error stays in
+        the residual).
+    sample_above : int (default: 262144)
+        Tensors with more elements select by DGC's sampled threshold (about 1 % of
+        the entries) instead of an exact top-k.
+    arrayrecord_key : str (default: "arrays")
+        Key of the ArrayRecord in the instruction and in the reply.
+    """
+
+    density: float = 0.001
+    momentum: float = 0.9
+    accumulate: bool = True
+    masking: bool = True
+    clip_norm: float | None = None
+    warmup: tuple[float, ...] = DGC_WARMUP
+    min_sparse_size: int = 1024
+    value_dtype: str = "float32"
+    sample_above: int = 262_144
+    arrayrecord_key: str = "arrays"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.density <= 1.0:
+            raise ValueError(f"density must be in (0, 1], got {self.density}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.momentum and not self.accumulate:
+            raise ValueError("momentum correction needs accumulate=True")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise ValueError("clip_norm must be > 0")
+        if any(not 0.0 < w <= 1.0 for w in self.warmup):
+            raise ValueError("warm-up densities must be in (0, 1]")
+        if self.value_dtype not in ("float32", "float16"):
+            raise ValueError("value_dtype must be float32 or float16")
+        if self.min_sparse_size < 1 or self.sample_above < 1:
+            raise ValueError("min_sparse_size and sample_above must be >= 1")
+
+    def density_at(self, round_index: int) -> float:
+        """The density for the node's ``round_index``-th train reply (from 0)."""
+        if round_index < len(self.warmup):
+            return max(self.warmup[round_index], self.density)
+        return self.density
+
+    @classmethod
+    def plain_topk(cls, density: float, **kwargs: Any) -> DGCConfig:
+        """Top-k sparsification only: no residual, momentum, masking or warm-up."""
+        return cls(
+            density=density,
+            momentum=0.0,
+            accumulate=False,
+            masking=False,
+            warmup=(),
+            **kwargs,
+        )
+
+    @classmethod
+    def from_run_config(
+        cls, cfg: Mapping[str, Any], prefix: str = "dgc-"
+    ) -> DGCConfig | None:
+        """Read ``dgc-*`` keys of a run config; ``None`` if ``dgc-density`` >= 1."""
+        density = float(cfg.get(f"{prefix}density", 1.0))
+        if density >= 1.0:
+            return None
+        kwargs: dict[str, Any] = {"density": density}
+        if f"{prefix}momentum" in cfg:
+            kwargs["momentum"] = float(cfg[f"{prefix}momentum"])
+        if f"{prefix}clip-norm" in cfg and float(cfg[f"{prefix}clip-norm"]) > 0:
+            kwargs["clip_norm"] = float(cfg[f"{prefix}clip-norm"])
+        if f"{prefix}warmup" in cfg:
+            kwargs["warmup"] = DGC_WARMUP if bool(cfg[f"{prefix}warmup"]) else ()
+        if f"{prefix}value-dtype" in cfg:
+            kwargs["value_dtype"] = str(cfg[f"{prefix}value-dtype"])
+        return cls(**kwargs)
+
+
+@dataclass
+class DGCState:
+    """A node's DGC state: momentum ``u``, residual ``v``, rounds compressed."""
+
+    momentum: NDArrays = field(default_factory=dict)
+    residual: NDArrays = field(default_factory=dict)
+    rounds: int = 0
+
+    @classmethod
+    def load(cls, state: RecordDict) -> DGCState:
+        """Read the state a previous message left in ``Context.state``."""
+        info = state.get(STATE_INFO)
+        if not isinstance(info, ConfigRecord):
+            return cls()
+        residual = state.get(STATE_RESIDUAL)
+        momentum = state.get(STATE_MOMENTUM)
+        return cls(
+            momentum=_ndarrays(momentum) if isinstance(momentum, ArrayRecord) else {},
+            residual=_ndarrays(residual) if isinstance(residual, ArrayRecord) else {},
+            rounds=int(info.get("rounds", 0)),  # type: ignore[arg-type]
+        )
+
+    def save(self, state: RecordDict) -> None:
+        """Write this state into ``Context.state``."""
+        state[STATE_RESIDUAL] = ArrayRecord(
+            {k: Array(v) for k, v in self.residual.items()}
+        )
+        state[STATE_MOMENTUM] = ArrayRecord(
+            {k: Array(v) for k, v in self.momentum.items()}
+        )
+        state[STATE_INFO] = ConfigRecord({"rounds": self.rounds})
+
+    def matches(self, delta: Mapping[str, np.ndarray]) -> bool:
+        """Whether the stored tensors fit this update (else start afresh)."""
+        return all(
+            k in store and store[k].shape == v.shape
+            for store in (self.residual, self.momentum)
+            if store
+            for k, v in delta.items()
+        )
+
+
+def _ndarrays(record: ArrayRecord) -> NDArrays:
+    return {k: v.numpy() for k, v in record.items()}
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What :func:`compress` sends, and how much of it."""
+
+    arrays: dict[str, Array]  # in the order of the update's tensors
+    sent_entries: int
+    total_entries: int
+
+    @property
+    def density(self) -> float:
+        """Fraction of all entries that were sent."""
+        return self.sent_entries / self.total_entries if self.total_entries else 0.0
+
+
+def _select(v: np.ndarray, density: float, cfg: DGCConfig, seed: int) -> np.ndarray:
+    """Boolean mask of the entries to send: the top ``density`` fraction of ``|v|``."""
+    flat = np.abs(v).reshape(-1)
+    k = max(1, math.ceil(density * flat.size))
+    if k >= flat.size:
+        return np.ones(v.shape, dtype=bool)
+    if flat.size > cfg.sample_above:
+        rng = np.random.default_rng(seed)
+        sample = flat[rng.integers(0, flat.size, size=max(1000, flat.size // 100))]
+        threshold = np.quantile(sample, 1.0 - density)
+        candidates = np.flatnonzero(flat >= threshold)
+        if k <= len(candidates) <= 2 * k:  # DGC: accept the sampled threshold
+            mask = np.zeros(flat.size, dtype=bool)
+            mask[candidates] = True
+            return mask.reshape(v.shape)
+    chosen = np.argpartition(flat, flat.size - k)[flat.size - k :]
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[chosen] = True
+    return mask.reshape(v.shape)
+
+
+# pylint: disable=too-many-locals
+def compress(
+    delta: Mapping[str, np.ndarray], state: DGCState, cfg: DGCConfig
+) -> tuple[Compressed, DGCState]:
+    """One round of DGC: returns what to send and the node's next state.
+
+    Pure: ``delta`` and ``state`` are not modified.
+    """
+    dtypes = {k: np.asarray(v).dtype for k, v in delta.items()}
+    floats = [k for k, dt in dtypes.items() if dt.kind == "f"]
+    update = {k: np.asarray(delta[k], dtype=np.float32) for k in floats}
+    if cfg.clip_norm is not None:
+        norm = math.sqrt(
+            sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values())
+        )
+        if norm > cfg.clip_norm:
+            update = {
+                k: v * np.float32(cfg.clip_norm / norm) for k, v in update.items()
+            }
+    if not state.matches(update):
+        state = DGCState(rounds=state.rounds)
+    density = cfg.density_at(state.rounds)
+    momentum: NDArrays = {}
+    residual: NDArrays = {}
+    arrays: dict[str, Array] = {}
+    sent = total = 0
+    for name, dt in dtypes.items():  # integer tensors (counters): dense, as they are
+        if dt.kind != "f":
+            arrays[name] = Array(np.ascontiguousarray(delta[name]))
+            sent += int(np.asarray(delta[name]).size)
+            total += int(np.asarray(delta[name]).size)
+    for index, (name, d) in enumerate(update.items()):
+        u: np.ndarray = d
+        if cfg.momentum:
+            u = (
+                np.float32(cfg.momentum) * state.momentum.get(name, np.zeros_like(d))
+                + d
+            )
+        v = (
+            state.residual.get(name, np.zeros_like(d)) + u
+            if cfg.accumulate
+            else u.copy()
+        )
+        sent_values: np.ndarray
+        if d.size < cfg.min_sparse_size:
+            mask = np.ones(d.shape, dtype=bool)
+            arrays[name] = Array(v.astype(dtypes[name]))
+            sent_values = v.astype(dtypes[name]).astype(np.float32)
+        else:
+            mask = _select(v, density, cfg, seed=state.rounds * 7919 + index)
+            flat_idx = np.flatnonzero(mask)
+            values = v.reshape(-1)[flat_idx].astype(cfg.value_dtype)
+            arrays[name] = encode(
+                flat_idx,
+                values,
+                shape=tuple(v.shape),
+                dtype=str(dtypes[name]),
+                value_dtype=cfg.value_dtype,
+            )
+            sent_values = np.zeros_like(v)
+            sent_values.reshape(-1)[flat_idx] = values.astype(np.float32)
+        sent += int(mask.sum())
+        total += d.size
+        if cfg.accumulate:
+            residual[name] = (v - sent_values).astype(np.float32)
+        if cfg.momentum:
+            momentum[name] = (
+                np.where(mask, 0.0, u).astype(np.float32) if cfg.masking else u
+            )
+    next_state = DGCState(momentum=momentum, residual=residual, rounds=state.rounds + 1)
+    ordered = {name: arrays[name] for name in dtypes}
+    return Compressed(ordered, sent, total), next_state
+
+
+def _is_train(message: Message) -> bool:
+    return message.metadata.message_type.split(".")[0] == MessageType.TRAIN
+
+
+def _reply_delta(
+    msg: Message, reply: Message, key: str
+) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The update in a train reply as a delta, or ``None`` and why not."""
+    sent = msg.content.array_records.get(key)
+    got = reply.content.array_records.get(key)
+    if sent is None or got is None:
+        return None, f"no ArrayRecord {key!r} in the instruction or the reply"
+    if list(sent.keys()) != list(got.keys()):
+        return None, "the reply's arrays differ from the received ones"
+    info = reply.content.config_records.get(UPDATE_INFO_KEY)
+    is_delta = info is not None and info.get(UPDATE_KIND_KEY) == UPDATE_KIND_DELTA
+    if any(a.stype == SPARSE_STYPE for a in got.values()):
+        return None, "the reply is already compressed"
+    delta = {}
+    for name in sent:
+        trained = got[name].numpy()
+        delta[name] = trained if is_delta else trained - sent[name].numpy()
+    return delta, ""
+
+
+def dgc_mod(config: DGCConfig | None = None) -> Mod:
+    """A Flower client mod that compresses train replies with DGC.
+
+    With ``config=None`` the mod reads ``dgc-*`` keys from the run config at each
+    message (:meth:`DGCConfig.from_run_config`); ``dgc-density`` >= 1 (or absent)
+    then means "send dense, no mod".
+    """
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        reply = call_next(msg, context)
+        if not _is_train(msg) or reply.has_error():
+            return reply
+        cfg = (
+            config
+            if config is not None
+            else DGCConfig.from_run_config(context.run_config)
+        )
+        if cfg is None:
+            return reply
+        delta, problem = _reply_delta(msg, reply, cfg.arrayrecord_key)
+        if delta is None:
+            return Message(
+                Error(ErrorCode.MOD_FAILED_PRECONDITION, f"dgc_mod: {problem}"),
+                reply_to=msg,
+            )
+        compressed, state = compress(delta, DGCState.load(context.state), cfg)
+        state.save(context.state)
+        content = RecordDict(
+            {
+                name: record
+                for name, record in reply.content.items()
+                if name not in (cfg.arrayrecord_key, UPDATE_INFO_KEY)
+            }
+        )
+        content[cfg.arrayrecord_key] = ArrayRecord(compressed.arrays)
+        info: dict[str, Any] = {
+            UPDATE_KIND_KEY: UPDATE_KIND_DELTA,
+            FORMAT_KEY: SPARSE_STYPE,
+            "density": compressed.density,
+        }
+        sent_config = msg.content.config_records.get("config")
+        if sent_config is not None and MODEL_VERSION_KEY in sent_config:
+            info[TRAINED_ON_KEY] = sent_config[MODEL_VERSION_KEY]
+        content[UPDATE_INFO_KEY] = ConfigRecord(info)
+        reply.content = content
+        return reply
+
+    return mod
+
+
+__all__ = [
+    "DGC_WARMUP",
+    "Compressed",
+    "DGCConfig",
+    "DGCState",
+    "compress",
+    "dgc_mod",
+]
