@@ -93,13 +93,14 @@ def toy_client_app(
     behaviours: Mapping[int, str] | None = None,
     *,
     on_train: Callable[[Message, Context], None] | None = None,
+    mods: list[Callable[..., Message]] | None = None,
 ) -> ClientApp:
     """A ClientApp whose node ``p`` adds ``shift_of(p)`` to every array.
 
     ``behaviours`` maps a partition id to a misbehaviour (``raise``, ``nan``,
     ``shape``, ``delta`` ...); others behave.
     """
-    app = ClientApp()
+    app = ClientApp(mods=mods)  # type: ignore[arg-type]
     modes = dict(behaviours or {})
 
     @app.train()

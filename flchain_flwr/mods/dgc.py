@@ -68,8 +68,13 @@ class DGCConfig:
     ----------
     density : float (default: 0.001)
         Fraction of each large tensor's entries sent per round after warm-up.
-    momentum : float (default: 0.9)
-        Momentum correction factor ``m``; 0 turns momentum correction off.
+    momentum : float (default: 0.0)
+        Momentum correction factor ``m``; 0 turns it off. In DGC the momentum is
+        the optimizer's, moved before sparsification. A federated client's delta
+        already carries its local optimizer's momentum and the server applies the
+        sent deltas as they are, so the default accumulates deltas (``m = 0``);
+        use ``m > 0`` when server momentum is moved to the clients (then run the
+        server without it).
     accumulate : bool (default: True)
         Keep what is not sent as a residual for later rounds (off = plain top-k).
     masking : bool (default: True)
@@ -91,7 +96,7 @@ class DGCConfig:
     """
 
     density: float = 0.001
-    momentum: float = 0.9
+    momentum: float = 0.0
     accumulate: bool = True
     masking: bool = True
     clip_norm: float | None = None
@@ -150,6 +155,9 @@ class DGCConfig:
             kwargs["clip_norm"] = float(cfg[f"{prefix}clip-norm"])
         if f"{prefix}warmup" in cfg:
             kwargs["warmup"] = DGC_WARMUP if bool(cfg[f"{prefix}warmup"]) else ()
+        for key in ("accumulate", "masking"):
+            if f"{prefix}{key}" in cfg:
+                kwargs[key] = bool(cfg[f"{prefix}{key}"])
         if f"{prefix}value-dtype" in cfg:
             kwargs["value_dtype"] = str(cfg[f"{prefix}value-dtype"])
         return cls(**kwargs)

@@ -10,8 +10,11 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flchain_cnn.task import evaluate, load_partition, new_model, train
+from flchain_flwr.mods import dgc_mod
 
-app = ClientApp()
+# DGC compression of train replies, configured by the run config's dgc-* keys
+# (dgc-density = 1.0, the default, sends dense updates and leaves replies alone).
+app = ClientApp(mods=[dgc_mod()])
 
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -23,6 +26,7 @@ def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
         float(cfg["dirichlet-alpha"]),
         int(cfg["seed"]),
         bool(cfg["allow-download"]),
+        int(cfg["train-subset"]),
     )
 
 

@@ -16,10 +16,10 @@ app = ServerApp()
 
 
 def central_evaluator(
-    dataset: str, allow_download: bool = False
+    dataset: str, allow_download: bool = False, test_subset: int = 0
 ) -> Callable[[int, ArrayRecord], MetricRecord]:
     """``evaluate_fn`` for ``dataset``: accuracy on the server's held-out test set."""
-    x, y = load_test(dataset, allow_download)
+    x, y = load_test(dataset, allow_download, test_subset)
 
     def central_evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
         net = new_model(dataset, 0)
@@ -40,7 +40,9 @@ def main(grid: Grid, context: Context) -> None:
         grid=grid,
         initial_arrays=ArrayRecord(new_model(dataset, int(cfg["seed"])).state_dict()),
         num_rounds=int(cfg["num-server-rounds"]),
-        evaluate_fn=central_evaluator(dataset, bool(cfg["allow-download"])),
+        evaluate_fn=central_evaluator(
+            dataset, bool(cfg["allow-download"]), int(cfg["test-subset"])
+        ),
     )
     evaluations = result.evaluate_metrics_serverapp
     if evaluations:

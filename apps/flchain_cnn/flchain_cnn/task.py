@@ -102,9 +102,16 @@ def load_partition(
     alpha: float,
     seed: int,
     allow_download: bool = False,
+    train_subset: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The training examples of one node under a Dirichlet(alpha) label split."""
+    """The training examples of one node under a Dirichlet(alpha) label split.
+
+    ``train_subset > 0`` first keeps only that many training examples (for quick
+    experiments); 0 uses them all.
+    """
     x_train, y_train, _, _ = _dataset(dataset)[0](allow_download)
+    if train_subset > 0:
+        x_train, y_train = x_train[:train_subset], y_train[:train_subset]
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} not in [0, {num_partitions})")
     idx = dirichlet_partition(y_train, num_partitions, alpha, seed=seed)[partition_id]
@@ -112,8 +119,10 @@ def load_partition(
 
 
 def load_test(
-    dataset: str, allow_download: bool = False
+    dataset: str, allow_download: bool = False, test_subset: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The server's held-out test set."""
+    """The server's held-out test set (its first ``test_subset`` examples if > 0)."""
     _, _, x_test, y_test = _dataset(dataset)[0](allow_download)
+    if test_subset > 0:
+        return x_test[:test_subset], y_test[:test_subset]
     return x_test, y_test

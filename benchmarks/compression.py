@@ -1,0 +1,260 @@
+"""DGC compression: bytes, accuracy and time, on the Fashion-MNIST CNN.
+
+Setting: the flchain_cnn app on Fashion-MNIST (Debian's dataset-fashion-mnist;
+the first ``--train-subset`` training and ``--test-subset`` test images), the
+1.63M-parameter CNN, ``--nodes`` nodes split by Dirichlet(0.5), FedBuff with
+K = half the nodes, the same number of global versions for every setting, on the
+virtual-clock grid with bandwidth-limited devices (1 Mbit/s up, 10 Mbit/s down).
+
+- Sweep: density 100 % (dense, no mod), 10 %, 1 %, 0.3 %, 0.1 % with the mod's
+  default (top-k with residual accumulation; no momentum correction, no warm-up).
+- Ablation at the best density: plain top-k, + residual (the sweep's run),
+  + momentum correction (m = 0.9, as in DGC), + momentum factor masking,
+  + warm-up (DGC's 25 % -> 0.4 % over a node's first 4 rounds); and, beside the
+  chain, residual + warm-up without momentum.
+
+Bytes per update are measured from the encoded reply payloads; the compression
+ratio is dense float32 (4 bytes x parameters) over them. Time to target is in
+simulated seconds. JSON to benchmarks/results/compression.json, a PNG of accuracy
+against density beside it; last line
+``compression ratio at <=1pt accuracy loss: <N>x``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+from typing import Any, cast
+
+from flwr.app import ArrayRecord, MetricRecord
+from flwr.common.logger import FLOWER_LOGGER
+
+from flchain_flwr.sim import (
+    VirtualGrid,
+    app_run_config,
+    examples_work,
+    simulate,
+    uniform,
+)
+from flchain_flwr.strategies import FedBuff
+
+RESULTS = Path(__file__).parent / "results"
+APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
+DENSITIES = (1.0, 0.1, 0.01, 0.003, 0.001)
+
+
+def dgc_keys(
+    density: float,
+    *,
+    momentum: float = 0.0,
+    accumulate: bool = True,
+    masking: bool = False,
+    warmup: bool = False,
+) -> dict[str, Any]:
+    return {
+        "dgc-density": density,
+        "dgc-momentum": momentum,
+        "dgc-accumulate": accumulate,
+        "dgc-masking": masking,
+        "dgc-warmup": warmup,
+    }
+
+
+def ablation(density: float) -> dict[str, dict[str, Any] | None]:
+    """The ablation chain; ``None`` marks the sweep's own run (+ residual)."""
+    return {
+        "plain top-k": dgc_keys(density, accumulate=False),
+        "+ residual": None,
+        "+ momentum correction": dgc_keys(density, momentum=0.9),
+        "+ masking": dgc_keys(density, momentum=0.9, masking=True),
+        "+ warm-up": dgc_keys(density, momentum=0.9, masking=True, warmup=True),
+        "residual + warm-up (m=0)": dgc_keys(density, warmup=True),
+    }
+
+
+def run_setting(
+    name: str, overrides: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.server_app import central_evaluator
+    from flchain_cnn.task import new_model
+
+    config = app_run_config(
+        APP_DIR,
+        {
+            "dataset": "fashion-mnist",
+            "dirichlet-alpha": 0.5,
+            "local-epochs": 1,
+            "batch-size": 32,
+            "lr": 0.05,
+            "train-subset": args.train_subset,
+            "test-subset": args.test_subset,
+            **overrides,
+        },
+    )
+    grid = VirtualGrid(
+        client_app,
+        uniform(args.nodes, uplink_bps=1e6, downlink_bps=1e7),
+        run_config=config,
+        seed=args.seed,
+        work_fn=examples_work(1e-3),
+    )
+    evaluate = central_evaluator("fashion-mnist", test_subset=args.test_subset)
+    curve: list[tuple[float, float]] = []
+
+    def evaluate_fn(version: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = evaluate(version, arrays)
+        curve.append((grid.clock.now(), float(cast(float, metrics["accuracy"]))))
+        return metrics
+
+    model = ArrayRecord(new_model("fashion-mnist", args.seed).state_dict())
+    parameters = sum(int(a.numpy().size) for a in model.values())
+    started = time.perf_counter()
+    run = simulate(
+        FedBuff(buffer_size=args.nodes // 2, seed=args.seed),
+        grid,
+        model,
+        num_rounds=args.versions,
+        evaluate_fn=evaluate_fn,
+    )
+    replies = sum(s.replies for s in grid.stats.values())
+    bytes_per_update = grid.totals()["bytes_up"] / max(replies, 1)
+    row = {
+        "setting": name,
+        "config": overrides,
+        "parameters": parameters,
+        "bytes_per_update": bytes_per_update,
+        "compression_ratio": 4 * parameters / bytes_per_update,
+        "final_accuracy": curve[-1][1],
+        "curve": curve,
+        "simulated_seconds": run.simulated_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "rejected": len(run.result.rejected),  # type: ignore[union-attr]
+    }
+    print(
+        f"{name:>24}: {bytes_per_update:>10.0f} B/update, ratio "
+        f"{row['compression_ratio']:7.1f}x, final acc {row['final_accuracy']:.4f}, "
+        f"sim {run.simulated_seconds:.0f}s, wall {row['wall_seconds']:.0f}s",
+        flush=True,
+    )
+    return row
+
+
+def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((t for t, acc in curve if acc >= target), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=10)
+    parser.add_argument("--versions", type=int, default=30)
+    parser.add_argument("--train-subset", type=int, default=20_000)
+    parser.add_argument("--test-subset", type=int, default=2_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "compression.json")
+    args = parser.parse_args()
+    if args.nodes < 10:
+        parser.error("the benchmark is defined for >= 10 nodes")
+    FLOWER_LOGGER.setLevel(logging.WARNING)
+
+    sweep = [run_setting(f"density {d:g}", dgc_keys(d), args) for d in DENSITIES]
+    dense = sweep[0]
+    within = [r for r in sweep if r["final_accuracy"] >= dense["final_accuracy"] - 0.01]
+    best = max(within, key=lambda r: r["compression_ratio"])
+    best_density = float(best["config"]["dgc-density"])
+    ablations = []
+    if best_density < 1.0:
+        ablations = [
+            {**best, "setting": f"{name} @ {best_density:g}"}
+            if keys is None
+            else run_setting(f"{name} @ {best_density:g}", keys, args)
+            for name, keys in ablation(best_density).items()
+        ]
+
+    # Time to target under 1 Mbit/s uplinks: 1 point below dense's final accuracy.
+    target = dense["final_accuracy"] - 0.01
+    dense_time = time_to(dense["curve"], target)
+    best_time = time_to(best["curve"], target)
+    payload = {
+        "benchmark": "compression",
+        "settings": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+        },
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "sweep": sweep,
+        "best": {
+            "setting": best["setting"],
+            "density": best_density,
+            "compression_ratio": best["compression_ratio"],
+            "accuracy_loss_points": 100
+            * (dense["final_accuracy"] - best["final_accuracy"]),
+        },
+        "ablation": ablations,
+        "time_to_target": {
+            "target_accuracy": target,
+            "dense_s": dense_time,
+            "best_s": best_time,
+            "time_ratio": (best_time / dense_time)
+            if dense_time and best_time
+            else None,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=2))
+    plot(sweep, ablations, args.out.with_suffix(".png"))
+    print(f"time to {target:.2%}: dense {dense_time}, best {best_time} (simulated s)")
+    print(f"compression ratio at <=1pt accuracy loss: {best['compression_ratio']:.0f}x")
+
+
+def plot(
+    sweep: list[dict[str, Any]], ablations: list[dict[str, Any]], path: Path
+) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    densities = [float(r["config"]["dgc-density"]) for r in sweep]
+    left.plot(densities, [r["final_accuracy"] for r in sweep], "o-")
+    for r, d in zip(sweep, densities, strict=True):
+        left.annotate(
+            f"{r['compression_ratio']:.0f}x",
+            (d, r["final_accuracy"]),
+            textcoords="offset points",
+            xytext=(0, 6),
+            ha="center",
+            fontsize=8,
+        )
+    left.axhline(
+        sweep[0]["final_accuracy"] - 0.01,
+        color="grey",
+        linestyle="--",
+        linewidth=0.8,
+        label="dense - 1 pt",
+    )
+    left.set_xscale("log")
+    left.set_xlabel("density (fraction of entries sent)")
+    left.set_ylabel("final test accuracy")
+    left.set_title("Fashion-MNIST CNN: accuracy against density")
+    left.legend()
+    if ablations:
+        right.barh(
+            [r["setting"] for r in ablations], [r["final_accuracy"] for r in ablations]
+        )
+        right.set_xlabel("final test accuracy")
+        right.set_title("ablation at the best density")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""The DGC mod: compression maths, state, the Flower mod, and the server side."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from flchain_flwr.compression import decode, is_sparse
+from flchain_flwr.mods import DGCConfig, DGCState, compress, dgc_mod
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.strategies import Constant, DecompressReplies, FedBuff
+
+from .toy import constant_work, initial_arrays, toy_client_app
+
+RNG = np.random.default_rng(0)
+
+
+def dense_of(compressed, like):  # type: ignore[no-untyped-def]
+    out = {}
+    for name, array in compressed.arrays.items():
+        ref = like[name]
+        out[name] = (
+            decode(array, shape=ref.shape, dtype=ref.dtype)
+            if is_sparse(array)
+            else array.numpy()
+        )
+    return out
+
+
+def test_without_momentum_sent_plus_residual_is_exactly_the_dense_sum() -> None:
+    cfg = DGCConfig(density=0.01, momentum=0.0, warmup=(0.1,), min_sparse_size=16)
+    shapes = {"big": (50, 40), "small": (3,)}
+    state, sent_total = (
+        DGCState(),
+        {k: np.zeros(s, np.float32) for k, s in shapes.items()},
+    )
+    dense_total = {k: np.zeros(s, np.float32) for k, s in shapes.items()}
+    for _ in range(12):
+        delta = {
+            k: RNG.integers(-50, 50, size=s).astype(np.float32)
+            for k, s in shapes.items()
+        }
+        compressed, state = compress(delta, state, cfg)
+        for k, v in dense_of(compressed, delta).items():
+            sent_total[k] += v
+        for k in shapes:
+            dense_total[k] += delta[k]
+    for k in shapes:  # integers: float32 sums are exact, so equality is exact too
+        np.testing.assert_array_equal(sent_total[k] + state.residual[k], dense_total[k])
+
+
+def test_top_k_sends_the_largest_accumulated_entries() -> None:
+    cfg = DGCConfig.plain_topk(0.05, min_sparse_size=1)
+    delta = {"w": RNG.normal(size=1000).astype(np.float32)}
+    compressed, _ = compress(delta, DGCState(), cfg)
+    sent = dense_of(compressed, delta)["w"]
+    chosen = np.flatnonzero(sent)
+    assert len(chosen) == 50
+    assert np.abs(delta["w"][chosen]).min() >= np.sort(np.abs(delta["w"]))[-50]
+
+
+def test_warmup_schedule_then_target_density() -> None:
+    cfg = DGCConfig(density=0.001, momentum=0.0, min_sparse_size=1)
+    state = DGCState()
+    densities = []
+    for _ in range(6):
+        compressed, state = compress(
+            {"w": RNG.normal(size=20_000).astype(np.float32)}, state, cfg
+        )
+        densities.append(round(compressed.density, 4))
+    assert densities == [0.25, 0.0625, 0.015, 0.004, 0.001, 0.001]
+
+
+def test_momentum_correction_and_factor_masking() -> None:
+    cfg = DGCConfig(density=0.1, momentum=0.5, warmup=(), min_sparse_size=1)
+    delta = {"w": np.arange(1, 11, dtype=np.float32)}
+    compressed, state = compress(delta, DGCState(), cfg)
+    sent = dense_of(compressed, delta)["w"]
+    assert np.flatnonzero(sent).tolist() == [9] and sent[9] == 10.0
+    assert state.momentum["w"][9] == 0.0 and state.residual["w"][9] == 0.0  # masked
+    np.testing.assert_array_equal(state.momentum["w"][:9], delta["w"][:9])
+    _, state2 = compress(delta, state, cfg)
+    # u <- 0.5 u + d ; v <- v + u
+    np.testing.assert_allclose(state2.momentum["w"][:8], 1.5 * delta["w"][:8])
+    unmasked = DGCConfig(
+        density=0.1, momentum=0.5, warmup=(), min_sparse_size=1, masking=False
+    )
+    _, state3 = compress(delta, DGCState(), unmasked)
+    assert state3.momentum["w"][9] == 10.0
+
+
+def test_local_clipping_bounds_the_update_norm() -> None:
+    cfg = DGCConfig(
+        density=1.0, momentum=0.0, warmup=(), clip_norm=1.0, min_sparse_size=1
+    )
+    delta = {"w": np.full(100, 3.0, np.float32)}
+    compressed, _ = compress(delta, DGCState(), cfg)
+    assert np.linalg.norm(dense_of(compressed, delta)["w"]) == pytest.approx(
+        1.0, rel=1e-5
+    )
+
+
+def test_float16_values_keep_their_rounding_error_in_the_residual() -> None:
+    cfg = DGCConfig(
+        density=0.5, momentum=0.0, warmup=(), value_dtype="float16", min_sparse_size=1
+    )
+    delta = {"w": np.array([1.0001, 3.14159, 0.0, 0.0], np.float32)}
+    compressed, state = compress(delta, DGCState(), cfg)
+    sent = dense_of(compressed, delta)["w"]
+    np.testing.assert_allclose(sent + state.residual["w"], delta["w"], atol=1e-7)
+    assert state.residual["w"][1] != 0.0
+
+
+def test_sampled_threshold_for_large_tensors() -> None:
+    cfg = DGCConfig(density=0.01, momentum=0.0, warmup=(), sample_above=10_000)
+    delta = {"w": RNG.normal(size=200_000).astype(np.float32)}
+    compressed, _ = compress(delta, DGCState(), cfg)
+    assert 2000 <= compressed.sent_entries <= 4000
+
+
+def test_integer_tensors_go_dense_in_their_own_dtype() -> None:
+    delta = {
+        "w": RNG.normal(size=5000).astype(np.float32),
+        "steps": np.array([3], np.int64),
+    }
+    compressed, _ = compress(delta, DGCState(), DGCConfig(density=0.01))
+    assert list(compressed.arrays) == ["w", "steps"]
+    assert compressed.arrays["steps"].numpy().dtype == np.int64
+
+
+def test_config_validation_and_run_config() -> None:
+    with pytest.raises(ValueError):
+        DGCConfig(density=0.0)
+    with pytest.raises(ValueError):
+        DGCConfig(momentum=0.5, accumulate=False)
+    assert DGCConfig.from_run_config({}) is None
+    assert DGCConfig.from_run_config({"dgc-density": 1.0}) is None
+    cfg = DGCConfig.from_run_config(
+        {"dgc-density": 0.01, "dgc-momentum": 0.0, "dgc-warmup": False}
+    )
+    assert cfg == DGCConfig(density=0.01, momentum=0.0, warmup=())
+
+
+# ---------------------------------------------------------------- the mod
+def _context() -> Context:
+    return Context(
+        run_id=1,
+        node_id=7,
+        node_config={"partition-id": 0},
+        state=RecordDict(),
+        run_config={},
+    )
+
+
+def test_mod_passes_evaluate_query_and_errors_through_untouched() -> None:
+    from flwr.app import Error
+
+    VirtualGrid(toy_client_app(), [DeviceProfile()])  # sets the process's task identity
+    mod = dgc_mod(DGCConfig(density=0.5))
+    for message_type in (MessageType.EVALUATE, MessageType.QUERY):
+        msg = Message(RecordDict({"arrays": initial_arrays()}), 1, message_type)
+        msg.metadata.__dict__["_message_id"] = "m1"
+        reply = Message(RecordDict({"x": ConfigRecord({"a": 1})}), reply_to=msg)
+        assert mod(msg, _context(), lambda m, c, r=reply: r) is reply
+        assert reply.content["x"]["a"] == 1
+    msg = Message(RecordDict({"arrays": initial_arrays()}), 1, MessageType.TRAIN)
+    msg.metadata.__dict__["_message_id"] = "m2"
+    error = Message(Error(code=2, reason="boom"), reply_to=msg)
+    assert mod(msg, _context(), lambda m, c: error) is error
+
+
+def _run(strategy, mod, rounds, speeds=(1.0, 0.7, 0.5)):  # type: ignore[no-untyped-def]
+    app = toy_client_app(mods=[mod] if mod is not None else None)
+    grid = VirtualGrid(
+        app, [DeviceProfile(speed=s) for s in speeds], work_fn=constant_work(1.0)
+    )
+    return simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+
+
+def test_fedbuff_with_the_mod_at_full_density_equals_dense_fedbuff() -> None:
+    exact = dgc_mod(DGCConfig(density=1.0, momentum=0.0, warmup=(), min_sparse_size=1))
+    dense = _run(FedBuff(buffer_size=2, staleness_fn=Constant()), None, 6).result
+    sparse = _run(FedBuff(buffer_size=2, staleness_fn=Constant()), exact, 6).result
+    assert sparse.rejected == []  # type: ignore[union-attr]
+    np.testing.assert_allclose(
+        sparse.arrays["w"].numpy(), dense.arrays["w"].numpy(), rtol=1e-6
+    )
+
+
+def test_mod_state_survives_across_messages_in_context_state() -> None:
+    run = _run(
+        FedBuff(buffer_size=2), dgc_mod(DGCConfig(density=0.3, min_sparse_size=1)), 5
+    )
+    for context in run.grid.contexts.values():
+        info = context.state["flchain.dgc"]
+        assert int(info["rounds"]) >= 2  # type: ignore[arg-type]
+        assert "w" in context.state["flchain.dgc.residual"]
+
+
+def test_flowers_fedavg_consumes_mod_replies_through_the_wrapper() -> None:
+    exact = dgc_mod(DGCConfig(density=1.0, momentum=0.0, warmup=(), min_sparse_size=1))
+    plain = _run(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), None, 3).result
+    wrapped = DecompressReplies(FedAvg(fraction_evaluate=0.0, min_available_nodes=3))
+    sparse = _run(wrapped, exact, 3).result
+    assert wrapped.rejected == []
+    np.testing.assert_allclose(
+        sparse.arrays["w"].numpy(), plain.arrays["w"].numpy(), rtol=1e-6
+    )
+
+
+def test_wrapper_drops_malformed_replies_with_a_reason() -> None:
+    wrapped = DecompressReplies(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=2)
+    )
+    grid = VirtualGrid(
+        toy_client_app({2: "nan"}), [DeviceProfile()] * 3, work_fn=constant_work(1.0)
+    )
+    result = simulate(wrapped, grid, initial_arrays(), num_rounds=2).result
+    assert len(wrapped.rejected) == 2 and "NaN" in wrapped.rejected[0].reason
+    assert np.isfinite(result.arrays["w"].numpy()).all()
+
+
+def test_a_reply_claiming_another_base_version_is_rejected() -> None:
+    def lie(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        reply.content["flchain"]["trained-on"] = 99
+        return reply
+
+    app = toy_client_app(mods=[lie, dgc_mod(DGCConfig(density=0.5, min_sparse_size=1))])
+    grid = VirtualGrid(app, [DeviceProfile()] * 2, work_fn=constant_work(1.0))
+    result = FedBuff(buffer_size=1).start(
+        grid, initial_arrays(), num_rounds=1, timeout=10.0
+    )
+    assert result.versions == []
+    assert (
+        "says it was trained on version 99, it was sent 0" in result.rejected[0].reason
+    )
