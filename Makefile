@@ -39,6 +39,7 @@ data:
 bench: install data
 	$(BIN)/python benchmarks/async_vs_sync.py
 	$(BIN)/python benchmarks/ledger.py
+	$(BIN)/python benchmarks/compression.py
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ from flchain_flwr.data.fashion_mnist import load_fashion_mnist
 from flchain_flwr.training import evaluate, train
 
 __all__ = [
+    "CNN",
     "DigitsNet",
     "FashionNet",
     "evaluate",
@@ -30,21 +31,26 @@ __all__ = [
 Split = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-class DigitsNet(nn.Module):
-    """A small CNN for 8x8 digit images (about 9k parameters)."""
+class CNN(nn.Module):
+    """Two conv + max-pool blocks, then a two-layer classifier over 10 classes."""
 
-    def __init__(self) -> None:
+    def __init__(self, image_size: int, channels: tuple[int, int], hidden: int) -> None:
         super().__init__()
+        c1, c2 = channels
         self.features = nn.Sequential(
-            nn.Conv2d(1, 16, kernel_size=3, padding=1),
+            nn.Conv2d(1, c1, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, kernel_size=3, padding=1),
+            nn.Conv2d(c1, c2, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
+        side = image_size // 4
         self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(32 * 2 * 2, 64), nn.ReLU(), nn.Linear(64, 10)
+            nn.Flatten(),
+            nn.Linear(c2 * side * side, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, 10),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -52,35 +58,23 @@ class DigitsNet(nn.Module):
         return out
 
 
-class FashionNet(nn.Module):
+def DigitsNet() -> CNN:
+    """The digits CNN for 8x8 images (about 14k parameters)."""
+    return CNN(8, (16, 32), 64)
+
+
+def FashionNet() -> CNN:
     """The Fashion-MNIST CNN (about 1.63M parameters, most in the first dense layer)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(1, 32, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.classifier = nn.Sequential(
-            nn.Flatten(), nn.Linear(64 * 7 * 7, 512), nn.ReLU(), nn.Linear(512, 10)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.classifier(self.features(x))
-        return out
+    return CNN(28, (32, 64), 512)
 
 
-DATASETS: dict[str, tuple[Callable[[bool], Split], type[nn.Module]]] = {
+DATASETS: dict[str, tuple[Callable[[bool], Split], Callable[[], nn.Module]]] = {
     "digits": (lambda _download: load_digits_split(), DigitsNet),
     "fashion-mnist": (load_fashion_mnist, FashionNet),
 }
 
 
-def _dataset(name: str) -> tuple[Callable[[bool], Split], type[nn.Module]]:
+def _dataset(name: str) -> tuple[Callable[[bool], Split], Callable[[], nn.Module]]:
     try:
         return DATASETS[name]
     except KeyError:
