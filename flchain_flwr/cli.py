@@ -88,7 +88,7 @@ def cmd_proof(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
     try:
         text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise LedgerError(f"cannot read proof: {exc}") from None
     try:
         proof = json.loads(text)
@@ -209,6 +209,12 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
         return int(args.func(args, stream))
     except LedgerError as exc:
         sys.stderr.write(f"flchain: {exc}\n")
+        return EXIT_USAGE
+    except (KeyError, TypeError, ValueError) as exc:  # stored data of the wrong shape
+        sys.stderr.write(
+            f"flchain: the ledger's data is malformed ({exc!r}); "
+            "run `flchain ledger verify` to find the bad block\n"
+        )
         return EXIT_USAGE
 
 

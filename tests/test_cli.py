@@ -37,7 +37,8 @@ def test_show_lists_blocks_and_prints_one(ledger_path: Path) -> None:
 
 
 def test_verify_ok_and_tampered(ledger_path: Path) -> None:
-    assert flchain("verify", str(ledger_path)) == (0, "ok: 5 blocks verified\n")
+    code, text = flchain("verify", str(ledger_path))
+    assert code == 0 and text.startswith("ok: 5 blocks verified, signed by leader ")
     with sqlite3.connect(ledger_path) as db:
         db.execute(
             "UPDATE blocks SET body = CAST(? AS BLOB) WHERE height = 3", ('{"x":1}',)
@@ -121,3 +122,34 @@ def test_console_script_is_installed(ledger_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0 and "ok: 5 blocks verified" in done.stdout
+
+
+def test_commands_on_a_corrupt_ledger_exit_2_with_a_message(
+    ledger_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with sqlite3.connect(ledger_path) as db:
+        db.execute(
+            "UPDATE blocks SET body = CAST(? AS BLOB) WHERE height = 2", ("{bad",)
+        )
+        db.execute(
+            "UPDATE blocks SET header = CAST(? AS BLOB) WHERE height = 3", ('{"a":1}',)
+        )
+    for command in (
+        ["show", str(ledger_path)],
+        ["export", str(ledger_path)],
+        ["rewards", str(ledger_path)],
+        ["proof", str(ledger_path), "--update", digest_of(301)],
+    ):
+        code, _ = flchain(*command)
+        assert code == 2, command
+        assert "flchain:" in capsys.readouterr().err
+
+
+def test_check_proof_of_garbage_is_invalid_or_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"type": "consistency", "proof": {"metadata": []}}))
+    code, text = flchain("check-proof", str(bad))
+    assert code == 1 and text.startswith("INVALID")
+    bad.write_bytes(b"\xff\xfe not utf-8")
+    code, _ = flchain("check-proof", str(bad))
+    assert code == 2

@@ -197,3 +197,11 @@ def test_encode_refuses_bad_input() -> None:
         encode(np.array([5]), np.array([1.0]), shape=(5,))
     with pytest.raises(ValueError):
         encode(np.array([1]), np.array([1.0]), shape=(5,), value_dtype="int8")
+
+
+def test_values_that_overflow_the_tensor_dtype_are_rejected() -> None:
+    array = encode(
+        np.array([0]), np.array([1e6], np.float32), shape=(4,), dtype="float16"
+    )
+    with pytest.raises(SparseFormatError, match="overflow float16"):
+        decode(array, shape=(4,), dtype=np.dtype("float16"))

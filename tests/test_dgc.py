@@ -237,3 +237,66 @@ def test_a_reply_claiming_another_base_version_is_rejected() -> None:
     assert (
         "says it was trained on version 99, it was sent 0" in result.rejected[0].reason
     )
+
+
+# Regressions found in review -------------------------------------------------
+def test_integer_and_bool_tensors_travel_as_signed_deltas() -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord
+
+    def counters(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        sent = msg.content["arrays"]
+        arrays = ArrayRecord(
+            {
+                **{k: v for k, v in reply.content["arrays"].items()},
+                "steps": Array(sent["steps"].numpy() - np.uint8(2)),  # 5 -> 3
+                "flag": Array(~sent["flag"].numpy()),
+            }
+        )
+        reply.content = RecordDict(
+            {"arrays": arrays, "metrics": MetricRecord({"num-examples": 1})}
+        )
+        return reply
+
+    start = initial_arrays()
+    start["steps"] = Array(np.array([5], np.uint8))
+    start["flag"] = Array(np.array([True]))
+    app = toy_client_app(
+        mods=[dgc_mod(DGCConfig(density=0.5, min_sparse_size=1)), counters]
+    )
+    grid = VirtualGrid(app, [DeviceProfile()], work_fn=constant_work(1.0))
+    result = FedBuff(
+        buffer_size=1, min_available_nodes=1, staleness_fn=Constant()
+    ).start(grid, start, num_rounds=1, timeout=10.0)
+    assert result.rejected == []
+    assert result.arrays["steps"].numpy()[0] == 3
+    assert not bool(result.arrays["flag"].numpy()[0])
+
+
+def test_float64_tensors_keep_the_residual_exact() -> None:
+    cfg = DGCConfig(density=0.1, warmup=(), min_sparse_size=1)
+    state, sent_total, dense_total = DGCState(), np.zeros(200), np.zeros(200)
+    for _ in range(10):
+        delta = {"w": RNG.normal(scale=1e3, size=200)}
+        compressed, state = compress(delta, state, cfg)
+        sent_total += dense_of(compressed, delta)["w"]
+        dense_total += delta["w"]
+    np.testing.assert_allclose(
+        sent_total + state.residual["w"], dense_total, rtol=0, atol=1e-9
+    )
+
+
+def test_replies_the_mod_cannot_read_go_out_uncompressed() -> None:
+    VirtualGrid(toy_client_app(), [DeviceProfile()])  # task identity
+    msg = Message(RecordDict({"arrays": initial_arrays()}), 1, MessageType.TRAIN)
+    msg.metadata.__dict__["_message_id"] = "m3"
+    reply = Message(RecordDict({"other": ConfigRecord({"a": 1})}), reply_to=msg)
+    assert dgc_mod(DGCConfig())(msg, _context(), lambda m, c: reply) is reply
+
+
+def test_full_density_falls_back_to_dense_when_smaller() -> None:
+    cfg = DGCConfig(density=1.0, warmup=(), min_sparse_size=1)
+    compressed, _ = compress(
+        {"w": RNG.normal(size=2000).astype(np.float32)}, DGCState(), cfg
+    )
+    assert not is_sparse(compressed.arrays["w"])

@@ -42,7 +42,8 @@ def tamper(ledger: Ledger, sql: str, *params: object) -> None:
 def test_a_fresh_ledger_verifies(ledger: Ledger) -> None:
     report = ledger.verify()
     assert report.ok and report.blocks == 6
-    assert str(report) == "ok: 6 blocks verified"
+    assert str(report).startswith("ok: 6 blocks verified, signed by leader ")
+    assert report.leader == ledger.block(0).header["leader"]
     assert [b.height for b in ledger.blocks()] == list(range(6))
     genesis = ledger.block(0)
     assert genesis.header["prev_hash"] == "0" * 64
@@ -345,3 +346,48 @@ def test_fuzz_random_bit_flips_in_stored_fields_are_always_caught(
         )  # restore for the next trial
         assert ledger.verify().ok
         ledger.close()
+
+
+# Regressions found in review -------------------------------------------------
+def test_a_proof_of_the_wrong_kind_cannot_stand_in(ledger: Ledger) -> None:
+    proof = ledger.prove_update(digest_of(500))
+    swapped = json.loads(json.dumps(proof))
+    swapped["update"] = {
+        **ledger.prove_consistency(1, 1),
+        "leaf": "f" * 64,
+        "root": proof["update"]["root"],
+    }
+    with pytest.raises(InvalidProof, match="expected an inclusion proof"):
+        check_proof(swapped)
+    resized = json.loads(json.dumps(proof))
+    resized["block"]["size"] = 999
+    with pytest.raises(InvalidProof):
+        check_proof(resized)
+
+
+def test_a_missing_leader_key_is_a_failure_not_a_free_pass(ledger: Ledger) -> None:
+    tamper(ledger, "DELETE FROM meta WHERE key = 'leader_key'")
+    report = ledger.verify()
+    assert not report.ok and "leader key is missing" in report.reason
+    assert ledger.verify(trusted_key=ledger.block(0).header["leader"]).ok
+
+
+def test_verify_survives_a_corrupt_height_column(ledger: Ledger) -> None:
+    with sqlite3.connect(ledger.path) as db:  # a forger rebuilds the table untyped
+        db.executescript(
+            "ALTER TABLE blocks RENAME TO old;"
+            "CREATE TABLE blocks (height, hash, header, body, signature);"
+            "INSERT INTO blocks SELECT * FROM old; DROP TABLE old;"
+            "UPDATE blocks SET height = 'x' WHERE height = 5;"
+        )
+    report = ledger.verify()
+    assert not report.ok and report.bad_height is None
+
+
+def test_update_digest_is_total() -> None:
+    content = _reply(np.arange(3, dtype=np.float32))
+    content["metrics"]["loss"] = float("nan")
+    content["cfg"] = ConfigRecord({"note": "\udcff", "inf": float("inf")})
+    first = update_digest(content)
+    content["metrics"]["loss"] = float("inf")
+    assert update_digest(content) != first

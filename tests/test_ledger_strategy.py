@@ -148,3 +148,24 @@ def test_sigkill_at_random_moments_leaves_a_verifiable_resumable_ledger(
         assert ledger.verify().ok
         versions = [b.header["model_version"] for b in ledger.blocks()]
         assert versions == list(range(target + 1))
+
+
+def test_a_nan_metric_does_not_stop_a_recorded_run(tmp_path: Path) -> None:
+    from flwr.app import Context, Message
+
+    def nan_loss(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        reply.content["metrics"]["train-loss"] = float("nan")
+        return reply
+
+    grid = VirtualGrid(
+        toy_client_app(mods=[nan_loss]),
+        [DeviceProfile()] * 2,
+        work_fn=constant_work(1.0),
+    )
+    result = FedBuff(buffer_size=2, ledger=tmp_path / "l.db").start(
+        grid, initial_arrays(), num_rounds=2, timeout=30.0
+    )
+    assert len(result.versions) == 2
+    with Ledger(tmp_path / "l.db", create=False) as ledger:
+        assert ledger.verify().ok

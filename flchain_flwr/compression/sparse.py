@@ -143,6 +143,8 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
         raise SparseFormatError(
             f"declares {numel} elements, the tensor has {expected_numel}"
         )
+    if numel > 1 << 32:
+        raise SparseFormatError(f"a tensor of {numel} elements is too large to decode")
     if width != index_width(numel):
         raise SparseFormatError(
             f"index width {width} is not the one for {numel} elements"
@@ -173,7 +175,10 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
         if not np.isfinite(values).all():
             raise SparseFormatError("values hold NaN or Inf")
     dense = np.zeros(expected_numel, dtype=dtype)
-    dense[idx] = values.astype(dtype)
+    with np.errstate(over="ignore"):
+        dense[idx] = values.astype(dtype)
+    if nnz and not np.isfinite(dense[idx]).all():
+        raise SparseFormatError(f"values overflow {dtype}")
     return dense.reshape(shape)
 
 

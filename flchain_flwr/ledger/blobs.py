@@ -49,6 +49,12 @@ class BlobStore:
             final = self.path_of(digest)
             final.parent.mkdir(exist_ok=True)
             os.replace(tmp, final)
+            if self.durable:  # make the rename itself survive a power loss
+                dir_fd = os.open(final.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)

@@ -80,26 +80,43 @@ def sha256_hex(*parts: bytes | memoryview) -> str:
 
 # ---------------------------------------------------------------- update digests
 def _plain(value: Any) -> Any:
+    """A JSON-safe, unambiguous stand-in for any record value a client can send."""
     if isinstance(value, bytes):
         return {"bytes-sha256": hashlib.sha256(value).hexdigest()}
     if isinstance(value, list):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}  # NaN and Inf have no JSON number
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: hash their code units
+            return {"str-surrogatepass": value.encode("utf-8", "surrogatepass").hex()}
     return value
 
 
+def _key(name: str) -> str:
+    """A record or array name as a JSON-safe key (lone surrogates escaped)."""
+    return name if isinstance(_plain(name), str) else repr(name)
+
+
 def update_digest(content: RecordDict) -> str:
-    """SHA-256 of a reply's content as received (format ``flchain-update/1``)."""
+    """SHA-256 of a reply's content as received (format ``flchain-update/1``).
+
+    Total: any content a client can send has a digest (NaN, Inf and odd strings
+    are encoded in tagged forms).
+    """
     records: dict[str, Any] = {}
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
-            records[name] = {
+            records[_key(name)] = {
                 "kind": "arrays",
-                "order": list(record.keys()),
+                "order": [_key(k) for k in record],
                 "arrays": {
-                    key: {
-                        "dtype": arr.dtype,
-                        "shape": list(arr.shape),
-                        "stype": arr.stype,
+                    _key(key): {
+                        "dtype": _plain(str(arr.dtype)),
+                        "shape": [int(d) for d in arr.shape],
+                        "stype": _plain(str(arr.stype)),
                         "sha256": hashlib.sha256(arr.data).hexdigest(),
                     }
                     for key, arr in record.items()
@@ -107,9 +124,9 @@ def update_digest(content: RecordDict) -> str:
             }
         elif isinstance(record, MetricRecord | ConfigRecord):
             kind = "metrics" if isinstance(record, MetricRecord) else "config"
-            records[name] = {
+            records[_key(name)] = {
                 "kind": kind,
-                "values": {k: _plain(v) for k, v in record.items()},
+                "values": {_key(k): _plain(v) for k, v in record.items()},
             }
     return sha256_hex(UPDATE_TAG, canonical_json(records))
 

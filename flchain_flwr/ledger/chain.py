@@ -85,10 +85,13 @@ class VerifyReport:
     blocks: int
     bad_height: int | None = None
     reason: str = ""
+    leader: str = ""
+    """The leader key every block was checked against (hex)."""
 
     def __str__(self) -> str:
         if self.ok:
-            return f"ok: {self.blocks} blocks verified"
+            signed = f", signed by leader {self.leader[:16]}…" if self.leader else ""
+            return f"ok: {self.blocks} blocks verified{signed}"
         where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
         return f"FAILED at {where}: {self.reason}"
 
@@ -196,9 +199,16 @@ class Ledger:
             if not create:
                 raise LedgerError(f"{self.path} is not a flchain ledger (empty file)")
             self.db.execute("PRAGMA journal_mode=WAL")  # persistent in the file
-            self.db.executescript(_SCHEMA)
-            self._set_meta("format", LEDGER_FORMAT)
-            self._set_meta("chain_id", chain_id or uuid.uuid4().hex)
+            self.db.execute("BEGIN IMMEDIATE")  # schema and identity: all or nothing
+            try:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    self.db.execute(statement)
+                self._set_meta("format", LEDGER_FORMAT)
+                self._set_meta("chain_id", chain_id or uuid.uuid4().hex)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
         elif not {"meta", "blocks"} <= tables or self._meta("format") != LEDGER_FORMAT:
             raise LedgerError(f"{self.path} is not a flchain ledger")
         stored = self._meta("chain_id")
@@ -243,16 +253,24 @@ class Ledger:
     @staticmethod
     def _row_to_block(row: tuple[Any, ...]) -> Block:
         height, digest, header, body, signature = row
-        header, body = bytes(header), bytes(body)
-        return Block(
-            height=int(height),
-            hash=str(digest),
-            header_bytes=header,
-            body_bytes=body,
-            signature=str(signature),
-            header=parse_canonical(header),
-            body=parse_canonical(body),
-        )
+        try:
+            header, body = bytes(header), bytes(body)
+            parsed_header, parsed_body = parse_canonical(header), parse_canonical(body)
+            if not isinstance(parsed_header, dict) or not isinstance(parsed_body, dict):
+                raise NotCanonical("header or body is not a JSON object")
+            return Block(
+                height=int(height),
+                hash=str(digest),
+                header_bytes=header,
+                body_bytes=body,
+                signature=str(signature),
+                header=parsed_header,
+                body=parsed_body,
+            )
+        except (TypeError, ValueError) as exc:
+            raise LedgerError(
+                f"block {height!r} is corrupt ({exc}); run `flchain ledger verify`"
+            ) from None
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
         yield from self.db.execute(
@@ -377,6 +395,10 @@ class Ledger:
         count = 0
         try:
             leader = trusted_key or self._meta("leader_key")
+            if leader is None and len(self):
+                return VerifyReport(
+                    False, 0, None, "the leader key is missing from the metadata"
+                )
             prev_hash = ZERO_HASH
             for expected_height, row in enumerate(self._rows()):
                 try:
@@ -386,12 +408,13 @@ class Ledger:
                 except Exception as exc:  # any corruption is a finding, not a crash
                     problem = f"block cannot be checked: {exc!r}"
                 if problem is not None:
-                    return VerifyReport(False, count, int(row[0]), problem)
+                    height = row[0] if isinstance(row[0], int) else None
+                    return VerifyReport(False, count, height, problem, leader or "")
                 prev_hash = str(row[1])
                 count += 1
-        except sqlite3.DatabaseError as exc:
-            return VerifyReport(False, count, None, f"database unreadable: {exc}")
-        return VerifyReport(True, count)
+        except Exception as exc:  # an unreadable database is a finding, not a crash
+            return VerifyReport(False, count, None, f"database unreadable: {exc!r}")
+        return VerifyReport(True, count, leader=leader or "")
 
     # pylint: disable=too-many-return-statements,too-many-arguments
     def _check_block(
@@ -542,7 +565,7 @@ def check_proof(proof: Mapping[str, Any]) -> str:
     """
     kind = proof.get("type")
     if kind == "consistency":
-        verify_proof(dict(proof))
+        verify_proof(dict(proof), "consistency")
         return (
             f"the ledger of {proof['later_size']} blocks "
             f"(root {proof['later_root'][:16]}…) extends the ledger of "
@@ -566,8 +589,8 @@ def check_proof(proof: Mapping[str, Any]) -> str:
             raise InvalidProof("block proof is not about this block")
     except (KeyError, TypeError, NotCanonical) as exc:
         raise InvalidProof(f"malformed proof: {exc!r}") from None
-    verify_proof(update)
-    verify_proof(block)
+    verify_proof(update, "inclusion")
+    verify_proof(block, "inclusion")
     return (
         f"update {update['leaf'][:16]}… is in block {header['height']} "
         f"({block_hash[:16]}…), which is block {block['index']} of a "

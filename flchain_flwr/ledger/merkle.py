@@ -77,10 +77,16 @@ def consistency_proof(
     }
 
 
-def verify_proof(proof: dict[str, Any]) -> None:
-    """Check a proof made by this module, offline; raise ``InvalidProof`` if bad."""
+def verify_proof(proof: dict[str, Any], expected_type: str | None = None) -> None:
+    """Check a proof made by this module, offline; raise ``InvalidProof`` if bad.
+
+    ``expected_type`` (``"inclusion"`` or ``"consistency"``) refuses a proof of
+    the other kind standing in for the one a caller needs.
+    """
     try:
         kind = proof["type"]
+        if expected_type is not None and kind != expected_type:
+            raise InvalidProof(f"expected an {expected_type} proof, got {kind!r}")
         body = proof["proof"]
         meta = body["metadata"]
         if meta.get("algorithm") != ALGORITHM or meta.get("security") is not True:
@@ -93,6 +99,8 @@ def verify_proof(proof: dict[str, Any]) -> None:
                 leaf_hash,
                 bytes.fromhex(proof["root"]),
                 InclusionProof.deserialize(body),
+                index=proof["index"] + 1,
+                size=proof["size"],
             )
         elif kind == "consistency":
             if (meta["prior_size"], meta["size"]) != (
@@ -104,10 +112,12 @@ def verify_proof(proof: dict[str, Any]) -> None:
                 bytes.fromhex(proof["prior_root"]),
                 bytes.fromhex(proof["later_root"]),
                 ConsistencyProof.deserialize(body),
+                prior_size=proof["prior_size"],
+                later_size=proof["later_size"],
             )
         else:
             raise InvalidProof(f"unknown proof type {kind!r}")
     except InvalidProof:
         raise
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise InvalidProof(f"malformed proof: {exc!r}") from None

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from logging import WARNING
 from typing import Any, Final
 
 import numpy as np
@@ -32,14 +33,13 @@ from flwr.app import (
     ArrayRecord,
     ConfigRecord,
     Context,
-    Error,
     Message,
     MessageType,
     RecordDict,
 )
-from flwr.common.constant import ErrorCode
+from flwr.supercore import log
 
-from ..compression.sparse import SPARSE_STYPE, encode
+from ..compression.sparse import SPARSE_STYPE, encode, index_width
 from ..protocol import (
     MODEL_VERSION_KEY,
     TRAINED_ON_KEY,
@@ -254,14 +254,18 @@ def compress(
     """
     dtypes = {k: np.asarray(v).dtype for k, v in delta.items()}
     floats = [k for k, dt in dtypes.items() if dt.kind == "f"]
-    update = {k: np.asarray(delta[k], dtype=np.float32) for k in floats}
+    # float64 tensors keep float64 state, so the residual stays exact for them too
+    update = {
+        k: np.asarray(delta[k], dtype=np.result_type(dtypes[k], np.float32))
+        for k in floats
+    }
     if cfg.clip_norm is not None:
         norm = math.sqrt(
             sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values())
         )
         if norm > cfg.clip_norm:
             update = {
-                k: v * np.float32(cfg.clip_norm / norm) for k, v in update.items()
+                k: v * v.dtype.type(cfg.clip_norm / norm) for k, v in update.items()
             }
     if not state.matches(update):
         state = DGCState(rounds=state.rounds)
@@ -270,16 +274,16 @@ def compress(
     residual: NDArrays = {}
     arrays: dict[str, Array] = {}
     sent = total = 0
-    for name, dt in dtypes.items():  # integer tensors (counters): dense, as they are
+    for name, dt in dtypes.items():  # integer and bool tensors: dense int64 deltas
         if dt.kind != "f":
-            arrays[name] = Array(np.ascontiguousarray(delta[name]))
+            arrays[name] = Array(np.ascontiguousarray(delta[name], dtype=np.int64))
             sent += int(np.asarray(delta[name]).size)
             total += int(np.asarray(delta[name]).size)
     for index, (name, d) in enumerate(update.items()):
         u: np.ndarray = d
         if cfg.momentum:
             u = (
-                np.float32(cfg.momentum) * state.momentum.get(name, np.zeros_like(d))
+                d.dtype.type(cfg.momentum) * state.momentum.get(name, np.zeros_like(d))
                 + d
             )
         v = (
@@ -288,12 +292,18 @@ def compress(
             else u.copy()
         )
         sent_values: np.ndarray
-        if d.size < cfg.min_sparse_size:
+        mask = (
+            np.ones(d.shape, dtype=bool)
+            if d.size < cfg.min_sparse_size
+            else _select(v, density, cfg, seed=state.rounds * 7919 + index)
+        )
+        nnz = int(mask.sum())
+        entry_bytes = index_width(d.size) + np.dtype(cfg.value_dtype).itemsize
+        if nnz * entry_bytes >= d.size * dtypes[name].itemsize:  # dense is smaller
             mask = np.ones(d.shape, dtype=bool)
             arrays[name] = Array(v.astype(dtypes[name]))
-            sent_values = v.astype(dtypes[name]).astype(np.float32)
+            sent_values = v.astype(dtypes[name]).astype(v.dtype)
         else:
-            mask = _select(v, density, cfg, seed=state.rounds * 7919 + index)
             flat_idx = np.flatnonzero(mask)
             values = v.reshape(-1)[flat_idx].astype(cfg.value_dtype)
             arrays[name] = encode(
@@ -304,14 +314,14 @@ def compress(
                 value_dtype=cfg.value_dtype,
             )
             sent_values = np.zeros_like(v)
-            sent_values.reshape(-1)[flat_idx] = values.astype(np.float32)
+            sent_values.reshape(-1)[flat_idx] = values.astype(v.dtype)
         sent += int(mask.sum())
         total += d.size
         if cfg.accumulate:
-            residual[name] = (v - sent_values).astype(np.float32)
+            residual[name] = v - sent_values
         if cfg.momentum:
             momentum[name] = (
-                np.where(mask, 0.0, u).astype(np.float32) if cfg.masking else u
+                np.where(mask, 0.0, u).astype(u.dtype) if cfg.masking else u
             )
     next_state = DGCState(momentum=momentum, residual=residual, rounds=state.rounds + 1)
     ordered = {name: arrays[name] for name in dtypes}
@@ -339,7 +349,12 @@ def _reply_delta(
     delta = {}
     for name in sent:
         trained = got[name].numpy()
-        delta[name] = trained if is_delta else trained - sent[name].numpy()
+        if is_delta:
+            delta[name] = trained
+        elif trained.dtype.kind == "f":
+            delta[name] = trained - sent[name].numpy()
+        else:  # ints, uints, bools: a signed delta, no wrap-around
+            delta[name] = trained.astype(np.int64) - sent[name].numpy().astype(np.int64)
     return delta, ""
 
 
@@ -363,11 +378,9 @@ def dgc_mod(config: DGCConfig | None = None) -> Mod:
         if cfg is None:
             return reply
         delta, problem = _reply_delta(msg, reply, cfg.arrayrecord_key)
-        if delta is None:
-            return Message(
-                Error(ErrorCode.MOD_FAILED_PRECONDITION, f"dgc_mod: {problem}"),
-                reply_to=msg,
-            )
+        if delta is None:  # not ours to compress: send it as it is, dense
+            log(WARNING, "dgc_mod: reply sent uncompressed: %s", problem)
+            return reply
         compressed, state = compress(delta, DGCState.load(context.state), cfg)
         state.save(context.state)
         content = RecordDict(

@@ -130,6 +130,9 @@ def _decode_checked(name: str, arr: Array, ref: np.ndarray, kind: str) -> np.nda
         value = arr.numpy()
     except Exception as exc:  # a forged Array can fail to decode in many ways
         raise UpdateRejected(f"array {name!r} cannot be decoded: {exc}") from None
+    if kind == UPDATE_KIND_DELTA and ref.dtype.kind in "biu":
+        # a change to an integer or bool tensor needs a sign: int64 deltas only
+        ref = np.empty(ref.shape, dtype=np.int64)
     if value.dtype != ref.dtype:
         raise UpdateRejected(
             f"array {name!r} has dtype {value.dtype}, expected {ref.dtype}"
