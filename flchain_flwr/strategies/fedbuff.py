@@ -424,7 +424,7 @@ class _Buffered:
     staleness: int
     weight: float
     update: ParsedUpdate
-    content: RecordDict
+    metrics: RecordDict  # the reply's MetricRecords only, not a 2nd copy of arrays
     digest: str = ""
 
 
@@ -600,9 +600,11 @@ class _AsyncRun:
         else:
             self._eval_done(flight.node_id, flight.version, None)
 
-    def _reject(
-        self, node_id: int, trained_on: int, reason: str, content: RecordDict
-    ) -> None:
+    def _digest(self, content: RecordDict) -> str:
+        """The reply's digest for the ledger; nothing to compute without one."""
+        return update_digest(content) if self.ledger is not None else ""
+
+    def _reject(self, node_id: int, trained_on: int, reason: str, digest: str) -> None:
         log(WARNING, "Rejected update from node %d: %s", node_id, reason)
         self.result.rejected.append(
             RejectedUpdate(node_id, self.version, trained_on, self.now(), reason)
@@ -611,7 +613,7 @@ class _AsyncRun:
             self.pending_rejected.append(
                 {
                     "node_id": node_id,
-                    "digest": update_digest(content),
+                    "digest": digest,
                     "trained_on": trained_on,
                     "reason": reason,
                 }
@@ -765,17 +767,19 @@ class _AsyncRun:
                 flight.node_id,
                 flight.version,
                 f"stale: staleness {staleness} > max_staleness {self.s.max_staleness}",
-                content,
+                self._digest(content),
             )
             return
         try:
             update = self.s._parse(content, self.kept[flight.version], flight.version)
         except UpdateRejected as exc:
-            self._reject(flight.node_id, flight.version, exc.reason, content)
+            self._reject(
+                flight.node_id, flight.version, exc.reason, self._digest(content)
+            )
             return
         except Exception as exc:  # whatever a forged reply triggers, it is rejected
             reason = f"reply could not be parsed: {exc!r}"
-            self._reject(flight.node_id, flight.version, reason, content)
+            self._reject(flight.node_id, flight.version, reason, self._digest(content))
             return
         self.idle_deadline = self.clock.now() + self.timeout
         if not self.buffer and self.s.max_wait is not None:
@@ -787,8 +791,8 @@ class _AsyncRun:
                 staleness,
                 self.s.staleness_fn(staleness),
                 update,
-                RecordDict(dict(content.metric_records)),  # metrics only: no 2nd copy
-                update_digest(content) if self.ledger is not None else "",
+                RecordDict(dict(content.metric_records)),
+                self._digest(content),
             )
         )
 
@@ -826,7 +830,7 @@ class _AsyncRun:
                     b.node_id,
                     b.trained_on,
                     "aggregate would overflow the model",
-                    b.content,
+                    b.digest,
                 )
             self.momentum = None
             return
@@ -857,7 +861,7 @@ class _AsyncRun:
         self.result.versions.append(record)
         self.result.arrays = self.model_record
         metrics = self.s._aggregate_metrics(
-            self.s.train_metrics_aggr_fn, [b.content for b in buffered]
+            self.s.train_metrics_aggr_fn, [b.metrics for b in buffered]
         )
         if metrics is not None:
             self.result.train_metrics_clientapp[self.version] = metrics
