@@ -20,14 +20,13 @@ time beside it; the last line printed is ``async_vs_sync speedup: <x>``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any, cast
 
+from _common import APP_DIR, RESULTS, write_results
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -41,9 +40,6 @@ from flchain_flwr.sim import (
     tiered,
 )
 from flchain_flwr.strategies import AsyncResult, FedBuff, Polynomial, mean_staleness
-
-RESULTS = Path(__file__).parent / "results"
-APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
 
 
 def time_to_target(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -185,22 +181,15 @@ def main() -> None:
             )
 
     summary = summarise(rows, args.target)
-    payload = {
-        "benchmark": "async_vs_sync",
-        "settings": {
-            **vars(args),
-            "out": str(args.out),
-            "device_speed_spread": spread(tiered(args.nodes, (1.0, 4.0, 10.0))),
-        },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "summary": summary,
-        "runs": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
+    write_results(
+        args.out,
+        "async_vs_sync",
+        args,
+        device_speed_spread=spread(tiered(args.nodes, (1.0, 4.0, 10.0))),
+        summary=summary,
+        runs=rows,
+    )
+
     plot(rows, args.target, args.out.with_suffix(".png"))
     for name, s in summary["strategies"].items():
         print(

@@ -24,13 +24,12 @@ against density beside it; last line
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import platform
 import time
 from pathlib import Path
 from typing import Any, cast
 
+from _common import APP_DIR, RESULTS, write_results
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 
@@ -43,8 +42,6 @@ from flchain_flwr.sim import (
 )
 from flchain_flwr.strategies import FedBuff
 
-RESULTS = Path(__file__).parent / "results"
-APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
 DENSITIES = (1.0, 0.1, 0.01, 0.003, 0.001)
 TIME_TARGETS = (0.6, 0.7, 0.75, 0.8)
 
@@ -157,13 +154,23 @@ def main() -> None:
     parser.add_argument("--train-subset", type=int, default=20_000)
     parser.add_argument("--test-subset", type=int, default=2_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--densities",
+        type=float,
+        nargs="+",
+        default=list(DENSITIES),
+        help="densities to sweep; the first must be 1 (dense)",
+    )
+    parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "compression.json")
     args = parser.parse_args()
     if args.nodes < 10:
         parser.error("the benchmark is defined for >= 10 nodes")
     FLOWER_LOGGER.setLevel(logging.WARNING)
 
-    sweep = [run_setting(f"density {d:g}", dgc_keys(d), args) for d in DENSITIES]
+    if args.densities[0] != 1.0 or len(args.densities) < 2:
+        parser.error("--densities must start with 1 (dense) and name a compressed one")
+    sweep = [run_setting(f"density {d:g}", dgc_keys(d), args) for d in args.densities]
     dense = sweep[0]
     within = [r for r in sweep if r["final_accuracy"] >= dense["final_accuracy"] - 0.01]
     best = max(within, key=lambda r: r["compression_ratio"])  # dense if none is within
@@ -174,7 +181,7 @@ def main() -> None:
     )
     best_density = float(studied["config"]["dgc-density"])
     ablations = []
-    if best_density < 1.0:
+    if not args.no_ablation:
         ablations = [
             {**studied, "setting": f"{name} @ {best_density:g}"}
             if keys is None
@@ -196,33 +203,27 @@ def main() -> None:
         if t["dense_s"] is not None and t["compressed_s"] is not None
     ]
     time_ratio = reached[-1][0] / reached[-1][1] if reached else None
-    payload = {
-        "benchmark": "compression",
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-        },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "sweep": sweep,
-        "ablation_density": best_density,
-        "best": {
+    write_results(
+        args.out,
+        "compression",
+        args,
+        sweep=sweep,
+        ablation_density=best_density,
+        best={
             "setting": best["setting"],
             "density": float(best["config"]["dgc-density"]),
             "compression_ratio": best["compression_ratio"],
             "accuracy_loss_points": 100
             * (dense["final_accuracy"] - best["final_accuracy"]),
         },
-        "ablation": ablations,
-        "time_to_target": {
+        ablation=ablations,
+        time_to_target={
             "compressed_setting": studied["setting"],
             "targets": times,
             "time_ratio_at_highest_common_target": time_ratio,
         },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
+    )
+
     plot(sweep, ablations, args.out.with_suffix(".png"))
     for target, t in times.items():
         print(

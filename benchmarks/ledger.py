@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
-import platform
 import shutil
 import statistics
 import tempfile
@@ -29,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import APP_DIR, RESULTS, write_results
 from flwr.app import ArrayRecord
 from flwr.common.logger import FLOWER_LOGGER
 
@@ -42,9 +41,6 @@ from flchain_flwr.sim import (
     tiered,
 )
 from flchain_flwr.strategies import fedbuff_from_run_config
-
-RESULTS = Path(__file__).parent / "results"
-APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
 
 
 def fashion_model(seed: int = 0) -> dict[str, np.ndarray]:
@@ -223,22 +219,16 @@ def main() -> None:
         )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    payload = {
-        "benchmark": "ledger",
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-        },
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-        },
-        "append": append,
-        "version": version,
-        "append_share_of_version": share,
-        "verify": verify,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(payload, indent=2))
+    write_results(
+        args.out,
+        "ledger",
+        args,
+        append=append,
+        version=version,
+        append_share_of_version=share,
+        verify=verify,
+    )
+
     print(f"ledger append cost: {append['ratio']:.2f}x floor")
 
 
