@@ -10,6 +10,14 @@ from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
 APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
+FASHION_MNIST: dict[str, int | float | str | bool] = {
+    "dataset": "fashion-mnist",
+    "dirichlet-alpha": 0.5,
+    "local-epochs": 1,
+    "batch-size": 32,
+    "lr": 0.05,
+}
+"""The app's run config for the Fashion-MNIST benchmarks (CNN, Dirichlet 0.5)."""
 
 
 def write_results(

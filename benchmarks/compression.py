@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, cast
 
-from _common import APP_DIR, RESULTS, write_results
+from _common import APP_DIR, FASHION_MNIST, RESULTS, write_results
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 
@@ -85,11 +85,7 @@ def run_setting(
     config = app_run_config(
         APP_DIR,
         {
-            "dataset": "fashion-mnist",
-            "dirichlet-alpha": 0.5,
-            "local-epochs": 1,
-            "batch-size": 32,
-            "lr": 0.05,
+            **FASHION_MNIST,
             "train-subset": args.train_subset,
             "test-subset": args.test_subset,
             **overrides,

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import APP_DIR, RESULTS, write_results
+from _common import APP_DIR, FASHION_MNIST, RESULTS, write_results
 from flwr.app import ArrayRecord
 from flwr.common.logger import FLOWER_LOGGER
 
@@ -122,10 +122,7 @@ def measure_version_time(workdir: Path, versions: int) -> dict[str, Any]:
     config = app_run_config(
         APP_DIR,
         {
-            "dataset": "fashion-mnist",
-            "dirichlet-alpha": 0.5,
-            "local-epochs": 1,
-            "batch-size": 32,
+            **FASHION_MNIST,
             "buffer-size": 5,
             "ledger-path": str(workdir / "app.db"),
         },
