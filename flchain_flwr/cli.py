@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from .ledger import InvalidProof, Ledger, LedgerError, check_proof, reward_shares
+from .ledger import (
+    Block,
+    InvalidProof,
+    Ledger,
+    LedgerError,
+    check_proof,
+    reward_shares,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -40,16 +47,21 @@ def _block_summary(block: Any) -> dict[str, Any]:
     }
 
 
+def _block_record(block: Block) -> dict[str, Any]:
+    """A stored block as JSON-ready data: what `show --height` and `export` print."""
+    return {
+        "height": block.height,
+        "hash": block.hash,
+        "signature": block.signature,
+        "header": block.header,
+        "body": block.body,
+    }
+
+
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         if args.height is not None:
-            block = ledger.block(args.height)
-            record = {
-                "hash": block.hash,
-                "signature": block.signature,
-                "header": block.header,
-                "body": block.body,
-            }
+            record = _block_record(ledger.block(args.height))
             out.write(json.dumps(record, indent=2) + "\n")
             return EXIT_OK
         out.write(f"chain {ledger.chain_id}: {len(ledger)} blocks\n")
@@ -108,19 +120,7 @@ def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         for block in ledger.blocks():
-            out.write(
-                json.dumps(
-                    {
-                        "height": block.height,
-                        "hash": block.hash,
-                        "signature": block.signature,
-                        "header": block.header,
-                        "body": block.body,
-                    },
-                    sort_keys=True,
-                )
-                + "\n"
-            )
+            out.write(json.dumps(_block_record(block), sort_keys=True) + "\n")
     return EXIT_OK
 
 

@@ -492,7 +492,9 @@ class _AsyncRun:
         self.ledger: Ledger | None = None
         self.owns_ledger = False
         self.pending_rejected: list[dict[str, object]] = []
+        self.config_digest = ""  # the strategy's settings do not change mid-run
         if strategy.ledger is not None:
+            self.config_digest = strategy.config_digest()
             self._open_ledger(strategy.ledger)
 
     # ------------------------------------------------------------------ ledger
@@ -507,7 +509,7 @@ class _AsyncRun:
                 model=self.model,
                 model_version=0,
                 base_version=0,
-                config_digest=self.s.config_digest(),
+                config_digest=self.config_digest,
             )
             return
         model = self.ledger.load_model(head)
@@ -548,7 +550,7 @@ class _AsyncRun:
             model=self.model,
             model_version=self.version,
             base_version=self.version - 1,
-            config_digest=self.s.config_digest(),
+            config_digest=self.config_digest,
             included=included,
             rejected=self.pending_rejected,
             contributions=contributions(
