@@ -5,10 +5,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from flchain_flwr.arrays import apply_step
 from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_KEY
 from flchain_flwr.strategies.updates import (
     UpdateRejected,
-    apply_step,
     parse_update,
     weighted_delta,
 )

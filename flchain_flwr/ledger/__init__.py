@@ -8,9 +8,11 @@ from .chain import (
     LedgerError,
     VerifyReport,
     check_proof,
+    check_vote,
     sign_vote,
     vote_payload,
 )
+from .consensus import PoVRules, PoVState, quorum, select_committee
 from .merkle import InvalidProof, merkle_root
 from .rewards import RewardShare, contributions, reward_shares
 
@@ -20,14 +22,19 @@ __all__ = [
     "InvalidProof",
     "Ledger",
     "LedgerError",
+    "PoVRules",
+    "PoVState",
     "RewardShare",
     "VerifyReport",
     "check_proof",
+    "check_vote",
     "contributions",
     "decode_model",
     "merkle_root",
     "model_hash",
+    "quorum",
     "reward_shares",
+    "select_committee",
     "sign_vote",
     "update_digest",
     "vote_payload",

@@ -37,6 +37,7 @@ from .canonical import (
     parse_canonical,
     sha256_hex,
 )
+from .consensus import PoVRules, PoVState
 from .merkle import (
     InvalidProof,
     consistency_proof,
@@ -77,6 +78,14 @@ class Block:
     body: dict[str, Any] = field(compare=False)
 
 
+@dataclass
+class _ChainRules:
+    """What :meth:`Ledger.verify` carries from block to block."""
+
+    leader: str | None
+    pov: PoVState | None = None
+
+
 @dataclass(frozen=True)
 class VerifyReport:
     """Outcome of :meth:`Ledger.verify`: ``ok``, or the first bad block and why."""
@@ -86,10 +95,18 @@ class VerifyReport:
     bad_height: int | None = None
     reason: str = ""
     leader: str = ""
-    """The leader key every block was checked against (hex)."""
+    """The leader key every block was checked against (hex); on a PoV chain the
+    publisher who signed the genesis block."""
+    pov: bool = False
+    """Whether the chain follows PoV rules (rotating, committee-signed blocks)."""
 
     def __str__(self) -> str:
         if self.ok:
+            if self.pov:
+                return (
+                    f"ok: {self.blocks} blocks verified, genesis signed by "
+                    f"{self.leader[:16]}…, later blocks by their PoV committees"
+                )
             signed = f", signed by leader {self.leader[:16]}…" if self.leader else ""
             return f"ok: {self.blocks} blocks verified{signed}"
         where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
@@ -328,22 +345,28 @@ class Ledger:
         contributions: Sequence[Mapping[str, Any]] = (),
         sim_time: float = 0.0,
         wall_time: float | None = None,
+        extra: Mapping[str, Any] | None = None,
+        signer: SigningKey | None = None,
     ) -> Block:
         """Store the model, then commit one signed block in one transaction.
 
         ``included`` entries need a ``digest`` (hex SHA-256 of the update as
         received, see :func:`~flchain_flwr.ledger.canonical.update_digest`); their
-        digests, in order, are the leaves of the block's Merkle root.
+        digests, in order, are the leaves of the block's Merkle root. ``extra``
+        adds body fields (PoV: ``pov`` in the genesis block, ``committee`` and
+        ``deposits`` after it); ``signer`` signs instead of the ledger's own key
+        (a PoV block's rotating leader).
         """
         model_hash = self.blobs.put_model(model)
         body = {
+            **(extra or {}),
             "included": [dict(u) for u in included],
             "rejected": [dict(r) for r in rejected],
             "votes": [dict(v) for v in votes],
             "contributions": [dict(c) for c in contributions],
         }
         body_bytes = canonical_json(body)
-        key = self.signing_key
+        key = signer or self.signing_key
         self.db.execute("BEGIN IMMEDIATE")
         try:
             head = self.head()
@@ -366,7 +389,7 @@ class Ledger:
             header_bytes = canonical_json(header)
             block_hash = sha256_hex(HEADER_TAG, header_bytes)
             signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
-            if head is None:
+            if head is None:  # the publisher who opened the chain
                 self._set_meta("leader_key", str(header["leader"]))
             self.db.execute(
                 "INSERT INTO blocks (height, hash, header, body, signature) "
@@ -391,6 +414,11 @@ class Ledger:
         previous-hash links, body hash, Merkle root of included updates, leader
         signature (against the genesis leader, or ``trusted_key``), every vote's
         signature, and (``check_models``) that each model blob hashes to its name.
+        On a PoV chain (the genesis body declares a verifier pool) every later
+        block must be signed by the leader of the committee drawn from the
+        previous block's hash, include updates only with a quorum of that
+        committee's votes, and record the deposit changes its votes imply (see
+        :mod:`flchain_flwr.ledger.consensus`).
         """
         count = 0
         try:
@@ -400,10 +428,11 @@ class Ledger:
                     False, 0, None, "the leader key is missing from the metadata"
                 )
             prev_hash = ZERO_HASH
+            chain = _ChainRules(leader)
             for expected_height, row in enumerate(self._rows()):
                 try:
                     problem = self._check_block(
-                        row, expected_height, prev_hash, leader, check_models
+                        row, expected_height, prev_hash, chain, check_models
                     )
                 except Exception as exc:  # any corruption is a finding, not a crash
                     problem = f"block cannot be checked: {exc!r}"
@@ -414,7 +443,7 @@ class Ledger:
                 count += 1
         except Exception as exc:  # an unreadable database is a finding, not a crash
             return VerifyReport(False, count, None, f"database unreadable: {exc!r}")
-        return VerifyReport(True, count, leader=leader or "")
+        return VerifyReport(True, count, leader=leader or "", pov=chain.pov is not None)
 
     # pylint: disable=too-many-return-statements,too-many-arguments
     def _check_block(
@@ -422,7 +451,7 @@ class Ledger:
         row: tuple[Any, ...],
         expected_height: int,
         prev_hash: str,
-        leader: str | None,
+        chain: _ChainRules,
         check_models: bool,
     ) -> str | None:
         height, stored_hash, header_raw, body_raw, signature = row
@@ -463,7 +492,9 @@ class Ledger:
                     "Merkle root of included updates does not match",
                 ),
                 (
-                    leader is None or header["leader"] == leader,
+                    chain.leader is None
+                    or (chain.pov is not None and height > 0)
+                    or header["leader"] == chain.leader,
                     "signed by an unexpected leader",
                 ),
             ]
@@ -477,9 +508,18 @@ class Ledger:
         ):
             return "leader signature is invalid"
         for index, vote in enumerate(body.get("votes", [])):
-            problem = _check_vote(self.chain_id, height, vote)
+            problem = check_vote(self.chain_id, height, vote)
             if problem is not None:
                 return f"vote {index}: {problem}"
+        if height == 0 and "pov" in body:
+            try:
+                chain.pov = PoVState(PoVRules.from_json(body["pov"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                return f"genesis declares unusable PoV rules: {exc}"
+        elif chain.pov is not None:
+            problem = chain.pov.check_block(prev_hash, header, body)
+            if problem is not None:
+                return f"PoV: {problem}"
         if check_models:
             return self.blobs.check(str(header["model_hash"]))
         return None
@@ -525,6 +565,11 @@ class Ledger:
         return {"chain_id": self.chain_id, **proof}
 
 
+_VOTE_FIELDS: Final = frozenset(
+    {"verifier", "candidate", "verdict", "score", "signature"}
+)
+
+
 def _is_hex(value: object, length: int) -> bool:
     """Lower-case hex of exactly ``length`` characters: the only stored form."""
     return (
@@ -546,7 +591,14 @@ def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
     return True
 
 
-def _check_vote(chain_id: str, height: int, vote: Any) -> str | None:
+def check_vote(chain_id: str, height: int, vote: Any) -> str | None:
+    """Why a stored vote is not a valid signed vote at this height, or ``None``."""
+    if not isinstance(vote, Mapping) or set(vote) != _VOTE_FIELDS:
+        return f"malformed vote: fields must be exactly {sorted(_VOTE_FIELDS)}"
+    if not isinstance(vote["verdict"], bool) or not _is_hex(vote["candidate"], 64):
+        return "malformed vote: verdict must be a boolean, candidate a digest"
+    if isinstance(vote["score"], bool) or not isinstance(vote["score"], int | float):
+        return "malformed vote: score must be a number"
     try:
         payload = vote_payload(
             chain_id, height, vote["candidate"], vote["verdict"], vote["score"]

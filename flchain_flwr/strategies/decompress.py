@@ -10,15 +10,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
+from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..protocol import MODEL_VERSION_KEY, UPDATE_INFO_KEY, UPDATE_KIND_DELTA
 from .result import RejectedUpdate
 from .updates import (
-    NDArrays,
     UpdateRejected,
-    apply_step,
     parse_update,
-    to_arrayrecord,
-    to_ndarrays,
 )
 
 

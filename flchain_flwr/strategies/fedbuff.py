@@ -34,20 +34,18 @@ from flwr.serverapp.strategy.strategy_utils import (
 )
 from flwr.supercore import log
 
-from ..ledger import Ledger, contributions, update_digest
+from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
+from ..ledger import Ledger, contributions, model_hash, update_digest
 from ..ledger.canonical import canonical_json, sha256_hex
+from ..pov.committee import Candidate, Committee, CommitteeDecision
 from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
 from ..runtime import Clock, clock_of, publish_result
 from .result import AsyncResult, NodeFailure, RejectedUpdate, VersionRecord
 from .staleness import FedBuffStaleness, StalenessFn
 from .updates import (
-    NDArrays,
     ParsedUpdate,
     UpdateRejected,
-    apply_step,
     parse_update,
-    to_arrayrecord,
-    to_ndarrays,
     weighted_delta,
 )
 
@@ -124,6 +122,12 @@ class FedBuff(Strategy):
     time_budget : float | None (default: None)
         Stop after this many seconds on the grid's clock (simulated seconds in the
         simulator, wall seconds otherwise), even before ``num_rounds`` versions.
+    committee : Committee | None (default: None)
+        A PoV committee (:mod:`flchain_flwr.pov`). When the buffer triggers, the
+        committee votes on its candidates; only those approved by more than 2/3
+        of the block's committee are aggregated, the others are rejected with
+        their votes. If none is approved no version is made. Blocks are then
+        signed by the rotating leader and carry committee, votes and deposits.
     seed : int | None (default: None)
         Seeds the choice among idle nodes, for reproducible runs.
     poll_interval : float (default: 0.1)
@@ -154,6 +158,7 @@ class FedBuff(Strategy):
         evaluate_metrics_aggr_fn: MetricsAggrFn | None = None,
         ledger: Ledger | str | Path | None = None,
         time_budget: float | None = None,
+        committee: Committee | None = None,
         seed: int | None = None,
         poll_interval: float = 0.1,
     ) -> None:
@@ -195,6 +200,7 @@ class FedBuff(Strategy):
         )
         self.ledger = ledger
         self.time_budget = time_budget
+        self.committee = committee
         self.seed = seed
         self.poll_interval = poll_interval
         self._sync_reference: NDArrays | None = None
@@ -216,6 +222,7 @@ class FedBuff(Strategy):
             self.server_lr,
             self.server_momentum,
         )
+        log(INFO, "\t├──> PoV: %s", self.committee)
         log(
             INFO,
             "\t└──> Dispatch: concurrency=%s, ttl=%s, min_available_nodes=%d",
@@ -237,6 +244,7 @@ class FedBuff(Strategy):
             "concurrency": self.concurrency,
             "weighted_by_key": self.weighted_by_key,
             "arrayrecord_key": self.arrayrecord_key,
+            "committee": repr(self.committee),
         }
 
     def config_digest(self) -> str:
@@ -491,7 +499,10 @@ class _AsyncRun:
 
         self.ledger: Ledger | None = None
         self.owns_ledger = False
+        self.committee = strategy.committee
         self.pending_rejected: list[dict[str, object]] = []
+        self.pending_votes: list[dict[str, object]] = []
+        self.pending_committee: list[str] = []
         self.config_digest = ""  # the strategy's settings do not change mid-run
         if strategy.ledger is not None:
             self.config_digest = strategy.config_digest()
@@ -510,8 +521,11 @@ class _AsyncRun:
                 model_version=0,
                 base_version=0,
                 config_digest=self.config_digest,
+                extra=self.committee.genesis_fields() if self.committee else None,
             )
             return
+        if self.committee is not None:
+            self.committee.resume(self.ledger)
         model = self.ledger.load_model(head)
         expected = {k: (v.shape, v.dtype) for k, v in self.model.items()}
         if {k: (v.shape, v.dtype) for k, v in model.items()} != expected:
@@ -533,6 +547,12 @@ class _AsyncRun:
         )
 
     def _record_block(self, buffered: list[_Buffered], step: NDArrays) -> None:
+        extra, signer = None, None
+        if self.committee is not None:  # settle deposits once per block
+            extra, signer = self.committee.seal(
+                self.pending_committee, self.pending_votes
+            )
+        votes, self.pending_votes = self.pending_votes, []
         if self.ledger is None:
             return
         included = [
@@ -553,6 +573,7 @@ class _AsyncRun:
             config_digest=self.config_digest,
             included=included,
             rejected=self.pending_rejected,
+            votes=votes,
             contributions=contributions(
                 [b.node_id for b in buffered],
                 [b.update.delta for b in buffered],
@@ -560,6 +581,8 @@ class _AsyncRun:
                 step,
             ),
             sim_time=self.now(),
+            extra=extra,
+            signer=signer,
         )
         self.pending_rejected = []
 
@@ -603,13 +626,24 @@ class _AsyncRun:
             self._eval_done(flight.node_id, flight.version, None)
 
     def _digest(self, content: RecordDict) -> str:
-        """The reply's digest for the ledger; nothing to compute without one."""
-        return update_digest(content) if self.ledger is not None else ""
+        """The reply's digest (ledger, votes); nothing to compute without them."""
+        needed = self.ledger is not None or self.committee is not None
+        return update_digest(content) if needed else ""
 
-    def _reject(self, node_id: int, trained_on: int, reason: str, digest: str) -> None:
+    # pylint: disable=too-many-arguments
+    def _reject(
+        self,
+        node_id: int,
+        trained_on: int,
+        reason: str,
+        digest: str,
+        votes: list[dict[str, object]] | None = None,
+    ) -> None:
         log(WARNING, "Rejected update from node %d: %s", node_id, reason)
         self.result.rejected.append(
-            RejectedUpdate(node_id, self.version, trained_on, self.now(), reason)
+            RejectedUpdate(
+                node_id, self.version, trained_on, self.now(), reason, votes or []
+            )
         )
         if self.ledger is not None:
             self.pending_rejected.append(
@@ -808,9 +842,69 @@ class _AsyncRun:
             return TRIGGER_DRAINED
         return None
 
+    def _verify(self, buffered: list[_Buffered]) -> list[_Buffered]:
+        """Let the PoV committee vote; return the approved updates."""
+        assert self.committee is not None
+        if self.ledger is not None:
+            head = self.ledger.head()
+            assert head is not None
+            chain_id, height = self.ledger.chain_id, head.height + 1
+            prev_hash = head.hash
+        else:
+            chain_id, height = self.committee.chain_id, self.version + 1
+            prev_hash = model_hash(self.model)
+        total = sum(b.update.num_examples for b in buffered)
+        share = self.s.server_lr / total if total > 0 else 0.0
+        decision = self.committee.decide(
+            chain_id=chain_id,
+            height=height,
+            prev_hash=prev_hash,
+            global_model=self.model,
+            candidates=[
+                Candidate(
+                    b.digest,
+                    b.node_id,
+                    b.update.delta,
+                    share * b.weight * b.update.num_examples,
+                )
+                for b in buffered
+            ],
+            round_=self.version,
+        )
+        self._charge_consensus_delay()
+        for reason in decision.dropped_votes:
+            log(WARNING, "PoV: %s", reason)
+        self.pending_committee = decision.committee
+        self.pending_votes.extend(decision.votes)
+        self.result.committee_decisions.append(_decision_summary(decision, self.now()))
+        accepted = []
+        for b, outcome in zip(buffered, decision.outcomes, strict=True):
+            if outcome.accepted:
+                accepted.append(b)
+            else:
+                self._reject(
+                    b.node_id,
+                    b.trained_on,
+                    outcome.reason,
+                    b.digest,
+                    decision.votes_on(b.digest),
+                )
+        return accepted
+
+    def _charge_consensus_delay(self) -> None:
+        assert self.committee is not None
+        advance = getattr(self.clock, "advance", None)
+        if self.committee.consensus_delay > 0 and callable(advance):
+            advance(self.committee.consensus_delay)
+
     def _aggregate(self, trigger: str) -> None:
         buffered, self.buffer = self.buffer, []
         self.buffer_deadline = math.inf
+        if self.committee is not None:
+            buffered = self._verify(buffered)
+            if not buffered:
+                log(INFO, "PoV rejected every candidate; no new version")
+                return
         step = weighted_delta(
             [b.update.delta for b in buffered],
             [b.update.num_examples for b in buffered],
@@ -1007,6 +1101,18 @@ class _AsyncRun:
             len(self.in_flight),
         )
         return self.result
+
+
+def _decision_summary(decision: CommitteeDecision, time_: float) -> dict[str, object]:
+    return {
+        "height": decision.height,
+        "time": time_,
+        "committee": decision.committee,
+        "needed": decision.needed,
+        "accepted": sum(o.accepted for o in decision.outcomes),
+        "rejected": sum(not o.accepted for o in decision.outcomes),
+        "dropped_votes": decision.dropped_votes,
+    }
 
 
 def staleness_histogram(result: AsyncResult) -> dict[int, int]:

@@ -37,6 +37,8 @@ class RejectedUpdate:
     trained_on: int
     time: float
     reason: str
+    votes: list[dict[str, Any]] = field(default_factory=list)
+    """The PoV committee's signed votes on it, when the committee rejected it."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,8 @@ class AsyncResult(Result):
     failures: list[NodeFailure] = field(default_factory=list)
     participation: dict[int, int] = field(default_factory=dict)
     stop_reason: str = ""
+    committee_decisions: list[dict[str, Any]] = field(default_factory=list)
+    """One summary per PoV committee decision (empty without a committee)."""
 
     def history_dict(self) -> dict[str, Any]:
         """Everything but the arrays, as plain JSON-serialisable data."""
@@ -80,6 +84,7 @@ class AsyncResult(Result):
             "failures": [asdict(f) for f in self.failures],
             "participation": {str(k): v for k, v in self.participation.items()},
             "stop_reason": self.stop_reason,
+            "committee_decisions": self.committee_decisions,
             "train_metrics_clientapp": _metrics(self.train_metrics_clientapp),
             "evaluate_metrics_clientapp": _metrics(self.evaluate_metrics_clientapp),
             "evaluate_metrics_serverapp": _metrics(self.evaluate_metrics_serverapp),

@@ -11,15 +11,18 @@ from flwr.clientapp import ClientApp
 
 from flchain_cnn.task import evaluate, load_partition, new_model, train
 from flchain_flwr.mods import dgc_mod
+from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
 # DGC compression of train replies, configured by the run config's dgc-* keys
 # (dgc-density = 1.0, the default, sends dense updates and leaves replies alone).
-app = ClientApp(mods=[dgc_mod()])
+# The attack mod only acts on nodes whose node config names an attack (robustness
+# experiments, e.g. --node-config "attack='sign-flip'"); honest nodes pass through.
+app = ClientApp(mods=[dgc_mod(), attack_mod()])
 
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
     cfg = context.run_config
-    return load_partition(
+    x, y = load_partition(
         str(cfg["dataset"]),
         int(context.node_config["partition-id"]),
         int(context.node_config["num-partitions"]),
@@ -28,10 +31,12 @@ def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
         bool(cfg["allow-download"]),
         int(cfg["train-subset"]),
     )
+    return x, poisoned_labels(context, y, num_classes=10)
 
 
 def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-def]
-    net = new_model(str(context.run_config["dataset"]), 0)
+    cfg = context.run_config
+    net = new_model(str(cfg["dataset"]), 0, str(cfg.get("model", "default")))
     net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return net
 

@@ -3,26 +3,35 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from flchain_cnn.task import evaluate, load_test, new_model
+from flchain_cnn.task import evaluate, load_test, load_trusted, new_model, scorer
+from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.pov import Committee, IQRFilter, MedianFilter, Threshold, Verifier
 from flchain_flwr.strategies import fedbuff_from_run_config
 
 app = ServerApp()
 
+ConfigValue = int | float | str | bool
+
 
 def central_evaluator(
-    dataset: str, allow_download: bool = False, test_subset: int = 0
+    dataset: str,
+    allow_download: bool = False,
+    test_subset: int = 0,
+    size: str = "default",
+    reserved: int = 0,
 ) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """``evaluate_fn`` for ``dataset``: accuracy on the server's held-out test set."""
-    x, y = load_test(dataset, allow_download, test_subset)
+    """``evaluate_fn`` for ``dataset``: accuracy on the server's held-out test set
+    (without the ``reserved`` trusted examples of PoV verifiers)."""
+    x, y = load_test(dataset, allow_download, test_subset, reserved)
 
     def central_evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
-        net = new_model(dataset, 0)
+        net = new_model(dataset, 0, size)
         net.load_state_dict(arrays.to_torch_state_dict())
         loss, accuracy = evaluate(net, x, y)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
@@ -30,18 +39,66 @@ def central_evaluator(
     return central_evaluate
 
 
+def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
+    """The PoV committee the run config asks for (``pov-verifiers`` > 0), else None.
+
+    Each verifier holds its own shard of ``pov-trusted-examples`` examples from
+    the end of the test set. With a ledger, verifier keys persist beside it (so
+    the run can resume); otherwise they are fresh for the run.
+    """
+    count = int(cfg.get("pov-verifiers", 0))
+    if count <= 0:
+        return None
+    dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
+    shards = load_trusted(
+        dataset, count, int(cfg["pov-trusted-examples"]), bool(cfg["allow-download"])
+    )
+    ledger_path = str(cfg.get("ledger-path", ""))
+    verifiers = []
+    for index, (x, y) in enumerate(shards):
+        key = None
+        if ledger_path:
+            key_dir = Path(ledger_path + ".verifiers")
+            key_dir.mkdir(parents=True, exist_ok=True)
+            key = load_or_create_key(key_dir / f"verifier-{index}.key")
+        verifiers.append(Verifier(scorer(dataset, size, x, y), key, seed=index))
+    return Committee(
+        verifiers,
+        committee_size=int(cfg["pov-committee-size"]) or None,
+        threshold=Threshold(
+            metric="accuracy" if cfg["pov-metric"] == "accuracy" else "loss",
+            value=float(cfg["pov-tolerance"]),
+        ),
+        prefilters=[
+            *([MedianFilter()] if bool(cfg["pov-median-filter"]) else []),
+            *([IQRFilter()] if bool(cfg["pov-iqr"]) else []),
+        ],
+        consensus_delay=float(cfg["pov-consensus-delay"]),
+    )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run FedBuff until ``num-server-rounds`` global versions exist."""
     cfg = context.run_config
-    dataset = str(cfg["dataset"])
-    strategy = fedbuff_from_run_config(cfg, min_available_nodes=1)
+    dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
+    committee = pov_committee(cfg)
+    reserved = (
+        int(cfg["pov-verifiers"]) * int(cfg["pov-trusted-examples"]) if committee else 0
+    )
+    strategy = fedbuff_from_run_config(cfg, min_available_nodes=1, committee=committee)
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(new_model(dataset, int(cfg["seed"])).state_dict()),
+        initial_arrays=ArrayRecord(
+            new_model(dataset, int(cfg["seed"]), size).state_dict()
+        ),
         num_rounds=int(cfg["num-server-rounds"]),
         evaluate_fn=central_evaluator(
-            dataset, bool(cfg["allow-download"]), int(cfg["test-subset"])
+            dataset,
+            bool(cfg["allow-download"]),
+            int(cfg["test-subset"]),
+            size,
+            reserved,
         ),
     )
     evaluations = result.evaluate_metrics_serverapp

@@ -15,6 +15,7 @@ from torch import nn
 
 from flchain_flwr.data import dirichlet_partition, load_digits_split
 from flchain_flwr.data.fashion_mnist import load_fashion_mnist
+from flchain_flwr.pov import Score, ScoreFn
 from flchain_flwr.training import evaluate, train
 
 __all__ = [
@@ -24,7 +25,9 @@ __all__ = [
     "evaluate",
     "load_partition",
     "load_test",
+    "load_trusted",
     "new_model",
+    "scorer",
     "train",
 ]
 
@@ -68,10 +71,20 @@ def FashionNet() -> CNN:
     return CNN(28, (32, 64), 512)
 
 
+def SmallFashionNet() -> CNN:
+    """A small Fashion-MNIST CNN (about 52k parameters) for many-run benchmarks."""
+    return CNN(28, (8, 16), 64)
+
+
 DATASETS: dict[str, tuple[Callable[[bool], Split], Callable[[], nn.Module]]] = {
     "digits": (lambda _download: load_digits_split(), DigitsNet),
     "fashion-mnist": (load_fashion_mnist, FashionNet),
 }
+SMALL_MODELS: dict[str, Callable[[], nn.Module]] = {
+    "digits": DigitsNet,
+    "fashion-mnist": SmallFashionNet,
+}
+MODEL_SIZES = ("default", "small")
 
 
 def _dataset(name: str) -> tuple[Callable[[bool], Split], Callable[[], nn.Module]]:
@@ -83,10 +96,16 @@ def _dataset(name: str) -> tuple[Callable[[bool], Split], Callable[[], nn.Module
         ) from None
 
 
-def new_model(dataset: str, seed: int) -> nn.Module:
-    """A freshly initialised model for ``dataset``, identical for the same seed."""
+def new_model(dataset: str, seed: int, size: str = "default") -> nn.Module:
+    """A freshly initialised model for ``dataset``, identical for the same seed.
+
+    ``size="small"`` picks a smaller network where the dataset has one.
+    """
+    if size not in MODEL_SIZES:
+        raise ValueError(f"unknown model size {size!r}; choose one of {MODEL_SIZES}")
+    build = _dataset(dataset)[1] if size == "default" else SMALL_MODELS[dataset]
     torch.manual_seed(seed)
-    return _dataset(dataset)[1]()
+    return build()
 
 
 def load_partition(
@@ -113,10 +132,56 @@ def load_partition(
 
 
 def load_test(
-    dataset: str, allow_download: bool = False, test_subset: int = 0
+    dataset: str,
+    allow_download: bool = False,
+    test_subset: int = 0,
+    reserved: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The server's held-out test set (its first ``test_subset`` examples if > 0)."""
+    """The server's held-out test set (its first ``test_subset`` examples if > 0).
+
+    ``reserved`` examples at the end are left out (they are the PoV verifiers'
+    trusted data, see :func:`load_trusted`).
+    """
     _, _, x_test, y_test = _dataset(dataset)[0](allow_download)
+    end = len(y_test) - reserved
+    if end < 1:
+        raise ValueError(
+            f"the test set has {len(y_test)} examples, {reserved} reserved"
+        )
+    x_test, y_test = x_test[:end], y_test[:end]
     if test_subset > 0:
         return x_test[:test_subset], y_test[:test_subset]
     return x_test, y_test
+
+
+def load_trusted(
+    dataset: str, count: int, per_verifier: int, allow_download: bool = False
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Disjoint trusted shards of ``per_verifier`` examples for ``count`` PoV
+    verifiers, from the end of the test set (which :func:`load_test` then
+    leaves out)."""
+    _, _, x_test, y_test = _dataset(dataset)[0](allow_download)
+    total = count * per_verifier
+    if total >= len(y_test):
+        raise ValueError(f"{total} trusted examples do not fit in the test set")
+    x, y = x_test[-total:], y_test[-total:]
+    return [
+        (
+            x[i * per_verifier : (i + 1) * per_verifier],
+            y[i * per_verifier : (i + 1) * per_verifier],
+        )
+        for i in range(count)
+    ]
+
+
+def scorer(dataset: str, size: str, x: np.ndarray, y: np.ndarray) -> ScoreFn:
+    """A PoV verifier's score function: accuracy and loss of a model (named
+    arrays) on the trusted examples ``(x, y)``."""
+    net = new_model(dataset, 0, size)
+
+    def score(model: dict[str, np.ndarray]) -> Score:
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in model.items()})
+        loss, accuracy = evaluate(net, x, y)
+        return Score(accuracy=accuracy, loss=loss)
+
+    return score

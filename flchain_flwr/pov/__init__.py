@@ -1,0 +1,32 @@
+"""Proof-of-Verifying: a signed verifier committee that filters poisoned updates.
+
+Verifiers (Ed25519 identities with trusted test data) score each candidate
+update, sign their votes, and a candidate counts only with approvals from more
+than 2/3 of the block's committee. Committees and leaders rotate with the previous
+block's hash; verifiers that contradict the quorum lose stake. Use it inside
+:class:`~flchain_flwr.strategies.FedBuff` (``committee=``) or around any Flower
+strategy with :class:`PoVStrategy`.
+"""
+
+from .committee import Candidate, Committee, CommitteeDecision, Outcome, collect_votes
+from .filters import IQRFilter, MedianFilter, Prefilter, distances_to_mean
+from .strategy import PoVStrategy
+from .verifier import Behaviour, Score, ScoreFn, Threshold, Verifier
+
+__all__ = [
+    "Behaviour",
+    "Candidate",
+    "Committee",
+    "CommitteeDecision",
+    "IQRFilter",
+    "MedianFilter",
+    "Outcome",
+    "PoVStrategy",
+    "Prefilter",
+    "Score",
+    "ScoreFn",
+    "Threshold",
+    "Verifier",
+    "collect_votes",
+    "distances_to_mean",
+]

@@ -1,0 +1,244 @@
+"""PoV for Flower's own synchronous strategies (FedAvg, Krum, FedMedian, ...)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+from flwr.supercore import log
+
+from ..arrays import NDArrays, to_ndarrays
+from ..ledger import Ledger, contributions, model_hash, update_digest
+from ..ledger.canonical import canonical_json, sha256_hex
+from ..protocol import MODEL_VERSION_KEY
+from ..strategies.result import RejectedUpdate
+from ..strategies.updates import ParsedUpdate, UpdateRejected, parse_update
+from .committee import Candidate, Committee, CommitteeDecision
+
+
+class PoVStrategy(Strategy):
+    """Wrap a Flower strategy so each round's updates pass a PoV committee first.
+
+    Every train reply is validated against the model sent (dense or sparse, as
+    with :class:`~flchain_flwr.strategies.DecompressReplies`) and put before the
+    committee; only updates approved by more than 2/3 of the round's committee
+    reach the wrapped strategy's ``aggregate_train``. Rejected updates are kept
+    in :attr:`rejected` with their reason and votes, decisions in
+    :attr:`decisions`; with a ``ledger`` every round with a new model is a block
+    signed by the round's leader::
+
+        strategy = PoVStrategy(FedAvg(fraction_evaluate=0.0), committee)
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The strategy to wrap. The wrapper runs Flower's synchronous loop around
+        its methods.
+    committee : Committee
+        The verifier pool and rules (:class:`~flchain_flwr.pov.Committee`).
+    ledger : Ledger | str | Path | None (default: None)
+        Record each round as a PoV block (a fresh ledger only: sync runs are not
+        resumed from it).
+    arrayrecord_key, weighted_by_key : str
+        As in Flower's FedAvg.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        committee: Committee,
+        *,
+        ledger: Ledger | str | Path | None = None,
+        arrayrecord_key: str = "arrays",
+        weighted_by_key: str = "num-examples",
+    ) -> None:
+        self.strategy = strategy
+        self.committee = committee
+        self.ledger = (
+            ledger if ledger is None or isinstance(ledger, Ledger) else Ledger(ledger)
+        )
+        if self.ledger is not None and len(self.ledger):
+            raise ValueError(f"ledger {self.ledger.path} is not empty")
+        self.arrayrecord_key = arrayrecord_key
+        self.weighted_by_key = weighted_by_key
+        self.rejected: list[RejectedUpdate] = []
+        self.decisions: list[CommitteeDecision] = []
+        self._sent: NDArrays | None = None
+        self._round_rejected: list[dict[str, Any]] = []
+        self._config_digest = sha256_hex(
+            canonical_json(
+                {"strategy": type(strategy).__name__, "committee": repr(committee)}
+            )
+        )
+
+    def summary(self) -> None:
+        """Log the committee and the wrapped strategy."""
+        inner = type(self.strategy).__name__
+        log(INFO, "\t├──> PoV %s around %s", self.committee, inner)
+        self.strategy.summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Remember the model sent (and put it in the genesis block), delegate."""
+        self._sent = to_ndarrays(arrays)
+        if self.ledger is not None and self.ledger.head() is None:
+            self.ledger.append(
+                model=self._sent,
+                model_version=0,
+                base_version=0,
+                config_digest=self._config_digest,
+                extra=self.committee.genesis_fields(),
+            )
+        config[MODEL_VERSION_KEY] = server_round - 1
+        return self.strategy.configure_train(server_round, arrays, config, grid)
+
+    # pylint: disable=too-many-locals
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Validate, let the committee vote, hand approved replies on."""
+        if self._sent is None:
+            raise RuntimeError("aggregate_train called before configure_train")
+        sent, version = self._sent, server_round - 1
+        self._round_rejected = []
+        passed: list[Message] = []
+        candidates: list[tuple[Message, Candidate, ParsedUpdate]] = []
+        for reply in replies:
+            if reply.has_error():
+                passed.append(reply)
+                continue
+            node = reply.metadata.src_node_id
+            digest = update_digest(reply.content)
+            try:
+                update = parse_update(
+                    reply.content,
+                    sent,
+                    arrayrecord_key=self.arrayrecord_key,
+                    weighted_by_key=self.weighted_by_key,
+                    trained_on=version,
+                )
+            except UpdateRejected as exc:
+                self._reject(node, version, exc.reason, digest, [])
+                continue
+            candidates.append((reply, Candidate(digest, node, update.delta), update))
+        total = sum(u.num_examples for _, _, u in candidates)
+        candidates = [
+            (r, replace(c, share=u.num_examples / total), u) for r, c, u in candidates
+        ]
+
+        chain_id, height, prev_hash = self._block_position(sent, server_round)
+        decision = self.committee.decide(
+            chain_id=chain_id,
+            height=height,
+            prev_hash=prev_hash,
+            global_model=sent,
+            candidates=[c for _, c, _ in candidates],
+            round_=version,
+        )
+        self.decisions.append(decision)
+        accepted = []
+        for (reply, cand, update), outcome in zip(
+            candidates, decision.outcomes, strict=True
+        ):
+            if outcome.accepted:
+                accepted.append((reply, cand, update))
+            else:
+                self._reject(
+                    cand.node_id,
+                    version,
+                    outcome.reason,
+                    cand.digest,
+                    decision.votes_on(cand.digest),
+                )
+        if not accepted:
+            log(WARNING, "PoV rejected every update of round %d", server_round)
+        arrays, metrics = self.strategy.aggregate_train(
+            server_round, passed + [reply for reply, _, _ in accepted]
+        )
+        extra, signer = self.committee.seal(decision.committee, decision.votes)
+        if self.ledger is not None and arrays is not None:
+            self.ledger.append(
+                **self._block(server_round, decision, accepted, to_ndarrays(arrays)),
+                extra=extra,
+                signer=signer,
+            )
+        return arrays, metrics
+
+    def _block_position(
+        self, sent: NDArrays, server_round: int
+    ) -> tuple[str, int, str]:
+        if self.ledger is not None:
+            head = self.ledger.head()
+            assert head is not None
+            return self.ledger.chain_id, head.height + 1, head.hash
+        return self.committee.chain_id, server_round, model_hash(sent)
+
+    def _block(
+        self,
+        server_round: int,
+        decision: CommitteeDecision,
+        accepted: list[tuple[Message, Candidate, ParsedUpdate]],
+        new: NDArrays,
+    ) -> dict[str, Any]:
+        assert self._sent is not None
+        step = {k: new[k].astype(np.float64) - v for k, v in self._sent.items()}
+        return {
+            "model": new,
+            "model_version": server_round,
+            "base_version": server_round - 1,
+            "config_digest": self._config_digest,
+            "included": [
+                {
+                    "node_id": c.node_id,
+                    "digest": c.digest,
+                    "trained_on": server_round - 1,
+                    "staleness": 0,
+                    "weight": 1.0,
+                    "num_examples": u.num_examples,
+                }
+                for _, c, u in accepted
+            ],
+            "rejected": self._round_rejected,
+            "votes": decision.votes,
+            "contributions": contributions(
+                [c.node_id for _, c, _ in accepted],
+                [u.delta for _, _, u in accepted],
+                [u.num_examples for _, _, u in accepted],
+                step,
+            ),
+        }
+
+    # pylint: disable=too-many-arguments
+    def _reject(
+        self,
+        node: int,
+        version: int,
+        reason: str,
+        digest: str,
+        votes: list[dict[str, Any]],
+    ) -> None:
+        log(WARNING, "Rejected update from node %d: %s", node, reason)
+        self.rejected.append(RejectedUpdate(node, version, version, 0.0, reason, votes))
+        self._round_rejected.append(
+            {"node_id": node, "digest": digest, "trained_on": version, "reason": reason}
+        )
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Delegate."""
+        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Delegate."""
+        return self.strategy.aggregate_evaluate(server_round, replies)
