@@ -40,6 +40,7 @@ bench: install data
 	$(BIN)/python benchmarks/async_vs_sync.py
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/compression.py
+	$(BIN)/python benchmarks/robustness.py
 
 lint: install
 	$(BIN)/ruff check .
