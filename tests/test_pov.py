@@ -569,3 +569,21 @@ def test_resume_takes_the_stakes_from_the_ledger(tmp_path: Path) -> None:
     other = Committee(verifiers(3), threshold=Threshold(value=0))
     with Ledger(path, create=False) as ledger, pytest.raises(ValueError):
         other.resume(ledger)
+
+
+def test_pov_hands_delta_replies_to_fedavg_as_full_weights() -> None:
+    """Node 2 replies with a delta (as the DGC mod does): FedAvg must get weights."""
+    n = 3
+    strategy = PoVStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=n, min_train_nodes=n),
+        Committee(verifiers(4), threshold=Threshold("loss", "absolute", 1e9)),
+    )
+    run = simulate(
+        strategy, federation({2: "delta"}, n), initial_arrays(), num_rounds=2
+    )
+    assert run.result is not None and not strategy.rejected
+    weights = [10 * (p + 1) for p in range(n)]
+    per_round = sum(w * 0.1 * (p + 1) for p, w in enumerate(weights)) / sum(weights)
+    expected = 2 * per_round  # round 2 starts from a non-zero model: delta != weights
+    got = run.result.arrays["w"].numpy()
+    assert np.allclose(got, expected, atol=1e-6)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -17,19 +16,19 @@ from flwr.supercore import log
 from ..arrays import NDArrays, to_ndarrays
 from ..ledger import Ledger, contributions, model_hash, update_digest
 from ..ledger.canonical import canonical_json, sha256_hex
-from ..protocol import MODEL_VERSION_KEY
-from ..strategies.result import RejectedUpdate
-from ..strategies.updates import ParsedUpdate, UpdateRejected, parse_update
+from ..strategies.decompress import DecompressReplies
+from ..strategies.updates import ParsedUpdate
 from .committee import Candidate, Committee, CommitteeDecision
 
 
-class PoVStrategy(Strategy):
+class PoVStrategy(DecompressReplies):
     """Wrap a Flower strategy so each round's updates pass a PoV committee first.
 
     Every train reply is validated against the model sent (dense or sparse, as
-    with :class:`~flchain_flwr.strategies.DecompressReplies`) and put before the
-    committee; only updates approved by more than 2/3 of the round's committee
-    reach the wrapped strategy's ``aggregate_train``. Rejected updates are kept
+    by :class:`~flchain_flwr.strategies.DecompressReplies`, which this extends)
+    and put before the committee; only updates approved by more than 2/3 of the
+    round's committee reach the wrapped strategy's ``aggregate_train``, as full
+    weights. Rejected updates are kept
     in :attr:`rejected` with their reason and votes, decisions in
     :attr:`decisions`; with a ``ledger`` every round with a new model is a block
     signed by the round's leader::
@@ -59,18 +58,16 @@ class PoVStrategy(Strategy):
         arrayrecord_key: str = "arrays",
         weighted_by_key: str = "num-examples",
     ) -> None:
-        self.strategy = strategy
+        super().__init__(
+            strategy, arrayrecord_key=arrayrecord_key, weighted_by_key=weighted_by_key
+        )
         self.committee = committee
         self.ledger = (
             ledger if ledger is None or isinstance(ledger, Ledger) else Ledger(ledger)
         )
         if self.ledger is not None and len(self.ledger):
             raise ValueError(f"ledger {self.ledger.path} is not empty")
-        self.arrayrecord_key = arrayrecord_key
-        self.weighted_by_key = weighted_by_key
-        self.rejected: list[RejectedUpdate] = []
         self.decisions: list[CommitteeDecision] = []
-        self._sent: NDArrays | None = None
         self._round_rejected: list[dict[str, Any]] = []
         self._config_digest = sha256_hex(
             canonical_json(
@@ -88,8 +85,9 @@ class PoVStrategy(Strategy):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Remember the model sent (and put it in the genesis block), delegate."""
-        self._sent = to_ndarrays(arrays)
+        messages = super().configure_train(server_round, arrays, config, grid)
         if self.ledger is not None and self.ledger.head() is None:
+            assert self._sent is not None
             self.ledger.append(
                 model=self._sent,
                 model_version=0,
@@ -97,41 +95,30 @@ class PoVStrategy(Strategy):
                 config_digest=self._config_digest,
                 extra=self.committee.genesis_fields(),
             )
-        config[MODEL_VERSION_KEY] = server_round - 1
-        return self.strategy.configure_train(server_round, arrays, config, grid)
+        return messages
 
     # pylint: disable=too-many-locals
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate, let the committee vote, hand approved replies on."""
-        if self._sent is None:
-            raise RuntimeError("aggregate_train called before configure_train")
-        sent, version = self._sent, server_round - 1
         self._round_rejected = []
-        passed: list[Message] = []
-        candidates: list[tuple[Message, Candidate, ParsedUpdate]] = []
-        for reply in replies:
-            if reply.has_error():
-                passed.append(reply)
-                continue
-            node = reply.metadata.src_node_id
-            digest = update_digest(reply.content)
-            try:
-                update = parse_update(
-                    reply.content,
-                    sent,
-                    arrayrecord_key=self.arrayrecord_key,
-                    weighted_by_key=self.weighted_by_key,
-                    trained_on=version,
-                )
-            except UpdateRejected as exc:
-                self._reject(node, version, exc.reason, digest, [])
-                continue
-            candidates.append((reply, Candidate(digest, node, update.delta), update))
-        total = sum(u.num_examples for _, _, u in candidates)
+        errors, updates = self._decode(server_round, replies)
+        assert self._sent is not None
+        sent, version = self._sent, server_round - 1
+        total = sum(u.num_examples for _, u in updates)
         candidates = [
-            (r, replace(c, share=u.num_examples / total), u) for r, c, u in candidates
+            (
+                reply,
+                Candidate(
+                    update_digest(reply.content),
+                    reply.metadata.src_node_id,
+                    u.delta,
+                    u.num_examples / total,
+                ),
+                u,
+            )
+            for reply, u in updates
         ]
 
         chain_id, height, prev_hash = self._block_position(sent, server_round)
@@ -152,16 +139,16 @@ class PoVStrategy(Strategy):
                 accepted.append((reply, cand, update))
             else:
                 self._reject(
-                    cand.node_id,
+                    reply,
                     version,
                     outcome.reason,
-                    cand.digest,
                     decision.votes_on(cand.digest),
+                    cand.digest,
                 )
         if not accepted:
             log(WARNING, "PoV rejected every update of round %d", server_round)
         arrays, metrics = self.strategy.aggregate_train(
-            server_round, passed + [reply for reply, _, _ in accepted]
+            server_round, errors + [self._as_weights(r, u) for r, _, u in accepted]
         )
         extra, signer = self.committee.seal(decision.committee, decision.votes)
         if self.ledger is not None and arrays is not None:
@@ -219,26 +206,19 @@ class PoVStrategy(Strategy):
     # pylint: disable=too-many-arguments
     def _reject(
         self,
-        node: int,
+        reply: Message,
         version: int,
         reason: str,
-        digest: str,
-        votes: list[dict[str, Any]],
+        votes: list[dict[str, Any]] | None = None,
+        digest: str | None = None,
     ) -> None:
-        log(WARNING, "Rejected update from node %d: %s", node, reason)
-        self.rejected.append(RejectedUpdate(node, version, version, 0.0, reason, votes))
+        """Record the rejection, also for this round's block."""
+        super()._reject(reply, version, reason, votes)
         self._round_rejected.append(
-            {"node_id": node, "digest": digest, "trained_on": version, "reason": reason}
+            {
+                "node_id": reply.metadata.src_node_id,
+                "digest": digest or update_digest(reply.content),
+                "trained_on": version,
+                "reason": reason,
+            }
         )
-
-    def configure_evaluate(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """Delegate."""
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
-
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
-        """Delegate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)

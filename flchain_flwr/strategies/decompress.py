@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from logging import INFO, WARNING
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -14,6 +15,7 @@ from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..protocol import MODEL_VERSION_KEY, UPDATE_INFO_KEY, UPDATE_KIND_DELTA
 from .result import RejectedUpdate
 from .updates import (
+    ParsedUpdate,
     UpdateRejected,
     parse_update,
 )
@@ -69,12 +71,22 @@ class DecompressReplies(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Decode deltas into full weights, drop bad replies, delegate."""
+        errors, updates = self._decode(server_round, replies)
+        usable = errors + [self._as_weights(reply, update) for reply, update in updates]
+        return self.strategy.aggregate_train(server_round, usable)
+
+    def _decode(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[list[Message], list[tuple[Message, ParsedUpdate]]]:
+        """Error replies (passed on as they are) and validated updates; each
+        malformed reply is rejected with its reason."""
         if self._sent is None:
             raise RuntimeError("aggregate_train called before configure_train")
-        usable: list[Message] = []
+        errors: list[Message] = []
+        updates: list[tuple[Message, ParsedUpdate]] = []
         for reply in replies:
             if reply.has_error():
-                usable.append(reply)
+                errors.append(reply)
                 continue
             try:
                 update = parse_update(
@@ -85,28 +97,44 @@ class DecompressReplies(Strategy):
                     trained_on=server_round - 1,
                 )
             except UpdateRejected as exc:
-                node = reply.metadata.src_node_id
-                log(WARNING, "Rejected reply from node %d: %s", node, exc.reason)
-                self.rejected.append(
-                    RejectedUpdate(
-                        node, server_round - 1, server_round - 1, 0.0, exc.reason
-                    )
-                )
+                self._reject(reply, server_round - 1, exc.reason)
                 continue
-            if update.kind == UPDATE_KIND_DELTA:
-                weights = apply_step(self._sent, update.delta, 1.0)
-                content = RecordDict(
-                    {
-                        name: record
-                        for name, record in reply.content.items()
-                        if name != UPDATE_INFO_KEY
-                        and name not in reply.content.array_records
-                    }
-                )
-                content[self.arrayrecord_key] = to_arrayrecord(weights)
-                reply.content = content
-            usable.append(reply)
-        return self.strategy.aggregate_train(server_round, usable)
+            updates.append((reply, update))
+        return errors, updates
+
+    def _as_weights(self, reply: Message, update: ParsedUpdate) -> Message:
+        """The reply with a (sparse or dense) delta turned into full weights."""
+        assert self._sent is not None
+        if update.kind == UPDATE_KIND_DELTA:
+            weights = apply_step(self._sent, update.delta, 1.0)
+            content = RecordDict(
+                {
+                    name: record
+                    for name, record in reply.content.items()
+                    if name != UPDATE_INFO_KEY
+                    and name not in reply.content.array_records
+                }
+            )
+            content[self.arrayrecord_key] = to_arrayrecord(weights)
+            reply.content = content
+        return reply
+
+    # pylint: disable=too-many-arguments
+    def _reject(
+        self,
+        reply: Message,
+        version: int,
+        reason: str,
+        votes: list[dict[str, Any]] | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """Record a reply that does not reach the wrapped strategy (``digest``
+        is for subclasses that record it)."""
+        node = reply.metadata.src_node_id
+        log(WARNING, "Rejected reply from node %d: %s", node, reason)
+        self.rejected.append(
+            RejectedUpdate(node, version, version, 0.0, reason, votes or [])
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
