@@ -46,6 +46,7 @@ from flwr.serverapp.strategy import (
     FedTrimmedAvg,
     Krum,
     MultiKrum,
+    Result,
     Strategy,
 )
 from nacl.signing import SigningKey
@@ -138,41 +139,28 @@ def strategy_for(defence: str, args: argparse.Namespace, f: int) -> Strategy | N
     raise ValueError(f"unknown defence {defence!r}")
 
 
-def pov_rates(
-    strategy: Strategy, grid: VirtualGrid, malicious: set[int]
-) -> dict[str, float]:
-    """Honest false-rejection and poisoned acceptance rates of one PoV run."""
+def pov_outcomes(strategy: Strategy, result: Result) -> list[tuple[int, bool]]:
+    """(node id, accepted) for every update one PoV run took."""
     if isinstance(strategy, PoVStrategy):
-        outcomes = [o for d in strategy.decisions for o in d.outcomes]
-    else:
-        assert isinstance(strategy, FedBuff)
-        outcomes = []
-    accepted: dict[bool, int] = {True: 0, False: 0}
-    rejected: dict[bool, int] = {True: 0, False: 0}
-    if outcomes:
-        for o in outcomes:
-            bad = grid.partition_of[o.node_id] in malicious
-            (accepted if o.accepted else rejected)[bad] += 1
-    return {
-        "honest_false_rejection_rate": rejected[False]
-        / max(accepted[False] + rejected[False], 1),
-        "poisoned_acceptance_rate": accepted[True]
-        / max(accepted[True] + rejected[True], 1),
-        "honest_updates": accepted[False] + rejected[False],
-        "poisoned_updates": accepted[True] + rejected[True],
-    }
+        return [(o.node_id, o.accepted) for d in strategy.decisions for o in d.outcomes]
+    assert isinstance(result, AsyncResult)
+    accepted = [
+        (node_id, True)
+        for node_id, count in result.participation.items()
+        for _ in range(count)
+    ]
+    return accepted + [(r.node_id, False) for r in result.rejected]
 
 
-def fedbuff_rates(
-    result: AsyncResult, grid: VirtualGrid, malicious: set[int]
+def rejection_rates(
+    outcomes: list[tuple[int, bool]], grid: VirtualGrid, malicious: set[int]
 ) -> dict[str, float]:
-    """The same rates from a FedBuff run's participation and rejections."""
+    """Honest false-rejection and poisoned acceptance rates."""
     accepted = {True: 0, False: 0}
     rejected = {True: 0, False: 0}
-    for node_id, count in result.participation.items():
-        accepted[grid.partition_of[node_id] in malicious] += count
-    for r in result.rejected:
-        rejected[grid.partition_of[r.node_id] in malicious] += 1
+    for node_id, ok in outcomes:
+        bad = grid.partition_of[node_id] in malicious
+        (accepted if ok else rejected)[bad] += 1
     return {
         "honest_false_rejection_rate": rejected[False]
         / max(accepted[False] + rejected[False], 1),
@@ -242,12 +230,11 @@ def run_one(
     metrics = evaluate(args.versions, run.result.arrays)
     row["final_accuracy"] = float(metrics["accuracy"])  # type: ignore[arg-type]
     row["wall_seconds"] = time.perf_counter() - started
-    if isinstance(strategy, FedBuff):
-        assert isinstance(run.result, AsyncResult)
-        row.update(fedbuff_rates(run.result, grid, malicious))
+    if isinstance(strategy, FedBuff | PoVStrategy):
+        outcomes = pov_outcomes(strategy, run.result)
+        row.update(rejection_rates(outcomes, grid, malicious))
+    if isinstance(run.result, AsyncResult):
         row["versions"] = len(run.result.versions)
-    elif isinstance(strategy, PoVStrategy):
-        row.update(pov_rates(strategy, grid, malicious))
     print(
         f"{defence:>14} x {attack:<15} acc {row['final_accuracy']:.4f}"
         + (
