@@ -465,10 +465,7 @@ def forge_next_block(ledger: Ledger, committee: Committee, /, **change: object) 
     signed with whatever key ``change`` says (default: the right leader)."""
     head = ledger.head()
     assert head is not None
-    state = PoVState(committee.rules)
-    for block in ledger.blocks():
-        if block.height:
-            state.apply(block.body["deposits"])
+    state = PoVState.replayed(committee.rules, (b.body for b in ledger.blocks()))
     members = state.committee(head.hash)
     d = digest(77)
     votes = [
@@ -519,10 +516,7 @@ def test_a_block_breaking_a_pov_rule_fails_verification(
     ledger, committee = pov_chain(tmp_path)
     head = ledger.head()
     assert head is not None
-    state = PoVState(committee.rules)
-    for block in ledger.blocks():
-        if block.height:
-            state.apply(block.body["deposits"])
+    state = PoVState.replayed(committee.rules, (b.body for b in ledger.blocks()))
     members = state.committee(head.hash)
     outsider = next(k for k in committee.rules.pool if k not in members)
     h, d = head.height + 1, digest(77)

@@ -20,7 +20,7 @@ this module, so what is written is exactly what is checked.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -108,6 +108,15 @@ class PoVState:
     def __post_init__(self) -> None:
         if not self.stakes:
             self.stakes = {key: self.rules.initial_stake for key in self.rules.pool}
+
+    @classmethod
+    def replayed(cls, rules: PoVRules, bodies: Iterable[Mapping[str, Any]]) -> PoVState:
+        """The state after the blocks with these bodies (genesis first)."""
+        state = cls(rules)
+        for height, body in enumerate(bodies):
+            if height > 0:
+                state.apply(body.get("deposits", []))
+        return state
 
     @property
     def pool(self) -> list[str]:

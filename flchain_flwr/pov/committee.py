@@ -164,10 +164,7 @@ class Committee:
                 f"ledger {ledger.path} was not created with this verifier pool "
                 "and these deposit rules"
             )
-        self.state = PoVState(self.rules)
-        for block in ledger.blocks():
-            if block.height > 0:
-                self.state.apply(block.body.get("deposits", []))
+        self.state = PoVState.replayed(self.rules, (b.body for b in ledger.blocks()))
 
     def seal(
         self, committee: list[str], votes: Sequence[dict[str, Any]]
