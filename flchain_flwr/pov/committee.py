@@ -25,7 +25,7 @@ from flwr.supercore import log
 from nacl.signing import SigningKey
 
 from ..arrays import NDArrays, apply_step
-from ..ledger import Ledger, PoVRules, PoVState, check_vote, quorum
+from ..ledger import Ledger, PoVRules, PoVState, check_vote, model_hash, quorum
 from .filters import Prefilter
 from .verifier import Threshold, Verifier
 
@@ -165,6 +165,19 @@ class Committee:
                 "and these deposit rules"
             )
         self.state = PoVState.replayed(self.rules, (b.body for b in ledger.blocks()))
+
+    def block_position(
+        self, ledger: Ledger | None, model: NDArrays, height: int
+    ) -> tuple[str, int, str]:
+        """``(chain id, height, previous hash)`` of the block being decided: from
+        the ledger's head, or without a ledger this committee's chain id,
+        ``height`` and the current model's hash as the rotation seed."""
+        if ledger is not None:
+            head = ledger.head()
+            if head is None:
+                raise ValueError(f"ledger {ledger.path} has no genesis block")
+            return ledger.chain_id, head.height + 1, head.hash
+        return self.chain_id, height, model_hash(model)
 
     def seal(
         self, committee: list[str], votes: Sequence[dict[str, Any]]

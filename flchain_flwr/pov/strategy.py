@@ -14,7 +14,7 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_ndarrays
-from ..ledger import Ledger, contributions, model_hash, update_digest
+from ..ledger import Ledger, contributions, update_digest
 from ..ledger.canonical import canonical_json, sha256_hex
 from ..strategies.decompress import DecompressReplies
 from ..strategies.updates import ParsedUpdate
@@ -121,7 +121,9 @@ class PoVStrategy(DecompressReplies):
             for reply, u in updates
         ]
 
-        chain_id, height, prev_hash = self._block_position(sent, server_round)
+        chain_id, height, prev_hash = self.committee.block_position(
+            self.ledger, sent, server_round
+        )
         decision = self.committee.decide(
             chain_id=chain_id,
             height=height,
@@ -158,15 +160,6 @@ class PoVStrategy(DecompressReplies):
                 signer=signer,
             )
         return arrays, metrics
-
-    def _block_position(
-        self, sent: NDArrays, server_round: int
-    ) -> tuple[str, int, str]:
-        if self.ledger is not None:
-            head = self.ledger.head()
-            assert head is not None
-            return self.ledger.chain_id, head.height + 1, head.hash
-        return self.committee.chain_id, server_round, model_hash(sent)
 
     def _block(
         self,

@@ -35,7 +35,7 @@ from flwr.serverapp.strategy.strategy_utils import (
 from flwr.supercore import log
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
-from ..ledger import Ledger, contributions, model_hash, update_digest
+from ..ledger import Ledger, contributions, update_digest
 from ..ledger.canonical import canonical_json, sha256_hex
 from ..pov.committee import Candidate, Committee, CommitteeDecision
 from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
@@ -845,14 +845,9 @@ class _AsyncRun:
     def _verify(self, buffered: list[_Buffered]) -> list[_Buffered]:
         """Let the PoV committee vote; return the approved updates."""
         assert self.committee is not None
-        if self.ledger is not None:
-            head = self.ledger.head()
-            assert head is not None
-            chain_id, height = self.ledger.chain_id, head.height + 1
-            prev_hash = head.hash
-        else:
-            chain_id, height = self.committee.chain_id, self.version + 1
-            prev_hash = model_hash(self.model)
+        chain_id, height, prev_hash = self.committee.block_position(
+            self.ledger, self.model, self.version + 1
+        )
         total = sum(b.update.num_examples for b in buffered)
         share = self.s.server_lr / total if total > 0 else 0.0
         decision = self.committee.decide(
