@@ -78,17 +78,55 @@ def test_momentum_correction_and_factor_masking() -> None:
     delta = {"w": np.arange(1, 11, dtype=np.float32)}
     compressed, state = compress(delta, DGCState(), cfg)
     sent = dense_of(compressed, delta)["w"]
-    assert np.flatnonzero(sent).tolist() == [9] and sent[9] == 10.0
+    # u <- 0.5 u + (1 - 0.5) d ; v <- v + u
+    assert np.flatnonzero(sent).tolist() == [9] and sent[9] == 5.0
     assert state.momentum["w"][9] == 0.0 and state.residual["w"][9] == 0.0  # masked
-    np.testing.assert_array_equal(state.momentum["w"][:9], delta["w"][:9])
-    _, state2 = compress(delta, state, cfg)
-    # u <- 0.5 u + d ; v <- v + u
-    np.testing.assert_allclose(state2.momentum["w"][:8], 1.5 * delta["w"][:8])
+    np.testing.assert_array_equal(state.momentum["w"][:9], 0.5 * delta["w"][:9])
+    compressed2, state2 = compress(delta, state, cfg)
+    np.testing.assert_allclose(state2.momentum["w"][:8], 0.75 * delta["w"][:8])
+    # entry 8: residual 4.5 + u 6.75 beats entry 9's restarted momentum 5.0
+    assert np.flatnonzero(dense_of(compressed2, delta)["w"]).tolist() == [8]
     unmasked = DGCConfig(
         density=0.1, momentum=0.5, warmup=(), min_sparse_size=1, masking=False
     )
     _, state3 = compress(delta, DGCState(), unmasked)
-    assert state3.momentum["w"][9] == 10.0
+    assert state3.momentum["w"][9] == 5.0
+    dgc_form = DGCConfig(
+        density=0.1, momentum=0.5, unit_gain=False, warmup=(), min_sparse_size=1
+    )
+    compressed4, state4 = compress(delta, DGCState(), dgc_form)
+    assert dense_of(compressed4, delta)["w"][9] == 10.0  # u <- m u + d
+    np.testing.assert_array_equal(state4.momentum["w"][:9], delta["w"][:9])
+
+
+@pytest.mark.parametrize("momentum", [0.5, 0.9])
+def test_unit_gain_momentum_sends_the_deltas_sum(momentum: float) -> None:
+    """Sent + residual + m / (1 - m) u = the deltas' sum: no step is amplified."""
+    cfg = DGCConfig(
+        density=0.05, momentum=momentum, masking=False, warmup=(), min_sparse_size=1
+    )
+    state, sent_total, dense_total = DGCState(), np.zeros(400), np.zeros(400)
+    for _ in range(30):
+        delta = {"w": RNG.normal(size=400)}
+        compressed, state = compress(delta, state, cfg)
+        sent_total += dense_of(compressed, delta)["w"]
+        dense_total += delta["w"]
+    pending = state.residual["w"] + momentum / (1 - momentum) * state.momentum["w"]
+    np.testing.assert_allclose(sent_total + pending, dense_total, atol=1e-9)
+
+
+def test_dgc_form_momentum_multiplies_the_step_by_one_over_one_minus_m() -> None:
+    cfg = DGCConfig(
+        density=1.0, momentum=0.9, unit_gain=False, masking=False, warmup=()
+    )
+    damped = DGCConfig(density=1.0, momentum=0.9, masking=False, warmup=())
+    delta = {"w": np.ones(2000, np.float32)}
+    for config, gain in ((cfg, 10.0), (damped, 1.0)):
+        state, sent = DGCState(), np.zeros(2000)
+        for _ in range(200):
+            compressed, state = compress(delta, state, config)
+            sent = dense_of(compressed, delta)["w"]
+        np.testing.assert_allclose(sent, gain, rtol=1e-4)
 
 
 def test_local_clipping_bounds_the_update_norm() -> None:
@@ -104,20 +142,54 @@ def test_local_clipping_bounds_the_update_norm() -> None:
 
 def test_float16_values_keep_their_rounding_error_in_the_residual() -> None:
     cfg = DGCConfig(
-        density=0.5, momentum=0.0, warmup=(), value_dtype="float16", min_sparse_size=1
+        density=0.02, momentum=0.0, warmup=(), value_dtype="float16", min_sparse_size=1
     )
-    delta = {"w": np.array([1.0001, 3.14159, 0.0, 0.0], np.float32)}
+    delta = {"w": np.zeros(100, np.float32)}
+    delta["w"][:2] = [1.0001, 3.14159]
     compressed, state = compress(delta, DGCState(), cfg)
+    assert is_sparse(compressed.arrays["w"])
     sent = dense_of(compressed, delta)["w"]
     np.testing.assert_allclose(sent + state.residual["w"], delta["w"], atol=1e-7)
     assert state.residual["w"][1] != 0.0
 
 
-def test_sampled_threshold_for_large_tensors() -> None:
-    cfg = DGCConfig(density=0.01, momentum=0.0, warmup=(), sample_above=10_000)
+def test_sampled_threshold_then_top_k_equals_the_exact_top_k() -> None:
+    sampled = DGCConfig(density=0.01, momentum=0.0, warmup=(), sample_above=10_000)
+    exact = DGCConfig(density=0.01, momentum=0.0, warmup=(), sample_above=1 << 30)
     delta = {"w": RNG.normal(size=200_000).astype(np.float32)}
+    compressed, _ = compress(delta, DGCState(), sampled)
+    reference, _ = compress(delta, DGCState(), exact)
+    assert compressed.sent_entries == 2000
+    assert compressed.arrays["w"].data == reference.arrays["w"].data
+
+
+def test_float16_values_beyond_its_range_go_float32() -> None:
+    cfg = DGCConfig(density=0.01, warmup=(), value_dtype="float16")
+    delta = {"w": RNG.normal(size=5000).astype(np.float32)}
+    delta["w"][7] = 1e6
+    compressed, state = compress(delta, DGCState(), cfg)
+    assert compressed.arrays["w"].data[6] == 1  # value code: float32
+    assert dense_of(compressed, delta)["w"][7] == 1e6 and state.residual["w"][7] == 0
+    delta["w"][7] = 1.0
     compressed, _ = compress(delta, DGCState(), cfg)
-    assert 2000 <= compressed.sent_entries <= 4000
+    assert compressed.arrays["w"].data[6] == 2  # float16
+
+
+def test_each_tensor_goes_in_its_smaller_encoding() -> None:
+    delta = {
+        "big": RNG.normal(size=(64, 32)).astype(np.float32),
+        "small16": RNG.normal(size=512).astype(np.float32),
+        "tiny": RNG.normal(size=10).astype(np.float32),
+    }
+    cfg = DGCConfig(density=0.01, warmup=(), value_dtype="float16")
+    compressed, _ = compress(delta, DGCState(), cfg)
+    arrays = compressed.arrays
+    assert is_sparse(arrays["big"])
+    # sent in full: 24 header bytes, 2 bits per index and 512 float16 values
+    assert is_sparse(arrays["small16"])
+    assert len(arrays["small16"].data) == 24 + 512 // 4 + 2 * 512 < 4 * 512
+    assert not is_sparse(arrays["tiny"])  # the header alone outweighs 40 bytes
+    assert compressed.sent_entries == 21 + 512 + 10
 
 
 def test_integer_tensors_go_dense_in_their_own_dtype() -> None:
@@ -141,6 +213,10 @@ def test_config_validation_and_run_config() -> None:
         {"dgc-density": 0.01, "dgc-momentum": 0.0, "dgc-warmup": False}
     )
     assert cfg == DGCConfig(density=0.01, momentum=0.0, warmup=())
+    cfg = DGCConfig.from_run_config(
+        {"dgc-density": 0.01, "dgc-momentum": 0.9, "dgc-unit-gain": False}
+    )
+    assert cfg is not None and cfg.momentum == 0.9 and not cfg.unit_gain
 
 
 # ---------------------------------------------------------------- the mod

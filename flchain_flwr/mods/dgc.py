@@ -9,14 +9,16 @@ sent and the next state, and :func:`dgc_mod` wires it into a ClientApp::
 
 For each train reply the mod turns the returned weights into the update
 ``delta = trained - received``, then: clips it by norm (optional), applies
-momentum correction (``u <- m u + delta; v <- v + u``), keeps the top ``density``
-fraction of ``|v|`` per tensor (exact, or DGC's sampled threshold for large
-tensors), zeroes ``u`` and ``v`` where it sent (momentum factor masking), and
-keeps the rest of ``v`` as the residual for the next round. Tensors smaller than
-``min_sparse_size`` go dense. The density follows a warm-up schedule over the
-node's first rounds. State lives in ``Context.state``, so it survives across
-messages in simulation and in deployment. Evaluate and query messages, and
-replies that carry an error, pass through untouched.
+momentum correction (``u <- m u + (1 - m) delta; v <- v + u``), keeps the top
+``density`` fraction of ``|v|`` per tensor (exact, or DGC's sampled threshold
+with a second top-k for large tensors), zeroes ``u`` and ``v`` where it sent
+(momentum factor masking), and keeps the rest of ``v`` as the residual for the
+next round. Tensors smaller than ``min_sparse_size`` are sent in full. Each
+tensor travels in the smaller of the sparse and the dense encoding. The density
+follows a warm-up schedule over the node's first rounds. State lives in
+``Context.state``, so it survives across messages in simulation and in
+deployment. Evaluate and query messages, and replies that carry an error, pass
+through untouched.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from flwr.app import (
 )
 from flwr.supercore import log
 
-from ..compression.sparse import SPARSE_STYPE, encode, index_width
+from ..compression.sparse import SPARSE_STYPE, encode, payload_size
 from ..protocol import (
     MODEL_VERSION_KEY,
     TRAINED_ON_KEY,
@@ -54,6 +56,8 @@ STATE_INFO: Final = "flchain.dgc"
 FORMAT_KEY: Final = "format"
 DGC_WARMUP: Final = (0.25, 0.0625, 0.015, 0.004)
 """DGC's warm-up densities (25 %, 6.25 %, 1.5 %, 0.4 %), then the target density."""
+
+_FLOAT16_MAX: Final = float(np.finfo(np.float16).max)
 
 NDArrays = dict[str, np.ndarray]
 ClientAppCallable = Callable[[Message, Context], Message]
@@ -75,6 +79,13 @@ class DGCConfig:
         sent deltas as they are, so the default accumulates deltas (``m = 0``);
         use ``m > 0`` when server momentum is moved to the clients (then run the
         server without it).
+    unit_gain : bool (default: True)
+        Momentum correction with dampening, ``u <- m u + (1 - m) delta``: the
+        sent updates add up to the deltas' sum, as without momentum. DGC's form,
+        ``u <- m u + delta`` (``False``), multiplies every step by ``1 / (1 - m)``
+        (10x at m = 0.9): right for gradients scaled by a learning rate tuned for
+        momentum SGD, but a delta is already a whole local training's step, and
+        the server applies it at rate 1.
     accumulate : bool (default: True)
         Keep what is not sent as a residual for later rounds (off = plain top-k).
     masking : bool (default: True)
@@ -87,16 +98,18 @@ class DGCConfig:
         Tensors with fewer elements are sent dense.
     value_dtype : str (default: "float32")
         ``float32`` or ``float16`` for sent values (float16 rounding error stays in
-        the residual).
+        the residual; a tensor with values beyond float16's range sends float32).
     sample_above : int (default: 262144)
         Tensors with more elements select by DGC's sampled threshold (about 1 % of
-        the entries) instead of an exact top-k.
+        the entries, then an exact top-k among the candidates) instead of an
+        exact top-k over the whole tensor.
     arrayrecord_key : str (default: "arrays")
         Key of the ArrayRecord in the instruction and in the reply.
     """
 
     density: float = 0.001
     momentum: float = 0.0
+    unit_gain: bool = True
     accumulate: bool = True
     masking: bool = True
     clip_norm: float | None = None
@@ -155,9 +168,9 @@ class DGCConfig:
             kwargs["clip_norm"] = float(cfg[f"{prefix}clip-norm"])
         if f"{prefix}warmup" in cfg:
             kwargs["warmup"] = DGC_WARMUP if bool(cfg[f"{prefix}warmup"]) else ()
-        for key in ("accumulate", "masking"):
+        for key in ("accumulate", "masking", "unit-gain"):
             if f"{prefix}{key}" in cfg:
-                kwargs[key] = bool(cfg[f"{prefix}{key}"])
+                kwargs[key.replace("-", "_")] = bool(cfg[f"{prefix}{key}"])
         if f"{prefix}value-dtype" in cfg:
             kwargs["value_dtype"] = str(cfg[f"{prefix}value-dtype"])
         return cls(**kwargs)
@@ -234,9 +247,10 @@ def _select(v: np.ndarray, density: float, cfg: DGCConfig, seed: int) -> np.ndar
         sample = flat[rng.integers(0, flat.size, size=max(1000, flat.size // 100))]
         threshold = np.quantile(sample, 1.0 - density)
         candidates = np.flatnonzero(flat >= threshold)
-        if k <= len(candidates) <= 2 * k:  # DGC: accept the sampled threshold
+        if len(candidates) >= k:  # DGC's hierarchical selection: top-k of those
+            top = np.argpartition(flat[candidates], len(candidates) - k)
             mask = np.zeros(flat.size, dtype=bool)
-            mask[candidates] = True
+            mask[candidates[top[len(candidates) - k :]]] = True
             return mask.reshape(v.shape)
     chosen = np.argpartition(flat, flat.size - k)[flat.size - k :]
     mask = np.zeros(flat.size, dtype=bool)
@@ -282,10 +296,9 @@ def compress(
     for index, (name, d) in enumerate(update.items()):
         u: np.ndarray = d
         if cfg.momentum:
-            u = (
-                d.dtype.type(cfg.momentum) * state.momentum.get(name, np.zeros_like(d))
-                + d
-            )
+            m = d.dtype.type(cfg.momentum)
+            gain = d.dtype.type(1.0 - cfg.momentum if cfg.unit_gain else 1.0)
+            u = m * state.momentum.get(name, np.zeros_like(d)) + gain * d
         v = (
             state.residual.get(name, np.zeros_like(d)) + u
             if cfg.accumulate
@@ -297,21 +310,24 @@ def compress(
             if d.size < cfg.min_sparse_size
             else _select(v, density, cfg, seed=state.rounds * 7919 + index)
         )
-        nnz = int(mask.sum())
-        entry_bytes = index_width(d.size) + np.dtype(cfg.value_dtype).itemsize
-        if nnz * entry_bytes >= d.size * dtypes[name].itemsize:  # dense is smaller
+        flat_idx = np.flatnonzero(mask)
+        picked = v.reshape(-1)[flat_idx]
+        value_dtype = cfg.value_dtype
+        if value_dtype == "float16" and np.any(np.abs(picked) > _FLOAT16_MAX):
+            value_dtype = "float32"  # float16 would turn these into inf
+        sparse_bytes = payload_size(d.size, len(flat_idx), value_dtype)
+        if sparse_bytes >= d.size * dtypes[name].itemsize:  # dense is smaller
             mask = np.ones(d.shape, dtype=bool)
             arrays[name] = Array(v.astype(dtypes[name]))
             sent_values = v.astype(dtypes[name]).astype(v.dtype)
         else:
-            flat_idx = np.flatnonzero(mask)
-            values = v.reshape(-1)[flat_idx].astype(cfg.value_dtype)
+            values = picked.astype(value_dtype)
             arrays[name] = encode(
                 flat_idx,
                 values,
                 shape=tuple(v.shape),
                 dtype=str(dtypes[name]),
-                value_dtype=cfg.value_dtype,
+                value_dtype=value_dtype,
             )
             sent_values = np.zeros_like(v)
             sent_values.reshape(-1)[flat_idx] = values.astype(v.dtype)
