@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flchain_flwr.compression import decode, is_sparse
 from flchain_flwr.mods import DGCConfig, DGCState, compress, dgc_mod
@@ -376,3 +378,63 @@ def test_full_density_falls_back_to_dense_when_smaller() -> None:
         {"w": RNG.normal(size=2000).astype(np.float32)}, DGCState(), cfg
     )
     assert not is_sparse(compressed.arrays["w"])
+
+
+def test_global_selection_sends_the_largest_entries_of_all_large_tensors() -> None:
+    delta = {
+        "a": RNG.normal(scale=10.0, size=3000).astype(np.float32),
+        "b": RNG.normal(scale=0.1, size=7000).astype(np.float32),
+        "bias": RNG.normal(size=8).astype(np.float32),
+    }
+    cfg = DGCConfig(density=0.01, warmup=(), selection="global", min_sparse_size=64)
+    compressed, state = compress(delta, DGCState(), cfg)
+    sent = dense_of(compressed, delta)
+    everything = np.abs(np.concatenate([delta["a"], delta["b"]]))
+    threshold = np.sort(everything)[-100]
+    assert np.count_nonzero(sent["a"]) + np.count_nonzero(sent["b"]) == 100
+    assert np.count_nonzero(sent["b"]) <= 1  # a's entries are 100x larger
+    assert np.abs(sent["a"][sent["a"] != 0]).min() >= threshold
+    np.testing.assert_array_equal(sent["bias"], delta["bias"])  # small: in full
+    for name in delta:  # what is not sent stays in the residual
+        np.testing.assert_allclose(sent[name] + state.residual[name], delta[name])
+    per_tensor, _ = compress(delta, DGCState(), DGCConfig(density=0.01, warmup=()))
+    assert per_tensor.sent_entries == 30 + 70 + 8 == compressed.sent_entries
+    with pytest.raises(ValueError, match="selection"):
+        DGCConfig(selection="layer")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(1, 3000), min_size=1, max_size=4),
+    st.floats(0.001, 1.0),
+    st.sampled_from(["tensor", "global"]),
+    st.sampled_from(["float32", "float16"]),
+    st.integers(0, 2**31),
+)
+def test_nothing_is_lost_whatever_the_shapes_and_settings(
+    sizes: list[int], density: float, selection: str, value_dtype: str, seed: int
+) -> None:
+    """Sent + residual = the deltas' sum, and every reply decodes, for any mix."""
+    rng = np.random.default_rng(seed)
+    cfg = DGCConfig(
+        density=density,
+        selection=selection,
+        value_dtype=value_dtype,
+        min_sparse_size=100,
+    )
+    state = DGCState()
+    sent_total = {f"t{i}": np.zeros(n) for i, n in enumerate(sizes)}
+    dense_total = {f"t{i}": np.zeros(n) for i, n in enumerate(sizes)}
+    for _ in range(3):
+        delta = {
+            f"t{i}": rng.normal(size=n).astype(np.float32) for i, n in enumerate(sizes)
+        }
+        compressed, state = compress(delta, state, cfg)
+        assert list(compressed.arrays) == list(delta)
+        for name, value in dense_of(compressed, delta).items():
+            sent_total[name] += value
+            dense_total[name] += delta[name]
+    for name in sent_total:
+        np.testing.assert_allclose(
+            sent_total[name] + state.residual[name], dense_total[name], atol=1e-5
+        )

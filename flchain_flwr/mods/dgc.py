@@ -103,6 +103,10 @@ class DGCConfig:
         Tensors with more elements select by DGC's sampled threshold (about 1 % of
         the entries, then an exact top-k among the candidates) instead of an
         exact top-k over the whole tensor.
+    selection : str (default: "tensor")
+        ``"tensor"``: the top ``density`` of each large tensor (DGC's layer-wise
+        selection); ``"global"``: the top ``density`` of all large tensors'
+        entries together, so a tensor gets the share its magnitudes earn.
     arrayrecord_key : str (default: "arrays")
         Key of the ArrayRecord in the instruction and in the reply.
     """
@@ -117,6 +121,7 @@ class DGCConfig:
     min_sparse_size: int = 1024
     value_dtype: str = "float32"
     sample_above: int = 262_144
+    selection: str = "tensor"
     arrayrecord_key: str = "arrays"
 
     def __post_init__(self) -> None:
@@ -132,6 +137,8 @@ class DGCConfig:
             raise ValueError("warm-up densities must be in (0, 1]")
         if self.value_dtype not in ("float32", "float16"):
             raise ValueError("value_dtype must be float32 or float16")
+        if self.selection not in ("tensor", "global"):
+            raise ValueError("selection must be 'tensor' or 'global'")
         if self.min_sparse_size < 1 or self.sample_above < 1:
             raise ValueError("min_sparse_size and sample_above must be >= 1")
 
@@ -171,8 +178,9 @@ class DGCConfig:
         for key in ("accumulate", "masking", "unit-gain"):
             if f"{prefix}{key}" in cfg:
                 kwargs[key.replace("-", "_")] = bool(cfg[f"{prefix}{key}"])
-        if f"{prefix}value-dtype" in cfg:
-            kwargs["value_dtype"] = str(cfg[f"{prefix}value-dtype"])
+        for key in ("value-dtype", "selection"):
+            if f"{prefix}{key}" in cfg:
+                kwargs[key.replace("-", "_")] = str(cfg[f"{prefix}{key}"])
         return cls(**kwargs)
 
 
@@ -258,6 +266,30 @@ def _select(v: np.ndarray, density: float, cfg: DGCConfig, seed: int) -> np.ndar
     return mask.reshape(v.shape)
 
 
+def _masks(
+    accumulated: NDArrays, density: float, cfg: DGCConfig, seed: int
+) -> dict[str, np.ndarray]:
+    """Per tensor, the boolean mask of the entries to send."""
+    masks = {
+        name: np.ones(v.shape, dtype=bool)
+        for name, v in accumulated.items()
+        if v.size < cfg.min_sparse_size
+    }
+    large = [name for name in accumulated if name not in masks]
+    if cfg.selection == "tensor" or len(large) < 2:
+        for index, name in enumerate(large):
+            masks[name] = _select(accumulated[name], density, cfg, seed + index)
+        return masks
+    flat = np.concatenate([np.abs(accumulated[name]).reshape(-1) for name in large])
+    chosen = _select(flat, density, cfg, seed)
+    start = 0
+    for name in large:
+        size = accumulated[name].size
+        masks[name] = chosen[start : start + size].reshape(accumulated[name].shape)
+        start += size
+    return masks
+
+
 # pylint: disable=too-many-locals
 def compress(
     delta: Mapping[str, np.ndarray], state: DGCState, cfg: DGCConfig
@@ -293,23 +325,24 @@ def compress(
             arrays[name] = Array(np.ascontiguousarray(delta[name], dtype=np.int64))
             sent += int(np.asarray(delta[name]).size)
             total += int(np.asarray(delta[name]).size)
-    for index, (name, d) in enumerate(update.items()):
+    corrected: NDArrays = {}  # u: the update after momentum correction
+    accumulated: NDArrays = {}  # v: what is sent from
+    for name, d in update.items():
         u: np.ndarray = d
         if cfg.momentum:
             m = d.dtype.type(cfg.momentum)
             gain = d.dtype.type(1.0 - cfg.momentum if cfg.unit_gain else 1.0)
             u = m * state.momentum.get(name, np.zeros_like(d)) + gain * d
-        v = (
+        corrected[name] = u
+        accumulated[name] = (
             state.residual.get(name, np.zeros_like(d)) + u
             if cfg.accumulate
             else u.copy()
         )
+    masks = _masks(accumulated, density, cfg, seed=state.rounds * 7919)
+    for name, d in update.items():
+        u, v, mask = corrected[name], accumulated[name], masks[name]
         sent_values: np.ndarray
-        mask = (
-            np.ones(d.shape, dtype=bool)
-            if d.size < cfg.min_sparse_size
-            else _select(v, density, cfg, seed=state.rounds * 7919 + index)
-        )
         flat_idx = np.flatnonzero(mask)
         picked = v.reshape(-1)[flat_idx]
         value_dtype = cfg.value_dtype
