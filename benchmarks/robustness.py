@@ -12,7 +12,14 @@ Defences:
 - ``pov``: ours, FedBuff with K = all nodes (one version per round of updates)
   and a PoV committee: ``--verifiers`` verifiers, each holding its own
   ``--trusted`` examples from the end of the test set, ``--committee`` of them
-  drawn per block, approval at most ``--tolerance`` accuracy below the global;
+  drawn per block. Each member trains a reference update from the global model
+  on its trusted examples (the clients' SGD settings, ``--reference-epochs``
+  epochs) and approves a candidate whose cosine with it is above
+  ``--min-cosine`` (FLTrust's rule, 0); ``--metric loss`` adds the loss test
+  (global + the candidate's share of the step at most ``--tolerance`` worse).
+  The median pre-filter drops updates above 4x the batch's median norm
+  (``--median-direction`` adds its direction test against the coordinate-wise
+  median, which IPM moves);
 - ``pov-fedavg``: Flower's FedAvg wrapped in :class:`PoVStrategy` (same committee
   settings): PoV for a synchronous user;
 - ``fedavg``, ``krum``, ``multikrum`` (selects n - f), ``fedmedian``,
@@ -85,22 +92,40 @@ PARAMETERS_PER_ATTACK: dict[str, dict[str, float]] = {
 def committee(args: argparse.Namespace) -> Committee:
     """The verifier pool: own trusted shards; keys derived from the seed so the
     committee rotation (and so the whole benchmark) is reproducible."""
-    from flchain_cnn.task import load_trusted, scorer
+    from flchain_cnn.task import load_trusted, reference_trainer, scorer
 
     shards = load_trusted("fashion-mnist", args.verifiers, args.trusted)
     verifiers = [
         Verifier(
             scorer("fashion-mnist", "small", x, y),
             SigningKey(hashlib.sha256(f"bench/{args.seed}/{i}".encode()).digest()),
+            reference_fn=reference_trainer(
+                "fashion-mnist",
+                "small",
+                x,
+                y,
+                epochs=args.reference_epochs,
+                lr=float(FASHION_MNIST["lr"]),
+                batch_size=int(FASHION_MNIST["batch-size"]),
+                seed=i,
+            ),
         )
         for i, (x, y) in enumerate(shards)
     ]
     return Committee(
         verifiers,
         committee_size=args.committee,
-        threshold=Threshold(metric=args.metric, value=args.tolerance),
+        threshold=Threshold(
+            metric=args.metric,
+            value=args.tolerance,
+            min_cosine=args.min_cosine if args.min_cosine >= -1 else None,
+        ),
         scoring=args.scoring,
-        prefilters=[MedianFilter()] if args.median_filter else [],
+        prefilters=(
+            [MedianFilter(min_cosine=0.0 if args.median_direction else None)]
+            if args.median_filter
+            else []
+        ),
     )
 
 
@@ -319,11 +344,24 @@ def main() -> None:
     parser.add_argument("--verifiers", type=int, default=7)
     parser.add_argument("--committee", type=int, default=4)
     parser.add_argument("--trusted", type=int, default=100)
-    parser.add_argument("--metric", choices=["accuracy", "loss"], default="loss")
+    parser.add_argument(
+        "--metric", choices=["accuracy", "loss", "none"], default="none"
+    )
+    parser.add_argument(
+        "--min-cosine",
+        type=float,
+        default=0.0,
+        help="direction test: cosine with the verifier's reference above this; "
+        "below -1 turns it off",
+    )
+    parser.add_argument("--reference-epochs", type=int, default=10)
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--scoring", choices=["share", "full"], default="share")
     parser.add_argument(
         "--median-filter", action=argparse.BooleanOptionalAction, default=True
+    )
+    parser.add_argument(
+        "--median-direction", action=argparse.BooleanOptionalAction, default=False
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)

@@ -32,6 +32,7 @@ from flchain_flwr.pov import (
     Threshold,
     Verifier,
     collect_votes,
+    cosine,
 )
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod, attacker_node_configs
@@ -204,6 +205,65 @@ def test_thresholds() -> None:
         Threshold("recall", "relative", 0.1)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         Threshold(value=-1)
+
+
+def toward_target(model: NDArrays) -> NDArrays:
+    """The toy verifier's reference update: a step towards the all-ones target."""
+    return {k: 0.1 * (TARGET - v.astype(np.float64)) for k, v in model.items()}
+
+
+def directed(n: int, threshold: Threshold) -> Committee:
+    pool = [Verifier(toy_score, key(i), reference_fn=toward_target) for i in range(n)]
+    return Committee(pool, threshold=threshold)
+
+
+def test_cosine_of_updates() -> None:
+    assert cosine(delta(0.5), delta(2.0)) == pytest.approx(1.0)
+    assert cosine(delta(0.5), delta(-1.0)) == pytest.approx(-1.0)
+    assert cosine(delta(0.5), delta(0.0)) == 0.0
+    assert np.isnan(cosine(delta(0.5), delta(np.inf)))
+    ints = {"w": np.ones(3, np.int64)}
+    assert cosine(ints, ints) == 0.0  # only float arrays count
+
+
+def test_direction_test_rejects_updates_against_the_reference() -> None:
+    """Against the verifiers' own reference (toward the target) a flipped update
+    fails however small its step, and the signed score is the cosine."""
+    tiny_bad = [Candidate(digest(20), 20, delta(-1e-6))]
+    committee = directed(4, Threshold("none", min_cosine=0.0))
+    decision = decide(committee, GOOD + BAD + tiny_bad)
+    assert [o.accepted for o in decision.outcomes] == [True] * 3 + [False] * 3
+    assert {v["score"] for v in decision.votes} == {1.0, -1.0}
+    # combined with the loss test, both must pass
+    combined = directed(4, Threshold("loss", "relative", 0.0, min_cosine=0.0))
+    big_good = Candidate(digest(30), 30, delta(5.0))  # right way, overshoots
+    decision = decide(combined, [GOOD[0], big_good])
+    assert [o.accepted for o in decision.outcomes] == [True, False]
+
+
+def test_direction_test_needs_a_reference_on_every_verifier() -> None:
+    with pytest.raises(ValueError, match="reference_fn"):
+        Committee(verifiers(4), threshold=Threshold(min_cosine=0.0))
+    with pytest.raises(ValueError):
+        Threshold("none")  # nothing would decide
+    with pytest.raises(ValueError):
+        Threshold(min_cosine=1.0)
+    assert not Threshold("none", min_cosine=0.0).approves(None, None, float("nan"))
+    assert not Threshold("none", min_cosine=0.0).approves(None, None, 0.0)
+    assert Threshold("none", min_cosine=-0.1).approves(None, None, 0.0)
+
+
+def test_metric_none_scores_no_model() -> None:
+    calls = []
+
+    def counting(model: NDArrays) -> Score:
+        calls.append(1)
+        return toy_score(model)
+
+    pool = [Verifier(counting, key(i), reference_fn=toward_target) for i in range(4)]
+    committee = Committee(pool, threshold=Threshold("none", min_cosine=0.0))
+    decide(committee, GOOD + BAD)
+    assert calls == []
 
 
 # ------------------------------------------------------- rotation, deposits

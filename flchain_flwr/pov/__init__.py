@@ -11,7 +11,15 @@ strategy with :class:`PoVStrategy`.
 from .committee import Candidate, Committee, CommitteeDecision, Outcome, collect_votes
 from .filters import IQRFilter, MedianFilter, Prefilter, distances_to_mean
 from .strategy import PoVStrategy
-from .verifier import Behaviour, Score, ScoreFn, Threshold, Verifier
+from .verifier import (
+    Behaviour,
+    ReferenceFn,
+    Score,
+    ScoreFn,
+    Threshold,
+    Verifier,
+    cosine,
+)
 
 __all__ = [
     "Behaviour",
@@ -23,10 +31,12 @@ __all__ = [
     "Outcome",
     "PoVStrategy",
     "Prefilter",
+    "ReferenceFn",
     "Score",
     "ScoreFn",
     "Threshold",
     "Verifier",
     "collect_votes",
+    "cosine",
     "distances_to_mean",
 ]

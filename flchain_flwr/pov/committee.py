@@ -119,6 +119,13 @@ class Committee:
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
+        if threshold is not None and threshold.min_cosine is not None:
+            missing = [v for v in verifiers if v.reference_fn is None]
+            if missing:
+                raise ValueError(
+                    f"the direction test (min_cosine) needs a reference_fn on "
+                    f"every verifier; {len(missing)} have none"
+                )
         if scoring not in ("share", "full"):
             raise ValueError(f"scoring must be 'share' or 'full', not {scoring!r}")
         self.scoring = scoring
@@ -238,7 +245,9 @@ class Committee:
                     c.digest,
                     apply_step(
                         global_model, c.delta, c.share if self.scoring == "share" else 1
-                    ),
+                    )
+                    if self.threshold.scores_models
+                    else {},
                 )
                 for _, c in pending
             ]
@@ -250,6 +259,7 @@ class Committee:
                         global_model=global_model,
                         candidates=models,
                         threshold=self.threshold,
+                        deltas=[c.delta for _, c in pending],
                     )
                 except Exception as exc:  # a failing verifier simply has no votes
                     dropped.append(f"verifier {key[:12]}… failed: {exc!r}")

@@ -1,4 +1,18 @@
-"""A verifier: an Ed25519 identity, trusted test data, and a voting rule."""
+"""A verifier: an Ed25519 identity, trusted test data, and a voting rule.
+
+A verifier judges a candidate update in up to two ways, both on its own trusted
+examples:
+
+- **loss (or accuracy)**: the global model plus the candidate's step must score
+  at most :class:`Threshold`'s tolerance worse than the global model;
+- **direction** (``Threshold(min_cosine=...)``, needs a :data:`ReferenceFn`):
+  the verifier trains its own reference update from the global model on its
+  trusted data, as FLTrust's server does (Cao et al., NDSS 2021), and the
+  candidate's update must have a cosine above ``min_cosine`` with it. An update
+  pointing away from what the trusted data asks for (sign-flipped, IPM,
+  label-flipped) fails this test however small its step is, which the loss
+  test cannot see at a single update's share of the block.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Literal
 
+import numpy as np
 from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
@@ -27,34 +42,92 @@ class Score:
 ScoreFn = Callable[[NDArrays], Score]
 """Scores one model (name -> array, the global model's layout) on trusted data."""
 
+ReferenceFn = Callable[[NDArrays], NDArrays]
+"""Trains from a model (the global) on trusted data; returns the update
+(trained minus given, name -> array). The verifier's reference direction."""
+
+
+def cosine(a: NDArrays, b: NDArrays) -> float:
+    """Cosine similarity of two updates over ``a``'s float arrays (float64).
+
+    0 if either is all zeros; NaN if either holds a non-finite value.
+    """
+    names = [k for k, v in a.items() if v.dtype.kind == "f" and k in b]
+    if not names:
+        return 0.0
+    x = np.concatenate([np.ravel(a[k]).astype(np.float64) for k in names])
+    y = np.concatenate([np.ravel(b[k]).astype(np.float64) for k in names])
+    with np.errstate(over="ignore", invalid="ignore"):
+        dot, nx, ny = float(x @ y), float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    if not (math.isfinite(dot) and math.isfinite(nx) and math.isfinite(ny)):
+        return math.nan
+    return dot / (nx * ny) if nx > 0 and ny > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class Threshold:
     """When a verifier approves a candidate.
 
+    ``metric``: ``"loss"`` or ``"accuracy"`` of the global model plus the
+    candidate's step on the verifier's trusted data, or ``"none"`` (no model is
+    scored: the direction test alone decides).
     ``mode="relative"``: the candidate may be at most ``value`` worse than the
     current global model on the same data (loss: ``value`` is a relative increase,
     0.05 = 5 %; accuracy: ``value`` is a fraction, 0.05 = 5 points).
     ``mode="absolute"``: loss at most ``value``, or accuracy at least ``value``.
-    A non-finite score is never approved. The default is loss, which still
-    moves when a candidate is scored at its share of the block (see
+    ``min_cosine``: when set, the candidate's update must also have a cosine
+    above ``min_cosine`` with the verifier's own reference update (see
+    :data:`ReferenceFn`). ``0.0`` is FLTrust's rule (its ReLU gives an update
+    with a cosine <= 0 no weight): approve only updates that do not point
+    against what the trusted data asks for.
+    A non-finite score or cosine is never approved. The default is loss, which
+    still moves when a candidate is scored at its share of the block (see
     :class:`~flchain_flwr.pov.Committee`) and accuracy on 100 examples would not.
     """
 
-    metric: Literal["accuracy", "loss"] = "loss"
+    metric: Literal["accuracy", "loss", "none"] = "loss"
     mode: Literal["relative", "absolute"] = "relative"
     value: float = 0.05
+    min_cosine: float | None = None
 
     def __post_init__(self) -> None:
-        if self.metric not in ("accuracy", "loss"):
-            raise ValueError(f"metric must be accuracy or loss, not {self.metric!r}")
+        if self.metric not in ("accuracy", "loss", "none"):
+            raise ValueError(
+                f"metric must be accuracy, loss or none, not {self.metric!r}"
+            )
         if self.mode not in ("relative", "absolute"):
             raise ValueError(f"mode must be relative or absolute, not {self.mode!r}")
         if not math.isfinite(self.value) or self.value < 0:
             raise ValueError(f"threshold value must be finite and >= 0: {self.value}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine < 1.0:
+            raise ValueError(f"min_cosine must be in [-1, 1): {self.min_cosine}")
+        if self.metric == "none" and self.min_cosine is None:
+            raise ValueError("metric 'none' needs min_cosine (else nothing decides)")
 
-    def approves(self, candidate: Score, reference: Score) -> bool:
-        """Whether ``candidate`` passes against the global model's ``reference``."""
+    @property
+    def scores_models(self) -> bool:
+        """Whether candidates are scored on trusted data (metric is not none)."""
+        return self.metric != "none"
+
+    def approves(
+        self,
+        candidate: Score | None,
+        reference: Score | None,
+        cosine: float | None = None,
+    ) -> bool:
+        """Whether a candidate passes: its ``candidate`` score against the global
+        model's ``reference`` (both unused when the metric is none), and its
+        ``cosine`` with the verifier's reference update when ``min_cosine`` is set.
+        """
+        if self.min_cosine is not None:
+            if cosine is None or not math.isfinite(cosine):
+                return False
+            if cosine <= self.min_cosine:
+                return False
+        if self.metric == "none":
+            return True
+        if candidate is None or reference is None:
+            return False
         if not (math.isfinite(candidate.accuracy) and math.isfinite(candidate.loss)):
             return False
         if self.metric == "accuracy":
@@ -84,7 +157,7 @@ class Behaviour(StrEnum):
 
 
 class Verifier:
-    """A committee member: signs votes on candidates scored on its trusted data.
+    """A committee member: signs votes on candidates judged on its trusted data.
 
     Parameters
     ----------
@@ -92,21 +165,28 @@ class Verifier:
         Scores a model on this verifier's trusted test data (e.g. 100 examples).
     key : nacl.signing.SigningKey, optional
         Its Ed25519 identity; a fresh key if not given.
+    reference_fn : ReferenceFn, optional
+        Trains this verifier's reference update from the global model on its
+        trusted data (ideally with the clients' own local training); needed by
+        a :class:`Threshold` with ``min_cosine``.
     behaviour : Behaviour (default: HONEST)
         Byzantine behaviours exist to test the committee; see :class:`Behaviour`.
     seed : int (default: 0)
         Seeds the garbage of ``GARBAGE_SIGNATURE``.
     """
 
+    # pylint: disable=too-many-arguments
     def __init__(
         self,
         score_fn: ScoreFn,
         key: SigningKey | None = None,
         *,
+        reference_fn: ReferenceFn | None = None,
         behaviour: Behaviour | str = Behaviour.HONEST,
         seed: int = 0,
     ) -> None:
         self.score_fn = score_fn
+        self.reference_fn = reference_fn
         self.key = key or SigningKey.generate()
         self.behaviour = Behaviour(behaviour)
         self.public_key: str = self.key.verify_key.encode(HexEncoder).decode()
@@ -115,6 +195,7 @@ class Verifier:
     def __repr__(self) -> str:
         return f"Verifier({self.public_key[:12]}…, {self.behaviour.value})"
 
+    # pylint: disable=too-many-arguments
     def vote(
         self,
         *,
@@ -123,17 +204,40 @@ class Verifier:
         global_model: NDArrays,
         candidates: Sequence[tuple[str, NDArrays]],
         threshold: Threshold,
+        deltas: Sequence[NDArrays] | None = None,
     ) -> list[dict[str, Any]]:
         """Signed votes on ``(digest, candidate model)`` pairs for block ``height``.
 
-        The global model is scored once; each candidate once.
+        ``deltas`` are the candidates' updates, in the same order; the direction
+        test (``threshold.min_cosine``) needs them. The global model is scored
+        once, each candidate once (not at all with metric none), and the
+        reference update is trained once. The signed score is the candidate's
+        cosine with the reference update when the direction test is on (its
+        deciding quantity), else the candidate's accuracy; -1.0 if not finite.
         """
-        reference = self.score_fn(global_model)
+        direction: NDArrays | None = None
+        if threshold.min_cosine is not None:
+            if self.reference_fn is None:
+                raise ValueError("the direction test needs a reference_fn")
+            if deltas is None or len(deltas) != len(candidates):
+                raise ValueError("the direction test needs one delta per candidate")
+            direction = self.reference_fn(global_model)
+        reference = self.score_fn(global_model) if threshold.scores_models else None
         votes = []
-        for digest, model in candidates:
-            score = self.score_fn(model)
-            verdict = self._verdict(threshold.approves(score, reference))
-            value = round(score.accuracy, 6) if math.isfinite(score.accuracy) else -1.0
+        for index, (digest, model) in enumerate(candidates):
+            score = self.score_fn(model) if threshold.scores_models else None
+            similarity = (
+                cosine(deltas[index], direction)
+                if direction is not None and deltas is not None
+                else None
+            )
+            verdict = self._verdict(threshold.approves(score, reference, similarity))
+            value = (
+                similarity
+                if similarity is not None
+                else (score.accuracy if score is not None else math.nan)
+            )
+            value = round(value, 6) if math.isfinite(value) else -1.0
             vote = sign_vote(self.key, chain_id, height, digest, verdict, value)
             if self.behaviour is Behaviour.GARBAGE_SIGNATURE:
                 vote["signature"] = self._rng.randbytes(64).hex()

@@ -5,13 +5,29 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from flchain_cnn.task import evaluate, load_test, load_trusted, new_model, scorer
+from flchain_cnn.task import (
+    evaluate,
+    load_test,
+    load_trusted,
+    new_model,
+    reference_trainer,
+    scorer,
+)
 from flchain_flwr.ledger.chain import load_or_create_key
-from flchain_flwr.pov import Committee, IQRFilter, MedianFilter, Threshold, Verifier
+from flchain_flwr.pov import (
+    Committee,
+    IQRFilter,
+    MedianFilter,
+    ReferenceFn,
+    Threshold,
+    Verifier,
+)
 from flchain_flwr.strategies import fedbuff_from_run_config
 
 app = ServerApp()
@@ -43,8 +59,10 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
     """The PoV committee the run config asks for (``pov-verifiers`` > 0), else None.
 
     Each verifier holds its own shard of ``pov-trusted-examples`` examples from
-    the end of the test set. With a ledger, verifier keys persist beside it (so
-    the run can resume); otherwise they are fresh for the run.
+    the end of the test set; with ``pov-reference-epochs`` > 0 it also trains
+    its reference update there (:func:`verifier_reference`). With a ledger,
+    verifier keys persist beside it (so the run can resume); otherwise they are
+    fresh for the run.
     """
     count = int(cfg.get("pov-verifiers", 0))
     if count <= 0:
@@ -61,20 +79,69 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
             key_dir = Path(ledger_path + ".verifiers")
             key_dir.mkdir(parents=True, exist_ok=True)
             key = load_or_create_key(key_dir / f"verifier-{index}.key")
-        verifiers.append(Verifier(scorer(dataset, size, x, y), key, seed=index))
+        verifiers.append(
+            Verifier(
+                scorer(dataset, size, x, y),
+                key,
+                reference_fn=verifier_reference(cfg, x, y, index),
+                seed=index,
+            )
+        )
     return Committee(
         verifiers,
         committee_size=int(cfg["pov-committee-size"]) or None,
         threshold=Threshold(
-            metric="accuracy" if cfg["pov-metric"] == "accuracy" else "loss",
+            metric=_metric(str(cfg["pov-metric"])),
             value=float(cfg["pov-tolerance"]),
+            min_cosine=(
+                float(cfg.get("pov-min-cosine", 0.0))
+                if int(cfg.get("pov-reference-epochs", 0)) > 0
+                else None
+            ),
         ),
         prefilters=[
-            *([MedianFilter()] if bool(cfg["pov-median-filter"]) else []),
+            *(
+                [
+                    MedianFilter(
+                        min_cosine=(
+                            0.0 if bool(cfg.get("pov-median-direction", True)) else None
+                        )
+                    )
+                ]
+                if bool(cfg["pov-median-filter"])
+                else []
+            ),
             *([IQRFilter()] if bool(cfg["pov-iqr"]) else []),
         ],
         consensus_delay=float(cfg["pov-consensus-delay"]),
     )
+
+
+def verifier_reference(
+    cfg: Mapping[str, ConfigValue], x: np.ndarray, y: np.ndarray, seed: int = 0
+) -> ReferenceFn | None:
+    """A verifier's reference update on its trusted ``(x, y)``: the clients' own
+    training (``lr``, ``batch-size``) for ``pov-reference-epochs`` epochs; None
+    when that is 0 (no direction test)."""
+    epochs = int(cfg.get("pov-reference-epochs", 0))
+    if epochs <= 0:
+        return None
+    return reference_trainer(
+        str(cfg["dataset"]),
+        str(cfg.get("model", "default")),
+        x,
+        y,
+        epochs=epochs,
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg["batch-size"]),
+        seed=seed,
+    )
+
+
+def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
+    if name not in ("accuracy", "loss", "none"):
+        raise ValueError(f"pov-metric must be accuracy, loss or none, not {name!r}")
+    return name  # type: ignore[return-value]
 
 
 @app.main()
