@@ -6,14 +6,16 @@ the first ``--train-subset`` training and ``--test-subset`` test images), the
 K = half the nodes, the same number of global versions for every setting, on the
 virtual-clock grid with bandwidth-limited devices (1 Mbit/s up, 10 Mbit/s down).
 
-- Sweep: density 100 % (dense, no mod), 10 %, 1 %, 0.3 %, 0.1 % with the mod's
-  default (top-k with residual accumulation; no momentum correction, no warm-up),
-  values sent as float16 (their rounding error stays in the residual).
+- Sweep: density 100 % (dense, no mod), 10 %, 1 %, 0.3 %, 0.1 %: top-k with
+  residual accumulation (no momentum correction, no warm-up), values sent as
+  float16 (their rounding error stays in the residual), the top entries taken
+  over all large tensors together (``selection="global"``).
 - Ablation at the best density (within 1 point of dense; if none is, the
   compressed density that lost the least): plain top-k, + residual (the sweep's run),
   + momentum correction (m = 0.9 with dampening, the mod's unit-gain form),
   + momentum factor masking, + warm-up (DGC's 25 % -> 0.4 % over a node's first
-  4 rounds); and, beside the chain, residual + warm-up without momentum.
+  4 rounds); and, beside the chain, residual + warm-up without momentum, and
+  residual with DGC's per-tensor selection instead of the global one.
 
 Accuracy is the test accuracy averaged over the last ``--average-last`` global
 versions (default 5), the same for every setting: a single version's accuracy
@@ -23,7 +25,8 @@ reported beside it. Bytes per update are measured from the encoded reply
 payloads; the compression ratio is dense float32 (4 bytes x parameters) over
 them. Time to target is in simulated seconds. The encode + decode cost is timed
 on one node's real update (one local training, also timed) for every density.
-JSON to benchmarks/results/compression.json, a PNG of accuracy against density
+``--jobs`` runs settings in parallel processes (each run is independent and
+seeded). JSON to benchmarks/results/compression.json, a PNG of accuracy against density
 beside it; last line ``compression ratio at <=1pt accuracy loss: <N>x``.
 """
 
@@ -49,6 +52,7 @@ from flchain_flwr.sim import (
 from flchain_flwr.strategies import FedBuff
 
 DENSITIES = (1.0, 0.1, 0.01, 0.003, 0.001)
+SELECTION = "global"
 TIME_TARGETS = (0.6, 0.7, 0.75, 0.8)
 
 
@@ -59,7 +63,7 @@ def dgc_keys(
     accumulate: bool = True,
     masking: bool = False,
     warmup: bool = False,
-    selection: str = "tensor",
+    selection: str = SELECTION,
 ) -> dict[str, Any]:
     return {
         "dgc-density": density,
@@ -81,6 +85,7 @@ def ablation(density: float) -> dict[str, dict[str, Any] | None]:
         "+ masking": dgc_keys(density, momentum=0.9, masking=True),
         "+ warm-up": dgc_keys(density, momentum=0.9, masking=True, warmup=True),
         "residual + warm-up (m=0)": dgc_keys(density, warmup=True),
+        "residual, per-tensor selection": dgc_keys(density, selection="tensor"),
     }
 
 
@@ -103,6 +108,8 @@ def run_setting(
     name: str, overrides: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     from flchain_cnn.client_app import app as client_app
+
+    FLOWER_LOGGER.setLevel(logging.WARNING)  # also in --jobs worker processes
     from flchain_cnn.server_app import central_evaluator
     from flchain_cnn.task import new_model
 
@@ -225,6 +232,21 @@ def codec_cost(args: argparse.Namespace, densities: list[float]) -> dict[str, An
     return {"train_examples": len(x), "train_seconds": train_s, "densities": rows}
 
 
+def run_all(
+    settings: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
+) -> list[dict[str, Any]]:
+    """Run ``settings`` (name, run-config overrides), ``args.jobs`` at a time."""
+    if args.jobs <= 1:
+        return [run_setting(name, keys, args) for name, keys in settings]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+        futures = [pool.submit(run_setting, n, k, args) for n, k in settings]
+        return [future.result() for future in futures]
+
+
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
     return next((t for t, acc in curve if acc >= target), None)
 
@@ -250,6 +272,9 @@ def main() -> None:
         help="densities to sweep; the first must be 1 (dense)",
     )
     parser.add_argument("--no-ablation", action="store_true")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="settings to run in parallel processes"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "compression.json")
     args = parser.parse_args()
     if args.nodes < 10:
@@ -258,7 +283,7 @@ def main() -> None:
 
     if args.densities[0] != 1.0 or len(args.densities) < 2:
         parser.error("--densities must start with 1 (dense) and name a compressed one")
-    sweep = [run_setting(f"density {d:g}", dgc_keys(d), args) for d in args.densities]
+    sweep = run_all([(f"density {d:g}", dgc_keys(d)) for d in args.densities], args)
     dense = sweep[0]
     within = [r for r in sweep if r["accuracy"] >= dense["accuracy"] - 0.01]
     best = max(within, key=lambda r: r["compression_ratio"])  # dense if none is within
@@ -268,11 +293,22 @@ def main() -> None:
     best_density = float(studied["config"]["dgc-density"])
     ablations = []
     if not args.no_ablation:
+        chain = ablation(best_density)
+        runs = iter(
+            run_all(
+                [
+                    (f"{name} @ {best_density:g}", keys)
+                    for name, keys in chain.items()
+                    if keys is not None
+                ],
+                args,
+            )
+        )
         ablations = [
             {**studied, "setting": f"{name} @ {best_density:g}"}
             if keys is None
-            else run_setting(f"{name} @ {best_density:g}", keys, args)
-            for name, keys in ablation(best_density).items()
+            else next(runs)
+            for name, keys in chain.items()
         ]
 
     codec = codec_cost(args, args.densities)
