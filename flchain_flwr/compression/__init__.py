@@ -3,19 +3,23 @@
 from .sparse import (
     FORMAT_VERSION,
     SPARSE_STYPE,
+    SUPPORTED_VERSIONS,
     SparseFormatError,
     decode,
     encode,
     index_width,
     is_sparse,
+    payload_size,
 )
 
 __all__ = [
     "FORMAT_VERSION",
     "SPARSE_STYPE",
+    "SUPPORTED_VERSIONS",
     "SparseFormatError",
     "decode",
     "encode",
     "index_width",
     "is_sparse",
+    "payload_size",
 ]
