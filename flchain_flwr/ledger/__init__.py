@@ -4,6 +4,7 @@ from .blobs import BlobStore
 from .canonical import decode_model, model_hash, update_digest
 from .chain import (
     Block,
+    BlockSigner,
     Ledger,
     LedgerError,
     VerifyReport,
@@ -19,6 +20,7 @@ from .rewards import RewardShare, contributions, reward_shares
 __all__ = [
     "BlobStore",
     "Block",
+    "BlockSigner",
     "InvalidProof",
     "Ledger",
     "LedgerError",

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 from nacl.encoding import HexEncoder
@@ -59,6 +59,26 @@ CREATE TABLE IF NOT EXISTS blocks (
     signature TEXT NOT NULL
 );
 """
+
+
+class Signature(Protocol):
+    """A signing result: what :class:`BlockSigner` returns."""
+
+    @property
+    def signature(self) -> bytes:
+        """The 64-byte Ed25519 signature."""
+
+
+class BlockSigner(Protocol):
+    """What signs a block header: a ``nacl.signing.SigningKey``, or a key that
+    stays on another machine (a PoV leader on its own SuperNode)."""
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        """The public half, written into the header as its ``leader``."""
+
+    def sign(self, smessage: bytes) -> Signature:
+        """Sign ``smessage`` (raise if it cannot be signed)."""
 
 
 class LedgerError(Exception):
@@ -346,7 +366,7 @@ class Ledger:
         sim_time: float = 0.0,
         wall_time: float | None = None,
         extra: Mapping[str, Any] | None = None,
-        signer: SigningKey | None = None,
+        signer: BlockSigner | None = None,
     ) -> Block:
         """Store the model, then commit one signed block in one transaction.
 
@@ -355,7 +375,8 @@ class Ledger:
         digests, in order, are the leaves of the block's Merkle root. ``extra``
         adds body fields (PoV: ``pov`` in the genesis block, ``committee`` and
         ``deposits`` after it); ``signer`` signs instead of the ledger's own key
-        (a PoV block's rotating leader).
+        (a PoV block's rotating leader; it is called inside the block's
+        transaction, so a remote signer holds the write lock while it waits).
         """
         model_hash = self.blobs.put_model(model)
         body = {

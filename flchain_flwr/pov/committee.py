@@ -22,10 +22,17 @@ from logging import WARNING
 from typing import Any
 
 from flwr.supercore import log
-from nacl.signing import SigningKey
 
 from ..arrays import NDArrays, apply_step
-from ..ledger import Ledger, PoVRules, PoVState, check_vote, model_hash, quorum
+from ..ledger import (
+    BlockSigner,
+    Ledger,
+    PoVRules,
+    PoVState,
+    check_vote,
+    model_hash,
+    quorum,
+)
 from .filters import Prefilter
 from .verifier import Threshold, Verifier
 
@@ -100,6 +107,9 @@ class Committee:
         this is not added.
     chain_id : str (default: "flchain-local")
         Signed into votes when no ledger is used (a ledger's own id otherwise).
+    remote_members : Sequence[str] (default: none)
+        Public keys of pool members that vote on machines of their own
+        (:class:`~flchain_flwr.pov.remote.RemoteCommittee` asks them).
     """
 
     # pylint: disable=too-many-arguments
@@ -116,6 +126,7 @@ class Committee:
         scoring: str = "share",
         consensus_delay: float = 0.0,
         chain_id: str = "flchain-local",
+        remote_members: Sequence[str] = (),
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
@@ -130,11 +141,12 @@ class Committee:
             raise ValueError(f"scoring must be 'share' or 'full', not {scoring!r}")
         self.scoring = scoring
         self.verifiers = {v.public_key: v for v in verifiers}
-        if len(self.verifiers) != len(verifiers):
+        pool = (*(v.public_key for v in verifiers), *remote_members)
+        if len(set(pool)) != len(pool):
             raise ValueError("two verifiers share a key")
         self.rules = PoVRules(
-            pool=tuple(v.public_key for v in verifiers),
-            committee_size=committee_size or len(verifiers),
+            pool=pool,
+            committee_size=committee_size or len(pool),
             initial_stake=initial_stake,
             slash=slash,
             floor=floor,
@@ -188,9 +200,9 @@ class Committee:
 
     def seal(
         self, committee: list[str], votes: Sequence[dict[str, Any]]
-    ) -> tuple[dict[str, Any], SigningKey]:
-        """Settle a block's deposits; return its PoV body fields and the leader's
-        signing key. The stakes change here, once per block."""
+    ) -> tuple[dict[str, Any], BlockSigner]:
+        """Settle a block's deposits; return its PoV body fields and what signs
+        for the leader. The stakes change here, once per block."""
         deposits = self.state.settlement(committee, votes)
         self.state.apply(deposits)
         for entry in deposits:
@@ -198,8 +210,63 @@ class Committee:
                 log(WARNING, "Verifier %s… leaves the pool", entry["verifier"][:12])
         return (
             {"committee": list(committee), "deposits": deposits},
-            self.verifiers[committee[0]].key,
+            self.signer(committee[0]),
         )
+
+    def signer(self, leader: str) -> BlockSigner:
+        """What signs a block led by ``leader``: here its own signing key."""
+        return self.verifiers[leader].key
+
+    @property
+    def reserved_nodes(self) -> frozenset[int]:
+        """Nodes that verify and must not be sent training (none in-process)."""
+        return frozenset()
+
+    def scale(self, candidate: Candidate) -> float:
+        """How much of ``candidate``'s update is applied when it is scored."""
+        return candidate.share if self.scoring == "share" else 1.0
+
+    # pylint: disable=too-many-arguments
+    def cast_votes(
+        self,
+        members: Sequence[str],
+        *,
+        chain_id: str,
+        height: int,
+        global_model: NDArrays,
+        candidates: Sequence[Candidate],
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Ask each member to vote on ``candidates``: ``(votes, problems)``.
+
+        Votes come back unchecked; :meth:`decide` keeps only valid ones. A
+        member that fails simply has no votes (its deposit pays for it).
+        """
+        models = [
+            (
+                c.digest,
+                apply_step(global_model, c.delta, self.scale(c))
+                if self.threshold.scores_models
+                else {},
+            )
+            for c in candidates
+        ]
+        votes: list[dict[str, Any]] = []
+        problems: list[str] = []
+        for key in members:
+            try:
+                votes.extend(
+                    self.verifiers[key].vote(
+                        chain_id=chain_id,
+                        height=height,
+                        global_model=global_model,
+                        candidates=models,
+                        threshold=self.threshold,
+                        deltas=[c.delta for c in candidates],
+                    )
+                )
+            except Exception as exc:  # pylint: disable=broad-exception-caught
+                problems.append(f"verifier {key[:12]}… failed: {exc!r}")
+        return votes, problems
 
     # ---------------------------------------------------------------- deciding
     # pylint: disable=too-many-arguments,too-many-locals
@@ -240,31 +307,13 @@ class Committee:
         votes: list[dict[str, Any]] = []
         dropped: list[str] = []
         if pending:
-            models = [
-                (
-                    c.digest,
-                    apply_step(
-                        global_model, c.delta, c.share if self.scoring == "share" else 1
-                    )
-                    if self.threshold.scores_models
-                    else {},
-                )
-                for _, c in pending
-            ]
-            for key in members:
-                try:
-                    cast = self.verifiers[key].vote(
-                        chain_id=chain_id,
-                        height=height,
-                        global_model=global_model,
-                        candidates=models,
-                        threshold=self.threshold,
-                        deltas=[c.delta for _, c in pending],
-                    )
-                except Exception as exc:  # a failing verifier simply has no votes
-                    dropped.append(f"verifier {key[:12]}… failed: {exc!r}")
-                    continue
-                votes.extend(cast)
+            votes, dropped = self.cast_votes(
+                members,
+                chain_id=chain_id,
+                height=height,
+                global_model=global_model,
+                candidates=[c for _, c in pending],
+            )
             votes, more = collect_votes(
                 votes, chain_id, height, members, {c.digest for _, c in pending}
             )

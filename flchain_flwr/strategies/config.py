@@ -17,7 +17,8 @@ def fedbuff_from_run_config(
 
     Keys: ``buffer-size``, ``max-wait`` (<= 0: none), ``staleness`` (a name for
     :func:`~flchain_flwr.strategies.staleness_fn`), ``max-staleness`` (< 0: none),
-    ``server-lr``, ``server-momentum``, ``seed``, ``ledger-path`` ("" = no ledger).
+    ``server-lr``, ``server-momentum``, ``seed``, ``ledger-path`` ("" = no ledger),
+    ``message-ttl`` (<= 0: ``start``'s timeout), ``membership-refresh``.
     ``overrides`` are passed to :class:`FedBuff` as they are.
     """
     kwargs: dict[str, object] = {}
@@ -37,6 +38,11 @@ def fedbuff_from_run_config(
         kwargs["server_momentum"] = float(cfg["server-momentum"])
     if "seed" in cfg:
         kwargs["seed"] = int(cfg["seed"])
+    if "message-ttl" in cfg:
+        ttl = float(cfg["message-ttl"])
+        kwargs["message_ttl"] = ttl if ttl > 0 else None
+    if "membership-refresh" in cfg:
+        kwargs["membership_refresh"] = float(cfg["membership-refresh"])
     if cfg.get("ledger-path"):
         kwargs["ledger"] = str(cfg["ledger-path"])
     kwargs.update(overrides)

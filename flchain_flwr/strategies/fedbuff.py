@@ -593,8 +593,9 @@ class _AsyncRun:
     def _refresh_nodes(self) -> None:
         if self.clock.now() < self.next_refresh:
             return
+        reserved = self.committee.reserved_nodes if self.committee else frozenset()
         try:
-            self.nodes = set(self.grid.get_node_ids())
+            self.nodes = set(self.grid.get_node_ids()) - reserved
         except Exception as exc:  # transport trouble: keep the last known nodes
             log(WARNING, "get_node_ids failed: %s", exc)
         self.next_refresh = self.clock.now() + self.s.membership_refresh

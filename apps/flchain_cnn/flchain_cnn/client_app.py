@@ -1,7 +1,20 @@
-"""ClientApp: a plain Flower ClientApp; nothing in it is specific to FedBuff."""
+"""ClientApp: a plain Flower ClientApp; nothing in it is specific to FedBuff.
+
+Node config (``flower-supernode --node-config``, or the simulation's defaults):
+
+- ``partition-id``, ``num-partitions``: this node's share of the training data;
+- ``compute-slowdown`` (default 1.0): a device profile for deployments on
+  uniform hardware; training takes this many times its real time (the node
+  sleeps for the difference);
+- ``role="verifier"`` with ``verifier-key="<path>"`` and ``verifier-shard=<i>``:
+  the node trains nothing and serves as a PoV verifier with its own Ed25519 key
+  and trusted shard ``i`` (see :mod:`flchain_flwr.pov.remote`);
+- ``attack=...``: robustness experiments only (see :mod:`flchain_flwr.sim.attacks`).
+"""
 
 from __future__ import annotations
 
+import time
 import zlib
 from typing import cast
 
@@ -9,8 +22,17 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flchain_cnn.task import evaluate, load_partition, new_model, train
+from flchain_cnn.task import (
+    evaluate,
+    load_partition,
+    load_trusted,
+    new_model,
+    scorer,
+    train,
+)
+from flchain_cnn.verifiers import verifier_reference
 from flchain_flwr.mods import dgc_mod
+from flchain_flwr.pov import Verifier, remote
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
 # DGC compression of train replies, configured by the run config's dgc-* keys
@@ -45,6 +67,9 @@ def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-
 def train_fn(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition; reply with full weights."""
     cfg = context.run_config
+    if remote.is_verifier(context.node_config):
+        raise ValueError("this node is a PoV verifier; it does not train")
+    started = time.perf_counter()
     x, y = _local_data(context)
     net = _received_model(msg, context)
     server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
@@ -58,6 +83,9 @@ def train_fn(msg: Message, context: Context) -> Message:
         batch_size=int(cfg["batch-size"]),
         seed=zlib.crc32(f"{cfg['seed']}/{partition_id}/{server_round}".encode()),
     )
+    slowdown = float(context.node_config.get("compute-slowdown", 1.0))
+    if slowdown > 1.0:
+        time.sleep((slowdown - 1.0) * (time.perf_counter() - started))
     content = RecordDict(
         {
             "arrays": ArrayRecord(net.state_dict()),
@@ -76,3 +104,37 @@ def evaluate_fn(msg: Message, context: Context) -> Message:
         {"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(y)}
     )
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def verifier(context: Context) -> Verifier | None:
+    """This node's PoV verifier (node config ``role="verifier"``), else None.
+
+    Its trusted data is shard ``verifier-shard`` of ``pov-remote-verifiers``
+    shards of ``pov-trusted-examples`` examples (the end of the test set, which
+    the server's evaluation leaves out); its reference update, for a direction
+    test, is the one an in-process verifier trains (``pov-reference-epochs``).
+    """
+    cfg = context.run_config
+
+    def make(key, shard: int) -> Verifier:  # type: ignore[no-untyped-def]
+        dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
+        count = int(cfg["pov-remote-verifiers"])
+        if not 0 <= shard < count:
+            raise ValueError(f"verifier-shard {shard} is not in [0, {count})")
+        x, y = load_trusted(
+            dataset,
+            count,
+            int(cfg["pov-trusted-examples"]),
+            bool(cfg["allow-download"]),
+        )[shard]
+        return Verifier(
+            scorer(dataset, size, x, y),
+            key,
+            reference_fn=verifier_reference(cfg, x, y, shard),
+            seed=shard,
+        )
+
+    return remote.verifier_from_node_config(context.node_config, make)
+
+
+remote.serve(app, verifier)

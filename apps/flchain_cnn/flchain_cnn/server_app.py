@@ -3,32 +3,33 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
-import numpy as np
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 
 from flchain_cnn.task import (
     evaluate,
     load_test,
     load_trusted,
     new_model,
-    reference_trainer,
     scorer,
 )
+from flchain_cnn.verifiers import verifier_reference
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.pov import (
     Committee,
     IQRFilter,
     MedianFilter,
-    ReferenceFn,
     Threshold,
     Verifier,
 )
-from flchain_flwr.strategies import fedbuff_from_run_config
+from flchain_flwr.pov.remote import RemoteCommittee, discover_verifiers
+from flchain_flwr.strategies import DecompressReplies, fedbuff_from_run_config
 
 app = ServerApp()
 
@@ -87,10 +88,14 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
                 seed=index,
             )
         )
-    return Committee(
-        verifiers,
-        committee_size=int(cfg["pov-committee-size"]) or None,
-        threshold=Threshold(
+    return Committee(verifiers, **committee_rules(cfg))  # type: ignore[arg-type]
+
+
+def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
+    """The committee settings the ``pov-*`` keys ask for, local or remote alike."""
+    return {
+        "committee_size": int(cfg["pov-committee-size"]) or None,
+        "threshold": Threshold(
             metric=_metric(str(cfg["pov-metric"])),
             value=float(cfg["pov-tolerance"]),
             min_cosine=(
@@ -99,7 +104,7 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
                 else None
             ),
         ),
-        prefilters=[
+        "prefilters": [
             *(
                 [
                     MedianFilter(
@@ -113,29 +118,8 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
             ),
             *([IQRFilter()] if bool(cfg["pov-iqr"]) else []),
         ],
-        consensus_delay=float(cfg["pov-consensus-delay"]),
-    )
-
-
-def verifier_reference(
-    cfg: Mapping[str, ConfigValue], x: np.ndarray, y: np.ndarray, seed: int = 0
-) -> ReferenceFn | None:
-    """A verifier's reference update on its trusted ``(x, y)``: the clients' own
-    training (``lr``, ``batch-size``) for ``pov-reference-epochs`` epochs; None
-    when that is 0 (no direction test)."""
-    epochs = int(cfg.get("pov-reference-epochs", 0))
-    if epochs <= 0:
-        return None
-    return reference_trainer(
-        str(cfg["dataset"]),
-        str(cfg.get("model", "default")),
-        x,
-        y,
-        epochs=epochs,
-        lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch-size"]),
-        seed=seed,
-    )
+        "consensus_delay": float(cfg["pov-consensus-delay"]),
+    }
 
 
 def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
@@ -144,30 +128,74 @@ def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
     return name  # type: ignore[return-value]
 
 
+def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommittee:
+    """A PoV committee of ``pov-remote-verifiers`` verifier SuperNodes, found on
+    ``grid`` (see :mod:`flchain_flwr.pov.remote`), with the same rules as
+    :func:`pov_committee`'s."""
+    nodes = discover_verifiers(
+        grid,
+        expected=int(cfg["pov-remote-verifiers"]),
+        timeout=float(cfg["pov-discovery-timeout"]),
+    )
+    return RemoteCommittee(
+        grid,
+        nodes,
+        timeout=float(cfg["pov-remote-timeout"]),
+        **committee_rules(cfg),
+    )
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    """Run FedBuff until ``num-server-rounds`` global versions exist."""
+    """Run ``num-server-rounds`` global versions with FedBuff (or Flower's FedAvg)."""
     cfg = context.run_config
     dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
-    committee = pov_committee(cfg)
-    reserved = (
-        int(cfg["pov-verifiers"]) * int(cfg["pov-trusted-examples"]) if committee else 0
+    remote_count = int(cfg.get("pov-remote-verifiers", 0))
+    committee = remote_committee(grid, cfg) if remote_count > 0 else pov_committee(cfg)
+    shards = remote_count or int(cfg["pov-verifiers"])
+    reserved = shards * int(cfg["pov-trusted-examples"]) if committee else 0
+    evaluator = central_evaluator(
+        dataset, bool(cfg["allow-download"]), int(cfg["test-subset"]), size, reserved
     )
-    strategy = fedbuff_from_run_config(cfg, min_available_nodes=1, committee=committee)
-    result = strategy.start(
-        grid=grid,
-        initial_arrays=ArrayRecord(
-            new_model(dataset, int(cfg["seed"]), size).state_dict()
-        ),
-        num_rounds=int(cfg["num-server-rounds"]),
-        evaluate_fn=central_evaluator(
-            dataset,
-            bool(cfg["allow-download"]),
-            int(cfg["test-subset"]),
-            size,
-            reserved,
-        ),
-    )
+    started = time.monotonic()
+    timeline: list[list[float]] = []
+
+    def timed_evaluate(version: int, arrays: ArrayRecord) -> MetricRecord:
+        metrics = evaluator(version, arrays)
+        seconds = time.monotonic() - started
+        accuracy = cast(float, metrics["accuracy"])
+        timeline.append([version, seconds, accuracy])
+        print(f"version {version}: accuracy {accuracy:.4f} at {seconds:.1f}s")
+        return metrics
+
+    initial = ArrayRecord(new_model(dataset, int(cfg["seed"]), size).state_dict())
+    if str(cfg.get("strategy", "fedbuff")) == "fedavg":
+        if committee is not None:
+            raise ValueError("strategy fedavg runs without a PoV committee here")
+        nodes = max(1, int(cfg.get("min-nodes", 1)))
+        result = DecompressReplies(
+            FedAvg(
+                fraction_evaluate=0.0, min_train_nodes=nodes, min_available_nodes=nodes
+            )
+        ).start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=int(cfg["num-server-rounds"]),
+            evaluate_fn=timed_evaluate,
+        )
+        history: dict[str, object] = {}
+    else:
+        strategy = fedbuff_from_run_config(
+            cfg, min_available_nodes=int(cfg.get("min-nodes", 1)), committee=committee
+        )
+        fedbuff_result = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=int(cfg["num-server-rounds"]),
+            evaluate_fn=timed_evaluate,
+        )
+        history = fedbuff_result.history_dict()
+        result = fedbuff_result
     evaluations = result.evaluate_metrics_serverapp
     if evaluations:
         version = max(evaluations)
@@ -176,4 +204,6 @@ def main(grid: Grid, context: Context) -> None:
     if cfg["results-path"]:
         path = Path(str(cfg["results-path"]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result.history_dict(), indent=2))
+        history["timeline"] = timeline
+        history["strategy"] = str(cfg.get("strategy", "fedbuff"))
+        path.write_text(json.dumps(history, indent=2))

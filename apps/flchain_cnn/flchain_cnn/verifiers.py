@@ -1,0 +1,34 @@
+"""What a PoV verifier of this app holds, in-process (server) or on a verifier
+SuperNode alike."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from flchain_cnn.task import reference_trainer
+from flchain_flwr.pov import ReferenceFn
+
+ConfigValue = int | float | str | bool
+
+
+def verifier_reference(
+    cfg: Mapping[str, ConfigValue], x: np.ndarray, y: np.ndarray, seed: int = 0
+) -> ReferenceFn | None:
+    """A verifier's reference update on its trusted ``(x, y)``: the clients' own
+    training (``lr``, ``batch-size``) for ``pov-reference-epochs`` epochs; None
+    when that is 0 (no direction test)."""
+    epochs = int(cfg.get("pov-reference-epochs", 0))
+    if epochs <= 0:
+        return None
+    return reference_trainer(
+        str(cfg["dataset"]),
+        str(cfg.get("model", "default")),
+        x,
+        y,
+        epochs=epochs,
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg["batch-size"]),
+        seed=seed,
+    )

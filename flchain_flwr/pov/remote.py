@@ -1,0 +1,462 @@
+"""PoV verifiers on SuperNodes of their own, over Flower's transport.
+
+A verifier node is an ordinary SuperNode whose node config says
+``role="verifier"`` and names its Ed25519 key file. It holds its trusted data
+locally and answers three query messages:
+
+- ``query.pov_identity``: its role and public key, with a signature over the
+  server's random challenge (so a node cannot claim a key it does not hold);
+- ``query.pov_vote``: the global model and the candidates' updates with their
+  digests and scales; it scores them exactly as an in-process
+  :class:`~flchain_flwr.pov.Verifier` would and returns its signed votes;
+- ``query.pov_sign``: as a block's leader, the block header to sign.
+
+On the server, :func:`discover_verifiers` maps public keys to node IDs and
+:class:`RemoteCommittee` is a :class:`~flchain_flwr.pov.Committee` whose members
+vote (in parallel, one message each) and sign blocks remotely. Votes pass the
+same checks as local ones (:func:`~flchain_flwr.pov.collect_votes`: signature for
+this chain and height, committee membership, one vote per candidate), so a
+verifier node can lie or fail but cannot forge another's vote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from logging import WARNING
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from flwr.supercore import log
+from nacl.encoding import HexEncoder
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
+from ..ledger.canonical import HEADER_TAG
+from ..ledger.chain import load_or_create_key
+from .committee import Candidate, Committee
+from .verifier import Threshold, Verifier
+
+IDENTITY = "query.pov_identity"
+VOTE = "query.pov_vote"
+SIGN = "query.pov_sign"
+ACTIONS = ("pov_identity", "pov_vote", "pov_sign")
+"""The query actions a verifier node's ClientApp registers (see :func:`serve`)."""
+ROLE_KEY = "role"
+VERIFIER_ROLE = "verifier"
+IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
+_CONFIG = "pov"
+
+
+class RemoteVerifierError(RuntimeError):
+    """A verifier node's reply could not be used (missing, malformed, forged)."""
+
+
+# ------------------------------------------------------------------ node side
+def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> None:
+    """Register the PoV queries on ``app``; ``verifier_of(context)`` gives the
+    node's verifier (None on a node that only trains, see
+    :func:`verifier_from_node_config`)."""
+
+    def pov_query(message: Message, context: Context) -> Message:
+        return answer(message, verifier_of(context))
+
+    for action in ACTIONS:
+        app.query(action)(pov_query)
+
+
+def answer(message: Message, verifier: Verifier | None) -> Message:
+    """A verifier node's reply to one PoV query (``verifier=None``: not one).
+
+    Raises ``ValueError`` for a request this node cannot answer; Flower turns
+    that into an error reply, which the server records.
+    """
+    kind = message.metadata.message_type
+    if kind == IDENTITY:
+        return Message(_identity(message.content, verifier), reply_to=message)
+    if verifier is None:
+        raise ValueError(f"{kind}: this node is not a PoV verifier")
+    if kind == VOTE:
+        return Message(_votes(message.content, verifier), reply_to=message)
+    if kind == SIGN:
+        return Message(_signature(message.content, verifier), reply_to=message)
+    raise ValueError(f"unknown PoV query {kind!r}")
+
+
+def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
+    if verifier is None:
+        return RecordDict({_CONFIG: ConfigRecord({ROLE_KEY: "trainer"})})
+    challenge = _bytes(_config(content), "challenge")
+    signature = verifier.key.sign(IDENTITY_TAG + challenge).signature
+    return RecordDict(
+        {
+            _CONFIG: ConfigRecord(
+                {
+                    ROLE_KEY: VERIFIER_ROLE,
+                    "public-key": verifier.public_key,
+                    "signature": signature,
+                }
+            )
+        }
+    )
+
+
+def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
+    cfg = _config(content)
+    digests = [str(d) for d in _list(cfg, "digests")]
+    scales = [float(s) for s in _list(cfg, "scales")]
+    if len(digests) != len(scales):
+        raise ValueError("digests and scales differ in length")
+    threshold = Threshold(**json.loads(str(cfg["threshold"])))
+    global_model = to_ndarrays(content.array_records["global"])
+    deltas = [
+        to_ndarrays(content.array_records[f"delta-{i}"]) for i in range(len(digests))
+    ]
+    for delta in deltas:
+        if delta.keys() != global_model.keys():
+            raise ValueError("a candidate's arrays do not match the global model's")
+    models = [
+        (
+            digest,
+            apply_step(global_model, delta, scale) if threshold.scores_models else {},
+        )
+        for digest, delta, scale in zip(digests, deltas, scales, strict=True)
+    ]
+    votes = verifier.vote(
+        chain_id=str(cfg["chain-id"]),
+        height=int(cfg["height"]),  # type: ignore[arg-type]
+        global_model=global_model,
+        candidates=models,
+        threshold=threshold,
+        deltas=deltas,
+    )
+    return RecordDict({_CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
+
+
+def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
+    cfg = _config(content)
+    data = _bytes(cfg, "message")
+    if not data.startswith(HEADER_TAG):
+        raise ValueError("only block headers are signed")
+    header = json.loads(data[len(HEADER_TAG) :])
+    if header.get("leader") != verifier.public_key:
+        raise ValueError("this block names another leader")
+    signature = verifier.key.sign(data).signature
+    return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
+
+
+def _config(content: RecordDict) -> ConfigRecord:
+    if _CONFIG not in content.config_records:
+        raise ValueError(f"the message has no {_CONFIG!r} config record")
+    return content.config_records[_CONFIG]
+
+
+def _bytes(cfg: ConfigRecord, key: str) -> bytes:
+    value = cfg.get(key)
+    if not isinstance(value, bytes):
+        raise ValueError(f"{key!r} must be bytes")
+    return value
+
+
+def _list(cfg: ConfigRecord, key: str) -> list[Any]:
+    value = cfg.get(key)
+    if not isinstance(value, list):
+        raise ValueError(f"{key!r} must be a list")
+    return value
+
+
+# ---------------------------------------------------------------- server side
+def _send(
+    grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float
+) -> dict[int, Message]:
+    """Send one message per node and wait up to ``timeout`` s; replies by node."""
+    messages = {
+        node: Message(content, node, kind, ttl=timeout)
+        for node, (kind, content) in requests.items()
+    }
+    replies = grid.send_and_receive(list(messages.values()), timeout=timeout)
+    by_id = {m.metadata.message_id: node for node, m in messages.items()}
+    return {
+        by_id[r.metadata.reply_to_message_id]: r
+        for r in replies
+        if r.metadata.reply_to_message_id in by_id
+    }
+
+
+def discover_verifiers(
+    grid: Grid,
+    *,
+    expected: int,
+    pool: Iterable[str] | None = None,
+    timeout: float = 120.0,
+    reply_timeout: float = 60.0,
+    poll_interval: float = 3.0,
+) -> dict[str, int]:
+    """Find ``expected`` verifier nodes; return ``{public key: node ID}``.
+
+    Every node that appears is asked once for its identity; a verifier proves
+    its key by signing a fresh random challenge. With ``pool`` (the task
+    publisher's list of verifier keys) other keys are ignored; without it, the
+    keys the nodes present form the pool (trust on first use). Raises
+    ``RemoteVerifierError`` if fewer than ``expected`` are found in ``timeout``
+    seconds (checked between rounds of questions; each round waits up to
+    ``reply_timeout`` seconds for its answers).
+    """
+    allowed = None if pool is None else set(pool)
+    found: dict[str, int] = {}
+    answered: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(found) < expected:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise RemoteVerifierError(
+                f"found {len(found)} of {expected} PoV verifier nodes in {timeout:g}s"
+            )
+        new = sorted(set(grid.get_node_ids()) - answered)
+        if not new:
+            time.sleep(min(poll_interval, left))
+            continue
+        challenges = {node: os.urandom(32) for node in new}
+        replies = _send(
+            grid,
+            {
+                node: (IDENTITY, RecordDict({_CONFIG: ConfigRecord({"challenge": c})}))
+                for node, c in challenges.items()
+            },
+            reply_timeout,
+        )
+        for node, reply in replies.items():
+            if reply.has_error():  # asked again in the next round
+                log(WARNING, "PoV: node %d: %s", node, reply.error.reason)
+                continue
+            answered.add(node)
+            key = _proven_key(reply, challenges[node])
+            if key is None or (allowed is not None and key not in allowed):
+                continue
+            if key in found:
+                log(
+                    WARNING,
+                    "PoV: key %s… offered by two nodes; keeping the first",
+                    key[:12],
+                )
+                continue
+            found[key] = node
+    return found
+
+
+def _proven_key(reply: Message, challenge: bytes) -> str | None:
+    """The verifier key a node proved it holds, or None (trainer, or bad proof)."""
+    try:
+        cfg = _config(reply.content)
+        if cfg.get(ROLE_KEY) != VERIFIER_ROLE:
+            return None
+        key = str(cfg["public-key"])
+        VerifyKey(key.encode(), encoder=HexEncoder).verify(
+            IDENTITY_TAG + challenge, _bytes(cfg, "signature")
+        )
+    except (ValueError, KeyError, TypeError, BadSignatureError) as exc:
+        log(
+            WARNING,
+            "PoV: node %d's identity was refused: %s",
+            reply.metadata.src_node_id,
+            exc,
+        )
+        return None
+    return key
+
+
+@dataclass(frozen=True)
+class _Signed:
+    signature: bytes
+
+
+class RemoteSigner:
+    """Signs block headers with a key that never leaves its verifier node.
+
+    Satisfies the ledger's signer interface (``verify_key``, ``sign``); every
+    signature that comes back is checked before it is used.
+    """
+
+    def __init__(
+        self, grid: Grid, node_id: int, public_key: str, timeout: float
+    ) -> None:
+        self.grid = grid
+        self.node_id = node_id
+        self.verify_key = VerifyKey(public_key.encode(), encoder=HexEncoder)
+        self.timeout = timeout
+
+    def sign(self, message: bytes) -> _Signed:
+        """The leader node's signature over ``message`` (raises if none or bad)."""
+        content = RecordDict({_CONFIG: ConfigRecord({"message": message})})
+        reply = _send(self.grid, {self.node_id: (SIGN, content)}, self.timeout).get(
+            self.node_id
+        )
+        if reply is None:
+            raise RemoteVerifierError(
+                f"leader node {self.node_id} did not sign within {self.timeout:g}s"
+            )
+        if reply.has_error():
+            raise RemoteVerifierError(
+                f"leader node {self.node_id} refused to sign: {reply.error.reason}"
+            )
+        try:
+            signature = _bytes(_config(reply.content), "signature")
+            self.verify_key.verify(message, signature)
+        except (ValueError, BadSignatureError) as exc:
+            raise RemoteVerifierError(
+                f"leader node {self.node_id} sent a bad signature: {exc}"
+            ) from exc
+        return _Signed(signature)
+
+
+class RemoteCommittee(Committee):
+    """A PoV committee whose verifiers run on SuperNodes of their own.
+
+    Everything but where votes come from is :class:`Committee`'s: the pool, the
+    rotation, the quorum, the deposits and the checks on every vote. Each
+    block's members are asked in parallel (one ``query.pov_vote`` message each,
+    carrying the global model and the candidates' updates); its leader signs
+    the block on its own node (``query.pov_sign``).
+
+    Parameters
+    ----------
+    grid : Grid
+        The run's grid (the one the strategy uses).
+    nodes : Mapping[str, int]
+        ``{verifier public key: node ID}``, e.g. from :func:`discover_verifiers`.
+        These nodes are kept out of training.
+    timeout : float (default: 120.0)
+        Seconds to wait for a round of votes, or for the leader's signature. A
+        member that has not answered by then has no votes in this block.
+    **settings
+        :class:`Committee`'s keyword arguments (committee_size, threshold,
+        deposits, prefilters, scoring, consensus_delay, chain_id).
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        nodes: Mapping[str, int],
+        *,
+        timeout: float = 120.0,
+        **settings: Any,
+    ) -> None:
+        if not nodes:
+            raise ValueError("a remote committee needs at least one verifier node")
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        super().__init__((), remote_members=tuple(nodes), **settings)
+        self.grid = grid
+        self.nodes = dict(nodes)
+        self.timeout = timeout
+
+    def __repr__(self) -> str:
+        return "Remote" + super().__repr__()
+
+    @property
+    def reserved_nodes(self) -> frozenset[int]:
+        return frozenset(self.nodes.values())
+
+    def signer(self, leader: str) -> RemoteSigner:
+        return RemoteSigner(self.grid, self.nodes[leader], leader, self.timeout)
+
+    def cast_votes(
+        self,
+        members: Sequence[str],
+        *,
+        chain_id: str,
+        height: int,
+        global_model: NDArrays,
+        candidates: Sequence[Candidate],
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        content = vote_request(
+            chain_id,
+            height,
+            global_model,
+            candidates,
+            [self.scale(c) for c in candidates],
+            self.threshold,
+        )
+        node_of = {key: self.nodes[key] for key in members}
+        replies = _send(
+            self.grid,
+            {node: (VOTE, content) for node in node_of.values()},
+            self.timeout,
+        )
+        votes: list[dict[str, Any]] = []
+        problems: list[str] = []
+        for key, node in node_of.items():
+            try:
+                votes.extend(_parse_votes(replies.get(node)))
+            except RemoteVerifierError as exc:
+                problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
+        return votes, problems
+
+
+def vote_request(
+    chain_id: str,
+    height: int,
+    global_model: NDArrays,
+    candidates: Sequence[Candidate],
+    scales: Sequence[float],
+    threshold: Threshold,
+) -> RecordDict:
+    """The content of a ``query.pov_vote`` message."""
+    content = RecordDict({"global": to_arrayrecord(global_model)})
+    for index, candidate in enumerate(candidates):
+        content[f"delta-{index}"] = to_arrayrecord(candidate.delta)
+    content[_CONFIG] = ConfigRecord(
+        {
+            "chain-id": chain_id,
+            "height": height,
+            "digests": [c.digest for c in candidates],
+            "scales": [float(s) for s in scales],
+            "threshold": json.dumps(asdict(threshold)),
+        }
+    )
+    return content
+
+
+def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
+    """The votes in a verifier node's reply (checked later, like any vote)."""
+    if reply is None:
+        raise RemoteVerifierError("no reply in time")
+    if reply.has_error():
+        raise RemoteVerifierError(f"error reply: {reply.error.reason}")
+    try:
+        votes = json.loads(str(_config(reply.content)["votes"]))
+    except (ValueError, KeyError) as exc:
+        raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
+    if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):
+        raise RemoteVerifierError("votes must be a list of objects")
+    return votes
+
+
+def is_verifier(node_config: Mapping[str, Any]) -> bool:
+    """Whether a node's config gives it the verifier role."""
+    return bool(node_config.get(ROLE_KEY, "trainer") == VERIFIER_ROLE)
+
+
+def verifier_from_node_config(
+    node_config: Mapping[str, Any], make: Callable[[Any, int], Verifier]
+) -> Verifier | None:
+    """This node's verifier if its node config says ``role="verifier"``, else None.
+
+    ``make(key, shard)`` builds the verifier from its signing key (read from the
+    ``verifier-key`` file, created on first use) and its ``verifier-shard``.
+    """
+    if not is_verifier(node_config):
+        return None
+    path = node_config.get("verifier-key")
+    if not path:
+        raise ValueError('a verifier node needs node config verifier-key="<path>"')
+    return make(
+        load_or_create_key(Path(str(path))), int(node_config.get("verifier-shard", 0))
+    )

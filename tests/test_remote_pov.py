@@ -1,0 +1,220 @@
+"""PoV verifiers on nodes of their own: discovery, remote votes and remote block
+signing, inside FedBuff on the virtual grid (the same messages as a deployment)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.pov import Behaviour, Candidate, Threshold, Verifier, remote
+from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.sim.attacks import attack_mod
+from flchain_flwr.strategies import Constant, FedBuff
+
+from .test_pov import CHAIN, delta, model, toy_score
+from .toy import constant_work, initial_arrays, toy_client_app
+
+TRAINERS = 5
+VERIFIERS = 4
+
+
+def _toy_verifier(context: Context) -> Verifier | None:
+    """The node's verifier, as an app builds it from its node config."""
+    behaviour = str(context.node_config.get("behaviour", "honest"))
+    return remote.verifier_from_node_config(
+        context.node_config,
+        lambda key, shard: Verifier(toy_score, key, behaviour=behaviour, seed=shard),
+    )
+
+
+def _misbehaving_answer(msg: Message, context: Context) -> Message:
+    """Scripted verifier-node faults, chosen by node config ``fault``."""
+    fault = str(context.node_config.get("fault", ""))
+    verifier = _toy_verifier(context)
+    if fault == "garbage-votes" and msg.metadata.message_type == remote.VOTE:
+        cfg = ConfigRecord({"votes": "{not json"})
+        return Message(RecordDict({"pov": cfg}), reply_to=msg)
+    if fault == "forge-votes" and msg.metadata.message_type == remote.VOTE:
+        # votes signed with a key that is not this node's registered one
+        assert verifier is not None
+        forger = Verifier(toy_score, behaviour=Behaviour.APPROVE_ALL)
+        reply = remote.answer(msg, forger)
+        votes = json.loads(str(reply.content.config_records["pov"]["votes"]))
+        for vote in votes:
+            vote["verifier"] = verifier.public_key  # claims to be the member
+        cfg = ConfigRecord({"votes": json.dumps(votes)})
+        return Message(RecordDict({"pov": cfg}), reply_to=msg)
+    if fault == "claim-key" and msg.metadata.message_type == remote.IDENTITY:
+        # presents another verifier's public key without holding its private key
+        assert verifier is not None
+        reply = remote.answer(msg, Verifier(toy_score))
+        reply.content.config_records["pov"]["public-key"] = str(
+            context.node_config["claimed-key"]
+        )
+        return reply
+    return remote.answer(msg, verifier)
+
+
+def _app():  # type: ignore[no-untyped-def]
+    app = toy_client_app({}, mods=[attack_mod()])
+    for action in remote.ACTIONS:
+        app.query(action)(_misbehaving_answer)
+    return app
+
+
+def _grid(
+    tmp_path: Path, verifier_configs: list[dict[str, str | int]], attackers: set[int]
+) -> VirtualGrid:
+    configs: list[dict[str, int | float | str | bool]] = []
+    for pid in range(TRAINERS):
+        cfg: dict[str, int | float | str | bool] = {
+            "partition-id": pid,
+            "num-partitions": TRAINERS,
+        }
+        if pid in attackers:
+            cfg["attack"] = "sign-flip"
+        configs.append(cfg)
+    for index, extra in enumerate(verifier_configs):
+        configs.append(
+            {
+                "partition-id": 0,
+                "num-partitions": TRAINERS,
+                "role": "verifier",
+                "verifier-key": str(tmp_path / f"verifier-{index}.key"),
+                "verifier-shard": index,
+                **extra,
+            }
+        )
+    return VirtualGrid(
+        _app(),
+        [DeviceProfile() for _ in configs],
+        node_configs=configs,
+        work_fn=constant_work(1.0),
+    )
+
+
+def _keys(tmp_path: Path, n: int) -> list[str]:
+    return [
+        load_or_create_key(tmp_path / f"verifier-{i}.key").verify_key.encode().hex()
+        for i in range(n)
+    ]
+
+
+def test_fedbuff_with_remote_verifiers_and_ledger(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{}] * VERIFIERS, attackers={4})
+    nodes = remote.discover_verifiers(grid, expected=VERIFIERS, timeout=30)
+    assert sorted(nodes) == sorted(_keys(tmp_path, VERIFIERS))
+    committee = RemoteCommittee(
+        grid, nodes, threshold=Threshold(value=0), chain_id=CHAIN
+    )
+    strategy = FedBuff(
+        buffer_size=TRAINERS,
+        staleness_fn=Constant(),
+        committee=committee,
+        ledger=tmp_path / "chain.db",
+        seed=0,
+    )
+    result = simulate(strategy, grid, initial_arrays(), num_rounds=3).result
+    assert len(result.versions) == 3
+    bad_node = next(nid for nid, i in grid.partition_of.items() if i == 4)
+    rejected = result.rejected
+    assert {r.node_id for r in rejected} == {bad_node} and len(rejected) == 3
+    assert all(len(r.votes) == VERIFIERS for r in rejected)
+    # verifier nodes were asked to vote and sign, never to train
+    assert not set(result.participation) & set(nodes.values())
+    assert all(grid.stats[node].messages > 0 for node in nodes.values())
+    with Ledger(tmp_path / "chain.db", create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+        leaders = {b.header["leader"] for b in ledger.blocks() if b.height}
+    assert leaders and leaders <= set(nodes)
+
+
+def test_byzantine_and_broken_verifier_nodes_are_outvoted(tmp_path: Path) -> None:
+    # n = 7 = 3f + 1 with f = 2: one node sends garbage, one forges votes
+    faults: list[dict[str, str | int]] = [{}] * 5 + [
+        {"fault": "garbage-votes"},
+        {"fault": "forge-votes"},
+    ]
+    grid = _grid(tmp_path, faults, attackers=set())
+    nodes = remote.discover_verifiers(grid, expected=len(faults), timeout=30)
+    committee = RemoteCommittee(grid, nodes, chain_id=CHAIN)
+    good = Candidate("aa" * 32, 1, delta(0.5), 0.5)
+    bad = Candidate("bb" * 32, 2, delta(-3.0), 0.5)
+    decision = committee.decide(
+        chain_id=CHAIN,
+        height=1,
+        prev_hash="cd" * 32,
+        global_model=model(0.0),
+        candidates=[good, bad],
+        round_=0,
+    )
+    assert [o.accepted for o in decision.outcomes] == [True, False]
+    assert any("unreadable votes" in d for d in decision.dropped_votes)
+    assert sum("signature is invalid" in d for d in decision.dropped_votes) == 2
+
+
+def test_discovery_refuses_a_node_claiming_a_key_it_does_not_hold(
+    tmp_path: Path,
+) -> None:
+    honest_key = _keys(tmp_path, 1)[0]
+    grid = _grid(
+        tmp_path,
+        [{}, {"fault": "claim-key", "claimed-key": honest_key}],
+        attackers=set(),
+    )
+    with pytest.raises(RemoteVerifierError, match="found 1 of 2"):
+        remote.discover_verifiers(grid, expected=2, timeout=1)
+    nodes = remote.discover_verifiers(grid, expected=1, timeout=1)
+    assert list(nodes) == [honest_key]
+    honest_node = next(n for n, i in grid.partition_of.items() if i == TRAINERS)
+    assert nodes[honest_key] == honest_node  # not the claimant's
+
+
+def test_discovery_keeps_only_the_declared_pool(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{}, {}, {}], attackers=set())
+    keys = _keys(tmp_path, 3)
+    nodes = remote.discover_verifiers(grid, expected=2, pool=keys[:2], timeout=1)
+    assert sorted(nodes) == sorted(keys[:2])
+
+
+def test_remote_leader_signs_only_its_own_blocks(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [{}, {}], attackers=set())
+    nodes = remote.discover_verifiers(grid, expected=2, timeout=1)
+    (first, node), (second, _) = sorted(nodes.items())
+    signer = RemoteCommittee(grid, nodes, chain_id=CHAIN).signer(first)
+    from flchain_flwr.ledger.canonical import HEADER_TAG, canonical_json
+
+    header = HEADER_TAG + canonical_json({"chain_id": CHAIN, "leader": first})
+    signature = signer.sign(header).signature
+    signer.verify_key.verify(header, signature)
+    for bad in (
+        HEADER_TAG + canonical_json({"chain_id": CHAIN, "leader": second}),
+        HEADER_TAG + b"{not json",
+        b"not a header",
+    ):
+        with pytest.raises(RemoteVerifierError, match="refused"):
+            signer.sign(bad)
+    assert node in nodes.values()
+
+
+def test_trainer_nodes_answer_identity_but_refuse_votes(tmp_path: Path) -> None:
+    grid = _grid(tmp_path, [], attackers=set())
+    content = remote.vote_request(
+        CHAIN,
+        1,
+        model(0.0),
+        [Candidate("aa" * 32, 1, delta(0.1), 1.0)],
+        [1.0],
+        Threshold(),
+    )
+    trainer = next(iter(grid.partition_of))
+    msg = Message(content, trainer, remote.VOTE, ttl=60)
+    (reply,) = grid.send_and_receive([msg], timeout=60)
+    assert reply.has_error() and "not a PoV verifier" in reply.error.reason
