@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from flchain_flwr.sim.local_run import _is_running, flwr_run_local, processes_of
+from flchain_flwr.deploy.processes import is_running
+from flchain_flwr.sim.local_run import flwr_run_local, processes_of
 
 
 @pytest.mark.e2e
@@ -34,4 +35,4 @@ def test_flwr_run_of_the_app_in_ray_simulation(tmp_path: Path) -> None:
     assert "final accuracy:" in run.output
     assert results.is_file()
     assert run.stopped_pids, "the local SuperLink was not found"
-    assert not [pid for pid in processes_of(home) if _is_running(pid)]
+    assert not [pid for pid in processes_of(home) if is_running(pid)]

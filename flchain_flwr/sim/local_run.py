@@ -14,17 +14,15 @@ Command line (used by ``make run``)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..deploy.processes import cmdline, descendants, free_port, stop_processes
 
 ConfigValue = int | float | str | bool
 
@@ -38,27 +36,12 @@ class LocalRun:
     stopped_pids: list[int]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _toml_value(value: ConfigValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(value)
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def processes_of(flwr_home: Path) -> list[int]:
@@ -69,56 +52,16 @@ def processes_of(flwr_home: Path) -> list[int]:
     each other).
     """
     home = str(flwr_home.resolve())
-    table = {
-        int(p.name): _cmdline(int(p.name))
-        for p in Path("/proc").iterdir()
-        if p.name.isdigit()
-    }
-    ours = {
-        pid
-        for pid, argv in table.items()
-        if any(arg.startswith(home) for arg in argv)
-        and pid != os.getpid()
-        and any("flower-superlink" in arg for arg in argv)
-    }
-    grew = True
-    while grew:
-        grew = False
-        for pid, argv in table.items():
-            if pid in ours or "--parent-pid" not in argv:
-                continue
-            index = argv.index("--parent-pid")
-            if (
-                index + 1 < len(argv)
-                and argv[index + 1].isdigit()
-                and int(argv[index + 1]) in ours
-            ):
-                ours.add(pid)
-                grew = True
-    return sorted(ours)
-
-
-def stop_processes(pids: Sequence[int], grace: float = 10.0) -> None:
-    """SIGTERM each PID, wait up to ``grace`` seconds, then SIGKILL the rest."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    alive = list(pids)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = [pid for pid in alive if _is_running(pid)]
-    for pid in alive:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _is_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    links = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        argv = cmdline(int(entry.name))
+        if any(a.startswith(home) for a in argv) and any(
+            "flower-superlink" in a for a in argv
+        ):
+            links.append(int(entry.name))
+    return descendants(links) if links else []
 
 
 # pylint: disable=too-many-arguments

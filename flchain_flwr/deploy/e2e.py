@@ -1,0 +1,246 @@
+"""End-to-end loopback deployment with faults: the scenario CI runs.
+
+On 127.0.0.1 only, under a work directory:
+
+1. throwaway TLS certificates and SuperNode keys; a SuperLink with TLS and
+   SuperNode authentication;
+2. a SuperNode whose key was never registered is started and must be refused;
+3. trainer SuperNodes (each its own partition and device profile) and verifier
+   SuperNodes (``role="verifier"``, each its own Ed25519 key and trusted shard)
+   are registered and started;
+4. ``flwr run`` runs the app with FedBuff, the DGC mod, the remote PoV committee
+   and a ledger for a fixed number of versions;
+5. after the first block one trainer is killed with SIGKILL and a replacement
+   (a new registered key, the same partition) is started; the run must finish,
+   record the dead node, and give the replacement work;
+6. the ledger is verified with the ``flchain`` CLI;
+7. every process started is stopped by PID, also when a step fails.
+
+Command line::
+
+    python -m flchain_flwr.deploy.e2e --app apps/flchain_cnn --workdir /tmp/e2e
+
+It prints a JSON report and exits 0 only if every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..ledger.chain import load_or_create_key
+from .loopback import ConfigValue, LoopbackFederation
+
+
+@dataclass
+class Report:
+    """What the scenario saw; ``ok`` iff every check passed."""
+
+    checks: dict[str, bool] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.checks) and all(self.checks.values()) and not self.error
+
+    def check(self, name: str, passed: bool) -> bool:
+        self.checks[name] = bool(passed)
+        return passed
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checks": self.checks,
+            "facts": self.facts,
+            "error": self.error,
+        }
+
+
+def _blocks(ledger: Path) -> int:
+    """Blocks in a ledger being written (0 before it exists)."""
+    if not ledger.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as db:
+            return int(db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+def _wait(condition: Any, timeout: float, what: str, poll: float = 1.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(poll)
+
+
+# pylint: disable=too-many-arguments,too-many-locals,too-many-statements
+def run_scenario(
+    app_dir: Path,
+    workdir: Path,
+    *,
+    trainers: int = 3,
+    verifiers: int = 4,
+    versions: int = 5,
+    slow_factor: float = 2.0,
+    run_timeout: float = 900.0,
+) -> Report:
+    """Run the scenario (see the module docstring); never raises."""
+    report = Report()
+    ledger = workdir / "ledger.db"
+    results = workdir / "results.json"
+    run_config: dict[str, ConfigValue] = {
+        "num-server-rounds": versions,
+        "buffer-size": 2,
+        "local-epochs": 1,
+        "dgc-density": 0.1,
+        "pov-remote-verifiers": verifiers,
+        "pov-committee-size": verifiers,
+        "pov-tolerance": 0.1,
+        "pov-trusted-examples": 50,  # digits' test set is small
+        "ledger-path": str(ledger),
+        "results-path": str(results),
+        "message-ttl": 90.0,
+        "min-nodes": trainers,
+    }
+    report.facts["run_config"] = run_config
+    with LoopbackFederation(workdir) as fed:
+        try:
+            fed.start_superlink()
+            report.facts["superlink_port"] = fed.port
+
+            intruder = fed.start_supernode(
+                "unregistered",
+                {"partition-id": 0, "num-partitions": trainers},
+                register=False,
+                max_retries=2,
+            )
+            _wait(lambda: intruder.process.poll() is not None, 90, "the refusal")
+            report.facts["unregistered_exit_code"] = intruder.process.returncode
+            report.check(
+                "unregistered SuperNode refused",
+                intruder.process.returncode != 0
+                and "No SuperNode found with the given public key"
+                in fed.superlink_log(),
+            )
+
+            started = []
+            for pid in range(trainers):
+                profile: dict[str, ConfigValue] = {
+                    "partition-id": pid,
+                    "num-partitions": trainers,
+                    "compute-slowdown": slow_factor if pid == trainers - 1 else 1.0,
+                }
+                started.append(fed.start_supernode(f"trainer-{pid}", profile))
+            verifier_keys = []
+            for index in range(verifiers):
+                key_path = workdir / "verifier-keys" / f"verifier-{index}.key"
+                key_path.parent.mkdir(parents=True, exist_ok=True)
+                verifier_keys.append(
+                    load_or_create_key(key_path).verify_key.encode().hex()
+                )
+                started.append(
+                    fed.start_supernode(
+                        f"verifier-{index}",
+                        {
+                            "partition-id": 0,
+                            "num-partitions": trainers,
+                            "role": "verifier",
+                            "verifier-key": str(key_path),
+                            "verifier-shard": index,
+                        },
+                    )
+                )
+            fed.wait_online([n.node_id for n in started if n.node_id is not None])
+            report.facts["node_ids"] = {n.name: n.node_id for n in started}
+
+            t0 = time.monotonic()
+            run = fed.start_run(app_dir, run_config)
+            _wait(
+                lambda: _blocks(ledger) >= 2 or run.poll() is not None,
+                run_timeout,
+                "the first block",
+            )
+            if run.poll() is not None:
+                raise RuntimeError(
+                    f"flwr run ended early ({run.returncode}): "
+                    + (workdir / "run.log").read_text(errors="replace")[-2000:]
+                )
+            victim = fed.nodes["trainer-0"]
+            report.facts["killed"] = {
+                "node_id": victim.node_id,
+                "pids": fed.kill("trainer-0"),
+                "at_s": round(time.monotonic() - t0, 1),
+            }
+            replacement = fed.start_supernode("replacement", victim.node_config)
+            report.facts["replacement_node_id"] = replacement.node_id
+            run.wait(timeout=run_timeout)
+            report.facts["run_seconds"] = round(time.monotonic() - t0, 1)
+            report.check("flwr run exit code 0", run.returncode == 0)
+
+            history = json.loads(results.read_text()) if results.exists() else {}
+            done = history.get("versions", [])
+            report.facts["versions"] = len(done)
+            report.facts["stop_reason"] = history.get("stop_reason")
+            report.facts["failures"] = history.get("failures", [])
+            report.facts["participation"] = history.get("participation", {})
+            report.facts["timeline"] = history.get("timeline", [])
+            report.check("all versions made", len(done) == versions)
+            failed = {f["node_id"] for f in history.get("failures", [])}
+            report.check("dead node recorded", victim.node_id in failed)
+            report.check(
+                "replacement got work",
+                str(replacement.node_id) in history.get("participation", {}),
+            )
+            decisions = history.get("committee_decisions", [])
+            report.facts["committee_decisions"] = len(decisions)
+            report.check(
+                "remote verifiers voted on every block",
+                len(decisions) >= versions
+                and all(set(d["committee"]) <= set(verifier_keys) for d in decisions),
+            )
+            verify = subprocess.run(
+                [str(fed.bin_dir / "flchain"), "ledger", "verify", str(ledger)],
+                capture_output=True,
+                text=True,
+                timeout=300,
+                check=False,
+            )
+            report.facts["ledger_verify"] = verify.stdout.strip().splitlines()[-3:]
+            report.check("ledger verifies", verify.returncode == 0)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            report.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            report.facts["stopped_pids"] = fed.stop()
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--app", type=Path, default=Path("apps/flchain_cnn"))
+    parser.add_argument("--workdir", type=Path, default=Path(".e2e"))
+    parser.add_argument("--versions", type=int, default=5)
+    args = parser.parse_args(argv)
+    # SIGTERM (e.g. a CI timeout) unwinds normally, so every process is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    report = run_scenario(
+        args.app.resolve(), args.workdir.resolve(), versions=args.versions
+    )
+    (args.workdir / "e2e.json").write_text(json.dumps(report.as_dict(), indent=2))
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

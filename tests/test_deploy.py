@@ -1,0 +1,94 @@
+"""Deployment: throwaway credentials, process bookkeeping, and the end-to-end
+loopback scenario (real SuperLink and SuperNodes with TLS and node auth)."""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, padding
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
+
+from flchain_flwr.deploy import make_node_key, make_tls
+from flchain_flwr.deploy.e2e import run_scenario
+from flchain_flwr.deploy.loopback import config_arg
+from flchain_flwr.deploy.processes import descendants, is_running, stop_processes
+
+APP = Path(__file__).resolve().parent.parent / "apps" / "flchain_cnn"
+
+
+def test_tls_files_chain_to_the_ca_and_name_loopback(tmp_path: Path) -> None:
+    tls = make_tls(tmp_path)
+    ca = x509.load_pem_x509_certificate(tls.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(tls.server_cert.read_bytes())
+    ca_key = ca.public_key()
+    assert hasattr(ca_key, "verify")
+    ca_key.verify(  # raises if the server certificate was not signed by the CA
+        server.signature,
+        server.tbs_certificate_bytes,
+        padding.PKCS1v15(),
+        server.signature_hash_algorithm,  # type: ignore[arg-type]
+    )
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert "localhost" in names.value.get_values_for_type(x509.DNSName)
+    loopback = ipaddress.ip_address("127.0.0.1")
+    assert loopback in names.value.get_values_for_type(x509.IPAddress)
+    assert tls.server_key.stat().st_mode & 0o777 == 0o600
+
+
+def test_node_keys_are_openssh_ecdsa_p384(tmp_path: Path) -> None:
+    pair = make_node_key(tmp_path, "node")
+    private = load_ssh_private_key(pair.private.read_bytes(), password=None)
+    public = load_ssh_public_key(pair.public.read_bytes())
+    assert isinstance(private, ec.EllipticCurvePrivateKey)
+    assert isinstance(private.curve, ec.SECP384R1)
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    assert public.public_numbers() == private.public_key().public_numbers()
+
+
+def test_config_arg_quotes_strings_for_flower() -> None:
+    arg = config_arg({"a": 1, "b": 0.5, "c": True, "d": 'x "y"', "e": "/p q"})
+    assert arg == 'a=1 b=0.5 c=true d="x \\"y\\"" e="/p q"'
+
+
+def test_descendants_follow_parent_pid_arguments_and_stop_by_pid() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a helper that names its parent the way Flower's SuperExec does
+    helper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import time; time.sleep(60)",
+            "--parent-pid",
+            str(parent.pid),
+        ]
+    )
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        assert descendants([parent.pid]) == sorted([parent.pid, helper.pid])
+        stop_processes(descendants([parent.pid]), grace=5)
+        parent.wait(5)
+        helper.wait(5)
+        assert not is_running(parent.pid) and not is_running(helper.pid)
+        assert is_running(other.pid)  # not ours: untouched
+    finally:
+        for process in (parent, helper, other):
+            process.kill()
+            process.wait()
+
+
+def test_end_to_end_loopback_deployment_with_faults(tmp_path: Path) -> None:
+    """The whole scenario of flchain_flwr.deploy.e2e: TLS, node auth, an
+    unregistered node refused, remote PoV verifiers, DGC, a ledger, a SIGKILLed
+    trainer and its replacement, CLI verification, every process stopped."""
+    report = run_scenario(APP, tmp_path, versions=5)
+    assert report.error == "", report.as_dict()
+    assert report.ok, report.as_dict()
+    assert report.facts["stopped_pids"]
+    assert not [p for p in report.facts["stopped_pids"] if is_running(p)]
