@@ -22,9 +22,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..deploy.loopback import ConfigValue, config_arg
 from ..deploy.processes import cmdline, descendants, free_port, stop_processes
-
-ConfigValue = int | float | str | bool
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,6 @@ class LocalRun:
     returncode: int
     output: str
     stopped_pids: list[int]
-
-
-def _toml_value(value: ConfigValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(value)
 
 
 def processes_of(flwr_home: Path) -> list[int]:
@@ -120,7 +111,7 @@ def flwr_run_local(
     elif run_config:
         command += [
             "--run-config",
-            " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items()),
+            config_arg(run_config),
         ]
     lines: list[str] = []
     try:
