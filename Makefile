@@ -41,6 +41,7 @@ bench: install data
 	$(BIN)/python benchmarks/ledger.py
 	$(BIN)/python benchmarks/compression.py
 	$(BIN)/python benchmarks/robustness.py
+	$(BIN)/python benchmarks/deployment.py
 
 lint: install
 	$(BIN)/ruff check .
