@@ -26,15 +26,19 @@ payloads; the compression ratio is dense float32 (4 bytes x parameters) over
 them. Time to target is in simulated seconds. The encode + decode cost is timed
 on one node's real update (one local training, also timed) for every density.
 ``--jobs`` runs settings in parallel processes (each run is independent and
-seeded). JSON to benchmarks/results/compression.json, a PNG of accuracy against density
-beside it; last line ``compression ratio at <=1pt accuracy loss: <N>x``.
+seeded); every finished run is appended to ``compression.runs.jsonl`` and
+``--resume`` reuses those run under the same settings. JSON to
+benchmarks/results/compression.json, a PNG of accuracy against density beside
+it; last line ``compression ratio at <=1pt accuracy loss: <N>x``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
+from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, cast
 
@@ -232,19 +236,57 @@ def codec_cost(args: argparse.Namespace, densities: list[float]) -> dict[str, An
     return {"train_examples": len(x), "train_seconds": train_s, "densities": rows}
 
 
+RUN_SETTINGS = ("nodes", "versions", "train_subset", "test_subset", "seed")
+"""The arguments a run's result depends on (a finished run is kept for them)."""
+
+
+def run_key(name: str, keys: dict[str, Any], args: argparse.Namespace) -> str:
+    """What identifies a run: its name, overrides and the settings it ran under."""
+    settings = {k: getattr(args, k) for k in RUN_SETTINGS}
+    return json.dumps([name, keys, settings, args.average_last], sort_keys=True)
+
+
 def run_all(
     settings: list[tuple[str, dict[str, Any]]], args: argparse.Namespace
 ) -> list[dict[str, Any]]:
-    """Run ``settings`` (name, run-config overrides), ``args.jobs`` at a time."""
-    if args.jobs <= 1:
-        return [run_setting(name, keys, args) for name, keys in settings]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """Run ``settings`` (name, run-config overrides), ``args.jobs`` at a time.
 
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-        futures = [pool.submit(run_setting, n, k, args) for n, k in settings]
-        return [future.result() for future in futures]
+    Each finished run is appended to ``<out>.runs.jsonl``; with ``--resume`` a run
+    already there under the same key is read back instead of run again.
+    """
+    log = args.out.with_suffix(".runs.jsonl")
+    done: dict[str, dict[str, Any]] = {}
+    if args.resume and log.exists():
+        for line in log.read_text().splitlines():
+            entry = json.loads(line)
+            done[entry["key"]] = entry["row"]
+    rows: dict[str, dict[str, Any]] = {}
+    todo = []
+    for name, keys in settings:
+        key = run_key(name, keys, args)
+        if key in done:
+            rows[key] = done[key]
+        else:
+            todo.append((key, name, keys))
+
+    def keep(key: str, row: dict[str, Any]) -> None:
+        rows[key] = row
+        with log.open("a") as f:
+            f.write(json.dumps({"key": key, "row": row}) + "\n")
+
+    if args.jobs <= 1:
+        for key, name, keys in todo:
+            keep(key, run_setting(name, keys, args))
+    elif todo:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
+            futures = {pool.submit(run_setting, n, k, args): key for key, n, k in todo}
+            for future in as_completed(futures):
+                keep(futures[future], future.result())
+    return [rows[run_key(name, keys, args)] for name, keys in settings]
 
 
 def time_to(curve: list[tuple[float, float]], target: float) -> float | None:
@@ -274,6 +316,11 @@ def main() -> None:
     parser.add_argument("--no-ablation", action="store_true")
     parser.add_argument(
         "--jobs", type=int, default=1, help="settings to run in parallel processes"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs already finished under the same settings",
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "compression.json")
     args = parser.parse_args()
