@@ -27,10 +27,9 @@ from flchain_cnn.task import (
     load_partition,
     load_trusted,
     new_model,
-    scorer,
     train,
 )
-from flchain_cnn.verifiers import verifier_reference
+from flchain_cnn.verifiers import app_verifier
 from flchain_flwr.mods import dgc_mod
 from flchain_flwr.pov import Verifier, remote
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
@@ -117,22 +116,16 @@ def verifier(context: Context) -> Verifier | None:
     cfg = context.run_config
 
     def make(key, shard: int) -> Verifier:  # type: ignore[no-untyped-def]
-        dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
         count = int(cfg["pov-remote-verifiers"])
         if not 0 <= shard < count:
             raise ValueError(f"verifier-shard {shard} is not in [0, {count})")
         x, y = load_trusted(
-            dataset,
+            str(cfg["dataset"]),
             count,
             int(cfg["pov-trusted-examples"]),
             bool(cfg["allow-download"]),
         )[shard]
-        return Verifier(
-            scorer(dataset, size, x, y),
-            key,
-            reference_fn=verifier_reference(cfg, x, y, shard),
-            seed=shard,
-        )
+        return app_verifier(cfg, x, y, key, shard)
 
     return remote.verifier_from_node_config(context.node_config, make)
 

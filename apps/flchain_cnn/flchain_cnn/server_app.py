@@ -17,16 +17,14 @@ from flchain_cnn.task import (
     load_test,
     load_trusted,
     new_model,
-    scorer,
 )
-from flchain_cnn.verifiers import verifier_reference
+from flchain_cnn.verifiers import app_verifier
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.pov import (
     Committee,
     IQRFilter,
     MedianFilter,
     Threshold,
-    Verifier,
 )
 from flchain_flwr.pov.remote import RemoteCommittee, discover_verifiers
 from flchain_flwr.strategies import DecompressReplies, fedbuff_from_run_config
@@ -61,16 +59,18 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
 
     Each verifier holds its own shard of ``pov-trusted-examples`` examples from
     the end of the test set; with ``pov-reference-epochs`` > 0 it also trains
-    its reference update there (:func:`verifier_reference`). With a ledger,
+    its reference update there (:func:`~flchain_cnn.verifiers.app_verifier`). With a ledger,
     verifier keys persist beside it (so the run can resume); otherwise they are
     fresh for the run.
     """
     count = int(cfg.get("pov-verifiers", 0))
     if count <= 0:
         return None
-    dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
     shards = load_trusted(
-        dataset, count, int(cfg["pov-trusted-examples"]), bool(cfg["allow-download"])
+        str(cfg["dataset"]),
+        count,
+        int(cfg["pov-trusted-examples"]),
+        bool(cfg["allow-download"]),
     )
     ledger_path = str(cfg.get("ledger-path", ""))
     verifiers = []
@@ -80,14 +80,7 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
             key_dir = Path(ledger_path + ".verifiers")
             key_dir.mkdir(parents=True, exist_ok=True)
             key = load_or_create_key(key_dir / f"verifier-{index}.key")
-        verifiers.append(
-            Verifier(
-                scorer(dataset, size, x, y),
-                key,
-                reference_fn=verifier_reference(cfg, x, y, index),
-                seed=index,
-            )
-        )
+        verifiers.append(app_verifier(cfg, x, y, key, index))
     return Committee(verifiers, **committee_rules(cfg))  # type: ignore[arg-type]
 
 

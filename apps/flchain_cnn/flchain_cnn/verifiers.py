@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from nacl.signing import SigningKey
 
-from flchain_cnn.task import reference_trainer
-from flchain_flwr.pov import ReferenceFn
+from flchain_cnn.task import reference_trainer, scorer
+from flchain_flwr.pov import ReferenceFn, Verifier
 
 ConfigValue = int | float | str | bool
 
@@ -31,4 +32,21 @@ def verifier_reference(
         lr=float(cfg["lr"]),
         batch_size=int(cfg["batch-size"]),
         seed=seed,
+    )
+
+
+def app_verifier(
+    cfg: Mapping[str, ConfigValue],
+    x: np.ndarray,
+    y: np.ndarray,
+    key: SigningKey | None,
+    index: int,
+) -> Verifier:
+    """Verifier ``index`` of this app: it scores models on its trusted ``(x,
+    y)`` and, with ``pov-reference-epochs`` > 0, trains its reference there."""
+    return Verifier(
+        scorer(str(cfg["dataset"]), str(cfg.get("model", "default")), x, y),
+        key,
+        reference_fn=verifier_reference(cfg, x, y, index),
+        seed=index,
     )
