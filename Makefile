@@ -1,11 +1,16 @@
-# flchain-flwr: make install | run | test | bench | lint
+# flchain-flwr: make install | run | test | test-nightly | bench | lint
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 APPS   := apps/flchain_cnn
 
-.PHONY: install data run test bench lint clean
+# A separate venv for Flower's nightly build (see test-nightly).
+NIGHTLY       := .venv-nightly
+NIGHTLY_BIN   := $(NIGHTLY)/bin
+NIGHTLY_STAMP := $(NIGHTLY)/.installed
+
+.PHONY: install data run test test-nightly bench lint clean
 
 # torch is pinned through constraints.txt to the local CPU build; an unpinned torch
 # would pull several GB of CUDA wheels.
@@ -26,6 +31,25 @@ run: install
 
 test: install
 	$(BIN)/python -m pytest
+
+# Not part of `make test`: the suite, less the e2e tests, against the newest
+# flwr-nightly (it imports as `flwr`) in .venv-nightly. The project installs with
+# its usual pins first (torch through constraints.txt), then flwr is swapped for
+# the nightly, upgraded to the newest one on every run. Both distributions write
+# the same `flwr` package, so never keep the two installed at once.
+$(NIGHTLY_STAMP): pyproject.toml constraints.txt $(APPS:%=%/pyproject.toml)
+	$(PYTHON) -m venv $(NIGHTLY)
+	$(NIGHTLY_BIN)/python -m pip install --quiet --upgrade pip
+	$(NIGHTLY_BIN)/python -m pip uninstall --quiet --yes flwr-nightly
+	$(NIGHTLY_BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]" $(APPS:%=-e %)
+	$(NIGHTLY_BIN)/python -m pip uninstall --quiet --yes flwr
+	touch $(NIGHTLY_STAMP)
+
+test-nightly: $(NIGHTLY_STAMP)
+	$(NIGHTLY_BIN)/python -m pip install --quiet --upgrade --pre -c constraints.txt \
+		"flwr-nightly[simulation]"
+	@$(NIGHTLY_BIN)/python -m pip show flwr-nightly | grep -E '^(Name|Version):'
+	$(NIGHTLY_BIN)/python -m pytest -m "not e2e"
 
 # Debian's Fashion-MNIST IDX files, for the benchmarks (apt-get needs root; CI is root).
 data:
@@ -49,4 +73,4 @@ lint: install
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .flwr .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(NIGHTLY) .flwr .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,12 +1,17 @@
-"""What every benchmark shares: where results go, and how they are written."""
+"""What every benchmark shares: where results go, how they are written, and the
+check that the data a benchmark needs is there."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import sys
 from pathlib import Path
 from typing import Any
+
+from flchain_flwr.data import fashion_mnist
 
 RESULTS = Path(__file__).parent / "results"
 APP_DIR = Path(__file__).parent.parent / "apps" / "flchain_cnn"
@@ -37,3 +42,22 @@ def write_results(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2))
+
+
+def require_fashion_mnist() -> None:
+    """Exit at once with status 2 and a one-line hint when the Fashion-MNIST IDX
+    files are missing (call it first thing in a benchmark that needs them).
+
+    Without it, every ClientApp fails to load its data, the strategy records the
+    failures, and the benchmark ends later on an empty result instead.
+    """
+    if fashion_mnist.local_dir() is not None:
+        return
+    where = os.environ.get(fashion_mnist.DIR_ENV) or fashion_mnist.DEBIAN_DIR
+    print(
+        f"{Path(sys.argv[0]).name}: Fashion-MNIST IDX files not found in {where}; "
+        "run `make data` (installs Debian's dataset-fashion-mnist) "
+        f"or set {fashion_mnist.DIR_ENV}",
+        file=sys.stderr,
+    )
+    raise SystemExit(2)

@@ -27,7 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _common import APP_DIR, FASHION_MNIST, RESULTS, write_results
+from _common import (
+    APP_DIR,
+    FASHION_MNIST,
+    RESULTS,
+    require_fashion_mnist,
+    write_results,
+)
 from flwr.app import ArrayRecord
 from flwr.common.logger import FLOWER_LOGGER
 
@@ -40,7 +46,7 @@ from flchain_flwr.sim import (
     simulate,
     tiered,
 )
-from flchain_flwr.strategies import fedbuff_from_run_config
+from flchain_flwr.strategies import Claimed, ShuffleAll, fedbuff_from_run_config
 
 
 def fashion_model(seed: int = 0) -> dict[str, np.ndarray]:
@@ -127,7 +133,16 @@ def measure_version_time(workdir: Path, versions: int) -> dict[str, Any]:
             "ledger-path": str(workdir / "app.db"),
         },
     )
-    strategy = fedbuff_from_run_config(config, min_available_nodes=10)
+    strategy = fedbuff_from_run_config(
+        config,  # its max-staleness (50) is the one the published results used
+        min_available_nodes=10,
+        fraction_evaluate=0.0,  # published results: no federated evaluation
+        min_evaluate_nodes=1,  # published results' default (unused at fraction 0)
+        evaluate_every=1,  # published results' default (unused at fraction 0)
+        example_weighting=Claimed(),  # published results: claimed example counts
+        scheduling=ShuffleAll(),  # published results: seeded shuffle of free nodes
+        state_rule="delta",  # published results' rule (the CNN has no state arrays)
+    )
     grid = VirtualGrid(
         client_app, tiered(10), run_config=config, seed=0, work_fn=examples_work(1e-3)
     )
@@ -192,6 +207,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "ledger.json")
     args = parser.parse_args()
+    require_fashion_mnist()
     FLOWER_LOGGER.setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="flchain-ledger-bench-", dir=args.workdir))
     try:

@@ -40,11 +40,18 @@ import argparse
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import APP_DIR, FASHION_MNIST, RESULTS, write_results
-from flwr.app import ArrayRecord
+from _common import (
+    APP_DIR,
+    FASHION_MNIST,
+    RESULTS,
+    require_fashion_mnist,
+    write_results,
+)
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp.strategy import (
     Bulyan,
@@ -67,7 +74,17 @@ from flchain_flwr.pov import (
 )
 from flchain_flwr.sim import VirtualGrid, app_run_config, simulate, uniform
 from flchain_flwr.sim.attacks import Attack, alie_z, attacker_node_configs
-from flchain_flwr.strategies import AsyncResult, Constant, FedBuff
+from flchain_flwr.strategies import (
+    AsyncResult,
+    Claimed,
+    Constant,
+    FedBuff,
+    ShuffleAll,
+)
+
+# The app's central_evaluator, typed here: the app package ships no py.typed, so
+# mypy sees it as Any when it checks this file without the app's sources.
+Evaluator = Callable[[int, ArrayRecord], MetricRecord]
 
 ATTACKS: list[str] = ["none", *(a.value for a in Attack)]
 DEFENCES = [
@@ -144,6 +161,13 @@ def strategy_for(defence: str, args: argparse.Namespace, f: int) -> Strategy | N
                 staleness_fn=Constant(),
                 committee=committee(args),
                 seed=args.seed,
+                fraction_evaluate=0.0,  # published results: no federated evaluation
+                min_evaluate_nodes=1,  # published results' default (unused at 0)
+                evaluate_every=1,  # published results' default (unused at fraction 0)
+                max_staleness=None,  # published results: no staleness limit
+                example_weighting=Claimed(),  # published results: claimed counts
+                scheduling=ShuffleAll(),  # published results: seeded shuffle of nodes
+                state_rule="delta",  # published results' rule (no state arrays)
             )
         case "pov-fedavg":
             return PoVStrategy(FedAvg(**common), committee(args))
@@ -243,7 +267,9 @@ def run_one(
         run_id=run_id,
     )
     reserved = args.verifiers * args.trusted
-    evaluate = central_evaluator("fashion-mnist", size="small", reserved=reserved)
+    evaluate: Evaluator = central_evaluator(
+        "fashion-mnist", size="small", reserved=reserved
+    )
     started = time.perf_counter()
     run = simulate(
         strategy,
@@ -368,6 +394,7 @@ def main() -> None:
     parser.add_argument("--defences", nargs="+", default=DEFENCES, choices=DEFENCES)
     parser.add_argument("--output", default=str(RESULTS / "robustness.json"))
     args = parser.parse_args()
+    require_fashion_mnist()
     FLOWER_LOGGER.setLevel(logging.ERROR)
 
     rows = []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,50 @@ def test_missing_fashion_mnist_says_what_to_install(
     with pytest.raises(FileNotFoundError, match="dataset-fashion-mnist"):
         fm.load_fashion_mnist()
     fm.load_fashion_mnist.cache_clear()
+
+
+def test_the_directory_variable_is_the_only_place_looked_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    debian = tmp_path / "debian"
+    debian.mkdir()
+    fake_fashion_mnist(debian)
+    monkeypatch.setattr(fm, "DEBIAN_DIR", debian)
+    monkeypatch.delenv(fm.DIR_ENV, raising=False)
+    assert fm.local_dir() == debian
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv(fm.DIR_ENV, str(empty))
+    assert fm.local_dir() is None  # no silent fallback to Debian's copy
+    (empty / "train-images-idx3-ubyte.gz").write_bytes(b"")  # one file of four
+    assert fm.local_dir() is None
+
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.mark.parametrize("benchmark", ["ledger", "compression", "robustness"])
+def test_benchmarks_without_fashion_mnist_say_make_data(
+    tmp_path: Path, benchmark: str
+) -> None:
+    """A benchmark that needs Fashion-MNIST stops at once, exit code 2, with one
+    line naming `make data`, when the IDX files are not there."""
+    out = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{benchmark}.py"), "--out", str(out)],
+        env={**os.environ, fm.DIR_ENV: str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "make data" in lines[0] and str(tmp_path) in lines[0]
+    assert lines[0].startswith(f"{benchmark}.py: Fashion-MNIST")
+    assert not out.exists()
 
 
 @pytest.mark.skipif(

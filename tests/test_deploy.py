@@ -4,10 +4,14 @@ loopback scenario (real SuperLink and SuperNodes with TLS and node auth)."""
 from __future__ import annotations
 
 import ipaddress
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import (
@@ -18,7 +22,13 @@ from cryptography.hazmat.primitives.serialization import (
 from flchain_flwr.deploy import make_node_key, make_tls
 from flchain_flwr.deploy.e2e import run_scenario
 from flchain_flwr.deploy.loopback import config_arg
-from flchain_flwr.deploy.processes import descendants, is_running, stop_processes
+from flchain_flwr.deploy.processes import (
+    cmdline,
+    descendants,
+    is_running,
+    stop_processes,
+)
+from flchain_flwr.sim.local_run import processes_of
 
 APP = Path(__file__).resolve().parent.parent / "apps" / "flchain_cnn"
 
@@ -83,6 +93,117 @@ def test_descendants_follow_parent_pid_arguments_and_stop_by_pid() -> None:
             process.wait()
 
 
+SLEEP = "import time; time.sleep(60)"
+
+# Starts a child of its own, prints the child's PID, then sleeps.
+SPAWNER = (
+    "import subprocess, sys, time\n"
+    f"child = subprocess.Popen([sys.executable, '-c', {SLEEP!r}])\n"
+    "print(child.pid, flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+# Ignores SIGTERM, says so, then sleeps: only SIGKILL stops it.
+STUBBORN = (
+    "import signal, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "print('ready', flush=True)\n"
+    "time.sleep(60)\n"
+)
+
+
+def _wait_stopped(pid: int, timeout: float = 10.0) -> bool:
+    """Whether ``pid`` stops running (gone or a zombie) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(pid):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_descendants_follow_os_parents_and_stop_grandchildren() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", SPAWNER], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    grandchild = int(parent.stdout.readline())
+    try:
+        assert is_running(grandchild)
+        assert descendants([parent.pid]) == sorted([parent.pid, grandchild])
+        assert os.getpid() not in descendants([parent.pid])  # never upwards
+        stop_processes(descendants([parent.pid]), grace=5)
+        assert parent.wait(5) == -signal.SIGTERM  # SIGTERM was enough
+        assert _wait_stopped(grandchild)
+    finally:
+        parent.kill()
+        parent.wait()
+        if is_running(grandchild):
+            os.kill(grandchild, signal.SIGKILL)
+
+
+def test_stop_processes_sigkills_what_ignores_sigterm() -> None:
+    stubborn = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN], stdout=subprocess.PIPE, text=True
+    )
+    assert stubborn.stdout is not None
+    try:
+        assert stubborn.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        stop_processes([stubborn.pid], grace=1.0)
+        assert time.monotonic() - started >= 1.0  # it waited the grace period
+        assert stubborn.wait(5) == -signal.SIGKILL
+    finally:
+        stubborn.kill()
+        stubborn.wait()
+
+
+def test_cmdline_and_is_running_see_zombies_and_gone_processes() -> None:
+    process = subprocess.Popen([sys.executable, "-c", SLEEP, "flchain-marker"])
+    try:
+        assert cmdline(process.pid)[-1] == "flchain-marker"
+        assert is_running(process.pid)
+        process.kill()
+        # Not reaped yet: a zombie, which counts as stopped.
+        assert _wait_stopped(process.pid)
+        assert cmdline(process.pid) == []
+        stop_processes([process.pid], grace=1.0)  # a zombie: nothing to do
+    finally:
+        process.kill()
+        process.wait()
+    # Reaped: the PID is gone; stopping it is a no-op.
+    assert not is_running(process.pid)
+    assert cmdline(process.pid) == []
+    stop_processes([process.pid], grace=1.0)
+
+
+def test_processes_of_finds_the_local_superlink_of_one_flwr_home(
+    tmp_path: Path,
+) -> None:
+    """``flwr run``'s local SuperLink is found by its ``--database`` inside our
+    FLWR_HOME, with its ``--parent-pid`` helper; another home's is left alone."""
+    home, elsewhere = tmp_path / "home", tmp_path / "home2"  # a prefix: not ours
+
+    def superlink(flwr_home: Path) -> subprocess.Popen[bytes]:
+        database = str(flwr_home / "state.db")
+        argv = [sys.executable, "-c", SLEEP, "flower-superlink", "--database"]
+        return subprocess.Popen([*argv, database])
+
+    ours, theirs = superlink(home), superlink(elsewhere)
+    helper = subprocess.Popen(
+        [sys.executable, "-c", SLEEP, "flwr-serverapp", "--parent-pid", str(ours.pid)]
+    )
+    try:
+        assert processes_of(home) == sorted([ours.pid, helper.pid])
+        assert processes_of(elsewhere) == [theirs.pid]
+        assert processes_of(tmp_path / "nobody") == []
+    finally:
+        for process in (ours, theirs, helper):
+            process.kill()
+            process.wait()
+
+
+@pytest.mark.e2e
 def test_end_to_end_loopback_deployment_with_faults(tmp_path: Path) -> None:
     """The whole scenario of flchain_flwr.deploy.e2e: TLS, node auth, an
     unregistered node refused, remote PoV verifiers, DGC, a ledger, a SIGKILLed

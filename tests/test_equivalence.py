@@ -27,6 +27,7 @@ def fedavg() -> FedAvg:
 
 def fedbuff_as_sync(num_nodes: int) -> FedBuff:
     return FedBuff(
+        fraction_evaluate=0.0,
         buffer_size=num_nodes,
         max_wait=None,
         staleness_fn=Constant(),

@@ -31,7 +31,9 @@ def run_with(
         work_fn=constant_work(1.0),
         **grid_kwargs,  # type: ignore[arg-type]
     )
-    strategy = FedBuff(buffer_size=3, staleness_fn=Constant(), retry_backoff=5.0)
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=3, staleness_fn=Constant(), retry_backoff=5.0
+    )
     result = strategy.start(
         grid, initial_arrays(), num_rounds=num_rounds, timeout=timeout
     )
@@ -100,7 +102,9 @@ def test_client_errors_are_recorded_and_the_run_goes_on(
 def test_a_node_that_never_replies_times_out_by_ttl() -> None:
     devices = [DeviceProfile(), DeviceProfile(), DeviceProfile(hang_probability=1.0)]
     grid = VirtualGrid(toy_client_app(), devices, work_fn=constant_work(1.0))
-    strategy = FedBuff(buffer_size=2, message_ttl=20.0, staleness_fn=Constant())
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=2, message_ttl=20.0, staleness_fn=Constant()
+    )
     result = strategy.start(grid, initial_arrays(), num_rounds=30, timeout=100.0)
     assert result.stop_reason == "completed"
     hung = [f for f in result.failures if f.node_id == grid.node_ids[BAD]]
@@ -116,7 +120,9 @@ def test_strategy_side_ttl_frees_a_node_even_if_the_grid_never_answers() -> None
 
     devices = [DeviceProfile(), DeviceProfile(), DeviceProfile(hang_probability=1.0)]
     grid = SilentGrid(toy_client_app(), devices, work_fn=constant_work(1.0))
-    strategy = FedBuff(buffer_size=2, message_ttl=10.0, retry_backoff=1.0)
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=2, message_ttl=10.0, retry_backoff=1.0
+    )
     result = strategy.start(grid, initial_arrays(), num_rounds=30, timeout=100.0)
     assert result.stop_reason == "completed"
     expired = [f for f in result.failures if f.node_id == grid.node_ids[BAD]]
@@ -140,7 +146,7 @@ def test_all_nodes_bad_stops_after_timeout_without_touching_the_model() -> None:
         [DeviceProfile()] * 2,
         work_fn=constant_work(1.0),
     )
-    result = FedBuff(buffer_size=1).start(
+    result = FedBuff(fraction_evaluate=0.0, buffer_size=1).start(
         grid, initial_arrays(), num_rounds=3, timeout=30.0
     )
     assert result.stop_reason == "no usable reply for 30s"
@@ -151,7 +157,7 @@ def test_all_nodes_bad_stops_after_timeout_without_touching_the_model() -> None:
 def test_no_nodes_at_all_stops_after_timeout() -> None:
     devices = [DeviceProfile(online=((1000.0, math.inf),))]
     grid = VirtualGrid(toy_client_app(), devices, work_fn=constant_work(1.0))
-    result = FedBuff(min_available_nodes=1).start(
+    result = FedBuff(fraction_evaluate=0.0, min_available_nodes=1).start(
         grid, initial_arrays(), 2, timeout=60.0
     )
     assert result.stop_reason == "no usable reply for 60s"
@@ -161,7 +167,9 @@ def test_an_aggregate_that_would_overflow_the_model_is_refused() -> None:
     grid = VirtualGrid(
         toy_client_app(), [DeviceProfile()] * 2, work_fn=constant_work(1.0)
     )
-    big = FedBuff(buffer_size=2, server_lr=1e40, staleness_fn=Constant())
+    big = FedBuff(
+        fraction_evaluate=0.0, buffer_size=2, server_lr=1e40, staleness_fn=Constant()
+    )
     result = big.start(grid, initial_arrays(), num_rounds=2, timeout=20.0)
     assert result.versions == []
     assert {r.reason for r in result.rejected} == {"aggregate would overflow the model"}

@@ -66,7 +66,9 @@ def model_w(result: AsyncResult) -> np.ndarray:
 
 
 def test_buffer_full_trigger_aggregates_exactly_k_updates() -> None:
-    result, _ = run([1.0, 1.0, 0.5, 0.1], FedBuff(buffer_size=3, seed=0), 6)
+    result, _ = run(
+        [1.0, 1.0, 0.5, 0.1], FedBuff(fraction_evaluate=0.0, buffer_size=3, seed=0), 6
+    )
     assert [v.version for v in result.versions] == [1, 2, 3, 4, 5, 6]
     assert all(
         v.num_updates == 3 and v.trigger == "buffer_full" for v in result.versions
@@ -76,7 +78,11 @@ def test_buffer_full_trigger_aggregates_exactly_k_updates() -> None:
 
 def test_max_wait_trigger_fires_tau_after_first_buffered_update() -> None:
     # Two nodes finish at t=1, the others much later; K is never reached.
-    result, _ = run([1.0, 1.0, 0.2, 0.1], FedBuff(buffer_size=10, max_wait=0.5), 1)
+    result, _ = run(
+        [1.0, 1.0, 0.2, 0.1],
+        FedBuff(fraction_evaluate=0.0, buffer_size=10, max_wait=0.5),
+        1,
+    )
     first = result.versions[0]
     assert first.trigger == "max_wait"
     assert first.time == pytest.approx(1.5)
@@ -84,7 +90,7 @@ def test_max_wait_trigger_fires_tau_after_first_buffered_update() -> None:
 
 
 def test_drained_buffer_is_aggregated_when_nothing_else_can_arrive() -> None:
-    result, _ = run([1.0, 0.5, 0.25], FedBuff(buffer_size=10), 3)
+    result, _ = run([1.0, 0.5, 0.25], FedBuff(fraction_evaluate=0.0, buffer_size=10), 3)
     assert all(v.trigger == "drained" and v.num_updates == 3 for v in result.versions)
     # synchronous behaviour: each version waits for the slowest node (4 s)
     assert [v.time for v in result.versions] == pytest.approx([4.0, 8.0, 12.0])
@@ -94,7 +100,9 @@ def test_staleness_is_measured_and_weights_shrink_the_step() -> None:
     # Fast node 0 produces versions 1, 2, 3 at t=1, 2, 3; slow node 1 (trained on
     # version 0) arrives at t=3.33 with staleness 3; node 0's reply at t=4 was
     # trained on version 3 and arrives after version 4: staleness 1.
-    strategy = FedBuff(buffer_size=1, staleness_fn=Polynomial(a=1.0))
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=1, staleness_fn=Polynomial(a=1.0)
+    )
     result, _ = run([1.0, 0.3], strategy, 5)
     stale = [v.staleness_histogram for v in result.versions]
     assert stale == [{0: 1}, {0: 1}, {0: 1}, {3: 1}, {1: 1}]
@@ -103,7 +111,9 @@ def test_staleness_is_measured_and_weights_shrink_the_step() -> None:
 
 
 def test_max_staleness_drops_are_recorded_and_bound_memory() -> None:
-    strategy = FedBuff(buffer_size=1, max_staleness=2, staleness_fn=Constant())
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=1, max_staleness=2, staleness_fn=Constant()
+    )
     result, grid = run([1.0, 0.1], strategy, 12)
     slow = grid.node_ids[1]
     assert slow not in result.participation
@@ -117,12 +127,13 @@ def test_max_staleness_drops_are_recorded_and_bound_memory() -> None:
 def test_versions_kept_are_bounded_by_in_flight_messages_without_max_staleness() -> (
     None
 ):
-    result, _ = run([1.0, 0.1, 0.05], FedBuff(buffer_size=1), 30)
+    result, _ = run([1.0, 0.1, 0.05], FedBuff(fraction_evaluate=0.0, buffer_size=1), 30)
     assert max(v.kept_versions for v in result.versions) <= 3  # current + 2 in flight
 
 
 def test_server_momentum() -> None:
     strategy = FedBuff(
+        fraction_evaluate=0.0,
         buffer_size=1,
         server_momentum=0.5,
         staleness_fn=Constant(),
@@ -135,7 +146,9 @@ def test_server_momentum() -> None:
 
 
 def test_server_learning_rate_scales_the_step() -> None:
-    strategy = FedBuff(buffer_size=2, server_lr=0.5, staleness_fn=Constant())
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=2, server_lr=0.5, staleness_fn=Constant()
+    )
     result, _ = run([1.0, 1.0], strategy, 1)
     n0, n1 = examples_of(0), examples_of(1)
     mean = (n0 * shift_of(0) + n1 * shift_of(1)) / (n0 + n1)
@@ -143,10 +156,14 @@ def test_server_learning_rate_scales_the_step() -> None:
 
 
 def test_delta_replies_are_aggregated_like_full_weights() -> None:
-    full, _ = run([1.0, 0.5], FedBuff(buffer_size=2, staleness_fn=Constant()), 3)
+    full, _ = run(
+        [1.0, 0.5],
+        FedBuff(fraction_evaluate=0.0, buffer_size=2, staleness_fn=Constant()),
+        3,
+    )
     delta, _ = run(
         [1.0, 0.5],
-        FedBuff(buffer_size=2, staleness_fn=Constant()),
+        FedBuff(fraction_evaluate=0.0, buffer_size=2, staleness_fn=Constant()),
         3,
         behaviours={0: "delta", 1: "delta"},
     )
@@ -154,13 +171,19 @@ def test_delta_replies_are_aggregated_like_full_weights() -> None:
 
 
 def test_concurrency_limits_nodes_in_flight() -> None:
-    result, grid = run([1.0] * 6, FedBuff(buffer_size=2, concurrency=2, seed=3), 6)
+    result, grid = run(
+        [1.0] * 6,
+        FedBuff(fraction_evaluate=0.0, buffer_size=2, concurrency=2, seed=3),
+        6,
+    )
     assert all(v.num_updates == 2 for v in result.versions)
     assert sum(s.messages for s in grid.stats.values()) <= 2 * 6 + 2
 
 
 def test_every_node_is_redispatched_and_participates() -> None:
-    result, grid = run([1.0, 0.8, 0.6, 0.4], FedBuff(buffer_size=2, seed=1), 20)
+    result, grid = run(
+        [1.0, 0.8, 0.6, 0.4], FedBuff(fraction_evaluate=0.0, buffer_size=2, seed=1), 20
+    )
     assert set(result.participation) == set(grid.node_ids)
     assert sum(result.participation.values()) == 2 * 20
 
@@ -171,7 +194,9 @@ def test_late_joining_node_gets_work_after_it_joins() -> None:
         DeviceProfile(),
         DeviceProfile(online=((5.0, math.inf),)),
     ]
-    strategy = FedBuff(buffer_size=2, membership_refresh=1.0, seed=0)
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=2, membership_refresh=1.0, seed=0
+    )
     result, grid = run([], strategy, 8, devices=devices)
     late = grid.node_ids[2]
     assert result.participation.get(late, 0) >= 1
@@ -198,7 +223,7 @@ def test_centralized_evaluation_runs_for_every_version() -> None:
     def evaluate_fn(version: int, arrays: object) -> None:
         seen.append(version)
 
-    FedBuff(buffer_size=1).start(
+    FedBuff(fraction_evaluate=0.0, buffer_size=1).start(
         grid, initial_arrays(), num_rounds=3, evaluate_fn=evaluate_fn
     )
     assert seen == [0, 1, 2, 3]
@@ -207,7 +232,12 @@ def test_centralized_evaluation_runs_for_every_version() -> None:
 def test_history_is_json_serialisable() -> None:
     import json
 
-    result, _ = run([1.0, 0.5], FedBuff(buffer_size=1), 3, behaviours={1: "nan"})
+    result, _ = run(
+        [1.0, 0.5],
+        FedBuff(fraction_evaluate=0.0, buffer_size=1),
+        3,
+        behaviours={1: "nan"},
+    )
     data = json.loads(json.dumps(result.history_dict()))
     assert len(data["versions"]) == 3
     assert data["rejected"][0]["reason"]
@@ -232,7 +262,9 @@ def test_invalid_configuration_is_a_clear_error(kwargs: dict[str, float]) -> Non
 
 
 def test_time_budget_stops_the_run_on_the_grids_clock() -> None:
-    result, grid = run([1.0, 0.5], FedBuff(buffer_size=1, time_budget=4.5), 100)
+    result, grid = run(
+        [1.0, 0.5], FedBuff(fraction_evaluate=0.0, buffer_size=1, time_budget=4.5), 100
+    )
     assert result.stop_reason == "time budget reached"
     assert grid.clock.now() == pytest.approx(4.5)
     assert all(v.time <= 4.5 for v in result.versions) and len(result.versions) == 6
@@ -241,7 +273,12 @@ def test_time_budget_stops_the_run_on_the_grids_clock() -> None:
 # Regressions found in review ------------------------------------------------
 def test_max_wait_fires_despite_float_rounding_of_the_deadline() -> None:
     # buffer starts at t=0.7; 0.7 + 0.1 - 0.7 < 0.1 in floating point
-    result, _ = run([1.0, 0.01], FedBuff(buffer_size=2, max_wait=0.1), 1, work=0.7)
+    result, _ = run(
+        [1.0, 0.01],
+        FedBuff(fraction_evaluate=0.0, buffer_size=2, max_wait=0.1),
+        1,
+        work=0.7,
+    )
     assert result.versions[0].trigger == "max_wait"
     assert result.versions[0].time == pytest.approx(0.8)
 
@@ -255,7 +292,9 @@ def test_replies_after_the_last_version_do_not_stall_pending_evaluations() -> No
 
 def test_a_departed_node_in_flight_does_not_block_idle_ones() -> None:
     devices = [DeviceProfile(), DeviceProfile(), DeviceProfile(online=((0.0, 0.5),))]
-    strategy = FedBuff(buffer_size=2, membership_refresh=0.1, seed=0)
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=2, membership_refresh=0.1, seed=0
+    )
     result, _ = run([], strategy, 2, devices=devices)
     assert [v.time for v in result.versions] == pytest.approx([1.0, 2.0])
 
@@ -263,7 +302,12 @@ def test_a_departed_node_in_flight_does_not_block_idle_ones() -> None:
 def test_idle_timeout_waits_for_messages_in_flight() -> None:
     devices = [DeviceProfile(online=((50.0, math.inf),))] * 2
     result, _ = run(
-        [], FedBuff(buffer_size=2), 1, devices=devices, work=20.0, timeout=60.0
+        [],
+        FedBuff(fraction_evaluate=0.0, buffer_size=2),
+        1,
+        devices=devices,
+        work=20.0,
+        timeout=60.0,
     )
     assert result.stop_reason == "completed"
     assert result.versions[0].time == pytest.approx(70.0)
@@ -282,6 +326,6 @@ def test_membership_failures_keep_the_last_known_nodes() -> None:
     grid = FlakyGrid(
         toy_client_app(), [DeviceProfile()] * 2, work_fn=constant_work(1.0)
     )
-    strategy = FedBuff(buffer_size=2, membership_refresh=0.5)
+    strategy = FedBuff(fraction_evaluate=0.0, buffer_size=2, membership_refresh=0.5)
     result = strategy.start(grid, initial_arrays(), num_rounds=5, timeout=50.0)
     assert result.stop_reason == "completed" and grid.calls > 2

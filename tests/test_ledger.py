@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import sqlite3
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.logger import FLOWER_LOGGER
 from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import (
@@ -71,6 +74,77 @@ def test_opening_errors_are_clear(tmp_path: Path) -> None:
         Ledger(tmp_path / "c.db", chain_id="other")
     with pytest.raises(LedgerError, match="no block at height 9"):
         Ledger(tmp_path / "c.db").block(9)
+
+
+class _Collect(logging.Handler):
+    """Keeps the messages logged to it."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_missing_folders_above_a_new_ledger_are_created_and_the_path_logged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    collect = _Collect()
+    level = FLOWER_LOGGER.level
+    FLOWER_LOGGER.addHandler(collect)
+    FLOWER_LOGGER.setLevel(logging.INFO)
+    try:
+        # README's example, one folder deeper: none of the folders exist yet.
+        with Ledger("runs/nested/ledger.db") as ledger:
+            ledger.append(
+                model={"w": np.zeros(2, np.float32)},
+                model_version=0,
+                base_version=0,
+                config_digest="x",
+            )
+            chain_id = ledger.chain_id
+    finally:
+        FLOWER_LOGGER.removeHandler(collect)
+        FLOWER_LOGGER.setLevel(level)
+    absolute = tmp_path.resolve() / "runs" / "nested" / "ledger.db"
+    assert ledger.path == absolute and absolute.is_file()
+    assert (absolute.parent / "ledger.db.models").is_dir()
+    assert f"Ledger: {absolute} (chain {chain_id})" in collect.messages
+    monkeypatch.chdir(absolute.parent.parent)  # elsewhere: same ledger by its path
+    with Ledger(absolute, create=False) as again:
+        assert len(again) == 1 and again.verify().ok
+
+
+@pytest.mark.parametrize("below", ["ledger.db", "sub/dir/ledger.db"])
+def test_a_ledger_folder_that_is_a_file_is_reported_as_such(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, below: str
+) -> None:
+    (tmp_path / "runs").write_text("a regular file, not a folder")
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path.resolve() / "runs" / below
+    with pytest.raises(OSError) as caught:
+        Ledger(Path("runs") / below)
+    message = str(caught.value)
+    assert f"for the ledger {path}" in message
+    assert f"{tmp_path.resolve() / 'runs'} is a file" in message
+    assert "not a flchain ledger" not in message
+    assert (tmp_path / "runs").read_text() == "a regular file, not a folder"
+
+
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes into read-only folders anyway"
+)
+def test_a_read_only_folder_is_reported_as_not_writable(tmp_path: Path) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir(mode=0o555)
+    try:
+        with pytest.raises(PermissionError, match="is not writable"):
+            Ledger(folder / "ledger.db")
+        assert not (folder / "ledger.db").exists()
+    finally:
+        folder.chmod(0o755)
 
 
 def test_signing_key_is_created_beside_the_ledger_with_private_permissions(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import random
 import signal
@@ -12,10 +13,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from flwr.app import ConfigRecord
 
 from flchain_flwr.ledger import Ledger, reward_shares
+from flchain_flwr.runtime import clock_of
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
-from flchain_flwr.strategies import Constant, FedBuff
+from flchain_flwr.strategies import Constant, FedBuff, MedianCapped
+from flchain_flwr.strategies.run import FedBuffRun
+from flchain_flwr.strategies.updates import MAX_METRIC_KEYS
 
 from .toy import constant_work, initial_arrays, toy_client_app
 
@@ -169,3 +174,292 @@ def test_a_nan_metric_does_not_stop_a_recorded_run(tmp_path: Path) -> None:
     assert len(result.versions) == 2
     with Ledger(tmp_path / "l.db", create=False) as ledger:
         assert ledger.verify().ok
+
+
+# ------------------------------------------------------------------ resume state
+def momentum_strategy(ledger: object, **kwargs: object) -> FedBuff:
+    """FedBuff with server momentum 0.9 and no federated evaluation."""
+    settings: dict[str, object] = {
+        "buffer_size": 3,
+        "server_momentum": 0.9,
+        "fraction_evaluate": 0.0,
+        "seed": 0,
+        "ledger": ledger,
+        **kwargs,
+    }
+    return FedBuff(**settings)  # type: ignore[arg-type]
+
+
+def three_node_grid() -> VirtualGrid:
+    return VirtualGrid(
+        toy_client_app(),
+        [DeviceProfile(speed=s) for s in (1, 0.6, 0.3)],
+        work_fn=constant_work(1.0),
+    )
+
+
+def fedbuff_run(strategy: FedBuff, grid: VirtualGrid, num_rounds: int) -> FedBuffRun:
+    """What ``strategy.start`` builds, kept at hand to read its state."""
+    return FedBuffRun(
+        strategy=strategy,
+        grid=grid,
+        clock=clock_of(grid, strategy.poll_interval),
+        initial_arrays=initial_arrays(),
+        num_versions=num_rounds,
+        timeout=60.0,
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=None,
+        should_stop=None,
+    )
+
+
+def velocities(path: Path) -> list[str | None]:
+    """Each block's recorded velocity hash (``None`` where there is none)."""
+    with Ledger(path, create=False) as ledger:
+        return [
+            b.body.get("server_state", {}).get("momentum", {}).get("velocity")
+            for b in ledger.blocks()
+        ]
+
+
+def test_a_resumed_momentum_run_is_bit_identical_to_an_uninterrupted_one(
+    tmp_path: Path,
+) -> None:
+    # K = number of nodes: every version takes one fresh update from each node,
+    # so nothing is in flight at a version boundary and a restart loses no
+    # scheduling state. What remains to restore is the server momentum.
+    whole = momentum_strategy(tmp_path / "whole.db").start(
+        three_node_grid(), initial_arrays(), num_rounds=6, timeout=60.0
+    )
+    first = momentum_strategy(tmp_path / "split.db").start(
+        three_node_grid(), initial_arrays(), num_rounds=3, timeout=60.0
+    )
+    rest = momentum_strategy(tmp_path / "split.db").start(
+        three_node_grid(), initial_arrays(), num_rounds=6, timeout=60.0
+    )
+    assert [v.version for v in rest.versions] == [4, 5, 6]
+    assert [v.node_ids for v in first.versions + rest.versions] == [
+        v.node_ids for v in whole.versions
+    ]
+    for name in whole.arrays:
+        a, b = whole.arrays[name].numpy(), rest.arrays[name].numpy()
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), name
+    # Every block records the same velocity, and only the first started from 0.
+    assert velocities(tmp_path / "split.db") == velocities(tmp_path / "whole.db")
+    with Ledger(tmp_path / "split.db", create=False) as ledger:
+        assert ledger.verify().ok
+        from_zero = [
+            b.body["server_state"]["momentum"]["from_zero"]
+            for b in list(ledger.blocks())[1:]
+        ]
+        assert from_zero == [True, False, False, False, False, False]
+
+
+def test_resume_restores_momentum_and_claim_history_exactly(tmp_path: Path) -> None:
+    # K = 2 of 3 nodes: a restart drops the replies in flight, so the resumed
+    # run cannot follow the uninterrupted one update for update; the server
+    # state it restores must still be exactly the one the first run ended with.
+    path = tmp_path / "l.db"
+    weighting = MedianCapped(multiple=1.0)  # the cap is the median claim
+    grid = three_node_grid()
+    first = fedbuff_run(
+        momentum_strategy(path, buffer_size=2, example_weighting=weighting), grid, 5
+    )
+    first.execute()
+    velocity = first.pipeline.server_step.velocity
+    claims = first.buffer.claims.entries()
+    assert velocity is not None and len(claims) == 3
+    second = fedbuff_run(
+        momentum_strategy(path, buffer_size=2, example_weighting=weighting),
+        three_node_grid(),
+        8,
+    )
+    restored = second.pipeline.server_step.velocity
+    assert restored is not None and list(restored) == list(velocity)
+    for name, value in velocity.items():
+        assert restored[name].dtype == value.dtype
+        assert restored[name].tobytes() == value.tobytes(), name
+    assert second.buffer.claims.entries() == claims
+    second.execute()
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+        momentum = ledger.block(6).body["server_state"]["momentum"]
+        assert momentum["from_zero"] is False  # continued from block 5's
+        # The first resumed buffer holds the two fast nodes (claims 10 and 20).
+        # With the restored history (10, 20, 30) the median cap is 20; an empty
+        # one would hold only this buffer's claims, cap at 10 and halve the
+        # second node's weight.
+        included = {
+            u["node_id"]: u["num_examples"] for u in ledger.block(6).body["included"]
+        }
+        assert included == {grid.node_ids[0]: 10.0, grid.node_ids[1]: 20.0}
+
+
+def append_old_style_blocks(path: Path, strategy: FedBuff, blocks: int) -> None:
+    """Blocks as ledgers were written before the server state was recorded."""
+    model = {k: v.numpy() for k, v in initial_arrays().items()}
+    with Ledger(path) as ledger:
+        for height in range(blocks):
+            ledger.append(
+                model={k: v + np.float32(height) for k, v in model.items()},
+                model_version=height,
+                base_version=max(0, height - 1),
+                config_digest=strategy.config_digest(),
+            )
+
+
+def test_an_old_ledger_resumes_with_zero_momentum_and_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "old.db"
+    append_old_style_blocks(path, momentum_strategy(None), 3)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        result = momentum_strategy(path).start(
+            three_node_grid(), initial_arrays(), num_rounds=4, timeout=60.0
+        )
+    assert [v.version for v in result.versions] == [3, 4]
+    assert any(
+        "records no server state at block 2" in r.getMessage()
+        and "momentum restarts from zero" in r.getMessage()
+        for r in caplog.records
+    )
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+        assert ledger.block(3).body["server_state"]["momentum"]["from_zero"] is True
+        assert ledger.block(4).body["server_state"]["momentum"]["from_zero"] is False
+
+
+def test_an_old_ledger_with_other_settings_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    append_old_style_blocks(path, momentum_strategy(None), 2)
+    with pytest.raises(ValueError, match="differ cannot be named"):
+        momentum_strategy(path, server_lr=0.5).start(
+            three_node_grid(), initial_arrays(), num_rounds=3, timeout=60.0
+        )
+
+
+def test_resume_refuses_changed_settings_and_names_them(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    before = momentum_strategy(path)
+    before.start(three_node_grid(), initial_arrays(), num_rounds=2, timeout=60.0)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.block(0).body["config"] == before.config_dict()
+        assert ledger.head() == ledger.block(2)
+    after = momentum_strategy(path, buffer_size=2, server_lr=0.5)
+    with pytest.raises(ValueError) as raised:
+        after.start(three_node_grid(), initial_arrays(), num_rounds=4, timeout=60.0)
+    message = str(raised.value)
+    assert before.config_digest() in message and after.config_digest() in message
+    assert "buffer_size: 3 in the ledger, 2 now" in message
+    assert "server_lr: 1.0 in the ledger, 0.5 now" in message
+    assert "resume_with_changed_config=True" in message
+    assert "server_momentum" not in message  # only what differs is named
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 3  # nothing was appended
+
+
+def test_resume_with_changed_config_warns_and_records_the_new_settings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "l.db"
+    before = momentum_strategy(path)
+    before.start(three_node_grid(), initial_arrays(), num_rounds=2, timeout=60.0)
+    after = momentum_strategy(path, server_lr=0.5, resume_with_changed_config=True)
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        result = after.start(
+            three_node_grid(), initial_arrays(), num_rounds=4, timeout=60.0
+        )
+    assert [v.version for v in result.versions] == [3, 4]
+    assert any(
+        "changed settings" in r.getMessage()
+        and "server_lr: 1.0 in the ledger, 0.5 now" in r.getMessage()
+        for r in caplog.records
+    )
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+        blocks = list(ledger.blocks())
+        assert [b.header["config_digest"] == after.config_digest() for b in blocks] == [
+            False,
+            False,
+            False,
+            True,
+            True,
+        ]
+        assert blocks[3].body["config"] == after.config_dict()
+        assert "config" not in blocks[4].body
+        assert blocks[3].body["server_state"]["momentum"]["from_zero"] is False
+    # The new settings now resume without a word; the old ones are named.
+    momentum_strategy(path, server_lr=0.5).start(
+        three_node_grid(), initial_arrays(), num_rounds=5, timeout=60.0
+    )
+    with pytest.raises(ValueError, match=r"server_lr: 0\.5 in the ledger, 1\.0 now"):
+        momentum_strategy(path).start(
+            three_node_grid(), initial_arrays(), num_rounds=6, timeout=60.0
+        )
+
+
+def test_verify_and_resume_need_the_server_state_blobs(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    momentum_strategy(path).start(
+        three_node_grid(), initial_arrays(), num_rounds=2, timeout=60.0
+    )
+    with Ledger(path, create=False) as ledger:
+        head = ledger.head()
+        assert head is not None
+        state = ledger.server_state(head)
+        assert state is not None and state.velocity is not None
+        assert set(state.velocity) == {"w", "b"}
+        assert all(v.dtype == np.float64 for v in state.velocity.values())
+        digest = head.body["server_state"]["momentum"]["velocity"]
+        ledger.blobs.path_of(digest).unlink()
+        report = ledger.verify()
+        assert not report.ok and report.bad_height == 2
+        assert report.reason.startswith("server_state velocity: model blob")
+        assert ledger.verify(check_models=False).ok
+    with pytest.raises(ValueError, match="is missing from the store"):
+        momentum_strategy(path).start(
+            three_node_grid(), initial_arrays(), num_rounds=3, timeout=60.0
+        )
+
+
+def test_append_refuses_a_config_that_is_not_its_digest(tmp_path: Path) -> None:
+    model = {k: v.numpy() for k, v in initial_arrays().items()}
+    with Ledger(tmp_path / "l.db") as ledger, pytest.raises(ValueError, match="hash"):
+        ledger.append(
+            model=model,
+            model_version=0,
+            base_version=0,
+            config_digest="c" * 64,
+            config={"buffer_size": 3},
+        )
+
+
+def test_an_accepted_reply_with_10000_metric_keys_is_stored_capped(
+    tmp_path: Path,
+) -> None:
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+
+    grid = three_node_grid()
+    run_ = fedbuff_run(FedBuff(ledger=tmp_path / "l.db"), grid, 1)
+    try:
+        metrics = MetricRecord({f"m{i}": float(i) for i in range(10_000)})
+        metrics["num-examples"] = 10  # last of 10,001, and kept
+        arrays = ArrayRecord(
+            {k: Array(v.numpy() + np.float32(0.5)) for k, v in initial_arrays().items()}
+        )
+        content = RecordDict({"arrays": arrays, "metrics": metrics})
+        node = grid.node_ids[0]
+        run_.store.dispatched(node, 0)
+        assert run_.buffer.take(node, 0, content, at=0.0)
+        stored = run_.buffer.updates[0]
+        kept = stored.metrics["metrics"]
+        assert isinstance(kept, MetricRecord)
+        assert len(kept) == MAX_METRIC_KEYS + 1 and kept["num-examples"] == 10
+        assert list(stored.metrics) == ["metrics"]  # no second copy of the arrays
+        # The ledger's digest still covers the reply exactly as received.
+        assert stored.digest == run_.pipeline.digest(node, content)
+    finally:
+        run_.pipeline.close()

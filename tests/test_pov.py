@@ -370,7 +370,9 @@ def test_attack_mod_poisons_only_the_attackers(attack: str) -> None:
         node_configs=configs,
         work_fn=constant_work(1.0),
     )
-    strategy = FedBuff(buffer_size=4, staleness_fn=Constant(), seed=0)
+    strategy = FedBuff(
+        fraction_evaluate=0.0, buffer_size=4, staleness_fn=Constant(), seed=0
+    )
     seen: dict[int, float] = {}
     original = strategy._parse
 
@@ -449,6 +451,7 @@ def test_fedbuff_with_pov_keeps_poison_out_and_records_votes(tmp_path: Path) -> 
         verifiers(4), threshold=Threshold(value=0), consensus_delay=0.5
     )
     strategy = FedBuff(
+        fraction_evaluate=0.0,
         buffer_size=n,
         staleness_fn=Constant(),
         committee=committee,
@@ -510,6 +513,7 @@ def test_pov_wraps_flowers_fedavg(tmp_path: Path) -> None:
 def pov_chain(tmp_path: Path) -> tuple[Ledger, Committee]:
     committee = Committee(verifiers(5), committee_size=4, threshold=Threshold(value=0))
     strategy = FedBuff(
+        fraction_evaluate=0.0,
         buffer_size=3,
         staleness_fn=Constant(),
         committee=committee,
@@ -612,9 +616,9 @@ def test_resume_takes_the_stakes_from_the_ledger(tmp_path: Path) -> None:
     )
     path = tmp_path / "r.db"
     first = Committee(pool, threshold=Threshold(value=0))
-    FedBuff(buffer_size=4, committee=first, ledger=path, seed=0).start(
-        grid, initial_arrays(), num_rounds=2, timeout=60
-    )
+    FedBuff(
+        fraction_evaluate=0.0, buffer_size=4, committee=first, ledger=path, seed=0
+    ).start(grid, initial_arrays(), num_rounds=2, timeout=60)
     assert first.state.stakes[pool[0].public_key] < 100
     again = Committee(pool, threshold=Threshold(value=0))
     with Ledger(path, create=False) as ledger:

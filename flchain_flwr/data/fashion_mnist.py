@@ -1,10 +1,11 @@
 """Fashion-MNIST: offline from IDX files, online through Hugging Face as a fallback.
 
 Offline, the IDX files of Debian's ``dataset-fashion-mnist`` package
-(``/usr/share/datasets/fashion-mnist``) or of any directory given by the
-``FLCHAIN_FASHION_MNIST_DIR`` environment variable are read with numpy (``.gz``
-or plain). With no local copy, ``allow_download=True`` takes the dataset from the
-Hugging Face hub (``zalando-datasets/fashion_mnist``) through ``datasets``.
+(``/usr/share/datasets/fashion-mnist``, ``make data`` installs it) are read with
+numpy (``.gz`` or plain); the ``FLCHAIN_FASHION_MNIST_DIR`` environment variable,
+when set, names the only directory looked in instead. With no local copy,
+``allow_download=True`` takes the dataset from the Hugging Face hub
+(``zalando-datasets/fashion_mnist``) through ``datasets``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+DIR_ENV = "FLCHAIN_FASHION_MNIST_DIR"
 HUB_DATASET = "zalando-datasets/fashion_mnist"
 _FILES = {
     "x_train": ("train-images-idx3-ubyte", 2051),
@@ -46,13 +48,14 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 
 
 def local_dir() -> Path | None:
-    """The first directory holding the four IDX files, if any."""
-    candidates = [os.environ.get("FLCHAIN_FASHION_MNIST_DIR"), str(DEBIAN_DIR)]
-    for candidate in candidates:
-        if candidate and all(
-            _find(Path(candidate), name) for name, _ in _FILES.values()
-        ):
-            return Path(candidate)
+    """The directory holding the four IDX files, if it has them all.
+
+    That is ``$FLCHAIN_FASHION_MNIST_DIR`` when set (and nothing else), else
+    Debian's directory.
+    """
+    directory = Path(os.environ.get(DIR_ENV) or DEBIAN_DIR)
+    if all(_find(directory, name) for name, _ in _FILES.values()):
+        return directory
     return None
 
 
@@ -86,8 +89,8 @@ def load_fashion_mnist(allow_download: bool = False) -> Split:
     if not allow_download:
         raise FileNotFoundError(
             "Fashion-MNIST not found: install Debian's dataset-fashion-mnist "
-            f"(IDX files in {DEBIAN_DIR}), set FLCHAIN_FASHION_MNIST_DIR, or allow the "
-            f"download from the Hugging Face hub ({HUB_DATASET})"
+            f"(IDX files in {DEBIAN_DIR}; `make data`), set {DIR_ENV}, or allow "
+            f"the download from the Hugging Face hub ({HUB_DATASET})"
         )
     return _from_hub()
 

@@ -1,7 +1,7 @@
 """A hash-chained, signed ledger of accepted aggregations, with Merkle proofs."""
 
 from .blobs import BlobStore
-from .canonical import decode_model, model_hash, update_digest
+from .canonical import decode_model, model_hash, sender_update_digest, update_digest
 from .chain import (
     Block,
     BlockSigner,
@@ -37,6 +37,7 @@ __all__ = [
     "quorum",
     "reward_shares",
     "select_committee",
+    "sender_update_digest",
     "sign_vote",
     "update_digest",
     "vote_payload",

@@ -79,8 +79,20 @@ def sha256_hex(*parts: bytes | memoryview) -> str:
 
 
 # ---------------------------------------------------------------- update digests
+WIRE_INT_MIN: Final = -(2**63)
+"""The smallest integer a Flower record carries over the wire (sint64)."""
+WIRE_INT_MAX: Final = 2**64 - 1
+"""The largest integer a Flower record carries over the wire (uint64)."""
+
+
 def _plain(value: Any) -> Any:
     """A JSON-safe, unambiguous stand-in for any record value a client can send."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if WIRE_INT_MIN <= value <= WIRE_INT_MAX:
+            return value
+        # Beyond what the wire carries (an in-process reply): Python cannot
+        # print ints over 4,300 digits in decimal, but hex has no such limit.
+        return {"int-hex": hex(value)}
     if isinstance(value, bytes):
         return {"bytes-sha256": hashlib.sha256(value).hexdigest()}
     if isinstance(value, list):
@@ -103,8 +115,9 @@ def _key(name: str) -> str:
 def update_digest(content: RecordDict) -> str:
     """SHA-256 of a reply's content as received (format ``flchain-update/1``).
 
-    Total: any content a client can send has a digest (NaN, Inf and odd strings
-    are encoded in tagged forms).
+    Total: any content a client can send has a digest (NaN, Inf, odd strings
+    and integers beyond the wire's 64 bits are encoded in tagged forms; every
+    other value is encoded as it always was).
     """
     records: dict[str, Any] = {}
     for name, record in content.items():
@@ -129,6 +142,17 @@ def update_digest(content: RecordDict) -> str:
                 "values": {_key(k): _plain(v) for k, v in record.items()},
             }
     return sha256_hex(UPDATE_TAG, canonical_json(records))
+
+
+def sender_update_digest(node_id: int, content: RecordDict) -> str:
+    """The digest of a reply bound to the node it came from.
+
+    Votes, ledger entries and duplicate checks name updates by this digest, so
+    two nodes that send byte-identical replies make two distinct candidates,
+    while one node replaying its own reply makes a duplicate.
+    """
+    payload = {"node_id": int(node_id), "update": update_digest(content)}
+    return sha256_hex(UPDATE_TAG, canonical_json(payload))
 
 
 # ------------------------------------------------------------------ model blobs

@@ -8,6 +8,25 @@ body's hash, the Merkle root of the included update digests and the new global
 model's hash. Each block is one SQLite transaction (WAL mode), and its model blob
 is in place before that transaction starts, so a process killed at any moment
 leaves a ledger whose every committed block verifies.
+
+Two optional body fields let a run be resumed exactly (ledgers written before
+them lack both, and still verify):
+
+``config``
+    The strategy's settings (in the genesis block, and in the first block made
+    after a resume with changed settings). Its canonical JSON hashes to the
+    header's ``config_digest``, so a resume can name the settings that differ.
+``server_state``
+    The server's state after the block, each part a blob in the
+    content-addressed store (written, like the model, before the block):
+    ``{"claims": <hash>, "momentum": {"velocity": <hash>, "from_zero": <bool>}}``.
+    ``claims`` is the example-weighting history the block's weights were
+    computed from (:class:`ServerState`); ``momentum`` (only with server
+    momentum) the velocity the block's step applied, ``new = parent + lr *
+    velocity``, where ``velocity = momentum * previous + step`` and
+    ``previous`` is the last block's velocity, or zero when ``from_zero``.
+    The velocity is float64, so with momentum each block stores twice a
+    float32 model's bytes beside its model; the claims take 16 bytes a node.
 """
 
 from __future__ import annotations
@@ -18,10 +37,12 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from logging import INFO
 from pathlib import Path
 from typing import Any, Final, Protocol
 
 import numpy as np
+from flwr.supercore import log
 from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
@@ -48,6 +69,10 @@ from .merkle import (
 
 LEDGER_FORMAT: Final = "flchain-ledger/1"
 BLOCK_FORMAT: Final = "flchain-block/1"
+CONFIG_FIELD: Final = "config"
+"""Body field: the settings behind the header's ``config_digest``."""
+SERVER_STATE_FIELD: Final = "server_state"
+"""Body field: blob hashes of the server's state after the block."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -96,6 +121,90 @@ class Block:
     signature: str
     header: dict[str, Any] = field(compare=False)
     body: dict[str, Any] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """The server's state after a block: what a resume (or a replay) needs.
+
+    Parameters
+    ----------
+    claims : list[tuple[int, float]] | None
+        The example-weighting history, ``(node_id, latest claim)`` from the node
+        heard from least recently to the most recent (see
+        :class:`~flchain_flwr.strategies.weighting.ClaimHistory`). Node ids are
+        Flower's unsigned 64-bit ids.
+    velocity : dict[str, np.ndarray] | None
+        The server momentum's velocity (``None`` without momentum): the step
+        the block applied, one float64 array per model array.
+    velocity_from_zero : bool (default: False)
+        Whether that velocity started from zero (the first step of a run, or
+        the first after a reset) rather than from the previous block's.
+    """
+
+    claims: list[tuple[int, float]] | None
+    velocity: dict[str, np.ndarray] | None = None
+    velocity_from_zero: bool = False
+
+
+def _claims_arrays(claims: Sequence[tuple[int, float]]) -> dict[str, np.ndarray]:
+    """The claim history as two arrays, in order: ``node_id`` and ``claim``."""
+    ids = [node_id for node_id, _ in claims]
+    if any(not 0 <= node_id < 2**64 for node_id in ids):
+        raise ValueError("node ids in a claim history must fit an unsigned 64 bits")
+    return {
+        "node_id": np.array(ids, dtype=np.uint64),
+        "claim": np.array([claim for _, claim in claims], dtype=np.float64),
+    }
+
+
+def _claims_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[tuple[int, float]]:
+    """Inverse of :func:`_claims_arrays`; ``ValueError`` if the blob is not one."""
+    ids, values = arrays.get("node_id"), arrays.get("claim")
+    if (
+        set(arrays) != {"node_id", "claim"}
+        or ids is None
+        or values is None
+        or ids.dtype != np.uint64
+        or values.dtype != np.float64
+        or ids.ndim != 1
+        or ids.shape != values.shape
+    ):
+        raise ValueError("the claims blob is not a claim history")
+    return [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
+
+
+def _state_blobs(body: Mapping[str, Any]) -> dict[str, str]:
+    """The blobs a body's ``server_state`` names, by part (``{}`` without one).
+
+    Raises
+    ------
+    ValueError
+        If the field is malformed.
+    """
+    if SERVER_STATE_FIELD not in body:
+        return {}
+    state = body[SERVER_STATE_FIELD]
+    if not isinstance(state, Mapping) or not set(state) <= {"claims", "momentum"}:
+        raise ValueError("server_state must hold only 'claims' and 'momentum'")
+    blobs: dict[str, str] = {}
+    if "claims" in state:
+        blobs["claims"] = state["claims"]
+    if "momentum" in state:
+        momentum = state["momentum"]
+        if (
+            not isinstance(momentum, Mapping)
+            or set(momentum) != {"velocity", "from_zero"}
+            or not isinstance(momentum["from_zero"], bool)
+        ):
+            raise ValueError(
+                "server_state.momentum must be {'velocity': hash, 'from_zero': bool}"
+            )
+        blobs["velocity"] = momentum["velocity"]
+    for part, digest in blobs.items():
+        if not _is_hex(digest, 64):
+            raise ValueError(f"server_state {part} is not a SHA-256 hex digest")
+    return blobs
 
 
 @dataclass
@@ -185,6 +294,28 @@ def load_or_create_key(path: Path) -> SigningKey:
     return key
 
 
+def _make_folder_for(path: Path) -> None:
+    """Create the missing folders above a new ledger file ``path`` (absolute) and
+    check that the file can be created there; say exactly what is wrong if not."""
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        blocker = next(
+            (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
+            None,
+        )
+        reason = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
+        # OSError(errno, ...) keeps the subclass (NotADirectoryError, ...).
+        raise OSError(
+            exc.errno, f"cannot create folder {folder} for the ledger {path}: {reason}"
+        ) from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(
+            f"cannot create the ledger {path}: folder {folder} is not writable"
+        )
+
+
 # pylint: disable=too-many-instance-attributes
 class Ledger:
     """An append-only chain of aggregation blocks.
@@ -194,6 +325,9 @@ class Ledger:
     path : str | Path
         The SQLite file. Models live beside it in ``<path>.models/``; the leader's
         signing key, unless given, in ``<path>.key`` (created on first append).
+        A relative path is taken against the current directory (under
+        ``flwr run``, the SuperLink's); the absolute one is kept and logged.
+        Missing folders above a new ledger are created.
     chain_id : str, optional
         Identifies the chain; fixed at creation (a random id if not given). Opening
         an existing ledger with another id is an error.
@@ -216,11 +350,14 @@ class Ledger:
         create: bool = True,
         durable: bool = False,
     ) -> None:
-        self.path = Path(path)
+        self.path = Path(path).resolve()
         if not create and not self.path.is_file():
             raise LedgerError(f"no ledger at {self.path}")
         if self.path.is_dir():
             raise LedgerError(f"{self.path} is a directory, not a ledger file")
+        existed = self.path.exists()
+        if not existed:
+            _make_folder_for(self.path)
         self.blobs = BlobStore(
             self.path.with_name(self.path.name + ".models"), durable=durable
         )
@@ -231,6 +368,8 @@ class Ledger:
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         except sqlite3.DatabaseError as exc:
+            if not existed:
+                raise OSError(f"cannot create the ledger {self.path}: {exc}") from None
             raise LedgerError(f"{self.path} is not a flchain ledger ({exc})") from None
         if not tables:
             if not create:
@@ -254,6 +393,8 @@ class Ledger:
         if chain_id is not None and chain_id != stored:
             raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
         self.chain_id: str = stored
+        if create:
+            log(INFO, "Ledger: %s (chain %s)", self.path, stored)
 
     # ------------------------------------------------------------------ basics
     def close(self) -> None:
@@ -343,6 +484,49 @@ class Ledger:
         """The global model a block references, from the content-addressed store."""
         return self.blobs.load_model(str(block.header["model_hash"]))
 
+    def server_state(self, block: Block) -> ServerState | None:
+        """The server state ``block`` records (``None`` if it records none).
+
+        Raises
+        ------
+        ValueError
+            If the record is malformed or a blob it names is missing or corrupt.
+        """
+        if SERVER_STATE_FIELD not in block.body:
+            return None
+        blobs = _state_blobs(block.body)
+        claims = None
+        if "claims" in blobs:
+            claims = _claims_from_arrays(self.blobs.load_model(blobs["claims"]))
+        velocity = None
+        if "velocity" in blobs:
+            velocity = self.blobs.load_model(blobs["velocity"])
+        momentum = block.body[SERVER_STATE_FIELD].get("momentum", {})
+        return ServerState(claims, velocity, bool(momentum.get("from_zero", False)))
+
+    def recorded_config(self, block: Block) -> dict[str, Any] | None:
+        """The settings behind ``block``'s ``config_digest``, if they are recorded.
+
+        They are in the body of the first block written with that digest (the
+        genesis block, or the first after a resume with changed settings), so
+        the search goes back from ``block`` while the digest stays the same.
+        ``None`` for ledgers written before settings were recorded.
+        """
+        digest = block.header["config_digest"]
+        rows = self.db.execute(
+            "SELECT height, hash, header, body, signature FROM blocks "
+            "WHERE height <= ? ORDER BY height DESC",
+            (block.height,),
+        )
+        for row in rows:
+            earlier = self._row_to_block(row)
+            if earlier.header["config_digest"] != digest:
+                break
+            config = earlier.body.get(CONFIG_FIELD)
+            if isinstance(config, dict) and _digest_of(config) == digest:
+                return config
+        return None
+
     def block_hashes(self) -> list[str]:
         """Block hashes by height: the leaves of the chain's Merkle log."""
         return [
@@ -367,6 +551,8 @@ class Ledger:
         wall_time: float | None = None,
         extra: Mapping[str, Any] | None = None,
         signer: BlockSigner | None = None,
+        config: Mapping[str, Any] | None = None,
+        server_state: ServerState | None = None,
     ) -> Block:
         """Store the model, then commit one signed block in one transaction.
 
@@ -377,7 +563,13 @@ class Ledger:
         ``deposits`` after it); ``signer`` signs instead of the ledger's own key
         (a PoV block's rotating leader; it is called inside the block's
         transaction, so a remote signer holds the write lock while it waits).
+        ``config`` records the settings behind ``config_digest`` (it must hash
+        to it); ``server_state``'s blobs are stored beside the model, before
+        the block, and its record goes into the body (see the module's
+        docstring).
         """
+        if config is not None and _digest_of(config) != config_digest:
+            raise ValueError("config does not hash to config_digest")
         model_hash = self.blobs.put_model(model)
         body = {
             **(extra or {}),
@@ -386,6 +578,10 @@ class Ledger:
             "votes": [dict(v) for v in votes],
             "contributions": [dict(c) for c in contributions],
         }
+        if config is not None:
+            body[CONFIG_FIELD] = dict(config)
+        if server_state is not None:
+            body[SERVER_STATE_FIELD] = self._put_server_state(server_state)
         body_bytes = canonical_json(body)
         key = signer or self.signing_key
         self.db.execute("BEGIN IMMEDIATE")
@@ -425,6 +621,18 @@ class Ledger:
             height, block_hash, header_bytes, body_bytes, signature, header, body
         )
 
+    def _put_server_state(self, state: ServerState) -> dict[str, Any]:
+        """Store ``state``'s blobs; return the body record naming them."""
+        record: dict[str, Any] = {}
+        if state.claims is not None:
+            record["claims"] = self.blobs.put_model(_claims_arrays(state.claims))
+        if state.velocity is not None:
+            record["momentum"] = {
+                "velocity": self.blobs.put_model(state.velocity),
+                "from_zero": state.velocity_from_zero,
+            }
+        return record
+
     # ---------------------------------------------------------------- verifying
     def verify(
         self, *, trusted_key: str | None = None, check_models: bool = True
@@ -434,7 +642,11 @@ class Ledger:
         Checks: canonical encodings, header hash, height sequence, chain id,
         previous-hash links, body hash, Merkle root of included updates, leader
         signature (against the genesis leader, or ``trusted_key``), every vote's
-        signature, and (``check_models``) that each model blob hashes to its name.
+        signature, that a recorded ``config`` hashes to the header's
+        ``config_digest``, that a ``server_state`` record is well formed, and
+        (``check_models``) that each model blob, and each server-state blob,
+        hashes to its name. Blocks without the optional fields (older ledgers)
+        are checked as before.
         On a PoV chain (the genesis body declares a verifier pool) every later
         block must be signed by the leader of the committee drawn from the
         previous block's hash, include updates only with a quorum of that
@@ -532,6 +744,15 @@ class Ledger:
             problem = check_vote(self.chain_id, height, vote)
             if problem is not None:
                 return f"vote {index}: {problem}"
+        if CONFIG_FIELD in body and (
+            not isinstance(body[CONFIG_FIELD], dict)
+            or _digest_of(body[CONFIG_FIELD]) != header["config_digest"]
+        ):
+            return "recorded config does not hash to the header's config_digest"
+        try:
+            state_blobs = _state_blobs(body)
+        except ValueError as exc:
+            return f"malformed server_state: {exc}"
         if height == 0 and "pov" in body:
             try:
                 chain.pov = PoVState(PoVRules.from_json(body["pov"]))
@@ -542,7 +763,13 @@ class Ledger:
             if problem is not None:
                 return f"PoV: {problem}"
         if check_models:
-            return self.blobs.check(str(header["model_hash"]))
+            problem = self.blobs.check(str(header["model_hash"]))
+            if problem is not None:
+                return problem
+            for part, digest in state_blobs.items():
+                problem = self.blobs.check(digest)
+                if problem is not None:
+                    return f"server_state {part}: {problem}"
         return None
 
     # ------------------------------------------------------------------- proofs
@@ -589,6 +816,11 @@ class Ledger:
 _VOTE_FIELDS: Final = frozenset(
     {"verifier", "candidate", "verdict", "score", "signature"}
 )
+
+
+def _digest_of(config: Mapping[str, Any]) -> str:
+    """SHA-256 of settings in canonical JSON: what ``config_digest`` holds."""
+    return sha256_hex(canonical_json(dict(config)))
 
 
 def _is_hex(value: object, length: int) -> bool:

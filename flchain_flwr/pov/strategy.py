@@ -14,8 +14,8 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_ndarrays
-from ..ledger import Ledger, contributions, update_digest
-from ..ledger.canonical import canonical_json, sha256_hex
+from ..ledger import Ledger, contributions
+from ..ledger.canonical import canonical_json, sender_update_digest, sha256_hex
 from ..strategies.decompress import DecompressReplies
 from ..strategies.updates import ParsedUpdate
 from .committee import Candidate, Committee, CommitteeDecision
@@ -111,7 +111,7 @@ class PoVStrategy(DecompressReplies):
             (
                 reply,
                 Candidate(
-                    update_digest(reply.content),
+                    sender_update_digest(reply.metadata.src_node_id, reply.content),
                     reply.metadata.src_node_id,
                     u.delta,
                     u.num_examples / total,
@@ -210,7 +210,8 @@ class PoVStrategy(DecompressReplies):
         self._round_rejected.append(
             {
                 "node_id": reply.metadata.src_node_id,
-                "digest": digest or update_digest(reply.content),
+                "digest": digest
+                or sender_update_digest(reply.metadata.src_node_id, reply.content),
                 "trained_on": version,
                 "reason": reason,
             }

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeviceProfile:
     """How fast one simulated node computes and communicates.
 
@@ -71,8 +71,8 @@ class DeviceProfile:
 
 
 def uniform(num_nodes: int, **profile: float) -> list[DeviceProfile]:
-    """``num_nodes`` identical devices."""
-    return [DeviceProfile(**profile) for _ in range(num_nodes)]  # type: ignore[arg-type]
+    """``num_nodes`` identical devices (one shared, immutable profile)."""
+    return [DeviceProfile(**profile)] * num_nodes  # type: ignore[arg-type]
 
 
 def tiered(
@@ -86,19 +86,21 @@ def tiered(
     """Devices in tiers, e.g. 1x / 4x / 10x slower, assigned round-robin.
 
     Bandwidth is divided by the same slowdown, so a slow tier is slow on both
-    compute and network, as low-end edge devices usually are.
+    compute and network, as low-end edge devices usually are. Nodes of a tier
+    share one immutable profile.
     """
     if not slowdowns or any(s <= 0 for s in slowdowns):
         raise ValueError("slowdowns must be positive")
-    return [
+    tiers = [
         DeviceProfile(
-            speed=1.0 / slowdowns[i % len(slowdowns)],
-            uplink_bps=uplink_bps / slowdowns[i % len(slowdowns)],
-            downlink_bps=downlink_bps / slowdowns[i % len(slowdowns)],
+            speed=1.0 / slowdown,
+            uplink_bps=uplink_bps / slowdown,
+            downlink_bps=downlink_bps / slowdown,
             jitter=jitter,
         )
-        for i in range(num_nodes)
+        for slowdown in slowdowns
     ]
+    return [tiers[i % len(tiers)] for i in range(num_nodes)]
 
 
 def lognormal(

@@ -22,8 +22,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from ..deploy.loopback import ConfigValue, config_arg
-from ..deploy.processes import cmdline, descendants, free_port, stop_processes
+from ..deploy.processes import descendants, free_port, stop_processes
 
 
 @dataclass(frozen=True)
@@ -44,14 +46,15 @@ def processes_of(flwr_home: Path) -> list[int]:
     """
     home = str(flwr_home.resolve())
     links = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+    for process in psutil.process_iter(["cmdline"]):
+        if process.pid == os.getpid():
             continue
-        argv = cmdline(int(entry.name))
-        if any(a.startswith(home) for a in argv) and any(
+        # process_iter leaves a command line it may not read as None.
+        argv: list[str] = process.info["cmdline"] or []
+        if any(a == home or a.startswith(home + os.sep) for a in argv) and any(
             "flower-superlink" in a for a in argv
         ):
-            links.append(int(entry.name))
+            links.append(process.pid)
     return descendants(links) if links else []
 
 

@@ -13,6 +13,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..protocol import MODEL_VERSION_KEY, UPDATE_INFO_KEY, UPDATE_KIND_DELTA
+from .evaluation import valid_evaluate_content
 from .result import RejectedUpdate
 from .updates import (
     ParsedUpdate,
@@ -145,5 +146,15 @@ class DecompressReplies(Strategy):
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        """Delegate."""
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        """Drop malformed evaluate replies (as FedBuff does), delegate the rest."""
+        valid: list[Message] = []
+        for reply in replies:
+            if not reply.has_error():
+                try:
+                    valid_evaluate_content(reply.content, self.weighted_by_key)
+                except UpdateRejected as exc:
+                    node = reply.metadata.src_node_id
+                    log(WARNING, "Rejected evaluate reply from node %d: %s", node, exc)
+                    continue
+            valid.append(reply)
+        return self.strategy.aggregate_evaluate(server_round, valid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -25,7 +26,11 @@ class VersionRecord:
     staleness_histogram: dict[int, int]
     node_ids: list[int]
     kept_versions: int
-    """Global versions held in memory after this aggregation (bounded)."""
+    """Full copies of global versions held in memory after this aggregation."""
+    full_copy_bound: int | None = None
+    """The most full copies the run can hold at once (``max_staleness + 1``);
+    ``None`` when ``max_staleness`` is ``None`` (bounded only by the versions in
+    flight)."""
 
 
 @dataclass(frozen=True)
@@ -93,3 +98,18 @@ class AsyncResult(Result):
 
 def _metrics(by_round: dict[int, Any]) -> dict[str, dict[str, Any]]:
     return {str(r): dict(m) for r, m in by_round.items()}
+
+
+def staleness_histogram(result: AsyncResult) -> dict[int, int]:
+    """Total staleness histogram over a whole run."""
+    total: Counter[int] = Counter()
+    for v in result.versions:
+        total.update(v.staleness_histogram)
+    return dict(sorted(total.items()))
+
+
+def mean_staleness(result: AsyncResult) -> float:
+    """Mean staleness of all aggregated updates of a run (0 if none)."""
+    hist = staleness_histogram(result)
+    count = sum(hist.values())
+    return sum(s * n for s, n in hist.items()) / count if count else 0.0

@@ -59,9 +59,9 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
 
     Each verifier holds its own shard of ``pov-trusted-examples`` examples from
     the end of the test set; with ``pov-reference-epochs`` > 0 it also trains
-    its reference update there (:func:`~flchain_cnn.verifiers.app_verifier`). With a ledger,
-    verifier keys persist beside it (so the run can resume); otherwise they are
-    fresh for the run.
+    its reference update there (:func:`~flchain_cnn.verifiers.app_verifier`).
+    With a ledger, verifier keys persist beside it (so the run can resume);
+    otherwise they are fresh for the run.
     """
     count = int(cfg.get("pov-verifiers", 0))
     if count <= 0:

@@ -1,0 +1,256 @@
+"""The update buffer: when it triggers, and how a triggered buffer becomes a version.
+
+Accepted updates wait here; the buffer triggers when it holds K updates
+(``buffer_full``), when ``max_wait`` has passed since its first update
+(``max_wait``), or when nothing else can arrive (``drained``). A triggered buffer
+goes through the block pipeline; a new version is recorded in the run's result.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable
+from logging import WARNING
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.supercore import log
+
+from ..arrays import NDArrays, to_arrayrecord
+from ..protocol import UPDATE_KIND_DELTA
+from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
+from .result import AsyncResult, RejectedUpdate, VersionRecord
+from .staleness import StalenessFn
+from .updates import ParsedUpdate, UpdateRejected, bounded_metrics
+from .updates import _update_kind as update_kind
+from .versions import VersionStore
+from .weighting import (
+    ClaimHistory,
+    ExampleWeighting,
+    WeightingError,
+    effective_examples,
+)
+
+TRIGGER_BUFFER_FULL = "buffer_full"
+TRIGGER_MAX_WAIT = "max_wait"
+TRIGGER_DRAINED = "drained"
+
+ParseFn = Callable[[RecordDict, NDArrays, int], ParsedUpdate]
+
+
+class UpdateBuffer:
+    """Buffered updates of one run, its triggers and its global versions.
+
+    Parameters
+    ----------
+    store : VersionStore
+        The current version and the older ones replies may still need.
+    num_versions : int
+        Versions to make before the run completes.
+    buffer_size, max_wait, staleness_fn, max_staleness
+        As in :class:`~flchain_flwr.strategies.FedBuff`.
+    weighting : ExampleWeighting
+        How claimed example counts become weights; ``claims`` is the run's
+        history of them.
+    parse : callable
+        ``(content, reference, trained_on) -> ParsedUpdate``; raises
+        :class:`UpdateRejected`.
+    pipeline : Pipeline
+        What a triggered buffer goes through.
+    result : AsyncResult
+        Where versions and rejections are recorded.
+    metrics_aggr : callable
+        Aggregates the train replies' MetricRecords of one version.
+    now : callable
+        Seconds since the run started, on the run's clock.
+    weighted_by_key : str
+        The example-count metric, never dropped when metrics are capped.
+    """
+
+    # pylint: disable=too-many-arguments,too-many-instance-attributes
+    def __init__(
+        self,
+        *,
+        store: VersionStore,
+        num_versions: int,
+        buffer_size: int,
+        max_wait: float | None,
+        staleness_fn: StalenessFn,
+        max_staleness: Callable[[], int | None],
+        weighting: ExampleWeighting,
+        claims: ClaimHistory,
+        parse: ParseFn,
+        pipeline: Pipeline,
+        result: AsyncResult,
+        metrics_aggr: Callable[[list[RecordDict]], MetricRecord | None],
+        now: Callable[[], float],
+        weighted_by_key: str = "num-examples",
+    ) -> None:
+        self.store = store
+        self.num_versions = num_versions
+        self.buffer_size = buffer_size
+        self.max_wait = max_wait
+        self.staleness_fn = staleness_fn
+        self.max_staleness = max_staleness
+        self.weighting = weighting
+        self.claims = claims
+        self.parse = parse
+        self.pipeline = pipeline
+        self.result = result
+        self.metrics_aggr = metrics_aggr
+        self.now = now
+        self.weighted_by_key = weighted_by_key
+        self.model_record: ArrayRecord = to_arrayrecord(store.model)
+        self.updates: list[BufferedUpdate] = []
+        self.deadline = math.inf  # tau after the buffer's first update
+        self.wall0 = time.time()
+
+    @property
+    def version(self) -> int:
+        """The current global version."""
+        return self.store.version
+
+    @property
+    def complete(self) -> bool:
+        """Whether every version asked for has been made."""
+        return self.version >= self.num_versions
+
+    @property
+    def full(self) -> bool:
+        """Whether the buffer holds K updates and a version is still wanted."""
+        return len(self.updates) >= self.buffer_size and not self.complete
+
+    def reject(self, rejection: Rejection) -> None:
+        """Record a rejected update in the result and tell the pipeline."""
+        log(
+            WARNING,
+            "Rejected update from node %d: %s",
+            rejection.node_id,
+            rejection.reason,
+        )
+        self.result.rejected.append(
+            RejectedUpdate(
+                rejection.node_id,
+                self.version,
+                rejection.trained_on,
+                self.now(),
+                rejection.reason,
+                rejection.votes,
+            )
+        )
+        self.pipeline.reject(rejection)
+
+    def take(
+        self, node_id: int, trained_on: int, content: RecordDict, at: float
+    ) -> bool:
+        """Validate a train reply and buffer it; ``False`` if it was rejected.
+
+        ``at`` is the absolute clock time, for the ``max_wait`` deadline.
+        """
+        staleness = self.version - trained_on
+        digest = self.pipeline.digest(node_id, content)
+        limit = self.max_staleness()
+        if limit is not None and staleness > limit:
+            reason = f"stale: staleness {staleness} > max_staleness {limit}"
+            self.store.settled(node_id, trained_on, None)
+            self.reject(Rejection(node_id, trained_on, reason, digest))
+            return False
+        try:
+            kind = update_kind(content)
+            reference = self.store.get(trained_on)
+            if kind == UPDATE_KIND_DELTA:
+                reference = self.store.model  # only names, shapes, dtypes are read
+            elif reference is None:
+                raise UpdateRejected(
+                    f"full weights for version {trained_on}, which is no longer "
+                    "kept (this node sent deltas before)"
+                )
+            update = self.parse(content, reference, trained_on)
+            state_base = self.store.state(trained_on)
+        except UpdateRejected as exc:
+            self.store.settled(node_id, trained_on, None)
+            self.reject(Rejection(node_id, trained_on, exc.reason, digest))
+            return False
+        except Exception as exc:  # whatever a forged reply triggers, it is rejected
+            self.store.settled(node_id, trained_on, None)
+            reason = f"reply could not be parsed: {exc!r}"
+            self.reject(Rejection(node_id, trained_on, reason, digest))
+            return False
+        self.store.settled(node_id, trained_on, kind)
+        if not self.updates and self.max_wait is not None:
+            self.deadline = at + self.max_wait
+        self.claims.observe(node_id, update.num_examples)
+        kept = bounded_metrics(content, keep=(self.weighted_by_key,))
+        for reason in kept.dropped:
+            log(WARNING, "Metrics of node %d capped: %s", node_id, reason)
+        self.updates.append(
+            BufferedUpdate(
+                node_id,
+                trained_on,
+                staleness,
+                self.staleness_fn(staleness),
+                update,
+                update.num_examples,  # the claim, until the buffer is weighed
+                kept.records,
+                digest,
+                state_base,
+            )
+        )
+        return True
+
+    def trigger(self, at: float, drained: bool) -> str | None:
+        """Why the buffer should be aggregated now, or ``None``."""
+        if not self.updates or self.complete:
+            return None
+        if at >= self.deadline:
+            return TRIGGER_MAX_WAIT
+        if drained:
+            return TRIGGER_DRAINED
+        return None
+
+    def aggregate(self, trigger: str) -> VersionRecord | None:
+        """Send the buffer through the pipeline; return the new version's record."""
+        updates, self.updates = self.updates, []
+        self.deadline = math.inf
+        try:
+            weights = effective_examples(
+                self.weighting, [u.update.num_examples for u in updates], self.claims
+            )
+        except WeightingError as exc:
+            for u in updates:
+                self.reject(Rejection(u.node_id, u.trained_on, str(exc), u.digest))
+            return None
+        for u, examples in zip(updates, weights, strict=True):
+            u.examples = examples
+        block = Block(self.version + 1, self.store.model, updates, self.now())
+        if self.pipeline.run(block, self.reject) is not None:
+            return None
+        assert block.model is not None
+        updates = block.updates
+        self.store.advance(block.version, block.model)
+        self.model_record = to_arrayrecord(block.model)
+        for u in updates:
+            self.result.participation[u.node_id] = (
+                self.result.participation.get(u.node_id, 0) + 1
+            )
+        record = VersionRecord(
+            version=self.version,
+            time=self.now(),
+            wall_time=time.time() - self.wall0,
+            trigger=trigger,
+            num_updates=len(updates),
+            num_examples=float(sum(u.examples for u in updates)),
+            staleness_histogram=dict(
+                sorted(Counter(u.staleness for u in updates).items())
+            ),
+            node_ids=[u.node_id for u in updates],
+            kept_versions=self.store.full_copies(),
+            full_copy_bound=self.store.bound,
+        )
+        self.result.versions.append(record)
+        self.result.arrays = self.model_record
+        metrics = self.metrics_aggr([u.metrics for u in updates])
+        if metrics is not None:
+            self.result.train_metrics_clientapp[self.version] = metrics
+        return record

@@ -1,0 +1,157 @@
+"""Federated evaluation of global versions, interleaved with asynchronous training.
+
+After a version is made, a sample of online nodes is asked to evaluate it. A node
+busy training evaluates when it comes back; a node asked to evaluate a newer
+version before it got to the older one evaluates only the newer one. A version's
+metrics are aggregated once every node asked has answered, failed or left.
+
+With ``once_per_training`` (FedBuff's default schedule, once per FedAvg round's
+worth of updates) a node that has evaluated is not asked again before it has
+trained once more: otherwise a slow node, whose evaluation outlasts the period,
+would find a newer evaluation waiting each time it is free and never train.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.supercore import log
+
+from .updates import UpdateRejected, parse_evaluate_reply
+
+MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
+ValidateFn = Callable[[RecordDict], RecordDict]
+"""Check an evaluate reply; return what to aggregate or raise UpdateRejected."""
+
+
+@dataclass
+class _EvalRound:
+    arrays: ArrayRecord
+    waiting: set[int]
+    replies: list[RecordDict]
+
+
+class FederatedEvaluation:
+    """Which nodes evaluate which version, and the aggregated results."""
+
+    def __init__(
+        self,
+        *,
+        fraction: float,
+        min_nodes: int,
+        aggregate: Callable[[list[RecordDict]], MetricRecord | None],
+        validate: ValidateFn,
+        rng: random.Random,
+        results: dict[int, MetricRecord] | None = None,
+        once_per_training: bool = False,
+    ) -> None:
+        self.fraction = fraction
+        self.min_nodes = min_nodes
+        self.aggregate = aggregate
+        self.validate = validate
+        self.rng = rng
+        self.once_per_training = once_per_training
+        self._evaluated: set[int] = set()  # evaluated since their last training
+        self.rounds: dict[int, _EvalRound] = {}
+        self.pending: dict[int, int] = {}  # node -> version it should evaluate
+        self.results: dict[int, MetricRecord] = {} if results is None else results
+
+    def schedule(self, version: int, arrays: ArrayRecord, online: set[int]) -> None:
+        """Ask a sample of ``online`` nodes to evaluate ``version``."""
+        if self.fraction == 0.0 or not online:
+            return
+        nodes = sorted(online - self._evaluated if self.once_per_training else online)
+        if not nodes:
+            return
+        count = min(
+            len(nodes), max(self.min_nodes, math.ceil(self.fraction * len(nodes)))
+        )
+        chosen = self.rng.sample(nodes, count)
+        self.rounds[version] = _EvalRound(arrays, set(chosen), [])
+        for node_id in chosen:
+            previous = self.pending.get(node_id)
+            if previous is not None:  # superseded before it ran
+                self.done(node_id, previous, None)
+            self.pending[node_id] = version
+
+    def ready(self, is_free: Callable[[int], bool]) -> list[tuple[int, int]]:
+        """Pop the ``(node, version)`` pairs whose node is free now, in node order."""
+        due = [(n, v) for n, v in sorted(self.pending.items()) if is_free(n)]
+        for node_id, _ in due:
+            del self.pending[node_id]
+            if self.once_per_training:
+                self._evaluated.add(node_id)
+        return due
+
+    def trained(self, node_id: int) -> None:
+        """``node_id`` was sent a train message: it may be asked to evaluate again."""
+        self._evaluated.discard(node_id)
+
+    def arrays_of(self, version: int) -> ArrayRecord:
+        """The model of ``version`` being evaluated."""
+        return self.rounds[version].arrays
+
+    def forget(self, online: set[int]) -> None:
+        """Give up on pending evaluations of nodes that left."""
+        for node_id, version in list(self.pending.items()):
+            if node_id not in online:
+                del self.pending[node_id]
+                self.done(node_id, version, None)
+
+    def done(self, node_id: int, version: int, content: RecordDict | None) -> None:
+        """``node_id`` answered (``content``) or failed (``None``) on ``version``."""
+        round_ = self.rounds.get(version)
+        if round_ is None:
+            return
+        round_.waiting.discard(node_id)
+        if content is not None:
+            try:
+                round_.replies.append(self.validate(content))
+            except UpdateRejected as exc:
+                log(WARNING, "Rejected evaluate reply from node %d: %s", node_id, exc)
+        if round_.waiting:
+            return
+        del self.rounds[version]
+        metrics = self.aggregate(round_.replies)
+        if metrics is not None:
+            log(INFO, "\t└──> Federated evaluation of version %d: %s", version, metrics)
+            self.results[version] = metrics
+
+    @property
+    def busy(self) -> bool:
+        """Whether some version still waits for evaluate replies."""
+        return bool(self.rounds)
+
+
+def aggregate_or_none(
+    fn: MetricsAggrFn, contents: list[RecordDict], weighted_by_key: str
+) -> MetricRecord | None:
+    """``fn(contents)`` over the replies that carry metrics; ``None`` if none do.
+
+    Metrics are informative: an aggregation function that fails is logged and
+    never stops a run.
+    """
+    usable = [c for c in contents if c.metric_records]
+    if not usable:
+        return None
+    try:
+        return fn(usable, weighted_by_key)
+    except Exception as exc:
+        log(WARNING, "Could not aggregate metrics: %s", exc)
+        return None
+
+
+def valid_evaluate_content(content: RecordDict, weighted_by_key: str) -> RecordDict:
+    """An evaluate reply's content reduced to its validated MetricRecord.
+
+    Raises
+    ------
+    UpdateRejected
+        If the reply's metrics are missing, malformed, non-finite or too large.
+    """
+    return RecordDict({"metrics": parse_evaluate_reply(content, weighted_by_key)})

@@ -1,0 +1,361 @@
+"""FedBuff's event loop: membership, dispatch, pulls, deadlines, on one clock.
+
+The loop keeps nodes busy and hands what comes back to the buffer and the
+federated evaluation. It knows nothing about PoV, ledgers or compression: those
+live in the block pipeline behind :class:`~.buffer.UpdateBuffer`.
+
+Cost per event is independent of the population: message deadlines sit in a
+heap, free nodes are tracked per event (:class:`~.nodes.NodeTracker`), and the
+only O(N) step is reading the membership list every ``membership_refresh``
+seconds. At most one message is in flight per node.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from logging import WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from ..runtime import Clock
+from .buffer import TRIGGER_BUFFER_FULL, UpdateBuffer
+from .evaluation import FederatedEvaluation
+from .nodes import NodeTracker
+from .result import AsyncResult, NodeFailure, VersionRecord
+from .scheduling import SchedulingPolicy
+
+ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How the loop dispatches and waits (see :class:`~.fedbuff.FedBuff`)."""
+
+    concurrency: int | None
+    fraction_train: float
+    min_train_nodes: int
+    min_available_nodes: int
+    ttl: float
+    timeout: float
+    membership_refresh: float
+    retry_backoff: float
+    time_budget: float | None
+    reserved_nodes: frozenset[int] = frozenset()
+
+
+@dataclass(frozen=True)
+class Flight:
+    """A message in flight."""
+
+    node_id: int
+    message_type: str
+    version: int
+    deadline: float
+
+    @property
+    def train(self) -> bool:
+        """Whether it is a train message."""
+        return self.message_type == MessageType.TRAIN
+
+
+# pylint: disable=too-many-instance-attributes
+class EventLoop:
+    """One :meth:`FedBuff.start` call's loop over its grid."""
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        *,
+        grid: Grid,
+        clock: Clock,
+        settings: LoopSettings,
+        buffer: UpdateBuffer,
+        evaluation: FederatedEvaluation,
+        policy: SchedulingPolicy,
+        rng: random.Random,
+        train_content: ContentFn,
+        evaluate_content: ContentFn,
+        train_config: ConfigRecord,
+        evaluate_config: ConfigRecord,
+        result: AsyncResult,
+        on_version: Callable[[VersionRecord], None],
+    ) -> None:
+        self.grid = grid
+        self.clock = clock
+        self.s = settings
+        self.buffer = buffer
+        self.evaluation = evaluation
+        self.policy = policy
+        self.rng = rng
+        self.train_content = train_content
+        self.evaluate_content = evaluate_content
+        self.train_config = train_config
+        self.evaluate_config = evaluate_config
+        self.result = result
+        self.on_version = on_version
+
+        self.nodes = NodeTracker()
+        self.nodes.version = buffer.version
+        self.in_flight: dict[str, Flight] = {}
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._seq = 0
+        self.t0 = clock.now()
+        self.next_refresh = self.t0
+        self.idle_deadline = self.t0 + settings.timeout  # pushed back by usable replies
+        budget = settings.time_budget
+        self.budget_deadline = self.t0 + (budget if budget is not None else math.inf)
+        self.stop_requested = False
+        self._last_node_ids: object = None
+
+    def now(self) -> float:
+        """Seconds since the loop started, on its clock."""
+        return self.clock.now() - self.t0
+
+    # ------------------------------------------------------------------- run
+    def run(self) -> str:
+        """Run until done; return why it stopped."""
+        while (reason := self._finished()) is None:
+            self._refresh_nodes()
+            self.evaluation.forget(self.nodes.online)
+            if not self._waiting_for_nodes():
+                self._dispatch()
+            progressed = self._collect() > 0
+            if (trigger := self._trigger()) is not None:
+                self._aggregate(trigger)
+                progressed = True
+            if not progressed:
+                self._wait()  # else: dispatch to freed nodes first
+        return reason
+
+    def _finished(self) -> str | None:
+        if self.buffer.complete and not self.evaluation.busy:
+            return "stopped by should_stop" if self.stop_requested else "completed"
+        now = self.clock.now()
+        if now >= self.idle_deadline and not self.in_flight:
+            return f"no usable reply for {self.s.timeout:g}s"
+        if now >= self.budget_deadline:
+            return "time budget reached"
+        return None
+
+    def _waiting_for_nodes(self) -> bool:
+        return (
+            not self.result.versions
+            and not self.in_flight
+            and len(self.nodes.online) < self.s.min_available_nodes
+        )
+
+    def _refresh_nodes(self) -> None:
+        if self.clock.now() < self.next_refresh:
+            return
+        try:
+            node_ids = self.grid.get_node_ids()
+        except Exception as exc:  # transport trouble: keep the last known nodes
+            log(WARNING, "get_node_ids failed: %s", exc)
+        else:
+            if node_ids is not self._last_node_ids:  # the same object: unchanged
+                self._last_node_ids = node_ids
+                self.nodes.set_online(set(node_ids) - self.s.reserved_nodes)
+        self.next_refresh = self.clock.now() + self.s.membership_refresh
+
+    # -------------------------------------------------------------- dispatch
+    def train_limit(self) -> int:
+        """How many nodes may train at once."""
+        if self.s.concurrency is not None:
+            return self.s.concurrency
+        online = len(self.nodes.online)
+        return max(self.s.min_train_nodes, math.ceil(self.s.fraction_train * online))
+
+    def _dispatch(self) -> None:
+        now = self.clock.now()
+        self.nodes.release_backoffs(now)
+        deadline = now + self.s.ttl
+        outgoing: list[tuple[Message, Flight]] = []
+        for node_id, version in self.evaluation.ready(self.nodes.is_free):
+            content = self.evaluate_content(
+                self.evaluation.arrays_of(version), self.evaluate_config, version
+            )
+            message = Message(
+                content,
+                node_id,
+                MessageType.EVALUATE,
+                ttl=self.s.ttl,
+                group_id=str(version),
+            )
+            outgoing.append(
+                (message, Flight(node_id, MessageType.EVALUATE, version, deadline))
+            )
+        self._push(outgoing)
+
+        capacity = self.train_limit() - self.nodes.training_online
+        if self.buffer.complete or capacity <= 0 or not self.nodes.eligible:
+            return
+        version = self.buffer.version
+        chosen = self.policy.select(self.nodes.eligible, capacity, self.rng)
+        shared = self.train_content(
+            self.buffer.model_record, self.train_config, version
+        )
+        outgoing = []
+        for node_id in chosen:
+            config = self.policy.train_config(node_id, version, self.train_config)
+            content = (
+                shared
+                if config is None
+                else self.train_content(self.buffer.model_record, config, version)
+            )
+            message = Message(
+                content,
+                node_id,
+                MessageType.TRAIN,
+                ttl=self.s.ttl,
+                group_id=str(version + 1),
+            )
+            outgoing.append(
+                (message, Flight(node_id, MessageType.TRAIN, version, deadline))
+            )
+        self._push(outgoing)
+
+    def _push(self, messages: list[tuple[Message, Flight]]) -> None:
+        if not messages:
+            return
+        try:
+            pushed = self.grid.push_messages([m for m, _ in messages])
+            accepted = {str(i) for i in pushed if i}
+        except Exception as exc:  # transport trouble: count as failures, go on
+            for _, flight in messages:
+                self._record_failure(flight, ErrorCode.UNKNOWN, f"push failed: {exc}")
+            return
+        for message, flight in messages:
+            msg_id = message.metadata.message_id
+            if not msg_id or msg_id not in accepted:
+                self._record_failure(flight, ErrorCode.UNKNOWN, "push was refused")
+                continue
+            self.in_flight[msg_id] = flight
+            self._seq += 1
+            heapq.heappush(self._deadlines, (flight.deadline, self._seq, msg_id))
+            self.nodes.sent(flight.node_id, flight.train)
+            if flight.train:
+                self.evaluation.trained(flight.node_id)
+                self.buffer.store.dispatched(flight.node_id, flight.version)
+                self.policy.on_dispatch(flight.node_id, flight.version, self.now())
+
+    # --------------------------------------------------------------- replies
+    def _collect(self) -> int:
+        """Take every reply that is in, one at a time; return how many.
+
+        The buffer is checked after each update, so an aggregation never holds
+        more than K updates. Only messages due by the time of the pull expire:
+        an aggregation that takes time (a committee vote, a consensus delay)
+        must not turn replies that arrived meanwhile into failures.
+        """
+        replies: list[Message] = []
+        pulled_at = self.clock.now()
+        if self.in_flight:
+            try:
+                replies = list(self.grid.pull_messages(self.in_flight.keys()))
+            except Exception as exc:  # transport trouble: try again next poll
+                log(WARNING, "pull_messages failed: %s", exc)
+                replies = []
+            for reply in replies:
+                self._take_reply(reply)
+                if self.buffer.full:
+                    self._aggregate(TRIGGER_BUFFER_FULL)
+        expired = self._expire(pulled_at)
+        self.buffer.store.prune()
+        return len(replies) + expired
+
+    def _take_reply(self, reply: Message) -> None:
+        flight = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+        if flight is None:
+            return  # expired or unknown: already accounted for
+        self.nodes.done(flight.node_id)
+        sender = reply.metadata.src_node_id
+        if sender != flight.node_id:
+            reason = f"reply came from node {sender}, not from node {flight.node_id}"
+            self._settle_failure(flight, ErrorCode.UNKNOWN, reason)
+        elif reply.has_error():
+            self._settle_failure(flight, reply.error.code, reply.error.reason or "")
+        elif not flight.train:
+            self.evaluation.done(flight.node_id, flight.version, reply.content)
+        elif self.buffer.complete:  # a late update has nowhere to go
+            self.buffer.store.settled(flight.node_id, flight.version, None)
+        elif self.buffer.take(
+            flight.node_id, flight.version, reply.content, self.clock.now()
+        ):
+            self.idle_deadline = self.clock.now() + self.s.timeout
+            staleness = self.buffer.version - flight.version
+            self.policy.on_update(flight.node_id, staleness, self.now())
+
+    def _expire(self, until: float) -> int:
+        count = 0
+        while self._deadlines and self._deadlines[0][0] <= until:
+            _, _, msg_id = heapq.heappop(self._deadlines)
+            flight = self.in_flight.pop(msg_id, None)
+            if flight is None:
+                continue  # answered before its deadline
+            self.nodes.done(flight.node_id)
+            reason = f"no reply within the message TTL ({self.s.ttl:g}s)"
+            self._settle_failure(flight, ErrorCode.MESSAGE_UNAVAILABLE, reason)
+            count += 1
+        return count
+
+    def _settle_failure(self, flight: Flight, code: int, reason: str) -> None:
+        if flight.train:
+            self.buffer.store.settled(flight.node_id, flight.version, None)
+        self._record_failure(flight, code, reason)
+
+    def _record_failure(self, flight: Flight, code: int, reason: str) -> None:
+        log(WARNING, "Node %d failed (%s): %s", flight.node_id, code, reason)
+        self.result.failures.append(
+            NodeFailure(flight.node_id, flight.version, self.now(), code, reason)
+        )
+        until = self.clock.now() + self.s.retry_backoff
+        self.nodes.failed(flight.node_id, until, flight.train)
+        if flight.train:
+            self.policy.on_failure(flight.node_id, self.now())
+        else:
+            self.evaluation.done(flight.node_id, flight.version, None)
+
+    # ----------------------------------------------------------- aggregation
+    def _trigger(self) -> str | None:
+        now = self.clock.now()
+        self.nodes.release_backoffs(now)
+        drained = not self.in_flight and not self.nodes.eligible
+        return self.buffer.trigger(now, drained)
+
+    def _aggregate(self, trigger: str) -> None:
+        record = self.buffer.aggregate(trigger)
+        if record is None:
+            return
+        self.nodes.new_version(self.buffer.version)
+        self.on_version(record)
+
+    # ------------------------------------------------------------------ wait
+    def _wait(self) -> None:
+        """Wait for the next reply, or the next deadline that is still ahead.
+
+        Only future deadlines count: one that is due but cannot act (the idle
+        timeout while messages are in flight) must not pin a virtual clock.
+        """
+        now = self.clock.now()
+        self.nodes.release_backoffs(now)
+        while self._deadlines and self._deadlines[0][2] not in self.in_flight:
+            heapq.heappop(self._deadlines)
+        candidates = [
+            self.next_refresh,
+            self.idle_deadline,
+            self.budget_deadline,
+            self._deadlines[0][0] if self._deadlines else math.inf,
+            self.nodes.next_backoff_end(),
+        ]
+        if self.buffer.updates and not self.buffer.complete:
+            candidates.append(self.buffer.deadline)
+        self.clock.wait(
+            min((t for t in candidates if t > now), default=now + self.s.timeout)
+        )

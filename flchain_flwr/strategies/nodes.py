@@ -1,0 +1,166 @@
+"""Which nodes are online, busy, backing off or free to train: tracked per event.
+
+A population can hold 100,000 nodes of which a thousand train at once, so nothing
+here scans every node per event. Each node is in at most one of three places
+while it is online and not busy: ``eligible`` (free to train on the current
+version), ``waiting`` (free, but already trained on the current version) or the
+backoff heap (resting after a failure). A new version moves ``waiting`` into
+``eligible``: O(nodes that replied since the last version).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import random
+from collections.abc import Iterable, Iterator
+
+
+class NodePool:
+    """A set of node ids with O(1) add, remove and uniform random pick.
+
+    Iteration order is deterministic: it depends only on the sequence of
+    operations, never on hashing.
+    """
+
+    def __init__(self) -> None:
+        self._items: list[int] = []
+        self._index: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self._index
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(list(self._items))
+
+    def add(self, node_id: int) -> None:
+        """Add ``node_id`` (no-op if present)."""
+        if node_id not in self._index:
+            self._index[node_id] = len(self._items)
+            self._items.append(node_id)
+
+    def discard(self, node_id: int) -> None:
+        """Remove ``node_id`` if present: the last item takes its slot."""
+        pos = self._index.pop(node_id, None)
+        if pos is None:
+            return
+        last = self._items.pop()
+        if pos < len(self._items):
+            self._items[pos] = last
+            self._index[last] = pos
+
+    def pick(self, rng: random.Random) -> int:
+        """Remove and return a uniformly random member."""
+        node_id = self._items[rng.randrange(len(self._items))]
+        self.discard(node_id)
+        return node_id
+
+
+class NodeTracker:
+    """Membership, busy nodes, backoffs and training eligibility, kept per event.
+
+    ``version`` is the current global version; a node is eligible to train when
+    it is online, not busy, not backing off and has not yet been sent the
+    current version (a failed message lets it retrain its version).
+    """
+
+    def __init__(self) -> None:
+        self.online: set[int] = set()
+        self.busy: set[int] = set()
+        self.training: set[int] = set()  # busy with a train message
+        self.training_online = 0  # |training & online|, for the capacity
+        self.eligible = NodePool()
+        self.waiting: set[int] = set()
+        self.last_trained: dict[int, int] = {}
+        self.backoff_until: dict[int, float] = {}
+        self._backoffs: list[tuple[float, int]] = []
+        self.version = 0
+
+    # ------------------------------------------------------------ membership
+    def set_online(self, node_ids: Iterable[int]) -> None:
+        """Adopt a fresh membership list (O(N) per refresh, not per event)."""
+        online = set(node_ids)
+        for node_id in self.online - online:
+            self.online.discard(node_id)
+            if node_id in self.training:
+                self.training_online -= 1
+            self._unclassify(node_id)
+        for node_id in online - self.online:
+            self.online.add(node_id)
+            if node_id in self.training:
+                self.training_online += 1
+            self._classify(node_id)
+
+    # ------------------------------------------------------------- messages
+    def sent(self, node_id: int, train: bool) -> None:
+        """A message to ``node_id`` is in flight."""
+        self._unclassify(node_id)
+        self.busy.add(node_id)
+        if train:
+            self.training.add(node_id)
+            self.last_trained[node_id] = self.version
+            if node_id in self.online:
+                self.training_online += 1
+
+    def done(self, node_id: int) -> None:
+        """The message to ``node_id`` is answered or given up on."""
+        self.busy.discard(node_id)
+        if node_id in self.training:
+            self.training.discard(node_id)
+            if node_id in self.online:
+                self.training_online -= 1
+        self._classify(node_id)
+
+    def failed(self, node_id: int, until: float, train: bool) -> None:
+        """Leave ``node_id`` alone until ``until``; a failed train may be retried."""
+        if train:
+            self.last_trained.pop(node_id, None)
+        self._unclassify(node_id)
+        self.backoff_until[node_id] = until
+        heapq.heappush(self._backoffs, (until, node_id))
+
+    def release_backoffs(self, now: float) -> None:
+        """Return nodes whose backoff ended by ``now`` to the free pools."""
+        while self._backoffs and self._backoffs[0][0] <= now:
+            until, node_id = heapq.heappop(self._backoffs)
+            if self.backoff_until.get(node_id) == until:
+                del self.backoff_until[node_id]
+                self._classify(node_id)
+
+    def next_backoff_end(self) -> float:
+        """The earliest pending backoff end (inf if none); stale entries dropped."""
+        heap = self._backoffs
+        while heap and self.backoff_until.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def new_version(self, version: int) -> None:
+        """Nodes that trained on the previous version may train again."""
+        self.version = version
+        for node_id in sorted(self.waiting):
+            self.eligible.add(node_id)
+        self.waiting.clear()
+
+    # --------------------------------------------------------------- queries
+    def is_free(self, node_id: int) -> bool:
+        """Online, not busy and not backing off."""
+        return (
+            node_id in self.online
+            and node_id not in self.busy
+            and node_id not in self.backoff_until
+        )
+
+    def _classify(self, node_id: int) -> None:
+        if not self.is_free(node_id):
+            return
+        if self.last_trained.get(node_id, -1) < self.version:
+            self.eligible.add(node_id)
+        else:
+            self.waiting.add(node_id)
+
+    def _unclassify(self, node_id: int) -> None:
+        self.eligible.discard(node_id)
+        self.waiting.discard(node_id)

@@ -1,0 +1,220 @@
+"""The block pipeline: what a triggered buffer flows through to become a version.
+
+::
+
+    buffered updates ──> filter stages ──> server step ──> commit stages
+                         (PoV committee)    (pure maths)    (deposits, ledger)
+
+Updates are parsed and validated when their reply is taken (:mod:`.updates`);
+a triggered buffer becomes a :class:`Block`. Each :class:`BlockStage` may reject
+updates in :meth:`~BlockStage.filter` and records the new version in
+:meth:`~BlockStage.commit`. The strategy never asks whether a committee or a
+ledger is there: they are stages, and without them the list is empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from flwr.app import RecordDict
+
+from ..arrays import NDArrays, apply_step
+from ..ledger.canonical import sender_update_digest
+from ..ledger.chain import BlockSigner
+from .state import DEFAULT_STATE_RULE, StateRule, aggregate_state
+from .updates import ParsedUpdate, weighted_delta
+
+
+@dataclass
+class BufferedUpdate:
+    """An accepted reply waiting in the buffer."""
+
+    node_id: int
+    trained_on: int
+    staleness: int
+    weight: float
+    """Staleness weight ``s(staleness)``."""
+    update: ParsedUpdate
+    examples: float
+    """Example count used in the step (the weighting policy's, not the claim)."""
+    metrics: RecordDict
+    """The reply's MetricRecords only, not a second copy of its arrays."""
+    digest: str = ""
+    state_base: NDArrays = field(default_factory=dict)
+    """Non-trainable arrays of the version it was trained on."""
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """An update that was taken but not used, and why."""
+
+    node_id: int
+    trained_on: int
+    reason: str
+    digest: str
+    votes: list[dict[str, Any]] = field(default_factory=list)
+
+
+RejectFn = Callable[[Rejection], None]
+
+
+@dataclass
+class Block:
+    """A triggered buffer on its way to becoming global version ``version``."""
+
+    version: int
+    parent: NDArrays
+    updates: list[BufferedUpdate]
+    time: float
+    step: NDArrays | None = None
+    model: NDArrays | None = None
+    votes: list[dict[str, Any]] = field(default_factory=list)
+    extra: dict[str, Any] | None = None
+    signer: BlockSigner | None = None
+
+    def shares(self, server_lr: float) -> list[float]:
+        """The fraction of each update's delta that the step will apply."""
+        total = sum(u.examples for u in self.updates)
+        scale = server_lr / total if total > 0 else 0.0
+        return [scale * u.weight * u.examples for u in self.updates]
+
+
+class BlockStage:
+    """One stage of the pipeline; every hook is optional."""
+
+    needs_digest = False
+    """Whether updates need a digest (votes and ledger entries name them)."""
+
+    def filter(self, block: Block, reject: RejectFn) -> None:
+        """Remove updates from ``block.updates``, reporting each via ``reject``."""
+
+    def commit(self, block: Block) -> None:
+        """Record ``block`` once its new model is accepted."""
+
+    def rejected(self, rejection: Rejection) -> None:
+        """See every rejection, from any cause (the ledger records them)."""
+
+    def close(self) -> None:
+        """Release what the stage opened."""
+
+
+class ServerStep:
+    """FedBuff's server update, with optional momentum.
+
+    ``step = sum_i w_i n_i delta_i / sum_i n_i``; with momentum,
+    ``velocity = momentum * velocity + step`` takes the step's place; then
+    ``new = parent + lr * step``. Non-trainable arrays (``state_names``) then
+    follow ``state_rule`` (:mod:`.state`): by default the weighted average of
+    the values the nodes reported, never a stale delta.
+
+    The velocity starts from zero (``None``): at the start of a run, after
+    :meth:`restore_velocity` with ``None``, and after an aggregate that would
+    overflow the model. ``velocity_from_zero`` says whether the last step did;
+    a ledger records it with the velocity, so a resumed run continues it.
+    """
+
+    def __init__(
+        self,
+        lr: float,
+        momentum: float,
+        state_names: frozenset[str] = frozenset(),
+        state_rule: StateRule = DEFAULT_STATE_RULE,
+    ) -> None:
+        self.lr = lr
+        self.momentum = momentum
+        self.state_names = state_names
+        self.state_rule = state_rule
+        self.velocity: NDArrays | None = None
+        """The momentum's velocity after the last step (``None``: zero)."""
+        self.velocity_from_zero = False
+        """Whether the last step's velocity started from zero."""
+
+    def restore_velocity(self, velocity: NDArrays | None) -> None:
+        """Continue from ``velocity`` (a resumed run's; ``None``: from zero)."""
+        self.velocity = velocity
+
+    def __call__(self, block: Block) -> bool:
+        """Set ``block.step`` and ``block.model``; ``False`` if not finite."""
+        step = weighted_delta(
+            [u.update.delta for u in block.updates],
+            [u.examples for u in block.updates],
+            [u.weight for u in block.updates],
+        )
+        if self.momentum > 0.0:
+            self.velocity_from_zero = self.velocity is None
+            if self.velocity is None:
+                self.velocity = step
+            else:
+                beta = self.momentum
+                self.velocity = {k: beta * self.velocity[k] + step[k] for k in step}
+            step = self.velocity
+        model = apply_step(block.parent, step, self.lr)
+        if self.state_names:
+            model.update(
+                aggregate_state(
+                    block.parent,
+                    self.state_names,
+                    [u.state_base for u in block.updates],
+                    [u.update.delta for u in block.updates],
+                    [u.examples * u.weight for u in block.updates],
+                    self.state_rule,
+                )
+            )
+        if not all(np.isfinite(v).all() for v in model.values() if v.dtype.kind == "f"):
+            self.velocity = None
+            return False
+        block.step, block.model = step, model
+        return True
+
+
+class Pipeline:
+    """Filter stages, the server step, commit stages, in that order."""
+
+    def __init__(self, stages: Sequence[BlockStage], server_step: ServerStep):
+        self.stages = list(stages)
+        self.server_step = server_step
+        self.needs_digest = any(s.needs_digest for s in self.stages)
+
+    def digest(self, node_id: int, content: RecordDict) -> str:
+        """The update's digest, bound to its sender ("" when nobody needs it).
+
+        Two nodes sending byte-identical replies make two distinct candidates;
+        the same node replaying its reply makes a duplicate.
+        """
+        if not self.needs_digest:
+            return ""
+        return sender_update_digest(node_id, content)
+
+    def reject(self, rejection: Rejection) -> None:
+        """Tell every stage about a rejection."""
+        for stage in self.stages:
+            stage.rejected(rejection)
+
+    def run(self, block: Block, reject: RejectFn) -> str | None:
+        """Take ``block`` through every stage; return why it made no version."""
+        for stage in self.stages:
+            stage.filter(block, reject)
+            if not block.updates:
+                return "every candidate was rejected"
+        if not self.server_step(block):
+            for u in block.updates:
+                reject(
+                    Rejection(
+                        u.node_id,
+                        u.trained_on,
+                        "aggregate would overflow the model",
+                        u.digest,
+                    )
+                )
+            return "the aggregate would overflow the model"
+        for stage in self.stages:
+            stage.commit(block)
+        return None
+
+    def close(self) -> None:
+        """Close every stage."""
+        for stage in self.stages:
+            stage.close()

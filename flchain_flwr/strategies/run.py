@@ -1,0 +1,304 @@
+"""One :meth:`FedBuff.start` call: the loop, the buffer, the pipeline, wired.
+
+Each part lives in a module of its own; this one only puts them together,
+logs the run like Flower's strategies do, and closes what it opened.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING
+
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
+from flwr.supercore import log
+
+from ..arrays import to_arrayrecord, to_ndarrays
+from ..pov.committee import CommitteeDecision
+from ..runtime import Clock
+from .buffer import UpdateBuffer
+from .evaluation import (
+    FederatedEvaluation,
+    aggregate_or_none,
+    valid_evaluate_content,
+)
+from .loop import EventLoop, LoopSettings
+from .pipeline import BlockStage, Pipeline, ServerStep
+from .result import AsyncResult, VersionRecord, mean_staleness
+from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
+from .state import state_names
+from .versions import VersionStore
+from .weighting import ClaimHistory
+
+if TYPE_CHECKING:
+    from .fedbuff import FedBuff
+
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+
+# pylint: disable=too-many-instance-attributes
+class FedBuffRun:
+    """The state of one run; :meth:`execute` runs it."""
+
+    # pylint: disable=too-many-arguments,too-many-locals
+    def __init__(
+        self,
+        *,
+        strategy: FedBuff,
+        grid: Grid,
+        clock: Clock,
+        initial_arrays: ArrayRecord,
+        num_versions: int,
+        timeout: float,
+        train_config: ConfigRecord,
+        evaluate_config: ConfigRecord,
+        evaluate_fn: EvaluateFn | None,
+        should_stop: Callable[[int, Result], bool] | None,
+    ) -> None:
+        s = self.strategy = strategy
+        self.clock = clock
+        self.evaluate_fn = evaluate_fn
+        self.should_stop = should_stop
+        self.num_versions = num_versions
+        self.result = AsyncResult(arrays=initial_arrays)
+        self.wall0 = time.time()
+        version, model = 0, to_ndarrays(initial_arrays)
+
+        stages: list[BlockStage] = []
+        ledger = None
+        resumed: Resumed | None = None
+        claims = ClaimHistory()
+        if s.ledger is not None:
+            ledger = LedgerStage(
+                s.ledger,
+                config=s.config_dict(),
+                genesis_extra=s.committee.genesis_fields() if s.committee else None,
+                resume_with_changed_config=s.resume_with_changed_config,
+            )
+            resumed = ledger.start(model, momentum=s.server_momentum)
+            if resumed is not None:
+                if s.committee is not None:
+                    s.committee.resume(ledger.ledger)
+                version, model = resumed.version, resumed.model
+                self.result.arrays = to_arrayrecord(model)
+        if s.committee is not None:
+            stages.append(
+                CommitteeStage(
+                    s.committee,
+                    clock=clock,
+                    server_lr=s.server_lr,
+                    ledger=ledger,
+                    on_decision=self._record_decision,
+                )
+            )
+        if ledger is not None:
+            stages.append(ledger)
+        names = state_names(model, s.state_patterns)
+        self.pipeline = Pipeline(
+            stages, ServerStep(s.server_lr, s.server_momentum, names, s.state_rule)
+        )
+        if ledger is not None:  # every block records what a resume restores
+            ledger.record_state(self.pipeline.server_step, claims)
+            if resumed is not None:
+                resumed.restore(self.pipeline.server_step, claims)
+
+        rng = random.Random(s.seed)
+        self.store = VersionStore(version, model, self.max_staleness, names)
+        self.buffer = UpdateBuffer(
+            store=self.store,
+            num_versions=num_versions,
+            buffer_size=s.buffer_size,
+            max_wait=s.max_wait,
+            staleness_fn=s.staleness_fn,
+            max_staleness=self.max_staleness,
+            weighting=s.example_weighting,
+            claims=claims,
+            parse=lambda c, ref, v: s._parse(c, ref, v),
+            pipeline=self.pipeline,
+            result=self.result,
+            metrics_aggr=lambda c: aggregate_or_none(
+                s.train_metrics_aggr_fn, c, s.weighted_by_key
+            ),
+            now=lambda: self.loop.now(),
+            weighted_by_key=s.weighted_by_key,
+        )
+        self.evaluation = FederatedEvaluation(
+            fraction=s.fraction_evaluate,
+            min_nodes=s.min_evaluate_nodes,
+            aggregate=lambda c: aggregate_or_none(
+                s.evaluate_metrics_aggr_fn, c, s.weighted_by_key
+            ),
+            validate=lambda c: valid_evaluate_content(c, s.weighted_by_key),
+            rng=rng,
+            results=self.result.evaluate_metrics_clientapp,
+            once_per_training=s.evaluate_every is None,
+        )
+        self.loop = EventLoop(
+            grid=grid,
+            clock=clock,
+            settings=LoopSettings(
+                concurrency=s.concurrency,
+                fraction_train=s.fraction_train,
+                min_train_nodes=s.min_train_nodes,
+                min_available_nodes=s.min_available_nodes,
+                ttl=s.message_ttl or timeout,
+                timeout=timeout,
+                membership_refresh=s.membership_refresh,
+                retry_backoff=s.retry_backoff,
+                time_budget=s.time_budget,
+                reserved_nodes=s.committee.reserved_nodes
+                if s.committee
+                else frozenset(),
+            ),
+            buffer=self.buffer,
+            evaluation=self.evaluation,
+            policy=s.scheduling,
+            rng=rng,
+            train_content=s.train_content,
+            evaluate_content=s.evaluate_content,
+            train_config=train_config,
+            evaluate_config=evaluate_config,
+            result=self.result,
+            on_version=self._on_version,
+        )
+        self._updates_since_eval = 0
+        self._seen = (0, 0)  # rejected, failed at the last version
+        self._explained = False
+
+    # ------------------------------------------------------------ decisions
+    def max_staleness(self) -> int | None:
+        """The staleness limit in force ("auto" follows the training nodes)."""
+        limit = self.strategy.max_staleness
+        if limit == "auto":
+            per_version = math.ceil(self.loop.train_limit() / self.strategy.buffer_size)
+            return max(20, 4 * per_version)
+        return limit
+
+    def _record_decision(self, decision: CommitteeDecision) -> None:
+        self.result.committee_decisions.append(
+            decision_summary(decision, self.loop.now())
+        )
+
+    def _on_version(self, record: VersionRecord) -> None:
+        self._explain_rounds()
+        rejected, failed = len(self.result.rejected), len(self.result.failures)
+        log(
+            INFO,
+            "[VERSION %d/%d] t=%.2fs trigger=%s updates=%d staleness=%s "
+            "rejected=%d failed=%d",
+            record.version,
+            self.buffer.num_versions,
+            record.time,
+            record.trigger,
+            record.num_updates,
+            record.staleness_histogram,
+            rejected - self._seen[0],
+            failed - self._seen[1],
+        )
+        self._seen = (rejected, failed)
+        metrics = self.result.train_metrics_clientapp.get(record.version)
+        if metrics is not None:
+            log(INFO, "\t├──> Aggregated MetricRecord: %s", metrics)
+        self._centralized_evaluation()
+        self._schedule_federated_evaluation(record)
+        if self.should_stop is not None and self.should_stop(
+            record.version, self.result
+        ):
+            log(INFO, "should_stop: stopping after version %d", record.version)
+            self.buffer.num_versions = record.version
+            self.loop.stop_requested = True
+
+    def _centralized_evaluation(self) -> None:
+        if self.evaluate_fn is None:
+            return
+        res = self.evaluate_fn(self.buffer.version, self.buffer.model_record)
+        if res is not None:
+            log(INFO, "\t└──> Global evaluation: %s", res)
+            self.result.evaluate_metrics_serverapp[self.buffer.version] = res
+
+    def _schedule_federated_evaluation(self, record: VersionRecord) -> None:
+        every = self.strategy.evaluate_every
+        self._updates_since_eval += record.num_updates
+        if every is None:  # a FedAvg round's worth, and the last version
+            due = (
+                self._updates_since_eval >= self.loop.train_limit()
+                or record.version >= self.buffer.num_versions
+            )
+        else:
+            due = record.version % every == 0
+        if due:
+            self._updates_since_eval = 0
+            self.evaluation.schedule(
+                record.version, self.buffer.model_record, self.loop.nodes.online
+            )
+
+    def _explain_rounds(self) -> None:
+        """Say once what ``num_rounds`` means for this K and node count."""
+        if self._explained:
+            return
+        self._explained = True
+        k, nodes = self.strategy.buffer_size, self.loop.train_limit()
+        log(
+            INFO,
+            "num_rounds=%d counts global versions of K=%d updates each; with %d "
+            "nodes training at once, one FedAvg round's worth of updates takes "
+            "%.1f versions, so the run makes about %.1f FedAvg rounds' worth.",
+            self.num_versions,
+            k,
+            nodes,
+            nodes / k,
+            self.num_versions * k / max(nodes, 1),
+        )
+
+    # -------------------------------------------------------------- execute
+    def execute(self) -> AsyncResult:
+        """Run the loop to its end; close the pipeline whatever happens."""
+        try:
+            if self.evaluate_fn is not None:
+                res = self.evaluate_fn(self.buffer.version, self.buffer.model_record)
+                log(INFO, "Initial global evaluation results: %s", res)
+                if res is not None:
+                    self.result.evaluate_metrics_serverapp[self.buffer.version] = res
+            reason = self.loop.run()
+        finally:
+            self.pipeline.close()
+        self.result.stop_reason = reason
+        if reason not in ("completed", "stopped by should_stop"):
+            log(WARNING, "Stopping early: %s", reason)
+        self._log_summary()
+        return self.result
+
+    def _log_summary(self) -> None:
+        result = self.result
+        updates = sum(v.num_updates for v in result.versions)
+        nodes = self.loop.train_limit()
+        log(
+            INFO,
+            "%s finished: %d versions, %d updates aggregated (mean staleness %.2f) "
+            "in %.2fs on the grid's clock, %.2fs wall; %d rejected, %d failed, "
+            "%d left in flight",
+            type(self.strategy).__name__,
+            len(result.versions),
+            updates,
+            mean_staleness(result),
+            self.loop.now(),
+            time.time() - self.wall0,
+            len(result.rejected),
+            len(result.failures),
+            len(self.loop.in_flight),
+        )
+        log(
+            INFO,
+            "\t└──> %d FedAvg rounds on %d nodes would have aggregated %d updates; "
+            "this run aggregated %d (%.2f rounds' worth)",
+            self.num_versions,
+            nodes,
+            self.num_versions * nodes,
+            updates,
+            updates / max(nodes, 1),
+        )
