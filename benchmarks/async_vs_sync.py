@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -117,6 +119,9 @@ def run_one(
         curve.append((grid.clock.now(), float(cast(float, metrics["accuracy"]))))
         return metrics
 
+    # Flower's FedAvg samples its nodes with the global `random` (unseeded, the
+    # order of each round's messages): seeded, its runs repeat bit for bit.
+    random.seed(seed)
     started = time.perf_counter()
     run = simulate(
         strategy,
@@ -258,6 +263,7 @@ def main() -> None:
         args,
         device_speed_spread=spread(tiered(args.nodes, (1.0, 4.0, 10.0))),
         summary=summary,
+        numerics=numerics(),
         runs=rows,
     )
 
@@ -272,6 +278,19 @@ def main() -> None:
     print(f"speedup per seed: {summary['speedup_per_seed']}")
     print(f"fedasync speedup: {summary['fedasync_speedup']}")
     print(f"async_vs_sync speedup: {summary['speedup']}")
+
+
+def numerics() -> dict[str, str | None]:
+    """What the models' floating-point results depend on beyond the code: on the
+    same code and seed, simulated times and versions repeat on any machine, but
+    accuracies repeat only where PyTorch (and oneDNN) pick the same kernels."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ONEDNN_MAX_CPU_ISA": os.environ.get("ONEDNN_MAX_CPU_ISA"),
+    }
 
 
 def _int_list(text: str) -> list[int]:

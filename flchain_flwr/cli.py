@@ -2,17 +2,21 @@
 
 ``flchain ledger show|verify|proof|check-proof|export|rewards``. Exit codes:
 0 success, 1 a check failed (verify, check-proof), 2 bad input (missing file,
-not a ledger, unknown block or digest, bad arguments).
+not a ledger, a damaged ledger file, unknown block or digest, a malformed
+proof, bad arguments). Errors are one line on stderr, never a traceback; set
+``FLCHAIN_DEBUG=1`` to see the traceback of an error nobody foresaw.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Final, NoReturn, TextIO
 
 from .ledger import (
     Block,
@@ -22,8 +26,13 @@ from .ledger import (
     check_proof,
     reward_shares,
 )
+from .ledger.merkle import MalformedProof, parse_proof
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_HEIGHT: Final = 2**63 - 1
+"""The largest height or block count an argument may name (SQLite's integers)."""
+DEBUG_ENV: Final = "FLCHAIN_DEBUG"
+"""Set (to anything but ``0`` or nothing) to see tracebacks of unforeseen errors."""
 
 
 def _open(path: str) -> Ledger:
@@ -98,19 +107,18 @@ def cmd_proof(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
+    name = "from stdin" if args.proof == "-" else args.proof
     try:
         text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LedgerError(f"cannot read proof: {exc}") from None
+    except UnicodeDecodeError as exc:
+        return _error(f"malformed proof {name}: not UTF-8 text ({exc})")
+    except OSError as exc:
+        return _error(f"cannot read proof {name}: {exc}")
     try:
-        proof = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LedgerError(f"proof is not JSON: {exc}") from None
-    if not isinstance(proof, dict):
-        raise LedgerError("proof must be a JSON object")
-    try:
-        statement = check_proof(proof)
-    except InvalidProof as exc:
+        statement = check_proof(parse_proof(text))
+    except MalformedProof as exc:  # not a proof at all: bad input, exit 2
+        return _error(f"malformed proof {name}: {exc}")
+    except InvalidProof as exc:  # a proof that does not hold: a failed check
         out.write(f"INVALID: {exc}\n")
         return EXIT_FAILED
     out.write(f"valid: {statement}\n")
@@ -143,22 +151,88 @@ def cmd_rewards(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _error(message: str) -> int:
+    """Write ``flchain: error: <message>`` as one line on stderr; exit code 2."""
+    sys.stderr.write(f"flchain: error: {_one_line(message)}\n")
+    return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device, so that the interpreter's last flush of
+    what is still buffered cannot fail a second time (Python's SIGPIPE recipe)."""
+    with contextlib.suppress(OSError, ValueError):  # not a real file (a capture)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _debugging() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def _shown(text: str) -> str:
+    """An argument as quoted in a message, cut short if long."""
+    return repr(text if len(text) <= 40 else text[:37] + "...")
+
+
+def _height(text: str) -> int:
+    """A height or block count: an integer from 0 to :data:`MAX_HEIGHT`."""
+    try:
+        value = int(text)
+    except ValueError:  # not an integer, or one too long for int() to convert
+        if not text.strip().lstrip("+-").isdigit():
+            raise argparse.ArgumentTypeError(
+                f"not an integer: {_shown(text)}"
+            ) from None
+        value = -1
+    if not 0 <= value <= MAX_HEIGHT:
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not between 0 and 2**63 - 1"
+        )
+    return value
+
+
+def _public_key(text: str) -> str:
+    """An Ed25519 public key in hex (64 digits), as blocks store it."""
+    key = text.strip().lower()
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise argparse.ArgumentTypeError(
+            f"{_shown(text)} is not an Ed25519 public key (64 hex digits)"
+        )
+    return key
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors on one line (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(
+            EXIT_USAGE,
+            f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n",
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flchain", description="flchain-flwr tools")
+    parser = _Parser(prog="flchain", description="flchain-flwr tools")
     groups = parser.add_subparsers(dest="group", required=True)
     ledger = groups.add_parser("ledger", help="inspect and verify a ledger")
     sub = ledger.add_subparsers(dest="command", required=True)
 
     show = sub.add_parser("show", help="list blocks, or print one block")
     show.add_argument("ledger")
-    show.add_argument("--height", type=int)
+    show.add_argument("--height", type=_height)
     show.set_defaults(func=cmd_show)
 
     verify = sub.add_parser(
         "verify", help="verify links, hashes, roots, signatures, models"
     )
     verify.add_argument("ledger")
-    verify.add_argument("--trusted-key", help="hex Ed25519 key the leader must have")
+    verify.add_argument(
+        "--trusted-key", type=_public_key, help="hex Ed25519 key the leader must have"
+    )
     verify.add_argument(
         "--no-models", action="store_true", help="skip model blob hashes"
     )
@@ -172,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     which.add_argument(
         "--consistency",
-        type=int,
+        type=_height,
         nargs="+",
         metavar=("PRIOR", "LATER"),
         help="prove the first PRIOR blocks are a prefix of the first LATER",
@@ -191,31 +265,48 @@ def build_parser() -> argparse.ArgumentParser:
         "rewards", help="reward shares from recorded contributions"
     )
     rewards.add_argument("ledger")
-    rewards.add_argument("--from", dest="start", type=int, default=0)
-    rewards.add_argument("--to", dest="end", type=int)
+    rewards.add_argument("--from", dest="start", type=_height, default=0)
+    rewards.add_argument("--to", dest="end", type=_height)
     rewards.add_argument("--json", action="store_true")
     rewards.set_defaults(func=cmd_rewards)
     return parser
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
-    """Entry point of the ``flchain`` console script."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``flchain`` console script: the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already reported
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     stream = out if out is not None else sys.stdout
     if getattr(args, "consistency", None) is not None and len(args.consistency) > 2:
-        sys.stderr.write("flchain: --consistency takes PRIOR [LATER]\n")
-        return EXIT_USAGE
+        return _error("--consistency takes PRIOR [LATER]")
     try:
-        return int(args.func(args, stream))
+        code = int(args.func(args, stream))
+        stream.flush()  # a closed pipe or a full disk shows here, not at exit
+        return code
     except LedgerError as exc:
-        sys.stderr.write(f"flchain: {exc}\n")
-        return EXIT_USAGE
+        return _error(str(exc))
     except (KeyError, TypeError, ValueError) as exc:  # stored data of the wrong shape
-        sys.stderr.write(
-            f"flchain: the ledger's data is malformed ({exc!r}); "
-            "run `flchain ledger verify` to find the bad block\n"
+        if _debugging():
+            raise
+        return _error(
+            f"the ledger's data is malformed ({exc!r}); "
+            "run `flchain ledger verify` to find the bad block"
         )
-        return EXIT_USAGE
+    except OSError as exc:  # writing the output failed: a full disk, a closed pipe
+        if stream is sys.stdout:
+            _discard_stdout()
+        if isinstance(exc, BrokenPipeError):  # the reader left (`... | head`)
+            return EXIT_USAGE
+        return _error(f"cannot write the output: {exc}")
+    except Exception as exc:  # a bug, or a failure nobody foresaw: still one line
+        if _debugging():
+            raise
+        return _error(
+            f"unexpected {type(exc).__name__}: {exc} "
+            f"(set {DEBUG_ENV}=1 to see the traceback)"
+        )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,12 @@ from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.pov import Committee, Threshold
-from flchain_flwr.protocol import TRAINED_ON_KEY, UPDATE_INFO_KEY
+from flchain_flwr.protocol import (
+    TRAINED_ON_KEY,
+    UPDATE_INFO_KEY,
+    UPDATE_KIND_DELTA,
+    UPDATE_KIND_KEY,
+)
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import (
     Claimed,
@@ -311,8 +316,10 @@ def test_a_reply_from_another_node_than_addressed_is_a_failure() -> None:
     )
     strategy = FedBuff(buffer_size=2, fraction_evaluate=0.0, seed=0)
     result = strategy.start(grid, initial_arrays(), num_rounds=2, timeout=100.0)
-    forged = [f for f in result.failures if "reply came from node" in f.reason]
-    assert forged and all(f.node_id == grid.node_ids[0] for f in forged)
+    forged = [f for f in result.failures if "addressed to node" in f.reason]
+    # recorded against the node that sent it, not the addressee it claims
+    assert forged and all(f.node_id == grid.node_ids[1] for f in forged)
+    assert all(str(grid.node_ids[0]) in f.reason for f in forged)
     assert grid.node_ids[0] not in result.participation
 
 
@@ -412,3 +419,163 @@ def test_concurrency_bounds_training_in_a_large_population() -> None:
     assert len(result.versions) == 20
     assert sum(s.messages for s in grid.stats.values()) <= 20 * 10 + 50
     assert math.isfinite(float(result.arrays["w"].numpy()[0]))
+
+
+# ------------------------------------------------ liveness (review cases)
+def test_nodes_that_never_answer_end_the_run_after_timeout() -> None:
+    devices = [
+        DeviceProfile(hang_probability=1.0),
+        DeviceProfile(hang_probability=1.0, online=((5.0, 1e9),)),
+    ]
+    grid = VirtualGrid(toy_client_app(), devices, work_fn=constant_work(1.0))
+    strategy = FedBuff(
+        buffer_size=2,
+        retry_backoff=1.0,
+        message_ttl=10.0,
+        membership_refresh=0.5,
+        min_available_nodes=1,
+        fraction_evaluate=0.0,
+        seed=0,
+    )
+    with time_limit(60):
+        result = strategy.start(grid, initial_arrays(), num_rounds=1, timeout=20)
+    assert result.stop_reason == "no usable reply for 20s"
+    assert grid.clock.time < 60
+
+
+def test_an_aggregation_slower_than_timeout_is_not_idleness() -> None:
+    committee = Committee(
+        verifiers(4), threshold=Threshold(value=0), consensus_delay=25.0
+    )
+    grid = grid_of(toy_client_app(), [1.0, 1.0])
+    strategy = FedBuff(
+        buffer_size=2, committee=committee, fraction_evaluate=0.0, seed=0
+    )
+    result = strategy.start(grid, initial_arrays(), num_rounds=3, timeout=20)
+    assert result.stop_reason == "completed"
+    assert len(result.versions) == 3
+
+
+def test_a_rejected_buffer_lets_its_nodes_train_again() -> None:
+    # Deltas of 3e38: version 1 is 3e38, every later step would overflow
+    # float32. No further version, but the nodes keep trying until the idle
+    # timeout, counted from the last version, ends the run.
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        delta = ArrayRecord(
+            {
+                k: Array(np.full_like(v.numpy(), 3e38))
+                for k, v in msg.content["arrays"].items()
+            }
+        )
+        content = RecordDict({"arrays": delta, "m": MetricRecord({"num-examples": 10})})
+        content[UPDATE_INFO_KEY] = ConfigRecord({UPDATE_KIND_KEY: UPDATE_KIND_DELTA})
+        return Message(content, reply_to=msg)
+
+    grid = grid_of(app, [1.0, 1.0])
+    strategy = FedBuff(buffer_size=2, fraction_evaluate=0.0, seed=0)
+    with time_limit(60):
+        result = strategy.start(grid, initial_arrays(), num_rounds=5, timeout=10)
+    assert result.stop_reason == "no usable reply for 10s"
+    assert len(result.versions) == 1
+    overflow = [r for r in result.rejected if "overflow" in r.reason]
+    assert len(overflow) > 2  # retried, not stuck after the first buffer
+
+
+def test_zero_staleness_weights_with_integer_state_do_not_crash() -> None:
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        a = msg.content["arrays"]
+        out = ArrayRecord(
+            {
+                "w": Array(a["w"].numpy() + np.float32(0.1)),
+                "n": Array(np.asarray(a["n"].numpy() + 1)),
+            }
+        )
+        metrics = MetricRecord({"num-examples": 10})
+        return Message(RecordDict({"arrays": out, "m": metrics}), reply_to=msg)
+
+    start = ArrayRecord(
+        {"w": Array(np.zeros(3, np.float32)), "n": Array(np.zeros((), np.int64))}
+    )
+    grid = grid_of(app, [1.0, 1.0, 0.5])
+    strategy = FedBuff(
+        buffer_size=1,
+        staleness_fn=lambda s: 1.0 if s <= 1 else 0.0,
+        fraction_evaluate=0.0,
+        seed=0,
+    )
+    result = strategy.start(grid, start, num_rounds=12, timeout=50)
+    assert result.stop_reason == "completed"
+    assert result.arrays["n"].numpy().shape == ()
+
+
+def test_should_stop_still_evaluates_the_last_version() -> None:
+    grid = grid_of(toy_client_app(), [1.0, 0.9, 0.8])
+    result = FedBuff(buffer_size=1).start(
+        grid, initial_arrays(), num_rounds=10, should_stop=lambda v, _: v >= 2
+    )
+    assert result.stop_reason == "stopped by should_stop"
+    assert 2 in result.evaluate_metrics_clientapp
+
+
+def test_a_finished_run_waits_for_its_last_evaluation() -> None:
+    grid = grid_of(toy_client_app({2: "raise"}), [1.0, 1.0, 1.0])
+    result = FedBuff(buffer_size=2, seed=0).start(
+        grid, initial_arrays(), num_rounds=2, timeout=5
+    )
+    assert result.stop_reason == "completed"
+    assert 2 in result.evaluate_metrics_clientapp
+
+
+def test_slow_nodes_are_not_kept_evaluating_instead_of_training() -> None:
+    # evaluation as slow as training; the slow nodes must still train
+    grid = grid_of(toy_client_app(), [1.0, 1.0, 1.0, 1.0, 0.2, 0.1])
+    result = FedBuff(buffer_size=2, seed=0).start(
+        grid, initial_arrays(), num_rounds=80, timeout=100
+    )
+    slow = grid.node_ids[4:]
+    assert all(result.participation.get(n, 0) >= 2 for n in slow)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"concurrency": 2.5},
+        {"min_train_nodes": 1.5},
+        {"buffer_size": True},
+        {"retry_backoff": 0.0},
+    ],
+)
+def test_malformed_settings_are_refused_at_construction(
+    kwargs: dict[str, object],
+) -> None:
+    with pytest.raises(ValueError):
+        FedBuff(**kwargs)  # type: ignore[arg-type]
+
+
+class Careless(RandomSample):
+    """A policy that names the same node twice."""
+
+    def select(self, pool: NodePool, capacity: int, rng: object) -> list[int]:
+        first = sorted(pool)[0]
+        return [first, first, *sorted(pool)]
+
+
+def test_a_policy_cannot_put_two_messages_in_flight_to_one_node() -> None:
+    from .test_fedbuff import StrictGrid
+
+    grid = StrictGrid(
+        toy_client_app(),
+        [DeviceProfile(speed=s) for s in (1.0, 0.7, 0.5)],
+        work_fn=constant_work(1.0),
+    )
+    strategy = FedBuff(
+        buffer_size=2, scheduling=Careless(), fraction_evaluate=0.0, seed=0
+    )
+    result = strategy.start(grid, initial_arrays(), num_rounds=4, timeout=100)
+    assert len(result.versions) == 4

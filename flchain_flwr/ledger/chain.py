@@ -36,6 +36,7 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from logging import INFO
 from pathlib import Path
@@ -61,19 +62,28 @@ from .canonical import (
 from .consensus import PoVRules, PoVState
 from .merkle import (
     InvalidProof,
+    MalformedProof,
     consistency_proof,
     inclusion_proof,
     merkle_root,
+    proof_field,
     verify_proof,
 )
 
 LEDGER_FORMAT: Final = "flchain-ledger/1"
+_MAX_HEIGHT: Final = 2**63 - 1
+"""SQLite's largest integer: no block can be higher."""
 BLOCK_FORMAT: Final = "flchain-block/1"
 CONFIG_FIELD: Final = "config"
 """Body field: the settings behind the header's ``config_digest``."""
 SERVER_STATE_FIELD: Final = "server_state"
 """Body field: blob hashes of the server's state after the block."""
 
+_COLUMNS: Final = {
+    "meta": ("key", "value"),
+    "blocks": ("height", "hash", "header", "body", "signature"),
+}
+"""The columns :data:`_SCHEMA` creates: what an existing ledger must have."""
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blocks (
@@ -276,6 +286,15 @@ def sign_vote(
     }
 
 
+def _sqlite_message(exc: Exception) -> str:
+    """SQLite's error message. Python's sqlite3 raises ``UnicodeDecodeError``
+    instead when that message is not UTF-8 itself (it quotes a damaged
+    schema): then its bytes, the undecodable ones replaced."""
+    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
+        return exc.object.decode("utf-8", "replace")
+    return str(exc)
+
+
 def load_or_create_key(path: Path) -> SigningKey:
     """The Ed25519 key at ``path``, created (mode 0600) if it does not exist."""
     if path.exists():
@@ -367,10 +386,12 @@ class Ledger:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
             self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             if not existed:
                 raise OSError(f"cannot create the ledger {self.path}: {exc}") from None
-            raise LedgerError(f"{self.path} is not a flchain ledger ({exc})") from None
+            raise LedgerError(
+                f"{self.path} is not a flchain ledger ({_sqlite_message(exc)})"
+            ) from None
         if not tables:
             if not create:
                 raise LedgerError(f"{self.path} is not a flchain ledger (empty file)")
@@ -385,9 +406,17 @@ class Ledger:
             except BaseException:
                 self.db.execute("ROLLBACK")
                 raise
-        elif not {"meta", "blocks"} <= tables or self._meta("format") != LEDGER_FORMAT:
-            raise LedgerError(f"{self.path} is not a flchain ledger")
-        stored = self._meta("chain_id")
+        try:  # SQLite's own errors: a damaged file, text that is not UTF-8
+            problem = self._not_a_ledger(tables) if tables else None
+            stored = None if problem else self._meta("chain_id")
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            self.db.close()
+            raise LedgerError(
+                f"cannot read the ledger {self.path}: {_sqlite_message(exc)}"
+            ) from exc
+        if problem is not None:
+            self.db.close()
+            raise LedgerError(f"{self.path} is not a flchain ledger ({problem})")
         if stored is None:
             raise LedgerError(f"{self.path} has no chain id")
         if chain_id is not None and chain_id != stored:
@@ -395,6 +424,31 @@ class Ledger:
         self.chain_id: str = stored
         if create:
             log(INFO, "Ledger: %s (chain %s)", self.path, stored)
+
+    def _not_a_ledger(self, tables: set[str]) -> str | None:
+        """Why an existing database is not a flchain ledger, or ``None`` (SQLite's
+        errors pass through)."""
+        for table, columns in _COLUMNS.items():
+            if table not in tables:
+                return f"it has no {table} table"
+            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
+            missing = [column for column in columns if column not in present]
+            if missing:
+                return f"its {table} table lacks the column(s) {', '.join(missing)}"
+        if self._meta("format") != LEDGER_FORMAT:
+            return f"its format is not {LEDGER_FORMAT}"
+        return None
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn SQLite's errors while reading (a damaged file, text that is not
+        UTF-8) into a ``LedgerError`` naming the file."""
+        try:
+            yield
+        except (sqlite3.Error, UnicodeDecodeError) as exc:
+            raise LedgerError(
+                f"cannot read the ledger {self.path}: {_sqlite_message(exc)}"
+            ) from exc
 
     # ------------------------------------------------------------------ basics
     def close(self) -> None:
@@ -424,7 +478,8 @@ class Ledger:
         return self._signing_key
 
     def __len__(self) -> int:
-        row = self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()
+        with self._reading():
+            row = self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()
         return int(row[0])
 
     # ------------------------------------------------------------------ reading
@@ -445,27 +500,37 @@ class Ledger:
                 header=parsed_header,
                 body=parsed_body,
             )
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise LedgerError(
                 f"block {height!r} is corrupt ({exc}); run `flchain ledger verify`"
             ) from None
 
     def _rows(self) -> Iterator[tuple[Any, ...]]:
-        yield from self.db.execute(
+        rows = self.db.execute(
             "SELECT height, hash, header, body, signature FROM blocks ORDER BY height"
         )
+        # Not `yield from`: closing this generator would then close the cursor,
+        # which fails (in a destructor, as a traceback) once a caller that left
+        # the loop early has closed the ledger.
+        for row in rows:  # noqa: UP028
+            yield row
 
     def blocks(self) -> Iterator[Block]:
         """Every block, by height."""
-        for row in self._rows():
-            yield self._row_to_block(row)
+        with self._reading():
+            for row in self._rows():
+                yield self._row_to_block(row)
 
     def block(self, height: int) -> Block:
         """The block at ``height``; ``LedgerError`` if there is none."""
-        row = self.db.execute(
-            "SELECT height, hash, header, body, signature FROM blocks WHERE height = ?",
-            (height,),
-        ).fetchone()
+        row = None
+        if 0 <= height <= _MAX_HEIGHT:  # beyond, SQLite cannot even take the number
+            with self._reading():
+                row = self.db.execute(
+                    "SELECT height, hash, header, body, signature FROM blocks "
+                    "WHERE height = ?",
+                    (height,),
+                ).fetchone()
         if row is None:
             raise LedgerError(
                 f"no block at height {height} (ledger has {len(self)} blocks)"
@@ -513,26 +578,28 @@ class Ledger:
         ``None`` for ledgers written before settings were recorded.
         """
         digest = block.header["config_digest"]
-        rows = self.db.execute(
-            "SELECT height, hash, header, body, signature FROM blocks "
-            "WHERE height <= ? ORDER BY height DESC",
-            (block.height,),
-        )
-        for row in rows:
-            earlier = self._row_to_block(row)
-            if earlier.header["config_digest"] != digest:
-                break
-            config = earlier.body.get(CONFIG_FIELD)
-            if isinstance(config, dict) and _digest_of(config) == digest:
-                return config
+        with self._reading():
+            rows = self.db.execute(
+                "SELECT height, hash, header, body, signature FROM blocks "
+                "WHERE height <= ? ORDER BY height DESC",
+                (block.height,),
+            )
+            for row in rows:
+                earlier = self._row_to_block(row)
+                if earlier.header["config_digest"] != digest:
+                    break
+                config = earlier.body.get(CONFIG_FIELD)
+                if isinstance(config, dict) and _digest_of(config) == digest:
+                    return config
         return None
 
     def block_hashes(self) -> list[str]:
         """Block hashes by height: the leaves of the chain's Merkle log."""
-        return [
-            str(r[0])
-            for r in self.db.execute("SELECT hash FROM blocks ORDER BY height")
-        ]
+        with self._reading():
+            return [
+                str(r[0])
+                for r in self.db.execute("SELECT hash FROM blocks ORDER BY height")
+            ]
 
     # ---------------------------------------------------------------- appending
     # pylint: disable=too-many-arguments,too-many-locals
@@ -791,6 +858,7 @@ class Ledger:
         block, index = self.find_update(digest)
         leaves = [str(u["digest"]) for u in block.body["included"]]
         hashes = self.block_hashes()
+        _check_log_leaves(hashes)
         return {
             "type": "update-in-block",
             "chain_id": self.chain_id,
@@ -806,11 +874,23 @@ class Ledger:
         """Proof that the ledger at ``prior_size`` blocks is a prefix of a later one."""
         hashes = self.block_hashes()
         later = len(hashes) if later_size is None else later_size
+        _check_log_leaves(hashes[:later])
         try:
             proof = consistency_proof(hashes, prior_size, later)
         except ValueError as exc:
             raise LedgerError(str(exc)) from None
         return {"chain_id": self.chain_id, **proof}
+
+
+def _check_log_leaves(hashes: Sequence[str]) -> None:
+    """``LedgerError`` unless every block hash a proof is about to use is a
+    SHA-256 hex digest (a damaged ledger may hold anything)."""
+    for position, digest in enumerate(hashes):
+        if not _is_hex(digest, 64):
+            raise LedgerError(
+                f"block hash {position} (counting from 0, by height) is not "
+                "a SHA-256 hex digest; run `flchain ledger verify`"
+            )
 
 
 _VOTE_FIELDS: Final = frozenset(
@@ -866,9 +946,13 @@ def check_proof(proof: Mapping[str, Any]) -> str:
     """Verify a proof from :meth:`Ledger.prove_update` or
     :meth:`Ledger.prove_consistency` offline; return what it proves.
 
-    Raises ``InvalidProof`` if it does not hold.
+    Raises ``InvalidProof`` if it does not hold, and its subclass
+    ``MalformedProof`` if it is not a well-formed proof at all (read a proof's
+    JSON text with :func:`~flchain_flwr.ledger.merkle.parse_proof`).
     """
-    kind = proof.get("type")
+    if not isinstance(proof, Mapping):
+        raise MalformedProof("a proof is a JSON object")
+    kind = proof_field(proof, "type", str)
     if kind == "consistency":
         verify_proof(dict(proof), "consistency")
         return (
@@ -877,12 +961,19 @@ def check_proof(proof: Mapping[str, Any]) -> str:
             f"{proof['prior_size']} blocks (root {proof['prior_root'][:16]}…)"
         )
     if kind != "update-in-block":
-        raise InvalidProof(f"unknown proof type {kind!r}")
+        raise MalformedProof(f"unknown proof type {kind[:40]!r}")
+    header_text = proof_field(proof, "header", str)
+    update = proof_field(proof, "update", dict)
+    block = proof_field(proof, "block", dict)
     try:
-        header_bytes = str(proof["header"]).encode("utf-8")
+        header_bytes = header_text.encode("utf-8")
         header = parse_canonical(header_bytes)
-        update, block = proof["update"], proof["block"]
-        block_hash = sha256_hex(HEADER_TAG, header_bytes)
+    except (ValueError, RecursionError) as exc:  # ValueError: NotCanonical, encoding
+        raise MalformedProof(f"the block header is not canonical JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise MalformedProof("the block header is not a JSON object")
+    block_hash = sha256_hex(HEADER_TAG, header_bytes)
+    try:
         if (
             header["height"] != proof["height"]
             or header["chain_id"] != proof["chain_id"]
@@ -892,8 +983,8 @@ def check_proof(proof: Mapping[str, Any]) -> str:
             raise InvalidProof("update proof is not anchored in the block header")
         if block["leaf"] != block_hash or block["index"] != header["height"]:
             raise InvalidProof("block proof is not about this block")
-    except (KeyError, TypeError, NotCanonical) as exc:
-        raise InvalidProof(f"malformed proof: {exc!r}") from None
+    except KeyError as exc:
+        raise MalformedProof(f"malformed proof: {exc!r} is missing") from None
     verify_proof(update, "inclusion")
     verify_proof(block, "inclusion")
     return (

@@ -8,8 +8,9 @@ node can never pass as a leaf (merkletools' second-preimage weakness).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from pymerkle import (
     ConsistencyProof,
@@ -21,14 +22,107 @@ from pymerkle import (
 )
 
 ALGORITHM = "sha256"
+MAX_PROOF_DEPTH: Final = 16
+"""How deeply a proof's JSON may nest (the proofs made here nest 4 deep)."""
 
 __all__ = [
+    "MAX_PROOF_DEPTH",
     "InvalidProof",
+    "MalformedProof",
     "consistency_proof",
     "inclusion_proof",
     "merkle_root",
+    "parse_proof",
+    "proof_field",
     "verify_proof",
 ]
+
+
+class MalformedProof(InvalidProof):  # type: ignore[misc]  # pymerkle is untyped
+    """Not a proof at all: not JSON, nested too deeply, a field missing or of
+    the wrong type, an unknown kind. A subclass of ``InvalidProof``, so code
+    that catches that catches this too; a proof that is well formed but does
+    not hold raises plain ``InvalidProof``."""
+
+
+_JSON_TYPE_NAMES: Final[dict[type, str]] = {
+    dict: "an object",
+    list: "an array",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean",
+}
+
+
+def _json_type(value: object) -> str:
+    """What JSON calls ``value``'s type, for messages."""
+    if value is None:
+        return "null"
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _nests_deeper_than(value: object, limit: int) -> bool:
+    """Whether objects and arrays in ``value`` nest more than ``limit`` levels
+    (without recursion, so no input can exhaust the stack)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: list[object] = list(item.values())
+        elif isinstance(item, list):
+            children = list(item)
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def parse_proof(text: str) -> dict[str, Any]:
+    """A proof's JSON text as a dict; ``MalformedProof`` if it is not one.
+
+    Nesting deeper than :data:`MAX_PROOF_DEPTH` is refused here, so nothing
+    that later walks the proof can run out of stack.
+    """
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise MalformedProof(
+            f"JSON nested deeper than {MAX_PROOF_DEPTH} levels"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise MalformedProof(f"not JSON ({exc})") from None
+    except ValueError:  # Python refuses to convert integers of 4,300+ digits
+        raise MalformedProof("it holds an integer too long to read") from None
+    if not isinstance(value, dict):
+        raise MalformedProof(f"a proof is a JSON object, not {_json_type(value)}")
+    if _nests_deeper_than(value, MAX_PROOF_DEPTH):
+        raise MalformedProof(f"JSON nested deeper than {MAX_PROOF_DEPTH} levels")
+    return value
+
+
+def proof_field(proof: Mapping[str, Any], name: str, expected: type) -> Any:
+    """``proof[name]``, which must be of JSON type ``expected`` (``dict``,
+    ``list``, ``str`` or ``int``; a boolean is no integer); ``MalformedProof``
+    if it is missing or of another type."""
+    if name not in proof:
+        raise MalformedProof(f"the proof has no {name!r} field")
+    value = proof[name]
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise MalformedProof(
+            f"{name!r} must be {_JSON_TYPE_NAMES[expected]}, not {_json_type(value)}"
+        )
+    return value
+
+
+def _digest_field(proof: Mapping[str, Any], name: str) -> str:
+    """``proof[name]``, which must be a hex SHA-256 digest."""
+    value: str = proof_field(proof, name, str)
+    if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+        raise MalformedProof(f"{name!r} must be a 64-digit hex SHA-256 digest")
+    return value
 
 
 def _tree(leaves: Sequence[str]) -> InmemoryTree:
@@ -80,44 +174,61 @@ def consistency_proof(
 def verify_proof(proof: dict[str, Any], expected_type: str | None = None) -> None:
     """Check a proof made by this module, offline; raise ``InvalidProof`` if bad.
 
-    ``expected_type`` (``"inclusion"`` or ``"consistency"``) refuses a proof of
-    the other kind standing in for the one a caller needs.
+    ``MalformedProof`` (an ``InvalidProof``) if it is not a well-formed proof:
+    a field missing or of the wrong type, an unknown kind, or, with
+    ``expected_type`` (``"inclusion"`` or ``"consistency"``), a proof of the
+    other kind standing in for the one a caller needs.
     """
+    kind = proof_field(proof, "type", str)
+    if kind not in ("inclusion", "consistency"):
+        raise MalformedProof(f"unknown proof type {kind[:40]!r}")
+    if expected_type is not None and kind != expected_type:
+        raise MalformedProof(f"expected an {expected_type} proof, got {kind!r}")
+    body = proof_field(proof, "proof", dict)
+    meta = proof_field(body, "metadata", dict)
+    if meta.get("algorithm") != ALGORITHM or meta.get("security") is not True:
+        raise InvalidProof("proof must use sha256 with domain separation")
     try:
-        kind = proof["type"]
-        if expected_type is not None and kind != expected_type:
-            raise InvalidProof(f"expected an {expected_type} proof, got {kind!r}")
-        body = proof["proof"]
-        meta = body["metadata"]
-        if meta.get("algorithm") != ALGORITHM or meta.get("security") is not True:
-            raise InvalidProof("proof must use sha256 with domain separation")
         if kind == "inclusion":
-            if (meta["index"], meta["size"]) != (proof["index"] + 1, proof["size"]):
+            leaf, root = _digest_field(proof, "leaf"), _digest_field(proof, "root")
+            index = proof_field(proof, "index", int)
+            size = proof_field(proof, "size", int)
+            if (meta.get("index"), meta.get("size")) != (index + 1, size):
                 raise InvalidProof("proof metadata does not match the claimed position")
-            leaf_hash = _tree([proof["leaf"]]).get_leaf(1)
+            inclusion = _deserialize(InclusionProof, body)
             verify_inclusion(
-                leaf_hash,
-                bytes.fromhex(proof["root"]),
-                InclusionProof.deserialize(body),
-                index=proof["index"] + 1,
-                size=proof["size"],
-            )
-        elif kind == "consistency":
-            if (meta["prior_size"], meta["size"]) != (
-                proof["prior_size"],
-                proof["later_size"],
-            ):
-                raise InvalidProof("proof metadata does not match the claimed sizes")
-            verify_consistency(
-                bytes.fromhex(proof["prior_root"]),
-                bytes.fromhex(proof["later_root"]),
-                ConsistencyProof.deserialize(body),
-                prior_size=proof["prior_size"],
-                later_size=proof["later_size"],
+                _tree([leaf]).get_leaf(1),
+                bytes.fromhex(root),
+                inclusion,
+                index=index + 1,
+                size=size,
             )
         else:
-            raise InvalidProof(f"unknown proof type {kind!r}")
+            prior_root = _digest_field(proof, "prior_root")
+            later_root = _digest_field(proof, "later_root")
+            prior_size = proof_field(proof, "prior_size", int)
+            later_size = proof_field(proof, "later_size", int)
+            if (meta.get("prior_size"), meta.get("size")) != (prior_size, later_size):
+                raise InvalidProof("proof metadata does not match the claimed sizes")
+            consistency = _deserialize(ConsistencyProof, body)
+            verify_consistency(
+                bytes.fromhex(prior_root),
+                bytes.fromhex(later_root),
+                consistency,
+                prior_size=prior_size,
+                later_size=later_size,
+            )
     except InvalidProof:
         raise
     except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-        raise InvalidProof(f"malformed proof: {exc!r}") from None
+        raise MalformedProof(f"malformed proof: {exc!r}") from None
+
+
+def _deserialize(kind: type[Any], body: dict[str, Any]) -> Any:
+    """pymerkle's proof object from its JSON form; ``MalformedProof`` if it is
+    not one (pymerkle says ``InvalidProof`` for both malformed and false)."""
+    try:
+        return kind.deserialize(body)
+    except InvalidProof as exc:
+        cause = f": {exc.__cause__!r}" if exc.__cause__ is not None else ""
+        raise MalformedProof(f"the Merkle path is malformed ({exc}{cause})") from None

@@ -151,28 +151,21 @@ class NodeMap(Mapping[int, V]):
         """The entries made so far (kept ones only), by node id."""
 
     def __getitem__(self, node_id: int) -> V:
-        try:
+        return self._lookup(node_id, keep=self._keep_reads)
+
+    def entry(self, node_id: int) -> V:
+        """The node's value, made and kept if it has none yet (KeyError if unknown)."""
+        return self._lookup(node_id, keep=True)
+
+    def _lookup(self, node_id: int, keep: bool) -> V:
+        if node_id in self.made:
             return self.made[node_id]
-        except KeyError:
-            pass
         index = _position(self._node_ids, node_id)
         if index < 0:
             raise KeyError(node_id)
         value = self._default(node_id, index)
-        if self._keep_reads:
+        if keep:
             self.made[node_id] = value
-        return value
-
-    def entry(self, node_id: int) -> V:
-        """The node's value, made and kept if it has none yet (KeyError if unknown)."""
-        try:
-            return self.made[node_id]
-        except KeyError:
-            pass
-        index = _position(self._node_ids, node_id)
-        if index < 0:
-            raise KeyError(node_id)
-        value = self.made[node_id] = self._default(node_id, index)
         return value
 
     def __contains__(self, node_id: object) -> bool:

@@ -103,6 +103,7 @@ class UpdateBuffer:
         self.weighted_by_key = weighted_by_key
         self.model_record: ArrayRecord = to_arrayrecord(store.model)
         self.updates: list[BufferedUpdate] = []
+        self.unused_nodes: list[int] = []  # of the last buffer that made no version
         self.deadline = math.inf  # tau after the buffer's first update
         self.wall0 = time.time()
 
@@ -162,9 +163,14 @@ class UpdateBuffer:
             if kind == UPDATE_KIND_DELTA:
                 reference = self.store.model  # only names, shapes, dtypes are read
             elif reference is None:
+                why = (
+                    "this node sent deltas before"
+                    if self.store.sends_deltas(node_id)
+                    else "it is beyond max_staleness"
+                )
                 raise UpdateRejected(
-                    f"full weights for version {trained_on}, which is no longer "
-                    "kept (this node sent deltas before)"
+                    f"full weights for version {trained_on}, whose copy is no "
+                    f"longer kept ({why})"
                 )
             update = self.parse(content, reference, trained_on)
             state_base = self.store.state(trained_on)
@@ -213,6 +219,7 @@ class UpdateBuffer:
         """Send the buffer through the pipeline; return the new version's record."""
         updates, self.updates = self.updates, []
         self.deadline = math.inf
+        self.unused_nodes = [u.node_id for u in updates]
         try:
             weights = effective_examples(
                 self.weighting, [u.update.num_examples for u in updates], self.claims

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO, WARNING
 
@@ -57,6 +57,7 @@ class FederatedEvaluation:
         self.rng = rng
         self.once_per_training = once_per_training
         self._evaluated: set[int] = set()  # evaluated since their last training
+        self._check: set[int] = set()  # pending nodes that may have become free
         self.rounds: dict[int, _EvalRound] = {}
         self.pending: dict[int, int] = {}  # node -> version it should evaluate
         self.results: dict[int, MetricRecord] = {} if results is None else results
@@ -78,10 +79,22 @@ class FederatedEvaluation:
             if previous is not None:  # superseded before it ran
                 self.done(node_id, previous, None)
             self.pending[node_id] = version
+            self._check.add(node_id)
+
+    def freed(self, node_ids: Iterable[int]) -> None:
+        """These nodes may have become free (answered, back from backoff, joined)."""
+        self._check.update(n for n in node_ids if n in self.pending)
 
     def ready(self, is_free: Callable[[int], bool]) -> list[tuple[int, int]]:
-        """Pop the ``(node, version)`` pairs whose node is free now, in node order."""
-        due = [(n, v) for n, v in sorted(self.pending.items()) if is_free(n)]
+        """Pop the ``(node, version)`` pairs whose node is free now, in node order.
+
+        Only nodes scheduled or freed since the last call are looked at: a
+        pending node that is busy now is looked at again when it is freed.
+        """
+        check, self._check = self._check, set()
+        due = sorted(
+            (n, self.pending[n]) for n in check if n in self.pending and is_free(n)
+        )
         for node_id, _ in due:
             del self.pending[node_id]
             if self.once_per_training:
@@ -96,11 +109,11 @@ class FederatedEvaluation:
         """The model of ``version`` being evaluated."""
         return self.rounds[version].arrays
 
-    def forget(self, online: set[int]) -> None:
+    def forget(self, left: Iterable[int]) -> None:
         """Give up on pending evaluations of nodes that left."""
-        for node_id, version in list(self.pending.items()):
-            if node_id not in online:
-                del self.pending[node_id]
+        for node_id in sorted(left):
+            version = self.pending.pop(node_id, None)
+            if version is not None:
                 self.done(node_id, version, None)
 
     def done(self, node_id: int, version: int, content: RecordDict | None) -> None:

@@ -133,7 +133,8 @@ class FedBuff(Strategy):
     message_ttl : float | None (default: None)
         TTL of each message in seconds; ``None`` uses ``start``'s ``timeout``.
     membership_refresh, retry_backoff : float (default: 5.0, 10.0)
-        Seconds between membership reads; seconds a node rests after a failure.
+        Seconds between membership reads; seconds (> 0) a node rests after a
+        failure.
     evaluate_every : int | None (default: None)
         Federated evaluation period in versions; ``None``: once per FedAvg
         round's worth of aggregated updates (one per training node), and the
@@ -195,6 +196,19 @@ class FedBuff(Strategy):
         seed: int | None = None,
         poll_interval: float = 0.1,
     ) -> None:
+        for name, value in (
+            ("buffer_size", buffer_size),
+            ("min_train_nodes", min_train_nodes),
+            ("min_evaluate_nodes", min_evaluate_nodes),
+            ("min_available_nodes", min_available_nodes),
+            ("concurrency", concurrency),
+            ("evaluate_every", evaluate_every),
+        ):
+            _require(
+                value is None
+                or (isinstance(value, int) and not isinstance(value, bool)),
+                f"{name} must be an int, got {value!r}",
+            )
         _require(buffer_size >= 1, f"buffer_size must be >= 1, got {buffer_size}")
         _require(max_wait is None or max_wait > 0, "max_wait must be > 0 or None")
         _require(
@@ -212,7 +226,7 @@ class FedBuff(Strategy):
         _require(min_available_nodes >= 1, "min_available_nodes must be >= 1")
         _require(message_ttl is None or message_ttl > 0, "message_ttl must be > 0")
         _require(membership_refresh > 0, "membership_refresh must be > 0")
-        _require(retry_backoff >= 0, "retry_backoff must be >= 0")
+        _require(retry_backoff > 0, "retry_backoff must be > 0")
         _require(
             evaluate_every is None or evaluate_every >= 1, "evaluate_every must be >= 1"
         )

@@ -109,6 +109,7 @@ class EventLoop:
         self.t0 = clock.now()
         self.next_refresh = self.t0
         self.idle_deadline = self.t0 + settings.timeout  # pushed back by usable replies
+        self.last_version_at = self.t0
         budget = settings.time_budget
         self.budget_deadline = self.t0 + (budget if budget is not None else math.inf)
         self.stop_requested = False
@@ -123,7 +124,6 @@ class EventLoop:
         """Run until done; return why it stopped."""
         while (reason := self._finished()) is None:
             self._refresh_nodes()
-            self.evaluation.forget(self.nodes.online)
             if not self._waiting_for_nodes():
                 self._dispatch()
             progressed = self._collect() > 0
@@ -138,7 +138,8 @@ class EventLoop:
         if self.buffer.complete and not self.evaluation.busy:
             return "stopped by should_stop" if self.stop_requested else "completed"
         now = self.clock.now()
-        if now >= self.idle_deadline and not self.in_flight:
+        idle = now >= self.idle_deadline and not self.buffer.complete
+        if idle and not self.in_flight:
             return f"no usable reply for {self.s.timeout:g}s"
         if now >= self.budget_deadline:
             return "time budget reached"
@@ -161,7 +162,10 @@ class EventLoop:
         else:
             if node_ids is not self._last_node_ids:  # the same object: unchanged
                 self._last_node_ids = node_ids
-                self.nodes.set_online(set(node_ids) - self.s.reserved_nodes)
+                online = set(node_ids) - self.s.reserved_nodes
+                left, joined = self.nodes.set_online(online)
+                self.evaluation.forget(left)
+                self.evaluation.freed(joined)
         self.next_refresh = self.clock.now() + self.s.membership_refresh
 
     # -------------------------------------------------------------- dispatch
@@ -172,9 +176,12 @@ class EventLoop:
         online = len(self.nodes.online)
         return max(self.s.min_train_nodes, math.ceil(self.s.fraction_train * online))
 
+    def _release_backoffs(self, now: float) -> None:
+        self.evaluation.freed(self.nodes.release_backoffs(now))
+
     def _dispatch(self) -> None:
         now = self.clock.now()
-        self.nodes.release_backoffs(now)
+        self._release_backoffs(now)
         deadline = now + self.s.ttl
         outgoing: list[tuple[Message, Flight]] = []
         for node_id, version in self.evaluation.ready(self.nodes.is_free):
@@ -196,8 +203,10 @@ class EventLoop:
         capacity = self.train_limit() - self.nodes.training_online
         if self.buffer.complete or capacity <= 0 or not self.nodes.eligible:
             return
+        if now >= self.idle_deadline:
+            return  # no usable reply for `timeout`: let what is in flight settle
         version = self.buffer.version
-        chosen = self.policy.select(self.nodes.eligible, capacity, self.rng)
+        chosen = self._chosen(capacity)
         shared = self.train_content(
             self.buffer.model_record, self.train_config, version
         )
@@ -221,6 +230,17 @@ class EventLoop:
             )
         self._push(outgoing)
 
+    def _chosen(self, capacity: int) -> list[int]:
+        """The policy's choice, keeping only distinct nodes free to train."""
+        chosen: list[int] = []
+        for node_id in self.policy.select(self.nodes.eligible, capacity, self.rng):
+            if len(chosen) == capacity:
+                break
+            fresh = self.nodes.last_trained.get(node_id, -1) < self.nodes.version
+            if node_id not in chosen and self.nodes.is_free(node_id) and fresh:
+                chosen.append(node_id)
+        return chosen
+
     def _push(self, messages: list[tuple[Message, Flight]]) -> None:
         if not messages:
             return
@@ -239,6 +259,9 @@ class EventLoop:
             self.in_flight[msg_id] = flight
             self._seq += 1
             heapq.heappush(self._deadlines, (flight.deadline, self._seq, msg_id))
+            if len(self._deadlines) > 2 * len(self.in_flight) + 64:
+                self._deadlines = [d for d in self._deadlines if d[2] in self.in_flight]
+                heapq.heapify(self._deadlines)
             self.nodes.sent(flight.node_id, flight.train)
             if flight.train:
                 self.evaluation.trained(flight.node_id)
@@ -271,15 +294,24 @@ class EventLoop:
         return len(replies) + expired
 
     def _take_reply(self, reply: Message) -> None:
-        flight = self.in_flight.pop(reply.metadata.reply_to_message_id, None)
+        msg_id = reply.metadata.reply_to_message_id
+        flight = self.in_flight.get(msg_id)
         if flight is None:
             return  # expired or unknown: already accounted for
-        self.nodes.done(flight.node_id)
         sender = reply.metadata.src_node_id
-        if sender != flight.node_id:
-            reason = f"reply came from node {sender}, not from node {flight.node_id}"
-            self._settle_failure(flight, ErrorCode.UNKNOWN, reason)
-        elif reply.has_error():
+        if sender != flight.node_id:  # the addressee's own reply may still come
+            reason = f"sent a reply to a message addressed to node {flight.node_id}"
+            log(WARNING, "Node %d failed: %s", sender, reason)
+            self.result.failures.append(
+                NodeFailure(
+                    sender, flight.version, self.now(), ErrorCode.UNKNOWN, reason
+                )
+            )
+            return
+        del self.in_flight[msg_id]
+        self.nodes.done(flight.node_id)
+        self.evaluation.freed((flight.node_id,))
+        if reply.has_error():
             self._settle_failure(flight, reply.error.code, reply.error.reason or "")
         elif not flight.train:
             self.evaluation.done(flight.node_id, flight.version, reply.content)
@@ -300,6 +332,7 @@ class EventLoop:
             if flight is None:
                 continue  # answered before its deadline
             self.nodes.done(flight.node_id)
+            self.evaluation.freed((flight.node_id,))
             reason = f"no reply within the message TTL ({self.s.ttl:g}s)"
             self._settle_failure(flight, ErrorCode.MESSAGE_UNAVAILABLE, reason)
             count += 1
@@ -324,16 +357,32 @@ class EventLoop:
 
     # ----------------------------------------------------------- aggregation
     def _trigger(self) -> str | None:
+        """Why the buffer should be aggregated now, if it should.
+
+        "drained": nothing is in flight and nothing more will be sent (no
+        eligible node, or no usable reply for ``timeout``).
+        """
         now = self.clock.now()
-        self.nodes.release_backoffs(now)
-        drained = not self.in_flight and not self.nodes.eligible
+        self._release_backoffs(now)
+        idle = now >= self.idle_deadline
+        drained = not self.in_flight and (not self.nodes.eligible or idle)
         return self.buffer.trigger(now, drained)
 
     def _aggregate(self, trigger: str) -> None:
         record = self.buffer.aggregate(trigger)
         if record is None:
+            # Its nodes may train on this version again, but replies that made
+            # no version were not usable: the idle clock runs from the last
+            # version, so a buffer rejected again and again cannot run forever.
+            self.nodes.retrain(self.buffer.unused_nodes)
+            self.idle_deadline = self.last_version_at + self.s.timeout
             return
         self.nodes.new_version(self.buffer.version)
+        # a version is activity: a slow aggregation must not count as idle time
+        self.last_version_at = self.clock.now()
+        self.idle_deadline = max(
+            self.idle_deadline, self.last_version_at + self.s.timeout
+        )
         self.on_version(record)
 
     # ------------------------------------------------------------------ wait
@@ -344,7 +393,7 @@ class EventLoop:
         timeout while messages are in flight) must not pin a virtual clock.
         """
         now = self.clock.now()
-        self.nodes.release_backoffs(now)
+        self._release_backoffs(now)
         while self._deadlines and self._deadlines[0][2] not in self.in_flight:
             heapq.heappop(self._deadlines)
         candidates = [

@@ -80,19 +80,24 @@ class NodeTracker:
         self.version = 0
 
     # ------------------------------------------------------------ membership
-    def set_online(self, node_ids: Iterable[int]) -> None:
-        """Adopt a fresh membership list (O(N) per refresh, not per event)."""
+    def set_online(self, node_ids: Iterable[int]) -> tuple[set[int], set[int]]:
+        """Adopt a fresh membership list (O(N) per refresh, not per event).
+
+        Returns the nodes that left and the nodes that joined.
+        """
         online = set(node_ids)
-        for node_id in self.online - online:
+        left, joined = self.online - online, online - self.online
+        for node_id in left:
             self.online.discard(node_id)
             if node_id in self.training:
                 self.training_online -= 1
             self._unclassify(node_id)
-        for node_id in online - self.online:
+        for node_id in joined:
             self.online.add(node_id)
             if node_id in self.training:
                 self.training_online += 1
             self._classify(node_id)
+        return left, joined
 
     # ------------------------------------------------------------- messages
     def sent(self, node_id: int, train: bool) -> None:
@@ -122,13 +127,16 @@ class NodeTracker:
         self.backoff_until[node_id] = until
         heapq.heappush(self._backoffs, (until, node_id))
 
-    def release_backoffs(self, now: float) -> None:
+    def release_backoffs(self, now: float) -> list[int]:
         """Return nodes whose backoff ended by ``now`` to the free pools."""
+        released = []
         while self._backoffs and self._backoffs[0][0] <= now:
             until, node_id = heapq.heappop(self._backoffs)
             if self.backoff_until.get(node_id) == until:
                 del self.backoff_until[node_id]
                 self._classify(node_id)
+                released.append(node_id)
+        return released
 
     def next_backoff_end(self) -> float:
         """The earliest pending backoff end (inf if none); stale entries dropped."""
@@ -143,6 +151,15 @@ class NodeTracker:
         for node_id in sorted(self.waiting):
             self.eligible.add(node_id)
         self.waiting.clear()
+
+    def retrain(self, node_ids: Iterable[int]) -> None:
+        """Let nodes whose updates made no version train on this version again."""
+        for node_id in node_ids:
+            if self.last_trained.get(node_id) == self.version:
+                del self.last_trained[node_id]
+                if node_id in self.waiting:
+                    self.waiting.discard(node_id)
+                    self.eligible.add(node_id)
 
     # --------------------------------------------------------------- queries
     def is_free(self, node_id: int) -> bool:

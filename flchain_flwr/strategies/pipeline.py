@@ -152,14 +152,15 @@ class ServerStep:
                 self.velocity = {k: beta * self.velocity[k] + step[k] for k in step}
             step = self.velocity
         model = apply_step(block.parent, step, self.lr)
-        if self.state_names:
+        state_weights = [u.examples * u.weight for u in block.updates]
+        if self.state_names and sum(state_weights) > 0:  # else: nothing reported
             model.update(
                 aggregate_state(
                     block.parent,
                     self.state_names,
                     [u.state_base for u in block.updates],
                     [u.update.delta for u in block.updates],
-                    [u.examples * u.weight for u in block.updates],
+                    state_weights,
                     self.state_rule,
                 )
             )

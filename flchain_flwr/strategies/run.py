@@ -67,6 +67,7 @@ class FedBuffRun:
         self.num_versions = num_versions
         self.result = AsyncResult(arrays=initial_arrays)
         self.wall0 = time.time()
+        self._auto_staleness = 0
         version, model = 0, to_ndarrays(initial_arrays)
 
         stages: list[BlockStage] = []
@@ -80,10 +81,14 @@ class FedBuffRun:
                 genesis_extra=s.committee.genesis_fields() if s.committee else None,
                 resume_with_changed_config=s.resume_with_changed_config,
             )
-            resumed = ledger.start(model, momentum=s.server_momentum)
-            if resumed is not None:
-                if s.committee is not None:
+            try:
+                resumed = ledger.start(model, momentum=s.server_momentum)
+                if resumed is not None and s.committee is not None:
                     s.committee.resume(ledger.ledger)
+            except BaseException:  # a refused resume must not leave it open
+                ledger.close()
+                raise
+            if resumed is not None:
                 version, model = resumed.version, resumed.model
                 self.result.arrays = to_arrayrecord(model)
         if s.committee is not None:
@@ -172,11 +177,16 @@ class FedBuffRun:
 
     # ------------------------------------------------------------ decisions
     def max_staleness(self) -> int | None:
-        """The staleness limit in force ("auto" follows the training nodes)."""
+        """The staleness limit in force.
+
+        "auto" follows the number of training nodes but never decreases in a
+        run: a dip in membership must not drop copies that replies still need.
+        """
         limit = self.strategy.max_staleness
         if limit == "auto":
             per_version = math.ceil(self.loop.train_limit() / self.strategy.buffer_size)
-            return max(20, 4 * per_version)
+            self._auto_staleness = max(self._auto_staleness, 20, 4 * per_version)
+            return self._auto_staleness
         return limit
 
     def _record_decision(self, decision: CommitteeDecision) -> None:
@@ -205,13 +215,13 @@ class FedBuffRun:
         if metrics is not None:
             log(INFO, "\t├──> Aggregated MetricRecord: %s", metrics)
         self._centralized_evaluation()
-        self._schedule_federated_evaluation(record)
         if self.should_stop is not None and self.should_stop(
             record.version, self.result
         ):
             log(INFO, "should_stop: stopping after version %d", record.version)
             self.buffer.num_versions = record.version
             self.loop.stop_requested = True
+        self._schedule_federated_evaluation(record)
 
     def _centralized_evaluation(self) -> None:
         if self.evaluate_fn is None:

@@ -41,6 +41,7 @@ class VersionStore:
         self._in_flight: Counter[int] = Counter()  # version -> train messages
         self._needs_full: Counter[int] = Counter()  # ... to full-weight senders
         self._sends_deltas: set[int] = set()
+        self._settled = False  # something settled since the last prune
         self.peak_full_copies = 1
 
     @property
@@ -73,6 +74,7 @@ class VersionStore:
         ``kind`` is the reply's update kind (``"delta"`` or ``"weights"``), or
         ``None`` when there was no usable reply.
         """
+        self._settled = True
         _decrement(self._in_flight, version)
         if node_id not in self._sends_deltas:
             _decrement(self._needs_full, version)
@@ -97,10 +99,14 @@ class VersionStore:
         self.version, self.model = version, model
         self._full[version] = model
         self._state[version] = self._state_of(model)
+        self._settled = True
         self.prune()
 
     def prune(self) -> None:
-        """Drop full copies no reply in flight can need."""
+        """Drop full copies no reply in flight can need (after a change only)."""
+        if not self._settled:
+            return
+        self._settled = False
         limit = self.max_staleness()
         for v in list(self._full):
             if v == self.version:

@@ -27,6 +27,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol, runtime_checkable
 
 
@@ -64,8 +65,10 @@ class ClaimHistory:
 
     def recent(self, window: int) -> list[float]:
         """The latest claims of the ``window`` nodes heard from most recently."""
-        claims = list(self._latest.values())
-        return claims[-window:] if window > 0 else []
+        if window <= 0:
+            return []
+        latest = list(islice(reversed(self._latest.values()), window))
+        return latest[::-1]
 
     def entries(self) -> list[tuple[int, float]]:
         """``(node_id, latest claim)`` from least to most recently heard.
@@ -280,7 +283,11 @@ def effective_examples(
         If a count is negative or not finite, or the total is not finite and
         ``> 0`` (e.g. :class:`Claimed` with two claims of ``1e308``).
     """
-    counts = [float(policy.effective(c, history)) for c in claims]
+    if isinstance(policy, MedianCapped):  # one cap for the whole buffer
+        cap = policy.cap(history)
+        counts = [min(float(c), cap) for c in claims]
+    else:
+        counts = [float(policy.effective(c, history)) for c in claims]
     for claim, count in zip(claims, counts, strict=True):
         if not math.isfinite(count) or count < 0:
             raise WeightingError(

@@ -1,0 +1,347 @@
+"""C2SP tlog checkpoints (c2sp.org/tlog-checkpoint) of a ledger's block log.
+
+A checkpoint is a signed note (see :mod:`flchain_flwr.ledger.notes`) whose text
+is exactly::
+
+    <origin>
+    <tree size, decimal, no leading zeros>
+    <base64 of the RFC 6962 root hash>
+    [extension lines, each non-empty]
+
+For a ledger, the tree is its Merkle log: the leaves are the 32-byte block
+hashes (``sha256(HEADER_TAG || canonical header)``) in height order, so the
+tree size is the number of blocks and the root is RFC 6962's
+``MTH(block_hash[0:size])`` (leaf hash ``sha256(0x00 || block hash)``, node
+hash ``sha256(0x01 || left || right)``, ``sha256("")`` for no blocks), the
+root :func:`~flchain_flwr.ledger.merkle.merkle_root` computes. A block hash
+covers its header, and the header its parent's hash, its body's hash, its
+updates' Merkle root and its model's hash; it does not cover the leader's
+signature beside the header.
+
+A checkpoint kept away from the ledger pins its first ``size`` blocks: a
+ledger that is cut short, rewritten or forked below that size no longer
+matches it (:func:`check_against_ledger`), and two checkpoints of one log are
+checked against each other with a consistency proof
+(:func:`check_consistency`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .merkle import InvalidProof, merkle_root, verify_proof
+from .notes import (
+    NoteError,
+    SignedNote,
+    SignerKey,
+    VerifierKey,
+    check_key_name,
+    parse_note,
+    sign_note,
+    verify_note,
+    write_file_atomically,
+)
+
+HASH_SIZE: Final = 32
+EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
+"""RFC 6962's root of the empty tree: SHA-256 of the empty string."""
+MAX_TREE_SIZE: Final = 2**63 - 1
+ORIGIN_PREFIX: Final = "flchain-flwr/"
+"""What :func:`ledger_origin` puts in front of a ledger's chain id."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint's text is malformed."""
+
+
+class CheckpointMismatch(Exception):
+    """A well-formed checkpoint does not match a ledger or another checkpoint:
+    the log was cut short, rewritten or forked."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A log's tree head: origin, tree size, RFC 6962 root hash.
+
+    Parameters
+    ----------
+    origin : str
+        Identifies the log (non-empty, one line).
+    size : int
+        Number of leaves (for a ledger: blocks), ``0 <= size < 2**63``.
+    root : bytes
+        The 32-byte RFC 6962 root of the first ``size`` leaves.
+    extensions : tuple[str, ...] (default: ())
+        Opaque extra lines, each non-empty (the spec discourages them).
+    """
+
+    origin: str
+    size: int
+    root: bytes
+    extensions: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_line(self.origin, "origin")
+        if isinstance(self.size, bool) or not isinstance(self.size, int):
+            raise CheckpointError(f"tree size must be an integer, not {self.size!r}")
+        if not 0 <= self.size <= MAX_TREE_SIZE:
+            raise CheckpointError(f"tree size {self.size} is out of range")
+        if len(self.root) != HASH_SIZE:
+            raise CheckpointError(f"root hash has {len(self.root)} bytes, not 32")
+        for number, line in enumerate(self.extensions, 1):
+            _check_line(line, f"extension line {number}")
+
+    def text(self) -> str:
+        """The note text: origin, size, base64 root, extensions, each a line."""
+        root = base64.b64encode(self.root).decode("ascii")
+        lines = [self.origin, str(self.size), root, *self.extensions]
+        return "".join(line + "\n" for line in lines)
+
+
+def parse_checkpoint(text: str) -> Checkpoint:
+    """Parse a checkpoint's note text strictly.
+
+    Raises
+    ------
+    CheckpointError
+        If the text does not end in a newline, has fewer than three lines or an
+        empty line, or the size is not plain decimal (no sign, spaces or leading
+        zeros) or the root not canonical base64 of 32 bytes.
+    """
+    if not text.endswith("\n"):
+        raise CheckpointError("checkpoint text must end in a newline")
+    lines = text[:-1].split("\n")
+    if len(lines) < 3:
+        raise CheckpointError(
+            f"checkpoint text has {len(lines)} lines, needs origin, size and root"
+        )
+    origin, size_line, root_line, *extensions = lines
+    if not size_line or any(c not in "0123456789" for c in size_line):
+        raise CheckpointError(f"tree size {size_line!r} is not a decimal number")
+    if size_line != "0" and size_line.startswith("0"):
+        raise CheckpointError(f"tree size {size_line!r} has leading zeros")
+    if len(size_line) > len(str(MAX_TREE_SIZE)):
+        raise CheckpointError(f"tree size {size_line} is out of range")
+    try:
+        root = base64.b64decode(root_line.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error):
+        raise CheckpointError(f"root hash {root_line!r} is not base64") from None
+    if base64.b64encode(root).decode("ascii") != root_line:
+        raise CheckpointError(f"root hash {root_line!r} is not canonical base64")
+    return Checkpoint(origin, int(size_line), root, tuple(extensions))
+
+
+def sign_checkpoint(checkpoint: Checkpoint, signers: Sequence[SignerKey]) -> SignedNote:
+    """The checkpoint as a note signed by ``signers`` (the log's key name
+    should be the origin)."""
+    try:
+        return sign_note(checkpoint.text(), signers)
+    except NoteError as exc:  # the origin or an extension is not note text
+        raise CheckpointError(str(exc)) from None
+
+
+def open_checkpoint(
+    note: str | bytes | SignedNote, keys: Iterable[VerifierKey]
+) -> tuple[Checkpoint, tuple[VerifierKey, ...]]:
+    """Verify a signed checkpoint, then parse its text.
+
+    Parameters
+    ----------
+    note : str | bytes | SignedNote
+        The signed checkpoint.
+    keys : Iterable[VerifierKey]
+        The trusted keys (the log's, witnesses').
+
+    Returns
+    -------
+    tuple[Checkpoint, tuple[VerifierKey, ...]]
+        The checkpoint and the trusted keys that signed it.
+
+    Raises
+    ------
+    NoteError
+        If the note is malformed (:class:`~.notes.NoteVerificationError` if no
+        trusted key signed it, or a trusted key's signature fails).
+    CheckpointError
+        If the signed text is not a checkpoint.
+    """
+    signed = note if isinstance(note, SignedNote) else parse_note(note)
+    verified = verify_note(signed, keys)
+    return parse_checkpoint(signed.text), verified
+
+
+def read_checkpoint(
+    path: str | Path, keys: Iterable[VerifierKey]
+) -> tuple[Checkpoint, tuple[VerifierKey, ...]]:
+    """:func:`open_checkpoint` on a file's bytes."""
+    return open_checkpoint(Path(path).read_bytes(), keys)
+
+
+def write_checkpoint(path: str | Path, note: SignedNote) -> None:
+    """Replace the file at ``path`` with a signed checkpoint, atomically and
+    durably (fsynced, then renamed into place), mode 0644."""
+    write_file_atomically(path, note.encode(), mode=0o644, overwrite=True)
+
+
+# ----------------------------------------------------------------- ledgers
+def ledger_origin(chain_id: str) -> str:
+    """A ledger's checkpoint origin (and its checkpoint key's name):
+    ``flchain-flwr/<chain id>``.
+
+    Raises
+    ------
+    CheckpointError
+        If the chain id holds spaces, '+' or control characters (it could not
+        name a key).
+    """
+    origin = ORIGIN_PREFIX + chain_id
+    try:
+        check_key_name(origin)
+    except NoteError as exc:
+        raise CheckpointError(
+            f"chain id {chain_id!r} cannot be an origin: {exc}"
+        ) from None
+    return origin
+
+
+def ledger_checkpoint(
+    origin: str, block_hashes: Sequence[str], size: int | None = None
+) -> Checkpoint:
+    """The checkpoint of a ledger's first ``size`` blocks (all by default).
+
+    Parameters
+    ----------
+    origin : str
+        The log's origin (:func:`ledger_origin` of its chain id).
+    block_hashes : Sequence[str]
+        The ledger's hex block hashes by height (``Ledger.block_hashes()``).
+    size : int, optional
+        How many blocks the checkpoint covers.
+    """
+    count = len(block_hashes) if size is None else size
+    if not 0 <= count <= len(block_hashes):
+        raise ValueError(f"size {count} is outside 0..{len(block_hashes)}")
+    root = bytes.fromhex(merkle_root(list(block_hashes[:count])))
+    return Checkpoint(origin, count, root)
+
+
+def check_against_ledger(
+    checkpoint: Checkpoint, origin: str, block_hashes: Sequence[str]
+) -> None:
+    """Check that a ledger holds the log a checkpoint describes.
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        A checkpoint, already verified (:func:`open_checkpoint`).
+    origin : str
+        The ledger's origin.
+    block_hashes : Sequence[str]
+        The ledger's hex block hashes by height.
+
+    Raises
+    ------
+    CheckpointMismatch
+        If the origins differ, the ledger has fewer blocks than the checkpoint
+        (cut short), or its first ``size`` blocks have another root
+        (rewritten or forked).
+    """
+    if checkpoint.origin != origin:
+        raise CheckpointMismatch(
+            f"checkpoint is for {checkpoint.origin!r}, the ledger is {origin!r}"
+        )
+    if len(block_hashes) < checkpoint.size:
+        raise CheckpointMismatch(
+            f"ledger has {len(block_hashes)} blocks, the checkpoint "
+            f"{checkpoint.size}: blocks were removed"
+        )
+    actual = bytes.fromhex(merkle_root(list(block_hashes[: checkpoint.size])))
+    if actual != checkpoint.root:
+        raise CheckpointMismatch(
+            f"the ledger's first {checkpoint.size} blocks have root "
+            f"{actual.hex()}, the checkpoint {checkpoint.root.hex()}: "
+            "blocks were rewritten"
+        )
+
+
+def check_consistency(
+    older: Checkpoint, newer: Checkpoint, proof: Mapping[str, Any] | None = None
+) -> None:
+    """Check that ``newer``'s log extends ``older``'s (append-only).
+
+    Parameters
+    ----------
+    older, newer : Checkpoint
+        Two checkpoints of one origin, ``older.size <= newer.size``.
+    proof : Mapping[str, Any], optional
+        A consistency proof from ``older.size`` to ``newer.size``
+        (:func:`~flchain_flwr.ledger.merkle.consistency_proof`, or
+        ``Ledger.prove_consistency``). Not needed when the older tree is empty
+        or the sizes are equal.
+
+    Raises
+    ------
+    CheckpointMismatch
+        If the origins differ, ``older`` is larger, equal sizes have different
+        roots, an empty tree has a root other than :data:`EMPTY_ROOT`, or the
+        proof is missing, about other trees, or invalid.
+    """
+    if older.origin != newer.origin:
+        raise CheckpointMismatch(
+            f"checkpoints of different logs: {older.origin!r}, {newer.origin!r}"
+        )
+    if older.size > newer.size:
+        raise CheckpointMismatch(
+            f"the older checkpoint ({older.size}) is larger than the newer "
+            f"({newer.size})"
+        )
+    for checkpoint in (older, newer):
+        if checkpoint.size == 0 and checkpoint.root != EMPTY_ROOT:
+            raise CheckpointMismatch("an empty tree's root must be SHA-256('')")
+    if older.size == newer.size:
+        if older.root != newer.root:
+            raise CheckpointMismatch(
+                f"two different roots for size {older.size}: the log forked"
+            )
+        return
+    if older.size == 0:
+        return
+    if proof is None:
+        raise CheckpointMismatch(
+            f"a consistency proof from size {older.size} to {newer.size} is needed"
+        )
+    claimed = (
+        proof.get("type"),
+        proof.get("prior_size"),
+        proof.get("later_size"),
+        proof.get("prior_root"),
+        proof.get("later_root"),
+    )
+    expected = (
+        "consistency",
+        older.size,
+        newer.size,
+        older.root.hex(),
+        newer.root.hex(),
+    )
+    if claimed != expected:
+        raise CheckpointMismatch("the consistency proof is about other trees")
+    try:
+        verify_proof(dict(proof), "consistency")
+    except InvalidProof as exc:
+        raise CheckpointMismatch(
+            f"size {newer.size} does not extend size {older.size}: {exc}"
+        ) from None
+
+
+def _check_line(line: str, what: str) -> None:
+    if not line:
+        raise CheckpointError(f"{what} must not be empty")
+    if any(ord(c) < 0x20 for c in line):
+        raise CheckpointError(f"{what} {line!r} holds a newline or control character")
