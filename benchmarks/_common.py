@@ -26,11 +26,20 @@ FASHION_MNIST: dict[str, int | float | str | bool] = {
 
 
 def write_results(
-    path: Path, benchmark: str, args: argparse.Namespace, **payload: Any
+    path: Path,
+    benchmark: str,
+    args: argparse.Namespace,
+    *,
+    headline: tuple[str, float | None],
+    **payload: Any,
 ) -> None:
-    """Write ``payload`` as JSON with the benchmark's name, settings and machine."""
+    """Write ``payload`` as JSON with the benchmark's name, headline
+    (``{"label": ..., "value": ...}``, the figure its last line prints; ``None``
+    only when a partial run did not measure it), settings and machine."""
+    label, value = headline
     document = {
         "benchmark": benchmark,
+        "headline": {"label": label, "value": value},
         "settings": {
             k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
         },

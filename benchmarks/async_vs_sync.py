@@ -261,6 +261,7 @@ def main() -> None:
         args.out,
         "async_vs_sync",
         args,
+        headline=("async_vs_sync speedup", summary["speedup"]),
         device_speed_spread=spread(tiered(args.nodes, (1.0, 4.0, 10.0))),
         summary=summary,
         numerics=numerics(),

@@ -401,6 +401,10 @@ def main() -> None:
         args.out,
         "compression",
         args,
+        headline=(
+            "compression ratio at <=1pt accuracy loss",
+            best["compression_ratio"],
+        ),
         sweep=sweep,
         ablation_density=best_density,
         best={

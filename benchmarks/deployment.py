@@ -191,6 +191,7 @@ def main() -> None:
         args.out,
         "deployment",
         args,
+        headline=("deployment async speedup", figures["async_speedup"]),
         runs=runs,
         **figures,
         unpinned_published_settings=unpinned,

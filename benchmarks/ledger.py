@@ -236,6 +236,7 @@ def main() -> None:
         args.out,
         "ledger",
         args,
+        headline=("ledger append cost (x floor)", append["ratio"]),
         append=append,
         version=version,
         append_share_of_version=share,

@@ -408,6 +408,10 @@ def main() -> None:
         Path(args.output),
         "robustness",
         args,
+        headline=(
+            "pov worst-case accuracy drop (points)",
+            summary.get("pov_worst_case_drop_points"),
+        ),
         rows=rows,
         summary=summary,
     )

@@ -236,7 +236,7 @@ def main() -> None:
         args.out,
         "scale",
         args,
-        headline={"label": label, "value": summary["time_per_version_ratio"]},
+        headline=(label, summary["time_per_version_ratio"]),
         target={
             "time_per_version_ratio_max": TIME_RATIO_TARGET,
             "peak_rss_bytes_per_extra_node_max": BYTES_PER_NODE_TARGET,
