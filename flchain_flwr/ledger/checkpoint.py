@@ -28,7 +28,6 @@ checked against each other with a consistency proof
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from .notes import (
     SignedNote,
     SignerKey,
     VerifierKey,
+    canonical_b64decode,
     check_key_name,
     parse_note,
     sign_note,
@@ -129,11 +129,13 @@ def parse_checkpoint(text: str) -> Checkpoint:
     if len(size_line) > len(str(MAX_TREE_SIZE)):
         raise CheckpointError(f"tree size {size_line} is out of range")
     try:
-        root = base64.b64decode(root_line.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error):
-        raise CheckpointError(f"root hash {root_line!r} is not base64") from None
-    if base64.b64encode(root).decode("ascii") != root_line:
-        raise CheckpointError(f"root hash {root_line!r} is not canonical base64")
+        root = canonical_b64decode(root_line)
+    except ValueError:
+        raise CheckpointError(
+            f"root hash {root_line!r} is not canonical base64"
+        ) from None
+    if root is None:
+        raise CheckpointError(f"root hash {root_line!r} is not base64")
     return Checkpoint(origin, int(size_line), root, tuple(extensions))
 
 

@@ -511,15 +511,30 @@ def _utf8(text: str, what: str) -> None:
         raise NoteError(f"{what} is not valid UTF-8: {exc}") from None
 
 
-def _b64decode(data: str, what: str, *, quote: bool) -> bytes:
-    """Strict, canonical standard base64 (RFC 4648 section 4, padded)."""
-    shown = f" {data!r}" if quote else ""
+def canonical_b64decode(data: str) -> bytes | None:
+    """Strict, canonical standard base64 (RFC 4648 section 4, padded).
+
+    Returns ``None`` for text that is not base64 at all; raises ``ValueError``
+    for base64 that decodes but is not in its one canonical form.
+    """
     try:
         raw = base64.b64decode(data.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error):
-        raise NoteError(f"{what}: not valid base64{shown}") from None
+        return None
     if base64.b64encode(raw).decode("ascii") != data:
-        raise NoteError(f"{what}: not canonical base64{shown}")
+        raise ValueError("not canonical base64")
+    return raw
+
+
+def _b64decode(data: str, what: str, *, quote: bool) -> bytes:
+    """:func:`canonical_b64decode`, failing with a :class:`NoteError`."""
+    shown = f" {data!r}" if quote else ""
+    try:
+        raw = canonical_b64decode(data)
+    except ValueError:
+        raise NoteError(f"{what}: not canonical base64{shown}") from None
+    if raw is None:
+        raise NoteError(f"{what}: not valid base64{shown}")
     return raw
 
 

@@ -232,14 +232,14 @@ class EventLoop:
 
     def _chosen(self, capacity: int) -> list[int]:
         """The policy's choice, keeping only distinct nodes free to train."""
-        chosen: list[int] = []
+        chosen: dict[int, None] = {}  # ordered, O(1) membership
         for node_id in self.policy.select(self.nodes.eligible, capacity, self.rng):
             if len(chosen) == capacity:
                 break
             fresh = self.nodes.last_trained.get(node_id, -1) < self.nodes.version
             if node_id not in chosen and self.nodes.is_free(node_id) and fresh:
-                chosen.append(node_id)
-        return chosen
+                chosen[node_id] = None
+        return list(chosen)
 
     def _push(self, messages: list[tuple[Message, Flight]]) -> None:
         if not messages:

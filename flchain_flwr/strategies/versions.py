@@ -42,17 +42,12 @@ class VersionStore:
         self._needs_full: Counter[int] = Counter()  # ... to full-weight senders
         self._sends_deltas: set[int] = set()
         self._settled = False  # something settled since the last prune
-        self.peak_full_copies = 1
 
     @property
     def bound(self) -> int | None:
-        """The most full copies ever held at once (``None``: unbounded)."""
+        """The most full copies that can be held at once (``None``: unbounded)."""
         limit = self.max_staleness()
         return None if limit is None else limit + 1
-
-    def referenced(self) -> int:
-        """Versions still referenced: the current one and those in flight."""
-        return len({self.version, *self._in_flight})
 
     def full_copies(self) -> int:
         """Full model copies held now."""
@@ -117,7 +112,6 @@ class VersionStore:
         for v in list(self._state):
             if v != self.version and self._in_flight[v] == 0:
                 del self._state[v]
-        self.peak_full_copies = max(self.peak_full_copies, len(self._full))
 
 
 def _decrement(counter: Counter[int], key: int) -> None:
