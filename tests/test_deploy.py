@@ -94,6 +94,7 @@ def test_descendants_follow_parent_pid_arguments_and_stop_by_pid() -> None:
 
 
 SLEEP = "import time; time.sleep(60)"
+READY_SLEEP = "import time; print('ready', flush=True); time.sleep(60)"
 
 # Starts a child of its own, prints the child's PID, then sleeps.
 SPAWNER = (
@@ -110,6 +111,17 @@ STUBBORN = (
     "print('ready', flush=True)\n"
     "time.sleep(60)\n"
 )
+
+
+def _started(*argv: str) -> subprocess.Popen[str]:
+    """A ``SLEEP`` child with ``argv`` after its script, once it runs: its
+    argv is only certain to be readable after it says so."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", READY_SLEEP, *argv], stdout=subprocess.PIPE, text=True
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "ready"
+    return process
 
 
 def _wait_stopped(pid: int, timeout: float = 10.0) -> bool:
@@ -159,7 +171,7 @@ def test_stop_processes_sigkills_what_ignores_sigterm() -> None:
 
 
 def test_cmdline_and_is_running_see_zombies_and_gone_processes() -> None:
-    process = subprocess.Popen([sys.executable, "-c", SLEEP, "flchain-marker"])
+    process = _started("flchain-marker")
     try:
         assert cmdline(process.pid)[-1] == "flchain-marker"
         assert is_running(process.pid)
@@ -184,15 +196,11 @@ def test_processes_of_finds_the_local_superlink_of_one_flwr_home(
     FLWR_HOME, with its ``--parent-pid`` helper; another home's is left alone."""
     home, elsewhere = tmp_path / "home", tmp_path / "home2"  # a prefix: not ours
 
-    def superlink(flwr_home: Path) -> subprocess.Popen[bytes]:
-        database = str(flwr_home / "state.db")
-        argv = [sys.executable, "-c", SLEEP, "flower-superlink", "--database"]
-        return subprocess.Popen([*argv, database])
+    def superlink(flwr_home: Path) -> subprocess.Popen[str]:
+        return _started("flower-superlink", "--database", str(flwr_home / "state.db"))
 
     ours, theirs = superlink(home), superlink(elsewhere)
-    helper = subprocess.Popen(
-        [sys.executable, "-c", SLEEP, "flwr-serverapp", "--parent-pid", str(ours.pid)]
-    )
+    helper = _started("flwr-serverapp", "--parent-pid", str(ours.pid))
     try:
         assert processes_of(home) == sorted([ours.pid, helper.pid])
         assert processes_of(elsewhere) == [theirs.pid]
