@@ -8,6 +8,13 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger, sign_vote
+from flchain_flwr.ledger.checkpoint import ledger_checkpoint, sign_checkpoint
+from flchain_flwr.ledger.notes import SignerKey
+
+LEADER_KEY = SigningKey(b"\x01" * 32)
+"""The key :func:`build_ledger` signs with."""
+TRUSTED = LEADER_KEY.verify_key.encode().hex()
+"""Its public key, in hex: what a verifier gets out of band."""
 
 
 def digest_of(i: int) -> str:
@@ -16,7 +23,7 @@ def digest_of(i: int) -> str:
 
 def build_ledger(path: Path, blocks: int = 5, *, with_votes: bool = True) -> Ledger:
     """A ledger with a genesis block and ``blocks - 1`` aggregation blocks."""
-    ledger = Ledger(path, chain_id="test-chain", signing_key=SigningKey(b"\x01" * 32))
+    ledger = Ledger(path, chain_id="test-chain", signing_key=LEADER_KEY)
     verifiers = [SigningKey(bytes([i + 2]) * 32) for i in range(3)]
     rng = np.random.default_rng(0)
     for height in range(blocks):
@@ -65,3 +72,9 @@ def build_ledger(path: Path, blocks: int = 5, *, with_votes: bool = True) -> Led
             wall_time=1_000.0 + height,
         )
     return ledger
+
+
+def checkpoint_at(ledger: Ledger, size: int, key: SigningKey = LEADER_KEY) -> bytes:
+    """A checkpoint of the ledger's first ``size`` blocks, signed by ``key``."""
+    checkpoint = ledger_checkpoint(ledger.origin, ledger.block_hashes(), size)
+    return sign_checkpoint(checkpoint, [SignerKey(ledger.origin, key)]).encode()

@@ -27,7 +27,7 @@ from flchain_flwr.ledger import (
 )
 from flchain_flwr.ledger.canonical import NotCanonical, canonical_json, parse_canonical
 
-from .ledger_helpers import build_ledger, digest_of
+from .ledger_helpers import TRUSTED, build_ledger, checkpoint_at, digest_of
 
 
 @pytest.fixture
@@ -223,7 +223,9 @@ def test_every_included_update_has_a_valid_inclusion_proof(ledger: Ledger) -> No
     for block in ledger.blocks():
         for update in block.body["included"]:
             proof = json.loads(json.dumps(ledger.prove_update(update["digest"])))
-            assert f"is in block {block.height}" in check_proof(proof)
+            assert f"is in block {block.height}" in check_proof(
+                proof, trusted_key=TRUSTED
+            )
             count += 1
     assert count == sum(h % 4 for h in range(6))
 
@@ -231,7 +233,10 @@ def test_every_included_update_has_a_valid_inclusion_proof(ledger: Ledger) -> No
 def test_consistency_proofs_for_every_pair_of_sizes(ledger: Ledger) -> None:
     for prior in range(1, 7):
         for later in range(prior, 7):
-            assert "extends" in check_proof(ledger.prove_consistency(prior, later))
+            proof = ledger.prove_consistency(prior, later)
+            assert "extends" in check_proof(
+                proof, checkpoint=checkpoint_at(ledger, later)
+            )
     with pytest.raises(LedgerError):
         ledger.prove_consistency(0)
     with pytest.raises(LedgerError):
@@ -243,21 +248,21 @@ def test_forged_proofs_are_invalid(ledger: Ledger) -> None:
     forged = json.loads(json.dumps(proof))
     forged["update"]["leaf"] = digest_of(12345)
     with pytest.raises(InvalidProof):
-        check_proof(forged)
+        check_proof(forged, trusted_key=TRUSTED)
     forged = json.loads(json.dumps(proof))
     forged["header"] = forged["header"].replace('"height":5', '"height":4')
     with pytest.raises(InvalidProof):
-        check_proof(forged)
+        check_proof(forged, trusted_key=TRUSTED)
     forged = json.loads(json.dumps(proof))
     forged["block"]["proof"]["path"][1] = "00" * 32
     with pytest.raises(InvalidProof):
-        check_proof(forged)
+        check_proof(forged, trusted_key=TRUSTED)
     consistency = ledger.prove_consistency(2, 6)
     consistency["prior_root"] = "11" * 32
     with pytest.raises(InvalidProof):
-        check_proof(consistency)
+        check_proof(consistency, trusted_key=TRUSTED)
     with pytest.raises(InvalidProof):
-        check_proof({"type": "inclusion-of-nothing"})
+        check_proof({"type": "inclusion-of-nothing"}, trusted_key=TRUSTED)
     with pytest.raises(LedgerError, match="is not in any block"):
         ledger.prove_update(digest_of(424242))
 
@@ -432,11 +437,11 @@ def test_a_proof_of_the_wrong_kind_cannot_stand_in(ledger: Ledger) -> None:
         "root": proof["update"]["root"],
     }
     with pytest.raises(InvalidProof, match="expected an inclusion proof"):
-        check_proof(swapped)
+        check_proof(swapped, trusted_key=TRUSTED)
     resized = json.loads(json.dumps(proof))
     resized["block"]["size"] = 999
     with pytest.raises(InvalidProof):
-        check_proof(resized)
+        check_proof(resized, trusted_key=TRUSTED)
 
 
 def test_a_missing_leader_key_is_a_failure_not_a_free_pass(ledger: Ledger) -> None:

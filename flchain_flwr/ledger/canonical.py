@@ -2,9 +2,13 @@
 
 Every hash in the ledger is recomputable by anyone from stored data:
 
-- headers and bodies are canonical JSON (sorted keys, no whitespace, UTF-8,
-  integers as integers, floats in Python's shortest round-trip form), prefixed by
-  a format tag, so ``sha256(tag + json)`` is well defined;
+- headers, bodies and votes are canonical JSON prefixed by a format tag, so
+  ``sha256(tag + json)`` is well defined. Which canonical JSON is chosen by the
+  format version (:func:`encode`): version 2 is RFC 8785 (the JSON
+  Canonicalization Scheme, which libraries in other languages implement);
+  version 1, what ledgers written before it hold, is Python's
+  ``json.dumps(sort_keys=True)`` with no whitespace (integers as integers, floats
+  in Python's shortest round-trip form);
 - an update digest covers the reply exactly as received (sparse or dense): every
   record's name and kind, every array's dtype, shape, storage type and the
   SHA-256 of its bytes, and every metric and config value;
@@ -22,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, Final
 
 import numpy as np
+import rfc8785
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 HEADER_TAG: Final = b"flchain-block-header/1\n"
@@ -32,12 +37,49 @@ MODEL_MAGIC: Final = b"FLCHAIN-MODEL/1\n"
 ZERO_HASH: Final = "0" * 64
 
 
+FORMAT_VERSIONS: Final = (1, 2)
+"""The encodings :func:`encode` knows."""
+LATEST_FORMAT: Final = 2
+"""The encoding new ledgers use."""
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+"""RFC 8785 numbers are IEEE doubles: no integer beyond this is exact."""
+
+
 class NotCanonical(ValueError):
     """Stored bytes are not the canonical encoding of their content."""
 
 
+def encode(version: int, value: Any) -> bytes:
+    """The canonical JSON bytes of ``value`` in encoding ``version``.
+
+    Version 2 is RFC 8785 (JCS); version 1 is :func:`canonical_json`. Both
+    reject NaN and Inf; version 2 also rejects integers beyond
+    ``+-(2**53 - 1)``, which a JSON number cannot hold exactly (store such a
+    value as a decimal string).
+
+    Raises
+    ------
+    ValueError
+        If ``version`` is unknown or ``value`` has no encoding in it.
+    """
+    if version == 1:
+        return canonical_json(value)
+    if version != 2:
+        raise ValueError(f"unknown format version {version!r}")
+    _check_finite(value)
+    try:
+        return rfc8785.dumps(value)
+    except rfc8785.IntegerDomainError as exc:
+        raise ValueError(
+            f"RFC 8785 JSON numbers are IEEE doubles: {exc} (at most "
+            f"{MAX_SAFE_INTEGER} in magnitude); store such an integer as a string"
+        ) from None
+    except rfc8785.CanonicalizationError as exc:
+        raise ValueError(f"no RFC 8785 encoding: {exc}") from None
+
+
 def canonical_json(value: Any) -> bytes:
-    """The canonical JSON encoding of ``value`` (rejects NaN and Inf)."""
+    """The version-1 canonical JSON encoding of ``value`` (rejects NaN and Inf)."""
     _check_finite(value)
     return json.dumps(
         value,
@@ -48,14 +90,24 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def parse_canonical(data: bytes) -> Any:
-    """Parse canonical JSON; raise :class:`NotCanonical` if it is not canonical."""
+def parse_json(data: bytes) -> Any:
+    """Parse JSON bytes; :class:`NotCanonical` if they are not JSON at all."""
     try:
-        value = json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NotCanonical(f"not valid JSON: {exc}") from None
-    if canonical_json(value) != data:
-        raise NotCanonical("not in canonical form")
+
+
+def parse_canonical(data: bytes, version: int = 1) -> Any:
+    """Parse canonical JSON of encoding ``version``; raise
+    :class:`NotCanonical` if it is not in that canonical form."""
+    value = parse_json(data)
+    try:
+        canonical = encode(version, value)
+    except ValueError as exc:  # NaN, an integer beyond a double's range
+        raise NotCanonical(f"not encodable: {exc}") from None
+    if canonical != data:
+        raise NotCanonical(f"not in canonical form (format {version})")
     return value
 
 

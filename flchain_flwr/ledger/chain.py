@@ -3,7 +3,16 @@
 One block per accepted aggregation (height 0 is the genesis block holding the
 initial model). A block is stored as its canonical header and body bytes, its hash
 (``sha256(HEADER_TAG + header)``) and the leader's Ed25519 signature over the same
-bytes. The header commits to everything else: the previous block's hash, the
+bytes. The header's ``format`` names the encoding of both
+(:func:`~flchain_flwr.ledger.canonical.encode`): ``flchain-block/2`` is RFC 8785
+JSON and its header has no ``wall_time`` (the block hash seeds the next PoV
+committee, so nothing free to choose may enter it; no wall time is stored);
+``flchain-block/1`` (older ledgers, still read and verified) is version-1 JSON
+with a ``wall_time``. Format 2 stores node ids as decimal strings (RFC 8785
+numbers are doubles; Flower's node ids are 64-bit). After each block the ledger
+writes a signed C2SP checkpoint of its block log (see
+:mod:`flchain_flwr.ledger.checkpoint`), by default to ``<path>.checkpoint``.
+The header commits to everything else: the previous block's hash, the
 body's hash, the Merkle root of the included update digests and the new global
 model's hash. Each block is one SQLite transaction (WAL mode), and its model blob
 is in place before that transaction starts, so a process killed at any moment
@@ -52,12 +61,26 @@ from .blobs import BlobStore
 from .canonical import (
     BODY_TAG,
     HEADER_TAG,
+    LATEST_FORMAT,
     VOTE_TAG,
     ZERO_HASH,
     NotCanonical,
     canonical_json,
+    encode,
     parse_canonical,
+    parse_json,
     sha256_hex,
+)
+from .checkpoint import (
+    CheckpointError,
+    CheckpointMismatch,
+    check_against_ledger,
+    ledger_checkpoint,
+    ledger_origin,
+    open_checkpoint,
+    parse_checkpoint,
+    sign_checkpoint,
+    write_checkpoint,
 )
 from .consensus import PoVRules, PoVState
 from .merkle import (
@@ -69,11 +92,24 @@ from .merkle import (
     proof_field,
     verify_proof,
 )
+from .notes import (
+    NoteError,
+    SignerKey,
+    VerifierKey,
+    parse_note,
+    parse_verifier_key,
+    write_file_atomically,
+)
 
-LEDGER_FORMAT: Final = "flchain-ledger/1"
+LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
+"""The ledger file's ``format`` (in ``meta``) by encoding version."""
+BLOCK_FORMATS: Final = {"flchain-block/1": 1, "flchain-block/2": 2}
+"""A header's ``format``, by the encoding version of its header and body."""
 _MAX_HEIGHT: Final = 2**63 - 1
 """SQLite's largest integer: no block can be higher."""
-BLOCK_FORMAT: Final = "flchain-block/1"
+COMMITTEE_KIND_FIELD: Final = "committee_kind"
+"""Genesis body field: ``"in-process"`` when the server process holds every
+verifier key (a simulation), ``"remote"`` when none, ``"mixed"`` otherwise."""
 CONFIG_FIELD: Final = "config"
 """Body field: the settings behind the header's ``config_digest``."""
 SERVER_STATE_FIELD: Final = "server_state"
@@ -131,6 +167,53 @@ class Block:
     signature: str
     header: dict[str, Any] = field(compare=False)
     body: dict[str, Any] = field(compare=False)
+
+    @property
+    def format_version(self) -> int:
+        """The encoding version of the header and body (see :func:`encode`)."""
+        return BLOCK_FORMATS[str(self.header["format"])]
+
+
+def _parse_block(header_raw: bytes, body_raw: bytes) -> tuple[Any, Any]:
+    """A stored header and body, parsed in the encoding the header's ``format``
+    names; :class:`NotCanonical` if either is not in exactly that encoding."""
+    loose = parse_json(header_raw)
+    name = loose.get("format") if isinstance(loose, dict) else None
+    version = BLOCK_FORMATS.get(name) if isinstance(name, str) else None
+    if version is None:
+        raise NotCanonical(f"unknown block format {str(name)[:40]!r}")
+    return parse_canonical(header_raw, version), parse_canonical(body_raw, version)
+
+
+def _ids_as_text(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Body entries with an integer ``node_id`` as a decimal string (format 2:
+    a 64-bit Flower node id has no exact RFC 8785 number)."""
+    out = []
+    for entry in entries:
+        entry = dict(entry)
+        node_id = entry.get("node_id")
+        if isinstance(node_id, int | np.integer) and not isinstance(node_id, bool):
+            entry["node_id"] = str(int(node_id))
+        out.append(entry)
+    return out
+
+
+def node_key(node_id: Any) -> int | None:
+    """A body's ``node_id`` (an integer, or format 2's decimal string) as an
+    int; ``None`` if it is neither."""
+    if isinstance(node_id, bool):
+        return None
+    if isinstance(node_id, int):
+        return node_id
+    if (
+        isinstance(node_id, str)
+        and 0 < len(node_id) <= 20
+        and node_id.isascii()
+        and node_id.isdigit()
+        and str(int(node_id)) == node_id
+    ):
+        return int(node_id)
+    return None
 
 
 @dataclass(frozen=True)
@@ -223,6 +306,18 @@ class _ChainRules:
 
     leader: str | None
     pov: PoVState | None = None
+    format: str | None = None
+    """The genesis block's format: every block must have it."""
+    committee_kind: str | None = None
+
+
+_COMMITTEES: Final = {
+    "in-process": "PoV committees whose every key the server process held "
+    "(an in-process simulation: the votes show what that one process decided, "
+    "not that independent verifiers agreed)",
+    "mixed": "PoV committees some of whose keys the server process held",
+    "remote": "their PoV committees (the genesis block records remote verifiers)",
+}
 
 
 @dataclass(frozen=True)
@@ -238,18 +333,36 @@ class VerifyReport:
     publisher who signed the genesis block."""
     pov: bool = False
     """Whether the chain follows PoV rules (rotating, committee-signed blocks)."""
+    head: str = ""
+    """The last verified block's hash."""
+    anchor: str = ""
+    """What outside the ledger the chain was checked against ("" = nothing)."""
+    committee_kind: str | None = None
+    """A PoV genesis block's ``committee_kind`` (``None``: not recorded)."""
 
     def __str__(self) -> str:
-        if self.ok:
-            if self.pov:
-                return (
-                    f"ok: {self.blocks} blocks verified, genesis signed by "
-                    f"{self.leader[:16]}…, later blocks by their PoV committees"
-                )
-            signed = f", signed by leader {self.leader[:16]}…" if self.leader else ""
-            return f"ok: {self.blocks} blocks verified{signed}"
-        where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
-        return f"FAILED at {where}: {self.reason}"
+        if not self.ok:
+            where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
+            return f"FAILED at {where}: {self.reason}"
+        if self.pov:
+            committees = _COMMITTEES.get(
+                str(self.committee_kind),
+                "their PoV committees (the ledger does not record whether one "
+                "process held their keys)",
+            )
+            line = (
+                f"ok: {self.blocks} blocks verified, genesis signed by "
+                f"{self.leader}, later blocks by {committees}"
+            )
+        else:
+            signed = f", signed by leader {self.leader}" if self.leader else ""
+            line = f"ok: {self.blocks} blocks verified{signed}"
+        head = f"head: block {self.blocks - 1}, hash {self.head}" if self.blocks else ""
+        anchor = self.anchor or (
+            "self-consistent; no trusted anchor given (anyone can write a ledger "
+            "that passes these checks: give --trusted-key or --checkpoint)"
+        )
+        return "\n".join(filter(None, (line, head, f"anchor: {anchor}")))
 
 
 def vote_payload(
@@ -296,21 +409,23 @@ def _sqlite_message(exc: Exception) -> str:
 
 
 def load_or_create_key(path: Path) -> SigningKey:
-    """The Ed25519 key at ``path``, created (mode 0600) if it does not exist."""
-    if path.exists():
+    """The Ed25519 key at ``path`` (hex seed), created if it does not exist:
+    mode 0600, fsynced with its folder, never over an existing file."""
+    if not path.exists():
+        key = SigningKey.generate()
         try:
-            return SigningKey(path.read_bytes().strip(), encoder=HexEncoder)
-        except Exception as exc:
-            raise LedgerError(
-                f"{path} does not hold an Ed25519 signing key: {exc}"
-            ) from None
-    key = SigningKey.generate()
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(key.encode(HexEncoder))
-    os.replace(tmp, path)
-    return key
+            write_file_atomically(
+                path, key.encode(HexEncoder), mode=0o600, overwrite=False
+            )
+            return key
+        except FileExistsError:  # another process created it first: use theirs
+            pass
+    try:
+        return SigningKey(path.read_bytes().strip(), encoder=HexEncoder)
+    except Exception as exc:
+        raise LedgerError(
+            f"{path} does not hold an Ed25519 signing key: {exc}"
+        ) from None
 
 
 def _make_folder_for(path: Path) -> None:
@@ -343,15 +458,26 @@ class Ledger:
     ----------
     path : str | Path
         The SQLite file. Models live beside it in ``<path>.models/``; the leader's
-        signing key, unless given, in ``<path>.key`` (created on first append).
+        signing key, unless given, in ``key_path`` (created on first append).
         A relative path is taken against the current directory (under
         ``flwr run``, the SuperLink's); the absolute one is kept and logged.
         Missing folders above a new ledger are created.
     chain_id : str, optional
         Identifies the chain; fixed at creation (a random id if not given). Opening
-        an existing ledger with another id is an error.
+        an existing ledger with another id is an error. A new ledger's id must
+        be usable in a checkpoint's origin (no spaces, '+' or control
+        characters).
     signing_key : nacl.signing.SigningKey, optional
-        The leader's key for signing headers.
+        The leader's key for signing headers and checkpoints.
+    key_path : str | Path, optional
+        Where the signing key lives when not given (default ``<path>.key``,
+        beside the ledger: fine for a simulation; in deployment keep it
+        elsewhere, see docs/deployment.md).
+    checkpoint_path : str | Path, optional
+        Where each append writes the signed checkpoint of the block log
+        (default ``<path>.checkpoint``).
+    format_version : int (default: LATEST_FORMAT)
+        The encoding of a new ledger's blocks (an existing ledger keeps its own).
     create : bool (default: True)
         Create the ledger if the file does not exist; with ``False`` a missing
         file is an error (what read-only tools want).
@@ -368,6 +494,9 @@ class Ledger:
         signing_key: SigningKey | None = None,
         create: bool = True,
         durable: bool = False,
+        key_path: str | Path | None = None,
+        checkpoint_path: str | Path | None = None,
+        format_version: int = LATEST_FORMAT,
     ) -> None:
         self.path = Path(path).resolve()
         if not create and not self.path.is_file():
@@ -381,7 +510,20 @@ class Ledger:
             self.path.with_name(self.path.name + ".models"), durable=durable
         )
         self._signing_key = signing_key
-        self._key_path = self.path.with_name(self.path.name + ".key")
+        self._key_path = (
+            Path(key_path) if key_path else self.path.with_name(self.path.name + ".key")
+        )
+        self.checkpoint_path = Path(
+            checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
+        ).resolve()
+        self.durable = durable
+        if f"flchain-ledger/{format_version}" not in LEDGER_FORMATS:
+            raise ValueError(f"unknown ledger format version {format_version!r}")
+        if not existed and chain_id is not None:
+            try:
+                ledger_origin(chain_id)
+            except CheckpointError as exc:
+                raise LedgerError(str(exc)) from None
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
@@ -400,7 +542,7 @@ class Ledger:
             try:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     self.db.execute(statement)
-                self._set_meta("format", LEDGER_FORMAT)
+                self._set_meta("format", f"flchain-ledger/{format_version}")
                 self._set_meta("chain_id", chain_id or uuid.uuid4().hex)
                 self.db.execute("COMMIT")
             except BaseException:
@@ -422,6 +564,8 @@ class Ledger:
         if chain_id is not None and chain_id != stored:
             raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
         self.chain_id: str = stored
+        self.format_version = LEDGER_FORMATS[str(self._meta("format"))]
+        """The encoding version of the blocks this ledger writes."""
         if create:
             log(INFO, "Ledger: %s (chain %s)", self.path, stored)
 
@@ -435,8 +579,8 @@ class Ledger:
             missing = [column for column in columns if column not in present]
             if missing:
                 return f"its {table} table lacks the column(s) {', '.join(missing)}"
-        if self._meta("format") != LEDGER_FORMAT:
-            return f"its format is not {LEDGER_FORMAT}"
+        if self._meta("format") not in LEDGER_FORMATS:
+            return f"its format is not one of {', '.join(LEDGER_FORMATS)}"
         return None
 
     @contextmanager
@@ -472,10 +616,23 @@ class Ledger:
 
     @property
     def signing_key(self) -> SigningKey:
-        """The leader's key (loaded or created beside the ledger on first use)."""
+        """The leader's key (loaded or created at ``key_path`` on first use)."""
         if self._signing_key is None:
             self._signing_key = load_or_create_key(self._key_path)
         return self._signing_key
+
+    @property
+    def origin(self) -> str:
+        """The checkpoint origin, and the checkpoint key's name:
+        ``flchain-flwr/<chain id>``."""
+        return ledger_origin(self.chain_id)
+
+    def _write_checkpoint(self) -> None:
+        """Sign a checkpoint of every committed block with the ledger's key and
+        put it at ``checkpoint_path`` atomically (fsynced if ``durable``)."""
+        checkpoint = ledger_checkpoint(self.origin, self.block_hashes())
+        note = sign_checkpoint(checkpoint, [SignerKey(self.origin, self.signing_key)])
+        write_checkpoint(self.checkpoint_path, note, durable=self.durable)
 
     def __len__(self) -> int:
         with self._reading():
@@ -488,7 +645,7 @@ class Ledger:
         height, digest, header, body, signature = row
         try:
             header, body = bytes(header), bytes(body)
-            parsed_header, parsed_body = parse_canonical(header), parse_canonical(body)
+            parsed_header, parsed_body = _parse_block(header, body)
             if not isinstance(parsed_header, dict) or not isinstance(parsed_body, dict):
                 raise NotCanonical("header or body is not a JSON object")
             return Block(
@@ -633,34 +790,37 @@ class Ledger:
         ``config`` records the settings behind ``config_digest`` (it must hash
         to it); ``server_state``'s blobs are stored beside the model, before
         the block, and its record goes into the body (see the module's
-        docstring).
+        docstring). ``wall_time`` goes only into format-1 headers. After the
+        block is committed, a signed checkpoint of the log is written to
+        ``checkpoint_path``.
         """
         if config is not None and _digest_of(config) != config_digest:
             raise ValueError("config does not hash to config_digest")
         model_hash = self.blobs.put_model(model)
+        version = self.format_version
+        entries = _ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
         body = {
             **(extra or {}),
-            "included": [dict(u) for u in included],
-            "rejected": [dict(r) for r in rejected],
+            "included": entries(included),
+            "rejected": entries(rejected),
             "votes": [dict(v) for v in votes],
-            "contributions": [dict(c) for c in contributions],
+            "contributions": entries(contributions),
         }
         if config is not None:
             body[CONFIG_FIELD] = dict(config)
         if server_state is not None:
             body[SERVER_STATE_FIELD] = self._put_server_state(server_state)
-        body_bytes = canonical_json(body)
+        body_bytes = encode(version, body)
         key = signer or self.signing_key
         self.db.execute("BEGIN IMMEDIATE")
         try:
             head = self.head()
             height = 0 if head is None else head.height + 1
             header = {
-                "format": BLOCK_FORMAT,
+                "format": f"flchain-block/{version}",
                 "chain_id": self.chain_id,
                 "height": height,
                 "prev_hash": ZERO_HASH if head is None else head.hash,
-                "wall_time": time.time() if wall_time is None else wall_time,
                 "sim_time": sim_time,
                 "model_version": model_version,
                 "base_version": base_version,
@@ -670,7 +830,9 @@ class Ledger:
                 "body_hash": sha256_hex(BODY_TAG, body_bytes),
                 "leader": key.verify_key.encode(HexEncoder).decode(),
             }
-            header_bytes = canonical_json(header)
+            if version == 1:
+                header["wall_time"] = time.time() if wall_time is None else wall_time
+            header_bytes = encode(version, header)
             block_hash = sha256_hex(HEADER_TAG, header_bytes)
             signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
             if head is None:  # the publisher who opened the chain
@@ -684,6 +846,7 @@ class Ledger:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        self._write_checkpoint()
         return Block(
             height, block_hash, header_bytes, body_bytes, signature, header, body
         )
@@ -701,19 +864,44 @@ class Ledger:
         return record
 
     # ---------------------------------------------------------------- verifying
+    def trusted_verifier(self, key: str) -> VerifierKey:
+        """A trusted key given as text: a signed-note vkey, or the hex Ed25519
+        public key of the ledger's signer (named after :attr:`origin`).
+
+        Raises
+        ------
+        LedgerError
+            If ``key`` is neither.
+        """
+        return parse_trusted_key(key, self.origin)
+
     def verify(
-        self, *, trusted_key: str | None = None, check_models: bool = True
+        self,
+        *,
+        trusted_key: str | None = None,
+        checkpoint: str | Path | None = None,
+        check_models: bool = True,
     ) -> VerifyReport:
         """Check every block; report the first one that fails and why.
 
         Checks: canonical encodings, header hash, height sequence, chain id,
         previous-hash links, body hash, Merkle root of included updates, leader
         signature (against the genesis leader, or ``trusted_key``), every vote's
-        signature, that a recorded ``config`` hashes to the header's
-        ``config_digest``, that a ``server_state`` record is well formed, and
-        (``check_models``) that each model blob, and each server-state blob,
-        hashes to its name. Blocks without the optional fields (older ledgers)
-        are checked as before.
+        signature, that no update digest is included twice and contributions
+        credit only included nodes, that a recorded ``config`` hashes to the
+        header's ``config_digest``, that a ``server_state`` record is well
+        formed, and (``check_models``) that each model blob, and each
+        server-state blob, hashes to its name. Blocks without the optional
+        fields (older ledgers) are checked as before.
+
+        Without ``trusted_key`` or ``checkpoint`` this proves only that the
+        ledger is self-consistent. ``trusted_key`` (hex Ed25519 key or vkey,
+        see :meth:`trusted_verifier`) must have signed the genesis block (and,
+        outside PoV, every block) and the checkpoint used. ``checkpoint`` (a
+        signed checkpoint file held outside the ledger; with ``trusted_key``,
+        the one at ``checkpoint_path`` if none is given) must be signed by the
+        trusted key (else by the genesis leader: then the file itself is the
+        anchor) and the ledger's first ``size`` blocks must have its root.
         On a PoV chain (the genesis body declares a verifier pool) every later
         block must be signed by the leader of the committee drawn from the
         previous block's hash, include updates only with a quorum of that
@@ -721,8 +909,15 @@ class Ledger:
         :mod:`flchain_flwr.ledger.consensus`).
         """
         count = 0
+        anchor_key = None if trusted_key is None else self.trusted_verifier(trusted_key)
+        if checkpoint is None and anchor_key and self.checkpoint_path.is_file():
+            checkpoint = self.checkpoint_path
         try:
-            leader = trusted_key or self._meta("leader_key")
+            leader = (
+                anchor_key.public_key.hex()
+                if anchor_key is not None
+                else self._meta("leader_key")
+            )
             if leader is None and len(self):
                 return VerifyReport(
                     False, 0, None, "the leader key is missing from the metadata"
@@ -741,9 +936,74 @@ class Ledger:
                     return VerifyReport(False, count, height, problem, leader or "")
                 prev_hash = str(row[1])
                 count += 1
+            hashes = self.block_hashes() if checkpoint is not None else []
         except Exception as exc:  # an unreadable database is a finding, not a crash
             return VerifyReport(False, count, None, f"database unreadable: {exc!r}")
-        return VerifyReport(True, count, leader=leader or "", pov=chain.pov is not None)
+        anchor = ""
+        if anchor_key is not None:
+            anchor = f"trusted key {anchor_key.encode()} signed the genesis block"
+            anchor += "" if chain.pov is not None else " and every block"
+        if checkpoint is not None:
+            try:
+                signer = anchor_key or VerifierKey(
+                    self.origin, bytes.fromhex(leader or "")
+                )
+            except ValueError:
+                return VerifyReport(
+                    False, count, None, "no key to check the checkpoint's signature"
+                )
+            try:
+                size = self._check_checkpoint(Path(checkpoint), signer, hashes)
+            except CheckpointMismatch as exc:
+                return VerifyReport(
+                    False, count, None, f"checkpoint {checkpoint}: {exc}"
+                )
+            trust = (
+                "the trusted key"
+                if anchor_key is not None
+                else "the genesis leader (the file itself is the anchor)"
+            )
+            anchor = "; ".join(
+                filter(
+                    None,
+                    (
+                        anchor,
+                        f"checkpoint {checkpoint} signed by {trust} covers the "
+                        f"first {size} of the {count} blocks",
+                    ),
+                )
+            )
+        elif anchor_key is not None:
+            anchor += "; no checkpoint, so a ledger cut short would not be noticed"
+        return VerifyReport(
+            True,
+            count,
+            leader=leader or "",
+            pov=chain.pov is not None,
+            head=prev_hash if count else "",
+            anchor=anchor,
+            committee_kind=chain.committee_kind,
+        )
+
+    def _check_checkpoint(
+        self, path: Path, signer: VerifierKey, hashes: Sequence[str]
+    ) -> int:
+        """Check the signed checkpoint at ``path`` against ``signer`` and the
+        ledger's block hashes; its size, or ``CheckpointMismatch`` saying why not."""
+        try:
+            note = path.read_bytes()
+        except OSError as exc:
+            raise CheckpointMismatch(f"cannot be read: {exc.strerror or exc}") from None
+        try:
+            found, _ = open_checkpoint(note, [signer])
+        except NoteError as exc:
+            raise CheckpointMismatch(
+                f"not signed by {signer.encode()}: {exc}"
+            ) from None
+        except CheckpointError as exc:
+            raise CheckpointMismatch(f"not a checkpoint: {exc}") from None
+        check_against_ledger(found, self.origin, hashes)
+        return found.size
 
     # pylint: disable=too-many-return-statements,too-many-arguments
     def _check_block(
@@ -762,19 +1022,25 @@ class Ledger:
                 f"block {expected_height} is missing (next stored height is {height})"
             )
         try:
-            header = parse_canonical(header_raw)
-            body = parse_canonical(body_raw)
+            header, body = _parse_block(header_raw, body_raw)
         except NotCanonical as exc:
             return f"stored header or body is corrupt: {exc}"
         if not isinstance(header, dict) or not isinstance(body, dict):
             return "header or body is not a JSON object"
         if sha256_hex(HEADER_TAG, header_raw) != stored_hash:
             return "block hash does not match the header"
+        if height == 0:
+            chain.format = header["format"]
         try:
             checks = [
                 (
-                    header["format"] == BLOCK_FORMAT,
-                    f"unknown block format {header['format']!r}",
+                    header["format"] == chain.format,
+                    f"block format {header['format']!r} is not the genesis "
+                    f"block's {chain.format!r}",
+                ),
+                (
+                    header["format"] == "flchain-block/1" or "wall_time" not in header,
+                    "a format-2 header must not hold a wall_time",
                 ),
                 (header["height"] == height, f"header says height {header['height']}"),
                 (
@@ -807,6 +1073,9 @@ class Ledger:
             str(header["leader"]), HEADER_TAG + header_raw, signature
         ):
             return "leader signature is invalid"
+        problem = _check_entries(body)
+        if problem is not None:
+            return problem
         for index, vote in enumerate(body.get("votes", [])):
             problem = check_vote(self.chain_id, height, vote)
             if problem is not None:
@@ -825,6 +1094,8 @@ class Ledger:
                 chain.pov = PoVState(PoVRules.from_json(body["pov"]))
             except (KeyError, TypeError, ValueError) as exc:
                 return f"genesis declares unusable PoV rules: {exc}"
+            kind = body.get(COMMITTEE_KIND_FIELD)
+            chain.committee_kind = kind if kind in _COMMITTEES else None
         elif chain.pov is not None:
             problem = chain.pov.check_block(prev_hash, header, body)
             if problem is not None:
@@ -852,21 +1123,40 @@ class Ledger:
         """Proof that an update is in a block, and that the block is in the log.
 
         Self-contained: the block header (whose hash the checker recomputes and
-        whose ``updates_root`` anchors the update proof) and an inclusion proof of
-        the block hash in the Merkle log of all block hashes so far.
+        whose ``updates_root`` anchors the update proof) and its signature, an
+        inclusion proof of the block hash in the Merkle log of the block
+        hashes, and the signed checkpoint of that log (the one at
+        ``checkpoint_path``, when it covers the block; the log is then of its
+        size, else of every block and there is no checkpoint).
         """
         block, index = self.find_update(digest)
         leaves = [str(u["digest"]) for u in block.body["included"]]
         hashes = self.block_hashes()
-        _check_log_leaves(hashes)
-        return {
+        note, size = self._stored_checkpoint(len(hashes))
+        if size <= block.height:
+            note, size = None, len(hashes)
+        _check_log_leaves(hashes[:size])
+        proof = {
             "type": "update-in-block",
             "chain_id": self.chain_id,
             "height": block.height,
             "header": block.header_bytes.decode("utf-8"),
+            "signature": block.signature,
             "update": inclusion_proof(leaves, index),
-            "block": inclusion_proof(hashes, block.height),
+            "block": inclusion_proof(hashes[:size], block.height),
         }
+        return proof if note is None else {**proof, "checkpoint": note}
+
+    def _stored_checkpoint(self, blocks: int) -> tuple[str | None, int]:
+        """The note text and size of the checkpoint at ``checkpoint_path`` if it
+        is a checkpoint of at most ``blocks`` blocks, else ``(None, 0)`` (its
+        signature and root are for the proof's checker to check)."""
+        try:
+            text = self.checkpoint_path.read_text(encoding="utf-8")
+            found = parse_checkpoint(parse_note(text).text)
+        except (OSError, ValueError):  # missing, unreadable, not a checkpoint
+            return None, 0
+        return (text, found.size) if found.size <= blocks else (None, 0)
 
     def prove_consistency(
         self, prior_size: int, later_size: int | None = None
@@ -879,6 +1169,9 @@ class Ledger:
             proof = consistency_proof(hashes, prior_size, later)
         except ValueError as exc:
             raise LedgerError(str(exc)) from None
+        note, size = self._stored_checkpoint(len(hashes))
+        if note is not None and size == later:
+            return {"chain_id": self.chain_id, **proof, "checkpoint": note}
         return {"chain_id": self.chain_id, **proof}
 
 
@@ -896,6 +1189,27 @@ def _check_log_leaves(hashes: Sequence[str]) -> None:
 _VOTE_FIELDS: Final = frozenset(
     {"verifier", "candidate", "verdict", "score", "signature"}
 )
+
+
+def _check_entries(body: Mapping[str, Any]) -> str | None:
+    """Why a body's included set or contributions are inconsistent, or ``None``:
+    an update digest included twice, or a contribution credited to a node not
+    in the included set."""
+    seen: set[str] = set()
+    for update in body["included"]:
+        digest = str(update["digest"])
+        if digest in seen:
+            return f"update {digest} is included twice"
+        seen.add(digest)
+    included = {node_key(u.get("node_id")) for u in body["included"]}
+    for contribution in body["contributions"]:
+        node = node_key(contribution.get("node_id"))
+        if node is None or node not in included:
+            return (
+                f"a contribution credits node {contribution.get('node_id')!r}, "
+                "which is not in the block's included set"
+            )
+    return None
 
 
 def _digest_of(config: Mapping[str, Any]) -> str:
@@ -942,32 +1256,122 @@ def check_vote(chain_id: str, height: int, vote: Any) -> str | None:
     return None if ok else "signature is invalid"
 
 
-def check_proof(proof: Mapping[str, Any]) -> str:
+def parse_trusted_key(text: str, origin: str) -> VerifierKey:
+    """A trusted key given as text: a signed-note vkey, or the hex Ed25519 public
+    key of a ledger's signer (then named ``origin``, the checkpoint key's name).
+
+    Raises
+    ------
+    LedgerError
+        If ``text`` is neither.
+    """
+    key = text.strip()
+    try:
+        if len(key) == 64 and all(c in "0123456789abcdefABCDEF" for c in key):
+            return VerifierKey(origin, bytes.fromhex(key))
+        return parse_verifier_key(key)
+    except NoteError as exc:
+        raise LedgerError(
+            f"invalid trusted key {key[:70]!r}: not a vkey nor 64 hex digits ({exc})"
+        ) from None
+
+
+def _anchor(
+    proof: Mapping[str, Any],
+    size: int,
+    root: str,
+    trusted_key: str | None,
+    checkpoint: bytes | None,
+) -> str:
+    """Check that a proof's log of ``size`` blocks with ``root`` is the one a
+    trusted checkpoint describes: ``checkpoint`` (held by the caller; its
+    signature checked if ``trusted_key`` is given), else the proof's own
+    checkpoint signed by ``trusted_key``. Returns how; raises ``InvalidProof``."""
+    chain_id = proof_field(proof, "chain_id", str)
+    try:
+        origin = ledger_origin(chain_id)
+    except CheckpointError as exc:
+        raise MalformedProof(str(exc)) from None
+    key = None if trusted_key is None else parse_trusted_key(trusted_key, origin)
+    if checkpoint is None:
+        if key is None:
+            raise ValueError("checking a proof needs a trusted key or a checkpoint")
+        checkpoint = proof_field(proof, "checkpoint", str).encode("utf-8")
+        how = "the proof's checkpoint, signed by the trusted key"
+    else:
+        how = "the checkpoint given" + (", signed by the trusted key" if key else "")
+    try:
+        found = (
+            open_checkpoint(checkpoint, [key])[0]
+            if key is not None
+            else parse_checkpoint(parse_note(checkpoint).text)
+        )
+    except (NoteError, CheckpointError) as exc:
+        raise InvalidProof(f"checkpoint rejected: {exc}") from None
+    if found.origin != origin:
+        raise InvalidProof(
+            f"the checkpoint is of {found.origin!r}, the proof of {origin!r}"
+        )
+    if (found.size, found.root.hex()) != (size, root):
+        raise InvalidProof(
+            f"the proof's log ({size} blocks, root {root}) is not the "
+            f"checkpoint's ({found.size} blocks, root {found.root.hex()})"
+        )
+    return how
+
+
+def check_proof(
+    proof: Mapping[str, Any],
+    *,
+    trusted_key: str | None = None,
+    checkpoint: bytes | None = None,
+) -> str:
     """Verify a proof from :meth:`Ledger.prove_update` or
     :meth:`Ledger.prove_consistency` offline; return what it proves.
 
-    Raises ``InvalidProof`` if it does not hold, and its subclass
-    ``MalformedProof`` if it is not a well-formed proof at all (read a proof's
-    JSON text with :func:`~flchain_flwr.ledger.merkle.parse_proof`).
+    A proof's own roots prove nothing about whose ledger it came from, so the
+    log it is about must match a trusted checkpoint: ``checkpoint`` (a signed
+    checkpoint's bytes, held by the caller), or the proof's own checkpoint
+    signed by ``trusted_key`` (a vkey, or the hex Ed25519 key of the ledger's
+    signer). An update proof's header signature must also verify under the
+    header's leader key.
+
+    Raises ``ValueError`` if neither anchor is given, ``LedgerError`` if the
+    trusted key is malformed, ``InvalidProof`` if the proof does not hold, and
+    its subclass ``MalformedProof`` if it is not a well-formed proof at all
+    (read a proof's JSON text with
+    :func:`~flchain_flwr.ledger.merkle.parse_proof`).
     """
+    if trusted_key is None and checkpoint is None:
+        raise ValueError("checking a proof needs a trusted key or a checkpoint")
     if not isinstance(proof, Mapping):
         raise MalformedProof("a proof is a JSON object")
     kind = proof_field(proof, "type", str)
     if kind == "consistency":
         verify_proof(dict(proof), "consistency")
+        later = (proof["later_size"], proof["later_root"])
+        try:
+            how = _anchor(proof, *later, trusted_key, checkpoint)
+        except InvalidProof:
+            if checkpoint is None:
+                raise
+            prior = (proof["prior_size"], proof["prior_root"])
+            how = _anchor(proof, *prior, trusted_key, checkpoint)
         return (
             f"the ledger of {proof['later_size']} blocks "
-            f"(root {proof['later_root'][:16]}…) extends the ledger of "
-            f"{proof['prior_size']} blocks (root {proof['prior_root'][:16]}…)"
+            f"(root {proof['later_root']}) extends the ledger of "
+            f"{proof['prior_size']} blocks (root {proof['prior_root']}); "
+            f"anchored by {how}"
         )
     if kind != "update-in-block":
         raise MalformedProof(f"unknown proof type {kind[:40]!r}")
     header_text = proof_field(proof, "header", str)
+    signature = proof_field(proof, "signature", str)
     update = proof_field(proof, "update", dict)
     block = proof_field(proof, "block", dict)
     try:
         header_bytes = header_text.encode("utf-8")
-        header = parse_canonical(header_bytes)
+        header, _ = _parse_block(header_bytes, b"{}")
     except (ValueError, RecursionError) as exc:  # ValueError: NotCanonical, encoding
         raise MalformedProof(f"the block header is not canonical JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -983,12 +1387,19 @@ def check_proof(proof: Mapping[str, Any]) -> str:
             raise InvalidProof("update proof is not anchored in the block header")
         if block["leaf"] != block_hash or block["index"] != header["height"]:
             raise InvalidProof("block proof is not about this block")
+        leader = str(header["leader"])
     except KeyError as exc:
         raise MalformedProof(f"malformed proof: {exc!r} is missing") from None
+    if not _is_hex(signature, 128) or not _signature_ok(
+        leader, HEADER_TAG + header_bytes, signature
+    ):
+        raise InvalidProof(f"the header's signature by leader {leader} is invalid")
     verify_proof(update, "inclusion")
     verify_proof(block, "inclusion")
+    how = _anchor(proof, block["size"], block["root"], trusted_key, checkpoint)
     return (
-        f"update {update['leaf'][:16]}… is in block {header['height']} "
-        f"({block_hash[:16]}…), which is block {block['index']} of a "
-        f"{block['size']}-block log with root {block['root'][:16]}…"
+        f"update {update['leaf']} is in block {header['height']} "
+        f"({block_hash}, signed by leader {leader}), which is block "
+        f"{block['index']} of a {block['size']}-block log with root "
+        f"{block['root']}; anchored by {how}"
     )

@@ -185,10 +185,14 @@ def read_checkpoint(
     return open_checkpoint(Path(path).read_bytes(), keys)
 
 
-def write_checkpoint(path: str | Path, note: SignedNote) -> None:
-    """Replace the file at ``path`` with a signed checkpoint, atomically and
-    durably (fsynced, then renamed into place), mode 0644."""
-    write_file_atomically(path, note.encode(), mode=0o644, overwrite=True)
+def write_checkpoint(
+    path: str | Path, note: SignedNote, *, durable: bool = True
+) -> None:
+    """Replace the file at ``path`` with a signed checkpoint, atomically (renamed
+    into place) and, if ``durable``, fsynced with its folder; mode 0644."""
+    write_file_atomically(
+        path, note.encode(), mode=0o644, overwrite=True, durable=durable
+    )
 
 
 # ----------------------------------------------------------------- ledgers

@@ -540,14 +540,16 @@ def _b64decode(data: str, what: str, *, quote: bool) -> bytes:
 
 # -------------------------------------------------------------------- files
 def write_file_atomically(
-    path: str | Path, data: bytes, *, mode: int, overwrite: bool
+    path: str | Path, data: bytes, *, mode: int, overwrite: bool, durable: bool = True
 ) -> None:
     """Write ``data`` to ``path`` whole or not at all, and make it durable.
 
     The bytes go to a new temporary file beside ``path`` (created with
     ``mode``), are fsynced, and the file is renamed into place (or, without
     ``overwrite``, linked, which fails if ``path`` exists); then the folder is
-    fsynced so the new name survives a power loss.
+    fsynced so the new name survives a power loss. Without ``durable`` neither
+    fsync happens (the rename is still atomic: a killed process leaves the old
+    file or the new one).
 
     Raises
     ------
@@ -562,7 +564,8 @@ def write_file_atomically(
             os.fchmod(out.fileno(), mode)  # exactly ``mode``, whatever the umask
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
+            if durable:
+                os.fsync(out.fileno())
         if overwrite:
             os.replace(tmp, target)
         else:
@@ -571,6 +574,8 @@ def write_file_atomically(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     folder = os.open(target.parent, os.O_RDONLY)
     try:
         os.fsync(folder)
