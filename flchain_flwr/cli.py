@@ -27,6 +27,7 @@ from .ledger import (
     reward_shares,
 )
 from .ledger.merkle import MalformedProof, parse_proof
+from .ledger.rewards import credited
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_HEIGHT: Final = 2**63 - 1
@@ -47,7 +48,7 @@ def _block_summary(block: Any) -> dict[str, Any]:
         "model_version": header["model_version"],
         "base_version": header["base_version"],
         "sim_time": header["sim_time"],
-        "wall_time": header["wall_time"],
+        "wall_time": header.get("wall_time"),  # format 1 only
         "model_hash": header["model_hash"],
         "updates_root": header["updates_root"],
         "included": len(body["included"]),
@@ -89,7 +90,9 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         report = ledger.verify(
-            trusted_key=args.trusted_key, check_models=not args.no_models
+            trusted_key=args.trusted_key,
+            checkpoint=args.checkpoint,
+            check_models=not args.no_models,
         )
     out.write(f"{report}\n")
     return EXIT_OK if report.ok else EXIT_FAILED
@@ -107,6 +110,17 @@ def cmd_proof(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
+    if args.trusted_key is None and args.checkpoint is None:
+        return _error(
+            "check-proof needs --trusted-key or --checkpoint: a proof's own roots "
+            "do not say whose ledger it came from"
+        )
+    checkpoint = None
+    if args.checkpoint is not None:
+        try:
+            checkpoint = Path(args.checkpoint).read_bytes()
+        except OSError as exc:
+            return _error(f"cannot read checkpoint {args.checkpoint}: {exc}")
     name = "from stdin" if args.proof == "-" else args.proof
     try:
         text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
@@ -115,7 +129,9 @@ def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
     except OSError as exc:
         return _error(f"cannot read proof {name}: {exc}")
     try:
-        statement = check_proof(parse_proof(text))
+        statement = check_proof(
+            parse_proof(text), trusted_key=args.trusted_key, checkpoint=checkpoint
+        )
     except MalformedProof as exc:  # not a proof at all: bad input, exit 2
         return _error(f"malformed proof {name}: {exc}")
     except InvalidProof as exc:  # a proof that does not hold: a failed check
@@ -135,7 +151,7 @@ def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_rewards(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         shares = reward_shares(
-            block.body["contributions"]
+            credited(block.body)
             for block in ledger.blocks()
             if args.start <= block.height
             and (args.end is None or block.height <= args.end)
@@ -196,13 +212,17 @@ def _height(text: str) -> int:
 
 
 def _public_key(text: str) -> str:
-    """An Ed25519 public key in hex (64 digits), as blocks store it."""
-    key = text.strip().lower()
-    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+    """A trusted key: an Ed25519 public key in hex (64 digits), as blocks store
+    it, or a signed-note verifier key (``<name>+<key id>+<base64>``; checked in
+    full once the ledger's origin is known)."""
+    key = text.strip()
+    hex_key = len(key) == 64 and all(c in "0123456789abcdef" for c in key.lower())
+    if not hex_key and key.count("+") != 2:
         raise argparse.ArgumentTypeError(
-            f"{_shown(text)} is not an Ed25519 public key (64 hex digits)"
+            f"{_shown(text)} is not an Ed25519 public key (64 hex digits) "
+            "nor a signed-note verifier key (name+id+key)"
         )
-    return key
+    return key.lower() if hex_key else key
 
 
 class _Parser(argparse.ArgumentParser):
@@ -231,7 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument("ledger")
     verify.add_argument(
-        "--trusted-key", type=_public_key, help="hex Ed25519 key the leader must have"
+        "--trusted-key",
+        type=_public_key,
+        help="the ledger signer's key, got out of band (hex Ed25519 or a "
+        "signed-note vkey): it must have signed the genesis block (every block "
+        "outside PoV) and the checkpoint",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a signed checkpoint kept apart from the ledger: the ledger's first "
+        "SIZE blocks must have its root (default with --trusted-key: the one "
+        "beside the ledger, if any)",
     )
     verify.add_argument(
         "--no-models", action="store_true", help="skip model blob hashes"
@@ -253,8 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proof.set_defaults(func=cmd_proof)
 
-    check = sub.add_parser("check-proof", help="check a proof offline ('-' = stdin)")
+    check = sub.add_parser(
+        "check-proof",
+        help="check a proof offline ('-' = stdin) against a trusted key or checkpoint",
+    )
     check.add_argument("proof")
+    check.add_argument(
+        "--trusted-key",
+        type=_public_key,
+        help="the ledger signer's key: the proof's checkpoint must be signed by it",
+    )
+    check.add_argument(
+        "--checkpoint",
+        metavar="FILE",
+        help="a checkpoint you hold: the proof's log must be exactly its tree "
+        "(its signature is checked too if --trusted-key is given)",
+    )
     check.set_defaults(func=cmd_check_proof)
 
     export = sub.add_parser("export", help="every block as JSON lines")

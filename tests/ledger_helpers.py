@@ -21,9 +21,16 @@ def digest_of(i: int) -> str:
     return f"{i:064x}"
 
 
-def build_ledger(path: Path, blocks: int = 5, *, with_votes: bool = True) -> Ledger:
+def build_ledger(
+    path: Path, blocks: int = 5, *, with_votes: bool = True, format_version: int = 2
+) -> Ledger:
     """A ledger with a genesis block and ``blocks - 1`` aggregation blocks."""
-    ledger = Ledger(path, chain_id="test-chain", signing_key=LEADER_KEY)
+    ledger = Ledger(
+        path,
+        chain_id="test-chain",
+        signing_key=LEADER_KEY,
+        format_version=format_version,
+    )
     verifiers = [SigningKey(bytes([i + 2]) * 32) for i in range(3)]
     rng = np.random.default_rng(0)
     for height in range(blocks):

@@ -18,7 +18,7 @@ import pytest
 from flchain_flwr.cli import main
 from flchain_flwr.ledger import Ledger, LedgerError
 
-from .ledger_helpers import build_ledger, digest_of
+from .ledger_helpers import TRUSTED, build_ledger, digest_of
 
 
 @pytest.fixture
@@ -60,19 +60,19 @@ def test_proofs_round_trip_through_files_and_stdin(
     assert code == 0
     proof_file = tmp_path / "p.json"
     proof_file.write_text(text)
-    code, text = flchain("check-proof", str(proof_file))
+    code, text = flchain("check-proof", str(proof_file), "--trusted-key", TRUSTED)
     assert code == 0 and text.startswith("valid: update") and "is in block 3" in text
 
     code, text = flchain("proof", str(ledger_path), "--consistency", "2", "5")
     assert code == 0
     monkeypatch.setattr(sys, "stdin", io.StringIO(text))
-    code, out = flchain("check-proof", "-")
+    code, out = flchain("check-proof", "-", "--trusted-key", TRUSTED)
     assert code == 0 and "extends the ledger of 2 blocks" in out
 
     forged = json.loads(text)
     forged["later_root"] = "00" * 32
     proof_file.write_text(json.dumps(forged))
-    code, out = flchain("check-proof", str(proof_file))
+    code, out = flchain("check-proof", str(proof_file), "--trusted-key", TRUSTED)
     assert code == 1 and out.startswith("INVALID:")
 
 
@@ -100,8 +100,14 @@ def test_rewards_table_and_json(ledger_path: Path) -> None:
         (["show", "{ledger}", "--height", "42"], "no block at height 42"),
         (["proof", "{ledger}", "--update", "ab" * 32], "is not in any block"),
         (["proof", "{ledger}", "--consistency", "4", "9"], "later (9)"),
-        (["check-proof", "{tmp}/nothing.json"], "cannot read proof"),
-        (["check-proof", "{tmp}/junk.db"], "malformed proof {tmp}/junk.db: not JSON"),
+        (
+            ["check-proof", "{tmp}/nothing.json", "--trusted-key", TRUSTED],
+            "cannot read proof",
+        ),
+        (
+            ["check-proof", "{tmp}/junk.db", "--trusted-key", TRUSTED],
+            "malformed proof {tmp}/junk.db: not JSON",
+        ),
     ],
 )
 def test_bad_input_gets_a_clear_message_and_exit_code_2(
@@ -157,11 +163,11 @@ def test_check_proof_of_garbage_is_a_clear_error(
 ) -> None:
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"type": "consistency", "proof": {"metadata": []}}))
-    code, text = flchain("check-proof", str(bad))
+    code, text = flchain("check-proof", str(bad), "--trusted-key", TRUSTED)
     assert code == 2 and text == ""
     assert "malformed proof" in capsys.readouterr().err
     bad.write_bytes(b"\xff\xfe not utf-8")
-    code, _ = flchain("check-proof", str(bad))
+    code, _ = flchain("check-proof", str(bad), "--trusted-key", TRUSTED)
     assert code == 2
     assert "malformed proof" in capsys.readouterr().err
 
@@ -386,7 +392,7 @@ def test_a_malformed_proof_exits_2_saying_the_proof_is_malformed(
 ) -> None:
     proof = tmp_path / "proof.json"
     proof.write_text(MALFORMED_PROOFS[case])
-    done = run_flchain("check-proof", str(proof))
+    done = run_flchain("check-proof", str(proof), "--trusted-key", TRUSTED)
     assert_one_line_error(done, "malformed proof", str(proof))
     assert "ledger" not in done.stderr
 
@@ -397,13 +403,16 @@ def test_an_unforeseen_error_is_one_line_unless_debugging(
     # A signed, verifying ledger whose relevance is beyond a float's range:
     # `rewards` cannot add it up, and nothing handles that on purpose, so it
     # reaches the last-resort handler (if it ever gets its own, find another).
+    # Only format 1 can hold such a number (format 2 refuses it: see
+    # test_format_2_refuses_integers_beyond_a_double).
     path = tmp_path / "huge.db"
-    with build_ledger(path, blocks=1) as ledger:
+    with build_ledger(path, blocks=1, format_version=1) as ledger:
         ledger.append(
             model={"w": np.zeros(2, np.float32)},
             model_version=1,
             base_version=0,
             config_digest="c" * 64,
+            included=[{"node_id": 1, "digest": digest_of(1)}],
             contributions=[
                 {"node_id": 1, "data_share": 1.0, "relevance": 10**400, "score": 1}
             ],

@@ -49,11 +49,12 @@ def test_every_version_is_a_verified_block(tmp_path: Path) -> None:
         final = ledger.load_model(blocks[-1])
         np.testing.assert_array_equal(final["w"], result.arrays["w"].numpy())
         for block, version in zip(blocks[1:], result.versions, strict=True):
-            nodes = [u["node_id"] for u in block.body["included"]]
+            # format 2 holds node ids as decimal strings
+            nodes = [int(u["node_id"]) for u in block.body["included"]]
             assert nodes == version.node_ids
             assert all(len(u["digest"]) == 64 for u in block.body["included"])
         rejected = [r for b in blocks for r in b.body["rejected"]]
-        assert rejected and all(r["node_id"] == grid.node_ids[2] for r in rejected)
+        assert rejected and all(int(r["node_id"]) == grid.node_ids[2] for r in rejected)
         assert all(r["reason"] == "array 'w' holds NaN or Inf" for r in rejected)
         shares = reward_shares(b.body["contributions"] for b in blocks)
         assert {s.node_id for s in shares} == {grid.node_ids[0], grid.node_ids[1]}
@@ -293,7 +294,8 @@ def test_resume_restores_momentum_and_claim_history_exactly(tmp_path: Path) -> N
         # one would hold only this buffer's claims, cap at 10 and halve the
         # second node's weight.
         included = {
-            u["node_id"]: u["num_examples"] for u in ledger.block(6).body["included"]
+            int(u["node_id"]): u["num_examples"]
+            for u in ledger.block(6).body["included"]
         }
         assert included == {grid.node_ids[0]: 10.0, grid.node_ids[1]: 20.0}
 
@@ -356,7 +358,7 @@ def test_resume_refuses_changed_settings_and_names_them(tmp_path: Path) -> None:
     message = str(raised.value)
     assert before.config_digest() in message and after.config_digest() in message
     assert "buffer_size: 3 in the ledger, 2 now" in message
-    assert "server_lr: 1.0 in the ledger, 0.5 now" in message
+    assert "server_lr: 1 in the ledger, 0.5 now" in message  # RFC 8785: 1.0 is 1
     assert "resume_with_changed_config=True" in message
     assert "server_momentum" not in message  # only what differs is named
     with Ledger(path, create=False) as ledger:
@@ -377,7 +379,7 @@ def test_resume_with_changed_config_warns_and_records_the_new_settings(
     assert [v.version for v in result.versions] == [3, 4]
     assert any(
         "changed settings" in r.getMessage()
-        and "server_lr: 1.0 in the ledger, 0.5 now" in r.getMessage()
+        and "server_lr: 1 in the ledger, 0.5 now" in r.getMessage()
         for r in caplog.records
     )
     with Ledger(path, create=False) as ledger:
@@ -397,7 +399,7 @@ def test_resume_with_changed_config_warns_and_records_the_new_settings(
     momentum_strategy(path, server_lr=0.5).start(
         three_node_grid(), initial_arrays(), num_rounds=5, timeout=60.0
     )
-    with pytest.raises(ValueError, match=r"server_lr: 0\.5 in the ledger, 1\.0 now"):
+    with pytest.raises(ValueError, match=r"server_lr: 0\.5 in the ledger, 1 now"):
         momentum_strategy(path).start(
             three_node_grid(), initial_arrays(), num_rounds=6, timeout=60.0
         )

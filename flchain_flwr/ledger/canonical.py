@@ -69,13 +69,13 @@ def encode(version: int, value: Any) -> bytes:
     _check_finite(value)
     try:
         return rfc8785.dumps(value)
-    except rfc8785.IntegerDomainError as exc:
+    except rfc8785.IntegerDomainError:
         raise ValueError(
-            f"RFC 8785 JSON numbers are IEEE doubles: {exc} (at most "
-            f"{MAX_SAFE_INTEGER} in magnitude); store such an integer as a string"
+            "RFC 8785 JSON numbers are IEEE doubles: an integer beyond "
+            f"+-{MAX_SAFE_INTEGER} has no exact encoding; store it as a string"
         ) from None
     except rfc8785.CanonicalizationError as exc:
-        raise ValueError(f"no RFC 8785 encoding: {exc}") from None
+        raise ValueError(f"no RFC 8785 encoding: {str(exc)[:200]}") from None
 
 
 def canonical_json(value: Any) -> bytes:

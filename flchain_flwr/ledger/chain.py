@@ -65,7 +65,6 @@ from .canonical import (
     VOTE_TAG,
     ZERO_HASH,
     NotCanonical,
-    canonical_json,
     encode,
     parse_canonical,
     parse_json,
@@ -366,17 +365,24 @@ class VerifyReport:
 
 
 def vote_payload(
-    chain_id: str, height: int, candidate: str, verdict: bool, score: float
+    chain_id: str,
+    height: int,
+    candidate: str,
+    verdict: bool,
+    score: float,
+    *,
+    version: int = LATEST_FORMAT,
 ) -> bytes:
-    """The bytes a verifier signs for one vote."""
-    return VOTE_TAG + canonical_json(
+    """The bytes a verifier signs for one vote (in encoding ``version``)."""
+    return VOTE_TAG + encode(
+        version,
         {
             "chain_id": chain_id,
             "height": height,
             "candidate": candidate,
             "verdict": verdict,
             "score": score,
-        }
+        },
     )
 
 
@@ -621,6 +627,11 @@ class Ledger:
             self._signing_key = load_or_create_key(self._key_path)
         return self._signing_key
 
+    def config_digest(self, config: Mapping[str, Any]) -> str:
+        """The ``config_digest`` of ``config`` in this ledger's blocks: SHA-256 of
+        its canonical JSON in the ledger's encoding."""
+        return _digest_of(config, self.format_version)
+
     @property
     def origin(self) -> str:
         """The checkpoint origin, and the checkpoint key's name:
@@ -746,7 +757,10 @@ class Ledger:
                 if earlier.header["config_digest"] != digest:
                     break
                 config = earlier.body.get(CONFIG_FIELD)
-                if isinstance(config, dict) and _digest_of(config) == digest:
+                if (
+                    isinstance(config, dict)
+                    and _digest_of(config, earlier.format_version) == digest
+                ):
                     return config
         return None
 
@@ -794,7 +808,7 @@ class Ledger:
         block is committed, a signed checkpoint of the log is written to
         ``checkpoint_path``.
         """
-        if config is not None and _digest_of(config) != config_digest:
+        if config is not None and self.config_digest(config) != config_digest:
             raise ValueError("config does not hash to config_digest")
         model_hash = self.blobs.put_model(model)
         version = self.format_version
@@ -1077,12 +1091,15 @@ class Ledger:
         if problem is not None:
             return problem
         for index, vote in enumerate(body.get("votes", [])):
-            problem = check_vote(self.chain_id, height, vote)
+            problem = check_vote(
+                self.chain_id, height, vote, version=BLOCK_FORMATS[header["format"]]
+            )
             if problem is not None:
                 return f"vote {index}: {problem}"
         if CONFIG_FIELD in body and (
             not isinstance(body[CONFIG_FIELD], dict)
-            or _digest_of(body[CONFIG_FIELD]) != header["config_digest"]
+            or _digest_of(body[CONFIG_FIELD], BLOCK_FORMATS[header["format"]])
+            != header["config_digest"]
         ):
             return "recorded config does not hash to the header's config_digest"
         try:
@@ -1212,9 +1229,10 @@ def _check_entries(body: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _digest_of(config: Mapping[str, Any]) -> str:
-    """SHA-256 of settings in canonical JSON: what ``config_digest`` holds."""
-    return sha256_hex(canonical_json(dict(config)))
+def _digest_of(config: Mapping[str, Any], version: int) -> str:
+    """SHA-256 of settings in canonical JSON of encoding ``version``: what a
+    block of that format holds as its ``config_digest``."""
+    return sha256_hex(encode(version, dict(config)))
 
 
 def _is_hex(value: object, length: int) -> bool:
@@ -1238,8 +1256,14 @@ def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
     return True
 
 
-def check_vote(chain_id: str, height: int, vote: Any) -> str | None:
-    """Why a stored vote is not a valid signed vote at this height, or ``None``."""
+def check_vote(
+    chain_id: str, height: int, vote: Any, *, version: int = LATEST_FORMAT
+) -> str | None:
+    """Why a stored vote is not a valid signed vote at this height, or ``None``.
+
+    Votes are signed over RFC 8785 bytes; in a block of format 1 (``version``)
+    a vote signed over version-1 bytes (written before format 2) is valid too.
+    """
     if not isinstance(vote, Mapping) or set(vote) != _VOTE_FIELDS:
         return f"malformed vote: fields must be exactly {sorted(_VOTE_FIELDS)}"
     if not isinstance(vote["verdict"], bool) or not _is_hex(vote["candidate"], 64):
@@ -1247,10 +1271,15 @@ def check_vote(chain_id: str, height: int, vote: Any) -> str | None:
     if isinstance(vote["score"], bool) or not isinstance(vote["score"], int | float):
         return "malformed vote: score must be a number"
     try:
-        payload = vote_payload(
-            chain_id, height, vote["candidate"], vote["verdict"], vote["score"]
+        fields = (chain_id, height, vote["candidate"], vote["verdict"], vote["score"])
+        ok = any(
+            _signature_ok(
+                str(vote["verifier"]),
+                vote_payload(*fields, version=encoding),
+                str(vote["signature"]),
+            )
+            for encoding in sorted({LATEST_FORMAT, version})
         )
-        ok = _signature_ok(str(vote["verifier"]), payload, str(vote["signature"]))
     except (KeyError, TypeError, ValueError) as exc:
         return f"malformed vote: {exc!r}"
     return None if ok else "signature is invalid"

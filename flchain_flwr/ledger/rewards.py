@@ -48,6 +48,15 @@ def contributions(
     return out
 
 
+def credited(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """A block body's contributions to nodes in its included set (``verify``
+    fails a block with any other; a reward never pays them either)."""
+    included = {str(u.get("node_id")) for u in body.get("included", [])}
+    return [
+        c for c in body.get("contributions", []) if str(c.get("node_id")) in included
+    ]
+
+
 @dataclass(frozen=True)
 class RewardShare:
     """One node's standing over a range of blocks."""

@@ -29,7 +29,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays
 from ..ledger import Ledger
-from ..ledger.canonical import canonical_json, sha256_hex
+from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..pov.committee import Committee
 from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
 from ..runtime import clock_of, publish_result
@@ -327,8 +327,9 @@ class FedBuff(Strategy):
         }
 
     def config_digest(self) -> str:
-        """SHA-256 of :meth:`config_dict` in canonical JSON."""
-        return sha256_hex(canonical_json(self.config_dict()))
+        """SHA-256 of :meth:`config_dict` in canonical JSON, in the encoding new
+        ledgers use (what their blocks hold as ``config_digest``)."""
+        return sha256_hex(encode(LATEST_FORMAT, self.config_dict()))
 
     # ------------------------------------------------- message building blocks
     def train_content(

@@ -19,7 +19,8 @@ from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
 from ..arrays import to_arrayrecord, to_ndarrays
-from ..pov.committee import CommitteeDecision
+from ..ledger.chain import COMMITTEE_KIND_FIELD
+from ..pov.committee import Committee, CommitteeDecision
 from ..runtime import Clock
 from .buffer import UpdateBuffer
 from .evaluation import (
@@ -78,7 +79,7 @@ class FedBuffRun:
             ledger = LedgerStage(
                 s.ledger,
                 config=s.config_dict(),
-                genesis_extra=s.committee.genesis_fields() if s.committee else None,
+                genesis_extra=_genesis_fields(s.committee) if s.committee else None,
                 resume_with_changed_config=s.resume_with_changed_config,
             )
             try:
@@ -312,3 +313,13 @@ class FedBuffRun:
             updates,
             updates / max(nodes, 1),
         )
+
+
+def _genesis_fields(committee: Committee) -> dict[str, object]:
+    """A PoV chain's genesis fields, with who held the verifier keys: the
+    server process held a key for each in-process verifier, none for a remote
+    one (``verify`` words its report by this)."""
+    local = len(committee.verifiers)
+    remote = len(committee.rules.pool) - local
+    kind = "remote" if not local else "in-process" if not remote else "mixed"
+    return {**committee.genesis_fields(), COMMITTEE_KIND_FIELD: kind}

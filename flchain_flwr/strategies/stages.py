@@ -13,7 +13,7 @@ from flwr.supercore import log
 from ..arrays import NDArrays
 from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
-from ..ledger.canonical import canonical_json, sha256_hex
+from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision
 from ..runtime import Clock
@@ -79,7 +79,7 @@ class LedgerStage(BlockStage):
         else:
             self.ledger, self._owned = Ledger(ledger), True
         self.config = dict(config)
-        self.config_digest = sha256_hex(canonical_json(self.config))
+        self.config_digest = self.ledger.config_digest(self.config)
         self.genesis_extra = genesis_extra
         self.resume_with_changed_config = resume_with_changed_config
         self._rejected: list[dict[str, object]] = []
@@ -346,10 +346,11 @@ def _shapes(arrays: NDArrays) -> dict[str, tuple[int, ...]]:
 
 
 def _setting(config: Mapping[str, object], key: str) -> str:
-    """One setting as canonical JSON (``<unset>`` if absent), for comparing."""
+    """One setting as RFC 8785 JSON (``<unset>`` if absent), for comparing
+    (1.0 and 1 alike: a format-2 ledger records the one as the other)."""
     if key not in config:
         return "<unset>"
-    return canonical_json(config[key]).decode("utf-8")
+    return encode(LATEST_FORMAT, config[key]).decode("utf-8")
 
 
 def decision_summary(decision: CommitteeDecision, time_: float) -> dict[str, object]:
