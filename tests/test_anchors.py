@@ -453,3 +453,41 @@ def build_more_first(ledger: Ledger) -> None:
 def test_a_chain_id_that_cannot_name_a_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LedgerError, match="cannot be an origin"):
         Ledger(tmp_path / "l.db", chain_id="two words")
+
+
+# ------------------------------------------------------- honest wording
+def test_an_in_process_committee_is_reported_as_one_process(tmp_path: Path) -> None:
+    from flchain_flwr.pov import Committee, Threshold
+    from flchain_flwr.strategies.run import _genesis_fields
+
+    from .test_pov import verifiers
+
+    n = 3
+    grid = VirtualGrid(
+        toy_client_app({}),
+        [DeviceProfile() for _ in range(n)],
+        work_fn=constant_work(1.0),
+    )
+    committee = Committee(verifiers(4), threshold=Threshold(value=0))
+    strategy = FedBuff(
+        buffer_size=n,
+        staleness_fn=Constant(),
+        committee=committee,
+        seed=0,
+        ledger=tmp_path / "pov.db",
+    )
+    strategy.start(grid, initial_arrays(), num_rounds=2, timeout=60.0)
+    with Ledger(tmp_path / "pov.db", create=False) as ledger:
+        assert ledger.block(0).body["committee_kind"] == "in-process"
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+        assert "whose every key the server process held" in str(report)
+        assert "by their PoV committees" not in str(report)
+    remote = [
+        SigningKey(bytes([50 + i]) * 32).verify_key.encode().hex() for i in range(2)
+    ]
+    kinds = [
+        _genesis_fields(Committee(local, remote_members=members))["committee_kind"]
+        for local, members in ((verifiers(2), remote), ([], remote))
+    ]
+    assert kinds == ["mixed", "remote"]

@@ -1,0 +1,76 @@
+"""The published test vectors (docs/test-vectors.md) are what the code makes,
+and they check out with nothing but hashlib, PyNaCl and an RFC 8785 encoder."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+
+import rfc8785
+from nacl.signing import VerifyKey
+
+from .vectors import VECTORS, make_vectors
+
+
+def test_the_code_makes_exactly_the_published_vectors() -> None:
+    published = json.loads(VECTORS.read_text(encoding="utf-8"))
+    assert make_vectors() == published, "run `python -m tests.vectors` and review"
+
+
+def rfc6962_root(leaves: list[bytes]) -> bytes:
+    """RFC 6962 Merkle tree hash, written out here apart from the ledger's."""
+    if not leaves:
+        return hashlib.sha256(b"").digest()
+    if len(leaves) == 1:
+        return hashlib.sha256(b"\x00" + leaves[0]).digest()
+    split = 1 << ((len(leaves) - 1).bit_length() - 1)
+    left, right = rfc6962_root(leaves[:split]), rfc6962_root(leaves[split:])
+    return hashlib.sha256(b"\x01" + left + right).digest()
+
+
+def test_the_vectors_check_out_independently() -> None:
+    v = json.loads(VECTORS.read_text(encoding="utf-8"))
+    keys, block, vote, checkpoint = v["keys"], v["block"], v["vote"], v["checkpoint"]
+    leader = VerifyKey(bytes.fromhex(keys["leader_public_hex"]))
+    header = block["header"].encode("utf-8")
+    body = block["body"].encode("utf-8")
+    # RFC 8785 bytes: re-encoding the parsed value gives the same bytes.
+    assert rfc8785.dumps(json.loads(header)) == header
+    assert rfc8785.dumps(json.loads(body)) == body
+    parsed = json.loads(header)
+    assert parsed["format"] == "flchain-block/2" and "wall_time" not in parsed
+    sha = hashlib.sha256
+    assert sha(block["body_tag"].encode() + body).hexdigest() == block["body_hash"]
+    assert parsed["body_hash"] == block["body_hash"]
+    assert sha(block["header_tag"].encode() + header).hexdigest() == block["hash"]
+    leader.verify(
+        block["header_tag"].encode() + header, bytes.fromhex(block["signature_hex"])
+    )
+    # The vote: tag + RFC 8785 payload, signed by the verifier.
+    payload = vote["payload"].encode("utf-8")
+    tag = vote["tag"].encode("utf-8")
+    assert payload.startswith(tag)
+    assert rfc8785.dumps(json.loads(payload[len(tag) :])) == payload[len(tag) :]
+    assert sha(payload).hexdigest() == vote["payload_sha256"]
+    VerifyKey(bytes.fromhex(keys["verifier_public_hex"])).verify(
+        payload, bytes.fromhex(vote["signature_hex"])
+    )
+    assert json.loads(body)["votes"][0]["signature"] == vote["signature_hex"]
+    # The checkpoint: a C2SP signed note over origin, size, RFC 6962 root.
+    text, _, signatures = checkpoint["note"].partition("\n\n")
+    origin, size, root = text.split("\n")
+    assert origin == checkpoint["origin"] == keys["checkpoint_vkey"].split("+")[0]
+    hashes = [bytes.fromhex(h) for h in checkpoint["block_hashes"]]
+    assert int(size) == len(hashes) and hashes[-1].hex() == block["hash"]
+    assert base64.b64decode(root) == rfc6962_root(hashes)
+    (line,) = signatures.splitlines()
+    name, blob = line.removeprefix("\u2014 ").split(" ")
+    raw = base64.b64decode(blob)
+    public = bytes.fromhex(keys["leader_public_hex"])
+    key_id = sha(name.encode() + b"\n\x01" + public).digest()[:4]
+    assert name == origin and raw[:4] == key_id
+    vkey_name, vkey_id, vkey_data = keys["checkpoint_vkey"].split("+")
+    assert (vkey_name, vkey_id) == (origin, key_id.hex())
+    assert base64.b64decode(vkey_data) == b"\x01" + public
+    leader.verify((text + "\n").encode("utf-8"), raw[4:])

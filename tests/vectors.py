@@ -1,0 +1,113 @@
+"""Test vectors of ledger format 2: a block, a vote, a checkpoint.
+
+``python -m tests.vectors`` (from the repository root) rewrites
+``tests/data/test-vectors.json`` from the code; ``tests/test_vectors.py``
+checks that the code still produces exactly that file, and that the file holds
+together on its own (hashes, signatures, RFC 8785 bytes) without the ledger's
+code. docs/test-vectors.md explains each field.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from nacl.signing import SigningKey
+
+from flchain_flwr.ledger import Ledger, sign_vote
+from flchain_flwr.ledger.canonical import VOTE_TAG, sha256_hex
+from flchain_flwr.ledger.chain import vote_payload
+from flchain_flwr.ledger.notes import SignerKey
+
+VECTORS = Path(__file__).parent / "data" / "test-vectors.json"
+LEADER_SEED = bytes([1]) * 32
+VERIFIER_SEED = bytes([2]) * 32
+CHAIN_ID = "test-vectors"
+UPDATE = "ab" * 32
+
+
+def make_vectors() -> dict[str, Any]:
+    """Build a two-block format-2 ledger from fixed seeds; describe it."""
+    leader = SigningKey(LEADER_SEED)
+    verifier = SigningKey(VERIFIER_SEED)
+    with tempfile.TemporaryDirectory() as folder:
+        ledger = Ledger(
+            Path(folder) / "v.db", chain_id=CHAIN_ID, signing_key=leader, create=True
+        )
+        ledger.append(
+            model={"w": np.zeros(2, np.float32)},
+            model_version=0,
+            base_version=0,
+            config_digest=ledger.config_digest({"server_lr": 1.0}),
+            config={"server_lr": 1.0},
+        )
+        vote = sign_vote(verifier, CHAIN_ID, 1, UPDATE, True, 0.5)
+        block = ledger.append(
+            model={"w": np.array([0.5, -1.25], np.float32)},
+            model_version=1,
+            base_version=0,
+            config_digest=ledger.config_digest({"server_lr": 1.0}),
+            included=[
+                {
+                    "node_id": 12345678901234567890,
+                    "digest": UPDATE,
+                    "staleness": 0,
+                    "weight": 1.0,
+                    "num_examples": 32,
+                }
+            ],
+            votes=[vote],
+            contributions=[
+                {
+                    "node_id": 12345678901234567890,
+                    "data_share": 1.0,
+                    "relevance": 0.75,
+                    "score": 0.75,
+                }
+            ],
+            sim_time=2.5,
+        )
+        checkpoint = ledger.checkpoint_path.read_text(encoding="utf-8")
+        hashes = ledger.block_hashes()
+        origin = ledger.origin
+        ledger.close()
+    payload = vote_payload(CHAIN_ID, 1, UPDATE, True, 0.5)
+    return {
+        "keys": {
+            "leader_seed_hex": LEADER_SEED.hex(),
+            "leader_public_hex": leader.verify_key.encode().hex(),
+            "verifier_seed_hex": VERIFIER_SEED.hex(),
+            "verifier_public_hex": verifier.verify_key.encode().hex(),
+            "checkpoint_vkey": SignerKey(origin, leader).verifier.encode(),
+        },
+        "block": {
+            "height": block.height,
+            "header_tag": "flchain-block-header/1\n",
+            "body_tag": "flchain-block-body/1\n",
+            "header": block.header_bytes.decode("utf-8"),
+            "body": block.body_bytes.decode("utf-8"),
+            "body_hash": block.header["body_hash"],
+            "hash": block.hash,
+            "signature_hex": block.signature,
+            "prev_hash": block.header["prev_hash"],
+        },
+        "vote": {
+            "payload": payload.decode("utf-8"),
+            "payload_sha256": sha256_hex(payload),
+            "signature_hex": vote["signature"],
+            "tag": VOTE_TAG.decode("utf-8"),
+        },
+        "checkpoint": {
+            "origin": origin,
+            "block_hashes": hashes,
+            "note": checkpoint,
+        },
+    }
+
+
+if __name__ == "__main__":
+    VECTORS.write_text(json.dumps(make_vectors(), indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {VECTORS}")
