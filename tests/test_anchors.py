@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main
@@ -491,3 +492,33 @@ def test_an_in_process_committee_is_reported_as_one_process(tmp_path: Path) -> N
         for local, members in ((verifiers(2), remote), ([], remote))
     ]
     assert kinds == ["mixed", "remote"]
+
+
+def test_run_config_names_where_the_key_and_checkpoint_live(tmp_path: Path) -> None:
+    from flchain_flwr.strategies.config import fedbuff_from_run_config
+
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    cfg = {
+        "ledger-path": str(tmp_path / "runs" / "l.db"),
+        "ledger-key": str(secrets / "ledger.key"),
+        "ledger-checkpoint": str(tmp_path / "published" / "l.checkpoint"),
+    }
+    (tmp_path / "published").mkdir()
+    strategy = fedbuff_from_run_config(cfg, staleness_fn=Constant(), seed=0)
+    grid = VirtualGrid(
+        toy_client_app({}), [DeviceProfile()] * 2, work_fn=constant_work(1.0)
+    )
+    strategy.start(grid, initial_arrays(), num_rounds=1, timeout=60.0)
+    assert isinstance(strategy.ledger, Ledger)
+    strategy.ledger.close()
+    assert (secrets / "ledger.key").is_file()
+    assert not (tmp_path / "runs" / "l.db.key").exists()
+    assert not (tmp_path / "runs" / "l.db.checkpoint").exists()
+    key = SigningKey((secrets / "ledger.key").read_bytes().strip(), encoder=HexEncoder)
+    with Ledger(tmp_path / "runs" / "l.db", create=False) as ledger:
+        report = ledger.verify(
+            trusted_key=key.verify_key.encode().hex(),
+            checkpoint=tmp_path / "published" / "l.checkpoint",
+        )
+        assert report.ok and report.blocks >= 2, report

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from ..ledger import Ledger
 from .fedbuff import FedBuff, MaxStaleness
 from .scheduling import scheduling_policy
 from .staleness import staleness_fn
@@ -38,7 +39,11 @@ def fedbuff_from_run_config(
     - ``evaluate-every`` (versions, <= 0: once per FedAvg round's worth of
       updates);
     - ``message-ttl`` (seconds, <= 0 or inf: ``start``'s timeout);
-      ``membership-refresh`` (seconds > 0); ``ledger-path`` ("": no ledger).
+      ``membership-refresh`` (seconds > 0); ``ledger-path`` ("": no ledger);
+      ``ledger-key`` (the ledger's signing key file, "": ``<ledger-path>.key``;
+      keep it off the ledger's disk in deployment) and ``ledger-checkpoint``
+      (where each block's signed checkpoint goes, "":
+      ``<ledger-path>.checkpoint``).
 
     ``overrides`` are passed to :class:`FedBuff` as they are, over the keys.
 
@@ -99,6 +104,15 @@ def fedbuff_from_run_config(
         ledger_path = _text(cfg, "ledger-path")
         if ledger_path:
             kwargs["ledger"] = ledger_path
+        places = {
+            k: _text(cfg, k) for k in ("ledger-key", "ledger-checkpoint") if k in cfg
+        }
+        if ledger_path and any(places.values()):
+            kwargs["ledger"] = Ledger(
+                ledger_path,
+                key_path=places.get("ledger-key") or None,
+                checkpoint_path=places.get("ledger-checkpoint") or None,
+            )
     kwargs.update(overrides)
     return FedBuff(**kwargs)  # type: ignore[arg-type]
 
