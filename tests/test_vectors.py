@@ -74,3 +74,20 @@ def test_the_vectors_check_out_independently() -> None:
     assert (vkey_name, vkey_id) == (origin, key_id.hex())
     assert base64.b64decode(vkey_data) == b"\x01" + public
     leader.verify((text + "\n").encode("utf-8"), raw[4:])
+
+
+def test_the_published_page_shows_the_vectors() -> None:
+    page = (VECTORS.parents[2] / "docs" / "test-vectors.md").read_text("utf-8")
+    v = json.loads(VECTORS.read_text(encoding="utf-8"))
+    shown = [
+        *v["keys"].values(),
+        *(v["block"][k] for k in ("header", "body", "hash", "signature_hex")),
+        v["block"]["body_hash"],
+        v["vote"]["payload"],
+        v["vote"]["payload_sha256"],
+        v["vote"]["signature_hex"],
+        v["checkpoint"]["note"],
+        *v["checkpoint"]["block_hashes"],
+    ]
+    missing = [value for value in shown if value not in page]
+    assert not missing, "update docs/test-vectors.md from the JSON file"
