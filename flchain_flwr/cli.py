@@ -88,6 +88,8 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        return _error(f"no checkpoint file at {args.checkpoint}")
     with _open(args.ledger) as ledger:
         report = ledger.verify(
             trusted_key=args.trusted_key,

@@ -522,3 +522,16 @@ def test_run_config_names_where_the_key_and_checkpoint_live(tmp_path: Path) -> N
             checkpoint=tmp_path / "published" / "l.checkpoint",
         )
         assert report.ok and report.blocks >= 2, report
+
+
+def test_the_incremental_log_root_is_the_merkle_root() -> None:
+    from flchain_flwr.ledger.checkpoint import LogFrontier
+    from flchain_flwr.ledger.merkle import merkle_root
+
+    leaves = [digest_of(i * 7919) for i in range(40)]
+    frontier = LogFrontier()
+    for size in range(41):
+        assert frontier.size == size
+        assert frontier.root().hex() == merkle_root(leaves[:size]), size
+        if size < 40:
+            frontier.append(leaves[size])

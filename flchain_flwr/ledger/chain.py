@@ -71,10 +71,11 @@ from .canonical import (
     sha256_hex,
 )
 from .checkpoint import (
+    Checkpoint,
     CheckpointError,
     CheckpointMismatch,
+    LogFrontier,
     check_against_ledger,
-    ledger_checkpoint,
     ledger_origin,
     open_checkpoint,
     parse_checkpoint,
@@ -523,6 +524,7 @@ class Ledger:
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         ).resolve()
         self.durable = durable
+        self._frontier: LogFrontier | None = None
         if f"flchain-ledger/{format_version}" not in LEDGER_FORMATS:
             raise ValueError(f"unknown ledger format version {format_version!r}")
         if not existed and chain_id is not None:
@@ -638,10 +640,19 @@ class Ledger:
         ``flchain-flwr/<chain id>``."""
         return ledger_origin(self.chain_id)
 
-    def _write_checkpoint(self) -> None:
+    def _write_checkpoint(self, block: Block | None = None) -> None:
         """Sign a checkpoint of every committed block with the ledger's key and
-        put it at ``checkpoint_path`` atomically (fsynced if ``durable``)."""
-        checkpoint = ledger_checkpoint(self.origin, self.block_hashes())
+        put it at ``checkpoint_path`` atomically (fsynced if ``durable``).
+
+        The log's root is kept up to date block by block (``block``: the one
+        just committed); it is read from the database again whenever this
+        process did not see every block appended."""
+        frontier = self._frontier
+        if block is not None and frontier is not None and frontier.size == block.height:
+            frontier.append(block.hash)
+        else:
+            frontier = self._frontier = LogFrontier(self.block_hashes())
+        checkpoint = Checkpoint(self.origin, frontier.size, frontier.root())
         note = sign_checkpoint(checkpoint, [SignerKey(self.origin, self.signing_key)])
         write_checkpoint(self.checkpoint_path, note, durable=self.durable)
 
@@ -860,10 +871,11 @@ class Ledger:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self._write_checkpoint()
-        return Block(
+        block = Block(
             height, block_hash, header_bytes, body_bytes, signature, header, body
         )
+        self._write_checkpoint(block)
+        return block
 
     def _put_server_state(self, state: ServerState) -> dict[str, Any]:
         """Store ``state``'s blobs; return the body record naming them."""

@@ -237,6 +237,39 @@ def ledger_checkpoint(
     return Checkpoint(origin, count, root)
 
 
+class LogFrontier:
+    """The RFC 6962 root of a growing log in O(log n) per leaf.
+
+    Holds the roots of the perfect subtrees the log splits into (largest
+    first), which is all an append-only log's next root needs; gives the same
+    root as :func:`~flchain_flwr.ledger.merkle.merkle_root` over the hex leaves.
+    """
+
+    def __init__(self, leaves: Iterable[str] = ()) -> None:
+        self.size = 0
+        self._peaks: list[tuple[int, bytes]] = []  # (subtree height, root)
+        for leaf in leaves:
+            self.append(leaf)
+
+    def append(self, leaf: str) -> None:
+        """Add a leaf (a hex block hash)."""
+        node = (0, hashlib.sha256(b"\x00" + bytes.fromhex(leaf)).digest())
+        while self._peaks and self._peaks[-1][0] == node[0]:
+            height, left = self._peaks.pop()
+            node = (height + 1, hashlib.sha256(b"\x01" + left + node[1]).digest())
+        self._peaks.append(node)
+        self.size += 1
+
+    def root(self) -> bytes:
+        """The 32-byte root of the leaves so far (:data:`EMPTY_ROOT` for none)."""
+        if not self._peaks:
+            return EMPTY_ROOT
+        root = self._peaks[-1][1]
+        for _, peak in reversed(self._peaks[:-1]):
+            root = hashlib.sha256(b"\x01" + peak + root).digest()
+        return root
+
+
 def check_against_ledger(
     checkpoint: Checkpoint, origin: str, block_hashes: Sequence[str]
 ) -> None:
