@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -646,14 +646,20 @@ class Ledger:
 
         The log's root is kept up to date block by block (``block``: the one
         just committed); it is read from the database again whenever this
-        process did not see every block appended."""
+        process did not see every block appended. A ledger made before
+        checkpoints whose chain id cannot be an origin gets none (a WARNING)."""
+        try:
+            origin = self.origin
+        except CheckpointError as exc:
+            log(WARNING, "Ledger %s: no checkpoint written: %s", self.path, exc)
+            return
         frontier = self._frontier
         if block is not None and frontier is not None and frontier.size == block.height:
             frontier.append(block.hash)
         else:
             frontier = self._frontier = LogFrontier(self.block_hashes())
-        checkpoint = Checkpoint(self.origin, frontier.size, frontier.root())
-        note = sign_checkpoint(checkpoint, [SignerKey(self.origin, self.signing_key)])
+        checkpoint = Checkpoint(origin, frontier.size, frontier.root())
+        note = sign_checkpoint(checkpoint, [SignerKey(origin, self.signing_key)])
         write_checkpoint(self.checkpoint_path, note, durable=self.durable)
 
     def __len__(self) -> int:
