@@ -103,7 +103,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_proof(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         if args.update is not None:
-            proof = ledger.prove_update(args.update)
+            proof = ledger.prove_update(args.update, args.size)
         else:
             prior, *later = args.consistency
             proof = ledger.prove_consistency(prior, later[0] if later else None)
@@ -283,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         metavar=("PRIOR", "LATER"),
         help="prove the first PRIOR blocks are a prefix of the first LATER",
+    )
+    proof.add_argument(
+        "--size",
+        type=_height,
+        help="with --update: prove against the log of the first SIZE blocks "
+        "(to check with a checkpoint of that size)",
     )
     proof.set_defaults(func=cmd_proof)
 

@@ -535,3 +535,24 @@ def test_the_incremental_log_root_is_the_merkle_root() -> None:
         assert frontier.root().hex() == merkle_root(leaves[:size]), size
         if size < 40:
             frontier.append(leaves[size])
+
+
+def test_an_update_proof_against_an_older_checkpoint(tmp_path: Path) -> None:
+    ledger = build_ledger(tmp_path / "l.db", blocks=4)
+    kept = tmp_path / "kept.checkpoint"
+    shutil.copy(ledger.checkpoint_path, kept)  # 4 blocks
+    build_more(ledger)
+    build_more(ledger)
+    latest = ledger.prove_update(digest_of(200))
+    assert latest["block"]["size"] == 6 and "checkpoint" in latest
+    with pytest.raises(InvalidProof, match="is not the checkpoint's"):
+        check_proof(latest, checkpoint=kept.read_bytes())
+    older = ledger.prove_update(digest_of(200), size=4)
+    assert older["block"]["size"] == 4 and "checkpoint" not in older
+    assert "4-block log" in check_proof(older, checkpoint=kept.read_bytes())
+    with pytest.raises(LedgerError, match="not in the first 2 blocks"):
+        ledger.prove_update(digest_of(200), size=2)
+    code, text = flchain(
+        "proof", str(ledger.path), "--update", digest_of(200), "--size", "4"
+    )
+    assert code == 0 and json.loads(text) == older

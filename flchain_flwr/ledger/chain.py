@@ -1154,7 +1154,7 @@ class Ledger:
                     return block, index
         raise LedgerError(f"update digest {digest} is not in any block")
 
-    def prove_update(self, digest: str) -> dict[str, Any]:
+    def prove_update(self, digest: str, size: int | None = None) -> dict[str, Any]:
         """Proof that an update is in a block, and that the block is in the log.
 
         Self-contained: the block header (whose hash the checker recomputes and
@@ -1162,14 +1162,24 @@ class Ledger:
         inclusion proof of the block hash in the Merkle log of the block
         hashes, and the signed checkpoint of that log (the one at
         ``checkpoint_path``, when it covers the block; the log is then of its
-        size, else of every block and there is no checkpoint).
+        size, else of every block and there is no checkpoint). ``size`` asks
+        for the log of the first ``size`` blocks instead (to check against a
+        checkpoint of that size one holds; the stored one is included if it
+        has that size).
         """
         block, index = self.find_update(digest)
         leaves = [str(u["digest"]) for u in block.body["included"]]
         hashes = self.block_hashes()
-        note, size = self._stored_checkpoint(len(hashes))
-        if size <= block.height:
-            note, size = None, len(hashes)
+        note, stored = self._stored_checkpoint(len(hashes))
+        if size is not None and not block.height < size <= len(hashes):
+            raise LedgerError(
+                f"block {block.height} is not in the first {size} blocks "
+                f"(the ledger has {len(hashes)})"
+            )
+        if size is None:
+            size = stored if stored > block.height else len(hashes)
+        if stored != size:
+            note = None
         _check_log_leaves(hashes[:size])
         proof = {
             "type": "update-in-block",
