@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import numpy as np
+from flwr.app import RecordDict
 from flwr.supercore import log
 from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
@@ -69,6 +70,7 @@ from .merkle import (
     proof_field,
     verify_proof,
 )
+from .payload import PAYLOAD_FIELD
 
 LEDGER_FORMAT: Final = "flchain-ledger/1"
 _MAX_HEIGHT: Final = 2**63 - 1
@@ -620,6 +622,7 @@ class Ledger:
         signer: BlockSigner | None = None,
         config: Mapping[str, Any] | None = None,
         server_state: ServerState | None = None,
+        payloads: Sequence[RecordDict] | None = None,
     ) -> Block:
         """Store the model, then commit one signed block in one transaction.
 
@@ -633,14 +636,22 @@ class Ledger:
         ``config`` records the settings behind ``config_digest`` (it must hash
         to it); ``server_state``'s blobs are stored beside the model, before
         the block, and its record goes into the body (see the module's
-        docstring).
+        docstring). ``payloads``, one per included entry, are the replies as
+        received: each is stored beside the model and its blob's hash becomes
+        the entry's ``payload`` (what ``verify --replay`` replays).
         """
         if config is not None and _digest_of(config) != config_digest:
             raise ValueError("config does not hash to config_digest")
+        if payloads is not None and len(payloads) != len(included):
+            raise ValueError(f"{len(payloads)} payloads for {len(included)} updates")
         model_hash = self.blobs.put_model(model)
+        entries = [dict(u) for u in included]
+        for entry, content in zip(entries, payloads or (), strict=False):
+            node_id = int(entry["node_id"])
+            entry[PAYLOAD_FIELD] = self.blobs.put_update(node_id, content)
         body = {
             **(extra or {}),
-            "included": [dict(u) for u in included],
+            "included": entries,
             "rejected": [dict(r) for r in rejected],
             "votes": [dict(v) for v in votes],
             "contributions": [dict(c) for c in contributions],
@@ -712,8 +723,9 @@ class Ledger:
         signature, that a recorded ``config`` hashes to the header's
         ``config_digest``, that a ``server_state`` record is well formed, and
         (``check_models``) that each model blob, and each server-state blob,
-        hashes to its name. Blocks without the optional fields (older ledgers)
-        are checked as before.
+        hashes to its name, as each stored update payload must. Blocks
+        without the optional fields (older ledgers) are checked as before;
+        :func:`~flchain_flwr.ledger.replay.replay` recomputes the models.
         On a PoV chain (the genesis body declares a verifier pool) every later
         block must be signed by the leader of the committee drawn from the
         previous block's hash, include updates only with a quorum of that
@@ -837,6 +849,16 @@ class Ledger:
                 problem = self.blobs.check(digest)
                 if problem is not None:
                     return f"server_state {part}: {problem}"
+            for index, entry in enumerate(body["included"]):
+                if isinstance(entry, dict) and PAYLOAD_FIELD in entry:
+                    payload = entry[PAYLOAD_FIELD]
+                    problem = (
+                        self.blobs.check(payload, "update payload")
+                        if _is_hex(payload, 64)
+                        else "payload is not a SHA-256 hex digest"
+                    )
+                    if problem is not None:
+                        return f"included update {index}: {problem}"
         return None
 
     # ------------------------------------------------------------------- proofs
