@@ -255,6 +255,23 @@ def test_a_payload_swapped_by_the_leader_fails_its_digest(tmp_path: Path) -> Non
         assert "stored payload does not hash to its digest" in report.reason
 
 
+def test_a_garbage_payload_under_its_own_hash_fails(tmp_path: Path) -> None:
+    with fedbuff_ledger(tmp_path / "l.db", 3) as ledger:
+        garbage = b"FLCHAIN-UPDATE/1\n" + b"\xff" * 40
+        digest = sha256_hex(garbage)
+        ledger.blobs.path_of(digest).parent.mkdir(exist_ok=True)
+        ledger.blobs.path_of(digest).write_bytes(garbage)
+
+        def swap(body: dict[str, Any]) -> None:
+            body["included"][0] = dict(body["included"][0], payload=digest)
+
+        rewrite(ledger, 2, body=swap)
+        assert ledger.verify().ok
+        report = replay(ledger)
+        assert report.bad_height == 2
+        assert report.reason.startswith("included update 0: ")
+
+
 def test_a_swapped_model_fails_at_replay(tmp_path: Path) -> None:
     with fedbuff_ledger(tmp_path / "l.db", 4) as ledger:
         other = ledger.block(1).header["model_hash"]
