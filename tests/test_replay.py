@@ -26,10 +26,11 @@ from flchain_flwr.ledger.canonical import (
 )
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.payload import decode_payload, payload_chunks
-from flchain_flwr.ledger.replay import claims_transition, replay
+from flchain_flwr.ledger.replay import replay
 from flchain_flwr.mods import DGCConfig, dgc_mod
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import FedBuff
+from flchain_flwr.strategies.weighting import claims_transition
 
 from .ledger_helpers import build_ledger
 from .toy import constant_work, initial_arrays, toy_client_app
@@ -481,3 +482,14 @@ def test_pov_strategy_blocks_are_reported_not_replayable(tmp_path: Path) -> None
     assert code == 3, text
     assert "replay: 0 of 2 blocks" in text
     assert "not replayable: blocks 1-2: written without stored update payloads" in text
+
+
+def test_staleness_functions_are_rebuilt_from_their_record() -> None:
+    from flchain_flwr.strategies import Constant, FedBuffStaleness, Hinge, Polynomial
+    from flchain_flwr.strategies.staleness import staleness_from_repr
+
+    for fn in (Constant(), FedBuffStaleness(), Polynomial(0.7), Hinge(3.5, 2)):
+        assert staleness_from_repr(repr(fn)) == fn
+    for text in ("<function <lambda> at 0x7f>", "Hinge(a=1.0, b=x)", "Other()"):
+        with pytest.raises((ValueError, TypeError)):
+            staleness_from_repr(text)

@@ -48,8 +48,6 @@ claim history's older entries are only checked to carry over unchanged.
 
 from __future__ import annotations
 
-import math
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -65,13 +63,7 @@ from ..strategies.pipeline import (
     StepResult,
     server_step,
 )
-from ..strategies.staleness import (
-    Constant,
-    FedBuffStaleness,
-    Hinge,
-    Polynomial,
-    StalenessFn,
-)
+from ..strategies.staleness import StalenessFn, staleness_from_repr
 from ..strategies.state import StateRule, state_names, state_rule
 from ..strategies.updates import UpdateRejected, parse_update
 from ..strategies.updates import _update_kind as update_kind
@@ -80,6 +72,7 @@ from ..strategies.weighting import (
     ExampleWeighting,
     MedianCapped,
     WeightingError,
+    claims_transition,
     effective_examples,
     example_weighting,
 )
@@ -93,9 +86,6 @@ StepFn = Callable[..., StepResult | None]
 REPLAYABLE_STRATEGY = "FedBuff"
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
-_STALENESS_FNS: dict[str, type] = {
-    cls.__name__: cls for cls in (Constant, Polynomial, Hinge, FedBuffStaleness)
-}
 
 
 class _Failed(Exception):
@@ -173,7 +163,7 @@ class _Settings:
             return cls(
                 lr=float(config["server_lr"]),
                 momentum=float(config["server_momentum"]),
-                staleness=_staleness_fn(str(config["staleness_fn"])),
+                staleness=staleness_from_repr(str(config["staleness_fn"])),
                 weighting=example_weighting(str(config["example_weighting"])),
                 rule=state_rule(str(config["state_rule"])),
                 patterns=tuple(str(p) for p in config["state_patterns"]),
@@ -184,22 +174,6 @@ class _Settings:
             raise _NotReplayable(f"its recorded settings lack {exc}") from None
         except (TypeError, ValueError) as exc:
             raise _NotReplayable(f"its recorded settings are unusable: {exc}") from None
-
-
-def _staleness_fn(text: str) -> StalenessFn:
-    """Rebuild a staleness function from its recorded ``repr``."""
-    match = re.fullmatch(r"(\w+)\((.*)\)", text)
-    cls = _STALENESS_FNS.get(match.group(1)) if match else None
-    if match is None or cls is None:
-        raise ValueError(f"staleness function {text[:60]!r} cannot be rebuilt")
-    params: dict[str, float | int] = {}
-    for part in filter(None, match.group(2).split(", ")):
-        name, _, value = part.partition("=")
-        params[name] = int(value) if name == "b" else float(value)
-    fn: StalenessFn = cls(**params)
-    if repr(fn) != text:
-        raise ValueError(f"staleness function {text[:60]!r} cannot be rebuilt")
-    return fn
 
 
 def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
@@ -498,58 +472,3 @@ class _Replayer:
                 "a velocity and no aggregate overflowed in between"
             )
         return None
-
-
-def claims_transition(
-    before: Sequence[tuple[int, float]],
-    after: Sequence[tuple[int, float]],
-    included: Sequence[tuple[int, float]],
-    rejected_nodes: set[int],
-    max_nodes: int = ClaimHistory().max_nodes,
-) -> str | None:
-    """Why ``after`` cannot follow ``before`` by observing this block's senders.
-
-    Between two blocks the server observes the claim of every update it takes:
-    the included ones, in order, and some that the block then lists as
-    rejected. So ``after`` must be ``before`` without the nodes heard from
-    (the oldest dropped beyond ``max_nodes``), followed by those nodes; each
-    included node's latest included claim is its entry unless the node was
-    also rejected (a later reply may have replaced it).
-
-    Returns
-    -------
-    str | None
-        ``None`` if that holds, else what does not.
-    """
-    nodes = [n for n, _ in after]
-    if len(after) > max_nodes or len(set(nodes)) != len(nodes):
-        return "it names a node twice or holds more nodes than a history can"
-    if any(not math.isfinite(c) or c <= 0 for _, c in after):
-        return "it holds a claim that is not finite and > 0"
-    last = dict(included)  # node -> its last included claim
-    position = {n: i for i, n in enumerate(nodes)}
-    for node, claim in last.items():
-        if node not in position:
-            return f"node {node}, included in the block, is missing from it"
-        if after[position[node]][1] != claim and node not in rejected_nodes:
-            return (
-                f"it holds {after[position[node]][1]!r} for node {node}, whose "
-                f"included update claims {claim!r}"
-            )
-    heard = set(last) | rejected_nodes
-    first = min(position[n] for n in last) if last else len(after)
-    if any(n not in heard for n in nodes[first:]):
-        return "it moves a node not heard from in this block to the most recent"
-    lowest = first
-    while lowest > 0 and nodes[lowest - 1] in heard:
-        lowest -= 1
-    for split in range(first, lowest - 1, -1):
-        tail = set(nodes[split:])
-        kept = [e for e in before if e[0] not in tail]
-        if len(kept) < split:
-            continue
-        if list(after[:split]) == kept[len(kept) - split :] and (
-            len(kept) == split or len(after) == max_nodes
-        ):
-            return None
-    return "the claims of nodes not heard from in this block changed"
