@@ -395,6 +395,29 @@ def test_a_ledger_without_payloads_is_not_replayable(tmp_path: Path) -> None:
     assert "ok" not in lines[1]
 
 
+def test_a_ledger_continued_by_this_version_replays_its_new_blocks(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "l.db"
+    with fedbuff_ledger(path, 3) as ledger:  # then made to look written before
+
+        def forget(body: dict[str, Any]) -> None:
+            body["included"] = [
+                {k: v for k, v in u.items() if k != "payload"} for u in body["included"]
+            ]
+
+        for height in (1, 2, 3):
+            rewrite(ledger, height, body=forget)
+    with fedbuff_ledger(path, 6) as ledger:
+        assert ledger.verify().ok
+        report = replay(ledger)
+    assert report.ok and report.replayed == (4, 5, 6)
+    assert [h for h, _ in report.not_replayable] == [1, 2, 3]
+    assert "not replayable: blocks 1-3: written without stored update payloads" in (
+        str(report)
+    )
+
+
 def test_a_block_without_updates_must_keep_its_parent_model(tmp_path: Path) -> None:
     build_ledger(tmp_path / "old.db", blocks=5).close()  # block 4 includes nothing
     with Ledger(tmp_path / "old.db", create=False) as ledger:
