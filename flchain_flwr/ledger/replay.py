@@ -41,9 +41,12 @@ as ok: blocks written before payloads were stored, blocks whose settings are
 not recorded, and blocks of other strategies (``PoVStrategy`` wraps a Flower
 strategy's own aggregation and records neither its settings nor payloads).
 
-What replay does not establish: an update's ``trained_on`` is the server's
-word unless the reply itself states it (the DGC mod's replies do), and the
-claim history's older entries are only checked to carry over unchanged.
+What replay does not establish: that a node sent the update stored under its
+id (replies are not signed by their senders; on a PoV chain the committee's
+votes name the digest), an update's ``trained_on`` when the reply does not
+state it (the DGC mod's replies do), and claims of replies that were taken but
+not included (their payloads are not stored: the claim history only has to
+be consistent with the block's included and rejected senders).
 """
 
 from __future__ import annotations
