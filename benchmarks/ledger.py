@@ -10,6 +10,18 @@
   local epoch), run on the virtual-clock grid with the ledger on.
 - Verify: blocks per second over a ledger of ``--verify-blocks`` blocks, each
   with its own model blob (with and without re-hashing the blobs).
+- Replay and stored updates: real FedBuff runs (K=5, 10 nodes in three speed
+  tiers, ``--replay-versions`` versions) on the virtual-clock grid, whose
+  clients reply at once with the global model plus seeded noise (dense full
+  weights) or, through the DGC mod, a sparse delta (0.3 % of the values in
+  float16, the density of the published compression result), for the
+  Fashion-MNIST CNN and the digits CNN. Per run: the bytes stored per block
+  (model, update payloads, server state), the append time against its floor
+  (hash and write the same bytes once), and ``verify --replay`` throughput,
+  with its ratio to the aggregation itself (the time replay spends in
+  ``server_step``, the server's own step, on the same inputs).
+
+The machine is shared: every result records ``os.getloadavg()``.
 
 JSON to benchmarks/results/ledger.json; last line ``ledger append cost: <x.xx>x floor``.
 """
@@ -19,6 +31,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import os
 import shutil
 import statistics
 import tempfile
@@ -34,11 +47,23 @@ from _common import (
     require_fashion_mnist,
     write_results,
 )
-from flwr.app import ArrayRecord
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
 from flwr.common.logger import FLOWER_LOGGER
 
-from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger import Block, Ledger
 from flchain_flwr.ledger.canonical import model_chunks
+from flchain_flwr.ledger.payload import PAYLOAD_FIELD
+from flchain_flwr.ledger.replay import replay
+from flchain_flwr.mods import DGCConfig, dgc_mod
+from flchain_flwr.protocol import MODEL_VERSION_KEY
 from flchain_flwr.sim import (
     VirtualGrid,
     app_run_config,
@@ -46,14 +71,166 @@ from flchain_flwr.sim import (
     simulate,
     tiered,
 )
-from flchain_flwr.strategies import Claimed, ShuffleAll, fedbuff_from_run_config
+from flchain_flwr.strategies import (
+    Claimed,
+    FedBuff,
+    ShuffleAll,
+    fedbuff_from_run_config,
+)
+from flchain_flwr.strategies.pipeline import StepResult, server_step
+
+SPARSE = DGCConfig(
+    density=0.003, momentum=0.0, warmup=(), value_dtype="float16", selection="global"
+)
+"""The DGC settings of the stored-update runs' sparse clients."""
 
 
-def fashion_model(seed: int = 0) -> dict[str, np.ndarray]:
+def fashion_model(
+    seed: int = 0, dataset: str = "fashion-mnist"
+) -> dict[str, np.ndarray]:
     from flchain_cnn.task import new_model
 
-    state = new_model("fashion-mnist", seed).state_dict()
+    state = new_model(dataset, seed).state_dict()
     return {k: v.detach().numpy().copy() for k, v in state.items()}
+
+
+def noise_app(sparse: bool) -> ClientApp:
+    """Clients that reply at once: the model plus seeded noise, as full weights
+    (or, through the DGC mod, as a sparse delta)."""
+    app = ClientApp(mods=[dgc_mod(SPARSE)] if sparse else None)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        version = int(msg.content["config"][MODEL_VERSION_KEY])  # type: ignore[arg-type]
+        rng = np.random.default_rng([pid, version])
+        out = ArrayRecord()
+        for name, arr in msg.content.array_records["arrays"].items():
+            value = arr.numpy()
+            if value.dtype.kind == "f":
+                noise = rng.standard_normal(value.shape).astype(value.dtype)
+                value = value + np.asarray(1e-3, value.dtype) * noise
+            out[name] = Array(value)
+        metrics = MetricRecord({"num-examples": 100 + 10 * pid})
+        return Message(RecordDict({"arrays": out, "metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def _blob_bytes(ledger: Ledger, digest: str) -> int:
+    return ledger.blobs.path_of(digest).stat().st_size
+
+
+def storage_per_block(ledger: Ledger) -> dict[str, float]:
+    """Mean bytes a block after genesis stores: model, payloads, server state."""
+    blocks = [b for b in ledger.blocks() if b.height > 0]
+    model = [_blob_bytes(ledger, b.header["model_hash"]) for b in blocks]
+    payloads = [
+        sum(_blob_bytes(ledger, u[PAYLOAD_FIELD]) for u in b.body["included"])
+        for b in blocks
+    ]
+    updates = sum(len(b.body["included"]) for b in blocks)
+    state = []
+    for b in blocks:
+        record = b.body.get("server_state", {})
+        digests = [record["claims"]] if "claims" in record else []
+        if "momentum" in record:
+            digests.append(record["momentum"]["velocity"])
+        state.append(sum(_blob_bytes(ledger, d) for d in digests))
+    return {
+        "model_bytes": statistics.mean(model),
+        "payload_bytes": statistics.mean(payloads),
+        "payload_bytes_per_update": sum(payloads) / updates,
+        "server_state_bytes": statistics.mean(state),
+        "total_bytes": statistics.mean(
+            m + p + s for m, p, s in zip(model, payloads, state, strict=True)
+        ),
+    }
+
+
+class TimedLedger(Ledger):
+    """A ledger that times each append."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.appends: list[float] = []
+
+    def append(self, **kwargs: Any) -> Block:
+        started = time.perf_counter()
+        try:
+            return super().append(**kwargs)
+        finally:
+            self.appends.append(time.perf_counter() - started)
+
+
+def measure_stored_updates(
+    workdir: Path, dataset: str, sparse: bool, versions: int
+) -> dict[str, Any]:
+    """A FedBuff run with a ledger; storage, append cost and replay speed."""
+    from flchain_cnn.task import new_model
+
+    name = f"{dataset}-{'sparse' if sparse else 'dense'}"
+    path = workdir / f"{name}.db"
+    timed = TimedLedger(path)
+    with timed:
+        simulate(
+            FedBuff(buffer_size=5, fraction_evaluate=0.0, ledger=timed, seed=0),
+            VirtualGrid(noise_app(sparse), tiered(10), seed=0),
+            ArrayRecord(new_model(dataset, 0).state_dict()),
+            num_rounds=versions,
+        )
+    in_steps: list[float] = []
+
+    def timed_step(*args: Any, **kwargs: Any) -> StepResult | None:
+        started = time.perf_counter()
+        try:
+            return server_step(*args, **kwargs)
+        finally:
+            in_steps.append(time.perf_counter() - started)
+
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+        storage = storage_per_block(ledger)
+        started = time.perf_counter()
+        report = replay(ledger, step=timed_step)
+        replay_s = time.perf_counter() - started
+        assert report.complete, report
+        floors = block_floors(ledger, workdir / f"{name}-floor")
+    blocks = len(report.replayed)
+    append_median = statistics.median(timed.appends[1:])  # [0]: genesis
+    return {
+        "dataset": dataset,
+        "updates": "sparse DGC deltas" if sparse else "dense full weights",
+        "blocks_replayed": blocks,
+        "storage_per_block": storage,
+        "append_median_s": append_median,
+        "append_floor_median_s": statistics.median(floors),
+        "append_ratio_to_floor": append_median / statistics.median(floors),
+        "replay_s": replay_s,
+        "replay_blocks_per_s": blocks / replay_s,
+        "aggregation_s": sum(in_steps),
+        "replay_ratio_to_aggregation": replay_s / sum(in_steps),
+    }
+
+
+def block_floors(ledger: Ledger, folder: Path) -> list[float]:
+    """For each block after genesis: hash and write its model and payload
+    blobs' bytes once (what any store of those bytes must do)."""
+    folder.mkdir()
+    floors = []
+    for block in ledger.blocks():
+        if block.height == 0:
+            continue
+        digests = [block.header["model_hash"]] + [
+            u[PAYLOAD_FIELD] for u in block.body["included"]
+        ]
+        data = [ledger.blobs.get(d) for d in digests]
+        started = time.perf_counter()
+        for i, chunk in enumerate(data):
+            hashlib.sha256(chunk).hexdigest()
+            (folder / f"{block.height}-{i}.bin").write_bytes(chunk)
+        floors.append(time.perf_counter() - started)
+    return floors
 
 
 def block_body(rng: np.random.Generator, k: int = 5) -> dict[str, Any]:
@@ -199,6 +376,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--versions", type=int, default=4)
     parser.add_argument("--verify-blocks", type=int, default=1000)
+    parser.add_argument("--replay-versions", type=int, default=10)
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -230,6 +408,22 @@ def main() -> None:
             f"{verify['blocks_per_s_without_models']:.0f} without",
             flush=True,
         )
+        stored = {}
+        for dataset in ("fashion-mnist", "digits"):
+            for sparse in (False, True):
+                run = measure_stored_updates(
+                    workdir, dataset, sparse, args.replay_versions
+                )
+                stored[f"{dataset}-{'sparse' if sparse else 'dense'}"] = run
+                print(
+                    f"{dataset}, {run['updates']}: "
+                    f"{run['storage_per_block']['total_bytes'] / 1e6:.3f} MB a block "
+                    f"({run['storage_per_block']['payload_bytes_per_update']:,.0f} B "
+                    f"an update), append {run['append_ratio_to_floor']:.2f}x its "
+                    f"floor; replay {run['replay_blocks_per_s']:.1f} blocks/s, "
+                    f"{run['replay_ratio_to_aggregation']:.2f}x the aggregation",
+                    flush=True,
+                )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write_results(
@@ -241,6 +435,9 @@ def main() -> None:
         version=version,
         append_share_of_version=share,
         verify=verify,
+        stored_updates=stored,
+        loadavg=list(os.getloadavg()),
+        machine_shared=True,
     )
 
     print(f"ledger append cost: {append['ratio']:.2f}x floor")

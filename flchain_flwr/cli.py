@@ -3,8 +3,10 @@
 ``flchain ledger show|verify|proof|check-proof|export|rewards``. Exit codes:
 0 success, 1 a check failed (verify, check-proof), 2 bad input (missing file,
 not a ledger, a damaged ledger file, unknown block or digest, a malformed
-proof, bad arguments). Errors are one line on stderr, never a traceback; set
-``FLCHAIN_DEBUG=1`` to see the traceback of an error nobody foresaw.
+proof, bad arguments), 3 ``verify --replay`` found no fault but could not
+replay every block (it says which, and why). Errors are one line on stderr,
+never a traceback; set ``FLCHAIN_DEBUG=1`` to see the traceback of an error
+nobody foresaw.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from .ledger import (
     reward_shares,
 )
 from .ledger.merkle import MalformedProof, parse_proof
+from .ledger.replay import replay
 from .ledger.rewards import credited
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 MAX_HEIGHT: Final = 2**63 - 1
 """The largest height or block count an argument may name (SQLite's integers)."""
 DEBUG_ENV: Final = "FLCHAIN_DEBUG"
@@ -96,8 +99,17 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
             checkpoint=args.checkpoint,
             check_models=not args.no_models,
         )
-    out.write(f"{report}\n")
-    return EXIT_OK if report.ok else EXIT_FAILED
+        out.write(f"{report}\n")
+        if not report.ok:
+            return EXIT_FAILED
+        if args.replay:
+            replayed = replay(ledger)
+            out.write(f"{replayed}\n")
+            if not replayed.ok:
+                return EXIT_FAILED
+            if not replayed.complete:
+                return EXIT_INCOMPLETE
+    return EXIT_OK
 
 
 def cmd_proof(args: argparse.Namespace, out: TextIO) -> int:
@@ -268,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--no-models", action="store_true", help="skip model blob hashes"
+    )
+    verify.add_argument(
+        "--replay",
+        action="store_true",
+        help="recompute every model from its parent and stored updates",
     )
     verify.set_defaults(func=cmd_verify)
 

@@ -1,4 +1,5 @@
-"""A content-addressed store for model blobs: files named by their SHA-256."""
+"""A content-addressed store for blobs (models, server state, update payloads):
+files named by their SHA-256."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+from flwr.app import RecordDict
 
 from .canonical import decode_model, model_chunks
+from .payload import decode_payload, payload_chunks
 
 
 class BlobStore:
@@ -34,12 +37,21 @@ class BlobStore:
 
     def put_model(self, arrays: Mapping[str, np.ndarray]) -> str:
         """Store a model; return its SHA-256 (the model hash)."""
+        return self._put(model_chunks(arrays))
+
+    def put_update(self, node_id: int, content: RecordDict) -> str:
+        """Store a reply's content as received from ``node_id``; return its
+        SHA-256 (see :mod:`~flchain_flwr.ledger.payload`)."""
+        return self._put(payload_chunks(node_id, content))
+
+    def _put(self, chunks: Iterable[bytes | memoryview]) -> str:
+        """Write ``chunks`` as one blob; return its SHA-256."""
         self.root.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256()
         fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".incoming-")
         try:
             with os.fdopen(fd, "wb") as out:
-                for chunk in model_chunks(arrays):
+                for chunk in chunks:
                     hasher.update(chunk)
                     out.write(chunk)
                 if self.durable:
@@ -69,17 +81,17 @@ class BlobStore:
         """Whether a blob with this hash is stored."""
         return self.path_of(digest).is_file()
 
-    def check(self, digest: str) -> str | None:
+    def check(self, digest: str, what: str = "model blob") -> str | None:
         """``None`` if the stored blob hashes to ``digest``, else what is wrong."""
         path = self.path_of(digest)
         if not path.is_file():
-            return f"model blob {digest[:16]}… is missing from the store"
+            return f"{what} {digest[:16]}… is missing from the store"
         hasher = hashlib.sha256()
         with path.open("rb") as blob:
             while chunk := blob.read(1 << 20):
                 hasher.update(chunk)
         if hasher.hexdigest() != digest:
-            return f"model blob {digest[:16]}… does not hash to its name"
+            return f"{what} {digest[:16]}… does not hash to its name"
         return None
 
     def load_model(self, digest: str) -> dict[str, np.ndarray]:
@@ -88,3 +100,14 @@ class BlobStore:
         if problem is not None:
             raise ValueError(problem)
         return decode_model(self.get(digest))
+
+    def load_update(self, digest: str) -> tuple[int, RecordDict]:
+        """Decode a stored update payload (node id, content), after checking
+        its hash."""
+        path = self.path_of(digest)
+        if not path.is_file():
+            raise ValueError(f"update payload {digest[:16]}… is missing from the store")
+        data = path.read_bytes()  # hashed and decoded from one read
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ValueError(f"update payload {digest[:16]}… does not hash to its name")
+        return decode_payload(data)

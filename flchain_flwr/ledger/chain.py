@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 import numpy as np
+from flwr.app import RecordDict
 from flwr.supercore import log
 from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
@@ -100,6 +101,7 @@ from .notes import (
     parse_verifier_key,
     write_file_atomically,
 )
+from .payload import PAYLOAD_FIELD
 
 LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
 """The ledger file's ``format`` (in ``meta``) by encoding version."""
@@ -808,6 +810,7 @@ class Ledger:
         signer: BlockSigner | None = None,
         config: Mapping[str, Any] | None = None,
         server_state: ServerState | None = None,
+        payloads: Sequence[RecordDict] | None = None,
     ) -> Block:
         """Store the model, then commit one signed block in one transaction.
 
@@ -821,18 +824,26 @@ class Ledger:
         ``config`` records the settings behind ``config_digest`` (it must hash
         to it); ``server_state``'s blobs are stored beside the model, before
         the block, and its record goes into the body (see the module's
-        docstring). ``wall_time`` goes only into format-1 headers. After the
-        block is committed, a signed checkpoint of the log is written to
-        ``checkpoint_path``.
+        docstring). ``wall_time`` goes only into format-1 headers. ``payloads``,
+        one per included entry, are the replies as received: each is stored
+        beside the model and its blob's hash becomes the entry's ``payload``
+        (what ``verify --replay`` replays). After the block is committed, a
+        signed checkpoint of the log is written to ``checkpoint_path``.
         """
         if config is not None and self.config_digest(config) != config_digest:
             raise ValueError("config does not hash to config_digest")
+        if payloads is not None and len(payloads) != len(included):
+            raise ValueError(f"{len(payloads)} payloads for {len(included)} updates")
         model_hash = self.blobs.put_model(model)
         version = self.format_version
         entries = _ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
+        included_entries = entries(included)
+        for entry, content in zip(included_entries, payloads or (), strict=False):
+            node_id = int(entry["node_id"])
+            entry[PAYLOAD_FIELD] = self.blobs.put_update(node_id, content)
         body = {
             **(extra or {}),
-            "included": entries(included),
+            "included": included_entries,
             "rejected": entries(rejected),
             "votes": [dict(v) for v in votes],
             "contributions": entries(contributions),
@@ -922,9 +933,10 @@ class Ledger:
         signature, that no update digest is included twice and contributions
         credit only included nodes, that a recorded ``config`` hashes to the
         header's ``config_digest``, that a ``server_state`` record is well
-        formed, and (``check_models``) that each model blob, and each
-        server-state blob, hashes to its name. Blocks without the optional
-        fields (older ledgers) are checked as before.
+        formed, and (``check_models``) that each model blob, each server-state
+        blob and each stored update payload hashes to its name. Blocks without
+        the optional fields (older ledgers) are checked as before;
+        :func:`~flchain_flwr.ledger.replay.replay` recomputes the models.
 
         Without ``trusted_key`` or ``checkpoint`` this proves only that the
         ledger is self-consistent. ``trusted_key`` (hex Ed25519 key or vkey,
@@ -1143,6 +1155,16 @@ class Ledger:
                 problem = self.blobs.check(digest)
                 if problem is not None:
                     return f"server_state {part}: {problem}"
+            for index, entry in enumerate(body["included"]):
+                if isinstance(entry, dict) and PAYLOAD_FIELD in entry:
+                    payload = entry[PAYLOAD_FIELD]
+                    problem = (
+                        self.blobs.check(payload, "update payload")
+                        if _is_hex(payload, 64)
+                        else "payload is not a SHA-256 hex digest"
+                    )
+                    if problem is not None:
+                        return f"included update {index}: {problem}"
         return None
 
     # ------------------------------------------------------------------- proofs

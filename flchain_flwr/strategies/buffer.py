@@ -201,6 +201,7 @@ class UpdateBuffer:
                 kept.records,
                 digest,
                 state_base,
+                self.pipeline.payload(content),
             )
         )
         return True

@@ -45,6 +45,8 @@ class BufferedUpdate:
     digest: str = ""
     state_base: NDArrays = field(default_factory=dict)
     """Non-trainable arrays of the version it was trained on."""
+    content: RecordDict | None = None
+    """The reply as received, kept only while a stage stores payloads."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class Rejection:
 
 
 RejectFn = Callable[[Rejection], None]
+OVERFLOW_REASON = "aggregate would overflow the model"
+"""Why every update of a buffer whose aggregate is not finite was rejected."""
 
 
 @dataclass
@@ -87,6 +91,8 @@ class BlockStage:
 
     needs_digest = False
     """Whether updates need a digest (votes and ledger entries name them)."""
+    needs_payload = False
+    """Whether updates keep their reply as received (a ledger stores it)."""
 
     def filter(self, block: Block, reject: RejectFn) -> None:
         """Remove updates from ``block.updates``, reporting each via ``reject``."""
@@ -101,14 +107,69 @@ class BlockStage:
         """Release what the stage opened."""
 
 
-class ServerStep:
-    """FedBuff's server update, with optional momentum.
+@dataclass(frozen=True)
+class StepResult:
+    """What one server step made (see :func:`server_step`)."""
 
-    ``step = sum_i w_i n_i delta_i / sum_i n_i``; with momentum,
-    ``velocity = momentum * velocity + step`` takes the step's place; then
-    ``new = parent + lr * step``. Non-trainable arrays (``state_names``) then
-    follow ``state_rule`` (:mod:`.state`): by default the weighted average of
-    the values the nodes reported, never a stale delta.
+    step: NDArrays
+    """The step applied: the aggregate, or with momentum the new velocity."""
+    model: NDArrays
+    velocity: NDArrays | None
+    """The velocity after the step (``None`` without momentum)."""
+
+
+# pylint: disable=too-many-arguments
+def server_step(
+    parent: NDArrays,
+    updates: Sequence[BufferedUpdate],
+    *,
+    lr: float,
+    momentum: float,
+    velocity: NDArrays | None,
+    state_names: frozenset[str] = frozenset(),
+    state_rule: StateRule = DEFAULT_STATE_RULE,
+) -> StepResult | None:
+    """FedBuff's server update, a pure function; ``None`` if not finite.
+
+    ``step = sum_i w_i n_i delta_i / sum_i n_i`` (:func:`.weighted_delta`);
+    with ``momentum > 0``, ``velocity = momentum * velocity + step`` (the step
+    itself when ``velocity`` is ``None``) takes the step's place; then ``new =
+    parent + lr * step`` (:func:`~flchain_flwr.arrays.apply_step`). Arrays in
+    ``state_names`` then follow ``state_rule`` (:func:`.aggregate_state`).
+    Reads each update's ``update.delta``, ``examples``, ``weight`` and
+    ``state_base`` only.
+    """
+    step = weighted_delta(
+        [u.update.delta for u in updates],
+        [u.examples for u in updates],
+        [u.weight for u in updates],
+    )
+    if momentum > 0.0:
+        if velocity is not None:
+            step = {k: momentum * velocity[k] + step[k] for k in step}
+        velocity = step
+    else:
+        velocity = None
+    model = apply_step(parent, step, lr)
+    state_weights = [u.examples * u.weight for u in updates]
+    if state_names and sum(state_weights) > 0:  # else: nothing reported
+        model.update(
+            aggregate_state(
+                parent,
+                state_names,
+                [u.state_base for u in updates],
+                [u.update.delta for u in updates],
+                state_weights,
+                state_rule,
+            )
+        )
+    if not all(np.isfinite(v).all() for v in model.values() if v.dtype.kind == "f"):
+        return None
+    return StepResult(step, model, velocity)
+
+
+class ServerStep:
+    """FedBuff's server update (:func:`server_step`) and its momentum state.
 
     The velocity starts from zero (``None``): at the start of a run, after
     :meth:`restore_velocity` with ``None``, and after an aggregate that would
@@ -138,36 +199,22 @@ class ServerStep:
 
     def __call__(self, block: Block) -> bool:
         """Set ``block.step`` and ``block.model``; ``False`` if not finite."""
-        step = weighted_delta(
-            [u.update.delta for u in block.updates],
-            [u.examples for u in block.updates],
-            [u.weight for u in block.updates],
-        )
         if self.momentum > 0.0:
             self.velocity_from_zero = self.velocity is None
-            if self.velocity is None:
-                self.velocity = step
-            else:
-                beta = self.momentum
-                self.velocity = {k: beta * self.velocity[k] + step[k] for k in step}
-            step = self.velocity
-        model = apply_step(block.parent, step, self.lr)
-        state_weights = [u.examples * u.weight for u in block.updates]
-        if self.state_names and sum(state_weights) > 0:  # else: nothing reported
-            model.update(
-                aggregate_state(
-                    block.parent,
-                    self.state_names,
-                    [u.state_base for u in block.updates],
-                    [u.update.delta for u in block.updates],
-                    state_weights,
-                    self.state_rule,
-                )
-            )
-        if not all(np.isfinite(v).all() for v in model.values() if v.dtype.kind == "f"):
+        result = server_step(
+            block.parent,
+            block.updates,
+            lr=self.lr,
+            momentum=self.momentum,
+            velocity=self.velocity,
+            state_names=self.state_names,
+            state_rule=self.state_rule,
+        )
+        if result is None:
             self.velocity = None
             return False
-        block.step, block.model = step, model
+        self.velocity = result.velocity
+        block.step, block.model = result.step, result.model
         return True
 
 
@@ -178,6 +225,7 @@ class Pipeline:
         self.stages = list(stages)
         self.server_step = server_step
         self.needs_digest = any(s.needs_digest for s in self.stages)
+        self.needs_payload = any(s.needs_payload for s in self.stages)
 
     def digest(self, node_id: int, content: RecordDict) -> str:
         """The update's digest, bound to its sender ("" when nobody needs it).
@@ -188,6 +236,10 @@ class Pipeline:
         if not self.needs_digest:
             return ""
         return sender_update_digest(node_id, content)
+
+    def payload(self, content: RecordDict) -> RecordDict | None:
+        """The reply to keep with its update (``None`` when no stage stores it)."""
+        return content if self.needs_payload else None
 
     def reject(self, rejection: Rejection) -> None:
         """Tell every stage about a rejection."""
@@ -206,7 +258,7 @@ class Pipeline:
                     Rejection(
                         u.node_id,
                         u.trained_on,
-                        "aggregate would overflow the model",
+                        OVERFLOW_REASON,
                         u.digest,
                     )
                 )

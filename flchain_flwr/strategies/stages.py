@@ -8,6 +8,7 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
+from flwr.app import RecordDict
 from flwr.supercore import log
 
 from ..arrays import NDArrays
@@ -17,7 +18,14 @@ from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision
 from ..runtime import Clock
-from .pipeline import Block, BlockStage, RejectFn, Rejection, ServerStep
+from .pipeline import (
+    Block,
+    BlockStage,
+    BufferedUpdate,
+    RejectFn,
+    Rejection,
+    ServerStep,
+)
 from .weighting import ClaimHistory
 
 
@@ -42,8 +50,11 @@ class Resumed:
 class LedgerStage(BlockStage):
     """Append every version to a ledger as a block; resume from its head.
 
-    Rejections since the last block go into the next block's body. Each block
-    also records the server state a resume needs (see
+    Rejections since the last block go into the next block's body. Each
+    included update's reply, as received, is stored beside the model (see
+    :mod:`flchain_flwr.ledger.payload`), so ``flchain ledger verify --replay``
+    can recompute the block's model. Each block also records the server state
+    a resume needs (see
     :mod:`flchain_flwr.ledger.chain`): the momentum's velocity and the
     example-weighting claim history, once :meth:`record_state` says where they
     are. The genesis block records ``config``, whose digest every block's header
@@ -65,6 +76,7 @@ class LedgerStage(BlockStage):
     """
 
     needs_digest = True
+    needs_payload = True
 
     def __init__(
         self,
@@ -242,6 +254,7 @@ class LedgerStage(BlockStage):
             signer=block.signer,
             config=self.config if self._record_config else None,
             server_state=self._state(),
+            payloads=_payloads(updates),
         )
         self._rejected = []
         self._record_config = False
@@ -338,6 +351,12 @@ class CommitteeStage(BlockStage):
         """Settle deposits once for this block; its leader signs it."""
         block.extra, block.signer = self.committee.seal(self._committee, self._votes)
         block.votes, self._votes = self._votes, []
+
+
+def _payloads(updates: list[BufferedUpdate]) -> list[RecordDict] | None:
+    """The replies as received, or ``None`` unless every update kept its own."""
+    kept = [u.content for u in updates if u.content is not None]
+    return kept if len(kept) == len(updates) else None
 
 
 def _shapes(arrays: NDArrays) -> dict[str, tuple[int, ...]]:

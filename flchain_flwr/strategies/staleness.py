@@ -11,6 +11,7 @@ FedBuff (Nguyen et al., AISTATS 2022) for ``1 / sqrt(1 + s)``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -97,3 +98,31 @@ def staleness_fn(name: str, **params: float) -> StalenessFn:
     if name == "hinge" and "b" in params:
         params = {**params, "b": int(params["b"])}
     return factory(**params)
+
+
+_BY_CLASS: dict[str, Callable[..., StalenessFn]] = {
+    cls.__name__: cls for cls in (Constant, Polynomial, Hinge, FedBuffStaleness)
+}
+
+
+def staleness_from_repr(text: str) -> StalenessFn:
+    """Rebuild one of this module's functions from its ``repr`` (what
+    :meth:`~flchain_flwr.strategies.FedBuff.config_dict` records).
+
+    Raises
+    ------
+    ValueError
+        If ``text`` is not the ``repr`` of one of them.
+    """
+    match = re.fullmatch(r"(\w+)\((.*)\)", text)
+    cls = _BY_CLASS.get(match.group(1)) if match else None
+    if match is None or cls is None:
+        raise ValueError(f"staleness function {text[:60]!r} cannot be rebuilt")
+    params: dict[str, float | int] = {}
+    for part in filter(None, match.group(2).split(", ")):
+        name, _, value = part.partition("=")
+        params[name] = int(value) if name == "b" else float(value)
+    fn: StalenessFn = cls(**params)
+    if repr(fn) != text:
+        raise ValueError(f"staleness function {text[:60]!r} cannot be rebuilt")
+    return fn

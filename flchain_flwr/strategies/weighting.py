@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from dataclasses import dataclass
 from itertools import islice
 from typing import Protocol, runtime_checkable
@@ -33,6 +33,10 @@ from typing import Protocol, runtime_checkable
 
 class WeightingError(ValueError):
     """Effective example counts that cannot weight an aggregate."""
+
+
+DEFAULT_MAX_NODES = 10_000
+"""Nodes a :class:`ClaimHistory` remembers by default."""
 
 
 class ClaimHistory:
@@ -44,11 +48,11 @@ class ClaimHistory:
 
     Parameters
     ----------
-    max_nodes : int (default: 10_000)
+    max_nodes : int (default: DEFAULT_MAX_NODES, 10,000)
         Nodes remembered; the node heard from least recently is forgotten first.
     """
 
-    def __init__(self, max_nodes: int = 10_000) -> None:
+    def __init__(self, max_nodes: int = DEFAULT_MAX_NODES) -> None:
         if max_nodes < 1:
             raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
         self.max_nodes = max_nodes
@@ -301,3 +305,58 @@ def effective_examples(
             "the total must be finite and > 0"
         )
     return counts
+
+
+def claims_transition(
+    before: Sequence[tuple[int, float]],
+    after: Sequence[tuple[int, float]],
+    included: Sequence[tuple[int, float]],
+    rejected_nodes: Set[int],
+    max_nodes: int = DEFAULT_MAX_NODES,
+) -> str | None:
+    """Why ``after`` cannot follow ``before`` by observing this block's senders.
+
+    Between two blocks the server observes the claim of every update it takes:
+    the included ones, in order, and some that the block then lists as
+    rejected. So ``after`` must be ``before`` without the nodes heard from
+    (the oldest dropped beyond ``max_nodes``), followed by those nodes; each
+    included node's latest included claim is its entry unless the node was
+    also rejected (a later reply may have replaced it).
+
+    Returns
+    -------
+    str | None
+        ``None`` if that holds, else what does not.
+    """
+    nodes = [n for n, _ in after]
+    if len(after) > max_nodes or len(set(nodes)) != len(nodes):
+        return "it names a node twice or holds more nodes than a history can"
+    if any(not math.isfinite(c) or c <= 0 for _, c in after):
+        return "it holds a claim that is not finite and > 0"
+    last = dict(included)  # node -> its last included claim
+    position = {n: i for i, n in enumerate(nodes)}
+    for node, claim in last.items():
+        if node not in position:
+            return f"node {node}, included in the block, is missing from it"
+        if after[position[node]][1] != claim and node not in rejected_nodes:
+            return (
+                f"it holds {after[position[node]][1]!r} for node {node}, whose "
+                f"included update claims {claim!r}"
+            )
+    heard = set(last) | rejected_nodes
+    first = min(position[n] for n in last) if last else len(after)
+    if any(n not in heard for n in nodes[first:]):
+        return "it moves a node not heard from in this block to the most recent"
+    lowest = first
+    while lowest > 0 and nodes[lowest - 1] in heard:
+        lowest -= 1
+    for split in range(first, lowest - 1, -1):
+        tail = set(nodes[split:])
+        kept = [e for e in before if e[0] not in tail]
+        if len(kept) < split:
+            continue
+        if list(after[:split]) == kept[len(kept) - split :] and (
+            len(kept) == split or len(after) == max_nodes
+        ):
+            return None
+    return "the claims of nodes not heard from in this block changed"

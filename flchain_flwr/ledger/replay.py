@@ -1,0 +1,485 @@
+"""Replay: recompute every block's global model from its parent and its updates.
+
+A FedBuff ledger stores, for each included update, the reply exactly as
+received (:mod:`.payload`; the entry's ``payload`` names its blob). For each
+block :func:`replay` then checks, from stored data alone and with the server's
+own code (:func:`~flchain_flwr.strategies.updates.parse_update`,
+:func:`~flchain_flwr.strategies.weighting.effective_examples`,
+:func:`~flchain_flwr.strategies.pipeline.server_step`, no second copy of the
+maths):
+
+1. each payload hashes to its blob name and, with the entry's node id, to the
+   entry's ``digest`` (the digest the Merkle root and the committee's votes
+   name), and parses as a valid update;
+2. ``staleness`` is the parent's version minus ``trained_on``, and ``weight``
+   is the recorded staleness function of it;
+3. ``num_examples`` is the recorded example-weighting policy applied to the
+   payload's own claim, given the claim history the block records; that
+   history must follow from the previous block's by observing this block's
+   senders (so an included claim of ``1e30`` examples is capped as the run
+   capped it, and a forged history or weight fails);
+4. with server momentum, the velocity continues the previous block's (or
+   restarts from zero only at the start, after a block without one, or after
+   an aggregate that overflowed);
+5. the recomputed model, velocity and contributions hash or compare equal to
+   the recorded ones.
+
+The arithmetic is fixed and documented in the functions it calls: the step is
+``sum_i w_i n_i delta_i / sum_i n_i`` accumulated in float64 in the block's
+update order (``n_i`` the effective examples, ``w_i`` the staleness weight,
+each delta cast to float64 and scaled by ``w_i n_i / sum n`` before it is
+added); with momentum ``v = momentum * v_prev + step`` in float64; then
+``new = parent + lr * step`` computed in float64 and cast back to each array's
+dtype (integers rounded half to even and saturated); non-trainable arrays
+follow the recorded ``state_rule`` (the weighted average of ``base_i +
+delta_i`` in float64, clipped to the reported range). Settings come from the
+block's recorded config (``server_lr``, ``server_momentum``, ``staleness_fn``,
+``example_weighting``, ``state_rule``, ``state_patterns``, the record keys).
+
+Blocks that cannot be replayed are reported as such, with the reason, never
+as ok: blocks written before payloads were stored, blocks whose settings are
+not recorded, and blocks of other strategies (``PoVStrategy`` wraps a Flower
+strategy's own aggregation and records neither its settings nor payloads).
+
+What replay does not establish: that a node sent the update stored under its
+id (replies are not signed by their senders; on a PoV chain the committee's
+votes name the digest), an update's ``trained_on`` when the reply does not
+state it (the DGC mod's replies do), and claims of replies that were taken but
+not included (their payloads are not stored: the claim history only has to
+be consistent with the block's included and rejected senders).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import RecordDict
+
+from ..arrays import NDArrays
+from ..protocol import UPDATE_KIND_DELTA
+from ..strategies.pipeline import (
+    OVERFLOW_REASON,
+    BufferedUpdate,
+    StepResult,
+    server_step,
+)
+from ..strategies.staleness import StalenessFn, staleness_from_repr
+from ..strategies.state import StateRule, state_names, state_rule
+from ..strategies.updates import UpdateRejected, parse_update
+from ..strategies.updates import _update_kind as update_kind
+from ..strategies.weighting import (
+    ClaimHistory,
+    ExampleWeighting,
+    MedianCapped,
+    WeightingError,
+    claims_transition,
+    effective_examples,
+    example_weighting,
+)
+from .canonical import encode, model_hash, sender_update_digest
+from .chain import CONFIG_FIELD, Block, Ledger, ServerState, _ids_as_text, node_key
+from .payload import PAYLOAD_FIELD
+from .rewards import contributions
+
+StepFn = Callable[..., StepResult | None]
+"""The signature of :func:`~flchain_flwr.strategies.pipeline.server_step`."""
+REPLAYABLE_STRATEGY = "FedBuff"
+_MODEL_CACHE = 4
+"""Decoded models kept: the parent, plus a few versions stale updates need."""
+
+
+class _Failed(Exception):
+    """The block does not replay to what it records."""
+
+
+class _NotReplayable(Exception):
+    """The block lacks what a replay needs."""
+
+
+@dataclass(frozen=True)
+class ReplayReport:
+    """Outcome of :func:`replay`: the first block that failed, or which
+    blocks replayed and which could not be, with why."""
+
+    ok: bool
+    blocks: int
+    """Blocks looked at (a failure stops the replay there)."""
+    replayed: tuple[int, ...] = ()
+    not_replayable: tuple[tuple[int, str], ...] = ()
+    bad_height: int | None = None
+    reason: str = ""
+
+    @property
+    def complete(self) -> bool:
+        """Whether every block after the genesis block was replayed exactly."""
+        return self.ok and not self.not_replayable
+
+    def __str__(self) -> str:
+        if not self.ok:
+            where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
+            return f"replay FAILED at {where}: {self.reason}"
+        later = max(self.blocks - 1, 0)
+        lines = [
+            f"replay: {len(self.replayed)} of {later} blocks after genesis "
+            "recomputed exactly from their parent and included updates"
+        ]
+        by_reason: dict[str, list[int]] = {}
+        for height, why in self.not_replayable:
+            by_reason.setdefault(why, []).append(height)
+        for why, heights in by_reason.items():
+            lines.append(f"not replayable: {_ranges(heights)}: {why}")
+        return "\n".join(lines)
+
+
+def _ranges(heights: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` as ``"blocks 1-3, 7"``."""
+    spans: list[list[int]] = []
+    for h in heights:
+        if spans and h == spans[-1][1] + 1:
+            spans[-1][1] = h
+        else:
+            spans.append([h, h])
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
+    return f"block{'s' if len(heights) > 1 else ''} {text}"
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The recorded settings a replay needs."""
+
+    lr: float
+    momentum: float
+    staleness: StalenessFn
+    weighting: ExampleWeighting
+    rule: StateRule
+    patterns: tuple[str, ...]
+    arrayrecord_key: str
+    weighted_by_key: str
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> _Settings:
+        """Read them; :class:`_NotReplayable` if one is missing or unusable."""
+        try:
+            return cls(
+                lr=float(config["server_lr"]),
+                momentum=float(config["server_momentum"]),
+                staleness=staleness_from_repr(str(config["staleness_fn"])),
+                weighting=example_weighting(str(config["example_weighting"])),
+                rule=state_rule(str(config["state_rule"])),
+                patterns=tuple(str(p) for p in config["state_patterns"]),
+                arrayrecord_key=str(config["arrayrecord_key"]),
+                weighted_by_key=str(config["weighted_by_key"]),
+            )
+        except KeyError as exc:
+            raise _NotReplayable(f"its recorded settings lack {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise _NotReplayable(f"its recorded settings are unusable: {exc}") from None
+
+
+def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
+    """Recompute every block's model from its parent and its stored updates.
+
+    Meant for a ledger :meth:`~Ledger.verify` accepts (run that first: replay
+    trusts the links, hashes and signatures it checks).
+
+    Parameters
+    ----------
+    ledger : Ledger
+        The ledger to replay.
+    step : callable (default: :func:`~flchain_flwr.strategies.pipeline.server_step`)
+        The server step to replay with (a benchmark passes a timed one).
+
+    Returns
+    -------
+    ReplayReport
+        ``ok`` unless a block fails (then the first such block and why); the
+        blocks replayed, and those that could not be, with the reason.
+    """
+    replayer = _Replayer(ledger, step)
+    prev: Block | None = None
+    count = 0
+    replayed: list[int] = []
+    skipped: list[tuple[int, str]] = []
+    failure: tuple[int | None, str] | None = None
+    try:
+        for block in ledger.blocks():
+            count += 1
+            replayer.record(block)
+            if prev is not None:
+                try:
+                    replayer.block(prev, block)
+                    replayed.append(block.height)
+                except _NotReplayable as exc:
+                    skipped.append((block.height, str(exc)))
+                except _Failed as exc:
+                    failure = (block.height, str(exc))
+                except Exception as exc:  # any corruption is a finding, not a crash
+                    failure = (block.height, f"block cannot be replayed: {exc!r}")
+                if failure is not None:
+                    break
+            prev = block
+    except Exception as exc:  # an unreadable ledger is a finding, not a crash
+        failure = (None, f"the ledger cannot be read: {exc}")
+    if failure is not None:
+        return ReplayReport(
+            False, count, tuple(replayed), tuple(skipped), failure[0], failure[1]
+        )
+    return ReplayReport(True, count, tuple(replayed), tuple(skipped))
+
+
+@dataclass
+class _Replayer:
+    """What a replay carries from block to block."""
+
+    ledger: Ledger
+    step: StepFn
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Recorded settings by their digest."""
+    versions: dict[int, str] = field(default_factory=dict)
+    """Model hash of each global version."""
+    models: OrderedDict[str, NDArrays] = field(default_factory=OrderedDict)
+
+    def record(self, block: Block) -> None:
+        """Learn the block's version and recorded settings."""
+        self.versions[int(block.header["model_version"])] = str(
+            block.header["model_hash"]
+        )
+        config = block.body.get(CONFIG_FIELD)
+        if isinstance(config, dict):  # verify checked it hashes to the digest
+            self.configs[str(block.header["config_digest"])] = config
+
+    def model(self, digest: str) -> NDArrays:
+        """A stored model, decoded (a few are cached)."""
+        if digest in self.models:
+            self.models.move_to_end(digest)
+            return self.models[digest]
+        model = self.ledger.blobs.load_model(digest)
+        self.models[digest] = model
+        if len(self.models) > _MODEL_CACHE:
+            self.models.popitem(last=False)
+        return model
+
+    def block(self, prev: Block, block: Block) -> None:
+        """Replay ``block`` over ``prev``; raise :class:`_Failed` or
+        :class:`_NotReplayable`."""
+        header, body = block.header, block.body
+        included: list[dict[str, Any]] = body["included"]
+        parent_version = int(prev.header["model_version"])
+        if header["base_version"] != parent_version:
+            raise _Failed(
+                f"base_version {header['base_version']!r} is not the previous "
+                f"block's model_version {parent_version}"
+            )
+        if not included:
+            if header["model_hash"] != prev.header["model_hash"]:
+                raise _Failed("it includes no update but changes the model")
+            return
+        if any(PAYLOAD_FIELD not in u for u in included):
+            raise _NotReplayable(
+                "written without stored update payloads (before they were stored, "
+                "or by a strategy that does not store them, such as PoVStrategy)"
+            )
+        config = self.configs.get(str(header["config_digest"]))
+        if config is None:
+            raise _NotReplayable(
+                "the settings behind its config_digest are not recorded"
+            )
+        if config.get("strategy") != REPLAYABLE_STRATEGY:
+            raise _NotReplayable(
+                f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
+            )
+        settings = _Settings.of(config)
+        parent = self.model(str(prev.header["model_hash"]))
+        state = self.ledger.server_state(block)
+        before = self.ledger.server_state(prev)
+        names = state_names(parent, settings.patterns)
+        updates = [
+            self._update(i, entry, parent, parent_version, names, settings)
+            for i, entry in enumerate(included)
+        ]
+        self._weigh(updates, included, body, state, before, settings)
+        velocity = self._velocity(body, state, before, settings)
+        result = self.step(
+            parent,
+            updates,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            velocity=velocity,
+            state_names=names,
+            state_rule=settings.rule,
+        )
+        if result is None:
+            raise _Failed("the replayed aggregate overflows the model")
+        replayed = model_hash(result.model)
+        if replayed != header["model_hash"]:
+            raise _Failed(
+                f"the replayed model {replayed[:16]}… is not the recorded "
+                f"{str(header['model_hash'])[:16]}…"
+            )
+        if settings.momentum > 0.0:
+            assert state is not None and state.velocity is not None
+            assert result.velocity is not None
+            if model_hash(result.velocity) != model_hash(state.velocity):
+                raise _Failed("the replayed momentum velocity is not the recorded one")
+        shares = contributions(
+            [u.node_id for u in updates],
+            [u.update.delta for u in updates],
+            [u.examples for u in updates],
+            result.step,
+        )
+        version = block.format_version
+        if encode(version, _ids_as_text(shares)) != encode(
+            version, body["contributions"]
+        ):
+            raise _Failed("the recorded contributions are not the replayed ones")
+
+    # pylint: disable=too-many-arguments
+    def _update(
+        self,
+        index: int,
+        entry: Mapping[str, Any],
+        parent: NDArrays,
+        parent_version: int,
+        names: frozenset[str],
+        settings: _Settings,
+    ) -> BufferedUpdate:
+        """Check one included entry against its payload; the update to replay."""
+        where = f"included update {index}"
+        try:
+            node_id, content = self.ledger.blobs.load_update(str(entry[PAYLOAD_FIELD]))
+        except ValueError as exc:
+            raise _Failed(f"{where}: {exc}") from None
+        if node_id != node_key(entry["node_id"]):
+            raise _Failed(f"{where}: its payload was sent by another node")
+        if sender_update_digest(node_id, content) != entry["digest"]:
+            raise _Failed(f"{where}: its stored payload does not hash to its digest")
+        trained_on = entry["trained_on"]
+        if (
+            isinstance(trained_on, bool)
+            or not isinstance(trained_on, int)
+            or trained_on not in self.versions
+            or trained_on > parent_version
+        ):
+            raise _Failed(f"{where}: trained on {trained_on!r}, not an earlier version")
+        staleness = parent_version - trained_on
+        if entry["staleness"] != staleness:
+            raise _Failed(
+                f"{where}: records staleness {entry['staleness']!r}, "
+                f"the versions give {staleness}"
+            )
+        weight = settings.staleness(staleness)
+        if entry["weight"] != weight:
+            raise _Failed(
+                f"{where}: records staleness weight {entry['weight']!r}, "
+                f"the recorded staleness function gives {weight!r}"
+            )
+        base = self.versions[trained_on]
+        try:
+            kind = update_kind(content)
+            reference = parent if kind == UPDATE_KIND_DELTA else self.model(base)
+            parsed = parse_update(
+                content,
+                reference,
+                arrayrecord_key=settings.arrayrecord_key,
+                weighted_by_key=settings.weighted_by_key,
+                trained_on=trained_on,
+            )
+        except UpdateRejected as exc:
+            raise _Failed(f"{where} is not a valid update: {exc.reason}") from None
+        state_base = {n: self.model(base)[n] for n in names} if names else {}
+        return BufferedUpdate(
+            node_id=node_id,
+            trained_on=trained_on,
+            staleness=staleness,
+            weight=weight,
+            update=parsed,
+            examples=parsed.num_examples,  # the claim, until weighed
+            metrics=RecordDict(),
+            digest=str(entry["digest"]),
+            state_base=state_base,
+        )
+
+    # pylint: disable=too-many-arguments
+    def _weigh(
+        self,
+        updates: list[BufferedUpdate],
+        included: Sequence[Mapping[str, Any]],
+        body: Mapping[str, Any],
+        state: ServerState | None,
+        before: ServerState | None,
+        settings: _Settings,
+    ) -> None:
+        """Recompute each update's effective examples; check the recorded ones."""
+        entries = None if state is None else state.claims
+        if entries is None:
+            if isinstance(settings.weighting, MedianCapped):
+                raise _NotReplayable(
+                    "it records no claim history, which its example weighting reads"
+                )
+            entries = []
+        else:
+            problem = claims_transition(
+                list(before.claims or []) if before is not None else [],
+                entries,
+                [(u.node_id, u.update.num_examples) for u in updates],
+                {
+                    key
+                    for r in body["rejected"]
+                    if isinstance(r, dict)
+                    and (key := node_key(r["node_id"])) is not None
+                },
+            )
+            if problem is not None:
+                raise _Failed(f"claim history: {problem}")
+        history = ClaimHistory()
+        for node_id, claim in entries:
+            history.observe(node_id, claim)
+        claims = [u.update.num_examples for u in updates]
+        try:
+            counts = effective_examples(settings.weighting, claims, history)
+        except WeightingError as exc:
+            raise _Failed(f"example weighting: {exc}") from None
+        for index, (u, count, entry) in enumerate(
+            zip(updates, counts, included, strict=True)
+        ):
+            if entry["num_examples"] != count:
+                raise _Failed(
+                    f"included update {index} records {entry['num_examples']!r} "
+                    f"examples; {settings.weighting.spec} weighting of its claim "
+                    f"{u.update.num_examples!r} gives {count!r}"
+                )
+            u.examples = count
+
+    @staticmethod
+    def _velocity(
+        body: Mapping[str, Any],
+        state: ServerState | None,
+        before: ServerState | None,
+        settings: _Settings,
+    ) -> NDArrays | None:
+        """The velocity the block's step continues (``None``: from zero)."""
+        if settings.momentum == 0.0:
+            return None
+        if state is None or state.velocity is None:
+            raise _NotReplayable("it records no momentum velocity")
+        previous = None if before is None else before.velocity
+        if not state.velocity_from_zero:
+            if previous is None:
+                raise _Failed(
+                    "it continues a momentum velocity the previous block does "
+                    "not record"
+                )
+            return previous
+        overflowed = any(
+            isinstance(r, dict) and r.get("reason") == OVERFLOW_REASON
+            for r in body["rejected"]
+        )
+        if previous is not None and not overflowed:
+            raise _Failed(
+                "it restarts the momentum from zero, but the previous block records "
+                "a velocity and no aggregate overflowed in between"
+            )
+        return None
