@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from flchain_flwr.ledger import Ledger, sign_vote
+from flchain_flwr.ledger import Ledger, VoteContext, sign_vote
 
 
 def digest_of(i: int) -> str:
@@ -37,7 +37,13 @@ def build_ledger(path: Path, blocks: int = 5, *, with_votes: bool = True) -> Led
         votes = []
         if with_votes and included:
             votes = [
-                sign_vote(v, "test-chain", height, included[0]["digest"], True, 0.9)
+                sign_vote(
+                    v,
+                    VoteContext("test-chain", height),
+                    included[0]["digest"],
+                    True,
+                    0.9,
+                )
                 for v in verifiers
             ]
         ledger.append(

@@ -31,6 +31,7 @@ them lack both, and still verify):
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -59,7 +60,7 @@ from .canonical import (
     parse_canonical,
     sha256_hex,
 )
-from .consensus import PoVRules, PoVState
+from .consensus import VOTE_FORMAT, PoVRules, PoVState, VoteRules, block_view
 from .merkle import (
     InvalidProof,
     MalformedProof,
@@ -223,6 +224,23 @@ class _ChainRules:
 
     leader: str | None
     pov: PoVState | None = None
+    model: str = ""
+    """The previous block's model hash: the parent a vote was judged against."""
+
+    def vote_context(
+        self, chain_id: str, height: int, prev_hash: str, body: Mapping[str, Any]
+    ) -> VoteContext:
+        """The context a vote stored in this block must have been signed in."""
+        if self.pov is None or self.pov.votes is None:
+            return VoteContext(chain_id, height)
+        return VoteContext(
+            chain_id,
+            height,
+            prev_hash,
+            self.model,
+            self.pov.votes.digest,
+            block_view(body) or 0,
+        )
 
 
 @dataclass(frozen=True)
@@ -252,38 +270,98 @@ class VerifyReport:
         return f"FAILED at {where}: {self.reason}"
 
 
+_VOTE_TAG_V2: Final = b"flchain-vote/2\n"
+
+
+@dataclass(frozen=True)
+class VoteContext:
+    """What a vote is judged against besides its candidate and weight.
+
+    A format-2 vote signs all of it, so it holds for one block position, one
+    parent model and one rule only. ``prev_hash=None`` stands for a format-1
+    vote, which signs only ``chain_id`` and ``height``.
+    """
+
+    chain_id: str
+    height: int
+    prev_hash: str | None = None
+    """Hash of the block this one follows."""
+    parent_model: str = ""
+    """Hash of the global model the candidates were applied to."""
+    rule: str = ""
+    """Digest of the judging rule (see ``consensus.rule_digest``)."""
+    view: int = 0
+    """The consensus view at this height (0 unless a leader failed)."""
+
+    @property
+    def format(self) -> int:
+        """1 (chain id and height only) or 2 (everything)."""
+        return 1 if self.prev_hash is None else 2
+
+
 def vote_payload(
-    chain_id: str, height: int, candidate: str, verdict: bool, score: float
+    context: VoteContext,
+    candidate: str,
+    verdict: bool,
+    score: float,
+    weight: float | None = None,
 ) -> bytes:
-    """The bytes a verifier signs for one vote."""
-    return VOTE_TAG + canonical_json(
+    """The bytes a verifier signs for one vote (``weight``: format 2 only)."""
+    if context.format == 1:
+        return VOTE_TAG + canonical_json(
+            {
+                "chain_id": context.chain_id,
+                "height": context.height,
+                "candidate": candidate,
+                "verdict": verdict,
+                "score": score,
+            }
+        )
+    return _VOTE_TAG_V2 + canonical_json(
         {
-            "chain_id": chain_id,
-            "height": height,
+            "format": VOTE_FORMAT,
+            "chain_id": context.chain_id,
+            "height": context.height,
+            "view": context.view,
+            "prev_hash": context.prev_hash,
+            "parent_model": context.parent_model,
+            "rule": context.rule,
             "candidate": candidate,
+            "weight": weight,
             "verdict": verdict,
             "score": score,
         }
     )
 
 
+# pylint: disable=too-many-arguments
 def sign_vote(
     key: SigningKey,
-    chain_id: str,
-    height: int,
+    context: VoteContext,
     candidate: str,
     verdict: bool,
     score: float,
+    weight: float | None = None,
 ) -> dict[str, Any]:
-    """A signed vote, in the form stored in a block body."""
-    payload = vote_payload(chain_id, height, candidate, verdict, score)
-    return {
+    """A signed vote, in the form stored in a block body.
+
+    A format-2 vote stores its ``weight`` and ``format``; the rest of its
+    context is recomputed from the chain by whoever checks it.
+    """
+    if context.format == 2 and (weight is None or not math.isfinite(weight)):
+        raise ValueError("a format-2 vote needs a finite weight")
+    payload = vote_payload(context, candidate, verdict, score, weight)
+    vote: dict[str, Any] = {
         "verifier": key.verify_key.encode(HexEncoder).decode(),
         "candidate": candidate,
         "verdict": verdict,
         "score": score,
         "signature": key.sign(payload).signature.hex(),
     }
+    if context.format == 2:
+        vote["format"] = VOTE_FORMAT
+        vote["weight"] = weight
+    return vote
 
 
 def _sqlite_message(exc: Exception) -> str:
@@ -807,8 +885,9 @@ class Ledger:
             str(header["leader"]), HEADER_TAG + header_raw, signature
         ):
             return "leader signature is invalid"
+        context = chain.vote_context(self.chain_id, height, prev_hash, body)
         for index, vote in enumerate(body.get("votes", [])):
-            problem = check_vote(self.chain_id, height, vote)
+            problem = check_vote(context, vote)
             if problem is not None:
                 return f"vote {index}: {problem}"
         if CONFIG_FIELD in body and (
@@ -822,7 +901,10 @@ class Ledger:
             return f"malformed server_state: {exc}"
         if height == 0 and "pov" in body:
             try:
-                chain.pov = PoVState(PoVRules.from_json(body["pov"]))
+                chain.pov = PoVState(
+                    PoVRules.from_json(body["pov"]),
+                    votes=VoteRules.from_genesis(body["pov"]),
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 return f"genesis declares unusable PoV rules: {exc}"
         elif chain.pov is not None:
@@ -837,6 +919,7 @@ class Ledger:
                 problem = self.blobs.check(digest)
                 if problem is not None:
                     return f"server_state {part}: {problem}"
+        chain.model = str(header["model_hash"])
         return None
 
     # ------------------------------------------------------------------- proofs
@@ -896,6 +979,7 @@ def _check_log_leaves(hashes: Sequence[str]) -> None:
 _VOTE_FIELDS: Final = frozenset(
     {"verifier", "candidate", "verdict", "score", "signature"}
 )
+_VOTE_FIELDS_V2: Final = _VOTE_FIELDS | {"format", "weight"}
 
 
 def _digest_of(config: Mapping[str, Any]) -> str:
@@ -924,17 +1008,31 @@ def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
     return True
 
 
-def check_vote(chain_id: str, height: int, vote: Any) -> str | None:
-    """Why a stored vote is not a valid signed vote at this height, or ``None``."""
-    if not isinstance(vote, Mapping) or set(vote) != _VOTE_FIELDS:
-        return f"malformed vote: fields must be exactly {sorted(_VOTE_FIELDS)}"
+def check_vote(context: VoteContext, vote: Any) -> str | None:
+    """Why a stored vote is not a valid signed vote in ``context``, or ``None``.
+
+    The vote's format must be the context's: a chain whose genesis declares
+    format-2 votes accepts no format-1 vote, and the reverse.
+    """
+    fields = _VOTE_FIELDS if context.format == 1 else _VOTE_FIELDS_V2
+    if not isinstance(vote, Mapping) or set(vote) != fields:
+        return f"malformed vote: fields must be exactly {sorted(fields)}"
+    if context.format == 2 and vote["format"] != VOTE_FORMAT:
+        return f"malformed vote: format must be {VOTE_FORMAT!r}"
     if not isinstance(vote["verdict"], bool) or not _is_hex(vote["candidate"], 64):
         return "malformed vote: verdict must be a boolean, candidate a digest"
-    if isinstance(vote["score"], bool) or not isinstance(vote["score"], int | float):
-        return "malformed vote: score must be a number"
+    numbers = ("score",) if context.format == 1 else ("score", "weight")
+    for name in numbers:
+        value = vote[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"malformed vote: {name} must be a number"
     try:
         payload = vote_payload(
-            chain_id, height, vote["candidate"], vote["verdict"], vote["score"]
+            context,
+            vote["candidate"],
+            vote["verdict"],
+            vote["score"],
+            vote.get("weight"),
         )
         ok = _signature_ok(str(vote["verifier"]), payload, str(vote["signature"]))
     except (KeyError, TypeError, ValueError) as exc:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
+from ..ledger import Ledger
 from .fedbuff import FedBuff, MaxStaleness
 from .scheduling import scheduling_policy
 from .staleness import staleness_fn
@@ -38,7 +39,10 @@ def fedbuff_from_run_config(
     - ``evaluate-every`` (versions, <= 0: once per FedAvg round's worth of
       updates);
     - ``message-ttl`` (seconds, <= 0 or inf: ``start``'s timeout);
-      ``membership-refresh`` (seconds > 0); ``ledger-path`` ("": no ledger).
+      ``membership-refresh`` (seconds > 0); ``ledger-path`` ("": no ledger);
+      ``ledger-durable`` (bool, default true: fsync every block and blob, so
+      a power loss loses no committed block; false: only a killed process is
+      survived, which is faster).
 
     ``overrides`` are passed to :class:`FedBuff` as they are, over the keys.
 
@@ -97,8 +101,13 @@ def fedbuff_from_run_config(
         )
     if "ledger-path" in cfg:
         ledger_path = _text(cfg, "ledger-path")
+        durable = True
+        if "ledger-durable" in cfg:
+            if not isinstance(cfg["ledger-durable"], bool):
+                raise _bad("ledger-durable", cfg["ledger-durable"], "a boolean")
+            durable = cfg["ledger-durable"]
         if ledger_path:
-            kwargs["ledger"] = ledger_path
+            kwargs["ledger"] = Ledger(ledger_path, durable=durable)
     kwargs.update(overrides)
     return FedBuff(**kwargs)  # type: ignore[arg-type]
 

@@ -78,13 +78,21 @@ class FedBuffRun:
             ledger = LedgerStage(
                 s.ledger,
                 config=s.config_dict(),
-                genesis_extra=s.committee.genesis_fields() if s.committee else None,
+                genesis_extra=(
+                    s.committee.genesis_fields(s.server_lr) if s.committee else None
+                ),
                 resume_with_changed_config=s.resume_with_changed_config,
             )
             try:
                 resumed = ledger.start(model, momentum=s.server_momentum)
                 if resumed is not None and s.committee is not None:
-                    s.committee.resume(ledger.ledger)
+                    s.committee.resume(ledger.ledger, s.server_lr)
+                elif resumed is not None and "pov" in ledger.ledger.block(0).body:
+                    raise ValueError(
+                        f"ledger {ledger.ledger.path} is a PoV chain: resume it "
+                        "with its verifier committee (committee=...); blocks "
+                        "written without one would fail verify"
+                    )
             except BaseException:  # a refused resume must not leave it open
                 ledger.close()
                 raise
