@@ -18,6 +18,7 @@ from flchain_flwr.arrays import NDArrays
 from flchain_flwr.ledger import Ledger, VoteContext, check_vote, model_hash
 from flchain_flwr.pov import (
     Behaviour,
+    Candidate,
     Committee,
     PoVStrategy,
     RefusedRequest,
@@ -444,3 +445,35 @@ def test_discovery_waits_on_the_grids_clock_for_a_late_verifier(
         remote.discover_verifiers(grid, expected=2, timeout=100, poll_interval=10)
     nodes = remote.discover_verifiers(grid, expected=2, timeout=1000, poll_interval=10)
     assert len(nodes) == 2 and grid.clock.now() >= 500.0
+
+
+def test_a_verifier_node_remembers_where_it_voted_between_messages(
+    tmp_path: Path,
+) -> None:
+    grid = _verifier_grid(tmp_path, [0], trainers=0)
+    (node,) = grid.get_node_ids()
+    rule = Rule(Threshold(value=0.0)).digest
+    replies = []
+    for height in (3, 2):  # the second request goes back a height
+        content = remote.vote_request(
+            context(height, rule=rule),
+            model(0.0),
+            [Candidate(digest(1), 1, delta(0.5))],
+            [1.0],
+        )
+        (reply,) = grid.send_and_receive(
+            [Message(content, node, remote.VOTE, ttl=60)], timeout=60
+        )
+        replies.append(reply)
+    assert not replies[0].has_error()
+    assert replies[1].has_error() and "behind height 3" in replies[1].error.reason
+    other_rule = remote.vote_request(
+        context(4, rule=Rule().digest),
+        model(0.0),
+        [Candidate(digest(1), 1, delta(0.5))],
+        [1.0],
+    )
+    (reply,) = grid.send_and_receive(
+        [Message(other_rule, node, remote.VOTE, ttl=60)], timeout=60
+    )
+    assert reply.has_error() and "judges by" in reply.error.reason
