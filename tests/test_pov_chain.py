@@ -4,6 +4,7 @@ deposits settled only with a block, resumes, discovery, and views."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,18 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message
 from flwr.serverapp.strategy import FedAvg
+from nacl.encoding import HexEncoder
+from nacl.signing import SigningKey
 
 from flchain_flwr.arrays import NDArrays
-from flchain_flwr.ledger import Ledger, VoteContext, check_vote, model_hash
+from flchain_flwr.ledger import (
+    Ledger,
+    VoteContext,
+    check_vote,
+    model_hash,
+    select_committee,
+)
+from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.pov import (
     Behaviour,
     Candidate,
@@ -368,8 +378,8 @@ def test_resuming_a_pov_ledger_without_its_committee_is_refused(
 
 
 # ------------------------------------------------------------------ discovery
-def _node_app():  # type: ignore[no-untyped-def]
-    app = toy_client_app({})
+def _node_app(mods: list[Any] | None = None):  # type: ignore[no-untyped-def]
+    app = toy_client_app({}, mods=mods)
 
     def verifier_of(context_: Context) -> Verifier | None:
         return remote.verifier_from_node_config(
@@ -383,8 +393,15 @@ def _node_app():  # type: ignore[no-untyped-def]
     return app
 
 
-def _verifier_grid(
-    tmp_path: Path, order: list[int], trainers: int = 3, late: float | None = None
+def _verifier_grid(  # pylint: disable=too-many-arguments
+    tmp_path: Path,
+    order: list[int],
+    trainers: int = 3,
+    late: float | None = None,
+    *,
+    mods: list[Any] | None = None,
+    dies_at: float | None = None,
+    work_fn: Callable[[Message, Message], float] | None = None,
 ) -> VirtualGrid:
     configs: list[dict[str, int | float | str | bool]] = [
         {"partition-id": p, "num-partitions": trainers} for p in range(trainers)
@@ -396,14 +413,20 @@ def _verifier_grid(
             "role": "verifier",
             "verifier-key": str(tmp_path / f"verifier-{i}.key"),
             "verifier-shard": i,
+            **({"fault": "refuse-sign"} if i == 0 and mods else {}),
         }
         for i in order
     ]
     profiles = [DeviceProfile() for _ in configs]
     if late is not None:  # the last verifier comes online at ``late``
         profiles[-1] = DeviceProfile(online=((late, math.inf),))
+    if dies_at is not None:  # verifier 1 goes offline for good at ``dies_at``
+        profiles[trainers + order.index(1)] = DeviceProfile(online=((0.0, dies_at),))
     return VirtualGrid(
-        _node_app(), profiles, node_configs=configs, work_fn=constant_work(1.0)
+        _node_app(mods),
+        profiles,
+        node_configs=configs,
+        work_fn=work_fn or constant_work(1.0),
     )
 
 
@@ -413,6 +436,7 @@ def _remote_fedbuff(grid: VirtualGrid, path: Path, pool: list[str] | None) -> Fe
         fraction_evaluate=0.0,
         buffer_size=3,
         staleness_fn=Constant(),
+        server_lr=0.3,  # the toy model stays short of its target: all approved
         committee=RemoteCommittee(grid, nodes, threshold=Threshold(value=0.0)),
         ledger=path,
         seed=0,
@@ -477,3 +501,91 @@ def test_a_verifier_node_remembers_where_it_voted_between_messages(
         [Message(other_rule, node, remote.VOTE, ttl=60)], timeout=60
     )
     assert reply.has_error() and "judges by" in reply.error.reason
+
+
+# ---------------------------------------------------------------------- views
+def test_a_leader_that_refuses_hands_over_to_the_next_view(tmp_path: Path) -> None:
+    refusers = {0: Behaviour.REFUSE_TO_LEAD, 3: Behaviour.REFUSE_TO_LEAD}
+    pool = verifiers(7, refusers)  # they still vote (honestly): 2 < 7/3
+    path = pov_run(tmp_path, pool, rounds=6)
+    bad = {pool[i].public_key for i in refusers}
+    with Ledger(path, create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov and len(ledger) == 7, report
+        blocks = [b for b in ledger.blocks() if b.height]
+        assert not {b.header["leader"] for b in blocks} & bad
+        views = [b.body.get("view", 0) for b in blocks]
+        assert any(views), views  # some height's first leader refused
+        for b in blocks:  # the leader is the draw for (previous hash, view)
+            assert b.header["leader"] == b.body["committee"][0]
+
+
+def _key_file(tmp_path: Path, index: int) -> None:
+    seed = hashlib.sha256(f"node-verifier-{index}".encode()).digest()
+    (tmp_path / f"verifier-{index}.key").write_bytes(
+        SigningKey(seed).encode(HexEncoder)
+    )
+
+
+def test_remote_leaders_that_refuse_or_die_hand_over_and_the_chain_verifies(
+    tmp_path: Path,
+) -> None:
+    """Verifier node 0 refuses to sign anything as leader; node 1 goes offline
+    (dies) at t = 3 s, after discovery, so it neither votes nor signs after;
+    node 2 votes but takes 100 s to sign, past the 5 s timeout. Every view
+    whose leader is one of them is passed over, and only node 3 leads."""
+
+    def refuse_mod(msg: Message, context_: Context, call_next: Any) -> Message:
+        refuses = context_.node_config.get("fault") == "refuse-sign"
+        if refuses and msg.metadata.message_type == remote.SIGN:
+            raise ValueError("this leader refuses to sign")
+        reply: Message = call_next(msg, context_)
+        return reply
+
+    for index in range(4):
+        _key_file(tmp_path, index)
+    slow_signer: set[int] = set()
+
+    def work(message: Message, reply: Message) -> float:
+        del reply
+        hangs = message.metadata.dst_node_id in slow_signer
+        return 100.0 if hangs and message.metadata.message_type == remote.SIGN else 1.0
+
+    grid = _verifier_grid(
+        tmp_path, [0, 1, 2, 3], mods=[refuse_mod], dies_at=3.0, work_fn=work
+    )
+    keys = {
+        index: load_or_create_key(tmp_path / f"verifier-{index}.key")
+        .verify_key.encode(HexEncoder)
+        .decode()
+        for index in range(4)
+    }
+    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    slow_signer.add(nodes[keys[2]])
+    strategy = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=3,
+        staleness_fn=Constant(),
+        server_lr=0.3,  # the toy model stays short of its target: all approved
+        committee=RemoteCommittee(
+            grid, nodes, timeout=5.0, threshold=Threshold(value=0.0)
+        ),
+        ledger=tmp_path / "views.db",
+        seed=0,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=6)
+    with Ledger(tmp_path / "views.db", create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov and len(ledger) == 7, report
+        blocks = [b for b in ledger.blocks() if b.height]
+        pool = ledger.block(0).body["pov"]["pool"]
+        passed_over: set[str] = set()
+        for b in blocks:  # each view's leader, drawn from (previous hash, view)
+            draws = [
+                select_committee(pool, b.header["prev_hash"], 4, view)[0]
+                for view in range(b.body.get("view", 0) + 1)
+            ]
+            assert draws[-1] == b.header["leader"]
+            passed_over |= set(draws[:-1])
+    assert passed_over == {keys[0], keys[1], keys[2]}  # each was, and no other
+    assert {b.header["leader"] for b in blocks} == {keys[3]}

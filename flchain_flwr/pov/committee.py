@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from logging import WARNING
-from typing import Any
+from typing import Any, Final
 
 from flwr.supercore import log
+from nacl.encoding import HexEncoder
+from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays, apply_step
 from ..ledger import (
@@ -40,6 +42,7 @@ from ..ledger import (
     model_hash,
     quorum,
 )
+from ..ledger.canonical import canonical_json
 from .filters import Prefilter
 from .verifier import Behaviour, Rule, Threshold, Verifier
 
@@ -275,12 +278,20 @@ class Committee:
     def leader_ready(self, leader: str, context: VoteContext) -> str | None:
         """Why ``leader`` cannot lead the block in ``context``, or ``None``.
 
-        Asked before the committee votes, so that a leader that fails hands
-        over to the next view's before any vote is cast in its view.
+        The leader must sign a statement that it leads this view
+        (:func:`lead_statement`) through the same signer that signs the
+        block: one that refuses, fails or (remotely) does not answer in time
+        hands over to the next view's leader before any vote is cast in its
+        view.
         """
-        del context
-        if self.verifiers[leader].behaviour is Behaviour.REFUSE_TO_LEAD:
-            return "refuses to lead"
+        statement = lead_statement(context, leader)
+        try:
+            signed = self.signer(leader).sign(statement)
+            VerifyKey(leader.encode(), encoder=HexEncoder).verify(
+                statement, signed.signature
+            )
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return f"cannot lead ({exc})"
         return None
 
     @property
@@ -367,9 +378,47 @@ class Committee:
         """Filter, score and vote on ``candidates`` for the block in ``context``
         (from :meth:`position`; its view is where the search for a ready leader
         starts). Each candidate is judged at the share the block would apply
-        with ``server_lr`` over the candidates approved with it."""
+        with ``server_lr`` over the candidates approved with it.
+
+        When some are approved (a block will follow) the view's leader must
+        confirm it still leads (:meth:`leader_ready`) once the votes are in;
+        if it cannot, the decision is taken again in the next view.
+        """
         if context.prev_hash is None:
             raise ValueError("a committee decides in a format-2 vote context")
+        for _ in range(max(1, self.rules.committee_size)):
+            decision = self._decide_in_view(
+                context, global_model, candidates, round_, server_lr
+            )
+            if not decision.committee or not any(o.accepted for o in decision.outcomes):
+                return decision
+            assert decision.context is not None
+            problem = self.leader_ready(decision.committee[0], decision.context)
+            if problem is None:
+                return decision
+            log(
+                WARNING,
+                "PoV: leader %s… of height %d view %d %s after the votes; "
+                "deciding again in view %d",
+                decision.committee[0][:12],
+                decision.height,
+                decision.view,
+                problem,
+                decision.view + 1,
+            )
+            context = replace(decision.context, view=decision.view + 1)
+        return decision
+
+    # pylint: disable=too-many-arguments,too-many-locals
+    def _decide_in_view(
+        self,
+        context: VoteContext,
+        global_model: NDArrays,
+        candidates: Sequence[Candidate],
+        round_: int,
+        server_lr: float,
+    ) -> CommitteeDecision:
+        """One decision: the first ready leader's view from ``context.view``."""
         members: list[str] = []
         if self.state.pool:
             context, members = self.choose_view(context)
@@ -450,6 +499,24 @@ class Committee:
             context.view,
             context,
         )
+
+
+LEAD_TAG: Final = b"flchain-pov-lead/1\n"
+"""Prefix of the statement a leader signs to take a view (not a header)."""
+
+
+def lead_statement(context: VoteContext, leader: str) -> bytes:
+    """What ``leader`` signs to say it leads the block in ``context``."""
+    return LEAD_TAG + canonical_json(
+        {
+            "chain_id": context.chain_id,
+            "height": context.height,
+            "view": context.view,
+            "prev_hash": context.prev_hash,
+            "parent_model": context.parent_model,
+            "leader": leader,
+        }
+    )
 
 
 def carried_votes(

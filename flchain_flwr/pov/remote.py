@@ -13,7 +13,10 @@ locally and answers three query messages:
   sends), refuses a request whose model does not hash to the parent named,
   whose rule is not its own, or that goes back on the chain positions it has
   voted on (kept in the node's run state), and returns its signed votes;
-- ``query.pov_sign``: as a block's leader, the block header to sign.
+- ``query.pov_sign``: as a block's leader, the block header to sign, or
+  before the votes the statement that it leads the block's view (see
+  :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
+  or does not answer in time hands over to the next view's).
 
 On the server, :func:`discover_verifiers` maps public keys to node IDs and
 :class:`RemoteCommittee` is a :class:`~flchain_flwr.pov.Committee` whose members
@@ -46,7 +49,7 @@ from ..ledger import Ledger, VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
 from ..runtime import clock_of
-from .committee import Candidate, Committee
+from .committee import LEAD_TAG, Candidate, Committee
 from .verifier import Verifier
 
 IDENTITY = "query.pov_identity"
@@ -177,10 +180,11 @@ def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
 def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     cfg = _config(content)
     data = _bytes(cfg, "message")
-    if not data.startswith(HEADER_TAG):
-        raise ValueError("only block headers are signed")
-    header = json.loads(data[len(HEADER_TAG) :])
-    if header.get("leader") != verifier.public_key:
+    tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
+    if tag is None:
+        raise ValueError("only block headers and lead statements are signed")
+    header = json.loads(data[len(tag) :])
+    if not isinstance(header, dict) or header.get("leader") != verifier.public_key:
         raise ValueError("this block names another leader")
     signature = verifier.key.sign(data).signature
     return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
@@ -439,22 +443,6 @@ class RemoteCommittee(Committee):
 
     def signer(self, leader: str) -> RemoteSigner:
         return RemoteSigner(self.grid, self.nodes[leader], leader, self.timeout)
-
-    def leader_ready(self, leader: str, context: VoteContext) -> str | None:
-        """Whether ``leader``'s node answers an identity challenge within the
-        timeout (a node that is down or hangs hands its view over)."""
-        del context
-        node = self.nodes[leader]
-        challenge = os.urandom(32)
-        content = RecordDict({_CONFIG: ConfigRecord({"challenge": challenge})})
-        reply = _send(self.grid, {node: (IDENTITY, content)}, self.timeout).get(node)
-        if reply is None:
-            return f"(node {node}) did not answer within {self.timeout:g}s"
-        if reply.has_error():
-            return f"(node {node}) answered with an error: {reply.error.reason}"
-        if _proven_key(reply, challenge) != leader:
-            return f"(node {node}) did not prove its key"
-        return None
 
     def cast_votes(
         self,
