@@ -295,10 +295,19 @@ def test_metric_none_scores_no_model() -> None:
         calls.append(1)
         return toy_score(model)
 
-    pool = [Verifier(counting, key(i), reference_fn=toward_target) for i in range(4)]
+    trained: list[int] = []
+
+    def reference(model: NDArrays) -> NDArrays:
+        trained.append(1)
+        return toward_target(model)
+
+    pool = [Verifier(counting, key(i), reference_fn=reference) for i in range(4)]
     committee = Committee(pool, threshold=Threshold("none", min_cosine=0.0))
-    decide(committee, GOOD + BAD)
+    decision = decide(committee, GOOD + BAD)
     assert calls == []
+    # BAD rejected, GOOD judged again at its final share: same parent, so
+    # each verifier trained its reference once
+    assert len(decision.votes) == 4 * 5 and len(trained) == 4
 
 
 # ------------------------------------------------------- rotation, deposits

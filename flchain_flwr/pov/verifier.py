@@ -243,6 +243,8 @@ class Verifier:
         self.score_fn = score_fn
         self.rule = rule
         self._seen: tuple[int, str, str] | None = None
+        self._reference: tuple[str, NDArrays] | None = None
+        """The reference update, by the parent model hash it was trained from."""
         self.reference_fn = reference_fn
         self.key = key or SigningKey.generate()
         self.behaviour = Behaviour(behaviour)
@@ -282,10 +284,10 @@ class Verifier:
         ``context.parent_model``, if ``context.rule`` is not this verifier's
         rule (its own, else ``rule``), or if the position goes back on what
         it has voted on: a lower height, or the same height after another
-        block or parent model. The global model is scored once, each
-        candidate once (not at all with metric none), and the reference
-        update is trained once. The signed score is the candidate's cosine
-        with the reference update when the direction test is on (its
+        block or parent model. The global model is scored once per call,
+        each candidate once (not at all with metric none), and the reference
+        update once per parent model. The signed score is the candidate's
+        cosine with the reference update when the direction test is on (its
         deciding quantity), else the candidate's accuracy; -1.0 if not finite.
         """
         judged = self._check_request(context, global_model, rule)
@@ -294,9 +296,7 @@ class Verifier:
         threshold = judged.threshold
         direction: NDArrays | None = None
         if threshold.min_cosine is not None:
-            if self.reference_fn is None:
-                raise ValueError("the direction test needs a reference_fn")
-            direction = self.reference_fn(global_model)
+            direction = self._reference_from(global_model, context.parent_model)
         reference = self.score_fn(global_model) if threshold.scores_models else None
         votes = []
         for index, (digest, model) in enumerate(candidates):
@@ -318,6 +318,15 @@ class Verifier:
                 vote["signature"] = self._rng.randbytes(64).hex()
             votes.append(vote)
         return votes
+
+    def _reference_from(self, global_model: NDArrays, parent: str) -> NDArrays:
+        """The reference update from ``global_model`` (hash ``parent``), trained
+        once per parent: candidates judged again at a new share reuse it."""
+        if self.reference_fn is None:
+            raise ValueError("the direction test needs a reference_fn")
+        if self._reference is None or self._reference[0] != parent:
+            self._reference = (parent, self.reference_fn(global_model))
+        return self._reference[1]
 
     def _check_request(
         self, context: VoteContext, global_model: NDArrays, rule: Rule | None
