@@ -79,19 +79,10 @@ def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> 
         verifier = verifier_of(context)
         if verifier is None:
             return answer(message, None)
-        seen = context.state.config_records.get(_SEEN)
-        if seen is not None:
-            verifier.seen = (
-                _int(seen, "height"),
-                str(seen["prev_hash"]),
-                str(seen["parent_model"]),
-            )
+        verifier.seen = _load_seen(context.state.config_records.get(_SEEN))
         reply = answer(message, verifier)
-        if verifier.seen is not None:
-            height, prev_hash, parent = verifier.seen
-            context.state.config_records[_SEEN] = ConfigRecord(
-                {"height": height, "prev_hash": prev_hash, "parent_model": parent}
-            )
+        if verifier.seen:
+            context.state.config_records[_SEEN] = _stored_seen(verifier.seen)
         return reply
 
     for action in ACTIONS:
@@ -188,6 +179,31 @@ def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
         raise ValueError("this block names another leader")
     signature = verifier.key.sign(data).signature
     return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
+
+
+def _stored_seen(seen: Mapping[str, tuple[int, str, str]]) -> ConfigRecord:
+    """A verifier's chain positions as a run-state record (parallel lists)."""
+    chains = sorted(seen)
+    return ConfigRecord(
+        {
+            "chain_id": chains,
+            "height": [seen[c][0] for c in chains],
+            "prev_hash": [seen[c][1] for c in chains],
+            "parent_model": [seen[c][2] for c in chains],
+        }
+    )
+
+
+def _load_seen(record: ConfigRecord | None) -> dict[str, tuple[int, str, str]]:
+    """Inverse of :func:`_stored_seen` (empty without a record)."""
+    if record is None:
+        return {}
+    columns = [_list(record, k) for k in ("chain_id", "height", "prev_hash")]
+    parents = _list(record, "parent_model")
+    return {
+        str(c): (int(h), str(p), str(m))
+        for c, h, p, m in zip(*columns, parents, strict=True)
+    }
 
 
 def _config(content: RecordDict) -> ConfigRecord:

@@ -242,7 +242,9 @@ class Verifier:
     ) -> None:
         self.score_fn = score_fn
         self.rule = rule
-        self._seen: tuple[int, str, str] | None = None
+        self.seen: dict[str, tuple[int, str, str]] = {}
+        """By chain id, the last ``(height, previous hash, parent model
+        hash)`` it voted at (a verifier node keeps it in its run state)."""
         self._reference: tuple[str, NDArrays] | None = None
         """The reference update, by the parent model hash it was trained from."""
         self.reference_fn = reference_fn
@@ -253,16 +255,6 @@ class Verifier:
 
     def __repr__(self) -> str:
         return f"Verifier({self.public_key[:12]}…, {self.behaviour.value})"
-
-    @property
-    def seen(self) -> tuple[int, str, str] | None:
-        """The last ``(height, previous hash, parent model hash)`` it voted at
-        (a verifier node keeps it in its run state between messages)."""
-        return self._seen
-
-    @seen.setter
-    def seen(self, position: tuple[int, str, str] | None) -> None:
-        self._seen = position
 
     # pylint: disable=too-many-arguments,too-many-locals
     def vote(
@@ -283,8 +275,8 @@ class Verifier:
         refused (:class:`RefusedRequest`) if ``global_model`` does not hash to
         ``context.parent_model``, if ``context.rule`` is not this verifier's
         rule (its own, else ``rule``), or if the position goes back on what
-        it has voted on: a lower height, or the same height after another
-        block or parent model. The global model is scored once per call,
+        it has voted on in this chain: a lower height, or the same height
+        after another block or parent model. The global model is scored once per call,
         each candidate once (not at all with metric none), and the reference
         update once per parent model. The signed score is the candidate's
         cosine with the reference update when the direction test is on (its
@@ -349,8 +341,8 @@ class Verifier:
             )
         assert context.prev_hash is not None
         position = (context.height, context.prev_hash, context.parent_model)
-        if self._seen is not None:
-            height, prev_hash, parent = self._seen
+        if context.chain_id in self.seen:
+            height, prev_hash, parent = self.seen[context.chain_id]
             if context.height < height:
                 raise RefusedRequest(
                     f"height {context.height} is behind height {height} "
@@ -360,7 +352,7 @@ class Verifier:
                 raise RefusedRequest(
                     f"height {height} was voted on after another block or model"
                 )
-        self._seen = position
+        self.seen[context.chain_id] = position
         return judged
 
     def _verdict(self, honest: bool) -> bool:
