@@ -529,6 +529,9 @@ class Ledger:
             ) from exc
 
     # ------------------------------------------------------------------ basics
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
     def close(self) -> None:
         """Close the database connection."""
         self.db.close()
