@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from nacl.signing import SigningKey
 
-from flchain_flwr.ledger import Ledger, sign_vote
+from flchain_flwr.ledger import Ledger, VoteContext, sign_vote
 from flchain_flwr.ledger.checkpoint import ledger_checkpoint, sign_checkpoint
 from flchain_flwr.ledger.notes import SignerKey
 
@@ -51,7 +51,13 @@ def build_ledger(
         votes = []
         if with_votes and included:
             votes = [
-                sign_vote(v, "test-chain", height, included[0]["digest"], True, 0.9)
+                sign_vote(
+                    v,
+                    VoteContext("test-chain", height),
+                    included[0]["digest"],
+                    True,
+                    0.9,
+                )
                 for v in verifiers
             ]
         ledger.append(

@@ -459,7 +459,6 @@ def test_a_chain_id_that_cannot_name_a_checkpoint_is_refused(tmp_path: Path) -> 
 # ------------------------------------------------------- honest wording
 def test_an_in_process_committee_is_reported_as_one_process(tmp_path: Path) -> None:
     from flchain_flwr.pov import Committee, Threshold
-    from flchain_flwr.strategies.run import _genesis_fields
 
     from .test_pov import verifiers
 
@@ -488,7 +487,7 @@ def test_an_in_process_committee_is_reported_as_one_process(tmp_path: Path) -> N
         SigningKey(bytes([50 + i]) * 32).verify_key.encode().hex() for i in range(2)
     ]
     kinds = [
-        _genesis_fields(Committee(local, remote_members=members))["committee_kind"]
+        Committee(local, remote_members=members).kind
         for local, members in ((verifiers(2), remote), ([], remote))
     ]
     assert kinds == ["mixed", "remote"]

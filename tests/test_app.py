@@ -237,3 +237,24 @@ def test_the_apps_config_exposes_the_new_keys_at_the_library_defaults() -> None:
     # (as its FedAvg run does), and keeps the staleness limit its runs use
     assert app.fraction_evaluate == 0.0
     assert app.max_staleness == 50
+
+
+def test_ledgers_from_the_run_config_are_durable_unless_told(tmp_path: Path) -> None:
+    from flchain_flwr.ledger import Ledger
+    from flchain_flwr.strategies import fedbuff_from_run_config
+
+    def opened(**cfg: object) -> Ledger:
+        ledger = fedbuff_from_run_config(
+            {"ledger-path": str(tmp_path / "l.db"), **cfg}  # type: ignore[dict-item]
+        ).ledger
+        assert isinstance(ledger, Ledger)
+        return ledger
+
+    for cfg, durable in (({}, True), ({"ledger-durable": False}, False)):
+        ledger = opened(**cfg)
+        synchronous = ledger.db.execute("PRAGMA synchronous").fetchone()[0]
+        assert ledger.blobs.durable is durable
+        assert synchronous == (2 if durable else 1)  # FULL, NORMAL
+        ledger.close()
+    with pytest.raises(ValueError, match="ledger-durable"):
+        opened(**{"ledger-durable": "yes"})

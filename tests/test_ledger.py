@@ -19,6 +19,7 @@ from flchain_flwr.ledger import (
     InvalidProof,
     Ledger,
     LedgerError,
+    VoteContext,
     check_proof,
     decode_model,
     model_hash,
@@ -284,7 +285,11 @@ def test_forged_and_altered_votes_are_detected(ledger: Ledger) -> None:
     body = block.body
     intruder = SigningKey(b"\x09" * 32)
     forged = sign_vote(
-        intruder, "test-chain", 3, body["included"][0]["digest"], True, 0.9
+        intruder,
+        VoteContext("test-chain", 3),
+        body["included"][0]["digest"],
+        True,
+        0.9,
     )
     forged["verifier"] = body["votes"][0]["verifier"]  # claims to be a real verifier
     body["votes"][0] = forged

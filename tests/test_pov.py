@@ -4,6 +4,7 @@ and the committee inside FedBuff, around Flower's FedAvg and in the ledger."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,11 @@ from flchain_flwr.ledger import (
     Ledger,
     PoVRules,
     PoVState,
+    VoteContext,
+    VoteRules,
     check_vote,
+    judged_shares,
+    model_hash,
     quorum,
     select_committee,
     sign_vote,
@@ -76,13 +81,16 @@ def digest(i: int) -> str:
 
 def decide(committee: Committee, candidates: list[Candidate], height: int = 1):  # type: ignore[no-untyped-def]
     return committee.decide(
-        chain_id=CHAIN,
-        height=height,
-        prev_hash="ab" * 32,
+        context=context(height, rule=committee.rule.digest),
         global_model=model(0.0),
         candidates=candidates,
         round_=0,
     )
+
+
+def context(height: int = 5, *, rule: str = "", view: int = 0) -> VoteContext:
+    """A format-2 vote context after block ``"ab" * 32`` with parent ``model(0)``."""
+    return VoteContext(CHAIN, height, "ab" * 32, model_hash(model(0.0)), rule, view)
 
 
 GOOD = [Candidate(digest(i), i, delta(0.5)) for i in range(3)]
@@ -91,36 +99,58 @@ BAD = [Candidate(digest(10 + i), 10 + i, delta(-0.5)) for i in range(2)]
 
 # ------------------------------------------------------------------- votes
 def test_a_signed_vote_verifies_and_any_change_breaks_it() -> None:
-    vote = sign_vote(key(0), CHAIN, 5, digest(1), True, 0.9)
-    assert check_vote(CHAIN, 5, vote) is None
+    ctx = context(5, rule="cd" * 32)
+    vote = sign_vote(key(0), ctx, digest(1), True, 0.9, 0.25)
+    assert check_vote(ctx, vote) is None
     for field, value in [
         ("verdict", False),
         ("score", 0.1),
+        ("weight", 0.5),
         ("candidate", digest(2)),
-        ("verifier", sign_vote(key(1), CHAIN, 5, digest(1), True, 0.9)["verifier"]),
+        ("verifier", sign_vote(key(1), ctx, digest(1), True, 0.9, 0.25)["verifier"]),
     ]:
-        assert check_vote(CHAIN, 5, {**vote, field: value}) == "signature is invalid"
-    assert check_vote(CHAIN, 6, vote) == "signature is invalid"  # replayed
-    assert check_vote("other-chain", 5, vote) == "signature is invalid"
-    assert "malformed" in str(check_vote(CHAIN, 5, {**vote, "verdict": "yes"}))
-    assert "malformed" in str(check_vote(CHAIN, 5, {**vote, "extra": 1}))
-    assert "malformed" in str(check_vote(CHAIN, 5, {"verifier": "x"}))
+        assert check_vote(ctx, {**vote, field: value}) == "signature is invalid"
+    for moved in (  # another height, chain, parent, previous block, rule or view
+        replace(ctx, height=6),
+        replace(ctx, chain_id="other-chain"),
+        replace(ctx, parent_model="ef" * 32),
+        replace(ctx, prev_hash="ef" * 32),
+        replace(ctx, rule="ef" * 32),
+        replace(ctx, view=1),
+    ):
+        assert check_vote(moved, vote) == "signature is invalid"
+    assert "malformed" in str(check_vote(ctx, {**vote, "verdict": "yes"}))
+    assert "malformed" in str(check_vote(ctx, {**vote, "weight": "1"}))
+    assert "malformed" in str(check_vote(ctx, {**vote, "extra": 1}))
+    assert "malformed" in str(check_vote(ctx, {"verifier": "x"}))
+    with pytest.raises(ValueError, match="finite weight"):
+        sign_vote(key(0), ctx, digest(1), True, 0.9, float("nan"))
+
+
+def test_format_1_votes_still_verify_but_only_where_format_1_is_expected() -> None:
+    old = VoteContext(CHAIN, 5)  # what ledgers written before format 2 hold
+    vote = sign_vote(key(0), old, digest(1), True, 0.9)
+    assert "format" not in vote and check_vote(old, vote) is None
+    assert check_vote(VoteContext(CHAIN, 6), vote) == "signature is invalid"
+    assert "malformed" in str(check_vote(context(5), vote))  # no downgrade
+    new = sign_vote(key(0), context(5), digest(1), True, 0.9, 1.0)
+    assert "malformed" in str(check_vote(old, new))
 
 
 def test_the_leader_drops_forged_replayed_foreign_and_duplicate_votes() -> None:
+    ctx = context(1)
     members = [
-        sign_vote(key(i), CHAIN, 1, digest(0), True, 1.0)["verifier"] for i in range(3)
+        sign_vote(key(i), ctx, digest(0), True, 1.0, 1.0)["verifier"] for i in range(3)
     ]
-    good = sign_vote(key(0), CHAIN, 1, digest(0), True, 1.0)
-    forged = {**sign_vote(key(9), CHAIN, 1, digest(0), True, 1.0)}
+    good = sign_vote(key(0), ctx, digest(0), True, 1.0, 1.0)
+    forged = {**sign_vote(key(9), ctx, digest(0), True, 1.0, 1.0)}
     forged["verifier"] = members[1]  # key 9 signs in member 1's name
-    replayed = sign_vote(key(2), CHAIN, 0, digest(0), True, 1.0)  # older height
-    outsider = sign_vote(key(7), CHAIN, 1, digest(0), True, 1.0)
-    off_batch = sign_vote(key(2), CHAIN, 1, digest(5), True, 1.0)
+    replayed = sign_vote(key(2), context(0), digest(0), True, 1.0, 1.0)  # older
+    outsider = sign_vote(key(7), ctx, digest(0), True, 1.0, 1.0)
+    off_batch = sign_vote(key(2), ctx, digest(5), True, 1.0, 1.0)
     kept, dropped = collect_votes(
         [good, good, forged, replayed, outsider, off_batch, "junk"],
-        CHAIN,
-        1,
+        ctx,
         members,
         {digest(0)},
     )
@@ -172,8 +202,13 @@ def test_two_byzantine_of_seven_of_every_kind_change_nothing() -> None:
         decision = decide(committee, GOOD + BAD)
         assert [o.accepted for o in decision.outcomes] == [True] * 3 + [False] * 2
         if behaviour is Behaviour.GARBAGE_SIGNATURE:
-            assert len(decision.dropped_votes) == 2 * 5  # 2 liars x 5 candidates
+            # 2 liars x 5 candidates, then x 3 judged again at their final shares
+            assert len(decision.dropped_votes) == 2 * (5 + 3)
             assert all("signature is invalid" in r for r in decision.dropped_votes)
+        # every counted vote on an approved update signs the share it is applied at
+        shares = judged_shares(1.0, [1.0] * 3, [1.0] * 3)
+        for c, share in zip(GOOD, shares, strict=True):
+            assert {v["weight"] for v in decision.votes_on(c.digest)} == {share}
 
 
 def test_a_failing_verifier_just_has_no_votes() -> None:
@@ -260,10 +295,19 @@ def test_metric_none_scores_no_model() -> None:
         calls.append(1)
         return toy_score(model)
 
-    pool = [Verifier(counting, key(i), reference_fn=toward_target) for i in range(4)]
+    trained: list[int] = []
+
+    def reference(model: NDArrays) -> NDArrays:
+        trained.append(1)
+        return toward_target(model)
+
+    pool = [Verifier(counting, key(i), reference_fn=reference) for i in range(4)]
     committee = Committee(pool, threshold=Threshold("none", min_cosine=0.0))
-    decide(committee, GOOD + BAD)
+    decision = decide(committee, GOOD + BAD)
     assert calls == []
+    # BAD rejected, GOOD judged again at its final share: same parent, so
+    # each verifier trained its reference once
+    assert len(decision.votes) == 4 * 5 and len(trained) == 4
 
 
 # ------------------------------------------------------- rotation, deposits
@@ -524,6 +568,34 @@ def pov_chain(tmp_path: Path) -> tuple[Ledger, Committee]:
     return Ledger(tmp_path / "chain.db", create=False), committee
 
 
+def chain_vote(
+    ledger: Ledger,
+    committee: Committee,
+    member: str,
+    candidate: str,
+    verdict: bool = True,
+    weight: float | None = None,
+) -> dict[str, object]:
+    """``member``'s vote on ``candidate`` for the block after the head, judged
+    (by default) at the share a block including only it applies."""
+    head = ledger.head()
+    assert head is not None
+    rules = VoteRules.from_genesis(ledger.block(0).body["pov"])
+    assert rules is not None
+    share = judged_shares(rules.server_lr, [1.0], [1.0])[0]
+    ctx = VoteContext(
+        ledger.chain_id,
+        head.height + 1,
+        head.hash,
+        str(head.header["model_hash"]),
+        rules.digest,
+    )
+    key_ = committee.verifiers[member].key
+    return sign_vote(
+        key_, ctx, candidate, verdict, 1.0, share if weight is None else weight
+    )
+
+
 def forge_next_block(ledger: Ledger, committee: Committee, /, **change: object) -> None:
     """Append a block that follows every rule except what ``change`` breaks,
     signed with whatever key ``change`` says (default: the right leader)."""
@@ -532,12 +604,7 @@ def forge_next_block(ledger: Ledger, committee: Committee, /, **change: object) 
     state = PoVState.replayed(committee.rules, (b.body for b in ledger.blocks()))
     members = state.committee(head.hash)
     d = digest(77)
-    votes = [
-        sign_vote(
-            committee.verifiers[k].key, ledger.chain_id, head.height + 1, d, True, 1.0
-        )
-        for k in members
-    ]
+    votes = [chain_vote(ledger, committee, k, d) for k in members]
     votes = change.pop("votes", votes)  # type: ignore[assignment]
     signer = change.pop("signer", committee.verifiers[members[0]].key)
     extra = {"committee": members, "deposits": state.settlement(members, votes)}  # type: ignore[arg-type]
@@ -547,7 +614,7 @@ def forge_next_block(ledger: Ledger, committee: Committee, /, **change: object) 
         model_version=head.height + 1,
         base_version=head.height,
         config_digest="",
-        included=[{"digest": d, "node_id": 1}],
+        included=[{"digest": d, "node_id": 1, "weight": 1.0, "num_examples": 1}],
         votes=votes,  # type: ignore[arg-type]
         extra=extra,
         signer=signer,  # type: ignore[arg-type]
@@ -586,9 +653,7 @@ def test_a_block_breaking_a_pov_rule_fails_verification(
     h, d = head.height + 1, digest(77)
 
     def vote(k: str, verdict: bool = True) -> dict[str, object]:
-        return sign_vote(
-            committee.verifiers[k].key, ledger.chain_id, h, d, verdict, 1.0
-        )
+        return chain_vote(ledger, committee, k, d, verdict)
 
     change: dict[str, object] = {
         "no-quorum": {"votes": [vote(k, i < 2) for i, k in enumerate(members)]},

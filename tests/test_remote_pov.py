@@ -11,13 +11,13 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.chain import load_or_create_key
-from flchain_flwr.pov import Behaviour, Candidate, Threshold, Verifier, remote
+from flchain_flwr.pov import Behaviour, Candidate, Rule, Threshold, Verifier, remote
 from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
-from .test_pov import CHAIN, delta, model, toy_score
+from .test_pov import CHAIN, context, delta, model, toy_score
 from .toy import constant_work, initial_arrays, toy_client_app
 
 TRAINERS = 5
@@ -27,9 +27,12 @@ VERIFIERS = 4
 def _toy_verifier(context: Context) -> Verifier | None:
     """The node's verifier, as an app builds it from its node config."""
     behaviour = str(context.node_config.get("behaviour", "honest"))
+    rule = Rule(Threshold(value=float(context.node_config.get("tolerance", 0.05))))
     return remote.verifier_from_node_config(
         context.node_config,
-        lambda key, shard: Verifier(toy_score, key, behaviour=behaviour, seed=shard),
+        lambda key, shard: Verifier(
+            toy_score, key, behaviour=behaviour, seed=shard, rule=rule
+        ),
     )
 
 
@@ -43,7 +46,9 @@ def _misbehaving_answer(msg: Message, context: Context) -> Message:
     if fault == "forge-votes" and msg.metadata.message_type == remote.VOTE:
         # votes signed with a key that is not this node's registered one
         assert verifier is not None
-        forger = Verifier(toy_score, behaviour=Behaviour.APPROVE_ALL)
+        forger = Verifier(
+            toy_score, behaviour=Behaviour.APPROVE_ALL, rule=verifier.rule
+        )
         reply = remote.answer(msg, forger)
         votes = json.loads(str(reply.content.config_records["pov"]["votes"]))
         for vote in votes:
@@ -107,7 +112,7 @@ def _keys(tmp_path: Path, n: int) -> list[str]:
 
 
 def test_fedbuff_with_remote_verifiers_and_ledger(tmp_path: Path) -> None:
-    grid = _grid(tmp_path, [{}] * VERIFIERS, attackers={4})
+    grid = _grid(tmp_path, [{"tolerance": 0.0}] * VERIFIERS, attackers={4})
     nodes = remote.discover_verifiers(grid, expected=VERIFIERS, timeout=30)
     assert sorted(nodes) == sorted(_keys(tmp_path, VERIFIERS))
     committee = RemoteCommittee(
@@ -148,16 +153,15 @@ def test_byzantine_and_broken_verifier_nodes_are_outvoted(tmp_path: Path) -> Non
     good = Candidate("aa" * 32, 1, delta(0.5), 0.5)
     bad = Candidate("bb" * 32, 2, delta(-3.0), 0.5)
     decision = committee.decide(
-        chain_id=CHAIN,
-        height=1,
-        prev_hash="cd" * 32,
+        context=context(1, rule=committee.rule.digest),
         global_model=model(0.0),
         candidates=[good, bad],
         round_=0,
     )
     assert [o.accepted for o in decision.outcomes] == [True, False]
     assert any("unreadable votes" in d for d in decision.dropped_votes)
-    assert sum("signature is invalid" in d for d in decision.dropped_votes) == 2
+    # the forger's votes on both, then on the good one judged again at its share
+    assert sum("signature is invalid" in d for d in decision.dropped_votes) == 3
 
 
 def test_discovery_refuses_a_node_claiming_a_key_it_does_not_hold(
@@ -207,12 +211,10 @@ def test_remote_leader_signs_only_its_own_blocks(tmp_path: Path) -> None:
 def test_trainer_nodes_answer_identity_but_refuse_votes(tmp_path: Path) -> None:
     grid = _grid(tmp_path, [], attackers=set())
     content = remote.vote_request(
-        CHAIN,
-        1,
+        context(1, rule=Rule().digest),
         model(0.0),
-        [Candidate("aa" * 32, 1, delta(0.1), 1.0)],
+        [Candidate("aa" * 32, 1, delta(0.1))],
         [1.0],
-        Threshold(),
     )
     trainer = next(iter(grid.partition_of))
     msg = Message(content, trainer, remote.VOTE, ttl=60)

@@ -56,7 +56,14 @@ def test_the_vectors_check_out_independently() -> None:
     VerifyKey(bytes.fromhex(keys["verifier_public_hex"])).verify(
         payload, bytes.fromhex(vote["signature_hex"])
     )
-    assert json.loads(body)["votes"][0]["signature"] == vote["signature_hex"]
+    # It signs the block's position and parent, the rule's digest, its weight.
+    signed = json.loads(payload[len(tag) :])
+    assert signed["prev_hash"] == block["prev_hash"]
+    assert signed["height"] == block["height"] and signed["view"] == 0
+    assert signed["rule"] == sha(rfc8785.dumps(vote["rule"])).hexdigest()
+    assert signed["candidate"] == vote["stored"]["candidate"]
+    assert signed["weight"] == vote["stored"]["weight"]
+    assert vote["stored"]["signature"] == vote["signature_hex"]
     # The checkpoint: a C2SP signed note over origin, size, RFC 6962 root.
     text, _, signatures = checkpoint["note"].partition("\n\n")
     origin, size, root = text.split("\n")

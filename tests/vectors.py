@@ -1,4 +1,4 @@
-"""Test vectors of ledger format 2: a block, a vote, a checkpoint.
+"""Test vectors of ledger format 2: a block, a format-2 vote on it, a checkpoint.
 
 ``python -m tests.vectors`` (from the repository root) rewrites
 ``tests/data/test-vectors.json`` from the code; ``tests/test_vectors.py``
@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 from nacl.signing import SigningKey
 
-from flchain_flwr.ledger import Ledger, sign_vote
-from flchain_flwr.ledger.canonical import VOTE_TAG, sha256_hex
+from flchain_flwr.ledger import Ledger, VoteContext, sign_vote
+from flchain_flwr.ledger.canonical import sha256_hex
 from flchain_flwr.ledger.chain import vote_payload
+from flchain_flwr.ledger.consensus import rule_digest
 from flchain_flwr.ledger.notes import SignerKey
 
 VECTORS = Path(__file__).parent / "data" / "test-vectors.json"
@@ -27,6 +28,8 @@ LEADER_SEED = bytes([1]) * 32
 VERIFIER_SEED = bytes([2]) * 32
 CHAIN_ID = "test-vectors"
 UPDATE = "ab" * 32
+RULE = {"metric": "accuracy", "mode": "absolute", "value": 0.5}
+"""A judging rule; a vote signs its digest."""
 
 
 def make_vectors() -> dict[str, Any]:
@@ -37,14 +40,21 @@ def make_vectors() -> dict[str, Any]:
         ledger = Ledger(
             Path(folder) / "v.db", chain_id=CHAIN_ID, signing_key=leader, create=True
         )
-        ledger.append(
+        genesis = ledger.append(
             model={"w": np.zeros(2, np.float32)},
             model_version=0,
             base_version=0,
             config_digest=ledger.config_digest({"server_lr": 1.0}),
             config={"server_lr": 1.0},
         )
-        vote = sign_vote(verifier, CHAIN_ID, 1, UPDATE, True, 0.5)
+        context = VoteContext(
+            CHAIN_ID,
+            1,
+            prev_hash=genesis.hash,
+            parent_model=str(genesis.header["model_hash"]),
+            rule=rule_digest(RULE),
+        )
+        vote = sign_vote(verifier, context, UPDATE, True, 0.5, 0.25)
         block = ledger.append(
             model={"w": np.array([0.5, -1.25], np.float32)},
             model_version=1,
@@ -59,7 +69,6 @@ def make_vectors() -> dict[str, Any]:
                     "num_examples": 32,
                 }
             ],
-            votes=[vote],
             contributions=[
                 {
                     "node_id": 12345678901234567890,
@@ -74,7 +83,7 @@ def make_vectors() -> dict[str, Any]:
         hashes = ledger.block_hashes()
         origin = ledger.origin
         ledger.close()
-    payload = vote_payload(CHAIN_ID, 1, UPDATE, True, 0.5)
+    payload = vote_payload(context, UPDATE, True, 0.5, 0.25)
     return {
         "keys": {
             "leader_seed_hex": LEADER_SEED.hex(),
@@ -95,10 +104,12 @@ def make_vectors() -> dict[str, Any]:
             "prev_hash": block.header["prev_hash"],
         },
         "vote": {
+            "rule": RULE,
+            "stored": vote,
             "payload": payload.decode("utf-8"),
             "payload_sha256": sha256_hex(payload),
             "signature_hex": vote["signature"],
-            "tag": VOTE_TAG.decode("utf-8"),
+            "tag": payload[: payload.index(b"\n") + 1].decode("utf-8"),
         },
         "checkpoint": {
             "origin": origin,

@@ -8,12 +8,21 @@ from .chain import (
     Ledger,
     LedgerError,
     VerifyReport,
+    VoteContext,
     check_proof,
     check_vote,
     sign_vote,
     vote_payload,
 )
-from .consensus import PoVRules, PoVState, quorum, select_committee
+from .consensus import (
+    PoVRules,
+    PoVState,
+    VoteRules,
+    judged_shares,
+    quorum,
+    rule_digest,
+    select_committee,
+)
 from .merkle import InvalidProof, merkle_root
 from .rewards import RewardShare, contributions, reward_shares
 
@@ -28,14 +37,18 @@ __all__ = [
     "PoVState",
     "RewardShare",
     "VerifyReport",
+    "VoteContext",
+    "VoteRules",
     "check_proof",
     "check_vote",
     "contributions",
     "decode_model",
+    "judged_shares",
     "merkle_root",
     "model_hash",
     "quorum",
     "reward_shares",
+    "rule_digest",
     "select_committee",
     "sender_update_digest",
     "sign_vote",

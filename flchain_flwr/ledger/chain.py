@@ -40,6 +40,7 @@ them lack both, and still verify):
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -83,7 +84,7 @@ from .checkpoint import (
     sign_checkpoint,
     write_checkpoint,
 )
-from .consensus import PoVRules, PoVState
+from .consensus import VOTE_FORMAT, PoVRules, PoVState, VoteRules, block_view
 from .merkle import (
     InvalidProof,
     MalformedProof,
@@ -311,6 +312,23 @@ class _ChainRules:
     format: str | None = None
     """The genesis block's format: every block must have it."""
     committee_kind: str | None = None
+    model: str = ""
+    """The previous block's model hash: the parent a vote was judged against."""
+
+    def vote_context(
+        self, chain_id: str, height: int, prev_hash: str, body: Mapping[str, Any]
+    ) -> VoteContext:
+        """The context a vote stored in this block must have been signed in."""
+        if self.pov is None or self.pov.votes is None:
+            return VoteContext(chain_id, height)
+        return VoteContext(
+            chain_id,
+            height,
+            prev_hash,
+            self.model,
+            self.pov.votes.digest,
+            block_view(body) or 0,
+        )
 
 
 _COMMITTEES: Final = {
@@ -367,45 +385,104 @@ class VerifyReport:
         return "\n".join(filter(None, (line, head, f"anchor: {anchor}")))
 
 
+_VOTE_TAG_V2: Final = b"flchain-vote/2\n"
+
+
+@dataclass(frozen=True)
+class VoteContext:
+    """What a vote is judged against besides its candidate and weight.
+
+    A format-2 vote signs all of it, so it holds for one block position, one
+    parent model and one rule only. ``prev_hash=None`` stands for a format-1
+    vote, which signs only ``chain_id`` and ``height``.
+    """
+
+    chain_id: str
+    height: int
+    prev_hash: str | None = None
+    """Hash of the block this one follows."""
+    parent_model: str = ""
+    """Hash of the global model the candidates were applied to."""
+    rule: str = ""
+    """Digest of the judging rule (see ``consensus.rule_digest``)."""
+    view: int = 0
+    """The consensus view at this height (0 unless a leader failed)."""
+
+    @property
+    def format(self) -> int:
+        """1 (chain id and height only) or 2 (everything)."""
+        return 1 if self.prev_hash is None else 2
+
+
 def vote_payload(
-    chain_id: str,
-    height: int,
+    context: VoteContext,
     candidate: str,
     verdict: bool,
     score: float,
-    *,
-    version: int = LATEST_FORMAT,
+    weight: float | None = None,
 ) -> bytes:
-    """The bytes a verifier signs for one vote (in encoding ``version``)."""
-    return VOTE_TAG + encode(
-        version,
+    """The bytes a verifier signs for one vote (``weight``: format 2 only).
+
+    A format-1 vote is signed over the format-1 encoding (what ledgers of
+    format 1 hold); a format-2 vote over RFC 8785 (:func:`encode`, version 2).
+    """
+    if context.format == 1:
+        return VOTE_TAG + encode(
+            1,
+            {
+                "chain_id": context.chain_id,
+                "height": context.height,
+                "candidate": candidate,
+                "verdict": verdict,
+                "score": score,
+            },
+        )
+    return _VOTE_TAG_V2 + encode(
+        2,
         {
-            "chain_id": chain_id,
-            "height": height,
+            "format": VOTE_FORMAT,
+            "chain_id": context.chain_id,
+            "height": context.height,
+            "view": context.view,
+            "prev_hash": context.prev_hash,
+            "parent_model": context.parent_model,
+            "rule": context.rule,
             "candidate": candidate,
+            "weight": weight,
             "verdict": verdict,
             "score": score,
         },
     )
 
 
+# pylint: disable=too-many-arguments
 def sign_vote(
     key: SigningKey,
-    chain_id: str,
-    height: int,
+    context: VoteContext,
     candidate: str,
     verdict: bool,
     score: float,
+    weight: float | None = None,
 ) -> dict[str, Any]:
-    """A signed vote, in the form stored in a block body."""
-    payload = vote_payload(chain_id, height, candidate, verdict, score)
-    return {
+    """A signed vote, in the form stored in a block body.
+
+    A format-2 vote stores its ``weight`` and ``format``; the rest of its
+    context is recomputed from the chain by whoever checks it.
+    """
+    if context.format == 2 and (weight is None or not math.isfinite(weight)):
+        raise ValueError("a format-2 vote needs a finite weight")
+    payload = vote_payload(context, candidate, verdict, score, weight)
+    vote: dict[str, Any] = {
         "verifier": key.verify_key.encode(HexEncoder).decode(),
         "candidate": candidate,
         "verdict": verdict,
         "score": score,
         "signature": key.sign(payload).signature.hex(),
     }
+    if context.format == 2:
+        vote["format"] = VOTE_FORMAT
+        vote["weight"] = weight
+    return vote
 
 
 def _sqlite_message(exc: Exception) -> str:
@@ -605,6 +682,9 @@ class Ledger:
             ) from exc
 
     # ------------------------------------------------------------------ basics
+    def __repr__(self) -> str:
+        return f"Ledger({str(self.path)!r})"
+
     def close(self) -> None:
         """Close the database connection."""
         self.db.close()
@@ -1120,10 +1200,9 @@ class Ledger:
         problem = _check_entries(body)
         if problem is not None:
             return problem
+        context = chain.vote_context(self.chain_id, height, prev_hash, body)
         for index, vote in enumerate(body.get("votes", [])):
-            problem = check_vote(
-                self.chain_id, height, vote, version=BLOCK_FORMATS[header["format"]]
-            )
+            problem = check_vote(context, vote)
             if problem is not None:
                 return f"vote {index}: {problem}"
         if CONFIG_FIELD in body and (
@@ -1138,7 +1217,10 @@ class Ledger:
             return f"malformed server_state: {exc}"
         if height == 0 and "pov" in body:
             try:
-                chain.pov = PoVState(PoVRules.from_json(body["pov"]))
+                chain.pov = PoVState(
+                    PoVRules.from_json(body["pov"]),
+                    votes=VoteRules.from_genesis(body["pov"]),
+                )
             except (KeyError, TypeError, ValueError) as exc:
                 return f"genesis declares unusable PoV rules: {exc}"
             kind = body.get(COMMITTEE_KIND_FIELD)
@@ -1165,6 +1247,7 @@ class Ledger:
                     )
                     if problem is not None:
                         return f"included update {index}: {problem}"
+        chain.model = str(header["model_hash"])
         return None
 
     # ------------------------------------------------------------------- proofs
@@ -1256,6 +1339,7 @@ def _check_log_leaves(hashes: Sequence[str]) -> None:
 _VOTE_FIELDS: Final = frozenset(
     {"verifier", "candidate", "verdict", "score", "signature"}
 )
+_VOTE_FIELDS_V2: Final = _VOTE_FIELDS | {"format", "weight"}
 
 
 def _check_entries(body: Mapping[str, Any]) -> str | None:
@@ -1306,30 +1390,33 @@ def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
     return True
 
 
-def check_vote(
-    chain_id: str, height: int, vote: Any, *, version: int = LATEST_FORMAT
-) -> str | None:
-    """Why a stored vote is not a valid signed vote at this height, or ``None``.
+def check_vote(context: VoteContext, vote: Any) -> str | None:
+    """Why a stored vote is not a valid signed vote in ``context``, or ``None``.
 
-    Votes are signed over RFC 8785 bytes; in a block of format 1 (``version``)
-    a vote signed over version-1 bytes (written before format 2) is valid too.
+    The vote's format must be the context's: a chain whose genesis declares
+    format-2 votes accepts no format-1 vote, and the reverse.
     """
-    if not isinstance(vote, Mapping) or set(vote) != _VOTE_FIELDS:
-        return f"malformed vote: fields must be exactly {sorted(_VOTE_FIELDS)}"
+    fields = _VOTE_FIELDS if context.format == 1 else _VOTE_FIELDS_V2
+    if not isinstance(vote, Mapping) or set(vote) != fields:
+        return f"malformed vote: fields must be exactly {sorted(fields)}"
+    if context.format == 2 and vote["format"] != VOTE_FORMAT:
+        return f"malformed vote: format must be {VOTE_FORMAT!r}"
     if not isinstance(vote["verdict"], bool) or not _is_hex(vote["candidate"], 64):
         return "malformed vote: verdict must be a boolean, candidate a digest"
-    if isinstance(vote["score"], bool) or not isinstance(vote["score"], int | float):
-        return "malformed vote: score must be a number"
+    numbers = ("score",) if context.format == 1 else ("score", "weight")
+    for name in numbers:
+        value = vote[name]
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return f"malformed vote: {name} must be a number"
     try:
-        fields = (chain_id, height, vote["candidate"], vote["verdict"], vote["score"])
-        ok = any(
-            _signature_ok(
-                str(vote["verifier"]),
-                vote_payload(*fields, version=encoding),
-                str(vote["signature"]),
-            )
-            for encoding in sorted({LATEST_FORMAT, version})
+        payload = vote_payload(
+            context,
+            vote["candidate"],
+            vote["verdict"],
+            vote["score"],
+            vote.get("weight"),
         )
+        ok = _signature_ok(str(vote["verifier"]), payload, str(vote["signature"]))
     except (KeyError, TypeError, ValueError) as exc:
         return f"malformed vote: {exc!r}"
     return None if ok else "signature is invalid"

@@ -5,8 +5,15 @@ A PoV chain declares its verifier pool and rules in the genesis block body
 block:
 
 - the committee: the pool ranked by ``sha256(COMMITTEE_TAG + prev_hash + key)``,
-  first ``committee_size`` keys; the first is the block's leader and must have
-  signed it;
+  first ``committee_size`` keys, rotated left by the block's ``view`` (0 unless
+  earlier leaders at this height failed); the first is the block's leader and
+  must have signed it. Nothing else (no time, no block content) seeds the draw;
+- the votes (format 2, declared in the genesis body): each signs the chain id,
+  height, view, previous block hash, parent model hash, the candidate's digest,
+  the weight it was judged at and the digest of the judging rule; a vote is on
+  an update the block includes or rejects, and a vote on an included update
+  carries the share of it the block applies
+  (:func:`judged_shares` over the included entries);
 - the quorum: an update may be included only with approving votes from more
   than 2/3 of the committee (``2n // 3 + 1`` members);
 - the deposits: per candidate, the outcome is "approved" iff the quorum was
@@ -20,13 +27,18 @@ this module, so what is written is exactly what is checked.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .canonical import sha256_hex
+from .canonical import LATEST_FORMAT, encode, sha256_hex
 
 COMMITTEE_TAG: Final = b"flchain-committee/1\n"
+VOTE_FORMAT: Final = "flchain-vote/2"
+"""The vote format a genesis body declares in ``pov.votes.format``."""
+RULE_FORMAT: Final = "flchain-pov-rule/1"
+"""The ``format`` of a judging rule (:func:`rule_digest`)."""
 
 
 def quorum(committee_size: int) -> int:
@@ -34,13 +46,88 @@ def quorum(committee_size: int) -> int:
     return 2 * committee_size // 3 + 1
 
 
-def select_committee(pool: Sequence[str], prev_hash: str, size: int) -> list[str]:
-    """The committee for the block after ``prev_hash``; its first key leads."""
+def select_committee(
+    pool: Sequence[str], prev_hash: str, size: int, view: int = 0
+) -> list[str]:
+    """The committee for the block after ``prev_hash`` in ``view``; its first
+    key leads. Every view has the same members; view ``v`` rotates them left by
+    ``v`` so each failed leader hands over to the next member."""
+    if view < 0:
+        raise ValueError(f"view must be >= 0, not {view}")
     seed = bytes.fromhex(prev_hash)
     ranked = sorted(
         pool, key=lambda key: (sha256_hex(COMMITTEE_TAG, seed, bytes.fromhex(key)), key)
     )
-    return ranked[: max(0, min(size, len(ranked)))]
+    members = ranked[: max(0, min(size, len(ranked)))]
+    if not members:
+        return members
+    turn = view % len(members)
+    return members[turn:] + members[:turn]
+
+
+def rule_digest(rule: Mapping[str, Any]) -> str:
+    """The digest a format-2 vote signs for its judging rule (metric,
+    thresholds, reference settings, scoring: see
+    :meth:`~flchain_flwr.pov.Rule.to_json`)."""
+    return sha256_hex(encode(LATEST_FORMAT, dict(rule)))
+
+
+def judged_shares(
+    server_lr: float, weights: Sequence[float], examples: Sequence[float]
+) -> list[float]:
+    """The share of each update's delta a block applies: ``lr * w_i * n_i /
+    sum_j n_j`` (FedBuff's step; a synchronous FedAvg is ``lr = w_i = 1``).
+
+    The committee judges each candidate at this share over the updates it
+    approves, and :meth:`PoVState.check_block` recomputes it from a block's
+    included entries, so both must compute it here, in this order.
+    """
+    total = math.fsum(float(n) for n in examples)
+    if total <= 0:
+        return [0.0 for _ in examples]
+    return [
+        float(server_lr) * float(w) * float(n) / total
+        for w, n in zip(weights, examples, strict=True)
+    ]
+
+
+@dataclass(frozen=True)
+class VoteRules:
+    """What a chain's format-2 votes are judged by (the genesis ``pov.votes``)."""
+
+    rule: Mapping[str, Any]
+    """The judging rule; votes sign its :func:`rule_digest`."""
+    server_lr: float
+    """The ``lr`` of :func:`judged_shares`."""
+
+    def to_json(self) -> dict[str, Any]:
+        """The genesis body's ``pov.votes`` entry."""
+        return {
+            "format": VOTE_FORMAT,
+            "rule": dict(self.rule),
+            "server_lr": self.server_lr,
+        }
+
+    @property
+    def digest(self) -> str:
+        """The rule digest votes sign."""
+        return rule_digest(self.rule)
+
+    @classmethod
+    def from_genesis(cls, pov: Mapping[str, Any]) -> VoteRules | None:
+        """The rules a genesis ``pov`` entry declares; ``None`` for a chain of
+        format-1 votes (written before votes bound their context)."""
+        if "votes" not in pov:
+            return None
+        votes = pov["votes"]
+        if not isinstance(votes, Mapping) or votes.get("format") != VOTE_FORMAT:
+            raise ValueError(f"pov.votes must declare format {VOTE_FORMAT!r}")
+        rule, lr = votes.get("rule"), votes.get("server_lr")
+        if not isinstance(rule, Mapping) or rule.get("format") != RULE_FORMAT:
+            raise ValueError(f"pov.votes.rule must be a {RULE_FORMAT!r} rule")
+        if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
+            raise ValueError("pov.votes.server_lr must be a number > 0")
+        return cls(dict(rule), float(lr))
 
 
 @dataclass(frozen=True)
@@ -104,15 +191,22 @@ class PoVState:
 
     rules: PoVRules
     stakes: dict[str, float] = field(default_factory=dict)
+    votes: VoteRules | None = None
+    """Format-2 vote rules (``None``: a chain of format-1 votes)."""
 
     def __post_init__(self) -> None:
         if not self.stakes:
             self.stakes = {key: self.rules.initial_stake for key in self.rules.pool}
 
     @classmethod
-    def replayed(cls, rules: PoVRules, bodies: Iterable[Mapping[str, Any]]) -> PoVState:
+    def replayed(
+        cls,
+        rules: PoVRules,
+        bodies: Iterable[Mapping[str, Any]],
+        votes: VoteRules | None = None,
+    ) -> PoVState:
         """The state after the blocks with these bodies (genesis first)."""
-        state = cls(rules)
+        state = cls(rules, votes=votes)
         for height, body in enumerate(bodies):
             if height > 0:
                 state.apply(body.get("deposits", []))
@@ -123,9 +217,10 @@ class PoVState:
         """Verifiers still in the pool (stake at or above the floor)."""
         return [k for k in self.rules.pool if self.stakes[k] >= self.rules.floor]
 
-    def committee(self, prev_hash: str) -> list[str]:
-        """Committee (leader first) for the block following ``prev_hash``."""
-        return select_committee(self.pool, prev_hash, self.rules.committee_size)
+    def committee(self, prev_hash: str, view: int = 0) -> list[str]:
+        """Committee (leader first) for the block following ``prev_hash`` in
+        ``view``."""
+        return select_committee(self.pool, prev_hash, self.rules.committee_size, view)
 
     def settlement(
         self, committee: Sequence[str], votes: Sequence[Mapping[str, Any]]
@@ -170,12 +265,25 @@ class PoVState:
         self, prev_hash: str, header: Mapping[str, Any], body: Mapping[str, Any]
     ) -> str | None:
         """Problem with a PoV block (committee, leader, votes, quorum, deposits),
-        or ``None``; on ``None`` the block's deposit changes are applied."""
-        committee = self.committee(prev_hash)
+        or ``None``; on ``None`` the block's deposit changes are applied.
+
+        Vote signatures are checked by the caller (they need the chain's
+        context, :func:`~flchain_flwr.ledger.chain.check_vote`); here, what
+        the votes are about.
+        """
+        view = block_view(body)
+        if view is None:
+            return "view must be an integer >= 0"
+        if view and self.votes is None:
+            return "a chain of format-1 votes has no views"
+        committee = self.committee(prev_hash, view)
         if not committee:
             return "no verifier is left in the pool"
         if body.get("committee") != committee:
-            return "committee is not the one drawn from the previous block's hash"
+            return (
+                "committee is not the one drawn from the previous block's hash "
+                f"and view {view}"
+            )
         if header["leader"] != committee[0]:
             return "signed by a leader other than the committee's"
         votes = body.get("votes", [])
@@ -188,6 +296,10 @@ class PoVState:
             if key in seen:
                 return f"vote {index} is a second vote by the same verifier"
             seen.add(key)
+        if self.votes is not None:
+            problem = self._check_weights(body)
+            if problem is not None:
+                return problem
         counts = approvals(votes, committee)
         needed = quorum(len(committee))
         for update in body["included"]:
@@ -202,3 +314,39 @@ class PoVState:
             return "deposit changes do not follow from the votes"
         self.apply(expected)
         return None
+
+    def _check_weights(self, body: Mapping[str, Any]) -> str | None:
+        """Format-2 votes: each is on an update this block includes or rejects,
+        and a vote on an included update was judged at the share applied."""
+        assert self.votes is not None
+        included = body["included"]
+        shares = judged_shares(
+            self.votes.server_lr,
+            [u["weight"] for u in included],
+            [u["num_examples"] for u in included],
+        )
+        applied = {str(u["digest"]): s for u, s in zip(included, shares, strict=True)}
+        rejected = {str(r["digest"]) for r in body.get("rejected", [])}
+        for index, vote in enumerate(body.get("votes", [])):
+            digest = str(vote["candidate"])
+            if digest in applied:
+                if vote["weight"] != applied[digest]:
+                    return (
+                        f"vote {index} judged update {digest[:16]}… at weight "
+                        f"{vote['weight']!r}; the block applies {applied[digest]!r}"
+                    )
+            elif digest not in rejected:
+                return (
+                    f"vote {index} is on update {digest[:16]}…, which the block "
+                    "neither includes nor rejects"
+                )
+        return None
+
+
+def block_view(body: Mapping[str, Any]) -> int | None:
+    """A block body's ``view`` (0 when absent); ``None`` if it is not an
+    integer >= 0."""
+    view = body.get("view", 0)
+    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
+        return None
+    return view

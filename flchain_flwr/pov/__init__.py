@@ -14,6 +14,8 @@ from .strategy import PoVStrategy
 from .verifier import (
     Behaviour,
     ReferenceFn,
+    RefusedRequest,
+    Rule,
     Score,
     ScoreFn,
     Threshold,
@@ -32,6 +34,8 @@ __all__ = [
     "PoVStrategy",
     "Prefilter",
     "ReferenceFn",
+    "RefusedRequest",
+    "Rule",
     "Score",
     "ScoreFn",
     "Threshold",

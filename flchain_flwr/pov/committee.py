@@ -3,25 +3,31 @@ collects valid signed votes, and a candidate counts iff more than 2/3 of the
 committee approve.
 
 Each candidate is scored as the current global model plus the step it would
-contribute to the aggregate (``share * delta``, its share of the buffer's
-weighted sum; ``scoring="full"`` applies the whole delta instead), against the
+contribute to the aggregate (``share * delta``, its share of the block's
+weighted sum over the candidates approved with it, see
+:func:`~flchain_flwr.ledger.consensus.judged_shares`; ``scoring="full"``
+applies the whole delta instead), against the
 current global model on the same verifier's data. With non-IID data a single
 honest update applied in full is often worse on balanced test data than the
 global model (measured: a median 11 points on Fashion-MNIST, Dirichlet 0.5), so
 scoring the full delta rejects honest work; its share is what the block would
-actually do. Candidate models are built once per decision and shared by the
-committee; each verifier scores the global model once and every candidate once
-(the batch is the block).
+actually do. Each vote signs that share, so when some candidates are
+rejected the others (whose shares grow) are judged again at their new shares,
+until every approved candidate was approved at the share the block applies.
+Candidate models are built once per pass and shared by the committee; each
+verifier scores the global model once and every candidate once per pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from logging import WARNING
-from typing import Any
+from typing import Any, Final
 
 from flwr.supercore import log
+from nacl.encoding import HexEncoder
+from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays, apply_step
 from ..ledger import (
@@ -29,23 +35,32 @@ from ..ledger import (
     Ledger,
     PoVRules,
     PoVState,
+    VoteContext,
+    VoteRules,
     check_vote,
+    judged_shares,
     model_hash,
     quorum,
 )
+from ..ledger.canonical import LATEST_FORMAT, encode
+from ..ledger.chain import COMMITTEE_KIND_FIELD
 from .filters import Prefilter
-from .verifier import Threshold, Verifier
+from .verifier import Behaviour, Rule, Threshold, Verifier
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """An update waiting for the committee: its digest, sender and delta."""
+    """An update waiting for the committee: its digest, sender and delta, and
+    what it weighs in the aggregate (see
+    :func:`~flchain_flwr.ledger.consensus.judged_shares`)."""
 
     digest: str
     node_id: int
     delta: NDArrays
-    share: float = 1.0
-    """Fraction of ``delta`` the aggregate would apply (weight / total weight)."""
+    weight: float = 1.0
+    """Its staleness weight."""
+    examples: float = 1.0
+    """The example count the aggregate weighs it by."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,10 @@ class CommitteeDecision:
     outcomes: list[Outcome]
     dropped_votes: list[str] = field(default_factory=list)
     """Why votes were not counted (bad signature, not a member, duplicate...)."""
+    view: int = 0
+    """The view the votes were cast in (its leader signs the block)."""
+    context: VoteContext | None = None
+    """What the votes sign."""
 
     def votes_on(self, digest: str) -> list[dict[str, Any]]:
         """The counted votes on one candidate."""
@@ -151,8 +170,9 @@ class Committee:
             slash=slash,
             floor=floor,
         )
-        self.state = PoVState(self.rules)
         self.threshold = threshold or Threshold()
+        self.rule = Rule(self.threshold, scoring)  # type: ignore[arg-type]
+        self.state = PoVState(self.rules)
         self.prefilters = tuple(prefilters)
         self.consensus_delay = consensus_delay
         self.chain_id = chain_id
@@ -171,84 +191,150 @@ class Committee:
         return [k for k in self.rules.pool if k not in active]
 
     # ------------------------------------------------------------------ ledger
-    def genesis_fields(self) -> dict[str, Any]:
-        """Body fields of a PoV chain's genesis block (the pool and its rules)."""
-        return {"pov": self.rules.to_json()}
+    def genesis_fields(self, server_lr: float = 1.0) -> dict[str, Any]:
+        """Body fields of a PoV chain's genesis block: the pool, its deposit
+        rules, and what votes are judged by (the rule, and the ``server_lr`` of
+        the shares they are judged at)."""
+        votes = VoteRules(self.rule.to_json(), float(server_lr))
+        self.state.votes = votes
+        return {
+            "pov": {**self.rules.to_json(), "votes": votes.to_json()},
+            COMMITTEE_KIND_FIELD: self.kind,
+        }
 
-    def resume(self, ledger: Ledger) -> None:
-        """Take stakes from an existing PoV ledger (same pool and rules)."""
+    @property
+    def kind(self) -> str:
+        """Who held the verifier keys (``verify`` words its report by it):
+        ``"in-process"`` when this process held every one, ``"remote"`` when
+        none, ``"mixed"`` otherwise."""
+        local = len(self.verifiers)
+        remote = len(self.rules.pool) - local
+        return "remote" if not local else "in-process" if not remote else "mixed"
+
+    def resume(self, ledger: Ledger, server_lr: float = 1.0) -> None:
+        """Take stakes from an existing PoV ledger (same pool, rules and judging
+        rule); ``ValueError`` if it was written otherwise."""
         genesis = ledger.block(0)
-        if genesis.body.get("pov") != self.rules.to_json():
+        recorded = genesis.body.get("pov")
+        if not isinstance(recorded, dict):
+            raise ValueError(f"ledger {ledger.path} is not a PoV chain")
+        if isinstance(recorded.get("pool"), list) and set(recorded["pool"]) == set(
+            self.rules.pool
+        ):  # the same verifiers, found in another order: the chain's order
+            self.rules = replace(self.rules, pool=tuple(recorded["pool"]))
+        expected = self.genesis_fields(server_lr)["pov"]
+        if "votes" not in recorded:
             raise ValueError(
-                f"ledger {ledger.path} was not created with this verifier pool "
-                "and these deposit rules"
+                f"ledger {ledger.path} holds format-1 votes (they do not bind "
+                "the parent, weight or rule); verify it, but start a new chain"
             )
-        self.state = PoVState.replayed(self.rules, (b.body for b in ledger.blocks()))
+        if recorded != expected:
+            raise ValueError(
+                f"ledger {ledger.path} was not created with this verifier pool, "
+                "these deposit rules and this judging rule"
+            )
+        self.state = PoVState.replayed(
+            self.rules, (b.body for b in ledger.blocks()), self.state.votes
+        )
 
-    def block_position(
-        self, ledger: Ledger | None, model: NDArrays, height: int
-    ) -> tuple[str, int, str]:
-        """``(chain id, height, previous hash)`` of the block being decided: from
-        the ledger's head, or without a ledger this committee's chain id,
-        ``height`` and the current model's hash as the rotation seed."""
+    def position(
+        self, ledger: Ledger | None, model: NDArrays, height: int, view: int = 0
+    ) -> VoteContext:
+        """What the votes on the block being decided sign: from the ledger's
+        head (its hash, its model's hash), or without a ledger this
+        committee's chain id, ``height`` and the current model's hash as both
+        the rotation seed and the parent."""
+        parent = model_hash(model)
         if ledger is not None:
             head = ledger.head()
             if head is None:
                 raise ValueError(f"ledger {ledger.path} has no genesis block")
-            return ledger.chain_id, head.height + 1, head.hash
-        return self.chain_id, height, model_hash(model)
+            if head.header["model_hash"] != parent:
+                raise ValueError(
+                    f"the global model is not the one at the head of {ledger.path}"
+                )
+            return VoteContext(
+                ledger.chain_id,
+                head.height + 1,
+                head.hash,
+                parent,
+                self.rule.digest,
+                view,
+            )
+        return VoteContext(
+            self.chain_id, height, parent, parent, self.rule.digest, view
+        )
 
     def seal(
-        self, committee: list[str], votes: Sequence[dict[str, Any]]
+        self, committee: list[str], votes: Sequence[dict[str, Any]], view: int = 0
     ) -> tuple[dict[str, Any], BlockSigner]:
         """Settle a block's deposits; return its PoV body fields and what signs
-        for the leader. The stakes change here, once per block."""
+        for the leader. Call it only for a block that is written: the stakes
+        change here, once per block."""
         deposits = self.state.settlement(committee, votes)
         self.state.apply(deposits)
         for entry in deposits:
             if entry["removed"]:
                 log(WARNING, "Verifier %s… leaves the pool", entry["verifier"][:12])
-        return (
-            {"committee": list(committee), "deposits": deposits},
-            self.signer(committee[0]),
-        )
+        fields: dict[str, Any] = {"committee": list(committee), "deposits": deposits}
+        if view:
+            fields["view"] = view
+        return fields, self.signer(committee[0])
 
     def signer(self, leader: str) -> BlockSigner:
         """What signs a block led by ``leader``: here its own signing key."""
-        return self.verifiers[leader].key
+        verifier = self.verifiers[leader]
+        if verifier.behaviour is Behaviour.REFUSE_TO_LEAD:
+            return _RefusingSigner(verifier)
+        return verifier.key
+
+    def leader_ready(self, leader: str, context: VoteContext) -> str | None:
+        """Why ``leader`` cannot lead the block in ``context``, or ``None``.
+
+        The leader must sign a statement that it leads this view
+        (:func:`lead_statement`) through the same signer that signs the
+        block: one that refuses, fails or (remotely) does not answer in time
+        hands over to the next view's leader before any vote is cast in its
+        view.
+        """
+        statement = lead_statement(context, leader)
+        try:
+            signed = self.signer(leader).sign(statement)
+            VerifyKey(leader.encode(), encoder=HexEncoder).verify(
+                statement, signed.signature
+            )
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return f"cannot lead ({exc})"
+        return None
 
     @property
     def reserved_nodes(self) -> frozenset[int]:
         """Nodes that verify and must not be sent training (none in-process)."""
         return frozenset()
 
-    def scale(self, candidate: Candidate) -> float:
-        """How much of ``candidate``'s update is applied when it is scored."""
-        return candidate.share if self.scoring == "share" else 1.0
-
-    # pylint: disable=too-many-arguments
     def cast_votes(
         self,
         members: Sequence[str],
         *,
-        chain_id: str,
-        height: int,
+        context: VoteContext,
         global_model: NDArrays,
         candidates: Sequence[Candidate],
+        weights: Sequence[float],
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Ask each member to vote on ``candidates``: ``(votes, problems)``.
+        """Ask each member to vote on ``candidates`` at ``weights`` (their
+        shares): ``(votes, problems)``.
 
         Votes come back unchecked; :meth:`decide` keeps only valid ones. A
-        member that fails simply has no votes (its deposit pays for it).
+        member that fails or refuses simply has no votes (its deposit pays).
         """
         models = [
             (
                 c.digest,
-                apply_step(global_model, c.delta, self.scale(c))
+                apply_step(global_model, c.delta, self.rule.scale(w))
                 if self.threshold.scores_models
                 else {},
             )
-            for c in candidates
+            for c, w in zip(candidates, weights, strict=True)
         ]
         votes: list[dict[str, Any]] = []
         problems: list[str] = []
@@ -256,12 +342,12 @@ class Committee:
             try:
                 votes.extend(
                     self.verifiers[key].vote(
-                        chain_id=chain_id,
-                        height=height,
+                        context=context,
                         global_model=global_model,
                         candidates=models,
-                        threshold=self.threshold,
+                        weights=weights,
                         deltas=[c.delta for c in candidates],
+                        rule=self.rule,
                     )
                 )
             except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -269,19 +355,86 @@ class Committee:
         return votes, problems
 
     # ---------------------------------------------------------------- deciding
+    def choose_view(self, context: VoteContext) -> tuple[VoteContext, list[str]]:
+        """The first view, from ``context.view`` on, whose leader is ready, and
+        its committee (leader first); a view with no ready leader in any
+        rotation keeps the last one tried (its block will fail to be signed)."""
+        assert context.prev_hash is not None
+        members = self.state.committee(context.prev_hash, context.view)
+        for view in range(context.view, context.view + len(members)):
+            members = self.state.committee(context.prev_hash, view)
+            ready = replace(context, view=view)
+            problem = self.leader_ready(members[0], ready)
+            if problem is None:
+                return ready, members
+            log(
+                WARNING,
+                "PoV: leader %s… of height %d view %d %s; view %d takes over",
+                members[0][:12],
+                context.height,
+                view,
+                problem,
+                view + 1,
+            )
+        return context, self.state.committee(context.prev_hash, context.view)
+
     # pylint: disable=too-many-arguments,too-many-locals
     def decide(
         self,
         *,
-        chain_id: str,
-        height: int,
-        prev_hash: str,
+        context: VoteContext,
         global_model: NDArrays,
         candidates: Sequence[Candidate],
         round_: int,
+        server_lr: float = 1.0,
     ) -> CommitteeDecision:
-        """Filter, score and vote on ``candidates`` for block ``height``."""
-        members = self.state.committee(prev_hash)
+        """Filter, score and vote on ``candidates`` for the block in ``context``
+        (from :meth:`position`; its view is where the search for a ready leader
+        starts). Each candidate is judged at the share the block would apply
+        with ``server_lr`` over the candidates approved with it.
+
+        When some are approved (a block will follow) the view's leader must
+        confirm it still leads (:meth:`leader_ready`) once the votes are in;
+        if it cannot, the decision is taken again in the next view.
+        """
+        if context.prev_hash is None:
+            raise ValueError("a committee decides in a format-2 vote context")
+        for _ in range(max(1, self.rules.committee_size)):
+            decision = self._decide_in_view(
+                context, global_model, candidates, round_, server_lr
+            )
+            if not decision.committee or not any(o.accepted for o in decision.outcomes):
+                return decision
+            assert decision.context is not None
+            problem = self.leader_ready(decision.committee[0], decision.context)
+            if problem is None:
+                return decision
+            log(
+                WARNING,
+                "PoV: leader %s… of height %d view %d %s after the votes; "
+                "deciding again in view %d",
+                decision.committee[0][:12],
+                decision.height,
+                decision.view,
+                problem,
+                decision.view + 1,
+            )
+            context = replace(decision.context, view=decision.view + 1)
+        return decision
+
+    # pylint: disable=too-many-arguments,too-many-locals
+    def _decide_in_view(
+        self,
+        context: VoteContext,
+        global_model: NDArrays,
+        candidates: Sequence[Candidate],
+        round_: int,
+        server_lr: float,
+    ) -> CommitteeDecision:
+        """One decision: the first ready leader's view from ``context.view``."""
+        members: list[str] = []
+        if self.state.pool:
+            context, members = self.choose_view(context)
         needed = quorum(len(members))
         outcomes: dict[int, Outcome] = {}  # by position in ``candidates``
         first: dict[str, int] = {}
@@ -303,61 +456,118 @@ class Committee:
                     index,
                     Outcome(c.digest, c.node_id, False, 0, "no verifier left in pool"),
                 )
-        pending = [(i, c) for i, c in enumerate(candidates) if i not in outcomes]
+        pending = [i for i in range(len(candidates)) if i not in outcomes]
         votes: list[dict[str, Any]] = []
         dropped: list[str] = []
-        if pending:
-            votes, dropped = self.cast_votes(
+        while pending:  # each pass decides the rest at their shares among them
+            batch = [candidates[i] for i in pending]
+            weights = judged_shares(
+                server_lr, [c.weight for c in batch], [c.examples for c in batch]
+            )
+            cast, problems = self.cast_votes(
                 members,
-                chain_id=chain_id,
-                height=height,
+                context=context,
                 global_model=global_model,
-                candidates=[c for _, c in pending],
+                candidates=batch,
+                weights=weights,
             )
-            votes, more = collect_votes(
-                votes, chain_id, height, members, {c.digest for _, c in pending}
+            cast, more = collect_votes(
+                cast, context, members, {c.digest for c in batch}
             )
-            dropped.extend(more)
-        for index, c in pending:
-            approving = sum(
-                1 for v in votes if v["candidate"] == c.digest and v["verdict"] is True
+            dropped.extend(problems + more)
+            approved = []
+            for index, c in zip(pending, batch, strict=True):
+                approving = sum(
+                    1 for v in cast if v["candidate"] == c.digest and v["verdict"]
+                )
+                if approving >= needed:
+                    approved.append((index, approving))
+                else:
+                    reason = (
+                        f"PoV: {approving}/{len(members)} approvals, quorum {needed}"
+                    )
+                    outcomes[index] = Outcome(
+                        c.digest, c.node_id, False, approving, reason
+                    )
+            final = len(approved) == len(pending) or not approved
+            keep = (
+                {candidates[i].digest for i in pending}
+                if final
+                else {candidates[i].digest for i in pending if i in outcomes}
             )
-            accepted = approving >= needed
-            reason = (
-                ""
-                if accepted
-                else f"PoV: {approving}/{len(members)} approvals, quorum {needed}"
-            )
-            outcomes[index] = Outcome(c.digest, c.node_id, accepted, approving, reason)
+            votes.extend(v for v in cast if v["candidate"] in keep)
+            if final:
+                for index, approving in approved:
+                    c = candidates[index]
+                    outcomes[index] = Outcome(c.digest, c.node_id, True, approving)
+                break
+            pending = [i for i, _ in approved]  # their shares grew: judge again
         return CommitteeDecision(
-            height,
+            context.height,
             members,
             needed,
             votes,
             [outcomes[i] for i in range(len(candidates))],
             dropped,
+            context.view,
+            context,
         )
+
+
+LEAD_TAG: Final = b"flchain-pov-lead/1\n"
+"""Prefix of the statement a leader signs to take a view (not a header)."""
+
+
+def lead_statement(context: VoteContext, leader: str) -> bytes:
+    """What ``leader`` signs to say it leads the block in ``context``."""
+    return LEAD_TAG + encode(
+        LATEST_FORMAT,
+        {
+            "chain_id": context.chain_id,
+            "height": context.height,
+            "view": context.view,
+            "prev_hash": context.prev_hash,
+            "parent_model": context.parent_model,
+            "leader": leader,
+        },
+    )
+
+
+def carried_votes(
+    earlier: Sequence[dict[str, Any]], view: int, decision: CommitteeDecision
+) -> list[dict[str, Any]]:
+    """The votes the next block holds after ``decision``: those cast since the
+    last block in ``view`` and ``decision``'s. Earlier votes go when the view
+    changed (they sign their view) and on any update decided again (the same
+    update resent to the same parent: the later judgement stands)."""
+    decided = {o.digest for o in decision.outcomes}
+    kept = [
+        v
+        for v in earlier
+        if decision.view == view and str(v["candidate"]) not in decided
+    ]
+    return kept + list(decision.votes)
 
 
 def collect_votes(
     votes: Sequence[Any],
-    chain_id: str,
-    height: int,
+    context: VoteContext,
     members: Sequence[str],
     candidates: set[str],
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The leader's check of incoming votes: keep valid ones, say why others go.
 
     A vote counts once, only from a committee member, only on a candidate of
-    this batch, and only with a valid signature for this chain and height (so a
-    vote replayed from another block or altered in transit is dropped).
+    this batch, and only with a valid signature in ``context`` (so a vote
+    replayed from another block, parent, view or rule, or altered in transit,
+    is dropped).
     """
     kept: list[dict[str, Any]] = []
     dropped: list[str] = []
     seen: set[tuple[str, str]] = set()
     allowed = set(members)
     for vote in votes:
-        problem = check_vote(chain_id, height, vote)
+        problem = check_vote(context, vote)
         if problem is None:
             pair = (str(vote["verifier"]), str(vote["candidate"]))
             if pair[0] not in allowed:
@@ -373,3 +583,19 @@ def collect_votes(
         who = str(vote.get("verifier", "?"))[:12] if isinstance(vote, dict) else "?"
         dropped.append(f"vote from {who}… dropped: {problem}")
     return kept, dropped
+
+
+@dataclass(frozen=True)
+class _RefusingSigner:
+    """A leader that will not sign (:attr:`Behaviour.REFUSE_TO_LEAD`)."""
+
+    verifier: Verifier
+
+    @property
+    def verify_key(self) -> Any:
+        """The leader's public key."""
+        return self.verifier.key.verify_key
+
+    def sign(self, smessage: bytes) -> Any:
+        """Refuse."""
+        raise RuntimeError(f"leader {self.verifier.public_key[:12]}… refuses to sign")

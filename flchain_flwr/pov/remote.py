@@ -6,10 +6,17 @@ locally and answers three query messages:
 
 - ``query.pov_identity``: its role and public key, with a signature over the
   server's random challenge (so a node cannot claim a key it does not hold);
-- ``query.pov_vote``: the global model and the candidates' updates with their
-  digests and scales; it scores them exactly as an in-process
-  :class:`~flchain_flwr.pov.Verifier` would and returns its signed votes;
-- ``query.pov_sign``: as a block's leader, the block header to sign.
+- ``query.pov_vote``: the vote context (chain id, height, view, previous
+  hash, parent model hash, rule digest), the global model and the candidates'
+  updates with their digests and weights; it judges them by its own
+  configured :class:`~flchain_flwr.pov.Rule` (never a threshold the server
+  sends), refuses a request whose model does not hash to the parent named,
+  whose rule is not its own, or that goes back on the chain positions it has
+  voted on (kept in the node's run state), and returns its signed votes;
+- ``query.pov_sign``: as a block's leader, the block header to sign, or
+  before the votes the statement that it leads the block's view (see
+  :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
+  or does not answer in time hands over to the next view's).
 
 On the server, :func:`discover_verifiers` maps public keys to node IDs and
 :class:`RemoteCommittee` is a :class:`~flchain_flwr.pov.Committee` whose members
@@ -23,9 +30,8 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
 from typing import Any
@@ -39,10 +45,12 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
+from ..ledger import Ledger, VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
-from .committee import Candidate, Committee
-from .verifier import Threshold, Verifier
+from ..runtime import clock_of
+from .committee import LEAD_TAG, Candidate, Committee
+from .verifier import Verifier
 
 IDENTITY = "query.pov_identity"
 VOTE = "query.pov_vote"
@@ -53,6 +61,8 @@ ROLE_KEY = "role"
 VERIFIER_ROLE = "verifier"
 IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
 _CONFIG = "pov"
+_SEEN = "pov-seen"
+"""A verifier node's run state: the last chain position it voted at."""
 
 
 class RemoteVerifierError(RuntimeError):
@@ -66,7 +76,14 @@ def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> 
     :func:`verifier_from_node_config`)."""
 
     def pov_query(message: Message, context: Context) -> Message:
-        return answer(message, verifier_of(context))
+        verifier = verifier_of(context)
+        if verifier is None:
+            return answer(message, None)
+        verifier.seen = _load_seen(context.state.config_records.get(_SEEN))
+        reply = answer(message, verifier)
+        if verifier.seen:
+            context.state.config_records[_SEEN] = _stored_seen(verifier.seen)
+        return reply
 
     for action in ACTIONS:
         app.query(action)(pov_query)
@@ -109,12 +126,21 @@ def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
 
 
 def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
+    if verifier.rule is None:
+        raise ValueError("this verifier node has no judging rule configured")
     cfg = _config(content)
     digests = [str(d) for d in _list(cfg, "digests")]
-    scales = [float(s) for s in _list(cfg, "scales")]
-    if len(digests) != len(scales):
-        raise ValueError("digests and scales differ in length")
-    threshold = Threshold(**json.loads(str(cfg["threshold"])))
+    weights = [float(w) for w in _list(cfg, "weights")]
+    if len(digests) != len(weights):
+        raise ValueError("digests and weights differ in length")
+    context = VoteContext(
+        chain_id=str(cfg["chain-id"]),
+        height=_int(cfg, "height"),
+        prev_hash=str(cfg["prev-hash"]),
+        parent_model=str(cfg["parent-model"]),
+        rule=str(cfg["rule"]),
+        view=_int(cfg, "view"),
+    )
     global_model = to_ndarrays(content.array_records["global"])
     deltas = [
         to_ndarrays(content.array_records[f"delta-{i}"]) for i in range(len(digests))
@@ -122,19 +148,21 @@ def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
     for delta in deltas:
         if delta.keys() != global_model.keys():
             raise ValueError("a candidate's arrays do not match the global model's")
+    rule = verifier.rule
     models = [
         (
             digest,
-            apply_step(global_model, delta, scale) if threshold.scores_models else {},
+            apply_step(global_model, delta, rule.scale(weight))
+            if rule.threshold.scores_models
+            else {},
         )
-        for digest, delta, scale in zip(digests, deltas, scales, strict=True)
+        for digest, delta, weight in zip(digests, deltas, weights, strict=True)
     ]
     votes = verifier.vote(
-        chain_id=str(cfg["chain-id"]),
-        height=int(cfg["height"]),  # type: ignore[arg-type]
+        context=context,
         global_model=global_model,
         candidates=models,
-        threshold=threshold,
+        weights=weights,
         deltas=deltas,
     )
     return RecordDict({_CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
@@ -143,13 +171,39 @@ def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
 def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     cfg = _config(content)
     data = _bytes(cfg, "message")
-    if not data.startswith(HEADER_TAG):
-        raise ValueError("only block headers are signed")
-    header = json.loads(data[len(HEADER_TAG) :])
-    if header.get("leader") != verifier.public_key:
+    tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
+    if tag is None:
+        raise ValueError("only block headers and lead statements are signed")
+    header = json.loads(data[len(tag) :])
+    if not isinstance(header, dict) or header.get("leader") != verifier.public_key:
         raise ValueError("this block names another leader")
     signature = verifier.key.sign(data).signature
     return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
+
+
+def _stored_seen(seen: Mapping[str, tuple[int, str, str]]) -> ConfigRecord:
+    """A verifier's chain positions as a run-state record (parallel lists)."""
+    chains = sorted(seen)
+    return ConfigRecord(
+        {
+            "chain_id": chains,
+            "height": [seen[c][0] for c in chains],
+            "prev_hash": [seen[c][1] for c in chains],
+            "parent_model": [seen[c][2] for c in chains],
+        }
+    )
+
+
+def _load_seen(record: ConfigRecord | None) -> dict[str, tuple[int, str, str]]:
+    """Inverse of :func:`_stored_seen` (empty without a record)."""
+    if record is None:
+        return {}
+    columns = [_list(record, k) for k in ("chain_id", "height", "prev_hash")]
+    parents = _list(record, "parent_model")
+    return {
+        str(c): (int(h), str(p), str(m))
+        for c, h, p, m in zip(*columns, parents, strict=True)
+    }
 
 
 def _config(content: RecordDict) -> ConfigRecord:
@@ -162,6 +216,13 @@ def _bytes(cfg: ConfigRecord, key: str) -> bytes:
     value = cfg.get(key)
     if not isinstance(value, bytes):
         raise ValueError(f"{key!r} must be bytes")
+    return value
+
+
+def _int(cfg: ConfigRecord, key: str) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{key!r} must be an integer")
     return value
 
 
@@ -193,35 +254,48 @@ def _send(
 def discover_verifiers(
     grid: Grid,
     *,
-    expected: int,
+    expected: int | None = None,
     pool: Iterable[str] | None = None,
     timeout: float = 120.0,
     reply_timeout: float = 60.0,
     poll_interval: float = 3.0,
 ) -> dict[str, int]:
-    """Find ``expected`` verifier nodes; return ``{public key: node ID}``.
+    """Find the verifier nodes; return ``{public key: node ID}``, by key.
 
     Every node that appears is asked once for its identity; a verifier proves
-    its key by signing a fresh random challenge. With ``pool`` (the task
-    publisher's list of verifier keys) other keys are ignored; without it, the
-    keys the nodes present form the pool (trust on first use). Raises
-    ``RemoteVerifierError`` if fewer than ``expected`` are found in ``timeout``
-    seconds (checked between rounds of questions; each round waits up to
+    its key by signing a fresh random challenge. With ``pool`` (the verifier
+    keys the chain declares) every one of them must be found and other keys
+    are ignored; the order nodes answer in does not matter. Without it, the
+    first ``expected`` keys the nodes present form the pool (trust on first
+    use). Time is the grid's (virtual on the simulator's grid). Raises
+    ``RemoteVerifierError`` if they are not all found in ``timeout`` seconds
+    (checked between rounds of questions; each round waits up to
     ``reply_timeout`` seconds for its answers).
     """
     allowed = None if pool is None else set(pool)
+    if allowed is None and expected is None:
+        raise ValueError("give the declared pool, or how many verifiers to expect")
+    if allowed is not None and expected is not None and expected != len(allowed):
+        raise ValueError(
+            f"expected {expected} verifiers, but the declared pool has {len(allowed)}"
+        )
+    wanted = len(allowed) if allowed is not None else int(expected or 0)
+    clock = clock_of(grid, poll_interval)
     found: dict[str, int] = {}
     answered: set[int] = set()
-    deadline = time.monotonic() + timeout
-    while len(found) < expected:
-        left = deadline - time.monotonic()
-        if left <= 0:
+    deadline = clock.now() + timeout
+    while len(found) < wanted:
+        if clock.now() >= deadline:
+            missing = (
+                "" if allowed is None else f"; missing {_short(allowed - set(found))}"
+            )
             raise RemoteVerifierError(
-                f"found {len(found)} of {expected} PoV verifier nodes in {timeout:g}s"
+                f"found {len(found)} of {wanted} PoV verifier nodes in "
+                f"{timeout:g}s{missing}"
             )
         new = sorted(set(grid.get_node_ids()) - answered)
         if not new:
-            time.sleep(min(poll_interval, left))
+            clock.wait(min(clock.now() + poll_interval, deadline))
             continue
         challenges = {node: os.urandom(32) for node in new}
         replies = _send(
@@ -247,8 +321,27 @@ def discover_verifiers(
                     key[:12],
                 )
                 continue
-            found[key] = node
-    return found
+            if len(found) < wanted:
+                found[key] = node
+    return dict(sorted(found.items()))
+
+
+def _short(keys: Iterable[str]) -> str:
+    return ", ".join(f"{k[:12]}…" for k in sorted(keys))
+
+
+def declared_pool(ledger_path: str | Path) -> list[str] | None:
+    """The verifier pool a PoV ledger's genesis declares (``None`` if there is
+    no ledger there yet, or it is not a PoV chain)."""
+    if not Path(ledger_path).is_file():
+        return None
+    with Ledger(ledger_path, create=False) as ledger:
+        if ledger.head() is None:
+            return None
+        pov = ledger.block(0).body.get("pov")
+    if not isinstance(pov, dict) or not isinstance(pov.get("pool"), list):
+        return None
+    return [str(k) for k in pov["pool"]]
 
 
 def _proven_key(reply: Message, challenge: bytes) -> str | None:
@@ -352,7 +445,7 @@ class RemoteCommittee(Committee):
             raise ValueError("a remote committee needs at least one verifier node")
         if timeout <= 0:
             raise ValueError("timeout must be > 0")
-        super().__init__((), remote_members=tuple(nodes), **settings)
+        super().__init__((), remote_members=tuple(sorted(nodes)), **settings)
         self.grid = grid
         self.nodes = dict(nodes)
         self.timeout = timeout
@@ -371,19 +464,12 @@ class RemoteCommittee(Committee):
         self,
         members: Sequence[str],
         *,
-        chain_id: str,
-        height: int,
+        context: VoteContext,
         global_model: NDArrays,
         candidates: Sequence[Candidate],
+        weights: Sequence[float],
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        content = vote_request(
-            chain_id,
-            height,
-            global_model,
-            candidates,
-            [self.scale(c) for c in candidates],
-            self.threshold,
-        )
+        content = vote_request(context, global_model, candidates, weights)
         node_of = {key: self.nodes[key] for key in members}
         replies = _send(
             self.grid,
@@ -401,24 +487,28 @@ class RemoteCommittee(Committee):
 
 
 def vote_request(
-    chain_id: str,
-    height: int,
+    context: VoteContext,
     global_model: NDArrays,
     candidates: Sequence[Candidate],
-    scales: Sequence[float],
-    threshold: Threshold,
+    weights: Sequence[float],
 ) -> RecordDict:
-    """The content of a ``query.pov_vote`` message."""
+    """The content of a ``query.pov_vote`` message (no rule or threshold: a
+    verifier node judges by its own, and checks the digest named)."""
+    if context.prev_hash is None:
+        raise ValueError("a vote request needs a format-2 context")
     content = RecordDict({"global": to_arrayrecord(global_model)})
     for index, candidate in enumerate(candidates):
         content[f"delta-{index}"] = to_arrayrecord(candidate.delta)
     content[_CONFIG] = ConfigRecord(
         {
-            "chain-id": chain_id,
-            "height": height,
+            "chain-id": context.chain_id,
+            "height": context.height,
+            "view": context.view,
+            "prev-hash": context.prev_hash,
+            "parent-model": context.parent_model,
+            "rule": context.rule,
             "digests": [c.digest for c in candidates],
-            "scales": [float(s) for s in scales],
-            "threshold": json.dumps(asdict(threshold)),
+            "weights": [float(w) for w in weights],
         }
     )
     return content

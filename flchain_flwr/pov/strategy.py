@@ -15,10 +15,15 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_ndarrays
 from ..ledger import Ledger, contributions
-from ..ledger.canonical import canonical_json, sender_update_digest, sha256_hex
+from ..ledger.canonical import (
+    LATEST_FORMAT,
+    encode,
+    sender_update_digest,
+    sha256_hex,
+)
 from ..strategies.decompress import DecompressReplies
 from ..strategies.updates import ParsedUpdate
-from .committee import Candidate, Committee, CommitteeDecision
+from .committee import Candidate, Committee, CommitteeDecision, carried_votes
 
 
 class PoVStrategy(DecompressReplies):
@@ -69,10 +74,14 @@ class PoVStrategy(DecompressReplies):
             raise ValueError(f"ledger {self.ledger.path} is not empty")
         self.decisions: list[CommitteeDecision] = []
         self._round_rejected: list[dict[str, Any]] = []
-        self._config_digest = sha256_hex(
-            canonical_json(
-                {"strategy": type(strategy).__name__, "committee": repr(committee)}
-            )
+        self._votes: list[dict[str, Any]] = []
+        """Votes since the last block (carried over rounds that write none)."""
+        self._view = 0
+        settings = {"strategy": type(strategy).__name__, "committee": repr(committee)}
+        self._config_digest = (
+            self.ledger.config_digest(settings)
+            if self.ledger is not None
+            else sha256_hex(encode(LATEST_FORMAT, settings))
         )
 
     def summary(self) -> None:
@@ -93,7 +102,7 @@ class PoVStrategy(DecompressReplies):
                 model_version=0,
                 base_version=0,
                 config_digest=self._config_digest,
-                extra=self.committee.genesis_fields(),
+                extra=self.committee.genesis_fields(1.0),
             )
         return messages
 
@@ -102,11 +111,9 @@ class PoVStrategy(DecompressReplies):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Validate, let the committee vote, hand approved replies on."""
-        self._round_rejected = []
         errors, updates = self._decode(server_round, replies)
         assert self._sent is not None
         sent, version = self._sent, server_round - 1
-        total = sum(u.num_examples for _, u in updates)
         candidates = [
             (
                 reply,
@@ -114,25 +121,23 @@ class PoVStrategy(DecompressReplies):
                     sender_update_digest(reply.metadata.src_node_id, reply.content),
                     reply.metadata.src_node_id,
                     u.delta,
-                    u.num_examples / total,
+                    1.0,
+                    float(u.num_examples),
                 ),
                 u,
             )
             for reply, u in updates
         ]
-
-        chain_id, height, prev_hash = self.committee.block_position(
-            self.ledger, sent, server_round
-        )
+        context = self.committee.position(self.ledger, sent, server_round, self._view)
         decision = self.committee.decide(
-            chain_id=chain_id,
-            height=height,
-            prev_hash=prev_hash,
+            context=context,
             global_model=sent,
             candidates=[c for _, c, _ in candidates],
             round_=version,
         )
         self.decisions.append(decision)
+        self._votes = carried_votes(self._votes, self._view, decision)
+        self._view = decision.view
         accepted = []
         for (reply, cand, update), outcome in zip(
             candidates, decision.outcomes, strict=True
@@ -152,19 +157,25 @@ class PoVStrategy(DecompressReplies):
         arrays, metrics = self.strategy.aggregate_train(
             server_round, errors + [self._as_weights(r, u) for r, _, u in accepted]
         )
-        extra, signer = self.committee.seal(decision.committee, decision.votes)
-        if self.ledger is not None and arrays is not None:
-            self.ledger.append(
-                **self._block(server_round, decision, accepted, to_ndarrays(arrays)),
-                extra=extra,
-                signer=signer,
+        if arrays is not None and accepted:  # a block: settle its votes, once
+            extra, signer = self.committee.seal(
+                decision.committee, self._votes, self._view
             )
+            if self.ledger is not None:
+                self.ledger.append(
+                    **self._block(server_round, accepted, to_ndarrays(arrays)),
+                    extra=extra,
+                    signer=signer,
+                )
+            self._votes, self._view, self._round_rejected = [], 0, []
+        else:  # no block: the next one carries the rejections and their votes
+            carried = {str(r["digest"]) for r in self._round_rejected}
+            self._votes = [v for v in self._votes if v["candidate"] in carried]
         return arrays, metrics
 
     def _block(
         self,
         server_round: int,
-        decision: CommitteeDecision,
         accepted: list[tuple[Message, Candidate, ParsedUpdate]],
         new: NDArrays,
     ) -> dict[str, Any]:
@@ -187,7 +198,7 @@ class PoVStrategy(DecompressReplies):
                 for _, c, u in accepted
             ],
             "rejected": self._round_rejected,
-            "votes": decision.votes,
+            "votes": self._votes,
             "contributions": contributions(
                 [c.node_id for _, c, _ in accepted],
                 [u.delta for _, _, u in accepted],

@@ -28,7 +28,8 @@ from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
 from ..arrays import NDArrays
-from ..ledger import sign_vote
+from ..ledger import VoteContext, model_hash, rule_digest, sign_vote
+from ..ledger.consensus import RULE_FORMAT
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,52 @@ class Threshold:
         return candidate.loss <= self.value
 
 
+@dataclass(frozen=True)
+class Rule:
+    """How a verifier judges: its :class:`Threshold` and the scale it applies a
+    candidate's delta at (``"share"``: the weight the block applies, which the
+    vote signs; ``"full"``: the whole delta). Votes sign its digest.
+
+    A reference update's training settings are the verifier's own (its
+    :data:`ReferenceFn`) and are not part of the digest.
+    """
+
+    threshold: Threshold = Threshold()
+    scoring: Literal["share", "full"] = "share"
+
+    def __post_init__(self) -> None:
+        if self.scoring not in ("share", "full"):
+            raise ValueError(f"scoring must be 'share' or 'full', not {self.scoring!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The rule as a chain's genesis records it."""
+        return {
+            "format": RULE_FORMAT,
+            "metric": self.threshold.metric,
+            "mode": self.threshold.mode,
+            "value": float(self.threshold.value),
+            "min_cosine": (
+                None
+                if self.threshold.min_cosine is None
+                else float(self.threshold.min_cosine)
+            ),
+            "scoring": self.scoring,
+        }
+
+    @property
+    def digest(self) -> str:
+        """What votes sign (:func:`~flchain_flwr.ledger.consensus.rule_digest`)."""
+        return rule_digest(self.to_json())
+
+    def scale(self, weight: float) -> float:
+        """How much of a candidate's delta is applied when it is scored."""
+        return weight if self.scoring == "share" else 1.0
+
+
+class RefusedRequest(ValueError):
+    """A verifier will not vote on a request that contradicts what it knows."""
+
+
 class Behaviour(StrEnum):
     """How a verifier votes: honestly, or one of the Byzantine ways tests use."""
 
@@ -154,6 +201,8 @@ class Behaviour(StrEnum):
     """Votes the opposite of its honest verdict."""
     GARBAGE_SIGNATURE = "garbage-signature"
     """Votes honestly but signs with random bytes."""
+    REFUSE_TO_LEAD = "refuse-to-lead"
+    """Votes honestly but refuses to sign a block header as its leader."""
 
 
 class Verifier:
@@ -173,6 +222,11 @@ class Verifier:
         Byzantine behaviours exist to test the committee; see :class:`Behaviour`.
     seed : int (default: 0)
         Seeds the garbage of ``GARBAGE_SIGNATURE``.
+    rule : Rule, optional
+        The verifier's own judging rule. When set, it judges by it alone and
+        refuses requests that name another; a verifier on a node of its own
+        must have one. Without it (an in-process committee's members) it
+        judges by the rule it is given.
     """
 
     # pylint: disable=too-many-arguments
@@ -184,8 +238,15 @@ class Verifier:
         reference_fn: ReferenceFn | None = None,
         behaviour: Behaviour | str = Behaviour.HONEST,
         seed: int = 0,
+        rule: Rule | None = None,
     ) -> None:
         self.score_fn = score_fn
+        self.rule = rule
+        self.seen: dict[str, tuple[int, str, str]] = {}
+        """By chain id, the last ``(height, previous hash, parent model
+        hash)`` it voted at (a verifier node keeps it in its run state)."""
+        self._reference: tuple[str, NDArrays] | None = None
+        """The reference update, by the parent model hash it was trained from."""
         self.reference_fn = reference_fn
         self.key = key or SigningKey.generate()
         self.behaviour = Behaviour(behaviour)
@@ -195,41 +256,45 @@ class Verifier:
     def __repr__(self) -> str:
         return f"Verifier({self.public_key[:12]}…, {self.behaviour.value})"
 
-    # pylint: disable=too-many-arguments
+    # pylint: disable=too-many-arguments,too-many-locals
     def vote(
         self,
         *,
-        chain_id: str,
-        height: int,
+        context: VoteContext,
         global_model: NDArrays,
         candidates: Sequence[tuple[str, NDArrays]],
-        threshold: Threshold,
-        deltas: Sequence[NDArrays] | None = None,
+        weights: Sequence[float],
+        deltas: Sequence[NDArrays],
+        rule: Rule | None = None,
     ) -> list[dict[str, Any]]:
-        """Signed votes on ``(digest, candidate model)`` pairs for block ``height``.
+        """Signed votes on ``(digest, candidate model)`` pairs in ``context``.
 
-        ``deltas`` are the candidates' updates, in the same order; the direction
-        test (``threshold.min_cosine``) needs them. The global model is scored
-        once, each candidate once (not at all with metric none), and the
-        reference update is trained once. The signed score is the candidate's
+        ``weights`` are the shares of each candidate's delta the block would
+        apply (each vote signs its own), ``deltas`` the candidates' updates
+        (the direction test needs them), in the same order. The request is
+        refused (:class:`RefusedRequest`) if ``global_model`` does not hash to
+        ``context.parent_model``, if ``context.rule`` is not this verifier's
+        rule (its own, else ``rule``), or if the position goes back on what
+        it has voted on in this chain: a lower height, or the same height
+        after another block or parent model. The global model is scored once per call,
+        each candidate once (not at all with metric none), and the reference
+        update once per parent model. The signed score is the candidate's
         cosine with the reference update when the direction test is on (its
         deciding quantity), else the candidate's accuracy; -1.0 if not finite.
         """
+        judged = self._check_request(context, global_model, rule)
+        if not len(weights) == len(deltas) == len(candidates):
+            raise RefusedRequest("one weight and one delta per candidate needed")
+        threshold = judged.threshold
         direction: NDArrays | None = None
         if threshold.min_cosine is not None:
-            if self.reference_fn is None:
-                raise ValueError("the direction test needs a reference_fn")
-            if deltas is None or len(deltas) != len(candidates):
-                raise ValueError("the direction test needs one delta per candidate")
-            direction = self.reference_fn(global_model)
+            direction = self._reference_from(global_model, context.parent_model)
         reference = self.score_fn(global_model) if threshold.scores_models else None
         votes = []
         for index, (digest, model) in enumerate(candidates):
             score = self.score_fn(model) if threshold.scores_models else None
             similarity = (
-                cosine(deltas[index], direction)
-                if direction is not None and deltas is not None
-                else None
+                cosine(deltas[index], direction) if direction is not None else None
             )
             verdict = self._verdict(threshold.approves(score, reference, similarity))
             value = (
@@ -238,11 +303,57 @@ class Verifier:
                 else (score.accuracy if score is not None else math.nan)
             )
             value = round(value, 6) if math.isfinite(value) else -1.0
-            vote = sign_vote(self.key, chain_id, height, digest, verdict, value)
+            vote = sign_vote(
+                self.key, context, digest, verdict, value, float(weights[index])
+            )
             if self.behaviour is Behaviour.GARBAGE_SIGNATURE:
                 vote["signature"] = self._rng.randbytes(64).hex()
             votes.append(vote)
         return votes
+
+    def _reference_from(self, global_model: NDArrays, parent: str) -> NDArrays:
+        """The reference update from ``global_model`` (hash ``parent``), trained
+        once per parent: candidates judged again at a new share reuse it."""
+        if self.reference_fn is None:
+            raise ValueError("the direction test needs a reference_fn")
+        if self._reference is None or self._reference[0] != parent:
+            self._reference = (parent, self.reference_fn(global_model))
+        return self._reference[1]
+
+    def _check_request(
+        self, context: VoteContext, global_model: NDArrays, rule: Rule | None
+    ) -> Rule:
+        """The rule to judge by, after checking the request against what this
+        verifier knows; raises :class:`RefusedRequest`."""
+        judged = self.rule or rule
+        if judged is None:
+            raise RefusedRequest("this verifier has no judging rule")
+        if context.format != 2:
+            raise RefusedRequest("votes must bind their context (format 2)")
+        if context.rule != judged.digest:
+            raise RefusedRequest(
+                f"the request names rule {context.rule[:16]}…, this verifier "
+                f"judges by {judged.digest[:16]}…"
+            )
+        if model_hash(global_model) != context.parent_model:
+            raise RefusedRequest(
+                "the global model sent does not hash to the parent model named"
+            )
+        assert context.prev_hash is not None
+        position = (context.height, context.prev_hash, context.parent_model)
+        if context.chain_id in self.seen:
+            height, prev_hash, parent = self.seen[context.chain_id]
+            if context.height < height:
+                raise RefusedRequest(
+                    f"height {context.height} is behind height {height} "
+                    "this verifier has voted at"
+                )
+            if context.height == height and (prev_hash, parent) != position[1:]:
+                raise RefusedRequest(
+                    f"height {height} was voted on after another block or model"
+                )
+        self.seen[context.chain_id] = position
+        return judged
 
     def _verdict(self, honest: bool) -> bool:
         match self.behaviour:

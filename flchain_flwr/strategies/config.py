@@ -43,7 +43,10 @@ def fedbuff_from_run_config(
       ``ledger-key`` (the ledger's signing key file, "": ``<ledger-path>.key``;
       keep it off the ledger's disk in deployment) and ``ledger-checkpoint``
       (where each block's signed checkpoint goes, "":
-      ``<ledger-path>.checkpoint``).
+      ``<ledger-path>.checkpoint``);
+      ``ledger-durable`` (bool, default true: fsync every block and blob, so
+      a power loss loses no committed block; false: only a killed process is
+      survived, which is faster).
 
     ``overrides`` are passed to :class:`FedBuff` as they are, over the keys.
 
@@ -102,14 +105,18 @@ def fedbuff_from_run_config(
         )
     if "ledger-path" in cfg:
         ledger_path = _text(cfg, "ledger-path")
-        if ledger_path:
-            kwargs["ledger"] = ledger_path
+        durable = True
+        if "ledger-durable" in cfg:
+            if not isinstance(cfg["ledger-durable"], bool):
+                raise _bad("ledger-durable", cfg["ledger-durable"], "a boolean")
+            durable = cfg["ledger-durable"]
         places = {
             k: _text(cfg, k) for k in ("ledger-key", "ledger-checkpoint") if k in cfg
         }
-        if ledger_path and any(places.values()):
+        if ledger_path:
             kwargs["ledger"] = Ledger(
                 ledger_path,
+                durable=durable,
                 key_path=places.get("ledger-key") or None,
                 checkpoint_path=places.get("ledger-checkpoint") or None,
             )

@@ -19,8 +19,7 @@ from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
 from ..arrays import to_arrayrecord, to_ndarrays
-from ..ledger.chain import COMMITTEE_KIND_FIELD
-from ..pov.committee import Committee, CommitteeDecision
+from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
 from .buffer import UpdateBuffer
 from .evaluation import (
@@ -79,13 +78,21 @@ class FedBuffRun:
             ledger = LedgerStage(
                 s.ledger,
                 config=s.config_dict(),
-                genesis_extra=_genesis_fields(s.committee) if s.committee else None,
+                genesis_extra=(
+                    s.committee.genesis_fields(s.server_lr) if s.committee else None
+                ),
                 resume_with_changed_config=s.resume_with_changed_config,
             )
             try:
                 resumed = ledger.start(model, momentum=s.server_momentum)
                 if resumed is not None and s.committee is not None:
-                    s.committee.resume(ledger.ledger)
+                    s.committee.resume(ledger.ledger, s.server_lr)
+                elif resumed is not None and "pov" in ledger.ledger.block(0).body:
+                    raise ValueError(
+                        f"ledger {ledger.ledger.path} is a PoV chain: resume it "
+                        "with its verifier committee (committee=...); blocks "
+                        "written without one would fail verify"
+                    )
             except BaseException:  # a refused resume must not leave it open
                 ledger.close()
                 raise
@@ -313,13 +320,3 @@ class FedBuffRun:
             updates,
             updates / max(nodes, 1),
         )
-
-
-def _genesis_fields(committee: Committee) -> dict[str, object]:
-    """A PoV chain's genesis fields, with who held the verifier keys: the
-    server process held a key for each in-process verifier, none for a remote
-    one (``verify`` words its report by this)."""
-    local = len(committee.verifiers)
-    remote = len(committee.rules.pool) - local
-    kind = "remote" if not local else "in-process" if not remote else "mixed"
-    return {**committee.genesis_fields(), COMMITTEE_KIND_FIELD: kind}

@@ -16,7 +16,7 @@ from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
-from ..pov.committee import Candidate, Committee, CommitteeDecision
+from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
 from ..runtime import Clock
 from .pipeline import (
     Block,
@@ -280,7 +280,10 @@ class CommitteeStage(BlockStage):
 
     Votes and the committee accumulate until a block is committed (a buffer
     whose every update is rejected makes no block); deposits settle once per
-    committed block, and the block's leader signs it.
+    committed block, and the block's leader signs it. A leader that is not
+    ready hands the height over to the next view's (see
+    :meth:`~flchain_flwr.pov.Committee.choose_view`); votes carried from an
+    earlier view are dropped, since they sign their view.
     """
 
     needs_digest = True
@@ -300,33 +303,34 @@ class CommitteeStage(BlockStage):
         self.ledger = ledger
         self.on_decision = on_decision
         self._committee: list[str] = []
-        self._votes: list[dict[str, object]] = []
+        self._votes: list[dict[str, Any]] = []
+        self._view = 0
 
     def filter(self, block: Block, reject: RejectFn) -> None:
         """Let the committee vote; keep the approved updates."""
-        chain_id, height, prev_hash = self.committee.block_position(
-            self.ledger.ledger if self.ledger else None, block.parent, block.version
+        context = self.committee.position(
+            self.ledger.ledger if self.ledger else None,
+            block.parent,
+            block.version,
+            self._view,
         )
         decision = self.committee.decide(
-            chain_id=chain_id,
-            height=height,
-            prev_hash=prev_hash,
+            context=context,
             global_model=block.parent,
             candidates=[
-                Candidate(u.digest, u.node_id, u.update.delta, share)
-                for u, share in zip(
-                    block.updates, block.shares(self.server_lr), strict=True
-                )
+                Candidate(u.digest, u.node_id, u.update.delta, u.weight, u.examples)
+                for u in block.updates
             ],
             round_=block.version - 1,
+            server_lr=self.server_lr,
         )
         advance = getattr(self.clock, "advance", None)
         if self.committee.consensus_delay > 0 and callable(advance):
             advance(self.committee.consensus_delay)
         for reason in decision.dropped_votes:
             log(WARNING, "PoV: %s", reason)
-        self._committee = decision.committee
-        self._votes.extend(decision.votes)
+        self._votes = carried_votes(self._votes, self._view, decision)
+        self._committee, self._view = decision.committee, decision.view
         if self.on_decision is not None:
             self.on_decision(decision)
         kept = []
@@ -349,8 +353,10 @@ class CommitteeStage(BlockStage):
 
     def commit(self, block: Block) -> None:
         """Settle deposits once for this block; its leader signs it."""
-        block.extra, block.signer = self.committee.seal(self._committee, self._votes)
-        block.votes, self._votes = self._votes, []
+        block.extra, block.signer = self.committee.seal(
+            self._committee, self._votes, self._view
+        )
+        block.votes, self._votes, self._view = self._votes, [], 0
 
 
 def _payloads(updates: list[BufferedUpdate]) -> list[RecordDict] | None:

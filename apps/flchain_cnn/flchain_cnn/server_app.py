@@ -6,7 +6,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -18,15 +18,18 @@ from flchain_cnn.task import (
     load_trusted,
     new_model,
 )
-from flchain_cnn.verifiers import app_verifier
+from flchain_cnn.verifiers import app_rule, app_verifier
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.pov import (
     Committee,
     IQRFilter,
     MedianFilter,
-    Threshold,
 )
-from flchain_flwr.pov.remote import RemoteCommittee, discover_verifiers
+from flchain_flwr.pov.remote import (
+    RemoteCommittee,
+    declared_pool,
+    discover_verifiers,
+)
 from flchain_flwr.strategies import DecompressReplies, fedbuff_from_run_config
 
 app = ServerApp()
@@ -88,15 +91,7 @@ def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
     """The committee settings the ``pov-*`` keys ask for, local or remote alike."""
     return {
         "committee_size": int(cfg["pov-committee-size"]) or None,
-        "threshold": Threshold(
-            metric=_metric(str(cfg["pov-metric"])),
-            value=float(cfg["pov-tolerance"]),
-            min_cosine=(
-                float(cfg.get("pov-min-cosine", 0.0))
-                if int(cfg.get("pov-reference-epochs", 0)) > 0
-                else None
-            ),
-        ),
+        "threshold": app_rule(cfg).threshold,
         "prefilters": [
             *(
                 [
@@ -115,19 +110,16 @@ def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
     }
 
 
-def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
-    if name not in ("accuracy", "loss", "none"):
-        raise ValueError(f"pov-metric must be accuracy, loss or none, not {name!r}")
-    return name  # type: ignore[return-value]
-
-
 def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommittee:
     """A PoV committee of ``pov-remote-verifiers`` verifier SuperNodes, found on
     ``grid`` (see :mod:`flchain_flwr.pov.remote`), with the same rules as
-    :func:`pov_committee`'s."""
+    :func:`pov_committee`'s. Resuming a PoV ledger, exactly the pool its
+    genesis declares must be found (in any order)."""
+    ledger_path = str(cfg.get("ledger-path", ""))
     nodes = discover_verifiers(
         grid,
         expected=int(cfg["pov-remote-verifiers"]),
+        pool=declared_pool(ledger_path) if ledger_path else None,
         timeout=float(cfg["pov-discovery-timeout"]),
     )
     return RemoteCommittee(

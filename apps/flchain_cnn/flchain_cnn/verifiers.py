@@ -4,14 +4,37 @@ SuperNode alike."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Literal
 
 import numpy as np
 from nacl.signing import SigningKey
 
 from flchain_cnn.task import reference_trainer, scorer
-from flchain_flwr.pov import ReferenceFn, Verifier
+from flchain_flwr.pov import ReferenceFn, Rule, Threshold, Verifier
 
 ConfigValue = int | float | str | bool
+
+
+def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
+    """The judging rule the ``pov-*`` keys ask for: the server's committee
+    names it, and each verifier (in-process or on a node) judges by it."""
+    return Rule(
+        Threshold(
+            metric=_metric(str(cfg["pov-metric"])),
+            value=float(cfg["pov-tolerance"]),
+            min_cosine=(
+                float(cfg.get("pov-min-cosine", 0.0))
+                if int(cfg.get("pov-reference-epochs", 0)) > 0
+                else None
+            ),
+        )
+    )
+
+
+def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
+    if name not in ("accuracy", "loss", "none"):
+        raise ValueError(f"pov-metric must be accuracy, loss or none, not {name!r}")
+    return name  # type: ignore[return-value]
 
 
 def verifier_reference(
@@ -49,4 +72,5 @@ def app_verifier(
         key,
         reference_fn=verifier_reference(cfg, x, y, index),
         seed=index,
+        rule=app_rule(cfg),
     )

@@ -1,0 +1,629 @@
+"""PoV chains against forgery and failure: votes that bind what was judged,
+deposits settled only with a block, resumes, discovery, and views."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, Context, Message
+from flwr.serverapp.strategy import FedAvg
+from nacl.encoding import HexEncoder
+from nacl.signing import SigningKey
+
+from flchain_flwr.arrays import NDArrays
+from flchain_flwr.ledger import (
+    Ledger,
+    VoteContext,
+    check_vote,
+    model_hash,
+    select_committee,
+)
+from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.ledger.replay import replay
+from flchain_flwr.pov import (
+    Behaviour,
+    Candidate,
+    Committee,
+    PoVStrategy,
+    RefusedRequest,
+    Rule,
+    Score,
+    Threshold,
+    Verifier,
+    remote,
+)
+from flchain_flwr.pov.committee import LEAD_TAG
+from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.sim.attacks import attack_mod
+from flchain_flwr.strategies import Constant, FedBuff
+
+from .test_pov import context, delta, digest, key, model, toy_score, verifiers
+from .toy import constant_work, initial_arrays, toy_client_app
+
+Edit = Callable[[int, dict[str, Any], NDArrays], tuple[dict[str, Any], NDArrays]]
+_BODY_ARGS = ("included", "rejected", "votes", "contributions", "config")
+
+
+def pov_run(tmp_path: Path, pool: list[Verifier], rounds: int = 3) -> Path:
+    """A FedBuff run on the virtual grid with a PoV committee and a ledger; one
+    of five nodes sign-flips, so some candidates are rejected and the rest
+    judged again at their final shares."""
+    n = 5
+    grid = VirtualGrid(
+        toy_client_app({}, mods=[attack_mod()]),
+        [DeviceProfile() for _ in range(n)],
+        node_configs=[
+            {"partition-id": i, "num-partitions": n}
+            | ({"attack": "sign-flip"} if i == 4 else {})
+            for i in range(n)
+        ],
+        work_fn=constant_work(1.0),
+    )
+    path = tmp_path / "chain.db"
+    strategy = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=n,
+        staleness_fn=Constant(),
+        server_lr=0.5,
+        committee=Committee(pool, threshold=Threshold(value=0)),
+        ledger=path,
+        seed=0,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+    return path
+
+
+def rebuild(source: Path, target: Path, pool: list[Verifier], edit: Edit) -> Ledger:
+    """What a forger holding every key (publisher and verifiers) can write:
+    ``source``'s chain again, block by block, each body and model first passed
+    through ``edit``, every block re-signed by the key its header names."""
+    keys = {v.public_key: v.key for v in pool}
+    with Ledger(source, create=False) as original:
+        forged = Ledger(
+            target, chain_id=original.chain_id, signing_key=original.signing_key
+        )
+        for block in original.blocks():
+            body, arrays = edit(
+                block.height,
+                copy.deepcopy(block.body),
+                original.load_model(block),
+            )
+            # The updates as received go along (the forger has them too).
+            payloads = [
+                original.blobs.load_update(entry.pop("payload"))[1]
+                for entry in body["included"]
+            ]
+            forged.append(
+                model=arrays,
+                model_version=int(block.header["model_version"]),
+                base_version=int(block.header["base_version"]),
+                config_digest=str(block.header["config_digest"]),
+                included=body["included"],
+                payloads=payloads,
+                rejected=body["rejected"],
+                votes=body["votes"],
+                contributions=body["contributions"],
+                sim_time=float(block.header["sim_time"]),
+                wall_time=block.header.get("wall_time"),
+                extra={
+                    k: v
+                    for k, v in body.items()
+                    if k not in _BODY_ARGS and k != "server_state"
+                },
+                signer=keys[block.header["leader"]] if block.height else None,
+                config=body.get("config"),
+                server_state=original.server_state(block),
+            )
+    return forged
+
+
+def unchanged(
+    height: int, body: dict[str, Any], arrays: NDArrays
+) -> tuple[dict[str, Any], NDArrays]:
+    del height
+    return body, arrays
+
+
+# ----------------------------------------------------- votes bind the block
+def test_a_rebuilt_chain_verifies_when_nothing_is_changed(tmp_path: Path) -> None:
+    """The forger's tools work: the forgeries below fail for what they change."""
+    pool = verifiers(4)
+    source = pov_run(tmp_path, pool)
+    with Ledger(source, create=False) as ledger:
+        assert ledger.verify().ok
+        heights = [b for b in ledger.blocks() if b.height]
+        assert len(heights) == 3 and all(b.body["votes"] for b in heights)
+        assert all(b.body["rejected"] for b in heights)  # sign-flip, judged
+    with rebuild(source, tmp_path / "copy.db", pool, unchanged) as copy_:
+        assert copy_.verify().ok
+
+
+def test_a_block_with_another_model_breaks_the_next_blocks_votes(
+    tmp_path: Path,
+) -> None:
+    """The issue's forgery: block 1 rebuilt with its votes, committee and
+    deposits but a model of all 1000s. The votes of block 2 signed block 1's
+    real model as their parent, so they no longer verify; recomputing block 1's
+    model from its stored updates (``verify --replay``) names block 1 itself."""
+    pool = verifiers(4)
+    source = pov_run(tmp_path, pool)
+
+    def thousands(
+        height: int, body: dict[str, Any], arrays: NDArrays
+    ) -> tuple[dict[str, Any], NDArrays]:
+        if height == 1:
+            arrays = {k: np.full_like(v, 1000) for k, v in arrays.items()}
+        return body, arrays
+
+    with rebuild(source, tmp_path / "forged.db", pool, thousands) as forged:
+        report = forged.verify()
+        assert not report.ok and report.bad_height in (1, 2), report
+        if report.bad_height == 2:
+            assert "signature is invalid" in report.reason, report
+        block1 = forged.block(1)
+        real_parent = Ledger(source, create=False).block(1).header["model_hash"]
+        assert block1.header["model_hash"] != real_parent
+        rule = str(forged.block(0).body["pov"]["votes"]["rule"]["format"])
+        assert rule == "flchain-pov-rule/1"
+        replayed = replay(forged)
+        assert not replayed.ok and replayed.bad_height == 1, replayed
+        assert "model" in replayed.reason, replayed
+    with Ledger(source, create=False) as honest:
+        assert replay(honest).ok and replay(honest).complete
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("weight", 2.0), ("num_examples", 1e30)],
+)
+def test_an_included_update_given_another_weight_fails_at_its_block(
+    tmp_path: Path, field: str, value: float
+) -> None:
+    pool = verifiers(4)
+    source = pov_run(tmp_path, pool)
+
+    def reweigh(
+        height: int, body: dict[str, Any], arrays: NDArrays
+    ) -> tuple[dict[str, Any], NDArrays]:
+        if height == 1:
+            body["included"][0][field] = value
+        return body, arrays
+
+    with rebuild(source, tmp_path / "forged.db", pool, reweigh) as forged:
+        report = forged.verify()
+    assert not report.ok and report.bad_height == 1, report
+    assert "judged update" in report.reason and "the block applies" in report.reason
+
+
+def test_a_vote_moved_to_another_height_or_view_fails(tmp_path: Path) -> None:
+    pool = verifiers(4)
+    source = pov_run(tmp_path, pool)
+    with Ledger(source, create=False) as ledger:
+        moved = ledger.block(1).body["votes"][0]
+        candidate = ledger.block(2).body["included"][0]["digest"]
+
+    def move(
+        height: int, body: dict[str, Any], arrays: NDArrays
+    ) -> tuple[dict[str, Any], NDArrays]:
+        if height == 2:  # the vote re-aimed at one of block 2's updates
+            body["votes"][0] = {**moved, "candidate": candidate}
+        return body, arrays
+
+    with rebuild(source, tmp_path / "moved.db", pool, move) as forged:
+        report = forged.verify()
+    assert not report.ok and report.bad_height == 2, report
+    assert report.reason.startswith("vote 0: signature is invalid"), report
+
+    def another_view(
+        height: int, body: dict[str, Any], arrays: NDArrays
+    ) -> tuple[dict[str, Any], NDArrays]:
+        if height == 1:  # the same votes, claimed for view 4 (= view 0's leader)
+            body["view"] = 4
+        return body, arrays
+
+    with rebuild(source, tmp_path / "view.db", pool, another_view) as forged:
+        report = forged.verify()
+    assert not report.ok and report.bad_height == 1, report
+    assert "signature is invalid" in report.reason, report
+
+
+def test_a_vote_checks_against_the_parent_and_rule_it_was_cast_for() -> None:
+    rule = Rule(Threshold(value=0))
+    honest = Verifier(toy_score, key(0), rule=rule)
+    ctx = context(1, rule=rule.digest)
+    candidates = [(digest(1), {k: v + 0.5 for k, v in model(0.0).items()})]
+    (vote,) = honest.vote(
+        context=ctx,
+        global_model=model(0.0),
+        candidates=candidates,
+        weights=[0.5],
+        deltas=[delta(0.5)],
+    )
+    assert vote["verdict"] is True and vote["weight"] == 0.5
+    assert check_vote(ctx, vote) is None
+    other_parent = VoteContext(
+        ctx.chain_id, 1, ctx.prev_hash, model_hash(model(1.0)), ctx.rule
+    )
+    assert check_vote(other_parent, vote) == "signature is invalid"
+
+
+@pytest.mark.parametrize(
+    ("request_", "refusal"),
+    [
+        ("other-model", "does not hash to the parent"),
+        ("other-rule", "judges by"),
+        ("older-height", "behind height"),
+        ("other-block", "after another block"),
+    ],
+)
+def test_a_verifier_refuses_inconsistent_requests(request_: str, refusal: str) -> None:
+    rule = Rule(Threshold(value=0))
+    verifier = Verifier(toy_score, key(0), rule=rule)
+    ctx = context(3, rule=rule.digest)
+    ask = {
+        "global_model": model(0.0),
+        "candidates": [(digest(1), model(0.5))],
+        "weights": [1.0],
+        "deltas": [delta(0.5)],
+    }
+    assert verifier.vote(context=ctx, **ask)  # type: ignore[arg-type]
+    bad = {
+        "other-model": ctx,
+        "other-rule": VoteContext(
+            ctx.chain_id, 3, ctx.prev_hash, ctx.parent_model, Rule().digest
+        ),
+        "older-height": VoteContext(
+            ctx.chain_id, 2, ctx.prev_hash, ctx.parent_model, ctx.rule
+        ),
+        "other-block": VoteContext(
+            ctx.chain_id, 3, "ef" * 32, ctx.parent_model, ctx.rule
+        ),
+    }[request_]
+    if request_ == "other-model":
+        ask["global_model"] = model(0.25)
+    with pytest.raises(RefusedRequest, match=refusal):
+        verifier.vote(context=bad, **ask)  # type: ignore[arg-type]
+    # and a request it can take: the same position again, or the next height
+    again = VoteContext(ctx.chain_id, 4, "ef" * 32, ctx.parent_model, ctx.rule)
+    ask["global_model"] = model(0.0)
+    assert verifier.vote(context=again, **ask)  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------- deposits, with blocks
+def test_one_approve_all_verifier_and_a_round_without_a_block_still_verify(
+    tmp_path: Path,
+) -> None:
+    """Round 2's updates all fail the verifiers' test (the target moves
+    away): no block. The approve-all verifier contradicts the quorum in every
+    round; round 2's contradictions are settled with round 3's block, whose
+    recorded stake is the one a verifier of the chain recomputes."""
+    target = {"value": 1.0}
+
+    def moving_score(arrays: NDArrays) -> Score:
+        loss = float(
+            np.mean([np.mean((v - target["value"]) ** 2) for v in arrays.values()])
+        )
+        return Score(accuracy=1.0 / (1.0 + loss), loss=loss)
+
+    def round_mod(msg: Message, context_: Context, call_next: Any) -> Message:
+        """Moves the target in round 2; node 2 steps away from it in rounds 1
+        and 3; each reply is marked with its round (so a round's updates are
+        not the same bytes as another's)."""
+        server_round = int(msg.content.config_records["config"]["server-round"])
+        target["value"] = -1.0 if server_round == 2 else 1.0
+        sent = {k: v.numpy() for k, v in msg.content["arrays"].items()}
+        reply: Message = call_next(msg, context_)
+        away = context_.node_config["partition-id"] == 2 and server_round != 2
+        marked = {
+            k: Array(
+                (2 * sent[k] - v.numpy() if away else v.numpy())
+                + np.float32(1e-4 * server_round)
+            )
+            for k, v in reply.content["arrays"].items()
+        }
+        reply.content["arrays"] = ArrayRecord(marked)
+        return reply
+
+    pool = [
+        Verifier(
+            moving_score,
+            key(i),
+            behaviour=Behaviour.APPROVE_ALL if i == 0 else Behaviour.HONEST,
+        )
+        for i in range(4)
+    ]
+    n = 3
+    strategy = PoVStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=n, min_train_nodes=n),
+        Committee(pool, threshold=Threshold(value=0)),
+        ledger=tmp_path / "sync.db",
+    )
+    grid = VirtualGrid(
+        toy_client_app({}, mods=[round_mod]),
+        [DeviceProfile() for _ in range(n)],
+        work_fn=constant_work(1.0),
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=3)
+    outcomes = [sorted(o.accepted for o in d.outcomes) for d in strategy.decisions]
+    assert outcomes == [[False, True, True], [False] * n, [False, True, True]]
+    with Ledger(tmp_path / "sync.db", create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok, report
+        assert len(ledger) == 3  # genesis, round 1, round 3
+        last = ledger.block(2).body
+        assert len(last["rejected"]) == n + 1  # round 2's, carried, and round 3's
+        (slashed,) = last["deposits"]
+        assert slashed["verifier"] == pool[0].public_key
+        assert slashed["contradictions"] == n + 1
+        assert slashed["stake"] == 100.0 - 1 - (n + 1)  # round 1's block took 1
+
+
+def test_resuming_a_pov_ledger_without_its_committee_is_refused(
+    tmp_path: Path,
+) -> None:
+    path = pov_run(tmp_path, verifiers(4), rounds=1)
+    grid = VirtualGrid(
+        toy_client_app({}),
+        [DeviceProfile() for _ in range(3)],
+        work_fn=constant_work(1.0),
+    )
+    plain = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=3,
+        staleness_fn=Constant(),
+        server_lr=0.5,
+        ledger=path,
+        seed=0,
+        resume_with_changed_config=True,  # what is refused is the missing committee
+    )
+    with pytest.raises(ValueError, match="is a PoV chain: resume it with its verifier"):
+        simulate(plain, grid, initial_arrays(), num_rounds=1)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok and len(ledger) == 2
+
+
+# ------------------------------------------------------------------ discovery
+def _node_app(mods: list[Any] | None = None):  # type: ignore[no-untyped-def]
+    app = toy_client_app({}, mods=mods)
+
+    def verifier_of(context_: Context) -> Verifier | None:
+        return remote.verifier_from_node_config(
+            context_.node_config,
+            lambda k, shard: Verifier(
+                toy_score, k, seed=shard, rule=Rule(Threshold(value=0.0))
+            ),
+        )
+
+    remote.serve(app, verifier_of)
+    return app
+
+
+def _verifier_grid(  # pylint: disable=too-many-arguments
+    tmp_path: Path,
+    order: list[int],
+    trainers: int = 3,
+    late: float | None = None,
+    *,
+    mods: list[Any] | None = None,
+    dies_at: float | None = None,
+    work_fn: Callable[[Message, Message], float] | None = None,
+) -> VirtualGrid:
+    configs: list[dict[str, int | float | str | bool]] = [
+        {"partition-id": p, "num-partitions": trainers} for p in range(trainers)
+    ]
+    configs += [
+        {
+            "partition-id": 0,
+            "num-partitions": trainers,
+            "role": "verifier",
+            "verifier-key": str(tmp_path / f"verifier-{i}.key"),
+            "verifier-shard": i,
+            **({"fault": "refuse-sign"} if i == 0 and mods else {}),
+        }
+        for i in order
+    ]
+    profiles = [DeviceProfile() for _ in configs]
+    if late is not None:  # the last verifier comes online at ``late``
+        profiles[-1] = DeviceProfile(online=((late, math.inf),))
+    if dies_at is not None:  # verifier 1 goes offline for good at ``dies_at``
+        profiles[trainers + order.index(1)] = DeviceProfile(online=((0.0, dies_at),))
+    return VirtualGrid(
+        _node_app(mods),
+        profiles,
+        node_configs=configs,
+        work_fn=work_fn or constant_work(1.0),
+    )
+
+
+def _remote_fedbuff(grid: VirtualGrid, path: Path, pool: list[str] | None) -> FedBuff:
+    nodes = remote.discover_verifiers(grid, expected=4, pool=pool, timeout=30)
+    return FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=3,
+        staleness_fn=Constant(),
+        server_lr=0.3,  # the toy model stays short of its target: all approved
+        committee=RemoteCommittee(grid, nodes, threshold=Threshold(value=0.0)),
+        ledger=path,
+        seed=0,
+    )
+
+
+def test_the_same_verifiers_answering_in_another_order_resume(tmp_path: Path) -> None:
+    path = tmp_path / "remote.db"
+    first = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    simulate(_remote_fedbuff(first, path, None), first, initial_arrays(), num_rounds=2)
+    pool = remote.declared_pool(path)
+    assert pool is not None and len(pool) == 4
+    again = _verifier_grid(tmp_path, [3, 1, 0, 2])  # other node ids, other order
+    strategy = _remote_fedbuff(again, path, list(reversed(pool)))
+    simulate(strategy, again, initial_arrays(), num_rounds=4)
+    with Ledger(path, create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov and len(ledger) == 5, report
+    with pytest.raises(RemoteVerifierError, match="found 3 of 4"):  # one missing
+        remote.discover_verifiers(
+            _verifier_grid(tmp_path, [0, 1, 2]), pool=pool, timeout=5
+        )
+
+
+def test_discovery_waits_on_the_grids_clock_for_a_late_verifier(
+    tmp_path: Path,
+) -> None:
+    grid = _verifier_grid(tmp_path, [0, 1], late=500.0)
+    with pytest.raises(RemoteVerifierError, match="found 1 of 2"):
+        remote.discover_verifiers(grid, expected=2, timeout=100, poll_interval=10)
+    nodes = remote.discover_verifiers(grid, expected=2, timeout=1000, poll_interval=10)
+    assert len(nodes) == 2 and grid.clock.now() >= 500.0
+
+
+def test_a_verifier_node_remembers_where_it_voted_between_messages(
+    tmp_path: Path,
+) -> None:
+    grid = _verifier_grid(tmp_path, [0], trainers=0)
+    (node,) = grid.get_node_ids()
+    rule = Rule(Threshold(value=0.0)).digest
+    replies = []
+    for height in (3, 2):  # the second request goes back a height
+        content = remote.vote_request(
+            context(height, rule=rule),
+            model(0.0),
+            [Candidate(digest(1), 1, delta(0.5))],
+            [1.0],
+        )
+        (reply,) = grid.send_and_receive(
+            [Message(content, node, remote.VOTE, ttl=60)], timeout=60
+        )
+        replies.append(reply)
+    assert not replies[0].has_error()
+    assert replies[1].has_error() and "behind height 3" in replies[1].error.reason
+    other_rule = remote.vote_request(
+        context(4, rule=Rule().digest),
+        model(0.0),
+        [Candidate(digest(1), 1, delta(0.5))],
+        [1.0],
+    )
+    (reply,) = grid.send_and_receive(
+        [Message(other_rule, node, remote.VOTE, ttl=60)], timeout=60
+    )
+    assert reply.has_error() and "judges by" in reply.error.reason
+
+
+# ---------------------------------------------------------------------- views
+def test_a_leader_that_refuses_hands_over_to_the_next_view(tmp_path: Path) -> None:
+    """Six of seven verifiers refuse to lead (they vote honestly, so the quorum
+    holds); the seventh leads every block, at whatever view it comes in."""
+    pool = verifiers(7, {i: Behaviour.REFUSE_TO_LEAD for i in range(6)})
+    path = pov_run(tmp_path, pool, rounds=6)
+    with Ledger(path, create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov and len(ledger) == 7, report
+        blocks = [b for b in ledger.blocks() if b.height]
+        assert {b.header["leader"] for b in blocks} == {pool[6].public_key}
+        views = [b.body.get("view", 0) for b in blocks]
+        # all 0 only if the one leader drew view 0 at all six heights: 7**-6
+        assert any(views), views
+        for b in blocks:  # the leader is the draw for (previous hash, view)
+            assert b.header["leader"] == b.body["committee"][0]
+
+
+def _key_file(tmp_path: Path, index: int) -> None:
+    seed = hashlib.sha256(f"node-verifier-{index}".encode()).digest()
+    (tmp_path / f"verifier-{index}.key").write_bytes(
+        SigningKey(seed).encode(HexEncoder)
+    )
+
+
+def _lead_statement(message: Message) -> dict[str, Any] | None:
+    """The lead statement a ``query.pov_sign`` message asks for, if it is one."""
+    if message.metadata.message_type != remote.SIGN:
+        return None
+    data = message.content.config_records["pov"]["message"]
+    assert isinstance(data, bytes)
+    if not data.startswith(LEAD_TAG):
+        return None
+    statement: dict[str, Any] = json.loads(data[len(LEAD_TAG) :])
+    return statement
+
+
+def test_remote_leaders_that_refuse_hang_or_die_hand_over_and_the_chain_verifies(
+    tmp_path: Path,
+) -> None:
+    """Every height's first (view 0) leader fails: at odd heights it refuses
+    to sign, at even heights it takes 100 s to answer, past the 5 s timeout.
+    Verifier node 1 also dies at t = 3 s (after discovery), so it neither votes
+    nor leads after. Each failed view hands over; the chain verifies."""
+
+    def refuse_mod(msg: Message, context_: Context, call_next: Any) -> Message:
+        statement = _lead_statement(msg)
+        if statement and statement["view"] == 0 and statement["height"] % 2:
+            raise ValueError("this leader refuses to sign")
+        reply: Message = call_next(msg, context_)
+        return reply
+
+    def work(message: Message, reply: Message) -> float:
+        del reply
+        statement = _lead_statement(message)
+        hangs = statement and statement["view"] == 0 and not statement["height"] % 2
+        return 100.0 if hangs else 1.0
+
+    for index in range(4):
+        _key_file(tmp_path, index)
+    grid = _verifier_grid(
+        tmp_path, [0, 1, 2, 3], mods=[refuse_mod], dies_at=3.0, work_fn=work
+    )
+    dead = load_or_create_key(tmp_path / "verifier-1.key").verify_key.encode(HexEncoder)
+    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    strategy = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=3,
+        staleness_fn=Constant(),
+        server_lr=0.3,  # the toy model stays short of its target: all approved
+        committee=RemoteCommittee(
+            grid, nodes, timeout=5.0, threshold=Threshold(value=0.0)
+        ),
+        ledger=tmp_path / "views.db",
+        seed=0,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=6)
+    with Ledger(tmp_path / "views.db", create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov and len(ledger) == 7, report
+        blocks = [b for b in ledger.blocks() if b.height]
+        pool = ledger.block(0).body["pov"]["pool"]
+    assert all(b.body.get("view", 0) >= 1 for b in blocks)
+    for b in blocks:  # the leader is the draw for (previous hash, view)
+        view = b.body.get("view", 0)
+        assert (
+            b.header["leader"]
+            == select_committee(pool, b.header["prev_hash"], 4, view)[0]
+        )
+        if b.header["sim_time"] > 3.0:
+            assert b.header["leader"] != dead.decode()
+
+
+def test_a_verifier_keeps_its_place_in_each_chain_apart() -> None:
+    rule = Rule(Threshold(value=0))
+    verifier = Verifier(toy_score, key(0), rule=rule)
+    ask = {
+        "global_model": model(0.0),
+        "candidates": [(digest(1), model(0.5))],
+        "weights": [1.0],
+        "deltas": [delta(0.5)],
+    }
+    chain_a = context(5, rule=rule.digest)
+    chain_b = VoteContext("other", 1, "ab" * 32, chain_a.parent_model, rule.digest)
+    assert verifier.vote(context=chain_a, **ask)  # type: ignore[arg-type]
+    assert verifier.vote(context=chain_b, **ask)  # type: ignore[arg-type]
+    with pytest.raises(RefusedRequest, match="behind height 5"):
+        verifier.vote(context=replace(chain_a, height=4), **ask)  # type: ignore[arg-type]
+    assert set(verifier.seen) == {chain_a.chain_id, "other"}
