@@ -1,6 +1,8 @@
 """Stragglers and non-IID device tiers: FedAvg, over-selection, FedBuff and policies.
 
-Setting: Fashion-MNIST with the app's small CNN, 100 nodes in three device
+Setting: Fashion-MNIST with the app's small CNN, ``--nodes`` nodes (the issue
+asks for 100; the default of 30 is what this repository's shared 2-core machine
+runs for 8 strategies x 3 seeds in about half an hour) in three device
 tiers (1x, 5x, 20x slower, compute and bandwidth, round-robin), each tier
 holding its own classes (``--tier-classes``, Dirichlet within the tier), on the
 virtual-clock grid. Every node trains ``--local-steps`` minibatches per message;
@@ -16,7 +18,10 @@ Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
   policy (:mod:`~flchain_flwr.strategies.fedsa`, ``bafl``, ``tuning``,
   ``fairness``); ``+all``: every policy together.
 
-Every FedBuff variant runs with ``max_staleness=None``: with the default
+Settings chosen on seed 0 from plain FedBuff's and FedAvg's runs only (before
+any policy ran): the target accuracy (plain FedBuff reaches 44 % there, FedAvg
+stays near 15 %), the tuning's target staleness (half of plain FedBuff's mean,
+2.7). Every FedBuff variant runs with ``max_staleness=None``: with the default
 ("auto", 40 here) the 20x tier's updates (staleness ~80) would all be dropped,
 which is a choice of limit, not of policy.
 
@@ -104,13 +109,13 @@ class KeepFastest(VirtualGrid):
                 self.clock.wait(self.next_event_time())
                 if self.clock.time == before and not self._ready_any(waiting):
                     break
-        self.rounds.append(
-            [
-                (m.metadata.src_node_id, _examples(m))
-                for m in replies
-                if m.has_content() and not m.has_error()
-            ]
-        )
+        kept = [
+            (m.metadata.src_node_id, _examples(m))
+            for m in replies
+            if m.has_content() and not m.has_error()
+        ]
+        if kept:  # FedAvg's evaluation rounds (fraction 0) send nothing
+            self.rounds.append(kept)
         return replies
 
 
@@ -130,8 +135,9 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
             min_available_nodes=args.nodes,
             min_train_nodes=args.nodes,
         )
-    policies = POLICIES if name == "+all" else (name.lstrip("+"),)
-    policies = () if name == "fedbuff" else policies
+    policies: tuple[str, ...] = (
+        () if name == "fedbuff" else POLICIES if name == "+all" else (name[1:],)
+    )
     adjusters: list[ConfigAdjuster] = []
     if "fedsa" in policies:
         adjusters.append(FedSALearningRate(args.lr))
@@ -314,7 +320,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         values = [r[key] for r in by.get(name, [])]
         if not values or any(v is None for v in values):
             return None
-        return round(statistics.mean(values), 4)
+        return round(float(statistics.mean(values)), 4)
 
     def per_tier(name: str, key: str) -> list[float]:
         group = by[name]
@@ -389,26 +395,26 @@ def plot(rows: list[dict[str, Any]], tiers: list[list[int]], path: Path) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=10, help="FedAvg rounds")
+    parser.add_argument("--nodes", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=6, help="FedAvg rounds")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
-    parser.add_argument("--target", type=float, default=0.6)
+    parser.add_argument("--target", type=float, default=0.4)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--tier-classes", default="0,1,2,3;4,5,6;7,8,9")
     parser.add_argument("--train-subset", type=int, default=12_000)
-    parser.add_argument("--test-subset", type=int, default=2_000)
-    parser.add_argument("--local-steps", type=int, default=5)
+    parser.add_argument("--test-subset", type=int, default=1_000)
+    parser.add_argument("--local-steps", type=int, default=3)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--buffer-size", type=int, default=10)
     parser.add_argument("--keep", type=float, default=0.7, help="fedavg-os")
     parser.add_argument("--fairness-max", type=float, default=4.0)
-    parser.add_argument("--target-staleness", type=float, default=4.0)
+    parser.add_argument("--target-staleness", type=float, default=1.5)
     parser.add_argument("--seconds-per-example", type=float, default=0.01)
     parser.add_argument("--bandwidth", type=float, default=8e6, help="bits/s, 1x tier")
     parser.add_argument("--jitter", type=float, default=0.2)
     parser.add_argument(
-        "--eval-every", type=float, default=10.0, help="simulated seconds"
+        "--eval-every", type=float, default=20.0, help="simulated seconds"
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "stragglers.json")
     args = parser.parse_args()
