@@ -407,3 +407,38 @@ def test_all_policies_together_run_and_stay_in_bounds() -> None:
         assert all(1 <= int(c["local-steps"]) <= 16 for c in configs)
     total = sum(result.weight_share.values())
     assert math.isfinite(total) and total > 0
+
+
+def test_the_app_trains_the_lr_and_steps_its_train_config_asks_for() -> None:
+    pytest.importorskip("torch")
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.task import load_partition, new_model
+    from flwr.app import ArrayRecord, MessageType, RecordDict
+
+    from flchain_flwr.sim import app_run_config, uniform
+
+    tiers = "0,1,2,3;4,5,6;7,8,9"
+    cfg = app_run_config("apps/flchain_cnn", {"tier-classes": tiers, "seed": 3})
+    grid = VirtualGrid(client_app, uniform(6), run_config=cfg, seed=0)
+    arrays = ArrayRecord(new_model("digits", 0).state_dict())
+
+    def reply_of(node: int, config: dict[str, int | float]) -> dict[str, float]:
+        content = RecordDict(
+            {"arrays": arrays, "config": ConfigRecord({"server-round": 1, **config})}
+        )
+        message = Message(content, grid.node_ids[node], MessageType.TRAIN)
+        (reply,) = grid.send_and_receive([message])
+        assert not reply.has_error(), reply.error
+        return dict(reply.content.metric_records["metrics"])  # type: ignore[arg-type]
+
+    _, y = load_partition(
+        "digits", 4, 6, float(cfg["dirichlet-alpha"]), 3, False, 0, tiers
+    )
+    assert set(y) <= {4, 5, 6}  # node 4 is in tier 1
+    steps = reply_of(4, {"local-steps": 3, "lr": 0.01})
+    assert steps["examples-trained"] == 3 * int(cfg["batch-size"])
+    assert steps["num-examples"] == len(y)
+    epochs = reply_of(4, {})  # the run config's 5 epochs
+    assert epochs["examples-trained"] == int(cfg["local-epochs"]) * len(y)
+    moved = reply_of(4, {"local-steps": 3, "lr": 0.5})["train-loss"]
+    assert moved != steps["train-loss"]  # the lr was used
