@@ -5,8 +5,9 @@ asks for 100; the default of 15, five per tier, is what this repository's
 shared 2-core machine could run in the time it had, under a load of 10 to
 50) in three device tiers (1x, 5x, 20x slower, compute and bandwidth,
 round-robin), each tier holding its own classes (``--tier-classes``,
-Dirichlet within the tier), on the virtual-clock grid. Every node trains ``--local-steps`` minibatches per message;
-simulated compute is ``--seconds-per-example`` per example trained.
+Dirichlet within the tier), on the virtual-clock grid. Every node trains
+``--local-steps`` minibatches per message; simulated compute is
+``--seconds-per-example`` per example trained.
 
 Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
 
