@@ -92,7 +92,7 @@ class KeepFastest(VirtualGrid):
     each round aggregated, with their example counts (FedAvg's weights)."""
 
     keep: float = 1.0
-    rounds: list[list[tuple[int, float]]]
+    rounds: list[tuple[float, list[tuple[int, float]]]]
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -118,7 +118,7 @@ class KeepFastest(VirtualGrid):
             if m.has_content() and not m.has_error()
         ]
         if kept:  # FedAvg's evaluation rounds (fraction 0) send nothing
-            self.rounds.append(kept)
+            self.rounds.append((self.clock.time, kept))
         return replies
 
 
@@ -235,7 +235,13 @@ def run_one(
         strategy,
         grid,
         ArrayRecord(new_model("fashion-mnist", seed, "small").state_dict()),
-        num_rounds=args.rounds if budget is None else 1_000_000,
+        # FedAvg with over-selection has no time budget: rounds enough to pass
+        # FedAvg's duration (it is measured up to it)
+        num_rounds=args.rounds
+        if budget is None
+        else 2 * args.rounds
+        if name == "fedavg-os"
+        else 1_000_000,
         evaluate_fn=evaluate,
     )
     result = run.result
@@ -244,7 +250,9 @@ def run_one(
         for node, share in result.weight_share.items():
             weight[tier_of[node]] += share
     else:
-        for replies in grid.rounds:
+        for at, replies in grid.rounds:
+            if budget is not None and at > budget:
+                break  # over-selection's rounds past FedAvg's budget
             total = sum(n for _, n in replies) or 1.0
             for node, n in replies:
                 weight[tier_of[node]] += n / total
