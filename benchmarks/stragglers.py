@@ -312,7 +312,7 @@ def finish(row: dict[str, Any], budget: float, target: float) -> None:
     """Time to target, final accuracies and the worst-tier gap, into ``row``."""
     row["budget"] = budget
     row["time_to_target"] = next(
-        (t for t, acc, _ in row["curve"] if acc >= target), None
+        (t for t, acc, _ in row["curve"] if acc >= target and t <= budget), None
     )
     _, overall, per_tier = [c for c in row["curve"] if c[0] <= budget + 1e-9][-1]
     row["final_accuracy"] = overall
