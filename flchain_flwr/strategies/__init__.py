@@ -1,8 +1,13 @@
 """Server-side strategies: semi-asynchronous buffered aggregation and helpers."""
 
+from .adaptive import AdaptiveScheduling
+from .bafl import AdaptiveLocalWork
 from .config import fedbuff_from_run_config
 from .decompress import DecompressReplies
+from .fairness import InverseParticipation
 from .fedbuff import FedBuff
+from .fedsa import FedSALearningRate
+from .history import NodeHistory
 from .result import (
     AsyncResult,
     NodeFailure,
@@ -20,6 +25,7 @@ from .staleness import (
     StalenessFn,
     staleness_fn,
 )
+from .tuning import StalenessTarget
 from .updates import ParsedUpdate, UpdateRejected, parse_update
 from .weighting import (
     Capped,
@@ -31,6 +37,8 @@ from .weighting import (
 )
 
 __all__ = [
+    "AdaptiveLocalWork",
+    "AdaptiveScheduling",
     "AsyncResult",
     "Capped",
     "Claimed",
@@ -40,9 +48,12 @@ __all__ = [
     "ExampleWeighting",
     "FedBuff",
     "FedBuffStaleness",
+    "FedSALearningRate",
     "Hinge",
+    "InverseParticipation",
     "MedianCapped",
     "NodeFailure",
+    "NodeHistory",
     "ParsedUpdate",
     "Polynomial",
     "RandomSample",
@@ -50,6 +61,7 @@ __all__ = [
     "SchedulingPolicy",
     "ShuffleAll",
     "StalenessFn",
+    "StalenessTarget",
     "UpdateRejected",
     "VersionRecord",
     "example_weighting",

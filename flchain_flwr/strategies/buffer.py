@@ -19,9 +19,11 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
 from ..protocol import UPDATE_KIND_DELTA
+from .fairness import InverseParticipation
 from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
+from .tuning import BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, bounded_metrics
 from .updates import _update_kind as update_kind
 from .versions import VersionStore
@@ -66,6 +68,11 @@ class UpdateBuffer:
         Seconds since the run started, on the run's clock.
     weighted_by_key : str
         The example-count metric, never dropped when metrics are capped.
+    fairness : InverseParticipation | None
+        Multiplies each update's staleness weight by its node's factor
+        (:mod:`.fairness`); ``None``: off.
+    tuner : BufferTuner | None
+        Chooses K and tau after each version (:mod:`.tuning`); ``None``: fixed.
     """
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
@@ -86,6 +93,8 @@ class UpdateBuffer:
         metrics_aggr: Callable[[list[RecordDict]], MetricRecord | None],
         now: Callable[[], float],
         weighted_by_key: str = "num-examples",
+        fairness: InverseParticipation | None = None,
+        tuner: BufferTuner | None = None,
     ) -> None:
         self.store = store
         self.num_versions = num_versions
@@ -101,6 +110,10 @@ class UpdateBuffer:
         self.metrics_aggr = metrics_aggr
         self.now = now
         self.weighted_by_key = weighted_by_key
+        self.fairness = fairness
+        self.tuner = tuner
+        if tuner is not None:
+            self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
         self.model_record: ArrayRecord = to_arrayrecord(store.model)
         self.updates: list[BufferedUpdate] = []
         self.unused_nodes: list[int] = []  # of the last buffer that made no version
@@ -231,17 +244,30 @@ class UpdateBuffer:
             return None
         for u, examples in zip(updates, weights, strict=True):
             u.examples = examples
+        if self.fairness is not None:
+            factors = self.fairness.factors(
+                [u.node_id for u in updates], weights, self.result.participation
+            )
+            for u, factor in zip(updates, factors, strict=True):
+                u.weight *= factor
         block = Block(self.version + 1, self.store.model, updates, self.now())
+        tuned = self.tuner is not None
+        if tuned:  # the K and tau this block was made with, in the ledger too
+            block.extra = {
+                "buffer": {"buffer_size": self.buffer_size, "max_wait": self.max_wait}
+            }
         if self.pipeline.run(block, self.reject) is not None:
             return None
         assert block.model is not None
         updates = block.updates
         self.store.advance(block.version, block.model)
         self.model_record = to_arrayrecord(block.model)
-        for u in updates:
+        shares = self.result.weight_share
+        for u, share in zip(updates, block.shares(1.0), strict=True):
             self.result.participation[u.node_id] = (
                 self.result.participation.get(u.node_id, 0) + 1
             )
+            shares[u.node_id] = shares.get(u.node_id, 0.0) + share
         record = VersionRecord(
             version=self.version,
             time=self.now(),
@@ -255,8 +281,14 @@ class UpdateBuffer:
             node_ids=[u.node_id for u in updates],
             kept_versions=self.store.full_copies(),
             full_copy_bound=self.store.bound,
+            buffer_size=self.buffer_size if tuned else None,
+            max_wait=self.max_wait if tuned else None,
         )
         self.result.versions.append(record)
+        if self.tuner is not None:
+            self.buffer_size, self.max_wait = self.tuner.observe(
+                record.time, [u.staleness for u in updates]
+            )
         self.result.arrays = self.model_record
         metrics = self.metrics_aggr([u.metrics for u in updates])
         if metrics is not None:

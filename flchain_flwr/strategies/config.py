@@ -7,10 +7,15 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ..ledger import Ledger
+from .adaptive import AdaptiveScheduling, ConfigAdjuster
+from .bafl import bafl_local_work
+from .fairness import fairness_weighting
 from .fedbuff import FedBuff, MaxStaleness
-from .scheduling import scheduling_policy
+from .fedsa import fedsa_learning_rate
+from .scheduling import SchedulingPolicy, scheduling_policy
 from .staleness import staleness_fn
 from .state import state_rule
+from .tuning import buffer_tuning
 from .weighting import example_weighting
 
 ConfigValue = int | float | str | bool
@@ -32,6 +37,12 @@ def fedbuff_from_run_config(
       :func:`~flchain_flwr.strategies.weighting.example_weighting`, e.g.
       ``"median:4"``, ``"claimed"``);
     - ``scheduling`` (``"random"`` or ``"shuffle"``);
+    - straggler policies, each off when absent or ``""``: ``adaptive-lr``
+      (``"fedsa[:<low>:<high>]"``, scales the run's ``lr`` per node),
+      ``adaptive-work`` (``"bafl[:<low>:<high>]"``, scales ``local-steps`` if
+      > 0, else ``local-epochs``, per node), ``fairness``
+      (``"inverse[:<max_factor>]"``), ``buffer-tuning``
+      (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
     - ``fraction-train`` (in (0, 1]); ``fraction-evaluate`` (in [0, 1], 0: no
       federated evaluation); ``concurrency`` (int, <= 0: none, i.e. from
@@ -80,6 +91,13 @@ def fedbuff_from_run_config(
         )
     if "scheduling" in cfg:
         kwargs["scheduling"] = _parsed(cfg, "scheduling", scheduling_policy)
+    adaptive = _straggler_scheduling(cfg, kwargs.get("scheduling"))
+    if adaptive is not None:
+        kwargs["scheduling"] = adaptive
+    if "fairness" in cfg:
+        kwargs["fairness"] = _parsed(cfg, "fairness", fairness_weighting)
+    if "buffer-tuning" in cfg:
+        kwargs["buffer_tuning"] = _parsed(cfg, "buffer-tuning", buffer_tuning)
     if "state-rule" in cfg:
         kwargs["state_rule"] = _parsed(cfg, "state-rule", state_rule)
     if "fraction-train" in cfg:
@@ -122,6 +140,37 @@ def fedbuff_from_run_config(
             )
     kwargs.update(overrides)
     return FedBuff(**kwargs)  # type: ignore[arg-type]
+
+
+def _straggler_scheduling(
+    cfg: Mapping[str, ConfigValue], base: object
+) -> AdaptiveScheduling | None:
+    """The ``adaptive-lr`` and ``adaptive-work`` policies over ``base``, if any."""
+    adjusters: list[ConfigAdjuster] = []
+    work_key = None
+    if cfg.get("adaptive-lr", "") != "":
+        base_lr = _needed(cfg, "adaptive-lr", "lr")
+        lr = _parsed(cfg, "adaptive-lr", lambda t: fedsa_learning_rate(t, base_lr))
+        adjusters.extend([lr] if lr is not None else [])
+    if cfg.get("adaptive-work", "") != "":
+        steps = _integer(cfg, "local-steps", minimum=0) if "local-steps" in cfg else 0
+        work_key = "local-steps" if steps > 0 else "local-epochs"
+        work = steps or int(_needed(cfg, "adaptive-work", "local-epochs"))
+        local = _parsed(
+            cfg, "adaptive-work", lambda t: bafl_local_work(t, work, work_key)
+        )
+        adjusters.extend([local] if local is not None else [])
+    if not adjusters:
+        return None
+    policy = base if isinstance(base, SchedulingPolicy) else None
+    return AdaptiveScheduling(adjusters, base=policy, work_key=work_key)
+
+
+def _needed(cfg: Mapping[str, ConfigValue], by: str, key: str) -> float:
+    """``cfg[key]``, a number > 0 that the policy in ``cfg[by]`` scales."""
+    if key not in cfg:
+        raise ValueError(f"run config key {by!r} needs the key {key!r} (its base)")
+    return _number(cfg, key, low=0.0, low_open=True)
 
 
 def _bad(key: str, value: ConfigValue, expected: str) -> ValueError:

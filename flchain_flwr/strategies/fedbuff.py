@@ -33,6 +33,7 @@ from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..pov.committee import Committee
 from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
 from ..runtime import clock_of, publish_result
+from .fairness import InverseParticipation
 from .result import AsyncResult
 from .run import FedBuffRun
 from .scheduling import RandomSample, SchedulingPolicy
@@ -40,6 +41,7 @@ from .staleness import FedBuffStaleness, StalenessFn
 from .state import DEFAULT_STATE_RULE, StateRule
 from .state import state_rule as state_rule_named
 from .sync import SyncAggregation
+from .tuning import StalenessTarget
 from .updates import ParsedUpdate, aggregate_metrics, parse_update
 from .weighting import DEFAULT_WEIGHTING, ExampleWeighting
 
@@ -119,7 +121,17 @@ class FedBuff(Strategy):
         How self-reported example counts become weights (see
         :mod:`flchain_flwr.strategies.weighting`); ``Claimed()`` trusts them.
     scheduling : SchedulingPolicy (default: RandomSample())
-        Which free node trains next and with what train config.
+        Which free node trains next and with what train config
+        (:class:`~.adaptive.AdaptiveScheduling` adds FedSA learning rates and
+        BAFL local work for stragglers).
+    fairness : InverseParticipation | None (default: None)
+        Multiply each update's staleness weight by its node's inverse
+        participation factor (:mod:`~flchain_flwr.strategies.fairness`).
+    buffer_tuning : StalenessTarget | None (default: None)
+        Choose K (and tau) after every version to hold a target mean staleness
+        (:mod:`~flchain_flwr.strategies.tuning`); ``buffer_size`` and
+        ``max_wait`` are then the starting values. Each version records its K
+        and tau (and its ledger block, under ``buffer``).
     state_rule : "average" | "delta" | "keep" (default: "average")
         How non-trainable arrays (BatchNorm running statistics, integer
         counters) are aggregated: the weighted average of the values nodes
@@ -183,6 +195,8 @@ class FedBuff(Strategy):
         concurrency: int | None = None,
         example_weighting: ExampleWeighting | None = None,
         scheduling: SchedulingPolicy | None = None,
+        fairness: InverseParticipation | None = None,
+        buffer_tuning: StalenessTarget | None = None,
         state_rule: StateRule = DEFAULT_STATE_RULE,
         state_patterns: Iterable[str] = (),
         message_ttl: float | None = None,
@@ -251,6 +265,8 @@ class FedBuff(Strategy):
         self.concurrency = concurrency
         self.example_weighting = example_weighting or DEFAULT_WEIGHTING
         self.scheduling = scheduling or RandomSample()
+        self.fairness = fairness
+        self.buffer_tuning = buffer_tuning
         self.state_rule: StateRule = state_rule_named(state_rule)
         self.state_patterns = tuple(state_patterns)
         self.message_ttl = message_ttl
@@ -286,6 +302,13 @@ class FedBuff(Strategy):
             self.example_weighting.spec,
         )
         log(INFO, "\t├──> PoV: %s, ledger: %s", self.committee, self.ledger)
+        if self.fairness is not None or self.buffer_tuning is not None:
+            log(
+                INFO,
+                "\t├──> Stragglers: fairness=%s, buffer tuning=%s",
+                self.fairness and self.fairness.spec,
+                self.buffer_tuning and self.buffer_tuning.spec,
+            )
         log(
             INFO,
             "\t├──> Evaluation: fraction_evaluate=%s, min_evaluate_nodes=%d, every=%s",
@@ -324,6 +347,13 @@ class FedBuff(Strategy):
             "weighted_by_key": self.weighted_by_key,
             "arrayrecord_key": self.arrayrecord_key,
             "committee": repr(self.committee),
+        } | {  # only when on: the default's digest, and its ledgers, are unchanged
+            key: option.spec
+            for key, option in (
+                ("fairness", self.fairness),
+                ("buffer_tuning", self.buffer_tuning),
+            )
+            if option is not None
         }
 
     def config_digest(self) -> str:

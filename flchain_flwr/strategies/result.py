@@ -31,6 +31,10 @@ class VersionRecord:
     """The most full copies the run can hold at once (``max_staleness + 1``);
     ``None`` when ``max_staleness`` is ``None`` (bounded only by the versions in
     flight)."""
+    buffer_size: int | None = None
+    """K this version was made with, when a buffer tuner chose it (else ``None``)."""
+    max_wait: float | None = None
+    """tau this version was made with, when a buffer tuner is on (else ``None``)."""
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,16 @@ class AsyncResult(Result):
         Messages that failed (error replies, expired TTLs, departed nodes).
     participation : dict[int, int]
         Number of aggregated updates per node id.
+    weight_share : dict[int, float]
+        Per node id, the sum over versions of its update's share of the step
+        (staleness weight times effective examples over the buffer's examples).
     """
 
     versions: list[VersionRecord] = field(default_factory=list)
     rejected: list[RejectedUpdate] = field(default_factory=list)
     failures: list[NodeFailure] = field(default_factory=list)
     participation: dict[int, int] = field(default_factory=dict)
+    weight_share: dict[int, float] = field(default_factory=dict)
     stop_reason: str = ""
     committee_decisions: list[dict[str, Any]] = field(default_factory=list)
     """One summary per PoV committee decision (empty without a committee)."""
@@ -88,6 +96,7 @@ class AsyncResult(Result):
             "rejected": [asdict(r) for r in self.rejected],
             "failures": [asdict(f) for f in self.failures],
             "participation": {str(k): v for k, v in self.participation.items()},
+            "weight_share": {str(k): v for k, v in self.weight_share.items()},
             "stop_reason": self.stop_reason,
             "committee_decisions": self.committee_decisions,
             "train_metrics_clientapp": _metrics(self.train_metrics_clientapp),

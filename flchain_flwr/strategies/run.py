@@ -32,6 +32,7 @@ from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
 from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
 from .state import state_names
+from .tuning import BufferTuner
 from .versions import VersionStore
 from .weighting import ClaimHistory
 
@@ -139,6 +140,10 @@ class FedBuffRun:
             ),
             now=lambda: self.loop.now(),
             weighted_by_key=s.weighted_by_key,
+            fairness=s.fairness,
+            tuner=BufferTuner(s.buffer_tuning, s.buffer_size, s.max_wait)
+            if s.buffer_tuning is not None
+            else None,
         )
         self.evaluation = FederatedEvaluation(
             fraction=s.fraction_evaluate,

@@ -353,9 +353,10 @@ class CommitteeStage(BlockStage):
 
     def commit(self, block: Block) -> None:
         """Settle deposits once for this block; its leader signs it."""
-        block.extra, block.signer = self.committee.seal(
+        sealed, block.signer = self.committee.seal(
             self._committee, self._votes, self._view
         )
+        block.extra = {**(block.extra or {}), **sealed}
         block.votes, self._votes, self._view = self._votes, [], 0
 
 

@@ -10,6 +10,13 @@ Node config (``flower-supernode --node-config``, or the simulation's defaults):
   the node trains nothing and serves as a PoV verifier with its own Ed25519 key
   and trusted shard ``i`` (see :mod:`flchain_flwr.pov.remote`);
 - ``attack=...``: robustness experiments only (see :mod:`flchain_flwr.sim.attacks`).
+
+A train message's config may carry ``lr``, ``local-epochs`` or ``local-steps``
+(a straggler policy's per-node choice, see :mod:`flchain_flwr.strategies.fedsa`
+and :mod:`flchain_flwr.strategies.bafl`); they override the run config's for
+that message. ``local-steps > 0`` trains that many minibatches instead of
+epochs. Replies report the work done as ``examples-trained`` beside
+``num-examples`` (the partition's size, which weights the update).
 """
 
 from __future__ import annotations
@@ -51,6 +58,7 @@ def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
         int(cfg["seed"]),
         bool(cfg["allow-download"]),
         int(cfg["train-subset"]),
+        str(cfg.get("tier-classes", "")),
     )
     return x, poisoned_labels(context, y, num_classes=10)
 
@@ -73,14 +81,26 @@ def train_fn(msg: Message, context: Context) -> Message:
     net = _received_model(msg, context)
     server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
     partition_id = int(context.node_config["partition-id"])
+    # A per-node lr or amount of local work in the train config (a straggler
+    # policy's choice) overrides the run config's.
+    config = msg.content.config_records["config"]
+    epochs, steps, lr = (
+        config.get(key, cfg.get(key, 0))
+        for key in ("local-epochs", "local-steps", "lr")
+    )
+    batch_size = int(cfg["batch-size"])
     train_loss = train(
         net,
         x,
         y,
-        epochs=int(cfg["local-epochs"]),
-        lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch-size"]),
+        epochs=int(cast(int, epochs)),
+        lr=float(cast(float, lr)),
+        batch_size=batch_size,
         seed=zlib.crc32(f"{cfg['seed']}/{partition_id}/{server_round}".encode()),
+        steps=int(cast(int, steps)),
+    )
+    trained = (
+        int(cast(int, steps)) * batch_size if steps else int(cast(int, epochs)) * len(y)
     )
     slowdown = float(context.node_config.get("compute-slowdown", 1.0))
     if slowdown > 1.0:
@@ -88,7 +108,13 @@ def train_fn(msg: Message, context: Context) -> Message:
     content = RecordDict(
         {
             "arrays": ArrayRecord(net.state_dict()),
-            "metrics": MetricRecord({"train-loss": train_loss, "num-examples": len(y)}),
+            "metrics": MetricRecord(
+                {
+                    "train-loss": train_loss,
+                    "num-examples": len(y),
+                    "examples-trained": trained,
+                }
+            ),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -8,12 +8,18 @@ downloads from the Hugging Face hub when ``allow-download`` is true.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import torch
 from torch import nn
 
-from flchain_flwr.data import dirichlet_partition, load_digits_split
+from flchain_flwr.data import (
+    dirichlet_partition,
+    load_digits_split,
+    parse_tier_classes,
+    tier_partition,
+)
 from flchain_flwr.data.fashion_mnist import load_fashion_mnist
 from flchain_flwr.pov import ReferenceFn, Score, ScoreFn
 from flchain_flwr.training import evaluate, train
@@ -109,7 +115,7 @@ def new_model(dataset: str, seed: int, size: str = "default") -> nn.Module:
     return build()
 
 
-def load_partition(
+def load_partition(  # pylint: disable=too-many-arguments
     dataset: str,
     partition_id: int,
     num_partitions: int,
@@ -117,19 +123,45 @@ def load_partition(
     seed: int,
     allow_download: bool = False,
     train_subset: int = 0,
+    tier_classes: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """The training examples of one node under a Dirichlet(alpha) label split.
 
     ``train_subset > 0`` first keeps only that many training examples (for quick
-    experiments); 0 uses them all.
+    experiments); 0 uses them all. ``tier_classes`` (e.g. ``"0,1,2,3;4,5,6;7,8,9"``)
+    gives partition ``i`` only the classes of tier ``i % tiers``, Dirichlet(alpha)
+    within the tier (:func:`~flchain_flwr.data.tier_partition`); "" splits every
+    class over every partition.
     """
     x_train, y_train, _, _ = _dataset(dataset)[0](allow_download)
     if train_subset > 0:
         x_train, y_train = x_train[:train_subset], y_train[:train_subset]
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition-id {partition_id} not in [0, {num_partitions})")
-    idx = dirichlet_partition(y_train, num_partitions, alpha, seed=seed)[partition_id]
+    idx = _partitions(
+        dataset, allow_download, train_subset, num_partitions, alpha, seed, tier_classes
+    )[partition_id]
     return x_train[idx], y_train[idx]
+
+
+@lru_cache(maxsize=8)
+def _partitions(  # pylint: disable=too-many-arguments
+    dataset: str,
+    allow_download: bool,
+    train_subset: int,
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    tier_classes: str,
+) -> list[np.ndarray]:
+    """Every partition's indices (computed once per setting: nodes ask per message)."""
+    y_train = _dataset(dataset)[0](allow_download)[1]
+    if train_subset > 0:
+        y_train = y_train[:train_subset]
+    if tier_classes:
+        tiers = parse_tier_classes(tier_classes)
+        return tier_partition(y_train, num_partitions, tiers, alpha, seed=seed)
+    return dirichlet_partition(y_train, num_partitions, alpha, seed=seed)
 
 
 def load_test(

@@ -1,0 +1,526 @@
+"""Stragglers and non-IID device tiers: FedAvg, over-selection, FedBuff and policies.
+
+Setting: Fashion-MNIST with the app's small CNN, ``--nodes`` nodes (the issue
+asks for 100; the default of 15, five per tier, is what this repository's
+shared 2-core machine could run in the time it had, under a load of 10 to
+50) in three device tiers (1x, 5x, 20x slower, compute and bandwidth,
+round-robin), each tier holding its own classes (``--tier-classes``,
+Dirichlet within the tier), on the virtual-clock grid. Every node trains
+``--local-steps`` minibatches per message; simulated compute is
+``--seconds-per-example`` per example trained.
+
+Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
+
+- ``fedavg``: Flower's FedAvg, every node each round (waits for the slowest);
+- ``fedavg-os``: Flower's FedAvg, each round keeping the fastest 70 % of the
+  replies and dropping the rest (over-selection, as production sync FL does);
+- ``fedbuff``: FedBuff, K = nodes / 5 (3 for 15 nodes), all nodes training,
+  FedBuff's 1/sqrt(1+s);
+- ``+fedsa``, ``+bafl``, ``+tuning``, ``+fairness``: FedBuff with one straggler
+  policy (:mod:`~flchain_flwr.strategies.fedsa`, ``bafl``, ``tuning``,
+  ``fairness``); ``+all``: every policy together.
+
+Settings chosen on seed 0 from a 30-node probe of plain FedBuff and FedAvg
+only (before any policy ran): the target accuracy (plain FedBuff reached
+44 % there, FedAvg stayed near 15 %), the tuning's target staleness (half of
+plain FedBuff's mean there, 2.7). Every FedBuff variant runs with
+``max_staleness=None``: with the default ("auto", max(20, 4 ceil(nodes / K)))
+a 100-node run with K = 10 drops every update of the 20x tier (staleness about
+80 > 40), which is a choice of limit, not of policy.
+
+Reported per strategy and seed: simulated time to ``--target`` accuracy on the
+test subset, final accuracy, accuracy on each tier's classes, the worst-tier
+gap (best tier minus worst tier, points), each tier's share of the aggregated
+weight against its share of the data. JSON to benchmarks/results/stragglers.json
+and a PNG of per-tier accuracy against simulated time; the last line printed is
+``stragglers: worst-tier gap <points> (plain FedBuff <points>)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import statistics
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import (
+    APP_DIR,
+    FASHION_MNIST,
+    RESULTS,
+    require_fashion_mnist,
+    write_results,
+)
+from flwr.app import ArrayRecord, Message, MetricRecord
+from flwr.common.logger import FLOWER_LOGGER
+from flwr.serverapp.strategy import FedAvg, Strategy
+
+from flchain_flwr.data import parse_tier_classes
+from flchain_flwr.sim import (
+    VirtualGrid,
+    app_run_config,
+    examples_work,
+    simulate,
+    tiered,
+)
+from flchain_flwr.strategies import (
+    AdaptiveLocalWork,
+    AdaptiveScheduling,
+    AsyncResult,
+    FedBuff,
+    FedSALearningRate,
+    InverseParticipation,
+    StalenessTarget,
+    mean_staleness,
+)
+from flchain_flwr.strategies.adaptive import ConfigAdjuster
+
+SLOWDOWNS = (1.0, 5.0, 20.0)
+POLICIES = ("fedsa", "bafl", "tuning", "fairness")
+STRATEGIES = ("fedavg", "fedavg-os", "fedbuff", *(f"+{p}" for p in POLICIES), "+all")
+
+
+class KeepFastest(VirtualGrid):
+    """A virtual grid whose synchronous rounds keep the fastest ``keep`` of the
+    replies (over-selection; ``keep=1`` waits for all) and record which nodes
+    each round aggregated, with their example counts (FedAvg's weights)."""
+
+    keep: float = 1.0
+    rounds: list[tuple[float, list[tuple[int, float]]]]
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Push, then advance simulated time until ``keep`` of the replies are in."""
+        waiting = set(self.push_messages(messages))
+        wanted = math.ceil(self.keep * len(waiting))
+        replies: list[Message] = []
+        while waiting and len(replies) < wanted:
+            got = sorted(
+                self.pull_messages(waiting), key=lambda m: m.metadata.created_at
+            )
+            replies.extend(got[: wanted - len(replies)])
+            waiting -= {m.metadata.reply_to_message_id for m in got}
+            if waiting and len(replies) < wanted:
+                before = self.clock.time
+                self.clock.wait(self.next_event_time())
+                if self.clock.time == before and not self._ready_any(waiting):
+                    break
+        kept = [
+            (m.metadata.src_node_id, _examples(m))
+            for m in replies
+            if m.has_content() and not m.has_error()
+        ]
+        if kept:  # FedAvg's evaluation rounds (fraction 0) send nothing
+            self.rounds.append((self.clock.time, kept))
+        return replies
+
+
+def _examples(reply: Message) -> float:
+    for record in reply.content.metric_records.values():
+        value = record.get("num-examples")
+        if isinstance(value, int | float):
+            return float(value)
+    return 0.0
+
+
+def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed: int):  # type: ignore[no-untyped-def]
+    """The contender ``name`` (FedBuff variants capped at ``budget`` seconds)."""
+    if name.startswith("fedavg"):
+        return FedAvg(
+            fraction_evaluate=0.0,
+            min_available_nodes=args.nodes,
+            min_train_nodes=args.nodes,
+        )
+    policies: tuple[str, ...] = (
+        () if name == "fedbuff" else POLICIES if name == "+all" else (name[1:],)
+    )
+    adjusters: list[ConfigAdjuster] = []
+    if "fedsa" in policies:
+        adjusters.append(FedSALearningRate(args.lr))
+    if "bafl" in policies:
+        adjusters.append(AdaptiveLocalWork(args.local_steps, "local-steps"))
+    return FedBuff(
+        buffer_size=args.buffer_size,
+        max_staleness=None,
+        fraction_evaluate=0.0,
+        min_available_nodes=args.nodes,
+        time_budget=budget,
+        seed=seed,
+        scheduling=AdaptiveScheduling(adjusters, work_key="local-steps")
+        if adjusters
+        else None,
+        fairness=InverseParticipation(args.fairness_max)
+        if "fairness" in policies
+        else None,
+        buffer_tuning=StalenessTarget(
+            args.target_staleness, args.buffer_size // 2, 5 * args.buffer_size, 2.0
+        )
+        if "tuning" in policies
+        else None,
+    )
+
+
+class TierEvaluator:
+    """Accuracy of a model on the test subset, overall and on each tier's classes."""
+
+    def __init__(self, config: dict[str, Any], tiers: list[list[int]]) -> None:
+        from flchain_cnn.task import load_test, new_model
+
+        self.x, self.y = load_test("fashion-mnist", False, int(config["test-subset"]))
+        self.masks = [np.isin(self.y, classes) for classes in tiers]
+        self.net = new_model("fashion-mnist", 0, "small")
+
+    def __call__(self, arrays: ArrayRecord) -> tuple[float, list[float]]:
+        import torch
+
+        torch.set_num_threads(1)
+        self.net.load_state_dict(arrays.to_torch_state_dict())
+        self.net.eval()
+        with torch.no_grad():
+            pred = self.net(torch.from_numpy(self.x)).argmax(dim=1).numpy()
+        right = pred == self.y
+        return float(right.mean()), [float(right[m].mean()) for m in self.masks]
+
+
+def run_one(
+    name: str, args: argparse.Namespace, seed: int, budget: float | None
+) -> dict[str, Any]:
+    """One strategy, one seed: overall and per-tier accuracy against simulated time."""
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.task import _partitions, new_model
+
+    tiers = parse_tier_classes(args.tier_classes)
+    config = run_config(args, seed)
+    grid = KeepFastest(
+        client_app,
+        tiered(
+            args.nodes,
+            SLOWDOWNS,
+            uplink_bps=args.bandwidth,
+            downlink_bps=args.bandwidth,
+            jitter=args.jitter,
+        ),
+        run_config=config,
+        seed=seed,
+        work_fn=examples_work(args.seconds_per_example, "examples-trained"),
+    )
+    grid.keep = args.keep if name == "fedavg-os" else 1.0
+    grid.rounds = []
+    tier_of = {n: grid.partition_of[n] % len(tiers) for n in grid.node_ids}
+    evaluator = TierEvaluator(config, tiers)
+    curve: list[tuple[float, float, list[float]]] = []
+    last = [-math.inf]
+
+    def evaluate(version: int, arrays: ArrayRecord) -> MetricRecord | None:
+        now = grid.clock.now()
+        final = budget is not None and now >= budget - args.eval_every / 10
+        if now - last[0] < args.eval_every and version > 0 and not final:
+            return None  # FedBuff makes versions faster than we need to look
+        last[0] = now
+        overall, per_tier = evaluator(arrays)
+        curve.append((now, overall, per_tier))
+        return MetricRecord({"accuracy": overall})
+
+    random.seed(seed)  # Flower's FedAvg samples with the global `random`
+    started = time.perf_counter()
+    strategy: Strategy = strategy_for(name, args, budget, seed)
+    run = simulate(
+        strategy,
+        grid,
+        ArrayRecord(new_model("fashion-mnist", seed, "small").state_dict()),
+        # FedAvg with over-selection has no time budget: rounds enough to pass
+        # FedAvg's duration (it is measured up to it)
+        num_rounds=args.rounds
+        if budget is None
+        else 2 * args.rounds
+        if name == "fedavg-os"
+        else 1_000_000,
+        evaluate_fn=evaluate,
+    )
+    result = run.result
+    weight = [0.0] * len(tiers)
+    if isinstance(result, AsyncResult):
+        for node, share in result.weight_share.items():
+            weight[tier_of[node]] += share
+    else:
+        for at, replies in grid.rounds:
+            if budget is not None and at > budget:
+                break  # over-selection's rounds past FedAvg's budget
+            total = sum(n for _, n in replies) or 1.0
+            for node, n in replies:
+                weight[tier_of[node]] += n / total
+    parts = _partitions(
+        "fashion-mnist",
+        False,
+        args.train_subset,
+        args.nodes,
+        args.alpha,
+        seed,
+        args.tier_classes,
+    )
+    data = [0.0] * len(tiers)
+    for index, part in enumerate(parts):
+        data[index % len(tiers)] += len(part)
+    row: dict[str, Any] = {
+        "strategy": name,
+        "seed": seed,
+        "curve": curve,
+        "simulated_seconds": run.simulated_seconds,
+        "wall_seconds": time.perf_counter() - started,
+        "weight_share": [w / (sum(weight) or 1.0) for w in weight],
+        "data_share": [d / sum(data) for d in data],
+    }
+    if isinstance(result, AsyncResult):
+        row["versions"] = len(result.versions)
+        row["mean_staleness"] = mean_staleness(result)
+        row["stop_reason"] = result.stop_reason
+        sizes = [v.buffer_size for v in result.versions if v.buffer_size is not None]
+        if sizes:
+            row["buffer_sizes"] = {"first": sizes[0], "last": sizes[-1]}
+            row["buffer_size_mean"] = statistics.mean(sizes)
+    else:
+        row["versions"] = len(grid.rounds)
+    return row
+
+
+def run_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """The app's run config for this benchmark."""
+    return app_run_config(
+        APP_DIR,
+        {
+            **FASHION_MNIST,
+            "model": "small",
+            "dirichlet-alpha": args.alpha,
+            "tier-classes": args.tier_classes,
+            "train-subset": args.train_subset,
+            "test-subset": args.test_subset,
+            "local-steps": args.local_steps,
+            "lr": args.lr,
+            "seed": seed,
+        },
+    )
+
+
+def finish(row: dict[str, Any], budget: float, target: float) -> None:
+    """Time to target, final accuracies and the worst-tier gap, into ``row``."""
+    row["budget"] = budget
+    row["time_to_target"] = next(
+        (t for t, acc, _ in row["curve"] if acc >= target and t <= budget), None
+    )
+    _, overall, per_tier = [c for c in row["curve"] if c[0] <= budget + 1e-9][-1]
+    row["final_accuracy"] = overall
+    row["tier_accuracy"] = per_tier
+    row["worst_tier_accuracy"] = min(per_tier)
+    row["worst_tier_gap"] = 100 * (max(per_tier) - min(per_tier))
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over seeds per strategy, and the targets' checks."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        by.setdefault(row["strategy"], []).append(row)
+
+    def mean(name: str, key: str) -> float | None:
+        values = [r[key] for r in by.get(name, [])]
+        if not values or any(v is None for v in values):
+            return None
+        return round(float(statistics.mean(values)), 4)
+
+    def per_tier(name: str, key: str) -> list[float]:
+        group = by[name]
+        return [
+            round(statistics.mean(r[key][t] for r in group), 4)
+            for t in range(len(group[0][key]))
+        ]
+
+    def speedup(over: str, name: str = "+all") -> float | None:
+        a, b = mean(over, "time_to_target"), mean(name, "time_to_target")
+        return None if a is None or b is None else round(a / b, 2)
+
+    return {
+        "strategies": {
+            name: {
+                "time_to_target_mean": mean(name, "time_to_target"),
+                "reached_target": sum(r["time_to_target"] is not None for r in group),
+                "final_accuracy_mean": mean(name, "final_accuracy"),
+                "tier_accuracy_mean": per_tier(name, "tier_accuracy"),
+                "worst_tier_gap_mean": mean(name, "worst_tier_gap"),
+                "worst_tier_gap_per_seed": [
+                    round(r["worst_tier_gap"], 2) for r in group
+                ],
+                "weight_share_mean": per_tier(name, "weight_share"),
+                "data_share_mean": per_tier(name, "data_share"),
+                "versions_mean": mean(name, "versions"),
+                "wall_seconds_mean": mean(name, "wall_seconds"),
+            }
+            for name, group in by.items()
+        },
+        "speedup_all_vs_fedavg": speedup("fedavg"),
+        "speedup_all_vs_fedavg_os": speedup("fedavg-os"),
+        "speedup_fedbuff_vs_fedavg": speedup("fedavg", "fedbuff"),
+    }
+
+
+def plot(rows: list[dict[str, Any]], tiers: list[list[int]], path: Path) -> None:
+    """Per-tier accuracy against simulated time, one panel per tier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = ("fedavg", "fedavg-os", "fedbuff", "+fairness", "+all")
+    colours = dict(
+        zip(
+            shown,
+            ("tab:red", "tab:orange", "tab:blue", "tab:purple", "tab:green"),
+            strict=True,
+        )
+    )
+    fig, axes = plt.subplots(1, len(tiers), figsize=(5 * len(tiers), 4), sharey=True)
+    for t, ax in enumerate(axes):
+        seen: set[str] = set()
+        for row in rows:
+            if row["strategy"] not in shown:
+                continue
+            times = [c[0] for c in row["curve"]]
+            acc = [c[2][t] for c in row["curve"]]
+            label = None if row["strategy"] in seen else row["strategy"]
+            seen.add(row["strategy"])
+            ax.plot(times, acc, color=colours[row["strategy"]], alpha=0.6, label=label)
+        ax.set_title(f"tier {t} ({SLOWDOWNS[t]:g}x slower): classes {tiers[t]}")
+        ax.set_xlabel("simulated time (s)")
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("accuracy on the tier's classes")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=6, help="FedAvg rounds")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--strategies", default=",".join(STRATEGIES))
+    parser.add_argument("--target", type=float, default=0.4)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--tier-classes", default="0,1,2,3;4,5,6;7,8,9")
+    parser.add_argument("--train-subset", type=int, default=12_000)
+    parser.add_argument("--test-subset", type=int, default=1_000)
+    parser.add_argument("--local-steps", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--buffer-size", type=int, default=0, help="0: nodes / 5")
+    parser.add_argument("--keep", type=float, default=0.7, help="fedavg-os")
+    parser.add_argument("--fairness-max", type=float, default=4.0)
+    parser.add_argument("--target-staleness", type=float, default=1.5)
+    parser.add_argument("--seconds-per-example", type=float, default=0.01)
+    parser.add_argument("--bandwidth", type=float, default=8e6, help="bits/s, 1x tier")
+    parser.add_argument("--jitter", type=float, default=0.2)
+    parser.add_argument(
+        "--eval-every", type=float, default=20.0, help="simulated seconds"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "stragglers.json")
+    args = parser.parse_args()
+    names = [n for n in args.strategies.split(",") if n]
+    unknown = sorted(set(names) - set(STRATEGIES))
+    if unknown:
+        parser.error(f"unknown strategies {unknown}; choose from {STRATEGIES}")
+    args.buffer_size = args.buffer_size or max(1, args.nodes // 5)
+    require_fashion_mnist()
+    FLOWER_LOGGER.setLevel(logging.WARNING)
+    tiers = parse_tier_classes(args.tier_classes)
+
+    # The comparisons the headline needs first, for every seed; then each
+    # policy alone. Results are written after every run, so a run cut short
+    # by time leaves what it measured (the JSON lists which runs completed).
+    main_names = [n for n in names if n in ("fedavg", "fedavg-os", "fedbuff", "+all")]
+    order = [(seed, n) for seed in range(args.seeds) for n in main_names]
+    order += [
+        (seed, n) for seed in range(args.seeds) for n in names if n not in main_names
+    ]
+    rows: list[dict[str, Any]] = []
+    budgets: dict[int, float] = {}
+    for seed, name in order:
+        if seed not in budgets:  # FedAvg's duration is every seed's budget
+            fedavg = run_one("fedavg", args, seed, None)
+            budgets[seed] = fedavg["simulated_seconds"]
+            if "fedavg" in names:
+                report(fedavg, budgets[seed], args, rows)
+        if name != "fedavg":
+            report(run_one(name, args, seed, budgets[seed]), budgets[seed], args, rows)
+        save(rows, tiers, args, partial=len(rows) < len(order))
+    summary = summarise(rows)
+    for name, stats in summary["strategies"].items():
+        print(
+            f"{name:>10}: time to target {stats['time_to_target_mean']}, final "
+            f"{stats['final_accuracy_mean']}, tiers {stats['tier_accuracy_mean']}, "
+            f"gap {stats['worst_tier_gap_mean']}, weight {stats['weight_share_mean']} "
+            f"vs data {stats['data_share_mean']}"
+        )
+    print(
+        f"speedup +all vs fedavg {summary['speedup_all_vs_fedavg']}, "
+        f"vs fedavg-os {summary['speedup_all_vs_fedavg_os']}"
+    )
+    gap, baseline = headline(summary)
+    print(f"stragglers: worst-tier gap {gap} (plain FedBuff {baseline})")
+
+
+def report(
+    row: dict[str, Any], budget: float, args: argparse.Namespace, rows: list[Any]
+) -> None:
+    """Finish ``row``, print it, add it to ``rows``."""
+    finish(row, budget, args.target)
+    print(
+        f"seed {row['seed']} {row['strategy']:>10}: acc {row['final_accuracy']:.4f} "
+        f"tiers {[round(a, 3) for a in row['tier_accuracy']]} gap "
+        f"{row['worst_tier_gap']:.1f} t->{args.target:.0%} {row['time_to_target']} "
+        f"weight {[round(w, 3) for w in row['weight_share']]} "
+        f"data {[round(d, 3) for d in row['data_share']]} "
+        f"wall {row['wall_seconds']:.0f}s",
+        flush=True,
+    )
+    rows.append(row)
+
+
+def headline(summary: dict[str, Any]) -> tuple[float | None, float | None]:
+    """The worst-tier gap with every policy, and plain FedBuff's (mean points)."""
+    s = summary["strategies"]
+    gap = s.get("+all", {}).get("worst_tier_gap_mean")
+    return gap, s.get("fedbuff", {}).get("worst_tier_gap_mean")
+
+
+def save(
+    rows: list[dict[str, Any]],
+    tiers: list[list[int]],
+    args: argparse.Namespace,
+    partial: bool,
+) -> None:
+    """Write the JSON (headline with its baseline) and the PNG of ``rows``."""
+    summary = summarise(rows)
+    gap, baseline = headline(summary)
+    write_results(
+        args.out,
+        "stragglers",
+        args,
+        headline=("stragglers: worst-tier gap with every policy (points)", gap),
+        partial=partial,
+        completed=[f"{r['strategy']} seed {r['seed']}" for r in rows],
+        summary=summary,
+        runs=rows,
+    )
+    document = json.loads(args.out.read_text())
+    document["headline"]["baseline"] = baseline
+    args.out.write_text(json.dumps(document, indent=2))
+    plot(rows, tiers, args.out.with_suffix(".png"))
+
+
+if __name__ == "__main__":
+    main()

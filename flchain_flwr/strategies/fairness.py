@@ -1,0 +1,89 @@
+"""Fairness-aware weighting: compensate nodes that rarely reach the model.
+
+FedBuff scales an update by its staleness, ``1/sqrt(1+s)``: a slow device's
+updates are both rare and stale, so when data and device class go together its
+data is under-learnt ("delayed nodes may be given low weight, resulting in
+sustained low participation", the asynchronous FLchain survey, §3.2.3).
+:class:`InverseParticipation` multiplies each buffered update's weight by the
+node's inverse participation share (its aggregated updates, plus one, against
+the mean over the nodes seen), renormalised so that the buffer's total weight
+is unchanged, and bounded::
+
+    raw_i = (mean_j c_j + 1) / (c_i + 1)
+    f_i   = clip(raw_i * sum_k n_k / sum_k n_k raw_k, 1 / max_factor, max_factor)
+
+so it moves weight from frequent to rare nodes within a buffer without making
+the server's step larger. It works beside any staleness function (with
+``staleness="constant"`` it replaces FedBuff's).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+def inverse_participation(
+    node_ids: Sequence[int],
+    examples: Sequence[float],
+    participation: Mapping[int, int],
+    max_factor: float,
+) -> list[float]:
+    """One factor per buffered update (see the module's docstring).
+
+    ``participation`` holds each node's aggregated updates before this buffer;
+    nodes in the buffer but not in it count 0. ``examples`` are the buffer's
+    effective example counts (finite, total > 0).
+    """
+    seen = len(participation) + sum(1 for n in set(node_ids) if n not in participation)
+    mean = sum(participation.values()) / seen if seen else 0.0
+    raw = [(mean + 1.0) / (participation.get(n, 0) + 1.0) for n in node_ids]
+    total = sum(examples)
+    weighted = sum(n * r for n, r in zip(examples, raw, strict=True))
+    scale = total / weighted if weighted > 0 else 1.0
+    low = 1.0 / max_factor
+    return [min(max(r * scale, low), max_factor) for r in raw]
+
+
+@dataclass(frozen=True)
+class InverseParticipation:
+    """Weight factors from inverse participation, within ``[1/max, max]``."""
+
+    max_factor: float = 4.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.max_factor) and self.max_factor >= 1.0):
+            raise ValueError(
+                f"max_factor must be finite and >= 1, got {self.max_factor}"
+            )
+
+    def factors(
+        self,
+        node_ids: Sequence[int],
+        examples: Sequence[float],
+        participation: Mapping[int, int],
+    ) -> list[float]:
+        """One factor per buffered update."""
+        return inverse_participation(node_ids, examples, participation, self.max_factor)
+
+    @property
+    def spec(self) -> str:
+        """``"inverse:<max_factor>"``."""
+        return f"inverse:{self.max_factor:g}"
+
+
+def fairness_weighting(spec: str) -> InverseParticipation | None:
+    """``""`` or ``"none"``: off; ``"inverse"`` or ``"inverse:<max_factor>"``."""
+    name, *params = spec.strip().split(":")
+    if name in ("", "none") and not params:
+        return None
+    if name == "inverse" and len(params) <= 1:
+        try:
+            return InverseParticipation(*(float(p) for p in params))
+        except ValueError as exc:
+            raise ValueError(f"bad fairness weighting {spec!r}: {exc}") from None
+    raise ValueError(
+        f"unknown fairness weighting {spec!r}; expected '', 'none', 'inverse' or "
+        "'inverse:<max_factor>'"
+    )
