@@ -31,7 +31,7 @@ from ..arrays import NDArrays
 from ..ledger import Ledger
 from ..ledger.canonical import canonical_json, sha256_hex
 from ..pov.committee import Committee
-from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
+from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY, SPARSE_REPLIES_KEY
 from ..runtime import clock_of, publish_result
 from .result import AsyncResult
 from .run import FedBuffRun
@@ -338,6 +338,7 @@ class FedBuff(Strategy):
         cfg = ConfigRecord(dict(config))
         cfg[SERVER_ROUND_KEY] = version + 1
         cfg[MODEL_VERSION_KEY] = version
+        cfg[SPARSE_REPLIES_KEY] = True  # the DGC mod may compress its reply
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
 
     def evaluate_content(
