@@ -22,6 +22,7 @@ from ..protocol import UPDATE_KIND_DELTA
 from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
+from .traffic import Traffic
 from .updates import ParsedUpdate, UpdateRejected, bounded_metrics
 from .updates import _update_kind as update_kind
 from .versions import VersionStore
@@ -106,6 +107,7 @@ class UpdateBuffer:
         self.unused_nodes: list[int] = []  # of the last buffer that made no version
         self.deadline = math.inf  # tau after the buffer's first update
         self.wall0 = time.time()
+        self.traffic = Traffic()  # train bytes since the last version
 
     @property
     def version(self) -> int:
@@ -230,9 +232,17 @@ class UpdateBuffer:
             return None
         for u, examples in zip(updates, weights, strict=True):
             u.examples = examples
-        block = Block(self.version + 1, self.store.model, updates, self.now())
+        traffic = self.traffic
+        block = Block(
+            self.version + 1,
+            self.store.model,
+            updates,
+            self.now(),
+            extra={"traffic": traffic.as_dict()},
+        )
         if self.pipeline.run(block, self.reject) is not None:
             return None
+        self.traffic = Traffic()  # a buffer that made no version keeps counting
         assert block.model is not None
         updates = block.updates
         self.store.advance(block.version, block.model)
@@ -254,6 +264,10 @@ class UpdateBuffer:
             node_ids=[u.node_id for u in updates],
             kept_versions=self.store.full_copies(),
             full_copy_bound=self.store.bound,
+            messages_down=traffic.messages_down,
+            bytes_down=traffic.bytes_down,
+            replies_up=traffic.replies_up,
+            bytes_up=traffic.bytes_up,
         )
         self.result.versions.append(record)
         self.result.arrays = self.model_record

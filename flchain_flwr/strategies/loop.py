@@ -30,6 +30,7 @@ from .evaluation import FederatedEvaluation
 from .nodes import NodeTracker
 from .result import AsyncResult, NodeFailure, VersionRecord
 from .scheduling import SchedulingPolicy
+from .traffic import content_bytes
 
 ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
 
@@ -251,11 +252,17 @@ class EventLoop:
             for _, flight in messages:
                 self._record_failure(flight, ErrorCode.UNKNOWN, f"push failed: {exc}")
             return
+        sizes: dict[int, int] = {}  # messages may share one content
         for message, flight in messages:
             msg_id = message.metadata.message_id
             if not msg_id or msg_id not in accepted:
                 self._record_failure(flight, ErrorCode.UNKNOWN, "push was refused")
                 continue
+            if flight.train:
+                key = id(message.content)
+                if key not in sizes:
+                    sizes[key] = content_bytes(message.content)
+                self.buffer.traffic.sent(sizes[key])
             self.in_flight[msg_id] = flight
             self._seq += 1
             heapq.heappush(self._deadlines, (flight.deadline, self._seq, msg_id))
@@ -309,6 +316,8 @@ class EventLoop:
             )
             return
         del self.in_flight[msg_id]
+        if flight.train and reply.has_content():
+            self.buffer.traffic.received(content_bytes(reply.content))
         self.nodes.done(flight.node_id)
         self.evaluation.freed((flight.node_id,))
         if reply.has_error():

@@ -31,6 +31,14 @@ class VersionRecord:
     """The most full copies the run can hold at once (``max_staleness + 1``);
     ``None`` when ``max_staleness`` is ``None`` (bounded only by the versions in
     flight)."""
+    messages_down: int = 0
+    """Train messages sent since the previous version."""
+    bytes_down: int = 0
+    """Their bytes, as Flower counts a message's content (see :mod:`.traffic`)."""
+    replies_up: int = 0
+    """Train replies received since the previous version (used or not)."""
+    bytes_up: int = 0
+    """Their bytes, counted the same way."""
 
 
 @dataclass(frozen=True)

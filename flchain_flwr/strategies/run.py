@@ -32,6 +32,7 @@ from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
 from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
 from .state import state_names
+from .traffic import human_bytes
 from .versions import VersionStore
 from .weighting import ClaimHistory
 
@@ -200,7 +201,7 @@ class FedBuffRun:
         log(
             INFO,
             "[VERSION %d/%d] t=%.2fs trigger=%s updates=%d staleness=%s "
-            "rejected=%d failed=%d",
+            "rejected=%d failed=%d down=%s/node up=%s/node",
             record.version,
             self.buffer.num_versions,
             record.time,
@@ -209,6 +210,8 @@ class FedBuffRun:
             record.staleness_histogram,
             rejected - self._seen[0],
             failed - self._seen[1],
+            human_bytes(record.bytes_down / max(record.messages_down, 1)),
+            human_bytes(record.bytes_up / max(record.replies_up, 1)),
         )
         self._seen = (rejected, failed)
         metrics = self.result.train_metrics_clientapp.get(record.version)

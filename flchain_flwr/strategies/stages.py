@@ -336,7 +336,8 @@ class CommitteeStage(BlockStage):
 
     def commit(self, block: Block) -> None:
         """Settle deposits once for this block; its leader signs it."""
-        block.extra, block.signer = self.committee.seal(self._committee, self._votes)
+        fields, block.signer = self.committee.seal(self._committee, self._votes)
+        block.extra = {**(block.extra or {}), **fields}
         block.votes, self._votes = self._votes, []
 
 
