@@ -41,7 +41,8 @@ from flwr.app import (
 )
 from flwr.supercore import log
 
-from ..compression.sparse import SPARSE_STYPE, encode, payload_size
+from ..compression.quantize import QUANTIZED, dequantize, quantize
+from ..compression.sparse import SPARSE_STYPE, VALUE_TYPES, encode, payload_size
 from ..protocol import (
     MODEL_VERSION_KEY,
     SPARSE_REPLIES_KEY,
@@ -152,8 +153,8 @@ class DGCConfig:
             raise ValueError("clip_norm must be > 0")
         if any(not 0.0 < w <= 1.0 for w in self.warmup):
             raise ValueError("warm-up densities must be in (0, 1]")
-        if self.value_dtype not in ("float32", "float16"):
-            raise ValueError("value_dtype must be float32 or float16")
+        if self.value_dtype not in VALUE_TYPES:
+            raise ValueError(f"value_dtype must be one of {VALUE_TYPES}")
         if self.selection not in ("tensor", "global"):
             raise ValueError("selection must be 'tensor' or 'global'")
         if self.min_sparse_size < 1 or self.sample_above < 1:
@@ -363,7 +364,11 @@ def compress(
         flat_idx = np.flatnonzero(mask)
         picked = v.reshape(-1)[flat_idx]
         value_dtype = cfg.value_dtype
-        if value_dtype == "float16" and np.any(np.abs(picked) > _FLOAT16_MAX):
+        codes, scale = None, None
+        if value_dtype in QUANTIZED:  # entries whose code is 0 stay in v
+            kept, codes, scale = quantize(picked, value_dtype)
+            flat_idx = flat_idx[kept]
+        elif value_dtype == "float16" and np.any(np.abs(picked) > _FLOAT16_MAX):
             value_dtype = "float32"  # float16 would turn these into inf
         sparse_bytes = payload_size(d.size, len(flat_idx), value_dtype)
         if sparse_bytes >= d.size * dtypes[name].itemsize:  # dense is smaller
@@ -371,16 +376,26 @@ def compress(
             arrays[name] = Array(v.astype(dtypes[name]))
             sent_values = v.astype(dtypes[name]).astype(v.dtype)
         else:
-            values = picked.astype(value_dtype)
+            mask = np.zeros(d.shape, dtype=bool)
+            mask.reshape(-1)[flat_idx] = True
+            values = (
+                dequantize(codes, scale or 0.0)
+                if codes is not None
+                else picked.astype(value_dtype)
+            )
             arrays[name] = encode(
                 flat_idx,
-                values,
+                codes if codes is not None else values,
                 shape=tuple(v.shape),
                 dtype=str(dtypes[name]),
                 value_dtype=value_dtype,
+                scale=scale,
             )
             sent_values = np.zeros_like(v)
-            sent_values.reshape(-1)[flat_idx] = values.astype(v.dtype)
+            # what the server decodes: the values in the tensor's own dtype
+            sent_values.reshape(-1)[flat_idx] = values.astype(dtypes[name]).astype(
+                v.dtype
+            )
         sent += int(mask.sum())
         total += d.size
         if cfg.accumulate:
