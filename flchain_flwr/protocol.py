@@ -33,3 +33,7 @@ SPARSE_REPLIES_KEY: Final = "flchain-sparse-replies"
 """``True``: the server decodes sparse delta replies (the DGC mod's format)."""
 DOWNLINK_KEY: Final = "flchain-downlink"
 """``True``: the server sends sparse downlink deltas to nodes that hold a base."""
+DOWNLINK_RECORD: Final = "flchain.downlink"
+"""ConfigRecord of a downlink delta (in a train message: ``base-version``,
+``base-hash``, ``model-hash``) and of a reply from a node that keeps its base
+(``holds-version``, ``holds-hash``). Hashes are the ledger's model hashes."""

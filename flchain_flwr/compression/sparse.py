@@ -181,8 +181,11 @@ def is_sparse(array: Array) -> bool:
     return array.stype == SPARSE_STYPE
 
 
-def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Decode a sparse Array into a dense tensor of the expected ``shape``/``dtype``.
+def decode_entries(
+    array: Array, *, shape: tuple[int, ...], dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices and values (in ``dtype``) a sparse Array sends, checked
+    against the expected ``shape`` and ``dtype``.
 
     Raises
     ------
@@ -274,11 +277,25 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
             )
         if not np.isfinite(values).all():
             raise SparseFormatError("values hold NaN or Inf")
-    dense = np.zeros(expected_numel, dtype=dtype)
     with np.errstate(over="ignore"):
-        dense[idx] = values.astype(dtype)
-    if nnz and not np.isfinite(dense[idx]).all():
+        cast = values.astype(dtype)
+    if nnz and not np.isfinite(cast).all():
         raise SparseFormatError(f"values overflow {dtype}")
+    return idx, cast
+
+
+def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Decode a sparse Array into a dense tensor of the expected ``shape``/``dtype``
+    (zeros where no entry is sent).
+
+    Raises
+    ------
+    SparseFormatError
+        As :func:`decode_entries`.
+    """
+    idx, values = decode_entries(array, shape=shape, dtype=dtype)
+    dense = np.zeros(math.prod(shape), dtype=dtype)
+    dense[idx] = values
     return dense.reshape(shape)
 
 

@@ -429,6 +429,8 @@ def _reply_delta(
     got = reply.content.array_records.get(key)
     if sent is None or got is None:
         return None, f"no ArrayRecord {key!r} in the instruction or the reply"
+    if any(a.stype == SPARSE_STYPE for a in sent.values()):
+        return None, "the instruction is a downlink delta: put downlink_mod() first"
     if list(sent.keys()) != list(got.keys()):
         return None, "the reply's arrays differ from the received ones"
     info = reply.content.config_records.get(UPDATE_INFO_KEY)

@@ -32,6 +32,8 @@ def fedbuff_from_run_config(
       ``"median:4"``, ``"claimed"``);
     - ``scheduling`` (``"random"`` or ``"shuffle"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
+    - ``downlink`` (bool: sparse downlink deltas, with the client's
+      ``downlink_mod``);
     - ``fraction-train`` (in (0, 1]); ``fraction-evaluate`` (in [0, 1], 0: no
       federated evaluation); ``concurrency`` (int, <= 0: none, i.e. from
       ``fraction-train``);
@@ -74,6 +76,8 @@ def fedbuff_from_run_config(
         kwargs["scheduling"] = _parsed(cfg, "scheduling", scheduling_policy)
     if "state-rule" in cfg:
         kwargs["state_rule"] = _parsed(cfg, "state-rule", state_rule)
+    if "downlink" in cfg:
+        kwargs["downlink"] = _flag(cfg, "downlink")
     if "fraction-train" in cfg:
         kwargs["fraction_train"] = _number(
             cfg, "fraction-train", low=0.0, high=1.0, low_open=True
@@ -161,6 +165,14 @@ def _integer(
     if minimum is not None and number < minimum:
         raise _bad(key, value, expected)
     return number
+
+
+def _flag(cfg: Mapping[str, ConfigValue], key: str) -> bool:
+    """``cfg[key]``, which must be a bool."""
+    value = cfg[key]
+    if not isinstance(value, bool):
+        raise _bad(key, value, "true or false")
+    return value
 
 
 def _text(cfg: Mapping[str, ConfigValue], key: str) -> str:

@@ -26,6 +26,7 @@ from flwr.supercore import log
 
 from ..runtime import Clock
 from .buffer import TRIGGER_BUFFER_FULL, UpdateBuffer
+from .downlink import DownlinkSync
 from .evaluation import FederatedEvaluation
 from .nodes import NodeTracker
 from .result import AsyncResult, NodeFailure, VersionRecord
@@ -87,6 +88,7 @@ class EventLoop:
         evaluate_config: ConfigRecord,
         result: AsyncResult,
         on_version: Callable[[VersionRecord], None],
+        downlink: DownlinkSync | None = None,
     ) -> None:
         self.grid = grid
         self.clock = clock
@@ -101,6 +103,7 @@ class EventLoop:
         self.evaluate_config = evaluate_config
         self.result = result
         self.on_version = on_version
+        self.downlink = downlink
 
         self.nodes = NodeTracker()
         self.nodes.version = buffer.version
@@ -219,6 +222,8 @@ class EventLoop:
                 if config is None
                 else self.train_content(self.buffer.model_record, config, version)
             )
+            if self.downlink is not None:
+                content = self.downlink.content(node_id, content)
             message = Message(
                 content,
                 node_id,
@@ -318,6 +323,8 @@ class EventLoop:
         del self.in_flight[msg_id]
         if flight.train and reply.has_content():
             self.buffer.traffic.received(content_bytes(reply.content))
+            if self.downlink is not None:
+                self.downlink.observe(flight.node_id, reply.content)
         self.nodes.done(flight.node_id)
         self.evaluation.freed((flight.node_id,))
         if reply.has_error():
@@ -359,6 +366,8 @@ class EventLoop:
         )
         until = self.clock.now() + self.s.retry_backoff
         self.nodes.failed(flight.node_id, until, flight.train)
+        if flight.train and self.downlink is not None:
+            self.downlink.forget(flight.node_id)
         if flight.train:
             self.policy.on_failure(flight.node_id, self.now())
         else:
@@ -387,6 +396,8 @@ class EventLoop:
             self.idle_deadline = self.last_version_at + self.s.timeout
             return
         self.nodes.new_version(self.buffer.version)
+        if self.downlink is not None:
+            self.downlink.advance(self.buffer.version, self.buffer.store.model)
         # a version is activity: a slow aggregation must not count as idle time
         self.last_version_at = self.clock.now()
         self.idle_deadline = max(

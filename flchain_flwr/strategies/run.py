@@ -22,6 +22,7 @@ from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
 from .buffer import UpdateBuffer
+from .downlink import DownlinkSync
 from .evaluation import (
     FederatedEvaluation,
     aggregate_or_none,
@@ -171,6 +172,14 @@ class FedBuffRun:
             evaluate_config=evaluate_config,
             result=self.result,
             on_version=self._on_version,
+            downlink=DownlinkSync(
+                version,
+                model,
+                lambda: self.store.bound,
+                arrayrecord_key=s.arrayrecord_key,
+            )
+            if s.downlink
+            else None,
         )
         self._updates_since_eval = 0
         self._seen = (0, 0)  # rejected, failed at the last version
