@@ -116,6 +116,10 @@ def test_every_rebuilt_model_is_the_servers_bit_for_bit() -> None:
     result, spy, server, _ = run(True, versions=15)
     assert result.failures == [] and result.rejected == []
     assert spy.deltas > spy.fulls  # after each node's first message, deltas
+    sent = sum(d["sent"] for d in result.downlink.values())
+    assert sent == spy.deltas and min(result.downlink) >= 1
+    for stats in result.downlink.values():  # unions of changes, within bounds
+        assert 0 < stats["entries"] <= stats["offered"] * 20_006
     assert_bit_identical(spy, server)
     plain, plain_spy, _, _ = run(False, versions=15)
     assert plain_spy.deltas == 0

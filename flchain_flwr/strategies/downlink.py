@@ -20,6 +20,7 @@ versions still in the window; any failure of the node forgets it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
@@ -33,6 +34,27 @@ _EXACT_VALUES = ("float32", "float16")
 """Tensor dtypes whose values the sparse format carries exactly."""
 Changes = dict[str, np.ndarray | None]
 """Per tensor, the flat indices that changed (``None``: send it whole)."""
+
+
+@dataclass(frozen=True)
+class _Delta:
+    arrays: ArrayRecord
+    num_bytes: int
+    entries: int  # entries sent (whole tensors count every entry)
+
+
+@dataclass
+class DistanceStats:
+    """Deltas at one distance ``s`` (a node's base is ``s`` versions old)."""
+
+    offered: int = 0
+    """Train messages to nodes that held a base ``s`` versions old."""
+    sent: int = 0
+    """Of those, how many went as a delta (the rest were not smaller)."""
+    entries: int = 0
+    """Entries of all offered deltas (the union of ``s`` versions' changes)."""
+    delta_bytes: int = 0
+    """Bytes of all offered deltas."""
 
 
 def changed_entries(old: np.ndarray, new: np.ndarray) -> np.ndarray | None:
@@ -80,9 +102,11 @@ class DownlinkSync:
         self.hashes: dict[int, str] = {version: model_hash(model)}
         self.changes: dict[int, Changes] = {}  # version u: what u changed from u - 1
         self.holds: dict[int, tuple[int, str]] = {}  # node -> version, hash
-        self._deltas: dict[int, tuple[ArrayRecord, int] | None] = {}  # base -> ...
-        self.deltas_sent = 0
+        self._deltas: dict[int, _Delta | None] = {}  # base -> delta, this version
         self.full_sent = 0
+        self.by_distance: dict[int, DistanceStats] = {}
+        """Per distance (versions between a node's base and the current one),
+        what its deltas held: bounded by the window."""
 
     # ---------------------------------------------------------------- versions
     def advance(self, version: int, model: NDArrays) -> None:
@@ -136,6 +160,10 @@ class DownlinkSync:
         if delta is None or full is None or held is None:
             self.full_sent += 1
             return content
+        stats = self.by_distance.setdefault(self.version - held[0], DistanceStats())
+        stats.offered += 1
+        stats.entries += delta.entries
+        stats.delta_bytes += delta.num_bytes
         sync = ConfigRecord(
             {
                 "base-version": held[0],
@@ -143,27 +171,28 @@ class DownlinkSync:
                 "model-hash": self.hashes[self.version],
             }
         )
-        if delta[1] + sync.count_bytes() >= full.count_bytes():  # full is smaller
-            self.full_sent += 1
+        if delta.num_bytes + sync.count_bytes() >= full.count_bytes():
+            self.full_sent += 1  # the full model is smaller
             return content
-        self.deltas_sent += 1
+        stats.sent += 1
         out = RecordDict({k: v for k, v in content.items() if k != self.key})
-        out[self.key] = delta[0]
+        out[self.key] = delta.arrays
         out[DOWNLINK_RECORD] = sync
         return out
 
-    def _delta(self, base: int) -> tuple[ArrayRecord, int] | None:
+    def _delta(self, base: int) -> _Delta | None:
         """The delta from ``base`` to the current version and its bytes, or
         ``None`` if ``base`` is beyond the window (cached per version)."""
         if base not in self._deltas:
             self._deltas[base] = self._build(base)
         return self._deltas[base]
 
-    def _build(self, base: int) -> tuple[ArrayRecord, int] | None:
+    def _build(self, base: int) -> _Delta | None:
         steps = range(base + 1, self.version + 1)
         if base not in self.hashes or any(v not in self.changes for v in steps):
             return None
         arrays: dict[str, Array] = {}
+        entries = 0
         for name, value in self.model.items():
             parts = [self.changes[v][name] for v in steps]
             idx = (
@@ -172,6 +201,7 @@ class DownlinkSync:
                 else np.unique(np.concatenate([np.zeros(0, np.int64), *parts]))
             )
             dense = value.nbytes
+            entries += value.size if idx is None else len(idx)
             if (
                 idx is None
                 or payload_size(value.size, len(idx), value.dtype.name) >= dense
@@ -186,4 +216,4 @@ class DownlinkSync:
                     value_dtype=value.dtype.name,
                 )
         record = ArrayRecord(arrays)
-        return record, record.count_bytes()
+        return _Delta(record, record.count_bytes(), entries)

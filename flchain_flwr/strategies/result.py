@@ -88,6 +88,10 @@ class AsyncResult(Result):
     stop_reason: str = ""
     committee_decisions: list[dict[str, Any]] = field(default_factory=list)
     """One summary per PoV committee decision (empty without a committee)."""
+    downlink: dict[int, dict[str, int]] = field(default_factory=dict)
+    """With ``downlink=True``: per distance ``s`` (versions between a node's
+    base and the version sent), the deltas offered and sent, their entries and
+    bytes (:class:`~.downlink.DistanceStats`); the rest went as full models."""
 
     def history_dict(self) -> dict[str, Any]:
         """Everything but the arrays, as plain JSON-serialisable data."""
@@ -98,6 +102,7 @@ class AsyncResult(Result):
             "participation": {str(k): v for k, v in self.participation.items()},
             "stop_reason": self.stop_reason,
             "committee_decisions": self.committee_decisions,
+            "downlink": {str(k): v for k, v in self.downlink.items()},
             "train_metrics_clientapp": _metrics(self.train_metrics_clientapp),
             "evaluate_metrics_clientapp": _metrics(self.evaluate_metrics_clientapp),
             "evaluate_metrics_serverapp": _metrics(self.evaluate_metrics_serverapp),

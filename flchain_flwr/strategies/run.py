@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
@@ -290,6 +291,18 @@ class FedBuffRun:
         finally:
             self.pipeline.close()
         self.result.stop_reason = reason
+        downlink = self.loop.downlink
+        if downlink is not None:
+            self.result.downlink = {
+                s: asdict(stats) for s, stats in sorted(downlink.by_distance.items())
+            }
+            sent = sum(stats.sent for stats in downlink.by_distance.values())
+            log(
+                INFO,
+                "Downlink: %d train messages as deltas, %d as full models",
+                sent,
+                downlink.full_sent,
+            )
         if reason not in ("completed", "stopped by should_stop"):
             log(WARNING, "Stopping early: %s", reason)
         self._log_summary()
