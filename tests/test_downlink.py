@@ -280,3 +280,30 @@ def test_run_config_key() -> None:
         fedbuff_from_run_config({"downlink": "yes"})
     content = FedBuff(downlink=True).train_content(model(), ConfigRecord(), 0)
     assert content["config"][DOWNLINK_KEY] is True
+
+
+def test_under_flowers_plain_fedavg_both_mods_are_inert() -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    seen: list[bool] = []
+
+    def replies(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        seen.append(DOWNLINK_RECORD in reply.content)
+        return reply
+
+    results = []
+    for mods in (None, [replies, downlink_mod(), dgc_mod()]):
+        grid = VirtualGrid(
+            toy_client_app(mods=mods),
+            [DeviceProfile(speed=s) for s in SPEEDS],
+            work_fn=constant_work(1.0),
+            seed=4,
+        )
+        strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=4)
+        results.append(simulate(strategy, grid, model(), num_rounds=3).result)
+    assert seen and not any(seen)
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(
+            results[0].arrays[name].numpy(), results[1].arrays[name].numpy()
+        )
