@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
@@ -52,6 +53,10 @@ from _common import (
     write_results,
 )
 from compression import time_to
+
+# This checkout's app (with downlink_mod), not an installed copy of it; at import
+# time, so that --jobs worker processes load the same one.
+sys.path.insert(0, str(APP_DIR))
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 
@@ -174,6 +179,7 @@ def run_one(
         "rejected": len(result.rejected),
         "failures": len(result.failures),
         "downlink_by_distance": result.downlink,
+        "deltas_sent": sum(d["sent"] for d in result.downlink.values()),
     }
     print(
         f"{name:>22} seed {seed} link {up:g}/{down:g}: down "
@@ -197,7 +203,13 @@ def summarise(
     }
     out: dict[str, Any] = {}
     for name in names:
-        mine = [r for r in rows if r["setting"] == name]
+        mine = [  # runs without their dense twin (an interrupted run) are left out
+            r
+            for r in rows
+            if r["setting"] == name and (r["seed"], r["link_mbps"]["up"]) in dense
+        ]
+        if not mine:
+            continue
         pairs = [(r, dense[(r["seed"], r["link_mbps"]["up"])]) for r in mine]
         losses = [100 * (d["accuracy"] - r["accuracy"]) for r, d in pairs]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from flwr.app import ConfigRecord
 
 from flchain_flwr.ledger import Ledger
@@ -13,7 +12,7 @@ from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult, FedBuff
 from flchain_flwr.strategies.traffic import content_bytes, human_bytes
 
-from .toy import constant_work, initial_arrays, toy_client_app
+from .toy import FlowerLogLines, constant_work, initial_arrays, toy_client_app
 
 
 def _run(mods: list | None, ledger: Path | None = None):  # type: ignore[no-untyped-def]
@@ -51,12 +50,10 @@ def test_counts_are_the_grids_measured_bytes_of_the_messages() -> None:
     )
 
 
-def test_compressed_replies_show_in_bytes_up_and_the_log_line(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    caplog.set_level("INFO")
+def test_compressed_replies_show_in_bytes_up_and_the_log_line() -> None:
     dense = _run(None).result
-    sparse = _run([dgc_mod(DGCConfig(density=0.3, min_sparse_size=1))]).result
+    with FlowerLogLines() as log:
+        sparse = _run([dgc_mod(DGCConfig(density=0.3, min_sparse_size=1))]).result
     assert isinstance(dense, AsyncResult) and isinstance(sparse, AsyncResult)
     up = sum(v.bytes_up for v in sparse.versions) / sum(
         v.replies_up for v in sparse.versions
@@ -65,12 +62,10 @@ def test_compressed_replies_show_in_bytes_up_and_the_log_line(
         v.replies_up for v in dense.versions
     )
     assert up != dense_up
-    lines = [r.getMessage() for r in caplog.records if "[VERSION" in r.getMessage()]
+    lines = [line for line in log.lines if "[VERSION" in line]
     last = sparse.versions[-1]
-    assert (
-        lines
-        and f"up={human_bytes(last.bytes_up / last.replies_up)}/node" in (lines[-1])
-    )
+    assert len(lines) == len(sparse.versions)
+    assert f"up={human_bytes(last.bytes_up / last.replies_up)}/node" in lines[-1]
 
 
 def test_every_block_records_its_versions_traffic(tmp_path: Path) -> None:
