@@ -30,6 +30,12 @@ also reports per distance ``s`` (versions since the node's base) the mean
 fraction of the model's entries its delta held (the union of ``s`` versions'
 changes), which is what limits the downlink's reduction.
 
+The defaults (5,000 training images, 250 per node; 30 versions; 1,000 test
+images; ``--other-links-seeds`` to run the second link on fewer seeds) are
+sized for the shared 2-core machine: a run takes 5 to 10 minutes there. The
+model is then early in training (about 40-47 % accuracy), where a version's
+accuracy moves by points; read the 0.5-point comparison with that in mind.
+
 JSON to benchmarks/results/communication.json, PNG beside it; last line
 ``total traffic reduction at <=0.5pt loss: <N>x``.
 """
