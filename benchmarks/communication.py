@@ -238,9 +238,30 @@ def summarise(
             "up_kB_per_reply": sum(r["up_bytes_per_reply"] for r in mine)
             / len(mine)
             / 1e3,
+            **_steady_state(mine, pairs),
             "time_to_target": {f"{t:g}": _times(mine, t) for t in targets},
         }
     return out
+
+
+def _steady_state(
+    mine: list[dict[str, Any]], pairs: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> dict[str, Any]:
+    """Downlink figures without each node's first (full) model: the mean delta
+    a node receives, and the total reduction per update it gives."""
+    sent = sum(d["sent"] for r in mine for d in r["downlink_by_distance"].values())
+    if not sent:
+        return {}
+    delta_bytes = sum(
+        d["delta_bytes"] for r in mine for d in r["downlink_by_distance"].values()
+    )
+    dense = sum(d["down_bytes_per_message"] + d["up_bytes_per_reply"] for _, d in pairs)
+    ours = sum(delta_bytes / sent + r["up_bytes_per_reply"] for r, _ in pairs)
+    return {
+        "down_kB_per_delta": delta_bytes / sent / 1e3,
+        "deltas_sent": sent,
+        "steady_total_reduction": dense / ours,
+    }
 
 
 def _times(rows: list[dict[str, Any]], target: float) -> dict[str, Any]:
@@ -401,6 +422,11 @@ def main() -> None:
             f"({s['up_reduction']:.1f}x), total {s['total_reduction']:.1f}x, "
             f"acc {s['mean_accuracy']:.4f}, max loss {s['max_loss_points']:.2f} pt"
         )
+        if "down_kB_per_delta" in s:
+            print(
+                f"{'':>24}after each node's first model: {s['down_kB_per_delta']:.1f}"
+                f" kB per delta, total {s['steady_total_reduction']:.1f}x per update"
+            )
         for target, per_link in s["time_to_target"].items():
             print(f"{'':>24}time to {target}: {per_link}")
     for s, d in union_density(rows, parameters).items():
