@@ -26,3 +26,14 @@ UPDATE_KINDS: Final = (UPDATE_KIND_WEIGHTS, UPDATE_KIND_DELTA)
 TRAINED_ON_KEY: Final = "trained-on"
 """Inside ``UPDATE_INFO_KEY``, optional: the model version the client trained on;
 the server rejects a reply whose claim differs from what it sent."""
+
+# Capabilities a server announces in each train message's ConfigRecord, so that
+# client mods use a wire format only where the server can read it.
+SPARSE_REPLIES_KEY: Final = "flchain-sparse-replies"
+"""``True``: the server decodes sparse delta replies (the DGC mod's format)."""
+DOWNLINK_KEY: Final = "flchain-downlink"
+"""``True``: the server sends sparse downlink deltas to nodes that hold a base."""
+DOWNLINK_RECORD: Final = "flchain.downlink"
+"""ConfigRecord of a downlink delta (in a train message: ``base-version``,
+``base-hash``, ``model-hash``) and of a reply from a node that keeps its base
+(``holds-version``, ``holds-hash``). Hashes are the ledger's model hashes."""

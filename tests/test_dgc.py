@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
@@ -10,13 +13,27 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flchain_flwr.compression import decode, is_sparse
-from flchain_flwr.mods import DGCConfig, DGCState, compress, dgc_mod
+from flchain_flwr.mods import DGC_WARMUP, DGCConfig, DGCState, compress, dgc_mod
+from flchain_flwr.protocol import SPARSE_REPLIES_KEY
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import Constant, DecompressReplies, FedBuff
 
-from .toy import constant_work, initial_arrays, toy_client_app
+from .toy import FlowerLogLines, constant_work, initial_arrays, toy_client_app
 
 RNG = np.random.default_rng(0)
+
+
+def old_cfg(**kwargs: Any) -> DGCConfig:
+    """A DGCConfig with the library's defaults before issue 15 (DGC's recipe),
+    which these tests were written against."""
+    old: dict[str, Any] = {
+        "density": 0.001,
+        "masking": True,
+        "warmup": DGC_WARMUP,
+        "value_dtype": "float32",
+        "selection": "tensor",
+    }
+    return DGCConfig(**{**old, **kwargs})
 
 
 def dense_of(compressed, like):  # type: ignore[no-untyped-def]
@@ -32,7 +49,7 @@ def dense_of(compressed, like):  # type: ignore[no-untyped-def]
 
 
 def test_without_momentum_sent_plus_residual_is_exactly_the_dense_sum() -> None:
-    cfg = DGCConfig(density=0.01, momentum=0.0, warmup=(0.1,), min_sparse_size=16)
+    cfg = old_cfg(density=0.01, momentum=0.0, warmup=(0.1,), min_sparse_size=16)
     shapes = {"big": (50, 40), "small": (3,)}
     state, sent_total = (
         DGCState(),
@@ -64,7 +81,7 @@ def test_top_k_sends_the_largest_accumulated_entries() -> None:
 
 
 def test_warmup_schedule_then_target_density() -> None:
-    cfg = DGCConfig(density=0.001, momentum=0.0, min_sparse_size=1)
+    cfg = old_cfg(density=0.001, momentum=0.0, min_sparse_size=1)
     state = DGCState()
     densities = []
     for _ in range(6):
@@ -76,7 +93,7 @@ def test_warmup_schedule_then_target_density() -> None:
 
 
 def test_momentum_correction_and_factor_masking() -> None:
-    cfg = DGCConfig(density=0.1, momentum=0.5, warmup=(), min_sparse_size=1)
+    cfg = old_cfg(density=0.1, momentum=0.5, warmup=(), min_sparse_size=1)
     delta = {"w": np.arange(1, 11, dtype=np.float32)}
     compressed, state = compress(delta, DGCState(), cfg)
     sent = dense_of(compressed, delta)["w"]
@@ -88,12 +105,12 @@ def test_momentum_correction_and_factor_masking() -> None:
     np.testing.assert_allclose(state2.momentum["w"][:8], 0.75 * delta["w"][:8])
     # entry 8: residual 4.5 + u 6.75 beats entry 9's restarted momentum 5.0
     assert np.flatnonzero(dense_of(compressed2, delta)["w"]).tolist() == [8]
-    unmasked = DGCConfig(
+    unmasked = old_cfg(
         density=0.1, momentum=0.5, warmup=(), min_sparse_size=1, masking=False
     )
     _, state3 = compress(delta, DGCState(), unmasked)
     assert state3.momentum["w"][9] == 5.0
-    dgc_form = DGCConfig(
+    dgc_form = old_cfg(
         density=0.1, momentum=0.5, unit_gain=False, warmup=(), min_sparse_size=1
     )
     compressed4, state4 = compress(delta, DGCState(), dgc_form)
@@ -104,7 +121,7 @@ def test_momentum_correction_and_factor_masking() -> None:
 @pytest.mark.parametrize("momentum", [0.5, 0.9])
 def test_unit_gain_momentum_sends_the_deltas_sum(momentum: float) -> None:
     """Sent + residual + m / (1 - m) u = the deltas' sum: no step is amplified."""
-    cfg = DGCConfig(
+    cfg = old_cfg(
         density=0.05, momentum=momentum, masking=False, warmup=(), min_sparse_size=1
     )
     state, sent_total, dense_total = DGCState(), np.zeros(400), np.zeros(400)
@@ -118,10 +135,8 @@ def test_unit_gain_momentum_sends_the_deltas_sum(momentum: float) -> None:
 
 
 def test_dgc_form_momentum_multiplies_the_step_by_one_over_one_minus_m() -> None:
-    cfg = DGCConfig(
-        density=1.0, momentum=0.9, unit_gain=False, masking=False, warmup=()
-    )
-    damped = DGCConfig(density=1.0, momentum=0.9, masking=False, warmup=())
+    cfg = old_cfg(density=1.0, momentum=0.9, unit_gain=False, masking=False, warmup=())
+    damped = old_cfg(density=1.0, momentum=0.9, masking=False, warmup=())
     delta = {"w": np.ones(2000, np.float32)}
     for config, gain in ((cfg, 10.0), (damped, 1.0)):
         state, sent = DGCState(), np.zeros(2000)
@@ -132,7 +147,7 @@ def test_dgc_form_momentum_multiplies_the_step_by_one_over_one_minus_m() -> None
 
 
 def test_local_clipping_bounds_the_update_norm() -> None:
-    cfg = DGCConfig(
+    cfg = old_cfg(
         density=1.0, momentum=0.0, warmup=(), clip_norm=1.0, min_sparse_size=1
     )
     delta = {"w": np.full(100, 3.0, np.float32)}
@@ -143,7 +158,7 @@ def test_local_clipping_bounds_the_update_norm() -> None:
 
 
 def test_float16_values_keep_their_rounding_error_in_the_residual() -> None:
-    cfg = DGCConfig(
+    cfg = old_cfg(
         density=0.02, momentum=0.0, warmup=(), value_dtype="float16", min_sparse_size=1
     )
     delta = {"w": np.zeros(100, np.float32)}
@@ -156,8 +171,8 @@ def test_float16_values_keep_their_rounding_error_in_the_residual() -> None:
 
 
 def test_sampled_threshold_then_top_k_equals_the_exact_top_k() -> None:
-    sampled = DGCConfig(density=0.01, momentum=0.0, warmup=(), sample_above=10_000)
-    exact = DGCConfig(density=0.01, momentum=0.0, warmup=(), sample_above=1 << 30)
+    sampled = old_cfg(density=0.01, momentum=0.0, warmup=(), sample_above=10_000)
+    exact = old_cfg(density=0.01, momentum=0.0, warmup=(), sample_above=1 << 30)
     delta = {"w": RNG.normal(size=200_000).astype(np.float32)}
     compressed, _ = compress(delta, DGCState(), sampled)
     reference, _ = compress(delta, DGCState(), exact)
@@ -166,7 +181,7 @@ def test_sampled_threshold_then_top_k_equals_the_exact_top_k() -> None:
 
 
 def test_float16_values_beyond_its_range_go_float32() -> None:
-    cfg = DGCConfig(density=0.01, warmup=(), value_dtype="float16")
+    cfg = old_cfg(density=0.01, warmup=(), value_dtype="float16")
     delta = {"w": RNG.normal(size=5000).astype(np.float32)}
     delta["w"][7] = 1e6
     compressed, state = compress(delta, DGCState(), cfg)
@@ -183,7 +198,7 @@ def test_each_tensor_goes_in_its_smaller_encoding() -> None:
         "small16": RNG.normal(size=512).astype(np.float32),
         "tiny": RNG.normal(size=10).astype(np.float32),
     }
-    cfg = DGCConfig(density=0.01, warmup=(), value_dtype="float16")
+    cfg = old_cfg(density=0.01, warmup=(), value_dtype="float16")
     compressed, _ = compress(delta, DGCState(), cfg)
     arrays = compressed.arrays
     assert is_sparse(arrays["big"])
@@ -199,7 +214,7 @@ def test_integer_tensors_go_dense_in_their_own_dtype() -> None:
         "w": RNG.normal(size=5000).astype(np.float32),
         "steps": np.array([3], np.int64),
     }
-    compressed, _ = compress(delta, DGCState(), DGCConfig(density=0.01))
+    compressed, _ = compress(delta, DGCState(), old_cfg(density=0.01))
     assert list(compressed.arrays) == ["w", "steps"]
     assert compressed.arrays["steps"].numpy().dtype == np.int64
 
@@ -236,7 +251,7 @@ def test_mod_passes_evaluate_query_and_errors_through_untouched() -> None:
     from flwr.app import Error
 
     VirtualGrid(toy_client_app(), [DeviceProfile()])  # sets the process's task identity
-    mod = dgc_mod(DGCConfig(density=0.5))
+    mod = dgc_mod(old_cfg(density=0.5))
     for message_type in (MessageType.EVALUATE, MessageType.QUERY):
         msg = Message(RecordDict({"arrays": initial_arrays()}), 1, message_type)
         msg.metadata.__dict__["_message_id"] = "m1"
@@ -258,7 +273,7 @@ def _run(strategy, mod, rounds, speeds=(1.0, 0.7, 0.5)):  # type: ignore[no-unty
 
 
 def test_fedbuff_with_the_mod_at_full_density_equals_dense_fedbuff() -> None:
-    exact = dgc_mod(DGCConfig(density=1.0, momentum=0.0, warmup=(), min_sparse_size=1))
+    exact = dgc_mod(old_cfg(density=1.0, momentum=0.0, warmup=(), min_sparse_size=1))
     dense = _run(FedBuff(buffer_size=2, staleness_fn=Constant()), None, 6).result
     sparse = _run(FedBuff(buffer_size=2, staleness_fn=Constant()), exact, 6).result
     assert sparse.rejected == []  # type: ignore[union-attr]
@@ -269,7 +284,7 @@ def test_fedbuff_with_the_mod_at_full_density_equals_dense_fedbuff() -> None:
 
 def test_mod_state_survives_across_messages_in_context_state() -> None:
     run = _run(
-        FedBuff(buffer_size=2), dgc_mod(DGCConfig(density=0.3, min_sparse_size=1)), 5
+        FedBuff(buffer_size=2), dgc_mod(old_cfg(density=0.3, min_sparse_size=1)), 5
     )
     for context in run.grid.contexts.values():
         info = context.state["flchain.dgc"]
@@ -278,7 +293,7 @@ def test_mod_state_survives_across_messages_in_context_state() -> None:
 
 
 def test_flowers_fedavg_consumes_mod_replies_through_the_wrapper() -> None:
-    exact = dgc_mod(DGCConfig(density=1.0, momentum=0.0, warmup=(), min_sparse_size=1))
+    exact = dgc_mod(old_cfg(density=1.0, momentum=0.0, warmup=(), min_sparse_size=1))
     plain = _run(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), None, 3).result
     wrapped = DecompressReplies(FedAvg(fraction_evaluate=0.0, min_available_nodes=3))
     sparse = _run(wrapped, exact, 3).result
@@ -306,7 +321,7 @@ def test_a_reply_claiming_another_base_version_is_rejected() -> None:
         reply.content["flchain"]["trained-on"] = 99
         return reply
 
-    app = toy_client_app(mods=[lie, dgc_mod(DGCConfig(density=0.5, min_sparse_size=1))])
+    app = toy_client_app(mods=[lie, dgc_mod(old_cfg(density=0.5, min_sparse_size=1))])
     grid = VirtualGrid(app, [DeviceProfile()] * 2, work_fn=constant_work(1.0))
     result = FedBuff(buffer_size=1).start(
         grid, initial_arrays(), num_rounds=1, timeout=10.0
@@ -340,7 +355,7 @@ def test_integer_and_bool_tensors_travel_as_signed_deltas() -> None:
     start["steps"] = Array(np.array([5], np.uint8))
     start["flag"] = Array(np.array([True]))
     app = toy_client_app(
-        mods=[dgc_mod(DGCConfig(density=0.5, min_sparse_size=1)), counters]
+        mods=[dgc_mod(old_cfg(density=0.5, min_sparse_size=1)), counters]
     )
     grid = VirtualGrid(app, [DeviceProfile()], work_fn=constant_work(1.0))
     result = FedBuff(
@@ -352,7 +367,7 @@ def test_integer_and_bool_tensors_travel_as_signed_deltas() -> None:
 
 
 def test_float64_tensors_keep_the_residual_exact() -> None:
-    cfg = DGCConfig(density=0.1, warmup=(), min_sparse_size=1)
+    cfg = old_cfg(density=0.1, warmup=(), min_sparse_size=1)
     state, sent_total, dense_total = DGCState(), np.zeros(200), np.zeros(200)
     for _ in range(10):
         delta = {"w": RNG.normal(scale=1e3, size=200)}
@@ -366,14 +381,17 @@ def test_float64_tensors_keep_the_residual_exact() -> None:
 
 def test_replies_the_mod_cannot_read_go_out_uncompressed() -> None:
     VirtualGrid(toy_client_app(), [DeviceProfile()])  # task identity
-    msg = Message(RecordDict({"arrays": initial_arrays()}), 1, MessageType.TRAIN)
+    config = ConfigRecord({SPARSE_REPLIES_KEY: True})
+    msg = Message(
+        RecordDict({"arrays": initial_arrays(), "config": config}), 1, MessageType.TRAIN
+    )
     msg.metadata.__dict__["_message_id"] = "m3"
     reply = Message(RecordDict({"other": ConfigRecord({"a": 1})}), reply_to=msg)
-    assert dgc_mod(DGCConfig())(msg, _context(), lambda m, c: reply) is reply
+    assert dgc_mod(old_cfg())(msg, _context(), lambda m, c: reply) is reply
 
 
 def test_full_density_falls_back_to_dense_when_smaller() -> None:
-    cfg = DGCConfig(density=1.0, warmup=(), min_sparse_size=1)
+    cfg = old_cfg(density=1.0, warmup=(), min_sparse_size=1)
     compressed, _ = compress(
         {"w": RNG.normal(size=2000).astype(np.float32)}, DGCState(), cfg
     )
@@ -386,7 +404,7 @@ def test_global_selection_sends_the_largest_entries_of_all_large_tensors() -> No
         "b": RNG.normal(scale=0.1, size=7000).astype(np.float32),
         "bias": RNG.normal(size=8).astype(np.float32),
     }
-    cfg = DGCConfig(density=0.01, warmup=(), selection="global", min_sparse_size=64)
+    cfg = old_cfg(density=0.01, warmup=(), selection="global", min_sparse_size=64)
     compressed, state = compress(delta, DGCState(), cfg)
     sent = dense_of(compressed, delta)
     everything = np.abs(np.concatenate([delta["a"], delta["b"]]))
@@ -397,7 +415,7 @@ def test_global_selection_sends_the_largest_entries_of_all_large_tensors() -> No
     np.testing.assert_array_equal(sent["bias"], delta["bias"])  # small: in full
     for name in delta:  # what is not sent stays in the residual
         np.testing.assert_allclose(sent[name] + state.residual[name], delta[name])
-    per_tensor, _ = compress(delta, DGCState(), DGCConfig(density=0.01, warmup=()))
+    per_tensor, _ = compress(delta, DGCState(), old_cfg(density=0.01, warmup=()))
     assert per_tensor.sent_entries == 30 + 70 + 8 == compressed.sent_entries
     with pytest.raises(ValueError, match="selection"):
         DGCConfig(selection="layer")
@@ -416,7 +434,7 @@ def test_nothing_is_lost_whatever_the_shapes_and_settings(
 ) -> None:
     """Sent + residual = the deltas' sum, and every reply decodes, for any mix."""
     rng = np.random.default_rng(seed)
-    cfg = DGCConfig(
+    cfg = old_cfg(
         density=density,
         selection=selection,
         value_dtype=value_dtype,
@@ -438,3 +456,65 @@ def test_nothing_is_lost_whatever_the_shapes_and_settings(
         np.testing.assert_allclose(
             sent_total[name] + state.residual[name], dense_total[name], atol=1e-5
         )
+
+
+# Negotiation (issue 15 item 4) -----------------------------------------------
+def test_flowers_plain_fedavg_with_the_mod_gets_dense_replies_and_one_log_line() -> (
+    None
+):
+    """No DecompressReplies: the server does not announce sparse replies, so the
+    mod sends dense ones; FedAvg runs as without the mod (it used to crash with
+    ``Unsupported serialization type ... 'flchain.sparse'``)."""
+    plain = _run(FedAvg(fraction_evaluate=0.0, min_available_nodes=3), None, 3)
+    with FlowerLogLines(logging.WARNING) as log:
+        modded = _run(
+            FedAvg(fraction_evaluate=0.0, min_available_nodes=3),
+            dgc_mod(old_cfg(density=0.01, min_sparse_size=1)),
+            3,
+        )
+    np.testing.assert_array_equal(
+        modded.result.arrays["w"].numpy(), plain.result.arrays["w"].numpy()
+    )
+    assert modded.grid.totals()["bytes_up"] == plain.grid.totals()["bytes_up"]
+    lines = [line for line in log.lines if "sent dense" in line]
+    assert len(lines) == 1 and SPARSE_REPLIES_KEY in lines[0]
+
+
+def test_a_server_that_announces_sparse_replies_gets_them_compressed() -> None:
+    big = {"w": np.zeros(4000, np.float32)}
+    from flwr.app import Array, ArrayRecord
+
+    start = ArrayRecord({k: Array(v) for k, v in big.items()})
+    sizes = {}
+    for name, strategy in (
+        ("fedavg", FedAvg(fraction_evaluate=0.0, min_available_nodes=3)),
+        (
+            "wrapped",
+            DecompressReplies(FedAvg(fraction_evaluate=0.0, min_available_nodes=3)),
+        ),
+        ("fedbuff", FedBuff(buffer_size=3, fraction_evaluate=0.0)),
+    ):
+        app = toy_client_app(mods=[dgc_mod(DGCConfig(density=0.01))])
+        grid = VirtualGrid(
+            app, [DeviceProfile()] * 3, work_fn=constant_work(1.0), seed=1
+        )
+        simulate(strategy, grid, start, num_rounds=2)
+        sizes[name] = grid.totals()["bytes_up"]
+    assert sizes["fedavg"] >= 6 * 4000 * 4  # dense float32
+    assert sizes["wrapped"] < sizes["fedavg"] / 20
+    assert sizes["fedbuff"] < sizes["fedavg"] / 20
+
+
+def test_bare_config_defaults_are_the_benchmarks_best_setting() -> None:
+    cfg = DGCConfig()
+    assert (cfg.density, cfg.momentum, cfg.masking, cfg.warmup) == (
+        0.003,
+        0.0,
+        False,
+        (),
+    )
+    assert (cfg.value_dtype, cfg.selection, cfg.accumulate) == (
+        "float16",
+        "global",
+        True,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -16,6 +17,7 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.clientapp import ClientApp
+from flwr.common.logger import FLOWER_LOGGER
 
 from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
 
@@ -147,3 +149,24 @@ def toy_client_app(
 def constant_work(seconds: float) -> Callable[[Message, Message], float]:
     """A work model where every message costs ``seconds`` at speed 1."""
     return lambda _msg, _reply: seconds
+
+
+class FlowerLogLines:
+    """Collect the messages Flower's logger emits inside a ``with`` block, at
+    ``level`` and above, whatever other tests did to its level or propagation."""
+
+    def __init__(self, level: int = logging.INFO) -> None:
+        self.level = level
+        self.lines: list[str] = []
+        self._handler = logging.Handler(level)
+        self._handler.emit = lambda record: self.lines.append(record.getMessage())  # type: ignore[method-assign]
+
+    def __enter__(self) -> FlowerLogLines:
+        self._old_level = FLOWER_LOGGER.level
+        FLOWER_LOGGER.setLevel(min(self.level, self._old_level or self.level))
+        FLOWER_LOGGER.addHandler(self._handler)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        FLOWER_LOGGER.removeHandler(self._handler)
+        FLOWER_LOGGER.setLevel(self._old_level)

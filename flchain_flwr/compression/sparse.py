@@ -7,7 +7,9 @@ A sparse tensor travels as a Flower :class:`~flwr.app.Array` whose ``dtype`` and
     magic "FLSP" | version u8 | index field u8 | value code u8 | param u8
     | numel u64 | nnz u64 | indices | values (nnz x value size)
 
-Indices are flat and strictly increasing; values are float32 or float16.
+Indices are flat and strictly increasing; values are float32 or float16, or
+(value codes 3 to 5) ``int8``, ``int4`` or ``sign`` codes after one float32
+scale, as described in :mod:`.quantize`.
 
 - Version 2 (written by default): the index field is 1 (Elias-Fano) and ``param``
   is the number ``L = floor(log2(numel / nnz))`` of low bits. Each index is split
@@ -38,6 +40,8 @@ from typing import Any, Final
 import numpy as np
 from flwr.app import Array
 
+from .quantize import QUANTIZED, dequantize, pack, packed_size, unpack
+
 SPARSE_STYPE: Final = "flchain.sparse"
 FORMAT_VERSION: Final = 2
 """The version :func:`encode` writes by default."""
@@ -49,10 +53,11 @@ MAX_NUMEL: Final = 1 << 32
 _HEADER = struct.Struct("<4sBBBBQQ")
 HEADER_SIZE: Final = _HEADER.size
 VALUE_DTYPES: Final[dict[int, np.dtype[Any]]] = {1: np.dtype("<f4"), 2: np.dtype("<f2")}
-_VALUE_CODES: Final[dict[np.dtype[Any], int]] = {
-    np.dtype("float32"): 1,
-    np.dtype("float16"): 2,
-}
+QUANTIZED_CODES: Final[dict[int, str]] = {3: "int8", 4: "int4", 5: "sign"}
+"""Value codes of the scaled integer values (:mod:`.quantize`)."""
+_CODE_OF: Final = {"float32": 1, "float16": 2, "int8": 3, "int4": 4, "sign": 5}
+VALUE_TYPES: Final = tuple(_CODE_OF)
+"""Every value type a sparse tensor can carry."""
 _INDEX_DTYPES: Final[dict[int, np.dtype[Any]]] = {
     1: np.dtype("u1"),
     2: np.dtype("<u2"),
@@ -92,7 +97,10 @@ def _section_sizes(numel: int, nnz: int, bits: int) -> tuple[int, int, int]:
 
 def payload_size(numel: int, nnz: int, value_dtype: str, version: int = 2) -> int:
     """Bytes of an encoded tensor, header included, without encoding it."""
-    values = nnz * np.dtype(value_dtype).itemsize
+    if value_dtype in QUANTIZED:
+        values = packed_size(value_dtype, nnz)
+    else:
+        values = nnz * np.dtype(value_dtype).itemsize
     if version == 1:
         return HEADER_SIZE + nnz * index_width(numel) + values
     low, _, high = _section_sizes(numel, nnz, low_bits(numel, nnz))
@@ -124,12 +132,15 @@ def encode(
     dtype: str = "float32",
     value_dtype: str = "float32",
     version: int = FORMAT_VERSION,
+    scale: float | None = None,
 ) -> Array:
     """Encode ``values`` at flat ``indices`` of a dense tensor of ``shape``.
 
     ``indices`` must be strictly increasing; ``values`` are cast to ``value_dtype``
-    (float32 or float16). ``dtype`` is the dense tensor's dtype; ``version`` the
-    format version to write (2: Elias-Fano indices, 1: fixed-width indices).
+    (float32 or float16), or, for ``int8``, ``int4`` and ``sign``, are the codes
+    of :func:`~.quantize.quantize` and ``scale`` its scale. ``dtype`` is the
+    dense tensor's dtype; ``version`` the format version to write (2:
+    Elias-Fano indices, 1: fixed-width indices).
     """
     numel = math.prod(shape)
     idx = np.asarray(indices).astype(np.int64, copy=False)
@@ -137,9 +148,8 @@ def encode(
         raise ValueError("indices and values must be 1-D and of equal length")
     if len(idx) and (idx[0] < 0 or idx[-1] >= numel or np.any(np.diff(idx) <= 0)):
         raise ValueError("indices must be strictly increasing and within the tensor")
-    vdtype = np.dtype(value_dtype)
-    if vdtype not in _VALUE_CODES:
-        raise ValueError(f"value_dtype must be float32 or float16, got {value_dtype}")
+    if value_dtype not in _CODE_OF:
+        raise ValueError(f"value_dtype must be one of {VALUE_TYPES}, got {value_dtype}")
     if version not in SUPPORTED_VERSIONS:
         raise ValueError(f"unknown sparse format version {version}")
     width = index_width(numel)  # also refuses tensors that are too large
@@ -149,13 +159,18 @@ def encode(
     else:
         field = ELIAS_FANO
         param, index_bytes = _elias_fano(idx, numel)
-    code = _VALUE_CODES[vdtype]
+    code = _CODE_OF[value_dtype]
+    if value_dtype in QUANTIZED:
+        if len(idx) and scale is None:
+            raise ValueError(f"{value_dtype} values need their scale")
+        value_bytes = pack(value_dtype, np.asarray(values), scale or 0.0)
+        unpack(value_dtype, value_bytes, len(idx))  # never write what decode refuses
+    else:
+        value_bytes = (
+            np.asarray(values).astype(VALUE_DTYPES[code], copy=False).tobytes()
+        )
     header = _HEADER.pack(MAGIC, version, field, code, param, numel, len(idx))
-    data = (
-        header
-        + index_bytes
-        + np.asarray(values).astype(VALUE_DTYPES[code], copy=False).tobytes()
-    )
+    data = header + index_bytes + value_bytes
     return Array(
         dtype=dtype, shape=tuple(int(d) for d in shape), stype=SPARSE_STYPE, data=data
     )
@@ -166,8 +181,11 @@ def is_sparse(array: Array) -> bool:
     return array.stype == SPARSE_STYPE
 
 
-def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Decode a sparse Array into a dense tensor of the expected ``shape``/``dtype``.
+def decode_entries(
+    array: Array, *, shape: tuple[int, ...], dtype: np.dtype
+) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices and values (in ``dtype``) a sparse Array sends, checked
+    against the expected ``shape`` and ``dtype``.
 
     Raises
     ------
@@ -177,7 +195,9 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
         match the bytes, more entries than the tensor holds, set padding bits, a
         bit vector whose entry count differs from the header's, indices out of
         range, unsorted or duplicate, non-finite values, or a dtype or shape that
-        differs from the expected one.
+        differs from the expected one; for ``int8``, ``int4`` and ``sign``
+        values also a scale that is not a finite float32 > 0, a code of 0 or out
+        of range, set padding, or a largest code that is not the top one.
     """
     if array.stype != SPARSE_STYPE:
         raise SparseFormatError(f"not a sparse array (stype {array.stype!r})")
@@ -199,7 +219,7 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
         raise SparseFormatError("payload does not start with the sparse magic")
     if version not in SUPPORTED_VERSIONS:
         raise SparseFormatError(f"unknown sparse format version {version}")
-    if value_code not in VALUE_DTYPES:
+    if value_code not in VALUE_DTYPES and value_code not in QUANTIZED_CODES:
         raise SparseFormatError(f"unknown value type code {value_code}")
     if version == 1 and field not in _INDEX_DTYPES:
         raise SparseFormatError(f"unknown index width {field}")
@@ -226,22 +246,25 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
             f"declares {param} low bits, {nnz} entries of {numel} take "
             f"{low_bits(numel, nnz)}"
         )
-    value_dtype = VALUE_DTYPES[value_code]
-    value_name = "float32" if value_code == 1 else "float16"
+    value_name = VALUE_TYPES[value_code - 1]
     expected_size = payload_size(numel, nnz, value_name, version)
     if len(data) != expected_size:
         raise SparseFormatError(
             f"declares {nnz} entries ({expected_size} bytes), "
             f"payload has {len(data)} bytes"
         )
-    values_at = expected_size - nnz * value_dtype.itemsize
+    values_at = expected_size - (
+        packed_size(value_name, nnz)
+        if value_name in QUANTIZED
+        else nnz * VALUE_DTYPES[value_code].itemsize
+    )
     if version == 1:
         idx = np.frombuffer(
             data, dtype=_INDEX_DTYPES[field], count=nnz, offset=HEADER_SIZE
         ).astype(np.int64)
     else:
         idx = _elias_fano_indices(data[HEADER_SIZE:values_at], numel, nnz, param)
-    values = np.frombuffer(data, dtype=value_dtype, count=nnz, offset=values_at)
+    values = _values(data[values_at:], value_name, nnz)
     if nnz:
         steps = np.diff(idx)
         if np.any(steps == 0):
@@ -254,12 +277,37 @@ def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarr
             )
         if not np.isfinite(values).all():
             raise SparseFormatError("values hold NaN or Inf")
-    dense = np.zeros(expected_numel, dtype=dtype)
     with np.errstate(over="ignore"):
-        dense[idx] = values.astype(dtype)
-    if nnz and not np.isfinite(dense[idx]).all():
+        cast = values.astype(dtype)
+    if nnz and not np.isfinite(cast).all():
         raise SparseFormatError(f"values overflow {dtype}")
+    return idx, cast
+
+
+def decode(array: Array, *, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Decode a sparse Array into a dense tensor of the expected ``shape``/``dtype``
+    (zeros where no entry is sent).
+
+    Raises
+    ------
+    SparseFormatError
+        As :func:`decode_entries`.
+    """
+    idx, values = decode_entries(array, shape=shape, dtype=dtype)
+    dense = np.zeros(math.prod(shape), dtype=dtype)
+    dense[idx] = values
     return dense.reshape(shape)
+
+
+def _values(section: bytes, value_name: str, nnz: int) -> np.ndarray:
+    """The values of the values section (its size already checked)."""
+    if value_name not in QUANTIZED:
+        return np.frombuffer(section, dtype=np.dtype(value_name).newbyteorder("<"))
+    try:
+        codes, scale = unpack(value_name, section, nnz)
+    except ValueError as exc:
+        raise SparseFormatError(str(exc)) from None
+    return dequantize(codes, scale)
 
 
 def _elias_fano_indices(section: bytes, numel: int, nnz: int, bits: int) -> np.ndarray:

@@ -1,5 +1,16 @@
 """Client mods: add to any ClientApp with ``ClientApp(mods=[...])``."""
 
 from .dgc import DGC_WARMUP, Compressed, DGCConfig, DGCState, compress, dgc_mod
+from .downlink import DownlinkError, apply_delta, downlink_mod
 
-__all__ = ["DGC_WARMUP", "Compressed", "DGCConfig", "DGCState", "compress", "dgc_mod"]
+__all__ = [
+    "DGC_WARMUP",
+    "Compressed",
+    "DGCConfig",
+    "DGCState",
+    "DownlinkError",
+    "apply_delta",
+    "compress",
+    "dgc_mod",
+    "downlink_mod",
+]

@@ -23,6 +23,7 @@ from .fairness import InverseParticipation
 from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
+from .traffic import Traffic
 from .tuning import BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, bounded_metrics
 from .updates import _update_kind as update_kind
@@ -119,6 +120,7 @@ class UpdateBuffer:
         self.unused_nodes: list[int] = []  # of the last buffer that made no version
         self.deadline = math.inf  # tau after the buffer's first update
         self.wall0 = time.time()
+        self.traffic = Traffic()  # train bytes since the last version
 
     @property
     def version(self) -> int:
@@ -250,14 +252,20 @@ class UpdateBuffer:
             )
             for u, factor in zip(updates, factors, strict=True):
                 u.weight *= factor
-        block = Block(self.version + 1, self.store.model, updates, self.now())
+        traffic = self.traffic
+        extra: dict[str, object] = {"traffic": traffic.as_dict()}
         tuned = self.tuner is not None
         if tuned:  # the K and tau this block was made with, in the ledger too
-            block.extra = {
-                "buffer": {"buffer_size": self.buffer_size, "max_wait": self.max_wait}
+            extra["buffer"] = {
+                "buffer_size": self.buffer_size,
+                "max_wait": self.max_wait,
             }
+        block = Block(
+            self.version + 1, self.store.model, updates, self.now(), extra=extra
+        )
         if self.pipeline.run(block, self.reject) is not None:
             return None
+        self.traffic = Traffic()  # a buffer that made no version keeps counting
         assert block.model is not None
         updates = block.updates
         self.store.advance(block.version, block.model)
@@ -283,6 +291,10 @@ class UpdateBuffer:
             full_copy_bound=self.store.bound,
             buffer_size=self.buffer_size if tuned else None,
             max_wait=self.max_wait if tuned else None,
+            messages_down=traffic.messages_down,
+            bytes_down=traffic.bytes_down,
+            replies_up=traffic.replies_up,
+            bytes_up=traffic.bytes_up,
         )
         self.result.versions.append(record)
         if self.tuner is not None:

@@ -44,6 +44,8 @@ def fedbuff_from_run_config(
       (``"inverse[:<max_factor>]"``), ``buffer-tuning``
       (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
+    - ``downlink`` (bool: sparse downlink deltas, with the client's
+      ``downlink_mod``);
     - ``fraction-train`` (in (0, 1]); ``fraction-evaluate`` (in [0, 1], 0: no
       federated evaluation); ``concurrency`` (int, <= 0: none, i.e. from
       ``fraction-train``);
@@ -100,6 +102,8 @@ def fedbuff_from_run_config(
         kwargs["buffer_tuning"] = _parsed(cfg, "buffer-tuning", buffer_tuning)
     if "state-rule" in cfg:
         kwargs["state_rule"] = _parsed(cfg, "state-rule", state_rule)
+    if "downlink" in cfg:
+        kwargs["downlink"] = _flag(cfg, "downlink")
     if "fraction-train" in cfg:
         kwargs["fraction_train"] = _number(
             cfg, "fraction-train", low=0.0, high=1.0, low_open=True
@@ -231,6 +235,14 @@ def _integer(
     if minimum is not None and number < minimum:
         raise _bad(key, value, expected)
     return number
+
+
+def _flag(cfg: Mapping[str, ConfigValue], key: str) -> bool:
+    """``cfg[key]``, which must be a bool."""
+    value = cfg[key]
+    if not isinstance(value, bool):
+        raise _bad(key, value, "true or false")
+    return value
 
 
 def _text(cfg: Mapping[str, ConfigValue], key: str) -> str:

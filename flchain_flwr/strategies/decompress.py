@@ -12,7 +12,12 @@ from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
-from ..protocol import MODEL_VERSION_KEY, UPDATE_INFO_KEY, UPDATE_KIND_DELTA
+from ..protocol import (
+    MODEL_VERSION_KEY,
+    SPARSE_REPLIES_KEY,
+    UPDATE_INFO_KEY,
+    UPDATE_KIND_DELTA,
+)
 from .evaluation import valid_evaluate_content
 from .result import RejectedUpdate
 from .updates import (
@@ -66,6 +71,7 @@ class DecompressReplies(Strategy):
         """Remember the model sent, tag the version, delegate."""
         self._sent = to_ndarrays(arrays)
         config[MODEL_VERSION_KEY] = server_round - 1
+        config[SPARSE_REPLIES_KEY] = True  # the DGC mod may compress its reply
         return self.strategy.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(

@@ -31,7 +31,12 @@ from ..arrays import NDArrays
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..pov.committee import Committee
-from ..protocol import MODEL_VERSION_KEY, SERVER_ROUND_KEY
+from ..protocol import (
+    DOWNLINK_KEY,
+    MODEL_VERSION_KEY,
+    SERVER_ROUND_KEY,
+    SPARSE_REPLIES_KEY,
+)
 from ..runtime import clock_of, publish_result
 from .fairness import InverseParticipation
 from .result import AsyncResult
@@ -170,6 +175,12 @@ class FedBuff(Strategy):
         Seeds node selection, for reproducible runs.
     poll_interval : float (default: 0.1)
         Seconds between polls on a wall clock.
+    downlink : bool (default: False)
+        Lossless sparse downlink: a node whose last train reply said (through
+        :func:`~flchain_flwr.mods.downlink_mod`) which version it holds is sent
+        the entries that changed since, with their final values, when that is
+        smaller than the full model (see :mod:`.downlink`). Pays off when the
+        updates are sparse (the DGC mod) and ``server_momentum`` is 0.
     """
 
     # pylint: disable=too-many-arguments,too-many-locals
@@ -209,6 +220,7 @@ class FedBuff(Strategy):
         committee: Committee | None = None,
         seed: int | None = None,
         poll_interval: float = 0.1,
+        downlink: bool = False,
     ) -> None:
         for name, value in (
             ("buffer_size", buffer_size),
@@ -279,6 +291,7 @@ class FedBuff(Strategy):
         self.committee = committee
         self.seed = seed
         self.poll_interval = poll_interval
+        self.downlink = bool(downlink)
         self._sync = SyncAggregation(self)
         self._sample_rng = random.Random(seed)
         if fraction_evaluate == 0.0:
@@ -327,6 +340,8 @@ class FedBuff(Strategy):
             self.message_ttl if self.message_ttl is not None else "timeout",
             self.min_available_nodes,
         )
+        if self.downlink:
+            log(INFO, "\t└──> Downlink: sparse deltas to nodes that keep their base")
 
     def config_dict(self) -> dict[str, object]:
         """The settings that shape the global model (recorded in ledger blocks)."""
@@ -369,6 +384,9 @@ class FedBuff(Strategy):
         cfg = ConfigRecord(dict(config))
         cfg[SERVER_ROUND_KEY] = version + 1
         cfg[MODEL_VERSION_KEY] = version
+        cfg[SPARSE_REPLIES_KEY] = True  # the DGC mod may compress its reply
+        if self.downlink:  # downlink_mod may keep its base and say so
+            cfg[DOWNLINK_KEY] = True
         return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
 
     def evaluate_content(

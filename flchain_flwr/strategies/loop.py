@@ -26,10 +26,12 @@ from flwr.supercore import log
 
 from ..runtime import Clock
 from .buffer import TRIGGER_BUFFER_FULL, UpdateBuffer
+from .downlink import DownlinkSync
 from .evaluation import FederatedEvaluation
 from .nodes import NodeTracker
 from .result import AsyncResult, NodeFailure, VersionRecord
 from .scheduling import SchedulingPolicy
+from .traffic import content_bytes
 
 ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
 
@@ -86,6 +88,7 @@ class EventLoop:
         evaluate_config: ConfigRecord,
         result: AsyncResult,
         on_version: Callable[[VersionRecord], None],
+        downlink: DownlinkSync | None = None,
     ) -> None:
         self.grid = grid
         self.clock = clock
@@ -100,6 +103,7 @@ class EventLoop:
         self.evaluate_config = evaluate_config
         self.result = result
         self.on_version = on_version
+        self.downlink = downlink
 
         self.nodes = NodeTracker()
         self.nodes.version = buffer.version
@@ -218,6 +222,8 @@ class EventLoop:
                 if config is None
                 else self.train_content(self.buffer.model_record, config, version)
             )
+            if self.downlink is not None:
+                content = self.downlink.content(node_id, content)
             message = Message(
                 content,
                 node_id,
@@ -251,11 +257,17 @@ class EventLoop:
             for _, flight in messages:
                 self._record_failure(flight, ErrorCode.UNKNOWN, f"push failed: {exc}")
             return
+        sizes: dict[int, int] = {}  # messages may share one content
         for message, flight in messages:
             msg_id = message.metadata.message_id
             if not msg_id or msg_id not in accepted:
                 self._record_failure(flight, ErrorCode.UNKNOWN, "push was refused")
                 continue
+            if flight.train:
+                key = id(message.content)
+                if key not in sizes:
+                    sizes[key] = content_bytes(message.content)
+                self.buffer.traffic.sent(sizes[key])
             self.in_flight[msg_id] = flight
             self._seq += 1
             heapq.heappush(self._deadlines, (flight.deadline, self._seq, msg_id))
@@ -309,6 +321,10 @@ class EventLoop:
             )
             return
         del self.in_flight[msg_id]
+        if flight.train and reply.has_content():
+            self.buffer.traffic.received(content_bytes(reply.content))
+            if self.downlink is not None:
+                self.downlink.observe(flight.node_id, reply.content)
         self.nodes.done(flight.node_id)
         self.evaluation.freed((flight.node_id,))
         if reply.has_error():
@@ -350,6 +366,8 @@ class EventLoop:
         )
         until = self.clock.now() + self.s.retry_backoff
         self.nodes.failed(flight.node_id, until, flight.train)
+        if flight.train and self.downlink is not None:
+            self.downlink.forget(flight.node_id)
         if flight.train:
             self.policy.on_failure(flight.node_id, self.now())
         else:
@@ -378,6 +396,8 @@ class EventLoop:
             self.idle_deadline = self.last_version_at + self.s.timeout
             return
         self.nodes.new_version(self.buffer.version)
+        if self.downlink is not None:
+            self.downlink.advance(self.buffer.version, self.buffer.store.model)
         # a version is activity: a slow aggregation must not count as idle time
         self.last_version_at = self.clock.now()
         self.idle_deadline = max(

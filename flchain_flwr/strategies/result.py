@@ -35,6 +35,14 @@ class VersionRecord:
     """K this version was made with, when a buffer tuner chose it (else ``None``)."""
     max_wait: float | None = None
     """tau this version was made with, when a buffer tuner is on (else ``None``)."""
+    messages_down: int = 0
+    """Train messages sent since the previous version."""
+    bytes_down: int = 0
+    """Their bytes, as Flower counts a message's content (see :mod:`.traffic`)."""
+    replies_up: int = 0
+    """Train replies received since the previous version (used or not)."""
+    bytes_up: int = 0
+    """Their bytes, counted the same way."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +96,10 @@ class AsyncResult(Result):
     stop_reason: str = ""
     committee_decisions: list[dict[str, Any]] = field(default_factory=list)
     """One summary per PoV committee decision (empty without a committee)."""
+    downlink: dict[int, dict[str, int]] = field(default_factory=dict)
+    """With ``downlink=True``: per distance ``s`` (versions between a node's
+    base and the version sent), the deltas offered and sent, their entries and
+    bytes (:class:`~.downlink.DistanceStats`); the rest went as full models."""
 
     def history_dict(self) -> dict[str, Any]:
         """Everything but the arrays, as plain JSON-serialisable data."""
@@ -99,6 +111,7 @@ class AsyncResult(Result):
             "weight_share": {str(k): v for k, v in self.weight_share.items()},
             "stop_reason": self.stop_reason,
             "committee_decisions": self.committee_decisions,
+            "downlink": {str(k): v for k, v in self.downlink.items()},
             "train_metrics_clientapp": _metrics(self.train_metrics_clientapp),
             "evaluate_metrics_clientapp": _metrics(self.evaluate_metrics_clientapp),
             "evaluate_metrics_serverapp": _metrics(self.evaluate_metrics_serverapp),

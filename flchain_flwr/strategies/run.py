@@ -10,6 +10,7 @@ import math
 import random
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
 from .buffer import UpdateBuffer
+from .downlink import DownlinkSync
 from .evaluation import (
     FederatedEvaluation,
     aggregate_or_none,
@@ -32,6 +34,7 @@ from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
 from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
 from .state import state_names
+from .traffic import human_bytes
 from .tuning import BufferTuner
 from .versions import VersionStore
 from .weighting import ClaimHistory
@@ -183,6 +186,14 @@ class FedBuffRun:
             evaluate_config=evaluate_config,
             result=self.result,
             on_version=self._on_version,
+            downlink=DownlinkSync(
+                version,
+                model,
+                lambda: self.store.bound,
+                arrayrecord_key=s.arrayrecord_key,
+            )
+            if s.downlink
+            else None,
         )
         self._updates_since_eval = 0
         self._seen = (0, 0)  # rejected, failed at the last version
@@ -213,7 +224,7 @@ class FedBuffRun:
         log(
             INFO,
             "[VERSION %d/%d] t=%.2fs trigger=%s updates=%d staleness=%s "
-            "rejected=%d failed=%d",
+            "rejected=%d failed=%d down=%s/node up=%s/node",
             record.version,
             self.buffer.num_versions,
             record.time,
@@ -222,6 +233,8 @@ class FedBuffRun:
             record.staleness_histogram,
             rejected - self._seen[0],
             failed - self._seen[1],
+            human_bytes(record.bytes_down / max(record.messages_down, 1)),
+            human_bytes(record.bytes_up / max(record.replies_up, 1)),
         )
         self._seen = (rejected, failed)
         metrics = self.result.train_metrics_clientapp.get(record.version)
@@ -291,6 +304,18 @@ class FedBuffRun:
         finally:
             self.pipeline.close()
         self.result.stop_reason = reason
+        downlink = self.loop.downlink
+        if downlink is not None:
+            self.result.downlink = {
+                s: asdict(stats) for s, stats in sorted(downlink.by_distance.items())
+            }
+            sent = sum(stats.sent for stats in downlink.by_distance.values())
+            log(
+                INFO,
+                "Downlink: %d train messages as deltas, %d as full models",
+                sent,
+                downlink.full_sent,
+            )
         if reason not in ("completed", "stopped by should_stop"):
             log(WARNING, "Stopping early: %s", reason)
         self._log_summary()

@@ -37,15 +37,18 @@ from flchain_cnn.task import (
     train,
 )
 from flchain_cnn.verifiers import app_verifier
-from flchain_flwr.mods import dgc_mod
+from flchain_flwr.mods import dgc_mod, downlink_mod
 from flchain_flwr.pov import Verifier, remote
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
-# DGC compression of train replies, configured by the run config's dgc-* keys
-# (dgc-density = 1.0, the default, sends dense updates and leaves replies alone).
+# The lossless sparse downlink's receiving half (inert unless the server runs
+# with downlink = true), then DGC compression of train replies, configured by
+# the run config's dgc-* keys (dgc-density = 1.0, the default, sends dense
+# updates and leaves replies alone). Both act only when the server says it
+# speaks their format, so the app also runs under Flower's plain FedAvg.
 # The attack mod only acts on nodes whose node config names an attack (robustness
 # experiments, e.g. --node-config "attack='sign-flip'"); honest nodes pass through.
-app = ClientApp(mods=[dgc_mod(), attack_mod()])
+app = ClientApp(mods=[downlink_mod(), dgc_mod(), attack_mod()])
 
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,179 @@
+"""The receiving half of the lossless sparse downlink, as a Flower client mod.
+
+A server that sends downlink deltas (``FedBuff(downlink=True)``) says so in its
+train messages (:data:`~flchain_flwr.protocol.DOWNLINK_KEY`). This mod then
+keeps the last global model its node received in ``Context.state`` and tells
+the server, in every train reply, which version and model hash it holds. The
+server may send that node, instead of the full model, the entries that changed
+since (their final values, in the sparse wire format) and the hash of the model
+they make. The mod rebuilds the full model bit for bit, checks its hash, and
+hands the ClientApp ordinary full arrays::
+
+    app = ClientApp(mods=[downlink_mod(), dgc_mod()])  # downlink_mod first
+
+A delta the node cannot rebuild (no base: a new node, a restarted SuperNode, a
+lost state; a base whose hash differs; a rebuilt model whose hash differs) is
+never trained on: the reply is an error saying why, which the server records,
+and the node gets the full model next time. Without the server's key the mod
+does nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from logging import WARNING
+from typing import Final
+
+from flwr.app import (
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    RecordDict,
+)
+from flwr.common.constant import ErrorCode
+from flwr.supercore import log
+
+from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
+from ..compression.sparse import SparseFormatError, decode_entries, is_sparse
+from ..ledger.canonical import model_hash
+from ..protocol import DOWNLINK_KEY, DOWNLINK_RECORD, MODEL_VERSION_KEY
+
+STATE_BASE: Final = "flchain.downlink.base"
+STATE_INFO: Final = "flchain.downlink.info"
+DOWNLINK_ERROR: Final = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+
+ClientAppCallable = Callable[[Message, Context], Message]
+Mod = Callable[[Message, Context, ClientAppCallable], Message]
+
+
+class DownlinkError(ValueError):
+    """A downlink delta that cannot be rebuilt into the announced model."""
+
+
+def apply_delta(base: NDArrays, delta: ArrayRecord) -> NDArrays:
+    """The model a delta makes from ``base``: sparse arrays set their entries to
+    the values sent, dense arrays replace the tensor.
+
+    Raises
+    ------
+    DownlinkError
+        If the delta names other tensors than the base, or an array does not
+        decode against its base tensor.
+    """
+    if list(delta.keys()) != list(base.keys()):
+        raise DownlinkError("the delta's tensors are not the base model's")
+    model: NDArrays = {}
+    for name, array in delta.items():
+        ref = base[name]
+        try:
+            if is_sparse(array):
+                idx, values = decode_entries(array, shape=ref.shape, dtype=ref.dtype)
+                value = ref.copy()
+                value.reshape(-1)[idx] = values
+            else:
+                value = array.numpy()
+        except (SparseFormatError, ValueError, TypeError) as exc:
+            raise DownlinkError(f"array {name!r}: {exc}") from None
+        if value.shape != ref.shape or value.dtype != ref.dtype:
+            raise DownlinkError(f"array {name!r} does not match the base's")
+        model[name] = value
+    return model
+
+
+def _base(state: RecordDict) -> tuple[int, str, NDArrays] | None:
+    info = state.get(STATE_INFO)
+    arrays = state.get(STATE_BASE)
+    if not isinstance(info, ConfigRecord) or not isinstance(arrays, ArrayRecord):
+        return None
+    return int(info["version"]), str(info["hash"]), to_ndarrays(arrays)  # type: ignore[arg-type]
+
+
+def _config(msg: Message) -> ConfigRecord | None:
+    """The train message's config that announces the downlink, if any."""
+    for name, record in msg.content.config_records.items():
+        if name != DOWNLINK_RECORD and record.get(DOWNLINK_KEY) is True:
+            return record
+    return None
+
+
+def downlink_mod(arrayrecord_key: str = "arrays") -> Mod:
+    """A Flower client mod that receives downlink deltas (see the module)."""
+
+    def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+        kind = msg.metadata.message_type.split(".")[0]
+        config = _config(msg) if kind == MessageType.TRAIN else None
+        if config is None:
+            return call_next(msg, context)
+        arrays = msg.content.array_records.get(arrayrecord_key)
+        if arrays is None:
+            return call_next(msg, context)
+        sent = msg.content.config_records.get(DOWNLINK_RECORD)
+        try:
+            model = _received(arrays, sent, context.state)
+        except DownlinkError as exc:
+            reason = f"downlink delta not applied: {exc}"
+            log(WARNING, "downlink_mod: %s", reason)
+            return Message(Error(code=DOWNLINK_ERROR, reason=reason), reply_to=msg)
+        version = config.get(MODEL_VERSION_KEY)
+        digest = model_hash(model)
+        full = to_arrayrecord(model) if sent is not None else arrays
+        content = RecordDict(
+            {
+                k: v
+                for k, v in msg.content.items()
+                if k not in (arrayrecord_key, DOWNLINK_RECORD)
+            }
+        )
+        content[arrayrecord_key] = full
+        msg.content = content
+        if isinstance(version, int) and not isinstance(version, bool):
+            context.state[STATE_BASE] = to_arrayrecord(model)
+            context.state[STATE_INFO] = ConfigRecord(
+                {"version": version, "hash": digest}
+            )
+        reply = call_next(msg, context)
+        if reply.has_error() or not isinstance(version, int):
+            return reply
+        reply.content[DOWNLINK_RECORD] = ConfigRecord(
+            {"holds-version": version, "holds-hash": digest}
+        )
+        return reply
+
+    return mod
+
+
+def _received(
+    arrays: ArrayRecord, sent: ConfigRecord | None, state: RecordDict
+) -> NDArrays:
+    """The full model a train message carries, rebuilt if it is a delta."""
+    if sent is None:
+        try:
+            return to_ndarrays(arrays)
+        except (ValueError, TypeError) as exc:
+            raise DownlinkError(f"the full model does not decode: {exc}") from None
+    base_version = sent.get("base-version")
+    base_hash, wanted = sent.get("base-hash"), sent.get("model-hash")
+    if not isinstance(base_hash, str) or not isinstance(wanted, str):
+        raise DownlinkError("the delta does not name its base and model hashes")
+    held = _base(state)
+    if held is None:
+        raise DownlinkError(
+            f"no base model kept for a delta on version {base_version!r} "
+            "(new node, restart or lost state)"
+        )
+    version, digest, base = held
+    if digest != base_hash:
+        raise DownlinkError(
+            f"holds version {version} ({digest[:12]}), the delta is on version "
+            f"{base_version!r} ({base_hash[:12]})"
+        )
+    model = apply_delta(base, arrays)
+    got = model_hash(model)
+    if got != wanted:
+        raise DownlinkError(
+            f"the rebuilt model hashes to {got[:12]}, the server's to {wanted[:12]}"
+        )
+    return model

@@ -1,0 +1,309 @@
+"""The lossless sparse downlink (issue 15 item 1): every node's rebuilt model is
+the server's, bit for bit, after many versions, a lost state, a forged delta
+and a server restart; memory stays bounded; the smaller of delta and full."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+
+from flchain_flwr.arrays import to_ndarrays
+from flchain_flwr.ledger.canonical import model_hash
+from flchain_flwr.mods import DGCConfig, dgc_mod, downlink_mod
+from flchain_flwr.mods.downlink import STATE_BASE, STATE_INFO
+from flchain_flwr.protocol import DOWNLINK_KEY, DOWNLINK_RECORD, MODEL_VERSION_KEY
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.strategies import AsyncResult, Constant, FedBuff
+from flchain_flwr.strategies.downlink import DownlinkSync, changed_entries
+
+from .toy import constant_work, toy_client_app
+
+SPEEDS = (1.0, 0.7, 0.5, 0.3)
+
+
+def model() -> ArrayRecord:
+    return ArrayRecord(
+        {
+            "w": Array(np.zeros(20_000, np.float32)),
+            "b": Array(np.zeros((2, 3), np.float32)),
+        }
+    )
+
+
+class Spy:
+    """Mods around downlink_mod: what arrived (outer) and what the app got (inner)."""
+
+    def __init__(self) -> None:
+        self.deltas = 0
+        self.fulls = 0
+        self.trained_on: list[tuple[int, int, str]] = []  # node, version, hash
+
+    def outer(self, msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        if msg.metadata.message_type == "train":
+            if DOWNLINK_RECORD in msg.content:
+                self.deltas += 1
+            else:
+                self.fulls += 1
+        return call_next(msg, context)
+
+    def inner(self, msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        if msg.metadata.message_type == "train":
+            assert DOWNLINK_RECORD not in msg.content  # the app sees full arrays
+            assert all(
+                a.stype == "numpy.ndarray" for a in msg.content["arrays"].values()
+            )
+            version = int(msg.content["config"][MODEL_VERSION_KEY])  # type: ignore[arg-type]
+            digest = model_hash(to_ndarrays(msg.content["arrays"]))
+            self.trained_on.append((context.node_id, version, digest))
+        return call_next(msg, context)
+
+
+def run(
+    downlink: bool,
+    versions: int = 12,
+    extra_mods: list[Any] | None = None,
+    dgc: bool = True,
+    grid: VirtualGrid | None = None,
+    **kwargs: Any,
+):  # type: ignore[no-untyped-def]
+    spy = Spy()
+    mods = [
+        *(extra_mods or []),
+        spy.outer,
+        downlink_mod(),
+        spy.inner,
+        *([dgc_mod(DGCConfig(density=0.01))] if dgc else []),
+    ]
+    grid = grid or VirtualGrid(
+        toy_client_app(mods=mods),
+        [DeviceProfile(speed=s) for s in SPEEDS],
+        work_fn=constant_work(1.0),
+        seed=4,
+    )
+    server: dict[int, str] = {}
+
+    def record(version: int, arrays: ArrayRecord) -> None:
+        server[version] = model_hash(to_ndarrays(arrays))
+
+    strategy = FedBuff(
+        buffer_size=2,
+        fraction_evaluate=0.0,
+        seed=0,
+        staleness_fn=Constant(),
+        downlink=downlink,
+        retry_backoff=1.0,
+        **kwargs,
+    )
+    result = simulate(
+        strategy, grid, model(), num_rounds=versions, evaluate_fn=record
+    ).result  # type: ignore[arg-type]
+    assert isinstance(result, AsyncResult)
+    return result, spy, server, grid
+
+
+def assert_bit_identical(spy: Spy, server: dict[int, str]) -> None:
+    assert spy.trained_on
+    for _, version, digest in spy.trained_on:
+        assert digest == server[version]
+
+
+def test_every_rebuilt_model_is_the_servers_bit_for_bit() -> None:
+    result, spy, server, _ = run(True, versions=15)
+    assert result.failures == [] and result.rejected == []
+    assert spy.deltas > spy.fulls  # after each node's first message, deltas
+    sent = sum(d["sent"] for d in result.downlink.values())
+    assert sent == spy.deltas and min(result.downlink) >= 1
+    for stats in result.downlink.values():  # unions of changes, within bounds
+        assert 0 < stats["entries"] <= stats["offered"] * 20_006
+    assert_bit_identical(spy, server)
+    plain, plain_spy, _, _ = run(False, versions=15)
+    assert plain_spy.deltas == 0
+    # the same training, so the same models; fewer bytes down
+    np.testing.assert_array_equal(result.arrays["w"].numpy(), plain.arrays["w"].numpy())
+    assert sum(v.bytes_down for v in result.versions) < 0.5 * sum(
+        v.bytes_down for v in plain.versions
+    )
+
+
+def test_without_the_option_the_mod_is_inert_and_messages_are_full() -> None:
+    result, spy, _, _ = run(False, versions=3)
+    assert spy.deltas == 0 and spy.fulls > 0
+    assert result.failures == []
+
+
+def test_dense_updates_make_deltas_no_smaller_so_the_full_model_goes() -> None:
+    result, spy, server, _ = run(True, versions=6, dgc=False)
+    assert spy.deltas == 0 and result.failures == []
+    assert_bit_identical(spy, server)
+
+
+def _lose_state_once(node_index: int, at_message: int):  # type: ignore[no-untyped-def]
+    seen: Counter[int] = Counter()
+
+    def mod(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        if msg.metadata.message_type == "train":
+            seen[context.node_id] += 1
+            mine = (
+                len(seen) > node_index and sorted(seen)[node_index] == context.node_id
+            )
+            if mine and seen[context.node_id] == at_message:
+                for key in (STATE_BASE, STATE_INFO):
+                    context.state.pop(key, None)
+        return call_next(msg, context)
+
+    return mod
+
+
+def test_a_lost_state_is_recorded_never_trained_on_then_resynced() -> None:
+    result, spy, server, _ = run(True, versions=15, extra_mods=[_lose_state_once(0, 3)])
+    reasons = [f.reason for f in result.failures]
+    assert len(reasons) == 1 and "no base model kept" in reasons[0]
+    assert_bit_identical(spy, server)  # nothing was trained on a wrong model
+    node = result.failures[0].node_id
+    later = [
+        v for n, v, _ in spy.trained_on if n == node and v > result.failures[0].version
+    ]
+    assert later  # the node got the full model and trained again
+
+
+def test_a_forged_delta_is_rejected_by_its_hash() -> None:
+    forged = {"done": False}
+
+    def forge(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        sync = msg.content.config_records.get(DOWNLINK_RECORD)
+        if sync is not None and not forged["done"]:
+            forged["done"] = True
+            w = msg.content["arrays"]["w"]
+            data = bytearray(w.data)
+            data[-1] ^= (
+                0x01  # one value's last byte (float32, little-endian: a high bit)
+            )
+            msg.content["arrays"]["w"] = Array(
+                dtype=w.dtype, shape=w.shape, stype=w.stype, data=bytes(data)
+            )
+        return call_next(msg, context)
+
+    result, spy, server, _ = run(True, versions=10, extra_mods=[forge])
+    assert forged["done"]
+    reasons = [f.reason for f in result.failures]
+    assert len(reasons) == 1 and "rebuilt model hashes to" in reasons[0]
+    assert_bit_identical(spy, server)
+
+
+def test_a_base_mismatch_is_rejected(tmp_path: Path) -> None:
+    def swap_base(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        info = context.state.get(STATE_INFO)
+        if DOWNLINK_RECORD in msg.content and isinstance(info, ConfigRecord):
+            info["hash"] = "0" * 64
+        return call_next(msg, context)
+
+    result, spy, server, _ = run(True, versions=4, extra_mods=[swap_base])
+    assert result.failures and all(
+        "the delta is on version" in f.reason for f in result.failures
+    )
+    assert_bit_identical(spy, server)
+
+
+def test_after_a_server_restart_nodes_resync_bit_for_bit(tmp_path: Path) -> None:
+    ledger = tmp_path / "l.db"
+    _, spy1, server1, grid = run(True, versions=5, ledger=ledger)
+    assert_bit_identical(spy1, server1)
+    deltas_before, trained_before = spy1.deltas, len(spy1.trained_on)
+    # A new server resumes the ledger; the nodes keep their Context.state. The
+    # grid runs the first call's mods, so the first spy sees both runs.
+    second, spy2, server2, _ = run(True, versions=12, ledger=ledger, grid=grid)
+    assert second.failures == [] and second.versions[0].version == 6
+    assert spy2.trained_on == [] and len(spy1.trained_on) > trained_before
+    assert server2[5] == server1[5]  # the resumed model
+    assert_bit_identical(spy1, {**server1, **server2})
+    assert spy1.deltas > deltas_before  # deltas again once nodes said what they hold
+
+
+def test_changed_entries_compare_bits() -> None:
+    old = np.array([0.0, 1.0, 2.0, np.float32(1e-45)], np.float32)
+    new = np.array([-0.0, 1.0, 2.5, 0.0], np.float32)
+    assert changed_entries(old, new).tolist() == [0, 2, 3]
+    assert changed_entries(np.arange(3), np.arange(3)).tolist() == []
+    assert changed_entries(np.arange(3), np.arange(3) + 1) is None  # ints: whole
+    assert changed_entries(np.zeros(2), np.ones(2)) is None  # float64: whole
+
+
+def test_memory_is_bounded_by_the_window() -> None:
+    start = {"w": np.zeros(1000, np.float32)}
+    sync = DownlinkSync(0, start, lambda: 4)
+    current = start
+    for v in range(1, 30):
+        current = {"w": current["w"].copy()}
+        current["w"][v] = 1.0
+        sync.advance(v, current)
+        assert len(sync.changes) <= 3 and len(sync.hashes) <= 4
+    # a node on a version beyond the window gets the full model
+    sync.holds[1] = (3, "x")
+    content = {"arrays": ArrayRecord({"w": Array(current["w"])})}
+    from flwr.app import RecordDict
+
+    full = RecordDict(content)  # type: ignore[arg-type]
+    assert sync.content(1, full) is full
+    sync.holds[1] = (27, sync.hashes[27])
+    delta = sync.content(1, full)
+    assert DOWNLINK_RECORD in delta and delta["arrays"].count_bytes() < 200
+
+
+def test_a_reply_naming_an_unknown_hash_gets_the_full_model() -> None:
+    from flwr.app import RecordDict
+
+    start = {"w": np.zeros(1000, np.float32)}
+    sync = DownlinkSync(0, start, lambda: None)
+    reply = RecordDict(
+        {DOWNLINK_RECORD: ConfigRecord({"holds-version": 0, "holds-hash": "f" * 64})}
+    )
+    sync.observe(5, reply)
+    assert 5 not in sync.holds
+    reply[DOWNLINK_RECORD]["holds-hash"] = sync.hashes[0]
+    sync.observe(5, reply)
+    assert sync.holds[5] == (0, sync.hashes[0])
+    sync.forget(5)
+    assert 5 not in sync.holds
+
+
+def test_run_config_key() -> None:
+    from flchain_flwr.strategies import fedbuff_from_run_config
+
+    assert fedbuff_from_run_config({"downlink": True}).downlink
+    assert not fedbuff_from_run_config({}).downlink
+    with pytest.raises(ValueError, match="downlink"):
+        fedbuff_from_run_config({"downlink": "yes"})
+    content = FedBuff(downlink=True).train_content(model(), ConfigRecord(), 0)
+    assert content["config"][DOWNLINK_KEY] is True
+
+
+def test_under_flowers_plain_fedavg_both_mods_are_inert() -> None:
+    from flwr.serverapp.strategy import FedAvg
+
+    seen: list[bool] = []
+
+    def replies(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        seen.append(DOWNLINK_RECORD in reply.content)
+        return reply
+
+    results = []
+    for mods in (None, [replies, downlink_mod(), dgc_mod()]):
+        grid = VirtualGrid(
+            toy_client_app(mods=mods),
+            [DeviceProfile(speed=s) for s in SPEEDS],
+            work_fn=constant_work(1.0),
+            seed=4,
+        )
+        strategy = FedAvg(fraction_evaluate=0.0, min_available_nodes=4)
+        results.append(simulate(strategy, grid, model(), num_rounds=3).result)
+    assert seen and not any(seen)
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(
+            results[0].arrays[name].numpy(), results[1].arrays[name].numpy()
+        )
