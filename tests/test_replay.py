@@ -487,12 +487,13 @@ def test_forged_fairness_candidates_fail(
         assert report.bad_height == 3 and reason in report.reason, report
 
 
-def test_a_phantom_candidate_passed_off_as_rejected_moves_no_weight(
+def test_a_phantom_candidate_passed_off_as_rejected_alone_fails(
     tmp_path: Path,
 ) -> None:
-    """The record's limit: a rejected candidate's claim is not stored, so the
-    leader can add one to the record; the weights it then records no longer
-    follow, unless it also forges them (then the model no longer does)."""
+    """A rejected candidate's claim is not stored, so the leader can list one
+    more with a rejection; the recorded weights then no longer follow from the
+    candidates. (Had it also recomputed the weights and the model, replay
+    could not tell: the limit replay's docstring states.)"""
     with fedbuff_ledger(tmp_path / "l.db", 4, fairness=FAIR) as ledger:
 
         def forge(body: dict[str, Any]) -> None:

@@ -35,10 +35,13 @@ What replay proves for each straggler policy (:mod:`flchain_flwr.strategies`):
   ledger) over the candidates the block records (its ``fairness`` field: the
   buffer the server weighed, in order, with their effective examples). The
   included updates must be those candidates, in that order, less ones this
-  block rejects; a forged factor or count fails naming the block. Not
-  established: the effective examples of candidates the block rejects (their
-  payloads are not stored), which move the included factors within the
-  policy's ``[1/max_factor, max_factor]``.
+  block rejects; a forged factor, count or candidate list fails naming the
+  block. Not established: the candidates the block rejects and their
+  effective examples (their payloads are not stored, so a block builder
+  holding the signing key can list one more with a matching rejection; on a
+  PoV chain the committee's votes bind each included update's share), which
+  move the included factors within the policy's ``[1/max_factor,
+  max_factor]``.
 - self-tuning K and tau (config ``buffer_tuning``): they decide when a buffer
   triggers, so which updates a block includes, not how they are weighed;
   replay recomputes each block from what it includes, and does not check that
@@ -597,15 +600,13 @@ def _candidates(
             examples.append(float(count))
     except (KeyError, TypeError, ValueError) as exc:
         raise _Failed(f"its fairness candidates are malformed: {exc!r}") from None
+    pairs = list(zip(node_ids, examples, strict=True))
     chosen: list[int] = []
     position = 0
     for index, u in enumerate(updates):
-        while position < len(node_ids) and (node_ids[position], examples[position]) != (
-            u.node_id,
-            u.examples,
-        ):
+        while position < len(pairs) and pairs[position] != (u.node_id, u.examples):
             position += 1
-        if position == len(node_ids):
+        if position == len(pairs):
             raise _Failed(
                 f"included update {index} (node {u.node_id}, {u.examples!r} "
                 "examples) is not among its fairness candidates, in their order"
