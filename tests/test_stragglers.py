@@ -12,6 +12,7 @@ from flwr.app import ConfigRecord, Context, Message
 
 from flchain_flwr.data import parse_tier_classes, tier_partition
 from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger.replay import replay
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import (
     AdaptiveLocalWork,
@@ -379,6 +380,8 @@ def test_tuning_run_records_each_choice_in_versions_and_ledger(tmp_path) -> None
     ledger = Ledger(tmp_path / "l.db")
     try:
         bodies = [b.body for b in ledger.blocks()][1:]
+        report = replay(ledger)  # K and tau change no weight: it replays
+        assert report.complete and len(report.replayed) == 20, report
     finally:
         ledger.close()
     assert [b["buffer"]["buffer_size"] for b in bodies] == sizes

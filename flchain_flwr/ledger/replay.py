@@ -11,18 +11,45 @@ maths):
 1. each payload hashes to its blob name and, with the entry's node id, to the
    entry's ``digest`` (the digest the Merkle root and the committee's votes
    name), and parses as a valid update;
-2. ``staleness`` is the parent's version minus ``trained_on``, and ``weight``
-   is the recorded staleness function of it;
+2. ``staleness`` is the parent's version minus ``trained_on``;
 3. ``num_examples`` is the recorded example-weighting policy applied to the
    payload's own claim, given the claim history the block records; that
    history must follow from the previous block's by observing this block's
    senders (so an included claim of ``1e30`` examples is capped as the run
    capped it, and a forged history or weight fails);
-4. with server momentum, the velocity continues the previous block's (or
+4. ``weight`` is the recorded staleness function of the staleness, times, with
+   fairness weighting, the node's factor recomputed as the server computed it
+   (see below);
+5. with server momentum, the velocity continues the previous block's (or
    restarts from zero only at the start, after a block without one, or after
    an aggregate that overflowed);
-5. the recomputed model, velocity and contributions hash or compare equal to
+6. the recomputed model, velocity and contributions hash or compare equal to
    the recorded ones.
+
+What replay proves for each straggler policy (:mod:`flchain_flwr.strategies`):
+
+- fairness weighting (config ``fairness``, :func:`~flchain_flwr.strategies.
+  fairness.inverse_participation`, the server's own function): the factors
+  are recomputed from each node's included updates in the chain's earlier
+  blocks (what the server counts, and a resumed server counts from its
+  ledger) over the candidates the block records (its ``fairness`` field: the
+  buffer the server weighed, in order, with their effective examples). The
+  included updates must be those candidates, in that order, less ones this
+  block rejects; a forged factor, count or candidate list fails naming the
+  block. Not established: the candidates the block rejects and their
+  effective examples (their payloads are not stored, so a block builder
+  holding the signing key can list one more with a matching rejection; on a
+  PoV chain the committee's votes bind each included update's share), which
+  move the included factors within the policy's ``[1/max_factor,
+  max_factor]``.
+- self-tuning K and tau (config ``buffer_tuning``): they decide when a buffer
+  triggers, so which updates a block includes, not how they are weighed;
+  replay recomputes each block from what it includes, and does not check that
+  the K and tau a block records follow from the tuner.
+- FedSA learning rates, BAFL local work and adaptive scheduling: they change
+  only what nodes are asked to do (their train config, when they are asked);
+  the server aggregates their replies as any others, and replay replays the
+  replies as stored. It does not establish what a node was asked to do.
 
 The arithmetic is fixed and documented in the functions it calls: the step is
 ``sum_i w_i n_i delta_i / sum_i n_i`` accumulated in float64 in the block's
@@ -51,8 +78,9 @@ be consistent with the block's included and rejected senders).
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,6 +88,12 @@ from flwr.app import RecordDict
 
 from ..arrays import NDArrays
 from ..protocol import UPDATE_KIND_DELTA
+from ..strategies.fairness import (
+    FAIRNESS_FIELD,
+    InverseParticipation,
+    count_participation,
+    fairness_weighting,
+)
 from ..strategies.pipeline import (
     OVERFLOW_REASON,
     BufferedUpdate,
@@ -158,6 +192,7 @@ class _Settings:
     patterns: tuple[str, ...]
     arrayrecord_key: str
     weighted_by_key: str
+    fairness: InverseParticipation | None
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> _Settings:
@@ -172,6 +207,7 @@ class _Settings:
                 patterns=tuple(str(p) for p in config["state_patterns"]),
                 arrayrecord_key=str(config["arrayrecord_key"]),
                 weighted_by_key=str(config["weighted_by_key"]),
+                fairness=fairness_weighting(str(config.get("fairness", ""))),
             )
         except KeyError as exc:
             raise _NotReplayable(f"its recorded settings lack {exc}") from None
@@ -220,6 +256,7 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
                     failure = (block.height, f"block cannot be replayed: {exc!r}")
                 if failure is not None:
                     break
+            count_participation(replayer.participation, included_nodes(block))
             prev = block
     except Exception as exc:  # an unreadable ledger is a finding, not a crash
         failure = (None, f"the ledger cannot be read: {exc}")
@@ -228,6 +265,21 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
             False, count, tuple(replayed), tuple(skipped), failure[0], failure[1]
         )
     return ReplayReport(True, count, tuple(replayed), tuple(skipped))
+
+
+def included_nodes(block: Block) -> list[int]:
+    """The node ids of ``block``'s included updates, in order (ids that are not
+    node ids are left out: no server writes one, and no payload matches one)."""
+    keys = (node_key(u.get("node_id")) for u in block.body.get("included", []))
+    return [k for k in keys if k is not None]
+
+
+def ledger_participation(blocks: Iterable[Block]) -> dict[int, int]:
+    """Each node's included updates over ``blocks`` (what fairness counts)."""
+    participation: dict[int, int] = {}
+    for block in blocks:
+        count_participation(participation, included_nodes(block))
+    return participation
 
 
 @dataclass
@@ -241,6 +293,8 @@ class _Replayer:
     versions: dict[int, str] = field(default_factory=dict)
     """Model hash of each global version."""
     models: OrderedDict[str, NDArrays] = field(default_factory=OrderedDict)
+    participation: dict[int, int] = field(default_factory=dict)
+    """Each node's included updates in the blocks before the one replayed."""
 
     def record(self, block: Block) -> None:
         """Learn the block's version and recorded settings."""
@@ -301,6 +355,7 @@ class _Replayer:
             for i, entry in enumerate(included)
         ]
         self._weigh(updates, included, body, state, before, settings)
+        self._check_weights(updates, included, body, settings)
         velocity = self._velocity(body, state, before, settings)
         result = self.step(
             parent,
@@ -370,12 +425,7 @@ class _Replayer:
                 f"{where}: records staleness {entry['staleness']!r}, "
                 f"the versions give {staleness}"
             )
-        weight = settings.staleness(staleness)
-        if entry["weight"] != weight:
-            raise _Failed(
-                f"{where}: records staleness weight {entry['weight']!r}, "
-                f"the recorded staleness function gives {weight!r}"
-            )
+        weight = settings.staleness(staleness)  # checked once factors are known
         base = self.versions[trained_on]
         try:
             kind = update_kind(content)
@@ -453,6 +503,39 @@ class _Replayer:
                 )
             u.examples = count
 
+    def _check_weights(
+        self,
+        updates: list[BufferedUpdate],
+        included: Sequence[Mapping[str, Any]],
+        body: Mapping[str, Any],
+        settings: _Settings,
+    ) -> None:
+        """Apply the fairness factors as the server did; check each ``weight``."""
+        fairness = settings.fairness
+        factors = [1.0] * len(updates)
+        if fairness is not None:
+            node_ids, examples, chosen = _candidates(updates, body)
+            all_factors = fairness.factors(node_ids, examples, self.participation)
+            factors = [all_factors[i] for i in chosen]
+        for index, (u, factor, entry) in enumerate(
+            zip(updates, factors, included, strict=True)
+        ):
+            staleness_weight = u.weight
+            if fairness is not None:
+                u.weight *= factor
+            if entry["weight"] != u.weight:
+                why = f"the recorded staleness function gives {staleness_weight!r}"
+                if fairness is not None:
+                    why += (
+                        f", times its node's {fairness.spec} fairness factor "
+                        f"{factor!r} gives {u.weight!r}"
+                    )
+                what = "weight" if fairness is not None else "staleness weight"
+                raise _Failed(
+                    f"included update {index}: records {what} "
+                    f"{entry['weight']!r}, {why}"
+                )
+
     @staticmethod
     def _velocity(
         body: Mapping[str, Any],
@@ -483,3 +566,64 @@ class _Replayer:
                 "a velocity and no aggregate overflowed in between"
             )
         return None
+
+
+def _candidates(
+    updates: Sequence[BufferedUpdate], body: Mapping[str, Any]
+) -> tuple[list[int], list[float], list[int]]:
+    """The buffer the fairness factors were computed over: node ids, effective
+    examples, and the position of each included update among them.
+
+    Without a recorded ``fairness`` field, the included updates themselves.
+    """
+    record = body.get(FAIRNESS_FIELD)
+    if record is None:
+        return (
+            [u.node_id for u in updates],
+            [u.examples for u in updates],
+            list(range(len(updates))),
+        )
+    node_ids: list[int] = []
+    examples: list[float] = []
+    try:
+        for c in record["candidates"]:
+            node_id, count = node_key(c["node_id"]), c["num_examples"]
+            if (
+                node_id is None
+                or isinstance(count, bool)
+                or not isinstance(count, int | float)
+                or not math.isfinite(count)
+                or count < 0
+            ):
+                raise ValueError(c)
+            node_ids.append(node_id)
+            examples.append(float(count))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise _Failed(f"its fairness candidates are malformed: {exc!r}") from None
+    pairs = list(zip(node_ids, examples, strict=True))
+    chosen: list[int] = []
+    position = 0
+    for index, u in enumerate(updates):
+        while position < len(pairs) and pairs[position] != (u.node_id, u.examples):
+            position += 1
+        if position == len(pairs):
+            raise _Failed(
+                f"included update {index} (node {u.node_id}, {u.examples!r} "
+                "examples) is not among its fairness candidates, in their order"
+            )
+        chosen.append(position)
+        position += 1
+    kept = set(chosen)
+    dropped = Counter(n for i, n in enumerate(node_ids) if i not in kept)
+    rejected = Counter(
+        key
+        for r in body.get("rejected", [])
+        if isinstance(r, dict) and (key := node_key(r.get("node_id"))) is not None
+    )
+    for node_id, count in dropped.items():
+        if rejected[node_id] < count:
+            raise _Failed(
+                f"a fairness candidate of node {node_id} is neither included nor "
+                "rejected in this block"
+            )
+    return node_ids, examples, chosen

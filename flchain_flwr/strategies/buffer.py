@@ -11,15 +11,21 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from logging import WARNING
+from typing import Any
 
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
 from ..protocol import UPDATE_KIND_DELTA
-from .fairness import InverseParticipation
+from .fairness import (
+    FAIRNESS_FIELD,
+    InverseParticipation,
+    candidates_record,
+    count_participation,
+)
 from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
@@ -72,6 +78,9 @@ class UpdateBuffer:
     fairness : InverseParticipation | None
         Multiplies each update's staleness weight by its node's factor
         (:mod:`.fairness`); ``None``: off.
+    participation : Mapping[int, int] | None
+        Aggregated updates per node before this run (a resumed run's, counted
+        from its ledger), which the fairness factors count on from.
     tuner : BufferTuner | None
         Chooses K and tau after each version (:mod:`.tuning`); ``None``: fixed.
     """
@@ -95,6 +104,7 @@ class UpdateBuffer:
         now: Callable[[], float],
         weighted_by_key: str = "num-examples",
         fairness: InverseParticipation | None = None,
+        participation: Mapping[int, int] | None = None,
         tuner: BufferTuner | None = None,
     ) -> None:
         self.store = store
@@ -112,6 +122,9 @@ class UpdateBuffer:
         self.now = now
         self.weighted_by_key = weighted_by_key
         self.fairness = fairness
+        self.participation = dict(participation or {})
+        """Aggregated updates per node, over the ledger's whole chain when resumed
+        (``result.participation`` counts this run's only)."""
         self.tuner = tuner
         if tuner is not None:
             self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
@@ -246,14 +259,15 @@ class UpdateBuffer:
             return None
         for u, examples in zip(updates, weights, strict=True):
             u.examples = examples
+        traffic = self.traffic
+        extra: dict[str, Any] = {"traffic": traffic.as_dict()}
         if self.fairness is not None:
-            factors = self.fairness.factors(
-                [u.node_id for u in updates], weights, self.result.participation
-            )
+            node_ids = [u.node_id for u in updates]
+            factors = self.fairness.factors(node_ids, weights, self.participation)
             for u, factor in zip(updates, factors, strict=True):
                 u.weight *= factor
-        traffic = self.traffic
-        extra: dict[str, object] = {"traffic": traffic.as_dict()}
+            # what a replay recomputes the factors over, even if a stage drops some
+            extra[FAIRNESS_FIELD] = candidates_record(node_ids, weights)
         tuned = self.tuner is not None
         if tuned:  # the K and tau this block was made with, in the ledger too
             extra["buffer"] = {
@@ -272,10 +286,9 @@ class UpdateBuffer:
         self.model_record = to_arrayrecord(block.model)
         shares = self.result.weight_share
         for u, share in zip(updates, block.shares(1.0), strict=True):
-            self.result.participation[u.node_id] = (
-                self.result.participation.get(u.node_id, 0) + 1
-            )
             shares[u.node_id] = shares.get(u.node_id, 0.0) + share
+        count_participation(self.participation, [u.node_id for u in updates])
+        count_participation(self.result.participation, [u.node_id for u in updates])
         record = VersionRecord(
             version=self.version,
             time=self.now(),

@@ -144,6 +144,7 @@ class FedBuffRun:
             now=lambda: self.loop.now(),
             weighted_by_key=s.weighted_by_key,
             fairness=s.fairness,
+            participation=resumed.participation if resumed is not None else None,
             tuner=BufferTuner(s.buffer_tuning, s.buffer_size, s.max_wait)
             if s.buffer_tuning is not None
             else None,

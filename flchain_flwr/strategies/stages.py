@@ -16,6 +16,7 @@ from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
+from ..ledger.replay import ledger_participation
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
 from ..runtime import Clock
 from .pipeline import (
@@ -39,6 +40,8 @@ class Resumed:
     """The server momentum's velocity (``None``: zero)."""
     claims: list[tuple[int, float]]
     """The example-weighting history, least recently heard node first."""
+    participation: dict[int, int]
+    """Each node's included updates over the chain (what fairness counts)."""
 
     def restore(self, server_step: ServerStep, claims: ClaimHistory) -> None:
         """Put the recorded velocity and claim history back in place."""
@@ -57,9 +60,10 @@ class LedgerStage(BlockStage):
     a resume needs (see
     :mod:`flchain_flwr.ledger.chain`): the momentum's velocity and the
     example-weighting claim history, once :meth:`record_state` says where they
-    are. The genesis block records ``config``, whose digest every block's header
-    carries; a resume with other settings is refused unless
-    ``resume_with_changed_config``.
+    are; a resume also counts each node's included updates over the chain, for
+    fairness weighting. The genesis block records ``config``, whose digest
+    every block's header carries; a resume with other settings is refused
+    unless ``resume_with_changed_config``.
 
     Parameters
     ----------
@@ -147,7 +151,8 @@ class LedgerStage(BlockStage):
             head.height,
             version,
         )
-        return Resumed(version, stored, velocity, claims)
+        participation = ledger_participation(self.ledger.blocks())
+        return Resumed(version, stored, velocity, claims, participation)
 
     def _check_config(self, head: LedgerBlock) -> None:
         """Refuse (or, if allowed, warn about) a head written with other settings."""
