@@ -1780,6 +1780,11 @@ class _ProofAnchor:
         if own or self.checkpoint is None:
             if self.key is None:
                 raise ValueError("checking a proof needs a trusted key or a checkpoint")
+            if "checkpoint" not in proof:
+                raise InvalidProof(
+                    "the proof has no 'checkpoint' signed by the trusted key to "
+                    "anchor it"
+                )
             try:
                 note = proof_field(proof, "checkpoint", str).encode("utf-8")
             except UnicodeEncodeError as exc:
