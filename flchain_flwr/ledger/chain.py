@@ -1132,6 +1132,18 @@ class Ledger:
         beside the model and its blob's hash becomes the entry's ``payload``
         (what ``verify --replay`` replays). After the block is committed, a
         signed checkpoint of the log is written to ``checkpoint_path``.
+
+        Raises
+        ------
+        ValueError
+            If a value has no encoding that reads back (nothing is committed).
+        LedgerError
+            Before committing anything, if the head block is not intact or not
+            signed by whom it must be, if the blocks no longer hold the last
+            checkpoint the ledger's key signed, or if no checkpoint can be
+            written at ``checkpoint_path``.
+        CheckpointNotWritten
+            If the block is committed but writing its checkpoint failed.
         """
         if config is not None and self.config_digest(config) != config_digest:
             raise ValueError("config does not hash to config_digest")
