@@ -144,10 +144,16 @@ def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
         return _error(f"cannot read proof {name}: {exc}")
     try:
         statement = check_proof(
-            parse_proof(text), trusted_key=args.trusted_key, checkpoint=checkpoint
+            parse_proof(text),
+            trusted_key=args.trusted_key,
+            checkpoint=checkpoint,
+            chain_id=args.chain_id,
+            pov=args.pov,
         )
     except MalformedProof as exc:  # not a proof at all: bad input, exit 2
         return _error(f"malformed proof {name}: {exc}")
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
+        return _error(f"malformed proof {name}: {exc!r}")
     except InvalidProof as exc:  # a proof that does not hold: a failed check
         out.write(f"INVALID: {exc}\n")
         return EXIT_FAILED
@@ -324,6 +330,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a checkpoint you hold: the proof's log must be exactly its tree "
         "(its signature is checked too if --trusted-key is given)",
+    )
+    check.add_argument(
+        "--chain-id",
+        help="the chain the proof must be about (a hex --trusted-key signs every "
+        "chain of its holder; a vkey's name fixes the chain already)",
+    )
+    check.add_argument(
+        "--pov",
+        action="store_true",
+        help="the chain is a PoV chain: its blocks are signed by rotating leaders, "
+        "not the trusted key (only the trusted checkpoint vouches for them)",
     )
     check.set_defaults(func=cmd_check_proof)
 

@@ -100,8 +100,9 @@ def test_format_2_refuses_integers_beyond_a_double(tmp_path: Path) -> None:
     for bad in (2**53, -(2**53), 2**64 - 1, 10**400):
         with pytest.raises(ValueError, match=r"IEEE doubles.*store it as a string"):
             encode(2, {"n": bad})
-    with pytest.raises(NotCanonical, match="not encodable"):
-        parse_canonical(b"9007199254740993", 2)  # would round to ...992
+    # Read as the double it rounds to (...992), which is not what is stored.
+    with pytest.raises(NotCanonical, match="not in canonical form"):
+        parse_canonical(b"9007199254740993", 2)
     ledger = Ledger(tmp_path / "l.db", chain_id="c", signing_key=LEADER_KEY)
     with pytest.raises(ValueError, match="IEEE doubles"):
         ledger.append(
@@ -285,9 +286,10 @@ def test_a_truncated_ledger_fails_against_its_checkpoint(tmp_path: Path) -> None
     )
     assert code == 1 and "FAILED at ledger: checkpoint" in text
     assert "the checkpoint 5: blocks were removed" in text
-    # Truncated and re-signed, with the signer's own key (someone holding it):
-    # consistent, but the checkpoint kept apart still names the lost blocks.
-    ledger._write_checkpoint()
+    # Truncated and re-signed by someone holding the signer's key (the
+    # ledger itself refuses to): consistent, but the checkpoint kept apart
+    # still names the lost blocks.
+    ledger.checkpoint_path.write_bytes(checkpoint_at(ledger, 3))
     assert ledger.verify(trusted_key=TRUSTED).ok  # the one beside it was replaced
     assert not ledger.verify(trusted_key=TRUSTED, checkpoint=kept).ok
 
@@ -302,9 +304,14 @@ def test_a_rewritten_block_fails_against_the_checkpoint(tmp_path: Path) -> None:
     report = forged.verify(checkpoint=kept)
     assert not report.ok, report
     assert "not signed by" in report.reason  # the checkpoint's key is not theirs
-    # Even with the signer's own key, rewriting block 3 changes the root.
+    # Even with the signer's own key, rewriting block 3 changes the root (the
+    # ledger refuses to sign that while a checkpoint of its key says otherwise:
+    # the key holder has to delete it and start afresh).
     with sqlite3.connect(ledger.path) as db:
         db.execute("DELETE FROM blocks WHERE height >= 3")
+    ledger.close()
+    ledger.checkpoint_path.unlink()
+    ledger = Ledger(ledger.path, signing_key=LEADER_KEY)
     ledger.append(
         model={"w": np.full(3, 1000.0, np.float32)},
         model_version=3,
@@ -339,18 +346,20 @@ def test_a_proof_from_the_attackers_own_ledger_fails(tmp_path: Path) -> None:
     forged = forged_ledger(tmp_path / "forged.db")
     proof = forged.prove_update(digest_of(200))
     assert proof["chain_id"] == victim.chain_id
-    with pytest.raises(InvalidProof, match="checkpoint rejected"):
+    with pytest.raises(InvalidProof, match="not by the trusted key"):
         check_proof(proof, trusted_key=TRUSTED)
+    with pytest.raises(InvalidProof, match="checkpoint rejected"):
+        check_proof(proof, trusted_key=TRUSTED, pov=True)  # leaders rotate
     with pytest.raises(InvalidProof, match="is not the checkpoint's"):
         check_proof(proof, checkpoint=kept.read_bytes())
     # Dropping its checkpoint does not help: a key alone anchors nothing.
     stripped = {k: v for k, v in proof.items() if k != "checkpoint"}
     with pytest.raises(InvalidProof, match="'checkpoint'"):
-        check_proof(stripped, trusted_key=TRUSTED)
+        check_proof(stripped, trusted_key=TRUSTED, pov=True)
     proof_file = tmp_path / "p.json"
     proof_file.write_text(json.dumps(proof))
     code, text = flchain("check-proof", str(proof_file), "--trusted-key", TRUSTED)
-    assert code == 1 and text.startswith("INVALID: checkpoint rejected")
+    assert code == 1 and "not by the trusted key" in text
     code, text = flchain("check-proof", str(proof_file), "--checkpoint", str(kept))
     assert code == 1 and text.startswith("INVALID:")
     # The victim's own proof passes both ways.

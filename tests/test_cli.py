@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flchain_flwr import cli
 from flchain_flwr.cli import main
 from flchain_flwr.ledger import Ledger, LedgerError
 
@@ -400,11 +401,9 @@ def test_a_malformed_proof_exits_2_saying_the_proof_is_malformed(
 def test_an_unforeseen_error_is_one_line_unless_debugging(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A signed, verifying ledger whose relevance is beyond a float's range:
-    # `rewards` cannot add it up, and nothing handles that on purpose, so it
-    # reaches the last-resort handler (if it ever gets its own, find another).
-    # Only format 1 can hold such a number (format 2 refuses it: see
-    # test_format_2_refuses_integers_beyond_a_double).
+    # A signed ledger whose relevance is beyond a float's range (only format
+    # 1 can hold it) fails verify, and `rewards` pays nothing for it; an
+    # error nobody foresaw in adding up rewards is injected instead.
     path = tmp_path / "huge.db"
     with build_ledger(path, blocks=1, format_version=1) as ledger:
         ledger.append(
@@ -419,7 +418,13 @@ def test_an_unforeseen_error_is_one_line_unless_debugging(
         )
     capsys.readouterr()
     monkeypatch.delenv("FLCHAIN_DEBUG", raising=False)
-    assert flchain("verify", str(path))[0] == 0
+    code, out = flchain("verify", str(path))
+    assert code == 1 and "relevance" in out and "is not in [0, 1]" in out
+
+    def overflow(*_: object) -> None:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(cli, "reward_shares", overflow)
     code, out = flchain("rewards", str(path))
     err = capsys.readouterr().err
     assert code == 2 and out == "" and len(err.splitlines()) == 1

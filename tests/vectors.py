@@ -66,7 +66,7 @@ def make_vectors() -> dict[str, Any]:
                     "digest": UPDATE,
                     "staleness": 0,
                     "weight": 1.0,
-                    "num_examples": 32,
+                    "num_examples": 1e20,  # a double RFC 8785 writes as digits
                 }
             ],
             contributions=[

@@ -5,6 +5,7 @@ from .canonical import decode_model, model_hash, sender_update_digest, update_di
 from .chain import (
     Block,
     BlockSigner,
+    CheckpointNotWritten,
     Ledger,
     LedgerError,
     VerifyReport,
@@ -30,6 +31,7 @@ __all__ = [
     "BlobStore",
     "Block",
     "BlockSigner",
+    "CheckpointNotWritten",
     "InvalidProof",
     "Ledger",
     "LedgerError",

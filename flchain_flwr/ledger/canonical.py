@@ -90,18 +90,55 @@ def canonical_json(value: Any) -> bytes:
     ).encode("utf-8")
 
 
-def parse_json(data: bytes) -> Any:
-    """Parse JSON bytes; :class:`NotCanonical` if they are not JSON at all."""
+def _double_or_int(text: str) -> int | float:
+    """An RFC 8785 integer literal as Python reads it back: an ``int`` within
+    ``+-(2**53 - 1)``, else the double it stands for (RFC 8785 writes a double
+    in [2**53, 1e21) as plain digits, e.g. ``1e20`` as ``100000000000000000000``).
+    """
+    value = int(text)
+    return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else float(text)
+
+
+def parse_json(data: bytes, version: int = 1) -> Any:
+    """Parse JSON bytes; :class:`NotCanonical` if they are not JSON at all.
+
+    Version 2 reads integer literals beyond ``+-(2**53 - 1)`` as doubles (what
+    RFC 8785 numbers are), so that its own output parses back to an encodable
+    value.
+    """
     try:
+        if version == 2:
+            return json.loads(data.decode("utf-8"), parse_int=_double_or_int)
         return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NotCanonical(f"not valid JSON: {exc}") from None
+    except ValueError as exc:  # int() of a literal over Python's 4,300 digits
+        raise NotCanonical(f"not valid JSON: {str(exc)[:200]}") from None
+
+
+def encode_round_trip(version: int, value: Any) -> bytes:
+    """:func:`encode`, checked to parse back (:func:`parse_canonical`) to bytes
+    it re-encodes to: what the ledger writes must always be readable again.
+
+    Raises
+    ------
+    ValueError
+        If ``value`` has no encoding, or one that does not read back.
+    """
+    data = encode(version, value)
+    try:
+        parse_canonical(data, version)
+    except NotCanonical as exc:
+        raise ValueError(
+            f"the format-{version} encoding would not read back: {exc}"
+        ) from None
+    return data
 
 
 def parse_canonical(data: bytes, version: int = 1) -> Any:
     """Parse canonical JSON of encoding ``version``; raise
     :class:`NotCanonical` if it is not in that canonical form."""
-    value = parse_json(data)
+    value = parse_json(data, version)
     try:
         canonical = encode(version, value)
     except ValueError as exc:  # NaN, an integer beyond a double's range

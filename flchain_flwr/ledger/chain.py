@@ -43,6 +43,7 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
+import stat
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -68,11 +69,13 @@ from .canonical import (
     ZERO_HASH,
     NotCanonical,
     encode,
+    encode_round_trip,
     parse_canonical,
     parse_json,
     sha256_hex,
 )
 from .checkpoint import (
+    ORIGIN_PREFIX,
     Checkpoint,
     CheckpointError,
     CheckpointMismatch,
@@ -103,6 +106,7 @@ from .notes import (
     write_file_atomically,
 )
 from .payload import PAYLOAD_FIELD
+from .rewards import contribution_problem
 
 LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
 """The ledger file's ``format`` (in ``meta``) by encoding version."""
@@ -157,6 +161,10 @@ class BlockSigner(Protocol):
 
 class LedgerError(Exception):
     """A ledger cannot be opened or used as asked (missing, not a ledger, ...)."""
+
+
+class CheckpointNotWritten(LedgerError):
+    """A block IS committed, but the checkpoint after it could not be written."""
 
 
 @dataclass(frozen=True)
@@ -375,7 +383,11 @@ class VerifyReport:
                 f"{self.leader}, later blocks by {committees}"
             )
         else:
-            signed = f", signed by leader {self.leader}" if self.leader else ""
+            signed = (
+                f", signed by leader {self.leader}"
+                if self.leader and self.blocks
+                else ""
+            )
             line = f"ok: {self.blocks} blocks verified{signed}"
         head = f"head: block {self.blocks - 1}, hash {self.head}" if self.blocks else ""
         anchor = self.anchor or (
@@ -427,7 +439,7 @@ def vote_payload(
     format 1 hold); a format-2 vote over RFC 8785 (:func:`encode`, version 2).
     """
     if context.format == 1:
-        return VOTE_TAG + encode(
+        return VOTE_TAG + encode_round_trip(
             1,
             {
                 "chain_id": context.chain_id,
@@ -437,7 +449,7 @@ def vote_payload(
                 "score": score,
             },
         )
-    return _VOTE_TAG_V2 + encode(
+    return _VOTE_TAG_V2 + encode_round_trip(
         2,
         {
             "format": VOTE_FORMAT,
@@ -507,11 +519,21 @@ def load_or_create_key(path: Path) -> SigningKey:
         except FileExistsError:  # another process created it first: use theirs
             pass
     try:
-        return SigningKey(path.read_bytes().strip(), encoder=HexEncoder)
+        key = SigningKey(path.read_bytes().strip(), encoder=HexEncoder)
     except Exception as exc:
         raise LedgerError(
             f"{path} does not hold an Ed25519 signing key: {exc}"
         ) from None
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        log(
+            WARNING,
+            "Signing key %s has mode %s: group or others can read or change it "
+            "(chmod 600 it)",
+            path,
+            oct(mode),
+        )
+    return key
 
 
 def _make_folder_for(path: Path) -> None:
@@ -652,9 +674,63 @@ class Ledger:
             raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
         self.chain_id: str = stored
         self.format_version = LEDGER_FORMATS[str(self._meta("format"))]
-        """The encoding version of the blocks this ledger writes."""
+        """The encoding version of the blocks this ledger writes: the genesis
+        block's (the metadata must agree with it)."""
+        genesis = self._genesis_format()
+        if genesis is not None and genesis != self.format_version:
+            self.db.close()
+            raise LedgerError(
+                f"{self.path}: its metadata says flchain-ledger/{self.format_version}"
+                f" but its genesis block is flchain-block/{genesis}: the metadata "
+                "was changed (a format downgrade?); refusing to open it"
+            )
+        self._pool: frozenset[str] | None = None
+        """A PoV chain's verifier pool, once the genesis block was checked."""
+        self._genesis_checked = False
+        self._last_signed: Checkpoint | None = None
+        """The last checkpoint this process signed."""
+        self._frontier_head = ""
+        """The block hash the log frontier ends with."""
         if create:
+            try:
+                self._check_checkpoint_location()
+            except LedgerError:
+                self.db.close()
+                raise
             log(INFO, "Ledger: %s (chain %s)", self.path, stored)
+
+    def _genesis_format(self) -> int | None:
+        """The encoding version the genesis header names (``None``: no genesis
+        block, or one too damaged to say; ``verify`` reports that)."""
+        try:
+            row = self.db.execute(
+                "SELECT header FROM blocks WHERE height = 0"
+            ).fetchone()
+            loose = None if row is None else parse_json(bytes(row[0]))
+        except (sqlite3.Error, UnicodeDecodeError, TypeError, NotCanonical):
+            return None
+        name = loose.get("format") if isinstance(loose, dict) else None
+        return BLOCK_FORMATS.get(name) if isinstance(name, str) else None
+
+    def _check_checkpoint_location(self) -> None:
+        """``LedgerError`` unless a checkpoint can be written at
+        ``checkpoint_path`` (its folder is created if missing): checked before
+        a block is committed, so that writing it afterwards does not fail."""
+        path = self.checkpoint_path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot create the folder of the checkpoint {path}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        if path.is_dir():
+            raise LedgerError(f"the checkpoint path {path} is a directory")
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise LedgerError(
+                f"cannot write the checkpoint {path}: folder {path.parent} is "
+                "not writable"
+            )
 
     def _not_a_ledger(self, tables: set[str]) -> str | None:
         """Why an existing database is not a flchain ledger, or ``None`` (SQLite's
@@ -722,27 +798,174 @@ class Ledger:
         ``flchain-flwr/<chain id>``."""
         return ledger_origin(self.chain_id)
 
-    def _write_checkpoint(self, block: Block | None = None) -> None:
-        """Sign a checkpoint of every committed block with the ledger's key and
-        put it at ``checkpoint_path`` atomically (fsynced if ``durable``).
-
-        The log's root is kept up to date block by block (``block``: the one
-        just committed); it is read from the database again whenever this
-        process did not see every block appended. A ledger made before
-        checkpoints whose chain id cannot be an origin gets none (a WARNING)."""
+    def _checkpoint_origin(self) -> str | None:
+        """:attr:`origin`, or ``None`` (a WARNING) for a ledger made before
+        checkpoints whose chain id cannot be an origin: it gets none."""
         try:
-            origin = self.origin
+            return self.origin
         except CheckpointError as exc:
             log(WARNING, "Ledger %s: no checkpoint written: %s", self.path, exc)
-            return
+            return None
+
+    def _signed_before(self, origin: str) -> Checkpoint | None:
+        """The last checkpoint of this log the ledger's key signed: the one this
+        process signed, else the one at ``checkpoint_path`` if it verifies
+        under the ledger's key (``None`` if neither: nothing to be consistent
+        with)."""
+        if self._last_signed is not None:
+            return self._last_signed
+        try:
+            note = self.checkpoint_path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise LedgerError(
+                f"cannot read the checkpoint {self.checkpoint_path}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        own = VerifierKey(origin, bytes(self.signing_key.verify_key))
+        try:
+            found, _ = open_checkpoint(note, [own])
+        except (NoteError, CheckpointError) as exc:
+            log(
+                WARNING,
+                "Ledger %s: the checkpoint %s is not one this ledger's key signed "
+                "(%s); it will be replaced",
+                self.path,
+                self.checkpoint_path,
+                exc,
+            )
+            return None
+        return found
+
+    def _log_up_to(self, head: Block | None, origin: str) -> LogFrontier:
+        """The Merkle log of the blocks up to ``head``, checked to extend the
+        last checkpoint the ledger's key signed (so that the key never signs
+        two checkpoints that contradict each other).
+
+        Raises
+        ------
+        LedgerError
+            If the blocks no longer hold that checkpoint's log (blocks were
+            removed or rewritten since it was signed).
+        """
         frontier = self._frontier
-        if block is not None and frontier is not None and frontier.size == block.height:
-            frontier.append(block.hash)
-        else:
-            frontier = self._frontier = LogFrontier(self.block_hashes())
+        if (
+            frontier is not None
+            and head is not None
+            and frontier.size == head.height + 1
+            and self._frontier_head == head.hash
+        ):
+            return frontier  # what this process signed, extended block by block
+        hashes = [] if head is None else self.block_hashes()
+        signed = self._signed_before(origin)
+        if signed is not None:
+            try:
+                check_against_ledger(signed, origin, hashes)
+            except CheckpointMismatch as exc:
+                raise LedgerError(
+                    f"refusing to sign a checkpoint of {self.path}: it would "
+                    f"contradict the size-{signed.size} checkpoint this key "
+                    f"signed before ({exc}); restore the ledger"
+                ) from None
+        return LogFrontier(hashes)
+
+    def _write_checkpoint(self, block: Block, frontier: LogFrontier) -> None:
+        """Add the block just committed to the log, sign a checkpoint of it with
+        the ledger's key and put it at ``checkpoint_path`` atomically (fsynced
+        if ``durable``).
+
+        Raises
+        ------
+        CheckpointNotWritten
+            If the file cannot be written (the block is committed).
+        """
+        origin = self.origin
+        frontier.append(block.hash)
+        self._frontier, self._frontier_head = frontier, block.hash
         checkpoint = Checkpoint(origin, frontier.size, frontier.root())
         note = sign_checkpoint(checkpoint, [SignerKey(origin, self.signing_key)])
-        write_checkpoint(self.checkpoint_path, note, durable=self.durable)
+        self._last_signed = checkpoint
+        try:
+            write_checkpoint(self.checkpoint_path, note, durable=self.durable)
+        except OSError as exc:
+            raise CheckpointNotWritten(
+                f"block {block.height} IS committed, but its checkpoint could not "
+                f"be written to {self.checkpoint_path}: {exc.strerror or exc} "
+                "(the next append writes one)"
+            ) from None
+
+    def _check_head(self, head: Block, key: BlockSigner) -> None:
+        """``LedgerError`` unless ``head``, the block about to be extended, is
+        intact and signed by whom it must be: the ledger's key (or this
+        append's signer) outside PoV and for the genesis block, a member of the
+        verifier pool on a PoV chain. Only the head is checked (cheap): a
+        block below it that was changed fails the checkpoint instead."""
+        own = {
+            self.signing_key.verify_key.encode(HexEncoder).decode(),
+            key.verify_key.encode(HexEncoder).decode(),
+        }
+        header = head.header
+        problem = None
+        if sha256_hex(HEADER_TAG, head.header_bytes) != head.hash:
+            problem = "its hash does not match its header"
+        elif header.get("height") != head.height:
+            problem = f"its header says height {header.get('height')!r}"
+        elif header.get("chain_id") != self.chain_id:
+            problem = "its header belongs to another chain"
+        elif header.get("format") != f"flchain-block/{self.format_version}":
+            problem = f"its format is {str(header.get('format'))[:40]!r}"
+        elif not _is_hex(head.signature, 128) or not _signature_ok(
+            str(header.get("leader")), HEADER_TAG + head.header_bytes, head.signature
+        ):
+            problem = "its signature is invalid"
+        else:
+            pool = None if head.height == 0 else self._verifier_pool(own)
+            allowed = own if pool is None else pool
+            if header.get("leader") not in allowed:
+                problem = f"it is signed by {str(header.get('leader'))[:64]}, " + (
+                    "not a member of the verifier pool"
+                    if pool is not None
+                    else "not by this ledger's key"
+                )
+        if problem is not None:
+            raise LedgerError(
+                f"refusing to extend block {head.height} of {self.path}: "
+                f"{problem}; run `flchain ledger verify` on it"
+            )
+
+    def _verifier_pool(self, own: set[str]) -> frozenset[str] | None:
+        """A PoV chain's verifier pool (``None`` outside PoV), from the genesis
+        block, which must be intact and signed by the ledger's key (checked
+        once per process)."""
+        if not self._genesis_checked:
+            genesis = self.block(0)
+            if sha256_hex(
+                HEADER_TAG, genesis.header_bytes
+            ) != genesis.hash or not _signature_ok(
+                str(genesis.header.get("leader")),
+                HEADER_TAG + genesis.header_bytes,
+                genesis.signature,
+            ):
+                raise LedgerError(
+                    f"refusing to extend {self.path}: its genesis block is not "
+                    "intact; run `flchain ledger verify` on it"
+                )
+            if genesis.header.get("leader") not in own:
+                raise LedgerError(
+                    f"refusing to extend {self.path}: its genesis block is not "
+                    "signed by this ledger's key"
+                )
+            if "pov" in genesis.body:
+                try:
+                    pool = PoVRules.from_json(genesis.body["pov"]).pool
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise LedgerError(
+                        f"{self.path}: its genesis declares unusable PoV rules: {exc}"
+                    ) from None
+                self._pool = frozenset(pool)
+            self._genesis_checked = True
+        return self._pool
 
     def __len__(self) -> int:
         with self._reading():
@@ -909,11 +1132,26 @@ class Ledger:
         beside the model and its blob's hash becomes the entry's ``payload``
         (what ``verify --replay`` replays). After the block is committed, a
         signed checkpoint of the log is written to ``checkpoint_path``.
+
+        Raises
+        ------
+        ValueError
+            If a value has no encoding that reads back (nothing is committed).
+        LedgerError
+            Before committing anything, if the head block is not intact or not
+            signed by whom it must be, if the blocks no longer hold the last
+            checkpoint the ledger's key signed, or if no checkpoint can be
+            written at ``checkpoint_path``.
+        CheckpointNotWritten
+            If the block is committed but writing its checkpoint failed.
         """
         if config is not None and self.config_digest(config) != config_digest:
             raise ValueError("config does not hash to config_digest")
         if payloads is not None and len(payloads) != len(included):
             raise ValueError(f"{len(payloads)} payloads for {len(included)} updates")
+        origin = self._checkpoint_origin()
+        if origin is not None:
+            self._check_checkpoint_location()
         model_hash = self.blobs.put_model(model)
         version = self.format_version
         entries = _ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
@@ -932,11 +1170,14 @@ class Ledger:
             body[CONFIG_FIELD] = dict(config)
         if server_state is not None:
             body[SERVER_STATE_FIELD] = self._put_server_state(server_state)
-        body_bytes = encode(version, body)
+        body_bytes = encode_round_trip(version, body)
         key = signer or self.signing_key
         self.db.execute("BEGIN IMMEDIATE")
         try:
             head = self.head()
+            if head is not None:
+                self._check_head(head, key)
+            log_before = None if origin is None else self._log_up_to(head, origin)
             height = 0 if head is None else head.height + 1
             header = {
                 "format": f"flchain-block/{version}",
@@ -954,7 +1195,7 @@ class Ledger:
             }
             if version == 1:
                 header["wall_time"] = time.time() if wall_time is None else wall_time
-            header_bytes = encode(version, header)
+            header_bytes = encode_round_trip(version, header)
             block_hash = sha256_hex(HEADER_TAG, header_bytes)
             signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
             if head is None:  # the publisher who opened the chain
@@ -971,7 +1212,8 @@ class Ledger:
         block = Block(
             height, block_hash, header_bytes, body_bytes, signature, header, body
         )
-        self._write_checkpoint(block)
+        if log_before is not None:
+            self._write_checkpoint(block, log_before)
         return block
 
     def _put_server_state(self, state: ServerState) -> dict[str, Any]:
@@ -1033,9 +1275,16 @@ class Ledger:
         :mod:`flchain_flwr.ledger.consensus`).
         """
         count = 0
-        anchor_key = None if trusted_key is None else self.trusted_verifier(trusted_key)
+        try:
+            origin: str | None = self.origin
+        except CheckpointError:  # a format-1 ledger made before checkpoints
+            origin = None
+        anchor_key = None
+        if trusted_key is not None:
+            anchor_key = parse_trusted_key(trusted_key, origin or ORIGIN_PREFIX + "-")
+        beside = False
         if checkpoint is None and anchor_key and self.checkpoint_path.is_file():
-            checkpoint = self.checkpoint_path
+            checkpoint, beside = self.checkpoint_path, True
         try:
             leader = (
                 anchor_key.public_key.hex()
@@ -1064,9 +1313,28 @@ class Ledger:
         except Exception as exc:  # an unreadable database is a finding, not a crash
             return VerifyReport(False, count, None, f"database unreadable: {exc!r}")
         anchor = ""
-        if anchor_key is not None:
+        if anchor_key is not None and origin is None:
+            anchor = f"trusted key {leader} signed the genesis block" + (
+                "" if chain.pov is not None else " and every block"
+            )
+        elif anchor_key is not None:
             anchor = f"trusted key {anchor_key.encode()} signed the genesis block"
             anchor += "" if chain.pov is not None else " and every block"
+        if anchor_key is not None and count == 0:
+            anchor = (
+                f"trusted key {leader} given, but the ledger has no blocks: it "
+                "signed nothing here"
+            )
+        if checkpoint is not None and origin is None:
+            return VerifyReport(
+                False,
+                count,
+                None,
+                f"checkpoint {checkpoint}: this ledger's chain id "
+                f"{self.chain_id!r} cannot be a checkpoint origin (a format-1 "
+                "ledger made before checkpoints), so no checkpoint is of it",
+                leader or "",
+            )
         if checkpoint is not None:
             try:
                 signer = anchor_key or VerifierKey(
@@ -1087,6 +1355,13 @@ class Ledger:
                 if anchor_key is not None
                 else "the genesis leader (the file itself is the anchor)"
             )
+            if beside:
+                trust += (
+                    " (the one beside the ledger, among the ledger's own files: "
+                    "an older genuine checkpoint put back with the ledger cut "
+                    "short to match would pass, so this cannot detect a "
+                    "rollback; keep a checkpoint apart and give --checkpoint)"
+                )
             anchor = "; ".join(
                 filter(
                     None,
@@ -1096,6 +1371,12 @@ class Ledger:
                         f"first {size} of the {count} blocks",
                     ),
                 )
+            )
+        elif anchor_key is not None and origin is None:
+            anchor += (
+                f"; no checkpoint exists for this ledger (its chain id "
+                f"{self.chain_id!r} cannot be a checkpoint origin), so a ledger "
+                "cut short would not be noticed"
             )
         elif anchor_key is not None:
             anchor += "; no checkpoint, so a ledger cut short would not be noticed"
@@ -1172,6 +1453,10 @@ class Ledger:
                     "header belongs to another chain",
                 ),
                 (header["prev_hash"] == prev_hash, "previous-hash link is broken"),
+                (
+                    _is_hex(header["model_hash"], 64),
+                    "model_hash is not lower-case SHA-256 hex",
+                ),
                 (
                     header["body_hash"] == sha256_hex(BODY_TAG, body_raw),
                     "body does not match the header's body hash",
@@ -1343,15 +1628,23 @@ _VOTE_FIELDS_V2: Final = _VOTE_FIELDS | {"format", "weight"}
 
 
 def _check_entries(body: Mapping[str, Any]) -> str | None:
-    """Why a body's included set or contributions are inconsistent, or ``None``:
-    an update digest included twice, or a contribution credited to a node not
-    in the included set."""
+    """Why a body's included set, rejections or contributions are inconsistent,
+    or ``None``: a digest that is not lower-case SHA-256 hex, an update digest
+    included twice, or contributions :func:`contribution_problem` refuses."""
     seen: set[str] = set()
     for update in body["included"]:
-        digest = str(update["digest"])
+        digest = update["digest"]
+        if not _is_hex(digest, 64):
+            return f"included digest {str(digest)[:70]!r} is not lower-case SHA-256 hex"
         if digest in seen:
             return f"update {digest} is included twice"
         seen.add(digest)
+    for entry in body["rejected"]:
+        if "digest" in entry and not _is_hex(entry["digest"], 64):
+            return (
+                f"rejected digest {str(entry['digest'])[:70]!r} is not lower-case "
+                "SHA-256 hex"
+            )
     included = {node_key(u.get("node_id")) for u in body["included"]}
     for contribution in body["contributions"]:
         node = node_key(contribution.get("node_id"))
@@ -1360,7 +1653,8 @@ def _check_entries(body: Mapping[str, Any]) -> str | None:
                 f"a contribution credits node {contribution.get('node_id')!r}, "
                 "which is not in the block's included set"
             )
-    return None
+    problem = contribution_problem(body)
+    return None if problem is None else f"contributions: {problem}"
 
 
 def _digest_of(config: Mapping[str, Any], version: int) -> str:
@@ -1442,55 +1736,107 @@ def parse_trusted_key(text: str, origin: str) -> VerifierKey:
         ) from None
 
 
-def _anchor(
-    proof: Mapping[str, Any],
-    size: int,
-    root: str,
-    trusted_key: str | None,
-    checkpoint: bytes | None,
-) -> str:
-    """Check that a proof's log of ``size`` blocks with ``root`` is the one a
-    trusted checkpoint describes: ``checkpoint`` (held by the caller; its
-    signature checked if ``trusted_key`` is given), else the proof's own
-    checkpoint signed by ``trusted_key``. Returns how; raises ``InvalidProof``."""
-    chain_id = proof_field(proof, "chain_id", str)
-    try:
-        origin = ledger_origin(chain_id)
-    except CheckpointError as exc:
-        raise MalformedProof(str(exc)) from None
-    key = None if trusted_key is None else parse_trusted_key(trusted_key, origin)
-    if checkpoint is None:
-        if key is None:
-            raise ValueError("checking a proof needs a trusted key or a checkpoint")
-        checkpoint = proof_field(proof, "checkpoint", str).encode("utf-8")
-        how = "the proof's checkpoint, signed by the trusted key"
-    else:
-        how = "the checkpoint given" + (", signed by the trusted key" if key else "")
-    try:
-        found = (
-            open_checkpoint(checkpoint, [key])[0]
-            if key is not None
-            else parse_checkpoint(parse_note(checkpoint).text)
-        )
-    except (NoteError, CheckpointError) as exc:
-        raise InvalidProof(f"checkpoint rejected: {exc}") from None
-    if found.origin != origin:
-        raise InvalidProof(
-            f"the checkpoint is of {found.origin!r}, the proof of {origin!r}"
-        )
-    if (found.size, found.root.hex()) != (size, root):
-        raise InvalidProof(
-            f"the proof's log ({size} blocks, root {root}) is not the "
-            f"checkpoint's ({found.size} blocks, root {found.root.hex()})"
-        )
-    return how
+@dataclass(frozen=True)
+class _ProofAnchor:
+    """What a proof is checked against: its chain, and the trust given."""
+
+    chain_id: str
+    origin: str
+    key: VerifierKey | None
+    checkpoint: bytes | None
+    chain_fixed_by: str
+    """What says the proof is about this chain (for the statement)."""
+
+    @classmethod
+    def of(
+        cls,
+        proof: Mapping[str, Any],
+        trusted_key: str | None,
+        checkpoint: bytes | None,
+        chain_id: str | None,
+    ) -> _ProofAnchor:
+        """The anchor of ``proof``; ``InvalidProof`` if it is about a chain
+        other than ``chain_id`` or the trusted vkey's."""
+        proof_chain = proof_field(proof, "chain_id", str)
+        try:
+            origin = ledger_origin(proof_chain)
+        except CheckpointError as exc:
+            raise MalformedProof(str(exc)) from None
+        if chain_id is not None and proof_chain != chain_id:
+            raise InvalidProof(
+                f"the proof is about chain {proof_chain!r}, not {chain_id!r}"
+            )
+        key = None if trusted_key is None else parse_trusted_key(trusted_key, origin)
+        if key is not None and key.name != origin:
+            raise InvalidProof(
+                f"the proof is about {origin!r}; the trusted key is {key.name!r}"
+            )
+        if chain_id is not None:
+            fixed = "the chain id asked for"
+        elif trusted_key is not None and "+" in trusted_key:
+            fixed = "the trusted vkey's name"
+        elif checkpoint is not None:
+            fixed = "the checkpoint given"
+        else:
+            fixed = (
+                "the proof alone: a hex key signs every chain of its holder; "
+                "give --chain-id to say which one you mean"
+            )
+        return cls(proof_chain, origin, key, checkpoint, fixed)
+
+    def check(self, proof: Mapping[str, Any], size: int, root: str, own: bool) -> str:
+        """Check that the log of ``size`` blocks with ``root`` is the one a
+        trusted checkpoint describes: the caller's (its signature checked if a
+        key is given), or with ``own`` the proof's own checkpoint, which the
+        trusted key must have signed. Returns how; raises ``InvalidProof``."""
+        if own or self.checkpoint is None:
+            if self.key is None:
+                raise ValueError("checking a proof needs a trusted key or a checkpoint")
+            if "checkpoint" not in proof:
+                raise InvalidProof(
+                    "the proof has no 'checkpoint' signed by the trusted key to "
+                    "anchor it"
+                )
+            try:
+                note = proof_field(proof, "checkpoint", str).encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise MalformedProof(
+                    f"the proof's checkpoint is not text: {exc}"
+                ) from None
+            how = "the proof's checkpoint, signed by the trusted key"
+        else:
+            note = self.checkpoint
+            how = "the checkpoint given" + (
+                ", signed by the trusted key" if self.key else ""
+            )
+        try:
+            found = (
+                open_checkpoint(note, [self.key])[0]
+                if self.key is not None
+                else parse_checkpoint(parse_note(note).text)
+            )
+        except (NoteError, CheckpointError) as exc:
+            raise InvalidProof(f"checkpoint rejected: {exc}") from None
+        if found.origin != self.origin:
+            raise InvalidProof(
+                f"the checkpoint is of {found.origin!r}, the proof of {self.origin!r}"
+            )
+        if (found.size, found.root.hex()) != (size, root):
+            raise InvalidProof(
+                f"the proof's log ({size} blocks, root {root}) is not the "
+                f"checkpoint's ({found.size} blocks, root {found.root.hex()})"
+            )
+        return how
 
 
+# pylint: disable=too-many-locals
 def check_proof(
     proof: Mapping[str, Any],
     *,
     trusted_key: str | None = None,
     checkpoint: bytes | None = None,
+    chain_id: str | None = None,
+    pov: bool = False,
 ) -> str:
     """Verify a proof from :meth:`Ledger.prove_update` or
     :meth:`Ledger.prove_consistency` offline; return what it proves.
@@ -1499,8 +1845,15 @@ def check_proof(
     log it is about must match a trusted checkpoint: ``checkpoint`` (a signed
     checkpoint's bytes, held by the caller), or the proof's own checkpoint
     signed by ``trusted_key`` (a vkey, or the hex Ed25519 key of the ledger's
-    signer). An update proof's header signature must also verify under the
-    header's leader key.
+    signer). ``chain_id`` requires the proof to be about that chain (a hex key
+    does not fix it; a vkey's name does). An update proof's header signature
+    must verify under the header's leader key, which must be the trusted key
+    unless ``pov`` (a PoV chain's blocks are signed by rotating leaders: then
+    only the checkpoint vouches for the block). A consistency proof checked
+    against an older ``checkpoint`` anchors only its prior end: with
+    ``trusted_key`` its later end must then be the proof's own checkpoint,
+    signed by that key; without, the statement says the later end is not
+    anchored.
 
     Raises ``ValueError`` if neither anchor is given, ``LedgerError`` if the
     trusted key is malformed, ``InvalidProof`` if the proof does not hold, and
@@ -1513,24 +1866,15 @@ def check_proof(
     if not isinstance(proof, Mapping):
         raise MalformedProof("a proof is a JSON object")
     kind = proof_field(proof, "type", str)
-    if kind == "consistency":
-        verify_proof(dict(proof), "consistency")
-        later = (proof["later_size"], proof["later_root"])
-        try:
-            how = _anchor(proof, *later, trusted_key, checkpoint)
-        except InvalidProof:
-            if checkpoint is None:
-                raise
-            prior = (proof["prior_size"], proof["prior_root"])
-            how = _anchor(proof, *prior, trusted_key, checkpoint)
-        return (
-            f"the ledger of {proof['later_size']} blocks "
-            f"(root {proof['later_root']}) extends the ledger of "
-            f"{proof['prior_size']} blocks (root {proof['prior_root']}); "
-            f"anchored by {how}"
-        )
-    if kind != "update-in-block":
+    if kind not in ("consistency", "update-in-block"):
         raise MalformedProof(f"unknown proof type {kind[:40]!r}")
+    anchor = _ProofAnchor.of(proof, trusted_key, checkpoint, chain_id)
+    chain = (
+        f"the chain is {anchor.chain_id!r} (origin {anchor.origin}; "
+        f"fixed by {anchor.chain_fixed_by})"
+    )
+    if kind == "consistency":
+        return f"{_check_consistency(proof, anchor)}; {chain}"
     header_text = proof_field(proof, "header", str)
     signature = proof_field(proof, "signature", str)
     update = proof_field(proof, "update", dict)
@@ -1560,12 +1904,57 @@ def check_proof(
         leader, HEADER_TAG + header_bytes, signature
     ):
         raise InvalidProof(f"the header's signature by leader {leader} is invalid")
+    if anchor.key is None:
+        signed = f"signed by leader {leader}, a key not compared with any trusted key"
+    elif leader == anchor.key.public_key.hex():
+        signed = f"signed by the trusted key {leader}"
+    elif pov:
+        signed = (
+            f"signed by PoV leader {leader}, whose place in the verifier pool and "
+            "whose committee's votes were not checked here (the trusted key's "
+            "checkpoint vouches for the block)"
+        )
+    else:
+        raise InvalidProof(
+            f"block {header['height']} is signed by {leader}, not by the trusted "
+            "key (a PoV chain's blocks are signed by rotating leaders: say --pov)"
+        )
     verify_proof(update, "inclusion")
     verify_proof(block, "inclusion")
-    how = _anchor(proof, block["size"], block["root"], trusted_key, checkpoint)
+    how = anchor.check(proof, block["size"], block["root"], own=False)
     return (
         f"update {update['leaf']} is in block {header['height']} "
-        f"({block_hash}, signed by leader {leader}), which is block "
+        f"({block_hash}, {signed}), which is block "
         f"{block['index']} of a {block['size']}-block log with root "
-        f"{block['root']}; anchored by {how}"
+        f"{block['root']}; anchored by {how}; {chain}"
     )
+
+
+def _check_consistency(proof: Mapping[str, Any], anchor: _ProofAnchor) -> str:
+    """Check a consistency proof against ``anchor``; say which end is anchored
+    by what."""
+    verify_proof(dict(proof), "consistency")
+    prior = (proof["prior_size"], proof["prior_root"])
+    later = (proof["later_size"], proof["later_root"])
+    claim = (
+        f"the ledger of {later[0]} blocks (root {later[1]}) extends the ledger "
+        f"of {prior[0]} blocks (root {prior[1]})"
+    )
+    try:
+        how = anchor.check(proof, *later, own=False)
+        return f"{claim}; the later end is anchored by {how}"
+    except InvalidProof as later_failed:
+        if anchor.checkpoint is None:
+            raise
+        try:
+            held = anchor.check(proof, *prior, own=False)
+        except InvalidProof:
+            raise later_failed from None
+    if anchor.key is None:
+        return (
+            f"{claim}; only the prior end is anchored, by {held}: the later "
+            "ledger is the proof's word (give --trusted-key to check its "
+            "checkpoint)"
+        )
+    how = anchor.check(proof, *later, own=True)
+    return f"{claim}; the prior end is anchored by {held}, the later end by {how}"

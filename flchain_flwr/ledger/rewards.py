@@ -10,9 +10,10 @@ normalised over all nodes.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -48,13 +49,62 @@ def contributions(
     return out
 
 
+CONTRIBUTION_FIELDS: Final = ("data_share", "relevance", "score")
+"""A contribution's numbers: each in [0, 1] (a share, a clipped cosine, and
+their product)."""
+_SLACK: Final = 1e-9
+"""What rounding to 12 decimals may add to a product."""
+
+
+def contribution_problem(body: Mapping[str, Any]) -> str | None:
+    """Why a block body's contributions could not have come from
+    :func:`contributions` over its included set, or ``None``.
+
+    Each contribution names an included node (at most as many contributions
+    per node as it has included updates); each of its numbers present is
+    finite and in [0, 1], and its score is at most ``data_share * relevance``.
+    """
+    included = Counter(str(u.get("node_id")) for u in body.get("included", []))
+    credited_to: Counter[str] = Counter()
+    for c in body.get("contributions", []):
+        if not isinstance(c, Mapping):
+            return "a contribution is not a JSON object"
+        node = str(c.get("node_id"))
+        credited_to[node] += 1
+        if credited_to[node] > included[node]:
+            return (
+                f"node {node[:24]!r} is credited {credited_to[node]} times but "
+                f"has {included[node]} included update(s)"
+            )
+        values = {}
+        for name in CONTRIBUTION_FIELDS:
+            if name not in c:
+                continue
+            value = c[name]
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value <= 1  # False for NaN; exact for huge ints
+            ):
+                return f"a contribution's {name} {str(value)[:24]} is not in [0, 1]"
+            values[name] = float(value)
+        if len(values) == len(CONTRIBUTION_FIELDS) and (
+            values["score"] > values["data_share"] * values["relevance"] + _SLACK
+        ):
+            return (
+                f"a contribution's score {values['score']} exceeds "
+                "data_share * relevance"
+            )
+    return None
+
+
 def credited(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    """A block body's contributions to nodes in its included set (``verify``
-    fails a block with any other; a reward never pays them either)."""
-    included = {str(u.get("node_id")) for u in body.get("included", [])}
-    return [
-        c for c in body.get("contributions", []) if str(c.get("node_id")) in included
-    ]
+    """A block body's contributions, or none if they are not what
+    :func:`contributions` could have recorded (:func:`contribution_problem`:
+    ``verify`` fails such a block; a reward never pays it either)."""
+    if contribution_problem(body) is not None:
+        return []
+    return list(body.get("contributions", []))
 
 
 @dataclass(frozen=True)
