@@ -19,6 +19,13 @@ from .nodes import NodePool
 from .scheduling import RandomSample, SchedulingPolicy
 
 
+def check_bounds(low: float, high: float) -> None:
+    """``ValueError`` unless ``0 < low <= 1 <= high < inf`` (a per-node
+    multiple of a base setting)."""
+    if not 0.0 < low <= 1.0 <= high < float("inf"):
+        raise ValueError(f"need 0 < low <= 1 <= high < inf, got low={low}, high={high}")
+
+
 class ConfigAdjuster(Protocol):
     """Maps a node's history to train-config keys to override."""
 

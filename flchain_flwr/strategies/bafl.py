@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .adaptive import check_bounds
 from .history import NodeHistory
 
 
@@ -57,10 +58,7 @@ class AdaptiveLocalWork:
             raise ValueError(f"base must be an int, got {self.base!r}")
         if self.base < 1:
             raise ValueError(f"base must be >= 1, got {self.base}")
-        if not 0.0 < self.low <= 1.0 <= self.high < float("inf"):
-            raise ValueError(
-                f"need 0 < low <= 1 <= high < inf, got low={self.low}, high={self.high}"
-            )
+        check_bounds(self.low, self.high)
 
     def adjust(
         self, node_id: int, history: NodeHistory, config: dict[str, object]

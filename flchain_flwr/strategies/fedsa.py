@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .adaptive import check_bounds
 from .history import NodeHistory
 
 
@@ -47,10 +48,7 @@ class FedSALearningRate:
     def __post_init__(self) -> None:
         if not self.base_lr > 0:
             raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
-        if not 0.0 < self.low <= 1.0 <= self.high < float("inf"):
-            raise ValueError(
-                f"need 0 < low <= 1 <= high < inf, got low={self.low}, high={self.high}"
-            )
+        check_bounds(self.low, self.high)
 
     def adjust(
         self, node_id: int, history: NodeHistory, config: dict[str, object]
