@@ -344,6 +344,35 @@ def test_verifiers_that_contradict_the_quorum_are_slashed_and_removed() -> None:
     assert liar not in committee.state.committee("cd" * 32)
 
 
+def test_a_vote_left_out_of_the_block_costs_its_member_nothing() -> None:
+    pool = [v.public_key for v in verifiers(4)]
+    state = PoVState(PoVRules(tuple(pool), 4))
+    members = state.committee("ab" * 32)
+    leader, d = members[0], digest(1)
+    alone = [{"verifier": leader, "candidate": d, "verdict": False}]
+    assert state.settlement(members, alone) == []  # others' votes left out
+    dissent = [
+        {"verifier": k, "candidate": d, "verdict": i < 3} for i, k in enumerate(members)
+    ]
+    assert [e["verifier"] for e in state.settlement(members, dissent)] == [
+        members[3]
+    ]  # a signed vote that contradicts the outcome still pays
+
+
+def test_a_leader_cannot_empty_the_pool_by_leaving_votes_out() -> None:
+    """The leader of every block (choosing its view) keeps only its own vote."""
+    pool = [v.public_key for v in verifiers(4)]
+    state = PoVState(PoVRules(tuple(pool), 4))
+    attacker, prev = pool[0], "ab" * 32
+    for _ in range(200):
+        members = state.committee(prev, state.committee(prev).index(attacker))
+        assert members[0] == attacker
+        vote = {"verifier": attacker, "candidate": digest(1), "verdict": False}
+        state.apply(state.settlement(members, [vote]))
+        prev = hashlib.sha256(prev.encode()).hexdigest()
+    assert state.pool == pool and set(state.stakes.values()) == {100.0}
+
+
 def test_pov_rules_reject_nonsense() -> None:
     with pytest.raises(ValueError):
         PoVRules(pool=(), committee_size=1)
@@ -630,6 +659,19 @@ def test_a_pov_chain_verifies_and_a_rule_abiding_block_extends_it(
     assert ledger.verify().ok
 
 
+def test_a_block_leaving_a_vote_out_slashes_nobody(tmp_path: Path) -> None:
+    ledger, committee = pov_chain(tmp_path)
+    head = ledger.head()
+    assert head is not None
+    state = PoVState.replayed(committee.rules, (b.body for b in ledger.blocks()))
+    members = state.committee(head.hash)
+    votes = [chain_vote(ledger, committee, k, digest(77)) for k in members[:3]]
+    forge_next_block(ledger, committee, votes=votes)
+    assert ledger.verify().ok
+    new = ledger.head()
+    assert new is not None and new.body["deposits"] == []
+
+
 @pytest.mark.parametrize(
     ("breakage", "expected"),
     [
@@ -639,6 +681,7 @@ def test_a_pov_chain_verifies_and_a_rule_abiding_block_extends_it(
         ("outsider-vote", "outside the committee"),
         ("double-vote", "second vote"),
         ("hidden-slash", "deposit changes do not follow"),
+        ("slash-left-out", "deposit changes do not follow"),
     ],
 )
 def test_a_block_breaking_a_pov_rule_fails_verification(
@@ -662,6 +705,18 @@ def test_a_block_breaking_a_pov_rule_fails_verification(
         "outsider-vote": {"votes": [*(vote(k) for k in members), vote(outsider)]},
         "double-vote": {"votes": [*(vote(k) for k in members), vote(members[0])]},
         "hidden-slash": {"deposits": []},
+        "slash-left-out": {
+            "votes": [vote(k) for k in members[:3]],
+            "deposits": [
+                {
+                    "verifier": members[3],
+                    "contradictions": 1,
+                    "slashed": committee.rules.slash,
+                    "stake": state.stakes[members[3]] - committee.rules.slash,
+                    "removed": False,
+                }
+            ],
+        },
     }[breakage]  # type: ignore[assignment]
     if breakage == "hidden-slash":  # a dissenting member must be slashed
         change["votes"] = [vote(k, i < 3) for i, k in enumerate(members)]

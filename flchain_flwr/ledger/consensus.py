@@ -17,9 +17,11 @@ block:
 - the quorum: an update may be included only with approving votes from more
   than 2/3 of the committee (``2n // 3 + 1`` members);
 - the deposits: per candidate, the outcome is "approved" iff the quorum was
-  reached; every committee member whose vote contradicts the outcome, or who
-  cast no valid vote on it, loses ``slash``; a verifier whose stake falls below
-  ``floor`` leaves the pool.
+  reached; every committee member whose signed vote in the block contradicts
+  the outcome loses ``slash``. A vote the block does not hold costs nothing:
+  the leader assembles the block and could otherwise slash any member by
+  leaving its vote out. A verifier whose stake falls below ``floor`` leaves
+  the pool.
 
 The live committee (:mod:`flchain_flwr.pov`) and :meth:`Ledger.verify` both use
 this module, so what is written is exactly what is checked.
@@ -228,6 +230,8 @@ class PoVState:
         """Deposit changes one block's votes cause (not applied; see :meth:`apply`).
 
         One entry per committee member that loses stake, in committee order.
+        Only a vote present in ``votes`` whose verdict contradicts the outcome
+        counts: a missing vote is not evidence against its member.
         """
         passed = quorum(len(committee))
         counts = approvals(votes, committee)
@@ -239,7 +243,8 @@ class PoVState:
         entries = []
         for member in committee:
             wrong = sum(
-                cast.get((member, c)) is not (counts.get(c, 0) >= passed)
+                (member, c) in cast
+                and cast[(member, c)] is not (counts.get(c, 0) >= passed)
                 for c in candidates
             )
             if wrong == 0 or self.rules.slash == 0:
