@@ -11,12 +11,21 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.clientapp import ClientApp
 
+from flchain_flwr.arrays import NDArrays
 from flchain_flwr.cli import main
 from flchain_flwr.compression import SPARSE_STYPE
-from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger import Ledger, model_hash
 from flchain_flwr.ledger.canonical import (
     BODY_TAG,
     HEADER_TAG,
@@ -27,10 +36,12 @@ from flchain_flwr.ledger.canonical import (
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.payload import decode_payload, payload_chunks
 from flchain_flwr.ledger.replay import replay
+from flchain_flwr.ledger.rewards import contributions
 from flchain_flwr.mods import DGCConfig, dgc_mod
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import FedBuff
 from flchain_flwr.strategies.fairness import InverseParticipation
+from flchain_flwr.strategies.pipeline import OVERFLOW_REASON, StepResult, server_step
 from flchain_flwr.strategies.staleness import staleness_from_repr
 from flchain_flwr.strategies.tuning import StalenessTarget
 from flchain_flwr.strategies.weighting import claims_transition
@@ -169,6 +180,96 @@ def test_a_velocity_restarted_from_zero_without_cause_fails(tmp_path: Path) -> N
         assert ledger.verify().ok
         report = replay(ledger)
         assert report.bad_height == 3 and "restarts the momentum" in report.reason
+
+
+def test_a_restart_resting_on_a_made_up_overflow_is_not_replayed(
+    tmp_path: Path,
+) -> None:
+    """The signer restarts the momentum at the last block, adds an overflow
+    rejection that never happened, and recomputes model, velocity and
+    contributions: plain verify passes, replay must not call it replayed."""
+    with fedbuff_ledger(tmp_path / "l.db", 4, server_momentum=0.9) as ledger:
+        last = len(ledger) - 1
+        block = ledger.block(last)
+        parent = ledger.blobs.load_model(ledger.block(last - 1).header["model_hash"])
+        fake = {
+            "node_id": block.body["included"][0]["node_id"],
+            "digest": "0" * 64,
+            "trained_on": 0,
+            "reason": OVERFLOW_REASON,
+        }
+        captured: dict[str, Any] = {}
+
+        def from_zero(model: NDArrays, updates: Any, **kw: Any) -> StepResult | None:
+            if model_hash(model) == model_hash(parent):
+                kw["velocity"] = None
+                captured["updates"] = updates
+                captured["result"] = server_step(model, updates, **kw)
+                return captured["result"]  # type: ignore[no-any-return]
+            return server_step(model, updates, **kw)
+
+        replay(ledger, step=from_zero)  # the forger's recomputation
+        result, updates = captured["result"], captured["updates"]
+        shares = contributions(
+            [u.node_id for u in updates],
+            [u.update.delta for u in updates],
+            [u.examples for u in updates],
+            result.step,
+        )
+        velocity = ledger.blobs.put_model(result.velocity)
+
+        def restart(body: dict[str, Any]) -> None:
+            momentum = {"velocity": velocity, "from_zero": True}
+            body["server_state"] = dict(body["server_state"], momentum=momentum)
+            body["rejected"] = [*body["rejected"], fake]
+            body["contributions"] = [dict(c, node_id=str(c["node_id"])) for c in shares]
+
+        def new_model(header: dict[str, Any]) -> None:
+            header["model_hash"] = ledger.blobs.put_model(result.model)
+
+        rewrite(ledger, last, body=restart, header=new_model)
+        assert ledger.block(last).header["model_hash"] != block.header["model_hash"]
+        assert ledger.verify().ok
+        report = replay(ledger)
+        assert report.ok and not report.complete, report
+        assert report.replayed == tuple(range(1, last))
+        assert [h for h, _ in report.not_replayable] == [last]
+        assert "restart cannot be checked" in report.not_replayable[0][1]
+
+
+def test_a_restart_after_a_real_overflow_replays(tmp_path: Path) -> None:
+    """Version 1 is 3e38; the next buffer continued at momentum 0.9 would
+    overflow float32, so the server rejects it and restarts from zero: replay
+    shows that continuing over the next block's updates overflows."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        arrays = msg.content["arrays"]
+        start = all(not v.numpy().any() for v in arrays.values())
+        value = np.float32(3e38 if start else 2e38)
+        trained = ArrayRecord(
+            {k: Array(np.full_like(v.numpy(), value)) for k, v in arrays.items()}
+        )
+        content = RecordDict(
+            {"arrays": trained, "metrics": MetricRecord({"num-examples": 10})}
+        )
+        return Message(content, reply_to=msg)
+
+    grid = VirtualGrid(
+        app, [DeviceProfile(), DeviceProfile()], work_fn=constant_work(1.0)
+    )
+    path = tmp_path / "l.db"
+    FedBuff(buffer_size=2, ledger=path, seed=0, server_momentum=0.9).start(
+        grid, initial_arrays(), num_rounds=3, timeout=60
+    )
+    with Ledger(path, create=False) as ledger:
+        states = [ledger.server_state(b) for b in ledger.blocks()][1:]
+        assert [s.velocity_from_zero for s in states if s] == [True, True, False]
+        restarted = ledger.block(2).body["rejected"]
+        assert restarted and all(r["reason"] == OVERFLOW_REASON for r in restarted)
+        report = replay(ledger)
+        assert report.complete and report.replayed == (1, 2, 3), report
 
 
 def test_sparse_dgc_updates_are_stored_sparse_and_replay(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ maths):
 4. ``weight`` is the recorded staleness function of the staleness, times, with
    fairness weighting, the node's factor recomputed as the server computed it
    (see below);
-5. with server momentum, the velocity continues the previous block's (or
-   restarts from zero only at the start, after a block without one, or after
-   an aggregate that overflowed);
+5. with server momentum, the velocity continues the previous block's, or
+   restarts from zero at the start (after a block without one) or where
+   continuing it over the block's updates overflows the model; a restart
+   that rests only on a recorded overflow rejection (whose updates are not
+   stored) is reported as not replayable, and one without any fails;
 6. the recomputed model, velocity and contributions hash or compare equal to
    the recorded ones.
 
@@ -356,7 +358,7 @@ class _Replayer:
         ]
         self._weigh(updates, included, body, state, before, settings)
         self._check_weights(updates, included, body, settings)
-        velocity = self._velocity(body, state, before, settings)
+        velocity = self._velocity(body, state, before, settings, parent, updates, names)
         result = self.step(
             parent,
             updates,
@@ -536,14 +538,26 @@ class _Replayer:
                     f"{entry['weight']!r}, {why}"
                 )
 
-    @staticmethod
+    # pylint: disable=too-many-arguments
     def _velocity(
+        self,
         body: Mapping[str, Any],
         state: ServerState | None,
         before: ServerState | None,
         settings: _Settings,
+        parent: NDArrays,
+        updates: Sequence[BufferedUpdate],
+        names: frozenset[str],
     ) -> NDArrays | None:
-        """The velocity the block's step continues (``None``: from zero)."""
+        """The velocity the block's step continues (``None``: from zero).
+
+        A restart from zero is accepted at the start of a run (the previous
+        block records no velocity), or when continuing the previous velocity
+        over this block's updates overflows the model. A recorded overflow
+        rejection alone proves nothing (the block builder writes it, and the
+        overflowing updates' payloads are not stored): a restart resting only
+        on one is not replayable, and one without any fails.
+        """
         if settings.momentum == 0.0:
             return None
         if state is None or state.velocity is None:
@@ -556,16 +570,34 @@ class _Replayer:
                     "not record"
                 )
             return previous
+        if previous is None:
+            return None
         overflowed = any(
             isinstance(r, dict) and r.get("reason") == OVERFLOW_REASON
             for r in body["rejected"]
         )
-        if previous is not None and not overflowed:
+        if not overflowed:
             raise _Failed(
                 "it restarts the momentum from zero, but the previous block records "
                 "a velocity and no aggregate overflowed in between"
             )
-        return None
+        continued = self.step(
+            parent,
+            updates,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            velocity=previous,
+            state_names=names,
+            state_rule=settings.rule,
+        )
+        if continued is None:
+            return None
+        raise _NotReplayable(
+            "it restarts the momentum from zero after an overflow it records "
+            "among its rejections, whose payloads are not stored; continuing "
+            "the previous velocity over its updates does not overflow, so the "
+            "restart cannot be checked"
+        )
 
 
 def _candidates(
