@@ -63,7 +63,7 @@ def _misbehaving_answer(msg: Message, context: Context) -> Message:
             context.node_config["claimed-key"]
         )
         return reply
-    return remote.answer(msg, verifier)
+    return remote.answer_in_run(msg, context, verifier)
 
 
 def _app():  # type: ignore[no-untyped-def]
@@ -194,12 +194,15 @@ def test_remote_leader_signs_only_its_own_blocks(tmp_path: Path) -> None:
     (first, node), (second, _) = sorted(nodes.items())
     signer = RemoteCommittee(grid, nodes, chain_id=CHAIN).signer(first)
     from flchain_flwr.ledger.canonical import HEADER_TAG, canonical_json
+    from flchain_flwr.pov.committee import lead_statement
 
-    header = HEADER_TAG + canonical_json({"chain_id": CHAIN, "leader": first})
+    signer.sign(lead_statement(context(1), first))  # it leads height 1
+    position = {"chain_id": CHAIN, "height": 1, "prev_hash": "ab" * 32}
+    header = HEADER_TAG + canonical_json({**position, "leader": first})
     signature = signer.sign(header).signature
     signer.verify_key.verify(header, signature)
     for bad in (
-        HEADER_TAG + canonical_json({"chain_id": CHAIN, "leader": second}),
+        HEADER_TAG + canonical_json({**position, "leader": second}),
         HEADER_TAG + b"{not json",
         b"not a header",
     ):

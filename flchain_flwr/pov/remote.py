@@ -16,7 +16,12 @@ locally and answers three query messages:
 - ``query.pov_sign``: as a block's leader, the block header to sign, or
   before the votes the statement that it leads the block's view (see
   :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
-  or does not answer in time hands over to the next view's).
+  or does not answer in time hands over to the next view's). It signs a lead
+  statement only in its canonical form and at a position that does not go
+  back on what it has voted on or led (the position is then its own), and a
+  header only at the chain, height and previous hash it holds, and only one
+  header per height: so the server, which holds no verifier key, cannot get
+  two different blocks at one height signed by one leader node.
 
 On the server, :func:`discover_verifiers` maps public keys to node IDs and
 :class:`RemoteCommittee` is a :class:`~flchain_flwr.pov.Committee` whose members
@@ -28,6 +33,7 @@ verifier node can lie or fail but cannot forge another's vote.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -49,7 +55,7 @@ from ..ledger import Ledger, VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
 from ..runtime import clock_of
-from .committee import LEAD_TAG, Candidate, Committee
+from .committee import LEAD_TAG, Candidate, Committee, lead_statement
 from .verifier import Verifier
 
 IDENTITY = "query.pov_identity"
@@ -62,7 +68,9 @@ VERIFIER_ROLE = "verifier"
 IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
 _CONFIG = "pov"
 _SEEN = "pov-seen"
-"""A verifier node's run state: the last chain position it voted at."""
+"""A verifier node's run state: the last chain position it voted at or led."""
+_HEADERS = "pov-headers"
+"""A verifier node's run state: the last block header it signed, by chain."""
 
 
 class RemoteVerifierError(RuntimeError):
@@ -76,17 +84,28 @@ def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> 
     :func:`verifier_from_node_config`)."""
 
     def pov_query(message: Message, context: Context) -> Message:
-        verifier = verifier_of(context)
-        if verifier is None:
-            return answer(message, None)
-        verifier.seen = _load_seen(context.state.config_records.get(_SEEN))
-        reply = answer(message, verifier)
-        if verifier.seen:
-            context.state.config_records[_SEEN] = _stored_seen(verifier.seen)
-        return reply
+        return answer_in_run(message, context, verifier_of(context))
 
     for action in ACTIONS:
         app.query(action)(pov_query)
+
+
+def answer_in_run(
+    message: Message, context: Context, verifier: Verifier | None
+) -> Message:
+    """:func:`answer`, with what the verifier has voted on, led and signed
+    taken from the node's run state and kept there (only when it answered)."""
+    if verifier is None:
+        return answer(message, None)
+    records = context.state.config_records
+    verifier.seen = _load_seen(records.get(_SEEN))
+    verifier.headers = _load_headers(records.get(_HEADERS))
+    reply = answer(message, verifier)
+    if verifier.seen:
+        records[_SEEN] = _stored_seen(verifier.seen)
+    if verifier.headers:
+        records[_HEADERS] = _stored_headers(verifier.headers)
+    return reply
 
 
 def answer(message: Message, verifier: Verifier | None) -> Message:
@@ -174,11 +193,62 @@ def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
     if tag is None:
         raise ValueError("only block headers and lead statements are signed")
-    header = json.loads(data[len(tag) :])
-    if not isinstance(header, dict) or header.get("leader") != verifier.public_key:
+    fields = json.loads(data[len(tag) :])
+    if not isinstance(fields, dict) or fields.get("leader") != verifier.public_key:
         raise ValueError("this block names another leader")
+    if tag == LEAD_TAG:
+        _check_lead(data, fields, verifier)
+    else:
+        _check_header(data, fields, verifier)
     signature = verifier.key.sign(data).signature
     return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
+
+
+def _check_lead(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
+    """Refuse a lead statement that is not canonical or goes back on the
+    chain position this verifier holds; else take its position."""
+    context = VoteContext(
+        chain_id=_field(fields, "chain_id", str),
+        height=_field(fields, "height", int),
+        prev_hash=_field(fields, "prev_hash", str),
+        parent_model=_field(fields, "parent_model", str),
+        view=_field(fields, "view", int),
+    )
+    if data != lead_statement(context, verifier.public_key):
+        raise ValueError("the lead statement is not in its canonical form")
+    assert context.prev_hash is not None
+    verifier.take_position(
+        context.chain_id, context.height, context.prev_hash, context.parent_model
+    )
+
+
+def _check_header(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
+    """Refuse a header away from the position this verifier holds in its chain
+    (where it voted or led), or a second, different header at one height;
+    else remember it. A header does not carry its view: one per height."""
+    chain_id = _field(fields, "chain_id", str)
+    height = _field(fields, "height", int)
+    prev_hash = _field(fields, "prev_hash", str)
+    held = verifier.seen.get(chain_id)
+    if held is None or held[:2] != (height, prev_hash):
+        where = "nothing" if held is None else f"height {held[0]}"
+        raise ValueError(
+            f"the header is at height {height} after {prev_hash[:12]}…; this "
+            f"verifier holds {where} in chain {chain_id[:40]!r}"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    signed = verifier.headers.get(chain_id)
+    if signed is not None and signed[0] == height and signed[1] != digest:
+        raise ValueError(f"this leader already signed another header at {height}")
+    verifier.headers[chain_id] = (height, digest)
+
+
+def _field(fields: dict[str, Any], key: str, kind: type) -> Any:
+    """``fields[key]``, which must be a ``kind`` (an int is never a bool)."""
+    value = fields.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{key!r} must be a {kind.__name__}")
+    return value
 
 
 def _stored_seen(seen: Mapping[str, tuple[int, str, str]]) -> ConfigRecord:
@@ -204,6 +274,26 @@ def _load_seen(record: ConfigRecord | None) -> dict[str, tuple[int, str, str]]:
         str(c): (int(h), str(p), str(m))
         for c, h, p, m in zip(*columns, parents, strict=True)
     }
+
+
+def _stored_headers(headers: Mapping[str, tuple[int, str]]) -> ConfigRecord:
+    """The headers a verifier signed last, as a run-state record."""
+    chains = sorted(headers)
+    return ConfigRecord(
+        {
+            "chain_id": chains,
+            "height": [headers[c][0] for c in chains],
+            "sha256": [headers[c][1] for c in chains],
+        }
+    )
+
+
+def _load_headers(record: ConfigRecord | None) -> dict[str, tuple[int, str]]:
+    """Inverse of :func:`_stored_headers` (empty without a record)."""
+    if record is None:
+        return {}
+    columns = [_list(record, k) for k in ("chain_id", "height", "sha256")]
+    return {str(c): (int(h), str(d)) for c, h, d in zip(*columns, strict=True)}
 
 
 def _config(content: RecordDict) -> ConfigRecord:

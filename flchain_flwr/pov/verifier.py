@@ -244,7 +244,10 @@ class Verifier:
         self.rule = rule
         self.seen: dict[str, tuple[int, str, str]] = {}
         """By chain id, the last ``(height, previous hash, parent model
-        hash)`` it voted at (a verifier node keeps it in its run state)."""
+        hash)`` it voted at or led (a verifier node keeps it in its run state)."""
+        self.headers: dict[str, tuple[int, str]] = {}
+        """By chain id, the height and SHA-256 of the last block header it
+        signed as a leader (a verifier node keeps it in its run state)."""
         self._reference: tuple[str, NDArrays] | None = None
         """The reference update, by the parent model hash it was trained from."""
         self.reference_fn = reference_fn
@@ -340,20 +343,33 @@ class Verifier:
                 "the global model sent does not hash to the parent model named"
             )
         assert context.prev_hash is not None
-        position = (context.height, context.prev_hash, context.parent_model)
-        if context.chain_id in self.seen:
-            height, prev_hash, parent = self.seen[context.chain_id]
-            if context.height < height:
+        self.take_position(
+            context.chain_id, context.height, context.prev_hash, context.parent_model
+        )
+        return judged
+
+    def take_position(
+        self, chain_id: str, height: int, prev_hash: str, parent_model: str
+    ) -> None:
+        """Record that this verifier acts at ``height`` after block ``prev_hash``
+        on model ``parent_model`` in ``chain_id``; :class:`RefusedRequest` if
+        that goes back on what it has voted on or led there: a lower height,
+        or the same height after another block or parent model."""
+        if chain_id in self.seen:
+            seen_height, seen_prev, seen_parent = self.seen[chain_id]
+            if height < seen_height:
                 raise RefusedRequest(
-                    f"height {context.height} is behind height {height} "
+                    f"height {height} is behind height {seen_height} "
                     "this verifier has voted at"
                 )
-            if context.height == height and (prev_hash, parent) != position[1:]:
+            if height == seen_height and (seen_prev, seen_parent) != (
+                prev_hash,
+                parent_model,
+            ):
                 raise RefusedRequest(
                     f"height {height} was voted on after another block or model"
                 )
-        self.seen[context.chain_id] = position
-        return judged
+        self.seen[chain_id] = (height, prev_hash, parent_model)
 
     def _verdict(self, honest: bool) -> bool:
         match self.behaviour:
