@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
-from flchain_flwr.arrays import to_ndarrays
+from flchain_flwr.arrays import to_arrayrecord, to_ndarrays
 from flchain_flwr.ledger.canonical import model_hash
 from flchain_flwr.mods import DGCConfig, dgc_mod, downlink_mod
-from flchain_flwr.mods.downlink import STATE_BASE, STATE_INFO
+from flchain_flwr.mods.downlink import STATE_BASE, STATE_INFO, apply_delta
 from flchain_flwr.protocol import DOWNLINK_KEY, DOWNLINK_RECORD, MODEL_VERSION_KEY
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult, Constant, FedBuff
@@ -69,6 +69,8 @@ def run(
     extra_mods: list[Any] | None = None,
     dgc: bool = True,
     grid: VirtualGrid | None = None,
+    initial: ArrayRecord | None = None,
+    inner_mods: list[Any] | None = None,
     **kwargs: Any,
 ):  # type: ignore[no-untyped-def]
     spy = Spy()
@@ -78,6 +80,7 @@ def run(
         downlink_mod(),
         spy.inner,
         *([dgc_mod(DGCConfig(density=0.01))] if dgc else []),
+        *(inner_mods or []),
     ]
     grid = grid or VirtualGrid(
         toy_client_app(mods=mods),
@@ -100,7 +103,11 @@ def run(
         **kwargs,
     )
     result = simulate(
-        strategy, grid, model(), num_rounds=versions, evaluate_fn=record
+        strategy,
+        grid,
+        initial or model(),
+        num_rounds=versions,
+        evaluate_fn=record,
     ).result  # type: ignore[arg-type]
     assert isinstance(result, AsyncResult)
     return result, spy, server, grid
@@ -222,6 +229,44 @@ def test_after_a_server_restart_nodes_resync_bit_for_bit(tmp_path: Path) -> None
     assert server2[5] == server1[5]  # the resumed model
     assert_bit_identical(spy1, {**server1, **server2})
     assert spy1.deltas > deltas_before  # deltas again once nodes said what they hold
+
+
+def _keep_frozen(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+    """The app returns the non-float32 tensors it was sent, unchanged."""
+    reply = call_next(msg, context)
+    if reply.has_content() and "arrays" in reply.content:
+        for name in ("ids", "f64"):
+            reply.content["arrays"][name] = msg.content["arrays"][name]
+    return reply
+
+
+def test_unchanged_int64_and_float64_tensors_go_whole_bit_for_bit() -> None:
+    # the sparse format carries float32/float16 values only: an unchanged
+    # int64 or float64 tensor once made an int64 "sparse" payload and crashed
+    initial = model()
+    initial["ids"] = Array(np.arange(100, dtype=np.int64))
+    initial["f64"] = Array(np.linspace(0.0, 1.0, 50))
+    result, spy, server, _ = run(
+        True, versions=8, initial=initial, inner_mods=[_keep_frozen]
+    )
+    assert result.failures == [] and len(result.versions) == 8
+    assert spy.deltas > 0
+    assert_bit_identical(spy, server)
+    np.testing.assert_array_equal(result.arrays["ids"].numpy(), np.arange(100))
+    # directly: the delta holds them dense and rebuilds the model exactly
+    start = to_ndarrays(initial)
+    sync = DownlinkSync(0, start, lambda: None)
+    after = {**start, "w": start["w"].copy()}
+    after["w"][7] = 1.0
+    sync.advance(1, after)
+    sync.holds[3] = (0, sync.hashes[0])
+    full = FedBuff().train_content(to_arrayrecord(after), ConfigRecord(), 1)
+    delta = sync.content(3, full)
+    assert DOWNLINK_RECORD in delta
+    for name in ("ids", "f64"):
+        assert delta["arrays"][name].stype == "numpy.ndarray"
+    rebuilt = apply_delta(start, delta["arrays"])
+    assert model_hash(rebuilt) == model_hash(after)
 
 
 def test_changed_entries_compare_bits() -> None:

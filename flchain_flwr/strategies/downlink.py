@@ -12,7 +12,9 @@ wire format, plus the hash of the model they make. The receiving half is
 Memory stays bounded: per version, the flat indices that changed (a few K * k
 per version, not a model), for the last ``window`` versions only; the values
 come from the current model. A node whose version is older, or whose delta
-would not be smaller than the full model, gets the full model. What a node
+would not be smaller than the full model, gets the full model. Tensors of
+other dtypes than float32/float16 (which the sparse format cannot carry) go
+whole in every delta, changed or not. What a node
 holds is what its last train reply said, checked against the hashes of the
 versions still in the window; any failure of the node forgets it.
 """
@@ -200,14 +202,15 @@ class DownlinkSync:
                 if any(p is None for p in parts)
                 else np.unique(np.concatenate([np.zeros(0, np.int64), *parts]))
             )
-            dense = value.nbytes
-            entries += value.size if idx is None else len(idx)
             if (
                 idx is None
-                or payload_size(value.size, len(idx), value.dtype.name) >= dense
+                or value.dtype.name not in _EXACT_VALUES  # sparse cannot carry it
+                or payload_size(value.size, len(idx), value.dtype.name) >= value.nbytes
             ):
+                entries += value.size
                 arrays[name] = Array(np.asarray(value, order="C"))
             else:
+                entries += len(idx)
                 arrays[name] = encode(
                     idx,
                     value.reshape(-1)[idx],
