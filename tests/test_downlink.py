@@ -202,6 +202,29 @@ def test_a_forged_delta_is_rejected_by_its_hash() -> None:
     assert_bit_identical(spy, server)
 
 
+def test_empty_array_bytes_get_the_downlink_error_reply() -> None:
+    emptied: list[str] = []
+
+    def empty_b(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        arrays = msg.content.array_records.get("arrays")
+        kind = "delta" if DOWNLINK_RECORD in msg.content else "full"
+        if msg.metadata.message_type == "train" and arrays and kind not in emptied:
+            emptied.append(kind)
+            arrays["b"] = Array(
+                dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=b""
+            )
+        return call_next(msg, context)
+
+    result, spy, server, _ = run(True, versions=10, extra_mods=[empty_b])
+    assert sorted(emptied) == ["delta", "full"]
+    reasons = sorted(f.reason for f in result.failures)
+    assert len(reasons) == 2
+    assert "array 'b': EOFError" in reasons[0]
+    assert "the full model does not decode: EOFError" in reasons[1]
+    assert all(r.startswith("downlink delta not applied") for r in reasons)
+    assert_bit_identical(spy, server)
+
+
 def test_a_base_mismatch_is_rejected(tmp_path: Path) -> None:
     def swap_base(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
         info = context.state.get(STATE_INFO)
