@@ -322,6 +322,36 @@ def test_memory_is_bounded_by_the_window() -> None:
     assert DOWNLINK_RECORD in delta and delta["arrays"].count_bytes() < 200
 
 
+def test_dense_changes_keep_no_indices_and_far_unions_go_whole() -> None:
+    from flwr.app import RecordDict
+
+    n = 10_000
+    start = {"w": np.zeros(n, np.float32)}
+    sync = DownlinkSync(0, start, lambda: 30)
+    sync.advance(1, {"w": start["w"] + np.float32(1.0)})  # every entry changes
+    assert sync.changes[1]["w"] is None  # no 10k indices kept: it goes whole
+    models = {0: start, 1: {"w": start["w"] + np.float32(1.0)}}
+    for v in range(2, 12):  # then 10% new entries per version
+        w = models[v - 1]["w"].copy()
+        w[(v - 2) * 1000 : (v - 1) * 1000] = v
+        models[v] = {"w": w}
+        sync.advance(v, models[v])
+        kept = sync.changes[v]["w"]
+        assert kept is not None and kept.dtype == np.uint32 and len(kept) == 1000
+    full = RecordDict({"arrays": to_arrayrecord(models[11])})
+    stypes = {}
+    for base in (10, 2, 1):
+        sync.holds[base] = (base, sync.hashes[base])
+        delta = sync.content(base, full)
+        stypes[base] = delta["arrays"]["w"].stype if DOWNLINK_RECORD in delta else None
+        if DOWNLINK_RECORD in delta:
+            rebuilt = apply_delta(models[base], delta["arrays"])
+            assert model_hash(rebuilt) == sync.hashes[11]
+    # 1000 or 9000 entries changed: sparse; all 10k: whole (the union stops)
+    assert stypes == {10: "flchain.sparse", 2: "flchain.sparse", 1: None}
+    assert sync.by_distance[9].entries == 9000 and sync.by_distance[10].entries == n
+
+
 def test_a_reply_naming_an_unknown_hash_gets_the_full_model() -> None:
     from flwr.app import RecordDict
 
