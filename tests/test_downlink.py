@@ -352,6 +352,22 @@ def test_dense_changes_keep_no_indices_and_far_unions_go_whole() -> None:
     assert sync.by_distance[9].entries == 9000 and sync.by_distance[10].entries == n
 
 
+def test_holds_on_versions_out_of_the_window_are_forgotten() -> None:
+    from flwr.app import RecordDict
+
+    model_ = {"w": np.zeros(100, np.float32)}
+    sync = DownlinkSync(0, model_, lambda: 4)
+    for v in range(1, 40):  # churn: new nodes each version, replying once
+        model_ = {"w": model_["w"].copy()}
+        model_["w"][v % 100] += 1
+        sync.advance(v, model_)
+        held = ConfigRecord({"holds-version": v, "holds-hash": sync.hashes[v]})
+        for n in range(50):
+            sync.observe(v * 1000 + n, RecordDict({DOWNLINK_RECORD: held}))
+        assert len(sync.holds) <= 4 * 50
+        assert all(version in sync.hashes for version, _ in sync.holds.values())
+
+
 def test_a_reply_naming_an_unknown_hash_gets_the_full_model() -> None:
     from flwr.app import RecordDict
 

@@ -17,7 +17,8 @@ whose version is older, or whose delta would not be smaller than the full
 model, gets the full model. Tensors of other dtypes than float32/float16
 (which the sparse format cannot carry) go whole in every delta, changed or
 not. What a node holds is what its last train reply said, checked against the
-hashes of the versions still in the window; any failure of the node forgets it.
+hashes of the versions still in the window, and forgotten when that version
+leaves the window or the node fails.
 """
 
 from __future__ import annotations
@@ -146,6 +147,9 @@ class DownlinkSync:
             del self.hashes[v]
         for v in [v for v in self.changes if v <= oldest]:
             del self.changes[v]
+        # a node on a version out of the window gets the full model anyway
+        for node in [n for n, (v, _) in self.holds.items() if v < oldest]:
+            del self.holds[node]
 
     # ------------------------------------------------------------------ nodes
     def observe(self, node_id: int, content: RecordDict) -> None:
