@@ -238,10 +238,11 @@ class DownlinkSync:
 def _union(parts: list[np.ndarray | None], value: np.ndarray) -> np.ndarray | None:
     """The indices that changed in any of ``parts``, or ``None`` (send whole) as
     soon as the union is too large for its sparse encoding to be smaller."""
-    if any(p is None for p in parts):
+    known = [p for p in parts if p is not None]
+    if len(known) < len(parts):
         return None
     union = np.zeros(0, np.uint32)
-    for part in parts:
+    for part in known:
         union = np.union1d(union, part)
         if not sparse_pays(value, len(union)):
             return None  # payload_size grows with the entries: no need to go on
