@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import Array, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -518,3 +518,59 @@ def test_bare_config_defaults_are_the_benchmarks_best_setting() -> None:
         "global",
         True,
     )
+
+
+@pytest.mark.parametrize("value_dtype", ["float32", "float16", "int8", "int4", "sign"])
+def test_a_nan_step_goes_out_dense_once_then_the_tensor_recovers(
+    value_dtype: str,
+) -> None:
+    # the residual once stayed NaN for good: quantized codes dropped the NaN
+    # entries silently, float values were rejected every round after
+    cfg = DGCConfig(density=0.01, value_dtype=value_dtype, momentum=0.5)
+    rng = np.random.default_rng(1)
+    state = DGCState()
+    for r in range(4):
+        delta = {
+            "w": rng.standard_normal(10_000).astype(np.float32),
+            "v": rng.standard_normal(5000).astype(np.float32),
+        }
+        if r == 0:
+            delta["w"][123] = np.nan
+        compressed, state = compress(delta, state, cfg)
+        w, v = compressed.arrays["w"], compressed.arrays["v"]
+        assert is_sparse(v)  # the other tensor is compressed as usual
+        if r == 0:
+            assert not is_sparse(w) and np.isnan(w.numpy()[123])
+        else:
+            sent = decode(w, shape=(10_000,), dtype=np.dtype("float32"))
+            assert is_sparse(w) and np.isfinite(sent).all()
+            assert np.count_nonzero(sent) > 0
+        assert all(np.isfinite(x).all() for x in state.residual.values())
+        assert all(np.isfinite(x).all() for x in state.momentum.values())
+
+
+def test_a_nan_step_is_rejected_once_with_its_reason_then_the_node_counts() -> None:
+    poisoned: list[int] = []
+
+    def nan_once(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        reply = call_next(msg, context)
+        if msg.metadata.message_type == "train" and not poisoned:
+            poisoned.append(context.node_id)
+            arrays = reply.content["arrays"]
+            w = arrays["w"].numpy().copy()
+            w[0] = np.nan
+            arrays["w"] = Array(w)
+        return reply
+
+    mod = dgc_mod(DGCConfig(density=0.3, value_dtype="int8", min_sparse_size=1))
+    app = toy_client_app(mods=[mod, nan_once])
+    grid = VirtualGrid(
+        app, [DeviceProfile(speed=s) for s in (1.0, 0.7)], work_fn=constant_work(1.0)
+    )
+    result = FedBuff(buffer_size=1, staleness_fn=Constant()).start(
+        grid, initial_arrays(), num_rounds=8, timeout=100.0
+    )
+    assert len(result.rejected) == 1 and "NaN" in result.rejected[0].reason
+    assert result.rejected[0].node_id == poisoned[0]
+    later = [v for v in result.versions if poisoned[0] in v.node_ids]
+    assert later and np.isfinite(result.arrays["w"].numpy()).all()

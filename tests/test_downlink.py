@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 
-from flchain_flwr.arrays import to_ndarrays
+from flchain_flwr.arrays import to_arrayrecord, to_ndarrays
 from flchain_flwr.ledger.canonical import model_hash
 from flchain_flwr.mods import DGCConfig, dgc_mod, downlink_mod
-from flchain_flwr.mods.downlink import STATE_BASE, STATE_INFO
+from flchain_flwr.mods.downlink import STATE_BASE, STATE_INFO, apply_delta
 from flchain_flwr.protocol import DOWNLINK_KEY, DOWNLINK_RECORD, MODEL_VERSION_KEY
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult, Constant, FedBuff
@@ -69,6 +69,8 @@ def run(
     extra_mods: list[Any] | None = None,
     dgc: bool = True,
     grid: VirtualGrid | None = None,
+    initial: ArrayRecord | None = None,
+    inner_mods: list[Any] | None = None,
     **kwargs: Any,
 ):  # type: ignore[no-untyped-def]
     spy = Spy()
@@ -78,6 +80,7 @@ def run(
         downlink_mod(),
         spy.inner,
         *([dgc_mod(DGCConfig(density=0.01))] if dgc else []),
+        *(inner_mods or []),
     ]
     grid = grid or VirtualGrid(
         toy_client_app(mods=mods),
@@ -100,7 +103,11 @@ def run(
         **kwargs,
     )
     result = simulate(
-        strategy, grid, model(), num_rounds=versions, evaluate_fn=record
+        strategy,
+        grid,
+        initial or model(),
+        num_rounds=versions,
+        evaluate_fn=record,
     ).result  # type: ignore[arg-type]
     assert isinstance(result, AsyncResult)
     return result, spy, server, grid
@@ -195,6 +202,29 @@ def test_a_forged_delta_is_rejected_by_its_hash() -> None:
     assert_bit_identical(spy, server)
 
 
+def test_empty_array_bytes_get_the_downlink_error_reply() -> None:
+    emptied: list[str] = []
+
+    def empty_b(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        arrays = msg.content.array_records.get("arrays")
+        kind = "delta" if DOWNLINK_RECORD in msg.content else "full"
+        if msg.metadata.message_type == "train" and arrays and kind not in emptied:
+            emptied.append(kind)
+            arrays["b"] = Array(
+                dtype="float32", shape=(2, 3), stype="numpy.ndarray", data=b""
+            )
+        return call_next(msg, context)
+
+    result, spy, server, _ = run(True, versions=10, extra_mods=[empty_b])
+    assert sorted(emptied) == ["delta", "full"]
+    reasons = sorted(f.reason for f in result.failures)
+    assert len(reasons) == 2
+    assert "array 'b': EOFError" in reasons[0]
+    assert "the full model does not decode: EOFError" in reasons[1]
+    assert all(r.startswith("downlink delta not applied") for r in reasons)
+    assert_bit_identical(spy, server)
+
+
 def test_a_base_mismatch_is_rejected(tmp_path: Path) -> None:
     def swap_base(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
         info = context.state.get(STATE_INFO)
@@ -222,6 +252,44 @@ def test_after_a_server_restart_nodes_resync_bit_for_bit(tmp_path: Path) -> None
     assert server2[5] == server1[5]  # the resumed model
     assert_bit_identical(spy1, {**server1, **server2})
     assert spy1.deltas > deltas_before  # deltas again once nodes said what they hold
+
+
+def _keep_frozen(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+    """The app returns the non-float32 tensors it was sent, unchanged."""
+    reply = call_next(msg, context)
+    if reply.has_content() and "arrays" in reply.content:
+        for name in ("ids", "f64"):
+            reply.content["arrays"][name] = msg.content["arrays"][name]
+    return reply
+
+
+def test_unchanged_int64_and_float64_tensors_go_whole_bit_for_bit() -> None:
+    # the sparse format carries float32/float16 values only: an unchanged
+    # int64 or float64 tensor once made an int64 "sparse" payload and crashed
+    initial = model()
+    initial["ids"] = Array(np.arange(100, dtype=np.int64))
+    initial["f64"] = Array(np.linspace(0.0, 1.0, 50))
+    result, spy, server, _ = run(
+        True, versions=8, initial=initial, inner_mods=[_keep_frozen]
+    )
+    assert result.failures == [] and len(result.versions) == 8
+    assert spy.deltas > 0
+    assert_bit_identical(spy, server)
+    np.testing.assert_array_equal(result.arrays["ids"].numpy(), np.arange(100))
+    # directly: the delta holds them dense and rebuilds the model exactly
+    start = to_ndarrays(initial)
+    sync = DownlinkSync(0, start, lambda: None)
+    after = {**start, "w": start["w"].copy()}
+    after["w"][7] = 1.0
+    sync.advance(1, after)
+    sync.holds[3] = (0, sync.hashes[0])
+    full = FedBuff().train_content(to_arrayrecord(after), ConfigRecord(), 1)
+    delta = sync.content(3, full)
+    assert DOWNLINK_RECORD in delta
+    for name in ("ids", "f64"):
+        assert delta["arrays"][name].stype == "numpy.ndarray"
+    rebuilt = apply_delta(start, delta["arrays"])
+    assert model_hash(rebuilt) == model_hash(after)
 
 
 def test_changed_entries_compare_bits() -> None:
@@ -252,6 +320,52 @@ def test_memory_is_bounded_by_the_window() -> None:
     sync.holds[1] = (27, sync.hashes[27])
     delta = sync.content(1, full)
     assert DOWNLINK_RECORD in delta and delta["arrays"].count_bytes() < 200
+
+
+def test_dense_changes_keep_no_indices_and_far_unions_go_whole() -> None:
+    from flwr.app import RecordDict
+
+    n = 10_000
+    start = {"w": np.zeros(n, np.float32)}
+    sync = DownlinkSync(0, start, lambda: 30)
+    sync.advance(1, {"w": start["w"] + np.float32(1.0)})  # every entry changes
+    assert sync.changes[1]["w"] is None  # no 10k indices kept: it goes whole
+    models = {0: start, 1: {"w": start["w"] + np.float32(1.0)}}
+    for v in range(2, 12):  # then 10% new entries per version
+        w = models[v - 1]["w"].copy()
+        w[(v - 2) * 1000 : (v - 1) * 1000] = v
+        models[v] = {"w": w}
+        sync.advance(v, models[v])
+        kept = sync.changes[v]["w"]
+        assert kept is not None and kept.dtype == np.uint32 and len(kept) == 1000
+    full = RecordDict({"arrays": to_arrayrecord(models[11])})
+    stypes = {}
+    for base in (10, 2, 1):
+        sync.holds[base] = (base, sync.hashes[base])
+        delta = sync.content(base, full)
+        stypes[base] = delta["arrays"]["w"].stype if DOWNLINK_RECORD in delta else None
+        if DOWNLINK_RECORD in delta:
+            rebuilt = apply_delta(models[base], delta["arrays"])
+            assert model_hash(rebuilt) == sync.hashes[11]
+    # 1000 or 9000 entries changed: sparse; all 10k: whole (the union stops)
+    assert stypes == {10: "flchain.sparse", 2: "flchain.sparse", 1: None}
+    assert sync.by_distance[9].entries == 9000 and sync.by_distance[10].entries == n
+
+
+def test_holds_on_versions_out_of_the_window_are_forgotten() -> None:
+    from flwr.app import RecordDict
+
+    model_ = {"w": np.zeros(100, np.float32)}
+    sync = DownlinkSync(0, model_, lambda: 4)
+    for v in range(1, 40):  # churn: new nodes each version, replying once
+        model_ = {"w": model_["w"].copy()}
+        model_["w"][v % 100] += 1
+        sync.advance(v, model_)
+        held = ConfigRecord({"holds-version": v, "holds-hash": sync.hashes[v]})
+        for n in range(50):
+            sync.observe(v * 1000 + n, RecordDict({DOWNLINK_RECORD: held}))
+        assert len(sync.holds) <= 4 * 50
+        assert all(version in sync.hashes for version, _ in sync.holds.values())
 
 
 def test_a_reply_naming_an_unknown_hash_gets_the_full_model() -> None:

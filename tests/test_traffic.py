@@ -10,7 +10,7 @@ from flchain_flwr.ledger import Ledger
 from flchain_flwr.mods import DGCConfig, dgc_mod
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult, FedBuff
-from flchain_flwr.strategies.traffic import content_bytes, human_bytes
+from flchain_flwr.strategies.traffic import config_bytes, content_bytes, human_bytes
 
 from .toy import FlowerLogLines, constant_work, initial_arrays, toy_client_app
 
@@ -93,3 +93,53 @@ def test_content_bytes_and_human_bytes() -> None:
         "18.3kB",
         "12B",
     )
+
+
+def _empty_list_reply(msg, context, call_next):  # type: ignore[no-untyped-def]
+    reply = call_next(msg, context)
+    if msg.metadata.message_type == "train" and not reply.has_error():
+        reply.content["extra"] = ConfigRecord({"x": []})
+    return reply
+
+
+def test_empty_config_lists_in_replies_and_train_config_are_counted() -> None:
+    # Flower's own ConfigRecord.count_bytes raises IndexError on an empty
+    # list; one such reply (or operator config) crashed the server's count.
+    grid = VirtualGrid(
+        toy_client_app(mods=[_empty_list_reply]),
+        [DeviceProfile(speed=s) for s in (1.0, 0.7, 0.5, 0.3)],
+        work_fn=constant_work(1.0),
+        seed=3,
+    )
+    strategy = FedBuff(buffer_size=2, fraction_evaluate=0.0, seed=0)
+    result = simulate(
+        strategy,
+        grid,
+        initial_arrays(),
+        num_rounds=3,
+        train_config=ConfigRecord({"tags": [], "lr": 0.1}),
+    ).result
+    assert isinstance(result, AsyncResult)
+    assert len(result.versions) == 3 and not result.rejected and not result.failures
+    # an empty list costs its key only; the counted bytes match the grid's
+    assert config_bytes(ConfigRecord({"x": []})) == 1
+    per_reply = grid.totals()["bytes_up"] / sum(s.replies for s in grid.stats.values())
+    for v in result.versions:
+        assert v.bytes_up == v.replies_up * per_reply
+
+
+def test_config_bytes_is_flowers_count_where_flower_can_count() -> None:
+    record = ConfigRecord(
+        {
+            "b": True,
+            "i": 3,
+            "f": 0.5,
+            "s": "héllo",
+            "y": b"\x00\x01",
+            "bs": [True, False],
+            "is": [1, 2, 3],
+            "ss": ["a", "bcd"],
+            "ys": [b"xy"],
+        }
+    )
+    assert config_bytes(record) == record.count_bytes()

@@ -314,7 +314,11 @@ def compress(
 ) -> tuple[Compressed, DGCState]:
     """One round of DGC: returns what to send and the node's next state.
 
-    Pure: ``delta`` and ``state`` are not modified.
+    Pure: ``delta`` and ``state`` are not modified. A float tensor whose
+    accumulated update holds NaN or Inf (a broken local step) is sent dense as
+    it is, so the server rejects the update with its reason, and its residual
+    and momentum start again from zero: a residual that stayed NaN would
+    otherwise stop that tensor's updates for good (quantized codes drop NaN).
     """
     dtypes = {k: np.asarray(v).dtype for k, v in delta.items()}
     floats = [k for k, dt in dtypes.items() if dt.kind == "f"]
@@ -357,9 +361,27 @@ def compress(
             if cfg.accumulate
             else u.copy()
         )
-    masks = _masks(accumulated, density, cfg, seed=state.rounds * 7919)
+    broken = [k for k, v in accumulated.items() if not np.isfinite(v).all()]
+    if broken:
+        log(
+            WARNING,
+            "dgc: %s not finite: sent dense for the server to reject; "
+            "residual and momentum reset",
+            ", ".join(repr(k) for k in broken),
+        )
+    finite = {k: v for k, v in accumulated.items() if k not in broken}
+    masks = _masks(finite, density, cfg, seed=state.rounds * 7919)
     for name, d in update.items():
-        u, v, mask = corrected[name], accumulated[name], masks[name]
+        u, v = corrected[name], accumulated[name]
+        if name in broken:
+            arrays[name] = Array(v.astype(dtypes[name]))
+            sent, total = sent + d.size, total + d.size
+            if cfg.accumulate:
+                residual[name] = np.zeros_like(v)
+            if cfg.momentum:
+                momentum[name] = np.zeros_like(u)
+            continue
+        mask = masks[name]
         sent_values: np.ndarray
         flat_idx = np.flatnonzero(mask)
         picked = v.reshape(-1)[flat_idx]

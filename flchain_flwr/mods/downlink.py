@@ -37,7 +37,7 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
-from ..compression.sparse import SparseFormatError, decode_entries, is_sparse
+from ..compression.sparse import decode_entries, is_sparse
 from ..ledger.canonical import model_hash
 from ..protocol import DOWNLINK_KEY, DOWNLINK_RECORD, MODEL_VERSION_KEY
 
@@ -75,12 +75,16 @@ def apply_delta(base: NDArrays, delta: ArrayRecord) -> NDArrays:
                 value.reshape(-1)[idx] = values
             else:
                 value = array.numpy()
-        except (SparseFormatError, ValueError, TypeError) as exc:
-            raise DownlinkError(f"array {name!r}: {exc}") from None
+        except Exception as exc:  # np.load raises EOFError, OSError, ValueError...
+            raise DownlinkError(f"array {name!r}: {_describe(exc)}") from None
         if value.shape != ref.shape or value.dtype != ref.dtype:
             raise DownlinkError(f"array {name!r} does not match the base's")
         model[name] = value
     return model
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _base(state: RecordDict) -> tuple[int, str, NDArrays] | None:
@@ -152,8 +156,10 @@ def _received(
     if sent is None:
         try:
             return to_ndarrays(arrays)
-        except (ValueError, TypeError) as exc:
-            raise DownlinkError(f"the full model does not decode: {exc}") from None
+        except Exception as exc:  # as in apply_delta
+            raise DownlinkError(
+                f"the full model does not decode: {_describe(exc)}"
+            ) from None
     base_version = sent.get("base-version")
     base_hash, wanted = sent.get("base-hash"), sent.get("model-hash")
     if not isinstance(base_hash, str) or not isinstance(wanted, str):

@@ -40,6 +40,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
+from ..strategies.traffic import content_bytes
 from .devices import DeviceProfile
 
 WorkFn = Callable[[Message, Message], float]
@@ -50,7 +51,7 @@ V = TypeVar("V")
 
 def payload_bytes(content: RecordDict) -> int:
     """Bytes a RecordDict occupies on the wire (array data, configs, metrics)."""
-    return sum(record.count_bytes() for record in content.values())
+    return content_bytes(content)
 
 
 def examples_work(

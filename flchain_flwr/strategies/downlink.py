@@ -10,11 +10,15 @@ wire format, plus the hash of the model they make. The receiving half is
 :func:`~flchain_flwr.mods.downlink.downlink_mod`.
 
 Memory stays bounded: per version, the flat indices that changed (a few K * k
-per version, not a model), for the last ``window`` versions only; the values
-come from the current model. A node whose version is older, or whose delta
-would not be smaller than the full model, gets the full model. What a node
-holds is what its last train reply said, checked against the hashes of the
-versions still in the window; any failure of the node forgets it.
+per version, as uint32, not a model; none kept for a tensor that changed in so
+many entries that its sparse encoding would not be smaller), for the last
+``window`` versions only; the values come from the current model. A node
+whose version is older, or whose delta would not be smaller than the full
+model, gets the full model. Tensors of other dtypes than float32/float16
+(which the sparse format cannot carry) go whole in every delta, changed or
+not. What a node holds is what its last train reply said, checked against the
+hashes of the versions still in the window, and forgotten when that version
+leaves the window or the node fails.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from ..arrays import NDArrays
-from ..compression.sparse import encode, payload_size
+from ..compression.sparse import MAX_NUMEL, encode, payload_size
 from ..ledger.canonical import model_hash
 from ..protocol import DOWNLINK_RECORD
 
@@ -71,6 +75,23 @@ def changed_entries(old: np.ndarray, new: np.ndarray) -> np.ndarray | None:
     )
 
 
+def sparse_pays(value: np.ndarray, entries: int) -> bool:
+    """Whether ``entries`` changed entries of ``value`` travel smaller sparse
+    (exactly: float32/float16 values only) than the whole tensor."""
+    return (
+        value.dtype.name in _EXACT_VALUES
+        and value.size <= MAX_NUMEL
+        and payload_size(value.size, entries, value.dtype.name) < value.nbytes
+    )
+
+
+def _kept(value: np.ndarray, idx: np.ndarray | None) -> np.ndarray | None:
+    """The indices worth keeping for a delta (uint32), or ``None``: send whole."""
+    if idx is None or not sparse_pays(value, len(idx)):
+        return None
+    return idx.astype(np.uint32)
+
+
 class DownlinkSync:
     """Per-node downlink deltas for one run (see the module).
 
@@ -112,7 +133,7 @@ class DownlinkSync:
     def advance(self, version: int, model: NDArrays) -> None:
         """Adopt a new current version; forget versions beyond the window."""
         self.changes[version] = {
-            name: changed_entries(self.model[name], value)
+            name: _kept(value, changed_entries(self.model[name], value))
             for name, value in model.items()
         }
         self.hashes[version] = model_hash(model)
@@ -126,6 +147,9 @@ class DownlinkSync:
             del self.hashes[v]
         for v in [v for v in self.changes if v <= oldest]:
             del self.changes[v]
+        # a node on a version out of the window gets the full model anyway
+        for node in [n for n, (v, _) in self.holds.items() if v < oldest]:
+            del self.holds[node]
 
     # ------------------------------------------------------------------ nodes
     def observe(self, node_id: int, content: RecordDict) -> None:
@@ -194,20 +218,12 @@ class DownlinkSync:
         arrays: dict[str, Array] = {}
         entries = 0
         for name, value in self.model.items():
-            parts = [self.changes[v][name] for v in steps]
-            idx = (
-                None
-                if any(p is None for p in parts)
-                else np.unique(np.concatenate([np.zeros(0, np.int64), *parts]))
-            )
-            dense = value.nbytes
-            entries += value.size if idx is None else len(idx)
-            if (
-                idx is None
-                or payload_size(value.size, len(idx), value.dtype.name) >= dense
-            ):
+            idx = _union([self.changes[v][name] for v in steps], value)
+            if idx is None:
+                entries += value.size
                 arrays[name] = Array(np.asarray(value, order="C"))
             else:
+                entries += len(idx)
                 arrays[name] = encode(
                     idx,
                     value.reshape(-1)[idx],
@@ -217,3 +233,17 @@ class DownlinkSync:
                 )
         record = ArrayRecord(arrays)
         return _Delta(record, record.count_bytes(), entries)
+
+
+def _union(parts: list[np.ndarray | None], value: np.ndarray) -> np.ndarray | None:
+    """The indices that changed in any of ``parts``, or ``None`` (send whole) as
+    soon as the union is too large for its sparse encoding to be smaller."""
+    known = [p for p in parts if p is not None]
+    if len(known) < len(parts):
+        return None
+    union = np.zeros(0, np.uint32)
+    for part in known:
+        union = np.union1d(union, part)
+        if not sparse_pays(value, len(union)):
+            return None  # payload_size grows with the entries: no need to go on
+    return union

@@ -3,7 +3,10 @@
 What is counted is Flower's own measure of a message's content,
 ``RecordDict`` record by record (``count_bytes``): every Array's serialised
 ``data`` (a dense array's ``.npy`` bytes with their header, a sparse array's
-payload) and its key, and every config and metric entry. Protobuf framing,
+payload) and its key, and every config and metric entry. Config records are
+counted here with Flower's rule (1 byte a bool, 8 an int or float, the length
+of a str or bytes) because Flower's ``ConfigRecord.count_bytes`` raises on an
+empty list, which any node could send. Protobuf framing,
 record names and message metadata are not counted (a few hundred bytes per
 message). Train messages and train replies only: federated evaluation is not
 part of a version's cost.
@@ -13,12 +16,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flwr.app import RecordDict
+from flwr.app import ConfigRecord, RecordDict
 
 
 def content_bytes(content: RecordDict) -> int:
     """Bytes of a message's content, as Flower counts them."""
-    return sum(record.count_bytes() for record in content.values())
+    return sum(
+        config_bytes(record)
+        if isinstance(record, ConfigRecord)
+        else record.count_bytes()
+        for record in content.values()
+    )
+
+
+def config_bytes(record: ConfigRecord) -> int:
+    """Flower's ``ConfigRecord.count_bytes``, also for empty lists (0 bytes)."""
+    total = 0
+    for key, value in record.items():
+        values = value if isinstance(value, list) else [value]
+        total += len(key) + sum(_scalar_bytes(v) for v in values)
+    return total
+
+
+def _scalar_bytes(value: object) -> int:
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, int | float):
+        return 8  # 64-bit in the protobuf
+    if isinstance(value, str | bytes):
+        return len(value)
+    raise TypeError(f"not a config value: {type(value).__name__}")
 
 
 @dataclass
