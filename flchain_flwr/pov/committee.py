@@ -325,7 +325,8 @@ class Committee:
         shares): ``(votes, problems)``.
 
         Votes come back unchecked; :meth:`decide` keeps only valid ones. A
-        member that fails or refuses simply has no votes (its deposit pays).
+        member that fails or refuses simply has no votes (which costs it nothing:
+        only a signed vote contradicting the outcome is slashed).
         """
         models = [
             (
