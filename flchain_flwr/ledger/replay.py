@@ -359,15 +359,7 @@ class _Replayer:
         self._weigh(updates, included, body, state, before, settings)
         self._check_weights(updates, included, body, settings)
         velocity = self._velocity(body, state, before, settings, parent, updates, names)
-        result = self.step(
-            parent,
-            updates,
-            lr=settings.lr,
-            momentum=settings.momentum,
-            velocity=velocity,
-            state_names=names,
-            state_rule=settings.rule,
-        )
+        result = self._step(parent, updates, velocity, names, settings)
         if result is None:
             raise _Failed("the replayed aggregate overflows the model")
         replayed = model_hash(result.model)
@@ -539,6 +531,25 @@ class _Replayer:
                 )
 
     # pylint: disable=too-many-arguments
+    def _step(
+        self,
+        parent: NDArrays,
+        updates: Sequence[BufferedUpdate],
+        velocity: NDArrays | None,
+        names: frozenset[str],
+        settings: _Settings,
+    ) -> StepResult | None:
+        """The server's step over ``updates`` with the recorded settings."""
+        return self.step(
+            parent,
+            updates,
+            lr=settings.lr,
+            momentum=settings.momentum,
+            velocity=velocity,
+            state_names=names,
+            state_rule=settings.rule,
+        )
+
     def _velocity(
         self,
         body: Mapping[str, Any],
@@ -581,15 +592,7 @@ class _Replayer:
                 "it restarts the momentum from zero, but the previous block records "
                 "a velocity and no aggregate overflowed in between"
             )
-        continued = self.step(
-            parent,
-            updates,
-            lr=settings.lr,
-            momentum=settings.momentum,
-            velocity=previous,
-            state_names=names,
-            state_rule=settings.rule,
-        )
+        continued = self._step(parent, updates, previous, names, settings)
         if continued is None:
             return None
         raise _NotReplayable(
