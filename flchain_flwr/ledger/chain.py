@@ -196,7 +196,7 @@ def _parse_block(header_raw: bytes, body_raw: bytes) -> tuple[Any, Any]:
     return parse_canonical(header_raw, version), parse_canonical(body_raw, version)
 
 
-def _ids_as_text(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def ids_as_text(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Body entries with an integer ``node_id`` as a decimal string (format 2:
     a 64-bit Flower node id has no exact RFC 8785 number)."""
     out = []
@@ -1154,7 +1154,7 @@ class Ledger:
             self._check_checkpoint_location()
         model_hash = self.blobs.put_model(model)
         version = self.format_version
-        entries = _ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
+        entries = ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
         included_entries = entries(included)
         for entry, content in zip(included_entries, payloads or (), strict=False):
             node_id = int(entry["node_id"])

@@ -116,7 +116,7 @@ from ..strategies.weighting import (
     example_weighting,
 )
 from .canonical import encode, model_hash, sender_update_digest
-from .chain import CONFIG_FIELD, Block, Ledger, ServerState, _ids_as_text, node_key
+from .chain import CONFIG_FIELD, Block, Ledger, ServerState, ids_as_text, node_key
 from .payload import PAYLOAD_FIELD
 from .rewards import contributions
 
@@ -380,7 +380,7 @@ class _Replayer:
             result.step,
         )
         version = block.format_version
-        if encode(version, _ids_as_text(shares)) != encode(
+        if encode(version, ids_as_text(shares)) != encode(
             version, body["contributions"]
         ):
             raise _Failed("the recorded contributions are not the replayed ones")
