@@ -30,7 +30,7 @@ from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
-from .tuning import BufferTuner
+from .tuning import BUFFER_FIELD, BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, bounded_metrics
 from .updates import _update_kind as update_kind
 from .versions import VersionStore
@@ -124,7 +124,7 @@ class UpdateBuffer:
         self.fairness = fairness
         self.participation = dict(participation or {})
         """Aggregated updates per node, over the ledger's whole chain when resumed
-        (``result.participation`` counts this run's only)."""
+        (as ``result.participation``, which the run fills from the chain too)."""
         self.tuner = tuner
         if tuner is not None:
             self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
@@ -269,11 +269,8 @@ class UpdateBuffer:
             # what a replay recomputes the factors over, even if a stage drops some
             extra[FAIRNESS_FIELD] = candidates_record(node_ids, weights)
         tuned = self.tuner is not None
-        if tuned:  # the K and tau this block was made with, in the ledger too
-            extra["buffer"] = {
-                "buffer_size": self.buffer_size,
-                "max_wait": self.max_wait,
-            }
+        if self.tuner is not None:  # the K and tau this block was made with, and
+            extra[BUFFER_FIELD] = self.tuner.record()  # the state a resume restores
         block = Block(
             self.version + 1, self.store.model, updates, self.now(), extra=extra
         )
@@ -310,9 +307,9 @@ class UpdateBuffer:
             bytes_up=traffic.bytes_up,
         )
         self.result.versions.append(record)
-        if self.tuner is not None:
+        if self.tuner is not None:  # at the block's time, which the ledger records
             self.buffer_size, self.max_wait = self.tuner.observe(
-                record.time, [u.staleness for u in updates]
+                block.time, [u.staleness for u in updates]
             )
         self.result.arrays = self.model_record
         metrics = self.metrics_aggr([u.metrics for u in updates])

@@ -8,6 +8,7 @@ same in a federation of ten nodes or a million.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 
@@ -67,6 +68,13 @@ class NodeHistory:
             self._log_speed_sum -= math.log(old)
         self._log_speed_sum += math.log(new)
         record.seconds_per_work = new
+
+    def count_earlier(self, participation: Mapping[int, int]) -> None:
+        """Add updates accepted before this run (a resumed run's, counted from
+        its ledger); they are not timed."""
+        for node_id, count in participation.items():
+            self.nodes.setdefault(node_id, NodeRecord()).updates += count
+            self.total_updates += count
 
     def failed(self, node_id: int) -> None:
         """``node_id``'s message failed: it is no longer timed."""

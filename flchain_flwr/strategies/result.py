@@ -82,10 +82,12 @@ class AsyncResult(Result):
     failures : list[NodeFailure]
         Messages that failed (error replies, expired TTLs, departed nodes).
     participation : dict[int, int]
-        Number of aggregated updates per node id.
+        Number of aggregated updates per node id; a run resumed from a ledger
+        counts the whole chain's.
     weight_share : dict[int, float]
         Per node id, the sum over versions of its update's share of the step
-        (staleness weight times effective examples over the buffer's examples).
+        (staleness weight times effective examples over the buffer's examples);
+        a resumed run's starts from the chain's (:mod:`.carryover`).
     """
 
     versions: list[VersionRecord] = field(default_factory=list)

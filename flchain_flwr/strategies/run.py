@@ -22,20 +22,22 @@ from flwr.supercore import log
 from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
+from .adaptive import AdaptiveScheduling
 from .buffer import UpdateBuffer
+from .carryover import ledger_weight_share, resumed_tuner
 from .downlink import DownlinkSync
 from .evaluation import (
     FederatedEvaluation,
     aggregate_or_none,
     valid_evaluate_content,
 )
+from .history import NodeHistory
 from .loop import EventLoop, LoopSettings
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
 from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
 from .state import state_names
 from .traffic import human_bytes
-from .tuning import BufferTuner
 from .versions import VersionStore
 from .weighting import ClaimHistory
 
@@ -103,6 +105,7 @@ class FedBuffRun:
             if resumed is not None:
                 version, model = resumed.version, resumed.model
                 self.result.arrays = to_arrayrecord(model)
+                self._carry_over(ledger, resumed)
         if s.committee is not None:
             stages.append(
                 CommitteeStage(
@@ -145,9 +148,12 @@ class FedBuffRun:
             weighted_by_key=s.weighted_by_key,
             fairness=s.fairness,
             participation=resumed.participation if resumed is not None else None,
-            tuner=BufferTuner(s.buffer_tuning, s.buffer_size, s.max_wait)
-            if s.buffer_tuning is not None
-            else None,
+            tuner=resumed_tuner(
+                s.buffer_tuning,
+                ledger.ledger.head() if resumed is not None and ledger else None,
+                s.buffer_size,
+                s.max_wait,
+            ),
         )
         self.evaluation = FederatedEvaluation(
             fraction=s.fraction_evaluate,
@@ -199,6 +205,15 @@ class FedBuffRun:
         self._updates_since_eval = 0
         self._seen = (0, 0)  # rejected, failed at the last version
         self._explained = False
+
+    def _carry_over(self, ledger: LedgerStage, resumed: Resumed) -> None:
+        """Count the chain's earlier updates in the result (and FedSA's history)."""
+        self.result.participation = dict(resumed.participation)
+        self.result.weight_share = ledger_weight_share(ledger.ledger.blocks())
+        policy = self.strategy.scheduling
+        if isinstance(policy, AdaptiveScheduling):  # FedSA counts on from the chain
+            policy.history = NodeHistory(policy.history.smoothing)
+            policy.history.count_earlier(resumed.participation)
 
     # ------------------------------------------------------------ decisions
     def max_staleness(self) -> int | None:

@@ -13,12 +13,22 @@ where ``s`` is the smoothed mean staleness of the aggregated updates and
 ``rate`` the smoothed rate of aggregated updates per second: tau' is
 ``slack`` times the expected time to fill the next buffer, so a lull does not
 hold a part-full buffer for long. Each choice is recorded with its version.
+
+Each ledger block records, in its ``buffer`` field (:meth:`BufferTuner.record`),
+the tuner's state that chose the block's K and tau; with the block's time and
+its included updates' staleness this is all a resumed run needs to continue the
+same choices (:meth:`BufferTuner.resume`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+BUFFER_FIELD = "buffer"
+"""The block body field holding :meth:`BufferTuner.record`."""
 
 
 def next_buffer_size(
@@ -88,6 +98,53 @@ class BufferTuner:
         self._rate: float | None = None
         self._last_time = 0.0
 
+    def record(self) -> dict[str, Any]:
+        """The state that chooses the next version's K and tau (a block's
+        ``buffer`` field): K, tau, the moving averages and the last version's
+        time, on the run's clock."""
+        return {
+            "buffer_size": self.buffer_size,
+            "max_wait": self.max_wait,
+            "mean_staleness": self._staleness,
+            "arrival_rate": self._rate,
+            "last_time": self._last_time,
+        }
+
+    @classmethod
+    def resume(
+        cls,
+        policy: StalenessTarget,
+        record: Mapping[str, Any],
+        time: float,
+        staleness: Sequence[int],
+    ) -> BufferTuner:
+        """The tuner of a run resumed after the block whose ``buffer`` field is
+        ``record``, made at ``time`` of updates with ``staleness``.
+
+        The block's own version is observed, so K and tau are the ones the
+        uninterrupted run would use next (K is kept within ``policy``'s bounds
+        if those changed). The resumed run's clock starts at 0, so its first
+        version's arrival rate is measured from the resume. A record written
+        before the averages were recorded (only K and tau) restores K and tau;
+        the averages start again.
+
+        Raises
+        ------
+        ValueError
+            If ``record`` is not a tuner's record.
+        """
+        try:
+            k, tau = int(record["buffer_size"]), _optional(record, "max_wait")
+            tuner = cls(policy, k, tau)
+            tuner._staleness = _optional(record, "mean_staleness")
+            tuner._rate = _optional(record, "arrival_rate")
+            tuner._last_time = float(record.get("last_time", 0.0))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a buffer tuner's record: {exc!r}") from None
+        tuner.observe(time, list(staleness))
+        tuner._last_time = 0.0
+        return tuner
+
     def observe(self, time: float, staleness: list[int]) -> tuple[int, float | None]:
         """A version made at ``time`` of updates with ``staleness``: the next K, tau."""
         p = self.policy
@@ -108,6 +165,11 @@ class BufferTuner:
         if p.slack is not None and self._rate:
             self.max_wait = p.slack * self.buffer_size / self._rate
         return self.buffer_size, self.max_wait
+
+
+def _optional(record: Mapping[str, Any], key: str) -> float | None:
+    value = record.get(key)
+    return None if value is None else float(value)
 
 
 def buffer_tuning(spec: str) -> StalenessTarget | None:
