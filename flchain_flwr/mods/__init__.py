@@ -2,6 +2,7 @@
 
 from .dgc import DGC_WARMUP, Compressed, DGCConfig, DGCState, compress, dgc_mod
 from .downlink import DownlinkError, apply_delta, downlink_mod
+from .personal import PersonalConfig, PersonalState, personal_mod
 
 __all__ = [
     "DGC_WARMUP",
@@ -9,8 +10,11 @@ __all__ = [
     "DGCConfig",
     "DGCState",
     "DownlinkError",
+    "PersonalConfig",
+    "PersonalState",
     "apply_delta",
     "compress",
     "dgc_mod",
     "downlink_mod",
+    "personal_mod",
 ]

@@ -49,6 +49,7 @@ class FederatedEvaluation:
         rng: random.Random,
         results: dict[int, MetricRecord] | None = None,
         once_per_training: bool = False,
+        per_node: dict[int, dict[int, dict[str, object]]] | None = None,
     ) -> None:
         self.fraction = fraction
         self.min_nodes = min_nodes
@@ -61,6 +62,7 @@ class FederatedEvaluation:
         self.rounds: dict[int, _EvalRound] = {}
         self.pending: dict[int, int] = {}  # node -> version it should evaluate
         self.results: dict[int, MetricRecord] = {} if results is None else results
+        self.per_node = per_node  # version -> node -> its validated metrics
 
     def schedule(self, version: int, arrays: ArrayRecord, online: set[int]) -> None:
         """Ask a sample of ``online`` nodes to evaluate ``version``."""
@@ -125,6 +127,9 @@ class FederatedEvaluation:
         if content is not None:
             try:
                 round_.replies.append(self.validate(content))
+                if self.per_node is not None:
+                    record = next(iter(round_.replies[-1].metric_records.values()))
+                    self.per_node.setdefault(version, {})[node_id] = dict(record)
             except UpdateRejected as exc:
                 log(WARNING, "Rejected evaluate reply from node %d: %s", node_id, exc)
         if round_.waiting:

@@ -33,6 +33,7 @@ from .evaluation import (
 )
 from .history import NodeHistory
 from .loop import EventLoop, LoopSettings
+from .personalised import log_personal
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
 from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
@@ -165,6 +166,7 @@ class FedBuffRun:
             rng=rng,
             results=self.result.evaluate_metrics_clientapp,
             once_per_training=s.evaluate_every is None,
+            per_node=self.result.evaluate_metrics_per_node,
         )
         self.loop = EventLoop(
             grid=grid,
@@ -338,6 +340,7 @@ class FedBuffRun:
         return self.result
 
     def _log_summary(self) -> None:
+        log_personal(self.result)
         result = self.result
         updates = sum(v.num_updates for v in result.versions)
         nodes = self.loop.train_limit()

@@ -11,6 +11,11 @@ Node config (``flower-supernode --node-config``, or the simulation's defaults):
   and trusted shard ``i`` (see :mod:`flchain_flwr.pov.remote`);
 - ``attack=...``: robustness experiments only (see :mod:`flchain_flwr.sim.attacks`).
 
+With ``personal-alpha > 0`` the personalisation mod
+(:mod:`flchain_flwr.mods.personal`) reports each node's mix of its local and the
+global model beside the global one, and evaluation uses held-out test examples
+in the node's label mix (:mod:`flchain_cnn.local_test`), not its training data.
+
 A train message's config may carry ``lr``, ``local-epochs`` or ``local-steps``
 (a straggler policy's per-node choice, see :mod:`flchain_flwr.strategies.fedsa`
 and :mod:`flchain_flwr.strategies.bafl`); they override the run config's for
@@ -29,15 +34,17 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from flchain_cnn.local_test import local_test_indices, local_test_seed
 from flchain_cnn.task import (
     evaluate,
     load_partition,
+    load_test,
     load_trusted,
     new_model,
     train,
 )
 from flchain_cnn.verifiers import app_verifier
-from flchain_flwr.mods import dgc_mod, downlink_mod
+from flchain_flwr.mods import PersonalConfig, dgc_mod, downlink_mod, personal_mod
 from flchain_flwr.pov import Verifier, remote
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
@@ -48,7 +55,9 @@ from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 # speaks their format, so the app also runs under Flower's plain FedAvg.
 # The attack mod only acts on nodes whose node config names an attack (robustness
 # experiments, e.g. --node-config "attack='sign-flip'"); honest nodes pass through.
-app = ClientApp(mods=[downlink_mod(), dgc_mod(), attack_mod()])
+# The personalisation mod comes last, so it keeps the app's own trained weights
+# (inert unless personal-alpha > 0).
+app = ClientApp(mods=[downlink_mod(), dgc_mod(), attack_mod(), personal_mod()])
 
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
@@ -123,10 +132,24 @@ def train_fn(msg: Message, context: Context) -> Message:
     return Message(content=content, reply_to=msg)
 
 
+def _local_test(context: Context) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out test examples in this node's label mix, as many as it holds."""
+    cfg = context.run_config
+    _, y_local = _local_data(context)
+    x_test, y_test = load_test(
+        str(cfg["dataset"]), bool(cfg["allow-download"]), int(cfg["test-subset"])
+    )
+    seed = local_test_seed(int(cfg["seed"]), int(context.node_config["partition-id"]))
+    idx = local_test_indices(y_test, y_local, len(y_local), seed)
+    return x_test[idx], y_test[idx]
+
+
 @app.evaluate()
 def evaluate_fn(msg: Message, context: Context) -> Message:
-    """Evaluate the received model on the local partition."""
-    x, y = _local_data(context)
+    """Evaluate the received model on the local partition (with personalisation
+    on: on held-out test examples in the partition's label mix)."""
+    personal = PersonalConfig.from_run_config(context.run_config) is not None
+    x, y = _local_test(context) if personal else _local_data(context)
     loss, accuracy = evaluate(_received_model(msg, context), x, y)
     metrics = MetricRecord(
         {"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(y)}
