@@ -57,6 +57,7 @@ from _common import (
     require_fashion_mnist,
     write_results,
 )
+from _personal import personal_tiers
 from flwr.app import ArrayRecord, Message, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp.strategy import FedAvg, Strategy
@@ -245,6 +246,10 @@ def run_one(
         evaluate_fn=evaluate,
     )
     result = run.result
+    personal = None
+    # fedavg-os runs past the budget: its last model is not the one measured
+    if args.personal_alpha > 0 and name != "fedavg-os" and result is not None:
+        personal = personal_tiers(grid, result.arrays, tier_of, config, len(tiers))
     weight = [0.0] * len(tiers)
     if isinstance(result, AsyncResult):
         for node, share in result.weight_share.items():
@@ -277,6 +282,8 @@ def run_one(
         "weight_share": [w / (sum(weight) or 1.0) for w in weight],
         "data_share": [d / sum(data) for d in data],
     }
+    if personal is not None:
+        row["personal"] = personal
     if isinstance(result, AsyncResult):
         row["versions"] = len(result.versions)
         row["mean_staleness"] = mean_staleness(result)
@@ -304,6 +311,7 @@ def run_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             "local-steps": args.local_steps,
             "lr": args.lr,
             "seed": seed,
+            "personal-alpha": args.personal_alpha,
         },
     )
 
@@ -358,6 +366,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "weight_share_mean": per_tier(name, "weight_share"),
                 "data_share_mean": per_tier(name, "data_share"),
                 "versions_mean": mean(name, "versions"),
+                **personal_means(group),
                 "wall_seconds_mean": mean(name, "wall_seconds"),
             }
             for name, group in by.items()
@@ -365,6 +374,21 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "speedup_all_vs_fedavg": speedup("fedavg"),
         "speedup_all_vs_fedavg_os": speedup("fedavg-os"),
         "speedup_fedbuff_vs_fedavg": speedup("fedavg", "fedbuff"),
+    }
+
+
+def personal_means(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per tier, the mean over seeds of the global model's and the personalised
+    mix's accuracy on the nodes' local test sets (when measured)."""
+    rows = [r["personal"] for r in group if "personal" in r]
+    if not rows:
+        return {}
+    return {
+        f"{key}_mean": [
+            round(statistics.mean(r[key][t] for r in rows), 4)
+            for t in range(len(rows[0][key]))
+        ]
+        for key in ("global_tier_accuracy", "personal_tier_accuracy")
     }
 
 
@@ -427,6 +451,12 @@ def main() -> None:
     parser.add_argument(
         "--eval-every", type=float, default=20.0, help="simulated seconds"
     )
+    parser.add_argument(
+        "--personal-alpha",
+        type=float,
+        default=0.0,
+        help="> 0: also report each tier's personalised accuracy (_personal.py)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "stragglers.json")
     args = parser.parse_args()
     names = [n for n in args.strategies.split(",") if n]
@@ -487,7 +517,19 @@ def report(
         f"wall {row['wall_seconds']:.0f}s",
         flush=True,
     )
+    if "personal" in row:
+        p = row["personal"]
+        print(
+            f"    on local test sets: global {_rounded(p['global_tier_accuracy'])} "
+            f"personalised (alpha {p['alpha']:g}) "
+            f"{_rounded(p['personal_tier_accuracy'])}",
+            flush=True,
+        )
     rows.append(row)
+
+
+def _rounded(values: list[float]) -> list[float]:
+    return [round(v, 3) for v in values]
 
 
 def headline(summary: dict[str, Any]) -> tuple[float | None, float | None]:
