@@ -3,15 +3,27 @@ report, and real runs where the mix serves label-skewed nodes better."""
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 
 from flchain_flwr.mods import PersonalConfig, PersonalState, personal_mod
 from flchain_flwr.mods.personal import STATE_LOCAL, mix, personal_metrics
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, uniform
 from flchain_flwr.strategies import AsyncResult, FedBuff
+from flchain_flwr.strategies.evaluation import FederatedEvaluation
 from flchain_flwr.strategies.personalised import compare_per_node, latest_per_node
+from flchain_flwr.strategies.result import NodeEvaluation
 
 from .toy import FlowerLogLines, constant_work, initial_arrays, toy_client_app
 
@@ -139,21 +151,49 @@ def test_a_run_reports_personal_metrics_per_node() -> None:
     with FlowerLogLines() as logs:
         result = strategy.start(grid, initial_arrays(), num_rounds=6, timeout=60.0)
     assert isinstance(result, AsyncResult)
-    per_node = result.evaluate_metrics_per_node
-    assert sorted(per_node) == [2, 4, 6]
-    for version, nodes in per_node.items():
-        assert set(nodes) <= set(grid.node_ids)
-        for metrics in nodes.values():
-            assert {"mean-w", "personal-mean-w"} <= set(metrics)
-        aggregated = result.evaluate_metrics_clientapp[version]
-        assert "personal-mean-w" in aggregated
+    kept = result.node_evaluations
+    assert set(kept) == set(grid.node_ids)
+    for evaluation in kept.values():
+        assert evaluation.version in (2, 4, 6)
+        assert {"mean-w", "personal-mean-w"} <= set(evaluation.metrics)
+    for version in (2, 4, 6):
+        assert "personal-mean-w" in result.evaluate_metrics_clientapp[version]
     latest = latest_per_node(result, "personal-mean-w")
     assert set(latest) == set(grid.node_ids)
     rows = compare_per_node(result, "mean-w")
     assert [r.node_id for r in rows] == sorted(grid.node_ids)
     assert any(r.personal_value != r.global_value for r in rows)
-    assert "evaluate_metrics_per_node" in result.history_dict()
+    history = result.history_dict()["node_evaluations"]
+    assert history[str(rows[0].node_id)]["metrics"]["personal-mean-w"] == (
+        rows[0].personal_value
+    )
     assert not any("Personalised" in line for line in logs.lines)  # not accuracy
+
+
+def test_each_node_keeps_its_evaluation_of_the_newest_version() -> None:
+    kept: dict[int, NodeEvaluation] = {}
+    evaluation = FederatedEvaluation(
+        fraction=1.0,
+        min_nodes=1,
+        aggregate=lambda _: None,
+        validate=lambda content: content,
+        rng=random.Random(0),
+        per_node=kept,
+    )
+
+    def reply(value: float) -> RecordDict:
+        return RecordDict({"metrics": MetricRecord({"acc": value})})
+
+    evaluation.schedule(1, initial_arrays(), {7, 8})
+    assert evaluation.ready(lambda _: True) == [(7, 1), (8, 1)]
+    evaluation.schedule(2, initial_arrays(), {7})
+    evaluation.done(7, 2, reply(0.2))
+    evaluation.done(7, 1, reply(0.1))  # arrives late: version 2 stays
+    evaluation.done(8, 1, reply(0.3))
+    assert kept == {
+        7: NodeEvaluation(2, {"acc": 0.2}),
+        8: NodeEvaluation(1, {"acc": 0.3}),
+    }
 
 
 # ------------------------------------------------------------- real runs

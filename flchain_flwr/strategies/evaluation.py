@@ -22,6 +22,7 @@ from logging import INFO, WARNING
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
+from .result import NodeEvaluation
 from .updates import UpdateRejected, parse_evaluate_reply
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
@@ -49,7 +50,7 @@ class FederatedEvaluation:
         rng: random.Random,
         results: dict[int, MetricRecord] | None = None,
         once_per_training: bool = False,
-        per_node: dict[int, dict[int, dict[str, object]]] | None = None,
+        per_node: dict[int, NodeEvaluation] | None = None,
     ) -> None:
         self.fraction = fraction
         self.min_nodes = min_nodes
@@ -62,7 +63,7 @@ class FederatedEvaluation:
         self.rounds: dict[int, _EvalRound] = {}
         self.pending: dict[int, int] = {}  # node -> version it should evaluate
         self.results: dict[int, MetricRecord] = {} if results is None else results
-        self.per_node = per_node  # version -> node -> its validated metrics
+        self.per_node = per_node  # node -> its newest evaluation
 
     def schedule(self, version: int, arrays: ArrayRecord, online: set[int]) -> None:
         """Ask a sample of ``online`` nodes to evaluate ``version``."""
@@ -127,9 +128,7 @@ class FederatedEvaluation:
         if content is not None:
             try:
                 round_.replies.append(self.validate(content))
-                if self.per_node is not None:
-                    record = next(iter(round_.replies[-1].metric_records.values()))
-                    self.per_node.setdefault(version, {})[node_id] = dict(record)
+                self._keep(node_id, version, round_.replies[-1])
             except UpdateRejected as exc:
                 log(WARNING, "Rejected evaluate reply from node %d: %s", node_id, exc)
         if round_.waiting:
@@ -139,6 +138,16 @@ class FederatedEvaluation:
         if metrics is not None:
             log(INFO, "\t└──> Federated evaluation of version %d: %s", version, metrics)
             self.results[version] = metrics
+
+    def _keep(self, node_id: int, version: int, reply: RecordDict) -> None:
+        """Keep ``node_id``'s validated reply unless it has evaluated a newer
+        version (replies of different versions may arrive out of order)."""
+        if self.per_node is None:
+            return
+        kept = self.per_node.get(node_id)
+        if kept is None or kept.version <= version:
+            metrics = next(iter(reply.metric_records.values()))
+            self.per_node[node_id] = NodeEvaluation(version, dict(metrics))
 
     @property
     def busy(self) -> bool:

@@ -3,8 +3,8 @@
 With the personalisation mod (:mod:`flchain_flwr.mods.personal`) each evaluate
 reply carries ``personal-<name>`` (the node's mix of its local and the global
 model) beside ``<name>`` (the global model), and the run keeps each node's
-reply (``AsyncResult.evaluate_metrics_per_node``). This module compares them
-per node, at each node's last evaluation, and logs the comparison.
+newest evaluation (``AsyncResult.node_evaluations``). This module compares
+them per node and logs the comparison.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ ACCURACY_METRICS = ("eval-acc", "accuracy")
 
 
 def latest_per_node(result: AsyncResult, name: str) -> dict[int, float]:
-    """Each node's value of metric ``name`` at the last version it evaluated."""
+    """Each node's value of metric ``name`` at the newest version it evaluated
+    (nodes whose reply lacks it are left out)."""
     latest: dict[int, float] = {}
-    for version in sorted(result.evaluate_metrics_per_node):
-        for node, metrics in result.evaluate_metrics_per_node[version].items():
-            value = metrics.get(name)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                latest[node] = float(value)
+    for node, evaluation in result.node_evaluations.items():
+        value = evaluation.metrics.get(name)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            latest[node] = float(value)
     return latest
 
 

@@ -69,6 +69,15 @@ class NodeFailure:
     reason: str
 
 
+@dataclass(frozen=True)
+class NodeEvaluation:
+    """One node's validated evaluate reply (with the personalisation mod, its
+    ``personal-*`` metrics beside the global model's)."""
+
+    version: int
+    metrics: dict[str, Any]
+
+
 @dataclass
 class AsyncResult(Result):
     """Flower's :class:`Result` plus the history of a semi-asynchronous run.
@@ -98,11 +107,9 @@ class AsyncResult(Result):
     stop_reason: str = ""
     committee_decisions: list[dict[str, Any]] = field(default_factory=list)
     """One summary per PoV committee decision (empty without a committee)."""
-    evaluate_metrics_per_node: dict[int, dict[int, dict[str, Any]]] = field(
-        default_factory=dict
-    )
-    """Per version, each evaluating node's validated metrics (with the
-    personalisation mod, its ``personal-*`` metrics beside the global ones)."""
+    node_evaluations: dict[int, NodeEvaluation] = field(default_factory=dict)
+    """Per node, its evaluation of the newest version it evaluated (one per
+    node, so it grows with the population, not with the run)."""
     downlink: dict[int, dict[str, int]] = field(default_factory=dict)
     """With ``downlink=True``: per distance ``s`` (versions between a node's
     base and the version sent), the deltas offered and sent, their entries and
@@ -122,9 +129,8 @@ class AsyncResult(Result):
             "train_metrics_clientapp": _metrics(self.train_metrics_clientapp),
             "evaluate_metrics_clientapp": _metrics(self.evaluate_metrics_clientapp),
             "evaluate_metrics_serverapp": _metrics(self.evaluate_metrics_serverapp),
-            "evaluate_metrics_per_node": {
-                str(v): {str(n): m for n, m in nodes.items()}
-                for v, nodes in self.evaluate_metrics_per_node.items()
+            "node_evaluations": {
+                str(n): asdict(e) for n, e in self.node_evaluations.items()
             },
         }
 

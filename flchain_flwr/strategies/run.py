@@ -166,7 +166,7 @@ class FedBuffRun:
             rng=rng,
             results=self.result.evaluate_metrics_clientapp,
             once_per_training=s.evaluate_every is None,
-            per_node=self.result.evaluate_metrics_per_node,
+            per_node=self.result.node_evaluations,
         )
         self.loop = EventLoop(
             grid=grid,
