@@ -6,7 +6,7 @@ With ``personal-alpha > 0`` in the run config, the app's personalisation mod
 without it. After the run this module evaluates, for every node, the final
 global model and the node's mix (``alpha * local + (1 - alpha) * global``,
 the mod's own :func:`~flchain_flwr.mods.personal.mix`) on the node's held-out
-local test set (the app's :mod:`flchain_cnn.local_test`: test examples in the
+local test set (the app's :mod:`flchain_cnn.local_eval`: test examples in the
 node's label mix), and averages each over the nodes of a tier. A node that
 never finished a training has no local model: its mix is the global model.
 """
@@ -33,7 +33,7 @@ def personal_tiers(
     """Per tier, the mean over its nodes of the global model's and the mix's
     accuracy on each node's local test set; and the nodes without a local model."""
     import torch
-    from flchain_cnn.local_test import local_test_indices, local_test_seed
+    from flchain_cnn.local_eval import local_test_indices, local_test_seed
     from flchain_cnn.task import evaluate, load_partition, load_test, new_model
 
     torch.set_num_threads(1)

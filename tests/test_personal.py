@@ -245,7 +245,7 @@ def test_the_mix_serves_label_skewed_nodes_better_than_the_global_model(
 
 
 def test_local_test_draws_held_out_examples_in_the_nodes_label_mix() -> None:
-    from flchain_cnn.local_test import local_test_indices
+    from flchain_cnn.local_eval import local_test_indices
 
     y_test = np.repeat(np.arange(10), 50)  # 50 of each class
     y_local = np.array([1] * 30 + [2] * 10)  # 3:1

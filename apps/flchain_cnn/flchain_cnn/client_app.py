@@ -14,7 +14,7 @@ Node config (``flower-supernode --node-config``, or the simulation's defaults):
 With ``personal-alpha > 0`` the personalisation mod
 (:mod:`flchain_flwr.mods.personal`) reports each node's mix of its local and the
 global model beside the global one, and evaluation uses held-out test examples
-in the node's label mix (:mod:`flchain_cnn.local_test`), not its training data.
+in the node's label mix (:mod:`flchain_cnn.local_eval`), not its training data.
 
 A train message's config may carry ``lr``, ``local-epochs`` or ``local-steps``
 (a straggler policy's per-node choice, see :mod:`flchain_flwr.strategies.fedsa`
@@ -34,7 +34,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from flchain_cnn.local_test import local_test_indices, local_test_seed
+from flchain_cnn.local_eval import local_test_indices, local_test_seed
 from flchain_cnn.task import (
     evaluate,
     load_partition,

@@ -5,7 +5,8 @@ half of a personalised mix, :mod:`flchain_flwr.mods.personal`) scores well there
 whatever it learnt. With personalisation on, the app evaluates instead on
 examples of the held-out test set drawn in the proportions of the node's
 labels, so the global model and the personalised one are compared on data
-neither was trained on, from the distribution the node serves.
+neither was trained on, from the distribution the node serves. (Not named
+``local_test.py``: Flower leaves ``*_test.py`` files out of an app's FAB.)
 """
 
 from __future__ import annotations
