@@ -360,16 +360,16 @@ class Witness:
 def _check_growth(request: CosignRequest, last: Checkpoint, new: Checkpoint) -> None:
     """tlog-witness's checks of a new checkpoint against the last cosigned."""
     origin = new.origin
-    if request.old > new.size:
-        raise WitnessRefused(
-            400, f"old size {request.old} is above the checkpoint's {new.size}"
-        )
     if new.size < last.size:
         raise WitnessRefused(
             409,
             f"{origin}: truncation: size {new.size} is below size {last.size}, "
             "which this witness cosigned",
             last.size,
+        )
+    if request.old > new.size:
+        raise WitnessRefused(
+            400, f"old size {request.old} is above the checkpoint's {new.size}"
         )
     if request.old != last.size:
         raise WitnessRefused(
