@@ -11,6 +11,7 @@ anchored for its origin.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from logging import WARNING
@@ -184,7 +185,7 @@ class Anchorer:
             return None
         try:
             block = anchor_ledger(ledger, self.main, self.witnesses)
-        except (AnchorRefused, MainChainError, LedgerError) as exc:
+        except (AnchorRefused, MainChainError, LedgerError, sqlite3.Error) as exc:
             log(
                 WARNING,
                 "Anchoring %s at %d blocks failed: %s",
