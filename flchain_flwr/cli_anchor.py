@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,7 @@ from .ledger.chain import load_or_create_key
 from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key
 from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
-from .ledger.merkle import InvalidProof, parse_proof
+from .ledger.merkle import InvalidProof, MalformedProof, parse_proof
 from .ledger.notes import NoteError, VerifierKey, parse_verifier_key
 from .ledger.witness import CosignRequest, Witness, WitnessError, WitnessRefused
 
@@ -48,6 +49,7 @@ def _guarded(command: Command) -> Command:
             AnchorError,
             CheckpointError,
             LedgerError,
+            sqlite3.Error,
         ) as exc:
             return _error(str(exc))
         except OSError as exc:
@@ -197,6 +199,8 @@ def cmd_main_check_proof(args: argparse.Namespace, out: TextIO) -> int:
         return _error(f"malformed proof {args.proof}: {exc}")
     try:
         found = check_anchor_proof(proof, args.main_key, args.log_key)
+    except MalformedProof as exc:
+        return _error(f"malformed proof {args.proof}: {exc}")
     except AnchorError as exc:
         out.write(f"INVALID: {exc}\n")
         return EXIT_FAILED
@@ -227,8 +231,11 @@ def cmd_anchor(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) -> int:
     """``ledger verify``, then with ``--anchored-in`` the ledger against its anchors."""
-    if args.anchored_in is not None and not Path(args.anchored_in).is_file():
-        return _error(f"no main chain at {args.anchored_in}")
+    if args.anchored_in is not None:
+        try:
+            MainChain(args.anchored_in).close()
+        except MainChainError as exc:
+            return _error(str(exc))
     code = base(args, out)
     if code != EXIT_OK or args.anchored_in is None:
         return code
