@@ -336,3 +336,19 @@ def test_run_config_keys_build_an_anchorer(setup, tmp_path: Path) -> None:  # ty
     ):
         with pytest.raises(Exception, match=message):
             fedbuff_from_run_config({**cfg, **change})
+
+
+def test_the_kept_tree_proves_exactly_what_merkle_proves(tmp_path: Path) -> None:
+    from flchain_flwr.ledger.logprover import LogProver
+    from flchain_flwr.ledger.merkle import consistency_proof
+
+    ledger = build_ledger(tmp_path / "l.db", 9)
+    prover = LogProver()
+    prover.sync(ledger)
+    hashes = ledger.block_hashes()
+    for prior, later in ((1, 9), (4, 7), (5, 5), (8, 9)):
+        assert prover.prove(prior, later) == consistency_proof(hashes, prior, later)
+    other_history(tmp_path / "o.db", 3).close()
+    with Ledger(tmp_path / "o.db", create=False) as other:
+        prover.sync(other)  # another history: rebuilt, not appended to
+        assert prover.prove(1, 3) == consistency_proof(other.block_hashes(), 1, 3)

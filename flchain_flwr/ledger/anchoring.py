@@ -22,13 +22,9 @@ from flwr.supercore import log
 
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .chain import Ledger, LedgerError
-from .checkpoint import (
-    CheckpointError,
-    CheckpointMismatch,
-    check_against_ledger,
-    open_checkpoint,
-)
+from .checkpoint import CheckpointError, LogFrontier, open_checkpoint
 from .cosignature import add_cosignature
+from .logprover import LogProver
 from .mainchain import AnchorRefused, MainChain, MainChainError
 from .notes import NoteError, NoteSignature, SignedNote, VerifierKey, parse_note
 from .witness import CosignRequest, WitnessRefused
@@ -52,16 +48,23 @@ def log_key_of(ledger: Ledger) -> VerifierKey:
 
 
 def cosigned_checkpoint(
-    ledger: Ledger, witnesses: Sequence[WitnessClient], quorum: int
+    ledger: Ledger,
+    witnesses: Sequence[WitnessClient],
+    quorum: int,
+    prover: LogProver | None = None,
 ) -> tuple[SignedNote, list[str]]:
     """The ledger's current checkpoint with every cosignature the witnesses
     give, and the refusals (``"<witness>: <reason>"``).
 
     Each witness gets a request from the size it reports having cosigned (a
     first try from size 0 learns it: tlog-witness's 409 answer). Raises
-    ``AnchorRefused`` if fewer than ``quorum`` cosigned.
+    ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover`` (kept
+    between calls) makes the proofs; a new one by default.
     """
     key = log_key_of(ledger)
+    if prover is None:
+        prover = LogProver()
+    prover.sync(ledger)
     try:
         note = parse_note(ledger.checkpoint_path.read_bytes())
         checkpoint, _ = open_checkpoint(note, [key])
@@ -76,7 +79,7 @@ def cosigned_checkpoint(
             request = CosignRequest(
                 old,
                 str(note),
-                ledger.prove_consistency(old, checkpoint.size)
+                prover.prove(old, checkpoint.size)
                 if 0 < old < checkpoint.size
                 else None,
                 key.encode(),
@@ -104,22 +107,27 @@ def cosigned_checkpoint(
 
 
 def anchor_ledger(
-    ledger: Ledger, main: MainChain, witnesses: Sequence[WitnessClient]
+    ledger: Ledger,
+    main: MainChain,
+    witnesses: Sequence[WitnessClient],
+    prover: LogProver | None = None,
 ) -> AnchorBlock:
-    """Anchor the ledger's current checkpoint in ``main``; the new block.
+    """Anchor the ledger's current checkpoint in ``main``; the new block
+    (``prover``: see :func:`cosigned_checkpoint`).
 
     Raises
     ------
     AnchorRefused
         If the witnesses' quorum or the main chain refuses (nothing appended).
     """
-    note, refusals = cosigned_checkpoint(ledger, witnesses, main.policy.quorum)
+    prover = prover or LogProver()
+    note, refusals = cosigned_checkpoint(ledger, witnesses, main.policy.quorum, prover)
     for refusal in refusals:
         log(WARNING, "Anchoring %s: %s", ledger.origin, refusal)
     previous = main.anchors_for(ledger.origin)
     size = int(note.text.split("\n")[1])
     last = previous[-1].checkpoint.size if previous else 0
-    proof = ledger.prove_consistency(last, size) if 0 < last < size else None
+    proof = prover.prove(last, size) if 0 < last < size else None
     return main.anchor(note, log_key_of(ledger), proof)
 
 
@@ -160,6 +168,7 @@ class Anchorer:
         self._size = 0
         self._time = 0.0
         self.anchored: list[AnchorBlock] = []
+        self._prover = LogProver()
         self.failures: list[str] = []
 
     def due(self, size: int, time: float) -> bool:
@@ -184,7 +193,7 @@ class Anchorer:
         if size == self._size and self.anchored:
             return None
         try:
-            block = anchor_ledger(ledger, self.main, self.witnesses)
+            block = anchor_ledger(ledger, self.main, self.witnesses, self._prover)
         except (AnchorRefused, MainChainError, LedgerError, sqlite3.Error) as exc:
             log(
                 WARNING,
@@ -244,20 +253,32 @@ def check_anchored(
         key = log_key or log_key_of(ledger)
         hashes = ledger.block_hashes()
         anchors = main.anchors_for(ledger.origin)
+        roots = _roots_at(hashes, [block.checkpoint.size for block in anchors])
         for count, block in enumerate(anchors):
             where = f"anchored checkpoint at main-chain height {block.height}"
             try:
                 found = check_anchor(block, main.policy, key)
-                check_against_ledger(found.checkpoint, ledger.origin, hashes)
             except AnchorError as exc:
                 return AnchoredReport(False, count, f"{where}: {exc}")
-            except CheckpointMismatch as exc:
+            size, root = found.checkpoint.size, found.checkpoint.root
+            problem = None
+            if size > len(hashes):
+                problem = (
+                    f"ledger has {len(hashes)} blocks, the checkpoint {size}: "
+                    "blocks were removed"
+                )
+            elif roots[size] != root:
+                problem = (
+                    f"the ledger's first {size} blocks have root "
+                    f"{roots[size].hex()}, the checkpoint {root.hex()}: blocks "
+                    "were rewritten"
+                )
+            if problem is not None:
                 return AnchoredReport(
                     False,
                     count,
-                    f"the ledger contradicts the {where} (size "
-                    f"{found.checkpoint.size}, cosigned by "
-                    f"{', '.join(found.cosigners)}): {exc}",
+                    f"the ledger contradicts the {where} (size {size}, cosigned "
+                    f"by {', '.join(found.cosigners)}): {problem}",
                 )
     if not anchors:
         return AnchoredReport(
@@ -272,3 +293,16 @@ def check_anchored(
         f"cosigned by {main.policy.quorum} of {len(main.policy.witnesses)} policy "
         "witnesses",
     )
+
+
+def _roots_at(hashes: Sequence[str], sizes: Sequence[int]) -> dict[int, bytes]:
+    """The log's root at each of ``sizes`` (those it reaches), in one pass."""
+    roots: dict[int, bytes] = {}
+    frontier = LogFrontier()
+    for size in sorted(set(sizes)):
+        if size > len(hashes):
+            break
+        for digest in hashes[frontier.size : size]:
+            frontier.append(digest)
+        roots[size] = frontier.root()
+    return roots
