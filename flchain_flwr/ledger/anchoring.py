@@ -52,6 +52,7 @@ def cosigned_checkpoint(
     witnesses: Sequence[WitnessClient],
     quorum: int,
     prover: LogProver | None = None,
+    sizes: dict[int, int] | None = None,
 ) -> tuple[SignedNote, list[str]]:
     """The ledger's current checkpoint with every cosignature the witnesses
     give, and the refusals (``"<witness>: <reason>"``).
@@ -59,8 +60,12 @@ def cosigned_checkpoint(
     Each witness gets a request from the size it reports having cosigned (a
     first try from size 0 learns it: tlog-witness's 409 answer). Raises
     ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover`` (kept
-    between calls) makes the proofs; a new one by default.
+    between calls) makes the proofs; ``sizes`` (kept between calls too) holds
+    the size each witness, by index, last cosigned, so the first try is
+    usually right.
     """
+    if sizes is None:
+        sizes = {}
     key = log_key_of(ledger)
     if prover is None:
         prover = LogProver()
@@ -74,7 +79,7 @@ def cosigned_checkpoint(
         ) from None
     signed, refusals = note, []
     for index, witness in enumerate(witnesses):
-        old = 0
+        old = sizes.get(index, 0) if sizes.get(index, 0) <= checkpoint.size else 0
         for _ in range(2):
             request = CosignRequest(
                 old,
@@ -96,6 +101,7 @@ def cosigned_checkpoint(
                 refusals.append(f"witness {index}: {exc}")
                 break
             signed = add_cosignature(signed, line)
+            sizes[index] = checkpoint.size
             break
     count = len(signed.signatures) - len(note.signatures)
     if count < quorum:
@@ -111,9 +117,10 @@ def anchor_ledger(
     main: MainChain,
     witnesses: Sequence[WitnessClient],
     prover: LogProver | None = None,
+    sizes: dict[int, int] | None = None,
 ) -> AnchorBlock:
     """Anchor the ledger's current checkpoint in ``main``; the new block
-    (``prover``: see :func:`cosigned_checkpoint`).
+    (``prover``, ``sizes``: see :func:`cosigned_checkpoint`).
 
     Raises
     ------
@@ -169,6 +176,7 @@ class Anchorer:
         self._time = 0.0
         self.anchored: list[AnchorBlock] = []
         self._prover = LogProver()
+        self._sizes: dict[int, int] = {}
         self.failures: list[str] = []
 
     def due(self, size: int, time: float) -> bool:
@@ -193,7 +201,9 @@ class Anchorer:
         if size == self._size and self.anchored:
             return None
         try:
-            block = anchor_ledger(ledger, self.main, self.witnesses, self._prover)
+            block = anchor_ledger(
+                ledger, self.main, self.witnesses, self._prover, self._sizes
+            )
         except (AnchorRefused, MainChainError, LedgerError, sqlite3.Error) as exc:
             log(
                 WARNING,
