@@ -226,6 +226,14 @@ class Witness:
         """The witness's public cosigner key."""
         return cosigner_of(self._signer)
 
+    def sign_identity(self, message: bytes) -> bytes:
+        """The witness key's Ed25519 signature of ``message``, to prove it holds
+        the key; never of a message a cosignature could be (domain separation).
+        """
+        if message.startswith(b"cosignature/"):
+            raise WitnessError("refusing to sign a message in the cosignature domain")
+        return bytes(self._signer.signing_key.sign(message).signature)
+
     def latest(self, origin: str) -> Checkpoint | None:
         """The last checkpoint cosigned for ``origin`` (``None`` if none)."""
         log = self._logs().get(origin)
