@@ -39,11 +39,19 @@ class WitnessClient(Protocol):
         ...
 
 
+def ledger_size(ledger: Ledger) -> int:
+    """How many blocks the ledger holds (by its primary key: no table scan)."""
+    row = ledger.db.execute("SELECT MAX(height) FROM blocks").fetchone()
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
 def log_key_of(ledger: Ledger) -> VerifierKey:
     """The ledger's checkpoint key: its genesis leader's, named after its origin."""
-    if len(ledger) == 0:
-        raise LedgerError(f"{ledger.path} has no blocks: nothing to anchor")
-    leader = str(ledger.block(0).header["leader"])
+    try:
+        genesis = ledger.block(0)
+    except LedgerError:
+        raise LedgerError(f"{ledger.path} has no blocks: nothing to anchor") from None
+    leader = str(genesis.header["leader"])
     return VerifierKey(ledger.origin, bytes.fromhex(leader))
 
 
@@ -131,9 +139,9 @@ def anchor_ledger(
     note, refusals = cosigned_checkpoint(ledger, witnesses, main.policy.quorum, prover)
     for refusal in refusals:
         log(WARNING, "Anchoring %s: %s", ledger.origin, refusal)
-    previous = main.anchors_for(ledger.origin)
+    previous = main.last_anchor(ledger.origin)
     size = int(note.text.split("\n")[1])
-    last = previous[-1].checkpoint.size if previous else 0
+    last = previous.checkpoint.size if previous is not None else 0
     proof = prover.prove(last, size) if 0 < last < size else None
     return main.anchor(note, log_key_of(ledger), proof)
 
@@ -190,14 +198,14 @@ class Anchorer:
     def after_block(self, ledger: Ledger, time: float) -> AnchorBlock | None:
         """Anchor if due (a refusal is logged and kept in :attr:`failures`;
         training goes on and the next block tries again)."""
-        if not self.due(len(ledger), time):
+        if not self.due(ledger_size(ledger), time):
             return None
         return self.anchor_now(ledger, time)
 
     def anchor_now(self, ledger: Ledger, time: float) -> AnchorBlock | None:
         """Anchor the ledger's current checkpoint now (unless already anchored
         at this size)."""
-        size = len(ledger)
+        size = ledger_size(ledger)
         if size == self._size and self.anchored:
             return None
         try:

@@ -96,21 +96,21 @@ class MainChain:
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
-        try:
-            self.db = sqlite3.connect(  # used by one thread at a time, any thread
-                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-            genesis = self.block(0)
-        except (sqlite3.Error, MainChainError) as exc:
-            raise MainChainError(f"{self.path} is not a main chain ({exc})") from None
-        if meta.get("format") != "flchain-main/1" or "key" not in meta:
-            self.db.close()
-            raise MainChainError(f"{self.path} is not a main chain (no format/key)")
-        self.chain_id = str(meta["chain_id"])
-        self.public_key = VerifierKey(
-            ledger_origin(self.chain_id), bytes.fromhex(meta["key"])
+        self.db = sqlite3.connect(  # used by one thread at a time, any thread
+            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
         )
+        try:
+            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("format") != "flchain-main/1":
+                raise MainChainError("its format is not flchain-main/1")
+            self.chain_id = str(meta["chain_id"])
+            self.public_key = VerifierKey(
+                ledger_origin(self.chain_id), bytes.fromhex(meta["key"])
+            )
+            genesis = self.block(0)
+        except (sqlite3.Error, MainChainError, KeyError, ValueError) as exc:
+            self.db.close()
+            raise MainChainError(f"{self.path} is not a main chain ({exc})") from None
         if (
             signing_key is not None
             and bytes(signing_key.verify_key) != self.public_key.public_key
@@ -222,6 +222,15 @@ class MainChain:
         ).fetchall()
         return [self._parsed(int(h), (record, digest)) for h, record, digest in rows]
 
+    def last_anchor(self, origin: str) -> AnchorBlock | None:
+        """The latest anchor block of a subchain origin (``None`` if none)."""
+        row = self.db.execute(
+            "SELECT height, record, hash FROM blocks WHERE origin = ? "
+            "ORDER BY height DESC LIMIT 1",
+            (origin,),
+        ).fetchone()
+        return None if row is None else self._parsed(int(row[0]), (row[1], row[2]))
+
     def origins(self) -> list[str]:
         """Every subchain origin anchored here, in order of first anchor."""
         rows = self.db.execute(
@@ -311,10 +320,9 @@ class MainChain:
         checkpoint: Checkpoint,
         consistency: Mapping[str, Any] | None,
     ) -> None:
-        previous = self.anchors_for(checkpoint.origin)
-        if not previous:
+        last = self.last_anchor(checkpoint.origin)
+        if last is None:
             return
-        last = previous[-1]
         if last.log_key != block.log_key:
             raise AnchorRefused(
                 f"{checkpoint.origin} was anchored with key {last.log_key}, not "
