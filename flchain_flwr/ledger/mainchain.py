@@ -35,15 +35,12 @@ from .anchorblock import (
     genesis_record,
     parse_block,
 )
-from .canonical import ZERO_HASH
 from .checkpoint import (
     Checkpoint,
     CheckpointMismatch,
     LogFrontier,
-    check_against_ledger,
     check_consistency,
     ledger_origin,
-    open_checkpoint,
     parse_checkpoint,
     sign_checkpoint,
     write_checkpoint,
@@ -351,49 +348,9 @@ class MainChain:
         AnchorRefused
             Naming the first block or checkpoint that fails.
         """
-        prev = ZERO_HASH
-        last: dict[str, AnchorBlock] = {}
-        count = 0
-        for block in self.blocks():
-            where = f"main-chain block {block.height}"
-            if block.height != count or block.fields["prev_hash"] != prev:
-                raise AnchorRefused(f"{where}: height or prev_hash link broken")
-            if block.fields["chain_id"] != self.chain_id:
-                raise AnchorRefused(f"{where}: belongs to another main chain")
-            if (block.kind == "genesis") != (count == 0):
-                raise AnchorRefused(f"{where}: a {block.kind} block at that height")
-            if block.kind == "anchor":
-                try:
-                    found = check_anchor(block, self.policy)
-                except AnchorError as exc:
-                    raise AnchorRefused(str(exc)) from None
-                before = last.get(found.checkpoint.origin)
-                if before is not None:
-                    if before.log_key != block.log_key:
-                        raise AnchorRefused(f"{where}: the origin's key changed")
-                    try:
-                        check_consistency(
-                            before.checkpoint,
-                            found.checkpoint,
-                            block.fields.get("consistency"),
-                        )
-                    except CheckpointMismatch as exc:
-                        raise AnchorRefused(f"{where}: {exc}") from None
-                last[found.checkpoint.origin] = block
-            prev, count = block.hash, count + 1
-        try:
-            note = checkpoint or parse_note(self.checkpoint_path.read_bytes())
-            signed, _ = open_checkpoint(note, [self.public_key])
-            check_against_ledger(signed, self.origin, self.block_hashes())
-        except (OSError, ValueError, CheckpointMismatch) as exc:
-            raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
-        return (
-            f"main chain {self.chain_id}: {count} blocks, {len(last)} origins, "
-            f"every anchor signed by its subchain key and cosigned by "
-            f"{self.policy.quorum} of {len(self.policy.witnesses)} policy "
-            f"witnesses, each origin append-only; its checkpoint signed by "
-            f"{self.public_key.encode()} covers {signed.size} blocks"
-        )
+        from .mainverify import verify_main_chain  # here: it imports this module
+
+        return verify_main_chain(self, checkpoint)
 
     # ---------------------------------------------------------- checkpoints
     def signed_checkpoint(self) -> SignedNote:
