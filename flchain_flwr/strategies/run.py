@@ -23,6 +23,7 @@ from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
 from .adaptive import AdaptiveScheduling
+from .anchor import AnchorStage
 from .buffer import UpdateBuffer
 from .carryover import ledger_weight_share, resumed_tuner
 from .downlink import DownlinkSync
@@ -119,6 +120,8 @@ class FedBuffRun:
             )
         if ledger is not None:
             stages.append(ledger)
+            if s.anchor is not None:  # after the ledger: anchors what it wrote
+                stages.append(AnchorStage(ledger.ledger, s.anchor))
         names = state_names(model, s.state_patterns)
         self.pipeline = Pipeline(
             stages, ServerStep(s.server_lr, s.server_momentum, names, s.state_rule)
