@@ -1,0 +1,432 @@
+"""The main chain: a log of anchor blocks, with its own signed checkpoint.
+
+A :class:`MainChain` is an SQLite file of main-chain blocks
+(:mod:`~flchain_flwr.ledger.anchorblock`): a genesis block declaring the
+witness policy, then one anchor block per anchored subchain checkpoint. It
+holds no model data and no update digests: only origins, sizes, roots,
+signatures and cosignatures. Its leaves (block hashes) form an RFC 6962 log
+whose checkpoint the main chain's key signs (origin ``flchain-flwr/<chain
+id>``), so one anchor block's inclusion can be proven offline
+(:meth:`MainChain.prove_anchor`, :func:`~.anchorproof.check_anchor_proof`).
+
+:meth:`MainChain.anchor` appends a block only if the subchain's key signed
+the checkpoint, a quorum of the policy's witnesses cosigned it, the key is
+the one the origin was first anchored with, and the checkpoint is consistent
+with the origin's previous anchor (equal root at equal size; a valid
+consistency proof otherwise). Several processes may anchor into one main
+chain: each append is one SQLite ``BEGIN IMMEDIATE`` transaction.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from nacl.signing import SigningKey
+
+from .anchorblock import (
+    AnchorBlock,
+    AnchorError,
+    AnchorPolicy,
+    anchor_record,
+    check_anchor,
+    genesis_record,
+    parse_block,
+)
+from .canonical import ZERO_HASH
+from .checkpoint import (
+    Checkpoint,
+    CheckpointMismatch,
+    LogFrontier,
+    check_against_ledger,
+    check_consistency,
+    ledger_origin,
+    open_checkpoint,
+    parse_checkpoint,
+    sign_checkpoint,
+    write_checkpoint,
+)
+from .merkle import inclusion_proof
+from .notes import SignedNote, SignerKey, VerifierKey, parse_note
+
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE blocks (height INTEGER PRIMARY KEY, hash TEXT NOT NULL, "
+    "origin TEXT, record BLOB NOT NULL)",
+    "CREATE INDEX blocks_origin ON blocks (origin, height)",
+)
+
+
+class MainChainError(Exception):
+    """A main chain cannot be opened, read or written."""
+
+
+class AnchorRefused(MainChainError):
+    """An anchor was not appended: its checkpoint, signatures or consistency
+    with the origin's previous anchor do not hold (the message says which)."""
+
+
+class MainChain:
+    """A main chain of anchor blocks (open an existing one; see :meth:`create`).
+
+    Parameters
+    ----------
+    path : str | Path
+        The SQLite file.
+    signing_key : nacl.signing.SigningKey, optional
+        The main chain's key: needed to anchor and to sign checkpoints; it must
+        be the one the chain was created with. Readers need none.
+    checkpoint_path : str | Path, optional
+        Where each anchor writes the main chain's signed checkpoint (default
+        ``<path>.checkpoint``).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        signing_key: SigningKey | None = None,
+        checkpoint_path: str | Path | None = None,
+    ) -> None:
+        self.path = Path(path).resolve()
+        if not self.path.is_file():
+            raise MainChainError(f"no main chain at {self.path}")
+        self.checkpoint_path = Path(
+            checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
+        )
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            genesis = self.block(0)
+        except (sqlite3.Error, MainChainError) as exc:
+            raise MainChainError(f"{self.path} is not a main chain ({exc})") from None
+        if meta.get("format") != "flchain-main/1" or "key" not in meta:
+            self.db.close()
+            raise MainChainError(f"{self.path} is not a main chain (no format/key)")
+        self.chain_id = str(meta["chain_id"])
+        self.public_key = VerifierKey(
+            ledger_origin(self.chain_id), bytes.fromhex(meta["key"])
+        )
+        if (
+            signing_key is not None
+            and bytes(signing_key.verify_key) != self.public_key.public_key
+        ):
+            self.db.close()
+            raise MainChainError(f"{self.path}: that is not the main chain's key")
+        self._signing_key = signing_key
+        try:
+            self.policy = AnchorPolicy.from_json(genesis.fields["policy"])
+        except AnchorError as exc:
+            raise MainChainError(f"{self.path}: genesis policy: {exc}") from None
+
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        chain_id: str,
+        policy: AnchorPolicy,
+        signing_key: SigningKey,
+        checkpoint_path: str | Path | None = None,
+    ) -> MainChain:
+        """Create a main chain with its genesis block (policy) and checkpoint.
+
+        Raises
+        ------
+        MainChainError
+            If ``path`` exists or the chain id cannot be an origin.
+        """
+        target = Path(path)
+        if target.exists():
+            raise MainChainError(f"{target} exists already")
+        try:
+            ledger_origin(chain_id)
+        except ValueError as exc:
+            raise MainChainError(str(exc)) from None
+        target.parent.mkdir(parents=True, exist_ok=True)
+        record = genesis_record(chain_id, policy)
+        db = sqlite3.connect(target, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                db.execute(statement)
+            meta = {
+                "format": "flchain-main/1",
+                "chain_id": chain_id,
+                "key": bytes(signing_key.verify_key).hex(),
+            }
+            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+            genesis = parse_block(record, 0)
+            db.execute(
+                "INSERT INTO blocks VALUES (0, ?, NULL, ?)", (genesis.hash, record)
+            )
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        chain = cls(path, signing_key=signing_key, checkpoint_path=checkpoint_path)
+        chain._write_checkpoint()
+        return chain
+
+    # ----------------------------------------------------------------- reading
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    def __enter__(self) -> MainChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
+
+    @property
+    def origin(self) -> str:
+        """The main chain's checkpoint origin (and its key's name)."""
+        return self.public_key.name
+
+    def block(self, height: int) -> AnchorBlock:
+        """The block at ``height``; ``MainChainError`` if there is none or it
+        is malformed."""
+        row = self.db.execute(
+            "SELECT record, hash FROM blocks WHERE height = ?", (height,)
+        ).fetchone()
+        if row is None:
+            raise MainChainError(f"no main-chain block at height {height}")
+        return self._parsed(height, row)
+
+    def blocks(self) -> Iterator[AnchorBlock]:
+        """Every block, by height."""
+        rows = self.db.execute(
+            "SELECT height, record, hash FROM blocks ORDER BY height"
+        )
+        for height, record, digest in rows.fetchall():
+            yield self._parsed(int(height), (record, digest))
+
+    def block_hashes(self) -> list[str]:
+        """The leaves of the main chain's log, by height."""
+        rows = self.db.execute("SELECT hash FROM blocks ORDER BY height").fetchall()
+        return [str(row[0]) for row in rows]
+
+    def anchors_for(self, origin: str) -> list[AnchorBlock]:
+        """Every anchor block of a subchain origin, oldest first."""
+        rows = self.db.execute(
+            "SELECT height, record, hash FROM blocks WHERE origin = ? ORDER BY height",
+            (origin,),
+        ).fetchall()
+        return [self._parsed(int(h), (record, digest)) for h, record, digest in rows]
+
+    def origins(self) -> list[str]:
+        """Every subchain origin anchored here, in order of first anchor."""
+        rows = self.db.execute(
+            "SELECT origin FROM blocks WHERE origin IS NOT NULL "
+            "GROUP BY origin ORDER BY MIN(height)"
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def _parsed(self, height: int, row: tuple[Any, ...]) -> AnchorBlock:
+        try:
+            block = parse_block(bytes(row[0]), height)
+        except AnchorError as exc:
+            raise MainChainError(f"main-chain block {height}: {exc}") from None
+        if block.hash != row[1]:
+            raise MainChainError(f"main-chain block {height}: its hash does not match")
+        return block
+
+    # ---------------------------------------------------------------- anchoring
+    def anchor(
+        self,
+        note: SignedNote | str | bytes,
+        log_key: VerifierKey,
+        consistency: Mapping[str, Any] | None = None,
+    ) -> AnchorBlock:
+        """Append an anchor block for a subchain checkpoint.
+
+        Parameters
+        ----------
+        note : SignedNote | str | bytes
+            The subchain's checkpoint, signed by ``log_key`` and cosigned by at
+            least ``policy.quorum`` policy witnesses.
+        log_key : VerifierKey
+            The subchain's checkpoint key (named after its origin); an origin
+            keeps the key it was first anchored with.
+        consistency : Mapping, optional
+            A consistency proof from the origin's last anchored size to this
+            one (``Ledger.prove_consistency``); needed when both are non-empty
+            and differ.
+
+        Returns
+        -------
+        AnchorBlock
+            The new block.
+
+        Raises
+        ------
+        AnchorRefused
+            If a check fails (nothing is appended).
+        MainChainError
+            If the chain was opened without its signing key.
+        """
+        if self._signing_key is None:
+            raise MainChainError("anchoring needs the main chain's signing key")
+        try:
+            signed = note if isinstance(note, SignedNote) else parse_note(note)
+        except ValueError as exc:
+            raise AnchorRefused(f"not a signed checkpoint: {exc}") from None
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            head = self.db.execute(
+                "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
+            ).fetchone()
+            height, prev_hash = int(head[0]) + 1, str(head[1])
+            record = anchor_record(
+                self.chain_id, height, prev_hash, signed, log_key, consistency
+            )
+            block = parse_block(record, height)
+            try:
+                found = check_anchor(block, self.policy)
+            except AnchorError as exc:
+                raise AnchorRefused(str(exc)) from None
+            self._check_against_previous(block, found.checkpoint, consistency)
+            self.db.execute(
+                "INSERT INTO blocks VALUES (?, ?, ?, ?)",
+                (height, block.hash, block.origin, record),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self._write_checkpoint()
+        return block
+
+    def _check_against_previous(
+        self,
+        block: AnchorBlock,
+        checkpoint: Checkpoint,
+        consistency: Mapping[str, Any] | None,
+    ) -> None:
+        previous = self.anchors_for(checkpoint.origin)
+        if not previous:
+            return
+        last = previous[-1]
+        if last.log_key != block.log_key:
+            raise AnchorRefused(
+                f"{checkpoint.origin} was anchored with key {last.log_key}, not "
+                f"{block.log_key}"
+            )
+        try:
+            check_consistency(last.checkpoint, checkpoint, consistency)
+        except CheckpointMismatch as exc:
+            raise AnchorRefused(
+                f"{checkpoint.origin} at size {checkpoint.size} contradicts its "
+                f"anchor at main-chain height {last.height} (size "
+                f"{last.checkpoint.size}): {exc}"
+            ) from None
+
+    def verify(self, checkpoint: SignedNote | None = None) -> str:
+        """Check the whole main chain; return what was checked.
+
+        Heights and ``prev_hash`` links, the genesis policy, every anchor
+        block (:func:`~.anchorblock.check_anchor`), each origin's anchors
+        consistent with the one before (same key; the stored consistency
+        proof), and the main chain's signed checkpoint (``checkpoint``, else
+        the one at ``checkpoint_path``) against its log.
+
+        Raises
+        ------
+        AnchorRefused
+            Naming the first block or checkpoint that fails.
+        """
+        prev = ZERO_HASH
+        last: dict[str, AnchorBlock] = {}
+        count = 0
+        for block in self.blocks():
+            where = f"main-chain block {block.height}"
+            if block.height != count or block.fields["prev_hash"] != prev:
+                raise AnchorRefused(f"{where}: height or prev_hash link broken")
+            if block.fields["chain_id"] != self.chain_id:
+                raise AnchorRefused(f"{where}: belongs to another main chain")
+            if (block.kind == "genesis") != (count == 0):
+                raise AnchorRefused(f"{where}: a {block.kind} block at that height")
+            if block.kind == "anchor":
+                try:
+                    found = check_anchor(block, self.policy)
+                except AnchorError as exc:
+                    raise AnchorRefused(str(exc)) from None
+                before = last.get(found.checkpoint.origin)
+                if before is not None:
+                    if before.log_key != block.log_key:
+                        raise AnchorRefused(f"{where}: the origin's key changed")
+                    try:
+                        check_consistency(
+                            before.checkpoint,
+                            found.checkpoint,
+                            block.fields.get("consistency"),
+                        )
+                    except CheckpointMismatch as exc:
+                        raise AnchorRefused(f"{where}: {exc}") from None
+                last[found.checkpoint.origin] = block
+            prev, count = block.hash, count + 1
+        try:
+            note = checkpoint or parse_note(self.checkpoint_path.read_bytes())
+            signed, _ = open_checkpoint(note, [self.public_key])
+            check_against_ledger(signed, self.origin, self.block_hashes())
+        except (OSError, ValueError, CheckpointMismatch) as exc:
+            raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
+        return (
+            f"main chain {self.chain_id}: {count} blocks, {len(last)} origins, "
+            f"every anchor signed by its subchain key and cosigned by "
+            f"{self.policy.quorum} of {len(self.policy.witnesses)} policy "
+            f"witnesses, each origin append-only; its checkpoint signed by "
+            f"{self.public_key.encode()} covers {signed.size} blocks"
+        )
+
+    # ---------------------------------------------------------- checkpoints
+    def signed_checkpoint(self) -> SignedNote:
+        """A checkpoint of every block, signed now with the main chain's key."""
+        if self._signing_key is None:
+            raise MainChainError("signing a checkpoint needs the main chain's key")
+        frontier = LogFrontier(self.block_hashes())
+        checkpoint = Checkpoint(self.origin, frontier.size, frontier.root())
+        return sign_checkpoint(checkpoint, [SignerKey(self.origin, self._signing_key)])
+
+    def _write_checkpoint(self) -> None:
+        write_checkpoint(self.checkpoint_path, self.signed_checkpoint())
+
+    def prove_anchor(
+        self, height: int, note: SignedNote | None = None
+    ) -> dict[str, Any]:
+        """A self-contained proof that block ``height`` is in the main chain.
+
+        It holds the genesis record (the policy) and the anchor record, each
+        with an inclusion proof in the log of the checkpoint's size, and the
+        main chain's signed checkpoint (``note``, else a fresh one if the key
+        is held, else the one at ``checkpoint_path``). Check it offline with
+        :func:`~flchain_flwr.ledger.anchorproof.check_anchor_proof`.
+        """
+        if note is None:
+            note = (
+                self.signed_checkpoint()
+                if self._signing_key is not None
+                else parse_note(self.checkpoint_path.read_bytes())
+            )
+        size = parse_checkpoint(note.text).size
+        hashes = self.block_hashes()[:size]
+        if not 0 < height < size:
+            raise MainChainError(
+                f"block {height} is not an anchor block in the checkpoint's "
+                f"{size} blocks"
+            )
+        return {
+            "type": "anchor-in-main",
+            "main_chain": self.chain_id,
+            "genesis": self.block(0).record.decode("utf-8"),
+            "genesis_inclusion": inclusion_proof(hashes, 0),
+            "block": self.block(height).record.decode("utf-8"),
+            "inclusion": inclusion_proof(hashes, height),
+            "checkpoint": str(note),
+        }
