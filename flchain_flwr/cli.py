@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 
+from .cli_model import add_model_commands
 from .ledger import (
     Block,
     InvalidProof,
@@ -356,6 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     rewards.add_argument("--to", dest="end", type=_height)
     rewards.add_argument("--json", action="store_true")
     rewards.set_defaults(func=cmd_rewards)
+    add_model_commands(groups)
     return parser
 
 

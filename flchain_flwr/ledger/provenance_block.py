@@ -85,7 +85,8 @@ def _header(data: bytes, what: str) -> tuple[dict[str, Any], int]:
         loose = parse_canonical(data, 2)
     except NotCanonical:
         loose = None
-    version = BLOCK_FORMATS.get(loose.get("format"), 1) if isinstance(loose, dict) else 1
+    name = loose.get("format") if isinstance(loose, dict) else None
+    version = BLOCK_FORMATS.get(name, 1) if isinstance(name, str) else 1
     try:
         header = parse_canonical(data, version)
     except NotCanonical as exc:
@@ -95,7 +96,9 @@ def _header(data: bytes, what: str) -> tuple[dict[str, Any], int]:
     return header, version
 
 
-def _parsed(block: StoredBlock | None, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _parsed(
+    block: StoredBlock | None, what: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A stored block's header and body, the body checked against the header."""
     if block is None:
         raise BlockCheckFailed(f"the bundle lacks the {what}")
@@ -180,9 +183,7 @@ def check_training_block(
         if leader != publisher:
             raise BlockCheckFailed("outside PoV every block is the publisher's")
         return BlockFindings(height, block.hash, leader, publisher, parent_model, None)
-    return _check_committee(
-        found, header, body, g_body["pov"], parent_model, pool_keys
-    )
+    return _check_committee(found, header, body, g_body["pov"], parent_model, pool_keys)
 
 
 def _check_committee(
@@ -197,7 +198,9 @@ def _check_committee(
         rules = PoVRules.from_json(pov)
         votes_rules = VoteRules.from_genesis(pov)
     except (KeyError, TypeError, ValueError) as exc:
-        raise BlockCheckFailed(f"the genesis declares unusable PoV rules: {exc}") from None
+        raise BlockCheckFailed(
+            f"the genesis declares unusable PoV rules: {exc}"
+        ) from None
     if votes_rules is None:
         raise BlockCheckFailed(
             "the run's votes are format 1 (they do not bind the parent model): "
@@ -234,7 +237,9 @@ def _check_committee(
         applied = {str(u["digest"]): s for u, s in zip(included, shares, strict=True)}
         votes = list(body.get("votes", []))
     except (KeyError, TypeError, ValueError) as exc:
-        raise BlockCheckFailed(f"the block's included updates are malformed: {exc!r}") from None
+        raise BlockCheckFailed(
+            f"the block's included updates are malformed: {exc!r}"
+        ) from None
     counted = set(committee) & set(pool_keys) if pool_keys else set(committee)
     approvals: dict[str, int] = {}
     seen: set[tuple[str, str]] = set()

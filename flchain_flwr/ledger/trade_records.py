@@ -242,7 +242,9 @@ class TradeBook:
         if kind == "purchase":
             offer = self.offers.get(statement["offer"])
             if offer is None:
-                raise TradeRefused("the purchase names an offer the market does not hold")
+                raise TradeRefused(
+                    "the purchase names an offer the market does not hold"
+                )
             cap = offer["terms"].get("max_buyers")
             if cap is not None and self.sold.get(statement["offer"], 0) >= cap:
                 raise TradeRefused(
@@ -255,9 +257,13 @@ class TradeBook:
                     "the receipt names a purchase the market does not hold"
                 )
             if purchase["buyer"] != statement["buyer"]:
-                raise TradeRefused("the receipt is signed by a buyer other than the purchase's")
+                raise TradeRefused(
+                    "the receipt is signed by a buyer other than the purchase's"
+                )
             if self.offers[purchase["offer"]]["model_hash"] != statement["model_hash"]:
-                raise TradeRefused("the receipt is for a model other than the one offered")
+                raise TradeRefused(
+                    "the receipt is for a model other than the one offered"
+                )
             if statement["purchase"] in self.received:
                 raise TradeRefused("the purchase already has a receipt")
         return record_id

@@ -53,8 +53,8 @@ ENTRY_FIELDS: Final = frozenset(
     {"format", "market", "index", "prev", "statement", "signature"}
 )
 _SCHEMA: Final = (
-    "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, "
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, "
     "hash TEXT NOT NULL, record_id TEXT NOT NULL UNIQUE, entry BLOB NOT NULL)",
 )
 
@@ -117,19 +117,23 @@ class TradingChain:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            for statement in _SCHEMA:
-                self.db.execute(statement)
-            stored = self._meta("chain_id")
-            if stored is None and chain_id is not None:
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+            if not tables and chain_id is not None:
                 ledger_origin(chain_id)  # a usable origin, or CheckpointError
+                self.db.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    self.db.execute(statement)
                 self.db.execute(
                     "INSERT INTO meta VALUES ('format', ?), ('chain_id', ?)",
                     (ENTRY_FORMAT, chain_id),
                 )
-                stored = chain_id
+                self.db.execute("COMMIT")
+                tables = {"meta", "entries"}
+            stored = self._meta("chain_id") if {"meta", "entries"} <= tables else None
         except (sqlite3.Error, CheckpointError) as exc:
             raise LedgerError(f"{self.path} is not a trading chain: {exc}") from None
         if stored is None or self._meta("format") != ENTRY_FORMAT:
+            self.db.close()
             raise LedgerError(f"{self.path} is not a trading chain")
         if chain_id is not None and chain_id != stored:
             raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
@@ -254,7 +258,9 @@ class TradingChain:
         ledger's ``prove_consistency``)."""
         hashes = self.block_hashes()
         try:
-            return consistency_proof(hashes, prior, len(hashes) if later is None else later)
+            return consistency_proof(
+                hashes, prior, len(hashes) if later is None else later
+            )
         except ValueError as exc:
             raise LedgerError(str(exc)) from None
 
@@ -283,8 +289,12 @@ class TradingChain:
                 value = parse_canonical(entry.entry, 2)
             except NotCanonical as exc:
                 raise TradeRefused(f"entry {position}: {exc}") from None
-            expected = {"format": ENTRY_FORMAT, "market": self.origin}
-            expected |= {"index": position, "prev": prev}
+            expected: dict[str, object] = {
+                "format": ENTRY_FORMAT,
+                "market": self.origin,
+                "index": position,
+                "prev": prev,
+            }
             problem = _entry_problem(value, expected, entry)
             if problem is None:
                 try:

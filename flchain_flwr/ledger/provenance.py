@@ -1,0 +1,447 @@
+"""Provenance bundles: one file tying a model to the training that made it.
+
+A bundle (RFC 8785 JSON, in the spirit of C2SP ``tlog-proof``) holds::
+
+    {"format": "flchain-provenance/1", "model_hash": <hex>,
+     "training": {"origin": <subchain origin>, "height": h,
+                  "block": {"header", "body", "signature"},
+                  "parent_header": <text, or null at height 0>,
+                  "genesis": {"header", "body", "signature"} or null at 0,
+                  "proof": <c2sp.org/tlog-proof@v1 of block h in the anchored
+                            checkpoint>,
+                  "genesis_proof": <tlog-proof of block 0, or null at 0>},
+     "anchor": <the main chain's anchor-in-main proof of the anchor block
+                holding that checkpoint (MainChain.prove_anchor)>}
+
+:func:`verify_bundle` checks it offline, holding only keys: the main
+chain's checkpoint key (which vouches for the anchor block and for the
+witness policy in the main chain's genesis), optionally witness cosigner keys
+and verifier pool keys. Every byte of a bundle is either checked structure
+(canonical JSON, exact fields) or covered by a hash or signature it checks,
+so a bundle changed anywhere fails. Who can forge an accepted bundle: only
+someone holding the main chain's key and a quorum of witness keys (to anchor
+a false checkpoint), plus, on a PoV chain, a quorum of the committee's keys
+drawn for that block (to approve its updates), or the publisher's key
+outside PoV. The bundle holds the producing block's body (update digests,
+node ids, weights, votes), its parent's header and the genesis block; never
+an update nor any other block.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .anchorblock import AnchorError
+from .anchorproof import check_anchor_proof
+from .canonical import NotCanonical, encode, parse_canonical
+from .chain import Ledger, LedgerError
+from .cosignature import CosignerKey, parse_cosigner_key, verify_cosignatures
+from .mainchain import MainChain
+from .notes import NoteError, VerifierKey, parse_verifier_key
+from .provenance_block import (
+    BlockCheckFailed,
+    BlockFindings,
+    StoredBlock,
+    check_training_block,
+)
+from .tlog_proof import (
+    TlogProofError,
+    check_inclusion,
+    make_tlog_proof,
+    parse_tlog_proof,
+)
+
+BUNDLE_FORMAT: Final = "flchain-provenance/1"
+MAX_BUNDLE_BYTES: Final = 64 << 20
+_TOP: Final = frozenset({"format", "model_hash", "training", "anchor"})
+_TRAINING: Final = frozenset(
+    {"origin", "height", "block", "parent_header", "genesis", "proof", "genesis_proof"}
+)
+_BLOCK: Final = frozenset({"header", "body", "signature"})
+_ANCHOR: Final = frozenset(
+    {
+        "type",
+        "main_chain",
+        "genesis",
+        "genesis_inclusion",
+        "block",
+        "inclusion",
+        "checkpoint",
+    }
+)
+TRUST_ROLES: Final = ("main", "witness", "pool", "publisher")
+
+
+class ProvenanceError(ValueError):
+    """A bundle does not prove what it claims (the message says what failed)."""
+
+
+class BundleMalformed(ProvenanceError):
+    """Not a provenance bundle at all (not canonical JSON, fields missing)."""
+
+
+@dataclass(frozen=True)
+class Trust:
+    """The keys a buyer holds, got out of band."""
+
+    main: VerifierKey
+    witnesses: tuple[CosignerKey, ...] = ()
+    pool: frozenset[str] = frozenset()
+    publisher: str | None = None
+    """The run publisher's hex Ed25519 key, if the buyer knows it."""
+
+
+def parse_trust(entries: Sequence[str]) -> Trust:
+    """Trusted keys from ``role=key`` texts: ``main=<vkey>`` (exactly one),
+    ``witness=<cosigner vkey>``, ``pool=<hex>``, ``publisher=<hex>``.
+
+    Raises
+    ------
+    ValueError
+        If an entry is malformed or there is not exactly one main key.
+    """
+    main: list[VerifierKey] = []
+    witnesses: list[CosignerKey] = []
+    pool: set[str] = set()
+    publisher: str | None = None
+    for entry in entries:
+        role, sep, key = entry.strip().partition("=")
+        if not sep or role not in TRUST_ROLES:
+            raise ValueError(
+                f"trusted key {entry[:40]!r} is not <role>=<key> with role one of "
+                f"{', '.join(TRUST_ROLES)}"
+            )
+        try:
+            if role == "main":
+                main.append(parse_verifier_key(key))
+            elif role == "witness":
+                witnesses.append(parse_cosigner_key(key))
+            elif _is_hex(key.lower(), 64):
+                if role == "pool":
+                    pool.add(key.lower())
+                else:
+                    publisher = key.lower()
+            else:
+                raise ValueError(f"a {role} key is 64 hex digits")
+        except NoteError as exc:
+            raise ValueError(f"trusted {role} key: {exc}") from None
+    if len(main) != 1:
+        raise ValueError(f"give exactly one main=<vkey> trusted key, not {len(main)}")
+    return Trust(main[0], tuple(witnesses), frozenset(pool), publisher)
+
+
+def _is_hex(value: object, length: int) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+# ------------------------------------------------------------------- writing
+def _stored(ledger: Ledger, height: int) -> dict[str, str]:
+    block = ledger.block(height)
+    return {
+        "header": block.header_bytes.decode("utf-8"),
+        "body": block.body_bytes.decode("utf-8"),
+        "signature": block.signature,
+    }
+
+
+def build_bundle(ledger: Ledger, main: MainChain, model_hash: str) -> bytes:
+    """The provenance bundle of the model ``model_hash`` (canonical bytes).
+
+    The block is the first whose header names the model; the checkpoint the
+    first one anchored in ``main`` for the ledger's origin that covers it; the
+    main chain's checkpoint the one on file beside it.
+
+    Raises
+    ------
+    LedgerError
+        If no block names the model, no anchor covers it, or the ledger no
+        longer holds the anchored checkpoint's log.
+    """
+    height = next(
+        (b.height for b in ledger.blocks() if b.header["model_hash"] == model_hash),
+        None,
+    )
+    if height is None:
+        raise LedgerError(f"no block of {ledger.path} names model {model_hash}")
+    anchors = [a for a in main.anchors_for(ledger.origin) if a.checkpoint.size > height]
+    if not anchors:
+        raise LedgerError(
+            f"no checkpoint of {ledger.origin} anchored in {main.path} covers "
+            f"block {height} yet: anchor the subchain first"
+        )
+    anchor = anchors[0]
+    leaves = [bytes.fromhex(h) for h in ledger.block_hashes()[: anchor.checkpoint.size]]
+    try:
+        proof = make_tlog_proof(leaves, height, anchor.note)
+        genesis_proof = make_tlog_proof(leaves, 0, anchor.note) if height else None
+    except TlogProofError as exc:
+        raise LedgerError(
+            f"{ledger.path} no longer holds its checkpoint anchored at main-chain "
+            f"height {anchor.height}: {exc}"
+        ) from None
+    training = {
+        "origin": ledger.origin,
+        "height": height,
+        "block": _stored(ledger, height),
+        "parent_header": ledger.block(height - 1).header_bytes.decode("utf-8")
+        if height
+        else None,
+        "genesis": _stored(ledger, 0) if height else None,
+        "proof": proof.text(),
+        "genesis_proof": None if genesis_proof is None else genesis_proof.text(),
+    }
+    bundle = {
+        "format": BUNDLE_FORMAT,
+        "model_hash": model_hash,
+        "training": training,
+        "anchor": main.prove_anchor(anchor.height),
+    }
+    return encode(2, bundle)
+
+
+# ----------------------------------------------------------------- checking
+@dataclass(frozen=True)
+class ProvenanceReport:
+    """What :func:`verify_bundle` established, and under which keys."""
+
+    origin: str
+    block: BlockFindings
+    model_hash: str
+    checked: tuple[str, ...]
+    not_checked: tuple[str, ...]
+
+    def __str__(self) -> str:
+        b = self.block
+        who = (
+            f"committee {', '.join(b.committee)} (leader {b.leader})"
+            if b.committee is not None
+            else f"no committee: signed by {b.leader}"
+        )
+        lines = [
+            f"model {self.model_hash}",
+            f"run (origin): {self.origin}",
+            f"block: height {b.height}, hash {b.block_hash}",
+            f"produced by: {who}",
+            "checked:",
+            *(f"  - {line}" for line in self.checked),
+            "not checked:",
+            *(f"  - {line}" for line in self.not_checked),
+        ]
+        return "\n".join(lines)
+
+
+def _fields(value: Any, expected: frozenset[str], what: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or set(value) != expected:
+        raise BundleMalformed(
+            f"the {what} must have exactly the fields {sorted(expected)}"
+        )
+    return value
+
+
+def _text(value: Any, what: str, *, optional: bool = False) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BundleMalformed(f"the {what} must be a string")
+    return value
+
+
+def _stored_block(value: Any, what: str) -> StoredBlock | None:
+    if value is None:
+        return None
+    fields = _fields(value, _BLOCK, what)
+    parts = [_text(fields[n], f"{what} {n}") for n in ("header", "body", "signature")]
+    header, body, signature = (str(p) for p in parts)
+    return StoredBlock(header.encode("utf-8"), body.encode("utf-8"), signature)
+
+
+def _inclusion(text: Any, what: str, note: str, index: int, leaf: str) -> None:
+    proof_text = _text(text, what)
+    try:
+        proof = parse_tlog_proof(str(proof_text))
+        if str(proof.note) != note:
+            raise ProvenanceError(f"the {what}'s checkpoint is not the anchored one")
+        if proof.index != index:
+            raise ProvenanceError(f"the {what} is for leaf {proof.index}, not {index}")
+        check_inclusion(proof, bytes.fromhex(leaf))
+    except TlogProofError as exc:
+        raise ProvenanceError(f"{what}: {exc}") from None
+
+
+# pylint: disable=too-many-locals
+def verify_bundle(
+    data: bytes, trust: Trust, model: bytes | None = None
+) -> ProvenanceReport:
+    """Check a provenance bundle offline (see the module's docstring).
+
+    Parameters
+    ----------
+    data : bytes
+        The bundle file's bytes.
+    trust : Trust
+        The keys the buyer holds.
+    model : bytes, optional
+        The model file (a model blob): it must hash to the bundle's model.
+
+    Raises
+    ------
+    BundleMalformed
+        If it is not a bundle at all.
+    ProvenanceError
+        If any check fails; the message says which.
+    """
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise BundleMalformed(
+            f"{len(data)} bytes: a bundle has at most {MAX_BUNDLE_BYTES}"
+        )
+    try:
+        bundle = _fields(parse_canonical(data, 2), _TOP, "bundle")
+    except (NotCanonical, RecursionError) as exc:
+        raise BundleMalformed(f"not a canonical provenance bundle: {exc}") from None
+    if bundle["format"] != BUNDLE_FORMAT:
+        raise BundleMalformed(f"the bundle's format is not {BUNDLE_FORMAT!r}")
+    model_hash = bundle["model_hash"]
+    if not _is_hex(model_hash, 64):
+        raise BundleMalformed("the bundle's model_hash is not a SHA-256 hex digest")
+    checked = []
+    if model is not None:
+        actual = hashlib.sha256(model).hexdigest()
+        if actual != model_hash:
+            raise ProvenanceError(
+                f"the model file hashes to {actual}; the bundle is about {model_hash}"
+            )
+        checked.append(f"the model file hashes to {model_hash}")
+    training = _fields(bundle["training"], _TRAINING, "training part")
+    anchor_proof = _fields(bundle["anchor"], _ANCHOR, "anchor part")
+    try:
+        anchored = check_anchor_proof(anchor_proof, trust.main)
+    except (AnchorError, NoteError, KeyError, TypeError, ValueError) as exc:
+        raise ProvenanceError(f"anchor: {exc}") from None
+    if anchor_proof["main_chain"] != anchored.block.fields["chain_id"]:
+        raise ProvenanceError("anchor: the proof names another main chain")
+    checked.append(
+        f"main chain {trust.main.name}: its checkpoint of {anchored.main_size} "
+        f"blocks is signed by the trusted key {trust.main}"
+    )
+    checked.append(
+        f"main-chain block {anchored.block.height} (a leaf of that checkpoint) "
+        f"anchors {anchored.check.checkpoint.origin} at size "
+        f"{anchored.check.checkpoint.size}, root "
+        f"{anchored.check.checkpoint.root.hex()}"
+    )
+    checked.append(_witness_line(anchored, trust))
+    origin = anchored.check.checkpoint.origin
+    if training["origin"] != origin:
+        raise ProvenanceError(
+            f"the bundle names run {str(training['origin'])[:80]!r}; the anchor "
+            f"is of {origin!r}"
+        )
+    note = str(anchored.block.fields["checkpoint"])
+    block = _stored_block(training["block"], "training block")
+    genesis = _stored_block(training["genesis"], "genesis block")
+    parent = _text(training["parent_header"], "parent header", optional=True)
+    height = training["height"]
+    assert block is not None
+    if isinstance(height, bool) or not isinstance(height, int):
+        raise BundleMalformed("the training height must be an integer")
+    _inclusion(training["proof"], "block proof", note, height, block.hash)
+    if height > 0:
+        if genesis is None:
+            raise ProvenanceError("the bundle lacks the run's genesis block")
+        _inclusion(training["genesis_proof"], "genesis proof", note, 0, genesis.hash)
+    elif training["genesis_proof"] is not None or genesis is not None:
+        raise ProvenanceError("a bundle of a genesis model carries no second genesis")
+    try:
+        found = check_training_block(
+            block,
+            None if parent is None else parent.encode("utf-8"),
+            genesis,
+            model_hash,
+            trust.pool,
+        )
+    except BlockCheckFailed as exc:
+        raise ProvenanceError(f"training block: {exc}") from None
+    log_key = anchored.check.log_key
+    if log_key.public_key.hex() != found.publisher:
+        raise ProvenanceError(
+            f"the anchored checkpoint is signed by {log_key}, the run's genesis by "
+            f"{found.publisher}: not the same publisher"
+        )
+    if trust.publisher is not None and trust.publisher != found.publisher:
+        raise ProvenanceError(
+            f"the run's publisher is {found.publisher}, not the trusted "
+            f"{trust.publisher}"
+        )
+    checked.extend(_training_lines(found, origin, log_key, trust))
+    return ProvenanceReport(origin, found, model_hash, tuple(checked), _NOT_CHECKED)
+
+
+_NOT_CHECKED: Final = (
+    "that the model is the aggregation of the block's included updates over "
+    "its parent (that needs the updates: `flchain ledger verify --replay` by "
+    "someone with access to the run)",
+    "the updates themselves, and every block of the run but this one, its "
+    "parent's header and the genesis block",
+)
+
+
+def _witness_line(anchored: Any, trust: Trust) -> str:
+    policy = anchored.policy
+    line = (
+        f"the main chain's genesis policy (vouched for by the main key) needs "
+        f"{policy.quorum} of {len(policy.witnesses)} witnesses; cosigned by "
+        f"{', '.join(anchored.check.cosigners)}"
+    )
+    if not trust.witnesses:
+        return line + " (you gave no witness keys: the policy's keys were used)"
+    try:
+        mine = verify_cosignatures(anchored.block.note, trust.witnesses)
+    except NoteError as exc:
+        raise ProvenanceError(f"anchor: {exc}") from None
+    if len(mine) < policy.quorum:
+        raise ProvenanceError(
+            f"anchor: {len(mine)} of the witness keys you trust cosigned; the "
+            f"quorum is {policy.quorum}"
+        )
+    return line + f"; {len(mine)} of them are witness keys you trust"
+
+
+def _training_lines(
+    found: BlockFindings, origin: str, log_key: VerifierKey, trust: Trust
+) -> list[str]:
+    publisher = (
+        "the trusted publisher key"
+        if trust.publisher is not None
+        else "you gave no publisher key: this names the run, it does not say who ran it"
+    )
+    lines = [
+        f"the anchored checkpoint of {origin} is signed by {log_key}, the key "
+        f"that signed the run's genesis block ({publisher})",
+        f"block {found.height} (hash {found.block_hash}) and the genesis block "
+        "are leaves of that checkpoint (RFC 6962 inclusion proofs)",
+        f"block {found.height}'s header names the model and is signed by its "
+        f"leader {found.leader}",
+    ]
+    if found.committee is None:
+        lines.append(
+            "the genesis model: no committee judged it"
+            if found.height == 0
+            else "no PoV committee: the publisher's key alone vouches for the block"
+        )
+        return lines
+    lines.append(
+        f"the committee ({len(found.committee)} members) is the draw from the "
+        f"genesis pool for the block's parent and view; every vote is signed for "
+        f"this chain, height, parent block {found.height - 1}, parent model "
+        f"{found.parent_model} and the genesis rule, at the share applied; each "
+        f"of the {found.included} included updates has at least {found.quorum} "
+        f"approvals, counting {found.counted}"
+    )
+    return lines
