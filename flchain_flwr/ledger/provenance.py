@@ -30,22 +30,31 @@ an update nor any other block.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from .anchorblock import AnchorError
 from .anchorproof import check_anchor_proof
 from .canonical import NotCanonical, encode, parse_canonical
 from .chain import Ledger, LedgerError
-from .cosignature import CosignerKey, parse_cosigner_key, verify_cosignatures
 from .mainchain import MainChain
-from .notes import NoteError, VerifierKey, parse_verifier_key
+from .notes import NoteError
 from .provenance_block import (
     BlockCheckFailed,
-    BlockFindings,
     StoredBlock,
     check_training_block,
+)
+from .provenance_report import (
+    NOT_CHECKED,
+    ProvenanceReport,
+    training_lines,
+    witness_line,
+)
+from .provenance_trust import (
+    TRUST_ROLES,
+    BundleMalformed,
+    ProvenanceError,
+    Trust,
+    parse_trust,
 )
 from .tlog_proof import (
     TlogProofError,
@@ -53,6 +62,18 @@ from .tlog_proof import (
     make_tlog_proof,
     parse_tlog_proof,
 )
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "TRUST_ROLES",
+    "BundleMalformed",
+    "ProvenanceError",
+    "ProvenanceReport",
+    "Trust",
+    "build_bundle",
+    "parse_trust",
+    "verify_bundle",
+]
 
 BUNDLE_FORMAT: Final = "flchain-provenance/1"
 MAX_BUNDLE_BYTES: Final = 64 << 20
@@ -72,73 +93,6 @@ _ANCHOR: Final = frozenset(
         "checkpoint",
     }
 )
-TRUST_ROLES: Final = ("main", "witness", "pool", "publisher")
-
-
-class ProvenanceError(ValueError):
-    """A bundle does not prove what it claims (the message says what failed)."""
-
-
-class BundleMalformed(ProvenanceError):
-    """Not a provenance bundle at all (not canonical JSON, fields missing)."""
-
-
-@dataclass(frozen=True)
-class Trust:
-    """The keys a buyer holds, got out of band."""
-
-    main: VerifierKey
-    witnesses: tuple[CosignerKey, ...] = ()
-    pool: frozenset[str] = frozenset()
-    publisher: str | None = None
-    """The run publisher's hex Ed25519 key, if the buyer knows it."""
-
-
-def parse_trust(entries: Sequence[str]) -> Trust:
-    """Trusted keys from ``role=key`` texts: ``main=<vkey>`` (exactly one),
-    ``witness=<cosigner vkey>``, ``pool=<hex>``, ``publisher=<hex>``.
-
-    Raises
-    ------
-    ValueError
-        If an entry is malformed or there is not exactly one main key.
-    """
-    main: list[VerifierKey] = []
-    witnesses: list[CosignerKey] = []
-    pool: set[str] = set()
-    publisher: str | None = None
-    for entry in entries:
-        role, sep, key = entry.strip().partition("=")
-        if not sep or role not in TRUST_ROLES:
-            raise ValueError(
-                f"trusted key {entry[:40]!r} is not <role>=<key> with role one of "
-                f"{', '.join(TRUST_ROLES)}"
-            )
-        try:
-            if role == "main":
-                main.append(parse_verifier_key(key))
-            elif role == "witness":
-                witnesses.append(parse_cosigner_key(key))
-            elif _is_hex(key.lower(), 64):
-                if role == "pool":
-                    pool.add(key.lower())
-                else:
-                    publisher = key.lower()
-            else:
-                raise ValueError(f"a {role} key is 64 hex digits")
-        except NoteError as exc:
-            raise ValueError(f"trusted {role} key: {exc}") from None
-    if len(main) != 1:
-        raise ValueError(f"give exactly one main=<vkey> trusted key, not {len(main)}")
-    return Trust(main[0], tuple(witnesses), frozenset(pool), publisher)
-
-
-def _is_hex(value: object, length: int) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) == length
-        and all(c in "0123456789abcdef" for c in value)
-    )
 
 
 # ------------------------------------------------------------------- writing
@@ -207,34 +161,12 @@ def build_bundle(ledger: Ledger, main: MainChain, model_hash: str) -> bytes:
 
 
 # ----------------------------------------------------------------- checking
-@dataclass(frozen=True)
-class ProvenanceReport:
-    """What :func:`verify_bundle` established, and under which keys."""
-
-    origin: str
-    block: BlockFindings
-    model_hash: str
-    checked: tuple[str, ...]
-    not_checked: tuple[str, ...]
-
-    def __str__(self) -> str:
-        b = self.block
-        who = (
-            f"committee {', '.join(b.committee)} (leader {b.leader})"
-            if b.committee is not None
-            else f"no committee: signed by {b.leader}"
-        )
-        lines = [
-            f"model {self.model_hash}",
-            f"run (origin): {self.origin}",
-            f"block: height {b.height}, hash {b.block_hash}",
-            f"produced by: {who}",
-            "checked:",
-            *(f"  - {line}" for line in self.checked),
-            "not checked:",
-            *(f"  - {line}" for line in self.not_checked),
-        ]
-        return "\n".join(lines)
+def _is_hex(value: object, length: int) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c in "0123456789abcdef" for c in value)
+    )
 
 
 def _fields(value: Any, expected: frozenset[str], what: str) -> dict[str, Any]:
@@ -336,7 +268,7 @@ def verify_bundle(
         f"{anchored.check.checkpoint.size}, root "
         f"{anchored.check.checkpoint.root.hex()}"
     )
-    checked.append(_witness_line(anchored, trust))
+    checked.append(witness_line(anchored, trust))
     origin = anchored.check.checkpoint.origin
     if training["origin"] != origin:
         raise ProvenanceError(
@@ -379,69 +311,5 @@ def verify_bundle(
             f"the run's publisher is {found.publisher}, not the trusted "
             f"{trust.publisher}"
         )
-    checked.extend(_training_lines(found, origin, log_key, trust))
-    return ProvenanceReport(origin, found, model_hash, tuple(checked), _NOT_CHECKED)
-
-
-_NOT_CHECKED: Final = (
-    "that the model is the aggregation of the block's included updates over "
-    "its parent (that needs the updates: `flchain ledger verify --replay` by "
-    "someone with access to the run)",
-    "the updates themselves, and every block of the run but this one, its "
-    "parent's header and the genesis block",
-)
-
-
-def _witness_line(anchored: Any, trust: Trust) -> str:
-    policy = anchored.policy
-    line = (
-        f"the main chain's genesis policy (vouched for by the main key) needs "
-        f"{policy.quorum} of {len(policy.witnesses)} witnesses; cosigned by "
-        f"{', '.join(anchored.check.cosigners)}"
-    )
-    if not trust.witnesses:
-        return line + " (you gave no witness keys: the policy's keys were used)"
-    try:
-        mine = verify_cosignatures(anchored.block.note, trust.witnesses)
-    except NoteError as exc:
-        raise ProvenanceError(f"anchor: {exc}") from None
-    if len(mine) < policy.quorum:
-        raise ProvenanceError(
-            f"anchor: {len(mine)} of the witness keys you trust cosigned; the "
-            f"quorum is {policy.quorum}"
-        )
-    return line + f"; {len(mine)} of them are witness keys you trust"
-
-
-def _training_lines(
-    found: BlockFindings, origin: str, log_key: VerifierKey, trust: Trust
-) -> list[str]:
-    publisher = (
-        "the trusted publisher key"
-        if trust.publisher is not None
-        else "you gave no publisher key: this names the run, it does not say who ran it"
-    )
-    lines = [
-        f"the anchored checkpoint of {origin} is signed by {log_key}, the key "
-        f"that signed the run's genesis block ({publisher})",
-        f"block {found.height} (hash {found.block_hash}) and the genesis block "
-        "are leaves of that checkpoint (RFC 6962 inclusion proofs)",
-        f"block {found.height}'s header names the model and is signed by its "
-        f"leader {found.leader}",
-    ]
-    if found.committee is None:
-        lines.append(
-            "the genesis model: no committee judged it"
-            if found.height == 0
-            else "no PoV committee: the publisher's key alone vouches for the block"
-        )
-        return lines
-    lines.append(
-        f"the committee ({len(found.committee)} members) is the draw from the "
-        f"genesis pool for the block's parent and view; every vote is signed for "
-        f"this chain, height, parent block {found.height - 1}, parent model "
-        f"{found.parent_model} and the genesis rule, at the share applied; each "
-        f"of the {found.included} included updates has at least {found.quorum} "
-        f"approvals, counting {found.counted}"
-    )
-    return lines
+    checked.extend(training_lines(found, origin, log_key, trust))
+    return ProvenanceReport(origin, found, model_hash, tuple(checked), NOT_CHECKED)

@@ -139,6 +139,9 @@ class TradingChain:
             raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
         self.chain_id: str = stored
         self.origin: str = ledger_origin(stored)
+        self._cached: tuple[tuple[int, str], TradeBook] | None = None
+        """The book after the entries it names (count, last hash): checked
+        once, extended by each append of this process."""
 
     def close(self) -> None:
         """Close the database."""
@@ -203,10 +206,13 @@ class TradingChain:
         """
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            book = self.book()
-            record_id = book.check(statement, signature)
             hashes = self.block_hashes()
             self._check_signed_log(hashes)
+            key = (len(hashes), hashes[-1] if hashes else ZERO_HASH)
+            if self._cached is None or self._cached[0] != key:
+                self._cached = (key, self.book())
+            book = self._cached[1]
+            record_id = book.check(statement, signature)
             index = len(hashes)
             entry = encode(
                 2,
@@ -228,6 +234,8 @@ class TradingChain:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        book.record(statement, record_id)
+        self._cached = ((index + 1, digest), book)
         frontier = LogFrontier([*hashes, digest])
         note = sign_checkpoint(
             Checkpoint(self.origin, frontier.size, frontier.root()),
