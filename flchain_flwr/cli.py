@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     rewards.add_argument("--to", dest="end", type=_height)
     rewards.add_argument("--json", action="store_true")
     rewards.set_defaults(func=cmd_rewards)
+    from .cli_anchor import add_anchor_commands  # here: cli_anchor imports cli
+
+    add_anchor_commands(groups, verify)
     add_model_commands(groups)
     return parser
 

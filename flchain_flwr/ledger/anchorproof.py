@@ -32,7 +32,7 @@ from .anchorblock import (
     parse_block,
 )
 from .checkpoint import CheckpointError, ledger_origin, open_checkpoint
-from .merkle import InvalidProof, proof_field, verify_proof
+from .merkle import InvalidProof, MalformedProof, proof_field, verify_proof
 from .notes import NoteError, VerifierKey
 
 
@@ -73,8 +73,10 @@ def check_anchor_proof(
 
     Raises
     ------
+    MalformedProof
+        If it is not an anchor proof at all (a field missing or mistyped).
     AnchorError
-        If anything fails; the message says what.
+        If it does not hold; the message says what.
     """
     try:
         if proof_field(proof, "type", str) != "anchor-in-main":
@@ -105,6 +107,8 @@ def check_anchor_proof(
             records.append(block)
     except (NoteError, CheckpointError) as exc:
         raise AnchorError(f"main-chain checkpoint: {exc}") from None
+    except MalformedProof:  # not a proof at all: the caller's bad input
+        raise
     except InvalidProof as exc:
         raise AnchorError(f"inclusion proof: {exc}") from None
     genesis, block = records

@@ -97,7 +97,9 @@ class MainChain:
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            self.db = sqlite3.connect(  # used by one thread at a time, any thread
+                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
+            )
             meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
             genesis = self.block(0)
         except (sqlite3.Error, MainChainError) as exc:

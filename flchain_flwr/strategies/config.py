@@ -8,6 +8,7 @@ from typing import TypeVar
 
 from ..ledger import Ledger
 from .adaptive import AdaptiveScheduling, ConfigAdjuster
+from .anchor import anchorer_from_run_config
 from .bafl import bafl_local_work
 from .fairness import fairness_weighting
 from .fedbuff import FedBuff, MaxStaleness
@@ -57,6 +58,9 @@ def fedbuff_from_run_config(
       keep it off the ledger's disk in deployment) and ``ledger-checkpoint``
       (where each block's signed checkpoint goes, "":
       ``<ledger-path>.checkpoint``);
+      ``anchor-main``, ``anchor-key``, ``anchor-witnesses``, ``anchor-every``,
+      ``anchor-every-seconds``: anchoring in a main chain (see
+      :func:`~flchain_flwr.strategies.anchor.anchorer_from_run_config`);
       ``ledger-durable`` (bool, default true: fsync every block and blob, so
       a power loss loses no committed block; false: only a killed process is
       survived, which is faster).
@@ -142,6 +146,8 @@ def fedbuff_from_run_config(
                 key_path=places.get("ledger-key") or None,
                 checkpoint_path=places.get("ledger-checkpoint") or None,
             )
+    if str(cfg.get("anchor-main", "")):
+        kwargs["anchor"] = anchorer_from_run_config(cfg)
     kwargs.update(overrides)
     return FedBuff(**kwargs)  # type: ignore[arg-type]
 

@@ -29,6 +29,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays
 from ..ledger import Ledger
+from ..ledger.anchoring import Anchorer
 from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..pov.committee import Committee
 from ..protocol import (
@@ -181,6 +182,9 @@ class FedBuff(Strategy):
         the entries that changed since, with their final values, when that is
         smaller than the full model (see :mod:`.downlink`). Pays off when the
         updates are sparse (the DGC mod) and ``server_momentum`` is 0.
+    anchor : Anchorer | None (default: None)
+        Anchor the ledger in a main chain every N blocks or T seconds, and at
+        the end (see :mod:`flchain_flwr.strategies.anchor`); needs ``ledger``.
     """
 
     # pylint: disable=too-many-arguments,too-many-locals
@@ -221,6 +225,7 @@ class FedBuff(Strategy):
         seed: int | None = None,
         poll_interval: float = 0.1,
         downlink: bool = False,
+        anchor: Anchorer | None = None,
     ) -> None:
         for name, value in (
             ("buffer_size", buffer_size),
@@ -292,6 +297,8 @@ class FedBuff(Strategy):
         self.seed = seed
         self.poll_interval = poll_interval
         self.downlink = bool(downlink)
+        _require(anchor is None or ledger is not None, "anchor needs a ledger")
+        self.anchor = anchor
         self._sync = SyncAggregation(self)
         self._sample_rng = random.Random(seed)
         if fraction_evaluate == 0.0:

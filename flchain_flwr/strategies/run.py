@@ -22,6 +22,7 @@ from flwr.supercore import log
 from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
+from .anchor import AnchorStage
 from .buffer import UpdateBuffer
 from .downlink import DownlinkSync
 from .evaluation import (
@@ -115,6 +116,8 @@ class FedBuffRun:
             )
         if ledger is not None:
             stages.append(ledger)
+            if s.anchor is not None:  # after the ledger: anchors what it wrote
+                stages.append(AnchorStage(ledger.ledger, s.anchor))
         names = state_names(model, s.state_patterns)
         self.pipeline = Pipeline(
             stages, ServerStep(s.server_lr, s.server_momentum, names, s.state_rule)

@@ -1,0 +1,308 @@
+"""Anchoring a training ledger (a subchain) in a main chain, and checking it.
+
+:func:`anchor_ledger` takes the ledger's signed checkpoint (the one each append
+writes), asks every witness to cosign it (with a consistency proof from the
+size that witness last cosigned), and appends it to the main chain once a
+quorum of the policy's witnesses did. :class:`Anchorer` does this every N
+blocks or T seconds of (virtual) time; :func:`check_anchored` is
+``flchain ledger verify --anchored-in``: the ledger against every checkpoint
+anchored for its origin.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from logging import WARNING
+from pathlib import Path
+from typing import Protocol
+
+from flwr.supercore import log
+
+from .anchorblock import AnchorBlock, AnchorError, check_anchor
+from .chain import Ledger, LedgerError
+from .checkpoint import CheckpointError, LogFrontier, open_checkpoint
+from .cosignature import add_cosignature
+from .logprover import LogProver
+from .mainchain import AnchorRefused, MainChain, MainChainError
+from .notes import NoteError, NoteSignature, SignedNote, VerifierKey, parse_note
+from .witness import CosignRequest, WitnessRefused
+
+
+class WitnessClient(Protocol):
+    """Anything that answers an ``add-checkpoint`` request: a local
+    :class:`~.witness.Witness`, or a witness SuperNode reached over Flower."""
+
+    def add_checkpoint(self, request: CosignRequest) -> NoteSignature:
+        """The witness's cosignature line, or :class:`~.witness.WitnessRefused`."""
+        ...
+
+
+def log_key_of(ledger: Ledger) -> VerifierKey:
+    """The ledger's checkpoint key: its genesis leader's, named after its origin."""
+    if len(ledger) == 0:
+        raise LedgerError(f"{ledger.path} has no blocks: nothing to anchor")
+    leader = str(ledger.block(0).header["leader"])
+    return VerifierKey(ledger.origin, bytes.fromhex(leader))
+
+
+def cosigned_checkpoint(
+    ledger: Ledger,
+    witnesses: Sequence[WitnessClient],
+    quorum: int,
+    prover: LogProver | None = None,
+) -> tuple[SignedNote, list[str]]:
+    """The ledger's current checkpoint with every cosignature the witnesses
+    give, and the refusals (``"<witness>: <reason>"``).
+
+    Each witness gets a request from the size it reports having cosigned (a
+    first try from size 0 learns it: tlog-witness's 409 answer). Raises
+    ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover`` (kept
+    between calls) makes the proofs; a new one by default.
+    """
+    key = log_key_of(ledger)
+    if prover is None:
+        prover = LogProver()
+    prover.sync(ledger)
+    try:
+        note = parse_note(ledger.checkpoint_path.read_bytes())
+        checkpoint, _ = open_checkpoint(note, [key])
+    except (OSError, NoteError, CheckpointError) as exc:
+        raise AnchorRefused(
+            f"the ledger's checkpoint {ledger.checkpoint_path}: {exc}"
+        ) from None
+    signed, refusals = note, []
+    for index, witness in enumerate(witnesses):
+        old = 0
+        for _ in range(2):
+            request = CosignRequest(
+                old,
+                str(note),
+                prover.prove(old, checkpoint.size)
+                if 0 < old < checkpoint.size
+                else None,
+                key.encode(),
+            )
+            try:
+                line = witness.add_checkpoint(request)
+            except WitnessRefused as exc:
+                if exc.status == 409 and exc.size is not None and exc.size != old:
+                    old = exc.size
+                    continue
+                refusals.append(f"witness {index}: {exc.reason}")
+                break
+            except LedgerError as exc:  # no proof between those sizes
+                refusals.append(f"witness {index}: {exc}")
+                break
+            signed = add_cosignature(signed, line)
+            break
+    count = len(signed.signatures) - len(note.signatures)
+    if count < quorum:
+        raise AnchorRefused(
+            f"{count} witnesses cosigned, the quorum is {quorum}: "
+            + "; ".join(refusals)
+        )
+    return signed, refusals
+
+
+def anchor_ledger(
+    ledger: Ledger,
+    main: MainChain,
+    witnesses: Sequence[WitnessClient],
+    prover: LogProver | None = None,
+) -> AnchorBlock:
+    """Anchor the ledger's current checkpoint in ``main``; the new block
+    (``prover``: see :func:`cosigned_checkpoint`).
+
+    Raises
+    ------
+    AnchorRefused
+        If the witnesses' quorum or the main chain refuses (nothing appended).
+    """
+    prover = prover or LogProver()
+    note, refusals = cosigned_checkpoint(ledger, witnesses, main.policy.quorum, prover)
+    for refusal in refusals:
+        log(WARNING, "Anchoring %s: %s", ledger.origin, refusal)
+    previous = main.anchors_for(ledger.origin)
+    size = int(note.text.split("\n")[1])
+    last = previous[-1].checkpoint.size if previous else 0
+    proof = prover.prove(last, size) if 0 < last < size else None
+    return main.anchor(note, log_key_of(ledger), proof)
+
+
+class Anchorer:
+    """Anchor a ledger every ``every_blocks`` blocks and/or ``every_seconds``
+    of the run's (virtual) time, and once more at the end of a run.
+
+    Parameters
+    ----------
+    main : MainChain
+        The main chain, opened with its signing key.
+    witnesses : Sequence[WitnessClient]
+        The witnesses to ask.
+    every_blocks : int, optional
+        Anchor when this many blocks were added since the last anchor.
+    every_seconds : float, optional
+        Anchor when this much run time passed since the last anchor.
+    """
+
+    def __init__(
+        self,
+        main: MainChain,
+        witnesses: Sequence[WitnessClient],
+        *,
+        every_blocks: int | None = None,
+        every_seconds: float | None = None,
+    ) -> None:
+        if every_blocks is None and every_seconds is None:
+            raise ValueError("anchoring needs every_blocks or every_seconds")
+        if every_blocks is not None and every_blocks < 1:
+            raise ValueError(f"every_blocks must be >= 1, not {every_blocks}")
+        if every_seconds is not None and not every_seconds > 0:
+            raise ValueError(f"every_seconds must be > 0, not {every_seconds}")
+        self.main = main
+        self.witnesses = list(witnesses)
+        self.every_blocks = every_blocks
+        self.every_seconds = every_seconds
+        self._size = 0
+        self._time = 0.0
+        self.anchored: list[AnchorBlock] = []
+        self._prover = LogProver()
+        self.failures: list[str] = []
+
+    def due(self, size: int, time: float) -> bool:
+        """Whether a ledger of ``size`` blocks at run time ``time`` is due."""
+        if self.every_blocks is not None and size - self._size >= self.every_blocks:
+            return True
+        return (
+            self.every_seconds is not None and time - self._time >= self.every_seconds
+        )
+
+    def after_block(self, ledger: Ledger, time: float) -> AnchorBlock | None:
+        """Anchor if due (a refusal is logged and kept in :attr:`failures`;
+        training goes on and the next block tries again)."""
+        if not self.due(len(ledger), time):
+            return None
+        return self.anchor_now(ledger, time)
+
+    def anchor_now(self, ledger: Ledger, time: float) -> AnchorBlock | None:
+        """Anchor the ledger's current checkpoint now (unless already anchored
+        at this size)."""
+        size = len(ledger)
+        if size == self._size and self.anchored:
+            return None
+        try:
+            block = anchor_ledger(ledger, self.main, self.witnesses, self._prover)
+        except (AnchorRefused, MainChainError, LedgerError, sqlite3.Error) as exc:
+            log(
+                WARNING,
+                "Anchoring %s at %d blocks failed: %s",
+                ledger.origin,
+                size,
+                exc,
+            )
+            self.failures.append(str(exc))
+            return None
+        self._size, self._time = size, time
+        self.anchored.append(block)
+        return block
+
+
+@dataclass(frozen=True)
+class AnchoredReport:
+    """What :func:`check_anchored` found."""
+
+    ok: bool
+    checked: int
+    statement: str
+
+    def __str__(self) -> str:
+        return ("OK: " if self.ok else "FAILED: ") + self.statement
+
+
+def check_anchored(
+    ledger: Ledger,
+    main_path: str | Path,
+    log_key: VerifierKey | None = None,
+    main_key: VerifierKey | None = None,
+) -> AnchoredReport:
+    """Check a ledger against every checkpoint anchored for its origin.
+
+    Each anchor must pass :func:`~.anchorblock.check_anchor` (signed by the
+    ledger's key, ``log_key`` or its genesis leader; cosigned by the policy's
+    quorum) and the ledger's first ``size`` blocks must have its root. The
+    main chain's own links and checkpoint are checked first
+    (:meth:`MainChain.verify`), under ``main_key`` if given (else the key the
+    main chain's file names: then the main chain is only self-consistent).
+    The report names the first anchored checkpoint the ledger contradicts.
+    """
+    try:
+        main = MainChain(main_path)
+    except MainChainError as exc:
+        return AnchoredReport(False, 0, str(exc))
+    with main:
+        if main_key is not None and main_key != main.public_key:
+            return AnchoredReport(
+                False, 0, f"main chain {main_path} is signed by {main.public_key}"
+            )
+        try:
+            main.verify()
+        except (AnchorRefused, MainChainError) as exc:
+            return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
+        key = log_key or log_key_of(ledger)
+        hashes = ledger.block_hashes()
+        anchors = main.anchors_for(ledger.origin)
+        roots = _roots_at(hashes, [block.checkpoint.size for block in anchors])
+        for count, block in enumerate(anchors):
+            where = f"anchored checkpoint at main-chain height {block.height}"
+            try:
+                found = check_anchor(block, main.policy, key)
+            except AnchorError as exc:
+                return AnchoredReport(False, count, f"{where}: {exc}")
+            size, root = found.checkpoint.size, found.checkpoint.root
+            problem = None
+            if size > len(hashes):
+                problem = (
+                    f"ledger has {len(hashes)} blocks, the checkpoint {size}: "
+                    "blocks were removed"
+                )
+            elif roots[size] != root:
+                problem = (
+                    f"the ledger's first {size} blocks have root "
+                    f"{roots[size].hex()}, the checkpoint {root.hex()}: blocks "
+                    "were rewritten"
+                )
+            if problem is not None:
+                return AnchoredReport(
+                    False,
+                    count,
+                    f"the ledger contradicts the {where} (size {size}, cosigned "
+                    f"by {', '.join(found.cosigners)}): {problem}",
+                )
+    if not anchors:
+        return AnchoredReport(
+            False, 0, f"no checkpoint of {ledger.origin} is anchored in {main_path}"
+        )
+    return AnchoredReport(
+        True,
+        len(anchors),
+        f"the ledger's {len(hashes)} blocks hold all {len(anchors)} checkpoints "
+        f"anchored for {ledger.origin} in main chain {main.chain_id} (the last of "
+        f"size {found.checkpoint.size}), each signed by {key.encode()} and "
+        f"cosigned by {main.policy.quorum} of {len(main.policy.witnesses)} policy "
+        "witnesses",
+    )
+
+
+def _roots_at(hashes: Sequence[str], sizes: Sequence[int]) -> dict[int, bytes]:
+    """The log's root at each of ``sizes`` (those it reaches), in one pass."""
+    roots: dict[int, bytes] = {}
+    frontier = LogFrontier()
+    for size in sorted(set(sizes)):
+        if size > len(hashes):
+            break
+        for digest in hashes[frontier.size : size]:
+            frontier.append(digest)
+        roots[size] = frontier.root()
+    return roots

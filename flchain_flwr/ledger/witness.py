@@ -1,0 +1,404 @@
+"""A C2SP-style witness (c2sp.org/tlog-witness): cosign only append-only growth.
+
+A witness lives in a folder::
+
+    witness.key    its Ed25519 secret key (PRIVATE+KEY form, mode 0600)
+    witness.vkey   its cosigner vkey (type 0x04), to publish
+    state.json     per origin: the log's key and the last checkpoint cosigned
+    .lock          taken (flock) around every check-and-persist
+
+A request mirrors ``add-checkpoint``: the size of the last checkpoint the
+client believes the witness cosigned (``old``), a consistency proof from that
+size, and the new signed checkpoint. The proof is this project's JSON proof
+(``Ledger.prove_consistency``, :func:`~.checkpoint.check_consistency`), not the
+spec's RFC 6962 hash lines. Refusals carry the spec's HTTP status as
+:attr:`WitnessRefused.status`: 404 unknown origin, 403 no valid signature by
+the origin's key, 400 ``old`` above the size, 409 ``old`` is not the size last
+cosigned (truncation is named as such), 422 a bad proof, a fork or rewrite
+(equal size with another root, or a size that does not extend the last one).
+
+Which log key a witness trusts: the ones it is configured with
+(``init(logs=...)``, :meth:`Witness.add_log`). With ``trust_on_first_use`` an
+unknown origin's first checkpoint, signed by a key named after the origin,
+fixes that key: a witness that cannot be configured beforehand then still
+refuses every later fork, truncation or rewrite, but not a forged first
+checkpoint (anyone can start a log under a new origin).
+
+The new state is written atomically and fsynced *before* the cosignature is
+returned, under an exclusive lock, so a killed witness never forgets a
+checkpoint it answered for, and two concurrent requests cannot roll it back.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from .checkpoint import (
+    EMPTY_ROOT,
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatch,
+    check_consistency,
+    open_checkpoint,
+    parse_checkpoint,
+)
+from .cosignature import CosignerKey, cosign, cosigner_of
+from .notes import (
+    NoteError,
+    NoteSignature,
+    SignerKey,
+    VerifierKey,
+    generate_signer_key,
+    parse_note,
+    parse_verifier_key,
+    read_signer_key,
+    write_file_atomically,
+    write_key_file,
+)
+
+KEY_FILE: Final = "witness.key"
+VKEY_FILE: Final = "witness.vkey"
+STATE_FILE: Final = "state.json"
+STATE_FORMAT: Final = "flchain-witness/1"
+
+
+class WitnessError(Exception):
+    """A witness folder cannot be created, opened or read."""
+
+
+class WitnessRefused(Exception):
+    """The witness does not cosign; ``status`` is tlog-witness's HTTP code."""
+
+    def __init__(self, status: int, reason: str, size: int | None = None) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.size = size
+        """With 409: the size of the last checkpoint cosigned for the origin."""
+
+
+@dataclass(frozen=True)
+class CosignRequest:
+    """An ``add-checkpoint`` request: old size, consistency proof, checkpoint.
+
+    Parameters
+    ----------
+    old : int
+        The size of the last checkpoint the witness cosigned for the origin (0
+        if none).
+    checkpoint : str
+        The new signed checkpoint (a note; may carry other signatures).
+    consistency : Mapping, optional
+        A consistency proof from ``old`` to the new size (none when ``old`` is
+        0 or equal to it).
+    log_key : str, optional
+        The log's vkey: read only by a trust-on-first-use witness that does
+        not know the origin yet.
+    """
+
+    old: int
+    checkpoint: str
+    consistency: Mapping[str, Any] | None = None
+    log_key: str | None = None
+
+    def encode(self) -> bytes:
+        """The request as JSON bytes."""
+        body = {
+            "old": self.old,
+            "checkpoint": self.checkpoint,
+            "consistency": None if self.consistency is None else dict(self.consistency),
+            "log_key": self.log_key,
+        }
+        return json.dumps(body, sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def decode(cls, data: bytes) -> CosignRequest:
+        """Parse :meth:`encode`'s form; ``WitnessRefused(400)`` if malformed."""
+        try:
+            body = json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise WitnessRefused(400, f"the request is not JSON: {exc}") from None
+        fields = {"old", "checkpoint", "consistency", "log_key"}
+        if (
+            not isinstance(body, dict)
+            or not {"old", "checkpoint"} <= set(body) <= fields
+        ):
+            raise WitnessRefused(
+                400, "a request is {'old', 'checkpoint'[, 'consistency', 'log_key']}"
+            )
+        old, note = body["old"], body["checkpoint"]
+        proof, log_key = body.get("consistency"), body.get("log_key")
+        if isinstance(old, bool) or not isinstance(old, int) or old < 0:
+            raise WitnessRefused(400, f"old size {old!r} is not a natural number")
+        if not isinstance(note, str) or not (proof is None or isinstance(proof, dict)):
+            raise WitnessRefused(400, "checkpoint must be text, consistency an object")
+        if not (log_key is None or isinstance(log_key, str)):
+            raise WitnessRefused(400, "log_key must be a vkey")
+        return cls(old, note, proof, log_key)
+
+
+@dataclass(frozen=True)
+class _Log:
+    key: str
+    learned: str
+    size: int
+    root: str
+    note: str | None
+
+
+class Witness:
+    """A witness folder (see the module docstring); open one, or :meth:`init`.
+
+    Parameters
+    ----------
+    folder : str | Path
+        The witness's folder.
+    clock : Callable[[], float] (default: time.time)
+        The cosignatures' timestamps (POSIX seconds); pass a virtual clock for
+        reproducible runs. The clock decides nothing but the timestamp.
+    """
+
+    def __init__(self, folder: str | Path, *, clock: Any = time.time) -> None:
+        self.folder = Path(folder)
+        try:
+            self._signer = read_signer_key(self.folder / KEY_FILE)
+        except (OSError, NoteError) as exc:
+            raise WitnessError(
+                f"{self.folder} is not a witness folder: {exc}"
+            ) from None
+        self._clock = clock
+        self.tofu = bool(self._state()["trust_on_first_use"])
+
+    @classmethod
+    def init(
+        cls,
+        folder: str | Path,
+        name: str,
+        *,
+        logs: Iterable[VerifierKey] = (),
+        trust_on_first_use: bool = False,
+        signer: SignerKey | None = None,
+    ) -> Witness:
+        """Create a witness folder with a new key (or ``signer``).
+
+        Raises
+        ------
+        WitnessError
+            If the folder already holds a witness.
+        """
+        target = Path(folder)
+        target.mkdir(parents=True, exist_ok=True)
+        key = signer or generate_signer_key(name)
+        try:
+            write_key_file(target / KEY_FILE, key)
+        except FileExistsError:
+            raise WitnessError(f"{target} holds a witness already") from None
+        vkey = cosigner_of(key).encode() + "\n"
+        write_file_atomically(
+            target / VKEY_FILE, vkey.encode(), mode=0o644, overwrite=True
+        )
+        state = {
+            "format": STATE_FORMAT,
+            "trust_on_first_use": trust_on_first_use,
+            "logs": {
+                log.name: {
+                    "key": log.encode(),
+                    "learned": "configured",
+                    "size": 0,
+                    "root": EMPTY_ROOT.hex(),
+                    "note": None,
+                }
+                for log in logs
+            },
+        }
+        _write_state(target, state)
+        return cls(target)
+
+    @property
+    def key(self) -> CosignerKey:
+        """The witness's public cosigner key."""
+        return cosigner_of(self._signer)
+
+    def latest(self, origin: str) -> Checkpoint | None:
+        """The last checkpoint cosigned for ``origin`` (``None`` if none)."""
+        log = self._logs().get(origin)
+        if log is None or log.size == 0:
+            return None
+        return Checkpoint(origin, log.size, bytes.fromhex(log.root))
+
+    def add_log(self, key: VerifierKey) -> None:
+        """Trust ``key`` for the origin it is named after (an origin keeps the
+        key it has)."""
+        with self._locked():
+            state = self._state()
+            known = state["logs"].get(key.name)
+            if known is not None and known["key"] != key.encode():
+                raise WitnessError(f"{key.name} is known with key {known['key']}")
+            state["logs"].setdefault(
+                key.name,
+                {
+                    "key": key.encode(),
+                    "learned": "configured",
+                    "size": 0,
+                    "root": EMPTY_ROOT.hex(),
+                    "note": None,
+                },
+            )
+            _write_state(self.folder, state)
+
+    def add_checkpoint(self, request: CosignRequest) -> NoteSignature:
+        """Check a request and cosign its checkpoint, or refuse.
+
+        Returns
+        -------
+        NoteSignature
+            The witness's ``cosignature/v1`` line, after the new state is
+            durably stored.
+
+        Raises
+        ------
+        WitnessRefused
+            With the status and reason (nothing is stored).
+        """
+        try:
+            note = parse_note(request.checkpoint)
+            checkpoint = parse_checkpoint(note.text)
+        except (NoteError, CheckpointError) as exc:
+            raise WitnessRefused(400, f"not a signed checkpoint: {exc}") from None
+        origin = checkpoint.origin
+        with self._locked():
+            state = self._state()
+            entry = state["logs"].get(origin)
+            if entry is None:
+                if not self.tofu:
+                    raise WitnessRefused(404, f"unknown origin {origin!r}")
+                entry = self._learn(request, origin)
+            key = parse_verifier_key(entry["key"])
+            try:
+                open_checkpoint(note, [key])
+            except NoteError as exc:
+                raise WitnessRefused(
+                    403, f"{origin}: not signed by its key {key}: {exc}"
+                ) from None
+            last = Checkpoint(origin, entry["size"], bytes.fromhex(entry["root"]))
+            _check_growth(request, last, checkpoint)
+            entry = {
+                **entry,
+                "size": checkpoint.size,
+                "root": checkpoint.root.hex(),
+                "note": request.checkpoint,
+            }
+            state["logs"][origin] = entry
+            _write_state(self.folder, state)
+        return cosign(note.text, self._signer, int(self._clock()))
+
+    @staticmethod
+    def _learn(request: CosignRequest, origin: str) -> dict[str, Any]:
+        """Trust on first use: the log key the first request carries, which
+        must be named after the origin (its signature is checked next)."""
+        if request.log_key is None:
+            raise WitnessRefused(
+                404,
+                f"unknown origin {origin!r}: trust on first use needs the log's "
+                "key in the request",
+            )
+        try:
+            key = parse_verifier_key(request.log_key)
+        except NoteError as exc:
+            raise WitnessRefused(400, f"the request's log key: {exc}") from None
+        if key.name != origin:
+            raise WitnessRefused(
+                403, f"the request's log key is named {key.name!r}, not {origin!r}"
+            )
+        return {
+            "key": key.encode(),
+            "learned": "first-use",
+            "size": 0,
+            "root": EMPTY_ROOT.hex(),
+            "note": None,
+        }
+
+    def _logs(self) -> dict[str, _Log]:
+        return {
+            origin: _Log(
+                entry["key"],
+                entry["learned"],
+                entry["size"],
+                entry["root"],
+                entry["note"],
+            )
+            for origin, entry in self._state()["logs"].items()
+        }
+
+    def _state(self) -> dict[str, Any]:
+        path = self.folder / STATE_FILE
+        try:
+            state = json.loads(path.read_bytes())
+        except (OSError, ValueError) as exc:
+            raise WitnessError(f"cannot read the witness state {path}: {exc}") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            raise WitnessError(f"{path} is not a {STATE_FORMAT} state")
+        return state
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with open(self.folder / ".lock", "a+b") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _check_growth(request: CosignRequest, last: Checkpoint, new: Checkpoint) -> None:
+    """tlog-witness's checks of a new checkpoint against the last cosigned."""
+    origin = new.origin
+    if new.size < last.size:
+        raise WitnessRefused(
+            409,
+            f"{origin}: truncation: size {new.size} is below size {last.size}, "
+            "which this witness cosigned",
+            last.size,
+        )
+    if request.old > new.size:
+        raise WitnessRefused(
+            400, f"old size {request.old} is above the checkpoint's {new.size}"
+        )
+    if request.old != last.size:
+        raise WitnessRefused(
+            409,
+            f"{origin}: old size {request.old}, but this witness cosigned {last.size}",
+            last.size,
+        )
+    if new.size == 0 and new.root != EMPTY_ROOT:
+        raise WitnessRefused(422, f"{origin}: an empty tree's root must be SHA-256('')")
+    if new.size == last.size and new.root != last.root:
+        raise WitnessRefused(
+            422,
+            f"{origin}: fork or rewrite: size {new.size} with root {new.root.hex()}, "
+            f"but this witness cosigned root {last.root.hex()}",
+        )
+    if last.size == 0 and request.consistency:
+        raise WitnessRefused(
+            422, f"{origin}: a proof from the empty tree must be empty"
+        )
+    try:
+        check_consistency(last, new, request.consistency)
+    except CheckpointMismatch as exc:
+        raise WitnessRefused(
+            422,
+            f"{origin}: fork or rewrite: size {new.size} does not extend size "
+            f"{last.size}, which this witness cosigned ({exc})",
+        ) from None
+
+
+def _write_state(folder: Path, state: Mapping[str, Any]) -> None:
+    data = json.dumps(state, sort_keys=True, indent=1).encode("utf-8")
+    write_file_atomically(folder / STATE_FILE, data, mode=0o644, overwrite=True)
