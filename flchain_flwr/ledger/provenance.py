@@ -37,6 +37,7 @@ from .anchorproof import check_anchor_proof
 from .canonical import NotCanonical, encode, parse_canonical
 from .chain import Ledger, LedgerError
 from .mainchain import MainChain
+from .merkle import InvalidProof, MalformedProof
 from .notes import NoteError
 from .provenance_block import (
     BlockCheckFailed,
@@ -254,7 +255,16 @@ def verify_bundle(
     anchor_proof = _fields(bundle["anchor"], _ANCHOR, "anchor part")
     try:
         anchored = check_anchor_proof(anchor_proof, trust.main)
-    except (AnchorError, NoteError, KeyError, TypeError, ValueError) as exc:
+    except MalformedProof as exc:
+        raise BundleMalformed(f"anchor: {exc}") from None
+    except (
+        AnchorError,
+        NoteError,
+        InvalidProof,
+        KeyError,
+        TypeError,
+        ValueError,
+    ) as exc:
         raise ProvenanceError(f"anchor: {exc}") from None
     if anchor_proof["main_chain"] != anchored.block.fields["chain_id"]:
         raise ProvenanceError("anchor: the proof names another main chain")
