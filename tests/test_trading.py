@@ -14,10 +14,10 @@ from nacl.signing import SigningKey
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
 from flchain_flwr.ledger.canonical import encode, parse_canonical
 from flchain_flwr.ledger.chain import LedgerError
-from flchain_flwr.ledger.checkpoint import Checkpoint, LogFrontier, sign_checkpoint
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign, cosigner_of
 from flchain_flwr.ledger.mainchain import AnchorRefused, MainChain
 from flchain_flwr.ledger.notes import SignedNote, SignerKey, parse_note
+from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
 from flchain_flwr.ledger.trade_records import (
     TradeRefused,
     make_offer,
@@ -27,6 +27,7 @@ from flchain_flwr.ledger.trade_records import (
     statement_id,
 )
 from flchain_flwr.ledger.trading import TradingChain, entry_hash
+from flchain_flwr.ledger.witness import Witness
 
 SELLER = SigningKey(b"\x31" * 32)
 BUYER = SigningKey(b"\x32" * 32)
@@ -175,6 +176,10 @@ def _cosigned(note: SignedNote, count: int = 2) -> SignedNote:
 def test_the_trading_chain_anchors_and_a_rewritten_log_is_refused(
     tmp_path: Path,
 ) -> None:
+    """Anchored through three real witnesses (2 of 3 needed), twice; then the
+    operator rewrites its log and signs a checkpoint of it with its own key:
+    every witness refuses it, and so does the main chain even when colluding
+    witnesses cosign it."""
     policy = AnchorPolicy(tuple(cosigner_of(w) for w in WITNESSES), 2)
     main = MainChain.create(
         tmp_path / "main.db",
@@ -183,25 +188,32 @@ def test_the_trading_chain_anchors_and_a_rewritten_log_is_refused(
         signing_key=SigningKey(b"\x36" * 32),
     )
     chain = market(tmp_path)
+    witnesses = []
+    for index, signer in enumerate(WITNESSES):
+        folder = tmp_path / f"witness{index}"
+        Witness.init(folder, signer.name, logs=[chain.verifier], signer=signer)
+        witnesses.append(Witness(folder, clock=lambda: 1_700_000_000))
     offer, _ = sale(chain)
-    first = _cosigned(parse_note(chain.checkpoint_path.read_bytes()))
-    main.anchor(first, chain.verifier)
+    anchor_trading_chain(chain, main, witnesses)
     chain.append(*make_purchase(OTHER, chain.origin, offer))
-    second = _cosigned(parse_note(chain.checkpoint_path.read_bytes()))
-    main.anchor(second, chain.verifier, chain.prove_consistency(2, 3))
+    block = anchor_trading_chain(chain, main, witnesses)
     assert [a.checkpoint.size for a in main.anchors_for(chain.origin)] == [2, 3]
-    # The operator rewrites the log (a purchase dropped, another put in its
-    # place) and signs a checkpoint of it with its own key: the main chain
-    # refuses it, the anchored checkpoint disagrees.
-    hashes = chain.block_hashes()
-    forged = [hashes[0], hashes[2], "00" * 32, "11" * 32]
-    frontier = LogFrontier(forged)
-    note = sign_checkpoint(
-        Checkpoint(chain.origin, frontier.size, frontier.root()),
-        [SignerKey(chain.origin, OPERATOR)],
+    assert block.fields["consistency"]["prior_size"] == 2
+    # The rewrite: a second purchase in place of the first, then one more.
+    forged = TradingChain(
+        tmp_path / "forged" / "trade.db", chain_id="market", signing_key=OPERATOR
     )
+    offer, _ = sale(forged, {"price": 5})
+    forged.db.execute("DELETE FROM entries WHERE idx = 1")
+    forged.checkpoint_path.unlink()
+    forged.append(*make_purchase(OTHER, forged.origin, offer))
+    forged.append(*make_purchase(BUYER, forged.origin, offer))
+    with pytest.raises(AnchorRefused, match="0 witnesses cosigned") as refused:
+        anchor_trading_chain(forged, main, witnesses)
+    assert "does not extend" in str(refused.value) or "fork" in str(refused.value)
+    note = _cosigned(parse_note(forged.checkpoint_path.read_bytes()))
     with pytest.raises(AnchorRefused, match="contradicts its anchor"):
-        main.anchor(_cosigned(note), chain.verifier, None)
+        main.anchor(note, forged.verifier, forged.prove_consistency(1, 3))
     # One witness is not a quorum.
     with pytest.raises(AnchorRefused, match="quorum"):
         main.anchor(
