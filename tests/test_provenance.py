@@ -18,6 +18,7 @@ from nacl.signing import SigningKey
 from flchain_flwr.cli import main as flchain
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
+from flchain_flwr.ledger.anchoring import log_key_of
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.cosignature import (
     CosignerKey,
@@ -115,11 +116,13 @@ def test_a_buyer_verifies_the_model_offline_from_keys_alone(run: Run) -> None:
     assert report.block.height == 3
     assert report.block.block_hash == block.hash
     assert list(report.block.committee or ()) == block.body["committee"]
-    assert report.block.counted == "trusted pool keys"
+    assert report.block.counted == "only the pool keys you trust"
+    assert report.block.committee_kind == "in-process"
     text = str(report)
     assert "2 of them are witness keys you trust" in text
     assert "model file hashes to" in text
     assert "not checked:" in text and "aggregation" in text
+    assert "'in-process'" in text  # the simulation's one process held the keys
 
 
 def test_any_byte_changed_fails_with_a_reason(run: Run) -> None:
@@ -355,3 +358,85 @@ def test_cli_bad_input_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert code == 2, (out, err)
     assert out == "" and err.count("\n") == 1 and err.startswith("flchain"), err
+
+
+def test_cli_workflow_witnesses_main_chain_anchor_prove_verify(
+    run: Run, tmp_path: Path
+) -> None:
+    """Over files only: three witnesses, a 2-of-3 main chain, `flchain anchor`,
+    then a bundle a buyer checks with the main chain's vkey and two witness
+    vkeys."""
+    with Ledger(run.ledger, create=False) as ledger:
+        log_key = log_key_of(ledger).encode()
+    witnesses = []
+    for index in range(3):
+        folder = tmp_path / f"w{index}"
+        code, _ = cli(
+            "witness",
+            "init",
+            str(folder),
+            "--name",
+            f"w{index}.example",
+            "--log",
+            log_key,
+        )
+        assert code == 0
+        witnesses.append(folder)
+    vkeys = [(w / "witness.vkey").read_text().strip() for w in witnesses]
+    main_path = tmp_path / "main.db"
+    code, out = cli(
+        "main",
+        "init",
+        str(main_path),
+        "--chain-id",
+        "market-main",
+        "--key",
+        str(tmp_path / "main.key"),
+        "--quorum",
+        "2",
+        *(f"--witness={v}" for v in vkeys),
+    )
+    assert code == 0
+    main_vkey = out.splitlines()[0].strip()
+    code, out = cli(
+        "anchor",
+        str(run.ledger),
+        "--main",
+        str(main_path),
+        "--main-key-file",
+        str(tmp_path / "main.key"),
+        *(f"--witness={w}" for w in witnesses),
+    )
+    assert code == 0, out
+    bundle = tmp_path / "b.bundle"
+    code, out = cli(
+        "model",
+        "prove",
+        "--ledger",
+        str(run.ledger),
+        "--main",
+        str(main_path),
+        "--hash",
+        run.model,
+        "-o",
+        str(bundle),
+    )
+    assert code == 0, out
+    code, out = cli(
+        "model",
+        "verify",
+        str(bundle),
+        f"--trusted=main={main_vkey}",
+        f"--trusted=witness={vkeys[0]}",
+        f"--trusted=witness={vkeys[2]}",
+    )
+    assert code == 0, out
+    assert "2 of them are witness keys you trust" in out
+    code, out = cli(
+        "model",
+        "verify",
+        str(bundle),
+        f"--trusted=main={main_vkey}",
+        f"--trusted=witness={vkeys[0]}",
+    )
+    assert code == 1 and "the quorum is 2" in out

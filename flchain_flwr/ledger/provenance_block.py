@@ -28,7 +28,7 @@ does: such a block is refused here, not guessed at.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, parse_canonical, sha256_hex
@@ -77,6 +77,9 @@ class BlockFindings:
     included: int = 0
     counted: str = ""
     """Whose votes counted toward the quorum."""
+    committee_kind: str | None = None
+    """The genesis body's ``committee_kind`` (``"in-process"``: the server
+    process held every verifier key)."""
 
 
 def _header(data: bytes, what: str) -> tuple[dict[str, Any], int]:
@@ -183,7 +186,11 @@ def check_training_block(
         if leader != publisher:
             raise BlockCheckFailed("outside PoV every block is the publisher's")
         return BlockFindings(height, block.hash, leader, publisher, parent_model, None)
-    return _check_committee(found, header, body, g_body["pov"], parent_model, pool_keys)
+    checked = _check_committee(
+        found, header, body, g_body["pov"], parent_model, pool_keys
+    )
+    kind = g_body.get("committee_kind")
+    return replace(checked, committee_kind=kind if isinstance(kind, str) else None)
 
 
 def _check_committee(
@@ -262,7 +269,12 @@ def _check_committee(
                 f"update {digest[:16]}… has {approvals.get(digest, 0)} approvals "
                 f"counted; the quorum is {needed} of {len(committee)}"
             )
-    whose = "trusted pool keys" if pool_keys else "the genesis pool's keys"
+    whose = (
+        "only the pool keys you trust"
+        if pool_keys
+        else "the pool the genesis declares (signed by the publisher alone: you "
+        "gave no pool keys)"
+    )
     return BlockFindings(
         found.height,
         found.block_hash,

@@ -104,4 +104,11 @@ def training_lines(
         f"of the {found.included} included updates has at least {found.quorum} "
         f"approvals, counting {found.counted}"
     )
+    if found.committee_kind != "remote":
+        lines.append(
+            "the run's genesis records its committee as "
+            f"{found.committee_kind or 'unrecorded'!r}: unless 'remote', the "
+            "server process may have held verifier keys, and the votes then show "
+            "what that process decided, not that independent verifiers agreed"
+        )
     return lines
