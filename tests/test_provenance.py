@@ -18,7 +18,7 @@ from nacl.signing import SigningKey
 from flchain_flwr.cli import main as flchain
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
-from flchain_flwr.ledger.anchoring import log_key_of
+from flchain_flwr.ledger.anchoring import anchor_ledger, log_key_of
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.cosignature import (
     CosignerKey,
@@ -35,6 +35,10 @@ from flchain_flwr.ledger.provenance import (
     build_bundle,
     verify_bundle,
 )
+from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
+from flchain_flwr.ledger.trade_records import make_offer, make_purchase, make_receipt
+from flchain_flwr.ledger.trading import TradingChain
+from flchain_flwr.ledger.witness import Witness
 from flchain_flwr.pov import Verifier
 
 from .ledger_helpers import LEADER_KEY, build_ledger
@@ -440,3 +444,54 @@ def test_cli_workflow_witnesses_main_chain_anchor_prove_verify(
         f"--trusted=witness={vkeys[0]}",
     )
     assert code == 1 and "the quorum is 2" in out
+
+
+def test_two_runs_and_a_market_anchor_into_one_main_chain(tmp_path: Path) -> None:
+    """Two PoV runs and a trading subchain anchor into one main chain through
+    three real witnesses; the market records a sale of run 1's model, and a
+    bundle of each run's model verifies against the one main chain."""
+    main = MainChain.create(
+        tmp_path / "main.db", chain_id="main", policy=POLICY, signing_key=MAIN_KEY
+    )
+    witnesses = []
+    for index, signer in enumerate(WITNESSES):
+        Witness.init(
+            tmp_path / f"w{index}", signer.name, signer=signer, trust_on_first_use=True
+        )
+        witnesses.append(Witness(tmp_path / f"w{index}", clock=lambda: 1_700_000_000))
+    pool = verifiers(4)
+    runs = [pov_run(tmp_path / f"run{i}", pool) for i in range(2)]
+    market = TradingChain(
+        tmp_path / "trade.db", chain_id="market", signing_key=SigningKey(b"\x81" * 32)
+    )
+    seller, buyer = SigningKey(b"\x82" * 32), SigningKey(b"\x83" * 32)
+    bundles = []
+    for path in runs:
+        with Ledger(path, create=False) as ledger:
+            anchor_ledger(ledger, main, witnesses)
+            model = str(ledger.block(2).header["model_hash"])
+            bundles.append((ledger.origin, model, build_bundle(ledger, main, model)))
+    origin, model, _ = bundles[0]
+    offer = market.append(
+        *make_offer(seller, market.origin, model, origin, {"price": 3})
+    )
+    purchase = market.append(*make_purchase(buyer, market.origin, offer.record_id))
+    market.append(*make_receipt(buyer, market.origin, purchase.record_id, model))
+    anchor_trading_chain(market, main, witnesses)
+    assert main.origins() == [bundles[0][0], bundles[1][0], market.origin]
+    trust = Trust(
+        main.public_key,
+        tuple(cosigner_of(w) for w in WITNESSES),
+        frozenset(v.public_key for v in pool),
+    )
+    for origin, model, bundle in bundles:
+        report = verify_bundle(bundle, trust)
+        assert (report.origin, report.model_hash, report.block.height) == (
+            origin,
+            model,
+            2,
+        )
+    assert (
+        offer.statement["training_origin"] == verify_bundle(bundles[0][2], trust).origin
+    )
+    assert "4 blocks, 3 origins" in main.verify()
