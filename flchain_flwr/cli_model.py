@@ -1,9 +1,11 @@
-"""``flchain model prove|verify``: provenance bundles on the command line.
+"""``flchain model prove|verify|market``: provenance bundles and trading
+subchains on the command line.
 
 ``prove`` writes the bundle tying a model to the training block that made it
 (:func:`~flchain_flwr.ledger.provenance.build_bundle`); ``verify`` checks one
 offline against keys the buyer holds and prints the run, block and committee,
-what it checked under which keys, and what it did not check. Exit codes as
+what it checked under which keys, and what it did not check; ``market``
+checks every record of a model-trading subchain and its checkpoint. Exit codes as
 for ``flchain ledger``: 0 valid, 1 a check failed, 2 bad input (one line on
 stderr).
 """
@@ -12,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
 from .ledger.chain import Ledger, LedgerError
 from .ledger.mainchain import MainChain, MainChainError
-from .ledger.notes import write_file_atomically
+from .ledger.notes import NoteError, parse_verifier_key, write_file_atomically
 from .ledger.provenance import (
     TRUST_ROLES,
     BundleMalformed,
@@ -27,6 +30,8 @@ from .ledger.provenance import (
     parse_trust,
     verify_bundle,
 )
+from .ledger.trade_records import TradeRefused
+from .ledger.trading import TradingChain
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_FILE_BYTES: Final = 1 << 31
@@ -120,6 +125,38 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
+    """Check a model-trading subchain: every record and its checkpoint."""
+    try:
+        trusted = (
+            None if args.trusted_key is None else parse_verifier_key(args.trusted_key)
+        )
+        chain = TradingChain(args.trade, create=False)
+    except (NoteError, LedgerError) as exc:
+        return _fail(str(exc))
+    with chain:
+        try:
+            count, anchor = chain.verify(trusted)
+            book = chain.book()
+        except TradeRefused as exc:
+            out.write(f"INVALID: {exc}\n")
+            return EXIT_FAILED
+        except (sqlite3.Error, ValueError) as exc:
+            return _fail(f"cannot read the trading chain {args.trade}: {exc}")
+    trust = (
+        "the trusted key"
+        if trusted is not None
+        else "the key the file records (self-consistent only: give --trusted-key)"
+    )
+    out.write(
+        f"ok: {chain.origin}: {count} records ({len(book.offers)} offers, "
+        f"{len(book.purchases)} purchases, {len(book.receipts)} receipts), each "
+        f"signed by its party and following the records before it; {anchor} "
+        f"({trust})\n"
+    )
+    return EXIT_OK
+
+
 def add_model_commands(groups: Any) -> None:
     """Register ``flchain model prove|verify`` on the top-level subparsers."""
     model = groups.add_parser("model", help="provenance bundles of trained models")
@@ -153,3 +190,12 @@ def add_model_commands(groups: Any) -> None:
         "pool=<hex verifier key>, publisher=<hex key>; or @FILE of such lines",
     )
     check.set_defaults(func=cmd_verify)
+
+    market = sub.add_parser(
+        "market", help="check a model-trading subchain's records and checkpoint"
+    )
+    market.add_argument("trade", help="the trading subchain's SQLite file")
+    market.add_argument(
+        "--trusted-key", help="the market operator's checkpoint vkey, got out of band"
+    )
+    market.set_defaults(func=cmd_market)

@@ -5,18 +5,20 @@ subchain, which then refuses a rewritten trading log."""
 
 from __future__ import annotations
 
+import io
 import sqlite3
 from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
 
+from flchain_flwr.cli import main as flchain
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
 from flchain_flwr.ledger.canonical import encode, parse_canonical
 from flchain_flwr.ledger.chain import LedgerError
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign, cosigner_of
 from flchain_flwr.ledger.mainchain import AnchorRefused, MainChain
-from flchain_flwr.ledger.notes import SignedNote, SignerKey, parse_note
+from flchain_flwr.ledger.notes import SignedNote, SignerKey, VerifierKey, parse_note
 from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
 from flchain_flwr.ledger.trade_records import (
     TradeRefused,
@@ -231,3 +233,37 @@ def test_a_trading_chain_needs_its_id_and_keeps_it(tmp_path: Path) -> None:
     sqlite3.connect(tmp_path / "x.db").execute("CREATE TABLE t (a)").connection.close()
     with pytest.raises(LedgerError, match="not a trading chain"):
         TradingChain(tmp_path / "x.db", create=False)
+
+
+def test_cli_market_checks_every_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chain = market(tmp_path)
+    _, purchase = sale(chain)
+    chain.append(*make_receipt(BUYER, chain.origin, purchase, MODEL))
+    vkey = chain.verifier.encode()
+    chain.close()
+    path = str(tmp_path / "trade.db")
+    out = io.StringIO()
+    assert flchain(["model", "market", path, "--trusted-key", vkey], out=out) == 0
+    assert "3 records (1 offers, 1 purchases, 1 receipts)" in out.getvalue()
+    out = io.StringIO()
+    assert flchain(["model", "market", path], out=out) == 0
+    assert "self-consistent only" in out.getvalue()
+    other = VerifierKey(chain.origin, bytes(OTHER.verify_key)).encode()
+    out = io.StringIO()
+    assert flchain(["model", "market", path, "--trusted-key", other], out=out) == 1
+    _rewrite_entry(tmp_path / "trade.db", 2, {"model_hash": "ef" * 32})
+    out = io.StringIO()
+    assert flchain(["model", "market", path, "--trusted-key", vkey], out=out) == 1
+    assert out.getvalue().startswith("INVALID: entry 2:")
+    capsys.readouterr()
+    for argv in (
+        ["model", "market", str(tmp_path / "missing.db")],
+        ["model", "market", path, "--trusted-key", "not-a-key"],
+        ["model", "market", str(tmp_path / "trade.db.checkpoint")],
+    ):
+        out = io.StringIO()
+        assert flchain(argv, out=out) == 2, argv
+        err = capsys.readouterr().err
+        assert out.getvalue() == "" and err.count("\n") == 1, err

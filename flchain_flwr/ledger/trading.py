@@ -230,6 +230,10 @@ class TradingChain:
                 "INSERT INTO entries VALUES (?, ?, ?, ?)",
                 (index, digest, record_id, entry),
             )
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('operator_key', ?)",
+                (bytes(self.signing_key.verify_key).hex(),),
+            )
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -277,8 +281,9 @@ class TradingChain:
 
         Each entry must be canonical, in sequence, linked to the previous one,
         for this market, and hold a statement the records before it accept.
-        The checkpoint must be signed by ``trusted`` (default: this chain's own
-        key, which proves only self-consistency) and cover a prefix.
+        The checkpoint must be signed by ``trusted`` (default: the operator
+        key the file records, which proves only self-consistency) and cover a
+        prefix. Nothing is written (no key is created).
 
         Returns
         -------
@@ -316,7 +321,17 @@ class TradingChain:
                 raise TradeRefused(f"entry {position}: {problem}")
             prev = entry.hash
             hashes.append(entry.hash)
-        key = trusted or self.verifier
+        if not hashes:
+            return 0, "no entries, so no checkpoint"
+        stored = self._meta("operator_key")
+        if trusted is None and stored is None:
+            raise TradeRefused("the file records no operator key: give a trusted key")
+        try:
+            key = trusted or VerifierKey(self.origin, bytes.fromhex(str(stored)))
+        except ValueError as exc:
+            raise TradeRefused(
+                f"the recorded operator key is malformed: {exc}"
+            ) from None
         try:
             found, _ = read_checkpoint(self.checkpoint_path, [key])
             check_against_ledger(found, self.origin, hashes)
