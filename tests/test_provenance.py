@@ -19,6 +19,7 @@ from flchain_flwr.cli import main as flchain
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
 from flchain_flwr.ledger.anchoring import anchor_ledger, log_key_of
+from flchain_flwr.ledger.canonical import encode, parse_canonical
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.cosignature import (
     CosignerKey,
@@ -213,9 +214,15 @@ def test_a_ledger_outside_pov_and_a_genesis_model(tmp_path: Path) -> None:
         (0, "no committee judged it"),
     ):
         model = str(ledger.block(height).header["model_hash"])
-        report = verify_bundle(build_bundle(ledger, main, model), trust)
+        bundle = build_bundle(ledger, main, model)
+        report = verify_bundle(bundle, trust)
         assert report.block.height == height and report.block.committee is None
         assert expected in str(report)
+    # Unchecked data cannot ride along: a genesis model's bundle with a parent.
+    value = parse_canonical(bundle, 2)
+    value["training"]["parent_header"] = ledger.block(1).header_bytes.decode()
+    with pytest.raises(ProvenanceError, match="carries no parent"):
+        verify_bundle(encode(2, value), trust)
 
 
 def test_a_malformed_bundle_is_not_a_bundle(run: Run) -> None:

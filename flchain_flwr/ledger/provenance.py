@@ -36,6 +36,7 @@ from .anchorblock import AnchorError
 from .anchorproof import check_anchor_proof
 from .canonical import NotCanonical, encode, parse_canonical
 from .chain import Ledger, LedgerError
+from .checkpoint import CheckpointError, ledger_origin
 from .mainchain import MainChain
 from .merkle import InvalidProof, MalformedProof
 from .notes import NoteError
@@ -290,7 +291,8 @@ def verify_bundle(
     genesis = _stored_block(training["genesis"], "genesis block")
     parent = _text(training["parent_header"], "parent header", optional=True)
     height = training["height"]
-    assert block is not None
+    if block is None:
+        raise BundleMalformed("the bundle holds no training block")
     if isinstance(height, bool) or not isinstance(height, int):
         raise BundleMalformed("the training height must be an integer")
     _inclusion(training["proof"], "block proof", note, height, block.hash)
@@ -298,8 +300,12 @@ def verify_bundle(
         if genesis is None:
             raise ProvenanceError("the bundle lacks the run's genesis block")
         _inclusion(training["genesis_proof"], "genesis proof", note, 0, genesis.hash)
-    elif training["genesis_proof"] is not None or genesis is not None:
-        raise ProvenanceError("a bundle of a genesis model carries no second genesis")
+    elif any(
+        training[n] is not None for n in ("genesis_proof", "genesis", "parent_header")
+    ):
+        raise ProvenanceError(
+            "a bundle of a genesis model carries no parent and no second genesis"
+        )
     try:
         found = check_training_block(
             block,
@@ -310,6 +316,15 @@ def verify_bundle(
         )
     except BlockCheckFailed as exc:
         raise ProvenanceError(f"training block: {exc}") from None
+    try:
+        block_origin = ledger_origin(found.chain_id)
+    except CheckpointError as exc:
+        raise ProvenanceError(f"training block: {exc}") from None
+    if found.height != height or block_origin != origin:
+        raise ProvenanceError(
+            f"the block says it is block {found.height} of chain {found.chain_id!r}; "
+            f"the proofs put it at leaf {height} of {origin!r}"
+        )
     log_key = anchored.check.log_key
     if log_key.public_key.hex() != found.publisher:
         raise ProvenanceError(

@@ -67,6 +67,7 @@ class BlockFindings:
     """What :func:`check_training_block` established."""
 
     height: int
+    chain_id: str
     block_hash: str
     leader: str
     publisher: str
@@ -173,7 +174,8 @@ def check_training_block(
         )
     leader = str(header.get("leader"))
     _signed_by(block, leader, f"block {height}")
-    found = BlockFindings(height, block.hash, leader, publisher, None, None)
+    chain_id = str(header.get("chain_id"))
+    found = BlockFindings(height, chain_id, block.hash, leader, publisher, None, None)
     if height == 0:
         return found
     if parent is None or sha256_hex(HEADER_TAG, parent) != header.get("prev_hash"):
@@ -185,7 +187,7 @@ def check_training_block(
     if "pov" not in g_body:
         if leader != publisher:
             raise BlockCheckFailed("outside PoV every block is the publisher's")
-        return BlockFindings(height, block.hash, leader, publisher, parent_model, None)
+        return replace(found, parent_model=parent_model)
     checked = _check_committee(
         found, header, body, g_body["pov"], parent_model, pool_keys
     )
@@ -275,14 +277,11 @@ def _check_committee(
         else "the pool the genesis declares (signed by the publisher alone: you "
         "gave no pool keys)"
     )
-    return BlockFindings(
-        found.height,
-        found.block_hash,
-        found.leader,
-        found.publisher,
-        parent_model,
-        tuple(committee),
-        needed,
-        len(applied),
-        whose,
+    return replace(
+        found,
+        parent_model=parent_model,
+        committee=tuple(committee),
+        quorum=needed,
+        included=len(applied),
+        counted=whose,
     )
