@@ -352,3 +352,26 @@ def test_the_kept_tree_proves_exactly_what_merkle_proves(tmp_path: Path) -> None
     with Ledger(tmp_path / "o.db", create=False) as other:
         prover.sync(other)  # another history: rebuilt, not appended to
         assert prover.prove(1, 3) == consistency_proof(other.block_hashes(), 1, 3)
+
+
+def test_the_app_accepts_the_anchoring_keys(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from flchain_flwr.sim import app_run_config
+    from flchain_flwr.strategies import fedbuff_from_run_config
+
+    _, main, witnesses = setup
+    key_file = tmp_path / "main.key"
+    key_file.write_bytes(MAIN_KEY.encode().hex().encode())
+    assert fedbuff_from_run_config(app_run_config("apps/flchain_cnn")).anchor is None
+    config = app_run_config(
+        "apps/flchain_cnn",
+        {
+            "ledger-path": str(tmp_path / "app.db"),
+            "anchor-main": str(main.path),
+            "anchor-key": str(key_file),
+            "anchor-witnesses": ",".join(str(w.folder) for w in witnesses),
+            "anchor-every-seconds": 30.0,
+        },
+    )
+    anchor = fedbuff_from_run_config(config).anchor
+    assert anchor is not None and anchor.every_seconds == 30.0
+    assert anchor.every_blocks is None

@@ -39,11 +39,19 @@ class WitnessClient(Protocol):
         ...
 
 
+def ledger_size(ledger: Ledger) -> int:
+    """How many blocks the ledger holds (by its primary key: no table scan)."""
+    row = ledger.db.execute("SELECT MAX(height) FROM blocks").fetchone()
+    return 0 if row[0] is None else int(row[0]) + 1
+
+
 def log_key_of(ledger: Ledger) -> VerifierKey:
     """The ledger's checkpoint key: its genesis leader's, named after its origin."""
-    if len(ledger) == 0:
-        raise LedgerError(f"{ledger.path} has no blocks: nothing to anchor")
-    leader = str(ledger.block(0).header["leader"])
+    try:
+        genesis = ledger.block(0)
+    except LedgerError:
+        raise LedgerError(f"{ledger.path} has no blocks: nothing to anchor") from None
+    leader = str(genesis.header["leader"])
     return VerifierKey(ledger.origin, bytes.fromhex(leader))
 
 
@@ -52,6 +60,7 @@ def cosigned_checkpoint(
     witnesses: Sequence[WitnessClient],
     quorum: int,
     prover: LogProver | None = None,
+    sizes: dict[int, int] | None = None,
 ) -> tuple[SignedNote, list[str]]:
     """The ledger's current checkpoint with every cosignature the witnesses
     give, and the refusals (``"<witness>: <reason>"``).
@@ -59,8 +68,12 @@ def cosigned_checkpoint(
     Each witness gets a request from the size it reports having cosigned (a
     first try from size 0 learns it: tlog-witness's 409 answer). Raises
     ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover`` (kept
-    between calls) makes the proofs; a new one by default.
+    between calls) makes the proofs; ``sizes`` (kept between calls too) holds
+    the size each witness, by index, last cosigned, so the first try is
+    usually right.
     """
+    if sizes is None:
+        sizes = {}
     key = log_key_of(ledger)
     if prover is None:
         prover = LogProver()
@@ -74,7 +87,7 @@ def cosigned_checkpoint(
         ) from None
     signed, refusals = note, []
     for index, witness in enumerate(witnesses):
-        old = 0
+        old = sizes.get(index, 0) if sizes.get(index, 0) <= checkpoint.size else 0
         for _ in range(2):
             request = CosignRequest(
                 old,
@@ -96,6 +109,7 @@ def cosigned_checkpoint(
                 refusals.append(f"witness {index}: {exc}")
                 break
             signed = add_cosignature(signed, line)
+            sizes[index] = checkpoint.size
             break
     count = len(signed.signatures) - len(note.signatures)
     if count < quorum:
@@ -111,9 +125,10 @@ def anchor_ledger(
     main: MainChain,
     witnesses: Sequence[WitnessClient],
     prover: LogProver | None = None,
+    sizes: dict[int, int] | None = None,
 ) -> AnchorBlock:
     """Anchor the ledger's current checkpoint in ``main``; the new block
-    (``prover``: see :func:`cosigned_checkpoint`).
+    (``prover``, ``sizes``: see :func:`cosigned_checkpoint`).
 
     Raises
     ------
@@ -124,9 +139,9 @@ def anchor_ledger(
     note, refusals = cosigned_checkpoint(ledger, witnesses, main.policy.quorum, prover)
     for refusal in refusals:
         log(WARNING, "Anchoring %s: %s", ledger.origin, refusal)
-    previous = main.anchors_for(ledger.origin)
+    previous = main.last_anchor(ledger.origin)
     size = int(note.text.split("\n")[1])
-    last = previous[-1].checkpoint.size if previous else 0
+    last = previous.checkpoint.size if previous is not None else 0
     proof = prover.prove(last, size) if 0 < last < size else None
     return main.anchor(note, log_key_of(ledger), proof)
 
@@ -169,6 +184,7 @@ class Anchorer:
         self._time = 0.0
         self.anchored: list[AnchorBlock] = []
         self._prover = LogProver()
+        self._sizes: dict[int, int] = {}
         self.failures: list[str] = []
 
     def due(self, size: int, time: float) -> bool:
@@ -182,18 +198,20 @@ class Anchorer:
     def after_block(self, ledger: Ledger, time: float) -> AnchorBlock | None:
         """Anchor if due (a refusal is logged and kept in :attr:`failures`;
         training goes on and the next block tries again)."""
-        if not self.due(len(ledger), time):
+        if not self.due(ledger_size(ledger), time):
             return None
         return self.anchor_now(ledger, time)
 
     def anchor_now(self, ledger: Ledger, time: float) -> AnchorBlock | None:
         """Anchor the ledger's current checkpoint now (unless already anchored
         at this size)."""
-        size = len(ledger)
+        size = ledger_size(ledger)
         if size == self._size and self.anchored:
             return None
         try:
-            block = anchor_ledger(ledger, self.main, self.witnesses, self._prover)
+            block = anchor_ledger(
+                ledger, self.main, self.witnesses, self._prover, self._sizes
+            )
         except (AnchorRefused, MainChainError, LedgerError, sqlite3.Error) as exc:
             log(
                 WARNING,

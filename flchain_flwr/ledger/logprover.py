@@ -31,13 +31,22 @@ class LogProver:
         return len(self._hashes)
 
     def sync(self, ledger: Ledger) -> None:
-        """Add the ledger's new block hashes (rebuild if the ones held changed)."""
-        hashes = ledger.block_hashes()
+        """Add the ledger's new block hashes (rebuild if the ones held changed).
+
+        Reads only the rows above the last one held, and that one to check it.
+        """
         held = len(self._hashes)
-        if held > len(hashes) or (held and hashes[held - 1] != self._hashes[-1]):
+        rows = ledger.db.execute(
+            "SELECT hash FROM blocks WHERE height >= ? ORDER BY height",
+            (max(0, held - 1),),
+        ).fetchall()
+        hashes = [str(row[0]) for row in rows]
+        if held and (not hashes or hashes[0] != self._hashes[-1]):
             self._tree = InmemoryTree(algorithm=ALGORITHM)
-            self._hashes, held = [], 0
-        for digest in hashes[held:]:
+            self._hashes = []
+            self.sync(ledger)
+            return
+        for digest in hashes[1:] if held else hashes:
             try:
                 self._tree.append_entry(bytes.fromhex(digest))
             except ValueError:

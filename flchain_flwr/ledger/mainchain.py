@@ -35,15 +35,12 @@ from .anchorblock import (
     genesis_record,
     parse_block,
 )
-from .canonical import ZERO_HASH
 from .checkpoint import (
     Checkpoint,
     CheckpointMismatch,
     LogFrontier,
-    check_against_ledger,
     check_consistency,
     ledger_origin,
-    open_checkpoint,
     parse_checkpoint,
     sign_checkpoint,
     write_checkpoint,
@@ -96,21 +93,21 @@ class MainChain:
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
-        try:
-            self.db = sqlite3.connect(  # used by one thread at a time, any thread
-                self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-            )
-            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-            genesis = self.block(0)
-        except (sqlite3.Error, MainChainError) as exc:
-            raise MainChainError(f"{self.path} is not a main chain ({exc})") from None
-        if meta.get("format") != "flchain-main/1" or "key" not in meta:
-            self.db.close()
-            raise MainChainError(f"{self.path} is not a main chain (no format/key)")
-        self.chain_id = str(meta["chain_id"])
-        self.public_key = VerifierKey(
-            ledger_origin(self.chain_id), bytes.fromhex(meta["key"])
+        self.db = sqlite3.connect(  # used by one thread at a time, any thread
+            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
         )
+        try:
+            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
+            if meta.get("format") != "flchain-main/1":
+                raise MainChainError("its format is not flchain-main/1")
+            self.chain_id = str(meta["chain_id"])
+            self.public_key = VerifierKey(
+                ledger_origin(self.chain_id), bytes.fromhex(meta["key"])
+            )
+            genesis = self.block(0)
+        except (sqlite3.Error, MainChainError, KeyError, ValueError) as exc:
+            self.db.close()
+            raise MainChainError(f"{self.path} is not a main chain ({exc})") from None
         if (
             signing_key is not None
             and bytes(signing_key.verify_key) != self.public_key.public_key
@@ -222,6 +219,15 @@ class MainChain:
         ).fetchall()
         return [self._parsed(int(h), (record, digest)) for h, record, digest in rows]
 
+    def last_anchor(self, origin: str) -> AnchorBlock | None:
+        """The latest anchor block of a subchain origin (``None`` if none)."""
+        row = self.db.execute(
+            "SELECT height, record, hash FROM blocks WHERE origin = ? "
+            "ORDER BY height DESC LIMIT 1",
+            (origin,),
+        ).fetchone()
+        return None if row is None else self._parsed(int(row[0]), (row[1], row[2]))
+
     def origins(self) -> list[str]:
         """Every subchain origin anchored here, in order of first anchor."""
         rows = self.db.execute(
@@ -311,10 +317,9 @@ class MainChain:
         checkpoint: Checkpoint,
         consistency: Mapping[str, Any] | None,
     ) -> None:
-        previous = self.anchors_for(checkpoint.origin)
-        if not previous:
+        last = self.last_anchor(checkpoint.origin)
+        if last is None:
             return
-        last = previous[-1]
         if last.log_key != block.log_key:
             raise AnchorRefused(
                 f"{checkpoint.origin} was anchored with key {last.log_key}, not "
@@ -343,49 +348,9 @@ class MainChain:
         AnchorRefused
             Naming the first block or checkpoint that fails.
         """
-        prev = ZERO_HASH
-        last: dict[str, AnchorBlock] = {}
-        count = 0
-        for block in self.blocks():
-            where = f"main-chain block {block.height}"
-            if block.height != count or block.fields["prev_hash"] != prev:
-                raise AnchorRefused(f"{where}: height or prev_hash link broken")
-            if block.fields["chain_id"] != self.chain_id:
-                raise AnchorRefused(f"{where}: belongs to another main chain")
-            if (block.kind == "genesis") != (count == 0):
-                raise AnchorRefused(f"{where}: a {block.kind} block at that height")
-            if block.kind == "anchor":
-                try:
-                    found = check_anchor(block, self.policy)
-                except AnchorError as exc:
-                    raise AnchorRefused(str(exc)) from None
-                before = last.get(found.checkpoint.origin)
-                if before is not None:
-                    if before.log_key != block.log_key:
-                        raise AnchorRefused(f"{where}: the origin's key changed")
-                    try:
-                        check_consistency(
-                            before.checkpoint,
-                            found.checkpoint,
-                            block.fields.get("consistency"),
-                        )
-                    except CheckpointMismatch as exc:
-                        raise AnchorRefused(f"{where}: {exc}") from None
-                last[found.checkpoint.origin] = block
-            prev, count = block.hash, count + 1
-        try:
-            note = checkpoint or parse_note(self.checkpoint_path.read_bytes())
-            signed, _ = open_checkpoint(note, [self.public_key])
-            check_against_ledger(signed, self.origin, self.block_hashes())
-        except (OSError, ValueError, CheckpointMismatch) as exc:
-            raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
-        return (
-            f"main chain {self.chain_id}: {count} blocks, {len(last)} origins, "
-            f"every anchor signed by its subchain key and cosigned by "
-            f"{self.policy.quorum} of {len(self.policy.witnesses)} policy "
-            f"witnesses, each origin append-only; its checkpoint signed by "
-            f"{self.public_key.encode()} covers {signed.size} blocks"
-        )
+        from .mainverify import verify_main_chain  # here: it imports this module
+
+        return verify_main_chain(self, checkpoint)
 
     # ---------------------------------------------------------- checkpoints
     def signed_checkpoint(self) -> SignedNote:

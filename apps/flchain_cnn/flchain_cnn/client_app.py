@@ -9,6 +9,9 @@ Node config (``flower-supernode --node-config``, or the simulation's defaults):
 - ``role="verifier"`` with ``verifier-key="<path>"`` and ``verifier-shard=<i>``:
   the node trains nothing and serves as a PoV verifier with its own Ed25519 key
   and trusted shard ``i`` (see :mod:`flchain_flwr.pov.remote`);
+- ``role="witness"`` with ``witness-dir="<path>"`` (a folder made by ``flchain
+  witness init``): the node trains nothing and answers checkpoint cosigning
+  queries (see :mod:`flchain_flwr.witness_node`);
 - ``attack=...``: robustness experiments only (see :mod:`flchain_flwr.sim.attacks`).
 
 A train message's config may carry ``lr``, ``local-epochs`` or ``local-steps``
@@ -37,6 +40,7 @@ from flchain_cnn.task import (
     train,
 )
 from flchain_cnn.verifiers import app_verifier
+from flchain_flwr import witness_node
 from flchain_flwr.mods import dgc_mod, downlink_mod
 from flchain_flwr.pov import Verifier, remote
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
@@ -79,6 +83,8 @@ def train_fn(msg: Message, context: Context) -> Message:
     cfg = context.run_config
     if remote.is_verifier(context.node_config):
         raise ValueError("this node is a PoV verifier; it does not train")
+    if witness_node.witness_from_node_config(context.node_config) is not None:
+        raise ValueError("this node is a witness; it does not train")
     started = time.perf_counter()
     x, y = _local_data(context)
     net = _received_model(msg, context)
@@ -160,3 +166,4 @@ def verifier(context: Context) -> Verifier | None:
 
 
 remote.serve(app, verifier)
+witness_node.serve_witness(app)

@@ -1,0 +1,68 @@
+"""Verification of a whole main chain (:meth:`MainChain.verify
+<flchain_flwr.ledger.mainchain.MainChain.verify>`)."""
+
+from __future__ import annotations
+
+from .anchorblock import AnchorBlock, AnchorError, check_anchor
+from .canonical import ZERO_HASH
+from .checkpoint import (
+    CheckpointMismatch,
+    check_against_ledger,
+    check_consistency,
+    open_checkpoint,
+)
+from .mainchain import AnchorRefused, MainChain
+from .notes import SignedNote, parse_note
+
+
+def verify_main_chain(main: MainChain, checkpoint: SignedNote | None = None) -> str:
+    """Check every block and the signed checkpoint of ``main``; what was checked.
+
+    Raises
+    ------
+    AnchorRefused
+        Naming the first block or checkpoint that fails.
+    """
+    prev = ZERO_HASH
+    last: dict[str, AnchorBlock] = {}
+    count = 0
+    for block in main.blocks():
+        where = f"main-chain block {block.height}"
+        if block.height != count or block.fields["prev_hash"] != prev:
+            raise AnchorRefused(f"{where}: height or prev_hash link broken")
+        if block.fields["chain_id"] != main.chain_id:
+            raise AnchorRefused(f"{where}: belongs to another main chain")
+        if (block.kind == "genesis") != (count == 0):
+            raise AnchorRefused(f"{where}: a {block.kind} block at that height")
+        if block.kind == "anchor":
+            try:
+                found = check_anchor(block, main.policy)
+            except AnchorError as exc:
+                raise AnchorRefused(str(exc)) from None
+            before = last.get(found.checkpoint.origin)
+            if before is not None:
+                if before.log_key != block.log_key:
+                    raise AnchorRefused(f"{where}: the origin's key changed")
+                try:
+                    check_consistency(
+                        before.checkpoint,
+                        found.checkpoint,
+                        block.fields.get("consistency"),
+                    )
+                except CheckpointMismatch as exc:
+                    raise AnchorRefused(f"{where}: {exc}") from None
+            last[found.checkpoint.origin] = block
+        prev, count = block.hash, count + 1
+    try:
+        note = checkpoint or parse_note(main.checkpoint_path.read_bytes())
+        signed, _ = open_checkpoint(note, [main.public_key])
+        check_against_ledger(signed, main.origin, main.block_hashes())
+    except (OSError, ValueError, CheckpointMismatch) as exc:
+        raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
+    return (
+        f"main chain {main.chain_id}: {count} blocks, {len(last)} origins, "
+        f"every anchor signed by its subchain key and cosigned by "
+        f"{main.policy.quorum} of {len(main.policy.witnesses)} policy "
+        f"witnesses, each origin append-only; its checkpoint signed by "
+        f"{main.public_key.encode()} covers {signed.size} blocks"
+    )

@@ -1,0 +1,203 @@
+"""Witnesses on SuperNodes of their own, over Flower's transport.
+
+A witness node is an ordinary SuperNode whose node config says
+``role="witness"`` and names its witness folder (``witness-dir``, made with
+``flchain witness init``). Its ClientApp answers two query messages:
+
+- ``query.witness_identity``: its cosigner vkey, with an Ed25519 signature by
+  that key over the server's random challenge (domain-separated from
+  cosignatures), so no node can take another witness's place;
+- ``query.witness_cosign``: a :class:`~flchain_flwr.ledger.witness.CosignRequest`;
+  it answers with the cosignature line or the refusal (tlog-witness status and
+  reason), after persisting its state as the local witness does.
+
+On the server, :func:`discover_witnesses` maps the policy's witness keys to
+node IDs, and :class:`RemoteWitness` is a
+:class:`~flchain_flwr.ledger.anchoring.WitnessClient`: what a node answers is
+checked against the witness's key before it is used, so a node can refuse or
+fail, never slip in a cosignature its key did not make.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Final
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+from nacl.exceptions import CryptoError
+from nacl.signing import VerifyKey
+
+from .ledger.cosignature import CosignerKey, parse_cosigner_key
+from .ledger.notes import NoteError, NoteSignature, parse_note
+from .ledger.witness import CosignRequest, Witness, WitnessRefused
+from .runtime import clock_of
+
+IDENTITY: Final = "query.witness_identity"
+COSIGN: Final = "query.witness_cosign"
+ACTIONS: Final = ("witness_identity", "witness_cosign")
+ROLE: Final = "witness"
+IDENTITY_TAG: Final = b"flchain/witness-identity/v1\x00"
+_CONFIG: Final = "witness"
+
+
+# ------------------------------------------------------------------ node side
+def witness_from_node_config(node_config: Mapping[str, Any]) -> Witness | None:
+    """This node's witness if its node config says ``role="witness"``."""
+    if node_config.get("role", "trainer") != ROLE:
+        return None
+    folder = node_config.get("witness-dir")
+    if not folder:
+        raise ValueError('a witness node needs node config witness-dir="<path>"')
+    return Witness(str(folder))
+
+
+def serve_witness(
+    app: ClientApp,
+    witness_of: Callable[[Context], Witness | None] = lambda c: (
+        witness_from_node_config(c.node_config)
+    ),
+) -> None:
+    """Register the witness queries on ``app``."""
+
+    def witness_query(message: Message, context: Context) -> Message:
+        return answer(message, witness_of(context))
+
+    for action in ACTIONS:
+        app.query(action)(witness_query)
+
+
+def answer(message: Message, witness: Witness | None) -> Message:
+    """A witness node's reply to one query; ``ValueError`` (an error reply)
+    on a node that is no witness or for an unknown query."""
+    if witness is None:
+        raise ValueError(f"{message.metadata.message_type}: this node is no witness")
+    cfg = message.content.config_records.get(_CONFIG, ConfigRecord())
+    kind = message.metadata.message_type
+    reply: dict[str, Any]
+    if kind == IDENTITY:
+        challenge = cfg.get("challenge")
+        if not isinstance(challenge, bytes) or len(challenge) != 32:
+            raise ValueError("an identity query needs a 32-byte challenge")
+        signature = witness.sign_identity(IDENTITY_TAG + challenge)
+        reply = {"vkey": witness.key.encode(), "signature": signature}
+    elif kind == COSIGN:
+        data = cfg.get("request")
+        try:
+            if not isinstance(data, bytes):
+                raise WitnessRefused(400, "a cosign query needs a request")
+            line = witness.add_checkpoint(CosignRequest.decode(data))
+            reply = {"status": 200, "line": line.line()}
+        except WitnessRefused as exc:
+            size = -1 if exc.size is None else exc.size
+            reply = {"status": exc.status, "reason": exc.reason, "size": size}
+    else:
+        raise ValueError(f"unknown witness query {kind!r}")
+    return Message(RecordDict({_CONFIG: ConfigRecord(reply)}), reply_to=message)
+
+
+# ---------------------------------------------------------------- server side
+def _ask(
+    grid: Grid, node: int, kind: str, cfg: dict[str, Any], timeout: float
+) -> ConfigRecord:
+    message = Message(RecordDict({_CONFIG: ConfigRecord(cfg)}), node, kind, ttl=timeout)
+    replies = list(grid.send_and_receive([message], timeout=timeout))
+    if not replies:
+        raise WitnessRefused(504, f"witness node {node} did not answer in {timeout}s")
+    reply = replies[0]
+    if reply.has_error():
+        raise WitnessRefused(502, f"witness node {node}: {reply.error.reason}")
+    return reply.content.config_records.get(_CONFIG, ConfigRecord())
+
+
+class RemoteWitness:
+    """A witness on node ``node``, expected to hold ``key``."""
+
+    def __init__(
+        self, grid: Grid, node: int, key: CosignerKey, timeout: float = 60.0
+    ) -> None:
+        self.grid, self.node, self.key, self.timeout = grid, node, key, timeout
+
+    def add_checkpoint(self, request: CosignRequest) -> NoteSignature:
+        """Ask the node; its cosignature, checked against :attr:`key`.
+
+        Raises
+        ------
+        WitnessRefused
+            The node's refusal, or 502/504 if it failed, did not answer, or
+            answered with a line its key did not sign.
+        """
+        cfg = _ask(
+            self.grid, self.node, COSIGN, {"request": request.encode()}, self.timeout
+        )
+        status = cfg.get("status")
+        if status != 200:
+            size = cfg.get("size")
+            raise WitnessRefused(
+                int(status) if isinstance(status, int) else 502,
+                str(cfg.get("reason", "no reason given")),
+                size if isinstance(size, int) and size >= 0 else None,
+            )
+        try:
+            text = parse_note(request.checkpoint).text
+            answered = cfg.get("line")
+            if not isinstance(answered, str):
+                raise NoteError("the reply holds no signature line")
+            note = parse_note(f"{text}\n{answered}")
+            line = note.signatures[0]
+            self.key.verify(text, line)
+        except (NoteError, IndexError) as exc:
+            raise WitnessRefused(
+                502, f"witness node {self.node} answered no valid cosignature: {exc}"
+            ) from None
+        return line
+
+
+def discover_witnesses(
+    grid: Grid,
+    keys: Iterable[CosignerKey],
+    *,
+    timeout: float = 120.0,
+    reply_timeout: float = 30.0,
+    poll_interval: float = 3.0,
+) -> dict[str, int]:
+    """Find the nodes of the given witnesses; ``{vkey: node ID}``.
+
+    Each node is asked once for its identity and must sign a fresh challenge
+    with the key it names; nodes of other keys are ignored. Raises
+    ``TimeoutError`` if not every key is found within ``timeout`` seconds of
+    the grid's clock (virtual on the simulator's grid).
+    """
+    wanted = {key.encode(): key for key in keys}
+    clock = clock_of(grid, poll_interval)
+    deadline = clock.now() + timeout
+    found: dict[str, int] = {}
+    asked: set[int] = set()
+    while len(found) < len(wanted):
+        if clock.now() >= deadline:
+            missing = ", ".join(sorted(set(wanted) - set(found)))
+            raise TimeoutError(f"witness nodes not found in {timeout:g}s: {missing}")
+        new = sorted(set(grid.get_node_ids()) - asked)
+        if not new:
+            clock.wait(min(clock.now() + poll_interval, deadline))
+            continue
+        for node in new:
+            asked.add(node)
+            challenge = os.urandom(32)
+            try:
+                cfg = _ask(
+                    grid, node, IDENTITY, {"challenge": challenge}, reply_timeout
+                )
+                key = parse_cosigner_key(str(cfg.get("vkey")))
+                signature = cfg.get("signature")
+                VerifyKey(key.public_key).verify(
+                    IDENTITY_TAG + challenge,
+                    signature if isinstance(signature, bytes) else b"",
+                )
+            except (WitnessRefused, NoteError, CryptoError, ValueError):
+                continue  # a trainer, a failed node, or a claim it cannot back
+            if key.encode() in wanted and key.encode() not in found:
+                found[key.encode()] = node
+    return dict(sorted(found.items()))
