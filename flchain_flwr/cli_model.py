@@ -23,6 +23,7 @@ from .ledger.chain import Ledger, LedgerError
 from .ledger.mainchain import MainChain, MainChainError
 from .ledger.notes import NoteError, parse_verifier_key, write_file_atomically
 from .ledger.provenance import (
+    MAX_BUNDLE_BYTES,
     TRUST_ROLES,
     BundleMalformed,
     ProvenanceError,
@@ -45,12 +46,13 @@ def _fail(message: str) -> int:
     return EXIT_USAGE
 
 
-def _read(path: str, what: str) -> bytes:
-    """A file's bytes; ``OSError`` naming it if it cannot be read."""
+def _read(path: str, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+    """A file's bytes; ``OSError`` naming it if it cannot be read,
+    ``ValueError`` if it is larger than ``limit``."""
     file = Path(path)
     try:
-        if file.is_file() and file.stat().st_size > MAX_FILE_BYTES:
-            raise OSError(f"{what} {path} is larger than {MAX_FILE_BYTES} bytes")
+        if file.is_file() and file.stat().st_size > limit:
+            raise ValueError(f"{what} {path} is larger than {limit} bytes")
         return file.read_bytes()
     except OSError as exc:
         raise OSError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
@@ -110,7 +112,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     """Check a provenance bundle offline."""
     try:
         trust = parse_trust(_trust_entries(args.trusted))
-        data = _read(args.bundle, "bundle")
+        data = _read(args.bundle, "bundle", MAX_BUNDLE_BYTES)
         model = None if args.model is None else _read(args.model, "model file")
     except (OSError, ValueError) as exc:
         return _fail(str(exc))

@@ -67,6 +67,7 @@ from .tlog_proof import (
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "MAX_BUNDLE_BYTES",
     "TRUST_ROLES",
     "BundleMalformed",
     "ProvenanceError",
