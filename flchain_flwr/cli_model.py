@@ -1,13 +1,14 @@
-"""``flchain model prove|verify|market``: provenance bundles and trading
-subchains on the command line.
+"""``flchain model prove|verify|market|anchor-market``: provenance bundles
+and trading subchains on the command line.
 
 ``prove`` writes the bundle tying a model to the training block that made it
 (:func:`~flchain_flwr.ledger.provenance.build_bundle`); ``verify`` checks one
 offline against keys the buyer holds and prints the run, block and committee,
 what it checked under which keys, and what it did not check; ``market``
-checks every record of a model-trading subchain and its checkpoint. Exit codes as
-for ``flchain ledger``: 0 valid, 1 a check failed, 2 bad input (one line on
-stderr).
+checks every record of a model-trading subchain and its checkpoint;
+``anchor-market`` anchors one in a main chain through witness folders. Exit
+codes as for ``flchain ledger``: 0 valid, 1 a check failed or an anchor was
+refused, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
-from .ledger.chain import Ledger, LedgerError
-from .ledger.mainchain import MainChain, MainChainError
+from .ledger.chain import Ledger, LedgerError, load_or_create_key
+from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
 from .ledger.notes import NoteError, parse_verifier_key, write_file_atomically
 from .ledger.provenance import (
     MAX_BUNDLE_BYTES,
@@ -31,8 +32,10 @@ from .ledger.provenance import (
     parse_trust,
     verify_bundle,
 )
+from .ledger.trade_anchor import anchor_trading_chain
 from .ledger.trade_records import TradeRefused
 from .ledger.trading import TradingChain
+from .ledger.witness import Witness, WitnessError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_FILE_BYTES: Final = 1 << 31
@@ -159,6 +162,32 @@ def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def cmd_anchor_market(args: argparse.Namespace, out: TextIO) -> int:
+    """Anchor a trading subchain's checkpoint in a main chain, via witnesses."""
+    if not Path(args.main_key_file).is_file():
+        return _fail(f"no main-chain key at {args.main_key_file}")
+    try:
+        key = load_or_create_key(Path(args.main_key_file))
+        witnesses = [Witness(folder) for folder in args.witness]
+        chain = TradingChain(args.trade, create=False)
+    except (LedgerError, WitnessError) as exc:
+        return _fail(str(exc))
+    try:
+        with chain, MainChain(args.main, signing_key=key) as main:
+            block = anchor_trading_chain(chain, main, witnesses)
+    except AnchorRefused as exc:
+        out.write(f"REFUSED: {exc}\n")
+        return EXIT_FAILED
+    except (LedgerError, MainChainError, sqlite3.Error) as exc:
+        return _fail(str(exc))
+    checkpoint = block.checkpoint
+    out.write(
+        f"anchored {checkpoint.origin} size {checkpoint.size} at height "
+        f"{block.height}\n"
+    )
+    return EXIT_OK
+
+
 def add_model_commands(groups: Any) -> None:
     """Register ``flchain model prove|verify`` on the top-level subparsers."""
     model = groups.add_parser("model", help="provenance bundles of trained models")
@@ -201,3 +230,13 @@ def add_model_commands(groups: Any) -> None:
         "--trusted-key", help="the market operator's checkpoint vkey, got out of band"
     )
     market.set_defaults(func=cmd_market)
+
+    anchor = sub.add_parser(
+        "anchor-market",
+        help="anchor a trading subchain in a main chain through witnesses",
+    )
+    anchor.add_argument("trade", help="the trading subchain's SQLite file")
+    anchor.add_argument("--main", required=True)
+    anchor.add_argument("--main-key-file", required=True)
+    anchor.add_argument("--witness", action="append", required=True, metavar="DIR")
+    anchor.set_defaults(func=cmd_anchor_market)

@@ -267,3 +267,48 @@ def test_cli_market_checks_every_record(
         assert flchain(argv, out=out) == 2, argv
         err = capsys.readouterr().err
         assert out.getvalue() == "" and err.count("\n") == 1, err
+
+
+def test_cli_anchor_market(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    chain = market(tmp_path)
+    sale(chain)
+    folders = []
+    for index, signer in enumerate(WITNESSES):
+        folder = tmp_path / f"witness{index}"
+        Witness.init(folder, signer.name, logs=[chain.verifier], signer=signer)
+        folders.append(str(folder))
+    chain.close()
+    policy = AnchorPolicy(tuple(cosigner_of(w) for w in WITNESSES), 2)
+    main_key = tmp_path / "main.key"
+    main_key.write_bytes(bytes(SigningKey(b"\x36" * 32)).hex().encode())
+    MainChain.create(
+        tmp_path / "main.db",
+        chain_id="main",
+        policy=policy,
+        signing_key=SigningKey(b"\x36" * 32),
+    ).close()
+    base = [
+        "model",
+        "anchor-market",
+        str(tmp_path / "trade.db"),
+        "--main",
+        str(tmp_path / "main.db"),
+        "--main-key-file",
+        str(main_key),
+    ]
+    out = io.StringIO()
+    assert flchain([*base, f"--witness={folders[0]}"], out=out) == 1
+    assert out.getvalue().startswith("REFUSED: 1 witnesses cosigned, the quorum is 2")
+    out = io.StringIO()
+    assert flchain([*base, *(f"--witness={f}" for f in folders)], out=out) == 0
+    assert out.getvalue() == "anchored flchain-flwr/market size 2 at height 1\n"
+    capsys.readouterr()
+    for argv in (
+        [*base[:-1], str(tmp_path / "nokey"), f"--witness={folders[0]}"],
+        [*base, f"--witness={tmp_path / 'nowitness'}"],
+        [*base[:2], str(tmp_path / "main.db"), *base[3:], f"--witness={folders[0]}"],
+    ):
+        out = io.StringIO()
+        assert flchain(argv, out=out) == 2, argv
+        err = capsys.readouterr().err
+        assert out.getvalue() == "" and err.count("\n") == 1, err

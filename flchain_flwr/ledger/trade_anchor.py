@@ -6,7 +6,8 @@ consistency proof from the size that witness last cosigned (learned from its
 409 answer), and is appended to the main chain once a quorum of the policy's
 witnesses cosigned it. An adapter, because ``anchor_ledger`` reads a training
 ledger's genesis block for the log key, and a trading chain has none: its
-key is the operator's (:attr:`TradingChain.verifier`).
+key is the operator's, recorded in the file
+(:meth:`TradingChain.recorded_verifier`; anchoring needs no operator secret).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ def cosign_trading_checkpoint(
         If the checkpoint is not the operator's, or fewer than ``quorum``
         witnesses cosigned.
     """
-    key = chain.verifier
+    key = chain.recorded_verifier()
+    if key is None:
+        raise AnchorRefused(f"{chain.path} has no entries: nothing to anchor")
     try:
         note = parse_note(chain.checkpoint_path.read_bytes())
         checkpoint, _ = open_checkpoint(note, [key])
@@ -88,8 +91,10 @@ def anchor_trading_chain(
         If the witnesses' quorum or the main chain refuses (nothing appended).
     """
     note, _ = cosign_trading_checkpoint(chain, witnesses, main.policy.quorum)
+    key = chain.recorded_verifier()
+    assert key is not None  # the checkpoint was checked under it
     previous = main.anchors_for(chain.origin)
     size = int(note.text.split("\n")[1])
     last = previous[-1].checkpoint.size if previous else 0
     proof = chain.prove_consistency(last, size) if 0 < last < size else None
-    return main.anchor(note, chain.verifier, proof)
+    return main.anchor(note, key, proof)

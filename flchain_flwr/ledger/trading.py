@@ -169,6 +169,17 @@ class TradingChain:
         """The operator's checkpoint key, as a signed-note verifier key."""
         return VerifierKey(self.origin, bytes(self.signing_key.verify_key))
 
+    def recorded_verifier(self) -> VerifierKey | None:
+        """The operator key the file records (at its first entry), without
+        loading the secret key; ``None`` before any entry."""
+        stored = self._meta("operator_key")
+        if stored is None:
+            return None
+        try:
+            return VerifierKey(self.origin, bytes.fromhex(stored))
+        except ValueError as exc:
+            raise LedgerError(f"{self.path}: malformed operator key: {exc}") from None
+
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
 
@@ -323,15 +334,12 @@ class TradingChain:
             hashes.append(entry.hash)
         if not hashes:
             return 0, "no entries, so no checkpoint"
-        stored = self._meta("operator_key")
-        if trusted is None and stored is None:
-            raise TradeRefused("the file records no operator key: give a trusted key")
         try:
-            key = trusted or VerifierKey(self.origin, bytes.fromhex(str(stored)))
-        except ValueError as exc:
-            raise TradeRefused(
-                f"the recorded operator key is malformed: {exc}"
-            ) from None
+            key = trusted or self.recorded_verifier()
+        except LedgerError as exc:
+            raise TradeRefused(str(exc)) from None
+        if key is None:
+            raise TradeRefused("the file records no operator key: give a trusted key")
         try:
             found, _ = read_checkpoint(self.checkpoint_path, [key])
             check_against_ledger(found, self.origin, hashes)
