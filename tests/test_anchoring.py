@@ -375,3 +375,29 @@ def test_the_app_accepts_the_anchoring_keys(setup, tmp_path: Path) -> None:  # t
     anchor = fedbuff_from_run_config(config).anchor
     assert anchor is not None and anchor.every_seconds == 30.0
     assert anchor.every_blocks is None
+
+
+def test_the_anchorer_asks_each_witness_once_per_anchor(setup) -> None:  # type: ignore[no-untyped-def]
+    ledger, main, witnesses = setup
+    calls: list[int] = []
+
+    class Counted:
+        def __init__(self, witness: Witness) -> None:
+            self.witness = witness
+
+        def add_checkpoint(self, request):  # type: ignore[no-untyped-def]
+            calls.append(request.old)
+            return self.witness.add_checkpoint(request)
+
+    anchorer = Anchorer(main, [Counted(w) for w in witnesses], every_blocks=1)
+    assert anchorer.anchor_now(ledger, 0.0) is not None
+    assert calls == [0, 0, 0]
+    ledger.append(
+        model={"w": np.zeros(3, np.float32)},
+        model_version=5,
+        base_version=4,
+        config_digest="c" * 64,
+    )
+    calls.clear()
+    assert anchorer.after_block(ledger, 1.0) is not None
+    assert calls == [5, 5, 5]  # each witness's last size, no 409 round trip

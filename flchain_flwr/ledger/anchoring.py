@@ -136,7 +136,9 @@ def anchor_ledger(
         If the witnesses' quorum or the main chain refuses (nothing appended).
     """
     prover = prover or LogProver()
-    note, refusals = cosigned_checkpoint(ledger, witnesses, main.policy.quorum, prover)
+    note, refusals = cosigned_checkpoint(
+        ledger, witnesses, main.policy.quorum, prover, sizes
+    )
     for refusal in refusals:
         log(WARNING, "Anchoring %s: %s", ledger.origin, refusal)
     previous = main.last_anchor(ledger.origin)
