@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final, NoReturn, TextIO
 
+from .cli_model import add_model_commands
 from .ledger import (
     Block,
     InvalidProof,
@@ -359,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_anchor import add_anchor_commands  # here: cli_anchor imports cli
 
     add_anchor_commands(groups, verify)
+    add_model_commands(groups)
     return parser
 
 

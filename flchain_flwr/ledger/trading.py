@@ -1,0 +1,365 @@
+"""A model-trading subchain: signed trade records in SQLite, with C2SP
+checkpoints.
+
+The market's operator appends the statements of :mod:`.trade_records` one
+entry at a time, each after :meth:`TradeBook.check` accepted it (signature,
+references, no replay). An entry is RFC 8785 JSON::
+
+    {"format": "flchain-trade/1", "market": <origin>, "index": n,
+     "prev": <previous entry's hash, or 64 zeros>,
+     "statement": {...}, "signature": <the party's hex signature>}
+
+and its hash, ``sha256(ENTRY_TAG || json)``, is its leaf in the chain's
+Merkle log, exactly as a training ledger's block hashes are in its log. After
+each entry the operator's key (named after the origin, ``flchain-flwr/<chain
+id>``) signs a C2SP checkpoint of the log, by default to
+``<path>.checkpoint``: the trading subchain is anchored in a main chain like
+any training subchain (``origin``, ``block_hashes()`` and the checkpoint file
+are what anchoring reads). The operator cannot forge a party's statement;
+it can refuse to record one, and, holding its key, sign a checkpoint of a
+rewritten log, which a checkpoint anchored and cosigned earlier exposes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from nacl.signing import SigningKey
+
+from .canonical import ZERO_HASH, NotCanonical, encode, parse_canonical, sha256_hex
+from .chain import LedgerError, load_or_create_key
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointMismatch,
+    LogFrontier,
+    check_against_ledger,
+    ledger_origin,
+    read_checkpoint,
+    sign_checkpoint,
+    write_checkpoint,
+)
+from .merkle import consistency_proof
+from .notes import NoteError, SignerKey, VerifierKey
+from .trade_records import TradeBook, TradeRefused
+
+ENTRY_FORMAT: Final = "flchain-trade/1"
+ENTRY_TAG: Final = b"flchain-trade-entry/1\n"
+ENTRY_FIELDS: Final = frozenset(
+    {"format", "market", "index", "prev", "statement", "signature"}
+)
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    "CREATE TABLE entries (idx INTEGER PRIMARY KEY, "
+    "hash TEXT NOT NULL, record_id TEXT NOT NULL UNIQUE, entry BLOB NOT NULL)",
+)
+
+
+@dataclass(frozen=True)
+class TradeEntry:
+    """One recorded statement: its place, hash, id and the entry's bytes."""
+
+    index: int
+    hash: str
+    record_id: str
+    entry: bytes
+
+    @property
+    def statement(self) -> dict[str, Any]:
+        """The signed statement the entry holds."""
+        value: dict[str, Any] = parse_canonical(self.entry, 2)["statement"]
+        return value
+
+
+def entry_hash(entry: bytes) -> str:
+    """An entry's hash: its leaf in the chain's Merkle log."""
+    return sha256_hex(ENTRY_TAG, entry)
+
+
+class TradingChain:
+    """A market's append-only log of trade statements.
+
+    Parameters
+    ----------
+    path : str | Path
+        The SQLite file (created with its folder if missing).
+    chain_id : str, optional
+        Fixed at creation (required then); the origin is ``flchain-flwr/<id>``.
+    signing_key : SigningKey, optional
+        The operator's key; else the one at ``<path>.key`` (created).
+    checkpoint_path : str | Path, optional
+        Where each append writes the signed checkpoint (``<path>.checkpoint``).
+    create : bool (default: True)
+        With ``False`` a missing file is an error.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        chain_id: str | None = None,
+        signing_key: SigningKey | None = None,
+        checkpoint_path: str | Path | None = None,
+        create: bool = True,
+    ) -> None:
+        self.path = Path(path).resolve()
+        if not self.path.is_file() and (not create or chain_id is None):
+            raise LedgerError(f"no trading chain at {self.path}")
+        self.checkpoint_path = Path(
+            checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
+        )
+        self._key = signing_key
+        self._key_path = self.path.with_name(self.path.name + ".key")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+            if not tables and chain_id is not None:
+                ledger_origin(chain_id)  # a usable origin, or CheckpointError
+                self.db.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    self.db.execute(statement)
+                self.db.execute(
+                    "INSERT INTO meta VALUES ('format', ?), ('chain_id', ?)",
+                    (ENTRY_FORMAT, chain_id),
+                )
+                self.db.execute("COMMIT")
+                tables = {"meta", "entries"}
+            stored = self._meta("chain_id") if {"meta", "entries"} <= tables else None
+        except (sqlite3.Error, CheckpointError) as exc:
+            raise LedgerError(f"{self.path} is not a trading chain: {exc}") from None
+        if stored is None or self._meta("format") != ENTRY_FORMAT:
+            self.db.close()
+            raise LedgerError(f"{self.path} is not a trading chain")
+        if chain_id is not None and chain_id != stored:
+            raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
+        self.chain_id: str = stored
+        self.origin: str = ledger_origin(stored)
+        self._cached: tuple[tuple[int, str], TradeBook] | None = None
+        """The book after the entries it names (count, last hash): checked
+        once, extended by each append of this process."""
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    def __enter__(self) -> TradingChain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The operator's key (loaded or created beside the file)."""
+        if self._key is None:
+            self._key = load_or_create_key(self._key_path)
+        return self._key
+
+    @property
+    def verifier(self) -> VerifierKey:
+        """The operator's checkpoint key, as a signed-note verifier key."""
+        return VerifierKey(self.origin, bytes(self.signing_key.verify_key))
+
+    def recorded_verifier(self) -> VerifierKey | None:
+        """The operator key the file records (at its first entry), without
+        loading the secret key; ``None`` before any entry."""
+        stored = self._meta("operator_key")
+        if stored is None:
+            return None
+        try:
+            return VerifierKey(self.origin, bytes.fromhex(stored))
+        except ValueError as exc:
+            raise LedgerError(f"{self.path}: malformed operator key: {exc}") from None
+
+    def __len__(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+
+    def entries(self) -> Iterator[TradeEntry]:
+        """Every entry, by index."""
+        rows = self.db.execute(
+            "SELECT idx, hash, record_id, entry FROM entries ORDER BY idx"
+        ).fetchall()
+        for index, digest, record_id, entry in rows:
+            yield TradeEntry(int(index), str(digest), str(record_id), bytes(entry))
+
+    def block_hashes(self) -> list[str]:
+        """Entry hashes by index: the leaves of the chain's Merkle log."""
+        return [entry.hash for entry in self.entries()]
+
+    def book(self) -> TradeBook:
+        """What the market holds, rebuilt from the stored entries (each
+        checked again on the way)."""
+        book = TradeBook(self.origin)
+        for entry in self.entries():
+            statement = entry.statement
+            book.record(statement, book.check(statement, _signature_of(entry)))
+        return book
+
+    def append(self, statement: Mapping[str, Any], signature: str) -> TradeEntry:
+        """Check a signed statement against the market, record it in one SQLite
+        transaction, then sign and write the checkpoint of the log.
+
+        Raises
+        ------
+        TradeRefused
+            If :meth:`TradeBook.check` refuses it (nothing is written).
+        LedgerError
+            If the stored log no longer holds the checkpoint on file.
+        """
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            hashes = self.block_hashes()
+            self._check_signed_log(hashes)
+            key = (len(hashes), hashes[-1] if hashes else ZERO_HASH)
+            if self._cached is None or self._cached[0] != key:
+                self._cached = (key, self.book())
+            book = self._cached[1]
+            record_id = book.check(statement, signature)
+            index = len(hashes)
+            entry = encode(
+                2,
+                {
+                    "format": ENTRY_FORMAT,
+                    "market": self.origin,
+                    "index": index,
+                    "prev": hashes[-1] if hashes else ZERO_HASH,
+                    "statement": dict(statement),
+                    "signature": signature,
+                },
+            )
+            digest = entry_hash(entry)
+            self.db.execute(
+                "INSERT INTO entries VALUES (?, ?, ?, ?)",
+                (index, digest, record_id, entry),
+            )
+            self.db.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('operator_key', ?)",
+                (bytes(self.signing_key.verify_key).hex(),),
+            )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        book.record(statement, record_id)
+        self._cached = ((index + 1, digest), book)
+        frontier = LogFrontier([*hashes, digest])
+        note = sign_checkpoint(
+            Checkpoint(self.origin, frontier.size, frontier.root()),
+            [SignerKey(self.origin, self.signing_key)],
+        )
+        write_checkpoint(self.checkpoint_path, note)
+        return TradeEntry(index, digest, record_id, entry)
+
+    def _check_signed_log(self, hashes: list[str]) -> None:
+        """``LedgerError`` if the checkpoint on file, signed by this key,
+        covers a log the stored entries no longer hold (the key must never
+        sign two checkpoints that contradict each other)."""
+        if not self.checkpoint_path.is_file():
+            return
+        try:
+            signed, _ = read_checkpoint(self.checkpoint_path, [self.verifier])
+        except (NoteError, CheckpointError):
+            return  # not ours: it is replaced
+        try:
+            check_against_ledger(signed, self.origin, hashes)
+        except CheckpointMismatch as exc:
+            raise LedgerError(
+                f"refusing to extend {self.path}: {exc} since its last checkpoint"
+            ) from None
+
+    def prove_consistency(self, prior: int, later: int | None = None) -> dict[str, Any]:
+        """A consistency proof between two sizes of the log (as the training
+        ledger's ``prove_consistency``)."""
+        hashes = self.block_hashes()
+        try:
+            return consistency_proof(
+                hashes, prior, len(hashes) if later is None else later
+            )
+        except ValueError as exc:
+            raise LedgerError(str(exc)) from None
+
+    def verify(self, trusted: VerifierKey | None = None) -> tuple[int, str]:
+        """Check every entry again from scratch, and the checkpoint on file.
+
+        Each entry must be canonical, in sequence, linked to the previous one,
+        for this market, and hold a statement the records before it accept.
+        The checkpoint must be signed by ``trusted`` (default: the operator
+        key the file records, which proves only self-consistency) and cover a
+        prefix. Nothing is written (no key is created).
+
+        Returns
+        -------
+        tuple[int, str]
+            The number of entries and what the checkpoint anchored.
+
+        Raises
+        ------
+        TradeRefused
+            Naming the first entry that fails, or the checkpoint.
+        """
+        book, prev = TradeBook(self.origin), ZERO_HASH
+        hashes = []
+        for position, entry in enumerate(self.entries()):
+            try:
+                value = parse_canonical(entry.entry, 2)
+            except NotCanonical as exc:
+                raise TradeRefused(f"entry {position}: {exc}") from None
+            expected: dict[str, object] = {
+                "format": ENTRY_FORMAT,
+                "market": self.origin,
+                "index": position,
+                "prev": prev,
+            }
+            problem = _entry_problem(value, expected, entry)
+            if problem is None:
+                try:
+                    record_id = book.check(value["statement"], value["signature"])
+                    if record_id != entry.record_id:
+                        problem = "its stored record id is not its statement's"
+                    book.record(value["statement"], record_id)
+                except TradeRefused as exc:
+                    problem = str(exc)
+            if problem is not None:
+                raise TradeRefused(f"entry {position}: {problem}")
+            prev = entry.hash
+            hashes.append(entry.hash)
+        if not hashes:
+            return 0, "no entries, so no checkpoint"
+        try:
+            key = trusted or self.recorded_verifier()
+        except LedgerError as exc:
+            raise TradeRefused(str(exc)) from None
+        if key is None:
+            raise TradeRefused("the file records no operator key: give a trusted key")
+        try:
+            found, _ = read_checkpoint(self.checkpoint_path, [key])
+            check_against_ledger(found, self.origin, hashes)
+        except (OSError, NoteError, CheckpointError, CheckpointMismatch) as exc:
+            raise TradeRefused(f"checkpoint {self.checkpoint_path}: {exc}") from None
+        return len(hashes), f"checkpoint of {found.size} entries signed by {key}"
+
+
+def _signature_of(entry: TradeEntry) -> str:
+    return str(parse_canonical(entry.entry, 2)["signature"])
+
+
+def _entry_problem(
+    value: Any, expected: Mapping[str, Any], entry: TradeEntry
+) -> str | None:
+    if not isinstance(value, dict) or set(value) != ENTRY_FIELDS:
+        return f"an entry has exactly the fields {sorted(ENTRY_FIELDS)}"
+    for name, wanted in expected.items():
+        if type(value[name]) is not type(wanted) or value[name] != wanted:
+            return f"its {name} is {str(value[name])[:70]!r}, not {wanted!r}"
+    if entry_hash(entry.entry) != entry.hash:
+        return "its stored hash is not its entry's"
+    return None
