@@ -43,6 +43,7 @@ from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod, attacker_node_configs
 from flchain_flwr.strategies import Constant, FedBuff
 
+from .ledger_helpers import KeyQuorum
 from .toy import constant_work, initial_arrays, toy_client_app
 
 CHAIN = "test-chain"
@@ -636,6 +637,7 @@ def forge_next_block(ledger: Ledger, committee: Committee, /, **change: object) 
     votes = [chain_vote(ledger, committee, k, d) for k in members]
     votes = change.pop("votes", votes)  # type: ignore[assignment]
     signer = change.pop("signer", committee.verifiers[members[0]].key)
+    signer = KeyQuorum(signer, [committee.verifiers[k].key for k in members])  # type: ignore[arg-type]
     extra = {"committee": members, "deposits": state.settlement(members, votes)}  # type: ignore[arg-type]
     extra.update(change)  # type: ignore[arg-type]
     ledger.append(
