@@ -26,13 +26,9 @@ from logging import WARNING
 from typing import Any
 
 from flwr.supercore import log
-from nacl.encoding import HexEncoder
-from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays, apply_step
 from ..ledger import (
-    Block,
-    BlockSigner,
     Ledger,
     PoVRules,
     PoVState,
@@ -48,14 +44,11 @@ from ..ledger.evidence import EVIDENCE_FIELD
 from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
 from ..ledger.replay import PendingReplay
 from .filters import Prefilter
-from .headers import HeaderSigner, cosign_header
-from .verifier import Behaviour, RefusedRequest, Rule, Threshold, Verifier
+from .headers import HeaderSigner, HeaderSigning
+from .verifier import Rule, Threshold, Verifier
 from .views import LEAD_TAG as LEAD_TAG
-from .views import (
-    RefusingSigner,
-    certify_view_change,
-    sign_view_change,
-)
+from .views import Views
+from .views import carried_votes as carried_votes
 from .views import lead_statement as lead_statement
 
 
@@ -110,7 +103,7 @@ class CommitteeDecision:
         return [v for v in self.votes if v["candidate"] == digest]
 
 
-class Committee:
+class Committee(Views, HeaderSigning):
     """A pool of verifiers, the committee rule and the deposits.
 
     Parameters
@@ -328,71 +321,6 @@ class Committee:
             raise ValueError(problem)
         self._evidence.append(dict(record))
 
-    def header_signatures(
-        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Each member's signature on the pending ``block`` (see
-        :mod:`.headers`), and why the others refused. In-process members
-        share one replay of the block (they are one process)."""
-        if self._replay is None or self._replay.ledger is not ledger:
-            self._replay = PendingReplay(ledger)
-        replayed, problem = self._replay.check(block)
-        signatures, problems = [], []
-        for key in members:
-            try:
-                signatures.append(
-                    cosign_header(
-                        self.verifiers[key],
-                        block,
-                        view=view,
-                        rule_digest=self.rule.digest,
-                        replayed=replayed,
-                        model_problem=problem,
-                    )
-                )
-            except RefusedRequest as exc:
-                problems.append(f"verifier {key[:12]}… refused: {exc}")
-        return signatures, problems
-
-    def view_change_signatures(
-        self, members: Sequence[str], context: VoteContext
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Each member's signed view change for ``context``'s view, and why
-        the others refused."""
-        signatures, problems = [], []
-        for key in members:
-            try:
-                signatures.append(sign_view_change(self.verifiers[key], context))
-            except RefusedRequest as exc:
-                problems.append(f"verifier {key[:12]}… refused: {exc}")
-        return signatures, problems
-
-    def signer(self, leader: str) -> BlockSigner:
-        """What signs a block led by ``leader``: here its own signing key."""
-        verifier = self.verifiers[leader]
-        if verifier.behaviour is Behaviour.REFUSE_TO_LEAD:
-            return RefusingSigner(verifier)
-        return verifier.key
-
-    def leader_ready(self, leader: str, context: VoteContext) -> str | None:
-        """Why ``leader`` cannot lead the block in ``context``, or ``None``.
-
-        The leader must sign a statement that it leads this view
-        (:func:`lead_statement`) through the same signer that signs the
-        block: one that refuses, fails or (remotely) does not answer in time
-        hands over to the next view's leader before any vote is cast in its
-        view.
-        """
-        statement = lead_statement(context, leader)
-        try:
-            signed = self.signer(leader).sign(statement)
-            VerifyKey(leader.encode(), encoder=HexEncoder).verify(
-                statement, signed.signature
-            )
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            return f"cannot lead ({exc})"
-        return None
-
     @property
     def reserved_nodes(self) -> frozenset[int]:
         """Nodes that verify and must not be sent training (none in-process)."""
@@ -442,50 +370,6 @@ class Committee:
         return votes, problems
 
     # ---------------------------------------------------------------- deciding
-    def choose_view(
-        self, context: VoteContext
-    ) -> tuple[VoteContext, list[str], list[dict[str, Any]]]:
-        """The first view, from ``context.view`` on, whose leader is ready, its
-        committee (leader first) and the certificates that the views before
-        it failed (:func:`~.views.certify_view_change`). The search stops at
-        a view whose leader is not ready but that too few members give up,
-        or after one full rotation (that block will fail to be signed)."""
-        assert context.prev_hash is not None
-        certificates: list[dict[str, Any]] = []
-        ready, members = context, self.state.committee(context.prev_hash, context.view)
-        for view in range(context.view, context.view + len(members)):
-            members = self.state.committee(context.prev_hash, view)
-            ready = replace(context, view=view)
-            problem = self.leader_ready(members[0], ready)
-            if problem is None:
-                return ready, members, certificates
-            certificate = self._give_up(ready, members, problem)
-            if certificate is None:
-                break
-            certificates.append(certificate)
-        return ready, members, certificates
-
-    def _give_up(
-        self, context: VoteContext, members: list[str], problem: str
-    ) -> dict[str, Any] | None:
-        """The certificate that ``context``'s view failed, or ``None`` (then
-        the view stays), logging why."""
-        certificate, refusals = certify_view_change(self, members, context)
-        for refusal in refusals:
-            log(WARNING, "PoV: view change: %s", refusal)
-        log(
-            WARNING,
-            "PoV: leader %s… of height %d view %d %s; %s",
-            members[0][:12],
-            context.height,
-            context.view,
-            problem,
-            f"view {context.view + 1} takes over"
-            if certificate is not None
-            else "too few members signed a view change: the view stays",
-        )
-        return certificate
-
     # pylint: disable=too-many-arguments,too-many-locals
     def decide(
         self,
@@ -622,22 +506,6 @@ class Committee:
             context,
             certificates,
         )
-
-
-def carried_votes(
-    earlier: Sequence[dict[str, Any]], view: int, decision: CommitteeDecision
-) -> list[dict[str, Any]]:
-    """The votes the next block holds after ``decision``: those cast since the
-    last block in ``view`` and ``decision``'s. Earlier votes go when the view
-    changed (they sign their view) and on any update decided again (the same
-    update resent to the same parent: the later judgement stands)."""
-    decided = {o.digest for o in decision.outcomes}
-    kept = [
-        v
-        for v in earlier
-        if decision.view == view and str(v["candidate"]) not in decided
-    ]
-    return kept + list(decision.votes)
 
 
 def collect_votes(

@@ -33,8 +33,9 @@ from typing import TYPE_CHECKING, Any
 from ..ledger import Block, BlockSigner, Ledger, VoteContext, check_vote, quorum
 from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
 from ..ledger.merkle import merkle_root
+from ..ledger.replay import PendingReplay
 from ..ledger.statements import header_statement, sign_statement, signature_ok
-from .verifier import RefusedRequest, Verifier
+from .verifier import RefusedRequest, Rule, Verifier
 from .views import take_statement
 
 if TYPE_CHECKING:
@@ -173,3 +174,39 @@ class HeaderSigner:
                 f"members signed its header, {needed} needed; " + "; ".join(problems)
             )
         return valid
+
+
+class HeaderSigning:
+    """How in-process members are asked to sign a header (mixed into
+    :class:`~flchain_flwr.pov.Committee`; a remote committee asks its
+    nodes instead)."""
+
+    verifiers: dict[str, Verifier]
+    rule: Rule
+    _replay: PendingReplay | None
+
+    def header_signatures(
+        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Each member's signature on the pending ``block`` (see
+        :mod:`.headers`), and why the others refused. In-process members
+        share one replay of the block (they are one process)."""
+        if self._replay is None or self._replay.ledger is not ledger:
+            self._replay = PendingReplay(ledger)
+        replayed, problem = self._replay.check(block)
+        signatures, problems = [], []
+        for key in members:
+            try:
+                signatures.append(
+                    cosign_header(
+                        self.verifiers[key],
+                        block,
+                        view=view,
+                        rule_digest=self.rule.digest,
+                        replayed=replayed,
+                        model_problem=problem,
+                    )
+                )
+            except RefusedRequest as exc:
+                problems.append(f"verifier {key[:12]}… refused: {exc}")
+        return signatures, problems

@@ -22,18 +22,23 @@ signing both a header and a view change at one (height, view).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from logging import WARNING
 from typing import TYPE_CHECKING, Any, Final
 
-from ..ledger import VoteContext
+from flwr.supercore import log
+from nacl.encoding import HexEncoder
+from nacl.signing import VerifyKey
+
+from ..ledger import BlockSigner, PoVState, VoteContext
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.consensus import quorum
 from ..ledger.statements import sign_statement, signature_ok, view_change_statement
-from .verifier import RefusedRequest, Verifier
+from .verifier import Behaviour, RefusedRequest, Verifier
 
 if TYPE_CHECKING:
-    from .committee import Committee
+    from .committee import CommitteeDecision
 
 LEAD_TAG: Final = b"flchain-pov-lead/1\n"
 """Prefix of the statement a leader signs to take a view (not a header)."""
@@ -107,29 +112,136 @@ def sign_view_change(verifier: Verifier, context: VoteContext) -> dict[str, Any]
     }
 
 
-def certify_view_change(
-    committee: Committee, members: list[str], context: VoteContext
-) -> tuple[dict[str, Any] | None, list[str]]:
-    """The certificate that ``context``'s view failed (``None`` if fewer
-    than a quorum of ``members`` signed it), and why members did not."""
-    signatures, problems = committee.view_change_signatures(members, context)
-    assert context.prev_hash is not None
-    statement = view_change_statement(
-        context.chain_id, context.height, context.view, context.prev_hash
-    )
-    valid = [s for s in signatures if _signed(s, statement)]
-    problems += [
-        f"view change by {str(s['verifier'])[:12]}… has a bad signature"
-        for s in signatures
-        if s not in valid
-    ]
-    if len(valid) < quorum(len(members)):
-        return None, problems
-    return {"view": context.view, "signatures": valid}, problems
-
-
 def _signed(entry: Mapping[str, Any], statement: bytes) -> bool:
     return signature_ok(str(entry["verifier"]), statement, str(entry["signature"]))
+
+
+class Views:
+    """How a committee moves through views (mixed into
+    :class:`~flchain_flwr.pov.Committee`): who leads, whether the leader is
+    ready, and the view-change certificates when it is not."""
+
+    verifiers: dict[str, Verifier]
+    state: PoVState
+
+    def view_change_signatures(
+        self, members: Sequence[str], context: VoteContext
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Each member's signed view change for ``context``'s view, and why
+        the others refused."""
+        signatures, problems = [], []
+        for key in members:
+            try:
+                signatures.append(sign_view_change(self.verifiers[key], context))
+            except RefusedRequest as exc:
+                problems.append(f"verifier {key[:12]}… refused: {exc}")
+        return signatures, problems
+
+    def signer(self, leader: str) -> BlockSigner:
+        """What signs a block led by ``leader``: here its own signing key."""
+        verifier = self.verifiers[leader]
+        if verifier.behaviour is Behaviour.REFUSE_TO_LEAD:
+            return RefusingSigner(verifier)
+        return verifier.key
+
+    def leader_ready(self, leader: str, context: VoteContext) -> str | None:
+        """Why ``leader`` cannot lead the block in ``context``, or ``None``.
+
+        The leader must sign a statement that it leads this view
+        (:func:`lead_statement`) through the same signer that signs the
+        block: one that refuses, fails or (remotely) does not answer in time
+        hands over to the next view's leader before any vote is cast in its
+        view.
+        """
+        statement = lead_statement(context, leader)
+        try:
+            signed = self.signer(leader).sign(statement)
+            VerifyKey(leader.encode(), encoder=HexEncoder).verify(
+                statement, signed.signature
+            )
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            return f"cannot lead ({exc})"
+        return None
+
+    def choose_view(
+        self, context: VoteContext
+    ) -> tuple[VoteContext, list[str], list[dict[str, Any]]]:
+        """The first view, from ``context.view`` on, whose leader is ready, its
+        committee (leader first) and the certificates that the views before
+        it failed (:meth:`certify_view_change`). The search stops at
+        a view whose leader is not ready but that too few members give up,
+        or after one full rotation (that block will fail to be signed)."""
+        assert context.prev_hash is not None
+        certificates: list[dict[str, Any]] = []
+        ready, members = context, self.state.committee(context.prev_hash, context.view)
+        for view in range(context.view, context.view + len(members)):
+            members = self.state.committee(context.prev_hash, view)
+            ready = replace(context, view=view)
+            problem = self.leader_ready(members[0], ready)
+            if problem is None:
+                return ready, members, certificates
+            certificate = self._give_up(ready, members, problem)
+            if certificate is None:
+                break
+            certificates.append(certificate)
+        return ready, members, certificates
+
+    def _give_up(
+        self, context: VoteContext, members: list[str], problem: str
+    ) -> dict[str, Any] | None:
+        """The certificate that ``context``'s view failed, or ``None`` (then
+        the view stays), logging why."""
+        certificate, refusals = self.certify_view_change(members, context)
+        for refusal in refusals:
+            log(WARNING, "PoV: view change: %s", refusal)
+        log(
+            WARNING,
+            "PoV: leader %s… of height %d view %d %s; %s",
+            members[0][:12],
+            context.height,
+            context.view,
+            problem,
+            f"view {context.view + 1} takes over"
+            if certificate is not None
+            else "too few members signed a view change: the view stays",
+        )
+        return certificate
+
+    def certify_view_change(
+        self, members: list[str], context: VoteContext
+    ) -> tuple[dict[str, Any] | None, list[str]]:
+        """The certificate that ``context``'s view failed (``None`` if fewer
+        than a quorum of ``members`` signed it), and why members did not."""
+        signatures, problems = self.view_change_signatures(members, context)
+        assert context.prev_hash is not None
+        statement = view_change_statement(
+            context.chain_id, context.height, context.view, context.prev_hash
+        )
+        valid = [s for s in signatures if _signed(s, statement)]
+        problems += [
+            f"view change by {str(s['verifier'])[:12]}… has a bad signature"
+            for s in signatures
+            if s not in valid
+        ]
+        if len(valid) < quorum(len(members)):
+            return None, problems
+        return {"view": context.view, "signatures": valid}, problems
+
+
+def carried_votes(
+    earlier: Sequence[dict[str, Any]], view: int, decision: CommitteeDecision
+) -> list[dict[str, Any]]:
+    """The votes the next block holds after ``decision``: those cast since the
+    last block in ``view`` and ``decision``'s. Earlier votes go when the view
+    changed (they sign their view) and on any update decided again (the same
+    update resent to the same parent: the later judgement stands)."""
+    decided = {o.digest for o in decision.outcomes}
+    kept = [
+        v
+        for v in earlier
+        if decision.view == view and str(v["candidate"]) not in decided
+    ]
+    return kept + list(decision.votes)
 
 
 @dataclass(frozen=True)
