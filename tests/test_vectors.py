@@ -108,9 +108,10 @@ def test_the_vectors_check_out_independently() -> None:
         "replayed": True,
         "view": 0,
     }
-    assert json.loads(v["view_change"]["statement"].split("\n", 1)[1])[
-        "prev_hash"
-    ] == (block["prev_hash"])
+    assert (
+        json.loads(v["view_change"]["statement"].split("\n", 1)[1])["prev_hash"]
+        == (block["prev_hash"])
+    )
 
 
 def test_the_published_page_shows_the_vectors() -> None:
@@ -126,7 +127,10 @@ def test_the_published_page_shows_the_vectors() -> None:
         v["checkpoint"]["note"],
         *v["checkpoint"]["block_hashes"],
         *(v[k]["signature_hex"] for k in ("header_signature", "view_change")),
-        *(v[k]["statement"].split("\n", 1)[1] for k in ("header_signature", "view_change")),
+        *(
+            v[k]["statement"].split("\n", 1)[1]
+            for k in ("header_signature", "view_change")
+        ),
     ]
     missing = [value for value in shown if value not in page]
     assert not missing, "update docs/test-vectors.md from the JSON file"
