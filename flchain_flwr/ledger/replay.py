@@ -370,6 +370,13 @@ class _Replayer:
             self.models.popitem(last=False)
         return model
 
+    def keep(self, digest: str, model: NDArrays) -> None:
+        """Cache a model known to hash to ``digest``."""
+        self.models[digest] = model
+        self.models.move_to_end(digest)
+        if len(self.models) > _MODEL_CACHE:
+            self.models.popitem(last=False)
+
     def block(self, prev: Block, block: Block) -> None:
         """Replay ``block`` over ``prev``; raise :class:`_Failed` or
         :class:`_NotReplayable`."""
@@ -420,6 +427,7 @@ class _Replayer:
                 f"the replayed model {replayed[:16]}… is not the recorded "
                 f"{str(header['model_hash'])[:16]}…"
             )
+        self.keep(replayed, result.model)  # the next block's parent: no reload
         if settings.momentum > 0.0:
             assert state is not None and state.velocity is not None
             assert result.velocity is not None
