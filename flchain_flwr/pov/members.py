@@ -114,3 +114,41 @@ def load_statements(record: ConfigRecord | None) -> dict[str, tuple[int, int, st
     return {
         str(c): (int(h), int(v), str(w)) for c, h, v, w in zip(*columns, strict=True)
     }
+
+
+# ---------------------------------------------------------------- server side
+def header_request(block: Block, view: int) -> ConfigRecord:
+    """What a member node is sent to sign a pending block's header."""
+    return ConfigRecord(
+        {
+            "kind": "header",
+            "header": block.header_bytes,
+            "body": block.body_bytes,
+            "view": view,
+        }
+    )
+
+
+def header_entry(key: str, cfg: ConfigRecord) -> dict[str, Any]:
+    """A member node's reply to :func:`header_request` as a stored header
+    signature (checked by :class:`~.headers.HeaderSigner`)."""
+    replayed = cfg.get("replayed")
+    if not isinstance(replayed, bool):
+        raise ValueError("the reply's replayed must be a boolean")
+    return {
+        "verifier": key,
+        "replayed": replayed,
+        "signature": _signature_bytes(cfg).hex(),
+    }
+
+
+def view_change_entry(key: str, cfg: ConfigRecord) -> dict[str, Any]:
+    """A member node's signed view change as a certificate entry."""
+    return {"verifier": key, "signature": _signature_bytes(cfg).hex()}
+
+
+def _signature_bytes(cfg: ConfigRecord) -> bytes:
+    value = cfg.get("signature")
+    if not isinstance(value, bytes):
+        raise ValueError("'signature' must be bytes")
+    return value

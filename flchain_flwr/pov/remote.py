@@ -65,10 +65,13 @@ from ..ledger.statements import view_change_statement
 from ..runtime import clock_of
 from .committee import LEAD_TAG, Candidate, Committee, lead_statement
 from .members import (
+    header_entry,
+    header_request,
     load_statements,
     member_header,
     member_view_change,
     stored_statements,
+    view_change_entry,
 )
 from .verifier import Verifier
 
@@ -579,7 +582,7 @@ class RemoteCommittee(Committee):
     ) -> tuple[list[dict[str, Any]], list[str]]:
         """Each member node's header signature (see :func:`member_header`)."""
         request = header_request(block, view)
-        return self._ask_members(members, request, _header_entry)
+        return self._ask_members(members, request, header_entry)
 
     def view_change_signatures(
         self, members: Sequence[str], context: VoteContext
@@ -590,7 +593,7 @@ class RemoteCommittee(Committee):
             context.chain_id, context.height, context.view, context.prev_hash
         )
         request = ConfigRecord({"kind": "view-change", "message": statement})
-        return self._ask_members(members, request, _view_change_entry)
+        return self._ask_members(members, request, view_change_entry)
 
     def _ask_members(
         self,
@@ -673,33 +676,6 @@ def vote_request(
         }
     )
     return content
-
-
-def header_request(block: Block, view: int) -> ConfigRecord:
-    """What a member node is sent to sign a pending block's header."""
-    return ConfigRecord(
-        {
-            "kind": "header",
-            "header": block.header_bytes,
-            "body": block.body_bytes,
-            "view": view,
-        }
-    )
-
-
-def _header_entry(key: str, cfg: ConfigRecord) -> dict[str, Any]:
-    replayed = cfg.get("replayed")
-    if not isinstance(replayed, bool):
-        raise ValueError("the reply's replayed must be a boolean")
-    return {
-        "verifier": key,
-        "replayed": replayed,
-        "signature": _bytes(cfg, "signature").hex(),
-    }
-
-
-def _view_change_entry(key: str, cfg: ConfigRecord) -> dict[str, Any]:
-    return {"verifier": key, "signature": _bytes(cfg, "signature").hex()}
 
 
 def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
