@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from nacl.signing import SignedMessage, SigningKey, VerifyKey
 
@@ -26,7 +27,13 @@ from flchain_flwr.ledger.statements import (
     sign_statement,
     view_change_statement,
 )
-from flchain_flwr.pov import Behaviour, Committee, RefusedRequest, Threshold
+from flchain_flwr.pov import (
+    Behaviour,
+    Candidate,
+    Committee,
+    RefusedRequest,
+    Threshold,
+)
 from flchain_flwr.pov.headers import HeaderSigner, cosign_header
 from flchain_flwr.pov.views import sign_view_change, take_statement
 
@@ -449,3 +456,49 @@ def _leader_key(ledger: Ledger, committee: Committee) -> SigningKey:
         committee.rules, (b.body for b in ledger.blocks())
     ).committee(head.hash)
     return committee.verifiers[members[0]].key
+
+
+def test_members_refuse_a_block_that_includes_what_they_did_not_approve(
+    tmp_path: Path,
+) -> None:
+    """The whole path: the committee votes on one update, then the server
+    tries to append a block including a second one; the members refuse to
+    sign and nothing is written. The honest block is signed and verifies."""
+    ledger, committee = pov_chain(tmp_path)
+    head = ledger.head()
+    assert head is not None
+    parent = ledger.load_model(head)
+    context = committee.position(ledger, parent, head.height + 1)
+    zero = {k: np.zeros_like(v) for k, v in parent.items()}
+    decision = committee.decide(
+        context=context,
+        global_model=parent,
+        candidates=[Candidate(digest(70), 1, zero)],
+        round_=head.height,
+    )
+    assert decision.outcomes[0].accepted
+    fields, signer = committee.seal(
+        decision.committee, decision.votes, decision.view, decision.view_changes
+    )
+
+    def entry(i: int) -> dict[str, Any]:
+        return {"digest": digest(i), "node_id": 1, "weight": 1.0, "num_examples": 1}
+
+    block = {
+        "model": parent,
+        "model_version": head.height + 1,
+        "base_version": head.height,
+        "config_digest": "",
+        "votes": decision.votes,
+        "extra": fields,
+        "signer": signer,
+    }
+    with pytest.raises(RuntimeError, match="the included set must be the approved"):
+        ledger.append(included=[entry(70), entry(71)], **block)
+    assert len(ledger) == head.height + 1
+    ledger.append(included=[entry(70)], **block)
+    report = ledger.verify()
+    assert report.ok, report
+    signatures = ledger.header_signatures(head.height + 1)
+    assert signatures is not None and len(signatures) == len(decision.committee)
+    assert not any(s["replayed"] for s in signatures)  # no payloads to replay
