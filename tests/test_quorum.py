@@ -4,6 +4,7 @@ each tested by forging what someone holding some of the keys could write."""
 from __future__ import annotations
 
 import copy
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from flchain_flwr.ledger.evidence import (
     equivocation,
     fork_evidence,
     header_signed,
+    ledgers_fork_evidence,
     view_change_signed,
 )
 from flchain_flwr.ledger.replay import PendingReplay, replay
@@ -502,3 +504,44 @@ def test_members_refuse_a_block_that_includes_what_they_did_not_approve(
     signatures = ledger.header_signatures(head.height + 1)
     assert signatures is not None and len(signatures) == len(decision.committee)
     assert not any(s["replayed"] for s in signatures)  # no payloads to replay
+
+
+def test_two_ledgers_forked_at_one_height_yield_evidence_that_slashes(
+    tmp_path: Path,
+) -> None:
+    """A fork: the same chain copied, each copy extended by a different
+    block signed by 3 of the 4 members. The two members that signed both
+    are caught from the ledgers alone; the evidence then slashes them."""
+    ledger, committee = pov_chain(tmp_path)
+    head = ledger.head()
+    assert head is not None
+    members = PoVState.replayed(
+        committee.rules, (b.body for b in ledger.blocks())
+    ).committee(head.hash)
+    keys = [committee.verifiers[k].key for k in members]
+    ledger.close()
+    copy_path = tmp_path / "fork.db"
+    shutil.copy(tmp_path / "chain.db", copy_path)
+    shutil.copytree(tmp_path / "chain.db.models", tmp_path / "fork.db.models")
+    shutil.copy(tmp_path / "chain.db.checkpoint", tmp_path / "fork.db.checkpoint")
+    shutil.copy(tmp_path / "chain.db.key", tmp_path / "fork.db.key")
+    one = Ledger(tmp_path / "chain.db", create=False)
+    other = Ledger(copy_path, create=False)
+    next_block(one, committee, signer=KeyQuorum(keys[0], keys[:3]))
+    other.append(
+        model=model(0.75),
+        model_version=head.height + 1,
+        base_version=head.height,
+        config_digest="",
+        extra={"committee": members, "deposits": []},
+        signer=KeyQuorum(keys[0], keys[1:]),
+    )
+    assert one.verify().ok and other.verify().ok  # each alone verifies
+    records = ledgers_fork_evidence(one, other)
+    assert [r["verifier"] for r in records] == members[1:3]
+    assert all(check_equivocation(r, one.chain_id) is None for r in records)
+    next_block(one, committee, evidence=records)
+    report = one.verify()
+    assert report.ok and len(report.equivocations) == 2, report
+    state = PoVState.replayed(committee.rules, (b.body for b in one.blocks()))
+    assert not set(members[1:3]) & set(state.pool)

@@ -183,3 +183,33 @@ def fork_evidence(
                 )
             )
     return records
+
+
+def ledgers_fork_evidence(first: Any, second: Any) -> list[dict[str, Any]]:
+    """Evidence from two ledgers of one chain that hold different blocks at
+    one height: at the first such height (both blocks follow the same
+    previous block there), the records :func:`fork_evidence` builds from
+    their stored header signatures and view changes. Empty if neither
+    ledger holds a block the other contradicts. Takes two
+    :class:`~flchain_flwr.ledger.Ledger` objects."""
+    if first.chain_id != second.chain_id:
+        raise ValueError("the two ledgers hold different chains")
+    for height in range(1, min(len(first), len(second))):
+        a, b = first.block(height), second.block(height)
+        if a.hash == b.hash:
+            continue
+        if a.header["prev_hash"] != b.header["prev_hash"]:
+            raise ValueError(f"the ledgers already differ below height {height}")
+        blocks = [
+            (
+                block.hash,
+                int(block.body.get("view", 0)),
+                ledger.header_signatures(height) or [],
+                block.body.get("view_changes", []),
+            )
+            for ledger, block in ((first, a), (second, b))
+        ]
+        return fork_evidence(
+            first.chain_id, height, blocks[0], blocks[1], str(a.header["prev_hash"])
+        )
+    return []
