@@ -473,12 +473,22 @@ def measure_verify(workdir: Path, blocks: int) -> dict[str, Any]:
     }
 
 
+PARTS = ("append", "version", "verify", "stored", "quorum")
+"""What ``--parts`` can select (default: all)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--versions", type=int, default=4)
     parser.add_argument("--verify-blocks", type=int, default=1000)
     parser.add_argument("--replay-versions", type=int, default=10)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (append always runs: "
+        "it is the headline)",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -487,57 +497,56 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "ledger.json")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",")} | {"append"}
+    unknown = parts - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     require_fashion_mnist()
     FLOWER_LOGGER.setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="flchain-ledger-bench-", dir=args.workdir))
+    results: dict[str, Any] = {}
     try:
         append = measure_append(workdir, args.repeats)
+        results["append"] = append
         print(
             f"append: median {append['append_median_s'] * 1e3:.1f} ms, floor "
             f"{append['floor_median_s'] * 1e3:.1f} ms, {append['parameters']:,} params",
             flush=True,
         )
-        version = measure_version_time(workdir, args.versions)
-        share = append["append_median_s"] / version["version_wall_median_s"]
-        print(
-            f"one version of the Fashion-MNIST app: "
-            f"{version['version_wall_median_s']:.2f} s; append = {share:.2%} of it",
-            flush=True,
-        )
-        verify = measure_verify(workdir, args.verify_blocks)
-        print(
-            f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with models, "
-            f"{verify['blocks_per_s_without_models']:.0f} without",
-            flush=True,
-        )
-        stored = {}
-        for dataset in ("fashion-mnist", "digits"):
-            for sparse in (False, True):
-                run = measure_stored_updates(
-                    workdir, dataset, sparse, args.replay_versions
-                )
-                stored[f"{dataset}-{'sparse' if sparse else 'dense'}"] = run
-                print(
-                    f"{dataset}, {run['updates']}: "
-                    f"{run['storage_per_block']['total_bytes'] / 1e6:.3f} MB a block "
-                    f"({run['storage_per_block']['payload_bytes_per_update']:,.0f} B "
-                    f"an update), append {run['append_ratio_to_floor']:.2f}x its "
-                    f"floor; replay {run['replay_blocks_per_s']:.1f} blocks/s, "
-                    f"{run['replay_ratio_to_aggregation']:.2f}x the aggregation",
-                    flush=True,
-                )
-        quorum = {}
-        for sparse in (False, True):
-            run = measure_quorum(workdir, sparse, args.replay_versions)
-            quorum["sparse" if sparse else "dense"] = run
+        if "version" in parts:
+            version = measure_version_time(workdir, args.versions)
+            share = append["append_median_s"] / version["version_wall_median_s"]
+            results["version"] = version
+            results["append_share_of_version"] = share
             print(
-                f"quorum-signed header, {run['updates']}: signing "
-                f"{run['header_signing_median_s'] * 1e3:.1f} ms a block = "
-                f"{run['signing_ratio_to_aggregation']:.2f}x the aggregation "
-                f"({run['aggregation_median_s'] * 1e3:.1f} ms); its replay alone "
-                f"{run['replay_ratio_to_aggregation']:.2f}x",
+                f"one version of the Fashion-MNIST app: "
+                f"{version['version_wall_median_s']:.2f} s; append = {share:.2%} of it",
                 flush=True,
             )
+        if "verify" in parts:
+            verify = measure_verify(workdir, args.verify_blocks)
+            results["verify"] = verify
+            print(
+                f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with "
+                f"models, {verify['blocks_per_s_without_models']:.0f} without",
+                flush=True,
+            )
+        if "stored" in parts:
+            results["stored_updates"] = measure_all_stored(workdir, args)
+        if "quorum" in parts:
+            quorum = {}
+            for sparse in (False, True):
+                run = measure_quorum(workdir, sparse, args.replay_versions)
+                quorum["sparse" if sparse else "dense"] = run
+                print(
+                    f"quorum-signed header, {run['updates']}: signing "
+                    f"{run['header_signing_median_s'] * 1e3:.1f} ms a block = "
+                    f"{run['signing_ratio_to_aggregation']:.2f}x the aggregation "
+                    f"({run['aggregation_median_s'] * 1e3:.1f} ms); its replay "
+                    f"alone {run['replay_ratio_to_aggregation']:.2f}x",
+                    flush=True,
+                )
+            results["quorum_signing"] = quorum
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write_results(
@@ -545,17 +554,31 @@ def main() -> None:
         "ledger",
         args,
         headline=("ledger append cost (x floor)", append["ratio"]),
-        append=append,
-        version=version,
-        append_share_of_version=share,
-        verify=verify,
-        stored_updates=stored,
-        quorum_signing=quorum,
+        **results,
         loadavg=list(os.getloadavg()),
         machine_shared=True,
     )
 
     print(f"ledger append cost: {append['ratio']:.2f}x floor")
+
+
+def measure_all_stored(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure_stored_updates` for both datasets, dense and sparse."""
+    stored = {}
+    for dataset in ("fashion-mnist", "digits"):
+        for sparse in (False, True):
+            run = measure_stored_updates(workdir, dataset, sparse, args.replay_versions)
+            stored[f"{dataset}-{'sparse' if sparse else 'dense'}"] = run
+            print(
+                f"{dataset}, {run['updates']}: "
+                f"{run['storage_per_block']['total_bytes'] / 1e6:.3f} MB a block "
+                f"({run['storage_per_block']['payload_bytes_per_update']:,.0f} B "
+                f"an update), append {run['append_ratio_to_floor']:.2f}x its "
+                f"floor; replay {run['replay_blocks_per_s']:.1f} blocks/s, "
+                f"{run['replay_ratio_to_aggregation']:.2f}x the aggregation",
+                flush=True,
+            )
+    return stored
 
 
 if __name__ == "__main__":
