@@ -20,6 +20,13 @@
   (hash and write the same bytes once), and ``verify --replay`` throughput,
   with its ratio to the aggregation itself (the time replay spends in
   ``server_step``, the server's own step, on the same inputs).
+- Quorum-signed headers: the same FedBuff runs (Fashion-MNIST CNN, dense and
+  sparse) with an in-process PoV committee of 4 (constant scores, so the cost
+  is the signing path, not the judging). Per block: the time the committee
+  spends signing the header (each member's checks of the block and its votes,
+  one Ed25519 signature each, and the one replay of the block's model the
+  in-process members share), the replay inside it alone, each as a ratio to
+  the aggregation itself (``server_step`` on the block's updates).
 
 The machine is shared: every result records ``os.getloadavg()``.
 
@@ -57,12 +64,14 @@ from flwr.app import (
 )
 from flwr.clientapp import ClientApp
 from flwr.common.logger import FLOWER_LOGGER
+from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Block, Ledger
 from flchain_flwr.ledger.canonical import model_chunks
 from flchain_flwr.ledger.payload import PAYLOAD_FIELD
-from flchain_flwr.ledger.replay import replay
+from flchain_flwr.ledger.replay import PendingReplay, replay
 from flchain_flwr.mods import DGCConfig, dgc_mod
+from flchain_flwr.pov import Committee, Score, Threshold, Verifier
 from flchain_flwr.protocol import MODEL_VERSION_KEY
 from flchain_flwr.sim import (
     VirtualGrid,
@@ -210,6 +219,99 @@ def measure_stored_updates(
         "replay_blocks_per_s": blocks / replay_s,
         "aggregation_s": sum(in_steps),
         "replay_ratio_to_aggregation": replay_s / sum(in_steps),
+    }
+
+
+class TimedReplay(PendingReplay):
+    """The in-process members' replay of each pending block, timed."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        super().__init__(ledger)
+        self.seconds: list[float] = []
+
+    def check(self, block: Block) -> tuple[bool, str | None]:
+        started = time.perf_counter()
+        try:
+            return super().check(block)
+        finally:
+            self.seconds.append(time.perf_counter() - started)
+
+
+class TimedCommittee(Committee):
+    """An in-process committee whose header signing (and replay) is timed."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.signing: list[float] = []
+        self.replays: TimedReplay | None = None
+
+    def header_signatures(
+        self, members: Any, ledger: Ledger, block: Block, view: int
+    ) -> Any:
+        if self.replays is None or self.replays.ledger is not ledger:
+            self.replays = TimedReplay(ledger)
+            self._replay = self.replays
+        started = time.perf_counter()
+        try:
+            return super().header_signatures(members, ledger, block, view)
+        finally:
+            self.signing.append(time.perf_counter() - started)
+
+
+def measure_quorum(workdir: Path, sparse: bool, versions: int) -> dict[str, Any]:
+    """A FedBuff run with an in-process committee of 4 and a ledger: header
+    signing and its replay per block, against the aggregation."""
+    from flchain_cnn.task import new_model
+
+    name = f"quorum-{'sparse' if sparse else 'dense'}"
+    path = workdir / f"{name}.db"
+    committee = TimedCommittee(
+        [
+            Verifier(lambda _: Score(1.0, 0.0), SigningKey(bytes([i + 1]) * 32))
+            for i in range(4)
+        ],
+        threshold=Threshold(value=0.0),
+    )
+    simulate(
+        FedBuff(
+            buffer_size=5,
+            fraction_evaluate=0.0,
+            ledger=path,
+            committee=committee,
+            seed=0,
+        ),
+        VirtualGrid(noise_app(sparse), tiered(10), seed=0),
+        ArrayRecord(new_model("fashion-mnist", 0).state_dict()),
+        num_rounds=versions,
+    )
+    in_steps: list[float] = []
+
+    def timed_step(*args: Any, **kwargs: Any) -> StepResult | None:
+        started = time.perf_counter()
+        try:
+            return server_step(*args, **kwargs)
+        finally:
+            in_steps.append(time.perf_counter() - started)
+
+    with Ledger(path, create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and "in 0 of" not in report.headers, report
+        assert replay(ledger, step=timed_step).complete
+    assert committee.replays is not None
+    blocks = len(committee.signing)
+    aggregation = statistics.median(in_steps)
+    signing = statistics.median(committee.signing)
+    replays = statistics.median(committee.replays.seconds)
+    return {
+        "updates": "sparse DGC deltas" if sparse else "dense full weights",
+        "blocks": blocks,
+        "committee": 4,
+        "header_signing_median_s": signing,
+        "replay_check_median_s": replays,
+        "aggregation_median_s": aggregation,
+        "signing_ratio_to_aggregation": signing / aggregation,
+        "replay_ratio_to_aggregation": replays / aggregation,
+        "signing_without_replay_s": signing - replays,
     }
 
 
@@ -371,12 +473,22 @@ def measure_verify(workdir: Path, blocks: int) -> dict[str, Any]:
     }
 
 
+PARTS = ("append", "version", "verify", "stored", "quorum")
+"""What ``--parts`` can select (default: all)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=40)
     parser.add_argument("--versions", type=int, default=4)
     parser.add_argument("--verify-blocks", type=int, default=1000)
     parser.add_argument("--replay-versions", type=int, default=10)
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated subset of {','.join(PARTS)} (append always runs: "
+        "it is the headline)",
+    )
     parser.add_argument(
         "--workdir",
         type=Path,
@@ -385,45 +497,56 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "ledger.json")
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",")} | {"append"}
+    unknown = parts - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}")
     require_fashion_mnist()
     FLOWER_LOGGER.setLevel(logging.WARNING)
     workdir = Path(tempfile.mkdtemp(prefix="flchain-ledger-bench-", dir=args.workdir))
+    results: dict[str, Any] = {}
     try:
         append = measure_append(workdir, args.repeats)
+        results["append"] = append
         print(
             f"append: median {append['append_median_s'] * 1e3:.1f} ms, floor "
             f"{append['floor_median_s'] * 1e3:.1f} ms, {append['parameters']:,} params",
             flush=True,
         )
-        version = measure_version_time(workdir, args.versions)
-        share = append["append_median_s"] / version["version_wall_median_s"]
-        print(
-            f"one version of the Fashion-MNIST app: "
-            f"{version['version_wall_median_s']:.2f} s; append = {share:.2%} of it",
-            flush=True,
-        )
-        verify = measure_verify(workdir, args.verify_blocks)
-        print(
-            f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with models, "
-            f"{verify['blocks_per_s_without_models']:.0f} without",
-            flush=True,
-        )
-        stored = {}
-        for dataset in ("fashion-mnist", "digits"):
+        if "version" in parts:
+            version = measure_version_time(workdir, args.versions)
+            share = append["append_median_s"] / version["version_wall_median_s"]
+            results["version"] = version
+            results["append_share_of_version"] = share
+            print(
+                f"one version of the Fashion-MNIST app: "
+                f"{version['version_wall_median_s']:.2f} s; append = {share:.2%} of it",
+                flush=True,
+            )
+        if "verify" in parts:
+            verify = measure_verify(workdir, args.verify_blocks)
+            results["verify"] = verify
+            print(
+                f"verify: {verify['blocks_per_s_with_models']:.0f} blocks/s with "
+                f"models, {verify['blocks_per_s_without_models']:.0f} without",
+                flush=True,
+            )
+        if "stored" in parts:
+            results["stored_updates"] = measure_all_stored(workdir, args)
+        if "quorum" in parts:
+            quorum = {}
             for sparse in (False, True):
-                run = measure_stored_updates(
-                    workdir, dataset, sparse, args.replay_versions
-                )
-                stored[f"{dataset}-{'sparse' if sparse else 'dense'}"] = run
+                run = measure_quorum(workdir, sparse, args.replay_versions)
+                quorum["sparse" if sparse else "dense"] = run
                 print(
-                    f"{dataset}, {run['updates']}: "
-                    f"{run['storage_per_block']['total_bytes'] / 1e6:.3f} MB a block "
-                    f"({run['storage_per_block']['payload_bytes_per_update']:,.0f} B "
-                    f"an update), append {run['append_ratio_to_floor']:.2f}x its "
-                    f"floor; replay {run['replay_blocks_per_s']:.1f} blocks/s, "
-                    f"{run['replay_ratio_to_aggregation']:.2f}x the aggregation",
+                    f"quorum-signed header, {run['updates']}: signing "
+                    f"{run['header_signing_median_s'] * 1e3:.1f} ms a block = "
+                    f"{run['signing_ratio_to_aggregation']:.2f}x the aggregation "
+                    f"({run['aggregation_median_s'] * 1e3:.1f} ms); its replay "
+                    f"alone {run['replay_ratio_to_aggregation']:.2f}x",
                     flush=True,
                 )
+            results["quorum_signing"] = quorum
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     write_results(
@@ -431,16 +554,31 @@ def main() -> None:
         "ledger",
         args,
         headline=("ledger append cost (x floor)", append["ratio"]),
-        append=append,
-        version=version,
-        append_share_of_version=share,
-        verify=verify,
-        stored_updates=stored,
+        **results,
         loadavg=list(os.getloadavg()),
         machine_shared=True,
     )
 
     print(f"ledger append cost: {append['ratio']:.2f}x floor")
+
+
+def measure_all_stored(workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`measure_stored_updates` for both datasets, dense and sparse."""
+    stored = {}
+    for dataset in ("fashion-mnist", "digits"):
+        for sparse in (False, True):
+            run = measure_stored_updates(workdir, dataset, sparse, args.replay_versions)
+            stored[f"{dataset}-{'sparse' if sparse else 'dense'}"] = run
+            print(
+                f"{dataset}, {run['updates']}: "
+                f"{run['storage_per_block']['total_bytes'] / 1e6:.3f} MB a block "
+                f"({run['storage_per_block']['payload_bytes_per_update']:,.0f} B "
+                f"an update), append {run['append_ratio_to_floor']:.2f}x its "
+                f"floor; replay {run['replay_blocks_per_s']:.1f} blocks/s, "
+                f"{run['replay_ratio_to_aggregation']:.2f}x the aggregation",
+                flush=True,
+            )
+    return stored
 
 
 if __name__ == "__main__":

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from nacl.signing import SigningKey
+from nacl.signing import SignedMessage, SigningKey, VerifyKey
 
-from flchain_flwr.ledger import Ledger, VoteContext, sign_vote
+from flchain_flwr.ledger import Block, Ledger, VoteContext, sign_vote
 from flchain_flwr.ledger.checkpoint import ledger_checkpoint, sign_checkpoint
 from flchain_flwr.ledger.notes import SignerKey
+from flchain_flwr.ledger.statements import header_statement
 
 LEADER_KEY = SigningKey(b"\x01" * 32)
 """The key :func:`build_ledger` signs with."""
@@ -91,3 +93,39 @@ def checkpoint_at(ledger: Ledger, size: int, key: SigningKey = LEADER_KEY) -> by
     """A checkpoint of the ledger's first ``size`` blocks, signed by ``key``."""
     checkpoint = ledger_checkpoint(ledger.origin, ledger.block_hashes(), size)
     return sign_checkpoint(checkpoint, [SignerKey(ledger.origin, key)]).encode()
+
+
+class KeyQuorum:
+    """A leader key and committee keys that sign any header they are given,
+    with no checks: what someone holding these keys can write (a
+    :class:`~flchain_flwr.ledger.quorum.HeaderCosigner`)."""
+
+    def __init__(
+        self,
+        leader: SigningKey,
+        members: list[SigningKey],
+        view: int = 0,
+        replayed: bool = False,
+    ) -> None:
+        self.leader, self.members = leader, members
+        self.view, self.replayed = view, replayed
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return self.leader.verify_key
+
+    def sign(self, smessage: bytes) -> SignedMessage:
+        return self.leader.sign(smessage)
+
+    def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:
+        statement = header_statement(
+            ledger.chain_id, block.height, self.view, block.hash, self.replayed
+        )
+        return [
+            {
+                "verifier": key.verify_key.encode().hex(),
+                "replayed": self.replayed,
+                "signature": key.sign(statement).signature.hex(),
+            }
+            for key in self.members
+        ]

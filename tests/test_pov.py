@@ -43,6 +43,7 @@ from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod, attacker_node_configs
 from flchain_flwr.strategies import Constant, FedBuff
 
+from .ledger_helpers import KeyQuorum
 from .toy import constant_work, initial_arrays, toy_client_app
 
 CHAIN = "test-chain"
@@ -604,9 +605,11 @@ def chain_vote(
     candidate: str,
     verdict: bool = True,
     weight: float | None = None,
+    view: int = 0,
 ) -> dict[str, object]:
-    """``member``'s vote on ``candidate`` for the block after the head, judged
-    (by default) at the share a block including only it applies."""
+    """``member``'s vote on ``candidate`` for the block after the head in
+    ``view``, judged (by default) at the share a block including only it
+    applies."""
     head = ledger.head()
     assert head is not None
     rules = VoteRules.from_genesis(ledger.block(0).body["pov"])
@@ -618,6 +621,7 @@ def chain_vote(
         head.hash,
         str(head.header["model_hash"]),
         rules.digest,
+        view,
     )
     key_ = committee.verifiers[member].key
     return sign_vote(
@@ -636,6 +640,8 @@ def forge_next_block(ledger: Ledger, committee: Committee, /, **change: object) 
     votes = [chain_vote(ledger, committee, k, d) for k in members]
     votes = change.pop("votes", votes)  # type: ignore[assignment]
     signer = change.pop("signer", committee.verifiers[members[0]].key)
+    if isinstance(signer, SigningKey):  # the committee signs the header too
+        signer = KeyQuorum(signer, [committee.verifiers[k].key for k in members])
     extra = {"committee": members, "deposits": state.settlement(members, votes)}  # type: ignore[arg-type]
     extra.update(change)  # type: ignore[arg-type]
     ledger.append(

@@ -47,6 +47,7 @@ from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
+from .ledger_helpers import KeyQuorum
 from .test_pov import context, delta, digest, key, model, toy_score, verifiers
 from .toy import constant_work, initial_arrays, toy_client_app
 
@@ -120,7 +121,13 @@ def rebuild(source: Path, target: Path, pool: list[Verifier], edit: Edit) -> Led
                     for k, v in body.items()
                     if k not in _BODY_ARGS and k != "server_state"
                 },
-                signer=keys[block.header["leader"]] if block.height else None,
+                signer=KeyQuorum(
+                    keys[block.header["leader"]],
+                    [keys[k] for k in body["committee"]],
+                    body.get("view", 0),
+                )
+                if block.height
+                else None,
                 config=body.get("config"),
                 server_state=original.server_state(block),
             )
@@ -547,9 +554,8 @@ def _lead_statement(message: Message) -> dict[str, Any] | None:
     """The lead statement a ``query.pov_sign`` message asks for, if it is one."""
     if message.metadata.message_type != remote.SIGN:
         return None
-    data = message.content.config_records["pov"]["message"]
-    assert isinstance(data, bytes)
-    if not data.startswith(LEAD_TAG):
+    data = message.content.config_records["pov"].get("message")
+    if not isinstance(data, bytes) or not data.startswith(LEAD_TAG):
         return None
     statement: dict[str, Any] = json.loads(data[len(LEAD_TAG) :])
     return statement

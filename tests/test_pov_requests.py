@@ -17,8 +17,12 @@ from nacl.signing import VerifyKey
 
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode
 from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import Candidate, Rule, Threshold, Verifier, remote
 from flchain_flwr.pov.committee import LEAD_TAG, lead_statement
+from flchain_flwr.pov.members import load_statements, stored_statements
+from flchain_flwr.pov.verifier import RefusedRequest
+from flchain_flwr.pov.views import take_statement
 
 from .test_pov import CHAIN, context, delta, digest, key, model, toy_score
 from .test_pov_chain import _verifier_grid
@@ -126,3 +130,35 @@ def test_a_leader_node_remembers_what_it_signed_between_messages(
     assert again.has_error() and "another header at 3" in again.error.reason
     back = sign(lead_statement(context(2), leader))
     assert back.has_error() and "behind height 3" in back.error.reason
+
+
+def test_a_member_node_signs_view_changes_only_in_canonical_form_and_keeps_them() -> (
+    None
+):
+    """A view change over query.pov_sign: canonical only, never where the node
+    signed a header, and what it signed survives in the node's run state."""
+    member = Verifier(toy_score, key(1), rule=Rule(Threshold(value=0)))
+    statement = view_change_statement(CHAIN, 5, 0, PREV)
+
+    def ask(data: bytes) -> bytes:
+        reply = remote._signature(
+            RecordDict({"pov": ConfigRecord({"kind": "view-change", "message": data})}),
+            member,
+        )
+        signature = reply.config_records["pov"]["signature"]
+        assert isinstance(signature, bytes)
+        return signature
+
+    loose = statement.replace(b'"view":0', b'"view":0 ')
+    with pytest.raises(ValueError, match="canonical"):
+        ask(loose)
+    VerifyKey(member.public_key.encode(), encoder=HexEncoder).verify(
+        statement, ask(statement)
+    )
+    assert member.statements == {CHAIN: (5, 0, "view-change")}
+    record = stored_statements(member.statements)
+    assert load_statements(record) == member.statements
+    with pytest.raises(RefusedRequest, match="already signed a view change"):
+        take_statement(member, CHAIN, 5, 0, "ab" * 32)
+    with pytest.raises(RefusedRequest, match="is behind height 5"):
+        ask(view_change_statement(CHAIN, 4, 0, PREV))

@@ -89,6 +89,29 @@ def test_the_vectors_check_out_independently() -> None:
     assert (vkey_name, vkey_id) == (origin, key_id.hex())
     assert base64.b64decode(vkey_data) == b"\x01" + public
     leader.verify((text + "\n").encode("utf-8"), raw[4:])
+    # A committee member's header signature and view change: tag + RFC 8785.
+    member = VerifyKey(bytes.fromhex(keys["verifier_public_hex"]))
+    for kind, tag in (
+        ("header_signature", "flchain-header-sig/1\n"),
+        ("view_change", "flchain-view-change/1\n"),
+    ):
+        statement = v[kind]["statement"].encode("utf-8")
+        assert statement.startswith(tag.encode())
+        fields = json.loads(statement[len(tag) :])
+        assert rfc8785.dumps(fields) == statement[len(tag) :]
+        assert fields["chain_id"] == "test-vectors" and fields["height"] == 1
+        member.verify(statement, bytes.fromhex(v[kind]["signature_hex"]))
+    assert json.loads(v["header_signature"]["statement"].split("\n", 1)[1]) == {
+        "block": block["hash"],
+        "chain_id": "test-vectors",
+        "height": 1,
+        "replayed": True,
+        "view": 0,
+    }
+    assert (
+        json.loads(v["view_change"]["statement"].split("\n", 1)[1])["prev_hash"]
+        == (block["prev_hash"])
+    )
 
 
 def test_the_published_page_shows_the_vectors() -> None:
@@ -103,6 +126,11 @@ def test_the_published_page_shows_the_vectors() -> None:
         v["vote"]["signature_hex"],
         v["checkpoint"]["note"],
         *v["checkpoint"]["block_hashes"],
+        *(v[k]["signature_hex"] for k in ("header_signature", "view_change")),
+        *(
+            v[k]["statement"].split("\n", 1)[1]
+            for k in ("header_signature", "view_change")
+        ),
     ]
     missing = [value for value in shown if value not in page]
     assert not missing, "update docs/test-vectors.md from the JSON file"

@@ -22,6 +22,7 @@ from flchain_flwr.ledger.canonical import sha256_hex
 from flchain_flwr.ledger.chain import vote_payload
 from flchain_flwr.ledger.consensus import rule_digest
 from flchain_flwr.ledger.notes import SignerKey
+from flchain_flwr.ledger.statements import header_statement, view_change_statement
 
 VECTORS = Path(__file__).parent / "data" / "test-vectors.json"
 LEADER_SEED = bytes([1]) * 32
@@ -84,6 +85,8 @@ def make_vectors() -> dict[str, Any]:
         origin = ledger.origin
         ledger.close()
     payload = vote_payload(context, UPDATE, True, 0.5, 0.25)
+    header_sig = header_statement(CHAIN_ID, 1, 0, block.hash, True)
+    view_change = view_change_statement(CHAIN_ID, 1, 0, genesis.hash)
     return {
         "keys": {
             "leader_seed_hex": LEADER_SEED.hex(),
@@ -115,6 +118,14 @@ def make_vectors() -> dict[str, Any]:
             "origin": origin,
             "block_hashes": hashes,
             "note": checkpoint,
+        },
+        "header_signature": {
+            "statement": header_sig.decode("utf-8"),
+            "signature_hex": verifier.sign(header_sig).signature.hex(),
+        },
+        "view_change": {
+            "statement": view_change.decode("utf-8"),
+            "signature_hex": verifier.sign(view_change).signature.hex(),
         },
     }
 

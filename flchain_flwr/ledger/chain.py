@@ -88,6 +88,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .consensus import VOTE_FORMAT, PoVRules, PoVState, VoteRules, block_view
+from .evidence import EVIDENCE_FIELD
 from .merkle import (
     InvalidProof,
     MalformedProof,
@@ -106,6 +107,13 @@ from .notes import (
     write_file_atomically,
 )
 from .payload import PAYLOAD_FIELD
+from .quorum import (
+    HeaderCosigner,
+    check_signed_block,
+    headers_declared,
+    load_signatures,
+    store_signatures,
+)
 from .rewards import contribution_problem
 
 LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
@@ -178,6 +186,9 @@ class Block:
     signature: str
     header: dict[str, Any] = field(compare=False)
     body: dict[str, Any] = field(compare=False)
+    quorum: list[dict[str, Any]] | None = field(default=None, compare=False)
+    """The committee's header signatures, when this block was read with them
+    (see :meth:`Ledger.header_signatures`)."""
 
     @property
     def format_version(self) -> int:
@@ -322,6 +333,10 @@ class _ChainRules:
     committee_kind: str | None = None
     model: str = ""
     """The previous block's model hash: the parent a vote was judged against."""
+    replayed: int = 0
+    """Quorum-signed blocks whose signers' quorum replayed the model."""
+    evidence: list[str] = field(default_factory=list)
+    """What the equivocation evidence in the chain says, by block."""
 
     def vote_context(
         self, chain_id: str, height: int, prev_hash: str, body: Mapping[str, Any]
@@ -367,6 +382,10 @@ class VerifyReport:
     """What outside the ledger the chain was checked against ("" = nothing)."""
     committee_kind: str | None = None
     """A PoV genesis block's ``committee_kind`` (``None``: not recorded)."""
+    headers: str = ""
+    """How a PoV chain's headers were signed ("": not a PoV chain)."""
+    equivocations: tuple[str, ...] = ()
+    """Equivocation evidence the chain's blocks carry (each settled)."""
 
     def __str__(self) -> str:
         if not self.ok:
@@ -389,6 +408,10 @@ class VerifyReport:
                 else ""
             )
             line = f"ok: {self.blocks} blocks verified{signed}"
+        if self.pov and self.headers:
+            line += f"\nheaders: {self.headers}"
+        for finding in self.equivocations:
+            line += f"\nequivocation: {finding}"
         head = f"head: block {self.blocks - 1}, hash {self.head}" if self.blocks else ""
         anchor = self.anchor or (
             "self-consistent; no trusted anchor given (anyone can write a ledger "
@@ -1198,6 +1221,19 @@ class Ledger:
             header_bytes = encode_round_trip(version, header)
             block_hash = sha256_hex(HEADER_TAG, header_bytes)
             signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
+            quorum = None
+            if isinstance(key, HeaderCosigner):  # the committee signs it too
+                pending = Block(
+                    height,
+                    block_hash,
+                    header_bytes,
+                    body_bytes,
+                    signature,
+                    header,
+                    body,
+                )
+                quorum = key.cosign(self, pending)
+                store_signatures(self.db, height, quorum)
             if head is None:  # the publisher who opened the chain
                 self._set_meta("leader_key", str(header["leader"]))
             self.db.execute(
@@ -1210,11 +1246,29 @@ class Ledger:
             self.db.execute("ROLLBACK")
             raise
         block = Block(
-            height, block_hash, header_bytes, body_bytes, signature, header, body
+            height,
+            block_hash,
+            header_bytes,
+            body_bytes,
+            signature,
+            header,
+            body,
+            quorum,
         )
         if log_before is not None:
             self._write_checkpoint(block, log_before)
         return block
+
+    def header_signatures(self, height: int) -> list[Any] | None:
+        """The committee's signatures over block ``height``'s header (``None``
+        if none are stored: not a quorum-signed chain, or stripped)."""
+        with self._reading():
+            try:
+                return load_signatures(self.db, height)
+            except ValueError as exc:
+                raise LedgerError(
+                    f"block {height}'s header signatures are corrupt ({exc})"
+                ) from None
 
     def _put_server_state(self, state: ServerState) -> dict[str, Any]:
         """Store ``state``'s blobs; return the body record naming them."""
@@ -1388,6 +1442,8 @@ class Ledger:
             head=prev_hash if count else "",
             anchor=anchor,
             committee_kind=chain.committee_kind,
+            headers=_headers_line(chain, count),
+            equivocations=tuple(chain.evidence),
         )
 
     def _check_checkpoint(
@@ -1510,7 +1566,17 @@ class Ledger:
                 return f"genesis declares unusable PoV rules: {exc}"
             kind = body.get(COMMITTEE_KIND_FIELD)
             chain.committee_kind = kind if kind in _COMMITTEES else None
+            try:
+                chain.pov.signed_headers = headers_declared(body["pov"])
+            except ValueError as exc:
+                return f"genesis declares unusable PoV rules: {exc}"
         elif chain.pov is not None:
+            if chain.pov.signed_headers:
+                problem = self._check_quorum(
+                    chain, height, prev_hash, stored_hash, body
+                )
+                if problem is not None:
+                    return problem
             problem = chain.pov.check_block(prev_hash, header, body)
             if problem is not None:
                 return f"PoV: {problem}"
@@ -1533,6 +1599,42 @@ class Ledger:
                     if problem is not None:
                         return f"included update {index}: {problem}"
         chain.model = str(header["model_hash"])
+        return None
+
+    # pylint: disable=too-many-arguments
+    def _check_quorum(
+        self,
+        chain: _ChainRules,
+        height: int,
+        prev_hash: str,
+        block_hash: str,
+        body: Mapping[str, Any],
+    ) -> str | None:
+        """A quorum-signed chain's block: its view changes and header
+        signatures, against the committee the genesis pool draws."""
+        assert chain.pov is not None
+        view = block_view(body)
+        committee = chain.pov.committee(prev_hash, view or 0)
+        problem, replayed = check_signed_block(
+            committee,
+            self.chain_id,
+            height,
+            prev_hash,
+            block_hash,
+            body,
+            self.header_signatures(height),
+        )
+        if problem is not None:
+            return f"PoV: {problem}"
+        chain.replayed += replayed
+        for record in body.get(EVIDENCE_FIELD, []):
+            if isinstance(record, dict):
+                chain.evidence.append(
+                    f"block {height} settles evidence that "
+                    f"{record.get('verifier')!s} signed contradicting "
+                    f"statements at height {record.get('height')!r} view "
+                    f"{record.get('view')!r}"
+                )
         return None
 
     # ------------------------------------------------------------------- proofs
@@ -1608,6 +1710,26 @@ class Ledger:
         if note is not None and size == later:
             return {"chain_id": self.chain_id, **proof, "checkpoint": note}
         return {"chain_id": self.chain_id, **proof}
+
+
+def _headers_line(chain: _ChainRules, count: int) -> str:
+    """How a PoV chain's headers were signed, for :class:`VerifyReport`."""
+    if chain.pov is None:
+        return ""
+    if not chain.pov.signed_headers:
+        return (
+            "signed by each block's leader alone (the genesis declares no "
+            "quorum-signed headers: this chain predates them), so its model "
+            "hashes, included sets and contributions rest on one key per block"
+        )
+    later = max(0, count - 1)
+    return (
+        f"all {later} blocks after the genesis block signed by more than 2/3 "
+        f"of their committee (checked against the genesis pool keys); in "
+        f"{chain.replayed} of them a quorum of signers recomputed the model by "
+        "replay, in the rest they checked continuity, the votes and the "
+        "included set only"
+    )
 
 
 def _check_log_leaves(hashes: Sequence[str]) -> None:

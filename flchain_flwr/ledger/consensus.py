@@ -18,10 +18,12 @@ block:
   than 2/3 of the committee (``2n // 3 + 1`` members);
 - the deposits: per candidate, the outcome is "approved" iff the quorum was
   reached; every committee member whose signed vote in the block contradicts
-  the outcome loses ``slash``. A vote the block does not hold costs nothing:
-  the leader assembles the block and could otherwise slash any member by
-  leaving its vote out. A verifier whose stake falls below ``floor`` leaves
-  the pool.
+  the outcome loses ``slash``; a pool member against whom the block carries
+  equivocation evidence (two contradicting signed statements, see
+  :mod:`.evidence`) loses its whole stake, once. A vote the block does not
+  hold costs nothing: the leader assembles the block and could otherwise
+  slash any member by leaving its vote out. A verifier whose stake falls
+  below ``floor`` leaves the pool.
 
 The live committee (:mod:`flchain_flwr.pov`) and :meth:`Ledger.verify` both use
 this module, so what is written is exactly what is checked.
@@ -35,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .canonical import LATEST_FORMAT, encode, sha256_hex
+from .evidence import EVIDENCE_FIELD, check_equivocation, evidence_id
 
 COMMITTEE_TAG: Final = b"flchain-committee/1\n"
 VOTE_FORMAT: Final = "flchain-vote/2"
@@ -195,6 +198,10 @@ class PoVState:
     stakes: dict[str, float] = field(default_factory=dict)
     votes: VoteRules | None = None
     """Format-2 vote rules (``None``: a chain of format-1 votes)."""
+    signed_headers: bool = False
+    """Whether the chain's headers are quorum-signed (:mod:`.quorum`)."""
+    equivocated: set[str] = field(default_factory=set)
+    """Verifiers slashed for equivocation: out of the pool for good."""
 
     def __post_init__(self) -> None:
         if not self.stakes:
@@ -217,7 +224,11 @@ class PoVState:
     @property
     def pool(self) -> list[str]:
         """Verifiers still in the pool (stake at or above the floor)."""
-        return [k for k in self.rules.pool if self.stakes[k] >= self.rules.floor]
+        return [
+            k
+            for k in self.rules.pool
+            if self.stakes[k] >= self.rules.floor and k not in self.equivocated
+        ]
 
     def committee(self, prev_hash: str, view: int = 0) -> list[str]:
         """Committee (leader first) for the block following ``prev_hash`` in
@@ -225,13 +236,19 @@ class PoVState:
         return select_committee(self.pool, prev_hash, self.rules.committee_size, view)
 
     def settlement(
-        self, committee: Sequence[str], votes: Sequence[Mapping[str, Any]]
+        self,
+        committee: Sequence[str],
+        votes: Sequence[Mapping[str, Any]],
+        evidence: Sequence[Mapping[str, Any]] = (),
     ) -> list[dict[str, Any]]:
-        """Deposit changes one block's votes cause (not applied; see :meth:`apply`).
+        """Deposit changes one block's votes and equivocation ``evidence``
+        cause (not applied; see :meth:`apply`).
 
-        One entry per committee member that loses stake, in committee order.
-        Only a vote present in ``votes`` whose verdict contradicts the outcome
-        counts: a missing vote is not evidence against its member.
+        One entry per committee member that loses stake, in committee order;
+        then one per evidence record (checked by the caller), taking the
+        accused's whole remaining stake. Only a vote present in ``votes``
+        whose verdict contradicts the outcome counts: a missing vote is not
+        evidence against its member.
         """
         passed = quorum(len(committee))
         counts = approvals(votes, committee)
@@ -240,7 +257,7 @@ class PoVState:
             (str(v["verifier"]), str(v["candidate"])): v["verdict"] is True
             for v in votes
         }
-        entries = []
+        entries: list[dict[str, Any]] = []
         for member in committee:
             wrong = sum(
                 (member, c) in cast
@@ -259,12 +276,48 @@ class PoVState:
                     "removed": stake < self.rules.floor,
                 }
             )
+        after = dict(self.stakes)
+        after.update({str(e["verifier"]): float(e["stake"]) for e in entries})
+        for record in evidence:
+            key = str(record["verifier"])
+            entries.append(
+                {
+                    "verifier": key,
+                    "equivocation": evidence_id(record),
+                    "slashed": after[key],
+                    "stake": 0.0,
+                    "removed": True,
+                }
+            )
+            after[key] = 0.0
         return entries
+
+    def evidence_problem(self, chain_id: str, evidence: Any) -> str | None:
+        """Why a block's ``evidence`` records cannot be settled, or ``None``:
+        each must be valid, about this chain, against a pool member that
+        still has stake, at most one per member."""
+        if not isinstance(evidence, list):
+            return "evidence must be a list"
+        accused: set[str] = set()
+        for index, record in enumerate(evidence):
+            problem = check_equivocation(record, chain_id)
+            if problem is not None:
+                return f"evidence {index}: {problem}"
+            key = str(record["verifier"])
+            if key not in self.stakes or key in self.equivocated or key in accused:
+                return (
+                    f"evidence {index} accuses {key[:16]}…, not a pool member "
+                    "or already slashed for equivocation"
+                )
+            accused.add(key)
+        return None
 
     def apply(self, entries: Sequence[Mapping[str, Any]]) -> None:
         """Apply a block's deposit changes."""
         for entry in entries:
             self.stakes[str(entry["verifier"])] = float(entry["stake"])
+            if "equivocation" in entry:
+                self.equivocated.add(str(entry["verifier"]))
 
     def check_block(
         self, prev_hash: str, header: Mapping[str, Any], body: Mapping[str, Any]
@@ -314,7 +367,11 @@ class PoVState:
                     f"update {str(update['digest'])[:16]}… is included with "
                     f"{got} approvals; the quorum is {needed}"
                 )
-        expected = self.settlement(committee, votes)
+        evidence = body.get(EVIDENCE_FIELD, [])
+        problem = self.evidence_problem(str(header["chain_id"]), evidence)
+        if problem is not None:
+            return problem
+        expected = self.settlement(committee, votes, evidence)
         if body.get("deposits", []) != expected:
             return "deposit changes do not follow from the votes"
         self.apply(expected)

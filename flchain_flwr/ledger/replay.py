@@ -269,6 +269,58 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
     return ReplayReport(True, count, tuple(replayed), tuple(skipped))
 
 
+class PendingReplay:
+    """Replays each block about to extend ``ledger``'s head, before it is
+    written (what an in-process committee checks before it signs a header).
+
+    The blocks already stored are read once, as the chain grows.
+    """
+
+    def __init__(self, ledger: Ledger, *, step: StepFn = server_step) -> None:
+        self._replayer = _Replayer(ledger, step)
+        self._prev: Block | None = None
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger it replays."""
+        return self._replayer.ledger
+
+    def check(self, block: Block) -> tuple[bool, str | None]:
+        """``(replayed, problem)`` for the pending ``block``: ``(True, None)``
+        if it replays exactly, ``(False, None)`` if it cannot be replayed
+        (PoVStrategy's blocks, or no stored payloads), ``(False, why)`` if
+        its recorded model, velocity or contributions are not the replay's."""
+        start = 0 if self._prev is None else self._prev.height + 1
+        for height in range(start, block.height):
+            stored = self.ledger.block(height)
+            self._replayer.record(stored)
+            count_participation(self._replayer.participation, included_nodes(stored))
+            self._prev = stored
+        if self._prev is None or not _replayable(block, self._replayer.configs):
+            return False, None
+        self._replayer.record(block)
+        try:
+            self._replayer.block(self._prev, block)
+        except _NotReplayable:
+            return False, None
+        except _Failed as exc:
+            return False, str(exc)
+        return True, None
+
+
+def _replayable(block: Block, configs: Mapping[str, Mapping[str, Any]]) -> bool:
+    """Whether ``block`` holds what a replay needs (payloads, FedBuff's
+    recorded settings); one that does not is not replayed at all."""
+    config = block.body.get(CONFIG_FIELD)
+    if not isinstance(config, dict):
+        config = configs.get(str(block.header["config_digest"]))
+    return (
+        isinstance(config, Mapping)
+        and config.get("strategy") == REPLAYABLE_STRATEGY
+        and all(PAYLOAD_FIELD in u for u in block.body.get("included", []))
+    )
+
+
 def included_nodes(block: Block) -> list[int]:
     """The node ids of ``block``'s included updates, in order (ids that are not
     node ids are left out: no server writes one, and no payload matches one)."""
@@ -317,6 +369,13 @@ class _Replayer:
         if len(self.models) > _MODEL_CACHE:
             self.models.popitem(last=False)
         return model
+
+    def keep(self, digest: str, model: NDArrays) -> None:
+        """Cache a model known to hash to ``digest``."""
+        self.models[digest] = model
+        self.models.move_to_end(digest)
+        if len(self.models) > _MODEL_CACHE:
+            self.models.popitem(last=False)
 
     def block(self, prev: Block, block: Block) -> None:
         """Replay ``block`` over ``prev``; raise :class:`_Failed` or
@@ -368,6 +427,7 @@ class _Replayer:
                 f"the replayed model {replayed[:16]}… is not the recorded "
                 f"{str(header['model_hash'])[:16]}…"
             )
+        self.keep(replayed, result.model)  # the next block's parent: no reload
         if settings.momentum > 0.0:
             assert state is not None and state.velocity is not None
             assert result.velocity is not None

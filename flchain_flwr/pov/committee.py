@@ -23,15 +23,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from logging import WARNING
-from typing import Any, Final
+from typing import Any
 
 from flwr.supercore import log
-from nacl.encoding import HexEncoder
-from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays, apply_step
 from ..ledger import (
-    BlockSigner,
     Ledger,
     PoVRules,
     PoVState,
@@ -42,10 +39,17 @@ from ..ledger import (
     model_hash,
     quorum,
 )
-from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import COMMITTEE_KIND_FIELD
+from ..ledger.evidence import EVIDENCE_FIELD
+from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
+from ..ledger.replay import PendingReplay
 from .filters import Prefilter
-from .verifier import Behaviour, Rule, Threshold, Verifier
+from .headers import HeaderSigner, HeaderSigning
+from .verifier import Rule, Threshold, Verifier
+from .views import LEAD_TAG as LEAD_TAG
+from .views import Views
+from .views import carried_votes as carried_votes
+from .views import lead_statement as lead_statement
 
 
 @dataclass(frozen=True)
@@ -91,13 +95,15 @@ class CommitteeDecision:
     """The view the votes were cast in (its leader signs the block)."""
     context: VoteContext | None = None
     """What the votes sign."""
+    view_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Certificates that the views this decision skipped failed (in order)."""
 
     def votes_on(self, digest: str) -> list[dict[str, Any]]:
         """The counted votes on one candidate."""
         return [v for v in self.votes if v["candidate"] == digest]
 
 
-class Committee:
+class Committee(Views, HeaderSigning):
     """A pool of verifiers, the committee rule and the deposits.
 
     Parameters
@@ -176,6 +182,9 @@ class Committee:
         self.prefilters = tuple(prefilters)
         self.consensus_delay = consensus_delay
         self.chain_id = chain_id
+        self._evidence: list[dict[str, Any]] = []
+        """Equivocation evidence the next block settles."""
+        self._replay: PendingReplay | None = None
 
     def __repr__(self) -> str:
         return (
@@ -197,8 +206,13 @@ class Committee:
         the shares they are judged at)."""
         votes = VoteRules(self.rule.to_json(), float(server_lr))
         self.state.votes = votes
+        self.state.signed_headers = True
         return {
-            "pov": {**self.rules.to_json(), "votes": votes.to_json()},
+            "pov": {
+                **self.rules.to_json(),
+                "votes": votes.to_json(),
+                "headers": QUORUM_FORMAT,
+            },
             COMMITTEE_KIND_FIELD: self.kind,
         }
 
@@ -228,6 +242,11 @@ class Committee:
                 f"ledger {ledger.path} holds format-1 votes (they do not bind "
                 "the parent, weight or rule); verify it, but start a new chain"
             )
+        if "headers" not in recorded:
+            raise ValueError(
+                f"ledger {ledger.path} predates quorum-signed headers (its blocks "
+                "are signed by their leader alone); verify it, but start a new chain"
+            )
         if recorded != expected:
             raise ValueError(
                 f"ledger {ledger.path} was not created with this verifier pool, "
@@ -236,6 +255,7 @@ class Committee:
         self.state = PoVState.replayed(
             self.rules, (b.body for b in ledger.blocks()), self.state.votes
         )
+        self.state.signed_headers = True
 
     def position(
         self, ledger: Ledger | None, model: NDArrays, height: int, view: int = 0
@@ -266,12 +286,18 @@ class Committee:
         )
 
     def seal(
-        self, committee: list[str], votes: Sequence[dict[str, Any]], view: int = 0
-    ) -> tuple[dict[str, Any], BlockSigner]:
-        """Settle a block's deposits; return its PoV body fields and what signs
-        for the leader. Call it only for a block that is written: the stakes
-        change here, once per block."""
-        deposits = self.state.settlement(committee, votes)
+        self,
+        committee: list[str],
+        votes: Sequence[dict[str, Any]],
+        view: int = 0,
+        view_changes: Sequence[dict[str, Any]] = (),
+    ) -> tuple[dict[str, Any], HeaderSigner]:
+        """Settle a block's deposits (its votes, and the equivocation evidence
+        reported since the last block); return its PoV body fields and what
+        signs it (its leader, then its committee). Call it only for a block
+        that is written: the stakes change here, once per block."""
+        evidence, self._evidence = self._evidence, []
+        deposits = self.state.settlement(committee, votes, evidence)
         self.state.apply(deposits)
         for entry in deposits:
             if entry["removed"]:
@@ -279,33 +305,21 @@ class Committee:
         fields: dict[str, Any] = {"committee": list(committee), "deposits": deposits}
         if view:
             fields["view"] = view
-        return fields, self.signer(committee[0])
+            fields[VIEW_CHANGES_FIELD] = [dict(c) for c in view_changes]
+        if evidence:
+            fields[EVIDENCE_FIELD] = evidence
+        return fields, HeaderSigner(self, self.signer(committee[0]), committee, view)
 
-    def signer(self, leader: str) -> BlockSigner:
-        """What signs a block led by ``leader``: here its own signing key."""
-        verifier = self.verifiers[leader]
-        if verifier.behaviour is Behaviour.REFUSE_TO_LEAD:
-            return _RefusingSigner(verifier)
-        return verifier.key
-
-    def leader_ready(self, leader: str, context: VoteContext) -> str | None:
-        """Why ``leader`` cannot lead the block in ``context``, or ``None``.
-
-        The leader must sign a statement that it leads this view
-        (:func:`lead_statement`) through the same signer that signs the
-        block: one that refuses, fails or (remotely) does not answer in time
-        hands over to the next view's leader before any vote is cast in its
-        view.
-        """
-        statement = lead_statement(context, leader)
-        try:
-            signed = self.signer(leader).sign(statement)
-            VerifyKey(leader.encode(), encoder=HexEncoder).verify(
-                statement, signed.signature
-            )
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            return f"cannot lead ({exc})"
-        return None
+    def report_equivocation(self, record: dict[str, Any]) -> None:
+        """Queue equivocation evidence for the next block to settle;
+        ``ValueError`` if the record is not valid evidence against a pool
+        member that still has stake."""
+        problem = self.state.evidence_problem(
+            str(record.get("chain_id")), [*self._evidence, record]
+        )
+        if problem is not None:
+            raise ValueError(problem)
+        self._evidence.append(dict(record))
 
     @property
     def reserved_nodes(self) -> frozenset[int]:
@@ -356,29 +370,6 @@ class Committee:
         return votes, problems
 
     # ---------------------------------------------------------------- deciding
-    def choose_view(self, context: VoteContext) -> tuple[VoteContext, list[str]]:
-        """The first view, from ``context.view`` on, whose leader is ready, and
-        its committee (leader first); a view with no ready leader in any
-        rotation keeps the last one tried (its block will fail to be signed)."""
-        assert context.prev_hash is not None
-        members = self.state.committee(context.prev_hash, context.view)
-        for view in range(context.view, context.view + len(members)):
-            members = self.state.committee(context.prev_hash, view)
-            ready = replace(context, view=view)
-            problem = self.leader_ready(members[0], ready)
-            if problem is None:
-                return ready, members
-            log(
-                WARNING,
-                "PoV: leader %s… of height %d view %d %s; view %d takes over",
-                members[0][:12],
-                context.height,
-                view,
-                problem,
-                view + 1,
-            )
-        return context, self.state.committee(context.prev_hash, context.view)
-
     # pylint: disable=too-many-arguments,too-many-locals
     def decide(
         self,
@@ -400,26 +391,26 @@ class Committee:
         """
         if context.prev_hash is None:
             raise ValueError("a committee decides in a format-2 vote context")
+        certificates: list[dict[str, Any]] = []
         for _ in range(max(1, self.rules.committee_size)):
             decision = self._decide_in_view(
                 context, global_model, candidates, round_, server_lr
             )
+            certificates += decision.view_changes
+            decision.view_changes = list(certificates)
             if not decision.committee or not any(o.accepted for o in decision.outcomes):
                 return decision
             assert decision.context is not None
             problem = self.leader_ready(decision.committee[0], decision.context)
             if problem is None:
                 return decision
-            log(
-                WARNING,
-                "PoV: leader %s… of height %d view %d %s after the votes; "
-                "deciding again in view %d",
-                decision.committee[0][:12],
-                decision.height,
-                decision.view,
-                problem,
-                decision.view + 1,
+            certificate = self._give_up(
+                decision.context, decision.committee, f"{problem} after the votes"
             )
+            if certificate is None:
+                return decision
+            certificates.append(certificate)
+            decision.view_changes = list(certificates)
             context = replace(decision.context, view=decision.view + 1)
         return decision
 
@@ -434,8 +425,9 @@ class Committee:
     ) -> CommitteeDecision:
         """One decision: the first ready leader's view from ``context.view``."""
         members: list[str] = []
+        certificates: list[dict[str, Any]] = []
         if self.state.pool:
-            context, members = self.choose_view(context)
+            context, members, certificates = self.choose_view(context)
         needed = quorum(len(members))
         outcomes: dict[int, Outcome] = {}  # by position in ``candidates``
         first: dict[str, int] = {}
@@ -512,42 +504,8 @@ class Committee:
             dropped,
             context.view,
             context,
+            certificates,
         )
-
-
-LEAD_TAG: Final = b"flchain-pov-lead/1\n"
-"""Prefix of the statement a leader signs to take a view (not a header)."""
-
-
-def lead_statement(context: VoteContext, leader: str) -> bytes:
-    """What ``leader`` signs to say it leads the block in ``context``."""
-    return LEAD_TAG + encode(
-        LATEST_FORMAT,
-        {
-            "chain_id": context.chain_id,
-            "height": context.height,
-            "view": context.view,
-            "prev_hash": context.prev_hash,
-            "parent_model": context.parent_model,
-            "leader": leader,
-        },
-    )
-
-
-def carried_votes(
-    earlier: Sequence[dict[str, Any]], view: int, decision: CommitteeDecision
-) -> list[dict[str, Any]]:
-    """The votes the next block holds after ``decision``: those cast since the
-    last block in ``view`` and ``decision``'s. Earlier votes go when the view
-    changed (they sign their view) and on any update decided again (the same
-    update resent to the same parent: the later judgement stands)."""
-    decided = {o.digest for o in decision.outcomes}
-    kept = [
-        v
-        for v in earlier
-        if decision.view == view and str(v["candidate"]) not in decided
-    ]
-    return kept + list(decision.votes)
 
 
 def collect_votes(
@@ -584,19 +542,3 @@ def collect_votes(
         who = str(vote.get("verifier", "?"))[:12] if isinstance(vote, dict) else "?"
         dropped.append(f"vote from {who}… dropped: {problem}")
     return kept, dropped
-
-
-@dataclass(frozen=True)
-class _RefusingSigner:
-    """A leader that will not sign (:attr:`Behaviour.REFUSE_TO_LEAD`)."""
-
-    verifier: Verifier
-
-    @property
-    def verify_key(self) -> Any:
-        """The leader's public key."""
-        return self.verifier.key.verify_key
-
-    def sign(self, smessage: bytes) -> Any:
-        """Refuse."""
-        raise RuntimeError(f"leader {self.verifier.public_key[:12]}… refuses to sign")

@@ -21,7 +21,14 @@ locally and answers three query messages:
   back on what it has voted on or led (the position is then its own), and a
   header only at the chain, height and previous hash it holds, and only one
   header per height: so the server, which holds no verifier key, cannot get
-  two different blocks at one height signed by one leader node.
+  two different blocks at one height signed by one leader node. As a
+  committee member (``kind="header"``) it is sent the pending block's header
+  and body and signs its header statement after the checks of
+  :mod:`.headers` (it does not replay the model: ``replayed`` is false); as a
+  member giving up a view (``kind="view-change"``) it signs the canonical
+  view-change statement (:func:`~.views.sign_view_change`). What it signed
+  as a member (:attr:`~flchain_flwr.pov.Verifier.statements`) is kept in the
+  node's run state, so a restarted node does not sign against it.
 
 On the server, :func:`discover_verifiers` maps public keys to node IDs and
 :class:`RemoteCommittee` is a :class:`~flchain_flwr.pov.Committee` whose members
@@ -51,11 +58,21 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
-from ..ledger import Ledger, VoteContext
+from ..ledger import Block, Ledger, VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
+from ..ledger.statements import view_change_statement
 from ..runtime import clock_of
 from .committee import LEAD_TAG, Candidate, Committee, lead_statement
+from .members import (
+    header_entry,
+    header_request,
+    load_statements,
+    member_header,
+    member_view_change,
+    stored_statements,
+    view_change_entry,
+)
 from .verifier import Verifier
 
 IDENTITY = "query.pov_identity"
@@ -71,6 +88,8 @@ _SEEN = "pov-seen"
 """A verifier node's run state: the last chain position it voted at or led."""
 _HEADERS = "pov-headers"
 """A verifier node's run state: the last block header it signed, by chain."""
+_STATEMENTS = "pov-statements"
+"""A verifier node's run state: the last statement it signed as a member."""
 
 
 class RemoteVerifierError(RuntimeError):
@@ -100,11 +119,14 @@ def answer_in_run(
     records = context.state.config_records
     verifier.seen = _load_seen(records.get(_SEEN))
     verifier.headers = _load_headers(records.get(_HEADERS))
+    verifier.statements = load_statements(records.get(_STATEMENTS))
     reply = answer(message, verifier)
     if verifier.seen:
         records[_SEEN] = _stored_seen(verifier.seen)
     if verifier.headers:
         records[_HEADERS] = _stored_headers(verifier.headers)
+    if verifier.statements:
+        records[_STATEMENTS] = stored_statements(verifier.statements)
     return reply
 
 
@@ -189,6 +211,11 @@ def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
 
 def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     cfg = _config(content)
+    if cfg.get("kind") == "header":
+        return RecordDict({_CONFIG: ConfigRecord(member_header(cfg, verifier))})
+    if cfg.get("kind") == "view-change":
+        signed = member_view_change(_bytes(cfg, "message"), verifier)
+        return RecordDict({_CONFIG: ConfigRecord({"signature": signed})})
     data = _bytes(cfg, "message")
     tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
     if tag is None:
@@ -549,6 +576,53 @@ class RemoteCommittee(Committee):
 
     def signer(self, leader: str) -> RemoteSigner:
         return RemoteSigner(self.grid, self.nodes[leader], leader, self.timeout)
+
+    def header_signatures(
+        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Each member node's header signature (see :func:`member_header`)."""
+        request = header_request(block, view)
+        return self._ask_members(members, request, header_entry)
+
+    def view_change_signatures(
+        self, members: Sequence[str], context: VoteContext
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Each member node's signed view change."""
+        assert context.prev_hash is not None
+        statement = view_change_statement(
+            context.chain_id, context.height, context.view, context.prev_hash
+        )
+        request = ConfigRecord({"kind": "view-change", "message": statement})
+        return self._ask_members(members, request, view_change_entry)
+
+    def _ask_members(
+        self,
+        members: Sequence[str],
+        request: ConfigRecord,
+        entry: Callable[[str, ConfigRecord], dict[str, Any]],
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Send ``request`` to each member node in parallel; the entries
+        ``entry`` makes of their replies, and why others gave none."""
+        node_of = {key: self.nodes[key] for key in members}
+        content = RecordDict({_CONFIG: request})
+        replies = _send(
+            self.grid,
+            {node: (SIGN, content) for node in node_of.values()},
+            self.timeout,
+        )
+        entries: list[dict[str, Any]] = []
+        problems: list[str] = []
+        for key, node in node_of.items():
+            reply = replies.get(node)
+            if reply is None or reply.has_error():
+                why = "no reply in time" if reply is None else reply.error.reason
+                problems.append(f"verifier {key[:12]}… (node {node}): {why}")
+                continue
+            try:
+                entries.append(entry(key, _config(reply.content)))
+            except (ValueError, KeyError) as exc:
+                problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
+        return entries, problems
 
     def cast_votes(
         self,

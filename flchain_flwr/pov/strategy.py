@@ -77,6 +77,7 @@ class PoVStrategy(DecompressReplies):
         self._votes: list[dict[str, Any]] = []
         """Votes since the last block (carried over rounds that write none)."""
         self._view = 0
+        self._view_changes: list[dict[str, Any]] = []
         settings = {"strategy": type(strategy).__name__, "committee": repr(committee)}
         self._config_digest = (
             self.ledger.config_digest(settings)
@@ -138,6 +139,7 @@ class PoVStrategy(DecompressReplies):
         self.decisions.append(decision)
         self._votes = carried_votes(self._votes, self._view, decision)
         self._view = decision.view
+        self._view_changes += decision.view_changes
         accepted = []
         for (reply, cand, update), outcome in zip(
             candidates, decision.outcomes, strict=True
@@ -159,7 +161,7 @@ class PoVStrategy(DecompressReplies):
         )
         if arrays is not None and accepted:  # a block: settle its votes, once
             extra, signer = self.committee.seal(
-                decision.committee, self._votes, self._view
+                decision.committee, self._votes, self._view, self._view_changes
             )
             if self.ledger is not None:
                 self.ledger.append(
@@ -168,6 +170,7 @@ class PoVStrategy(DecompressReplies):
                     signer=signer,
                 )
             self._votes, self._view, self._round_rejected = [], 0, []
+            self._view_changes = []
         else:  # no block: the next one carries the rejections and their votes
             carried = {str(r["digest"]) for r in self._round_rejected}
             self._votes = [v for v in self._votes if v["candidate"] in carried]

@@ -245,6 +245,9 @@ class Verifier:
         self.seen: dict[str, tuple[int, str, str]] = {}
         """By chain id, the last ``(height, previous hash, parent model
         hash)`` it voted at or led (a verifier node keeps it in its run state)."""
+        self.statements: dict[str, tuple[int, int, str]] = {}
+        """By chain id, the last (height, view, block hash or "view-change")
+        it signed as a committee member (see :mod:`flchain_flwr.pov.views`)."""
         self.headers: dict[str, tuple[int, str]] = {}
         """By chain id, the height and SHA-256 of the last block header it
         signed as a leader (a verifier node keeps it in its run state)."""

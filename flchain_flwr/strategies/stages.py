@@ -285,7 +285,8 @@ class CommitteeStage(BlockStage):
 
     Votes and the committee accumulate until a block is committed (a buffer
     whose every update is rejected makes no block); deposits settle once per
-    committed block, and the block's leader signs it. A leader that is not
+    committed block, and the block's leader and more than 2/3 of its
+    committee sign it. A leader that is not
     ready hands the height over to the next view's (see
     :meth:`~flchain_flwr.pov.Committee.choose_view`); votes carried from an
     earlier view are dropped, since they sign their view.
@@ -310,6 +311,7 @@ class CommitteeStage(BlockStage):
         self._committee: list[str] = []
         self._votes: list[dict[str, Any]] = []
         self._view = 0
+        self._view_changes: list[dict[str, Any]] = []
 
     def filter(self, block: Block, reject: RejectFn) -> None:
         """Let the committee vote; keep the approved updates."""
@@ -336,6 +338,7 @@ class CommitteeStage(BlockStage):
             log(WARNING, "PoV: %s", reason)
         self._votes = carried_votes(self._votes, self._view, decision)
         self._committee, self._view = decision.committee, decision.view
+        self._view_changes += decision.view_changes
         if self.on_decision is not None:
             self.on_decision(decision)
         kept = []
@@ -359,10 +362,11 @@ class CommitteeStage(BlockStage):
     def commit(self, block: Block) -> None:
         """Settle deposits once for this block; its leader signs it."""
         sealed, block.signer = self.committee.seal(
-            self._committee, self._votes, self._view
+            self._committee, self._votes, self._view, self._view_changes
         )
         block.extra = {**(block.extra or {}), **sealed}
         block.votes, self._votes, self._view = self._votes, [], 0
+        self._view_changes = []
 
 
 def _payloads(updates: list[BufferedUpdate]) -> list[RecordDict] | None:

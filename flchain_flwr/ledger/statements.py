@@ -1,0 +1,59 @@
+"""The statements PoV committee members sign besides votes (see :mod:`.quorum`).
+
+Each is a tag line and an RFC 8785 object, signed with Ed25519; both are in
+``docs/test-vectors.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from nacl.encoding import HexEncoder
+from nacl.signing import SigningKey, VerifyKey
+
+from .canonical import LATEST_FORMAT, encode
+
+HEADER_SIG_TAG: Final = b"flchain-header-sig/1\n"
+VIEW_CHANGE_TAG: Final = b"flchain-view-change/1\n"
+
+
+def header_statement(
+    chain_id: str, height: int, view: int, block_hash: str, replayed: bool
+) -> bytes:
+    """What a committee member signs to approve the block ``block_hash``."""
+    return HEADER_SIG_TAG + encode(
+        LATEST_FORMAT,
+        {
+            "chain_id": chain_id,
+            "height": height,
+            "view": view,
+            "block": block_hash,
+            "replayed": replayed,
+        },
+    )
+
+
+def view_change_statement(
+    chain_id: str, height: int, view: int, prev_hash: str
+) -> bytes:
+    """What a committee member signs to give up ``view`` at ``height``."""
+    return VIEW_CHANGE_TAG + encode(
+        LATEST_FORMAT,
+        {"chain_id": chain_id, "height": height, "view": view, "prev_hash": prev_hash},
+    )
+
+
+def signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
+    """Whether ``signature_hex`` is ``public_hex``'s Ed25519 signature."""
+    try:
+        VerifyKey(public_hex.encode(), encoder=HexEncoder).verify(
+            message, bytes.fromhex(signature_hex)
+        )
+    except Exception:  # pylint: disable=broad-exception-caught
+        return False  # bad hex, a malformed key (nacl's own errors), a forgery
+    return True
+
+
+def sign_statement(key: SigningKey, message: bytes) -> str:
+    """``key``'s signature over ``message``, as hex."""
+    return key.sign(message).signature.hex()

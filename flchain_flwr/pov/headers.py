@@ -1,0 +1,212 @@
+"""Committee members sign a block's header, after checking it.
+
+A member signs a pending block
+(:func:`~flchain_flwr.ledger.statements.header_statement`) only if:
+
+- **continuity**: the header is at the height and after the previous block
+  where the member holds its position (where it voted,
+  :meth:`~flchain_flwr.pov.Verifier.take_position`), in the chain it voted
+  in; and at its (height, view) it has signed neither a view change nor
+  another header, nor anything at a later view (:func:`~.views.take_statement`);
+- **the block is the one voted on**: its hash, body hash and Merkle root
+  match its contents, it names the member in its committee and the view it
+  is signed in, its votes are valid signed votes of that committee in this
+  very context (chain, height, view, previous hash, parent model, rule), and
+  the updates it includes are exactly those with more than 2/3 approving
+  votes among them, each once;
+- **the model**: in-process, its model hash, velocity and contributions are
+  what :class:`~flchain_flwr.ledger.replay.PendingReplay` recomputes from the
+  parent and the stored updates (the members are one process, so one replay
+  serves them all); a block that cannot be replayed (PoVStrategy's) is signed
+  with ``replayed: false``. A verifier node does not hold the updates'
+  payloads or the run's settings, so it signs with ``replayed: false``: it
+  vouches for continuity and the votes, not the model hash (``verify
+  --replay`` checks that).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..ledger import Block, BlockSigner, Ledger, VoteContext, check_vote, quorum
+from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
+from ..ledger.merkle import merkle_root
+from ..ledger.replay import PendingReplay
+from ..ledger.statements import header_statement, sign_statement, signature_ok
+from .verifier import RefusedRequest, Rule, Verifier
+from .views import take_statement
+
+if TYPE_CHECKING:
+    from .committee import Committee
+
+
+def proposal_problem(
+    verifier: Verifier, block: Block, view: int, rule_digest: str
+) -> str | None:
+    """Why ``verifier`` must not sign the pending ``block`` in ``view``
+    (everything but the model, see the module docstring), or ``None``."""
+    header, body = block.header, block.body
+    chain_id, height = str(header.get("chain_id")), header.get("height")
+    if isinstance(height, bool) or not isinstance(height, int):
+        return "the header's height is not an integer"
+    held = verifier.seen.get(chain_id)
+    if held is None or held[:2] != (height, header.get("prev_hash")):
+        where = "nothing" if held is None else f"height {held[0]} after {held[1][:12]}…"
+        return (
+            f"the header is at height {height!r} after "
+            f"{str(header.get('prev_hash'))[:12]}…; this verifier holds {where}"
+        )
+    if sha256_hex(HEADER_TAG, block.header_bytes) != block.hash:
+        return "the block hash is not its header's"
+    if header.get("body_hash") != sha256_hex(BODY_TAG, block.body_bytes):
+        return "the body is not the one the header names"
+    if body.get("view", 0) != view:
+        return f"the body says view {body.get('view', 0)!r}, it is signed in {view}"
+    committee = body.get("committee")
+    if not isinstance(committee, list) or verifier.public_key not in committee:
+        return "this verifier is not in the block's committee"
+    included = [str(u.get("digest")) for u in body.get("included", [])]
+    if header.get("updates_root") != merkle_root(included):
+        return "the Merkle root is not the included updates'"
+    context = VoteContext(chain_id, height, held[1], held[2], rule_digest, view)
+    approving: Counter[str] = Counter()
+    voters: set[tuple[str, str]] = set()
+    for index, vote in enumerate(body.get("votes", [])):
+        problem = check_vote(context, vote)
+        if problem is not None:
+            return f"vote {index}: {problem}"
+        pair = (str(vote["verifier"]), str(vote["candidate"]))
+        if pair[0] not in committee or pair in voters:
+            return f"vote {index} is not a committee member's first on its update"
+        voters.add(pair)
+        approving[pair[1]] += vote["verdict"] is True
+    needed = quorum(len(committee))
+    approved = {digest for digest, n in approving.items() if n >= needed}
+    if len(set(included)) != len(included) or set(included) != approved:
+        return (
+            f"it includes {len(included)} updates; the votes approve "
+            f"{len(approved)} (the included set must be the approved set)"
+        )
+    return None
+
+
+# pylint: disable=too-many-arguments
+def cosign_header(
+    verifier: Verifier,
+    block: Block,
+    *,
+    view: int,
+    rule_digest: str,
+    replayed: bool,
+    model_problem: str | None = None,
+) -> dict[str, Any]:
+    """``verifier``'s header signature on ``block``; :class:`RefusedRequest`
+    if a check fails (``model_problem``: why the model is not the replay's)."""
+    if model_problem is not None:
+        raise RefusedRequest(f"the model is not the replayed one: {model_problem}")
+    problem = proposal_problem(verifier, block, view, rule_digest)
+    if problem is not None:
+        raise RefusedRequest(problem)
+    chain_id, height = str(block.header["chain_id"]), int(block.header["height"])
+    take_statement(verifier, chain_id, height, view, block.hash)
+    statement = header_statement(chain_id, height, view, block.hash, replayed)
+    return {
+        "verifier": verifier.public_key,
+        "replayed": replayed,
+        "signature": sign_statement(verifier.key, statement),
+    }
+
+
+class HeaderSigner:
+    """Signs a PoV block: its leader's signature over the header (as before),
+    then more than 2/3 of its committee's header signatures (what ``verify``
+    checks against the genesis pool keys).
+
+    A :class:`~flchain_flwr.ledger.quorum.HeaderCosigner`: the ledger calls
+    :meth:`cosign` inside the block's transaction.
+    """
+
+    def __init__(
+        self,
+        committee: Committee,
+        leader: BlockSigner,
+        members: Sequence[str],
+        view: int,
+    ) -> None:
+        self.committee = committee
+        self.leader = leader
+        self.members = list(members)
+        self.view = view
+
+    @property
+    def verify_key(self) -> Any:
+        """The leader's public key (the header's ``leader``)."""
+        return self.leader.verify_key
+
+    def sign(self, smessage: bytes) -> Any:
+        """The leader's signature."""
+        return self.leader.sign(smessage)
+
+    def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:
+        """The members' header signatures (each checked); ``RuntimeError``
+        if fewer than a quorum signed, naming why the others did not."""
+        signatures, problems = self.committee.header_signatures(
+            self.members, ledger, block, self.view
+        )
+        chain_id, height = str(block.header["chain_id"]), int(block.header["height"])
+        valid = []
+        for entry in signatures:
+            statement = header_statement(
+                chain_id, height, self.view, block.hash, entry["replayed"] is True
+            )
+            if entry["verifier"] in self.members and signature_ok(
+                str(entry["verifier"]), statement, str(entry["signature"])
+            ):
+                valid.append(entry)
+            else:
+                problems.append(f"header signature by {entry['verifier']} is invalid")
+        needed = quorum(len(self.members))
+        if len(valid) < needed:
+            raise RuntimeError(
+                f"block {height}: {len(valid)} of {len(self.members)} committee "
+                f"members signed its header, {needed} needed; " + "; ".join(problems)
+            )
+        return valid
+
+
+class HeaderSigning:
+    """How in-process members are asked to sign a header (mixed into
+    :class:`~flchain_flwr.pov.Committee`; a remote committee asks its
+    nodes instead)."""
+
+    verifiers: dict[str, Verifier]
+    rule: Rule
+    _replay: PendingReplay | None
+
+    def header_signatures(
+        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Each member's signature on the pending ``block`` (see
+        :mod:`.headers`), and why the others refused. In-process members
+        share one replay of the block (they are one process)."""
+        if self._replay is None or self._replay.ledger is not ledger:
+            self._replay = PendingReplay(ledger)
+        replayed, problem = self._replay.check(block)
+        signatures, problems = [], []
+        for key in members:
+            try:
+                signatures.append(
+                    cosign_header(
+                        self.verifiers[key],
+                        block,
+                        view=view,
+                        rule_digest=self.rule.digest,
+                        replayed=replayed,
+                        model_problem=problem,
+                    )
+                )
+            except RefusedRequest as exc:
+                problems.append(f"verifier {key[:12]}… refused: {exc}")
+        return signatures, problems

@@ -1,0 +1,154 @@
+"""A verifier node's side of header signing and view changes.
+
+The node is sent a pending block (header and body bytes) or a view-change
+statement in a ``query.pov_sign`` message (see :mod:`.remote`); it checks
+them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
+what it holds: its chain position (where it voted), its own judging rule and
+the last statement it signed, which the node keeps in its run state
+(:func:`stored_statements`). It does not hold the updates' payloads or the
+run's settings, so it does not replay the model: its header signatures say
+``replayed: false``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+from ..ledger import Block, VoteContext
+from ..ledger.canonical import HEADER_TAG, LATEST_FORMAT, parse_canonical, sha256_hex
+from ..ledger.statements import VIEW_CHANGE_TAG, view_change_statement
+from .headers import cosign_header
+from .verifier import Verifier
+from .views import sign_view_change
+
+
+def _int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name!r} must be an integer")
+    return value
+
+
+def member_header(cfg: ConfigRecord, verifier: Verifier) -> dict[str, Any]:
+    """The reply to a request to sign a pending block's header:
+    ``{"signature": bytes, "replayed": False}``; ``ValueError`` (an error
+    reply) if a check fails."""
+    if verifier.rule is None:
+        raise ValueError("this verifier node has no judging rule configured")
+    header_bytes, body_bytes = cfg.get("header"), cfg.get("body")
+    if not isinstance(header_bytes, bytes) or not isinstance(body_bytes, bytes):
+        raise ValueError("header and body must be bytes")
+    header = parse_canonical(header_bytes, LATEST_FORMAT)
+    body = parse_canonical(body_bytes, LATEST_FORMAT)
+    if not isinstance(header, dict) or not isinstance(body, dict):
+        raise ValueError("header and body must be JSON objects")
+    block = Block(
+        _int(header.get("height"), "height"),
+        sha256_hex(HEADER_TAG, header_bytes),
+        header_bytes,
+        body_bytes,
+        "",
+        header,
+        body,
+    )
+    entry = cosign_header(
+        verifier,
+        block,
+        view=_int(cfg.get("view"), "view"),
+        rule_digest=verifier.rule.digest,
+        replayed=False,
+    )
+    return {"signature": bytes.fromhex(entry["signature"]), "replayed": False}
+
+
+def member_view_change(data: bytes, verifier: Verifier) -> bytes:
+    """The signature over a view-change statement, which must be canonical;
+    ``ValueError`` if it is not, or if signing it would contradict what this
+    verifier holds or signed."""
+    if not data.startswith(VIEW_CHANGE_TAG):
+        raise ValueError("not a view-change statement")
+    fields = parse_canonical(data[len(VIEW_CHANGE_TAG) :], LATEST_FORMAT)
+    if not isinstance(fields, dict):
+        raise ValueError("a view-change statement is a JSON object")
+    prev_hash = fields.get("prev_hash")
+    chain_id = fields.get("chain_id")
+    if not isinstance(prev_hash, str) or not isinstance(chain_id, str):
+        raise ValueError("chain_id and prev_hash must be strings")
+    context = VoteContext(
+        chain_id=chain_id,
+        height=_int(fields.get("height"), "height"),
+        prev_hash=prev_hash,
+        view=_int(fields.get("view"), "view"),
+    )
+    if data != view_change_statement(
+        context.chain_id, context.height, context.view, prev_hash
+    ):
+        raise ValueError("the view-change statement is not in its canonical form")
+    return bytes.fromhex(sign_view_change(verifier, context)["signature"])
+
+
+def stored_statements(statements: dict[str, tuple[int, int, str]]) -> ConfigRecord:
+    """The last statement a verifier signed, by chain, as a run-state record."""
+    chains = sorted(statements)
+    return ConfigRecord(
+        {
+            "chain_id": chains,
+            "height": [statements[c][0] for c in chains],
+            "view": [statements[c][1] for c in chains],
+            "what": [statements[c][2] for c in chains],
+        }
+    )
+
+
+def load_statements(record: ConfigRecord | None) -> dict[str, tuple[int, int, str]]:
+    """Inverse of :func:`stored_statements` (empty without a record)."""
+    if record is None:
+        return {}
+    columns: list[list[Any]] = []
+    for name in ("chain_id", "height", "view", "what"):
+        column = record.get(name)
+        if not isinstance(column, list):
+            raise ValueError("the stored statements are malformed")
+        columns.append(column)
+    return {
+        str(c): (int(h), int(v), str(w)) for c, h, v, w in zip(*columns, strict=True)
+    }
+
+
+# ---------------------------------------------------------------- server side
+def header_request(block: Block, view: int) -> ConfigRecord:
+    """What a member node is sent to sign a pending block's header."""
+    return ConfigRecord(
+        {
+            "kind": "header",
+            "header": block.header_bytes,
+            "body": block.body_bytes,
+            "view": view,
+        }
+    )
+
+
+def header_entry(key: str, cfg: ConfigRecord) -> dict[str, Any]:
+    """A member node's reply to :func:`header_request` as a stored header
+    signature (checked by :class:`~.headers.HeaderSigner`)."""
+    replayed = cfg.get("replayed")
+    if not isinstance(replayed, bool):
+        raise ValueError("the reply's replayed must be a boolean")
+    return {
+        "verifier": key,
+        "replayed": replayed,
+        "signature": _signature_bytes(cfg).hex(),
+    }
+
+
+def view_change_entry(key: str, cfg: ConfigRecord) -> dict[str, Any]:
+    """A member node's signed view change as a certificate entry."""
+    return {"verifier": key, "signature": _signature_bytes(cfg).hex()}
+
+
+def _signature_bytes(cfg: ConfigRecord) -> bytes:
+    value = cfg.get("signature")
+    if not isinstance(value, bytes):
+        raise ValueError("'signature' must be bytes")
+    return value
