@@ -39,6 +39,7 @@ from ..protocol import (
 )
 from ..runtime import clock_of, publish_result
 from .fairness import InverseParticipation
+from .loop import QueuedDispatch
 from .result import AsyncResult
 from .run import FedBuffRun
 from .scheduling import RandomSample, SchedulingPolicy
@@ -181,6 +182,15 @@ class FedBuff(Strategy):
         the entries that changed since, with their final values, when that is
         smaller than the full model (see :mod:`.downlink`). Pays off when the
         updates are sparse (the DGC mod) and ``server_momentum`` is 0.
+    queued_dispatch : bool | "auto" (default: False)
+        Keep one more train message queued behind a training node's current
+        one, on the current version, once no free node is left for it: a
+        deployed SuperNode that replies then pulls its next message at once
+        instead of sleeping in its 3 s idle poll. The queued update is one
+        version staler than one dispatched on the reply. Not with ``downlink``
+        (a delta's base must be the node's last model, which a queue skips).
+        ``"auto"``: on over Flower's deployment grid only, and not with
+        ``downlink`` (see :func:`~.loop.queued_on`).
     """
 
     # pylint: disable=too-many-arguments,too-many-locals
@@ -221,6 +231,7 @@ class FedBuff(Strategy):
         seed: int | None = None,
         poll_interval: float = 0.1,
         downlink: bool = False,
+        queued_dispatch: QueuedDispatch = False,
     ) -> None:
         for name, value in (
             ("buffer_size", buffer_size),
@@ -257,6 +268,14 @@ class FedBuff(Strategy):
             evaluate_every is None or evaluate_every >= 1, "evaluate_every must be >= 1"
         )
         _require(poll_interval > 0, "poll_interval must be > 0")
+        _require(
+            queued_dispatch in (True, False, "auto"),
+            f"queued_dispatch must be a bool or 'auto', got {queued_dispatch!r}",
+        )
+        _require(
+            not (queued_dispatch is True and downlink),
+            "queued_dispatch and downlink cannot be combined",
+        )
         _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
@@ -292,6 +311,7 @@ class FedBuff(Strategy):
         self.seed = seed
         self.poll_interval = poll_interval
         self.downlink = bool(downlink)
+        self.queued_dispatch: QueuedDispatch = queued_dispatch
         self._sync = SyncAggregation(self)
         self._sample_rng = random.Random(seed)
         if fraction_evaluate == 0.0:
@@ -342,34 +362,44 @@ class FedBuff(Strategy):
         )
         if self.downlink:
             log(INFO, "\t└──> Downlink: sparse deltas to nodes that keep their base")
+        if self.queued_dispatch:
+            log(INFO, "\t└──> Queued dispatch: %s", self.queued_dispatch)
 
     def config_dict(self) -> dict[str, object]:
         """The settings that shape the global model (recorded in ledger blocks)."""
-        return {
-            "strategy": type(self).__name__,
-            "buffer_size": self.buffer_size,
-            "max_wait": self.max_wait,
-            "staleness_fn": repr(self.staleness_fn),
-            "max_staleness": self.max_staleness,
-            "server_lr": self.server_lr,
-            "server_momentum": self.server_momentum,
-            "concurrency": self.concurrency,
-            "fraction_train": self.fraction_train,
-            "min_train_nodes": self.min_train_nodes,
-            "example_weighting": self.example_weighting.spec,
-            "state_rule": self.state_rule,
-            "state_patterns": list(self.state_patterns),
-            "weighted_by_key": self.weighted_by_key,
-            "arrayrecord_key": self.arrayrecord_key,
-            "committee": repr(self.committee),
-        } | {  # only when on: the default's digest, and its ledgers, are unchanged
-            key: option.spec
-            for key, option in (
-                ("fairness", self.fairness),
-                ("buffer_tuning", self.buffer_tuning),
+        return (
+            {
+                "strategy": type(self).__name__,
+                "buffer_size": self.buffer_size,
+                "max_wait": self.max_wait,
+                "staleness_fn": repr(self.staleness_fn),
+                "max_staleness": self.max_staleness,
+                "server_lr": self.server_lr,
+                "server_momentum": self.server_momentum,
+                "concurrency": self.concurrency,
+                "fraction_train": self.fraction_train,
+                "min_train_nodes": self.min_train_nodes,
+                "example_weighting": self.example_weighting.spec,
+                "state_rule": self.state_rule,
+                "state_patterns": list(self.state_patterns),
+                "weighted_by_key": self.weighted_by_key,
+                "arrayrecord_key": self.arrayrecord_key,
+                "committee": repr(self.committee),
+            }
+            | {  # only when on: the default's digest, and its ledgers, are unchanged
+                key: option.spec
+                for key, option in (
+                    ("fairness", self.fairness),
+                    ("buffer_tuning", self.buffer_tuning),
+                )
+                if option is not None
+            }
+            | (
+                {"queued_dispatch": self.queued_dispatch}
+                if self.queued_dispatch
+                else {}
             )
-            if option is not None
-        }
+        )
 
     def config_digest(self) -> str:
         """SHA-256 of :meth:`config_dict` in canonical JSON, in the encoding new

@@ -7,7 +7,10 @@ live in the block pipeline behind :class:`~.buffer.UpdateBuffer`.
 Cost per event is independent of the population: message deadlines sit in a
 heap, free nodes are tracked per event (:class:`~.nodes.NodeTracker`), and the
 only O(N) step is reading the membership list every ``membership_refresh``
-seconds. At most one message is in flight per node.
+seconds. At most one message is in flight per node, or, with queued dispatch,
+one more train message on a newer version behind a node's current one (a
+deployed SuperNode then pulls it as soon as it replies instead of sleeping in
+its idle poll; see :class:`~.nodes.NodeTracker`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import WARNING
+from typing import Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from ..runtime import Clock
 from .buffer import TRIGGER_BUFFER_FULL, UpdateBuffer
@@ -34,6 +39,14 @@ from .scheduling import SchedulingPolicy
 from .traffic import content_bytes
 
 ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
+QueuedDispatch = bool | Literal["auto"]
+
+
+def queued_on(setting: QueuedDispatch, grid: Grid) -> bool:
+    """Whether to queue: ``"auto"`` is on only over Flower's deployment grid
+    (``HttpGrid``), whose SuperNodes sleep when they find no message; off in
+    simulation, where a node runs its messages at once and side by side."""
+    return isinstance(grid, HttpGrid) if setting == "auto" else bool(setting)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class LoopSettings:
     retry_backoff: float
     time_budget: float | None
     reserved_nodes: frozenset[int] = frozenset()
+    queued_dispatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class EventLoop:
         self.on_version = on_version
         self.downlink = downlink
 
-        self.nodes = NodeTracker()
+        self.nodes = NodeTracker(queue_depth=2 if settings.queued_dispatch else 1)
         self.nodes.version = buffer.version
         self.in_flight: dict[str, Flight] = {}
         self._deadlines: list[tuple[float, int, str]] = []
@@ -204,18 +218,28 @@ class EventLoop:
             )
         self._push(outgoing)
 
+        if self.buffer.complete or now >= self.idle_deadline:
+            return  # idle: no usable reply for `timeout`, let what is in flight settle
         capacity = self.train_limit() - self.nodes.training_online
-        if self.buffer.complete or capacity <= 0 or not self.nodes.eligible:
-            return
-        if now >= self.idle_deadline:
-            return  # no usable reply for `timeout`: let what is in flight settle
+        if capacity > 0 and self.nodes.eligible:
+            self._push(self._train_messages(self._chosen(capacity), deadline))
+        if self.nodes.queueable and not self.nodes.eligible:
+            # Queue only when no free node is left for the version: queued
+            # messages must not keep a free node waiting for a slot.
+            self._push(self._train_messages(sorted(self.nodes.queueable), deadline))
+
+    def _train_messages(
+        self, node_ids: list[int], deadline: float
+    ) -> list[tuple[Message, Flight]]:
+        """Train messages on the current version to ``node_ids``."""
+        if not node_ids:
+            return []
         version = self.buffer.version
-        chosen = self._chosen(capacity)
         shared = self.train_content(
             self.buffer.model_record, self.train_config, version
         )
         outgoing = []
-        for node_id in chosen:
+        for node_id in node_ids:
             config = self.policy.train_config(node_id, version, self.train_config)
             content = (
                 shared
@@ -234,7 +258,7 @@ class EventLoop:
             outgoing.append(
                 (message, Flight(node_id, MessageType.TRAIN, version, deadline))
             )
-        self._push(outgoing)
+        return outgoing
 
     def _chosen(self, capacity: int) -> list[int]:
         """The policy's choice, keeping only distinct nodes free to train."""
@@ -325,7 +349,7 @@ class EventLoop:
             self.buffer.traffic.received(content_bytes(reply.content))
             if self.downlink is not None:
                 self.downlink.observe(flight.node_id, reply.content)
-        self.nodes.done(flight.node_id)
+        self.nodes.done(flight.node_id, flight.train)
         self.evaluation.freed((flight.node_id,))
         if reply.has_error():
             self._settle_failure(flight, reply.error.code, reply.error.reason or "")
@@ -347,7 +371,7 @@ class EventLoop:
             flight = self.in_flight.pop(msg_id, None)
             if flight is None:
                 continue  # answered before its deadline
-            self.nodes.done(flight.node_id)
+            self.nodes.done(flight.node_id, flight.train)
             self.evaluation.freed((flight.node_id,))
             reason = f"no reply within the message TTL ({self.s.ttl:g}s)"
             self._settle_failure(flight, ErrorCode.MESSAGE_UNAVAILABLE, reason)
@@ -365,7 +389,7 @@ class EventLoop:
             NodeFailure(flight.node_id, flight.version, self.now(), code, reason)
         )
         until = self.clock.now() + self.s.retry_backoff
-        self.nodes.failed(flight.node_id, until, flight.train)
+        self.nodes.failed(flight.node_id, until, flight.train, flight.version)
         if flight.train and self.downlink is not None:
             self.downlink.forget(flight.node_id)
         if flight.train:

@@ -29,7 +29,7 @@ from .evaluation import (
     aggregate_or_none,
     valid_evaluate_content,
 )
-from .loop import EventLoop, LoopSettings
+from .loop import EventLoop, LoopSettings, queued_on
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
 from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
@@ -176,6 +176,7 @@ class FedBuffRun:
                 reserved_nodes=s.committee.reserved_nodes
                 if s.committee
                 else frozenset(),
+                queued_dispatch=not s.downlink and queued_on(s.queued_dispatch, grid),
             ),
             buffer=self.buffer,
             evaluation=self.evaluation,
