@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -10,6 +12,16 @@ import pytest
 from flchain_flwr.data.cache import CACHE_ENV, cache_dir, cached_arrays, entry_path
 
 KEY = {"what": "test", "seed": 3}
+TASK = Path(__file__).parent.parent / "apps" / "flchain_cnn" / "flchain_cnn" / "task.py"
+
+
+def this_checkouts_task() -> ModuleType:
+    """The app's task module of this checkout (not an installed copy)."""
+    spec = importlib.util.spec_from_file_location("checkout_flchain_cnn_task", TASK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def counting(arrays: tuple[np.ndarray, ...]) -> tuple[list[int], object]:
@@ -90,8 +102,7 @@ def test_app_partition_cached_equals_uncached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("torch")
-    from flchain_cnn import task
-
+    task = this_checkouts_task()
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     args = ("digits", 1, 3, 0.3, 42, False, 0, "")
     expected = task._load_partition(*args)
