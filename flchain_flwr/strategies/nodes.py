@@ -5,7 +5,11 @@ here scans every node per event. Each node is in at most one of three places
 while it is online and not busy: ``eligible`` (free to train on the current
 version), ``waiting`` (free, but already trained on the current version) or the
 backoff heap (resting after a failure). A new version moves ``waiting`` into
-``eligible``: O(nodes that replied since the last version).
+``eligible``: O(nodes that replied since the last version). With queued
+dispatch, a training node may also be in ``queueable`` or ``queue_waiting``,
+kept the same way (a new version moves O(nodes sent a message since the last
+version)); messages in flight are counted per node, so a node with two is
+still one training node for the capacity and for membership.
 """
 
 from __future__ import annotations
