@@ -16,7 +16,12 @@ from flwr.superlink.grid.http_grid import HttpGrid
 
 from flchain_flwr.protocol import MODEL_VERSION_KEY
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
-from flchain_flwr.strategies import AsyncResult, FedBuff, fedbuff_from_run_config
+from flchain_flwr.strategies import (
+    AsyncResult,
+    FedBuff,
+    RandomSample,
+    fedbuff_from_run_config,
+)
 from flchain_flwr.strategies.loop import queued_on
 from flchain_flwr.strategies.nodes import NodeTracker
 
@@ -258,3 +263,27 @@ def test_auto_is_on_over_flowers_deployment_grid_only() -> None:
 def test_the_setting_enters_the_config_digest_only_when_on() -> None:
     assert "queued_dispatch" not in FedBuff().config_dict()
     assert FedBuff(queued_dispatch=True).config_dict()["queued_dispatch"] is True
+
+
+class TimingSpy(RandomSample):
+    """Records when the loop tells the policy a train message was dispatched."""
+
+    def __init__(self) -> None:
+        self.dispatches: list[tuple[int, int, float]] = []
+
+    def on_dispatch(self, node_id: int, version: int, now: float) -> None:
+        self.dispatches.append((node_id, version, now))
+
+
+def test_the_policy_times_a_queued_message_from_when_it_starts() -> None:
+    # B's queued messages are sent at t = 1 and 4 but start at t = 4 and 8,
+    # when its previous one is done: round-trip policies (BAFL) must see that.
+    grid = spy_grid([1.0, 0.25])
+    slow = grid.node_ids[1]
+    spy = TimingSpy()
+    run(grid, queued=True, scheduling=spy)
+    assert [(v, t) for n, v, t in spy.dispatches if n == slow] == [
+        (0, 0.0),
+        (1, 4.0),
+        (5, 8.0),
+    ]

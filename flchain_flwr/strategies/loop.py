@@ -124,6 +124,9 @@ class EventLoop:
         self.in_flight: dict[str, Flight] = {}
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
+        # node -> (message id, version) of a queued train message that has not
+        # started: the policy is told of it when the node's current one settles
+        self._queued: dict[int, tuple[str, int]] = {}
         self.t0 = clock.now()
         self.next_refresh = self.t0
         self.idle_deadline = self.t0 + settings.timeout  # pushed back by usable replies
@@ -298,11 +301,15 @@ class EventLoop:
             if len(self._deadlines) > 2 * len(self.in_flight) + 64:
                 self._deadlines = [d for d in self._deadlines if d[2] in self.in_flight]
                 heapq.heapify(self._deadlines)
+            queued = flight.train and flight.node_id in self.nodes.trains
             self.nodes.sent(flight.node_id, flight.train)
             if flight.train:
                 self.evaluation.trained(flight.node_id)
                 self.buffer.store.dispatched(flight.node_id, flight.version)
-                self.policy.on_dispatch(flight.node_id, flight.version, self.now())
+                if queued:  # it starts when the node's current message settles
+                    self._queued[flight.node_id] = (msg_id, flight.version)
+                else:
+                    self.policy.on_dispatch(flight.node_id, flight.version, self.now())
 
     # --------------------------------------------------------------- replies
     def _collect(self) -> int:
@@ -363,6 +370,8 @@ class EventLoop:
             self.idle_deadline = self.clock.now() + self.s.timeout
             staleness = self.buffer.version - flight.version
             self.policy.on_update(flight.node_id, staleness, self.now())
+        if flight.train:
+            self._queued_starts(flight.node_id, msg_id)
 
     def _expire(self, until: float) -> int:
         count = 0
@@ -375,8 +384,18 @@ class EventLoop:
             self.evaluation.freed((flight.node_id,))
             reason = f"no reply within the message TTL ({self.s.ttl:g}s)"
             self._settle_failure(flight, ErrorCode.MESSAGE_UNAVAILABLE, reason)
+            if flight.train:
+                self._queued_starts(flight.node_id, msg_id)
             count += 1
         return count
+
+    def _queued_starts(self, node_id: int, settled: str) -> None:
+        """The train message ``settled`` of ``node_id`` is settled: a queued one
+        behind it starts now, so the policy (round-trip timing, e.g. BAFL's)
+        counts its dispatch from here, not from when it was queued."""
+        queued = self._queued.pop(node_id, None)
+        if queued is not None and queued[0] != settled:
+            self.policy.on_dispatch(node_id, queued[1], self.now())
 
     def _settle_failure(self, flight: Flight, code: int, reason: str) -> None:
         if flight.train:
