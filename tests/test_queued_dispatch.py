@@ -104,36 +104,57 @@ def test_without_queueing_a_node_holds_one_message() -> None:
 
 
 def test_staleness_of_a_queued_update_counts_from_its_own_version() -> None:
-    # A (1 s per message) makes a version per second, K = 1; B takes 4 s.
-    # On reply, B's second message is sent at t = 4 on version 5 and lands at
-    # t = 8 when version 8 is current: staleness 3. Queued, it was sent at
-    # t = 1 on version 1 and runs 4 -> 8: staleness 7.
+    # A (1 s per message) makes a version per second, K = 1; B takes 4 s. B is
+    # queued behind only after its first round trip (4 s, within half the
+    # TTL): at t = 5 on version 6, behind its message of t = 4 (version 5).
+    # That one runs 8 -> 12 and lands when version 13 is current: staleness 7,
+    # where a message sent on B's reply at t = 8 (version 10) would have 3.
     plain_grid = spy_grid([1.0, 0.25])
     slow = plain_grid.node_ids[1]
-    plain = run(plain_grid, queued=False)
+    plain = run(plain_grid, queued=False, rounds=20)
     queued_grid = spy_grid([1.0, 0.25])
-    queued = run(queued_grid, queued=True)
-    assert slow_node_staleness(plain, slow) == [(4, 3), (9, 3)]
-    assert slow_node_staleness(queued, slow) == [(4, 3), (9, 7)]
+    queued = run(queued_grid, queued=True, rounds=20)
+    assert slow_node_staleness(plain, slow) == [(4, 3), (9, 3), (14, 3), (19, 3)]
+    assert slow_node_staleness(queued, slow) == [(4, 3), (9, 3), (14, 7), (19, 8)]
     # the same versions at the same times: on this grid a queue saves nothing
     assert [v.time for v in plain.versions] == [v.time for v in queued.versions]
-    assert queued_grid.pairs[0] == (0, 1)
+    assert queued_grid.pairs[:2] == [(5, 6), (6, 10)]
 
 
-def test_a_queued_message_that_outlives_its_ttl_expires_once() -> None:
-    # B's queued message (sent at t = 1, TTL 5) waits for its first (until
-    # t = 4) and would be done at t = 8: it expires at t = 6, once.
+def test_a_node_slower_than_half_the_ttl_is_not_queued_behind() -> None:
+    # B's round trip (4 s) is over half the TTL (5 s): a queued message would
+    # wait 4 s and run 4 s, past its TTL. It is never queued behind.
     grid = spy_grid([1.0, 0.25])
+    result = run(grid, queued=True, message_ttl=5.0, rounds=20)
+    assert result.stop_reason == "completed"
+    assert grid.most_held == 1 and result.failures == []
+
+
+def test_a_queued_message_that_outlives_its_ttl_expires_and_ends_queueing() -> None:
+    # Every message takes 4 s at B until version 5, then 8 s (TTL 9). B's
+    # first round trip allows queueing; its message of t = 4 (version 5) runs
+    # 4 -> 12 and the one queued behind it at t = 6 (version 6) would run
+    # 12 -> 20: it expires at t = 15, and B is never queued behind again.
+    def work(message: Message, _: Message) -> float:
+        version = int(message.content["config"][MODEL_VERSION_KEY])  # type: ignore[arg-type]
+        return 1.0 if version < 5 else 2.0
+
+    grid = SpyGrid(
+        toy_client_app(),
+        [DeviceProfile(speed=1.0), DeviceProfile(speed=0.25)],
+        work_fn=work,
+    )
     slow = grid.node_ids[1]
-    result = run(grid, queued=True, message_ttl=5.0, retry_backoff=1.0)
+    result = run(grid, queued=True, message_ttl=9.0, retry_backoff=1.0, rounds=20)
     assert result.stop_reason == "completed"
     first = result.failures[0]
-    assert (first.node_id, first.version, first.time) == (slow, 1, 6.0)
+    assert (first.node_id, first.version, first.time) == (slow, 6, 15.0)
     assert first.error_code == ErrorCode.MESSAGE_UNAVAILABLE
+    assert grid.pairs == [(5, 6)]  # the only queued message
+    # each failure is one of B's messages, each once (later ones: B was still
+    # running the expired message when it was sent the next, as a SuperNode is)
     keys = [(f.node_id, f.version) for f in result.failures]
-    assert len(keys) == len(set(keys))  # each message fails once
-    assert grid.most_held == 2
-    assert all(f.node_id == slow for f in result.failures)
+    assert len(keys) == len(set(keys)) and {n for n, _ in keys} == {slow}
 
 
 def test_a_node_that_leaves_with_a_queued_message_fails_both_once() -> None:
@@ -156,6 +177,7 @@ def test_a_node_that_leaves_with_a_queued_message_fails_both_once() -> None:
 def test_tracker_queues_only_behind_a_train_message_on_an_older_version() -> None:
     nodes = NodeTracker(queue_depth=2)
     nodes.set_online([7])
+    nodes.allow_queue(7, True)
     nodes.sent(7, train=True)  # on version 0
     assert 7 not in nodes.queueable  # its message is on the current version
     nodes.new_version(1)
@@ -174,6 +196,7 @@ def test_tracker_queues_only_behind_a_train_message_on_an_older_version() -> Non
 def test_tracker_without_queueing_never_queues() -> None:
     nodes = NodeTracker()
     nodes.set_online([7])
+    nodes.allow_queue(7, True)
     nodes.sent(7, train=True)
     nodes.new_version(1)
     assert not nodes.queueable and not nodes.eligible
@@ -182,6 +205,7 @@ def test_tracker_without_queueing_never_queues() -> None:
 def test_tracker_does_not_queue_behind_an_evaluation() -> None:
     nodes = NodeTracker(queue_depth=2)
     nodes.set_online([7])
+    nodes.allow_queue(7, True)
     nodes.sent(7, train=False)
     nodes.new_version(1)
     assert 7 not in nodes.queueable
@@ -190,6 +214,7 @@ def test_tracker_does_not_queue_behind_an_evaluation() -> None:
 def test_tracker_membership_loss_with_a_queued_message_counts_once() -> None:
     nodes = NodeTracker(queue_depth=2)
     nodes.set_online([7, 8])
+    nodes.allow_queue(7, True)
     nodes.sent(7, train=True)
     nodes.new_version(1)
     nodes.sent(7, train=True)
@@ -206,6 +231,7 @@ def test_tracker_membership_loss_with_a_queued_message_counts_once() -> None:
 def test_tracker_failure_of_the_older_message_keeps_the_queued_version() -> None:
     nodes = NodeTracker(queue_depth=2)
     nodes.set_online([7])
+    nodes.allow_queue(7, True)
     nodes.sent(7, train=True)  # version 0
     nodes.new_version(1)
     nodes.sent(7, train=True)  # queued, version 1
@@ -224,6 +250,7 @@ def test_tracker_failure_of_the_older_message_keeps_the_queued_version() -> None
 def test_tracker_backing_off_node_is_not_queueable() -> None:
     nodes = NodeTracker(queue_depth=2)
     nodes.set_online([7])
+    nodes.allow_queue(7, True)
     nodes.sent(7, train=True)
     nodes.sent(7, train=False)
     nodes.new_version(1)
@@ -276,14 +303,16 @@ class TimingSpy(RandomSample):
 
 
 def test_the_policy_times_a_queued_message_from_when_it_starts() -> None:
-    # B's queued messages are sent at t = 1 and 4 but start at t = 4 and 8,
+    # B's queued messages are sent at t = 5, 9, 13 but start at t = 8, 12, 16,
     # when its previous one is done: round-trip policies (BAFL) must see that.
     grid = spy_grid([1.0, 0.25])
     slow = grid.node_ids[1]
     spy = TimingSpy()
-    run(grid, queued=True, scheduling=spy)
+    run(grid, queued=True, rounds=20, scheduling=spy)
     assert [(v, t) for n, v, t in spy.dispatches if n == slow] == [
         (0, 0.0),
-        (1, 4.0),
-        (5, 8.0),
+        (5, 4.0),
+        (6, 8.0),
+        (10, 12.0),
+        (15, 16.0),
     ]

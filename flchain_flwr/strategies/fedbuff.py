@@ -187,7 +187,10 @@ class FedBuff(Strategy):
         one, on the current version, once no free node is left for it: a
         deployed SuperNode that replies then pulls its next message at once
         instead of sleeping in its 3 s idle poll. The queued update is one
-        version staler than one dispatched on the reply. Not with ``downlink``
+        version staler than one dispatched on the reply. A node is queued
+        behind only once its last round trip (from dispatch, queue wait
+        included) took at most half the message TTL, so that a queued message
+        does not expire while it waits. Not with ``downlink``
         (a delta's base must be the node's last model, which a queue skips).
         ``"auto"``: on over Flower's deployment grid only, and not with
         ``downlink`` (see :func:`~.loop.queued_on`).

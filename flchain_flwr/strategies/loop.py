@@ -352,6 +352,9 @@ class EventLoop:
             )
             return
         del self.in_flight[msg_id]
+        if flight.train:  # queue behind it only if two round trips fit its TTL
+            round_trip = self.clock.now() - (flight.deadline - self.s.ttl)
+            self.nodes.allow_queue(flight.node_id, 2 * round_trip <= self.s.ttl)
         if flight.train and reply.has_content():
             self.buffer.traffic.received(content_bytes(reply.content))
             if self.downlink is not None:
@@ -380,6 +383,8 @@ class EventLoop:
             flight = self.in_flight.pop(msg_id, None)
             if flight is None:
                 continue  # answered before its deadline
+            if flight.train:  # its round trip outgrew the TTL: queue no more
+                self.nodes.allow_queue(flight.node_id, False)
             self.nodes.done(flight.node_id, flight.train)
             self.evaluation.freed((flight.node_id,))
             reason = f"no reply within the message TTL ({self.s.ttl:g}s)"

@@ -90,6 +90,7 @@ class NodeTracker:
         self.queueable = NodePool()
         self.queue_waiting: set[int] = set()
         self.last_trained: dict[int, int] = {}  # version of the latest train sent
+        self.queue_ok: set[int] = set()  # nodes fast enough to queue behind
         self.backoff_until: dict[int, float] = {}
         self._backoffs: list[tuple[float, int]] = []
         self.version = 0
@@ -197,11 +198,21 @@ class NodeTracker:
             and node_id not in self.backoff_until
         )
 
+    def allow_queue(self, node_id: int, allowed: bool) -> None:
+        """Whether ``node_id`` may be queued behind (its last round trip was
+        short enough for a queued message to outlive its TTL); before its
+        first round trip it may not. Call before :meth:`done`."""
+        if allowed:
+            self.queue_ok.add(node_id)
+        else:
+            self.queue_ok.discard(node_id)
+
     def can_queue(self, node_id: int) -> bool:
-        """Online, not backing off, and its only message in flight is a train
-        message (with queued dispatch)."""
+        """Online, not backing off, allowed to queue, and its only message in
+        flight is a train message (with queued dispatch)."""
         return (
             self.queue_depth > 1
+            and node_id in self.queue_ok
             and node_id in self.online
             and node_id not in self.backoff_until
             and self.messages.get(node_id) == 1
