@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import pytest
 from flwr.app import Message
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.superlink.grid.http_grid import HttpGrid
 
 from flchain_flwr.protocol import MODEL_VERSION_KEY
@@ -316,3 +316,38 @@ def test_the_policy_times_a_queued_message_from_when_it_starts() -> None:
         (10, 12.0),
         (15, 16.0),
     ]
+
+
+class LinkErrorGrid(VirtualGrid):
+    """Error replies come from the SuperLink (node id 1), as Flower's
+    deployment grid returns them for a message that expired."""
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        replies = list(super().pull_messages(message_ids))
+        for reply in replies:
+            if reply.has_error():
+                reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+        return replies
+
+
+def test_an_expiry_reported_by_the_superlink_is_one_failure_of_its_node() -> None:
+    grid = LinkErrorGrid(
+        toy_client_app(),
+        [DeviceProfile(), DeviceProfile(), DeviceProfile(hang_probability=1.0)],
+        work_fn=constant_work(1.0),
+    )
+    hung = grid.node_ids[2]
+    strategy = FedBuff(
+        buffer_size=2, fraction_evaluate=0.0, message_ttl=5.0, retry_backoff=1.0
+    )
+    result = strategy.start(grid, initial_arrays(), num_rounds=30, timeout=100.0)
+    assert result.stop_reason == "completed"
+    assert result.failures and {f.node_id for f in result.failures} == {hung}
+    assert not [f for f in result.failures if "addressed to node" in f.reason]
+    # taken from the SuperLink's error reply (the loop's own expiry words it
+    # differently), once per message; the last may still be in flight
+    assert all(f.reason == "message expired (TTL)" for f in result.failures)
+    sent = grid.stats[hung].messages
+    assert sent - 1 <= len(result.failures) <= sent
+    keys = [(f.node_id, f.version, f.time) for f in result.failures]
+    assert len(keys) == len(set(keys))

@@ -24,7 +24,7 @@ from logging import WARNING
 from typing import Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 from flwr.superlink.grid.http_grid import HttpGrid
@@ -342,7 +342,11 @@ class EventLoop:
         if flight is None:
             return  # expired or unknown: already accounted for
         sender = reply.metadata.src_node_id
-        if sender != flight.node_id:  # the addressee's own reply may still come
+        # The SuperLink answers for a message it gave up on (expired, node
+        # gone): that error is the message's own outcome, once.
+        from_link = sender == SUPERLINK_NODE_ID and reply.has_error()
+        if sender != flight.node_id and not from_link:
+            # the addressee's own reply may still come
             reason = f"sent a reply to a message addressed to node {flight.node_id}"
             log(WARNING, "Node %d failed: %s", sender, reason)
             self.result.failures.append(
