@@ -370,39 +370,34 @@ class FedBuff(Strategy):
 
     def config_dict(self) -> dict[str, object]:
         """The settings that shape the global model (recorded in ledger blocks)."""
-        return (
-            {
-                "strategy": type(self).__name__,
-                "buffer_size": self.buffer_size,
-                "max_wait": self.max_wait,
-                "staleness_fn": repr(self.staleness_fn),
-                "max_staleness": self.max_staleness,
-                "server_lr": self.server_lr,
-                "server_momentum": self.server_momentum,
-                "concurrency": self.concurrency,
-                "fraction_train": self.fraction_train,
-                "min_train_nodes": self.min_train_nodes,
-                "example_weighting": self.example_weighting.spec,
-                "state_rule": self.state_rule,
-                "state_patterns": list(self.state_patterns),
-                "weighted_by_key": self.weighted_by_key,
-                "arrayrecord_key": self.arrayrecord_key,
-                "committee": repr(self.committee),
-            }
-            | {  # only when on: the default's digest, and its ledgers, are unchanged
-                key: option.spec
-                for key, option in (
-                    ("fairness", self.fairness),
-                    ("buffer_tuning", self.buffer_tuning),
-                )
-                if option is not None
-            }
-            | (
-                {"queued_dispatch": self.queued_dispatch}
-                if self.queued_dispatch
-                else {}
+        config: dict[str, object] = {
+            "strategy": type(self).__name__,
+            "buffer_size": self.buffer_size,
+            "max_wait": self.max_wait,
+            "staleness_fn": repr(self.staleness_fn),
+            "max_staleness": self.max_staleness,
+            "server_lr": self.server_lr,
+            "server_momentum": self.server_momentum,
+            "concurrency": self.concurrency,
+            "fraction_train": self.fraction_train,
+            "min_train_nodes": self.min_train_nodes,
+            "example_weighting": self.example_weighting.spec,
+            "state_rule": self.state_rule,
+            "state_patterns": list(self.state_patterns),
+            "weighted_by_key": self.weighted_by_key,
+            "arrayrecord_key": self.arrayrecord_key,
+            "committee": repr(self.committee),
+        } | {  # only when on: the default's digest, and its ledgers, are unchanged
+            key: option.spec
+            for key, option in (
+                ("fairness", self.fairness),
+                ("buffer_tuning", self.buffer_tuning),
             )
-        )
+            if option is not None
+        }
+        if self.queued_dispatch:  # only when on, like the options above
+            config["queued_dispatch"] = self.queued_dispatch
+        return config
 
     def config_digest(self) -> str:
         """SHA-256 of :meth:`config_dict` in canonical JSON, in the encoding new
