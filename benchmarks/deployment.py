@@ -1,31 +1,40 @@
-"""Loopback deployment: async gain over FedAvg with a slowed SuperNode, and the
-cost of the real runtime against Ray simulation.
+"""Loopback deployment: what a deployed version costs over Ray simulation,
+against Flower's own floor, with and without queued dispatch.
 
 Setting: a real SuperLink (TLS, SuperNode authentication) and three trainer
 SuperNodes on 127.0.0.1 (:class:`flchain_flwr.deploy.LoopbackFederation`), the
-flchain_cnn app on scikit-learn's digits (no download), ``--versions`` global
-versions per run. One SuperNode is slowed ``--slowdown`` times (node config
-``compute-slowdown``: it sleeps for the extra time after training). Runs, one
-after another, each in a fresh federation:
+flchain_cnn app on scikit-learn's digits (no download), FedBuff K = 2,
+``--versions`` versions per run, each run in a fresh federation. Runs, one
+after another, floor and FedBuff alternating so that both see the same load:
 
-1. Flower's FedAvg (all three nodes every round), slowed node;
-2. FedBuff with K = 2, slowed node;
-3. FedBuff with K = 2, no node slowed;
-4. the same as 3 in Ray simulation (``flwr run`` with three simulated nodes).
+1. floor: ``--round-trips`` round trips per node to an EMPTY ClientApp
+   (``benchmarks/empty_app``: no torch, no data), each node's next message
+   sent as soon as its reply is seen;
+2. FedBuff, a message dispatched on reply (``queued-dispatch = false``);
+3. the floor again;
+4. FedBuff with ``queued-dispatch = true``;
+5. and 6. the floor and queued FedBuff with
+   ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL = --fast-poll`` (default 1.0 s);
+7. FedBuff in Ray simulation (``flwr run`` with three simulated nodes).
 
-Times are the ServerApp's own clock at each version's evaluation (start-up not
-included). The deployment's overhead is the extra seconds per version of run 3
-over run 4 in steady state (versions 1 to N, leaving out process start-up).
-Beside the headline, the time to ``--target`` accuracy, FedAvg over FedBuff.
-JSON to benchmarks/results/deployment.json; last line
-``deployment async speedup: <FedAvg time / FedBuff time>`` (runs 1 and 2, equal
-versions).
+A version's time is the ServerApp's clock at its evaluation; steady state
+leaves out the first version (process start-up). A run's overhead is its
+steady seconds per version minus Ray simulation's; the headline divides the
+queued run's overhead (default poll interval) by the floor's median round trip:
+``deployed overhead per version: <x>x floor`` (target <= 1.5). Also measured:
+the start of a fresh ClientApp process (imports plus the node's data) with the
+partition cache cold and warm. The load average is recorded before and after
+each measurement. ``--async-runs`` adds the earlier async-gain runs (FedAvg and
+FedBuff with one node slowed ``--slowdown`` times).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -35,31 +44,36 @@ from _common import APP_DIR, RESULTS, write_results
 
 from flchain_flwr.deploy import LoopbackFederation
 from flchain_flwr.deploy.loopback import ConfigValue
-from flchain_flwr.sim import app_run_config
 from flchain_flwr.sim.local_run import flwr_run_local
 
-# FedBuff's settings when the published results were measured (its defaults
-# then, changed since), as run-config keys. The app's own max-staleness (50) is
-# the one they used. Flower refuses keys the app's pyproject does not declare,
-# so only declared keys are passed; the others are reported as not pinned.
-PUBLISHED_FEDBUFF: dict[str, ConfigValue] = {
-    "fraction-evaluate": 0.0,  # published results: no federated evaluation
-    "evaluate-every": 1,  # published results' default (unused at fraction 0)
-    "example-weighting": "claimed",  # published results: claimed example counts
-    "scheduling": "shuffle",  # published results: seeded shuffle of free nodes
-    "state-rule": "delta",  # published results' rule (the CNN has no state arrays)
-}
+EMPTY_APP = Path(__file__).parent / "empty_app"
+POLL_ENV = "FLWR_SUPEREXEC_TASK_POLL_INTERVAL"
+NOT_QUIET = (
+    "The machine was NOT quiet: other engineers' jobs shared its 2 cores during "
+    "every run (see load_before/load_after per measurement). SuperLink, "
+    "SuperNodes and their ClientApp processes also share those cores. Floor "
+    "and FedBuff runs alternate so that their ratio sees similar load."
+)
 
 
-def published_fedbuff() -> tuple[dict[str, ConfigValue], list[str]]:
-    """The :data:`PUBLISHED_FEDBUFF` keys the app declares, and those it lacks."""
-    declared = app_run_config(APP_DIR)
-    pinned = {k: v for k, v in PUBLISHED_FEDBUFF.items() if k in declared}
-    return pinned, sorted(set(PUBLISHED_FEDBUFF) - set(pinned))
+def load() -> list[float]:
+    """The 1, 5 and 15 minute load averages."""
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def _timeline(path: Path) -> list[list[float]]:
     return list(json.loads(path.read_text())["timeline"]) if path.exists() else []
+
+
+def _mean_staleness(path: Path) -> float | None:
+    if not path.exists():
+        return None
+    versions = json.loads(path.read_text()).get("versions", [])
+    total = count = 0
+    for v in versions:
+        for s, n in v["staleness_histogram"].items():
+            total, count = total + int(s) * n, count + n
+    return total / count if count else None
 
 
 def time_to(timeline: list[list[float]], target: float) -> float | None:
@@ -70,10 +84,7 @@ def time_to(timeline: list[list[float]], target: float) -> float | None:
 def summary(
     name: str, timeline: list[list[float]], versions: int, target: float
 ) -> dict[str, Any]:
-    """One run's figures from its ``[version, seconds, accuracy]`` timeline.
-
-    ``steady_seconds_per_version`` leaves out the first version, which also
-    pays for starting processes (Ray's actors, the first ClientApps)."""
+    """One run's figures from its ``[version, seconds, accuracy]`` timeline."""
     done = [row for row in timeline if row[0] > 0]
     seconds = done[-1][1] if done else float("nan")
     steady = (
@@ -92,29 +103,92 @@ def summary(
     }
 
 
-def derived(runs: list[dict[str, Any]], target: float) -> dict[str, Any]:
-    """The headline ratios from the runs."""
-    by_name = {r["run"]: r for r in runs}
-    fedavg, fedbuff = by_name["fedavg-slowed"], by_name["fedbuff-slowed"]
-    key = f"seconds_to_{target:g}"
-    to_target = (
-        fedavg[key] / fedbuff[key] if fedavg[key] is not None and fedbuff[key] else None
-    )
-    return {
-        "async_speedup": fedavg["seconds"] / fedbuff["seconds"],
-        f"async_speedup_to_{target:g}": to_target,
-        "deployment_over_simulation_s_per_version": (
-            by_name["fedbuff-uniform"]["steady_seconds_per_version"]
-            - by_name["fedbuff-ray-simulation"]["steady_seconds_per_version"]
-        ),
-    }
+def deployed(
+    work: Path,
+    name: str,
+    app: Path,
+    run_config: dict[str, ConfigValue],
+    slowdowns: list[float],
+    poll: float | None,
+    cache: Path,
+) -> Path:
+    """Run ``app`` on a fresh loopback federation; return its results path."""
+    results = work / f"{name}.json"
+    with LoopbackFederation(work / name) as fed:
+        fed.env["FLCHAIN_DATA_CACHE"] = str(cache)
+        if poll is not None:
+            fed.env[POLL_ENV] = f"{poll:g}"
+        fed.start_superlink()
+        nodes = [
+            fed.start_supernode(
+                f"trainer-{pid}",
+                {
+                    "partition-id": pid,
+                    "num-partitions": len(slowdowns),
+                    "compute-slowdown": slow,
+                },
+            )
+            for pid, slow in enumerate(slowdowns)
+        ]
+        fed.wait_online([n.node_id for n in nodes if n.node_id is not None])
+        process = fed.start_run(app, {**run_config, "results-path": str(results)})
+        process.wait(timeout=3600)
+    return results
 
 
-def main() -> None:
+START_SNIPPET = """
+import sys, time
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import flchain_cnn.client_app as c
+from flwr.app import Context, RecordDict
+t1 = time.perf_counter()
+cfg = {"dataset": "digits", "dirichlet-alpha": 0.3, "seed": 42,
+       "allow-download": False, "train-subset": 0, "tier-classes": ""}
+ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg,
+              node_config={"partition-id": 0, "num-partitions": 3})
+c._local_data(ctx)
+print(t1 - t0, time.perf_counter() - t1)
+"""
+
+
+def start_cost(cache: Path, repeats: int) -> dict[str, Any]:
+    """Seconds for a fresh process to import the ClientApp and load its data,
+    with an empty (cold) and a filled (warm) partition cache, alternating."""
+    rows: dict[str, list[list[float]]] = {"cold": [], "warm": []}
+    load_before = load()
+    for i in range(repeats):
+        for kind in ("cold", "warm"):
+            folder = cache / f"start-{kind}-{i}" if kind == "cold" else cache
+            env = {**os.environ, "FLCHAIN_DATA_CACHE": str(folder)}
+            out = subprocess.run(
+                [sys.executable, "-c", START_SNIPPET, str(APP_DIR)],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout.split()
+            rows[kind].append([float(out[-2]), float(out[-1])])
+    figures: dict[str, Any] = {"load_before": load_before, "load_after": load()}
+    for kind, values in rows.items():
+        figures[kind] = {
+            "import_s": statistics.median(v[0] for v in values),
+            "data_s": statistics.median(v[1] for v in values),
+            "total_s": statistics.median(v[0] + v[1] for v in values),
+            "samples": values,
+        }
+    return figures
+
+
+def main() -> None:  # pylint: disable=too-many-locals
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--versions", type=int, default=6)
-    parser.add_argument("--slowdown", type=float, default=5.0)
+    parser.add_argument("--versions", type=int, default=8)
+    parser.add_argument("--round-trips", type=int, default=5)
     parser.add_argument("--local-epochs", type=int, default=10)
+    parser.add_argument("--fast-poll", type=float, default=0.1)
+    parser.add_argument("--start-repeats", type=int, default=3)
+    parser.add_argument("--async-runs", action="store_true")
+    parser.add_argument("--slowdown", type=float, default=5.0)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--out", type=Path, default=RESULTS / "deployment.json")
     args = parser.parse_args()
@@ -124,93 +198,182 @@ def main() -> None:
         "local-epochs": args.local_epochs,
         "min-nodes": 3,
         "message-ttl": 300.0,
-    }
-    pinned, unpinned = published_fedbuff()
-    if unpinned:
-        print(
-            "deployment: the app's run config has no key for "
-            f"{', '.join(unpinned)}: FedBuff runs with its current defaults there, "
-            "not the published results' settings",
-            file=sys.stderr,
-        )
-    fedbuff: dict[str, ConfigValue] = {
         "strategy": "fedbuff",
         "buffer-size": 2,
-        **pinned,
     }
-    plans: list[tuple[str, dict[str, ConfigValue], float]] = [
-        ("fedavg-slowed", {"strategy": "fedavg"}, args.slowdown),
-        ("fedbuff-slowed", fedbuff, args.slowdown),
-        ("fedbuff-uniform", fedbuff, 1.0),
-    ]
+    floor_config: dict[str, ConfigValue] = {
+        "round-trips": args.round_trips,
+        "min-nodes": 3,
+    }
+    uniform = [1.0, 1.0, 1.0]
     runs: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="flchain-deploy-") as tmp:
         work = Path(tmp)
-        for name, extra, slowdown in plans:
-            # a fresh federation per run: no node left over from the last one
-            with LoopbackFederation(work / name) as fed:
-                fed.start_superlink()
-                nodes = [
-                    fed.start_supernode(
-                        f"trainer-{pid}",
-                        {
-                            "partition-id": pid,
-                            "num-partitions": 3,
-                            "compute-slowdown": slowdown if pid == 2 else 1.0,
-                        },
-                    )
-                    for pid in range(3)
-                ]
-                fed.wait_online([n.node_id for n in nodes if n.node_id is not None])
-                results = work / f"{name}.json"
-                process = fed.start_run(
-                    APP_DIR, {**base, **extra, "results-path": str(results)}
+        cache = work / "data-cache"
+        start = start_cost(work / "start-cache", args.start_repeats)
+        print(
+            f"ClientApp start: cold cache {start['cold']['total_s']:.2f}s, "
+            f"warm {start['warm']['total_s']:.2f}s",
+            flush=True,
+        )
+        plan: list[tuple[str, bool, float | None]] = [
+            ("floor", False, None),
+            ("fedbuff", False, None),
+            ("floor", False, None),
+            ("fedbuff-queued", True, None),
+            (f"floor-poll-{args.fast_poll:g}", False, args.fast_poll),
+            (f"fedbuff-queued-poll-{args.fast_poll:g}", True, args.fast_poll),
+        ]
+        for index, (name, queued, poll) in enumerate(plan):
+            before = load()
+            if name.startswith("floor"):
+                path = deployed(
+                    work,
+                    f"{index}-{name}",
+                    EMPTY_APP,
+                    floor_config,
+                    uniform,
+                    poll,
+                    cache,
                 )
-                process.wait(timeout=3600)
-            runs.append(summary(name, _timeline(results), args.versions, args.target))
-            print(name, f"{runs[-1]['seconds']:.1f}s", flush=True)
+                trips = (
+                    json.loads(path.read_text())["round_trips"] if path.exists() else []
+                )
+                row: dict[str, Any] = {
+                    "run": name,
+                    "poll_interval": poll,
+                    "median_round_trip_s": statistics.median(trips) if trips else None,
+                    "round_trips": trips,
+                }
+                floors.append(row)
+                print(
+                    name, f"median round trip {row['median_round_trip_s']}", flush=True
+                )
+            else:
+                config = {**base, "queued-dispatch": queued}
+                path = deployed(
+                    work, f"{index}-{name}", APP_DIR, config, uniform, poll, cache
+                )
+                row = summary(name, _timeline(path), args.versions, args.target)
+                row.update(
+                    queued_dispatch=queued,
+                    poll_interval=poll,
+                    mean_staleness=_mean_staleness(path),
+                )
+                runs.append(row)
+                print(
+                    name,
+                    f"{row['steady_seconds_per_version']:.2f}s/version",
+                    flush=True,
+                )
+            row.update(load_before=before, load_after=load())
+        before = load()
         sim_results = work / "sim.json"
         flwr_run_local(
             APP_DIR,
             flwr_home=work / "sim-home",
             num_supernodes=3,
-            run_config={**base, **fedbuff, "results-path": str(sim_results)},
+            run_config={**base, "results-path": str(sim_results)},
             timeout=3600,
         )
-        runs.append(
-            summary(
-                "fedbuff-ray-simulation",
-                _timeline(sim_results),
-                args.versions,
-                args.target,
-            )
+        sim = summary(
+            "fedbuff-ray-simulation", _timeline(sim_results), args.versions, args.target
         )
+        sim.update(mean_staleness=_mean_staleness(sim_results))
+        sim.update(load_before=before, load_after=load())
+        runs.append(sim)
+        async_runs = _async_runs(args, work, base, cache) if args.async_runs else None
 
-    figures = derived(runs, args.target)
+    figures = derived(runs, floors, args.fast_poll)
     write_results(
         args.out,
         "deployment",
         args,
-        headline=("deployment async speedup", figures["async_speedup"]),
+        headline=(
+            "deployed overhead per version: <x>x floor",
+            figures["overhead_over_floor"]["fedbuff-queued"],
+        ),
+        start_cost=start,
+        floors=floors,
         runs=runs,
         **figures,
-        unpinned_published_settings=unpinned,
-        note=(
-            "Loopback on one 2-core machine: SuperLink, SuperNodes and their "
-            "ClientApp processes share the CPU (with whatever else runs there)."
-        ),
+        async_runs=async_runs,
+        quiet_machine=False,
+        note=NOT_QUIET,
     )
+    print(
+        f"ClientApp start (fresh process): {start['cold']['total_s']:.2f}s with "
+        f"a cold data cache, {start['warm']['total_s']:.2f}s warm"
+    )
+    for name, floor in figures["floor_s"].items():
+        print(f"floor ({name}): {floor:.2f}s per round trip")
     for r in runs:
         print(
-            f"{r['run']:>24}: {r['versions']} versions in {r['seconds']:.1f}s "
-            f"({r['steady_seconds_per_version']:.1f}s each after the first), "
+            f"{r['run']:>28}: {r['steady_seconds_per_version']:.2f}s per version "
+            f"(steady), mean staleness {r['mean_staleness']}, "
             f"accuracy {r['final_accuracy']:.3f}"
         )
-    overhead = figures["deployment_over_simulation_s_per_version"]
-    print(f"deployment extra seconds per version over Ray simulation: {overhead:.1f}")
-    to_target = figures[f"async_speedup_to_{args.target:g}"]
-    print(f"time to {args.target:g} accuracy, FedAvg / FedBuff: {to_target}")
-    print(f"deployment async speedup: {figures['async_speedup']:.2f}")
+    for name, ratio in figures["overhead_over_floor"].items():
+        extra = figures["overhead_s_per_version"][name]
+        print(
+            f"{name}: {extra:.2f}s per version over Ray simulation = {ratio:.2f}x floor"
+        )
+    print(
+        "deployed overhead per version: "
+        f"{figures['overhead_over_floor']['fedbuff-queued']:.2f}x floor"
+    )
+
+
+def derived(
+    runs: list[dict[str, Any]], floors: list[dict[str, Any]], fast_poll: float
+) -> dict[str, Any]:
+    """Overheads over Ray simulation, and over the floor of the same poll interval."""
+    by_name = {r["run"]: r for r in runs}
+    sim = by_name["fedbuff-ray-simulation"]["steady_seconds_per_version"]
+    default = [f["median_round_trip_s"] for f in floors if f["poll_interval"] is None]
+    fast = [f["median_round_trip_s"] for f in floors if f["poll_interval"] is not None]
+    floor_s = {
+        "default-poll": statistics.median(x for x in default if x is not None),
+        f"poll-{fast_poll:g}": statistics.median(x for x in fast if x is not None),
+    }
+    overhead: dict[str, float] = {}
+    ratio: dict[str, float] = {}
+    for r in runs:
+        if r["run"] == "fedbuff-ray-simulation":
+            continue
+        overhead[r["run"]] = r["steady_seconds_per_version"] - sim
+        floor = floor_s[
+            "default-poll" if r["poll_interval"] is None else f"poll-{fast_poll:g}"
+        ]
+        ratio[r["run"]] = overhead[r["run"]] / floor
+    return {
+        "floor_s": floor_s,
+        "overhead_s_per_version": overhead,
+        "overhead_over_floor": ratio,
+    }
+
+
+def _async_runs(
+    args: argparse.Namespace,
+    work: Path,
+    base: dict[str, ConfigValue],
+    cache: Path,
+) -> dict[str, Any]:
+    """FedAvg and FedBuff with one node slowed: the async gain deployed."""
+    slowed = [1.0, 1.0, args.slowdown]
+    out: list[dict[str, Any]] = []
+    for name, extra in (
+        ("fedavg-slowed", {"strategy": "fedavg"}),
+        ("fedbuff-slowed", {"queued-dispatch": True}),
+    ):
+        before = load()
+        path = deployed(work, name, APP_DIR, {**base, **extra}, slowed, None, cache)
+        row = summary(name, _timeline(path), args.versions, args.target)
+        row.update(load_before=before, load_after=load())
+        out.append(row)
+    fedavg, fedbuff = out
+    return {"runs": out, "async_speedup": fedavg["seconds"] / fedbuff["seconds"]}
 
 
 if __name__ == "__main__":

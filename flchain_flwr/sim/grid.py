@@ -116,6 +116,7 @@ class NodeStats:
     bytes_down: int = 0
     bytes_up: int = 0
     busy_seconds: float = 0.0
+    free_at: float = 0.0  # when its last reply is done: messages run one at a time
 
 
 def _position(node_ids: Sequence[int], node_id: object) -> int:
@@ -502,13 +503,16 @@ class VirtualGrid(Grid):
         reply, context = self._execute(message)
         compute = self.work_fn(message, reply) / device.speed * jitter
         up = payload_bytes(reply.content) if reply.has_content() else 0
+        # Like a SuperNode, a node handles one message at a time: a message
+        # queued behind another starts when that one is done.
+        start = max(now, stats.free_at)
         done = (
-            now
+            start
             + device.transfer_seconds(down, device.downlink_bps)
             + compute
             + device.transfer_seconds(up, device.uplink_bps)
         )
-        stats.busy_seconds += done - now
+        stats.busy_seconds += done - start
         leaves = device.offline_at(now)
         if context is not None and leaves >= done:
             # State persists when the work finished. An unchanged run config is
@@ -524,6 +528,7 @@ class VirtualGrid(Grid):
                 min(leaves + self.failure_detection_s, ttl_end),
             )
         elif done > ttl_end:
+            stats.free_at = done  # it still works on the message until then
             self._error(
                 message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end
             )
@@ -533,6 +538,7 @@ class VirtualGrid(Grid):
                 stats.bytes_up += up
             else:
                 stats.errors += 1
+            stats.free_at = done
             self._enqueue(reply, done)
 
     def _execute(self, message: Message) -> tuple[Message, Context | None]:

@@ -46,7 +46,9 @@ def fedbuff_from_run_config(
       (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
     - ``downlink`` (bool: sparse downlink deltas, with the client's
-      ``downlink_mod``);
+      ``downlink_mod``); ``queued-dispatch`` (true, false or ``"auto"``:
+      one more train message queued per training node; ``"auto"`` only over
+      Flower's deployment grid);
     - ``fraction-train`` (in (0, 1]); ``fraction-evaluate`` (in [0, 1], 0: no
       federated evaluation); ``concurrency`` (int, <= 0: none, i.e. from
       ``fraction-train``);
@@ -108,6 +110,11 @@ def fedbuff_from_run_config(
         kwargs["state_rule"] = _parsed(cfg, "state-rule", state_rule)
     if "downlink" in cfg:
         kwargs["downlink"] = _flag(cfg, "downlink")
+    if "queued-dispatch" in cfg:
+        queued = cfg["queued-dispatch"]
+        if queued != "auto" and not isinstance(queued, bool):
+            raise _bad("queued-dispatch", queued, "true, false or 'auto'")
+        kwargs["queued_dispatch"] = queued
     if "fraction-train" in cfg:
         kwargs["fraction_train"] = _number(
             cfg, "fraction-train", low=0.0, high=1.0, low_open=True

@@ -40,6 +40,7 @@ from ..protocol import (
 )
 from ..runtime import clock_of, publish_result
 from .fairness import InverseParticipation
+from .loop import QueuedDispatch
 from .result import AsyncResult
 from .run import FedBuffRun
 from .scheduling import RandomSample, SchedulingPolicy
@@ -185,6 +186,18 @@ class FedBuff(Strategy):
     anchor : Anchorer | None (default: None)
         Anchor the ledger in a main chain every N blocks or T seconds, and at
         the end (see :mod:`flchain_flwr.strategies.anchor`); needs ``ledger``.
+    queued_dispatch : bool | "auto" (default: False)
+        Keep one more train message queued behind a training node's current
+        one, on the current version, once no free node is left for it: a
+        deployed SuperNode that replies then pulls its next message at once
+        instead of sleeping in its 3 s idle poll. The queued update is one
+        version staler than one dispatched on the reply. A node is queued
+        behind only once its last round trip (from dispatch, queue wait
+        included) took at most half the message TTL, so that a queued message
+        does not expire while it waits. Not with ``downlink``
+        (a delta's base must be the node's last model, which a queue skips).
+        ``"auto"``: on over Flower's deployment grid only, and not with
+        ``downlink`` (see :func:`~.loop.queued_on`).
     """
 
     # pylint: disable=too-many-arguments,too-many-locals
@@ -226,6 +239,7 @@ class FedBuff(Strategy):
         poll_interval: float = 0.1,
         downlink: bool = False,
         anchor: Anchorer | None = None,
+        queued_dispatch: QueuedDispatch = False,
     ) -> None:
         for name, value in (
             ("buffer_size", buffer_size),
@@ -262,6 +276,14 @@ class FedBuff(Strategy):
             evaluate_every is None or evaluate_every >= 1, "evaluate_every must be >= 1"
         )
         _require(poll_interval > 0, "poll_interval must be > 0")
+        _require(
+            queued_dispatch in (True, False, "auto"),
+            f"queued_dispatch must be a bool or 'auto', got {queued_dispatch!r}",
+        )
+        _require(
+            not (queued_dispatch is True and downlink),
+            "queued_dispatch and downlink cannot be combined",
+        )
         _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
@@ -299,6 +321,7 @@ class FedBuff(Strategy):
         self.downlink = bool(downlink)
         _require(anchor is None or ledger is not None, "anchor needs a ledger")
         self.anchor = anchor
+        self.queued_dispatch: QueuedDispatch = queued_dispatch
         self._sync = SyncAggregation(self)
         self._sample_rng = random.Random(seed)
         if fraction_evaluate == 0.0:
@@ -349,10 +372,12 @@ class FedBuff(Strategy):
         )
         if self.downlink:
             log(INFO, "\t└──> Downlink: sparse deltas to nodes that keep their base")
+        if self.queued_dispatch:
+            log(INFO, "\t└──> Queued dispatch: %s", self.queued_dispatch)
 
     def config_dict(self) -> dict[str, object]:
         """The settings that shape the global model (recorded in ledger blocks)."""
-        return {
+        config: dict[str, object] = {
             "strategy": type(self).__name__,
             "buffer_size": self.buffer_size,
             "max_wait": self.max_wait,
@@ -377,6 +402,9 @@ class FedBuff(Strategy):
             )
             if option is not None
         }
+        if self.queued_dispatch:  # only when on, like the options above
+            config["queued_dispatch"] = self.queued_dispatch
+        return config
 
     def config_digest(self) -> str:
         """SHA-256 of :meth:`config_dict` in canonical JSON, in the encoding new

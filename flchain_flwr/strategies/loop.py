@@ -7,7 +7,10 @@ live in the block pipeline behind :class:`~.buffer.UpdateBuffer`.
 Cost per event is independent of the population: message deadlines sit in a
 heap, free nodes are tracked per event (:class:`~.nodes.NodeTracker`), and the
 only O(N) step is reading the membership list every ``membership_refresh``
-seconds. At most one message is in flight per node.
+seconds. At most one message is in flight per node, or, with queued dispatch,
+one more train message on a newer version behind a node's current one (a
+deployed SuperNode then pulls it as soon as it replies instead of sleeping in
+its idle poll; see :class:`~.nodes.NodeTracker`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from logging import WARNING
+from typing import Literal
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
-from flwr.common.constant import ErrorCode
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
+from flwr.superlink.grid.http_grid import HttpGrid
 
 from ..runtime import Clock
 from .buffer import TRIGGER_BUFFER_FULL, UpdateBuffer
@@ -34,6 +39,14 @@ from .scheduling import SchedulingPolicy
 from .traffic import content_bytes
 
 ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
+QueuedDispatch = bool | Literal["auto"]
+
+
+def queued_on(setting: QueuedDispatch, grid: Grid) -> bool:
+    """Whether to queue: ``"auto"`` is on only over Flower's deployment grid
+    (``HttpGrid``), whose SuperNodes sleep when they find no message; off in
+    simulation, where a node runs its messages at once and side by side."""
+    return isinstance(grid, HttpGrid) if setting == "auto" else bool(setting)
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,7 @@ class LoopSettings:
     retry_backoff: float
     time_budget: float | None
     reserved_nodes: frozenset[int] = frozenset()
+    queued_dispatch: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,11 +119,14 @@ class EventLoop:
         self.on_version = on_version
         self.downlink = downlink
 
-        self.nodes = NodeTracker()
+        self.nodes = NodeTracker(queue_depth=2 if settings.queued_dispatch else 1)
         self.nodes.version = buffer.version
         self.in_flight: dict[str, Flight] = {}
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
+        # node -> (message id, version) of a queued train message that has not
+        # started: the policy is told of it when the node's current one settles
+        self._queued: dict[int, tuple[str, int]] = {}
         self.t0 = clock.now()
         self.next_refresh = self.t0
         self.idle_deadline = self.t0 + settings.timeout  # pushed back by usable replies
@@ -204,18 +221,28 @@ class EventLoop:
             )
         self._push(outgoing)
 
+        if self.buffer.complete or now >= self.idle_deadline:
+            return  # idle: no usable reply for `timeout`, let what is in flight settle
         capacity = self.train_limit() - self.nodes.training_online
-        if self.buffer.complete or capacity <= 0 or not self.nodes.eligible:
-            return
-        if now >= self.idle_deadline:
-            return  # no usable reply for `timeout`: let what is in flight settle
+        if capacity > 0 and self.nodes.eligible:
+            self._push(self._train_messages(self._chosen(capacity), deadline))
+        if self.nodes.queueable and not self.nodes.eligible:
+            # Queue only when no free node is left for the version: queued
+            # messages must not keep a free node waiting for a slot.
+            self._push(self._train_messages(sorted(self.nodes.queueable), deadline))
+
+    def _train_messages(
+        self, node_ids: list[int], deadline: float
+    ) -> list[tuple[Message, Flight]]:
+        """Train messages on the current version to ``node_ids``."""
+        if not node_ids:
+            return []
         version = self.buffer.version
-        chosen = self._chosen(capacity)
         shared = self.train_content(
             self.buffer.model_record, self.train_config, version
         )
         outgoing = []
-        for node_id in chosen:
+        for node_id in node_ids:
             config = self.policy.train_config(node_id, version, self.train_config)
             content = (
                 shared
@@ -234,7 +261,7 @@ class EventLoop:
             outgoing.append(
                 (message, Flight(node_id, MessageType.TRAIN, version, deadline))
             )
-        self._push(outgoing)
+        return outgoing
 
     def _chosen(self, capacity: int) -> list[int]:
         """The policy's choice, keeping only distinct nodes free to train."""
@@ -274,11 +301,15 @@ class EventLoop:
             if len(self._deadlines) > 2 * len(self.in_flight) + 64:
                 self._deadlines = [d for d in self._deadlines if d[2] in self.in_flight]
                 heapq.heapify(self._deadlines)
+            queued = flight.train and flight.node_id in self.nodes.trains
             self.nodes.sent(flight.node_id, flight.train)
             if flight.train:
                 self.evaluation.trained(flight.node_id)
                 self.buffer.store.dispatched(flight.node_id, flight.version)
-                self.policy.on_dispatch(flight.node_id, flight.version, self.now())
+                if queued:  # it starts when the node's current message settles
+                    self._queued[flight.node_id] = (msg_id, flight.version)
+                else:
+                    self.policy.on_dispatch(flight.node_id, flight.version, self.now())
 
     # --------------------------------------------------------------- replies
     def _collect(self) -> int:
@@ -311,7 +342,11 @@ class EventLoop:
         if flight is None:
             return  # expired or unknown: already accounted for
         sender = reply.metadata.src_node_id
-        if sender != flight.node_id:  # the addressee's own reply may still come
+        # The SuperLink answers for a message it gave up on (expired, node
+        # gone): that error is the message's own outcome, once.
+        from_link = sender == SUPERLINK_NODE_ID and reply.has_error()
+        if sender != flight.node_id and not from_link:
+            # the addressee's own reply may still come
             reason = f"sent a reply to a message addressed to node {flight.node_id}"
             log(WARNING, "Node %d failed: %s", sender, reason)
             self.result.failures.append(
@@ -321,11 +356,14 @@ class EventLoop:
             )
             return
         del self.in_flight[msg_id]
+        if flight.train:  # queue behind it only if two round trips fit its TTL
+            round_trip = self.clock.now() - (flight.deadline - self.s.ttl)
+            self.nodes.allow_queue(flight.node_id, 2 * round_trip <= self.s.ttl)
         if flight.train and reply.has_content():
             self.buffer.traffic.received(content_bytes(reply.content))
             if self.downlink is not None:
                 self.downlink.observe(flight.node_id, reply.content)
-        self.nodes.done(flight.node_id)
+        self.nodes.done(flight.node_id, flight.train)
         self.evaluation.freed((flight.node_id,))
         if reply.has_error():
             self._settle_failure(flight, reply.error.code, reply.error.reason or "")
@@ -339,6 +377,8 @@ class EventLoop:
             self.idle_deadline = self.clock.now() + self.s.timeout
             staleness = self.buffer.version - flight.version
             self.policy.on_update(flight.node_id, staleness, self.now())
+        if flight.train:
+            self._queued_starts(flight.node_id, msg_id)
 
     def _expire(self, until: float) -> int:
         count = 0
@@ -347,12 +387,24 @@ class EventLoop:
             flight = self.in_flight.pop(msg_id, None)
             if flight is None:
                 continue  # answered before its deadline
-            self.nodes.done(flight.node_id)
+            if flight.train:  # its round trip outgrew the TTL: queue no more
+                self.nodes.allow_queue(flight.node_id, False)
+            self.nodes.done(flight.node_id, flight.train)
             self.evaluation.freed((flight.node_id,))
             reason = f"no reply within the message TTL ({self.s.ttl:g}s)"
             self._settle_failure(flight, ErrorCode.MESSAGE_UNAVAILABLE, reason)
+            if flight.train:
+                self._queued_starts(flight.node_id, msg_id)
             count += 1
         return count
+
+    def _queued_starts(self, node_id: int, settled: str) -> None:
+        """The train message ``settled`` of ``node_id`` is settled: a queued one
+        behind it starts now, so the policy (round-trip timing, e.g. BAFL's)
+        counts its dispatch from here, not from when it was queued."""
+        queued = self._queued.pop(node_id, None)
+        if queued is not None and queued[0] != settled:
+            self.policy.on_dispatch(node_id, queued[1], self.now())
 
     def _settle_failure(self, flight: Flight, code: int, reason: str) -> None:
         if flight.train:
@@ -365,7 +417,7 @@ class EventLoop:
             NodeFailure(flight.node_id, flight.version, self.now(), code, reason)
         )
         until = self.clock.now() + self.s.retry_backoff
-        self.nodes.failed(flight.node_id, until, flight.train)
+        self.nodes.failed(flight.node_id, until, flight.train, flight.version)
         if flight.train and self.downlink is not None:
             self.downlink.forget(flight.node_id)
         if flight.train:

@@ -5,7 +5,11 @@ here scans every node per event. Each node is in at most one of three places
 while it is online and not busy: ``eligible`` (free to train on the current
 version), ``waiting`` (free, but already trained on the current version) or the
 backoff heap (resting after a failure). A new version moves ``waiting`` into
-``eligible``: O(nodes that replied since the last version).
+``eligible``: O(nodes that replied since the last version). With queued
+dispatch, a training node may also be in ``queueable`` or ``queue_waiting``,
+kept the same way (a new version moves O(nodes sent a message since the last
+version)); messages in flight are counted per node, so a node with two is
+still one training node for the capacity and for membership.
 """
 
 from __future__ import annotations
@@ -65,16 +69,28 @@ class NodeTracker:
     ``version`` is the current global version; a node is eligible to train when
     it is online, not busy, not backing off and has not yet been sent the
     current version (a failed message lets it retrain its version).
+
+    With ``queue_depth=2`` (queued dispatch) a node that is training may hold
+    one more train message: it is *queueable* when its only message in flight
+    is a train message on an older version than the current one. Queueable
+    nodes are kept like free ones (``queueable`` and ``queue_waiting`` mirror
+    ``eligible`` and ``waiting``), so nothing scans the population.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, queue_depth: int = 1) -> None:
+        if queue_depth not in (1, 2):
+            raise ValueError(f"queue_depth must be 1 or 2, got {queue_depth}")
+        self.queue_depth = queue_depth
         self.online: set[int] = set()
-        self.busy: set[int] = set()
-        self.training: set[int] = set()  # busy with a train message
-        self.training_online = 0  # |training & online|, for the capacity
+        self.messages: dict[int, int] = {}  # messages in flight per node
+        self.trains: dict[int, int] = {}  # ... of which train messages
+        self.training_online = 0  # nodes online with a train message in flight
         self.eligible = NodePool()
         self.waiting: set[int] = set()
-        self.last_trained: dict[int, int] = {}
+        self.queueable = NodePool()
+        self.queue_waiting: set[int] = set()
+        self.last_trained: dict[int, int] = {}  # version of the latest train sent
+        self.queue_ok: set[int] = set()  # nodes fast enough to queue behind
         self.backoff_until: dict[int, float] = {}
         self._backoffs: list[tuple[float, int]] = []
         self.version = 0
@@ -89,12 +105,12 @@ class NodeTracker:
         left, joined = self.online - online, online - self.online
         for node_id in left:
             self.online.discard(node_id)
-            if node_id in self.training:
+            if node_id in self.trains:
                 self.training_online -= 1
             self._unclassify(node_id)
         for node_id in joined:
             self.online.add(node_id)
-            if node_id in self.training:
+            if node_id in self.trains:
                 self.training_online += 1
             self._classify(node_id)
         return left, joined
@@ -103,25 +119,35 @@ class NodeTracker:
     def sent(self, node_id: int, train: bool) -> None:
         """A message to ``node_id`` is in flight."""
         self._unclassify(node_id)
-        self.busy.add(node_id)
+        self.messages[node_id] = self.messages.get(node_id, 0) + 1
         if train:
-            self.training.add(node_id)
+            count = self.trains.get(node_id, 0)
+            self.trains[node_id] = count + 1
             self.last_trained[node_id] = self.version
-            if node_id in self.online:
+            if count == 0 and node_id in self.online:
                 self.training_online += 1
+        self._classify(node_id)
 
-    def done(self, node_id: int) -> None:
-        """The message to ``node_id`` is answered or given up on."""
-        self.busy.discard(node_id)
-        if node_id in self.training:
-            self.training.discard(node_id)
-            if node_id in self.online:
+    def done(self, node_id: int, train: bool) -> None:
+        """A message to ``node_id`` is answered or given up on."""
+        self._unclassify(node_id)
+        _decrement(self.messages, node_id)
+        if train:
+            _decrement(self.trains, node_id)
+            if node_id not in self.trains and node_id in self.online:
                 self.training_online -= 1
         self._classify(node_id)
 
-    def failed(self, node_id: int, until: float, train: bool) -> None:
-        """Leave ``node_id`` alone until ``until``; a failed train may be retried."""
-        if train:
+    def failed(
+        self, node_id: int, until: float, train: bool, version: int | None = None
+    ) -> None:
+        """Leave ``node_id`` alone until ``until``; a failed train may be retried.
+
+        Only the latest train message's version is retried: a node whose
+        queued message on a newer version is still in flight keeps it.
+        """
+        latest = self.last_trained.get(node_id)
+        if train and (version is None or latest == version):
             self.last_trained.pop(node_id, None)
         self._unclassify(node_id)
         self.backoff_until[node_id] = until
@@ -151,33 +177,63 @@ class NodeTracker:
         for node_id in sorted(self.waiting):
             self.eligible.add(node_id)
         self.waiting.clear()
+        for node_id in sorted(self.queue_waiting):
+            self.queueable.add(node_id)
+        self.queue_waiting.clear()
 
     def retrain(self, node_ids: Iterable[int]) -> None:
         """Let nodes whose updates made no version train on this version again."""
         for node_id in node_ids:
             if self.last_trained.get(node_id) == self.version:
                 del self.last_trained[node_id]
-                if node_id in self.waiting:
-                    self.waiting.discard(node_id)
-                    self.eligible.add(node_id)
+                self._unclassify(node_id)
+                self._classify(node_id)
 
     # --------------------------------------------------------------- queries
     def is_free(self, node_id: int) -> bool:
         """Online, not busy and not backing off."""
         return (
             node_id in self.online
-            and node_id not in self.busy
+            and node_id not in self.messages
             and node_id not in self.backoff_until
         )
 
-    def _classify(self, node_id: int) -> None:
-        if not self.is_free(node_id):
-            return
-        if self.last_trained.get(node_id, -1) < self.version:
-            self.eligible.add(node_id)
+    def allow_queue(self, node_id: int, allowed: bool) -> None:
+        """Whether ``node_id`` may be queued behind (its last round trip was
+        short enough for a queued message to outlive its TTL); before its
+        first round trip it may not. Call before :meth:`done`."""
+        if allowed:
+            self.queue_ok.add(node_id)
         else:
-            self.waiting.add(node_id)
+            self.queue_ok.discard(node_id)
+
+    def can_queue(self, node_id: int) -> bool:
+        """Online, not backing off, allowed to queue, and its only message in
+        flight is a train message (with queued dispatch)."""
+        return (
+            self.queue_depth > 1
+            and node_id in self.queue_ok
+            and node_id in self.online
+            and node_id not in self.backoff_until
+            and self.messages.get(node_id) == 1
+            and self.trains.get(node_id) == 1
+        )
+
+    def _classify(self, node_id: int) -> None:
+        fresh = self.last_trained.get(node_id, -1) < self.version
+        if self.is_free(node_id):
+            (self.eligible.add if fresh else self.waiting.add)(node_id)
+        elif self.can_queue(node_id):
+            (self.queueable.add if fresh else self.queue_waiting.add)(node_id)
 
     def _unclassify(self, node_id: int) -> None:
         self.eligible.discard(node_id)
         self.waiting.discard(node_id)
+        self.queueable.discard(node_id)
+        self.queue_waiting.discard(node_id)
+
+
+def _decrement(counts: dict[int, int], key: int) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]

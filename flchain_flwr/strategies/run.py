@@ -33,7 +33,7 @@ from .evaluation import (
     valid_evaluate_content,
 )
 from .history import NodeHistory
-from .loop import EventLoop, LoopSettings
+from .loop import EventLoop, LoopSettings, queued_on
 from .personalised import log_personal
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
@@ -187,6 +187,7 @@ class FedBuffRun:
                 reserved_nodes=s.committee.reserved_nodes
                 if s.committee
                 else frozenset(),
+                queued_dispatch=not s.downlink and queued_on(s.queued_dispatch, grid),
             ),
             buffer=self.buffer,
             evaluation=self.evaluation,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import lru_cache
+from importlib.metadata import version
 
 import numpy as np
 import torch
@@ -20,7 +21,8 @@ from flchain_flwr.data import (
     parse_tier_classes,
     tier_partition,
 )
-from flchain_flwr.data.fashion_mnist import load_fashion_mnist
+from flchain_flwr.data.cache import KeyValue, cached_arrays
+from flchain_flwr.data.fashion_mnist import load_fashion_mnist, local_dir
 from flchain_flwr.pov import ReferenceFn, Score, ScoreFn
 from flchain_flwr.training import evaluate, train
 
@@ -132,12 +134,65 @@ def load_partition(  # pylint: disable=too-many-arguments
     gives partition ``i`` only the classes of tier ``i % tiers``, Dirichlet(alpha)
     within the tier (:func:`~flchain_flwr.data.tier_partition`); "" splits every
     class over every partition.
+
+    The result is cached on disk (:mod:`flchain_flwr.data.cache`), keyed by
+    these arguments and the data's source, so a fresh ClientApp process per
+    message reads one partition's ``.npy`` files instead of loading the
+    dataset and partitioning it again.
     """
+    if not 0 <= partition_id < num_partitions:
+        raise ValueError(f"partition-id {partition_id} not in [0, {num_partitions})")
+    _dataset(dataset)  # an unknown name fails here, before a cache key is made
+    key: dict[str, KeyValue] = {
+        "what": "partition",
+        "dataset": dataset,
+        "source": _source(dataset, allow_download),
+        "partition-id": partition_id,
+        "num-partitions": num_partitions,
+        "alpha": float(alpha),
+        "seed": seed,
+        "train-subset": train_subset,
+        "tier-classes": tier_classes,
+    }
+    x, y = cached_arrays(
+        key,
+        lambda: _load_partition(
+            dataset,
+            partition_id,
+            num_partitions,
+            alpha,
+            seed,
+            allow_download,
+            train_subset,
+            tier_classes,
+        ),
+    )
+    return x, y
+
+
+def _source(dataset: str, allow_download: bool) -> str:
+    """Where ``dataset`` comes from: part of a cache key, so a change of
+    source (another IDX folder, the hub) never reads another's cache."""
+    if dataset == "digits":
+        return f"scikit-learn {version('scikit-learn')}"  # without importing it
+    directory = local_dir()
+    return str(directory.resolve()) if directory else "hub" if allow_download else ""
+
+
+def _load_partition(  # pylint: disable=too-many-arguments
+    dataset: str,
+    partition_id: int,
+    num_partitions: int,
+    alpha: float,
+    seed: int,
+    allow_download: bool,
+    train_subset: int,
+    tier_classes: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`load_partition` without the cache."""
     x_train, y_train, _, _ = _dataset(dataset)[0](allow_download)
     if train_subset > 0:
         x_train, y_train = x_train[:train_subset], y_train[:train_subset]
-    if not 0 <= partition_id < num_partitions:
-        raise ValueError(f"partition-id {partition_id} not in [0, {num_partitions})")
     idx = _partitions(
         dataset, allow_download, train_subset, num_partitions, alpha, seed, tier_classes
     )[partition_id]

@@ -1,0 +1,1 @@
+"""Flower's floor: an app whose ClientApp does nothing."""

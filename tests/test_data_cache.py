@@ -1,0 +1,118 @@
+"""The on-disk array cache, and the app's partitions read through it."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from flchain_flwr.data.cache import CACHE_ENV, cache_dir, cached_arrays, entry_path
+
+KEY = {"what": "test", "seed": 3}
+TASK = Path(__file__).parent.parent / "apps" / "flchain_cnn" / "flchain_cnn" / "task.py"
+
+
+def this_checkouts_task() -> ModuleType:
+    """The app's task module of this checkout (not an installed copy)."""
+    spec = importlib.util.spec_from_file_location("checkout_flchain_cnn_task", TASK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def counting(arrays: tuple[np.ndarray, ...]) -> tuple[list[int], object]:
+    calls: list[int] = []
+
+    def compute() -> tuple[np.ndarray, ...]:
+        calls.append(1)
+        return arrays
+
+    return calls, compute
+
+
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return rng.random((5, 1, 8, 8), dtype=np.float32), np.arange(5, dtype=np.int64)
+
+
+def test_second_call_reads_the_same_arrays(tmp_path: Path) -> None:
+    calls, compute = counting(sample())
+    first = cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    second = cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 1
+    for a, b, c in zip(sample(), first, second, strict=True):
+        assert a.dtype == b.dtype == c.dtype
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+
+
+def test_another_key_is_another_entry(tmp_path: Path) -> None:
+    calls, compute = counting(sample())
+    cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    cached_arrays({**KEY, "seed": 4}, compute, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 2
+    assert entry_path(KEY, tmp_path) != entry_path({**KEY, "seed": 4}, tmp_path)
+
+
+def test_a_corrupt_entry_is_recomputed_not_trusted(tmp_path: Path) -> None:
+    calls, compute = counting(sample())
+    cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    (entry_path(KEY, tmp_path) / "0.npy").write_bytes(b"not an npy file")
+    again = cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 2 and np.array_equal(again[0], sample()[0])
+    cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 2  # the rewritten entry reads back
+
+
+def test_an_entry_with_another_key_is_recomputed(tmp_path: Path) -> None:
+    calls, compute = counting(sample())
+    cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    (entry_path(KEY, tmp_path) / "key.json").write_text('{"what": "else"}')
+    cached_arrays(KEY, compute, tmp_path)  # type: ignore[arg-type]
+    assert len(calls) == 2
+
+
+def test_an_unwritable_cache_still_returns_the_arrays(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder would be")
+    calls, compute = counting(sample())
+    out = cached_arrays(KEY, compute, blocker / "cache")  # type: ignore[arg-type]
+    assert len(calls) == 1 and np.array_equal(out[1], sample()[1])
+
+
+def test_cache_dir_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert cache_dir() == tmp_path
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "flchain-flwr"
+
+
+def test_bad_key_values_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(TypeError, match="cache key"):
+        cached_arrays({"what": [1, 2]}, sample, tmp_path)  # type: ignore[dict-item]
+
+
+def test_app_partition_cached_equals_uncached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("torch")
+    task = this_checkouts_task()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    args = ("digits", 1, 3, 0.3, 42, False, 0, "")
+    expected = task._load_partition(*args)
+    cold = task.load_partition(*args)
+    assert len(list(tmp_path.iterdir())) == 1  # written
+    warm = task.load_partition(*args)
+    for got in (cold, warm):
+        for a, b in zip(expected, got, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b)
+    other = task.load_partition("digits", 1, 3, 0.3, 43, False, 0, "")
+    assert not np.array_equal(other[1], expected[1])  # another seed, another entry
+    with pytest.raises(ValueError, match="partition-id"):
+        task.load_partition("digits", 3, 3, 0.3, 42)
