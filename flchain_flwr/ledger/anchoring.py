@@ -270,9 +270,15 @@ def check_anchored(
             main.verify()
         except (AnchorRefused, MainChainError) as exc:
             return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
-        key = log_key or log_key_of(ledger)
         hashes = ledger.block_hashes()
-        anchors = main.anchors_for(ledger.origin)
+        anchors = main.anchors_for(ledger.origin)  # from verified records
+        if not anchors:
+            return AnchoredReport(
+                False, 0, f"no checkpoint of {ledger.origin} is anchored in {main_path}"
+            )
+        # An emptied ledger has no genesis leader: the anchors' key is checked
+        # against itself then, and every anchor says blocks were removed.
+        key = log_key or (log_key_of(ledger) if hashes else anchors[0].log_key)
         roots = _roots_at(hashes, [block.checkpoint.size for block in anchors])
         for count, block in enumerate(anchors):
             where = f"anchored checkpoint at main-chain height {block.height}"
@@ -300,10 +306,11 @@ def check_anchored(
                     f"the ledger contradicts the {where} (size {size}, cosigned "
                     f"by {', '.join(found.cosigners)}): {problem}",
                 )
-    if not anchors:
-        return AnchoredReport(
-            False, 0, f"no checkpoint of {ledger.origin} is anchored in {main_path}"
-        )
+    pinned = (
+        f"main chain pinned to key {main_key.encode()}"
+        if main_key is not None
+        else "main chain not pinned (no --main-key): self-consistent only"
+    )
     return AnchoredReport(
         True,
         len(anchors),
@@ -311,7 +318,7 @@ def check_anchored(
         f"anchored for {ledger.origin} in main chain {main.chain_id} (the last of "
         f"size {found.checkpoint.size}), each signed by {key.encode()} and "
         f"cosigned by {main.policy.quorum} of {len(main.policy.witnesses)} policy "
-        "witnesses",
+        f"witnesses; {pinned}",
     )
 
 

@@ -192,19 +192,19 @@ class MainChain:
         """The block at ``height``; ``MainChainError`` if there is none or it
         is malformed."""
         row = self.db.execute(
-            "SELECT record, hash FROM blocks WHERE height = ?", (height,)
+            "SELECT record, hash, origin FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise MainChainError(f"no main-chain block at height {height}")
         return self._parsed(height, row)
 
     def blocks(self) -> Iterator[AnchorBlock]:
-        """Every block, by height."""
+        """Every block, by height (each row checked against its record)."""
         rows = self.db.execute(
-            "SELECT height, record, hash FROM blocks ORDER BY height"
+            "SELECT height, record, hash, origin FROM blocks ORDER BY height"
         )
-        for height, record, digest in rows.fetchall():
-            yield self._parsed(int(height), (record, digest))
+        for height, *row in rows.fetchall():
+            yield self._parsed(int(height), tuple(row))
 
     def block_hashes(self) -> list[str]:
         """The leaves of the main chain's log, by height."""
@@ -212,37 +212,38 @@ class MainChain:
         return [str(row[0]) for row in rows]
 
     def anchors_for(self, origin: str) -> list[AnchorBlock]:
-        """Every anchor block of a subchain origin, oldest first."""
-        rows = self.db.execute(
-            "SELECT height, record, hash FROM blocks WHERE origin = ? ORDER BY height",
-            (origin,),
-        ).fetchall()
-        return [self._parsed(int(h), (record, digest)) for h, record, digest in rows]
+        """Every anchor block of a subchain origin, oldest first.
+
+        Selected by each parsed record's origin, never by the unsigned
+        ``origin`` column (which only :meth:`_parsed` cross-checks): editing
+        that column cannot hide an anchor.
+        """
+        return [block for block in self.blocks() if block.origin == origin]
 
     def last_anchor(self, origin: str) -> AnchorBlock | None:
         """The latest anchor block of a subchain origin (``None`` if none)."""
-        row = self.db.execute(
-            "SELECT height, record, hash FROM blocks WHERE origin = ? "
-            "ORDER BY height DESC LIMIT 1",
-            (origin,),
-        ).fetchone()
-        return None if row is None else self._parsed(int(row[0]), (row[1], row[2]))
+        anchors = self.anchors_for(origin)
+        return anchors[-1] if anchors else None
 
     def origins(self) -> list[str]:
         """Every subchain origin anchored here, in order of first anchor."""
-        rows = self.db.execute(
-            "SELECT origin FROM blocks WHERE origin IS NOT NULL "
-            "GROUP BY origin ORDER BY MIN(height)"
-        ).fetchall()
-        return [str(row[0]) for row in rows]
+        found = (block.origin for block in self.blocks())
+        return list(dict.fromkeys(o for o in found if o is not None))
 
     def _parsed(self, height: int, row: tuple[Any, ...]) -> AnchorBlock:
+        """``row`` is (record, hash, origin column); every unsigned column
+        must say what the record says."""
         try:
             block = parse_block(bytes(row[0]), height)
         except AnchorError as exc:
             raise MainChainError(f"main-chain block {height}: {exc}") from None
         if block.hash != row[1]:
             raise MainChainError(f"main-chain block {height}: its hash does not match")
+        if block.origin != row[2]:
+            raise MainChainError(
+                f"main-chain block {height}: its origin column says "
+                f"{str(row[2])[:80]!r}, its record {block.origin!r}"
+            )
         return block
 
     # ---------------------------------------------------------------- anchoring

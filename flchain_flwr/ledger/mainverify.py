@@ -11,7 +11,7 @@ from .checkpoint import (
     check_consistency,
     open_checkpoint,
 )
-from .mainchain import AnchorRefused, MainChain
+from .mainchain import AnchorRefused, MainChain, MainChainError
 from .notes import SignedNote, parse_note
 
 
@@ -26,7 +26,11 @@ def verify_main_chain(main: MainChain, checkpoint: SignedNote | None = None) -> 
     prev = ZERO_HASH
     last: dict[str, AnchorBlock] = {}
     count = 0
-    for block in main.blocks():
+    try:
+        blocks = list(main.blocks())  # each row's columns checked against its record
+    except MainChainError as exc:
+        raise AnchorRefused(str(exc)) from None
+    for block in blocks:
         where = f"main-chain block {block.height}"
         if block.height != count or block.fields["prev_hash"] != prev:
             raise AnchorRefused(f"{where}: height or prev_hash link broken")
