@@ -141,3 +141,47 @@ def test_an_unpinned_main_chain_is_said_to_be_only_self_consistent(
     assert cli([*argv, "--main-key", main.public_key.encode()]) == 0
     out = capsys.readouterr().out.splitlines()[-1]
     assert "not pinned" not in out and "pinned to key" in out
+
+
+def test_a_main_chain_rolled_back_fails_against_a_kept_checkpoint(
+    chains: tuple[Ledger, MainChain, list[Witness]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    ledger, main, witnesses = chains
+    old, new = anchor_twice(ledger, main, witnesses)
+    main_vkey = main.public_key.encode()
+    main.close()
+    truncated(ledger, tmp_path).close()
+    # No key used: drop the anchor of size 5, put back the older checkpoint.
+    db = sqlite3.connect(tmp_path / "main.db")
+    db.execute("DELETE FROM blocks WHERE height = 2")
+    db.commit()
+    db.close()
+    (tmp_path / "main.db.checkpoint").write_bytes(old)
+    kept = tmp_path / "kept.checkpoint"
+    kept.write_bytes(new)
+    path, cut = str(tmp_path / "main.db"), str(tmp_path / "cut.db")
+    capsys.readouterr()
+    # Pinned to the key only, the rollback passes, and the output says so.
+    assert (
+        cli(["ledger", "verify", cut, "--anchored-in", path, "--main-key", main_vkey])
+        == 0
+    )
+    assert "rollback of the main chain" in capsys.readouterr().out
+    assert cli(["main", "verify", path, "--main-key", main_vkey]) == 0
+    assert "not pinned to a checkpoint kept elsewhere" in capsys.readouterr().out
+    # With the checkpoint the verifier kept, both fail and say why.
+    pin = ["--main-checkpoint", str(kept)]
+    assert cli(["main", "verify", path, *pin]) == 1
+    out = capsys.readouterr().out
+    assert "pinned main-chain checkpoint" in out and "blocks were removed" in out
+    assert cli(["ledger", "verify", cut, "--anchored-in", path, *pin]) == 1
+    assert "blocks were removed" in capsys.readouterr().out.splitlines()[-1]
+    # A kept checkpoint the chain holds passes; an unreadable one is bad input.
+    (tmp_path / "main.db.checkpoint").write_bytes(old)
+    kept.write_bytes(old)
+    assert cli(["main", "verify", path, *pin]) == 0
+    assert "holds the pinned checkpoint of 2 blocks" in capsys.readouterr().out
+    kept.write_bytes(b"not a note")
+    assert cli(["ledger", "verify", cut, "--anchored-in", path, *pin]) == 2

@@ -22,7 +22,7 @@ from flwr.supercore import log
 
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .chain import Ledger, LedgerError
-from .checkpoint import CheckpointError, LogFrontier, open_checkpoint
+from .checkpoint import CheckpointError, LogFrontier, open_checkpoint, parse_checkpoint
 from .cosignature import add_cosignature
 from .logprover import LogProver
 from .mainchain import AnchorRefused, MainChain, MainChainError
@@ -246,6 +246,7 @@ def check_anchored(
     main_path: str | Path,
     log_key: VerifierKey | None = None,
     main_key: VerifierKey | None = None,
+    main_checkpoint: SignedNote | None = None,
 ) -> AnchoredReport:
     """Check a ledger against every checkpoint anchored for its origin.
 
@@ -255,6 +256,9 @@ def check_anchored(
     main chain's own links and checkpoint are checked first
     (:meth:`MainChain.verify`), under ``main_key`` if given (else the key the
     main chain's file names: then the main chain is only self-consistent).
+    With ``main_checkpoint`` (a main-chain checkpoint kept elsewhere) the main
+    chain must hold it: without one, a main chain rolled back to an older
+    checkpoint (its later anchors deleted) is not detected.
     The report names the first anchored checkpoint the ledger contradicts.
     """
     try:
@@ -267,7 +271,7 @@ def check_anchored(
                 False, 0, f"main chain {main_path} is signed by {main.public_key}"
             )
         try:
-            main.verify()
+            main.verify(pinned=main_checkpoint)
         except (AnchorRefused, MainChainError) as exc:
             return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
         hashes = ledger.block_hashes()
@@ -306,11 +310,17 @@ def check_anchored(
                     f"the ledger contradicts the {where} (size {size}, cosigned "
                     f"by {', '.join(found.cosigners)}): {problem}",
                 )
-    pinned = (
-        f"main chain pinned to key {main_key.encode()}"
-        if main_key is not None
-        else "main chain not pinned (no --main-key): self-consistent only"
-    )
+    if main_checkpoint is not None:
+        kept = parse_checkpoint(main_checkpoint.text).size
+        pinned = f"main chain holds the kept checkpoint of {kept} blocks"
+    elif main_key is not None:
+        pinned = (
+            f"main chain pinned to key {main_key.encode()} but to no kept "
+            "checkpoint (a rollback of the main chain to an older signed "
+            "checkpoint is not detected: give --main-checkpoint)"
+        )
+    else:
+        pinned = "main chain not pinned (no --main-key): self-consistent only"
     return AnchoredReport(
         True,
         len(anchors),

@@ -335,14 +335,18 @@ class MainChain:
                 f"{last.checkpoint.size}): {exc}"
             ) from None
 
-    def verify(self, checkpoint: SignedNote | None = None) -> str:
+    def verify(
+        self, checkpoint: SignedNote | None = None, pinned: SignedNote | None = None
+    ) -> str:
         """Check the whole main chain; return what was checked.
 
         Heights and ``prev_hash`` links, the genesis policy, every anchor
         block (:func:`~.anchorblock.check_anchor`), each origin's anchors
         consistent with the one before (same key; the stored consistency
         proof), and the main chain's signed checkpoint (``checkpoint``, else
-        the one at ``checkpoint_path``) against its log.
+        the one at ``checkpoint_path``) against its log; with ``pinned`` (a
+        main-chain checkpoint kept elsewhere) also that the chain holds it, so
+        it was not rolled back below it.
 
         Raises
         ------
@@ -351,7 +355,7 @@ class MainChain:
         """
         from .mainverify import verify_main_chain  # here: it imports this module
 
-        return verify_main_chain(self, checkpoint)
+        return verify_main_chain(self, checkpoint, pinned)
 
     # ---------------------------------------------------------- checkpoints
     def signed_checkpoint(self) -> SignedNote:
