@@ -480,10 +480,10 @@ def test_two_runs_and_a_market_anchor_into_one_main_chain(tmp_path: Path) -> Non
             bundles.append((ledger.origin, model, build_bundle(ledger, main, model)))
     origin, model, _ = bundles[0]
     offer = market.append(
-        *make_offer(seller, market.origin, model, origin, {"price": 3})
+        *make_offer(seller, market.market, model, origin, {"price": 3})
     )
-    purchase = market.append(*make_purchase(buyer, market.origin, offer.record_id))
-    market.append(*make_receipt(buyer, market.origin, purchase.record_id, model))
+    purchase = market.append(*make_purchase(buyer, market.market, offer.record_id))
+    market.append(*make_receipt(buyer, market.market, purchase.record_id, model))
     anchor_trading_chain(market, main, witnesses)
     assert main.origins() == [bundles[0][0], bundles[1][0], market.origin]
     trust = Trust(
