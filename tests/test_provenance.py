@@ -276,6 +276,11 @@ def test_cli_prove_then_verify(run: Run, tmp_path: Path) -> None:
     )
     assert code == 0, out
     assert "block: height 3" in out and "committee" in out
+    assert "none was given (--model)" not in out
+    # Without --model, "not checked" says that no model file was compared.
+    code, out = cli("model", "verify", str(bundle), f"--trusted=@{trust_file}")
+    assert code == 0, out
+    assert "not checked:\n  - any model file: none was given (--model)" in out
     code, out = cli(
         "model", "verify", str(bundle), "--model", str(run.ledger), *trust_args(run)
     )
