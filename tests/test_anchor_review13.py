@@ -69,12 +69,12 @@ def test_editing_the_origin_column_cannot_hide_an_anchor(
     cut, path = str(tmp_path / "cut.db"), str(tmp_path / "main.db")
     assert cli(["ledger", "verify", cut, "--anchored-in", path]) == 1
     assert "origin column says 'x'" in capsys.readouterr().out.splitlines()[-1]
-    # Anchors are read from the records: a NULL column hides nothing either.
+    # Anchors are selected by the records, and each row's column is checked.
     with (
         MainChain(path) as reopened,
         pytest.raises(MainChainError, match="origin column says 'x'"),
     ):
-        reopened.anchors_for("flchain-flwr/test-chain")
+        reopened.last_anchor("flchain-flwr/test-chain")
 
 
 def test_one_key_under_two_witness_names_is_refused(

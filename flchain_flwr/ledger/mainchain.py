@@ -214,16 +214,27 @@ class MainChain:
     def anchors_for(self, origin: str) -> list[AnchorBlock]:
         """Every anchor block of a subchain origin, oldest first.
 
-        Selected by each parsed record's origin, never by the unsigned
-        ``origin`` column (which only :meth:`_parsed` cross-checks): editing
-        that column cannot hide an anchor.
+        Selected by the origin inside each record (SQLite's ``json_extract``,
+        which reads canonical JSON as :func:`~.anchorblock.parse_block` does),
+        never by the unsigned ``origin`` column, which :meth:`_parsed` checks
+        against the record: editing that column cannot hide an anchor. (A
+        record that is not canonical JSON fails :meth:`verify`.)
         """
-        return [block for block in self.blocks() if block.origin == origin]
+        return self._by_origin(origin, "ORDER BY height")
 
     def last_anchor(self, origin: str) -> AnchorBlock | None:
-        """The latest anchor block of a subchain origin (``None`` if none)."""
-        anchors = self.anchors_for(origin)
-        return anchors[-1] if anchors else None
+        """The latest anchor block of a subchain origin (``None`` if none),
+        selected as :meth:`anchors_for` selects."""
+        found = self._by_origin(origin, "ORDER BY height DESC LIMIT 1")
+        return found[0] if found else None
+
+    def _by_origin(self, origin: str, order: str) -> list[AnchorBlock]:
+        rows = self.db.execute(
+            "SELECT height, record, hash, origin FROM blocks "
+            "WHERE json_extract(CAST(record AS TEXT), '$.origin') = ? " + order,
+            (origin,),
+        ).fetchall()
+        return [self._parsed(int(height), tuple(row)) for height, *row in rows]
 
     def origins(self) -> list[str]:
         """Every subchain origin anchored here, in order of first anchor."""
