@@ -29,7 +29,13 @@ from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key
 from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
 from .ledger.merkle import InvalidProof, MalformedProof, parse_proof
-from .ledger.notes import NoteError, VerifierKey, parse_verifier_key
+from .ledger.notes import (
+    NoteError,
+    SignedNote,
+    VerifierKey,
+    parse_note,
+    parse_verifier_key,
+)
 from .ledger.witness import CosignRequest, Witness, WitnessError, WitnessRefused
 
 Command = Callable[[argparse.Namespace, TextIO], int]
@@ -136,6 +142,11 @@ def cmd_witness_cosign(args: argparse.Namespace, out: TextIO) -> int:
     return EXIT_OK
 
 
+def _kept_checkpoint(path: str | None) -> SignedNote | None:
+    """The main-chain checkpoint a verifier kept (``--main-checkpoint``)."""
+    return None if path is None else parse_note(_read(path))
+
+
 # --------------------------------------------------------------- main chain
 @_guarded
 def cmd_main_init(args: argparse.Namespace, out: TextIO) -> int:
@@ -175,7 +186,11 @@ def cmd_main_verify(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"FAILED: the main chain's key is {main.public_key}\n")
             return EXIT_FAILED
         try:
-            out.write(f"OK: {main.verify()}\n")
+            pinned = _kept_checkpoint(args.main_checkpoint)
+        except NoteError as exc:
+            return _error(f"--main-checkpoint {args.main_checkpoint}: {exc}")
+        try:
+            out.write(f"OK: {main.verify(pinned=pinned)}\n")
         except AnchorRefused as exc:
             out.write(f"FAILED: {exc}\n")
             return EXIT_FAILED
@@ -231,11 +246,15 @@ def cmd_anchor(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) -> int:
     """``ledger verify``, then with ``--anchored-in`` the ledger against its anchors."""
+    kept = None
     if args.anchored_in is not None:
         try:
             MainChain(args.anchored_in).close()
+            kept = _kept_checkpoint(args.main_checkpoint)
         except MainChainError as exc:
             return _error(str(exc))
+        except (OSError, NoteError) as exc:
+            return _error(f"--main-checkpoint {args.main_checkpoint}: {exc}")
     code = base(args, out)
     if code != EXIT_OK or args.anchored_in is None:
         return code
@@ -243,7 +262,11 @@ def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) ->
         with _open_ledger(args.ledger) as ledger:
             trusted = args.trusted_key and ledger.trusted_verifier(args.trusted_key)
             report = check_anchored(
-                ledger, args.anchored_in, trusted or None, main_key=args.main_key
+                ledger,
+                args.anchored_in,
+                trusted or None,
+                main_key=args.main_key,
+                main_checkpoint=kept,
             )
     except (LedgerError, CheckpointError) as exc:
         return _error(str(exc))
@@ -265,6 +288,12 @@ def add_anchor_commands(
         "--main-key",
         type=_vkey,
         help="with --anchored-in: the main chain's vkey, got out of band",
+    )
+    verify.add_argument(
+        "--main-checkpoint",
+        metavar="FILE",
+        help="with --anchored-in: a main-chain checkpoint you kept; the main "
+        "chain must hold it (else a rollback of the main chain goes unseen)",
     )
     verify.set_defaults(
         func=functools.partial(cmd_verify_anchored, verify.get_default("func"))
@@ -313,6 +342,11 @@ def add_anchor_commands(
     mverify = msub.add_parser("verify", help="check links, anchors, checkpoint")
     mverify.add_argument("main")
     mverify.add_argument("--main-key", type=_vkey)
+    mverify.add_argument(
+        "--main-checkpoint",
+        metavar="FILE",
+        help="a main-chain checkpoint you kept: the chain must hold it",
+    )
     mverify.set_defaults(func=cmd_main_verify)
     prove = msub.add_parser("prove", help="proof of one anchor block, as JSON")
     prove.add_argument("main")

@@ -276,6 +276,11 @@ def test_cli_prove_then_verify(run: Run, tmp_path: Path) -> None:
     )
     assert code == 0, out
     assert "block: height 3" in out and "committee" in out
+    assert "none was given (--model)" not in out
+    # Without --model, "not checked" says that no model file was compared.
+    code, out = cli("model", "verify", str(bundle), f"--trusted=@{trust_file}")
+    assert code == 0, out
+    assert "not checked:\n  - any model file: none was given (--model)" in out
     code, out = cli(
         "model", "verify", str(bundle), "--model", str(run.ledger), *trust_args(run)
     )
@@ -480,10 +485,10 @@ def test_two_runs_and_a_market_anchor_into_one_main_chain(tmp_path: Path) -> Non
             bundles.append((ledger.origin, model, build_bundle(ledger, main, model)))
     origin, model, _ = bundles[0]
     offer = market.append(
-        *make_offer(seller, market.origin, model, origin, {"price": 3})
+        *make_offer(seller, market.market, model, origin, {"price": 3})
     )
-    purchase = market.append(*make_purchase(buyer, market.origin, offer.record_id))
-    market.append(*make_receipt(buyer, market.origin, purchase.record_id, model))
+    purchase = market.append(*make_purchase(buyer, market.market, offer.record_id))
+    market.append(*make_receipt(buyer, market.market, purchase.record_id, model))
     anchor_trading_chain(market, main, witnesses)
     assert main.origins() == [bundles[0][0], bundles[1][0], market.origin]
     trust = Trust(

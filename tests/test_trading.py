@@ -51,16 +51,16 @@ def sale(
 ) -> tuple[str, str]:
     """An offer and one purchase recorded; their ids."""
     offer = chain.append(
-        *make_offer(SELLER, chain.origin, MODEL, RUN, terms or {"price": 5})
+        *make_offer(SELLER, chain.market, MODEL, RUN, terms or {"price": 5})
     )
-    purchase = chain.append(*make_purchase(BUYER, chain.origin, offer.record_id))
+    purchase = chain.append(*make_purchase(BUYER, chain.market, offer.record_id))
     return offer.record_id, purchase.record_id
 
 
 def test_an_offer_purchase_and_receipt_are_recorded_and_verify(tmp_path: Path) -> None:
     chain = market(tmp_path)
     _, purchase = sale(chain)
-    chain.append(*make_receipt(BUYER, chain.origin, purchase, MODEL))
+    chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
     count, anchor = chain.verify()
     assert count == 3
     assert "checkpoint of 3 entries" in anchor
@@ -79,34 +79,34 @@ def test_forged_records_are_refused_before_they_are_appended(tmp_path: Path) -> 
     chain = market(tmp_path)
     offer, purchase = sale(chain, {"price": 5, "max_buyers": 2})
     # An offer whose seller did not sign it (signed by someone else).
-    statement, _ = make_offer(SELLER, chain.origin, MODEL, RUN, {"price": 1})
+    statement, _ = make_offer(SELLER, chain.market, MODEL, RUN, {"price": 1})
     forged = sign_statement(OTHER, statement)
     assert "signature" in _refused(chain, statement, forged)
     # A signed statement changed after signing.
-    statement, signature = make_offer(SELLER, chain.origin, MODEL, RUN, {"price": 9})
+    statement, signature = make_offer(SELLER, chain.market, MODEL, RUN, {"price": 9})
     assert "signature" in _refused(
         chain, {**statement, "terms": {"price": 0}}, signature
     )
     # A purchase of an offer the market does not hold.
     assert "does not hold" in _refused(
-        chain, *make_purchase(OTHER, chain.origin, "cd" * 32)
+        chain, *make_purchase(OTHER, chain.market, "cd" * 32)
     )
     # A replayed purchase, and a replayed receipt.
-    assert "replay" in _refused(chain, *make_purchase(BUYER, chain.origin, offer))
-    receipt = make_receipt(BUYER, chain.origin, purchase, MODEL)
+    assert "replay" in _refused(chain, *make_purchase(BUYER, chain.market, offer))
+    receipt = make_receipt(BUYER, chain.market, purchase, MODEL)
     chain.append(*receipt)
     assert "replay" in _refused(chain, *receipt)
     # A receipt by someone who did not buy, and one for another model.
     assert "other than the purchase" in _refused(
-        chain, *make_receipt(OTHER, chain.origin, purchase, MODEL)
+        chain, *make_receipt(OTHER, chain.market, purchase, MODEL)
     )
-    second = chain.append(*make_purchase(OTHER, chain.origin, offer)).record_id
+    second = chain.append(*make_purchase(OTHER, chain.market, offer)).record_id
     assert "other than the one offered" in _refused(
-        chain, *make_receipt(OTHER, chain.origin, second, "ef" * 32)
+        chain, *make_receipt(OTHER, chain.market, second, "ef" * 32)
     )
     # The offer allowed two buyers: a third purchase is a double sale.
     third = SigningKey(b"\x35" * 32)
-    assert "has them all" in _refused(chain, *make_purchase(third, chain.origin, offer))
+    assert "has them all" in _refused(chain, *make_purchase(third, chain.market, offer))
     # A statement signed for another market cannot be replayed into this one.
     assert "for market" in _refused(
         chain, *make_offer(SELLER, "flchain-flwr/other", MODEL, RUN, {})
@@ -129,7 +129,7 @@ def test_malformed_offers_are_refused(
     tmp_path: Path, field: str, value: object, reason: str
 ) -> None:
     chain = market(tmp_path)
-    statement, _ = make_offer(SELLER, chain.origin, MODEL, RUN, {})
+    statement, _ = make_offer(SELLER, chain.market, MODEL, RUN, {})
     statement[field] = value
     assert reason in _refused(chain, statement, sign_statement(SELLER, statement))
 
@@ -166,7 +166,7 @@ def test_verify_finds_an_entry_changed_or_removed_in_the_file(tmp_path: Path) ->
     with pytest.raises(TradeRefused, match="blocks were removed"):
         chain.verify()
     with pytest.raises(LedgerError, match="refusing to extend"):
-        chain.append(*make_purchase(OTHER, chain.origin, offer))
+        chain.append(*make_purchase(OTHER, chain.market, offer))
 
 
 def _cosigned(note: SignedNote, count: int = 2) -> SignedNote:
@@ -197,7 +197,7 @@ def test_the_trading_chain_anchors_and_a_rewritten_log_is_refused(
         witnesses.append(Witness(folder, clock=lambda: 1_700_000_000))
     offer, _ = sale(chain)
     anchor_trading_chain(chain, main, witnesses)
-    chain.append(*make_purchase(OTHER, chain.origin, offer))
+    chain.append(*make_purchase(OTHER, chain.market, offer))
     block = anchor_trading_chain(chain, main, witnesses)
     assert [a.checkpoint.size for a in main.anchors_for(chain.origin)] == [2, 3]
     assert block.fields["consistency"]["prior_size"] == 2
@@ -208,8 +208,8 @@ def test_the_trading_chain_anchors_and_a_rewritten_log_is_refused(
     offer, _ = sale(forged, {"price": 5})
     forged.db.execute("DELETE FROM entries WHERE idx = 1")
     forged.checkpoint_path.unlink()
-    forged.append(*make_purchase(OTHER, forged.origin, offer))
-    forged.append(*make_purchase(BUYER, forged.origin, offer))
+    forged.append(*make_purchase(OTHER, forged.market, offer))
+    forged.append(*make_purchase(BUYER, forged.market, offer))
     with pytest.raises(AnchorRefused, match="0 witnesses cosigned") as refused:
         anchor_trading_chain(forged, main, witnesses)
     assert "does not extend" in str(refused.value) or "fork" in str(refused.value)
@@ -240,7 +240,7 @@ def test_cli_market_checks_every_record(
 ) -> None:
     chain = market(tmp_path)
     _, purchase = sale(chain)
-    chain.append(*make_receipt(BUYER, chain.origin, purchase, MODEL))
+    chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
     vkey = chain.verifier.encode()
     chain.close()
     path = str(tmp_path / "trade.db")
@@ -312,3 +312,32 @@ def test_cli_anchor_market(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         assert flchain(argv, out=out) == 2, argv
         err = capsys.readouterr().err
         assert out.getvalue() == "" and err.count("\n") == 1, err
+
+
+def test_statements_do_not_replay_into_a_market_of_another_operator(
+    tmp_path: Path,
+) -> None:
+    """Same chain id, another operator key: the market is bound to the key."""
+    alice = market(tmp_path)
+    mallory = TradingChain(
+        tmp_path / "m" / "trade.db", chain_id="market", signing_key=OTHER
+    )
+    assert alice.origin == mallory.origin and alice.market != mallory.market
+    offer = make_offer(SELLER, alice.market, MODEL, RUN, {"price": 5})
+    alice.append(*offer)
+    purchase = make_purchase(BUYER, alice.market, statement_id(offer[0]))
+    alice.append(*purchase)
+    assert "for market" in _refused(mallory, *offer)
+    assert "for market" in _refused(mallory, *purchase)
+    assert len(mallory) == 0 and alice.verify()[0] == 2
+    # Entries copied into the other market's file fail its verify, too.
+    mallory.db.executemany(
+        "INSERT INTO entries VALUES (?, ?, ?, ?)",
+        alice.db.execute("SELECT * FROM entries").fetchall(),
+    )
+    mallory.db.execute(
+        "INSERT INTO meta VALUES ('operator_key', ?)",
+        (bytes(OTHER.verify_key).hex(),),
+    )
+    with pytest.raises(TradeRefused, match="entry 0: the offer is for market"):
+        mallory.verify()

@@ -53,7 +53,7 @@ class AnchorPolicy:
     Parameters
     ----------
     witnesses : tuple[CosignerKey, ...]
-        The witnesses' cosigner keys (distinct names).
+        The witnesses' cosigner keys (distinct names, distinct public keys).
     quorum : int
         How many distinct witnesses must cosign, ``1 <= quorum <= len(witnesses)``.
     """
@@ -65,6 +65,10 @@ class AnchorPolicy:
         names = [key.name for key in self.witnesses]
         if len(set(names)) != len(names):
             raise AnchorError("two policy witnesses share a name")
+        keys = [key.public_key for key in self.witnesses]
+        if len(set(keys)) != len(keys):
+            # one key under two names would fill two seats of the quorum
+            raise AnchorError("two policy witnesses share a public key")
         if isinstance(self.quorum, bool) or not isinstance(self.quorum, int):
             raise AnchorError(f"the quorum is an integer, not {self.quorum!r}")
         if not 1 <= self.quorum <= len(self.witnesses):

@@ -22,7 +22,7 @@ from flwr.supercore import log
 
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .chain import Ledger, LedgerError
-from .checkpoint import CheckpointError, LogFrontier, open_checkpoint
+from .checkpoint import CheckpointError, LogFrontier, open_checkpoint, parse_checkpoint
 from .cosignature import add_cosignature
 from .logprover import LogProver
 from .mainchain import AnchorRefused, MainChain, MainChainError
@@ -246,6 +246,7 @@ def check_anchored(
     main_path: str | Path,
     log_key: VerifierKey | None = None,
     main_key: VerifierKey | None = None,
+    main_checkpoint: SignedNote | None = None,
 ) -> AnchoredReport:
     """Check a ledger against every checkpoint anchored for its origin.
 
@@ -255,6 +256,9 @@ def check_anchored(
     main chain's own links and checkpoint are checked first
     (:meth:`MainChain.verify`), under ``main_key`` if given (else the key the
     main chain's file names: then the main chain is only self-consistent).
+    With ``main_checkpoint`` (a main-chain checkpoint kept elsewhere) the main
+    chain must hold it: without one, a main chain rolled back to an older
+    checkpoint (its later anchors deleted) is not detected.
     The report names the first anchored checkpoint the ledger contradicts.
     """
     try:
@@ -267,12 +271,19 @@ def check_anchored(
                 False, 0, f"main chain {main_path} is signed by {main.public_key}"
             )
         try:
-            main.verify()
+            main.verify(pinned=main_checkpoint)
         except (AnchorRefused, MainChainError) as exc:
             return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
-        key = log_key or log_key_of(ledger)
         hashes = ledger.block_hashes()
-        anchors = main.anchors_for(ledger.origin)
+        # From every record that main.verify() just checked, not from a query.
+        anchors = [b for b in main.blocks() if b.origin == ledger.origin]
+        if not anchors:
+            return AnchoredReport(
+                False, 0, f"no checkpoint of {ledger.origin} is anchored in {main_path}"
+            )
+        # An emptied ledger has no genesis leader: the anchors' key is checked
+        # against itself then, and every anchor says blocks were removed.
+        key = log_key or (log_key_of(ledger) if hashes else anchors[0].log_key)
         roots = _roots_at(hashes, [block.checkpoint.size for block in anchors])
         for count, block in enumerate(anchors):
             where = f"anchored checkpoint at main-chain height {block.height}"
@@ -300,10 +311,17 @@ def check_anchored(
                     f"the ledger contradicts the {where} (size {size}, cosigned "
                     f"by {', '.join(found.cosigners)}): {problem}",
                 )
-    if not anchors:
-        return AnchoredReport(
-            False, 0, f"no checkpoint of {ledger.origin} is anchored in {main_path}"
+    if main_checkpoint is not None:
+        kept = parse_checkpoint(main_checkpoint.text).size
+        pinned = f"main chain holds the kept checkpoint of {kept} blocks"
+    elif main_key is not None:
+        pinned = (
+            f"main chain pinned to key {main_key.encode()} but to no kept "
+            "checkpoint (a rollback of the main chain to an older signed "
+            "checkpoint is not detected: give --main-checkpoint)"
         )
+    else:
+        pinned = "main chain not pinned (no --main-key): self-consistent only"
     return AnchoredReport(
         True,
         len(anchors),
@@ -311,7 +329,7 @@ def check_anchored(
         f"anchored for {ledger.origin} in main chain {main.chain_id} (the last of "
         f"size {found.checkpoint.size}), each signed by {key.encode()} and "
         f"cosigned by {main.policy.quorum} of {len(main.policy.witnesses)} policy "
-        "witnesses",
+        f"witnesses; {pinned}",
     )
 
 

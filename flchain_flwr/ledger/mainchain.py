@@ -192,19 +192,19 @@ class MainChain:
         """The block at ``height``; ``MainChainError`` if there is none or it
         is malformed."""
         row = self.db.execute(
-            "SELECT record, hash FROM blocks WHERE height = ?", (height,)
+            "SELECT record, hash, origin FROM blocks WHERE height = ?", (height,)
         ).fetchone()
         if row is None:
             raise MainChainError(f"no main-chain block at height {height}")
         return self._parsed(height, row)
 
     def blocks(self) -> Iterator[AnchorBlock]:
-        """Every block, by height."""
+        """Every block, by height (each row checked against its record)."""
         rows = self.db.execute(
-            "SELECT height, record, hash FROM blocks ORDER BY height"
+            "SELECT height, record, hash, origin FROM blocks ORDER BY height"
         )
-        for height, record, digest in rows.fetchall():
-            yield self._parsed(int(height), (record, digest))
+        for height, *row in rows.fetchall():
+            yield self._parsed(int(height), tuple(row))
 
     def block_hashes(self) -> list[str]:
         """The leaves of the main chain's log, by height."""
@@ -212,37 +212,49 @@ class MainChain:
         return [str(row[0]) for row in rows]
 
     def anchors_for(self, origin: str) -> list[AnchorBlock]:
-        """Every anchor block of a subchain origin, oldest first."""
-        rows = self.db.execute(
-            "SELECT height, record, hash FROM blocks WHERE origin = ? ORDER BY height",
-            (origin,),
-        ).fetchall()
-        return [self._parsed(int(h), (record, digest)) for h, record, digest in rows]
+        """Every anchor block of a subchain origin, oldest first.
+
+        Selected by the origin inside each record (SQLite's ``json_extract``,
+        which reads canonical JSON as :func:`~.anchorblock.parse_block` does),
+        never by the unsigned ``origin`` column, which :meth:`_parsed` checks
+        against the record: editing that column cannot hide an anchor. (A
+        record that is not canonical JSON fails :meth:`verify`.)
+        """
+        return self._by_origin(origin, "ORDER BY height")
 
     def last_anchor(self, origin: str) -> AnchorBlock | None:
-        """The latest anchor block of a subchain origin (``None`` if none)."""
-        row = self.db.execute(
-            "SELECT height, record, hash FROM blocks WHERE origin = ? "
-            "ORDER BY height DESC LIMIT 1",
+        """The latest anchor block of a subchain origin (``None`` if none),
+        selected as :meth:`anchors_for` selects."""
+        found = self._by_origin(origin, "ORDER BY height DESC LIMIT 1")
+        return found[0] if found else None
+
+    def _by_origin(self, origin: str, order: str) -> list[AnchorBlock]:
+        rows = self.db.execute(
+            "SELECT height, record, hash, origin FROM blocks "
+            "WHERE json_extract(CAST(record AS TEXT), '$.origin') = ? " + order,
             (origin,),
-        ).fetchone()
-        return None if row is None else self._parsed(int(row[0]), (row[1], row[2]))
+        ).fetchall()
+        return [self._parsed(int(height), tuple(row)) for height, *row in rows]
 
     def origins(self) -> list[str]:
         """Every subchain origin anchored here, in order of first anchor."""
-        rows = self.db.execute(
-            "SELECT origin FROM blocks WHERE origin IS NOT NULL "
-            "GROUP BY origin ORDER BY MIN(height)"
-        ).fetchall()
-        return [str(row[0]) for row in rows]
+        found = (block.origin for block in self.blocks())
+        return list(dict.fromkeys(o for o in found if o is not None))
 
     def _parsed(self, height: int, row: tuple[Any, ...]) -> AnchorBlock:
+        """``row`` is (record, hash, origin column); every unsigned column
+        must say what the record says."""
         try:
             block = parse_block(bytes(row[0]), height)
         except AnchorError as exc:
             raise MainChainError(f"main-chain block {height}: {exc}") from None
         if block.hash != row[1]:
             raise MainChainError(f"main-chain block {height}: its hash does not match")
+        if block.origin != row[2]:
+            raise MainChainError(
+                f"main-chain block {height}: its origin column says "
+                f"{str(row[2])[:80]!r}, its record {block.origin!r}"
+            )
         return block
 
     # ---------------------------------------------------------------- anchoring
@@ -334,14 +346,18 @@ class MainChain:
                 f"{last.checkpoint.size}): {exc}"
             ) from None
 
-    def verify(self, checkpoint: SignedNote | None = None) -> str:
+    def verify(
+        self, checkpoint: SignedNote | None = None, pinned: SignedNote | None = None
+    ) -> str:
         """Check the whole main chain; return what was checked.
 
         Heights and ``prev_hash`` links, the genesis policy, every anchor
         block (:func:`~.anchorblock.check_anchor`), each origin's anchors
         consistent with the one before (same key; the stored consistency
         proof), and the main chain's signed checkpoint (``checkpoint``, else
-        the one at ``checkpoint_path``) against its log.
+        the one at ``checkpoint_path``) against its log; with ``pinned`` (a
+        main-chain checkpoint kept elsewhere) also that the chain holds it, so
+        it was not rolled back below it.
 
         Raises
         ------
@@ -350,7 +366,7 @@ class MainChain:
         """
         from .mainverify import verify_main_chain  # here: it imports this module
 
-        return verify_main_chain(self, checkpoint)
+        return verify_main_chain(self, checkpoint, pinned)
 
     # ---------------------------------------------------------- checkpoints
     def signed_checkpoint(self) -> SignedNote:

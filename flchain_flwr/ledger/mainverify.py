@@ -11,12 +11,23 @@ from .checkpoint import (
     check_consistency,
     open_checkpoint,
 )
-from .mainchain import AnchorRefused, MainChain
+from .mainchain import AnchorRefused, MainChain, MainChainError
 from .notes import SignedNote, parse_note
 
 
-def verify_main_chain(main: MainChain, checkpoint: SignedNote | None = None) -> str:
+def verify_main_chain(
+    main: MainChain,
+    checkpoint: SignedNote | None = None,
+    pinned: SignedNote | None = None,
+) -> str:
     """Check every block and the signed checkpoint of ``main``; what was checked.
+
+    The checkpoint on file only shows the chain is self-consistent: whoever
+    can write the files may delete the latest blocks and put back an older
+    checkpoint the key signed (every anchor proof carries one). ``pinned``, a
+    main-chain checkpoint the verifier kept, closes that: the chain must
+    hold it (as many blocks, the same root), so it was not rolled back below
+    it or rewritten before it.
 
     Raises
     ------
@@ -26,7 +37,11 @@ def verify_main_chain(main: MainChain, checkpoint: SignedNote | None = None) -> 
     prev = ZERO_HASH
     last: dict[str, AnchorBlock] = {}
     count = 0
-    for block in main.blocks():
+    try:
+        blocks = list(main.blocks())  # each row's columns checked against its record
+    except MainChainError as exc:
+        raise AnchorRefused(str(exc)) from None
+    for block in blocks:
         where = f"main-chain block {block.height}"
         if block.height != count or block.fields["prev_hash"] != prev:
             raise AnchorRefused(f"{where}: height or prev_hash link broken")
@@ -59,10 +74,21 @@ def verify_main_chain(main: MainChain, checkpoint: SignedNote | None = None) -> 
         check_against_ledger(signed, main.origin, main.block_hashes())
     except (OSError, ValueError, CheckpointMismatch) as exc:
         raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
+    held = (
+        "not pinned to a checkpoint kept elsewhere (a rollback to an older "
+        "signed checkpoint is not detected)"
+    )
+    if pinned is not None:
+        try:
+            kept, _ = open_checkpoint(pinned, [main.public_key])
+            check_against_ledger(kept, main.origin, main.block_hashes())
+        except (ValueError, CheckpointMismatch) as exc:
+            raise AnchorRefused(f"the pinned main-chain checkpoint: {exc}") from None
+        held = f"it holds the pinned checkpoint of {kept.size} blocks"
     return (
         f"main chain {main.chain_id}: {count} blocks, {len(last)} origins, "
         f"every anchor signed by its subchain key and cosigned by "
         f"{main.policy.quorum} of {len(main.policy.witnesses)} policy "
         f"witnesses, each origin append-only; its checkpoint signed by "
-        f"{main.public_key.encode()} covers {signed.size} blocks"
+        f"{main.public_key.encode()} covers {signed.size} blocks; {held}"
     )

@@ -46,6 +46,7 @@ from .provenance_block import (
     check_training_block,
 )
 from .provenance_report import (
+    NO_MODEL_FILE,
     NOT_CHECKED,
     ProvenanceReport,
     training_lines,
@@ -338,4 +339,7 @@ def verify_bundle(
             f"{trust.publisher}"
         )
     checked.extend(training_lines(found, origin, log_key, trust))
-    return ProvenanceReport(origin, found, model_hash, tuple(checked), NOT_CHECKED)
+    missing = (NO_MODEL_FILE,) if model is None else ()
+    return ProvenanceReport(
+        origin, found, model_hash, tuple(checked), (*missing, *NOT_CHECKED)
+    )

@@ -43,6 +43,10 @@ class ProvenanceReport:
         return "\n".join(lines)
 
 
+NO_MODEL_FILE: Final = (
+    "any model file: none was given (--model), so nothing ties a file you "
+    "hold to the bundle's model hash"
+)
 NOT_CHECKED: Final = (
     "that the model is the aggregation of the block's included updates over "
     "its parent (that needs the updates: `flchain ledger verify --replay` by "

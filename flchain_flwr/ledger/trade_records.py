@@ -17,11 +17,13 @@ over ``STATEMENT_TAG || json``):
     received a model with this hash for that purchase.
 
 A statement's id is ``sha256(STATEMENT_TAG || json)``; ``market`` is the
-trading subchain's origin, so a statement signed for one market cannot be
-replayed into another. :class:`TradeBook` holds what a market has recorded
-and says why a new statement may not follow it; the SQLite chain
-(:mod:`flchain_flwr.ledger.trading`) and its ``verify`` both use it, so what
-is appended is exactly what is checked.
+market operator's checkpoint vkey (``<origin>+<key hash>+<key>``,
+:attr:`TradingChain.market <flchain_flwr.ledger.trading.TradingChain.market>`),
+so a statement signed for one market cannot be replayed into another, even
+one of the same chain id run under another operator key. :class:`TradeBook`
+holds what a market has recorded and says why a new statement may not follow
+it; the SQLite chain (:mod:`flchain_flwr.ledger.trading`) and its ``verify``
+both use it, so what is appended is exactly what is checked.
 """
 
 from __future__ import annotations

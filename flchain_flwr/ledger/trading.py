@@ -169,6 +169,15 @@ class TradingChain:
         """The operator's checkpoint key, as a signed-note verifier key."""
         return VerifierKey(self.origin, bytes(self.signing_key.verify_key))
 
+    @property
+    def market(self) -> str:
+        """What every statement's ``market`` must be: the operator's vkey
+        (:meth:`VerifierKey.encode`), so the market is its origin *and* its
+        operator's key, and a statement signed for it cannot be replayed into
+        another market of the same chain id. The key the file records, if
+        any (reading it loads no secret key), else the operator's own."""
+        return (self.recorded_verifier() or self.verifier).encode()
+
     def recorded_verifier(self) -> VerifierKey | None:
         """The operator key the file records (at its first entry), without
         loading the secret key; ``None`` before any entry."""
@@ -198,7 +207,7 @@ class TradingChain:
     def book(self) -> TradeBook:
         """What the market holds, rebuilt from the stored entries (each
         checked again on the way)."""
-        book = TradeBook(self.origin)
+        book = TradeBook(self.market)
         for entry in self.entries():
             statement = entry.statement
             book.record(statement, book.check(statement, _signature_of(entry)))
@@ -291,7 +300,9 @@ class TradingChain:
         """Check every entry again from scratch, and the checkpoint on file.
 
         Each entry must be canonical, in sequence, linked to the previous one,
-        for this market, and hold a statement the records before it accept.
+        for this market (its statement's ``market`` the operator's vkey:
+        ``trusted``, else the recorded one), and hold a statement the records
+        before it accept.
         The checkpoint must be signed by ``trusted`` (default: the operator
         key the file records, which proves only self-consistency) and cover a
         prefix. Nothing is written (no key is created).
@@ -306,8 +317,14 @@ class TradingChain:
         TradeRefused
             Naming the first entry that fails, or the checkpoint.
         """
-        book, prev = TradeBook(self.origin), ZERO_HASH
-        hashes = []
+        try:
+            key = trusted or self.recorded_verifier()
+        except LedgerError as exc:
+            raise TradeRefused(str(exc)) from None
+        if key is None and len(self):
+            raise TradeRefused("the file records no operator key: give a trusted key")
+        book = TradeBook("" if key is None else key.encode())
+        prev, hashes = ZERO_HASH, []
         for position, entry in enumerate(self.entries()):
             try:
                 value = parse_canonical(entry.entry, 2)
@@ -332,14 +349,8 @@ class TradingChain:
                 raise TradeRefused(f"entry {position}: {problem}")
             prev = entry.hash
             hashes.append(entry.hash)
-        if not hashes:
+        if not hashes or key is None:
             return 0, "no entries, so no checkpoint"
-        try:
-            key = trusted or self.recorded_verifier()
-        except LedgerError as exc:
-            raise TradeRefused(str(exc)) from None
-        if key is None:
-            raise TradeRefused("the file records no operator key: give a trusted key")
         try:
             found, _ = read_checkpoint(self.checkpoint_path, [key])
             check_against_ledger(found, self.origin, hashes)
