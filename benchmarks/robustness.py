@@ -52,6 +52,7 @@ import argparse
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -341,11 +342,13 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
-def reductions(args: argparse.Namespace) -> str:
+def reductions(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     """What this run cut, against the published one-seed run (20 versions,
-    12,000 training examples, all eight defences)."""
+    12,000 training examples, all eight defences), and what it then took."""
+    minutes = sum(r.get("wall_seconds", 0.0) for r in rows) / 60
     return (
-        f"sized for <= 60 min of wall time on a shared 2-core machine: "
+        "sized for <= 60 min of wall time on a shared 2-core machine "
+        f"(its cells took {minutes:.0f} min): "
         f"{args.versions} versions (published one-seed run: 20), "
         f"{args.train_subset} training examples (12,000), defences "
         f"{', '.join(args.defences)} (8 before), seeds {args.seeds}"
@@ -363,7 +366,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, An
             "pov worst-case accuracy drop (points)",
             summary.get("pov_worst_case_drop_points"),
         ),
-        reduced=reductions(args),
+        reduced=reductions(args, rows),
+        load_average=os.getloadavg(),
         rows=rows,
         summary=summary,
     )
@@ -419,12 +423,14 @@ def main() -> None:
 
     rows = load_rows(rows_path)
     done = {(r["seed"], r["defence"], r["attack"]) for r in rows}
-    # Every cell keeps one run id (the colluders' pool is per run) across resumes.
+    # Defence by defence (the first, PoV, on every seed before any baseline), so a
+    # stopped run has the headline's cells; every cell keeps one run id (the
+    # colluders' pool is per run) across resumes.
     plan = [
         (seed, attack, defence)
+        for defence in args.defences
         for seed in args.seeds
         for attack in args.attacks
-        for defence in args.defences
     ]
     for seed, attack, defence in plan:
         if (seed, defence, attack) in done:
