@@ -355,9 +355,19 @@ def reductions(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     )
 
 
-def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+def report(
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    plan: list[tuple[int, str, str]],
+) -> dict[str, Any]:
     """Write the JSON and the heat maps for ``rows``; return the summary."""
     summary = summarize(rows)
+    done = {(r["seed"], r["attack"], r["defence"]) for r in rows}
+    summary["missing_cells"] = [
+        {"seed": s, "attack": a, "defence": d}
+        for s, a, d in plan
+        if (s, a, d) not in done
+    ]
     write_results(
         Path(args.output),
         "robustness",
@@ -410,6 +420,12 @@ def main() -> None:
     )
     parser.add_argument("--output", default=str(RESULTS / "robustness.json"))
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the JSON and heat maps from the rows file, "
+        "listing the cells it lacks",
+    )
+    parser.add_argument(
         "--rows",
         default=None,
         help="finished cells, one JSON a line (default: the output's .rows.jsonl); "
@@ -423,25 +439,26 @@ def main() -> None:
 
     rows = load_rows(rows_path)
     done = {(r["seed"], r["defence"], r["attack"]) for r in rows}
-    # Defence by defence (the first, PoV, on every seed before any baseline), so a
-    # stopped run has the headline's cells; every cell keeps one run id (the
-    # colluders' pool is per run) across resumes.
+    # Defence by defence (the first, PoV, on every seed before any baseline), each
+    # attack on every seed before the next, in the order --attacks gives: a
+    # stopped run has whole attacks. Every cell keeps one run id (the colluders'
+    # pool is per run) across resumes.
     plan = [
         (seed, attack, defence)
         for defence in args.defences
+        for attack in ["none", *(a for a in args.attacks if a != "none")]
         for seed in args.seeds
-        for attack in args.attacks
     ]
     for seed, attack, defence in plan:
-        if (seed, defence, attack) in done:
+        if args.report_only or (seed, defence, attack) in done:
             continue
         run_id = 1 + ATTACKS.index(attack) + 100 * DEFENCES.index(defence)
         row = run_one(defence, attack, args, seed, run_id + 10_000 * seed)
         rows.append(row)
         with rows_path.open("a") as out:
             out.write(json.dumps(row) + "\n")
-        report(rows, args)
-    summary = report(rows, args)
+        report(rows, args, plan)
+    summary = report(rows, args, plan)
     for key, value in summary.items():
         print(f"{key}: {value}")
     if summary.get("pov_worst_case_drop_points") is not None:
