@@ -160,6 +160,7 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     attacks = [a for a in ATTACKS if any(r["attack"] == a for r in rows)]
     seeds = sorted({r["seed"] for r in rows})
     mean = np.full((len(defences), len(attacks)), np.nan)
+    counts = np.zeros((len(defences), len(attacks)), dtype=int)
     for i, d in enumerate(defences):
         for j, a in enumerate(attacks):
             values = [
@@ -171,8 +172,9 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
             ]
             if values:
                 mean[i, j] = 100 * float(np.mean(values))
+                counts[i, j] = len(values)
     table = drops(rows, "pov")
-    drop = np.full((len(seeds), len(attacks) - 1), np.nan)
+    drop = np.full((len(seeds), max(len(attacks) - 1, 0)), np.nan)
     for i, s in enumerate(seeds):
         for j, a in enumerate(attacks[1:]):
             drop[i, j] = table.get(s, {}).get(a, np.nan)
@@ -181,10 +183,11 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
         2, 1, figsize=(width, 0.5 * (len(defences) + len(seeds)) + 3.5)
     )
     image = top.imshow(mean, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    _label(top, mean, attacks, defences, "{:.1f}")
+    _label(top, mean, attacks, defences, "{:.1f}", counts)
     fig.colorbar(image, ax=top, label="accuracy (%)")
     top.set_title(
-        f"Fashion-MNIST, 30 % attackers: final accuracy, mean of seeds {seeds}"
+        "Fashion-MNIST, 30 % attackers: final accuracy, mean over the seeds run "
+        "(how many in brackets; - = not run)"
     )
     if drop.size:
         image = bottom.imshow(drop, cmap="magma_r", vmin=0, vmax=10, aspect="auto")
@@ -199,12 +202,28 @@ def plot(rows: list[dict[str, Any]], path: str) -> None:
     plt.close(fig)
 
 
-def _label(ax: Any, grid: Any, columns: list[str], rows: list[str], fmt: str) -> None:
+def _label(
+    ax: Any,
+    grid: Any,
+    columns: list[str],
+    rows: list[str],
+    fmt: str,
+    counts: Any = None,
+) -> None:
     import numpy as np
 
     ax.set_xticks(range(len(columns)), columns, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
+    image = ax.get_images()[0]
     for i in range(len(rows)):
         for j in range(len(columns)):
-            text = "n/a" if np.isnan(grid[i, j]) else fmt.format(grid[i, j])
-            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=8)
+            if np.isnan(grid[i, j]):
+                ax.text(j, i, "-", ha="center", va="center", color="0.4", fontsize=8)
+                continue
+            text = fmt.format(grid[i, j])
+            if counts is not None:
+                text += f" ({counts[i, j]})"
+            shade = image.cmap(image.norm(grid[i, j]))
+            light = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] > 0.5
+            color = "k" if light else "w"
+            ax.text(j, i, text, ha="center", va="center", color=color, fontsize=8)
