@@ -3,9 +3,15 @@
 Setting: Fashion-MNIST (Debian's dataset-fashion-mnist), the app's small CNN,
 ``--nodes`` nodes split by Dirichlet(0.5), ``--fraction`` of them attackers
 (fixed by seed), one local epoch per round, the same virtual-clock grid for every
-defence, ``--versions`` global versions each. Attacks: none, sign flip, scaling
-(x10), Gaussian noise, label flipping, ALIE (z from Baruch et al.'s formula) and
-IPM (epsilon 0.1), from :mod:`flchain_flwr.sim.attacks`.
+defence, ``--versions`` global versions each, for every seed in ``--seeds``.
+Attacks, from :mod:`flchain_flwr.sim.attacks`: none, sign flip, scaling (x10),
+Gaussian noise, label flipping, ALIE (z from Baruch et al.'s formula), IPM
+(epsilon 0.1), and the adaptive ones: min-max and min-sum (Shejwalkar &
+Houmansadr, NDSS 2021, inverse-std perturbation), cosine-edge (told the run's
+``--min-cosine`` and the median filter's 4x norm limit: cosine 0.1 above the
+threshold with the colluders' mean, 0.9 of the norm limit) and inflation (the
+cosine-edge update claiming 1e6 examples). All colluders pool their own honest
+updates; none sees an honest node's update.
 
 Defences:
 
@@ -27,18 +33,26 @@ Defences:
   the true number of attackers f where they take it. Bulyan needs n >= 4f + 3
   and is reported as not applicable otherwise.
 
+The PoV defence takes the app's default claim policy (``example-weighting``,
+"median:4:1000"); Flower's strategies weight by the claim as they do.
+
 Reported: final accuracy on the test set (without the verifiers' examples) per
-(defence, attack); for PoV the honest-update false-rejection rate and the
-poisoned-update acceptance rate. Headline: PoV's worst-case accuracy drop from
-its own no-attack accuracy. JSON to benchmarks/results/robustness.json, a heat
-map beside it; the last line printed is ``pov worst-case accuracy drop: <pts>``.
+(seed, defence, attack); for PoV the honest-update false-rejection rate and the
+poisoned-update acceptance rate. Headline: the worst, over seeds and attacks, of
+PoV's accuracy drop from its own no-attack accuracy on the same seed. Each
+finished cell is appended to a rows file (``--rows``) and a rerun skips the cells
+it holds, so a stopped run resumes. JSON to benchmarks/results/robustness.json,
+heat maps beside it; the last line printed is ``pov worst-case accuracy drop:
+<pts>``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -51,6 +65,7 @@ from _common import (
     require_fashion_mnist,
     write_results,
 )
+from _robustness_report import ATTACKS, DEFENCES, plot, summarize
 from flwr.app import ArrayRecord, MetricRecord
 from flwr.common.logger import FLOWER_LOGGER
 from flwr.serverapp.strategy import (
@@ -73,40 +88,56 @@ from flchain_flwr.pov import (
     Verifier,
 )
 from flchain_flwr.sim import VirtualGrid, app_run_config, simulate, uniform
-from flchain_flwr.sim.attacks import Attack, alie_z, attacker_node_configs
+from flchain_flwr.sim.attacks import alie_z, attacker_node_configs
 from flchain_flwr.strategies import (
     AsyncResult,
-    Claimed,
     Constant,
     FedBuff,
     ShuffleAll,
 )
+from flchain_flwr.strategies.weighting import example_weighting
 
 # The app's central_evaluator, typed here: the app package ships no py.typed, so
 # mypy sees it as Any when it checks this file without the app's sources.
 Evaluator = Callable[[int, ArrayRecord], MetricRecord]
 
-ATTACKS: list[str] = ["none", *(a.value for a in Attack)]
-DEFENCES = [
-    "pov",
-    "pov-fedavg",
-    "fedavg",
-    "krum",
-    "multikrum",
-    "fedmedian",
-    "fedtrimmedavg",
-    "bulyan",
-]
-ROBUST_BASELINES = ["krum", "multikrum", "fedmedian", "fedtrimmedavg", "bulyan"]
-PARAMETERS_PER_ATTACK: dict[str, dict[str, float]] = {
-    "sign-flip": {"scale": 1.0},
-    "scaling": {"scale": 10.0},
-    "gaussian-noise": {"noise_std": 0.1},
-    "ipm": {"epsilon": 0.1},
-}
+APP_WEIGHTING = str(app_run_config(APP_DIR)["example-weighting"])
+"""The app's default claim policy, which the PoV defence takes."""
+NORM_LIMIT = MedianFilter().max_norm_ratio
+"""The median pre-filter's norm limit (x the batch's median norm)."""
 
 
-def committee(args: argparse.Namespace) -> Committee:
+def attack_parameters(attack: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``attack-*`` node config of one attack. The defence-aware attacks are
+    told the run's own direction threshold and norm limit."""
+    n, f = args.nodes, round(args.fraction * args.nodes)
+    aware = {
+        "min_cosine": max(args.min_cosine, -1.0),
+        "max_norm_ratio": NORM_LIMIT,
+        "margin": 0.1,
+        "norm_slack": 0.9,
+    }
+    match attack:
+        case "sign-flip":
+            return {"scale": 1.0}
+        case "scaling":
+            return {"scale": 10.0}
+        case "gaussian-noise":
+            return {"noise_std": 0.1}
+        case "alie":
+            return {"z": alie_z(n, f)}
+        case "ipm":
+            return {"epsilon": 0.1}
+        case "min-max" | "min-sum":
+            return {"perturbation": "std"}
+        case "cosine-edge":
+            return aware
+        case "inflation":
+            return {**aware, "claim": 1_000_000}
+    return {}
+
+
+def committee(args: argparse.Namespace, seed: int) -> Committee:
     """The verifier pool: own trusted shards; keys derived from the seed so the
     committee rotation (and so the whole benchmark) is reproducible."""
     from flchain_cnn.task import load_trusted, reference_trainer, scorer
@@ -115,7 +146,7 @@ def committee(args: argparse.Namespace) -> Committee:
     verifiers = [
         Verifier(
             scorer("fashion-mnist", "small", x, y),
-            SigningKey(hashlib.sha256(f"bench/{args.seed}/{i}".encode()).digest()),
+            SigningKey(hashlib.sha256(f"bench/{seed}/{i}".encode()).digest()),
             reference_fn=reference_trainer(
                 "fashion-mnist",
                 "small",
@@ -146,7 +177,9 @@ def committee(args: argparse.Namespace) -> Committee:
     )
 
 
-def strategy_for(defence: str, args: argparse.Namespace, f: int) -> Strategy | None:
+def strategy_for(
+    defence: str, args: argparse.Namespace, f: int, seed: int
+) -> Strategy | None:
     """The strategy for one defence (None: not applicable with f attackers)."""
     n = args.nodes
     common: dict[str, Any] = {
@@ -159,18 +192,18 @@ def strategy_for(defence: str, args: argparse.Namespace, f: int) -> Strategy | N
             return FedBuff(
                 buffer_size=n,
                 staleness_fn=Constant(),
-                committee=committee(args),
-                seed=args.seed,
+                committee=committee(args, seed),
+                seed=seed,
                 fraction_evaluate=0.0,  # published results: no federated evaluation
                 min_evaluate_nodes=1,  # published results' default (unused at 0)
                 evaluate_every=1,  # published results' default (unused at fraction 0)
                 max_staleness=None,  # published results: no staleness limit
-                example_weighting=Claimed(),  # published results: claimed counts
+                example_weighting=example_weighting(APP_WEIGHTING),  # app default
                 scheduling=ShuffleAll(),  # published results: seeded shuffle of nodes
                 state_rule="delta",  # published results' rule (no state arrays)
             )
         case "pov-fedavg":
-            return PoVStrategy(FedAvg(**common), committee(args))
+            return PoVStrategy(FedAvg(**common), committee(args, seed))
         case "fedavg":
             return FedAvg(**common)
         case "krum":
@@ -222,32 +255,34 @@ def rejection_rates(
 
 # pylint: disable=too-many-locals
 def run_one(
-    defence: str, attack: str, args: argparse.Namespace, run_id: int
+    defence: str, attack: str, args: argparse.Namespace, seed: int, run_id: int
 ) -> dict[str, Any]:
-    """One (defence, attack) cell."""
+    """One (seed, defence, attack) cell."""
     from flchain_cnn.client_app import app as client_app
     from flchain_cnn.server_app import central_evaluator
     from flchain_cnn.task import new_model
 
     n = args.nodes
     f = round(args.fraction * n) if attack != "none" else 0
-    params: dict[str, float] = dict(PARAMETERS_PER_ATTACK.get(attack, {}))
-    if attack == "alie":
-        params["z"] = alie_z(n, f)
     configs = attacker_node_configs(
         n,
         args.fraction,
         None if attack == "none" else attack,
-        seed=args.seed,
-        **params,
+        seed=seed,
+        **attack_parameters(attack, args),
     )
     malicious = {i for i, c in enumerate(configs) if "attack" in c}
-    strategy = strategy_for(defence, args, round(args.fraction * n))
-    row: dict[str, Any] = {"defence": defence, "attack": attack, "attackers": f}
+    strategy = strategy_for(defence, args, round(args.fraction * n), seed)
+    row: dict[str, Any] = {
+        "seed": seed,
+        "defence": defence,
+        "attack": attack,
+        "attackers": f,
+    }
     if strategy is None:
         row["final_accuracy"] = None
         row["note"] = f"not applicable: needs n >= 4f + 3 (n={n}, f={f})"
-        print(f"{defence:>14} x {attack:<15} n/a", flush=True)
+        print(f"seed {seed} {defence:>14} x {attack:<15} n/a", flush=True)
         return row
     config = app_run_config(
         APP_DIR,
@@ -255,7 +290,7 @@ def run_one(
             **FASHION_MNIST,
             "model": "small",
             "train-subset": args.train_subset,
-            "seed": args.seed,
+            "seed": seed,
         },
     )
     grid = VirtualGrid(
@@ -263,7 +298,7 @@ def run_one(
         uniform(n),
         node_configs=configs,
         run_config=config,
-        seed=args.seed,
+        seed=seed,
         run_id=run_id,
     )
     reserved = args.verifiers * args.trusted
@@ -274,7 +309,7 @@ def run_one(
     run = simulate(
         strategy,
         grid,
-        ArrayRecord(new_model("fashion-mnist", args.seed, "small").state_dict()),
+        ArrayRecord(new_model("fashion-mnist", seed, "small").state_dict()),
         num_rounds=args.versions,
     )
     assert run.result is not None
@@ -287,7 +322,7 @@ def run_one(
     if isinstance(run.result, AsyncResult):
         row["versions"] = len(run.result.versions)
     print(
-        f"{defence:>14} x {attack:<15} acc {row['final_accuracy']:.4f}"
+        f"seed {seed} {defence:>14} x {attack:<15} acc {row['final_accuracy']:.4f}"
         + (
             f"  FRR {row['honest_false_rejection_rate']:.3f}"
             f"  poison-accept {row['poisoned_acceptance_rate']:.3f}"
@@ -300,73 +335,62 @@ def run_one(
     return row
 
 
-def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Worst cases per defence and the headline figures."""
-    acc = {
-        (r["defence"], r["attack"]): r["final_accuracy"]
-        for r in rows
-        if r["final_accuracy"] is not None
-    }
-    defences = sorted({d for d, _ in acc})
-    worst = {
-        d: min(v for (dd, a), v in acc.items() if dd == d and a != "none")
-        for d in defences
-        if any(dd == d and a != "none" for dd, a in acc)
-    }
-    summary: dict[str, Any] = {"worst_case_accuracy": worst}
-    if ("pov", "none") in acc and "pov" in worst:
-        summary["pov_no_attack_accuracy"] = acc[("pov", "none")]
-        summary["pov_worst_case_drop_points"] = 100 * (
-            acc[("pov", "none")] - worst["pov"]
-        )
-        robust = [worst[d] for d in ROBUST_BASELINES if d in worst]
-        if robust:
-            summary["best_flower_robust_worst_case"] = max(robust)
-            summary["pov_beats_best_flower_robust"] = worst["pov"] >= max(robust)
-        pov_rows = [r for r in rows if r["defence"] == "pov" and r["attack"] != "none"]
-        honest = sum(r["honest_updates"] for r in pov_rows)
-        summary["pov_honest_false_rejection_rate"] = sum(
-            r["honest_false_rejection_rate"] * r["honest_updates"] for r in pov_rows
-        ) / max(honest, 1)
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    """The cells a previous (possibly stopped) run finished."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def reductions(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
+    """What this run cut, against the published one-seed run (20 versions,
+    12,000 training examples, all eight defences), and what it then took."""
+    minutes = sum(r.get("wall_seconds", 0.0) for r in rows) / 60
+    return (
+        "sized for <= 60 min of wall time on a shared 2-core machine "
+        f"(its cells took {minutes:.0f} min): "
+        f"{args.versions} versions (published one-seed run: 20), "
+        f"{args.train_subset} training examples (12,000), defences "
+        f"{', '.join(args.defences)} (8 before), seeds {args.seeds}"
+    )
+
+
+def report(
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    plan: list[tuple[int, str, str]],
+) -> dict[str, Any]:
+    """Write the JSON and the heat maps for ``rows``; return the summary."""
+    summary = summarize(rows)
+    done = {(r["seed"], r["attack"], r["defence"]) for r in rows}
+    summary["missing_cells"] = [
+        {"seed": s, "attack": a, "defence": d}
+        for s, a, d in plan
+        if (s, a, d) not in done
+    ]
+    write_results(
+        Path(args.output),
+        "robustness",
+        args,
+        headline=(
+            "pov worst-case accuracy drop (points)",
+            summary.get("pov_worst_case_drop_points"),
+        ),
+        reduced=reductions(args, rows),
+        load_average=os.getloadavg(),
+        rows=rows,
+        summary=summary,
+    )
+    plot(rows, str(args.output).replace(".json", ".png"))
     return summary
-
-
-def plot(rows: list[dict[str, Any]], path: str) -> None:
-    """Heat map of final accuracy, defences x attacks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    defences = [d for d in DEFENCES if any(r["defence"] == d for r in rows)]
-    attacks = [a for a in ATTACKS if any(r["attack"] == a for r in rows)]
-    grid = np.full((len(defences), len(attacks)), np.nan)
-    for r in rows:
-        if r["final_accuracy"] is not None:
-            grid[defences.index(r["defence"]), attacks.index(r["attack"])] = (
-                100 * r["final_accuracy"]
-            )
-    fig, ax = plt.subplots(figsize=(1.3 * len(attacks) + 2, 0.55 * len(defences) + 1.5))
-    image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(attacks)), attacks, rotation=30, ha="right")
-    ax.set_yticks(range(len(defences)), defences)
-    for i in range(len(defences)):
-        for j in range(len(attacks)):
-            text = "n/a" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"
-            ax.text(j, i, text, ha="center", va="center", color="w", fontsize=8)
-    fig.colorbar(image, ax=ax, label="final accuracy (%)")
-    ax.set_title("Fashion-MNIST, 30 % attackers: final accuracy")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=20)
     parser.add_argument("--fraction", type=float, default=0.3)
-    parser.add_argument("--versions", type=int, default=20)
-    parser.add_argument("--train-subset", type=int, default=12000)
+    parser.add_argument("--versions", type=int, default=10)
+    parser.add_argument("--train-subset", type=int, default=8000)
     parser.add_argument("--verifiers", type=int, default=7)
     parser.add_argument("--committee", type=int, default=4)
     parser.add_argument("--trusted", type=int, default=100)
@@ -389,36 +413,55 @@ def main() -> None:
     parser.add_argument(
         "--median-direction", action=argparse.BooleanOptionalAction, default=False
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
-    parser.add_argument("--defences", nargs="+", default=DEFENCES, choices=DEFENCES)
+    parser.add_argument(
+        "--defences", nargs="+", default=["pov", "fedavg"], choices=DEFENCES
+    )
     parser.add_argument("--output", default=str(RESULTS / "robustness.json"))
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the JSON and heat maps from the rows file, "
+        "listing the cells it lacks",
+    )
+    parser.add_argument(
+        "--rows",
+        default=None,
+        help="finished cells, one JSON a line (default: the output's .rows.jsonl); "
+        "a rerun skips them",
+    )
     args = parser.parse_args()
     require_fashion_mnist()
     FLOWER_LOGGER.setLevel(logging.ERROR)
+    rows_path = Path(args.rows or str(args.output).replace(".json", ".rows.jsonl"))
+    args.rows = str(rows_path)
 
-    rows = []
-    run_id = 1
-    for attack in args.attacks:
-        for defence in args.defences:
-            rows.append(run_one(defence, attack, args, run_id))
-            run_id += 1
-    summary = summarize(rows)
-    write_results(
-        Path(args.output),
-        "robustness",
-        args,
-        headline=(
-            "pov worst-case accuracy drop (points)",
-            summary.get("pov_worst_case_drop_points"),
-        ),
-        rows=rows,
-        summary=summary,
-    )
-    plot(rows, str(args.output).replace(".json", ".png"))
+    rows = load_rows(rows_path)
+    done = {(r["seed"], r["defence"], r["attack"]) for r in rows}
+    # Defence by defence (the first, PoV, on every seed before any baseline), each
+    # attack on every seed before the next, in the order --attacks gives: a
+    # stopped run has whole attacks. Every cell keeps one run id (the colluders'
+    # pool is per run) across resumes.
+    plan = [
+        (seed, attack, defence)
+        for defence in args.defences
+        for attack in ["none", *(a for a in args.attacks if a != "none")]
+        for seed in args.seeds
+    ]
+    for seed, attack, defence in plan:
+        if args.report_only or (seed, defence, attack) in done:
+            continue
+        run_id = 1 + ATTACKS.index(attack) + 100 * DEFENCES.index(defence)
+        row = run_one(defence, attack, args, seed, run_id + 10_000 * seed)
+        rows.append(row)
+        with rows_path.open("a") as out:
+            out.write(json.dumps(row) + "\n")
+        report(rows, args, plan)
+    summary = report(rows, args, plan)
     for key, value in summary.items():
         print(f"{key}: {value}")
-    if "pov_worst_case_drop_points" in summary:
+    if summary.get("pov_worst_case_drop_points") is not None:
         print(
             f"pov worst-case accuracy drop: {summary['pov_worst_case_drop_points']:.2f}"
         )

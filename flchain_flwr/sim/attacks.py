@@ -19,11 +19,23 @@ Attacks (parameters from ``node_config``):
   coordinate (default z from the paper's formula for the node counts given);
 - ``ipm``: inner-product manipulation (Xie et al., UAI 2019): every colluder
   sends ``-attack-epsilon * mean`` of the colluders' honest updates (default
-  epsilon 0.1).
+  epsilon 0.1);
+- ``min-max`` / ``min-sum``: Shejwalkar & Houmansadr (NDSS 2021), see
+  :mod:`.adaptive`; ``attack-perturbation`` ``"unit"``, ``"std"`` (default) or
+  ``"sign"``;
+- ``cosine-edge``: the defence-aware direction-test attacker of
+  :func:`.adaptive.cosine_edge`, told the defence's ``attack-min-cosine``
+  (default 0) and ``attack-max-norm-ratio`` (default 4), aiming
+  ``attack-margin`` (default 0.1) above the threshold at ``attack-norm-slack``
+  (default 0.9) of the norm limit;
+- ``inflation``: the cosine-edge update, claiming ``attack-claim`` examples
+  (default 1e6) in every metric record's ``num-examples``.
 
-ALIE and IPM estimate mean and std from the honest updates the colluders
-computed themselves (not from honest nodes' updates): a :class:`Collusion` shared
-by the malicious nodes' mods pools each colluder's latest honest update. It
+ALIE, IPM, min-max, min-sum, cosine-edge and inflation work from the honest
+updates the colluders computed themselves (never from honest nodes' updates): a
+:class:`Collusion` shared by the malicious nodes' mods pools each colluder's
+latest honest update (the first colluder to reply in a round sees the others'
+from the round before). It
 works where nodes share a process (the virtual-clock simulator); elsewhere each
 colluder only knows its own update.
 """
@@ -43,8 +55,10 @@ from flwr.clientapp.typing import ClientAppCallable
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..protocol import SERVER_ROUND_KEY
+from .adaptive import PERTURBATIONS, Perturbation, cosine_edge, min_max, min_sum
 
 ATTACK_KEY = "attack"
+CLAIM_KEY = "num-examples"
 
 
 class Attack(StrEnum):
@@ -56,6 +70,10 @@ class Attack(StrEnum):
     LABEL_FLIP = "label-flip"
     ALIE = "alie"
     IPM = "ipm"
+    MIN_MAX = "min-max"
+    MIN_SUM = "min-sum"
+    COSINE_EDGE = "cosine-edge"
+    INFLATION = "inflation"
 
 
 # ----------------------------------------------------------- pure transforms
@@ -192,6 +210,8 @@ def attack_mod(
         weights = apply_step(sent, poisoned, 1.0)
         weights = {k: weights[k] if sent[k].dtype.kind == "f" else got[k] for k in sent}
         reply.content[arrayrecord_key] = to_arrayrecord(weights)
+        if attack is Attack.INFLATION:
+            inflate_claims(reply, _param(context, "attack-claim", 1e6))
         return reply
 
     return mod
@@ -226,8 +246,40 @@ def _poison(
         case Attack.IPM:
             shared = pool.share(context.run_id, context.node_id, delta)
             return ipm(shared, _param(context, "attack-epsilon", 0.1))
+        case Attack.MIN_MAX | Attack.MIN_SUM:
+            shared = pool.share(context.run_id, context.node_id, delta)
+            if len(shared) < 2:
+                return delta
+            kind = _perturbation(context)
+            return (min_max if attack is Attack.MIN_MAX else min_sum)(shared, kind)
+        case Attack.COSINE_EDGE | Attack.INFLATION:
+            shared = pool.share(context.run_id, context.node_id, delta)
+            return cosine_edge(
+                shared,
+                min_cosine=_param(context, "attack-min-cosine", 0.0),
+                margin=_param(context, "attack-margin", 0.1),
+                max_norm_ratio=_param(context, "attack-max-norm-ratio", 4.0),
+                norm_slack=_param(context, "attack-norm-slack", 0.9),
+            )
         case _:
             return delta
+
+
+def inflate_claims(reply: Message, claim: float) -> None:
+    """Set ``num-examples`` to ``claim`` in every metric record of ``reply`` that
+    has one (an int when ``claim`` is integral, as the app sends)."""
+    value: int | float = int(claim) if float(claim).is_integer() else claim
+    for record in reply.content.metric_records.values():
+        if CLAIM_KEY in record:
+            record[CLAIM_KEY] = value
+
+
+def _perturbation(context: Context) -> Perturbation:
+    name = str(context.node_config.get("attack-perturbation", "std"))
+    for kind in PERTURBATIONS:
+        if kind == name:
+            return kind
+    raise ValueError(f"unknown attack-perturbation {name!r}; choose {PERTURBATIONS}")
 
 
 def _server_round(msg: Message) -> int:
