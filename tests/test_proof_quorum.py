@@ -17,6 +17,7 @@ from nacl.signing import SigningKey
 from flchain_flwr.cli import main as flchain
 from flchain_flwr.ledger import InvalidProof, Ledger, check_proof
 from flchain_flwr.ledger.canonical import BODY_TAG, encode, parse_canonical, sha256_hex
+from flchain_flwr.ledger.quorum import check_header_quorum
 from flchain_flwr.ledger.statements import header_statement, sign_statement
 from flchain_flwr.pov import Committee
 
@@ -151,3 +152,24 @@ def test_the_cli_checks_the_quorum_of_a_written_proof(
     out = io.StringIO()
     assert flchain([*base, str(bad)], out=out) == 1
     assert "signed by 2 of 4" in out.getvalue()
+
+
+def test_show_and_export_carry_header_signatures_a_third_party_can_check(
+    chain: tuple[dict[str, Any], str, Ledger, Committee],
+) -> None:
+    _, _, ledger, _ = chain
+    out = io.StringIO()
+    assert flchain(["ledger", "export", str(ledger.path)], out=out) == 0
+    records = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert "header_signatures" not in records[0]  # the genesis: none
+    for record in records[1:]:
+        assert {"height", "hash", "signature", "header", "body"} < set(record)
+        body = record["body"]
+        args = (record["header"]["chain_id"], record["height"], body.get("view", 0))
+        committee = body["committee"]
+        sigs = record["header_signatures"]
+        assert check_header_quorum(*args, record["hash"], committee, sigs) is None
+        assert check_header_quorum(*args, "0" * 64, committee, sigs) is not None
+    out = io.StringIO()
+    assert flchain(["ledger", "show", str(ledger.path), "--height", "1"], out=out) == 0
+    assert json.loads(out.getvalue()) == records[1]
