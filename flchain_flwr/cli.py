@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pov",
         action="store_true",
         help="the chain is a PoV chain: its blocks are signed by rotating leaders, "
-        "not the trusted key (only the trusted checkpoint vouches for them)",
+        "not the trusted key (the trusted checkpoint vouches for them, and a "
+        "quorum-signed chain's committee signatures when the proof carries them)",
     )
     check.set_defaults(func=cmd_check_proof)
 
