@@ -61,21 +61,25 @@ def _block_summary(block: Any) -> dict[str, Any]:
     }
 
 
-def _block_record(block: Block) -> dict[str, Any]:
-    """A stored block as JSON-ready data: what `show --height` and `export` print."""
-    return {
+def _block_record(block: Block, ledger: Ledger) -> dict[str, Any]:
+    """A stored block as JSON-ready data: what `show --height` and `export`
+    print; with its committee's header signatures when it has any (its
+    view-change certificates and evidence are in its body)."""
+    record = {
         "height": block.height,
         "hash": block.hash,
         "signature": block.signature,
         "header": block.header,
         "body": block.body,
     }
+    signatures = ledger.header_signatures(block.height)
+    return record if signatures is None else {**record, "header_signatures": signatures}
 
 
 def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         if args.height is not None:
-            record = _block_record(ledger.block(args.height))
+            record = _block_record(ledger.block(args.height), ledger)
             out.write(json.dumps(record, indent=2) + "\n")
             return EXIT_OK
         out.write(f"chain {ledger.chain_id}: {len(ledger)} blocks\n")
@@ -165,7 +169,7 @@ def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_export(args: argparse.Namespace, out: TextIO) -> int:
     with _open(args.ledger) as ledger:
         for block in ledger.blocks():
-            out.write(json.dumps(_block_record(block), sort_keys=True) + "\n")
+            out.write(json.dumps(_block_record(block, ledger), sort_keys=True) + "\n")
     return EXIT_OK
 
 
@@ -341,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--pov",
         action="store_true",
         help="the chain is a PoV chain: its blocks are signed by rotating leaders, "
-        "not the trusted key (only the trusted checkpoint vouches for them)",
+        "not the trusted key (the trusted checkpoint vouches for them, and a "
+        "quorum-signed chain's committee signatures when the proof carries them)",
     )
     check.set_defaults(func=cmd_check_proof)
 

@@ -107,6 +107,7 @@ from .notes import (
     write_file_atomically,
 )
 from .payload import PAYLOAD_FIELD
+from .proof_quorum import check_proof_quorum, quorum_proof_part
 from .quorum import (
     HeaderCosigner,
     check_signed_block,
@@ -1681,6 +1682,7 @@ class Ledger:
             "signature": block.signature,
             "update": inclusion_proof(leaves, index),
             "block": inclusion_proof(hashes[:size], block.height),
+            **quorum_proof_part(self, block, hashes[:size]),
         }
         return proof if note is None else {**proof, "checkpoint": note}
 
@@ -2044,6 +2046,9 @@ def check_proof(
     verify_proof(update, "inclusion")
     verify_proof(block, "inclusion")
     how = anchor.check(proof, block["size"], block["root"], own=False)
+    quorum_line = check_proof_quorum(proof, header, block_hash)
+    if quorum_line is not None:
+        signed = f"signed by leader {leader}, the first of its committee; {quorum_line}"
     return (
         f"update {update['leaf']} is in block {header['height']} "
         f"({block_hash}, {signed}), which is block "

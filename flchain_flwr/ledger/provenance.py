@@ -45,6 +45,13 @@ from .provenance_block import (
     StoredBlock,
     check_training_block,
 )
+from .provenance_quorum import (
+    SIGNATURES_FIELD,
+    bundle_signatures,
+    check_bundle_quorum,
+    not_checked,
+    training_fields,
+)
 from .provenance_report import (
     NO_MODEL_FILE,
     NOT_CHECKED,
@@ -154,6 +161,7 @@ def build_bundle(ledger: Ledger, main: MainChain, model_hash: str) -> bytes:
         "genesis": _stored(ledger, 0) if height else None,
         "proof": proof.text(),
         "genesis_proof": None if genesis_proof is None else genesis_proof.text(),
+        **bundle_signatures(ledger, height),
     }
     bundle = {
         "format": BUNDLE_FORMAT,
@@ -254,7 +262,8 @@ def verify_bundle(
                 f"the model file hashes to {actual}; the bundle is about {model_hash}"
             )
         checked.append(f"the model file hashes to {model_hash}")
-    training = _fields(bundle["training"], _TRAINING, "training part")
+    parts = training_fields(_TRAINING, bundle["training"])
+    training = _fields(bundle["training"], parts, "training part")
     anchor_proof = _fields(bundle["anchor"], _ANCHOR, "anchor part")
     try:
         anchored = check_anchor_proof(anchor_proof, trust.main)
@@ -316,6 +325,9 @@ def verify_bundle(
             model_hash,
             trust.pool,
         )
+        headers = check_bundle_quorum(
+            block, genesis, found, training.get(SIGNATURES_FIELD), trust.pool
+        )
     except BlockCheckFailed as exc:
         raise ProvenanceError(f"training block: {exc}") from None
     try:
@@ -339,7 +351,13 @@ def verify_bundle(
             f"{trust.publisher}"
         )
     checked.extend(training_lines(found, origin, log_key, trust))
+    if headers is not None:
+        checked.append(headers.line(found.height))
     missing = (NO_MODEL_FILE,) if model is None else ()
     return ProvenanceReport(
-        origin, found, model_hash, tuple(checked), (*missing, *NOT_CHECKED)
+        origin,
+        found,
+        model_hash,
+        tuple(checked),
+        (*missing, *not_checked(NOT_CHECKED, headers)),
     )
