@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..ledger import Block, BlockSigner, Ledger, VoteContext, check_vote, quorum
 from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
+from ..ledger.consensus import contradictions
+from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
 from ..ledger.merkle import merkle_root
 from ..ledger.replay import PendingReplay
 from ..ledger.statements import header_statement, sign_statement, signature_ok
@@ -89,6 +91,64 @@ def proposal_problem(
             f"it includes {len(included)} updates; the votes approve "
             f"{len(approved)} (the included set must be the approved set)"
         )
+    return _own_votes_problem(verifier, block, view, voters) or _deposits_problem(
+        body, committee
+    )
+
+
+def _own_votes_problem(
+    verifier: Verifier, block: Block, view: int, voters: set[tuple[str, str]]
+) -> str | None:
+    """A block that judges an update this verifier voted on (here, in this
+    view) must hold its vote on it."""
+    header, body = block.header, block.body
+    held = verifier.voted.get(str(header.get("chain_id")))
+    if held is None or held[:3] != (
+        header.get("height"),
+        header.get("prev_hash"),
+        view,
+    ):
+        return None
+    judged = {
+        str(entry.get("digest"))
+        for part in ("included", "rejected")
+        for entry in body.get(part, [])
+        if isinstance(entry, dict)
+    }
+    left_out = sorted(
+        d for d in held[3] & judged if (verifier.public_key, d) not in voters
+    )
+    if left_out:
+        return f"it leaves out this verifier's vote on {left_out[0][:16]}…"
+    return None
+
+
+def _deposits_problem(body: dict[str, Any], committee: list[str]) -> str | None:
+    """The deposits must slash exactly the members the block's votes condemn
+    (:func:`~flchain_flwr.ledger.consensus.contradictions`), each by its
+    count, and the accused of the block's evidence records; the amounts
+    and stakes follow from the chain's history, which ``verify`` checks."""
+    deposits = body.get("deposits", [])
+    if not isinstance(deposits, list) or not all(isinstance(e, dict) for e in deposits):
+        return "its deposits are not a list of entries"
+    slashed = {
+        str(e.get("verifier")): e.get("contradictions")
+        for e in deposits
+        if "equivocation" not in e
+    }
+    expected = contradictions(body.get("votes", []), committee)
+    if slashed and slashed != expected:
+        return "its deposits slash other members than its votes condemn"
+    accused = sorted(
+        (str(e.get("verifier")), str(e.get("equivocation")))
+        for e in deposits
+        if "equivocation" in e
+    )
+    records = body.get(EVIDENCE_FIELD, [])
+    if not isinstance(records, list) or accused != sorted(
+        (str(r.get("verifier")), evidence_id(r)) for r in records if isinstance(r, dict)
+    ):
+        return "its deposits do not settle exactly its equivocation evidence"
     return None
 
 
