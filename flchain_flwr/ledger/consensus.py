@@ -26,8 +26,8 @@ block:
   slashable: it takes a quorum of signed opposite votes, which the assembler
   cannot forge (an update that misses the quorum because votes were left
   out is rejected, but nobody is slashed for it; its members refuse to sign
-  a header that leaves out their own vote, see :mod:`flchain_flwr.pov.headers`). A verifier whose stake falls
-  below ``floor`` leaves the pool.
+  a header that leaves out their own vote, see :mod:`flchain_flwr.pov.headers`).
+  A verifier whose stake falls below ``floor`` leaves the pool.
 
 The live committee (:mod:`flchain_flwr.pov`) and :meth:`Ledger.verify` both use
 this module, so what is written is exactly what is checked.

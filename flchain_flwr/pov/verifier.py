@@ -323,7 +323,7 @@ class Verifier:
         return votes
 
     def _record_votes(self, context: VoteContext, digests: Sequence[str]) -> None:
-        where = (context.height, context.prev_hash, context.view)
+        where = (context.height, str(context.prev_hash), context.view)
         last = self.voted.get(context.chain_id)
         held = last[3] if last is not None and last[:3] == where else set()
         self.voted[context.chain_id] = (*where, held | set(digests))
