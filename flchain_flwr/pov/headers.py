@@ -27,7 +27,7 @@ A member signs a pending block
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..ledger import Block, BlockSigner, Ledger, VoteContext, check_vote, quorum
@@ -188,17 +188,24 @@ class HeaderSigner:
     :meth:`cosign` inside the block's transaction.
     """
 
-    def __init__(
+    attempts: int = 3
+    """How many times the members that have not signed are asked (a member
+    re-signs the same block hash, so asking again is safe)."""
+
+    def __init__(  # pylint: disable=too-many-arguments
         self,
         committee: Committee,
         leader: BlockSigner,
         members: Sequence[str],
         view: int,
+        *,
+        on_quorum: Callable[[], None] | None = None,
     ) -> None:
         self.committee = committee
         self.leader = leader
         self.members = list(members)
         self.view = view
+        self.on_quorum = on_quorum
 
     @property
     def verify_key(self) -> Any:
@@ -210,30 +217,46 @@ class HeaderSigner:
         return self.leader.sign(smessage)
 
     def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:
-        """The members' header signatures (each checked); ``RuntimeError``
-        if fewer than a quorum signed, naming why the others did not."""
-        signatures, problems = self.committee.header_signatures(
-            self.members, ledger, block, self.view
-        )
-        chain_id, height = str(block.header["chain_id"]), int(block.header["height"])
-        valid = []
-        for entry in signatures:
-            statement = header_statement(
-                chain_id, height, self.view, block.hash, entry["replayed"] is True
-            )
-            if entry["verifier"] in self.members and signature_ok(
-                str(entry["verifier"]), statement, str(entry["signature"])
-            ):
-                valid.append(entry)
-            else:
-                problems.append(f"header signature by {entry['verifier']} is invalid")
+        """The members' header signatures (each checked), asking those that
+        have not signed up to :attr:`attempts` times; ``RuntimeError`` if
+        fewer than a quorum signed, naming why the others did not. Calls
+        ``on_quorum`` once the quorum is there."""
         needed = quorum(len(self.members))
-        if len(valid) < needed:
-            raise RuntimeError(
-                f"block {height}: {len(valid)} of {len(self.members)} committee "
-                f"members signed its header, {needed} needed; " + "; ".join(problems)
+        valid: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        for _ in range(self.attempts):
+            asked = [k for k in self.members if k not in valid]
+            signatures, problems = self.committee.header_signatures(
+                asked, ledger, block, self.view
             )
-        return valid
+            for entry in signatures:
+                if self._valid(block, entry, asked):
+                    valid[str(entry["verifier"])] = entry
+                else:
+                    problems.append(
+                        f"header signature by {entry['verifier']} is invalid"
+                    )
+            if len(valid) >= needed:
+                if self.on_quorum is not None:
+                    self.on_quorum()
+                return [valid[k] for k in self.members if k in valid]
+        raise RuntimeError(
+            f"block {block.header['height']}: {len(valid)} of {len(self.members)} "
+            f"committee members signed its header, {needed} needed; "
+            + "; ".join(problems)
+        )
+
+    def _valid(self, block: Block, entry: dict[str, Any], asked: list[str]) -> bool:
+        statement = header_statement(
+            str(block.header["chain_id"]),
+            int(block.header["height"]),
+            self.view,
+            block.hash,
+            entry["replayed"] is True,
+        )
+        return entry["verifier"] in asked and signature_ok(
+            str(entry["verifier"]), statement, str(entry["signature"])
+        )
 
 
 class HeaderSigning:
