@@ -329,6 +329,9 @@ def test_verifiers_that_contradict_the_quorum_are_slashed_and_removed() -> None:
     decision = decide(committee, GOOD + BAD)  # liar contradicts on the 2 BAD
     extra, signer = committee.seal(decision.committee, decision.votes)
     assert signer.verify_key.encode().hex() == decision.committee[0]
+    assert committee.state.stakes[liar] == 10.0  # until the block is signed
+    assert signer.on_quorum is not None
+    signer.on_quorum()  # the block has its header quorum
     assert extra["deposits"] == [
         {
             "verifier": liar,
@@ -339,7 +342,9 @@ def test_verifiers_that_contradict_the_quorum_are_slashed_and_removed() -> None:
         }
     ]
     decision = decide(committee, BAD, height=2)
-    committee.seal(decision.committee, decision.votes)
+    _, signer = committee.seal(decision.committee, decision.votes)
+    assert signer.on_quorum is not None
+    signer.on_quorum()
     assert committee.state.stakes[liar] == 2.0
     assert committee.removed == [liar]
     assert liar not in committee.state.committee("cd" * 32)

@@ -88,7 +88,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .consensus import VOTE_FORMAT, PoVRules, PoVState, VoteRules, block_view
-from .evidence import EVIDENCE_FIELD
+from .evidence import settled_evidence
 from .merkle import (
     InvalidProof,
     MalformedProof,
@@ -1581,6 +1581,7 @@ class Ledger:
             problem = chain.pov.check_block(prev_hash, header, body)
             if problem is not None:
                 return f"PoV: {problem}"
+            chain.evidence += settled_evidence(height, body)
         if check_models:
             problem = self.blobs.check(str(header["model_hash"]))
             if problem is not None:
@@ -1628,14 +1629,6 @@ class Ledger:
         if problem is not None:
             return f"PoV: {problem}"
         chain.replayed += replayed
-        for record in body.get(EVIDENCE_FIELD, []):
-            if isinstance(record, dict):
-                chain.evidence.append(
-                    f"block {height} settles evidence that "
-                    f"{record.get('verifier')!s} signed contradicting "
-                    f"statements at height {record.get('height')!r} view "
-                    f"{record.get('view')!r}"
-                )
         return None
 
     # ------------------------------------------------------------------- proofs
@@ -1721,7 +1714,7 @@ def _headers_line(chain: _ChainRules, count: int) -> str:
     if not chain.pov.signed_headers:
         return (
             "signed by each block's leader alone (the genesis declares no "
-            "quorum-signed headers: this chain predates them), so its model "
+            "quorum-signed headers), so its model "
             "hashes, included sets and contributions rest on one key per block"
         )
     later = max(0, count - 1)

@@ -16,14 +16,18 @@ block:
   (:func:`judged_shares` over the included entries);
 - the quorum: an update may be included only with approving votes from more
   than 2/3 of the committee (``2n // 3 + 1`` members);
-- the deposits: per candidate, the outcome is "approved" iff the quorum was
-  reached; every committee member whose signed vote in the block contradicts
-  the outcome loses ``slash``; a pool member against whom the block carries
+- the deposits: a committee member loses ``slash`` per candidate on which
+  its signed vote in the block is outvoted by a quorum (``2n // 3 + 1``) of
+  the committee's signed votes in the block for the opposite verdict
+  (:func:`contradictions`); a pool member against whom the block carries
   equivocation evidence (two contradicting signed statements, see
   :mod:`.evidence`) loses its whole stake, once. A vote the block does not
-  hold costs nothing: the leader assembles the block and could otherwise
-  slash any member by leaving its vote out. A verifier whose stake falls
-  below ``floor`` leaves the pool.
+  hold costs nothing, and leaving votes out can never make a held vote
+  slashable: it takes a quorum of signed opposite votes, which the assembler
+  cannot forge (an update that misses the quorum because votes were left
+  out is rejected, but nobody is slashed for it; its members refuse to sign
+  a header that leaves out their own vote, see :mod:`flchain_flwr.pov.headers`).
+  A verifier whose stake falls below ``floor`` leaves the pool.
 
 The live committee (:mod:`flchain_flwr.pov`) and :meth:`Ledger.verify` both use
 this module, so what is written is exactly what is checked.
@@ -190,6 +194,29 @@ def approvals(
     return counts
 
 
+def contradictions(
+    votes: Sequence[Mapping[str, Any]], committee: Sequence[str]
+) -> dict[str, int]:
+    """Per committee member, the candidates on which its vote in ``votes`` is
+    outvoted by a quorum of committee votes for the opposite verdict (only
+    members with at least one). Computed from the votes held alone, so
+    leaving votes out can only lower a count, never raise it."""
+    members, passed = set(committee), quorum(len(committee))
+    cast = {
+        (str(v["verifier"]), str(v["candidate"])): v["verdict"] is True
+        for v in votes
+        if v["verifier"] in members
+    }
+    tally: dict[tuple[str, bool], int] = {}
+    for (_, candidate), verdict in cast.items():
+        tally[(candidate, verdict)] = tally.get((candidate, verdict), 0) + 1
+    counts: dict[str, int] = {}
+    for (member, candidate), verdict in cast.items():
+        if tally.get((candidate, not verdict), 0) >= passed:
+            counts[member] = counts.get(member, 0) + 1
+    return counts
+
+
 @dataclass
 class PoVState:
     """Stakes and the active pool, advanced one block at a time."""
@@ -247,23 +274,14 @@ class PoVState:
         One entry per committee member that loses stake, in committee order;
         then one per evidence record (checked by the caller), taking the
         accused's whole remaining stake. Only a vote present in ``votes``
-        whose verdict contradicts the outcome counts: a missing vote is not
-        evidence against its member.
+        and outvoted by a quorum of signed opposite votes counts
+        (:func:`contradictions`): a missing vote is not evidence against its
+        member, nor against anyone else.
         """
-        passed = quorum(len(committee))
-        counts = approvals(votes, committee)
-        candidates = sorted({str(v["candidate"]) for v in votes})
-        cast = {
-            (str(v["verifier"]), str(v["candidate"])): v["verdict"] is True
-            for v in votes
-        }
+        outvoted = contradictions(votes, committee)
         entries: list[dict[str, Any]] = []
         for member in committee:
-            wrong = sum(
-                (member, c) in cast
-                and cast[(member, c)] is not (counts.get(c, 0) >= passed)
-                for c in candidates
-            )
+            wrong = outvoted.get(member, 0)
             if wrong == 0 or self.rules.slash == 0:
                 continue
             stake = self.stakes[member] - wrong * self.rules.slash

@@ -213,3 +213,16 @@ def ledgers_fork_evidence(first: Any, second: Any) -> list[dict[str, Any]]:
             first.chain_id, height, blocks[0], blocks[1], str(a.header["prev_hash"])
         )
     return []
+
+
+def settled_evidence(height: int, body: Mapping[str, Any]) -> list[str]:
+    """One line per equivocation record block ``height`` settles (what
+    ``verify`` lists; the deposit rules slash for each, whatever the chain's
+    header signing)."""
+    return [
+        f"block {height} settles evidence that {record.get('verifier')!s} signed "
+        f"contradicting statements at height {record.get('height')!r} view "
+        f"{record.get('view')!r}"
+        for record in body.get(EVIDENCE_FIELD, [])
+        if isinstance(record, Mapping)
+    ]

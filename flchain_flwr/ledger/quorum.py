@@ -180,7 +180,9 @@ def load_signatures(db: sqlite3.Connection, height: int) -> list[Any] | None:
     ).fetchone()
     if row is None:
         return None
-    value = parse_canonical(bytes(row[0]), LATEST_FORMAT)
+    if not isinstance(row[0], bytes):
+        raise ValueError("corrupt header signatures: the stored value is not bytes")
+    value = parse_canonical(row[0], LATEST_FORMAT)
     if not isinstance(value, list):
         raise ValueError("stored header signatures are not a list")
     return value

@@ -296,15 +296,22 @@ class PendingReplay:
             self._replayer.record(stored)
             count_participation(self._replayer.participation, included_nodes(stored))
             self._prev = stored
+        config = block.body.get(CONFIG_FIELD)
+        if isinstance(config, dict) and self.ledger.config_digest(config) != str(
+            block.header["config_digest"]
+        ):
+            return False, "its recorded config does not hash to its config_digest"
         if self._prev is None or not _replayable(block, self._replayer.configs):
             return False, None
+        # what a pending block tells the replay is kept only if it replays:
+        # a refused proposal must not change how the next one is checked
+        kept = (dict(self._replayer.versions), dict(self._replayer.configs))
         self._replayer.record(block)
         try:
             self._replayer.block(self._prev, block)
-        except _NotReplayable:
-            return False, None
-        except _Failed as exc:
-            return False, str(exc)
+        except (_NotReplayable, _Failed) as exc:
+            self._replayer.versions, self._replayer.configs = kept
+            return False, None if isinstance(exc, _NotReplayable) else str(exc)
         return True, None
 
 
@@ -356,7 +363,8 @@ class _Replayer:
             block.header["model_hash"]
         )
         config = block.body.get(CONFIG_FIELD)
-        if isinstance(config, dict):  # verify checked it hashes to the digest
+        if isinstance(config, dict):  # checked to hash to the digest (verify, or
+            # PendingReplay.check for a pending block)
             self.configs[str(block.header["config_digest"])] = config
 
     def model(self, digest: str) -> NDArrays:

@@ -292,23 +292,38 @@ class Committee(Views, HeaderSigning):
         view: int = 0,
         view_changes: Sequence[dict[str, Any]] = (),
     ) -> tuple[dict[str, Any], HeaderSigner]:
-        """Settle a block's deposits (its votes, and the equivocation evidence
-        reported since the last block); return its PoV body fields and what
-        signs it (its leader, then its committee). Call it only for a block
-        that is written: the stakes change here, once per block."""
-        evidence, self._evidence = self._evidence, []
+        """A block's PoV body fields (committee, deposits for its votes and
+        the equivocation evidence reported since the last block) and what
+        signs it (its leader, then its committee). The stakes change, and
+        the evidence leaves the queue, only when the block has its quorum of
+        header signatures (:meth:`_settle`, called by the signer): a block
+        that is never signed changes nothing."""
+        evidence = list(self._evidence)
         deposits = self.state.settlement(committee, votes, evidence)
-        self.state.apply(deposits)
-        for entry in deposits:
-            if entry["removed"]:
-                log(WARNING, "Verifier %s… leaves the pool", entry["verifier"][:12])
         fields: dict[str, Any] = {"committee": list(committee), "deposits": deposits}
         if view:
             fields["view"] = view
             fields[VIEW_CHANGES_FIELD] = [dict(c) for c in view_changes]
         if evidence:
             fields[EVIDENCE_FIELD] = evidence
-        return fields, HeaderSigner(self, self.signer(committee[0]), committee, view)
+        signer = HeaderSigner(
+            self,
+            self.signer(committee[0]),
+            committee,
+            view,
+            on_quorum=lambda: self._settle(deposits, evidence),
+        )
+        return fields, signer
+
+    def _settle(
+        self, deposits: list[dict[str, Any]], evidence: list[dict[str, Any]]
+    ) -> None:
+        """Apply a signed block's deposits; drop the evidence it settles."""
+        self.state.apply(deposits)
+        for entry in deposits:
+            if entry["removed"]:
+                log(WARNING, "Verifier %s… leaves the pool", entry["verifier"][:12])
+        self._evidence = [r for r in self._evidence if r not in evidence]
 
     def report_equivocation(self, record: dict[str, Any]) -> None:
         """Queue equivocation evidence for the next block to settle;

@@ -27,11 +27,13 @@ A member signs a pending block
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..ledger import Block, BlockSigner, Ledger, VoteContext, check_vote, quorum
 from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
+from ..ledger.consensus import contradictions
+from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
 from ..ledger.merkle import merkle_root
 from ..ledger.replay import PendingReplay
 from ..ledger.statements import header_statement, sign_statement, signature_ok
@@ -89,6 +91,64 @@ def proposal_problem(
             f"it includes {len(included)} updates; the votes approve "
             f"{len(approved)} (the included set must be the approved set)"
         )
+    return _own_votes_problem(verifier, block, view, voters) or _deposits_problem(
+        body, committee
+    )
+
+
+def _own_votes_problem(
+    verifier: Verifier, block: Block, view: int, voters: set[tuple[str, str]]
+) -> str | None:
+    """A block that judges an update this verifier voted on (here, in this
+    view) must hold its vote on it."""
+    header, body = block.header, block.body
+    held = verifier.voted.get(str(header.get("chain_id")))
+    if held is None or held[:3] != (
+        header.get("height"),
+        header.get("prev_hash"),
+        view,
+    ):
+        return None
+    judged = {
+        str(entry.get("digest"))
+        for part in ("included", "rejected")
+        for entry in body.get(part, [])
+        if isinstance(entry, dict)
+    }
+    left_out = sorted(
+        d for d in held[3] & judged if (verifier.public_key, d) not in voters
+    )
+    if left_out:
+        return f"it leaves out this verifier's vote on {left_out[0][:16]}…"
+    return None
+
+
+def _deposits_problem(body: dict[str, Any], committee: list[str]) -> str | None:
+    """The deposits must slash exactly the members the block's votes condemn
+    (:func:`~flchain_flwr.ledger.consensus.contradictions`), each by its
+    count, and the accused of the block's evidence records; the amounts
+    and stakes follow from the chain's history, which ``verify`` checks."""
+    deposits = body.get("deposits", [])
+    if not isinstance(deposits, list) or not all(isinstance(e, dict) for e in deposits):
+        return "its deposits are not a list of entries"
+    slashed = {
+        str(e.get("verifier")): e.get("contradictions")
+        for e in deposits
+        if "equivocation" not in e
+    }
+    expected = contradictions(body.get("votes", []), committee)
+    if slashed and slashed != expected:
+        return "its deposits slash other members than its votes condemn"
+    accused = sorted(
+        (str(e.get("verifier")), str(e.get("equivocation")))
+        for e in deposits
+        if "equivocation" in e
+    )
+    records = body.get(EVIDENCE_FIELD, [])
+    if not isinstance(records, list) or accused != sorted(
+        (str(r.get("verifier")), evidence_id(r)) for r in records if isinstance(r, dict)
+    ):
+        return "its deposits do not settle exactly its equivocation evidence"
     return None
 
 
@@ -128,17 +188,24 @@ class HeaderSigner:
     :meth:`cosign` inside the block's transaction.
     """
 
-    def __init__(
+    attempts: int = 3
+    """How many times the members that have not signed are asked (a member
+    re-signs the same block hash, so asking again is safe)."""
+
+    def __init__(  # pylint: disable=too-many-arguments
         self,
         committee: Committee,
         leader: BlockSigner,
         members: Sequence[str],
         view: int,
+        *,
+        on_quorum: Callable[[], None] | None = None,
     ) -> None:
         self.committee = committee
         self.leader = leader
         self.members = list(members)
         self.view = view
+        self.on_quorum = on_quorum
 
     @property
     def verify_key(self) -> Any:
@@ -150,30 +217,46 @@ class HeaderSigner:
         return self.leader.sign(smessage)
 
     def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:
-        """The members' header signatures (each checked); ``RuntimeError``
-        if fewer than a quorum signed, naming why the others did not."""
-        signatures, problems = self.committee.header_signatures(
-            self.members, ledger, block, self.view
-        )
-        chain_id, height = str(block.header["chain_id"]), int(block.header["height"])
-        valid = []
-        for entry in signatures:
-            statement = header_statement(
-                chain_id, height, self.view, block.hash, entry["replayed"] is True
-            )
-            if entry["verifier"] in self.members and signature_ok(
-                str(entry["verifier"]), statement, str(entry["signature"])
-            ):
-                valid.append(entry)
-            else:
-                problems.append(f"header signature by {entry['verifier']} is invalid")
+        """The members' header signatures (each checked), asking those that
+        have not signed up to :attr:`attempts` times; ``RuntimeError`` if
+        fewer than a quorum signed, naming why the others did not. Calls
+        ``on_quorum`` once the quorum is there."""
         needed = quorum(len(self.members))
-        if len(valid) < needed:
-            raise RuntimeError(
-                f"block {height}: {len(valid)} of {len(self.members)} committee "
-                f"members signed its header, {needed} needed; " + "; ".join(problems)
+        valid: dict[str, dict[str, Any]] = {}
+        problems: list[str] = []
+        for _ in range(self.attempts):
+            asked = [k for k in self.members if k not in valid]
+            signatures, problems = self.committee.header_signatures(
+                asked, ledger, block, self.view
             )
-        return valid
+            for entry in signatures:
+                if self._valid(block, entry, asked):
+                    valid[str(entry["verifier"])] = entry
+                else:
+                    problems.append(
+                        f"header signature by {entry['verifier']} is invalid"
+                    )
+            if len(valid) >= needed:
+                if self.on_quorum is not None:
+                    self.on_quorum()
+                return [valid[k] for k in self.members if k in valid]
+        raise RuntimeError(
+            f"block {block.header['height']}: {len(valid)} of {len(self.members)} "
+            f"committee members signed its header, {needed} needed; "
+            + "; ".join(problems)
+        )
+
+    def _valid(self, block: Block, entry: dict[str, Any], asked: list[str]) -> bool:
+        statement = header_statement(
+            str(block.header["chain_id"]),
+            int(block.header["height"]),
+            self.view,
+            block.hash,
+            entry["replayed"] is True,
+        )
+        return entry["verifier"] in asked and signature_ok(
+            str(entry["verifier"]), statement, str(entry["signature"])
+        )
 
 
 class HeaderSigning:

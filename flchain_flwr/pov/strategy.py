@@ -169,6 +169,8 @@ class PoVStrategy(DecompressReplies):
                     extra=extra,
                     signer=signer,
                 )
+            elif signer.on_quorum is not None:  # no ledger, no header to sign
+                signer.on_quorum()
             self._votes, self._view, self._round_rejected = [], 0, []
             self._view_changes = []
         else:  # no block: the next one carries the rejections and their votes

@@ -248,6 +248,10 @@ class Verifier:
         self.statements: dict[str, tuple[int, int, str]] = {}
         """By chain id, the last (height, view, block hash or "view-change")
         it signed as a committee member (see :mod:`flchain_flwr.pov.views`)."""
+        self.voted: dict[str, tuple[int, str, int, set[str]]] = {}
+        """By chain id, the (height, previous hash, view) of its last votes and
+        the candidates it voted on there: a header that leaves one of those
+        votes out is refused (see :mod:`flchain_flwr.pov.headers`)."""
         self.headers: dict[str, tuple[int, str]] = {}
         """By chain id, the height and SHA-256 of the last block header it
         signed as a leader (a verifier node keeps it in its run state)."""
@@ -315,7 +319,14 @@ class Verifier:
             if self.behaviour is Behaviour.GARBAGE_SIGNATURE:
                 vote["signature"] = self._rng.randbytes(64).hex()
             votes.append(vote)
+        self._record_votes(context, [digest for digest, _ in candidates])
         return votes
+
+    def _record_votes(self, context: VoteContext, digests: Sequence[str]) -> None:
+        where = (context.height, str(context.prev_hash), context.view)
+        last = self.voted.get(context.chain_id)
+        held = last[3] if last is not None and last[:3] == where else set()
+        self.voted[context.chain_id] = (*where, held | set(digests))
 
     def _reference_from(self, global_model: NDArrays, parent: str) -> NDArrays:
         """The reference update from ``global_model`` (hash ``parent``), trained

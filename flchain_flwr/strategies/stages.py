@@ -360,10 +360,14 @@ class CommitteeStage(BlockStage):
             log(INFO, "PoV rejected every candidate; no new version")
 
     def commit(self, block: Block) -> None:
-        """Settle deposits once for this block; its leader signs it."""
-        sealed, block.signer = self.committee.seal(
+        """Seal this block: its deposits settle once it has its header quorum
+        (at once without a ledger); its leader and committee sign it."""
+        sealed, signer = self.committee.seal(
             self._committee, self._votes, self._view, self._view_changes
         )
+        block.signer = signer
+        if self.ledger is None and signer.on_quorum is not None:
+            signer.on_quorum()  # no ledger, no header to sign
         block.extra = {**(block.extra or {}), **sealed}
         block.votes, self._votes, self._view = self._votes, [], 0
         self._view_changes = []
