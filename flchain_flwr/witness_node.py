@@ -159,6 +159,7 @@ def discover_witnesses(
     grid: Grid,
     keys: Iterable[CosignerKey],
     *,
+    expected: int | None = None,
     timeout: float = 120.0,
     reply_timeout: float = 30.0,
     poll_interval: float = 3.0,
@@ -166,19 +167,27 @@ def discover_witnesses(
     """Find the nodes of the given witnesses; ``{vkey: node ID}``.
 
     Each node is asked once for its identity and must sign a fresh challenge
-    with the key it names; nodes of other keys are ignored. Raises
-    ``TimeoutError`` if not every key is found within ``timeout`` seconds of
-    the grid's clock (virtual on the simulator's grid).
+    with the key it names; nodes of other keys are ignored. Stops once
+    ``expected`` of the keys (default: all) are found. Raises ``TimeoutError``
+    if they are not found within ``timeout`` seconds of the grid's clock
+    (virtual on the simulator's grid), ``ValueError`` if ``expected`` is not
+    between 1 and the number of keys.
     """
     wanted = {key.encode(): key for key in keys}
+    count = len(wanted) if expected is None else expected
+    if not 1 <= count <= len(wanted):
+        raise ValueError(f"cannot find {count} of {len(wanted)} witness keys")
     clock = clock_of(grid, poll_interval)
     deadline = clock.now() + timeout
     found: dict[str, int] = {}
     asked: set[int] = set()
-    while len(found) < len(wanted):
+    while len(found) < count:
         if clock.now() >= deadline:
             missing = ", ".join(sorted(set(wanted) - set(found)))
-            raise TimeoutError(f"witness nodes not found in {timeout:g}s: {missing}")
+            raise TimeoutError(
+                f"{len(found)} of {count} witness nodes found in {timeout:g}s; "
+                f"not found: {missing}"
+            )
         new = sorted(set(grid.get_node_ids()) - asked)
         if not new:
             clock.wait(min(clock.now() + poll_interval, deadline))
@@ -200,4 +209,6 @@ def discover_witnesses(
                 continue  # a trainer, a failed node, or a claim it cannot back
             if key.encode() in wanted and key.encode() not in found:
                 found[key.encode()] = node
+                if len(found) == count:
+                    break
     return dict(sorted(found.items()))
