@@ -177,8 +177,19 @@ def run_anchor_scenario(
                 for a, b in (RUNS, RUNS[::-1])
             )
             for name, process in runs.items():
+                # flwr run --stream exits 0 even when the ServerApp raised.
                 report.check(f"run {name}: flwr run exit 0", process.returncode == 0)
-                history = json.loads((workdir / f"results-{name}.json").read_text())
+                results = workdir / f"results-{name}.json"
+                if not results.exists():
+                    raise RuntimeError(
+                        f"run {name} wrote no results: "
+                        + (workdir / f"run-{name}.log").read_text()[-1500:]
+                    )
+                history = json.loads(results.read_text())
+                report.check(
+                    f"run {name}: all versions made",
+                    len(history.get("versions", [])) == versions,
+                )
                 trained = {int(n) for n in history.get("participation", {})}
                 report.facts[f"run_{name}_trained"] = sorted(trained)
                 report.check(

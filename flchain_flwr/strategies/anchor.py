@@ -63,7 +63,8 @@ def anchorer_from_run_config(
       discover_witnesses` among the main chain policy's witness keys: the
       first ``N`` to prove they hold one (quorum <= N <= the policy's
       witnesses). ``anchor-discovery-timeout`` (seconds, default 180) bounds
-      the search, ``anchor-witness-timeout`` (default 60) each cosigning.
+      the search, ``anchor-witness-timeout`` (default 60) each round of
+      identity queries and each cosigning.
 
     Raises
     ------
@@ -133,14 +134,15 @@ def _remote_witnesses(
             f"policy has {len(policy.witnesses)} witnesses and a quorum of "
             f"{policy.quorum}"
         )
+    timeout = _seconds(cfg, "anchor-witness-timeout", 60.0)
     found = discover_witnesses(
         grid,
         policy.witnesses,
         expected=count,
         timeout=_seconds(cfg, "anchor-discovery-timeout", 180.0),
+        reply_timeout=timeout,
     )
     keys = {key.encode(): key for key in policy.witnesses}
-    timeout = _seconds(cfg, "anchor-witness-timeout", 60.0)
     return [
         RemoteWitness(grid, node, keys[vkey], timeout) for vkey, node in found.items()
     ]
