@@ -170,9 +170,9 @@ def discover_witnesses(
     fresh challenge it must sign with the key it names (a node that answered
     is not asked again; one that did not is); nodes of other keys are
     ignored. Stops once ``expected`` of the keys (default: all) are found.
-    Raises ``TimeoutError`` if they are not found within ``timeout`` seconds of the grid's clock
-    (virtual on the simulator's grid), ``ValueError`` if ``expected`` is not
-    between 1 and the number of keys.
+    Raises ``TimeoutError`` if they are not found within ``timeout`` seconds
+    of the grid's clock (virtual on the simulator's grid), ``ValueError`` if
+    ``expected`` is not between 1 and the number of keys.
     """
     wanted = {key.encode(): key for key in keys}
     count = len(wanted) if expected is None else expected
