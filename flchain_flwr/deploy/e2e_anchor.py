@@ -107,7 +107,7 @@ def run_anchor_scenario(
     *,
     trainers: int = 2,
     versions: int = 2,
-    run_timeout: float = 600.0,
+    run_timeout: float = 1500.0,
 ) -> Report:
     """Run the scenario (see the module docstring); never raises."""
     report = Report()
@@ -155,7 +155,11 @@ def run_anchor_scenario(
                     "anchor-key": str(main_key),
                     "anchor-witness-nodes": 3,
                     "anchor-every": 2,
-                    "message-ttl": 90.0,
+                    # A query starts a ClientApp process on the node: allow a
+                    # loaded machine's start-up (minutes on 2 busy cores).
+                    "anchor-witness-timeout": 240.0,
+                    "anchor-discovery-timeout": 900.0,
+                    "message-ttl": 240.0,
                     "min-nodes": trainers,
                 }
                 log = (workdir / f"run-{name}.log").open("a")
