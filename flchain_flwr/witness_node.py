@@ -159,45 +159,72 @@ def discover_witnesses(
     grid: Grid,
     keys: Iterable[CosignerKey],
     *,
+    expected: int | None = None,
     timeout: float = 120.0,
     reply_timeout: float = 30.0,
     poll_interval: float = 3.0,
 ) -> dict[str, int]:
     """Find the nodes of the given witnesses; ``{vkey: node ID}``.
 
-    Each node is asked once for its identity and must sign a fresh challenge
-    with the key it names; nodes of other keys are ignored. Raises
-    ``TimeoutError`` if not every key is found within ``timeout`` seconds of
-    the grid's clock (virtual on the simulator's grid).
+    Every node not asked yet is asked for its identity at once, each with a
+    fresh challenge it must sign with the key it names (a node that answered
+    is not asked again; one that did not is); nodes of other keys are
+    ignored. Stops once ``expected`` of the keys (default: all) are found.
+    Raises ``TimeoutError`` if they are not found within ``timeout`` seconds
+    of the grid's clock (virtual on the simulator's grid), ``ValueError`` if
+    ``expected`` is not between 1 and the number of keys.
     """
     wanted = {key.encode(): key for key in keys}
+    count = len(wanted) if expected is None else expected
+    if not 1 <= count <= len(wanted):
+        raise ValueError(f"cannot find {count} of {len(wanted)} witness keys")
     clock = clock_of(grid, poll_interval)
     deadline = clock.now() + timeout
     found: dict[str, int] = {}
     asked: set[int] = set()
-    while len(found) < len(wanted):
+    while len(found) < count:
         if clock.now() >= deadline:
             missing = ", ".join(sorted(set(wanted) - set(found)))
-            raise TimeoutError(f"witness nodes not found in {timeout:g}s: {missing}")
+            raise TimeoutError(
+                f"{len(found)} of {count} witness nodes found in {timeout:g}s; "
+                f"not found: {missing}"
+            )
         new = sorted(set(grid.get_node_ids()) - asked)
         if not new:
             clock.wait(min(clock.now() + poll_interval, deadline))
             continue
-        for node in new:
-            asked.add(node)
-            challenge = os.urandom(32)
-            try:
-                cfg = _ask(
-                    grid, node, IDENTITY, {"challenge": challenge}, reply_timeout
-                )
-                key = parse_cosigner_key(str(cfg.get("vkey")))
-                signature = cfg.get("signature")
-                VerifyKey(key.public_key).verify(
-                    IDENTITY_TAG + challenge,
-                    signature if isinstance(signature, bytes) else b"",
-                )
-            except (WitnessRefused, NoteError, CryptoError, ValueError):
-                continue  # a trainer, a failed node, or a claim it cannot back
-            if key.encode() in wanted and key.encode() not in found:
+        challenges = {node: os.urandom(32) for node in new}
+        messages = [
+            Message(
+                RecordDict({_CONFIG: ConfigRecord({"challenge": challenge})}),
+                node,
+                IDENTITY,
+                ttl=reply_timeout,
+            )
+            for node, challenge in challenges.items()
+        ]
+        for reply in grid.send_and_receive(messages, timeout=reply_timeout):
+            node = reply.metadata.src_node_id
+            if node not in challenges or node in asked:
+                continue
+            asked.add(node)  # answered: not asked again (one that did not is)
+            key = None if reply.has_error() else _proven_key(reply, challenges[node])
+            if key is not None and key.encode() in wanted and key.encode() not in found:
                 found[key.encode()] = node
-    return dict(sorted(found.items()))
+    return dict(sorted(found.items())[:count])
+
+
+def _proven_key(reply: Message, challenge: bytes) -> CosignerKey | None:
+    """The cosigner key an identity reply names, if it signed ``challenge``
+    with it; ``None`` for a trainer, a failed node or a claim it cannot back."""
+    cfg = reply.content.config_records.get(_CONFIG, ConfigRecord())
+    try:
+        key = parse_cosigner_key(str(cfg.get("vkey")))
+        signature = cfg.get("signature")
+        VerifyKey(key.public_key).verify(
+            IDENTITY_TAG + challenge,
+            signature if isinstance(signature, bytes) else b"",
+        )
+    except (NoteError, CryptoError, ValueError):
+        return None
+    return key

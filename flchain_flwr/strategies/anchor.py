@@ -13,11 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from flwr.serverapp import Grid
+
 from ..ledger import Ledger
-from ..ledger.anchoring import Anchorer
+from ..ledger.anchoring import Anchorer, WitnessClient
 from ..ledger.chain import load_or_create_key
 from ..ledger.mainchain import MainChain
 from ..ledger.witness import Witness
+from ..witness_node import RemoteWitness, discover_witnesses
 from .pipeline import Block, BlockStage
 
 ConfigValue = int | float | str | bool
@@ -42,45 +45,111 @@ class AnchorStage(BlockStage):
             self.anchorer.anchor_now(self.ledger, self._time)
 
 
-def anchorer_from_run_config(cfg: Mapping[str, ConfigValue]) -> Anchorer | None:
+def anchorer_from_run_config(
+    cfg: Mapping[str, ConfigValue], grid: Grid | None = None
+) -> Anchorer | None:
     """An :class:`Anchorer` from run-config keys, or ``None`` without
     ``anchor-main`` (or with it ``""``).
 
     Keys: ``anchor-main`` (the main chain's file, which must exist),
-    ``anchor-key`` (the main chain's key file), ``anchor-witnesses``
-    (comma-separated witness folders), ``anchor-every`` (blocks, <= 0: not by
-    blocks) and ``anchor-every-seconds`` (virtual seconds, <= 0: not by time);
-    at least one of the last two must be on.
+    ``anchor-key`` (the main chain's key file), ``anchor-every`` (blocks,
+    <= 0: not by blocks) and ``anchor-every-seconds`` (virtual seconds, <= 0:
+    not by time; at least one of the two must be on), and the witnesses,
+    one of:
+
+    - ``anchor-witnesses``: comma-separated witness folders on this machine;
+    - ``anchor-witness-nodes = N``: witness SuperNodes on ``grid`` (node
+      config ``role="witness"``), found by :func:`~flchain_flwr.witness_node.
+      discover_witnesses` among the main chain policy's witness keys: the
+      first ``N`` to prove they hold one (quorum <= N <= the policy's
+      witnesses). ``anchor-discovery-timeout`` (seconds, default 180) bounds
+      the search, ``anchor-witness-timeout`` (default 60) each round of
+      identity queries and each cosigning.
 
     Raises
     ------
     ValueError
         If a key is missing or malformed (the message names it).
+    TimeoutError
+        If the witness nodes are not found in time.
     """
     main_path = str(cfg.get("anchor-main", ""))
     if not main_path:
         return None
-    for key in ("anchor-key", "anchor-witnesses"):
-        if not str(cfg.get(key, "")):
-            raise ValueError(f"run config: anchor-main needs {key}")
+    if not str(cfg.get("anchor-key", "")):
+        raise ValueError("run config: anchor-main needs anchor-key")
     key_file = Path(str(cfg["anchor-key"]))
     if not key_file.is_file():
         raise ValueError(f"run config: anchor-key {key_file} is not a file")
-    witnesses = [
-        Witness(folder.strip())
-        for folder in str(cfg["anchor-witnesses"]).split(",")
-        if folder.strip()
-    ]
-    every = cfg.get("anchor-every", 0)
+    folders = [f.strip() for f in str(cfg.get("anchor-witnesses", "")).split(",")]
+    folders = [f for f in folders if f]
+    nodes = _int(cfg, "anchor-witness-nodes", 0)
+    if bool(folders) == (nodes > 0):
+        raise ValueError(
+            "run config: anchor-main needs anchor-witnesses (folders) or "
+            "anchor-witness-nodes > 0 (witness SuperNodes), not both"
+        )
+    every = _int(cfg, "anchor-every", 0)
     seconds = cfg.get("anchor-every-seconds", 0.0)
-    if isinstance(every, bool) or not isinstance(every, int):
-        raise ValueError(f"run config: anchor-every must be an int, not {every!r}")
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise ValueError("run config: anchor-every-seconds must be a number")
     main = MainChain(main_path, signing_key=load_or_create_key(key_file))
+    witnesses: list[WitnessClient]
+    if folders:
+        witnesses = [Witness(folder) for folder in folders]
+    else:
+        witnesses = list(_remote_witnesses(cfg, grid, main, nodes))
     return Anchorer(
         main,
         witnesses,
         every_blocks=every if every > 0 else None,
         every_seconds=float(seconds) if seconds > 0 else None,
     )
+
+
+def _int(cfg: Mapping[str, ConfigValue], key: str, default: int) -> int:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"run config: {key} must be an int, not {value!r}")
+    return value
+
+
+def _seconds(cfg: Mapping[str, ConfigValue], key: str, default: float) -> float:
+    value = cfg.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ValueError(f"run config: {key} must be seconds > 0, not {value!r}")
+    return float(value)
+
+
+def _remote_witnesses(
+    cfg: Mapping[str, ConfigValue], grid: Grid | None, main: MainChain, count: int
+) -> list[RemoteWitness]:
+    """``count`` of the policy's witnesses, as the SuperNodes that hold them."""
+    if grid is None:
+        raise ValueError("run config: anchor-witness-nodes needs the ServerApp's grid")
+    policy = main.policy
+    if not policy.quorum <= count <= len(policy.witnesses):
+        raise ValueError(
+            f"run config: anchor-witness-nodes = {count}, but the main chain's "
+            f"policy has {len(policy.witnesses)} witnesses and a quorum of "
+            f"{policy.quorum}"
+        )
+    timeout = _seconds(cfg, "anchor-witness-timeout", 60.0)
+    found = discover_witnesses(
+        grid,
+        policy.witnesses,
+        expected=count,
+        timeout=_seconds(cfg, "anchor-discovery-timeout", 180.0),
+        reply_timeout=timeout,
+    )
+    keys = {key.encode(): key for key in policy.witnesses}
+    return [
+        RemoteWitness(grid, node, keys[vkey], timeout) for vkey, node in found.items()
+    ]
+
+
+def witness_nodes(anchorer: Anchorer | None) -> frozenset[int]:
+    """The node IDs of an anchorer's witness SuperNodes (they never train)."""
+    if anchorer is None:
+        return frozenset()
+    return frozenset(w.node for w in anchorer.witnesses if isinstance(w, RemoteWitness))

@@ -62,7 +62,9 @@ def fedbuff_from_run_config(
       ``<ledger-path>.checkpoint``);
       ``anchor-main``, ``anchor-key``, ``anchor-witnesses``, ``anchor-every``,
       ``anchor-every-seconds``: anchoring in a main chain (see
-      :func:`~flchain_flwr.strategies.anchor.anchorer_from_run_config`);
+      :func:`~flchain_flwr.strategies.anchor.anchorer_from_run_config`;
+      witness SuperNodes, ``anchor-witness-nodes``, need the grid: pass
+      ``anchor=anchorer_from_run_config(cfg, grid)``);
       ``ledger-durable`` (bool, default true: fsync every block and blob, so
       a power loss loses no committed block; false: only a killed process is
       survived, which is faster).
@@ -153,7 +155,7 @@ def fedbuff_from_run_config(
                 key_path=places.get("ledger-key") or None,
                 checkpoint_path=places.get("ledger-checkpoint") or None,
             )
-    if str(cfg.get("anchor-main", "")):
+    if str(cfg.get("anchor-main", "")) and "anchor" not in overrides:
         kwargs["anchor"] = anchorer_from_run_config(cfg)
     kwargs.update(overrides)
     return FedBuff(**kwargs)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
 from ..runtime import Clock
 from .adaptive import AdaptiveScheduling
-from .anchor import AnchorStage
+from .anchor import AnchorStage, witness_nodes
 from .buffer import UpdateBuffer
 from .carryover import ledger_weight_share, resumed_tuner
 from .downlink import DownlinkSync
@@ -184,9 +184,10 @@ class FedBuffRun:
                 membership_refresh=s.membership_refresh,
                 retry_backoff=s.retry_backoff,
                 time_budget=s.time_budget,
-                reserved_nodes=s.committee.reserved_nodes
-                if s.committee
-                else frozenset(),
+                reserved_nodes=(
+                    s.committee.reserved_nodes if s.committee else frozenset()
+                )
+                | witness_nodes(s.anchor),
                 queued_dispatch=not s.downlink and queued_on(s.queued_dispatch, grid),
             ),
             buffer=self.buffer,

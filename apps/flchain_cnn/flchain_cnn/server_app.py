@@ -31,6 +31,7 @@ from flchain_flwr.pov.remote import (
     discover_verifiers,
 )
 from flchain_flwr.strategies import DecompressReplies, fedbuff_from_run_config
+from flchain_flwr.strategies.anchor import anchorer_from_run_config
 
 app = ServerApp()
 
@@ -170,8 +171,12 @@ def main(grid: Grid, context: Context) -> None:
         )
         history: dict[str, object] = {}
     else:
+        # Witness SuperNodes (anchor-witness-nodes) are found on the grid here.
         strategy = fedbuff_from_run_config(
-            cfg, min_available_nodes=int(cfg.get("min-nodes", 1)), committee=committee
+            cfg,
+            min_available_nodes=int(cfg.get("min-nodes", 1)),
+            committee=committee,
+            anchor=anchorer_from_run_config(cfg, grid),
         )
         fedbuff_result = strategy.start(
             grid=grid,
