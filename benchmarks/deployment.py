@@ -291,7 +291,7 @@ def main() -> None:  # pylint: disable=too-many-locals
         "deployment",
         args,
         headline=(
-            "deployed overhead per version: <x>x floor",
+            "deployed overhead per version (x floor)",
             figures["overhead_over_floor"]["fedbuff-queued"],
         ),
         start_cost=start,
