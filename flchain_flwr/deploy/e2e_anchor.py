@@ -93,7 +93,7 @@ def _market(workdir: Path, ledger: Path) -> Path:
     seller, buyer = SigningKey(b"\x51" * 32), SigningKey(b"\x52" * 32)
     path = workdir / "market.db"
     with TradingChain(path, chain_id="loopback-market") as chain:
-        market = chain.origin
+        market = chain.market
         offer = chain.append(*make_offer(seller, market, model, origin, {"price": 1}))
         purchase = chain.append(*make_purchase(buyer, market, offer.record_id))
         chain.append(*make_receipt(buyer, market, purchase.record_id, model))
