@@ -90,7 +90,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .consensus import PoVRules
-from .keys import load_or_create_key, parse_trusted_key
+from .keys import KeyFile, load_or_create_key, parse_trusted_key
 from .merkle import merkle_root
 from .notes import NoteError, SignerKey, VerifierKey
 from .payload import PAYLOAD_FIELD
@@ -244,9 +244,10 @@ class Ledger:
         self.blobs = BlobStore(
             self.path.with_name(self.path.name + ".models"), durable=durable
         )
-        self._signing_key = signing_key
-        self._key_path = (
-            Path(key_path) if key_path else self.path.with_name(self.path.name + ".key")
+        self._key = (
+            KeyFile(Path(key_path), signing_key)
+            if key_path
+            else KeyFile.beside(self.path, signing_key)
         )
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
@@ -410,9 +411,7 @@ class Ledger:
     @property
     def signing_key(self) -> SigningKey:
         """The leader's key (loaded or created at ``key_path`` on first use)."""
-        if self._signing_key is None:
-            self._signing_key = load_or_create_key(self._key_path)
-        return self._signing_key
+        return self._key.key
 
     def config_digest(self, config: Mapping[str, Any]) -> str:
         """The ``config_digest`` of ``config`` in this ledger's blocks: SHA-256 of

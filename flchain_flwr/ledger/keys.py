@@ -62,3 +62,24 @@ def parse_trusted_key(text: str, origin: str) -> VerifierKey:
         raise LedgerError(
             f"invalid trusted key {key[:70]!r}: not a vkey nor 64 hex digits ({exc})"
         ) from None
+
+
+class KeyFile:
+    """A signing key: the one given, else the one in the file ``path``, loaded
+    (created if missing, see :func:`load_or_create_key`) when first needed."""
+
+    def __init__(self, path: Path, key: SigningKey | None = None) -> None:
+        self.path = path
+        self._key = key
+
+    @classmethod
+    def beside(cls, file: Path, key: SigningKey | None = None) -> KeyFile:
+        """``key``, else the key in ``<file>.key``, beside ``file``."""
+        return cls(file.with_name(file.name + ".key"), key)
+
+    @property
+    def key(self) -> SigningKey:
+        """The key (loaded or created on first use)."""
+        if self._key is None:
+            self._key = load_or_create_key(self.path)
+        return self._key
