@@ -7,7 +7,8 @@ same bytes. The header's ``format`` names the encoding of both
 8785 JSON without a ``wall_time``, ``flchain-block/1`` version-1 JSON with
 one. Format 2 stores node ids as decimal strings (RFC 8785 numbers are
 doubles; Flower's node ids are 64-bit): :func:`ids_as_text` writes them,
-:func:`node_key` reads either form.
+:func:`node_key` reads either form. :class:`LedgerError` is what the ledger
+modules raise for a ledger that cannot be opened or used as asked.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ _COMMITTEES: Final = {
     "mixed": "PoV committees some of whose keys the server process held",
     "remote": "their PoV committees (the genesis block records remote verifiers)",
 }
+"""What a genesis block's ``committee_kind`` says of the later blocks' signers
+(:class:`~.verify.VerifyReport`); another value is not recorded."""
 
 
 class Signature(Protocol):
