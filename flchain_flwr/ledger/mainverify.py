@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .canonical import ZERO_HASH
 from .checkpoint import (
@@ -12,6 +14,7 @@ from .checkpoint import (
     open_checkpoint,
 )
 from .mainchain import AnchorRefused, MainChain, MainChainError
+from .mainwitness import main_witnessing
 from .notes import SignedNote, parse_note
 
 
@@ -19,6 +22,7 @@ def verify_main_chain(
     main: MainChain,
     checkpoint: SignedNote | None = None,
     pinned: SignedNote | None = None,
+    witnessed: WitnessRule | None = None,
 ) -> str:
     """Check every block and the signed checkpoint of ``main``; what was checked.
 
@@ -27,7 +31,10 @@ def verify_main_chain(
     checkpoint the key signed (every anchor proof carries one). ``pinned``, a
     main-chain checkpoint the verifier kept, closes that: the chain must
     hold it (as many blocks, the same root), so it was not rolled back below
-    it or rewritten before it.
+    it or rewritten before it. ``witnessed`` demands a quorum of the policy's
+    witnesses on the checkpoint (and with ``max_age`` that a quorum of them is
+    recent): a fork or truncation of the main chain then needs the witnesses
+    to cosign it, which they refuse (:mod:`.mainwitness`).
 
     Raises
     ------
@@ -74,6 +81,15 @@ def verify_main_chain(
         check_against_ledger(signed, main.origin, main.block_hashes())
     except (OSError, ValueError, CheckpointMismatch) as exc:
         raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
+    try:
+        witnessing = main_witnessing(note, main.policy)
+        cosigned = (
+            witnessing.require(witnessed.max_age, witnessed.now)
+            if witnessed is not None
+            else witnessing.describe()
+        )
+    except AnchorError as exc:
+        raise AnchorRefused(str(exc)) from None
     held = (
         "not pinned to a checkpoint kept elsewhere (a rollback to an older "
         "signed checkpoint is not detected)"
@@ -90,5 +106,16 @@ def verify_main_chain(
         f"every anchor signed by its subchain key and cosigned by "
         f"{main.policy.quorum} of {len(main.policy.witnesses)} policy "
         f"witnesses, each origin append-only; its checkpoint signed by "
-        f"{main.public_key.encode()} covers {signed.size} blocks; {held}"
+        f"{main.public_key.encode()} covers {signed.size} blocks; {cosigned}; "
+        f"{held}"
     )
+
+
+@dataclass(frozen=True)
+class WitnessRule:
+    """A verifier's demand on the main checkpoint: a quorum of the policy's
+    witnesses, with ``max_age`` a quorum at most that many seconds older than
+    ``now`` (POSIX seconds: the verifier's clock)."""
+
+    max_age: float | None = None
+    now: float | None = None
