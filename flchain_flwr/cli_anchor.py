@@ -225,7 +225,7 @@ def cmd_main_check_proof(args: argparse.Namespace, out: TextIO) -> int:
         rule = witness_rule(args)
         if rule is not None:
             cosigned = found.main_witnessing.require(rule.max_age, rule.now)
-            found_text = f"{found}; the main chain's {cosigned}"
+            found_text = f"{found}; main chain witnessing: {cosigned}"
         else:
             found_text = str(found)
     except MalformedProof as exc:

@@ -84,9 +84,9 @@ def main_witness_line(witnessing: MainWitnessing, rule: WitnessRule | None) -> s
     """The main chain's own checkpoint's witnessing, as demanded by ``rule``
     (``ProvenanceError`` if it falls short) or only described."""
     if rule is None:
-        return "the main chain's " + witnessing.describe()
+        return "main chain witnessing: " + witnessing.describe()
     try:
-        return "the main chain's " + witnessing.require(rule.max_age, rule.now)
+        return "main chain witnessing: " + witnessing.require(rule.max_age, rule.now)
     except AnchorError as exc:
         raise ProvenanceError(f"anchor: {exc}") from None
 
