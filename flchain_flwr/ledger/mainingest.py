@@ -97,15 +97,18 @@ def _anchor(main: MainChain, request: AnchorRequest) -> tuple[str, str]:
     ``AnchorRefused`` if refused."""
     checkpoint = request.checkpoint
     last = main.last_anchor(checkpoint.origin)
-    if last is not None and last.checkpoint == checkpoint:
-        if last.log_key != request.log_key:
-            raise AnchorRefused(
-                f"{checkpoint.origin} was anchored with key {last.log_key}"
-            )
-        return "present", (
-            f"{checkpoint.origin} size {checkpoint.size} is anchored already, "
-            f"at height {last.height}"
+    if last is not None and last.log_key != request.log_key:
+        raise AnchorRefused(
+            f"{checkpoint.origin} was anchored with key {last.log_key}, not "
+            f"{request.log_key}"
         )
+    if last is not None and last.checkpoint.size >= checkpoint.size:
+        for block in main.anchors_for(checkpoint.origin):
+            if block.checkpoint == checkpoint:
+                return "present", (
+                    f"{checkpoint.origin} size {checkpoint.size} is anchored "
+                    f"already, at height {block.height}"
+                )
     if last is not None and last.checkpoint.size > checkpoint.size:
         raise AnchorRefused(
             f"superseded: {checkpoint.origin} is anchored at size "

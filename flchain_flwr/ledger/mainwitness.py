@@ -27,6 +27,7 @@ from .checkpoint import parse_checkpoint, write_checkpoint
 from .cosignature import add_cosignature, parse_cosigner_key, verify_cosignatures
 from .merkle import consistency_proof
 from .notes import NoteError, SignedNote
+from .witness import WitnessError
 from .witnessrequest import CosignRequest, WitnessRefused
 
 if TYPE_CHECKING:
@@ -135,7 +136,9 @@ def collect_cosignatures(
                     old = exc.size
                     continue
                 refusals.append(f"witness {index}: {exc.reason}")
-            except ValueError as exc:  # no proof between those sizes
+            except (ValueError, OSError, WitnessError) as exc:
+                # no proof between those sizes, or a witness that cannot work:
+                # the main chain's anchor is committed, so nothing may escape
                 refusals.append(f"witness {index}: {exc}")
             else:
                 signed = add_cosignature(signed, line)
