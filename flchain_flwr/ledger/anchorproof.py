@@ -13,7 +13,12 @@ leaves of its log (so the key vouches for the policy at genesis and for the
 anchor block), the subchain key signed the anchored checkpoint and a quorum
 of the policy's witnesses cosigned it. Forging an accepted proof for a
 checkpoint the witnesses never cosigned needs ``quorum`` witness keys; one
-whose policy is not the genesis's needs the main chain's key.
+whose policy is not the genesis's needs the main chain's key. The main
+checkpoint's own cosignatures by policy witnesses are checked too
+(:attr:`AnchorProof.main_witnessing`; a forged line fails the proof); whether
+they must make a quorum, and how recent, is the caller's demand
+(:meth:`~.mainwitness.MainWitnessing.require`): with it, a proof from a forked
+or truncated main chain also needs ``quorum`` witness keys.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ the checkpoint, a quorum of the policy's witnesses cosigned it, the key is
 the one the origin was first anchored with, and the checkpoint is consistent
 with the origin's previous anchor (equal root at equal size; a valid
 consistency proof otherwise). Several processes may anchor into one main
-chain: each append is one SQLite ``BEGIN IMMEDIATE`` transaction.
+chain: each append is one SQLite ``BEGIN IMMEDIATE`` transaction. Opened with
+the policy's ``witnesses``, each anchor also has the main chain's own
+checkpoint cosigned (:mod:`.mainwitness`).
 """
 
 from __future__ import annotations
@@ -39,9 +41,7 @@ from .anchorblock import (
 )
 from .checkpoint import (
     Checkpoint,
-    CheckpointMismatch,
     LogFrontier,
-    check_consistency,
     ledger_origin,
     sign_checkpoint,
     write_checkpoint,
@@ -328,7 +328,9 @@ class MainChain:
                 found = check_anchor(block, self.policy)
             except AnchorError as exc:
                 raise AnchorRefused(str(exc)) from None
-            self._check_against_previous(block, found.checkpoint, consistency)
+            from .mainverify import check_against_previous  # it imports this module
+
+            check_against_previous(self, block, found.checkpoint, consistency)
             self.db.execute(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?)",
                 (height, block.hash, block.origin, record),
@@ -342,29 +344,6 @@ class MainChain:
         else:
             self._write_checkpoint()
         return block
-
-    def _check_against_previous(
-        self,
-        block: AnchorBlock,
-        checkpoint: Checkpoint,
-        consistency: Mapping[str, Any] | None,
-    ) -> None:
-        last = self.last_anchor(checkpoint.origin)
-        if last is None:
-            return
-        if last.log_key != block.log_key:
-            raise AnchorRefused(
-                f"{checkpoint.origin} was anchored with key {last.log_key}, not "
-                f"{block.log_key}"
-            )
-        try:
-            check_consistency(last.checkpoint, checkpoint, consistency)
-        except CheckpointMismatch as exc:
-            raise AnchorRefused(
-                f"{checkpoint.origin} at size {checkpoint.size} contradicts its "
-                f"anchor at main-chain height {last.height} (size "
-                f"{last.checkpoint.size}): {exc}"
-            ) from None
 
     def verify(
         self,

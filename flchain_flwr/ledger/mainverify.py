@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .canonical import ZERO_HASH
 from .checkpoint import (
+    Checkpoint,
     CheckpointMismatch,
     check_against_ledger,
     check_consistency,
@@ -119,3 +122,29 @@ class WitnessRule:
 
     max_age: float | None = None
     now: float | None = None
+
+
+def check_against_previous(
+    main: MainChain,
+    block: AnchorBlock,
+    checkpoint: Checkpoint,
+    consistency: Mapping[str, Any] | None,
+) -> None:
+    """A new anchor's checkpoint against its origin's last anchor in ``main``:
+    the same key, and consistent (``AnchorRefused`` saying which fails)."""
+    last = main.last_anchor(checkpoint.origin)
+    if last is None:
+        return
+    if last.log_key != block.log_key:
+        raise AnchorRefused(
+            f"{checkpoint.origin} was anchored with key {last.log_key}, not "
+            f"{block.log_key}"
+        )
+    try:
+        check_consistency(last.checkpoint, checkpoint, consistency)
+    except CheckpointMismatch as exc:
+        raise AnchorRefused(
+            f"{checkpoint.origin} at size {checkpoint.size} contradicts its "
+            f"anchor at main-chain height {last.height} (size "
+            f"{last.checkpoint.size}): {exc}"
+        ) from None
