@@ -255,8 +255,6 @@ def cmd_anchor(args: argparse.Namespace, out: TextIO) -> int:
             return EXIT_FAILED
         c = block.checkpoint
         out.write(f"anchored {c.origin} size {c.size} at height {block.height}\n")
-        for refusal in main.witness_refusals:
-            out.write(f"witness refused the main checkpoint: {refusal}\n")
     return EXIT_OK
 
 
