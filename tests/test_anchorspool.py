@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import pytest
@@ -33,7 +32,7 @@ from flchain_flwr.ledger.witness import Witness
 from flchain_flwr.strategies.anchor import anchorer_from_run_config
 
 from .ledger_helpers import build_ledger, checkpoint_at
-from .test_anchoring import MAIN_KEY, make_witnesses, policy, run_with_anchoring
+from .test_anchoring import MAIN_KEY, make_witnesses, policy, run_concurrently
 from .test_mainwit import grow
 
 RUN_KEYS = {"run-a": SigningKey(b"\x0a" * 32), "run-b": SigningKey(b"\x0b" * 32)}
@@ -67,17 +66,7 @@ def test_two_runs_spool_and_the_operator_ingests(tmp_path: Path) -> None:
         assert not any("key" in name for name in cfg)  # no main key in the run
         anchorers[chain] = anchorer_from_run_config(cfg)
         assert isinstance(anchorers[chain], SpoolAnchorer)
-    threads = [
-        threading.Thread(
-            target=run_with_anchoring,
-            args=(tmp_path / f"{chain}.db", chain, key, anchorers[chain]),
-        )
-        for chain, key in RUN_KEYS.items()
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    run_concurrently(tmp_path, RUN_KEYS, anchorers)
     spooled = sorted(p.name for p in spool.iterdir())
     for anchorer in anchorers.values():
         assert isinstance(anchorer, SpoolAnchorer)

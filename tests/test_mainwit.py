@@ -85,15 +85,28 @@ def test_each_anchor_has_the_main_checkpoint_cosigned(setup, capsys) -> None:  #
     # An anchor proof (and so a provenance bundle) carries those cosignatures.
     proof = json.loads(json.dumps(main.prove_anchor(2)))
     assert check_anchor_proof(proof, main.public_key).main_witnessing.require()
+    main_out, ledger_out = cli_verify(main, ledger, capsys, 0)
+    assert "cosigned by 3 of 3" in main_out
+    assert "its checkpoint of 3 blocks is cosigned" in ledger_out
+
+
+def cli_verify(  # type: ignore[no-untyped-def]
+    main: MainChain, ledger: Ledger, capsys, code: int
+) -> tuple[str, str]:
+    """`main verify --witnessed` and `ledger verify --anchored-in --witnessed`
+    (after closing both): each exits ``code``; their outputs."""
     path = str(main.path)
     main.close()
-    capsys.readouterr()
-    assert cli(["main", "verify", path, "--witnessed"]) == 0
-    assert "cosigned by 3 of 3" in capsys.readouterr().out
-    args = ["ledger", "verify", str(ledger.path), "--anchored-in", path, "--witnessed"]
     ledger.close()
-    assert cli(args) == 0
-    assert "its checkpoint of 3 blocks is cosigned" in capsys.readouterr().out
+    outs = []
+    capsys.readouterr()
+    for args in (
+        ["main", "verify", path],
+        ["ledger", "verify", str(ledger.path), "--anchored-in", path],
+    ):
+        assert cli([*args, "--witnessed"]) == code
+        outs.append(capsys.readouterr().out)
+    return outs[0], outs[1]
 
 
 @pytest.mark.parametrize("attack", ["truncation", "fork"])
@@ -119,14 +132,9 @@ def test_a_cut_or_forked_main_chain_gets_no_fresh_quorum(  # type: ignore[no-unt
     with pytest.raises(AnchorRefused, match="cosigned by 0 of its policy's witnesses"):
         main.verify(witnessed=WitnessRule())
     path = str(main.path)
-    main.close()
-    capsys.readouterr()
-    assert cli(["main", "verify", path, "--witnessed"]) == 1
-    assert "not witnessed at this size" in capsys.readouterr().out
-    args = ["ledger", "verify", str(ledger.path), "--anchored-in", path, "--witnessed"]
-    ledger.close()
-    assert cli(args) == 1
-    assert "FAILED: main chain" in capsys.readouterr().out
+    main_out, ledger_out = cli_verify(main, ledger, capsys, 1)
+    assert "not witnessed at this size" in main_out
+    assert "FAILED: main chain" in ledger_out
     folders = [arg for w in witnesses for arg in ("--witness", str(w.folder))]
     assert cli(["main", "cosign", path, "--key", _key_file(path), *folders]) == 1
     assert capsys.readouterr().out.count(said) == 3
@@ -211,67 +219,31 @@ def test_model_verify_demands_the_witnessed_main_checkpoint(
     run: Run,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    """Over files: witnesses that know the main chain cosign its checkpoint,
-    the bundle carries it, `model verify --witnessed` checks it; witnesses that
-    do not leave a bundle that fails --witnessed."""
-    with Ledger(run.ledger, create=False) as ledger:
-        log_key = log_key_of(ledger).encode()
+    """Witnesses that know the main chain cosign its checkpoint, the bundle
+    carries it and `model verify --witnessed` checks it; witnesses that do
+    not know it leave a bundle that fails --witnessed."""
     outputs = []
     for know_main in (True, False):
         folder = tmp_path / str(know_main)
-        folders = [folder / f"w{i}" for i in range(3)]
-        for index, witness in enumerate(folders):
-            args = ("witness", "init", str(witness), "--name", f"w{index}.example")
-            assert provenance_cli(*args, "--log", log_key)[0] == 0
-        vkeys = [(w / "witness.vkey").read_text().strip() for w in folders]
-        main_path, key = folder / "main.db", folder / "main.key"
-        code, out = provenance_cli(
-            "main",
-            "init",
-            str(main_path),
-            "--chain-id",
-            "m",
-            "--key",
-            str(key),
-            "--quorum",
-            "2",
-            *(f"--witness={v}" for v in vkeys),
-        )
-        main_vkey = out.splitlines()[0].strip()
-        for witness in folders if know_main else []:
-            assert provenance_cli("witness", "add-log", str(witness), main_vkey)[0] == 0
-        code, out = provenance_cli(
-            "anchor",
-            str(run.ledger),
-            "--main",
-            str(main_path),
-            "--main-key-file",
-            str(key),
-            *(f"--witness={w}" for w in folders),
-        )
-        assert code == 0, out
+        with Ledger(run.ledger, create=False) as ledger:
+            witnesses = make_witnesses(folder, [log_key_of(ledger)])
+            main = MainChain.create(
+                folder / "main.db", chain_id="m", policy=policy(), signing_key=MAIN_KEY
+            )
+            for witness in witnesses if know_main else []:
+                witness.add_log(main.public_key)
+            main.witnesses = list(witnesses)
+            anchor_ledger(ledger, main, witnesses)
+            main.close()
         bundle = folder / "b.bundle"
         code, out = provenance_cli(
-            "model",
-            "prove",
-            "--ledger",
-            str(run.ledger),
-            "--main",
-            str(main_path),
-            "--hash",
-            run.model,
-            "-o",
-            str(bundle),
+            *("model", "prove", "--ledger", str(run.ledger), "--main"),
+            *(str(folder / "main.db"), "--hash", run.model, "-o", str(bundle)),
         )
         assert code == 0, out
+        trusted = f"--trusted=main={main.public_key.encode()}"
         outputs.append(
-            provenance_cli(
-                "model",
-                "verify",
-                str(bundle),
-                f"--trusted=main={main_vkey}",
-                "--witnessed",
-            )
+            provenance_cli("model", "verify", str(bundle), trusted, "--witnessed")
         )
     (good, good_out), (bad, bad_out) = outputs
     assert good == 0 and "main chain witnessing: its checkpoint of 2 blocks" in good_out
