@@ -62,8 +62,10 @@ class MainWitnessing:
             f"{self.quorum})"
         )
         if max_age is None:
-            return line + " (freshness not checked: an older cosigned checkpoint "
-            "of a rolled-back main chain would pass too; give a max age)"
+            return line + (
+                " (freshness not checked: an older cosigned checkpoint of a "
+                "rolled-back main chain would pass too; give a max age)"
+            )
         if now is None:
             raise ValueError("a max age needs the current time")
         fresh = sorted(n for n, t in self.cosigners.items() if now - t <= max_age)
