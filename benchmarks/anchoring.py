@@ -11,6 +11,8 @@
   and its own signed checkpoint). Timed apart from the appends, interleaved
   in the same run: every ``Anchorer.after_block`` call counts, those that
   only check whether an anchor is due too.
+  With ``--witness-main`` the witnesses also cosign the main chain's own
+  checkpoint after each anchor (:mod:`~flchain_flwr.ledger.mainwitness`).
 - Witness cosigning latency: each ``Witness.add_checkpoint`` call.
 - End to end: ``Ledger.verify`` on the whole subchain, then
   :func:`~flchain_flwr.ledger.anchoring.check_anchored` (the main chain's
@@ -124,6 +126,10 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         policy=AnchorPolicy(tuple(w.witness.key for w in witnesses), 2),
         signing_key=SigningKey(b"\x02" * 32),
     )
+    if args.witness_main:  # each anchor also has the main checkpoint cosigned
+        for witness in witnesses:
+            witness.witness.add_log(main.public_key)
+        main.witnesses = list(witnesses)
     anchorer = Anchorer(main, witnesses, every_blocks=args.every)
     appends: list[float] = []
     anchors: list[float] = []  # the calls that anchored
@@ -137,6 +143,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         elapsed = time.perf_counter() - start
         (anchors if block is not None else checks).append(elapsed)
     assert not anchorer.failures, anchorer.failures
+    assert not main.witness_refusals, main.witness_refusals
     main.close()
     start = time.perf_counter()
     report = ledger.verify()
@@ -171,6 +178,11 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--params", type=int, default=1_000)
     parser.add_argument("--no-durable", dest="durable", action="store_false")
+    parser.add_argument(
+        "--witness-main",
+        action="store_true",
+        help="the witnesses also cosign the main chain's checkpoint after each anchor",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "anchoring.json")
     args = parser.parse_args()
     FLOWER_LOGGER.setLevel(logging.WARNING)

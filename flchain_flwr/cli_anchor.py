@@ -20,14 +20,20 @@ from typing import Any, TextIO
 from nacl.signing import SigningKey
 
 from .cli import EXIT_FAILED, EXIT_OK, _error
+from .cli_mainwit import (
+    add_main_witness_commands,
+    add_witness_rule_options,
+    witness_rule,
+)
 from .ledger import Ledger, LedgerError
 from .ledger.anchorblock import AnchorError, AnchorPolicy
-from .ledger.anchoring import anchor_ledger, check_anchored, log_key_of
+from .ledger.anchoring import AnchoredReport, anchor_ledger, check_anchored, log_key_of
 from .ledger.anchorproof import check_anchor_proof
 from .ledger.chain import load_or_create_key
 from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key
 from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
+from .ledger.mainwitness import main_witnessing
 from .ledger.merkle import InvalidProof, MalformedProof, parse_proof
 from .ledger.notes import (
     NoteError,
@@ -190,7 +196,9 @@ def cmd_main_verify(args: argparse.Namespace, out: TextIO) -> int:
         except NoteError as exc:
             return _error(f"--main-checkpoint {args.main_checkpoint}: {exc}")
         try:
-            out.write(f"OK: {main.verify(pinned=pinned)}\n")
+            out.write(
+                f"OK: {main.verify(pinned=pinned, witnessed=witness_rule(args))}\n"
+            )
         except AnchorRefused as exc:
             out.write(f"FAILED: {exc}\n")
             return EXIT_FAILED
@@ -214,12 +222,18 @@ def cmd_main_check_proof(args: argparse.Namespace, out: TextIO) -> int:
         return _error(f"malformed proof {args.proof}: {exc}")
     try:
         found = check_anchor_proof(proof, args.main_key, args.log_key)
+        rule = witness_rule(args)
+        if rule is not None:
+            cosigned = found.main_witnessing.require(rule.max_age, rule.now)
+            found_text = f"{found}; main chain witnessing: {cosigned}"
+        else:
+            found_text = str(found)
     except MalformedProof as exc:
         return _error(f"malformed proof {args.proof}: {exc}")
     except AnchorError as exc:
         out.write(f"INVALID: {exc}\n")
         return EXIT_FAILED
-    out.write(f"valid: {found}\n")
+    out.write(f"valid: {found_text}\n")
     return EXIT_OK
 
 
@@ -232,7 +246,7 @@ def cmd_anchor(args: argparse.Namespace, out: TextIO) -> int:
     witnesses = [Witness(folder) for folder in args.witness]
     with (
         _open_ledger(args.ledger) as ledger,
-        MainChain(args.main, signing_key=key) as main,
+        MainChain(args.main, signing_key=key, witnesses=witnesses) as main,
     ):
         try:
             block = anchor_ledger(ledger, main, witnesses)
@@ -270,6 +284,20 @@ def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) ->
             )
     except (LedgerError, CheckpointError) as exc:
         return _error(str(exc))
+    rule = witness_rule(args)
+    if report.ok and rule is not None:
+        with MainChain(args.anchored_in) as main:
+            try:
+                main.verify(pinned=kept, witnessed=rule)
+            except AnchorRefused as exc:
+                out.write(f"FAILED: main chain {args.anchored_in}: {exc}\n")
+                return EXIT_FAILED
+            witnessed = main_witnessing(
+                parse_note(main.checkpoint_path.read_bytes()), main.policy
+            ).require(rule.max_age, rule.now)
+        report = AnchoredReport(
+            True, report.checked, f"{report.statement}; {witnessed}"
+        )
     out.write(f"{report}\n")
     return EXIT_OK if report.ok else EXIT_FAILED
 
@@ -295,6 +323,7 @@ def add_anchor_commands(
         help="with --anchored-in: a main-chain checkpoint you kept; the main "
         "chain must hold it (else a rollback of the main chain goes unseen)",
     )
+    add_witness_rule_options(verify)
     verify.set_defaults(
         func=functools.partial(cmd_verify_anchored, verify.get_default("func"))
     )
@@ -347,6 +376,7 @@ def add_anchor_commands(
         metavar="FILE",
         help="a main-chain checkpoint you kept: the chain must hold it",
     )
+    add_witness_rule_options(mverify)
     mverify.set_defaults(func=cmd_main_verify)
     prove = msub.add_parser("prove", help="proof of one anchor block, as JSON")
     prove.add_argument("main")
@@ -356,7 +386,9 @@ def add_anchor_commands(
     check.add_argument("proof")
     check.add_argument("--main-key", type=_vkey, required=True)
     check.add_argument("--log-key", type=_vkey)
+    add_witness_rule_options(check)
     check.set_defaults(func=cmd_main_check_proof)
+    add_main_witness_commands(msub, _guarded)
 
     anchor = groups.add_parser("anchor", help="anchor a ledger in a main chain")
     anchor.add_argument("ledger")

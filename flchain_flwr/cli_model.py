@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from .cli_mainwit import add_witness_rule_options, witness_rule
 from .ledger.chain import Ledger, LedgerError, load_or_create_key
 from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
 from .ledger.notes import NoteError, parse_verifier_key, write_file_atomically
@@ -120,7 +121,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     except (OSError, ValueError) as exc:
         return _fail(str(exc))
     try:
-        report = verify_bundle(data, trust, model)
+        report = verify_bundle(data, trust, model, witness_rule(args))
     except BundleMalformed as exc:
         return _fail(f"malformed bundle {args.bundle}: {exc}")
     except ProvenanceError as exc:
@@ -173,7 +174,8 @@ def cmd_anchor_market(args: argparse.Namespace, out: TextIO) -> int:
     except (LedgerError, WitnessError) as exc:
         return _fail(str(exc))
     try:
-        with chain, MainChain(args.main, signing_key=key) as main:
+        main = MainChain(args.main, signing_key=key, witnesses=witnesses)
+        with chain, main:
             block = anchor_trading_chain(chain, main, witnesses)
     except AnchorRefused as exc:
         out.write(f"REFUSED: {exc}\n")
@@ -220,6 +222,7 @@ def add_model_commands(groups: Any) -> None:
         "(required, the main chain's checkpoint key), witness=<cosigner vkey>, "
         "pool=<hex verifier key>, publisher=<hex key>; or @FILE of such lines",
     )
+    add_witness_rule_options(check)
     check.set_defaults(func=cmd_verify)
 
     market = sub.add_parser(

@@ -13,6 +13,7 @@ import shutil
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -263,6 +264,23 @@ def run_with_anchoring(
     ledger.close()
 
 
+def run_concurrently(
+    folder: Path, keys: dict[str, SigningKey], anchorers: dict[str, Any]
+) -> None:
+    """One run per chain id at once, each with its anchorer, ledger in ``folder``."""
+    threads = [
+        threading.Thread(
+            target=run_with_anchoring,
+            args=(folder / f"{chain}.db", chain, key, anchorers[chain]),
+        )
+        for chain, key in keys.items()
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+
+
 def test_two_concurrent_runs_anchor_into_one_main_chain(tmp_path: Path) -> None:
     keys = {"run-a": SigningKey(b"\x0a" * 32), "run-b": SigningKey(b"\x0b" * 32)}
     logs = [VerifierKey(ledger_origin(c), bytes(k.verify_key)) for c, k in keys.items()]
@@ -278,17 +296,7 @@ def test_two_concurrent_runs_anchor_into_one_main_chain(tmp_path: Path) -> None:
         )
         for chain in keys
     }
-    threads = [
-        threading.Thread(
-            target=run_with_anchoring,
-            args=(tmp_path / f"{chain}.db", chain, key, anchorers[chain]),
-        )
-        for chain, key in keys.items()
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
+    run_concurrently(tmp_path, keys, anchorers)
     for anchorer in anchorers.values():
         assert not anchorer.failures
         assert len(anchorer.anchored) >= 2

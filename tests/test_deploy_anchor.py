@@ -16,7 +16,9 @@ APP = Path(__file__).resolve().parent.parent / "apps" / "flchain_cnn"
 @pytest.mark.e2e
 def test_two_runs_and_a_market_anchor_into_one_main_chain(tmp_path: Path) -> None:
     """TLS, node auth, witness SuperNodes found by their keys and never trained,
-    anchors from both runs and the market in one main chain, every witness
+    runs without the main key spooling anchor requests that `main ingest`
+    appends (twice: a no-op), anchors from both runs and the market in one
+    witnessed main chain, every witness
     keeping every origin, and the CLI checks (main verify, verify
     --anchored-in, model prove/verify) passing; every process stopped."""
     report = run_anchor_scenario(APP, tmp_path)

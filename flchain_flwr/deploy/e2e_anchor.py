@@ -9,15 +9,19 @@ On 127.0.0.1 only, under a work directory:
    one witness SuperNode per folder (node config ``role="witness"``,
    ``witness-dir``);
 3. two ``flwr run`` of the app, started together, each with its own ledger and
-   seed, both anchoring into the main chain through the witness SuperNodes
-   (``anchor-witness-nodes = 3``, every 2 blocks and at the end);
-4. a model-trading subchain (offer of run A's final model, purchase,
+   seed, neither holding the main chain's key: each has its checkpoint
+   cosigned by the witness SuperNodes (``anchor-witness-nodes = 3``, every 2
+   blocks and at the end) and spools anchor requests (``anchor-spool``);
+4. the main chain's operator ingests the spool (``flchain main ingest``, the
+   witness folders cosigning the main chain's own checkpoint), twice (the
+   second a no-op);
+5. a model-trading subchain (offer of run A's final model, purchase,
    receipt) anchored through the same witness folders with ``flchain model
    anchor-market``;
-5. ``flchain main verify``, ``flchain ledger verify SUB --anchored-in MAIN``
-   for both runs, ``flchain model prove`` and ``model verify`` of run A's
-   final model, all with the CLI;
-6. every process started is stopped by PID, also when a step fails.
+6. ``flchain main verify --witnessed``, ``flchain ledger verify SUB
+   --anchored-in MAIN --witnessed`` for both runs, ``flchain model prove`` and
+   ``model verify --witnessed`` of run A's final model, all with the CLI;
+7. every process started is stopped by PID, also when a step fails.
 
 Whether Flower ran the two runs at the same time is measured, not assumed:
 ``facts["concurrent"]`` says whether each run wrote a block before the other's
@@ -152,7 +156,7 @@ def run_anchor_scenario(
                     "ledger-path": str(ledgers[name]),
                     "results-path": str(workdir / f"results-{name}.json"),
                     "anchor-main": str(workdir / "main.db"),
-                    "anchor-key": str(main_key),
+                    "anchor-spool": str(workdir / "spool"),
                     "anchor-witness-nodes": 3,
                     "anchor-every": 2,
                     # A query starts a ClientApp process on the node: allow a
@@ -201,8 +205,20 @@ def run_anchor_scenario(
                     bool(trained) and not trained & witness_ids,
                 )
 
-            market = _market(workdir, ledgers["a"])
             folders = [arg for w in witnesses for arg in ("--witness", str(w.folder))]
+            for attempt in ("ingest", "ingest again"):
+                ingest = _cli(
+                    fed, "main", "ingest", str(workdir / "spool"), "--main",
+                    str(workdir / "main.db"), "--key", str(main_key), *folders,
+                )  # fmt: skip
+                report.facts[attempt] = ingest.stdout.strip().splitlines()[-1:]
+                report.check(f"main {attempt}", ingest.returncode == 0)
+            report.check(
+                "the second ingest is a no-op",
+                "0 ingested, 0 rejected" in ingest.stdout,
+            )
+
+            market = _market(workdir, ledgers["a"])
             anchored = _cli(
                 fed, "model", "anchor-market", str(market), "--main",
                 str(workdir / "main.db"), "--main-key-file", str(main_key), *folders,
@@ -226,13 +242,13 @@ def run_anchor_scenario(
                 report.check(f"witness {i} persisted every origin", len(known) == 3)
 
             verify = _cli(fed, "main", "verify", str(workdir / "main.db"),
-                          "--main-key", main_vkey)  # fmt: skip
+                          "--main-key", main_vkey, "--witnessed")  # fmt: skip
             report.facts["main_verify"] = verify.stdout.strip().splitlines()[-2:]
             report.check("main verify", verify.returncode == 0)
             for name in RUNS:
                 verify = _cli(
                     fed, "ledger", "verify", str(ledgers[name]), "--anchored-in",
-                    str(workdir / "main.db"), "--main-key", main_vkey,
+                    str(workdir / "main.db"), "--main-key", main_vkey, "--witnessed",
                 )  # fmt: skip
                 report.facts[f"run_{name}_anchored"] = verify.stdout.strip()[-400:]
                 report.check(
@@ -255,7 +271,7 @@ def run_anchor_scenario(
                 *(f"--trusted=witness={w.key.encode()}" for w in witnesses),
             ]
             check = _cli(fed, "model", "verify", str(bundle), "--model", str(model),
-                         *trusted)  # fmt: skip
+                         "--witnessed", *trusted)  # fmt: skip
             report.facts["model_verify"] = check.stdout.strip().splitlines()[:4]
             report.check("model verify", check.returncode == 0)
             report.facts["seconds"] = round(time.monotonic() - t0, 1)

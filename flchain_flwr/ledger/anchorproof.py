@@ -13,7 +13,12 @@ leaves of its log (so the key vouches for the policy at genesis and for the
 anchor block), the subchain key signed the anchored checkpoint and a quorum
 of the policy's witnesses cosigned it. Forging an accepted proof for a
 checkpoint the witnesses never cosigned needs ``quorum`` witness keys; one
-whose policy is not the genesis's needs the main chain's key.
+whose policy is not the genesis's needs the main chain's key. The main
+checkpoint's own cosignatures by policy witnesses are checked too
+(:attr:`AnchorProof.main_witnessing`; a forged line fails the proof); whether
+they must make a quorum, and how recent, is the caller's demand
+(:meth:`~.mainwitness.MainWitnessing.require`): with it, a proof from a forked
+or truncated main chain also needs ``quorum`` witness keys.
 """
 
 from __future__ import annotations
@@ -31,9 +36,22 @@ from .anchorblock import (
     check_anchor,
     parse_block,
 )
-from .checkpoint import CheckpointError, ledger_origin, open_checkpoint
-from .merkle import InvalidProof, MalformedProof, proof_field, verify_proof
-from .notes import NoteError, VerifierKey
+from .checkpoint import (
+    CheckpointError,
+    ledger_origin,
+    open_checkpoint,
+    parse_checkpoint,
+)
+from .mainchain import MainChain, MainChainError
+from .mainwitness import MainWitnessing, main_witnessing
+from .merkle import (
+    InvalidProof,
+    MalformedProof,
+    inclusion_proof,
+    proof_field,
+    verify_proof,
+)
+from .notes import NoteError, SignedNote, VerifierKey, parse_note
 
 
 @dataclass(frozen=True)
@@ -44,6 +62,9 @@ class AnchorProof:
     policy: AnchorPolicy
     check: AnchorCheck
     main_size: int
+    main_witnessing: MainWitnessing
+    """The policy witnesses' cosignatures on the main checkpoint itself
+    (:meth:`MainWitnessing.require` says whether they make a quorum)."""
 
     def __str__(self) -> str:
         return (
@@ -115,4 +136,56 @@ def check_anchor_proof(
     if genesis.kind != "genesis":
         raise AnchorError("the record at height 0 is not a genesis block")
     policy = AnchorPolicy.from_json(genesis.fields["policy"])
-    return AnchorProof(block, policy, check_anchor(block, policy, log_key), main.size)
+    check = check_anchor(block, policy, log_key)
+    witnessing = main_witnessing(parse_note(note), policy)
+    return AnchorProof(block, policy, check, main.size, witnessing)
+
+
+def prove_anchor(
+    main: MainChain, height: int, note: SignedNote | None = None
+) -> dict[str, Any]:
+    """A self-contained proof that block ``height`` is in ``main``.
+
+    It holds the genesis record (the policy) and the anchor record, each with
+    an inclusion proof in the log of the checkpoint's size, and the main
+    chain's signed checkpoint: ``note``, else the one on file (with its
+    witness cosignatures) if it covers the block, else a fresh one if the key
+    is held. Check it offline with :func:`check_anchor_proof`.
+    """
+    if note is None:
+        note = _stored_checkpoint(main, height)
+    if note is None:
+        note = main.signed_checkpoint()
+    size = parse_checkpoint(note.text).size
+    hashes = main.block_hashes()[:size]
+    if not 0 < height < size:
+        raise MainChainError(
+            f"block {height} is not an anchor block in the checkpoint's {size} blocks"
+        )
+    return {
+        "type": "anchor-in-main",
+        "main_chain": main.chain_id,
+        "genesis": main.block(0).record.decode("utf-8"),
+        "genesis_inclusion": inclusion_proof(hashes, 0),
+        "block": main.block(height).record.decode("utf-8"),
+        "inclusion": inclusion_proof(hashes, height),
+        "checkpoint": str(note),
+    }
+
+
+def _stored_checkpoint(main: MainChain, height: int) -> SignedNote | None:
+    """The main checkpoint on file if it is the main key's and covers
+    ``height``; else ``None`` if the key is held to sign a fresh one."""
+    try:
+        note = parse_note(main.checkpoint_path.read_bytes())
+        checkpoint, _ = open_checkpoint(note, [main.public_key])
+        if height < checkpoint.size:
+            return note
+    except (OSError, NoteError, CheckpointError):
+        pass
+    if main.has_key:
+        return None
+    raise MainChainError(
+        f"the main checkpoint on file {main.checkpoint_path} does not cover "
+        f"block {height}, and signing a fresh one needs the main chain's key"
+    )

@@ -14,16 +14,20 @@ the checkpoint, a quorum of the policy's witnesses cosigned it, the key is
 the one the origin was first anchored with, and the checkpoint is consistent
 with the origin's previous anchor (equal root at equal size; a valid
 consistency proof otherwise). Several processes may anchor into one main
-chain: each append is one SQLite ``BEGIN IMMEDIATE`` transaction.
+chain: each append is one SQLite ``BEGIN IMMEDIATE`` transaction. Opened with
+the policy's ``witnesses``, each anchor also has the main chain's own
+checkpoint cosigned (:mod:`.mainwitness`).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from logging import WARNING
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
+from flwr.supercore import log
 from nacl.signing import SigningKey
 
 from .anchorblock import (
@@ -37,16 +41,17 @@ from .anchorblock import (
 )
 from .checkpoint import (
     Checkpoint,
-    CheckpointMismatch,
     LogFrontier,
-    check_consistency,
     ledger_origin,
-    parse_checkpoint,
     sign_checkpoint,
     write_checkpoint,
 )
-from .merkle import inclusion_proof
+from .mainwitness import cosign_main_checkpoint
 from .notes import SignedNote, SignerKey, VerifierKey, parse_note
+
+if TYPE_CHECKING:
+    from .anchoring import WitnessClient
+    from .mainverify import WitnessRule
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -78,6 +83,9 @@ class MainChain:
     checkpoint_path : str | Path, optional
         Where each anchor writes the main chain's signed checkpoint (default
         ``<path>.checkpoint``).
+    witnesses : Sequence[WitnessClient], optional
+        The policy's witnesses: after each anchor they are asked to cosign
+        the main chain's own checkpoint (:meth:`cosign_checkpoint`).
     """
 
     def __init__(
@@ -86,8 +94,12 @@ class MainChain:
         *,
         signing_key: SigningKey | None = None,
         checkpoint_path: str | Path | None = None,
+        witnesses: Sequence[WitnessClient] = (),
     ) -> None:
         self.path = Path(path).resolve()
+        self.witnesses = list(witnesses)
+        self.witness_refusals: list[str] = []
+        self._sizes: dict[int, int] = {}
         if not self.path.is_file():
             raise MainChainError(f"no main chain at {self.path}")
         self.checkpoint_path = Path(
@@ -182,6 +194,11 @@ class MainChain:
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
+
+    @property
+    def has_key(self) -> bool:
+        """Whether the chain was opened with its signing key."""
+        return self._signing_key is not None
 
     @property
     def origin(self) -> str:
@@ -311,7 +328,9 @@ class MainChain:
                 found = check_anchor(block, self.policy)
             except AnchorError as exc:
                 raise AnchorRefused(str(exc)) from None
-            self._check_against_previous(block, found.checkpoint, consistency)
+            from .mainverify import check_against_previous  # it imports this module
+
+            check_against_previous(self, block, found.checkpoint, consistency)
             self.db.execute(
                 "INSERT INTO blocks VALUES (?, ?, ?, ?)",
                 (height, block.hash, block.origin, record),
@@ -320,34 +339,17 @@ class MainChain:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        self._write_checkpoint()
+        if self.witnesses:
+            self.cosign_checkpoint()
+        else:
+            self._write_checkpoint()
         return block
 
-    def _check_against_previous(
-        self,
-        block: AnchorBlock,
-        checkpoint: Checkpoint,
-        consistency: Mapping[str, Any] | None,
-    ) -> None:
-        last = self.last_anchor(checkpoint.origin)
-        if last is None:
-            return
-        if last.log_key != block.log_key:
-            raise AnchorRefused(
-                f"{checkpoint.origin} was anchored with key {last.log_key}, not "
-                f"{block.log_key}"
-            )
-        try:
-            check_consistency(last.checkpoint, checkpoint, consistency)
-        except CheckpointMismatch as exc:
-            raise AnchorRefused(
-                f"{checkpoint.origin} at size {checkpoint.size} contradicts its "
-                f"anchor at main-chain height {last.height} (size "
-                f"{last.checkpoint.size}): {exc}"
-            ) from None
-
     def verify(
-        self, checkpoint: SignedNote | None = None, pinned: SignedNote | None = None
+        self,
+        checkpoint: SignedNote | None = None,
+        pinned: SignedNote | None = None,
+        witnessed: WitnessRule | None = None,
     ) -> str:
         """Check the whole main chain; return what was checked.
 
@@ -357,7 +359,9 @@ class MainChain:
         proof), and the main chain's signed checkpoint (``checkpoint``, else
         the one at ``checkpoint_path``) against its log; with ``pinned`` (a
         main-chain checkpoint kept elsewhere) also that the chain holds it, so
-        it was not rolled back below it.
+        it was not rolled back below it; with ``witnessed``, that a quorum of
+        the policy's witnesses cosigned the checkpoint (recently, with
+        ``witnessed.max_age``).
 
         Raises
         ------
@@ -366,7 +370,7 @@ class MainChain:
         """
         from .mainverify import verify_main_chain  # here: it imports this module
 
-        return verify_main_chain(self, checkpoint, pinned)
+        return verify_main_chain(self, checkpoint, pinned, witnessed)
 
     # ---------------------------------------------------------- checkpoints
     def signed_checkpoint(self) -> SignedNote:
@@ -383,33 +387,20 @@ class MainChain:
     def prove_anchor(
         self, height: int, note: SignedNote | None = None
     ) -> dict[str, Any]:
-        """A self-contained proof that block ``height`` is in the main chain.
+        """A self-contained proof that block ``height`` is in the main chain
+        (:func:`~.anchorproof.prove_anchor`; ``note``: the main checkpoint to
+        prove it in, by default the cosigned one on file)."""
+        from .anchorproof import prove_anchor  # here: it imports this module
 
-        It holds the genesis record (the policy) and the anchor record, each
-        with an inclusion proof in the log of the checkpoint's size, and the
-        main chain's signed checkpoint (``note``, else a fresh one if the key
-        is held, else the one at ``checkpoint_path``). Check it offline with
-        :func:`~flchain_flwr.ledger.anchorproof.check_anchor_proof`.
-        """
-        if note is None:
-            note = (
-                self.signed_checkpoint()
-                if self._signing_key is not None
-                else parse_note(self.checkpoint_path.read_bytes())
-            )
-        size = parse_checkpoint(note.text).size
-        hashes = self.block_hashes()[:size]
-        if not 0 < height < size:
-            raise MainChainError(
-                f"block {height} is not an anchor block in the checkpoint's "
-                f"{size} blocks"
-            )
-        return {
-            "type": "anchor-in-main",
-            "main_chain": self.chain_id,
-            "genesis": self.block(0).record.decode("utf-8"),
-            "genesis_inclusion": inclusion_proof(hashes, 0),
-            "block": self.block(height).record.decode("utf-8"),
-            "inclusion": inclusion_proof(hashes, height),
-            "checkpoint": str(note),
-        }
+        return prove_anchor(self, height, note)
+
+    # ------------------------------------------------------------- witnessing
+    def cosign_checkpoint(self) -> SignedNote:
+        """Sign the checkpoint now, have :attr:`witnesses` cosign it and store
+        it (:func:`~.mainwitness.cosign_main_checkpoint`); refusals are logged
+        and kept in :attr:`witness_refusals`."""
+        note, refusals = cosign_main_checkpoint(self, self.witnesses, self._sizes)
+        for refusal in refusals:
+            log(WARNING, "Cosigning main chain %s: %s", self.chain_id, refusal)
+        self.witness_refusals = refusals
+        return note

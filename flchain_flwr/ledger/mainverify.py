@@ -3,15 +3,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .canonical import ZERO_HASH
 from .checkpoint import (
+    Checkpoint,
     CheckpointMismatch,
     check_against_ledger,
     check_consistency,
     open_checkpoint,
 )
 from .mainchain import AnchorRefused, MainChain, MainChainError
+from .mainwitness import main_witnessing
 from .notes import SignedNote, parse_note
 
 
@@ -19,6 +25,7 @@ def verify_main_chain(
     main: MainChain,
     checkpoint: SignedNote | None = None,
     pinned: SignedNote | None = None,
+    witnessed: WitnessRule | None = None,
 ) -> str:
     """Check every block and the signed checkpoint of ``main``; what was checked.
 
@@ -27,7 +34,10 @@ def verify_main_chain(
     checkpoint the key signed (every anchor proof carries one). ``pinned``, a
     main-chain checkpoint the verifier kept, closes that: the chain must
     hold it (as many blocks, the same root), so it was not rolled back below
-    it or rewritten before it.
+    it or rewritten before it. ``witnessed`` demands a quorum of the policy's
+    witnesses on the checkpoint (and with ``max_age`` that a quorum of them is
+    recent): a fork or truncation of the main chain then needs the witnesses
+    to cosign it, which they refuse (:mod:`.mainwitness`).
 
     Raises
     ------
@@ -74,6 +84,15 @@ def verify_main_chain(
         check_against_ledger(signed, main.origin, main.block_hashes())
     except (OSError, ValueError, CheckpointMismatch) as exc:
         raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
+    try:
+        witnessing = main_witnessing(note, main.policy)
+        cosigned = (
+            witnessing.require(witnessed.max_age, witnessed.now)
+            if witnessed is not None
+            else witnessing.describe()
+        )
+    except AnchorError as exc:
+        raise AnchorRefused(str(exc)) from None
     held = (
         "not pinned to a checkpoint kept elsewhere (a rollback to an older "
         "signed checkpoint is not detected)"
@@ -90,5 +109,42 @@ def verify_main_chain(
         f"every anchor signed by its subchain key and cosigned by "
         f"{main.policy.quorum} of {len(main.policy.witnesses)} policy "
         f"witnesses, each origin append-only; its checkpoint signed by "
-        f"{main.public_key.encode()} covers {signed.size} blocks; {held}"
+        f"{main.public_key.encode()} covers {signed.size} blocks; {cosigned}; "
+        f"{held}"
     )
+
+
+@dataclass(frozen=True)
+class WitnessRule:
+    """A verifier's demand on the main checkpoint: a quorum of the policy's
+    witnesses, with ``max_age`` a quorum at most that many seconds older than
+    ``now`` (POSIX seconds: the verifier's clock)."""
+
+    max_age: float | None = None
+    now: float | None = None
+
+
+def check_against_previous(
+    main: MainChain,
+    block: AnchorBlock,
+    checkpoint: Checkpoint,
+    consistency: Mapping[str, Any] | None,
+) -> None:
+    """A new anchor's checkpoint against its origin's last anchor in ``main``:
+    the same key, and consistent (``AnchorRefused`` saying which fails)."""
+    last = main.last_anchor(checkpoint.origin)
+    if last is None:
+        return
+    if last.log_key != block.log_key:
+        raise AnchorRefused(
+            f"{checkpoint.origin} was anchored with key {last.log_key}, not "
+            f"{block.log_key}"
+        )
+    try:
+        check_consistency(last.checkpoint, checkpoint, consistency)
+    except CheckpointMismatch as exc:
+        raise AnchorRefused(
+            f"{checkpoint.origin} at size {checkpoint.size} contradicts its "
+            f"anchor at main-chain height {last.height} (size "
+            f"{last.checkpoint.size}): {exc}"
+        ) from None

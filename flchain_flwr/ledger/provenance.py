@@ -38,6 +38,7 @@ from .canonical import NotCanonical, encode, parse_canonical
 from .chain import Ledger, LedgerError
 from .checkpoint import CheckpointError, ledger_origin
 from .mainchain import MainChain
+from .mainverify import WitnessRule
 from .merkle import InvalidProof, MalformedProof
 from .notes import NoteError
 from .provenance_block import (
@@ -56,6 +57,7 @@ from .provenance_report import (
     NO_MODEL_FILE,
     NOT_CHECKED,
     ProvenanceReport,
+    main_witness_line,
     training_lines,
     witness_line,
 )
@@ -221,7 +223,10 @@ def _inclusion(text: Any, what: str, note: str, index: int, leaf: str) -> None:
 
 # pylint: disable=too-many-locals
 def verify_bundle(
-    data: bytes, trust: Trust, model: bytes | None = None
+    data: bytes,
+    trust: Trust,
+    model: bytes | None = None,
+    witnessed: WitnessRule | None = None,
 ) -> ProvenanceReport:
     """Check a provenance bundle offline (see the module's docstring).
 
@@ -233,6 +238,10 @@ def verify_bundle(
         The keys the buyer holds.
     model : bytes, optional
         The model file (a model blob): it must hash to the bundle's model.
+    witnessed : WitnessRule, optional
+        Demand a quorum of the policy's witnesses on the main chain's own
+        checkpoint (recent, with ``max_age``): the anchoring main chain was
+        then not forked or truncated below what the witnesses saw.
 
     Raises
     ------
@@ -291,6 +300,7 @@ def verify_bundle(
         f"{anchored.check.checkpoint.root.hex()}"
     )
     checked.append(witness_line(anchored, trust))
+    checked.append(main_witness_line(anchored.main_witnessing, witnessed))
     origin = anchored.check.checkpoint.origin
     if training["origin"] != origin:
         raise ProvenanceError(

@@ -7,7 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
+from .anchorblock import AnchorError
 from .cosignature import verify_cosignatures
+from .mainverify import WitnessRule
+from .mainwitness import MainWitnessing
 from .notes import NoteError, VerifierKey
 from .provenance_block import BlockFindings
 from .provenance_trust import ProvenanceError, Trust
@@ -75,6 +78,17 @@ def witness_line(anchored: Any, trust: Trust) -> str:
             f"quorum is {policy.quorum}"
         )
     return line + f"; {len(mine)} of them are witness keys you trust"
+
+
+def main_witness_line(witnessing: MainWitnessing, rule: WitnessRule | None) -> str:
+    """The main chain's own checkpoint's witnessing, as demanded by ``rule``
+    (``ProvenanceError`` if it falls short) or only described."""
+    if rule is None:
+        return "main chain witnessing: " + witnessing.describe()
+    try:
+        return "main chain witnessing: " + witnessing.require(rule.max_age, rule.now)
+    except AnchorError as exc:
+        raise ProvenanceError(f"anchor: {exc}") from None
 
 
 def training_lines(

@@ -10,13 +10,15 @@ refused anchor is logged and training goes on (the next block retries).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 from flwr.serverapp import Grid
 
 from ..ledger import Ledger
 from ..ledger.anchoring import Anchorer, WitnessClient
+from ..ledger.anchorspool import SpoolAnchorer
 from ..ledger.chain import load_or_create_key
 from ..ledger.mainchain import MainChain
 from ..ledger.witness import Witness
@@ -26,10 +28,39 @@ from .pipeline import Block, BlockStage
 ConfigValue = int | float | str | bool
 
 
+class BlockAnchorer(Protocol):
+    """What the stage drives: an :class:`~flchain_flwr.ledger.anchoring.Anchorer`
+    (it holds the main key) or a :class:`~flchain_flwr.ledger.anchorspool.
+    SpoolAnchorer` (it writes requests for the main chain's operator)."""
+
+    @property
+    def witnesses(self) -> Sequence[WitnessClient]:
+        """The witnesses it asks."""
+        ...
+
+    @property
+    def every_blocks(self) -> int | None:
+        """Blocks between anchors (``None``: not by blocks)."""
+        ...
+
+    @property
+    def every_seconds(self) -> float | None:
+        """Run seconds between anchors (``None``: not by time)."""
+        ...
+
+    def after_block(self, ledger: Ledger, time: float) -> Any:
+        """Anchor (or spool) if due."""
+        ...
+
+    def anchor_now(self, ledger: Ledger, time: float) -> Any:
+        """Anchor (or spool) the ledger's current checkpoint now."""
+        ...
+
+
 class AnchorStage(BlockStage):
     """Anchor ``ledger`` through ``anchorer`` after blocks, and at the end."""
 
-    def __init__(self, ledger: Ledger, anchorer: Anchorer) -> None:
+    def __init__(self, ledger: Ledger, anchorer: BlockAnchorer) -> None:
         self.ledger = ledger
         self.anchorer = anchorer
         self._time = 0.0
@@ -47,12 +78,17 @@ class AnchorStage(BlockStage):
 
 def anchorer_from_run_config(
     cfg: Mapping[str, ConfigValue], grid: Grid | None = None
-) -> Anchorer | None:
-    """An :class:`Anchorer` from run-config keys, or ``None`` without
-    ``anchor-main`` (or with it ``""``).
+) -> BlockAnchorer | None:
+    """An anchorer from run-config keys, or ``None`` without ``anchor-main``
+    (or with it ``""``).
 
-    Keys: ``anchor-main`` (the main chain's file, which must exist),
-    ``anchor-key`` (the main chain's key file), ``anchor-every`` (blocks,
+    Keys: ``anchor-main`` (the main chain's file, which must exist), one of
+    ``anchor-spool`` (a folder: a :class:`~flchain_flwr.ledger.anchorspool.
+    SpoolAnchorer` writes cosigned anchor requests there for ``flchain main
+    ingest``; the main chain is only read: the deployment default) or
+    ``anchor-key`` (the main chain's key file: the run appends to the main
+    chain itself, and has its witnesses cosign the main chain's checkpoint
+    after each anchor), ``anchor-every`` (blocks,
     <= 0: not by blocks) and ``anchor-every-seconds`` (virtual seconds, <= 0:
     not by time; at least one of the two must be on), and the witnesses,
     one of:
@@ -76,10 +112,14 @@ def anchorer_from_run_config(
     main_path = str(cfg.get("anchor-main", ""))
     if not main_path:
         return None
-    if not str(cfg.get("anchor-key", "")):
-        raise ValueError("run config: anchor-main needs anchor-key")
-    key_file = Path(str(cfg["anchor-key"]))
-    if not key_file.is_file():
+    spool = str(cfg.get("anchor-spool", ""))
+    if bool(spool) == bool(str(cfg.get("anchor-key", ""))):
+        raise ValueError(
+            "run config: anchor-main needs anchor-key (the main chain's key) or "
+            "anchor-spool (a folder for the main chain's operator), not both"
+        )
+    key_file = Path(str(cfg.get("anchor-key", "")))
+    if not spool and not key_file.is_file():
         raise ValueError(f"run config: anchor-key {key_file} is not a file")
     folders = [f.strip() for f in str(cfg.get("anchor-witnesses", "")).split(",")]
     folders = [f for f in folders if f]
@@ -93,18 +133,22 @@ def anchorer_from_run_config(
     seconds = cfg.get("anchor-every-seconds", 0.0)
     if isinstance(seconds, bool) or not isinstance(seconds, int | float):
         raise ValueError("run config: anchor-every-seconds must be a number")
-    main = MainChain(main_path, signing_key=load_or_create_key(key_file))
+    main = MainChain(
+        main_path, signing_key=None if spool else load_or_create_key(key_file)
+    )
     witnesses: list[WitnessClient]
     if folders:
         witnesses = [Witness(folder) for folder in folders]
     else:
         witnesses = list(_remote_witnesses(cfg, grid, main, nodes))
-    return Anchorer(
-        main,
-        witnesses,
-        every_blocks=every if every > 0 else None,
-        every_seconds=float(seconds) if seconds > 0 else None,
-    )
+    blocks = every if every > 0 else None
+    period = float(seconds) if seconds > 0 else None
+    if spool:
+        return SpoolAnchorer(
+            main, spool, witnesses, every_blocks=blocks, every_seconds=period
+        )
+    main.witnesses = witnesses  # they cosign the main chain's checkpoint too
+    return Anchorer(main, witnesses, every_blocks=blocks, every_seconds=period)
 
 
 def _int(cfg: Mapping[str, ConfigValue], key: str, default: int) -> int:
@@ -148,7 +192,7 @@ def _remote_witnesses(
     ]
 
 
-def witness_nodes(anchorer: Anchorer | None) -> frozenset[int]:
+def witness_nodes(anchorer: BlockAnchorer | None) -> frozenset[int]:
     """The node IDs of an anchorer's witness SuperNodes (they never train)."""
     if anchorer is None:
         return frozenset()

@@ -60,8 +60,9 @@ def fedbuff_from_run_config(
       keep it off the ledger's disk in deployment) and ``ledger-checkpoint``
       (where each block's signed checkpoint goes, "":
       ``<ledger-path>.checkpoint``);
-      ``anchor-main``, ``anchor-key``, ``anchor-witnesses``, ``anchor-every``,
-      ``anchor-every-seconds``: anchoring in a main chain (see
+      ``anchor-main``, ``anchor-spool`` or ``anchor-key``,
+      ``anchor-witnesses``, ``anchor-every``, ``anchor-every-seconds``:
+      anchoring in a main chain, or spooling anchor requests for its operator (see
       :func:`~flchain_flwr.strategies.anchor.anchorer_from_run_config`;
       witness SuperNodes, ``anchor-witness-nodes``, need the grid: pass
       ``anchor=anchorer_from_run_config(cfg, grid)``);

@@ -29,7 +29,6 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays
 from ..ledger import Ledger
-from ..ledger.anchoring import Anchorer
 from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..pov.committee import Committee
 from ..protocol import (
@@ -39,6 +38,7 @@ from ..protocol import (
     SPARSE_REPLIES_KEY,
 )
 from ..runtime import clock_of, publish_result
+from .anchor import BlockAnchorer
 from .fairness import InverseParticipation
 from .loop import QueuedDispatch
 from .result import AsyncResult
@@ -183,9 +183,11 @@ class FedBuff(Strategy):
         the entries that changed since, with their final values, when that is
         smaller than the full model (see :mod:`.downlink`). Pays off when the
         updates are sparse (the DGC mod) and ``server_momentum`` is 0.
-    anchor : Anchorer | None (default: None)
-        Anchor the ledger in a main chain every N blocks or T seconds, and at
-        the end (see :mod:`flchain_flwr.strategies.anchor`); needs ``ledger``.
+    anchor : BlockAnchorer | None (default: None)
+        Anchor the ledger in a main chain (an ``Anchorer``), or spool its
+        cosigned checkpoints for the main chain's operator (a
+        ``SpoolAnchorer``), every N blocks or T seconds, and at the end (see
+        :mod:`flchain_flwr.strategies.anchor`); needs ``ledger``.
     queued_dispatch : bool | "auto" (default: False)
         Keep one more train message queued behind a training node's current
         one, on the current version, once no free node is left for it: a
@@ -238,7 +240,7 @@ class FedBuff(Strategy):
         seed: int | None = None,
         poll_interval: float = 0.1,
         downlink: bool = False,
-        anchor: Anchorer | None = None,
+        anchor: BlockAnchorer | None = None,
         queued_dispatch: QueuedDispatch = False,
     ) -> None:
         for name, value in (
