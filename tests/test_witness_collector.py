@@ -8,12 +8,17 @@ which sizes a witness was asked from.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from flchain_flwr.cli import main as cli
-from flchain_flwr.ledger.anchoring import collect_cosignatures, log_key_of
+from flchain_flwr.ledger.anchoring import (
+    WitnessClient,
+    collect_cosignatures,
+    log_key_of,
+)
 from flchain_flwr.ledger.checkpoint import Checkpoint, sign_checkpoint
 from flchain_flwr.ledger.cosignature import verify_cosignatures
 from flchain_flwr.ledger.mainchain import AnchorRefused
@@ -54,11 +59,14 @@ def witnesses(tmp_path: Path, count: int) -> list[Witness]:
 
 
 def collect(
-    clients: list[object], size: int, quorum: int, sizes: dict[int, int] | None = None
+    clients: Sequence[WitnessClient],
+    size: int,
+    quorum: int,
+    sizes: dict[int, int] | None = None,
 ) -> tuple[SignedNote, list[str]]:
     return collect_cosignatures(
         note_of(size), size, LOG.verifier, clients, quorum, TREE.consistency, sizes
-    )  # type: ignore[arg-type]
+    )
 
 
 def test_quorum_met_with_one_witness_down(tmp_path: Path) -> None:

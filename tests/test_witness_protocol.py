@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -224,7 +225,7 @@ def test_malformed_bodies_are_400_with_a_reason() -> None:
         head + b"\n\nexample.com/log\n\n": "not a signed checkpoint",
     }
     for data, reason in cases.items():
-        with pytest.raises(WitnessRefused, match=reason) as refused:
+        with pytest.raises(WitnessRefused, match=re.escape(reason)) as refused:
             CosignRequest.decode(data)
         assert refused.value.status == 400, reason
 
@@ -234,14 +235,13 @@ def test_ten_thousand_mutations_never_crash(tmp_path: Path) -> None:
     witness.add_checkpoint(CosignRequest.decode(body(0, 4)))
     good = body(4, 9)
     rng = random.Random(13)
-    decoded = statuses = 0
-    seen: set[int] = set()
+    decoded = 0
     for _ in range(10_000):
         data = bytearray(good)
         for _ in range(rng.randint(1, 4)):
-            where = rng.randrange(len(data))
+            where = rng.randrange(len(data) + 1)
             kind = rng.randrange(6)
-            if kind == 0:
+            if kind == 0 and where < len(data):
                 data[where] ^= 1 << rng.randrange(8)
             elif kind == 1:
                 data.insert(where, rng.choice(b"\n\r =+/A0\xe2\x80\x94\xff"))
@@ -264,9 +264,7 @@ def test_ten_thousand_mutations_never_crash(tmp_path: Path) -> None:
             decoded += 1
             answer = witness.answer(bytes(data))
             assert answer.status in (200, 400, 403, 404, 409, 422)
-            seen.add(answer.status)
-            statuses += 1
-    assert decoded == statuses and decoded < 10_000
+    assert 0 < decoded < 10_000
     latest = witness.latest(ORIGIN)
     assert latest is not None and latest.size in (4, 9)
 
@@ -309,7 +307,8 @@ def test_one_key_class_two_type_bytes() -> None:
         assert key.encode().endswith(
             base64.b64encode(bytes([algorithm]) + public).decode()
         )
-    assert note_key.key_id != cosigner.key_id and note_key != cosigner
+    assert note_key.key_id != cosigner.key_id
+    assert note_key.encode() != cosigner.encode()
     assert parse_verifier_key(note_key.encode()) == note_key
     assert parse_cosigner_key(cosigner.encode() + "\n") == cosigner
     with pytest.raises(CosignatureError, match="0x01 is not cosignature/v1"):
