@@ -74,8 +74,6 @@ def cosigned_checkpoint(
     holds the size each witness, by index, last cosigned, so the first try is
     usually right.
     """
-    if sizes is None:
-        sizes = {}
     key = log_key_of(ledger)
     if prover is None:
         prover = LogProver()
@@ -122,6 +120,10 @@ def collect_cosignatures(
         for _ in range(2):
             try:
                 proof = tuple(prove(old, size)) if old <= size else ()
+            except (LedgerError, ValueError) as exc:  # no proof between the sizes
+                refusals.append(f"witness {index}: {exc}")
+                break
+            try:
                 line = witness.add_checkpoint(
                     CosignRequest(old, str(note), proof, log_key.encode())
                 )
@@ -130,9 +132,6 @@ def collect_cosignatures(
                     old = exc.size
                     continue
                 refusals.append(f"witness {index}: {exc.reason}")
-                break
-            except (LedgerError, ValueError) as exc:  # no proof between the sizes
-                refusals.append(f"witness {index}: {exc}")
                 break
             signed = add_cosignature(signed, line)
             sizes[index] = size
