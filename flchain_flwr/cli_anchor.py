@@ -27,7 +27,7 @@ from .cli_mainwit import (
 )
 from .ledger import Ledger, LedgerError
 from .ledger.anchorblock import AnchorError, AnchorPolicy
-from .ledger.anchoring import AnchoredReport, anchor_ledger, check_anchored, log_key_of
+from .ledger.anchoring import AnchoredReport, anchor_ledger, check_anchored
 from .ledger.anchorproof import check_anchor_proof
 from .ledger.chain import load_or_create_key
 from .ledger.checkpoint import CheckpointError
@@ -42,7 +42,8 @@ from .ledger.notes import (
     parse_note,
     parse_verifier_key,
 )
-from .ledger.witness import CosignRequest, Witness, WitnessError, WitnessRefused
+from .ledger.rfc6962 import HashTree
+from .ledger.witness import CosignRequest, Witness, WitnessError
 
 Command = Callable[[argparse.Namespace, TextIO], int]
 
@@ -124,27 +125,28 @@ def cmd_witness_add_log(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_witness_request(args: argparse.Namespace, out: TextIO) -> int:
     with _open_ledger(args.ledger) as ledger:
         note = ledger.checkpoint_path.read_text(encoding="utf-8")
-        size = len(ledger)
-        if not args.old <= size:
-            return _error(f"--old {args.old} is above the ledger's {size} blocks")
-        proof = ledger.prove_consistency(args.old) if 0 < args.old < size else None
-        key = log_key_of(ledger).encode()
-    out.write(CosignRequest(args.old, note, proof, key).encode().decode() + "\n")
+        hashes = ledger.block_hashes()
+        if not args.old <= len(hashes):
+            return _error(
+                f"--old {args.old} is above the ledger's {len(hashes)} blocks"
+            )
+        tree = HashTree(bytes.fromhex(digest) for digest in hashes)
+        proof = tuple(tree.consistency(args.old, len(hashes)))
+    out.write(CosignRequest(args.old, note, proof).encode().decode())
     return EXIT_OK
 
 
 @_guarded
 def cmd_witness_cosign(args: argparse.Namespace, out: TextIO) -> int:
     witness = Witness(args.folder)
-    try:
-        request = CosignRequest.decode(_read(args.request))
-        line = witness.add_checkpoint(request)
-    except WitnessRefused as exc:
-        if exc.status == 400:
-            return _error(f"malformed request: {exc.reason}")
-        out.write(f"REFUSED ({exc.status}): {exc.reason}\n")
+    log_key = None if args.log_key is None else args.log_key.encode()
+    found = witness.answer(_read(args.request), log_key)
+    if found.status == 400:
+        return _error(found.reason)
+    if found.status != 200:
+        out.write(f"REFUSED ({found.status}): {found.reason}\n")
         return EXIT_FAILED
-    out.write(line.line())
+    out.write(found.body.decode())
     return EXIT_OK
 
 
@@ -347,13 +349,20 @@ def add_anchor_commands(
     add.add_argument("folder")
     add.add_argument("vkey", type=_vkey)
     add.set_defaults(func=cmd_witness_add_log)
-    request = sub.add_parser("request", help="a cosign request for a ledger")
+    request = sub.add_parser(
+        "request", help="a tlog-witness add-checkpoint body for a ledger"
+    )
     request.add_argument("ledger")
     request.add_argument("--old", type=_natural, default=0, help="the witness's size")
     request.set_defaults(func=cmd_witness_request)
     cosign = sub.add_parser("cosign", help="answer a request ('-' = stdin)")
     cosign.add_argument("folder")
     cosign.add_argument("request")
+    cosign.add_argument(
+        "--log-key",
+        type=_vkey,
+        help="the log's vkey, for a trust-on-first-use witness new to the origin",
+    )
     cosign.set_defaults(func=cmd_witness_cosign)
 
     main = groups.add_parser("main", help="a main chain of anchored checkpoints")

@@ -7,9 +7,12 @@ A witness node is an ordinary SuperNode whose node config says
 - ``query.witness_identity``: its cosigner vkey, with an Ed25519 signature by
   that key over the server's random challenge (domain-separated from
   cosignatures), so no node can take another witness's place;
-- ``query.witness_cosign``: a :class:`~flchain_flwr.ledger.witness.CosignRequest`;
-  it answers with the cosignature line or the refusal (tlog-witness status and
-  reason), after persisting its state as the local witness does.
+- ``query.witness_cosign``: a tlog-witness ``add-checkpoint`` body
+  (:class:`~flchain_flwr.ledger.witness.CosignRequest`, ``request``) and, for
+  a trust-on-first-use witness, the log's vkey beside it (``log_key``); it
+  answers as the spec's HTTP response would (``status``, ``body``: the
+  cosignature line, or for 409 the size last cosigned; ``reason``), after
+  persisting its state as the local witness does.
 
 On the server, :func:`discover_witnesses` maps the policy's witness keys to
 node IDs, and :class:`RemoteWitness` is a
@@ -32,7 +35,7 @@ from nacl.signing import VerifyKey
 
 from .ledger.cosignature import CosignerKey, parse_cosigner_key
 from .ledger.notes import NoteError, NoteSignature, parse_note
-from .ledger.witness import CosignRequest, Witness, WitnessRefused
+from .ledger.witness import CosignRequest, Witness, WitnessAnswer, WitnessRefused
 from .runtime import clock_of
 
 IDENTITY: Final = "query.witness_identity"
@@ -84,15 +87,13 @@ def answer(message: Message, witness: Witness | None) -> Message:
         signature = witness.sign_identity(IDENTITY_TAG + challenge)
         reply = {"vkey": witness.key.encode(), "signature": signature}
     elif kind == COSIGN:
-        data = cfg.get("request")
-        try:
-            if not isinstance(data, bytes):
-                raise WitnessRefused(400, "a cosign query needs a request")
-            line = witness.add_checkpoint(CosignRequest.decode(data))
-            reply = {"status": 200, "line": line.line()}
-        except WitnessRefused as exc:
-            size = -1 if exc.size is None else exc.size
-            reply = {"status": exc.status, "reason": exc.reason, "size": size}
+        data, log_key = cfg.get("request"), cfg.get("log_key")
+        if not isinstance(data, bytes) or not isinstance(log_key, str | None):
+            refused = WitnessRefused(400, "a cosign query needs a request body")
+            found = WitnessAnswer.of(refused)
+        else:
+            found = witness.answer(data, log_key)
+        reply = {"status": found.status, "body": found.body, "reason": found.reason}
     else:
         raise ValueError(f"unknown witness query {kind!r}")
     return Message(RecordDict({_CONFIG: ConfigRecord(reply)}), reply_to=message)
@@ -129,30 +130,27 @@ class RemoteWitness:
             The node's refusal, or 502/504 if it failed, did not answer, or
             answered with a line its key did not sign.
         """
-        cfg = _ask(
-            self.grid, self.node, COSIGN, {"request": request.encode()}, self.timeout
+        query: dict[str, Any] = {"request": request.encode()}
+        if request.log_key is not None:
+            query["log_key"] = request.log_key
+        cfg = _ask(self.grid, self.node, COSIGN, query, self.timeout)
+        status, body = cfg.get("status"), cfg.get("body")
+        found = WitnessAnswer(
+            status if isinstance(status, int) else 502,
+            body if isinstance(body, bytes) else b"",
+            str(cfg.get("reason", "")),
         )
-        status = cfg.get("status")
-        if status != 200:
-            size = cfg.get("size")
-            raise WitnessRefused(
-                int(status) if isinstance(status, int) else 502,
-                str(cfg.get("reason", "no reason given")),
-                size if isinstance(size, int) and size >= 0 else None,
-            )
+        lines = found.cosignatures(request.checkpoint)
+        mine = [line for line in lines if line.key_id == self.key.key_id]
         try:
-            text = parse_note(request.checkpoint).text
-            answered = cfg.get("line")
-            if not isinstance(answered, str):
-                raise NoteError("the reply holds no signature line")
-            note = parse_note(f"{text}\n{answered}")
-            line = note.signatures[0]
-            self.key.verify(text, line)
-        except (NoteError, IndexError) as exc:
+            if not mine:
+                raise NoteError(f"no line by {self.key}")
+            self.key.verify(parse_note(request.checkpoint).text, mine[0])
+        except NoteError as exc:
             raise WitnessRefused(
                 502, f"witness node {self.node} answered no valid cosignature: {exc}"
             ) from None
-        return line
+        return mine[0]
 
 
 def discover_witnesses(

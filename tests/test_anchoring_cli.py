@@ -83,18 +83,16 @@ def test_the_workflow_over_files(
     assert code == 0 and "hold all 1 checkpoints anchored" in out
     # A witness asked directly: a request from the wrong size is refused (409),
     # from its size it cosigns.
-    (tmp_path / "r0.json").write_text(
-        run(capsys, "witness", "request", files["sub"])[1]
-    )
+    (tmp_path / "r0.txt").write_text(run(capsys, "witness", "request", files["sub"])[1])
     code, out, _ = run(
-        capsys, "witness", "cosign", str(tmp_path / "w0"), str(tmp_path / "r0.json")
+        capsys, "witness", "cosign", str(tmp_path / "w0"), str(tmp_path / "r0.txt")
     )
     assert code == 1 and out.startswith("REFUSED (409)")
-    (tmp_path / "r5.json").write_text(
+    (tmp_path / "r5.txt").write_text(
         run(capsys, "witness", "request", files["sub"], "--old", "5")[1]
     )
     code, out, _ = run(
-        capsys, "witness", "cosign", str(tmp_path / "w0"), str(tmp_path / "r5.json")
+        capsys, "witness", "cosign", str(tmp_path / "w0"), str(tmp_path / "r5.txt")
     )
     assert code == 0 and out.startswith("\u2014 w0.example ")
 

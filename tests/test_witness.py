@@ -31,7 +31,7 @@ from flchain_flwr.ledger.cosignature import (
     parse_cosigner_key,
     verify_cosignatures,
 )
-from flchain_flwr.ledger.merkle import consistency_proof, merkle_root
+from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.notes import (
     NoteSignature,
     NoteVerificationError,
@@ -40,6 +40,7 @@ from flchain_flwr.ledger.notes import (
     parse_note,
     verify_note,
 )
+from flchain_flwr.ledger.rfc6962 import HashTree
 from flchain_flwr.ledger.witness import CosignRequest, Witness, WitnessRefused
 
 ORIGIN = "example.com/log"
@@ -57,10 +58,13 @@ def checkpoint_note(hashes: list[str], key: SignerKey = LOG) -> str:
     return str(sign_checkpoint(Checkpoint(ORIGIN, len(hashes), root), [key]))
 
 
+def rfc_proof(hashes: list[str], old: int, new: int) -> tuple[bytes, ...]:
+    tree = HashTree(bytes.fromhex(digest) for digest in hashes)
+    return tuple(tree.consistency(old, new))
+
+
 def request(hashes: list[str], old: int, key: SignerKey = LOG) -> CosignRequest:
-    proof = (
-        consistency_proof(hashes, old, len(hashes)) if 0 < old < len(hashes) else None
-    )
+    proof = rfc_proof(hashes, old, len(hashes)) if old <= len(hashes) else ()
     return CosignRequest(old, checkpoint_note(hashes, key), proof)
 
 
@@ -160,12 +164,13 @@ def test_witness_refuses_fork_truncation_rewrite_and_strangers(
     witness.add_checkpoint(request(log[:6], 0))
     cases = {
         "truncation": (request(log[:4], 6), 409, "truncation: size 4 is below size 6"),
-        "rewrite": (request(leaves(6, "x"), 6), 422, "fork or rewrite: size 6"),
+        # The spec's answer to the same size with another root is 409.
+        "rewrite": (request(leaves(6, "x"), 6), 409, "fork or rewrite: size 6"),
         "fork": (
             CosignRequest(
                 6,
                 checkpoint_note(leaves(8, "fork")),
-                consistency_proof(leaves(8, "fork"), 6, 8),  # of the fork's own past
+                rfc_proof(leaves(8, "fork"), 6, 8),  # of the fork's own past
             ),
             422,
             "does not extend size 6",
@@ -203,7 +208,7 @@ def test_trust_on_first_use_fixes_the_first_key(tmp_path: Path) -> None:
     with pytest.raises(WitnessRefused, match="needs the log's key") as refused:
         witness.add_checkpoint(bare)
     assert refused.value.status == 404
-    first = CosignRequest(0, bare.checkpoint, None, LOG.verifier.encode())
+    first = CosignRequest(0, bare.checkpoint, (), LOG.verifier.encode())
     witness.add_checkpoint(first)
     state = json.loads((tmp_path / "w" / "state.json").read_text())
     assert state["logs"][ORIGIN]["learned"] == "first-use"
@@ -217,7 +222,7 @@ def test_trust_on_first_use_fixes_the_first_key(tmp_path: Path) -> None:
 
 
 def test_malformed_requests_are_400(witness: Witness) -> None:
-    for data in (b"", b"[]", b'{"old": -1, "checkpoint": ""}', b'{"old": 0}'):
+    for data in (b"", b"[]", b'{"old": 0, "checkpoint": ""}', b"old -1\n\n"):
         with pytest.raises(WitnessRefused) as refused:
             witness.add_checkpoint(CosignRequest.decode(data))
         assert refused.value.status == 400

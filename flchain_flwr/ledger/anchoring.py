@@ -12,7 +12,7 @@ anchored for its origin.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from logging import WARNING
 from pathlib import Path
@@ -27,7 +27,10 @@ from .cosignature import add_cosignature
 from .logprover import LogProver
 from .mainchain import AnchorRefused, MainChain, MainChainError
 from .notes import NoteError, NoteSignature, SignedNote, VerifierKey, parse_note
-from .witness import CosignRequest, WitnessRefused
+from .witness import CosignRequest, WitnessError, WitnessRefused
+
+ProveHashes = Callable[[int, int], Sequence[bytes]]
+"""``prove(old, new)``: RFC 9162 ``PROOF(old, new)`` of the log being anchored."""
 
 
 class WitnessClient(Protocol):
@@ -63,17 +66,14 @@ def cosigned_checkpoint(
     sizes: dict[int, int] | None = None,
 ) -> tuple[SignedNote, list[str]]:
     """The ledger's current checkpoint with every cosignature the witnesses
-    give, and the refusals (``"<witness>: <reason>"``).
+    give, and the refusals (``"witness <i>: <reason>"``), by
+    :func:`collect_cosignatures`.
 
-    Each witness gets a request from the size it reports having cosigned (a
-    first try from size 0 learns it: tlog-witness's 409 answer). Raises
-    ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover`` (kept
-    between calls) makes the proofs; ``sizes`` (kept between calls too) holds
-    the size each witness, by index, last cosigned, so the first try is
+    Raises ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover``
+    (kept between calls) makes the proofs; ``sizes`` (kept between calls too)
+    holds the size each witness, by index, last cosigned, so the first try is
     usually right.
     """
-    if sizes is None:
-        sizes = {}
     key = log_key_of(ledger)
     if prover is None:
         prover = LogProver()
@@ -85,31 +85,59 @@ def cosigned_checkpoint(
         raise AnchorRefused(
             f"the ledger's checkpoint {ledger.checkpoint_path}: {exc}"
         ) from None
+    return collect_cosignatures(
+        note, checkpoint.size, key, witnesses, quorum, prover.hashes, sizes
+    )
+
+
+def collect_cosignatures(
+    note: SignedNote,
+    size: int,
+    log_key: VerifierKey,
+    witnesses: Sequence[WitnessClient],
+    quorum: int,
+    prove: ProveHashes,
+    sizes: dict[int, int] | None = None,
+) -> tuple[SignedNote, list[str]]:
+    """Ask every witness to cosign ``note`` (a checkpoint of ``size``, signed
+    by ``log_key``); the note with every cosignature given, and the refusals
+    (``"witness <i>: <reason>"``).
+
+    A witness is asked from the size ``sizes`` remembers for it (by index;
+    else 0) with the proof ``prove(old, size)`` gives, and once more from the
+    size a 409 answer names (tlog-witness's way to learn it). ``sizes`` is
+    updated with every witness that cosigned.
+
+    Raises
+    ------
+    AnchorRefused
+        If fewer than ``quorum`` witnesses cosigned.
+    """
+    sizes = {} if sizes is None else sizes
     signed, refusals = note, []
     for index, witness in enumerate(witnesses):
-        old = sizes.get(index, 0) if sizes.get(index, 0) <= checkpoint.size else 0
+        old = sizes.get(index, 0) if sizes.get(index, 0) <= size else 0
         for _ in range(2):
-            request = CosignRequest(
-                old,
-                str(note),
-                prover.prove(old, checkpoint.size)
-                if 0 < old < checkpoint.size
-                else None,
-                key.encode(),
-            )
             try:
-                line = witness.add_checkpoint(request)
+                proof = tuple(prove(old, size)) if old <= size else ()
+            except (LedgerError, ValueError) as exc:  # no proof between the sizes
+                refusals.append(f"witness {index}: {exc}")
+                break
+            try:
+                line = witness.add_checkpoint(
+                    CosignRequest(old, str(note), proof, log_key.encode())
+                )
             except WitnessRefused as exc:
                 if exc.status == 409 and exc.size is not None and exc.size != old:
                     old = exc.size
                     continue
                 refusals.append(f"witness {index}: {exc.reason}")
                 break
-            except LedgerError as exc:  # no proof between those sizes
+            except (OSError, WitnessError) as exc:  # a witness that cannot work
                 refusals.append(f"witness {index}: {exc}")
                 break
             signed = add_cosignature(signed, line)
-            sizes[index] = checkpoint.size
+            sizes[index] = size
             break
     count = len(signed.signatures) - len(note.signatures)
     if count < quorum:

@@ -20,26 +20,21 @@ differs), as the spec intends.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
 from .notes import (
-    KEY_ID_SIZE,
-    PUBLIC_KEY_SIZE,
     SIGNATURE_SIZE,
     NoteError,
     NoteSignature,
+    PublicNoteKey,
     SignedNote,
     SignerKey,
-    canonical_b64decode,
-    check_key_name,
     check_note_text,
 )
 
@@ -55,17 +50,6 @@ class CosignatureError(NoteError):
     """A cosignature or cosigner key is malformed or does not verify."""
 
 
-def cosigner_key_id(name: str, public_key: bytes) -> bytes:
-    """``SHA-256(name || 0x0A || 0x04 || public_key)[:4]``."""
-    check_key_name(name)
-    if len(public_key) != PUBLIC_KEY_SIZE:
-        raise CosignatureError(
-            f"an Ed25519 public key has 32 bytes, not {len(public_key)}"
-        )
-    data = name.encode("utf-8") + b"\n" + bytes([COSIGNATURE_V1]) + public_key
-    return hashlib.sha256(data).digest()[:KEY_ID_SIZE]
-
-
 def cosigned_message(text: str, timestamp: int) -> bytes:
     """What a ``cosignature/v1`` signs: header, time line, checkpoint text."""
     check_note_text(text)
@@ -74,8 +58,9 @@ def cosigned_message(text: str, timestamp: int) -> bytes:
 
 
 @dataclass(frozen=True)
-class CosignerKey:
-    """A witness's public key: a name and an Ed25519 key, type ``0x04``.
+class CosignerKey(PublicNoteKey):
+    """A witness's public key: a name and an Ed25519 key, type ``0x04``
+    (its key ID is ``SHA-256(name || 0x0A || 0x04 || key)[:4]``).
 
     Parameters
     ----------
@@ -85,28 +70,10 @@ class CosignerKey:
         The 32-byte Ed25519 public key.
     """
 
-    name: str
-    public_key: bytes
-
-    def __post_init__(self) -> None:
-        check_key_name(self.name)
-        if len(self.public_key) != PUBLIC_KEY_SIZE:
-            raise CosignatureError(
-                f"an Ed25519 public key has 32 bytes, not {len(self.public_key)}"
-            )
-
-    @property
-    def key_id(self) -> bytes:
-        """The 4-byte key ID its cosignature lines carry."""
-        return cosigner_key_id(self.name, self.public_key)
-
-    def encode(self) -> str:
-        """The vkey: ``<name>+<hex key ID>+base64(0x04 || public key)``."""
-        data = base64.b64encode(bytes([COSIGNATURE_V1]) + self.public_key)
-        return f"{self.name}+{self.key_id.hex()}+{data.decode('ascii')}"
-
-    def __str__(self) -> str:
-        return self.encode()
+    ALGORITHM: ClassVar[int] = COSIGNATURE_V1
+    KIND: ClassVar[str] = "cosignature/v1 (0x04)"
+    WHAT: ClassVar[str] = "cosigner key"
+    ERROR: ClassVar[type[NoteError]] = CosignatureError
 
     def verify(self, text: str, signature: NoteSignature) -> int:
         """Check this key's cosignature line on a checkpoint text.
@@ -152,29 +119,7 @@ def parse_cosigner_key(vkey: str) -> CosignerKey:
         If it is malformed, of another signature type, or its key ID does not
         match its name and key.
     """
-    parts = vkey.strip().split("+", 2)
-    if len(parts) != 3:
-        raise CosignatureError(f"not a cosigner key (<name>+<id>+<key>): {vkey!r}")
-    name, hex_id, data = parts
-    try:
-        check_key_name(name)
-        raw = canonical_b64decode(data)
-    except ValueError as exc:
-        raise CosignatureError(f"cosigner key {name!r}: {exc}") from None
-    if raw is None or not raw:
-        raise CosignatureError(f"cosigner key {name!r}: not valid base64")
-    if raw[0] != COSIGNATURE_V1:
-        raise CosignatureError(
-            f"cosigner key {name}: signature type 0x{raw[0]:02x} is not "
-            "cosignature/v1 (0x04)"
-        )
-    key = CosignerKey(name, raw[1:])
-    if key.key_id.hex() != hex_id:
-        raise CosignatureError(
-            f"cosigner key {name}: key ID {hex_id!r} does not match the key "
-            f"(expected {key.key_id.hex()})"
-        )
-    return key
+    return CosignerKey.parse(vkey.strip())
 
 
 def cosignature_timestamp(signature: NoteSignature) -> int:

@@ -5,7 +5,8 @@ each proof (about 0.35 s at 10,000 blocks); anchoring asks for a proof every
 few blocks, so :class:`LogProver` keeps the tree and adds only the new
 blocks' hashes. Its proofs are exactly :func:`~.merkle.consistency_proof`'s
 (the same pymerkle tree, the same JSON), checked by
-:func:`~.checkpoint.check_consistency`.
+:func:`~.checkpoint.check_consistency`; :meth:`LogProver.hashes` gives the
+RFC 9162 hash-list proofs witnesses take (:mod:`~.rfc6962`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pymerkle import InmemoryTree
 
 from .chain import Ledger, LedgerError
 from .merkle import ALGORITHM
+from .rfc6962 import ConsistencyError, HashTree
 
 
 class LogProver:
@@ -24,6 +26,7 @@ class LogProver:
     def __init__(self) -> None:
         self._tree = InmemoryTree(algorithm=ALGORITHM)
         self._hashes: list[str] = []
+        self._rfc = HashTree()
 
     @property
     def size(self) -> int:
@@ -44,16 +47,19 @@ class LogProver:
         if held and (not hashes or hashes[0] != self._hashes[-1]):
             self._tree = InmemoryTree(algorithm=ALGORITHM)
             self._hashes = []
+            self._rfc = HashTree()
             self.sync(ledger)
             return
         for digest in hashes[1:] if held else hashes:
             try:
-                self._tree.append_entry(bytes.fromhex(digest))
+                entry = bytes.fromhex(digest)
+                self._tree.append_entry(entry)
             except ValueError:
                 raise LedgerError(
                     f"block hash {len(self._hashes)} is not hex; run `flchain "
                     "ledger verify`"
                 ) from None
+            self._rfc.append(entry)
             self._hashes.append(digest)
 
     def prove(self, prior_size: int, later_size: int) -> dict[str, Any]:
@@ -77,3 +83,16 @@ class LogProver:
             "later_root": tree.get_root(later_size).hex(),
             "proof": tree.prove_consistency(prior_size, later_size).serialize(),
         }
+
+    def hashes(self, old: int, new: int) -> list[bytes]:
+        """RFC 9162 ``PROOF(old, new)`` (empty when ``old`` is 0 or ``new``).
+
+        Raises
+        ------
+        LedgerError
+            Unless ``0 <= old <= new <= size``.
+        """
+        try:
+            return self._rfc.consistency(old, new)
+        except ConsistencyError as exc:
+            raise LedgerError(str(exc)) from None

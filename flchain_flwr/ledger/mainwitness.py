@@ -18,17 +18,15 @@ timestamps) or a newer checkpoint kept elsewhere exposes it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .anchorblock import AnchorError, AnchorPolicy
 from .checkpoint import parse_checkpoint, write_checkpoint
-from .cosignature import add_cosignature, parse_cosigner_key, verify_cosignatures
-from .merkle import consistency_proof
+from .cosignature import parse_cosigner_key, verify_cosignatures
 from .notes import NoteError, SignedNote
-from .witness import WitnessError
-from .witnessrequest import CosignRequest, WitnessRefused
+from .rfc6962 import HashTree
 
 if TYPE_CHECKING:
     from .anchoring import WitnessClient
@@ -109,46 +107,6 @@ def main_witnessing(note: SignedNote, policy: AnchorPolicy) -> MainWitnessing:
     return MainWitnessing(size, names, policy.quorum, len(policy.witnesses))
 
 
-def collect_cosignatures(
-    note: SignedNote,
-    log_key: str,
-    prove: Callable[[int, int], dict[str, Any]],
-    witnesses: Sequence[WitnessClient],
-    sizes: dict[int, int],
-) -> tuple[SignedNote, list[str]]:
-    """``note`` with the cosignature of every witness that gives one, and the
-    refusals (``"witness <i>: <reason>"``).
-
-    Each witness is asked from the size ``sizes`` says it last cosigned (a
-    409 answer names its size: asked once more from there); ``prove(old,
-    new)`` makes the consistency proof. ``sizes`` is updated.
-    """
-    size = parse_checkpoint(note.text).size
-    signed, refusals = note, []
-    for index, witness in enumerate(witnesses):
-        old = sizes.get(index, 0) if sizes.get(index, 0) <= size else 0
-        for _ in range(2):
-            proof = prove(old, size) if 0 < old < size else None
-            try:
-                line = witness.add_checkpoint(
-                    CosignRequest(old, str(note), proof, log_key)
-                )
-            except WitnessRefused as exc:
-                if exc.status == 409 and exc.size is not None and exc.size != old:
-                    old = exc.size
-                    continue
-                refusals.append(f"witness {index}: {exc.reason}")
-            except (ValueError, OSError, WitnessError) as exc:
-                # no proof between those sizes, or a witness that cannot work:
-                # the main chain's anchor is committed, so nothing may escape
-                refusals.append(f"witness {index}: {exc}")
-            else:
-                signed = add_cosignature(signed, line)
-                sizes[index] = size
-            break
-    return signed, refusals
-
-
 def cosign_main_checkpoint(
     main: MainChain, witnesses: Sequence[WitnessClient], sizes: dict[int, int]
 ) -> tuple[SignedNote, list[str]]:
@@ -158,14 +116,13 @@ def cosign_main_checkpoint(
     Returns the stored note and the refusals; whether a quorum cosigned is
     :func:`main_witnessing`'s to say.
     """
+    from .anchoring import collect_cosignatures  # anchoring imports mainchain
+
     note = main.signed_checkpoint()
-    hashes = main.block_hashes()  # after signing: the signed size's prefix
-
-    def prove(old: int, new: int) -> dict[str, Any]:
-        return consistency_proof(hashes, old, new)
-
+    tree = HashTree(bytes.fromhex(h) for h in main.block_hashes())
+    size = parse_checkpoint(note.text).size
     signed, refusals = collect_cosignatures(
-        note, main.public_key.encode(), prove, witnesses, sizes
+        note, size, main.public_key, witnesses, 0, tree.consistency, sizes
     )
     write_checkpoint(main.checkpoint_path, signed)
     return signed, refusals

@@ -29,7 +29,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import ClassVar, Final, Self
 
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
@@ -58,7 +58,7 @@ class NoteVerificationError(NoteError):
     it does not verify."""
 
 
-def key_id(name: str, public_key: bytes) -> bytes:
+def key_id(name: str, public_key: bytes, algorithm: int = ED25519) -> bytes:
     """The 4-byte ID of an Ed25519 note key.
 
     Parameters
@@ -67,17 +67,19 @@ def key_id(name: str, public_key: bytes) -> bytes:
         The key name (checked with :func:`check_key_name`).
     public_key : bytes
         The 32-byte Ed25519 public key.
+    algorithm : int
+        The signature type byte: 0x01 for notes, 0x04 for cosignature/v1.
 
     Returns
     -------
     bytes
-        ``SHA-256(name || 0x0A || 0x01 || public_key)[:4]``.
+        ``SHA-256(name || 0x0A || algorithm || public_key)[:4]``.
     """
     check_key_name(name)
     if len(public_key) != PUBLIC_KEY_SIZE:
         raise NoteError(f"an Ed25519 public key has 32 bytes, not {len(public_key)}")
     digest = hashlib.sha256(
-        name.encode("utf-8") + b"\n" + bytes([ED25519]) + public_key
+        name.encode("utf-8") + b"\n" + bytes([algorithm]) + public_key
     ).digest()
     return digest[:KEY_ID_SIZE]
 
@@ -171,8 +173,10 @@ class SignedNote:
 
 
 @dataclass(frozen=True)
-class VerifierKey:
-    """A public Ed25519 note key and its name.
+class PublicNoteKey:
+    """A named public Ed25519 key of one signature type (its vkey's type byte,
+    which its key ID hashes in); :class:`VerifierKey` and
+    :class:`~flchain_flwr.ledger.cosignature.CosignerKey` differ only in it.
 
     Parameters
     ----------
@@ -182,28 +186,56 @@ class VerifierKey:
         The 32-byte Ed25519 public key.
     """
 
+    ALGORITHM: ClassVar[int] = ED25519
+    """The signature type byte."""
+    KIND: ClassVar[str] = "Ed25519 (0x01)"
+    WHAT: ClassVar[str] = "verifier key"
+    ERROR: ClassVar[type[NoteError]] = NoteError
+
     name: str
     public_key: bytes
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
         if len(self.public_key) != PUBLIC_KEY_SIZE:
-            raise NoteError(
+            raise self.ERROR(
                 f"an Ed25519 public key has 32 bytes, not {len(self.public_key)}"
             )
 
     @property
     def key_id(self) -> bytes:
         """The 4-byte key ID signature lines carry."""
-        return key_id(self.name, self.public_key)
+        return key_id(self.name, self.public_key, self.ALGORITHM)
 
     def encode(self) -> str:
-        """The vkey text form: ``<name>+<hex key ID>+base64(0x01 || key)``."""
-        data = base64.b64encode(bytes([ED25519]) + self.public_key).decode("ascii")
-        return f"{self.name}+{self.key_id.hex()}+{data}"
+        """The vkey text form: ``<name>+<hex key ID>+base64(type || key)``."""
+        data = base64.b64encode(bytes([self.ALGORITHM]) + self.public_key)
+        return f"{self.name}+{self.key_id.hex()}+{data.decode('ascii')}"
 
     def __str__(self) -> str:
         return self.encode()
+
+    @classmethod
+    def parse(cls, vkey: str) -> Self:
+        """Parse a vkey, ``<name>+<hex key ID>+base64(type || public key)``;
+        :attr:`ERROR` if it is malformed, of another type, or its key ID does
+        not match its name and key."""
+        parts = vkey.split("+", 2)  # names have no '+'; base64 may have some
+        if len(parts) != 3:
+            raise cls.ERROR(f"not a {cls.WHAT} (<name>+<key ID>+<key>): {vkey!r}")
+        name, hex_id, data = parts
+        try:
+            raw = _key_bytes(name, hex_id, data, cls.WHAT, quote=True, kind=cls)
+            key = cls(name, raw)
+            _check_key_id(key.key_id, hex_id, name, cls.WHAT)
+        except NoteError as exc:
+            raise cls.ERROR(str(exc)) from None
+        return key
+
+
+@dataclass(frozen=True)
+class VerifierKey(PublicNoteKey):
+    """A public Ed25519 note key (type 0x01) and its name."""
 
     def verify(self, message: bytes, signature: bytes) -> bool:
         """Whether ``signature`` is this key's Ed25519 signature of ``message``."""
@@ -273,13 +305,7 @@ def parse_verifier_key(vkey: str) -> VerifierKey:
         If it is malformed, not Ed25519, or its key ID does not match its name
         and key.
     """
-    parts = vkey.split("+", 2)  # names have no '+'; base64 may have some
-    if len(parts) != 3:
-        raise NoteError(f"not a verifier key (<name>+<key ID>+<key>): {vkey!r}")
-    name, hex_id, data = parts
-    key = VerifierKey(name, _key_bytes(name, hex_id, data, "verifier key", quote=True))
-    _check_key_id(key.key_id, hex_id, name, "verifier key")
-    return key
+    return VerifierKey.parse(vkey)
 
 
 def parse_signer_key(skey: str) -> SignerKey:
@@ -303,15 +329,24 @@ def parse_signer_key(skey: str) -> SignerKey:
     return key
 
 
-def _key_bytes(name: str, hex_id: str, data: str, what: str, *, quote: bool) -> bytes:
-    """The 32 key bytes of a vkey's or skey's parts, checked for form."""
+def _key_bytes(
+    name: str,
+    hex_id: str,
+    data: str,
+    what: str,
+    *,
+    quote: bool,
+    kind: type[PublicNoteKey] = PublicNoteKey,
+) -> bytes:
+    """The 32 key bytes of a vkey's or skey's parts, checked for form (the
+    type byte must be ``kind``'s)."""
     check_key_name(name)
     if len(hex_id) != 2 * KEY_ID_SIZE or any(c not in _HEX for c in hex_id):
         raise NoteError(f"{what} {name}: the key ID must be 8 lower-case hex digits")
     raw = _b64decode(data, f"{what} {name}", quote=quote)
-    if not raw or raw[0] != ED25519:
-        kind = f"0x{raw[0]:02x}" if raw else "missing"
-        raise NoteError(f"{what} {name}: signature type {kind} is not Ed25519 (0x01)")
+    if not raw or raw[0] != kind.ALGORITHM:
+        found = f"0x{raw[0]:02x}" if raw else "missing"
+        raise NoteError(f"{what} {name}: signature type {found} is not {kind.KIND}")
     if len(raw) != 1 + PUBLIC_KEY_SIZE:
         raise NoteError(
             f"{what} {name}: an Ed25519 key has 32 bytes, not {len(raw) - 1}"

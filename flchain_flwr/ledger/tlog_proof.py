@@ -22,13 +22,13 @@ with RFC 9162 section 2.1.3.2's algorithm.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
 from .checkpoint import HASH_SIZE, MAX_TREE_SIZE, Checkpoint, parse_checkpoint
 from .notes import NoteError, SignedNote, canonical_b64decode, parse_note
+from .rfc6962 import leaf_hash, node_hash
 
 HEADER: Final = "c2sp.org/tlog-proof@v1"
 MAX_PATH: Final = 64
@@ -63,20 +63,13 @@ class TlogProof:
         return "\n".join(lines) + "\n\n" + str(self.note)
 
 
-def leaf_hash(entry: bytes) -> bytes:
-    """RFC 6962's leaf hash, ``sha256(0x00 || entry)``."""
-    return hashlib.sha256(b"\x00" + entry).digest()
-
-
-def _node(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
-
-
 def _subtree_root(hashes: Sequence[bytes]) -> bytes:
     """MTH over leaf hashes (at least one)."""
     level = list(hashes)
     while len(level) > 1:
-        paired = [_node(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        paired = [
+            node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             paired.append(level[-1])  # RFC 6962's unbalanced right edge
         level = paired
@@ -117,11 +110,11 @@ def root_from_path(entry: bytes, index: int, size: int, path: Sequence[bytes]) -
         if sn == 0:
             raise TlogProofError("the audit path is longer than the tree needs")
         if fn & 1 or fn == sn:
-            root = _node(node, root)
+            root = node_hash(node, root)
             while not fn & 1 and fn != 0:
                 fn, sn = fn >> 1, sn >> 1
         else:
-            root = _node(root, node)
+            root = node_hash(root, node)
         fn, sn = fn >> 1, sn >> 1
     if sn != 0:
         raise TlogProofError("the audit path is shorter than the tree needs")

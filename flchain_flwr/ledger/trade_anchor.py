@@ -1,12 +1,14 @@
 """Anchoring a model-trading subchain in a main chain, through witnesses.
 
 The same protocol as :func:`~flchain_flwr.ledger.anchoring.anchor_ledger` for
-training ledgers: the chain's signed checkpoint goes to every witness with a
-consistency proof from the size that witness last cosigned (learned from its
-409 answer), and is appended to the main chain once a quorum of the policy's
-witnesses cosigned it. An adapter, because ``anchor_ledger`` reads a training
-ledger's genesis block for the log key, and a trading chain has none: its
-key is the operator's, recorded in the file
+training ledgers, by the same collector
+(:func:`~flchain_flwr.ledger.anchoring.collect_cosignatures`): the chain's
+signed checkpoint goes to every witness with a consistency proof from the size
+that witness last cosigned (learned from its 409 answer), and is appended to
+the main chain once a quorum of the policy's witnesses cosigned it. An
+adapter, because ``anchor_ledger`` reads a training ledger's genesis block for
+the log key, and a trading chain has none: its key is the operator's,
+recorded in the file
 (:meth:`TradingChain.recorded_verifier`; anchoring needs no operator secret).
 """
 
@@ -15,14 +17,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from .anchorblock import AnchorBlock
-from .anchoring import WitnessClient
-from .chain import LedgerError
+from .anchoring import WitnessClient, collect_cosignatures
 from .checkpoint import CheckpointError, open_checkpoint
-from .cosignature import add_cosignature
 from .mainchain import AnchorRefused, MainChain
 from .notes import NoteError, SignedNote, parse_note
+from .rfc6962 import HashTree
 from .trading import TradingChain
-from .witness import CosignRequest, WitnessRefused
 
 
 def cosign_trading_checkpoint(
@@ -47,37 +47,10 @@ def cosign_trading_checkpoint(
         raise AnchorRefused(
             f"the trading chain's checkpoint {chain.checkpoint_path}: {exc}"
         ) from None
-    signed, refusals = note, []
-    for index, witness in enumerate(witnesses):
-        old = 0
-        for _ in range(2):  # a first try from 0 learns the witness's size
-            try:
-                proof = (
-                    chain.prove_consistency(old, checkpoint.size)
-                    if 0 < old < checkpoint.size
-                    else None
-                )
-                line = witness.add_checkpoint(
-                    CosignRequest(old, str(note), proof, key.encode())
-                )
-            except WitnessRefused as exc:
-                if exc.status == 409 and exc.size is not None and exc.size != old:
-                    old = exc.size
-                    continue
-                refusals.append(f"witness {index}: {exc.reason}")
-                break
-            except LedgerError as exc:  # the witness's size is beyond the log
-                refusals.append(f"witness {index}: {exc}")
-                break
-            signed = add_cosignature(signed, line)
-            break
-    count = len(signed.signatures) - len(note.signatures)
-    if count < quorum:
-        raise AnchorRefused(
-            f"{count} witnesses cosigned, the quorum is {quorum}: "
-            + "; ".join(refusals)
-        )
-    return signed, refusals
+    tree = HashTree(bytes.fromhex(digest) for digest in chain.block_hashes())
+    return collect_cosignatures(
+        note, checkpoint.size, key, witnesses, quorum, tree.consistency
+    )
 
 
 def anchor_trading_chain(

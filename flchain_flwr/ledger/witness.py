@@ -7,15 +7,16 @@ A witness lives in a folder::
     state.json     per origin: the log's key and the last checkpoint cosigned
     .lock          taken (flock) around every check-and-persist
 
-A request mirrors ``add-checkpoint``: the size of the last checkpoint the
-client believes the witness cosigned (``old``), a consistency proof from that
-size, and the new signed checkpoint. The proof is this project's JSON proof
-(``Ledger.prove_consistency``, :func:`~.checkpoint.check_consistency`), not the
-spec's RFC 6962 hash lines. Refusals carry the spec's HTTP status as
+A request is tlog-witness's ``add-checkpoint`` body
+(:class:`~.witnessrequest.CosignRequest`): the size of the last checkpoint
+the client believes the witness cosigned (``old``), an RFC 9162 consistency
+proof from that size (one base64 hash a line), an empty line and the new
+signed checkpoint. Refusals carry the spec's HTTP status as
 :attr:`WitnessRefused.status`: 404 unknown origin, 403 no valid signature by
-the origin's key, 400 ``old`` above the size, 409 ``old`` is not the size last
-cosigned (truncation is named as such), 422 a bad proof, a fork or rewrite
-(equal size with another root, or a size that does not extend the last one).
+the origin's key, 400 a malformed body or ``old`` above the size, 409 ``old``
+is not the size last cosigned (truncation is named as such) or the same size
+with another root (a fork or rewrite), 422 a proof that does not verify (a
+size that does not extend the last one).
 
 Which log key a witness trusts: the ones it is configured with
 (``init(logs=...)``, :meth:`Witness.add_log`). With ``trust_on_first_use`` an
@@ -60,9 +61,15 @@ from .notes import (
     write_file_atomically,
     write_key_file,
 )
-from .witnessrequest import CosignRequest, WitnessRefused, check_growth
+from .witnessrequest import CosignRequest, WitnessAnswer, WitnessRefused, check_growth
 
-__all__ = ["CosignRequest", "Witness", "WitnessError", "WitnessRefused"]
+__all__ = [
+    "CosignRequest",
+    "Witness",
+    "WitnessAnswer",
+    "WitnessError",
+    "WitnessRefused",
+]
 
 KEY_FILE: Final = "witness.key"
 VKEY_FILE: Final = "witness.vkey"
@@ -236,6 +243,15 @@ class Witness:
             state["logs"][origin] = entry
             _write_state(self.folder, state)
         return cosign(note.text, self._signer, int(self._clock()))
+
+    def answer(self, body: bytes, log_key: str | None = None) -> WitnessAnswer:
+        """The answer to a request body (``log_key`` beside it, for trust on
+        first use): the cosignature line, or the refusal and its reason."""
+        try:
+            request = CosignRequest.decode(body, log_key)
+            return WitnessAnswer.of(self.add_checkpoint(request))
+        except WitnessRefused as exc:
+            return WitnessAnswer.of(exc)
 
     @staticmethod
     def _learn(request: CosignRequest, origin: str) -> dict[str, Any]:
