@@ -320,6 +320,7 @@ def run_one(
     metrics = evaluate(args.versions, run.result.arrays)
     row["final_accuracy"] = float(metrics["accuracy"])  # type: ignore[arg-type]
     row["wall_seconds"] = time.perf_counter() - started
+    row["load_average"] = list(os.getloadavg())  # the shared machine's, at the end
     if isinstance(strategy, FedBuff | PoVStrategy):
         outcomes = pov_outcomes(strategy, run.result)
         row.update(rejection_rates(outcomes, grid, malicious))
