@@ -126,3 +126,14 @@ def test_a_fedbuff_run_under_the_bound_replays(tmp_path: Path) -> None:
         assert ledger.verify().pov
         report = replay(ledger)
         assert report.complete and len(report.replayed) == 4, report
+
+
+def test_the_app_key_sets_the_bound_and_zero_leaves_it_off() -> None:
+    from flchain_cnn.verifiers import app_rule
+
+    cfg = {"pov-metric": "none", "pov-tolerance": 0.05, "pov-reference-epochs": 10}
+    assert app_rule(cfg).threshold.max_norm_ratio is None
+    assert app_rule({**cfg, "pov-max-norm-ratio": 0.0}).threshold.max_norm_ratio is None
+    bounded = app_rule({**cfg, "pov-max-norm-ratio": 2.0})
+    assert bounded.threshold.max_norm_ratio == 2.0
+    assert bounded.digest != app_rule(cfg).digest
