@@ -8,8 +8,9 @@ Attacks, from :mod:`flchain_flwr.sim.attacks`: none, sign flip, scaling (x10),
 Gaussian noise, label flipping, ALIE (z from Baruch et al.'s formula), IPM
 (epsilon 0.1), and the adaptive ones: min-max and min-sum (Shejwalkar &
 Houmansadr, NDSS 2021, inverse-std perturbation), cosine-edge (told the run's
-``--min-cosine`` and the median filter's 4x norm limit: cosine 0.1 above the
-threshold with the colluders' mean, 0.9 of the norm limit) and inflation (the
+``--min-cosine`` and its norm limit, the smaller of the median filter's 4x and
+the rule's ``--max-norm-ratio``: cosine 0.1 above the threshold with the
+colluders' mean, 0.9 of the norm limit) and inflation (the
 cosine-edge update claiming 1e6 examples). All colluders pool their own honest
 updates; none sees an honest node's update.
 
@@ -22,7 +23,9 @@ Defences:
   on its trusted examples (the clients' SGD settings, ``--reference-epochs``
   epochs) and approves a candidate whose cosine with it is above
   ``--min-cosine`` (FLTrust's rule, 0); ``--metric loss`` adds the loss test
-  (global + the candidate's share of the step at most ``--tolerance`` worse).
+  (global + the candidate's share of the step at most ``--tolerance`` worse);
+  ``--max-norm-ratio`` adds the rule's norm bound (a candidate's norm at most
+  that many times the median norm of the candidates judged with it).
   The median pre-filter drops updates above 4x the batch's median norm
   (``--median-direction`` adds its direction test against the coordinate-wise
   median, which IPM moves);
@@ -113,7 +116,7 @@ def attack_parameters(attack: str, args: argparse.Namespace) -> dict[str, Any]:
     n, f = args.nodes, round(args.fraction * args.nodes)
     aware = {
         "min_cosine": max(args.min_cosine, -1.0),
-        "max_norm_ratio": NORM_LIMIT,
+        "max_norm_ratio": min(NORM_LIMIT, args.max_norm_ratio or NORM_LIMIT),
         "margin": 0.1,
         "norm_slack": 0.9,
     }
@@ -167,6 +170,7 @@ def committee(args: argparse.Namespace, seed: int) -> Committee:
             metric=args.metric,
             value=args.tolerance,
             min_cosine=args.min_cosine if args.min_cosine >= -1 else None,
+            max_norm_ratio=args.max_norm_ratio,
         ),
         scoring=args.scoring,
         prefilters=(
@@ -316,6 +320,7 @@ def run_one(
     metrics = evaluate(args.versions, run.result.arrays)
     row["final_accuracy"] = float(metrics["accuracy"])  # type: ignore[arg-type]
     row["wall_seconds"] = time.perf_counter() - started
+    row["load_average"] = list(os.getloadavg())  # the shared machine's, at the end
     if isinstance(strategy, FedBuff | PoVStrategy):
         outcomes = pov_outcomes(strategy, run.result)
         row.update(rejection_rates(outcomes, grid, malicious))
@@ -403,6 +408,13 @@ def main() -> None:
         default=0.0,
         help="direction test: cosine with the verifier's reference above this; "
         "below -1 turns it off",
+    )
+    parser.add_argument(
+        "--max-norm-ratio",
+        type=float,
+        default=None,
+        help="norm bound of the PoV rule: a candidate's norm at most this many "
+        "times the request's median norm (default: none)",
     )
     parser.add_argument("--reference-epochs", type=int, default=10)
     parser.add_argument("--tolerance", type=float, default=0.05)

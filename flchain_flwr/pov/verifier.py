@@ -30,6 +30,7 @@ from nacl.signing import SigningKey
 from ..arrays import NDArrays
 from ..ledger import VoteContext, model_hash, rule_digest, sign_vote
 from ..ledger.consensus import RULE_FORMAT
+from .norms import norm_ratios, within_bound
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class Threshold:
     :data:`ReferenceFn`). ``0.0`` is FLTrust's rule (its ReLU gives an update
     with a cosine <= 0 no weight): approve only updates that do not point
     against what the trusted data asks for.
+    ``max_norm_ratio``: when set, the candidate's update norm must also be at
+    most this many times the median norm of the candidates judged in the same
+    request (see :mod:`flchain_flwr.pov.norms`).
     A non-finite score or cosine is never approved. The default is loss, which
     still moves when a candidate is scored at its share of the block (see
     :class:`~flchain_flwr.pov.Committee`) and accuracy on 100 examples would not.
@@ -90,6 +94,7 @@ class Threshold:
     mode: Literal["relative", "absolute"] = "relative"
     value: float = 0.05
     min_cosine: float | None = None
+    max_norm_ratio: float | None = None
 
     def __post_init__(self) -> None:
         if self.metric not in ("accuracy", "loss", "none"):
@@ -102,6 +107,10 @@ class Threshold:
             raise ValueError(f"threshold value must be finite and >= 0: {self.value}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine < 1.0:
             raise ValueError(f"min_cosine must be in [-1, 1): {self.min_cosine}")
+        if self.max_norm_ratio is not None and not (
+            math.isfinite(self.max_norm_ratio) and self.max_norm_ratio > 1.0
+        ):
+            raise ValueError(f"max_norm_ratio must be > 1: {self.max_norm_ratio}")
         if self.metric == "none" and self.min_cosine is None:
             raise ValueError("metric 'none' needs min_cosine (else nothing decides)")
 
@@ -115,11 +124,18 @@ class Threshold:
         candidate: Score | None,
         reference: Score | None,
         cosine: float | None = None,
+        norm_ratio: float | None = None,
     ) -> bool:
         """Whether a candidate passes: its ``candidate`` score against the global
-        model's ``reference`` (both unused when the metric is none), and its
-        ``cosine`` with the verifier's reference update when ``min_cosine`` is set.
+        model's ``reference`` (both unused when the metric is none), its
+        ``cosine`` with the verifier's reference update when ``min_cosine`` is
+        set, and its ``norm_ratio`` to the request's median norm when
+        ``max_norm_ratio`` is set.
         """
+        if self.max_norm_ratio is not None and not within_bound(
+            norm_ratio, self.max_norm_ratio
+        ):
+            return False
         if self.min_cosine is not None:
             if cosine is None or not math.isfinite(cosine):
                 return False
@@ -173,6 +189,13 @@ class Rule:
                 else float(self.threshold.min_cosine)
             ),
             "scoring": self.scoring,
+            # Only when set: the digests of rules without a norm bound (and so
+            # the chains and test vectors signed over them) stay as they were.
+            **(
+                {"max_norm_ratio": float(self.threshold.max_norm_ratio)}
+                if self.threshold.max_norm_ratio is not None
+                else {}
+            ),
         }
 
     @property
@@ -286,7 +309,9 @@ class Verifier:
         ``context.parent_model``, if ``context.rule`` is not this verifier's
         rule (its own, else ``rule``), or if the position goes back on what
         it has voted on in this chain: a lower height, or the same height
-        after another block or parent model. The global model is scored once per call,
+        after another block or parent model. With ``max_norm_ratio`` each
+        candidate's norm is compared with the median norm of ``deltas``.
+        The global model is scored once per call,
         each candidate once (not at all with metric none), and the reference
         update once per parent model. The signed score is the candidate's
         cosine with the reference update when the direction test is on (its
@@ -300,13 +325,20 @@ class Verifier:
         if threshold.min_cosine is not None:
             direction = self._reference_from(global_model, context.parent_model)
         reference = self.score_fn(global_model) if threshold.scores_models else None
+        ratios: list[float | None] = (
+            list(norm_ratios(deltas))
+            if threshold.max_norm_ratio is not None
+            else [None] * len(deltas)
+        )
         votes = []
         for index, (digest, model) in enumerate(candidates):
             score = self.score_fn(model) if threshold.scores_models else None
             similarity = (
                 cosine(deltas[index], direction) if direction is not None else None
             )
-            verdict = self._verdict(threshold.approves(score, reference, similarity))
+            verdict = self._verdict(
+                threshold.approves(score, reference, similarity, ratios[index])
+            )
             value = (
                 similarity
                 if similarity is not None

@@ -15,8 +15,10 @@ colluder sends.
   such figure among the benign updates themselves. They know nothing of the
   defence.
 - :func:`cosine_edge`: a defence-aware attacker against a direction test
-  (cosine with a reference update above ``min_cosine``) behind a norm filter
-  (norm at most ``max_norm_ratio`` times the batch's median norm). It takes the
+  (cosine with a reference update above ``min_cosine``) behind a norm bound
+  (norm at most ``max_norm_ratio`` times the batch's median norm: the median
+  pre-filter's, or the PoV rule's own ``max_norm_ratio`` where that is
+  smaller, see :mod:`flchain_flwr.pov.norms`). It takes the
   colluders' mean as its estimate of the verifiers' reference, sends an update
   whose cosine with that estimate is ``min_cosine + margin`` (just above the
   threshold), the rest of it along the part of ``-sign(mean)`` orthogonal to the

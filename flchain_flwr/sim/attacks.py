@@ -25,7 +25,8 @@ Attacks (parameters from ``node_config``):
   ``"sign"``;
 - ``cosine-edge``: the defence-aware direction-test attacker of
   :func:`.adaptive.cosine_edge`, told the defence's ``attack-min-cosine``
-  (default 0) and ``attack-max-norm-ratio`` (default 4), aiming
+  (default 0) and ``attack-max-norm-ratio`` (default 4: the median filter's;
+  give the rule's own norm bound where it is smaller), aiming
   ``attack-margin`` (default 0.1) above the threshold at ``attack-norm-slack``
   (default 0.9) of the norm limit;
 - ``inflation``: the cosine-edge update, claiming ``attack-claim`` examples

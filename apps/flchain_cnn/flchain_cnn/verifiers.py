@@ -27,6 +27,7 @@ def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
                 if int(cfg.get("pov-reference-epochs", 0)) > 0
                 else None
             ),
+            max_norm_ratio=float(cfg.get("pov-max-norm-ratio", 0.0)) or None,
         )
     )
 
