@@ -7,10 +7,11 @@ counts what each node holds between push and pulled reply.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 import pytest
-from flwr.app import Message
+from flwr.app import Message, MessageType
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.superlink.grid.http_grid import HttpGrid
 
@@ -67,13 +68,13 @@ def spy_grid(speeds: list[float], **profile: object) -> SpyGrid:
 def run(
     grid: VirtualGrid, queued: bool, rounds: int = 12, **kwargs: object
 ) -> AsyncResult:
+    options: dict[str, object] = {"fraction_evaluate": 0.0, **kwargs}
     strategy = FedBuff(
         buffer_size=1,
-        fraction_evaluate=0.0,
         max_staleness=None,
         seed=0,
         queued_dispatch=queued,
-        **kwargs,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
     )
     return strategy.start(grid, initial_arrays(), num_rounds=rounds, timeout=100.0)
 
@@ -351,3 +352,39 @@ def test_an_expiry_reported_by_the_superlink_is_one_failure_of_its_node() -> Non
     assert sent - 1 <= len(result.failures) <= sent
     keys = [(f.node_id, f.version, f.time) for f in result.failures]
     assert len(keys) == len(set(keys))
+
+
+class EvalSpyGrid(SpyGrid):
+    """Counts the evaluate messages sent to each node."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.evaluations: Counter[int] = Counter()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        messages = list(messages)
+        self.evaluations.update(
+            m.metadata.dst_node_id
+            for m in messages
+            if m.metadata.message_type == MessageType.EVALUATE
+        )
+        return super().push_messages(messages)
+
+
+def evaluations_per_node(queued: bool) -> tuple[list[int], int]:
+    devices = [DeviceProfile(speed=s) for s in [1.0, 0.5, 0.25, 0.2]]
+    grid = EvalSpyGrid(toy_client_app(), devices, work_fn=constant_work(1.0))
+    result = run(grid, queued=queued, rounds=30, fraction_evaluate=1.0)
+    assert result.stop_reason == "completed"
+    return [grid.evaluations[n] for n in grid.node_ids], grid.most_held
+
+
+def test_a_node_with_an_evaluation_pending_is_not_queued_behind() -> None:
+    # Every node is asked to evaluate every version. A node that always had a
+    # train message queued behind its current one would never come free, and
+    # its evaluations would not be sent (before the fix the 0.5-speed node got
+    # 1 evaluate message in 30 versions, against 5 without queueing).
+    plain, _ = evaluations_per_node(queued=False)
+    queued, most_held = evaluations_per_node(queued=True)
+    assert most_held == 2  # queueing still happens
+    assert all(q >= p - 1 for q, p in zip(queued, plain, strict=True)), (queued, plain)

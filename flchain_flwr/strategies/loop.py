@@ -228,8 +228,12 @@ class EventLoop:
             self._push(self._train_messages(self._chosen(capacity), deadline))
         if self.nodes.queueable and not self.nodes.eligible:
             # Queue only when no free node is left for the version: queued
-            # messages must not keep a free node waiting for a slot.
-            self._push(self._train_messages(sorted(self.nodes.queueable), deadline))
+            # messages must not keep a free node waiting for a slot. A node
+            # with an evaluation pending is not queued behind: it must come
+            # free to be sent it.
+            pending = self.evaluation.pending
+            behind = sorted(n for n in self.nodes.queueable if n not in pending)
+            self._push(self._train_messages(behind, deadline))
 
     def _train_messages(
         self, node_ids: list[int], deadline: float
