@@ -182,8 +182,9 @@ def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
 def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     cfg = _config(content)
     if cfg.get("kind") == "header":
-        signed = member_header(cfg, content, verifier)
-        return RecordDict({_CONFIG: ConfigRecord(signed)})
+        return RecordDict(
+            {_CONFIG: ConfigRecord(member_header(cfg, content, verifier))}
+        )
     if cfg.get("kind") == "view-change":
         signed = member_view_change(_bytes(cfg, "message"), verifier)
         return RecordDict({_CONFIG: ConfigRecord({"signature": signed})})
