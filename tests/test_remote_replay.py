@@ -14,11 +14,11 @@ from flwr.app import Message, RecordDict
 from flchain_flwr import cli
 from flchain_flwr.arrays import NDArrays, to_arrayrecord
 from flchain_flwr.ledger import Ledger, VoteContext, model_hash
-from flchain_flwr.pov import Rule, Threshold, remote
+from flchain_flwr.pov import Candidate, CommitteeDecision, Rule, Threshold, remote
 from flchain_flwr.pov.memory import MAX_MODELS, MemberMemory, load, store
 from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.voterequest import BASE_PREFIX, payload_blob
-from flchain_flwr.sim import simulate
+from flchain_flwr.sim import VirtualGrid, simulate
 from flchain_flwr.strategies import Constant, FedBuff, pipeline
 
 from .pov_replies import reply_candidate
@@ -56,23 +56,21 @@ def test_a_delta_swapped_under_an_honest_digest_gets_no_approval(
     honest = reply_candidate(1, 0.5)
     poisoned = reply_candidate(1, -3.0)
     swapped = replace(poisoned, digest=honest.digest)
-    decision = committee.decide(
-        context=context(1, rule=committee.rule.digest),
-        global_model=model(0.0),
-        candidates=[swapped],
-        round_=0,
-    )
+
+    def decide(height: int, candidate: Candidate) -> CommitteeDecision:
+        return committee.decide(
+            context=context(height, rule=committee.rule.digest),
+            global_model=model(0.0),
+            candidates=[candidate],
+            round_=height - 1,
+        )
+
+    decision = decide(1, swapped)
     assert [o.accepted for o in decision.outcomes] == [False]
     assert decision.outcomes[0].approvals == 0 and decision.votes == []
     refusals = [d for d in decision.dropped_votes if "does not hash" in d]
     assert len(refusals) == 4, decision.dropped_votes
-    # the honest reply, sent as it is, is approved
-    fair = committee.decide(
-        context=context(2, rule=committee.rule.digest),
-        global_model=model(0.0),
-        candidates=[honest],
-        round_=1,
-    )
+    fair = decide(2, honest)  # the honest reply, sent as it is, is approved
     assert [o.accepted for o in fair.outcomes] == [True]
 
 
@@ -98,7 +96,7 @@ def test_a_forged_or_unknown_base_model_is_refused(tmp_path: Path) -> None:
     assert refused.has_error() and "does not hash" in refused.error.reason
 
 
-def _run(tmp_path: Path, rounds: int = 3) -> Path:
+def _run(tmp_path: Path, rounds: int = 3) -> VirtualGrid:
     grid = _grid(tmp_path, [{"tolerance": 0.0}] * 4, attackers=set())
     nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
     strategy = FedBuff(
@@ -110,18 +108,24 @@ def _run(tmp_path: Path, rounds: int = 3) -> Path:
         seed=0,
     )
     simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
-    return tmp_path / "chain.db"
+    return grid
 
 
 def test_remote_members_replay_and_verify_reports_it(tmp_path: Path) -> None:
-    path = _run(tmp_path)
+    grid = _run(tmp_path)
+    path = tmp_path / "chain.db"
     with Ledger(path, create=False) as ledger:
         later = len(ledger) - 1
         assert later == 3
+        stale = []
         for block in ledger.blocks():
             if block.height:
                 signatures = ledger.header_signatures(block.height)
                 assert signatures and all(s["replayed"] is True for s in signatures)
+                stale += [u for u in block.body["included"] if u["staleness"] > 0]
+    assert stale  # full-weight replies judged against an older base, replayed
+    for node in grid.contexts.made.values():  # every header signed: none kept
+        assert not any(name.startswith("pov-pending") for name in node.state)
     out = io.StringIO()
     assert cli.main(["ledger", "verify", str(path), "--replay"], out) == 0
     text = out.getvalue()
