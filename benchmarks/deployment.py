@@ -54,6 +54,11 @@ NOT_QUIET = (
     "SuperNodes and their ClientApp processes also share those cores. Floor "
     "and FedBuff runs alternate so that their ratio sees similar load."
 )
+QUIET = (
+    "Run with --quiet: nothing but this benchmark ran on the machine. The load "
+    "averages recorded per measurement are this benchmark's own processes "
+    "(SuperLink, SuperNodes, ClientApps) on 2 cores."
+)
 
 
 def load() -> list[float]:
@@ -191,6 +196,11 @@ def main() -> None:  # pylint: disable=too-many-locals
     parser.add_argument("--slowdown", type=float, default=5.0)
     parser.add_argument("--target", type=float, default=0.9)
     parser.add_argument("--out", type=Path, default=RESULTS / "deployment.json")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="state that nothing else ran on the machine meanwhile (recorded)",
+    )
     args = parser.parse_args()
 
     base: dict[str, ConfigValue] = {
@@ -299,8 +309,8 @@ def main() -> None:  # pylint: disable=too-many-locals
         runs=runs,
         **figures,
         async_runs=async_runs,
-        quiet_machine=False,
-        note=NOT_QUIET,
+        quiet_machine=args.quiet,
+        note=QUIET if args.quiet else NOT_QUIET,
     )
     print(
         f"ClientApp start (fresh process): {start['cold']['total_s']:.2f}s with "

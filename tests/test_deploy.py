@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from flchain_flwr.deploy import make_node_key, make_tls
-from flchain_flwr.deploy.e2e import run_scenario
+from flchain_flwr.deploy.e2e import led_past, run_scenario
 from flchain_flwr.deploy.loopback import config_arg
 from flchain_flwr.deploy.processes import (
     cmdline,
@@ -28,6 +28,7 @@ from flchain_flwr.deploy.processes import (
     is_running,
     stop_processes,
 )
+from flchain_flwr.ledger.consensus import select_committee
 from flchain_flwr.sim.local_run import processes_of
 
 APP = Path(__file__).resolve().parent.parent / "apps" / "flchain_cnn"
@@ -221,3 +222,19 @@ def test_end_to_end_loopback_deployment_with_faults(tmp_path: Path) -> None:
     assert report.ok, report.as_dict()
     assert report.facts["stopped_pids"]
     assert not [p for p in report.facts["stopped_pids"] if is_running(p)]
+
+
+def test_blocks_a_dead_leader_would_have_led_are_those_its_draw_names() -> None:
+    pool = [bytes([i]).hex() * 32 for i in range(1, 5)]
+    prevs = [bytes([i]).hex() * 32 for i in range(10, 40)]
+    dead = select_committee(pool, prevs[0], len(pool), 0)[0]
+    chain = [(h + 1, "ab" * 32, prev, h % 3) for h, prev in enumerate(prevs)]
+    led = led_past(chain, pool, dead, after=0)
+    heights = {h for h, _ in led}
+    assert 1 in heights and 0 < len(heights) < len(chain)  # both kinds occur
+    for height, _, prev, view in chain:
+        leader = select_committee(pool, prev, len(pool), 0)[0]
+        assert (height in heights) == (leader == dead)
+        if height in heights:
+            assert (height, view) in led  # the view is reported as written
+    assert led_past(chain, pool, dead, after=1) == [x for x in led if x[0] > 1]

@@ -12,7 +12,10 @@ On 127.0.0.1 only, under a work directory:
    and a ledger for a fixed number of versions;
 5. after the first block one trainer is killed with SIGKILL and a replacement
    (a new registered key, the same partition) is started; the run must finish,
-   record the dead node, and give the replacement work;
+   record the dead node, and give the replacement work. At the same moment the
+   verifier SuperNode that leads the next block's view 0 (drawn from the head's
+   hash) is killed with SIGKILL: that block must be written at a later view,
+   every later block it would have led too, and the chain must verify;
 6. the ledger is verified with the ``flchain`` CLI;
 7. every process started is stopped by PID, also when a step fails.
 
@@ -37,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ledger.chain import load_or_create_key
+from ..ledger.consensus import block_view, select_committee
 from .loopback import ConfigValue, LoopbackFederation
 
 
@@ -74,6 +78,43 @@ def _blocks(ledger: Path) -> int:
             return int(db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+def _chain(ledger: Path) -> list[tuple[int, str, str, int | None]]:
+    """(height, hash, previous hash, view) of each block written so far."""
+    if not ledger.exists():
+        return []
+    try:
+        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as db:
+            rows = db.execute(
+                "SELECT height, hash, header, body FROM blocks ORDER BY height"
+            ).fetchall()
+    except sqlite3.Error:
+        return []
+    return [
+        (
+            int(h),
+            str(digest),
+            json.loads(header)["prev_hash"],
+            block_view(json.loads(body)),
+        )
+        for h, digest, header, body in rows
+    ]
+
+
+def led_past(
+    chain: list[tuple[int, str, str, int | None]],
+    pool: list[str],
+    dead: str,
+    after: int,
+) -> list[tuple[int, int | None]]:
+    """(height, view) of each block above ``after`` whose view-0 leader is the
+    ``dead`` key: each must have been written at a later view."""
+    return [
+        (height, view)
+        for height, _, prev, view in chain
+        if height > after and select_committee(pool, prev, len(pool), 0)[0] == dead
+    ]
 
 
 def _wait(condition: Any, timeout: float, what: str, poll: float = 1.0) -> None:
@@ -176,10 +217,22 @@ def run_scenario(
                     f"flwr run ended early ({run.returncode}): "
                     + (workdir / "run.log").read_text(errors="replace")[-2000:]
                 )
+            written = _chain(ledger)
+            for _ in range(30):  # the writer may hold the database a moment
+                if written:
+                    break
+                time.sleep(1.0)
+                written = _chain(ledger)
+            head_height, head_hash, _, _ = written[-1]
+            leader = select_committee(verifier_keys, head_hash, verifiers, 0)[0]
+            leader_name = f"verifier-{verifier_keys.index(leader)}"
             victim = fed.nodes["trainer-0"]
             report.facts["killed"] = {
                 "node_id": victim.node_id,
                 "pids": fed.kill("trainer-0"),
+                "leader": leader_name,
+                "leader_pids": fed.kill(leader_name),
+                "after_height": head_height,
                 "at_s": round(time.monotonic() - t0, 1),
             }
             replacement = fed.start_supernode("replacement", victim.node_config)
@@ -208,6 +261,12 @@ def run_scenario(
                 "remote verifiers voted on every block",
                 len(decisions) >= versions
                 and all(set(d["committee"]) <= set(verifier_keys) for d in decisions),
+            )
+            passed_over = led_past(_chain(ledger), verifier_keys, leader, head_height)
+            report.facts["blocks_the_dead_leader_would_have_led"] = passed_over
+            report.check(
+                "killed leader passed over by a view change",
+                bool(passed_over) and all((v or 0) > 0 for _, v in passed_over),
             )
             verify = subprocess.run(
                 [str(fed.bin_dir / "flchain"), "ledger", "verify", str(ledger)],

@@ -17,6 +17,8 @@ from typing import Any, Final
 
 import numpy as np
 
+from .blocks import node_key
+
 
 def contributions(
     node_ids: Sequence[int],
@@ -60,21 +62,31 @@ def contribution_problem(body: Mapping[str, Any]) -> str | None:
     """Why a block body's contributions could not have come from
     :func:`contributions` over its included set, or ``None``.
 
-    Each contribution names an included node (at most as many contributions
-    per node as it has included updates); each of its numbers present is
-    finite and in [0, 1], and its score is at most ``data_share * relevance``.
+    Each contribution is a JSON object naming an included node (a node id
+    :func:`~.blocks.node_key` reads; at most as many contributions per node
+    as it has included updates); each of its numbers present is finite and in
+    [0, 1], and its score is at most ``data_share * relevance``.
     """
-    included = Counter(str(u.get("node_id")) for u in body.get("included", []))
-    credited_to: Counter[str] = Counter()
-    for c in body.get("contributions", []):
-        if not isinstance(c, Mapping):
-            return "a contribution is not a JSON object"
-        node = str(c.get("node_id"))
+    entries = body.get("contributions", [])
+    if any(not isinstance(c, Mapping) for c in entries):
+        return "a contribution is not a JSON object"
+    keys = (node_key(u.get("node_id")) for u in body.get("included", []))
+    included: Counter[int | None] = Counter(k for k in keys if k is not None)
+    for c in entries:
+        if node_key(c.get("node_id")) not in included:
+            return (
+                f"a contribution credits node {c.get('node_id')!r}, "
+                "which is not in the block's included set"
+            )
+    credited_to: Counter[int | None] = Counter()
+    for c in entries:
+        node = node_key(c.get("node_id"))
         credited_to[node] += 1
         if credited_to[node] > included[node]:
             return (
-                f"node {node[:24]!r} is credited {credited_to[node]} times but "
-                f"has {included[node]} included update(s)"
+                f"node {str(c.get('node_id'))[:24]!r} is credited "
+                f"{credited_to[node]} times but has {included[node]} included "
+                "update(s)"
             )
         values = {}
         for name in CONTRIBUTION_FIELDS:

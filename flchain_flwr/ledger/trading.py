@@ -31,7 +31,7 @@ from typing import Any, Final
 from nacl.signing import SigningKey
 
 from .canonical import ZERO_HASH, NotCanonical, encode, parse_canonical, sha256_hex
-from .chain import LedgerError, load_or_create_key
+from .chain import LedgerError
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
@@ -43,6 +43,7 @@ from .checkpoint import (
     sign_checkpoint,
     write_checkpoint,
 )
+from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey
 from .trade_records import TradeBook, TradeRefused
@@ -112,8 +113,7 @@ class TradingChain:
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
-        self._key = signing_key
-        self._key_path = self.path.with_name(self.path.name + ".key")
+        self._key = KeyFile.beside(self.path, signing_key)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
@@ -160,9 +160,7 @@ class TradingChain:
     @property
     def signing_key(self) -> SigningKey:
         """The operator's key (loaded or created beside the file)."""
-        if self._key is None:
-            self._key = load_or_create_key(self._key_path)
-        return self._key
+        return self._key.key
 
     @property
     def verifier(self) -> VerifierKey:

@@ -1,0 +1,250 @@
+"""The rules :meth:`Ledger.verify <flchain_flwr.ledger.chain.Ledger.verify>`
+checks each stored block against, carrying what it learned from the blocks
+before it (:class:`_ChainRules`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .blocks import (
+    _COMMITTEES,
+    BLOCK_FORMATS,
+    COMMITTEE_KIND_FIELD,
+    CONFIG_FIELD,
+    _digest_of,
+    _is_hex,
+    _parse_block,
+    _signature_ok,
+)
+from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, sha256_hex
+from .consensus import PoVRules, PoVState, VoteRules, block_view
+from .evidence import settled_evidence
+from .merkle import merkle_root
+from .payload import PAYLOAD_FIELD
+from .quorum import check_signed_block, headers_declared
+from .rewards import contribution_problem
+from .serverstate import _state_blobs
+from .votes import VoteContext, check_vote
+
+if TYPE_CHECKING:
+    from .chain import Ledger
+
+
+@dataclass
+class _ChainRules:
+    """What :meth:`Ledger.verify` carries from block to block."""
+
+    leader: str | None
+    pov: PoVState | None = None
+    format: str | None = None
+    """The genesis block's format: every block must have it."""
+    committee_kind: str | None = None
+    model: str = ""
+    """The previous block's model hash: the parent a vote was judged against."""
+    replayed: int = 0
+    """Quorum-signed blocks whose signers' quorum replayed the model."""
+    evidence: list[str] = field(default_factory=list)
+    """What the equivocation evidence in the chain says, by block."""
+
+    def vote_context(
+        self, chain_id: str, height: int, prev_hash: str, body: Mapping[str, Any]
+    ) -> VoteContext:
+        """The context a vote stored in this block must have been signed in."""
+        if self.pov is None or self.pov.votes is None:
+            return VoteContext(chain_id, height)
+        return VoteContext(
+            chain_id,
+            height,
+            prev_hash,
+            self.model,
+            self.pov.votes.digest,
+            block_view(body) or 0,
+        )
+
+
+# pylint: disable=too-many-return-statements,too-many-arguments
+def _check_block(
+    ledger: Ledger,
+    row: tuple[Any, ...],
+    expected_height: int,
+    prev_hash: str,
+    chain: _ChainRules,
+    check_models: bool,
+) -> str | None:
+    height, stored_hash, header_raw, body_raw, signature = row
+    if not isinstance(header_raw, bytes) or not isinstance(body_raw, bytes):
+        return "header or body is not stored as bytes"
+    if height != expected_height:
+        return f"block {expected_height} is missing (next stored height is {height})"
+    try:
+        header, body = _parse_block(header_raw, body_raw)
+    except NotCanonical as exc:
+        return f"stored header or body is corrupt: {exc}"
+    if not isinstance(header, dict) or not isinstance(body, dict):
+        return "header or body is not a JSON object"
+    if sha256_hex(HEADER_TAG, header_raw) != stored_hash:
+        return "block hash does not match the header"
+    if height == 0:
+        chain.format = header["format"]
+    try:
+        checks = [
+            (
+                header["format"] == chain.format,
+                f"block format {header['format']!r} is not the genesis "
+                f"block's {chain.format!r}",
+            ),
+            (
+                header["format"] == "flchain-block/1" or "wall_time" not in header,
+                "a format-2 header must not hold a wall_time",
+            ),
+            (header["height"] == height, f"header says height {header['height']}"),
+            (
+                header["chain_id"] == ledger.chain_id,
+                "header belongs to another chain",
+            ),
+            (header["prev_hash"] == prev_hash, "previous-hash link is broken"),
+            (
+                _is_hex(header["model_hash"], 64),
+                "model_hash is not lower-case SHA-256 hex",
+            ),
+            (
+                header["body_hash"] == sha256_hex(BODY_TAG, body_raw),
+                "body does not match the header's body hash",
+            ),
+            (
+                header["updates_root"]
+                == merkle_root([str(u["digest"]) for u in body["included"]]),
+                "Merkle root of included updates does not match",
+            ),
+            (
+                chain.leader is None
+                or (chain.pov is not None and height > 0)
+                or header["leader"] == chain.leader,
+                "signed by an unexpected leader",
+            ),
+        ]
+    except (KeyError, TypeError, ValueError) as exc:
+        return f"header or body is missing a field: {exc!r}"
+    for ok, reason in checks:
+        if not ok:
+            return reason
+    if not _is_hex(signature, 128) or not _signature_ok(
+        str(header["leader"]), HEADER_TAG + header_raw, signature
+    ):
+        return "leader signature is invalid"
+    problem = _check_entries(body)
+    if problem is not None:
+        return problem
+    context = chain.vote_context(ledger.chain_id, height, prev_hash, body)
+    for index, vote in enumerate(body.get("votes", [])):
+        problem = check_vote(context, vote)
+        if problem is not None:
+            return f"vote {index}: {problem}"
+    if CONFIG_FIELD in body and (
+        not isinstance(body[CONFIG_FIELD], dict)
+        or _digest_of(body[CONFIG_FIELD], BLOCK_FORMATS[header["format"]])
+        != header["config_digest"]
+    ):
+        return "recorded config does not hash to the header's config_digest"
+    try:
+        state_blobs = _state_blobs(body)
+    except ValueError as exc:
+        return f"malformed server_state: {exc}"
+    if height == 0 and "pov" in body:
+        try:
+            chain.pov = PoVState(
+                PoVRules.from_json(body["pov"]),
+                votes=VoteRules.from_genesis(body["pov"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            return f"genesis declares unusable PoV rules: {exc}"
+        kind = body.get(COMMITTEE_KIND_FIELD)
+        chain.committee_kind = kind if kind in _COMMITTEES else None
+        try:
+            chain.pov.signed_headers = headers_declared(body["pov"])
+        except ValueError as exc:
+            return f"genesis declares unusable PoV rules: {exc}"
+    elif chain.pov is not None:
+        if chain.pov.signed_headers:
+            problem = _check_quorum(ledger, chain, height, prev_hash, stored_hash, body)
+            if problem is not None:
+                return problem
+        problem = chain.pov.check_block(prev_hash, header, body)
+        if problem is not None:
+            return f"PoV: {problem}"
+        chain.evidence += settled_evidence(height, body)
+    if check_models:
+        problem = ledger.blobs.check(str(header["model_hash"]))
+        if problem is not None:
+            return problem
+        for part, digest in state_blobs.items():
+            problem = ledger.blobs.check(digest)
+            if problem is not None:
+                return f"server_state {part}: {problem}"
+        for index, entry in enumerate(body["included"]):
+            if isinstance(entry, dict) and PAYLOAD_FIELD in entry:
+                payload = entry[PAYLOAD_FIELD]
+                problem = (
+                    ledger.blobs.check(payload, "update payload")
+                    if _is_hex(payload, 64)
+                    else "payload is not a SHA-256 hex digest"
+                )
+                if problem is not None:
+                    return f"included update {index}: {problem}"
+    chain.model = str(header["model_hash"])
+    return None
+
+
+# pylint: disable=too-many-arguments
+def _check_quorum(
+    ledger: Ledger,
+    chain: _ChainRules,
+    height: int,
+    prev_hash: str,
+    block_hash: str,
+    body: Mapping[str, Any],
+) -> str | None:
+    """A quorum-signed chain's block: its view changes and header
+    signatures, against the committee the genesis pool draws."""
+    assert chain.pov is not None
+    view = block_view(body)
+    committee = chain.pov.committee(prev_hash, view or 0)
+    problem, replayed = check_signed_block(
+        committee,
+        ledger.chain_id,
+        height,
+        prev_hash,
+        block_hash,
+        body,
+        ledger.header_signatures(height),
+    )
+    if problem is not None:
+        return f"PoV: {problem}"
+    chain.replayed += replayed
+    return None
+
+
+def _check_entries(body: Mapping[str, Any]) -> str | None:
+    """Why a body's included set, rejections or contributions are inconsistent,
+    or ``None``: a digest that is not lower-case SHA-256 hex, an update digest
+    included twice, or contributions :func:`contribution_problem` refuses."""
+    seen: set[str] = set()
+    for update in body["included"]:
+        digest = update["digest"]
+        if not _is_hex(digest, 64):
+            return f"included digest {str(digest)[:70]!r} is not lower-case SHA-256 hex"
+        if digest in seen:
+            return f"update {digest} is included twice"
+        seen.add(digest)
+    for entry in body["rejected"]:
+        if "digest" in entry and not _is_hex(entry["digest"], 64):
+            return (
+                f"rejected digest {str(entry['digest'])[:70]!r} is not lower-case "
+                "SHA-256 hex"
+            )
+    if not isinstance(body["contributions"], list):
+        return "contributions: not a JSON array"
+    problem = contribution_problem(body)
+    return None if problem is None else f"contributions: {problem}"

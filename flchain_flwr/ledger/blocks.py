@@ -1,0 +1,159 @@
+"""A ledger block: its stored form, its encodings and its body's node ids.
+
+A block is stored as its canonical header and body bytes, its hash
+(``sha256(HEADER_TAG + header)``) and the leader's Ed25519 signature over the
+same bytes. The header's ``format`` names the encoding of both
+(:func:`~flchain_flwr.ledger.canonical.encode`): ``flchain-block/2`` is RFC
+8785 JSON without a ``wall_time``, ``flchain-block/1`` version-1 JSON with
+one. Format 2 stores node ids as decimal strings (RFC 8785 numbers are
+doubles; Flower's node ids are 64-bit): :func:`ids_as_text` writes them,
+:func:`node_key` reads either form. :class:`LedgerError` is what the ledger
+modules raise for a ledger that cannot be opened or used as asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+from nacl.encoding import HexEncoder
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from .canonical import NotCanonical, encode, parse_canonical, parse_json, sha256_hex
+
+LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
+"""The ledger file's ``format`` (in ``meta``) by encoding version."""
+BLOCK_FORMATS: Final = {"flchain-block/1": 1, "flchain-block/2": 2}
+"""A header's ``format``, by the encoding version of its header and body."""
+COMMITTEE_KIND_FIELD: Final = "committee_kind"
+"""Genesis body field: ``"in-process"`` when the server process holds every
+verifier key (a simulation), ``"remote"`` when none, ``"mixed"`` otherwise."""
+CONFIG_FIELD: Final = "config"
+"""Body field: the settings behind the header's ``config_digest``."""
+
+_COMMITTEES: Final = {
+    "in-process": "PoV committees whose every key the server process held "
+    "(an in-process simulation: the votes show what that one process decided, "
+    "not that independent verifiers agreed)",
+    "mixed": "PoV committees some of whose keys the server process held",
+    "remote": "their PoV committees (the genesis block records remote verifiers)",
+}
+"""What a genesis block's ``committee_kind`` says of the later blocks' signers
+(:class:`~.verify.VerifyReport`); another value is not recorded."""
+
+
+class Signature(Protocol):
+    """A signing result: what :class:`BlockSigner` returns."""
+
+    @property
+    def signature(self) -> bytes:
+        """The 64-byte Ed25519 signature."""
+
+
+class BlockSigner(Protocol):
+    """What signs a block header: a ``nacl.signing.SigningKey``, or a key that
+    stays on another machine (a PoV leader on its own SuperNode)."""
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        """The public half, written into the header as its ``leader``."""
+
+    def sign(self, smessage: bytes) -> Signature:
+        """Sign ``smessage`` (raise if it cannot be signed)."""
+
+
+class LedgerError(Exception):
+    """A ledger cannot be opened or used as asked (missing, not a ledger, ...)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """A stored block: its exact bytes plus their parsed form."""
+
+    height: int
+    hash: str
+    header_bytes: bytes
+    body_bytes: bytes
+    signature: str
+    header: dict[str, Any] = field(compare=False)
+    body: dict[str, Any] = field(compare=False)
+    quorum: list[dict[str, Any]] | None = field(default=None, compare=False)
+    """The committee's header signatures, when this block was read with them
+    (see :meth:`Ledger.header_signatures`)."""
+
+    @property
+    def format_version(self) -> int:
+        """The encoding version of the header and body (see :func:`encode`)."""
+        return BLOCK_FORMATS[str(self.header["format"])]
+
+
+def _parse_block(header_raw: bytes, body_raw: bytes) -> tuple[Any, Any]:
+    """A stored header and body, parsed in the encoding the header's ``format``
+    names; :class:`NotCanonical` if either is not in exactly that encoding."""
+    loose = parse_json(header_raw)
+    name = loose.get("format") if isinstance(loose, dict) else None
+    version = BLOCK_FORMATS.get(name) if isinstance(name, str) else None
+    if version is None:
+        raise NotCanonical(f"unknown block format {str(name)[:40]!r}")
+    return parse_canonical(header_raw, version), parse_canonical(body_raw, version)
+
+
+def ids_as_text(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Body entries with an integer ``node_id`` as a decimal string (format 2:
+    a 64-bit Flower node id has no exact RFC 8785 number)."""
+    out = []
+    for entry in entries:
+        entry = dict(entry)
+        node_id = entry.get("node_id")
+        if isinstance(node_id, int | np.integer) and not isinstance(node_id, bool):
+            entry["node_id"] = str(int(node_id))
+        out.append(entry)
+    return out
+
+
+def node_key(node_id: Any) -> int | None:
+    """A body's ``node_id`` (an integer, or format 2's decimal string) as an
+    int; ``None`` if it is neither."""
+    if isinstance(node_id, bool):
+        return None
+    if isinstance(node_id, int):
+        return node_id
+    if (
+        isinstance(node_id, str)
+        and 0 < len(node_id) <= 20
+        and node_id.isascii()
+        and node_id.isdigit()
+        and str(int(node_id)) == node_id
+    ):
+        return int(node_id)
+    return None
+
+
+def _digest_of(config: Mapping[str, Any], version: int) -> str:
+    """SHA-256 of settings in canonical JSON of encoding ``version``: what a
+    block of that format holds as its ``config_digest``."""
+    return sha256_hex(encode(version, dict(config)))
+
+
+def _is_hex(value: object, length: int) -> bool:
+    """Lower-case hex of exactly ``length`` characters: the only stored form."""
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
+    try:
+        VerifyKey(public_hex.encode(), encoder=HexEncoder).verify(
+            message, bytes.fromhex(signature_hex)
+        )
+    except (BadSignatureError, ValueError, TypeError):
+        return False
+    except Exception:  # malformed keys raise nacl's own errors
+        return False
+    return True

@@ -1,0 +1,51 @@
+"""``verify`` and the rewards refuse the same contributions: one check,
+:func:`~flchain_flwr.ledger.rewards.contribution_problem`. Each case forges a
+block's contributions and re-signs it with the leader's key (what its holder
+can write)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flchain_flwr.ledger.rewards import credited
+
+from .ledger_helpers import build_ledger
+from .test_anchors import rewrite_body
+
+
+def _non_canonical_id(body: dict[str, Any]) -> None:
+    """Name node 10 as "010" in its included entry and its contribution."""
+    body["included"][0]["node_id"] = "010"
+    body["contributions"][0]["node_id"] = "010"
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (
+            lambda b: b["contributions"].append("node 10"),
+            "contributions: a contribution is not a JSON object",
+        ),
+        (
+            lambda b: b.update(contributions={"10": 1}),
+            "contributions: not a JSON array",
+        ),
+        (
+            _non_canonical_id,
+            "credits node '010', which is not in the block's included set",
+        ),
+    ],
+)
+def test_verify_and_rewards_refuse_the_same_forged_contributions(
+    tmp_path: Path, change: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    ledger = build_ledger(tmp_path / "l.db")
+    assert ledger.verify().ok and credited(ledger.block(3).body)  # pays, unforged
+    rewrite_body(ledger, 3, change)
+    report = ledger.verify()
+    assert not report.ok and report.bad_height == 3 and reason in report.reason
+    assert credited(ledger.block(3).body) == []
