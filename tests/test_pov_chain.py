@@ -30,7 +30,6 @@ from flchain_flwr.ledger import (
 from flchain_flwr.ledger.replay import replay
 from flchain_flwr.pov import (
     Behaviour,
-    Candidate,
     Committee,
     PoVStrategy,
     RefusedRequest,
@@ -47,6 +46,7 @@ from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
 from .ledger_helpers import KeyQuorum
+from .pov_replies import reply_candidate
 from .test_pov import context, delta, digest, key, model, toy_score, verifiers
 from .toy import constant_work, initial_arrays, toy_client_app
 
@@ -503,7 +503,7 @@ def test_a_verifier_node_remembers_where_it_voted_between_messages(
         content = remote.vote_request(
             context(height, rule=rule),
             model(0.0),
-            [Candidate(digest(1), 1, delta(0.5))],
+            [reply_candidate(1, 0.5)],
             [1.0],
         )
         (reply,) = grid.send_and_receive(
@@ -515,7 +515,7 @@ def test_a_verifier_node_remembers_where_it_voted_between_messages(
     other_rule = remote.vote_request(
         context(4, rule=Rule().digest),
         model(0.0),
-        [Candidate(digest(1), 1, delta(0.5))],
+        [reply_candidate(1, 0.5)],
         [1.0],
     )
     (reply,) = grid.send_and_receive(

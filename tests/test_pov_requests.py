@@ -18,13 +18,14 @@ from nacl.signing import VerifyKey
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.statements import view_change_statement
-from flchain_flwr.pov import Candidate, Rule, Threshold, Verifier, remote
+from flchain_flwr.pov import Rule, Threshold, Verifier, remote
 from flchain_flwr.pov.committee import LEAD_TAG, lead_statement
 from flchain_flwr.pov.members import load_statements, stored_statements
 from flchain_flwr.pov.verifier import RefusedRequest
 from flchain_flwr.pov.views import take_statement
 
-from .test_pov import CHAIN, context, delta, digest, key, model, toy_score
+from .pov_replies import reply_candidate
+from .test_pov import CHAIN, context, key, model, toy_score
 from .test_pov_chain import _verifier_grid
 
 PREV = "ab" * 32  # the previous block of test_pov's context
@@ -122,7 +123,7 @@ def test_a_leader_node_remembers_what_it_signed_between_messages(
 
     rule = Rule(Threshold(value=0.0)).digest
     vote = remote.vote_request(
-        context(3, rule=rule), model(0.0), [Candidate(digest(1), 1, delta(0.5))], [1.0]
+        context(3, rule=rule), model(0.0), [reply_candidate(1, 0.5)], [1.0]
     )
     assert not ask(remote.VOTE, vote).has_error()
     assert not sign(_header(leader, height=3)).has_error()

@@ -11,13 +11,14 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.chain import load_or_create_key
-from flchain_flwr.pov import Behaviour, Candidate, Rule, Threshold, Verifier, remote
+from flchain_flwr.pov import Behaviour, Rule, Threshold, Verifier, remote
 from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
-from .test_pov import CHAIN, context, delta, model, toy_score
+from .pov_replies import reply_candidate
+from .test_pov import CHAIN, context, model, toy_score
 from .toy import constant_work, initial_arrays, toy_client_app
 
 TRAINERS = 5
@@ -150,8 +151,8 @@ def test_byzantine_and_broken_verifier_nodes_are_outvoted(tmp_path: Path) -> Non
     grid = _grid(tmp_path, faults, attackers=set())
     nodes = remote.discover_verifiers(grid, expected=len(faults), timeout=30)
     committee = RemoteCommittee(grid, nodes, chain_id=CHAIN)
-    good = Candidate("aa" * 32, 1, delta(0.5), 0.5)
-    bad = Candidate("bb" * 32, 2, delta(-3.0), 0.5)
+    good = reply_candidate(1, 0.5, 0.5)
+    bad = reply_candidate(2, -3.0, 0.5)
     decision = committee.decide(
         context=context(1, rule=committee.rule.digest),
         global_model=model(0.0),
@@ -216,7 +217,7 @@ def test_trainer_nodes_answer_identity_but_refuse_votes(tmp_path: Path) -> None:
     content = remote.vote_request(
         context(1, rule=Rule().digest),
         model(0.0),
-        [Candidate("aa" * 32, 1, delta(0.1))],
+        [reply_candidate(1, 0.1)],
         [1.0],
     )
     trainer = next(iter(grid.partition_of))

@@ -84,8 +84,9 @@ import math
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
 from flwr.app import RecordDict
 
 from ..arrays import NDArrays
@@ -133,6 +134,28 @@ class _Failed(Exception):
 
 class _NotReplayable(Exception):
     """The block lacks what a replay needs."""
+
+
+class MissingData(_NotReplayable):
+    """A :class:`ReplaySource` does not hold a blob the replay needs."""
+
+
+class _Blobs(Protocol):
+    def load_model(self, digest: str) -> dict[str, np.ndarray]: ...
+
+    def load_update(self, digest: str) -> tuple[int, RecordDict]: ...
+
+
+class ReplaySource(Protocol):
+    """What a replay reads besides the blocks: a :class:`Ledger`, or what a
+    remote committee member was sent (:mod:`flchain_flwr.pov.memberreplay`)."""
+
+    @property
+    def blobs(self) -> _Blobs:
+        """Models and update payloads by SHA-256."""
+
+    def server_state(self, block: Block) -> ServerState | None:
+        """The server state ``block`` records."""
 
 
 @dataclass(frozen=True)
@@ -278,12 +301,13 @@ class PendingReplay:
 
     def __init__(self, ledger: Ledger, *, step: StepFn = server_step) -> None:
         self._replayer = _Replayer(ledger, step)
+        self._ledger = ledger
         self._prev: Block | None = None
 
     @property
     def ledger(self) -> Ledger:
         """The ledger it replays."""
-        return self._replayer.ledger
+        return self._ledger
 
     def check(self, block: Block) -> tuple[bool, str | None]:
         """``(replayed, problem)`` for the pending ``block``: ``(True, None)``
@@ -313,6 +337,39 @@ class PendingReplay:
             self._replayer.versions, self._replayer.configs = kept
             return False, None if isinstance(exc, _NotReplayable) else str(exc)
         return True, None
+
+
+def replay_pending(
+    source: ReplaySource,
+    earlier: Sequence[Block],
+    block: Block,
+    config: Mapping[str, Any],
+) -> tuple[bool, str | None]:
+    """:meth:`PendingReplay.check` without a ledger: replay ``block`` over the
+    last of ``earlier`` (blocks before it, oldest first, linked by their
+    hashes, back to the oldest version its updates were trained on), reading
+    models, payloads and server state from ``source``, with ``config`` the
+    settings behind ``block``'s ``config_digest`` (the caller checks that they
+    hash to it). Fairness weighting counts every earlier block, so a block
+    written with it is not replayed here (``(False, None)``)."""
+    replayer = _Replayer(source, server_step)
+    for stored in earlier:
+        replayer.record(stored)
+    replayer.record(block)
+    replayer.configs[str(block.header["config_digest"])] = dict(config)
+    if (
+        not earlier
+        or not _replayable(block, replayer.configs)
+        or str(config.get("fairness", "")).strip() not in ("", "none")
+    ):
+        return False, None
+    try:
+        replayer.block(earlier[-1], block)
+    except _NotReplayable:
+        return False, None
+    except _Failed as exc:
+        return False, str(exc)
+    return True, None
 
 
 def _replayable(block: Block, configs: Mapping[str, Mapping[str, Any]]) -> bool:
@@ -347,7 +404,7 @@ def ledger_participation(blocks: Iterable[Block]) -> dict[int, int]:
 class _Replayer:
     """What a replay carries from block to block."""
 
-    ledger: Ledger
+    ledger: ReplaySource
     step: StepFn
     configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Recorded settings by their digest."""

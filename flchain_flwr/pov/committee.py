@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from logging import WARNING
 from typing import Any
 
+from flwr.app import RecordDict
 from flwr.supercore import log
 
 from ..arrays import NDArrays, apply_step
@@ -65,6 +66,12 @@ class Candidate:
     """Its staleness weight."""
     examples: float = 1.0
     """The example count the aggregate weighs it by."""
+    content: RecordDict | None = None
+    """The reply as received (a remote committee sends it, see
+    :mod:`~flchain_flwr.pov.voterequest`)."""
+    base: NDArrays | None = None
+    """For a full-weights reply, the model it was trained from (``None``:
+    the global model judged against)."""
 
 
 @dataclass(frozen=True)
@@ -136,6 +143,12 @@ class Committee(Views, HeaderSigning):
         Public keys of pool members that vote on machines of their own
         (:class:`~flchain_flwr.pov.remote.RemoteCommittee` asks them).
     """
+
+    needs_payloads = False
+    """Whether candidates must carry their replies (a remote committee's do)."""
+    parse_keys = ("arrays", "num-examples")
+    """The ``arrayrecord_key`` and ``weighted_by_key`` the server parses
+    replies with (the strategy sets them; a remote committee sends them)."""
 
     # pylint: disable=too-many-arguments
     def __init__(

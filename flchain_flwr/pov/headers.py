@@ -18,10 +18,9 @@ A member signs a pending block
   what :class:`~flchain_flwr.ledger.replay.PendingReplay` recomputes from the
   parent and the stored updates (the members are one process, so one replay
   serves them all); a block that cannot be replayed (PoVStrategy's) is signed
-  with ``replayed: false``. A verifier node does not hold the updates'
-  payloads or the run's settings, so it signs with ``replayed: false``: it
-  vouches for continuity and the votes, not the model hash (``verify
-  --replay`` checks that).
+  with ``replayed: false``. A verifier node replays from the payloads of its
+  own vote requests and what the header request carries
+  (:mod:`.memberreplay`), and signs ``replayed: false`` only where it cannot.
 """
 
 from __future__ import annotations

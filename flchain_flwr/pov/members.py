@@ -5,21 +5,22 @@ statement in a ``query.pov_sign`` message (see :mod:`.remote`); it checks
 them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
 what it holds: its chain position (where it voted), its own judging rule and
 the last statement it signed, which the node keeps in its run state
-(:func:`stored_statements`). It does not hold the updates' payloads or the
-run's settings, so it does not replay the model: its header signatures say
-``replayed: false``.
+(:func:`stored_statements`). Before it signs a header it replays the model
+from the payloads of its own vote requests (:mod:`.memberreplay`) and says
+whether it did (``replayed``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, RecordDict
 
 from ..ledger import Block, VoteContext
 from ..ledger.canonical import HEADER_TAG, LATEST_FORMAT, parse_canonical, sha256_hex
 from ..ledger.statements import VIEW_CHANGE_TAG, view_change_statement
 from .headers import cosign_header
+from .memberreplay import member_replay
 from .verifier import Verifier
 from .views import sign_view_change
 
@@ -30,10 +31,14 @@ def _int(value: Any, name: str) -> int:
     return value
 
 
-def member_header(cfg: ConfigRecord, verifier: Verifier) -> dict[str, Any]:
-    """The reply to a request to sign a pending block's header:
-    ``{"signature": bytes, "replayed": False}``; ``ValueError`` (an error
-    reply) if a check fails."""
+def member_header(
+    cfg: ConfigRecord, content: RecordDict, verifier: Verifier
+) -> dict[str, Any]:
+    """The reply to a request to sign a pending block's header (``cfg``, in
+    ``content`` with the state blobs): ``{"signature": bytes, "replayed":
+    bool}``, ``replayed`` when the member replayed the model from its own
+    vote requests' payloads (:func:`~.memberreplay.member_replay`);
+    ``ValueError`` (an error reply) if a check fails."""
     if verifier.rule is None:
         raise ValueError("this verifier node has no judging rule configured")
     header_bytes, body_bytes = cfg.get("header"), cfg.get("body")
@@ -52,14 +57,24 @@ def member_header(cfg: ConfigRecord, verifier: Verifier) -> dict[str, Any]:
         header,
         body,
     )
+    view = _int(cfg.get("view"), "view")
+    memory = verifier.memory
+    if memory.replay is None or memory.replay[0] != block.hash:
+        memory.replay = (
+            block.hash,
+            *member_replay(cfg, content, memory.pending, block),
+        )
+    _, replayed, problem = memory.replay
     entry = cosign_header(
         verifier,
         block,
-        view=_int(cfg.get("view"), "view"),
+        view=view,
         rule_digest=verifier.rule.digest,
-        replayed=False,
+        replayed=replayed,
+        model_problem=problem,
     )
-    return {"signature": bytes.fromhex(entry["signature"]), "replayed": False}
+    memory.signed(block)
+    return {"signature": bytes.fromhex(entry["signature"]), "replayed": replayed}
 
 
 def member_view_change(data: bytes, verifier: Verifier) -> bytes:

@@ -8,7 +8,9 @@ locally and answers three query messages:
   server's random challenge (so a node cannot claim a key it does not hold);
 - ``query.pov_vote``: the vote context (chain id, height, view, previous
   hash, parent model hash, rule digest), the global model and the candidates'
-  updates with their digests and weights; it judges them by its own
+  replies as their trainers sent them, with their digests and weights
+  (:mod:`.voterequest`: it recomputes each digest and derives each delta
+  itself, and keeps them for the header's replay); it judges them by its own
   configured :class:`~flchain_flwr.pov.Rule` (never a threshold the server
   sends), refuses a request whose model does not hash to the parent named,
   whose rule is not its own, or that goes back on the chain positions it has
@@ -24,7 +26,7 @@ locally and answers three query messages:
   two different blocks at one height signed by one leader node. As a
   committee member (``kind="header"``) it is sent the pending block's header
   and body and signs its header statement after the checks of
-  :mod:`.headers` (it does not replay the model: ``replayed`` is false); as a
+  :mod:`.headers` and a replay of the model (:mod:`.memberreplay`); as a
   member giving up a view (``kind="view-change"``) it signs the canonical
   view-change statement (:func:`~.views.sign_view_change`). What it signed
   as a member (:attr:`~flchain_flwr.pov.Verifier.statements`) is kept in the
@@ -49,7 +51,7 @@ from logging import WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 from flwr.supercore import log
@@ -57,13 +59,14 @@ from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
+from ..arrays import NDArrays
 from ..ledger import Block, Ledger, VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
 from ..ledger.statements import view_change_statement
 from ..runtime import clock_of
 from .committee import LEAD_TAG, Candidate, Committee, lead_statement
+from .memberreplay import replay_material
 from .members import (
     header_entry,
     header_request,
@@ -73,7 +76,10 @@ from .members import (
     stored_statements,
     view_change_entry,
 )
+from .memory import load as load_memory
+from .memory import store as store_memory
 from .verifier import Verifier
+from .voterequest import config_list, judge_request, vote_request
 
 IDENTITY = "query.pov_identity"
 VOTE = "query.pov_vote"
@@ -120,7 +126,9 @@ def answer_in_run(
     verifier.seen = _load_seen(records.get(_SEEN))
     verifier.headers = _load_headers(records.get(_HEADERS))
     verifier.statements = load_statements(records.get(_STATEMENTS))
+    verifier.memory = load_memory(context.state)
     reply = answer(message, verifier)
+    store_memory(verifier.memory, context.state)
     if verifier.seen:
         records[_SEEN] = _stored_seen(verifier.seen)
     if verifier.headers:
@@ -167,52 +175,16 @@ def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
 
 
 def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
-    if verifier.rule is None:
-        raise ValueError("this verifier node has no judging rule configured")
-    cfg = _config(content)
-    digests = [str(d) for d in _list(cfg, "digests")]
-    weights = [float(w) for w in _list(cfg, "weights")]
-    if len(digests) != len(weights):
-        raise ValueError("digests and weights differ in length")
-    context = VoteContext(
-        chain_id=str(cfg["chain-id"]),
-        height=_int(cfg, "height"),
-        prev_hash=str(cfg["prev-hash"]),
-        parent_model=str(cfg["parent-model"]),
-        rule=str(cfg["rule"]),
-        view=_int(cfg, "view"),
-    )
-    global_model = to_ndarrays(content.array_records["global"])
-    deltas = [
-        to_ndarrays(content.array_records[f"delta-{i}"]) for i in range(len(digests))
-    ]
-    for delta in deltas:
-        if delta.keys() != global_model.keys():
-            raise ValueError("a candidate's arrays do not match the global model's")
-    rule = verifier.rule
-    models = [
-        (
-            digest,
-            apply_step(global_model, delta, rule.scale(weight))
-            if rule.threshold.scores_models
-            else {},
-        )
-        for digest, delta, weight in zip(digests, deltas, weights, strict=True)
-    ]
-    votes = verifier.vote(
-        context=context,
-        global_model=global_model,
-        candidates=models,
-        weights=weights,
-        deltas=deltas,
-    )
+    votes = judge_request(content, verifier)
     return RecordDict({_CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
 
 
 def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     cfg = _config(content)
     if cfg.get("kind") == "header":
-        return RecordDict({_CONFIG: ConfigRecord(member_header(cfg, verifier))})
+        return RecordDict(
+            {_CONFIG: ConfigRecord(member_header(cfg, content, verifier))}
+        )
     if cfg.get("kind") == "view-change":
         signed = member_view_change(_bytes(cfg, "message"), verifier)
         return RecordDict({_CONFIG: ConfigRecord({"signature": signed})})
@@ -295,8 +267,8 @@ def _load_seen(record: ConfigRecord | None) -> dict[str, tuple[int, str, str]]:
     """Inverse of :func:`_stored_seen` (empty without a record)."""
     if record is None:
         return {}
-    columns = [_list(record, k) for k in ("chain_id", "height", "prev_hash")]
-    parents = _list(record, "parent_model")
+    columns = [config_list(record, k) for k in ("chain_id", "height", "prev_hash")]
+    parents = config_list(record, "parent_model")
     return {
         str(c): (int(h), str(p), str(m))
         for c, h, p, m in zip(*columns, parents, strict=True)
@@ -319,7 +291,7 @@ def _load_headers(record: ConfigRecord | None) -> dict[str, tuple[int, str]]:
     """Inverse of :func:`_stored_headers` (empty without a record)."""
     if record is None:
         return {}
-    columns = [_list(record, k) for k in ("chain_id", "height", "sha256")]
+    columns = [config_list(record, k) for k in ("chain_id", "height", "sha256")]
     return {str(c): (int(h), str(d)) for c, h, d in zip(*columns, strict=True)}
 
 
@@ -333,20 +305,6 @@ def _bytes(cfg: ConfigRecord, key: str) -> bytes:
     value = cfg.get(key)
     if not isinstance(value, bytes):
         raise ValueError(f"{key!r} must be bytes")
-    return value
-
-
-def _int(cfg: ConfigRecord, key: str) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key!r} must be an integer")
-    return value
-
-
-def _list(cfg: ConfigRecord, key: str) -> list[Any]:
-    value = cfg.get(key)
-    if not isinstance(value, list):
-        raise ValueError(f"{key!r} must be a list")
     return value
 
 
@@ -567,6 +525,8 @@ class RemoteCommittee(Committee):
         self.nodes = dict(nodes)
         self.timeout = timeout
 
+    needs_payloads = True
+
     def __repr__(self) -> str:
         return "Remote" + super().__repr__()
 
@@ -580,9 +540,13 @@ class RemoteCommittee(Committee):
     def header_signatures(
         self, members: Sequence[str], ledger: Ledger, block: Block, view: int
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Each member node's header signature (see :func:`member_header`)."""
+        """Each member node's header signature (see :func:`member_header`),
+        with what it needs to replay the block (:func:`replay_material`)."""
+        fields, arrays = replay_material(ledger, block)
         request = header_request(block, view)
-        return self._ask_members(members, request, header_entry)
+        for name, value in fields.items():
+            request[name] = value
+        return self._ask_members(members, request, header_entry, arrays)
 
     def view_change_signatures(
         self, members: Sequence[str], context: VoteContext
@@ -600,11 +564,12 @@ class RemoteCommittee(Committee):
         members: Sequence[str],
         request: ConfigRecord,
         entry: Callable[[str, ConfigRecord], dict[str, Any]],
+        arrays: Mapping[str, ArrayRecord] | None = None,
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Send ``request`` to each member node in parallel; the entries
-        ``entry`` makes of their replies, and why others gave none."""
+        """Send ``request`` (and ``arrays``) to each member node in parallel;
+        the entries ``entry`` makes of their replies, and why others gave none."""
         node_of = {key: self.nodes[key] for key in members}
-        content = RecordDict({_CONFIG: request})
+        content = RecordDict({_CONFIG: request, **(arrays or {})})
         replies = _send(
             self.grid,
             {node: (SIGN, content) for node in node_of.values()},
@@ -633,7 +598,9 @@ class RemoteCommittee(Committee):
         candidates: Sequence[Candidate],
         weights: Sequence[float],
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        content = vote_request(context, global_model, candidates, weights)
+        content = vote_request(
+            context, global_model, candidates, weights, self.parse_keys
+        )
         node_of = {key: self.nodes[key] for key in members}
         replies = _send(
             self.grid,
@@ -648,34 +615,6 @@ class RemoteCommittee(Committee):
             except RemoteVerifierError as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
         return votes, problems
-
-
-def vote_request(
-    context: VoteContext,
-    global_model: NDArrays,
-    candidates: Sequence[Candidate],
-    weights: Sequence[float],
-) -> RecordDict:
-    """The content of a ``query.pov_vote`` message (no rule or threshold: a
-    verifier node judges by its own, and checks the digest named)."""
-    if context.prev_hash is None:
-        raise ValueError("a vote request needs a format-2 context")
-    content = RecordDict({"global": to_arrayrecord(global_model)})
-    for index, candidate in enumerate(candidates):
-        content[f"delta-{index}"] = to_arrayrecord(candidate.delta)
-    content[_CONFIG] = ConfigRecord(
-        {
-            "chain-id": context.chain_id,
-            "height": context.height,
-            "view": context.view,
-            "prev-hash": context.prev_hash,
-            "parent-model": context.parent_model,
-            "rule": context.rule,
-            "digests": [c.digest for c in candidates],
-            "weights": [float(w) for w in weights],
-        }
-    )
-    return content
 
 
 def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:

@@ -67,6 +67,7 @@ class PoVStrategy(DecompressReplies):
             strategy, arrayrecord_key=arrayrecord_key, weighted_by_key=weighted_by_key
         )
         self.committee = committee
+        committee.parse_keys = (arrayrecord_key, weighted_by_key)
         self.ledger = (
             ledger if ledger is None or isinstance(ledger, Ledger) else Ledger(ledger)
         )
@@ -124,6 +125,7 @@ class PoVStrategy(DecompressReplies):
                     u.delta,
                     1.0,
                     float(u.num_examples),
+                    reply.content,
                 ),
                 u,
             )

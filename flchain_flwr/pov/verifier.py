@@ -30,6 +30,7 @@ from nacl.signing import SigningKey
 from ..arrays import NDArrays
 from ..ledger import VoteContext, model_hash, rule_digest, sign_vote
 from ..ledger.consensus import RULE_FORMAT
+from .memory import MemberMemory
 from .norms import norm_ratios, within_bound
 
 
@@ -275,6 +276,9 @@ class Verifier:
         """By chain id, the (height, previous hash, view) of its last votes and
         the candidates it voted on there: a header that leaves one of those
         votes out is refused (see :mod:`flchain_flwr.pov.headers`)."""
+        self.memory = MemberMemory()
+        """On a verifier node: the chain's models it saw and the pending
+        height's candidates (see :mod:`flchain_flwr.pov.memory`)."""
         self.headers: dict[str, tuple[int, str]] = {}
         """By chain id, the height and SHA-256 of the last block header it
         signed as a leader (a verifier node keeps it in its run state)."""

@@ -230,6 +230,7 @@ class UpdateBuffer:
                 digest,
                 state_base,
                 self.pipeline.payload(content),
+                self.pipeline.base(kind, reference),
             )
         )
         return True

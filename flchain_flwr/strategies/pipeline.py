@@ -24,6 +24,7 @@ from flwr.app import RecordDict
 from ..arrays import NDArrays, apply_step
 from ..ledger.canonical import sender_update_digest
 from ..ledger.chain import BlockSigner
+from ..protocol import UPDATE_KIND_DELTA
 from .state import DEFAULT_STATE_RULE, StateRule, aggregate_state
 from .updates import ParsedUpdate, weighted_delta
 
@@ -47,6 +48,9 @@ class BufferedUpdate:
     """Non-trainable arrays of the version it was trained on."""
     content: RecordDict | None = None
     """The reply as received, kept only while a stage stores payloads."""
+    base: NDArrays | None = None
+    """A full-weights reply's base model, kept (a reference to the version
+    store's copy) only while a stage needs payloads."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,11 @@ class Pipeline:
     def payload(self, content: RecordDict) -> RecordDict | None:
         """The reply to keep with its update (``None`` when no stage stores it)."""
         return content if self.needs_payload else None
+
+    def base(self, kind: str, reference: NDArrays) -> NDArrays | None:
+        """A full-weights reply's base to keep with it (``None`` for a delta,
+        or when no stage stores payloads)."""
+        return reference if self.needs_payload and kind != UPDATE_KIND_DELTA else None
 
     def reject(self, rejection: Rejection) -> None:
         """Tell every stage about a rejection."""

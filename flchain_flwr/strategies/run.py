@@ -109,6 +109,7 @@ class FedBuffRun:
                 self.result.arrays = to_arrayrecord(model)
                 self._carry_over(ledger, resumed)
         if s.committee is not None:
+            s.committee.parse_keys = (s.arrayrecord_key, s.weighted_by_key)
             stages.append(
                 CommitteeStage(
                     s.committee,

@@ -304,6 +304,7 @@ class CommitteeStage(BlockStage):
         on_decision: Callable[[CommitteeDecision], None] | None = None,
     ) -> None:
         self.committee = committee
+        self.needs_payload = committee.needs_payloads  # a remote one sends them
         self.clock = clock
         self.server_lr = server_lr
         self.ledger = ledger
@@ -325,7 +326,15 @@ class CommitteeStage(BlockStage):
             context=context,
             global_model=block.parent,
             candidates=[
-                Candidate(u.digest, u.node_id, u.update.delta, u.weight, u.examples)
+                Candidate(
+                    u.digest,
+                    u.node_id,
+                    u.update.delta,
+                    u.weight,
+                    u.examples,
+                    u.content,
+                    u.base,
+                )
                 for u in block.updates
             ],
             round_=block.version - 1,
