@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from flchain_flwr.ledger.rewards import credited
@@ -49,3 +50,23 @@ def test_verify_and_rewards_refuse_the_same_forged_contributions(
     report = ledger.verify()
     assert not report.ok and report.bad_height == 3 and reason in report.reason
     assert credited(ledger.block(3).body) == []
+
+
+def test_a_cosine_rounded_above_one_is_recorded_as_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On large models the dot product and the two norms round differently,
+    # so the cosine of parallel vectors can come out a hair above 1 (a crash
+    # test once recorded 1.000000000001, which `verify` refuses). Norms that
+    # are 1e-11 short stand in for that rounding here.
+    from flchain_flwr.ledger import rewards
+
+    exact = np.linalg.norm
+    monkeypatch.setattr(
+        rewards.np.linalg, "norm", lambda x, *a, **k: exact(x, *a, **k) * (1 - 1e-11)
+    )
+    delta = {"w": np.arange(1.0, 7.0)}
+    (entry,) = rewards.contributions([5], [delta], [10.0], delta)
+    assert entry["relevance"] == 1.0 and entry["score"] == 1.0
+    body = {"included": [{"node_id": "5"}], "contributions": [entry]}
+    assert rewards.contribution_problem(body) is None

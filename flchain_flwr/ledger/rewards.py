@@ -34,8 +34,10 @@ def contributions(
     for node_id, delta, n in zip(node_ids, deltas, num_examples, strict=True):
         vec = np.concatenate([np.ravel(delta[k]).astype(np.float64) for k in step])
         norm = float(np.linalg.norm(vec))
+        # Clipped at 1 too: rounding can put the cosine of (nearly) parallel
+        # vectors a hair above 1, and `verify` refuses a relevance above 1.
         relevance = (
-            max(0.0, float(vec @ step_vec) / (norm * step_norm))
+            min(1.0, max(0.0, float(vec @ step_vec) / (norm * step_norm)))
             if norm and step_norm
             else 0.0
         )
