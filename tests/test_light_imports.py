@@ -81,3 +81,25 @@ def test_an_export_named_like_a_submodule_keeps_its_meaning() -> None:
         "from flchain_flwr.ledger.quorum import HeaderCosigner\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_module_imports_first() -> None:
+    # lazy package imports no longer fix the order (FedBuff first) in which
+    # a cycle such as strategies -> pov -> ledger.replay -> strategies
+    # resolves: each module must import when it is the first one imported
+    code = (
+        "import importlib, pkgutil, sys, flchain_flwr\n"
+        "names = [m.name for m in pkgutil.walk_packages("
+        "flchain_flwr.__path__, 'flchain_flwr.')]\n"
+        "failed = []\n"
+        "for name in names:\n"
+        "    for loaded in [m for m in sys.modules if m.startswith('flchain_flwr')]:\n"
+        "        del sys.modules[loaded]\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as e:\n"
+        "        failed.append(f'{name}: {e!r}')\n"
+        "assert len(names) > 50, names\n"
+        "assert not failed, failed\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
