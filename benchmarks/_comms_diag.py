@@ -12,6 +12,7 @@ of the test set.
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -139,4 +140,31 @@ def link_check(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                     ),
                 }
             )
+    return out
+
+
+def drops(rows: list[dict[str, Any]], points: float = 10.0) -> list[dict[str, Any]]:
+    """Every version whose accuracy fell by more than ``points`` from the one
+    before, with its step against the run's median step and the residuals."""
+    out = []
+    for r in rows:
+        diagnostics = r.get("diagnostics") or []
+        steps = sorted(d["step_norm"] for d in diagnostics if "step_norm" in d)
+        if not steps:
+            continue
+        median = steps[len(steps) // 2]
+        for before, d in pairwise(diagnostics):
+            if 100 * (before["accuracy"] - d["accuracy"]) > points:
+                out.append(
+                    {
+                        "setting": r["setting"],
+                        "seed": r["seed"],
+                        "version": d["version"],
+                        "accuracy": [before["accuracy"], d["accuracy"]],
+                        "step_over_median": d["step_norm"] / median,
+                        "residual_norm_max": d["residual_norm_max"],
+                        "residual_norm_mean": d["residual_norm_mean"],
+                        "model_norm": d["model_norm"],
+                    }
+                )
     return out
