@@ -133,14 +133,18 @@ def link_check(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
                         r["down_bytes_per_message"] for r in mine
                     ],
                     "same_accuracy_curve": all(c == curves[0] for c in curves),
-                    "same_node_order": all(
-                        [v["nodes"] for v in r.get("diagnostics", [])]
-                        == [v["nodes"] for v in mine[0].get("diagnostics", [])]
-                        for r in mine
+                    "same_node_order": (
+                        None  # runs made before the diagnostics existed
+                        if not all(r.get("diagnostics") for r in mine)
+                        else all(_order(r) == _order(mine[0]) for r in mine)
                     ),
                 }
             )
     return out
+
+
+def _order(row: dict[str, Any]) -> list[list[int]]:
+    return [d["nodes"] for d in row["diagnostics"]]
 
 
 def drops(rows: list[dict[str, Any]], points: float = 10.0) -> list[dict[str, Any]]:
