@@ -14,8 +14,8 @@ example. Settings:
 - ``dgc up + sparse down``: the same, and ``FedBuff(downlink=True)`` with the
   app's ``downlink_mod``: a node is sent the entries that changed since the
   version it holds (their final values, lossless) when that is smaller;
-- ``+ <quant>``: the last, with the uploaded values quantised (``--quant``:
-  int8, int4 or sign; the error stays in the residual).
+- ``+ <quant>``: the last, with the uploaded values quantised, one setting
+  per code in ``--quant`` (int8, int4, sign; the error stays in the residual).
 
 Bytes are FedBuff's own per-version counts of the encoded train messages and
 replies (``VersionRecord.bytes_down``/``bytes_up``, Flower's ``count_bytes``),
@@ -29,6 +29,14 @@ dense on every seed and link (0 if none does). For the downlink, the result
 also reports per distance ``s`` (versions since the node's base) the mean
 fraction of the model's entries its delta held (the union of ``s`` versions'
 changes), which is what limits the downlink's reduction.
+
+Each run also records per version (``diagnostics``, :mod:`_comms_diag`) the
+step's norm, the nodes' DGC residual norms, the updates' staleness, the label
+mix of the nodes that made the version and, below 20 % accuracy, which class
+the model predicts; ``link_check`` compares a setting's runs on different
+links (bytes per reply and message, identical accuracy curves and node order).
+``--other-links-settings`` runs the links after the first for some settings
+only; ``--resume`` adds runs to the ones already made.
 
 The defaults (5,000 training images, 250 per node; 30 versions; 1,000 test
 images; ``--other-links-seeds`` to run the second link on fewer seeds) are
@@ -58,6 +66,7 @@ from _common import (
     require_fashion_mnist,
     write_results,
 )
+from _comms_diag import Probe, drops, label_counts, link_check, per_version
 from compression import time_to
 
 # This checkout's app (with downlink_mod), not an installed copy of it; at import
@@ -94,13 +103,13 @@ def dgc_keys(value_dtype: str | None = None) -> dict[str, Any]:
     }
 
 
-def settings(quant: str) -> list[tuple[str, dict[str, Any], bool]]:
+def settings(quants: list[str]) -> list[tuple[str, dict[str, Any], bool]]:
     """(name, run-config overrides, downlink) per setting."""
     return [
         ("dense", {"dgc-density": 1.0}, False),
         ("dgc up", dgc_keys(), False),
         ("dgc up + sparse down", dgc_keys(), True),
-        (f"+ {quant}", dgc_keys(quant), True),
+        *((f"+ {quant}", dgc_keys(quant), True) for quant in quants),
     ]
 
 
@@ -116,8 +125,9 @@ def run_one(
     from flchain_cnn.client_app import app as client_app
 
     FLOWER_LOGGER.setLevel(logging.WARNING)
+    import torch
     from flchain_cnn.server_app import central_evaluator
-    from flchain_cnn.task import new_model
+    from flchain_cnn.task import load_partition, load_test, new_model
 
     config = app_run_config(
         APP_DIR,
@@ -139,10 +149,28 @@ def run_one(
     )
     evaluate = central_evaluator("fashion-mnist", test_subset=args.test_subset)
     curve: list[tuple[float, float]] = []
+    x_test, _ = load_test("fashion-mnist", test_subset=args.test_subset)
+
+    def predict(arrays: ArrayRecord) -> Any:
+        net = new_model("fashion-mnist", 0)
+        net.load_state_dict(arrays.to_torch_state_dict())
+        with torch.no_grad():
+            return net(torch.as_tensor(x_test)).argmax(1).numpy()
+
+    probe = Probe(grid, predict)
 
     def evaluate_fn(version: int, arrays: ArrayRecord) -> MetricRecord:
-        metrics = evaluate(version, arrays)
-        curve.append((grid.clock.now(), float(cast(float, metrics["accuracy"]))))
+        metrics: MetricRecord = evaluate(version, arrays)
+        accuracy = float(cast(float, metrics["accuracy"]))
+        curve.append((grid.clock.now(), accuracy))
+        probe.observe(arrays, accuracy)
+        if version % 10 == 0:  # progress, for planning a run's budget
+            print(
+                f"  {name} seed {seed}: version {version}, accuracy {accuracy:.3f}, "
+                f"{time.perf_counter() - started:.0f}s wall, "
+                f"{time.process_time():.0f}s cpu",
+                flush=True,
+            )
         return metrics
 
     model = ArrayRecord(new_model("fashion-mnist", seed).state_dict())
@@ -165,6 +193,18 @@ def run_one(
     down_bytes = sum(v.bytes_down for v in versions)
     up_bytes = sum(v.bytes_up for v in versions)
     last = curve[-args.average_last :]
+
+    def labels_of(partition: int) -> Any:
+        return load_partition(
+            "fashion-mnist",
+            partition,
+            args.nodes,
+            float(FASHION_MNIST["dirichlet-alpha"]),
+            seed,
+            train_subset=args.train_subset,
+        )[1]
+
+    counts = label_counts(grid, labels_of, [n for v in versions for n in v.node_ids])
     row: dict[str, Any] = {
         "setting": name,
         "seed": seed,
@@ -186,6 +226,8 @@ def run_one(
         "failures": len(result.failures),
         "downlink_by_distance": result.downlink,
         "deltas_sent": sum(d["sent"] for d in result.downlink.values()),
+        "rejected_reasons": sorted({r.reason for r in result.rejected}),
+        "diagnostics": per_version(result, probe, curve, counts),
     }
     print(
         f"{name:>22} seed {seed} link {up:g}/{down:g}: down "
@@ -335,7 +377,25 @@ def main() -> None:
         default=None,
         help="links after the first run only the first N seeds (compute budget)",
     )
-    parser.add_argument("--quant", default="int4", choices=["int8", "int4", "sign"])
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="run only these settings (e.g. dense, to time a length first)",
+    )
+    parser.add_argument(
+        "--other-links-settings",
+        nargs="+",
+        default=None,
+        help="links after the first run only these settings (default: all)",
+    )
+    parser.add_argument(
+        "--quant",
+        nargs="+",
+        default=["int8", "int4", "sign"],
+        choices=["int8", "int4", "sign"],
+        help="one '+ <code>' setting per code",
+    )
     parser.add_argument("--average-last", type=int, default=5)
     parser.add_argument(
         "--targets",
@@ -350,6 +410,11 @@ def main() -> None:
         action="store_true",
         help="reuse the runs <out>.runs.jsonl holds for the same settings",
     )
+    parser.add_argument(
+        "--no-run",
+        action="store_true",
+        help="with --resume: summarise the runs made so far, run nothing",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "communication.json")
     args = parser.parse_args()
     require_fashion_mnist()
@@ -358,13 +423,16 @@ def main() -> None:
     for link in args.links:
         up, down = (float(x) for x in link.split("/"))
         links.append((up, down))
-    chosen = settings(args.quant)
+    chosen = [s for s in settings(args.quant) if args.only is None or s[0] in args.only]
     names = [name for name, _, _ in chosen]
     jobs = [  # link by link, so an interrupted run has whole links
         (name, keys, downlink, seed, link)
         for index, link in enumerate(links)
         for seed in (args.seeds if index == 0 else args.seeds[: args.other_links_seeds])
         for name, keys, downlink in chosen
+        if index == 0
+        or args.other_links_settings is None
+        or name in args.other_links_settings
     ]
     log = args.out.with_suffix(".runs.jsonl")
     done: dict[str, dict[str, Any]] = {}
@@ -373,7 +441,7 @@ def main() -> None:
             entry = json.loads(line)
             done[entry["key"]] = entry["row"]
     rows = [done[key] for job in jobs if (key := run_key(job, args)) in done]
-    todo = [job for job in jobs if run_key(job, args) not in done]
+    todo = [job for job in jobs if run_key(job, args) not in done and not args.no_run]
 
     def keep(job: tuple[Any, ...], row: dict[str, Any]) -> None:
         rows.append(row)
@@ -395,10 +463,12 @@ def main() -> None:
 
     parameters = sum(p.numel() for p in new_model("fashion-mnist", 0).parameters())
     summary = summarise(rows, names, parameters, args.targets)
-    within = [
+    within = [  # on every seed and link dense ran on, not on fewer
         (s["total_reduction"], name)
         for name, s in summary.items()
-        if name != "dense" and s["max_loss_points"] <= 100 * MAX_LOSS
+        if name != "dense"
+        and s["runs"] == summary["dense"]["runs"]
+        and s["max_loss_points"] <= 100 * MAX_LOSS
     ]
     best = max(within) if within else (0.0, None)
     write_results(
@@ -410,6 +480,8 @@ def main() -> None:
         best_setting=best[1],
         summary=summary,
         union_density_by_distance=union_density(rows, parameters),
+        link_check=link_check(rows),
+        accuracy_drops=drops(rows),
         runs=sorted(
             rows, key=lambda r: (r["setting"], r["seed"], r["link_mbps"]["up"])
         ),

@@ -1,31 +1,79 @@
-"""A hash-chained, signed ledger of accepted aggregations, with Merkle proofs."""
+"""A hash-chained, signed ledger of accepted aggregations, with Merkle proofs.
 
-from .blobs import BlobStore
-from .canonical import decode_model, model_hash, sender_update_digest, update_digest
-from .chain import (
-    Block,
-    BlockSigner,
-    CheckpointNotWritten,
-    Ledger,
-    LedgerError,
-    VerifyReport,
-    VoteContext,
-    check_proof,
-    check_vote,
-    sign_vote,
-    vote_payload,
-)
-from .consensus import (
-    PoVRules,
-    PoVState,
-    VoteRules,
-    judged_shares,
-    quorum,
-    rule_digest,
-    select_committee,
-)
-from .merkle import InvalidProof, merkle_root
-from .rewards import RewardShare, contributions, reward_shares
+The names below are imported on first use (:mod:`flchain_flwr._lazy`), so
+importing one light submodule (``canonical`` for a model hash) does not load
+the rest.
+"""
+
+from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from .blobs import BlobStore
+    from .canonical import decode_model, model_hash, sender_update_digest, update_digest
+    from .chain import (
+        Block,
+        BlockSigner,
+        CheckpointNotWritten,
+        Ledger,
+        LedgerError,
+        VerifyReport,
+        VoteContext,
+        check_proof,
+        check_vote,
+        sign_vote,
+        vote_payload,
+    )
+    from .consensus import (
+        PoVRules,
+        PoVState,
+        VoteRules,
+        judged_shares,
+        quorum,
+        rule_digest,
+        select_committee,
+    )
+    from .merkle import InvalidProof, merkle_root
+    from .rewards import RewardShare, contributions, reward_shares
+
+_MODULES = {
+    "blobs": ["BlobStore"],
+    "canonical": [
+        "decode_model",
+        "model_hash",
+        "sender_update_digest",
+        "update_digest",
+    ],
+    "chain": [
+        "Block",
+        "BlockSigner",
+        "CheckpointNotWritten",
+        "Ledger",
+        "LedgerError",
+        "VerifyReport",
+        "VoteContext",
+        "check_proof",
+        "check_vote",
+        "sign_vote",
+        "vote_payload",
+    ],
+    "consensus": [
+        "PoVRules",
+        "PoVState",
+        "VoteRules",
+        "judged_shares",
+        "quorum",
+        "rule_digest",
+        "select_committee",
+    ],
+    "merkle": ["InvalidProof", "merkle_root"],
+    "rewards": ["RewardShare", "contributions", "reward_shares"],
+}
+if not TYPE_CHECKING:  # so that mypy still refuses names not exported
+    __getattr__ = lazy_exports(
+        __name__, {name: module for module, names in _MODULES.items() for name in names}
+    )
 
 __all__ = [
     "BlobStore",

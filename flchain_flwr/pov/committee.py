@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from logging import WARNING
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import RecordDict
 from flwr.supercore import log
@@ -43,7 +43,6 @@ from ..ledger import (
 from ..ledger.chain import COMMITTEE_KIND_FIELD
 from ..ledger.evidence import EVIDENCE_FIELD
 from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
-from ..ledger.replay import PendingReplay
 from .filters import Prefilter
 from .headers import HeaderSigner, HeaderSigning
 from .verifier import Rule, Threshold, Verifier
@@ -51,6 +50,9 @@ from .views import LEAD_TAG as LEAD_TAG
 from .views import Views
 from .views import carried_votes as carried_votes
 from .views import lead_statement as lead_statement
+
+if TYPE_CHECKING:  # replay imports the strategies, which import this module
+    from ..ledger.replay import PendingReplay
 
 
 @dataclass(frozen=True)

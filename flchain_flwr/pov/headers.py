@@ -34,12 +34,12 @@ from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
 from ..ledger.consensus import contradictions
 from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
 from ..ledger.merkle import merkle_root
-from ..ledger.replay import PendingReplay
 from ..ledger.statements import header_statement, sign_statement, signature_ok
 from .verifier import RefusedRequest, Rule, Verifier
 from .views import take_statement
 
 if TYPE_CHECKING:
+    from ..ledger.replay import PendingReplay
     from .committee import Committee
 
 
@@ -274,6 +274,8 @@ class HeaderSigning:
         :mod:`.headers`), and why the others refused. In-process members
         share one replay of the block (they are one process)."""
         if self._replay is None or self._replay.ledger is not ledger:
+            from ..ledger.replay import PendingReplay  # it imports the strategies
+
             self._replay = PendingReplay(ledger)
         replayed, problem = self._replay.check(block)
         signatures, problems = [], []

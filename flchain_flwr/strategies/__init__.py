@@ -2,7 +2,7 @@
 
 from .adaptive import AdaptiveScheduling
 from .bafl import AdaptiveLocalWork
-from .config import fedbuff_from_run_config
+from .config import closing_ledger, fedbuff_from_run_config
 from .decompress import DecompressReplies
 from .fairness import InverseParticipation
 from .fedbuff import FedBuff
@@ -64,6 +64,7 @@ __all__ = [
     "StalenessTarget",
     "UpdateRejected",
     "VersionRecord",
+    "closing_ledger",
     "example_weighting",
     "fedbuff_from_run_config",
     "mean_staleness",

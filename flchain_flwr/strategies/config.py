@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TypeVar
 
 from ..ledger import Ledger
@@ -156,10 +157,27 @@ def fedbuff_from_run_config(
                 key_path=places.get("ledger-key") or None,
                 checkpoint_path=places.get("ledger-checkpoint") or None,
             )
-    if str(cfg.get("anchor-main", "")) and "anchor" not in overrides:
-        kwargs["anchor"] = anchorer_from_run_config(cfg)
-    kwargs.update(overrides)
-    return FedBuff(**kwargs)  # type: ignore[arg-type]
+    try:
+        if str(cfg.get("anchor-main", "")) and "anchor" not in overrides:
+            kwargs["anchor"] = anchorer_from_run_config(cfg)
+        kwargs.update(overrides)
+        return FedBuff(**kwargs)  # type: ignore[arg-type]
+    except BaseException:  # the caller never gets the ledger opened above
+        opened = kwargs.get("ledger")
+        if isinstance(opened, Ledger) and opened is not overrides.get("ledger"):
+            opened.close()
+        raise
+
+
+@contextmanager
+def closing_ledger(strategy: FedBuff) -> Iterator[FedBuff]:
+    """``strategy``, whose ledger (one :func:`fedbuff_from_run_config` opened
+    from ``ledger-path``) is closed when the block ends, also on error."""
+    try:
+        yield strategy
+    finally:
+        if isinstance(strategy.ledger, Ledger):
+            strategy.ledger.close()
 
 
 def _straggler_scheduling(

@@ -16,7 +16,6 @@ from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
-from ..ledger.replay import ledger_participation
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
 from ..runtime import Clock
 from .pipeline import (
@@ -151,6 +150,8 @@ class LedgerStage(BlockStage):
             head.height,
             version,
         )
+        from ..ledger.replay import ledger_participation  # replay imports us
+
         participation = ledger_participation(self.ledger.blocks())
         return Resumed(version, stored, velocity, claims, participation)
 

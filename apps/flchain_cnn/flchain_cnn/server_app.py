@@ -30,7 +30,11 @@ from flchain_flwr.pov.remote import (
     declared_pool,
     discover_verifiers,
 )
-from flchain_flwr.strategies import DecompressReplies, fedbuff_from_run_config
+from flchain_flwr.strategies import (
+    DecompressReplies,
+    closing_ledger,
+    fedbuff_from_run_config,
+)
 from flchain_flwr.strategies.anchor import anchorer_from_run_config
 
 app = ServerApp()
@@ -178,12 +182,13 @@ def main(grid: Grid, context: Context) -> None:
             committee=committee,
             anchor=anchorer_from_run_config(cfg, grid),
         )
-        fedbuff_result = strategy.start(
-            grid=grid,
-            initial_arrays=initial,
-            num_rounds=int(cfg["num-server-rounds"]),
-            evaluate_fn=timed_evaluate,
-        )
+        with closing_ledger(strategy):  # the ledger-path it opened
+            fedbuff_result = strategy.start(
+                grid=grid,
+                initial_arrays=initial,
+                num_rounds=int(cfg["num-server-rounds"]),
+                evaluate_fn=timed_evaluate,
+            )
         history = fedbuff_result.history_dict()
         result = fedbuff_result
     evaluations = result.evaluate_metrics_serverapp
