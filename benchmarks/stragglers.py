@@ -176,7 +176,10 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
         if "fairness" in policies
         else None,
         buffer_tuning=StalenessTarget(
-            args.target_staleness, args.buffer_size // 2, 5 * args.buffer_size, 2.0
+            args.target_staleness,
+            max(1, args.buffer_size // 2),
+            5 * args.buffer_size,
+            2.0,
         )
         if "tuning" in policies
         else None,
