@@ -508,31 +508,33 @@ def main() -> None:
     FLOWER_LOGGER.setLevel(logging.WARNING)
     tiers = parse_tier_classes(args.tier_classes)
 
-    # FedAvg first for every seed (its duration is that seed's budget), then
-    # the comparisons the headline needs, for every seed; then each policy
-    # alone. Results are written after every run, so a run cut short by time
-    # leaves what it measured (the JSON lists which runs completed and which
-    # are missing).
+    # Seed by seed: FedAvg (its duration is the seed's budget), then the
+    # comparisons the headline and the targets need; then each other policy,
+    # seed by seed. Results are written after every run, so a run cut short
+    # by time leaves what it measured (the JSON lists which runs completed
+    # and which are missing).
     main_names = [n for n in names if n in MAIN]
-    order = [(n, seed) for seed in range(args.seeds) for n in main_names]
-    order += [
-        (n, seed) for seed in range(args.seeds) for n in names if n not in main_names
-    ]
-    planned = [("fedavg", s) for s in range(args.seeds) if "fedavg" in names]
-    planned += [cell for cell in order if cell[0] != "fedavg"]
+    others = [n for n in names if n not in MAIN]
+    stages = [(seed, main_names) for seed in range(args.seeds)]
+    stages += [(seed, others) for seed in range(args.seeds) if others]
+    planned: list[tuple[str, int]] = []  # FedAvg always runs: it sets the budget
+    for seed, group in stages:
+        if ("fedavg", seed) not in planned:
+            planned.append(("fedavg", seed))
+        planned += [(n, seed) for n in group if n != "fedavg"]
     rows: list[dict[str, Any]] = []
     budgets: dict[int, float] = {}
     load = {"start": os.getloadavg()}
-    fedavg_cells = [("fedavg", args, seed, None) for seed in range(args.seeds)]
-    for (_, _, seed, _), fedavg in run_cells(run_one, fedavg_cells, args.jobs, quiet):
-        budgets[seed] = fedavg["simulated_seconds"]
-        if "fedavg" in names:
+    for seed, group in stages:
+        if seed not in budgets:
+            fedavg = run_one("fedavg", args, seed, None)
+            budgets[seed] = fedavg["simulated_seconds"]
             report(fedavg, budgets[seed], args, rows)
             save(rows, tiers, args, planned, load)
-    cells = [(n, args, seed, budgets[seed]) for n, seed in order if n != "fedavg"]
-    for (_, _, seed, _), row in run_cells(run_one, cells, args.jobs, quiet):
-        report(row, budgets[seed], args, rows)
-        save(rows, tiers, args, planned, load)
+        cells = [(n, args, seed, budgets[seed]) for n in group if n != "fedavg"]
+        for _, row in run_cells(run_one, cells, args.jobs, quiet):
+            report(row, budgets[seed], args, rows)
+            save(rows, tiers, args, planned, load)
     summary = summarise(rows)
     for name, stats in summary["strategies"].items():
         print(
