@@ -127,13 +127,13 @@ def test_app_held_partition_is_read_once_per_source(
     task = this_checkouts_task()
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     args = ("digits", 2, 3, 0.3, 42, False, 0, "")
-    first = task.held_partition(*args)
+    first = task.held_partition(args)
     for a, b in zip(task.load_partition(*args), first, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b)
-    again = task.held_partition(*args)
+    again = task.held_partition(args)
     assert all(a is b for a, b in zip(first, again, strict=True))  # not re-read
     monkeypatch.setattr(task, "_source", lambda *_: "another folder")
-    moved = task.held_partition(*args)
+    moved = task.held_partition(args)
     assert all(a is not b for a, b in zip(first, moved, strict=True))
 
 

@@ -67,14 +67,16 @@ app = ClientApp(mods=[downlink_mod(), dgc_mod(), attack_mod(), personal_mod()])
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
     cfg = context.run_config
     x, y = held_partition(
-        str(cfg["dataset"]),
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
-        float(cfg["dirichlet-alpha"]),
-        int(cfg["seed"]),
-        bool(cfg["allow-download"]),
-        int(cfg["train-subset"]),
-        str(cfg.get("tier-classes", "")),
+        (
+            str(cfg["dataset"]),
+            int(context.node_config["partition-id"]),
+            int(context.node_config["num-partitions"]),
+            float(cfg["dirichlet-alpha"]),
+            int(cfg["seed"]),
+            bool(cfg["allow-download"]),
+            int(cfg["train-subset"]),
+            str(cfg.get("tier-classes", "")),
+        )
     )
     return x, poisoned_labels(context, y, num_classes=10)
 

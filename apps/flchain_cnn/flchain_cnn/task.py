@@ -192,57 +192,25 @@ def load_partition(  # pylint: disable=too-many-arguments
     return x, y
 
 
-def held_partition(  # pylint: disable=too-many-arguments
-    dataset: str,
-    partition_id: int,
-    num_partitions: int,
-    alpha: float,
-    seed: int,
-    allow_download: bool = False,
-    train_subset: int = 0,
-    tier_classes: str = "",
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`load_partition`, kept in memory for the process's last 128 calls.
+PartitionArgs = tuple[str, int, int, float, int, bool, int, str]
+""":func:`load_partition`'s arguments, in order."""
+
+
+def held_partition(args: PartitionArgs) -> tuple[np.ndarray, np.ndarray]:
+    """``load_partition(*args)``, kept in memory for the process's last 128.
 
     For a process that serves many messages (the in-process simulation, where
-    reading the ``.npy`` files per message was a tenth of a node's time).
-    Every caller gets the same arrays: do not modify them.
+    reading the ``.npy`` files per message was a tenth of a node's time). Kept
+    per data source too. Every caller gets the same arrays: do not modify them.
     """
-    return _held_partition(
-        _source(dataset, allow_download),
-        dataset,
-        partition_id,
-        num_partitions,
-        alpha,
-        seed,
-        allow_download,
-        train_subset,
-        tier_classes,
-    )
+    return _held_partition(_source(args[0], args[5]), args)
 
 
 @lru_cache(maxsize=128)
-def _held_partition(  # pylint: disable=too-many-arguments
-    _source_key: str,
-    dataset: str,
-    partition_id: int,
-    num_partitions: int,
-    alpha: float,
-    seed: int,
-    allow_download: bool,
-    train_subset: int,
-    tier_classes: str,
+def _held_partition(
+    _source_key: str, args: PartitionArgs
 ) -> tuple[np.ndarray, np.ndarray]:
-    return load_partition(
-        dataset,
-        partition_id,
-        num_partitions,
-        alpha,
-        seed,
-        allow_download,
-        train_subset,
-        tier_classes,
-    )
+    return load_partition(*args)
 
 
 def _source(dataset: str, allow_download: bool) -> str:
