@@ -211,8 +211,16 @@ class TierEvaluator:
 def run_one(
     name: str, args: argparse.Namespace, seed: int, budget: float | None
 ) -> dict[str, Any]:
-    """One strategy, one seed: overall and per-tier accuracy against simulated time."""
+    """One strategy, one seed: overall and per-tier accuracy against simulated time.
+
+    While it runs, each point of the curve is also appended to
+    :func:`progress_path` (deleted when the run finishes), so a run stopped
+    by time still leaves what it measured.
+    """
     from flchain_cnn.client_app import app as client_app
+
+    progress = progress_path(args.out, name, seed)
+    progress.unlink(missing_ok=True)  # a stopped earlier run's
     from flchain_cnn.task import _partitions, new_model
 
     tiers = parse_tier_classes(args.tier_classes)
@@ -245,6 +253,8 @@ def run_one(
         last[0] = now
         overall, per_tier = evaluator(arrays)
         curve.append((now, overall, per_tier))
+        with progress.open("a") as out:
+            out.write(json.dumps([now, overall, per_tier]) + "\n")
         return MetricRecord({"accuracy": overall})
 
     random.seed(seed)  # Flower's FedAvg samples with the global `random`
@@ -264,6 +274,7 @@ def run_one(
         evaluate_fn=evaluate,
     )
     result = run.result
+    progress.unlink(missing_ok=True)
     personal = None
     # fedavg-os runs past the budget: its last model is not the one measured
     if args.personal_alpha > 0 and name != "fedavg-os" and result is not None:
@@ -313,6 +324,11 @@ def run_one(
     else:
         row["versions"] = len(grid.rounds)
     return row
+
+
+def progress_path(out: Path, name: str, seed: int) -> Path:
+    """Where a running cell appends its curve: ``<out>.<name>.seed<seed>.jsonl``."""
+    return out.with_name(f"{out.stem}.{name.lstrip('+')}.seed{seed}.jsonl")
 
 
 def run_config(args: argparse.Namespace, seed: int) -> dict[str, Any]:
