@@ -5,9 +5,8 @@ asks for 100, ``stragglers.json``; the default of 15, five per tier, is the
 earlier ``stragglers_15nodes.json``) in three device tiers (1x, 5x, 20x
 slower, compute and bandwidth, round-robin), each tier holding its own
 classes (``--tier-classes``, Dirichlet within the tier), on the virtual-clock
-grid. Every node trains
-``--local-steps`` minibatches per message; simulated compute is
-``--seconds-per-example`` per example trained.
+grid. Every node trains ``--local-steps`` minibatches per message; simulated
+compute is ``--seconds-per-example`` per example trained.
 
 Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
 
@@ -218,10 +217,10 @@ def run_one(
     by time still leaves what it measured.
     """
     from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.task import _partitions, new_model
 
     progress = progress_path(args.out, name, seed)
     progress.unlink(missing_ok=True)  # a stopped earlier run's
-    from flchain_cnn.task import _partitions, new_model
 
     tiers = parse_tier_classes(args.tier_classes)
     config = run_config(args, seed)
