@@ -116,3 +116,45 @@ def test_app_partition_cached_equals_uncached(
     assert not np.array_equal(other[1], expected[1])  # another seed, another entry
     with pytest.raises(ValueError, match="partition-id"):
         task.load_partition("digits", 3, 3, 0.3, 42)
+
+
+def test_app_held_partition_is_read_once_per_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process, a node's partition is read from the disk cache once, and kept
+    apart per data source (another IDX folder is another entry)."""
+    pytest.importorskip("torch")
+    task = this_checkouts_task()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    args = ("digits", 2, 3, 0.3, 42, False, 0, "")
+    first = task.held_partition(args)
+    for a, b in zip(task.load_partition(*args), first, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    again = task.held_partition(args)
+    assert all(a is b for a, b in zip(first, again, strict=True))  # not re-read
+    monkeypatch.setattr(task, "_source", lambda *_: "another folder")
+    moved = task.held_partition(args)
+    assert all(a is not b for a, b in zip(first, moved, strict=True))
+
+
+def test_app_reused_model_trains_exactly_like_a_fresh_one() -> None:
+    """The app loads each received model into one reused network per thread;
+    what a training leaves in it (weights, gradients) must not change the
+    next message's result."""
+    torch = pytest.importorskip("torch")
+    task = this_checkouts_task()
+    x, y = task.load_partition("digits", 0, 3, 0.3, 42)
+    received = task.new_model("digits", 7).state_dict()
+
+    def trained(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
+        net.load_state_dict(received)
+        task.train(net, x, y, epochs=1, lr=0.05, batch_size=16, seed=seed)
+        return {k: v.clone() for k, v in net.state_dict().items()}
+
+    fresh = trained(task.new_model("digits", 0), seed=1)
+    reused = task.reused_model("digits")
+    other = trained(reused, seed=2)  # leaves other weights and gradients behind
+    assert any(not torch.equal(other[k], fresh[k]) for k in fresh)
+    assert task.reused_model("digits") is reused
+    again = trained(task.reused_model("digits"), seed=1)
+    assert all(torch.equal(again[k], fresh[k]) for k in fresh)

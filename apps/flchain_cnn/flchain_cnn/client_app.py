@@ -40,10 +40,10 @@ from flwr.clientapp import ClientApp
 from flchain_cnn.local_eval import local_test_indices, local_test_seed
 from flchain_cnn.task import (
     evaluate,
-    load_partition,
+    held_partition,
     load_test,
     load_trusted,
-    new_model,
+    reused_model,
     train,
 )
 from flchain_cnn.verifiers import app_verifier
@@ -66,22 +66,24 @@ app = ClientApp(mods=[downlink_mod(), dgc_mod(), attack_mod(), personal_mod()])
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
     cfg = context.run_config
-    x, y = load_partition(
-        str(cfg["dataset"]),
-        int(context.node_config["partition-id"]),
-        int(context.node_config["num-partitions"]),
-        float(cfg["dirichlet-alpha"]),
-        int(cfg["seed"]),
-        bool(cfg["allow-download"]),
-        int(cfg["train-subset"]),
-        str(cfg.get("tier-classes", "")),
+    x, y = held_partition(
+        (
+            str(cfg["dataset"]),
+            int(context.node_config["partition-id"]),
+            int(context.node_config["num-partitions"]),
+            float(cfg["dirichlet-alpha"]),
+            int(cfg["seed"]),
+            bool(cfg["allow-download"]),
+            int(cfg["train-subset"]),
+            str(cfg.get("tier-classes", "")),
+        )
     )
     return x, poisoned_labels(context, y, num_classes=10)
 
 
 def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-def]
     cfg = context.run_config
-    net = new_model(str(cfg["dataset"]), 0, str(cfg.get("model", "default")))
+    net = reused_model(str(cfg["dataset"]), str(cfg.get("model", "default")))
     net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return net
 
