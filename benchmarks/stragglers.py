@@ -5,8 +5,8 @@ asks for 100: an unfinished run of it is ``partial/stragglers_100nodes.json``;
 the default of 15, five per tier, gives ``stragglers.json``) in three
 device tiers (1x, 5x, 20x slower, compute and bandwidth, round-robin), each
 tier holding its own classes (``--tier-classes``, Dirichlet within the tier),
-on the virtual-clock grid. Every node trains ``--local-steps`` minibatches per message; simulated
-compute is ``--seconds-per-example`` per example trained.
+on the virtual-clock grid. Every node trains ``--local-steps`` minibatches per
+message; simulated compute is ``--seconds-per-example`` per example trained.
 
 Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
 
