@@ -37,6 +37,7 @@ from nacl.encoding import HexEncoder
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from .blocks import _is_hex
 from .canonical import encode, sha256_hex
 from .notes import NoteError, check_key_name
 
@@ -122,14 +123,6 @@ def make_receipt(
         "model_hash": model_hash,
     }
     return statement, sign_statement(buyer, statement)
-
-
-def _is_hex(value: object, length: int) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) == length
-        and all(c in "0123456789abcdef" for c in value)
-    )
 
 
 def signature_ok(public: str, message: bytes, signature: str) -> bool:
