@@ -40,6 +40,7 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any, Final
@@ -824,19 +825,13 @@ class Ledger:
             header_bytes = encode_round_trip(version, header)
             block_hash = sha256_hex(HEADER_TAG, header_bytes)
             signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
-            quorum = None
+            block = Block(
+                height, block_hash, header_bytes, body_bytes, signature, header, body
+            )
             if isinstance(key, HeaderCosigner):  # the committee signs it too
-                pending = Block(
-                    height,
-                    block_hash,
-                    header_bytes,
-                    body_bytes,
-                    signature,
-                    header,
-                    body,
-                )
-                quorum = key.cosign(self, pending)
+                quorum = key.cosign(self, block)
                 store_signatures(self.db, height, quorum)
+                block = replace(block, quorum=quorum)
             if head is None:  # the publisher who opened the chain
                 self._set_meta("leader_key", str(header["leader"]))
             self.db.execute(
@@ -848,16 +843,6 @@ class Ledger:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        block = Block(
-            height,
-            block_hash,
-            header_bytes,
-            body_bytes,
-            signature,
-            header,
-            body,
-            quorum,
-        )
         if log_before is not None:
             self._write_checkpoint(block, log_before)
         return block
