@@ -173,6 +173,7 @@ def committee(args: argparse.Namespace, seed: int) -> Committee:
             max_norm_ratio=args.max_norm_ratio,
         ),
         scoring=args.scoring,
+        trust_weighting=args.trust_weighting,
         prefilters=(
             [MedianFilter(min_cosine=0.0 if args.median_direction else None)]
             if args.median_filter
@@ -415,6 +416,13 @@ def main() -> None:
         default=None,
         help="norm bound of the PoV rule: a candidate's norm at most this many "
         "times the request's median norm (default: none)",
+    )
+    parser.add_argument(
+        "--trust-weighting",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="weigh approved updates by the committee's signed cosines and clip "
+        "them to the median norm (pov.trust, after FLTrust)",
     )
     parser.add_argument("--reference-epochs", type=int, default=10)
     parser.add_argument("--tolerance", type=float, default=0.05)

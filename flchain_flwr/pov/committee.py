@@ -144,6 +144,13 @@ class Committee(Views, HeaderSigning):
     remote_members : Sequence[str] (default: none)
         Public keys of pool members that vote on machines of their own
         (:class:`~flchain_flwr.pov.remote.RemoteCommittee` asks them).
+    trust_weighting : bool (default: False)
+        Weigh each approved update by the committee's signed cosines and clip
+        it to the median norm (:mod:`~flchain_flwr.pov.trust`, after FLTrust)
+        instead of giving every approved update its full weight. Needs the
+        direction test alone deciding (``metric="none"``, ``min_cosine >=
+        0``): the votes' scores are then the cosines, and no verdict rests on
+        the share a candidate was scored at.
     """
 
     needs_payloads = False
@@ -167,9 +174,20 @@ class Committee(Views, HeaderSigning):
         consensus_delay: float = 0.0,
         chain_id: str = "flchain-local",
         remote_members: Sequence[str] = (),
+        trust_weighting: bool = False,
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
+        if trust_weighting and (
+            threshold is None
+            or threshold.metric != "none"
+            or threshold.min_cosine is None
+            or threshold.min_cosine < 0
+        ):
+            raise ValueError(
+                "trust weighting needs the direction test deciding alone: "
+                "Threshold(metric='none', min_cosine=<a value >= 0>)"
+            )
         if threshold is not None and threshold.min_cosine is not None:
             missing = [v for v in verifiers if v.reference_fn is None]
             if missing:
@@ -197,6 +215,7 @@ class Committee(Views, HeaderSigning):
         self.prefilters = tuple(prefilters)
         self.consensus_delay = consensus_delay
         self.chain_id = chain_id
+        self.trust_weighting = trust_weighting
         self._evidence: list[dict[str, Any]] = []
         """Equivocation evidence the next block settles."""
         self._replay: PendingReplay | None = None
@@ -205,7 +224,8 @@ class Committee(Views, HeaderSigning):
         return (
             f"Committee(pool={len(self.rules.pool)}, "
             f"size={self.rules.committee_size}, threshold={self.threshold}, "
-            f"scoring={self.scoring}, prefilters={list(self.prefilters)})"
+            f"scoring={self.scoring}, prefilters={list(self.prefilters)}"
+            + (", trust_weighting=True)" if self.trust_weighting else ")")
         )
 
     @property
