@@ -34,26 +34,46 @@ from .test_replay import fedbuff_ledger
 DIRECTION = Threshold("none", min_cosine=0.0)
 
 
-def vote(candidate: str, score: float) -> dict[str, Any]:
-    return {"candidate": candidate, "score": score, "verdict": score > 0}
+def vote(candidate: str, score: float, verdict: bool = True) -> dict[str, Any]:
+    return {"candidate": candidate, "score": score, "verdict": verdict}
 
 
-def test_trust_is_the_lower_median_score_clipped_to_0_1() -> None:
+def test_trust_is_the_quorum_th_highest_approving_score_clipped() -> None:
+    """Committee of 4, quorum 3: the 3rd highest approval."""
     votes = [
-        *(vote("a", s) for s in (0.5, 0.1, 0.3, 0.9)),  # lower median 0.3
-        *(vote("b", s) for s in (-0.2, 0.05, 0.4)),  # median 0.05
-        vote("c", -0.5),
+        *(vote("a", s) for s in (0.5, 0.1, 0.3, 0.9)),  # 0.9 0.5 0.3 -> 0.3
+        *(vote("b", s) for s in (0.05, 0.4, 0.2)),
+        vote("b", 0.95, verdict=False),  # a rejection (the norm bound) counts nothing
+        *(vote("c", s) for s in (-0.2, -0.1, -0.3)),  # approve-all liars: clipped
         vote("other", 0.99),  # a vote on another candidate counts for nothing
     ]
-    assert trust_scores(votes, ["a", "b", "c"]) == [0.3, 0.05, 0.0]
-    with pytest.raises(TrustError, match="no vote"):
-        trust_scores(votes, ["a", "missing"])
+    assert trust_scores(votes, ["a", "b"], 4) == [0.3, 0.05]
+    assert trust_scores(votes, ["a", "c"], 4) == [0.3, 0.0]
+    with pytest.raises(TrustError, match="1 approvals, quorum 3"):
+        trust_scores(votes, ["a", "other"], 4)
     with pytest.raises(TrustError, match="numeric"):
-        trust_scores([{"candidate": "a", "score": "0.5"}], ["a"])
-    with pytest.raises(TrustError, match="scores"):
-        trust_scores([vote("a", float("nan"))], ["a"])
+        trust_scores([{"candidate": "a", "score": "0.5", "verdict": True}], ["a"], 1)
+    for bad in (float("nan"), 10**400, 1.5):
+        with pytest.raises(TrustError, match="outside"):
+            trust_scores([vote("a", bad)], ["a"], 1)  # type: ignore[arg-type]
+    with pytest.raises(TrustError, match="not an object"):
+        trust_scores(["x"], ["a"], 1)  # type: ignore[list-item]
     with pytest.raises(TrustError, match="every included update has trust 0"):
-        trust_scores([vote("a", -0.1), vote("b", 0.0)], ["a", "b"])
+        trust_scores([vote("a", -0.1), vote("b", 0.0)], ["a", "b"], 1)
+
+
+def test_leaving_approvals_out_can_only_lower_a_trust() -> None:
+    """What a leader choosing the block's votes can do: keep any quorum of the
+    approvals. Every choice gives at most the full set's trust."""
+    from itertools import combinations
+
+    scores = (0.9, 0.5, 0.3, 0.1)
+    full = trust_scores([vote("a", s) for s in scores], ["a"], 4)[0]
+    kept = [
+        trust_scores([vote("a", s) for s in subset], ["a"], 4)[0]
+        for subset in combinations(scores, 3)
+    ]
+    assert max(kept) == full == 0.3 and min(kept) == 0.1
 
 
 def test_clips_bring_long_updates_to_the_median_norm() -> None:
@@ -201,7 +221,7 @@ def test_a_server_that_skips_the_trust_weights_gets_no_block_signed(
     """A server that records trust weighting but aggregates without it: each
     committee member replays the pending block before it signs, gets another
     model, and refuses, so no such block is ever written."""
-    monkeypatch.setattr(stages, "weigh_by_trust", lambda updates, votes: None)
+    monkeypatch.setattr(stages, "weigh_by_trust", lambda updates, votes, size: None)
     with pytest.raises(RuntimeError, match="0 of 4 committee members signed") as err:
         trust_ledger(tmp_path / "l.db")
     assert "the model is not the replayed one" in str(err.value)

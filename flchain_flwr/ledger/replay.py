@@ -500,7 +500,9 @@ class _Replayer:
         self._check_weights(updates, included, body, settings)
         if settings.trust:
             try:
-                weigh_by_trust(updates, body.get("votes", []))
+                weigh_by_trust(
+                    updates, body.get("votes", []), len(body.get("committee", []))
+                )
             except TrustError as exc:
                 raise _Failed(f"trust weighting: {exc}") from None
         velocity = self._velocity(body, state, before, settings, parent, updates, names)

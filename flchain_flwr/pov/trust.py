@@ -9,8 +9,9 @@ instead weights each update by its trust score ``ReLU(cos)`` with the server's
 reference update and rescales every update to one norm. Here, with
 ``Committee(trust_weighting=True)``, a block weighs each update it includes by
 
-- **trust** ``t_i``: the lower median of the scores the committee signed on
-  it (each member's cosine with its own reference update), clipped to
+- **trust** ``t_i``: the ``q``-th highest of the scores the approving members
+  signed on it (each member's cosine with its own reference update; ``q`` the
+  quorum, so a quorum of members scored it at least that high), clipped to
   ``[0, 1]``: an update the committee barely approves gets little of the step,
   and no single member's score sets it;
 - **norm clip** ``c_i = min(1, m / ||delta_i||)``, ``m`` the lower median of
@@ -22,9 +23,17 @@ The step is then ``sum_i (w_i c_i) (n_i t_i) delta_i / sum_i n_i t_i``
 trust`` and ``weight * clip``): with equal trusts and no clipping it is
 FedBuff's step unchanged. The trusts are data the committee signed, so a
 replay reads them from the block's votes; the clips are recomputed from the
-stored updates, rounded to :data:`CLIP_DIGITS` significant digits so that a
-replay on another machine (whose BLAS may sum a norm in another order) gets
-the same factor.
+stored updates (norms summed without BLAS, whose order can differ between
+machines), rounded to :data:`CLIP_DIGITS` significant digits as a second guard.
+
+Who can move what: the scores are signed by the members, so only a member's
+key changes its own; but the block's builder (its leader) chooses which valid
+votes the block holds, as long as each included update keeps a quorum of
+approvals. Leaving approvals out can only lower the ``q``-th highest one: a
+leader can move an update's trust down to the lowest approving score cast on
+it, never above what a quorum of members signed. The votes sign the share a
+candidate had before trust weighting (the rule judges direction alone, so no
+verdict rests on it).
 """
 
 from __future__ import annotations
@@ -33,10 +42,12 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
 from ..arrays import NDArrays
+from ..ledger.consensus import quorum
 from ..strategies.pipeline import BufferedUpdate
 from ..strategies.weighting import lower_median
-from .norms import update_norm
 
 TRUST_WEIGHTING = "fltrust"
 """The recorded setting (``trust_weighting`` in a FedBuff config) that turns it on."""
@@ -49,31 +60,43 @@ class TrustError(ValueError):
 
 
 def trust_scores(
-    votes: Sequence[Mapping[str, Any]], digests: Sequence[str]
+    votes: Sequence[Mapping[str, Any]], digests: Sequence[str], committee_size: int
 ) -> list[float]:
-    """Each candidate's trust: the lower median of the scores of the votes on
-    it, clipped to ``[0, 1]``.
+    """Each candidate's trust: the ``q``-th highest score among the approving
+    votes on it (``q`` the quorum of ``committee_size``), clipped to ``[0, 1]``.
 
     Raises
     ------
     TrustError
-        If a candidate has no vote, or a score is not a finite number.
+        If a vote is malformed, a candidate has fewer than ``q`` approvals, or
+        every trust is 0.
     """
-    scores: dict[str, list[float]] = {d: [] for d in digests}
+    needed = quorum(committee_size)
+    approving: dict[str, list[float]] = {d: [] for d in digests}
     for vote in votes:
+        if not isinstance(vote, Mapping):
+            raise TrustError("a vote is not an object")
         digest = vote.get("candidate")
-        if digest in scores:
+        if (
+            isinstance(digest, str)
+            and digest in approving
+            and vote.get("verdict") is True
+        ):
             score = vote.get("score")
             if isinstance(score, bool) or not isinstance(score, int | float):
-                raise TrustError(f"a vote on {str(digest)[:16]}… has no numeric score")
+                raise TrustError(f"a vote on {digest[:16]}… has no numeric score")
+            score = float(score) if abs(score) <= 1 else math.nan
             if not math.isfinite(score):
-                raise TrustError(f"a vote on {str(digest)[:16]}… scores {score!r}")
-            scores[digest].append(float(score))
+                raise TrustError(f"a vote on {digest[:16]}… scores outside [-1, 1]")
+            approving[digest].append(score)
     trusts = []
     for digest in digests:
-        if not scores[digest]:
-            raise TrustError(f"no vote on candidate {digest[:16]}… to weigh it by")
-        trusts.append(min(1.0, max(0.0, lower_median(scores[digest]))))
+        scores = sorted(approving[digest], reverse=True)
+        if len(scores) < needed:
+            raise TrustError(
+                f"candidate {digest[:16]}… has {len(scores)} approvals, quorum {needed}"
+            )
+        trusts.append(min(1.0, max(0.0, scores[needed - 1])))
     if not any(t > 0 for t in trusts):
         raise TrustError("every included update has trust 0: no step to take")
     return trusts
@@ -88,7 +111,7 @@ def norm_clips(deltas: Sequence[NDArrays]) -> list[float]:
     TrustError
         If an update's norm is not finite.
     """
-    norms = [update_norm(d) for d in deltas]
+    norms = [exact_norm(d) for d in deltas]
     if not all(math.isfinite(n) for n in norms):
         raise TrustError("an update's norm is not finite")
     if not norms:
@@ -99,12 +122,26 @@ def norm_clips(deltas: Sequence[NDArrays]) -> list[float]:
     ]
 
 
+def exact_norm(delta: NDArrays) -> float:
+    """L2 norm over the float arrays, summed by NumPy's pairwise summation in
+    float64 (no BLAS, whose order can differ between machines); NaN if not
+    finite."""
+    total = 0.0
+    with np.errstate(over="ignore", invalid="ignore"):
+        for value in delta.values():
+            if value.dtype.kind == "f":
+                total += float(np.sum(np.square(value, dtype=np.float64)))
+    return math.sqrt(total) if math.isfinite(total) else math.nan
+
+
 def weigh_by_trust(
-    updates: Sequence[BufferedUpdate], votes: Sequence[Mapping[str, Any]]
+    updates: Sequence[BufferedUpdate],
+    votes: Sequence[Mapping[str, Any]],
+    committee_size: int,
 ) -> None:
     """Set each update's ``trust`` (from ``votes``, the block's, by digest) and
     ``clip`` (from the updates' norms); :class:`TrustError` if they cannot be."""
-    trusts = trust_scores(votes, [u.digest for u in updates])
+    trusts = trust_scores(votes, [u.digest for u in updates], committee_size)
     clips = norm_clips([u.update.delta for u in updates])
     for update, trust, clip in zip(updates, trusts, clips, strict=True):
         update.trust, update.clip = trust, clip

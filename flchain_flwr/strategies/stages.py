@@ -367,9 +367,12 @@ class CommitteeStage(BlockStage):
                     )
                 )
         if kept and self.committee.trust_weighting:
-            try:
-                weigh_by_trust(kept, self._votes)  # the votes the block will hold
+            try:  # with the votes the block will hold
+                weigh_by_trust(kept, self._votes, len(self._committee))
             except TrustError as exc:
+                # their approvals must not reach a block that leaves them out
+                dropped = {u.digest for u in kept}
+                self._votes = [v for v in self._votes if v["candidate"] not in dropped]
                 for u in kept:
                     reason = f"trust weighting: {exc}"
                     reject(Rejection(u.node_id, u.trained_on, reason, u.digest))
