@@ -8,6 +8,9 @@ import json
 import os
 import platform
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +73,14 @@ def require_fashion_mnist() -> None:
         file=sys.stderr,
     )
     raise SystemExit(2)
+
+
+@contextmanager
+def timed(seconds: list[float]) -> Iterator[None]:
+    """Append the wall seconds the ``with`` block took to ``seconds`` (also
+    when it raises)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds.append(time.perf_counter() - started)

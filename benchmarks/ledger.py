@@ -42,7 +42,7 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from _common import (
     FASHION_MNIST,
     RESULTS,
     require_fashion_mnist,
+    timed,
     write_results,
 )
 from flwr.app import (
@@ -165,11 +166,18 @@ class TimedLedger(Ledger):
         self.appends: list[float] = []
 
     def append(self, **kwargs: Any) -> Block:
-        started = time.perf_counter()
-        try:
+        with timed(self.appends):
             return super().append(**kwargs)
-        finally:
-            self.appends.append(time.perf_counter() - started)
+
+
+def timed_server_step(seconds: list[float]) -> Callable[..., StepResult | None]:
+    """:func:`server_step`, each call's seconds appended to ``seconds``."""
+
+    def step(*args: Any, **kwargs: Any) -> StepResult | None:
+        with timed(seconds):
+            return server_step(*args, **kwargs)
+
+    return step
 
 
 def measure_stored_updates(
@@ -180,33 +188,26 @@ def measure_stored_updates(
 
     name = f"{dataset}-{'sparse' if sparse else 'dense'}"
     path = workdir / f"{name}.db"
-    timed = TimedLedger(path)
-    with timed:
+    writer = TimedLedger(path)
+    with writer:
         simulate(
-            FedBuff(buffer_size=5, fraction_evaluate=0.0, ledger=timed, seed=0),
+            FedBuff(buffer_size=5, fraction_evaluate=0.0, ledger=writer, seed=0),
             VirtualGrid(noise_app(sparse), tiered(10), seed=0),
             ArrayRecord(new_model(dataset, 0).state_dict()),
             num_rounds=versions,
         )
     in_steps: list[float] = []
-
-    def timed_step(*args: Any, **kwargs: Any) -> StepResult | None:
-        started = time.perf_counter()
-        try:
-            return server_step(*args, **kwargs)
-        finally:
-            in_steps.append(time.perf_counter() - started)
-
     with Ledger(path, create=False) as ledger:
         assert ledger.verify().ok
         storage = storage_per_block(ledger)
-        started = time.perf_counter()
-        report = replay(ledger, step=timed_step)
-        replay_s = time.perf_counter() - started
+        replays: list[float] = []
+        with timed(replays):
+            report = replay(ledger, step=timed_server_step(in_steps))
+        replay_s = replays[0]
         assert report.complete, report
         floors = block_floors(ledger, workdir / f"{name}-floor")
     blocks = len(report.replayed)
-    append_median = statistics.median(timed.appends[1:])  # [0]: genesis
+    append_median = statistics.median(writer.appends[1:])  # [0]: genesis
     return {
         "dataset": dataset,
         "updates": "sparse DGC deltas" if sparse else "dense full weights",
@@ -230,11 +231,8 @@ class TimedReplay(PendingReplay):
         self.seconds: list[float] = []
 
     def check(self, block: Block) -> tuple[bool, str | None]:
-        started = time.perf_counter()
-        try:
+        with timed(self.seconds):
             return super().check(block)
-        finally:
-            self.seconds.append(time.perf_counter() - started)
 
 
 class TimedCommittee(Committee):
@@ -251,11 +249,8 @@ class TimedCommittee(Committee):
         if self.replays is None or self.replays.ledger is not ledger:
             self.replays = TimedReplay(ledger)
             self._replay = self.replays
-        started = time.perf_counter()
-        try:
+        with timed(self.signing):
             return super().header_signatures(members, ledger, block, view)
-        finally:
-            self.signing.append(time.perf_counter() - started)
 
 
 def measure_quorum(workdir: Path, sparse: bool, versions: int) -> dict[str, Any]:
@@ -285,18 +280,10 @@ def measure_quorum(workdir: Path, sparse: bool, versions: int) -> dict[str, Any]
         num_rounds=versions,
     )
     in_steps: list[float] = []
-
-    def timed_step(*args: Any, **kwargs: Any) -> StepResult | None:
-        started = time.perf_counter()
-        try:
-            return server_step(*args, **kwargs)
-        finally:
-            in_steps.append(time.perf_counter() - started)
-
     with Ledger(path, create=False) as ledger:
         report = ledger.verify()
         assert report.ok and "in 0 of" not in report.headers, report
-        assert replay(ledger, step=timed_step).complete
+        assert replay(ledger, step=timed_server_step(in_steps)).complete
     assert committee.replays is not None
     blocks = len(committee.signing)
     aggregation = statistics.median(in_steps)
@@ -319,7 +306,7 @@ def block_floors(ledger: Ledger, folder: Path) -> list[float]:
     """For each block after genesis: hash and write its model and payload
     blobs' bytes once (what any store of those bytes must do)."""
     folder.mkdir()
-    floors = []
+    floors: list[float] = []
     for block in ledger.blocks():
         if block.height == 0:
             continue
@@ -327,11 +314,10 @@ def block_floors(ledger: Ledger, folder: Path) -> list[float]:
             u[PAYLOAD_FIELD] for u in block.body["included"]
         ]
         data = [ledger.blobs.get(d) for d in digests]
-        started = time.perf_counter()
-        for i, chunk in enumerate(data):
-            hashlib.sha256(chunk).hexdigest()
-            (folder / f"{block.height}-{i}.bin").write_bytes(chunk)
-        floors.append(time.perf_counter() - started)
+        with timed(floors):
+            for i, chunk in enumerate(data):
+                hashlib.sha256(chunk).hexdigest()
+                (folder / f"{block.height}-{i}.bin").write_bytes(chunk)
     return floors
 
 
@@ -356,14 +342,14 @@ def block_body(rng: np.random.Generator, k: int = 5) -> dict[str, Any]:
 
 def floor(model: dict[str, np.ndarray], path: Path) -> float:
     """sha256 over the model's bytes plus writing them once: any store's minimum."""
-    started = time.perf_counter()
-    digest = hashlib.sha256()
-    with path.open("wb") as out:
+    seconds: list[float] = []
+    with timed(seconds), path.open("wb") as out:
+        digest = hashlib.sha256()
         for chunk in model_chunks(model):
             digest.update(chunk)
             out.write(chunk)
-    digest.hexdigest()
-    return time.perf_counter() - started
+        digest.hexdigest()
+    return seconds[0]
 
 
 def measure_append(workdir: Path, repeats: int) -> dict[str, Any]:
@@ -372,20 +358,20 @@ def measure_append(workdir: Path, repeats: int) -> dict[str, Any]:
     ledger = Ledger(workdir / "append.db")
     ledger.append(model=model, model_version=0, base_version=0, config_digest="c" * 64)
     (workdir / "floor").mkdir()
-    appends, floors = [], []
+    appends: list[float] = []
+    floors: list[float] = []
     for i in range(repeats):
         model["classifier.1.bias"] += np.float32(1e-3)  # a new model, a new blob
         body = block_body(rng)
         floors.append(floor(model, workdir / "floor" / f"{i}.bin"))
-        started = time.perf_counter()
-        ledger.append(
-            model=model,
-            model_version=i + 1,
-            base_version=i,
-            config_digest="c" * 64,
-            **body,
-        )
-        appends.append(time.perf_counter() - started)
+        with timed(appends):
+            ledger.append(
+                model=model,
+                model_version=i + 1,
+                base_version=i,
+                config_digest="c" * 64,
+                **body,
+            )
     ledger.close()
     params = sum(v.size for v in model.values())
     return {
@@ -456,13 +442,13 @@ def measure_verify(workdir: Path, blocks: int) -> dict[str, Any]:
                 config_digest="c" * 64,
                 **block_body(rng),
             )
+    seconds: list[float] = []
     with Ledger(path, create=False) as ledger:
-        started = time.perf_counter()
-        report = ledger.verify()
-        with_models = time.perf_counter() - started
-        started = time.perf_counter()
-        assert ledger.verify(check_models=False).ok
-        without_models = time.perf_counter() - started
+        with timed(seconds):
+            report = ledger.verify()
+        with timed(seconds):
+            assert ledger.verify(check_models=False).ok
+    with_models, without_models = seconds
     assert report.ok, report
     return {
         "blocks": blocks,

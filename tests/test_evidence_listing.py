@@ -9,31 +9,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flchain_flwr.ledger import Ledger, PoVState
-from flchain_flwr.ledger.statements import header_statement, sign_statement
+from flchain_flwr.ledger import PoVState
 
-from .test_pov import model, pov_chain
-from .test_quorum import LeaderOnly, _leader_key, _outsider, _two_headers, next_block
+from .test_pov import pov_chain
+from .test_quorum import (
+    LeaderOnly,
+    _leader_key,
+    _outsider,
+    _two_headers,
+    leader_signed_chain,
+    next_block,
+)
 
 
 def test_evidence_on_a_leader_signed_chain_is_listed(tmp_path: Path) -> None:
     ledger, committee = pov_chain(tmp_path)
-    genesis = ledger.block(0)
-    old = Ledger(tmp_path / "old.db", chain_id="old-chain")
-    pov = {k: v for k, v in genesis.body["pov"].items() if k != "headers"}
-    old.append(
-        model=model(0.0),
-        model_version=0,
-        base_version=0,
-        config_digest="",
-        extra={"pov": pov, "committee_kind": "in-process"},
-    )
+    old = leader_signed_chain(ledger, tmp_path / "old.db")
     accused = committee.verifiers[_outsider(old, committee)]
-    record = _two_headers(accused.key) | {"chain_id": old.chain_id}
-    for i, block_hash in enumerate(("aa" * 32, "bb" * 32)):
-        record["statements"][i]["signature"] = sign_statement(
-            accused.key, header_statement(old.chain_id, 3, 0, block_hash, i == 0)
-        )
+    record = _two_headers(accused.key, old.chain_id)
     leader = LeaderOnly(_leader_key(old, committee))
     next_block(old, committee, signer=leader, evidence=[record])
     report = old.verify()

@@ -10,15 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 from flchain_flwr.ledger import Block, Ledger
-from flchain_flwr.ledger.statements import header_statement, sign_statement
-from flchain_flwr.pov import Candidate, Committee
+from flchain_flwr.pov import Committee
 
 from .test_pov import digest, pov_chain
-from .test_quorum import _outsider, _two_headers
+from .test_quorum import _outsider, _two_headers, decide_zero_update
 
 
 class Flaky:
@@ -41,24 +39,11 @@ class Flaky:
 
 def _attempt(tmp_path: Path, misses: int) -> tuple[Ledger, Committee, bool]:
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    parent = ledger.load_model(head)
-    context = committee.position(ledger, parent, head.height + 1)
+    head, parent, decision = decide_zero_update(ledger, committee)
     d = digest(70)
-    decision = committee.decide(
-        context=context,
-        global_model=parent,
-        candidates=[Candidate(d, 1, {k: np.zeros_like(v) for k, v in parent.items()})],
-        round_=head.height,
-    )
     # equivocation evidence against an outsider: the block takes its stake
     accused = committee.verifiers[_outsider(ledger, committee)].key
-    record = _two_headers(accused) | {"chain_id": ledger.chain_id}
-    for i, block_hash in enumerate(("aa" * 32, "bb" * 32)):
-        record["statements"][i]["signature"] = sign_statement(
-            accused, header_statement(ledger.chain_id, 3, 0, block_hash, i == 0)
-        )
+    record = _two_headers(accused, ledger.chain_id)
     committee.report_equivocation(record)
     members = decision.committee
     fields, signer = committee.seal(members, decision.votes)

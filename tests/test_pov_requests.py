@@ -20,7 +20,8 @@ from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import Rule, Threshold, Verifier, remote
 from flchain_flwr.pov.committee import LEAD_TAG, lead_statement
-from flchain_flwr.pov.members import load_statements, stored_statements
+from flchain_flwr.pov.members import STATEMENT_COLUMNS
+from flchain_flwr.pov.runstate import columns_record, read_columns
 from flchain_flwr.pov.verifier import RefusedRequest
 from flchain_flwr.pov.views import take_statement
 
@@ -157,8 +158,8 @@ def test_a_member_node_signs_view_changes_only_in_canonical_form_and_keeps_them(
         statement, ask(statement)
     )
     assert member.statements == {CHAIN: (5, 0, "view-change")}
-    record = stored_statements(member.statements)
-    assert load_statements(record) == member.statements
+    record = columns_record(member.statements, STATEMENT_COLUMNS)
+    assert read_columns(record, STATEMENT_COLUMNS) == member.statements
     with pytest.raises(RefusedRequest, match="already signed a view change"):
         take_statement(member, CHAIN, 5, 0, "ab" * 32)
     with pytest.raises(RefusedRequest, match="is behind height 5"):

@@ -66,12 +66,16 @@ def spy_grid(speeds: list[float], **profile: object) -> SpyGrid:
 
 
 def run(
-    grid: VirtualGrid, queued: bool, rounds: int = 12, **kwargs: object
+    grid: VirtualGrid,
+    queued: bool,
+    rounds: int = 12,
+    max_staleness: int | None = None,
+    **kwargs: object,
 ) -> AsyncResult:
     options: dict[str, object] = {"fraction_evaluate": 0.0, **kwargs}
     strategy = FedBuff(
         buffer_size=1,
-        max_staleness=None,
+        max_staleness=max_staleness,
         seed=0,
         queued_dispatch=queued,
         **options,  # type: ignore[arg-type]

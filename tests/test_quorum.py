@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from nacl.signing import SignedMessage, SigningKey, VerifyKey
 
-from flchain_flwr.ledger import Ledger, PoVState, VoteContext
+from flchain_flwr.ledger import Block, Ledger, PoVState, VoteContext
 from flchain_flwr.ledger.canonical import model_hash
 from flchain_flwr.ledger.evidence import (
     check_equivocation,
@@ -33,8 +33,10 @@ from flchain_flwr.pov import (
     Behaviour,
     Candidate,
     Committee,
+    CommitteeDecision,
     RefusedRequest,
     Threshold,
+    Verifier,
 )
 from flchain_flwr.pov.headers import HeaderSigner, cosign_header
 from flchain_flwr.pov.views import sign_view_change, take_statement
@@ -120,12 +122,20 @@ def test_every_block_of_a_pov_run_is_signed_by_a_replaying_quorum(
         assert all(s["verifier"] in block.body["committee"] for s in signatures)
 
 
-def _outsider(ledger: Ledger, committee: Committee) -> str:
+def head_committee(
+    ledger: Ledger, committee: Committee
+) -> tuple[Block, list[str], list[SigningKey]]:
+    """The head, and the next block's view-0 committee with its keys."""
     head = ledger.head()
     assert head is not None
     members = PoVState.replayed(
         committee.rules, (b.body for b in ledger.blocks())
     ).committee(head.hash)
+    return head, members, [committee.verifiers[k].key for k in members]
+
+
+def _outsider(ledger: Ledger, committee: Committee) -> str:
+    _, members, _ = head_committee(ledger, committee)
     return next(k for k in committee.rules.pool if k not in members)
 
 
@@ -143,12 +153,7 @@ def test_a_header_without_a_quorum_of_its_committee_fails(
     tmp_path: Path, forgery: str, expected: str
 ) -> None:
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    members = PoVState.replayed(
-        committee.rules, (b.body for b in ledger.blocks())
-    ).committee(head.hash)
-    keys = [committee.verifiers[k].key for k in members]
+    head, _, keys = head_committee(ledger, committee)
     outsider = committee.verifiers[_outsider(ledger, committee)].key
     signer = {
         "leader-only": LeaderOnly(keys[0]),
@@ -195,11 +200,7 @@ def test_a_block_at_a_later_view_needs_signed_proof_the_earlier_failed(
     tmp_path: Path, evidence: str, expected: str
 ) -> None:
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    members = PoVState.replayed(
-        committee.rules, (b.body for b in ledger.blocks())
-    ).committee(head.hash)
+    head, members, _ = head_committee(ledger, committee)
     outsider = _outsider(ledger, committee)
     certificate = _view_change(committee, ledger, 0, members)
     if evidence == "two-of-four":
@@ -238,6 +239,16 @@ def test_a_run_whose_leader_refuses_carries_view_changes_and_verifies(
         assert all(len(c["signatures"]) >= 5 for c in certificates)
 
 
+def _back_at(member: Verifier, last: Block, parent: Block) -> None:
+    """``member`` back where it voted on ``last``, having signed nothing."""
+    member.seen[str(last.header["chain_id"])] = (
+        last.height,
+        parent.hash,
+        str(parent.header["model_hash"]),
+    )
+    member.statements.clear()
+
+
 def test_members_refuse_a_header_whose_model_is_not_the_replay(
     tmp_path: Path,
 ) -> None:
@@ -254,13 +265,8 @@ def test_members_refuse_a_header_whose_model_is_not_the_replay(
         assert not replayed and problem and "is not the recorded" in problem
         committee = Committee(pool, threshold=Threshold(value=0))
         members = last.body["committee"]
-        for v in pool:  # each member back where it voted on the last block
-            v.seen[ledger.chain_id] = (
-                last.height,
-                parent.hash,
-                str(parent.header["model_hash"]),
-            )
-            v.statements.clear()
+        for v in pool:
+            _back_at(v, last, parent)
         signer = HeaderSigner(committee, pool[0].key, members, 0)
         with pytest.raises(RuntimeError, match="0 of 4 committee members signed"):
             signer.cosign(ledger, forged)
@@ -300,12 +306,7 @@ def test_a_member_never_signs_two_headers_or_a_header_and_a_view_change(
         assert last is not None
         parent = ledger.block(last.height - 1)
     member = next(v for v in pool if v.public_key in last.body["committee"])
-    member.seen[last.header["chain_id"]] = (
-        last.height,
-        parent.hash,
-        str(parent.header["model_hash"]),
-    )
-    member.statements.clear()
+    _back_at(member, last, parent)
     rule = Committee(pool, threshold=Threshold(value=0)).rule.digest
     sign = {"view": 0, "rule_digest": rule, "replayed": False}
     cosign_header(member, last, **sign)  # type: ignore[arg-type]
@@ -327,12 +328,13 @@ def test_a_member_never_signs_two_headers_or_a_header_and_a_view_change(
         cosign_header(member, last, **sign)  # type: ignore[arg-type]
 
 
-def _two_headers(key: SigningKey) -> dict[str, Any]:
-    first = header_statement("c", 3, 0, "aa" * 32, True)
-    second = header_statement("c", 3, 0, "bb" * 32, False)
+def _two_headers(key: SigningKey, chain_id: str = "c") -> dict[str, Any]:
+    """Evidence that ``key`` signed two headers at height 3 of ``chain_id``."""
+    first = header_statement(chain_id, 3, 0, "aa" * 32, True)
+    second = header_statement(chain_id, 3, 0, "bb" * 32, False)
     return equivocation(
         key.verify_key.encode().hex(),
-        "c",
+        chain_id,
         3,
         0,
         header_signed("aa" * 32, True, sign_statement(key, first)),
@@ -368,12 +370,7 @@ def test_two_blocks_at_one_height_yield_evidence_against_the_overlap(
     """Two blocks at one height, each signed by 3 of 4: the 2 members that
     signed both are caught, at one view or across a view change."""
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    members = PoVState.replayed(
-        committee.rules, (b.body for b in ledger.blocks())
-    ).committee(head.hash)
-    keys = [committee.verifiers[k].key for k in members]
+    head, members, keys = head_committee(ledger, committee)
     height = head.height + 1
 
     def signatures(block: str, signers: list[SigningKey], view: int) -> list[Any]:
@@ -402,12 +399,7 @@ def test_two_blocks_at_one_height_yield_evidence_against_the_overlap(
 def test_an_equivocator_is_slashed_only_on_valid_evidence(tmp_path: Path) -> None:
     ledger, committee = pov_chain(tmp_path)
     accused = committee.verifiers[_outsider(ledger, committee)]
-    record = _two_headers(accused.key) | {"chain_id": ledger.chain_id}
-    for index, block in enumerate(("aa" * 32, "bb" * 32)):
-        statement = header_statement(ledger.chain_id, 3, 0, block, index == 0)
-        record["statements"][index]["signature"] = sign_statement(
-            accused.key, statement
-        )
+    record = _two_headers(accused.key, ledger.chain_id)
     committee.report_equivocation(record)
     with pytest.raises(ValueError, match="already slashed"):
         committee.report_equivocation(record)
@@ -430,13 +422,11 @@ def test_an_equivocator_is_slashed_only_on_valid_evidence(tmp_path: Path) -> Non
     assert not report.ok and "evidence 0" in report.reason, report
 
 
-def test_a_pov_chain_from_before_quorum_headers_verifies_and_says_so(
-    tmp_path: Path,
-) -> None:
-    ledger, committee = pov_chain(tmp_path)
-    genesis = ledger.block(0)
-    old = Ledger(tmp_path / "old.db", chain_id="old-chain")
-    pov = {k: v for k, v in genesis.body["pov"].items() if k != "headers"}
+def leader_signed_chain(ledger: Ledger, path: Path) -> Ledger:
+    """A PoV chain at ``path`` as written before quorum-signed headers: the
+    genesis of ``ledger``'s committee without ``headers``."""
+    pov = {k: v for k, v in ledger.block(0).body["pov"].items() if k != "headers"}
+    old = Ledger(path, chain_id="old-chain")
     old.append(
         model=model(0.0),
         model_version=0,
@@ -444,6 +434,14 @@ def test_a_pov_chain_from_before_quorum_headers_verifies_and_says_so(
         config_digest="",
         extra={"pov": pov, "committee_kind": "in-process"},
     )
+    return old
+
+
+def test_a_pov_chain_from_before_quorum_headers_verifies_and_says_so(
+    tmp_path: Path,
+) -> None:
+    ledger, committee = pov_chain(tmp_path)
+    old = leader_signed_chain(ledger, tmp_path / "old.db")
     next_block(old, committee, signer=LeaderOnly(_leader_key(old, committee)))
     report = old.verify()
     assert report.ok, report
@@ -452,12 +450,26 @@ def test_a_pov_chain_from_before_quorum_headers_verifies_and_says_so(
 
 
 def _leader_key(ledger: Ledger, committee: Committee) -> SigningKey:
+    return head_committee(ledger, committee)[2][0]
+
+
+def decide_zero_update(
+    ledger: Ledger, committee: Committee
+) -> tuple[Block, dict[str, np.ndarray], CommitteeDecision]:
+    """The head, its model, and the committee's decision on one update that
+    changes nothing (digest 70) for the next block."""
     head = ledger.head()
     assert head is not None
-    members = PoVState.replayed(
-        committee.rules, (b.body for b in ledger.blocks())
-    ).committee(head.hash)
-    return committee.verifiers[members[0]].key
+    parent = ledger.load_model(head)
+    decision = committee.decide(
+        context=committee.position(ledger, parent, head.height + 1),
+        global_model=parent,
+        candidates=[
+            Candidate(digest(70), 1, {k: np.zeros_like(v) for k, v in parent.items()})
+        ],
+        round_=head.height,
+    )
+    return head, parent, decision
 
 
 def test_members_refuse_a_block_that_includes_what_they_did_not_approve(
@@ -467,17 +479,7 @@ def test_members_refuse_a_block_that_includes_what_they_did_not_approve(
     tries to append a block including a second one; the members refuse to
     sign and nothing is written. The honest block is signed and verifies."""
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    parent = ledger.load_model(head)
-    context = committee.position(ledger, parent, head.height + 1)
-    zero = {k: np.zeros_like(v) for k, v in parent.items()}
-    decision = committee.decide(
-        context=context,
-        global_model=parent,
-        candidates=[Candidate(digest(70), 1, zero)],
-        round_=head.height,
-    )
+    head, parent, decision = decide_zero_update(ledger, committee)
     assert decision.outcomes[0].accepted
     fields, signer = committee.seal(
         decision.committee, decision.votes, decision.view, decision.view_changes
@@ -513,12 +515,7 @@ def test_two_ledgers_forked_at_one_height_yield_evidence_that_slashes(
     block signed by 3 of the 4 members. The two members that signed both
     are caught from the ledgers alone; the evidence then slashes them."""
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    members = PoVState.replayed(
-        committee.rules, (b.body for b in ledger.blocks())
-    ).committee(head.hash)
-    keys = [committee.verifiers[k].key for k in members]
+    head, members, keys = head_committee(ledger, committee)
     ledger.close()
     copy_path = tmp_path / "fork.db"
     shutil.copy(tmp_path / "chain.db", copy_path)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flchain_flwr.ledger import PoVRules, PoVState
-from flchain_flwr.pov import Candidate
 from flchain_flwr.pov.headers import HeaderSigner
 
 from .ledger_helpers import KeyQuorum
 from .test_pov import chain_vote, digest, pov_chain, verifiers
+from .test_quorum import decide_zero_update
 
 
 def test_approvals_kept_from_a_cut_quorum_are_not_slashed() -> None:
@@ -72,18 +71,8 @@ def _omitting_block(tmp_path: Path, keep: int, deposits: str = "") -> str:
     """Ask the in-process members to cosign a block that keeps ``keep`` of
     the four approving votes on a good update; the error they give."""
     ledger, committee = pov_chain(tmp_path)
-    head = ledger.head()
-    assert head is not None
-    parent = ledger.load_model(head)
-    context = committee.position(ledger, parent, head.height + 1)
-    zero = {k: np.zeros_like(v) for k, v in parent.items()}
+    head, parent, decision = decide_zero_update(ledger, committee)
     d = digest(70)
-    decision = committee.decide(
-        context=context,
-        global_model=parent,
-        candidates=[Candidate(d, 1, zero)],
-        round_=head.height,
-    )
     assert decision.outcomes[0].accepted and len(decision.votes) == 4
     members, kept = decision.committee, decision.votes[:keep]
     state = PoVState.replayed(committee.rules, (b.body for b in ledger.blocks()))

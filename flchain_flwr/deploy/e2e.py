@@ -28,56 +28,17 @@ It prints a JSON report and exits 0 only if every check passed.
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
 import sqlite3
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..ledger.chain import load_or_create_key
 from ..ledger.consensus import block_view, select_committee
 from .loopback import ConfigValue, LoopbackFederation
-
-
-@dataclass
-class Report:
-    """What the scenario saw; ``ok`` iff every check passed."""
-
-    checks: dict[str, bool] = field(default_factory=dict)
-    facts: dict[str, Any] = field(default_factory=dict)
-    error: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return bool(self.checks) and all(self.checks.values()) and not self.error
-
-    def check(self, name: str, passed: bool) -> bool:
-        self.checks[name] = bool(passed)
-        return passed
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "checks": self.checks,
-            "facts": self.facts,
-            "error": self.error,
-        }
-
-
-def _blocks(ledger: Path) -> int:
-    """Blocks in a ledger being written (0 before it exists)."""
-    if not ledger.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as db:
-            return int(db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+from .scenario import Report, blocks_written, flchain, in_federation, scenario_main
 
 
 def _chain(ledger: Path) -> list[tuple[int, str, str, int | None]]:
@@ -155,150 +116,134 @@ def run_scenario(
         "min-nodes": trainers,
     }
     report.facts["run_config"] = run_config
-    with LoopbackFederation(workdir) as fed:
-        try:
-            fed.start_superlink()
-            report.facts["superlink_port"] = fed.port
 
-            intruder = fed.start_supernode(
-                "unregistered",
-                {"partition-id": 0, "num-partitions": trainers},
-                register=False,
-                max_retries=2,
-            )
-            _wait(lambda: intruder.process.poll() is not None, 90, "the refusal")
-            report.facts["unregistered_exit_code"] = intruder.process.returncode
-            report.check(
-                "unregistered SuperNode refused",
-                intruder.process.returncode != 0
-                and "No SuperNode found with the given public key"
-                in fed.superlink_log(),
-            )
+    def steps(fed: LoopbackFederation) -> None:
+        report.facts["superlink_port"] = fed.port
 
-            started = []
-            for pid in range(trainers):
-                profile: dict[str, ConfigValue] = {
-                    "partition-id": pid,
-                    "num-partitions": trainers,
-                    "compute-slowdown": slow_factor if pid == trainers - 1 else 1.0,
-                }
-                started.append(fed.start_supernode(f"trainer-{pid}", profile))
-            verifier_keys = []
-            for index in range(verifiers):
-                key_path = workdir / "verifier-keys" / f"verifier-{index}.key"
-                key_path.parent.mkdir(parents=True, exist_ok=True)
-                verifier_keys.append(
-                    load_or_create_key(key_path).verify_key.encode().hex()
-                )
-                started.append(
-                    fed.start_supernode(
-                        f"verifier-{index}",
-                        {
-                            "partition-id": 0,
-                            "num-partitions": trainers,
-                            "role": "verifier",
-                            "verifier-key": str(key_path),
-                            "verifier-shard": index,
-                        },
-                    )
-                )
-            fed.wait_online([n.node_id for n in started if n.node_id is not None])
-            report.facts["node_ids"] = {n.name: n.node_id for n in started}
+        intruder = fed.start_supernode(
+            "unregistered",
+            {"partition-id": 0, "num-partitions": trainers},
+            register=False,
+            max_retries=2,
+        )
+        _wait(lambda: intruder.process.poll() is not None, 90, "the refusal")
+        report.facts["unregistered_exit_code"] = intruder.process.returncode
+        report.check(
+            "unregistered SuperNode refused",
+            intruder.process.returncode != 0
+            and "No SuperNode found with the given public key" in fed.superlink_log(),
+        )
 
-            t0 = time.monotonic()
-            run = fed.start_run(app_dir, run_config)
-            _wait(
-                lambda: _blocks(ledger) >= 2 or run.poll() is not None,
-                run_timeout,
-                "the first block",
-            )
-            if run.poll() is not None:
-                raise RuntimeError(
-                    f"flwr run ended early ({run.returncode}): "
-                    + (workdir / "run.log").read_text(errors="replace")[-2000:]
-                )
-            written = _chain(ledger)
-            for _ in range(30):  # the writer may hold the database a moment
-                if written:
-                    break
-                time.sleep(1.0)
-                written = _chain(ledger)
-            head_height, head_hash, _, _ = written[-1]
-            leader = select_committee(verifier_keys, head_hash, verifiers, 0)[0]
-            leader_name = f"verifier-{verifier_keys.index(leader)}"
-            victim = fed.nodes["trainer-0"]
-            report.facts["killed"] = {
-                "node_id": victim.node_id,
-                "pids": fed.kill("trainer-0"),
-                "leader": leader_name,
-                "leader_pids": fed.kill(leader_name),
-                "after_height": head_height,
-                "at_s": round(time.monotonic() - t0, 1),
+        started = []
+        for pid in range(trainers):
+            profile: dict[str, ConfigValue] = {
+                "partition-id": pid,
+                "num-partitions": trainers,
+                "compute-slowdown": slow_factor if pid == trainers - 1 else 1.0,
             }
-            replacement = fed.start_supernode("replacement", victim.node_config)
-            report.facts["replacement_node_id"] = replacement.node_id
-            run.wait(timeout=run_timeout)
-            report.facts["run_seconds"] = round(time.monotonic() - t0, 1)
-            report.check("flwr run exit code 0", run.returncode == 0)
+            started.append(fed.start_supernode(f"trainer-{pid}", profile))
+        verifier_keys = []
+        for index in range(verifiers):
+            key_path = workdir / "verifier-keys" / f"verifier-{index}.key"
+            key_path.parent.mkdir(parents=True, exist_ok=True)
+            verifier_keys.append(load_or_create_key(key_path).verify_key.encode().hex())
+            started.append(
+                fed.start_supernode(
+                    f"verifier-{index}",
+                    {
+                        "partition-id": 0,
+                        "num-partitions": trainers,
+                        "role": "verifier",
+                        "verifier-key": str(key_path),
+                        "verifier-shard": index,
+                    },
+                )
+            )
+        fed.wait_online([n.node_id for n in started if n.node_id is not None])
+        report.facts["node_ids"] = {n.name: n.node_id for n in started}
 
-            history = json.loads(results.read_text()) if results.exists() else {}
-            done = history.get("versions", [])
-            report.facts["versions"] = len(done)
-            report.facts["stop_reason"] = history.get("stop_reason")
-            report.facts["failures"] = history.get("failures", [])
-            report.facts["participation"] = history.get("participation", {})
-            report.facts["timeline"] = history.get("timeline", [])
-            report.check("all versions made", len(done) == versions)
-            failed = {f["node_id"] for f in history.get("failures", [])}
-            report.check("dead node recorded", victim.node_id in failed)
-            report.check(
-                "replacement got work",
-                str(replacement.node_id) in history.get("participation", {}),
+        t0 = time.monotonic()
+        run = fed.start_run(app_dir, run_config)
+        _wait(
+            lambda: blocks_written(ledger) >= 2 or run.poll() is not None,
+            run_timeout,
+            "the first block",
+        )
+        if run.poll() is not None:
+            raise RuntimeError(
+                f"flwr run ended early ({run.returncode}): "
+                + (workdir / "run.log").read_text(errors="replace")[-2000:]
             )
-            decisions = history.get("committee_decisions", [])
-            report.facts["committee_decisions"] = len(decisions)
-            report.check(
-                "remote verifiers voted on every block",
-                len(decisions) >= versions
-                and all(set(d["committee"]) <= set(verifier_keys) for d in decisions),
-            )
-            passed_over = led_past(_chain(ledger), verifier_keys, leader, head_height)
-            report.facts["blocks_the_dead_leader_would_have_led"] = passed_over
-            report.check(
-                "killed leader passed over by a view change",
-                bool(passed_over) and all((v or 0) > 0 for _, v in passed_over),
-            )
-            verify = subprocess.run(
-                [str(fed.bin_dir / "flchain"), "ledger", "verify", str(ledger)],
-                capture_output=True,
-                text=True,
-                timeout=300,
-                check=False,
-            )
-            report.facts["ledger_verify"] = verify.stdout.strip().splitlines()[-3:]
-            report.check("ledger verifies", verify.returncode == 0)
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            report.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            report.facts["stopped_pids"] = fed.stop()
-    return report
+        written = _chain(ledger)
+        for _ in range(30):  # the writer may hold the database a moment
+            if written:
+                break
+            time.sleep(1.0)
+            written = _chain(ledger)
+        head_height, head_hash, _, _ = written[-1]
+        leader = select_committee(verifier_keys, head_hash, verifiers, 0)[0]
+        leader_name = f"verifier-{verifier_keys.index(leader)}"
+        victim = fed.nodes["trainer-0"]
+        report.facts["killed"] = {
+            "node_id": victim.node_id,
+            "pids": fed.kill("trainer-0"),
+            "leader": leader_name,
+            "leader_pids": fed.kill(leader_name),
+            "after_height": head_height,
+            "at_s": round(time.monotonic() - t0, 1),
+        }
+        replacement = fed.start_supernode("replacement", victim.node_config)
+        report.facts["replacement_node_id"] = replacement.node_id
+        run.wait(timeout=run_timeout)
+        report.facts["run_seconds"] = round(time.monotonic() - t0, 1)
+        report.check("flwr run exit code 0", run.returncode == 0)
+
+        history = json.loads(results.read_text()) if results.exists() else {}
+        done = history.get("versions", [])
+        report.facts["versions"] = len(done)
+        report.facts["stop_reason"] = history.get("stop_reason")
+        report.facts["failures"] = history.get("failures", [])
+        report.facts["participation"] = history.get("participation", {})
+        report.facts["timeline"] = history.get("timeline", [])
+        report.check("all versions made", len(done) == versions)
+        failed = {f["node_id"] for f in history.get("failures", [])}
+        report.check("dead node recorded", victim.node_id in failed)
+        report.check(
+            "replacement got work",
+            str(replacement.node_id) in history.get("participation", {}),
+        )
+        decisions = history.get("committee_decisions", [])
+        report.facts["committee_decisions"] = len(decisions)
+        report.check(
+            "remote verifiers voted on every block",
+            len(decisions) >= versions
+            and all(set(d["committee"]) <= set(verifier_keys) for d in decisions),
+        )
+        passed_over = led_past(_chain(ledger), verifier_keys, leader, head_height)
+        report.facts["blocks_the_dead_leader_would_have_led"] = passed_over
+        report.check(
+            "killed leader passed over by a view change",
+            bool(passed_over) and all((v or 0) > 0 for _, v in passed_over),
+        )
+        verify = flchain(fed, "ledger", "verify", str(ledger))
+        report.facts["ledger_verify"] = verify.stdout.strip().splitlines()[-3:]
+        report.check("ledger verifies", verify.returncode == 0)
+
+    return in_federation(workdir, report, steps)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--app", type=Path, default=Path("apps/flchain_cnn"))
-    parser.add_argument("--workdir", type=Path, default=Path(".e2e"))
-    parser.add_argument("--versions", type=int, default=5)
-    args = parser.parse_args(argv)
-    # SIGTERM (e.g. a CI timeout) unwinds normally, so every process is stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = run_scenario(
-        args.app.resolve(), args.workdir.resolve(), versions=args.versions
+    return scenario_main(
+        argv,
+        __doc__,
+        ".e2e",
+        "e2e.json",
+        lambda args: run_scenario(
+            args.app.resolve(), args.workdir.resolve(), versions=args.versions
+        ),
+        versions=5,
     )
-    (args.workdir / "e2e.json").write_text(json.dumps(report.as_dict(), indent=2))
-    print(json.dumps(report.as_dict(), indent=2))
-    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

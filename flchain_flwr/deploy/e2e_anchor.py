@@ -34,9 +34,7 @@ Command line::
 
 from __future__ import annotations
 
-import argparse
 import json
-import signal
 import subprocess
 import sys
 import time
@@ -51,8 +49,8 @@ from ..ledger.mainchain import MainChain
 from ..ledger.trade_records import make_offer, make_purchase, make_receipt
 from ..ledger.trading import TradingChain
 from ..ledger.witness import Witness
-from .e2e import Report, _blocks
 from .loopback import ConfigValue, LoopbackFederation
+from .scenario import Report, blocks_written, flchain, in_federation, scenario_main
 
 RUNS = ("a", "b")
 
@@ -75,17 +73,6 @@ def _witnesses_and_main(workdir: Path) -> tuple[list[Witness], MainChain, Path]:
         signing_key=load_or_create_key(key_file),
     )
     return witnesses, main, key_file
-
-
-def _cli(fed: LoopbackFederation, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(fed.bin_dir / "flchain"), *args],
-        env=fed.env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 def _market(workdir: Path, ledger: Path) -> Path:
@@ -119,182 +106,171 @@ def run_anchor_scenario(
     main_vkey = main.public_key.encode()
     main.close()
     ledgers = {name: workdir / f"run-{name}.db" for name in RUNS}
-    with LoopbackFederation(workdir) as fed:
-        try:
-            fed.start_superlink()
-            started = [
-                fed.start_supernode(
-                    f"trainer-{pid}", {"partition-id": pid, "num-partitions": trainers}
-                )
-                for pid in range(trainers)
-            ]
-            started += [
-                fed.start_supernode(
-                    f"witness-{i}",
-                    {
-                        "partition-id": 0,
-                        "num-partitions": trainers,
-                        "role": "witness",
-                        "witness-dir": str(w.folder),
-                    },
-                )
-                for i, w in enumerate(witnesses)
-            ]
-            fed.wait_online([n.node_id for n in started if n.node_id is not None])
-            witness_ids = {n.node_id for n in started if n.name.startswith("witness")}
 
-            t0 = time.monotonic()
-            runs: dict[str, subprocess.Popen[str]] = {}
-            first_block: dict[str, float] = {}
-            ended: dict[str, float] = {}
-            for seed, name in enumerate(RUNS):
-                cfg: dict[str, ConfigValue] = {
-                    "num-server-rounds": versions,
-                    "buffer-size": trainers,
-                    "local-epochs": 1,
-                    "seed": seed,
-                    "ledger-path": str(ledgers[name]),
-                    "results-path": str(workdir / f"results-{name}.json"),
-                    "anchor-main": str(workdir / "main.db"),
-                    "anchor-spool": str(workdir / "spool"),
-                    "anchor-witness-nodes": 3,
-                    "anchor-every": 2,
-                    # A query starts a ClientApp process on the node: allow a
-                    # loaded machine's start-up (minutes on 2 busy cores).
-                    "anchor-witness-timeout": 240.0,
-                    "anchor-discovery-timeout": 900.0,
-                    "message-ttl": 240.0,
-                    "min-nodes": trainers,
-                }
-                log = (workdir / f"run-{name}.log").open("a")
-                runs[name] = fed.start_run(app_dir, cfg, output=log)
-            while len(ended) < len(runs):
-                now = round(time.monotonic() - t0, 1)
-                for name, process in runs.items():
-                    if name not in first_block and _blocks(ledgers[name]) >= 2:
-                        first_block[name] = now
-                    if name not in ended and process.poll() is not None:
-                        ended[name] = now
-                if now > run_timeout:
-                    raise TimeoutError(f"runs not done after {run_timeout:g}s")
-                time.sleep(0.5)
-            report.facts["first_block_s"] = first_block
-            report.facts["run_ended_s"] = ended
-            report.facts["concurrent"] = all(
-                first_block.get(a, float("inf")) < ended[b]
-                for a, b in (RUNS, RUNS[::-1])
+    def steps(fed: LoopbackFederation) -> None:
+        started = [
+            fed.start_supernode(
+                f"trainer-{pid}", {"partition-id": pid, "num-partitions": trainers}
             )
+            for pid in range(trainers)
+        ]
+        started += [
+            fed.start_supernode(
+                f"witness-{i}",
+                {
+                    "partition-id": 0,
+                    "num-partitions": trainers,
+                    "role": "witness",
+                    "witness-dir": str(w.folder),
+                },
+            )
+            for i, w in enumerate(witnesses)
+        ]
+        fed.wait_online([n.node_id for n in started if n.node_id is not None])
+        witness_ids = {n.node_id for n in started if n.name.startswith("witness")}
+
+        t0 = time.monotonic()
+        runs: dict[str, subprocess.Popen[str]] = {}
+        first_block: dict[str, float] = {}
+        ended: dict[str, float] = {}
+        for seed, name in enumerate(RUNS):
+            cfg: dict[str, ConfigValue] = {
+                "num-server-rounds": versions,
+                "buffer-size": trainers,
+                "local-epochs": 1,
+                "seed": seed,
+                "ledger-path": str(ledgers[name]),
+                "results-path": str(workdir / f"results-{name}.json"),
+                "anchor-main": str(workdir / "main.db"),
+                "anchor-spool": str(workdir / "spool"),
+                "anchor-witness-nodes": 3,
+                "anchor-every": 2,
+                # A query starts a ClientApp process on the node: allow a
+                # loaded machine's start-up (minutes on 2 busy cores).
+                "anchor-witness-timeout": 240.0,
+                "anchor-discovery-timeout": 900.0,
+                "message-ttl": 240.0,
+                "min-nodes": trainers,
+            }
+            log = (workdir / f"run-{name}.log").open("a")
+            runs[name] = fed.start_run(app_dir, cfg, output=log)
+        while len(ended) < len(runs):
+            now = round(time.monotonic() - t0, 1)
             for name, process in runs.items():
-                # flwr run --stream exits 0 even when the ServerApp raised.
-                report.check(f"run {name}: flwr run exit 0", process.returncode == 0)
-                results = workdir / f"results-{name}.json"
-                if not results.exists():
-                    raise RuntimeError(
-                        f"run {name} wrote no results: "
-                        + (workdir / f"run-{name}.log").read_text()[-1500:]
-                    )
-                history = json.loads(results.read_text())
-                report.check(
-                    f"run {name}: all versions made",
-                    len(history.get("versions", [])) == versions,
+                if name not in first_block and blocks_written(ledgers[name]) >= 2:
+                    first_block[name] = now
+                if name not in ended and process.poll() is not None:
+                    ended[name] = now
+            if now > run_timeout:
+                raise TimeoutError(f"runs not done after {run_timeout:g}s")
+            time.sleep(0.5)
+        report.facts["first_block_s"] = first_block
+        report.facts["run_ended_s"] = ended
+        report.facts["concurrent"] = all(
+            first_block.get(a, float("inf")) < ended[b] for a, b in (RUNS, RUNS[::-1])
+        )
+        for name, process in runs.items():
+            # flwr run --stream exits 0 even when the ServerApp raised.
+            report.check(f"run {name}: flwr run exit 0", process.returncode == 0)
+            results = workdir / f"results-{name}.json"
+            if not results.exists():
+                raise RuntimeError(
+                    f"run {name} wrote no results: "
+                    + (workdir / f"run-{name}.log").read_text()[-1500:]
                 )
-                trained = {int(n) for n in history.get("participation", {})}
-                report.facts[f"run_{name}_trained"] = sorted(trained)
-                report.check(
-                    f"run {name}: witness nodes never trained",
-                    bool(trained) and not trained & witness_ids,
-                )
-
-            folders = [arg for w in witnesses for arg in ("--witness", str(w.folder))]
-            for attempt in ("ingest", "ingest again"):
-                ingest = _cli(
-                    fed, "main", "ingest", str(workdir / "spool"), "--main",
-                    str(workdir / "main.db"), "--key", str(main_key), *folders,
-                )  # fmt: skip
-                report.facts[attempt] = ingest.stdout.strip().splitlines()[-1:]
-                report.check(f"main {attempt}", ingest.returncode == 0)
+            history = json.loads(results.read_text())
             report.check(
-                "the second ingest is a no-op",
-                "0 ingested, 0 rejected" in ingest.stdout,
+                f"run {name}: all versions made",
+                len(history.get("versions", [])) == versions,
+            )
+            trained = {int(n) for n in history.get("participation", {})}
+            report.facts[f"run_{name}_trained"] = sorted(trained)
+            report.check(
+                f"run {name}: witness nodes never trained",
+                bool(trained) and not trained & witness_ids,
             )
 
-            market = _market(workdir, ledgers["a"])
-            anchored = _cli(
-                fed, "model", "anchor-market", str(market), "--main",
-                str(workdir / "main.db"), "--main-key-file", str(main_key), *folders,
+        folders = [arg for w in witnesses for arg in ("--witness", str(w.folder))]
+        for attempt in ("ingest", "ingest again"):
+            ingest = flchain(
+                fed, "main", "ingest", str(workdir / "spool"), "--main",
+                str(workdir / "main.db"), "--key", str(main_key), *folders,
             )  # fmt: skip
-            report.facts["anchor_market"] = (anchored.stdout + anchored.stderr).strip()
-            report.check("market anchored", anchored.returncode == 0)
+            report.facts[attempt] = ingest.stdout.strip().splitlines()[-1:]
+            report.check(f"main {attempt}", ingest.returncode == 0)
+        report.check(
+            "the second ingest is a no-op",
+            "0 ingested, 0 rejected" in ingest.stdout,
+        )
 
-            with MainChain(workdir / "main.db") as chain:
-                origins = {o: len(chain.anchors_for(o)) for o in chain.origins()}
-            report.facts["anchors_per_origin"] = origins
-            report.check(
-                "one main chain holds both runs and the market",
-                len(origins) == 3 and min(origins.values()) >= 1,
-            )
-            report.check(
-                "each run anchored more than once (witness consistency proofs)",
-                sorted(origins.values())[1] >= 2,
-            )
-            for i, witness in enumerate(witnesses):
-                known = [o for o in origins if witness.latest(o) is not None]
-                report.check(f"witness {i} persisted every origin", len(known) == 3)
+        market = _market(workdir, ledgers["a"])
+        anchored = flchain(
+            fed, "model", "anchor-market", str(market), "--main",
+            str(workdir / "main.db"), "--main-key-file", str(main_key), *folders,
+        )  # fmt: skip
+        report.facts["anchor_market"] = (anchored.stdout + anchored.stderr).strip()
+        report.check("market anchored", anchored.returncode == 0)
 
-            verify = _cli(fed, "main", "verify", str(workdir / "main.db"),
-                          "--main-key", main_vkey, "--witnessed")  # fmt: skip
-            report.facts["main_verify"] = verify.stdout.strip().splitlines()[-2:]
-            report.check("main verify", verify.returncode == 0)
-            for name in RUNS:
-                verify = _cli(
-                    fed, "ledger", "verify", str(ledgers[name]), "--anchored-in",
-                    str(workdir / "main.db"), "--main-key", main_vkey, "--witnessed",
-                )  # fmt: skip
-                report.facts[f"run_{name}_anchored"] = verify.stdout.strip()[-400:]
-                report.check(
-                    f"run {name}: verify --anchored-in", verify.returncode == 0
-                )
+        with MainChain(workdir / "main.db") as chain:
+            origins = {o: len(chain.anchors_for(o)) for o in chain.origins()}
+        report.facts["anchors_per_origin"] = origins
+        report.check(
+            "one main chain holds both runs and the market",
+            len(origins) == 3 and min(origins.values()) >= 1,
+        )
+        report.check(
+            "each run anchored more than once (witness consistency proofs)",
+            sorted(origins.values())[1] >= 2,
+        )
+        for i, witness in enumerate(witnesses):
+            known = [o for o in origins if witness.latest(o) is not None]
+            report.check(f"witness {i} persisted every origin", len(known) == 3)
 
-            with Ledger(ledgers["a"], create=False) as run:
-                head = run.head()
-                assert head is not None
-                model = run.blobs.path_of(str(head.header["model_hash"]))
-                publisher = bytes(run.signing_key.verify_key).hex()
-            bundle = workdir / "model-a.bundle"
-            prove = _cli(fed, "model", "prove", "--ledger", str(ledgers["a"]),
-                         "--main", str(workdir / "main.db"), "--model", str(model),
-                         "-o", str(bundle))  # fmt: skip
-            report.check("model prove", prove.returncode == 0)
-            trusted = [
-                f"--trusted=main={main_vkey}",
-                f"--trusted=publisher={publisher}",
-                *(f"--trusted=witness={w.key.encode()}" for w in witnesses),
-            ]
-            check = _cli(fed, "model", "verify", str(bundle), "--model", str(model),
-                         "--witnessed", *trusted)  # fmt: skip
-            report.facts["model_verify"] = check.stdout.strip().splitlines()[:4]
-            report.check("model verify", check.returncode == 0)
-            report.facts["seconds"] = round(time.monotonic() - t0, 1)
-        except Exception as exc:  # pylint: disable=broad-exception-caught
-            report.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            report.facts["stopped_pids"] = fed.stop()
-    return report
+        verify = flchain(fed, "main", "verify", str(workdir / "main.db"),
+                         "--main-key", main_vkey, "--witnessed")  # fmt: skip
+        report.facts["main_verify"] = verify.stdout.strip().splitlines()[-2:]
+        report.check("main verify", verify.returncode == 0)
+        for name in RUNS:
+            verify = flchain(
+                fed, "ledger", "verify", str(ledgers[name]), "--anchored-in",
+                str(workdir / "main.db"), "--main-key", main_vkey, "--witnessed",
+            )  # fmt: skip
+            report.facts[f"run_{name}_anchored"] = verify.stdout.strip()[-400:]
+            report.check(f"run {name}: verify --anchored-in", verify.returncode == 0)
+
+        with Ledger(ledgers["a"], create=False) as run:
+            head = run.head()
+            assert head is not None
+            model = run.blobs.path_of(str(head.header["model_hash"]))
+            publisher = bytes(run.signing_key.verify_key).hex()
+        bundle = workdir / "model-a.bundle"
+        prove = flchain(fed, "model", "prove", "--ledger", str(ledgers["a"]),
+                        "--main", str(workdir / "main.db"), "--model", str(model),
+                        "-o", str(bundle))  # fmt: skip
+        report.check("model prove", prove.returncode == 0)
+        trusted = [
+            f"--trusted=main={main_vkey}",
+            f"--trusted=publisher={publisher}",
+            *(f"--trusted=witness={w.key.encode()}" for w in witnesses),
+        ]
+        check = flchain(fed, "model", "verify", str(bundle), "--model", str(model),
+                        "--witnessed", *trusted)  # fmt: skip
+        report.facts["model_verify"] = check.stdout.strip().splitlines()[:4]
+        report.check("model verify", check.returncode == 0)
+        report.facts["seconds"] = round(time.monotonic() - t0, 1)
+
+    return in_federation(workdir, report, steps)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--app", type=Path, default=Path("apps/flchain_cnn"))
-    parser.add_argument("--workdir", type=Path, default=Path(".e2e-anchor"))
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = run_anchor_scenario(args.app.resolve(), args.workdir.resolve())
-    (args.workdir / "e2e-anchor.json").write_text(
-        json.dumps(report.as_dict(), indent=2)
+    return scenario_main(
+        argv,
+        __doc__,
+        ".e2e-anchor",
+        "e2e-anchor.json",
+        lambda args: run_anchor_scenario(args.app.resolve(), args.workdir.resolve()),
     )
-    print(json.dumps(report.as_dict(), indent=2))
-    return 0 if report.ok else 1
 
 
 if __name__ == "__main__":

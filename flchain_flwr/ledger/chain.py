@@ -27,7 +27,8 @@ state after the block (:mod:`.serverstate`).
 
 This module is the storage: opening, reading, appending and the checkpoint
 written after each block. The rest lives beside it: block types in
-:mod:`.blocks`, votes in :mod:`.votes`, keys in :mod:`.keys`, verification in
+:mod:`.blocks`, votes in :mod:`.votes`, keys in :mod:`.keys`, the check of
+the head before an append in :mod:`.headcheck`, verification in
 :mod:`.verify` and :mod:`.blockcheck`, proofs in :mod:`.proofs` and
 :mod:`.proofcheck` (each name is also importable from here).
 """
@@ -63,9 +64,7 @@ from .blocks import (
     LedgerError,
     Signature,
     _digest_of,
-    _is_hex,
     _parse_block,
-    _signature_ok,
     ids_as_text,
     node_key,
 )
@@ -90,7 +89,7 @@ from .checkpoint import (
     sign_checkpoint,
     write_checkpoint,
 )
-from .consensus import PoVRules
+from .headcheck import HeadCheck
 from .keys import KeyFile, load_or_create_key, parse_trusted_key
 from .merkle import merkle_root
 from .notes import NoteError, SignerKey, VerifierKey
@@ -313,9 +312,8 @@ class Ledger:
                 f" but its genesis block is flchain-block/{genesis}: the metadata "
                 "was changed (a format downgrade?); refusing to open it"
             )
-        self._pool: frozenset[str] | None = None
-        """A PoV chain's verifier pool, once the genesis block was checked."""
-        self._genesis_checked = False
+        self._head_check = HeadCheck()
+        """Checks the head before an append (remembers the verifier pool)."""
         self._last_signed: Checkpoint | None = None
         """The last checkpoint this process signed."""
         self._frontier_head = ""
@@ -521,78 +519,6 @@ class Ledger:
                 f"be written to {self.checkpoint_path}: {exc.strerror or exc} "
                 "(the next append writes one)"
             ) from None
-
-    def _check_head(self, head: Block, key: BlockSigner) -> None:
-        """``LedgerError`` unless ``head``, the block about to be extended, is
-        intact and signed by whom it must be: the ledger's key (or this
-        append's signer) outside PoV and for the genesis block, a member of the
-        verifier pool on a PoV chain. Only the head is checked (cheap): a
-        block below it that was changed fails the checkpoint instead."""
-        own = {
-            self.signing_key.verify_key.encode(HexEncoder).decode(),
-            key.verify_key.encode(HexEncoder).decode(),
-        }
-        header = head.header
-        problem = None
-        if sha256_hex(HEADER_TAG, head.header_bytes) != head.hash:
-            problem = "its hash does not match its header"
-        elif header.get("height") != head.height:
-            problem = f"its header says height {header.get('height')!r}"
-        elif header.get("chain_id") != self.chain_id:
-            problem = "its header belongs to another chain"
-        elif header.get("format") != f"flchain-block/{self.format_version}":
-            problem = f"its format is {str(header.get('format'))[:40]!r}"
-        elif not _is_hex(head.signature, 128) or not _signature_ok(
-            str(header.get("leader")), HEADER_TAG + head.header_bytes, head.signature
-        ):
-            problem = "its signature is invalid"
-        else:
-            pool = None if head.height == 0 else self._verifier_pool(own)
-            allowed = own if pool is None else pool
-            if header.get("leader") not in allowed:
-                problem = f"it is signed by {str(header.get('leader'))[:64]}, " + (
-                    "not a member of the verifier pool"
-                    if pool is not None
-                    else "not by this ledger's key"
-                )
-        if problem is not None:
-            raise LedgerError(
-                f"refusing to extend block {head.height} of {self.path}: "
-                f"{problem}; run `flchain ledger verify` on it"
-            )
-
-    def _verifier_pool(self, own: set[str]) -> frozenset[str] | None:
-        """A PoV chain's verifier pool (``None`` outside PoV), from the genesis
-        block, which must be intact and signed by the ledger's key (checked
-        once per process)."""
-        if not self._genesis_checked:
-            genesis = self.block(0)
-            if sha256_hex(
-                HEADER_TAG, genesis.header_bytes
-            ) != genesis.hash or not _signature_ok(
-                str(genesis.header.get("leader")),
-                HEADER_TAG + genesis.header_bytes,
-                genesis.signature,
-            ):
-                raise LedgerError(
-                    f"refusing to extend {self.path}: its genesis block is not "
-                    "intact; run `flchain ledger verify` on it"
-                )
-            if genesis.header.get("leader") not in own:
-                raise LedgerError(
-                    f"refusing to extend {self.path}: its genesis block is not "
-                    "signed by this ledger's key"
-                )
-            if "pov" in genesis.body:
-                try:
-                    pool = PoVRules.from_json(genesis.body["pov"]).pool
-                except (KeyError, TypeError, ValueError) as exc:
-                    raise LedgerError(
-                        f"{self.path}: its genesis declares unusable PoV rules: {exc}"
-                    ) from None
-                self._pool = frozenset(pool)
-            self._genesis_checked = True
-        return self._pool
 
     def __len__(self) -> int:
         with self._reading():
@@ -803,7 +729,7 @@ class Ledger:
         try:
             head = self.head()
             if head is not None:
-                self._check_head(head, key)
+                self._head_check.check(self, head, key)
             log_before = None if origin is None else self._log_up_to(head, origin)
             height = 0 if head is None else head.height + 1
             header = {

@@ -5,9 +5,9 @@ statement in a ``query.pov_sign`` message (see :mod:`.remote`); it checks
 them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
 what it holds: its chain position (where it voted), its own judging rule and
 the last statement it signed, which the node keeps in its run state
-(:func:`stored_statements`). Before it signs a header it replays the model
-from the payloads of its own vote requests (:mod:`.memberreplay`) and says
-whether it did (``replayed``).
+(:data:`STATEMENT_COLUMNS`, see :mod:`.runstate`). Before it signs a header
+it replays the model from the payloads of its own vote requests
+(:mod:`.memberreplay`) and says whether it did (``replayed``).
 """
 
 from __future__ import annotations
@@ -21,8 +21,12 @@ from ..ledger.canonical import HEADER_TAG, LATEST_FORMAT, parse_canonical, sha25
 from ..ledger.statements import VIEW_CHANGE_TAG, view_change_statement
 from .headers import cosign_header
 from .memberreplay import member_replay
+from .runstate import Columns
 from .verifier import Verifier
 from .views import sign_view_change
+
+STATEMENT_COLUMNS: Columns = {"height": int, "view": int, "what": str}
+"""The run-state record of the last statement a member signed, by chain."""
 
 
 def _int(value: Any, name: str) -> int:
@@ -101,34 +105,6 @@ def member_view_change(data: bytes, verifier: Verifier) -> bytes:
     ):
         raise ValueError("the view-change statement is not in its canonical form")
     return bytes.fromhex(sign_view_change(verifier, context)["signature"])
-
-
-def stored_statements(statements: dict[str, tuple[int, int, str]]) -> ConfigRecord:
-    """The last statement a verifier signed, by chain, as a run-state record."""
-    chains = sorted(statements)
-    return ConfigRecord(
-        {
-            "chain_id": chains,
-            "height": [statements[c][0] for c in chains],
-            "view": [statements[c][1] for c in chains],
-            "what": [statements[c][2] for c in chains],
-        }
-    )
-
-
-def load_statements(record: ConfigRecord | None) -> dict[str, tuple[int, int, str]]:
-    """Inverse of :func:`stored_statements` (empty without a record)."""
-    if record is None:
-        return {}
-    columns: list[list[Any]] = []
-    for name in ("chain_id", "height", "view", "what"):
-        column = record.get(name)
-        if not isinstance(column, list):
-            raise ValueError("the stored statements are malformed")
-        columns.append(column)
-    return {
-        str(c): (int(h), int(v), str(w)) for c, h, v, w in zip(*columns, strict=True)
-    }
 
 
 # ---------------------------------------------------------------- server side

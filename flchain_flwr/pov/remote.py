@@ -68,18 +68,18 @@ from ..runtime import clock_of
 from .committee import LEAD_TAG, Candidate, Committee, lead_statement
 from .memberreplay import replay_material
 from .members import (
+    STATEMENT_COLUMNS,
     header_entry,
     header_request,
-    load_statements,
     member_header,
     member_view_change,
-    stored_statements,
     view_change_entry,
 )
 from .memory import load as load_memory
 from .memory import store as store_memory
+from .runstate import Columns, columns_record, read_columns
 from .verifier import Verifier
-from .voterequest import config_list, judge_request, vote_request
+from .voterequest import judge_request, vote_request
 
 IDENTITY = "query.pov_identity"
 VOTE = "query.pov_vote"
@@ -92,8 +92,10 @@ IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
 _CONFIG = "pov"
 _SEEN = "pov-seen"
 """A verifier node's run state: the last chain position it voted at or led."""
+_SEEN_COLUMNS: Columns = {"height": int, "prev_hash": str, "parent_model": str}
 _HEADERS = "pov-headers"
 """A verifier node's run state: the last block header it signed, by chain."""
+_HEADER_COLUMNS: Columns = {"height": int, "sha256": str}
 _STATEMENTS = "pov-statements"
 """A verifier node's run state: the last statement it signed as a member."""
 
@@ -123,18 +125,18 @@ def answer_in_run(
     if verifier is None:
         return answer(message, None)
     records = context.state.config_records
-    verifier.seen = _load_seen(records.get(_SEEN))
-    verifier.headers = _load_headers(records.get(_HEADERS))
-    verifier.statements = load_statements(records.get(_STATEMENTS))
+    verifier.seen = read_columns(records.get(_SEEN), _SEEN_COLUMNS)
+    verifier.headers = read_columns(records.get(_HEADERS), _HEADER_COLUMNS)
+    verifier.statements = read_columns(records.get(_STATEMENTS), STATEMENT_COLUMNS)
     verifier.memory = load_memory(context.state)
     reply = answer(message, verifier)
     store_memory(verifier.memory, context.state)
     if verifier.seen:
-        records[_SEEN] = _stored_seen(verifier.seen)
+        records[_SEEN] = columns_record(verifier.seen, _SEEN_COLUMNS)
     if verifier.headers:
-        records[_HEADERS] = _stored_headers(verifier.headers)
+        records[_HEADERS] = columns_record(verifier.headers, _HEADER_COLUMNS)
     if verifier.statements:
-        records[_STATEMENTS] = stored_statements(verifier.statements)
+        records[_STATEMENTS] = columns_record(verifier.statements, STATEMENT_COLUMNS)
     return reply
 
 
@@ -248,51 +250,6 @@ def _field(fields: dict[str, Any], key: str, kind: type) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{key!r} must be a {kind.__name__}")
     return value
-
-
-def _stored_seen(seen: Mapping[str, tuple[int, str, str]]) -> ConfigRecord:
-    """A verifier's chain positions as a run-state record (parallel lists)."""
-    chains = sorted(seen)
-    return ConfigRecord(
-        {
-            "chain_id": chains,
-            "height": [seen[c][0] for c in chains],
-            "prev_hash": [seen[c][1] for c in chains],
-            "parent_model": [seen[c][2] for c in chains],
-        }
-    )
-
-
-def _load_seen(record: ConfigRecord | None) -> dict[str, tuple[int, str, str]]:
-    """Inverse of :func:`_stored_seen` (empty without a record)."""
-    if record is None:
-        return {}
-    columns = [config_list(record, k) for k in ("chain_id", "height", "prev_hash")]
-    parents = config_list(record, "parent_model")
-    return {
-        str(c): (int(h), str(p), str(m))
-        for c, h, p, m in zip(*columns, parents, strict=True)
-    }
-
-
-def _stored_headers(headers: Mapping[str, tuple[int, str]]) -> ConfigRecord:
-    """The headers a verifier signed last, as a run-state record."""
-    chains = sorted(headers)
-    return ConfigRecord(
-        {
-            "chain_id": chains,
-            "height": [headers[c][0] for c in chains],
-            "sha256": [headers[c][1] for c in chains],
-        }
-    )
-
-
-def _load_headers(record: ConfigRecord | None) -> dict[str, tuple[int, str]]:
-    """Inverse of :func:`_stored_headers` (empty without a record)."""
-    if record is None:
-        return {}
-    columns = [config_list(record, k) for k in ("chain_id", "height", "sha256")]
-    return {str(c): (int(h), str(d)) for c, h, d in zip(*columns, strict=True)}
 
 
 def _config(content: RecordDict) -> ConfigRecord:

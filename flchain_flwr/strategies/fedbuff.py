@@ -197,7 +197,9 @@ class FedBuff(Strategy):
         version staler than one dispatched on the reply. A node is queued
         behind only once its last round trip (from dispatch, queue wait
         included) took at most half the message TTL, so that a queued message
-        does not expire while it waits. Not with ``downlink``
+        does not expire while it waits, and only when its queued update is
+        forecast to land within ``max_staleness`` (a pushed message cannot be
+        withdrawn; see :mod:`~.queue_forecast`). Not with ``downlink``
         (a delta's base must be the node's last model, which a queue skips).
         ``"auto"``: on over Flower's deployment grid only, and not with
         ``downlink`` (see :func:`~.loop.queued_on`).

@@ -34,6 +34,7 @@ from .buffer import TRIGGER_BUFFER_FULL, UpdateBuffer
 from .downlink import DownlinkSync
 from .evaluation import FederatedEvaluation
 from .nodes import NodeTracker
+from .queue_forecast import QueueForecast
 from .result import AsyncResult, NodeFailure, VersionRecord
 from .scheduling import SchedulingPolicy
 from .traffic import content_bytes
@@ -128,6 +129,7 @@ class EventLoop:
         # started: the policy is told of it when the node's current one settles
         self._queued: dict[int, tuple[str, int]] = {}
         self.t0 = clock.now()
+        self.forecast = QueueForecast(self.t0)
         self.next_refresh = self.t0
         self.idle_deadline = self.t0 + settings.timeout  # pushed back by usable replies
         self.last_version_at = self.t0
@@ -231,8 +233,15 @@ class EventLoop:
             # messages must not keep a free node waiting for a slot. A node
             # with an evaluation pending is not queued behind: it must come
             # free to be sent it.
+            # A message forecast to land over max_staleness is held back: it
+            # could not be withdrawn later (see queue_forecast).
             pending = self.evaluation.pending
-            behind = sorted(n for n in self.nodes.queueable if n not in pending)
+            limit = self.buffer.max_staleness()
+            behind = sorted(
+                n
+                for n in self.nodes.queueable
+                if n not in pending and self.forecast.fits(n, now, limit)
+            )
             self._push(self._train_messages(behind, deadline))
 
     def _train_messages(
@@ -314,6 +323,7 @@ class EventLoop:
                     self._queued[flight.node_id] = (msg_id, flight.version)
                 else:
                     self.policy.on_dispatch(flight.node_id, flight.version, self.now())
+                    self.forecast.started(flight.node_id, self.clock.now())
 
     # --------------------------------------------------------------- replies
     def _collect(self) -> int:
@@ -363,6 +373,7 @@ class EventLoop:
         if flight.train:  # queue behind it only if two round trips fit its TTL
             round_trip = self.clock.now() - (flight.deadline - self.s.ttl)
             self.nodes.allow_queue(flight.node_id, 2 * round_trip <= self.s.ttl)
+            self.forecast.replied(flight.node_id, self.clock.now())
         if flight.train and reply.has_content():
             self.buffer.traffic.received(content_bytes(reply.content))
             if self.downlink is not None:
@@ -409,6 +420,7 @@ class EventLoop:
         queued = self._queued.pop(node_id, None)
         if queued is not None and queued[0] != settled:
             self.policy.on_dispatch(node_id, queued[1], self.now())
+            self.forecast.started(node_id, self.clock.now())
 
     def _settle_failure(self, flight: Flight, code: int, reason: str) -> None:
         if flight.train:
@@ -426,6 +438,7 @@ class EventLoop:
             self.downlink.forget(flight.node_id)
         if flight.train:
             self.policy.on_failure(flight.node_id, self.now())
+            self.forecast.forget(flight.node_id)
         else:
             self.evaluation.done(flight.node_id, flight.version, None)
 
@@ -452,6 +465,7 @@ class EventLoop:
             self.idle_deadline = self.last_version_at + self.s.timeout
             return
         self.nodes.new_version(self.buffer.version)
+        self.forecast.new_version(self.clock.now())
         if self.downlink is not None:
             self.downlink.advance(self.buffer.version, self.buffer.store.model)
         # a version is activity: a slow aggregation must not count as idle time
