@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import FedAvg
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.chain import CONFIG_FIELD
 from flchain_flwr.ledger.replay import replay
-from flchain_flwr.pov import Committee, PoVStrategy, Threshold, Verifier
+from flchain_flwr.pov import Committee, PoVStrategy, Rule, Threshold, Verifier
 from flchain_flwr.pov.trust import TrustError, norm_clips, trust_scores
 from flchain_flwr.strategies import stages
 from flchain_flwr.strategies.pipeline import BufferedUpdate, server_step
@@ -227,3 +227,44 @@ def test_a_server_that_skips_the_trust_weights_gets_no_block_signed(
     assert "the model is not the replayed one" in str(err.value)
     with Ledger(tmp_path / "l.db", create=False) as ledger:
         assert len(ledger) == 1  # the genesis block alone
+
+
+def test_the_rule_digest_binds_trust_weighting_only_when_on() -> None:
+    plain = Rule(DIRECTION)
+    trusted = Rule(DIRECTION, trust_weighting=True)
+    assert "aggregation" not in plain.to_json()  # old chains keep their digest
+    assert trusted.to_json()["aggregation"] == "fltrust"
+    assert plain.digest != trusted.digest
+
+
+def test_a_trust_chain_cannot_be_resumed_without_it(tmp_path: Path) -> None:
+    """The server alone cannot switch trust weighting off: the genesis block
+    names the rule with it, and a committee without it is refused."""
+    trust_ledger(tmp_path / "l.db").close()
+    plain = Committee(pool(), threshold=DIRECTION)
+    with pytest.raises(ValueError, match="judging rule"):
+        fedbuff_ledger(
+            tmp_path / "l.db",
+            4,
+            committee=plain,
+            fraction_evaluate=0.0,
+            resume_with_changed_config=True,  # past the config check
+        )
+
+
+def test_replay_refuses_settings_that_contradict_the_rule(tmp_path: Path) -> None:
+    """A block whose recorded settings drop trust weighting on a chain whose
+    genesis rule has it fails replay, naming the block."""
+    from flchain_flwr.ledger.replay import _Replayer, _Settings
+
+    with trust_ledger(tmp_path / "l.db") as ledger:
+        replayer = _Replayer(ledger, server_step)
+        replayer.record(ledger.block(0))
+        assert replayer.rule_trust is True
+        replayer.record(ledger.block(1))
+        configs = list(replayer.configs.values())
+        assert _Settings.of(configs[0]).trust
+        for digest in replayer.configs:
+            del replayer.configs[digest]["trust_weighting"]
+        with pytest.raises(Exception, match="without trust, the chain's judging rule"):
+            replayer.block(ledger.block(0), ledger.block(1))

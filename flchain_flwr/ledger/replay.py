@@ -256,6 +256,17 @@ def _trust_setting(value: object) -> bool:
     return True
 
 
+def rule_weighs_by_trust(genesis_body: Mapping[str, Any]) -> bool | None:
+    """Whether a PoV genesis body's judging rule weighs by trust (``None``
+    if it records no format-2 rule)."""
+    pov = genesis_body.get("pov")
+    votes = pov.get("votes") if isinstance(pov, dict) else None
+    rule = votes.get("rule") if isinstance(votes, dict) else None
+    if not isinstance(rule, dict):
+        return None
+    return rule.get("aggregation") == TRUST_WEIGHTING
+
+
 def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
     """Recompute every block's model from its parent and its stored updates.
 
@@ -429,9 +440,14 @@ class _Replayer:
     models: OrderedDict[str, NDArrays] = field(default_factory=OrderedDict)
     participation: dict[int, int] = field(default_factory=dict)
     """Each node's included updates in the blocks before the one replayed."""
+    rule_trust: bool | None = None
+    """Whether the genesis block's judging rule weighs by trust (``None``:
+    no PoV genesis seen)."""
 
     def record(self, block: Block) -> None:
         """Learn the block's version and recorded settings."""
+        if block.height == 0:
+            self.rule_trust = rule_weighs_by_trust(block.body)
         self.versions[int(block.header["model_version"])] = str(
             block.header["model_hash"]
         )
@@ -488,6 +504,12 @@ class _Replayer:
                 f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
             )
         settings = _Settings.of(config)
+        if self.rule_trust is not None and settings.trust != self.rule_trust:
+            raise _Failed(
+                "its recorded settings weigh updates "
+                f"{'by' if settings.trust else 'without'} trust, the chain's judging "
+                f"rule {'with' if self.rule_trust else 'without'} it"
+            )
         parent = self.model(str(prev.header["model_hash"]))
         state = self.ledger.server_state(block)
         before = self.ledger.server_state(prev)

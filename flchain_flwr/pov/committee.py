@@ -13,7 +13,8 @@ global model (measured: a median 11 points on Fashion-MNIST, Dirichlet 0.5), so
 scoring the full delta rejects honest work; its share is what the block would
 actually do. Each vote signs that share, so when some candidates are
 rejected the others (whose shares grow) are judged again at their new shares,
-until every approved candidate was approved at the share the block applies.
+until every approved candidate was approved at the share the block applies
+(before trust weighting, see :mod:`~flchain_flwr.pov.trust`).
 Candidate models are built once per pass and shared by the committee; each
 verifier scores the global model once and every candidate once per pass.
 """
@@ -178,16 +179,7 @@ class Committee(Views, HeaderSigning):
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
-        if trust_weighting and (
-            threshold is None
-            or threshold.metric != "none"
-            or threshold.min_cosine is None
-            or threshold.min_cosine < 0
-        ):
-            raise ValueError(
-                "trust weighting needs the direction test deciding alone: "
-                "Threshold(metric='none', min_cosine=<a value >= 0>)"
-            )
+
         if threshold is not None and threshold.min_cosine is not None:
             missing = [v for v in verifiers if v.reference_fn is None]
             if missing:
@@ -210,12 +202,11 @@ class Committee(Views, HeaderSigning):
             floor=floor,
         )
         self.threshold = threshold or Threshold()
-        self.rule = Rule(self.threshold, scoring)  # type: ignore[arg-type]
+        self.rule = Rule(self.threshold, scoring, trust_weighting)  # type: ignore[arg-type]
         self.state = PoVState(self.rules)
         self.prefilters = tuple(prefilters)
         self.consensus_delay = consensus_delay
         self.chain_id = chain_id
-        self.trust_weighting = trust_weighting
         self._evidence: list[dict[str, Any]] = []
         """Equivocation evidence the next block settles."""
         self._replay: PendingReplay | None = None
@@ -227,6 +218,11 @@ class Committee(Views, HeaderSigning):
             f"scoring={self.scoring}, prefilters={list(self.prefilters)}"
             + (", trust_weighting=True)" if self.trust_weighting else ")")
         )
+
+    @property
+    def trust_weighting(self) -> bool:
+        """Whether its rule weighs approved updates by trust."""
+        return self.rule.trust_weighting
 
     @property
     def removed(self) -> list[str]:

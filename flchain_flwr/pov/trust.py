@@ -45,14 +45,21 @@ from typing import Any
 import numpy as np
 
 from ..arrays import NDArrays
-from ..ledger.consensus import quorum
+from ..ledger.consensus import TRUST_WEIGHTING, quorum
 from ..strategies.pipeline import BufferedUpdate
 from ..strategies.weighting import lower_median
 
-TRUST_WEIGHTING = "fltrust"
-"""The recorded setting (``trust_weighting`` in a FedBuff config) that turns it on."""
 CLIP_DIGITS = 9
 """Significant digits a clip factor is rounded to."""
+
+
+__all__ = [
+    "TRUST_WEIGHTING",
+    "TrustError",
+    "norm_clips",
+    "trust_scores",
+    "weigh_by_trust",
+]
 
 
 class TrustError(ValueError):

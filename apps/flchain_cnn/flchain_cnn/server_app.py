@@ -112,7 +112,7 @@ def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
             *([IQRFilter()] if bool(cfg["pov-iqr"]) else []),
         ],
         "consensus_delay": float(cfg["pov-consensus-delay"]),
-        "trust_weighting": bool(cfg.get("pov-trust-weighting", False)),
+        "trust_weighting": app_rule(cfg).trust_weighting,
     }
 
 

@@ -28,7 +28,8 @@ def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
                 else None
             ),
             max_norm_ratio=float(cfg.get("pov-max-norm-ratio", 0.0)) or None,
-        )
+        ),
+        trust_weighting=bool(cfg.get("pov-trust-weighting", False)),
     )
 
 
