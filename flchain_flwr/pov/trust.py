@@ -29,9 +29,12 @@ machines), rounded to :data:`CLIP_DIGITS` significant digits as a second guard.
 Who can move what: the scores are signed by the members, so only a member's
 key changes its own; but the block's builder (its leader) chooses which valid
 votes the block holds, as long as each included update keeps a quorum of
-approvals. Leaving approvals out can only lower the ``q``-th highest one: a
-leader can move an update's trust down to the lowest approving score cast on
-it, never above what a quorum of members signed. The votes sign the share a
+approvals, and a member refuses to sign a header that leaves out its own
+vote on an update the block judges (:mod:`.headers`): a leader can drop only
+the votes of members whose header signatures it can do without. Leaving
+approvals out can only lower the ``q``-th highest one: a leader can move an
+update's trust down towards the lowest approving score cast on it, never above
+what a quorum of members signed. The votes sign the share a
 candidate had before trust weighting (the rule judges direction alone, so no
 verdict rests on it).
 """
