@@ -179,7 +179,6 @@ class Committee(Views, HeaderSigning):
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
-
         if threshold is not None and threshold.min_cosine is not None:
             missing = [v for v in verifiers if v.reference_fn is None]
             if missing:
