@@ -268,3 +268,15 @@ def test_replay_refuses_settings_that_contradict_the_rule(tmp_path: Path) -> Non
             del replayer.configs[digest]["trust_weighting"]
         with pytest.raises(Exception, match="without trust, the chain's judging rule"):
             replayer.block(ledger.block(0), ledger.block(1))
+
+
+def test_the_app_keys_set_trust_weighting_and_refuse_it_with_the_loss_rule() -> None:
+    from flchain_cnn.verifiers import app_rule
+
+    cfg = {"pov-metric": "none", "pov-tolerance": 0.05, "pov-reference-epochs": 10}
+    assert not app_rule(cfg).trust_weighting
+    assert app_rule({**cfg, "pov-trust-weighting": True}).trust_weighting
+    loss = {**cfg, "pov-metric": "loss", "pov-trust-weighting": True}
+    with pytest.raises(ValueError, match="pov-trust-weighting = false"):
+        app_rule(loss)
+    assert not app_rule({**loss, "pov-trust-weighting": False}).trust_weighting
