@@ -144,7 +144,47 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             v["target_met"] for v in frr.values()
         )
         summary["pov_poisoned_acceptance"] = poisoned_acceptance(rows)
+        floor = all_rejected_floor(rows)
+        summary["pov_all_rejected_floor"] = {str(s): v for s, v in floor.items()}
+        excess = {
+            (s, a): d - floor[s]["points"]
+            for s, by in tables["pov"].items()
+            for a, d in by.items()
+            if s in floor
+        }
+        if excess:
+            (seed, attack), points = max(excess.items(), key=lambda kv: kv[1])
+            summary["pov_worst_excess_drop"] = {
+                "points": points,
+                "seed": seed,
+                "attack": attack,
+                "meaning": "the drop beyond the seed's all-rejected floor",
+            }
     return summary
+
+
+def all_rejected_floor(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per seed, PoV's mean drop over the attacks of which it accepted no
+    update: what losing the attackers' own (non-IID) data costs, which no
+    defence that keeps them out can avoid."""
+    table = drops(rows, "pov")
+    floor: dict[int, dict[str, Any]] = {}
+    for seed, by in table.items():
+        clean = [
+            r["attack"]
+            for r in rows
+            if r["defence"] == "pov"
+            and r["seed"] == seed
+            and r["attack"] in by
+            and r.get("poisoned_updates", 0) > 0
+            and r.get("poisoned_acceptance_rate") == 0.0
+        ]
+        if clean:
+            floor[seed] = {
+                "points": sum(by[a] for a in clean) / len(clean),
+                "attacks": clean,
+            }
+    return floor
 
 
 def plot(rows: list[dict[str, Any]], path: str) -> None:

@@ -37,7 +37,9 @@ Defences:
   and is reported as not applicable otherwise.
 
 The PoV defence takes the app's default claim policy (``example-weighting``,
-"median:4:1000"); Flower's strategies weight by the claim as they do.
+"median:4:1000") unless ``--example-weighting`` names another; Flower's
+strategies weight by the claim as they do. ``--trust-weighting`` turns on the
+committee's trust weighting (:mod:`flchain_flwr.pov.trust`).
 
 Reported: final accuracy on the test set (without the verifiers' examples) per
 (seed, defence, attack); for PoV the honest-update false-rejection rate and the
@@ -173,6 +175,7 @@ def committee(args: argparse.Namespace, seed: int) -> Committee:
             max_norm_ratio=args.max_norm_ratio,
         ),
         scoring=args.scoring,
+        trust_weighting=args.trust_weighting,
         prefilters=(
             [MedianFilter(min_cosine=0.0 if args.median_direction else None)]
             if args.median_filter
@@ -202,7 +205,7 @@ def strategy_for(
                 min_evaluate_nodes=1,  # published results' default (unused at 0)
                 evaluate_every=1,  # published results' default (unused at fraction 0)
                 max_staleness=None,  # published results: no staleness limit
-                example_weighting=example_weighting(APP_WEIGHTING),  # app default
+                example_weighting=example_weighting(args.example_weighting),
                 scheduling=ShuffleAll(),  # published results: seeded shuffle of nodes
                 state_rule="delta",  # published results' rule (no state arrays)
             )
@@ -415,6 +418,19 @@ def main() -> None:
         default=None,
         help="norm bound of the PoV rule: a candidate's norm at most this many "
         "times the request's median norm (default: none)",
+    )
+    parser.add_argument(
+        "--trust-weighting",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="weigh approved updates by the committee's signed cosines and clip "
+        "them to the median norm (pov.trust, after FLTrust)",
+    )
+    parser.add_argument(
+        "--example-weighting",
+        default=APP_WEIGHTING,
+        help="the PoV defence's claim policy (default: the app's, "
+        f"{APP_WEIGHTING!r}); Flower's strategies weight by the claim as they do",
     )
     parser.add_argument("--reference-epochs", type=int, default=10)
     parser.add_argument("--tolerance", type=float, default=0.05)

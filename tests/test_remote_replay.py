@@ -193,3 +193,23 @@ def test_kept_payloads_are_bounded_to_the_pending_height() -> None:
     for i in range(MAX_MODELS + 5):
         memory.know(CHAIN, f"{i:064x}")
     assert len(memory.models[CHAIN]) == MAX_MODELS and not memory.knows(CHAIN, "p1")
+
+
+def test_a_request_past_the_pending_bound_is_refused_before_any_vote() -> None:
+    """A server cannot fill a verifier node's memory with candidates at one
+    height: past ``max_pending_bytes`` the request is refused."""
+    one, two = reply_candidate(1, 0.1), reply_candidate(2, 0.2)
+    blob = payload_blob(one.node_id, one.content or RecordDict())
+    position = (CHAIN, 1, "ab" * 32, "p1")
+    parent = model(0.0)
+    parent_bytes = sum(a.nbytes for a in parent.values())
+    memory = MemberMemory(max_pending_bytes=parent_bytes + len(blob))
+    assert memory.room_problem(position, parent, [blob], {}) is None
+    memory.keep(
+        position, ("arrays", "num-examples"), parent, [(one.digest, blob, "")], {}
+    )
+    other = payload_blob(two.node_id, two.content or RecordDict())
+    problem = memory.room_problem(position, parent, [other], {})
+    assert problem is not None and "above this node's" in problem
+    # at another height the old candidates are dropped: there is room again
+    assert memory.room_problem((CHAIN, 2, "cd" * 32, "p2"), parent, [other], {}) is None

@@ -12,8 +12,9 @@ block:
   height, view, previous block hash, parent model hash, the candidate's digest,
   the weight it was judged at and the digest of the judging rule; a vote is on
   an update the block includes or rejects, and a vote on an included update
-  carries the share of it the block applies
-  (:func:`judged_shares` over the included entries);
+  carries the share of it the block applies before any trust weighting
+  (:func:`judged_shares` over the included entries; a rule with
+  ``aggregation`` then scales each by its trust, read from the votes);
 - the quorum: an update may be included only with approving votes from more
   than 2/3 of the committee (``2n // 3 + 1`` members);
 - the deposits: a committee member loses ``slash`` per candidate on which
@@ -48,6 +49,9 @@ VOTE_FORMAT: Final = "flchain-vote/2"
 """The vote format a genesis body declares in ``pov.votes.format``."""
 RULE_FORMAT: Final = "flchain-pov-rule/1"
 """The ``format`` of a judging rule (:func:`rule_digest`)."""
+TRUST_WEIGHTING = "fltrust"
+"""A judging rule's ``aggregation`` (and a FedBuff config's ``trust_weighting``)
+when approved updates are weighed by trust (:mod:`flchain_flwr.pov.trust`)."""
 
 
 def quorum(committee_size: int) -> int:
@@ -397,7 +401,8 @@ class PoVState:
 
     def _check_weights(self, body: Mapping[str, Any]) -> str | None:
         """Format-2 votes: each is on an update this block includes or rejects,
-        and a vote on an included update was judged at the share applied."""
+        and a vote on an included update was judged at the share applied
+        (before trust weighting, which the votes' own scores then set)."""
         assert self.votes is not None
         included = body["included"]
         shares = judged_shares(
@@ -413,7 +418,8 @@ class PoVState:
                 if vote["weight"] != applied[digest]:
                     return (
                         f"vote {index} judged update {digest[:16]}… at weight "
-                        f"{vote['weight']!r}; the block applies {applied[digest]!r}"
+                        f"{vote['weight']!r}; the block's entries give "
+                        f"{applied[digest]!r}"
                     )
             elif digest not in rejected:
                 return (

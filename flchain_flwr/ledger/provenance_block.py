@@ -13,9 +13,10 @@ verified:
   the committee is the draw from the genesis pool for the block's parent
   hash and view, its first member signed the header, every vote is signed
   by a committee member for this chain, height, view, parent block, parent
-  model and judging rule, judged at the share the block applies, and every
-  included update has approvals from more than 2/3 of the committee (counted
-  among the pool keys the caller trusts, when it gives any);
+  model and judging rule, judged at the share the block applies (before trust
+  weighting), and every included update has approvals from more than 2/3 of
+  the committee (counted among the pool keys the caller trusts, when it gives
+  any);
 - outside PoV: the publisher signed the block.
 
 Not checked (the bundle cannot): that the model is the aggregation of the

@@ -118,7 +118,8 @@ def training_lines(
         f"the committee ({len(found.committee)} members) is the draw from the "
         f"genesis pool for the block's parent and view; every vote is signed for "
         f"this chain, height, parent block {found.height - 1}, parent model "
-        f"{found.parent_model} and the genesis rule, at the share applied; each "
+        f"{found.parent_model} and the genesis rule, at the share applied (before "
+        f"trust weighting); each "
         f"of the {found.included} included updates has at least {found.quorum} "
         f"approvals, counting {found.counted}"
     )

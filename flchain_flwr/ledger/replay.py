@@ -20,12 +20,15 @@ maths):
 4. ``weight`` is the recorded staleness function of the staleness, times, with
    fairness weighting, the node's factor recomputed as the server computed it
    (see below);
-5. with server momentum, the velocity continues the previous block's, or
+5. with trust weighting (config ``trust_weighting``, :mod:`~flchain_flwr.pov.
+   trust`), each update's trust is read from the scores its committee signed
+   in the block's votes, and its norm clip recomputed from the stored updates;
+6. with server momentum, the velocity continues the previous block's, or
    restarts from zero at the start (after a block without one) or where
    continuing it over the block's updates overflows the model; a restart
    that rests only on a recorded overflow rejection (whose updates are not
    stored) is reported as not replayable, and one without any fails;
-6. the recomputed model, velocity and contributions hash or compare equal to
+7. the recomputed model, velocity and contributions hash or compare equal to
    the recorded ones.
 
 What replay proves for each straggler policy (:mod:`flchain_flwr.strategies`):
@@ -90,6 +93,7 @@ import numpy as np
 from flwr.app import RecordDict
 
 from ..arrays import NDArrays
+from ..pov.trust import TRUST_WEIGHTING, TrustError, weigh_by_trust
 from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.fairness import (
     FAIRNESS_FIELD,
@@ -218,6 +222,8 @@ class _Settings:
     arrayrecord_key: str
     weighted_by_key: str
     fairness: InverseParticipation | None
+    trust: bool
+    """Whether the committee's trust weighting applies (:mod:`..pov.trust`)."""
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> _Settings:
@@ -233,11 +239,32 @@ class _Settings:
                 arrayrecord_key=str(config["arrayrecord_key"]),
                 weighted_by_key=str(config["weighted_by_key"]),
                 fairness=fairness_weighting(str(config.get("fairness", ""))),
+                trust=_trust_setting(config.get("trust_weighting")),
             )
         except KeyError as exc:
             raise _NotReplayable(f"its recorded settings lack {exc}") from None
         except (TypeError, ValueError) as exc:
             raise _NotReplayable(f"its recorded settings are unusable: {exc}") from None
+
+
+def _trust_setting(value: object) -> bool:
+    """Whether a recorded ``trust_weighting`` turns trust weighting on."""
+    if value is None:
+        return False
+    if value != TRUST_WEIGHTING:
+        raise ValueError(f"unknown trust_weighting {str(value)[:40]!r}")
+    return True
+
+
+def rule_weighs_by_trust(genesis_body: Mapping[str, Any]) -> bool | None:
+    """Whether a PoV genesis body's judging rule weighs by trust (``None``
+    if it records no format-2 rule)."""
+    pov = genesis_body.get("pov")
+    votes = pov.get("votes") if isinstance(pov, dict) else None
+    rule = votes.get("rule") if isinstance(votes, dict) else None
+    if not isinstance(rule, dict):
+        return None
+    return rule.get("aggregation") == TRUST_WEIGHTING
 
 
 def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
@@ -413,9 +440,14 @@ class _Replayer:
     models: OrderedDict[str, NDArrays] = field(default_factory=OrderedDict)
     participation: dict[int, int] = field(default_factory=dict)
     """Each node's included updates in the blocks before the one replayed."""
+    rule_trust: bool | None = None
+    """Whether the genesis block's judging rule weighs by trust (``None``:
+    no PoV genesis seen)."""
 
     def record(self, block: Block) -> None:
         """Learn the block's version and recorded settings."""
+        if block.height == 0:
+            self.rule_trust = rule_weighs_by_trust(block.body)
         self.versions[int(block.header["model_version"])] = str(
             block.header["model_hash"]
         )
@@ -472,6 +504,12 @@ class _Replayer:
                 f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
             )
         settings = _Settings.of(config)
+        if self.rule_trust is not None and settings.trust != self.rule_trust:
+            raise _Failed(
+                "its recorded settings weigh updates "
+                f"{'by' if settings.trust else 'without'} trust, the chain's judging "
+                f"rule {'with' if self.rule_trust else 'without'} it"
+            )
         parent = self.model(str(prev.header["model_hash"]))
         state = self.ledger.server_state(block)
         before = self.ledger.server_state(prev)
@@ -482,6 +520,13 @@ class _Replayer:
         ]
         self._weigh(updates, included, body, state, before, settings)
         self._check_weights(updates, included, body, settings)
+        if settings.trust:
+            try:
+                weigh_by_trust(
+                    updates, body.get("votes", []), len(body.get("committee", []))
+                )
+            except TrustError as exc:
+                raise _Failed(f"trust weighting: {exc}") from None
         velocity = self._velocity(body, state, before, settings, parent, updates, names)
         result = self._step(parent, updates, velocity, names, settings)
         if result is None:
@@ -501,7 +546,7 @@ class _Replayer:
         shares = contributions(
             [u.node_id for u in updates],
             [u.update.delta for u in updates],
-            [u.examples for u in updates],
+            [u.step_examples for u in updates],
             result.step,
         )
         version = block.format_version

@@ -13,7 +13,8 @@ global model (measured: a median 11 points on Fashion-MNIST, Dirichlet 0.5), so
 scoring the full delta rejects honest work; its share is what the block would
 actually do. Each vote signs that share, so when some candidates are
 rejected the others (whose shares grow) are judged again at their new shares,
-until every approved candidate was approved at the share the block applies.
+until every approved candidate was approved at the share the block applies
+(before trust weighting, see :mod:`~flchain_flwr.pov.trust`).
 Candidate models are built once per pass and shared by the committee; each
 verifier scores the global model once and every candidate once per pass.
 """
@@ -144,6 +145,13 @@ class Committee(Views, HeaderSigning):
     remote_members : Sequence[str] (default: none)
         Public keys of pool members that vote on machines of their own
         (:class:`~flchain_flwr.pov.remote.RemoteCommittee` asks them).
+    trust_weighting : bool (default: False)
+        Weigh each approved update by the committee's signed cosines and clip
+        it to the median norm (:mod:`~flchain_flwr.pov.trust`, after FLTrust)
+        instead of giving every approved update its full weight. Needs the
+        direction test alone deciding (``metric="none"``, ``min_cosine >=
+        0``): the votes' scores are then the cosines, and no verdict rests on
+        the share a candidate was scored at.
     """
 
     needs_payloads = False
@@ -167,6 +175,7 @@ class Committee(Views, HeaderSigning):
         consensus_delay: float = 0.0,
         chain_id: str = "flchain-local",
         remote_members: Sequence[str] = (),
+        trust_weighting: bool = False,
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
@@ -192,7 +201,7 @@ class Committee(Views, HeaderSigning):
             floor=floor,
         )
         self.threshold = threshold or Threshold()
-        self.rule = Rule(self.threshold, scoring)  # type: ignore[arg-type]
+        self.rule = Rule(self.threshold, scoring, trust_weighting)  # type: ignore[arg-type]
         self.state = PoVState(self.rules)
         self.prefilters = tuple(prefilters)
         self.consensus_delay = consensus_delay
@@ -205,8 +214,14 @@ class Committee(Views, HeaderSigning):
         return (
             f"Committee(pool={len(self.rules.pool)}, "
             f"size={self.rules.committee_size}, threshold={self.threshold}, "
-            f"scoring={self.scoring}, prefilters={list(self.prefilters)})"
+            f"scoring={self.scoring}, prefilters={list(self.prefilters)}"
+            + (", trust_weighting=True)" if self.trust_weighting else ")")
         )
+
+    @property
+    def trust_weighting(self) -> bool:
+        """Whether its rule weighs approved updates by trust."""
+        return self.rule.trust_weighting
 
     @property
     def removed(self) -> list[str]:

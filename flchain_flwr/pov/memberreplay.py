@@ -35,6 +35,7 @@ from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
 from ..ledger import Block, Ledger, model_hash
 from ..ledger.canonical import BODY_TAG, HEADER_TAG, encode, parse_canonical, sha256_hex
 from ..ledger.chain import CONFIG_FIELD, SERVER_STATE_FIELD, ServerState
+from ..ledger.consensus import TRUST_WEIGHTING
 from ..ledger.payload import PAYLOAD_FIELD, decode_payload
 from ..ledger.replay import REPLAYABLE_STRATEGY, MissingData, replay_pending
 from ..protocol import UPDATE_KIND_DELTA
@@ -124,11 +125,17 @@ def replay_material(
 
 # ------------------------------------------------------------------ node side
 def member_replay(
-    cfg: ConfigRecord, content: RecordDict, pending: Pending | None, block: Block
+    cfg: ConfigRecord,
+    content: RecordDict,
+    pending: Pending | None,
+    block: Block,
+    trust: bool = False,
 ) -> tuple[bool, str | None]:
     """``(replayed, problem)`` for the pending ``block`` (see the module):
     ``(True, None)`` if it replays exactly, ``(False, None)`` if this member
-    cannot replay it, ``(False, why)`` if it must not sign it."""
+    cannot replay it, ``(False, why)`` if it must not sign it. ``trust``:
+    whether the member's own rule weighs by trust (the block's recorded
+    settings must say the same)."""
     header = block.header
     position = (str(header.get("chain_id")), header.get("height"))
     if pending is None or (pending.chain_id, pending.height) != position:
@@ -138,6 +145,8 @@ def member_replay(
         return False, None
     if earlier[-1].header.get("model_hash") != pending.parent_model:
         return False, "the previous block's model is not the parent it voted on"
+    if (config.get("trust_weighting") == TRUST_WEIGHTING) != trust:
+        return False, "the recorded settings weigh updates otherwise than its rule"
     included = block.body.get("included", [])
     if (
         config.get("strategy") != REPLAYABLE_STRATEGY

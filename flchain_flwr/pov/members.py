@@ -66,7 +66,9 @@ def member_header(
     if memory.replay is None or memory.replay[0] != block.hash:
         memory.replay = (
             block.hash,
-            *member_replay(cfg, content, memory.pending, block),
+            *member_replay(
+                cfg, content, memory.pending, block, verifier.rule.trust_weighting
+            ),
         )
     _, replayed, problem = memory.replay
     entry = cosign_header(

@@ -29,6 +29,10 @@ from ..ledger import Block
 
 MAX_MODELS = 64
 """Model hashes remembered per chain (the oldest are forgotten first)."""
+MAX_PENDING_BYTES = 1 << 30
+"""Default bound on the pending height's payloads and models (1 GiB): a vote
+request that would take a node's pending candidates past it is refused, so a
+server cannot fill a verifier's memory with candidates at one height."""
 _MODELS = "pov-models"
 _PENDING = "pov-pending"
 _REPLAY = "pov-replay"
@@ -62,7 +66,8 @@ class Pending:
 class MemberMemory:
     """A verifier's known chain models and pending candidates (see module)."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_pending_bytes: int = MAX_PENDING_BYTES) -> None:
+        self.max_pending_bytes = max_pending_bytes
         self.models: dict[str, list[str]] = {}
         self.pending: Pending | None = None
         self.replay: tuple[str, bool, str | None] | None = None
@@ -81,6 +86,43 @@ class MemberMemory:
             known.remove(digest)
         known.append(digest)
         del known[:-MAX_MODELS]
+
+    def room_problem(
+        self,
+        position: tuple[str, int, str, str],
+        global_model: NDArrays,
+        blobs: list[bytes],
+        base_models: dict[str, NDArrays],
+    ) -> str | None:
+        """Why keeping ``blobs`` (with ``global_model`` and ``base_models``) at
+        ``position`` would take the pending candidates past
+        :attr:`max_pending_bytes`, or ``None``."""
+        pending = self.pending
+        same = (
+            pending is not None
+            and (
+                pending.chain_id,
+                pending.height,
+                pending.prev_hash,
+                pending.parent_model,
+            )
+            == position
+        )
+        held = pending.size if same and pending is not None else 0
+        held_models = pending.models if same and pending is not None else {}
+        models = {**base_models, position[3]: global_model}
+        added = sum(len(b) for b in blobs) + sum(
+            a.nbytes
+            for digest, model in models.items()
+            if digest not in held_models
+            for a in model.values()
+        )
+        if held + added > self.max_pending_bytes:
+            return (
+                f"the candidates pending at height {position[1]} would hold "
+                f"{held + added} bytes, above this node's {self.max_pending_bytes}"
+            )
+        return None
 
     # pylint: disable=too-many-arguments
     def keep(

@@ -63,6 +63,11 @@ class PoVStrategy(DecompressReplies):
         arrayrecord_key: str = "arrays",
         weighted_by_key: str = "num-examples",
     ) -> None:
+        if committee.trust_weighting:
+            raise ValueError(
+                "PoVStrategy hands approved updates to the wrapped strategy's own "
+                "aggregation, which cannot weigh them by trust: use FedBuff"
+            )
         super().__init__(
             strategy, arrayrecord_key=arrayrecord_key, weighted_by_key=weighted_by_key
         )

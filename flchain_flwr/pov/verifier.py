@@ -29,7 +29,7 @@ from nacl.signing import SigningKey
 
 from ..arrays import NDArrays
 from ..ledger import VoteContext, model_hash, rule_digest, sign_vote
-from ..ledger.consensus import RULE_FORMAT
+from ..ledger.consensus import RULE_FORMAT, TRUST_WEIGHTING
 from .memory import MemberMemory
 from .norms import norm_ratios, within_bound
 
@@ -172,10 +172,24 @@ class Rule:
 
     threshold: Threshold = Threshold()
     scoring: Literal["share", "full"] = "share"
+    trust_weighting: bool = False
+    """Whether the block weighs approved updates by the votes' scores
+    (:mod:`~flchain_flwr.pov.trust`): in the digest, so a member signs a
+    vote, and replays a block, only under the aggregation it agreed to."""
 
     def __post_init__(self) -> None:
         if self.scoring not in ("share", "full"):
             raise ValueError(f"scoring must be 'share' or 'full', not {self.scoring!r}")
+        threshold = self.threshold
+        if self.trust_weighting and (
+            threshold.metric != "none"
+            or threshold.min_cosine is None
+            or threshold.min_cosine < 0
+        ):
+            raise ValueError(
+                "trust weighting needs the direction test deciding alone: "
+                "Threshold(metric='none', min_cosine=<a value >= 0>)"
+            )
 
     def to_json(self) -> dict[str, Any]:
         """The rule as a chain's genesis records it."""
@@ -197,6 +211,7 @@ class Rule:
                 if self.threshold.max_norm_ratio is not None
                 else {}
             ),
+            **({"aggregation": TRUST_WEIGHTING} if self.trust_weighting else {}),
         }
 
     @property

@@ -245,6 +245,18 @@ def judge_request(content: RecordDict, verifier: Verifier) -> list[dict[str, Any
     if rule is None:
         raise ValueError("this verifier node has no judging rule configured")
     judged = read_vote_request(content, verifier.memory.knows)
+    context = judged.context
+    position = (
+        context.chain_id,
+        context.height,
+        str(context.prev_hash),
+        context.parent_model,
+    )
+    problem = verifier.memory.room_problem(
+        position, judged.global_model, list(judged.payloads), judged.base_models
+    )
+    if problem is not None:
+        raise RefusedRequest(problem)
     models = [
         (
             digest,
@@ -263,14 +275,8 @@ def judge_request(content: RecordDict, verifier: Verifier) -> list[dict[str, Any
         weights=judged.weights,
         deltas=judged.deltas,
     )
-    context = judged.context
     verifier.memory.keep(
-        (
-            context.chain_id,
-            context.height,
-            str(context.prev_hash),
-            context.parent_model,
-        ),
+        position,
         judged.keys,
         judged.global_model,
         list(zip(judged.digests, judged.payloads, judged.bases, strict=True)),

@@ -31,6 +31,7 @@ from ..arrays import NDArrays
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..pov.committee import Committee
+from ..pov.trust import TRUST_WEIGHTING
 from ..protocol import (
     DOWNLINK_KEY,
     MODEL_VERSION_KEY,
@@ -408,6 +409,8 @@ class FedBuff(Strategy):
         }
         if self.queued_dispatch:  # only when on, like the options above
             config["queued_dispatch"] = self.queued_dispatch
+        if self.committee is not None and self.committee.trust_weighting:
+            config["trust_weighting"] = TRUST_WEIGHTING
         return config
 
     def config_digest(self) -> str:

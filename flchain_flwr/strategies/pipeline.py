@@ -51,6 +51,21 @@ class BufferedUpdate:
     base: NDArrays | None = None
     """A full-weights reply's base model, kept (a reference to the version
     store's copy) only while a stage needs payloads."""
+    trust: float = 1.0
+    """Its trust in ``[0, 1]``: multiplies its examples in the step (see
+    :mod:`flchain_flwr.pov.trust`; 1 without trust weighting)."""
+    clip: float = 1.0
+    """Its norm clip in ``(0, 1]``: multiplies its delta in the step."""
+
+    @property
+    def step_examples(self) -> float:
+        """The examples the step weighs it by: ``examples * trust``."""
+        return self.examples * self.trust
+
+    @property
+    def step_weight(self) -> float:
+        """The weight the step scales its delta by: ``weight * clip``."""
+        return self.weight * self.clip
 
 
 @dataclass(frozen=True)
@@ -85,9 +100,9 @@ class Block:
 
     def shares(self, server_lr: float) -> list[float]:
         """The fraction of each update's delta that the step will apply."""
-        total = sum(u.examples for u in self.updates)
+        total = sum(u.step_examples for u in self.updates)
         scale = server_lr / total if total > 0 else 0.0
-        return [scale * u.weight * u.examples for u in self.updates]
+        return [scale * u.step_weight * u.step_examples for u in self.updates]
 
 
 class BlockStage:
@@ -135,18 +150,20 @@ def server_step(
 ) -> StepResult | None:
     """FedBuff's server update, a pure function; ``None`` if not finite.
 
-    ``step = sum_i w_i n_i delta_i / sum_i n_i`` (:func:`.weighted_delta`);
+    ``step = sum_i w_i n_i delta_i / sum_i n_i`` (:func:`.weighted_delta`;
+    ``n_i`` and ``w_i`` are each update's ``step_examples`` and
+    ``step_weight``, its examples and weight unless trust weighting set them);
     with ``momentum > 0``, ``velocity = momentum * velocity + step`` (the step
     itself when ``velocity`` is ``None``) takes the step's place; then ``new =
     parent + lr * step`` (:func:`~flchain_flwr.arrays.apply_step`). Arrays in
     ``state_names`` then follow ``state_rule`` (:func:`.aggregate_state`).
-    Reads each update's ``update.delta``, ``examples``, ``weight`` and
-    ``state_base`` only.
+    Reads each update's ``update.delta``, ``examples``, ``weight``, ``trust``,
+    ``clip`` and ``state_base`` only.
     """
     step = weighted_delta(
         [u.update.delta for u in updates],
-        [u.examples for u in updates],
-        [u.weight for u in updates],
+        [u.step_examples for u in updates],
+        [u.step_weight for u in updates],
     )
     if momentum > 0.0:
         if velocity is not None:
@@ -155,7 +172,7 @@ def server_step(
     else:
         velocity = None
     model = apply_step(parent, step, lr)
-    state_weights = [u.examples * u.weight for u in updates]
+    state_weights = [u.step_examples * u.weight for u in updates]
     if state_names and sum(state_weights) > 0:  # else: nothing reported
         model.update(
             aggregate_state(

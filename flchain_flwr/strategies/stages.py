@@ -17,6 +17,7 @@ from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
+from ..pov.trust import TrustError, weigh_by_trust
 from ..runtime import Clock
 from .pipeline import (
     Block,
@@ -252,7 +253,7 @@ class LedgerStage(BlockStage):
             contributions=contributions(
                 [u.node_id for u in updates],
                 [u.update.delta for u in updates],
-                [u.examples for u in updates],
+                [u.step_examples for u in updates],
                 block.step,
             ),
             sim_time=block.time,
@@ -365,6 +366,17 @@ class CommitteeStage(BlockStage):
                         decision.votes_on(u.digest),
                     )
                 )
+        if kept and self.committee.trust_weighting:
+            try:  # with the votes the block will hold
+                weigh_by_trust(kept, self._votes, len(self._committee))
+            except TrustError as exc:
+                # their approvals must not reach a block that leaves them out
+                dropped = {u.digest for u in kept}
+                self._votes = [v for v in self._votes if v["candidate"] not in dropped]
+                for u in kept:
+                    reason = f"trust weighting: {exc}"
+                    reject(Rejection(u.node_id, u.trained_on, reason, u.digest))
+                kept = []
         block.updates = kept
         if not kept:
             log(INFO, "PoV rejected every candidate; no new version")

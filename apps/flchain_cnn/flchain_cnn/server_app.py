@@ -112,6 +112,7 @@ def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
             *([IQRFilter()] if bool(cfg["pov-iqr"]) else []),
         ],
         "consensus_delay": float(cfg["pov-consensus-delay"]),
+        "trust_weighting": app_rule(cfg).trust_weighting,
     }
 
 

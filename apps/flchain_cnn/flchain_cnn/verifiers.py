@@ -18,6 +18,15 @@ ConfigValue = int | float | str | bool
 def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
     """The judging rule the ``pov-*`` keys ask for: the server's committee
     names it, and each verifier (in-process or on a node) judges by it."""
+    trust = bool(cfg.get("pov-trust-weighting", False))
+    if trust and (
+        str(cfg["pov-metric"]) != "none" or int(cfg.get("pov-reference-epochs", 0)) <= 0
+    ):
+        raise ValueError(
+            'pov-trust-weighting = true needs pov-metric = "none" and '
+            "pov-reference-epochs > 0 (the direction test deciding alone); set "
+            "pov-trust-weighting = false to judge by loss or accuracy"
+        )
     return Rule(
         Threshold(
             metric=_metric(str(cfg["pov-metric"])),
@@ -28,7 +37,8 @@ def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
                 else None
             ),
             max_norm_ratio=float(cfg.get("pov-max-norm-ratio", 0.0)) or None,
-        )
+        ),
+        trust_weighting=trust,
     )
 
 

@@ -1,0 +1,47 @@
+"""The robustness benchmark's summary: the all-rejected floor and the drop
+beyond it, on scripted rows."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+from _robustness_report import all_rejected_floor, summarize
+
+
+def row(seed: int, attack: str, accuracy: float, accepted: float) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "defence": "pov",
+        "attack": attack,
+        "final_accuracy": accuracy,
+        "poisoned_updates": 0 if attack == "none" else 120,
+        "poisoned_acceptance_rate": accepted,
+        "honest_false_rejection_rate": 0.0,
+        "honest_updates": 280,
+    }
+
+
+def test_the_floor_averages_the_attacks_of_which_nothing_was_accepted() -> None:
+    rows = [
+        row(0, "none", 0.80, 0.0),
+        row(0, "sign-flip", 0.77, 0.0),  # drop 3, nothing accepted
+        row(0, "scaling", 0.75, 0.0),  # drop 5, nothing accepted
+        row(0, "cosine-edge", 0.74, 0.2),  # drop 6, some accepted: not the floor
+        row(1, "none", 0.70, 0.0),
+        row(1, "cosine-edge", 0.69, 0.1),  # seed 1 has no floor cell
+    ]
+    floor = all_rejected_floor(rows)
+    assert set(floor) == {0}
+    assert floor[0]["points"] == pytest.approx(4.0)
+    assert sorted(floor[0]["attacks"]) == ["scaling", "sign-flip"]
+    summary = summarize(rows)
+    assert summary["pov_worst_case_drop_points"] == pytest.approx(6.0)
+    excess = summary["pov_worst_excess_drop"]
+    assert excess["points"] == pytest.approx(2.0)  # cosine-edge: 6 - 4
+    assert (excess["seed"], excess["attack"]) == (0, "cosine-edge")
