@@ -57,6 +57,11 @@ class Pending:
     """The parent model and the bases, by model hash."""
 
     @property
+    def position(self) -> tuple[str, int, str, str]:
+        """(chain, height, previous hash, parent model) it was voted on at."""
+        return (self.chain_id, self.height, self.prev_hash, self.parent_model)
+
+    @property
     def size(self) -> int:
         """Bytes held: payloads and models."""
         arrays = sum(a.nbytes for m in self.models.values() for a in m.values())
@@ -98,18 +103,10 @@ class MemberMemory:
         ``position`` would take the pending candidates past
         :attr:`max_pending_bytes`, or ``None``."""
         pending = self.pending
-        same = (
-            pending is not None
-            and (
-                pending.chain_id,
-                pending.height,
-                pending.prev_hash,
-                pending.parent_model,
-            )
-            == position
-        )
-        held = pending.size if same and pending is not None else 0
-        held_models = pending.models if same and pending is not None else {}
+        if pending is None or pending.position != position:
+            pending = None
+        held = pending.size if pending is not None else 0
+        held_models = pending.models if pending is not None else {}
         models = {**base_models, position[3]: global_model}
         added = sum(len(b) for b in blobs) + sum(
             a.nbytes
@@ -138,12 +135,7 @@ class MemberMemory:
         global model and bases; candidates of another position are dropped."""
         chain_id, height, prev_hash, parent = position
         pending = self.pending
-        if pending is None or (
-            pending.chain_id,
-            pending.height,
-            pending.prev_hash,
-            pending.parent_model,
-        ) != (chain_id, height, prev_hash, parent):
+        if pending is None or pending.position != position:
             pending = Pending(chain_id, height, prev_hash, parent, keys)
             self.pending = pending
         if pending.keys != keys:  # asked to judge with other keys: keep none
