@@ -16,6 +16,10 @@ example. Settings:
   version it holds (their final values, lossless) when that is smaller;
 - ``+ <quant>``: the last, with the uploaded values quantised, one setting
   per code in ``--quant`` (int8, int4, sign; the error stays in the residual).
+- ``+ <quant> + initial base``: the same, and ``downlink-from-initial``: a
+  node's first model is the delta from the run's initial model, which the
+  app's ``downlink_mod`` builds itself from the run's seed, instead of the
+  full model; one setting per code in ``--from-initial``.
 
 Bytes are FedBuff's own per-version counts of the encoded train messages and
 replies (``VersionRecord.bytes_down``/``bytes_up``, Flower's ``count_bytes``),
@@ -103,13 +107,20 @@ def dgc_keys(value_dtype: str | None = None) -> dict[str, Any]:
     }
 
 
-def settings(quants: list[str]) -> list[tuple[str, dict[str, Any], bool]]:
+def settings(
+    quants: list[str], from_initial: list[str]
+) -> list[tuple[str, dict[str, Any], bool]]:
     """(name, run-config overrides, downlink) per setting."""
+    initial = {"downlink-from-initial": True}
     return [
         ("dense", {"dgc-density": 1.0}, False),
         ("dgc up", dgc_keys(), False),
         ("dgc up + sparse down", dgc_keys(), True),
         *((f"+ {quant}", dgc_keys(quant), True) for quant in quants),
+        *(
+            (f"+ {quant} + initial base", {**dgc_keys(quant), **initial}, True)
+            for quant in from_initial
+        ),
     ]
 
 
@@ -180,6 +191,7 @@ def run_one(
         seed=seed,
         fraction_evaluate=0.0,
         downlink=downlink,
+        downlink_from_initial=bool(overrides.get("downlink-from-initial")),
     )
     run = simulate(
         strategy, grid, model, num_rounds=args.versions, evaluate_fn=evaluate_fn
@@ -396,6 +408,13 @@ def main() -> None:
         choices=["int8", "int4", "sign"],
         help="one '+ <code>' setting per code",
     )
+    parser.add_argument(
+        "--from-initial",
+        nargs="*",
+        default=["sign"],
+        choices=["int8", "int4", "sign"],
+        help="one '+ <code> + initial base' setting per code",
+    )
     parser.add_argument("--average-last", type=int, default=5)
     parser.add_argument(
         "--targets",
@@ -423,7 +442,11 @@ def main() -> None:
     for link in args.links:
         up, down = (float(x) for x in link.split("/"))
         links.append((up, down))
-    chosen = [s for s in settings(args.quant) if args.only is None or s[0] in args.only]
+    chosen = [
+        s
+        for s in settings(args.quant, args.from_initial)
+        if args.only is None or s[0] in args.only
+    ]
     names = [name for name, _, _ in chosen]
     jobs = [  # link by link, so an interrupted run has whole links
         (name, keys, downlink, seed, link)

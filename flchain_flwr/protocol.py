@@ -37,3 +37,6 @@ DOWNLINK_RECORD: Final = "flchain.downlink"
 """ConfigRecord of a downlink delta (in a train message: ``base-version``,
 ``base-hash``, ``model-hash``) and of a reply from a node that keeps its base
 (``holds-version``, ``holds-hash``). Hashes are the ledger's model hashes."""
+DOWNLINK_INITIAL_KEY: Final = "base-initial"
+"""Inside ``DOWNLINK_RECORD`` of a train message, optional: ``True`` when the
+base is the run's initial model, which a node with no base may build itself."""

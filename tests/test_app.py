@@ -258,3 +258,33 @@ def test_ledgers_from_the_run_config_are_durable_unless_told(tmp_path: Path) -> 
         ledger.close()
     with pytest.raises(ValueError, match="ledger-durable"):
         opened(**{"ledger-durable": "yes"})
+
+
+def test_the_apps_nodes_build_the_initial_model_so_first_models_go_as_deltas() -> None:
+    import torch
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.server_app import app as server_app
+    from flchain_cnn.task import initial_arrays
+
+    config = app_run_config(
+        "apps/flchain_cnn",
+        {
+            "num-server-rounds": 4,
+            "downlink": True,
+            "downlink-from-initial": True,
+            "dgc-density": 0.01,
+        },
+    )
+    rng = torch.random.get_rng_state()
+    built = initial_arrays(config)
+    assert torch.equal(rng, torch.random.get_rng_state())  # the node's RNG untouched
+    assert built.count_bytes() == initial_arrays(config).count_bytes()
+    run = run_federation(
+        server_app, client_app, devices=tiered(6), run_config=config, seed=0
+    )
+    result = run.result
+    assert isinstance(result, AsyncResult)
+    assert result.failures == [] and len(result.versions) == 4
+    first = result.downlink[0]  # messages on version 0, to nodes with no model
+    assert first["offered"] == first["sent"] >= 6
+    assert result.versions[0].bytes_down < 0.05 * 6 * built.count_bytes()

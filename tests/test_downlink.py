@@ -71,13 +71,14 @@ def run(
     grid: VirtualGrid | None = None,
     initial: ArrayRecord | None = None,
     inner_mods: list[Any] | None = None,
+    initial_model: Any = None,
     **kwargs: Any,
 ):  # type: ignore[no-untyped-def]
     spy = Spy()
     mods = [
         *(extra_mods or []),
         spy.outer,
-        downlink_mod(),
+        downlink_mod(initial_model=initial_model),
         spy.inner,
         *([dgc_mod(DGCConfig(density=0.01))] if dgc else []),
         *(inner_mods or []),
@@ -392,6 +393,11 @@ def test_run_config_key() -> None:
     assert not fedbuff_from_run_config({}).downlink
     with pytest.raises(ValueError, match="downlink"):
         fedbuff_from_run_config({"downlink": "yes"})
+    both = {"downlink": True, "downlink-from-initial": True}
+    assert fedbuff_from_run_config(both).downlink_from_initial
+    assert not fedbuff_from_run_config({"downlink": True}).downlink_from_initial
+    with pytest.raises(ValueError, match="downlink_from_initial needs downlink"):
+        fedbuff_from_run_config({"downlink-from-initial": True})
     content = FedBuff(downlink=True).train_content(model(), ConfigRecord(), 0)
     assert content["config"][DOWNLINK_KEY] is True
 
@@ -421,3 +427,82 @@ def test_under_flowers_plain_fedavg_both_mods_are_inert() -> None:
         np.testing.assert_array_equal(
             results[0].arrays[name].numpy(), results[1].arrays[name].numpy()
         )
+
+
+# -------------------------------------------- first models from the initial one
+def _initial(context: Context) -> dict[str, np.ndarray]:
+    """The toy run's initial model, built on the node (what ``run`` starts from)."""
+    return to_ndarrays(model())
+
+
+def test_first_models_go_as_deltas_from_the_initial_model() -> None:
+    result, spy, server, _ = run(
+        True, versions=15, initial_model=_initial, downlink_from_initial=True
+    )
+    assert result.failures == [] and spy.fulls == 0  # not even the first
+    assert_bit_identical(spy, server)
+    whole_first, whole_spy, _, _ = run(True, versions=15)
+    assert whole_spy.fulls >= len(SPEEDS)
+    np.testing.assert_array_equal(
+        result.arrays["w"].numpy(), whole_first.arrays["w"].numpy()
+    )
+    saved = sum(v.bytes_down for v in whole_first.versions) - sum(
+        v.bytes_down for v in result.versions
+    )
+    assert saved >= whole_spy.fulls * 0.9 * model().count_bytes()
+
+
+def test_a_node_that_cannot_build_the_initial_model_is_never_trained_on() -> None:
+    # the app gives downlink_mod no initial_model: the first messages fail with
+    # a reason, the offer turns off for every node, and full models go instead
+    result, spy, server, _ = run(True, versions=8, downlink_from_initial=True)
+    assert 0 < len(result.failures) <= len(SPEEDS)  # only those already sent
+    assert all("which this node cannot build" in f.reason for f in result.failures)
+    assert len(result.versions) == 8 and spy.fulls >= len(result.failures)
+    assert_bit_identical(spy, server)
+
+
+def test_a_different_initial_model_is_refused_by_its_hash() -> None:
+    def other(context: Context) -> dict[str, np.ndarray]:
+        built = to_ndarrays(model())
+        built["b"][0, 0] = np.float32(1e-30)
+        return built
+
+    result, spy, server, _ = run(
+        True, versions=8, initial_model=other, downlink_from_initial=True
+    )
+    assert result.failures
+    assert all("initial model hashes to" in f.reason for f in result.failures)
+    assert len(result.versions) == 8
+    assert_bit_identical(spy, server)
+
+
+def test_a_resumed_run_offers_no_initial_deltas(tmp_path: Path) -> None:
+    # nodes with no state (a new grid) and a server resuming at version 5: the
+    # resumed model is not the one nodes build, so it must go whole
+    ledger = tmp_path / "l.db"
+    kwargs: dict[str, Any] = {"initial_model": _initial, "downlink_from_initial": True}
+    run(True, versions=5, ledger=ledger, **kwargs)
+    second, spy, server, _ = run(True, versions=9, ledger=ledger, **kwargs)
+    assert second.failures == [] and second.versions[0].version == 6
+    assert spy.fulls >= len(SPEEDS) and spy.deltas > 0
+    assert_bit_identical(spy, server)
+
+
+def test_failed_nodes_get_full_models_and_memory_stays_bounded() -> None:
+    from flwr.app import RecordDict
+
+    start = {"w": np.zeros(1000, np.float32)}
+    sync = DownlinkSync(0, start, lambda: 3, from_initial=True)
+    full = RecordDict({"arrays": to_arrayrecord(start)})
+    assert DOWNLINK_RECORD in sync.content(1, full)  # not heard from: a delta
+    sync.forget(1, "timed out")  # not a refusal of the initial model
+    assert sync.content(1, full) is full and sync.initial is not None
+    assert sync.initial_refused == 1
+    assert DOWNLINK_RECORD in sync.content(2, full)
+    sync.forget(2, "downlink delta not applied: this node's initial model hashes")
+    assert sync.initial is None  # off for every node
+    assert sync.content(3, full) is full
+    for v in range(1, 6):
+        sync.advance(v, start)
+    assert sync.holds == {}  # nothing kept once the offer is gone

@@ -36,6 +36,29 @@ def test_update_norm_is_the_l2_norm_over_float_arrays() -> None:
     assert math.isnan(update_norm({"w": np.array([1e300, 1e300])}))  # overflows
 
 
+def test_update_norm_is_one_documented_sum_for_every_machine() -> None:
+    # the verifiers' norm bound and trust weighting's clips (which replay
+    # recomputes) share this one function: pairwise float64 sums of squares,
+    # array by array, never a BLAS dot whose order can change the last bits
+    from flchain_flwr.pov import trust
+
+    assert trust.update_norm is update_norm
+    rng = np.random.default_rng(7)
+    update = {
+        "conv": rng.normal(size=(8, 3, 5, 5)).astype(np.float32),
+        "fortran": np.asfortranarray(rng.normal(size=(40, 30))),
+        "half": rng.normal(size=100).astype(np.float16),
+        "fc": rng.normal(size=100_003).astype(np.float32),
+    }
+    squares = [np.sum(np.square(a, dtype=np.float64)) for a in update.values()]
+    assert update_norm(update) == math.sqrt(float(sum(float(x) for x in squares)))
+    # pinned: a machine or NumPy that sums in another order fails here first
+    assert update_norm(update).hex() == GOLDEN_NORM
+
+
+GOLDEN_NORM = "0x1.3ea370705f3c2p+8"  # a BLAS dot gave ...3c9p+8 here
+
+
 def test_norm_ratios_are_against_the_median_norm() -> None:
     updates = [{"w": np.array([v])} for v in (1.0, -2.0, 3.0, 8.0)]
     assert norm_ratios(updates) == pytest.approx([0.4, 0.8, 1.2, 3.2])  # median 2.5

@@ -16,6 +16,15 @@ lost state; a base whose hash differs; a rebuilt model whose hash differs) is
 never trained on: the reply is an error saying why, which the server records,
 and the node gets the full model next time. Without the server's key the mod
 does nothing.
+
+A node's first model need not travel whole either. When the app builds the
+run's initial model itself, deterministically (the same seeded initialisation
+as its ServerApp), give the mod that function; a server run with
+``FedBuff(downlink_from_initial=True)`` then sends a node it has not heard from
+the delta from the initial version, and the mod rebuilds it on the model the
+function returns, once its hash is the one the server names::
+
+    downlink_mod(initial_model=lambda context: my_initial_arrays(context.run_config))
 """
 
 from __future__ import annotations
@@ -39,7 +48,12 @@ from flwr.supercore import log
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
 from ..compression.sparse import decode_entries, is_sparse
 from ..ledger.canonical import model_hash
-from ..protocol import DOWNLINK_KEY, DOWNLINK_RECORD, MODEL_VERSION_KEY
+from ..protocol import (
+    DOWNLINK_INITIAL_KEY,
+    DOWNLINK_KEY,
+    DOWNLINK_RECORD,
+    MODEL_VERSION_KEY,
+)
 
 STATE_BASE: Final = "flchain.downlink.base"
 STATE_INFO: Final = "flchain.downlink.info"
@@ -47,6 +61,8 @@ DOWNLINK_ERROR: Final = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
 ClientAppCallable = Callable[[Message, Context], Message]
 Mod = Callable[[Message, Context, ClientAppCallable], Message]
+InitialModel = Callable[[Context], NDArrays]
+"""Builds the run's initial model on the node (see the module)."""
 
 
 class DownlinkError(ValueError):
@@ -103,8 +119,21 @@ def _config(msg: Message) -> ConfigRecord | None:
     return None
 
 
-def downlink_mod(arrayrecord_key: str = "arrays") -> Mod:
-    """A Flower client mod that receives downlink deltas (see the module)."""
+def downlink_mod(
+    arrayrecord_key: str = "arrays", initial_model: InitialModel | None = None
+) -> Mod:
+    """A Flower client mod that receives downlink deltas (see the module).
+
+    Parameters
+    ----------
+    arrayrecord_key : str (default: "arrays")
+        Key of the model's ArrayRecord in a train message.
+    initial_model : callable | None (default: None)
+        Builds the run's initial model from the node's ``Context``, exactly as
+        the ServerApp does, so that a delta from the initial version can be
+        rebuilt on a node with no model kept. Its hash is checked against the
+        one the server names; a different model is refused, never trained on.
+    """
 
     def mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         kind = msg.metadata.message_type.split(".")[0]
@@ -116,7 +145,7 @@ def downlink_mod(arrayrecord_key: str = "arrays") -> Mod:
             return call_next(msg, context)
         sent = msg.content.config_records.get(DOWNLINK_RECORD)
         try:
-            model = _received(arrays, sent, context.state)
+            model = _received(arrays, sent, _Bases(context, initial_model))
         except DownlinkError as exc:
             reason = f"downlink delta not applied: {exc}"
             log(WARNING, "downlink_mod: %s", reason)
@@ -149,8 +178,36 @@ def downlink_mod(arrayrecord_key: str = "arrays") -> Mod:
     return mod
 
 
+class _Bases:
+    """The models a node can rebuild a delta on: the one it kept, and the run's
+    initial model if the app can build it."""
+
+    def __init__(self, context: Context, initial_model: InitialModel | None) -> None:
+        self.context, self.initial_model = context, initial_model
+
+    def kept(self) -> tuple[int, str, NDArrays] | None:
+        return _base(self.context.state)
+
+    def initial(self, version: object, wanted: str) -> NDArrays:
+        """The initial model, if it hashes to ``wanted``."""
+        if self.initial_model is None:
+            raise DownlinkError(
+                f"the delta is on the run's initial model (version {version!r}), "
+                "which this node cannot build: give downlink_mod an initial_model, "
+                "or run the server without downlink_from_initial"
+            )
+        model = self.initial_model(self.context)
+        got = model_hash(model)
+        if got != wanted:
+            raise DownlinkError(
+                f"this node's initial model hashes to {got[:12]}, the server's "
+                f"initial version {version!r} to {wanted[:12]}"
+            )
+        return model
+
+
 def _received(
-    arrays: ArrayRecord, sent: ConfigRecord | None, state: RecordDict
+    arrays: ArrayRecord, sent: ConfigRecord | None, bases: _Bases
 ) -> NDArrays:
     """The full model a train message carries, rebuilt if it is a delta."""
     if sent is None:
@@ -164,18 +221,23 @@ def _received(
     base_hash, wanted = sent.get("base-hash"), sent.get("model-hash")
     if not isinstance(base_hash, str) or not isinstance(wanted, str):
         raise DownlinkError("the delta does not name its base and model hashes")
-    held = _base(state)
-    if held is None:
+    held = bases.kept()
+    if sent.get(DOWNLINK_INITIAL_KEY) is True and (
+        held is None or held[1] != base_hash
+    ):
+        base = bases.initial(base_version, base_hash)
+    elif held is None:
         raise DownlinkError(
             f"no base model kept for a delta on version {base_version!r} "
             "(new node, restart or lost state)"
         )
-    version, digest, base = held
-    if digest != base_hash:
+    elif held[1] != base_hash:
         raise DownlinkError(
-            f"holds version {version} ({digest[:12]}), the delta is on version "
+            f"holds version {held[0]} ({held[1][:12]}), the delta is on version "
             f"{base_version!r} ({base_hash[:12]})"
         )
+    else:
+        base = held[2]
     model = apply_delta(base, arrays)
     got = model_hash(model)
     if got != wanted:

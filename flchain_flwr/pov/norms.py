@@ -29,14 +29,20 @@ from ..arrays import NDArrays
 
 
 def update_norm(delta: NDArrays) -> float:
-    """L2 norm of an update over its float arrays (float64); NaN if the update
-    holds a non-finite value or its norm overflows."""
+    """L2 norm of an update over its float arrays; NaN if the update holds a
+    non-finite value or its norm overflows.
+
+    The squares are summed in float64 by NumPy's pairwise summation, array by
+    array in the update's order, not by a BLAS dot product, whose summation
+    order (and so the last bits) can differ between machines: a verifier's
+    norm bound and trust weighting's clip (which replay recomputes) must give
+    every machine the same number.
+    """
     total = 0.0
     with np.errstate(over="ignore", invalid="ignore"):
         for value in delta.values():
             if value.dtype.kind == "f":
-                flat = np.ravel(value).astype(np.float64)
-                total += float(flat @ flat)
+                total += float(np.sum(np.square(value, dtype=np.float64)))
     return math.sqrt(total) if math.isfinite(total) else math.nan
 
 

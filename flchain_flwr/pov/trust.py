@@ -45,12 +45,11 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from ..arrays import NDArrays
 from ..ledger.consensus import TRUST_WEIGHTING, quorum
 from ..strategies.pipeline import BufferedUpdate
 from ..strategies.weighting import lower_median
+from .norms import update_norm
 
 CLIP_DIGITS = 9
 """Significant digits a clip factor is rounded to."""
@@ -121,7 +120,7 @@ def norm_clips(deltas: Sequence[NDArrays]) -> list[float]:
     TrustError
         If an update's norm is not finite.
     """
-    norms = [exact_norm(d) for d in deltas]
+    norms = [update_norm(d) for d in deltas]
     if not all(math.isfinite(n) for n in norms):
         raise TrustError("an update's norm is not finite")
     if not norms:
@@ -130,18 +129,6 @@ def norm_clips(deltas: Sequence[NDArrays]) -> list[float]:
     return [
         1.0 if n <= median else float(f"{median / n:.{CLIP_DIGITS}g}") for n in norms
     ]
-
-
-def exact_norm(delta: NDArrays) -> float:
-    """L2 norm over the float arrays, summed by NumPy's pairwise summation in
-    float64 (no BLAS, whose order can differ between machines); NaN if not
-    finite."""
-    total = 0.0
-    with np.errstate(over="ignore", invalid="ignore"):
-        for value in delta.values():
-            if value.dtype.kind == "f":
-                total += float(np.sum(np.square(value, dtype=np.float64)))
-    return math.sqrt(total) if math.isfinite(total) else math.nan
 
 
 def weigh_by_trust(

@@ -47,7 +47,9 @@ def fedbuff_from_run_config(
       (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
     - ``downlink`` (bool: sparse downlink deltas, with the client's
-      ``downlink_mod``); ``queued-dispatch`` (true, false or ``"auto"``:
+      ``downlink_mod``); ``downlink-from-initial`` (bool: first models as
+      deltas from the initial model, which the client's mod builds);
+      ``queued-dispatch`` (true, false or ``"auto"``:
       one more train message queued per training node; ``"auto"`` only over
       Flower's deployment grid);
     - ``fraction-train`` (in (0, 1]); ``fraction-evaluate`` (in [0, 1], 0: no
@@ -114,6 +116,8 @@ def fedbuff_from_run_config(
         kwargs["state_rule"] = _parsed(cfg, "state-rule", state_rule)
     if "downlink" in cfg:
         kwargs["downlink"] = _flag(cfg, "downlink")
+    if "downlink-from-initial" in cfg:
+        kwargs["downlink_from_initial"] = _flag(cfg, "downlink-from-initial")
     if "queued-dispatch" in cfg:
         queued = cfg["queued-dispatch"]
         if queued != "auto" and not isinstance(queued, bool):

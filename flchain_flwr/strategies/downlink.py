@@ -19,20 +19,29 @@ model, gets the full model. Tensors of other dtypes than float32/float16
 not. What a node holds is what its last train reply said, checked against the
 hashes of the versions still in the window, and forgotten when that version
 leaves the window or the node fails.
+
+With ``from_initial``, a node the server has not heard from is taken to hold
+the run's initial version (the app's ``downlink_mod(initial_model=...)``
+builds it on the node), so its first model goes as a delta too, marked so.
+A node that fails such a message gets full models from then on; a refusal
+naming the initial model (the app cannot build it, or builds another) turns
+the offer off for every node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.common.logger import log
 
 from ..arrays import NDArrays
 from ..compression.sparse import MAX_NUMEL, encode, payload_size
 from ..ledger.canonical import model_hash
-from ..protocol import DOWNLINK_RECORD
+from ..protocol import DOWNLINK_INITIAL_KEY, DOWNLINK_RECORD
 
 _EXACT_VALUES = ("float32", "float16")
 """Tensor dtypes whose values the sparse format carries exactly."""
@@ -106,6 +115,9 @@ class DownlinkSync:
         may be stale.
     arrayrecord_key : str
         Key of the model's ArrayRecord in a train message.
+    from_initial : bool
+        Offer nodes not heard from the delta from ``version``, the run's
+        initial model, which their ``downlink_mod`` builds itself.
     """
 
     def __init__(
@@ -115,6 +127,7 @@ class DownlinkSync:
         window: Callable[[], int | None],
         arrayrecord_key: str = "arrays",
         default_window: int = 32,
+        from_initial: bool = False,
     ) -> None:
         self.version, self.model = version, model
         self.window = window
@@ -122,7 +135,13 @@ class DownlinkSync:
         self.key = arrayrecord_key
         self.hashes: dict[int, str] = {version: model_hash(model)}
         self.changes: dict[int, Changes] = {}  # version u: what u changed from u - 1
-        self.holds: dict[int, tuple[int, str]] = {}  # node -> version, hash
+        # node -> version, hash it holds; None: send it full models
+        self.holds: dict[int, tuple[int, str] | None] = {}
+        self.initial = (version, self.hashes[version]) if from_initial else None
+        """What a node not heard from holds (``None``: nothing)."""
+        self._sent_initial: set[int] = set()  # nodes whose last delta was on it
+        self.initial_refused = 0
+        """Messages on the initial model that their node failed."""
         self._deltas: dict[int, _Delta | None] = {}  # base -> delta, this version
         self.full_sent = 0
         self.by_distance: dict[int, DistanceStats] = {}
@@ -148,8 +167,12 @@ class DownlinkSync:
         for v in [v for v in self.changes if v <= oldest]:
             del self.changes[v]
         # a node on a version out of the window gets the full model anyway
-        for node in [n for n, (v, _) in self.holds.items() if v < oldest]:
-            del self.holds[node]
+        if self.initial is not None and self.initial[0] < oldest:
+            self.initial = None
+        for node in [
+            n for n, held in self.holds.items() if held is None or held[0] < oldest
+        ]:
+            self._hold(node, None)
 
     # ------------------------------------------------------------------ nodes
     def observe(self, node_id: int, content: RecordDict) -> None:
@@ -165,20 +188,37 @@ class DownlinkSync:
                 and self.hashes.get(version) == digest
             ):
                 held = (version, digest)
-        if held is None:
-            self.holds.pop(node_id, None)
+        self._hold(node_id, held)
+        self._sent_initial.discard(node_id)
+
+    def _hold(self, node_id: int, held: tuple[int, str] | None) -> None:
+        if held is None and self.initial is None:
+            self.holds.pop(node_id, None)  # the same as a node not heard from
         else:
             self.holds[node_id] = held
 
-    def forget(self, node_id: int) -> None:
-        """``node_id`` failed: send it the full model next time."""
-        self.holds.pop(node_id, None)
+    def forget(self, node_id: int, reason: str = "") -> None:
+        """``node_id`` failed (the failure's ``reason``): send it full models."""
+        self._hold(node_id, None)
+        if node_id not in self._sent_initial:
+            return
+        self._sent_initial.discard(node_id)
+        self.initial_refused += 1
+        if self.initial is not None and "initial model" in reason:
+            self.initial = None
+            log(
+                WARNING,
+                "Downlink: node %d cannot rebuild the run's initial model (%s); "
+                "first models go whole from now on",
+                node_id,
+                reason,
+            )
 
     # --------------------------------------------------------------- messages
     def content(self, node_id: int, content: RecordDict) -> RecordDict:
         """``content`` (a train message on the current version), or the same
         with the model replaced by the delta from the node's version."""
-        held = self.holds.get(node_id)
+        held = self.holds.get(node_id, self.initial)
         full = content.array_records.get(self.key)
         delta = self._delta(held[0]) if held is not None and full is not None else None
         if delta is None or full is None or held is None:
@@ -195,10 +235,15 @@ class DownlinkSync:
                 "model-hash": self.hashes[self.version],
             }
         )
+        on_initial = node_id not in self.holds
+        if on_initial:
+            sync[DOWNLINK_INITIAL_KEY] = True
         if delta.num_bytes + sync.count_bytes() >= full.count_bytes():
             self.full_sent += 1  # the full model is smaller
             return content
         stats.sent += 1
+        if on_initial:
+            self._sent_initial.add(node_id)
         out = RecordDict({k: v for k, v in content.items() if k != self.key})
         out[self.key] = delta.arrays
         out[DOWNLINK_RECORD] = sync

@@ -184,6 +184,13 @@ class FedBuff(Strategy):
         the entries that changed since, with their final values, when that is
         smaller than the full model (see :mod:`.downlink`). Pays off when the
         updates are sparse (the DGC mod) and ``server_momentum`` is 0.
+    downlink_from_initial : bool (default: False)
+        With ``downlink``: a node not heard from yet is sent the delta from the
+        run's initial model instead of the full model, for its
+        ``downlink_mod(initial_model=...)`` to rebuild on the initial model it
+        builds itself (the app's seeded initialisation). Only on a run that
+        starts at version 0; a node that cannot rebuild it replies an error and
+        gets full models from then on (see :mod:`.downlink`).
     anchor : BlockAnchorer | None (default: None)
         Anchor the ledger in a main chain (an ``Anchorer``), or spool its
         cosigned checkpoints for the main chain's operator (a
@@ -243,6 +250,7 @@ class FedBuff(Strategy):
         seed: int | None = None,
         poll_interval: float = 0.1,
         downlink: bool = False,
+        downlink_from_initial: bool = False,
         anchor: BlockAnchorer | None = None,
         queued_dispatch: QueuedDispatch = False,
     ) -> None:
@@ -289,6 +297,10 @@ class FedBuff(Strategy):
             not (queued_dispatch is True and downlink),
             "queued_dispatch and downlink cannot be combined",
         )
+        _require(
+            downlink or not downlink_from_initial,
+            "downlink_from_initial needs downlink",
+        )
         _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
@@ -324,6 +336,7 @@ class FedBuff(Strategy):
         self.seed = seed
         self.poll_interval = poll_interval
         self.downlink = bool(downlink)
+        self.downlink_from_initial = bool(downlink_from_initial)
         _require(anchor is None or ledger is not None, "anchor needs a ledger")
         self.anchor = anchor
         self.queued_dispatch: QueuedDispatch = queued_dispatch
@@ -376,7 +389,13 @@ class FedBuff(Strategy):
             self.min_available_nodes,
         )
         if self.downlink:
-            log(INFO, "\t└──> Downlink: sparse deltas to nodes that keep their base")
+            log(
+                INFO,
+                "\t└──> Downlink: sparse deltas to nodes that keep their base%s",
+                ", first models from the initial one"
+                if self.downlink_from_initial
+                else "",
+            )
         if self.queued_dispatch:
             log(INFO, "\t└──> Queued dispatch: %s", self.queued_dispatch)
 

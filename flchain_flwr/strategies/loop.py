@@ -435,7 +435,7 @@ class EventLoop:
         until = self.clock.now() + self.s.retry_backoff
         self.nodes.failed(flight.node_id, until, flight.train, flight.version)
         if flight.train and self.downlink is not None:
-            self.downlink.forget(flight.node_id)
+            self.downlink.forget(flight.node_id, reason)
         if flight.train:
             self.policy.on_failure(flight.node_id, self.now())
             self.forecast.forget(flight.node_id)

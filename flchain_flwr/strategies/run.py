@@ -206,6 +206,7 @@ class FedBuffRun:
                 model,
                 lambda: self.store.bound,
                 arrayrecord_key=s.arrayrecord_key,
+                from_initial=s.downlink_from_initial and version == 0,
             )
             if s.downlink
             else None,
@@ -336,9 +337,12 @@ class FedBuffRun:
             sent = sum(stats.sent for stats in downlink.by_distance.values())
             log(
                 INFO,
-                "Downlink: %d train messages as deltas, %d as full models",
+                "Downlink: %d train messages as deltas, %d as full models%s",
                 sent,
                 downlink.full_sent,
+                f"; {downlink.initial_refused} deltas on the initial model failed"
+                if downlink.initial_refused
+                else "",
             )
         if reason not in ("completed", "stopped by should_stop"):
             log(WARNING, "Stopping early: %s", reason)

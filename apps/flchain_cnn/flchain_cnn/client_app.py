@@ -41,6 +41,7 @@ from flchain_cnn.local_eval import local_test_indices, local_test_seed
 from flchain_cnn.task import (
     evaluate,
     held_partition,
+    initial_arrays,
     load_test,
     load_trusted,
     reused_model,
@@ -48,20 +49,29 @@ from flchain_cnn.task import (
 )
 from flchain_cnn.verifiers import app_verifier
 from flchain_flwr import witness_node
+from flchain_flwr.arrays import to_ndarrays
 from flchain_flwr.mods import PersonalConfig, dgc_mod, downlink_mod, personal_mod
 from flchain_flwr.pov import Verifier, remote
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
 # The lossless sparse downlink's receiving half (inert unless the server runs
-# with downlink = true), then DGC compression of train replies, configured by
-# the run config's dgc-* keys (dgc-density = 1.0, the default, sends dense
+# with downlink = true; it builds the run's initial model itself for a server
+# run with downlink-from-initial = true), then DGC compression of train replies,
+# configured by the run config's dgc-* keys (dgc-density = 1.0, the default, sends dense
 # updates and leaves replies alone). Both act only when the server says it
 # speaks their format, so the app also runs under Flower's plain FedAvg.
 # The attack mod only acts on nodes whose node config names an attack (robustness
 # experiments, e.g. --node-config "attack='sign-flip'"); honest nodes pass through.
 # The personalisation mod comes last, so it keeps the app's own trained weights
 # (inert unless personal-alpha > 0).
-app = ClientApp(mods=[downlink_mod(), dgc_mod(), attack_mod(), personal_mod()])
+app = ClientApp(
+    mods=[
+        downlink_mod(initial_model=lambda c: to_ndarrays(initial_arrays(c.run_config))),
+        dgc_mod(),
+        attack_mod(),
+        personal_mod(),
+    ]
+)
 
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from flchain_cnn.task import (
     evaluate,
+    initial_arrays,
     load_test,
     load_trusted,
     new_model,
@@ -159,7 +160,7 @@ def main(grid: Grid, context: Context) -> None:
         print(f"version {version}: accuracy {accuracy:.4f} at {seconds:.1f}s")
         return metrics
 
-    initial = ArrayRecord(new_model(dataset, int(cfg["seed"]), size).state_dict())
+    initial = initial_arrays(cfg)
     if str(cfg.get("strategy", "fedbuff")) == "fedavg":
         if committee is not None:
             raise ValueError("strategy fedavg runs without a PoV committee here")

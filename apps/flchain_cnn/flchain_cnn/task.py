@@ -8,12 +8,14 @@ downloads from the Hugging Face hub when ``allow-download`` is true.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib.metadata import version
+from typing import Any
 
 import numpy as np
 import torch
+from flwr.app import ArrayRecord
 from torch import nn
 
 from flchain_flwr.data import (
@@ -33,6 +35,7 @@ __all__ = [
     "FashionNet",
     "evaluate",
     "held_partition",
+    "initial_arrays",
     "load_partition",
     "load_test",
     "load_trusted",
@@ -118,6 +121,16 @@ def new_model(dataset: str, seed: int, size: str = "default") -> nn.Module:
     build = _dataset(dataset)[1] if size == "default" else SMALL_MODELS[dataset]
     torch.manual_seed(seed)
     return build()
+
+
+def initial_arrays(run_config: Mapping[str, Any]) -> ArrayRecord:
+    """The run's initial model, as the ServerApp starts from it: seeded by the
+    run config's ``seed``, so a node's ``downlink_mod`` rebuilds the same one
+    (see :mod:`flchain_flwr.mods.downlink`). Leaves torch's global RNG as it was."""
+    dataset, size = str(run_config["dataset"]), str(run_config.get("model", "default"))
+    with torch.random.fork_rng():
+        net = new_model(dataset, int(run_config["seed"]), size)
+    return ArrayRecord(net.state_dict())
 
 
 _NETS = threading.local()
