@@ -89,13 +89,24 @@ from flchain_flwr.strategies import (
     FedSALearningRate,
     InverseParticipation,
     StalenessTarget,
+    UpdateMemory,
     mean_staleness,
 )
 from flchain_flwr.strategies.adaptive import ConfigAdjuster
 
 SLOWDOWNS = (1.0, 5.0, 20.0)
-POLICIES = ("fedsa", "bafl", "tuning", "fairness")
-STRATEGIES = ("fedavg", "fedavg-os", "fedbuff", *(f"+{p}" for p in POLICIES), "+all")
+POLICIES = ("fedsa", "bafl", "tuning", "fairness", "memory")
+ALL = ("fedsa", "bafl", "tuning", "memory")
+"""``+all``: every policy but fairness, which memory compensates twice over."""
+PAIRS = ("+fairness+memory",)
+STRATEGIES = (
+    "fedavg",
+    "fedavg-os",
+    "fedbuff",
+    *(f"+{p}" for p in POLICIES),
+    *PAIRS,
+    "+all",
+)
 MAIN = ("fedavg", "fedavg-os", "fedbuff", "+all", "+fairness")
 """Run for every seed before the other policies: the headline's and the targets'
 comparisons, and the policy the README recommends first."""
@@ -154,7 +165,11 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
             min_train_nodes=args.nodes,
         )
     policies: tuple[str, ...] = (
-        () if name == "fedbuff" else POLICIES if name == "+all" else (name[1:],)
+        ()
+        if name == "fedbuff"
+        else ALL
+        if name == "+all"
+        else tuple(name[1:].split("+"))
     )
     adjusters: list[ConfigAdjuster] = []
     if "fedsa" in policies:
@@ -174,6 +189,7 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
         fairness=InverseParticipation(args.fairness_max)
         if "fairness" in policies
         else None,
+        update_memory=UpdateMemory(args.memory_age) if "memory" in policies else None,
         buffer_tuning=StalenessTarget(
             args.target_staleness,
             max(1, args.buffer_size // 2),
@@ -497,6 +513,9 @@ def main() -> None:
     parser.add_argument("--keep", type=float, default=0.7, help="fedavg-os")
     parser.add_argument("--fairness-max", type=float, default=4.0)
     parser.add_argument("--target-staleness", type=float, default=1.5)
+    parser.add_argument(
+        "--memory-age", type=int, default=100, help="+memory: versions remembered"
+    )
     parser.add_argument("--seconds-per-example", type=float, default=0.01)
     parser.add_argument("--bandwidth", type=float, default=8e6, help="bits/s, 1x tier")
     parser.add_argument("--jitter", type=float, default=0.2)

@@ -8,6 +8,7 @@ from .fairness import InverseParticipation
 from .fedbuff import FedBuff
 from .fedsa import FedSALearningRate
 from .history import NodeHistory
+from .memory import UpdateMemory
 from .result import (
     AsyncResult,
     NodeFailure,
@@ -62,6 +63,7 @@ __all__ = [
     "ShuffleAll",
     "StalenessFn",
     "StalenessTarget",
+    "UpdateMemory",
     "UpdateRejected",
     "VersionRecord",
     "closing_ledger",

@@ -283,7 +283,8 @@ class UpdateBuffer:
         self.store.advance(block.version, block.model)
         self.model_record = to_arrayrecord(block.model)
         shares = self.result.weight_share
-        for u, share in zip(updates, block.shares(1.0), strict=True):
+        stepping = [*updates, *block.remembered]
+        for u, share in zip(stepping, block.shares(1.0), strict=True):
             shares[u.node_id] = shares.get(u.node_id, 0.0) + share
         count_participation(self.participation, [u.node_id for u in updates])
         count_participation(self.result.participation, [u.node_id for u in updates])

@@ -14,6 +14,7 @@ from .bafl import bafl_local_work
 from .fairness import fairness_weighting
 from .fedbuff import FedBuff, MaxStaleness
 from .fedsa import fedsa_learning_rate
+from .memory import update_memory
 from .scheduling import SchedulingPolicy, scheduling_policy
 from .staleness import staleness_fn
 from .state import state_rule
@@ -43,7 +44,8 @@ def fedbuff_from_run_config(
       (``"fedsa[:<low>:<high>]"``, scales the run's ``lr`` per node),
       ``adaptive-work`` (``"bafl[:<low>:<high>]"``, scales ``local-steps`` if
       > 0, else ``local-epochs``, per node), ``fairness``
-      (``"inverse[:<max_factor>]"``), ``buffer-tuning``
+      (``"inverse[:<max_factor>]"``), ``update-memory`` (``"mifa[:<max_age>]"``),
+      ``buffer-tuning``
       (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
     - ``downlink`` (bool: sparse downlink deltas, with the client's
@@ -110,6 +112,8 @@ def fedbuff_from_run_config(
         kwargs["scheduling"] = adaptive
     if "fairness" in cfg:
         kwargs["fairness"] = _parsed(cfg, "fairness", fairness_weighting)
+    if "update-memory" in cfg:
+        kwargs["update_memory"] = _parsed(cfg, "update-memory", update_memory)
     if "buffer-tuning" in cfg:
         kwargs["buffer_tuning"] = _parsed(cfg, "buffer-tuning", buffer_tuning)
     if "state-rule" in cfg:

@@ -42,6 +42,7 @@ from ..runtime import clock_of, publish_result
 from .anchor import BlockAnchorer
 from .fairness import InverseParticipation
 from .loop import QueuedDispatch
+from .memory import UpdateMemory
 from .result import AsyncResult
 from .run import FedBuffRun
 from .scheduling import RandomSample, SchedulingPolicy
@@ -135,6 +136,11 @@ class FedBuff(Strategy):
     fairness : InverseParticipation | None (default: None)
         Multiply each update's staleness weight by its node's inverse
         participation factor (:mod:`~flchain_flwr.strategies.fairness`).
+    update_memory : UpdateMemory | None (default: None)
+        Step on each node's latest update, not only the buffer's (MIFA, see
+        :mod:`~flchain_flwr.strategies.memory`): a slow node's update keeps
+        steering the model until it sends a newer one. Not with a ledger or a
+        PoV committee (a block could not be replayed from its own updates).
     buffer_tuning : StalenessTarget | None (default: None)
         Choose K (and tau) after every version to hold a target mean staleness
         (:mod:`~flchain_flwr.strategies.tuning`); ``buffer_size`` and
@@ -236,6 +242,7 @@ class FedBuff(Strategy):
         example_weighting: ExampleWeighting | None = None,
         scheduling: SchedulingPolicy | None = None,
         fairness: InverseParticipation | None = None,
+        update_memory: UpdateMemory | None = None,
         buffer_tuning: StalenessTarget | None = None,
         state_rule: StateRule = DEFAULT_STATE_RULE,
         state_patterns: Iterable[str] = (),
@@ -302,6 +309,11 @@ class FedBuff(Strategy):
             "downlink_from_initial needs downlink",
         )
         _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
+        _require(
+            update_memory is None or (ledger is None and committee is None),
+            "update_memory cannot be replayed from a ledger yet: run it without "
+            "ledger and committee",
+        )
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -322,6 +334,7 @@ class FedBuff(Strategy):
         self.example_weighting = example_weighting or DEFAULT_WEIGHTING
         self.scheduling = scheduling or RandomSample()
         self.fairness = fairness
+        self.update_memory = update_memory
         self.buffer_tuning = buffer_tuning
         self.state_rule: StateRule = state_rule_named(state_rule)
         self.state_patterns = tuple(state_patterns)
@@ -363,12 +376,12 @@ class FedBuff(Strategy):
             self.example_weighting.spec,
         )
         log(INFO, "\t├──> PoV: %s, ledger: %s", self.committee, self.ledger)
-        if self.fairness is not None or self.buffer_tuning is not None:
+        stragglers = (self.fairness, self.update_memory, self.buffer_tuning)
+        if any(option is not None for option in stragglers):
             log(
                 INFO,
-                "\t├──> Stragglers: fairness=%s, buffer tuning=%s",
-                self.fairness and self.fairness.spec,
-                self.buffer_tuning and self.buffer_tuning.spec,
+                "\t├──> Stragglers: fairness=%s, update memory=%s, buffer tuning=%s",
+                *(option and option.spec for option in stragglers),
             )
         log(
             INFO,
@@ -422,6 +435,7 @@ class FedBuff(Strategy):
             key: option.spec
             for key, option in (
                 ("fairness", self.fairness),
+                ("update_memory", self.update_memory),
                 ("buffer_tuning", self.buffer_tuning),
             )
             if option is not None

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import RecordDict
@@ -27,6 +27,9 @@ from ..ledger.chain import BlockSigner
 from ..protocol import UPDATE_KIND_DELTA
 from .state import DEFAULT_STATE_RULE, StateRule, aggregate_state
 from .updates import ParsedUpdate, weighted_delta
+
+if TYPE_CHECKING:
+    from .memory import RememberedUpdates
 
 
 @dataclass
@@ -97,12 +100,16 @@ class Block:
     votes: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] | None = None
     signer: BlockSigner | None = None
+    remembered: list[BufferedUpdate] = field(default_factory=list)
+    """Earlier updates an update memory stepped on beside these (:mod:`.memory`)."""
 
     def shares(self, server_lr: float) -> list[float]:
-        """The fraction of each update's delta that the step will apply."""
-        total = sum(u.step_examples for u in self.updates)
+        """The fraction of each update's delta that the step applies: the
+        buffer's updates, then the remembered ones."""
+        stepping = [*self.updates, *self.remembered]
+        total = sum(u.step_examples for u in stepping)
         scale = server_lr / total if total > 0 else 0.0
-        return [scale * u.step_weight * u.step_examples for u in self.updates]
+        return [scale * u.step_weight * u.step_examples for u in stepping]
 
 
 class BlockStage:
@@ -147,6 +154,7 @@ def server_step(
     velocity: NDArrays | None,
     state_names: frozenset[str] = frozenset(),
     state_rule: StateRule = DEFAULT_STATE_RULE,
+    remembered: Sequence[BufferedUpdate] = (),
 ) -> StepResult | None:
     """FedBuff's server update, a pure function; ``None`` if not finite.
 
@@ -158,12 +166,14 @@ def server_step(
     parent + lr * step`` (:func:`~flchain_flwr.arrays.apply_step`). Arrays in
     ``state_names`` then follow ``state_rule`` (:func:`.aggregate_state`).
     Reads each update's ``update.delta``, ``examples``, ``weight``, ``trust``,
-    ``clip`` and ``state_base`` only.
+    ``clip`` and ``state_base`` only. ``remembered`` updates (an update
+    memory's, :mod:`.memory`) join the sums of the step, not the state.
     """
+    stepping = [*updates, *remembered]
     step = weighted_delta(
-        [u.update.delta for u in updates],
-        [u.step_examples for u in updates],
-        [u.step_weight for u in updates],
+        [u.update.delta for u in stepping],
+        [u.step_examples for u in stepping],
+        [u.step_weight for u in stepping],
     )
     if momentum > 0.0:
         if velocity is not None:
@@ -204,8 +214,10 @@ class ServerStep:
         momentum: float,
         state_names: frozenset[str] = frozenset(),
         state_rule: StateRule = DEFAULT_STATE_RULE,
+        memory: RememberedUpdates | None = None,
     ) -> None:
         self.lr = lr
+        self.memory = memory
         self.momentum = momentum
         self.state_names = state_names
         self.state_rule = state_rule
@@ -222,6 +234,8 @@ class ServerStep:
         """Set ``block.step`` and ``block.model``; ``False`` if not finite."""
         if self.momentum > 0.0:
             self.velocity_from_zero = self.velocity is None
+        if self.memory is not None:
+            block.remembered = self.memory.others(block.updates, block.version)
         result = server_step(
             block.parent,
             block.updates,
@@ -230,10 +244,13 @@ class ServerStep:
             velocity=self.velocity,
             state_names=self.state_names,
             state_rule=self.state_rule,
+            remembered=block.remembered,
         )
         if result is None:
             self.velocity = None
             return False
+        if self.memory is not None:
+            self.memory.remember(block.updates, block.version)
         self.velocity = result.velocity
         block.step, block.model = result.step, result.model
         return True

@@ -95,8 +95,10 @@ class AsyncResult(Result):
         counts the whole chain's.
     weight_share : dict[int, float]
         Per node id, the sum over versions of its update's share of the step
-        (staleness weight times effective examples over the buffer's examples);
-        a resumed run's starts from the chain's (:mod:`.carryover`).
+        (staleness weight times effective examples over the buffer's examples;
+        with an update memory, its remembered update counts in every version
+        it steps in); a resumed run's starts from the chain's
+        (:mod:`.carryover`).
     """
 
     versions: list[VersionRecord] = field(default_factory=list)

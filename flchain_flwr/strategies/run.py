@@ -125,7 +125,14 @@ class FedBuffRun:
                 stages.append(AnchorStage(ledger.ledger, s.anchor))
         names = state_names(model, s.state_patterns)
         self.pipeline = Pipeline(
-            stages, ServerStep(s.server_lr, s.server_momentum, names, s.state_rule)
+            stages,
+            ServerStep(
+                s.server_lr,
+                s.server_momentum,
+                names,
+                s.state_rule,
+                s.update_memory.start() if s.update_memory is not None else None,
+            ),
         )
         if ledger is not None:  # every block records what a resume restores
             ledger.record_state(self.pipeline.server_step, claims)

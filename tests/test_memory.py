@@ -1,0 +1,111 @@
+"""Update memory (MIFA, issue 14): the scripted arrivals' memory, the step over
+it, and a run where a slow node's update keeps steering the model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import MetricRecord, RecordDict
+
+from flchain_flwr.strategies import (
+    Constant,
+    FedBuff,
+    UpdateMemory,
+    fedbuff_from_run_config,
+)
+from flchain_flwr.strategies.memory import update_memory
+from flchain_flwr.strategies.pipeline import BufferedUpdate, server_step
+from flchain_flwr.strategies.updates import ParsedUpdate
+
+from .test_stragglers import run_toy, toy_fedbuff
+
+
+def update(node: int, delta: float, examples: float = 10.0) -> BufferedUpdate:
+    parsed = ParsedUpdate({"w": np.array([delta])}, examples, MetricRecord(), "delta")
+    return BufferedUpdate(node, 0, 0, 1.0, parsed, examples, RecordDict())
+
+
+def test_scripted_arrivals_step_on_each_nodes_latest_update() -> None:
+    memory = UpdateMemory(max_age=3).start()
+    a1, b1, c2, a3, c4 = (
+        update(1, 1.0),
+        update(2, 2.0),
+        update(3, 4.0),
+        update(1, 8.0),
+        update(3, 16.0),
+    )
+    script = [  # (version, fresh, the remembered updates that step beside them)
+        (1, [a1, b1], []),
+        (2, [c2], [a1, b1]),
+        (3, [a3], [b1, c2]),  # A's newer update replaced its first
+        (4, [c4], [a3, b1]),  # B's, from version 1, is 3 versions old: kept
+        (5, [a3], [c4]),  # B's is 4 old: dropped
+    ]
+    for version, fresh, expected in script:
+        assert memory.others(fresh, version) == expected, version
+        memory.remember(fresh, version)
+    assert sorted(memory.latest) == [1, 3]  # B's entry is gone, not just skipped
+
+
+def test_the_step_is_fedbuffs_formula_over_buffer_and_memory() -> None:
+    parent = {"w": np.array([0.0])}
+    fresh = [update(1, 1.0, 10.0)]
+    fresh[0].weight = 0.5  # a stale update keeps its staleness weight
+    remembered = [update(2, 4.0, 30.0)]
+    result = server_step(
+        parent, fresh, lr=1.0, momentum=0.0, velocity=None, remembered=remembered
+    )
+    assert result is not None
+    assert result.model["w"][0] == pytest.approx((0.5 * 10 * 1.0 + 30 * 4.0) / 40)
+    alone = server_step(parent, fresh, lr=1.0, momentum=0.0, velocity=None)
+    empty = server_step(
+        parent, fresh, lr=1.0, momentum=0.0, velocity=None, remembered=()
+    )
+    assert alone is not None and empty is not None
+    assert alone.model["w"].tobytes() == empty.model["w"].tobytes()
+
+
+def test_a_slow_nodes_update_keeps_steering_the_model() -> None:
+    # toy nodes at speeds 1, 1, 1, 0.25, 0.25, 0.05 (test_stragglers.SPEEDS);
+    # the same schedule with and without memory, so the same participation
+    plain, _ = run_toy(toy_fedbuff(staleness_fn=Constant()))
+    kept, _ = run_toy(
+        toy_fedbuff(staleness_fn=Constant(), update_memory=UpdateMemory(100))
+    )
+    assert plain.participation == kept.participation
+    rare = min(plain.participation, key=plain.participation.__getitem__)
+    often = max(plain.participation, key=plain.participation.__getitem__)
+    # the rare node's share of the steps grows to about its share of the nodes
+    assert kept.weight_share[rare] > 3 * plain.weight_share[rare]
+    assert kept.weight_share[often] < plain.weight_share[often]
+    versions = len(plain.versions)
+    for result in (plain, kept):  # each version's shares sum to one step
+        assert sum(result.weight_share.values()) == pytest.approx(versions)
+
+
+def test_update_memory_is_refused_where_a_block_could_not_be_replayed(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ValueError, match="update_memory cannot be replayed"):
+        FedBuff(update_memory=UpdateMemory(), ledger=tmp_path / "l.db")
+
+
+def test_the_run_config_key_and_its_errors() -> None:
+    strategy = fedbuff_from_run_config({"update-memory": "mifa:7"})
+    assert strategy.update_memory == UpdateMemory(7)
+    assert strategy.config_dict()["update_memory"] == "mifa:7"
+    assert fedbuff_from_run_config({"update-memory": "mifa"}).update_memory == (
+        UpdateMemory(100)
+    )
+    assert fedbuff_from_run_config({"update-memory": ""}).update_memory is None
+    assert "update_memory" not in fedbuff_from_run_config({}).config_dict()
+    assert update_memory(UpdateMemory(3).spec) == UpdateMemory(3)
+    for bad, message in (
+        ("mifa:0", "max_age"),
+        ("mifa:x", "update memory"),
+        ("sag", "unknown"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            fedbuff_from_run_config({"update-memory": bad})
