@@ -6,6 +6,7 @@ otherwise than that rule."""
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +19,10 @@ from flchain_flwr.ledger.consensus import quorum
 from flchain_flwr.ledger.replay import rule_weighs_by_trust
 from flchain_flwr.pov import Rule, remote
 from flchain_flwr.pov.remote import RemoteCommittee
+from flchain_flwr.pov.trust import weigh_by_trust
 from flchain_flwr.sim import simulate
 from flchain_flwr.strategies import AsyncResult, Constant, FedBuff, stages
+from flchain_flwr.strategies.pipeline import BufferedUpdate
 
 from .pov_replies import reply_candidate
 from .test_pov import CHAIN, context, model
@@ -106,12 +109,27 @@ def test_remote_members_that_weigh_by_trust_replay_and_sign_an_honest_run(
     assert "in 2 of them a quorum of signers recomputed the model" in out.getvalue()
 
 
+def _untrusted(
+    updates: Sequence[BufferedUpdate], votes: Sequence[Any], size: int
+) -> None:
+    """The clips, but every trust left at 1: the votes' scores unused."""
+    weigh_by_trust(updates, votes, size)
+    for update in updates:
+        update.trust = 1.0
+
+
+@pytest.mark.parametrize(
+    "weigh",
+    [lambda updates, votes, size: None, _untrusted],
+    ids=["plain-step", "trusts-unused"],
+)
 def test_a_server_that_skips_the_trust_weights_gets_no_remote_signature(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weigh: Any
 ) -> None:
     """It records trust weighting (its committee has it, as the members do)
-    but takes FedBuff's plain step: every member's replay gives another model."""
-    monkeypatch.setattr(stages, "weigh_by_trust", lambda updates, votes, size: None)
+    but takes FedBuff's plain step, or clips without the trusts: every
+    member's replay gives another model."""
+    monkeypatch.setattr(stages, "weigh_by_trust", weigh)
     with pytest.raises(Exception, match="0 of 4 committee members signed") as err:
         _run(tmp_path, TRUSTING, trust=True)
     why = "the model is not the replayed one: the replayed model "
