@@ -69,6 +69,16 @@ def _genesis_alone(path: Path) -> None:
         assert not ledger.header_signatures(1)
 
 
+def _no_member_signs(
+    tmp_path: Path, members: dict[str, Any], *, trust: bool, why: str
+) -> None:
+    """The run stops at block 1, every member refusing its header for ``why``."""
+    with pytest.raises(Exception, match="0 of 4 committee members signed") as err:
+        _run(tmp_path, members, trust=trust)
+    assert str(err.value).count(why) == MEMBERS, err.value
+    _genesis_alone(tmp_path / "chain.db")
+
+
 def test_remote_members_that_weigh_by_trust_replay_and_sign_an_honest_run(
     tmp_path: Path,
 ) -> None:
@@ -130,11 +140,8 @@ def test_a_server_that_skips_the_trust_weights_gets_no_remote_signature(
     but takes FedBuff's plain step, or clips without the trusts: every
     member's replay gives another model."""
     monkeypatch.setattr(stages, "weigh_by_trust", weigh)
-    with pytest.raises(Exception, match="0 of 4 committee members signed") as err:
-        _run(tmp_path, TRUSTING, trust=True)
     why = "the model is not the replayed one: the replayed model "
-    assert str(err.value).count(why) == MEMBERS
-    _genesis_alone(tmp_path / "chain.db")
+    _no_member_signs(tmp_path, TRUSTING, trust=True, why=why)
 
 
 @pytest.mark.parametrize(
@@ -188,8 +195,5 @@ def test_members_refuse_a_header_whose_recorded_settings_contradict_their_rule(
         return config
 
     monkeypatch.setattr(FedBuff, "config_dict", recorded)
-    with pytest.raises(Exception, match="0 of 4 committee members signed") as err:
-        _run(tmp_path, members, trust=trust)
     why = "the recorded settings weigh updates otherwise than its rule"
-    assert str(err.value).count(why) == MEMBERS
-    _genesis_alone(tmp_path / "chain.db")
+    _no_member_signs(tmp_path, members, trust=trust, why=why)
