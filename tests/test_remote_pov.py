@@ -4,10 +4,12 @@ signing, inside FedBuff on the virtual grid (the same messages as a deployment).
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.chain import load_or_create_key
@@ -18,7 +20,7 @@ from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
 from .pov_replies import reply_candidate
-from .test_pov import CHAIN, context, model, toy_score
+from .test_pov import CHAIN, context, model, toward_target, toy_score
 from .toy import constant_work, initial_arrays, toy_client_app
 
 TRAINERS = 5
@@ -26,13 +28,25 @@ VERIFIERS = 4
 
 
 def _toy_verifier(context: Context) -> Verifier | None:
-    """The node's verifier, as an app builds it from its node config."""
-    behaviour = str(context.node_config.get("behaviour", "honest"))
-    rule = Rule(Threshold(value=float(context.node_config.get("tolerance", 0.05))))
+    """The node's verifier, as an app builds it from its node config: the loss
+    rule at ``tolerance``, or with ``min-cosine`` the direction test alone
+    (reference :func:`toward_target`), weighing by trust if ``trust-weighting``."""
+    cfg = context.node_config
+    behaviour = str(cfg.get("behaviour", "honest"))
+    threshold = Threshold(value=float(cfg.get("tolerance", 0.05)))
+    if "min-cosine" in cfg:
+        threshold = Threshold("none", min_cosine=float(cfg["min-cosine"]))
+    rule = Rule(threshold, trust_weighting=bool(cfg.get("trust-weighting", False)))
+    reference = toward_target if "min-cosine" in cfg else None
     return remote.verifier_from_node_config(
-        context.node_config,
+        cfg,
         lambda key, shard: Verifier(
-            toy_score, key, behaviour=behaviour, seed=shard, rule=rule
+            toy_score,
+            key,
+            behaviour=behaviour,
+            seed=shard,
+            rule=rule,
+            reference_fn=reference,
         ),
     )
 
@@ -67,15 +81,19 @@ def _misbehaving_answer(msg: Message, context: Context) -> Message:
     return remote.answer_in_run(msg, context, verifier)
 
 
-def _app():  # type: ignore[no-untyped-def]
-    app = toy_client_app({}, mods=[attack_mod()])
+def _app(app: ClientApp | None = None) -> ClientApp:
+    """``app`` (default: the toy trainers, with attacks) answering PoV queries."""
+    app = app or toy_client_app({}, mods=[attack_mod()])
     for action in remote.ACTIONS:
         app.query(action)(_misbehaving_answer)
     return app
 
 
 def _grid(
-    tmp_path: Path, verifier_configs: list[dict[str, str | int]], attackers: set[int]
+    tmp_path: Path,
+    verifier_configs: Sequence[Mapping[str, str | int | float | bool]],
+    attackers: set[int],
+    app: ClientApp | None = None,
 ) -> VirtualGrid:
     configs: list[dict[str, int | float | str | bool]] = []
     for pid in range(TRAINERS):
@@ -98,7 +116,7 @@ def _grid(
             }
         )
     return VirtualGrid(
-        _app(),
+        _app(app),
         [DeviceProfile() for _ in configs],
         node_configs=configs,
         work_fn=constant_work(1.0),
