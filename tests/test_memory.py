@@ -12,6 +12,7 @@ from flwr.app import MetricRecord, RecordDict
 from flchain_flwr.strategies import (
     Constant,
     FedBuff,
+    InverseParticipation,
     UpdateMemory,
     fedbuff_from_run_config,
 )
@@ -85,11 +86,13 @@ def test_a_slow_nodes_update_keeps_steering_the_model() -> None:
         assert sum(result.weight_share.values()) == pytest.approx(versions)
 
 
-def test_update_memory_is_refused_where_a_block_could_not_be_replayed(
+def test_update_memory_is_refused_with_a_ledger_or_with_fairness(
     tmp_path: Path,
 ) -> None:
     with pytest.raises(ValueError, match="update_memory cannot be replayed"):
         FedBuff(update_memory=UpdateMemory(), ledger=tmp_path / "l.db")
+    with pytest.raises(ValueError, match="compensate them twice"):
+        FedBuff(update_memory=UpdateMemory(), fairness=InverseParticipation())
 
 
 def test_the_run_config_key_and_its_errors() -> None:

@@ -19,12 +19,15 @@ plain average, whose analysis assumes a small, decaying learning rate) the
 stragglers benchmark's model collapsed to one class (11 % accuracy, seed 0),
 as every remembered multi-step update is applied again version after
 version. An update is remembered for at most ``max_age`` versions after it
-arrived, so a node that left stops steering the model. Non-trainable arrays (``state_names``) follow
-the buffer's updates only. Memory: one delta per remembered node (a model's
-size in float64 each, for the nodes of the last ``max_age`` versions).
+arrived, so a node that left stops steering the model. Non-trainable arrays
+(``state_names``) follow the buffer's updates only. Memory: one delta per
+remembered node (a model's size in float64 each, for the nodes of the last
+``max_age`` versions).
 
 A ledger cannot replay it yet (a block's step would depend on updates of
-earlier blocks), so FedBuff refuses it with a ledger or a PoV committee.
+earlier blocks), so FedBuff refuses it with a ledger or a PoV committee; and
+with fairness weighting, which makes up for rare nodes a second time (the
+stragglers benchmark's model collapsed with both, on every seed).
 """
 
 from __future__ import annotations
