@@ -7,8 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import MetricRecord, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
 
+from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import (
     Constant,
     FedBuff,
@@ -17,10 +26,17 @@ from flchain_flwr.strategies import (
     fedbuff_from_run_config,
 )
 from flchain_flwr.strategies.memory import update_memory
-from flchain_flwr.strategies.pipeline import BufferedUpdate, server_step
+from flchain_flwr.strategies.pipeline import (
+    BufferedUpdate,
+    Pipeline,
+    Rejection,
+    ServerStep,
+    server_step,
+)
 from flchain_flwr.strategies.updates import ParsedUpdate
 
-from .test_stragglers import run_toy, toy_fedbuff
+from .test_stragglers import SPEEDS, run_toy, steps_work, toy_fedbuff
+from .toy import initial_arrays, toy_client_app
 
 
 def update(node: int, delta: float, examples: float = 10.0) -> BufferedUpdate:
@@ -112,3 +128,63 @@ def test_the_run_config_key_and_its_errors() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             fedbuff_from_run_config({"update-memory": bad})
+
+
+def test_a_runaway_remembered_update_cannot_stop_the_run() -> None:
+    # node 0's first reply is finite but huge, then the node is gone: the
+    # remembered update would overflow every later step with the fresh ones;
+    # the step clears the memory and goes on (it used to stop at version 8)
+    def huge_once(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+        first = int(context.node_config["partition-id"]) == 0
+        if first and "sent" in context.state:
+            raise RuntimeError("node 0 is gone")
+        reply = call_next(msg, context)
+        if first:
+            context.state["sent"] = ConfigRecord({"once": True})
+            reply.content["arrays"] = ArrayRecord(
+                {
+                    k: Array(np.full_like(v.numpy(), 3.3e38))
+                    for k, v in reply.content["arrays"].items()
+                }
+            )
+        return reply
+
+    grid = VirtualGrid(
+        toy_client_app(mods=[huge_once]),
+        [DeviceProfile(speed=s) for s in SPEEDS],
+        work_fn=steps_work,
+        seed=0,
+    )
+    strategy = toy_fedbuff(
+        staleness_fn=Constant(), update_memory=UpdateMemory(100), time_budget=2000.0
+    )
+    result = strategy.start(
+        grid,
+        initial_arrays(),
+        num_rounds=40,
+        timeout=1e4,
+        train_config=ConfigRecord({"lr": 0.1, "local-steps": 4}),
+    )
+    assert result.stop_reason == "completed" and len(result.versions) == 40
+
+
+def test_a_node_whose_reply_is_rejected_steers_no_more() -> None:
+    memory = UpdateMemory(10).start()
+    pipeline = Pipeline([], ServerStep(1.0, 0.0, memory=memory))
+    memory.remember([update(1, 1.0), update(2, 2.0)], 1)
+    pipeline.reject(Rejection(1, 1, "update holds a non-finite value", ""))
+    assert sorted(memory.latest) == [2]
+    # a node that only failed (unavailable) keeps its update: that is MIFA's point
+
+
+def test_the_refusals_hold_at_start_and_before_a_ledger_file_is_made(
+    tmp_path: Path,
+) -> None:
+    strategy = toy_fedbuff(update_memory=UpdateMemory())
+    strategy.ledger = tmp_path / "late.db"  # set after construction
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        run_toy(strategy, versions=2)
+    path = tmp_path / "cfg.db"
+    with pytest.raises(ValueError, match="cannot be replayed"):
+        fedbuff_from_run_config({"update-memory": "mifa", "ledger-path": str(path)})
+    assert not (tmp_path / "late.db").exists() and not path.exists()

@@ -14,7 +14,7 @@ from .bafl import bafl_local_work
 from .fairness import fairness_weighting
 from .fedbuff import FedBuff, MaxStaleness
 from .fedsa import fedsa_learning_rate
-from .memory import update_memory
+from .memory import UpdateMemory, memory_conflict, update_memory
 from .scheduling import SchedulingPolicy, scheduling_policy
 from .staleness import staleness_fn
 from .state import state_rule
@@ -158,6 +158,15 @@ def fedbuff_from_run_config(
         places = {
             k: _text(cfg, k) for k in ("ledger-key", "ledger-checkpoint") if k in cfg
         }
+        memory = kwargs.get("update_memory")
+        conflict = memory_conflict(  # before a ledger file is made for nothing
+            memory if isinstance(memory, UpdateMemory) else None,
+            ledger=bool(ledger_path),
+            committee=overrides.get("committee") is not None,
+            fairness=kwargs.get("fairness") is not None,
+        )
+        if conflict is not None:
+            raise ValueError(conflict)
         if ledger_path:
             kwargs["ledger"] = Ledger(
                 ledger_path,

@@ -42,7 +42,7 @@ from ..runtime import clock_of, publish_result
 from .anchor import BlockAnchorer
 from .fairness import InverseParticipation
 from .loop import QueuedDispatch
-from .memory import UpdateMemory
+from .memory import UpdateMemory, memory_conflict
 from .result import AsyncResult
 from .run import FedBuffRun
 from .scheduling import RandomSample, SchedulingPolicy
@@ -310,17 +310,13 @@ class FedBuff(Strategy):
             "downlink_from_initial needs downlink",
         )
         _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
-        _require(
-            update_memory is None or fairness is None,
-            "fairness and update_memory both make up for rare nodes: together "
-            "they compensate them twice (the stragglers benchmark's model "
-            "collapsed to 10-30 % accuracy on 3 of 3 seeds); choose one",
+        conflict = memory_conflict(
+            update_memory,
+            ledger=ledger is not None,
+            committee=committee is not None,
+            fairness=fairness is not None,
         )
-        _require(
-            update_memory is None or (ledger is None and committee is None),
-            "update_memory cannot be replayed from a ledger yet: run it without "
-            "ledger and committee",
-        )
+        _require(conflict is None, conflict or "")
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes

@@ -21,8 +21,15 @@ as every remembered multi-step update is applied again version after
 version. An update is remembered for at most ``max_age`` versions after it
 arrived, so a node that left stops steering the model. Non-trainable arrays
 (``state_names``) follow the buffer's updates only. Memory: one delta per
-remembered node (a model's size in float64 each, for the nodes of the last
-``max_age`` versions).
+remembered node (a model's size, in the delta's dtype, for the nodes of the
+last ``max_age`` versions).
+
+A node whose latest reply was rejected (malformed, NaN, too stale, ...) is
+forgotten; a node that only failed or timed out is not (an unavailable device
+is what the memory is for). A step that would not be finite with the
+remembered updates clears the memory and is taken on the buffer's alone, so
+one runaway update cannot stop the run. Like the other straggler policies it
+acts in ``FedBuff.start``'s loop only, not in the synchronous path.
 
 A ledger cannot replay it yet (a block's step would depend on updates of
 earlier blocks), so FedBuff refuses it with a ledger or a PoV committee; and
@@ -77,6 +84,14 @@ class RememberedUpdates:
             if node not in nodes and version - arrived <= self.max_age
         ]
 
+    def forget(self, node_id: int) -> None:
+        """``node_id``'s latest reply was rejected: its update steers no more."""
+        self.latest.pop(node_id, None)
+
+    def clear(self) -> None:
+        """Forget every update (a step with them would not be finite)."""
+        self.latest.clear()
+
     def remember(self, fresh: Sequence[BufferedUpdate], version: int) -> None:
         """``fresh`` made ``version``: each replaces its node's update (a node's
         last one in the buffer wins); updates past ``max_age`` are dropped."""
@@ -86,6 +101,26 @@ class RememberedUpdates:
             n for n, (v, _) in self.latest.items() if version - v >= self.max_age
         ]:
             del self.latest[node]
+
+
+def memory_conflict(
+    update_memory: UpdateMemory | None, *, ledger: bool, committee: bool, fairness: bool
+) -> str | None:
+    """Why ``update_memory`` cannot run beside the others, or ``None``."""
+    if update_memory is None:
+        return None
+    if fairness:
+        return (
+            "fairness and update_memory both make up for rare nodes: together "
+            "they compensate them twice (the stragglers benchmark's model "
+            "collapsed to 10-30 % accuracy on 3 of 3 seeds); choose one"
+        )
+    if ledger or committee:
+        return (
+            "update_memory cannot be replayed from a ledger yet: run it without "
+            "ledger and committee"
+        )
+    return None
 
 
 def update_memory(spec: str) -> UpdateMemory | None:

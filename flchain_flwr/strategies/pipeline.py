@@ -230,13 +230,8 @@ class ServerStep:
         """Continue from ``velocity`` (a resumed run's; ``None``: from zero)."""
         self.velocity = velocity
 
-    def __call__(self, block: Block) -> bool:
-        """Set ``block.step`` and ``block.model``; ``False`` if not finite."""
-        if self.momentum > 0.0:
-            self.velocity_from_zero = self.velocity is None
-        if self.memory is not None:
-            block.remembered = self.memory.others(block.updates, block.version)
-        result = server_step(
+    def _step(self, block: Block) -> StepResult | None:
+        return server_step(
             block.parent,
             block.updates,
             lr=self.lr,
@@ -246,6 +241,19 @@ class ServerStep:
             state_rule=self.state_rule,
             remembered=block.remembered,
         )
+
+    def __call__(self, block: Block) -> bool:
+        """Set ``block.step`` and ``block.model``; ``False`` if not finite."""
+        if self.momentum > 0.0:
+            self.velocity_from_zero = self.velocity is None
+        if self.memory is not None:
+            block.remembered = self.memory.others(block.updates, block.version)
+        result = self._step(block)
+        if result is None and block.remembered and self.memory is not None:
+            # one runaway remembered update must not stop every later step
+            self.memory.clear()
+            block.remembered = []
+            result = self._step(block)
         if result is None:
             self.velocity = None
             return False
@@ -285,7 +293,9 @@ class Pipeline:
         return reference if self.needs_payload and kind != UPDATE_KIND_DELTA else None
 
     def reject(self, rejection: Rejection) -> None:
-        """Tell every stage about a rejection."""
+        """Tell every stage, and the update memory, about a rejection."""
+        if self.server_step.memory is not None:
+            self.server_step.memory.forget(rejection.node_id)
         for stage in self.stages:
             stage.rejected(rejection)
 
