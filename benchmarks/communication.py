@@ -301,14 +301,19 @@ def summarise(
 def _steady_state(
     mine: list[dict[str, Any]], pairs: list[tuple[dict[str, Any], dict[str, Any]]]
 ) -> dict[str, Any]:
-    """Downlink figures without each node's first (full) model: the mean delta
-    a node receives, and the total reduction per update it gives."""
-    sent = sum(d["sent"] for r in mine for d in r["downlink_by_distance"].values())
+    """Downlink figures without each node's first model (full, or a delta from
+    the initial model at distance 0, the version every node starts on): the
+    mean delta a node receives, and the total reduction per update it gives."""
+    later = [
+        d
+        for r in mine
+        for s, d in r["downlink_by_distance"].items()
+        if int(s) > 0  # keys are text once read back from the runs log
+    ]
+    sent = sum(d["sent"] for d in later)
     if not sent:
         return {}
-    delta_bytes = sum(
-        d["delta_bytes"] for r in mine for d in r["downlink_by_distance"].values()
-    )
+    delta_bytes = sum(d["delta_bytes"] for d in later)
     dense = sum(d["down_bytes_per_message"] + d["up_bytes_per_reply"] for _, d in pairs)
     ours = sum(delta_bytes / sent + r["up_bytes_per_reply"] for r, _ in pairs)
     return {
