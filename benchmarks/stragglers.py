@@ -496,7 +496,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nodes", type=int, default=15)
     parser.add_argument("--rounds", type=int, default=6, help="FedAvg rounds")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="seeds from this one on"
+    )
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--target", type=float, default=0.4)
     parser.add_argument("--alpha", type=float, default=0.5)
@@ -545,8 +548,9 @@ def main() -> None:
     # and which are missing).
     main_names = [n for n in names if n in MAIN]
     others = [n for n in names if n not in MAIN]
-    stages = [(seed, main_names) for seed in range(args.seeds)]
-    stages += [(seed, others) for seed in range(args.seeds) if others]
+    chosen = range(args.first_seed, args.first_seed + args.seeds)
+    stages = [(seed, main_names) for seed in chosen]
+    stages += [(seed, others) for seed in chosen if others]
     planned: list[tuple[str, int]] = []  # FedAvg always runs: it sets the budget
     for seed, group in stages:
         if ("fedavg", seed) not in planned:
@@ -650,7 +654,7 @@ def save(
     missing = [f"{n} seed {s}" for n, s in planned if (n, s) not in done]
     gap, baseline, seeds = headline(rows)
     label = "stragglers: worst-tier gap with every policy (points)"
-    if seeds != list(range(args.seeds)):
+    if seeds != list(range(args.first_seed, args.first_seed + args.seeds)):
         label += f", seeds {seeds} only"
     load["now"] = os.getloadavg()
     write_results(
