@@ -337,6 +337,11 @@ def run_one(
     return row
 
 
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The seeds a run covers: ``--seeds`` of them from ``--first-seed``."""
+    return list(range(args.first_seed, args.first_seed + args.seeds))
+
+
 def progress_path(out: Path, name: str, seed: int) -> Path:
     """Where a running cell appends its curve: ``<out>.<name>.seed<seed>.jsonl``."""
     return out.with_name(f"{out.stem}.{name.lstrip('+')}.seed{seed}.jsonl")
@@ -548,9 +553,8 @@ def main() -> None:
     # and which are missing).
     main_names = [n for n in names if n in MAIN]
     others = [n for n in names if n not in MAIN]
-    chosen = range(args.first_seed, args.first_seed + args.seeds)
-    stages = [(seed, main_names) for seed in chosen]
-    stages += [(seed, others) for seed in chosen if others]
+    stages = [(seed, main_names) for seed in seeds_of(args)]
+    stages += [(seed, others) for seed in seeds_of(args) if others]
     planned: list[tuple[str, int]] = []  # FedAvg always runs: it sets the budget
     for seed, group in stages:
         if ("fedavg", seed) not in planned:
@@ -654,7 +658,7 @@ def save(
     missing = [f"{n} seed {s}" for n, s in planned if (n, s) not in done]
     gap, baseline, seeds = headline(rows)
     label = "stragglers: worst-tier gap with every policy (points)"
-    if seeds != list(range(args.first_seed, args.first_seed + args.seeds)):
+    if seeds != seeds_of(args):
         label += f", seeds {seeds} only"
     load["now"] = os.getloadavg()
     write_results(

@@ -283,8 +283,7 @@ class UpdateBuffer:
         self.store.advance(block.version, block.model)
         self.model_record = to_arrayrecord(block.model)
         shares = self.result.weight_share
-        stepping = [*updates, *block.remembered]
-        for u, share in zip(stepping, block.shares(1.0), strict=True):
+        for u, share in zip(block.stepping, block.shares(1.0), strict=True):
             shares[u.node_id] = shares.get(u.node_id, 0.0) + share
         count_participation(self.participation, [u.node_id for u in updates])
         count_participation(self.result.participation, [u.node_id for u in updates])

@@ -310,13 +310,6 @@ class FedBuff(Strategy):
             "downlink_from_initial needs downlink",
         )
         _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
-        conflict = memory_conflict(
-            update_memory,
-            ledger=ledger is not None,
-            committee=committee is not None,
-            fairness=fairness is not None,
-        )
-        _require(conflict is None, conflict or "")
         self.fraction_train = fraction_train
         self.fraction_evaluate = fraction_evaluate
         self.min_train_nodes = min_train_nodes
@@ -356,6 +349,8 @@ class FedBuff(Strategy):
         _require(anchor is None or ledger is not None, "anchor needs a ledger")
         self.anchor = anchor
         self.queued_dispatch: QueuedDispatch = queued_dispatch
+        conflict = self.policy_conflict()
+        _require(conflict is None, conflict or "")
         self._sync = SyncAggregation(self)
         self._sample_rng = random.Random(seed)
         if fraction_evaluate == 0.0:
@@ -414,6 +409,17 @@ class FedBuff(Strategy):
             )
         if self.queued_dispatch:
             log(INFO, "\t└──> Queued dispatch: %s", self.queued_dispatch)
+
+    def policy_conflict(self) -> str | None:
+        """Why the update memory cannot run beside the ledger, committee or
+        fairness set now, or ``None`` (checked here and again at start, as
+        they are attributes)."""
+        return memory_conflict(
+            self.update_memory,
+            ledger=self.ledger is not None,
+            committee=self.committee is not None,
+            fairness=self.fairness is not None,
+        )
 
     def config_dict(self) -> dict[str, object]:
         """The settings that shape the global model (recorded in ledger blocks)."""

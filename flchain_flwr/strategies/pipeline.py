@@ -103,10 +103,15 @@ class Block:
     remembered: list[BufferedUpdate] = field(default_factory=list)
     """Earlier updates an update memory stepped on beside these (:mod:`.memory`)."""
 
+    @property
+    def stepping(self) -> list[BufferedUpdate]:
+        """Every update the step sums: the buffer's, then the remembered ones."""
+        return [*self.updates, *self.remembered]
+
     def shares(self, server_lr: float) -> list[float]:
-        """The fraction of each update's delta that the step applies: the
-        buffer's updates, then the remembered ones."""
-        stepping = [*self.updates, *self.remembered]
+        """The fraction of each :attr:`stepping` update's delta that the step
+        applies."""
+        stepping = self.stepping
         total = sum(u.step_examples for u in stepping)
         scale = server_lr / total if total > 0 else 0.0
         return [scale * u.step_weight * u.step_examples for u in stepping]

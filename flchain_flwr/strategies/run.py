@@ -34,7 +34,6 @@ from .evaluation import (
 )
 from .history import NodeHistory
 from .loop import EventLoop, LoopSettings, queued_on
-from .memory import memory_conflict
 from .personalised import log_personal
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
@@ -70,12 +69,7 @@ class FedBuffRun:
         should_stop: Callable[[int, Result], bool] | None,
     ) -> None:
         s = self.strategy = strategy
-        conflict = memory_conflict(  # again: ledger and committee are attributes
-            s.update_memory,
-            ledger=s.ledger is not None,
-            committee=s.committee is not None,
-            fairness=s.fairness is not None,
-        )
+        conflict = s.policy_conflict()  # again: they may have been set since
         if conflict is not None:
             raise ValueError(conflict)
         self.clock = clock
