@@ -43,9 +43,7 @@ def write_results(
     document = {
         "benchmark": benchmark,
         "headline": {"label": label, "value": value},
-        "settings": {
-            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-        },
+        "settings": {k: _plain(v) for k, v in vars(args).items()},
         "machine": {
             "python": platform.python_version(),
             "platform": platform.platform(),
@@ -54,6 +52,15 @@ def write_results(
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(document, indent=2))
+
+
+def _plain(value: Any) -> Any:
+    """A setting as JSON holds it: paths (also in lists) as strings."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def require_fashion_mnist() -> None:

@@ -536,6 +536,14 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="cells run side by side (processes)"
     )
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        action="append",
+        default=[],
+        help="an earlier result JSON with the same settings: its finished cells "
+        "are kept, not rerun (repeatable)",
+    )
     args = parser.parse_args()
     names = [n for n in args.strategies.split(",") if n]
     unknown = sorted(set(names) - set(STRATEGIES))
@@ -560,8 +568,12 @@ def main() -> None:
         if ("fedavg", seed) not in planned:
             planned.append(("fedavg", seed))
         planned += [(n, seed) for n in group if n != "fedavg"]
-    rows: list[dict[str, Any]] = []
-    budgets: dict[int, float] = {}
+    try:
+        rows = reused_rows(args, planned)
+    except ValueError as error:
+        parser.error(str(error))
+    budgets = {r["seed"]: r["budget"] for r in rows if r["strategy"] == "fedavg"}
+    done = {(r["strategy"], r["seed"]) for r in rows}
     load = {"start": os.getloadavg()}
     for seed, group in stages:
         if seed not in budgets:
@@ -569,7 +581,11 @@ def main() -> None:
             budgets[seed] = fedavg["simulated_seconds"]
             report(fedavg, budgets[seed], args, rows)
             save(rows, tiers, args, planned, load)
-        cells = [(n, args, seed, budgets[seed]) for n in group if n != "fedavg"]
+        cells = [
+            (n, args, seed, budgets[seed])
+            for n in group
+            if n != "fedavg" and (n, seed) not in done
+        ]
         for _, row in run_cells(run_one, cells, args.jobs, quiet):
             report(row, budgets[seed], args, rows)
             save(rows, tiers, args, planned, load)
@@ -588,6 +604,37 @@ def main() -> None:
         )
     gap, baseline, seeds = headline(rows)
     print(f"stragglers: worst-tier gap {gap} (plain FedBuff {baseline}, seeds {seeds})")
+
+
+SETTINGS_FREE = {"seeds", "first_seed", "strategies", "out", "jobs", "reuse"}
+"""Settings that may differ between a run and the results it reuses."""
+
+
+def reused_rows(
+    args: argparse.Namespace, planned: list[tuple[str, int]]
+) -> list[dict[str, Any]]:
+    """The finished cells of ``--reuse`` files that this run plans, after
+    checking that every other setting matches (ValueError naming the first
+    that does not)."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    ours = {k: v for k, v in vars(args).items() if k not in SETTINGS_FREE}
+    for path in args.reuse:
+        try:
+            document = json.loads(path.read_text())
+            theirs, runs = document["settings"], document["runs"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"--reuse {path}: not a stragglers result ({error})")
+        for key, value in ours.items():
+            if theirs.get(key) != value:
+                raise ValueError(
+                    f"--reuse {path}: {key} is {theirs.get(key)!r} there, "
+                    f"{value!r} here"
+                )
+        for row in runs:
+            cell = (row["strategy"], row["seed"])
+            if cell in planned:
+                rows.setdefault(cell, row)
+    return list(rows.values())
 
 
 def quiet() -> None:

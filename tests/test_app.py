@@ -239,6 +239,30 @@ def test_the_apps_config_exposes_the_new_keys_at_the_library_defaults() -> None:
     assert app.max_staleness == 50
 
 
+def test_fedavg_refuses_the_keys_only_fedbuff_reads() -> None:
+    from flchain_cnn.server_app import FEDBUFF_ONLY, strategy_name
+
+    config = app_run_config("apps/flchain_cnn")
+    assert strategy_name(config) == "fedbuff"
+    assert strategy_name({**config, "strategy": "fedavg"}) == "fedavg"
+    for key, value in (
+        ("adaptive-lr", "fedsa"),
+        ("adaptive-work", "bafl"),
+        ("fairness", "inverse:4"),
+        ("update-memory", "mifa"),
+        ("buffer-tuning", "staleness:1.5"),
+        ("downlink", True),
+        ("ledger-path", "runs/l.db"),
+        ("pov-verifiers", 7),
+    ):
+        assert key in FEDBUFF_ONLY
+        assert strategy_name({**config, key: value}) == "fedbuff"
+        with pytest.raises(ValueError, match=f"does not read {key}; they are FedBuff"):
+            strategy_name({**config, "strategy": "fedavg", key: value})
+    with pytest.raises(ValueError, match="'strategy' is 'fedbuf'"):
+        strategy_name({**config, "strategy": "fedbuf"})
+
+
 def test_ledgers_from_the_run_config_are_durable_unless_told(tmp_path: Path) -> None:
     from flchain_flwr.ledger import Ledger
     from flchain_flwr.strategies import fedbuff_from_run_config

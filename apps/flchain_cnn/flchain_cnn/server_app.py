@@ -42,6 +42,44 @@ app = ServerApp()
 
 ConfigValue = int | float | str | bool
 
+FEDBUFF_ONLY = (
+    "adaptive-lr",
+    "adaptive-work",
+    "fairness",
+    "update-memory",
+    "buffer-tuning",
+    "downlink",
+    "downlink-from-initial",
+    "ledger-path",
+    "anchor-main",
+    "pov-verifiers",
+    "pov-remote-verifiers",
+)
+"""Run-config keys that only the FedBuff path reads: set beside
+``strategy = "fedavg"`` they would be ignored, so they are refused."""
+
+
+def strategy_name(cfg: Mapping[str, ConfigValue]) -> str:
+    """The run config's ``strategy`` ("fedbuff" or "fedavg"), checked.
+
+    Raises ValueError for another name, and for ``"fedavg"`` beside any
+    :data:`FEDBUFF_ONLY` key that is set (Flower's FedAvg would silently run
+    without it: no straggler policy, downlink, ledger or committee).
+    """
+    name = cfg.get("strategy", "fedbuff")
+    if name not in ("fedbuff", "fedavg"):
+        raise ValueError(
+            f"run config key 'strategy' is {name!r}: expected 'fedbuff' or 'fedavg'"
+        )
+    ignored = [k for k in FEDBUFF_ONLY if cfg.get(k) not in (None, "", 0, False)]
+    if name == "fedavg" and ignored:
+        raise ValueError(
+            f"run config: strategy 'fedavg' (Flower's FedAvg) does not read "
+            f"{', '.join(ignored)}; they are FedBuff's. Unset them, or use "
+            "strategy = 'fedbuff'"
+        )
+    return str(name)
+
 
 def central_evaluator(
     dataset: str,
@@ -141,6 +179,7 @@ def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommit
 def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` global versions with FedBuff (or Flower's FedAvg)."""
     cfg = context.run_config
+    strategy_kind = strategy_name(cfg)  # before any discovery on the grid
     dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
     remote_count = int(cfg.get("pov-remote-verifiers", 0))
     committee = remote_committee(grid, cfg) if remote_count > 0 else pov_committee(cfg)
@@ -161,9 +200,7 @@ def main(grid: Grid, context: Context) -> None:
         return metrics
 
     initial = initial_arrays(cfg)
-    if str(cfg.get("strategy", "fedbuff")) == "fedavg":
-        if committee is not None:
-            raise ValueError("strategy fedavg runs without a PoV committee here")
+    if strategy_kind == "fedavg":
         nodes = max(1, int(cfg.get("min-nodes", 1)))
         result = DecompressReplies(
             FedAvg(
@@ -202,5 +239,5 @@ def main(grid: Grid, context: Context) -> None:
         path = Path(str(cfg["results-path"]))
         path.parent.mkdir(parents=True, exist_ok=True)
         history["timeline"] = timeline
-        history["strategy"] = str(cfg.get("strategy", "fedbuff"))
+        history["strategy"] = strategy_kind
         path.write_text(json.dumps(history, indent=2))
