@@ -623,7 +623,9 @@ def reused_rows(
             document = json.loads(path.read_text())
             theirs, runs = document["settings"], document["runs"]
         except (OSError, ValueError, KeyError) as error:
-            raise ValueError(f"--reuse {path}: not a stragglers result ({error})")
+            raise ValueError(
+                f"--reuse {path}: not a stragglers result ({error})"
+            ) from error
         for key, value in ours.items():
             if theirs.get(key) != value:
                 raise ValueError(

@@ -50,3 +50,25 @@ def test_speedup_is_a_lower_bound_where_fedavg_missed_the_target() -> None:
     }
     # FedBuff missed it: no ratio, not a made-up one
     assert speedups["fedbuff vs fedavg-os"]["value"] is None
+
+
+def test_reuse_keeps_planned_cells_of_a_run_with_the_same_settings(
+    tmp_path: Path,
+) -> None:
+    import argparse
+    import json
+
+    args = argparse.Namespace(nodes=100, lr=0.05, seeds=3, first_seed=0, jobs=2)
+    earlier = tmp_path / "seed1.json"
+    settings = {**vars(args), "seeds": 1, "first_seed": 1, "jobs": 1}
+    runs = [row("fedbuff", 1, 80.0, 60.0), row("+memory", 1, None, 70.0)]
+    earlier.write_text(json.dumps({"settings": settings, "runs": runs}))
+    args.reuse = [earlier]
+    kept = stragglers.reused_rows(args, [("fedbuff", 0), ("fedbuff", 1)])
+    assert kept == [runs[0]]  # +memory is not planned here
+    args.lr = 0.1
+    with pytest.raises(ValueError, match=r"lr is 0\.05 there, 0\.1 here"):
+        stragglers.reused_rows(args, [("fedbuff", 1)])
+    earlier.write_text("{}")
+    with pytest.raises(ValueError, match="not a stragglers result"):
+        stragglers.reused_rows(args, [("fedbuff", 1)])
