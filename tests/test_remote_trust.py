@@ -19,13 +19,13 @@ from flchain_flwr.ledger.consensus import quorum
 from flchain_flwr.ledger.replay import rule_weighs_by_trust
 from flchain_flwr.pov import Rule, remote
 from flchain_flwr.pov.remote import RemoteCommittee
+from flchain_flwr.pov.silence import CommitteeSilentError
 from flchain_flwr.pov.trust import weigh_by_trust
 from flchain_flwr.sim import simulate
 from flchain_flwr.strategies import AsyncResult, Constant, FedBuff, stages
 from flchain_flwr.strategies.pipeline import BufferedUpdate
 
-from .pov_replies import reply_candidate
-from .test_pov import CHAIN, context, model
+from .test_pov import CHAIN
 from .test_remote_pov import _grid
 from .test_trust import DIRECTION, skewed_app
 from .toy import initial_arrays
@@ -36,8 +36,8 @@ TRUSTING: dict[str, Any] = {"min-cosine": 0.0, "trust-weighting": True}
 PLAIN: dict[str, Any] = {"min-cosine": 0.0}
 """The same direction test, without trust weighting."""
 BUDGET = 20.0
-"""Grid seconds a run whose every vote or header is refused is given: a few
-versions' worth (each takes 6 s here); FedBuff would retry for ever."""
+"""Grid seconds a run whose every header is refused is given: a few versions'
+worth (each takes 6 s here)."""
 
 
 def _run(
@@ -152,24 +152,15 @@ def test_members_refuse_the_vote_requests_of_a_server_judging_otherwise(
 ) -> None:
     """Trust weighting is in the rule digest the votes sign: a server whose
     committee drops it (or adds it) names another rule, and every member
-    refuses to vote, so nothing is approved and no block is written."""
-    result, committee = _run(tmp_path, members, trust=trust, time_budget=BUDGET)
-    assert not result.versions and result.rejected
-    assert {r.reason for r in result.rejected} == {"PoV: 0/4 approvals, quorum 3"}
+    refuses to vote, so nothing is approved, no block is written, and the run
+    stops (pov.silence) with the members' reason, well within its budget."""
+    with pytest.raises(CommitteeSilentError) as raised:
+        _run(tmp_path, members, trust=trust, time_budget=BUDGET)
     _genesis_alone(tmp_path / "chain.db")
+    asked = Rule(DIRECTION, trust_weighting=trust).digest
     own = Rule(DIRECTION, trust_weighting=not trust).digest
-    decision = committee.decide(
-        context=context(1, rule=committee.rule.digest),
-        global_model=model(0.0),
-        candidates=[reply_candidate(1, 0.5)],
-        round_=0,
-    )
-    assert decision.votes == [] and len(decision.dropped_votes) == MEMBERS
-    why = (
-        f"the request names rule {committee.rule.digest[:16]}…, "
-        f"this verifier judges by {own[:16]}…"
-    )
-    assert all(why in d for d in decision.dropped_votes), decision.dropped_votes
+    why = f"the request names rule {asked[:16]}…, this verifier judges by {own[:16]}…"
+    assert str(raised.value).count(why) == MEMBERS, raised.value
 
 
 @pytest.mark.parametrize(

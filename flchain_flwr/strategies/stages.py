@@ -17,6 +17,7 @@ from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
+from ..pov.silence import SilenceWatch
 from ..pov.trust import TrustError, weigh_by_trust
 from ..runtime import Clock
 from .pipeline import (
@@ -315,6 +316,7 @@ class CommitteeStage(BlockStage):
         self._votes: list[dict[str, Any]] = []
         self._view = 0
         self._view_changes: list[dict[str, Any]] = []
+        self._silence = SilenceWatch()
 
     def filter(self, block: Block, reject: RejectFn) -> None:
         """Let the committee vote; keep the approved updates."""
@@ -347,6 +349,7 @@ class CommitteeStage(BlockStage):
             advance(self.committee.consensus_delay)
         for reason in decision.dropped_votes:
             log(WARNING, "PoV: %s", reason)
+        self._silence.observe(decision)  # stops a run no member votes in
         self._votes = carried_votes(self._votes, self._view, decision)
         self._committee, self._view = decision.committee, decision.view
         self._view_changes += decision.view_changes
