@@ -424,6 +424,7 @@ def _verifier_grid(  # pylint: disable=too-many-arguments
     mods: list[Any] | None = None,
     dies_at: float | None = None,
     work_fn: Callable[[Message, Message], float] | None = None,
+    down: tuple[float, float] | None = None,
 ) -> VirtualGrid:
     configs: list[dict[str, int | float | str | bool]] = [
         {"partition-id": p, "num-partitions": trainers} for p in range(trainers)
@@ -444,6 +445,9 @@ def _verifier_grid(  # pylint: disable=too-many-arguments
         profiles[-1] = DeviceProfile(online=((late, math.inf),))
     if dies_at is not None:  # verifier 1 goes offline for good at ``dies_at``
         profiles[trainers + order.index(1)] = DeviceProfile(online=((0.0, dies_at),))
+    if down is not None:  # every verifier offline from down[0] to down[1]
+        outage = DeviceProfile(online=((0.0, down[0]), (down[1], math.inf)))
+        profiles[trainers:] = [outage] * len(order)
     return VirtualGrid(
         _node_app(mods),
         profiles,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from logging import WARNING
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from flwr.app import RecordDict
 from flwr.supercore import log
@@ -77,6 +77,18 @@ class Candidate:
     the global model judged against)."""
 
 
+class Cast(NamedTuple):
+    """What one vote request got back from a committee's members."""
+
+    votes: list[dict[str, Any]]
+    """Their votes, unchecked (:meth:`Committee.decide` keeps the valid ones)."""
+    problems: list[str]
+    """Why members gave none (refused, failed, unreachable)."""
+    unreachable: frozenset[str] = frozenset()
+    """Members that gave no answer at all (no reply, node or message
+    unavailable): unlike a refusal, this may pass."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The committee's decision on one candidate."""
@@ -107,6 +119,8 @@ class CommitteeDecision:
     """What the votes sign."""
     view_changes: list[dict[str, Any]] = field(default_factory=list)
     """Certificates that the views this decision skipped failed (in order)."""
+    unreachable: list[str] = field(default_factory=list)
+    """Members that gave no answer to a vote request here (see :class:`Cast`)."""
 
     def votes_on(self, digest: str) -> list[dict[str, Any]]:
         """The counted votes on one candidate."""
@@ -379,9 +393,9 @@ class Committee(Views, HeaderSigning):
         global_model: NDArrays,
         candidates: Sequence[Candidate],
         weights: Sequence[float],
-    ) -> tuple[list[dict[str, Any]], list[str]]:
+    ) -> Cast:
         """Ask each member to vote on ``candidates`` at ``weights`` (their
-        shares): ``(votes, problems)``.
+        shares); in-process members always answer (a raise is a refusal).
 
         Votes come back unchecked; :meth:`decide` keeps only valid ones. A
         member that fails or refuses simply has no votes (which costs it nothing:
@@ -412,7 +426,7 @@ class Committee(Views, HeaderSigning):
                 )
             except Exception as exc:  # pylint: disable=broad-exception-caught
                 problems.append(f"verifier {key[:12]}… failed: {exc!r}")
-        return votes, problems
+        return Cast(votes, problems)
 
     # ---------------------------------------------------------------- deciding
     # pylint: disable=too-many-arguments,too-many-locals
@@ -497,12 +511,13 @@ class Committee(Views, HeaderSigning):
         pending = [i for i in range(len(candidates)) if i not in outcomes]
         votes: list[dict[str, Any]] = []
         dropped: list[str] = []
+        unreachable: list[str] = []
         while pending:  # each pass decides the rest at their shares among them
             batch = [candidates[i] for i in pending]
             weights = judged_shares(
                 server_lr, [c.weight for c in batch], [c.examples for c in batch]
             )
-            cast, problems = self.cast_votes(
+            answers = self.cast_votes(
                 members,
                 context=context,
                 global_model=global_model,
@@ -510,9 +525,10 @@ class Committee(Views, HeaderSigning):
                 weights=weights,
             )
             cast, more = collect_votes(
-                cast, context, members, {c.digest for c in batch}
+                answers.votes, context, members, {c.digest for c in batch}
             )
-            dropped.extend(problems + more)
+            dropped.extend(answers.problems + more)
+            unreachable.extend(k for k in members if k in answers.unreachable)
             approved = []
             for index, c in zip(pending, batch, strict=True):
                 approving = sum(
@@ -550,6 +566,7 @@ class Committee(Views, HeaderSigning):
             context.view,
             context,
             certificates,
+            unreachable,
         )
 
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 from nacl.encoding import HexEncoder
@@ -65,7 +66,7 @@ from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
 from ..ledger.statements import view_change_statement
 from ..runtime import clock_of
-from .committee import LEAD_TAG, Candidate, Committee, lead_statement
+from .committee import LEAD_TAG, Candidate, Cast, Committee, lead_statement
 from .memberreplay import replay_material
 from .members import (
     STATEMENT_COLUMNS,
@@ -554,7 +555,7 @@ class RemoteCommittee(Committee):
         global_model: NDArrays,
         candidates: Sequence[Candidate],
         weights: Sequence[float],
-    ) -> tuple[list[dict[str, Any]], list[str]]:
+    ) -> Cast:
         content = vote_request(
             context, global_model, candidates, weights, self.parse_keys
         )
@@ -566,12 +567,30 @@ class RemoteCommittee(Committee):
         )
         votes: list[dict[str, Any]] = []
         problems: list[str] = []
+        unreachable: set[str] = set()
         for key, node in node_of.items():
+            reply = replies.get(node)
+            if not _answered(reply):
+                unreachable.add(key)
             try:
-                votes.extend(_parse_votes(replies.get(node)))
+                votes.extend(_parse_votes(reply))
             except RemoteVerifierError as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
-        return votes, problems
+        return Cast(votes, problems, frozenset(unreachable))
+
+
+def _answered(reply: Message | None) -> bool:
+    """Whether the node's verifier app itself answered (votes, or a raise such
+    as a refusal), not the grid saying the node or message was unavailable."""
+    if reply is None:
+        return False
+    return not reply.has_error() or reply.error.code in _APP_ERRORS
+
+
+_APP_ERRORS = frozenset(
+    {ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ErrorCode.MOD_FAILED_PRECONDITION}
+)
+"""Error replies that the node's app gave (it ran and said no)."""
 
 
 def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
