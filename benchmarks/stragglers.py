@@ -575,6 +575,8 @@ def main() -> None:
     budgets = {r["seed"]: r["budget"] for r in rows if r["strategy"] == "fedavg"}
     done = {(r["strategy"], r["seed"]) for r in rows}
     load = {"start": os.getloadavg()}
+    if rows:
+        save(rows, tiers, args, planned, load)
     for seed, group in stages:
         if seed not in budgets:
             fedavg = run_one("fedavg", args, seed, None)
@@ -613,18 +615,23 @@ SETTINGS_FREE = {"seeds", "first_seed", "strategies", "out", "jobs", "reuse"}
 def reused_rows(
     args: argparse.Namespace, planned: list[tuple[str, int]]
 ) -> list[dict[str, Any]]:
-    """The finished cells of ``--reuse`` files that this run plans, after
-    checking that every other setting matches (ValueError naming the first
-    that does not)."""
+    """The finished cells of ``--reuse`` files that this run plans.
+
+    ValueError (naming the file and why) unless every other setting matches,
+    and unless each kept cell's seed has its FedAvg cell (the seed's time
+    budget) in the same file, with the budget the cell was judged against.
+    """
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     ours = {k: v for k, v in vars(args).items() if k not in SETTINGS_FREE}
     for path in args.reuse:
         try:
             document = json.loads(path.read_text())
             theirs, runs = document["settings"], document["runs"]
-        except (OSError, ValueError, KeyError) as error:
+            cells = [((r["strategy"], r["seed"]), r, r["budget"]) for r in runs]
+            budgets = {c[1]: b for c, _, b in cells if c[0] == "fedavg"}
+        except (OSError, ValueError, KeyError, TypeError) as error:
             raise ValueError(
-                f"--reuse {path}: not a stragglers result ({error})"
+                f"--reuse {path}: not a stragglers result ({error!r})"
             ) from error
         for key, value in ours.items():
             if theirs.get(key) != value:
@@ -632,10 +639,26 @@ def reused_rows(
                     f"--reuse {path}: {key} is {theirs.get(key)!r} there, "
                     f"{value!r} here"
                 )
-        for row in runs:
-            cell = (row["strategy"], row["seed"])
+        for cell, row, budget in cells:
+            if cell[1] not in budgets or budgets[cell[1]] != budget:
+                raise ValueError(
+                    f"--reuse {path}: {cell[0]} seed {cell[1]} was judged "
+                    f"against a budget of {budget!r}, its FedAvg's is "
+                    f"{budgets.get(cell[1])!r}"
+                )
             if cell in planned:
                 rows.setdefault(cell, row)
+    seeds = {
+        seed: rows[("fedavg", seed)]["budget"]
+        for _, seed in rows
+        if ("fedavg", seed) in rows
+    }
+    for (name, seed), row in rows.items():
+        if seeds.get(seed) != row["budget"]:
+            raise ValueError(
+                f"--reuse: {name} seed {seed} and the FedAvg kept for that seed "
+                "come from files with different budgets"
+            )
     return list(rows.values())
 
 

@@ -254,6 +254,8 @@ def test_fedavg_refuses_the_keys_only_fedbuff_reads() -> None:
         ("downlink", True),
         ("ledger-path", "runs/l.db"),
         ("pov-verifiers", 7),
+        ("server-momentum", 0.9),
+        ("personal-alpha", 0.5),
     ):
         assert key in FEDBUFF_ONLY
         assert strategy_name({**config, key: value}) == "fedbuff"

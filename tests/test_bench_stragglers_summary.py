@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,20 +57,131 @@ def test_speedup_is_a_lower_bound_where_fedavg_missed_the_target() -> None:
 def test_reuse_keeps_planned_cells_of_a_run_with_the_same_settings(
     tmp_path: Path,
 ) -> None:
-    import argparse
-    import json
-
     args = argparse.Namespace(nodes=100, lr=0.05, seeds=3, first_seed=0, jobs=2)
     earlier = tmp_path / "seed1.json"
     settings = {**vars(args), "seeds": 1, "first_seed": 1, "jobs": 1}
-    runs = [row("fedbuff", 1, 80.0, 60.0), row("+memory", 1, None, 70.0)]
+    runs = [row("fedavg", 1, 300.0, 30.0), row("fedbuff", 1, 80.0, 60.0)]
+    runs.append(row("+memory", 1, None, 70.0))
     earlier.write_text(json.dumps({"settings": settings, "runs": runs}))
     args.reuse = [earlier]
-    kept = stragglers.reused_rows(args, [("fedbuff", 0), ("fedbuff", 1)])
-    assert kept == [runs[0]]  # +memory is not planned here
+    planned = [("fedavg", 0), ("fedbuff", 0), ("fedavg", 1), ("fedbuff", 1)]
+    kept = stragglers.reused_rows(args, planned)
+    assert kept == runs[:2]  # +memory is not planned here
     args.lr = 0.1
     with pytest.raises(ValueError, match=r"lr is 0\.05 there, 0\.1 here"):
         stragglers.reused_rows(args, [("fedbuff", 1)])
     earlier.write_text("{}")
     with pytest.raises(ValueError, match="not a stragglers result"):
         stragglers.reused_rows(args, [("fedbuff", 1)])
+
+
+DEFAULTS: dict[str, Any] = {
+    "nodes": 15,
+    "rounds": 6,
+    "seeds": 1,
+    "first_seed": 0,
+    "strategies": "fedavg,fedbuff",
+    "target": 0.4,
+    "alpha": 0.5,
+    "tier_classes": "0,1,2,3;4,5,6;7,8,9",
+    "train_subset": 12_000,
+    "test_subset": 1_000,
+    "local_steps": 3,
+    "lr": 0.05,
+    "buffer_size": 3,
+    "keep": 0.7,
+    "fairness_max": 4.0,
+    "target_staleness": 1.5,
+    "memory_age": 100,
+    "seconds_per_example": 0.01,
+    "bandwidth": 8e6,
+    "jitter": 0.2,
+    "eval_every": 20.0,
+    "personal_alpha": 0.0,
+    "out": "elsewhere.json",
+    "jobs": 1,
+    "reuse": [],
+}
+"""``stragglers.py``'s settings at its defaults (buffer size resolved)."""
+
+
+def _result(path: Path, runs: list[dict[str, Any]]) -> Path:
+    for r in runs:
+        r["curve"] = [
+            [0.0, 0.1, [0.1, 0.1, 0.1]],
+            [r["budget"], 0.5, r["tier_accuracy"]],
+        ]
+    path.write_text(json.dumps({"settings": DEFAULTS, "runs": runs}))
+    return path
+
+
+def test_a_run_whose_every_cell_is_reused_still_writes_its_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Merging finished results (say a seed-0 file and a seed-1 file) into one
+    reruns nothing, and still writes ``--out``."""
+    earlier = _result(
+        tmp_path / "earlier.json",
+        [row("fedavg", 0, None, 30.0), row("fedbuff", 0, 80.0, 60.0)],
+    )
+    out = tmp_path / "merged.json"
+
+    def no_cell(*_: Any) -> None:
+        raise AssertionError("every cell is reused: nothing should run")
+
+    monkeypatch.setattr(stragglers, "run_one", no_cell)
+    argv = ["stragglers.py", "--seeds", "1", "--strategies", "fedavg,fedbuff"]
+    monkeypatch.setattr(
+        sys, "argv", [*argv, "--reuse", str(earlier), "--out", str(out)]
+    )
+    stragglers.main()
+    assert out.exists()
+    assert json.loads(out.read_text())["missing"] == []
+
+
+def test_reused_cells_of_one_seed_share_one_fedavg_budget(tmp_path: Path) -> None:
+    """Each row was finished against its own run's FedAvg budget (time to
+    target censored at it, final accuracy taken at it): two files whose
+    FedAvg of seed 0 lasted differently are not merged."""
+    a = _result(
+        tmp_path / "a.json",
+        [row("fedavg", 0, None, 30.0), row("fedbuff", 0, 80.0, 60.0)],
+    )
+    late = [row("fedavg", 0, None, 30.0), row("+all", 0, 650.0, 40.0)]
+    for r in late:
+        r["budget"] = 700.0
+    b = _result(tmp_path / "b.json", late)
+    args = argparse.Namespace(**{**DEFAULTS, "reuse": [a, b]})
+    planned = [("fedavg", 0), ("fedbuff", 0), ("+all", 0)]
+    with pytest.raises(ValueError, match="different budgets"):
+        stragglers.reused_rows(args, planned)
+
+
+def test_a_reused_row_without_its_fedavg_is_not_kept_beside_a_rerun_fedavg(
+    tmp_path: Path,
+) -> None:
+    """A file holding +all seed 0 but not FedAvg seed 0 (a hand-merged or
+    trimmed file) is refused: a rerun FedAvg could set another budget."""
+    lone = _result(tmp_path / "lone.json", [row("+all", 0, 100.0, 40.0)])
+    args = argparse.Namespace(**{**DEFAULTS, "reuse": [lone]})
+    with pytest.raises(ValueError, match="its FedAvg's is None"):
+        stragglers.reused_rows(args, [("fedavg", 0), ("+all", 0)])
+
+
+@pytest.mark.parametrize("shape", ["list", "row-without-strategy", "string"])
+def test_a_reuse_file_of_another_shape_is_a_clear_error(
+    tmp_path: Path, shape: str
+) -> None:
+    """A JSON list, a row without "strategy" or a string: the one-line
+    refusal (parser.error), not a traceback."""
+    settings = {k: v for k, v in DEFAULTS.items() if k not in stragglers.SETTINGS_FREE}
+    text = {
+        "list": "[]",
+        "row-without-strategy": json.dumps({"settings": settings, "runs": [{}]}),
+        "string": '"x"',
+    }[shape]
+    path = tmp_path / "odd.json"
+    path.write_text(text)
+    args = argparse.Namespace(**{**DEFAULTS, "reuse": [path]})
+    with pytest.raises(ValueError, match="not a stragglers result"):
+        stragglers.reused_rows(args, [("fedavg", 0)])

@@ -54,9 +54,18 @@ FEDBUFF_ONLY = (
     "anchor-main",
     "pov-verifiers",
     "pov-remote-verifiers",
+    "server-momentum",
+    "max-wait",
+    "concurrency",
+    "evaluate-every",
+    "fraction-evaluate",
+    "personal-alpha",  # acts on evaluate messages; the FedAvg path sends none
 )
-"""Run-config keys that only the FedBuff path reads: set beside
-``strategy = "fedavg"`` they would be ignored, so they are refused."""
+"""Run-config keys, off by default, that only the FedBuff path reads: set
+beside ``strategy = "fedavg"`` they would be ignored, so they are refused.
+(FedBuff's keys with a default that is on, such as ``buffer-size`` or
+``staleness``, are ignored by the FedAvg path; the DGC keys and the data keys
+act on the nodes and work with either.)"""
 
 
 def strategy_name(cfg: Mapping[str, ConfigValue]) -> str:
