@@ -156,6 +156,9 @@ class Committee(Views, HeaderSigning):
 
     needs_payloads = False
     """Whether candidates must carry their replies (a remote committee's do)."""
+    failed_reproposal: str | None = None
+    """Why the locked block proposed again after a restart was not written
+    (:mod:`.pending`), for the error if the height then fails too."""
     parse_keys = ("arrays", "num-examples")
     """The ``arrayrecord_key`` and ``weighted_by_key`` the server parses
     replies with (the strategy sets them; a remote committee sends them)."""

@@ -1,0 +1,219 @@
+"""A block whose header some members signed but that was never written is
+proposed again, exactly, after a restart; a forged pending record is not."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flchain_flwr.cli import main as cli
+from flchain_flwr.ledger import Block, Ledger
+from flchain_flwr.ledger.canonical import HEADER_TAG, encode, sha256_hex
+from flchain_flwr.pov import Committee, RefusedRequest, Rule, Threshold, Verifier
+from flchain_flwr.pov.headers import cosign_header
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.sim.attacks import attack_mod
+from flchain_flwr.strategies import Constant, FedBuff
+
+from .test_pov import verifiers
+from .toy import constant_work, initial_arrays, toy_client_app
+
+LOCKED_HEIGHT = 2
+
+
+class ServerDied(Exception):
+    """The server stops between the members' header signatures and the write."""
+
+
+class DyingCommittee(Committee):
+    """Gathers the header signatures of the block at ``LOCKED_HEIGHT``, keeps
+    them (and the block) for the test, then dies before the block is written."""
+
+    locked: tuple[Block, list[dict[str, Any]]] | None = None
+
+    def header_signatures(
+        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        signatures, problems = super().header_signatures(members, ledger, block, view)
+        if block.height == LOCKED_HEIGHT:
+            self.locked = (block, signatures)
+            raise ServerDied(f"server died after {len(signatures)} header signatures")
+        return signatures, problems
+
+
+def _run(path: Path, committee: Committee, rounds: int) -> None:
+    """A FedBuff run on the virtual grid with ``committee`` and a ledger at
+    ``path``; one of five nodes sign-flips (its updates are rejected)."""
+    n = 5
+    grid = VirtualGrid(
+        toy_client_app({}, mods=[attack_mod()]),
+        [DeviceProfile() for _ in range(n)],
+        node_configs=[
+            {"partition-id": i, "num-partitions": n}
+            | ({"attack": "sign-flip"} if i == 4 else {})
+            for i in range(n)
+        ],
+        work_fn=constant_work(1.0),
+    )
+    strategy = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=n,
+        staleness_fn=Constant(),
+        server_lr=0.5,
+        committee=committee,
+        ledger=path,
+        seed=0,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+
+
+def _committee(pool: list[Verifier], dying: bool = False) -> Committee:
+    kind = DyingCommittee if dying else Committee
+    return kind(pool, threshold=Threshold(value=0))
+
+
+def _locked_run(tmp_path: Path) -> tuple[Path, list[Verifier], Block]:
+    """A run that dies once every member of 4 signed block 2's header: the
+    block that is not written, as its committee signed it."""
+    pool = verifiers(4)
+    path = tmp_path / "chain.db"
+    dying = _committee(pool, dying=True)
+    with pytest.raises(ServerDied):
+        _run(path, dying, rounds=3)
+    assert isinstance(dying, DyingCommittee) and dying.locked is not None
+    block, signatures = dying.locked
+    assert len(signatures) == 4  # more than n - quorum(n) = 1 locked: stuck
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT  # genesis and block 1
+    return path, pool, block
+
+
+def _cli_verify(path: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli(["ledger", "verify", str(path)], out=out)
+    return code, out.getvalue()
+
+
+def test_the_locked_block_is_written_again_after_a_restart(tmp_path: Path) -> None:
+    """Every member signed block 2's header, then the server died: today no
+    other header or view change at (2, 0) can get a quorum. The restart
+    proposes that very block again, writes it (same hash) and goes on."""
+    path, pool, locked = _locked_run(tmp_path)
+    _run(path, _committee(pool), rounds=5)  # up to version 5 (height 5)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 6, "the restart wrote blocks 2 to 5"
+        written = ledger.block(LOCKED_HEIGHT)
+        assert written.hash == locked.hash
+        assert written.header_bytes == locked.header_bytes
+        assert written.body_bytes == locked.body_bytes
+        assert len(ledger.header_signatures(LOCKED_HEIGHT) or []) >= 3
+        assert not path.with_name(path.name + ".pending").exists()
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    code, text = _cli_verify(path)
+    assert code == 0 and "ok" in text, text
+
+
+def _forge(block: Block, pool: list[Verifier], **changes: Any) -> Block:
+    """``block`` with its header changed, re-signed by its leader (the forger
+    holds that key), with a hash matching its header."""
+    header = {**block.header, **changes}
+    header_bytes = encode(block.format_version, header)
+    leader = next(v for v in pool if v.public_key == header["leader"])
+    return replace(
+        block,
+        height=int(header["height"]),
+        hash=sha256_hex(HEADER_TAG, header_bytes),
+        header_bytes=header_bytes,
+        header=header,
+        signature=leader.key.sign(HEADER_TAG + header_bytes).signature.hex(),
+    )
+
+
+def test_members_refuse_another_header_at_the_locked_height_and_view(
+    tmp_path: Path,
+) -> None:
+    path, pool, locked = _locked_run(tmp_path)
+    with Ledger(path, create=False) as ledger:
+        other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
+    rule = Rule(Threshold(value=0)).digest  # the committee's
+    for verifier in pool:
+        with pytest.raises(RefusedRequest, match="already signed header"):
+            cosign_header(verifier, other, view=0, rule_digest=rule, replayed=True)
+        again = cosign_header(verifier, locked, view=0, rule_digest=rule, replayed=True)
+        assert again["verifier"] == verifier.public_key
+
+
+def _pending(path: Path) -> Path:
+    return path.with_name(path.name + ".pending")
+
+
+def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a ledger whose members are locked on nothing, a pending record that
+    is garbage, names another height, or names another model (a forger with
+    the leader's key) is ignored or refused: the resume writes new blocks
+    and the chain verifies."""
+    pool = verifiers(4)
+    path = tmp_path / "chain.db"
+    _run(path, _committee(pool), rounds=2)
+    from flchain_flwr.ledger.pending import record_pending  # the new module
+
+    def moved(head: Block) -> Block:  # the head, signed again one height up
+        return _forge(head, pool, height=head.height + 1, prev_hash=head.hash)
+
+    forgeries: list[tuple[Callable[[Block], bytes | Block], str]] = [
+        (lambda head: b"\x00garbage{", "is not canonical JSON"),
+        (lambda head: _forge(head, pool, height=head.height + 5), "not the next"),
+        (moved, "not the draw for its prev_hash"),  # the head's committee
+        (lambda head: replace(moved(head), hash=head.hash), "hash is not its"),
+    ]
+    for height, (forge, reason) in enumerate(forgeries, start=3):
+        with Ledger(path, create=False) as ledger:
+            head = ledger.head()
+            assert head is not None and head.height == height - 1
+            forged = forge(head)
+            if isinstance(forged, bytes):
+                _pending(path).write_bytes(forged)
+            else:
+                record_pending(ledger, forged, 0)
+        caplog.clear()
+        _run(path, _committee(pool), rounds=height)
+        assert reason in caplog.text
+        with Ledger(path, create=False) as ledger:
+            assert len(ledger) == height + 1
+            written = ledger.block(height).header_bytes
+            assert isinstance(forged, bytes) or forged.header_bytes != written
+    code, text = _cli_verify(path)
+    assert code == 0, text
+
+
+def test_a_forged_record_at_the_locked_height_is_refused_and_named(
+    tmp_path: Path,
+) -> None:
+    """A record at the locked height with another model, validly hashed and
+    signed by the leader, passes the record's own checks but no member signs
+    it: it is not written, the height stays stuck, and the error says the
+    re-proposal failed. The genuine record then unsticks it."""
+    path, pool, locked = _locked_run(tmp_path)
+    from flchain_flwr.ledger.pending import record_pending
+
+    with Ledger(path, create=False) as ledger:
+        genuine = _pending(path).read_bytes()
+        other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
+        record_pending(ledger, other, 0)
+    with pytest.raises(RuntimeError, match="proposed again after the restart"):
+        _run(path, _committee(pool), rounds=3)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT
+    _pending(path).write_bytes(genuine)
+    _run(path, _committee(pool), rounds=3)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.block(LOCKED_HEIGHT).hash == locked.hash
+        assert ledger.verify().ok
