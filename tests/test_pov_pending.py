@@ -3,6 +3,7 @@ proposed again, exactly, after a restart; a forged pending record is not."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -14,13 +15,22 @@ import pytest
 from flchain_flwr.cli import main as cli
 from flchain_flwr.ledger import Block, Ledger
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode, sha256_hex
-from flchain_flwr.pov import Committee, RefusedRequest, Rule, Threshold, Verifier
+from flchain_flwr.pov import (
+    Committee,
+    RefusedRequest,
+    Rule,
+    Threshold,
+    Verifier,
+    remote,
+)
 from flchain_flwr.pov.headers import cosign_header
+from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
 from .test_pov import verifiers
+from .test_pov_chain import _verifier_grid
 from .toy import constant_work, initial_arrays, toy_client_app
 
 LOCKED_HEIGHT = 2
@@ -217,3 +227,63 @@ def test_a_forged_record_at_the_locked_height_is_refused_and_named(
     with Ledger(path, create=False) as ledger:
         assert ledger.block(LOCKED_HEIGHT).hash == locked.hash
         assert ledger.verify().ok
+
+
+class DyingRemoteCommittee(RemoteCommittee):
+    """A remote committee whose server dies once block 2's members signed."""
+
+    locked: tuple[Block, list[dict[str, Any]]] | None = None
+
+    def header_signatures(
+        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        signatures, problems = super().header_signatures(members, ledger, block, view)
+        if block.height == LOCKED_HEIGHT:
+            self.locked = (block, signatures)
+            raise ServerDied(f"server died after {len(signatures)} header signatures")
+        return signatures, problems
+
+
+def _remote_run(
+    grid: VirtualGrid, path: Path, kind: type[RemoteCommittee]
+) -> RemoteCommittee:
+    """The committee of ``grid``'s four verifier nodes, for a FedBuff run of
+    its three trainers up to version 4 (which may stop with ServerDied)."""
+    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    committee = kind(grid, nodes, threshold=Threshold(value=0.0))
+    strategy = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=3,
+        staleness_fn=Constant(),
+        server_lr=0.3,  # the toy model stays short of its target: all approved
+        committee=committee,
+        ledger=path,
+        seed=0,
+    )
+    with contextlib.suppress(ServerDied):
+        simulate(strategy, grid, initial_arrays(), num_rounds=4)
+    return committee
+
+
+def test_verifier_nodes_sign_the_locked_block_again_for_a_restarted_server(
+    tmp_path: Path,
+) -> None:
+    """Four verifier SuperNodes (their state kept between messages, as a
+    node's run state is) sign block 2's header; the server dies before the
+    write. A new server process on the same nodes writes that very block."""
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    path = tmp_path / "remote.db"
+    dying = _remote_run(grid, path, DyingRemoteCommittee)
+    assert isinstance(dying, DyingRemoteCommittee) and dying.locked is not None
+    locked, signatures = dying.locked
+    assert len(signatures) == 4
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT
+    _remote_run(grid, path, RemoteCommittee)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 5
+        assert ledger.block(LOCKED_HEIGHT).hash == locked.hash
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    code, text = _cli_verify(path)
+    assert code == 0, text
