@@ -3,7 +3,6 @@ proposed again, exactly, after a restart; a forged pending record is not."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -21,17 +20,14 @@ from flchain_flwr.pov import (
     Rule,
     Threshold,
     Verifier,
-    remote,
 )
 from flchain_flwr.pov.headers import cosign_header
 from flchain_flwr.pov.remote import RemoteCommittee
-from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
-from flchain_flwr.sim.attacks import attack_mod
-from flchain_flwr.strategies import Constant, FedBuff
+from flchain_flwr.sim import VirtualGrid, simulate
 
 from .test_pov import verifiers
-from .test_pov_chain import _verifier_grid
-from .toy import constant_work, initial_arrays, toy_client_app
+from .test_pov_chain import _remote_fedbuff, _verifier_grid, pov_run
+from .toy import initial_arrays
 
 LOCKED_HEIGHT = 2
 
@@ -40,64 +36,44 @@ class ServerDied(Exception):
     """The server stops between the members' header signatures and the write."""
 
 
-class DyingCommittee(Committee):
-    """Gathers the header signatures of the block at ``LOCKED_HEIGHT``, keeps
-    them (and the block) for the test, then dies before the block is written."""
+Locked = list[tuple[Block, list[dict[str, Any]]]]
 
-    locked: tuple[Block, list[dict[str, Any]]] | None = None
+
+def _dies_at_locked_height(
+    monkeypatch: pytest.MonkeyPatch, kind: type[Committee]
+) -> Locked:
+    """Make ``kind``'s header requests at ``LOCKED_HEIGHT`` gather the
+    signatures, keep them (and the block) for the test, then stop the server
+    before the block is written (``monkeypatch.undo()`` restarts it whole)."""
+    locked: Locked = []
+    inner = kind.header_signatures
 
     def header_signatures(
-        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+        self: Committee, members: Sequence[str], ledger: Ledger, block: Block, view: int
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        signatures, problems = super().header_signatures(members, ledger, block, view)
+        signatures, problems = inner(self, members, ledger, block, view)
         if block.height == LOCKED_HEIGHT:
-            self.locked = (block, signatures)
+            locked.append((block, signatures))
             raise ServerDied(f"server died after {len(signatures)} header signatures")
         return signatures, problems
 
-
-def _run(path: Path, committee: Committee, rounds: int) -> None:
-    """A FedBuff run on the virtual grid with ``committee`` and a ledger at
-    ``path``; one of five nodes sign-flips (its updates are rejected)."""
-    n = 5
-    grid = VirtualGrid(
-        toy_client_app({}, mods=[attack_mod()]),
-        [DeviceProfile() for _ in range(n)],
-        node_configs=[
-            {"partition-id": i, "num-partitions": n}
-            | ({"attack": "sign-flip"} if i == 4 else {})
-            for i in range(n)
-        ],
-        work_fn=constant_work(1.0),
-    )
-    strategy = FedBuff(
-        fraction_evaluate=0.0,
-        buffer_size=n,
-        staleness_fn=Constant(),
-        server_lr=0.5,
-        committee=committee,
-        ledger=path,
-        seed=0,
-    )
-    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+    monkeypatch.setattr(kind, "header_signatures", header_signatures)
+    return locked
 
 
-def _committee(pool: list[Verifier], dying: bool = False) -> Committee:
-    kind = DyingCommittee if dying else Committee
-    return kind(pool, threshold=Threshold(value=0))
-
-
-def _locked_run(tmp_path: Path) -> tuple[Path, list[Verifier], Block]:
+def _locked_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, list[Verifier], Block]:
     """A run that dies once every member of 4 signed block 2's header: the
     block that is not written, as its committee signed it."""
     pool = verifiers(4)
-    path = tmp_path / "chain.db"
-    dying = _committee(pool, dying=True)
+    locked = _dies_at_locked_height(monkeypatch, Committee)
     with pytest.raises(ServerDied):
-        _run(path, dying, rounds=3)
-    assert isinstance(dying, DyingCommittee) and dying.locked is not None
-    block, signatures = dying.locked
+        pov_run(tmp_path, pool, rounds=3)
+    monkeypatch.undo()
+    ((block, signatures),) = locked
     assert len(signatures) == 4  # more than n - quorum(n) = 1 locked: stuck
+    path = tmp_path / "chain.db"
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == LOCKED_HEIGHT  # genesis and block 1
     return path, pool, block
@@ -109,12 +85,14 @@ def _cli_verify(path: Path) -> tuple[int, str]:
     return code, out.getvalue()
 
 
-def test_the_locked_block_is_written_again_after_a_restart(tmp_path: Path) -> None:
+def test_the_locked_block_is_written_again_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every member signed block 2's header, then the server died: today no
     other header or view change at (2, 0) can get a quorum. The restart
     proposes that very block again, writes it (same hash) and goes on."""
-    path, pool, locked = _locked_run(tmp_path)
-    _run(path, _committee(pool), rounds=5)  # up to version 5 (height 5)
+    path, pool, locked = _locked_run(tmp_path, monkeypatch)
+    pov_run(tmp_path, pool, rounds=5)  # up to version 5 (height 5)
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == 6, "the restart wrote blocks 2 to 5"
         written = ledger.block(LOCKED_HEIGHT)
@@ -146,9 +124,9 @@ def _forge(block: Block, pool: list[Verifier], **changes: Any) -> Block:
 
 
 def test_members_refuse_another_header_at_the_locked_height_and_view(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    path, pool, locked = _locked_run(tmp_path)
+    path, pool, locked = _locked_run(tmp_path, monkeypatch)
     with Ledger(path, create=False) as ledger:
         other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
     rule = Rule(Threshold(value=0)).digest  # the committee's
@@ -167,12 +145,13 @@ def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """On a ledger whose members are locked on nothing, a pending record that
-    is garbage, names another height, or names another model (a forger with
-    the leader's key) is ignored or refused: the resume writes new blocks
-    and the chain verifies."""
+    is garbage, at another height, the head copied one height up (re-signed
+    with its leader's key) or whose hash is not its header's is ignored, for
+    the reason logged: each resume writes a block of its own and the chain
+    verifies. (Another model at the locked height: the test below.)"""
     pool = verifiers(4)
     path = tmp_path / "chain.db"
-    _run(path, _committee(pool), rounds=2)
+    pov_run(tmp_path, pool, rounds=2)
     from flchain_flwr.ledger.pending import record_pending  # the new module
 
     def moved(head: Block) -> Block:  # the head, signed again one height up
@@ -194,7 +173,7 @@ def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
             else:
                 record_pending(ledger, forged, 0)
         caplog.clear()
-        _run(path, _committee(pool), rounds=height)
+        pov_run(tmp_path, pool, rounds=height)
         assert reason in caplog.text
         with Ledger(path, create=False) as ledger:
             assert len(ledger) == height + 1
@@ -205,13 +184,13 @@ def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
 
 
 def test_a_forged_record_at_the_locked_height_is_refused_and_named(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A record at the locked height with another model, validly hashed and
     signed by the leader, passes the record's own checks but no member signs
     it: it is not written, the height stays stuck, and the error says the
     re-proposal failed. The genuine record then unsticks it."""
-    path, pool, locked = _locked_run(tmp_path)
+    path, pool, locked = _locked_run(tmp_path, monkeypatch)
     from flchain_flwr.ledger.pending import record_pending
 
     with Ledger(path, create=False) as ledger:
@@ -219,70 +198,43 @@ def test_a_forged_record_at_the_locked_height_is_refused_and_named(
         other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
         record_pending(ledger, other, 0)
     with pytest.raises(RuntimeError, match="proposed again after the restart"):
-        _run(path, _committee(pool), rounds=3)
+        pov_run(tmp_path, pool, rounds=3)
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == LOCKED_HEIGHT
     _pending(path).write_bytes(genuine)
-    _run(path, _committee(pool), rounds=3)
+    pov_run(tmp_path, pool, rounds=3)
     with Ledger(path, create=False) as ledger:
         assert ledger.block(LOCKED_HEIGHT).hash == locked.hash
         assert ledger.verify().ok
 
 
-class DyingRemoteCommittee(RemoteCommittee):
-    """A remote committee whose server dies once block 2's members signed."""
-
-    locked: tuple[Block, list[dict[str, Any]]] | None = None
-
-    def header_signatures(
-        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        signatures, problems = super().header_signatures(members, ledger, block, view)
-        if block.height == LOCKED_HEIGHT:
-            self.locked = (block, signatures)
-            raise ServerDied(f"server died after {len(signatures)} header signatures")
-        return signatures, problems
-
-
-def _remote_run(
-    grid: VirtualGrid, path: Path, kind: type[RemoteCommittee]
-) -> RemoteCommittee:
-    """The committee of ``grid``'s four verifier nodes, for a FedBuff run of
-    its three trainers up to version 4 (which may stop with ServerDied)."""
-    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
-    committee = kind(grid, nodes, threshold=Threshold(value=0.0))
-    strategy = FedBuff(
-        fraction_evaluate=0.0,
-        buffer_size=3,
-        staleness_fn=Constant(),
-        server_lr=0.3,  # the toy model stays short of its target: all approved
-        committee=committee,
-        ledger=path,
-        seed=0,
-    )
-    with contextlib.suppress(ServerDied):
-        simulate(strategy, grid, initial_arrays(), num_rounds=4)
-    return committee
+def _remote_run(grid: VirtualGrid, path: Path) -> None:
+    """A FedBuff run of ``grid``'s three trainers and its committee of four
+    verifier nodes, up to version 4."""
+    strategy = _remote_fedbuff(grid, path, None)
+    simulate(strategy, grid, initial_arrays(), num_rounds=4)
 
 
 def test_verifier_nodes_sign_the_locked_block_again_for_a_restarted_server(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Four verifier SuperNodes (their state kept between messages, as a
     node's run state is) sign block 2's header; the server dies before the
     write. A new server process on the same nodes writes that very block."""
     grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
     path = tmp_path / "remote.db"
-    dying = _remote_run(grid, path, DyingRemoteCommittee)
-    assert isinstance(dying, DyingRemoteCommittee) and dying.locked is not None
-    locked, signatures = dying.locked
+    locked = _dies_at_locked_height(monkeypatch, RemoteCommittee)
+    with pytest.raises(ServerDied):
+        _remote_run(grid, path)
+    monkeypatch.undo()
+    ((block, signatures),) = locked
     assert len(signatures) == 4
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == LOCKED_HEIGHT
-    _remote_run(grid, path, RemoteCommittee)
+    _remote_run(grid, path)
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == 5
-        assert ledger.block(LOCKED_HEIGHT).hash == locked.hash
+        assert ledger.block(LOCKED_HEIGHT).hash == block.hash
         report = ledger.verify()
         assert report.ok and report.pov, report
     code, text = _cli_verify(path)
