@@ -162,6 +162,7 @@ def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
         (lambda head: _forge(head, pool, height=head.height + 5), "not the next"),
         (moved, "not the draw for its prev_hash"),  # the head's committee
         (lambda head: replace(moved(head), hash=head.hash), "hash is not its"),
+        (lambda head: head, "already written"),  # died before clearing it
     ]
     for height, (forge, reason) in enumerate(forgeries, start=3):
         with Ledger(path, create=False) as ledger:
