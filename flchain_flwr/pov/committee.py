@@ -156,9 +156,10 @@ class Committee(Views, HeaderSigning):
 
     needs_payloads = False
     """Whether candidates must carry their replies (a remote committee's do)."""
-    failed_reproposal: str | None = None
-    """Why the locked block proposed again after a restart was not written
-    (:mod:`.pending`), for the error if the height then fails too."""
+    failed_reproposal: tuple[int, str] | None = None
+    """The height, and why, of a locked block proposed again after a restart
+    and not written (:mod:`.pending`): the error names it if that height
+    fails again."""
     parse_keys = ("arrays", "num-examples")
     """The ``arrayrecord_key`` and ``weighted_by_key`` the server parses
     replies with (the strategy sets them; a remote committee sends them)."""
@@ -345,6 +346,7 @@ class Committee(Views, HeaderSigning):
             committee,
             view,
             on_quorum=lambda: self._settle(deposits, evidence),
+            locked=self.failed_reproposal,
         )
         return fields, signer
 

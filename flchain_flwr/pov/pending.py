@@ -106,16 +106,13 @@ def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
     try:
         written = ledger.append_block(block, signer)
     except (RuntimeError, LedgerError) as exc:
-        committee.failed_reproposal = (
+        why = (
             f"the locked block {block.hash[:16]}… (height {block.height}, view "
             f"{pending.view}), proposed again after the restart, was not "
             f"written: {exc}"
         )
-        log(
-            WARNING,
-            "PoV: %s; falling back to a new block at that height",
-            committee.failed_reproposal,
-        )
+        committee.failed_reproposal = (block.height, why)
+        log(WARNING, "PoV: %s; falling back to a new block at that height", why)
         return None
     log(INFO, "PoV: wrote the locked block %s… again", written.hash[:16])
     return written
