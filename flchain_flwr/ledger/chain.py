@@ -39,7 +39,7 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from logging import INFO, WARNING
@@ -94,6 +94,7 @@ from .keys import KeyFile, load_or_create_key, parse_trusted_key
 from .merkle import merkle_root
 from .notes import NoteError, SignerKey, VerifierKey
 from .payload import PAYLOAD_FIELD
+from .pending import clear_pending
 from .proofcheck import check_proof
 from .quorum import HeaderCosigner, load_signatures, store_signatures
 from .serverstate import (
@@ -725,12 +726,8 @@ class Ledger:
             body[SERVER_STATE_FIELD] = self._put_server_state(server_state)
         body_bytes = encode_round_trip(version, body)
         key = signer or self.signing_key
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            head = self.head()
-            if head is not None:
-                self._head_check.check(self, head, key)
-            log_before = None if origin is None else self._log_up_to(head, origin)
+
+        def make(head: Block | None) -> Block:
             height = 0 if head is None else head.height + 1
             header = {
                 "format": f"flchain-block/{version}",
@@ -751,24 +748,72 @@ class Ledger:
             header_bytes = encode_round_trip(version, header)
             block_hash = sha256_hex(HEADER_TAG, header_bytes)
             signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
-            block = Block(
+            return Block(
                 height, block_hash, header_bytes, body_bytes, signature, header, body
             )
+
+        return self._commit(make, key, origin)
+
+    def append_block(self, block: Block, cosigner: BlockSigner) -> Block:
+        """Commit ``block`` as it is (its exact bytes and leader signature),
+        with ``cosigner``'s header signatures: a locked block re-proposed
+        after a restart (:mod:`flchain_flwr.pov.pending`; ``cosigner`` is a
+        :class:`HeaderCosigner` naming the block's leader). ``LedgerError``
+        if it does not extend the head."""
+        if not isinstance(cosigner, HeaderCosigner):
+            raise TypeError("a block is appended as it is only with its committee")
+        origin = self._checkpoint_origin()
+        if origin is not None:
+            self._check_checkpoint_location()
+
+        def make(head: Block | None) -> Block:
+            if head is None or (block.height, block.header.get("prev_hash")) != (
+                head.height + 1,
+                head.hash,
+            ):
+                raise LedgerError(f"block {block.height} does not extend the head")
+            return block
+
+        return self._commit(make, cosigner, origin)
+
+    def _commit(
+        self,
+        make: Callable[[Block | None], Block],
+        key: BlockSigner,
+        origin: str | None,
+    ) -> Block:
+        """Commit the block ``make`` builds on the head, in one transaction,
+        with its committee's signatures if ``key`` gathers them; then its
+        checkpoint. A pending block recorded for the committee is cleared."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            head = self.head()
+            if head is not None:
+                self._head_check.check(self, head, key)
+            log_before = None if origin is None else self._log_up_to(head, origin)
+            block = make(head)
             if isinstance(key, HeaderCosigner):  # the committee signs it too
                 quorum = key.cosign(self, block)
-                store_signatures(self.db, height, quorum)
+                store_signatures(self.db, block.height, quorum)
                 block = replace(block, quorum=quorum)
             if head is None:  # the publisher who opened the chain
-                self._set_meta("leader_key", str(header["leader"]))
+                self._set_meta("leader_key", str(block.header["leader"]))
             self.db.execute(
                 "INSERT INTO blocks (height, hash, header, body, signature) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (height, block_hash, header_bytes, body_bytes, signature),
+                (
+                    block.height,
+                    block.hash,
+                    block.header_bytes,
+                    block.body_bytes,
+                    block.signature,
+                ),
             )
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+        clear_pending(self)
         if log_before is not None:
             self._write_checkpoint(block, log_before)
         return block

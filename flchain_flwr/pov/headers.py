@@ -34,6 +34,7 @@ from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
 from ..ledger.consensus import contradictions
 from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
 from ..ledger.merkle import merkle_root
+from ..ledger.pending import record_pending
 from ..ledger.statements import header_statement, sign_statement, signature_ok
 from .verifier import RefusedRequest, Rule, Verifier
 from .views import take_statement
@@ -199,8 +200,13 @@ class HeaderSigner:
         view: int,
         *,
         on_quorum: Callable[[], None] | None = None,
+        locked: tuple[int, str] | None = None,
     ) -> None:
         self.committee = committee
+        self.locked = locked
+        """A height and why its locked block, proposed again after a
+        restart, was not written (:mod:`.pending`): named in the error if
+        this block at that height fails too."""
         self.leader = leader
         self.members = list(members)
         self.view = view
@@ -217,9 +223,11 @@ class HeaderSigner:
 
     def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:
         """The members' header signatures (each checked), asking those that
-        have not signed up to :attr:`attempts` times; ``RuntimeError`` if
+        have not signed up to :attr:`attempts` times, after recording the
+        block as pending (:mod:`.pending`); ``RuntimeError`` if
         fewer than a quorum signed, naming why the others did not. Calls
         ``on_quorum`` once the quorum is there."""
+        record_pending(ledger, block, self.view)  # before the first request
         needed = quorum(len(self.members))
         valid: dict[str, dict[str, Any]] = {}
         problems: list[str] = []
@@ -239,10 +247,12 @@ class HeaderSigner:
                 if self.on_quorum is not None:
                     self.on_quorum()
                 return [valid[k] for k in self.members if k in valid]
+        locked = self.locked if self.locked and self.locked[0] == block.height else None
         raise RuntimeError(
             f"block {block.header['height']}: {len(valid)} of {len(self.members)} "
             f"committee members signed its header, {needed} needed; "
             + "; ".join(problems)
+            + (f" (before it, {locked[1]})" if locked else "")
         )
 
     def _valid(self, block: Block, entry: dict[str, Any], asked: list[str]) -> bool:

@@ -21,6 +21,7 @@ from flwr.supercore import log
 
 from ..arrays import to_arrayrecord, to_ndarrays
 from ..pov.committee import CommitteeDecision
+from ..pov.pending import repropose_pending
 from ..runtime import Clock
 from .adaptive import AdaptiveScheduling
 from .anchor import AnchorStage, witness_nodes
@@ -98,6 +99,9 @@ class FedBuffRun:
                 resumed = ledger.start(model, momentum=s.server_momentum)
                 if resumed is not None and s.committee is not None:
                     s.committee.resume(ledger.ledger, s.server_lr)
+                    if repropose_pending(ledger.ledger, s.committee) is not None:
+                        resumed = ledger.start(model, momentum=s.server_momentum)
+                        s.committee.resume(ledger.ledger, s.server_lr)
                 elif resumed is not None and "pov" in ledger.ledger.block(0).body:
                     raise ValueError(
                         f"ledger {ledger.ledger.path} is a PoV chain: resume it "

@@ -1,0 +1,198 @@
+"""The pending block: what the server asked its committee to sign, kept until
+the block is written.
+
+A member that signed a block's header signs no other header and no view
+change at that (height, view) (:mod:`flchain_flwr.pov.views`). If the server
+dies, or too few members sign, before that block is written, a restarted
+server must propose that very block again, or the height can be stuck for
+good. So before the first header-signature request the server records the
+block (``<ledger>.pending``: its exact header and body bytes, the leader's
+signature and the view), atomically and, for a durable ledger, fsynced; the
+blobs it names (model, stored update payloads, server state) are already in
+the content-addressed store, written before the block. Every commit removes
+the record (:meth:`~flchain_flwr.ledger.Ledger.append` and
+:meth:`~flchain_flwr.ledger.Ledger.append_block`).
+
+The record is not trusted: it lives beside the ledger, so whoever can write
+the ledger's folder can write it. :func:`pending_problem` checks it against
+the head (chain, format, height, previous hash), its hash against its header,
+its body against the header's ``body_hash``, the leader's signature and
+every blob it names; what makes the block valid are the committee members'
+own checks before they sign it again, and ``verify`` afterwards.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from .blocks import Block, _parse_block
+from .canonical import (
+    BODY_TAG,
+    HEADER_TAG,
+    LATEST_FORMAT,
+    encode,
+    parse_canonical,
+    sha256_hex,
+)
+from .notes import write_file_atomically
+from .serverstate import _state_blobs
+from .statements import signature_ok
+
+if TYPE_CHECKING:
+    from .chain import Ledger
+
+PENDING_FORMAT: Final = "flchain-pending/1"
+_FIELDS: Final = frozenset({"format", "view", "hash", "header", "body", "signature"})
+
+
+class PendingError(ValueError):
+    """A pending-block record that cannot be used (it is then ignored)."""
+
+
+@dataclass(frozen=True)
+class PendingBlock:
+    """A block its committee was asked to sign, and the view it was asked in."""
+
+    block: Block
+    view: int
+
+
+def pending_path(ledger: Ledger) -> Path:
+    """Where ``ledger``'s pending block is recorded."""
+    return ledger.path.with_name(ledger.path.name + ".pending")
+
+
+def record_pending(ledger: Ledger, block: Block, view: int) -> None:
+    """Record ``block`` (signed by its leader) as pending in ``view``,
+    replacing any earlier record, before its committee is asked to sign it."""
+    record = {
+        "format": PENDING_FORMAT,
+        "view": view,
+        "hash": block.hash,
+        "header": base64.b64encode(block.header_bytes).decode("ascii"),
+        "body": base64.b64encode(block.body_bytes).decode("ascii"),
+        "signature": block.signature,
+    }
+    write_file_atomically(
+        pending_path(ledger),
+        encode(LATEST_FORMAT, record),
+        mode=0o644,
+        overwrite=True,
+        durable=ledger.durable,
+    )
+
+
+def clear_pending(ledger: Ledger) -> None:
+    """Remove ``ledger``'s pending-block record (a block was written)."""
+    pending_path(ledger).unlink(missing_ok=True)
+
+
+def read_pending(ledger: Ledger) -> PendingBlock | None:
+    """``ledger``'s pending block as recorded (``None``: no record);
+    :class:`PendingError` if the record is malformed or its hash is not its
+    header's. Nothing here says the block extends the head: see
+    :func:`pending_problem`."""
+    path = pending_path(ledger)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise PendingError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        record = parse_canonical(data, LATEST_FORMAT)
+    except (ValueError, RecursionError) as exc:
+        raise PendingError(f"{path.name} is not canonical JSON ({exc})") from None
+    if not isinstance(record, dict) or set(record) != _FIELDS:
+        raise PendingError(f"{path.name} must have the fields {sorted(_FIELDS)}")
+    if record["format"] != PENDING_FORMAT:
+        raise PendingError(f"{path.name} is not {PENDING_FORMAT}")
+    view = record["view"]
+    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
+        raise PendingError(f"{path.name}: view must be an integer >= 0")
+    header_bytes = _base64(record["header"], "header")
+    body_bytes = _base64(record["body"], "body")
+    if sha256_hex(HEADER_TAG, header_bytes) != record["hash"]:
+        raise PendingError(f"{path.name}: its hash is not its header's")
+    try:
+        header, body = _parse_block(header_bytes, body_bytes)
+    except (ValueError, RecursionError) as exc:
+        raise PendingError(f"{path.name}: its block is not canonical ({exc})") from None
+    if not isinstance(header, dict) or not isinstance(body, dict):
+        raise PendingError(f"{path.name}: header and body must be JSON objects")
+    height = header.get("height")
+    if isinstance(height, bool) or not isinstance(height, int):
+        raise PendingError(f"{path.name}: the header's height is not an integer")
+    block = Block(
+        height,
+        str(record["hash"]),
+        header_bytes,
+        body_bytes,
+        str(record["signature"]),
+        header,
+        body,
+    )
+    return PendingBlock(block, view)
+
+
+def pending_problem(ledger: Ledger, head: Block, pending: PendingBlock) -> str | None:
+    """Why ``pending`` cannot be proposed again on top of ``head`` (or
+    ``None``): it must be the next block of this chain, in its format, with
+    its body, the view it was asked in, its leader's signature and every
+    blob it names stored intact."""
+    block, header = pending.block, pending.block.header
+    if block.hash == head.hash:
+        return "it is already written (the head)"
+    if header.get("chain_id") != ledger.chain_id:
+        return "it belongs to another chain"
+    if header.get("format") != f"flchain-block/{ledger.format_version}":
+        return f"its format is {str(header.get('format'))[:40]!r}"
+    if (block.height, header.get("prev_hash")) != (head.height + 1, head.hash):
+        return (
+            f"it is at height {block.height} after "
+            f"{str(header.get('prev_hash'))[:12]}…, not the next block after "
+            f"the head (height {head.height}, {head.hash[:12]}…)"
+        )
+    if header.get("body_hash") != sha256_hex(BODY_TAG, block.body_bytes):
+        return "its body is not the one its header names"
+    if block.body.get("view", 0) != pending.view:
+        return f"its body says view {block.body.get('view', 0)!r}, not {pending.view}"
+    if not signature_ok(
+        str(header.get("leader")), HEADER_TAG + block.header_bytes, block.signature
+    ):
+        return "its leader's signature is invalid"
+    return _blobs_problem(ledger, block.body, str(header.get("model_hash")))
+
+
+def _blobs_problem(ledger: Ledger, body: dict[str, Any], model: str) -> str | None:
+    """Why a blob the block names is not stored intact, or ``None``."""
+    try:
+        named = [("model blob", model)]
+        named += [("server-state blob", d) for d in _state_blobs(body).values()]
+        named += [
+            ("update payload", str(entry["payload"]))
+            for entry in body.get("included", [])
+            if isinstance(entry, dict) and "payload" in entry
+        ]
+    except (ValueError, TypeError, AttributeError) as exc:
+        return f"its body is malformed ({exc})"
+    for what, digest in named:
+        if not isinstance(digest, str) or len(digest) != 64:
+            return f"it names a {what} that is not a SHA-256"
+        problem = ledger.blobs.check(digest, what)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _base64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise PendingError(f"the pending {what} must be base64 text")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise PendingError(f"the pending {what} is not valid base64") from None

@@ -1,0 +1,130 @@
+"""Proposing a locked block again after a restart.
+
+Members that signed the header of a block that was never written sign no
+other header and no view change at that (height, view) (:mod:`.views`): two
+such signatures would be equivocation. If more than ``n - quorum(n)`` of
+them did, no other block can ever reach a quorum there. So the server
+records each block before it asks for header signatures
+(:mod:`flchain_flwr.ledger.pending`), and a resumed run first proposes that
+very block (same bytes, same hash, same leader signature) to its committee
+again (:func:`repropose_pending`). A member re-signs the same block hash
+after the same checks as the first time (:func:`~.headers.cosign_header`);
+with a quorum the block is written and the run continues from it as from
+any head. Without one the run goes on as it did before this existed: a new
+block at that height, or a view change where its leader fails; and the
+error that stops the run, if any, names the failed re-proposal.
+
+The record is never trusted: one that is malformed, whose hash is not its
+header's, that does not extend the head, that names missing blobs, or whose
+committee is not the draw for its previous hash and view is ignored, with
+the reason logged. Whoever can write the ledger's folder can write the
+record; the members' own checks, and ``verify``, are what make the block
+valid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from logging import INFO, WARNING
+from typing import TYPE_CHECKING, Any
+
+from flwr.supercore import log
+from nacl.encoding import HexEncoder
+from nacl.signing import VerifyKey
+
+from ..ledger import Block, Ledger, LedgerError
+from ..ledger.pending import (
+    PendingBlock,
+    PendingError,
+    pending_problem,
+    read_pending,
+)
+from .headers import HeaderSigner
+
+if TYPE_CHECKING:
+    from .committee import Committee
+
+
+@dataclass(frozen=True)
+class SignedLeader:
+    """The leader of a recorded block: its signature is already in the block,
+    so it is not asked again (and cannot sign anything else here)."""
+
+    public_key: str
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        """The leader's public key (the header's ``leader``)."""
+        return VerifyKey(self.public_key.encode(), encoder=HexEncoder)
+
+    def sign(self, smessage: bytes) -> Any:
+        """Refuse: a re-proposed block keeps the signature it was made with."""
+        raise RuntimeError("a re-proposed block is not signed again")
+
+
+def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
+    """Write ``ledger``'s pending block if it extends the head and a quorum
+    of its committee signs it again; the block written, or ``None`` (no
+    usable record, or too few signatures: logged, and remembered in
+    ``committee.failed_reproposal`` for the error that may follow)."""
+    head = ledger.head()
+    if head is None:
+        return None
+    try:
+        pending = read_pending(ledger)
+    except PendingError as exc:
+        log(WARNING, "PoV: ignoring the pending-block record: %s", exc)
+        return None
+    if pending is None:
+        return None
+    block = pending.block
+    problem = pending_problem(ledger, head, pending) or _committee_problem(
+        committee, pending
+    )
+    if problem is not None:
+        log(
+            WARNING,
+            "PoV: ignoring the pending block %s… (height %d): %s",
+            block.hash[:16],
+            block.height,
+            problem,
+        )
+        return None
+    log(
+        INFO,
+        "PoV: proposing the locked block %s… (height %d, view %d) again",
+        block.hash[:16],
+        block.height,
+        pending.view,
+    )
+    signer = HeaderSigner(
+        committee,
+        SignedLeader(str(block.header["leader"])),
+        list(block.body["committee"]),
+        pending.view,
+    )
+    try:
+        written = ledger.append_block(block, signer)
+    except (RuntimeError, LedgerError) as exc:
+        why = (
+            f"the locked block {block.hash[:16]}… (height {block.height}, view "
+            f"{pending.view}), proposed again after the restart, was not "
+            f"written: {exc}"
+        )
+        committee.failed_reproposal = (block.height, why)
+        log(WARNING, "PoV: %s; falling back to a new block at that height", why)
+        return None
+    log(INFO, "PoV: wrote the locked block %s… again", written.hash[:16])
+    return written
+
+
+def _committee_problem(committee: Committee, pending: PendingBlock) -> str | None:
+    """Why the record's committee is not the one drawn for its previous hash
+    and view (leader first), or ``None``."""
+    block = pending.block
+    drawn = committee.state.committee(str(block.header["prev_hash"]), pending.view)
+    if block.body.get("committee") != drawn:
+        return f"its committee is not the draw for its prev_hash, view {pending.view}"
+    if block.header.get("leader") != drawn[0]:
+        return "its leader is not the first of its committee"
+    return None

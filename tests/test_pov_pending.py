@@ -1,0 +1,242 @@
+"""A block whose header some members signed but that was never written is
+proposed again, exactly, after a restart; a forged pending record is not."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flchain_flwr.cli import main as cli
+from flchain_flwr.ledger import Block, Ledger
+from flchain_flwr.ledger.canonical import HEADER_TAG, encode, sha256_hex
+from flchain_flwr.pov import (
+    Committee,
+    RefusedRequest,
+    Rule,
+    Threshold,
+    Verifier,
+)
+from flchain_flwr.pov.headers import cosign_header
+from flchain_flwr.pov.remote import RemoteCommittee
+from flchain_flwr.sim import VirtualGrid, simulate
+
+from .test_pov import verifiers
+from .test_pov_chain import _remote_fedbuff, _verifier_grid, pov_run
+from .toy import initial_arrays
+
+LOCKED_HEIGHT = 2
+
+
+class ServerDied(Exception):
+    """The server stops between the members' header signatures and the write."""
+
+
+Locked = list[tuple[Block, list[dict[str, Any]]]]
+
+
+def _dies_at_locked_height(
+    monkeypatch: pytest.MonkeyPatch, kind: type[Committee]
+) -> Locked:
+    """Make ``kind``'s header requests at ``LOCKED_HEIGHT`` gather the
+    signatures, keep them (and the block) for the test, then stop the server
+    before the block is written (``monkeypatch.undo()`` restarts it whole)."""
+    locked: Locked = []
+    inner = kind.header_signatures
+
+    def header_signatures(
+        self: Committee, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        signatures, problems = inner(self, members, ledger, block, view)
+        if block.height == LOCKED_HEIGHT:
+            locked.append((block, signatures))
+            raise ServerDied(f"server died after {len(signatures)} header signatures")
+        return signatures, problems
+
+    monkeypatch.setattr(kind, "header_signatures", header_signatures)
+    return locked
+
+
+def _locked_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Path, list[Verifier], Block]:
+    """A run that dies once every member of 4 signed block 2's header: the
+    block that is not written, as its committee signed it."""
+    pool = verifiers(4)
+    locked = _dies_at_locked_height(monkeypatch, Committee)
+    with pytest.raises(ServerDied):
+        pov_run(tmp_path, pool, rounds=3)
+    monkeypatch.undo()
+    ((block, signatures),) = locked
+    assert len(signatures) == 4  # more than n - quorum(n) = 1 locked: stuck
+    path = tmp_path / "chain.db"
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT  # genesis and block 1
+    return path, pool, block
+
+
+def _cli_verify(path: Path) -> tuple[int, str]:
+    out = io.StringIO()
+    code = cli(["ledger", "verify", str(path)], out=out)
+    return code, out.getvalue()
+
+
+def test_the_locked_block_is_written_again_after_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every member signed block 2's header, then the server died: today no
+    other header or view change at (2, 0) can get a quorum. The restart
+    proposes that very block again, writes it (same hash) and goes on."""
+    path, pool, locked = _locked_run(tmp_path, monkeypatch)
+    pov_run(tmp_path, pool, rounds=5)  # up to version 5 (height 5)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 6, "the restart wrote blocks 2 to 5"
+        written = ledger.block(LOCKED_HEIGHT)
+        assert written.hash == locked.hash
+        assert written.header_bytes == locked.header_bytes
+        assert written.body_bytes == locked.body_bytes
+        assert len(ledger.header_signatures(LOCKED_HEIGHT) or []) >= 3
+        assert not path.with_name(path.name + ".pending").exists()
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    code, text = _cli_verify(path)
+    assert code == 0 and "ok" in text, text
+
+
+def _forge(block: Block, pool: list[Verifier], **changes: Any) -> Block:
+    """``block`` with its header changed, re-signed by its leader (the forger
+    holds that key), with a hash matching its header."""
+    header = {**block.header, **changes}
+    header_bytes = encode(block.format_version, header)
+    leader = next(v for v in pool if v.public_key == header["leader"])
+    return replace(
+        block,
+        height=int(header["height"]),
+        hash=sha256_hex(HEADER_TAG, header_bytes),
+        header_bytes=header_bytes,
+        header=header,
+        signature=leader.key.sign(HEADER_TAG + header_bytes).signature.hex(),
+    )
+
+
+def test_members_refuse_another_header_at_the_locked_height_and_view(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, pool, locked = _locked_run(tmp_path, monkeypatch)
+    with Ledger(path, create=False) as ledger:
+        other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
+    rule = Rule(Threshold(value=0)).digest  # the committee's
+    for verifier in pool:
+        with pytest.raises(RefusedRequest, match="already signed header"):
+            cosign_header(verifier, other, view=0, rule_digest=rule, replayed=True)
+        again = cosign_header(verifier, locked, view=0, rule_digest=rule, replayed=True)
+        assert again["verifier"] == verifier.public_key
+
+
+def _pending(path: Path) -> Path:
+    return path.with_name(path.name + ".pending")
+
+
+def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a ledger whose members are locked on nothing, a pending record that
+    is garbage, at another height, the head copied one height up (re-signed
+    with its leader's key) or whose hash is not its header's is ignored, for
+    the reason logged: each resume writes a block of its own and the chain
+    verifies. (Another model at the locked height: the test below.)"""
+    pool = verifiers(4)
+    path = tmp_path / "chain.db"
+    pov_run(tmp_path, pool, rounds=2)
+    from flchain_flwr.ledger.pending import record_pending  # the new module
+
+    def moved(head: Block) -> Block:  # the head, signed again one height up
+        return _forge(head, pool, height=head.height + 1, prev_hash=head.hash)
+
+    forgeries: list[tuple[Callable[[Block], bytes | Block], str]] = [
+        (lambda head: b"\x00garbage{", "is not canonical JSON"),
+        (lambda head: _forge(head, pool, height=head.height + 5), "not the next"),
+        (moved, "not the draw for its prev_hash"),  # the head's committee
+        (lambda head: replace(moved(head), hash=head.hash), "hash is not its"),
+        (lambda head: head, "already written"),  # died before clearing it
+    ]
+    for height, (forge, reason) in enumerate(forgeries, start=3):
+        with Ledger(path, create=False) as ledger:
+            head = ledger.head()
+            assert head is not None and head.height == height - 1
+            forged = forge(head)
+            if isinstance(forged, bytes):
+                _pending(path).write_bytes(forged)
+            else:
+                record_pending(ledger, forged, 0)
+        caplog.clear()
+        pov_run(tmp_path, pool, rounds=height)
+        assert reason in caplog.text
+        with Ledger(path, create=False) as ledger:
+            assert len(ledger) == height + 1
+            written = ledger.block(height).header_bytes
+            assert isinstance(forged, bytes) or forged.header_bytes != written
+    code, text = _cli_verify(path)
+    assert code == 0, text
+
+
+def test_a_forged_record_at_the_locked_height_is_refused_and_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record at the locked height with another model, validly hashed and
+    signed by the leader, passes the record's own checks but no member signs
+    it: it is not written, the height stays stuck, and the error says the
+    re-proposal failed. The genuine record then unsticks it."""
+    path, pool, locked = _locked_run(tmp_path, monkeypatch)
+    from flchain_flwr.ledger.pending import record_pending
+
+    with Ledger(path, create=False) as ledger:
+        genuine = _pending(path).read_bytes()
+        other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
+        record_pending(ledger, other, 0)
+    with pytest.raises(RuntimeError, match="proposed again after the restart"):
+        pov_run(tmp_path, pool, rounds=3)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT
+    _pending(path).write_bytes(genuine)
+    pov_run(tmp_path, pool, rounds=3)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.block(LOCKED_HEIGHT).hash == locked.hash
+        assert ledger.verify().ok
+
+
+def _remote_run(grid: VirtualGrid, path: Path) -> None:
+    """A FedBuff run of ``grid``'s three trainers and its committee of four
+    verifier nodes, up to version 4."""
+    strategy = _remote_fedbuff(grid, path, None)
+    simulate(strategy, grid, initial_arrays(), num_rounds=4)
+
+
+def test_verifier_nodes_sign_the_locked_block_again_for_a_restarted_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four verifier SuperNodes (their state kept between messages, as a
+    node's run state is) sign block 2's header; the server dies before the
+    write. A new server process on the same nodes writes that very block."""
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    path = tmp_path / "remote.db"
+    locked = _dies_at_locked_height(monkeypatch, RemoteCommittee)
+    with pytest.raises(ServerDied):
+        _remote_run(grid, path)
+    monkeypatch.undo()
+    ((block, signatures),) = locked
+    assert len(signatures) == 4
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT
+    _remote_run(grid, path)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 5
+        assert ledger.block(LOCKED_HEIGHT).hash == block.hash
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    code, text = _cli_verify(path)
+    assert code == 0, text
