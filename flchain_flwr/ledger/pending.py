@@ -13,12 +13,16 @@ the content-addressed store, written before the block. Every commit removes
 the record (:meth:`~flchain_flwr.ledger.Ledger.append` and
 :meth:`~flchain_flwr.ledger.Ledger.append_block`).
 
-The record is not trusted: it lives beside the ledger, so whoever can write
-the ledger's folder can write it. :func:`pending_problem` checks it against
-the head (chain, format, height, previous hash), its hash against its header,
-its body against the header's ``body_hash``, the leader's signature and
-every blob it names; what makes the block valid are the committee members'
-own checks before they sign it again, and ``verify`` afterwards.
+The record is sealed with the ledger's own signing key (the server's, which
+signs its checkpoints; in deployment kept away from the ledger's folder, see
+docs/deployment.md), and a record without a valid seal is ignored: whoever
+can write only the ledger's folder cannot make the server propose a block of
+theirs. Beyond the seal, :func:`pending_problem` checks it against the head
+(chain, format, height, previous hash), its hash against its header, its body
+against the header's ``body_hash``, the leader's signature and every blob it
+names. The seal says only that this server recorded it: what makes the block
+valid are the committee members' own checks before they sign it again, and
+``verify`` afterwards.
 """
 
 from __future__ import annotations
@@ -40,13 +44,17 @@ from .canonical import (
 )
 from .notes import write_file_atomically
 from .serverstate import _state_blobs
-from .statements import signature_ok
+from .statements import sign_statement, signature_ok
 
 if TYPE_CHECKING:
     from .chain import Ledger
 
 PENDING_FORMAT: Final = "flchain-pending/1"
-_FIELDS: Final = frozenset({"format", "view", "hash", "header", "body", "signature"})
+_FIELDS: Final = frozenset(
+    {"format", "view", "hash", "header", "body", "signature", "sealed"}
+)
+SEAL_TAG: Final = b"flchain-pending-seal/1\n"
+"""Domain separation of the ledger key's seal over a record."""
 
 
 class PendingError(ValueError):
@@ -69,7 +77,7 @@ def pending_path(ledger: Ledger) -> Path:
 def record_pending(ledger: Ledger, block: Block, view: int) -> None:
     """Record ``block`` (signed by its leader) as pending in ``view``,
     replacing any earlier record, before its committee is asked to sign it."""
-    record = {
+    record: dict[str, Any] = {
         "format": PENDING_FORMAT,
         "view": view,
         "hash": block.hash,
@@ -77,6 +85,7 @@ def record_pending(ledger: Ledger, block: Block, view: int) -> None:
         "body": base64.b64encode(block.body_bytes).decode("ascii"),
         "signature": block.signature,
     }
+    record["sealed"] = sign_statement(ledger.signing_key, _sealed_bytes(record))
     write_file_atomically(
         pending_path(ledger),
         encode(LATEST_FORMAT, record),
@@ -109,6 +118,9 @@ def read_pending(ledger: Ledger) -> PendingBlock | None:
         raise PendingError(f"{path.name} is not canonical JSON ({exc})") from None
     if not isinstance(record, dict) or set(record) != _FIELDS:
         raise PendingError(f"{path.name} must have the fields {sorted(_FIELDS)}")
+    own = ledger.signing_key.verify_key.encode().hex()
+    if not signature_ok(own, _sealed_bytes(record), str(record["sealed"])):
+        raise PendingError(f"{path.name} is not sealed by this ledger's key")
     if record["format"] != PENDING_FORMAT:
         raise PendingError(f"{path.name} is not {PENDING_FORMAT}")
     view = record["view"]
@@ -183,10 +195,19 @@ def _blobs_problem(ledger: Ledger, body: dict[str, Any], model: str) -> str | No
     for what, digest in named:
         if not isinstance(digest, str) or len(digest) != 64:
             return f"it names a {what} that is not a SHA-256"
-        problem = ledger.blobs.check(digest, what)
+        try:
+            problem = ledger.blobs.check(digest, what)
+        except ValueError as exc:
+            return f"it names a {what} that is not a SHA-256 ({exc})"
         if problem is not None:
             return problem
     return None
+
+
+def _sealed_bytes(record: dict[str, Any]) -> bytes:
+    """What the ledger key's seal signs: the record without its seal."""
+    unsealed = {k: v for k, v in record.items() if k != "sealed"}
+    return SEAL_TAG + encode(LATEST_FORMAT, unsealed)
 
 
 def _base64(value: Any, what: str) -> bytes:

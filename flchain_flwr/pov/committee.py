@@ -170,10 +170,6 @@ class Committee(Views, HeaderSigning):
 
     needs_payloads = False
     """Whether candidates must carry their replies (a remote committee's do)."""
-    failed_reproposal: tuple[int, str] | None = None
-    """The height, and why, of a locked block proposed again after a restart
-    and not written (:mod:`.pending`): the error names it if that height
-    fails again."""
     parse_keys = ("arrays", "num-examples")
     """The ``arrayrecord_key`` and ``weighted_by_key`` the server parses
     replies with (the strategy sets them; a remote committee sends them)."""
@@ -360,7 +356,6 @@ class Committee(Views, HeaderSigning):
             committee,
             view,
             on_quorum=lambda: self._settle(deposits, evidence),
-            locked=self.failed_reproposal,
         )
         return fields, signer
 

@@ -200,13 +200,8 @@ class HeaderSigner:
         view: int,
         *,
         on_quorum: Callable[[], None] | None = None,
-        locked: tuple[int, str] | None = None,
     ) -> None:
         self.committee = committee
-        self.locked = locked
-        """A height and why its locked block, proposed again after a
-        restart, was not written (:mod:`.pending`): named in the error if
-        this block at that height fails too."""
         self.leader = leader
         self.members = list(members)
         self.view = view
@@ -247,12 +242,10 @@ class HeaderSigner:
                 if self.on_quorum is not None:
                     self.on_quorum()
                 return [valid[k] for k in self.members if k in valid]
-        locked = self.locked if self.locked and self.locked[0] == block.height else None
         raise RuntimeError(
             f"block {block.header['height']}: {len(valid)} of {len(self.members)} "
             f"committee members signed its header, {needed} needed; "
             + "; ".join(problems)
-            + (f" (before it, {locked[1]})" if locked else "")
         )
 
     def _valid(self, block: Block, entry: dict[str, Any], asked: list[str]) -> bool:

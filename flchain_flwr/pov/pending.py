@@ -10,16 +10,16 @@ very block (same bytes, same hash, same leader signature) to its committee
 again (:func:`repropose_pending`). A member re-signs the same block hash
 after the same checks as the first time (:func:`~.headers.cosign_header`);
 with a quorum the block is written and the run continues from it as from
-any head. Without one the run goes on as it did before this existed: a new
-block at that height, or a view change where its leader fails; and the
-error that stops the run, if any, names the failed re-proposal.
+any head. Without one the run stops with the record kept: proposing another
+block there would only lock more members on a second block.
 
-The record is never trusted: one that is malformed, whose hash is not its
-header's, that does not extend the head, that names missing blobs, or whose
-committee is not the draw for its previous hash and view is ignored, with
-the reason logged. Whoever can write the ledger's folder can write the
-record; the members' own checks, and ``verify``, are what make the block
-valid.
+The record must carry the ledger key's seal (:mod:`flchain_flwr.ledger.pending`),
+so writing the ledger's folder alone cannot make the server propose a block.
+One without it, malformed, whose hash is not its header's, that does not
+extend the head, that names missing blobs, or whose committee is not the draw
+for its previous hash and view is ignored, with the reason logged. The seal
+says only that this server recorded it: the members' own checks, and
+``verify``, are what make the block valid.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ..ledger import Block, Ledger, LedgerError
 from ..ledger.pending import (
     PendingBlock,
     PendingError,
+    pending_path,
     pending_problem,
     read_pending,
 )
@@ -65,31 +66,29 @@ class SignedLeader:
 def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
     """Write ``ledger``'s pending block if it extends the head and a quorum
     of its committee signs it again; the block written, or ``None`` (no
-    usable record, or too few signatures: logged, and remembered in
-    ``committee.failed_reproposal`` for the error that may follow)."""
+    usable record: logged). ``RuntimeError`` if a usable record's block does
+    not get its quorum: the record is kept, and the run stops rather than
+    propose another block that members locked on this one could never sign
+    (a restart tries again once they are reachable)."""
     head = ledger.head()
     if head is None:
         return None
     try:
         pending = read_pending(ledger)
-    except PendingError as exc:
-        log(WARNING, "PoV: ignoring the pending-block record: %s", exc)
-        return None
-    if pending is None:
-        return None
-    block = pending.block
-    problem = pending_problem(ledger, head, pending) or _committee_problem(
-        committee, pending
-    )
-    if problem is not None:
-        log(
-            WARNING,
-            "PoV: ignoring the pending block %s… (height %d): %s",
-            block.hash[:16],
-            block.height,
-            problem,
+        if pending is None:
+            return None
+        problem = pending_problem(ledger, head, pending) or _committee_problem(
+            committee, pending
         )
+    except PendingError as exc:
+        problem, pending = str(exc), None
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        problem = f"it is malformed ({exc!r})"
+    if problem is not None:
+        log(WARNING, "PoV: ignoring the pending-block record: %s", problem)
         return None
+    assert pending is not None
+    block = pending.block
     log(
         INFO,
         "PoV: proposing the locked block %s… (height %d, view %d) again",
@@ -105,15 +104,22 @@ def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
     )
     try:
         written = ledger.append_block(block, signer)
-    except (RuntimeError, LedgerError) as exc:
-        why = (
+    except (
+        RuntimeError,
+        LedgerError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+    ) as exc:
+        raise RuntimeError(
             f"the locked block {block.hash[:16]}… (height {block.height}, view "
             f"{pending.view}), proposed again after the restart, was not "
-            f"written: {exc}"
-        )
-        committee.failed_reproposal = (block.height, why)
-        log(WARNING, "PoV: %s; falling back to a new block at that height", why)
-        return None
+            f"written: {exc}. Its record is kept ({pending_path(ledger)}): "
+            "restart once its members are reachable. Deleting the record gives "
+            "the block up; members that signed it then refuse any other block "
+            "and view change at that height and view"
+        ) from exc
     log(INFO, "PoV: wrote the locked block %s… again", written.hash[:16])
     return written
 
