@@ -75,8 +75,22 @@ def pending_path(ledger: Ledger) -> Path:
 
 
 def record_pending(ledger: Ledger, block: Block, view: int) -> None:
-    """Record ``block`` (signed by its leader) as pending in ``view``,
-    replacing any earlier record, before its committee is asked to sign it."""
+    """Record ``block`` (signed by its leader) as pending in ``view``, before
+    its committee is asked to sign it; an earlier record of another block at
+    the same height, previous hash and view is kept instead (members may be
+    locked on it: a fallback block there must not erase it)."""
+    try:
+        earlier = read_pending(ledger)
+    except PendingError:
+        earlier = None
+    if (
+        earlier is not None
+        and earlier.view == view
+        and earlier.block.hash != block.hash
+        and (earlier.block.height, earlier.block.header.get("prev_hash"))
+        == (block.height, block.header.get("prev_hash"))
+    ):
+        return
     record: dict[str, Any] = {
         "format": PENDING_FORMAT,
         "view": view,

@@ -10,8 +10,10 @@ very block (same bytes, same hash, same leader signature) to its committee
 again (:func:`repropose_pending`). A member re-signs the same block hash
 after the same checks as the first time (:func:`~.headers.cosign_header`);
 with a quorum the block is written and the run continues from it as from
-any head. Without one the run stops with the record kept: proposing another
-block there would only lock more members on a second block.
+any head. Without one (members not reachable yet, or that lost their run
+state and judge it afresh) the run falls back to a new block at that height,
+as before this existed; the record is not replaced by that block, so if the
+fallback fails too a later restart proposes the locked block again.
 
 The record must carry the ledger key's seal (:mod:`flchain_flwr.ledger.pending`),
 so writing the ledger's folder alone cannot make the server propose a block.
@@ -66,10 +68,9 @@ class SignedLeader:
 def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
     """Write ``ledger``'s pending block if it extends the head and a quorum
     of its committee signs it again; the block written, or ``None`` (no
-    usable record: logged). ``RuntimeError`` if a usable record's block does
-    not get its quorum: the record is kept, and the run stops rather than
-    propose another block that members locked on this one could never sign
-    (a restart tries again once they are reachable)."""
+    usable record, or too few signatures: logged; the run then falls back to
+    a new block at that height, and the record stays until a block is
+    written there, see :func:`~flchain_flwr.ledger.pending.record_pending`)."""
     head = ledger.head()
     if head is None:
         return None
@@ -112,14 +113,19 @@ def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
         KeyError,
         AttributeError,
     ) as exc:
-        raise RuntimeError(
-            f"the locked block {block.hash[:16]}… (height {block.height}, view "
-            f"{pending.view}), proposed again after the restart, was not "
-            f"written: {exc}. Its record is kept ({pending_path(ledger)}): "
-            "restart once its members are reachable. Deleting the record gives "
-            "the block up; members that signed it then refuse any other block "
-            "and view change at that height and view"
-        ) from exc
+        log(
+            WARNING,
+            "PoV: the locked block %s… (height %d, view %d), proposed again after "
+            "the restart, was not written (%s); falling back to a new block at "
+            "that height. The record is kept (%s) until a block is written there, "
+            "so a later restart proposes it again",
+            block.hash[:16],
+            block.height,
+            pending.view,
+            exc,
+            pending_path(ledger),
+        )
+        return None
     log(INFO, "PoV: wrote the locked block %s… again", written.hash[:16])
     return written
 
