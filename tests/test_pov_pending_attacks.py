@@ -140,26 +140,11 @@ def test_one_leader_key_and_the_folder_cannot_write_an_unchecked_model(
     own. (The ledger key's holder, the server, could propose such a block
     anyway: the record adds nothing to what it can do.)"""
     pool = verifiers(4)
-    inner = Committee.header_signatures
-    proposed: list[Block] = []
-
-    def dies(
-        self: Committee, members: Sequence[str], ledger: Ledger, block: Block, view: int
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        if block.height == LOCKED_HEIGHT:
-            proposed.append(block)
-            raise ServerDied("the server died before its first header request")
-        return inner(self, members, ledger, block, view)
-
-    monkeypatch.setattr(Committee, "header_signatures", dies)
-    with pytest.raises(ServerDied):
-        pov_run(tmp_path, pool, rounds=3)
-    monkeypatch.undo()
-    path = tmp_path / "chain.db"
+    path, proposed = _died_before_asking(tmp_path, monkeypatch, pool)
     with Ledger(path, create=False) as ledger:
         head = ledger.head()
         assert head is not None and head.height == LOCKED_HEIGHT - 1
-        forged = _empty_block(ledger, proposed[0], pool, 0)
+        forged = _empty_block(ledger, proposed, pool, 0)
         _record_without_the_ledger_key(ledger, forged, 0)
     pov_run(tmp_path, pool, rounds=3)
     with Ledger(path, create=False) as ledger:
@@ -211,3 +196,27 @@ def _empty_block(
         config_digest="0" * 64,
         updates_root=merkle_root([]),
     )
+
+
+def _died_before_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: list[Verifier]
+) -> tuple[Path, Block]:
+    """A run whose server dies after the votes on block 2, before its first
+    header request (no record, no member signed anything at (2, 0)): the
+    ledger and the block it was about to ask for."""
+    inner = Committee.header_signatures
+    proposed: list[Block] = []
+
+    def dies(
+        self: Committee, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        if block.height == LOCKED_HEIGHT:
+            proposed.append(block)
+            raise ServerDied("the server died before its first header request")
+        return inner(self, members, ledger, block, view)
+
+    monkeypatch.setattr(Committee, "header_signatures", dies)
+    with pytest.raises(ServerDied):
+        pov_run(tmp_path, pool, rounds=3)
+    monkeypatch.undo()
+    return tmp_path / "chain.db", proposed[0]

@@ -5,15 +5,13 @@ block no member will sign again."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
-from flchain_flwr.ledger import Block, Ledger, LedgerError
+from flchain_flwr.ledger import Ledger, LedgerError
 from flchain_flwr.ledger.pending import (
     PendingError,
     pending_path,
@@ -21,12 +19,11 @@ from flchain_flwr.ledger.pending import (
     read_pending,
     record_pending,
 )
-from flchain_flwr.pov import Committee, Verifier
 
 from .test_pov import model, verifiers
 from .test_pov_chain import pov_run
-from .test_pov_pending import LOCKED_HEIGHT, ServerDied, _forge, _locked_run
-from .test_pov_pending_attacks import _empty_block
+from .test_pov_pending import LOCKED_HEIGHT, _forge, _locked_run
+from .test_pov_pending_attacks import _died_before_asking, _empty_block
 
 
 def test_a_missing_ledger_key_does_not_lose_the_locked_record(
@@ -176,27 +173,3 @@ def test_a_recorded_block_no_member_signed_does_not_wedge_the_run(
     with Ledger(path, create=False) as ledger:
         assert ledger.block(LOCKED_HEIGHT).hash != wrong.hash
         assert ledger.verify().ok
-
-
-def _died_before_asking(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pool: list[Verifier]
-) -> tuple[Path, Block]:
-    """A run whose server dies after the votes on block 2, before its first
-    header request (no record, no member signed anything at (2, 0)): the
-    ledger and the block it was about to ask for."""
-    inner = Committee.header_signatures
-    proposed: list[Block] = []
-
-    def dies(
-        self: Committee, members: Sequence[str], ledger: Ledger, block: Block, view: int
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        if block.height == LOCKED_HEIGHT:
-            proposed.append(block)
-            raise ServerDied("the server died before its first header request")
-        return inner(self, members, ledger, block, view)
-
-    monkeypatch.setattr(Committee, "header_signatures", dies)
-    with pytest.raises(ServerDied):
-        pov_run(tmp_path, pool, rounds=3)
-    monkeypatch.undo()
-    return tmp_path / "chain.db", proposed[0]
