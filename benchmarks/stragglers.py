@@ -648,13 +648,9 @@ def reused_rows(
                 )
             if cell in planned:
                 rows.setdefault(cell, row)
-    seeds = {
-        seed: rows[("fedavg", seed)]["budget"]
-        for _, seed in rows
-        if ("fedavg", seed) in rows
-    }
+    kept_budget = {s: r["budget"] for (n, s), r in rows.items() if n == "fedavg"}
     for (name, seed), row in rows.items():
-        if seeds.get(seed) != row["budget"]:
+        if kept_budget.get(seed) != row["budget"]:
             raise ValueError(
                 f"--reuse: {name} seed {seed} and the FedAvg kept for that seed "
                 "come from files with different budgets"

@@ -116,9 +116,9 @@ def clear_pending(ledger: Ledger) -> None:
 
 def read_pending(ledger: Ledger) -> PendingBlock | None:
     """``ledger``'s pending block as recorded (``None``: no record);
-    :class:`PendingError` if the record is malformed or its hash is not its
-    header's. Nothing here says the block extends the head: see
-    :func:`pending_problem`."""
+    :class:`PendingError` if the record is malformed, not sealed by the
+    ledger's key, or its hash is not its header's. Nothing here says the
+    block extends the head: see :func:`pending_problem`."""
     path = pending_path(ledger)
     try:
         data = path.read_bytes()

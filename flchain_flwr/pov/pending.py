@@ -82,7 +82,7 @@ def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
             committee, pending
         )
     except PendingError as exc:
-        problem, pending = str(exc), None
+        problem = str(exc)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         problem = f"it is malformed ({exc!r})"
     if problem is not None:
