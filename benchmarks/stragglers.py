@@ -19,7 +19,8 @@ Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
   one straggler policy (:mod:`~flchain_flwr.strategies.fedsa`, ``bafl``,
   ``tuning``, ``fairness``, ``memory``: MIFA's update memory, at
   ``--memory-age`` versions); ``+all``: every policy together but fairness,
-  which FedBuff refuses beside the update memory.
+  which FedBuff refuses beside the update memory; any other combination is
+  named by joining policies, e.g. ``+fedsa+fairness``.
 
 Settings chosen on seed 0 from a 30-node probe of plain FedBuff and FedAvg
 only (before any policy ran): the target accuracy (plain FedBuff reached
@@ -103,9 +104,20 @@ ALL = ("fedsa", "bafl", "tuning", "memory")
 STRATEGIES = ("fedavg", "fedavg-os", "fedbuff", *(f"+{p}" for p in POLICIES), "+all")
 """``+fairness+memory`` ran once (``stragglers.json``, commit 61bef3f): the model
 collapsed on every seed, and FedBuff now refuses the pair."""
+
 MAIN = ("fedavg", "fedavg-os", "fedbuff", "+all", "+fairness")
 """Run for every seed before the other policies: the headline's and the targets'
 comparisons, and the policy the README recommends first."""
+
+
+def is_strategy(name: str) -> bool:
+    """One of :data:`STRATEGIES`, or ``+`` and distinct policies joined by ``+``."""
+    policies = name[1:].split("+") if name.startswith("+") else []
+    return name in STRATEGIES or (
+        len(policies) > 1
+        and len(set(policies)) == len(policies)
+        and set(policies) <= set(POLICIES)
+    )
 
 
 class KeepFastest(VirtualGrid):
@@ -546,10 +558,18 @@ def main() -> None:
     )
     args = parser.parse_args()
     names = [n for n in args.strategies.split(",") if n]
-    unknown = sorted(set(names) - set(STRATEGIES))
+    unknown = sorted(n for n in set(names) if not is_strategy(n))
     if unknown:
-        parser.error(f"unknown strategies {unknown}; choose from {STRATEGIES}")
+        parser.error(
+            f"unknown strategies {unknown}; choose from {STRATEGIES} or join "
+            f"policies {POLICIES} with '+' (e.g. +fedsa+fairness)"
+        )
     args.buffer_size = args.buffer_size or max(1, args.nodes // 5)
+    for name in names:  # FedBuff's own refusals (a pair it rejects), before any run
+        try:
+            strategy_for(name, args, None, 0)
+        except ValueError as error:
+            parser.error(f"{name}: {error}")
     require_fashion_mnist()
     FLOWER_LOGGER.setLevel(logging.WARNING)
     tiers = parse_tier_classes(args.tier_classes)

@@ -185,3 +185,41 @@ def test_a_reuse_file_of_another_shape_is_a_clear_error(
     args = argparse.Namespace(**{**DEFAULTS, "reuse": [path]})
     with pytest.raises(ValueError, match="not a stragglers result"):
         stragglers.reused_rows(args, [("fedavg", 0)])
+
+
+def test_joined_policies_name_a_strategy_and_refused_pairs_stop_the_run(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``+fedsa+fairness`` runs both policies; a typo, a repeated policy or a
+    pair FedBuff refuses (fairness beside the update memory) is one line
+    before anything runs."""
+    args = argparse.Namespace(
+        lr=0.05,
+        local_steps=3,
+        buffer_size=4,
+        nodes=20,
+        fairness_max=4.0,
+        memory_age=100,
+        target_staleness=1.5,
+    )
+    both = stragglers.strategy_for("+fedsa+fairness", args, None, 0)
+    assert both.fairness is not None and both.scheduling is not None
+    assert both.update_memory is None and both.buffer_tuning is None
+    assert stragglers.is_strategy("+fedsa+fairness")
+    for name in ("+fedsa+fedsa", "+fedsa+typo", "fedsa+fairness", "+", "++fedsa"):
+        assert not stragglers.is_strategy(name), name
+
+    def no_cell(*_: Any) -> None:
+        raise AssertionError("a refused strategy must stop the run first")
+
+    monkeypatch.setattr(stragglers, "run_one", no_cell)
+    for name, reason in (
+        ("+fedsa+typo", "unknown strategies"),
+        ("+fairness+memory", "+fairness+memory: "),
+    ):
+        argv = ["stragglers.py", "--strategies", f"fedbuff,{name}"]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as stop:
+            stragglers.main()
+        assert stop.value.code == 2
+        assert reason in capsys.readouterr().err
