@@ -36,15 +36,13 @@ the head before an append in :mod:`.headcheck`, verification in
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 import numpy as np
 from flwr.app import RecordDict
@@ -64,7 +62,6 @@ from .blocks import (
     LedgerError,
     Signature,
     _digest_of,
-    _parse_block,
     ids_as_text,
     node_key,
 )
@@ -73,9 +70,7 @@ from .canonical import (
     HEADER_TAG,
     LATEST_FORMAT,
     ZERO_HASH,
-    NotCanonical,
     encode_round_trip,
-    parse_json,
     sha256_hex,
 )
 from .checkpoint import (
@@ -91,6 +86,18 @@ from .checkpoint import (
 )
 from .headcheck import HeadCheck
 from .keys import KeyFile, load_or_create_key, parse_trusted_key
+from .ledgerdb import (
+    BLOCK_ROW,
+    MAX_HEIGHT,
+    get_meta,
+    insert_block,
+    make_folder_for,
+    open_database,
+    reading,
+    row_to_block,
+    rows,
+    set_meta,
+)
 from .merkle import merkle_root
 from .notes import NoteError, SignerKey, VerifierKey
 from .payload import PAYLOAD_FIELD
@@ -132,58 +139,9 @@ __all__ = [  # what this module held before the split, still importable from it
     "vote_payload",
 ]
 
-_MAX_HEIGHT: Final = 2**63 - 1
-"""SQLite's largest integer: no block can be higher."""
-_COLUMNS: Final = {
-    "meta": ("key", "value"),
-    "blocks": ("height", "hash", "header", "body", "signature"),
-}
-"""The columns :data:`_SCHEMA` creates: what an existing ledger must have."""
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS blocks (
-    height INTEGER PRIMARY KEY,
-    hash TEXT NOT NULL,
-    header BLOB NOT NULL,
-    body BLOB NOT NULL,
-    signature TEXT NOT NULL
-);
-"""
-
 
 class CheckpointNotWritten(LedgerError):
     """A block IS committed, but the checkpoint after it could not be written."""
-
-
-def _sqlite_message(exc: Exception) -> str:
-    """SQLite's error message. Python's sqlite3 raises ``UnicodeDecodeError``
-    instead when that message is not UTF-8 itself (it quotes a damaged
-    schema): then its bytes, the undecodable ones replaced."""
-    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
-        return exc.object.decode("utf-8", "replace")
-    return str(exc)
-
-
-def _make_folder_for(path: Path) -> None:
-    """Create the missing folders above a new ledger file ``path`` (absolute) and
-    check that the file can be created there; say exactly what is wrong if not."""
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        blocker = next(
-            (p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()),
-            None,
-        )
-        reason = f"{blocker} is a file" if blocker else exc.strerror or str(exc)
-        # OSError(errno, ...) keeps the subclass (NotADirectoryError, ...).
-        raise OSError(
-            exc.errno, f"cannot create folder {folder} for the ledger {path}: {reason}"
-        ) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(
-            f"cannot create the ledger {path}: folder {folder} is not writable"
-        )
 
 
 # pylint: disable=too-many-instance-attributes
@@ -241,7 +199,7 @@ class Ledger:
             raise LedgerError(f"{self.path} is a directory, not a ledger file")
         existed = self.path.exists()
         if not existed:
-            _make_folder_for(self.path)
+            make_folder_for(self.path)
         self.blobs = BlobStore(
             self.path.with_name(self.path.name + ".models"), durable=durable
         )
@@ -262,57 +220,16 @@ class Ledger:
                 ledger_origin(chain_id)
             except CheckpointError as exc:
                 raise LedgerError(str(exc)) from None
-        try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
-            self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-            if not existed:
-                raise OSError(f"cannot create the ledger {self.path}: {exc}") from None
-            raise LedgerError(
-                f"{self.path} is not a flchain ledger ({_sqlite_message(exc)})"
-            ) from None
-        if not tables:
-            if not create:
-                raise LedgerError(f"{self.path} is not a flchain ledger (empty file)")
-            self.db.execute("PRAGMA journal_mode=WAL")  # persistent in the file
-            self.db.execute("BEGIN IMMEDIATE")  # schema and identity: all or nothing
-            try:
-                for statement in filter(str.strip, _SCHEMA.split(";")):
-                    self.db.execute(statement)
-                self._set_meta("format", f"flchain-ledger/{format_version}")
-                self._set_meta("chain_id", chain_id or uuid.uuid4().hex)
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-        try:  # SQLite's own errors: a damaged file, text that is not UTF-8
-            problem = self._not_a_ledger(tables) if tables else None
-            stored = None if problem else self._meta("chain_id")
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            self.db.close()
-            raise LedgerError(
-                f"cannot read the ledger {self.path}: {_sqlite_message(exc)}"
-            ) from exc
-        if problem is not None:
-            self.db.close()
-            raise LedgerError(f"{self.path} is not a flchain ledger ({problem})")
-        if stored is None:
-            raise LedgerError(f"{self.path} has no chain id")
-        if chain_id is not None and chain_id != stored:
-            raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
-        self.chain_id: str = stored
-        self.format_version = LEDGER_FORMATS[str(self._meta("format"))]
-        """The encoding version of the blocks this ledger writes: the genesis
-        block's (the metadata must agree with it)."""
-        genesis = self._genesis_format()
-        if genesis is not None and genesis != self.format_version:
-            self.db.close()
-            raise LedgerError(
-                f"{self.path}: its metadata says flchain-ledger/{self.format_version}"
-                f" but its genesis block is flchain-block/{genesis}: the metadata "
-                "was changed (a format downgrade?); refusing to open it"
-            )
+        self.db, self.chain_id, self.format_version = open_database(
+            self.path,
+            existed=existed,
+            create=create,
+            durable=durable,
+            chain_id=chain_id,
+            format_version=format_version,
+        )
+        """The chain id, and the encoding version of the blocks this ledger
+        writes: the genesis block's (the metadata must agree with it)."""
         self._head_check = HeadCheck()
         """Checks the head before an append (remembers the verifier pool)."""
         self._last_signed: Checkpoint | None = None
@@ -325,20 +242,7 @@ class Ledger:
             except LedgerError:
                 self.db.close()
                 raise
-            log(INFO, "Ledger: %s (chain %s)", self.path, stored)
-
-    def _genesis_format(self) -> int | None:
-        """The encoding version the genesis header names (``None``: no genesis
-        block, or one too damaged to say; ``verify`` reports that)."""
-        try:
-            row = self.db.execute(
-                "SELECT header FROM blocks WHERE height = 0"
-            ).fetchone()
-            loose = None if row is None else parse_json(bytes(row[0]))
-        except (sqlite3.Error, UnicodeDecodeError, TypeError, NotCanonical):
-            return None
-        name = loose.get("format") if isinstance(loose, dict) else None
-        return BLOCK_FORMATS.get(name) if isinstance(name, str) else None
+            log(INFO, "Ledger: %s (chain %s)", self.path, self.chain_id)
 
     def _check_checkpoint_location(self) -> None:
         """``LedgerError`` unless a checkpoint can be written at
@@ -360,30 +264,9 @@ class Ledger:
                 "not writable"
             )
 
-    def _not_a_ledger(self, tables: set[str]) -> str | None:
-        """Why an existing database is not a flchain ledger, or ``None`` (SQLite's
-        errors pass through)."""
-        for table, columns in _COLUMNS.items():
-            if table not in tables:
-                return f"it has no {table} table"
-            present = {row[1] for row in self.db.execute(f"PRAGMA table_info({table})")}
-            missing = [column for column in columns if column not in present]
-            if missing:
-                return f"its {table} table lacks the column(s) {', '.join(missing)}"
-        if self._meta("format") not in LEDGER_FORMATS:
-            return f"its format is not one of {', '.join(LEDGER_FORMATS)}"
-        return None
-
-    @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Turn SQLite's errors while reading (a damaged file, text that is not
-        UTF-8) into a ``LedgerError`` naming the file."""
-        try:
-            yield
-        except (sqlite3.Error, UnicodeDecodeError) as exc:
-            raise LedgerError(
-                f"cannot read the ledger {self.path}: {_sqlite_message(exc)}"
-            ) from exc
+    def _reading(self) -> AbstractContextManager[None]:
+        """Turn SQLite's errors while reading into a ``LedgerError``."""
+        return reading(self.path)
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -400,13 +283,10 @@ class Ledger:
         self.close()
 
     def _meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return get_meta(self.db, key)
 
     def _set_meta(self, key: str, value: str) -> None:
-        self.db.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value)
-        )
+        set_meta(self.db, key, value)
 
     @property
     def signing_key(self) -> SigningKey:
@@ -527,67 +407,33 @@ class Ledger:
         return int(row[0])
 
     # ------------------------------------------------------------------ reading
-    @staticmethod
-    def _row_to_block(row: tuple[Any, ...]) -> Block:
-        height, digest, header, body, signature = row
-        try:
-            header, body = bytes(header), bytes(body)
-            parsed_header, parsed_body = _parse_block(header, body)
-            if not isinstance(parsed_header, dict) or not isinstance(parsed_body, dict):
-                raise NotCanonical("header or body is not a JSON object")
-            return Block(
-                height=int(height),
-                hash=str(digest),
-                header_bytes=header,
-                body_bytes=body,
-                signature=str(signature),
-                header=parsed_header,
-                body=parsed_body,
-            )
-        except (TypeError, ValueError, RecursionError) as exc:
-            raise LedgerError(
-                f"block {height!r} is corrupt ({exc}); run `flchain ledger verify`"
-            ) from None
-
     def _rows(self) -> Iterator[tuple[Any, ...]]:
-        rows = self.db.execute(
-            "SELECT height, hash, header, body, signature FROM blocks ORDER BY height"
-        )
-        # Not `yield from`: closing this generator would then close the cursor,
-        # which fails (in a destructor, as a traceback) once a caller that left
-        # the loop early has closed the ledger.
-        for row in rows:  # noqa: UP028
-            yield row
+        return rows(self.db)
 
     def blocks(self) -> Iterator[Block]:
         """Every block, by height."""
         with self._reading():
             for row in self._rows():
-                yield self._row_to_block(row)
+                yield row_to_block(row)
 
     def block(self, height: int) -> Block:
         """The block at ``height``; ``LedgerError`` if there is none."""
         row = None
-        if 0 <= height <= _MAX_HEIGHT:  # beyond, SQLite cannot even take the number
+        if 0 <= height <= MAX_HEIGHT:  # beyond, SQLite cannot even take the number
             with self._reading():
-                row = self.db.execute(
-                    "SELECT height, hash, header, body, signature FROM blocks "
-                    "WHERE height = ?",
-                    (height,),
-                ).fetchone()
+                query = f"{BLOCK_ROW} WHERE height = ?"
+                row = self.db.execute(query, (height,)).fetchone()
         if row is None:
             raise LedgerError(
                 f"no block at height {height} (ledger has {len(self)} blocks)"
             )
-        return self._row_to_block(row)
+        return row_to_block(row)
 
     def head(self) -> Block | None:
         """The last block, or ``None`` for an empty ledger."""
-        row = self.db.execute(
-            "SELECT height, hash, header, body, signature FROM blocks "
-            "ORDER BY height DESC LIMIT 1"
-        ).fetchone()
-        return None if row is None else self._row_to_block(row)
+        query = f"{BLOCK_ROW} ORDER BY height DESC LIMIT 1"
+        row = self.db.execute(query).fetchone()
+        return None if row is None else row_to_block(row)
 
     def load_model(self, block: Block) -> dict[str, np.ndarray]:
         """The global model a block references, from the content-addressed store."""
@@ -623,13 +469,9 @@ class Ledger:
         """
         digest = block.header["config_digest"]
         with self._reading():
-            rows = self.db.execute(
-                "SELECT height, hash, header, body, signature FROM blocks "
-                "WHERE height <= ? ORDER BY height DESC",
-                (block.height,),
-            )
-            for row in rows:
-                earlier = self._row_to_block(row)
+            query = f"{BLOCK_ROW} WHERE height <= ? ORDER BY height DESC"
+            for row in self.db.execute(query, (block.height,)):
+                earlier = row_to_block(row)
                 if earlier.header["config_digest"] != digest:
                     break
                 config = earlier.body.get(CONFIG_FIELD)
@@ -798,17 +640,7 @@ class Ledger:
                 block = replace(block, quorum=quorum)
             if head is None:  # the publisher who opened the chain
                 self._set_meta("leader_key", str(block.header["leader"]))
-            self.db.execute(
-                "INSERT INTO blocks (height, hash, header, body, signature) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (
-                    block.height,
-                    block.hash,
-                    block.header_bytes,
-                    block.body_bytes,
-                    block.signature,
-                ),
-            )
+            insert_block(self.db, block)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
