@@ -27,6 +27,7 @@ from flchain_flwr.ledger import (
     LedgerError,
     VoteContext,
     check_proof,
+    checkpointwriter,
     sign_vote,
 )
 from flchain_flwr.ledger import chain as chain_module
@@ -430,7 +431,7 @@ def test_a_checkpoint_that_fails_after_the_commit_says_the_block_is_in(
         raise OSError(28, "No space left on device")
 
     with monkeypatch.context() as patch:
-        patch.setattr(chain_module, "write_checkpoint", disk_full)
+        patch.setattr(checkpointwriter, "write_checkpoint", disk_full)
         with pytest.raises(CheckpointNotWritten, match="block 5 IS committed"):
             append(ledger, 5)
     assert len(ledger) == 6

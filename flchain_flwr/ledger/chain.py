@@ -35,7 +35,6 @@ the head before an append in :mod:`.headcheck`, verification in
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -73,17 +72,8 @@ from .canonical import (
     encode_round_trip,
     sha256_hex,
 )
-from .checkpoint import (
-    Checkpoint,
-    CheckpointError,
-    CheckpointMismatch,
-    LogFrontier,
-    check_against_ledger,
-    ledger_origin,
-    open_checkpoint,
-    sign_checkpoint,
-    write_checkpoint,
-)
+from .checkpoint import CheckpointError, ledger_origin
+from .checkpointwriter import CheckpointNotWritten, CheckpointWriter
 from .headcheck import HeadCheck
 from .keys import KeyFile, load_or_create_key, parse_trusted_key
 from .ledgerdb import (
@@ -99,7 +89,7 @@ from .ledgerdb import (
     set_meta,
 )
 from .merkle import merkle_root
-from .notes import NoteError, SignerKey, VerifierKey
+from .notes import VerifierKey
 from .payload import PAYLOAD_FIELD
 from .pending import clear_pending
 from .proofcheck import check_proof
@@ -138,10 +128,6 @@ __all__ = [  # what this module held before the split, still importable from it
     "sign_vote",
     "vote_payload",
 ]
-
-
-class CheckpointNotWritten(LedgerError):
-    """A block IS committed, but the checkpoint after it could not be written."""
 
 
 # pylint: disable=too-many-instance-attributes
@@ -212,7 +198,10 @@ class Ledger:
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         ).resolve()
         self.durable = durable
-        self._frontier: LogFrontier | None = None
+        self._checkpoints = CheckpointWriter(
+            self.path, self.checkpoint_path, self._key, durable
+        )
+        """Writes the checkpoint after each block."""
         if f"flchain-ledger/{format_version}" not in LEDGER_FORMATS:
             raise ValueError(f"unknown ledger format version {format_version!r}")
         if not existed and chain_id is not None:
@@ -232,41 +221,13 @@ class Ledger:
         writes: the genesis block's (the metadata must agree with it)."""
         self._head_check = HeadCheck()
         """Checks the head before an append (remembers the verifier pool)."""
-        self._last_signed: Checkpoint | None = None
-        """The last checkpoint this process signed."""
-        self._frontier_head = ""
-        """The block hash the log frontier ends with."""
         if create:
             try:
-                self._check_checkpoint_location()
+                self._checkpoints.check_location()
             except LedgerError:
                 self.db.close()
                 raise
             log(INFO, "Ledger: %s (chain %s)", self.path, self.chain_id)
-
-    def _check_checkpoint_location(self) -> None:
-        """``LedgerError`` unless a checkpoint can be written at
-        ``checkpoint_path`` (its folder is created if missing): checked before
-        a block is committed, so that writing it afterwards does not fail."""
-        path = self.checkpoint_path
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise LedgerError(
-                f"cannot create the folder of the checkpoint {path}: "
-                f"{exc.strerror or exc}"
-            ) from None
-        if path.is_dir():
-            raise LedgerError(f"the checkpoint path {path} is a directory")
-        if not os.access(path.parent, os.W_OK | os.X_OK):
-            raise LedgerError(
-                f"cannot write the checkpoint {path}: folder {path.parent} is "
-                "not writable"
-            )
-
-    def _reading(self) -> AbstractContextManager[None]:
-        """Turn SQLite's errors while reading into a ``LedgerError``."""
-        return reading(self.path)
 
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
@@ -313,100 +274,16 @@ class Ledger:
             log(WARNING, "Ledger %s: no checkpoint written: %s", self.path, exc)
             return None
 
-    def _signed_before(self, origin: str) -> Checkpoint | None:
-        """The last checkpoint of this log the ledger's key signed: the one this
-        process signed, else the one at ``checkpoint_path`` if it verifies
-        under the ledger's key (``None`` if neither: nothing to be consistent
-        with)."""
-        if self._last_signed is not None:
-            return self._last_signed
-        try:
-            note = self.checkpoint_path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise LedgerError(
-                f"cannot read the checkpoint {self.checkpoint_path}: "
-                f"{exc.strerror or exc}"
-            ) from None
-        own = VerifierKey(origin, bytes(self.signing_key.verify_key))
-        try:
-            found, _ = open_checkpoint(note, [own])
-        except (NoteError, CheckpointError) as exc:
-            log(
-                WARNING,
-                "Ledger %s: the checkpoint %s is not one this ledger's key signed "
-                "(%s); it will be replaced",
-                self.path,
-                self.checkpoint_path,
-                exc,
-            )
-            return None
-        return found
-
-    def _log_up_to(self, head: Block | None, origin: str) -> LogFrontier:
-        """The Merkle log of the blocks up to ``head``, checked to extend the
-        last checkpoint the ledger's key signed (so that the key never signs
-        two checkpoints that contradict each other).
-
-        Raises
-        ------
-        LedgerError
-            If the blocks no longer hold that checkpoint's log (blocks were
-            removed or rewritten since it was signed).
-        """
-        frontier = self._frontier
-        if (
-            frontier is not None
-            and head is not None
-            and frontier.size == head.height + 1
-            and self._frontier_head == head.hash
-        ):
-            return frontier  # what this process signed, extended block by block
-        hashes = [] if head is None else self.block_hashes()
-        signed = self._signed_before(origin)
-        if signed is not None:
-            try:
-                check_against_ledger(signed, origin, hashes)
-            except CheckpointMismatch as exc:
-                raise LedgerError(
-                    f"refusing to sign a checkpoint of {self.path}: it would "
-                    f"contradict the size-{signed.size} checkpoint this key "
-                    f"signed before ({exc}); restore the ledger"
-                ) from None
-        return LogFrontier(hashes)
-
-    def _write_checkpoint(self, block: Block, frontier: LogFrontier) -> None:
-        """Add the block just committed to the log, sign a checkpoint of it with
-        the ledger's key and put it at ``checkpoint_path`` atomically (fsynced
-        if ``durable``).
-
-        Raises
-        ------
-        CheckpointNotWritten
-            If the file cannot be written (the block is committed).
-        """
-        origin = self.origin
-        frontier.append(block.hash)
-        self._frontier, self._frontier_head = frontier, block.hash
-        checkpoint = Checkpoint(origin, frontier.size, frontier.root())
-        note = sign_checkpoint(checkpoint, [SignerKey(origin, self.signing_key)])
-        self._last_signed = checkpoint
-        try:
-            write_checkpoint(self.checkpoint_path, note, durable=self.durable)
-        except OSError as exc:
-            raise CheckpointNotWritten(
-                f"block {block.height} IS committed, but its checkpoint could not "
-                f"be written to {self.checkpoint_path}: {exc.strerror or exc} "
-                "(the next append writes one)"
-            ) from None
-
     def __len__(self) -> int:
         with self._reading():
             row = self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()
         return int(row[0])
 
     # ------------------------------------------------------------------ reading
+    def _reading(self) -> AbstractContextManager[None]:
+        """Turn SQLite's errors while reading into a ``LedgerError``."""
+        return reading(self.path)
+
     def _rows(self) -> Iterator[tuple[Any, ...]]:
         return rows(self.db)
 
@@ -547,7 +424,7 @@ class Ledger:
             raise ValueError(f"{len(payloads)} payloads for {len(included)} updates")
         origin = self._checkpoint_origin()
         if origin is not None:
-            self._check_checkpoint_location()
+            self._checkpoints.check_location()
         model_hash = self.blobs.put_model(model)
         version = self.format_version
         entries = ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
@@ -606,7 +483,7 @@ class Ledger:
             raise TypeError("a block is appended as it is only with its committee")
         origin = self._checkpoint_origin()
         if origin is not None:
-            self._check_checkpoint_location()
+            self._checkpoints.check_location()
 
         def make(head: Block | None) -> Block:
             if head is None or (block.height, block.header.get("prev_hash")) != (
@@ -632,7 +509,11 @@ class Ledger:
             head = self.head()
             if head is not None:
                 self._head_check.check(self, head, key)
-            log_before = None if origin is None else self._log_up_to(head, origin)
+            log_before = (
+                None
+                if origin is None
+                else self._checkpoints.log_up_to(head, origin, self.block_hashes)
+            )
             block = make(head)
             if isinstance(key, HeaderCosigner):  # the committee signs it too
                 quorum = key.cosign(self, block)
@@ -647,7 +528,7 @@ class Ledger:
             raise
         clear_pending(self)
         if log_before is not None:
-            self._write_checkpoint(block, log_before)
+            self._checkpoints.write(block, log_before, self.origin)
         return block
 
     def header_signatures(self, height: int) -> list[Any] | None:
