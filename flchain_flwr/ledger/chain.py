@@ -97,9 +97,8 @@ from .quorum import HeaderCosigner, load_signatures, store_signatures
 from .serverstate import (
     SERVER_STATE_FIELD,
     ServerState,
-    _claims_arrays,
-    _claims_from_arrays,
-    _state_blobs,
+    load_server_state,
+    put_server_state,
 )
 from .verify import VerifyReport, verify_ledger
 from .votes import VoteContext, check_vote, sign_vote, vote_payload
@@ -324,17 +323,7 @@ class Ledger:
         ValueError
             If the record is malformed or a blob it names is missing or corrupt.
         """
-        if SERVER_STATE_FIELD not in block.body:
-            return None
-        blobs = _state_blobs(block.body)
-        claims = None
-        if "claims" in blobs:
-            claims = _claims_from_arrays(self.blobs.load_model(blobs["claims"]))
-        velocity = None
-        if "velocity" in blobs:
-            velocity = self.blobs.load_model(blobs["velocity"])
-        momentum = block.body[SERVER_STATE_FIELD].get("momentum", {})
-        return ServerState(claims, velocity, bool(momentum.get("from_zero", False)))
+        return load_server_state(self.blobs, block.body)
 
     def recorded_config(self, block: Block) -> dict[str, Any] | None:
         """The settings behind ``block``'s ``config_digest``, if they are recorded.
@@ -442,7 +431,7 @@ class Ledger:
         if config is not None:
             body[CONFIG_FIELD] = dict(config)
         if server_state is not None:
-            body[SERVER_STATE_FIELD] = self._put_server_state(server_state)
+            body[SERVER_STATE_FIELD] = put_server_state(self.blobs, server_state)
         body_bytes = encode_round_trip(version, body)
         key = signer or self.signing_key
 
@@ -541,18 +530,6 @@ class Ledger:
                 raise LedgerError(
                     f"block {height}'s header signatures are corrupt ({exc})"
                 ) from None
-
-    def _put_server_state(self, state: ServerState) -> dict[str, Any]:
-        """Store ``state``'s blobs; return the body record naming them."""
-        record: dict[str, Any] = {}
-        if state.claims is not None:
-            record["claims"] = self.blobs.put_model(_claims_arrays(state.claims))
-        if state.velocity is not None:
-            record["momentum"] = {
-                "velocity": self.blobs.put_model(state.velocity),
-                "from_zero": state.velocity_from_zero,
-            }
-        return record
 
     # ---------------------------------------------------------------- verifying
     def trusted_verifier(self, key: str) -> VerifierKey:

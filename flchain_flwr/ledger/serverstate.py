@@ -11,17 +11,22 @@ parent + lr * velocity``, where ``velocity = momentum * previous + step`` and
 ``previous`` is the last block's velocity, or zero when ``from_zero``. The
 velocity is float64, so with momentum each block stores twice a float32
 model's bytes beside its model; the claims take 16 bytes a node.
+:func:`put_server_state` stores a state's blobs and :func:`load_server_state`
+reads one back (the ledger's ``append`` and ``server_state``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
 from .blocks import _is_hex
+
+if TYPE_CHECKING:
+    from .blobs import BlobStore
 
 SERVER_STATE_FIELD: Final = "server_state"
 """Body field: blob hashes of the server's state after the block."""
@@ -109,3 +114,38 @@ def _state_blobs(body: Mapping[str, Any]) -> dict[str, str]:
         if not _is_hex(digest, 64):
             raise ValueError(f"server_state {part} is not a SHA-256 hex digest")
     return blobs
+
+
+def put_server_state(blobs: BlobStore, state: ServerState) -> dict[str, Any]:
+    """Store ``state``'s blobs in ``blobs``; return the body record naming them."""
+    record: dict[str, Any] = {}
+    if state.claims is not None:
+        record["claims"] = blobs.put_model(_claims_arrays(state.claims))
+    if state.velocity is not None:
+        record["momentum"] = {
+            "velocity": blobs.put_model(state.velocity),
+            "from_zero": state.velocity_from_zero,
+        }
+    return record
+
+
+def load_server_state(blobs: BlobStore, body: Mapping[str, Any]) -> ServerState | None:
+    """The server state a block ``body`` records, its blobs read from ``blobs``
+    (``None`` if it records none).
+
+    Raises
+    ------
+    ValueError
+        If the record is malformed or a blob it names is missing or corrupt.
+    """
+    if SERVER_STATE_FIELD not in body:
+        return None
+    named = _state_blobs(body)
+    claims = None
+    if "claims" in named:
+        claims = _claims_from_arrays(blobs.load_model(named["claims"]))
+    velocity = None
+    if "velocity" in named:
+        velocity = blobs.load_model(named["velocity"])
+    momentum = body[SERVER_STATE_FIELD].get("momentum", {})
+    return ServerState(claims, velocity, bool(momentum.get("from_zero", False)))
