@@ -35,7 +35,6 @@ the head before an append in :mod:`.headcheck`, verification in
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -46,7 +45,6 @@ from typing import Any
 import numpy as np
 from flwr.app import RecordDict
 from flwr.supercore import log
-from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
 from . import proofs
@@ -64,14 +62,7 @@ from .blocks import (
     ids_as_text,
     node_key,
 )
-from .canonical import (
-    BODY_TAG,
-    HEADER_TAG,
-    LATEST_FORMAT,
-    ZERO_HASH,
-    encode_round_trip,
-    sha256_hex,
-)
+from .canonical import LATEST_FORMAT, encode_round_trip
 from .checkpoint import CheckpointError, ledger_origin
 from .checkpointwriter import CheckpointNotWritten, CheckpointWriter
 from .headcheck import HeadCheck
@@ -88,18 +79,12 @@ from .ledgerdb import (
     rows,
     set_meta,
 )
-from .merkle import merkle_root
+from .newblock import BlockDraft, aggregation_body
 from .notes import VerifierKey
-from .payload import PAYLOAD_FIELD
 from .pending import clear_pending
 from .proofcheck import check_proof
 from .quorum import HeaderCosigner, load_signatures, store_signatures
-from .serverstate import (
-    SERVER_STATE_FIELD,
-    ServerState,
-    load_server_state,
-    put_server_state,
-)
+from .serverstate import SERVER_STATE_FIELD, ServerState, load_server_state
 from .verify import VerifyReport, verify_ledger
 from .votes import VoteContext, check_vote, sign_vote, vote_payload
 
@@ -416,51 +401,35 @@ class Ledger:
             self._checkpoints.check_location()
         model_hash = self.blobs.put_model(model)
         version = self.format_version
-        entries = ids_as_text if version >= 2 else (lambda e: [dict(x) for x in e])
-        included_entries = entries(included)
-        for entry, content in zip(included_entries, payloads or (), strict=False):
-            node_id = int(entry["node_id"])
-            entry[PAYLOAD_FIELD] = self.blobs.put_update(node_id, content)
-        body = {
-            **(extra or {}),
-            "included": included_entries,
-            "rejected": entries(rejected),
-            "votes": [dict(v) for v in votes],
-            "contributions": entries(contributions),
-        }
-        if config is not None:
-            body[CONFIG_FIELD] = dict(config)
-        if server_state is not None:
-            body[SERVER_STATE_FIELD] = put_server_state(self.blobs, server_state)
-        body_bytes = encode_round_trip(version, body)
-        key = signer or self.signing_key
-
-        def make(head: Block | None) -> Block:
-            height = 0 if head is None else head.height + 1
-            header = {
-                "format": f"flchain-block/{version}",
-                "chain_id": self.chain_id,
-                "height": height,
-                "prev_hash": ZERO_HASH if head is None else head.hash,
+        body = aggregation_body(
+            self.blobs,
+            version,
+            included=included,
+            rejected=rejected,
+            votes=votes,
+            contributions=contributions,
+            extra=extra,
+            config=config,
+            server_state=server_state,
+            payloads=payloads,
+        )
+        draft = BlockDraft(
+            version,
+            self.chain_id,
+            {
                 "sim_time": sim_time,
                 "model_version": model_version,
                 "base_version": base_version,
                 "config_digest": config_digest,
                 "model_hash": model_hash,
-                "updates_root": merkle_root([str(u["digest"]) for u in included]),
-                "body_hash": sha256_hex(BODY_TAG, body_bytes),
-                "leader": key.verify_key.encode(HexEncoder).decode(),
-            }
-            if version == 1:
-                header["wall_time"] = time.time() if wall_time is None else wall_time
-            header_bytes = encode_round_trip(version, header)
-            block_hash = sha256_hex(HEADER_TAG, header_bytes)
-            signature = key.sign(HEADER_TAG + header_bytes).signature.hex()
-            return Block(
-                height, block_hash, header_bytes, body_bytes, signature, header, body
-            )
-
-        return self._commit(make, key, origin)
+            },
+            included,
+            body,
+            encode_round_trip(version, body),
+            signer or self.signing_key,
+            wall_time,
+        )
+        return self._commit(draft.on, draft.key, origin)
 
     def append_block(self, block: Block, cosigner: BlockSigner) -> Block:
         """Commit ``block`` as it is (its exact bytes and leader signature),
