@@ -25,9 +25,11 @@ settings), whose canonical JSON hashes to the header's ``config_digest``, so a
 resume can name the settings that differ; and ``server_state``, the server's
 state after the block (:mod:`.serverstate`).
 
-This module is the storage: opening, reading, appending and the checkpoint
-written after each block. The rest lives beside it: block types in
-:mod:`.blocks`, votes in :mod:`.votes`, keys in :mod:`.keys`, the check of
+This module is the :class:`Ledger`: opening, reading and appending, in one
+transaction a block. The rest lives beside it: the SQLite file and its rows
+in :mod:`.ledgerdb`, a new block's body and header in :mod:`.newblock`, the
+checkpoint written after each block in :mod:`.checkpointwriter`, block types
+in :mod:`.blocks`, votes in :mod:`.votes`, keys in :mod:`.keys`, the check of
 the head before an append in :mod:`.headcheck`, verification in
 :mod:`.verify` and :mod:`.blockcheck`, proofs in :mod:`.proofs` and
 :mod:`.proofcheck` (each name is also importable from here).
@@ -75,6 +77,7 @@ from .ledgerdb import (
     make_folder_for,
     open_database,
     reading,
+    recorded_config,
     row_to_block,
     rows,
     set_meta,
@@ -318,20 +321,8 @@ class Ledger:
         the search goes back from ``block`` while the digest stays the same.
         ``None`` for ledgers written before settings were recorded.
         """
-        digest = block.header["config_digest"]
         with self._reading():
-            query = f"{BLOCK_ROW} WHERE height <= ? ORDER BY height DESC"
-            for row in self.db.execute(query, (block.height,)):
-                earlier = row_to_block(row)
-                if earlier.header["config_digest"] != digest:
-                    break
-                config = earlier.body.get(CONFIG_FIELD)
-                if (
-                    isinstance(config, dict)
-                    and _digest_of(config, earlier.format_version) == digest
-                ):
-                    return config
-        return None
+            return recorded_config(self.db, block)
 
     def block_hashes(self) -> list[str]:
         """Block hashes by height: the leaves of the chain's Merkle log."""

@@ -22,7 +22,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from .blocks import BLOCK_FORMATS, LEDGER_FORMATS, Block, LedgerError, _parse_block
+from .blocks import (
+    BLOCK_FORMATS,
+    CONFIG_FIELD,
+    LEDGER_FORMATS,
+    Block,
+    LedgerError,
+    _digest_of,
+    _parse_block,
+)
 from .canonical import NotCanonical, parse_json
 
 MAX_HEIGHT: Final = 2**63 - 1
@@ -232,6 +240,25 @@ def rows(db: sqlite3.Connection) -> Iterator[tuple[Any, ...]]:
     # the loop early has closed the ledger.
     for row in cursor:  # noqa: UP028
         yield row
+
+
+def recorded_config(db: sqlite3.Connection, block: Block) -> dict[str, Any] | None:
+    """The settings behind ``block``'s ``config_digest``: the ``config`` of
+    the first block with that digest, searched back from ``block`` (``None``
+    if none records it; SQLite's errors pass through)."""
+    digest = block.header["config_digest"]
+    query = f"{BLOCK_ROW} WHERE height <= ? ORDER BY height DESC"
+    for row in db.execute(query, (block.height,)):
+        earlier = row_to_block(row)
+        if earlier.header["config_digest"] != digest:
+            break
+        config = earlier.body.get(CONFIG_FIELD)
+        if (
+            isinstance(config, dict)
+            and _digest_of(config, earlier.format_version) == digest
+        ):
+            return config
+    return None
 
 
 def insert_block(db: sqlite3.Connection, block: Block) -> None:
