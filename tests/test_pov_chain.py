@@ -445,8 +445,9 @@ def _verifier_grid(  # pylint: disable=too-many-arguments
         profiles[-1] = DeviceProfile(online=((late, math.inf),))
     if dies_at is not None:  # verifier 1 goes offline for good at ``dies_at``
         profiles[trainers + order.index(1)] = DeviceProfile(online=((0.0, dies_at),))
-    if down is not None:  # every verifier offline from down[0] to down[1]
-        outage = DeviceProfile(online=((0.0, down[0]), (down[1], math.inf)))
+    if down is not None:  # every verifier offline from down[0] to down[1] (or inf)
+        back = ((down[1], math.inf),) if down[1] < math.inf else ()
+        outage = DeviceProfile(online=((0.0, down[0]), *back))
         profiles[trainers:] = [outage] * len(order)
     return VirtualGrid(
         _node_app(mods),
@@ -456,14 +457,18 @@ def _verifier_grid(  # pylint: disable=too-many-arguments
     )
 
 
-def _remote_fedbuff(grid: VirtualGrid, path: Path, pool: list[str] | None) -> FedBuff:
+def _remote_fedbuff(
+    grid: VirtualGrid, path: Path, pool: list[str] | None, **settings: Any
+) -> FedBuff:
     nodes = remote.discover_verifiers(grid, expected=4, pool=pool, timeout=30)
     return FedBuff(
         fraction_evaluate=0.0,
         buffer_size=3,
         staleness_fn=Constant(),
         server_lr=0.3,  # the toy model stays short of its target: all approved
-        committee=RemoteCommittee(grid, nodes, threshold=Threshold(value=0.0)),
+        committee=RemoteCommittee(
+            grid, nodes, threshold=Threshold(value=0.0), **settings
+        ),
         ledger=path,
         seed=0,
     )

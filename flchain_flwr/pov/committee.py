@@ -46,6 +46,7 @@ from ..ledger.evidence import EVIDENCE_FIELD
 from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
 from .filters import Prefilter
 from .headers import HeaderSigner, HeaderSigning
+from .outage import OUTAGE_LIMIT, checked_outage_limit
 from .verifier import Rule, Threshold, Verifier
 from .views import LEAD_TAG as LEAD_TAG
 from .views import Views
@@ -166,6 +167,10 @@ class Committee(Views, HeaderSigning):
         direction test alone deciding (``metric="none"``, ``min_cosine >=
         0``): the votes' scores are then the cosines, and no verdict rests on
         the share a candidate was scored at.
+    outage_limit : float | None (default: 1800)
+        Seconds on the grid's clock that vote requests may go without a
+        quorum of members answering before the run stops
+        (:mod:`~flchain_flwr.pov.outage`); ``None`` or 0 waits for ever.
     """
 
     needs_payloads = False
@@ -190,6 +195,7 @@ class Committee(Views, HeaderSigning):
         chain_id: str = "flchain-local",
         remote_members: Sequence[str] = (),
         trust_weighting: bool = False,
+        outage_limit: float | None = OUTAGE_LIMIT,
     ) -> None:
         if consensus_delay < 0:
             raise ValueError("consensus_delay must be >= 0")
@@ -219,6 +225,7 @@ class Committee(Views, HeaderSigning):
         self.state = PoVState(self.rules)
         self.prefilters = tuple(prefilters)
         self.consensus_delay = consensus_delay
+        self.outage_limit = checked_outage_limit(outage_limit)
         self.chain_id = chain_id
         self._evidence: list[dict[str, Any]] = []
         """Equivocation evidence the next block settles."""

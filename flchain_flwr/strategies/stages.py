@@ -17,6 +17,7 @@ from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
+from ..pov.outage import OutageWatch
 from ..pov.silence import SilenceWatch
 from ..pov.trust import TrustError, weigh_by_trust
 from ..runtime import Clock
@@ -317,6 +318,9 @@ class CommitteeStage(BlockStage):
         self._view = 0
         self._view_changes: list[dict[str, Any]] = []
         self._silence = SilenceWatch()
+        self._outage = OutageWatch(
+            committee.outage_limit, getattr(committee, "nodes", {})
+        )
 
     def filter(self, block: Block, reject: RejectFn) -> None:
         """Let the committee vote; keep the approved updates."""
@@ -326,6 +330,7 @@ class CommitteeStage(BlockStage):
             block.version,
             self._view,
         )
+        sent = self.clock.now()
         decision = self.committee.decide(
             context=context,
             global_model=block.parent,
@@ -350,6 +355,7 @@ class CommitteeStage(BlockStage):
         for reason in decision.dropped_votes:
             log(WARNING, "PoV: %s", reason)
         self._silence.observe(decision)  # stops a run no member votes in
+        self._outage.observe(decision, sent=sent, now=self.clock.now())  # or reaches
         self._votes = carried_votes(self._votes, self._view, decision)
         self._committee, self._view = decision.committee, decision.view
         self._view_changes += decision.view_changes

@@ -1,0 +1,168 @@
+"""A committee that stays unreachable stops the run (pov.outage)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, Message, MessageType
+
+from flchain_flwr import cli
+from flchain_flwr.ledger import Ledger
+from flchain_flwr.pov import Committee, remote
+from flchain_flwr.pov.committee import CommitteeDecision
+from flchain_flwr.pov.outage import (
+    OUTAGE_LIMIT,
+    CommitteeUnreachableError,
+    OutageWatch,
+)
+from flchain_flwr.pov.silence import CommitteeSilentError
+from flchain_flwr.sim import simulate
+from flchain_flwr.strategies import AsyncResult
+
+from .test_pov import verifiers
+from .test_pov_chain import _remote_fedbuff, _verifier_grid
+from .toy import initial_arrays
+
+MEMBERS = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+NODES = {key: 100 + i for i, key in enumerate(MEMBERS)}
+
+
+def decision(unreachable: int, *, asked: bool = True) -> CommitteeDecision:
+    """A vote request to four members (quorum 3) that the first
+    ``unreachable`` of them did not answer (``asked``: it was sent at all)."""
+    gone = MEMBERS[:unreachable] if asked else []
+    return CommitteeDecision(
+        height=1,
+        committee=list(MEMBERS),
+        needed=3,
+        votes=[{"verdict": True}] * (4 - unreachable) if asked else [],
+        outcomes=[],
+        dropped_votes=[f"verifier {k[:12]}…: node is not connected" for k in gone],
+        unreachable=gone,
+    )
+
+
+# ------------------------------------------------------------------ the watch
+def test_the_watch_raises_past_the_limit_on_the_clock_it_is_given() -> None:
+    watch = OutageWatch(limit=100.0, nodes=NODES)
+    watch.observe(decision(2), sent=10.0, now=15.0)  # 2 of 4 answered < 3
+    watch.observe(decision(4), sent=50.0, now=110.0)  # exactly 100 s: not past
+    with pytest.raises(CommitteeUnreachableError) as raised:
+        watch.observe(decision(4), sent=111.0, now=110.5)
+    message = str(raised.value)
+    for key, node in NODES.items():  # all four unreachable in the last request
+        assert f"{key[:12]}… (node {node})" in message
+    assert "since grid time 10.0 s" in message
+    assert "0 of 4 members answered, quorum 3" in message
+    assert "valid up to its last block" in message and "resumes" in message
+
+
+def test_a_request_a_quorum_answered_resets_and_unasked_ones_leave_it() -> None:
+    watch = OutageWatch(limit=100.0)
+    watch.observe(decision(4), sent=0.0, now=1.0)
+    watch.observe(decision(1), sent=90.0, now=91.0)  # 3 of 4 answered: a quorum
+    assert watch.since is None
+    watch.observe(decision(2), sent=95.0, now=96.0)
+    watch.observe(decision(0, asked=False), sent=150.0, now=150.0)  # no request
+    assert watch.since == 95.0
+    watch.observe(decision(3), sent=190.0, now=195.0)
+    with pytest.raises(CommitteeUnreachableError):
+        watch.observe(decision(3), sent=196.0, now=196.0)
+
+
+def test_an_empty_pool_counts_and_no_limit_waits_for_ever() -> None:
+    empty = CommitteeDecision(height=1, committee=[], needed=1, votes=[], outcomes=[])
+    with pytest.raises(CommitteeUnreachableError, match="no verifier is left"):
+        OutageWatch(limit=5.0).observe(empty, sent=10.0, now=20.0)
+    forever = OutageWatch(limit=None)
+    for t in range(0, 10**6, 10**4):
+        forever.observe(decision(4), sent=float(t), now=float(t))
+    assert forever.since == 0.0
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan])
+def test_a_committee_refuses_a_bad_limit(bad: float) -> None:
+    with pytest.raises(ValueError, match="outage_limit"):
+        Committee(verifiers(4), outage_limit=bad)
+    assert Committee(verifiers(4), outage_limit=0).outage_limit is None
+    assert Committee(verifiers(4), outage_limit=math.inf).outage_limit is None
+    assert Committee(verifiers(4)).outage_limit == OUTAGE_LIMIT
+
+
+# ----------------------------------------------------------- on the grid
+def test_every_verifier_gone_for_good_stops_the_run_with_a_valid_ledger(
+    tmp_path: Path,
+) -> None:
+    """Every verifier node leaves at t=35 s for good; training takes 10 s a
+    round, so the run keeps asking. Before the bound this run sent 362 vote
+    requests and ended quietly on FedBuff's 3600 s idle timeout with 2 of 8
+    versions, as if it had merely finished early; with the default limit it
+    stops with the error once 1800 s of grid time pass without a quorum."""
+    grid = _verifier_grid(
+        tmp_path, [0, 1, 2, 3], down=(35.0, math.inf), work_fn=_slow_training
+    )
+    path = tmp_path / "gone.db"
+    strategy = _remote_fedbuff(grid, path, None)
+    nodes = strategy.committee.nodes  # type: ignore[union-attr]
+    with pytest.raises(CommitteeUnreachableError) as raised:
+        simulate(strategy, grid, initial_arrays(), num_rounds=8)
+    message = str(raised.value)
+    for key, node in nodes.items():
+        assert f"{key[:12]}… (node {node})" in message
+    assert "node is not connected" in message
+    since = float(message.split("since grid time ")[1].split(" s")[0])
+    assert 35.0 <= since <= 50.0  # the first request after they left
+    assert OUTAGE_LIMIT < grid.clock.now() - since <= OUTAGE_LIMIT + 20.0
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 3 and ledger.verify().ok  # the blocks before t=35
+    out = io.StringIO()
+    assert cli.main(["ledger", "verify", str(path)], out) == 0, out.getvalue()
+
+
+@pytest.mark.parametrize(("limit", "finishes"), [(30.0, True), (10.0, False)])
+def test_an_outage_shorter_than_the_limit_lets_the_run_finish(
+    tmp_path: Path, limit: float, finishes: bool
+) -> None:
+    """Every verifier node offline for 15.5 s of grid time: a 30 s limit lets
+    the run finish all 8 versions, a 10 s one stops it (the same run)."""
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3], down=(19.5, 35.0))
+    path = tmp_path / "short.db"
+    strategy = _remote_fedbuff(grid, path, None, outage_limit=limit)
+    if not finishes:
+        with pytest.raises(CommitteeUnreachableError, match="past the outage limit"):
+            simulate(strategy, grid, initial_arrays(), num_rounds=8)
+        return
+    result = simulate(strategy, grid, initial_arrays(), num_rounds=8).result
+    assert isinstance(result, AsyncResult) and len(result.versions) == 8
+    assert any(d["accepted"] == 0 for d in result.committee_decisions)  # the outage
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+
+
+def _slow_training(msg: Message, reply: Message) -> float:
+    """10 s of grid time per training round, 1 s per PoV message."""
+    del reply
+    return 10.0 if msg.metadata.message_type == MessageType.TRAIN else 1.0
+
+
+def _refuse_votes(msg: Message, context_: Context, call_next: object) -> Message:
+    """Every verifier node answers a vote request with a refusal."""
+    if msg.metadata.message_type == remote.VOTE:
+        raise ValueError("judges by another rule")
+    reply: Message = call_next(msg, context_)  # type: ignore[operator]
+    return reply
+
+
+def test_members_that_answer_but_refuse_are_silent_not_unreachable(
+    tmp_path: Path,
+) -> None:
+    """Remote members that all refuse every vote: with a 1 s outage limit
+    (far less than the 5 requests take) the silence rule still stops the run,
+    since a refusal is an answer."""
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3], mods=[_refuse_votes])
+    strategy = _remote_fedbuff(grid, tmp_path / "silent.db", None, outage_limit=1.0)
+    with pytest.raises(CommitteeSilentError, match="judges by another rule"):
+        simulate(strategy, grid, initial_arrays(), num_rounds=4)
