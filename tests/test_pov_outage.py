@@ -166,3 +166,47 @@ def test_members_that_answer_but_refuse_are_silent_not_unreachable(
     strategy = _remote_fedbuff(grid, tmp_path / "silent.db", None, outage_limit=1.0)
     with pytest.raises(CommitteeSilentError, match="judges by another rule"):
         simulate(strategy, grid, initial_arrays(), num_rounds=4)
+
+
+# ------------------------------------------------------------- the app's key
+@pytest.mark.parametrize(
+    ("value", "expected"), [(1800.0, 1800.0), (60, 60.0), (0, None), (math.inf, None)]
+)
+def test_the_apps_key_sets_the_limit(
+    value: float, expected: float | None, tmp_path: Path
+) -> None:
+    pytest.importorskip("torch")
+    from flchain_cnn.server_app import committee_rules
+
+    from flchain_flwr.sim import app_run_config
+
+    cfg = app_run_config("apps/flchain_cnn", {"pov-outage-limit": value})
+    rules = committee_rules(cfg)
+    assert rules["outage_limit"] == expected
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    committee = remote.RemoteCommittee(grid, nodes, **rules)  # type: ignore[arg-type]
+    assert committee.outage_limit == expected
+    assert app_run_config("apps/flchain_cnn")["pov-outage-limit"] == OUTAGE_LIMIT
+
+
+@pytest.mark.parametrize("bad", [-1.0, "30 min", True, math.nan])
+def test_a_bad_outage_limit_stops_the_app_before_it_waits_for_verifiers(
+    bad: float | str | bool, tmp_path: Path
+) -> None:
+    """Refused with the key's name before discovery waits (up to
+    ``pov-discovery-timeout``) for verifier nodes, here for ones that never
+    come: the grid's clock never moves."""
+    pytest.importorskip("torch")
+    from flchain_cnn.server_app import remote_committee
+
+    from flchain_flwr.sim import app_run_config
+
+    cfg = app_run_config(
+        "apps/flchain_cnn", {"pov-remote-verifiers": 4, "pov-outage-limit": bad}
+    )
+    grid = _verifier_grid(tmp_path, [])  # trainers only
+    with pytest.raises(ValueError, match="run config key 'pov-outage-limit'") as raised:
+        remote_committee(grid, cfg)
+    assert repr(bad) in str(raised.value) and ">= 0" in str(raised.value)
+    assert grid.clock.now() == 0.0

@@ -87,8 +87,7 @@ def fedbuff_from_run_config(
     if "buffer-size" in cfg:
         kwargs["buffer_size"] = _integer(cfg, "buffer-size", minimum=1)
     if "max-wait" in cfg:
-        max_wait = _number(cfg, "max-wait", allow_inf=True)
-        kwargs["max_wait"] = max_wait if 0 < max_wait < math.inf else None
+        kwargs["max_wait"] = seconds_or_none(cfg, "max-wait")
     if "staleness" in cfg:
         kwargs["staleness_fn"] = _parsed(cfg, "staleness", staleness_fn)
     if "max-staleness" in cfg:
@@ -142,8 +141,7 @@ def fedbuff_from_run_config(
         every = _integer(cfg, "evaluate-every")
         kwargs["evaluate_every"] = every if every > 0 else None
     if "message-ttl" in cfg:
-        ttl = _number(cfg, "message-ttl", allow_inf=True)
-        kwargs["message_ttl"] = ttl if 0 < ttl < math.inf else None
+        kwargs["message_ttl"] = seconds_or_none(cfg, "message-ttl")
     if "membership-refresh" in cfg:
         kwargs["membership_refresh"] = _number(
             cfg, "membership-refresh", low=0.0, low_open=True
@@ -255,6 +253,15 @@ def _number(  # pylint: disable=too-many-arguments
     if math.isnan(number) or (math.isinf(number) and not allow_inf) or below or above:
         raise _bad(key, value, expected)
     return number
+
+
+def seconds_or_none(
+    cfg: Mapping[str, ConfigValue], key: str, *, low: float = -math.inf
+) -> float | None:
+    """``cfg[key]``, a number of seconds >= ``low``, or ``None`` (no limit)
+    for one <= 0 or inf; ValueError naming the key otherwise."""
+    value = _number(cfg, key, low=low, allow_inf=True)
+    return value if 0 < value < math.inf else None
 
 
 def _range(low: float, high: float, low_open: bool, high_open: bool) -> str:

@@ -37,6 +37,7 @@ from flchain_flwr.strategies import (
     fedbuff_from_run_config,
 )
 from flchain_flwr.strategies.anchor import anchorer_from_run_config
+from flchain_flwr.strategies.config import seconds_or_none
 
 app = ServerApp()
 
@@ -122,6 +123,7 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
     count = int(cfg.get("pov-verifiers", 0))
     if count <= 0:
         return None
+    rules = committee_rules(cfg)  # checked before any data is loaded
     shards = load_trusted(
         str(cfg["dataset"]),
         count,
@@ -137,7 +139,7 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
             key_dir.mkdir(parents=True, exist_ok=True)
             key = load_or_create_key(key_dir / f"verifier-{index}.key")
         verifiers.append(app_verifier(cfg, x, y, key, index))
-    return Committee(verifiers, **committee_rules(cfg))  # type: ignore[arg-type]
+    return Committee(verifiers, **rules)  # type: ignore[arg-type]
 
 
 def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
@@ -161,6 +163,7 @@ def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
         ],
         "consensus_delay": float(cfg["pov-consensus-delay"]),
         "trust_weighting": app_rule(cfg).trust_weighting,
+        "outage_limit": seconds_or_none(cfg, "pov-outage-limit", low=0.0),
     }
 
 
@@ -169,6 +172,7 @@ def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommit
     ``grid`` (see :mod:`flchain_flwr.pov.remote`), with the same rules as
     :func:`pov_committee`'s. Resuming a PoV ledger, exactly the pool its
     genesis declares must be found (in any order)."""
+    rules = committee_rules(cfg)  # checked before waiting for any node
     ledger_path = str(cfg.get("ledger-path", ""))
     nodes = discover_verifiers(
         grid,
@@ -180,7 +184,7 @@ def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommit
         grid,
         nodes,
         timeout=float(cfg["pov-remote-timeout"]),
-        **committee_rules(cfg),
+        **rules,
     )
 
 
