@@ -40,6 +40,7 @@ from flchain_flwr.pov import (
     remote,
 )
 from flchain_flwr.pov.committee import LEAD_TAG
+from flchain_flwr.pov.outage import CommitteeUnreachableError
 from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
@@ -636,8 +637,11 @@ def test_two_faulty_members_of_four_stall_the_chain_but_never_fork_it(
     busy for 100 s is a faulty member; with verifier 1 dead as well, two of the
     committee's four are down (f = 2 >= 4/3). No view change or header reaches
     its > 2/3 quorum past that point: the run stops making blocks instead of
-    writing one the quorum did not sign, and what was written verifies."""
-    _failing_leader_run(tmp_path, dies_at=3.0)
+    writing one the quorum did not sign, and once no vote request has reached
+    a quorum for the outage limit (1800 s) it stops with an error naming the
+    two; what was written verifies."""
+    with pytest.raises(CommitteeUnreachableError, match="2 of 4 members answered"):
+        _failing_leader_run(tmp_path, dies_at=3.0)
     with Ledger(tmp_path / "views.db", create=False) as ledger:
         report = ledger.verify()
         assert report.ok and report.pov, report

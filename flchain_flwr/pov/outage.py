@@ -104,8 +104,8 @@ class OutageWatch:
             who = "no verifier is left in the pool"
         return (
             f"PoV: no vote request has reached a quorum of the committee since "
-            f"grid time {self.since:.1f} s ({now - self.since:.0f} s, past the "
-            f"outage limit of {self.limit:g} s) ({who}). The run stops: the "
+            f"grid time {self.since:.1f} s, {now - self.since:.0f} s ago, past "
+            f"the outage limit of {self.limit:g} s ({who}). The run stops: the "
             "ledger is valid up to its last block, and a restart resumes from "
             "it once the verifier nodes are back."
         )
