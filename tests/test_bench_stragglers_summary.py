@@ -25,6 +25,7 @@ def row(
         "time_to_target": time_to_target,
         "final_accuracy": 0.5,
         "tier_accuracy": [0.9, 0.5, 0.9 - gap / 100],
+        "curve": [[500.0, 0.5, [0.9, 0.5, 0.9 - gap / 100]]],
         "worst_tier_gap": gap,
         "weight_share": [0.5, 0.3, 0.2],
         "data_share": [0.4, 0.3, 0.3],
@@ -223,3 +224,31 @@ def test_joined_policies_name_a_strategy_and_refused_pairs_stop_the_run(
             stragglers.main()
         assert stop.value.code == 2
         assert reason in capsys.readouterr().err
+
+
+def test_lowest_gap_names_the_variant_with_the_smallest_mean_gap() -> None:
+    """Only FedBuff variants that finished every seed plain FedBuff did compete;
+    FedAvg's gap (often small: it is poor everywhere) never counts."""
+    rows = [row("fedbuff", 0, 80.0, 60.0), row("fedbuff", 1, 80.0, 62.0)]
+    rows += [row("fedavg", 0, None, 5.0), row("fedavg", 1, None, 5.0)]
+    rows += [row("+fedsa+fairness", 0, 140.0, 10.0)]  # seed 1 missing
+    rows += [row("+fairness", 0, 100.0, 40.0), row("+fairness", 1, 100.0, 44.0)]
+    assert stragglers.lowest_gap(rows) == ("+fairness", 42.0, [0, 1])
+    rows.append(row("+fedsa+fairness", 1, 140.0, 12.0))
+    assert stragglers.lowest_gap(rows) == ("+fedsa+fairness", 11.0, [0, 1])
+    assert stragglers.lowest_gap(rows[2:4]) is None
+
+
+def test_late_gap_averages_the_gaps_of_the_last_window_of_the_budget() -> None:
+    """Evaluations before the window, or past the budget, do not count."""
+    late = row("fedbuff", 0, 80.0, 60.0)
+    late["curve"] = [
+        (100.0, 0.5, [0.9, 0.1, 0.5]),  # before the window: gap 80
+        (400.0, 0.5, [0.9, 0.5, 0.7]),  # gap 40
+        (500.0, 0.5, [0.6, 0.5, 0.5]),  # gap 10
+        (520.0, 0.5, [0.9, 0.0, 0.0]),  # past the budget (500)
+    ]
+    assert stragglers.late_gap(late) == pytest.approx(25.0)
+    assert (
+        stragglers.summarise([late])["strategies"]["fedbuff"]["late_gap_mean"] == 25.0
+    )
