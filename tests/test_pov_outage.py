@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import Context, Message, MessageType
@@ -12,7 +14,7 @@ from flwr.app import Context, Message, MessageType
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.pov import Committee, remote
-from flchain_flwr.pov.committee import CommitteeDecision
+from flchain_flwr.pov.committee import Cast, CommitteeDecision
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
     CommitteeUnreachableError,
@@ -22,7 +24,7 @@ from flchain_flwr.pov.silence import CommitteeSilentError
 from flchain_flwr.sim import simulate
 from flchain_flwr.strategies import AsyncResult
 
-from .test_pov import verifiers
+from .test_pov import BAD, GOOD, decide, verifiers
 from .test_pov_chain import _remote_fedbuff, _verifier_grid
 from .toy import initial_arrays
 
@@ -210,3 +212,35 @@ def test_a_bad_outage_limit_stops_the_app_before_it_waits_for_verifiers(
         remote_committee(grid, cfg)
     assert repr(bad) in str(raised.value) and ">= 0" in str(raised.value)
     assert grid.clock.now() == 0.0
+
+
+class _OneMemberLostPerRequest(Committee):
+    """Each vote request loses a different member's answer (a flaky link):
+    every request is still answered by 3 of 4, a quorum."""
+
+    requests = 0
+
+    def cast_votes(self, members: Sequence[str], **ask: Any) -> Cast:
+        cast = super().cast_votes(members, **ask)
+        gone = members[self.requests % len(members)]
+        self.requests += 1
+        return Cast(
+            [v for v in cast.votes if v["verifier"] != gone],
+            [f"verifier {gone[:12]}…: no reply in time"],
+            frozenset({gone}),
+        )
+
+
+def test_requests_each_answered_by_a_quorum_are_no_outage() -> None:
+    """A decision that judges its approved candidates again (BAD rejected,
+    GOOD asked again at its final share) sends two requests; a different
+    member misses each, so each was answered by 3 of 4. That is no outage,
+    however small the limit."""
+    committee = _OneMemberLostPerRequest(verifiers(4))
+    decided = decide(committee, GOOD + BAD)
+    assert committee.requests == 2
+    assert [o.accepted for o in decided.outcomes] == [True] * 3 + [False] * 2
+    assert len(decided.unreachable) == 1  # the last request's: the deciding one
+    watch = OutageWatch(limit=1.0)
+    watch.observe(decided, sent=0.0, now=10.0)
+    assert watch.since is None

@@ -121,7 +121,8 @@ class CommitteeDecision:
     view_changes: list[dict[str, Any]] = field(default_factory=list)
     """Certificates that the views this decision skipped failed (in order)."""
     unreachable: list[str] = field(default_factory=list)
-    """Members that gave no answer to a vote request here (see :class:`Cast`)."""
+    """Members that gave no answer to the last vote request here, the one
+    that decided (see :class:`Cast`)."""
 
     def votes_on(self, digest: str) -> list[dict[str, Any]]:
         """The counted votes on one candidate."""
@@ -535,7 +536,8 @@ class Committee(Views, HeaderSigning):
                 answers.votes, context, members, {c.digest for c in batch}
             )
             dropped.extend(answers.problems + more)
-            unreachable.extend(k for k in members if k in answers.unreachable)
+            # the last request's: an earlier one had a quorum of approvals
+            unreachable = [k for k in members if k in answers.unreachable]
             approved = []
             for index, c in zip(pending, batch, strict=True):
                 approving = sum(
