@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +22,12 @@ from flchain_flwr.pov.outage import (
     OutageWatch,
 )
 from flchain_flwr.pov.silence import CommitteeSilentError
-from flchain_flwr.sim import simulate
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult
 
 from .test_pov import BAD, GOOD, decide, verifiers
-from .test_pov_chain import _remote_fedbuff, _verifier_grid
-from .toy import initial_arrays
+from .test_pov_chain import _node_app, _remote_fedbuff, _verifier_grid
+from .toy import constant_work, initial_arrays
 
 MEMBERS = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
 NODES = {key: 100 + i for i, key in enumerate(MEMBERS)}
@@ -40,7 +41,9 @@ def decision(unreachable: int, *, asked: bool = True) -> CommitteeDecision:
         height=1,
         committee=list(MEMBERS),
         needed=3,
-        votes=[{"verdict": True}] * (4 - unreachable) if asked else [],
+        votes=[{"verifier": k, "verdict": True} for k in MEMBERS[unreachable:]]
+        if asked
+        else [],
         outcomes=[],
         dropped_votes=[f"verifier {k[:12]}…: node is not connected" for k in gone],
         unreachable=gone,
@@ -244,3 +247,75 @@ def test_requests_each_answered_by_a_quorum_are_no_outage() -> None:
     watch = OutageWatch(limit=1.0)
     watch.observe(decided, sent=0.0, now=10.0)
     assert watch.since is None
+
+
+def test_a_member_gone_beside_one_that_refuses_is_an_outage() -> None:
+    """One member of four unreachable and one refusing every vote: 3 answer
+    (a quorum) but only 2 can ever approve, so nothing passes. The silence
+    rule leaves requests that a member missed to this watch, so this one
+    must count them, or the run stalls until FedBuff's idle timeout."""
+    stalled = CommitteeDecision(
+        height=1,
+        committee=list(MEMBERS),
+        needed=3,
+        votes=[{"verifier": k, "verdict": True} for k in MEMBERS[2:]],
+        outcomes=[],
+        dropped_votes=[
+            f"verifier {MEMBERS[0][:12]}…: node is not connected",
+            f"verifier {MEMBERS[1][:12]}…: refused: judges by another rule",
+        ],
+        unreachable=[MEMBERS[0]],
+    )
+    watch = OutageWatch(limit=100.0, nodes=NODES)
+    watch.observe(stalled, sent=0.0, now=5.0)
+    with pytest.raises(CommitteeUnreachableError) as raised:
+        watch.observe(stalled, sent=96.0, now=101.0)
+    assert "valid votes from 2" in str(raised.value)
+    alive = replace(stalled, unreachable=[])  # all answered: silence's business
+    watch.observe(alive, sent=102.0, now=103.0)
+    assert watch.since is None
+
+
+def _refuse_on_shard_2(msg: Message, context_: Context, call_next: object) -> Message:
+    """The verifier node of shard 2 refuses every vote request."""
+    shard = context_.node_config.get("verifier-shard")
+    if msg.metadata.message_type == remote.VOTE and shard == 2:
+        raise ValueError("judges by another rule")
+    reply: Message = call_next(msg, context_)  # type: ignore[operator]
+    return reply
+
+
+def test_one_verifier_gone_and_one_refusing_stop_the_run(tmp_path: Path) -> None:
+    """Verifier 1 leaves at t=20 s for good and verifier 2 refuses every
+    vote: from then on 3 of 4 answer but only 2 approve, short of the
+    quorum of 3. Before, neither watch counted it and the run ended on
+    FedBuff's idle timeout at 3620 s of grid time with 3 of 8 versions, as
+    if it had merely finished early."""
+    configs: list[dict[str, int | float | str | bool]] = [
+        {"partition-id": p, "num-partitions": 3} for p in range(3)
+    ]
+    configs += [
+        {
+            "partition-id": 0,
+            "num-partitions": 3,
+            "role": "verifier",
+            "verifier-key": str(tmp_path / f"verifier-{i}.key"),
+            "verifier-shard": i,
+        }
+        for i in range(4)
+    ]
+    profiles = [DeviceProfile() for _ in configs]
+    profiles[3 + 1] = DeviceProfile(online=((0.0, 20.0),))
+    grid = VirtualGrid(
+        _node_app([_refuse_on_shard_2]),
+        profiles,
+        node_configs=configs,
+        work_fn=constant_work(1.0),
+    )
+    path = tmp_path / "stalled.db"
+    strategy = _remote_fedbuff(grid, path, None)
+    with pytest.raises(CommitteeUnreachableError, match="valid votes from 2"):
+        simulate(strategy, grid, initial_arrays(), num_rounds=8)
+    assert grid.clock.now() < 20.0 + OUTAGE_LIMIT + 60.0
+    with Ledger(path, create=False) as ledger:
+        assert 1 <= len(ledger) < 9 and ledger.verify().ok

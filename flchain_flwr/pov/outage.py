@@ -9,9 +9,11 @@ that looks like a short run. :class:`OutageWatch` bounds the outage on the
 grid's clock (virtual in simulation, monotonic wall time in deployment): once
 no vote request has been answered by a quorum of the committee for more than
 ``limit`` seconds, it raises :class:`CommitteeUnreachableError` naming the
-members that did not answer. Any request that a quorum answered (votes and
-refusals alike: a refusal is :mod:`.silence`'s business) ends the outage. The
-ledger is then valid up to its last block, and a restart resumes from it.
+members that did not answer. A request that a quorum answered with valid
+votes ends the outage, and so does one that every member answered (refusals
+alike: that is :mod:`.silence`'s business); one that some member missed while
+too few of the others voted validly to approve anything does not. The ledger
+is then valid up to its last block, and a restart resumes from it.
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class OutageWatch:
         if members:
             if not (decision.votes or decision.dropped_votes or decision.unreachable):
                 return  # no request was sent
-            if self._answered(decision) >= decision.needed:
+            # a quorum could approve, or all answered (then see .silence)
+            if self._voters(decision) >= decision.needed or not decision.unreachable:
                 self.since = None
                 return
         if self.since is None:
@@ -85,6 +88,10 @@ class OutageWatch:
     @staticmethod
     def _answered(decision: CommitteeDecision) -> int:
         return len(set(decision.committee) - set(decision.unreachable))
+
+    @staticmethod
+    def _voters(decision: CommitteeDecision) -> int:
+        return len({str(v["verifier"]) for v in decision.votes})
 
     def _name(self, key: str) -> str:
         node = self.nodes.get(key)
@@ -98,7 +105,8 @@ class OutageWatch:
             who = (
                 f"{self._answered(decision)} of {len(decision.committee)} members "
                 f"answered, quorum {decision.needed}; unreachable: "
-                f"{', '.join(self._name(k) for k in gone)}; last answers: {reasons}"
+                f"{', '.join(self._name(k) for k in gone)}; valid votes from "
+                f"{self._voters(decision)}; last answers: {reasons}"
             )
         else:
             who = "no verifier is left in the pool"
