@@ -194,15 +194,7 @@ def test_joined_policies_name_a_strategy_and_refused_pairs_stop_the_run(
     """``+fedsa+fairness`` runs both policies; a typo, a repeated policy or a
     pair FedBuff refuses (fairness beside the update memory) is one line
     before anything runs."""
-    args = argparse.Namespace(
-        lr=0.05,
-        local_steps=3,
-        buffer_size=4,
-        nodes=20,
-        fairness_max=4.0,
-        memory_age=100,
-        target_staleness=1.5,
-    )
+    args = argparse.Namespace(**DEFAULTS)
     both = stragglers.strategy_for("+fedsa+fairness", args, None, 0)
     assert both.fairness is not None and both.scheduling is not None
     assert both.update_memory is None and both.buffer_tuning is None
