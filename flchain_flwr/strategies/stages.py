@@ -355,7 +355,8 @@ class CommitteeStage(BlockStage):
         for reason in decision.dropped_votes:
             log(WARNING, "PoV: %s", reason)
         self._silence.observe(decision)  # stops a run no member votes in
-        self._outage.observe(decision, sent=sent, now=self.clock.now())  # or reaches
+        # and one that no quorum of members answers
+        self._outage.observe(decision, sent=sent, now=self.clock.now())
         self._votes = carried_votes(self._votes, self._view, decision)
         self._committee, self._view = decision.committee, decision.view
         self._view_changes += decision.view_changes
