@@ -110,9 +110,17 @@ MAIN = ("fedavg", "fedavg-os", "fedbuff", "+all", "+fairness")
 comparisons, and the policy the README recommends first."""
 
 
+def policies_of(name: str) -> tuple[str, ...]:
+    """The straggler policies a contender's name turns on (none for FedAvg
+    and plain FedBuff; ``+all``: :data:`ALL`; ``+a+b``: ``a`` and ``b``)."""
+    if name == "+all":
+        return ALL
+    return tuple(name[1:].split("+")) if name.startswith("+") else ()
+
+
 def is_strategy(name: str) -> bool:
     """One of :data:`STRATEGIES`, or ``+`` and distinct policies joined by ``+``."""
-    policies = name[1:].split("+") if name.startswith("+") else []
+    policies = policies_of(name)
     return name in STRATEGIES or (
         len(policies) > 1
         and len(set(policies)) == len(policies)
@@ -172,13 +180,7 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
             min_available_nodes=args.nodes,
             min_train_nodes=args.nodes,
         )
-    policies: tuple[str, ...] = (
-        ()
-        if name == "fedbuff"
-        else ALL
-        if name == "+all"
-        else tuple(name[1:].split("+"))
-    )
+    policies = policies_of(name)
     adjusters: list[ConfigAdjuster] = []
     if "fedsa" in policies:
         adjusters.append(FedSALearningRate(args.lr))
