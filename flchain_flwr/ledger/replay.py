@@ -85,11 +85,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
 from flwr.app import RecordDict
 
 from ..arrays import NDArrays
@@ -123,43 +122,26 @@ from ..strategies.weighting import (
 from .canonical import encode, model_hash, sender_update_digest
 from .chain import CONFIG_FIELD, Block, Ledger, ServerState, ids_as_text, node_key
 from .payload import PAYLOAD_FIELD
+from .replaytypes import MissingData, ReplaySource, StepFn, _Failed, _NotReplayable
 from .rewards import contributions
 
-StepFn = Callable[..., StepResult | None]
-"""The signature of :func:`~flchain_flwr.strategies.pipeline.server_step`."""
+__all__ = [  # what this module held before the split, still importable from it
+    "REPLAYABLE_STRATEGY",
+    "MissingData",
+    "PendingReplay",
+    "ReplayReport",
+    "ReplaySource",
+    "StepFn",
+    "included_nodes",
+    "ledger_participation",
+    "replay",
+    "replay_pending",
+    "rule_weighs_by_trust",
+]
+
 REPLAYABLE_STRATEGY = "FedBuff"
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
-
-
-class _Failed(Exception):
-    """The block does not replay to what it records."""
-
-
-class _NotReplayable(Exception):
-    """The block lacks what a replay needs."""
-
-
-class MissingData(_NotReplayable):
-    """A :class:`ReplaySource` does not hold a blob the replay needs."""
-
-
-class _Blobs(Protocol):
-    def load_model(self, digest: str) -> dict[str, np.ndarray]: ...
-
-    def load_update(self, digest: str) -> tuple[int, RecordDict]: ...
-
-
-class ReplaySource(Protocol):
-    """What a replay reads besides the blocks: a :class:`Ledger`, or what a
-    remote committee member was sent (:mod:`flchain_flwr.pov.memberreplay`)."""
-
-    @property
-    def blobs(self) -> _Blobs:
-        """Models and update payloads by SHA-256."""
-
-    def server_state(self, block: Block) -> ServerState | None:
-        """The server state ``block`` records."""
 
 
 @dataclass(frozen=True)

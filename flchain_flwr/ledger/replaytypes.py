@@ -1,0 +1,56 @@
+"""What the replay modules share: what a replay reads, the step it calls, and
+how a block falls short.
+
+:class:`ReplaySource` is what a replay reads besides the blocks (a ledger, or
+what a remote committee member was sent), :data:`StepFn` the server step it
+recomputes a block with. A block that does not replay to what it records
+raises :class:`_Failed`; one that lacks what a replay needs (payloads,
+recorded settings, a blob) raises :class:`_NotReplayable` (a missing blob is
+:class:`MissingData`). :mod:`.replay` turns both into its report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
+from flwr.app import RecordDict
+
+from ..strategies.pipeline import StepResult
+from .blocks import Block
+from .serverstate import ServerState
+
+StepFn = Callable[..., StepResult | None]
+"""The signature of :func:`~flchain_flwr.strategies.pipeline.server_step`."""
+
+
+class _Failed(Exception):
+    """The block does not replay to what it records."""
+
+
+class _NotReplayable(Exception):
+    """The block lacks what a replay needs."""
+
+
+class MissingData(_NotReplayable):
+    """A :class:`ReplaySource` does not hold a blob the replay needs."""
+
+
+class _Blobs(Protocol):
+    def load_model(self, digest: str) -> dict[str, np.ndarray]: ...
+
+    def load_update(self, digest: str) -> tuple[int, RecordDict]: ...
+
+
+class ReplaySource(Protocol):
+    """What a replay reads besides the blocks: a :class:`~.chain.Ledger`, or
+    what a remote committee member was sent
+    (:mod:`flchain_flwr.pov.memberreplay`)."""
+
+    @property
+    def blobs(self) -> _Blobs:
+        """Models and update payloads by SHA-256."""
+
+    def server_state(self, block: Block) -> ServerState | None:
+        """The server state ``block`` records."""
