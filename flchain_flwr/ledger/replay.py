@@ -92,36 +92,29 @@ from typing import Any
 from flwr.app import RecordDict
 
 from ..arrays import NDArrays
-from ..pov.trust import TRUST_WEIGHTING, TrustError, weigh_by_trust
+from ..pov.trust import TrustError, weigh_by_trust
 from ..protocol import UPDATE_KIND_DELTA
-from ..strategies.fairness import (
-    FAIRNESS_FIELD,
-    InverseParticipation,
-    count_participation,
-    fairness_weighting,
-)
+from ..strategies.fairness import FAIRNESS_FIELD, count_participation
 from ..strategies.pipeline import (
     OVERFLOW_REASON,
     BufferedUpdate,
     StepResult,
     server_step,
 )
-from ..strategies.staleness import StalenessFn, staleness_from_repr
-from ..strategies.state import StateRule, state_names, state_rule
+from ..strategies.state import state_names
 from ..strategies.updates import UpdateRejected, parse_update
 from ..strategies.updates import _update_kind as update_kind
 from ..strategies.weighting import (
     ClaimHistory,
-    ExampleWeighting,
     MedianCapped,
     WeightingError,
     claims_transition,
     effective_examples,
-    example_weighting,
 )
 from .canonical import encode, model_hash, sender_update_digest
 from .chain import CONFIG_FIELD, Block, Ledger, ServerState, ids_as_text, node_key
 from .payload import PAYLOAD_FIELD
+from .replaysettings import REPLAYABLE_STRATEGY, _Settings, rule_weighs_by_trust
 from .replaytypes import MissingData, ReplaySource, StepFn, _Failed, _NotReplayable
 from .rewards import contributions
 
@@ -139,7 +132,6 @@ __all__ = [  # what this module held before the split, still importable from it
     "rule_weighs_by_trust",
 ]
 
-REPLAYABLE_STRATEGY = "FedBuff"
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
 
@@ -189,64 +181,6 @@ def _ranges(heights: Sequence[int]) -> str:
             spans.append([h, h])
     text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans)
     return f"block{'s' if len(heights) > 1 else ''} {text}"
-
-
-@dataclass(frozen=True)
-class _Settings:
-    """The recorded settings a replay needs."""
-
-    lr: float
-    momentum: float
-    staleness: StalenessFn
-    weighting: ExampleWeighting
-    rule: StateRule
-    patterns: tuple[str, ...]
-    arrayrecord_key: str
-    weighted_by_key: str
-    fairness: InverseParticipation | None
-    trust: bool
-    """Whether the committee's trust weighting applies (:mod:`..pov.trust`)."""
-
-    @classmethod
-    def of(cls, config: Mapping[str, Any]) -> _Settings:
-        """Read them; :class:`_NotReplayable` if one is missing or unusable."""
-        try:
-            return cls(
-                lr=float(config["server_lr"]),
-                momentum=float(config["server_momentum"]),
-                staleness=staleness_from_repr(str(config["staleness_fn"])),
-                weighting=example_weighting(str(config["example_weighting"])),
-                rule=state_rule(str(config["state_rule"])),
-                patterns=tuple(str(p) for p in config["state_patterns"]),
-                arrayrecord_key=str(config["arrayrecord_key"]),
-                weighted_by_key=str(config["weighted_by_key"]),
-                fairness=fairness_weighting(str(config.get("fairness", ""))),
-                trust=_trust_setting(config.get("trust_weighting")),
-            )
-        except KeyError as exc:
-            raise _NotReplayable(f"its recorded settings lack {exc}") from None
-        except (TypeError, ValueError) as exc:
-            raise _NotReplayable(f"its recorded settings are unusable: {exc}") from None
-
-
-def _trust_setting(value: object) -> bool:
-    """Whether a recorded ``trust_weighting`` turns trust weighting on."""
-    if value is None:
-        return False
-    if value != TRUST_WEIGHTING:
-        raise ValueError(f"unknown trust_weighting {str(value)[:40]!r}")
-    return True
-
-
-def rule_weighs_by_trust(genesis_body: Mapping[str, Any]) -> bool | None:
-    """Whether a PoV genesis body's judging rule weighs by trust (``None``
-    if it records no format-2 rule)."""
-    pov = genesis_body.get("pov")
-    votes = pov.get("votes") if isinstance(pov, dict) else None
-    rule = votes.get("rule") if isinstance(votes, dict) else None
-    if not isinstance(rule, dict):
-        return None
-    return rule.get("aggregation") == TRUST_WEIGHTING
 
 
 def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
