@@ -83,9 +83,8 @@ be consistent with the block's included and rejected senders).
 
 from __future__ import annotations
 
-import math
-from collections import Counter, OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,7 +93,7 @@ from flwr.app import RecordDict
 from ..arrays import NDArrays
 from ..pov.trust import TrustError, weigh_by_trust
 from ..protocol import UPDATE_KIND_DELTA
-from ..strategies.fairness import FAIRNESS_FIELD, count_participation
+from ..strategies.fairness import count_participation
 from ..strategies.pipeline import (
     OVERFLOW_REASON,
     BufferedUpdate,
@@ -104,18 +103,17 @@ from ..strategies.pipeline import (
 from ..strategies.state import state_names
 from ..strategies.updates import UpdateRejected, parse_update
 from ..strategies.updates import _update_kind as update_kind
-from ..strategies.weighting import (
-    ClaimHistory,
-    MedianCapped,
-    WeightingError,
-    claims_transition,
-    effective_examples,
-)
 from .canonical import encode, model_hash, sender_update_digest
 from .chain import CONFIG_FIELD, Block, Ledger, ServerState, ids_as_text, node_key
 from .payload import PAYLOAD_FIELD
 from .replaysettings import REPLAYABLE_STRATEGY, _Settings, rule_weighs_by_trust
 from .replaytypes import MissingData, ReplaySource, StepFn, _Failed, _NotReplayable
+from .replayweights import (
+    check_weights,
+    included_nodes,
+    ledger_participation,
+    weigh_examples,
+)
 from .rewards import contributions
 
 __all__ = [  # what this module held before the split, still importable from it
@@ -328,21 +326,6 @@ def _replayable(block: Block, configs: Mapping[str, Mapping[str, Any]]) -> bool:
     )
 
 
-def included_nodes(block: Block) -> list[int]:
-    """The node ids of ``block``'s included updates, in order (ids that are not
-    node ids are left out: no server writes one, and no payload matches one)."""
-    keys = (node_key(u.get("node_id")) for u in block.body.get("included", []))
-    return [k for k in keys if k is not None]
-
-
-def ledger_participation(blocks: Iterable[Block]) -> dict[int, int]:
-    """Each node's included updates over ``blocks`` (what fairness counts)."""
-    participation: dict[int, int] = {}
-    for block in blocks:
-        count_participation(participation, included_nodes(block))
-    return participation
-
-
 @dataclass
 class _Replayer:
     """What a replay carries from block to block."""
@@ -434,8 +417,8 @@ class _Replayer:
             self._update(i, entry, parent, parent_version, names, settings)
             for i, entry in enumerate(included)
         ]
-        self._weigh(updates, included, body, state, before, settings)
-        self._check_weights(updates, included, body, settings)
+        weigh_examples(updates, included, body, state, before, settings)
+        check_weights(updates, included, body, settings, self.participation)
         if settings.trust:
             try:
                 weigh_by_trust(
@@ -533,90 +516,6 @@ class _Replayer:
         )
 
     # pylint: disable=too-many-arguments
-    def _weigh(
-        self,
-        updates: list[BufferedUpdate],
-        included: Sequence[Mapping[str, Any]],
-        body: Mapping[str, Any],
-        state: ServerState | None,
-        before: ServerState | None,
-        settings: _Settings,
-    ) -> None:
-        """Recompute each update's effective examples; check the recorded ones."""
-        entries = None if state is None else state.claims
-        if entries is None:
-            if isinstance(settings.weighting, MedianCapped):
-                raise _NotReplayable(
-                    "it records no claim history, which its example weighting reads"
-                )
-            entries = []
-        else:
-            problem = claims_transition(
-                list(before.claims or []) if before is not None else [],
-                entries,
-                [(u.node_id, u.update.num_examples) for u in updates],
-                {
-                    key
-                    for r in body["rejected"]
-                    if isinstance(r, dict)
-                    and (key := node_key(r["node_id"])) is not None
-                },
-            )
-            if problem is not None:
-                raise _Failed(f"claim history: {problem}")
-        history = ClaimHistory()
-        for node_id, claim in entries:
-            history.observe(node_id, claim)
-        claims = [u.update.num_examples for u in updates]
-        try:
-            counts = effective_examples(settings.weighting, claims, history)
-        except WeightingError as exc:
-            raise _Failed(f"example weighting: {exc}") from None
-        for index, (u, count, entry) in enumerate(
-            zip(updates, counts, included, strict=True)
-        ):
-            if entry["num_examples"] != count:
-                raise _Failed(
-                    f"included update {index} records {entry['num_examples']!r} "
-                    f"examples; {settings.weighting.spec} weighting of its claim "
-                    f"{u.update.num_examples!r} gives {count!r}"
-                )
-            u.examples = count
-
-    def _check_weights(
-        self,
-        updates: list[BufferedUpdate],
-        included: Sequence[Mapping[str, Any]],
-        body: Mapping[str, Any],
-        settings: _Settings,
-    ) -> None:
-        """Apply the fairness factors as the server did; check each ``weight``."""
-        fairness = settings.fairness
-        factors = [1.0] * len(updates)
-        if fairness is not None:
-            node_ids, examples, chosen = _candidates(updates, body)
-            all_factors = fairness.factors(node_ids, examples, self.participation)
-            factors = [all_factors[i] for i in chosen]
-        for index, (u, factor, entry) in enumerate(
-            zip(updates, factors, included, strict=True)
-        ):
-            staleness_weight = u.weight
-            if fairness is not None:
-                u.weight *= factor
-            if entry["weight"] != u.weight:
-                why = f"the recorded staleness function gives {staleness_weight!r}"
-                if fairness is not None:
-                    why += (
-                        f", times its node's {fairness.spec} fairness factor "
-                        f"{factor!r} gives {u.weight!r}"
-                    )
-                what = "weight" if fairness is not None else "staleness weight"
-                raise _Failed(
-                    f"included update {index}: records {what} "
-                    f"{entry['weight']!r}, {why}"
-                )
-
-    # pylint: disable=too-many-arguments
     def _step(
         self,
         parent: NDArrays,
@@ -687,64 +586,3 @@ class _Replayer:
             "the previous velocity over its updates does not overflow, so the "
             "restart cannot be checked"
         )
-
-
-def _candidates(
-    updates: Sequence[BufferedUpdate], body: Mapping[str, Any]
-) -> tuple[list[int], list[float], list[int]]:
-    """The buffer the fairness factors were computed over: node ids, effective
-    examples, and the position of each included update among them.
-
-    Without a recorded ``fairness`` field, the included updates themselves.
-    """
-    record = body.get(FAIRNESS_FIELD)
-    if record is None:
-        return (
-            [u.node_id for u in updates],
-            [u.examples for u in updates],
-            list(range(len(updates))),
-        )
-    node_ids: list[int] = []
-    examples: list[float] = []
-    try:
-        for c in record["candidates"]:
-            node_id, count = node_key(c["node_id"]), c["num_examples"]
-            if (
-                node_id is None
-                or isinstance(count, bool)
-                or not isinstance(count, int | float)
-                or not math.isfinite(count)
-                or count < 0
-            ):
-                raise ValueError(c)
-            node_ids.append(node_id)
-            examples.append(float(count))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise _Failed(f"its fairness candidates are malformed: {exc!r}") from None
-    pairs = list(zip(node_ids, examples, strict=True))
-    chosen: list[int] = []
-    position = 0
-    for index, u in enumerate(updates):
-        while position < len(pairs) and pairs[position] != (u.node_id, u.examples):
-            position += 1
-        if position == len(pairs):
-            raise _Failed(
-                f"included update {index} (node {u.node_id}, {u.examples!r} "
-                "examples) is not among its fairness candidates, in their order"
-            )
-        chosen.append(position)
-        position += 1
-    kept = set(chosen)
-    dropped = Counter(n for i, n in enumerate(node_ids) if i not in kept)
-    rejected = Counter(
-        key
-        for r in body.get("rejected", [])
-        if isinstance(r, dict) and (key := node_key(r.get("node_id"))) is not None
-    )
-    for node_id, count in dropped.items():
-        if rejected[node_id] < count:
-            raise _Failed(
-                f"a fairness candidate of node {node_id} is neither included nor "
-                "rejected in this block"
-            )
-    return node_ids, examples, chosen
