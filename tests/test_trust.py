@@ -255,7 +255,8 @@ def test_a_trust_chain_cannot_be_resumed_without_it(tmp_path: Path) -> None:
 def test_replay_refuses_settings_that_contradict_the_rule(tmp_path: Path) -> None:
     """A block whose recorded settings drop trust weighting on a chain whose
     genesis rule has it fails replay, naming the block."""
-    from flchain_flwr.ledger.replay import _Replayer, _Settings
+    from flchain_flwr.ledger.replayer import _Replayer
+    from flchain_flwr.ledger.replaysettings import _Settings
 
     with trust_ledger(tmp_path / "l.db") as ledger:
         replayer = _Replayer(ledger, server_step)

@@ -79,42 +79,29 @@ votes name the digest), an update's ``trained_on`` when the reply does not
 state it (the DGC mod's replies do), and claims of replies that were taken but
 not included (their payloads are not stored: the claim history only has to
 be consistent with the block's included and rejected senders).
+
+This module holds the entry points (:func:`replay`, :class:`PendingReplay`,
+:func:`replay_pending`) and their report. The rest lives beside it: one
+block's replay in :mod:`.replayer`, each update's weighing in
+:mod:`.replayweights`, the recorded settings in :mod:`.replaysettings`, and
+what they share in :mod:`.replaytypes` (each public name is also importable
+from here).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from flwr.app import RecordDict
-
-from ..arrays import NDArrays
-from ..pov.trust import TrustError, weigh_by_trust
-from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.fairness import count_participation
-from ..strategies.pipeline import (
-    OVERFLOW_REASON,
-    BufferedUpdate,
-    StepResult,
-    server_step,
-)
-from ..strategies.state import state_names
-from ..strategies.updates import UpdateRejected, parse_update
-from ..strategies.updates import _update_kind as update_kind
-from .canonical import encode, model_hash, sender_update_digest
-from .chain import CONFIG_FIELD, Block, Ledger, ServerState, ids_as_text, node_key
+from ..strategies.pipeline import server_step
+from .chain import CONFIG_FIELD, Block, Ledger
 from .payload import PAYLOAD_FIELD
-from .replaysettings import REPLAYABLE_STRATEGY, _Settings, rule_weighs_by_trust
+from .replayer import _Replayer
+from .replaysettings import REPLAYABLE_STRATEGY, rule_weighs_by_trust
 from .replaytypes import MissingData, ReplaySource, StepFn, _Failed, _NotReplayable
-from .replayweights import (
-    check_weights,
-    included_nodes,
-    ledger_participation,
-    weigh_examples,
-)
-from .rewards import contributions
+from .replayweights import included_nodes, ledger_participation
 
 __all__ = [  # what this module held before the split, still importable from it
     "REPLAYABLE_STRATEGY",
@@ -129,9 +116,6 @@ __all__ = [  # what this module held before the split, still importable from it
     "replay_pending",
     "rule_weighs_by_trust",
 ]
-
-_MODEL_CACHE = 4
-"""Decoded models kept: the parent, plus a few versions stale updates need."""
 
 
 @dataclass(frozen=True)
@@ -324,265 +308,3 @@ def _replayable(block: Block, configs: Mapping[str, Mapping[str, Any]]) -> bool:
         and config.get("strategy") == REPLAYABLE_STRATEGY
         and all(PAYLOAD_FIELD in u for u in block.body.get("included", []))
     )
-
-
-@dataclass
-class _Replayer:
-    """What a replay carries from block to block."""
-
-    ledger: ReplaySource
-    step: StepFn
-    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Recorded settings by their digest."""
-    versions: dict[int, str] = field(default_factory=dict)
-    """Model hash of each global version."""
-    models: OrderedDict[str, NDArrays] = field(default_factory=OrderedDict)
-    participation: dict[int, int] = field(default_factory=dict)
-    """Each node's included updates in the blocks before the one replayed."""
-    rule_trust: bool | None = None
-    """Whether the genesis block's judging rule weighs by trust (``None``:
-    no PoV genesis seen)."""
-
-    def record(self, block: Block) -> None:
-        """Learn the block's version and recorded settings."""
-        if block.height == 0:
-            self.rule_trust = rule_weighs_by_trust(block.body)
-        self.versions[int(block.header["model_version"])] = str(
-            block.header["model_hash"]
-        )
-        config = block.body.get(CONFIG_FIELD)
-        if isinstance(config, dict):  # checked to hash to the digest (verify, or
-            # PendingReplay.check for a pending block)
-            self.configs[str(block.header["config_digest"])] = config
-
-    def model(self, digest: str) -> NDArrays:
-        """A stored model, decoded (a few are cached)."""
-        if digest in self.models:
-            self.models.move_to_end(digest)
-            return self.models[digest]
-        model = self.ledger.blobs.load_model(digest)
-        self.models[digest] = model
-        if len(self.models) > _MODEL_CACHE:
-            self.models.popitem(last=False)
-        return model
-
-    def keep(self, digest: str, model: NDArrays) -> None:
-        """Cache a model known to hash to ``digest``."""
-        self.models[digest] = model
-        self.models.move_to_end(digest)
-        if len(self.models) > _MODEL_CACHE:
-            self.models.popitem(last=False)
-
-    def block(self, prev: Block, block: Block) -> None:
-        """Replay ``block`` over ``prev``; raise :class:`_Failed` or
-        :class:`_NotReplayable`."""
-        header, body = block.header, block.body
-        included: list[dict[str, Any]] = body["included"]
-        parent_version = int(prev.header["model_version"])
-        if header["base_version"] != parent_version:
-            raise _Failed(
-                f"base_version {header['base_version']!r} is not the previous "
-                f"block's model_version {parent_version}"
-            )
-        if not included:
-            if header["model_hash"] != prev.header["model_hash"]:
-                raise _Failed("it includes no update but changes the model")
-            return
-        if any(PAYLOAD_FIELD not in u for u in included):
-            raise _NotReplayable(
-                "written without stored update payloads (before they were stored, "
-                "or by a strategy that does not store them, such as PoVStrategy)"
-            )
-        config = self.configs.get(str(header["config_digest"]))
-        if config is None:
-            raise _NotReplayable(
-                "the settings behind its config_digest are not recorded"
-            )
-        if config.get("strategy") != REPLAYABLE_STRATEGY:
-            raise _NotReplayable(
-                f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
-            )
-        settings = _Settings.of(config)
-        if self.rule_trust is not None and settings.trust != self.rule_trust:
-            raise _Failed(
-                "its recorded settings weigh updates "
-                f"{'by' if settings.trust else 'without'} trust, the chain's judging "
-                f"rule {'with' if self.rule_trust else 'without'} it"
-            )
-        parent = self.model(str(prev.header["model_hash"]))
-        state = self.ledger.server_state(block)
-        before = self.ledger.server_state(prev)
-        names = state_names(parent, settings.patterns)
-        updates = [
-            self._update(i, entry, parent, parent_version, names, settings)
-            for i, entry in enumerate(included)
-        ]
-        weigh_examples(updates, included, body, state, before, settings)
-        check_weights(updates, included, body, settings, self.participation)
-        if settings.trust:
-            try:
-                weigh_by_trust(
-                    updates, body.get("votes", []), len(body.get("committee", []))
-                )
-            except TrustError as exc:
-                raise _Failed(f"trust weighting: {exc}") from None
-        velocity = self._velocity(body, state, before, settings, parent, updates, names)
-        result = self._step(parent, updates, velocity, names, settings)
-        if result is None:
-            raise _Failed("the replayed aggregate overflows the model")
-        replayed = model_hash(result.model)
-        if replayed != header["model_hash"]:
-            raise _Failed(
-                f"the replayed model {replayed[:16]}… is not the recorded "
-                f"{str(header['model_hash'])[:16]}…"
-            )
-        self.keep(replayed, result.model)  # the next block's parent: no reload
-        if settings.momentum > 0.0:
-            assert state is not None and state.velocity is not None
-            assert result.velocity is not None
-            if model_hash(result.velocity) != model_hash(state.velocity):
-                raise _Failed("the replayed momentum velocity is not the recorded one")
-        shares = contributions(
-            [u.node_id for u in updates],
-            [u.update.delta for u in updates],
-            [u.step_examples for u in updates],
-            result.step,
-        )
-        version = block.format_version
-        if encode(version, ids_as_text(shares)) != encode(
-            version, body["contributions"]
-        ):
-            raise _Failed("the recorded contributions are not the replayed ones")
-
-    # pylint: disable=too-many-arguments
-    def _update(
-        self,
-        index: int,
-        entry: Mapping[str, Any],
-        parent: NDArrays,
-        parent_version: int,
-        names: frozenset[str],
-        settings: _Settings,
-    ) -> BufferedUpdate:
-        """Check one included entry against its payload; the update to replay."""
-        where = f"included update {index}"
-        try:
-            node_id, content = self.ledger.blobs.load_update(str(entry[PAYLOAD_FIELD]))
-        except ValueError as exc:
-            raise _Failed(f"{where}: {exc}") from None
-        if node_id != node_key(entry["node_id"]):
-            raise _Failed(f"{where}: its payload was sent by another node")
-        if sender_update_digest(node_id, content) != entry["digest"]:
-            raise _Failed(f"{where}: its stored payload does not hash to its digest")
-        trained_on = entry["trained_on"]
-        if (
-            isinstance(trained_on, bool)
-            or not isinstance(trained_on, int)
-            or trained_on not in self.versions
-            or trained_on > parent_version
-        ):
-            raise _Failed(f"{where}: trained on {trained_on!r}, not an earlier version")
-        staleness = parent_version - trained_on
-        if entry["staleness"] != staleness:
-            raise _Failed(
-                f"{where}: records staleness {entry['staleness']!r}, "
-                f"the versions give {staleness}"
-            )
-        weight = settings.staleness(staleness)  # checked once factors are known
-        base = self.versions[trained_on]
-        try:
-            kind = update_kind(content)
-            reference = parent if kind == UPDATE_KIND_DELTA else self.model(base)
-            parsed = parse_update(
-                content,
-                reference,
-                arrayrecord_key=settings.arrayrecord_key,
-                weighted_by_key=settings.weighted_by_key,
-                trained_on=trained_on,
-            )
-        except UpdateRejected as exc:
-            raise _Failed(f"{where} is not a valid update: {exc.reason}") from None
-        state_base = {n: self.model(base)[n] for n in names} if names else {}
-        return BufferedUpdate(
-            node_id=node_id,
-            trained_on=trained_on,
-            staleness=staleness,
-            weight=weight,
-            update=parsed,
-            examples=parsed.num_examples,  # the claim, until weighed
-            metrics=RecordDict(),
-            digest=str(entry["digest"]),
-            state_base=state_base,
-        )
-
-    # pylint: disable=too-many-arguments
-    def _step(
-        self,
-        parent: NDArrays,
-        updates: Sequence[BufferedUpdate],
-        velocity: NDArrays | None,
-        names: frozenset[str],
-        settings: _Settings,
-    ) -> StepResult | None:
-        """The server's step over ``updates`` with the recorded settings."""
-        return self.step(
-            parent,
-            updates,
-            lr=settings.lr,
-            momentum=settings.momentum,
-            velocity=velocity,
-            state_names=names,
-            state_rule=settings.rule,
-        )
-
-    def _velocity(
-        self,
-        body: Mapping[str, Any],
-        state: ServerState | None,
-        before: ServerState | None,
-        settings: _Settings,
-        parent: NDArrays,
-        updates: Sequence[BufferedUpdate],
-        names: frozenset[str],
-    ) -> NDArrays | None:
-        """The velocity the block's step continues (``None``: from zero).
-
-        A restart from zero is accepted at the start of a run (the previous
-        block records no velocity), or when continuing the previous velocity
-        over this block's updates overflows the model. A recorded overflow
-        rejection alone proves nothing (the block builder writes it, and the
-        overflowing updates' payloads are not stored): a restart resting only
-        on one is not replayable, and one without any fails.
-        """
-        if settings.momentum == 0.0:
-            return None
-        if state is None or state.velocity is None:
-            raise _NotReplayable("it records no momentum velocity")
-        previous = None if before is None else before.velocity
-        if not state.velocity_from_zero:
-            if previous is None:
-                raise _Failed(
-                    "it continues a momentum velocity the previous block does "
-                    "not record"
-                )
-            return previous
-        if previous is None:
-            return None
-        overflowed = any(
-            isinstance(r, dict) and r.get("reason") == OVERFLOW_REASON
-            for r in body["rejected"]
-        )
-        if not overflowed:
-            raise _Failed(
-                "it restarts the momentum from zero, but the previous block records "
-                "a velocity and no aggregate overflowed in between"
-            )
-        continued = self._step(parent, updates, previous, names, settings)
-        if continued is None:
-            return None
-        raise _NotReplayable(
-            "it restarts the momentum from zero after an overflow it records "
-            "among its rejections, whose payloads are not stored; continuing "
-            "the previous velocity over its updates does not overflow, so the "
-            "restart cannot be checked"
-        )
