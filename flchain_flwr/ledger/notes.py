@@ -22,7 +22,6 @@ move between the two: ``PRIVATE+KEY+<name>+<hex key ID>+base64(0x01 ||
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import os
 import uuid
@@ -34,9 +33,52 @@ from typing import ClassVar, Final, Self
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from .noteformat import (
+    _DASH,
+    KEY_ID_SIZE,
+    NoteError,
+    NoteSignature,
+    NoteVerificationError,
+    _b64decode,
+    _check_characters,
+    canonical_b64decode,
+    check_key_name,
+    check_note_text,
+)
+
+__all__ = [  # what this module held before the split, still importable from it
+    "ED25519",
+    "KEY_ID_SIZE",
+    "MAX_NOTE_BYTES",
+    "MAX_SIGNATURES",
+    "PUBLIC_KEY_SIZE",
+    "SIGNATURE_SIZE",
+    "SIGNER_KEY_PREFIX",
+    "NoteError",
+    "NoteSignature",
+    "NoteVerificationError",
+    "PublicNoteKey",
+    "SignedNote",
+    "SignerKey",
+    "VerifierKey",
+    "canonical_b64decode",
+    "check_key_name",
+    "check_note_text",
+    "generate_signer_key",
+    "key_id",
+    "parse_note",
+    "parse_signer_key",
+    "parse_verifier_key",
+    "read_signer_key",
+    "read_verifier_key",
+    "sign_note",
+    "verify_note",
+    "write_file_atomically",
+    "write_key_file",
+]
+
 ED25519: Final = 0x01
 """The signature type byte of Ed25519 note signatures."""
-KEY_ID_SIZE: Final = 4
 PUBLIC_KEY_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
 MAX_SIGNATURES: Final = 100
@@ -45,17 +87,7 @@ MAX_NOTE_BYTES: Final = 1 << 20
 """Largest note, in UTF-8 bytes, that :func:`parse_note` reads."""
 SIGNER_KEY_PREFIX: Final = "PRIVATE+KEY+"
 
-_DASH: Final = "\u2014 "  # em dash and a space: how a signature line starts
 _HEX: Final = frozenset("0123456789abcdef")
-
-
-class NoteError(ValueError):
-    """A note, signature line or key is malformed."""
-
-
-class NoteVerificationError(NoteError):
-    """A note is not signed by any trusted key, or a trusted key's signature on
-    it does not verify."""
 
 
 def key_id(name: str, public_key: bytes, algorithm: int = ED25519) -> bytes:
@@ -82,54 +114,6 @@ def key_id(name: str, public_key: bytes, algorithm: int = ED25519) -> bytes:
         name.encode("utf-8") + b"\n" + bytes([algorithm]) + public_key
     ).digest()
     return digest[:KEY_ID_SIZE]
-
-
-def check_key_name(name: str) -> None:
-    """Raise :class:`NoteError` unless ``name`` is a valid key name.
-
-    A key name is non-empty UTF-8 without Unicode spaces, plus signs (U+002B)
-    or control characters.
-    """
-    if not name:
-        raise NoteError("a key name must not be empty")
-    for char in name:
-        if char.isspace() or char == "+" or ord(char) < 0x20:
-            raise NoteError(
-                f"key name {name!r} contains {char!r}: spaces, '+' and control "
-                "characters are not allowed"
-            )
-    _utf8(name, "key name")
-
-
-@dataclass(frozen=True)
-class NoteSignature:
-    """One signature line of a note: who claims to have signed, and the bytes.
-
-    Parameters
-    ----------
-    name : str
-        The key name on the line.
-    key_id : bytes
-        The 4-byte key ID in front of the signature.
-    signature : bytes
-        The signature bytes after the key ID (64 for Ed25519).
-    """
-
-    name: str
-    key_id: bytes
-    signature: bytes
-
-    def __post_init__(self) -> None:
-        check_key_name(self.name)
-        if len(self.key_id) != KEY_ID_SIZE:
-            raise NoteError(f"a key ID has 4 bytes, not {len(self.key_id)}")
-        if not self.signature:
-            raise NoteError(f"the signature by {self.name} is empty")
-
-    def line(self) -> str:
-        """The signature line, newline included."""
-        encoded = base64.b64encode(self.key_id + self.signature).decode("ascii")
-        return f"{_DASH}{self.name} {encoded}\n"
 
 
 @dataclass(frozen=True)
@@ -363,17 +347,6 @@ def _check_key_id(actual: bytes, written: str, name: str, what: str) -> None:
 
 
 # ------------------------------------------------------------------ notes
-def check_note_text(text: str) -> None:
-    """Raise :class:`NoteError` unless ``text`` can be a note's text.
-
-    The text must be valid UTF-8, end in a newline, and hold no control
-    characters (below U+0020) other than newlines.
-    """
-    if not text.endswith("\n"):
-        raise NoteError("a note text must end in a newline")
-    _check_characters(text, "note text")
-
-
 def parse_note(note: str | bytes) -> SignedNote:
     """Parse a signed note strictly; do not check any signature.
 
@@ -530,47 +503,6 @@ def verify_note(
             f"no trusted key signed the note (signed by {found})"
         )
     return tuple(verified)
-
-
-def _check_characters(text: str, what: str) -> None:
-    for char in text:
-        if ord(char) < 0x20 and char != "\n":
-            raise NoteError(f"{what} holds control character {char!r}")
-    _utf8(text, what)
-
-
-def _utf8(text: str, what: str) -> None:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise NoteError(f"{what} is not valid UTF-8: {exc}") from None
-
-
-def canonical_b64decode(data: str) -> bytes | None:
-    """Strict, canonical standard base64 (RFC 4648 section 4, padded).
-
-    Returns ``None`` for text that is not base64 at all; raises ``ValueError``
-    for base64 that decodes but is not in its one canonical form.
-    """
-    try:
-        raw = base64.b64decode(data.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error):
-        return None
-    if base64.b64encode(raw).decode("ascii") != data:
-        raise ValueError("not canonical base64")
-    return raw
-
-
-def _b64decode(data: str, what: str, *, quote: bool) -> bytes:
-    """:func:`canonical_b64decode`, failing with a :class:`NoteError`."""
-    shown = f" {data!r}" if quote else ""
-    try:
-        raw = canonical_b64decode(data)
-    except ValueError:
-        raise NoteError(f"{what}: not canonical base64{shown}") from None
-    if raw is None:
-        raise NoteError(f"{what}: not valid base64{shown}")
-    return raw
 
 
 # -------------------------------------------------------------------- files
