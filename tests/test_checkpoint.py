@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nacl.signing import SigningKey
 
-from flchain_flwr.ledger import Ledger, notes
+from flchain_flwr.ledger import Ledger, notekeys
 from flchain_flwr.ledger.checkpoint import (
     EMPTY_ROOT,
     Checkpoint,
@@ -270,7 +270,7 @@ def test_two_trusted_keys_with_one_name_and_id_are_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A real 4-byte ID collision takes ~2**32 tries: make every ID collide.
-    monkeypatch.setattr(notes, "key_id", lambda *args: b"\x53\x0d\x90\x3a")
+    monkeypatch.setattr(notekeys, "key_id", lambda *args: b"\x53\x0d\x90\x3a")
     key = VerifierKey("example.com/foo", parse_verifier_key(SPEC_VKEY).public_key)
     clash = VerifierKey("example.com/foo", bytes(32))
     with pytest.raises(NoteError, match="share a key ID"):
