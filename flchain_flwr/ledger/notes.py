@@ -24,13 +24,12 @@ signature line) in :mod:`.noteformat`, the keys and their text forms
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from .atomicfile import write_file_atomically
 from .noteformat import (
     _DASH,
     KEY_ID_SIZE,
@@ -293,50 +292,6 @@ def verify_note(
 
 
 # -------------------------------------------------------------------- files
-def write_file_atomically(
-    path: str | Path, data: bytes, *, mode: int, overwrite: bool, durable: bool = True
-) -> None:
-    """Write ``data`` to ``path`` whole or not at all, and make it durable.
-
-    The bytes go to a new temporary file beside ``path`` (created with
-    ``mode``), are fsynced, and the file is renamed into place (or, without
-    ``overwrite``, linked, which fails if ``path`` exists); then the folder is
-    fsynced so the new name survives a power loss. Without ``durable`` neither
-    fsync happens (the rename is still atomic: a killed process leaves the old
-    file or the new one).
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is false.
-    """
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), mode)  # exactly ``mode``, whatever the umask
-            out.write(data)
-            out.flush()
-            if durable:
-                os.fsync(out.fileno())
-        if overwrite:
-            os.replace(tmp, target)
-        else:
-            os.link(tmp, target)
-            os.unlink(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if not durable:
-        return
-    folder = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-
-
 def write_key_file(
     path: str | Path, key: SignerKey | VerifierKey, *, overwrite: bool = False
 ) -> None:
