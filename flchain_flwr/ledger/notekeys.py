@@ -9,7 +9,8 @@ ID>+base64(type || public key)`` (:class:`VerifierKey`,
 signer keys: :class:`SignerKey` writes and reads the one of Go's
 ``golang.org/x/mod/sumdb/note`` package, so keys move between the two,
 ``PRIVATE+KEY+<name>+<hex key ID>+base64(0x01 || 32-byte Ed25519 seed)``
-(:func:`parse_signer_key`; its errors never quote the secret).
+(:func:`parse_signer_key`; its errors never quote the secret). A key file
+holds one text form and a newline (:func:`write_key_file`, mode 0600).
 """
 
 from __future__ import annotations
@@ -17,11 +18,13 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar, Final, Self
 
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from .atomicfile import write_file_atomically
 from .noteformat import (
     KEY_ID_SIZE,
     NoteError,
@@ -254,3 +257,44 @@ def _check_key_id(actual: bytes, written: str, name: str, what: str) -> None:
             f"{what} {name}: key ID {written} does not match the key "
             f"(expected {actual.hex()})"
         )
+
+
+def write_key_file(
+    path: str | Path, key: SignerKey | VerifierKey, *, overwrite: bool = False
+) -> None:
+    """Write a key's text form and a newline to ``path``, mode 0600, durably.
+
+    Parameters
+    ----------
+    path : str | Path
+        The file; its folder must exist.
+    key : SignerKey | VerifierKey
+        A signer key (written as ``PRIVATE+KEY+...``) or a vkey.
+    overwrite : bool (default: False)
+        Replace an existing file; by default an existing key is never lost.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    """
+    data = (key.encode() + "\n").encode("utf-8")
+    write_file_atomically(path, data, mode=0o600, overwrite=overwrite)
+
+
+def read_signer_key(path: str | Path) -> SignerKey:
+    """The signer key in a file written by :func:`write_key_file`."""
+    return parse_signer_key(_read_key_text(path))
+
+
+def read_verifier_key(path: str | Path) -> VerifierKey:
+    """The vkey in a file (one line, as :func:`write_key_file` writes it)."""
+    return parse_verifier_key(_read_key_text(path))
+
+
+def _read_key_text(path: str | Path) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise NoteError(f"{path} does not hold a key (not UTF-8)") from None
+    return text.removesuffix("\n")

@@ -17,16 +17,16 @@ This module holds the note itself: :class:`SignedNote`, strict parsing
 (:func:`parse_note`), signing and cosigning (:func:`sign_note`) and
 verification against trusted keys (:func:`verify_note`). The rest lives
 beside it: the format's building blocks (key names, note text, base64, a
-signature line) in :mod:`.noteformat`, the keys and their text forms
-(including the signer key form of Go's ``sumdb/note``) in :mod:`.notekeys`
-(each name is also importable from here).
+signature line) in :mod:`.noteformat`, the keys, their text forms (including
+the signer key form of Go's ``sumdb/note``) and key files in
+:mod:`.notekeys`, whole-or-nothing file writes in :mod:`.atomicfile` (each
+name is also importable from here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Final
 
 from .atomicfile import write_file_atomically
@@ -54,6 +54,9 @@ from .notekeys import (
     key_id,
     parse_signer_key,
     parse_verifier_key,
+    read_signer_key,
+    read_verifier_key,
+    write_key_file,
 )
 
 __all__ = [  # what this module held before the split, still importable from it
@@ -289,45 +292,3 @@ def verify_note(
             f"no trusted key signed the note (signed by {found})"
         )
     return tuple(verified)
-
-
-# -------------------------------------------------------------------- files
-def write_key_file(
-    path: str | Path, key: SignerKey | VerifierKey, *, overwrite: bool = False
-) -> None:
-    """Write a key's text form and a newline to ``path``, mode 0600, durably.
-
-    Parameters
-    ----------
-    path : str | Path
-        The file; its folder must exist.
-    key : SignerKey | VerifierKey
-        A signer key (written as ``PRIVATE+KEY+...``) or a vkey.
-    overwrite : bool (default: False)
-        Replace an existing file; by default an existing key is never lost.
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is false.
-    """
-    data = (key.encode() + "\n").encode("utf-8")
-    write_file_atomically(path, data, mode=0o600, overwrite=overwrite)
-
-
-def read_signer_key(path: str | Path) -> SignerKey:
-    """The signer key in a file written by :func:`write_key_file`."""
-    return parse_signer_key(_read_key_text(path))
-
-
-def read_verifier_key(path: str | Path) -> VerifierKey:
-    """The vkey in a file (one line, as :func:`write_key_file` writes it)."""
-    return parse_verifier_key(_read_key_text(path))
-
-
-def _read_key_text(path: str | Path) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise NoteError(f"{path} does not hold a key (not UTF-8)") from None
-    return text.removesuffix("\n")
