@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .chain import (
         Block,
         BlockSigner,
-        CheckpointNotWritten,
         Ledger,
         LedgerError,
         VerifyReport,
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
         sign_vote,
         vote_payload,
     )
+    from .checkpointwriter import CheckpointNotWritten
     from .consensus import (
         PoVRules,
         PoVState,
@@ -48,7 +48,6 @@ _MODULES = {
     "chain": [
         "Block",
         "BlockSigner",
-        "CheckpointNotWritten",
         "Ledger",
         "LedgerError",
         "VerifyReport",
@@ -58,6 +57,7 @@ _MODULES = {
         "sign_vote",
         "vote_payload",
     ],
+    "checkpointwriter": ["CheckpointNotWritten"],
     "consensus": [
         "PoVRules",
         "PoVState",
