@@ -38,7 +38,6 @@ the head before an append in :mod:`.headcheck`, verification in
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
 from dataclasses import replace
 from logging import INFO, WARNING
 from pathlib import Path
@@ -72,7 +71,6 @@ from .keys import KeyFile, load_or_create_key, parse_trusted_key
 from .ledgerdb import (
     BLOCK_ROW,
     MAX_HEIGHT,
-    get_meta,
     insert_block,
     make_folder_for,
     open_database,
@@ -230,12 +228,6 @@ class Ledger:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _meta(self, key: str) -> str | None:
-        return get_meta(self.db, key)
-
-    def _set_meta(self, key: str, value: str) -> None:
-        set_meta(self.db, key, value)
-
     @property
     def signing_key(self) -> SigningKey:
         """The leader's key (loaded or created at ``key_path`` on first use)."""
@@ -262,29 +254,22 @@ class Ledger:
             return None
 
     def __len__(self) -> int:
-        with self._reading():
+        with reading(self.path):
             row = self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()
         return int(row[0])
 
     # ------------------------------------------------------------------ reading
-    def _reading(self) -> AbstractContextManager[None]:
-        """Turn SQLite's errors while reading into a ``LedgerError``."""
-        return reading(self.path)
-
-    def _rows(self) -> Iterator[tuple[Any, ...]]:
-        return rows(self.db)
-
     def blocks(self) -> Iterator[Block]:
         """Every block, by height."""
-        with self._reading():
-            for row in self._rows():
+        with reading(self.path):
+            for row in rows(self.db):
                 yield row_to_block(row)
 
     def block(self, height: int) -> Block:
         """The block at ``height``; ``LedgerError`` if there is none."""
         row = None
         if 0 <= height <= MAX_HEIGHT:  # beyond, SQLite cannot even take the number
-            with self._reading():
+            with reading(self.path):
                 query = f"{BLOCK_ROW} WHERE height = ?"
                 row = self.db.execute(query, (height,)).fetchone()
         if row is None:
@@ -321,12 +306,12 @@ class Ledger:
         the search goes back from ``block`` while the digest stays the same.
         ``None`` for ledgers written before settings were recorded.
         """
-        with self._reading():
+        with reading(self.path):
             return recorded_config(self.db, block)
 
     def block_hashes(self) -> list[str]:
         """Block hashes by height: the leaves of the chain's Merkle log."""
-        with self._reading():
+        with reading(self.path):
             return [
                 str(r[0])
                 for r in self.db.execute("SELECT hash FROM blocks ORDER BY height")
@@ -469,7 +454,7 @@ class Ledger:
                 store_signatures(self.db, block.height, quorum)
                 block = replace(block, quorum=quorum)
             if head is None:  # the publisher who opened the chain
-                self._set_meta("leader_key", str(block.header["leader"]))
+                set_meta(self.db, "leader_key", str(block.header["leader"]))
             insert_block(self.db, block)
             self.db.execute("COMMIT")
         except BaseException:
@@ -483,7 +468,7 @@ class Ledger:
     def header_signatures(self, height: int) -> list[Any] | None:
         """The committee's signatures over block ``height``'s header (``None``
         if none are stored: not a quorum-signed chain, or stripped)."""
-        with self._reading():
+        with reading(self.path):
             try:
                 return load_signatures(self.db, height)
             except ValueError as exc:

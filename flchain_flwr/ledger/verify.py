@@ -19,6 +19,7 @@ from .checkpoint import (
     open_checkpoint,
 )
 from .keys import parse_trusted_key
+from .ledgerdb import get_meta, rows
 from .notes import NoteError, VerifierKey
 
 if TYPE_CHECKING:
@@ -131,7 +132,7 @@ def verify_ledger(
         leader = (
             anchor_key.public_key.hex()
             if anchor_key is not None
-            else ledger._meta("leader_key")
+            else get_meta(ledger.db, "leader_key")
         )
         if leader is None and len(ledger):
             return VerifyReport(
@@ -139,7 +140,7 @@ def verify_ledger(
             )
         prev_hash = ZERO_HASH
         chain = _ChainRules(leader)
-        for expected_height, row in enumerate(ledger._rows()):
+        for expected_height, row in enumerate(rows(ledger.db)):
             try:
                 problem = _check_block(
                     ledger, row, expected_height, prev_hash, chain, check_models
