@@ -7,8 +7,11 @@ records, which must follow from the previous block's
 of its staleness, times, with fairness weighting, its node's factor,
 recomputed from each node's included updates in the chain's earlier blocks
 (:func:`ledger_participation`) over the candidates the block records
-(:func:`check_weights`). Each function raises :class:`~.replaytypes._Failed`
-naming the update whose recorded value the recomputation contradicts.
+(:func:`check_weights`). Both checks raise :class:`~.replaytypes._Failed`
+where a recorded value (the claim history, an update's examples or weight,
+the fairness candidates) contradicts the recomputation; :func:`weigh_examples`
+raises :class:`~.replaytypes._NotReplayable` where the example weighting
+reads a claim history the block does not record.
 """
 
 from __future__ import annotations
