@@ -9,8 +9,8 @@ have seen for this origin". Its key ID uses signature type ``0x04``::
     message   = "cosignature/v1\\n" "time <timestamp>\\n" <checkpoint note text>
 
 A witness's secret key is an ordinary Ed25519 note signer key
-(:class:`~flchain_flwr.ledger.notes.SignerKey`, so its file is the
-``PRIVATE+KEY+...`` form of :mod:`~flchain_flwr.ledger.notes`); its public
+(:class:`~flchain_flwr.ledger.notekeys.SignerKey`, so its file is the
+``PRIVATE+KEY+...`` form of :mod:`~flchain_flwr.ledger.notekeys`); its public
 key is published as a vkey with type byte ``0x04``
 (``<name>+<hex key ID>+base64(0x04 || public key)``, :class:`CosignerKey`).
 An ordinary ``0x01`` note key never verifies a cosignature, and a
