@@ -18,6 +18,7 @@ from flchain_flwr.pov import Committee, remote
 from flchain_flwr.pov.committee import Cast, CommitteeDecision
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
+    CommitteeStalledError,
     CommitteeUnreachableError,
     OutageWatch,
 )
@@ -271,9 +272,11 @@ def test_a_member_gone_beside_one_that_refuses_is_an_outage() -> None:
     with pytest.raises(CommitteeUnreachableError) as raised:
         watch.observe(stalled, sent=96.0, now=101.0)
     assert "valid votes from 2" in str(raised.value)
-    alive = replace(stalled, unreachable=[])  # all answered: silence's business
-    watch.observe(alive, sent=102.0, now=103.0)
-    assert watch.since is None
+    alive = replace(stalled, unreachable=[])  # all answered, still 2 voters
+    with pytest.raises(CommitteeStalledError) as stalled_on:
+        watch.observe(alive, sent=102.0, now=103.0)
+    assert not isinstance(stalled_on.value, CommitteeUnreachableError)
+    assert watch.since == 0.0
 
 
 def _refuse_on_shard_2(msg: Message, context_: Context, call_next: object) -> Message:

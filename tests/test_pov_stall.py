@@ -1,0 +1,203 @@
+"""A committee that answers but cannot reach a quorum stops the run (pov.outage).
+
+Two of four verifier nodes refuse every vote request while the other two
+vote: every member answers, so nothing is unreachable, and two members vote,
+so nothing is silent; but no request reaches the quorum of 3.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Collection
+from pathlib import Path
+
+import pytest
+from flwr.app import Context, Message
+
+from flchain_flwr import cli
+from flchain_flwr.ledger import Ledger
+from flchain_flwr.pov import remote
+from flchain_flwr.pov.committee import CommitteeDecision
+from flchain_flwr.pov.outage import (
+    OUTAGE_LIMIT,
+    CommitteeStalledError,
+    CommitteeUnreachableError,
+    OutageWatch,
+)
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.strategies import AsyncResult
+
+from .test_pov_chain import _node_app, _remote_fedbuff
+from .test_pov_outage import MEMBERS, _slow_training
+from .toy import constant_work, initial_arrays
+
+
+def _refusing_grid(
+    tmp_path: Path,
+    refusing: Collection[int],
+    *,
+    during: tuple[float, float] = (0.0, math.inf),
+    work_fn: Callable[[Message, Message], float] | None = None,
+) -> VirtualGrid:
+    """Three trainers and four verifier nodes (shards 0-3, nodes 3-6 of
+    ``grid.node_ids``); while the grid's clock is in ``during``, the shards
+    in ``refusing`` answer every vote request with a refusal."""
+    grid: list[VirtualGrid] = []
+
+    def refuse(msg: Message, context_: Context, call_next: object) -> Message:
+        shard = context_.node_config.get("verifier-shard")
+        if (
+            msg.metadata.message_type == remote.VOTE
+            and shard in refusing
+            and during[0] <= grid[0].clock.now() < during[1]
+        ):
+            raise ValueError("judges by another rule")
+        reply: Message = call_next(msg, context_)  # type: ignore[operator]
+        return reply
+
+    configs: list[dict[str, int | float | str | bool]] = [
+        {"partition-id": p, "num-partitions": 3} for p in range(3)
+    ]
+    configs += [
+        {
+            "partition-id": 0,
+            "num-partitions": 3,
+            "role": "verifier",
+            "verifier-key": str(tmp_path / f"verifier-{i}.key"),
+            "verifier-shard": i,
+        }
+        for i in range(4)
+    ]
+    grid.append(
+        VirtualGrid(
+            _node_app([refuse]),
+            [DeviceProfile() for _ in configs],
+            node_configs=configs,
+            work_fn=work_fn or constant_work(1.0),
+        )
+    )
+    return grid[0]
+
+
+def _verifies(path: Path) -> None:
+    out = io.StringIO()
+    assert cli.main(["ledger", "verify", str(path)], out) == 0, out.getvalue()
+
+
+# ------------------------------------------------------------------ the watch
+def _answered(voters: int, *, unreachable: int = 0) -> CommitteeDecision:
+    """A request to four members (quorum 3) that ``voters`` of them voted on
+    validly, ``unreachable`` did not answer and the rest refused."""
+    gone = MEMBERS[voters : voters + unreachable]
+    refused = MEMBERS[voters + unreachable :]
+    return CommitteeDecision(
+        height=1,
+        committee=list(MEMBERS),
+        needed=3,
+        votes=[{"verifier": k, "verdict": False} for k in MEMBERS[:voters]],
+        outcomes=[],
+        dropped_votes=[f"verifier {k[:12]}…: node is not connected" for k in gone]
+        + [f"verifier {k[:12]}…: refused: another rule" for k in refused],
+        unreachable=list(gone),
+    )
+
+
+def test_answers_short_of_a_quorum_count_whatever_the_reason() -> None:
+    """Two valid voters of four (rejecting, here) and two refusals: no member
+    is unreachable, yet the stretch counts and ends in CommitteeStalledError,
+    which names each side; a quorum of voters, rejecting all, resets it."""
+    watch = OutageWatch(limit=100.0)
+    watch.observe(_answered(2), sent=10.0, now=11.0)
+    watch.observe(_answered(3), sent=20.0, now=21.0)  # rejecting, but a quorum
+    assert watch.since is None
+    watch.observe(_answered(2), sent=30.0, now=31.0)
+    with pytest.raises(CommitteeStalledError) as raised:
+        watch.observe(_answered(2), sent=130.0, now=131.0)
+    assert type(raised.value) is CommitteeStalledError  # all answered
+    message = str(raised.value)
+    assert "since grid time 30.0 s, 101 s ago" in message
+    assert "4 of 4 members answered, quorum 3; valid votes from 2: " in message
+    voted, refused = message.split("valid votes from 2: ")[1].split("; refused")
+    assert all(f"{k[:12]}…" in voted for k in MEMBERS[:2])
+    assert all(f"{k[:12]}…" in refused for k in MEMBERS[2:])
+    assert "unreachable: none" in message and "refused: another rule" in message
+    with pytest.raises(CommitteeUnreachableError, match="unreachable: c"):
+        watch.observe(_answered(2, unreachable=1), sent=140.0, now=141.0)
+    assert issubclass(CommitteeUnreachableError, CommitteeStalledError)
+
+
+def test_silent_requests_count_but_are_left_to_the_silence_rule() -> None:
+    """Requests every member answered without a valid vote extend the stretch
+    but never raise here (the silence rule stops them after 5 in a row); a
+    request with 2 voters that follows them does."""
+    watch = OutageWatch(limit=10.0)
+    for t in range(0, 100, 10):
+        watch.observe(_answered(0), sent=float(t), now=float(t) + 1.0)
+    assert watch.since == 0.0
+    with pytest.raises(CommitteeStalledError, match=r"since grid time 0\.0 s"):
+        watch.observe(_answered(2), sent=100.0, now=101.0)
+
+
+# ----------------------------------------------------------- FedBuff on the grid
+def test_two_of_four_refusing_stop_the_run_with_who_refused_and_who_voted(
+    tmp_path: Path,
+) -> None:
+    """From t=30 s verifiers 2 and 3 refuse every vote and 0 and 1 vote:
+    beyond f < n/3, nothing can be approved. Before, neither watch counted
+    it and the run ended quietly on FedBuff's idle timeout at 3631 s of grid
+    time with 2 of 8 versions and 300 unanswerable requests; now it stops
+    with the error once the default limit of 1800 s passes."""
+    grid = _refusing_grid(
+        tmp_path, {2, 3}, during=(30.0, math.inf), work_fn=_slow_training
+    )
+    path = tmp_path / "stalled.db"
+    strategy = _remote_fedbuff(grid, path, None)
+    with pytest.raises(CommitteeStalledError) as raised:
+        simulate(strategy, grid, initial_arrays(), num_rounds=8)
+    assert not isinstance(raised.value, CommitteeUnreachableError)
+    message = str(raised.value)
+    voted, refused = message.split("valid votes from 2: ")[1].split("; refused")
+    for shard, side in [(0, voted), (1, voted), (2, refused), (3, refused)]:
+        assert f"(node {grid.node_ids[3 + shard]})" in side, (shard, message)
+    assert "4 of 4 members answered, quorum 3" in message
+    assert "judges by another rule" in message and "unreachable: none" in message
+    since = float(message.split("since grid time ")[1].split(" s")[0])
+    assert 30.0 <= since <= 45.0  # the first request after the refusals began
+    assert OUTAGE_LIMIT < grid.clock.now() - since <= OUTAGE_LIMIT + 20.0
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 3 and ledger.verify().ok  # the blocks before t=30
+    _verifies(path)
+
+
+@pytest.mark.parametrize(("limit", "finishes"), [(60.0, True), (15.0, False)])
+def test_refusals_shorter_than_the_limit_let_the_run_finish(
+    tmp_path: Path, limit: float, finishes: bool
+) -> None:
+    """Verifiers 2 and 3 refuse every vote from t=5 s to t=35 s: a 60 s
+    limit lets the run finish all 8 versions, a 15 s one stops it."""
+    grid = _refusing_grid(tmp_path, {2, 3}, during=(5.0, 35.0))
+    path = tmp_path / "short.db"
+    strategy = _remote_fedbuff(grid, path, None, outage_limit=limit)
+    if not finishes:
+        with pytest.raises(CommitteeStalledError, match="valid votes from 2"):
+            simulate(strategy, grid, initial_arrays(), num_rounds=8)
+        _verifies(path)
+        return
+    result = simulate(strategy, grid, initial_arrays(), num_rounds=8).result
+    assert isinstance(result, AsyncResult) and len(result.versions) == 8
+    assert any(d["accepted"] == 0 for d in result.committee_decisions)  # the stall
+    _verifies(path)
+
+
+def test_one_member_refusing_for_good_leaves_a_quorum_and_no_stall(
+    tmp_path: Path,
+) -> None:
+    """One refusing member of four (f = 1 < 4/3): every request still has 3
+    valid voters, so even a 1 s limit never stops the run."""
+    grid = _refusing_grid(tmp_path, {3})
+    path = tmp_path / "one.db"
+    strategy = _remote_fedbuff(grid, path, None, outage_limit=1.0)
+    result = simulate(strategy, grid, initial_arrays(), num_rounds=8).result
+    assert isinstance(result, AsyncResult) and len(result.versions) == 8
+    _verifies(path)
