@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 from flwr.app import Context, Message
+from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.pov import remote
+from flchain_flwr.pov import Behaviour, Committee, PoVStrategy, Threshold, remote
 from flchain_flwr.pov.committee import CommitteeDecision
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
@@ -28,9 +29,10 @@ from flchain_flwr.pov.outage import (
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult
 
+from .test_pov import verifiers
 from .test_pov_chain import _node_app, _remote_fedbuff
 from .test_pov_outage import MEMBERS, _slow_training
-from .toy import constant_work, initial_arrays
+from .toy import constant_work, initial_arrays, toy_client_app
 
 
 def _refusing_grid(
@@ -201,3 +203,53 @@ def test_one_member_refusing_for_good_leaves_a_quorum_and_no_stall(
     result = simulate(strategy, grid, initial_arrays(), num_rounds=8).result
     assert isinstance(result, AsyncResult) and len(result.versions) == 8
     _verifies(path)
+
+
+# ------------------------------------------------------------ PoVStrategy
+def _sync_run(tmp_path: Path, garbage: list[int], limit: float) -> PoVStrategy:
+    """Flower's FedAvg in PoVStrategy, 3 trainers, 1 s of grid time a round;
+    the verifiers in ``garbage`` (of 4) sign their votes with random bytes."""
+    byzantine = dict.fromkeys(garbage, Behaviour.GARBAGE_SIGNATURE)
+    strategy = PoVStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3),
+        Committee(
+            verifiers(4, byzantine), threshold=Threshold(value=0), outage_limit=limit
+        ),
+        ledger=tmp_path / "sync.db",
+    )
+    grid = VirtualGrid(
+        toy_client_app({}),
+        [DeviceProfile() for _ in range(3)],
+        work_fn=constant_work(1.0),
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=20)
+    return strategy
+
+
+def test_the_synchronous_strategy_stops_when_no_quorum_votes_validly(
+    tmp_path: Path,
+) -> None:
+    """Two of four in-process verifiers vote with invalid signatures: without
+    the watch all 20 rounds trained and rejected every update; with a 5 s
+    limit the run stops after the 7th round, naming the two."""
+    with pytest.raises(CommitteeStalledError) as raised:
+        _sync_run(tmp_path, [2, 3], limit=5.0)
+    message = str(raised.value)
+    refused = message.split("refused or voted invalidly: ")[1].split(";")[0]
+    pool = verifiers(4)
+    assert all(f"{pool[i].public_key[:12]}…" in refused for i in (2, 3))
+    assert "valid votes from 2" in message and "signature" in message
+    with Ledger(tmp_path / "sync.db", create=False) as ledger:
+        assert len(ledger) == 1 and ledger.verify().ok  # the genesis block
+    _verifies(tmp_path / "sync.db")
+
+
+def test_the_synchronous_strategy_runs_on_with_one_faulty_member(
+    tmp_path: Path,
+) -> None:
+    """One of four signs with random bytes (f = 1 < 4/3): every round has 3
+    valid voters (approving or not), so even a 1 s limit never stops it."""
+    strategy = _sync_run(tmp_path, [3], limit=1.0)
+    assert len(strategy.decisions) == 20
+    assert all(len({v["verifier"] for v in d.votes}) == 3 for d in strategy.decisions)
+    _verifies(tmp_path / "sync.db")
