@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
-from flwr.app import Context, Message
 from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.pov import Behaviour, Committee, PoVStrategy, Threshold, remote
+from flchain_flwr.pov import Behaviour, Committee, PoVStrategy, Threshold
 from flchain_flwr.pov.committee import CommitteeDecision
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
@@ -30,56 +28,9 @@ from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult
 
 from .test_pov import verifiers
-from .test_pov_chain import _node_app, _remote_fedbuff
-from .test_pov_outage import MEMBERS, _slow_training
+from .test_pov_chain import _remote_fedbuff
+from .test_pov_outage import MEMBERS, _refusing_grid, _slow_training
 from .toy import constant_work, initial_arrays, toy_client_app
-
-
-def _refusing_grid(
-    tmp_path: Path,
-    refusing: Collection[int],
-    *,
-    during: tuple[float, float] = (0.0, math.inf),
-    work_fn: Callable[[Message, Message], float] | None = None,
-) -> VirtualGrid:
-    """Three trainers and four verifier nodes (shards 0-3, nodes 3-6 of
-    ``grid.node_ids``); while the grid's clock is in ``during``, the shards
-    in ``refusing`` answer every vote request with a refusal."""
-    grid: list[VirtualGrid] = []
-
-    def refuse(msg: Message, context_: Context, call_next: object) -> Message:
-        shard = context_.node_config.get("verifier-shard")
-        if (
-            msg.metadata.message_type == remote.VOTE
-            and shard in refusing
-            and during[0] <= grid[0].clock.now() < during[1]
-        ):
-            raise ValueError("judges by another rule")
-        reply: Message = call_next(msg, context_)  # type: ignore[operator]
-        return reply
-
-    configs: list[dict[str, int | float | str | bool]] = [
-        {"partition-id": p, "num-partitions": 3} for p in range(3)
-    ]
-    configs += [
-        {
-            "partition-id": 0,
-            "num-partitions": 3,
-            "role": "verifier",
-            "verifier-key": str(tmp_path / f"verifier-{i}.key"),
-            "verifier-shard": i,
-        }
-        for i in range(4)
-    ]
-    grid.append(
-        VirtualGrid(
-            _node_app([refuse]),
-            [DeviceProfile() for _ in configs],
-            node_configs=configs,
-            work_fn=work_fn or constant_work(1.0),
-        )
-    )
-    return grid[0]
 
 
 def _verifies(path: Path) -> None:
