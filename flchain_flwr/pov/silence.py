@@ -7,9 +7,10 @@ leave every update unapproved: FedBuff would keep training and asking. After
 without one valid vote, :class:`SilenceWatch` raises
 :class:`CommitteeSilentError` with the members' answers. A request that some
 member did not answer at all (no reply, node or message unavailable: an outage,
-which may pass) neither counts nor resets the count: :mod:`.outage` bounds an
-outage on the grid's clock instead. The ledger is then valid up to its last
-block, and a restart (with the cause fixed) resumes from it.
+which may pass) neither counts nor resets the count: :mod:`.outage` bounds any
+stretch without a quorum of valid voters on the grid's clock instead. The
+ledger is then valid up to its last block, and a restart (with the cause
+fixed) resumes from it.
 """
 
 from __future__ import annotations
