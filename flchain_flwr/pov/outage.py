@@ -115,38 +115,40 @@ class OutageWatch:
         raise error(self._message(decision, now))
 
     def _names(self, keys: Iterable[str]) -> str:
-        names = [
-            f"{k[:12]}…"
-            + ("" if self.nodes.get(k) is None else f" (node {self.nodes[k]})")
-            for k in keys
-        ]
+        names = []
+        for key in keys:
+            node = self.nodes.get(key)
+            names.append(f"{key[:12]}…" + ("" if node is None else f" (node {node})"))
         return ", ".join(names) or "none"
 
     def _message(self, decision: CommitteeDecision, now: float) -> str:
         assert self.since is not None
+        cause = "Nothing can be approved"
+        who = "no verifier is left in the pool"
         if decision.committee:
             gone = [k for k in decision.committee if k in set(decision.unreachable)]
             voters = [k for k in decision.committee if k in _voters(decision)]
             refused = [k for k in decision.committee if k not in gone + voters]
-            answered = len(decision.committee) - len(gone)
             reasons = "; ".join(dict.fromkeys(decision.dropped_votes))
             who = (
-                f"{answered} of {len(decision.committee)} members answered, "
-                f"quorum {decision.needed}; valid votes from {len(voters)}: "
+                f"{len(decision.committee) - len(gone)} of "
+                f"{len(decision.committee)} members answered, quorum "
+                f"{decision.needed}; valid votes from {len(voters)}: "
                 f"{self._names(voters)}; refused or voted invalidly: "
                 f"{self._names(refused)}; unreachable: {self._names(gone)}; "
-                f"last answers: {reasons or 'none'}). At least a third of the "
-                "members cast no valid vote, more than a committee tolerates"
+                f"last answers: {reasons or 'none'}"
             )
-        else:
-            who = "no verifier is left in the pool)"
+            cause = (
+                "At least a third of the members cast no valid vote, more than "
+                "a committee tolerates, so nothing can be approved"
+            )
         return (
             f"PoV: no vote request has reached a quorum of valid voters since "
             f"grid time {self.since:.1f} s, {now - self.since:.0f} s ago, past "
-            f"the outage limit of {self.limit:g} s ({who}, so nothing can be "
-            "approved and the run stops: the ledger is valid up to its last "
-            "block, and a restart resumes from it once more than 2/3 of the "
-            "committee answer with valid votes again."
+            f"the outage limit of {self.limit:g} s ({who}). {cause}; the run "
+            "stops: the ledger is valid up to its last block, and a restart "
+            "resumes from it once more than 2/3 of the committee answer with "
+            "valid votes again."
         )
 
 
