@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Collection
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.pov import Behaviour, Committee, PoVStrategy, Threshold
+from flchain_flwr.pov import Behaviour, Committee, PoVStrategy, Threshold, Verifier
 from flchain_flwr.pov.committee import CommitteeDecision
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
@@ -24,10 +26,11 @@ from flchain_flwr.pov.outage import (
     CommitteeUnreachableError,
     OutageWatch,
 )
+from flchain_flwr.pov.silence import CommitteeSilentError
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import AsyncResult
 
-from .test_pov import verifiers
+from .test_pov import toy_score, verifiers
 from .test_pov_chain import _remote_fedbuff
 from .test_pov_outage import MEMBERS, _refusing_grid, _slow_training
 from .toy import constant_work, initial_arrays, toy_client_app
@@ -157,15 +160,20 @@ def test_one_member_refusing_for_good_leaves_a_quorum_and_no_stall(
 
 
 # ------------------------------------------------------------ PoVStrategy
-def _sync_run(tmp_path: Path, garbage: list[int], limit: float) -> PoVStrategy:
+def _sync_run(
+    tmp_path: Path, garbage: list[int], limit: float, mute: Collection[int] = ()
+) -> PoVStrategy:
     """Flower's FedAvg in PoVStrategy, 3 trainers, 1 s of grid time a round;
-    the verifiers in ``garbage`` (of 4) sign their votes with random bytes."""
+    the verifiers in ``garbage`` (of 4) sign their votes with random bytes,
+    those in ``mute`` answer with no vote at all."""
     byzantine = dict.fromkeys(garbage, Behaviour.GARBAGE_SIGNATURE)
+    pool = [
+        _Mute(toy_score, v.key, seed=i) if i in mute else v
+        for i, v in enumerate(verifiers(4, byzantine))
+    ]
     strategy = PoVStrategy(
         FedAvg(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3),
-        Committee(
-            verifiers(4, byzantine), threshold=Threshold(value=0), outage_limit=limit
-        ),
+        Committee(pool, threshold=Threshold(value=0), outage_limit=limit),
         ledger=tmp_path / "sync.db",
     )
     grid = VirtualGrid(
@@ -192,6 +200,37 @@ def test_the_synchronous_strategy_stops_when_no_quorum_votes_validly(
     assert "valid votes from 2" in message and "signature" in message
     with Ledger(tmp_path / "sync.db", create=False) as ledger:
         assert len(ledger) == 1 and ledger.verify().ok  # the genesis block
+    _verifies(tmp_path / "sync.db")
+
+
+class _Mute(Verifier):
+    """Answers every vote request with an empty list: no vote, no refusal."""
+
+    def vote(self, **request: Any) -> list[dict[str, Any]]:
+        del request
+        return []
+
+
+@pytest.mark.parametrize(
+    ("mute", "error"),
+    [({0, 1, 2, 3}, CommitteeSilentError), ({2, 3}, CommitteeStalledError)],
+)
+def test_members_that_answer_with_no_vote_at_all_count(
+    tmp_path: Path, mute: set[int], error: type[Exception]
+) -> None:
+    """Members that answer every request with no vote and no reason are
+    neither unreachable nor refusing. All four so: the silence rule stops
+    the run after 5 rounds (before, neither watch counted such a request,
+    which looked like none sent, and all 20 rounds trained and rejected
+    every update); two of four: the outage limit does, naming them."""
+    with pytest.raises(error) as raised:
+        _sync_run(tmp_path, [], limit=5.0, mute=mute)
+    if error is CommitteeSilentError:
+        assert "5 vote requests in a row" in str(raised.value)
+    else:
+        refused = str(raised.value).split("refused or voted invalidly: ")[1]
+        pool = verifiers(4)
+        assert all(f"{pool[i].public_key[:12]}…" in refused for i in mute)
     _verifies(tmp_path / "sync.db")
 
 

@@ -3,12 +3,12 @@
 A vote request approves nothing unless more than 2/3 of the committee cast a
 valid vote on it. Members fall short of that in three ways: they do not
 answer (no reply in time, node gone, message unavailable), they answer with a
-refusal or a failure, or their votes are invalid (bad signature, wrong
-context). Past f < n/3 faulty members (2 of 4, say) no request can reach the
-quorum; without a bound, a FedBuff run then asks again at every full buffer
-until its idle ``timeout`` (3600 s by default) ends it with a warning and a
-result that looks like a short run, and a synchronous :class:`~.PoVStrategy`
-rejects every update of every remaining round.
+refusal, a failure or no vote at all, or their votes are invalid (bad
+signature, wrong context). Past f < n/3 faulty members (2 of 4, say) no
+request can reach the quorum; without a bound, a FedBuff run then asks again
+at every full buffer until its idle ``timeout`` (3600 s by default) ends it
+with a warning and a result that looks like a short run, and a synchronous
+:class:`~.PoVStrategy` rejects every update of every remaining round.
 
 :class:`OutageWatch` bounds that stretch on the grid's clock (virtual in
 simulation, monotonic wall time in deployment), whatever its cause: once no
@@ -96,8 +96,8 @@ class OutageWatch:
         empty pool is one."""
         members = decision.committee
         if members:
-            if not (decision.votes or decision.dropped_votes or decision.unreachable):
-                return  # no request was sent
+            if not vote_requested(decision):
+                return
             if len(_voters(decision)) >= decision.needed:
                 self.since = None
                 return
@@ -150,6 +150,26 @@ class OutageWatch:
             "resumes from it once more than 2/3 of the committee answer with "
             "valid votes again."
         )
+
+
+VOTED_REASON = "PoV: "
+"""How the committee's reason begins for a candidate its members' votes left
+short of approvals (one ruled out before the vote has the filter's reason)."""
+
+
+def vote_requested(decision: CommitteeDecision) -> bool:
+    """Whether ``decision`` asked its members to vote: it holds votes, reasons
+    or members that did not answer, or a candidate that their votes decided.
+    Members that answer with no vote and no reason at all leave only the
+    last; a decision whose candidates were all ruled out before the vote
+    (duplicates, a prefilter) or that had no member asked nobody."""
+    if not decision.committee:
+        return False
+    if decision.votes or decision.dropped_votes or decision.unreachable:
+        return True
+    return any(
+        o.accepted or o.reason.startswith(VOTED_REASON) for o in decision.outcomes
+    )
 
 
 def _voters(decision: CommitteeDecision) -> set[str]:
