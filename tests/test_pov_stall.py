@@ -161,12 +161,18 @@ def test_one_member_refusing_for_good_leaves_a_quorum_and_no_stall(
 
 # ------------------------------------------------------------ PoVStrategy
 def _sync_run(
-    tmp_path: Path, garbage: list[int], limit: float, mute: Collection[int] = ()
+    tmp_path: Path,
+    garbage: list[int],
+    limit: float,
+    mute: Collection[int] = (),
+    rejecting: Collection[int] = (),
 ) -> PoVStrategy:
     """Flower's FedAvg in PoVStrategy, 3 trainers, 1 s of grid time a round;
     the verifiers in ``garbage`` (of 4) sign their votes with random bytes,
-    those in ``mute`` answer with no vote at all."""
+    those in ``mute`` answer with no vote at all, those in ``rejecting`` sign
+    a rejection of every update."""
     byzantine = dict.fromkeys(garbage, Behaviour.GARBAGE_SIGNATURE)
+    byzantine |= dict.fromkeys(rejecting, Behaviour.REJECT_ALL)
     pool = [
         _Mute(toy_score, v.key, seed=i) if i in mute else v
         for i, v in enumerate(verifiers(4, byzantine))
@@ -243,3 +249,17 @@ def test_the_synchronous_strategy_runs_on_with_one_faulty_member(
     assert len(strategy.decisions) == 20
     assert all(len({v["verifier"] for v in d.votes}) == 3 for d in strategy.decisions)
     _verifies(tmp_path / "sync.db")
+
+
+def test_a_third_rejecting_everything_with_valid_votes_goes_unseen(
+    tmp_path: Path,
+) -> None:
+    """What the watch cannot see (README says so): two of four sign a
+    rejection of every update. Each request has four valid voters, as a
+    committee rejecting poison has, so even a 1 s limit never stops the run:
+    all 20 rounds train and nothing is approved."""
+    strategy = _sync_run(tmp_path, [], limit=1.0, rejecting={2, 3})
+    assert len(strategy.decisions) == 20
+    assert not any(o.accepted for d in strategy.decisions for o in d.outcomes)
+    with Ledger(tmp_path / "sync.db", create=False) as ledger:
+        assert len(ledger) == 1  # the genesis block

@@ -27,9 +27,11 @@ long as each request still reaches a quorum.
 What the watch cannot tell apart: members that are faulty for good from ones
 that will come back just after the limit, and a refusal by a faulty member
 from one by an honest member that was sent an inconsistent request; the
-message lists the answers so that an operator can. The ledger is then valid
-up to its last block, and a restart resumes from it once more than 2/3 of the
-committee answer with valid votes again.
+message lists the answers so that an operator can. A third or more of the
+members signing a rejection of every update is no stall to it: each request
+has its quorum of valid voters, as a committee rejecting poison has. The
+ledger is then valid up to its last block, and a restart resumes from it once
+more than 2/3 of the committee answer with valid votes again.
 """
 
 from __future__ import annotations
