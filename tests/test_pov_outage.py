@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ from flchain_flwr.pov import Committee, remote
 from flchain_flwr.pov.committee import Cast, CommitteeDecision
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
+    CommitteeStalledError,
     CommitteeUnreachableError,
     OutageWatch,
 )
@@ -271,26 +272,38 @@ def test_a_member_gone_beside_one_that_refuses_is_an_outage() -> None:
     with pytest.raises(CommitteeUnreachableError) as raised:
         watch.observe(stalled, sent=96.0, now=101.0)
     assert "valid votes from 2" in str(raised.value)
-    alive = replace(stalled, unreachable=[])  # all answered: silence's business
-    watch.observe(alive, sent=102.0, now=103.0)
-    assert watch.since is None
+    alive = replace(stalled, unreachable=[])  # all answered, still 2 voters
+    with pytest.raises(CommitteeStalledError) as stalled_on:
+        watch.observe(alive, sent=102.0, now=103.0)
+    assert not isinstance(stalled_on.value, CommitteeUnreachableError)
+    assert watch.since == 0.0
 
 
-def _refuse_on_shard_2(msg: Message, context_: Context, call_next: object) -> Message:
-    """The verifier node of shard 2 refuses every vote request."""
-    shard = context_.node_config.get("verifier-shard")
-    if msg.metadata.message_type == remote.VOTE and shard == 2:
-        raise ValueError("judges by another rule")
-    reply: Message = call_next(msg, context_)  # type: ignore[operator]
-    return reply
+def _refusing_grid(
+    tmp_path: Path,
+    refusing: Collection[int],
+    *,
+    during: tuple[float, float] = (0.0, math.inf),
+    work_fn: Callable[[Message, Message], float] | None = None,
+    profiles: Mapping[int, DeviceProfile] | None = None,
+) -> VirtualGrid:
+    """Three trainers and four verifier nodes (shards 0-3, nodes 3-6 of
+    ``grid.node_ids``); while the grid's clock is in ``during``, the shards
+    in ``refusing`` answer every vote request with a refusal. ``profiles``:
+    a shard's own device profile."""
+    grid: list[VirtualGrid] = []
 
+    def refuse(msg: Message, context_: Context, call_next: object) -> Message:
+        shard = context_.node_config.get("verifier-shard")
+        if (
+            msg.metadata.message_type == remote.VOTE
+            and shard in refusing
+            and during[0] <= grid[0].clock.now() < during[1]
+        ):
+            raise ValueError("judges by another rule")
+        reply: Message = call_next(msg, context_)  # type: ignore[operator]
+        return reply
 
-def test_one_verifier_gone_and_one_refusing_stop_the_run(tmp_path: Path) -> None:
-    """Verifier 1 leaves at t=20 s for good and verifier 2 refuses every
-    vote: from then on 3 of 4 answer but only 2 approve, short of the
-    quorum of 3. Before, neither watch counted it and the run ended on
-    FedBuff's idle timeout at 3620 s of grid time with 3 of 8 versions, as
-    if it had merely finished early."""
     configs: list[dict[str, int | float | str | bool]] = [
         {"partition-id": p, "num-partitions": 3} for p in range(3)
     ]
@@ -304,13 +317,28 @@ def test_one_verifier_gone_and_one_refusing_stop_the_run(tmp_path: Path) -> None
         }
         for i in range(4)
     ]
-    profiles = [DeviceProfile() for _ in configs]
-    profiles[3 + 1] = DeviceProfile(online=((0.0, 20.0),))
-    grid = VirtualGrid(
-        _node_app([_refuse_on_shard_2]),
-        profiles,
-        node_configs=configs,
-        work_fn=constant_work(1.0),
+    devices = [DeviceProfile() for _ in configs]
+    for shard, profile in (profiles or {}).items():
+        devices[3 + shard] = profile
+    grid.append(
+        VirtualGrid(
+            _node_app([refuse]),
+            devices,
+            node_configs=configs,
+            work_fn=work_fn or constant_work(1.0),
+        )
+    )
+    return grid[0]
+
+
+def test_one_verifier_gone_and_one_refusing_stop_the_run(tmp_path: Path) -> None:
+    """Verifier 1 leaves at t=20 s for good and verifier 2 refuses every
+    vote: from then on 3 of 4 answer but only 2 approve, short of the
+    quorum of 3. Before, neither watch counted it and the run ended on
+    FedBuff's idle timeout at 3620 s of grid time with 3 of 8 versions, as
+    if it had merely finished early."""
+    grid = _refusing_grid(
+        tmp_path, {2}, profiles={1: DeviceProfile(online=((0.0, 20.0),))}
     )
     path = tmp_path / "stalled.db"
     strategy = _remote_fedbuff(grid, path, None)

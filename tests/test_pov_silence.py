@@ -34,13 +34,15 @@ REFUSED = [
 
 def decision(*, votes: int = 0, asked: bool = True) -> CommitteeDecision:
     """A decision on one candidate: ``votes`` valid votes, and each member's
-    refusal when none voted (``asked``: the request was sent at all)."""
+    refusal when none voted (``asked``: the request was sent at all; if not,
+    a prefilter ruled the candidate out, and its reason says so)."""
+    reason = f"PoV: {votes}/2 approvals" if asked else "IQR outlier: far out"
     return CommitteeDecision(
         height=1,
         committee=list(MEMBERS),
         needed=2,
         votes=[{"verdict": True}] * votes,
-        outcomes=[Outcome("d", 1, False, votes, f"PoV: {votes}/2 approvals")],
+        outcomes=[Outcome("d", 1, False, votes, reason)],
         dropped_votes=list(REFUSED) if asked and not votes else [],
     )
 
@@ -65,6 +67,16 @@ def test_one_valid_vote_resets_the_count_and_unasked_decisions_leave_it() -> Non
     assert watch.in_a_row == 2
     with pytest.raises(CommitteeSilentError):
         watch.observe(decision())
+
+
+def test_answers_with_no_vote_and_no_reason_count() -> None:
+    """A request every member answered with an empty list leaves no vote and
+    no reason, only its candidate short of approvals: it counts."""
+    watch = SilenceWatch(limit=2)
+    mute = replace(decision(), dropped_votes=[])
+    watch.observe(mute)
+    with pytest.raises(CommitteeSilentError, match="no vote and no reason"):
+        watch.observe(mute)
 
 
 def test_members_that_did_not_answer_neither_count_nor_reset() -> None:

@@ -169,8 +169,8 @@ class Committee(Views, HeaderSigning):
         0``): the votes' scores are then the cosines, and no verdict rests on
         the share a candidate was scored at.
     outage_limit : float | None (default: 1800)
-        Seconds on the grid's clock that vote requests may go without a
-        quorum of members answering before the run stops
+        Seconds on the grid's clock that vote requests may go without valid
+        votes from a quorum of members before the run stops
         (:mod:`~flchain_flwr.pov.outage`); ``None`` or 0 waits for ever.
     """
 

@@ -7,9 +7,10 @@ leave every update unapproved: FedBuff would keep training and asking. After
 without one valid vote, :class:`SilenceWatch` raises
 :class:`CommitteeSilentError` with the members' answers. A request that some
 member did not answer at all (no reply, node or message unavailable: an outage,
-which may pass) neither counts nor resets the count: :mod:`.outage` bounds an
-outage on the grid's clock instead. The ledger is then valid up to its last
-block, and a restart (with the cause fixed) resumes from it.
+which may pass) neither counts nor resets the count: :mod:`.outage` bounds any
+stretch without a quorum of valid voters on the grid's clock instead. The
+ledger is then valid up to its last block, and a restart (with the cause
+fixed) resumes from it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .committee import CommitteeDecision
+from .outage import vote_requested
 
 SILENT_DECISIONS = 5
 """Vote requests in a row, each answered by every member without one valid
@@ -43,12 +45,13 @@ class SilenceWatch:
         if decision.votes:
             self.in_a_row = 0
             return
-        asked = decision.committee and decision.dropped_votes
-        if not asked or decision.unreachable:
+        if not vote_requested(decision) or decision.unreachable:
             return
         self.in_a_row += 1
         if self.in_a_row >= self.limit:
-            reasons = "; ".join(dict.fromkeys(decision.dropped_votes))
+            reasons = "; ".join(dict.fromkeys(decision.dropped_votes)) or (
+                "none (they answered with no vote and no reason)"
+            )
             raise CommitteeSilentError(
                 f"PoV: every committee member answered {self.in_a_row} vote "
                 "requests in a row without a valid vote, so nothing can be "

@@ -21,9 +21,11 @@ from ..ledger.canonical import (
     sender_update_digest,
     sha256_hex,
 )
+from ..runtime import Clock, clock_of
 from ..strategies.decompress import DecompressReplies
 from ..strategies.updates import ParsedUpdate
 from .committee import Candidate, Committee, CommitteeDecision, carried_votes
+from .watch import CommitteeWatch
 
 
 class PoVStrategy(DecompressReplies):
@@ -39,6 +41,14 @@ class PoVStrategy(DecompressReplies):
     signed by the round's leader::
 
         strategy = PoVStrategy(FedAvg(fraction_evaluate=0.0), committee)
+
+    Its decisions are watched as FedBuff's are (:mod:`~flchain_flwr.pov.watch`):
+    5 rounds in a row that every member answered without a valid vote, or no
+    quorum of valid voters for the committee's ``outage_limit`` on the grid's
+    clock, stop the run with an error. The round count bounds a synchronous
+    run's time but not its waste: past f < n/3 every remaining round would
+    train every node and reject every update, and the run would end with the
+    last approved model as if it had trained, with only warnings to tell.
 
     Parameters
     ----------
@@ -79,6 +89,8 @@ class PoVStrategy(DecompressReplies):
         if self.ledger is not None and len(self.ledger):
             raise ValueError(f"ledger {self.ledger.path} is not empty")
         self.decisions: list[CommitteeDecision] = []
+        self._watch = CommitteeWatch.of(committee)
+        self._clock: Clock | None = None
         self._round_rejected: list[dict[str, Any]] = []
         self._votes: list[dict[str, Any]] = []
         """Votes since the last block (carried over rounds that write none)."""
@@ -102,6 +114,7 @@ class PoVStrategy(DecompressReplies):
     ) -> Iterable[Message]:
         """Remember the model sent (and put it in the genesis block), delegate."""
         messages = super().configure_train(server_round, arrays, config, grid)
+        self._clock = self._clock or clock_of(grid)
         if self.ledger is not None and self.ledger.head() is None:
             assert self._sent is not None
             self.ledger.append(
@@ -137,6 +150,8 @@ class PoVStrategy(DecompressReplies):
             for reply, u in updates
         ]
         context = self.committee.position(self.ledger, sent, server_round, self._view)
+        assert self._clock is not None
+        asked = self._clock.now()
         decision = self.committee.decide(
             context=context,
             global_model=sent,
@@ -144,6 +159,7 @@ class PoVStrategy(DecompressReplies):
             round_=version,
         )
         self.decisions.append(decision)
+        self._watch.observe(decision, sent=asked, now=self._clock.now())
         self._votes = carried_votes(self._votes, self._view, decision)
         self._view = decision.view
         self._view_changes += decision.view_changes

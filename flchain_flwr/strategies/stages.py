@@ -17,9 +17,8 @@ from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
-from ..pov.outage import OutageWatch
-from ..pov.silence import SilenceWatch
 from ..pov.trust import TrustError, weigh_by_trust
+from ..pov.watch import CommitteeWatch
 from ..runtime import Clock
 from .pipeline import (
     Block,
@@ -317,10 +316,7 @@ class CommitteeStage(BlockStage):
         self._votes: list[dict[str, Any]] = []
         self._view = 0
         self._view_changes: list[dict[str, Any]] = []
-        self._silence = SilenceWatch()
-        self._outage = OutageWatch(
-            committee.outage_limit, getattr(committee, "nodes", {})
-        )
+        self._watch = CommitteeWatch.of(committee)
 
     def filter(self, block: Block, reject: RejectFn) -> None:
         """Let the committee vote; keep the approved updates."""
@@ -354,9 +350,8 @@ class CommitteeStage(BlockStage):
             advance(self.committee.consensus_delay)
         for reason in decision.dropped_votes:
             log(WARNING, "PoV: %s", reason)
-        self._silence.observe(decision)  # stops a run no member votes in
-        # and one that no quorum of members answers
-        self._outage.observe(decision, sent=sent, now=self.clock.now())
+        # stops a run no member votes in, or no quorum votes in for too long
+        self._watch.observe(decision, sent=sent, now=self.clock.now())
         self._votes = carried_votes(self._votes, self._view, decision)
         self._committee, self._view = decision.committee, decision.view
         self._view_changes += decision.view_changes
