@@ -53,7 +53,6 @@ from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore import log
 from nacl.encoding import HexEncoder
@@ -78,19 +77,19 @@ from .members import (
 )
 from .memory import load as load_memory
 from .memory import store as store_memory
+from .queries import _CONFIG, _answered, _bytes, _config, _parse_votes, _send
+from .queries import ACTIONS as ACTIONS
+from .queries import IDENTITY as IDENTITY
+from .queries import IDENTITY_TAG as IDENTITY_TAG
+from .queries import ROLE_KEY as ROLE_KEY
+from .queries import SIGN as SIGN
+from .queries import VERIFIER_ROLE as VERIFIER_ROLE
+from .queries import VOTE as VOTE
+from .queries import RemoteVerifierError as RemoteVerifierError
 from .runstate import Columns, columns_record, read_columns
 from .verifier import Verifier
 from .voterequest import judge_request, vote_request
 
-IDENTITY = "query.pov_identity"
-VOTE = "query.pov_vote"
-SIGN = "query.pov_sign"
-ACTIONS = ("pov_identity", "pov_vote", "pov_sign")
-"""The query actions a verifier node's ClientApp registers (see :func:`serve`)."""
-ROLE_KEY = "role"
-VERIFIER_ROLE = "verifier"
-IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
-_CONFIG = "pov"
 _SEEN = "pov-seen"
 """A verifier node's run state: the last chain position it voted at or led."""
 _SEEN_COLUMNS: Columns = {"height": int, "prev_hash": str, "parent_model": str}
@@ -99,10 +98,6 @@ _HEADERS = "pov-headers"
 _HEADER_COLUMNS: Columns = {"height": int, "sha256": str}
 _STATEMENTS = "pov-statements"
 """A verifier node's run state: the last statement it signed as a member."""
-
-
-class RemoteVerifierError(RuntimeError):
-    """A verifier node's reply could not be used (missing, malformed, forged)."""
 
 
 # ------------------------------------------------------------------ node side
@@ -251,37 +246,6 @@ def _field(fields: dict[str, Any], key: str, kind: type) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{key!r} must be a {kind.__name__}")
     return value
-
-
-def _config(content: RecordDict) -> ConfigRecord:
-    if _CONFIG not in content.config_records:
-        raise ValueError(f"the message has no {_CONFIG!r} config record")
-    return content.config_records[_CONFIG]
-
-
-def _bytes(cfg: ConfigRecord, key: str) -> bytes:
-    value = cfg.get(key)
-    if not isinstance(value, bytes):
-        raise ValueError(f"{key!r} must be bytes")
-    return value
-
-
-# ---------------------------------------------------------------- server side
-def _send(
-    grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float
-) -> dict[int, Message]:
-    """Send one message per node and wait up to ``timeout`` s; replies by node."""
-    messages = {
-        node: Message(content, node, kind, ttl=timeout)
-        for node, (kind, content) in requests.items()
-    }
-    replies = grid.send_and_receive(list(messages.values()), timeout=timeout)
-    by_id = {m.metadata.message_id: node for node, m in messages.items()}
-    return {
-        by_id[r.metadata.reply_to_message_id]: r
-        for r in replies
-        if r.metadata.reply_to_message_id in by_id
-    }
 
 
 def discover_verifiers(
@@ -577,35 +541,6 @@ class RemoteCommittee(Committee):
             except RemoteVerifierError as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
         return Cast(votes, problems, frozenset(unreachable))
-
-
-def _answered(reply: Message | None) -> bool:
-    """Whether the node's verifier app itself answered (votes, or a raise such
-    as a refusal), not the grid saying the node or message was unavailable."""
-    if reply is None:
-        return False
-    return not reply.has_error() or reply.error.code in _APP_ERRORS
-
-
-_APP_ERRORS = frozenset(
-    {ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ErrorCode.MOD_FAILED_PRECONDITION}
-)
-"""Error replies that the node's app gave (it ran and said no)."""
-
-
-def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
-    """The votes in a verifier node's reply (checked later, like any vote)."""
-    if reply is None:
-        raise RemoteVerifierError("no reply in time")
-    if reply.has_error():
-        raise RemoteVerifierError(f"error reply: {reply.error.reason}")
-    try:
-        votes = json.loads(str(_config(reply.content)["votes"]))
-    except (ValueError, KeyError) as exc:
-        raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
-    if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):
-        raise RemoteVerifierError("votes must be a list of objects")
-    return votes
 
 
 def is_verifier(node_config: Mapping[str, Any]) -> bool:
