@@ -44,17 +44,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
-from flwr.supercore import log
 from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
@@ -64,8 +61,9 @@ from ..ledger import Block, Ledger, VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.chain import load_or_create_key
 from ..ledger.statements import view_change_statement
-from ..runtime import clock_of
 from .committee import LEAD_TAG, Candidate, Cast, Committee, lead_statement
+from .discovery import declared_pool as declared_pool
+from .discovery import discover_verifiers as discover_verifiers
 from .memberreplay import replay_material
 from .members import (
     STATEMENT_COLUMNS,
@@ -246,120 +244,6 @@ def _field(fields: dict[str, Any], key: str, kind: type) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ValueError(f"{key!r} must be a {kind.__name__}")
     return value
-
-
-def discover_verifiers(
-    grid: Grid,
-    *,
-    expected: int | None = None,
-    pool: Iterable[str] | None = None,
-    timeout: float = 120.0,
-    reply_timeout: float = 60.0,
-    poll_interval: float = 3.0,
-) -> dict[str, int]:
-    """Find the verifier nodes; return ``{public key: node ID}``, by key.
-
-    Every node that appears is asked once for its identity; a verifier proves
-    its key by signing a fresh random challenge. With ``pool`` (the verifier
-    keys the chain declares) every one of them must be found and other keys
-    are ignored; the order nodes answer in does not matter. Without it, the
-    first ``expected`` keys the nodes present form the pool (trust on first
-    use). Time is the grid's (virtual on the simulator's grid). Raises
-    ``RemoteVerifierError`` if they are not all found in ``timeout`` seconds
-    (checked between rounds of questions; each round waits up to
-    ``reply_timeout`` seconds for its answers).
-    """
-    allowed = None if pool is None else set(pool)
-    if allowed is None and expected is None:
-        raise ValueError("give the declared pool, or how many verifiers to expect")
-    if allowed is not None and expected is not None and expected != len(allowed):
-        raise ValueError(
-            f"expected {expected} verifiers, but the declared pool has {len(allowed)}"
-        )
-    wanted = len(allowed) if allowed is not None else int(expected or 0)
-    clock = clock_of(grid, poll_interval)
-    found: dict[str, int] = {}
-    answered: set[int] = set()
-    deadline = clock.now() + timeout
-    while len(found) < wanted:
-        if clock.now() >= deadline:
-            missing = (
-                "" if allowed is None else f"; missing {_short(allowed - set(found))}"
-            )
-            raise RemoteVerifierError(
-                f"found {len(found)} of {wanted} PoV verifier nodes in "
-                f"{timeout:g}s{missing}"
-            )
-        new = sorted(set(grid.get_node_ids()) - answered)
-        if not new:
-            clock.wait(min(clock.now() + poll_interval, deadline))
-            continue
-        challenges = {node: os.urandom(32) for node in new}
-        replies = _send(
-            grid,
-            {
-                node: (IDENTITY, RecordDict({_CONFIG: ConfigRecord({"challenge": c})}))
-                for node, c in challenges.items()
-            },
-            reply_timeout,
-        )
-        for node, reply in replies.items():
-            if reply.has_error():  # asked again in the next round
-                log(WARNING, "PoV: node %d: %s", node, reply.error.reason)
-                continue
-            answered.add(node)
-            key = _proven_key(reply, challenges[node])
-            if key is None or (allowed is not None and key not in allowed):
-                continue
-            if key in found:
-                log(
-                    WARNING,
-                    "PoV: key %s… offered by two nodes; keeping the first",
-                    key[:12],
-                )
-                continue
-            if len(found) < wanted:
-                found[key] = node
-    return dict(sorted(found.items()))
-
-
-def _short(keys: Iterable[str]) -> str:
-    return ", ".join(f"{k[:12]}…" for k in sorted(keys))
-
-
-def declared_pool(ledger_path: str | Path) -> list[str] | None:
-    """The verifier pool a PoV ledger's genesis declares (``None`` if there is
-    no ledger there yet, or it is not a PoV chain)."""
-    if not Path(ledger_path).is_file():
-        return None
-    with Ledger(ledger_path, create=False) as ledger:
-        if ledger.head() is None:
-            return None
-        pov = ledger.block(0).body.get("pov")
-    if not isinstance(pov, dict) or not isinstance(pov.get("pool"), list):
-        return None
-    return [str(k) for k in pov["pool"]]
-
-
-def _proven_key(reply: Message, challenge: bytes) -> str | None:
-    """The verifier key a node proved it holds, or None (trainer, or bad proof)."""
-    try:
-        cfg = _config(reply.content)
-        if cfg.get(ROLE_KEY) != VERIFIER_ROLE:
-            return None
-        key = str(cfg["public-key"])
-        VerifyKey(key.encode(), encoder=HexEncoder).verify(
-            IDENTITY_TAG + challenge, _bytes(cfg, "signature")
-        )
-    except (ValueError, KeyError, TypeError, BadSignatureError) as exc:
-        log(
-            WARNING,
-            "PoV: node %d's identity was refused: %s",
-            reply.metadata.src_node_id,
-            exc,
-        )
-        return None
-    return key
 
 
 @dataclass(frozen=True)
