@@ -25,7 +25,7 @@ VOTE = "query.pov_vote"
 SIGN = "query.pov_sign"
 ACTIONS = ("pov_identity", "pov_vote", "pov_sign")
 """The query actions a verifier node's ClientApp registers (see
-:func:`~.remote.serve`)."""
+:func:`~.verifiernode.serve`)."""
 ROLE_KEY = "role"
 VERIFIER_ROLE = "verifier"
 IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
