@@ -22,11 +22,10 @@ verifier scores the global model once and every candidate once per pass.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from logging import WARNING
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import RecordDict
 from flwr.supercore import log
 
 from ..arrays import NDArrays, apply_step
@@ -44,6 +43,10 @@ from ..ledger import (
 from ..ledger.chain import COMMITTEE_KIND_FIELD
 from ..ledger.evidence import EVIDENCE_FIELD
 from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
+from .decision import Candidate as Candidate
+from .decision import Cast as Cast
+from .decision import CommitteeDecision as CommitteeDecision
+from .decision import Outcome as Outcome
 from .filters import Prefilter
 from .headers import HeaderSigner, HeaderSigning
 from .outage import OUTAGE_LIMIT, checked_outage_limit
@@ -55,78 +58,6 @@ from .views import lead_statement as lead_statement
 
 if TYPE_CHECKING:  # replay imports the strategies, which import this module
     from ..ledger.replay import PendingReplay
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An update waiting for the committee: its digest, sender and delta, and
-    what it weighs in the aggregate (see
-    :func:`~flchain_flwr.ledger.consensus.judged_shares`)."""
-
-    digest: str
-    node_id: int
-    delta: NDArrays
-    weight: float = 1.0
-    """Its staleness weight."""
-    examples: float = 1.0
-    """The example count the aggregate weighs it by."""
-    content: RecordDict | None = None
-    """The reply as received (a remote committee sends it, see
-    :mod:`~flchain_flwr.pov.voterequest`)."""
-    base: NDArrays | None = None
-    """For a full-weights reply, the model it was trained from (``None``:
-    the global model judged against)."""
-
-
-class Cast(NamedTuple):
-    """What one vote request got back from a committee's members."""
-
-    votes: list[dict[str, Any]]
-    """Their votes, unchecked (:meth:`Committee.decide` keeps the valid ones)."""
-    problems: list[str]
-    """Why members gave none (refused, failed, unreachable)."""
-    unreachable: frozenset[str] = frozenset()
-    """Members that gave no answer at all (no reply, node or message
-    unavailable): unlike a refusal, this may pass."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The committee's decision on one candidate."""
-
-    digest: str
-    node_id: int
-    accepted: bool
-    approvals: int
-    reason: str = ""
-    """Why it was rejected ("" when accepted)."""
-
-
-@dataclass
-class CommitteeDecision:
-    """One batch decided by one committee (several may share a block height)."""
-
-    height: int
-    committee: list[str]
-    needed: int
-    votes: list[dict[str, Any]]
-    """Valid signed votes, in the form stored in a block body."""
-    outcomes: list[Outcome]
-    dropped_votes: list[str] = field(default_factory=list)
-    """Why votes were not counted (bad signature, not a member, duplicate...)."""
-    view: int = 0
-    """The view the votes were cast in (its leader signs the block)."""
-    context: VoteContext | None = None
-    """What the votes sign."""
-    view_changes: list[dict[str, Any]] = field(default_factory=list)
-    """Certificates that the views this decision skipped failed (in order)."""
-    unreachable: list[str] = field(default_factory=list)
-    """Members that gave no answer to the last vote request here, the one
-    that decided (see :class:`Cast`)."""
-
-    def votes_on(self, digest: str) -> list[dict[str, Any]]:
-        """The counted votes on one candidate."""
-        return [v for v in self.votes if v["candidate"] == digest]
 
 
 class Committee(Views, HeaderSigning):
