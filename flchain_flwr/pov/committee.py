@@ -35,10 +35,7 @@ from ..ledger import (
     PoVState,
     VoteContext,
     VoteRules,
-    check_vote,
-    judged_shares,
     model_hash,
-    quorum,
 )
 from ..ledger.chain import COMMITTEE_KIND_FIELD
 from ..ledger.evidence import EVIDENCE_FIELD
@@ -50,6 +47,8 @@ from .decision import Outcome as Outcome
 from .filters import Prefilter
 from .headers import HeaderSigner, HeaderSigning
 from .outage import OUTAGE_LIMIT, checked_outage_limit
+from .tally import collect_votes as collect_votes
+from .tally import decide_batch
 from .verifier import Rule, Threshold, Verifier
 from .views import LEAD_TAG as LEAD_TAG
 from .views import Views
@@ -426,121 +425,23 @@ class Committee(Views, HeaderSigning):
         certificates: list[dict[str, Any]] = []
         if self.state.pool:
             context, members, certificates = self.choose_view(context)
-        needed = quorum(len(members))
-        outcomes: dict[int, Outcome] = {}  # by position in ``candidates``
-        first: dict[str, int] = {}
-        for index, c in enumerate(candidates):
-            if c.digest in first:  # a replayed copy: at most one may count
-                outcomes[index] = Outcome(
-                    c.digest, c.node_id, False, 0, "duplicate of another candidate"
-                )
-            first.setdefault(c.digest, index)
-        for prefilter in self.prefilters:
-            flagged = prefilter.outliers([c.delta for c in candidates], round_)
-            for index, reason in flagged.items():
-                c = candidates[index]
-                outcome = Outcome(c.digest, c.node_id, False, 0, reason)
-                outcomes.setdefault(index, outcome)
-        if not members:
-            for index, c in enumerate(candidates):
-                outcomes.setdefault(
-                    index,
-                    Outcome(c.digest, c.node_id, False, 0, "no verifier left in pool"),
-                )
-        pending = [i for i in range(len(candidates)) if i not in outcomes]
-        votes: list[dict[str, Any]] = []
-        dropped: list[str] = []
-        unreachable: list[str] = []
-        while pending:  # each pass decides the rest at their shares among them
-            batch = [candidates[i] for i in pending]
-            weights = judged_shares(
-                server_lr, [c.weight for c in batch], [c.examples for c in batch]
-            )
-            answers = self.cast_votes(
+
+        def ask(batch: Sequence[Candidate], weights: Sequence[float]) -> Cast:
+            return self.cast_votes(
                 members,
                 context=context,
                 global_model=global_model,
                 candidates=batch,
                 weights=weights,
             )
-            cast, more = collect_votes(
-                answers.votes, context, members, {c.digest for c in batch}
-            )
-            dropped.extend(answers.problems + more)
-            # the last request's: an earlier one had a quorum of approvals
-            unreachable = [k for k in members if k in answers.unreachable]
-            approved = []
-            for index, c in zip(pending, batch, strict=True):
-                approving = sum(
-                    1 for v in cast if v["candidate"] == c.digest and v["verdict"]
-                )
-                if approving >= needed:
-                    approved.append((index, approving))
-                else:
-                    reason = (
-                        f"PoV: {approving}/{len(members)} approvals, quorum {needed}"
-                    )
-                    outcomes[index] = Outcome(
-                        c.digest, c.node_id, False, approving, reason
-                    )
-            final = len(approved) == len(pending) or not approved
-            keep = (
-                {candidates[i].digest for i in pending}
-                if final
-                else {candidates[i].digest for i in pending if i in outcomes}
-            )
-            votes.extend(v for v in cast if v["candidate"] in keep)
-            if final:
-                for index, approving in approved:
-                    c = candidates[index]
-                    outcomes[index] = Outcome(c.digest, c.node_id, True, approving)
-                break
-            pending = [i for i, _ in approved]  # their shares grew: judge again
-        return CommitteeDecision(
-            context.height,
-            members,
-            needed,
-            votes,
-            [outcomes[i] for i in range(len(candidates))],
-            dropped,
-            context.view,
+
+        return decide_batch(
             context,
+            members,
             certificates,
-            unreachable,
+            candidates,
+            prefilters=self.prefilters,
+            round_=round_,
+            server_lr=server_lr,
+            ask=ask,
         )
-
-
-def collect_votes(
-    votes: Sequence[Any],
-    context: VoteContext,
-    members: Sequence[str],
-    candidates: set[str],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The leader's check of incoming votes: keep valid ones, say why others go.
-
-    A vote counts once, only from a committee member, only on a candidate of
-    this batch, and only with a valid signature in ``context`` (so a vote
-    replayed from another block, parent, view or rule, or altered in transit,
-    is dropped).
-    """
-    kept: list[dict[str, Any]] = []
-    dropped: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    allowed = set(members)
-    for vote in votes:
-        problem = check_vote(context, vote)
-        if problem is None:
-            pair = (str(vote["verifier"]), str(vote["candidate"]))
-            if pair[0] not in allowed:
-                problem = "not from a committee member"
-            elif pair[1] not in candidates:
-                problem = "on a candidate outside this batch"
-            elif pair in seen:
-                problem = "a second vote on the same candidate"
-            else:
-                seen.add(pair)
-                kept.append(dict(vote))
-                continue
-        who = str(vote.get("verifier", "?"))[:12] if isinstance(vote, dict) else "?"
-        dropped.append(f"vote from {who}… dropped: {problem}")
-    return kept, dropped
