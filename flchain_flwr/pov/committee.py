@@ -37,14 +37,14 @@ from ..ledger import (
     VoteRules,
     model_hash,
 )
-from ..ledger.chain import COMMITTEE_KIND_FIELD
 from ..ledger.evidence import EVIDENCE_FIELD
-from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
+from ..ledger.quorum import VIEW_CHANGES_FIELD
 from .decision import Candidate as Candidate
 from .decision import Cast as Cast
 from .decision import CommitteeDecision as CommitteeDecision
 from .decision import Outcome as Outcome
 from .filters import Prefilter
+from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
 from .outage import OUTAGE_LIMIT, checked_outage_limit
 from .tally import collect_votes as collect_votes
@@ -189,14 +189,7 @@ class Committee(Views, HeaderSigning):
         votes = VoteRules(self.rule.to_json(), float(server_lr))
         self.state.votes = votes
         self.state.signed_headers = True
-        return {
-            "pov": {
-                **self.rules.to_json(),
-                "votes": votes.to_json(),
-                "headers": QUORUM_FORMAT,
-            },
-            COMMITTEE_KIND_FIELD: self.kind,
-        }
+        return genesis_body(self.rules, votes, self.kind)
 
     @property
     def kind(self) -> str:
@@ -210,30 +203,9 @@ class Committee(Views, HeaderSigning):
     def resume(self, ledger: Ledger, server_lr: float = 1.0) -> None:
         """Take stakes from an existing PoV ledger (same pool, rules and judging
         rule); ``ValueError`` if it was written otherwise."""
-        genesis = ledger.block(0)
-        recorded = genesis.body.get("pov")
-        if not isinstance(recorded, dict):
-            raise ValueError(f"ledger {ledger.path} is not a PoV chain")
-        if isinstance(recorded.get("pool"), list) and set(recorded["pool"]) == set(
-            self.rules.pool
-        ):  # the same verifiers, found in another order: the chain's order
-            self.rules = replace(self.rules, pool=tuple(recorded["pool"]))
-        expected = self.genesis_fields(server_lr)["pov"]
-        if "votes" not in recorded:
-            raise ValueError(
-                f"ledger {ledger.path} holds format-1 votes (they do not bind "
-                "the parent, weight or rule); verify it, but start a new chain"
-            )
-        if "headers" not in recorded:
-            raise ValueError(
-                f"ledger {ledger.path} predates quorum-signed headers (its blocks "
-                "are signed by their leader alone); verify it, but start a new chain"
-            )
-        if recorded != expected:
-            raise ValueError(
-                f"ledger {ledger.path} was not created with this verifier pool, "
-                "these deposit rules and this judging rule"
-            )
+        recorded = recorded_pov(ledger)
+        self.rules = in_chain_order(self.rules, recorded)
+        check_resumable(ledger, recorded, self.genesis_fields(server_lr)["pov"])
         self.state = PoVState.replayed(
             self.rules, (b.body for b in ledger.blocks()), self.state.votes
         )
