@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from flwr.supercore import log
 
-from ..arrays import NDArrays, apply_step
+from ..arrays import NDArrays
 from ..ledger import (
     Ledger,
     PoVRules,
@@ -46,6 +46,7 @@ from .decision import Outcome as Outcome
 from .filters import Prefilter
 from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
+from .localvotes import in_process_votes
 from .outage import OUTAGE_LIMIT, checked_outage_limit
 from .tally import collect_votes as collect_votes
 from .tally import decide_batch
@@ -311,32 +312,15 @@ class Committee(Views, HeaderSigning):
         member that fails or refuses simply has no votes (which costs it nothing:
         only a signed vote contradicting the outcome is slashed).
         """
-        models = [
-            (
-                c.digest,
-                apply_step(global_model, c.delta, self.rule.scale(w))
-                if self.threshold.scores_models
-                else {},
-            )
-            for c, w in zip(candidates, weights, strict=True)
-        ]
-        votes: list[dict[str, Any]] = []
-        problems: list[str] = []
-        for key in members:
-            try:
-                votes.extend(
-                    self.verifiers[key].vote(
-                        context=context,
-                        global_model=global_model,
-                        candidates=models,
-                        weights=weights,
-                        deltas=[c.delta for c in candidates],
-                        rule=self.rule,
-                    )
-                )
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                problems.append(f"verifier {key[:12]}… failed: {exc!r}")
-        return Cast(votes, problems)
+        return in_process_votes(
+            self.verifiers,
+            members,
+            context=context,
+            global_model=global_model,
+            candidates=candidates,
+            weights=weights,
+            rule=self.rule,
+        )
 
     # ---------------------------------------------------------------- deciding
     # pylint: disable=too-many-arguments,too-many-locals
