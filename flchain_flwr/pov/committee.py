@@ -35,7 +35,6 @@ from ..ledger import (
     PoVState,
     VoteContext,
     VoteRules,
-    model_hash,
 )
 from ..ledger.evidence import EVIDENCE_FIELD
 from ..ledger.quorum import VIEW_CHANGES_FIELD
@@ -48,6 +47,7 @@ from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
 from .localvotes import in_process_votes
 from .outage import OUTAGE_LIMIT, checked_outage_limit
+from .position import vote_position
 from .tally import collect_votes as collect_votes
 from .tally import decide_batch
 from .verifier import Rule, Threshold, Verifier
@@ -219,25 +219,13 @@ class Committee(Views, HeaderSigning):
         head (its hash, its model's hash), or without a ledger this
         committee's chain id, ``height`` and the current model's hash as both
         the rotation seed and the parent."""
-        parent = model_hash(model)
-        if ledger is not None:
-            head = ledger.head()
-            if head is None:
-                raise ValueError(f"ledger {ledger.path} has no genesis block")
-            if head.header["model_hash"] != parent:
-                raise ValueError(
-                    f"the global model is not the one at the head of {ledger.path}"
-                )
-            return VoteContext(
-                ledger.chain_id,
-                head.height + 1,
-                head.hash,
-                parent,
-                self.rule.digest,
-                view,
-            )
-        return VoteContext(
-            self.chain_id, height, parent, parent, self.rule.digest, view
+        return vote_position(
+            ledger,
+            model,
+            height,
+            view,
+            chain_id=self.chain_id,
+            rule_digest=self.rule.digest,
         )
 
     def seal(
