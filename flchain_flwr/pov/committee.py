@@ -17,6 +17,14 @@ until every approved candidate was approved at the share the block applies
 (before trust weighting, see :mod:`~flchain_flwr.pov.trust`).
 Candidate models are built once per pass and shared by the committee; each
 verifier scores the global model once and every candidate once per pass.
+
+This module is the :class:`Committee`: its pool and deposits, choosing the
+view and sealing a block. The rest lives beside it: the decision records in
+:mod:`.decision`, the tally (valid votes, quorum, passes at growing shares) in
+:mod:`.tally`, in-process members' votes in :mod:`.localvotes`, the genesis
+fields and resuming a chain in :mod:`.genesis`, the next block's vote
+context in :mod:`.position` (public names once defined here still import
+from here).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ message each) and sign blocks remotely. Votes pass the same checks as local
 ones (:func:`~flchain_flwr.pov.collect_votes`: signature for this chain and
 height, committee membership, one vote per candidate), so a verifier node can
 lie or fail but cannot forge another's vote.
+
+This module is the server's :class:`RemoteCommittee` and its
+:class:`RemoteSigner`; the query messages are in :mod:`.queries`, the node's
+side in :mod:`.verifiernode` and finding the nodes in :mod:`.discovery`
+(public names once defined here still import from here).
 """
 
 from __future__ import annotations
