@@ -1,8 +1,8 @@
 """A verifier node's side of header signing and view changes.
 
 The node is sent a pending block (header and body bytes) or a view-change
-statement in a ``query.pov_sign`` message (see :mod:`.remote`); it checks
-them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
+statement in a ``query.pov_sign`` message (see :mod:`.verifiernode`); it
+checks them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
 what it holds: its chain position (where it voted), its own judging rule and
 the last statement it signed, which the node keeps in its run state
 (:data:`STATEMENT_COLUMNS`, see :mod:`.runstate`). Before it signs a header

@@ -1,7 +1,7 @@
 """A vote request: the candidates as their trainers sent them, and reading one.
 
-A ``query.pov_vote`` message (see :mod:`.remote`) carries, for each candidate,
-its reply's payload blob exactly as a ledger stores it
+A ``query.pov_vote`` message (see :mod:`.verifiernode`) carries, for each
+candidate, its reply's payload blob exactly as a ledger stores it
 (:func:`~flchain_flwr.ledger.payload.payload_chunks`: the sender's node id and
 the reply content, losslessly), never a delta the server derived. A verifier
 node decodes each payload, recomputes the candidate's digest from it
