@@ -17,36 +17,47 @@ until every approved candidate was approved at the share the block applies
 (before trust weighting, see :mod:`~flchain_flwr.pov.trust`).
 Candidate models are built once per pass and shared by the committee; each
 verifier scores the global model once and every candidate once per pass.
+
+This module is the :class:`Committee`: its pool and deposits, choosing the
+view and sealing a block. The rest lives beside it: the decision records in
+:mod:`.decision`, the tally (valid votes, quorum, passes at growing shares) in
+:mod:`.tally`, in-process members' votes in :mod:`.localvotes`, the genesis
+fields and resuming a chain in :mod:`.genesis`, the next block's vote
+context in :mod:`.position` (public names once defined here still import
+from here).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from logging import WARNING
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
-from flwr.app import RecordDict
 from flwr.supercore import log
 
-from ..arrays import NDArrays, apply_step
+from ..arrays import NDArrays
 from ..ledger import (
     Ledger,
     PoVRules,
     PoVState,
     VoteContext,
     VoteRules,
-    check_vote,
-    judged_shares,
-    model_hash,
-    quorum,
 )
-from ..ledger.chain import COMMITTEE_KIND_FIELD
 from ..ledger.evidence import EVIDENCE_FIELD
-from ..ledger.quorum import QUORUM_FORMAT, VIEW_CHANGES_FIELD
+from ..ledger.quorum import VIEW_CHANGES_FIELD
+from .decision import Candidate as Candidate
+from .decision import Cast as Cast
+from .decision import CommitteeDecision as CommitteeDecision
+from .decision import Outcome as Outcome
 from .filters import Prefilter
+from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
+from .localvotes import in_process_votes
 from .outage import OUTAGE_LIMIT, checked_outage_limit
+from .position import vote_position
+from .tally import collect_votes as collect_votes
+from .tally import decide_batch
 from .verifier import Rule, Threshold, Verifier
 from .views import LEAD_TAG as LEAD_TAG
 from .views import Views
@@ -55,78 +66,6 @@ from .views import lead_statement as lead_statement
 
 if TYPE_CHECKING:  # replay imports the strategies, which import this module
     from ..ledger.replay import PendingReplay
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """An update waiting for the committee: its digest, sender and delta, and
-    what it weighs in the aggregate (see
-    :func:`~flchain_flwr.ledger.consensus.judged_shares`)."""
-
-    digest: str
-    node_id: int
-    delta: NDArrays
-    weight: float = 1.0
-    """Its staleness weight."""
-    examples: float = 1.0
-    """The example count the aggregate weighs it by."""
-    content: RecordDict | None = None
-    """The reply as received (a remote committee sends it, see
-    :mod:`~flchain_flwr.pov.voterequest`)."""
-    base: NDArrays | None = None
-    """For a full-weights reply, the model it was trained from (``None``:
-    the global model judged against)."""
-
-
-class Cast(NamedTuple):
-    """What one vote request got back from a committee's members."""
-
-    votes: list[dict[str, Any]]
-    """Their votes, unchecked (:meth:`Committee.decide` keeps the valid ones)."""
-    problems: list[str]
-    """Why members gave none (refused, failed, unreachable)."""
-    unreachable: frozenset[str] = frozenset()
-    """Members that gave no answer at all (no reply, node or message
-    unavailable): unlike a refusal, this may pass."""
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """The committee's decision on one candidate."""
-
-    digest: str
-    node_id: int
-    accepted: bool
-    approvals: int
-    reason: str = ""
-    """Why it was rejected ("" when accepted)."""
-
-
-@dataclass
-class CommitteeDecision:
-    """One batch decided by one committee (several may share a block height)."""
-
-    height: int
-    committee: list[str]
-    needed: int
-    votes: list[dict[str, Any]]
-    """Valid signed votes, in the form stored in a block body."""
-    outcomes: list[Outcome]
-    dropped_votes: list[str] = field(default_factory=list)
-    """Why votes were not counted (bad signature, not a member, duplicate...)."""
-    view: int = 0
-    """The view the votes were cast in (its leader signs the block)."""
-    context: VoteContext | None = None
-    """What the votes sign."""
-    view_changes: list[dict[str, Any]] = field(default_factory=list)
-    """Certificates that the views this decision skipped failed (in order)."""
-    unreachable: list[str] = field(default_factory=list)
-    """Members that gave no answer to the last vote request here, the one
-    that decided (see :class:`Cast`)."""
-
-    def votes_on(self, digest: str) -> list[dict[str, Any]]:
-        """The counted votes on one candidate."""
-        return [v for v in self.votes if v["candidate"] == digest]
 
 
 class Committee(Views, HeaderSigning):
@@ -259,14 +198,7 @@ class Committee(Views, HeaderSigning):
         votes = VoteRules(self.rule.to_json(), float(server_lr))
         self.state.votes = votes
         self.state.signed_headers = True
-        return {
-            "pov": {
-                **self.rules.to_json(),
-                "votes": votes.to_json(),
-                "headers": QUORUM_FORMAT,
-            },
-            COMMITTEE_KIND_FIELD: self.kind,
-        }
+        return genesis_body(self.rules, votes, self.kind)
 
     @property
     def kind(self) -> str:
@@ -280,30 +212,9 @@ class Committee(Views, HeaderSigning):
     def resume(self, ledger: Ledger, server_lr: float = 1.0) -> None:
         """Take stakes from an existing PoV ledger (same pool, rules and judging
         rule); ``ValueError`` if it was written otherwise."""
-        genesis = ledger.block(0)
-        recorded = genesis.body.get("pov")
-        if not isinstance(recorded, dict):
-            raise ValueError(f"ledger {ledger.path} is not a PoV chain")
-        if isinstance(recorded.get("pool"), list) and set(recorded["pool"]) == set(
-            self.rules.pool
-        ):  # the same verifiers, found in another order: the chain's order
-            self.rules = replace(self.rules, pool=tuple(recorded["pool"]))
-        expected = self.genesis_fields(server_lr)["pov"]
-        if "votes" not in recorded:
-            raise ValueError(
-                f"ledger {ledger.path} holds format-1 votes (they do not bind "
-                "the parent, weight or rule); verify it, but start a new chain"
-            )
-        if "headers" not in recorded:
-            raise ValueError(
-                f"ledger {ledger.path} predates quorum-signed headers (its blocks "
-                "are signed by their leader alone); verify it, but start a new chain"
-            )
-        if recorded != expected:
-            raise ValueError(
-                f"ledger {ledger.path} was not created with this verifier pool, "
-                "these deposit rules and this judging rule"
-            )
+        recorded = recorded_pov(ledger)
+        self.rules = in_chain_order(self.rules, recorded)
+        check_resumable(ledger, recorded, self.genesis_fields(server_lr)["pov"])
         self.state = PoVState.replayed(
             self.rules, (b.body for b in ledger.blocks()), self.state.votes
         )
@@ -316,25 +227,13 @@ class Committee(Views, HeaderSigning):
         head (its hash, its model's hash), or without a ledger this
         committee's chain id, ``height`` and the current model's hash as both
         the rotation seed and the parent."""
-        parent = model_hash(model)
-        if ledger is not None:
-            head = ledger.head()
-            if head is None:
-                raise ValueError(f"ledger {ledger.path} has no genesis block")
-            if head.header["model_hash"] != parent:
-                raise ValueError(
-                    f"the global model is not the one at the head of {ledger.path}"
-                )
-            return VoteContext(
-                ledger.chain_id,
-                head.height + 1,
-                head.hash,
-                parent,
-                self.rule.digest,
-                view,
-            )
-        return VoteContext(
-            self.chain_id, height, parent, parent, self.rule.digest, view
+        return vote_position(
+            ledger,
+            model,
+            height,
+            view,
+            chain_id=self.chain_id,
+            rule_digest=self.rule.digest,
         )
 
     def seal(
@@ -409,32 +308,15 @@ class Committee(Views, HeaderSigning):
         member that fails or refuses simply has no votes (which costs it nothing:
         only a signed vote contradicting the outcome is slashed).
         """
-        models = [
-            (
-                c.digest,
-                apply_step(global_model, c.delta, self.rule.scale(w))
-                if self.threshold.scores_models
-                else {},
-            )
-            for c, w in zip(candidates, weights, strict=True)
-        ]
-        votes: list[dict[str, Any]] = []
-        problems: list[str] = []
-        for key in members:
-            try:
-                votes.extend(
-                    self.verifiers[key].vote(
-                        context=context,
-                        global_model=global_model,
-                        candidates=models,
-                        weights=weights,
-                        deltas=[c.delta for c in candidates],
-                        rule=self.rule,
-                    )
-                )
-            except Exception as exc:  # pylint: disable=broad-exception-caught
-                problems.append(f"verifier {key[:12]}… failed: {exc!r}")
-        return Cast(votes, problems)
+        return in_process_votes(
+            self.verifiers,
+            members,
+            context=context,
+            global_model=global_model,
+            candidates=candidates,
+            weights=weights,
+            rule=self.rule,
+        )
 
     # ---------------------------------------------------------------- deciding
     # pylint: disable=too-many-arguments,too-many-locals
@@ -495,121 +377,23 @@ class Committee(Views, HeaderSigning):
         certificates: list[dict[str, Any]] = []
         if self.state.pool:
             context, members, certificates = self.choose_view(context)
-        needed = quorum(len(members))
-        outcomes: dict[int, Outcome] = {}  # by position in ``candidates``
-        first: dict[str, int] = {}
-        for index, c in enumerate(candidates):
-            if c.digest in first:  # a replayed copy: at most one may count
-                outcomes[index] = Outcome(
-                    c.digest, c.node_id, False, 0, "duplicate of another candidate"
-                )
-            first.setdefault(c.digest, index)
-        for prefilter in self.prefilters:
-            flagged = prefilter.outliers([c.delta for c in candidates], round_)
-            for index, reason in flagged.items():
-                c = candidates[index]
-                outcome = Outcome(c.digest, c.node_id, False, 0, reason)
-                outcomes.setdefault(index, outcome)
-        if not members:
-            for index, c in enumerate(candidates):
-                outcomes.setdefault(
-                    index,
-                    Outcome(c.digest, c.node_id, False, 0, "no verifier left in pool"),
-                )
-        pending = [i for i in range(len(candidates)) if i not in outcomes]
-        votes: list[dict[str, Any]] = []
-        dropped: list[str] = []
-        unreachable: list[str] = []
-        while pending:  # each pass decides the rest at their shares among them
-            batch = [candidates[i] for i in pending]
-            weights = judged_shares(
-                server_lr, [c.weight for c in batch], [c.examples for c in batch]
-            )
-            answers = self.cast_votes(
+
+        def ask(batch: Sequence[Candidate], weights: Sequence[float]) -> Cast:
+            return self.cast_votes(
                 members,
                 context=context,
                 global_model=global_model,
                 candidates=batch,
                 weights=weights,
             )
-            cast, more = collect_votes(
-                answers.votes, context, members, {c.digest for c in batch}
-            )
-            dropped.extend(answers.problems + more)
-            # the last request's: an earlier one had a quorum of approvals
-            unreachable = [k for k in members if k in answers.unreachable]
-            approved = []
-            for index, c in zip(pending, batch, strict=True):
-                approving = sum(
-                    1 for v in cast if v["candidate"] == c.digest and v["verdict"]
-                )
-                if approving >= needed:
-                    approved.append((index, approving))
-                else:
-                    reason = (
-                        f"PoV: {approving}/{len(members)} approvals, quorum {needed}"
-                    )
-                    outcomes[index] = Outcome(
-                        c.digest, c.node_id, False, approving, reason
-                    )
-            final = len(approved) == len(pending) or not approved
-            keep = (
-                {candidates[i].digest for i in pending}
-                if final
-                else {candidates[i].digest for i in pending if i in outcomes}
-            )
-            votes.extend(v for v in cast if v["candidate"] in keep)
-            if final:
-                for index, approving in approved:
-                    c = candidates[index]
-                    outcomes[index] = Outcome(c.digest, c.node_id, True, approving)
-                break
-            pending = [i for i, _ in approved]  # their shares grew: judge again
-        return CommitteeDecision(
-            context.height,
-            members,
-            needed,
-            votes,
-            [outcomes[i] for i in range(len(candidates))],
-            dropped,
-            context.view,
+
+        return decide_batch(
             context,
+            members,
             certificates,
-            unreachable,
+            candidates,
+            prefilters=self.prefilters,
+            round_=round_,
+            server_lr=server_lr,
+            ask=ask,
         )
-
-
-def collect_votes(
-    votes: Sequence[Any],
-    context: VoteContext,
-    members: Sequence[str],
-    candidates: set[str],
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The leader's check of incoming votes: keep valid ones, say why others go.
-
-    A vote counts once, only from a committee member, only on a candidate of
-    this batch, and only with a valid signature in ``context`` (so a vote
-    replayed from another block, parent, view or rule, or altered in transit,
-    is dropped).
-    """
-    kept: list[dict[str, Any]] = []
-    dropped: list[str] = []
-    seen: set[tuple[str, str]] = set()
-    allowed = set(members)
-    for vote in votes:
-        problem = check_vote(context, vote)
-        if problem is None:
-            pair = (str(vote["verifier"]), str(vote["candidate"]))
-            if pair[0] not in allowed:
-                problem = "not from a committee member"
-            elif pair[1] not in candidates:
-                problem = "on a candidate outside this batch"
-            elif pair in seen:
-                problem = "a second vote on the same candidate"
-            else:
-                seen.add(pair)
-                kept.append(dict(vote))
-                continue
-        who = str(vote.get("verifier", "?"))[:12] if isinstance(vote, dict) else "?"
-        dropped.append(f"vote from {who}… dropped: {problem}")
-    return kept, dropped

@@ -2,400 +2,60 @@
 
 A verifier node is an ordinary SuperNode whose node config says
 ``role="verifier"`` and names its Ed25519 key file. It holds its trusted data
-locally and answers three query messages:
+locally and answers three query messages (:mod:`.queries`): its identity, its
+votes, and its signature as a block's leader or committee member; what it
+checks and refuses before it answers is :mod:`.verifiernode`'s.
 
-- ``query.pov_identity``: its role and public key, with a signature over the
-  server's random challenge (so a node cannot claim a key it does not hold);
-- ``query.pov_vote``: the vote context (chain id, height, view, previous
-  hash, parent model hash, rule digest), the global model and the candidates'
-  replies as their trainers sent them, with their digests and weights
-  (:mod:`.voterequest`: it recomputes each digest and derives each delta
-  itself, and keeps them for the header's replay); it judges them by its own
-  configured :class:`~flchain_flwr.pov.Rule` (never a threshold the server
-  sends), refuses a request whose model does not hash to the parent named,
-  whose rule is not its own, or that goes back on the chain positions it has
-  voted on (kept in the node's run state), and returns its signed votes;
-- ``query.pov_sign``: as a block's leader, the block header to sign, or
-  before the votes the statement that it leads the block's view (see
-  :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
-  or does not answer in time hands over to the next view's). It signs a lead
-  statement only in its canonical form and at a position that does not go
-  back on what it has voted on or led (the position is then its own), and a
-  header only at the chain, height and previous hash it holds, and only one
-  header per height: so the server, which holds no verifier key, cannot get
-  two different blocks at one height signed by one leader node. As a
-  committee member (``kind="header"``) it is sent the pending block's header
-  and body and signs its header statement after the checks of
-  :mod:`.headers` and a replay of the model (:mod:`.memberreplay`); as a
-  member giving up a view (``kind="view-change"``) it signs the canonical
-  view-change statement (:func:`~.views.sign_view_change`). What it signed
-  as a member (:attr:`~flchain_flwr.pov.Verifier.statements`) is kept in the
-  node's run state, so a restarted node does not sign against it.
+On the server, :func:`discover_verifiers` (:mod:`.discovery`) maps public
+keys to node IDs and :class:`RemoteCommittee` is a
+:class:`~flchain_flwr.pov.Committee` whose members vote (in parallel, one
+message each) and sign blocks remotely. Votes pass the same checks as local
+ones (:func:`~flchain_flwr.pov.collect_votes`: signature for this chain and
+height, committee membership, one vote per candidate), so a verifier node can
+lie or fail but cannot forge another's vote.
 
-On the server, :func:`discover_verifiers` maps public keys to node IDs and
-:class:`RemoteCommittee` is a :class:`~flchain_flwr.pov.Committee` whose members
-vote (in parallel, one message each) and sign blocks remotely. Votes pass the
-same checks as local ones (:func:`~flchain_flwr.pov.collect_votes`: signature for
-this chain and height, committee membership, one vote per candidate), so a
-verifier node can lie or fail but cannot forge another's vote.
+This module is the server's :class:`RemoteCommittee` and its
+:class:`RemoteSigner`; the query messages are in :mod:`.queries`, the node's
+side in :mod:`.verifiernode` and finding the nodes in :mod:`.discovery`
+(public names once defined here still import from here).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from logging import WARNING
-from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
-from flwr.clientapp import ClientApp
-from flwr.common.constant import ErrorCode
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore import log
 from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ..arrays import NDArrays
 from ..ledger import Block, Ledger, VoteContext
-from ..ledger.canonical import HEADER_TAG
-from ..ledger.chain import load_or_create_key
 from ..ledger.statements import view_change_statement
-from ..runtime import clock_of
-from .committee import LEAD_TAG, Candidate, Cast, Committee, lead_statement
+from .committee import Candidate, Cast, Committee
+from .discovery import declared_pool as declared_pool
+from .discovery import discover_verifiers as discover_verifiers
 from .memberreplay import replay_material
-from .members import (
-    STATEMENT_COLUMNS,
-    header_entry,
-    header_request,
-    member_header,
-    member_view_change,
-    view_change_entry,
-)
-from .memory import load as load_memory
-from .memory import store as store_memory
-from .runstate import Columns, columns_record, read_columns
-from .verifier import Verifier
-from .voterequest import judge_request, vote_request
-
-IDENTITY = "query.pov_identity"
-VOTE = "query.pov_vote"
-SIGN = "query.pov_sign"
-ACTIONS = ("pov_identity", "pov_vote", "pov_sign")
-"""The query actions a verifier node's ClientApp registers (see :func:`serve`)."""
-ROLE_KEY = "role"
-VERIFIER_ROLE = "verifier"
-IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
-_CONFIG = "pov"
-_SEEN = "pov-seen"
-"""A verifier node's run state: the last chain position it voted at or led."""
-_SEEN_COLUMNS: Columns = {"height": int, "prev_hash": str, "parent_model": str}
-_HEADERS = "pov-headers"
-"""A verifier node's run state: the last block header it signed, by chain."""
-_HEADER_COLUMNS: Columns = {"height": int, "sha256": str}
-_STATEMENTS = "pov-statements"
-"""A verifier node's run state: the last statement it signed as a member."""
-
-
-class RemoteVerifierError(RuntimeError):
-    """A verifier node's reply could not be used (missing, malformed, forged)."""
-
-
-# ------------------------------------------------------------------ node side
-def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> None:
-    """Register the PoV queries on ``app``; ``verifier_of(context)`` gives the
-    node's verifier (None on a node that only trains, see
-    :func:`verifier_from_node_config`)."""
-
-    def pov_query(message: Message, context: Context) -> Message:
-        return answer_in_run(message, context, verifier_of(context))
-
-    for action in ACTIONS:
-        app.query(action)(pov_query)
-
-
-def answer_in_run(
-    message: Message, context: Context, verifier: Verifier | None
-) -> Message:
-    """:func:`answer`, with what the verifier has voted on, led and signed
-    taken from the node's run state and kept there (only when it answered)."""
-    if verifier is None:
-        return answer(message, None)
-    records = context.state.config_records
-    verifier.seen = read_columns(records.get(_SEEN), _SEEN_COLUMNS)
-    verifier.headers = read_columns(records.get(_HEADERS), _HEADER_COLUMNS)
-    verifier.statements = read_columns(records.get(_STATEMENTS), STATEMENT_COLUMNS)
-    verifier.memory = load_memory(context.state)
-    reply = answer(message, verifier)
-    store_memory(verifier.memory, context.state)
-    if verifier.seen:
-        records[_SEEN] = columns_record(verifier.seen, _SEEN_COLUMNS)
-    if verifier.headers:
-        records[_HEADERS] = columns_record(verifier.headers, _HEADER_COLUMNS)
-    if verifier.statements:
-        records[_STATEMENTS] = columns_record(verifier.statements, STATEMENT_COLUMNS)
-    return reply
-
-
-def answer(message: Message, verifier: Verifier | None) -> Message:
-    """A verifier node's reply to one PoV query (``verifier=None``: not one).
-
-    Raises ``ValueError`` for a request this node cannot answer; Flower turns
-    that into an error reply, which the server records.
-    """
-    kind = message.metadata.message_type
-    if kind == IDENTITY:
-        return Message(_identity(message.content, verifier), reply_to=message)
-    if verifier is None:
-        raise ValueError(f"{kind}: this node is not a PoV verifier")
-    if kind == VOTE:
-        return Message(_votes(message.content, verifier), reply_to=message)
-    if kind == SIGN:
-        return Message(_signature(message.content, verifier), reply_to=message)
-    raise ValueError(f"unknown PoV query {kind!r}")
-
-
-def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
-    if verifier is None:
-        return RecordDict({_CONFIG: ConfigRecord({ROLE_KEY: "trainer"})})
-    challenge = _bytes(_config(content), "challenge")
-    signature = verifier.key.sign(IDENTITY_TAG + challenge).signature
-    return RecordDict(
-        {
-            _CONFIG: ConfigRecord(
-                {
-                    ROLE_KEY: VERIFIER_ROLE,
-                    "public-key": verifier.public_key,
-                    "signature": signature,
-                }
-            )
-        }
-    )
-
-
-def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
-    votes = judge_request(content, verifier)
-    return RecordDict({_CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
-
-
-def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
-    cfg = _config(content)
-    if cfg.get("kind") == "header":
-        return RecordDict(
-            {_CONFIG: ConfigRecord(member_header(cfg, content, verifier))}
-        )
-    if cfg.get("kind") == "view-change":
-        signed = member_view_change(_bytes(cfg, "message"), verifier)
-        return RecordDict({_CONFIG: ConfigRecord({"signature": signed})})
-    data = _bytes(cfg, "message")
-    tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
-    if tag is None:
-        raise ValueError("only block headers and lead statements are signed")
-    fields = json.loads(data[len(tag) :])
-    if not isinstance(fields, dict) or fields.get("leader") != verifier.public_key:
-        raise ValueError("this block names another leader")
-    if tag == LEAD_TAG:
-        _check_lead(data, fields, verifier)
-    else:
-        _check_header(data, fields, verifier)
-    signature = verifier.key.sign(data).signature
-    return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
-
-
-def _check_lead(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
-    """Refuse a lead statement that is not canonical or goes back on the
-    chain position this verifier holds; else take its position."""
-    context = VoteContext(
-        chain_id=_field(fields, "chain_id", str),
-        height=_field(fields, "height", int),
-        prev_hash=_field(fields, "prev_hash", str),
-        parent_model=_field(fields, "parent_model", str),
-        view=_field(fields, "view", int),
-    )
-    if data != lead_statement(context, verifier.public_key):
-        raise ValueError("the lead statement is not in its canonical form")
-    assert context.prev_hash is not None
-    verifier.take_position(
-        context.chain_id, context.height, context.prev_hash, context.parent_model
-    )
-
-
-def _check_header(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
-    """Refuse a header away from the position this verifier holds in its chain
-    (where it voted or led), or a second, different header at one height;
-    else remember it. A header does not carry its view: one per height."""
-    chain_id = _field(fields, "chain_id", str)
-    height = _field(fields, "height", int)
-    prev_hash = _field(fields, "prev_hash", str)
-    held = verifier.seen.get(chain_id)
-    if held is None or held[:2] != (height, prev_hash):
-        where = "nothing" if held is None else f"height {held[0]}"
-        raise ValueError(
-            f"the header is at height {height} after {prev_hash[:12]}…; this "
-            f"verifier holds {where} in chain {chain_id[:40]!r}"
-        )
-    digest = hashlib.sha256(data).hexdigest()
-    signed = verifier.headers.get(chain_id)
-    if signed is not None and signed[0] == height and signed[1] != digest:
-        raise ValueError(f"this leader already signed another header at {height}")
-    verifier.headers[chain_id] = (height, digest)
-
-
-def _field(fields: dict[str, Any], key: str, kind: type) -> Any:
-    """``fields[key]``, which must be a ``kind`` (an int is never a bool)."""
-    value = fields.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"{key!r} must be a {kind.__name__}")
-    return value
-
-
-def _config(content: RecordDict) -> ConfigRecord:
-    if _CONFIG not in content.config_records:
-        raise ValueError(f"the message has no {_CONFIG!r} config record")
-    return content.config_records[_CONFIG]
-
-
-def _bytes(cfg: ConfigRecord, key: str) -> bytes:
-    value = cfg.get(key)
-    if not isinstance(value, bytes):
-        raise ValueError(f"{key!r} must be bytes")
-    return value
-
-
-# ---------------------------------------------------------------- server side
-def _send(
-    grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float
-) -> dict[int, Message]:
-    """Send one message per node and wait up to ``timeout`` s; replies by node."""
-    messages = {
-        node: Message(content, node, kind, ttl=timeout)
-        for node, (kind, content) in requests.items()
-    }
-    replies = grid.send_and_receive(list(messages.values()), timeout=timeout)
-    by_id = {m.metadata.message_id: node for node, m in messages.items()}
-    return {
-        by_id[r.metadata.reply_to_message_id]: r
-        for r in replies
-        if r.metadata.reply_to_message_id in by_id
-    }
-
-
-def discover_verifiers(
-    grid: Grid,
-    *,
-    expected: int | None = None,
-    pool: Iterable[str] | None = None,
-    timeout: float = 120.0,
-    reply_timeout: float = 60.0,
-    poll_interval: float = 3.0,
-) -> dict[str, int]:
-    """Find the verifier nodes; return ``{public key: node ID}``, by key.
-
-    Every node that appears is asked once for its identity; a verifier proves
-    its key by signing a fresh random challenge. With ``pool`` (the verifier
-    keys the chain declares) every one of them must be found and other keys
-    are ignored; the order nodes answer in does not matter. Without it, the
-    first ``expected`` keys the nodes present form the pool (trust on first
-    use). Time is the grid's (virtual on the simulator's grid). Raises
-    ``RemoteVerifierError`` if they are not all found in ``timeout`` seconds
-    (checked between rounds of questions; each round waits up to
-    ``reply_timeout`` seconds for its answers).
-    """
-    allowed = None if pool is None else set(pool)
-    if allowed is None and expected is None:
-        raise ValueError("give the declared pool, or how many verifiers to expect")
-    if allowed is not None and expected is not None and expected != len(allowed):
-        raise ValueError(
-            f"expected {expected} verifiers, but the declared pool has {len(allowed)}"
-        )
-    wanted = len(allowed) if allowed is not None else int(expected or 0)
-    clock = clock_of(grid, poll_interval)
-    found: dict[str, int] = {}
-    answered: set[int] = set()
-    deadline = clock.now() + timeout
-    while len(found) < wanted:
-        if clock.now() >= deadline:
-            missing = (
-                "" if allowed is None else f"; missing {_short(allowed - set(found))}"
-            )
-            raise RemoteVerifierError(
-                f"found {len(found)} of {wanted} PoV verifier nodes in "
-                f"{timeout:g}s{missing}"
-            )
-        new = sorted(set(grid.get_node_ids()) - answered)
-        if not new:
-            clock.wait(min(clock.now() + poll_interval, deadline))
-            continue
-        challenges = {node: os.urandom(32) for node in new}
-        replies = _send(
-            grid,
-            {
-                node: (IDENTITY, RecordDict({_CONFIG: ConfigRecord({"challenge": c})}))
-                for node, c in challenges.items()
-            },
-            reply_timeout,
-        )
-        for node, reply in replies.items():
-            if reply.has_error():  # asked again in the next round
-                log(WARNING, "PoV: node %d: %s", node, reply.error.reason)
-                continue
-            answered.add(node)
-            key = _proven_key(reply, challenges[node])
-            if key is None or (allowed is not None and key not in allowed):
-                continue
-            if key in found:
-                log(
-                    WARNING,
-                    "PoV: key %s… offered by two nodes; keeping the first",
-                    key[:12],
-                )
-                continue
-            if len(found) < wanted:
-                found[key] = node
-    return dict(sorted(found.items()))
-
-
-def _short(keys: Iterable[str]) -> str:
-    return ", ".join(f"{k[:12]}…" for k in sorted(keys))
-
-
-def declared_pool(ledger_path: str | Path) -> list[str] | None:
-    """The verifier pool a PoV ledger's genesis declares (``None`` if there is
-    no ledger there yet, or it is not a PoV chain)."""
-    if not Path(ledger_path).is_file():
-        return None
-    with Ledger(ledger_path, create=False) as ledger:
-        if ledger.head() is None:
-            return None
-        pov = ledger.block(0).body.get("pov")
-    if not isinstance(pov, dict) or not isinstance(pov.get("pool"), list):
-        return None
-    return [str(k) for k in pov["pool"]]
-
-
-def _proven_key(reply: Message, challenge: bytes) -> str | None:
-    """The verifier key a node proved it holds, or None (trainer, or bad proof)."""
-    try:
-        cfg = _config(reply.content)
-        if cfg.get(ROLE_KEY) != VERIFIER_ROLE:
-            return None
-        key = str(cfg["public-key"])
-        VerifyKey(key.encode(), encoder=HexEncoder).verify(
-            IDENTITY_TAG + challenge, _bytes(cfg, "signature")
-        )
-    except (ValueError, KeyError, TypeError, BadSignatureError) as exc:
-        log(
-            WARNING,
-            "PoV: node %d's identity was refused: %s",
-            reply.metadata.src_node_id,
-            exc,
-        )
-        return None
-    return key
+from .members import header_entry, header_request, view_change_entry
+from .queries import _CONFIG, _answered, _bytes, _config, _parse_votes, _send
+from .queries import ACTIONS as ACTIONS
+from .queries import IDENTITY as IDENTITY
+from .queries import IDENTITY_TAG as IDENTITY_TAG
+from .queries import ROLE_KEY as ROLE_KEY
+from .queries import SIGN as SIGN
+from .queries import VERIFIER_ROLE as VERIFIER_ROLE
+from .queries import VOTE as VOTE
+from .queries import RemoteVerifierError as RemoteVerifierError
+from .verifiernode import _signature as _signature
+from .verifiernode import answer as answer
+from .verifiernode import answer_in_run as answer_in_run
+from .verifiernode import is_verifier as is_verifier
+from .verifiernode import serve as serve
+from .verifiernode import verifier_from_node_config as verifier_from_node_config
+from .voterequest import vote_request
 
 
 @dataclass(frozen=True)
@@ -577,55 +237,3 @@ class RemoteCommittee(Committee):
             except RemoteVerifierError as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
         return Cast(votes, problems, frozenset(unreachable))
-
-
-def _answered(reply: Message | None) -> bool:
-    """Whether the node's verifier app itself answered (votes, or a raise such
-    as a refusal), not the grid saying the node or message was unavailable."""
-    if reply is None:
-        return False
-    return not reply.has_error() or reply.error.code in _APP_ERRORS
-
-
-_APP_ERRORS = frozenset(
-    {ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ErrorCode.MOD_FAILED_PRECONDITION}
-)
-"""Error replies that the node's app gave (it ran and said no)."""
-
-
-def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
-    """The votes in a verifier node's reply (checked later, like any vote)."""
-    if reply is None:
-        raise RemoteVerifierError("no reply in time")
-    if reply.has_error():
-        raise RemoteVerifierError(f"error reply: {reply.error.reason}")
-    try:
-        votes = json.loads(str(_config(reply.content)["votes"]))
-    except (ValueError, KeyError) as exc:
-        raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
-    if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):
-        raise RemoteVerifierError("votes must be a list of objects")
-    return votes
-
-
-def is_verifier(node_config: Mapping[str, Any]) -> bool:
-    """Whether a node's config gives it the verifier role."""
-    return bool(node_config.get(ROLE_KEY, "trainer") == VERIFIER_ROLE)
-
-
-def verifier_from_node_config(
-    node_config: Mapping[str, Any], make: Callable[[Any, int], Verifier]
-) -> Verifier | None:
-    """This node's verifier if its node config says ``role="verifier"``, else None.
-
-    ``make(key, shard)`` builds the verifier from its signing key (read from the
-    ``verifier-key`` file, created on first use) and its ``verifier-shard``.
-    """
-    if not is_verifier(node_config):
-        return None
-    path = node_config.get("verifier-key")
-    if not path:
-        raise ValueError('a verifier node needs node config verifier-key="<path>"')
-    return make(
-        load_or_create_key(Path(str(path))), int(node_config.get("verifier-shard", 0))
-    )

@@ -1,0 +1,95 @@
+"""The PoV query messages between the server and verifier nodes.
+
+Three query types travel over Flower's transport (:data:`IDENTITY`,
+:data:`VOTE`, :data:`SIGN`), each carrying its fields in one config record
+(``"pov"``); a verifier node answers them (:mod:`.verifiernode`) and the
+server asks them (:mod:`.discovery`, :mod:`.remote`). This module holds what
+both sides share: the message names and role keys, reading a config record's
+fields, sending one message per node and waiting for the replies, and telling
+a reply the verifier app gave (votes, or a refusal) from one the grid gave
+(node or message unavailable).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+IDENTITY = "query.pov_identity"
+VOTE = "query.pov_vote"
+SIGN = "query.pov_sign"
+ACTIONS = ("pov_identity", "pov_vote", "pov_sign")
+"""The query actions a verifier node's ClientApp registers (see
+:func:`~.verifiernode.serve`)."""
+ROLE_KEY = "role"
+VERIFIER_ROLE = "verifier"
+IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
+_CONFIG = "pov"
+
+
+class RemoteVerifierError(RuntimeError):
+    """A verifier node's reply could not be used (missing, malformed, forged)."""
+
+
+def _config(content: RecordDict) -> ConfigRecord:
+    if _CONFIG not in content.config_records:
+        raise ValueError(f"the message has no {_CONFIG!r} config record")
+    return content.config_records[_CONFIG]
+
+
+def _bytes(cfg: ConfigRecord, key: str) -> bytes:
+    value = cfg.get(key)
+    if not isinstance(value, bytes):
+        raise ValueError(f"{key!r} must be bytes")
+    return value
+
+
+def _send(
+    grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float
+) -> dict[int, Message]:
+    """Send one message per node and wait up to ``timeout`` s; replies by node."""
+    messages = {
+        node: Message(content, node, kind, ttl=timeout)
+        for node, (kind, content) in requests.items()
+    }
+    replies = grid.send_and_receive(list(messages.values()), timeout=timeout)
+    by_id = {m.metadata.message_id: node for node, m in messages.items()}
+    return {
+        by_id[r.metadata.reply_to_message_id]: r
+        for r in replies
+        if r.metadata.reply_to_message_id in by_id
+    }
+
+
+def _answered(reply: Message | None) -> bool:
+    """Whether the node's verifier app itself answered (votes, or a raise such
+    as a refusal), not the grid saying the node or message was unavailable."""
+    if reply is None:
+        return False
+    return not reply.has_error() or reply.error.code in _APP_ERRORS
+
+
+_APP_ERRORS = frozenset(
+    {ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ErrorCode.MOD_FAILED_PRECONDITION}
+)
+"""Error replies that the node's app gave (it ran and said no)."""
+
+
+def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
+    """The votes in a verifier node's reply (checked later, like any vote)."""
+    if reply is None:
+        raise RemoteVerifierError("no reply in time")
+    if reply.has_error():
+        raise RemoteVerifierError(f"error reply: {reply.error.reason}")
+    try:
+        votes = json.loads(str(_config(reply.content)["votes"]))
+    except (ValueError, KeyError) as exc:
+        raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
+    if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):
+        raise RemoteVerifierError("votes must be a list of objects")
+    return votes

@@ -1,0 +1,147 @@
+"""Tallying a batch: which votes count, and which candidates reach a quorum.
+
+A vote counts once, only from a member of the block's committee, only on a
+candidate of the batch and only with a valid signature in the block's vote
+context (:func:`collect_votes`). A candidate is accepted iff more than 2/3 of
+the committee approve it (:func:`~flchain_flwr.ledger.quorum`), judged at the
+share of the aggregate it would have among the candidates approved with it:
+when some are rejected, the others' shares grow and they are asked about
+again, until every approved candidate was approved at the share the block
+applies (:func:`decide_batch`). Replayed copies of a candidate and what the
+prefilters rule out are rejected before any vote. These functions hold no
+state: the committee passes in its members, filters and how to ask them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..ledger import VoteContext, check_vote, judged_shares, quorum
+from .decision import Candidate, Cast, CommitteeDecision, Outcome
+from .filters import Prefilter
+
+
+# pylint: disable=too-many-arguments,too-many-locals
+def decide_batch(
+    context: VoteContext,
+    members: list[str],
+    certificates: list[dict[str, Any]],
+    candidates: Sequence[Candidate],
+    *,
+    prefilters: Sequence[Prefilter],
+    round_: int,
+    server_lr: float,
+    ask: Callable[[Sequence[Candidate], Sequence[float]], Cast],
+) -> CommitteeDecision:
+    """Decide ``candidates`` in ``context`` with the committee ``members``
+    (``certificates``: the view changes that led to this view); ``ask(batch,
+    shares)`` sends one vote request to the members."""
+    needed = quorum(len(members))
+    outcomes: dict[int, Outcome] = {}  # by position in ``candidates``
+    first: dict[str, int] = {}
+    for index, c in enumerate(candidates):
+        if c.digest in first:  # a replayed copy: at most one may count
+            outcomes[index] = Outcome(
+                c.digest, c.node_id, False, 0, "duplicate of another candidate"
+            )
+        first.setdefault(c.digest, index)
+    for prefilter in prefilters:
+        flagged = prefilter.outliers([c.delta for c in candidates], round_)
+        for index, reason in flagged.items():
+            c = candidates[index]
+            outcome = Outcome(c.digest, c.node_id, False, 0, reason)
+            outcomes.setdefault(index, outcome)
+    if not members:
+        for index, c in enumerate(candidates):
+            outcomes.setdefault(
+                index,
+                Outcome(c.digest, c.node_id, False, 0, "no verifier left in pool"),
+            )
+    pending = [i for i in range(len(candidates)) if i not in outcomes]
+    votes: list[dict[str, Any]] = []
+    dropped: list[str] = []
+    unreachable: list[str] = []
+    while pending:  # each pass decides the rest at their shares among them
+        batch = [candidates[i] for i in pending]
+        weights = judged_shares(
+            server_lr, [c.weight for c in batch], [c.examples for c in batch]
+        )
+        answers = ask(batch, weights)
+        cast, more = collect_votes(
+            answers.votes, context, members, {c.digest for c in batch}
+        )
+        dropped.extend(answers.problems + more)
+        # the last request's: an earlier one had a quorum of approvals
+        unreachable = [k for k in members if k in answers.unreachable]
+        approved = []
+        for index, c in zip(pending, batch, strict=True):
+            approving = sum(
+                1 for v in cast if v["candidate"] == c.digest and v["verdict"]
+            )
+            if approving >= needed:
+                approved.append((index, approving))
+            else:
+                reason = f"PoV: {approving}/{len(members)} approvals, quorum {needed}"
+                outcomes[index] = Outcome(c.digest, c.node_id, False, approving, reason)
+        final = len(approved) == len(pending) or not approved
+        keep = (
+            {candidates[i].digest for i in pending}
+            if final
+            else {candidates[i].digest for i in pending if i in outcomes}
+        )
+        votes.extend(v for v in cast if v["candidate"] in keep)
+        if final:
+            for index, approving in approved:
+                c = candidates[index]
+                outcomes[index] = Outcome(c.digest, c.node_id, True, approving)
+            break
+        pending = [i for i, _ in approved]  # their shares grew: judge again
+    return CommitteeDecision(
+        context.height,
+        members,
+        needed,
+        votes,
+        [outcomes[i] for i in range(len(candidates))],
+        dropped,
+        context.view,
+        context,
+        certificates,
+        unreachable,
+    )
+
+
+def collect_votes(
+    votes: Sequence[Any],
+    context: VoteContext,
+    members: Sequence[str],
+    candidates: set[str],
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The leader's check of incoming votes: keep valid ones, say why others go.
+
+    A vote counts once, only from a committee member, only on a candidate of
+    this batch, and only with a valid signature in ``context`` (so a vote
+    replayed from another block, parent, view or rule, or altered in transit,
+    is dropped).
+    """
+    kept: list[dict[str, Any]] = []
+    dropped: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    allowed = set(members)
+    for vote in votes:
+        problem = check_vote(context, vote)
+        if problem is None:
+            pair = (str(vote["verifier"]), str(vote["candidate"]))
+            if pair[0] not in allowed:
+                problem = "not from a committee member"
+            elif pair[1] not in candidates:
+                problem = "on a candidate outside this batch"
+            elif pair in seen:
+                problem = "a second vote on the same candidate"
+            else:
+                seen.add(pair)
+                kept.append(dict(vote))
+                continue
+        who = str(vote.get("verifier", "?"))[:12] if isinstance(vote, dict) else "?"
+        dropped.append(f"vote from {who}… dropped: {problem}")
+    return kept, dropped

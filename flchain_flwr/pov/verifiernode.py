@@ -1,0 +1,247 @@
+"""A verifier node's side of the PoV queries: what it answers, and refuses.
+
+A verifier node is an ordinary SuperNode whose node config says
+``role="verifier"`` and names its Ed25519 key file. It holds its trusted data
+locally and answers three query messages:
+
+- ``query.pov_identity``: its role and public key, with a signature over the
+  server's random challenge (so a node cannot claim a key it does not hold);
+- ``query.pov_vote``: the vote context (chain id, height, view, previous
+  hash, parent model hash, rule digest), the global model and the candidates'
+  replies as their trainers sent them, with their digests and weights
+  (:mod:`.voterequest`: it recomputes each digest and derives each delta
+  itself, and keeps them for the header's replay); it judges them by its own
+  configured :class:`~flchain_flwr.pov.Rule` (never a threshold the server
+  sends), refuses a request whose model does not hash to the parent named,
+  whose rule is not its own, or that goes back on the chain positions it has
+  voted on (kept in the node's run state), and returns its signed votes;
+- ``query.pov_sign``: as a block's leader, the block header to sign, or
+  before the votes the statement that it leads the block's view (see
+  :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
+  or does not answer in time hands over to the next view's). It signs a lead
+  statement only in its canonical form and at a position that does not go
+  back on what it has voted on or led (the position is then its own), and a
+  header only at the chain, height and previous hash it holds, and only one
+  header per height: so the server, which holds no verifier key, cannot get
+  two different blocks at one height signed by one leader node. As a
+  committee member (``kind="header"``) it is sent the pending block's header
+  and body and signs its header statement after the checks of
+  :mod:`.headers` and a replay of the model (:mod:`.memberreplay`); as a
+  member giving up a view (``kind="view-change"``) it signs the canonical
+  view-change statement (:func:`~.views.sign_view_change`). What it signed
+  as a member (:attr:`~flchain_flwr.pov.Verifier.statements`) is kept in the
+  node's run state, so a restarted node does not sign against it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from ..ledger import VoteContext
+from ..ledger.canonical import HEADER_TAG
+from ..ledger.chain import load_or_create_key
+from .members import STATEMENT_COLUMNS, member_header, member_view_change
+from .memory import load as load_memory
+from .memory import store as store_memory
+from .queries import (
+    _CONFIG,
+    ACTIONS,
+    IDENTITY,
+    IDENTITY_TAG,
+    ROLE_KEY,
+    SIGN,
+    VERIFIER_ROLE,
+    VOTE,
+    _bytes,
+    _config,
+)
+from .runstate import Columns, columns_record, read_columns
+from .verifier import Verifier
+from .views import LEAD_TAG, lead_statement
+from .voterequest import judge_request
+
+_SEEN = "pov-seen"
+"""A verifier node's run state: the last chain position it voted at or led."""
+_SEEN_COLUMNS: Columns = {"height": int, "prev_hash": str, "parent_model": str}
+_HEADERS = "pov-headers"
+"""A verifier node's run state: the last block header it signed, by chain."""
+_HEADER_COLUMNS: Columns = {"height": int, "sha256": str}
+_STATEMENTS = "pov-statements"
+"""A verifier node's run state: the last statement it signed as a member."""
+
+
+def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> None:
+    """Register the PoV queries on ``app``; ``verifier_of(context)`` gives the
+    node's verifier (None on a node that only trains, see
+    :func:`verifier_from_node_config`)."""
+
+    def pov_query(message: Message, context: Context) -> Message:
+        return answer_in_run(message, context, verifier_of(context))
+
+    for action in ACTIONS:
+        app.query(action)(pov_query)
+
+
+def answer_in_run(
+    message: Message, context: Context, verifier: Verifier | None
+) -> Message:
+    """:func:`answer`, with what the verifier has voted on, led and signed
+    taken from the node's run state and kept there (only when it answered)."""
+    if verifier is None:
+        return answer(message, None)
+    records = context.state.config_records
+    verifier.seen = read_columns(records.get(_SEEN), _SEEN_COLUMNS)
+    verifier.headers = read_columns(records.get(_HEADERS), _HEADER_COLUMNS)
+    verifier.statements = read_columns(records.get(_STATEMENTS), STATEMENT_COLUMNS)
+    verifier.memory = load_memory(context.state)
+    reply = answer(message, verifier)
+    store_memory(verifier.memory, context.state)
+    if verifier.seen:
+        records[_SEEN] = columns_record(verifier.seen, _SEEN_COLUMNS)
+    if verifier.headers:
+        records[_HEADERS] = columns_record(verifier.headers, _HEADER_COLUMNS)
+    if verifier.statements:
+        records[_STATEMENTS] = columns_record(verifier.statements, STATEMENT_COLUMNS)
+    return reply
+
+
+def answer(message: Message, verifier: Verifier | None) -> Message:
+    """A verifier node's reply to one PoV query (``verifier=None``: not one).
+
+    Raises ``ValueError`` for a request this node cannot answer; Flower turns
+    that into an error reply, which the server records.
+    """
+    kind = message.metadata.message_type
+    if kind == IDENTITY:
+        return Message(_identity(message.content, verifier), reply_to=message)
+    if verifier is None:
+        raise ValueError(f"{kind}: this node is not a PoV verifier")
+    if kind == VOTE:
+        return Message(_votes(message.content, verifier), reply_to=message)
+    if kind == SIGN:
+        return Message(_signature(message.content, verifier), reply_to=message)
+    raise ValueError(f"unknown PoV query {kind!r}")
+
+
+def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
+    if verifier is None:
+        return RecordDict({_CONFIG: ConfigRecord({ROLE_KEY: "trainer"})})
+    challenge = _bytes(_config(content), "challenge")
+    signature = verifier.key.sign(IDENTITY_TAG + challenge).signature
+    return RecordDict(
+        {
+            _CONFIG: ConfigRecord(
+                {
+                    ROLE_KEY: VERIFIER_ROLE,
+                    "public-key": verifier.public_key,
+                    "signature": signature,
+                }
+            )
+        }
+    )
+
+
+def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
+    votes = judge_request(content, verifier)
+    return RecordDict({_CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
+
+
+def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
+    cfg = _config(content)
+    if cfg.get("kind") == "header":
+        return RecordDict(
+            {_CONFIG: ConfigRecord(member_header(cfg, content, verifier))}
+        )
+    if cfg.get("kind") == "view-change":
+        signed = member_view_change(_bytes(cfg, "message"), verifier)
+        return RecordDict({_CONFIG: ConfigRecord({"signature": signed})})
+    data = _bytes(cfg, "message")
+    tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
+    if tag is None:
+        raise ValueError("only block headers and lead statements are signed")
+    fields = json.loads(data[len(tag) :])
+    if not isinstance(fields, dict) or fields.get("leader") != verifier.public_key:
+        raise ValueError("this block names another leader")
+    if tag == LEAD_TAG:
+        _check_lead(data, fields, verifier)
+    else:
+        _check_header(data, fields, verifier)
+    signature = verifier.key.sign(data).signature
+    return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
+
+
+def _check_lead(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
+    """Refuse a lead statement that is not canonical or goes back on the
+    chain position this verifier holds; else take its position."""
+    context = VoteContext(
+        chain_id=_field(fields, "chain_id", str),
+        height=_field(fields, "height", int),
+        prev_hash=_field(fields, "prev_hash", str),
+        parent_model=_field(fields, "parent_model", str),
+        view=_field(fields, "view", int),
+    )
+    if data != lead_statement(context, verifier.public_key):
+        raise ValueError("the lead statement is not in its canonical form")
+    assert context.prev_hash is not None
+    verifier.take_position(
+        context.chain_id, context.height, context.prev_hash, context.parent_model
+    )
+
+
+def _check_header(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
+    """Refuse a header away from the position this verifier holds in its chain
+    (where it voted or led), or a second, different header at one height;
+    else remember it. A header does not carry its view: one per height."""
+    chain_id = _field(fields, "chain_id", str)
+    height = _field(fields, "height", int)
+    prev_hash = _field(fields, "prev_hash", str)
+    held = verifier.seen.get(chain_id)
+    if held is None or held[:2] != (height, prev_hash):
+        where = "nothing" if held is None else f"height {held[0]}"
+        raise ValueError(
+            f"the header is at height {height} after {prev_hash[:12]}…; this "
+            f"verifier holds {where} in chain {chain_id[:40]!r}"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    signed = verifier.headers.get(chain_id)
+    if signed is not None and signed[0] == height and signed[1] != digest:
+        raise ValueError(f"this leader already signed another header at {height}")
+    verifier.headers[chain_id] = (height, digest)
+
+
+def _field(fields: dict[str, Any], key: str, kind: type) -> Any:
+    """``fields[key]``, which must be a ``kind`` (an int is never a bool)."""
+    value = fields.get(key)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{key!r} must be a {kind.__name__}")
+    return value
+
+
+def is_verifier(node_config: Mapping[str, Any]) -> bool:
+    """Whether a node's config gives it the verifier role."""
+    return bool(node_config.get(ROLE_KEY, "trainer") == VERIFIER_ROLE)
+
+
+def verifier_from_node_config(
+    node_config: Mapping[str, Any], make: Callable[[Any, int], Verifier]
+) -> Verifier | None:
+    """This node's verifier if its node config says ``role="verifier"``, else None.
+
+    ``make(key, shard)`` builds the verifier from its signing key (read from the
+    ``verifier-key`` file, created on first use) and its ``verifier-shard``.
+    """
+    if not is_verifier(node_config):
+        return None
+    path = node_config.get("verifier-key")
+    if not path:
+        raise ValueError('a verifier node needs node config verifier-key="<path>"')
+    return make(
+        load_or_create_key(Path(str(path))), int(node_config.get("verifier-shard", 0))
+    )
