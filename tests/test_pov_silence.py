@@ -13,6 +13,7 @@ from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.pov import Committee, RefusedRequest, Threshold, Verifier
 from flchain_flwr.pov.committee import CommitteeDecision, Outcome
+from flchain_flwr.pov.outage import vote_requested
 from flchain_flwr.pov.silence import (
     SILENT_DECISIONS,
     CommitteeSilentError,
@@ -44,6 +45,7 @@ def decision(*, votes: int = 0, asked: bool = True) -> CommitteeDecision:
         votes=[{"verdict": True}] * votes,
         outcomes=[Outcome("d", 1, False, votes, reason)],
         dropped_votes=list(REFUSED) if asked and not votes else [],
+        requests=1 if asked else 0,
     )
 
 
@@ -147,3 +149,29 @@ def test_a_run_stopped_by_refusing_members_resumes_and_verifies(
     assert cli.main(["ledger", "verify", str(path)], out) == 0, out.getvalue()
     with Ledger(path, create=False) as ledger:
         assert len(ledger) > before
+
+
+def test_a_request_counts_by_the_committees_count_not_by_reason_text() -> None:
+    """Members that answered with no vote and no reason leave a decision with
+    nothing but the committee's request count: it counts as asked whatever
+    the candidate's reason says, and a decision with no request and no
+    answer does not, even under a reason that reads like a vote's."""
+    mute = CommitteeDecision(
+        height=1,
+        committee=list(MEMBERS),
+        needed=2,
+        votes=[],
+        outcomes=[Outcome("d", 1, False, 0, "any wording")],
+        requests=1,
+    )
+    unasked = replace(
+        mute, requests=0, outcomes=[Outcome("d", 1, False, 0, "PoV: 0/2")]
+    )
+    assert vote_requested(mute)
+    assert not vote_requested(unasked)
+    watch = SilenceWatch()
+    for _ in range(SILENT_DECISIONS - 1):
+        watch.observe(mute)
+        watch.observe(unasked)  # neither counts nor resets
+    with pytest.raises(CommitteeSilentError, match="no vote and no reason"):
+        watch.observe(mute)

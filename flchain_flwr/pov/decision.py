@@ -88,6 +88,9 @@ class CommitteeDecision:
     unreachable: list[str] = field(default_factory=list)
     """Members that gave no answer to the last vote request here, the one
     that decided (see :class:`Cast`)."""
+    requests: int = 0
+    """Vote requests sent to the members for this decision, one per pass (0:
+    every candidate was ruled out before the vote, or there was no member)."""
 
     def votes_on(self, digest: str) -> list[dict[str, Any]]:
         """The counted votes on one candidate."""

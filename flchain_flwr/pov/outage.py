@@ -154,23 +154,17 @@ class OutageWatch:
         )
 
 
-VOTED_REASON = "PoV: "
-"""How the committee's reason begins for a candidate its members' votes left
-short of approvals (one ruled out before the vote has the filter's reason)."""
-
-
 def vote_requested(decision: CommitteeDecision) -> bool:
-    """Whether ``decision`` asked its members to vote: it holds votes, reasons
-    or members that did not answer, or a candidate that their votes decided.
-    Members that answer with no vote and no reason at all leave only the
-    last; a decision whose candidates were all ruled out before the vote
-    (duplicates, a prefilter) or that had no member asked nobody."""
+    """Whether ``decision`` asked its members to vote: the committee counted a
+    request, or the decision holds votes, reasons or members that did not
+    answer (decisions built without the count). Members that answer with no
+    vote and no reason at all leave only the count; a decision whose
+    candidates were all ruled out before the vote (duplicates, a prefilter)
+    or that had no member asked nobody."""
     if not decision.committee:
         return False
-    if decision.votes or decision.dropped_votes or decision.unreachable:
-        return True
-    return any(
-        o.accepted or o.reason.startswith(VOTED_REASON) for o in decision.outcomes
+    return decision.requests > 0 or bool(
+        decision.votes or decision.dropped_votes or decision.unreachable
     )
 
 

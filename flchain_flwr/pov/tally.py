@@ -62,12 +62,14 @@ def decide_batch(
     votes: list[dict[str, Any]] = []
     dropped: list[str] = []
     unreachable: list[str] = []
+    requests = 0
     while pending:  # each pass decides the rest at their shares among them
         batch = [candidates[i] for i in pending]
         weights = judged_shares(
             server_lr, [c.weight for c in batch], [c.examples for c in batch]
         )
         answers = ask(batch, weights)
+        requests += 1
         cast, more = collect_votes(
             answers.votes, context, members, {c.digest for c in batch}
         )
@@ -108,6 +110,7 @@ def decide_batch(
         context,
         certificates,
         unreachable,
+        requests,
     )
 
 
