@@ -44,8 +44,10 @@ finished.
 Cost: a 100-node FedBuff cell trains about 31 nodes per simulated second
 (most of them the fast tier's), some 30 ms of CPU each, so about a CPU second
 per simulated second. ``--jobs N`` runs cells in N processes (results
-unchanged: each cell is seeded and simulated). The JSON is rewritten after
-every cell, with ``partial``, ``completed`` and ``missing``.
+unchanged: each cell is seeded and simulated): first every seed's FedAvg
+(its budget), then every other cell across seeds, main strategies first.
+The JSON is rewritten after every cell, with ``partial``, ``completed`` and
+``missing``.
 """
 
 from __future__ import annotations
@@ -614,20 +616,23 @@ def main() -> None:
     load = {"start": os.getloadavg()}
     if rows:
         save(rows, tiers, args, planned, load)
-    for seed, group in stages:
-        if seed not in budgets:
-            fedavg = run_one("fedavg", args, seed, None)
-            budgets[seed] = fedavg["simulated_seconds"]
-            report(fedavg, budgets[seed], args, rows)
-            save(rows, tiers, args, planned, load)
-        cells = [
-            (n, args, seed, budgets[seed])
-            for n in group
-            if n != "fedavg" and (n, seed) not in done
-        ]
-        for _, row in run_cells(run_one, cells, args.jobs, quiet):
-            report(row, budgets[seed], args, rows)
-            save(rows, tiers, args, planned, load)
+    # FedAvg first, every seed (it sets the seed's budget); then the rest in
+    # one pool, across seeds, in the stages' order
+    fedavgs = [("fedavg", args, seed, None) for seed in seeds_of(args)]
+    fedavgs = [cell for cell in fedavgs if cell[2] not in budgets]
+    for _, row in run_cells(run_one, fedavgs, args.jobs, quiet):
+        budgets[row["seed"]] = row["simulated_seconds"]
+        report(row, budgets[row["seed"]], args, rows)
+        save(rows, tiers, args, planned, load)
+    cells = [
+        (n, args, seed, budgets[seed])
+        for seed, group in stages
+        for n in group
+        if n != "fedavg" and (n, seed) not in done
+    ]
+    for _, row in run_cells(run_one, cells, args.jobs, quiet):
+        report(row, budgets[row["seed"]], args, rows)
+        save(rows, tiers, args, planned, load)
     summary = summarise(rows)
     for name, stats in summary["strategies"].items():
         print(
