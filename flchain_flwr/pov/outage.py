@@ -128,9 +128,10 @@ class OutageWatch:
         cause = "Nothing can be approved"
         who = "no verifier is left in the pool"
         if decision.committee:
-            gone = [k for k in decision.committee if k in set(decision.unreachable)]
-            voters = [k for k in decision.committee if k in _voters(decision)]
-            refused = [k for k in decision.committee if k not in gone + voters]
+            unreachable, voting = set(decision.unreachable), _voters(decision)
+            gone = [k for k in decision.committee if k in unreachable]
+            voters = [k for k in decision.committee if k in voting]
+            refused = [k for k in decision.committee if k not in unreachable | voting]
             reasons = "; ".join(dict.fromkeys(decision.dropped_votes))
             who = (
                 f"{len(decision.committee) - len(gone)} of "
