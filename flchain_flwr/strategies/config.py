@@ -64,7 +64,8 @@ def fedbuff_from_run_config(
       ``ledger-key`` (the ledger's signing key file, "": ``<ledger-path>.key``;
       keep it off the ledger's disk in deployment) and ``ledger-checkpoint``
       (where each block's signed checkpoint goes, "":
-      ``<ledger-path>.checkpoint``);
+      ``<ledger-path>.checkpoint``); ``ledger-chain-id`` (a new ledger's chain
+      id, "": a random one; an existing ledger must hold that chain);
       ``anchor-main``, ``anchor-spool`` or ``anchor-key``,
       ``anchor-witnesses``, ``anchor-every``, ``anchor-every-seconds``:
       anchoring in a main chain, or spooling anchor requests for its operator (see
@@ -154,7 +155,9 @@ def fedbuff_from_run_config(
                 raise _bad("ledger-durable", cfg["ledger-durable"], "a boolean")
             durable = cfg["ledger-durable"]
         places = {
-            k: _text(cfg, k) for k in ("ledger-key", "ledger-checkpoint") if k in cfg
+            k: _text(cfg, k)
+            for k in ("ledger-key", "ledger-checkpoint", "ledger-chain-id")
+            if k in cfg
         }
         memory = kwargs.get("update_memory")
         conflict = memory_conflict(  # before a ledger file is made for nothing
@@ -171,6 +174,7 @@ def fedbuff_from_run_config(
                 durable=durable,
                 key_path=places.get("ledger-key") or None,
                 checkpoint_path=places.get("ledger-checkpoint") or None,
+                chain_id=places.get("ledger-chain-id") or None,
             )
     try:
         if str(cfg.get("anchor-main", "")) and "anchor" not in overrides:

@@ -31,6 +31,7 @@ from flchain_flwr.pov.remote import (
     declared_pool,
     discover_verifiers,
 )
+from flchain_flwr.pov.simkeys import seeded_verifier_key
 from flchain_flwr.strategies import (
     DecompressReplies,
     closing_ledger,
@@ -117,8 +118,10 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
     Each verifier holds its own shard of ``pov-trusted-examples`` examples from
     the end of the test set; with ``pov-reference-epochs`` > 0 it also trains
     its reference update there (:func:`~flchain_cnn.verifiers.app_verifier`).
-    With a ledger, verifier keys persist beside it (so the run can resume);
-    otherwise they are fresh for the run.
+    With a ledger, verifier keys persist beside it (random at first, so the run
+    can resume and nobody else holds them); otherwise they are derived from
+    ``seed`` (:func:`~flchain_flwr.pov.simkeys.seeded_verifier_key`), so that
+    the committee draws, and so the run, repeat for a seed.
     """
     count = int(cfg.get("pov-verifiers", 0))
     if count <= 0:
@@ -133,11 +136,12 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
     ledger_path = str(cfg.get("ledger-path", ""))
     verifiers = []
     for index, (x, y) in enumerate(shards):
-        key = None
         if ledger_path:
             key_dir = Path(ledger_path + ".verifiers")
             key_dir.mkdir(parents=True, exist_ok=True)
             key = load_or_create_key(key_dir / f"verifier-{index}.key")
+        else:
+            key = seeded_verifier_key(int(cfg["seed"]), index)
         verifiers.append(app_verifier(cfg, x, y, key, index))
     return Committee(verifiers, **rules)  # type: ignore[arg-type]
 
