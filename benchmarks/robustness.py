@@ -1,7 +1,7 @@
 """PoV against poisoning attacks, side by side with Flower's robust strategies.
 
 Setting: Fashion-MNIST (Debian's dataset-fashion-mnist), the app's small CNN,
-``--nodes`` nodes split by Dirichlet(0.5), ``--fraction`` of them attackers
+``--nodes`` nodes split by Dirichlet(``--alpha``, 0.5), ``--fraction`` of them attackers
 (fixed by seed), one local epoch per round, the same virtual-clock grid for every
 defence, ``--versions`` global versions each, for every seed in ``--seeds``.
 Attacks, from :mod:`flchain_flwr.sim.attacks`: none, sign flip, scaling (x10),
@@ -295,6 +295,7 @@ def run_one(
         APP_DIR,
         {
             **FASHION_MNIST,
+            "dirichlet-alpha": args.alpha,
             "model": "small",
             "train-subset": args.train_subset,
             "seed": seed,
@@ -399,6 +400,12 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.3)
     parser.add_argument("--versions", type=int, default=10)
     parser.add_argument("--train-subset", type=int, default=8000)
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        default=float(FASHION_MNIST["dirichlet-alpha"]),
+        help="Dirichlet concentration of the label split (large: near IID)",
+    )
     parser.add_argument("--verifiers", type=int, default=7)
     parser.add_argument("--committee", type=int, default=4)
     parser.add_argument("--trusted", type=int, default=100)

@@ -759,15 +759,23 @@ def headline(
 
 def lowest_gap(rows: list[dict[str, Any]]) -> tuple[str, float, list[int]] | None:
     """The FedBuff variant with the lowest mean worst-tier gap (mean points)
-    among those that finished every seed plain FedBuff finished (listed)."""
-    seeds: dict[str, dict[int, float]] = {}
+    among those that finished every seed plain FedBuff finished (listed) with
+    a mean final accuracy no worse than plain FedBuff's there (the issue's
+    condition: a model that collapsed to one class has a small gap too)."""
+    seeds: dict[str, dict[int, tuple[float, float]]] = {}
     for row in rows:
-        seeds.setdefault(row["strategy"], {})[row["seed"]] = row["worst_tier_gap"]
+        cell = (row["worst_tier_gap"], row["final_accuracy"])
+        seeds.setdefault(row["strategy"], {})[row["seed"]] = cell
     wanted = set(seeds.get("fedbuff", {}))
+    if not wanted:
+        return None
+    floor = statistics.mean(seeds["fedbuff"][s][1] for s in wanted)
     means = [
-        (round(statistics.mean(gaps[s] for s in wanted), 4), name)
-        for name, gaps in seeds.items()
-        if name.startswith(("fedbuff", "+")) and wanted and wanted <= set(gaps)
+        (round(statistics.mean(cells[s][0] for s in wanted), 4), name)
+        for name, cells in seeds.items()
+        if name.startswith(("fedbuff", "+"))
+        and wanted <= set(cells)
+        and statistics.mean(cells[s][1] for s in wanted) >= floor
     ]
     if not means:
         return None

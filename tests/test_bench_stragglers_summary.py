@@ -229,6 +229,10 @@ def test_lowest_gap_names_the_variant_with_the_smallest_mean_gap() -> None:
     rows.append(row("+fedsa+fairness", 1, 140.0, 12.0))
     assert stragglers.lowest_gap(rows) == ("+fedsa+fairness", 11.0, [0, 1])
     assert stragglers.lowest_gap(rows[2:4]) is None
+    # a collapsed model (one class everywhere) has a small gap, and does not count
+    for seed in (0, 1):
+        rows.append(row("+fedsa+memory", seed, None, 3.0) | {"final_accuracy": 0.1})
+    assert stragglers.lowest_gap(rows) == ("+fedsa+fairness", 11.0, [0, 1])
 
 
 def test_late_gap_averages_the_gaps_of_the_last_window_of_the_budget() -> None:

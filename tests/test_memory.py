@@ -3,6 +3,7 @@ it, and a run where a slow node's update keeps steering the model."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +20,16 @@ from flwr.app import (
 
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import (
+    AdaptiveLocalWork,
+    AdaptiveScheduling,
     Constant,
     FedBuff,
+    FedSALearningRate,
     InverseParticipation,
     UpdateMemory,
     fedbuff_from_run_config,
 )
-from flchain_flwr.strategies.memory import update_memory
+from flchain_flwr.strategies.memory import memory_caution, update_memory
 from flchain_flwr.strategies.pipeline import (
     BufferedUpdate,
     Pipeline,
@@ -109,6 +113,22 @@ def test_update_memory_is_refused_with_a_ledger_or_with_fairness(
         FedBuff(update_memory=UpdateMemory(), ledger=tmp_path / "l.db")
     with pytest.raises(ValueError, match="compensate them twice"):
         FedBuff(update_memory=UpdateMemory(), fairness=InverseParticipation())
+
+
+def test_fedsa_beside_the_memory_is_warned_of_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fedsa = AdaptiveScheduling([FedSALearningRate(0.1)])
+    bafl = AdaptiveScheduling([AdaptiveLocalWork(3)])
+    assert memory_caution(UpdateMemory(), fedsa) is not None
+    for memory, scheduling in ((None, fedsa), (UpdateMemory(), bafl)):
+        assert memory_caution(memory, scheduling) is None
+    assert memory_caution(UpdateMemory(), toy_fedbuff().scheduling) is None
+    with caplog.at_level(logging.WARNING):
+        run_toy(toy_fedbuff(scheduling=fedsa, update_memory=UpdateMemory()), 4)
+    assert [r for r in caplog.records if "collapsed the model" in r.getMessage()], (
+        "no warning"
+    )
 
 
 def test_the_run_config_key_and_its_errors() -> None:

@@ -35,6 +35,7 @@ from .evaluation import (
 )
 from .history import NodeHistory
 from .loop import EventLoop, LoopSettings, queued_on
+from .memory import memory_caution
 from .personalised import log_personal
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult, VersionRecord, mean_staleness
@@ -73,6 +74,9 @@ class FedBuffRun:
         conflict = s.policy_conflict()  # again: they may have been set since
         if conflict is not None:
             raise ValueError(conflict)
+        caution = memory_caution(s.update_memory, s.scheduling)
+        if caution is not None:
+            log(WARNING, "%s", caution)
         self.clock = clock
         self.evaluate_fn = evaluate_fn
         self.should_stop = should_stop
