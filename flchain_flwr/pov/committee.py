@@ -23,46 +23,31 @@ view and sealing a block. The rest lives beside it: the decision records in
 :mod:`.decision`, the tally (valid votes, quorum, passes at growing shares) in
 :mod:`.tally`, in-process members' votes in :mod:`.localvotes`, the genesis
 fields and resuming a chain in :mod:`.genesis`, the next block's vote
-context in :mod:`.position` (public names once defined here still import
-from here).
+context in :mod:`.position`, a block's deposits and equivocation evidence in
+:mod:`.settlement`, and what the committee is mixed from: who leads and the
+view changes in :mod:`.views`, the members' header signatures in
+:mod:`.headers`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from logging import WARNING
 from typing import TYPE_CHECKING, Any
 
-from flwr.supercore import log
-
 from ..arrays import NDArrays
-from ..ledger import (
-    Ledger,
-    PoVRules,
-    PoVState,
-    VoteContext,
-    VoteRules,
-)
-from ..ledger.evidence import EVIDENCE_FIELD
-from ..ledger.quorum import VIEW_CHANGES_FIELD
-from .decision import Candidate as Candidate
-from .decision import Cast as Cast
-from .decision import CommitteeDecision as CommitteeDecision
-from .decision import Outcome as Outcome
+from ..ledger import Ledger, PoVRules, PoVState, VoteContext, VoteRules
+from .decision import Candidate, Cast, CommitteeDecision
 from .filters import Prefilter
 from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
 from .localvotes import in_process_votes
 from .outage import OUTAGE_LIMIT, checked_outage_limit
 from .position import vote_position
-from .tally import collect_votes as collect_votes
+from .settlement import block_fields, checked_evidence, settle
 from .tally import decide_batch
 from .verifier import Rule, Threshold, Verifier
-from .views import LEAD_TAG as LEAD_TAG
 from .views import Views
-from .views import carried_votes as carried_votes
-from .views import lead_statement as lead_statement
 
 if TYPE_CHECKING:  # replay imports the strategies, which import this module
     from ..ledger.replay import PendingReplay
@@ -248,15 +233,11 @@ class Committee(Views, HeaderSigning):
         signs it (its leader, then its committee). The stakes change, and
         the evidence leaves the queue, only when the block has its quorum of
         header signatures (:meth:`_settle`, called by the signer): a block
-        that is never signed changes nothing."""
+        that is never signed changes nothing (:mod:`.settlement`)."""
         evidence = list(self._evidence)
-        deposits = self.state.settlement(committee, votes, evidence)
-        fields: dict[str, Any] = {"committee": list(committee), "deposits": deposits}
-        if view:
-            fields["view"] = view
-            fields[VIEW_CHANGES_FIELD] = [dict(c) for c in view_changes]
-        if evidence:
-            fields[EVIDENCE_FIELD] = evidence
+        fields, deposits = block_fields(
+            self.state, committee, votes, evidence, view, view_changes
+        )
         signer = HeaderSigner(
             self,
             self.signer(committee[0]),
@@ -270,22 +251,13 @@ class Committee(Views, HeaderSigning):
         self, deposits: list[dict[str, Any]], evidence: list[dict[str, Any]]
     ) -> None:
         """Apply a signed block's deposits; drop the evidence it settles."""
-        self.state.apply(deposits)
-        for entry in deposits:
-            if entry["removed"]:
-                log(WARNING, "Verifier %s… leaves the pool", entry["verifier"][:12])
-        self._evidence = [r for r in self._evidence if r not in evidence]
+        self._evidence = settle(self.state, deposits, evidence, self._evidence)
 
     def report_equivocation(self, record: dict[str, Any]) -> None:
         """Queue equivocation evidence for the next block to settle;
         ``ValueError`` if the record is not valid evidence against a pool
         member that still has stake."""
-        problem = self.state.evidence_problem(
-            str(record.get("chain_id")), [*self._evidence, record]
-        )
-        if problem is not None:
-            raise ValueError(problem)
-        self._evidence.append(dict(record))
+        self._evidence.append(checked_evidence(self.state, self._evidence, record))
 
     @property
     def reserved_nodes(self) -> frozenset[int]:

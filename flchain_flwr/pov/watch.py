@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .committee import Committee, CommitteeDecision
+from .committee import Committee
+from .decision import CommitteeDecision
 from .outage import OutageWatch
 from .silence import SilenceWatch
 
