@@ -178,13 +178,13 @@ class Views:
             problem = self.leader_ready(members[0], ready)
             if problem is None:
                 return ready, members, certificates
-            certificate = self._give_up(ready, members, problem)
+            certificate = self.give_up(ready, members, problem)
             if certificate is None:
                 break
             certificates.append(certificate)
         return ready, members, certificates
 
-    def _give_up(
+    def give_up(
         self, context: VoteContext, members: list[str], problem: str
     ) -> dict[str, Any] | None:
         """The certificate that ``context``'s view failed, or ``None`` (then
