@@ -248,7 +248,7 @@ class TimedCommittee(Committee):
     ) -> Any:
         if self.replays is None or self.replays.ledger is not ledger:
             self.replays = TimedReplay(ledger)
-            self._replay = self.replays
+            self.pending_replay = self.replays
         with timed(self.signing):
             return super().header_signatures(members, ledger, block, view)
 

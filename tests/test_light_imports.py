@@ -103,3 +103,41 @@ def test_every_module_imports_first() -> None:
         "assert not failed, failed\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+POV_EXPORTS = (
+    "Behaviour",
+    "Candidate",
+    "Committee",
+    "CommitteeDecision",
+    "IQRFilter",
+    "MedianFilter",
+    "Outcome",
+    "PoVStrategy",
+    "Prefilter",
+    "ReferenceFn",
+    "RefusedRequest",
+    "Rule",
+    "Score",
+    "ScoreFn",
+    "Threshold",
+    "Verifier",
+    "collect_votes",
+    "cosine",
+    "distances_to_mean",
+)
+"""What ``flchain_flwr.pov`` exports (its public API: keep each working)."""
+
+
+def test_every_pov_export_imports_from_the_package() -> None:
+    import flchain_flwr.pov as pov
+
+    assert sorted(pov.__all__) == sorted(POV_EXPORTS)
+    namespace: dict[str, object] = {}
+    exec("from flchain_flwr.pov import *", namespace)
+    for name in POV_EXPORTS:
+        exported = namespace[name]
+        assert exported is getattr(pov, name), name
+        module = getattr(exported, "__module__", "")
+        if module.startswith("flchain_flwr."):  # its defining module has it
+            assert getattr(import_module(module), name) is exported, name

@@ -37,11 +37,15 @@ from flchain_flwr.pov import (
     Score,
     Threshold,
     Verifier,
-    remote,
+    discovery,
+    queries,
+    verifiernode,
+    voterequest,
 )
-from flchain_flwr.pov.committee import LEAD_TAG
 from flchain_flwr.pov.outage import CommitteeUnreachableError
-from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
+from flchain_flwr.pov.queries import RemoteVerifierError
+from flchain_flwr.pov.remote import RemoteCommittee
+from flchain_flwr.pov.views import LEAD_TAG
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
@@ -405,14 +409,14 @@ def _node_app(mods: list[Any] | None = None):  # type: ignore[no-untyped-def]
     app = toy_client_app({}, mods=mods)
 
     def verifier_of(context_: Context) -> Verifier | None:
-        return remote.verifier_from_node_config(
+        return verifiernode.verifier_from_node_config(
             context_.node_config,
             lambda k, shard: Verifier(
                 toy_score, k, seed=shard, rule=Rule(Threshold(value=0.0))
             ),
         )
 
-    remote.serve(app, verifier_of)
+    verifiernode.serve(app, verifier_of)
     return app
 
 
@@ -461,7 +465,7 @@ def _verifier_grid(  # pylint: disable=too-many-arguments
 def _remote_fedbuff(
     grid: VirtualGrid, path: Path, pool: list[str] | None, **settings: Any
 ) -> FedBuff:
-    nodes = remote.discover_verifiers(grid, expected=4, pool=pool, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=4, pool=pool, timeout=30)
     return FedBuff(
         fraction_evaluate=0.0,
         buffer_size=3,
@@ -479,7 +483,7 @@ def test_the_same_verifiers_answering_in_another_order_resume(tmp_path: Path) ->
     path = tmp_path / "remote.db"
     first = _verifier_grid(tmp_path, [0, 1, 2, 3])
     simulate(_remote_fedbuff(first, path, None), first, initial_arrays(), num_rounds=2)
-    pool = remote.declared_pool(path)
+    pool = discovery.declared_pool(path)
     assert pool is not None and len(pool) == 4
     again = _verifier_grid(tmp_path, [3, 1, 0, 2])  # other node ids, other order
     strategy = _remote_fedbuff(again, path, list(reversed(pool)))
@@ -488,7 +492,7 @@ def test_the_same_verifiers_answering_in_another_order_resume(tmp_path: Path) ->
         report = ledger.verify()
         assert report.ok and report.pov and len(ledger) == 5, report
     with pytest.raises(RemoteVerifierError, match="found 3 of 4"):  # one missing
-        remote.discover_verifiers(
+        discovery.discover_verifiers(
             _verifier_grid(tmp_path, [0, 1, 2]), pool=pool, timeout=5
         )
 
@@ -498,8 +502,10 @@ def test_discovery_waits_on_the_grids_clock_for_a_late_verifier(
 ) -> None:
     grid = _verifier_grid(tmp_path, [0, 1], late=500.0)
     with pytest.raises(RemoteVerifierError, match="found 1 of 2"):
-        remote.discover_verifiers(grid, expected=2, timeout=100, poll_interval=10)
-    nodes = remote.discover_verifiers(grid, expected=2, timeout=1000, poll_interval=10)
+        discovery.discover_verifiers(grid, expected=2, timeout=100, poll_interval=10)
+    nodes = discovery.discover_verifiers(
+        grid, expected=2, timeout=1000, poll_interval=10
+    )
     assert len(nodes) == 2 and grid.clock.now() >= 500.0
 
 
@@ -511,26 +517,26 @@ def test_a_verifier_node_remembers_where_it_voted_between_messages(
     rule = Rule(Threshold(value=0.0)).digest
     replies = []
     for height in (3, 2):  # the second request goes back a height
-        content = remote.vote_request(
+        content = voterequest.vote_request(
             context(height, rule=rule),
             model(0.0),
             [reply_candidate(1, 0.5)],
             [1.0],
         )
         (reply,) = grid.send_and_receive(
-            [Message(content, node, remote.VOTE, ttl=60)], timeout=60
+            [Message(content, node, queries.VOTE, ttl=60)], timeout=60
         )
         replies.append(reply)
     assert not replies[0].has_error()
     assert replies[1].has_error() and "behind height 3" in replies[1].error.reason
-    other_rule = remote.vote_request(
+    other_rule = voterequest.vote_request(
         context(4, rule=Rule().digest),
         model(0.0),
         [reply_candidate(1, 0.5)],
         [1.0],
     )
     (reply,) = grid.send_and_receive(
-        [Message(other_rule, node, remote.VOTE, ttl=60)], timeout=60
+        [Message(other_rule, node, queries.VOTE, ttl=60)], timeout=60
     )
     assert reply.has_error() and "judges by" in reply.error.reason
 
@@ -576,7 +582,7 @@ def _pinned_ledger(path: Path, name: str) -> None:
 
 def _lead_statement(message: Message) -> dict[str, Any] | None:
     """The lead statement a ``query.pov_sign`` message asks for, if it is one."""
-    if message.metadata.message_type != remote.SIGN:
+    if message.metadata.message_type != queries.SIGN:
         return None
     data = message.content.config_records["pov"].get("message")
     if not isinstance(data, bytes) or not data.startswith(LEAD_TAG):
@@ -609,7 +615,7 @@ def _failing_leader_run(tmp_path: Path, dies_at: float | None) -> None:
     grid = _verifier_grid(
         tmp_path, [0, 1, 2, 3], mods=[refuse_mod], dies_at=dies_at, work_fn=work
     )
-    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
     strategy = FedBuff(
         fraction_evaluate=0.0,
         buffer_size=3,

@@ -14,8 +14,8 @@ from flwr.app import Context, Message, MessageType
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.pov import Committee, remote
-from flchain_flwr.pov.committee import Cast, CommitteeDecision
+from flchain_flwr.pov import Committee, CommitteeDecision, discovery, queries, remote
+from flchain_flwr.pov.decision import Cast
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
     CommitteeStalledError,
@@ -156,7 +156,7 @@ def _slow_training(msg: Message, reply: Message) -> float:
 
 def _refuse_votes(msg: Message, context_: Context, call_next: object) -> Message:
     """Every verifier node answers a vote request with a refusal."""
-    if msg.metadata.message_type == remote.VOTE:
+    if msg.metadata.message_type == queries.VOTE:
         raise ValueError("judges by another rule")
     reply: Message = call_next(msg, context_)  # type: ignore[operator]
     return reply
@@ -190,7 +190,7 @@ def test_the_apps_key_sets_the_limit(
     rules = committee_rules(cfg)
     assert rules["outage_limit"] == expected
     grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
-    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
     committee = remote.RemoteCommittee(grid, nodes, **rules)  # type: ignore[arg-type]
     assert committee.outage_limit == expected
     assert app_run_config("apps/flchain_cnn")["pov-outage-limit"] == OUTAGE_LIMIT
@@ -296,7 +296,7 @@ def _refusing_grid(
     def refuse(msg: Message, context_: Context, call_next: object) -> Message:
         shard = context_.node_config.get("verifier-shard")
         if (
-            msg.metadata.message_type == remote.VOTE
+            msg.metadata.message_type == queries.VOTE
             and shard in refusing
             and during[0] <= grid[0].clock.now() < during[1]
         ):

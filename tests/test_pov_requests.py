@@ -18,12 +18,18 @@ from nacl.signing import VerifyKey
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode
 from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.statements import view_change_statement
-from flchain_flwr.pov import Rule, Threshold, Verifier, remote
-from flchain_flwr.pov.committee import LEAD_TAG, lead_statement
+from flchain_flwr.pov import (
+    Rule,
+    Threshold,
+    Verifier,
+    queries,
+    verifiernode,
+    voterequest,
+)
 from flchain_flwr.pov.members import STATEMENT_COLUMNS
 from flchain_flwr.pov.runstate import columns_record, read_columns
 from flchain_flwr.pov.verifier import RefusedRequest
-from flchain_flwr.pov.views import take_statement
+from flchain_flwr.pov.views import LEAD_TAG, lead_statement, take_statement
 
 from .pov_replies import reply_candidate
 from .test_pov import CHAIN, context, key, model, toy_score
@@ -47,7 +53,7 @@ def _header(leader: str, height: int = 5, prev: str = PREV, **extra: str) -> byt
 
 def _sign(verifier: Verifier, data: bytes) -> bytes:
     """The node's signature over ``data`` (checked), or its refusal raised."""
-    reply = remote._signature(
+    reply = verifiernode.signature_reply(
         RecordDict({"pov": ConfigRecord({"message": data})}), verifier
     )
     signature = reply.config_records["pov"]["signature"]
@@ -120,13 +126,13 @@ def test_a_leader_node_remembers_what_it_signed_between_messages(
         return reply
 
     def sign(data: bytes) -> Message:
-        return ask(remote.SIGN, RecordDict({"pov": ConfigRecord({"message": data})}))
+        return ask(queries.SIGN, RecordDict({"pov": ConfigRecord({"message": data})}))
 
     rule = Rule(Threshold(value=0.0)).digest
-    vote = remote.vote_request(
+    vote = voterequest.vote_request(
         context(3, rule=rule), model(0.0), [reply_candidate(1, 0.5)], [1.0]
     )
-    assert not ask(remote.VOTE, vote).has_error()
+    assert not ask(queries.VOTE, vote).has_error()
     assert not sign(_header(leader, height=3)).has_error()
     again = sign(_header(leader, height=3, model_hash="ff" * 32))
     assert again.has_error() and "another header at 3" in again.error.reason
@@ -143,7 +149,7 @@ def test_a_member_node_signs_view_changes_only_in_canonical_form_and_keeps_them(
     statement = view_change_statement(CHAIN, 5, 0, PREV)
 
     def ask(data: bytes) -> bytes:
-        reply = remote._signature(
+        reply = verifiernode.signature_reply(
             RecordDict({"pov": ConfigRecord({"kind": "view-change", "message": data})}),
             member,
         )

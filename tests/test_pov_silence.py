@@ -11,8 +11,14 @@ import pytest
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.pov import Committee, RefusedRequest, Threshold, Verifier
-from flchain_flwr.pov.committee import CommitteeDecision, Outcome
+from flchain_flwr.pov import (
+    Committee,
+    CommitteeDecision,
+    Outcome,
+    RefusedRequest,
+    Threshold,
+    Verifier,
+)
 from flchain_flwr.pov.outage import vote_requested
 from flchain_flwr.pov.silence import (
     SILENT_DECISIONS,

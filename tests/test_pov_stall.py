@@ -18,8 +18,14 @@ from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.pov import Behaviour, Committee, PoVStrategy, Threshold, Verifier
-from flchain_flwr.pov.committee import CommitteeDecision
+from flchain_flwr.pov import (
+    Behaviour,
+    Committee,
+    CommitteeDecision,
+    PoVStrategy,
+    Threshold,
+    Verifier,
+)
 from flchain_flwr.pov.outage import (
     OUTAGE_LIMIT,
     CommitteeStalledError,

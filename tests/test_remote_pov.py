@@ -13,8 +13,18 @@ from flwr.clientapp import ClientApp
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.chain import load_or_create_key
-from flchain_flwr.pov import Behaviour, Rule, Threshold, Verifier, remote
-from flchain_flwr.pov.remote import RemoteCommittee, RemoteVerifierError
+from flchain_flwr.pov import (
+    Behaviour,
+    Rule,
+    Threshold,
+    Verifier,
+    discovery,
+    queries,
+    verifiernode,
+    voterequest,
+)
+from flchain_flwr.pov.queries import RemoteVerifierError
+from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
@@ -38,7 +48,7 @@ def _toy_verifier(context: Context) -> Verifier | None:
         threshold = Threshold("none", min_cosine=float(cfg["min-cosine"]))
     rule = Rule(threshold, trust_weighting=bool(cfg.get("trust-weighting", False)))
     reference = toward_target if "min-cosine" in cfg else None
-    return remote.verifier_from_node_config(
+    return verifiernode.verifier_from_node_config(
         cfg,
         lambda key, shard: Verifier(
             toy_score,
@@ -55,36 +65,36 @@ def _misbehaving_answer(msg: Message, context: Context) -> Message:
     """Scripted verifier-node faults, chosen by node config ``fault``."""
     fault = str(context.node_config.get("fault", ""))
     verifier = _toy_verifier(context)
-    if fault == "garbage-votes" and msg.metadata.message_type == remote.VOTE:
+    if fault == "garbage-votes" and msg.metadata.message_type == queries.VOTE:
         cfg = ConfigRecord({"votes": "{not json"})
         return Message(RecordDict({"pov": cfg}), reply_to=msg)
-    if fault == "forge-votes" and msg.metadata.message_type == remote.VOTE:
+    if fault == "forge-votes" and msg.metadata.message_type == queries.VOTE:
         # votes signed with a key that is not this node's registered one
         assert verifier is not None
         forger = Verifier(
             toy_score, behaviour=Behaviour.APPROVE_ALL, rule=verifier.rule
         )
-        reply = remote.answer(msg, forger)
+        reply = verifiernode.answer(msg, forger)
         votes = json.loads(str(reply.content.config_records["pov"]["votes"]))
         for vote in votes:
             vote["verifier"] = verifier.public_key  # claims to be the member
         cfg = ConfigRecord({"votes": json.dumps(votes)})
         return Message(RecordDict({"pov": cfg}), reply_to=msg)
-    if fault == "claim-key" and msg.metadata.message_type == remote.IDENTITY:
+    if fault == "claim-key" and msg.metadata.message_type == queries.IDENTITY:
         # presents another verifier's public key without holding its private key
         assert verifier is not None
-        reply = remote.answer(msg, Verifier(toy_score))
+        reply = verifiernode.answer(msg, Verifier(toy_score))
         reply.content.config_records["pov"]["public-key"] = str(
             context.node_config["claimed-key"]
         )
         return reply
-    return remote.answer_in_run(msg, context, verifier)
+    return verifiernode.answer_in_run(msg, context, verifier)
 
 
 def _app(app: ClientApp | None = None) -> ClientApp:
     """``app`` (default: the toy trainers, with attacks) answering PoV queries."""
     app = app or toy_client_app({}, mods=[attack_mod()])
-    for action in remote.ACTIONS:
+    for action in queries.ACTIONS:
         app.query(action)(_misbehaving_answer)
     return app
 
@@ -132,7 +142,7 @@ def _keys(tmp_path: Path, n: int) -> list[str]:
 
 def test_fedbuff_with_remote_verifiers_and_ledger(tmp_path: Path) -> None:
     grid = _grid(tmp_path, [{"tolerance": 0.0}] * VERIFIERS, attackers={4})
-    nodes = remote.discover_verifiers(grid, expected=VERIFIERS, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=VERIFIERS, timeout=30)
     assert sorted(nodes) == sorted(_keys(tmp_path, VERIFIERS))
     committee = RemoteCommittee(
         grid, nodes, threshold=Threshold(value=0), chain_id=CHAIN
@@ -167,7 +177,7 @@ def test_byzantine_and_broken_verifier_nodes_are_outvoted(tmp_path: Path) -> Non
         {"fault": "forge-votes"},
     ]
     grid = _grid(tmp_path, faults, attackers=set())
-    nodes = remote.discover_verifiers(grid, expected=len(faults), timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=len(faults), timeout=30)
     committee = RemoteCommittee(grid, nodes, chain_id=CHAIN)
     good = reply_candidate(1, 0.5, 0.5)
     bad = reply_candidate(2, -3.0, 0.5)
@@ -193,8 +203,8 @@ def test_discovery_refuses_a_node_claiming_a_key_it_does_not_hold(
         attackers=set(),
     )
     with pytest.raises(RemoteVerifierError, match="found 1 of 2"):
-        remote.discover_verifiers(grid, expected=2, timeout=1)
-    nodes = remote.discover_verifiers(grid, expected=1, timeout=1)
+        discovery.discover_verifiers(grid, expected=2, timeout=1)
+    nodes = discovery.discover_verifiers(grid, expected=1, timeout=1)
     assert list(nodes) == [honest_key]
     honest_node = next(n for n, i in grid.partition_of.items() if i == TRAINERS)
     assert nodes[honest_key] == honest_node  # not the claimant's
@@ -203,17 +213,17 @@ def test_discovery_refuses_a_node_claiming_a_key_it_does_not_hold(
 def test_discovery_keeps_only_the_declared_pool(tmp_path: Path) -> None:
     grid = _grid(tmp_path, [{}, {}, {}], attackers=set())
     keys = _keys(tmp_path, 3)
-    nodes = remote.discover_verifiers(grid, expected=2, pool=keys[:2], timeout=1)
+    nodes = discovery.discover_verifiers(grid, expected=2, pool=keys[:2], timeout=1)
     assert sorted(nodes) == sorted(keys[:2])
 
 
 def test_remote_leader_signs_only_its_own_blocks(tmp_path: Path) -> None:
     grid = _grid(tmp_path, [{}, {}], attackers=set())
-    nodes = remote.discover_verifiers(grid, expected=2, timeout=1)
+    nodes = discovery.discover_verifiers(grid, expected=2, timeout=1)
     (first, node), (second, _) = sorted(nodes.items())
     signer = RemoteCommittee(grid, nodes, chain_id=CHAIN).signer(first)
     from flchain_flwr.ledger.canonical import HEADER_TAG, canonical_json
-    from flchain_flwr.pov.committee import lead_statement
+    from flchain_flwr.pov.views import lead_statement
 
     signer.sign(lead_statement(context(1), first))  # it leads height 1
     position = {"chain_id": CHAIN, "height": 1, "prev_hash": "ab" * 32}
@@ -232,13 +242,13 @@ def test_remote_leader_signs_only_its_own_blocks(tmp_path: Path) -> None:
 
 def test_trainer_nodes_answer_identity_but_refuse_votes(tmp_path: Path) -> None:
     grid = _grid(tmp_path, [], attackers=set())
-    content = remote.vote_request(
+    content = voterequest.vote_request(
         context(1, rule=Rule().digest),
         model(0.0),
         [reply_candidate(1, 0.1)],
         [1.0],
     )
     trainer = next(iter(grid.partition_of))
-    msg = Message(content, trainer, remote.VOTE, ttl=60)
+    msg = Message(content, trainer, queries.VOTE, ttl=60)
     (reply,) = grid.send_and_receive([msg], timeout=60)
     assert reply.has_error() and "not a PoV verifier" in reply.error.reason

@@ -14,7 +14,15 @@ from flwr.app import Message, RecordDict
 from flchain_flwr import cli
 from flchain_flwr.arrays import NDArrays, to_arrayrecord
 from flchain_flwr.ledger import Ledger, VoteContext, model_hash
-from flchain_flwr.pov import Candidate, CommitteeDecision, Rule, Threshold, remote
+from flchain_flwr.pov import (
+    Candidate,
+    CommitteeDecision,
+    Rule,
+    Threshold,
+    discovery,
+    queries,
+    voterequest,
+)
 from flchain_flwr.pov.memory import MAX_MODELS, MemberMemory, load, store
 from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.voterequest import BASE_PREFIX, payload_blob
@@ -31,7 +39,7 @@ RULE = Rule(Threshold(value=0.0)).digest
 
 def _committee(tmp_path: Path, n: int = 4) -> RemoteCommittee:
     grid = _grid(tmp_path, [{"tolerance": 0.0}] * n, attackers=set())
-    nodes = remote.discover_verifiers(grid, expected=n, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=n, timeout=30)
     return RemoteCommittee(grid, nodes, threshold=Threshold(value=0), chain_id=CHAIN)
 
 
@@ -42,7 +50,8 @@ def _at(height: int, parent: NDArrays) -> VoteContext:
 def _ask(committee: RemoteCommittee, content: RecordDict) -> list[Message]:
     """One vote request to every verifier node, as the server sends it."""
     messages = [
-        Message(content, node, remote.VOTE, ttl=60) for node in committee.nodes.values()
+        Message(content, node, queries.VOTE, ttl=60)
+        for node in committee.nodes.values()
     ]
     return list(committee.grid.send_and_receive(messages, timeout=60))
 
@@ -81,16 +90,18 @@ def test_a_forged_or_unknown_base_model_is_refused(tmp_path: Path) -> None:
     refused."""
     committee = _committee(tmp_path, n=1)
     old, parent = model(0.0), model(0.2)
-    first = remote.vote_request(_at(1, old), old, [reply_candidate(1, 0.1)], [1.0])
+    first = voterequest.vote_request(_at(1, old), old, [reply_candidate(1, 0.1)], [1.0])
     assert not _ask(committee, first)[0].has_error()
     stale = reply_candidate(2, 0.3, base=old)  # trained on the height-1 model
     at_two = _at(2, parent)
-    ok = _ask(committee, remote.vote_request(at_two, parent, [stale], [1.0]))[0]
+    ok = _ask(committee, voterequest.vote_request(at_two, parent, [stale], [1.0]))[0]
     assert not ok.has_error(), ok.error.reason
     unknown = reply_candidate(3, 0.3, base=model(0.7))
-    refused = _ask(committee, remote.vote_request(at_two, parent, [unknown], [1.0]))[0]
+    refused = _ask(
+        committee, voterequest.vote_request(at_two, parent, [unknown], [1.0])
+    )[0]
     assert refused.has_error() and "this verifier knows" in refused.error.reason
-    forged = remote.vote_request(at_two, parent, [stale], [1.0])
+    forged = voterequest.vote_request(at_two, parent, [stale], [1.0])
     forged[BASE_PREFIX + model_hash(old)] = to_arrayrecord(model(0.7))
     refused = _ask(committee, forged)[0]
     assert refused.has_error() and "does not hash" in refused.error.reason
@@ -98,7 +109,7 @@ def test_a_forged_or_unknown_base_model_is_refused(tmp_path: Path) -> None:
 
 def _run(tmp_path: Path, rounds: int = 3) -> VirtualGrid:
     grid = _grid(tmp_path, [{"tolerance": 0.0}] * 4, attackers=set())
-    nodes = remote.discover_verifiers(grid, expected=4, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
     strategy = FedBuff(
         buffer_size=3,
         staleness_fn=Constant(),

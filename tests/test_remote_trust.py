@@ -16,8 +16,8 @@ from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.chain import CONFIG_FIELD
 from flchain_flwr.ledger.consensus import quorum
-from flchain_flwr.ledger.replay import rule_weighs_by_trust
-from flchain_flwr.pov import Rule, remote
+from flchain_flwr.ledger.replaysettings import rule_weighs_by_trust
+from flchain_flwr.pov import Rule, discovery
 from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.silence import CommitteeSilentError
 from flchain_flwr.pov.trust import weigh_by_trust
@@ -47,7 +47,7 @@ def _run(
     judged by a committee of remote nodes configured as ``members``, the
     server's committee told ``trust_weighting=trust``."""
     grid = _grid(tmp_path, [members] * MEMBERS, attackers=set(), app=skewed_app())
-    nodes = remote.discover_verifiers(grid, expected=MEMBERS, timeout=30)
+    nodes = discovery.discover_verifiers(grid, expected=MEMBERS, timeout=30)
     committee = RemoteCommittee(
         grid, nodes, threshold=DIRECTION, trust_weighting=trust, chain_id=CHAIN
     )

@@ -6,7 +6,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 from flchain_flwr.ledger.statements import view_change_statement
-from flchain_flwr.pov import Rule, Threshold, Verifier, remote
+from flchain_flwr.pov import Rule, Threshold, Verifier, queries, verifiernode
 from flchain_flwr.pov.members import STATEMENT_COLUMNS
 from flchain_flwr.pov.runstate import columns_record, read_columns
 from flchain_flwr.pov.verifier import RefusedRequest
@@ -48,8 +48,8 @@ def _message(kind: str, cfg: dict[str, bytes | str]) -> Message:
 def test_a_restarted_node_reads_and_keeps_the_stored_layout() -> None:
     state = RecordDict({name: ConfigRecord(dict(v)) for name, v in STORED.items()})
     context, verifier = _node(state)
-    challenge = _message(remote.IDENTITY, {"challenge": b"\x01" * 32})
-    remote.answer_in_run(challenge, context, verifier)
+    challenge = _message(queries.IDENTITY, {"challenge": b"\x01" * 32})
+    verifiernode.answer_in_run(challenge, context, verifier)
     assert verifier.seen == {
         "a": (4, "11" * 32, "33" * 32),
         "b": (7, "22" * 32, "44" * 32),
@@ -63,13 +63,13 @@ def test_a_restarted_node_reads_and_keeps_the_stored_layout() -> None:
 def test_a_statement_signed_before_a_restart_is_not_contradicted() -> None:
     state = RecordDict()
     statement = view_change_statement(CHAIN, 5, 0, PREV)
-    sign = _message(remote.SIGN, {"kind": "view-change", "message": statement})
-    remote.answer_in_run(sign, *_node(state))
+    sign = _message(queries.SIGN, {"kind": "view-change", "message": statement})
+    verifiernode.answer_in_run(sign, *_node(state))
     assert "pov-statements" in state.config_records
     older = view_change_statement(CHAIN, 4, 0, PREV)
     with pytest.raises(RefusedRequest, match="is behind height 5"):
-        remote.answer_in_run(
-            _message(remote.SIGN, {"kind": "view-change", "message": older}),
+        verifiernode.answer_in_run(
+            _message(queries.SIGN, {"kind": "view-change", "message": older}),
             *_node(state),
         )
 

@@ -12,7 +12,7 @@ import pytest
 from flwr.app import ConfigRecord, Context, Message
 
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.replay import ledger_participation
+from flchain_flwr.ledger.replayweights import ledger_participation
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import (
     AdaptiveScheduling,

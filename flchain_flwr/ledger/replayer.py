@@ -27,8 +27,7 @@ from ..pov.trust import TrustError, weigh_by_trust
 from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.pipeline import OVERFLOW_REASON, BufferedUpdate, StepResult
 from ..strategies.state import state_names
-from ..strategies.updates import UpdateRejected, parse_update
-from ..strategies.updates import _update_kind as update_kind
+from ..strategies.updates import UpdateRejected, parse_update, update_kind
 from .blocks import CONFIG_FIELD, Block, ids_as_text, node_key
 from .canonical import encode, model_hash, sender_update_digest
 from .payload import PAYLOAD_FIELD

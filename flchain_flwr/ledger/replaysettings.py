@@ -18,11 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..pov.trust import TRUST_WEIGHTING
 from ..strategies.fairness import InverseParticipation, fairness_weighting
 from ..strategies.staleness import StalenessFn, staleness_from_repr
 from ..strategies.state import StateRule, state_rule
 from ..strategies.weighting import ExampleWeighting, example_weighting
+from .consensus import TRUST_WEIGHTING
 from .replaytypes import _NotReplayable
 
 REPLAYABLE_STRATEGY = "FedBuff"

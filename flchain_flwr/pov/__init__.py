@@ -8,9 +8,11 @@ block's hash; verifiers that contradict the quorum lose stake. Use it inside
 strategy with :class:`PoVStrategy`.
 """
 
-from .committee import Candidate, Committee, CommitteeDecision, Outcome, collect_votes
+from .committee import Committee
+from .decision import Candidate, CommitteeDecision, Outcome
 from .filters import IQRFilter, MedianFilter, Prefilter, distances_to_mean
 from .strategy import PoVStrategy
+from .tally import collect_votes
 from .verifier import (
     Behaviour,
     ReferenceFn,

@@ -2,73 +2,37 @@
 collects valid signed votes, and a candidate counts iff more than 2/3 of the
 committee approve.
 
-Each candidate is scored as the current global model plus the step it would
-contribute to the aggregate (``share * delta``, its share of the block's
-weighted sum over the candidates approved with it, see
-:func:`~flchain_flwr.ledger.consensus.judged_shares`; ``scoring="full"``
-applies the whole delta instead), against the
-current global model on the same verifier's data. With non-IID data a single
-honest update applied in full is often worse on balanced test data than the
-global model (measured: a median 11 points on Fashion-MNIST, Dirichlet 0.5), so
-scoring the full delta rejects honest work; its share is what the block would
-actually do. Each vote signs that share, so when some candidates are
-rejected the others (whose shares grow) are judged again at their new shares,
-until every approved candidate was approved at the share the block applies
-(before trust weighting, see :mod:`~flchain_flwr.pov.trust`).
-Candidate models are built once per pass and shared by the committee; each
-verifier scores the global model once and every candidate once per pass.
-
-This module is the :class:`Committee`: its pool and deposits, choosing the
-view and sealing a block. The rest lives beside it: the decision records in
-:mod:`.decision`, the tally (valid votes, quorum, passes at growing shares) in
-:mod:`.tally`, in-process members' votes in :mod:`.localvotes`, the genesis
-fields and resuming a chain in :mod:`.genesis`, the next block's vote
-context in :mod:`.position` (public names once defined here still import
-from here).
+This module is the :class:`Committee`: its pool and deposits, its chain
+(genesis, resuming, the next block's vote context) and sealing a block. The
+rest lives beside it. The committee is mixed from deciding a batch (how
+candidates are scored, the members' votes, the leader confirming) in
+:mod:`.deciding`, who leads and the view changes in :mod:`.views`, and the
+members' header signatures in :mod:`.headers`. The decision records are in
+:mod:`.decision`, the tally (valid votes, quorum, passes at growing shares)
+in :mod:`.tally`, in-process members' votes in :mod:`.localvotes`, the
+genesis fields and resuming a chain in :mod:`.genesis`, the next block's vote
+context in :mod:`.position`, and a block's deposits and equivocation
+evidence in :mod:`.settlement`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
-from logging import WARNING
-from typing import TYPE_CHECKING, Any
-
-from flwr.supercore import log
+from typing import Any
 
 from ..arrays import NDArrays
-from ..ledger import (
-    Ledger,
-    PoVRules,
-    PoVState,
-    VoteContext,
-    VoteRules,
-)
-from ..ledger.evidence import EVIDENCE_FIELD
-from ..ledger.quorum import VIEW_CHANGES_FIELD
-from .decision import Candidate as Candidate
-from .decision import Cast as Cast
-from .decision import CommitteeDecision as CommitteeDecision
-from .decision import Outcome as Outcome
+from ..ledger import Ledger, PoVRules, PoVState, VoteContext, VoteRules
+from .deciding import Deciding
 from .filters import Prefilter
 from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
-from .localvotes import in_process_votes
 from .outage import OUTAGE_LIMIT, checked_outage_limit
 from .position import vote_position
-from .tally import collect_votes as collect_votes
-from .tally import decide_batch
+from .settlement import block_fields, checked_evidence, settle
 from .verifier import Rule, Threshold, Verifier
-from .views import LEAD_TAG as LEAD_TAG
-from .views import Views
-from .views import carried_votes as carried_votes
-from .views import lead_statement as lead_statement
-
-if TYPE_CHECKING:  # replay imports the strategies, which import this module
-    from ..ledger.replay import PendingReplay
 
 
-class Committee(Views, HeaderSigning):
+class Committee(Deciding, HeaderSigning):
     """A pool of verifiers, the committee rule and the deposits.
 
     Parameters
@@ -169,7 +133,6 @@ class Committee(Views, HeaderSigning):
         self.chain_id = chain_id
         self._evidence: list[dict[str, Any]] = []
         """Equivocation evidence the next block settles."""
-        self._replay: PendingReplay | None = None
 
     def __repr__(self) -> str:
         return (
@@ -236,6 +199,7 @@ class Committee(Views, HeaderSigning):
             rule_digest=self.rule.digest,
         )
 
+    # ----------------------------------------------------------------- sealing
     def seal(
         self,
         committee: list[str],
@@ -248,15 +212,11 @@ class Committee(Views, HeaderSigning):
         signs it (its leader, then its committee). The stakes change, and
         the evidence leaves the queue, only when the block has its quorum of
         header signatures (:meth:`_settle`, called by the signer): a block
-        that is never signed changes nothing."""
+        that is never signed changes nothing (:mod:`.settlement`)."""
         evidence = list(self._evidence)
-        deposits = self.state.settlement(committee, votes, evidence)
-        fields: dict[str, Any] = {"committee": list(committee), "deposits": deposits}
-        if view:
-            fields["view"] = view
-            fields[VIEW_CHANGES_FIELD] = [dict(c) for c in view_changes]
-        if evidence:
-            fields[EVIDENCE_FIELD] = evidence
+        fields, deposits = block_fields(
+            self.state, committee, votes, evidence, view, view_changes
+        )
         signer = HeaderSigner(
             self,
             self.signer(committee[0]),
@@ -270,130 +230,15 @@ class Committee(Views, HeaderSigning):
         self, deposits: list[dict[str, Any]], evidence: list[dict[str, Any]]
     ) -> None:
         """Apply a signed block's deposits; drop the evidence it settles."""
-        self.state.apply(deposits)
-        for entry in deposits:
-            if entry["removed"]:
-                log(WARNING, "Verifier %s… leaves the pool", entry["verifier"][:12])
-        self._evidence = [r for r in self._evidence if r not in evidence]
+        self._evidence = settle(self.state, deposits, evidence, self._evidence)
 
     def report_equivocation(self, record: dict[str, Any]) -> None:
         """Queue equivocation evidence for the next block to settle;
         ``ValueError`` if the record is not valid evidence against a pool
         member that still has stake."""
-        problem = self.state.evidence_problem(
-            str(record.get("chain_id")), [*self._evidence, record]
-        )
-        if problem is not None:
-            raise ValueError(problem)
-        self._evidence.append(dict(record))
+        self._evidence.append(checked_evidence(self.state, self._evidence, record))
 
     @property
     def reserved_nodes(self) -> frozenset[int]:
         """Nodes that verify and must not be sent training (none in-process)."""
         return frozenset()
-
-    def cast_votes(
-        self,
-        members: Sequence[str],
-        *,
-        context: VoteContext,
-        global_model: NDArrays,
-        candidates: Sequence[Candidate],
-        weights: Sequence[float],
-    ) -> Cast:
-        """Ask each member to vote on ``candidates`` at ``weights`` (their
-        shares); in-process members always answer (a raise is a refusal).
-
-        Votes come back unchecked; :meth:`decide` keeps only valid ones. A
-        member that fails or refuses simply has no votes (which costs it nothing:
-        only a signed vote contradicting the outcome is slashed).
-        """
-        return in_process_votes(
-            self.verifiers,
-            members,
-            context=context,
-            global_model=global_model,
-            candidates=candidates,
-            weights=weights,
-            rule=self.rule,
-        )
-
-    # ---------------------------------------------------------------- deciding
-    # pylint: disable=too-many-arguments,too-many-locals
-    def decide(
-        self,
-        *,
-        context: VoteContext,
-        global_model: NDArrays,
-        candidates: Sequence[Candidate],
-        round_: int,
-        server_lr: float = 1.0,
-    ) -> CommitteeDecision:
-        """Filter, score and vote on ``candidates`` for the block in ``context``
-        (from :meth:`position`; its view is where the search for a ready leader
-        starts). Each candidate is judged at the share the block would apply
-        with ``server_lr`` over the candidates approved with it.
-
-        When some are approved (a block will follow) the view's leader must
-        confirm it still leads (:meth:`leader_ready`) once the votes are in;
-        if it cannot, the decision is taken again in the next view.
-        """
-        if context.prev_hash is None:
-            raise ValueError("a committee decides in a format-2 vote context")
-        certificates: list[dict[str, Any]] = []
-        for _ in range(max(1, self.rules.committee_size)):
-            decision = self._decide_in_view(
-                context, global_model, candidates, round_, server_lr
-            )
-            certificates += decision.view_changes
-            decision.view_changes = list(certificates)
-            if not decision.committee or not any(o.accepted for o in decision.outcomes):
-                return decision
-            assert decision.context is not None
-            problem = self.leader_ready(decision.committee[0], decision.context)
-            if problem is None:
-                return decision
-            certificate = self._give_up(
-                decision.context, decision.committee, f"{problem} after the votes"
-            )
-            if certificate is None:
-                return decision
-            certificates.append(certificate)
-            decision.view_changes = list(certificates)
-            context = replace(decision.context, view=decision.view + 1)
-        return decision
-
-    # pylint: disable=too-many-arguments,too-many-locals
-    def _decide_in_view(
-        self,
-        context: VoteContext,
-        global_model: NDArrays,
-        candidates: Sequence[Candidate],
-        round_: int,
-        server_lr: float,
-    ) -> CommitteeDecision:
-        """One decision: the first ready leader's view from ``context.view``."""
-        members: list[str] = []
-        certificates: list[dict[str, Any]] = []
-        if self.state.pool:
-            context, members, certificates = self.choose_view(context)
-
-        def ask(batch: Sequence[Candidate], weights: Sequence[float]) -> Cast:
-            return self.cast_votes(
-                members,
-                context=context,
-                global_model=global_model,
-                candidates=batch,
-                weights=weights,
-            )
-
-        return decide_batch(
-            context,
-            members,
-            certificates,
-            candidates,
-            prefilters=self.prefilters,
-            round_=round_,
-            server_lr=server_lr,
-            ask=ask,
-        )

@@ -25,15 +25,15 @@ from nacl.signing import VerifyKey
 from ..ledger import Ledger
 from ..runtime import clock_of
 from .queries import (
-    _CONFIG,
+    CONFIG,
     IDENTITY,
     IDENTITY_TAG,
     ROLE_KEY,
     VERIFIER_ROLE,
     RemoteVerifierError,
-    _bytes,
-    _config,
-    _send,
+    bytes_field,
+    config,
+    send,
 )
 
 
@@ -84,10 +84,10 @@ def discover_verifiers(
             clock.wait(min(clock.now() + poll_interval, deadline))
             continue
         challenges = {node: os.urandom(32) for node in new}
-        replies = _send(
+        replies = send(
             grid,
             {
-                node: (IDENTITY, RecordDict({_CONFIG: ConfigRecord({"challenge": c})}))
+                node: (IDENTITY, RecordDict({CONFIG: ConfigRecord({"challenge": c})}))
                 for node, c in challenges.items()
             },
             reply_timeout,
@@ -133,12 +133,12 @@ def declared_pool(ledger_path: str | Path) -> list[str] | None:
 def _proven_key(reply: Message, challenge: bytes) -> str | None:
     """The verifier key a node proved it holds, or None (trainer, or bad proof)."""
     try:
-        cfg = _config(reply.content)
+        cfg = config(reply.content)
         if cfg.get(ROLE_KEY) != VERIFIER_ROLE:
             return None
         key = str(cfg["public-key"])
         VerifyKey(key.encode(), encoder=HexEncoder).verify(
-            IDENTITY_TAG + challenge, _bytes(cfg, "signature")
+            IDENTITY_TAG + challenge, bytes_field(cfg, "signature")
         )
     except (ValueError, KeyError, TypeError, BadSignatureError) as exc:
         log(

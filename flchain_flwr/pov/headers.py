@@ -268,7 +268,8 @@ class HeaderSigning:
 
     verifiers: dict[str, Verifier]
     rule: Rule
-    _replay: PendingReplay | None
+    pending_replay: PendingReplay | None = None
+    """The replay the in-process members share (made on first use)."""
 
     def header_signatures(
         self, members: Sequence[str], ledger: Ledger, block: Block, view: int
@@ -276,11 +277,11 @@ class HeaderSigning:
         """Each member's signature on the pending ``block`` (see
         :mod:`.headers`), and why the others refused. In-process members
         share one replay of the block (they are one process)."""
-        if self._replay is None or self._replay.ledger is not ledger:
+        if self.pending_replay is None or self.pending_replay.ledger is not ledger:
             from ..ledger.replay import PendingReplay  # it imports the strategies
 
-            self._replay = PendingReplay(ledger)
-        replayed, problem = self._replay.check(block)
+            self.pending_replay = PendingReplay(ledger)
+        replayed, problem = self.pending_replay.check(block)
         signatures, problems = [], []
         for key in members:
             try:

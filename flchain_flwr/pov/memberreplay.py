@@ -37,10 +37,11 @@ from ..ledger.canonical import BODY_TAG, HEADER_TAG, encode, parse_canonical, sh
 from ..ledger.chain import CONFIG_FIELD, SERVER_STATE_FIELD, ServerState
 from ..ledger.consensus import TRUST_WEIGHTING
 from ..ledger.payload import PAYLOAD_FIELD, decode_payload
-from ..ledger.replay import REPLAYABLE_STRATEGY, MissingData, replay_pending
+from ..ledger.replay import replay_pending
+from ..ledger.replaysettings import REPLAYABLE_STRATEGY
+from ..ledger.replaytypes import MissingData
 from ..protocol import UPDATE_KIND_DELTA
-from ..strategies.updates import UpdateRejected
-from ..strategies.updates import _update_kind as update_kind
+from ..strategies.updates import UpdateRejected, update_kind
 from .memory import Pending
 
 STATE_PREFIX = "state-"

@@ -39,10 +39,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .committee import CommitteeDecision
+from .decision import CommitteeDecision
 
 OUTAGE_LIMIT = 1800.0
 """Default seconds of grid time without a quorum of valid voters before the

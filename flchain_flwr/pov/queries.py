@@ -29,27 +29,30 @@ ACTIONS = ("pov_identity", "pov_vote", "pov_sign")
 ROLE_KEY = "role"
 VERIFIER_ROLE = "verifier"
 IDENTITY_TAG = b"flchain/pov-identity/v1\x00"
-_CONFIG = "pov"
+CONFIG = "pov"
+"""The config record each query and reply carries its fields in."""
 
 
 class RemoteVerifierError(RuntimeError):
     """A verifier node's reply could not be used (missing, malformed, forged)."""
 
 
-def _config(content: RecordDict) -> ConfigRecord:
-    if _CONFIG not in content.config_records:
-        raise ValueError(f"the message has no {_CONFIG!r} config record")
-    return content.config_records[_CONFIG]
+def config(content: RecordDict) -> ConfigRecord:
+    """The message's :data:`CONFIG` record; ``ValueError`` if it has none."""
+    if CONFIG not in content.config_records:
+        raise ValueError(f"the message has no {CONFIG!r} config record")
+    return content.config_records[CONFIG]
 
 
-def _bytes(cfg: ConfigRecord, key: str) -> bytes:
+def bytes_field(cfg: ConfigRecord, key: str) -> bytes:
+    """``cfg[key]``, which must be bytes (``ValueError`` otherwise)."""
     value = cfg.get(key)
     if not isinstance(value, bytes):
         raise ValueError(f"{key!r} must be bytes")
     return value
 
 
-def _send(
+def send(
     grid: Grid, requests: Mapping[int, tuple[str, RecordDict]], timeout: float
 ) -> dict[int, Message]:
     """Send one message per node and wait up to ``timeout`` s; replies by node."""
@@ -66,7 +69,7 @@ def _send(
     }
 
 
-def _answered(reply: Message | None) -> bool:
+def answered(reply: Message | None) -> bool:
     """Whether the node's verifier app itself answered (votes, or a raise such
     as a refusal), not the grid saying the node or message was unavailable."""
     if reply is None:
@@ -80,14 +83,14 @@ _APP_ERRORS = frozenset(
 """Error replies that the node's app gave (it ran and said no)."""
 
 
-def _parse_votes(reply: Message | None) -> list[dict[str, Any]]:
+def parse_votes(reply: Message | None) -> list[dict[str, Any]]:
     """The votes in a verifier node's reply (checked later, like any vote)."""
     if reply is None:
         raise RemoteVerifierError("no reply in time")
     if reply.has_error():
         raise RemoteVerifierError(f"error reply: {reply.error.reason}")
     try:
-        votes = json.loads(str(_config(reply.content)["votes"]))
+        votes = json.loads(str(config(reply.content)["votes"]))
     except (ValueError, KeyError) as exc:
         raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
     if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):

@@ -6,8 +6,8 @@ locally and answers three query messages (:mod:`.queries`): its identity, its
 votes, and its signature as a block's leader or committee member; what it
 checks and refuses before it answers is :mod:`.verifiernode`'s.
 
-On the server, :func:`discover_verifiers` (:mod:`.discovery`) maps public
-keys to node IDs and :class:`RemoteCommittee` is a
+On the server, :func:`~.discovery.discover_verifiers` maps public keys to
+node IDs and :class:`RemoteCommittee` is a
 :class:`~flchain_flwr.pov.Committee` whose members vote (in parallel, one
 message each) and sign blocks remotely. Votes pass the same checks as local
 ones (:func:`~flchain_flwr.pov.collect_votes`: signature for this chain and
@@ -16,8 +16,7 @@ lie or fail but cannot forge another's vote.
 
 This module is the server's :class:`RemoteCommittee` and its
 :class:`RemoteSigner`; the query messages are in :mod:`.queries`, the node's
-side in :mod:`.verifiernode` and finding the nodes in :mod:`.discovery`
-(public names once defined here still import from here).
+side in :mod:`.verifiernode` and finding the nodes in :mod:`.discovery`.
 """
 
 from __future__ import annotations
@@ -35,26 +34,21 @@ from nacl.signing import VerifyKey
 from ..arrays import NDArrays
 from ..ledger import Block, Ledger, VoteContext
 from ..ledger.statements import view_change_statement
-from .committee import Candidate, Cast, Committee
-from .discovery import declared_pool as declared_pool
-from .discovery import discover_verifiers as discover_verifiers
+from .committee import Committee
+from .decision import Candidate, Cast
 from .memberreplay import replay_material
 from .members import header_entry, header_request, view_change_entry
-from .queries import _CONFIG, _answered, _bytes, _config, _parse_votes, _send
-from .queries import ACTIONS as ACTIONS
-from .queries import IDENTITY as IDENTITY
-from .queries import IDENTITY_TAG as IDENTITY_TAG
-from .queries import ROLE_KEY as ROLE_KEY
-from .queries import SIGN as SIGN
-from .queries import VERIFIER_ROLE as VERIFIER_ROLE
-from .queries import VOTE as VOTE
-from .queries import RemoteVerifierError as RemoteVerifierError
-from .verifiernode import _signature as _signature
-from .verifiernode import answer as answer
-from .verifiernode import answer_in_run as answer_in_run
-from .verifiernode import is_verifier as is_verifier
-from .verifiernode import serve as serve
-from .verifiernode import verifier_from_node_config as verifier_from_node_config
+from .queries import (
+    CONFIG,
+    SIGN,
+    VOTE,
+    RemoteVerifierError,
+    answered,
+    bytes_field,
+    config,
+    parse_votes,
+    send,
+)
 from .voterequest import vote_request
 
 
@@ -80,8 +74,8 @@ class RemoteSigner:
 
     def sign(self, message: bytes) -> _Signed:
         """The leader node's signature over ``message`` (raises if none or bad)."""
-        content = RecordDict({_CONFIG: ConfigRecord({"message": message})})
-        reply = _send(self.grid, {self.node_id: (SIGN, content)}, self.timeout).get(
+        content = RecordDict({CONFIG: ConfigRecord({"message": message})})
+        reply = send(self.grid, {self.node_id: (SIGN, content)}, self.timeout).get(
             self.node_id
         )
         if reply is None:
@@ -93,7 +87,7 @@ class RemoteSigner:
                 f"leader node {self.node_id} refused to sign: {reply.error.reason}"
             )
         try:
-            signature = _bytes(_config(reply.content), "signature")
+            signature = bytes_field(config(reply.content), "signature")
             self.verify_key.verify(message, signature)
         except (ValueError, BadSignatureError) as exc:
             raise RemoteVerifierError(
@@ -116,8 +110,9 @@ class RemoteCommittee(Committee):
     grid : Grid
         The run's grid (the one the strategy uses).
     nodes : Mapping[str, int]
-        ``{verifier public key: node ID}``, e.g. from :func:`discover_verifiers`.
-        These nodes are kept out of training.
+        ``{verifier public key: node ID}``, e.g. from
+        :func:`~.discovery.discover_verifiers`. These nodes are kept out of
+        training.
     timeout : float (default: 120.0)
         Seconds to wait for a round of votes, or for the leader's signature. A
         member that has not answered by then has no votes in this block.
@@ -158,8 +153,9 @@ class RemoteCommittee(Committee):
     def header_signatures(
         self, members: Sequence[str], ledger: Ledger, block: Block, view: int
     ) -> tuple[list[dict[str, Any]], list[str]]:
-        """Each member node's header signature (see :func:`member_header`),
-        with what it needs to replay the block (:func:`replay_material`)."""
+        """Each member node's header signature (see
+        :func:`~.members.member_header`), with what it needs to replay the
+        block (:func:`~.memberreplay.replay_material`)."""
         fields, arrays = replay_material(ledger, block)
         request = header_request(block, view)
         for name, value in fields.items():
@@ -187,8 +183,8 @@ class RemoteCommittee(Committee):
         """Send ``request`` (and ``arrays``) to each member node in parallel;
         the entries ``entry`` makes of their replies, and why others gave none."""
         node_of = {key: self.nodes[key] for key in members}
-        content = RecordDict({_CONFIG: request, **(arrays or {})})
-        replies = _send(
+        content = RecordDict({CONFIG: request, **(arrays or {})})
+        replies = send(
             self.grid,
             {node: (SIGN, content) for node in node_of.values()},
             self.timeout,
@@ -202,7 +198,7 @@ class RemoteCommittee(Committee):
                 problems.append(f"verifier {key[:12]}… (node {node}): {why}")
                 continue
             try:
-                entries.append(entry(key, _config(reply.content)))
+                entries.append(entry(key, config(reply.content)))
             except (ValueError, KeyError) as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
         return entries, problems
@@ -220,7 +216,7 @@ class RemoteCommittee(Committee):
             context, global_model, candidates, weights, self.parse_keys
         )
         node_of = {key: self.nodes[key] for key in members}
-        replies = _send(
+        replies = send(
             self.grid,
             {node: (VOTE, content) for node in node_of.values()},
             self.timeout,
@@ -230,10 +226,10 @@ class RemoteCommittee(Committee):
         unreachable: set[str] = set()
         for key, node in node_of.items():
             reply = replies.get(node)
-            if not _answered(reply):
+            if not answered(reply):
                 unreachable.add(key)
             try:
-                votes.extend(_parse_votes(reply))
+                votes.extend(parse_votes(reply))
             except RemoteVerifierError as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
         return Cast(votes, problems, frozenset(unreachable))

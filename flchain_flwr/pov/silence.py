@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .committee import CommitteeDecision
+from .decision import CommitteeDecision
 from .outage import vote_requested
 
 SILENT_DECISIONS = 5

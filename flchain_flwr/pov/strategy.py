@@ -24,7 +24,9 @@ from ..ledger.canonical import (
 from ..runtime import Clock, clock_of
 from ..strategies.decompress import DecompressReplies
 from ..strategies.updates import ParsedUpdate
-from .committee import Candidate, Committee, CommitteeDecision, carried_votes
+from .committee import Committee
+from .decision import Candidate, CommitteeDecision
+from .views import carried_votes
 from .watch import CommitteeWatch
 
 

@@ -46,7 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..arrays import NDArrays
-from ..ledger.consensus import TRUST_WEIGHTING, quorum
+from ..ledger.consensus import quorum
 from ..strategies.pipeline import BufferedUpdate
 from ..strategies.weighting import lower_median
 from .norms import update_norm
@@ -56,7 +56,6 @@ CLIP_DIGITS = 9
 
 
 __all__ = [
-    "TRUST_WEIGHTING",
     "TrustError",
     "norm_clips",
     "trust_scores",

@@ -51,16 +51,16 @@ from .members import STATEMENT_COLUMNS, member_header, member_view_change
 from .memory import load as load_memory
 from .memory import store as store_memory
 from .queries import (
-    _CONFIG,
     ACTIONS,
+    CONFIG,
     IDENTITY,
     IDENTITY_TAG,
     ROLE_KEY,
     SIGN,
     VERIFIER_ROLE,
     VOTE,
-    _bytes,
-    _config,
+    bytes_field,
+    config,
 )
 from .runstate import Columns, columns_record, read_columns
 from .verifier import Verifier
@@ -126,18 +126,18 @@ def answer(message: Message, verifier: Verifier | None) -> Message:
     if kind == VOTE:
         return Message(_votes(message.content, verifier), reply_to=message)
     if kind == SIGN:
-        return Message(_signature(message.content, verifier), reply_to=message)
+        return Message(signature_reply(message.content, verifier), reply_to=message)
     raise ValueError(f"unknown PoV query {kind!r}")
 
 
 def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
     if verifier is None:
-        return RecordDict({_CONFIG: ConfigRecord({ROLE_KEY: "trainer"})})
-    challenge = _bytes(_config(content), "challenge")
+        return RecordDict({CONFIG: ConfigRecord({ROLE_KEY: "trainer"})})
+    challenge = bytes_field(config(content), "challenge")
     signature = verifier.key.sign(IDENTITY_TAG + challenge).signature
     return RecordDict(
         {
-            _CONFIG: ConfigRecord(
+            CONFIG: ConfigRecord(
                 {
                     ROLE_KEY: VERIFIER_ROLE,
                     "public-key": verifier.public_key,
@@ -150,19 +150,21 @@ def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
 
 def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
     votes = judge_request(content, verifier)
-    return RecordDict({_CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
+    return RecordDict({CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
 
 
-def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
-    cfg = _config(content)
+def signature_reply(content: RecordDict, verifier: Verifier) -> RecordDict:
+    """What ``verifier`` answers to a ``query.pov_sign`` request with
+    ``content``: a member's header signature or view change, or a leader's
+    signature over a header or lead statement; raises where it refuses (see
+    the module docstring)."""
+    cfg = config(content)
     if cfg.get("kind") == "header":
-        return RecordDict(
-            {_CONFIG: ConfigRecord(member_header(cfg, content, verifier))}
-        )
+        return RecordDict({CONFIG: ConfigRecord(member_header(cfg, content, verifier))})
     if cfg.get("kind") == "view-change":
-        signed = member_view_change(_bytes(cfg, "message"), verifier)
-        return RecordDict({_CONFIG: ConfigRecord({"signature": signed})})
-    data = _bytes(cfg, "message")
+        signed = member_view_change(bytes_field(cfg, "message"), verifier)
+        return RecordDict({CONFIG: ConfigRecord({"signature": signed})})
+    data = bytes_field(cfg, "message")
     tag = next((t for t in (HEADER_TAG, LEAD_TAG) if data.startswith(t)), None)
     if tag is None:
         raise ValueError("only block headers and lead statements are signed")
@@ -174,7 +176,7 @@ def _signature(content: RecordDict, verifier: Verifier) -> RecordDict:
     else:
         _check_header(data, fields, verifier)
     signature = verifier.key.sign(data).signature
-    return RecordDict({_CONFIG: ConfigRecord({"signature": signature})})
+    return RecordDict({CONFIG: ConfigRecord({"signature": signature})})
 
 
 def _check_lead(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:

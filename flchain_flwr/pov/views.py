@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from logging import WARNING
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from flwr.supercore import log
 from nacl.encoding import HexEncoder
@@ -35,10 +35,8 @@ from ..ledger import BlockSigner, PoVState, VoteContext
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.consensus import quorum
 from ..ledger.statements import sign_statement, signature_ok, view_change_statement
+from .decision import CommitteeDecision
 from .verifier import Behaviour, RefusedRequest, Verifier
-
-if TYPE_CHECKING:
-    from .committee import CommitteeDecision
 
 LEAD_TAG: Final = b"flchain-pov-lead/1\n"
 """Prefix of the statement a leader signs to take a view (not a header)."""
@@ -180,13 +178,13 @@ class Views:
             problem = self.leader_ready(members[0], ready)
             if problem is None:
                 return ready, members, certificates
-            certificate = self._give_up(ready, members, problem)
+            certificate = self.give_up(ready, members, problem)
             if certificate is None:
                 break
             certificates.append(certificate)
         return ready, members, certificates
 
-    def _give_up(
+    def give_up(
         self, context: VoteContext, members: list[str], problem: str
     ) -> dict[str, Any] | None:
         """The certificate that ``context``'s view failed, or ``None`` (then

@@ -33,9 +33,9 @@ from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..ledger import VoteContext, model_hash, sender_update_digest
 from ..ledger.payload import decode_payload, payload_chunks
 from ..protocol import UPDATE_KIND_DELTA
-from ..strategies.updates import UpdateRejected, parse_update
-from ..strategies.updates import _update_kind as update_kind
-from .committee import Candidate, Committee
+from ..strategies.updates import UpdateRejected, parse_update, update_kind
+from .committee import Committee
+from .decision import Candidate
 from .verifier import RefusedRequest, Verifier
 
 CONFIG = "pov"

@@ -1,8 +1,9 @@
 """The two liveness rules a run applies to each committee decision.
 
-:mod:`.silence` stops a run after 5 vote requests in a row that every member
-answered without a valid vote; :mod:`.outage` stops it once no request has
-had a quorum of valid voters for ``pov-outage-limit`` seconds of grid time.
+:mod:`.silence` stops a run after :data:`~.silence.SILENT_DECISIONS` vote
+requests in a row that every member answered without a valid vote;
+:mod:`.outage` stops it once no request has had a quorum of valid voters for
+``pov-outage-limit`` seconds of grid time.
 FedBuff's committee stage and the synchronous :class:`~.PoVStrategy` both
 watch their decisions through :class:`CommitteeWatch`, so the same committee
 failure ends either kind of run the same way.
@@ -12,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .committee import Committee, CommitteeDecision
+from .committee import Committee
+from .decision import CommitteeDecision
 from .outage import OutageWatch
 from .silence import SilenceWatch
 

@@ -31,8 +31,7 @@ from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
 from .tuning import BUFFER_FIELD, BufferTuner
-from .updates import ParsedUpdate, UpdateRejected, bounded_metrics
-from .updates import _update_kind as update_kind
+from .updates import ParsedUpdate, UpdateRejected, bounded_metrics, update_kind
 from .versions import VersionStore
 from .weighting import (
     ClaimHistory,

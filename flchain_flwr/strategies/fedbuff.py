@@ -30,8 +30,8 @@ from flwr.supercore import log
 from ..arrays import NDArrays
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
+from ..ledger.consensus import TRUST_WEIGHTING
 from ..pov.committee import Committee
-from ..pov.trust import TRUST_WEIGHTING
 from ..protocol import (
     DOWNLINK_KEY,
     MODEL_VERSION_KEY,

@@ -20,7 +20,7 @@ from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
 from ..arrays import to_arrayrecord, to_ndarrays
-from ..pov.committee import CommitteeDecision
+from ..pov.decision import CommitteeDecision
 from ..pov.pending import repropose_pending
 from ..runtime import Clock
 from .adaptive import AdaptiveScheduling

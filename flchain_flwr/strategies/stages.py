@@ -16,8 +16,10 @@ from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.chain import ServerState
-from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
+from ..pov.committee import Committee
+from ..pov.decision import Candidate, CommitteeDecision
 from ..pov.trust import TrustError, weigh_by_trust
+from ..pov.views import carried_votes
 from ..pov.watch import CommitteeWatch
 from ..runtime import Clock
 from .pipeline import (
@@ -152,7 +154,7 @@ class LedgerStage(BlockStage):
             head.height,
             version,
         )
-        from ..ledger.replay import ledger_participation  # replay imports us
+        from ..ledger.replayweights import ledger_participation  # it imports us
 
         participation = ledger_participation(self.ledger.blocks())
         return Resumed(version, stored, velocity, claims, participation)

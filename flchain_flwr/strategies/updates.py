@@ -108,7 +108,9 @@ def _num_examples(metrics: MetricRecord, weighted_by_key: str) -> float:
     return n
 
 
-def _update_kind(content: RecordDict) -> str:
+def update_kind(content: RecordDict) -> str:
+    """The kind of update a reply declares (``weights`` unless its update
+    info says ``delta``); :class:`UpdateRejected` if that is malformed."""
     info = content.get(UPDATE_INFO_KEY)
     if info is None:
         return UPDATE_KINDS[0]
@@ -194,7 +196,7 @@ def parse_update(
     UpdateRejected
         If anything is missing, malformed or non-finite.
     """
-    kind = _update_kind(content)
+    kind = update_kind(content)
     claimed = _claimed_version(content)
     if trained_on is not None and claimed is not None and claimed != trained_on:
         raise UpdateRejected(

@@ -51,7 +51,7 @@ from flchain_cnn.verifiers import app_verifier
 from flchain_flwr import witness_node
 from flchain_flwr.arrays import to_ndarrays
 from flchain_flwr.mods import PersonalConfig, dgc_mod, downlink_mod, personal_mod
-from flchain_flwr.pov import Verifier, remote
+from flchain_flwr.pov import Verifier, verifiernode
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
 # The lossless sparse downlink's receiving half (inert unless the server runs
@@ -102,7 +102,7 @@ def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-
 def train_fn(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition; reply with full weights."""
     cfg = context.run_config
-    if remote.is_verifier(context.node_config):
+    if verifiernode.is_verifier(context.node_config):
         raise ValueError("this node is a PoV verifier; it does not train")
     if witness_node.witness_from_node_config(context.node_config) is not None:
         raise ValueError("this node is a witness; it does not train")
@@ -197,8 +197,8 @@ def verifier(context: Context) -> Verifier | None:
         )[shard]
         return app_verifier(cfg, x, y, key, shard)
 
-    return remote.verifier_from_node_config(context.node_config, make)
+    return verifiernode.verifier_from_node_config(context.node_config, make)
 
 
-remote.serve(app, verifier)
+verifiernode.serve(app, verifier)
 witness_node.serve_witness(app)

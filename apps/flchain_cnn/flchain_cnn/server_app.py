@@ -26,11 +26,8 @@ from flchain_flwr.pov import (
     IQRFilter,
     MedianFilter,
 )
-from flchain_flwr.pov.remote import (
-    RemoteCommittee,
-    declared_pool,
-    discover_verifiers,
-)
+from flchain_flwr.pov.discovery import declared_pool, discover_verifiers
+from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.simkeys import seeded_verifier_key
 from flchain_flwr.strategies import (
     DecompressReplies,
