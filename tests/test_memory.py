@@ -124,7 +124,7 @@ def test_fedsa_beside_the_memory_is_warned_of_at_start(
     for memory, scheduling in ((None, fedsa), (UpdateMemory(), bafl)):
         assert memory_caution(memory, scheduling) is None
     assert memory_caution(UpdateMemory(), toy_fedbuff().scheduling) is None
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="flwr"):  # whatever set it before
         run_toy(toy_fedbuff(scheduling=fedsa, update_memory=UpdateMemory()), 4)
     assert [r for r in caplog.records if "collapsed the model" in r.getMessage()], (
         "no warning"
