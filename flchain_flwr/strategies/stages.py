@@ -15,7 +15,7 @@ from ..arrays import NDArrays
 from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
-from ..ledger.chain import ServerState
+from ..ledger.serverstate import ServerState
 from ..pov.committee import Candidate, Committee, CommitteeDecision, carried_votes
 from ..pov.trust import TrustError, weigh_by_trust
 from ..pov.watch import CommitteeWatch
