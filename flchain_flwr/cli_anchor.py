@@ -29,9 +29,9 @@ from .ledger import Ledger, LedgerError
 from .ledger.anchorblock import AnchorError, AnchorPolicy
 from .ledger.anchoring import AnchoredReport, anchor_ledger, check_anchored
 from .ledger.anchorproof import check_anchor_proof
-from .ledger.chain import load_or_create_key
 from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key
+from .ledger.keys import load_or_create_key
 from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
 from .ledger.mainwitness import main_witnessing
 from .ledger.merkle import InvalidProof, MalformedProof, parse_proof

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .ledger.anchorblock import AnchorError
-from .ledger.chain import load_or_create_key
+from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.mainingest import ingest_spool
 from .ledger.mainverify import WitnessRule

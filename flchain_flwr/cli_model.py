@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, Final, TextIO
 
 from .cli_mainwit import add_witness_rule_options, witness_rule
-from .ledger.chain import Ledger, LedgerError, load_or_create_key
+from .ledger.blocks import LedgerError
+from .ledger.chain import Ledger
+from .ledger.keys import load_or_create_key
 from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
 from .ledger.notes import NoteError, parse_verifier_key, write_file_atomically
 from .ledger.provenance import (

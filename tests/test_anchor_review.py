@@ -38,9 +38,9 @@ from flchain_flwr.ledger.canonical import (
     parse_canonical,
     sha256_hex,
 )
-from flchain_flwr.ledger.chain import check_vote
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.rewards import credited
+from flchain_flwr.ledger.votes import check_vote
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import Constant, FedBuff
 from flchain_flwr.strategies.weighting import example_weighting

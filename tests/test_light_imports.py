@@ -52,6 +52,12 @@ def test_every_exported_name_is_its_modules_object() -> None:
         source = import_module(f"flchain_flwr.ledger.{module}")
         for name in names:
             assert getattr(flchain_flwr.ledger, name) is getattr(source, name), name
+            # the map names the ledger module that defines it, not a re-export
+            home = getattr(source, name).__module__
+            assert home == source.__name__ or not home.startswith("flchain_flwr."), (
+                name,
+                home,
+            )
     for name in flchain_flwr.__all__:
         assert getattr(flchain_flwr, name) is not None
 

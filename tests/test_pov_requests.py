@@ -16,7 +16,7 @@ from nacl.encoding import HexEncoder
 from nacl.signing import VerifyKey
 
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode
-from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import (
     Rule,

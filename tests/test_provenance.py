@@ -20,13 +20,13 @@ from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
 from flchain_flwr.ledger.anchoring import anchor_ledger, log_key_of
 from flchain_flwr.ledger.canonical import encode, parse_canonical
-from flchain_flwr.ledger.chain import load_or_create_key
 from flchain_flwr.ledger.cosignature import (
     CosignerKey,
     add_cosignature,
     cosign,
     cosigner_of,
 )
+from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.notes import SignerKey, VerifierKey, parse_note
 from flchain_flwr.ledger.provenance import (

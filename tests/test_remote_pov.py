@@ -12,7 +12,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.pov import (
     Behaviour,
     Rule,

@@ -14,7 +14,7 @@ import pytest
 
 from flchain_flwr import cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.chain import CONFIG_FIELD
+from flchain_flwr.ledger.blocks import CONFIG_FIELD
 from flchain_flwr.ledger.consensus import quorum
 from flchain_flwr.ledger.replaysettings import rule_weighs_by_trust
 from flchain_flwr.pov import Rule, discovery

@@ -14,8 +14,8 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main as flchain
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
+from flchain_flwr.ledger.blocks import LedgerError
 from flchain_flwr.ledger.canonical import encode, parse_canonical
-from flchain_flwr.ledger.chain import LedgerError
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign, cosigner_of
 from flchain_flwr.ledger.mainchain import AnchorRefused, MainChain
 from flchain_flwr.ledger.notes import SignedNote, SignerKey, VerifierKey, parse_note

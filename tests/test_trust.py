@@ -20,7 +20,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.chain import CONFIG_FIELD
+from flchain_flwr.ledger.blocks import CONFIG_FIELD
 from flchain_flwr.ledger.replay import replay
 from flchain_flwr.pov import Committee, PoVStrategy, Rule, Threshold, Verifier
 from flchain_flwr.pov.trust import TrustError, norm_clips, trust_scores
@@ -255,16 +255,16 @@ def test_a_trust_chain_cannot_be_resumed_without_it(tmp_path: Path) -> None:
 def test_replay_refuses_settings_that_contradict_the_rule(tmp_path: Path) -> None:
     """A block whose recorded settings drop trust weighting on a chain whose
     genesis rule has it fails replay, naming the block."""
-    from flchain_flwr.ledger.replayer import _Replayer
-    from flchain_flwr.ledger.replaysettings import _Settings
+    from flchain_flwr.ledger.replayer import Replayer
+    from flchain_flwr.ledger.replaysettings import Settings
 
     with trust_ledger(tmp_path / "l.db") as ledger:
-        replayer = _Replayer(ledger, server_step)
+        replayer = Replayer(ledger, server_step)
         replayer.record(ledger.block(0))
         assert replayer.rule_trust is True
         replayer.record(ledger.block(1))
         configs = list(replayer.configs.values())
-        assert _Settings.of(configs[0]).trust
+        assert Settings.of(configs[0]).trust
         for digest in replayer.configs:
             del replayer.configs[digest]["trust_weighting"]
         with pytest.raises(Exception, match="without trust, the chain's judging rule"):

@@ -19,10 +19,10 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger, VoteContext, sign_vote
 from flchain_flwr.ledger.canonical import sha256_hex
-from flchain_flwr.ledger.chain import vote_payload
 from flchain_flwr.ledger.consensus import rule_digest
 from flchain_flwr.ledger.notes import SignerKey
 from flchain_flwr.ledger.statements import header_statement, view_change_statement
+from flchain_flwr.ledger.votes import vote_payload
 
 VECTORS = Path(__file__).parent / "data" / "test-vectors.json"
 LEADER_SEED = bytes([1]) * 32

@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..ledger.chain import load_or_create_key
 from ..ledger.consensus import block_view, select_committee
+from ..ledger.keys import load_or_create_key
 from .loopback import ConfigValue, LoopbackFederation
 from .scenario import Report, blocks_written, flchain, in_federation, scenario_main
 

@@ -44,7 +44,7 @@ from nacl.signing import SigningKey
 
 from ..ledger import Ledger
 from ..ledger.anchorblock import AnchorPolicy
-from ..ledger.chain import load_or_create_key
+from ..ledger.keys import load_or_create_key
 from ..ledger.mainchain import MainChain
 from ..ledger.trade_records import make_offer, make_purchase, make_receipt
 from ..ledger.trading import TradingChain

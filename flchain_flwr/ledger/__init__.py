@@ -11,19 +11,9 @@ from .._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .blobs import BlobStore
+    from .blocks import Block, BlockSigner, LedgerError
     from .canonical import decode_model, model_hash, sender_update_digest, update_digest
-    from .chain import (
-        Block,
-        BlockSigner,
-        Ledger,
-        LedgerError,
-        VerifyReport,
-        VoteContext,
-        check_proof,
-        check_vote,
-        sign_vote,
-        vote_payload,
-    )
+    from .chain import Ledger
     from .checkpointwriter import CheckpointNotWritten
     from .consensus import (
         PoVRules,
@@ -35,28 +25,21 @@ if TYPE_CHECKING:
         select_committee,
     )
     from .merkle import InvalidProof, merkle_root
+    from .proofcheck import check_proof
     from .rewards import RewardShare, contributions, reward_shares
+    from .verify import VerifyReport
+    from .votes import VoteContext, check_vote, sign_vote, vote_payload
 
 _MODULES = {
     "blobs": ["BlobStore"],
+    "blocks": ["Block", "BlockSigner", "LedgerError"],
     "canonical": [
         "decode_model",
         "model_hash",
         "sender_update_digest",
         "update_digest",
     ],
-    "chain": [
-        "Block",
-        "BlockSigner",
-        "Ledger",
-        "LedgerError",
-        "VerifyReport",
-        "VoteContext",
-        "check_proof",
-        "check_vote",
-        "sign_vote",
-        "vote_payload",
-    ],
+    "chain": ["Ledger"],
     "checkpointwriter": ["CheckpointNotWritten"],
     "consensus": [
         "PoVRules",
@@ -68,7 +51,10 @@ _MODULES = {
         "select_committee",
     ],
     "merkle": ["InvalidProof", "merkle_root"],
+    "proofcheck": ["check_proof"],
     "rewards": ["RewardShare", "contributions", "reward_shares"],
+    "verify": ["VerifyReport"],
+    "votes": ["VoteContext", "check_vote", "sign_vote", "vote_payload"],
 }
 if not TYPE_CHECKING:  # so that mypy still refuses names not exported
     __getattr__ = lazy_exports(

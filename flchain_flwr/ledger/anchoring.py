@@ -21,7 +21,8 @@ from typing import Protocol
 from flwr.supercore import log
 
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
-from .chain import Ledger, LedgerError
+from .blocks import LedgerError
+from .chain import Ledger
 from .checkpoint import CheckpointError, LogFrontier, open_checkpoint, parse_checkpoint
 from .cosignature import add_cosignature
 from .logprover import LogProver

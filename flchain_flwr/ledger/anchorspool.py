@@ -33,8 +33,9 @@ from flwr.supercore import log
 
 from .anchorblock import ENCODING
 from .anchoring import WitnessClient, cosigned_checkpoint, ledger_size, log_key_of
+from .blocks import LedgerError
 from .canonical import encode
-from .chain import Ledger, LedgerError
+from .chain import Ledger
 from .checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from .logprover import LogProver
 from .mainchain import AnchorRefused, MainChain, MainChainError

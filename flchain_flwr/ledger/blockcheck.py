@@ -1,6 +1,6 @@
 """The rules :meth:`Ledger.verify <flchain_flwr.ledger.chain.Ledger.verify>`
 checks each stored block against, carrying what it learned from the blocks
-before it (:class:`_ChainRules`)."""
+before it (:class:`ChainRules`)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .blocks import (
-    _COMMITTEES,
     BLOCK_FORMATS,
     COMMITTEE_KIND_FIELD,
+    COMMITTEES,
     CONFIG_FIELD,
-    _digest_of,
-    _is_hex,
-    _parse_block,
-    _signature_ok,
+    digest_of,
+    is_hex,
+    parse_block,
 )
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, sha256_hex
 from .consensus import PoVRules, PoVState, VoteRules, block_view
@@ -25,7 +24,8 @@ from .merkle import merkle_root
 from .payload import PAYLOAD_FIELD
 from .quorum import check_signed_block, headers_declared
 from .rewards import contribution_problem
-from .serverstate import _state_blobs
+from .serverstate import state_blobs
+from .statements import signature_ok
 from .votes import VoteContext, check_vote
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class _ChainRules:
+class ChainRules:
     """What :meth:`Ledger.verify` carries from block to block."""
 
     leader: str | None
@@ -65,12 +65,12 @@ class _ChainRules:
 
 
 # pylint: disable=too-many-return-statements,too-many-arguments
-def _check_block(
+def check_block(
     ledger: Ledger,
     row: tuple[Any, ...],
     expected_height: int,
     prev_hash: str,
-    chain: _ChainRules,
+    chain: ChainRules,
     check_models: bool,
 ) -> str | None:
     height, stored_hash, header_raw, body_raw, signature = row
@@ -79,7 +79,7 @@ def _check_block(
     if height != expected_height:
         return f"block {expected_height} is missing (next stored height is {height})"
     try:
-        header, body = _parse_block(header_raw, body_raw)
+        header, body = parse_block(header_raw, body_raw)
     except NotCanonical as exc:
         return f"stored header or body is corrupt: {exc}"
     if not isinstance(header, dict) or not isinstance(body, dict):
@@ -106,7 +106,7 @@ def _check_block(
             ),
             (header["prev_hash"] == prev_hash, "previous-hash link is broken"),
             (
-                _is_hex(header["model_hash"], 64),
+                is_hex(header["model_hash"], 64),
                 "model_hash is not lower-case SHA-256 hex",
             ),
             (
@@ -130,7 +130,7 @@ def _check_block(
     for ok, reason in checks:
         if not ok:
             return reason
-    if not _is_hex(signature, 128) or not _signature_ok(
+    if not is_hex(signature, 128) or not signature_ok(
         str(header["leader"]), HEADER_TAG + header_raw, signature
     ):
         return "leader signature is invalid"
@@ -144,12 +144,12 @@ def _check_block(
             return f"vote {index}: {problem}"
     if CONFIG_FIELD in body and (
         not isinstance(body[CONFIG_FIELD], dict)
-        or _digest_of(body[CONFIG_FIELD], BLOCK_FORMATS[header["format"]])
+        or digest_of(body[CONFIG_FIELD], BLOCK_FORMATS[header["format"]])
         != header["config_digest"]
     ):
         return "recorded config does not hash to the header's config_digest"
     try:
-        state_blobs = _state_blobs(body)
+        server_blobs = state_blobs(body)
     except ValueError as exc:
         return f"malformed server_state: {exc}"
     if height == 0 and "pov" in body:
@@ -161,7 +161,7 @@ def _check_block(
         except (KeyError, TypeError, ValueError) as exc:
             return f"genesis declares unusable PoV rules: {exc}"
         kind = body.get(COMMITTEE_KIND_FIELD)
-        chain.committee_kind = kind if kind in _COMMITTEES else None
+        chain.committee_kind = kind if kind in COMMITTEES else None
         try:
             chain.pov.signed_headers = headers_declared(body["pov"])
         except ValueError as exc:
@@ -179,7 +179,7 @@ def _check_block(
         problem = ledger.blobs.check(str(header["model_hash"]))
         if problem is not None:
             return problem
-        for part, digest in state_blobs.items():
+        for part, digest in server_blobs.items():
             problem = ledger.blobs.check(digest)
             if problem is not None:
                 return f"server_state {part}: {problem}"
@@ -188,7 +188,7 @@ def _check_block(
                 payload = entry[PAYLOAD_FIELD]
                 problem = (
                     ledger.blobs.check(payload, "update payload")
-                    if _is_hex(payload, 64)
+                    if is_hex(payload, 64)
                     else "payload is not a SHA-256 hex digest"
                 )
                 if problem is not None:
@@ -200,7 +200,7 @@ def _check_block(
 # pylint: disable=too-many-arguments
 def _check_quorum(
     ledger: Ledger,
-    chain: _ChainRules,
+    chain: ChainRules,
     height: int,
     prev_hash: str,
     block_hash: str,
@@ -233,13 +233,13 @@ def _check_entries(body: Mapping[str, Any]) -> str | None:
     seen: set[str] = set()
     for update in body["included"]:
         digest = update["digest"]
-        if not _is_hex(digest, 64):
+        if not is_hex(digest, 64):
             return f"included digest {str(digest)[:70]!r} is not lower-case SHA-256 hex"
         if digest in seen:
             return f"update {digest} is included twice"
         seen.add(digest)
     for entry in body["rejected"]:
-        if "digest" in entry and not _is_hex(entry["digest"], 64):
+        if "digest" in entry and not is_hex(entry["digest"], 64):
             return (
                 f"rejected digest {str(entry['digest'])[:70]!r} is not lower-case "
                 "SHA-256 hex"

@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
 import numpy as np
-from nacl.encoding import HexEncoder
-from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from .canonical import NotCanonical, encode, parse_canonical, parse_json, sha256_hex
@@ -34,7 +32,7 @@ verifier key (a simulation), ``"remote"`` when none, ``"mixed"`` otherwise."""
 CONFIG_FIELD: Final = "config"
 """Body field: the settings behind the header's ``config_digest``."""
 
-_COMMITTEES: Final = {
+COMMITTEES: Final = {
     "in-process": "PoV committees whose every key the server process held "
     "(an in-process simulation: the votes show what that one process decided, "
     "not that independent verifiers agreed)",
@@ -90,7 +88,7 @@ class Block:
         return BLOCK_FORMATS[str(self.header["format"])]
 
 
-def _parse_block(header_raw: bytes, body_raw: bytes) -> tuple[Any, Any]:
+def parse_block(header_raw: bytes, body_raw: bytes) -> tuple[Any, Any]:
     """A stored header and body, parsed in the encoding the header's ``format``
     names; :class:`NotCanonical` if either is not in exactly that encoding."""
     loose = parse_json(header_raw)
@@ -132,28 +130,16 @@ def node_key(node_id: Any) -> int | None:
     return None
 
 
-def _digest_of(config: Mapping[str, Any], version: int) -> str:
+def digest_of(config: Mapping[str, Any], version: int) -> str:
     """SHA-256 of settings in canonical JSON of encoding ``version``: what a
     block of that format holds as its ``config_digest``."""
     return sha256_hex(encode(version, dict(config)))
 
 
-def _is_hex(value: object, length: int) -> bool:
+def is_hex(value: object, length: int) -> bool:
     """Lower-case hex of exactly ``length`` characters: the only stored form."""
     return (
         isinstance(value, str)
         and len(value) == length
         and all(c in "0123456789abcdef" for c in value)
     )
-
-
-def _signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
-    try:
-        VerifyKey(public_hex.encode(), encoder=HexEncoder).verify(
-            message, bytes.fromhex(signature_hex)
-        )
-    except (BadSignatureError, ValueError, TypeError):
-        return False
-    except Exception:  # malformed keys raise nacl's own errors
-        return False
-    return True

@@ -1,22 +1,18 @@
 """The hash-chained ledger: blocks in SQLite, models in a content-addressed store.
 
 One block per accepted aggregation (height 0 is the genesis block holding the
-initial model). A block is stored as its canonical header and body bytes, its hash
-(``sha256(HEADER_TAG + header)``) and the leader's Ed25519 signature over the same
-bytes. The header's ``format`` names the encoding of both
-(:func:`~flchain_flwr.ledger.canonical.encode`): ``flchain-block/2`` is RFC 8785
-JSON and its header has no ``wall_time`` (the block hash seeds the next PoV
-committee, so nothing free to choose may enter it; no wall time is stored);
-``flchain-block/1`` (older ledgers, still read and verified) is version-1 JSON
-with a ``wall_time``. Format 2 stores node ids as decimal strings (RFC 8785
-numbers are doubles; Flower's node ids are 64-bit). After each block the ledger
-writes a signed C2SP checkpoint of its block log (see
+initial model). A block is stored as its canonical header and body bytes, its
+hash and the leader's Ed25519 signature, in the encoding its header's
+``format`` names (:mod:`.blocks`): ``flchain-block/2`` has no ``wall_time``
+(the block hash seeds the next PoV committee, so nothing free to choose may
+enter it); ``flchain-block/1`` (older ledgers, still read and verified) has one.
+The header commits to everything else: the previous block's hash, the body's
+hash, the Merkle root of the included update digests and the new global
+model's hash. Each block is one SQLite transaction (WAL mode), and its blobs
+are in place before that transaction starts, so a process killed at any
+moment leaves a ledger whose every committed block verifies. After each block
+the ledger writes a signed C2SP checkpoint of its block log (see
 :mod:`flchain_flwr.ledger.checkpoint`), by default to ``<path>.checkpoint``.
-The header commits to everything else: the previous block's hash, the
-body's hash, the Merkle root of the included update digests and the new global
-model's hash. Each block is one SQLite transaction (WAL mode), and its model blob
-is in place before that transaction starts, so a process killed at any moment
-leaves a ledger whose every committed block verifies.
 
 Two optional body fields let a run be resumed exactly (ledgers written before
 them lack both, and still verify): ``config``, the strategy's settings (in the
@@ -25,21 +21,21 @@ settings), whose canonical JSON hashes to the header's ``config_digest``, so a
 resume can name the settings that differ; and ``server_state``, the server's
 state after the block (:mod:`.serverstate`).
 
-This module is the :class:`Ledger`: opening, reading and appending, in one
-transaction a block. The rest lives beside it: the SQLite file and its rows
-in :mod:`.ledgerdb`, a new block's body and header in :mod:`.newblock`, the
-checkpoint written after each block in :mod:`.checkpointwriter`, block types
-in :mod:`.blocks`, votes in :mod:`.votes`, keys in :mod:`.keys`, the check of
-the head before an append in :mod:`.headcheck`, verification in
-:mod:`.verify` and :mod:`.blockcheck`, proofs in :mod:`.proofs` and
-:mod:`.proofcheck` (each name is also importable from here).
+This module is the :class:`Ledger`: opening and reading it, and the methods
+that append, verify and prove. The rest lives beside it: appending a block
+(the checks before, its transaction, its checkpoint) in :mod:`.appending`,
+the SQLite file and its rows in :mod:`.ledgerdb`, a new block's body and
+header in :mod:`.newblock`, the checkpoint written after each block in
+:mod:`.checkpointwriter`, block types in :mod:`.blocks`, votes in
+:mod:`.votes`, keys in :mod:`.keys`, the check of the head before an append
+in :mod:`.headcheck`, verification in :mod:`.verify` and :mod:`.blockcheck`,
+proofs in :mod:`.proofs` and :mod:`.proofcheck`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import replace
-from logging import INFO, WARNING
+from collections.abc import Iterator, Mapping, Sequence
+from logging import INFO
 from pathlib import Path
 from typing import Any
 
@@ -49,70 +45,28 @@ from flwr.supercore import log
 from nacl.signing import SigningKey
 
 from . import proofs
+from .appending import append_aggregation, append_as_is
 from .blobs import BlobStore
-from .blocks import (
-    BLOCK_FORMATS,
-    COMMITTEE_KIND_FIELD,
-    CONFIG_FIELD,
-    LEDGER_FORMATS,
-    Block,
-    BlockSigner,
-    LedgerError,
-    Signature,
-    _digest_of,
-    ids_as_text,
-    node_key,
-)
-from .canonical import LATEST_FORMAT, encode_round_trip
+from .blocks import LEDGER_FORMATS, Block, BlockSigner, LedgerError, digest_of
+from .canonical import LATEST_FORMAT
 from .checkpoint import CheckpointError, ledger_origin
-from .checkpointwriter import CheckpointNotWritten, CheckpointWriter
+from .checkpointwriter import CheckpointWriter
 from .headcheck import HeadCheck
-from .keys import KeyFile, load_or_create_key, parse_trusted_key
+from .keys import KeyFile, parse_trusted_key
 from .ledgerdb import (
     BLOCK_ROW,
     MAX_HEIGHT,
-    insert_block,
     make_folder_for,
     open_database,
     reading,
     recorded_config,
     row_to_block,
     rows,
-    set_meta,
 )
-from .newblock import BlockDraft, aggregation_body
 from .notes import VerifierKey
-from .pending import clear_pending
-from .proofcheck import check_proof
-from .quorum import HeaderCosigner, load_signatures, store_signatures
-from .serverstate import SERVER_STATE_FIELD, ServerState, load_server_state
+from .quorum import load_signatures
+from .serverstate import ServerState, load_server_state
 from .verify import VerifyReport, verify_ledger
-from .votes import VoteContext, check_vote, sign_vote, vote_payload
-
-__all__ = [  # what this module held before the split, still importable from it
-    "BLOCK_FORMATS",
-    "COMMITTEE_KIND_FIELD",
-    "CONFIG_FIELD",
-    "LEDGER_FORMATS",
-    "SERVER_STATE_FIELD",
-    "Block",
-    "BlockSigner",
-    "CheckpointNotWritten",
-    "Ledger",
-    "LedgerError",
-    "ServerState",
-    "Signature",
-    "VerifyReport",
-    "VoteContext",
-    "check_proof",
-    "check_vote",
-    "ids_as_text",
-    "load_or_create_key",
-    "node_key",
-    "parse_trusted_key",
-    "sign_vote",
-    "vote_payload",
-]
 
 
 # pylint: disable=too-many-instance-attributes
@@ -236,22 +190,13 @@ class Ledger:
     def config_digest(self, config: Mapping[str, Any]) -> str:
         """The ``config_digest`` of ``config`` in this ledger's blocks: SHA-256 of
         its canonical JSON in the ledger's encoding."""
-        return _digest_of(config, self.format_version)
+        return digest_of(config, self.format_version)
 
     @property
     def origin(self) -> str:
         """The checkpoint origin, and the checkpoint key's name:
         ``flchain-flwr/<chain id>``."""
         return ledger_origin(self.chain_id)
-
-    def _checkpoint_origin(self) -> str | None:
-        """:attr:`origin`, or ``None`` (a WARNING) for a ledger made before
-        checkpoints whose chain id cannot be an origin: it gets none."""
-        try:
-            return self.origin
-        except CheckpointError as exc:
-            log(WARNING, "Ledger %s: no checkpoint written: %s", self.path, exc)
-            return None
 
     def __len__(self) -> int:
         with reading(self.path):
@@ -318,7 +263,7 @@ class Ledger:
             ]
 
     # ---------------------------------------------------------------- appending
-    # pylint: disable=too-many-arguments,too-many-locals
+    # pylint: disable=too-many-arguments
     def append(
         self,
         *,
@@ -368,102 +313,34 @@ class Ledger:
         CheckpointNotWritten
             If the block is committed but writing its checkpoint failed.
         """
-        if config is not None and self.config_digest(config) != config_digest:
-            raise ValueError("config does not hash to config_digest")
-        if payloads is not None and len(payloads) != len(included):
-            raise ValueError(f"{len(payloads)} payloads for {len(included)} updates")
-        origin = self._checkpoint_origin()
-        if origin is not None:
-            self._checkpoints.check_location()
-        model_hash = self.blobs.put_model(model)
-        version = self.format_version
-        body = aggregation_body(
-            self.blobs,
-            version,
+        return append_aggregation(
+            self,
+            self._checkpoints,
+            self._head_check,
+            model=model,
+            model_version=model_version,
+            base_version=base_version,
+            config_digest=config_digest,
             included=included,
             rejected=rejected,
             votes=votes,
             contributions=contributions,
+            sim_time=sim_time,
+            wall_time=wall_time,
             extra=extra,
+            signer=signer,
             config=config,
             server_state=server_state,
             payloads=payloads,
         )
-        draft = BlockDraft(
-            version,
-            self.chain_id,
-            {
-                "sim_time": sim_time,
-                "model_version": model_version,
-                "base_version": base_version,
-                "config_digest": config_digest,
-                "model_hash": model_hash,
-            },
-            included,
-            body,
-            encode_round_trip(version, body),
-            signer or self.signing_key,
-            wall_time,
-        )
-        return self._commit(draft.on, draft.key, origin)
 
     def append_block(self, block: Block, cosigner: BlockSigner) -> Block:
         """Commit ``block`` as it is (its exact bytes and leader signature),
         with ``cosigner``'s header signatures: a locked block re-proposed
         after a restart (:mod:`flchain_flwr.pov.pending`; ``cosigner`` is a
-        :class:`HeaderCosigner` naming the block's leader). ``LedgerError``
+        :class:`~.quorum.HeaderCosigner` naming the block's leader). ``LedgerError``
         if it does not extend the head."""
-        if not isinstance(cosigner, HeaderCosigner):
-            raise TypeError("a block is appended as it is only with its committee")
-        origin = self._checkpoint_origin()
-        if origin is not None:
-            self._checkpoints.check_location()
-
-        def make(head: Block | None) -> Block:
-            if head is None or (block.height, block.header.get("prev_hash")) != (
-                head.height + 1,
-                head.hash,
-            ):
-                raise LedgerError(f"block {block.height} does not extend the head")
-            return block
-
-        return self._commit(make, cosigner, origin)
-
-    def _commit(
-        self,
-        make: Callable[[Block | None], Block],
-        key: BlockSigner,
-        origin: str | None,
-    ) -> Block:
-        """Commit the block ``make`` builds on the head, in one transaction,
-        with its committee's signatures if ``key`` gathers them; then its
-        checkpoint. A pending block recorded for the committee is cleared."""
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            head = self.head()
-            if head is not None:
-                self._head_check.check(self, head, key)
-            log_before = (
-                None
-                if origin is None
-                else self._checkpoints.log_up_to(head, origin, self.block_hashes)
-            )
-            block = make(head)
-            if isinstance(key, HeaderCosigner):  # the committee signs it too
-                quorum = key.cosign(self, block)
-                store_signatures(self.db, block.height, quorum)
-                block = replace(block, quorum=quorum)
-            if head is None:  # the publisher who opened the chain
-                set_meta(self.db, "leader_key", str(block.header["leader"]))
-            insert_block(self.db, block)
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        clear_pending(self)
-        if log_before is not None:
-            self._checkpoints.write(block, log_before, self.origin)
-        return block
+        return append_as_is(self, self._checkpoints, self._head_check, block, cosigner)
 
     def header_signatures(self, height: int) -> list[Any] | None:
         """The committee's signatures over block ``height``'s header (``None``

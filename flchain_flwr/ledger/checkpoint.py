@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from .merkle import InvalidProof, merkle_root, verify_proof
+from .noteformat import decode_b64
 from .notes import (
     NoteError,
     SignedNote,
     SignerKey,
     VerifierKey,
-    canonical_b64decode,
     check_key_name,
     parse_note,
     sign_note,
@@ -128,14 +128,12 @@ def parse_checkpoint(text: str) -> Checkpoint:
         raise CheckpointError(f"tree size {size_line!r} has leading zeros")
     if len(size_line) > len(str(MAX_TREE_SIZE)):
         raise CheckpointError(f"tree size {size_line} is out of range")
-    try:
-        root = canonical_b64decode(root_line)
-    except ValueError:
-        raise CheckpointError(
-            f"root hash {root_line!r} is not canonical base64"
-        ) from None
-    if root is None:
-        raise CheckpointError(f"root hash {root_line!r} is not base64")
+    root = decode_b64(
+        root_line,
+        CheckpointError,
+        not_base64=f"root hash {root_line!r} is not base64",
+        not_canonical=f"root hash {root_line!r} is not canonical base64",
+    )
     return Checkpoint(origin, int(size_line), root, tuple(extensions))
 
 

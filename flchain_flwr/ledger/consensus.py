@@ -348,7 +348,7 @@ class PoVState:
         or ``None``; on ``None`` the block's deposit changes are applied.
 
         Vote signatures are checked by the caller (they need the chain's
-        context, :func:`~flchain_flwr.ledger.chain.check_vote`); here, what
+        context, :func:`~flchain_flwr.ledger.votes.check_vote`); here, what
         the votes are about.
         """
         view = block_view(body)

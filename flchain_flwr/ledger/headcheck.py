@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING
 
 from nacl.encoding import HexEncoder
 
-from .blocks import Block, BlockSigner, LedgerError, _is_hex, _signature_ok
+from .blocks import Block, BlockSigner, LedgerError, is_hex
 from .canonical import HEADER_TAG, sha256_hex
 from .consensus import PoVRules
+from .statements import signature_ok
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -48,7 +49,7 @@ class HeadCheck:
             problem = "its header belongs to another chain"
         elif header.get("format") != f"flchain-block/{ledger.format_version}":
             problem = f"its format is {str(header.get('format'))[:40]!r}"
-        elif not _is_hex(head.signature, 128) or not _signature_ok(
+        elif not is_hex(head.signature, 128) or not signature_ok(
             str(header.get("leader")), HEADER_TAG + head.header_bytes, head.signature
         ):
             problem = "its signature is invalid"
@@ -75,7 +76,7 @@ class HeadCheck:
             genesis = ledger.block(0)
             if sha256_hex(
                 HEADER_TAG, genesis.header_bytes
-            ) != genesis.hash or not _signature_ok(
+            ) != genesis.hash or not signature_ok(
                 str(genesis.header.get("leader")),
                 HEADER_TAG + genesis.header_bytes,
                 genesis.signature,

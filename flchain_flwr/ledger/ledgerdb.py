@@ -28,8 +28,8 @@ from .blocks import (
     LEDGER_FORMATS,
     Block,
     LedgerError,
-    _digest_of,
-    _parse_block,
+    digest_of,
+    parse_block,
 )
 from .canonical import NotCanonical, parse_json
 
@@ -214,7 +214,7 @@ def row_to_block(row: tuple[Any, ...]) -> Block:
     height, digest, header, body, signature = row
     try:
         header, body = bytes(header), bytes(body)
-        parsed_header, parsed_body = _parse_block(header, body)
+        parsed_header, parsed_body = parse_block(header, body)
         if not isinstance(parsed_header, dict) or not isinstance(parsed_body, dict):
             raise NotCanonical("header or body is not a JSON object")
         return Block(
@@ -255,7 +255,7 @@ def recorded_config(db: sqlite3.Connection, block: Block) -> dict[str, Any] | No
         config = earlier.body.get(CONFIG_FIELD)
         if (
             isinstance(config, dict)
-            and _digest_of(config, earlier.format_version) == digest
+            and digest_of(config, earlier.format_version) == digest
         ):
             return config
     return None

@@ -15,7 +15,8 @@ from typing import Any
 
 from pymerkle import InmemoryTree
 
-from .chain import Ledger, LedgerError
+from .blocks import LedgerError
+from .chain import Ledger
 from .merkle import ALGORITHM
 from .rfc6962 import ConsistencyError, HashTree
 

@@ -6,7 +6,8 @@ ending in a newline, a blank line, and signature lines ``— <key name>
 base64(key ID || signature)``. This module holds the rules its pieces
 follow, shared by the notes and the keys that sign them (:mod:`.notekeys`):
 a key name (:func:`check_key_name`), a note text (:func:`check_note_text`),
-strict canonical base64 (:func:`canonical_b64decode`), one signature line
+strict canonical base64 (:func:`canonical_b64decode`; :func:`decode_b64`
+also for checkpoints and tlog proofs), one signature line
 (:class:`NoteSignature`), and the errors a malformed one raises
 (:class:`NoteError`, :class:`NoteVerificationError`).
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 KEY_ID_SIZE: Final = 4
-_DASH: Final = "\u2014 "  # em dash and a space: how a signature line starts
+DASH: Final = "\u2014 "  # em dash and a space: how a signature line starts
 
 
 class NoteError(ValueError):
@@ -76,7 +77,7 @@ class NoteSignature:
     def line(self) -> str:
         """The signature line, newline included."""
         encoded = base64.b64encode(self.key_id + self.signature).decode("ascii")
-        return f"{_DASH}{self.name} {encoded}\n"
+        return f"{DASH}{self.name} {encoded}\n"
 
 
 def check_note_text(text: str) -> None:
@@ -87,10 +88,10 @@ def check_note_text(text: str) -> None:
     """
     if not text.endswith("\n"):
         raise NoteError("a note text must end in a newline")
-    _check_characters(text, "note text")
+    check_characters(text, "note text")
 
 
-def _check_characters(text: str, what: str) -> None:
+def check_characters(text: str, what: str) -> None:
     for char in text:
         if ord(char) < 0x20 and char != "\n":
             raise NoteError(f"{what} holds control character {char!r}")
@@ -119,13 +120,28 @@ def canonical_b64decode(data: str) -> bytes | None:
     return raw
 
 
-def _b64decode(data: str, what: str, *, quote: bool) -> bytes:
-    """:func:`canonical_b64decode`, failing with a :class:`NoteError`."""
-    shown = f" {data!r}" if quote else ""
+def decode_b64(
+    data: str, error: type[ValueError], *, not_base64: str, not_canonical: str
+) -> bytes:
+    """:func:`canonical_b64decode`, raising ``error(not_base64)`` for text that
+    is not base64 and ``error(not_canonical)`` for base64 not in its canonical
+    form: one decoder, and each caller keeps its own error type and wording."""
     try:
         raw = canonical_b64decode(data)
     except ValueError:
-        raise NoteError(f"{what}: not canonical base64{shown}") from None
+        raise error(not_canonical) from None
     if raw is None:
-        raise NoteError(f"{what}: not valid base64{shown}")
+        raise error(not_base64)
     return raw
+
+
+def note_b64decode(data: str, what: str, *, quote: bool) -> bytes:
+    """:func:`decode_b64`, failing with a :class:`NoteError` that names ``what``
+    (and quotes ``data`` if ``quote``)."""
+    shown = f" {data!r}" if quote else ""
+    return decode_b64(
+        data,
+        NoteError,
+        not_base64=f"{what}: not valid base64{shown}",
+        not_canonical=f"{what}: not canonical base64{shown}",
+    )

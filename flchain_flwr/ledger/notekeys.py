@@ -29,9 +29,9 @@ from .noteformat import (
     KEY_ID_SIZE,
     NoteError,
     NoteSignature,
-    _b64decode,
     check_key_name,
     check_note_text,
+    note_b64decode,
 )
 
 ED25519: Final = 0x01
@@ -240,7 +240,7 @@ def _key_bytes(
     check_key_name(name)
     if len(hex_id) != 2 * KEY_ID_SIZE or any(c not in _HEX for c in hex_id):
         raise NoteError(f"{what} {name}: the key ID must be 8 lower-case hex digits")
-    raw = _b64decode(data, f"{what} {name}", quote=quote)
+    raw = note_b64decode(data, f"{what} {name}", quote=quote)
     if not raw or raw[0] != kind.ALGORITHM:
         found = f"0x{raw[0]:02x}" if raw else "missing"
         raise NoteError(f"{what} {name}: signature type {found} is not {kind.KIND}")

@@ -31,16 +31,16 @@ from typing import Final
 
 from .atomicfile import write_file_atomically
 from .noteformat import (
-    _DASH,
+    DASH,
     KEY_ID_SIZE,
     NoteError,
     NoteSignature,
     NoteVerificationError,
-    _b64decode,
-    _check_characters,
     canonical_b64decode,
+    check_characters,
     check_key_name,
     check_note_text,
+    note_b64decode,
 )
 from .notekeys import (
     ED25519,
@@ -169,7 +169,7 @@ def parse_note(note: str | bytes) -> SignedNote:
             raise NoteError(f"note is not valid UTF-8: {exc}") from None
     elif len(note.encode("utf-8", "surrogatepass")) > MAX_NOTE_BYTES:
         raise NoteError(f"note is larger than {MAX_NOTE_BYTES} bytes")
-    _check_characters(note, "note")
+    check_characters(note, "note")
     if not note.endswith("\n"):
         raise NoteError("note does not end in a newline")
     split = note.rfind("\n\n")
@@ -189,16 +189,16 @@ def parse_note(note: str | bytes) -> SignedNote:
 
 def _parse_signature_line(line: str, number: int) -> NoteSignature:
     where = f"signature line {number}"
-    if not line.startswith(_DASH):
+    if not line.startswith(DASH):
         raise NoteError(f"{where} does not start with an em dash and a space")
-    name, space, data = line[len(_DASH) :].partition(" ")
+    name, space, data = line[len(DASH) :].partition(" ")
     if not space:
         raise NoteError(f"{where} has no space between key name and signature")
     try:
         check_key_name(name)
     except NoteError as exc:
         raise NoteError(f"{where}: {exc}") from None
-    raw = _b64decode(data, f"{where} ({name})", quote=True)
+    raw = note_b64decode(data, f"{where} ({name})", quote=True)
     if len(raw) <= KEY_ID_SIZE:
         raise NoteError(
             f"{where} ({name}) decodes to {len(raw)} bytes: a 4-byte key ID and "

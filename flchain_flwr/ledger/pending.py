@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .blocks import Block, _parse_block
+from .blocks import Block, parse_block
 from .canonical import (
     BODY_TAG,
     HEADER_TAG,
@@ -43,7 +43,7 @@ from .canonical import (
     sha256_hex,
 )
 from .notes import write_file_atomically
-from .serverstate import _state_blobs
+from .serverstate import state_blobs
 from .statements import sign_statement, signature_ok
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ def read_pending(ledger: Ledger) -> PendingBlock | None:
     if sha256_hex(HEADER_TAG, header_bytes) != record["hash"]:
         raise PendingError(f"{path.name}: its hash is not its header's")
     try:
-        header, body = _parse_block(header_bytes, body_bytes)
+        header, body = parse_block(header_bytes, body_bytes)
     except (ValueError, RecursionError) as exc:
         raise PendingError(f"{path.name}: its block is not canonical ({exc})") from None
     if not isinstance(header, dict) or not isinstance(body, dict):
@@ -198,7 +198,7 @@ def _blobs_problem(ledger: Ledger, body: dict[str, Any], model: str) -> str | No
     """Why a blob the block names is not stored intact, or ``None``."""
     try:
         named = [("model blob", model)]
-        named += [("server-state blob", d) for d in _state_blobs(body).values()]
+        named += [("server-state blob", d) for d in state_blobs(body).values()]
         named += [
             ("update payload", str(entry["payload"]))
             for entry in body.get("included", [])

@@ -33,7 +33,8 @@ from .merkle import InvalidProof, MalformedProof, inclusion_proof, verify_proof
 from .quorum import check_signed_block, headers_declared
 
 if TYPE_CHECKING:
-    from .chain import Block, Ledger
+    from .blocks import Block
+    from .chain import Ledger
 
 QUORUM_FIELD: Final = "quorum"
 _FIELDS: Final = frozenset({"body", "header_signatures", "genesis", "genesis_block"})

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .blocks import _is_hex, _parse_block, _signature_ok
+from .blocks import is_hex, parse_block
 from .canonical import HEADER_TAG, sha256_hex
 from .checkpoint import (
     CheckpointError,
@@ -19,6 +19,7 @@ from .keys import parse_trusted_key
 from .merkle import InvalidProof, MalformedProof, proof_field, verify_proof
 from .notes import NoteError, VerifierKey, parse_note
 from .proof_quorum import check_proof_quorum
+from .statements import signature_ok
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ def check_proof(
     block = proof_field(proof, "block", dict)
     try:
         header_bytes = header_text.encode("utf-8")
-        header, _ = _parse_block(header_bytes, b"{}")
+        header, _ = parse_block(header_bytes, b"{}")
     except (ValueError, RecursionError) as exc:  # ValueError: NotCanonical, encoding
         raise MalformedProof(f"the block header is not canonical JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -185,7 +186,7 @@ def check_proof(
         leader = str(header["leader"])
     except KeyError as exc:
         raise MalformedProof(f"malformed proof: {exc!r} is missing") from None
-    if not _is_hex(signature, 128) or not _signature_ok(
+    if not is_hex(signature, 128) or not signature_ok(
         leader, HEADER_TAG + header_bytes, signature
     ):
         raise InvalidProof(f"the header's signature by leader {leader} is invalid")

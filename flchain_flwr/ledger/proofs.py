@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .blocks import LedgerError, _is_hex
+from .blocks import LedgerError, is_hex
 from .checkpoint import parse_checkpoint
 from .merkle import consistency_proof, inclusion_proof
 from .notes import parse_note
@@ -92,7 +92,7 @@ def _check_log_leaves(hashes: Sequence[str]) -> None:
     """``LedgerError`` unless every block hash a proof is about to use is a
     SHA-256 hex digest (a damaged ledger may hold anything)."""
     for position, digest in enumerate(hashes):
-        if not _is_hex(digest, 64):
+        if not is_hex(digest, 64):
             raise LedgerError(
                 f"block hash {position} (counting from 0, by height) is not "
                 "a SHA-256 hex digest; run `flchain ledger verify`"

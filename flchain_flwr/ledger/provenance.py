@@ -34,8 +34,9 @@ from typing import Any, Final
 
 from .anchorblock import AnchorError
 from .anchorproof import check_anchor_proof
+from .blocks import LedgerError, is_hex
 from .canonical import NotCanonical, encode, parse_canonical
-from .chain import Ledger, LedgerError
+from .chain import Ledger
 from .checkpoint import CheckpointError, ledger_origin
 from .mainchain import MainChain
 from .mainverify import WitnessRule
@@ -175,14 +176,6 @@ def build_bundle(ledger: Ledger, main: MainChain, model_hash: str) -> bytes:
 
 
 # ----------------------------------------------------------------- checking
-def _is_hex(value: object, length: int) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) == length
-        and all(c in "0123456789abcdef" for c in value)
-    )
-
-
 def _fields(value: Any, expected: frozenset[str], what: str) -> dict[str, Any]:
     if not isinstance(value, dict) or set(value) != expected:
         raise BundleMalformed(
@@ -261,7 +254,7 @@ def verify_bundle(
     if bundle["format"] != BUNDLE_FORMAT:
         raise BundleMalformed(f"the bundle's format is not {BUNDLE_FORMAT!r}")
     model_hash = bundle["model_hash"]
-    if not _is_hex(model_hash, 64):
+    if not is_hex(model_hash, 64):
         raise BundleMalformed("the bundle's model_hash is not a SHA-256 hex digest")
     checked = []
     if model is not None:

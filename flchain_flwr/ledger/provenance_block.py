@@ -32,8 +32,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from .blocks import BLOCK_FORMATS
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, parse_canonical, sha256_hex
-from .chain import BLOCK_FORMATS, VoteContext, check_vote
 from .consensus import (
     PoVRules,
     VoteRules,
@@ -43,6 +43,7 @@ from .consensus import (
     select_committee,
 )
 from .trade_records import signature_ok
+from .votes import VoteContext, check_vote
 
 
 class BlockCheckFailed(ValueError):

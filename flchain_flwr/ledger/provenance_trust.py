@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from .blocks import is_hex
 from .cosignature import CosignerKey, parse_cosigner_key
 from .notes import NoteError, VerifierKey, parse_verifier_key
 
@@ -54,7 +55,7 @@ def parse_trust(entries: Sequence[str]) -> Trust:
                 main.append(parse_verifier_key(key))
             elif role == "witness":
                 witnesses.append(parse_cosigner_key(key))
-            elif _is_hex(key.lower(), 64):
+            elif is_hex(key.lower(), 64):
                 if role == "pool":
                     pool.add(key.lower())
                 else:
@@ -66,14 +67,6 @@ def parse_trust(entries: Sequence[str]) -> Trust:
     if len(main) != 1:
         raise ValueError(f"give exactly one main=<vkey> trusted key, not {len(main)}")
     return Trust(main[0], tuple(witnesses), frozenset(pool), publisher)
-
-
-def _is_hex(value: object, length: int) -> bool:
-    return (
-        isinstance(value, str)
-        and len(value) == length
-        and all(c in "0123456789abcdef" for c in value)
-    )
 
 
 class ProvenanceError(ValueError):

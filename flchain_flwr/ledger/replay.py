@@ -96,11 +96,12 @@ from typing import Any
 
 from ..strategies.fairness import count_participation
 from ..strategies.pipeline import server_step
-from .chain import CONFIG_FIELD, Block, Ledger
+from .blocks import CONFIG_FIELD, Block
+from .chain import Ledger
 from .payload import PAYLOAD_FIELD
-from .replayer import _Replayer
+from .replayer import Replayer
 from .replaysettings import REPLAYABLE_STRATEGY, rule_weighs_by_trust
-from .replaytypes import MissingData, ReplaySource, StepFn, _Failed, _NotReplayable
+from .replaytypes import Failed, MissingData, NotReplayable, ReplaySource, StepFn
 from .replayweights import included_nodes, ledger_participation
 
 __all__ = [  # what this module held before the split, still importable from it
@@ -184,7 +185,7 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
         ``ok`` unless a block fails (then the first such block and why); the
         blocks replayed, and those that could not be, with the reason.
     """
-    replayer = _Replayer(ledger, step)
+    replayer = Replayer(ledger, step)
     prev: Block | None = None
     count = 0
     replayed: list[int] = []
@@ -198,9 +199,9 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
                 try:
                     replayer.block(prev, block)
                     replayed.append(block.height)
-                except _NotReplayable as exc:
+                except NotReplayable as exc:
                     skipped.append((block.height, str(exc)))
-                except _Failed as exc:
+                except Failed as exc:
                     failure = (block.height, str(exc))
                 except Exception as exc:  # any corruption is a finding, not a crash
                     failure = (block.height, f"block cannot be replayed: {exc!r}")
@@ -225,7 +226,7 @@ class PendingReplay:
     """
 
     def __init__(self, ledger: Ledger, *, step: StepFn = server_step) -> None:
-        self._replayer = _Replayer(ledger, step)
+        self._replayer = Replayer(ledger, step)
         self._ledger = ledger
         self._prev: Block | None = None
 
@@ -258,9 +259,9 @@ class PendingReplay:
         self._replayer.record(block)
         try:
             self._replayer.block(self._prev, block)
-        except (_NotReplayable, _Failed) as exc:
+        except (NotReplayable, Failed) as exc:
             self._replayer.versions, self._replayer.configs = kept
-            return False, None if isinstance(exc, _NotReplayable) else str(exc)
+            return False, None if isinstance(exc, NotReplayable) else str(exc)
         return True, None
 
 
@@ -277,7 +278,7 @@ def replay_pending(
     settings behind ``block``'s ``config_digest`` (the caller checks that they
     hash to it). Fairness weighting counts every earlier block, so a block
     written with it is not replayed here (``(False, None)``)."""
-    replayer = _Replayer(source, server_step)
+    replayer = Replayer(source, server_step)
     for stored in earlier:
         replayer.record(stored)
     replayer.record(block)
@@ -290,9 +291,9 @@ def replay_pending(
         return False, None
     try:
         replayer.block(earlier[-1], block)
-    except _NotReplayable:
+    except NotReplayable:
         return False, None
-    except _Failed as exc:
+    except Failed as exc:
         return False, str(exc)
     return True, None
 

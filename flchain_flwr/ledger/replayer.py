@@ -1,6 +1,6 @@
 """The replayer: one block recomputed from its parent and its stored updates.
 
-:class:`_Replayer` carries what a replay needs from block to block (each
+:class:`Replayer` carries what a replay needs from block to block (each
 global version's model hash, the recorded settings by digest, each node's
 included updates, a few decoded models) and checks one block over its parent:
 each included payload against its entry (sender, digest, ``trained_on``,
@@ -8,8 +8,8 @@ staleness) and parsed as the server parsed it, the weighing
 (:mod:`.replayweights`), trust weighting from the committee's votes, the
 momentum velocity it continues or restarts, and then the server's own step,
 whose model, velocity and contributions must equal the recorded ones. A
-block that does not raises :class:`~.replaytypes._Failed`; one that lacks
-what the replay needs, :class:`~.replaytypes._NotReplayable`.
+block that does not raises :class:`~.replaytypes.Failed`; one that lacks
+what the replay needs, :class:`~.replaytypes.NotReplayable`.
 :mod:`.replay` drives it over a ledger or a pending block.
 """
 
@@ -31,8 +31,8 @@ from ..strategies.updates import UpdateRejected, parse_update, update_kind
 from .blocks import CONFIG_FIELD, Block, ids_as_text, node_key
 from .canonical import encode, model_hash, sender_update_digest
 from .payload import PAYLOAD_FIELD
-from .replaysettings import REPLAYABLE_STRATEGY, _Settings, rule_weighs_by_trust
-from .replaytypes import ReplaySource, StepFn, _Failed, _NotReplayable
+from .replaysettings import REPLAYABLE_STRATEGY, Settings, rule_weighs_by_trust
+from .replaytypes import Failed, NotReplayable, ReplaySource, StepFn
 from .replayweights import check_weights, weigh_examples
 from .rewards import contributions
 from .serverstate import ServerState
@@ -42,7 +42,7 @@ _MODEL_CACHE = 4
 
 
 @dataclass
-class _Replayer:
+class Replayer:
     """What a replay carries from block to block."""
 
     ledger: ReplaySource
@@ -89,37 +89,37 @@ class _Replayer:
             self.models.popitem(last=False)
 
     def block(self, prev: Block, block: Block) -> None:
-        """Replay ``block`` over ``prev``; raise :class:`_Failed` or
-        :class:`_NotReplayable`."""
+        """Replay ``block`` over ``prev``; raise :class:`Failed` or
+        :class:`NotReplayable`."""
         header, body = block.header, block.body
         included: list[dict[str, Any]] = body["included"]
         parent_version = int(prev.header["model_version"])
         if header["base_version"] != parent_version:
-            raise _Failed(
+            raise Failed(
                 f"base_version {header['base_version']!r} is not the previous "
                 f"block's model_version {parent_version}"
             )
         if not included:
             if header["model_hash"] != prev.header["model_hash"]:
-                raise _Failed("it includes no update but changes the model")
+                raise Failed("it includes no update but changes the model")
             return
         if any(PAYLOAD_FIELD not in u for u in included):
-            raise _NotReplayable(
+            raise NotReplayable(
                 "written without stored update payloads (before they were stored, "
                 "or by a strategy that does not store them, such as PoVStrategy)"
             )
         config = self.configs.get(str(header["config_digest"]))
         if config is None:
-            raise _NotReplayable(
+            raise NotReplayable(
                 "the settings behind its config_digest are not recorded"
             )
         if config.get("strategy") != REPLAYABLE_STRATEGY:
-            raise _NotReplayable(
+            raise NotReplayable(
                 f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
             )
-        settings = _Settings.of(config)
+        settings = Settings.of(config)
         if self.rule_trust is not None and settings.trust != self.rule_trust:
-            raise _Failed(
+            raise Failed(
                 "its recorded settings weigh updates "
                 f"{'by' if settings.trust else 'without'} trust, the chain's judging "
                 f"rule {'with' if self.rule_trust else 'without'} it"
@@ -140,14 +140,14 @@ class _Replayer:
                     updates, body.get("votes", []), len(body.get("committee", []))
                 )
             except TrustError as exc:
-                raise _Failed(f"trust weighting: {exc}") from None
+                raise Failed(f"trust weighting: {exc}") from None
         velocity = self._velocity(body, state, before, settings, parent, updates, names)
         result = self._step(parent, updates, velocity, names, settings)
         if result is None:
-            raise _Failed("the replayed aggregate overflows the model")
+            raise Failed("the replayed aggregate overflows the model")
         replayed = model_hash(result.model)
         if replayed != header["model_hash"]:
-            raise _Failed(
+            raise Failed(
                 f"the replayed model {replayed[:16]}… is not the recorded "
                 f"{str(header['model_hash'])[:16]}…"
             )
@@ -156,7 +156,7 @@ class _Replayer:
             assert state is not None and state.velocity is not None
             assert result.velocity is not None
             if model_hash(result.velocity) != model_hash(state.velocity):
-                raise _Failed("the replayed momentum velocity is not the recorded one")
+                raise Failed("the replayed momentum velocity is not the recorded one")
         shares = contributions(
             [u.node_id for u in updates],
             [u.update.delta for u in updates],
@@ -167,7 +167,7 @@ class _Replayer:
         if encode(version, ids_as_text(shares)) != encode(
             version, body["contributions"]
         ):
-            raise _Failed("the recorded contributions are not the replayed ones")
+            raise Failed("the recorded contributions are not the replayed ones")
 
     # pylint: disable=too-many-arguments
     def _update(
@@ -177,18 +177,18 @@ class _Replayer:
         parent: NDArrays,
         parent_version: int,
         names: frozenset[str],
-        settings: _Settings,
+        settings: Settings,
     ) -> BufferedUpdate:
         """Check one included entry against its payload; the update to replay."""
         where = f"included update {index}"
         try:
             node_id, content = self.ledger.blobs.load_update(str(entry[PAYLOAD_FIELD]))
         except ValueError as exc:
-            raise _Failed(f"{where}: {exc}") from None
+            raise Failed(f"{where}: {exc}") from None
         if node_id != node_key(entry["node_id"]):
-            raise _Failed(f"{where}: its payload was sent by another node")
+            raise Failed(f"{where}: its payload was sent by another node")
         if sender_update_digest(node_id, content) != entry["digest"]:
-            raise _Failed(f"{where}: its stored payload does not hash to its digest")
+            raise Failed(f"{where}: its stored payload does not hash to its digest")
         trained_on = entry["trained_on"]
         if (
             isinstance(trained_on, bool)
@@ -196,10 +196,10 @@ class _Replayer:
             or trained_on not in self.versions
             or trained_on > parent_version
         ):
-            raise _Failed(f"{where}: trained on {trained_on!r}, not an earlier version")
+            raise Failed(f"{where}: trained on {trained_on!r}, not an earlier version")
         staleness = parent_version - trained_on
         if entry["staleness"] != staleness:
-            raise _Failed(
+            raise Failed(
                 f"{where}: records staleness {entry['staleness']!r}, "
                 f"the versions give {staleness}"
             )
@@ -216,7 +216,7 @@ class _Replayer:
                 trained_on=trained_on,
             )
         except UpdateRejected as exc:
-            raise _Failed(f"{where} is not a valid update: {exc.reason}") from None
+            raise Failed(f"{where} is not a valid update: {exc.reason}") from None
         state_base = {n: self.model(base)[n] for n in names} if names else {}
         return BufferedUpdate(
             node_id=node_id,
@@ -237,7 +237,7 @@ class _Replayer:
         updates: Sequence[BufferedUpdate],
         velocity: NDArrays | None,
         names: frozenset[str],
-        settings: _Settings,
+        settings: Settings,
     ) -> StepResult | None:
         """The server's step over ``updates`` with the recorded settings."""
         return self.step(
@@ -255,7 +255,7 @@ class _Replayer:
         body: Mapping[str, Any],
         state: ServerState | None,
         before: ServerState | None,
-        settings: _Settings,
+        settings: Settings,
         parent: NDArrays,
         updates: Sequence[BufferedUpdate],
         names: frozenset[str],
@@ -272,11 +272,11 @@ class _Replayer:
         if settings.momentum == 0.0:
             return None
         if state is None or state.velocity is None:
-            raise _NotReplayable("it records no momentum velocity")
+            raise NotReplayable("it records no momentum velocity")
         previous = None if before is None else before.velocity
         if not state.velocity_from_zero:
             if previous is None:
-                raise _Failed(
+                raise Failed(
                     "it continues a momentum velocity the previous block does "
                     "not record"
                 )
@@ -288,14 +288,14 @@ class _Replayer:
             for r in body["rejected"]
         )
         if not overflowed:
-            raise _Failed(
+            raise Failed(
                 "it restarts the momentum from zero, but the previous block records "
                 "a velocity and no aggregate overflowed in between"
             )
         continued = self._step(parent, updates, previous, names, settings)
         if continued is None:
             return None
-        raise _NotReplayable(
+        raise NotReplayable(
             "it restarts the momentum from zero after an overflow it records "
             "among its rejections, whose payloads are not stored; continuing "
             "the previous velocity over its updates does not overflow, so the "

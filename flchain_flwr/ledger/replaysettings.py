@@ -2,7 +2,7 @@
 
 A FedBuff block's ``config_digest`` names the strategy's settings, recorded in
 the genesis block or in the first block after a resume with changed ones;
-:class:`_Settings` reads from them what a replay needs (the server step's
+:class:`Settings` reads from them what a replay needs (the server step's
 ``server_lr``, ``server_momentum`` and ``state_rule``, the staleness function,
 the example and fairness weightings, the record keys, trust weighting), and a
 block whose settings are missing or unusable is not replayable. A PoV chain's
@@ -23,14 +23,14 @@ from ..strategies.staleness import StalenessFn, staleness_from_repr
 from ..strategies.state import StateRule, state_rule
 from ..strategies.weighting import ExampleWeighting, example_weighting
 from .consensus import TRUST_WEIGHTING
-from .replaytypes import _NotReplayable
+from .replaytypes import NotReplayable
 
 REPLAYABLE_STRATEGY = "FedBuff"
 """The strategy whose blocks a replay recomputes."""
 
 
 @dataclass(frozen=True)
-class _Settings:
+class Settings:
     """The recorded settings a replay needs."""
 
     lr: float
@@ -46,8 +46,8 @@ class _Settings:
     """Whether the committee's trust weighting applies (:mod:`..pov.trust`)."""
 
     @classmethod
-    def of(cls, config: Mapping[str, Any]) -> _Settings:
-        """Read them; :class:`_NotReplayable` if one is missing or unusable."""
+    def of(cls, config: Mapping[str, Any]) -> Settings:
+        """Read them; :class:`NotReplayable` if one is missing or unusable."""
         try:
             return cls(
                 lr=float(config["server_lr"]),
@@ -62,9 +62,9 @@ class _Settings:
                 trust=_trust_setting(config.get("trust_weighting")),
             )
         except KeyError as exc:
-            raise _NotReplayable(f"its recorded settings lack {exc}") from None
+            raise NotReplayable(f"its recorded settings lack {exc}") from None
         except (TypeError, ValueError) as exc:
-            raise _NotReplayable(f"its recorded settings are unusable: {exc}") from None
+            raise NotReplayable(f"its recorded settings are unusable: {exc}") from None
 
 
 def _trust_setting(value: object) -> bool:

@@ -4,8 +4,8 @@ how a block falls short.
 :class:`ReplaySource` is what a replay reads besides the blocks (a ledger, or
 what a remote committee member was sent), :data:`StepFn` the server step it
 recomputes a block with. A block that does not replay to what it records
-raises :class:`_Failed`; one that lacks what a replay needs (payloads,
-recorded settings, a blob) raises :class:`_NotReplayable` (a missing blob is
+raises :class:`Failed`; one that lacks what a replay needs (payloads,
+recorded settings, a blob) raises :class:`NotReplayable` (a missing blob is
 :class:`MissingData`). :mod:`.replay` turns both into its report.
 """
 
@@ -25,15 +25,15 @@ StepFn = Callable[..., StepResult | None]
 """The signature of :func:`~flchain_flwr.strategies.pipeline.server_step`."""
 
 
-class _Failed(Exception):
+class Failed(Exception):
     """The block does not replay to what it records."""
 
 
-class _NotReplayable(Exception):
+class NotReplayable(Exception):
     """The block lacks what a replay needs."""
 
 
-class MissingData(_NotReplayable):
+class MissingData(NotReplayable):
     """A :class:`ReplaySource` does not hold a blob the replay needs."""
 
 

@@ -7,10 +7,10 @@ records, which must follow from the previous block's
 of its staleness, times, with fairness weighting, its node's factor,
 recomputed from each node's included updates in the chain's earlier blocks
 (:func:`ledger_participation`) over the candidates the block records
-(:func:`check_weights`). Both checks raise :class:`~.replaytypes._Failed`
+(:func:`check_weights`). Both checks raise :class:`~.replaytypes.Failed`
 where a recorded value (the claim history, an update's examples or weight,
 the fairness candidates) contradicts the recomputation; :func:`weigh_examples`
-raises :class:`~.replaytypes._NotReplayable` where the example weighting
+raises :class:`~.replaytypes.NotReplayable` where the example weighting
 reads a claim history the block does not record.
 """
 
@@ -31,8 +31,8 @@ from ..strategies.weighting import (
     effective_examples,
 )
 from .blocks import Block, node_key
-from .replaysettings import _Settings
-from .replaytypes import _Failed, _NotReplayable
+from .replaysettings import Settings
+from .replaytypes import Failed, NotReplayable
 from .serverstate import ServerState
 
 
@@ -58,13 +58,13 @@ def weigh_examples(
     body: Mapping[str, Any],
     state: ServerState | None,
     before: ServerState | None,
-    settings: _Settings,
+    settings: Settings,
 ) -> None:
     """Recompute each update's effective examples; check the recorded ones."""
     entries = None if state is None else state.claims
     if entries is None:
         if isinstance(settings.weighting, MedianCapped):
-            raise _NotReplayable(
+            raise NotReplayable(
                 "it records no claim history, which its example weighting reads"
             )
         entries = []
@@ -80,7 +80,7 @@ def weigh_examples(
             },
         )
         if problem is not None:
-            raise _Failed(f"claim history: {problem}")
+            raise Failed(f"claim history: {problem}")
     history = ClaimHistory()
     for node_id, claim in entries:
         history.observe(node_id, claim)
@@ -88,12 +88,12 @@ def weigh_examples(
     try:
         counts = effective_examples(settings.weighting, claims, history)
     except WeightingError as exc:
-        raise _Failed(f"example weighting: {exc}") from None
+        raise Failed(f"example weighting: {exc}") from None
     for index, (u, count, entry) in enumerate(
         zip(updates, counts, included, strict=True)
     ):
         if entry["num_examples"] != count:
-            raise _Failed(
+            raise Failed(
                 f"included update {index} records {entry['num_examples']!r} "
                 f"examples; {settings.weighting.spec} weighting of its claim "
                 f"{u.update.num_examples!r} gives {count!r}"
@@ -105,7 +105,7 @@ def check_weights(
     updates: list[BufferedUpdate],
     included: Sequence[Mapping[str, Any]],
     body: Mapping[str, Any],
-    settings: _Settings,
+    settings: Settings,
     participation: Mapping[int, int],
 ) -> None:
     """Apply the fairness factors as the server did; check each ``weight``."""
@@ -129,7 +129,7 @@ def check_weights(
                     f"{factor!r} gives {u.weight!r}"
                 )
             what = "weight" if fairness is not None else "staleness weight"
-            raise _Failed(
+            raise Failed(
                 f"included update {index}: records {what} {entry['weight']!r}, {why}"
             )
 
@@ -165,7 +165,7 @@ def _candidates(
             node_ids.append(node_id)
             examples.append(float(count))
     except (KeyError, TypeError, ValueError) as exc:
-        raise _Failed(f"its fairness candidates are malformed: {exc!r}") from None
+        raise Failed(f"its fairness candidates are malformed: {exc!r}") from None
     pairs = list(zip(node_ids, examples, strict=True))
     chosen: list[int] = []
     position = 0
@@ -173,7 +173,7 @@ def _candidates(
         while position < len(pairs) and pairs[position] != (u.node_id, u.examples):
             position += 1
         if position == len(pairs):
-            raise _Failed(
+            raise Failed(
                 f"included update {index} (node {u.node_id}, {u.examples!r} "
                 "examples) is not among its fairness candidates, in their order"
             )
@@ -188,7 +188,7 @@ def _candidates(
     )
     for node_id, count in dropped.items():
         if rejected[node_id] < count:
-            raise _Failed(
+            raise Failed(
                 f"a fairness candidate of node {node_id} is neither included nor "
                 "rejected in this block"
             )

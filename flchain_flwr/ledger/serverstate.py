@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from .blocks import _is_hex
+from .blocks import is_hex
 
 if TYPE_CHECKING:
     from .blobs import BlobStore
@@ -83,7 +83,7 @@ def _claims_from_arrays(arrays: Mapping[str, np.ndarray]) -> list[tuple[int, flo
     return [(int(i), float(v)) for i, v in zip(ids, values, strict=True)]
 
 
-def _state_blobs(body: Mapping[str, Any]) -> dict[str, str]:
+def state_blobs(body: Mapping[str, Any]) -> dict[str, str]:
     """The blobs a body's ``server_state`` names, by part (``{}`` without one).
 
     Raises
@@ -111,7 +111,7 @@ def _state_blobs(body: Mapping[str, Any]) -> dict[str, str]:
             )
         blobs["velocity"] = momentum["velocity"]
     for part, digest in blobs.items():
-        if not _is_hex(digest, 64):
+        if not is_hex(digest, 64):
             raise ValueError(f"server_state {part} is not a SHA-256 hex digest")
     return blobs
 
@@ -140,7 +140,7 @@ def load_server_state(blobs: BlobStore, body: Mapping[str, Any]) -> ServerState 
     """
     if SERVER_STATE_FIELD not in body:
         return None
-    named = _state_blobs(body)
+    named = state_blobs(body)
     claims = None
     if "claims" in named:
         claims = _claims_from_arrays(blobs.load_model(named["claims"]))

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from .checkpoint import HASH_SIZE, MAX_TREE_SIZE, Checkpoint, parse_checkpoint
-from .notes import NoteError, SignedNote, canonical_b64decode, parse_note
+from .noteformat import NoteError, decode_b64
+from .notes import SignedNote, parse_note
 from .rfc6962 import leaf_hash, node_hash
 
 HEADER: Final = "c2sp.org/tlog-proof@v1"
@@ -211,10 +212,9 @@ def _decimal(text: str) -> int:
 
 
 def _b64(text: str, what: str) -> bytes:
-    try:
-        raw = canonical_b64decode(text)
-    except ValueError:
-        raise TlogProofError(f"{what} is not canonical base64") from None
-    if raw is None:
-        raise TlogProofError(f"{what} is not base64")
-    return raw
+    return decode_b64(
+        text,
+        TlogProofError,
+        not_base64=f"{what} is not base64",
+        not_canonical=f"{what} is not canonical base64",
+    )

@@ -37,7 +37,7 @@ from nacl.encoding import HexEncoder
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from .blocks import _is_hex
+from .blocks import is_hex
 from .canonical import encode, sha256_hex
 from .notes import NoteError, check_key_name
 
@@ -128,7 +128,7 @@ def make_receipt(
 def signature_ok(public: str, message: bytes, signature: str) -> bool:
     """Whether ``signature`` (hex) is the Ed25519 signature of ``message`` by
     the hex public key ``public`` (``False`` for anything malformed)."""
-    if not _is_hex(signature, 128) or not _is_hex(public, 64):
+    if not is_hex(signature, 128) or not is_hex(public, 64):
         return False
     try:
         VerifyKey(bytes.fromhex(public)).verify(message, bytes.fromhex(signature))
@@ -159,7 +159,7 @@ def check_form(statement: Any, signature: Any, market: str) -> str:
             f"not {market!r}"
         )
     for name in ("seller", "buyer", "offer", "purchase", "model_hash"):
-        if name in statement and not _is_hex(statement[name], 64):
+        if name in statement and not is_hex(statement[name], 64):
             raise TradeRefused(f"{kind} {name} is not 64 lower-case hex digits")
     if kind == "offer":
         _check_offer_fields(statement)

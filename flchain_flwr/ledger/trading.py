@@ -30,8 +30,8 @@ from typing import Any, Final
 
 from nacl.signing import SigningKey
 
+from .blocks import LedgerError
 from .canonical import ZERO_HASH, NotCanonical, encode, parse_canonical, sha256_hex
-from .chain import LedgerError
 from .checkpoint import (
     Checkpoint,
     CheckpointError,

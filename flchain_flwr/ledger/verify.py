@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .blockcheck import _ChainRules, _check_block
-from .blocks import _COMMITTEES
+from .blockcheck import ChainRules, check_block
+from .blocks import COMMITTEES
 from .canonical import ZERO_HASH
 from .checkpoint import (
     ORIGIN_PREFIX,
@@ -55,7 +55,7 @@ class VerifyReport:
             where = "ledger" if self.bad_height is None else f"block {self.bad_height}"
             return f"FAILED at {where}: {self.reason}"
         if self.pov:
-            committees = _COMMITTEES.get(
+            committees = COMMITTEES.get(
                 str(self.committee_kind),
                 "their PoV committees (the ledger does not record whether one "
                 "process held their keys)",
@@ -139,10 +139,10 @@ def verify_ledger(
                 False, 0, None, "the leader key is missing from the metadata"
             )
         prev_hash = ZERO_HASH
-        chain = _ChainRules(leader)
+        chain = ChainRules(leader)
         for expected_height, row in enumerate(rows(ledger.db)):
             try:
-                problem = _check_block(
+                problem = check_block(
                     ledger, row, expected_height, prev_hash, chain, check_models
                 )
             except Exception as exc:  # any corruption is a finding, not a crash
@@ -253,7 +253,7 @@ def _check_checkpoint(
     return found.size
 
 
-def _headers_line(chain: _ChainRules, count: int) -> str:
+def _headers_line(chain: ChainRules, count: int) -> str:
     """How a PoV chain's headers were signed, for :class:`VerifyReport`."""
     if chain.pov is None:
         return ""

@@ -11,9 +11,10 @@ from typing import Any, Final
 from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
-from .blocks import _is_hex, _signature_ok
+from .blocks import is_hex
 from .canonical import VOTE_TAG, encode_round_trip
 from .consensus import VOTE_FORMAT
+from .statements import signature_ok
 
 _VOTE_TAG_V2: Final = b"flchain-vote/2\n"
 
@@ -132,7 +133,7 @@ def check_vote(context: VoteContext, vote: Any) -> str | None:
         return f"malformed vote: fields must be exactly {sorted(fields)}"
     if context.format == 2 and vote["format"] != VOTE_FORMAT:
         return f"malformed vote: format must be {VOTE_FORMAT!r}"
-    if not isinstance(vote["verdict"], bool) or not _is_hex(vote["candidate"], 64):
+    if not isinstance(vote["verdict"], bool) or not is_hex(vote["candidate"], 64):
         return "malformed vote: verdict must be a boolean, candidate a digest"
     numbers = ("score",) if context.format == 1 else ("score", "weight")
     for name in numbers:
@@ -147,7 +148,7 @@ def check_vote(context: VoteContext, vote: Any) -> str | None:
             vote["score"],
             vote.get("weight"),
         )
-        ok = _signature_ok(str(vote["verifier"]), payload, str(vote["signature"]))
+        ok = signature_ok(str(vote["verifier"]), payload, str(vote["signature"]))
     except (KeyError, TypeError, ValueError) as exc:
         return f"malformed vote: {exc!r}"
     return None if ok else "signature is invalid"

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..ledger import Ledger, PoVRules, VoteRules
-from ..ledger.chain import COMMITTEE_KIND_FIELD
+from ..ledger.blocks import COMMITTEE_KIND_FIELD
 from ..ledger.quorum import QUORUM_FORMAT
 
 

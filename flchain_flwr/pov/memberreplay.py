@@ -33,13 +33,14 @@ from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
 from ..ledger import Block, Ledger, model_hash
+from ..ledger.blocks import CONFIG_FIELD
 from ..ledger.canonical import BODY_TAG, HEADER_TAG, encode, parse_canonical, sha256_hex
-from ..ledger.chain import CONFIG_FIELD, SERVER_STATE_FIELD, ServerState
 from ..ledger.consensus import TRUST_WEIGHTING
 from ..ledger.payload import PAYLOAD_FIELD, decode_payload
 from ..ledger.replay import replay_pending
 from ..ledger.replaysettings import REPLAYABLE_STRATEGY
 from ..ledger.replaytypes import MissingData
+from ..ledger.serverstate import SERVER_STATE_FIELD, ServerState
 from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.updates import UpdateRejected, update_kind
 from .memory import Pending

@@ -46,7 +46,7 @@ from flwr.clientapp import ClientApp
 
 from ..ledger import VoteContext
 from ..ledger.canonical import HEADER_TAG
-from ..ledger.chain import load_or_create_key
+from ..ledger.keys import load_or_create_key
 from .members import STATEMENT_COLUMNS, member_header, member_view_change
 from .memory import load as load_memory
 from .memory import store as store_memory

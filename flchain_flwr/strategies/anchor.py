@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from ..ledger import Ledger
 from ..ledger.anchoring import Anchorer, WitnessClient
 from ..ledger.anchorspool import SpoolAnchorer
-from ..ledger.chain import load_or_create_key
+from ..ledger.keys import load_or_create_key
 from ..ledger.mainchain import MainChain
 from ..ledger.witness import Witness
 from ..witness_node import RemoteWitness, discover_witnesses

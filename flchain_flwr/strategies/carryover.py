@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 
 from ..ledger import Block
-from ..ledger.chain import node_key
+from ..ledger.blocks import node_key
 from .tuning import BUFFER_FIELD, BufferTuner, StalenessTarget
 
 

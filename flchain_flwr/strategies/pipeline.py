@@ -22,8 +22,8 @@ import numpy as np
 from flwr.app import RecordDict
 
 from ..arrays import NDArrays, apply_step
+from ..ledger.blocks import BlockSigner
 from ..ledger.canonical import sender_update_digest
-from ..ledger.chain import BlockSigner
 from ..protocol import UPDATE_KIND_DELTA
 from .state import DEFAULT_STATE_RULE, StateRule, aggregate_state
 from .updates import ParsedUpdate, weighted_delta

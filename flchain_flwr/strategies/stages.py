@@ -15,7 +15,7 @@ from ..arrays import NDArrays
 from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger, contributions
 from ..ledger.canonical import LATEST_FORMAT, encode
-from ..ledger.chain import ServerState
+from ..ledger.serverstate import ServerState
 from ..pov.committee import Committee
 from ..pov.decision import Candidate, CommitteeDecision
 from ..pov.trust import TrustError, weigh_by_trust

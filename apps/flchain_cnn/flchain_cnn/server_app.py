@@ -20,7 +20,7 @@ from flchain_cnn.task import (
     new_model,
 )
 from flchain_cnn.verifiers import app_rule, app_verifier
-from flchain_flwr.ledger.chain import load_or_create_key
+from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.pov import (
     Committee,
     IQRFilter,
