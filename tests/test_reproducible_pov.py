@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,13 @@ POV = {  # a committee of 4 drawn from 6 verifiers, each with its own shard
 
 
 @pytest.fixture(autouse=True)
-def quiet() -> None:
+def quiet() -> Iterator[None]:
     from flwr.common.logger import FLOWER_LOGGER
 
+    level = FLOWER_LOGGER.level
     FLOWER_LOGGER.setLevel(logging.ERROR)
+    yield
+    FLOWER_LOGGER.setLevel(level)  # later test files may read its warnings
 
 
 def final_model(**keys: object) -> tuple[list[np.ndarray], list[str]]:
