@@ -351,6 +351,25 @@ def load_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
+def other_split(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str | None:
+    """Why a rerun cannot add to, or report, ``rows`` at ``--alpha``: the output
+    they were reported in says another label split (before ``--alpha``
+    existed, the Dirichlet 0.5 of :data:`FASHION_MNIST`); ``None`` if none."""
+    if not rows:
+        return None
+    try:
+        settings = json.loads(Path(args.output).read_text())["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    theirs = settings.get("alpha", FASHION_MNIST["dirichlet-alpha"])
+    if theirs == args.alpha:
+        return None
+    return (
+        f"{args.output} reports cells split by Dirichlet({theirs}), not "
+        f"--alpha {args.alpha}: give another --output"
+    )
+
+
 def reductions(args: argparse.Namespace, rows: list[dict[str, Any]]) -> str:
     """What this run cut, against the published one-seed run (20 versions,
     12,000 training examples, all eight defences), and what it then took."""
@@ -472,7 +491,12 @@ def main() -> None:
     rows_path = Path(args.rows or str(args.output).replace(".json", ".rows.jsonl"))
     args.rows = str(rows_path)
 
+    if args.alpha <= 0:
+        parser.error(f"--alpha is a Dirichlet concentration > 0, not {args.alpha}")
     rows = load_rows(rows_path)
+    problem = other_split(args, rows)
+    if problem is not None:
+        parser.error(problem)
     done = {(r["seed"], r["defence"], r["attack"]) for r in rows}
     # Defence by defence (the first, PoV, on every seed before any baseline), each
     # attack on every seed before the next, in the order --attacks gives: a

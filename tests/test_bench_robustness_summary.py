@@ -45,3 +45,27 @@ def test_the_floor_averages_the_attacks_of_which_nothing_was_accepted() -> None:
     excess = summary["pov_worst_excess_drop"]
     assert excess["points"] == pytest.approx(2.0)  # cosine-edge: 6 - 4
     assert (excess["seed"], excess["attack"]) == (0, "cosine-edge")
+
+
+def test_a_rerun_at_another_alpha_does_not_add_to_or_report_the_old_split(
+    tmp_path: Path,
+) -> None:
+    import argparse
+    import shutil
+
+    from robustness import load_rows, other_split
+
+    results = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    for name, alpha in (("robustness", 0.5), ("partial/robustness-iid", 100.0)):
+        output = tmp_path / f"{Path(name).name}.json"
+        shutil.copy(results / f"{name}.json", output)  # the first has no alpha
+        rows = load_rows(results / f"{name}.rows.jsonl")
+        assert rows
+        for asked in (0.5, 100.0):
+            args = argparse.Namespace(output=str(output), alpha=asked)
+            problem = other_split(args, rows)
+            assert (problem is None) == (asked == alpha), (name, asked)
+        nothing_yet = argparse.Namespace(output=str(output), alpha=3.0)
+        assert other_split(nothing_yet, []) is None
+    fresh = argparse.Namespace(output=str(tmp_path / "new.json"), alpha=3.0)
+    assert other_split(fresh, rows) is None

@@ -38,7 +38,7 @@ def quiet() -> Iterator[None]:
     level = FLOWER_LOGGER.level
     FLOWER_LOGGER.setLevel(logging.ERROR)
     yield
-    FLOWER_LOGGER.setLevel(level)
+    FLOWER_LOGGER.setLevel(level)  # later test files may read its warnings
 
 
 def final_model(**keys: object) -> tuple[list[np.ndarray], list[str]]:
@@ -105,6 +105,26 @@ def test_an_existing_ledger_must_hold_the_chain_id_asked_for(tmp_path: Path) -> 
     )
     assert isinstance(strategy.ledger, Ledger) and strategy.ledger.chain_id == "one"
     strategy.ledger.close()
+
+
+def test_a_bad_chain_id_is_refused_by_its_key_before_any_file_is_made(
+    tmp_path: Path,
+) -> None:
+    from flchain_cnn.server_app import pov_committee
+
+    from flchain_flwr.strategies import fedbuff_from_run_config
+
+    path = tmp_path / "runs" / "l.db"
+    for bad in ("two words", "a+b", "tab\t", 5):
+        keys = {"ledger-path": str(path), "ledger-chain-id": bad}
+        with pytest.raises(ValueError, match="'ledger-chain-id'"):
+            fedbuff_from_run_config(keys)
+        config = app_run_config("apps/flchain_cnn", {**POV, **keys})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match="'ledger-chain-id'"):
+            pov_committee(config)  # it writes the verifiers' key files
+    with pytest.raises(LedgerError, match="cannot be an origin"):
+        Ledger(path, chain_id="two words")
+    assert not list(tmp_path.iterdir())
 
 
 def test_seeded_verifier_keys_are_fixed_by_seed_and_index() -> None:

@@ -123,6 +123,11 @@ class Ledger:
         if self.path.is_dir():
             raise LedgerError(f"{self.path} is a directory, not a ledger file")
         existed = self.path.exists()
+        if not existed and chain_id is not None:  # before any folder is made
+            try:
+                ledger_origin(chain_id)
+            except CheckpointError as exc:
+                raise LedgerError(str(exc)) from None
         if not existed:
             make_folder_for(self.path)
         self.blobs = BlobStore(
@@ -143,11 +148,6 @@ class Ledger:
         """Writes the checkpoint after each block."""
         if f"flchain-ledger/{format_version}" not in LEDGER_FORMATS:
             raise ValueError(f"unknown ledger format version {format_version!r}")
-        if not existed and chain_id is not None:
-            try:
-                ledger_origin(chain_id)
-            except CheckpointError as exc:
-                raise LedgerError(str(exc)) from None
         self.db, self.chain_id, self.format_version = open_database(
             self.path,
             existed=existed,

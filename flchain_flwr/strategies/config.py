@@ -8,6 +8,7 @@ from contextlib import contextmanager
 from typing import TypeVar
 
 from ..ledger import Ledger
+from ..ledger.checkpoint import ledger_origin
 from .adaptive import AdaptiveScheduling, ConfigAdjuster
 from .anchor import anchorer_from_run_config
 from .bafl import bafl_local_work
@@ -155,10 +156,9 @@ def fedbuff_from_run_config(
                 raise _bad("ledger-durable", cfg["ledger-durable"], "a boolean")
             durable = cfg["ledger-durable"]
         places = {
-            k: _text(cfg, k)
-            for k in ("ledger-key", "ledger-checkpoint", "ledger-chain-id")
-            if k in cfg
+            k: _text(cfg, k) for k in ("ledger-key", "ledger-checkpoint") if k in cfg
         }
+        chain_id = ledger_chain_id(cfg)
         memory = kwargs.get("update_memory")
         conflict = memory_conflict(  # before a ledger file is made for nothing
             memory if isinstance(memory, UpdateMemory) else None,
@@ -174,7 +174,7 @@ def fedbuff_from_run_config(
                 durable=durable,
                 key_path=places.get("ledger-key") or None,
                 checkpoint_path=places.get("ledger-checkpoint") or None,
-                chain_id=places.get("ledger-chain-id") or None,
+                chain_id=chain_id,
             )
     try:
         if str(cfg.get("anchor-main", "")) and "anchor" not in overrides:
@@ -186,6 +186,26 @@ def fedbuff_from_run_config(
         if isinstance(opened, Ledger) and opened is not overrides.get("ledger"):
             opened.close()
         raise
+
+
+def ledger_chain_id(cfg: Mapping[str, ConfigValue]) -> str | None:
+    """``ledger-chain-id``, checked (a string that can name a checkpoint
+    origin); ``None`` when absent or ``""`` (a random one).
+
+    Raises
+    ------
+    ValueError
+        Naming the key, for another type or an id that cannot be an origin.
+    """
+    if "ledger-chain-id" not in cfg:
+        return None
+    return _parsed(cfg, "ledger-chain-id", _origin_name) or None
+
+
+def _origin_name(chain_id: str) -> str:
+    if chain_id:
+        ledger_origin(chain_id)  # raises a ValueError for spaces, '+', ...
+    return chain_id
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from flchain_flwr.strategies import (
     fedbuff_from_run_config,
 )
 from flchain_flwr.strategies.anchor import anchorer_from_run_config
-from flchain_flwr.strategies.config import seconds_or_none
+from flchain_flwr.strategies.config import ledger_chain_id, seconds_or_none
 
 app = ServerApp()
 
@@ -124,13 +124,15 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
     if count <= 0:
         return None
     rules = committee_rules(cfg)  # checked before any data is loaded
+    ledger_path = str(cfg.get("ledger-path", ""))
+    if ledger_path:
+        ledger_chain_id(cfg)  # checked before key files are written beside it
     shards = load_trusted(
         str(cfg["dataset"]),
         count,
         int(cfg["pov-trusted-examples"]),
         bool(cfg["allow-download"]),
     )
-    ledger_path = str(cfg.get("ledger-path", ""))
     verifiers = []
     for index, (x, y) in enumerate(shards):
         if ledger_path:
