@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .checkpointwriter import CheckpointNotWritten
     from .consensus import (
         PoVRules,
-        PoVState,
         VoteRules,
         judged_shares,
         quorum,
@@ -25,6 +24,7 @@ if TYPE_CHECKING:
         select_committee,
     )
     from .merkle import InvalidProof, merkle_root
+    from .povstate import PoVState
     from .proofcheck import check_proof
     from .rewards import RewardShare, contributions, reward_shares
     from .verify import VerifyReport
@@ -43,7 +43,6 @@ _MODULES = {
     "checkpointwriter": ["CheckpointNotWritten"],
     "consensus": [
         "PoVRules",
-        "PoVState",
         "VoteRules",
         "judged_shares",
         "quorum",
@@ -51,6 +50,7 @@ _MODULES = {
         "select_committee",
     ],
     "merkle": ["InvalidProof", "merkle_root"],
+    "povstate": ["PoVState"],
     "proofcheck": ["check_proof"],
     "rewards": ["RewardShare", "contributions", "reward_shares"],
     "verify": ["VerifyReport"],

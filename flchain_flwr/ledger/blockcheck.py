@@ -18,10 +18,11 @@ from .blocks import (
     parse_block,
 )
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, sha256_hex
-from .consensus import PoVRules, PoVState, VoteRules, block_view
+from .consensus import PoVRules, VoteRules, block_view
 from .evidence import settled_evidence
 from .merkle import merkle_root
 from .payload import PAYLOAD_FIELD
+from .povstate import PoVState
 from .quorum import check_signed_block, headers_declared
 from .rewards import contribution_problem
 from .serverstate import state_blobs

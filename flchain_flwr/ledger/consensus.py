@@ -31,18 +31,19 @@ block:
   A verifier whose stake falls below ``floor`` leaves the pool.
 
 The live committee (:mod:`flchain_flwr.pov`) and :meth:`Ledger.verify` both use
-this module, so what is written is exactly what is checked.
+this module, so what is written is exactly what is checked; the stakes and the
+pool they carry from block to block, and the check of a whole block by these
+rules, are :class:`~flchain_flwr.ledger.povstate.PoVState`'s.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from .canonical import LATEST_FORMAT, encode, sha256_hex
-from .evidence import EVIDENCE_FIELD, check_equivocation, evidence_id
 
 COMMITTEE_TAG: Final = b"flchain-committee/1\n"
 VOTE_FORMAT: Final = "flchain-vote/2"
@@ -92,7 +93,7 @@ def judged_shares(
     sum_j n_j`` (FedBuff's step; a synchronous FedAvg is ``lr = w_i = 1``).
 
     The committee judges each candidate at this share over the updates it
-    approves, and :meth:`PoVState.check_block` recomputes it from a block's
+    approves, and :func:`weights_problem` recomputes it from a block's
     included entries, so both must compute it here, in this order.
     """
     total = math.fsum(float(n) for n in examples)
@@ -221,212 +222,71 @@ def contradictions(
     return counts
 
 
-@dataclass
-class PoVState:
-    """Stakes and the active pool, advanced one block at a time."""
+def votes_problem(
+    votes: Sequence[Mapping[str, Any]], committee: Sequence[str]
+) -> str | None:
+    """Why a block's ``votes`` cannot count, or ``None``: each must be from a
+    member of ``committee``, at most one per member and candidate."""
+    members = set(committee)
+    seen: set[tuple[str, str]] = set()
+    for index, vote in enumerate(votes):
+        key = (str(vote["verifier"]), str(vote["candidate"]))
+        if key[0] not in members:
+            return f"vote {index} is from a verifier outside the committee"
+        if key in seen:
+            return f"vote {index} is a second vote by the same verifier"
+        seen.add(key)
+    return None
 
-    rules: PoVRules
-    stakes: dict[str, float] = field(default_factory=dict)
-    votes: VoteRules | None = None
-    """Format-2 vote rules (``None``: a chain of format-1 votes)."""
-    signed_headers: bool = False
-    """Whether the chain's headers are quorum-signed (:mod:`.quorum`)."""
-    equivocated: set[str] = field(default_factory=set)
-    """Verifiers slashed for equivocation: out of the pool for good."""
 
-    def __post_init__(self) -> None:
-        if not self.stakes:
-            self.stakes = {key: self.rules.initial_stake for key in self.rules.pool}
-
-    @classmethod
-    def replayed(
-        cls,
-        rules: PoVRules,
-        bodies: Iterable[Mapping[str, Any]],
-        votes: VoteRules | None = None,
-    ) -> PoVState:
-        """The state after the blocks with these bodies (genesis first)."""
-        state = cls(rules, votes=votes)
-        for height, body in enumerate(bodies):
-            if height > 0:
-                state.apply(body.get("deposits", []))
-        return state
-
-    @property
-    def pool(self) -> list[str]:
-        """Verifiers still in the pool (stake at or above the floor)."""
-        return [
-            k
-            for k in self.rules.pool
-            if self.stakes[k] >= self.rules.floor and k not in self.equivocated
-        ]
-
-    def committee(self, prev_hash: str, view: int = 0) -> list[str]:
-        """Committee (leader first) for the block following ``prev_hash`` in
-        ``view``."""
-        return select_committee(self.pool, prev_hash, self.rules.committee_size, view)
-
-    def settlement(
-        self,
-        committee: Sequence[str],
-        votes: Sequence[Mapping[str, Any]],
-        evidence: Sequence[Mapping[str, Any]] = (),
-    ) -> list[dict[str, Any]]:
-        """Deposit changes one block's votes and equivocation ``evidence``
-        cause (not applied; see :meth:`apply`).
-
-        One entry per committee member that loses stake, in committee order;
-        then one per evidence record (checked by the caller), taking the
-        accused's whole remaining stake. Only a vote present in ``votes``
-        and outvoted by a quorum of signed opposite votes counts
-        (:func:`contradictions`): a missing vote is not evidence against its
-        member, nor against anyone else.
-        """
-        outvoted = contradictions(votes, committee)
-        entries: list[dict[str, Any]] = []
-        for member in committee:
-            wrong = outvoted.get(member, 0)
-            if wrong == 0 or self.rules.slash == 0:
-                continue
-            stake = self.stakes[member] - wrong * self.rules.slash
-            entries.append(
-                {
-                    "verifier": member,
-                    "contradictions": wrong,
-                    "slashed": wrong * self.rules.slash,
-                    "stake": stake,
-                    "removed": stake < self.rules.floor,
-                }
-            )
-        after = dict(self.stakes)
-        after.update({str(e["verifier"]): float(e["stake"]) for e in entries})
-        for record in evidence:
-            key = str(record["verifier"])
-            entries.append(
-                {
-                    "verifier": key,
-                    "equivocation": evidence_id(record),
-                    "slashed": after[key],
-                    "stake": 0.0,
-                    "removed": True,
-                }
-            )
-            after[key] = 0.0
-        return entries
-
-    def evidence_problem(self, chain_id: str, evidence: Any) -> str | None:
-        """Why a block's ``evidence`` records cannot be settled, or ``None``:
-        each must be valid, about this chain, against a pool member that
-        still has stake, at most one per member."""
-        if not isinstance(evidence, list):
-            return "evidence must be a list"
-        accused: set[str] = set()
-        for index, record in enumerate(evidence):
-            problem = check_equivocation(record, chain_id)
-            if problem is not None:
-                return f"evidence {index}: {problem}"
-            key = str(record["verifier"])
-            if key not in self.stakes or key in self.equivocated or key in accused:
+def weights_problem(server_lr: float, body: Mapping[str, Any]) -> str | None:
+    """Why a block's format-2 votes were not judged at its shares, or ``None``:
+    each is on an update the block includes or rejects, and a vote on an
+    included update was judged at the share applied (:func:`judged_shares`
+    with ``server_lr``, before trust weighting, which the votes' own scores
+    then set)."""
+    included = body["included"]
+    shares = judged_shares(
+        server_lr,
+        [u["weight"] for u in included],
+        [u["num_examples"] for u in included],
+    )
+    applied = {str(u["digest"]): s for u, s in zip(included, shares, strict=True)}
+    rejected = {str(r["digest"]) for r in body.get("rejected", [])}
+    for index, vote in enumerate(body.get("votes", [])):
+        digest = str(vote["candidate"])
+        if digest in applied:
+            if vote["weight"] != applied[digest]:
                 return (
-                    f"evidence {index} accuses {key[:16]}…, not a pool member "
-                    "or already slashed for equivocation"
+                    f"vote {index} judged update {digest[:16]}… at weight "
+                    f"{vote['weight']!r}; the block's entries give "
+                    f"{applied[digest]!r}"
                 )
-            accused.add(key)
-        return None
-
-    def apply(self, entries: Sequence[Mapping[str, Any]]) -> None:
-        """Apply a block's deposit changes."""
-        for entry in entries:
-            self.stakes[str(entry["verifier"])] = float(entry["stake"])
-            if "equivocation" in entry:
-                self.equivocated.add(str(entry["verifier"]))
-
-    def check_block(
-        self, prev_hash: str, header: Mapping[str, Any], body: Mapping[str, Any]
-    ) -> str | None:
-        """Problem with a PoV block (committee, leader, votes, quorum, deposits),
-        or ``None``; on ``None`` the block's deposit changes are applied.
-
-        Vote signatures are checked by the caller (they need the chain's
-        context, :func:`~flchain_flwr.ledger.votes.check_vote`); here, what
-        the votes are about.
-        """
-        view = block_view(body)
-        if view is None:
-            return "view must be an integer >= 0"
-        if view and self.votes is None:
-            return "a chain of format-1 votes has no views"
-        committee = self.committee(prev_hash, view)
-        if not committee:
-            return "no verifier is left in the pool"
-        if body.get("committee") != committee:
+        elif digest not in rejected:
             return (
-                "committee is not the one drawn from the previous block's hash "
-                f"and view {view}"
+                f"vote {index} is on update {digest[:16]}…, which the block "
+                "neither includes nor rejects"
             )
-        if header["leader"] != committee[0]:
-            return "signed by a leader other than the committee's"
-        votes = body.get("votes", [])
-        members = set(committee)
-        seen: set[tuple[str, str]] = set()
-        for index, vote in enumerate(votes):
-            key = (str(vote["verifier"]), str(vote["candidate"]))
-            if key[0] not in members:
-                return f"vote {index} is from a verifier outside the committee"
-            if key in seen:
-                return f"vote {index} is a second vote by the same verifier"
-            seen.add(key)
-        if self.votes is not None:
-            problem = self._check_weights(body)
-            if problem is not None:
-                return problem
-        counts = approvals(votes, committee)
-        needed = quorum(len(committee))
-        for update in body["included"]:
-            got = counts.get(str(update["digest"]), 0)
-            if got < needed:
-                return (
-                    f"update {str(update['digest'])[:16]}… is included with "
-                    f"{got} approvals; the quorum is {needed}"
-                )
-        evidence = body.get(EVIDENCE_FIELD, [])
-        problem = self.evidence_problem(str(header["chain_id"]), evidence)
-        if problem is not None:
-            return problem
-        expected = self.settlement(committee, votes, evidence)
-        if body.get("deposits", []) != expected:
-            return "deposit changes do not follow from the votes"
-        self.apply(expected)
-        return None
+    return None
 
-    def _check_weights(self, body: Mapping[str, Any]) -> str | None:
-        """Format-2 votes: each is on an update this block includes or rejects,
-        and a vote on an included update was judged at the share applied
-        (before trust weighting, which the votes' own scores then set)."""
-        assert self.votes is not None
-        included = body["included"]
-        shares = judged_shares(
-            self.votes.server_lr,
-            [u["weight"] for u in included],
-            [u["num_examples"] for u in included],
-        )
-        applied = {str(u["digest"]): s for u, s in zip(included, shares, strict=True)}
-        rejected = {str(r["digest"]) for r in body.get("rejected", [])}
-        for index, vote in enumerate(body.get("votes", [])):
-            digest = str(vote["candidate"])
-            if digest in applied:
-                if vote["weight"] != applied[digest]:
-                    return (
-                        f"vote {index} judged update {digest[:16]}… at weight "
-                        f"{vote['weight']!r}; the block's entries give "
-                        f"{applied[digest]!r}"
-                    )
-            elif digest not in rejected:
-                return (
-                    f"vote {index} is on update {digest[:16]}…, which the block "
-                    "neither includes nor rejects"
-                )
-        return None
+
+def quorum_problem(
+    included: Sequence[Mapping[str, Any]],
+    votes: Sequence[Mapping[str, Any]],
+    committee: Sequence[str],
+) -> str | None:
+    """Why an ``included`` update lacks a quorum of ``committee``'s approving
+    ``votes``, or ``None``."""
+    counts = approvals(votes, committee)
+    needed = quorum(len(committee))
+    for update in included:
+        got = counts.get(str(update["digest"]), 0)
+        if got < needed:
+            return (
+                f"update {str(update['digest'])[:16]}… is included with "
+                f"{got} approvals; the quorum is {needed}"
+            )
+    return None
 
 
 def block_view(body: Mapping[str, Any]) -> int | None:

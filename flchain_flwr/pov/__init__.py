@@ -11,19 +11,10 @@ strategy with :class:`PoVStrategy`.
 from .committee import Committee
 from .decision import Candidate, CommitteeDecision, Outcome
 from .filters import IQRFilter, MedianFilter, Prefilter, distances_to_mean
+from .judging import ReferenceFn, Rule, Score, ScoreFn, Threshold, cosine
 from .strategy import PoVStrategy
 from .tally import collect_votes
-from .verifier import (
-    Behaviour,
-    ReferenceFn,
-    RefusedRequest,
-    Rule,
-    Score,
-    ScoreFn,
-    Threshold,
-    Verifier,
-    cosine,
-)
+from .verifier import Behaviour, RefusedRequest, Verifier
 
 __all__ = [
     "Behaviour",

@@ -26,10 +26,11 @@ from .deciding import Deciding
 from .filters import Prefilter
 from .genesis import check_resumable, genesis_body, in_chain_order, recorded_pov
 from .headers import HeaderSigner, HeaderSigning
+from .judging import Rule, Threshold
 from .outage import OUTAGE_LIMIT, checked_outage_limit
 from .position import vote_position
 from .settlement import block_fields, checked_evidence, settle
-from .verifier import Rule, Threshold, Verifier
+from .verifier import Verifier
 
 
 class Committee(Deciding, HeaderSigning):

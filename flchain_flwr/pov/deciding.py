@@ -34,9 +34,9 @@ from ..arrays import NDArrays
 from ..ledger import PoVRules, VoteContext
 from .decision import Candidate, Cast, CommitteeDecision
 from .filters import Prefilter
+from .judging import Rule
 from .localvotes import in_process_votes
 from .tally import decide_batch
-from .verifier import Rule
 from .views import Views
 
 

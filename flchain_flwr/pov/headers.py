@@ -36,7 +36,8 @@ from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
 from ..ledger.merkle import merkle_root
 from ..ledger.pending import record_pending
 from ..ledger.statements import header_statement, sign_statement, signature_ok
-from .verifier import RefusedRequest, Rule, Verifier
+from .judging import Rule
+from .verifier import RefusedRequest, Verifier
 from .views import take_statement
 
 if TYPE_CHECKING:

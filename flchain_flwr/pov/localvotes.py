@@ -18,7 +18,8 @@ from typing import Any
 from ..arrays import NDArrays, apply_step
 from ..ledger import VoteContext
 from .decision import Candidate, Cast
-from .verifier import Rule, Verifier
+from .judging import Rule
+from .verifier import Verifier
 
 
 def in_process_votes(

@@ -1,0 +1,69 @@
+"""The pure block rules a PoV block's votes are checked by, one at a time."""
+
+from __future__ import annotations
+
+import math
+
+from flchain_flwr.ledger.consensus import (
+    judged_shares,
+    quorum_problem,
+    votes_problem,
+    weights_problem,
+)
+from flchain_flwr.pov.judging import Score, signed_score
+
+COMMITTEE = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
+UPDATE, OTHER = "1" * 64, "2" * 64
+
+
+def _vote(member: str, verdict: bool = True, weight: float = 0.0) -> dict[str, object]:
+    return {
+        "verifier": member,
+        "candidate": UPDATE,
+        "verdict": verdict,
+        "weight": weight,
+    }
+
+
+def test_votes_must_come_from_members_once_each() -> None:
+    assert votes_problem([_vote(k) for k in COMMITTEE], COMMITTEE) is None
+    outsider = [_vote(COMMITTEE[0]), _vote("e" * 64)]
+    assert votes_problem(outsider, COMMITTEE) == (
+        "vote 1 is from a verifier outside the committee"
+    )
+    twice = [_vote(COMMITTEE[1]), _vote(COMMITTEE[1], verdict=False)]
+    assert votes_problem(twice, COMMITTEE) == (
+        "vote 1 is a second vote by the same verifier"
+    )
+
+
+def test_an_included_update_needs_a_quorum_of_approvals() -> None:
+    included = [{"digest": UPDATE}]
+    votes = [_vote(k, verdict=i < 3) for i, k in enumerate(COMMITTEE)]
+    assert quorum_problem(included, votes, COMMITTEE) is None
+    problem = quorum_problem(included, votes[:2], COMMITTEE)
+    assert problem is not None and problem.endswith("2 approvals; the quorum is 3")
+
+
+def test_votes_sign_the_share_the_block_applies() -> None:
+    included = [
+        {"digest": UPDATE, "weight": 1.0, "num_examples": 30},
+        {"digest": OTHER, "weight": 0.5, "num_examples": 10},
+    ]
+    share = judged_shares(0.5, [1.0, 0.5], [30, 10])[0]
+    body = {"included": included, "votes": [_vote(COMMITTEE[0], weight=share)]}
+    assert weights_problem(0.5, body) is None
+    assert weights_problem(1.0, body) is not None  # another lr, another share
+    stray = {"included": [], "rejected": [], "votes": [_vote(COMMITTEE[0])]}
+    problem = weights_problem(0.5, stray)
+    assert problem is not None and problem.endswith("neither includes nor rejects")
+    assert weights_problem(0.5, {**stray, "rejected": [{"digest": UPDATE}]}) is None
+
+
+def test_the_signed_score_is_the_cosine_else_the_accuracy() -> None:
+    score = Score(accuracy=0.81234567, loss=0.4)
+    assert signed_score(0.123456789, score) == 0.123457
+    assert signed_score(None, score) == 0.812346
+    assert signed_score(math.nan, score) == -1.0
+    assert signed_score(None, Score(math.inf, 0.4)) == -1.0
+    assert signed_score(None, None) == -1.0
