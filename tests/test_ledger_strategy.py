@@ -19,8 +19,8 @@ from flchain_flwr.ledger import Ledger, reward_shares
 from flchain_flwr.runtime import clock_of
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import Constant, FedBuff, MedianCapped
+from flchain_flwr.strategies.metrics import MAX_METRIC_KEYS
 from flchain_flwr.strategies.run import FedBuffRun
-from flchain_flwr.strategies.updates import MAX_METRIC_KEYS
 
 from .toy import constant_work, initial_arrays, toy_client_app
 

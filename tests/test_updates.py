@@ -9,11 +9,13 @@ from hypothesis.extra import numpy as hnp
 from flchain_flwr.arrays import apply_step
 from flchain_flwr.ledger.canonical import update_digest
 from flchain_flwr.protocol import TRAINED_ON_KEY, UPDATE_INFO_KEY, UPDATE_KIND_KEY
-from flchain_flwr.strategies.updates import (
-    UpdateRejected,
+from flchain_flwr.strategies.metrics import (
     aggregate_metrics,
     bounded_metrics,
     parse_evaluate_reply,
+)
+from flchain_flwr.strategies.updates import (
+    UpdateRejected,
     parse_update,
     weighted_delta,
 )

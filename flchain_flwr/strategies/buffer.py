@@ -26,12 +26,13 @@ from .fairness import (
     candidates_record,
     count_participation,
 )
+from .metrics import bounded_metrics
 from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
 from .tuning import BUFFER_FIELD, BufferTuner
-from .updates import ParsedUpdate, UpdateRejected, bounded_metrics, update_kind
+from .updates import ParsedUpdate, UpdateRejected, update_kind
 from .versions import VersionStore
 from .weighting import (
     ClaimHistory,

@@ -22,8 +22,9 @@ from logging import INFO, WARNING
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
+from .metrics import parse_evaluate_reply
 from .result import NodeEvaluation
-from .updates import UpdateRejected, parse_evaluate_reply
+from .updates import UpdateRejected
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
 ValidateFn = Callable[[RecordDict], RecordDict]

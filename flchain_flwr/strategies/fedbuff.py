@@ -43,6 +43,7 @@ from .anchor import BlockAnchorer
 from .fairness import InverseParticipation
 from .loop import QueuedDispatch
 from .memory import UpdateMemory, memory_conflict
+from .metrics import aggregate_metrics
 from .result import AsyncResult
 from .run import FedBuffRun
 from .scheduling import RandomSample, SchedulingPolicy
@@ -51,7 +52,7 @@ from .state import DEFAULT_STATE_RULE, StateRule
 from .state import state_rule as state_rule_named
 from .sync import SyncAggregation
 from .tuning import StalenessTarget
-from .updates import ParsedUpdate, aggregate_metrics, parse_update
+from .updates import ParsedUpdate, parse_update
 from .weighting import DEFAULT_WEIGHTING, ExampleWeighting
 
 MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
@@ -103,7 +104,7 @@ class FedBuff(Strategy):
         As in Flower's FedAvg.
     train_metrics_aggr_fn, evaluate_metrics_aggr_fn : callable, optional
         As in Flower's FedAvg; default: the weighted average of
-        :func:`~flchain_flwr.strategies.updates.aggregate_metrics` (Flower's
+        :func:`~flchain_flwr.strategies.metrics.aggregate_metrics` (Flower's
         numbers when every reply has every key; a key some replies lack is
         averaged over those that have it instead of failing the version).
     buffer_size : int (default: 10)

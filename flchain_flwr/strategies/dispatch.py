@@ -1,0 +1,200 @@
+"""The event loop's send side: evaluations, train messages, queued ones.
+
+:class:`Dispatcher` chooses the nodes, builds each message (the app's content
+function, the scheduling policy's per-node train config, the downlink's delta),
+pushes it to the grid and records it: in :class:`~.flights.InFlight`, in the
+node tracker, with the policy and the queue forecast. When to send, and how
+many may train, is the loop's to say (:class:`~.loop.EventLoop`).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from ..runtime import Clock
+from .buffer import UpdateBuffer
+from .downlink import DownlinkSync
+from .evaluation import FederatedEvaluation
+from .flights import Flight, InFlight
+from .nodes import NodeTracker
+from .queue_forecast import QueueForecast
+from .scheduling import SchedulingPolicy
+from .traffic import content_bytes
+
+ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
+FailureFn = Callable[[Flight, int, str], None]
+
+
+# pylint: disable=too-many-instance-attributes
+class Dispatcher:
+    """Sends an event loop's messages and records each one sent.
+
+    A message the grid refuses, or a push that fails, is handed to ``failed``
+    (the loop's failure bookkeeping) in the order of the messages.
+    """
+
+    # pylint: disable=too-many-arguments
+    def __init__(
+        self,
+        *,
+        grid: Grid,
+        clock: Clock,
+        ttl: float,
+        nodes: NodeTracker,
+        in_flight: InFlight,
+        buffer: UpdateBuffer,
+        evaluation: FederatedEvaluation,
+        forecast: QueueForecast,
+        policy: SchedulingPolicy,
+        rng: random.Random,
+        train_content: ContentFn,
+        evaluate_content: ContentFn,
+        train_config: ConfigRecord,
+        evaluate_config: ConfigRecord,
+        downlink: DownlinkSync | None,
+        elapsed: Callable[[], float],
+        failed: FailureFn,
+    ) -> None:
+        self.grid = grid
+        self.clock = clock
+        self.ttl = ttl
+        self.nodes = nodes
+        self.in_flight = in_flight
+        self.buffer = buffer
+        self.evaluation = evaluation
+        self.forecast = forecast
+        self.policy = policy
+        self.rng = rng
+        self.train_content = train_content
+        self.evaluate_content = evaluate_content
+        self.train_config = train_config
+        self.evaluate_config = evaluate_config
+        self.downlink = downlink
+        self.elapsed = elapsed
+        self.failed = failed
+
+    def evaluations(self, deadline: float) -> None:
+        """Send every evaluation whose node is free."""
+        outgoing: list[tuple[Message, Flight]] = []
+        for node_id, version in self.evaluation.ready(self.nodes.is_free):
+            content = self.evaluate_content(
+                self.evaluation.arrays_of(version), self.evaluate_config, version
+            )
+            message = Message(
+                content,
+                node_id,
+                MessageType.EVALUATE,
+                ttl=self.ttl,
+                group_id=str(version),
+            )
+            outgoing.append(
+                (message, Flight(node_id, MessageType.EVALUATE, version, deadline))
+            )
+        self._push(outgoing)
+
+    def train(self, now: float, deadline: float, capacity: int) -> None:
+        """Send train messages on the current version: to up to ``capacity``
+        free nodes the policy chooses, then, once no free node is left for the
+        version, queued behind nodes still training."""
+        if capacity > 0 and self.nodes.eligible:
+            self._push(self._train_messages(self._chosen(capacity), deadline))
+        if self.nodes.queueable and not self.nodes.eligible:
+            # Queue only when no free node is left for the version: queued
+            # messages must not keep a free node waiting for a slot. A node
+            # with an evaluation pending is not queued behind: it must come
+            # free to be sent it.
+            # A message forecast to land over max_staleness is held back: it
+            # could not be withdrawn later (see queue_forecast).
+            pending = self.evaluation.pending
+            limit = self.buffer.max_staleness()
+            behind = sorted(
+                n
+                for n in self.nodes.queueable
+                if n not in pending and self.forecast.fits(n, now, limit)
+            )
+            self._push(self._train_messages(behind, deadline))
+
+    def _train_messages(
+        self, node_ids: list[int], deadline: float
+    ) -> list[tuple[Message, Flight]]:
+        """Train messages on the current version to ``node_ids``."""
+        if not node_ids:
+            return []
+        version = self.buffer.version
+        shared = self.train_content(
+            self.buffer.model_record, self.train_config, version
+        )
+        outgoing = []
+        for node_id in node_ids:
+            config = self.policy.train_config(node_id, version, self.train_config)
+            content = (
+                shared
+                if config is None
+                else self.train_content(self.buffer.model_record, config, version)
+            )
+            if self.downlink is not None:
+                content = self.downlink.content(node_id, content)
+            message = Message(
+                content,
+                node_id,
+                MessageType.TRAIN,
+                ttl=self.ttl,
+                group_id=str(version + 1),
+            )
+            outgoing.append(
+                (message, Flight(node_id, MessageType.TRAIN, version, deadline))
+            )
+        return outgoing
+
+    def _chosen(self, capacity: int) -> list[int]:
+        """The policy's choice, keeping only distinct nodes free to train."""
+        chosen: dict[int, None] = {}  # ordered, O(1) membership
+        for node_id in self.policy.select(self.nodes.eligible, capacity, self.rng):
+            if len(chosen) == capacity:
+                break
+            fresh = self.nodes.last_trained.get(node_id, -1) < self.nodes.version
+            if node_id not in chosen and self.nodes.is_free(node_id) and fresh:
+                chosen[node_id] = None
+        return list(chosen)
+
+    def _push(self, messages: list[tuple[Message, Flight]]) -> None:
+        if not messages:
+            return
+        try:
+            pushed = self.grid.push_messages([m for m, _ in messages])
+            accepted = {str(i) for i in pushed if i}
+        except Exception as exc:  # transport trouble: count as failures, go on
+            for _, flight in messages:
+                self.failed(flight, ErrorCode.UNKNOWN, f"push failed: {exc}")
+            return
+        sizes: dict[int, int] = {}  # messages may share one content
+        for message, flight in messages:
+            msg_id = message.metadata.message_id
+            if not msg_id or msg_id not in accepted:
+                self.failed(flight, ErrorCode.UNKNOWN, "push was refused")
+                continue
+            if flight.train:
+                key = id(message.content)
+                if key not in sizes:
+                    sizes[key] = content_bytes(message.content)
+                self.buffer.traffic.sent(sizes[key])
+            self.in_flight.add(msg_id, flight)
+            self._sent(msg_id, flight)
+
+    def _sent(self, msg_id: str, flight: Flight) -> None:
+        """Record that ``msg_id`` is on its way."""
+        queued = flight.train and flight.node_id in self.nodes.trains
+        self.nodes.sent(flight.node_id, flight.train)
+        if flight.train:
+            self.evaluation.trained(flight.node_id)
+            self.buffer.store.dispatched(flight.node_id, flight.version)
+            if queued:  # it starts when the node's current message settles
+                self.in_flight.queue(flight.node_id, msg_id, flight.version)
+            else:
+                self.policy.on_dispatch(flight.node_id, flight.version, self.elapsed())
+                self.forecast.started(flight.node_id, self.clock.now())
