@@ -11,9 +11,10 @@ from ..ledger import Ledger
 from ..ledger.checkpoint import ledger_origin
 from .adaptive import AdaptiveScheduling, ConfigAdjuster
 from .anchor import anchorer_from_run_config
+from .arguments import MaxStaleness
 from .bafl import bafl_local_work
 from .fairness import fairness_weighting
-from .fedbuff import FedBuff, MaxStaleness
+from .fedbuff import FedBuff
 from .fedsa import fedsa_learning_rate
 from .memory import UpdateMemory, memory_conflict, update_memory
 from .scheduling import SchedulingPolicy, scheduling_policy

@@ -3,16 +3,19 @@
 Implementation after FedBuff (Nguyen et al., AISTATS 2022,
 https://arxiv.org/abs/2106.06639) and the asynchronous FLchain design (a "block"
 is aggregated when it holds K updates or a time limit tau has passed).
+
+:class:`FedBuff` is its settings (:class:`~.settings.FedBuffSettings`: the
+constructor, the start-up summary, the config ledger blocks record) plus
+Flower's strategy interface, here: the messages it sends, the synchronous
+``configure_*``/``aggregate_*`` (:mod:`.sync`), and :meth:`FedBuff.start`, one
+asynchronous run (:mod:`.run`).
 """
 
 from __future__ import annotations
 
 import math
-import random
-from collections.abc import Callable, Iterable
-from logging import INFO, WARNING
-from pathlib import Path
-from typing import Literal
+from collections.abc import Iterable
+from functools import cached_property
 
 from flwr.app import (
     ArrayRecord,
@@ -23,45 +26,23 @@ from flwr.app import (
     RecordDict,
 )
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result, Strategy
-from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
-from flwr.supercore import log
+from flwr.serverapp.strategy import Strategy
 
 from ..arrays import NDArrays
-from ..ledger import Ledger
-from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
-from ..ledger.consensus import TRUST_WEIGHTING
-from ..pov.committee import Committee
 from ..protocol import (
     DOWNLINK_KEY,
     MODEL_VERSION_KEY,
     SERVER_ROUND_KEY,
     SPARSE_REPLIES_KEY,
 )
-from ..runtime import clock_of, publish_result
-from .anchor import BlockAnchorer
-from .fairness import InverseParticipation
-from .loop import QueuedDispatch
-from .memory import UpdateMemory, memory_conflict
-from .metrics import aggregate_metrics
 from .result import AsyncResult
-from .run import FedBuffRun
-from .scheduling import RandomSample, SchedulingPolicy
-from .staleness import FedBuffStaleness, StalenessFn
-from .state import DEFAULT_STATE_RULE, StateRule
-from .state import state_rule as state_rule_named
+from .run import EvaluateFn, ShouldStopFn, start_run
+from .settings import FedBuffSettings
 from .sync import SyncAggregation
-from .tuning import StalenessTarget
 from .updates import ParsedUpdate, parse_update
-from .weighting import DEFAULT_WEIGHTING, ExampleWeighting
-
-MetricsAggrFn = Callable[[list[RecordDict], str], MetricRecord]
-ShouldStopFn = Callable[[int, Result], bool]
-MaxStaleness = int | Literal["auto"] | None
 
 
-# pylint: disable=too-many-instance-attributes
-class FedBuff(Strategy):
+class FedBuff(FedBuffSettings, Strategy):
     """Semi-asynchronous buffered aggregation with staleness weighting.
 
     The server keeps nodes training, one message in flight per node, and
@@ -220,246 +201,10 @@ class FedBuff(Strategy):
         ``downlink`` (see :func:`~.loop.queued_on`).
     """
 
-    # pylint: disable=too-many-arguments,too-many-locals
-    def __init__(
-        self,
-        fraction_train: float = 1.0,
-        fraction_evaluate: float = 1.0,
-        min_train_nodes: int = 2,
-        min_evaluate_nodes: int = 2,
-        min_available_nodes: int = 2,
-        weighted_by_key: str = "num-examples",
-        arrayrecord_key: str = "arrays",
-        configrecord_key: str = "config",
-        train_metrics_aggr_fn: MetricsAggrFn | None = None,
-        evaluate_metrics_aggr_fn: MetricsAggrFn | None = None,
-        *,
-        buffer_size: int = 10,
-        max_wait: float | None = None,
-        staleness_fn: StalenessFn | None = None,
-        max_staleness: MaxStaleness = "auto",
-        server_lr: float = 1.0,
-        server_momentum: float = 0.0,
-        concurrency: int | None = None,
-        example_weighting: ExampleWeighting | None = None,
-        scheduling: SchedulingPolicy | None = None,
-        fairness: InverseParticipation | None = None,
-        update_memory: UpdateMemory | None = None,
-        buffer_tuning: StalenessTarget | None = None,
-        state_rule: StateRule = DEFAULT_STATE_RULE,
-        state_patterns: Iterable[str] = (),
-        message_ttl: float | None = None,
-        membership_refresh: float = 5.0,
-        retry_backoff: float = 10.0,
-        evaluate_every: int | None = None,
-        ledger: Ledger | str | Path | None = None,
-        resume_with_changed_config: bool = False,
-        time_budget: float | None = None,
-        committee: Committee | None = None,
-        seed: int | None = None,
-        poll_interval: float = 0.1,
-        downlink: bool = False,
-        downlink_from_initial: bool = False,
-        anchor: BlockAnchorer | None = None,
-        queued_dispatch: QueuedDispatch = False,
-    ) -> None:
-        for name, value in (
-            ("buffer_size", buffer_size),
-            ("min_train_nodes", min_train_nodes),
-            ("min_evaluate_nodes", min_evaluate_nodes),
-            ("min_available_nodes", min_available_nodes),
-            ("concurrency", concurrency),
-            ("evaluate_every", evaluate_every),
-        ):
-            _require(
-                value is None
-                or (isinstance(value, int) and not isinstance(value, bool)),
-                f"{name} must be an int, got {value!r}",
-            )
-        _require(buffer_size >= 1, f"buffer_size must be >= 1, got {buffer_size}")
-        _require(max_wait is None or max_wait > 0, "max_wait must be > 0 or None")
-        _require(
-            max_staleness in (None, "auto")
-            or (isinstance(max_staleness, int) and max_staleness >= 0),
-            "max_staleness must be an int >= 0, 'auto' or None",
-        )
-        _require(server_lr > 0, f"server_lr must be > 0, got {server_lr}")
-        _require(0.0 <= server_momentum < 1.0, "server_momentum must be in [0, 1)")
-        _require(concurrency is None or concurrency >= 1, "concurrency must be >= 1")
-        _require(0.0 < fraction_train <= 1.0, "fraction_train must be in (0, 1]")
-        _require(0.0 <= fraction_evaluate <= 1.0, "fraction_evaluate must be in [0, 1]")
-        _require(min_train_nodes >= 0, "min_train_nodes must be >= 0")
-        _require(min_evaluate_nodes >= 0, "min_evaluate_nodes must be >= 0")
-        _require(min_available_nodes >= 1, "min_available_nodes must be >= 1")
-        _require(message_ttl is None or message_ttl > 0, "message_ttl must be > 0")
-        _require(membership_refresh > 0, "membership_refresh must be > 0")
-        _require(retry_backoff > 0, "retry_backoff must be > 0")
-        _require(
-            evaluate_every is None or evaluate_every >= 1, "evaluate_every must be >= 1"
-        )
-        _require(poll_interval > 0, "poll_interval must be > 0")
-        _require(
-            queued_dispatch in (True, False, "auto"),
-            f"queued_dispatch must be a bool or 'auto', got {queued_dispatch!r}",
-        )
-        _require(
-            not (queued_dispatch is True and downlink),
-            "queued_dispatch and downlink cannot be combined",
-        )
-        _require(
-            downlink or not downlink_from_initial,
-            "downlink_from_initial needs downlink",
-        )
-        _require(time_budget is None or time_budget > 0, "time_budget must be > 0")
-        self.fraction_train = fraction_train
-        self.fraction_evaluate = fraction_evaluate
-        self.min_train_nodes = min_train_nodes
-        self.min_evaluate_nodes = min_evaluate_nodes
-        self.min_available_nodes = min_available_nodes
-        self.weighted_by_key = weighted_by_key
-        self.arrayrecord_key = arrayrecord_key
-        self.configrecord_key = configrecord_key
-        self.train_metrics_aggr_fn = train_metrics_aggr_fn or aggregate_metrics
-        self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn or aggregate_metrics
-        self.buffer_size = buffer_size
-        self.max_wait = max_wait
-        self.staleness_fn: StalenessFn = staleness_fn or FedBuffStaleness()
-        self.max_staleness: MaxStaleness = max_staleness
-        self.server_lr = server_lr
-        self.server_momentum = server_momentum
-        self.concurrency = concurrency
-        self.example_weighting = example_weighting or DEFAULT_WEIGHTING
-        self.scheduling = scheduling or RandomSample()
-        self.fairness = fairness
-        self.update_memory = update_memory
-        self.buffer_tuning = buffer_tuning
-        self.state_rule: StateRule = state_rule_named(state_rule)
-        self.state_patterns = tuple(state_patterns)
-        self.message_ttl = message_ttl
-        self.membership_refresh = membership_refresh
-        self.retry_backoff = retry_backoff
-        self.evaluate_every = evaluate_every
-        self.ledger = ledger
-        self.resume_with_changed_config = resume_with_changed_config
-        self.time_budget = time_budget
-        self.committee = committee
-        self.seed = seed
-        self.poll_interval = poll_interval
-        self.downlink = bool(downlink)
-        self.downlink_from_initial = bool(downlink_from_initial)
-        _require(anchor is None or ledger is not None, "anchor needs a ledger")
-        self.anchor = anchor
-        self.queued_dispatch: QueuedDispatch = queued_dispatch
-        conflict = self.policy_conflict()
-        _require(conflict is None, conflict or "")
-        self._sync = SyncAggregation(self)
-        self._sample_rng = random.Random(seed)
-        if fraction_evaluate == 0.0:
-            log(WARNING, "fraction_evaluate is 0.0: no federated evaluation.")
-
-    # ------------------------------------------------------------------ summary
-    def summary(self) -> None:
-        """Log summary configuration of the strategy."""
-        log(INFO, "\t├──> Buffer: K=%d, max_wait=%s", self.buffer_size, self.max_wait)
-        log(
-            INFO,
-            "\t├──> Staleness: %s, max_staleness=%s",
-            self.staleness_fn,
-            self.max_staleness,
-        )
-        log(
-            INFO,
-            "\t├──> Server: lr=%s, momentum=%s, example weighting=%s",
-            self.server_lr,
-            self.server_momentum,
-            self.example_weighting.spec,
-        )
-        log(INFO, "\t├──> PoV: %s, ledger: %s", self.committee, self.ledger)
-        stragglers = (self.fairness, self.update_memory, self.buffer_tuning)
-        if any(option is not None for option in stragglers):
-            log(
-                INFO,
-                "\t├──> Stragglers: fairness=%s, update memory=%s, buffer tuning=%s",
-                *(option and option.spec for option in stragglers),
-            )
-        log(
-            INFO,
-            "\t├──> Evaluation: fraction_evaluate=%s, min_evaluate_nodes=%d, every=%s",
-            self.fraction_evaluate,
-            self.min_evaluate_nodes,
-            self.evaluate_every or "one FedAvg round's worth of updates",
-        )
-        log(
-            INFO,
-            "\t└──> Dispatch: %s, scheduling=%s, ttl=%s, min_available_nodes=%d",
-            f"concurrency={self.concurrency}"
-            if self.concurrency is not None
-            else f"fraction_train={self.fraction_train}, "
-            f"min_train_nodes={self.min_train_nodes}",
-            self.scheduling,
-            self.message_ttl if self.message_ttl is not None else "timeout",
-            self.min_available_nodes,
-        )
-        if self.downlink:
-            log(
-                INFO,
-                "\t└──> Downlink: sparse deltas to nodes that keep their base%s",
-                ", first models from the initial one"
-                if self.downlink_from_initial
-                else "",
-            )
-        if self.queued_dispatch:
-            log(INFO, "\t└──> Queued dispatch: %s", self.queued_dispatch)
-
-    def policy_conflict(self) -> str | None:
-        """Why the update memory cannot run beside the ledger, committee or
-        fairness set now, or ``None`` (checked here and again at start, as
-        they are attributes)."""
-        return memory_conflict(
-            self.update_memory,
-            ledger=self.ledger is not None,
-            committee=self.committee is not None,
-            fairness=self.fairness is not None,
-        )
-
-    def config_dict(self) -> dict[str, object]:
-        """The settings that shape the global model (recorded in ledger blocks)."""
-        config: dict[str, object] = {
-            "strategy": type(self).__name__,
-            "buffer_size": self.buffer_size,
-            "max_wait": self.max_wait,
-            "staleness_fn": repr(self.staleness_fn),
-            "max_staleness": self.max_staleness,
-            "server_lr": self.server_lr,
-            "server_momentum": self.server_momentum,
-            "concurrency": self.concurrency,
-            "fraction_train": self.fraction_train,
-            "min_train_nodes": self.min_train_nodes,
-            "example_weighting": self.example_weighting.spec,
-            "state_rule": self.state_rule,
-            "state_patterns": list(self.state_patterns),
-            "weighted_by_key": self.weighted_by_key,
-            "arrayrecord_key": self.arrayrecord_key,
-            "committee": repr(self.committee),
-        } | {  # only when on: the default's digest, and its ledgers, are unchanged
-            key: option.spec
-            for key, option in (
-                ("fairness", self.fairness),
-                ("update_memory", self.update_memory),
-                ("buffer_tuning", self.buffer_tuning),
-            )
-            if option is not None
-        }
-        if self.queued_dispatch:  # only when on, like the options above
-            config["queued_dispatch"] = self.queued_dispatch
-        if self.committee is not None and self.committee.trust_weighting:
-            config["trust_weighting"] = TRUST_WEIGHTING
-        return config
-
-    def config_digest(self) -> str:
-        """SHA-256 of :meth:`config_dict` in canonical JSON, in the encoding new
-        ledgers use (what their blocks hold as ``config_digest``)."""
-        return sha256_hex(encode(LATEST_FORMAT, self.config_dict()))
+    @cached_property
+    def _sync(self) -> SyncAggregation:
+        """Flower's synchronous path: the model sent, the claims heard."""
+        return SyncAggregation(self)
 
     # ------------------------------------------------- message building blocks
     def train_content(
@@ -551,7 +296,7 @@ class FedBuff(Strategy):
         timeout: float = 3600,
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        evaluate_fn: EvaluateFn | None = None,
         should_stop: ShouldStopFn | None = None,
     ) -> AsyncResult:
         """Run until ``num_rounds`` global versions have been produced.
@@ -569,30 +314,14 @@ class FedBuff(Strategy):
             Flower's :class:`Result` plus per-version history, rejected updates,
             failures and per-node participation.
         """
-        log(INFO, "Starting %s strategy:", self.__class__.__name__)
-        log_strategy_start_info(
-            num_rounds, initial_arrays, train_config, evaluate_config
-        )
-        self.summary()
-        _require(num_rounds >= 0, f"num_rounds must be >= 0, got {num_rounds}")
-        _require(timeout > 0, f"timeout must be > 0, got {timeout}")
-        run = FedBuffRun(
-            strategy=self,
-            grid=grid,
-            clock=clock_of(grid, self.poll_interval),
-            initial_arrays=initial_arrays,
-            num_versions=num_rounds,
+        return start_run(
+            self,
+            grid,
+            initial_arrays,
+            num_rounds=num_rounds,
             timeout=timeout,
-            train_config=train_config or ConfigRecord(),
-            evaluate_config=evaluate_config or ConfigRecord(),
+            train_config=train_config,
+            evaluate_config=evaluate_config,
             evaluate_fn=evaluate_fn,
             should_stop=should_stop,
         )
-        result = run.execute()
-        publish_result(result)
-        return result
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)

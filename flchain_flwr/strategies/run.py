@@ -1,7 +1,9 @@
 """One :meth:`FedBuff.start` call: the loop, the buffer, the pipeline, wired.
 
-Each part lives in a module of its own; this one only puts them together,
-logs the run like Flower's strategies do, and closes what it opened.
+Each part lives in a module of its own; this one only puts them together and
+closes what it opened. The block pipeline (the ledger opened or resumed, the
+committee and anchor stages) is built by :mod:`.runpipeline`; the run's logs,
+like those of Flower's strategies, are :mod:`.runlog`'s.
 """
 
 from __future__ import annotations
@@ -17,31 +19,29 @@ from typing import TYPE_CHECKING
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 
-from ..arrays import to_arrayrecord, to_ndarrays
+from ..arrays import to_ndarrays
 from ..pov.decision import CommitteeDecision
-from ..pov.pending import repropose_pending
-from ..runtime import Clock
-from .adaptive import AdaptiveScheduling
-from .anchor import AnchorStage, witness_nodes
+from ..runtime import Clock, clock_of, publish_result
+from .anchor import witness_nodes
+from .arguments import require
 from .buffer import UpdateBuffer
-from .carryover import ledger_weight_share, resumed_tuner
+from .carryover import resumed_tuner
 from .downlink import DownlinkSync
 from .evaluation import (
     FederatedEvaluation,
     aggregate_or_none,
     valid_evaluate_content,
 )
-from .history import NodeHistory
 from .loop import EventLoop, LoopSettings, queued_on
 from .memory import memory_caution
-from .personalised import log_personal
-from .pipeline import BlockStage, Pipeline, ServerStep
-from .result import AsyncResult, VersionRecord, mean_staleness
-from .stages import CommitteeStage, LedgerStage, Resumed, decision_summary
+from .result import AsyncResult, VersionRecord
+from .runlog import log_downlink, log_finished, log_rounds, log_version
+from .runpipeline import block_pipeline, carry_over, open_ledger
+from .stages import decision_summary
 from .state import state_names
-from .traffic import human_bytes
 from .versions import VersionStore
 from .weighting import ClaimHistory
 
@@ -49,6 +49,44 @@ if TYPE_CHECKING:
     from .fedbuff import FedBuff
 
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+ShouldStopFn = Callable[[int, Result], bool]
+
+
+# pylint: disable=too-many-arguments
+def start_run(
+    strategy: FedBuff,
+    grid: Grid,
+    initial_arrays: ArrayRecord,
+    *,
+    num_rounds: int,
+    timeout: float,
+    train_config: ConfigRecord | None,
+    evaluate_config: ConfigRecord | None,
+    evaluate_fn: EvaluateFn | None,
+    should_stop: ShouldStopFn | None,
+) -> AsyncResult:
+    """:meth:`FedBuff.start`: log the start as Flower's strategies do, check
+    the arguments, run, and publish the result."""
+    log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
+    log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
+    strategy.summary()
+    require(num_rounds >= 0, f"num_rounds must be >= 0, got {num_rounds}")
+    require(timeout > 0, f"timeout must be > 0, got {timeout}")
+    run = FedBuffRun(
+        strategy=strategy,
+        grid=grid,
+        clock=clock_of(grid, strategy.poll_interval),
+        initial_arrays=initial_arrays,
+        num_versions=num_rounds,
+        timeout=timeout,
+        train_config=train_config or ConfigRecord(),
+        evaluate_config=evaluate_config or ConfigRecord(),
+        evaluate_fn=evaluate_fn,
+        should_stop=should_stop,
+    )
+    result = run.execute()
+    publish_result(result)
+    return result
 
 
 # pylint: disable=too-many-instance-attributes
@@ -68,7 +106,7 @@ class FedBuffRun:
         train_config: ConfigRecord,
         evaluate_config: ConfigRecord,
         evaluate_fn: EvaluateFn | None,
-        should_stop: Callable[[int, Result], bool] | None,
+        should_stop: ShouldStopFn | None,
     ) -> None:
         s = self.strategy = strategy
         conflict = s.policy_conflict()  # again: they may have been set since
@@ -86,69 +124,21 @@ class FedBuffRun:
         self._auto_staleness = 0
         version, model = 0, to_ndarrays(initial_arrays)
 
-        stages: list[BlockStage] = []
-        ledger = None
-        resumed: Resumed | None = None
         claims = ClaimHistory()
-        if s.ledger is not None:
-            ledger = LedgerStage(
-                s.ledger,
-                config=s.config_dict(),
-                genesis_extra=(
-                    s.committee.genesis_fields(s.server_lr) if s.committee else None
-                ),
-                resume_with_changed_config=s.resume_with_changed_config,
-            )
-            try:
-                resumed = ledger.start(model, momentum=s.server_momentum)
-                if resumed is not None and s.committee is not None:
-                    s.committee.resume(ledger.ledger, s.server_lr)
-                    if repropose_pending(ledger.ledger, s.committee) is not None:
-                        resumed = ledger.start(model, momentum=s.server_momentum)
-                        s.committee.resume(ledger.ledger, s.server_lr)
-                elif resumed is not None and "pov" in ledger.ledger.block(0).body:
-                    raise ValueError(
-                        f"ledger {ledger.ledger.path} is a PoV chain: resume it "
-                        "with its verifier committee (committee=...); blocks "
-                        "written without one would fail verify"
-                    )
-            except BaseException:  # a refused resume must not leave it open
-                ledger.close()
-                raise
-            if resumed is not None:
-                version, model = resumed.version, resumed.model
-                self.result.arrays = to_arrayrecord(model)
-                self._carry_over(ledger, resumed)
-        if s.committee is not None:
-            s.committee.parse_keys = (s.arrayrecord_key, s.weighted_by_key)
-            stages.append(
-                CommitteeStage(
-                    s.committee,
-                    clock=clock,
-                    server_lr=s.server_lr,
-                    ledger=ledger,
-                    on_decision=self._record_decision,
-                )
-            )
-        if ledger is not None:
-            stages.append(ledger)
-            if s.anchor is not None:  # after the ledger: anchors what it wrote
-                stages.append(AnchorStage(ledger.ledger, s.anchor))
+        ledger, resumed = open_ledger(s, model)
+        if ledger is not None and resumed is not None:
+            version, model = resumed.version, resumed.model
+            carry_over(self.result, ledger, resumed, s.scheduling)
         names = state_names(model, s.state_patterns)
-        self.pipeline = Pipeline(
-            stages,
-            ServerStep(
-                s.server_lr,
-                s.server_momentum,
-                names,
-                s.state_rule,
-                s.update_memory.start() if s.update_memory is not None else None,
-            ),
+        self.pipeline = block_pipeline(
+            s,
+            clock=clock,
+            names=names,
+            ledger=ledger,
+            resumed=resumed,
+            claims=claims,
+            on_decision=self._record_decision,
         )
-        if ledger is not None:  # every block records what a resume restores
-            ledger.record_state(self.pipeline.server_step, claims)
-            if resumed is not None:
-                resumed.restore(self.pipeline.server_step, claims)
 
         rng = random.Random(s.seed)
         self.store = VersionStore(version, model, self.max_staleness, names)
@@ -233,15 +223,6 @@ class FedBuffRun:
         self._seen = (0, 0)  # rejected, failed at the last version
         self._explained = False
 
-    def _carry_over(self, ledger: LedgerStage, resumed: Resumed) -> None:
-        """Count the chain's earlier updates in the result (and FedSA's history)."""
-        self.result.participation = dict(resumed.participation)
-        self.result.weight_share = ledger_weight_share(ledger.ledger.blocks())
-        policy = self.strategy.scheduling
-        if isinstance(policy, AdaptiveScheduling):  # FedSA counts on from the chain
-            policy.history = NodeHistory(policy.history.smoothing)
-            policy.history.count_earlier(resumed.participation)
-
     # ------------------------------------------------------------ decisions
     def max_staleness(self) -> int | None:
         """The staleness limit in force.
@@ -262,27 +243,20 @@ class FedBuffRun:
         )
 
     def _on_version(self, record: VersionRecord) -> None:
-        self._explain_rounds()
+        if not self._explained:  # say once what num_rounds means here
+            self._explained = True
+            log_rounds(
+                self.num_versions, self.strategy.buffer_size, self.loop.train_limit()
+            )
         rejected, failed = len(self.result.rejected), len(self.result.failures)
-        log(
-            INFO,
-            "[VERSION %d/%d] t=%.2fs trigger=%s updates=%d staleness=%s "
-            "rejected=%d failed=%d down=%s/node up=%s/node",
-            record.version,
+        log_version(
+            record,
             self.buffer.num_versions,
-            record.time,
-            record.trigger,
-            record.num_updates,
-            record.staleness_histogram,
             rejected - self._seen[0],
             failed - self._seen[1],
-            human_bytes(record.bytes_down / max(record.messages_down, 1)),
-            human_bytes(record.bytes_up / max(record.replies_up, 1)),
+            self.result.train_metrics_clientapp.get(record.version),
         )
         self._seen = (rejected, failed)
-        metrics = self.result.train_metrics_clientapp.get(record.version)
-        if metrics is not None:
-            log(INFO, "\t├──> Aggregated MetricRecord: %s", metrics)
         self._centralized_evaluation()
         if self.should_stop is not None and self.should_stop(
             record.version, self.result
@@ -316,24 +290,6 @@ class FedBuffRun:
                 record.version, self.buffer.model_record, self.loop.nodes.online
             )
 
-    def _explain_rounds(self) -> None:
-        """Say once what ``num_rounds`` means for this K and node count."""
-        if self._explained:
-            return
-        self._explained = True
-        k, nodes = self.strategy.buffer_size, self.loop.train_limit()
-        log(
-            INFO,
-            "num_rounds=%d counts global versions of K=%d updates each; with %d "
-            "nodes training at once, one FedAvg round's worth of updates takes "
-            "%.1f versions, so the run makes about %.1f FedAvg rounds' worth.",
-            self.num_versions,
-            k,
-            nodes,
-            nodes / k,
-            self.num_versions * k / max(nodes, 1),
-        )
-
     # -------------------------------------------------------------- execute
     def execute(self) -> AsyncResult:
         """Run the loop to its end; close the pipeline whatever happens."""
@@ -352,48 +308,16 @@ class FedBuffRun:
             self.result.downlink = {
                 s: asdict(stats) for s, stats in sorted(downlink.by_distance.items())
             }
-            sent = sum(stats.sent for stats in downlink.by_distance.values())
-            log(
-                INFO,
-                "Downlink: %d train messages as deltas, %d as full models%s",
-                sent,
-                downlink.full_sent,
-                f"; {downlink.initial_refused} deltas on the initial model failed"
-                if downlink.initial_refused
-                else "",
-            )
+            log_downlink(downlink)
         if reason not in ("completed", "stopped by should_stop"):
             log(WARNING, "Stopping early: %s", reason)
-        self._log_summary()
+        log_finished(
+            self.result,
+            strategy_name=type(self.strategy).__name__,
+            num_versions=self.num_versions,
+            nodes=self.loop.train_limit(),
+            clock_time=self.loop.now(),
+            wall_time=time.time() - self.wall0,
+            in_flight=len(self.loop.in_flight),
+        )
         return self.result
-
-    def _log_summary(self) -> None:
-        log_personal(self.result)
-        result = self.result
-        updates = sum(v.num_updates for v in result.versions)
-        nodes = self.loop.train_limit()
-        log(
-            INFO,
-            "%s finished: %d versions, %d updates aggregated (mean staleness %.2f) "
-            "in %.2fs on the grid's clock, %.2fs wall; %d rejected, %d failed, "
-            "%d left in flight",
-            type(self.strategy).__name__,
-            len(result.versions),
-            updates,
-            mean_staleness(result),
-            self.loop.now(),
-            time.time() - self.wall0,
-            len(result.rejected),
-            len(result.failures),
-            len(self.loop.in_flight),
-        )
-        log(
-            INFO,
-            "\t└──> %d FedAvg rounds on %d nodes would have aggregated %d updates; "
-            "this run aggregated %d (%.2f rounds' worth)",
-            self.num_versions,
-            nodes,
-            self.num_versions * nodes,
-            updates,
-            updates / max(nodes, 1),
-        )
