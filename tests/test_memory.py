@@ -119,8 +119,10 @@ def test_fedsa_beside_the_memory_is_warned_of_once_at_start() -> None:
     fedsa = AdaptiveScheduling([FedSALearningRate(0.1)])
     bafl = AdaptiveScheduling([AdaptiveLocalWork(3)])
     assert memory_caution(UpdateMemory(), fedsa) is not None
+    both = AdaptiveScheduling([FedSALearningRate(0.1), AdaptiveLocalWork(3)])
     for memory, scheduling in ((None, fedsa), (UpdateMemory(), bafl)):
         assert memory_caution(memory, scheduling) is None
+    assert memory_caution(UpdateMemory(), both) is None  # BAFL steadied the pair
     assert memory_caution(UpdateMemory(), toy_fedbuff().scheduling) is None
     keys = {"adaptive-lr": "fedsa", "lr": 0.1, "update-memory": "mifa"}
     toy = toy_fedbuff()
