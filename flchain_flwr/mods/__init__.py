@@ -1,6 +1,8 @@
 """Client mods: add to any ClientApp with ``ClientApp(mods=[...])``."""
 
-from .dgc import DGC_WARMUP, Compressed, DGCConfig, DGCState, compress, dgc_mod
+from .dgc import dgc_mod
+from .dgccompress import Compressed, DGCState, compress
+from .dgcconfig import DGC_WARMUP, DGCConfig
 from .downlink import DownlinkError, apply_delta, downlink_mod
 from .personal import PersonalConfig, PersonalState, personal_mod
 
