@@ -1,8 +1,11 @@
 """Virtual-clock simulation: an in-process Flower Grid with device profiles."""
 
+from .clock import VirtualClock
 from .devices import DeviceProfile, lognormal, spread, tiered, uniform
 from .federation import SimulationRun, app_run_config, run_federation, simulate
-from .grid import NodeStats, VirtualClock, VirtualGrid, examples_work, payload_bytes
+from .grid import VirtualGrid
+from .nodemap import NodeStats
+from .work import examples_work, payload_bytes
 
 __all__ = [
     "DeviceProfile",

@@ -16,7 +16,8 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from ..runtime import collect_results
 from .devices import DeviceProfile
-from .grid import VirtualGrid, WorkFn
+from .grid import VirtualGrid
+from .work import WorkFn
 
 ConfigValue = int | float | str | bool
 

@@ -16,19 +16,17 @@ is made on a node's first message, devices are shared profiles indexed per node,
 membership is recomputed only when the clock crosses an availability
 transition, and every event (push, release, pull, next event) costs O(log N) in
 the number of nodes or better.
+
+The parts live beside it: the clock in :mod:`.clock`, per-node maps and stats in
+:mod:`.nodemap`, each node's profile and who is online in :mod:`.membership`,
+replies held until their time in :mod:`.replies`, and a node's work on one
+message (the ClientApp run, its cost, its outcome) in :mod:`.work`.
 """
 
 from __future__ import annotations
 
-import copy
-import heapq
 import math
-from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
-from itertools import compress
-from typing import TypeVar
+from collections.abc import Iterable, Sequence
 from uuid import UUID
 
 import numpy as np
@@ -40,144 +38,20 @@ from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
 
-from ..strategies.traffic import content_bytes
+from .clock import VirtualClock
 from .devices import DeviceProfile
-
-WorkFn = Callable[[Message, Message], float]
-"""Work of one message in seconds at speed 1, from (instruction, reply)."""
-
-V = TypeVar("V")
-
-
-def payload_bytes(content: RecordDict) -> int:
-    """Bytes a RecordDict occupies on the wire (array data, configs, metrics)."""
-    return content_bytes(content)
-
-
-def examples_work(
-    seconds_per_example: float, weighted_by_key: str = "num-examples"
-) -> WorkFn:
-    """Work model: ``seconds_per_example`` times the reply's example count.
-
-    Replies without a count (errors, custom messages) cost one example.
-    """
-
-    def work(_: Message, reply: Message) -> float:
-        count = 1.0
-        if reply.has_content():
-            for record in reply.content.metric_records.values():
-                value = record.get(weighted_by_key)
-                if isinstance(value, int | float) and value > 0:
-                    count = float(value)
-                    break
-        return seconds_per_example * count
-
-    return work
-
-
-class VirtualClock:
-    """Simulated seconds, advanced by :meth:`wait` to the grid's next event."""
-
-    def __init__(self, grid: VirtualGrid) -> None:
-        self._grid = grid
-        self.time = 0.0
-
-    def now(self) -> float:
-        """Current simulated time."""
-        return self.time
-
-    def wait(self, deadline: float) -> None:
-        """Jump to the next event, or to ``deadline`` if that comes first."""
-        target = min(deadline, self._grid.next_event_time())
-        if target > self.time and math.isfinite(target):
-            self.time = target
-
-    def advance(self, seconds: float) -> None:
-        """Let ``seconds`` of simulated time pass (e.g. a consensus delay)."""
-        if seconds < 0:
-            raise ValueError("cannot move the clock backwards")
-        self.time += seconds
-
-
-@dataclass(order=True, slots=True)
-class _Pending:
-    ready_at: float
-    seq: int
-    reply: Message = field(compare=False)
-
-
-@dataclass(slots=True)
-class NodeStats:
-    """Traffic and work of one simulated node."""
-
-    messages: int = 0
-    replies: int = 0
-    errors: int = 0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    busy_seconds: float = 0.0
-    free_at: float = 0.0  # when its last reply is done: messages run one at a time
-
-
-def _position(node_ids: Sequence[int], node_id: object) -> int:
-    """Index of ``node_id`` in the sorted ``node_ids``, or -1 if absent."""
-    if not isinstance(node_id, int | np.integer):
-        return -1
-    i = bisect_left(node_ids, node_id)
-    return i if i < len(node_ids) and node_ids[i] == node_id else -1
-
-
-class NodeMap(Mapping[int, V]):
-    """A read-only mapping from every node id to a value made on demand.
-
-    It reads like a dict built for every node (iteration yields all node ids in
-    order), but a node's value is only made when asked for, by
-    ``default(node_id, index)``, so untouched nodes take no memory. With
-    ``keep_reads`` a value made on a read is kept (and later reads return that
-    same object, so changes to it persist); otherwise a read of a node without an
-    entry returns a fresh default and keeps nothing. Values the grid records
-    itself are in :attr:`made`.
-    """
-
-    def __init__(
-        self,
-        node_ids: Sequence[int],
-        default: Callable[[int, int], V],
-        *,
-        keep_reads: bool,
-    ) -> None:
-        self._node_ids = node_ids
-        self._default = default
-        self._keep_reads = keep_reads
-        self.made: dict[int, V] = {}
-        """The entries made so far (kept ones only), by node id."""
-
-    def __getitem__(self, node_id: int) -> V:
-        return self._lookup(node_id, keep=self._keep_reads)
-
-    def entry(self, node_id: int) -> V:
-        """The node's value, made and kept if it has none yet (KeyError if unknown)."""
-        return self._lookup(node_id, keep=True)
-
-    def _lookup(self, node_id: int, keep: bool) -> V:
-        if node_id in self.made:
-            return self.made[node_id]
-        index = _position(self._node_ids, node_id)
-        if index < 0:
-            raise KeyError(node_id)
-        value = self._default(node_id, index)
-        if keep:
-            self.made[node_id] = value
-        return value
-
-    def __contains__(self, node_id: object) -> bool:
-        return _position(self._node_ids, node_id) >= 0
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._node_ids)
-
-    def __len__(self) -> int:
-        return len(self._node_ids)
+from .membership import Membership
+from .nodemap import NodeMap, NodeStats, node_position, sum_stats
+from .replies import ReplyQueue
+from .work import (
+    WorkFn,
+    draw_delays,
+    examples_work,
+    finish_time,
+    late_failure,
+    payload_bytes,
+    run_client_app,
+)
 
 
 # pylint: disable=too-many-instance-attributes
@@ -244,9 +118,7 @@ class VirtualGrid(Grid):
         TaskIdentity.task_id = 1
         TaskIdentity.run_id = run_id
         TaskIdentity.node_id = SUPERLINK_NODE_ID
-        self._seq = 0
-        self._pending: list[_Pending] = []
-        self._ready: dict[str, _Pending] = {}
+        self._replies = ReplyQueue()
 
         draws = self.rng.integers(1, 2**63 - 1, size=len(devices))
         ids: list[int] = np.unique(draws).tolist()  # sorted, distinct
@@ -254,24 +126,12 @@ class VirtualGrid(Grid):
             raise RuntimeError("node id collision; pick another seed")
         self.node_ids: list[int] = ids
 
-        # Each distinct profile once, and per node the index of its profile.
-        self._profiles: list[DeviceProfile] = []
-        slot_of: dict[int, int] = {}
-        slots: list[int] = []
-        for device in devices:
-            slot = slot_of.get(id(device))
-            if slot is None:
-                slot = slot_of[id(device)] = len(self._profiles)
-                self._profiles.append(device)
-            slots.append(slot)
-        self._profile_of = np.array(slots, dtype=np.int32)
-        del slots, slot_of
-
+        self._membership = Membership(ids, devices)
         self._context_run_id = run_id
         self._node_configs = list(node_configs) if node_configs is not None else None
         self._run_config = dict(run_config or {})
         self.devices: NodeMap[DeviceProfile] = NodeMap(
-            ids, self._device_at, keep_reads=False
+            ids, lambda _, index: self._membership.profile_at(index), keep_reads=False
         )
         self.partition_of: NodeMap[int] = NodeMap(
             ids, lambda _, index: index, keep_reads=False
@@ -282,26 +142,6 @@ class VirtualGrid(Grid):
         self.stats: NodeMap[NodeStats] = NodeMap(
             ids, lambda _, __: NodeStats(), keep_reads=False
         )
-
-        # Availability: every window boundary (start or end) of every distinct
-        # profile, sorted by time, with the profile it belongs to. Membership is
-        # constant between two boundaries.
-        times: list[float] = []
-        owners: list[int] = []
-        for slot, profile in enumerate(self._profiles):
-            for window in profile.online or ():
-                times.extend(window)
-                owners.extend((slot, slot))
-        order = np.argsort(np.array(times, dtype=np.float64), kind="stable")
-        self._bound_times = np.array(times, dtype=np.float64)[order]
-        self._bound_slots = np.array(owners, dtype=np.int32)[order]
-        del times, owners, order
-        self._profile_online: np.ndarray | None = None  # per profile, at _epoch
-        self._epoch = 0  # boundaries at or before the time _online_ids is for
-        self._online_ids: tuple[int, ...] = ()
-
-    def _device_at(self, _: int, index: int) -> DeviceProfile:
-        return self._profiles[int(self._profile_of[index])]
 
     def _new_context(self, node_id: int, index: int) -> Context:
         node_config = dict(
@@ -347,44 +187,11 @@ class VirtualGrid(Grid):
 
         Returns a tuple, and the same tuple object for as long as membership is
         unchanged. Membership only changes when the clock crosses a window
-        boundary, so a call costs O(log B) in the B boundaries; after a
-        crossing, only the profiles whose windows begin or end in between are
-        re-evaluated, and the tuple is rebuilt (one O(N) pass in C) only if one
-        of them changed. With no online windows the tuple is built once.
+        boundary, so a call costs O(log B) in the B boundaries (see
+        :meth:`Membership.online_ids`). With no online windows the tuple is
+        built once.
         """
-        now = self.clock.time
-        epoch = self._boundaries_until(now)
-        if self._profile_online is None:  # first call: every profile
-            self._profile_online = np.fromiter(
-                (p.is_online(now) for p in self._profiles),
-                dtype=bool,
-                count=len(self._profiles),
-            )
-            self._online_ids = self._online_tuple(self._profile_online)
-        elif epoch != self._epoch:  # only profiles with a boundary in between
-            low, high = sorted((self._epoch, epoch))
-            changed = False
-            for slot in np.unique(self._bound_slots[low:high]).tolist():
-                online = self._profiles[slot].is_online(now)
-                if online != self._profile_online[slot]:
-                    self._profile_online[slot] = online
-                    changed = True
-            if changed:
-                self._online_ids = self._online_tuple(self._profile_online)
-        self._epoch = epoch
-        return self._online_ids
-
-    def _boundaries_until(self, t: float) -> int:
-        """How many window boundaries lie at or before ``t`` (O(log B))."""
-        if not self._bound_times.size:
-            return 0
-        return int(np.searchsorted(self._bound_times, t, side="right"))
-
-    def _online_tuple(self, profile_online: np.ndarray) -> tuple[int, ...]:
-        if profile_online.all():
-            return tuple(self.node_ids)
-        mask = profile_online[self._profile_of].tolist()
-        return tuple(compress(self.node_ids, mask))
+        return self._membership.online_ids(self.clock.time)
 
     def get_nodes(self) -> Iterable[NodeInfo]:
         """Online nodes as NodeInfo."""
@@ -406,12 +213,7 @@ class VirtualGrid(Grid):
         Costs O(len(message_ids)), or, when ``message_ids`` is a set (e.g. a
         dict's ``keys()``) larger than the replies that are in, O(replies in).
         """
-        self._release()
-        wanted: Iterable[str] = message_ids
-        if isinstance(message_ids, AbstractSet) and len(self._ready) < len(message_ids):
-            wanted = [mid for mid in self._ready if mid in message_ids]
-        ready = sorted(self._ready.pop(mid) for mid in wanted if mid in self._ready)
-        return [item.reply for item in ready]
+        return self._replies.take(message_ids, self.clock.time)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
@@ -441,33 +243,19 @@ class VirtualGrid(Grid):
         aggregation) are released first, so they can no longer hold the clock in
         the past. O(log) in pending replies and availability transitions.
         """
-        self._release()
         now = self.clock.time
-        i = self._boundaries_until(now)
-        upcoming = (
-            float(self._bound_times[i]) if i < len(self._bound_times) else math.inf
-        )
-        if self._pending:
-            upcoming = min(upcoming, self._pending[0].ready_at)
-        return upcoming
+        return min(self._membership.next_change(now), self._replies.next_after(now))
 
     def _ready_any(self, ids: set[str]) -> bool:
-        self._release()
-        return any(mid in self._ready for mid in ids)
-
-    def _release(self) -> None:
-        now = self.clock.time
-        while self._pending and self._pending[0].ready_at <= now:
-            item = heapq.heappop(self._pending)
-            self._ready[item.reply.metadata.reply_to_message_id] = item
+        """Whether a reply to one of ``ids`` is in by now (subclasses poll it)."""
+        return self._replies.any_ready(ids, self.clock.time)
 
     def _enqueue(self, reply: Message, ready_at: float) -> None:
         reply.metadata.__dict__["_message_id"] = str(
             UUID(bytes=self.rng.bytes(16), version=4)
         )
         reply.metadata.created_at = ready_at  # sim time: orders pulled replies
-        self._seq += 1
-        heapq.heappush(self._pending, _Pending(ready_at, self._seq, reply))
+        self._replies.add(reply, ready_at)
 
     def _error(self, message: Message, code: int, reason: str, at: float) -> None:
         node_id = message.metadata.dst_node_id
@@ -478,8 +266,8 @@ class VirtualGrid(Grid):
     def _schedule(self, message: Message) -> None:
         now = self.clock.time
         node_id = message.metadata.dst_node_id
-        index = _position(self.node_ids, node_id)
-        device = self._device_at(node_id, index) if index >= 0 else None
+        index = node_position(self.node_ids, node_id)
+        device = self._membership.profile_at(index) if index >= 0 else None
         ttl_end = now + message.metadata.ttl
         if device is None or not device.is_online(now):
             self._error(
@@ -490,91 +278,44 @@ class VirtualGrid(Grid):
         stats.messages += 1
         down = payload_bytes(message.content)
         stats.bytes_down += down
-        hang = (
-            device.hang_probability > 0 and self.rng.random() < device.hang_probability
-        )
-        jitter = math.exp(self.rng.normal(0.0, device.jitter)) if device.jitter else 1.0
+        hang, jitter = draw_delays(self.rng, device)
         if hang:
             self._error(
                 message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end
             )
             return
 
-        reply, context = self._execute(message)
+        reply, context = run_client_app(
+            self.client_app, message, self.contexts[node_id]
+        )
         compute = self.work_fn(message, reply) / device.speed * jitter
         up = payload_bytes(reply.content) if reply.has_content() else 0
         # Like a SuperNode, a node handles one message at a time: a message
         # queued behind another starts when that one is done.
         start = max(now, stats.free_at)
-        done = (
-            start
-            + device.transfer_seconds(down, device.downlink_bps)
-            + compute
-            + device.transfer_seconds(up, device.uplink_bps)
-        )
+        done = finish_time(device, start, down, compute, up)
         stats.busy_seconds += done - start
         leaves = device.offline_at(now)
-        if context is not None and leaves >= done:
-            # State persists when the work finished. An unchanged run config is
-            # shared again rather than kept once per node.
-            if context.run_config == self._run_config:
-                context.run_config = self._run_config
-            self.contexts.made[node_id] = context
-        if leaves < done:
-            self._error(
-                message,
-                ErrorCode.NODE_UNAVAILABLE,
-                "node disconnected while processing the message",
-                min(leaves + self.failure_detection_s, ttl_end),
-            )
-        elif done > ttl_end:
-            stats.free_at = done  # it still works on the message until then
-            self._error(
-                message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end
-            )
-        else:
-            if reply.has_content():
-                stats.replies += 1
-                stats.bytes_up += up
-            else:
-                stats.errors += 1
+        if leaves >= done:  # still connected when done, even past the TTL
             stats.free_at = done
-            self._enqueue(reply, done)
-
-    def _execute(self, message: Message) -> tuple[Message, Context | None]:
-        """Run the ClientApp on private copies, as Flower's runtimes do.
-
-        Returns the reply and the node's updated Context (``None`` when the
-        ClientApp raised: its state changes are dropped, as Flower does). Any
-        exception, ``KeyboardInterrupt`` and ``SystemExit`` included, becomes an
-        error reply: in Flower a ClientApp runs in its own process, and its crash
-        is the node's error, not the server's.
-        """
-        delivered = copy.deepcopy(message)
-        working = copy.deepcopy(self.contexts[message.metadata.dst_node_id])
-        try:
-            reply = self.client_app(delivered, working)
-        except BaseException as exc:  # pylint: disable=broad-exception-caught
-            reason = f"{type(exc)}:<'{exc}'>"
-            error = Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason)
-            return Message(error, reply_to=message), None
-        if reply.metadata.reply_to_message_id != message.metadata.message_id:
-            error = Error(
-                ErrorCode.UNKNOWN, "ClientApp returned a message that is not a reply"
-            )
-            return Message(error, reply_to=message), working
-        return copy.deepcopy(reply), working
+            if context is not None:
+                # State persists when the work finished. An unchanged run config
+                # is shared again rather than kept once per node.
+                if context.run_config == self._run_config:
+                    context.run_config = self._run_config
+                self.contexts.made[node_id] = context
+        failure = late_failure(done, leaves, ttl_end, self.failure_detection_s)
+        if failure is not None:
+            self._error(message, *failure)
+            return
+        if reply.has_content():
+            stats.replies += 1
+            stats.bytes_up += up
+        else:
+            stats.errors += 1
+        self._enqueue(reply, done)
 
     # ---------------------------------------------------------------- reports
     def totals(self) -> dict[str, float]:
         """Messages, bytes and busy time summed over all nodes."""
-        # In node order, as float sums depend on it; nodes never messaged add zeros.
-        used = [stats for _, stats in sorted(self.stats.made.items())]
-        return {
-            "messages": sum(s.messages for s in used),
-            "errors": sum(s.errors for s in used),
-            "bytes_down": sum(s.bytes_down for s in used),
-            "bytes_up": sum(s.bytes_up for s in used),
-            "busy_seconds": sum(s.busy_seconds for s in used),
-            "simulated_seconds": self.clock.time,
-        }
+        return {**sum_stats(self.stats.made), "simulated_seconds": self.clock.time}
