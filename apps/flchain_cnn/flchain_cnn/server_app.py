@@ -172,7 +172,7 @@ def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
 
 def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommittee:
     """A PoV committee of ``pov-remote-verifiers`` verifier SuperNodes, found on
-    ``grid`` (see :mod:`flchain_flwr.pov.remote`), with the same rules as
+    ``grid`` (see :mod:`flchain_flwr.pov.discovery`), with the same rules as
     :func:`pov_committee`'s. Resuming a PoV ledger, exactly the pool its
     genesis declares must be found (in any order)."""
     rules = committee_rules(cfg)  # checked before waiting for any node
