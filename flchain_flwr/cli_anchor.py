@@ -32,7 +32,8 @@ from .ledger.anchorproof import check_anchor_proof
 from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key
 from .ledger.keys import load_or_create_key
-from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
+from .ledger.mainchain import MainChain
+from .ledger.maindb import AnchorRefused, MainChainError
 from .ledger.mainwitness import main_witnessing
 from .ledger.merkle import InvalidProof, MalformedProof, parse_proof
 from .ledger.notes import (

@@ -24,7 +24,8 @@ from .cli_mainwit import add_witness_rule_options, witness_rule
 from .ledger.blocks import LedgerError
 from .ledger.chain import Ledger
 from .ledger.keys import load_or_create_key
-from .ledger.mainchain import AnchorRefused, MainChain, MainChainError
+from .ledger.mainchain import MainChain
+from .ledger.maindb import AnchorRefused, MainChainError
 from .ledger.notes import NoteError, parse_verifier_key, write_file_atomically
 from .ledger.provenance import (
     MAX_BUNDLE_BYTES,

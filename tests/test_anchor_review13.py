@@ -18,7 +18,8 @@ from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorError, AnchorPolicy
 from flchain_flwr.ledger.anchoring import anchor_ledger, log_key_of
 from flchain_flwr.ledger.cosignature import CosignerKey, cosigner_of
-from flchain_flwr.ledger.mainchain import MainChain, MainChainError
+from flchain_flwr.ledger.mainchain import MainChain
+from flchain_flwr.ledger.maindb import MainChainError
 from flchain_flwr.ledger.witness import Witness
 
 from .ledger_helpers import build_ledger, checkpoint_at

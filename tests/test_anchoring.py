@@ -38,7 +38,8 @@ from flchain_flwr.ledger.anchoring import (
 from flchain_flwr.ledger.anchorproof import check_anchor_proof
 from flchain_flwr.ledger.checkpoint import ledger_origin
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign, cosigner_of
-from flchain_flwr.ledger.mainchain import AnchorRefused, MainChain
+from flchain_flwr.ledger.mainchain import MainChain
+from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.notes import NoteSignature, SignerKey, VerifierKey, parse_note
 from flchain_flwr.ledger.witness import Witness
 from flchain_flwr.sim import DeviceProfile, VirtualGrid

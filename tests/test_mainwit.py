@@ -22,7 +22,8 @@ from flchain_flwr.ledger.anchorblock import AnchorError
 from flchain_flwr.ledger.anchoring import anchor_ledger, log_key_of
 from flchain_flwr.ledger.anchorproof import check_anchor_proof
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign
-from flchain_flwr.ledger.mainchain import AnchorRefused, MainChain
+from flchain_flwr.ledger.mainchain import MainChain
+from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.mainverify import WitnessRule
 from flchain_flwr.ledger.mainwitness import main_witnessing
 from flchain_flwr.ledger.notes import SignedNote, parse_note

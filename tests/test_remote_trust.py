@@ -22,7 +22,7 @@ from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.silence import CommitteeSilentError
 from flchain_flwr.pov.trust import weigh_by_trust
 from flchain_flwr.sim import simulate
-from flchain_flwr.strategies import AsyncResult, Constant, FedBuff, stages
+from flchain_flwr.strategies import AsyncResult, Constant, FedBuff, committeestage
 from flchain_flwr.strategies.pipeline import BufferedUpdate
 
 from .test_pov import CHAIN
@@ -139,7 +139,7 @@ def test_a_server_that_skips_the_trust_weights_gets_no_remote_signature(
     """It records trust weighting (its committee has it, as the members do)
     but takes FedBuff's plain step, or clips without the trusts: every
     member's replay gives another model."""
-    monkeypatch.setattr(stages, "weigh_by_trust", weigh)
+    monkeypatch.setattr(committeestage, "weigh_by_trust", weigh)
     why = "the model is not the replayed one: the replayed model "
     _no_member_signs(tmp_path, TRUSTING, trust=True, why=why)
 

@@ -17,7 +17,8 @@ from flchain_flwr.ledger.anchorblock import AnchorPolicy
 from flchain_flwr.ledger.blocks import LedgerError
 from flchain_flwr.ledger.canonical import encode, parse_canonical
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign, cosigner_of
-from flchain_flwr.ledger.mainchain import AnchorRefused, MainChain
+from flchain_flwr.ledger.mainchain import MainChain
+from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.notes import SignedNote, SignerKey, VerifierKey, parse_note
 from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
 from flchain_flwr.ledger.trade_records import (

@@ -24,7 +24,7 @@ from flchain_flwr.ledger.blocks import CONFIG_FIELD
 from flchain_flwr.ledger.replay import replay
 from flchain_flwr.pov import Committee, PoVStrategy, Rule, Threshold, Verifier
 from flchain_flwr.pov.trust import TrustError, norm_clips, trust_scores
-from flchain_flwr.strategies import stages
+from flchain_flwr.strategies import committeestage
 from flchain_flwr.strategies.pipeline import BufferedUpdate, server_step
 from flchain_flwr.strategies.updates import ParsedUpdate
 
@@ -221,7 +221,9 @@ def test_a_server_that_skips_the_trust_weights_gets_no_block_signed(
     """A server that records trust weighting but aggregates without it: each
     committee member replays the pending block before it signs, gets another
     model, and refuses, so no such block is ever written."""
-    monkeypatch.setattr(stages, "weigh_by_trust", lambda updates, votes, size: None)
+    monkeypatch.setattr(
+        committeestage, "weigh_by_trust", lambda updates, votes, size: None
+    )
     with pytest.raises(RuntimeError, match="0 of 4 committee members signed") as err:
         trust_ledger(tmp_path / "l.db")
     assert "the model is not the replayed one" in str(err.value)

@@ -21,7 +21,7 @@ from flchain_flwr.ledger.anchoring import (
 )
 from flchain_flwr.ledger.checkpoint import Checkpoint, sign_checkpoint
 from flchain_flwr.ledger.cosignature import verify_cosignatures
-from flchain_flwr.ledger.mainchain import AnchorRefused
+from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.notes import NoteSignature, SignedNote
 from flchain_flwr.ledger.rfc6962 import HashTree, verify_consistency
 from flchain_flwr.ledger.witness import CosignRequest, Witness, WitnessRefused

@@ -26,7 +26,8 @@ from .chain import Ledger
 from .checkpoint import CheckpointError, LogFrontier, open_checkpoint, parse_checkpoint
 from .cosignature import add_cosignature
 from .logprover import LogProver
-from .mainchain import AnchorRefused, MainChain, MainChainError
+from .mainchain import MainChain
+from .maindb import AnchorRefused, MainChainError
 from .notes import NoteError, NoteSignature, SignedNote, VerifierKey, parse_note
 from .witness import CosignRequest, WitnessError, WitnessRefused
 

@@ -42,7 +42,8 @@ from .checkpoint import (
     open_checkpoint,
     parse_checkpoint,
 )
-from .mainchain import MainChain, MainChainError
+from .mainchain import MainChain
+from .maindb import MainChainError
 from .mainwitness import MainWitnessing, main_witnessing
 from .merkle import (
     InvalidProof,

@@ -38,7 +38,8 @@ from .canonical import encode
 from .chain import Ledger
 from .checkpoint import Checkpoint, CheckpointError, parse_checkpoint
 from .logprover import LogProver
-from .mainchain import AnchorRefused, MainChain, MainChainError
+from .mainchain import MainChain
+from .maindb import AnchorRefused, MainChainError
 from .notes import (
     NoteError,
     SignedNote,

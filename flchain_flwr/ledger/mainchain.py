@@ -17,34 +17,33 @@ consistency proof otherwise). Several processes may anchor into one main
 chain: each append is one SQLite ``BEGIN IMMEDIATE`` transaction. Opened with
 the policy's ``witnesses``, each anchor also has the main chain's own
 checkpoint cosigned (:mod:`.mainwitness`).
+
+The SQLite file itself (creating and opening it, its rows as blocks, the
+append transaction) and the errors are in :mod:`.maindb`; checking a whole
+chain is :mod:`.mainverify`, proving an anchor :mod:`.anchorproof`.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from logging import WARNING
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
 from flwr.supercore import log
 from nacl.signing import SigningKey
 
-from .anchorblock import (
-    AnchorBlock,
-    AnchorError,
-    AnchorPolicy,
-    anchor_record,
-    check_anchor,
-    genesis_record,
-    parse_block,
-)
-from .checkpoint import (
-    Checkpoint,
-    LogFrontier,
-    ledger_origin,
-    sign_checkpoint,
-    write_checkpoint,
+from .anchorblock import AnchorBlock, AnchorError, AnchorPolicy
+from .checkpoint import Checkpoint, LogFrontier, sign_checkpoint, write_checkpoint
+from .maindb import (
+    AnchorRefused,
+    MainChainError,
+    append_anchor,
+    block_at,
+    blocks_by_origin,
+    create_main_db,
+    every_block,
+    open_main_db,
 )
 from .mainwitness import cosign_main_checkpoint
 from .notes import SignedNote, SignerKey, VerifierKey, parse_note
@@ -52,22 +51,6 @@ from .notes import SignedNote, SignerKey, VerifierKey, parse_note
 if TYPE_CHECKING:
     from .anchoring import WitnessClient
     from .mainverify import WitnessRule
-
-_SCHEMA: Final = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    "CREATE TABLE blocks (height INTEGER PRIMARY KEY, hash TEXT NOT NULL, "
-    "origin TEXT, record BLOB NOT NULL)",
-    "CREATE INDEX blocks_origin ON blocks (origin, height)",
-)
-
-
-class MainChainError(Exception):
-    """A main chain cannot be opened, read or written."""
-
-
-class AnchorRefused(MainChainError):
-    """An anchor was not appended: its checkpoint, signatures or consistency
-    with the origin's previous anchor do not hold (the message says which)."""
 
 
 class MainChain:
@@ -105,21 +88,7 @@ class MainChain:
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
-        self.db = sqlite3.connect(  # used by one thread at a time, any thread
-            self.path, isolation_level=None, timeout=30.0, check_same_thread=False
-        )
-        try:
-            meta = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
-            if meta.get("format") != "flchain-main/1":
-                raise MainChainError("its format is not flchain-main/1")
-            self.chain_id = str(meta["chain_id"])
-            self.public_key = VerifierKey(
-                ledger_origin(self.chain_id), bytes.fromhex(meta["key"])
-            )
-            genesis = self.block(0)
-        except (sqlite3.Error, MainChainError, KeyError, ValueError) as exc:
-            self.db.close()
-            raise MainChainError(f"{self.path} is not a main chain ({exc})") from None
+        self.db, self.chain_id, self.public_key, genesis = open_main_db(self.path)
         if (
             signing_key is not None
             and bytes(signing_key.verify_key) != self.public_key.public_key
@@ -149,34 +118,7 @@ class MainChain:
         MainChainError
             If ``path`` exists or the chain id cannot be an origin.
         """
-        target = Path(path)
-        if target.exists():
-            raise MainChainError(f"{target} exists already")
-        try:
-            ledger_origin(chain_id)
-        except ValueError as exc:
-            raise MainChainError(str(exc)) from None
-        target.parent.mkdir(parents=True, exist_ok=True)
-        record = genesis_record(chain_id, policy)
-        db = sqlite3.connect(target, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
-                db.execute(statement)
-            meta = {
-                "format": "flchain-main/1",
-                "chain_id": chain_id,
-                "key": bytes(signing_key.verify_key).hex(),
-            }
-            db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-            genesis = parse_block(record, 0)
-            db.execute(
-                "INSERT INTO blocks VALUES (0, ?, NULL, ?)", (genesis.hash, record)
-            )
-            db.execute("COMMIT")
-        finally:
-            db.close()
+        create_main_db(Path(path), chain_id, policy, signing_key)
         chain = cls(path, signing_key=signing_key, checkpoint_path=checkpoint_path)
         chain._write_checkpoint()
         return chain
@@ -208,20 +150,11 @@ class MainChain:
     def block(self, height: int) -> AnchorBlock:
         """The block at ``height``; ``MainChainError`` if there is none or it
         is malformed."""
-        row = self.db.execute(
-            "SELECT record, hash, origin FROM blocks WHERE height = ?", (height,)
-        ).fetchone()
-        if row is None:
-            raise MainChainError(f"no main-chain block at height {height}")
-        return self._parsed(height, row)
+        return block_at(self.db, height)
 
     def blocks(self) -> Iterator[AnchorBlock]:
         """Every block, by height (each row checked against its record)."""
-        rows = self.db.execute(
-            "SELECT height, record, hash, origin FROM blocks ORDER BY height"
-        )
-        for height, *row in rows.fetchall():
-            yield self._parsed(int(height), tuple(row))
+        return every_block(self.db)
 
     def block_hashes(self) -> list[str]:
         """The leaves of the main chain's log, by height."""
@@ -233,46 +166,23 @@ class MainChain:
 
         Selected by the origin inside each record (SQLite's ``json_extract``,
         which reads canonical JSON as :func:`~.anchorblock.parse_block` does),
-        never by the unsigned ``origin`` column, which :meth:`_parsed` checks
-        against the record: editing that column cannot hide an anchor. (A
-        record that is not canonical JSON fails :meth:`verify`.)
+        never by the unsigned ``origin`` column, which
+        :func:`~.maindb.parse_row` checks against the record: editing that
+        column cannot hide an anchor. (A record that is not canonical JSON
+        fails :meth:`verify`.)
         """
-        return self._by_origin(origin, "ORDER BY height")
+        return blocks_by_origin(self.db, origin, "ORDER BY height")
 
     def last_anchor(self, origin: str) -> AnchorBlock | None:
         """The latest anchor block of a subchain origin (``None`` if none),
         selected as :meth:`anchors_for` selects."""
-        found = self._by_origin(origin, "ORDER BY height DESC LIMIT 1")
+        found = blocks_by_origin(self.db, origin, "ORDER BY height DESC LIMIT 1")
         return found[0] if found else None
-
-    def _by_origin(self, origin: str, order: str) -> list[AnchorBlock]:
-        rows = self.db.execute(
-            "SELECT height, record, hash, origin FROM blocks "
-            "WHERE json_extract(CAST(record AS TEXT), '$.origin') = ? " + order,
-            (origin,),
-        ).fetchall()
-        return [self._parsed(int(height), tuple(row)) for height, *row in rows]
 
     def origins(self) -> list[str]:
         """Every subchain origin anchored here, in order of first anchor."""
         found = (block.origin for block in self.blocks())
         return list(dict.fromkeys(o for o in found if o is not None))
-
-    def _parsed(self, height: int, row: tuple[Any, ...]) -> AnchorBlock:
-        """``row`` is (record, hash, origin column); every unsigned column
-        must say what the record says."""
-        try:
-            block = parse_block(bytes(row[0]), height)
-        except AnchorError as exc:
-            raise MainChainError(f"main-chain block {height}: {exc}") from None
-        if block.hash != row[1]:
-            raise MainChainError(f"main-chain block {height}: its hash does not match")
-        if block.origin != row[2]:
-            raise MainChainError(
-                f"main-chain block {height}: its origin column says "
-                f"{str(row[2])[:80]!r}, its record {block.origin!r}"
-            )
-        return block
 
     # ---------------------------------------------------------------- anchoring
     def anchor(
@@ -314,31 +224,21 @@ class MainChain:
             signed = note if isinstance(note, SignedNote) else parse_note(note)
         except ValueError as exc:
             raise AnchorRefused(f"not a signed checkpoint: {exc}") from None
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            head = self.db.execute(
-                "SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1"
-            ).fetchone()
-            height, prev_hash = int(head[0]) + 1, str(head[1])
-            record = anchor_record(
-                self.chain_id, height, prev_hash, signed, log_key, consistency
-            )
-            block = parse_block(record, height)
-            try:
-                found = check_anchor(block, self.policy)
-            except AnchorError as exc:
-                raise AnchorRefused(str(exc)) from None
+
+        def check_previous(block: AnchorBlock, checkpoint: Checkpoint) -> None:
             from .mainverify import check_against_previous  # it imports this module
 
-            check_against_previous(self, block, found.checkpoint, consistency)
-            self.db.execute(
-                "INSERT INTO blocks VALUES (?, ?, ?, ?)",
-                (height, block.hash, block.origin, record),
-            )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+            check_against_previous(self, block, checkpoint, consistency)
+
+        block = append_anchor(
+            self.db,
+            self.chain_id,
+            self.policy,
+            signed,
+            log_key,
+            consistency,
+            check_previous,
+        )
         if self.witnesses:
             self.cosign_checkpoint()
         else:

@@ -24,7 +24,8 @@ from typing import Final
 
 from .anchorblock import AnchorError
 from .anchorspool import MAX_REQUEST_BYTES, AnchorRequest, parse_request
-from .mainchain import AnchorRefused, MainChain, MainChainError
+from .mainchain import MainChain
+from .maindb import AnchorRefused, MainChainError
 from .notes import write_file_atomically
 
 INGESTED: Final = "ingested"

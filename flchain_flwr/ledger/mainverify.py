@@ -16,7 +16,8 @@ from .checkpoint import (
     check_consistency,
     open_checkpoint,
 )
-from .mainchain import AnchorRefused, MainChain, MainChainError
+from .mainchain import MainChain
+from .maindb import AnchorRefused, MainChainError
 from .mainwitness import main_witnessing
 from .notes import SignedNote, parse_note
 

@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from .anchorblock import AnchorBlock
 from .anchoring import WitnessClient, collect_cosignatures
 from .checkpoint import CheckpointError, open_checkpoint
-from .mainchain import AnchorRefused, MainChain
+from .mainchain import MainChain
+from .maindb import AnchorRefused
 from .notes import NoteError, SignedNote, parse_note
 from .rfc6962 import HashTree
 from .trading import TradingChain

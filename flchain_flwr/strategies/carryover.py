@@ -1,6 +1,6 @@
 """What a run resumed from a ledger carries over, beyond the server's state.
 
-:class:`~.stages.Resumed` restores what shapes the next model (the model, the
+:class:`~.resume.Resumed` restores what shapes the next model (the model, the
 momentum's velocity, the example-weighting claims, the participation that
 fairness counts). This module reads from the chain what shapes the run's
 choices and its result, so that a run split by a resume reports and decides as

@@ -29,6 +29,7 @@ from .anchor import witness_nodes
 from .arguments import require
 from .buffer import UpdateBuffer
 from .carryover import resumed_tuner
+from .committeestage import decision_summary
 from .downlink import DownlinkSync
 from .evaluation import (
     FederatedEvaluation,
@@ -40,7 +41,6 @@ from .memory import memory_caution
 from .result import AsyncResult, VersionRecord
 from .runlog import log_downlink, log_finished, log_rounds, log_version
 from .runpipeline import block_pipeline, carry_over, open_ledger
-from .stages import decision_summary
 from .state import state_names
 from .versions import VersionStore
 from .weighting import ClaimHistory

@@ -1,7 +1,7 @@
 """A run's block pipeline, built: its ledger opened, resumed or refused, its stages.
 
 :func:`open_ledger` writes the genesis block of a new ledger or reads what a
-ledger holding blocks resumes with (:class:`~.stages.Resumed`). With a PoV
+ledger holding blocks resumes with (:class:`~.resume.Resumed`). With a PoV
 committee the committee resumes from the chain too, and a block the previous
 run's leader proposed but never appended is proposed again first; a PoV chain
 without its committee is refused, as its next blocks would fail verify.
@@ -23,11 +23,13 @@ from ..runtime import Clock
 from .adaptive import AdaptiveScheduling
 from .anchor import AnchorStage
 from .carryover import ledger_weight_share
+from .committeestage import CommitteeStage
 from .history import NodeHistory
+from .ledgerstage import LedgerStage
 from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult
+from .resume import Resumed
 from .scheduling import SchedulingPolicy
-from .stages import CommitteeStage, LedgerStage, Resumed
 from .weighting import ClaimHistory
 
 if TYPE_CHECKING:
