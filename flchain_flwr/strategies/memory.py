@@ -142,8 +142,8 @@ def memory_caution(
         "nodes: in the stragglers benchmark (100 nodes) the pair collapsed the "
         "model to one class on 3 of 3 seeds (9.7 % accuracy), and with K tuning "
         "beside them on seed 0; with BAFL's adaptive local work beside them it "
-        "held (63.8 %, seed 0; 69.4 % over 3 seeds with tuning too): add "
-        "adaptive-work, check the model, or choose one"
+        "held on 3 of 3 seeds (69.7 %): add adaptive-work, check the model, or "
+        "choose one"
     )
 
 
