@@ -78,7 +78,9 @@ def cached_arrays(
     """``compute()``'s arrays, read from the cache entry for ``key`` if it is
     there, else computed and written there.
 
-    A cache that cannot be written (read-only disk, no home) is skipped: the
+    A miss returns the arrays laid out as a hit reads them (C order, standard
+    strides), so what is computed from them does not depend on the cache. A
+    cache that cannot be written (read-only disk, no home) is skipped: the
     arrays are still returned.
     """
     folder = entry_path(key, directory)
@@ -86,7 +88,12 @@ def cached_arrays(
     cached = _read(folder, key_text)
     if cached is not None:
         return cached
-    arrays = tuple(np.ascontiguousarray(a) for a in compute())
+    # A fresh C-order copy has the strides np.load gives a hit. Not
+    # np.ascontiguousarray: it keeps an odd stride on a size-1 axis (rows
+    # picked from images[:, None]), and torch reads such a batch as
+    # channels-last and convolves it by another path: a model trained on a
+    # miss's arrays differed from one trained on a hit's.
+    arrays = tuple(np.array(a, order="C") for a in compute())
     with contextlib.suppress(OSError):  # unwritable: it costs time only
         _write(folder, key_text, arrays)
     return arrays
