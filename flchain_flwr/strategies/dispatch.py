@@ -16,14 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
-from ..runtime import Clock
-from .buffer import UpdateBuffer
-from .downlink import DownlinkSync
-from .evaluation import FederatedEvaluation
-from .flights import Flight, InFlight
-from .nodes import NodeTracker
-from .queue_forecast import QueueForecast
-from .scheduling import SchedulingPolicy
+from .flights import Flight
+from .loopparts import LoopParts
 from .traffic import content_bytes
 
 ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
@@ -41,55 +35,37 @@ class Dispatcher:
     # pylint: disable=too-many-arguments
     def __init__(
         self,
+        parts: LoopParts,
         *,
         grid: Grid,
-        clock: Clock,
-        ttl: float,
-        nodes: NodeTracker,
-        in_flight: InFlight,
-        buffer: UpdateBuffer,
-        evaluation: FederatedEvaluation,
-        forecast: QueueForecast,
-        policy: SchedulingPolicy,
         rng: random.Random,
         train_content: ContentFn,
         evaluate_content: ContentFn,
         train_config: ConfigRecord,
         evaluate_config: ConfigRecord,
-        downlink: DownlinkSync | None,
-        elapsed: Callable[[], float],
         failed: FailureFn,
     ) -> None:
+        self.parts = parts
         self.grid = grid
-        self.clock = clock
-        self.ttl = ttl
-        self.nodes = nodes
-        self.in_flight = in_flight
-        self.buffer = buffer
-        self.evaluation = evaluation
-        self.forecast = forecast
-        self.policy = policy
         self.rng = rng
         self.train_content = train_content
         self.evaluate_content = evaluate_content
         self.train_config = train_config
         self.evaluate_config = evaluate_config
-        self.downlink = downlink
-        self.elapsed = elapsed
         self.failed = failed
 
     def evaluations(self, deadline: float) -> None:
         """Send every evaluation whose node is free."""
         outgoing: list[tuple[Message, Flight]] = []
-        for node_id, version in self.evaluation.ready(self.nodes.is_free):
+        for node_id, version in self.parts.evaluation.ready(self.parts.nodes.is_free):
             content = self.evaluate_content(
-                self.evaluation.arrays_of(version), self.evaluate_config, version
+                self.parts.evaluation.arrays_of(version), self.evaluate_config, version
             )
             message = Message(
                 content,
                 node_id,
                 MessageType.EVALUATE,
-                ttl=self.ttl,
+                ttl=self.parts.ttl,
                 group_id=str(version),
             )
             outgoing.append(
@@ -101,21 +77,21 @@ class Dispatcher:
         """Send train messages on the current version: to up to ``capacity``
         free nodes the policy chooses, then, once no free node is left for the
         version, queued behind nodes still training."""
-        if capacity > 0 and self.nodes.eligible:
+        if capacity > 0 and self.parts.nodes.eligible:
             self._push(self._train_messages(self._chosen(capacity), deadline))
-        if self.nodes.queueable and not self.nodes.eligible:
+        if self.parts.nodes.queueable and not self.parts.nodes.eligible:
             # Queue only when no free node is left for the version: queued
             # messages must not keep a free node waiting for a slot. A node
             # with an evaluation pending is not queued behind: it must come
             # free to be sent it.
             # A message forecast to land over max_staleness is held back: it
             # could not be withdrawn later (see queue_forecast).
-            pending = self.evaluation.pending
-            limit = self.buffer.max_staleness()
+            pending = self.parts.evaluation.pending
+            limit = self.parts.buffer.max_staleness()
             behind = sorted(
                 n
-                for n in self.nodes.queueable
-                if n not in pending and self.forecast.fits(n, now, limit)
+                for n in self.parts.nodes.queueable
+                if n not in pending and self.parts.forecast.fits(n, now, limit)
             )
             self._push(self._train_messages(behind, deadline))
 
@@ -125,25 +101,25 @@ class Dispatcher:
         """Train messages on the current version to ``node_ids``."""
         if not node_ids:
             return []
-        version = self.buffer.version
+        version = self.parts.buffer.version
         shared = self.train_content(
-            self.buffer.model_record, self.train_config, version
+            self.parts.buffer.model_record, self.train_config, version
         )
         outgoing = []
         for node_id in node_ids:
-            config = self.policy.train_config(node_id, version, self.train_config)
+            config = self.parts.policy.train_config(node_id, version, self.train_config)
             content = (
                 shared
                 if config is None
-                else self.train_content(self.buffer.model_record, config, version)
+                else self.train_content(self.parts.buffer.model_record, config, version)
             )
-            if self.downlink is not None:
-                content = self.downlink.content(node_id, content)
+            if self.parts.downlink is not None:
+                content = self.parts.downlink.content(node_id, content)
             message = Message(
                 content,
                 node_id,
                 MessageType.TRAIN,
-                ttl=self.ttl,
+                ttl=self.parts.ttl,
                 group_id=str(version + 1),
             )
             outgoing.append(
@@ -154,11 +130,16 @@ class Dispatcher:
     def _chosen(self, capacity: int) -> list[int]:
         """The policy's choice, keeping only distinct nodes free to train."""
         chosen: dict[int, None] = {}  # ordered, O(1) membership
-        for node_id in self.policy.select(self.nodes.eligible, capacity, self.rng):
+        for node_id in self.parts.policy.select(
+            self.parts.nodes.eligible, capacity, self.rng
+        ):
             if len(chosen) == capacity:
                 break
-            fresh = self.nodes.last_trained.get(node_id, -1) < self.nodes.version
-            if node_id not in chosen and self.nodes.is_free(node_id) and fresh:
+            fresh = (
+                self.parts.nodes.last_trained.get(node_id, -1)
+                < self.parts.nodes.version
+            )
+            if node_id not in chosen and self.parts.nodes.is_free(node_id) and fresh:
                 chosen[node_id] = None
         return list(chosen)
 
@@ -182,19 +163,21 @@ class Dispatcher:
                 key = id(message.content)
                 if key not in sizes:
                     sizes[key] = content_bytes(message.content)
-                self.buffer.traffic.sent(sizes[key])
-            self.in_flight.add(msg_id, flight)
+                self.parts.buffer.traffic.sent(sizes[key])
+            self.parts.in_flight.add(msg_id, flight)
             self._sent(msg_id, flight)
 
     def _sent(self, msg_id: str, flight: Flight) -> None:
         """Record that ``msg_id`` is on its way."""
-        queued = flight.train and flight.node_id in self.nodes.trains
-        self.nodes.sent(flight.node_id, flight.train)
+        queued = flight.train and flight.node_id in self.parts.nodes.trains
+        self.parts.nodes.sent(flight.node_id, flight.train)
         if flight.train:
-            self.evaluation.trained(flight.node_id)
-            self.buffer.store.dispatched(flight.node_id, flight.version)
+            self.parts.evaluation.trained(flight.node_id)
+            self.parts.buffer.store.dispatched(flight.node_id, flight.version)
             if queued:  # it starts when the node's current message settles
-                self.in_flight.queue(flight.node_id, msg_id, flight.version)
+                self.parts.in_flight.queue(flight.node_id, msg_id, flight.version)
             else:
-                self.policy.on_dispatch(flight.node_id, flight.version, self.elapsed())
-                self.forecast.started(flight.node_id, self.clock.now())
+                self.parts.policy.on_dispatch(
+                    flight.node_id, flight.version, self.parts.elapsed()
+                )
+                self.parts.forecast.started(flight.node_id, self.parts.clock.now())

@@ -37,6 +37,7 @@ from .dispatch import ContentFn, Dispatcher
 from .downlink import DownlinkSync
 from .evaluation import FederatedEvaluation
 from .flights import InFlight
+from .loopparts import LoopParts
 from .nodes import NodeTracker
 from .outcomes import MessageOutcomes
 from .queue_forecast import QueueForecast
@@ -107,10 +108,9 @@ class EventLoop:
         self.in_flight = InFlight()
         self.t0 = clock.now()
         self.forecast = QueueForecast(self.t0)
-        self.outcomes = MessageOutcomes(
+        parts = LoopParts(
             clock=clock,
             ttl=settings.ttl,
-            retry_backoff=settings.retry_backoff,
             nodes=self.nodes,
             in_flight=self.in_flight,
             buffer=buffer,
@@ -118,27 +118,22 @@ class EventLoop:
             forecast=self.forecast,
             policy=policy,
             downlink=downlink,
-            result=result,
             elapsed=self.now,
+        )
+        self.outcomes = MessageOutcomes(
+            parts,
+            retry_backoff=settings.retry_backoff,
+            result=result,
             on_usable=self._usable,
         )
         self.dispatcher = Dispatcher(
+            parts,
             grid=grid,
-            clock=clock,
-            ttl=settings.ttl,
-            nodes=self.nodes,
-            in_flight=self.in_flight,
-            buffer=buffer,
-            evaluation=evaluation,
-            forecast=self.forecast,
-            policy=policy,
             rng=rng,
             train_content=train_content,
             evaluate_content=evaluate_content,
             train_config=train_config,
             evaluate_config=evaluate_config,
-            downlink=downlink,
-            elapsed=self.now,
             failed=self.outcomes.failed,
         )
         self.next_refresh = self.t0

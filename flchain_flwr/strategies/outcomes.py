@@ -16,15 +16,9 @@ from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore import log
 
-from ..runtime import Clock
-from .buffer import UpdateBuffer
-from .downlink import DownlinkSync
-from .evaluation import FederatedEvaluation
-from .flights import Flight, InFlight
-from .nodes import NodeTracker
-from .queue_forecast import QueueForecast
+from .flights import Flight
+from .loopparts import LoopParts
 from .result import AsyncResult, NodeFailure
-from .scheduling import SchedulingPolicy
 from .traffic import content_bytes
 
 
@@ -39,39 +33,21 @@ class MessageOutcomes:
     # pylint: disable=too-many-arguments
     def __init__(
         self,
+        parts: LoopParts,
         *,
-        clock: Clock,
-        ttl: float,
         retry_backoff: float,
-        nodes: NodeTracker,
-        in_flight: InFlight,
-        buffer: UpdateBuffer,
-        evaluation: FederatedEvaluation,
-        forecast: QueueForecast,
-        policy: SchedulingPolicy,
-        downlink: DownlinkSync | None,
         result: AsyncResult,
-        elapsed: Callable[[], float],
         on_usable: Callable[[], None],
     ) -> None:
-        self.clock = clock
-        self.ttl = ttl
+        self.parts = parts
         self.retry_backoff = retry_backoff
-        self.nodes = nodes
-        self.in_flight = in_flight
-        self.buffer = buffer
-        self.evaluation = evaluation
-        self.forecast = forecast
-        self.policy = policy
-        self.downlink = downlink
         self.result = result
-        self.elapsed = elapsed
         self.on_usable = on_usable
 
     def take(self, reply: Message) -> None:
         """Settle the message ``reply`` answers, if it is still in flight."""
         msg_id = reply.metadata.reply_to_message_id
-        flight = self.in_flight.get(msg_id)
+        flight = self.parts.in_flight.get(msg_id)
         if flight is None:
             return  # expired or unknown: already accounted for
         sender = reply.metadata.src_node_id
@@ -84,45 +60,51 @@ class MessageOutcomes:
             log(WARNING, "Node %d failed: %s", sender, reason)
             self.result.failures.append(
                 NodeFailure(
-                    sender, flight.version, self.elapsed(), ErrorCode.UNKNOWN, reason
+                    sender,
+                    flight.version,
+                    self.parts.elapsed(),
+                    ErrorCode.UNKNOWN,
+                    reason,
                 )
             )
             return
-        self.in_flight.remove(msg_id)
+        self.parts.in_flight.remove(msg_id)
         if flight.train:  # queue behind it only if two round trips fit its TTL
-            round_trip = self.clock.now() - (flight.deadline - self.ttl)
-            self.nodes.allow_queue(flight.node_id, 2 * round_trip <= self.ttl)
-            self.forecast.replied(flight.node_id, self.clock.now())
+            round_trip = self.parts.clock.now() - (flight.deadline - self.parts.ttl)
+            self.parts.nodes.allow_queue(
+                flight.node_id, 2 * round_trip <= self.parts.ttl
+            )
+            self.parts.forecast.replied(flight.node_id, self.parts.clock.now())
         if flight.train and reply.has_content():
-            self.buffer.traffic.received(content_bytes(reply.content))
-            if self.downlink is not None:
-                self.downlink.observe(flight.node_id, reply.content)
-        self.nodes.done(flight.node_id, flight.train)
-        self.evaluation.freed((flight.node_id,))
+            self.parts.buffer.traffic.received(content_bytes(reply.content))
+            if self.parts.downlink is not None:
+                self.parts.downlink.observe(flight.node_id, reply.content)
+        self.parts.nodes.done(flight.node_id, flight.train)
+        self.parts.evaluation.freed((flight.node_id,))
         if reply.has_error():
             self._settle_failure(flight, reply.error.code, reply.error.reason or "")
         elif not flight.train:
-            self.evaluation.done(flight.node_id, flight.version, reply.content)
-        elif self.buffer.complete:  # a late update has nowhere to go
-            self.buffer.store.settled(flight.node_id, flight.version, None)
-        elif self.buffer.take(
-            flight.node_id, flight.version, reply.content, self.clock.now()
+            self.parts.evaluation.done(flight.node_id, flight.version, reply.content)
+        elif self.parts.buffer.complete:  # a late update has nowhere to go
+            self.parts.buffer.store.settled(flight.node_id, flight.version, None)
+        elif self.parts.buffer.take(
+            flight.node_id, flight.version, reply.content, self.parts.clock.now()
         ):
             self.on_usable()
-            staleness = self.buffer.version - flight.version
-            self.policy.on_update(flight.node_id, staleness, self.elapsed())
+            staleness = self.parts.buffer.version - flight.version
+            self.parts.policy.on_update(flight.node_id, staleness, self.parts.elapsed())
         if flight.train:
             self._queued_starts(flight.node_id, msg_id)
 
     def expire(self, until: float) -> int:
         """Settle every message due by ``until`` as failed; return how many."""
         count = 0
-        for msg_id, flight in self.in_flight.expired(until):
+        for msg_id, flight in self.parts.in_flight.expired(until):
             if flight.train:  # its round trip outgrew the TTL: queue no more
-                self.nodes.allow_queue(flight.node_id, False)
-            self.nodes.done(flight.node_id, flight.train)
-            self.evaluation.freed((flight.node_id,))
-            reason = f"no reply within the message TTL ({self.ttl:g}s)"
+                self.parts.nodes.allow_queue(flight.node_id, False)
+            self.parts.nodes.done(flight.node_id, flight.train)
+            self.parts.evaluation.freed((flight.node_id,))
+            reason = f"no reply within the message TTL ({self.parts.ttl:g}s)"
             self._settle_failure(flight, ErrorCode.MESSAGE_UNAVAILABLE, reason)
             if flight.train:
                 self._queued_starts(flight.node_id, msg_id)
@@ -133,28 +115,30 @@ class MessageOutcomes:
         """Record that ``flight`` failed: the node backs off for a while."""
         log(WARNING, "Node %d failed (%s): %s", flight.node_id, code, reason)
         self.result.failures.append(
-            NodeFailure(flight.node_id, flight.version, self.elapsed(), code, reason)
+            NodeFailure(
+                flight.node_id, flight.version, self.parts.elapsed(), code, reason
+            )
         )
-        until = self.clock.now() + self.retry_backoff
-        self.nodes.failed(flight.node_id, until, flight.train, flight.version)
-        if flight.train and self.downlink is not None:
-            self.downlink.forget(flight.node_id, reason)
+        until = self.parts.clock.now() + self.retry_backoff
+        self.parts.nodes.failed(flight.node_id, until, flight.train, flight.version)
+        if flight.train and self.parts.downlink is not None:
+            self.parts.downlink.forget(flight.node_id, reason)
         if flight.train:
-            self.policy.on_failure(flight.node_id, self.elapsed())
-            self.forecast.forget(flight.node_id)
+            self.parts.policy.on_failure(flight.node_id, self.parts.elapsed())
+            self.parts.forecast.forget(flight.node_id)
         else:
-            self.evaluation.done(flight.node_id, flight.version, None)
+            self.parts.evaluation.done(flight.node_id, flight.version, None)
 
     def _queued_starts(self, node_id: int, settled: str) -> None:
         """The train message ``settled`` of ``node_id`` is settled: a queued one
         behind it starts now, so the policy (round-trip timing, e.g. BAFL's)
         counts its dispatch from here, not from when it was queued."""
-        version = self.in_flight.start_queued(node_id, settled)
+        version = self.parts.in_flight.start_queued(node_id, settled)
         if version is not None:
-            self.policy.on_dispatch(node_id, version, self.elapsed())
-            self.forecast.started(node_id, self.clock.now())
+            self.parts.policy.on_dispatch(node_id, version, self.parts.elapsed())
+            self.parts.forecast.started(node_id, self.parts.clock.now())
 
     def _settle_failure(self, flight: Flight, code: int, reason: str) -> None:
         if flight.train:
-            self.buffer.store.settled(flight.node_id, flight.version, None)
+            self.parts.buffer.store.settled(flight.node_id, flight.version, None)
         self.failed(flight, code, reason)
