@@ -1,9 +1,10 @@
 """PoV against poisoning attacks, side by side with Flower's robust strategies.
 
 Setting: Fashion-MNIST (Debian's dataset-fashion-mnist), the app's small CNN,
-``--nodes`` nodes split by Dirichlet(``--alpha``, 0.5), ``--fraction`` of them attackers
-(fixed by seed), one local epoch per round, the same virtual-clock grid for every
-defence, ``--versions`` global versions each, for every seed in ``--seeds``.
+``--nodes`` nodes split by Dirichlet(``--alpha``, default 0.5), ``--fraction``
+of them attackers (fixed by seed), one local epoch per round, the same
+virtual-clock grid for every defence, ``--versions`` global versions each, for
+every seed in ``--seeds``.
 Attacks, from :mod:`flchain_flwr.sim.attacks`: none, sign flip, scaling (x10),
 Gaussian noise, label flipping, ALIE (z from Baruch et al.'s formula), IPM
 (epsilon 0.1), and the adaptive ones: min-max and min-sum (Shejwalkar &
@@ -54,7 +55,6 @@ heat maps beside it; the last line printed is ``pov worst-case accuracy drop:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -83,7 +83,6 @@ from flwr.serverapp.strategy import (
     Result,
     Strategy,
 )
-from nacl.signing import SigningKey
 
 from flchain_flwr.pov import (
     Committee,
@@ -92,6 +91,7 @@ from flchain_flwr.pov import (
     Threshold,
     Verifier,
 )
+from flchain_flwr.pov.simkeys import seeded_verifier_key
 from flchain_flwr.sim import VirtualGrid, app_run_config, simulate, uniform
 from flchain_flwr.sim.attacks import alie_z, attacker_node_configs
 from flchain_flwr.strategies import (
@@ -151,7 +151,7 @@ def committee(args: argparse.Namespace, seed: int) -> Committee:
     verifiers = [
         Verifier(
             scorer("fashion-mnist", "small", x, y),
-            SigningKey(hashlib.sha256(f"bench/{seed}/{i}".encode()).digest()),
+            seeded_verifier_key(seed, i, domain=b"bench/"),
             reference_fn=reference_trainer(
                 "fashion-mnist",
                 "small",

@@ -8,6 +8,7 @@ config below: final accuracy 0.63 and 0.80).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger, LedgerError
 from flchain_flwr.pov.simkeys import seeded_verifier_key
@@ -134,3 +136,6 @@ def test_seeded_verifier_keys_are_fixed_by_seed_and_index() -> None:
     assert key.encode() not in others and len(others) == 2
     with pytest.raises(ValueError, match="index"):
         seeded_verifier_key(42, -1)
+    # the robustness benchmark's keys, as its recorded committees were drawn
+    bench = SigningKey(hashlib.sha256(b"bench/2/5").digest())
+    assert seeded_verifier_key(2, 5, domain=b"bench/").encode() == bench.encode()

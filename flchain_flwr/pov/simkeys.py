@@ -22,10 +22,14 @@ SEEDED_KEY_TAG: Final = b"flchain-simulation-verifier/1\n"
 """Domain separation: no other key in the project is derived this way."""
 
 
-def seeded_verifier_key(seed: int, index: int) -> SigningKey:
-    """Verifier ``index``'s key in a run seeded with ``seed`` (see the module
-    docstring for when not to use it)."""
+def seeded_verifier_key(
+    seed: int, index: int, *, domain: bytes = SEEDED_KEY_TAG
+) -> SigningKey:
+    """Verifier ``index``'s key in a run seeded with ``seed``: the SHA-256 of
+    ``domain + "<seed>/<index>"`` as its Ed25519 seed (see the module
+    docstring for when not to use it; the robustness benchmark keeps its own
+    ``domain``, ``b"bench/"``, so its recorded committees stay as drawn)."""
     if index < 0:
         raise ValueError(f"a verifier index is >= 0, not {index}")
-    material = SEEDED_KEY_TAG + f"{seed}/{index}".encode()
+    material = domain + f"{seed}/{index}".encode()
     return SigningKey(hashlib.sha256(material).digest())
