@@ -44,6 +44,7 @@ from .membership import Membership
 from .nodemap import NodeMap, NodeStats, node_position, sum_stats
 from .replies import ReplyQueue
 from .work import (
+    TTL_EXPIRED,
     WorkFn,
     draw_delays,
     examples_work,
@@ -280,9 +281,7 @@ class VirtualGrid(Grid):
         stats.bytes_down += down
         hang, jitter = draw_delays(self.rng, device)
         if hang:
-            self._error(
-                message, ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end
-            )
+            self._error(message, ErrorCode.MESSAGE_UNAVAILABLE, TTL_EXPIRED, ttl_end)
             return
 
         reply, context = run_client_app(

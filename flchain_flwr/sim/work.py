@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 import numpy as np
 from flwr.app import Context, Error, Message, RecordDict
@@ -21,6 +21,9 @@ from flwr.common.constant import ErrorCode
 
 from ..strategies.traffic import content_bytes
 from .devices import DeviceProfile
+
+TTL_EXPIRED: Final = "message expired (TTL)"
+"""The reason of a message that hangs, or is not done, until its TTL ends."""
 
 WorkFn = Callable[[Message, Message], float]
 """Work of one message in seconds at speed 1, from (instruction, reply)."""
@@ -125,5 +128,5 @@ def late_failure(
             min(leaves + failure_detection_s, ttl_end),
         )
     if done > ttl_end:
-        return Failure(ErrorCode.MESSAGE_UNAVAILABLE, "message expired (TTL)", ttl_end)
+        return Failure(ErrorCode.MESSAGE_UNAVAILABLE, TTL_EXPIRED, ttl_end)
     return None
