@@ -38,6 +38,16 @@ class _EvalRound:
     replies: list[RecordDict]
 
 
+def evaluation_sample(
+    nodes: list[int], fraction: float, min_nodes: int, rng: random.Random
+) -> list[int]:
+    """A ``fraction`` of ``nodes`` (rounded up; at least ``min_nodes``, at most
+    all of them) drawn with ``rng``: FedBuff's federated evaluation sample,
+    per version and in its synchronous ``configure_evaluate`` alike."""
+    count = min(len(nodes), max(min_nodes, math.ceil(fraction * len(nodes))))
+    return rng.sample(nodes, count)
+
+
 class FederatedEvaluation:
     """Which nodes evaluate which version, and the aggregated results."""
 
@@ -73,10 +83,7 @@ class FederatedEvaluation:
         nodes = sorted(online - self._evaluated if self.once_per_training else online)
         if not nodes:
             return
-        count = min(
-            len(nodes), max(self.min_nodes, math.ceil(self.fraction * len(nodes)))
-        )
-        chosen = self.rng.sample(nodes, count)
+        chosen = evaluation_sample(nodes, self.fraction, self.min_nodes, self.rng)
         self.rounds[version] = _EvalRound(arrays, set(chosen), [])
         for node_id in chosen:
             previous = self.pending.get(node_id)

@@ -13,7 +13,6 @@ asynchronous run (:mod:`.run`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from functools import cached_property
 
@@ -35,6 +34,7 @@ from ..protocol import (
     SERVER_ROUND_KEY,
     SPARSE_REPLIES_KEY,
 )
+from .evaluation import evaluation_sample
 from .result import AsyncResult
 from .run import EvaluateFn, ShouldStopFn, start_run
 from .settings import FedBuffSettings
@@ -261,10 +261,12 @@ class FedBuff(FedBuffSettings, Strategy):
         """Evaluate messages for a ``fraction_evaluate`` sample of online nodes."""
         if self.fraction_evaluate == 0.0:
             return []
-        node_ids = sorted(grid.get_node_ids())
-        wanted = math.ceil(self.fraction_evaluate * len(node_ids))
-        count = min(len(node_ids), max(self.min_evaluate_nodes, wanted))
-        chosen = self._sample_rng.sample(node_ids, count)
+        chosen = evaluation_sample(
+            sorted(grid.get_node_ids()),
+            self.fraction_evaluate,
+            self.min_evaluate_nodes,
+            self._sample_rng,
+        )
         content = self.evaluate_content(arrays, config, server_round)
         return [Message(content, node_id, MessageType.EVALUATE) for node_id in chosen]
 
