@@ -24,7 +24,6 @@ through untouched.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from logging import WARNING
 from typing import Any, Final
 
@@ -37,6 +36,7 @@ from flwr.app import (
     MessageType,
     RecordDict,
 )
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
 from ..compression.sparse import SPARSE_STYPE
@@ -52,9 +52,6 @@ from .dgccompress import DGCState, compress
 from .dgcconfig import DGCConfig
 
 FORMAT_KEY: Final = "format"
-
-ClientAppCallable = Callable[[Message, Context], Message]
-Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
 
 def server_decodes_sparse(message: Message) -> bool:

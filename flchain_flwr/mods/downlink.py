@@ -42,6 +42,7 @@ from flwr.app import (
     MessageType,
     RecordDict,
 )
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
@@ -59,8 +60,6 @@ STATE_BASE: Final = "flchain.downlink.base"
 STATE_INFO: Final = "flchain.downlink.info"
 DOWNLINK_ERROR: Final = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 
-ClientAppCallable = Callable[[Message, Context], Message]
-Mod = Callable[[Message, Context, ClientAppCallable], Message]
 InitialModel = Callable[[Context], NDArrays]
 """Builds the run's initial model on the node (see the module)."""
 

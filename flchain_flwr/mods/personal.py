@@ -34,7 +34,7 @@ the node has trained, the personal metrics are the global ones.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from logging import WARNING
 from typing import Any, Final
@@ -49,6 +49,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
@@ -57,9 +58,6 @@ from ..protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
 STATE_LOCAL: Final = "flchain.personal.local"
 STATE_INFO: Final = "flchain.personal"
 PREFIX: Final = "personal-"
-
-ClientAppCallable = Callable[[Message, Context], Message]
-Mod = Callable[[Message, Context, ClientAppCallable], Message]
 
 
 @dataclass(frozen=True)

@@ -45,14 +45,14 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from enum import StrEnum
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 from flwr.app import Context, Message, MessageType
-from flwr.clientapp.typing import ClientAppCallable
+from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..protocol import SERVER_ROUND_KEY
@@ -185,7 +185,7 @@ def _param(context: Context, key: str, default: float) -> float:
 
 def attack_mod(
     collusion: Collusion | None = None, arrayrecord_key: str = "arrays"
-) -> Callable[[Message, Context, ClientAppCallable], Message]:
+) -> Mod:
     """A client mod that poisons train replies of nodes configured as attackers.
 
     Put it after any compression mod (``ClientApp(mods=[dgc_mod(),
