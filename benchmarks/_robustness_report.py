@@ -36,12 +36,15 @@ FLTRUST_PUBLISHED = {
 }
 
 
-def drops(rows: Iterable[dict[str, Any]], defence: str) -> dict[int, dict[str, float]]:
-    """Seed -> attack -> accuracy drop in points from the same seed's no-attack run."""
+def drops(
+    rows: Iterable[dict[str, Any]], defence: str, accuracy: str = "final_accuracy"
+) -> dict[int, dict[str, float]]:
+    """Seed -> attack -> accuracy drop in points from the same seed's no-attack
+    run, on the rows' ``accuracy`` field (rows without it are left out)."""
     acc = {
-        (r["seed"], r["attack"]): r["final_accuracy"]
+        (r["seed"], r["attack"]): r[accuracy]
         for r in rows
-        if r["defence"] == defence and r["final_accuracy"] is not None
+        if r["defence"] == defence and r.get(accuracy) is not None
     }
     out: dict[int, dict[str, float]] = {}
     for (seed, attack), value in sorted(acc.items()):
@@ -144,30 +147,68 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             v["target_met"] for v in frr.values()
         )
         summary["pov_poisoned_acceptance"] = poisoned_acceptance(rows)
-        floor = all_rejected_floor(rows)
+        floor = all_rejected_floor(rows, tables["pov"])
         summary["pov_all_rejected_floor"] = {str(s): v for s, v in floor.items()}
-        excess = {
-            (s, a): d - floor[s]["points"]
-            for s, by in tables["pov"].items()
-            for a, d in by.items()
-            if s in floor
-        }
-        if excess:
-            (seed, attack), points = max(excess.items(), key=lambda kv: kv[1])
-            summary["pov_worst_excess_drop"] = {
-                "points": points,
-                "seed": seed,
-                "attack": attack,
-                "meaning": "the drop beyond the seed's all-rejected floor",
-            }
+        excess = worst_excess(tables["pov"], floor)
+        if excess is not None:
+            summary["pov_worst_excess_drop"] = excess
+    tail = tail_drops(rows, defences)
+    if tail is not None:
+        summary["tail"] = tail
     return summary
 
 
-def all_rejected_floor(rows: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Per seed, PoV's mean drop over the attacks of which it accepted no
-    update: what losing the attackers' own (non-IID) data costs, which no
-    defence that keeps them out can avoid."""
-    table = drops(rows, "pov")
+def tail_drops(
+    rows: list[dict[str, Any]], defences: list[str]
+) -> dict[str, Any] | None:
+    """The drops again on each cell's mean accuracy over its last versions
+    (``tail_accuracy``), for the rows that recorded one; ``None`` if none did."""
+    tables = {d: drops(rows, d, "tail_accuracy") for d in defences}
+    tables = {d: t for d, t in tables.items() if t}
+    if not tables:
+        return None
+    out: dict[str, Any] = {
+        "meaning": "accuracy drop on the mean over each run's last versions "
+        "(settings.tail), against the same mean without attack",
+        "worst_case_drop": {d: worst(t) for d, t in tables.items()},
+        "drop_points": {
+            d: {str(s): v for s, v in t.items()} for d, t in tables.items()
+        },
+    }
+    if "pov" in tables:
+        floor = all_rejected_floor(rows, tables["pov"])
+        out["pov_all_rejected_floor"] = {str(s): v for s, v in floor.items()}
+        out["pov_worst_excess_drop"] = worst_excess(tables["pov"], floor)
+    return out
+
+
+def worst_excess(
+    table: dict[int, dict[str, float]], floor: dict[int, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The largest drop in ``table`` beyond its seed's all-rejected ``floor``."""
+    excess = {
+        (s, a): d - floor[s]["points"]
+        for s, by in table.items()
+        for a, d in by.items()
+        if s in floor
+    }
+    if not excess:
+        return None
+    (seed, attack), points = max(excess.items(), key=lambda kv: kv[1])
+    return {
+        "points": points,
+        "seed": seed,
+        "attack": attack,
+        "meaning": "the drop beyond the seed's all-rejected floor",
+    }
+
+
+def all_rejected_floor(
+    rows: list[dict[str, Any]], table: dict[int, dict[str, float]]
+) -> dict[int, dict[str, Any]]:
+    """Per seed, PoV's mean drop (from ``table``, PoV's drops) over the attacks
+    of which it accepted no update: what losing the attackers' own (non-IID)
+    data costs, which no defence that keeps them out can avoid."""
     floor: dict[int, dict[str, Any]] = {}
     for seed, by in table.items():
         clean = [

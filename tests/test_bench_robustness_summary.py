@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from _robustness_report import all_rejected_floor, summarize
+from _robustness_report import all_rejected_floor, drops, summarize
 
 
 def row(seed: int, attack: str, accuracy: float, accepted: float) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def test_the_floor_averages_the_attacks_of_which_nothing_was_accepted() -> None:
         row(1, "none", 0.70, 0.0),
         row(1, "cosine-edge", 0.69, 0.1),  # seed 1 has no floor cell
     ]
-    floor = all_rejected_floor(rows)
+    floor = all_rejected_floor(rows, drops(rows, "pov"))
     assert set(floor) == {0}
     assert floor[0]["points"] == pytest.approx(4.0)
     assert sorted(floor[0]["attacks"]) == ["scaling", "sign-flip"]
@@ -45,6 +45,35 @@ def test_the_floor_averages_the_attacks_of_which_nothing_was_accepted() -> None:
     excess = summary["pov_worst_excess_drop"]
     assert excess["points"] == pytest.approx(2.0)  # cosine-edge: 6 - 4
     assert (excess["seed"], excess["attack"]) == (0, "cosine-edge")
+    assert "tail" not in summary  # no row recorded a tail mean
+
+
+def test_the_tail_summary_repeats_the_drops_on_the_tail_means() -> None:
+    rows = [
+        {**row(0, "none", 0.80, 0.0), "tail_accuracy": 0.78},
+        {**row(0, "sign-flip", 0.77, 0.0), "tail_accuracy": 0.77},  # floor 1
+        {**row(0, "cosine-edge", 0.74, 0.2), "tail_accuracy": 0.755},  # 2.5
+        {**row(0, "scaling", 0.75, 0.0)},  # no tail mean: left out of the tail
+    ]
+    summary = summarize(rows)
+    assert summary["pov_worst_case_drop_points"] == pytest.approx(6.0)
+    tail = summary["tail"]
+    worst = tail["worst_case_drop"]["pov"]
+    assert worst["points"] == pytest.approx(2.5)
+    assert worst["attack"] == "cosine-edge"
+    assert set(tail["drop_points"]["pov"]["0"]) == {"sign-flip", "cosine-edge"}
+    assert tail["pov_all_rejected_floor"]["0"]["points"] == pytest.approx(1.0)
+    assert tail["pov_worst_excess_drop"]["points"] == pytest.approx(1.5)
+
+
+def test_the_tail_mean_needs_as_many_versions_as_it_averages() -> None:
+    from robustness import tail_mean
+
+    curve = [0.1, 0.5, 0.6, 0.7]
+    assert tail_mean(curve, 2) == pytest.approx(0.65)
+    assert tail_mean(curve, 4) == pytest.approx(0.475)
+    assert tail_mean(curve, 5) is None
+    assert tail_mean(curve, 0) is None
 
 
 def test_a_rerun_at_another_alpha_does_not_add_to_or_report_the_old_split(
@@ -69,3 +98,23 @@ def test_a_rerun_at_another_alpha_does_not_add_to_or_report_the_old_split(
         assert other_split(nothing_yet, []) is None
     fresh = argparse.Namespace(output=str(tmp_path / "new.json"), alpha=3.0)
     assert other_split(fresh, rows) is None
+
+
+def test_recording_the_curve_leaves_torch_rng_as_it_was() -> None:
+    import torch
+    from flwr.app import ArrayRecord, MetricRecord
+    from robustness import curve_recorder
+
+    def reseeding_evaluator(version: int, arrays: ArrayRecord) -> MetricRecord:
+        torch.manual_seed(0)  # as the app's evaluator does (it builds a model)
+        return MetricRecord({"accuracy": 0.5 + version / 100})
+
+    curve: dict[int, float] = {}
+    record = curve_recorder(reseeding_evaluator, curve)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    record(1, ArrayRecord())
+    record(2, ArrayRecord())
+    assert torch.equal(torch.rand(3), expected)
+    assert curve == {1: 0.51, 2: 0.52}
