@@ -27,7 +27,8 @@ from .cli_mainwit import (
 )
 from .ledger import Ledger, LedgerError
 from .ledger.anchorblock import AnchorError, AnchorPolicy
-from .ledger.anchoring import AnchoredReport, anchor_ledger, check_anchored
+from .ledger.anchorcheck import AnchoredReport, check_anchored
+from .ledger.anchoring import anchor_ledger
 from .ledger.anchorproof import check_anchor_proof
 from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key

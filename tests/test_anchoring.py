@@ -28,10 +28,10 @@ from flchain_flwr.ledger.anchorblock import (
     check_anchor,
     parse_block,
 )
+from flchain_flwr.ledger.anchorcheck import check_anchored
 from flchain_flwr.ledger.anchoring import (
     Anchorer,
     anchor_ledger,
-    check_anchored,
     cosigned_checkpoint,
     log_key_of,
 )

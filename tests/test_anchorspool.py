@@ -17,11 +17,8 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main as cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.anchoring import (
-    check_anchored,
-    cosigned_checkpoint,
-    log_key_of,
-)
+from flchain_flwr.ledger.anchorcheck import check_anchored
+from flchain_flwr.ledger.anchoring import cosigned_checkpoint, log_key_of
 from flchain_flwr.ledger.anchorspool import AnchorRequest, SpoolAnchorer, parse_request
 from flchain_flwr.ledger.checkpoint import ledger_origin, parse_checkpoint
 from flchain_flwr.ledger.mainchain import MainChain

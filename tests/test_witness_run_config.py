@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
-from flchain_flwr.ledger.anchoring import check_anchored
+from flchain_flwr.ledger.anchorcheck import check_anchored
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.witness import Witness
 from flchain_flwr.strategies import Constant, fedbuff_from_run_config

@@ -35,14 +35,13 @@ from .canonical import ZERO_HASH, NotCanonical, encode, parse_canonical, sha256_
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
-    CheckpointMismatch,
     LogFrontier,
-    check_against_ledger,
     ledger_origin,
     read_checkpoint,
     sign_checkpoint,
     write_checkpoint,
 )
+from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey
