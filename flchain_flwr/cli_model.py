@@ -2,10 +2,10 @@
 and trading subchains on the command line.
 
 ``prove`` writes the bundle tying a model to the training block that made it
-(:func:`~flchain_flwr.ledger.provenance.build_bundle`); ``verify`` checks one
-offline against keys the buyer holds and prints the run, block and committee,
-what it checked under which keys, and what it did not check; ``market``
-checks every record of a model-trading subchain and its checkpoint;
+(:func:`~flchain_flwr.ledger.provenance_build.build_bundle`); ``verify``
+checks one offline against keys the buyer holds and prints the run, block and
+committee, what it checked under which keys, and what it did not check;
+``market`` checks every record of a model-trading subchain and its checkpoint;
 ``anchor-market`` anchors one in a main chain through witness folders. Exit
 codes as for ``flchain ledger``: 0 valid, 1 a check failed or an anchor was
 refused, 2 bad input (one line on stderr).
@@ -32,10 +32,10 @@ from .ledger.provenance import (
     TRUST_ROLES,
     BundleMalformed,
     ProvenanceError,
-    build_bundle,
     parse_trust,
     verify_bundle,
 )
+from .ledger.provenance_build import build_bundle
 from .ledger.trade_anchor import anchor_trading_chain
 from .ledger.trade_records import TradeRefused
 from .ledger.trading import TradingChain

@@ -47,8 +47,8 @@ from typing import Any
 
 from ..arrays import NDArrays
 from ..ledger.consensus import quorum
+from ..strategies.claims import lower_median
 from ..strategies.pipeline import BufferedUpdate
-from ..strategies.weighting import lower_median
 from .norms import update_norm
 
 CLIP_DIGITS = 9

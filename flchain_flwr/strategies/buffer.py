@@ -20,6 +20,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
 from ..protocol import UPDATE_KIND_DELTA
+from .claims import ClaimHistory
 from .fairness import (
     FAIRNESS_FIELD,
     InverseParticipation,
@@ -34,12 +35,7 @@ from .traffic import Traffic
 from .tuning import BUFFER_FIELD, BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, update_kind
 from .versions import VersionStore
-from .weighting import (
-    ClaimHistory,
-    ExampleWeighting,
-    WeightingError,
-    effective_examples,
-)
+from .weighting import ExampleWeighting, WeightingError, effective_examples
 
 TRIGGER_BUFFER_FULL = "buffer_full"
 TRIGGER_MAX_WAIT = "max_wait"

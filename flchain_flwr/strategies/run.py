@@ -29,6 +29,7 @@ from .anchor import witness_nodes
 from .arguments import require
 from .buffer import UpdateBuffer
 from .carryover import resumed_tuner
+from .claims import ClaimHistory
 from .committeestage import decision_summary
 from .downlink import DownlinkSync
 from .evaluation import (
@@ -43,7 +44,6 @@ from .runlog import log_downlink, log_finished, log_rounds, log_version
 from .runpipeline import block_pipeline, carry_over, open_ledger
 from .state import state_names
 from .versions import VersionStore
-from .weighting import ClaimHistory
 
 if TYPE_CHECKING:
     from .fedbuff import FedBuff

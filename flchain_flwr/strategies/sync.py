@@ -20,6 +20,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..protocol import UPDATE_KIND_DELTA
+from .claims import ClaimHistory
 from .evaluation import aggregate_or_none, valid_evaluate_content
 from .updates import (
     ParsedUpdate,
@@ -27,7 +28,7 @@ from .updates import (
     parse_update,
     weighted_delta,
 )
-from .weighting import ClaimHistory, WeightingError, effective_examples
+from .weighting import WeightingError, effective_examples
 
 if TYPE_CHECKING:
     from .fedbuff import FedBuff

@@ -35,7 +35,8 @@ from flchain_flwr.strategies import (
     fedbuff_from_run_config,
 )
 from flchain_flwr.strategies.anchor import anchorer_from_run_config
-from flchain_flwr.strategies.config import ledger_chain_id, seconds_or_none
+from flchain_flwr.strategies.config import ledger_chain_id
+from flchain_flwr.strategies.configvalues import seconds_or_none
 
 app = ServerApp()
 
