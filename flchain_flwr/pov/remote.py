@@ -11,8 +11,10 @@ node IDs and :class:`RemoteCommittee` is a
 :class:`~flchain_flwr.pov.Committee` whose members vote (in parallel, one
 message each) and sign blocks remotely. Votes pass the same checks as local
 ones (:func:`~flchain_flwr.pov.collect_votes`: signature for this chain and
-height, committee membership, one vote per candidate), so a verifier node can
-lie or fail but cannot forge another's vote.
+height, committee membership, one vote per candidate, judged at the share
+asked), so a verifier node can lie or fail but cannot forge another's vote;
+at most the votes it was asked for are read from its reply
+(:func:`~.queries.parse_votes`), so it cannot flood a decision either.
 
 This module is the server's :class:`RemoteCommittee` and its
 :class:`RemoteSigner`; the query messages are in :mod:`.queries`, the node's
@@ -21,6 +23,7 @@ side in :mod:`.verifiernode` and finding the nodes in :mod:`.discovery`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -114,8 +117,9 @@ class RemoteCommittee(Committee):
         :func:`~.discovery.discover_verifiers`. These nodes are kept out of
         training.
     timeout : float (default: 120.0)
-        Seconds to wait for a round of votes, or for the leader's signature. A
-        member that has not answered by then has no votes in this block.
+        Seconds (finite, > 0) to wait for a round of votes, or for the leader's
+        signature. A member that has not answered by then has no votes in this
+        block.
     **settings
         :class:`Committee`'s keyword arguments (committee_size, threshold,
         deposits, prefilters, scoring, consensus_delay, chain_id).
@@ -131,8 +135,8 @@ class RemoteCommittee(Committee):
     ) -> None:
         if not nodes:
             raise ValueError("a remote committee needs at least one verifier node")
-        if timeout <= 0:
-            raise ValueError("timeout must be > 0")
+        if not 0 < timeout < math.inf:  # NaN too
+            raise ValueError(f"timeout must be a finite number > 0, not {timeout!r}")
         super().__init__((), remote_members=tuple(sorted(nodes)), **settings)
         self.grid = grid
         self.nodes = dict(nodes)
@@ -229,7 +233,11 @@ class RemoteCommittee(Committee):
             if not answered(reply):
                 unreachable.add(key)
             try:
-                votes.extend(parse_votes(reply))
+                read, excess = parse_votes(reply, len(candidates))
             except RemoteVerifierError as exc:
                 problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
+                continue
+            votes.extend(read)
+            if excess is not None:
+                problems.append(f"verifier {key[:12]}… (node {node}): {excess}")
         return Cast(votes, problems, frozenset(unreachable))
