@@ -66,7 +66,8 @@ class UpdateBuffer:
     result : AsyncResult
         Where versions and rejections are recorded.
     metrics_aggr : callable
-        Aggregates the train replies' MetricRecords of one version.
+        Aggregates the train replies' MetricRecords of one version, given
+        each update's effective example count (the step's, not the claim).
     now : callable
         Seconds since the run started, on the run's clock.
     weighted_by_key : str
@@ -96,7 +97,7 @@ class UpdateBuffer:
         parse: ParseFn,
         pipeline: Pipeline,
         result: AsyncResult,
-        metrics_aggr: Callable[[list[RecordDict]], MetricRecord | None],
+        metrics_aggr: Callable[[list[RecordDict], list[float]], MetricRecord | None],
         now: Callable[[], float],
         weighted_by_key: str = "num-examples",
         fairness: InverseParticipation | None = None,
@@ -309,7 +310,9 @@ class UpdateBuffer:
                 block.time, [u.staleness for u in updates]
             )
         self.result.arrays = self.model_record
-        metrics = self.metrics_aggr([u.metrics for u in updates])
+        metrics = self.metrics_aggr(
+            [u.metrics for u in updates], [u.examples for u in updates]
+        )
         if metrics is not None:
             self.result.train_metrics_clientapp[self.version] = metrics
         return record
