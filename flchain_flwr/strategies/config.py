@@ -5,13 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
-from ..ledger import Ledger
-from ..ledger.checkpoint import ledger_origin
-from .adaptive import AdaptiveScheduling, ConfigAdjuster
-from .anchor import anchorer_from_run_config
-from .arguments import MaxStaleness
-from .bafl import bafl_local_work
-from .configvalues import (
+from ..configvalues import (
     ConfigValue,
     bad_value,
     flag_value,
@@ -21,6 +15,12 @@ from .configvalues import (
     seconds_or_none,
     text_value,
 )
+from ..ledger import Ledger
+from ..ledger.checkpoint import ledger_origin
+from .adaptive import AdaptiveScheduling, ConfigAdjuster
+from .anchor import anchorer_from_run_config
+from .arguments import MaxStaleness
+from .bafl import bafl_local_work
 from .fairness import fairness_weighting
 from .fedbuff import FedBuff
 from .fedsa import fedsa_learning_rate

@@ -2,6 +2,9 @@
 
 Every reader raises a ``ValueError`` that names the key and what it expected,
 so a bad ``[tool.flwr.app.config]`` entry is reported before anything is built.
+A leaf module: the app, the strategies and the client mods all read their keys
+here (a client mod importing it loads nothing else of the package). The number
+readers also read a node's config (``source="node config"``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,12 @@ ConfigValue = int | float | str | bool
 T = TypeVar("T")
 
 
-def bad_value(key: str, value: ConfigValue, expected: str) -> ValueError:
-    """The error for ``key``'s ``value``, which is not ``expected``."""
-    return ValueError(f"run config key {key!r}: expected {expected}, got {value!r}")
+def bad_value(
+    key: str, value: ConfigValue, expected: str, source: str = "run config"
+) -> ValueError:
+    """The error for ``key``'s ``value`` (of the ``source`` config), which is
+    not ``expected``."""
+    return ValueError(f"{source} key {key!r}: expected {expected}, got {value!r}")
 
 
 def number_value(  # pylint: disable=too-many-arguments
@@ -28,6 +34,7 @@ def number_value(  # pylint: disable=too-many-arguments
     low_open: bool = False,
     high_open: bool = False,
     allow_inf: bool = False,
+    source: str = "run config",
 ) -> float:
     """``cfg[key]`` as a float in the given range (ints accepted); finite
     unless ``allow_inf`` (NaN never)."""
@@ -35,12 +42,12 @@ def number_value(  # pylint: disable=too-many-arguments
     kind = "a number" if allow_inf else "a finite number"
     expected = f"{kind}{_range(low, high, low_open, high_open)}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_value(key, value, expected)
+        raise bad_value(key, value, expected, source)
     number = float(value)
     below = number <= low if low_open else number < low
     above = number >= high if high_open else number > high
     if math.isnan(number) or (math.isinf(number) and not allow_inf) or below or above:
-        raise bad_value(key, value, expected)
+        raise bad_value(key, value, expected, source)
     return number
 
 
@@ -66,21 +73,25 @@ def _range(low: float, high: float, low_open: bool, high_open: bool) -> str:
 
 
 def integer_value(
-    cfg: Mapping[str, ConfigValue], key: str, *, minimum: int | None = None
+    cfg: Mapping[str, ConfigValue],
+    key: str,
+    *,
+    minimum: int | None = None,
+    source: str = "run config",
 ) -> int:
     """``cfg[key]`` as an int (a float only if integral), at least ``minimum``."""
     value = cfg[key]
     expected = "an integer" if minimum is None else f"an integer >= {minimum}"
     if isinstance(value, bool):
-        raise bad_value(key, value, expected)
+        raise bad_value(key, value, expected, source)
     if isinstance(value, int):
         number = value
     elif isinstance(value, float) and value.is_integer():
         number = int(value)
     else:
-        raise bad_value(key, value, expected)
+        raise bad_value(key, value, expected, source)
     if minimum is not None and number < minimum:
-        raise bad_value(key, value, expected)
+        raise bad_value(key, value, expected, source)
     return number
 
 
