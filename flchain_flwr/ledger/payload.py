@@ -21,6 +21,11 @@ are ``[name, dtype, shape, stype, nbytes]``; for ``"metrics"`` and ``"config"``
 ``["list", [...]]``; ``"str-surrogatepass"`` for text that is not UTF-8), so the
 header holds only strings, lists, booleans and small integers. A sparse array
 (the DGC mod's) is stored as it was sent: a few bytes per kept value.
+
+An array's dtype and stype are written as plain text: a reply whose arrays
+declare anything else (a lone surrogate) has no payload, and the server's
+parser never accepts one (it wants numpy's own dtype name and a known stype,
+and no ArrayRecord beside the update's: :mod:`flchain_flwr.strategies.updates`).
 """
 
 from __future__ import annotations
@@ -83,13 +88,26 @@ def _untag(tagged: Any) -> Any:
     raise ValueError(f"unknown stored value tag {str(tag)[:40]!r}")
 
 
+def _text(key: str, field: str, value: object) -> str:
+    """An array's ``field`` as the header writes it: UTF-8 text, else ValueError."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"array {key!r} has a {field} that is not UTF-8 text: {text[:40]!r}"
+        ) from None
+    return text
+
+
 def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
     """The payload blob of ``content`` as sent by ``node_id``, in chunks.
 
     Raises
     ------
     ValueError
-        If the content holds a value no Flower record can hold.
+        If the content holds a value no Flower record can hold, or an array
+        whose dtype or stype is not UTF-8 text.
     """
     records: list[list[Any]] = []
     data: list[bytes] = []
@@ -101,9 +119,9 @@ def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
                 items.append(
                     [
                         _tag(key),
-                        str(arr.dtype),
+                        _text(key, "dtype", arr.dtype),
                         [int(d) for d in arr.shape],
-                        str(arr.stype),
+                        _text(key, "stype", arr.stype),
                         len(raw),
                     ]
                 )

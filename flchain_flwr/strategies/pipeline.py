@@ -289,7 +289,8 @@ class Pipeline:
         return sender_update_digest(node_id, content)
 
     def payload(self, content: RecordDict) -> RecordDict | None:
-        """The reply to keep with its update (``None`` when no stage stores it)."""
+        """The reply to keep with its update, as received (``None`` when no
+        stage stores it); :func:`.parse_update` has bounded what it holds."""
         return content if self.needs_payload else None
 
     def base(self, kind: str, reference: NDArrays) -> NDArrays | None:

@@ -1,0 +1,229 @@
+"""What a train or evaluate reply may carry, and what becomes of one that
+carries more: refused with a bounded, recorded reason, never stored unbounded
+in the ledger, never a crash. Real components: the virtual grid, FedBuff and
+the ledger."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+
+from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger.payload import decode_payload, payload_chunks
+from flchain_flwr.sim import DeviceProfile, VirtualGrid
+from flchain_flwr.strategies import Constant, FedBuff
+from flchain_flwr.strategies.replybounds import MAX_RECORDS_BYTES
+from flchain_flwr.strategies.updates import UpdateRejected, parse_update
+
+from .toy import constant_work, initial_arrays
+
+Shape = Callable[[Message, int], Message]
+
+
+def _honest(msg: Message, pid: int) -> Message:
+    trained = {
+        k: Array(v.numpy() + np.float32(0.1 * (pid + 1)))
+        for k, v in msg.content["arrays"].items()
+    }
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(trained),
+            "metrics": MetricRecord({"num-examples": 10}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def _app(crafted: dict[int, Shape]) -> ClientApp:
+    """Toy trainers; partition ``p`` in ``crafted`` answers with ``crafted[p]``
+    and evaluates to a NaN loss."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        return crafted.get(pid, _honest)(msg, pid)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        loss = float("nan") if pid in crafted else 1.0
+        metrics = MetricRecord({"num-examples": 10, "loss": loss})
+        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+def _grid(crafted: dict[int, Shape], nodes: int = 3) -> VirtualGrid:
+    return VirtualGrid(
+        _app(crafted),
+        [DeviceProfile(speed=1.0 - 0.2 * i) for i in range(nodes)],
+        work_fn=constant_work(1.0),
+    )
+
+
+def _with_extra_record(record: ArrayRecord) -> Shape:
+    def shape(msg: Message, pid: int) -> Message:
+        reply = _honest(msg, pid)
+        reply.content["junk"] = record
+        return reply
+
+    return shape
+
+
+def _reference() -> dict[str, np.ndarray]:
+    return {"w": np.zeros(3, np.float32)}
+
+
+def _reply(arrays: dict[str, Array], **records: object) -> RecordDict:
+    content = RecordDict(
+        {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 1})}
+    )
+    for name, record in records.items():
+        content[name] = record  # type: ignore[assignment]
+    return content
+
+
+# ------------------------------------------------------------ train replies
+def test_an_ignored_extra_arrayrecord_with_an_odd_dtype_does_not_crash_the_ledger(
+    tmp_path: Path,
+) -> None:
+    """A dtype string the digest tolerates (lone surrogate) in a second
+    ArrayRecord must not reach the payload header, which it cannot encode."""
+    junk = ArrayRecord(
+        {"j": Array(dtype="f\ud800", shape=(1,), stype="numpy.ndarray", data=b"x")}
+    )
+    grid = _grid({0: _with_extra_record(junk)})
+    strategy = FedBuff(
+        buffer_size=2, staleness_fn=Constant(), ledger=tmp_path / "l.db", seed=0
+    )
+    result = strategy.start(grid, initial_arrays(), num_rounds=2, timeout=60.0)
+    assert len(result.versions) == 2
+    with Ledger(tmp_path / "l.db", create=False) as ledger:
+        assert ledger.verify().ok
+
+
+def test_an_oversized_ignored_record_is_not_stored_in_the_ledger_unbounded(
+    tmp_path: Path,
+) -> None:
+    """A reply whose model is 28 bytes may not carry 8 MB of other arrays
+    into the ledger: it is refused with a reason."""
+    junk = ArrayRecord({"j": Array(np.zeros(2_000_000, dtype=np.float32))})
+    grid = _grid({0: _with_extra_record(junk)})
+    strategy = FedBuff(
+        buffer_size=2, staleness_fn=Constant(), ledger=tmp_path / "l.db", seed=0
+    )
+    result = strategy.start(grid, initial_arrays(), num_rounds=3, timeout=60.0)
+    junk_node = grid.node_ids[0]
+    accepted = sum(v.node_ids.count(junk_node) for v in result.versions)
+    rejected = [r for r in result.rejected if r.node_id == junk_node]
+    stored = sum(p.stat().st_size for p in tmp_path.rglob("*") if p.is_file())
+    # either the reply is refused with a reason, or the ledger stays small
+    assert rejected or stored < 4_000_000, (accepted, stored)
+
+
+def test_a_rejection_reason_stays_bounded_whatever_the_array_names() -> None:
+    reference = {"w": np.zeros(3, np.float32)}
+    arrays = {"w": Array(np.zeros(3, np.float32))}
+    for i in range(200):
+        arrays[f"{i:04d}" + "x" * 5_000] = Array(np.zeros(1, np.float32))
+    content = RecordDict(
+        {"arrays": ArrayRecord(arrays), "metrics": MetricRecord({"num-examples": 1})}
+    )
+    with pytest.raises(UpdateRejected) as info:
+        parse_update(content, reference)
+    assert len(info.value.reason) < 4_096, len(info.value.reason)
+    assert "unexpected arrays: 200 names" in info.value.reason
+
+
+def test_a_second_arrayrecord_is_refused_even_beside_the_named_one() -> None:
+    junk = ArrayRecord({"j": Array(np.zeros(1, np.float32))})
+    content = _reply({"w": Array(np.zeros(3, np.float32))}, junk=junk)
+    with pytest.raises(UpdateRejected, match="2 ArrayRecords"):
+        parse_update(content, _reference())
+
+
+def test_non_array_records_beyond_the_budget_are_refused() -> None:
+    """ConfigRecords are not read by the server but are stored with the reply:
+    together with the metrics they must fit in ``MAX_RECORDS_BYTES``."""
+    blob = ConfigRecord({"blob": b"\0" * MAX_RECORDS_BYTES})
+    content = _reply({"w": Array(np.zeros(3, np.float32))}, extra=blob)
+    with pytest.raises(UpdateRejected, match="MAX_RECORDS_BYTES"):
+        parse_update(content, _reference())
+    small = ConfigRecord({"note": "fine"})
+    content = _reply({"w": Array(np.zeros(3, np.float32))}, extra=small)
+    assert parse_update(content, _reference()).num_examples == 1.0
+
+
+def test_a_dense_array_with_trailing_bytes_is_refused() -> None:
+    """``np.load`` ignores bytes after the array; the digest and the ledger
+    would keep them."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros(3, np.float32), allow_pickle=False)
+    padded = Array(
+        dtype="float32",
+        shape=(3,),
+        stype="numpy.ndarray",
+        data=buffer.getvalue() + b"\0" * 1_000,
+    )
+    with pytest.raises(UpdateRejected, match="trailing"):
+        parse_update(_reply({"w": padded}), _reference())
+
+
+@pytest.mark.parametrize(
+    ("dtype", "shape"), [("f\ud800", (3,)), ("float64", (3,)), ("float32", (1, 3))]
+)
+def test_a_dense_array_must_declare_what_its_data_holds(
+    dtype: str, shape: tuple[int, ...]
+) -> None:
+    """The declared dtype and shape are stored in the payload's header: they
+    must be numpy's own for the data (a lone surrogate is not storable)."""
+    data = Array(np.zeros(3, np.float32)).data
+    forged = Array(dtype=dtype, shape=shape, stype="numpy.ndarray", data=data)
+    with pytest.raises(UpdateRejected, match="declares"):
+        parse_update(_reply({"w": forged}), _reference())
+
+
+def test_every_accepted_reply_has_a_payload_that_reads_back() -> None:
+    content = _reply(
+        {"w": Array(np.ones(3, np.float32))}, extra=ConfigRecord({"x": "\ud800"})
+    )
+    parse_update(content, _reference())
+    node_id, back = decode_payload(b"".join(payload_chunks(7, content)))
+    assert node_id == 7 and list(back) == list(content)
+
+
+def test_a_payload_of_an_unstorable_dtype_names_the_array() -> None:
+    odd = Array(dtype="f\ud800", shape=(1,), stype="numpy.ndarray", data=b"x")
+    content = RecordDict({"arrays": ArrayRecord({"w": odd})})
+    with pytest.raises(ValueError, match=r"array .w.*dtype"):
+        b"".join(payload_chunks(1, content))
+
+
+# ------------------------------------------------------------ evaluate replies
+def test_a_rejected_evaluate_reply_is_recorded_not_only_logged() -> None:
+    """A malformed evaluate reply (here a NaN loss) is recorded in the run's
+    result with its reason, as a failure of that node's evaluate message."""
+    grid = _grid({0: _honest})  # partition 0 evaluates to a NaN loss
+    strategy = FedBuff(buffer_size=2, staleness_fn=Constant(), seed=0)
+    result = strategy.start(grid, initial_arrays(), num_rounds=3, timeout=60.0)
+    assert result.evaluate_metrics_clientapp  # evaluations did run
+    bad = grid.node_ids[0]
+    recorded = [f.reason for f in result.failures if f.node_id == bad] + [
+        r.reason for r in result.rejected if r.node_id == bad
+    ]
+    assert any("not finite" in reason for reason in recorded), recorded
