@@ -8,76 +8,22 @@ not allocate from a forged array's layout. (From the adversarial audit.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MetricRecord,
     RecordDict,
 )
-from flwr.clientapp import ClientApp
 
 from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
-from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import Constant, FedBuff
 
-from .toy import constant_work, initial_arrays
-
-Shape = Callable[[Message, int], Message]
-
-
-def _honest(msg: Message, pid: int) -> Message:
-    trained = {
-        k: Array(v.numpy() + np.float32(0.1 * (pid + 1)))
-        for k, v in msg.content["arrays"].items()
-    }
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(trained),
-            "metrics": MetricRecord({"num-examples": 10}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
-
-
-def _app(
-    crafted: dict[int, Shape], evaluations: dict[int, MetricRecord] | None = None
-) -> ClientApp:
-    """Toy trainers; partition ``p`` in ``crafted`` answers with ``crafted[p]``;
-    ``evaluations`` gives a partition's evaluate metrics (default: loss 1)."""
-    app = ClientApp()
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        return crafted.get(pid, _honest)(msg, pid)
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        default = MetricRecord({"num-examples": 10, "loss": 1.0})
-        metrics = (evaluations or {}).get(pid, default)
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
-
-    return app
-
-
-def _grid(
-    crafted: dict[int, Shape],
-    nodes: int = 3,
-    evaluations: dict[int, MetricRecord] | None = None,
-) -> VirtualGrid:
-    return VirtualGrid(
-        _app(crafted, evaluations),
-        [DeviceProfile(speed=1.0 - 0.2 * i) for i in range(nodes)],
-        work_fn=constant_work(1.0),
-    )
+from .crafted import Shape, crafted_grid, honest_reply
+from .toy import initial_arrays
 
 
 # ------------------------------------------------- Flower's synchronous path
@@ -103,7 +49,7 @@ def test_the_synchronous_path_never_returns_a_non_finite_model() -> None:
     """``FedBuff.start`` rejects a buffer whose step would overflow the model
     (``OVERFLOW_REASON``); ``aggregate_train`` applies the same step and must
     not return Inf to Flower's loop. Every reply here is finite and valid."""
-    grid = _grid({0: _delta_reply(3e38), 1: _delta_reply(3e38), 2: _delta_reply(3e38)})
+    grid = crafted_grid({pid: _delta_reply(3e38) for pid in range(3)})
     strategy = FedBuff(server_lr=2.0, seed=0)
     messages = strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     replies = list(grid.send_and_receive(list(messages)))
@@ -113,7 +59,7 @@ def test_the_synchronous_path_never_returns_a_non_finite_model() -> None:
 
 def test_the_synchronous_step_is_still_taken_when_finite() -> None:
     """The finiteness check leaves a finite step as it was: lr times the mean."""
-    grid = _grid({0: _delta_reply(1.0), 1: _delta_reply(1.0), 2: _delta_reply(1.0)})
+    grid = crafted_grid({pid: _delta_reply(1.0) for pid in range(3)})
     strategy = FedBuff(server_lr=2.0, seed=0)
     messages = strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     replies = list(grid.send_and_receive(list(messages)))
@@ -132,7 +78,7 @@ def test_the_synchronous_step_is_still_taken_when_finite() -> None:
 def test_aggregate_train_on_its_own_rejects_a_forged_layout(forged: Array) -> None:
     """Without ``configure_train`` the reference layout is the replies' most
     common one; a forged Array's dtype or shape must not reach ``np.zeros``."""
-    grid = _grid({})
+    grid = crafted_grid({})
     sender = FedBuff(seed=0)
     messages = sender.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     replies = list(grid.send_and_receive(list(messages)[:1]))
@@ -143,7 +89,7 @@ def test_aggregate_train_on_its_own_rejects_a_forged_layout(forged: Array) -> No
 
 def test_a_forged_layout_does_not_outvote_the_replies_that_decode() -> None:
     """Two forged replies share a layout; the one honest reply's is used."""
-    grid = _grid({})
+    grid = crafted_grid({})
     sender = FedBuff(seed=0)
     messages = sender.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     replies = list(grid.send_and_receive(list(messages)))
@@ -160,15 +106,15 @@ def test_a_forged_layout_does_not_outvote_the_replies_that_decode() -> None:
 
 # ------------------------------------------------------- inflated example counts
 def _inflated(msg: Message, pid: int) -> Message:
-    reply = _honest(msg, pid)
+    reply = honest_reply(msg, pid)
     reply.content["metrics"] = MetricRecord(
         {"num-examples": 10**12, "train-loss": 1000.0}
     )
     return reply
 
 
-def _honest_loss(msg: Message, pid: int) -> Message:
-    reply = _honest(msg, pid)
+def honest_reply_loss(msg: Message, pid: int) -> Message:
+    reply = honest_reply(msg, pid)
     reply.content["metrics"] = MetricRecord({"num-examples": 10, "train-loss": 1.0})
     return reply
 
@@ -179,7 +125,7 @@ def test_an_inflated_claim_capped_in_the_step_is_not_uncapped_in_train_metrics()
     """The weighting policy caps a claim of 1e12 at 4x the median (40 of 60
     examples in the step); the version's train metrics are averaged by the
     same effective counts, not by the raw claims."""
-    grid = _grid({0: _inflated, 1: _honest_loss, 2: _honest_loss})
+    grid = crafted_grid({0: _inflated, 1: honest_reply_loss, 2: honest_reply_loss})
     strategy = FedBuff(
         buffer_size=3, staleness_fn=Constant(), fraction_evaluate=0.0, seed=0
     )
@@ -192,7 +138,7 @@ def test_an_inflated_claim_capped_in_the_step_is_not_uncapped_in_train_metrics()
 
 def test_the_synchronous_train_metrics_use_the_step_weights() -> None:
     """``aggregate_train`` averages its metrics by the step's counts too."""
-    grid = _grid({0: _inflated, 1: _honest_loss, 2: _honest_loss})
+    grid = crafted_grid({0: _inflated, 1: honest_reply_loss, 2: honest_reply_loss})
     strategy = FedBuff(seed=0)
     messages = strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid)
     replies = list(grid.send_and_receive(list(messages)))
@@ -205,7 +151,7 @@ def test_an_inflated_claim_does_not_dictate_the_federated_evaluation() -> None:
     """Evaluate replies' ``num-examples`` go through the weighting policy: one
     node of three claiming 1e12 does not set the federated metric alone."""
     evaluations = {0: MetricRecord({"num-examples": 10**12, "loss": 1000.0})}
-    grid = _grid({}, evaluations=evaluations)
+    grid = crafted_grid({}, evaluations=evaluations)
     strategy = FedBuff(buffer_size=3, staleness_fn=Constant(), seed=0)
     result = strategy.start(grid, initial_arrays(), num_rounds=2, timeout=60.0)
     losses = [float(m["loss"]) for m in result.evaluate_metrics_clientapp.values()]  # type: ignore[arg-type]
@@ -215,7 +161,7 @@ def test_an_inflated_claim_does_not_dictate_the_federated_evaluation() -> None:
 def test_the_synchronous_evaluation_caps_an_inflated_claim() -> None:
     """``aggregate_evaluate`` applies the same policy to the replies' claims."""
     evaluations = {0: MetricRecord({"num-examples": 10**12, "loss": 1000.0})}
-    grid = _grid({}, evaluations=evaluations)
+    grid = crafted_grid({}, evaluations=evaluations)
     strategy = FedBuff(seed=0)
     messages = strategy.configure_evaluate(1, initial_arrays(), ConfigRecord(), grid)
     replies = list(grid.send_and_receive(list(messages)))

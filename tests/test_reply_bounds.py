@@ -6,7 +6,6 @@ the ledger."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,70 +14,24 @@ from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MetricRecord,
     RecordDict,
 )
-from flwr.clientapp import ClientApp
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.payload import decode_payload, payload_chunks
-from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import Constant, FedBuff
 from flchain_flwr.strategies.replybounds import MAX_RECORDS_BYTES
 from flchain_flwr.strategies.updates import UpdateRejected, parse_update
 
-from .toy import constant_work, initial_arrays
-
-Shape = Callable[[Message, int], Message]
-
-
-def _honest(msg: Message, pid: int) -> Message:
-    trained = {
-        k: Array(v.numpy() + np.float32(0.1 * (pid + 1)))
-        for k, v in msg.content["arrays"].items()
-    }
-    content = RecordDict(
-        {
-            "arrays": ArrayRecord(trained),
-            "metrics": MetricRecord({"num-examples": 10}),
-        }
-    )
-    return Message(content=content, reply_to=msg)
-
-
-def _app(crafted: dict[int, Shape]) -> ClientApp:
-    """Toy trainers; partition ``p`` in ``crafted`` answers with ``crafted[p]``
-    and evaluates to a NaN loss."""
-    app = ClientApp()
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        return crafted.get(pid, _honest)(msg, pid)
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        loss = float("nan") if pid in crafted else 1.0
-        metrics = MetricRecord({"num-examples": 10, "loss": loss})
-        return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
-
-    return app
-
-
-def _grid(crafted: dict[int, Shape], nodes: int = 3) -> VirtualGrid:
-    return VirtualGrid(
-        _app(crafted),
-        [DeviceProfile(speed=1.0 - 0.2 * i) for i in range(nodes)],
-        work_fn=constant_work(1.0),
-    )
+from .crafted import Shape, crafted_grid, honest_reply
+from .toy import initial_arrays
 
 
 def _with_extra_record(record: ArrayRecord) -> Shape:
     def shape(msg: Message, pid: int) -> Message:
-        reply = _honest(msg, pid)
+        reply = honest_reply(msg, pid)
         reply.content["junk"] = record
         return reply
 
@@ -107,7 +60,7 @@ def test_an_ignored_extra_arrayrecord_with_an_odd_dtype_does_not_crash_the_ledge
     junk = ArrayRecord(
         {"j": Array(dtype="f\ud800", shape=(1,), stype="numpy.ndarray", data=b"x")}
     )
-    grid = _grid({0: _with_extra_record(junk)})
+    grid = crafted_grid({0: _with_extra_record(junk)})
     strategy = FedBuff(
         buffer_size=2, staleness_fn=Constant(), ledger=tmp_path / "l.db", seed=0
     )
@@ -123,7 +76,7 @@ def test_an_oversized_ignored_record_is_not_stored_in_the_ledger_unbounded(
     """A reply whose model is 28 bytes may not carry 8 MB of other arrays
     into the ledger: it is refused with a reason."""
     junk = ArrayRecord({"j": Array(np.zeros(2_000_000, dtype=np.float32))})
-    grid = _grid({0: _with_extra_record(junk)})
+    grid = crafted_grid({0: _with_extra_record(junk)})
     strategy = FedBuff(
         buffer_size=2, staleness_fn=Constant(), ledger=tmp_path / "l.db", seed=0
     )
@@ -218,7 +171,8 @@ def test_a_payload_of_an_unstorable_dtype_names_the_array() -> None:
 def test_a_rejected_evaluate_reply_is_recorded_not_only_logged() -> None:
     """A malformed evaluate reply (here a NaN loss) is recorded in the run's
     result with its reason, as a failure of that node's evaluate message."""
-    grid = _grid({0: _honest})  # partition 0 evaluates to a NaN loss
+    nan_loss = MetricRecord({"num-examples": 10, "loss": float("nan")})
+    grid = crafted_grid({}, evaluations={0: nan_loss})
     strategy = FedBuff(buffer_size=2, staleness_fn=Constant(), seed=0)
     result = strategy.start(grid, initial_arrays(), num_rounds=3, timeout=60.0)
     assert result.evaluate_metrics_clientapp  # evaluations did run
