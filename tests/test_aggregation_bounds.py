@@ -2,8 +2,10 @@
 
 An inflated example claim, capped in the step, must not set the reported train
 or federated-evaluation metrics either; Flower's synchronous path must never
-hand its loop a non-finite model; and ``aggregate_train`` called on its own must
-not allocate from a forged array's layout. (From the adversarial audit.)
+hand its loop a non-finite model, and steps non-trainable state as the async
+path does; ``aggregate_train`` called on its own must not allocate from a forged
+array's layout; and a stale update weighs in the train metrics as in the step.
+(From the adversarial audit and review.)
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ from flwr.app import (
     RecordDict,
 )
 
-from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
-from flchain_flwr.strategies import Constant, FedBuff
+from flchain_flwr.protocol import (
+    MODEL_VERSION_KEY,
+    UPDATE_INFO_KEY,
+    UPDATE_KIND_DELTA,
+    UPDATE_KIND_KEY,
+)
+from flchain_flwr.sim import DeviceProfile, VirtualGrid
+from flchain_flwr.strategies import Constant, FedBuff, Polynomial
+from flchain_flwr.strategies.metrics import aggregate_metrics
 
-from .crafted import Shape, crafted_grid, honest_reply
-from .toy import initial_arrays
+from .crafted import Shape, crafted_app, crafted_grid, honest_reply
+from .toy import constant_work, examples_of, initial_arrays
 
 
 # ------------------------------------------------- Flower's synchronous path
@@ -66,6 +75,42 @@ def test_the_synchronous_step_is_still_taken_when_finite() -> None:
     arrays, _ = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert all(np.allclose(a.numpy(), 2.0) for a in arrays.values())
+
+
+def _batchnorm_reply(msg: Message, pid: int) -> Message:
+    """Full weights shifted by 0.1, and a running variance of 0.4 measured."""
+    sent = msg.content["arrays"]
+    trained = {
+        "w": Array(sent["w"].numpy() + np.float32(0.1)),
+        "bn.running_var": Array(np.full(3, 0.4, np.float32)),
+    }
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(trained),
+            "metrics": MetricRecord({"num-examples": 10}),
+        }
+    )
+    return Message(content=content, reply_to=msg)
+
+
+def test_the_synchronous_step_averages_running_statistics_as_the_async_one() -> None:
+    """The async step sets BatchNorm running statistics to the average the
+    nodes reported (``state_rule="average"``); stepped like weights,
+    ``1 + 2 * (0.4 - 1)``, the variance would be -0.2, a corrupted model."""
+    grid = crafted_grid({pid: _batchnorm_reply for pid in range(3)})
+    start = ArrayRecord(
+        {
+            "w": Array(np.zeros(3, np.float32)),
+            "bn.running_var": Array(np.ones(3, np.float32)),
+        }
+    )
+    strategy = FedBuff(server_lr=2.0, seed=0)
+    messages = strategy.configure_train(1, start, ConfigRecord(), grid)
+    replies = list(grid.send_and_receive(list(messages)))
+    arrays, _ = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert np.allclose(arrays["bn.running_var"].numpy(), 0.4)
+    assert np.allclose(arrays["w"].numpy(), 0.2)  # weights: lr times the mean
 
 
 @pytest.mark.parametrize(
@@ -168,3 +213,57 @@ def test_the_synchronous_evaluation_caps_an_inflated_claim() -> None:
     metrics = strategy.aggregate_evaluate(1, replies)
     assert metrics is not None
     assert float(metrics["loss"]) == pytest.approx((40 * 1000 + 20) / 60)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- stale updates
+def _tagged_reply(msg: Message, pid: int) -> Message:
+    """The toy node's reply, its metrics naming its partition and base version."""
+    reply = honest_reply(msg, pid)
+    reply.content["metrics"] = MetricRecord(
+        {
+            "num-examples": examples_of(pid),
+            "partition": pid,
+            "trained-on": msg.content["config"][MODEL_VERSION_KEY],
+        }
+    )
+    return reply
+
+
+def test_a_stale_update_weighs_in_the_train_metrics_as_in_the_step() -> None:
+    """The step weighs update i by its staleness weight times its examples
+    (times its trust under trust weighting); the train metrics must too, or a
+    node that delays its replies sways the reported metrics more than the
+    step. The slow node's update (staleness 3, ``Polynomial`` weight 0.5, 30
+    examples) must count 15 beside a fresh node's 10, not 30."""
+    staleness = Polynomial()
+    calls: list[list[tuple[int, int, float]]] = []  # staleness, partition, count
+
+    def recorder(contents: list[RecordDict], key: str) -> MetricRecord:
+        parent = len(calls)  # called once per version, in order
+        seen = []
+        for content in contents:
+            record = content["metrics"]
+            trained_on = int(record["trained-on"])  # type: ignore[arg-type]
+            pid = int(record["partition"])  # type: ignore[arg-type]
+            seen.append((parent - trained_on, pid, float(record[key])))  # type: ignore[arg-type]
+        calls.append(seen)
+        return aggregate_metrics(contents, key)
+
+    grid = VirtualGrid(
+        crafted_app({pid: _tagged_reply for pid in range(3)}),
+        [DeviceProfile(speed=1.0), DeviceProfile(speed=1.0), DeviceProfile(speed=0.3)],
+        work_fn=constant_work(1.0),
+    )
+    strategy = FedBuff(
+        buffer_size=2,
+        staleness_fn=staleness,
+        fraction_evaluate=0.0,
+        seed=0,
+        train_metrics_aggr_fn=recorder,
+    )
+    result = strategy.start(grid, initial_arrays(), num_rounds=6, timeout=60.0)
+    assert len(calls) == len(result.versions)
+    handed = [update for version in calls for update in version]
+    assert (3, 2, 15.0) in handed, handed
+    for stale, pid, count in handed:
+        assert count == pytest.approx(examples_of(pid) * staleness(stale))

@@ -67,7 +67,8 @@ class UpdateBuffer:
         Where versions and rejections are recorded.
     metrics_aggr : callable
         Aggregates the train replies' MetricRecords of one version, given
-        each update's effective example count (the step's, not the claim).
+        each update's weight in the step (:attr:`.BufferedUpdate.average_weight`:
+        staleness weight x effective examples x trust, not the claim).
     now : callable
         Seconds since the run started, on the run's clock.
     weighted_by_key : str
@@ -311,7 +312,7 @@ class UpdateBuffer:
             )
         self.result.arrays = self.model_record
         metrics = self.metrics_aggr(
-            [u.metrics for u in updates], [u.examples for u in updates]
+            [u.metrics for u in updates], [u.average_weight for u in updates]
         )
         if metrics is not None:
             self.result.train_metrics_clientapp[self.version] = metrics

@@ -1,20 +1,22 @@
 """Reported metrics weighed as the step weighs: by effective, not claimed, counts.
 
 A reply's ``num-examples`` is the client's word (:mod:`.weighting`). The step
-weighs each update by the example-weighting policy's effective count; a
-version's train metrics are averaged by those same counts
-(:func:`weighed_train_metrics`), and the claims of a federated evaluation's
-replies go through the same policy (:func:`weighed_evaluation_metrics`), over a
-history of that evaluation's own claims: an evaluation set is sized apart from a
-training set, so a training median would cap it at the wrong scale. Either way,
-a node holding no more than its own client's key moves a reported metric no
-more than it moves the step: with the default ``MedianCapped``, nodes that are
-a minority of those replying each weigh at most ``multiple`` times an honest
-median.
+weighs each update by the example-weighting policy's effective count times its
+staleness weight (and its trust under trust weighting); a version's train
+metrics are averaged by those same weights (:func:`weighed_train_metrics`), so
+a node that delays its replies gains no say. The claims of a federated
+evaluation's replies go through the same policy
+(:func:`weighed_evaluation_metrics`), over a history of that evaluation's own
+claims: an evaluation set is sized apart from a training set, so a training
+median would cap it at the wrong scale. Either way, a node holding no more than
+its own client's key moves a reported metric no more than it moves the step:
+with the default ``MedianCapped``, nodes that are a minority of those replying
+each weigh at most ``multiple`` times an honest median.
 
 The aggregation function keeps Flower's signature, ``fn(contents,
 weighted_by_key)``: it is handed the replies with each ``weighted_by_key`` set
-to its effective count, so a custom function weighs by that count too.
+to its effective count (a train reply's: its weight in the step), so a custom
+function weighs by that count too.
 """
 
 from __future__ import annotations
@@ -70,8 +72,9 @@ def weighed_train_metrics(
 ) -> MetricRecord | None:
     """A version's train metrics, weighed by the ``counts`` its step used.
 
-    ``counts`` are the weighting policy's effective example counts of the
-    updates (:func:`~.weighting.effective_examples`), one per reply.
+    ``counts`` are the updates' weights in the step, one per reply
+    (:attr:`~.pipeline.BufferedUpdate.average_weight`: the weighting policy's
+    effective examples times the staleness weight and the trust).
     """
     return aggregate_or_none(
         fn, with_counts(contents, counts, weighted_by_key), weighted_by_key

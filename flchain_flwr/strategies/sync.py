@@ -5,10 +5,11 @@ against the model sent (or, when ``aggregate_train`` is called on its own as
 Flower's strategy tests call FedAvg's, against the common layout of the replies
 whose arrays decode), its claimed training version is checked, its example count
 goes through the weighting policy, and a malformed reply is logged and left out.
-The step is the async path's :func:`~.pipeline.server_step`, so a batch whose
-step would overflow the model is refused the same way (``OVERFLOW_REASON``,
-logged) and Flower's loop keeps its model. Metrics are weighed as there too
-(:mod:`.metricweights`).
+The step is the async path's :func:`~.pipeline.server_step`, with the same
+non-trainable state (:func:`~.state.state_names` of the model sent, under
+``state_rule``), so a batch whose step would overflow the model is refused the
+same way (``OVERFLOW_REASON``, logged) and Flower's loop keeps its model.
+Metrics are weighed as there too (:mod:`.metricweights`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .claims import ClaimHistory
 from .evaluation import valid_evaluate_content
 from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
 from .pipeline import OVERFLOW_REASON, BufferedUpdate, server_step
+from .state import state_names
 from .updates import UpdateRejected, parse_update
 from .weighting import WeightingError, effective_examples
 
@@ -65,6 +67,9 @@ class SyncAggregation:
                 )
                 return None, None
             reference, absolute = layout, True
+        # no model sent: no server state to average against, keep or step
+        names = frozenset() if absolute else state_names(reference, s.state_patterns)
+        state_base = {name: reference[name] for name in names}
         accepted: list[BufferedUpdate] = []
         for reply in replies:
             node_id = reply.metadata.src_node_id
@@ -91,6 +96,7 @@ class SyncAggregation:
                     update=update,
                     examples=update.num_examples,  # the claim, until weighed
                     metrics=reply.content,  # as Flower's FedAvg hands them over
+                    state_base=state_base,
                 )
             )
         if not accepted:
@@ -112,6 +118,8 @@ class SyncAggregation:
             lr=1.0 if absolute else s.server_lr,
             momentum=0.0,
             velocity=None,
+            state_names=names,
+            state_rule=s.state_rule,
         )
         if stepped is None:  # as FedBuff.start refuses the buffer
             log(WARNING, "Round %d not aggregated: %s", server_round, OVERFLOW_REASON)
@@ -119,7 +127,7 @@ class SyncAggregation:
         metrics = weighed_train_metrics(
             s.train_metrics_aggr_fn,
             [u.metrics for u in accepted],
-            examples,
+            [u.average_weight for u in accepted],
             s.weighted_by_key,
         )
         return to_arrayrecord(stepped.model), metrics
