@@ -77,11 +77,18 @@ def integer_value(
     key: str,
     *,
     minimum: int | None = None,
+    maximum: int | None = None,
     source: str = "run config",
 ) -> int:
-    """``cfg[key]`` as an int (a float only if integral), at least ``minimum``."""
+    """``cfg[key]`` as an int (a float only if integral), at least ``minimum``
+    and at most ``maximum``."""
     value = cfg[key]
-    expected = "an integer" if minimum is None else f"an integer >= {minimum}"
+    if minimum is not None and maximum is not None:
+        expected = f"an integer in [{minimum}, {maximum}]"
+    elif maximum is not None:
+        expected = f"an integer <= {maximum}"
+    else:
+        expected = "an integer" if minimum is None else f"an integer >= {minimum}"
     if isinstance(value, bool):
         raise bad_value(key, value, expected, source)
     if isinstance(value, int):
@@ -90,7 +97,9 @@ def integer_value(
         number = int(value)
     else:
         raise bad_value(key, value, expected, source)
-    if minimum is not None and number < minimum:
+    if (minimum is not None and number < minimum) or (
+        maximum is not None and number > maximum
+    ):
         raise bad_value(key, value, expected, source)
     return number
 

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,13 +13,14 @@ import pytest
 
 from flchain_flwr.configvalues import ConfigValue
 
+ROOT = Path(__file__).resolve().parent.parent
+
 
 def _app_config(**overrides: ConfigValue) -> dict[str, ConfigValue]:
     """The app's run config (its pyproject's defaults) with ``overrides``."""
     from flchain_flwr.sim import app_run_config
 
-    root = Path(__file__).resolve().parent.parent
-    cfg = app_run_config(root / "apps" / "flchain_cnn")
+    cfg = app_run_config(ROOT / "apps" / "flchain_cnn")
     cfg.update(overrides)
     return cfg
 
@@ -117,6 +120,61 @@ def test_the_committees_keys_are_read_by_the_typed_readers(
         remote_committee(None, cfg)  # type: ignore[arg-type]  # no grid needed
     assert f"run config key {key!r}" in str(raised.value)
     assert repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, float(2**64)])
+def test_a_seed_out_of_the_rngs_range_is_refused_naming_its_key(seed: int) -> None:
+    """NumPy's ``default_rng`` refuses a negative seed and a TOML integer is
+    an int64: the app's ``seed`` is in [0, 2**63 - 1], checked when read."""
+    from flchain_cnn.settings import app_settings
+
+    with pytest.raises(
+        ValueError, match="run config key 'seed': expected an integer in"
+    ):
+        app_settings(_app_config(seed=seed))
+
+
+def test_the_seeds_bounds_seed_torch_and_numpy() -> None:
+    torch = pytest.importorskip("torch")
+    import numpy as np
+    from flchain_cnn.settings import MAX_SEED, app_settings
+
+    for seed in (0, MAX_SEED):
+        read = app_settings(_app_config(seed=seed)).seed
+        torch.manual_seed(read)
+        np.random.default_rng(read)
+
+
+def _start_snippet() -> str:
+    """``START_SNIPPET`` of benchmarks/deployment.py, read without importing it."""
+    source = (ROOT / "benchmarks" / "deployment.py").read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "START_SNIPPET" for t in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, str)
+            return value
+    raise AssertionError("benchmarks/deployment.py has no START_SNIPPET")
+
+
+def test_the_deployment_benchmarks_start_cost_snippet_still_loads_a_partition(
+    tmp_path: Path,
+) -> None:
+    """``start_cost`` runs ``START_SNIPPET`` in a fresh process: its context
+    must carry the app's whole run config, which ``app_settings`` reads (a
+    hand-made subset stopped with ``KeyError: 'test-subset'``)."""
+    pytest.importorskip("torch")
+    done = subprocess.run(
+        [sys.executable, "-c", _start_snippet(), str(ROOT / "apps" / "flchain_cnn")],
+        env={**os.environ, "FLCHAIN_DATA_CACHE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-600:]
+    assert all(float(s) >= 0 for s in done.stdout.split()[-2:])
 
 
 def test_the_apps_own_defaults_read_cleanly() -> None:

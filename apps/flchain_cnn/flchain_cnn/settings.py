@@ -34,6 +34,10 @@ OPTIONAL: Mapping[str, ConfigValue] = {
 }
 """The keys a run config may leave out, and what they then are."""
 
+MAX_SEED = 2**63 - 1
+"""The largest ``seed``: a TOML integer (int64) that ``torch.manual_seed`` and
+NumPy's ``default_rng`` both take (neither takes a negative one as given)."""
+
 
 @dataclass(frozen=True)
 class AppSettings:
@@ -77,7 +81,7 @@ def app_settings(cfg: Mapping[str, ConfigValue]) -> AppSettings:
         dataset=text_value(cfg, "dataset"),
         model=text_value(cfg, "model"),
         allow_download=flag_value(cfg, "allow-download"),
-        seed=integer_value(cfg, "seed"),
+        seed=integer_value(cfg, "seed", minimum=0, maximum=MAX_SEED),
         train_subset=integer_value(cfg, "train-subset", minimum=0),
         test_subset=integer_value(cfg, "test-subset", minimum=0),
         dirichlet_alpha=number_value(cfg, "dirichlet-alpha", low=0.0, low_open=True),
