@@ -19,14 +19,22 @@ from flwr.app import (
     RecordDict,
 )
 
+from flchain_flwr.arrays import to_arrayrecord
+from flchain_flwr.compression.sparse import VALUE_TYPES, encode
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.payload import decode_payload, payload_chunks
+from flchain_flwr.mods.dgccompress import DGCState, compress
+from flchain_flwr.mods.dgcconfig import DGCConfig
+from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
 from flchain_flwr.strategies import Constant, FedBuff
 from flchain_flwr.strategies.replybounds import MAX_RECORDS_BYTES
 from flchain_flwr.strategies.updates import UpdateRejected, parse_update
 
 from .crafted import Shape, crafted_grid, honest_reply
 from .toy import initial_arrays
+
+LONG = 1_000_000
+"""Characters a faulty client puts where nothing else bounds them."""
 
 
 def _with_extra_record(record: ArrayRecord) -> Shape:
@@ -165,6 +173,112 @@ def test_a_payload_of_an_unstorable_dtype_names_the_array() -> None:
     content = RecordDict({"arrays": ArrayRecord({"w": odd})})
     with pytest.raises(ValueError, match=r"array .w.*dtype"):
         b"".join(payload_chunks(1, content))
+
+
+# ------------------------------------------- what an accepted reply stores
+def test_the_update_arrayrecords_name_counts_toward_the_reply_bound() -> None:
+    """The one ArrayRecord's name is the client's choice, of any length, and
+    is written into the payload header the ledger stores and each member is
+    sent: it counts toward MAX_RECORDS_BYTES like every other record name
+    (a megabyte name was once accepted, counted nowhere)."""
+    reference = {"w": np.zeros(3, np.float32)}
+    content = RecordDict(
+        {
+            "a" * LONG: to_arrayrecord({"w": np.ones(3, np.float32)}),
+            "metrics": MetricRecord({"num-examples": 10}),
+        }
+    )
+    try:
+        parse_update(content, reference)
+    except UpdateRejected:
+        return  # bounded: the reply was refused with a reason
+    stored = sum(len(chunk) for chunk in payload_chunks(1, content))
+    model_bytes = sum(
+        len(a.data) for r in content.array_records.values() for a in r.values()
+    )
+    assert stored - model_bytes <= MAX_RECORDS_BYTES + 4_096, stored
+
+
+# ------------------------------------- the stored growth the docs promise
+def _stored_beyond_model(content: RecordDict, reference: dict[str, np.ndarray]) -> int:
+    """Bytes of the payload the ledger stores beyond the model's own size."""
+    parse_update(content, reference)  # accepted
+    stored = sum(len(chunk) for chunk in payload_chunks(1, content))
+    return stored - sum(v.nbytes for v in reference.values())
+
+
+@pytest.mark.parametrize("nuls", [40_000, 44_000, 260_000])
+def test_an_accepted_reply_stores_at_most_its_model_plus_the_records_bound(
+    nuls: int,
+) -> None:
+    """docs/fedbuff.md: "a client holding no key can make the ledger and each
+    vote request grow by its model's size plus at most 256 KiB per update".
+    The payload header is canonical JSON, where a NUL is written ``\\u0000``
+    (6 bytes): the bound counts the bytes stored, not the characters sent, so
+    40,000 NULs (240 kB) pass and 44,000 (264 kB) or 260,000 (1.5 MB) do not."""
+    reference = {"w": np.zeros(3, np.float32)}
+    content = RecordDict(
+        {
+            "arrays": to_arrayrecord({"w": np.ones(3, np.float32)}),
+            "metrics": MetricRecord({"num-examples": 10}),
+            "c": ConfigRecord({"s": "\x00" * nuls}),
+        }
+    )
+    if nuls * 6 > MAX_RECORDS_BYTES:
+        with pytest.raises(UpdateRejected, match="MAX_RECORDS_BYTES"):
+            parse_update(content, reference)
+    else:
+        assert _stored_beyond_model(content, reference) <= MAX_RECORDS_BYTES
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_a_sparse_reply_stores_at_most_its_models_size(dtype: str) -> None:
+    """A sparse array (version 1, 4-byte indices, float32 values) of every
+    entry of a 100,000-element tensor is well formed but twice the model's
+    size (four times for float16): it is refused, naming the array."""
+    n = 100_000
+    reference = {"w": np.zeros(n, dtype)}
+    sparse = encode(
+        np.arange(n),
+        np.full(n, 0.001, np.float32),
+        shape=(n,),
+        dtype=dtype,
+        value_dtype="float32",
+        version=1,
+    )
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({"w": sparse}),
+            "metrics": MetricRecord({"num-examples": 10}),
+            UPDATE_INFO_KEY: ConfigRecord({UPDATE_KIND_KEY: UPDATE_KIND_DELTA}),
+        }
+    )
+    with pytest.raises(UpdateRejected, match=r"sparse array 'w'.*dense tensor"):
+        parse_update(content, reference)
+
+
+@pytest.mark.parametrize("value_dtype", VALUE_TYPES)
+@pytest.mark.parametrize("density", [0.003, 0.1, 0.5, 1.0])
+def test_the_dgc_mods_replies_fit_the_bounds(value_dtype: str, density: float) -> None:
+    """What the DGC mod sends, at any density and value type, is accepted and
+    stores at most the model's size plus the records bound: it sends a tensor
+    sparse only when that is smaller than dense."""
+    rng = np.random.default_rng(0)
+    delta = {
+        "w": rng.normal(size=(100, 1_000)).astype(np.float32),
+        "b": rng.normal(size=10).astype(np.float32),
+    }
+    cfg = DGCConfig.plain_topk(density, value_dtype=value_dtype)
+    compressed, _ = compress(delta, DGCState(), cfg)
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord(compressed.arrays),
+            "metrics": MetricRecord({"num-examples": 10}),
+            UPDATE_INFO_KEY: ConfigRecord({UPDATE_KIND_KEY: UPDATE_KIND_DELTA}),
+        }
+    )
+    reference = {k: np.zeros_like(v) for k, v in delta.items()}
+    assert _stored_beyond_model(content, reference) <= MAX_RECORDS_BYTES
 
 
 # ------------------------------------------------------------ evaluate replies

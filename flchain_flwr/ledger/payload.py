@@ -100,8 +100,9 @@ def _text(key: str, field: str, value: object) -> str:
     return text
 
 
-def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
-    """The payload blob of ``content`` as sent by ``node_id``, in chunks.
+def payload_header(node_id: int, content: RecordDict) -> bytes:
+    """The start of the payload blob of ``content`` as sent by ``node_id``:
+    everything it stores but its arrays' data (magic, length, header).
 
     Raises
     ------
@@ -110,22 +111,18 @@ def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
         whose dtype or stype is not UTF-8 text.
     """
     records: list[list[Any]] = []
-    data: list[bytes] = []
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
-            items = []
-            for key, arr in record.items():
-                raw = bytes(arr.data)
-                items.append(
-                    [
-                        _tag(key),
-                        _text(key, "dtype", arr.dtype),
-                        [int(d) for d in arr.shape],
-                        _text(key, "stype", arr.stype),
-                        len(raw),
-                    ]
-                )
-                data.append(raw)
+            items = [
+                [
+                    _tag(key),
+                    _text(key, "dtype", arr.dtype),
+                    [int(d) for d in arr.shape],
+                    _text(key, "stype", arr.stype),
+                    len(arr.data),
+                ]
+                for key, arr in record.items()
+            ]
             records.append([_tag(name), "arrays", items])
         elif isinstance(record, MetricRecord | ConfigRecord):
             kind = "metrics" if isinstance(record, MetricRecord) else "config"
@@ -136,8 +133,22 @@ def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
     header = canonical_json(
         {"format": PAYLOAD_FORMAT, "node_id": str(int(node_id)), "records": records}
     )
-    yield PAYLOAD_MAGIC + _LENGTH.pack(len(header)) + header
-    yield from data
+    return PAYLOAD_MAGIC + _LENGTH.pack(len(header)) + header
+
+
+def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
+    """The payload blob of ``content`` as sent by ``node_id``, in chunks: its
+    :func:`payload_header`, then the data of every array in header order.
+
+    Raises
+    ------
+    ValueError
+        As :func:`payload_header`.
+    """
+    yield payload_header(node_id, content)
+    for record in content.array_records.values():
+        for arr in record.values():
+            yield bytes(arr.data)
 
 
 def decode_payload(blob: bytes) -> tuple[int, RecordDict]:

@@ -5,9 +5,11 @@ An accepted train reply is stored whole, as received: its digest
 committee's votes, the block's Merkle root and the ledger entry name, and its
 payload blob (:mod:`flchain_flwr.ledger.payload`) is what a replay and every
 remote verifier parse again. So whatever a reply may carry is stored, hashed and
-forwarded; these rules keep that bounded, and keep every reason that quotes a
-client's value short. Each returns a problem (``None`` if there is none), which
-:func:`~.updates.parse_update` raises as its rejection.
+forwarded; these rules keep that bounded, as stored (the payload's bytes, not
+the values' characters: canonical JSON writes a NUL as six bytes), and keep
+every reason that quotes a client's value short. Each returns a problem
+(``None`` if there is none), which :func:`~.updates.parse_update` raises as
+its rejection.
 """
 
 from __future__ import annotations
@@ -15,11 +17,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-from flwr.app import ConfigRecord, MetricRecord, RecordDict
+from flwr.app import RecordDict
+
+from ..ledger.payload import payload_header
 
 MAX_RECORDS_BYTES: Final = 262_144
-"""Cap on a train reply's metric and config records together (their names, and
-their values as :func:`value_bytes` counts them); a reply over it is refused."""
+"""Cap on the bytes an accepted reply's stored payload holds beyond its model's
+tensors: the payload's header (every record's name, every metric and config key
+and value, every array's key, dtype, shape and stype, as stored) and each
+array's own header (npy's or the sparse format's). A reply over it is refused."""
+WIDEST_NODE_ID: Final = 2**64 - 1
+"""A node id of the most digits (Flower's are 64-bit): the header is measured
+as if this node sent it, so the bound holds whoever did."""
 
 
 def describe(value: object) -> str:
@@ -77,19 +86,25 @@ def array_records_problem(content: RecordDict, arrayrecord_key: str) -> str | No
     return None
 
 
-def records_size_problem(
-    content: RecordDict, limit: int = MAX_RECORDS_BYTES
+def stored_size_problem(
+    content: RecordDict, model_bytes: int, limit: int = MAX_RECORDS_BYTES
 ) -> str | None:
-    """Why a reply's metric and config records are too large: together over
-    ``limit`` bytes, counting every record name, key and value."""
-    size = 0
-    for name, record in content.items():
-        if isinstance(record, MetricRecord | ConfigRecord):
-            size += value_bytes(name)
-            size += sum(value_bytes(k) + value_bytes(v) for k, v in record.items())
-    if size > limit:
+    """Why the payload stored for a reply is too large: over ``model_bytes``
+    (its update's tensors, dense) plus ``limit`` bytes, measured as
+    :func:`~flchain_flwr.ledger.payload.payload_chunks` writes it."""
+    try:
+        header = len(payload_header(WIDEST_NODE_ID, content))
+    except ValueError as exc:
+        return f"reply cannot be stored: {describe(str(exc))}"
+    data = sum(
+        len(arr.data)
+        for record in content.array_records.values()
+        for arr in record.values()
+    )
+    beyond = header + data - model_bytes
+    if beyond > limit:
         return (
-            f"reply's metric and config records hold {size} bytes, over "
+            f"reply stores {beyond} bytes beyond its model's {model_bytes}, over "
             f"MAX_RECORDS_BYTES={limit}"
         )
     return None

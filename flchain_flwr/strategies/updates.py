@@ -8,8 +8,9 @@ metric averages) are checked in :mod:`.metrics`.
 An accepted reply is stored whole, as received (its digest is what votes and
 ledger entries name), so :func:`parse_update` also bounds what it may carry
 (:mod:`.replybounds`): one ArrayRecord, whose arrays are exactly the model's,
-each declaring what its data holds and holding nothing more; and metric and
-config records of at most ``MAX_RECORDS_BYTES`` bytes together. The live
+each declaring what its data holds and holding nothing more (a sparse one no
+more bytes than its dense tensor); and a stored payload of at most
+``MAX_RECORDS_BYTES`` bytes beyond the model's tensors. The live
 server, a replay and a remote verifier all parse with it: all three hold a
 reply to the same rule.
 """
@@ -38,7 +39,7 @@ from .replybounds import (
     array_records_problem,
     describe,
     describe_names,
-    records_size_problem,
+    stored_size_problem,
 )
 
 DENSE_STYPE: Final = "numpy.ndarray"
@@ -162,6 +163,11 @@ def _decode_checked(name: str, arr: Array, ref: np.ndarray, kind: str) -> np.nda
             raise UpdateRejected(
                 f"array {name!r} is sparse but the update is not a delta"
             )
+        if len(arr.data) > ref.nbytes:  # no honest client sends this: DGC sends dense
+            raise UpdateRejected(
+                f"sparse array {name!r} holds {len(arr.data)} bytes, more than "
+                f"its dense tensor's {ref.nbytes}"
+            )
         try:
             return decode(arr, shape=ref.shape, dtype=ref.dtype)
         except SparseFormatError as exc:
@@ -221,7 +227,6 @@ def parse_update(
             f"it was sent {trained_on}"
         )
     problem = array_records_problem(content, arrayrecord_key)
-    problem = problem or records_size_problem(content)
     if problem is not None:
         raise UpdateRejected(problem)
     arrays = next(iter(content.array_records.values()))
@@ -236,8 +241,10 @@ def parse_update(
         raise UpdateRejected(f"unexpected arrays: {describe_names(extra)}")
 
     delta: NDArrays = {}
+    model_bytes = 0
     for name, ref in reference.items():
         value = _decode_checked(name, arrays[name], ref, kind)
+        model_bytes += value.nbytes
         if ref.dtype.kind != "f":  # ints, uints, bools: no wrap-around, no bool math
             value = value.astype(np.float64)
             ref = ref.astype(np.float64)
@@ -245,6 +252,9 @@ def parse_update(
             delta[name] = value if kind == UPDATE_KIND_DELTA else value - ref
         if not np.isfinite(delta[name]).all():
             raise UpdateRejected(f"array {name!r} overflows when taken as an update")
+    problem = stored_size_problem(content, model_bytes)
+    if problem is not None:
+        raise UpdateRejected(problem)
     return ParsedUpdate(
         delta=delta, num_examples=num_examples, metrics=metrics, kind=kind
     )
