@@ -4,7 +4,7 @@ Every reader raises a ``ValueError`` that names the key and what it expected,
 so a bad ``[tool.flwr.app.config]`` entry is reported before anything is built.
 A leaf module: the app, the strategies and the client mods all read their keys
 here (a client mod importing it loads nothing else of the package). The number
-readers also read a node's config (``source="node config"``).
+and text readers also read a node's config (``source="node config"``).
 """
 
 from __future__ import annotations
@@ -112,11 +112,13 @@ def flag_value(cfg: Mapping[str, ConfigValue], key: str) -> bool:
     return value
 
 
-def text_value(cfg: Mapping[str, ConfigValue], key: str) -> str:
+def text_value(
+    cfg: Mapping[str, ConfigValue], key: str, *, source: str = "run config"
+) -> str:
     """``cfg[key]``, which must be a string."""
     value = cfg[key]
     if not isinstance(value, str):
-        raise bad_value(key, value, "a string")
+        raise bad_value(key, value, "a string", source)
     return value
 
 

@@ -27,6 +27,7 @@ from flchain_flwr.pov.queries import RemoteVerifierError, parse_votes
 from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.trust import trust_scores
 from flchain_flwr.pov.voterequest import read_vote_request
+from flchain_flwr.quoting import REASON_CHARS
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import Constant, FedBuff
 
@@ -42,6 +43,8 @@ SCRIPTED = {
     "many-votes": "[" + ",".join(["{}"] * 20_000) + "]",
 }
 """Scripted replies a faulty member sends instead of its votes."""
+LONG = 1_000_000
+"""Characters of the exception a "raise" member throws at each request."""
 
 
 def _member_votes(
@@ -72,11 +75,14 @@ def _verifier_grid(
     """``trainers`` toy trainers and ``len(faults)`` verifier nodes; a verifier
     with a fault answers its vote requests with that scripted reply ("" =
     honest; "reweigh", "overscore": validly signed votes, see
-    :func:`_member_votes`)."""
+    :func:`_member_votes`; "raise": an exception of :data:`LONG` characters,
+    to its signature requests too)."""
     app = toy_client_app({})
 
     def answer(msg: Message, context_: Context) -> Message:
         fault = str(context_.node_config.get("fault", ""))
+        if fault == "raise" and msg.metadata.message_type != queries.IDENTITY:
+            raise ValueError("x" * LONG)
         if fault and msg.metadata.message_type == queries.VOTE:
             if fault == "reweigh":
                 return _member_votes(msg, context_)
@@ -111,10 +117,14 @@ def _verifier_grid(
     )
 
 
-def _remote_decision(tmp_path: Path, faults: list[str]) -> CommitteeDecision:
+def _remote_committee(tmp_path: Path, faults: list[str]) -> RemoteCommittee:
     grid = _verifier_grid(tmp_path, faults)
     nodes = discovery.discover_verifiers(grid, expected=len(faults), timeout=30)
-    committee = RemoteCommittee(grid, nodes, chain_id=CHAIN)
+    return RemoteCommittee(grid, nodes, chain_id=CHAIN)
+
+
+def _remote_decision(tmp_path: Path, faults: list[str]) -> CommitteeDecision:
+    committee = _remote_committee(tmp_path, faults)
     return committee.decide(
         context=context(1, rule=committee.rule.digest),
         global_model=model(0.0),
@@ -152,6 +162,32 @@ def test_one_verifier_cannot_flood_the_decision_with_junk_votes(
     decision = _remote_decision(tmp_path, ["", "", "", "many-votes"])
     assert len(decision.dropped_votes) <= 100, len(decision.dropped_votes)
     assert [o.accepted for o in decision.outcomes] == [True, True]
+
+
+def test_a_members_error_reason_cannot_flood_the_decision_record(
+    tmp_path: Path,
+) -> None:
+    """An error reply's reason used to be copied whole into the decision's
+    ``dropped_votes`` (the run's result, its log and the ``pov.silence``
+    error): one faulty member of four added a megabyte per vote request."""
+    decision = _remote_decision(tmp_path, ["", "", "", "raise"])
+    assert [o.accepted for o in decision.outcomes] == [True, True]
+    recorded = sum(len(reason) for reason in decision.dropped_votes)
+    # the bound a member's votes have: VOTE_CHARS per vote asked for
+    assert 0 < recorded <= queries.VOTE_CHARS * 2, recorded
+
+
+def test_a_members_error_reason_cannot_flood_the_view_change_record(
+    tmp_path: Path,
+) -> None:
+    """The signature requests (view changes here; block headers take the
+    same path) quote a member's error reason clipped, as votes do."""
+    committee = _remote_committee(tmp_path, ["", "", "", "raise"])
+    members = list(committee.nodes)
+    ctx = context(1, rule=committee.rule.digest, view=1)
+    signed, problems = committee.view_change_signatures(members, ctx)
+    assert (len(signed), len(problems)) == (3, 1)
+    assert len(problems[0]) <= REASON_CHARS + 60, len(problems[0])  # + its prefix
 
 
 def test_a_reply_larger_than_its_votes_can_be_is_refused_before_parsing() -> None:
