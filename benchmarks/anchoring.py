@@ -15,7 +15,7 @@
   checkpoint after each anchor (:mod:`~flchain_flwr.ledger.mainwitness`).
 - Witness cosigning latency: each ``Witness.add_checkpoint`` call.
 - End to end: ``Ledger.verify`` on the whole subchain, then
-  :func:`~flchain_flwr.ledger.anchoring.check_anchored` (the main chain's
+  :func:`~flchain_flwr.ledger.anchorcheck.check_anchored` (the main chain's
   links, every anchor's signature and 2-of-3 quorum, each origin's
   consistency proofs, and the subchain against every anchored checkpoint):
   ``flchain ledger verify SUB --anchored-in MAIN``.
@@ -47,7 +47,8 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
-from flchain_flwr.ledger.anchoring import Anchorer, check_anchored, log_key_of
+from flchain_flwr.ledger.anchorcheck import check_anchored
+from flchain_flwr.ledger.anchoring import Anchorer, log_key_of
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.notes import NoteSignature
 from flchain_flwr.ledger.witness import CosignRequest, Witness

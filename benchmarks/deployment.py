@@ -148,13 +148,18 @@ sys.path.insert(0, sys.argv[1])
 import flchain_cnn.client_app as c
 from flwr.app import Context, RecordDict
 t1 = time.perf_counter()
-cfg = {"dataset": "digits", "dirichlet-alpha": 0.3, "seed": 42,
-       "allow-download": False, "train-subset": 0, "tier-classes": ""}
+from flchain_flwr.sim import app_run_config
+cfg = app_run_config(sys.argv[1], {"dataset": "digits", "dirichlet-alpha": 0.3,
+                     "seed": 42, "allow-download": False, "train-subset": 0})
 ctx = Context(run_id=1, node_id=1, state=RecordDict(), run_config=cfg,
               node_config={"partition-id": 0, "num-partitions": 3})
+t2 = time.perf_counter()
 c._local_data(ctx)
-print(t1 - t0, time.perf_counter() - t1)
+print(t1 - t0, time.perf_counter() - t2)
 """
+"""A fresh process's start: import the ClientApp, then load partition 0 of 3
+under the app's full run config (its pyproject.toml, digits overridden), as a
+SuperNode's ClientApp gets it; prints the seconds of each."""
 
 
 def start_cost(cache: Path, repeats: int) -> dict[str, Any]:

@@ -48,7 +48,8 @@ from flchain_flwr.ledger.consensus import (
     select_committee,
 )
 from flchain_flwr.ledger.mainchain import MainChain
-from flchain_flwr.ledger.provenance import Trust, build_bundle, verify_bundle
+from flchain_flwr.ledger.provenance import Trust, verify_bundle
+from flchain_flwr.ledger.provenance_build import build_bundle
 from flchain_flwr.ledger.witness import Witness
 
 K = 5

@@ -109,7 +109,7 @@ collapsed on every seed, and FedBuff now refuses the pair."""
 
 MAIN = ("fedavg", "fedavg-os", "fedbuff", "+all", "+fairness")
 """Run for every seed before the other policies: the headline's and the targets'
-comparisons, and the policy the README recommends first."""
+comparisons, and the policy docs/stragglers.md recommends first."""
 
 
 def policies_of(name: str) -> tuple[str, ...]:

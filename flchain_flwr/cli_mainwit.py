@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from .cli_common import EXIT_FAILED, EXIT_OK
 from .ledger.anchorblock import AnchorError
 from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
@@ -21,8 +22,6 @@ from .ledger.mainingest import ingest_spool
 from .ledger.mainverify import WitnessRule
 from .ledger.mainwitness import main_witnessing
 from .ledger.witness import Witness
-
-EXIT_OK, EXIT_FAILED = 0, 1  # as flchain_flwr.cli's (which imports this module)
 
 
 def add_witness_rule_options(parser: argparse.ArgumentParser) -> None:

@@ -2,10 +2,10 @@
 and trading subchains on the command line.
 
 ``prove`` writes the bundle tying a model to the training block that made it
-(:func:`~flchain_flwr.ledger.provenance.build_bundle`); ``verify`` checks one
-offline against keys the buyer holds and prints the run, block and committee,
-what it checked under which keys, and what it did not check; ``market``
-checks every record of a model-trading subchain and its checkpoint;
+(:func:`~flchain_flwr.ledger.provenance_build.build_bundle`); ``verify``
+checks one offline against keys the buyer holds and prints the run, block and
+committee, what it checked under which keys, and what it did not check;
+``market`` checks every record of a model-trading subchain and its checkpoint;
 ``anchor-market`` anchors one in a main chain through witness folders. Exit
 codes as for ``flchain ledger``: 0 valid, 1 a check failed or an anchor was
 refused, 2 bad input (one line on stderr).
@@ -16,13 +16,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any, Final, TextIO
 
+from .cli_common import EXIT_FAILED, EXIT_OK, error, open_ledger
 from .cli_mainwit import add_witness_rule_options, witness_rule
 from .ledger.blocks import LedgerError
-from .ledger.chain import Ledger
 from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.maindb import AnchorRefused, MainChainError
@@ -32,25 +31,17 @@ from .ledger.provenance import (
     TRUST_ROLES,
     BundleMalformed,
     ProvenanceError,
-    build_bundle,
     parse_trust,
     verify_bundle,
 )
+from .ledger.provenance_build import build_bundle
 from .ledger.trade_anchor import anchor_trading_chain
 from .ledger.trade_records import TradeRefused
 from .ledger.trading import TradingChain
 from .ledger.witness import Witness, WitnessError
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_FILE_BYTES: Final = 1 << 31
 """Largest model or bundle file read (2 GiB)."""
-
-
-def _fail(message: str) -> int:
-    """One line on stderr; the bad-input exit code."""
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
-    sys.stderr.write(f"flchain: error: {line}\n")
-    return EXIT_USAGE
 
 
 def _read(path: str, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
@@ -80,18 +71,18 @@ def cmd_prove(args: argparse.Namespace, out: TextIO) -> int:
         digest = _model_hash(args)
         main = MainChain(args.main)
     except (OSError, ValueError, MainChainError) as exc:
-        return _fail(str(exc))
+        return error(str(exc))
     try:
-        with Ledger(args.ledger, create=False) as ledger:
+        with open_ledger(args.ledger) as ledger:
             bundle = build_bundle(ledger, main, digest)
     except (LedgerError, MainChainError, OSError) as exc:
-        return _fail(str(exc))
+        return error(str(exc))
     finally:
         main.close()
     try:
         write_file_atomically(args.output, bundle, mode=0o644, overwrite=True)
     except OSError as exc:
-        return _fail(f"cannot write {args.output}: {exc.strerror or exc}")
+        return error(f"cannot write {args.output}: {exc.strerror or exc}")
     out.write(f"wrote {args.output} ({len(bundle)} bytes) for model {digest}\n")
     return EXIT_OK
 
@@ -122,11 +113,11 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
         data = _read(args.bundle, "bundle", MAX_BUNDLE_BYTES)
         model = None if args.model is None else _read(args.model, "model file")
     except (OSError, ValueError) as exc:
-        return _fail(str(exc))
+        return error(str(exc))
     try:
         report = verify_bundle(data, trust, model, witness_rule(args))
     except BundleMalformed as exc:
-        return _fail(f"malformed bundle {args.bundle}: {exc}")
+        return error(f"malformed bundle {args.bundle}: {exc}")
     except ProvenanceError as exc:
         out.write(f"INVALID: {exc}\n")
         return EXIT_FAILED
@@ -142,7 +133,7 @@ def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
         )
         chain = TradingChain(args.trade, create=False)
     except (NoteError, LedgerError) as exc:
-        return _fail(str(exc))
+        return error(str(exc))
     with chain:
         try:
             count, anchor = chain.verify(trusted)
@@ -151,7 +142,7 @@ def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
             out.write(f"INVALID: {exc}\n")
             return EXIT_FAILED
         except (sqlite3.Error, ValueError) as exc:
-            return _fail(f"cannot read the trading chain {args.trade}: {exc}")
+            return error(f"cannot read the trading chain {args.trade}: {exc}")
     trust = (
         "the trusted key"
         if trusted is not None
@@ -169,13 +160,13 @@ def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_anchor_market(args: argparse.Namespace, out: TextIO) -> int:
     """Anchor a trading subchain's checkpoint in a main chain, via witnesses."""
     if not Path(args.main_key_file).is_file():
-        return _fail(f"no main-chain key at {args.main_key_file}")
+        return error(f"no main-chain key at {args.main_key_file}")
     try:
         key = load_or_create_key(Path(args.main_key_file))
         witnesses = [Witness(folder) for folder in args.witness]
         chain = TradingChain(args.trade, create=False)
     except (LedgerError, WitnessError) as exc:
-        return _fail(str(exc))
+        return error(str(exc))
     try:
         main = MainChain(args.main, signing_key=key, witnesses=witnesses)
         with chain, main:
@@ -184,7 +175,7 @@ def cmd_anchor_market(args: argparse.Namespace, out: TextIO) -> int:
         out.write(f"REFUSED: {exc}\n")
         return EXIT_FAILED
     except (LedgerError, MainChainError, sqlite3.Error) as exc:
-        return _fail(str(exc))
+        return error(str(exc))
     checkpoint = block.checkpoint
     out.write(
         f"anchored {checkpoint.origin} size {checkpoint.size} at height "

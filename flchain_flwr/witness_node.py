@@ -33,9 +33,11 @@ from flwr.serverapp import Grid
 from nacl.exceptions import CryptoError
 from nacl.signing import VerifyKey
 
+from .configvalues import text_value
 from .ledger.cosignature import CosignerKey, parse_cosigner_key
 from .ledger.notes import NoteError, NoteSignature, parse_note
 from .ledger.witness import CosignRequest, Witness, WitnessAnswer, WitnessRefused
+from .quoting import clip
 from .runtime import clock_of
 
 IDENTITY: Final = "query.witness_identity"
@@ -51,10 +53,9 @@ def witness_from_node_config(node_config: Mapping[str, Any]) -> Witness | None:
     """This node's witness if its node config says ``role="witness"``."""
     if node_config.get("role", "trainer") != ROLE:
         return None
-    folder = node_config.get("witness-dir")
-    if not folder:
+    if not node_config.get("witness-dir"):
         raise ValueError('a witness node needs node config witness-dir="<path>"')
-    return Witness(str(folder))
+    return Witness(text_value(node_config, "witness-dir", source="node config"))
 
 
 def serve_witness(
@@ -109,7 +110,7 @@ def _ask(
         raise WitnessRefused(504, f"witness node {node} did not answer in {timeout}s")
     reply = replies[0]
     if reply.has_error():
-        raise WitnessRefused(502, f"witness node {node}: {reply.error.reason}")
+        raise WitnessRefused(502, f"witness node {node}: {clip(reply.error.reason)}")
     return reply.content.config_records.get(_CONFIG, ConfigRecord())
 
 
@@ -138,7 +139,7 @@ class RemoteWitness:
         found = WitnessAnswer(
             status if isinstance(status, int) else 502,
             body if isinstance(body, bytes) else b"",
-            str(cfg.get("reason", "")),
+            clip(str(cfg.get("reason", ""))),
         )
         lines = found.cosignatures(request.checkpoint)
         mine = [line for line in lines if line.key_id == self.key.key_id]

@@ -28,10 +28,10 @@ from flchain_flwr.ledger.anchorblock import (
     check_anchor,
     parse_block,
 )
+from flchain_flwr.ledger.anchorcheck import check_anchored
 from flchain_flwr.ledger.anchoring import (
     Anchorer,
     anchor_ledger,
-    check_anchored,
     cosigned_checkpoint,
     log_key_of,
 )
@@ -340,7 +340,7 @@ def test_run_config_keys_build_an_anchorer(setup, tmp_path: Path) -> None:  # ty
     for change, message in (
         ({"anchor-key": ""}, "anchor-main needs anchor-key"),
         ({"anchor-every": 0}, "every_blocks or every_seconds"),
-        ({"anchor-every": "3"}, "anchor-every must be an int"),
+        ({"anchor-every": "3"}, "'anchor-every': expected an integer"),
         ({"anchor-witnesses": str(tmp_path)}, "not a witness folder"),
     ):
         with pytest.raises(Exception, match=message):

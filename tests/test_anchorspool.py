@@ -17,11 +17,8 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main as cli
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.anchoring import (
-    check_anchored,
-    cosigned_checkpoint,
-    log_key_of,
-)
+from flchain_flwr.ledger.anchorcheck import check_anchored
+from flchain_flwr.ledger.anchoring import cosigned_checkpoint, log_key_of
 from flchain_flwr.ledger.anchorspool import AnchorRequest, SpoolAnchorer, parse_request
 from flchain_flwr.ledger.checkpoint import ledger_origin, parse_checkpoint
 from flchain_flwr.ledger.mainchain import MainChain
@@ -216,3 +213,31 @@ def test_junk_and_forged_requests_are_rejected_with_reasons(  # type: ignore[no-
         )
         == 2
     )
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        # NaN passed the isinstance check and failed `seconds > 0`: timed
+        # anchoring was silently off
+        ("anchor-every-seconds", float("nan")),
+        ("anchor-every-seconds", "30"),
+        ("anchor-every", 2.5),
+        ("anchor-witness-nodes", -1),
+        ("anchor-spool", True),
+        ("anchor-witnesses", 0),
+    ],
+)
+def test_a_bad_anchor_key_is_refused_naming_it(
+    tmp_path: Path, key: str, value: int | float | str | bool
+) -> None:
+    witnesses = main_with_witnesses(tmp_path, [])
+    cfg: dict[str, int | float | str | bool] = {
+        "anchor-main": str(tmp_path / "main.db"),
+        "anchor-spool": str(tmp_path / "spool"),
+        "anchor-witnesses": ",".join(str(w.folder) for w in witnesses),
+        "anchor-every": 2,
+        key: value,
+    }
+    with pytest.raises(ValueError, match=f"run config key {key!r}"):
+        anchorer_from_run_config(cfg)

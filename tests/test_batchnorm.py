@@ -254,7 +254,7 @@ def test_the_old_delta_rule_drives_running_var_negative_on_the_same_run() -> Non
     """Regression demonstration: the same seed and data under the old rule."""
     run = run_bn("delta")
     result = run.result
-    assert result.rejected == [] and result.failures == []  # nothing catches it
+    assert result.rejected == []  # no train update is refused: nothing catches it
     negative = [v for v, s in sorted(run.seen.items()) if s.min_running_var < 0]
     assert negative, [s.min_running_var for s in run.seen.values()]
     # a negative variance makes BatchNorm's sqrt NaN: the central loss is NaN
@@ -262,10 +262,16 @@ def test_the_old_delta_rule_drives_running_var_negative_on_the_same_run() -> Non
     for version in negative:
         assert math.isnan(run.seen[version].loss), version
         assert run.seen[version].accuracy < 0.2, version
-    # the nodes' evaluations of those versions are NaN too, and are dropped
+    # the nodes' evaluations of those versions are NaN too, and are dropped,
+    # each recorded as its node's failure (the only failures of the run)
     federated = result.evaluate_metrics_clientapp
     due = range(EVALUATE_EVERY, VERSIONS + 1, EVALUATE_EVERY)
     assert any(v in negative and v not in federated for v in due)
+    assert result.failures
+    assert all(
+        f.version in negative and f.reason.startswith("evaluate reply rejected")
+        for f in result.failures
+    )
     # the first version has no stale update: both rules agree there
     first = run_bn("average").seen[1].min_running_var
     assert run.seen[1].min_running_var == pytest.approx(first, rel=1e-6)

@@ -16,9 +16,6 @@ from flchain_flwr.ledger.checkpoint import (
     EMPTY_ROOT,
     Checkpoint,
     CheckpointError,
-    CheckpointMismatch,
-    check_against_ledger,
-    check_consistency,
     ledger_checkpoint,
     ledger_origin,
     open_checkpoint,
@@ -26,6 +23,11 @@ from flchain_flwr.ledger.checkpoint import (
     read_checkpoint,
     sign_checkpoint,
     write_checkpoint,
+)
+from flchain_flwr.ledger.checkpointcheck import (
+    CheckpointMismatch,
+    check_against_ledger,
+    check_consistency,
 )
 from flchain_flwr.ledger.merkle import consistency_proof, merkle_root
 from flchain_flwr.ledger.notes import (

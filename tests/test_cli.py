@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flchain_flwr import cli
+from flchain_flwr import cli_ledger
 from flchain_flwr.cli import main
 from flchain_flwr.ledger import Ledger, LedgerError
 
@@ -424,7 +424,7 @@ def test_an_unforeseen_error_is_one_line_unless_debugging(
     def overflow(*_: object) -> None:
         raise OverflowError("int too large to convert to float")
 
-    monkeypatch.setattr(cli, "reward_shares", overflow)
+    monkeypatch.setattr(cli_ledger, "reward_shares", overflow)
     code, out = flchain("rewards", str(path))
     err = capsys.readouterr().err
     assert code == 2 and out == "" and len(err.splitlines()) == 1

@@ -70,7 +70,7 @@ def test_flipped_bytes_never_crash_the_cli_nor_pass_verify_changed(
         if results["verify"][0] == 0:  # verified: nothing readable has changed
             code, out = results["export"]
             rows = out.splitlines()
-            # A chain cut short at its end still verifies (see the README).
+            # A chain cut short at its end still verifies (docs/ledger.md, trust model).
             assert code == 0 and rows == original_rows[: len(rows)], flip
     # The flips reached every outcome: the test exercises what it claims to.
     assert outcomes.get(("verify", 1), 0) > 0 and outcomes.get(("show", 2), 0) > 0

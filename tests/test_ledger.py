@@ -97,7 +97,7 @@ def test_missing_folders_above_a_new_ledger_are_created_and_the_path_logged(
     FLOWER_LOGGER.addHandler(collect)
     FLOWER_LOGGER.setLevel(logging.INFO)
     try:
-        # README's example, one folder deeper: none of the folders exist yet.
+        # docs/ledger.md's example, one folder deeper: none of the folders exist yet.
         with Ledger("runs/nested/ledger.db") as ledger:
             ledger.append(
                 model={"w": np.zeros(2, np.float32)},

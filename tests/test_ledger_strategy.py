@@ -441,7 +441,7 @@ def test_append_refuses_a_config_that_is_not_its_digest(tmp_path: Path) -> None:
         )
 
 
-def test_an_accepted_reply_with_10000_metric_keys_is_stored_capped(
+def test_an_accepted_reply_with_2000_metric_keys_is_stored_capped(
     tmp_path: Path,
 ) -> None:
     from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
@@ -449,8 +449,9 @@ def test_an_accepted_reply_with_10000_metric_keys_is_stored_capped(
     grid = three_node_grid()
     run_ = fedbuff_run(FedBuff(ledger=tmp_path / "l.db"), grid, 1)
     try:
-        metrics = MetricRecord({f"m{i}": float(i) for i in range(10_000)})
-        metrics["num-examples"] = 10  # last of 10,001, and kept
+        # 2,000 keys fit MAX_RECORDS_BYTES as stored (10,000 would not)
+        metrics = MetricRecord({f"m{i}": float(i) for i in range(2_000)})
+        metrics["num-examples"] = 10  # last of 2,001, and kept
         arrays = ArrayRecord(
             {k: Array(v.numpy() + np.float32(0.5)) for k, v in initial_arrays().items()}
         )

@@ -153,7 +153,7 @@ def test_the_leader_drops_forged_replayed_foreign_and_duplicate_votes() -> None:
         [good, good, forged, replayed, outsider, off_batch, "junk"],
         ctx,
         members,
-        {digest(0)},
+        {digest(0): 1.0},
     )
     assert kept == [good]
     reasons = " | ".join(dropped)

@@ -260,7 +260,7 @@ def test_the_synchronous_strategy_runs_on_with_one_faulty_member(
 def test_a_third_rejecting_everything_with_valid_votes_goes_unseen(
     tmp_path: Path,
 ) -> None:
-    """What the watch cannot see (README says so): two of four sign a
+    """What the watch cannot see (docs/pov.md says so): two of four sign a
     rejection of every update. Each request has four valid voters, as a
     committee rejecting poison has, so even a 1 s limit never stops the run:
     all 20 rounds train and nothing is approved."""

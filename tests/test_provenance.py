@@ -33,9 +33,9 @@ from flchain_flwr.ledger.provenance import (
     BundleMalformed,
     ProvenanceError,
     Trust,
-    build_bundle,
     verify_bundle,
 )
+from flchain_flwr.ledger.provenance_build import build_bundle
 from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
 from flchain_flwr.ledger.trade_records import make_offer, make_purchase, make_receipt
 from flchain_flwr.ledger.trading import TradingChain

@@ -140,6 +140,25 @@ def _keys(tmp_path: Path, n: int) -> list[str]:
     ]
 
 
+def test_a_fractional_verifier_shard_is_refused_naming_its_key(tmp_path: Path) -> None:
+    """A verifier node's shard is read by the typed readers: ``1.5`` used to
+    become shard 1 (another verifier's trusted data) without an error."""
+    shards: list[int] = []
+
+    def make(signing_key: object, shard: int) -> Verifier:
+        shards.append(shard)
+        return Verifier(toy_score, signing_key)
+
+    node = {
+        "role": "verifier",
+        "verifier-key": str(tmp_path / "verifier.key"),
+        "verifier-shard": 1.5,
+    }
+    with pytest.raises(ValueError, match="verifier-shard"):
+        verifiernode.verifier_from_node_config(node, make)
+    assert not shards, f"read as shard {shards}"
+
+
 def test_fedbuff_with_remote_verifiers_and_ledger(tmp_path: Path) -> None:
     grid = _grid(tmp_path, [{"tolerance": 0.0}] * VERIFIERS, attackers={4})
     nodes = discovery.discover_verifiers(grid, expected=VERIFIERS, timeout=30)

@@ -40,11 +40,11 @@ from flchain_flwr.ledger.rewards import contributions
 from flchain_flwr.mods import DGCConfig, dgc_mod
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import FedBuff
+from flchain_flwr.strategies.claims import claims_transition
 from flchain_flwr.strategies.fairness import InverseParticipation
 from flchain_flwr.strategies.pipeline import OVERFLOW_REASON, StepResult, server_step
 from flchain_flwr.strategies.staleness import staleness_from_repr
 from flchain_flwr.strategies.tuning import StalenessTarget
-from flchain_flwr.strategies.weighting import claims_transition
 
 from .ledger_helpers import build_ledger
 from .toy import constant_work, initial_arrays, toy_client_app

@@ -21,6 +21,7 @@ from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.notes import SignedNote, SignerKey, VerifierKey, parse_note
 from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
+from flchain_flwr.ledger.trade_entry import entry_hash
 from flchain_flwr.ledger.trade_records import (
     TradeRefused,
     make_offer,
@@ -29,7 +30,7 @@ from flchain_flwr.ledger.trade_records import (
     sign_statement,
     statement_id,
 )
-from flchain_flwr.ledger.trading import TradingChain, entry_hash
+from flchain_flwr.ledger.trading import TradingChain
 from flchain_flwr.ledger.witness import Witness
 
 SELLER = SigningKey(b"\x31" * 32)

@@ -7,19 +7,18 @@ from hypothesis import strategies as st
 from sklearn.datasets import load_digits
 
 from flchain_flwr.data.partition import dirichlet_partition
+from flchain_flwr.strategies.claims import ClaimHistory, lower_median
 from flchain_flwr.strategies.updates import weighted_delta
 from flchain_flwr.strategies.weighting import (
     DEFAULT_WEIGHTING,
     Capped,
     Claimed,
-    ClaimHistory,
     Equal,
     ExampleWeighting,
     MedianCapped,
     WeightingError,
     effective_examples,
     example_weighting,
-    lower_median,
 )
 
 HONEST = [120.0, 95.0, 180.0, 150.0, 60.0, 210.0, 130.0, 175.0, 88.0]

@@ -14,7 +14,8 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
-from flchain_flwr.ledger.anchoring import Anchorer, check_anchored
+from flchain_flwr.ledger.anchorcheck import check_anchored
+from flchain_flwr.ledger.anchoring import Anchorer
 from flchain_flwr.ledger.checkpoint import ledger_origin
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.notes import VerifierKey

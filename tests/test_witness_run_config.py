@@ -11,7 +11,7 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
-from flchain_flwr.ledger.anchoring import check_anchored
+from flchain_flwr.ledger.anchorcheck import check_anchored
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.witness import Witness
 from flchain_flwr.strategies import Constant, fedbuff_from_run_config
@@ -87,10 +87,10 @@ def test_fewer_witness_nodes_than_the_policy_names_are_enough(tmp_path: Path) ->
     [
         ({"anchor-witness-nodes": 1}, "quorum of 2"),
         ({"anchor-witness-nodes": 4}, "policy has 3 witnesses"),
-        ({"anchor-witness-nodes": "3"}, "anchor-witness-nodes must be an int"),
+        ({"anchor-witness-nodes": "3"}, "'anchor-witness-nodes': expected an integer"),
         ({"anchor-witnesses": "/somewhere"}, "not both"),
         ({"anchor-witness-nodes": 0}, "anchor-witnesses .folders. or"),
-        ({"anchor-discovery-timeout": 0.0}, "anchor-discovery-timeout must be"),
+        ({"anchor-discovery-timeout": 0.0}, "'anchor-discovery-timeout': expected"),
     ],
 )
 def test_bad_witness_node_keys_are_named(

@@ -21,11 +21,12 @@ settings), whose canonical JSON hashes to the header's ``config_digest``, so a
 resume can name the settings that differ; and ``server_state``, the server's
 state after the block (:mod:`.serverstate`).
 
-This module is the :class:`Ledger`: opening and reading it, and the methods
-that append, verify and prove. The rest lives beside it: appending a block
-(the checks before, its transaction, its checkpoint) in :mod:`.appending`,
-the SQLite file and its rows in :mod:`.ledgerdb`, a new block's body and
-header in :mod:`.newblock`, the checkpoint written after each block in
+This module is the :class:`Ledger`: opening it, and the methods that append,
+verify and prove. The rest lives beside it: reading its blocks in its base
+class :class:`~.ledgerreader.LedgerReader`, appending a block (the checks
+before, its transaction, its checkpoint) in :mod:`.appending`, the SQLite file
+and its rows in :mod:`.ledgerdb`, a new block's body and header in
+:mod:`.newblock`, the checkpoint written after each block in
 :mod:`.checkpointwriter`, block types in :mod:`.blocks`, votes in
 :mod:`.votes`, keys in :mod:`.keys`, the check of the head before an append
 in :mod:`.headcheck`, verification in :mod:`.verify` and :mod:`.blockcheck`,
@@ -34,7 +35,7 @@ proofs in :mod:`.proofs` and :mod:`.proofcheck`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from logging import INFO
 from pathlib import Path
 from typing import Any
@@ -53,24 +54,15 @@ from .checkpoint import CheckpointError, ledger_origin
 from .checkpointwriter import CheckpointWriter
 from .headcheck import HeadCheck
 from .keys import KeyFile, parse_trusted_key
-from .ledgerdb import (
-    BLOCK_ROW,
-    MAX_HEIGHT,
-    make_folder_for,
-    open_database,
-    reading,
-    recorded_config,
-    row_to_block,
-    rows,
-)
+from .ledgerdb import make_folder_for, open_database
+from .ledgerreader import LedgerReader
 from .notes import VerifierKey
-from .quorum import load_signatures
-from .serverstate import ServerState, load_server_state
+from .serverstate import ServerState
 from .verify import VerifyReport, verify_ledger
 
 
 # pylint: disable=too-many-instance-attributes
-class Ledger:
+class Ledger(LedgerReader):
     """An append-only chain of aggregation blocks.
 
     Parameters
@@ -198,70 +190,6 @@ class Ledger:
         ``flchain-flwr/<chain id>``."""
         return ledger_origin(self.chain_id)
 
-    def __len__(self) -> int:
-        with reading(self.path):
-            row = self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()
-        return int(row[0])
-
-    # ------------------------------------------------------------------ reading
-    def blocks(self) -> Iterator[Block]:
-        """Every block, by height."""
-        with reading(self.path):
-            for row in rows(self.db):
-                yield row_to_block(row)
-
-    def block(self, height: int) -> Block:
-        """The block at ``height``; ``LedgerError`` if there is none."""
-        row = None
-        if 0 <= height <= MAX_HEIGHT:  # beyond, SQLite cannot even take the number
-            with reading(self.path):
-                query = f"{BLOCK_ROW} WHERE height = ?"
-                row = self.db.execute(query, (height,)).fetchone()
-        if row is None:
-            raise LedgerError(
-                f"no block at height {height} (ledger has {len(self)} blocks)"
-            )
-        return row_to_block(row)
-
-    def head(self) -> Block | None:
-        """The last block, or ``None`` for an empty ledger."""
-        query = f"{BLOCK_ROW} ORDER BY height DESC LIMIT 1"
-        row = self.db.execute(query).fetchone()
-        return None if row is None else row_to_block(row)
-
-    def load_model(self, block: Block) -> dict[str, np.ndarray]:
-        """The global model a block references, from the content-addressed store."""
-        return self.blobs.load_model(str(block.header["model_hash"]))
-
-    def server_state(self, block: Block) -> ServerState | None:
-        """The server state ``block`` records (``None`` if it records none).
-
-        Raises
-        ------
-        ValueError
-            If the record is malformed or a blob it names is missing or corrupt.
-        """
-        return load_server_state(self.blobs, block.body)
-
-    def recorded_config(self, block: Block) -> dict[str, Any] | None:
-        """The settings behind ``block``'s ``config_digest``, if they are recorded.
-
-        They are in the body of the first block written with that digest (the
-        genesis block, or the first after a resume with changed settings), so
-        the search goes back from ``block`` while the digest stays the same.
-        ``None`` for ledgers written before settings were recorded.
-        """
-        with reading(self.path):
-            return recorded_config(self.db, block)
-
-    def block_hashes(self) -> list[str]:
-        """Block hashes by height: the leaves of the chain's Merkle log."""
-        with reading(self.path):
-            return [
-                str(r[0])
-                for r in self.db.execute("SELECT hash FROM blocks ORDER BY height")
-            ]
-
     # ---------------------------------------------------------------- appending
     # pylint: disable=too-many-arguments
     def append(
@@ -342,17 +270,6 @@ class Ledger:
         if it does not extend the head."""
         return append_as_is(self, self._checkpoints, self._head_check, block, cosigner)
 
-    def header_signatures(self, height: int) -> list[Any] | None:
-        """The committee's signatures over block ``height``'s header (``None``
-        if none are stored: not a quorum-signed chain, or stripped)."""
-        with reading(self.path):
-            try:
-                return load_signatures(self.db, height)
-            except ValueError as exc:
-                raise LedgerError(
-                    f"block {height}'s header signatures are corrupt ({exc})"
-                ) from None
-
     # ---------------------------------------------------------------- verifying
     def trusted_verifier(self, key: str) -> VerifierKey:
         """A trusted key given as text: a signed-note vkey, or the hex Ed25519
@@ -382,14 +299,6 @@ class Ledger:
         )
 
     # ------------------------------------------------------------------- proofs
-    def find_update(self, digest: str) -> tuple[Block, int]:
-        """The block including an update digest, and its index in that block."""
-        for block in self.blocks():
-            for index, update in enumerate(block.body["included"]):
-                if update["digest"] == digest:
-                    return block, index
-        raise LedgerError(f"update digest {digest} is not in any block")
-
     def prove_update(self, digest: str, size: int | None = None) -> dict[str, Any]:
         """Proof that an update is in a block, and that the block is in the log
         (see :func:`~.proofs.prove_update`)."""

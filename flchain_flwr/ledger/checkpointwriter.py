@@ -26,13 +26,12 @@ from .blocks import Block, LedgerError
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
-    CheckpointMismatch,
     LogFrontier,
-    check_against_ledger,
     open_checkpoint,
     sign_checkpoint,
     write_checkpoint,
 )
+from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import KeyFile
 from .notes import NoteError, SignerKey, VerifierKey
 

@@ -239,6 +239,23 @@ def votes_problem(
     return None
 
 
+def share_problem(vote: Mapping[str, Any], share: float) -> str | None:
+    """Why a format-2 ``vote`` was not judged at ``share`` (the share of its
+    update the block applies, :func:`judged_shares`), or ``None``.
+
+    :func:`weights_problem` checks a block's votes by it, and the leader
+    checks each incoming vote by it against the share it asked about
+    (:func:`~flchain_flwr.pov.tally.collect_votes`), so no vote a block
+    holds fails it.
+    """
+    if vote["weight"] != share:
+        return (
+            f"judged update {str(vote['candidate'])[:16]}… at weight "
+            f"{vote['weight']!r}, not at its share {share!r}"
+        )
+    return None
+
+
 def weights_problem(server_lr: float, body: Mapping[str, Any]) -> str | None:
     """Why a block's format-2 votes were not judged at its shares, or ``None``:
     each is on an update the block includes or rejects, and a vote on an
@@ -256,12 +273,9 @@ def weights_problem(server_lr: float, body: Mapping[str, Any]) -> str | None:
     for index, vote in enumerate(body.get("votes", [])):
         digest = str(vote["candidate"])
         if digest in applied:
-            if vote["weight"] != applied[digest]:
-                return (
-                    f"vote {index} judged update {digest[:16]}… at weight "
-                    f"{vote['weight']!r}; the block's entries give "
-                    f"{applied[digest]!r}"
-                )
+            problem = share_problem(vote, applied[digest])
+            if problem is not None:
+                return f"vote {index} {problem}, which the block's entries give"
         elif digest not in rejected:
             return (
                 f"vote {index} is on update {digest[:16]}…, which the block "

@@ -5,7 +5,7 @@ each proof (about 0.35 s at 10,000 blocks); anchoring asks for a proof every
 few blocks, so :class:`LogProver` keeps the tree and adds only the new
 blocks' hashes. Its proofs are exactly :func:`~.merkle.consistency_proof`'s
 (the same pymerkle tree, the same JSON), checked by
-:func:`~.checkpoint.check_consistency`; :meth:`LogProver.hashes` gives the
+:func:`~.checkpointcheck.check_consistency`; :meth:`LogProver.hashes` gives the
 RFC 9162 hash-list proofs witnesses take (:mod:`~.rfc6962`).
 """
 

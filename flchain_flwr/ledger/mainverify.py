@@ -9,13 +9,8 @@ from typing import Any
 
 from .anchorblock import AnchorBlock, AnchorError, check_anchor
 from .canonical import ZERO_HASH
-from .checkpoint import (
-    Checkpoint,
-    CheckpointMismatch,
-    check_against_ledger,
-    check_consistency,
-    open_checkpoint,
-)
+from .checkpoint import Checkpoint, open_checkpoint
+from .checkpointcheck import CheckpointMismatch, check_against_ledger, check_consistency
 from .mainchain import MainChain
 from .maindb import AnchorRefused, MainChainError
 from .mainwitness import main_witnessing

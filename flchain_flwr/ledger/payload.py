@@ -21,6 +21,11 @@ are ``[name, dtype, shape, stype, nbytes]``; for ``"metrics"`` and ``"config"``
 ``["list", [...]]``; ``"str-surrogatepass"`` for text that is not UTF-8), so the
 header holds only strings, lists, booleans and small integers. A sparse array
 (the DGC mod's) is stored as it was sent: a few bytes per kept value.
+
+An array's dtype and stype are written as plain text: a reply whose arrays
+declare anything else (a lone surrogate) has no payload, and the server's
+parser never accepts one (it wants numpy's own dtype name and a known stype,
+and no ArrayRecord beside the update's: :mod:`flchain_flwr.strategies.updates`).
 """
 
 from __future__ import annotations
@@ -83,31 +88,41 @@ def _untag(tagged: Any) -> Any:
     raise ValueError(f"unknown stored value tag {str(tag)[:40]!r}")
 
 
-def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
-    """The payload blob of ``content`` as sent by ``node_id``, in chunks.
+def _text(key: str, field: str, value: object) -> str:
+    """An array's ``field`` as the header writes it: UTF-8 text, else ValueError."""
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"array {key!r} has a {field} that is not UTF-8 text: {text[:40]!r}"
+        ) from None
+    return text
+
+
+def payload_header(node_id: int, content: RecordDict) -> bytes:
+    """The start of the payload blob of ``content`` as sent by ``node_id``:
+    everything it stores but its arrays' data (magic, length, header).
 
     Raises
     ------
     ValueError
-        If the content holds a value no Flower record can hold.
+        If the content holds a value no Flower record can hold, or an array
+        whose dtype or stype is not UTF-8 text.
     """
     records: list[list[Any]] = []
-    data: list[bytes] = []
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
-            items = []
-            for key, arr in record.items():
-                raw = bytes(arr.data)
-                items.append(
-                    [
-                        _tag(key),
-                        str(arr.dtype),
-                        [int(d) for d in arr.shape],
-                        str(arr.stype),
-                        len(raw),
-                    ]
-                )
-                data.append(raw)
+            items = [
+                [
+                    _tag(key),
+                    _text(key, "dtype", arr.dtype),
+                    [int(d) for d in arr.shape],
+                    _text(key, "stype", arr.stype),
+                    len(arr.data),
+                ]
+                for key, arr in record.items()
+            ]
             records.append([_tag(name), "arrays", items])
         elif isinstance(record, MetricRecord | ConfigRecord):
             kind = "metrics" if isinstance(record, MetricRecord) else "config"
@@ -118,8 +133,22 @@ def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
     header = canonical_json(
         {"format": PAYLOAD_FORMAT, "node_id": str(int(node_id)), "records": records}
     )
-    yield PAYLOAD_MAGIC + _LENGTH.pack(len(header)) + header
-    yield from data
+    return PAYLOAD_MAGIC + _LENGTH.pack(len(header)) + header
+
+
+def payload_chunks(node_id: int, content: RecordDict) -> Iterator[bytes]:
+    """The payload blob of ``content`` as sent by ``node_id``, in chunks: its
+    :func:`payload_header`, then the data of every array in header order.
+
+    Raises
+    ------
+    ValueError
+        As :func:`payload_header`.
+    """
+    yield payload_header(node_id, content)
+    for record in content.array_records.values():
+        for arr in record.values():
+            yield bytes(arr.data)
 
 
 def decode_payload(blob: bytes) -> tuple[int, RecordDict]:

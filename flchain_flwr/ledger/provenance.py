@@ -13,6 +13,7 @@ A bundle (RFC 8785 JSON, in the spirit of C2SP ``tlog-proof``) holds::
      "anchor": <the main chain's anchor-in-main proof of the anchor block
                 holding that checkpoint (MainChain.prove_anchor)>}
 
+:func:`~flchain_flwr.ledger.provenance_build.build_bundle` writes one;
 :func:`verify_bundle` checks it offline, holding only keys: the main
 chain's checkpoint key (which vouches for the anchor block and for the
 witness policy in the main chain's genesis), optionally witness cosigner keys
@@ -34,11 +35,9 @@ from typing import Any, Final
 
 from .anchorblock import AnchorError
 from .anchorproof import check_anchor_proof
-from .blocks import LedgerError, is_hex
-from .canonical import NotCanonical, encode, parse_canonical
-from .chain import Ledger
+from .blocks import is_hex
+from .canonical import NotCanonical, parse_canonical
 from .checkpoint import CheckpointError, ledger_origin
-from .mainchain import MainChain
 from .mainverify import WitnessRule
 from .merkle import InvalidProof, MalformedProof
 from .notes import NoteError
@@ -49,7 +48,6 @@ from .provenance_block import (
 )
 from .provenance_quorum import (
     SIGNATURES_FIELD,
-    bundle_signatures,
     check_bundle_quorum,
     not_checked,
     training_fields,
@@ -69,12 +67,7 @@ from .provenance_trust import (
     Trust,
     parse_trust,
 )
-from .tlog_proof import (
-    TlogProofError,
-    check_inclusion,
-    make_tlog_proof,
-    parse_tlog_proof,
-)
+from .tlog_proof import TlogProofError, check_inclusion, parse_tlog_proof
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -84,7 +77,6 @@ __all__ = [
     "ProvenanceError",
     "ProvenanceReport",
     "Trust",
-    "build_bundle",
     "parse_trust",
     "verify_bundle",
 ]
@@ -109,73 +101,6 @@ _ANCHOR: Final = frozenset(
 )
 
 
-# ------------------------------------------------------------------- writing
-def _stored(ledger: Ledger, height: int) -> dict[str, str]:
-    block = ledger.block(height)
-    return {
-        "header": block.header_bytes.decode("utf-8"),
-        "body": block.body_bytes.decode("utf-8"),
-        "signature": block.signature,
-    }
-
-
-def build_bundle(ledger: Ledger, main: MainChain, model_hash: str) -> bytes:
-    """The provenance bundle of the model ``model_hash`` (canonical bytes).
-
-    The block is the first whose header names the model; the checkpoint the
-    first one anchored in ``main`` for the ledger's origin that covers it; the
-    main chain's checkpoint the one on file beside it.
-
-    Raises
-    ------
-    LedgerError
-        If no block names the model, no anchor covers it, or the ledger no
-        longer holds the anchored checkpoint's log.
-    """
-    height = next(
-        (b.height for b in ledger.blocks() if b.header["model_hash"] == model_hash),
-        None,
-    )
-    if height is None:
-        raise LedgerError(f"no block of {ledger.path} names model {model_hash}")
-    anchors = [a for a in main.anchors_for(ledger.origin) if a.checkpoint.size > height]
-    if not anchors:
-        raise LedgerError(
-            f"no checkpoint of {ledger.origin} anchored in {main.path} covers "
-            f"block {height} yet: anchor the subchain first"
-        )
-    anchor = anchors[0]
-    leaves = [bytes.fromhex(h) for h in ledger.block_hashes()[: anchor.checkpoint.size]]
-    try:
-        proof = make_tlog_proof(leaves, height, anchor.note)
-        genesis_proof = make_tlog_proof(leaves, 0, anchor.note) if height else None
-    except TlogProofError as exc:
-        raise LedgerError(
-            f"{ledger.path} no longer holds its checkpoint anchored at main-chain "
-            f"height {anchor.height}: {exc}"
-        ) from None
-    training = {
-        "origin": ledger.origin,
-        "height": height,
-        "block": _stored(ledger, height),
-        "parent_header": ledger.block(height - 1).header_bytes.decode("utf-8")
-        if height
-        else None,
-        "genesis": _stored(ledger, 0) if height else None,
-        "proof": proof.text(),
-        "genesis_proof": None if genesis_proof is None else genesis_proof.text(),
-        **bundle_signatures(ledger, height),
-    }
-    bundle = {
-        "format": BUNDLE_FORMAT,
-        "model_hash": model_hash,
-        "training": training,
-        "anchor": main.prove_anchor(anchor.height),
-    }
-    return encode(2, bundle)
-
-
-# ----------------------------------------------------------------- checking
 def _fields(value: Any, expected: frozenset[str], what: str) -> dict[str, Any]:
     if not isinstance(value, dict) or set(value) != expected:
         raise BundleMalformed(

@@ -4,14 +4,14 @@ block that produced the model.
 On a chain whose genesis declares quorum-signed headers
 (:data:`~.quorum.QUORUM_FORMAT`), a bundle's ``training`` part carries
 ``header_signatures``: the block's stored signatures
-(:meth:`~.chain.Ledger.header_signatures`). They sign the block's hash, so no
-hash covers them; :func:`check_bundle_quorum` checks each one instead, as
-``flchain ledger verify`` does: the view-change certificates the body carries,
-then more than 2/3 of the committee (already the draw from the genesis pool)
-signing the statement over this chain, height, view and block hash, each
-member at most once, counting only the pool keys the buyer trusts when it
-gives any. Who can then forge the block's model hash: someone holding the
-keys of more than 2/3 of that committee (plus the publisher's, the main
+(:meth:`~.ledgerreader.LedgerReader.header_signatures`). They sign the block's
+hash, so no hash covers them; :func:`check_bundle_quorum` checks each one
+instead, as ``flchain ledger verify`` does: the view-change certificates the
+body carries, then more than 2/3 of the committee (already the draw from the
+genesis pool) signing the statement over this chain, height, view and block
+hash, each member at most once, counting only the pool keys the buyer trusts
+when it gives any. Who can then forge the block's model hash: someone holding
+the keys of more than 2/3 of that committee (plus the publisher's, the main
 chain's and a witness quorum to anchor it), not its leader alone.
 """
 

@@ -41,7 +41,7 @@ class ServerState:
     claims : list[tuple[int, float]] | None
         The example-weighting history, ``(node_id, latest claim)`` from the node
         heard from least recently to the most recent (see
-        :class:`~flchain_flwr.strategies.weighting.ClaimHistory`). Node ids are
+        :class:`~flchain_flwr.strategies.claims.ClaimHistory`). Node ids are
         Flower's unsigned 64-bit ids.
     velocity : dict[str, np.ndarray] | None
         The server momentum's velocity (``None`` without momentum): the step

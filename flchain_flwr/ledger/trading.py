@@ -2,17 +2,11 @@
 checkpoints.
 
 The market's operator appends the statements of :mod:`.trade_records` one
-entry at a time, each after :meth:`TradeBook.check` accepted it (signature,
-references, no replay). An entry is RFC 8785 JSON::
-
-    {"format": "flchain-trade/1", "market": <origin>, "index": n,
-     "prev": <previous entry's hash, or 64 zeros>,
-     "statement": {...}, "signature": <the party's hex signature>}
-
-and its hash, ``sha256(ENTRY_TAG || json)``, is its leaf in the chain's
-Merkle log, exactly as a training ledger's block hashes are in its log. After
-each entry the operator's key (named after the origin, ``flchain-flwr/<chain
-id>``) signs a C2SP checkpoint of the log, by default to
+entry (:mod:`.trade_entry`) at a time, each after :meth:`TradeBook.check`
+accepted it (signature, references, no replay); each entry's hash is its leaf
+in the chain's Merkle log, exactly as a training ledger's block hashes are in
+its log. After each entry the operator's key (named after the origin,
+``flchain-flwr/<chain id>``) signs a C2SP checkpoint of the log, by default to
 ``<path>.checkpoint``: the trading subchain is anchored in a main chain like
 any training subchain (``origin``, ``block_hashes()`` and the checkpoint file
 are what anchoring reads). The operator cannot forge a party's statement;
@@ -24,61 +18,40 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from nacl.signing import SigningKey
 
 from .blocks import LedgerError
-from .canonical import ZERO_HASH, NotCanonical, encode, parse_canonical, sha256_hex
+from .canonical import ZERO_HASH, NotCanonical, parse_canonical
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
-    CheckpointMismatch,
     LogFrontier,
-    check_against_ledger,
     ledger_origin,
     read_checkpoint,
     sign_checkpoint,
     write_checkpoint,
 )
+from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey
+from .trade_entry import (
+    ENTRY_FORMAT,
+    TradeEntry,
+    encode_entry,
+    entry_hash,
+    entry_problem,
+)
 from .trade_records import TradeBook, TradeRefused
 
-ENTRY_FORMAT: Final = "flchain-trade/1"
-ENTRY_TAG: Final = b"flchain-trade-entry/1\n"
-ENTRY_FIELDS: Final = frozenset(
-    {"format", "market", "index", "prev", "statement", "signature"}
-)
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
     "CREATE TABLE entries (idx INTEGER PRIMARY KEY, "
     "hash TEXT NOT NULL, record_id TEXT NOT NULL UNIQUE, entry BLOB NOT NULL)",
 )
-
-
-@dataclass(frozen=True)
-class TradeEntry:
-    """One recorded statement: its place, hash, id and the entry's bytes."""
-
-    index: int
-    hash: str
-    record_id: str
-    entry: bytes
-
-    @property
-    def statement(self) -> dict[str, Any]:
-        """The signed statement the entry holds."""
-        value: dict[str, Any] = parse_canonical(self.entry, 2)["statement"]
-        return value
-
-
-def entry_hash(entry: bytes) -> str:
-    """An entry's hash: its leaf in the chain's Merkle log."""
-    return sha256_hex(ENTRY_TAG, entry)
 
 
 class TradingChain:
@@ -208,7 +181,7 @@ class TradingChain:
         book = TradeBook(self.market)
         for entry in self.entries():
             statement = entry.statement
-            book.record(statement, book.check(statement, _signature_of(entry)))
+            book.record(statement, book.check(statement, entry.signature))
         return book
 
     def append(self, statement: Mapping[str, Any], signature: str) -> TradeEntry:
@@ -232,17 +205,8 @@ class TradingChain:
             book = self._cached[1]
             record_id = book.check(statement, signature)
             index = len(hashes)
-            entry = encode(
-                2,
-                {
-                    "format": ENTRY_FORMAT,
-                    "market": self.origin,
-                    "index": index,
-                    "prev": hashes[-1] if hashes else ZERO_HASH,
-                    "statement": dict(statement),
-                    "signature": signature,
-                },
-            )
+            prev = hashes[-1] if hashes else ZERO_HASH
+            entry = encode_entry(self.origin, index, prev, statement, signature)
             digest = entry_hash(entry)
             self.db.execute(
                 "INSERT INTO entries VALUES (?, ?, ?, ?)",
@@ -328,13 +292,7 @@ class TradingChain:
                 value = parse_canonical(entry.entry, 2)
             except NotCanonical as exc:
                 raise TradeRefused(f"entry {position}: {exc}") from None
-            expected: dict[str, object] = {
-                "format": ENTRY_FORMAT,
-                "market": self.origin,
-                "index": position,
-                "prev": prev,
-            }
-            problem = _entry_problem(value, expected, entry)
+            problem = entry_problem(value, entry, self.origin, position, prev)
             if problem is None:
                 try:
                     record_id = book.check(value["statement"], value["signature"])
@@ -355,20 +313,3 @@ class TradingChain:
         except (OSError, NoteError, CheckpointError, CheckpointMismatch) as exc:
             raise TradeRefused(f"checkpoint {self.checkpoint_path}: {exc}") from None
         return len(hashes), f"checkpoint of {found.size} entries signed by {key}"
-
-
-def _signature_of(entry: TradeEntry) -> str:
-    return str(parse_canonical(entry.entry, 2)["signature"])
-
-
-def _entry_problem(
-    value: Any, expected: Mapping[str, Any], entry: TradeEntry
-) -> str | None:
-    if not isinstance(value, dict) or set(value) != ENTRY_FIELDS:
-        return f"an entry has exactly the fields {sorted(ENTRY_FIELDS)}"
-    for name, wanted in expected.items():
-        if type(value[name]) is not type(wanted) or value[name] != wanted:
-            return f"its {name} is {str(value[name])[:70]!r}, not {wanted!r}"
-    if entry_hash(entry.entry) != entry.hash:
-        return "its stored hash is not its entry's"
-    return None

@@ -11,13 +11,8 @@ from typing import TYPE_CHECKING
 from .blockcheck import ChainRules, check_block
 from .blocks import COMMITTEES
 from .canonical import ZERO_HASH
-from .checkpoint import (
-    ORIGIN_PREFIX,
-    CheckpointError,
-    CheckpointMismatch,
-    check_against_ledger,
-    open_checkpoint,
-)
+from .checkpoint import ORIGIN_PREFIX, CheckpointError, open_checkpoint
+from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import parse_trusted_key
 from .ledgerdb import get_meta, rows
 from .notes import NoteError, VerifierKey

@@ -1,5 +1,6 @@
 """A committee member's signed vote on one candidate update: its context,
-the bytes it signs, signing it and checking a stored one."""
+the bytes it signs, signing it and checking a stored one (and its score,
+where trust weighting reads it)."""
 
 from __future__ import annotations
 
@@ -152,3 +153,21 @@ def check_vote(context: VoteContext, vote: Any) -> str | None:
     except (KeyError, TypeError, ValueError) as exc:
         return f"malformed vote: {exc!r}"
     return None if ok else "signature is invalid"
+
+
+def score_problem(score: Any) -> str | None:
+    """Why a vote's ``score`` cannot set a trust, or ``None``: it must be a
+    number in ``[-1, 1]`` (a cosine).
+
+    Under a rule with ``aggregation``
+    (:data:`~flchain_flwr.ledger.consensus.TRUST_WEIGHTING`),
+    :func:`~flchain_flwr.pov.trust.trust_scores` refuses a block's approving
+    votes by it, and the leader drops an incoming vote by it
+    (:func:`~flchain_flwr.pov.tally.collect_votes`), so no vote a block holds
+    fails it.
+    """
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        return f"score is not numeric but a {type(score).__name__}"
+    if not abs(score) <= 1:  # NaN too
+        return f"score {score!r} is outside [-1, 1]"
+    return None

@@ -11,9 +11,19 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..compression.sparse import VALUE_TYPES
+from ..configvalues import (
+    ConfigValue,
+    bad_value,
+    flag_value,
+    number_value,
+    text_value,
+)
 
 DGC_WARMUP: Final = (0.25, 0.0625, 0.015, 0.004)
 """DGC's warm-up densities (25 %, 6.25 %, 1.5 %, 0.4 %), then the target density."""
+
+SELECTIONS: Final = ("tensor", "global")
+"""How the sent entries are chosen (:attr:`DGCConfig.selection`)."""
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ class DGCConfig:
             raise ValueError("warm-up densities must be in (0, 1]")
         if self.value_dtype not in VALUE_TYPES:
             raise ValueError(f"value_dtype must be one of {VALUE_TYPES}")
-        if self.selection not in ("tensor", "global"):
+        if self.selection not in SELECTIONS:
             raise ValueError("selection must be 'tensor' or 'global'")
         if self.min_sparse_size < 1 or self.sample_above < 1:
             raise ValueError("min_sparse_size and sample_above must be >= 1")
@@ -130,26 +140,42 @@ class DGCConfig:
 
     @classmethod
     def from_run_config(
-        cls, cfg: Mapping[str, Any], prefix: str = "dgc-"
+        cls, cfg: Mapping[str, ConfigValue], prefix: str = "dgc-"
     ) -> DGCConfig | None:
-        """Read ``dgc-*`` keys of a run config; ``None`` if ``dgc-density`` >= 1."""
-        density = float(cfg.get(f"{prefix}density", 1.0))
+        """Read ``dgc-*`` keys of a run config; ``None`` if ``dgc-density`` is
+        absent or >= 1. Each key is read by its typed reader: a bad value is a
+        ValueError naming the key (a string is no flag, NaN no number)."""
+        if f"{prefix}density" not in cfg:
+            return None
+        density = number_value(cfg, f"{prefix}density", low=0.0, low_open=True)
         if density >= 1.0:
             return None
         kwargs: dict[str, Any] = {"density": density}
         if f"{prefix}momentum" in cfg:
-            kwargs["momentum"] = float(cfg[f"{prefix}momentum"])
-        if f"{prefix}clip-norm" in cfg and float(cfg[f"{prefix}clip-norm"]) > 0:
-            kwargs["clip_norm"] = float(cfg[f"{prefix}clip-norm"])
+            kwargs["momentum"] = number_value(
+                cfg, f"{prefix}momentum", low=0.0, high=1.0, high_open=True
+            )
+        if f"{prefix}clip-norm" in cfg:  # 0: no clipping
+            kwargs["clip_norm"] = (
+                number_value(cfg, f"{prefix}clip-norm", low=0.0) or None
+            )
         if f"{prefix}warmup" in cfg:
-            kwargs["warmup"] = DGC_WARMUP if bool(cfg[f"{prefix}warmup"]) else ()
+            kwargs["warmup"] = DGC_WARMUP if flag_value(cfg, f"{prefix}warmup") else ()
         for key in ("accumulate", "masking", "unit-gain"):
             if f"{prefix}{key}" in cfg:
-                kwargs[key.replace("-", "_")] = bool(cfg[f"{prefix}{key}"])
-        for key in ("value-dtype", "selection"):
+                kwargs[key.replace("-", "_")] = flag_value(cfg, f"{prefix}{key}")
+        for key, choices in (("value-dtype", VALUE_TYPES), ("selection", SELECTIONS)):
             if f"{prefix}{key}" in cfg:
-                kwargs[key.replace("-", "_")] = str(cfg[f"{prefix}{key}"])
+                kwargs[key.replace("-", "_")] = _choice(cfg, f"{prefix}{key}", choices)
         return cls(**kwargs)
+
+
+def _choice(cfg: Mapping[str, ConfigValue], key: str, choices: tuple[str, ...]) -> str:
+    """``cfg[key]``, one of ``choices``; ValueError naming the key otherwise."""
+    value = text_value(cfg, key)
+    if value not in choices:
+        raise bad_value(key, value, f"one of {', '.join(choices)}")
+    return value
 
 
 __all__ = ["DGC_WARMUP", "DGCConfig"]

@@ -53,6 +53,7 @@ from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
+from ..configvalues import ConfigValue, number_value
 from ..protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
 
 STATE_LOCAL: Final = "flchain.personal.local"
@@ -84,9 +85,12 @@ class PersonalConfig:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
 
     @classmethod
-    def from_run_config(cls, cfg: Mapping[str, Any]) -> PersonalConfig | None:
-        """``personal-alpha`` of a run config; ``None`` if absent or 0 (off)."""
-        alpha = float(cfg.get("personal-alpha", 0.0))
+    def from_run_config(cls, cfg: Mapping[str, ConfigValue]) -> PersonalConfig | None:
+        """``personal-alpha`` of a run config, a number in [0, 1] (else a
+        ValueError naming the key); ``None`` if absent or 0 (off)."""
+        if "personal-alpha" not in cfg:
+            return None
+        alpha = number_value(cfg, "personal-alpha", low=0.0, high=1.0)
         return cls(alpha=alpha) if alpha > 0.0 else None
 
 

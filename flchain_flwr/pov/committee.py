@@ -17,6 +17,7 @@ evidence in :mod:`.settlement`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,9 +58,9 @@ class Committee(Deciding, HeaderSigning):
         Score ``global + share * delta`` (what the block would do) or
         ``global + delta``.
     consensus_delay : float (default: 0.0)
-        Seconds charged per decision on a virtual clock (the BFEL paper uses 0.5 s
-        per block). On a wall clock the committee's real time is its cost, and
-        this is not added.
+        Seconds (finite, >= 0) charged per decision on a virtual clock (the
+        BFEL paper uses 0.5 s per block). On a wall clock the committee's real
+        time is its cost, and this is not added.
     chain_id : str (default: "flchain-local")
         Signed into votes when no ledger is used (a ledger's own id otherwise).
     remote_members : Sequence[str] (default: none)
@@ -102,8 +103,10 @@ class Committee(Deciding, HeaderSigning):
         trust_weighting: bool = False,
         outage_limit: float | None = OUTAGE_LIMIT,
     ) -> None:
-        if consensus_delay < 0:
-            raise ValueError("consensus_delay must be >= 0")
+        if not 0 <= consensus_delay < math.inf:  # NaN too
+            raise ValueError(
+                f"consensus_delay must be a finite number >= 0, not {consensus_delay!r}"
+            )
         if threshold is not None and threshold.min_cosine is not None:
             missing = [v for v in verifiers if v.reference_fn is None]
             if missing:

@@ -153,4 +153,5 @@ class Deciding(Views):
             round_=round_,
             server_lr=server_lr,
             ask=ask,
+            trust_weighting=self.rule.trust_weighting,
         )

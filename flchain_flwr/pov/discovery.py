@@ -23,6 +23,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from ..ledger import Ledger
+from ..quoting import clip
 from ..runtime import clock_of
 from .queries import (
     CONFIG,
@@ -94,7 +95,7 @@ def discover_verifiers(
         )
         for node, reply in replies.items():
             if reply.has_error():  # asked again in the next round
-                log(WARNING, "PoV: node %d: %s", node, reply.error.reason)
+                log(WARNING, "PoV: node %d: %s", node, clip(reply.error.reason))
                 continue
             answered.add(node)
             key = _proven_key(reply, challenges[node])

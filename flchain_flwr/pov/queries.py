@@ -83,16 +83,44 @@ _APP_ERRORS = frozenset(
 """Error replies that the node's app gave (it ran and said no)."""
 
 
-def parse_votes(reply: Message | None) -> list[dict[str, Any]]:
-    """The votes in a verifier node's reply (checked later, like any vote)."""
+VOTE_CHARS = 1_024
+"""The most characters of a reply's ``votes`` per vote asked for (a signed
+vote takes about 400): a longer reply is refused unread."""
+
+
+def parse_votes(
+    reply: Message | None, asked: int
+) -> tuple[list[dict[str, Any]], str | None]:
+    """The votes in a verifier node's reply to a request about ``asked``
+    candidates (checked later, like any vote), and why some were left out.
+
+    At most ``asked`` votes are read (the rest are dropped, with one reason)
+    from at most :data:`VOTE_CHARS` characters per vote: a member cannot make
+    the leader check, or the decision record, more than it was asked for.
+    """
     if reply is None:
         raise RemoteVerifierError("no reply in time")
     if reply.has_error():
         raise RemoteVerifierError(f"error reply: {reply.error.reason}")
     try:
-        votes = json.loads(str(config(reply.content)["votes"]))
+        text = config(reply.content)["votes"]
     except (ValueError, KeyError) as exc:
+        raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
+    if not isinstance(text, str):
+        raise RemoteVerifierError("unreadable votes: 'votes' must be a JSON string")
+    limit = VOTE_CHARS * max(1, asked)
+    if len(text) > limit:
+        raise RemoteVerifierError(
+            f"unreadable votes: {len(text)} characters, more than the {limit} "
+            f"that {asked} votes may take"
+        )
+    try:
+        votes = json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: deep nesting
         raise RemoteVerifierError(f"unreadable votes: {exc}") from exc
     if not isinstance(votes, list) or not all(isinstance(v, dict) for v in votes):
         raise RemoteVerifierError("votes must be a list of objects")
-    return votes
+    if len(votes) <= asked:
+        return votes, None
+    excess = f"{len(votes) - asked} votes beyond the {asked} asked for were dropped"
+    return votes[:asked], excess

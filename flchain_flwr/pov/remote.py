@@ -11,8 +11,13 @@ node IDs and :class:`RemoteCommittee` is a
 :class:`~flchain_flwr.pov.Committee` whose members vote (in parallel, one
 message each) and sign blocks remotely. Votes pass the same checks as local
 ones (:func:`~flchain_flwr.pov.collect_votes`: signature for this chain and
-height, committee membership, one vote per candidate), so a verifier node can
-lie or fail but cannot forge another's vote.
+height, committee membership, one vote per candidate, judged at the share
+asked), so a verifier node can lie or fail but cannot forge another's vote;
+at most the votes it was asked for are read from its reply
+(:func:`~.queries.parse_votes`), and each reason quoted from a node (its
+error reply, what it echoed) is cut to
+:data:`~flchain_flwr.quoting.REASON_CHARS` (:func:`member_problem`), so it
+cannot flood a decision, or the view-change and header-signing record, either.
 
 This module is the server's :class:`RemoteCommittee` and its
 :class:`RemoteSigner`; the query messages are in :mod:`.queries`, the node's
@@ -21,6 +26,7 @@ side in :mod:`.verifiernode` and finding the nodes in :mod:`.discovery`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +40,7 @@ from nacl.signing import VerifyKey
 from ..arrays import NDArrays
 from ..ledger import Block, Ledger, VoteContext
 from ..ledger.statements import view_change_statement
+from ..quoting import clip
 from .committee import Committee
 from .decision import Candidate, Cast
 from .memberreplay import replay_material
@@ -84,14 +91,15 @@ class RemoteSigner:
             )
         if reply.has_error():
             raise RemoteVerifierError(
-                f"leader node {self.node_id} refused to sign: {reply.error.reason}"
+                f"leader node {self.node_id} refused to sign: "
+                f"{clip(reply.error.reason)}"
             )
         try:
             signature = bytes_field(config(reply.content), "signature")
             self.verify_key.verify(message, signature)
         except (ValueError, BadSignatureError) as exc:
             raise RemoteVerifierError(
-                f"leader node {self.node_id} sent a bad signature: {exc}"
+                f"leader node {self.node_id} sent a bad signature: {clip(str(exc))}"
             ) from exc
         return _Signed(signature)
 
@@ -114,8 +122,9 @@ class RemoteCommittee(Committee):
         :func:`~.discovery.discover_verifiers`. These nodes are kept out of
         training.
     timeout : float (default: 120.0)
-        Seconds to wait for a round of votes, or for the leader's signature. A
-        member that has not answered by then has no votes in this block.
+        Seconds (finite, > 0) to wait for a round of votes, or for the leader's
+        signature. A member that has not answered by then has no votes in this
+        block.
     **settings
         :class:`Committee`'s keyword arguments (committee_size, threshold,
         deposits, prefilters, scoring, consensus_delay, chain_id).
@@ -131,8 +140,8 @@ class RemoteCommittee(Committee):
     ) -> None:
         if not nodes:
             raise ValueError("a remote committee needs at least one verifier node")
-        if timeout <= 0:
-            raise ValueError("timeout must be > 0")
+        if not 0 < timeout < math.inf:  # NaN too
+            raise ValueError(f"timeout must be a finite number > 0, not {timeout!r}")
         super().__init__((), remote_members=tuple(sorted(nodes)), **settings)
         self.grid = grid
         self.nodes = dict(nodes)
@@ -195,12 +204,12 @@ class RemoteCommittee(Committee):
             reply = replies.get(node)
             if reply is None or reply.has_error():
                 why = "no reply in time" if reply is None else reply.error.reason
-                problems.append(f"verifier {key[:12]}… (node {node}): {why}")
+                problems.append(member_problem(key, node, why))
                 continue
             try:
                 entries.append(entry(key, config(reply.content)))
             except (ValueError, KeyError) as exc:
-                problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
+                problems.append(member_problem(key, node, str(exc)))
         return entries, problems
 
     def cast_votes(
@@ -229,7 +238,17 @@ class RemoteCommittee(Committee):
             if not answered(reply):
                 unreachable.add(key)
             try:
-                votes.extend(parse_votes(reply))
+                read, excess = parse_votes(reply, len(candidates))
             except RemoteVerifierError as exc:
-                problems.append(f"verifier {key[:12]}… (node {node}): {exc}")
+                problems.append(member_problem(key, node, str(exc)))
+                continue
+            votes.extend(read)
+            if excess is not None:
+                problems.append(member_problem(key, node, excess))
         return Cast(votes, problems, frozenset(unreachable))
+
+
+def member_problem(key: str, node: int, why: str | None) -> str:
+    """Why member ``key`` (on ``node``) gave no usable answer, for the
+    decision's record: ``why`` may quote the node, so it is clipped."""
+    return f"verifier {key[:12]}… (node {node}): {clip(why)}"

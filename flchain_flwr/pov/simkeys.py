@@ -8,7 +8,7 @@ another model, on every run of one seed. Keys derived from the seed make such a
 simulation repeat exactly. Anyone who knows the seed and the index holds the
 key: use them only where nothing is signed for anyone else to check, never
 beside a ledger (a run with a ledger keeps random keys in files; copying those
-files and the chain id repeats it, see README's `flwr run` section).
+files and the chain id repeats it, see docs/app.md).
 """
 
 from __future__ import annotations

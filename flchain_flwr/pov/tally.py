@@ -14,10 +14,12 @@ state: the committee passes in its members, filters and how to ask them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..ledger import VoteContext, check_vote, judged_shares, quorum
+from ..ledger.consensus import share_problem
+from ..ledger.votes import score_problem
 from .decision import Candidate, Cast, CommitteeDecision, Outcome
 from .filters import Prefilter
 
@@ -33,10 +35,12 @@ def decide_batch(
     round_: int,
     server_lr: float,
     ask: Callable[[Sequence[Candidate], Sequence[float]], Cast],
+    trust_weighting: bool = False,
 ) -> CommitteeDecision:
     """Decide ``candidates`` in ``context`` with the committee ``members``
     (``certificates``: the view changes that led to this view); ``ask(batch,
-    shares)`` sends one vote request to the members."""
+    shares)`` sends one vote request to the members; ``trust_weighting``:
+    whether the block weighs approved updates by the votes' scores."""
     needed = quorum(len(members))
     outcomes: dict[int, Outcome] = {}  # by position in ``candidates``
     first: dict[str, int] = {}
@@ -71,7 +75,11 @@ def decide_batch(
         answers = ask(batch, weights)
         requests += 1
         cast, more = collect_votes(
-            answers.votes, context, members, {c.digest for c in batch}
+            answers.votes,
+            context,
+            members,
+            {c.digest: w for c, w in zip(batch, weights, strict=True)},
+            trust_weighting=trust_weighting,
         )
         dropped.extend(answers.problems + more)
         # the last request's: an earlier one had a quorum of approvals
@@ -118,28 +126,36 @@ def collect_votes(
     votes: Sequence[Any],
     context: VoteContext,
     members: Sequence[str],
-    candidates: set[str],
+    shares: Mapping[str, float],
+    *,
+    trust_weighting: bool = False,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """The leader's check of incoming votes: keep valid ones, say why others go.
 
     A vote counts once, only from a committee member, only on a candidate of
-    this batch, and only with a valid signature in ``context`` (so a vote
-    replayed from another block, parent, view or rule, or altered in transit,
-    is dropped).
+    this batch (``shares``: each one's digest and the share it was asked
+    about), only judged at that share, only with a valid signature in
+    ``context``, a format-2 one (so a vote replayed from another block,
+    parent, view or rule, or altered in transit, is dropped) and, under
+    ``trust_weighting``, only with a score trust weighting can use.
+
+    The share and the score are checked by the rules ``verify`` checks a
+    block's votes by (:func:`~flchain_flwr.ledger.consensus.share_problem`,
+    :func:`~flchain_flwr.ledger.votes.score_problem`): a vote a block
+    holds never fails them, so a member holding only its own key can neither
+    make a block unverifiable nor stop trust weighting.
     """
     kept: list[dict[str, Any]] = []
     dropped: list[str] = []
     seen: set[tuple[str, str]] = set()
     allowed = set(members)
     for vote in votes:
-        problem = check_vote(context, vote)
+        problem = check_vote(context, vote) or _batch_problem(
+            vote, allowed, shares, trust_weighting
+        )
         if problem is None:
             pair = (str(vote["verifier"]), str(vote["candidate"]))
-            if pair[0] not in allowed:
-                problem = "not from a committee member"
-            elif pair[1] not in candidates:
-                problem = "on a candidate outside this batch"
-            elif pair in seen:
+            if pair in seen:
                 problem = "a second vote on the same candidate"
             else:
                 seen.add(pair)
@@ -148,3 +164,22 @@ def collect_votes(
         who = str(vote.get("verifier", "?"))[:12] if isinstance(vote, dict) else "?"
         dropped.append(f"vote from {who}… dropped: {problem}")
     return kept, dropped
+
+
+def _batch_problem(
+    vote: Mapping[str, Any],
+    members: set[str],
+    shares: Mapping[str, float],
+    trust_weighting: bool,
+) -> str | None:
+    """Why a validly signed ``vote`` cannot count in this batch, or ``None``."""
+    if str(vote["verifier"]) not in members:
+        return "not from a committee member"
+    candidate = str(vote["candidate"])
+    if candidate not in shares:
+        return "on a candidate outside this batch"
+    problem = share_problem(vote, shares[candidate])
+    if problem is None and trust_weighting:
+        score = score_problem(vote["score"])
+        problem = None if score is None else f"trust weighting: {score}"
+    return problem

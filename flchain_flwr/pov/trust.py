@@ -47,8 +47,9 @@ from typing import Any
 
 from ..arrays import NDArrays
 from ..ledger.consensus import quorum
+from ..ledger.votes import score_problem
+from ..strategies.claims import lower_median
 from ..strategies.pipeline import BufferedUpdate
-from ..strategies.weighting import lower_median
 from .norms import update_norm
 
 CLIP_DIGITS = 9
@@ -90,13 +91,10 @@ def trust_scores(
             and digest in approving
             and vote.get("verdict") is True
         ):
-            score = vote.get("score")
-            if isinstance(score, bool) or not isinstance(score, int | float):
-                raise TrustError(f"a vote on {digest[:16]}… has no numeric score")
-            score = float(score) if abs(score) <= 1 else math.nan
-            if not math.isfinite(score):
-                raise TrustError(f"a vote on {digest[:16]}… scores outside [-1, 1]")
-            approving[digest].append(score)
+            problem = score_problem(vote.get("score"))
+            if problem is not None:
+                raise TrustError(f"a vote on {digest[:16]}…: {problem}")
+            approving[digest].append(float(vote["score"]))
     trusts = []
     for digest in digests:
         scores = sorted(approving[digest], reverse=True)

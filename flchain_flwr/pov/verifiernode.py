@@ -44,6 +44,7 @@ from typing import Any
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from ..configvalues import integer_value, text_value
 from ..ledger import VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.keys import load_or_create_key
@@ -237,13 +238,19 @@ def verifier_from_node_config(
     """This node's verifier if its node config says ``role="verifier"``, else None.
 
     ``make(key, shard)`` builds the verifier from its signing key (read from the
-    ``verifier-key`` file, created on first use) and its ``verifier-shard``.
+    ``verifier-key`` file, created on first use) and its ``verifier-shard`` (an
+    integer >= 0, default 0), both read by the typed readers
+    (:mod:`flchain_flwr.configvalues`): a value of another type is refused
+    naming its key, never converted.
     """
     if not is_verifier(node_config):
         return None
-    path = node_config.get("verifier-key")
-    if not path:
+    if not node_config.get("verifier-key"):
         raise ValueError('a verifier node needs node config verifier-key="<path>"')
-    return make(
-        load_or_create_key(Path(str(path))), int(node_config.get("verifier-shard", 0))
-    )
+    path = text_value(node_config, "verifier-key", source="node config")
+    shard = 0
+    if "verifier-shard" in node_config:
+        shard = integer_value(
+            node_config, "verifier-shard", minimum=0, source="node config"
+        )
+    return make(load_or_create_key(Path(path)), shard)

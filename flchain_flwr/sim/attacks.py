@@ -55,6 +55,7 @@ from flwr.app import Context, Message, MessageType
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
+from ..configvalues import integer_value, number_value
 from ..protocol import SERVER_ROUND_KEY
 from .adaptive import PERTURBATIONS, Perturbation, cosine_edge, min_max, min_sum
 
@@ -179,8 +180,19 @@ def poisoned_labels(context: Context, y: np.ndarray, num_classes: int) -> np.nda
 
 
 def _param(context: Context, key: str, default: float) -> float:
-    value = context.node_config.get(key, default)
-    return float(value) if isinstance(value, int | float) else default
+    """Node config ``key``, a finite number (``default`` if absent)."""
+    node = context.node_config
+    return number_value(node, key, source="node config") if key in node else default
+
+
+def _count(context: Context, key: str, default: int) -> int:
+    """Node config ``key``, an integer >= 0 (``default`` if absent)."""
+    node = context.node_config
+    return (
+        integer_value(node, key, minimum=0, source="node config")
+        if key in node
+        else default
+    )
 
 
 def attack_mod(
@@ -231,7 +243,7 @@ def _poison(
         case Attack.SCALING:
             return scaled(delta, _param(context, "attack-scale", 10.0))
         case Attack.GAUSSIAN_NOISE:
-            seed = int(_param(context, "attack-seed", 0))
+            seed = _count(context, "attack-seed", 0)
             rng = np.random.default_rng(
                 [context.node_id & 0xFFFFFFFF, seed, _server_round(msg)]
             )
@@ -240,8 +252,8 @@ def _poison(
             shared = pool.share(context.run_id, context.node_id, delta)
             if len(shared) < 2:
                 return delta
-            n = int(_param(context, "num-partitions", 0))
-            f = int(_param(context, "attack-colluders", 0))
+            n = _count(context, "num-partitions", 0)
+            f = _count(context, "attack-colluders", 0)
             default_z = alie_z(n, f) if n and f else 1.0
             return alie(shared, _param(context, "attack-z", default_z))
         case Attack.IPM:

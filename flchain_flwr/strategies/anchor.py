@@ -16,6 +16,13 @@ from typing import Any, Protocol
 
 from flwr.serverapp import Grid
 
+from ..configvalues import (
+    ConfigValue,
+    integer_value,
+    number_value,
+    seconds_or_none,
+    text_value,
+)
 from ..ledger import Ledger
 from ..ledger.anchoring import Anchorer, WitnessClient
 from ..ledger.anchorspool import SpoolAnchorer
@@ -25,7 +32,18 @@ from ..ledger.witness import Witness
 from ..witness_node import RemoteWitness, discover_witnesses
 from .pipeline import Block, BlockStage
 
-ConfigValue = int | float | str | bool
+DEFAULTS: Mapping[str, ConfigValue] = {
+    "anchor-main": "",
+    "anchor-spool": "",
+    "anchor-key": "",
+    "anchor-witnesses": "",
+    "anchor-witness-nodes": 0,
+    "anchor-every": 0,
+    "anchor-every-seconds": 0.0,
+    "anchor-discovery-timeout": 180.0,
+    "anchor-witness-timeout": 60.0,
+}
+"""The anchoring keys a run config may leave out, and what they then are."""
 
 
 class BlockAnchorer(Protocol):
@@ -89,9 +107,9 @@ def anchorer_from_run_config(
     ``anchor-key`` (the main chain's key file: the run appends to the main
     chain itself, and has its witnesses cosign the main chain's checkpoint
     after each anchor), ``anchor-every`` (blocks,
-    <= 0: not by blocks) and ``anchor-every-seconds`` (virtual seconds, <= 0:
-    not by time; at least one of the two must be on), and the witnesses,
-    one of:
+    <= 0: not by blocks) and ``anchor-every-seconds`` (virtual seconds, <= 0
+    or inf: not by time; at least one of the two must be on), and the
+    witnesses, one of:
 
     - ``anchor-witnesses``: comma-separated witness folders on this machine;
     - ``anchor-witness-nodes = N``: witness SuperNodes on ``grid`` (node
@@ -102,37 +120,41 @@ def anchorer_from_run_config(
       the search, ``anchor-witness-timeout`` (default 60) each round of
       identity queries and each cosigning.
 
+    Every key is read by the typed readers of :mod:`flchain_flwr.configvalues`
+    (absent: its :data:`DEFAULTS` entry); a wrong type, a fraction or NaN is
+    refused, never turned off silently.
+
     Raises
     ------
     ValueError
-        If a key is missing or malformed (the message names it).
+        If a key is malformed or the keys contradict (the message names them).
     TimeoutError
         If the witness nodes are not found in time.
     """
-    main_path = str(cfg.get("anchor-main", ""))
+    cfg = {**DEFAULTS, **cfg}
+    main_path = text_value(cfg, "anchor-main")
     if not main_path:
         return None
-    spool = str(cfg.get("anchor-spool", ""))
-    if bool(spool) == bool(str(cfg.get("anchor-key", ""))):
+    spool = text_value(cfg, "anchor-spool")
+    key_path = text_value(cfg, "anchor-key")
+    if bool(spool) == bool(key_path):
         raise ValueError(
             "run config: anchor-main needs anchor-key (the main chain's key) or "
             "anchor-spool (a folder for the main chain's operator), not both"
         )
-    key_file = Path(str(cfg.get("anchor-key", "")))
+    key_file = Path(key_path)
     if not spool and not key_file.is_file():
         raise ValueError(f"run config: anchor-key {key_file} is not a file")
-    folders = [f.strip() for f in str(cfg.get("anchor-witnesses", "")).split(",")]
+    folders = [f.strip() for f in text_value(cfg, "anchor-witnesses").split(",")]
     folders = [f for f in folders if f]
-    nodes = _int(cfg, "anchor-witness-nodes", 0)
+    nodes = integer_value(cfg, "anchor-witness-nodes", minimum=0)
     if bool(folders) == (nodes > 0):
         raise ValueError(
             "run config: anchor-main needs anchor-witnesses (folders) or "
             "anchor-witness-nodes > 0 (witness SuperNodes), not both"
         )
-    every = _int(cfg, "anchor-every", 0)
-    seconds = cfg.get("anchor-every-seconds", 0.0)
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float):
-        raise ValueError("run config: anchor-every-seconds must be a number")
+    every = integer_value(cfg, "anchor-every")
+    period = seconds_or_none(cfg, "anchor-every-seconds")
     main = MainChain(
         main_path, signing_key=None if spool else load_or_create_key(key_file)
     )
@@ -142,27 +164,12 @@ def anchorer_from_run_config(
     else:
         witnesses = list(_remote_witnesses(cfg, grid, main, nodes))
     blocks = every if every > 0 else None
-    period = float(seconds) if seconds > 0 else None
     if spool:
         return SpoolAnchorer(
             main, spool, witnesses, every_blocks=blocks, every_seconds=period
         )
     main.witnesses = witnesses  # they cosign the main chain's checkpoint too
     return Anchorer(main, witnesses, every_blocks=blocks, every_seconds=period)
-
-
-def _int(cfg: Mapping[str, ConfigValue], key: str, default: int) -> int:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"run config: {key} must be an int, not {value!r}")
-    return value
-
-
-def _seconds(cfg: Mapping[str, ConfigValue], key: str, default: float) -> float:
-    value = cfg.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ValueError(f"run config: {key} must be seconds > 0, not {value!r}")
-    return float(value)
 
 
 def _remote_witnesses(
@@ -178,18 +185,23 @@ def _remote_witnesses(
             f"policy has {len(policy.witnesses)} witnesses and a quorum of "
             f"{policy.quorum}"
         )
-    timeout = _seconds(cfg, "anchor-witness-timeout", 60.0)
+    timeout = _timeout(cfg, "anchor-witness-timeout")
     found = discover_witnesses(
         grid,
         policy.witnesses,
         expected=count,
-        timeout=_seconds(cfg, "anchor-discovery-timeout", 180.0),
+        timeout=_timeout(cfg, "anchor-discovery-timeout"),
         reply_timeout=timeout,
     )
     keys = {key.encode(): key for key in policy.witnesses}
     return [
         RemoteWitness(grid, node, keys[vkey], timeout) for vkey, node in found.items()
     ]
+
+
+def _timeout(cfg: Mapping[str, ConfigValue], key: str) -> float:
+    """``cfg[key]``: seconds > 0 (inf: no limit)."""
+    return number_value(cfg, key, low=0.0, low_open=True, allow_inf=True)
 
 
 def witness_nodes(anchorer: BlockAnchorer | None) -> frozenset[int]:

@@ -20,6 +20,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
 from ..protocol import UPDATE_KIND_DELTA
+from .claims import ClaimHistory
 from .fairness import (
     FAIRNESS_FIELD,
     InverseParticipation,
@@ -34,12 +35,7 @@ from .traffic import Traffic
 from .tuning import BUFFER_FIELD, BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, update_kind
 from .versions import VersionStore
-from .weighting import (
-    ClaimHistory,
-    ExampleWeighting,
-    WeightingError,
-    effective_examples,
-)
+from .weighting import ExampleWeighting, WeightingError, effective_examples
 
 TRIGGER_BUFFER_FULL = "buffer_full"
 TRIGGER_MAX_WAIT = "max_wait"
@@ -70,7 +66,9 @@ class UpdateBuffer:
     result : AsyncResult
         Where versions and rejections are recorded.
     metrics_aggr : callable
-        Aggregates the train replies' MetricRecords of one version.
+        Aggregates the train replies' MetricRecords of one version, given
+        each update's weight in the step (:attr:`.BufferedUpdate.average_weight`:
+        staleness weight x effective examples x trust, not the claim).
     now : callable
         Seconds since the run started, on the run's clock.
     weighted_by_key : str
@@ -100,7 +98,7 @@ class UpdateBuffer:
         parse: ParseFn,
         pipeline: Pipeline,
         result: AsyncResult,
-        metrics_aggr: Callable[[list[RecordDict]], MetricRecord | None],
+        metrics_aggr: Callable[[list[RecordDict], list[float]], MetricRecord | None],
         now: Callable[[], float],
         weighted_by_key: str = "num-examples",
         fairness: InverseParticipation | None = None,
@@ -313,7 +311,9 @@ class UpdateBuffer:
                 block.time, [u.staleness for u in updates]
             )
         self.result.arrays = self.model_record
-        metrics = self.metrics_aggr([u.metrics for u in updates])
+        metrics = self.metrics_aggr(
+            [u.metrics for u in updates], [u.average_weight for u in updates]
+        )
         if metrics is not None:
             self.result.train_metrics_clientapp[self.version] = metrics
         return record

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TypeVar
 
+from ..configvalues import (
+    ConfigValue,
+    bad_value,
+    flag_value,
+    integer_value,
+    number_value,
+    parsed_value,
+    seconds_or_none,
+    text_value,
+)
 from ..ledger import Ledger
 from ..ledger.checkpoint import ledger_origin
 from .adaptive import AdaptiveScheduling, ConfigAdjuster
@@ -22,9 +30,6 @@ from .staleness import staleness_fn
 from .state import state_rule
 from .tuning import buffer_tuning
 from .weighting import example_weighting
-
-ConfigValue = int | float | str | bool
-T = TypeVar("T")
 
 
 def fedbuff_from_run_config(
@@ -88,76 +93,78 @@ def fedbuff_from_run_config(
     """
     kwargs: dict[str, object] = {}
     if "buffer-size" in cfg:
-        kwargs["buffer_size"] = _integer(cfg, "buffer-size", minimum=1)
+        kwargs["buffer_size"] = integer_value(cfg, "buffer-size", minimum=1)
     if "max-wait" in cfg:
         kwargs["max_wait"] = seconds_or_none(cfg, "max-wait")
     if "staleness" in cfg:
-        kwargs["staleness_fn"] = _parsed(cfg, "staleness", staleness_fn)
+        kwargs["staleness_fn"] = parsed_value(cfg, "staleness", staleness_fn)
     if "max-staleness" in cfg:
         kwargs["max_staleness"] = _max_staleness(cfg)
     if "server-lr" in cfg:
-        kwargs["server_lr"] = _number(cfg, "server-lr", low=0.0, low_open=True)
+        kwargs["server_lr"] = number_value(cfg, "server-lr", low=0.0, low_open=True)
     if "server-momentum" in cfg:
-        kwargs["server_momentum"] = _number(
+        kwargs["server_momentum"] = number_value(
             cfg, "server-momentum", low=0.0, high=1.0, high_open=True
         )
     if "seed" in cfg:
-        kwargs["seed"] = _integer(cfg, "seed")
+        kwargs["seed"] = integer_value(cfg, "seed")
     if "example-weighting" in cfg:
-        kwargs["example_weighting"] = _parsed(
+        kwargs["example_weighting"] = parsed_value(
             cfg, "example-weighting", example_weighting
         )
     if "scheduling" in cfg:
-        kwargs["scheduling"] = _parsed(cfg, "scheduling", scheduling_policy)
+        kwargs["scheduling"] = parsed_value(cfg, "scheduling", scheduling_policy)
     adaptive = _straggler_scheduling(cfg, kwargs.get("scheduling"))
     if adaptive is not None:
         kwargs["scheduling"] = adaptive
     if "fairness" in cfg:
-        kwargs["fairness"] = _parsed(cfg, "fairness", fairness_weighting)
+        kwargs["fairness"] = parsed_value(cfg, "fairness", fairness_weighting)
     if "update-memory" in cfg:
-        kwargs["update_memory"] = _parsed(cfg, "update-memory", update_memory)
+        kwargs["update_memory"] = parsed_value(cfg, "update-memory", update_memory)
     if "buffer-tuning" in cfg:
-        kwargs["buffer_tuning"] = _parsed(cfg, "buffer-tuning", buffer_tuning)
+        kwargs["buffer_tuning"] = parsed_value(cfg, "buffer-tuning", buffer_tuning)
     if "state-rule" in cfg:
-        kwargs["state_rule"] = _parsed(cfg, "state-rule", state_rule)
+        kwargs["state_rule"] = parsed_value(cfg, "state-rule", state_rule)
     if "downlink" in cfg:
-        kwargs["downlink"] = _flag(cfg, "downlink")
+        kwargs["downlink"] = flag_value(cfg, "downlink")
     if "downlink-from-initial" in cfg:
-        kwargs["downlink_from_initial"] = _flag(cfg, "downlink-from-initial")
+        kwargs["downlink_from_initial"] = flag_value(cfg, "downlink-from-initial")
     if "queued-dispatch" in cfg:
         queued = cfg["queued-dispatch"]
         if queued != "auto" and not isinstance(queued, bool):
-            raise _bad("queued-dispatch", queued, "true, false or 'auto'")
+            raise bad_value("queued-dispatch", queued, "true, false or 'auto'")
         kwargs["queued_dispatch"] = queued
     if "fraction-train" in cfg:
-        kwargs["fraction_train"] = _number(
+        kwargs["fraction_train"] = number_value(
             cfg, "fraction-train", low=0.0, high=1.0, low_open=True
         )
     if "fraction-evaluate" in cfg:
-        kwargs["fraction_evaluate"] = _number(
+        kwargs["fraction_evaluate"] = number_value(
             cfg, "fraction-evaluate", low=0.0, high=1.0
         )
     if "concurrency" in cfg:
-        concurrency = _integer(cfg, "concurrency")
+        concurrency = integer_value(cfg, "concurrency")
         kwargs["concurrency"] = concurrency if concurrency > 0 else None
     if "evaluate-every" in cfg:
-        every = _integer(cfg, "evaluate-every")
+        every = integer_value(cfg, "evaluate-every")
         kwargs["evaluate_every"] = every if every > 0 else None
     if "message-ttl" in cfg:
         kwargs["message_ttl"] = seconds_or_none(cfg, "message-ttl")
     if "membership-refresh" in cfg:
-        kwargs["membership_refresh"] = _number(
+        kwargs["membership_refresh"] = number_value(
             cfg, "membership-refresh", low=0.0, low_open=True
         )
     if "ledger-path" in cfg:
-        ledger_path = _text(cfg, "ledger-path")
+        ledger_path = text_value(cfg, "ledger-path")
         durable = True
         if "ledger-durable" in cfg:
             if not isinstance(cfg["ledger-durable"], bool):
-                raise _bad("ledger-durable", cfg["ledger-durable"], "a boolean")
+                raise bad_value("ledger-durable", cfg["ledger-durable"], "a boolean")
             durable = cfg["ledger-durable"]
         places = {
-            k: _text(cfg, k) for k in ("ledger-key", "ledger-checkpoint") if k in cfg
+            k: text_value(cfg, k)
+            for k in ("ledger-key", "ledger-checkpoint")
+            if k in cfg
         }
         chain_id = ledger_chain_id(cfg)
         memory = kwargs.get("update_memory")
@@ -200,7 +207,7 @@ def ledger_chain_id(cfg: Mapping[str, ConfigValue]) -> str | None:
     """
     if "ledger-chain-id" not in cfg:
         return None
-    return _parsed(cfg, "ledger-chain-id", _origin_name) or None
+    return parsed_value(cfg, "ledger-chain-id", _origin_name) or None
 
 
 def _origin_name(chain_id: str) -> str:
@@ -228,13 +235,15 @@ def _straggler_scheduling(
     work_key = None
     if cfg.get("adaptive-lr", "") != "":
         base_lr = _needed(cfg, "adaptive-lr", "lr")
-        lr = _parsed(cfg, "adaptive-lr", lambda t: fedsa_learning_rate(t, base_lr))
+        lr = parsed_value(cfg, "adaptive-lr", lambda t: fedsa_learning_rate(t, base_lr))
         adjusters.extend([lr] if lr is not None else [])
     if cfg.get("adaptive-work", "") != "":
-        steps = _integer(cfg, "local-steps", minimum=0) if "local-steps" in cfg else 0
+        steps = (
+            integer_value(cfg, "local-steps", minimum=0) if "local-steps" in cfg else 0
+        )
         work_key = "local-steps" if steps > 0 else "local-epochs"
         work = steps or int(_needed(cfg, "adaptive-work", "local-epochs"))
-        local = _parsed(
+        local = parsed_value(
             cfg, "adaptive-work", lambda t: bafl_local_work(t, work, work_key)
         )
         adjusters.extend([local] if local is not None else [])
@@ -248,101 +257,7 @@ def _needed(cfg: Mapping[str, ConfigValue], by: str, key: str) -> float:
     """``cfg[key]``, a number > 0 that the policy in ``cfg[by]`` scales."""
     if key not in cfg:
         raise ValueError(f"run config key {by!r} needs the key {key!r} (its base)")
-    return _number(cfg, key, low=0.0, low_open=True)
-
-
-def _bad(key: str, value: ConfigValue, expected: str) -> ValueError:
-    return ValueError(f"run config key {key!r}: expected {expected}, got {value!r}")
-
-
-def _number(  # pylint: disable=too-many-arguments
-    cfg: Mapping[str, ConfigValue],
-    key: str,
-    *,
-    low: float = -math.inf,
-    high: float = math.inf,
-    low_open: bool = False,
-    high_open: bool = False,
-    allow_inf: bool = False,
-) -> float:
-    """``cfg[key]`` as a float in the given range (ints accepted); finite
-    unless ``allow_inf`` (NaN never)."""
-    value = cfg[key]
-    kind = "a number" if allow_inf else "a finite number"
-    expected = f"{kind}{_range(low, high, low_open, high_open)}"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _bad(key, value, expected)
-    number = float(value)
-    below = number <= low if low_open else number < low
-    above = number >= high if high_open else number > high
-    if math.isnan(number) or (math.isinf(number) and not allow_inf) or below or above:
-        raise _bad(key, value, expected)
-    return number
-
-
-def seconds_or_none(
-    cfg: Mapping[str, ConfigValue], key: str, *, low: float = -math.inf
-) -> float | None:
-    """``cfg[key]``, a number of seconds >= ``low``, or ``None`` (no limit)
-    for one <= 0 or inf; ValueError naming the key otherwise."""
-    value = _number(cfg, key, low=low, allow_inf=True)
-    return value if 0 < value < math.inf else None
-
-
-def _range(low: float, high: float, low_open: bool, high_open: bool) -> str:
-    """`` in [0, 1)``, `` > 0``, ... or "" for the whole line."""
-    if math.isinf(low) and math.isinf(high):
-        return ""
-    if math.isinf(high):
-        return f" {'>' if low_open else '>='} {low:g}"
-    if math.isinf(low):
-        return f" {'<' if high_open else '<='} {high:g}"
-    left, right = "(" if low_open else "[", ")" if high_open else "]"
-    return f" in {left}{low:g}, {high:g}{right}"
-
-
-def _integer(
-    cfg: Mapping[str, ConfigValue], key: str, *, minimum: int | None = None
-) -> int:
-    """``cfg[key]`` as an int (a float only if integral), at least ``minimum``."""
-    value = cfg[key]
-    expected = "an integer" if minimum is None else f"an integer >= {minimum}"
-    if isinstance(value, bool):
-        raise _bad(key, value, expected)
-    if isinstance(value, int):
-        number = value
-    elif isinstance(value, float) and value.is_integer():
-        number = int(value)
-    else:
-        raise _bad(key, value, expected)
-    if minimum is not None and number < minimum:
-        raise _bad(key, value, expected)
-    return number
-
-
-def _flag(cfg: Mapping[str, ConfigValue], key: str) -> bool:
-    """``cfg[key]``, which must be a bool."""
-    value = cfg[key]
-    if not isinstance(value, bool):
-        raise _bad(key, value, "true or false")
-    return value
-
-
-def _text(cfg: Mapping[str, ConfigValue], key: str) -> str:
-    """``cfg[key]``, which must be a string."""
-    value = cfg[key]
-    if not isinstance(value, str):
-        raise _bad(key, value, "a string")
-    return value
-
-
-def _parsed(cfg: Mapping[str, ConfigValue], key: str, parse: Callable[[str], T]) -> T:
-    """``parse(cfg[key])``, its ValueError re-raised naming ``key``."""
-    text = _text(cfg, key)
-    try:
-        return parse(text)
-    except ValueError as exc:
-        raise ValueError(f"run config key {key!r}: {exc}") from None
+    return number_value(cfg, key, low=0.0, low_open=True)
 
 
 def _max_staleness(cfg: Mapping[str, ConfigValue]) -> MaxStaleness:
@@ -351,8 +266,8 @@ def _max_staleness(cfg: Mapping[str, ConfigValue]) -> MaxStaleness:
     if value == "auto":
         return "auto"
     try:
-        limit = _integer(cfg, "max-staleness")
+        limit = integer_value(cfg, "max-staleness")
     except ValueError:
         expected = "'auto' or an integer (< 0: no limit)"
-        raise _bad("max-staleness", value, expected) from None
+        raise bad_value("max-staleness", value, expected) from None
     return limit if limit >= 0 else None

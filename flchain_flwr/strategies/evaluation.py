@@ -127,25 +127,37 @@ class FederatedEvaluation:
             if version is not None:
                 self.done(node_id, version, None)
 
-    def done(self, node_id: int, version: int, content: RecordDict | None) -> None:
-        """``node_id`` answered (``content``) or failed (``None``) on ``version``."""
+    def done(
+        self, node_id: int, version: int, content: RecordDict | None
+    ) -> str | None:
+        """``node_id`` answered (``content``) or failed (``None``) on ``version``.
+
+        Returns why its reply was rejected (``None`` if it was used, or there
+        was none): the caller records it, as it records a failed message.
+        """
         round_ = self.rounds.get(version)
         if round_ is None:
-            return
+            return None
         round_.waiting.discard(node_id)
+        rejected = None
         if content is not None:
             try:
                 round_.replies.append(self.validate(content))
                 self._keep(node_id, version, round_.replies[-1])
             except UpdateRejected as exc:
-                log(WARNING, "Rejected evaluate reply from node %d: %s", node_id, exc)
-        if round_.waiting:
-            return
-        del self.rounds[version]
-        metrics = self.aggregate(round_.replies)
-        if metrics is not None:
-            log(INFO, "\t└──> Federated evaluation of version %d: %s", version, metrics)
-            self.results[version] = metrics
+                rejected = f"evaluate reply rejected: {exc.reason}"
+        if not round_.waiting:
+            del self.rounds[version]
+            metrics = self.aggregate(round_.replies)
+            if metrics is not None:
+                log(
+                    INFO,
+                    "\t└──> Federated evaluation of version %d: %s",
+                    version,
+                    metrics,
+                )
+                self.results[version] = metrics
+        return rejected
 
     def _keep(self, node_id: int, version: int, reply: RecordDict) -> None:
         """Keep ``node_id``'s validated reply unless it has evaluated a newer

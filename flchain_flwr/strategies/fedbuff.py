@@ -88,6 +88,8 @@ class FedBuff(FedBuffSettings, Strategy):
         :func:`~flchain_flwr.strategies.metrics.aggregate_metrics` (Flower's
         numbers when every reply has every key; a key some replies lack is
         averaged over those that have it instead of failing the version).
+        Each reply's ``weighted_by_key`` is its effective count under
+        ``example_weighting``, not its claim (:mod:`.metricweights`).
     buffer_size : int (default: 10)
         K, the number of accepted updates that triggers an aggregation.
     max_wait : float | None (default: None)

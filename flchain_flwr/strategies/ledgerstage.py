@@ -20,9 +20,9 @@ from flwr.supercore import log
 from ..arrays import NDArrays
 from ..ledger import Ledger, contributions
 from ..ledger.serverstate import ServerState
+from .claims import ClaimHistory
 from .pipeline import Block, BlockStage, BufferedUpdate, Rejection, ServerStep
 from .resume import Resumed, check_config, recorded_server_state
-from .weighting import ClaimHistory
 
 
 class LedgerStage(BlockStage):

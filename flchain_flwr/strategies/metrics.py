@@ -17,7 +17,8 @@ from typing import cast
 from flwr.app import MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 
-from .updates import UpdateRejected, describe, example_count, finite_float
+from .replybounds import describe, value_bytes
+from .updates import UpdateRejected, example_count, finite_float
 
 MAX_METRIC_KEYS = 64
 """Default cap on the metrics one reply may carry (all its MetricRecords)."""
@@ -35,15 +36,6 @@ class BoundedMetrics:
     """The MetricRecords kept (only MetricRecords), in their original order."""
     dropped: tuple[str, ...]
     """One line per cause of dropping (empty when everything was kept)."""
-
-
-def _metric_size(value: object) -> int:
-    """Bytes a metric value accounts for: 8 per number, more for a huge int."""
-    if isinstance(value, list):
-        return sum(_metric_size(v) for v in value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return max(8, (value.bit_length() + 8) // 8)
-    return 8
 
 
 def bounded_metrics(
@@ -91,7 +83,7 @@ def bounded_metrics(
         out = MetricRecord()
         size += len(record_name.encode("utf-8", "surrogatepass"))
         for key, value in record.items():
-            cost = len(key.encode("utf-8", "surrogatepass")) + _metric_size(value)
+            cost = value_bytes(key) + value_bytes(value)
             cause = None
             if key in keep:
                 pass

@@ -4,7 +4,8 @@ A message settles once: with its reply, with an error (the node's, or the
 SuperLink's for a message it gave up on), at its deadline, or when its push
 fails. :class:`MessageOutcomes` frees the node, hands an update to the buffer
 and an evaluation to the federated evaluation, records a failure with its
-reason, and starts a train message queued behind the settled one.
+reason (an evaluate reply the evaluation rejects is one), and starts a train
+message queued behind the settled one.
 """
 
 from __future__ import annotations
@@ -84,7 +85,12 @@ class MessageOutcomes:
         if reply.has_error():
             self._settle_failure(flight, reply.error.code, reply.error.reason or "")
         elif not flight.train:
-            self.parts.evaluation.done(flight.node_id, flight.version, reply.content)
+            content = reply.content
+            rejected = self.parts.evaluation.done(
+                flight.node_id, flight.version, content
+            )
+            if rejected is not None:
+                self._record_failure(flight, ErrorCode.UNKNOWN, rejected)
         elif self.parts.buffer.complete:  # a late update has nowhere to go
             self.parts.buffer.store.settled(flight.node_id, flight.version, None)
         elif self.parts.buffer.take(
@@ -113,12 +119,7 @@ class MessageOutcomes:
 
     def failed(self, flight: Flight, code: int, reason: str) -> None:
         """Record that ``flight`` failed: the node backs off for a while."""
-        log(WARNING, "Node %d failed (%s): %s", flight.node_id, code, reason)
-        self.result.failures.append(
-            NodeFailure(
-                flight.node_id, flight.version, self.parts.elapsed(), code, reason
-            )
-        )
+        self._record_failure(flight, code, reason)
         until = self.parts.clock.now() + self.retry_backoff
         self.parts.nodes.failed(flight.node_id, until, flight.train, flight.version)
         if flight.train and self.parts.downlink is not None:
@@ -137,6 +138,15 @@ class MessageOutcomes:
         if version is not None:
             self.parts.policy.on_dispatch(node_id, version, self.parts.elapsed())
             self.parts.forecast.started(node_id, self.parts.clock.now())
+
+    def _record_failure(self, flight: Flight, code: int, reason: str) -> None:
+        """Log and record in the result that ``flight`` gave no usable reply."""
+        log(WARNING, "Node %d failed (%s): %s", flight.node_id, code, reason)
+        self.result.failures.append(
+            NodeFailure(
+                flight.node_id, flight.version, self.parts.elapsed(), code, reason
+            )
+        )
 
     def _settle_failure(self, flight: Flight, code: int, reason: str) -> None:
         if flight.train:

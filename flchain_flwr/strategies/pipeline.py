@@ -70,6 +70,13 @@ class BufferedUpdate:
         """The weight the step scales its delta by: ``weight * clip``."""
         return self.weight * self.clip
 
+    @property
+    def average_weight(self) -> float:
+        """Its weight in the version's averages, the non-trainable state's and
+        the train metrics': ``weight * examples * trust``, its share of the
+        step before the norm clip (which scales its delta, not its say)."""
+        return self.weight * self.step_examples
+
 
 @dataclass(frozen=True)
 class Rejection:
@@ -187,7 +194,7 @@ def server_step(
     else:
         velocity = None
     model = apply_step(parent, step, lr)
-    state_weights = [u.step_examples * u.weight for u in updates]
+    state_weights = [u.average_weight for u in updates]
     if state_names and sum(state_weights) > 0:  # else: nothing reported
         model.update(
             aggregate_state(
@@ -289,7 +296,8 @@ class Pipeline:
         return sender_update_digest(node_id, content)
 
     def payload(self, content: RecordDict) -> RecordDict | None:
-        """The reply to keep with its update (``None`` when no stage stores it)."""
+        """The reply to keep with its update, as received (``None`` when no
+        stage stores it); :func:`.parse_update` has bounded what it holds."""
         return content if self.needs_payload else None
 
     def base(self, kind: str, reference: NDArrays) -> NDArrays | None:

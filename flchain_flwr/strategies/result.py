@@ -60,7 +60,8 @@ class RejectedUpdate:
 
 @dataclass(frozen=True)
 class NodeFailure:
-    """A message that produced no usable reply: an error reply, or its TTL ran out."""
+    """A message that produced no usable reply: an error reply, a rejected
+    evaluate reply, or its TTL ran out."""
 
     node_id: int
     version: int

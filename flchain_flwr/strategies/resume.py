@@ -21,8 +21,8 @@ from ..arrays import NDArrays
 from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode
+from .claims import ClaimHistory
 from .pipeline import ServerStep
-from .weighting import ClaimHistory
 
 
 @dataclass(frozen=True)

@@ -29,21 +29,18 @@ from .anchor import witness_nodes
 from .arguments import require
 from .buffer import UpdateBuffer
 from .carryover import resumed_tuner
+from .claims import ClaimHistory
 from .committeestage import decision_summary
 from .downlink import DownlinkSync
-from .evaluation import (
-    FederatedEvaluation,
-    aggregate_or_none,
-    valid_evaluate_content,
-)
+from .evaluation import FederatedEvaluation, valid_evaluate_content
 from .loop import EventLoop, LoopSettings, queued_on
 from .memory import memory_caution
+from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
 from .result import AsyncResult, VersionRecord
 from .runlog import log_downlink, log_finished, log_rounds, log_version
 from .runpipeline import block_pipeline, carry_over, open_ledger
 from .state import state_names
 from .versions import VersionStore
-from .weighting import ClaimHistory
 
 if TYPE_CHECKING:
     from .fedbuff import FedBuff
@@ -154,8 +151,8 @@ class FedBuffRun:
             parse=lambda c, ref, v: s._parse(c, ref, v),
             pipeline=self.pipeline,
             result=self.result,
-            metrics_aggr=lambda c: aggregate_or_none(
-                s.train_metrics_aggr_fn, c, s.weighted_by_key
+            metrics_aggr=lambda c, counts: weighed_train_metrics(
+                s.train_metrics_aggr_fn, c, counts, s.weighted_by_key
             ),
             now=lambda: self.loop.now(),
             weighted_by_key=s.weighted_by_key,
@@ -171,8 +168,8 @@ class FedBuffRun:
         self.evaluation = FederatedEvaluation(
             fraction=s.fraction_evaluate,
             min_nodes=s.min_evaluate_nodes,
-            aggregate=lambda c: aggregate_or_none(
-                s.evaluate_metrics_aggr_fn, c, s.weighted_by_key
+            aggregate=lambda c: weighed_evaluation_metrics(
+                s.evaluate_metrics_aggr_fn, s.example_weighting, c, s.weighted_by_key
             ),
             validate=lambda c: valid_evaluate_content(c, s.weighted_by_key),
             rng=rng,

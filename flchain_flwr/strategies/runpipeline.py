@@ -23,6 +23,7 @@ from ..runtime import Clock
 from .adaptive import AdaptiveScheduling
 from .anchor import AnchorStage
 from .carryover import ledger_weight_share
+from .claims import ClaimHistory
 from .committeestage import CommitteeStage
 from .history import NodeHistory
 from .ledgerstage import LedgerStage
@@ -30,7 +31,6 @@ from .pipeline import BlockStage, Pipeline, ServerStep
 from .result import AsyncResult
 from .resume import Resumed
 from .scheduling import SchedulingPolicy
-from .weighting import ClaimHistory
 
 if TYPE_CHECKING:
     from .fedbuff import FedBuff

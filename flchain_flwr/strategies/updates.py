@@ -4,6 +4,15 @@ Nothing here touches strategy state. A reply that fails validation raises
 :class:`UpdateRejected` with a reason meant for logs and the ledger; the caller
 records it and carries on. A reply's metrics (their caps, evaluate replies and
 metric averages) are checked in :mod:`.metrics`.
+
+An accepted reply is stored whole, as received (its digest is what votes and
+ledger entries name), so :func:`parse_update` also bounds what it may carry
+(:mod:`.replybounds`): one ArrayRecord, whose arrays are exactly the model's,
+each declaring what its data holds and holding nothing more (a sparse one no
+more bytes than its dense tensor); and a stored payload of at most
+``MAX_RECORDS_BYTES`` bytes beyond the model's tensors. The live
+server, a replay and a remote verifier all parse with it: all three hold a
+reply to the same rule.
 """
 
 from __future__ import annotations
@@ -11,9 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from io import BytesIO
+from typing import Final
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app import Array, ConfigRecord, MetricRecord, RecordDict
 
 from ..arrays import NDArrays
 from ..compression.sparse import SparseFormatError, decode, is_sparse
@@ -24,6 +35,15 @@ from ..protocol import (
     UPDATE_KIND_KEY,
     UPDATE_KINDS,
 )
+from .replybounds import (
+    array_records_problem,
+    describe,
+    describe_names,
+    stored_size_problem,
+)
+
+DENSE_STYPE: Final = "numpy.ndarray"
+"""The serialisation type of a dense Flower Array (``np.save`` bytes)."""
 
 
 class UpdateRejected(Exception):
@@ -44,19 +64,6 @@ class ParsedUpdate:
     kind: str
 
 
-def _select_arrayrecord(content: RecordDict, arrayrecord_key: str) -> ArrayRecord:
-    records = content.array_records
-    if arrayrecord_key in records:
-        return records[arrayrecord_key]
-    if len(records) == 1:
-        return next(iter(records.values()))
-    if not records:
-        raise UpdateRejected("reply carries no ArrayRecord")
-    raise UpdateRejected(
-        f"reply carries {len(records)} ArrayRecords and none named {arrayrecord_key!r}"
-    )
-
-
 def _select_metricrecord(content: RecordDict, weighted_by_key: str) -> MetricRecord:
     holders = [rec for rec in content.metric_records.values() if weighted_by_key in rec]
     if not holders:
@@ -66,22 +73,6 @@ def _select_metricrecord(content: RecordDict, weighted_by_key: str) -> MetricRec
             f"reply has several MetricRecords with {weighted_by_key!r}"
         )
     return holders[0]
-
-
-def describe(value: object) -> str:
-    """A short, always printable description of a client-sent value for a reason.
-
-    ``repr`` of an integer over 4,300 digits raises, and a long string or list
-    would flood the logs and the ledger.
-    """
-    if isinstance(value, bool):
-        return repr(value)
-    if isinstance(value, int) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    if isinstance(value, list):
-        return f"a list of {len(value)} values"
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
 
 
 def finite_float(value: int | float) -> float | None:
@@ -137,20 +128,51 @@ def _claimed_version(content: RecordDict) -> int | None:
     return value
 
 
+def _dense_value(name: str, arr: Array) -> np.ndarray:
+    """A dense Array's value, as ``Array.numpy`` reads it, refused unless the
+    Array declares its value's dtype and shape and holds no bytes beyond it
+    (the declaration is stored in the payload's header, the bytes whole)."""
+    if arr.stype != DENSE_STYPE:
+        raise UpdateRejected(
+            f"array {name!r} has stype {describe(arr.stype)}, expected {DENSE_STYPE!r}"
+        )
+    stream = BytesIO(arr.data)
+    try:
+        value = np.load(stream, allow_pickle=False)
+    except Exception as exc:  # a forged Array can fail to decode in many ways
+        raise UpdateRejected(
+            f"array {name!r} cannot be decoded: {describe(str(exc))}"
+        ) from None
+    if not isinstance(value, np.ndarray):  # e.g. an .npz archive
+        raise UpdateRejected(f"array {name!r} cannot be decoded: not one array")
+    trailing = len(arr.data) - stream.tell()
+    if trailing:
+        raise UpdateRejected(f"array {name!r} has {trailing} trailing bytes")
+    if arr.dtype != str(value.dtype) or tuple(arr.shape) != value.shape:
+        raise UpdateRejected(
+            f"array {name!r} declares dtype {describe(arr.dtype)} and shape "
+            f"{describe(tuple(arr.shape))}, its data holds {value.dtype} "
+            f"{value.shape}"
+        )
+    return value
+
+
 def _decode_checked(name: str, arr: Array, ref: np.ndarray, kind: str) -> np.ndarray:
     if is_sparse(arr):
         if kind != UPDATE_KIND_DELTA:
             raise UpdateRejected(
                 f"array {name!r} is sparse but the update is not a delta"
             )
+        if len(arr.data) > ref.nbytes:  # no honest client sends this: DGC sends dense
+            raise UpdateRejected(
+                f"sparse array {name!r} holds {len(arr.data)} bytes, more than "
+                f"its dense tensor's {ref.nbytes}"
+            )
         try:
             return decode(arr, shape=ref.shape, dtype=ref.dtype)
         except SparseFormatError as exc:
             raise UpdateRejected(f"sparse array {name!r}: {exc}") from None
-    try:
-        value = arr.numpy()
-    except Exception as exc:  # a forged Array can fail to decode in many ways
-        raise UpdateRejected(f"array {name!r} cannot be decoded: {exc}") from None
+    value = _dense_value(name, arr)
     if kind == UPDATE_KIND_DELTA and ref.dtype.kind in "biu":
         # a change to an integer or bool tensor needs a sign: int64 deltas only
         ref = np.empty(ref.shape, dtype=np.int64)
@@ -204,20 +226,25 @@ def parse_update(
             f"reply says it was trained on version {describe(claimed)}, "
             f"it was sent {trained_on}"
         )
-    arrays = _select_arrayrecord(content, arrayrecord_key)
+    problem = array_records_problem(content, arrayrecord_key)
+    if problem is not None:
+        raise UpdateRejected(problem)
+    arrays = next(iter(content.array_records.values()))
     metrics = _select_metricrecord(content, weighted_by_key)
     num_examples = example_count(metrics, weighted_by_key)
 
     missing = [name for name in reference if name not in arrays]
     if missing:
-        raise UpdateRejected(f"missing arrays: {missing}")
+        raise UpdateRejected(f"missing arrays: {describe_names(missing)}")
     extra = [name for name in arrays if name not in reference]
     if extra:
-        raise UpdateRejected(f"unexpected arrays: {extra}")
+        raise UpdateRejected(f"unexpected arrays: {describe_names(extra)}")
 
     delta: NDArrays = {}
+    model_bytes = 0
     for name, ref in reference.items():
         value = _decode_checked(name, arrays[name], ref, kind)
+        model_bytes += value.nbytes
         if ref.dtype.kind != "f":  # ints, uints, bools: no wrap-around, no bool math
             value = value.astype(np.float64)
             ref = ref.astype(np.float64)
@@ -225,6 +252,9 @@ def parse_update(
             delta[name] = value if kind == UPDATE_KIND_DELTA else value - ref
         if not np.isfinite(delta[name]).all():
             raise UpdateRejected(f"array {name!r} overflows when taken as an update")
+    problem = stored_size_problem(content, model_bytes)
+    if problem is not None:
+        raise UpdateRejected(problem)
     return ParsedUpdate(
         delta=delta, num_examples=num_examples, metrics=metrics, kind=kind
     )

@@ -3,9 +3,9 @@
 Node config (``flower-supernode --node-config``, or the simulation's defaults):
 
 - ``partition-id``, ``num-partitions``: this node's share of the training data;
-- ``compute-slowdown`` (default 1.0): a device profile for deployments on
-  uniform hardware; training takes this many times its real time (the node
-  sleeps for the difference);
+- ``compute-slowdown`` (default 1.0, at least 1): a device profile for
+  deployments on uniform hardware; training takes this many times its real time
+  (the node sleeps for the difference);
 - ``role="verifier"`` with ``verifier-key="<path>"`` and ``verifier-shard=<i>``:
   the node trains nothing and serves as a PoV verifier with its own Ed25519 key
   and trusted shard ``i`` (see :mod:`flchain_flwr.pov.verifiernode`);
@@ -38,6 +38,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from flchain_cnn.local_eval import local_test_indices, local_test_seed
+from flchain_cnn.settings import app_settings
 from flchain_cnn.task import (
     evaluate,
     held_partition,
@@ -50,9 +51,13 @@ from flchain_cnn.task import (
 from flchain_cnn.verifiers import app_verifier
 from flchain_flwr import witness_node
 from flchain_flwr.arrays import to_ndarrays
+from flchain_flwr.configvalues import integer_value, number_value
 from flchain_flwr.mods import PersonalConfig, dgc_mod, downlink_mod, personal_mod
 from flchain_flwr.pov import Verifier, verifiernode
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
+
+NODE = "node config"
+"""How errors name a node config key (``--node-config``)."""
 
 # The lossless sparse downlink's receiving half (inert unless the server runs
 # with downlink = true; it builds the run's initial model itself for a server
@@ -75,25 +80,31 @@ app = ClientApp(
 
 
 def _local_data(context: Context) -> tuple[np.ndarray, np.ndarray]:
-    cfg = context.run_config
+    settings = app_settings(context.run_config)
     x, y = held_partition(
         (
-            str(cfg["dataset"]),
-            int(context.node_config["partition-id"]),
-            int(context.node_config["num-partitions"]),
-            float(cfg["dirichlet-alpha"]),
-            int(cfg["seed"]),
-            bool(cfg["allow-download"]),
-            int(cfg["train-subset"]),
-            str(cfg.get("tier-classes", "")),
+            settings.dataset,
+            _partition_id(context),
+            integer_value(
+                context.node_config, "num-partitions", minimum=1, source=NODE
+            ),
+            settings.dirichlet_alpha,
+            settings.seed,
+            settings.allow_download,
+            settings.train_subset,
+            settings.tier_classes,
         )
     )
     return x, poisoned_labels(context, y, num_classes=10)
 
 
+def _partition_id(context: Context) -> int:
+    return integer_value(context.node_config, "partition-id", minimum=0, source=NODE)
+
+
 def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-def]
-    cfg = context.run_config
-    net = reused_model(str(cfg["dataset"]), str(cfg.get("model", "default")))
+    settings = app_settings(context.run_config)
+    net = reused_model(settings.dataset, settings.model)
     net.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return net
 
@@ -101,38 +112,36 @@ def _received_model(msg: Message, context: Context):  # type: ignore[no-untyped-
 @app.train()
 def train_fn(msg: Message, context: Context) -> Message:
     """Train the received model on the local partition; reply with full weights."""
-    cfg = context.run_config
     if verifiernode.is_verifier(context.node_config):
         raise ValueError("this node is a PoV verifier; it does not train")
     if witness_node.witness_from_node_config(context.node_config) is not None:
         raise ValueError("this node is a witness; it does not train")
+    settings = app_settings(context.run_config)
+    node = {"compute-slowdown": 1.0, **context.node_config}
+    slowdown = number_value(node, "compute-slowdown", low=1.0, source=NODE)
     started = time.perf_counter()
     x, y = _local_data(context)
     net = _received_model(msg, context)
     server_round = int(cast(int, msg.content.config_records["config"]["server-round"]))
-    partition_id = int(context.node_config["partition-id"])
+    partition_id = _partition_id(context)
     # A per-node lr or amount of local work in the train config (a straggler
     # policy's choice) overrides the run config's.
     config = msg.content.config_records["config"]
-    epochs, steps, lr = (
-        config.get(key, cfg.get(key, 0))
-        for key in ("local-epochs", "local-steps", "lr")
-    )
-    batch_size = int(cfg["batch-size"])
+    epochs = int(cast(int, config.get("local-epochs", settings.local_epochs)))
+    steps = int(cast(int, config.get("local-steps", settings.local_steps)))
+    lr = float(cast(float, config.get("lr", settings.lr)))
+    batch_size = settings.batch_size
     train_loss = train(
         net,
         x,
         y,
-        epochs=int(cast(int, epochs)),
-        lr=float(cast(float, lr)),
+        epochs=epochs,
+        lr=lr,
         batch_size=batch_size,
-        seed=zlib.crc32(f"{cfg['seed']}/{partition_id}/{server_round}".encode()),
-        steps=int(cast(int, steps)),
+        seed=zlib.crc32(f"{settings.seed}/{partition_id}/{server_round}".encode()),
+        steps=steps,
     )
-    trained = (
-        int(cast(int, steps)) * batch_size if steps else int(cast(int, epochs)) * len(y)
-    )
-    slowdown = float(context.node_config.get("compute-slowdown", 1.0))
+    trained = steps * batch_size if steps else epochs * len(y)
     if slowdown > 1.0:
         time.sleep((slowdown - 1.0) * (time.perf_counter() - started))
     content = RecordDict(
@@ -152,12 +161,12 @@ def train_fn(msg: Message, context: Context) -> Message:
 
 def _local_test(context: Context) -> tuple[np.ndarray, np.ndarray]:
     """Held-out test examples in this node's label mix, as many as it holds."""
-    cfg = context.run_config
+    settings = app_settings(context.run_config)
     _, y_local = _local_data(context)
     x_test, y_test = load_test(
-        str(cfg["dataset"]), bool(cfg["allow-download"]), int(cfg["test-subset"])
+        settings.dataset, settings.allow_download, settings.test_subset
     )
-    seed = local_test_seed(int(cfg["seed"]), int(context.node_config["partition-id"]))
+    seed = local_test_seed(settings.seed, _partition_id(context))
     idx = local_test_indices(y_test, y_local, len(y_local), seed)
     return x_test[idx], y_test[idx]
 
@@ -186,14 +195,15 @@ def verifier(context: Context) -> Verifier | None:
     cfg = context.run_config
 
     def make(key, shard: int) -> Verifier:  # type: ignore[no-untyped-def]
-        count = int(cfg["pov-remote-verifiers"])
+        settings = app_settings(cfg)
+        count = settings.remote_verifiers
         if not 0 <= shard < count:
             raise ValueError(f"verifier-shard {shard} is not in [0, {count})")
         x, y = load_trusted(
-            str(cfg["dataset"]),
+            settings.dataset,
             count,
-            int(cfg["pov-trusted-examples"]),
-            bool(cfg["allow-download"]),
+            settings.trusted_examples,
+            settings.allow_download,
         )[shard]
         return app_verifier(cfg, x, y, key, shard)
 

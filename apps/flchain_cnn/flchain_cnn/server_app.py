@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from flchain_cnn.settings import app_settings
 from flchain_cnn.task import (
     evaluate,
     initial_arrays,
@@ -20,11 +21,19 @@ from flchain_cnn.task import (
     new_model,
 )
 from flchain_cnn.verifiers import app_rule, app_verifier
+from flchain_flwr.configvalues import (
+    ConfigValue,
+    flag_value,
+    integer_value,
+    number_value,
+    seconds_or_none,
+)
 from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.pov import (
     Committee,
     IQRFilter,
     MedianFilter,
+    Prefilter,
 )
 from flchain_flwr.pov.discovery import declared_pool, discover_verifiers
 from flchain_flwr.pov.remote import RemoteCommittee
@@ -35,11 +44,9 @@ from flchain_flwr.strategies import (
     fedbuff_from_run_config,
 )
 from flchain_flwr.strategies.anchor import anchorer_from_run_config
-from flchain_flwr.strategies.config import ledger_chain_id, seconds_or_none
+from flchain_flwr.strategies.config import ledger_chain_id
 
 app = ServerApp()
-
-ConfigValue = int | float | str | bool
 
 FEDBUFF_ONLY = (
     "adaptive-lr",
@@ -120,52 +127,47 @@ def pov_committee(cfg: Mapping[str, ConfigValue]) -> Committee | None:
     ``seed`` (:func:`~flchain_flwr.pov.simkeys.seeded_verifier_key`), so that
     the committee draws, and so the run, repeat for a seed.
     """
-    count = int(cfg.get("pov-verifiers", 0))
-    if count <= 0:
+    settings = app_settings(cfg)
+    if settings.verifiers <= 0:
         return None
     rules = committee_rules(cfg)  # checked before any data is loaded
-    ledger_path = str(cfg.get("ledger-path", ""))
-    if ledger_path:
+    if settings.ledger_path:
         ledger_chain_id(cfg)  # checked before key files are written beside it
     shards = load_trusted(
-        str(cfg["dataset"]),
-        count,
-        int(cfg["pov-trusted-examples"]),
-        bool(cfg["allow-download"]),
+        settings.dataset,
+        settings.verifiers,
+        settings.trusted_examples,
+        settings.allow_download,
     )
     verifiers = []
     for index, (x, y) in enumerate(shards):
-        if ledger_path:
-            key_dir = Path(ledger_path + ".verifiers")
+        if settings.ledger_path:
+            key_dir = Path(settings.ledger_path + ".verifiers")
             key_dir.mkdir(parents=True, exist_ok=True)
             key = load_or_create_key(key_dir / f"verifier-{index}.key")
         else:
-            key = seeded_verifier_key(int(cfg["seed"]), index)
+            key = seeded_verifier_key(settings.seed, index)
         verifiers.append(app_verifier(cfg, x, y, key, index))
     return Committee(verifiers, **rules)  # type: ignore[arg-type]
 
 
 def committee_rules(cfg: Mapping[str, ConfigValue]) -> dict[str, object]:
-    """The committee settings the ``pov-*`` keys ask for, local or remote alike."""
+    """The committee settings the ``pov-*`` keys ask for, local or remote alike
+    (each key read by its typed reader: a ValueError names a bad one)."""
+    cfg = {"pov-median-direction": True, **cfg}
+    median_direction = flag_value(cfg, "pov-median-direction")
+    prefilters: list[Prefilter] = []
+    if flag_value(cfg, "pov-median-filter"):
+        prefilters.append(MedianFilter(min_cosine=0.0 if median_direction else None))
+    if flag_value(cfg, "pov-iqr"):
+        prefilters.append(IQRFilter())
+    rule = app_rule(cfg)
     return {
-        "committee_size": int(cfg["pov-committee-size"]) or None,
-        "threshold": app_rule(cfg).threshold,
-        "prefilters": [
-            *(
-                [
-                    MedianFilter(
-                        min_cosine=(
-                            0.0 if bool(cfg.get("pov-median-direction", True)) else None
-                        )
-                    )
-                ]
-                if bool(cfg["pov-median-filter"])
-                else []
-            ),
-            *([IQRFilter()] if bool(cfg["pov-iqr"]) else []),
-        ],
-        "consensus_delay": float(cfg["pov-consensus-delay"]),
-        "trust_weighting": app_rule(cfg).trust_weighting,
+        "committee_size": integer_value(cfg, "pov-committee-size", minimum=0) or None,
+        "threshold": rule.threshold,
+        "prefilters": prefilters,
+        "consensus_delay": number_value(cfg, "pov-consensus-delay", low=0.0),
+        "trust_weighting": rule.trust_weighting,
         "outage_limit": seconds_or_none(cfg, "pov-outage-limit", low=0.0),
     }
 
@@ -175,18 +177,22 @@ def remote_committee(grid: Grid, cfg: Mapping[str, ConfigValue]) -> RemoteCommit
     ``grid`` (see :mod:`flchain_flwr.pov.discovery`), with the same rules as
     :func:`pov_committee`'s. Resuming a PoV ledger, exactly the pool its
     genesis declares must be found (in any order)."""
+    settings = app_settings(cfg)
     rules = committee_rules(cfg)  # checked before waiting for any node
-    ledger_path = str(cfg.get("ledger-path", ""))
+    timeouts = {
+        key: number_value(cfg, key, low=0.0, low_open=True)
+        for key in ("pov-discovery-timeout", "pov-remote-timeout")
+    }
     nodes = discover_verifiers(
         grid,
-        expected=int(cfg["pov-remote-verifiers"]),
-        pool=declared_pool(ledger_path) if ledger_path else None,
-        timeout=float(cfg["pov-discovery-timeout"]),
+        expected=settings.remote_verifiers,
+        pool=declared_pool(settings.ledger_path) if settings.ledger_path else None,
+        timeout=timeouts["pov-discovery-timeout"],
     )
     return RemoteCommittee(
         grid,
         nodes,
-        timeout=float(cfg["pov-remote-timeout"]),
+        timeout=timeouts["pov-remote-timeout"],
         **rules,
     )
 
@@ -196,13 +202,19 @@ def main(grid: Grid, context: Context) -> None:
     """Run ``num-server-rounds`` global versions with FedBuff (or Flower's FedAvg)."""
     cfg = context.run_config
     strategy_kind = strategy_name(cfg)  # before any discovery on the grid
-    dataset, size = str(cfg["dataset"]), str(cfg.get("model", "default"))
-    remote_count = int(cfg.get("pov-remote-verifiers", 0))
-    committee = remote_committee(grid, cfg) if remote_count > 0 else pov_committee(cfg)
-    shards = remote_count or int(cfg["pov-verifiers"])
-    reserved = shards * int(cfg["pov-trusted-examples"]) if committee else 0
+    settings = app_settings(cfg)  # so are the app's other keys
+    committee = (
+        remote_committee(grid, cfg)
+        if settings.remote_verifiers > 0
+        else pov_committee(cfg)
+    )
+    reserved = settings.shards * settings.trusted_examples if committee else 0
     evaluator = central_evaluator(
-        dataset, bool(cfg["allow-download"]), int(cfg["test-subset"]), size, reserved
+        settings.dataset,
+        settings.allow_download,
+        settings.test_subset,
+        settings.model,
+        reserved,
     )
     started = time.monotonic()
     timeline: list[list[float]] = []
@@ -217,7 +229,7 @@ def main(grid: Grid, context: Context) -> None:
 
     initial = initial_arrays(cfg)
     if strategy_kind == "fedavg":
-        nodes = max(1, int(cfg.get("min-nodes", 1)))
+        nodes = settings.min_nodes
         result = DecompressReplies(
             FedAvg(
                 fraction_evaluate=0.0, min_train_nodes=nodes, min_available_nodes=nodes
@@ -225,7 +237,7 @@ def main(grid: Grid, context: Context) -> None:
         ).start(
             grid=grid,
             initial_arrays=initial,
-            num_rounds=int(cfg["num-server-rounds"]),
+            num_rounds=settings.rounds,
             evaluate_fn=timed_evaluate,
         )
         history: dict[str, object] = {}
@@ -233,7 +245,7 @@ def main(grid: Grid, context: Context) -> None:
         # Witness SuperNodes (anchor-witness-nodes) are found on the grid here.
         strategy = fedbuff_from_run_config(
             cfg,
-            min_available_nodes=int(cfg.get("min-nodes", 1)),
+            min_available_nodes=settings.min_nodes,
             committee=committee,
             anchor=anchorer_from_run_config(cfg, grid),
         )
@@ -241,7 +253,7 @@ def main(grid: Grid, context: Context) -> None:
             fedbuff_result = strategy.start(
                 grid=grid,
                 initial_arrays=initial,
-                num_rounds=int(cfg["num-server-rounds"]),
+                num_rounds=settings.rounds,
                 evaluate_fn=timed_evaluate,
             )
         history = fedbuff_result.history_dict()
@@ -251,8 +263,8 @@ def main(grid: Grid, context: Context) -> None:
         version = max(evaluations)
         accuracy = evaluations[version]["accuracy"]
         print(f"final accuracy: {accuracy:.4f} (version {version})")
-    if cfg["results-path"]:
-        path = Path(str(cfg["results-path"]))
+    if settings.results_path:
+        path = Path(settings.results_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         history["timeline"] = timeline
         history["strategy"] = strategy_kind

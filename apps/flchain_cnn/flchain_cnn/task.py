@@ -11,13 +11,14 @@ import threading
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from importlib.metadata import version
-from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord
 from torch import nn
 
+from flchain_cnn.settings import app_settings
+from flchain_flwr.configvalues import ConfigValue
 from flchain_flwr.data import (
     dirichlet_partition,
     load_digits_split,
@@ -123,13 +124,13 @@ def new_model(dataset: str, seed: int, size: str = "default") -> nn.Module:
     return build()
 
 
-def initial_arrays(run_config: Mapping[str, Any]) -> ArrayRecord:
+def initial_arrays(run_config: Mapping[str, ConfigValue]) -> ArrayRecord:
     """The run's initial model, as the ServerApp starts from it: seeded by the
     run config's ``seed``, so a node's ``downlink_mod`` rebuilds the same one
     (see :mod:`flchain_flwr.mods.downlink`). Leaves torch's global RNG as it was."""
-    dataset, size = str(run_config["dataset"]), str(run_config.get("model", "default"))
+    settings = app_settings(run_config)
     with torch.random.fork_rng():
-        net = new_model(dataset, int(run_config["seed"]), size)
+        net = new_model(settings.dataset, settings.seed, settings.model)
     return ArrayRecord(net.state_dict())
 
 

@@ -9,19 +9,35 @@ from typing import Literal
 import numpy as np
 from nacl.signing import SigningKey
 
+from flchain_cnn.settings import app_settings
 from flchain_cnn.task import reference_trainer, scorer
+from flchain_flwr.configvalues import (
+    ConfigValue,
+    flag_value,
+    integer_value,
+    number_value,
+    parsed_value,
+)
 from flchain_flwr.pov import ReferenceFn, Rule, Threshold, Verifier
 
-ConfigValue = int | float | str | bool
+RULE_OPTIONAL: Mapping[str, ConfigValue] = {
+    "pov-trust-weighting": False,
+    "pov-reference-epochs": 0,
+    "pov-min-cosine": 0.0,
+    "pov-max-norm-ratio": 0.0,
+}
+"""The rule's keys a run config may leave out, and what they then are."""
 
 
 def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
     """The judging rule the ``pov-*`` keys ask for: the server's committee
-    names it, and each verifier (in-process or on a node) judges by it."""
-    trust = bool(cfg.get("pov-trust-weighting", False))
-    if trust and (
-        str(cfg["pov-metric"]) != "none" or int(cfg.get("pov-reference-epochs", 0)) <= 0
-    ):
+    names it, and each verifier (in-process or on a node) judges by it. Each
+    key is read by its typed reader (a ValueError names a bad one)."""
+    cfg = {**RULE_OPTIONAL, **cfg}
+    trust = flag_value(cfg, "pov-trust-weighting")
+    metric = parsed_value(cfg, "pov-metric", _metric)
+    epochs = reference_epochs(cfg)
+    if trust and (metric != "none" or epochs <= 0):
         raise ValueError(
             'pov-trust-weighting = true needs pov-metric = "none" and '
             "pov-reference-epochs > 0 (the direction test deciding alone); set "
@@ -29,22 +45,27 @@ def app_rule(cfg: Mapping[str, ConfigValue]) -> Rule:
         )
     return Rule(
         Threshold(
-            metric=_metric(str(cfg["pov-metric"])),
-            value=float(cfg["pov-tolerance"]),
+            metric=metric,
+            value=number_value(cfg, "pov-tolerance", low=0.0),
             min_cosine=(
-                float(cfg.get("pov-min-cosine", 0.0))
-                if int(cfg.get("pov-reference-epochs", 0)) > 0
+                number_value(cfg, "pov-min-cosine", low=-1.0, high=1.0, high_open=True)
+                if epochs > 0
                 else None
             ),
-            max_norm_ratio=float(cfg.get("pov-max-norm-ratio", 0.0)) or None,
+            max_norm_ratio=number_value(cfg, "pov-max-norm-ratio", low=0.0) or None,
         ),
         trust_weighting=trust,
     )
 
 
+def reference_epochs(cfg: Mapping[str, ConfigValue]) -> int:
+    """``pov-reference-epochs`` (0 if absent: no direction test)."""
+    return integer_value({**RULE_OPTIONAL, **cfg}, "pov-reference-epochs", minimum=0)
+
+
 def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
     if name not in ("accuracy", "loss", "none"):
-        raise ValueError(f"pov-metric must be accuracy, loss or none, not {name!r}")
+        raise ValueError(f"expected accuracy, loss or none, got {name!r}")
     return name  # type: ignore[return-value]
 
 
@@ -54,17 +75,18 @@ def verifier_reference(
     """A verifier's reference update on its trusted ``(x, y)``: the clients' own
     training (``lr``, ``batch-size``) for ``pov-reference-epochs`` epochs; None
     when that is 0 (no direction test)."""
-    epochs = int(cfg.get("pov-reference-epochs", 0))
+    epochs = reference_epochs(cfg)
     if epochs <= 0:
         return None
+    settings = app_settings(cfg)
     return reference_trainer(
-        str(cfg["dataset"]),
-        str(cfg.get("model", "default")),
+        settings.dataset,
+        settings.model,
         x,
         y,
         epochs=epochs,
-        lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch-size"]),
+        lr=settings.lr,
+        batch_size=settings.batch_size,
         seed=seed,
     )
 
@@ -78,8 +100,9 @@ def app_verifier(
 ) -> Verifier:
     """Verifier ``index`` of this app: it scores models on its trusted ``(x,
     y)`` and, with ``pov-reference-epochs`` > 0, trains its reference there."""
+    settings = app_settings(cfg)
     return Verifier(
-        scorer(str(cfg["dataset"]), str(cfg.get("model", "default")), x, y),
+        scorer(settings.dataset, settings.model, x, y),
         key,
         reference_fn=verifier_reference(cfg, x, y, index),
         seed=index,

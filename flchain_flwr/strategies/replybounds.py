@@ -1,0 +1,110 @@
+"""Pure rules bounding what a client's reply may carry, and how it is described.
+
+An accepted train reply is stored whole, as received: its digest
+(:func:`~flchain_flwr.ledger.canonical.sender_update_digest`) is what the
+committee's votes, the block's Merkle root and the ledger entry name, and its
+payload blob (:mod:`flchain_flwr.ledger.payload`) is what a replay and every
+remote verifier parse again. So whatever a reply may carry is stored, hashed and
+forwarded; these rules keep that bounded, as stored (the payload's bytes, not
+the values' characters: canonical JSON writes a NUL as six bytes), and keep
+every reason that quotes a client's value short. Each returns a problem
+(``None`` if there is none), which :func:`~.updates.parse_update` raises as
+its rejection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from flwr.app import RecordDict
+
+from ..ledger.payload import payload_header
+
+MAX_RECORDS_BYTES: Final = 262_144
+"""Cap on the bytes an accepted reply's stored payload holds beyond its model's
+tensors: the payload's header (every record's name, every metric and config key
+and value, every array's key, dtype, shape and stype, as stored) and each
+array's own header (npy's or the sparse format's). A reply over it is refused."""
+WIDEST_NODE_ID: Final = 2**64 - 1
+"""A node id of the most digits (Flower's are 64-bit): the header is measured
+as if this node sent it, so the bound holds whoever did."""
+
+
+def describe(value: object) -> str:
+    """A short, always printable description of a client-sent value for a reason.
+
+    ``repr`` of an integer over 4,300 digits raises, and a long string or list
+    would flood the logs and the ledger.
+    """
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, list):
+        return f"a list of {len(value)} values"
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+def describe_names(names: Sequence[str]) -> str:
+    """``names`` for a reason: the list itself if short, else how many and the
+    first (a client chooses its names, of any length and number)."""
+    text = repr(list(names))
+    if len(text) <= 80:
+        return text
+    return f"{len(names)} names, the first {describe(names[0])}"
+
+
+def value_bytes(value: object) -> int:
+    """Bytes a record value (or name) counts for in a cap: 8 per number, a
+    string's UTF-8 or bytes' length, more for a huge int."""
+    if isinstance(value, list):
+        return sum(value_bytes(v) for v in value)
+    if isinstance(value, str):
+        return len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(8, (value.bit_length() + 8) // 8)
+    return 8
+
+
+def array_records_problem(content: RecordDict, arrayrecord_key: str) -> str | None:
+    """Why a train reply's ArrayRecords are not one update's: none, or more
+    than one (Flower's FedAvg also wants exactly one; a second one would be
+    stored and forwarded with the update, unread)."""
+    records = content.array_records
+    if not records:
+        return "reply carries no ArrayRecord"
+    if len(records) > 1:
+        others = [name for name in records if name != arrayrecord_key]
+        return (
+            f"reply carries {len(records)} ArrayRecords, only the update's "
+            f"({arrayrecord_key!r}) may be sent; also: {describe_names(others)}"
+        )
+    return None
+
+
+def stored_size_problem(
+    content: RecordDict, model_bytes: int, limit: int = MAX_RECORDS_BYTES
+) -> str | None:
+    """Why the payload stored for a reply is too large: over ``model_bytes``
+    (its update's tensors, dense) plus ``limit`` bytes, measured as
+    :func:`~flchain_flwr.ledger.payload.payload_chunks` writes it."""
+    try:
+        header = len(payload_header(WIDEST_NODE_ID, content))
+    except ValueError as exc:
+        return f"reply cannot be stored: {describe(str(exc))}"
+    data = sum(
+        len(arr.data)
+        for record in content.array_records.values()
+        for arr in record.values()
+    )
+    beyond = header + data - model_bytes
+    if beyond > limit:
+        return (
+            f"reply stores {beyond} bytes beyond its model's {model_bytes}, over "
+            f"MAX_RECORDS_BYTES={limit}"
+        )
+    return None
