@@ -386,6 +386,16 @@ def test_pov_rules_reject_nonsense() -> None:
         PoVRules(pool=("a", "a"), committee_size=1)
     with pytest.raises(ValueError):
         PoVRules(pool=("a",), committee_size=1, initial_stake=1, floor=2)
+    nan, inf = float("nan"), float("inf")
+    for stakes in (
+        {"slash": nan},
+        {"floor": nan},
+        {"initial_stake": nan},
+        {"initial_stake": inf},
+        {"slash": inf},
+    ):
+        with pytest.raises(ValueError, match="finite"):
+            PoVRules(pool=("a",), committee_size=1, **stakes)
 
 
 # -------------------------------------------------------------- prefilters

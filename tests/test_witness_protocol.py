@@ -289,6 +289,11 @@ def test_answers_carry_the_line_or_the_size(tmp_path: Path) -> None:
         with pytest.raises(WitnessRefused) as refused:
             broken.cosignatures(signed(4))
         assert refused.value.status == 502
+    flood = "x" * 1_000_000  # a witness chooses its refusal's reason
+    for answer in (WitnessAnswer(403, b"", flood), WitnessAnswer(200, flood.encode())):
+        with pytest.raises(WitnessRefused) as refused:
+            answer.cosignatures(signed(4))
+        assert len(refused.value.reason) <= 300
 
 
 # ------------------------------------------------------------- the keys

@@ -161,8 +161,11 @@ class PoVRules:
             raise ValueError("the verifier pool holds a key twice")
         if self.committee_size < 1:
             raise ValueError("committee_size must be >= 1")
-        if self.slash < 0 or self.floor < 0 or self.initial_stake < self.floor:
-            raise ValueError("need slash >= 0 and initial_stake >= floor >= 0")
+        stakes = (self.initial_stake, self.slash, self.floor)
+        if not all(map(math.isfinite, stakes)) or not (
+            self.slash >= 0 and self.initial_stake >= self.floor >= 0
+        ):
+            raise ValueError("need finite slash >= 0 and initial_stake >= floor >= 0")
 
     def to_json(self) -> dict[str, Any]:
         """The genesis body's ``"pov"`` entry."""

@@ -22,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from ..quoting import clip
 from .checkpoint import EMPTY_ROOT, Checkpoint, CheckpointError, parse_checkpoint
 from .notes import NoteError, NoteSignature, canonical_b64decode, parse_note
 from .rfc6962 import HASH_SIZE, MAX_PROOF_HASHES, ConsistencyError, verify_consistency
@@ -162,13 +163,13 @@ class WitnessAnswer:
                 if found is None:
                     raise WitnessRefused(502, "a 409 answer without its size line")
                 size = int(found.group(1))
-            raise WitnessRefused(self.status, self.reason or "no reason given", size)
+            raise WitnessRefused(self.status, clip(self.reason or None), size)
         try:
             text = parse_note(checkpoint).text
             return parse_note(text.encode() + b"\n" + self.body).signatures
         except NoteError as exc:
             raise WitnessRefused(
-                502, f"the answer holds no signature lines: {exc}"
+                502, f"the answer holds no signature lines: {clip(str(exc))}"
             ) from None
 
 
