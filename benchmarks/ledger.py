@@ -87,7 +87,7 @@ from flchain_flwr.strategies import (
     ShuffleAll,
     fedbuff_from_run_config,
 )
-from flchain_flwr.strategies.pipeline import StepResult, server_step
+from flchain_flwr.strategies.serverstep import StepResult, server_step
 
 SPARSE = DGCConfig(
     density=0.003, momentum=0.0, warmup=(), value_dtype="float16", selection="global"

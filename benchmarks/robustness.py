@@ -98,7 +98,8 @@ from flchain_flwr.pov import (
 )
 from flchain_flwr.pov.simkeys import seeded_verifier_key
 from flchain_flwr.sim import VirtualGrid, app_run_config, simulate, uniform
-from flchain_flwr.sim.attacks import alie_z, attacker_node_configs
+from flchain_flwr.sim.attacks import attacker_node_configs
+from flchain_flwr.sim.poisoning import alie_z
 from flchain_flwr.strategies import (
     AsyncResult,
     Constant,

@@ -29,14 +29,10 @@ from flchain_flwr.strategies import (
     UpdateMemory,
     fedbuff_from_run_config,
 )
+from flchain_flwr.strategies.block import BufferedUpdate, Rejection
 from flchain_flwr.strategies.memory import memory_caution, update_memory
-from flchain_flwr.strategies.pipeline import (
-    BufferedUpdate,
-    Pipeline,
-    Rejection,
-    ServerStep,
-    server_step,
-)
+from flchain_flwr.strategies.pipeline import Pipeline
+from flchain_flwr.strategies.serverstep import ServerStep, server_step
 from flchain_flwr.strategies.updates import ParsedUpdate
 
 from .test_stragglers import SPEEDS, run_toy, steps_work, toy_fedbuff

@@ -425,7 +425,7 @@ def test_median_filter_catches_boosted_and_flipped_updates() -> None:
 
 # ------------------------------------------------------------------ attacks
 def test_each_attack_changes_a_tiny_model_as_specified() -> None:
-    from flchain_flwr.sim.attacks import (
+    from flchain_flwr.sim.poisoning import (
         alie,
         alie_z,
         flip_labels,

@@ -27,7 +27,7 @@ from flchain_flwr.pov.memory import MAX_MODELS, MemberMemory, load, store
 from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.voterequest import BASE_PREFIX, payload_blob
 from flchain_flwr.sim import VirtualGrid, simulate
-from flchain_flwr.strategies import Constant, FedBuff, pipeline
+from flchain_flwr.strategies import Constant, FedBuff, serverstep
 
 from .pov_replies import reply_candidate
 from .test_pov import CHAIN, context, model
@@ -149,16 +149,16 @@ def test_a_member_refuses_a_header_whose_model_is_not_the_replayed_one(
     """The server (no verifier key) aggregates honestly judged updates but
     writes another model: every member's replay disagrees, so the block gets
     no quorum and is never written."""
-    honest_step = pipeline.server_step
+    honest_step = serverstep.server_step
 
-    def lying_step(*args: object, **kwargs: object) -> pipeline.StepResult | None:
+    def lying_step(*args: object, **kwargs: object) -> serverstep.StepResult | None:
         result = honest_step(*args, **kwargs)  # type: ignore[arg-type]
         if result is None:
             return None
         shifted = {k: v + np.float32(0.01) for k, v in result.model.items()}
         return replace(result, model=shifted)
 
-    monkeypatch.setattr(pipeline, "server_step", lying_step)
+    monkeypatch.setattr(serverstep, "server_step", lying_step)
     with pytest.raises(Exception, match="not the replayed one"):
         _run(tmp_path, rounds=1)
     with Ledger(tmp_path / "chain.db", create=False) as ledger:

@@ -23,7 +23,7 @@ from flchain_flwr.pov.silence import CommitteeSilentError
 from flchain_flwr.pov.trust import weigh_by_trust
 from flchain_flwr.sim import simulate
 from flchain_flwr.strategies import AsyncResult, Constant, FedBuff, committeestage
-from flchain_flwr.strategies.pipeline import BufferedUpdate
+from flchain_flwr.strategies.block import BufferedUpdate
 
 from .test_pov import CHAIN
 from .test_remote_pov import _grid

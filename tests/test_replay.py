@@ -42,7 +42,7 @@ from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import FedBuff
 from flchain_flwr.strategies.claims import claims_transition
 from flchain_flwr.strategies.fairness import InverseParticipation
-from flchain_flwr.strategies.pipeline import OVERFLOW_REASON, StepResult, server_step
+from flchain_flwr.strategies.serverstep import OVERFLOW_REASON, StepResult, server_step
 from flchain_flwr.strategies.staleness import staleness_from_repr
 from flchain_flwr.strategies.tuning import StalenessTarget
 

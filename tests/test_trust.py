@@ -25,7 +25,8 @@ from flchain_flwr.ledger.replay import replay
 from flchain_flwr.pov import Committee, PoVStrategy, Rule, Threshold, Verifier
 from flchain_flwr.pov.trust import TrustError, norm_clips, trust_scores
 from flchain_flwr.strategies import committeestage
-from flchain_flwr.strategies.pipeline import BufferedUpdate, server_step
+from flchain_flwr.strategies.block import BufferedUpdate
+from flchain_flwr.strategies.serverstep import server_step
 from flchain_flwr.strategies.updates import ParsedUpdate
 
 from .test_pov import key, toward_target, toy_score

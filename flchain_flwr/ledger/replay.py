@@ -5,7 +5,7 @@ received (:mod:`.payload`; the entry's ``payload`` names its blob). For each
 block :func:`replay` then checks, from stored data alone and with the server's
 own code (:func:`~flchain_flwr.strategies.updates.parse_update`,
 :func:`~flchain_flwr.strategies.weighting.effective_examples`,
-:func:`~flchain_flwr.strategies.pipeline.server_step`, no second copy of the
+:func:`~flchain_flwr.strategies.serverstep.server_step`, no second copy of the
 maths):
 
 1. each payload hashes to its blob name and, with the entry's node id, to the
@@ -95,7 +95,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..strategies.fairness import count_participation
-from ..strategies.pipeline import server_step
+from ..strategies.serverstep import server_step
 from .blocks import CONFIG_FIELD, Block
 from .chain import Ledger
 from .payload import PAYLOAD_FIELD
@@ -176,7 +176,7 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
     ----------
     ledger : Ledger
         The ledger to replay.
-    step : callable (default: :func:`~flchain_flwr.strategies.pipeline.server_step`)
+    step : callable (default: :func:`~flchain_flwr.strategies.serverstep.server_step`)
         The server step to replay with (a benchmark passes a timed one).
 
     Returns

@@ -25,7 +25,8 @@ from flwr.app import RecordDict
 from ..arrays import NDArrays
 from ..pov.trust import TrustError, weigh_by_trust
 from ..protocol import UPDATE_KIND_DELTA
-from ..strategies.pipeline import OVERFLOW_REASON, BufferedUpdate, StepResult
+from ..strategies.block import BufferedUpdate
+from ..strategies.serverstep import OVERFLOW_REASON, StepResult
 from ..strategies.state import state_names
 from ..strategies.updates import UpdateRejected, parse_update, update_kind
 from .blocks import CONFIG_FIELD, Block, ids_as_text, node_key

@@ -17,12 +17,12 @@ from typing import Protocol
 import numpy as np
 from flwr.app import RecordDict
 
-from ..strategies.pipeline import StepResult
+from ..strategies.serverstep import StepResult
 from .blocks import Block
 from .serverstate import ServerState
 
 StepFn = Callable[..., StepResult | None]
-"""The signature of :func:`~flchain_flwr.strategies.pipeline.server_step`."""
+"""The signature of :func:`~flchain_flwr.strategies.serverstep.server_step`."""
 
 
 class Failed(Exception):

@@ -21,9 +21,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from ..strategies.block import BufferedUpdate
 from ..strategies.claims import ClaimHistory, claims_transition
 from ..strategies.fairness import FAIRNESS_FIELD, count_participation
-from ..strategies.pipeline import BufferedUpdate
 from ..strategies.weighting import MedianCapped, WeightingError, effective_examples
 from .blocks import Block, node_key
 from .replaysettings import Settings

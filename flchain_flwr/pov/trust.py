@@ -19,7 +19,7 @@ reference update and rescales every update to one norm. Here, with
   median one does.
 
 The step is then ``sum_i (w_i c_i) (n_i t_i) delta_i / sum_i n_i t_i``
-(:func:`~flchain_flwr.strategies.pipeline.server_step` with ``examples *
+(:func:`~flchain_flwr.strategies.serverstep.server_step` with ``examples *
 trust`` and ``weight * clip``): with equal trusts and no clipping it is
 FedBuff's step unchanged. The trusts are data the committee signed, so a
 replay reads them from the block's votes; the clips are recomputed from the
@@ -48,8 +48,8 @@ from typing import Any
 from ..arrays import NDArrays
 from ..ledger.consensus import quorum
 from ..ledger.votes import score_problem
+from ..strategies.block import BufferedUpdate
 from ..strategies.claims import lower_median
-from ..strategies.pipeline import BufferedUpdate
 from .norms import update_norm
 
 CLIP_DIGITS = 9

@@ -30,7 +30,8 @@ from ..ledger.keys import load_or_create_key
 from ..ledger.mainchain import MainChain
 from ..ledger.witness import Witness
 from ..witness_node import RemoteWitness, discover_witnesses
-from .pipeline import Block, BlockStage
+from .block import Block
+from .pipeline import BlockStage
 
 DEFAULTS: Mapping[str, ConfigValue] = {
     "anchor-main": "",

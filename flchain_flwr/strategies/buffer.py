@@ -20,6 +20,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
 from ..protocol import UPDATE_KIND_DELTA
+from .block import Block, BufferedUpdate, Rejection
 from .claims import ClaimHistory
 from .fairness import (
     FAIRNESS_FIELD,
@@ -28,7 +29,7 @@ from .fairness import (
     count_participation,
 )
 from .metrics import bounded_metrics
-from .pipeline import Block, BufferedUpdate, Pipeline, Rejection
+from .pipeline import Pipeline
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic

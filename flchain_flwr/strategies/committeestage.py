@@ -21,8 +21,9 @@ from ..pov.trust import TrustError, weigh_by_trust
 from ..pov.views import carried_votes
 from ..pov.watch import CommitteeWatch
 from ..runtime import Clock
+from .block import Block, RejectFn, Rejection
 from .ledgerstage import LedgerStage
-from .pipeline import Block, BlockStage, RejectFn, Rejection
+from .pipeline import BlockStage
 
 
 class CommitteeStage(BlockStage):

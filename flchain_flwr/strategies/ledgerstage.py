@@ -20,9 +20,11 @@ from flwr.supercore import log
 from ..arrays import NDArrays
 from ..ledger import Ledger, contributions
 from ..ledger.serverstate import ServerState
+from .block import Block, BufferedUpdate, Rejection
 from .claims import ClaimHistory
-from .pipeline import Block, BlockStage, BufferedUpdate, Rejection, ServerStep
+from .pipeline import BlockStage
 from .resume import Resumed, check_config, recorded_server_state
+from .serverstep import ServerStep
 
 
 class LedgerStage(BlockStage):

@@ -44,8 +44,8 @@ from dataclasses import dataclass
 
 from .adaptive import AdaptiveScheduling
 from .bafl import AdaptiveLocalWork
+from .block import BufferedUpdate
 from .fedsa import FedSALearningRate
-from .pipeline import BufferedUpdate
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def weighed_train_metrics(
     """A version's train metrics, weighed by the ``counts`` its step used.
 
     ``counts`` are the updates' weights in the step, one per reply
-    (:attr:`~.pipeline.BufferedUpdate.average_weight`: the weighting policy's
+    (:attr:`~.block.BufferedUpdate.average_weight`: the weighting policy's
     effective examples times the staleness weight and the trust).
     """
     return aggregate_or_none(

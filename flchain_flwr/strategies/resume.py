@@ -22,7 +22,7 @@ from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode
 from .claims import ClaimHistory
-from .pipeline import ServerStep
+from .serverstep import ServerStep
 
 
 @dataclass(frozen=True)

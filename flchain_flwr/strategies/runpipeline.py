@@ -27,10 +27,11 @@ from .claims import ClaimHistory
 from .committeestage import CommitteeStage
 from .history import NodeHistory
 from .ledgerstage import LedgerStage
-from .pipeline import BlockStage, Pipeline, ServerStep
+from .pipeline import BlockStage, Pipeline
 from .result import AsyncResult
 from .resume import Resumed
 from .scheduling import SchedulingPolicy
+from .serverstep import ServerStep
 
 if TYPE_CHECKING:
     from .fedbuff import FedBuff

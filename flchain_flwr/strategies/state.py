@@ -158,7 +158,7 @@ def aggregate_state(
     deltas : Sequence[Mapping[str, np.ndarray]]
         For each update, its delta (:attr:`ParsedUpdate.delta`).
     weights : Sequence[float]
-        For each update, its :attr:`~.pipeline.BufferedUpdate.average_weight`.
+        For each update, its :attr:`~.block.BufferedUpdate.average_weight`.
     rule : {"average", "delta", "keep"}
         See the module docstring.
 

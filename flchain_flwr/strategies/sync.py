@@ -5,7 +5,7 @@ against the model sent (or, when ``aggregate_train`` is called on its own as
 Flower's strategy tests call FedAvg's, against the common layout of the replies
 whose arrays decode), its claimed training version is checked, its example count
 goes through the weighting policy, and a malformed reply is logged and left out.
-The step is the async path's :func:`~.pipeline.server_step`, with the same
+The step is the async path's :func:`~.serverstep.server_step`, with the same
 non-trainable state (:func:`~.state.state_names` of the model sent, under
 ``state_rule``), so a batch whose step would overflow the model is refused the
 same way (``OVERFLOW_REASON``, logged) and Flower's loop keeps its model.
@@ -25,10 +25,11 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
 from ..protocol import UPDATE_KIND_DELTA
+from .block import BufferedUpdate
 from .claims import ClaimHistory
 from .evaluation import valid_evaluate_content
 from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
-from .pipeline import OVERFLOW_REASON, BufferedUpdate, server_step
+from .serverstep import OVERFLOW_REASON, server_step
 from .state import state_names
 from .updates import UpdateRejected, parse_update
 from .weighting import WeightingError, effective_examples
