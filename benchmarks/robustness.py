@@ -151,7 +151,8 @@ def attack_parameters(attack: str, args: argparse.Namespace) -> dict[str, Any]:
 def committee(args: argparse.Namespace, seed: int) -> Committee:
     """The verifier pool: own trusted shards; keys derived from the seed so the
     committee rotation (and so the whole benchmark) is reproducible."""
-    from flchain_cnn.task import load_trusted, reference_trainer, scorer
+    from flchain_cnn.task import load_trusted
+    from flchain_cnn.verifiers import reference_trainer, scorer
 
     shards = load_trusted("fashion-mnist", args.verifiers, args.trusted)
     verifiers = [

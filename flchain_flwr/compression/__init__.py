@@ -5,13 +5,12 @@ from .sparse import (
     SPARSE_STYPE,
     SUPPORTED_VERSIONS,
     SparseFormatError,
-    decode,
-    decode_entries,
     encode,
     index_width,
     is_sparse,
     payload_size,
 )
+from .sparse_decode import decode, decode_entries
 
 __all__ = [
     "FORMAT_VERSION",

@@ -47,7 +47,8 @@ from flwr.common.constant import ErrorCode
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord, to_ndarrays
-from ..compression.sparse import decode_entries, is_sparse
+from ..compression.sparse import is_sparse
+from ..compression.sparse_decode import decode_entries
 from ..ledger.canonical import model_hash
 from ..protocol import (
     DOWNLINK_INITIAL_KEY,

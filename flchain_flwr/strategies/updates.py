@@ -27,7 +27,8 @@ import numpy as np
 from flwr.app import Array, ConfigRecord, MetricRecord, RecordDict
 
 from ..arrays import NDArrays
-from ..compression.sparse import SparseFormatError, decode, is_sparse
+from ..compression.sparse import SparseFormatError, is_sparse
+from ..compression.sparse_decode import decode
 from ..protocol import (
     TRAINED_ON_KEY,
     UPDATE_INFO_KEY,

@@ -27,7 +27,6 @@ from flchain_flwr.data import (
 )
 from flchain_flwr.data.cache import KeyValue, cached_arrays
 from flchain_flwr.data.fashion_mnist import load_fashion_mnist, local_dir
-from flchain_flwr.pov import ReferenceFn, Score, ScoreFn
 from flchain_flwr.training import evaluate, train
 
 __all__ = [
@@ -41,9 +40,7 @@ __all__ = [
     "load_test",
     "load_trusted",
     "new_model",
-    "reference_trainer",
     "reused_model",
-    "scorer",
     "train",
 ]
 
@@ -317,46 +314,3 @@ def load_trusted(
         )
         for i in range(count)
     ]
-
-
-def scorer(dataset: str, size: str, x: np.ndarray, y: np.ndarray) -> ScoreFn:
-    """A PoV verifier's score function: accuracy and loss of a model (named
-    arrays) on the trusted examples ``(x, y)``."""
-    net = new_model(dataset, 0, size)
-
-    def score(model: dict[str, np.ndarray]) -> Score:
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in model.items()})
-        loss, accuracy = evaluate(net, x, y)
-        return Score(accuracy=accuracy, loss=loss)
-
-    return score
-
-
-# pylint: disable=too-many-arguments
-def reference_trainer(
-    dataset: str,
-    size: str,
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int = 0,
-) -> ReferenceFn:
-    """A PoV verifier's reference update: the clients' own local training
-    (:func:`train`, same hyperparameters) from the given model on the trusted
-    examples ``(x, y)``; returns trained minus given. Seeded, so the same model
-    gives the same reference."""
-    net = new_model(dataset, 0, size)
-
-    def reference(model: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        net.load_state_dict({k: torch.from_numpy(v) for k, v in model.items()})
-        train(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        trained = {k: v.detach().numpy() for k, v in net.state_dict().items()}
-        return {
-            k: trained[k].astype(np.float64) - model[k].astype(np.float64)
-            for k in model
-        }
-
-    return reference

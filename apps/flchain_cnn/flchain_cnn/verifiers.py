@@ -7,10 +7,11 @@ from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
+import torch
 from nacl.signing import SigningKey
 
 from flchain_cnn.settings import app_settings
-from flchain_cnn.task import reference_trainer, scorer
+from flchain_cnn.task import new_model
 from flchain_flwr.configvalues import (
     ConfigValue,
     flag_value,
@@ -18,7 +19,8 @@ from flchain_flwr.configvalues import (
     number_value,
     parsed_value,
 )
-from flchain_flwr.pov import ReferenceFn, Rule, Threshold, Verifier
+from flchain_flwr.pov import ReferenceFn, Rule, Score, ScoreFn, Threshold, Verifier
+from flchain_flwr.training import evaluate, train
 
 RULE_OPTIONAL: Mapping[str, ConfigValue] = {
     "pov-trust-weighting": False,
@@ -67,6 +69,49 @@ def _metric(name: str) -> Literal["accuracy", "loss", "none"]:
     if name not in ("accuracy", "loss", "none"):
         raise ValueError(f"expected accuracy, loss or none, got {name!r}")
     return name  # type: ignore[return-value]
+
+
+def scorer(dataset: str, size: str, x: np.ndarray, y: np.ndarray) -> ScoreFn:
+    """A PoV verifier's score function: accuracy and loss of a model (named
+    arrays) on the trusted examples ``(x, y)``."""
+    net = new_model(dataset, 0, size)
+
+    def score(model: dict[str, np.ndarray]) -> Score:
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in model.items()})
+        loss, accuracy = evaluate(net, x, y)
+        return Score(accuracy=accuracy, loss=loss)
+
+    return score
+
+
+# pylint: disable=too-many-arguments
+def reference_trainer(
+    dataset: str,
+    size: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int = 0,
+) -> ReferenceFn:
+    """A PoV verifier's reference update: the clients' own local training
+    (:func:`train`, same hyperparameters) from the given model on the trusted
+    examples ``(x, y)``; returns trained minus given. Seeded, so the same model
+    gives the same reference."""
+    net = new_model(dataset, 0, size)
+
+    def reference(model: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in model.items()})
+        train(net, x, y, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
+        trained = {k: v.detach().numpy() for k, v in net.state_dict().items()}
+        return {
+            k: trained[k].astype(np.float64) - model[k].astype(np.float64)
+            for k in model
+        }
+
+    return reference
 
 
 def verifier_reference(
