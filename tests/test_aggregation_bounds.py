@@ -4,8 +4,9 @@ An inflated example claim, capped in the step, must not set the reported train
 or federated-evaluation metrics either; Flower's synchronous path must never
 hand its loop a non-finite model, and steps non-trainable state as the async
 path does; ``aggregate_train`` called on its own must not allocate from a forged
-array's layout; and a stale update weighs in the train metrics as in the step.
-(From the adversarial audit and review.)
+array's layout; a stale update weighs in the train metrics as in the step;
+the synchronous path caps a reply's metrics as the async one does; and extra
+MetricRecords buy no say. (From the adversarial audit and reviews.)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from flwr.app import (
     MetricRecord,
     RecordDict,
 )
+from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from flchain_flwr.protocol import (
     MODEL_VERSION_KEY,
@@ -29,7 +31,7 @@ from flchain_flwr.protocol import (
 )
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import Constant, FedBuff, Polynomial
-from flchain_flwr.strategies.metrics import aggregate_metrics
+from flchain_flwr.strategies.metrics import MAX_METRIC_KEYS, aggregate_metrics
 
 from .crafted import Shape, crafted_app, crafted_grid, honest_reply
 from .toy import constant_work, examples_of, initial_arrays
@@ -267,3 +269,60 @@ def test_a_stale_update_weighs_in_the_train_metrics_as_in_the_step() -> None:
     assert (3, 2, 15.0) in handed, handed
     for stale, pid, count in handed:
         assert count == pytest.approx(examples_of(pid) * staleness(stale))
+
+
+def _many_metrics(keys: int) -> Shape:
+    def shape(msg: Message, pid: int) -> Message:
+        reply = honest_reply(msg, pid)
+        reply.content["metrics"] = MetricRecord(
+            {"num-examples": 10, **{f"m{i}": 1.0 for i in range(keys)}}
+        )
+        return reply
+
+    return shape
+
+
+def test_the_synchronous_path_bounds_a_replys_metrics_as_the_async_one() -> None:
+    """FedBuff.start caps each train reply's metrics (buffer.py keeps
+    bounded_metrics: MAX_METRIC_KEYS keys, lists of MAX_METRIC_LIST values);
+    sync.py hands the raw reply content to the metrics aggregation, so one
+    node's 2,000 keys all land in the round's train metrics."""
+    grid = crafted_grid({0: _many_metrics(2000)})
+    strategy = FedBuff(seed=0)
+    messages = strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid)
+    replies = list(grid.send_and_receive(list(messages)))
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    assert len(metrics) <= MAX_METRIC_KEYS
+
+
+def _accuracy(acc: float, copies: int) -> Shape:
+    """A reply reporting ``acc``; ``copies - 1`` extra MetricRecords repeat it."""
+
+    def shape(msg: Message, pid: int) -> Message:
+        reply = honest_reply(msg, pid)
+        reply.content["metrics"] = MetricRecord({"num-examples": 10, "acc": acc})
+        for i in range(copies - 1):
+            reply.content[f"more{i}"] = MetricRecord({"acc": acc})
+        return reply
+
+    return shape
+
+
+def test_extra_metricrecords_buy_no_say_with_flowers_own_aggregation() -> None:
+    """metricweights.with_counts hands a custom train_metrics_aggr_fn each
+    reply's MetricRecords as they are, promising it weighs by the step's
+    count. Flower's own aggregate_metricrecords (FedAvg's default) reads the
+    weight from the first MetricRecord and sums every MetricRecord's values
+    (Flower's FedAvg only ever hands it replies with one MetricRecord);
+    parse_update accepts any number. One node of three, reporting its acc in
+    10 MetricRecords, moves the average ten times its weight: above every
+    value any node reported."""
+    crafted = {0: _accuracy(1.0, 10), 1: _accuracy(0.0, 1), 2: _accuracy(0.0, 1)}
+    grid = crafted_grid(crafted)
+    strategy = FedBuff(seed=0, train_metrics_aggr_fn=aggregate_metricrecords)
+    messages = strategy.configure_train(1, initial_arrays(), ConfigRecord(), grid)
+    replies = list(grid.send_and_receive(list(messages)))
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    assert float(metrics["acc"]) <= 1.0  # type: ignore[arg-type]

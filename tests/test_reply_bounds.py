@@ -27,7 +27,7 @@ from flchain_flwr.mods.dgccompress import DGCState, compress
 from flchain_flwr.mods.dgcconfig import DGCConfig
 from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
 from flchain_flwr.strategies import Constant, FedBuff
-from flchain_flwr.strategies.replybounds import MAX_RECORDS_BYTES
+from flchain_flwr.strategies.replybounds import MAX_RECORDS_BYTES, honest_stored_bytes
 from flchain_flwr.strategies.updates import UpdateRejected, parse_update
 
 from .crafted import Shape, crafted_grid, honest_reply
@@ -201,10 +201,11 @@ def test_the_update_arrayrecords_name_counts_toward_the_reply_bound() -> None:
 
 # ------------------------------------- the stored growth the docs promise
 def _stored_beyond_model(content: RecordDict, reference: dict[str, np.ndarray]) -> int:
-    """Bytes of the payload the ledger stores beyond the model's own size."""
+    """Bytes of the payload the ledger stores beyond the model's honest stored
+    size (its tensors as an honest dense reply stores them)."""
     parse_update(content, reference)  # accepted
     stored = sum(len(chunk) for chunk in payload_chunks(1, content))
-    return stored - sum(v.nbytes for v in reference.values())
+    return stored - honest_stored_bytes(reference)
 
 
 @pytest.mark.parametrize("nuls", [40_000, 44_000, 260_000])
@@ -212,7 +213,8 @@ def test_an_accepted_reply_stores_at_most_its_model_plus_the_records_bound(
     nuls: int,
 ) -> None:
     """docs/fedbuff.md: "a client holding no key can make the ledger and each
-    vote request grow by its model's size plus at most 256 KiB per update".
+    vote request grow by its model's honest stored size plus at most 256 KiB
+    per update".
     The payload header is canonical JSON, where a NUL is written ``\\u0000``
     (6 bytes): the bound counts the bytes stored, not the characters sent, so
     40,000 NULs (240 kB) pass and 44,000 (264 kB) or 260,000 (1.5 MB) do not."""
@@ -279,6 +281,93 @@ def test_the_dgc_mods_replies_fit_the_bounds(value_dtype: str, density: float) -
     )
     reference = {k: np.zeros_like(v) for k, v in delta.items()}
     assert _stored_beyond_model(content, reference) <= MAX_RECORDS_BYTES
+
+
+def _densenet201_layout() -> dict[str, np.ndarray]:
+    """torchvision's DenseNet-201 state_dict names and ranks (1,207 tensors,
+    ~20M parameters), each tensor shrunk to one element per axis: the per-tensor
+    overhead only grows with the real shapes' digits."""
+    conv = np.zeros((1, 1, 1, 1), np.float32)
+    norm_vec = np.zeros((1,), np.float32)
+    counter = np.zeros((), np.int64)
+
+    def norm(prefix: str) -> dict[str, np.ndarray]:
+        return {
+            f"{prefix}.weight": norm_vec,
+            f"{prefix}.bias": norm_vec,
+            f"{prefix}.running_mean": norm_vec,
+            f"{prefix}.running_var": norm_vec,
+            f"{prefix}.num_batches_tracked": counter,
+        }
+
+    layout: dict[str, np.ndarray] = {"features.conv0.weight": conv}
+    layout.update(norm("features.norm0"))
+    for block, layers in enumerate((6, 12, 48, 32), start=1):
+        for layer in range(1, layers + 1):
+            p = f"features.denseblock{block}.denselayer{layer}"
+            layout.update(norm(f"{p}.norm1"))
+            layout[f"{p}.conv1.weight"] = conv
+            layout.update(norm(f"{p}.norm2"))
+            layout[f"{p}.conv2.weight"] = conv
+        if block < 4:
+            layout.update(norm(f"features.transition{block}.norm"))
+            layout[f"features.transition{block}.conv.weight"] = conv
+    layout.update(norm("features.norm5"))
+    layout["classifier.weight"] = np.zeros((1, 1), np.float32)
+    layout["classifier.bias"] = norm_vec
+    return layout
+
+
+def test_an_honest_flower_reply_of_a_densenet201_is_not_refused() -> None:
+    """replybounds.MAX_RECORDS_BYTES is a flat 256 KiB for everything beyond
+    the tensors' values, but each dense tensor alone costs ~230 bytes there
+    (npy's 128-byte header plus its name, dtype, shape, stype and size in the
+    payload header). A plain Flower ClientApp reply for torchvision's
+    DenseNet-201 (1,207 state_dict tensors) carries nothing but its model and
+    ``num-examples``, yet parse_update refuses it."""
+    reference = _densenet201_layout()
+    assert len(reference) == 1207
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in reference.items()}),
+            "metrics": MetricRecord({"num-examples": 10}),
+        }
+    )
+    try:
+        parse_update(content, reference)
+    except UpdateRejected as exc:  # pragma: no cover - the finding
+        raise AssertionError(f"honest reply refused: {exc.reason}") from None
+
+
+def test_an_honest_reply_stores_exactly_its_models_honest_size() -> None:
+    """The allowance for the tensors is what an honest dense reply of the
+    model stores for them, to the byte: a reply of only the model, its
+    ArrayRecord named "", stores that plus its frame and ``num-examples``."""
+    reference = _densenet201_layout()
+    content = RecordDict(
+        {
+            "": ArrayRecord({k: Array(v) for k, v in reference.items()}),
+            "metrics": MetricRecord({"num-examples": 10}),
+        }
+    )
+    bare = RecordDict(
+        {"": ArrayRecord(), "metrics": MetricRecord({"num-examples": 10})}
+    )
+    frame = sum(len(chunk) for chunk in payload_chunks(1, bare))
+    # n entries need n - 1 commas; honest_array_bytes counts one each
+    assert _stored_beyond_model(content, reference) == frame - 1
+
+
+def test_extra_metricrecords_are_refused_with_a_reason() -> None:
+    """A train reply carries exactly one MetricRecord, as Flower's own
+    strategies require: a second one, even without ``num-examples``, is
+    refused, naming how many it carried."""
+    reference = _reference()
+    content = _reply(
+        {"w": Array(np.ones(3, np.float32))}, more=MetricRecord({"acc": 1.0})
+    )
+    with pytest.raises(UpdateRejected, match="2 MetricRecords; expected one"):
+        parse_update(content, reference)
 
 
 # ------------------------------------------------------------ evaluate replies

@@ -31,7 +31,7 @@ and no ArrayRecord beside the update's: :mod:`flchain_flwr.strategies.updates`).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
@@ -100,6 +100,19 @@ def _text(key: str, field: str, value: object) -> str:
     return text
 
 
+def array_item(
+    key: str, dtype: str, shape: Sequence[int], stype: str, nbytes: int
+) -> list[Any]:
+    """An array's entry in the payload header, before canonical JSON."""
+    return [
+        _tag(key),
+        _text(key, "dtype", dtype),
+        [int(d) for d in shape],
+        _text(key, "stype", stype),
+        nbytes,
+    ]
+
+
 def payload_header(node_id: int, content: RecordDict) -> bytes:
     """The start of the payload blob of ``content`` as sent by ``node_id``:
     everything it stores but its arrays' data (magic, length, header).
@@ -114,13 +127,7 @@ def payload_header(node_id: int, content: RecordDict) -> bytes:
     for name, record in content.items():
         if isinstance(record, ArrayRecord):
             items = [
-                [
-                    _tag(key),
-                    _text(key, "dtype", arr.dtype),
-                    [int(d) for d in arr.shape],
-                    _text(key, "stype", arr.stype),
-                    len(arr.data),
-                ]
+                array_item(key, arr.dtype, arr.shape, arr.stype, len(arr.data))
                 for key, arr in record.items()
             ]
             records.append([_tag(name), "arrays", items])

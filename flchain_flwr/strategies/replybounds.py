@@ -14,21 +14,52 @@ its rejection.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from io import BytesIO
 from typing import Final
 
+import numpy as np
 from flwr.app import RecordDict
+from numpy.lib import format as npy
 
-from ..ledger.payload import payload_header
+from ..ledger.canonical import canonical_json
+from ..ledger.payload import array_item, payload_header
 
+DENSE_STYPE: Final = "numpy.ndarray"
+"""The serialisation type of a dense Flower Array (``np.save`` bytes)."""
 MAX_RECORDS_BYTES: Final = 262_144
 """Cap on the bytes an accepted reply's stored payload holds beyond its model's
-tensors: the payload's header (every record's name, every metric and config key
-and value, every array's key, dtype, shape and stype, as stored) and each
-array's own header (npy's or the sparse format's). A reply over it is refused."""
+honest stored size (:func:`honest_stored_bytes`): the payload's header (every
+record's name, every metric and config key and value, as stored) and whatever
+its arrays' entries and own headers (npy's or the sparse format's) hold beyond
+an honest dense reply's. A reply over it is refused."""
 WIDEST_NODE_ID: Final = 2**64 - 1
 """A node id of the most digits (Flower's are 64-bit): the header is measured
 as if this node sent it, so the bound holds whoever did."""
+
+
+def honest_array_bytes(name: str, value: np.ndarray) -> int:
+    """Bytes a dense Array of ``value`` named ``name`` stores, as Flower's
+    ``Array(value)`` writes it: ``np.save``'s header and data, and its entry
+    in the payload header, with one comma."""
+    header = BytesIO()
+    fields = npy.header_data_from_array_1_0(value)
+    try:
+        npy.write_array_header_1_0(header, fields)
+    except ValueError:  # a header over 64 KiB: np.save writes version 2.0
+        header = BytesIO()
+        npy.write_array_header_2_0(header, fields)
+    size = len(header.getvalue()) + value.nbytes
+    item = array_item(name, str(value.dtype), value.shape, DENSE_STYPE, size)
+    return size + len(canonical_json(item)) + 1
+
+
+def honest_stored_bytes(model: Mapping[str, np.ndarray]) -> int:
+    """Bytes an honest dense reply of ``model`` stores for its tensors: the
+    sum of :func:`honest_array_bytes`. The names, dtypes and shapes are the
+    server's model's (the parser accepts no others), so this is fixed by the
+    server; everything else a reply stores counts in ``MAX_RECORDS_BYTES``."""
+    return sum(honest_array_bytes(name, value) for name, value in model.items())
 
 
 def describe(value: object) -> str:
@@ -87,11 +118,12 @@ def array_records_problem(content: RecordDict, arrayrecord_key: str) -> str | No
 
 
 def stored_size_problem(
-    content: RecordDict, model_bytes: int, limit: int = MAX_RECORDS_BYTES
+    content: RecordDict, honest_bytes: int, limit: int = MAX_RECORDS_BYTES
 ) -> str | None:
-    """Why the payload stored for a reply is too large: over ``model_bytes``
-    (its update's tensors, dense) plus ``limit`` bytes, measured as
-    :func:`~flchain_flwr.ledger.payload.payload_chunks` writes it."""
+    """Why the payload stored for a reply is too large: over ``honest_bytes``
+    (:func:`honest_stored_bytes` of its update's tensors) plus ``limit``
+    bytes, measured as :func:`~flchain_flwr.ledger.payload.payload_chunks`
+    writes it."""
     try:
         header = len(payload_header(WIDEST_NODE_ID, content))
     except ValueError as exc:
@@ -101,10 +133,10 @@ def stored_size_problem(
         for record in content.array_records.values()
         for arr in record.values()
     )
-    beyond = header + data - model_bytes
+    beyond = header + data - honest_bytes
     if beyond > limit:
         return (
-            f"reply stores {beyond} bytes beyond its model's {model_bytes}, over "
-            f"MAX_RECORDS_BYTES={limit}"
+            f"reply stores {beyond} bytes beyond its model's honest "
+            f"{honest_bytes}, over MAX_RECORDS_BYTES={limit}"
         )
     return None

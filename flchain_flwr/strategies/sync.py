@@ -9,7 +9,8 @@ The step is the async path's :func:`~.serverstep.server_step`, with the same
 non-trainable state (:func:`~.state.state_names` of the model sent, under
 ``state_rule``), so a batch whose step would overflow the model is refused the
 same way (``OVERFLOW_REASON``, logged) and Flower's loop keeps its model.
-Metrics are weighed as there too (:mod:`.metricweights`).
+A reply's metrics are capped (:func:`~.metrics.bounded_metrics`) and weighed
+(:mod:`.metricweights`) as there too.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ..protocol import UPDATE_KIND_DELTA
 from .block import BufferedUpdate
 from .claims import ClaimHistory
 from .evaluation import valid_evaluate_content
+from .metrics import bounded_metrics
 from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
 from .serverstep import OVERFLOW_REASON, server_step
 from .state import state_names
@@ -88,6 +90,9 @@ class SyncAggregation:
                 log(WARNING, "Rejected reply from node %d: %s", node_id, exc.reason)
                 continue
             self.claims.observe(node_id, update.num_examples)
+            kept = bounded_metrics(reply.content, keep=(s.weighted_by_key,))
+            for reason in kept.dropped:
+                log(WARNING, "Metrics of node %d capped: %s", node_id, reason)
             accepted.append(
                 BufferedUpdate(
                     node_id=node_id,
@@ -96,7 +101,7 @@ class SyncAggregation:
                     weight=s.staleness_fn(0),
                     update=update,
                     examples=update.num_examples,  # the claim, until weighed
-                    metrics=reply.content,  # as Flower's FedAvg hands them over
+                    metrics=kept.records,  # capped as FedBuff.start caps them
                     state_base=state_base,
                 )
             )

@@ -9,8 +9,9 @@ An accepted reply is stored whole, as received (its digest is what votes and
 ledger entries name), so :func:`parse_update` also bounds what it may carry
 (:mod:`.replybounds`): one ArrayRecord, whose arrays are exactly the model's,
 each declaring what its data holds and holding nothing more (a sparse one no
-more bytes than its dense tensor); and a stored payload of at most
-``MAX_RECORDS_BYTES`` bytes beyond the model's tensors. The live
+more bytes than its dense tensor); one MetricRecord; and a stored payload of
+at most ``MAX_RECORDS_BYTES`` bytes beyond an honest dense reply's tensors
+(:func:`~.replybounds.honest_stored_bytes`). The live
 server, a replay and a remote verifier all parse with it: all three hold a
 reply to the same rule.
 """
@@ -21,7 +22,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Final
 
 import numpy as np
 from flwr.app import Array, ConfigRecord, MetricRecord, RecordDict
@@ -37,14 +37,13 @@ from ..protocol import (
     UPDATE_KINDS,
 )
 from .replybounds import (
+    DENSE_STYPE,
     array_records_problem,
     describe,
     describe_names,
+    honest_array_bytes,
     stored_size_problem,
 )
-
-DENSE_STYPE: Final = "numpy.ndarray"
-"""The serialisation type of a dense Flower Array (``np.save`` bytes)."""
 
 
 class UpdateRejected(Exception):
@@ -66,14 +65,21 @@ class ParsedUpdate:
 
 
 def _select_metricrecord(content: RecordDict, weighted_by_key: str) -> MetricRecord:
-    holders = [rec for rec in content.metric_records.values() if weighted_by_key in rec]
-    if not holders:
-        raise UpdateRejected(f"reply has no MetricRecord with {weighted_by_key!r}")
-    if len(holders) > 1:
+    """The reply's one MetricRecord, holding ``weighted_by_key``. Flower's own
+    strategies require exactly one (``validate_message_reply_consistency`` in
+    ``flwr.serverapp.strategy.strategy_utils``), and its
+    ``aggregate_metricrecords`` weighs every record's values by the first's
+    count: a second record would buy its sender more say."""
+    records = content.metric_records
+    if len(records) != 1:
         raise UpdateRejected(
-            f"reply has several MetricRecords with {weighted_by_key!r}"
+            f"reply carries {len(records)} MetricRecords; expected one, "
+            f"holding {weighted_by_key!r}"
         )
-    return holders[0]
+    metrics = next(iter(records.values()))
+    if weighted_by_key not in metrics:
+        raise UpdateRejected(f"reply's MetricRecord has no {weighted_by_key!r}")
+    return metrics
 
 
 def finite_float(value: int | float) -> float | None:
@@ -242,10 +248,10 @@ def parse_update(
         raise UpdateRejected(f"unexpected arrays: {describe_names(extra)}")
 
     delta: NDArrays = {}
-    model_bytes = 0
+    honest_bytes = 0
     for name, ref in reference.items():
         value = _decode_checked(name, arrays[name], ref, kind)
-        model_bytes += value.nbytes
+        honest_bytes += honest_array_bytes(name, value)
         if ref.dtype.kind != "f":  # ints, uints, bools: no wrap-around, no bool math
             value = value.astype(np.float64)
             ref = ref.astype(np.float64)
@@ -253,7 +259,7 @@ def parse_update(
             delta[name] = value if kind == UPDATE_KIND_DELTA else value - ref
         if not np.isfinite(delta[name]).all():
             raise UpdateRejected(f"array {name!r} overflows when taken as an update")
-    problem = stored_size_problem(content, model_bytes)
+    problem = stored_size_problem(content, honest_bytes)
     if problem is not None:
         raise UpdateRejected(problem)
     return ParsedUpdate(
