@@ -1,11 +1,11 @@
 """How a reason quotes text that another party chose.
 
-A verifier or witness node's error reason, and whatever a remote node echoes,
-end up in reasons that go into the run's result, its log and the errors a run
-stops with. A faulty node can make that text as long as it likes, so every
-such reason quotes it through :func:`clip`. A leaf module: the PoV committee
-and the witness client import it without loading the strategies. (A client's
-reply values are described, as briefly, by
+A training, verifier or witness node's error reason, and whatever a remote
+node echoes, end up in reasons that go into the run's result, its log and the
+errors a run stops with. A faulty node can make that text as long as it
+likes, so every such reason quotes it through :func:`clip`. A leaf module: the
+PoV committee and the witness client import it without loading the strategies.
+(A client's reply values are described, as briefly, by
 :func:`~flchain_flwr.strategies.replybounds.describe`.)
 """
 

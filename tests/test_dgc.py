@@ -7,16 +7,31 @@ from typing import Any
 
 import numpy as np
 import pytest
-from flwr.app import Array, ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
 from flwr.serverapp.strategy import FedAvg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flchain_flwr.compression import decode, is_sparse
 from flchain_flwr.mods import DGC_WARMUP, DGCConfig, DGCState, compress, dgc_mod
-from flchain_flwr.protocol import SPARSE_REPLIES_KEY
+from flchain_flwr.protocol import (
+    SPARSE_REPLIES_KEY,
+    UPDATE_INFO_KEY,
+    UPDATE_KIND_DELTA,
+    UPDATE_KIND_KEY,
+)
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies import Constant, DecompressReplies, FedBuff
+from flchain_flwr.strategies.updates import UpdateRejected, parse_update
 
 from .toy import FlowerLogLines, constant_work, initial_arrays, toy_client_app
 
@@ -574,3 +589,55 @@ def test_a_nan_step_is_rejected_once_with_its_reason_then_the_node_counts() -> N
     assert result.rejected[0].node_id == poisoned[0]
     later = [v for v in result.versions if poisoned[0] in v.node_ids]
     assert later and np.isfinite(result.arrays["w"].numpy()).all()
+
+
+def _dgc_reply(delta: dict[str, np.ndarray]) -> RecordDict:
+    """What the DGC mod sends for ``delta`` (its compress step, 10 % density)."""
+    compressed, _ = compress(delta, DGCState(), DGCConfig(density=0.1))
+    return RecordDict(
+        {
+            "arrays": ArrayRecord(compressed.arrays),
+            "metrics": MetricRecord({"num-examples": 10}),
+            UPDATE_INFO_KEY: ConfigRecord({UPDATE_KIND_KEY: UPDATE_KIND_DELTA}),
+        }
+    )
+
+
+def test_the_dgc_mods_reply_for_a_batchnorm_counter_is_accepted() -> None:
+    """PyTorch's BatchNorm ``num_batches_tracked`` is a 0-d int64 tensor: the
+    mod once sent it with shape (1,) and the server refused every such reply."""
+    reference = {
+        "conv.weight": np.zeros((64, 64), np.float32),
+        "bn.num_batches_tracked": np.array(7, np.int64),
+    }
+    delta = {
+        "conv.weight": np.random.default_rng(0)
+        .normal(size=(64, 64))
+        .astype(np.float32),
+        "bn.num_batches_tracked": np.array(5, np.int64),
+    }
+    try:
+        parse_update(_dgc_reply(delta), reference)
+    except UpdateRejected as exc:  # pragma: no cover - the old defect
+        raise AssertionError(f"honest DGC reply refused: {exc.reason}") from None
+
+
+def test_the_dgc_mod_compresses_a_model_with_a_scalar_parameter() -> None:
+    """A 0-d float parameter (e.g. CLIP's ``logit_scale``): sums of 0-d arrays
+    are NumPy scalars, which Flower's ``Array`` refuses; they stay arrays."""
+    reference = {
+        "w": np.zeros((64, 64), np.float32),
+        "logit_scale": np.array(1.0, np.float32),
+    }
+    delta = {
+        "w": np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32),
+        "logit_scale": np.array(0.01, np.float32),
+    }
+    parse_update(_dgc_reply(delta), reference)
+    # with momentum and clipping, over rounds whose state goes through Context
+    cfg = DGCConfig(density=0.1, momentum=0.9, clip_norm=0.5, min_sparse_size=1)
+    stored = RecordDict()
+    for _ in range(3):
+        compressed, state = compress(delta, DGCState.load(stored), cfg)
+        state.save(stored)
+        assert compressed.arrays["logit_scale"].shape == ()

@@ -6,11 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from flwr.app import Error, Message
 from flwr.common.constant import ErrorCode
 
+from flchain_flwr.quoting import REASON_CHARS
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import AsyncResult, Constant, FedBuff
 
+from .crafted import crafted_grid
 from .toy import constant_work, examples_of, initial_arrays, shift_of, toy_client_app
 
 GOOD = [0, 1]
@@ -174,3 +177,19 @@ def test_an_aggregate_that_would_overflow_the_model_is_refused() -> None:
     assert result.versions == []
     assert {r.reason for r in result.rejected} == {"aggregate would overflow the model"}
     assert np.isfinite(result.arrays["w"].numpy()).all()
+
+
+def _long_error_reply(msg: Message, pid: int) -> Message:
+    """A training node's error reply with a reason of 100,000 characters."""
+    return Message(Error(code=0, reason="x" * 100_000), reply_to=msg)
+
+
+def test_a_training_nodes_error_reason_is_recorded_clipped() -> None:
+    # what a node says goes into the log and the result once per message:
+    # quoted through quoting.clip, as a verifier's or a witness's reason is
+    grid = crafted_grid({0: _long_error_reply})
+    strategy = FedBuff(buffer_size=2, staleness_fn=Constant(), seed=0)
+    result = strategy.start(grid, initial_arrays(), num_rounds=2, timeout=60.0)
+    reasons = [f.reason for f in result.failures if f.node_id == grid.node_ids[0]]
+    assert reasons
+    assert max(len(r) for r in reasons) <= 2 * REASON_CHARS

@@ -56,6 +56,13 @@ def test_mix_is_alpha_local_plus_one_minus_alpha_global() -> None:
     assert g["w"][0] == 0.0 and local["w"][0] == 4.0  # copies, inputs untouched
 
 
+def test_the_mix_of_a_0d_parameter_stays_a_0d_array() -> None:
+    # NumPy arithmetic on 0-d arrays gives scalars (CLIP's logit_scale)
+    out = mix({"s": np.array(1.0, np.float32)}, {"s": np.array(3.0, np.float32)}, 0.5)
+    assert isinstance(out["s"], np.ndarray) and out["s"].shape == ()
+    assert out["s"] == 2.0 and out["s"].dtype == np.float32
+
+
 def test_personal_metrics_and_config() -> None:
     plain = {"eval-acc": 0.5, "eval-loss": 2.0, "num-examples": 30}
     merged = personal_metrics(

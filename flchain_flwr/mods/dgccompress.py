@@ -143,7 +143,9 @@ def _clip(update: NDArrays, clip_norm: float) -> NDArrays:
         sum(float(np.sum(np.square(v, dtype=np.float64))) for v in update.values())
     )
     if norm > clip_norm:
-        return {k: v * v.dtype.type(clip_norm / norm) for k, v in update.items()}
+        return {
+            k: np.asarray(v * v.dtype.type(clip_norm / norm)) for k, v in update.items()
+        }
     return update
 
 
@@ -199,6 +201,9 @@ def compress(
     it is, so the server rejects the update with its reason, and its residual
     and momentum start again from zero: a residual that stayed NaN would
     otherwise stop that tensor's updates for good (quantized codes drop NaN).
+    Every tensor keeps its shape, 0-d ones included (a BatchNorm counter,
+    CLIP's ``logit_scale``): NumPy arithmetic on 0-d arrays gives scalars,
+    which Flower's ``Array`` refuses, so such results go through ``np.asarray``.
     """
     dtypes = {k: np.asarray(v).dtype for k, v in delta.items()}
     floats = [k for k, dt in dtypes.items() if dt.kind == "f"]
@@ -218,7 +223,9 @@ def compress(
     sent = total = 0
     for name, dt in dtypes.items():  # integer and bool tensors: dense int64 deltas
         if dt.kind != "f":
-            arrays[name] = Array(np.ascontiguousarray(delta[name], dtype=np.int64))
+            # np.ascontiguousarray would send a 0-d tensor (BatchNorm's
+            # num_batches_tracked) with shape (1,), which the server refuses
+            arrays[name] = Array(np.asarray(delta[name], dtype=np.int64, order="C"))
             sent += int(np.asarray(delta[name]).size)
             total += int(np.asarray(delta[name]).size)
     corrected: NDArrays = {}  # u: the update after momentum correction
@@ -228,10 +235,10 @@ def compress(
         if cfg.momentum:
             m = d.dtype.type(cfg.momentum)
             gain = d.dtype.type(1.0 - cfg.momentum if cfg.unit_gain else 1.0)
-            u = m * state.momentum.get(name, np.zeros_like(d)) + gain * d
+            u = np.asarray(m * state.momentum.get(name, np.zeros_like(d)) + gain * d)
         corrected[name] = u
         accumulated[name] = (
-            state.residual.get(name, np.zeros_like(d)) + u
+            np.asarray(state.residual.get(name, np.zeros_like(d)) + u)
             if cfg.accumulate
             else u.copy()
         )
@@ -261,7 +268,7 @@ def compress(
         sent += int(mask.sum())
         total += d.size
         if cfg.accumulate:
-            residual[name] = v - sent_values
+            residual[name] = np.asarray(v - sent_values)
         if cfg.momentum:
             momentum[name] = (
                 np.where(mask, 0.0, u).astype(u.dtype) if cfg.masking else u

@@ -132,7 +132,7 @@ def mix(global_model: NDArrays, local: NDArrays, alpha: float) -> NDArrays:
             out[name] = g.copy()
             continue
         mixed = alpha * mine.astype(np.float64) + (1.0 - alpha) * g.astype(np.float64)
-        out[name] = mixed.astype(g.dtype)
+        out[name] = np.asarray(mixed.astype(g.dtype))  # a 0-d mix is a scalar
     return out
 
 

@@ -4,7 +4,8 @@ A message settles once: with its reply, with an error (the node's, or the
 SuperLink's for a message it gave up on), at its deadline, or when its push
 fails. :class:`MessageOutcomes` frees the node, hands an update to the buffer
 and an evaluation to the federated evaluation, records a failure with its
-reason (an evaluate reply the evaluation rejects is one), and starts a train
+reason (an evaluate reply the evaluation rejects is one; a node's error
+reason is quoted through :func:`~flchain_flwr.quoting.clip`), and starts a train
 message queued behind the settled one.
 """
 
@@ -17,6 +18,7 @@ from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.supercore import log
 
+from ..quoting import clip
 from .flights import Flight
 from .loopparts import LoopParts
 from .result import AsyncResult, NodeFailure
@@ -83,7 +85,9 @@ class MessageOutcomes:
         self.parts.nodes.done(flight.node_id, flight.train)
         self.parts.evaluation.freed((flight.node_id,))
         if reply.has_error():
-            self._settle_failure(flight, reply.error.code, reply.error.reason or "")
+            # the node's (or the SuperLink's) text: quoted clipped, as it goes
+            # into the log and the result once per message
+            self._settle_failure(flight, reply.error.code, clip(reply.error.reason))
         elif not flight.train:
             content = reply.content
             rejected = self.parts.evaluation.done(
