@@ -310,14 +310,12 @@ def _accuracy(acc: float, copies: int) -> Shape:
 
 
 def test_extra_metricrecords_buy_no_say_with_flowers_own_aggregation() -> None:
-    """metricweights.with_counts hands a custom train_metrics_aggr_fn each
-    reply's MetricRecords as they are, promising it weighs by the step's
-    count. Flower's own aggregate_metricrecords (FedAvg's default) reads the
-    weight from the first MetricRecord and sums every MetricRecord's values
-    (Flower's FedAvg only ever hands it replies with one MetricRecord);
-    parse_update accepts any number. One node of three, reporting its acc in
-    10 MetricRecords, moves the average ten times its weight: above every
-    value any node reported."""
+    """Flower's own aggregate_metricrecords (FedAvg's default) reads the weight
+    from the first MetricRecord and sums every MetricRecord's values (Flower's
+    FedAvg only ever hands it replies with one MetricRecord). parse_update
+    accepts extra records, so only the one holding the count may reach the
+    aggregation: one node of three, reporting its acc in 10 MetricRecords,
+    must not move the average above every value any node reported."""
     crafted = {0: _accuracy(1.0, 10), 1: _accuracy(0.0, 1), 2: _accuracy(0.0, 1)}
     grid = crafted_grid(crafted)
     strategy = FedBuff(seed=0, train_metrics_aggr_fn=aggregate_metricrecords)

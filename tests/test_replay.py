@@ -787,3 +787,25 @@ def test_staleness_functions_are_rebuilt_from_their_record() -> None:
     for text in ("<function <lambda> at 0x7f>", "Hinge(a=1.0, b=x)", "Other()"):
         with pytest.raises((ValueError, TypeError)):
             staleness_from_repr(text)
+
+
+EXTRA_METRICRECORD_LEDGER = Path(__file__).parent / "data" / "extra-metricrecord-ledger"
+"""A FedBuff ledger (3 versions, toy model, payloads stored) recorded on
+2026-11-30 by the code before the reply bounds of that day, whose ClientApp's
+train replies carry two MetricRecords: ``metrics`` ({"num-examples": n}) and
+``train-metrics`` ({"train-loss": x}). Such replies were accepted and stored."""
+
+
+def test_a_ledger_whose_replies_carry_an_extra_metricrecord_still_replays(
+    tmp_path: Path,
+) -> None:
+    # A rule refusing the extra record made this ledger fail replay as "not a
+    # valid update", as a forged block would: the extra record is accepted
+    # (and stored), only the counted one is aggregated.
+    import shutil
+
+    shutil.copytree(EXTRA_METRICRECORD_LEDGER, tmp_path / "l")
+    with Ledger(tmp_path / "l" / "chain.db", create=False) as ledger:
+        assert ledger.verify().ok
+        report = replay(ledger)
+    assert report.ok and report.complete, str(report)

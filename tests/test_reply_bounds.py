@@ -28,7 +28,11 @@ from flchain_flwr.mods.dgcconfig import DGCConfig
 from flchain_flwr.protocol import UPDATE_INFO_KEY, UPDATE_KIND_DELTA, UPDATE_KIND_KEY
 from flchain_flwr.strategies import Constant, FedBuff
 from flchain_flwr.strategies.replybounds import MAX_RECORDS_BYTES, honest_stored_bytes
-from flchain_flwr.strategies.updates import UpdateRejected, parse_update
+from flchain_flwr.strategies.updates import (
+    UpdateRejected,
+    counted_metrics,
+    parse_update,
+)
 
 from .crafted import Shape, crafted_grid, honest_reply
 from .toy import initial_arrays
@@ -358,16 +362,23 @@ def test_an_honest_reply_stores_exactly_its_models_honest_size() -> None:
     assert _stored_beyond_model(content, reference) == frame - 1
 
 
-def test_extra_metricrecords_are_refused_with_a_reason() -> None:
-    """A train reply carries exactly one MetricRecord, as Flower's own
-    strategies require: a second one, even without ``num-examples``, is
-    refused, naming how many it carried."""
+def test_extra_metricrecords_are_accepted_but_only_the_counted_one_counts() -> None:
+    """A reply may carry MetricRecords beside the one holding ``num-examples``
+    (they are stored, so a ledger recorded with them still replays), but
+    only that one is aggregated; two records claiming a count are refused."""
     reference = _reference()
     content = _reply(
         {"w": Array(np.ones(3, np.float32))}, more=MetricRecord({"acc": 1.0})
     )
-    with pytest.raises(UpdateRejected, match="2 MetricRecords; expected one"):
-        parse_update(content, reference)
+    parsed = parse_update(content, reference)
+    assert counted_metrics(content, "num-examples") == {"metrics": content["metrics"]}
+    assert "acc" not in parsed.metrics
+    twice = _reply(
+        {"w": Array(np.ones(3, np.float32))},
+        more=MetricRecord({"num-examples": 5}),
+    )
+    with pytest.raises(UpdateRejected, match="several MetricRecords"):
+        parse_update(twice, reference)
 
 
 # ------------------------------------------------------------ evaluate replies

@@ -34,7 +34,7 @@ from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
 from .tuning import BUFFER_FIELD, BufferTuner
-from .updates import ParsedUpdate, UpdateRejected, update_kind
+from .updates import ParsedUpdate, UpdateRejected, counted_metrics, update_kind
 from .versions import VersionStore
 from .weighting import ExampleWeighting, WeightingError, effective_examples
 
@@ -67,9 +67,8 @@ class UpdateBuffer:
     result : AsyncResult
         Where versions and rejections are recorded.
     metrics_aggr : callable
-        Aggregates the train replies' MetricRecords of one version, given
-        each update's weight in the step (:attr:`.BufferedUpdate.average_weight`:
-        staleness weight x effective examples x trust, not the claim).
+        Aggregates one version's counted MetricRecords by each update's weight
+        in the step (:attr:`.BufferedUpdate.average_weight`, not the claim).
     now : callable
         Seconds since the run started, on the run's clock.
     weighted_by_key : str
@@ -214,7 +213,8 @@ class UpdateBuffer:
         if not self.updates and self.max_wait is not None:
             self.deadline = at + self.max_wait
         self.claims.observe(node_id, update.num_examples)
-        kept = bounded_metrics(content, keep=(self.weighted_by_key,))
+        counted = counted_metrics(content, self.weighted_by_key)
+        kept = bounded_metrics(counted, keep=(self.weighted_by_key,))
         for reason in kept.dropped:
             log(WARNING, "Metrics of node %d capped: %s", node_id, reason)
         self.updates.append(

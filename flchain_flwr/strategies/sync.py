@@ -33,7 +33,7 @@ from .metrics import bounded_metrics
 from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
 from .serverstep import OVERFLOW_REASON, server_step
 from .state import state_names
-from .updates import UpdateRejected, parse_update
+from .updates import UpdateRejected, counted_metrics, parse_update
 from .weighting import WeightingError, effective_examples
 
 if TYPE_CHECKING:
@@ -90,7 +90,10 @@ class SyncAggregation:
                 log(WARNING, "Rejected reply from node %d: %s", node_id, exc.reason)
                 continue
             self.claims.observe(node_id, update.num_examples)
-            kept = bounded_metrics(reply.content, keep=(s.weighted_by_key,))
+            kept = bounded_metrics(
+                counted_metrics(reply.content, s.weighted_by_key),
+                keep=(s.weighted_by_key,),
+            )
             for reason in kept.dropped:
                 log(WARNING, "Metrics of node %d capped: %s", node_id, reason)
             accepted.append(

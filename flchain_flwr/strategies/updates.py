@@ -9,7 +9,8 @@ An accepted reply is stored whole, as received (its digest is what votes and
 ledger entries name), so :func:`parse_update` also bounds what it may carry
 (:mod:`.replybounds`): one ArrayRecord, whose arrays are exactly the model's,
 each declaring what its data holds and holding nothing more (a sparse one no
-more bytes than its dense tensor); one MetricRecord; and a stored payload of
+more bytes than its dense tensor); one MetricRecord holding the example count
+(the only one aggregated); and a stored payload of
 at most ``MAX_RECORDS_BYTES`` bytes beyond an honest dense reply's tensors
 (:func:`~.replybounds.honest_stored_bytes`). The live
 server, a replay and a remote verifier all parse with it: all three hold a
@@ -64,22 +65,29 @@ class ParsedUpdate:
     kind: str
 
 
-def _select_metricrecord(content: RecordDict, weighted_by_key: str) -> MetricRecord:
-    """The reply's one MetricRecord, holding ``weighted_by_key``. Flower's own
-    strategies require exactly one (``validate_message_reply_consistency`` in
-    ``flwr.serverapp.strategy.strategy_utils``), and its
-    ``aggregate_metricrecords`` weighs every record's values by the first's
-    count: a second record would buy its sender more say."""
-    records = content.metric_records
-    if len(records) != 1:
+def counted_metrics(
+    content: RecordDict, weighted_by_key: str
+) -> dict[str, MetricRecord]:
+    """The reply's one MetricRecord holding ``weighted_by_key``, by its name.
+
+    A reply may carry other MetricRecords (ledgers store them, and replays of
+    ledgers recorded before this rule must still parse), but only this one is
+    aggregated: Flower's ``aggregate_metricrecords`` weighs every record's
+    values by the first's count, so a second record would buy its sender more
+    say. (Flower's own strategies require exactly one MetricRecord.)
+    """
+    holders = {
+        name: rec
+        for name, rec in content.metric_records.items()
+        if weighted_by_key in rec
+    }
+    if not holders:
+        raise UpdateRejected(f"reply has no MetricRecord with {weighted_by_key!r}")
+    if len(holders) > 1:
         raise UpdateRejected(
-            f"reply carries {len(records)} MetricRecords; expected one, "
-            f"holding {weighted_by_key!r}"
+            f"reply has several MetricRecords with {weighted_by_key!r}"
         )
-    metrics = next(iter(records.values()))
-    if weighted_by_key not in metrics:
-        raise UpdateRejected(f"reply's MetricRecord has no {weighted_by_key!r}")
-    return metrics
+    return holders
 
 
 def finite_float(value: int | float) -> float | None:
@@ -237,7 +245,7 @@ def parse_update(
     if problem is not None:
         raise UpdateRejected(problem)
     arrays = next(iter(content.array_records.values()))
-    metrics = _select_metricrecord(content, weighted_by_key)
+    (metrics,) = counted_metrics(content, weighted_by_key).values()
     num_examples = example_count(metrics, weighted_by_key)
 
     missing = [name for name in reference if name not in arrays]
