@@ -5,8 +5,9 @@ https://arxiv.org/abs/2106.06639) and the asynchronous FLchain design (a "block"
 is aggregated when it holds K updates or a time limit tau has passed).
 
 :class:`FedBuff` is its settings (:class:`~.settings.FedBuffSettings`: the
-constructor, the start-up summary, the config ledger blocks record) plus
-Flower's strategy interface, here: the messages it sends, the synchronous
+constructor, the start-up summary, the config ledger blocks record, the
+messages it sends and how it parses a reply) plus Flower's strategy
+interface, here: the synchronous
 ``configure_*``/``aggregate_*`` (:mod:`.sync`), and :meth:`FedBuff.start`, one
 asynchronous run (:mod:`.run`).
 """
@@ -22,24 +23,15 @@ from flwr.app import (
     Message,
     MessageType,
     MetricRecord,
-    RecordDict,
 )
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from ..arrays import NDArrays
-from ..protocol import (
-    DOWNLINK_KEY,
-    MODEL_VERSION_KEY,
-    SERVER_ROUND_KEY,
-    SPARSE_REPLIES_KEY,
-)
 from .evaluation import evaluation_sample
 from .result import AsyncResult
 from .run import EvaluateFn, ShouldStopFn, start_run
 from .settings import FedBuffSettings
 from .sync import SyncAggregation
-from .updates import ParsedUpdate, parse_update
 
 
 class FedBuff(FedBuffSettings, Strategy):
@@ -208,28 +200,6 @@ class FedBuff(FedBuffSettings, Strategy):
         """Flower's synchronous path: the model sent, the claims heard."""
         return SyncAggregation(self)
 
-    # ------------------------------------------------- message building blocks
-    def train_content(
-        self, arrays: ArrayRecord, config: ConfigRecord, version: int
-    ) -> RecordDict:
-        """Content of a train message asking a node to train on ``version``."""
-        cfg = ConfigRecord(dict(config))
-        cfg[SERVER_ROUND_KEY] = version + 1
-        cfg[MODEL_VERSION_KEY] = version
-        cfg[SPARSE_REPLIES_KEY] = True  # the DGC mod may compress its reply
-        if self.downlink:  # downlink_mod may keep its base and say so
-            cfg[DOWNLINK_KEY] = True
-        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
-
-    def evaluate_content(
-        self, arrays: ArrayRecord, config: ConfigRecord, version: int
-    ) -> RecordDict:
-        """Content of an evaluate message for ``version``."""
-        cfg = ConfigRecord(dict(config))
-        cfg[SERVER_ROUND_KEY] = version
-        cfg[MODEL_VERSION_KEY] = version
-        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
-
     # ------------------------------------------ Flower's synchronous interface
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -277,18 +247,6 @@ class FedBuff(FedBuffSettings, Strategy):
     ) -> MetricRecord | None:
         """Weighted average of the valid evaluate replies' metrics."""
         return self._sync.aggregate_evaluate(replies)
-
-    def _parse(
-        self, content: RecordDict, reference: NDArrays, trained_on: int | None = None
-    ) -> ParsedUpdate:
-        """Validate a train reply against the model it was trained on."""
-        return parse_update(
-            content,
-            reference,
-            arrayrecord_key=self.arrayrecord_key,
-            weighted_by_key=self.weighted_by_key,
-            trained_on=trained_on,
-        )
 
     # ------------------------------------------------------------------- start
     # pylint: disable=too-many-arguments

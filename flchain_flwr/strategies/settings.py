@@ -5,7 +5,8 @@ constructor; :func:`~.arguments.check_arguments` checks the arguments first.
 What the settings say: :meth:`~FedBuffSettings.summary` (the start-up log),
 :meth:`~FedBuffSettings.config_dict` and :meth:`~FedBuffSettings.config_digest`
 (what ledger blocks record), :meth:`~FedBuffSettings.policy_conflict` (the
-update memory beside a ledger, a committee or fairness).
+update memory beside a ledger, a committee or fairness), and what the messages
+it sends carry and how a reply is parsed, as the settings name their records.
 """
 
 from __future__ import annotations
@@ -15,12 +16,20 @@ from collections.abc import Iterable
 from logging import INFO, WARNING
 from pathlib import Path
 
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 from flwr.supercore import log
 
+from ..arrays import NDArrays
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode, sha256_hex
 from ..ledger.consensus import TRUST_WEIGHTING
 from ..pov.committee import Committee
+from ..protocol import (
+    DOWNLINK_KEY,
+    MODEL_VERSION_KEY,
+    SERVER_ROUND_KEY,
+    SPARSE_REPLIES_KEY,
+)
 from .anchor import BlockAnchorer
 from .arguments import MaxStaleness, check_arguments, require
 from .evaluation import MetricsAggrFn
@@ -33,6 +42,7 @@ from .staleness import FedBuffStaleness, StalenessFn
 from .state import DEFAULT_STATE_RULE, StateRule
 from .state import state_rule as state_rule_named
 from .tuning import StalenessTarget
+from .updates import ParsedUpdate, parse_update
 from .weighting import DEFAULT_WEIGHTING, ExampleWeighting
 
 
@@ -253,3 +263,37 @@ class FedBuffSettings:
         """SHA-256 of :meth:`config_dict` in canonical JSON, in the encoding new
         ledgers use (what their blocks hold as ``config_digest``)."""
         return sha256_hex(encode(LATEST_FORMAT, self.config_dict()))
+
+    # ------------------------------------------ what a message carries
+    def train_content(
+        self, arrays: ArrayRecord, config: ConfigRecord, version: int
+    ) -> RecordDict:
+        """Content of a train message asking a node to train on ``version``."""
+        cfg = ConfigRecord(dict(config))
+        cfg[SERVER_ROUND_KEY] = version + 1
+        cfg[MODEL_VERSION_KEY] = version
+        cfg[SPARSE_REPLIES_KEY] = True  # the DGC mod may compress its reply
+        if self.downlink:  # downlink_mod may keep its base and say so
+            cfg[DOWNLINK_KEY] = True
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
+
+    def evaluate_content(
+        self, arrays: ArrayRecord, config: ConfigRecord, version: int
+    ) -> RecordDict:
+        """Content of an evaluate message for ``version``."""
+        cfg = ConfigRecord(dict(config))
+        cfg[SERVER_ROUND_KEY] = version
+        cfg[MODEL_VERSION_KEY] = version
+        return RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: cfg})
+
+    def _parse(
+        self, content: RecordDict, reference: NDArrays, trained_on: int | None = None
+    ) -> ParsedUpdate:
+        """Validate a train reply against the model it was trained on."""
+        return parse_update(
+            content,
+            reference,
+            arrayrecord_key=self.arrayrecord_key,
+            weighted_by_key=self.weighted_by_key,
+            trained_on=trained_on,
+        )
