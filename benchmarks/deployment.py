@@ -42,8 +42,8 @@ from typing import Any
 
 from _common import APP_DIR, RESULTS, write_results
 
+from flchain_flwr.configvalues import ConfigValue
 from flchain_flwr.deploy import LoopbackFederation
-from flchain_flwr.deploy.loopback import ConfigValue
 from flchain_flwr.sim.local_run import flwr_run_local
 
 EMPTY_APP = Path(__file__).parent / "empty_app"

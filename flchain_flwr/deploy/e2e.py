@@ -35,9 +35,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..configvalues import ConfigValue
 from ..ledger.consensus import block_view, select_committee
 from ..ledger.keys import load_or_create_key
-from .loopback import ConfigValue, LoopbackFederation
+from .loopback import LoopbackFederation
 from .scenario import Report, blocks_written, flchain, in_federation, scenario_main
 
 

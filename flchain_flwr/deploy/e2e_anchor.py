@@ -42,6 +42,7 @@ from pathlib import Path
 
 from nacl.signing import SigningKey
 
+from ..configvalues import ConfigValue
 from ..ledger import Ledger
 from ..ledger.anchorblock import AnchorPolicy
 from ..ledger.keys import load_or_create_key
@@ -49,7 +50,7 @@ from ..ledger.mainchain import MainChain
 from ..ledger.trade_records import make_offer, make_purchase, make_receipt
 from ..ledger.trading import TradingChain
 from ..ledger.witness import Witness
-from .loopback import ConfigValue, LoopbackFederation
+from .loopback import LoopbackFederation
 from .scenario import Report, blocks_written, flchain, in_federation, scenario_main
 
 RUNS = ("a", "b")

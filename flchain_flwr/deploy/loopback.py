@@ -22,10 +22,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from ..configvalues import ConfigValue
 from .credentials import NodeKey, TLSFiles, make_node_key, make_tls
 from .processes import descendants, free_port, is_running, stop_processes
 
-ConfigValue = int | float | str | bool
 CONNECTION = "loopback"
 """The name of this federation's SuperLink in its ``FLWR_HOME/config.toml``."""
 

@@ -14,12 +14,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 from flwr.serverapp.strategy import Result, Strategy
 
+from ..configvalues import ConfigValue
 from ..runtime import collect_results
 from .devices import DeviceProfile
 from .grid import VirtualGrid
 from .work import WorkFn
-
-ConfigValue = int | float | str | bool
 
 
 @dataclass

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import psutil
 
-from ..deploy.loopback import ConfigValue, config_arg
+from ..configvalues import ConfigValue
+from ..deploy.loopback import config_arg
 from ..deploy.processes import descendants, free_port, stop_processes
 
 
