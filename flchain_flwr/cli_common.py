@@ -23,6 +23,7 @@ from .ledger.cosignature import parse_cosigner_key
 from .ledger.maindb import MainChainError
 from .ledger.notes import NoteError, VerifierKey, parse_verifier_key
 from .ledger.witness import WitnessError
+from .quoting import clip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
 MAX_HEIGHT: Final = 2**63 - 1
@@ -78,7 +79,7 @@ def read_input(path: str) -> bytes:
 
 def _shown(text: str) -> str:
     """An argument as quoted in a message, cut short if long."""
-    return repr(text if len(text) <= 40 else text[:37] + "...")
+    return repr(clip(text, 40))
 
 
 def height(text: str) -> int:

@@ -139,7 +139,7 @@ class RemoteWitness:
         found = WitnessAnswer(
             status if isinstance(status, int) else 502,
             body if isinstance(body, bytes) else b"",
-            clip(str(cfg.get("reason", ""))),
+            str(cfg.get("reason", "")),  # quoted clipped by cosignatures()
         )
         lines = found.cosignatures(request.checkpoint)
         mine = [line for line in lines if line.key_id == self.key.key_id]

@@ -28,13 +28,13 @@ from .fairness import (
     candidates_record,
     count_participation,
 )
-from .metrics import bounded_metrics
+from .metrics import train_reply_metrics
 from .pipeline import Pipeline
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
 from .tuning import BUFFER_FIELD, BufferTuner
-from .updates import ParsedUpdate, UpdateRejected, counted_metrics, update_kind
+from .updates import ParsedUpdate, UpdateRejected, update_kind
 from .versions import VersionStore
 from .weighting import ExampleWeighting, WeightingError, effective_examples
 
@@ -213,8 +213,7 @@ class UpdateBuffer:
         if not self.updates and self.max_wait is not None:
             self.deadline = at + self.max_wait
         self.claims.observe(node_id, update.num_examples)
-        counted = counted_metrics(content, self.weighted_by_key)
-        kept = bounded_metrics(counted, keep=(self.weighted_by_key,))
+        kept = train_reply_metrics(content, self.weighted_by_key)
         for reason in kept.dropped:
             log(WARNING, "Metrics of node %d capped: %s", node_id, reason)
         self.updates.append(

@@ -1,8 +1,9 @@
 """Pure helpers: cap, validate and average the metrics of replies.
 
-A train reply's metrics are capped (:func:`bounded_metrics`) before they are
-kept; an evaluate reply is validated whole (:func:`parse_evaluate_reply`); and
-the replies' metrics are averaged key by key (:func:`aggregate_metrics`). Like
+A train reply's metrics are capped (:func:`bounded_metrics`; what a version
+aggregates of them: :func:`train_reply_metrics`) before they are kept; an
+evaluate reply is validated whole (:func:`parse_evaluate_reply`); and the
+replies' metrics are averaged key by key (:func:`aggregate_metrics`). Like
 :mod:`.updates`, nothing here touches strategy state: a reply that fails
 raises :class:`~.updates.UpdateRejected`.
 """
@@ -18,7 +19,7 @@ from flwr.app import MetricRecord, RecordDict
 from flwr.app.typing import MetricRecordValues
 
 from .replybounds import describe, value_bytes
-from .updates import UpdateRejected, example_count, finite_float
+from .updates import UpdateRejected, counted_metrics, example_count, finite_float
 
 MAX_METRIC_KEYS = 64
 """Default cap on the metrics one reply may carry (all its MetricRecords)."""
@@ -111,6 +112,15 @@ def bounded_metrics(
         for cause, names in drops.items()
     )
     return BoundedMetrics(records=kept, dropped=dropped)
+
+
+def train_reply_metrics(content: RecordDict, weighted_by_key: str) -> BoundedMetrics:
+    """What a version aggregates of a parsed train reply's metrics: its one
+    MetricRecord holding ``weighted_by_key``
+    (:func:`~.updates.counted_metrics`), capped by :func:`bounded_metrics`
+    (the count always kept)."""
+    counted = counted_metrics(content, weighted_by_key)
+    return bounded_metrics(counted, keep=(weighted_by_key,))
 
 
 def _finite_metric(value: object) -> bool:

@@ -24,6 +24,7 @@ from numpy.lib import format as npy
 
 from ..ledger.canonical import canonical_json
 from ..ledger.payload import array_item, payload_header
+from ..quoting import clip
 
 DENSE_STYPE: Final = "numpy.ndarray"
 """The serialisation type of a dense Flower Array (``np.save`` bytes)."""
@@ -74,8 +75,7 @@ def describe(value: object) -> str:
         return f"an integer of {value.bit_length()} bits"
     if isinstance(value, list):
         return f"a list of {len(value)} values"
-    text = repr(value)
-    return text if len(text) <= 80 else f"{text[:77]}..."
+    return clip(repr(value), 80)
 
 
 def describe_names(names: Sequence[str]) -> str:

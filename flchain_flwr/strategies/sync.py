@@ -9,7 +9,7 @@ The step is the async path's :func:`~.serverstep.server_step`, with the same
 non-trainable state (:func:`~.state.state_names` of the model sent, under
 ``state_rule``), so a batch whose step would overflow the model is refused the
 same way (``OVERFLOW_REASON``, logged) and Flower's loop keeps its model.
-A reply's metrics are capped (:func:`~.metrics.bounded_metrics`) and weighed
+A reply's metrics are capped (:func:`~.metrics.train_reply_metrics`) and weighed
 (:mod:`.metricweights`) as there too.
 """
 
@@ -29,11 +29,11 @@ from ..protocol import UPDATE_KIND_DELTA
 from .block import BufferedUpdate
 from .claims import ClaimHistory
 from .evaluation import valid_evaluate_content
-from .metrics import bounded_metrics
+from .metrics import train_reply_metrics
 from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
 from .serverstep import OVERFLOW_REASON, server_step
 from .state import state_names
-from .updates import UpdateRejected, counted_metrics, parse_update
+from .updates import UpdateRejected, parse_update
 from .weighting import WeightingError, effective_examples
 
 if TYPE_CHECKING:
@@ -90,10 +90,7 @@ class SyncAggregation:
                 log(WARNING, "Rejected reply from node %d: %s", node_id, exc.reason)
                 continue
             self.claims.observe(node_id, update.num_examples)
-            kept = bounded_metrics(
-                counted_metrics(reply.content, s.weighted_by_key),
-                keep=(s.weighted_by_key,),
-            )
+            kept = train_reply_metrics(reply.content, s.weighted_by_key)
             for reason in kept.dropped:
                 log(WARNING, "Metrics of node %d capped: %s", node_id, reason)
             accepted.append(
