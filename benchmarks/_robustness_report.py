@@ -37,19 +37,31 @@ FLTRUST_PUBLISHED = {
 
 
 def drops(
-    rows: Iterable[dict[str, Any]], defence: str, accuracy: str = "final_accuracy"
+    rows: Iterable[dict[str, Any]],
+    defence: str,
+    accuracy: str = "final_accuracy",
+    reference: str | None = None,
 ) -> dict[int, dict[str, float]]:
-    """Seed -> attack -> accuracy drop in points from the same seed's no-attack
-    run, on the rows' ``accuracy`` field (rows without it are left out)."""
-    acc = {
-        (r["seed"], r["attack"]): r[accuracy]
-        for r in rows
-        if r["defence"] == defence and r.get(accuracy) is not None
-    }
+    """Seed -> attack -> accuracy drop in points from the no-attack run of
+    ``reference`` (default: ``defence`` itself) on the same seed, on the rows'
+    ``accuracy`` field (rows without it are left out). Against another
+    defence, the defence's own no-attack cell is a drop too: what it costs
+    without any attack."""
+    rows = list(rows)
+    baseline = reference or defence
+
+    def accuracies(name: str) -> dict[tuple[int, str], float]:
+        return {
+            (r["seed"], r["attack"]): r[accuracy]
+            for r in rows
+            if r["defence"] == name and r.get(accuracy) is not None
+        }
+
+    acc, base = accuracies(defence), accuracies(baseline)
     out: dict[int, dict[str, float]] = {}
     for (seed, attack), value in sorted(acc.items()):
-        if attack != "none" and (seed, "none") in acc:
-            out.setdefault(seed, {})[attack] = 100 * (acc[(seed, "none")] - value)
+        if (attack != "none" or baseline != defence) and (seed, "none") in base:
+            out.setdefault(seed, {})[attack] = 100 * (base[(seed, "none")] - value)
     return out
 
 
@@ -152,6 +164,7 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         excess = worst_excess(tables["pov"], floor)
         if excess is not None:
             summary["pov_worst_excess_drop"] = excess
+        summary.update(drop_from_fedavg(rows, "final_accuracy"))
     tail = tail_drops(rows, defences)
     if tail is not None:
         summary["tail"] = tail
@@ -179,7 +192,26 @@ def tail_drops(
         floor = all_rejected_floor(rows, tables["pov"])
         out["pov_all_rejected_floor"] = {str(s): v for s, v in floor.items()}
         out["pov_worst_excess_drop"] = worst_excess(tables["pov"], floor)
+        out.update(drop_from_fedavg(rows, "tail_accuracy"))
     return out
+
+
+def drop_from_fedavg(rows: list[dict[str, Any]], accuracy: str) -> dict[str, Any]:
+    """PoV's worst drop from FedAvg's no-attack accuracy on the same seed (the
+    reference FLTrust reports against), its own no-attack cell included; empty
+    without FedAvg no-attack rows."""
+    table = drops(rows, "pov", accuracy, reference="fedavg")
+    found = worst(table)
+    if found is None:
+        return {}
+    return {
+        "pov_drop_from_fedavg_no_attack": {
+            **found,
+            "meaning": "PoV's accuracy under attack (or without) below FedAvg's "
+            "without attack, same seed: also what PoV's own false rejections cost",
+            "drop_points": {str(s): v for s, v in table.items()},
+        }
+    }
 
 
 def worst_excess(

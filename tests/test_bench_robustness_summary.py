@@ -118,3 +118,21 @@ def test_recording_the_curve_leaves_torch_rng_as_it_was() -> None:
     record(2, ArrayRecord())
     assert torch.equal(torch.rand(3), expected)
     assert curve == {1: 0.51, 2: 0.52}
+
+
+def test_the_drop_from_fedavg_counts_what_pov_costs_without_attack() -> None:
+    fedavg_none = {**row(0, "none", 0.84, 0.0), "defence": "fedavg"}
+    rows = [
+        {**row(0, "none", 0.80, 0.0), "tail_accuracy": 0.79},
+        {**row(0, "sign-flip", 0.79, 0.0), "tail_accuracy": 0.785},
+    ]
+    assert "pov_drop_from_fedavg_no_attack" not in summarize(rows)  # no FedAvg
+    summary = summarize([*rows, {**fedavg_none, "tail_accuracy": 0.83}])
+    # PoV's own drop is 1 point; against FedAvg's 84 % it is 5, and PoV's
+    # no-attack cell alone already 4 below.
+    assert summary["pov_worst_case_drop_points"] == pytest.approx(1.0)
+    found = summary["pov_drop_from_fedavg_no_attack"]
+    assert (found["points"], found["attack"]) == (pytest.approx(5.0), "sign-flip")
+    assert found["drop_points"]["0"]["none"] == pytest.approx(4.0)
+    tail = summary["tail"]["pov_drop_from_fedavg_no_attack"]
+    assert tail["points"] == pytest.approx(4.5)  # 83 - 78.5
