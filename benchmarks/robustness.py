@@ -61,6 +61,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -321,6 +322,7 @@ def run_one(
         "fashion-mnist", size="small", reserved=reserved
     )
     curve: dict[int, float] = {}
+    random.seed(seed)  # Flower's strategies sample (and so order) nodes with it
     started = time.perf_counter()
     run = simulate(
         strategy,

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from flchain_flwr.data import fashion_mnist
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
 from _robustness_report import all_rejected_floor, drops, summarize
@@ -136,3 +138,35 @@ def test_the_drop_from_fedavg_counts_what_pov_costs_without_attack() -> None:
     assert found["drop_points"]["0"]["none"] == pytest.approx(4.0)
     tail = summary["tail"]["pov_drop_from_fedavg_no_attack"]
     assert tail["points"] == pytest.approx(4.5)  # 83 - 78.5
+
+
+@pytest.mark.skipif(
+    fashion_mnist.local_dir() is None, reason="Debian's dataset-fashion-mnist absent"
+)
+def test_a_flower_baseline_cell_repeats_whatever_the_global_random_state() -> None:
+    """Flower's FedAvg samples nodes with the global ``random``; the adaptive
+    attackers' pool, and the sum's order, follow that order."""
+    import argparse
+    import random
+
+    from robustness import run_one
+
+    args = argparse.Namespace(
+        nodes=4,
+        fraction=0.5,
+        versions=2,
+        train_subset=400,
+        alpha=0.5,
+        min_cosine=0.0,
+        max_norm_ratio=None,
+        verifiers=1,
+        trusted=20,
+        tail=1,
+    )
+    curves = []
+    for state in (1, 2):  # a run id each: the colluders' pool is per run
+        random.seed(state)
+        row = run_one("fedavg", "min-max", args, seed=0, run_id=8 + state)
+        curves.append(row["accuracy_curve"])
+    assert len(curves[0]) == 2
+    assert curves[0] == curves[1]
