@@ -33,7 +33,7 @@ from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.maindb import AnchorRefused, MainChainError
 from .ledger.mainwitness import main_witnessing
-from .ledger.notes import NoteError, parse_note
+from .ledger.notes import NoteError, read_note
 from .ledger.witness import Witness
 
 
@@ -92,7 +92,7 @@ def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) ->
                 out.write(f"FAILED: main chain {args.anchored_in}: {exc}\n")
                 return EXIT_FAILED
             witnessed = main_witnessing(
-                parse_note(main.checkpoint_path.read_bytes()), main.policy
+                read_note(main.checkpoint_path), main.policy
             ).require(rule.max_age, rule.now)
         report = AnchoredReport(
             True, report.checked, f"{report.statement}; {witnessed}"

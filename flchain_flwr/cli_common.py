@@ -13,13 +13,13 @@ import functools
 import sqlite3
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Final, TextIO
 
 from .ledger import Ledger, LedgerError
 from .ledger.anchorblock import AnchorError
 from .ledger.checkpoint import CheckpointError
 from .ledger.cosignature import parse_cosigner_key
+from .ledger.inputfile import read_head
 from .ledger.maindb import MainChainError
 from .ledger.notes import NoteError, VerifierKey, parse_verifier_key
 from .ledger.witness import WitnessError
@@ -72,9 +72,11 @@ def open_ledger(path: str) -> Ledger:
     return Ledger(path, create=False)
 
 
-def read_input(path: str) -> bytes:
-    """A file's bytes, or stdin's for ``-``."""
-    return sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+def read_input(path: str, limit: int) -> bytes:
+    """A file's bytes, or stdin's for ``-``: at most ``limit + 1`` of them
+    (:func:`~flchain_flwr.ledger.inputfile.read_head`; the input's parser
+    refuses more than ``limit``)."""
+    return read_head(sys.stdin.buffer if path == "-" else path, limit)
 
 
 def _shown(text: str) -> str:

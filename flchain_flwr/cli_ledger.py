@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +21,7 @@ from .cli_common import (
     height,
     open_ledger,
     public_key,
+    read_input,
 )
 from .ledger import (
     Block,
@@ -30,7 +30,9 @@ from .ledger import (
     check_proof,
     reward_shares,
 )
-from .ledger.merkle import MalformedProof, parse_proof
+from .ledger.inputfile import read_head
+from .ledger.merkle import MAX_PROOF_BYTES, MalformedProof, parse_proof
+from .ledger.notes import MAX_NOTE_BYTES
 from .ledger.replay import replay
 from .ledger.rewards import credited
 
@@ -128,14 +130,12 @@ def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
     checkpoint = None
     if args.checkpoint is not None:
         try:
-            checkpoint = Path(args.checkpoint).read_bytes()
+            checkpoint = read_head(args.checkpoint, MAX_NOTE_BYTES)
         except OSError as exc:
             return error(f"cannot read checkpoint {args.checkpoint}: {exc}")
     name = "from stdin" if args.proof == "-" else args.proof
     try:
-        text = sys.stdin.read() if args.proof == "-" else Path(args.proof).read_text()
-    except UnicodeDecodeError as exc:
-        return error(f"malformed proof {name}: not UTF-8 text ({exc})")
+        text = read_input(args.proof, MAX_PROOF_BYTES)
     except OSError as exc:
         return error(f"cannot read proof {name}: {exc}")
     try:

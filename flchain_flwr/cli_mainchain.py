@@ -34,13 +34,13 @@ from .ledger.cosignature import parse_cosigner_key
 from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.maindb import AnchorRefused
-from .ledger.merkle import InvalidProof, MalformedProof, parse_proof
-from .ledger.notes import NoteError, SignedNote, parse_note
+from .ledger.merkle import MAX_PROOF_BYTES, InvalidProof, MalformedProof, parse_proof
+from .ledger.notes import MAX_NOTE_BYTES, NoteError, SignedNote, parse_note
 
 
 def kept_checkpoint(path: str | None) -> SignedNote | None:
     """The main-chain checkpoint a verifier kept (``--main-checkpoint``)."""
-    return None if path is None else parse_note(read_input(path))
+    return None if path is None else parse_note(read_input(path, MAX_NOTE_BYTES))
 
 
 @guarded
@@ -105,9 +105,8 @@ def cmd_main_prove(args: argparse.Namespace, out: TextIO) -> int:
 @guarded
 def cmd_main_check_proof(args: argparse.Namespace, out: TextIO) -> int:
     try:
-        text = read_input(args.proof).decode("utf-8")
-        proof: dict[str, Any] = parse_proof(text)
-    except (UnicodeDecodeError, InvalidProof) as exc:
+        proof: dict[str, Any] = parse_proof(read_input(args.proof, MAX_PROOF_BYTES))
+    except InvalidProof as exc:
         return error(f"malformed proof {args.proof}: {exc}")
     try:
         found = check_anchor_proof(proof, args.main_key, args.log_key)

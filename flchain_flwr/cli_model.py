@@ -22,6 +22,7 @@ from typing import Any, Final, TextIO
 from .cli_common import EXIT_FAILED, EXIT_OK, error, open_ledger
 from .cli_mainwit import add_witness_rule_options, witness_rule
 from .ledger.blocks import LedgerError
+from .ledger.inputfile import read_head
 from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.maindb import AnchorRefused, MainChainError
@@ -40,20 +41,40 @@ from .ledger.trade_records import TradeRefused
 from .ledger.trading import TradingChain
 from .ledger.witness import Witness, WitnessError
 
-MAX_FILE_BYTES: Final = 1 << 31
-"""Largest model or bundle file read (2 GiB)."""
+MAX_MODEL_BYTES: Final = 1 << 31
+"""Largest model file hashed (2 GiB, read in chunks)."""
+MAX_TRUST_BYTES: Final = 1 << 20
+"""Largest trust file read (1 MiB of ``role=key`` lines)."""
+_CHUNK: Final = 1 << 20
 
 
-def _read(path: str, what: str, limit: int = MAX_FILE_BYTES) -> bytes:
+def _read(path: str, what: str, limit: int) -> bytes:
     """A file's bytes; ``OSError`` naming it if it cannot be read,
-    ``ValueError`` if it is larger than ``limit``."""
-    file = Path(path)
+    ``ValueError`` if it holds more than ``limit`` (no more is read)."""
     try:
-        if file.is_file() and file.stat().st_size > limit:
-            raise ValueError(f"{what} {path} is larger than {limit} bytes")
-        return file.read_bytes()
+        data = read_head(path, limit)
     except OSError as exc:
         raise OSError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ValueError(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
+def _file_hash(path: str) -> str:
+    """The SHA-256 (hex) of the model file at ``path``, read in chunks;
+    ``OSError`` naming it if it cannot be read, ``ValueError`` if it holds
+    more than :data:`MAX_MODEL_BYTES` (no more is read)."""
+    hasher, size = hashlib.sha256(), 0
+    try:
+        with open(path, "rb") as file:
+            while size <= MAX_MODEL_BYTES and (chunk := file.read(_CHUNK)):
+                hasher.update(chunk)
+                size += len(chunk)
+    except OSError as exc:
+        raise OSError(f"cannot read model file {path}: {exc.strerror or exc}") from None
+    if size > MAX_MODEL_BYTES:
+        raise ValueError(f"model file {path} is larger than {MAX_MODEL_BYTES} bytes")
+    return hasher.hexdigest()
 
 
 def _model_hash(args: argparse.Namespace) -> str:
@@ -62,7 +83,7 @@ def _model_hash(args: argparse.Namespace) -> str:
         if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
             raise ValueError(f"--hash {args.hash[:70]!r} is not a SHA-256 hex digest")
         return digest
-    return hashlib.sha256(_read(args.model, "model file")).hexdigest()
+    return _file_hash(args.model)
 
 
 def cmd_prove(args: argparse.Namespace, out: TextIO) -> int:
@@ -93,7 +114,7 @@ def _trust_entries(values: list[str]) -> list[str]:
     for value in values:
         if value.startswith("@"):
             try:
-                text = _read(value[1:], "trust file").decode("utf-8")
+                text = _read(value[1:], "trust file", MAX_TRUST_BYTES).decode("utf-8")
             except UnicodeDecodeError:
                 raise ValueError(f"trust file {value[1:]} is not UTF-8") from None
             entries.extend(
@@ -111,7 +132,7 @@ def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
     try:
         trust = parse_trust(_trust_entries(args.trusted))
         data = _read(args.bundle, "bundle", MAX_BUNDLE_BYTES)
-        model = None if args.model is None else _read(args.model, "model file")
+        model = None if args.model is None else _file_hash(args.model)
     except (OSError, ValueError) as exc:
         return error(str(exc))
     try:

@@ -23,6 +23,7 @@ from .cli_common import (
 )
 from .ledger.rfc6962 import HashTree
 from .ledger.witness import CosignRequest, Witness
+from .ledger.witnessrequest import MAX_REQUEST_BYTES
 
 
 @guarded
@@ -58,7 +59,7 @@ def cmd_witness_request(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_witness_cosign(args: argparse.Namespace, out: TextIO) -> int:
     witness = Witness(args.folder)
     log_key = None if args.log_key is None else args.log_key.encode()
-    found = witness.answer(read_input(args.request), log_key)
+    found = witness.answer(read_input(args.request, MAX_REQUEST_BYTES), log_key)
     if found.status == 400:
         return error(found.reason)
     if found.status != 200:

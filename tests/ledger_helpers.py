@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +12,9 @@ import numpy as np
 from nacl.signing import SignedMessage, SigningKey, VerifyKey
 
 from flchain_flwr.ledger import Block, Ledger, VoteContext, sign_vote
+from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.checkpoint import ledger_checkpoint, sign_checkpoint
+from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.notes import SignerKey
 from flchain_flwr.ledger.statements import header_statement
 
@@ -87,6 +92,42 @@ def build_ledger(
             wall_time=1_000.0 + height,
         )
     return ledger
+
+
+Edit = Callable[[dict[str, Any], dict[str, Any]], None]
+"""A change to a block's parsed header and body, in place."""
+
+
+def resign_block(ledger: Ledger, height: int, edit: Edit) -> None:
+    """Apply ``edit`` to block ``height``'s header and body, then re-hash,
+    re-link and re-sign it and the blocks after it with :data:`LEADER_KEY`
+    (format 2): what the signer, or anyone holding its key, can write. The
+    Merkle root follows the included digests while they can be read."""
+    rows = ledger.db.execute(
+        "SELECT height, header, body FROM blocks WHERE height >= ? ORDER BY height",
+        (height,),
+    ).fetchall()
+    prev = ledger.block(height - 1).hash if height else "0" * 64
+    for h, header_raw, body_raw in rows:
+        header, body = json.loads(header_raw), json.loads(body_raw)
+        if h == height:
+            edit(header, body)
+        body_bytes = encode(2, body)
+        header["prev_hash"] = prev
+        header["body_hash"] = sha256_hex(BODY_TAG, body_bytes)
+        # no readable included digests: the old root stays
+        with contextlib.suppress(KeyError, TypeError, ValueError):
+            header["updates_root"] = merkle_root(
+                [u["digest"] for u in body["included"]]
+            )
+        header_bytes = encode(2, header)
+        prev = sha256_hex(HEADER_TAG, header_bytes)
+        signature = LEADER_KEY.sign(HEADER_TAG + header_bytes).signature.hex()
+        ledger.db.execute(
+            "UPDATE blocks SET header = ?, body = ?, hash = ?, signature = ? "
+            "WHERE height = ?",
+            (header_bytes, body_bytes, prev, signature, h),
+        )
 
 
 def checkpoint_at(ledger: Ledger, size: int, key: SigningKey = LEADER_KEY) -> bytes:

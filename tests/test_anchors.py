@@ -12,7 +12,9 @@ import os
 import shutil
 import sqlite3
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,6 +41,7 @@ from .ledger_helpers import (
     build_ledger,
     checkpoint_at,
     digest_of,
+    resign_block,
 )
 from .toy import constant_work, initial_arrays, toy_client_app
 
@@ -381,34 +384,12 @@ def test_a_proof_with_a_forged_header_signature_fails(tmp_path: Path) -> None:
 
 
 # -------------------------------------------------------- body integrity
-def rewrite_body(ledger: Ledger, height: int, change: object) -> None:
+def rewrite_body(
+    ledger: Ledger, height: int, change: Callable[[dict[str, Any]], None]
+) -> None:
     """Re-sign block ``height`` (and re-link the rest) after ``change(body)``:
     what the signer, or anyone holding its key, can do."""
-    from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
-    from flchain_flwr.ledger.merkle import merkle_root
-
-    rows = ledger.db.execute(
-        "SELECT height, header, body FROM blocks WHERE height >= ? ORDER BY height",
-        (height,),
-    ).fetchall()
-    prev = ledger.block(height - 1).hash
-    for h, header_raw, body_raw in rows:
-        header = json.loads(header_raw)
-        body = json.loads(body_raw)
-        if h == height:
-            change(body)  # type: ignore[operator]
-        body_bytes = encode(2, body)
-        header["prev_hash"] = prev
-        header["body_hash"] = sha256_hex(BODY_TAG, body_bytes)
-        header["updates_root"] = merkle_root([u["digest"] for u in body["included"]])
-        header_bytes = encode(2, header)
-        prev = sha256_hex(HEADER_TAG, header_bytes)
-        signature = LEADER_KEY.sign(HEADER_TAG + header_bytes).signature.hex()
-        ledger.db.execute(
-            "UPDATE blocks SET header = ?, body = ?, hash = ?, signature = ? "
-            "WHERE height = ?",
-            (header_bytes, body_bytes, prev, signature, h),
-        )
+    resign_block(ledger, height, lambda _, body: change(body))
 
 
 def test_an_update_included_twice_fails_verify(tmp_path: Path) -> None:

@@ -66,7 +66,8 @@ def test_proofs_round_trip_through_files_and_stdin(
 
     code, text = flchain("proof", str(ledger_path), "--consistency", "2", "5")
     assert code == 0
-    monkeypatch.setattr(sys, "stdin", io.StringIO(text))
+    stdin = io.TextIOWrapper(io.BytesIO(text.encode()))  # like sys.stdin: bytes below
+    monkeypatch.setattr(sys, "stdin", stdin)
     code, out = flchain("check-proof", "-", "--trusted-key", TRUSTED)
     assert code == 0 and "extends the ledger of 2 blocks" in out
 

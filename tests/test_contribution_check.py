@@ -29,7 +29,7 @@ def _non_canonical_id(body: dict[str, Any]) -> None:
     [
         (
             lambda b: b["contributions"].append("node 10"),
-            "contributions: a contribution is not a JSON object",
+            "contributions: an entry is not a JSON object",
         ),
         (
             lambda b: b.update(contributions={"10": 1}),

@@ -25,7 +25,13 @@ from .cosignature import add_cosignature
 from .logprover import LogProver
 from .mainchain import MainChain
 from .maindb import AnchorRefused, MainChainError
-from .notes import NoteError, NoteSignature, SignedNote, VerifierKey, parse_note
+from .notes import (
+    NoteError,
+    NoteSignature,
+    SignedNote,
+    VerifierKey,
+    read_note,
+)
 from .witness import CosignRequest, WitnessError, WitnessRefused
 
 ProveHashes = Callable[[int, int], Sequence[bytes]]
@@ -78,7 +84,7 @@ def cosigned_checkpoint(
         prover = LogProver()
     prover.sync(ledger)
     try:
-        note = parse_note(ledger.checkpoint_path.read_bytes())
+        note = read_note(ledger.checkpoint_path)
         checkpoint, _ = open_checkpoint(note, [key])
     except (OSError, NoteError, CheckpointError) as exc:
         raise AnchorRefused(

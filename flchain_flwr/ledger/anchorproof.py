@@ -52,7 +52,7 @@ from .merkle import (
     proof_field,
     verify_proof,
 )
-from .notes import NoteError, SignedNote, VerifierKey, parse_note
+from .notes import NoteError, SignedNote, VerifierKey, parse_note, read_note
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _stored_checkpoint(main: MainChain, height: int) -> SignedNote | None:
     """The main checkpoint on file if it is the main key's and covers
     ``height``; else ``None`` if the key is held to sign a fresh one."""
     try:
-        note = parse_note(main.checkpoint_path.read_bytes())
+        note = read_note(main.checkpoint_path)
         checkpoint, _ = open_checkpoint(note, [main.public_key])
         if height < checkpoint.size:
             return note

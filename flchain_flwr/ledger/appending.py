@@ -25,7 +25,7 @@ import numpy as np
 from flwr.app import RecordDict
 from flwr.supercore import log
 
-from .blocks import Block, BlockSigner, LedgerError
+from .blocks import Block, BlockSigner, LedgerError, header_problem
 from .canonical import encode_round_trip
 from .checkpoint import CheckpointError
 from .checkpointwriter import CheckpointWriter
@@ -64,6 +64,15 @@ def append_aggregation(
 ) -> Block:
     """Store the model and the body's blobs, then commit one signed block on
     the head (what :meth:`~.chain.Ledger.append` does; see there)."""
+    fields = {
+        "sim_time": sim_time,
+        "model_version": model_version,
+        "base_version": base_version,
+        "config_digest": config_digest,
+    }
+    problem = header_problem(fields)  # what verify would refuse
+    if problem is not None:
+        raise ValueError(f"the block's header would not verify: {problem}")
     if config is not None and ledger.config_digest(config) != config_digest:
         raise ValueError("config does not hash to config_digest")
     if payloads is not None and len(payloads) != len(included):
@@ -86,13 +95,7 @@ def append_aggregation(
     draft = BlockDraft(
         version,
         ledger.chain_id,
-        {
-            "sim_time": sim_time,
-            "model_version": model_version,
-            "base_version": base_version,
-            "config_digest": config_digest,
-            "model_hash": model_hash,
-        },
+        {**fields, "model_hash": model_hash},
         included,
         body,
         encode_round_trip(version, body),

@@ -14,6 +14,8 @@ from .blocks import (
     COMMITTEES,
     CONFIG_FIELD,
     digest_of,
+    entries_problem,
+    header_problem,
     is_hex,
     parse_block,
 )
@@ -87,6 +89,9 @@ def check_block(
         return "header or body is not a JSON object"
     if sha256_hex(HEADER_TAG, header_raw) != stored_hash:
         return "block hash does not match the header"
+    problem = header_problem(header) or entries_problem(body)
+    if problem is not None:
+        return problem
     if height == 0:
         chain.format = header["format"]
     try:
@@ -228,9 +233,10 @@ def _check_quorum(
 
 
 def _check_entries(body: Mapping[str, Any]) -> str | None:
-    """Why a body's included set, rejections or contributions are inconsistent,
-    or ``None``: a digest that is not lower-case SHA-256 hex, an update digest
-    included twice, or contributions :func:`contribution_problem` refuses."""
+    """Why a body's included set, rejections or contributions (each a JSON
+    array of objects, :func:`entries_problem`) are inconsistent, or ``None``:
+    a digest that is not lower-case SHA-256 hex, an update digest included
+    twice, or contributions :func:`contribution_problem` refuses."""
     seen: set[str] = set()
     for update in body["included"]:
         digest = update["digest"]
@@ -245,7 +251,5 @@ def _check_entries(body: Mapping[str, Any]) -> str | None:
                 f"rejected digest {str(entry['digest'])[:70]!r} is not lower-case "
                 "SHA-256 hex"
             )
-    if not isinstance(body["contributions"], list):
-        return "contributions: not a JSON array"
     problem = contribution_problem(body)
     return None if problem is None else f"contributions: {problem}"

@@ -7,12 +7,16 @@ same bytes. The header's ``format`` names the encoding of both
 8785 JSON without a ``wall_time``, ``flchain-block/1`` version-1 JSON with
 one. Format 2 stores node ids as decimal strings (RFC 8785 numbers are
 doubles; Flower's node ids are 64-bit): :func:`ids_as_text` writes them,
-:func:`node_key` reads either form. :class:`LedgerError` is what the ledger
-modules raise for a ledger that cannot be opened or used as asked.
+:func:`node_key` reads either form. What every block's values are, whoever
+signed it, is here too (:func:`header_problem`, :func:`entries_problem`):
+the writer refuses and ``verify`` fails anything else. :class:`LedgerError`
+is what the ledger modules raise for a ledger that cannot be opened or used
+as asked.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
@@ -20,6 +24,7 @@ from typing import Any, Final, Protocol
 import numpy as np
 from nacl.signing import VerifyKey
 
+from ..quoting import clip
 from .canonical import NotCanonical, encode, parse_canonical, parse_json, sha256_hex
 
 LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
@@ -31,6 +36,8 @@ COMMITTEE_KIND_FIELD: Final = "committee_kind"
 verifier key (a simulation), ``"remote"`` when none, ``"mixed"`` otherwise."""
 CONFIG_FIELD: Final = "config"
 """Body field: the settings behind the header's ``config_digest``."""
+ENTRY_LISTS: Final = ("included", "rejected", "votes", "contributions")
+"""The body fields of every block: JSON arrays of JSON objects."""
 
 COMMITTEES: Final = {
     "in-process": "PoV committees whose every key the server process held "
@@ -143,3 +150,47 @@ def is_hex(value: object, length: int) -> bool:
         and len(value) == length
         and all(c in "0123456789abcdef" for c in value)
     )
+
+
+def header_problem(header: Mapping[str, Any]) -> str | None:
+    """Why a header's own values are not what every block's are, or ``None``:
+    ``model_version`` and ``base_version`` are non-negative integers,
+    ``sim_time`` a finite number and ``config_digest`` text (what the block's
+    readers rely on; :meth:`~.chain.Ledger.append` writes nothing else)."""
+    for name in ("model_version", "base_version"):
+        value = header.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return _wrong(header, name, "a non-negative integer")
+    sim_time = header.get("sim_time")
+    if (
+        isinstance(sim_time, bool)
+        or not isinstance(sim_time, int | float)
+        or not math.isfinite(sim_time)
+    ):
+        return _wrong(header, "sim_time", "a finite number")
+    if not isinstance(header.get("config_digest"), str):
+        return _wrong(header, "config_digest", "text")
+    return None
+
+
+def entries_problem(
+    body: Mapping[str, Any], names: Sequence[str] = ENTRY_LISTS
+) -> str | None:
+    """Why the body fields ``names`` (default: all of :data:`ENTRY_LISTS`)
+    are not each a JSON array of JSON objects, or ``None``."""
+    for name in names:
+        if name not in body:
+            return f"{name}: missing"
+        if not isinstance(body[name], list):
+            return f"{name}: not a JSON array"
+        if not all(isinstance(entry, Mapping) for entry in body[name]):
+            return f"{name}: an entry is not a JSON object"
+    return None
+
+
+def _wrong(fields: Mapping[str, Any], name: str, expected: str) -> str:
+    """That field ``name`` is missing, or its value (quoted short) is not
+    ``expected``."""
+    if name not in fields:
+        return f"{name} is missing"
+    return f"{name} {clip(repr(fields[name]), 40)} is not {expected}"

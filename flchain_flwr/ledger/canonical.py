@@ -100,7 +100,8 @@ def _double_or_int(text: str) -> int | float:
 
 
 def parse_json(data: bytes, version: int = 1) -> Any:
-    """Parse JSON bytes; :class:`NotCanonical` if they are not JSON at all.
+    """Parse JSON bytes; :class:`NotCanonical` if they are not JSON at all, or
+    nest too deeply for Python to read.
 
     Version 2 reads integer literals beyond ``+-(2**53 - 1)`` as doubles (what
     RFC 8785 numbers are), so that its own output parses back to an encodable
@@ -114,6 +115,8 @@ def parse_json(data: bytes, version: int = 1) -> Any:
         raise NotCanonical(f"not valid JSON: {exc}") from None
     except ValueError as exc:  # int() of a literal over Python's 4,300 digits
         raise NotCanonical(f"not valid JSON: {str(exc)[:200]}") from None
+    except RecursionError:
+        raise NotCanonical("not readable JSON: nested too deeply") from None
 
 
 def encode_round_trip(version: int, value: Any) -> bytes:
@@ -143,6 +146,8 @@ def parse_canonical(data: bytes, version: int = 1) -> Any:
         canonical = encode(version, value)
     except ValueError as exc:  # NaN, an integer beyond a double's range
         raise NotCanonical(f"not encodable: {exc}") from None
+    except RecursionError:  # read back, but too deep to encode again
+        raise NotCanonical("not encodable: nested too deeply") from None
     if canonical != data:
         raise NotCanonical(f"not in canonical form (format {version})")
     return value

@@ -43,6 +43,7 @@ from .notes import (
     VerifierKey,
     check_key_name,
     parse_note,
+    read_note,
     sign_note,
     verify_note,
     write_file_atomically,
@@ -175,7 +176,7 @@ def read_checkpoint(
     path: str | Path, keys: Iterable[VerifierKey]
 ) -> tuple[Checkpoint, tuple[VerifierKey, ...]]:
     """:func:`open_checkpoint` on a file's bytes."""
-    return open_checkpoint(Path(path).read_bytes(), keys)
+    return open_checkpoint(read_note(path), keys)
 
 
 def write_checkpoint(

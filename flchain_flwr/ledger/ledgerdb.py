@@ -32,6 +32,7 @@ from .blocks import (
     parse_block,
 )
 from .canonical import NotCanonical, parse_json
+from .sqlschema import foreign_schema
 
 MAX_HEIGHT: Final = 2**63 - 1
 """SQLite's largest integer: no block can be higher."""
@@ -174,6 +175,9 @@ def _genesis_format(db: sqlite3.Connection) -> int | None:
 def _not_a_ledger(db: sqlite3.Connection, tables: set[str]) -> str | None:
     """Why an existing database is not a flchain ledger, or ``None`` (SQLite's
     errors pass through)."""
+    foreign = foreign_schema(db)  # before anything reads a table
+    if foreign is not None:
+        return foreign
     for table, columns in _COLUMNS.items():
         if table not in tables:
             return f"it has no {table} table"
@@ -226,7 +230,7 @@ def row_to_block(row: tuple[Any, ...]) -> Block:
             header=parsed_header,
             body=parsed_body,
         )
-    except (TypeError, ValueError, RecursionError) as exc:
+    except (TypeError, ValueError) as exc:
         raise LedgerError(
             f"block {height!r} is corrupt ({exc}); run `flchain ledger verify`"
         ) from None

@@ -30,6 +30,7 @@ from .anchorblock import (
 )
 from .checkpoint import Checkpoint, ledger_origin
 from .notes import SignedNote, VerifierKey
+from .sqlschema import foreign_schema
 
 MAIN_FORMAT: Final = "flchain-main/1"
 """The ``format`` a main chain's ``meta`` table names."""
@@ -104,6 +105,9 @@ def open_main_db(
         path, isolation_level=None, timeout=30.0, check_same_thread=False
     )
     try:
+        foreign = foreign_schema(db)  # before anything reads a table
+        if foreign is not None:
+            raise MainChainError(foreign)
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("format") != MAIN_FORMAT:
             raise MainChainError(f"its format is not {MAIN_FORMAT}")

@@ -14,7 +14,7 @@ from .checkpointcheck import CheckpointMismatch, check_against_ledger, check_con
 from .mainchain import MainChain
 from .maindb import AnchorRefused, MainChainError
 from .mainwitness import main_witnessing
-from .notes import SignedNote, parse_note
+from .notes import SignedNote, read_note
 
 
 def verify_main_chain(
@@ -75,7 +75,7 @@ def verify_main_chain(
             last[found.checkpoint.origin] = block
         prev, count = block.hash, count + 1
     try:
-        note = checkpoint or parse_note(main.checkpoint_path.read_bytes())
+        note = checkpoint or read_note(main.checkpoint_path)
         signed, _ = open_checkpoint(note, [main.public_key])
         check_against_ledger(signed, main.origin, main.block_hashes())
     except (OSError, ValueError, CheckpointMismatch) as exc:

@@ -24,8 +24,12 @@ from pymerkle import (
 ALGORITHM = "sha256"
 MAX_PROOF_DEPTH: Final = 16
 """How deeply a proof's JSON may nest (the proofs made here nest 4 deep)."""
+MAX_PROOF_BYTES: Final = 64 << 20
+"""Largest proof, in UTF-8 bytes, that :func:`parse_proof` reads (a proof
+carries at most a few blocks' headers and bodies)."""
 
 __all__ = [
+    "MAX_PROOF_BYTES",
     "MAX_PROOF_DEPTH",
     "InvalidProof",
     "MalformedProof",
@@ -80,12 +84,23 @@ def _nests_deeper_than(value: object, limit: int) -> bool:
     return False
 
 
-def parse_proof(text: str) -> dict[str, Any]:
-    """A proof's JSON text as a dict; ``MalformedProof`` if it is not one.
+def parse_proof(text: str | bytes) -> dict[str, Any]:
+    """A proof's JSON text (bytes: UTF-8) as a dict; ``MalformedProof`` if it
+    is not one.
 
-    Nesting deeper than :data:`MAX_PROOF_DEPTH` is refused here, so nothing
-    that later walks the proof can run out of stack.
+    A proof longer than :data:`MAX_PROOF_BYTES` (read it with
+    :func:`~.inputfile.read_head`), or nesting deeper than
+    :data:`MAX_PROOF_DEPTH`, is refused here, so nothing that later walks the
+    proof can run out of memory or stack.
     """
+    size = len(text if isinstance(text, bytes) else text.encode("utf-8", "replace"))
+    if size > MAX_PROOF_BYTES:
+        raise MalformedProof(f"it is larger than {MAX_PROOF_BYTES} bytes")
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedProof(f"not UTF-8 text ({exc})") from None
     try:
         value = json.loads(text)
     except RecursionError:

@@ -27,9 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from .atomicfile import write_file_atomically
+from .inputfile import read_head
 from .noteformat import (
     DASH,
     KEY_ID_SIZE,
@@ -82,6 +84,7 @@ __all__ = [  # what this module held before the split, still importable from it
     "parse_note",
     "parse_signer_key",
     "parse_verifier_key",
+    "read_note",
     "read_signer_key",
     "read_verifier_key",
     "sign_note",
@@ -185,6 +188,13 @@ def parse_note(note: str | bytes) -> SignedNote:
         _parse_signature_line(line, number) for number, line in enumerate(lines, 1)
     )
     return SignedNote(text, signatures)
+
+
+def read_note(path: str | Path) -> SignedNote:
+    """:func:`parse_note` of the file at ``path``, of which at most one byte
+    more than :data:`MAX_NOTE_BYTES` is read (``OSError`` if it cannot be
+    read, ``NoteError`` as :func:`parse_note`)."""
+    return parse_note(read_head(path, MAX_NOTE_BYTES))
 
 
 def _parse_signature_line(line: str, number: int) -> NoteSignature:

@@ -30,7 +30,6 @@ an update nor any other block.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Final
 
 from .anchorblock import AnchorError
@@ -143,7 +142,7 @@ def _inclusion(text: Any, what: str, note: str, index: int, leaf: str) -> None:
 def verify_bundle(
     data: bytes,
     trust: Trust,
-    model: bytes | None = None,
+    model_hash: str | None = None,
     witnessed: WitnessRule | None = None,
 ) -> ProvenanceReport:
     """Check a provenance bundle offline (see the module's docstring).
@@ -154,8 +153,9 @@ def verify_bundle(
         The bundle file's bytes.
     trust : Trust
         The keys the buyer holds.
-    model : bytes, optional
-        The model file (a model blob): it must hash to the bundle's model.
+    model_hash : str, optional
+        The SHA-256 (hex) of the model file (a model blob) the buyer holds:
+        it must be the bundle's model hash.
     witnessed : WitnessRule, optional
         Demand a quorum of the policy's witnesses on the main chain's own
         checkpoint (recent, with ``max_age``): the anchoring main chain was
@@ -174,21 +174,20 @@ def verify_bundle(
         )
     try:
         bundle = _fields(parse_canonical(data, 2), _TOP, "bundle")
-    except (NotCanonical, RecursionError) as exc:
+    except NotCanonical as exc:
         raise BundleMalformed(f"not a canonical provenance bundle: {exc}") from None
     if bundle["format"] != BUNDLE_FORMAT:
         raise BundleMalformed(f"the bundle's format is not {BUNDLE_FORMAT!r}")
-    model_hash = bundle["model_hash"]
-    if not is_hex(model_hash, 64):
+    claimed = bundle["model_hash"]
+    if not is_hex(claimed, 64):
         raise BundleMalformed("the bundle's model_hash is not a SHA-256 hex digest")
     checked = []
-    if model is not None:
-        actual = hashlib.sha256(model).hexdigest()
-        if actual != model_hash:
+    if model_hash is not None:
+        if model_hash != claimed:
             raise ProvenanceError(
-                f"the model file hashes to {actual}; the bundle is about {model_hash}"
+                f"the model file hashes to {model_hash}; the bundle is about {claimed}"
             )
-        checked.append(f"the model file hashes to {model_hash}")
+        checked.append(f"the model file hashes to {claimed}")
     parts = training_fields(_TRAINING, bundle["training"])
     training = _fields(bundle["training"], parts, "training part")
     anchor_proof = _fields(bundle["anchor"], _ANCHOR, "anchor part")
@@ -250,7 +249,7 @@ def verify_bundle(
             block,
             None if parent is None else parent.encode("utf-8"),
             genesis,
-            model_hash,
+            claimed,
             trust.pool,
         )
         headers = check_bundle_quorum(
@@ -281,11 +280,11 @@ def verify_bundle(
     checked.extend(training_lines(found, origin, log_key, trust))
     if headers is not None:
         checked.append(headers.line(found.height))
-    missing = (NO_MODEL_FILE,) if model is None else ()
+    missing = (NO_MODEL_FILE,) if model_hash is None else ()
     return ProvenanceReport(
         origin,
         found,
-        model_hash,
+        claimed,
         tuple(checked),
         (*missing, *not_checked(NOT_CHECKED, headers)),
     )

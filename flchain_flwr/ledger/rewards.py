@@ -17,7 +17,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from .blocks import node_key
+from .blocks import entries_problem, node_key
 
 
 def contributions(
@@ -64,15 +64,18 @@ def contribution_problem(body: Mapping[str, Any]) -> str | None:
     """Why a block body's contributions could not have come from
     :func:`contributions` over its included set, or ``None``.
 
-    Each contribution is a JSON object naming an included node (a node id
-    :func:`~.blocks.node_key` reads; at most as many contributions per node
-    as it has included updates); each of its numbers present is finite and in
-    [0, 1], and its score is at most ``data_share * relevance``.
+    The body's included set and contributions must be JSON arrays of
+    objects (:func:`~.blocks.entries_problem`). Each contribution names an
+    included node (a node id :func:`~.blocks.node_key` reads; at most as many
+    contributions per node as it has included updates); each of its numbers
+    present is finite and in [0, 1], and its score is at most
+    ``data_share * relevance``.
     """
-    entries = body.get("contributions", [])
-    if any(not isinstance(c, Mapping) for c in entries):
-        return "a contribution is not a JSON object"
-    keys = (node_key(u.get("node_id")) for u in body.get("included", []))
+    problem = entries_problem(body, ("included", "contributions"))
+    if problem is not None:
+        return problem
+    entries = body["contributions"]
+    keys = (node_key(u.get("node_id")) for u in body["included"])
     included: Counter[int | None] = Counter(k for k in keys if k is not None)
     for c in entries:
         if node_key(c.get("node_id")) not in included:

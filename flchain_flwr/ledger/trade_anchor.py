@@ -21,7 +21,7 @@ from .anchoring import WitnessClient, collect_cosignatures
 from .checkpoint import CheckpointError, open_checkpoint
 from .mainchain import MainChain
 from .maindb import AnchorRefused
-from .notes import NoteError, SignedNote, parse_note
+from .notes import NoteError, SignedNote, read_note
 from .rfc6962 import HashTree
 from .trading import TradingChain
 
@@ -42,7 +42,7 @@ def cosign_trading_checkpoint(
     if key is None:
         raise AnchorRefused(f"{chain.path} has no entries: nothing to anchor")
     try:
-        note = parse_note(chain.checkpoint_path.read_bytes())
+        note = read_note(chain.checkpoint_path)
         checkpoint, _ = open_checkpoint(note, [key])
     except (OSError, NoteError, CheckpointError) as exc:
         raise AnchorRefused(

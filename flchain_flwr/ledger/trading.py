@@ -38,6 +38,7 @@ from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey
+from .sqlschema import foreign_schema
 from .trade_entry import (
     ENTRY_FORMAT,
     TradeEntry,
@@ -91,6 +92,10 @@ class TradingChain:
         try:
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+            foreign = foreign_schema(self.db)  # before anything reads a table
+            if foreign is not None:
+                self.db.close()
+                raise LedgerError(f"{self.path} is not a trading chain: {foreign}")
             if not tables and chain_id is not None:
                 ledger_origin(chain_id)  # a usable origin, or CheckpointError
                 self.db.execute("BEGIN IMMEDIATE")

@@ -15,7 +15,7 @@ from .checkpoint import ORIGIN_PREFIX, CheckpointError, open_checkpoint
 from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import parse_trusted_key
 from .ledgerdb import get_meta, rows
-from .notes import NoteError, VerifierKey
+from .notes import NoteError, VerifierKey, read_note
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -44,6 +44,8 @@ class VerifyReport:
     """How a PoV chain's headers were signed ("": not a PoV chain)."""
     equivocations: tuple[str, ...] = ()
     """Equivocation evidence the chain's blocks carry (each settled)."""
+    models: bool = True
+    """Whether the model, server-state and update payload blobs were hashed."""
 
     def __str__(self) -> str:
         if not self.ok:
@@ -70,6 +72,8 @@ class VerifyReport:
             line += f"\nheaders: {self.headers}"
         for finding in self.equivocations:
             line += f"\nequivocation: {finding}"
+        if not self.models:
+            line += "\nmodel blobs: not checked (--no-models)"
         head = f"head: block {self.blocks - 1}, hash {self.head}" if self.blocks else ""
         anchor = self.anchor or (
             "self-consistent; no trusted anchor given (anyone can write a ledger "
@@ -226,6 +230,7 @@ def verify_ledger(
         committee_kind=chain.committee_kind,
         headers=_headers_line(chain, count),
         equivocations=tuple(chain.evidence),
+        models=check_models,
     )
 
 
@@ -235,11 +240,9 @@ def _check_checkpoint(
     """Check the signed checkpoint at ``path`` against ``signer`` and the
     ledger's block hashes; its size, or ``CheckpointMismatch`` saying why not."""
     try:
-        note = path.read_bytes()
+        found, _ = open_checkpoint(read_note(path), [signer])
     except OSError as exc:
         raise CheckpointMismatch(f"cannot be read: {exc.strerror or exc}") from None
-    try:
-        found, _ = open_checkpoint(note, [signer])
     except NoteError as exc:
         raise CheckpointMismatch(f"not signed by {signer.encode()}: {exc}") from None
     except CheckpointError as exc:
