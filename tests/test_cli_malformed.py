@@ -26,6 +26,7 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main
 from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger.merkle import MalformedProof, parse_proof
 from flchain_flwr.ledger.notes import VerifierKey
 from flchain_flwr.ledger.trading import TradingChain
 
@@ -249,3 +250,20 @@ def test_verify_no_models_says_the_models_were_not_checked(tmp_path: Path) -> No
     assert code == 0 and "model blobs: not checked (--no-models)" in out, out
     code, out = flchain("ledger", "verify", str(path))
     assert code == 1 and "does not hash to its name" in out
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"kind": "inclusion", "kind": "consistency"}', "appears twice"),
+        ('{"size": NaN}', "NaN is not a JSON value"),
+        ('{"size": [-Infinity]}', "-Infinity is not a JSON value"),
+    ],
+)
+def test_a_proof_other_json_readers_would_read_otherwise_is_malformed(
+    text: str, why: str
+) -> None:
+    with pytest.raises(MalformedProof, match=why):
+        parse_proof(text)
+    with pytest.raises(MalformedProof, match=why):
+        parse_proof(text.encode())

@@ -91,7 +91,9 @@ def parse_proof(text: str | bytes) -> dict[str, Any]:
     A proof longer than :data:`MAX_PROOF_BYTES` (read it with
     :func:`~.inputfile.read_head`), or nesting deeper than
     :data:`MAX_PROOF_DEPTH`, is refused here, so nothing that later walks the
-    proof can run out of memory or stack.
+    proof can run out of memory or stack; so are a key repeated in one object
+    and ``NaN`` or ``Infinity``, which other JSON readers take otherwise or
+    not at all.
     """
     size = len(text if isinstance(text, bytes) else text.encode("utf-8", "replace"))
     if size > MAX_PROOF_BYTES:
@@ -102,7 +104,9 @@ def parse_proof(text: str | bytes) -> dict[str, Any]:
         except UnicodeDecodeError as exc:
             raise MalformedProof(f"not UTF-8 text ({exc})") from None
     try:
-        value = json.loads(text)
+        value = json.loads(
+            text, object_pairs_hook=_object_once, parse_constant=_not_json
+        )
     except RecursionError:
         raise MalformedProof(
             f"JSON nested deeper than {MAX_PROOF_DEPTH} levels"
@@ -116,6 +120,23 @@ def parse_proof(text: str | bytes) -> dict[str, Any]:
     if _nests_deeper_than(value, MAX_PROOF_DEPTH):
         raise MalformedProof(f"JSON nested deeper than {MAX_PROOF_DEPTH} levels")
     return value
+
+
+def _object_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose every key appears once: one that repeats a key
+    reads differently in other parsers (the first or the last wins)."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise MalformedProof(f"the key {key[:40]!r} appears twice in one object")
+        value[key] = item
+    return value
+
+
+def _not_json(name: str) -> None:
+    """``NaN``, ``Infinity`` and ``-Infinity``, which Python's reader takes
+    but JSON has not."""
+    raise MalformedProof(f"{name} is not a JSON value")
 
 
 def proof_field(proof: Mapping[str, Any], name: str, expected: type) -> Any:
