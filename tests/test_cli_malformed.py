@@ -209,6 +209,65 @@ def test_verify_refuses_body_entries_that_are_not_arrays_of_objects(
     assert all(share["blocks"] <= 3 for share in json.loads(out))
 
 
+WRONG_INCLUDED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
+    "num_examples text": (lambda u: u.update(num_examples="10"), "num_examples"),
+    "num_examples < 0": (lambda u: u.update(num_examples=-5), "num_examples"),
+    "weight text": (lambda u: u.update(weight="1.0"), "weight"),
+    "weight true": (lambda u: u.update(weight=True), "weight"),
+    "weight < 0": (lambda u: u.update(weight=-0.5), "weight"),
+    "staleness text": (lambda u: u.update(staleness="0"), "staleness"),
+    "staleness 0.5": (lambda u: u.update(staleness=0.5), "staleness"),
+    "trained_on text": (lambda u: u.update(trained_on="2"), "trained_on"),
+    "node_id not an id": (lambda u: u.update(node_id="node-10"), "node_id"),
+}
+"""An included update's recorded numbers no writer records: plain ``verify``
+said ``ok`` to each (only ``--replay`` looked at them, and a PoV check read
+``"10"`` as 10)."""
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_INCLUDED))
+def test_verify_refuses_included_updates_whose_numbers_are_not_numbers(
+    tmp_path: Path, case: str
+) -> None:
+    change, field = WRONG_INCLUDED[case]
+    path = tmp_path / "chain.db"
+    build_ledger(path, blocks=5).close()
+    resign(path, 3, lambda _, body: change(body["included"][1]))
+    for trusted in ([], ["--trusted-key", TRUSTED]):
+        code, out = flchain("ledger", "verify", str(path), *trusted)
+        assert code == 1 and out.startswith("FAILED at block 3: "), out
+        assert f"included update 1: {field}" in out, out
+
+
+@pytest.mark.parametrize("case", sorted(WRONG_INCLUDED))
+def test_the_writer_refuses_included_updates_verify_refuses(
+    tmp_path: Path, case: str
+) -> None:
+    change, field = WRONG_INCLUDED[case]
+    path = tmp_path / "chain.db"
+    build_ledger(path, blocks=2).close()
+    update = {
+        "node_id": 10,
+        "digest": digest_of(900),
+        "trained_on": 1,
+        "staleness": 0,
+        "weight": 1.0,
+        "num_examples": 5,
+    }
+    change(update)
+    with Ledger(path, signing_key=LEADER_KEY) as ledger:
+        with pytest.raises(ValueError, match=f"included update 0: {field}"):
+            ledger.append(
+                model={},
+                model_version=2,
+                base_version=1,
+                config_digest="c" * 64,
+                included=[update],
+                sim_time=2.0,
+            )
+        assert len(ledger) == 2
+
+
 def test_the_writer_refuses_what_verify_refuses(tmp_path: Path) -> None:
     path = tmp_path / "chain.db"
     build_ledger(path, blocks=2).close()

@@ -12,8 +12,19 @@ import pytest
 from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Ledger
-from flchain_flwr.ledger.canonical import encode, parse_canonical
+from flchain_flwr.ledger.canonical import (
+    BODY_TAG,
+    HEADER_TAG,
+    encode,
+    parse_canonical,
+    sha256_hex,
+)
 from flchain_flwr.ledger.provenance import ProvenanceError, verify_bundle
+from flchain_flwr.ledger.provenance_block import (
+    BlockCheckFailed,
+    StoredBlock,
+    check_training_block,
+)
 from flchain_flwr.ledger.statements import header_statement, sign_statement
 
 from .test_provenance import Run, run  # noqa: F401  (the module's fixture)
@@ -138,3 +149,31 @@ def test_a_quorum_resigned_without_replay_passes_and_says_none_replayed(
     report = str(verify_bundle(_with(run, resigned), run.trust()))
     assert "0 of them say they recomputed the model" in report
     assert "no signer says it replayed" in report
+
+
+def test_a_committee_block_whose_examples_are_text_fails(run: Run) -> None:  # noqa: F811
+    """An included update's ``num_examples`` as text (``"5"``): the shares the
+    votes were judged at read it as 5, so the votes still held; the block is
+    not what any writer records (``verify`` fails it the same way)."""
+    training = _bundle(run)["training"]
+    block = StoredBlock(
+        *(str(training["block"][n]).encode() for n in ("header", "body")),
+        str(training["block"]["signature"]),
+    )
+    genesis = StoredBlock(
+        *(str(training["genesis"][n]).encode() for n in ("header", "body")),
+        str(training["genesis"]["signature"]),
+    )
+    parent = str(training["parent_header"]).encode()
+    header, body = parse_canonical(block.header, 2), parse_canonical(block.body, 2)
+    model, committee = header["model_hash"], body["committee"]
+    check_training_block(block, parent, genesis, model, ())  # as recorded: fine
+    update = body["included"][0]
+    update["num_examples"] = str(update["num_examples"])
+    forged_body = encode(2, body)
+    header["body_hash"] = sha256_hex(BODY_TAG, forged_body)
+    forged_header = encode(2, header)
+    signature = _keys(run)[committee[0]].sign(HEADER_TAG + forged_header)
+    forged = StoredBlock(forged_header, forged_body, signature.signature.hex())
+    with pytest.raises(BlockCheckFailed, match="included update 0: num_examples"):
+        check_training_block(forged, parent, genesis, model, ())

@@ -25,7 +25,14 @@ import numpy as np
 from flwr.app import RecordDict
 from flwr.supercore import log
 
-from .blocks import Block, BlockSigner, LedgerError, header_problem
+from .blocks import (
+    Block,
+    BlockSigner,
+    LedgerError,
+    header_problem,
+    ids_as_text,
+    included_problem,
+)
 from .canonical import encode_round_trip
 from .checkpoint import CheckpointError
 from .checkpointwriter import CheckpointWriter
@@ -70,9 +77,10 @@ def append_aggregation(
         "base_version": base_version,
         "config_digest": config_digest,
     }
-    problem = header_problem(fields)  # what verify would refuse
+    # what verify would refuse (node ids checked as format 2 stores them)
+    problem = header_problem(fields) or included_problem(ids_as_text(included))
     if problem is not None:
-        raise ValueError(f"the block's header would not verify: {problem}")
+        raise ValueError(f"the block would not verify: {problem}")
     if config is not None and ledger.config_digest(config) != config_digest:
         raise ValueError("config does not hash to config_digest")
     if payloads is not None and len(payloads) != len(included):

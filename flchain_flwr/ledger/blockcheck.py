@@ -16,6 +16,7 @@ from .blocks import (
     digest_of,
     entries_problem,
     header_problem,
+    included_problem,
     is_hex,
     parse_block,
 )
@@ -236,7 +237,8 @@ def _check_entries(body: Mapping[str, Any]) -> str | None:
     """Why a body's included set, rejections or contributions (each a JSON
     array of objects, :func:`entries_problem`) are inconsistent, or ``None``:
     a digest that is not lower-case SHA-256 hex, an update digest included
-    twice, or contributions :func:`contribution_problem` refuses."""
+    twice, an included update's values :func:`included_problem` refuses, or
+    contributions :func:`contribution_problem` refuses."""
     seen: set[str] = set()
     for update in body["included"]:
         digest = update["digest"]
@@ -251,5 +253,8 @@ def _check_entries(body: Mapping[str, Any]) -> str | None:
                 f"rejected digest {str(entry['digest'])[:70]!r} is not lower-case "
                 "SHA-256 hex"
             )
+    problem = included_problem(body["included"])
+    if problem is not None:
+        return problem
     problem = contribution_problem(body)
     return None if problem is None else f"contributions: {problem}"

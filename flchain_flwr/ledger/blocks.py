@@ -8,10 +8,10 @@ same bytes. The header's ``format`` names the encoding of both
 one. Format 2 stores node ids as decimal strings (RFC 8785 numbers are
 doubles; Flower's node ids are 64-bit): :func:`ids_as_text` writes them,
 :func:`node_key` reads either form. What every block's values are, whoever
-signed it, is here too (:func:`header_problem`, :func:`entries_problem`):
-the writer refuses and ``verify`` fails anything else. :class:`LedgerError`
-is what the ledger modules raise for a ledger that cannot be opened or used
-as asked.
+signed it, is here too (:func:`header_problem`, :func:`entries_problem`,
+:func:`included_problem`): the writer refuses and ``verify`` fails anything
+else. :class:`LedgerError` is what the ledger modules raise for a ledger that
+cannot be opened or used as asked.
 """
 
 from __future__ import annotations
@@ -185,6 +185,34 @@ def entries_problem(
             return f"{name}: not a JSON array"
         if not all(isinstance(entry, Mapping) for entry in body[name]):
             return f"{name}: an entry is not a JSON object"
+    return None
+
+
+def included_problem(included: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why an included update's recorded values are not what every writer
+    records, or ``None``: of its fields present, ``node_id`` is a node id
+    (:func:`node_key`), ``trained_on`` and ``staleness`` are non-negative
+    integers, ``weight`` and ``num_examples`` finite non-negative numbers
+    (what replay, PoV's shares and rewards compute with; a text ``"10"``
+    would read as 10 in one reader and fail in another)."""
+    for index, update in enumerate(included):
+        problem = None
+        if "node_id" in update and node_key(update["node_id"]) is None:
+            problem = _wrong(update, "node_id", "a node id")
+        for name in ("trained_on", "staleness"):
+            value = update.get(name, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                problem = problem or _wrong(update, name, "a non-negative integer")
+        for name in ("weight", "num_examples"):
+            value = update.get(name, 0)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not 0 <= value < math.inf  # False for NaN
+            ):
+                problem = problem or _wrong(update, name, "a finite number >= 0")
+        if problem is not None:
+            return f"included update {index}: {problem}"
     return None
 
 

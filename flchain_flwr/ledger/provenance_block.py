@@ -14,9 +14,10 @@ verified:
   hash and view, its first member signed the header, every vote is signed
   by a committee member for this chain, height, view, parent block, parent
   model and judging rule, judged at the share the block applies (before trust
-  weighting), and every included update has approvals from more than 2/3 of
-  the committee (counted among the pool keys the caller trusts, when it gives
-  any);
+  weighting; from included updates whose values are what every writer
+  records, :func:`~.blocks.included_problem`), and every included update has
+  approvals from more than 2/3 of the committee (counted among the pool keys
+  the caller trusts, when it gives any);
 - outside PoV: the publisher signed the block.
 
 Not checked (the bundle cannot): that the model is the aggregation of the
@@ -32,7 +33,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .blocks import BLOCK_FORMATS
+from .blocks import BLOCK_FORMATS, entries_problem, included_problem
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, parse_canonical, sha256_hex
 from .consensus import (
     PoVRules,
@@ -238,6 +239,11 @@ def _check_committee(
         votes_rules.digest,
         view,
     )
+    problem = entries_problem(body, ("included",)) or included_problem(
+        body["included"]
+    )
+    if problem is not None:
+        raise BlockCheckFailed(f"the block's included updates are malformed: {problem}")
     try:
         included = list(body["included"])
         shares = judged_shares(
