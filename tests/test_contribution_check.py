@@ -35,10 +35,7 @@ def _non_canonical_id(body: dict[str, Any]) -> None:
             lambda b: b.update(contributions={"10": 1}),
             "contributions: not a JSON array",
         ),
-        (
-            _non_canonical_id,
-            "credits node '010', which is not in the block's included set",
-        ),
+        (_non_canonical_id, "included update 0: node_id '010' is not a node id"),
     ],
 )
 def test_verify_and_rewards_refuse_the_same_forged_contributions(
