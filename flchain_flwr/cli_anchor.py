@@ -62,7 +62,7 @@ def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) ->
     kept = None
     if args.anchored_in is not None:
         try:
-            MainChain(args.anchored_in).close()
+            MainChain(args.anchored_in, read_only=True).close()
             kept = kept_checkpoint(args.main_checkpoint)
         except MainChainError as exc:
             return error(str(exc))
@@ -85,7 +85,7 @@ def cmd_verify_anchored(base: Command, args: argparse.Namespace, out: TextIO) ->
         return error(str(exc))
     rule = witness_rule(args)
     if report.ok and rule is not None:
-        with MainChain(args.anchored_in) as main:
+        with MainChain(args.anchored_in, read_only=True) as main:
             try:
                 main.verify(pinned=kept, witnessed=rule)
             except AnchorRefused as exc:

@@ -68,8 +68,9 @@ def guarded(command: Command) -> Command:
 
 
 def open_ledger(path: str) -> Ledger:
-    """The ledger at ``path``, which must exist."""
-    return Ledger(path, create=False)
+    """The ledger at ``path``, which must exist, open read-only: a command
+    that reads a ledger never changes it."""
+    return Ledger(path, read_only=True)
 
 
 def read_input(path: str, limit: int) -> bytes:

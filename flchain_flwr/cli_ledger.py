@@ -30,7 +30,7 @@ from .ledger import (
     check_proof,
     reward_shares,
 )
-from .ledger.inputfile import read_head
+from .ledger.inputfile import not_regular, read_head
 from .ledger.merkle import MAX_PROOF_BYTES, MalformedProof, parse_proof
 from .ledger.notes import MAX_NOTE_BYTES
 from .ledger.replay import replay
@@ -89,8 +89,12 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
-    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        return error(f"no checkpoint file at {args.checkpoint}")
+    if args.checkpoint is not None:
+        kind = not_regular(args.checkpoint)
+        if kind is not None:
+            return error(f"checkpoint {args.checkpoint}: not a regular file but {kind}")
+        if not Path(args.checkpoint).is_file():
+            return error(f"no checkpoint file at {args.checkpoint}")
     with open_ledger(args.ledger) as ledger:
         report = ledger.verify(
             trusted_key=args.trusted_key,
@@ -132,12 +136,13 @@ def cmd_check_proof(args: argparse.Namespace, out: TextIO) -> int:
         try:
             checkpoint = read_head(args.checkpoint, MAX_NOTE_BYTES)
         except OSError as exc:
-            return error(f"cannot read checkpoint {args.checkpoint}: {exc}")
+            why = exc.strerror or exc
+            return error(f"cannot read checkpoint {args.checkpoint}: {why}")
     name = "from stdin" if args.proof == "-" else args.proof
     try:
         text = read_input(args.proof, MAX_PROOF_BYTES)
     except OSError as exc:
-        return error(f"cannot read proof {name}: {exc}")
+        return error(f"cannot read proof {name}: {exc.strerror or exc}")
     try:
         statement = check_proof(
             parse_proof(text),

@@ -61,7 +61,7 @@ def cmd_main_init(args: argparse.Namespace, out: TextIO) -> int:
 
 @guarded
 def cmd_main_show(args: argparse.Namespace, out: TextIO) -> int:
-    with MainChain(args.main) as main:
+    with MainChain(args.main, read_only=True) as main:
         out.write(
             f"main chain {main.chain_id} ({main.public_key}): {len(main)} blocks, "
             f"quorum {main.policy.quorum} of {len(main.policy.witnesses)}\n"
@@ -76,7 +76,7 @@ def cmd_main_show(args: argparse.Namespace, out: TextIO) -> int:
 
 @guarded
 def cmd_main_verify(args: argparse.Namespace, out: TextIO) -> int:
-    with MainChain(args.main) as main:
+    with MainChain(args.main, read_only=True) as main:
         if args.main_key is not None and args.main_key != main.public_key:
             out.write(f"FAILED: the main chain's key is {main.public_key}\n")
             return EXIT_FAILED
@@ -96,7 +96,7 @@ def cmd_main_verify(args: argparse.Namespace, out: TextIO) -> int:
 
 @guarded
 def cmd_main_prove(args: argparse.Namespace, out: TextIO) -> int:
-    with MainChain(args.main) as main:
+    with MainChain(args.main, read_only=True) as main:
         proof = main.prove_anchor(args.height)
     out.write(json.dumps(proof, indent=2) + "\n")
     return EXIT_OK

@@ -22,7 +22,7 @@ from typing import Any, Final, TextIO
 from .cli_common import EXIT_FAILED, EXIT_OK, error, open_ledger
 from .cli_mainwit import add_witness_rule_options, witness_rule
 from .ledger.blocks import LedgerError
-from .ledger.inputfile import read_head
+from .ledger.inputfile import open_input, read_head
 from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.maindb import AnchorRefused, MainChainError
@@ -66,7 +66,7 @@ def _file_hash(path: str) -> str:
     more than :data:`MAX_MODEL_BYTES` (no more is read)."""
     hasher, size = hashlib.sha256(), 0
     try:
-        with open(path, "rb") as file:
+        with open_input(path) as file:
             while size <= MAX_MODEL_BYTES and (chunk := file.read(_CHUNK)):
                 hasher.update(chunk)
                 size += len(chunk)
@@ -90,7 +90,7 @@ def cmd_prove(args: argparse.Namespace, out: TextIO) -> int:
     """Write the provenance bundle of a model."""
     try:
         digest = _model_hash(args)
-        main = MainChain(args.main)
+        main = MainChain(args.main, read_only=True)
     except (OSError, ValueError, MainChainError) as exc:
         return error(str(exc))
     try:
@@ -152,7 +152,7 @@ def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
         trusted = (
             None if args.trusted_key is None else parse_verifier_key(args.trusted_key)
         )
-        chain = TradingChain(args.trade, create=False)
+        chain = TradingChain(args.trade, read_only=True)
     except (NoteError, LedgerError) as exc:
         return error(str(exc))
     with chain:

@@ -21,6 +21,7 @@ from .cli_common import (
     read_input,
     vkey,
 )
+from .ledger.notes import read_note
 from .ledger.rfc6962 import HashTree
 from .ledger.witness import CosignRequest, Witness
 from .ledger.witnessrequest import MAX_REQUEST_BYTES
@@ -45,7 +46,7 @@ def cmd_witness_add_log(args: argparse.Namespace, out: TextIO) -> int:
 @guarded
 def cmd_witness_request(args: argparse.Namespace, out: TextIO) -> int:
     with open_ledger(args.ledger) as ledger:
-        note = ledger.checkpoint_path.read_text(encoding="utf-8")
+        note = read_note(ledger.checkpoint_path).encode().decode("utf-8")
         hashes = ledger.block_hashes()
         if not args.old <= len(hashes):
             return error(f"--old {args.old} is above the ledger's {len(hashes)} blocks")

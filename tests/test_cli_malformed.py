@@ -126,8 +126,10 @@ def test_a_main_chain_with_an_endless_view_is_refused(tmp_path: Path) -> None:
         assert_refused(run_limited(*argv), "view")
 
 
-def test_endless_inputs_are_read_only_up_to_their_limit(tmp_path: Path) -> None:
-    """``/dev/zero`` never ends: each reader stops past its format's limit."""
+def test_huge_inputs_are_read_only_up_to_their_limit(tmp_path: Path) -> None:
+    """A file of 4 GiB: each reader stops past its format's limit (a device
+    that never ends, ``/dev/zero``, is not a regular file: refused unread,
+    tests/test_cli_inputs.py)."""
     ledger = tmp_path / "chain.db"
     build_ledger(ledger, blocks=3).close()
     proof = tmp_path / "proof.json"
@@ -141,15 +143,15 @@ def test_endless_inputs_are_read_only_up_to_their_limit(tmp_path: Path) -> None:
     sparse = tmp_path / "huge.checkpoint"  # 4 GiB that take no disk
     with sparse.open("wb") as file:
         file.truncate(4 << 30)
-    zero = "/dev/zero"
+    huge = str(sparse)
     cases = [
-        ["ledger", "check-proof", zero, "--trusted-key", TRUSTED],
-        ["ledger", "check-proof", str(proof), "--checkpoint", zero],
-        ["ledger", "verify", str(ledger), "--checkpoint", str(sparse)],
-        ["main", "check-proof", zero, "--main-key", vkey],
-        ["witness", "cosign", str(tmp_path / "w"), zero],
-        ["model", "verify", zero, "--trusted", f"main={vkey}"],
-        ["model", "verify", str(proof), "--trusted", f"@{zero}"],
+        ["ledger", "check-proof", huge, "--trusted-key", TRUSTED],
+        ["ledger", "check-proof", str(proof), "--checkpoint", huge],
+        ["ledger", "verify", str(ledger), "--checkpoint", huge],
+        ["main", "check-proof", huge, "--main-key", vkey],
+        ["witness", "cosign", str(tmp_path / "w"), huge],
+        ["model", "verify", huge, "--trusted", f"main={vkey}"],
+        ["model", "verify", str(proof), "--trusted", f"@{huge}"],
     ]
     for argv in cases:
         assert_refused(run_limited(*argv), "larger than")

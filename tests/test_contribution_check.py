@@ -60,7 +60,7 @@ def test_a_cosine_rounded_above_one_is_recorded_as_one(
 
     exact = np.linalg.norm
     monkeypatch.setattr(
-        rewards.np.linalg, "norm", lambda x, *a, **k: exact(x, *a, **k) * (1 - 1e-11)
+        np.linalg, "norm", lambda x, *a, **k: exact(x, *a, **k) * (1 - 1e-11)
     )
     delta = {"w": np.arange(1.0, 7.0)}
     (entry,) = rewards.contributions([5], [delta], [10.0], delta)

@@ -156,13 +156,13 @@ def test_a_committee_block_whose_examples_are_text_fails(run: Run) -> None:  # n
     votes were judged at read it as 5, so the votes still held; the block is
     not what any writer records (``verify`` fails it the same way)."""
     training = _bundle(run)["training"]
-    block = StoredBlock(
-        *(str(training["block"][n]).encode() for n in ("header", "body")),
-        str(training["block"]["signature"]),
-    )
-    genesis = StoredBlock(
-        *(str(training["genesis"][n]).encode() for n in ("header", "body")),
-        str(training["genesis"]["signature"]),
+    block, genesis = (
+        StoredBlock(
+            str(training[n]["header"]).encode(),
+            str(training[n]["body"]).encode(),
+            str(training[n]["signature"]),
+        )
+        for n in ("block", "genesis")
     )
     parent = str(training["parent_header"]).encode()
     header, body = parse_canonical(block.header, 2), parse_canonical(block.body, 2)

@@ -32,12 +32,14 @@ import json
 import sqlite3
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from ..configvalues import ConfigValue
 from ..ledger.consensus import block_view, select_committee
 from ..ledger.keys import load_or_create_key
+from ..ledger.sqlfile import connect
 from .loopback import LoopbackFederation
 from .scenario import Report, blocks_written, flchain, in_federation, scenario_main
 
@@ -47,7 +49,7 @@ def _chain(ledger: Path) -> list[tuple[int, str, str, int | None]]:
     if not ledger.exists():
         return []
     try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as db:
+        with closing(connect(ledger, read_only=True, timeout=5)) as db:
             rows = db.execute(
                 "SELECT height, hash, header, body FROM blocks ORDER BY height"
             ).fetchall()

@@ -15,10 +15,12 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..ledger.sqlfile import connect
 from .loopback import LoopbackFederation
 
 
@@ -52,7 +54,7 @@ def blocks_written(ledger: Path) -> int:
     if not ledger.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{ledger}?mode=ro", uri=True, timeout=5) as db:
+        with closing(connect(ledger, read_only=True, timeout=5)) as db:
             return int(db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0])
     except sqlite3.Error:
         return 0

@@ -53,7 +53,7 @@ def check_anchored(
     The report names the first anchored checkpoint the ledger contradicts.
     """
     try:
-        main = MainChain(main_path)
+        main = MainChain(main_path, read_only=True)
     except MainChainError as exc:
         return AnchoredReport(False, 0, str(exc))
     with main:

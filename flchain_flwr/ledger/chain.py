@@ -53,6 +53,7 @@ from .canonical import LATEST_FORMAT
 from .checkpoint import CheckpointError, ledger_origin
 from .checkpointwriter import CheckpointWriter
 from .headcheck import HeadCheck
+from .inputfile import not_regular
 from .keys import KeyFile, parse_trusted_key
 from .ledgerdb import make_folder_for, open_database
 from .ledgerreader import LedgerReader
@@ -91,7 +92,11 @@ class Ledger(LedgerReader):
         The encoding of a new ledger's blocks (an existing ledger keeps its own).
     create : bool (default: True)
         Create the ledger if the file does not exist; with ``False`` a missing
-        file is an error (what read-only tools want).
+        file is an error.
+    read_only : bool (default: False)
+        Only read the ledger (what reading tools want; implies ``create=False``):
+        the file is never written, nor is a ``-wal`` or ``-journal`` beside it
+        folded into it (see :mod:`.sqlfile`); :meth:`append` is refused.
     durable : bool (default: False)
         fsync blobs and use ``synchronous=FULL``: survive power loss, not just a
         killed process (which the default already survives).
@@ -108,12 +113,16 @@ class Ledger(LedgerReader):
         key_path: str | Path | None = None,
         checkpoint_path: str | Path | None = None,
         format_version: int = LATEST_FORMAT,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
+        self.read_only = read_only
+        create = create and not read_only
+        kind = not_regular(self.path)
+        if kind is not None:  # SQLite would wait forever on a FIFO
+            raise LedgerError(f"{self.path} is not a regular file but {kind}")
         if not create and not self.path.is_file():
             raise LedgerError(f"no ledger at {self.path}")
-        if self.path.is_dir():
-            raise LedgerError(f"{self.path} is a directory, not a ledger file")
         existed = self.path.exists()
         if not existed and chain_id is not None:  # before any folder is made
             try:
@@ -147,6 +156,7 @@ class Ledger(LedgerReader):
             durable=durable,
             chain_id=chain_id,
             format_version=format_version,
+            read_only=read_only,
         )
         """The chain id, and the encoding version of the blocks this ledger
         writes: the genesis block's (the metadata must agree with it)."""
@@ -241,6 +251,7 @@ class Ledger(LedgerReader):
         CheckpointNotWritten
             If the block is committed but writing its checkpoint failed.
         """
+        self._check_writable()
         return append_aggregation(
             self,
             self._checkpoints,
@@ -268,7 +279,12 @@ class Ledger(LedgerReader):
         after a restart (:mod:`flchain_flwr.pov.pending`; ``cosigner`` is a
         :class:`~.quorum.HeaderCosigner` naming the block's leader). ``LedgerError``
         if it does not extend the head."""
+        self._check_writable()
         return append_as_is(self, self._checkpoints, self._head_check, block, cosigner)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise LedgerError(f"{self.path} is open read-only: nothing is appended")
 
     # ---------------------------------------------------------------- verifying
     def trusted_verifier(self, key: str) -> VerifierKey:

@@ -5,8 +5,9 @@ by key (the ledger format, the chain id, the key of the leader who opened
 the chain), and ``blocks``, one row a block (height, hash, the canonical
 header and body bytes, the leader's signature). This module creates a new
 file (the folders above it, then schema and identity in one transaction),
-refuses an existing database that is not a ledger, or whose metadata
-contradicts its genesis block, and maps a ``blocks`` row to a
+opens an existing one, read-only for a reader (:mod:`.sqlfile`), refuses
+one that is not a ledger, or whose metadata contradicts its genesis block,
+and maps a ``blocks`` row to a
 :class:`~.blocks.Block`. SQLite's errors while reading become a
 :class:`~.blocks.LedgerError` naming the file. :class:`~.chain.Ledger` is
 built on these functions.
@@ -32,6 +33,7 @@ from .blocks import (
     parse_block,
 )
 from .canonical import NotCanonical, parse_json
+from .sqlfile import connect, sqlite_message, unreadable
 from .sqlschema import foreign_schema
 
 MAX_HEIGHT: Final = 2**63 - 1
@@ -53,15 +55,6 @@ CREATE TABLE IF NOT EXISTS blocks (
     signature TEXT NOT NULL
 );
 """
-
-
-def sqlite_message(exc: Exception) -> str:
-    """SQLite's error message. Python's sqlite3 raises ``UnicodeDecodeError``
-    instead when that message is not UTF-8 itself (it quotes a damaged
-    schema): then its bytes, the undecodable ones replaced."""
-    if isinstance(exc, UnicodeDecodeError) and isinstance(exc.object, bytes):
-        return exc.object.decode("utf-8", "replace")
-    return str(exc)
 
 
 def make_folder_for(path: Path) -> None:
@@ -95,54 +88,94 @@ def open_database(
     durable: bool,
     chain_id: str | None,
     format_version: int,
+    read_only: bool = False,
 ) -> tuple[sqlite3.Connection, str, int]:
-    """Open (or, if empty and ``create``, initialise) the ledger at ``path``.
+    """Open (or, if empty and ``create``, initialise) the ledger at ``path``;
+    with ``read_only``, without ever writing it (:func:`~.sqlfile.connect`).
 
     Returns the connection, the stored chain id and the ledger's format
-    version; ``chain_id``, if given, must be the stored one.
+    version; ``chain_id``, if given, must be the stored one. The connection
+    is closed again if the ledger is refused.
 
     Raises
     ------
     OSError
         If a new file cannot be created.
     LedgerError
-        If the file is not a flchain ledger, is damaged, holds another chain,
-        or its metadata contradicts its genesis block.
+        If the file is not a flchain ledger, is damaged, cannot be read,
+        holds another chain, or its metadata contradicts its genesis block.
     """
     try:
-        db = sqlite3.connect(path, isolation_level=None, timeout=30.0)
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
-        db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        db = connect(path, read_only=read_only)
+    except sqlite3.Error as exc:
+        raise _open_error(path, existed, exc) from None
+    try:
+        tables = _tables(db, path, existed)
+        if not read_only:
+            db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        if not tables:
+            if not create:
+                raise LedgerError(f"{path} is not a flchain ledger (empty file)")
+            _initialise(db, chain_id, format_version)
+        stored, version = _identity(db, path, tables, chain_id)
+    except BaseException:
+        db.close()
+        raise
+    return db, stored, version
+
+
+def _tables(db: sqlite3.Connection, path: Path, existed: bool) -> set[str]:
+    """The names in the file's schema: SQLite's first read of it, which
+    says whether it is an SQLite database at all."""
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master")}
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
-        if not existed:
-            raise OSError(f"cannot create the ledger {path}: {exc}") from None
-        raise LedgerError(
-            f"{path} is not a flchain ledger ({sqlite_message(exc)})"
-        ) from None
-    if not tables:
-        if not create:
-            raise LedgerError(f"{path} is not a flchain ledger (empty file)")
-        db.execute("PRAGMA journal_mode=WAL")  # persistent in the file
-        db.execute("BEGIN IMMEDIATE")  # schema and identity: all or nothing
-        try:
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            set_meta(db, "format", f"flchain-ledger/{format_version}")
-            set_meta(db, "chain_id", chain_id or uuid.uuid4().hex)
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+        raise _open_error(path, existed, exc) from None
+
+
+def _open_error(path: Path, existed: bool, exc: Exception) -> Exception:
+    """What SQLite refusing to open the file at ``path``, or to read its
+    schema, means: a new file cannot be created (``OSError``); an existing
+    one cannot be read (:func:`~.sqlfile.unreadable`) or is not a ledger at
+    all (``LedgerError``)."""
+    if not existed:
+        return OSError(f"cannot create the ledger {path}: {exc}")
+    if unreadable(exc):
+        return LedgerError(f"cannot read the ledger {path}: {sqlite_message(exc)}")
+    return LedgerError(f"{path} is not a flchain ledger ({sqlite_message(exc)})")
+
+
+def _initialise(
+    db: sqlite3.Connection, chain_id: str | None, format_version: int
+) -> None:
+    """Write a new ledger's schema and identity, in WAL mode."""
+    db.execute("PRAGMA journal_mode=WAL")  # persistent in the file
+    db.execute("BEGIN IMMEDIATE")  # schema and identity: all or nothing
+    try:
+        for statement in filter(str.strip, _SCHEMA.split(";")):
+            db.execute(statement)
+        set_meta(db, "format", f"flchain-ledger/{format_version}")
+        set_meta(db, "chain_id", chain_id or uuid.uuid4().hex)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+def _identity(
+    db: sqlite3.Connection, path: Path, tables: set[str], chain_id: str | None
+) -> tuple[str, int]:
+    """The stored chain id and format version of the ledger, checked: a
+    ledger's schema, the chain id asked for, and a genesis block of the
+    format the metadata names."""
     try:  # SQLite's own errors: a damaged file, text that is not UTF-8
         problem = _not_a_ledger(db, tables) if tables else None
         stored = None if problem else get_meta(db, "chain_id")
     except (sqlite3.Error, UnicodeDecodeError) as exc:
-        db.close()
         raise LedgerError(
             f"cannot read the ledger {path}: {sqlite_message(exc)}"
         ) from exc
     if problem is not None:
-        db.close()
         raise LedgerError(f"{path} is not a flchain ledger ({problem})")
     if stored is None:
         raise LedgerError(f"{path} has no chain id")
@@ -151,13 +184,12 @@ def open_database(
     version = LEDGER_FORMATS[str(get_meta(db, "format"))]
     genesis = _genesis_format(db)
     if genesis is not None and genesis != version:
-        db.close()
         raise LedgerError(
             f"{path}: its metadata says flchain-ledger/{version}"
             f" but its genesis block is flchain-block/{genesis}: the metadata "
             "was changed (a format downgrade?); refusing to open it"
         )
-    return db, stored, version
+    return stored, version
 
 
 def _genesis_format(db: sqlite3.Connection) -> int | None:

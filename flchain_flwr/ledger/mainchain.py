@@ -35,6 +35,7 @@ from nacl.signing import SigningKey
 
 from .anchorblock import AnchorBlock, AnchorError, AnchorPolicy
 from .checkpoint import Checkpoint, LogFrontier, sign_checkpoint, write_checkpoint
+from .inputfile import not_regular
 from .maindb import (
     AnchorRefused,
     MainChainError,
@@ -69,6 +70,10 @@ class MainChain:
     witnesses : Sequence[WitnessClient], optional
         The policy's witnesses: after each anchor they are asked to cosign
         the main chain's own checkpoint (:meth:`cosign_checkpoint`).
+    read_only : bool (default: False)
+        Only read the main chain (what reading tools want): the file is never
+        written, nor is a ``-wal`` beside it folded into it (see
+        :mod:`.sqlfile`).
     """
 
     def __init__(
@@ -78,28 +83,37 @@ class MainChain:
         signing_key: SigningKey | None = None,
         checkpoint_path: str | Path | None = None,
         witnesses: Sequence[WitnessClient] = (),
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
         self.witnesses = list(witnesses)
         self.witness_refusals: list[str] = []
         self._sizes: dict[int, int] = {}
+        kind = not_regular(self.path)
+        if kind is not None:  # SQLite would wait forever on a FIFO
+            raise MainChainError(f"{self.path} is not a regular file but {kind}")
         if not self.path.is_file():
             raise MainChainError(f"no main chain at {self.path}")
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
-        self.db, self.chain_id, self.public_key, genesis = open_main_db(self.path)
-        if (
-            signing_key is not None
-            and bytes(signing_key.verify_key) != self.public_key.public_key
-        ):
-            self.db.close()
-            raise MainChainError(f"{self.path}: that is not the main chain's key")
-        self._signing_key = signing_key
+        self.db, self.chain_id, self.public_key, genesis = open_main_db(
+            self.path, read_only=read_only
+        )
         try:
-            self.policy = AnchorPolicy.from_json(genesis.fields["policy"])
-        except AnchorError as exc:
-            raise MainChainError(f"{self.path}: genesis policy: {exc}") from None
+            if (
+                signing_key is not None
+                and bytes(signing_key.verify_key) != self.public_key.public_key
+            ):
+                raise MainChainError(f"{self.path}: that is not the main chain's key")
+            try:
+                self.policy = AnchorPolicy.from_json(genesis.fields["policy"])
+            except AnchorError as exc:
+                raise MainChainError(f"{self.path}: genesis policy: {exc}") from None
+        except BaseException:
+            self.db.close()
+            raise
+        self._signing_key = signing_key
 
     @classmethod
     def create(
@@ -120,7 +134,11 @@ class MainChain:
         """
         create_main_db(Path(path), chain_id, policy, signing_key)
         chain = cls(path, signing_key=signing_key, checkpoint_path=checkpoint_path)
-        chain._write_checkpoint()
+        try:
+            chain._write_checkpoint()
+        except BaseException:
+            chain.close()
+            raise
         return chain
 
     # ----------------------------------------------------------------- reading

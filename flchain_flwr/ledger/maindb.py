@@ -30,6 +30,7 @@ from .anchorblock import (
 )
 from .checkpoint import Checkpoint, ledger_origin
 from .notes import SignedNote, VerifierKey
+from .sqlfile import connect, sqlite_message, unreadable
 from .sqlschema import foreign_schema
 
 MAIN_FORMAT: Final = "flchain-main/1"
@@ -91,19 +92,22 @@ def create_main_db(
 
 
 def open_main_db(
-    path: Path,
+    path: Path, *, read_only: bool = False
 ) -> tuple[sqlite3.Connection, str, VerifierKey, AnchorBlock]:
     """Open the main chain at ``path``: its connection, chain id, public key
-    (named after its origin) and genesis block.
+    (named after its origin) and genesis block; with ``read_only``, without
+    ever writing it (:func:`~.sqlfile.connect`).
 
     Raises
     ------
     MainChainError
-        If the file is not a main chain (the connection is closed again).
+        If the file is not a main chain or cannot be read (the connection is
+        closed again).
     """
-    db = sqlite3.connect(  # used by one thread at a time, any thread
-        path, isolation_level=None, timeout=30.0, check_same_thread=False
-    )
+    try:  # used by one thread at a time, any thread
+        db = connect(path, read_only=read_only, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise MainChainError(f"cannot read the main chain {path}: {exc}") from None
     try:
         foreign = foreign_schema(db)  # before anything reads a table
         if foreign is not None:
@@ -116,7 +120,14 @@ def open_main_db(
         genesis = block_at(db, 0)
     except (sqlite3.Error, MainChainError, KeyError, ValueError) as exc:
         db.close()
+        if unreadable(exc):
+            raise MainChainError(
+                f"cannot read the main chain {path}: {sqlite_message(exc)}"
+            ) from None
         raise MainChainError(f"{path} is not a main chain ({exc})") from None
+    except BaseException:
+        db.close()
+        raise
     return db, chain_id, public_key, genesis
 
 

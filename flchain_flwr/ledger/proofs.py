@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .blocks import LedgerError, is_hex
 from .checkpoint import parse_checkpoint
 from .merkle import consistency_proof, inclusion_proof
-from .notes import parse_note
+from .notes import read_note
 from .proof_quorum import quorum_proof_part
 
 if TYPE_CHECKING:
@@ -64,10 +64,11 @@ def _stored_checkpoint(ledger: Ledger, blocks: int) -> tuple[str | None, int]:
     is a checkpoint of at most ``blocks`` blocks, else ``(None, 0)`` (its
     signature and root are for the proof's checker to check)."""
     try:
-        text = ledger.checkpoint_path.read_text(encoding="utf-8")
-        found = parse_checkpoint(parse_note(text).text)
-    except (OSError, ValueError):  # missing, unreadable, not a checkpoint
+        note = read_note(ledger.checkpoint_path)
+        found = parse_checkpoint(note.text)
+    except (OSError, ValueError):  # missing, not a file, unreadable, not one
         return None, 0
+    text = note.encode().decode("utf-8")
     return (text, found.size) if found.size <= blocks else (None, 0)
 
 

@@ -239,9 +239,7 @@ def _check_committee(
         votes_rules.digest,
         view,
     )
-    problem = entries_problem(body, ("included",)) or included_problem(
-        body["included"]
-    )
+    problem = entries_problem(body, ("included",)) or included_problem(body["included"])
     if problem is not None:
         raise BlockCheckFailed(f"the block's included updates are malformed: {problem}")
     try:

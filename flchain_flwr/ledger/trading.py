@@ -35,9 +35,11 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .checkpointcheck import CheckpointMismatch, check_against_ledger
+from .inputfile import not_regular
 from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey
+from .sqlfile import connect, sqlite_message, unreadable
 from .sqlschema import foreign_schema
 from .trade_entry import (
     ENTRY_FORMAT,
@@ -70,6 +72,10 @@ class TradingChain:
         Where each append writes the signed checkpoint (``<path>.checkpoint``).
     create : bool (default: True)
         With ``False`` a missing file is an error.
+    read_only : bool (default: False)
+        Only read the chain (what reading tools want; implies ``create=False``):
+        the file is never written, nor is a ``-journal`` beside it rolled back
+        into it (see :mod:`.sqlfile`).
     """
 
     def __init__(
@@ -80,25 +86,56 @@ class TradingChain:
         signing_key: SigningKey | None = None,
         checkpoint_path: str | Path | None = None,
         create: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path).resolve()
+        self.read_only = read_only
+        kind = not_regular(self.path)
+        if kind is not None:  # SQLite would wait forever on a FIFO
+            raise LedgerError(f"{self.path} is not a regular file but {kind}")
+        create = create and not read_only
         if not self.path.is_file() and (not create or chain_id is None):
             raise LedgerError(f"no trading chain at {self.path}")
         self.checkpoint_path = Path(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
         )
         self._key = KeyFile.beside(self.path, signing_key)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not read_only:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
-            tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
-            foreign = foreign_schema(self.db)  # before anything reads a table
-            if foreign is not None:
-                self.db.close()
-                raise LedgerError(f"{self.path} is not a trading chain: {foreign}")
-            if not tables and chain_id is not None:
-                ledger_origin(chain_id)  # a usable origin, or CheckpointError
-                self.db.execute("BEGIN IMMEDIATE")
+            self.db = connect(self.path, read_only=read_only)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{self.path} is not a trading chain: {exc}") from None
+        try:
+            self.chain_id: str = self._identity(chain_id)
+            self.origin: str = ledger_origin(self.chain_id)
+        except (sqlite3.Error, CheckpointError) as exc:
+            self.db.close()
+            if unreadable(exc):
+                raise LedgerError(
+                    f"cannot read the trading chain {self.path}: {sqlite_message(exc)}"
+                ) from None
+            raise LedgerError(
+                f"{self.path} is not a trading chain: {sqlite_message(exc)}"
+            ) from None
+        except BaseException:
+            self.db.close()
+            raise
+        self._cached: tuple[tuple[int, str], TradeBook] | None = None
+        """The book after the entries it names (count, last hash): checked
+        once, extended by each append of this process."""
+
+    def _identity(self, chain_id: str | None) -> str:
+        """The stored chain id, once the file is checked to be a trading
+        chain (created first if it is empty and ``chain_id`` is given)."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master")}
+        foreign = foreign_schema(self.db)  # before anything reads a table
+        if foreign is not None:
+            raise LedgerError(f"{self.path} is not a trading chain: {foreign}")
+        if not tables and chain_id is not None:
+            ledger_origin(chain_id)  # a usable origin, or CheckpointError
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
                 for statement in _SCHEMA:
                     self.db.execute(statement)
                 self.db.execute(
@@ -106,20 +143,16 @@ class TradingChain:
                     (ENTRY_FORMAT, chain_id),
                 )
                 self.db.execute("COMMIT")
-                tables = {"meta", "entries"}
-            stored = self._meta("chain_id") if {"meta", "entries"} <= tables else None
-        except (sqlite3.Error, CheckpointError) as exc:
-            raise LedgerError(f"{self.path} is not a trading chain: {exc}") from None
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            tables = {"meta", "entries"}
+        stored = self._meta("chain_id") if {"meta", "entries"} <= tables else None
         if stored is None or self._meta("format") != ENTRY_FORMAT:
-            self.db.close()
             raise LedgerError(f"{self.path} is not a trading chain")
         if chain_id is not None and chain_id != stored:
             raise LedgerError(f"{self.path} holds chain {stored!r}, not {chain_id!r}")
-        self.chain_id: str = stored
-        self.origin: str = ledger_origin(stored)
-        self._cached: tuple[tuple[int, str], TradeBook] | None = None
-        """The book after the entries it names (count, last hash): checked
-        once, extended by each append of this process."""
+        return stored
 
     def close(self) -> None:
         """Close the database."""
@@ -151,8 +184,13 @@ class TradingChain:
         (:meth:`VerifierKey.encode`), so the market is its origin *and* its
         operator's key, and a statement signed for it cannot be replayed into
         another market of the same chain id. The key the file records, if
-        any (reading it loads no secret key), else the operator's own."""
-        return (self.recorded_verifier() or self.verifier).encode()
+        any (reading it loads no secret key), else the operator's own (none
+        when read-only: a chain that records no key has no entry to check,
+        and a reader creates no key beside it)."""
+        recorded = self.recorded_verifier()
+        if recorded is None and self.read_only:
+            return ""
+        return (recorded or self.verifier).encode()
 
     def recorded_verifier(self) -> VerifierKey | None:
         """The operator key the file records (at its first entry), without
