@@ -23,6 +23,8 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main
 from flchain_flwr.ledger import InvalidProof, Ledger, LedgerError, check_proof
+from flchain_flwr.ledger import verify as verify_module
+from flchain_flwr.ledger.blockcheck import check_block
 from flchain_flwr.ledger.canonical import (
     NotCanonical,
     canonical_json,
@@ -250,6 +252,28 @@ def test_verify_with_the_trusted_key_and_its_checkpoint(tmp_path: Path) -> None:
     assert code == 0 and "checkpoint" in text and ledger.block(4).hash in text
     vkey = VerifierKey(ledger.origin, bytes(LEADER_KEY.verify_key)).encode()
     assert ledger.verify(trusted_key=vkey).ok  # the same key as a vkey
+
+
+def test_verify_while_the_server_appends_checks_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A live writer commits a block and then writes its checkpoint while a
+    # reader verifies: the checkpoint verify uses must be one the blocks it
+    # checked hold, never one of blocks it did not check.
+    writer = build_ledger(tmp_path / "l.db")
+
+    def check_then_append(ledger: Any, row: Any, height: int, *args: Any) -> Any:
+        problem = check_block(ledger, row, height, *args)
+        if height == 4:  # the last block the reader sees: the writer appends
+            build_more(writer)
+        return problem
+
+    monkeypatch.setattr(verify_module, "check_block", check_then_append)
+    with Ledger(writer.path, read_only=True) as reader:
+        report = reader.verify(trusted_key=TRUSTED)
+    assert report.ok and report.blocks == 5, report
+    assert "covers the first 5 of the 5 blocks" in report.anchor
+    assert len(writer) == 6
 
 
 def test_a_ledger_rewritten_with_another_key_fails_against_the_trusted_key(

@@ -15,7 +15,7 @@ from .checkpoint import ORIGIN_PREFIX, CheckpointError, open_checkpoint
 from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import parse_trusted_key
 from .ledgerdb import get_meta, rows
-from .notes import NoteError, VerifierKey, read_note
+from .notes import NoteError, SignedNote, VerifierKey, read_note
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -109,7 +109,10 @@ def verify_ledger(
     signed checkpoint file held outside the ledger; with ``trusted_key``,
     the one at ``checkpoint_path`` if none is given) must be signed by the
     trusted key (else by the genesis leader: then the file itself is the
-    anchor) and the ledger's first ``size`` blocks must have its root.
+    anchor) and the ledger's first ``size`` blocks must have its root. The
+    checkpoint is read before the blocks and checked against the blocks
+    checked, which are read in one query: a ledger a live writer appends to
+    (each block committed before its checkpoint) is checked as one snapshot.
     On a PoV chain (the genesis body declares a verifier pool) every later
     block must be signed by the leader of the committee drawn from the
     previous block's hash, include updates only with a quorum of that
@@ -127,6 +130,9 @@ def verify_ledger(
     beside = False
     if checkpoint is None and anchor_key and ledger.checkpoint_path.is_file():
         checkpoint, beside = ledger.checkpoint_path, True
+    # Before the blocks: a writer commits a block before writing its checkpoint.
+    kept = None if checkpoint is None else _read_checkpoint(Path(checkpoint))
+    hashes: list[str] = []
     try:
         leader = (
             anchor_key.public_key.hex()
@@ -150,8 +156,8 @@ def verify_ledger(
                 height = row[0] if isinstance(row[0], int) else None
                 return VerifyReport(False, count, height, problem, leader or "")
             prev_hash = str(row[1])
+            hashes.append(prev_hash)
             count += 1
-        hashes = ledger.block_hashes() if checkpoint is not None else []
     except Exception as exc:  # an unreadable database is a finding, not a crash
         return VerifyReport(False, count, None, f"database unreadable: {exc!r}")
     anchor = ""
@@ -177,7 +183,7 @@ def verify_ledger(
             "ledger made before checkpoints), so no checkpoint is of it",
             leader or "",
         )
-    if checkpoint is not None:
+    if kept is not None:
         try:
             signer = anchor_key or VerifierKey(
                 ledger.origin, bytes.fromhex(leader or "")
@@ -187,7 +193,7 @@ def verify_ledger(
                 False, count, None, "no key to check the checkpoint's signature"
             )
         try:
-            size = _check_checkpoint(ledger, Path(checkpoint), signer, hashes)
+            size = _check_checkpoint(ledger, kept, signer, hashes)
         except CheckpointMismatch as exc:
             return VerifyReport(False, count, None, f"checkpoint {checkpoint}: {exc}")
         trust = (
@@ -234,15 +240,30 @@ def verify_ledger(
     )
 
 
-def _check_checkpoint(
-    ledger: Ledger, path: Path, signer: VerifierKey, hashes: Sequence[str]
-) -> int:
-    """Check the signed checkpoint at ``path`` against ``signer`` and the
-    ledger's block hashes; its size, or ``CheckpointMismatch`` saying why not."""
+def _read_checkpoint(path: Path) -> SignedNote | OSError | NoteError:
+    """The signed note at ``path``, or why it could not be read or parsed
+    (reported once the blocks are checked)."""
     try:
-        found, _ = open_checkpoint(read_note(path), [signer])
-    except OSError as exc:
-        raise CheckpointMismatch(f"cannot be read: {exc.strerror or exc}") from None
+        return read_note(path)
+    except (OSError, NoteError) as exc:
+        return exc
+
+
+def _check_checkpoint(
+    ledger: Ledger,
+    kept: SignedNote | OSError | NoteError,
+    signer: VerifierKey,
+    hashes: Sequence[str],
+) -> int:
+    """Check the signed checkpoint read (:func:`_read_checkpoint`) against
+    ``signer`` and the block hashes checked; its size, or
+    ``CheckpointMismatch`` saying why not."""
+    if isinstance(kept, OSError):
+        raise CheckpointMismatch(f"cannot be read: {kept.strerror or kept}")
+    try:
+        if isinstance(kept, NoteError):
+            raise kept
+        found, _ = open_checkpoint(kept, [signer])
     except NoteError as exc:
         raise CheckpointMismatch(f"not signed by {signer.encode()}: {exc}") from None
     except CheckpointError as exc:
