@@ -21,6 +21,7 @@ from .cli_common import (
     read_input,
     vkey,
 )
+from .ledger.checkpoint import CheckpointError, parse_checkpoint
 from .ledger.notes import read_note
 from .ledger.rfc6962 import HashTree
 from .ledger.witness import CosignRequest, Witness
@@ -46,12 +47,24 @@ def cmd_witness_add_log(args: argparse.Namespace, out: TextIO) -> int:
 @guarded
 def cmd_witness_request(args: argparse.Namespace, out: TextIO) -> int:
     with open_ledger(args.ledger) as ledger:
-        note = read_note(ledger.checkpoint_path).encode().decode("utf-8")
+        path = ledger.checkpoint_path
+        signed = read_note(path)
+        try:
+            size = parse_checkpoint(signed.text).size
+        except CheckpointError as exc:
+            return error(f"{path}: {exc}")
+        # Read after the checkpoint: a live writer may have committed more.
         hashes = ledger.block_hashes()
-        if not args.old <= len(hashes):
-            return error(f"--old {args.old} is above the ledger's {len(hashes)} blocks")
-        tree = HashTree(bytes.fromhex(digest) for digest in hashes)
-        proof = tuple(tree.consistency(args.old, len(hashes)))
+        if size > len(hashes):
+            return error(
+                f"the checkpoint {path} covers {size} blocks, the ledger holds "
+                f"{len(hashes)}"
+            )
+        if not args.old <= size:
+            return error(f"--old {args.old} is above the checkpoint's {size} blocks")
+        tree = HashTree(bytes.fromhex(digest) for digest in hashes[:size])
+        proof = tuple(tree.consistency(args.old, size))
+    note = signed.encode().decode("utf-8")
     out.write(CosignRequest(args.old, note, proof).encode().decode())
     return EXIT_OK
 

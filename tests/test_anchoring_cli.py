@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from flchain_flwr.cli import main as cli
+from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchoring import log_key_of
 
-from .ledger_helpers import build_ledger
+from .ledger_helpers import LEADER_KEY, build_ledger
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -95,6 +97,32 @@ def test_the_workflow_over_files(
         capsys, "witness", "cosign", str(tmp_path / "w0"), str(tmp_path / "r5.txt")
     )
     assert code == 0 and out.startswith("\u2014 w0.example ")
+
+
+def test_a_request_while_the_checkpoint_lags_the_blocks_is_cosigned(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # A live server commits a block, then writes its checkpoint: in between,
+    # the ledger holds a block more than the checkpoint. The request is for
+    # the checkpoint, so its proof must be to the checkpoint's size.
+    request, w0 = tmp_path / "r.txt", str(tmp_path / "w0")
+    request.write_text(run(capsys, "witness", "request", files["sub"])[1])
+    assert run(capsys, "witness", "cosign", w0, str(request))[0] == 0  # size 5
+    with Ledger(files["sub"], signing_key=LEADER_KEY) as ledger:
+        for version in (5, 6):
+            kept = ledger.checkpoint_path.read_bytes()  # of 5, then of 6 blocks
+            ledger.append(
+                model={"w": np.full(2, version, np.float32)},
+                model_version=version,
+                base_version=version - 1,
+                config_digest="c" * 64,
+            )
+        ledger.checkpoint_path.write_bytes(kept)  # 7 blocks, checkpoint of 6
+    request.write_text(run(capsys, "witness", "request", files["sub"], "--old", "5")[1])
+    code, out, _ = run(capsys, "witness", "cosign", w0, str(request))
+    assert code == 0 and out.startswith("\u2014 w0.example "), out
+    code, _, err = run(capsys, "witness", "request", files["sub"], "--old", "7")
+    assert code == 2 and "--old 7 is above the checkpoint's 6 blocks" in err
 
 
 def test_malformed_inputs_exit_2_with_one_line(
