@@ -20,7 +20,7 @@ import pytest
 from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main as cli
-from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger import Ledger, mainverify
 from flchain_flwr.ledger.anchorblock import (
     AnchorError,
     AnchorPolicy,
@@ -246,6 +246,60 @@ def test_after_anchoring_witnesses_refuse_and_verify_detects(
     assert (
         cli(["ledger", "verify", str(tmp_path / "sub.db"), "--anchored-in", path]) == 0
     )
+
+
+def anchor_one_more(ledger: Ledger, main: MainChain, witnesses: list[Witness]) -> None:
+    """What a live server and its anchorer do: commit a block, then anchor."""
+    ledger.append(
+        model={"w": np.full(3, float(len(ledger)), np.float32)},
+        model_version=len(ledger),
+        base_version=len(ledger) - 1,
+        config_digest="c" * 64,
+    )
+    anchor_ledger(ledger, main, witnesses)
+
+
+def test_main_verify_while_anchoring_goes_on_checks_one_snapshot(
+    setup: tuple[Ledger, MainChain, list[Witness]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ledger, main, witnesses = setup
+    anchor_ledger(ledger, main, witnesses)
+
+    def check_then_anchor(*args: Any, **kwargs: Any) -> Any:
+        found = check_anchor(*args, **kwargs)
+        if len(main) == 2:  # the reader has read its 2 blocks: one more comes
+            anchor_one_more(ledger, main, witnesses)
+        return found
+
+    monkeypatch.setattr(mainverify, "check_anchor", check_then_anchor)
+    with MainChain(main.path, read_only=True) as reader:
+        text = reader.verify()
+    assert len(main) == 3
+    assert "main chain main: 2 blocks" in text and "covers 2 blocks" in text, text
+
+
+def test_verify_anchored_while_anchoring_goes_on_checks_one_snapshot(
+    setup: tuple[Ledger, MainChain, list[Witness]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ledger, main, witnesses = setup
+    anchor_ledger(ledger, main, witnesses)
+    with Ledger(ledger.path, read_only=True) as reader:
+        read = reader.block_hashes
+
+        def read_then_anchor() -> list[str]:
+            hashes = read()
+            if len(ledger) == 5:  # the reader has the blocks: one more is anchored
+                anchor_one_more(ledger, main, witnesses)
+            return hashes
+
+        monkeypatch.setattr(reader, "block_hashes", read_then_anchor)
+        report = check_anchored(reader, main.path)
+    assert len(main) == 3
+    assert report.ok and "the ledger's 5 blocks hold all 1 checkpoints" in str(
+        report
+    ), report
 
 
 # ---------------------------------------------- from the strategy, two runs

@@ -62,12 +62,14 @@ def check_anchored(
                 False, 0, f"main chain {main_path} is signed by {main.public_key}"
             )
         try:
+            # From every record main.verify() then checks, not from a query by
+            # origin; before the ledger's blocks, which a live writer commits
+            # before their checkpoint is anchored.
+            anchors = [b for b in main.blocks() if b.origin == ledger.origin]
             main.verify(pinned=main_checkpoint)
         except (AnchorRefused, MainChainError) as exc:
             return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
         hashes = ledger.block_hashes()
-        # From every record that main.verify() just checked, not from a query.
-        anchors = [b for b in main.blocks() if b.origin == ledger.origin]
         if not anchors:
             return AnchoredReport(
                 False, 0, f"no checkpoint of {ledger.origin} is anchored in {main_path}"

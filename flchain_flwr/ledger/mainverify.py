@@ -33,7 +33,10 @@ def verify_main_chain(
     it or rewritten before it. ``witnessed`` demands a quorum of the policy's
     witnesses on the checkpoint (and with ``max_age`` that a quorum of them is
     recent): a fork or truncation of the main chain then needs the witnesses
-    to cosign it, which they refuse (:mod:`.mainwitness`).
+    to cosign it, which they refuse (:mod:`.mainwitness`). The checkpoint
+    on file is read before the blocks and checked against the blocks
+    checked, so a main chain a live anchorer appends to is checked as one
+    snapshot.
 
     Raises
     ------
@@ -43,10 +46,17 @@ def verify_main_chain(
     prev = ZERO_HASH
     last: dict[str, AnchorBlock] = {}
     count = 0
+    # Before the blocks: a writer commits a block before writing its checkpoint.
+    note: SignedNote | OSError | ValueError
+    try:
+        note = checkpoint or read_note(main.checkpoint_path)
+    except (OSError, ValueError) as exc:
+        note = exc
     try:
         blocks = list(main.blocks())  # each row's columns checked against its record
     except MainChainError as exc:
         raise AnchorRefused(str(exc)) from None
+    hashes = [block.hash for block in blocks]  # checked below, one query
     for block in blocks:
         where = f"main-chain block {block.height}"
         if block.height != count or block.fields["prev_hash"] != prev:
@@ -75,9 +85,10 @@ def verify_main_chain(
             last[found.checkpoint.origin] = block
         prev, count = block.hash, count + 1
     try:
-        note = checkpoint or read_note(main.checkpoint_path)
+        if isinstance(note, Exception):
+            raise note
         signed, _ = open_checkpoint(note, [main.public_key])
-        check_against_ledger(signed, main.origin, main.block_hashes())
+        check_against_ledger(signed, main.origin, hashes)
     except (OSError, ValueError, CheckpointMismatch) as exc:
         raise AnchorRefused(f"main-chain checkpoint: {exc}") from None
     try:
@@ -96,7 +107,7 @@ def verify_main_chain(
     if pinned is not None:
         try:
             kept, _ = open_checkpoint(pinned, [main.public_key])
-            check_against_ledger(kept, main.origin, main.block_hashes())
+            check_against_ledger(kept, main.origin, hashes)
         except (ValueError, CheckpointMismatch) as exc:
             raise AnchorRefused(f"the pinned main-chain checkpoint: {exc}") from None
         held = f"it holds the pinned checkpoint of {kept.size} blocks"
