@@ -8,11 +8,13 @@ from __future__ import annotations
 import io
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
 
 from flchain_flwr.cli import main as flchain
+from flchain_flwr.ledger import trading
 from flchain_flwr.ledger.anchorblock import AnchorPolicy
 from flchain_flwr.ledger.blocks import LedgerError
 from flchain_flwr.ledger.canonical import encode, parse_canonical
@@ -21,7 +23,7 @@ from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.notes import SignedNote, SignerKey, VerifierKey, parse_note
 from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
-from flchain_flwr.ledger.trade_entry import entry_hash
+from flchain_flwr.ledger.trade_entry import entry_hash, entry_problem
 from flchain_flwr.ledger.trade_records import (
     TradeRefused,
     make_offer,
@@ -67,6 +69,29 @@ def test_an_offer_purchase_and_receipt_are_recorded_and_verify(tmp_path: Path) -
     assert count == 3
     assert "checkpoint of 3 entries" in anchor
     assert len(chain.book().receipts) == 1
+
+
+def test_verify_while_the_operator_appends_checks_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator commits an entry, then writes its checkpoint: a reader
+    # that read the entries before must check the checkpoint it read before.
+    chain = market(tmp_path)
+    _, purchase = sale(chain)
+
+    def check_then_append(
+        value: Any, entry: Any, origin: str, position: int, *rest: Any
+    ) -> Any:
+        problem = entry_problem(value, entry, origin, position, *rest)
+        if position == 1 and len(chain) == 2:  # the reader has both: one more
+            chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
+        return problem
+
+    monkeypatch.setattr(trading, "entry_problem", check_then_append)
+    with TradingChain(chain.path, read_only=True) as reader:
+        count, anchor = reader.verify()
+    assert len(chain) == 3
+    assert count == 2 and "checkpoint of 2 entries" in anchor, anchor
 
 
 def _refused(chain: TradingChain, statement: dict[str, object], signature: str) -> str:

@@ -30,6 +30,7 @@ from .checkpoint import (
     CheckpointError,
     LogFrontier,
     ledger_origin,
+    open_checkpoint,
     read_checkpoint,
     sign_checkpoint,
     write_checkpoint,
@@ -38,7 +39,7 @@ from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .inputfile import not_regular
 from .keys import KeyFile
 from .merkle import consistency_proof
-from .notes import NoteError, SignerKey, VerifierKey
+from .notes import NoteError, SignedNote, SignerKey, VerifierKey, read_note
 from .sqlfile import connect, sqlite_message, unreadable
 from .sqlschema import foreign_schema
 from .trade_entry import (
@@ -310,7 +311,9 @@ class TradingChain:
         before it accept.
         The checkpoint must be signed by ``trusted`` (default: the operator
         key the file records, which proves only self-consistency) and cover a
-        prefix. Nothing is written (no key is created).
+        prefix; it is read before the entries, so a chain the operator
+        appends to meanwhile is checked as one snapshot. Nothing is written
+        (no key is created).
 
         Returns
         -------
@@ -329,6 +332,12 @@ class TradingChain:
         if key is None and len(self):
             raise TradeRefused("the file records no operator key: give a trusted key")
         book = TradeBook("" if key is None else key.encode())
+        # Before the entries: the operator commits one, then writes its checkpoint.
+        kept: SignedNote | OSError | NoteError
+        try:
+            kept = read_note(self.checkpoint_path)
+        except (OSError, NoteError) as exc:
+            kept = exc
         prev, hashes = ZERO_HASH, []
         for position, entry in enumerate(self.entries()):
             try:
@@ -351,7 +360,9 @@ class TradingChain:
         if not hashes or key is None:
             return 0, "no entries, so no checkpoint"
         try:
-            found, _ = read_checkpoint(self.checkpoint_path, [key])
+            if isinstance(kept, Exception):
+                raise kept
+            found, _ = open_checkpoint(kept, [key])
             check_against_ledger(found, self.origin, hashes)
         except (OSError, NoteError, CheckpointError, CheckpointMismatch) as exc:
             raise TradeRefused(f"checkpoint {self.checkpoint_path}: {exc}") from None
