@@ -38,6 +38,7 @@ from flchain_flwr.ledger.anchoring import (
 from flchain_flwr.ledger.anchorproof import check_anchor_proof
 from flchain_flwr.ledger.checkpoint import ledger_origin
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign, cosigner_of
+from flchain_flwr.ledger.logprover import LogProver
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.notes import NoteSignature, SignerKey, VerifierKey, parse_note
@@ -300,6 +301,31 @@ def test_verify_anchored_while_anchoring_goes_on_checks_one_snapshot(
     assert report.ok and "the ledger's 5 blocks hold all 1 checkpoints" in str(
         report
     ), report
+
+
+def test_anchoring_a_ledger_the_server_appends_to_anchors_its_checkpoint(
+    setup: tuple[Ledger, MainChain, list[Witness]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # `flchain anchor` on a live ledger: a block and its checkpoint written
+    # while the anchorer reads the blocks must not make the proofs miss.
+    ledger, main, witnesses = setup
+    sync = LogProver.sync
+
+    def sync_then_append(prover: LogProver, reader: Ledger) -> None:
+        sync(prover, reader)
+        if len(ledger) == 5:  # the anchorer has the blocks: one more comes
+            ledger.append(
+                model={"w": np.zeros(3, np.float32)},
+                model_version=5,
+                base_version=4,
+                config_digest="c" * 64,
+            )
+
+    monkeypatch.setattr(LogProver, "sync", sync_then_append)
+    with Ledger(ledger.path, read_only=True) as reader:
+        block = anchor_ledger(reader, main, witnesses)
+    assert len(ledger) == 6 and block.checkpoint.size == 5
 
 
 # ---------------------------------------------- from the strategy, two runs

@@ -72,7 +72,8 @@ def cosigned_checkpoint(
 ) -> tuple[SignedNote, list[str]]:
     """The ledger's current checkpoint with every cosignature the witnesses
     give, and the refusals (``"witness <i>: <reason>"``), by
-    :func:`collect_cosignatures`.
+    :func:`collect_cosignatures` (the checkpoint read before the blocks its
+    proofs are made from, so a ledger a server appends to can be anchored).
 
     Raises ``AnchorRefused`` if fewer than ``quorum`` cosigned. ``prover``
     (kept between calls) makes the proofs; ``sizes`` (kept between calls too)
@@ -82,7 +83,6 @@ def cosigned_checkpoint(
     key = log_key_of(ledger)
     if prover is None:
         prover = LogProver()
-    prover.sync(ledger)
     try:
         note = read_note(ledger.checkpoint_path)
         checkpoint, _ = open_checkpoint(note, [key])
@@ -90,6 +90,8 @@ def cosigned_checkpoint(
         raise AnchorRefused(
             f"the ledger's checkpoint {ledger.checkpoint_path}: {exc}"
         ) from None
+    # After the checkpoint: a live writer commits a block before its checkpoint.
+    prover.sync(ledger)
     return collect_cosignatures(
         note, checkpoint.size, key, witnesses, quorum, prover.hashes, sizes
     )
