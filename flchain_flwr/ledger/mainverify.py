@@ -14,7 +14,7 @@ from .checkpointcheck import CheckpointMismatch, check_against_ledger, check_con
 from .mainchain import MainChain
 from .maindb import AnchorRefused, MainChainError
 from .mainwitness import main_witnessing
-from .notes import SignedNote, read_note
+from .notes import NoteError, SignedNote, read_note_or_error
 
 
 def verify_main_chain(
@@ -47,11 +47,8 @@ def verify_main_chain(
     last: dict[str, AnchorBlock] = {}
     count = 0
     # Before the blocks: a writer commits a block before writing its checkpoint.
-    note: SignedNote | OSError | ValueError
-    try:
-        note = checkpoint or read_note(main.checkpoint_path)
-    except (OSError, ValueError) as exc:
-        note = exc
+    note: SignedNote | OSError | NoteError
+    note = checkpoint or read_note_or_error(main.checkpoint_path)
     try:
         blocks = list(main.blocks())  # each row's columns checked against its record
     except MainChainError as exc:

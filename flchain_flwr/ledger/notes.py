@@ -197,6 +197,17 @@ def read_note(path: str | Path) -> SignedNote:
     return parse_note(read_head(path, MAX_NOTE_BYTES))
 
 
+def read_note_or_error(path: str | Path) -> SignedNote | OSError | NoteError:
+    """:func:`read_note`, or the error it raised, kept to be reported later: a
+    reader checks a checkpoint against the blocks it reads after it (a writer
+    commits a block before writing its checkpoint), and reports a checkpoint
+    it could not read once those blocks are checked."""
+    try:
+        return read_note(path)
+    except (OSError, NoteError) as exc:
+        return exc
+
+
 def _parse_signature_line(line: str, number: int) -> NoteSignature:
     where = f"signature line {number}"
     if not line.startswith(DASH):

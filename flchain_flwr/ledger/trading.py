@@ -39,7 +39,7 @@ from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .inputfile import not_regular
 from .keys import KeyFile
 from .merkle import consistency_proof
-from .notes import NoteError, SignedNote, SignerKey, VerifierKey, read_note
+from .notes import NoteError, SignerKey, VerifierKey, read_note_or_error
 from .sqlfile import connect, sqlite_message, unreadable
 from .sqlschema import foreign_schema
 from .trade_entry import (
@@ -333,11 +333,7 @@ class TradingChain:
             raise TradeRefused("the file records no operator key: give a trusted key")
         book = TradeBook("" if key is None else key.encode())
         # Before the entries: the operator commits one, then writes its checkpoint.
-        kept: SignedNote | OSError | NoteError
-        try:
-            kept = read_note(self.checkpoint_path)
-        except (OSError, NoteError) as exc:
-            kept = exc
+        kept = read_note_or_error(self.checkpoint_path)
         prev, hashes = ZERO_HASH, []
         for position, entry in enumerate(self.entries()):
             try:

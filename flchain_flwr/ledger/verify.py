@@ -15,7 +15,7 @@ from .checkpoint import ORIGIN_PREFIX, CheckpointError, open_checkpoint
 from .checkpointcheck import CheckpointMismatch, check_against_ledger
 from .keys import parse_trusted_key
 from .ledgerdb import get_meta, rows
-from .notes import NoteError, SignedNote, VerifierKey, read_note
+from .notes import NoteError, SignedNote, VerifierKey, read_note_or_error
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -131,7 +131,7 @@ def verify_ledger(
     if checkpoint is None and anchor_key and ledger.checkpoint_path.is_file():
         checkpoint, beside = ledger.checkpoint_path, True
     # Before the blocks: a writer commits a block before writing its checkpoint.
-    kept = None if checkpoint is None else _read_checkpoint(Path(checkpoint))
+    kept = None if checkpoint is None else read_note_or_error(checkpoint)
     hashes: list[str] = []
     try:
         leader = (
@@ -240,22 +240,13 @@ def verify_ledger(
     )
 
 
-def _read_checkpoint(path: Path) -> SignedNote | OSError | NoteError:
-    """The signed note at ``path``, or why it could not be read or parsed
-    (reported once the blocks are checked)."""
-    try:
-        return read_note(path)
-    except (OSError, NoteError) as exc:
-        return exc
-
-
 def _check_checkpoint(
     ledger: Ledger,
     kept: SignedNote | OSError | NoteError,
     signer: VerifierKey,
     hashes: Sequence[str],
 ) -> int:
-    """Check the signed checkpoint read (:func:`_read_checkpoint`) against
+    """Check the signed checkpoint read (:func:`~.notes.read_note_or_error`) against
     ``signer`` and the block hashes checked; its size, or
     ``CheckpointMismatch`` saying why not."""
     if isinstance(kept, OSError):
