@@ -30,7 +30,7 @@ from .ledger import (
     check_proof,
     reward_shares,
 )
-from .ledger.inputfile import not_regular, read_head
+from .ledger.inputfile import irregular_problem, read_head
 from .ledger.merkle import MAX_PROOF_BYTES, MalformedProof, parse_proof
 from .ledger.notes import MAX_NOTE_BYTES
 from .ledger.replay import replay
@@ -89,10 +89,11 @@ def cmd_show(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out: TextIO) -> int:
+    # Bad input, exit 2: Ledger.verify would report the file unread, a FAILED check.
     if args.checkpoint is not None:
-        kind = not_regular(args.checkpoint)
-        if kind is not None:
-            return error(f"checkpoint {args.checkpoint}: not a regular file but {kind}")
+        problem = irregular_problem(args.checkpoint)
+        if problem is not None:
+            return error(f"checkpoint {problem}")
         if not Path(args.checkpoint).is_file():
             return error(f"no checkpoint file at {args.checkpoint}")
     with open_ledger(args.ledger) as ledger:

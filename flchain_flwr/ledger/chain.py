@@ -53,7 +53,7 @@ from .canonical import LATEST_FORMAT
 from .checkpoint import CheckpointError, ledger_origin
 from .checkpointwriter import CheckpointWriter
 from .headcheck import HeadCheck
-from .inputfile import not_regular
+from .inputfile import irregular_problem
 from .keys import KeyFile, parse_trusted_key
 from .ledgerdb import make_folder_for, open_database
 from .ledgerreader import LedgerReader
@@ -118,9 +118,9 @@ class Ledger(LedgerReader):
         self.path = Path(path).resolve()
         self.read_only = read_only
         create = create and not read_only
-        kind = not_regular(self.path)
-        if kind is not None:  # SQLite would wait forever on a FIFO
-            raise LedgerError(f"{self.path} is not a regular file but {kind}")
+        problem = irregular_problem(self.path)
+        if problem is not None:  # SQLite would wait forever on a FIFO
+            raise LedgerError(problem)
         if not create and not self.path.is_file():
             raise LedgerError(f"no ledger at {self.path}")
         existed = self.path.exists()

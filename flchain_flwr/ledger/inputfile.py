@@ -5,7 +5,7 @@ A file given on the command line, or kept beside a chain, may be a FIFO or a
 device: opening a FIFO waits for a writer that may never come, and a device
 such as ``/dev/zero`` never ends. Only a regular file is read: the others
 are refused (:class:`NotAFile`) before anything reads them, and SQLite files
-before SQLite opens them (:func:`not_regular`). Standard input, which a
+before SQLite opens them (:func:`irregular_problem`). Standard input, which a
 command reads when given ``-``, is read as it is: the user piped it there.
 
 A regular file may still be far larger than anything its format allows:
@@ -31,11 +31,15 @@ _KINDS: Final = (
 )
 
 
+def _refusal(kind: str) -> str:
+    return f"not a regular file but {kind}"
+
+
 class NotAFile(OSError):
     """An input path that is there but is not a regular file."""
 
     def __init__(self, path: str | Path, kind: str) -> None:
-        super().__init__(errno.EINVAL, f"not a regular file but {kind}", str(path))
+        super().__init__(errno.EINVAL, _refusal(kind), str(path))
 
     def __str__(self) -> str:
         return f"{self.strerror}: {self.filename}"
@@ -48,7 +52,7 @@ def _kind(mode: int) -> str | None:
     return next((name for test, name in _KINDS if test(mode)), "another kind of file")
 
 
-def not_regular(path: str | Path) -> str | None:
+def _not_regular(path: str | Path) -> str | None:
     """What is at ``path`` (``"a FIFO"``, ``"a directory"``, ...) if it is
     there but is not a regular file (a link is followed); ``None`` for a
     regular file, or for nothing there (opening it then says so)."""
@@ -56,6 +60,16 @@ def not_regular(path: str | Path) -> str | None:
         return _kind(os.stat(path).st_mode)
     except (OSError, ValueError):
         return None
+
+
+def irregular_problem(path: str | Path) -> str | None:
+    """``"PATH is not a regular file but a FIFO"`` (a directory, ...) if
+    ``path`` is there but is not a regular file (a link is followed);
+    ``None`` for a regular file, or for nothing there. What a caller that
+    hands the path to SQLite, which would wait forever on a FIFO, refuses
+    with, in its own error type."""
+    kind = _not_regular(path)
+    return None if kind is None else f"{path} is {_refusal(kind)}"
 
 
 def open_input(path: str | Path) -> BinaryIO:
@@ -69,7 +83,7 @@ def open_input(path: str | Path) -> BinaryIO:
     OSError
         If it cannot be opened.
     """
-    kind = not_regular(path)
+    kind = _not_regular(path)
     if kind is not None:
         raise NotAFile(path, kind)
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)

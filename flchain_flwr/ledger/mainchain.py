@@ -35,7 +35,7 @@ from nacl.signing import SigningKey
 
 from .anchorblock import AnchorBlock, AnchorError, AnchorPolicy
 from .checkpoint import Checkpoint, LogFrontier, sign_checkpoint, write_checkpoint
-from .inputfile import not_regular
+from .inputfile import irregular_problem
 from .maindb import (
     AnchorRefused,
     MainChainError,
@@ -89,9 +89,9 @@ class MainChain:
         self.witnesses = list(witnesses)
         self.witness_refusals: list[str] = []
         self._sizes: dict[int, int] = {}
-        kind = not_regular(self.path)
-        if kind is not None:  # SQLite would wait forever on a FIFO
-            raise MainChainError(f"{self.path} is not a regular file but {kind}")
+        problem = irregular_problem(self.path)
+        if problem is not None:  # SQLite would wait forever on a FIFO
+            raise MainChainError(problem)
         if not self.path.is_file():
             raise MainChainError(f"no main chain at {self.path}")
         self.checkpoint_path = Path(

@@ -13,8 +13,8 @@ empty ``-wal`` and its index) and, read-only, leaves them; in a folder the
 reader cannot write, it cannot read the file unless both are there (refused,
 saying why). SQLite's ``immutable=1`` would avoid both, but reads without
 locks: a file a live writer changes would be read torn.
-Only a regular file is opened (:func:`~.inputfile.not_regular`, checked by
-the caller first): on a FIFO SQLite would wait forever.
+Only a regular file is opened (:func:`~.inputfile.irregular_problem`,
+checked by the caller first): on a FIFO SQLite would wait forever.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .checkpointcheck import CheckpointMismatch, check_against_ledger
-from .inputfile import not_regular
+from .inputfile import irregular_problem
 from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey, read_note_or_error
@@ -91,9 +91,9 @@ class TradingChain:
     ) -> None:
         self.path = Path(path).resolve()
         self.read_only = read_only
-        kind = not_regular(self.path)
-        if kind is not None:  # SQLite would wait forever on a FIFO
-            raise LedgerError(f"{self.path} is not a regular file but {kind}")
+        problem = irregular_problem(self.path)
+        if problem is not None:  # SQLite would wait forever on a FIFO
+            raise LedgerError(problem)
         create = create and not read_only
         if not self.path.is_file() and (not create or chain_id is None):
             raise LedgerError(f"no trading chain at {self.path}")
