@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 from nacl.signing import SignedMessage, SigningKey, VerifyKey
 
+from flchain_flwr.cli import main
 from flchain_flwr.ledger import Block, Ledger, VoteContext, sign_vote
 from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.checkpoint import ledger_checkpoint, sign_checkpoint
@@ -26,6 +28,27 @@ TRUSTED = LEADER_KEY.verify_key.encode().hex()
 
 def digest_of(i: int) -> str:
     return f"{i:064x}"
+
+
+def flchain(*argv: str) -> tuple[int, str]:
+    """The CLI, run in this process: its exit code and its standard output."""
+    out = io.StringIO()
+    return main(list(argv), out=out), out.getvalue()
+
+
+def init_main(folder: Path) -> tuple[Path, str, str]:
+    """``flchain witness init`` of ``folder/w``, then ``flchain main init`` of
+    ``folder/main.db`` (key ``folder/main.key``) with that witness as its
+    quorum of one: the main chain's path, its vkey and the witness's."""
+    code, witness = flchain("witness", "init", str(folder / "w"), "--name", "w.x")
+    assert code == 0
+    path = folder / "main.db"
+    code, main_key = flchain(
+        "main", "init", str(path), "--chain-id", "main", "--key",
+        str(folder / "main.key"), "--witness", witness.strip(), "--quorum", "1",
+    )  # fmt: skip
+    assert code == 0
+    return path, main_key.strip(), witness.strip()
 
 
 def build_ledger(

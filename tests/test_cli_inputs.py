@@ -32,8 +32,14 @@ from flchain_flwr.ledger.maindb import MainChainError
 from flchain_flwr.ledger.notes import VerifierKey
 from flchain_flwr.ledger.trading import TradingChain
 
-from .ledger_helpers import LEADER_KEY, TRUSTED, build_ledger, digest_of
-from .test_cli_malformed import flchain
+from .ledger_helpers import (
+    LEADER_KEY,
+    TRUSTED,
+    build_ledger,
+    digest_of,
+    flchain,
+    init_main,
+)
 
 CRASH = """
 import os, sqlite3, sys
@@ -75,21 +81,14 @@ def make_evidence(folder: Path) -> dict[str, str]:
     code, proof = flchain("ledger", "proof", str(ledger), "--update", digest_of(201))
     assert code == 0
     (folder / "proof.json").write_text(proof)
-    code, witness = flchain("witness", "init", str(folder / "w"), "--name", "w.x")
-    assert code == 0
-    main = folder / "main.db"
-    code, main_key = flchain(
-        "main", "init", str(main), "--chain-id", "main", "--key",
-        str(folder / "main.key"), "--witness", witness.strip(), "--quorum", "1",
-    )  # fmt: skip
-    assert code == 0
+    main, main_key, _ = init_main(folder)
     trade = folder / "trade.db"
     TradingChain(trade, chain_id="market", signing_key=LEADER_KEY).close()
     return {
         "ledger": str(ledger),
         "proof": str(folder / "proof.json"),
         "main": str(main),
-        "main_key": main_key.strip(),
+        "main_key": main_key,
         "trade": str(trade),
     }
 
@@ -291,14 +290,8 @@ def test_a_file_refused_while_opening_is_left_closed(tmp_path: Path) -> None:
     garbage.write_bytes(b"not a database, " * 512)
     trade = tmp_path / "trade.db"
     TradingChain(trade, chain_id="market", signing_key=LEADER_KEY).close()
-    main = tmp_path / "main.db"
-    code, witness = flchain("witness", "init", str(tmp_path / "w"), "--name", "w.x")
-    code, _ = flchain(
-        "main", "init", str(main), "--chain-id", "main", "--key",
-        str(tmp_path / "main.key"), "--witness", witness.strip(), "--quorum", "1",
-    )  # fmt: skip
-    assert code == 0
-    policy = AnchorPolicy((parse_cosigner_key(witness.strip()),), 1)
+    main, _, witness = init_main(tmp_path)
+    policy = AnchorPolicy((parse_cosigner_key(witness),), 1)
 
     def new_main() -> object:
         return MainChain.create(

@@ -9,7 +9,6 @@ ledger that only claims to be self-consistent) can produce.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import resource
@@ -24,7 +23,6 @@ from typing import Any
 import pytest
 from nacl.signing import SigningKey
 
-from flchain_flwr.cli import main
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.merkle import MalformedProof, parse_proof
 from flchain_flwr.ledger.notes import VerifierKey
@@ -37,6 +35,8 @@ from .ledger_helpers import (
     build_ledger,
     checkpoint_at,
     digest_of,
+    flchain,
+    init_main,
     resign_block,
 )
 
@@ -46,11 +46,6 @@ ENDLESS_VIEW = (
     "SELECT {columns} FROM n, {table}"
 )
 """A view that never ends: reading it once never returns."""
-
-
-def flchain(*argv: str) -> tuple[int, str]:
-    out = io.StringIO()
-    return main(list(argv), out=out), out.getvalue()
 
 
 def run_limited(*argv: str, memory: int = 3 << 29) -> subprocess.CompletedProcess[str]:
@@ -110,15 +105,7 @@ def test_a_table_that_is_an_endless_view_is_refused_not_run(tmp_path: Path) -> N
 
 
 def test_a_main_chain_with_an_endless_view_is_refused(tmp_path: Path) -> None:
-    witness = tmp_path / "w"
-    code, vkey = flchain("witness", "init", str(witness), "--name", "w.example")
-    assert code == 0
-    chain = tmp_path / "main.db"
-    code, _ = flchain(
-        "main", "init", str(chain), "--chain-id", "main", "--key",
-        str(tmp_path / "main.key"), "--witness", vkey.strip(), "--quorum", "1",
-    )  # fmt: skip
-    assert code == 0
+    chain, _, _ = init_main(tmp_path)
     with closing(sqlite3.connect(chain)) as db:
         columns = [row[1] for row in db.execute("PRAGMA table_info(blocks)")]
     make_endless(chain, "blocks", columns)
