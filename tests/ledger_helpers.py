@@ -64,11 +64,11 @@ def build_ledger(
     verifiers = [SigningKey(bytes([i + 2]) * 32) for i in range(3)]
     rng = np.random.default_rng(0)
     for height in range(blocks):
-        model = {
+        model: dict[str, np.ndarray[Any, Any]] = {
             "w": rng.normal(size=(4, 3)).astype(np.float32),
             "b": np.full(2, height, np.int64),
         }
-        included = [
+        included: list[dict[str, Any]] = [
             {
                 "node_id": 10 + k,
                 "digest": digest_of(100 * height + k),
