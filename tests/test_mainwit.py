@@ -21,12 +21,13 @@ from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.anchorblock import AnchorError
 from flchain_flwr.ledger.anchoring import anchor_ledger, log_key_of
 from flchain_flwr.ledger.anchorproof import check_anchor_proof
+from flchain_flwr.ledger.checkpoint import parse_checkpoint
 from flchain_flwr.ledger.cosignature import add_cosignature, cosign
 from flchain_flwr.ledger.mainchain import MainChain
 from flchain_flwr.ledger.maindb import AnchorRefused
 from flchain_flwr.ledger.mainverify import WitnessRule
 from flchain_flwr.ledger.mainwitness import main_witnessing
-from flchain_flwr.ledger.notes import SignedNote, parse_note
+from flchain_flwr.ledger.notes import SignedNote, parse_note, read_note_or_error
 from flchain_flwr.ledger.witness import Witness
 
 from .ledger_helpers import build_ledger
@@ -80,7 +81,7 @@ def test_each_anchor_has_the_main_checkpoint_cosigned(setup, capsys) -> None:  #
     assert main.witness_refusals == []
     found = main_witnessing(stored(main), main.policy)
     assert found.size == 3 and sorted(found.cosigners) == [k.name for k in WITNESS_KEYS]
-    assert [w.latest(main.origin).size for w in witnesses] == [3, 3, 3]  # type: ignore[union-attr]
+    assert [w.latest(main.origin).size for w in witnesses] == [3, 3, 3]
     said = main.verify(witnessed=WitnessRule(60, T0 + 30))
     assert "cosigned by 3 of 3 policy witnesses" in said and "at most 60 s old" in said
     # An anchor proof (and so a provenance bundle) carries those cosignatures.
@@ -89,6 +90,35 @@ def test_each_anchor_has_the_main_checkpoint_cosigned(setup, capsys) -> None:  #
     main_out, ledger_out = cli_verify(main, ledger, capsys, 0)
     assert "cosigned by 3 of 3" in main_out
     assert "its checkpoint of 3 blocks is cosigned" in ledger_out
+
+
+def test_anchored_witnessed_names_the_main_checkpoint_it_checked(  # type: ignore[no-untyped-def]
+    setup, capsys, monkeypatch
+) -> None:
+    """`ledger verify --anchored-in --witnessed` while the anchorer goes on:
+    each time the main checkpoint is read, another anchor follows (a newer
+    checkpoint, cosigned). The witnessed line names the checkpoint the check
+    read, not one read after it."""
+    ledger, main, witnesses = setup
+    anchor_ledger(ledger, main, witnesses)
+    read: list[int] = []
+
+    def read_then_anchor(path: Path) -> object:
+        note = read_note_or_error(path)
+        assert isinstance(note, SignedNote), note
+        read.append(parse_checkpoint(note.text).size)
+        grow(ledger, 1)
+        anchor_ledger(ledger, main, witnesses)
+        return note
+
+    monkeypatch.setattr(
+        "flchain_flwr.ledger.mainverify.read_note_or_error", read_then_anchor
+    )
+    argv = ["ledger", "verify", str(ledger.path), "--anchored-in", str(main.path)]
+    capsys.readouterr()
+    assert cli([*argv, "--witnessed"]) == 0
+    out = capsys.readouterr().out
+    assert read and f"its checkpoint of {read[-1]} blocks is cosigned" in out, out
 
 
 def cli_verify(  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ from .chain import Ledger
 from .checkpoint import LogFrontier, parse_checkpoint
 from .mainchain import MainChain
 from .maindb import AnchorRefused, MainChainError
+from .mainverify import WitnessRule, verify_main_chain
 from .notes import SignedNote, VerifierKey
 
 
@@ -38,6 +39,7 @@ def check_anchored(
     log_key: VerifierKey | None = None,
     main_key: VerifierKey | None = None,
     main_checkpoint: SignedNote | None = None,
+    witnessed: WitnessRule | None = None,
 ) -> AnchoredReport:
     """Check a ledger against every checkpoint anchored for its origin.
 
@@ -49,7 +51,10 @@ def check_anchored(
     main chain's file names: then the main chain is only self-consistent).
     With ``main_checkpoint`` (a main-chain checkpoint kept elsewhere) the main
     chain must hold it: without one, a main chain rolled back to an older
-    checkpoint (its later anchors deleted) is not detected.
+    checkpoint (its later anchors deleted) is not detected. With
+    ``witnessed``, the main chain's checkpoint must be cosigned as it demands
+    (:class:`~.mainverify.WitnessRule`), and the report says by whom: of the
+    checkpoint that check read, which a live anchorer may since have replaced.
     The report names the first anchored checkpoint the ledger contradicts.
     """
     try:
@@ -66,7 +71,9 @@ def check_anchored(
             # origin; before the ledger's blocks, which a live writer commits
             # before their checkpoint is anchored.
             anchors = [b for b in main.blocks() if b.origin == ledger.origin]
-            main.verify(pinned=main_checkpoint)
+            main_checked = verify_main_chain(
+                main, pinned=main_checkpoint, witnessed=witnessed
+            )
         except (AnchorRefused, MainChainError) as exc:
             return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
         hashes = ledger.block_hashes()
@@ -115,6 +122,7 @@ def check_anchored(
         )
     else:
         pinned = "main chain not pinned (no --main-key): self-consistent only"
+    witnessing = "" if witnessed is None else f"; {main_checked.witnessing}"
     return AnchoredReport(
         True,
         len(anchors),
@@ -122,7 +130,7 @@ def check_anchored(
         f"anchored for {ledger.origin} in main chain {main.chain_id} (the last of "
         f"size {found.checkpoint.size}), each signed by {key.encode()} and "
         f"cosigned by {main.policy.quorum} of {len(main.policy.witnesses)} policy "
-        f"witnesses; {pinned}",
+        f"witnesses; {pinned}{witnessing}",
     )
 
 

@@ -288,7 +288,7 @@ class MainChain:
         """
         from .mainverify import verify_main_chain  # here: it imports this module
 
-        return verify_main_chain(self, checkpoint, pinned, witnessed)
+        return verify_main_chain(self, checkpoint, pinned, witnessed).statement
 
     # ---------------------------------------------------------- checkpoints
     def signed_checkpoint(self) -> SignedNote:

@@ -17,12 +17,22 @@ from .mainwitness import main_witnessing
 from .notes import NoteError, SignedNote, read_note_or_error
 
 
+@dataclass(frozen=True)
+class MainVerified:
+    """What :func:`verify_main_chain` checked: all of it (``statement``), and
+    the part that says who cosigned the checkpoint it checked
+    (``witnessing``)."""
+
+    statement: str
+    witnessing: str
+
+
 def verify_main_chain(
     main: MainChain,
     checkpoint: SignedNote | None = None,
     pinned: SignedNote | None = None,
     witnessed: WitnessRule | None = None,
-) -> str:
+) -> MainVerified:
     """Check every block and the signed checkpoint of ``main``; what was checked.
 
     The checkpoint on file only shows the chain is self-consistent: whoever
@@ -108,7 +118,7 @@ def verify_main_chain(
         except (ValueError, CheckpointMismatch) as exc:
             raise AnchorRefused(f"the pinned main-chain checkpoint: {exc}") from None
         held = f"it holds the pinned checkpoint of {kept.size} blocks"
-    return (
+    statement = (
         f"main chain {main.chain_id}: {count} blocks, {len(last)} origins, "
         f"every anchor signed by its subchain key and cosigned by "
         f"{main.policy.quorum} of {len(main.policy.witnesses)} policy "
@@ -116,6 +126,7 @@ def verify_main_chain(
         f"{main.public_key.encode()} covers {signed.size} blocks; {cosigned}; "
         f"{held}"
     )
+    return MainVerified(statement, cosigned)
 
 
 @dataclass(frozen=True)
