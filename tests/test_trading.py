@@ -190,10 +190,31 @@ def test_verify_finds_an_entry_changed_or_removed_in_the_file(tmp_path: Path) ->
     chain = market(other)
     offer, _ = sale(chain)
     chain.db.execute("DELETE FROM entries WHERE idx = 1")
-    with pytest.raises(TradeRefused, match="blocks were removed"):
+    removed = "has 1 entries, the checkpoint 2: entries were removed"
+    with pytest.raises(TradeRefused, match=removed):
         chain.verify()
-    with pytest.raises(LedgerError, match="refusing to extend"):
+    with pytest.raises(LedgerError, match=f"refusing to extend .*{removed}"):
         chain.append(*make_purchase(OTHER, chain.market, offer))
+
+
+def test_verify_finds_the_entries_rewritten_under_a_checkpoint(tmp_path: Path) -> None:
+    """Another sale in place of the one the operator's checkpoint covers."""
+    kept = tmp_path / "kept.checkpoint"
+    chain = market(tmp_path)
+    sale(chain)
+    kept.write_bytes(chain.checkpoint_path.read_bytes())
+    chain.close()
+    chain.path.unlink()
+    chain.checkpoint_path.unlink()
+    chain = market(tmp_path)
+    sale(chain, {"price": 6})
+    chain.checkpoint_path.write_bytes(kept.read_bytes())
+    rewritten = (
+        r"the ledger's first 2 entries have root \w+, the checkpoint \w+: "
+        r"entries were rewritten"
+    )
+    with pytest.raises(TradeRefused, match=rewritten):
+        chain.verify()
 
 
 def _cosigned(note: SignedNote, count: int = 2) -> SignedNote:

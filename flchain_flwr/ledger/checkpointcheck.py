@@ -21,7 +21,10 @@ class CheckpointMismatch(Exception):
 
 
 def check_against_ledger(
-    checkpoint: Checkpoint, origin: str, block_hashes: Sequence[str]
+    checkpoint: Checkpoint,
+    origin: str,
+    block_hashes: Sequence[str],
+    unit: str = "blocks",
 ) -> None:
     """Check that a ledger holds the log a checkpoint describes.
 
@@ -33,6 +36,9 @@ def check_against_ledger(
         The ledger's origin.
     block_hashes : Sequence[str]
         The ledger's hex block hashes by height.
+    unit : str (default: "blocks")
+        What the ledger's log holds, as the errors name them (a trading
+        chain's: ``"entries"``).
 
     Raises
     ------
@@ -47,15 +53,15 @@ def check_against_ledger(
         )
     if len(block_hashes) < checkpoint.size:
         raise CheckpointMismatch(
-            f"ledger has {len(block_hashes)} blocks, the checkpoint "
-            f"{checkpoint.size}: blocks were removed"
+            f"ledger has {len(block_hashes)} {unit}, the checkpoint "
+            f"{checkpoint.size}: {unit} were removed"
         )
     actual = bytes.fromhex(merkle_root(list(block_hashes[: checkpoint.size])))
     if actual != checkpoint.root:
         raise CheckpointMismatch(
-            f"the ledger's first {checkpoint.size} blocks have root "
+            f"the ledger's first {checkpoint.size} {unit} have root "
             f"{actual.hex()}, the checkpoint {checkpoint.root.hex()}: "
-            "blocks were rewritten"
+            f"{unit} were rewritten"
         )
 
 

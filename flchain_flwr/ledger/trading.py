@@ -285,7 +285,7 @@ class TradingChain:
         except (NoteError, CheckpointError):
             return  # not ours: it is replaced
         try:
-            check_against_ledger(signed, self.origin, hashes)
+            check_against_ledger(signed, self.origin, hashes, unit="entries")
         except CheckpointMismatch as exc:
             raise LedgerError(
                 f"refusing to extend {self.path}: {exc} since its last checkpoint"
@@ -359,7 +359,7 @@ class TradingChain:
             if isinstance(kept, Exception):
                 raise kept
             found, _ = open_checkpoint(kept, [key])
-            check_against_ledger(found, self.origin, hashes)
+            check_against_ledger(found, self.origin, hashes, unit="entries")
         except (OSError, NoteError, CheckpointError, CheckpointMismatch) as exc:
             raise TradeRefused(f"checkpoint {self.checkpoint_path}: {exc}") from None
         return len(hashes), f"checkpoint of {found.size} entries signed by {key}"
