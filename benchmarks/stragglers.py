@@ -15,12 +15,14 @@ Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
   replies and dropping the rest (over-selection, as production sync FL does);
 - ``fedbuff``: FedBuff, K = nodes / 5 (3 for 15 nodes), all nodes training,
   FedBuff's 1/sqrt(1+s);
-- ``+fedsa``, ``+bafl``, ``+tuning``, ``+fairness``, ``+memory``: FedBuff with
-  one straggler policy (:mod:`~flchain_flwr.strategies.fedsa`, ``bafl``,
-  ``tuning``, ``fairness``, ``memory``: MIFA's update memory, at
-  ``--memory-age`` versions); ``+all``: every policy together but fairness,
-  which FedBuff refuses beside the update memory; any other combination is
-  named by joining policies, e.g. ``+fedsa+fairness``.
+- ``+fedsa``, ``+bafl``, ``+tuning``, ``+fairness``, ``+memory``, ``+nova``:
+  FedBuff with one straggler policy (:mod:`~flchain_flwr.strategies.fedsa`,
+  ``bafl``, ``tuning``, ``fairness``, ``memory``: MIFA's update memory, at
+  ``--memory-age`` versions; ``nova``: FedNova's work normalisation, which
+  acts only beside ``bafl``, e.g. ``+bafl+nova``); ``+all``: every policy
+  together but fairness, which FedBuff refuses beside the update memory, and
+  work normalisation; any other combination is named by joining policies,
+  e.g. ``+fedsa+fairness``.
 
 Settings chosen on seed 0 from a 30-node probe of plain FedBuff and FedAvg
 only (before any policy ran): the target accuracy (plain FedBuff reached
@@ -95,14 +97,16 @@ from flchain_flwr.strategies import (
     InverseParticipation,
     StalenessTarget,
     UpdateMemory,
+    WorkNormalisation,
     mean_staleness,
 )
 from flchain_flwr.strategies.adaptive import ConfigAdjuster
 
 SLOWDOWNS = (1.0, 5.0, 20.0)
-POLICIES = ("fedsa", "bafl", "tuning", "fairness", "memory")
+POLICIES = ("fedsa", "bafl", "tuning", "fairness", "memory", "nova")
 ALL = ("fedsa", "bafl", "tuning", "memory")
-"""``+all``: every policy but fairness, which memory compensates twice over."""
+"""``+all``: every policy but fairness, which memory compensates twice over, and
+nova (added after the grids that ``+all`` names were run)."""
 STRATEGIES = ("fedavg", "fedavg-os", "fedbuff", *(f"+{p}" for p in POLICIES), "+all")
 """``+fairness+memory`` ran once (``stragglers.json``, commit 61bef3f): the model
 collapsed on every seed, and FedBuff now refuses the pair."""
@@ -201,6 +205,7 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
         fairness=InverseParticipation(args.fairness_max)
         if "fairness" in policies
         else None,
+        work_normalisation=WorkNormalisation() if "nova" in policies else None,
         update_memory=UpdateMemory(args.memory_age) if "memory" in policies else None,
         buffer_tuning=StalenessTarget(
             args.target_staleness,

@@ -18,7 +18,8 @@ maths):
    senders (so an included claim of ``1e30`` examples is capped as the run
    capped it, and a forged history or weight fails);
 4. ``weight`` is the recorded staleness function of the staleness, times, with
-   fairness weighting, the node's factor recomputed as the server computed it
+   work normalisation, the update's work factor, then, with fairness
+   weighting, the node's factor, each recomputed as the server computed it
    (see below);
 5. with trust weighting (config ``trust_weighting``, :mod:`~flchain_flwr.pov.
    trust`), each update's trust is read from the scores its committee signed
@@ -47,14 +48,28 @@ What replay proves for each straggler policy (:mod:`flchain_flwr.strategies`):
   PoV chain the committee's votes bind each included update's share), which
   move the included factors within the policy's ``[1/max_factor,
   max_factor]``.
+- work normalisation (config ``work_normalisation``, :func:`~flchain_flwr.
+  strategies.nova.work_factors`, the server's own function): the factors are
+  recomputed over the candidates the block records in its ``work`` field (the
+  buffer the server weighed, in order, with their effective examples and the
+  local work the server asked of each), matched to the included updates as
+  fairness's are; a recorded weight that does not follow, or a malformed,
+  non-positive or non-finite work, fails naming the block. Not established:
+  that a node was in fact asked the work recorded (the train messages are not
+  stored). That is the block builder's word: outside PoV whoever holds the
+  ledger's signing key can record other work (and sign the chain again); on
+  a quorum-signed PoV chain rewriting a block takes more than 2/3 of its
+  committee's keys, but the server that builds a block states the work, and
+  the members, who never see its train messages, cannot tell either.
 - self-tuning K and tau (config ``buffer_tuning``): they decide when a buffer
   triggers, so which updates a block includes, not how they are weighed;
   replay recomputes each block from what it includes, and does not check that
   the K and tau a block records follow from the tuner.
 - FedSA learning rates, BAFL local work and adaptive scheduling: they change
   only what nodes are asked to do (their train config, when they are asked);
-  the server aggregates their replies as any others, and replay replays the
-  replies as stored. It does not establish what a node was asked to do.
+  the server aggregates their replies as any others (but with work
+  normalisation, above), and replay replays the replies as stored. It does
+  not establish what a node was asked to do.
 
 The arithmetic is fixed and documented in the functions it calls: the step is
 ``sum_i w_i n_i delta_i / sum_i n_i`` accumulated in float64 in the block's

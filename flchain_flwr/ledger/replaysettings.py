@@ -4,11 +4,11 @@ A FedBuff block's ``config_digest`` names the strategy's settings, recorded in
 the genesis block or in the first block after a resume with changed ones;
 :class:`Settings` reads from them what a replay needs (the server step's
 ``server_lr``, ``server_momentum`` and ``state_rule``, the staleness function,
-the example and fairness weightings, the record keys, trust weighting), and a
-block whose settings are missing or unusable is not replayable. A PoV chain's
-genesis block also records the committee's judging rule:
-:func:`rule_weighs_by_trust` says whether it weighs updates by trust, which a
-block's settings must then agree with. Only blocks of
+the example and fairness weightings, the work normalisation, the record keys,
+trust weighting), and a block whose settings are missing or unusable is not
+replayable. A PoV chain's genesis block also records the committee's judging
+rule: :func:`rule_weighs_by_trust` says whether it weighs updates by trust,
+which a block's settings must then agree with. Only blocks of
 :data:`REPLAYABLE_STRATEGY` are replayed.
 """
 
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..strategies.fairness import InverseParticipation, fairness_weighting
+from ..strategies.nova import WorkNormalisation, work_normalisation
 from ..strategies.staleness import StalenessFn, staleness_from_repr
 from ..strategies.state import StateRule, state_rule
 from ..strategies.weighting import ExampleWeighting, example_weighting
@@ -42,6 +43,7 @@ class Settings:
     arrayrecord_key: str
     weighted_by_key: str
     fairness: InverseParticipation | None
+    work_normalisation: WorkNormalisation | None
     trust: bool
     """Whether the committee's trust weighting applies (:mod:`..pov.trust`)."""
 
@@ -59,6 +61,9 @@ class Settings:
                 arrayrecord_key=str(config["arrayrecord_key"]),
                 weighted_by_key=str(config["weighted_by_key"]),
                 fairness=fairness_weighting(str(config.get("fairness", ""))),
+                work_normalisation=work_normalisation(
+                    str(config.get("work_normalisation", ""))
+                ),
                 trust=_trust_setting(config.get("trust_weighting")),
             )
         except KeyError as exc:

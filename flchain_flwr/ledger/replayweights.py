@@ -4,14 +4,17 @@ An included update's ``num_examples`` is the recorded example-weighting
 policy applied to its payload's claim, given the claim history the block
 records, which must follow from the previous block's
 (:func:`weigh_examples`). Its ``weight`` is the recorded staleness function
-of its staleness, times, with fairness weighting, its node's factor,
-recomputed from each node's included updates in the chain's earlier blocks
-(:func:`ledger_participation`) over the candidates the block records
-(:func:`check_weights`). Both checks raise :class:`~.replaytypes.Failed`
-where a recorded value (the claim history, an update's examples or weight,
-the fairness candidates) contradicts the recomputation; :func:`weigh_examples`
-raises :class:`~.replaytypes.NotReplayable` where the example weighting
-reads a claim history the block does not record.
+of its staleness, times, with work normalisation, its work factor recomputed
+from the work the block records for its buffer, then, with fairness
+weighting, its node's factor, recomputed from each node's included updates
+in the chain's earlier blocks (:func:`ledger_participation`) over the
+candidates the block records (:func:`check_weights`). Both checks raise
+:class:`~.replaytypes.Failed` where a recorded value (the claim history, an
+update's examples or weight, the fairness or work candidates) contradicts the
+recomputation; :func:`weigh_examples` raises
+:class:`~.replaytypes.NotReplayable` where the example weighting reads a claim
+history the block does not record. The work is the block's word: replay
+checks that each weight follows from it, not that the node was asked it.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..strategies.block import BufferedUpdate
 from ..strategies.claims import ClaimHistory, claims_transition
 from ..strategies.fairness import FAIRNESS_FIELD, count_participation
+from ..strategies.nova import WORK_FIELD
 from ..strategies.weighting import MedianCapped, WeightingError, effective_examples
 from .blocks import Block, node_key
 from .replaysettings import Settings
@@ -103,64 +108,104 @@ def check_weights(
     settings: Settings,
     participation: Mapping[int, int],
 ) -> None:
-    """Apply the fairness factors as the server did; check each ``weight``."""
-    fairness = settings.fairness
-    factors = [1.0] * len(updates)
+    """Apply the work normalisation and fairness factors as the server did, in
+    that order; check each ``weight``."""
+    nova, fairness = settings.work_normalisation, settings.fairness
+    work_factors = asked = fair_factors = [1.0] * len(updates)
+    if nova is not None:
+        buffer = _candidates(updates, body, WORK_FIELD, work=True)
+        factors = nova.factors(buffer.work, buffer.examples)
+        work_factors = [factors[i] for i in buffer.chosen]
+        asked = [buffer.work[i] for i in buffer.chosen]
     if fairness is not None:
-        node_ids, examples, chosen = _candidates(updates, body)
-        all_factors = fairness.factors(node_ids, examples, participation)
-        factors = [all_factors[i] for i in chosen]
-    for index, (u, factor, entry) in enumerate(
-        zip(updates, factors, included, strict=True)
-    ):
+        buffer = _candidates(updates, body, FAIRNESS_FIELD)
+        factors = fairness.factors(buffer.node_ids, buffer.examples, participation)
+        fair_factors = [factors[i] for i in buffer.chosen]
+    for index, (u, entry) in enumerate(zip(updates, included, strict=True)):
         staleness_weight = u.weight
+        if nova is not None:
+            u.weight *= work_factors[index]
         if fairness is not None:
-            u.weight *= factor
+            u.weight *= fair_factors[index]
         if entry["weight"] != u.weight:
             why = f"the recorded staleness function gives {staleness_weight!r}"
+            if nova is not None:
+                why += (
+                    f", times its {nova.spec} work factor {work_factors[index]!r} "
+                    f"(for its recorded work {asked[index]!r})"
+                )
             if fairness is not None:
                 why += (
                     f", times its node's {fairness.spec} fairness factor "
-                    f"{factor!r} gives {u.weight!r}"
+                    f"{fair_factors[index]!r}"
                 )
-            what = "weight" if fairness is not None else "staleness weight"
+            factored = nova is not None or fairness is not None
+            if factored:
+                why += f" gives {u.weight!r}"
+            what = "weight" if factored else "staleness weight"
             raise Failed(
                 f"included update {index}: records {what} {entry['weight']!r}, {why}"
             )
 
 
-def _candidates(
-    updates: Sequence[BufferedUpdate], body: Mapping[str, Any]
-) -> tuple[list[int], list[float], list[int]]:
-    """The buffer the fairness factors were computed over: node ids, effective
-    examples, and the position of each included update among them.
+@dataclass(frozen=True)
+class _Buffer:
+    """The buffer a factor was computed over, as a block records it."""
 
-    Without a recorded ``fairness`` field, the included updates themselves.
+    node_ids: list[int]
+    examples: list[float]
+    """Effective examples."""
+    work: list[float]
+    """Asked local work (1 each where the record holds none)."""
+    chosen: list[int]
+    """The position of each included update among them."""
+
+
+def _candidates(
+    updates: Sequence[BufferedUpdate],
+    body: Mapping[str, Any],
+    field: str,
+    *,
+    work: bool = False,
+) -> _Buffer:
+    """The buffer as ``body[field]`` records it (each candidate's ``work``
+    too, if ``work``), matched to the included updates.
+
+    Without the field: the included updates themselves for fairness (blocks
+    written before it was recorded); work normalisation always records it.
     """
-    record = body.get(FAIRNESS_FIELD)
+    record = body.get(field)
     if record is None:
-        return (
+        if work:
+            raise Failed(
+                f"it records no {field} candidates, which its work normalisation reads"
+            )
+        return _Buffer(
             [u.node_id for u in updates],
             [u.examples for u in updates],
+            [1.0] * len(updates),
             list(range(len(updates))),
         )
     node_ids: list[int] = []
     examples: list[float] = []
+    asked: list[float] = []
     try:
         for c in record["candidates"]:
             node_id, count = node_key(c["node_id"]), c["num_examples"]
+            units = c["work"] if work else 1.0
             if (
                 node_id is None
-                or isinstance(count, bool)
-                or not isinstance(count, int | float)
-                or not math.isfinite(count)
+                or not _finite_number(count)
                 or count < 0
+                or not _finite_number(units)
+                or units <= 0
             ):
                 raise ValueError(c)
             node_ids.append(node_id)
             examples.append(float(count))
+            asked.append(float(units))
     except (KeyError, TypeError, ValueError) as exc:
-        raise Failed(f"its fairness candidates are malformed: {exc!r}") from None
+        raise Failed(f"its {field} candidates are malformed: {exc!r}") from None
     pairs = list(zip(node_ids, examples, strict=True))
     chosen: list[int] = []
     position = 0
@@ -170,7 +215,7 @@ def _candidates(
         if position == len(pairs):
             raise Failed(
                 f"included update {index} (node {u.node_id}, {u.examples!r} "
-                "examples) is not among its fairness candidates, in their order"
+                f"examples) is not among its {field} candidates, in their order"
             )
         chosen.append(position)
         position += 1
@@ -184,7 +229,16 @@ def _candidates(
     for node_id, count in dropped.items():
         if rejected[node_id] < count:
             raise Failed(
-                f"a fairness candidate of node {node_id} is neither included nor "
+                f"a {field} candidate of node {node_id} is neither included nor "
                 "rejected in this block"
             )
-    return node_ids, examples, chosen
+    return _Buffer(node_ids, examples, asked, chosen)
+
+
+def _finite_number(value: object) -> bool:
+    """Whether ``value`` is a finite JSON number (not a bool)."""
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and math.isfinite(value)
+    )

@@ -9,6 +9,7 @@ from .fedbuff import FedBuff
 from .fedsa import FedSALearningRate
 from .history import NodeHistory
 from .memory import UpdateMemory
+from .nova import WorkNormalisation
 from .result import (
     AsyncResult,
     NodeFailure,
@@ -66,6 +67,7 @@ __all__ = [
     "UpdateMemory",
     "UpdateRejected",
     "VersionRecord",
+    "WorkNormalisation",
     "closing_ledger",
     "example_weighting",
     "fedbuff_from_run_config",

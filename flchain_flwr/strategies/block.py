@@ -46,6 +46,9 @@ class BufferedUpdate:
     :mod:`flchain_flwr.pov.trust`; 1 without trust weighting)."""
     clip: float = 1.0
     """Its norm clip in ``(0, 1]``: multiplies its delta in the step."""
+    work: float = 1.0
+    """The local work the server asked of it (1 when none was set; what
+    work normalisation, :mod:`.nova`, divides by)."""
 
     @property
     def step_examples(self) -> float:

@@ -21,14 +21,11 @@ from flwr.supercore import log
 from ..arrays import NDArrays, to_arrayrecord
 from ..protocol import UPDATE_KIND_DELTA
 from .block import Block, BufferedUpdate, Rejection
+from .candidates import candidates_record
 from .claims import ClaimHistory
-from .fairness import (
-    FAIRNESS_FIELD,
-    InverseParticipation,
-    candidates_record,
-    count_participation,
-)
+from .fairness import FAIRNESS_FIELD, InverseParticipation, count_participation
 from .metrics import train_reply_metrics
+from .nova import WORK_FIELD, WorkNormalisation
 from .pipeline import Pipeline
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
@@ -73,8 +70,12 @@ class UpdateBuffer:
         Seconds since the run started, on the run's clock.
     weighted_by_key : str
         The example-count metric, never dropped when metrics are capped.
+    work_normalisation : WorkNormalisation | None
+        Multiplies each update's staleness weight by its work factor, from the
+        local work it was asked for (:mod:`.nova`), before fairness; ``None``:
+        off.
     fairness : InverseParticipation | None
-        Multiplies each update's staleness weight by its node's factor
+        Multiplies each update's weight by its node's factor
         (:mod:`.fairness`); ``None``: off.
     participation : Mapping[int, int] | None
         Aggregated updates per node before this run (a resumed run's, counted
@@ -101,6 +102,7 @@ class UpdateBuffer:
         metrics_aggr: Callable[[list[RecordDict], list[float]], MetricRecord | None],
         now: Callable[[], float],
         weighted_by_key: str = "num-examples",
+        work_normalisation: WorkNormalisation | None = None,
         fairness: InverseParticipation | None = None,
         participation: Mapping[int, int] | None = None,
         tuner: BufferTuner | None = None,
@@ -119,6 +121,7 @@ class UpdateBuffer:
         self.metrics_aggr = metrics_aggr
         self.now = now
         self.weighted_by_key = weighted_by_key
+        self.work_normalisation = work_normalisation
         self.fairness = fairness
         self.participation = dict(participation or {})
         """Aggregated updates per node, over the ledger's whole chain when resumed
@@ -168,12 +171,19 @@ class UpdateBuffer:
         )
         self.pipeline.reject(rejection)
 
+    # pylint: disable=too-many-arguments
     def take(
-        self, node_id: int, trained_on: int, content: RecordDict, at: float
+        self,
+        node_id: int,
+        trained_on: int,
+        content: RecordDict,
+        at: float,
+        work: float = 1.0,
     ) -> bool:
         """Validate a train reply and buffer it; ``False`` if it was rejected.
 
-        ``at`` is the absolute clock time, for the ``max_wait`` deadline.
+        ``at`` is the absolute clock time, for the ``max_wait`` deadline;
+        ``work`` the local work the server's message asked for.
         """
         staleness = self.version - trained_on
         digest = self.pipeline.digest(node_id, content)
@@ -229,6 +239,7 @@ class UpdateBuffer:
                 state_base,
                 self.pipeline.payload(content),
                 self.pipeline.base(kind, reference),
+                work=work,
             )
         )
         return True
@@ -260,8 +271,15 @@ class UpdateBuffer:
             u.examples = examples
         traffic = self.traffic
         extra: dict[str, Any] = {"traffic": traffic.as_dict()}
+        node_ids = [u.node_id for u in updates]
+        if self.work_normalisation is not None:
+            work = [u.work for u in updates]
+            factors = self.work_normalisation.factors(work, weights)
+            for u, factor in zip(updates, factors, strict=True):
+                u.weight *= factor
+            # what a replay recomputes the factors over, even if a stage drops some
+            extra[WORK_FIELD] = candidates_record(node_ids, weights, work)
         if self.fairness is not None:
-            node_ids = [u.node_id for u in updates]
             factors = self.fairness.factors(node_ids, weights, self.participation)
             for u, factor in zip(updates, factors, strict=True):
                 u.weight *= factor

@@ -25,6 +25,7 @@ from .fairness import fairness_weighting
 from .fedbuff import FedBuff
 from .fedsa import fedsa_learning_rate
 from .memory import UpdateMemory, memory_conflict, update_memory
+from .nova import work_normalisation
 from .scheduling import SchedulingPolicy, scheduling_policy
 from .staleness import staleness_fn
 from .state import state_rule
@@ -51,7 +52,9 @@ def fedbuff_from_run_config(
       (``"fedsa[:<low>:<high>]"``, scales the run's ``lr`` per node),
       ``adaptive-work`` (``"bafl[:<low>:<high>]"``, scales ``local-steps`` if
       > 0, else ``local-epochs``, per node), ``fairness``
-      (``"inverse[:<max_factor>]"``), ``update-memory`` (``"mifa[:<max_age>]"``),
+      (``"inverse[:<max_factor>]"``), ``work-normalisation`` (``"fednova"``:
+      each update weighed by the inverse of the local work it was asked for,
+      with ``adaptive-work``), ``update-memory`` (``"mifa[:<max_age>]"``),
       ``buffer-tuning``
       (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
@@ -119,6 +122,10 @@ def fedbuff_from_run_config(
         kwargs["scheduling"] = adaptive
     if "fairness" in cfg:
         kwargs["fairness"] = parsed_value(cfg, "fairness", fairness_weighting)
+    if "work-normalisation" in cfg:
+        kwargs["work_normalisation"] = parsed_value(
+            cfg, "work-normalisation", work_normalisation
+        )
     if "update-memory" in cfg:
         kwargs["update_memory"] = parsed_value(cfg, "update-memory", update_memory)
     if "buffer-tuning" in cfg:

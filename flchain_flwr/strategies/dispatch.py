@@ -18,6 +18,7 @@ from flwr.serverapp import Grid
 
 from .flights import Flight
 from .loopparts import LoopParts
+from .nova import asked_work
 from .traffic import content_bytes
 
 ContentFn = Callable[[ArrayRecord, ConfigRecord, int], RecordDict]
@@ -108,6 +109,10 @@ class Dispatcher:
         outgoing = []
         for node_id in node_ids:
             config = self.parts.policy.train_config(node_id, version, self.train_config)
+            work = asked_work(  # the server's record, never the client's word
+                self.train_config if config is None else config,
+                self.parts.policy.work_key,
+            )
             content = (
                 shared
                 if config is None
@@ -123,7 +128,7 @@ class Dispatcher:
                 group_id=str(version + 1),
             )
             outgoing.append(
-                (message, Flight(node_id, MessageType.TRAIN, version, deadline))
+                (message, Flight(node_id, MessageType.TRAIN, version, deadline, work))
             )
         return outgoing
 

@@ -19,8 +19,8 @@ the server's step larger. It works beside any staleness function (with
 A ledger can replay it (``flchain ledger verify --replay``): ``c_j`` counts
 node ``j``'s included updates in the chain's earlier blocks (a resumed run
 counts them from its ledger too), and each block records the buffer's
-candidates (:func:`candidates_record`), since a PoV committee may reject some
-of them after the factors were computed.
+candidates (:func:`~.candidates.candidates_record`), since a PoV committee
+may reject some of them after the factors were computed.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 FAIRNESS_FIELD = "fairness"
-"""The block body field holding :func:`candidates_record`."""
+"""The block body field holding :func:`~.candidates.candidates_record`."""
 
 
 def inverse_participation(
@@ -60,20 +59,6 @@ def count_participation(participation: dict[int, int], node_ids: Iterable[int]) 
     """Count one aggregated update for each of ``node_ids`` (repeats count twice)."""
     for node_id in node_ids:
         participation[node_id] = participation.get(node_id, 0) + 1
-
-
-def candidates_record(
-    node_ids: Sequence[int], examples: Sequence[float]
-) -> dict[str, Any]:
-    """The buffer the factors were computed over, in buffer order, for a block's
-    body: ``{"candidates": [{"node_id": "<id>", "num_examples": n}, ...]}`` (node
-    ids as text: a 64-bit id has no exact JSON number)."""
-    return {
-        "candidates": [
-            {"node_id": str(n), "num_examples": e}
-            for n, e in zip(node_ids, examples, strict=True)
-        ]
-    }
 
 
 @dataclass(frozen=True)

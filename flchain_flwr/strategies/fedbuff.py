@@ -112,6 +112,12 @@ class FedBuff(FedBuffSettings, Strategy):
     fairness : InverseParticipation | None (default: None)
         Multiply each update's staleness weight by its node's inverse
         participation factor (:mod:`~flchain_flwr.strategies.fairness`).
+    work_normalisation : WorkNormalisation | None (default: None)
+        Multiply each update's staleness weight (before ``fairness``) by its
+        work factor: the inverse of the local work the server asked of it,
+        renormalised within the buffer (FedNova, see
+        :mod:`~flchain_flwr.strategies.nova`); for ``scheduling`` with
+        adaptive local work (BAFL), without which every factor is 1.
     update_memory : UpdateMemory | None (default: None)
         Step on each node's latest update, not only the buffer's (MIFA, see
         :mod:`~flchain_flwr.strategies.memory`): a slow node's update keeps

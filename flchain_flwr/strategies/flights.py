@@ -23,6 +23,8 @@ class Flight:
     message_type: str
     version: int
     deadline: float
+    work: float = 1.0
+    """The local work a train message asked for (1 when none was set)."""
 
     @property
     def train(self) -> bool:

@@ -98,7 +98,11 @@ class MessageOutcomes:
         elif self.parts.buffer.complete:  # a late update has nowhere to go
             self.parts.buffer.store.settled(flight.node_id, flight.version, None)
         elif self.parts.buffer.take(
-            flight.node_id, flight.version, reply.content, self.parts.clock.now()
+            flight.node_id,
+            flight.version,
+            reply.content,
+            self.parts.clock.now(),
+            flight.work,
         ):
             self.on_usable()
             staleness = self.parts.buffer.version - flight.version

@@ -36,6 +36,7 @@ from .evaluation import FederatedEvaluation, valid_evaluate_content
 from .loop import EventLoop, LoopSettings, queued_on
 from .memory import memory_caution
 from .metricweights import weighed_evaluation_metrics, weighed_train_metrics
+from .nova import normalisation_caution
 from .result import AsyncResult, VersionRecord
 from .runlog import log_downlink, log_finished, log_rounds, log_version
 from .runpipeline import block_pipeline, carry_over, open_ledger
@@ -109,9 +110,12 @@ class FedBuffRun:
         conflict = s.policy_conflict()  # again: they may have been set since
         if conflict is not None:
             raise ValueError(conflict)
-        caution = memory_caution(s.update_memory, s.scheduling)
-        if caution is not None:
-            log(WARNING, "%s", caution)
+        for caution in (
+            memory_caution(s.update_memory, s.scheduling),
+            normalisation_caution(s.work_normalisation, s.scheduling),
+        ):
+            if caution is not None:
+                log(WARNING, "%s", caution)
         self.clock = clock
         self.evaluate_fn = evaluate_fn
         self.should_stop = should_stop
@@ -156,6 +160,7 @@ class FedBuffRun:
             ),
             now=lambda: self.loop.now(),
             weighted_by_key=s.weighted_by_key,
+            work_normalisation=s.work_normalisation,
             fairness=s.fairness,
             participation=resumed.participation if resumed is not None else None,
             tuner=resumed_tuner(

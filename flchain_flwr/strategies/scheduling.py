@@ -21,6 +21,10 @@ from .nodes import NodePool
 class SchedulingPolicy:
     """Base policy: no per-node config, no learning. Subclasses pick nodes."""
 
+    work_key: str | None = None
+    """The train-config key holding the local work a message asks for
+    (``None``: no per-node work; every message is 1 unit)."""
+
     def select(self, pool: NodePool, capacity: int, rng: random.Random) -> list[int]:
         """Return up to ``capacity`` nodes of ``pool`` to train next, in order.
 

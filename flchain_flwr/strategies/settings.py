@@ -37,6 +37,7 @@ from .fairness import InverseParticipation
 from .loop import QueuedDispatch
 from .memory import UpdateMemory, memory_conflict
 from .metrics import aggregate_metrics
+from .nova import WorkNormalisation
 from .scheduling import RandomSample, SchedulingPolicy
 from .staleness import FedBuffStaleness, StalenessFn
 from .state import DEFAULT_STATE_RULE, StateRule
@@ -75,6 +76,7 @@ class FedBuffSettings:
         example_weighting: ExampleWeighting | None = None,
         scheduling: SchedulingPolicy | None = None,
         fairness: InverseParticipation | None = None,
+        work_normalisation: WorkNormalisation | None = None,
         update_memory: UpdateMemory | None = None,
         buffer_tuning: StalenessTarget | None = None,
         state_rule: StateRule = DEFAULT_STATE_RULE,
@@ -136,6 +138,7 @@ class FedBuffSettings:
         self.example_weighting = example_weighting or DEFAULT_WEIGHTING
         self.scheduling = scheduling or RandomSample()
         self.fairness = fairness
+        self.work_normalisation = work_normalisation
         self.update_memory = update_memory
         self.buffer_tuning = buffer_tuning
         self.state_rule: StateRule = state_rule_named(state_rule)
@@ -178,11 +181,17 @@ class FedBuffSettings:
             self.example_weighting.spec,
         )
         log(INFO, "\t├──> PoV: %s, ledger: %s", self.committee, self.ledger)
-        stragglers = (self.fairness, self.update_memory, self.buffer_tuning)
+        stragglers = (
+            self.fairness,
+            self.work_normalisation,
+            self.update_memory,
+            self.buffer_tuning,
+        )
         if any(option is not None for option in stragglers):
             log(
                 INFO,
-                "\t├──> Stragglers: fairness=%s, update memory=%s, buffer tuning=%s",
+                "\t├──> Stragglers: fairness=%s, work normalisation=%s, "
+                "update memory=%s, buffer tuning=%s",
                 *(option and option.spec for option in stragglers),
             )
         log(
@@ -248,6 +257,7 @@ class FedBuffSettings:
             key: option.spec
             for key, option in (
                 ("fairness", self.fairness),
+                ("work_normalisation", self.work_normalisation),
                 ("update_memory", self.update_memory),
                 ("buffer_tuning", self.buffer_tuning),
             )

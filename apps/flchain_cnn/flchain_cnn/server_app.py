@@ -52,6 +52,7 @@ FEDBUFF_ONLY = (
     "adaptive-lr",
     "adaptive-work",
     "fairness",
+    "work-normalisation",
     "update-memory",
     "buffer-tuning",
     "downlink",

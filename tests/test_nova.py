@@ -1,0 +1,335 @@
+"""Work normalisation (FedNova): its factors, the asked work from dispatch to
+block, its run-config key, and `flchain ledger verify --replay` over it."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message
+
+from flchain_flwr.configvalues import ConfigValue
+from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger.replay import replay
+from flchain_flwr.sim import DeviceProfile, VirtualGrid
+from flchain_flwr.strategies import (
+    AdaptiveLocalWork,
+    AdaptiveScheduling,
+    AsyncResult,
+    FedBuff,
+    InverseParticipation,
+    UpdateMemory,
+    WorkNormalisation,
+    fedbuff_from_run_config,
+)
+from flchain_flwr.strategies.nova import asked_work, work_factors, work_normalisation
+from flchain_flwr.strategies.staleness import staleness_from_repr
+
+from .test_replay import flchain, rewrite
+from .test_stragglers import SPEEDS, steps_work
+from .toy import FlowerLogLines, initial_arrays, toy_client_app
+
+NOVA = WorkNormalisation()
+BASE_STEPS = 4
+
+
+# ------------------------------------------------------------------ factors
+def test_equal_work_gives_factors_of_exactly_one() -> None:
+    assert work_factors([1.0, 1.0, 1.0], [10.0, 30.0, 7.0]) == [1.0, 1.0, 1.0]
+    assert work_factors([2.0, 2.0], [10.0, 30.0]) == [1.0, 1.0]
+    assert work_factors([1.0], [0.0]) == [1.0]  # no examples: factor 1
+
+
+def test_four_times_the_work_gets_a_quarter_of_the_weight() -> None:
+    assert work_factors([1.0, 4.0], [10.0, 10.0]) == [1.6, 0.4]
+    assert NOVA.factors([1, 4], [10.0, 10.0]) == [1.6, 0.4]
+
+
+def test_the_buffers_weighted_total_is_kept() -> None:
+    work, examples = [1.0, 4.0, 2.0, 16.0, 3.0], [12.0, 50.0, 7.0, 31.0, 90.0]
+    factors = work_factors(work, examples)
+    weighted = sum(n * f for n, f in zip(examples, factors, strict=True))
+    assert weighted == pytest.approx(sum(examples), rel=1e-12)
+    # FedNova: each delta divided by its work, scaled by the harmonic mean
+    tau_eff = sum(examples) / sum(n / w for n, w in zip(examples, work, strict=True))
+    for f, w in zip(factors, work, strict=True):
+        assert f == pytest.approx(tau_eff / w, rel=1e-12)
+
+
+def test_asked_work_is_a_finite_positive_number_or_one() -> None:
+    assert asked_work({"local-steps": 8}, "local-steps") == 8.0
+    assert asked_work({"local-epochs": 0.5}, "local-epochs") == 0.5
+    assert asked_work({"local-steps": 8}, None) == 1.0
+    assert asked_work(None, "local-steps") == 1.0
+    for bad in (0, -2, math.nan, math.inf, True, "8", None):
+        assert asked_work({"local-steps": bad}, "local-steps") == 1.0
+
+
+# --------------------------------------------------------------- run config
+def test_the_run_config_key_builds_the_policy_and_records_it() -> None:
+    keys: dict[str, ConfigValue] = {"adaptive-work": "bafl", "local-steps": 4}
+    strategy = fedbuff_from_run_config({**keys, "work-normalisation": "fednova"})
+    assert strategy.work_normalisation == NOVA
+    assert strategy.scheduling.work_key == "local-steps"
+    assert strategy.config_dict()["work_normalisation"] == "fednova"
+    for off in ("", "none", " none "):
+        plain = fedbuff_from_run_config({**keys, "work-normalisation": off})
+        assert plain.work_normalisation is None
+        assert "work_normalisation" not in plain.config_dict()  # digest unchanged
+    assert work_normalisation(" fednova ") == NOVA and NOVA.spec == "fednova"
+
+
+@pytest.mark.parametrize("spec", ["fednova:2", "nova", "FedNova", "inverse"])
+def test_an_unknown_spec_names_the_accepted_forms(spec: str) -> None:
+    with pytest.raises(ValueError, match="expected '', 'none' or 'fednova'"):
+        work_normalisation(spec)
+    with pytest.raises(ValueError, match="work-normalisation"):
+        fedbuff_from_run_config({"work-normalisation": spec})
+
+
+def test_a_value_that_is_not_text_names_the_key() -> None:
+    with pytest.raises(ValueError, match=r"work-normalisation.*a string"):
+        fedbuff_from_run_config({"work-normalisation": 3})
+
+
+def test_the_app_exposes_the_key_off_and_only_for_fedbuff() -> None:
+    pytest.importorskip("torch")
+    from flchain_cnn.server_app import FEDBUFF_ONLY, strategy_name
+
+    from flchain_flwr.sim import app_run_config
+
+    config = app_run_config("apps/flchain_cnn")
+    assert config["work-normalisation"] == ""
+    assert "work-normalisation" in FEDBUFF_ONLY
+    nova = {**config, "work-normalisation": "fednova"}
+    assert strategy_name(nova) == "fedbuff"
+    with pytest.raises(ValueError, match="does not read work-normalisation"):
+        strategy_name({**nova, "strategy": "fedavg"})
+
+
+# ------------------------------------------------------ virtual-grid runs
+def bafl() -> AdaptiveScheduling:
+    return AdaptiveScheduling([AdaptiveLocalWork(BASE_STEPS)], work_key="local-steps")
+
+
+def run(
+    versions: int,
+    *,
+    on_train: Callable[[Message, Context], None] | None = None,
+    **settings: Any,
+) -> AsyncResult:
+    """A FedBuff run on the virtual grid, a message costing its local steps."""
+    grid = VirtualGrid(
+        toy_client_app(on_train=on_train),
+        [DeviceProfile(speed=s) for s in SPEEDS],
+        work_fn=steps_work,
+        seed=0,
+    )
+    strategy = FedBuff(
+        buffer_size=2,
+        fraction_evaluate=0.0,
+        max_staleness=None,
+        min_available_nodes=len(SPEEDS),
+        seed=0,
+        **settings,
+    )
+    result = strategy.start(
+        grid,
+        initial_arrays(),
+        num_rounds=versions,
+        timeout=1e4,
+        train_config=ConfigRecord({"lr": 0.1, "local-steps": BASE_STEPS}),
+    )
+    assert result.stop_reason == "completed"
+    return result
+
+
+def nova_ledger(path: Path, versions: int, **settings: Any) -> Ledger:
+    """A ledger of a BAFL run with work normalisation (and ``settings``)."""
+    run(versions, scheduling=bafl(), work_normalisation=NOVA, ledger=path, **settings)
+    return Ledger(path, create=False)
+
+
+def staleness_weight(ledger: Ledger, entry: dict[str, Any]) -> float:
+    fn = staleness_from_repr(str(ledger.block(0).body["config"]["staleness_fn"]))
+    return float(fn(int(entry["staleness"])))
+
+
+def test_each_update_carries_the_work_its_message_asked_for(tmp_path: Path) -> None:
+    """What each block records as a candidate's work is, node by node and in
+    order, the ``local-steps`` its train messages carried."""
+    sent: dict[str, list[float]] = defaultdict(list)
+
+    def record(msg: Message, context: Context) -> None:
+        steps = msg.content.config_records["config"]["local-steps"]
+        sent[str(context.node_id)].append(float(steps))  # type: ignore[arg-type]
+
+    path = tmp_path / "l.db"
+    run(
+        30,
+        on_train=record,
+        scheduling=bafl(),
+        work_normalisation=NOVA,
+        ledger=path,
+    )
+    recorded: dict[str, list[float]] = defaultdict(list)
+    with Ledger(path, create=False) as ledger:
+        blocks = list(ledger.blocks())[1:]
+        assert len(blocks) == 30
+        for block in blocks:
+            candidates = block.body["work"]["candidates"]
+            assert [c["node_id"] for c in candidates] == [
+                u["node_id"] for u in block.body["included"]
+            ]
+            for c in candidates:
+                recorded[c["node_id"]].append(float(c["work"]))
+        entries = [u for b in blocks for u in b.body["included"]]
+        # the factors moved the weights off the staleness weights
+        assert any(u["weight"] != staleness_weight(ledger, u) for u in entries)
+    assert set(recorded) == set(sent)
+    for node, works in recorded.items():
+        assert works == sent[node][: len(works)], node
+    everything = {w for works in recorded.values() for w in works}
+    assert len(everything) > 2 and BASE_STEPS in everything  # BAFL varied them
+
+
+def test_without_adaptive_work_it_warns_and_changes_nothing() -> None:
+    plain = run(12)
+    with FlowerLogLines(logging.WARNING) as logs:
+        nova = run(12, work_normalisation=NOVA)
+    assert any("work normalisation is on" in line for line in logs.lines), logs.lines
+    assert plain.arrays is not None and nova.arrays is not None
+    for name, array in plain.arrays.items():
+        assert nova.arrays[name].numpy().tobytes() == array.numpy().tobytes()
+    assert nova.weight_share == plain.weight_share
+    with FlowerLogLines(logging.WARNING) as logs:
+        run(2, scheduling=bafl(), work_normalisation=NOVA)
+    assert not any("work normalisation" in line for line in logs.lines)
+
+
+def test_it_moves_weight_from_the_fast_nodes_to_the_slow_ones() -> None:
+    plain = run(40, scheduling=bafl())
+    nova = run(40, scheduling=bafl(), work_normalisation=NOVA)
+    assert plain.participation == nova.participation  # the same schedule
+    fast = max(plain.participation, key=plain.participation.__getitem__)
+    slow = min(plain.participation, key=plain.participation.__getitem__)
+    assert nova.weight_share[fast] < plain.weight_share[fast]
+    assert nova.weight_share[slow] > plain.weight_share[slow]
+
+
+def test_beside_the_update_memory_it_runs() -> None:
+    """Remembered updates keep the weight they got in their own buffer."""
+    result = run(
+        30, scheduling=bafl(), work_normalisation=NOVA, update_memory=UpdateMemory()
+    )
+    assert len(result.versions) == 30 and not result.rejected
+    assert all(math.isfinite(s) and s > 0 for s in result.weight_share.values())
+
+
+# ------------------------------------------------------------------- replay
+def test_a_bafl_run_with_work_normalisation_replays(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    with nova_ledger(path, 8) as ledger:
+        assert ledger.block(0).body["config"]["work_normalisation"] == "fednova"
+    code, text = flchain("verify", str(path), "--replay")
+    assert code == 0, text
+    assert "replay: 8 of 8 blocks after genesis" in text, text
+
+
+def test_it_replays_beside_fairness(tmp_path: Path) -> None:
+    fair = InverseParticipation(4.0)
+    with nova_ledger(tmp_path / "l.db", 8, fairness=fair) as ledger:
+        body = ledger.block(3).body
+        assert body["fairness"]["candidates"] == [
+            {k: v for k, v in c.items() if k != "work"}
+            for c in body["work"]["candidates"]
+        ]
+        report = replay(ledger)
+        assert report.complete and len(report.replayed) == 8, report
+
+
+def test_a_resumed_run_with_it_replays(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    nova_ledger(path, 3).close()
+    with nova_ledger(path, 8) as ledger:
+        assert len(ledger) == 9
+        report = replay(ledger)
+        assert report.complete and len(report.replayed) == 8, report
+
+
+def test_a_pov_committee_replays_it_before_signing(tmp_path: Path) -> None:
+    from flchain_flwr.pov import Committee, Threshold
+
+    from .test_pov import verifiers
+
+    committee = Committee(verifiers(4), threshold=Threshold(value=0))
+    with nova_ledger(tmp_path / "l.db", 4, committee=committee) as ledger:
+        verified = ledger.verify()
+        assert verified.pov
+        assert "in 4 of them a quorum of signers recomputed the model" in str(
+            verified
+        ), verified
+        report = replay(ledger)
+        assert report.complete and len(report.replayed) == 4, report
+
+
+def test_forged_work_fails_naming_the_block_and_update(tmp_path: Path) -> None:
+    with nova_ledger(tmp_path / "l.db", 6) as ledger:
+        height, index = 3, 0
+        assert len(ledger.block(height).body["work"]["candidates"]) > 1
+
+        def forge(body: dict[str, Any]) -> None:  # twice the work it was asked
+            first, *rest = body["work"]["candidates"]
+            forged = dict(first, work=2 * first["work"])
+            body["work"] = {"candidates": [forged, *rest]}
+
+        rewrite(ledger, height, body=forge)
+        assert ledger.verify().ok  # re-signed: only replay can tell
+        report = replay(ledger)
+        assert report.bad_height == height, report
+        assert report.reason.startswith(f"included update {index}: records weight")
+        assert "fednova work factor" in report.reason, report
+
+
+def _without_work(body: dict[str, Any]) -> None:
+    del body["work"]
+
+
+def _work(value: object) -> Callable[[dict[str, Any]], None]:
+    def forge(body: dict[str, Any]) -> None:
+        first, *rest = body["work"]["candidates"]
+        body["work"] = {"candidates": [dict(first, work=value), *rest]}
+
+    return forge
+
+
+def _no_work_key(body: dict[str, Any]) -> None:
+    first, *rest = body["work"]["candidates"]
+    body["work"] = {"candidates": [{k: first[k] for k in first if k != "work"}, *rest]}
+
+
+@pytest.mark.parametrize(
+    ("forge", "reason"),
+    [
+        (_work(0), "its work candidates are malformed"),
+        (_work(-4), "its work candidates are malformed"),
+        (_work(True), "its work candidates are malformed"),
+        (_work("4"), "its work candidates are malformed"),
+        (_work(None), "its work candidates are malformed"),
+        (_no_work_key, "its work candidates are malformed"),
+        (_without_work, "records no work candidates"),
+    ],
+)
+def test_malformed_recorded_work_fails(
+    tmp_path: Path, forge: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    with nova_ledger(tmp_path / "l.db", 4) as ledger:
+        rewrite(ledger, 3, body=forge)
+        assert ledger.verify().ok
+        report = replay(ledger)
+        assert report.bad_height == 3 and reason in report.reason, report
