@@ -746,8 +746,8 @@ def _rounded(values: list[float]) -> list[float]:
 def headline(
     rows: list[dict[str, Any]],
 ) -> tuple[float | None, float | None, list[int]]:
-    """The worst-tier gap with every policy and plain FedBuff's (mean points),
-    over the seeds where both finished (listed)."""
+    """The worst-tier gap with the policies of ``+all`` (:data:`ALL`) and plain
+    FedBuff's (mean points), over the seeds where both finished (listed)."""
     gaps: dict[str, dict[int, float]] = {"+all": {}, "fedbuff": {}}
     for row in rows:
         if row["strategy"] in gaps:
@@ -802,7 +802,7 @@ def save(
     done = {(r["strategy"], r["seed"]) for r in rows}
     missing = [f"{n} seed {s}" for n, s in planned if (n, s) not in done]
     gap, baseline, seeds = headline(rows)
-    label = "stragglers: worst-tier gap with every policy (points)"
+    label = f"stragglers: worst-tier gap with {'+'.join(ALL)} (points)"
     if seeds != seeds_of(args):
         label += f", seeds {seeds} only"
     load["now"] = os.getloadavg()
