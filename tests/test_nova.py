@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message, MetricRecord
 
 from flchain_flwr.configvalues import ConfigValue
 from flchain_flwr.ledger import Ledger
@@ -333,3 +333,78 @@ def test_malformed_recorded_work_fails(
         assert ledger.verify().ok
         report = replay(ledger)
         assert report.bad_height == 3 and reason in report.reason, report
+
+
+# ---------------------------------------------------------------- influence
+def test_the_factors_of_two_updates_differ_at_most_by_their_work_ratio() -> None:
+    """The bound the docs state: f_i / f_j = tau_j / tau_i, and every factor
+    is at most max(tau) / min(tau), whatever the examples."""
+    work, examples = [1.0, 12.0, 12.0, 3.0], [1.0, 500.0, 90.0, 7.0]
+    factors = work_factors(work, examples)
+    assert max(factors) <= max(work) / min(work)
+    assert factors[0] / factors[1] == pytest.approx(12.0, rel=1e-12)
+    # one update asked 1 step among K - 1 asked 12, equal examples: 1/(1 + (K-1)/12)
+    k = 5
+    alone = work_factors([1.0] + [12.0] * (k - 1), [10.0] * k)
+    assert alone[0] / k == pytest.approx(1 / (1 + (k - 1) / 12), rel=1e-12)
+
+
+def test_a_node_that_delays_its_replies_is_asked_the_least_work() -> None:
+    """Who can do what: a node that answers slowly is asked BAFL's least work
+    (1 step of base 3) and so gets the largest factor. Quantified here (what
+    docs/stragglers.md cites): three tiers of three honest nodes (speeds 1,
+    0.25, 0.05) and a tenth node of speed 1 that delays each reply by 5 s,
+    every node claiming 10 examples, K = 5, 200 versions."""
+    asked: dict[int, list[int]] = defaultdict(list)
+    ids: dict[int, int] = {}
+
+    def equal_examples(msg: Message, context: Context, call_next: Any) -> Message:
+        reply: Message = call_next(msg, context)
+        if reply.has_content() and "metrics" in reply.content:
+            pid = int(context.node_config["partition-id"])
+            ids[pid] = context.node_id
+            config = msg.content.config_records["config"]
+            asked[pid].append(int(config["local-steps"]))  # type: ignore[arg-type]
+            reply.content["metrics"] = MetricRecord({"num-examples": 10})
+        return reply
+
+    def share(latency: float, nova: WorkNormalisation | None) -> float:
+        asked.clear()
+        profiles = [DeviceProfile(speed=s) for s in (1.0, 0.25, 0.05) for _ in "abc"]
+        profiles.append(DeviceProfile(speed=1.0, latency_s=latency))
+        grid = VirtualGrid(
+            toy_client_app(mods=[equal_examples]),
+            profiles,
+            work_fn=steps_work,
+            seed=0,
+        )
+        strategy = FedBuff(
+            buffer_size=5,
+            fraction_evaluate=0.0,
+            max_staleness=None,
+            min_available_nodes=len(profiles),
+            seed=0,
+            scheduling=AdaptiveScheduling(
+                [AdaptiveLocalWork(3)], work_key="local-steps"
+            ),
+            work_normalisation=nova,
+        )
+        result = strategy.start(
+            grid,
+            initial_arrays(),
+            num_rounds=200,
+            timeout=1e6,
+            train_config=ConfigRecord({"lr": 0.1, "local-steps": 3}),
+        )
+        total = sum(result.weight_share.values())
+        return result.weight_share[ids[9]] / total
+
+    honest = share(0.0, NOVA)
+    assert min(asked[9]) > 1  # answering at once: asked more than the least
+    delaying = share(5.0, NOVA)
+    assert set(asked[9][5:]) == {1}  # once timed: the least work, 1 step
+    assert max(w for works in asked.values() for w in works) == 12  # BAFL's most
+    without = share(5.0, None)
+    assert round(100 * honest, 1) == 5.4
+    assert round(100 * delaying, 1) == 32.9  # against 10 % of the examples
+    assert round(100 * without, 1) == 14.0

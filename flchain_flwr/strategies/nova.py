@@ -30,7 +30,11 @@ weighting (:mod:`.fairness`) multiplies after it; an update memory
 ``tau_i`` is the server's own record of what its train message asked (the
 scheduling policy's ``work_key`` in the message's train config,
 :func:`asked_work`), never the client's word; without a work key every
-``tau_i`` is 1 and every factor exactly 1. A ledger block records the
+``tau_i`` is 1 and every factor exactly 1. Two updates' factors differ by exactly
+the inverse ratio of their work, so none is more than ``max tau / min tau``
+(with BAFL at most its ``high / low``); since BAFL asks a node that answers
+slowly for less, a node can buy up to that by delaying its replies
+(docs/stragglers.md quantifies it). A ledger block records the
 buffer the factors were computed over, with each update's work
 (:data:`WORK_FIELD`, :func:`~.candidates.candidates_record`), and
 ``verify --replay`` recomputes them from it.
