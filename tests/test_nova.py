@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MetricRecord
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 
 from flchain_flwr.configvalues import ConfigValue
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.replay import replay
+from flchain_flwr.ledger.replaysettings import Settings
+from flchain_flwr.ledger.replaytypes import Failed
+from flchain_flwr.ledger.replayweights import check_weights
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
 from flchain_flwr.strategies import (
     AdaptiveLocalWork,
@@ -27,8 +30,10 @@ from flchain_flwr.strategies import (
     WorkNormalisation,
     fedbuff_from_run_config,
 )
+from flchain_flwr.strategies.block import BufferedUpdate
 from flchain_flwr.strategies.nova import asked_work, work_factors, work_normalisation
 from flchain_flwr.strategies.staleness import staleness_from_repr
+from flchain_flwr.strategies.updates import ParsedUpdate
 
 from .test_replay import flchain, rewrite
 from .test_stragglers import SPEEDS, steps_work
@@ -246,7 +251,7 @@ def test_it_replays_beside_fairness(tmp_path: Path) -> None:
     with nova_ledger(tmp_path / "l.db", 8, fairness=fair) as ledger:
         body = ledger.block(3).body
         assert body["fairness"]["candidates"] == [
-            {k: v for k, v in c.items() if k != "work"}
+            {k: v for k, v in c.items() if k not in ("work", "digest")}
             for c in body["work"]["candidates"]
         ]
         report = replay(ledger)
@@ -408,3 +413,62 @@ def test_a_node_that_delays_its_replies_is_asked_the_least_work() -> None:
     assert round(100 * honest, 1) == 5.4
     assert round(100 * delaying, 1) == 32.9  # against 10 % of the examples
     assert round(100 * without, 1) == 14.0
+
+
+# ----------------------------------------------------- replay, one node twice
+def _settings() -> Settings:
+    return Settings.of(
+        {
+            "server_lr": 1.0,
+            "server_momentum": 0.0,
+            "staleness_fn": "Constant()",
+            "example_weighting": "claimed",
+            "state_rule": "average",
+            "state_patterns": [],
+            "arrayrecord_key": "arrays",
+            "weighted_by_key": "num-examples",
+            "work_normalisation": "fednova",
+        }
+    )
+
+
+def _update(node_id: int, digest: str) -> BufferedUpdate:
+    parsed = ParsedUpdate({}, 10.0, MetricRecord(), "delta")
+    return BufferedUpdate(node_id, 0, 0, 1.0, parsed, 10.0, RecordDict(), digest)
+
+
+def test_replay_weighs_a_node_twice_in_a_buffer_by_its_included_replys_work() -> None:
+    """Node 7 sent two replies into one buffer, asked 12 and then 1 step; the
+    committee rejected the first. Replay must weigh the second by its own work,
+    not by the first candidate of the node with the same examples."""
+    candidates = [
+        {"node_id": "7", "num_examples": 10.0, "work": 12.0, "digest": "d-first"},
+        {"node_id": "7", "num_examples": 10.0, "work": 1.0, "digest": "d-second"},
+        {"node_id": "8", "num_examples": 10.0, "work": 12.0, "digest": "d-other"},
+    ]
+    body = {
+        "work": {"candidates": candidates},
+        "rejected": [{"node_id": "7", "digest": "d-first"}],
+    }
+    honest = work_factors([12.0, 1.0, 12.0], [10.0, 10.0, 10.0])
+    updates = [_update(7, "d-second"), _update(8, "d-other")]
+    included = [{"weight": honest[1]}, {"weight": honest[2]}]
+    check_weights(updates, included, body, _settings(), {})  # the server's weights
+    assert [u.weight for u in updates] == [honest[1], honest[2]]
+
+
+def test_replay_refuses_work_candidates_without_digests() -> None:
+    candidate = {"node_id": "7", "num_examples": 10.0, "work": 1.0}
+    body = {"work": {"candidates": [candidate]}}
+    with pytest.raises(Failed, match="its work candidates are malformed"):
+        check_weights([_update(7, "d")], [{"weight": 1.0}], body, _settings(), {})
+
+
+def test_tiny_or_huge_work_still_gives_finite_factors() -> None:
+    assert work_factors([5e-324, 5e-324], [10.0, 10.0]) == [1.0, 1.0]
+    for work, examples in (([1e-306, 1.0], [1e4, 1.0]), ([1e300, 1e-300], [1.0, 1.0])):
+        factors = work_factors(work, examples)
+        assert all(math.isfinite(f) and f >= 0 for f in factors), factors
+        assert sum(n * f for n, f in zip(examples, factors, strict=True)) == (
+            pytest.approx(sum(examples), rel=1e-9)
+        )

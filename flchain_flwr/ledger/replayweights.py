@@ -189,30 +189,36 @@ def _candidates(
     node_ids: list[int] = []
     examples: list[float] = []
     asked: list[float] = []
+    digests: list[str | None] = []
     try:
         for c in record["candidates"]:
             node_id, count = node_key(c["node_id"]), c["num_examples"]
             units = c["work"] if work else 1.0
+            # work differs between two replies of one node: match the reply
+            digest = c["digest"] if work else None
             if (
                 node_id is None
                 or not _finite_number(count)
                 or count < 0
                 or not _finite_number(units)
                 or units <= 0
+                or (work and not isinstance(digest, str))
             ):
                 raise ValueError(c)
             node_ids.append(node_id)
             examples.append(float(count))
             asked.append(float(units))
+            digests.append(digest)
     except (KeyError, TypeError, ValueError) as exc:
         raise Failed(f"its {field} candidates are malformed: {exc!r}") from None
-    pairs = list(zip(node_ids, examples, strict=True))
+    keys = list(zip(node_ids, examples, digests, strict=True))
     chosen: list[int] = []
     position = 0
     for index, u in enumerate(updates):
-        while position < len(pairs) and pairs[position] != (u.node_id, u.examples):
+        key = (u.node_id, u.examples, u.digest if work else None)
+        while position < len(keys) and keys[position] != key:
             position += 1
-        if position == len(pairs):
+        if position == len(keys):
             raise Failed(
                 f"included update {index} (node {u.node_id}, {u.examples!r} "
                 f"examples) is not among its {field} candidates, in their order"

@@ -278,7 +278,8 @@ class UpdateBuffer:
             for u, factor in zip(updates, factors, strict=True):
                 u.weight *= factor
             # what a replay recomputes the factors over, even if a stage drops some
-            extra[WORK_FIELD] = candidates_record(node_ids, weights, work)
+            digests = [u.digest for u in updates]
+            extra[WORK_FIELD] = candidates_record(node_ids, weights, work, digests)
         if self.fairness is not None:
             factors = self.fairness.factors(node_ids, weights, self.participation)
             for u, factor in zip(updates, factors, strict=True):

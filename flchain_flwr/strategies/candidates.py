@@ -17,16 +17,20 @@ def candidates_record(
     node_ids: Sequence[int],
     examples: Sequence[float],
     work: Sequence[float] | None = None,
+    digests: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The buffer, in buffer order, for a block's body: ``{"candidates":
     [{"node_id": "<id>", "num_examples": n}, ...]}`` (node ids as text: a
-    64-bit id has no exact JSON number), each with ``"work": w`` too when
-    ``work`` is given."""
+    64-bit id has no exact JSON number), each with ``"work": w`` and
+    ``"digest": d`` too when ``work`` and ``digests`` are given (a factor
+    that differs between two replies of one node needs the reply, not the
+    node, to find its candidate)."""
     candidates: list[dict[str, Any]] = [
         {"node_id": str(n), "num_examples": e}
         for n, e in zip(node_ids, examples, strict=True)
     ]
-    if work is not None:
-        for candidate, w in zip(candidates, work, strict=True):
-            candidate["work"] = w
+    for key, values in (("work", work), ("digest", digests)):
+        if values is not None:
+            for candidate, value in zip(candidates, values, strict=True):
+                candidate[key] = value
     return {"candidates": candidates}

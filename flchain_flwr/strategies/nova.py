@@ -50,7 +50,7 @@ from .scheduling import SchedulingPolicy
 
 WORK_FIELD = "work"
 """The block body field holding :func:`~.candidates.candidates_record` with
-each candidate's work."""
+each candidate's work and digest."""
 
 
 def work_factors(work: Sequence[float], examples: Sequence[float]) -> list[float]:
@@ -60,10 +60,19 @@ def work_factors(work: Sequence[float], examples: Sequence[float]) -> list[float
     the buffer's effective example counts; all factors are 1 when the
     examples weigh nothing.
     """
-    raw = [1.0 / w for w in work]
+    factors = _factors([1.0 / w for w in work], examples)
+    if all(math.isfinite(f) for f in factors):
+        return factors
+    # 1/w overflowed (w tiny) or the sum did (w spread over ~300 decades): the
+    # same factors, relative to the least work, whose ratios all lie in (0, 1]
+    least = min(work)
+    return _factors([least / w for w in work], examples)
+
+
+def _factors(raw: Sequence[float], examples: Sequence[float]) -> list[float]:
     total = sum(examples)
     weighted = sum(n * r for n, r in zip(examples, raw, strict=True))
-    if weighted <= 0:
+    if not weighted > 0:
         return [1.0] * len(raw)
     return [r * total / weighted for r in raw]
 
