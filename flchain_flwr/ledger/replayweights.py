@@ -215,8 +215,8 @@ def _candidates(
     chosen: list[int] = []
     position = 0
     for index, u in enumerate(updates):
-        key = (u.node_id, u.examples, u.digest if work else None)
-        while position < len(keys) and keys[position] != key:
+        wanted = (u.node_id, u.examples, u.digest if work else None)
+        while position < len(keys) and keys[position] != wanted:
             position += 1
         if position == len(keys):
             raise Failed(
