@@ -52,8 +52,8 @@ What replay proves for each straggler policy (:mod:`flchain_flwr.strategies`):
   strategies.nova.work_factors`, the server's own function): the factors are
   recomputed over the candidates the block records in its ``work`` field (the
   buffer the server weighed, in order, with their effective examples and the
-  local work the server asked of each), matched to the included updates as
-  fairness's are; a recorded weight that does not follow, or a malformed,
+  local work the server asked of each, and its digest), matched to the
+  included updates by digest; a recorded weight that does not follow, or a malformed,
   non-positive or non-finite work, fails naming the block. Not established:
   that a node was in fact asked the work recorded (the train messages are not
   stored). That is the block builder's word: outside PoV whoever holds the
