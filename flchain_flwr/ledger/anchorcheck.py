@@ -15,6 +15,7 @@ from .anchorblock import AnchorError, check_anchor
 from .anchoring import log_key_of
 from .chain import Ledger
 from .checkpoint import LogFrontier, parse_checkpoint
+from .checkpointcheck import removed, rewritten
 from .mainchain import MainChain
 from .maindb import AnchorRefused, MainChainError
 from .mainverify import WitnessRule, verify_main_chain
@@ -94,16 +95,9 @@ def check_anchored(
             size, root = found.checkpoint.size, found.checkpoint.root
             problem = None
             if size > len(hashes):
-                problem = (
-                    f"ledger has {len(hashes)} blocks, the checkpoint {size}: "
-                    "blocks were removed"
-                )
+                problem = removed(len(hashes), size)
             elif roots[size] != root:
-                problem = (
-                    f"the ledger's first {size} blocks have root "
-                    f"{roots[size].hex()}, the checkpoint {root.hex()}: blocks "
-                    "were rewritten"
-                )
+                problem = rewritten(size, roots[size], root)
             if problem is not None:
                 return AnchoredReport(
                     False,

@@ -52,17 +52,26 @@ def check_against_ledger(
             f"checkpoint is for {checkpoint.origin!r}, the ledger is {origin!r}"
         )
     if len(block_hashes) < checkpoint.size:
-        raise CheckpointMismatch(
-            f"ledger has {len(block_hashes)} {unit}, the checkpoint "
-            f"{checkpoint.size}: {unit} were removed"
-        )
+        raise CheckpointMismatch(removed(len(block_hashes), checkpoint.size, unit))
     actual = bytes.fromhex(merkle_root(list(block_hashes[: checkpoint.size])))
     if actual != checkpoint.root:
         raise CheckpointMismatch(
-            f"the ledger's first {checkpoint.size} {unit} have root "
-            f"{actual.hex()}, the checkpoint {checkpoint.root.hex()}: "
-            f"{unit} were rewritten"
+            rewritten(checkpoint.size, actual, checkpoint.root, unit)
         )
+
+
+def removed(held: int, size: int, unit: str = "blocks") -> str:
+    """Why a ledger of ``held`` entries cannot hold a checkpoint of ``size``."""
+    return f"ledger has {held} {unit}, the checkpoint {size}: {unit} were removed"
+
+
+def rewritten(size: int, actual: bytes, root: bytes, unit: str = "blocks") -> str:
+    """Why a ledger whose first ``size`` entries have root ``actual`` does not
+    hold a checkpoint of root ``root``."""
+    return (
+        f"the ledger's first {size} {unit} have root {actual.hex()}, the "
+        f"checkpoint {root.hex()}: {unit} were rewritten"
+    )
 
 
 def check_consistency(
