@@ -68,15 +68,15 @@ def check_anchored(
                 False, 0, f"main chain {main_path} is signed by {main.public_key}"
             )
         try:
-            # From every record main.verify() then checks, not from a query by
-            # origin; before the ledger's blocks, which a live writer commits
-            # before their checkpoint is anchored.
-            anchors = [b for b in main.blocks() if b.origin == ledger.origin]
             main_checked = verify_main_chain(
                 main, pinned=main_checkpoint, witnessed=witnessed
             )
         except (AnchorRefused, MainChainError) as exc:
             return AnchoredReport(False, 0, f"main chain {main_path}: {exc}")
+        # From the records the check read, not from a query by origin; before
+        # the ledger's blocks, which a live writer commits before their
+        # checkpoint is anchored.
+        anchors = [b for b in main_checked.blocks if b.origin == ledger.origin]
         hashes = ledger.block_hashes()
         if not anchors:
             return AnchoredReport(

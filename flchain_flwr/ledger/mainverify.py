@@ -19,12 +19,13 @@ from .notes import NoteError, SignedNote, read_note_or_error
 
 @dataclass(frozen=True)
 class MainVerified:
-    """What :func:`verify_main_chain` checked: all of it (``statement``), and
-    the part that says who cosigned the checkpoint it checked
-    (``witnessing``)."""
+    """What :func:`verify_main_chain` checked: all of it (``statement``), the
+    part that says who cosigned the checkpoint it checked (``witnessing``),
+    and the blocks it checked (``blocks``), in height order."""
 
     statement: str
     witnessing: str
+    blocks: list[AnchorBlock]
 
 
 def verify_main_chain(
@@ -126,7 +127,7 @@ def verify_main_chain(
         f"{main.public_key.encode()} covers {signed.size} blocks; {cosigned}; "
         f"{held}"
     )
-    return MainVerified(statement, cosigned)
+    return MainVerified(statement, cosigned, blocks)
 
 
 @dataclass(frozen=True)
