@@ -472,3 +472,17 @@ def test_tiny_or_huge_work_still_gives_finite_factors() -> None:
         assert sum(n * f for n, f in zip(examples, factors, strict=True)) == (
             pytest.approx(sum(examples), rel=1e-9)
         )
+
+
+@pytest.mark.parametrize("field", ["num_examples", "work"])
+def test_replay_refuses_an_integer_past_the_float_range(field: str) -> None:
+    candidate: dict[str, object] = {
+        "node_id": "7",
+        "num_examples": 10.0,
+        "work": 1.0,
+        "digest": "d",
+    }
+    candidate[field] = 10**400  # json.loads reads it (a version-1 block, say)
+    body = {"work": {"candidates": [candidate]}}
+    with pytest.raises(Failed, match="its work candidates are malformed"):
+        check_weights([_update(7, "d")], [{"weight": 1.0}], body, _settings(), {})

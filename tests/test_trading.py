@@ -190,7 +190,7 @@ def test_verify_finds_an_entry_changed_or_removed_in_the_file(tmp_path: Path) ->
     chain = market(other)
     offer, _ = sale(chain)
     chain.db.execute("DELETE FROM entries WHERE idx = 1")
-    removed = "has 1 entries, the checkpoint 2: entries were removed"
+    removed = "has 1 entry, the checkpoint 2: entries were removed"
     with pytest.raises(TradeRefused, match=removed):
         chain.verify()
     with pytest.raises(LedgerError, match=f"refusing to extend .*{removed}"):

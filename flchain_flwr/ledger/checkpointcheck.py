@@ -60,16 +60,27 @@ def check_against_ledger(
         )
 
 
+_SINGULAR = {"blocks": "block", "entries": "entry"}
+
+
+def _count(number: int, unit: str) -> str:
+    """``"1 block"``, ``"2 blocks"``: ``unit`` is the plural."""
+    return f"{number} {_SINGULAR.get(unit, unit) if number == 1 else unit}"
+
+
 def removed(held: int, size: int, unit: str = "blocks") -> str:
     """Why a ledger of ``held`` entries cannot hold a checkpoint of ``size``."""
-    return f"ledger has {held} {unit}, the checkpoint {size}: {unit} were removed"
+    return (
+        f"ledger has {_count(held, unit)}, the checkpoint {size}: {unit} were removed"
+    )
 
 
 def rewritten(size: int, actual: bytes, root: bytes, unit: str = "blocks") -> str:
     """Why a ledger whose first ``size`` entries have root ``actual`` does not
     hold a checkpoint of root ``root``."""
     return (
-        f"the ledger's first {size} {unit} have root {actual.hex()}, the "
+        f"the ledger's first {_count(size, unit)} {'has' if size == 1 else 'have'} "
+        f"root {actual.hex()}, the "
         f"checkpoint {root.hex()}: {unit} were rewritten"
     )
 

@@ -19,7 +19,6 @@ checks that each weight follows from it, not that the node was asked it.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from ..strategies.block import BufferedUpdate
 from ..strategies.claims import ClaimHistory, claims_transition
 from ..strategies.fairness import FAIRNESS_FIELD, count_participation
 from ..strategies.nova import WORK_FIELD
+from ..strategies.updates import finite_float
 from ..strategies.weighting import MedianCapped, WeightingError, effective_examples
 from .blocks import Block, node_key
 from .replaysettings import Settings
@@ -242,9 +242,10 @@ def _candidates(
 
 
 def _finite_number(value: object) -> bool:
-    """Whether ``value`` is a finite JSON number (not a bool)."""
+    """Whether ``value`` is a finite JSON number (not a bool; an integer past
+    the float range is not)."""
     return (
         not isinstance(value, bool)
         and isinstance(value, int | float)
-        and math.isfinite(value)
+        and finite_float(value) is not None
     )
