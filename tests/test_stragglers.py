@@ -261,6 +261,15 @@ def test_spec_parsers_round_trip() -> None:
     assert buffer_tuning("none") is None and fairness_weighting("none") is None
 
 
+def test_a_fairness_bound_reads_back_exactly_from_its_spec() -> None:
+    """The spec is what a ledger records and replay parses: a bound with
+    more digits than ``%g`` writes must come back as the same float."""
+    assert InverseParticipation(4.0).spec == "inverse:4"  # short where exact
+    for bound in (2.123456789, 1 + 2**-40):
+        fair = InverseParticipation(bound)
+        assert fairness_weighting(fair.spec) == fair
+
+
 # ------------------------------------------------------ data and the client
 def test_tier_partition_gives_each_tier_its_own_classes() -> None:
     labels = np.repeat(np.arange(10), 60)
