@@ -41,8 +41,9 @@ def test_rebuilding_the_heap_keeps_the_message_still_in_flight() -> None:
 
 def test_a_queued_message_starts_when_another_message_settles() -> None:
     table = InFlight()
-    table.queue(7, "second", 4)
-    assert table.start_queued(7, "first") == 4
+    second = Flight(7, MessageType.TRAIN, 4, 9.0, work=3.0)
+    table.queue("second", second)
+    assert table.start_queued(7, "first") == second  # its version and work
     assert table.start_queued(7, "first") is None  # started once
-    table.queue(7, "third", 5)
+    table.queue("third", Flight(7, MessageType.TRAIN, 5, 9.0))
     assert table.start_queued(7, "third") is None  # it settled itself

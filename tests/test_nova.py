@@ -31,7 +31,12 @@ from flchain_flwr.strategies import (
     fedbuff_from_run_config,
 )
 from flchain_flwr.strategies.block import BufferedUpdate
-from flchain_flwr.strategies.nova import asked_work, work_factors, work_normalisation
+from flchain_flwr.strategies.nova import (
+    asked_work,
+    capped_factors,
+    work_factors,
+    work_normalisation,
+)
 from flchain_flwr.strategies.staleness import staleness_from_repr
 from flchain_flwr.strategies.updates import ParsedUpdate
 
@@ -89,12 +94,116 @@ def test_the_run_config_key_builds_the_policy_and_records_it() -> None:
     assert work_normalisation(" fednova ") == NOVA and NOVA.spec == "fednova"
 
 
-@pytest.mark.parametrize("spec", ["fednova:2", "nova", "FedNova", "inverse"])
+@pytest.mark.parametrize(
+    "spec", ["fednova:2:3", "nova", "FedNova", "inverse", "none:2", "inverse:2"]
+)
 def test_an_unknown_spec_names_the_accepted_forms(spec: str) -> None:
-    with pytest.raises(ValueError, match="expected '', 'none' or 'fednova'"):
+    with pytest.raises(
+        ValueError, match="expected '', 'none', 'fednova' or 'fednova:<max>'"
+    ):
         work_normalisation(spec)
     with pytest.raises(ValueError, match="work-normalisation"):
         fedbuff_from_run_config({"work-normalisation": spec})
+
+
+def test_a_capped_spec_builds_the_cap_and_records_it() -> None:
+    keys: dict[str, ConfigValue] = {"adaptive-work": "bafl", "local-steps": 4}
+    strategy = fedbuff_from_run_config({**keys, "work-normalisation": "fednova:2"})
+    assert strategy.work_normalisation == WorkNormalisation(2.0)
+    assert strategy.config_dict()["work_normalisation"] == "fednova:2"
+    assert work_normalisation(" fednova:2.5 ") == WorkNormalisation(2.5)
+    assert WorkNormalisation(1).spec == "fednova:1"
+    # the spec gives back the cap exactly, whatever its digits (replay reads it)
+    for cap in (2.123456789, 1 + 2**-40, 1e300):
+        assert work_normalisation(WorkNormalisation(cap).spec) == WorkNormalisation(cap)
+
+
+@pytest.mark.parametrize(
+    ("spec", "why"),
+    [
+        ("fednova:0.5", "finite and >= 1, got 0.5"),
+        ("fednova:0", "finite and >= 1, got 0.0"),
+        ("fednova:-2", "finite and >= 1, got -2.0"),
+        ("fednova:inf", "finite and >= 1, got inf"),
+        ("fednova:nan", "finite and >= 1, got nan"),
+        ("fednova:two", "could not convert"),
+        ("fednova:", "could not convert"),
+    ],
+)
+def test_a_cap_that_is_not_a_finite_number_of_at_least_one_is_refused(
+    spec: str, why: str
+) -> None:
+    with pytest.raises(ValueError, match=f"bad work normalisation '{spec}': .*{why}"):
+        work_normalisation(spec)
+    with pytest.raises(ValueError, match="work-normalisation"):
+        fedbuff_from_run_config({"work-normalisation": spec})
+    with pytest.raises(ValueError, match="finite and >= 1"):
+        WorkNormalisation(math.inf)
+
+
+# ------------------------------------------------------------------- a cap
+def test_a_cap_clips_each_factor_then_renormalises() -> None:
+    """One update asked 1 step among four asked 12, equal examples: uncapped
+    3.75 and 0.3125; capped at 2 they clip to 2 and 0.5, then scale by
+    5 / 4 so the buffer's total is kept: 2.5 (past the cap) and 0.625."""
+    work, examples = [1.0, 12.0, 12.0, 12.0, 12.0], [10.0] * 5
+    assert work_factors(work, examples) == pytest.approx([3.75] + [0.3125] * 4)
+    assert WorkNormalisation(2).factors(work, examples) == [2.5] + [0.625] * 4
+    assert capped_factors([3.75] + [0.3125] * 4, examples, 2) == [2.5] + [0.625] * 4
+    # 3.75 and 0.3125 lie within [1/4, 4]: a cap of 4 leaves them as they are
+    assert WorkNormalisation(4).factors(work, examples) == work_factors(work, examples)
+    assert WorkNormalisation(1).factors(work, examples) == [1.0] * 5  # no effect
+    assert capped_factors([1.0, 1.0], [0.0, 0.0], 2) == [1.0, 1.0]  # no examples
+    # the docstring's other rows: K = 5 at a cap of 3; K = 20 uncapped and at 2, 3, 4
+    assert WorkNormalisation(3).factors(work, examples)[0] == pytest.approx(
+        3.4615, abs=1e-4
+    )
+    work, examples = [1.0] + [12.0] * 19, [10.0] * 20
+    firsts = [
+        nova.factors(work, examples)[0]
+        for nova in (NOVA, *map(WorkNormalisation, (2, 3, 4)))
+    ]
+    assert firsts == pytest.approx([7.7419, 2.8054, 3.9323, 4.9206], abs=1e-4)
+
+
+def _share_bound(q: float, p: float) -> float:
+    """The most factor an update of example share ``p`` gets when no two
+    factors in its buffer differ by more than ``q`` times (total kept)."""
+    return q / (1 + (q - 1) * p)
+
+
+@pytest.mark.parametrize("cap", [1.0, 1.5, 2.0, 3.0, 4.0, 10.0])
+def test_the_capped_factors_keep_the_bound_the_docs_state(cap: float) -> None:
+    """With ``Q = min(max tau / min tau, cap**2)`` and ``p_i`` update ``i``'s
+    share of the buffer's examples: the total is kept, two factors differ by
+    at most ``min(tau_j / tau_i, cap**2)`` times (the less work, the larger),
+    and ``1 / (p_i + (1 - p_i) Q) <= f_i <= Q / (1 + (Q - 1) p_i)``, so no
+    factor leaves ``[1 / cap**2, cap**2]``; and the bound is reached."""
+    import random
+
+    rng = random.Random(int(cap * 10))
+    nova = WorkNormalisation(cap)
+    for _ in range(400):
+        size = rng.randint(1, 8)
+        work = [float(rng.choice((1, 2, 3, 5, 8, 12, 16))) for _ in range(size)]
+        examples = [float(rng.choice((1, 10, 50, 600))) for _ in range(size)]
+        factors = nova.factors(work, examples)
+        total = sum(examples)
+        kept = sum(n * f for n, f in zip(examples, factors, strict=True))
+        assert kept == pytest.approx(total, rel=1e-12)
+        q = min(max(work) / min(work), cap**2)
+        for f, w, n in zip(factors, work, examples, strict=True):
+            p = n / total
+            assert f <= _share_bound(q, p) * (1 + 1e-12)
+            assert f >= 1 / (p + (1 - p) * q) * (1 - 1e-12)
+            assert 1 / cap**2 * (1 - 1e-12) <= f <= cap**2 * (1 + 1e-12)
+            for g, v in zip(factors, work, strict=True):
+                if w <= v:
+                    assert g <= f * (1 + 1e-12)
+                    assert f <= g * min(v / w, cap**2) * (1 + 1e-12)
+    # reached: one update asked the least among updates asked the most
+    tight = nova.factors([1.0] + [1e6] * 19, [10.0] * 20)
+    assert tight[0] == pytest.approx(_share_bound(cap**2, 0.05), rel=1e-12)
 
 
 def test_a_value_that_is_not_text_names_the_key() -> None:
@@ -113,6 +222,10 @@ def test_the_app_exposes_the_key_off_and_only_for_fedbuff() -> None:
     assert "work-normalisation" in FEDBUFF_ONLY
     nova = {**config, "work-normalisation": "fednova"}
     assert strategy_name(nova) == "fedbuff"
+    capped = {**config, "work-normalisation": "fednova:2"}
+    assert strategy_name(capped) == "fedbuff"
+    built = fedbuff_from_run_config(capped)
+    assert built.work_normalisation == WorkNormalisation(2.0)
     with pytest.raises(ValueError, match="does not read work-normalisation"):
         strategy_name({**nova, "strategy": "fedavg"})
 
@@ -156,7 +269,12 @@ def run(
 
 def nova_ledger(path: Path, versions: int, **settings: Any) -> Ledger:
     """A ledger of a BAFL run with work normalisation (and ``settings``)."""
-    run(versions, scheduling=bafl(), work_normalisation=NOVA, ledger=path, **settings)
+    run(
+        versions,
+        scheduling=bafl(),
+        ledger=path,
+        **{"work_normalisation": NOVA, **settings},
+    )
     return Ledger(path, create=False)
 
 
@@ -301,6 +419,49 @@ def test_forged_work_fails_naming_the_block_and_update(tmp_path: Path) -> None:
         assert "fednova work factor" in report.reason, report
 
 
+@pytest.mark.parametrize("altered", ["fednova:1.5", "fednova"])
+def test_a_capped_chain_replays_and_fails_with_its_cap_altered(
+    tmp_path: Path, altered: str
+) -> None:
+    """An honest chain capped at 2 passes ``--replay``; the same chain whose
+    block states another cap (its settings re-recorded, re-signed) fails,
+    naming the block."""
+    path = tmp_path / "l.db"
+    nova_ledger(path, 10, work_normalisation=WorkNormalisation(2.0)).close()
+    code, text = flchain("verify", str(path), "--replay")
+    assert code == 0, text
+    assert "replay: 10 of 10 blocks after genesis" in text, text
+    with Ledger(path, create=False) as ledger:
+        assert ledger.block(0).body["config"]["work_normalisation"] == "fednova:2"
+        other = work_normalisation(altered)
+        assert other is not None
+        height = next(  # the first block whose factors the alteration changes
+            h
+            for h in range(1, len(ledger))
+            if WorkNormalisation(2.0).factors(*_work_and_examples(ledger, h))
+            != other.factors(*_work_and_examples(ledger, h))
+        )
+        config = dict(ledger.block(0).body["config"], work_normalisation=altered)
+        digest = ledger.config_digest(config)
+        rewrite(
+            ledger,
+            height,
+            body=lambda body: body.update(config=config),
+            header=lambda header: header.update(config_digest=digest),
+        )
+        assert ledger.verify().ok  # re-signed: only replay can tell
+        report = replay(ledger)
+        assert report.bad_height == height, report
+        assert f"{altered} work factor" in report.reason, report
+    code, text = flchain("verify", str(path), "--replay")
+    assert code != 0 and f"block {height}" in text, text
+
+
+def _work_and_examples(ledger: Ledger, height: int) -> tuple[list[float], list[float]]:
+    candidates = ledger.block(height).body["work"]["candidates"]
+    return [c["work"] for c in candidates], [c["num_examples"] for c in candidates]
+
+
 def _without_work(body: dict[str, Any]) -> None:
     del body["work"]
 
@@ -359,7 +520,8 @@ def test_a_node_that_delays_its_replies_is_asked_the_least_work() -> None:
     (1 step of base 3) and so gets the largest factor. Quantified here (what
     docs/stragglers.md cites): three tiers of three honest nodes (speeds 1,
     0.25, 0.05) and a tenth node of speed 1 that delays each reply by 5 s,
-    every node claiming 10 examples, K = 5, 200 versions."""
+    every node claiming 10 examples, K = 5, 200 versions; uncapped, and with
+    ``fednova:<max>`` at 2, 3 and 4."""
     asked: dict[int, list[int]] = defaultdict(list)
     ids: dict[int, int] = {}
 
@@ -410,9 +572,16 @@ def test_a_node_that_delays_its_replies_is_asked_the_least_work() -> None:
     assert set(asked[9][5:]) == {1}  # once timed: the least work, 1 step
     assert max(w for works in asked.values() for w in works) == 12  # BAFL's most
     without = share(5.0, None)
+    capped = {cap: share(5.0, WorkNormalisation(cap)) for cap in (2.0, 3.0, 4.0)}
     assert round(100 * honest, 1) == 5.4
     assert round(100 * delaying, 1) == 32.9  # against 10 % of the examples
     assert round(100 * without, 1) == 14.0
+    # fednova:<max> bounds what the delay buys (the default, uncapped, not)
+    assert {c: round(100 * s, 1) for c, s in capped.items()} == {
+        2.0: 26.0,
+        3.0: 31.2,
+        4.0: 32.6,
+    }
 
 
 # ----------------------------------------------------- replay, one node twice

@@ -303,7 +303,7 @@ class TimingSpy(RandomSample):
     def __init__(self) -> None:
         self.dispatches: list[tuple[int, int, float]] = []
 
-    def on_dispatch(self, node_id: int, version: int, now: float) -> None:
+    def on_dispatch(self, node_id: int, version: int, now: float, work: float) -> None:
         self.dispatches.append((node_id, version, now))
 
 

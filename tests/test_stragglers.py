@@ -3,6 +3,7 @@ tau, fairness weighting; their run-config keys; short virtual-grid runs."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import defaultdict
 
@@ -32,7 +33,7 @@ from flchain_flwr.strategies.fedsa import fedsa_learning_rate, participation_lr
 from flchain_flwr.strategies.tuning import BufferTuner, buffer_tuning, next_buffer_size
 from flchain_flwr.training import train
 
-from .toy import initial_arrays, toy_client_app
+from .toy import constant_work, initial_arrays, toy_client_app
 
 
 # ------------------------------------------------------------ node history
@@ -121,9 +122,9 @@ def test_adaptive_scheduling_learns_from_the_loops_hooks() -> None:
     first = policy.train_config(7, 0, base)
     assert first is not None and first["local-steps"] == 4
     assert first["batch-size"] == 8 and first["lr"] == pytest.approx(0.1)
-    policy.on_dispatch(7, 0, 0.0)
+    policy.on_dispatch(7, 0, 0.0, 4.0)
     policy.train_config(8, 0, base)
-    policy.on_dispatch(8, 0, 0.0)
+    policy.on_dispatch(8, 0, 0.0, 4.0)
     policy.on_update(7, 0, 4.0)  # 1 s per step
     policy.on_update(8, 0, 16.0)  # 4 s per step
     fast, slow = policy.train_config(7, 1, base), policy.train_config(8, 1, base)
@@ -258,6 +259,15 @@ def test_spec_parsers_round_trip() -> None:
     target = StalenessTarget(3.0, 1, 9, 2.0)
     assert buffer_tuning(target.spec) == target
     assert buffer_tuning("none") is None and fairness_weighting("none") is None
+
+
+def test_a_fairness_bound_reads_back_exactly_from_its_spec() -> None:
+    """The spec is what a ledger records and replay parses: a bound with
+    more digits than ``%g`` writes must come back as the same float."""
+    assert InverseParticipation(4.0).spec == "inverse:4"  # short where exact
+    for bound in (2.123456789, 1 + 2**-40):
+        fair = InverseParticipation(bound)
+        assert fairness_weighting(fair.spec) == fair
 
 
 # ------------------------------------------------------ data and the client
@@ -445,3 +455,88 @@ def test_the_app_trains_the_lr_and_steps_its_train_config_asks_for() -> None:
     assert epochs["examples-trained"] == int(cfg["local-epochs"]) * len(y)
     moved = reply_of(4, {"local-steps": 3, "lr": 0.5})["train-loss"]
     assert moved != steps["train-loss"]  # the lr was used
+
+
+# ------------------------------------------------ the work a policy is told
+def _bafl_fingerprint(queued: bool) -> tuple[dict[int, list[int]], str]:
+    """Each node's asked ``local-steps`` in order, and the final model's hash,
+    of a scripted BAFL run (with queued dispatch: its queued starts too)."""
+    policy = AdaptiveScheduling([AdaptiveLocalWork(4)], work_key="local-steps")
+    result, seen = run_toy(
+        toy_fedbuff(scheduling=policy, queued_dispatch=queued), versions=30
+    )
+    asked = {pid: [int(c["local-steps"]) for c in cs] for pid, cs in seen.items()}
+    assert result.arrays is not None
+    digest = hashlib.sha256()
+    for name, array in result.arrays.items():
+        digest.update(name.encode() + array.numpy().tobytes())
+    return dict(sorted(asked.items())), digest.hexdigest()
+
+
+FAST, MID, QMID = [4] * 4 + [7] * 10, [4] + [2] * 8 + [3], [4] + [2] * 9 + [3]
+
+
+@pytest.mark.parametrize(
+    ("queued", "asked", "model"),
+    [
+        (
+            False,
+            {0: FAST, 1: FAST, 2: FAST, 3: MID, 4: MID, 5: [4, 1]},
+            "6109ae08f2aff233404afdb2a2cfb58a0c115f0e0b11d1b00e4e1e2f98996f74",
+        ),
+        (
+            True,  # queued starts: timed from when they start, with their work
+            {0: [*FAST, 7], 1: [*FAST, 7], 2: [*FAST, 7], 3: QMID, 4: QMID, 5: [4, 1]},
+            "7fc94d6ca38c9d015761ea84f55d84731af4e599b2ced127bee023a484802761",
+        ),
+    ],
+)
+def test_bafl_times_each_node_by_the_work_dispatch_recorded(
+    queued: bool, asked: dict[int, list[int]], model: str
+) -> None:
+    """The policy is told the work each dispatch recorded (``Flight.work``),
+    not a copy of its own: for ordinary work values the asked work and the
+    model are as they were before (pinned from the run before the change)."""
+    assert _bafl_fingerprint(queued) == (asked, model)
+
+
+class _SetsWork:
+    """An adjuster asking every node for ``value`` under ``local-steps``."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def adjust(
+        self, node_id: int, history: NodeHistory, config: dict[str, object]
+    ) -> dict[str, int | float]:
+        return {"local-steps": self.value}
+
+    @property
+    def spec(self) -> str:
+        return f"sets:{self.value}"
+
+
+@pytest.mark.parametrize("value", [0, 0.0, -3, math.inf])
+def test_work_that_is_not_a_finite_positive_number_times_as_one_unit(
+    value: float,
+) -> None:
+    """The policy times a round trip by the work dispatch recorded, which is
+    1 for a work key that is not a finite number > 0 (as FedNova weighs it):
+    such a node is timed per message, not left untimed."""
+    policy = AdaptiveScheduling([_SetsWork(value)], work_key="local-steps")
+    grid = VirtualGrid(
+        toy_client_app(),
+        [DeviceProfile(speed=1.0), DeviceProfile(speed=0.5)],
+        work_fn=constant_work(2.0),
+        seed=0,
+    )
+    FedBuff(
+        buffer_size=1,
+        fraction_evaluate=0.0,
+        max_staleness=None,
+        seed=0,
+        scheduling=policy,
+    ).start(grid, initial_arrays(), num_rounds=4, timeout=100.0)
+    fast, slow = grid.node_ids
+    assert policy.history.seconds_per_work(fast) == 2.0
+    assert policy.history.seconds_per_work(slow) == 4.0

@@ -53,6 +53,9 @@ class AdaptiveScheduling(SchedulingPolicy):
     work_key : str | None (default: None)
         The train-config key holding a message's local work, by which a round
         trip is divided to time the node (``None``: every message is 1 unit).
+        The loop passes the work its dispatch recorded to :meth:`on_dispatch`
+        (:func:`~.nova.asked_work`: 1 unit where the value is not a finite
+        number > 0, e.g. 0 or inf), the same work FedNova weighs by.
     history : NodeHistory | None (default: a new one)
         Where what is seen is kept (one per run).
     """
@@ -68,7 +71,6 @@ class AdaptiveScheduling(SchedulingPolicy):
         self.base = base or RandomSample()
         self.work_key = work_key
         self.history = history or NodeHistory()
-        self._work: dict[int, float] = {}  # asked of a node, until dispatched
 
     def select(self, pool: NodePool, capacity: int, rng: random.Random) -> list[int]:
         """The base policy's choice."""
@@ -83,13 +85,13 @@ class AdaptiveScheduling(SchedulingPolicy):
         values: dict[str, object] = dict(config)
         for adjuster in self.adjusters:
             values.update(adjuster.adjust(node_id, self.history, values))
-        work = values.get(self.work_key) if self.work_key else None
-        self._work[node_id] = float(work) if isinstance(work, int | float) else 1.0
         return ConfigRecord(values)  # type: ignore[arg-type]
 
-    def on_dispatch(self, node_id: int, version: int, now: float) -> None:
-        """Start timing ``node_id``'s round trip."""
-        self.history.dispatched(node_id, now, self._work.pop(node_id, 1.0))
+    def on_dispatch(self, node_id: int, version: int, now: float, work: float) -> None:
+        """Start timing ``node_id``'s round trip, of ``work`` units (the asked
+        work the dispatch recorded: 1 where the work key's value is not a
+        finite number > 0, e.g. 0 or inf)."""
+        self.history.dispatched(node_id, now, work)
 
     def on_update(self, node_id: int, staleness: int, now: float) -> None:
         """Count ``node_id``'s accepted update and time its round trip."""

@@ -52,10 +52,11 @@ def fedbuff_from_run_config(
       (``"fedsa[:<low>:<high>]"``, scales the run's ``lr`` per node),
       ``adaptive-work`` (``"bafl[:<low>:<high>]"``, scales ``local-steps`` if
       > 0, else ``local-epochs``, per node), ``fairness``
-      (``"inverse[:<max_factor>]"``), ``work-normalisation`` (``"fednova"``:
-      each update weighed by the inverse of the local work it was asked for,
-      with ``adaptive-work``), ``update-memory`` (``"mifa[:<max_age>]"``),
-      ``buffer-tuning``
+      (``"inverse[:<max_factor>]"``), ``work-normalisation``
+      (``"fednova[:<max_factor>]"``: each update weighed by the inverse of the
+      local work it was asked for, with ``adaptive-work``; the factor clipped
+      to ``[1/max, max]`` before renormalising), ``update-memory``
+      (``"mifa[:<max_age>]"``), ``buffer-tuning``
       (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
     - ``downlink`` (bool: sparse downlink deltas, with the client's

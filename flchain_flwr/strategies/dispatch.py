@@ -180,9 +180,9 @@ class Dispatcher:
             self.parts.evaluation.trained(flight.node_id)
             self.parts.buffer.store.dispatched(flight.node_id, flight.version)
             if queued:  # it starts when the node's current message settles
-                self.parts.in_flight.queue(flight.node_id, msg_id, flight.version)
+                self.parts.in_flight.queue(msg_id, flight)
             else:
                 self.parts.policy.on_dispatch(
-                    flight.node_id, flight.version, self.parts.elapsed()
+                    flight.node_id, flight.version, self.parts.elapsed(), flight.work
                 )
                 self.parts.forecast.started(flight.node_id, self.parts.clock.now())

@@ -25,9 +25,10 @@ may reject some of them after the factors were computed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+
+from .maxfactor import check_max_factor, clip_factor, max_factor_text
 
 FAIRNESS_FIELD = "fairness"
 """The block body field holding :func:`~.candidates.candidates_record`."""
@@ -51,8 +52,7 @@ def inverse_participation(
     total = sum(examples)
     weighted = sum(n * r for n, r in zip(examples, raw, strict=True))
     scale = total / weighted if weighted > 0 else 1.0
-    low = 1.0 / max_factor
-    return [min(max(r * scale, low), max_factor) for r in raw]
+    return [clip_factor(r * scale, max_factor) for r in raw]
 
 
 def count_participation(participation: dict[int, int], node_ids: Iterable[int]) -> None:
@@ -68,10 +68,7 @@ class InverseParticipation:
     max_factor: float = 4.0
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.max_factor) and self.max_factor >= 1.0):
-            raise ValueError(
-                f"max_factor must be finite and >= 1, got {self.max_factor}"
-            )
+        check_max_factor(self.max_factor)
 
     def factors(
         self,
@@ -85,7 +82,7 @@ class InverseParticipation:
     @property
     def spec(self) -> str:
         """``"inverse:<max_factor>"``."""
-        return f"inverse:{self.max_factor:g}"
+        return f"inverse:{max_factor_text(self.max_factor)}"
 
 
 def fairness_weighting(spec: str) -> InverseParticipation | None:

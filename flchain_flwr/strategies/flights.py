@@ -43,9 +43,9 @@ class InFlight:
         self._flights: dict[str, Flight] = {}
         self._deadlines: list[tuple[float, int, str]] = []
         self._seq = 0
-        # node -> (message id, version) of a queued train message that has not
+        # node -> (message id, flight) of a queued train message that has not
         # started: the policy is told of it when the node's current one settles
-        self._queued: dict[int, tuple[str, int]] = {}
+        self._queued: dict[int, tuple[str, Flight]] = {}
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -85,13 +85,13 @@ class InFlight:
             heapq.heappop(self._deadlines)
         return self._deadlines[0][0] if self._deadlines else math.inf
 
-    def queue(self, node_id: int, msg_id: str, version: int) -> None:
-        """``msg_id``, on ``version``, waits behind ``node_id``'s current message."""
-        self._queued[node_id] = (msg_id, version)
+    def queue(self, msg_id: str, flight: Flight) -> None:
+        """``msg_id`` (``flight``) waits behind its node's current message."""
+        self._queued[flight.node_id] = (msg_id, flight)
 
-    def start_queued(self, node_id: int, settled: str) -> int | None:
-        """``node_id``'s train message ``settled`` is settled: the version of the
-        message queued behind it, which starts now, if there is one."""
+    def start_queued(self, node_id: int, settled: str) -> Flight | None:
+        """``node_id``'s train message ``settled`` is settled: the message
+        queued behind it, which starts now, if there is one."""
         queued = self._queued.pop(node_id, None)
         if queued is None or queued[0] == settled:
             return None

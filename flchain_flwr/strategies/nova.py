@@ -30,14 +30,44 @@ weighting (:mod:`.fairness`) multiplies after it; an update memory
 ``tau_i`` is the server's own record of what its train message asked (the
 scheduling policy's ``work_key`` in the message's train config,
 :func:`asked_work`), never the client's word; without a work key every
-``tau_i`` is 1 and every factor exactly 1. Two updates' factors differ by exactly
-the inverse ratio of their work, so none is more than ``max tau / min tau``
-(with BAFL at most its ``high / low``); since BAFL asks a node that answers
-slowly for less, a node can buy up to that by delaying its replies
-(docs/stragglers.md quantifies it). A ledger block records the
-buffer the factors were computed over, with each update's work
-(:data:`WORK_FIELD`, :func:`~.candidates.candidates_record`), and
-``verify --replay`` recomputes them from it.
+``tau_i`` is 1 and every factor exactly 1.
+
+Who can buy what. Two updates' factors differ by exactly the inverse ratio of
+their work, ``R = max tau / min tau`` at most (with BAFL at most its
+``high / low``, 12 at base 3). Since BAFL asks a node that answers slowly for
+less, a node can buy that by delaying its replies: an update holding a share
+``p`` of its buffer's effective examples gets a factor of up to
+``R / (1 + (R - 1) p)`` (so at most ``R p / (1 + (R - 1) p)`` of the step,
+staleness weights aside). On the virtual grid of ``tests/test_nova.py`` one
+node of ten delaying each reply 5 s took 32.9 % of the weight against 10 % of
+the examples (docs/stragglers.md).
+
+``fednova:<max>`` bounds that (:func:`capped_factors`): each factor ``f_i``,
+which is relative to the buffer (``tau_eff / tau_i``), is clipped to
+``[1/max, max]``, then all are scaled by one number so that
+``sum_i n_i f_i = sum_i n_i`` again. That scaling can push a factor back past
+``max`` (one update asked 1 step among four asked 12, equal examples: 3.75
+clips to 2, the others' 0.3125 to 0.5, and the scaling by 5/4 gives 2.5), so
+what holds is the bound above with ``Q = min(R, max**2)`` for ``R``: two
+factors differ by at most ``min(tau_j / tau_i, max**2)`` times, and
+``1 / (p + (1 - p) Q) <= f_i <= Q / (1 + (Q - 1) p)``, inside
+``[1/max**2, max**2]``; the upper bound is reached when the update's factor
+and all the others' are clipped. So a cap of ``max`` limits what a node can
+buy by delaying to what a work ratio of ``max**2`` would give it. With
+BAFL's ``R`` = 12, one update asked 1 step among K - 1 asked 12, equal
+examples, gets 3.75 uncapped at K = 5 (three quarters of the step), 2.5
+capped at 2 (half), 3.46 at 3 and 3.75 at 4 (not clipped); at K = 20, 7.74
+uncapped, 2.81, 3.93 and 4.92. A cap of 4 or more (``max**2`` >= 12) gives
+no better bound than ``R``'s, though it clips. On the same grid the delaying node
+took 26.0 % of the weight with a cap of 2, 31.2 % with 3 and 32.6 % with 4
+(32.9 % uncapped): the cap lowers the factor of each update, not the node's
+participation. A cap of 1 makes every factor 1. Plain ``fednova`` stays
+uncapped (its benchmark rows are unchanged).
+
+A ledger block records the buffer the factors were computed over, with each
+update's work (:data:`WORK_FIELD`, :func:`~.candidates.candidates_record`),
+the run's settings record the spec (the cap with it), and ``verify --replay``
+recomputes the factors from both.
 """
 
 from __future__ import annotations
@@ -46,6 +76,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from .maxfactor import check_max_factor, clip_factor, max_factor_text
 from .scheduling import SchedulingPolicy
 
 WORK_FIELD = "work"
@@ -77,6 +108,28 @@ def _factors(raw: Sequence[float], examples: Sequence[float]) -> list[float]:
     return [r * total / weighted for r in raw]
 
 
+def capped_factors(
+    factors: Sequence[float], examples: Sequence[float], max_factor: float
+) -> list[float]:
+    """``factors`` clipped to ``[1/max_factor, max_factor]``, then scaled so
+    that their example-weighted total is ``sum(examples)`` again.
+
+    ``factors`` are relative to the buffer (:func:`work_factors`); the result
+    may leave ``[1/max_factor, max_factor]`` but not ``[1/max_factor**2,
+    max_factor**2]`` (the module's docstring has the exact bound). Where no
+    factor needed clipping, or the examples weigh nothing, the clipped
+    factors are returned unscaled.
+    """
+    clipped = [clip_factor(f, max_factor) for f in factors]
+    if clipped == list(factors):  # the total is kept: rescaling adds only rounding
+        return clipped
+    total = sum(examples)
+    weighted = sum(n * c for n, c in zip(examples, clipped, strict=True))
+    if not weighted > 0:
+        return clipped
+    return [c * total / weighted for c in clipped]
+
+
 def asked_work(config: Mapping[str, object] | None, key: str | None) -> float:
     """The local work a train config asks for: its value under ``key`` if
     that is a finite number > 0, else 1."""
@@ -91,27 +144,44 @@ def asked_work(config: Mapping[str, object] | None, key: str | None) -> float:
 
 @dataclass(frozen=True)
 class WorkNormalisation:
-    """Weight factors from each update's asked local work (FedNova)."""
+    """Weight factors from each update's asked local work (FedNova), capped
+    at ``max_factor`` (:func:`capped_factors`) unless it is ``None``."""
+
+    max_factor: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_factor is not None:
+            check_max_factor(self.max_factor)
 
     def factors(self, work: Sequence[float], examples: Sequence[float]) -> list[float]:
         """One factor per buffered update."""
-        return work_factors(work, examples)
+        factors = work_factors(work, examples)
+        if self.max_factor is None:
+            return factors
+        return capped_factors(factors, examples, self.max_factor)
 
     @property
     def spec(self) -> str:
-        """``"fednova"``."""
-        return "fednova"
+        """``"fednova"``, or ``"fednova:<max_factor>"`` with a cap."""
+        if self.max_factor is None:
+            return "fednova"
+        return f"fednova:{max_factor_text(self.max_factor)}"
 
 
 def work_normalisation(spec: str) -> WorkNormalisation | None:
-    """``""`` or ``"none"``: off; ``"fednova"``."""
-    name = spec.strip()
-    if name in ("", "none"):
+    """``""`` or ``"none"``: off; ``"fednova"`` (uncapped) or
+    ``"fednova:<max_factor>"`` (a finite number >= 1)."""
+    name, *params = spec.strip().split(":")
+    if name in ("", "none") and not params:
         return None
-    if name == "fednova":
-        return WorkNormalisation()
+    if name == "fednova" and len(params) <= 1:
+        try:
+            return WorkNormalisation(*(float(p) for p in params))
+        except ValueError as exc:
+            raise ValueError(f"bad work normalisation {spec!r}: {exc}") from None
     raise ValueError(
-        f"unknown work normalisation {spec!r}; expected '', 'none' or 'fednova'"
+        f"unknown work normalisation {spec!r}; expected '', 'none', 'fednova' "
+        "or 'fednova:<max>'"
     )
 
 

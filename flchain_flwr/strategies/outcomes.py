@@ -142,9 +142,11 @@ class MessageOutcomes:
         """The train message ``settled`` of ``node_id`` is settled: a queued one
         behind it starts now, so the policy (round-trip timing, e.g. BAFL's)
         counts its dispatch from here, not from when it was queued."""
-        version = self.parts.in_flight.start_queued(node_id, settled)
-        if version is not None:
-            self.parts.policy.on_dispatch(node_id, version, self.parts.elapsed())
+        queued = self.parts.in_flight.start_queued(node_id, settled)
+        if queued is not None:
+            self.parts.policy.on_dispatch(
+                node_id, queued.version, self.parts.elapsed(), queued.work
+            )
             self.parts.forecast.started(node_id, self.parts.clock.now())
 
     def _record_failure(self, flight: Flight, code: int, reason: str) -> None:

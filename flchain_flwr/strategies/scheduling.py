@@ -39,8 +39,17 @@ class SchedulingPolicy:
         """The train config for ``node_id``, or ``None`` to send ``config`` as is."""
         return None
 
-    def on_dispatch(self, node_id: int, version: int, now: float) -> None:
-        """A train message for ``version`` went to ``node_id`` at ``now``."""
+    def on_dispatch(self, node_id: int, version: int, now: float, work: float) -> None:
+        """A train message for ``version``, asking for ``work`` units of local
+        work, went to ``node_id`` (or started there, if it was queued) at
+        ``now``.
+
+        ``work`` is the one the dispatch recorded
+        (:func:`~.nova.asked_work` of the message's train config under
+        :attr:`work_key`, also what work normalisation weighs by): the value
+        if it is a finite number > 0, else 1 (so 0, a negative number, inf,
+        NaN or a bool count as 1 unit).
+        """
 
     def on_update(self, node_id: int, staleness: int, now: float) -> None:
         """An update from ``node_id`` was accepted into the buffer at ``now``."""
