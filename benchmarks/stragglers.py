@@ -19,7 +19,8 @@ Compared, on the same grid and time budget (FedAvg's ``--rounds`` rounds):
   FedBuff with one straggler policy (:mod:`~flchain_flwr.strategies.fedsa`,
   ``bafl``, ``tuning``, ``fairness``, ``memory``: MIFA's update memory, at
   ``--memory-age`` versions; ``nova``: FedNova's work normalisation, which
-  acts only beside ``bafl``, e.g. ``+bafl+nova``); ``+all``: every policy
+  acts only beside ``bafl``, e.g. ``+bafl+nova``; ``nova:<max>`` caps its
+  factors, e.g. ``+bafl+nova:2``); ``+all``: every policy
   together but fairness, which FedBuff refuses beside the update memory, and
   work normalisation; any other combination is named by joining policies,
   e.g. ``+fedsa+fairness``.
@@ -101,6 +102,7 @@ from flchain_flwr.strategies import (
     mean_staleness,
 )
 from flchain_flwr.strategies.adaptive import ConfigAdjuster
+from flchain_flwr.strategies.nova import work_normalisation
 
 SLOWDOWNS = (1.0, 5.0, 20.0)
 POLICIES = ("fedsa", "bafl", "tuning", "fairness", "memory", "nova")
@@ -125,13 +127,26 @@ def policies_of(name: str) -> tuple[str, ...]:
 
 
 def is_strategy(name: str) -> bool:
-    """One of :data:`STRATEGIES`, or ``+`` and distinct policies joined by ``+``."""
-    policies = policies_of(name)
+    """One of :data:`STRATEGIES`, or ``+`` and distinct policies joined by ``+``
+    (``nova`` may carry a cap, ``nova:<max>``)."""
+    parts = [p.partition(":") for p in policies_of(name)]
+    bases = [base for base, _, _ in parts]
     return name in STRATEGIES or (
-        len(policies) > 1
-        and len(set(policies)) == len(policies)
-        and set(policies) <= set(POLICIES)
+        len(bases) > 1
+        and len(set(bases)) == len(bases)
+        and set(bases) <= set(POLICIES)
+        and all(base == "nova" or not colon for base, colon, _ in parts)
     )
+
+
+def normalisation_of(policies: tuple[str, ...]) -> WorkNormalisation | None:
+    """``nova``: uncapped FedNova; ``nova:<max>``: capped at ``max``
+    (:func:`~flchain_flwr.strategies.nova.work_normalisation`); else None."""
+    for policy in policies:
+        base, colon, cap = policy.partition(":")
+        if base == "nova":
+            return work_normalisation("fednova" + colon + cap)
+    return None
 
 
 class KeepFastest(VirtualGrid):
@@ -205,7 +220,7 @@ def strategy_for(name: str, args: argparse.Namespace, budget: float | None, seed
         fairness=InverseParticipation(args.fairness_max)
         if "fairness" in policies
         else None,
-        work_normalisation=WorkNormalisation() if "nova" in policies else None,
+        work_normalisation=normalisation_of(policies),
         update_memory=UpdateMemory(args.memory_age) if "memory" in policies else None,
         buffer_tuning=StalenessTarget(
             args.target_staleness,

@@ -201,6 +201,14 @@ def test_joined_policies_name_a_strategy_and_refused_pairs_stop_the_run(
     assert stragglers.is_strategy("+fedsa+fairness")
     for name in ("+fedsa+fedsa", "+fedsa+typo", "fedsa+fairness", "+", "++fedsa"):
         assert not stragglers.is_strategy(name), name
+    assert not stragglers.is_strategy("+fedsa:2+bafl")  # only nova takes a cap
+    assert not stragglers.is_strategy("+bafl+nova+nova:2")
+    capped = stragglers.strategy_for("+bafl+nova:2", args, None, 0)
+    assert capped.work_normalisation is not None
+    assert capped.work_normalisation.spec == "fednova:2"
+    plain = stragglers.strategy_for("+bafl+nova", args, None, 0)
+    assert plain.work_normalisation is not None
+    assert plain.work_normalisation.spec == "fednova"
 
     def no_cell(*_: Any) -> None:
         raise AssertionError("a refused strategy must stop the run first")
@@ -209,6 +217,7 @@ def test_joined_policies_name_a_strategy_and_refused_pairs_stop_the_run(
     for name, reason in (
         ("+fedsa+typo", "unknown strategies"),
         ("+fairness+memory", "+fairness+memory: "),
+        ("+bafl+nova:0.5", "+bafl+nova:0.5: "),
     ):
         argv = ["stragglers.py", "--strategies", f"fedbuff,{name}"]
         monkeypatch.setattr(sys, "argv", argv)
