@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from nacl.encoding import HexEncoder
@@ -87,7 +88,7 @@ class Verifier:
         self.rule = rule
         self.seen: dict[str, tuple[int, str, str]] = {}
         """By chain id, the last ``(height, previous hash, parent model
-        hash)`` it voted at or led (a verifier node keeps it in its run state)."""
+        hash)`` it voted at or led (a verifier node keeps it in its state file)."""
         self.statements: dict[str, tuple[int, int, str]] = {}
         """By chain id, the last (height, view, block hash or "view-change")
         it signed as a committee member (see :mod:`flchain_flwr.pov.views`)."""
@@ -100,7 +101,10 @@ class Verifier:
         height's candidates (see :mod:`flchain_flwr.pov.memory`)."""
         self.headers: dict[str, tuple[int, str]] = {}
         """By chain id, the height and SHA-256 of the last block header it
-        signed as a leader (a verifier node keeps it in its run state)."""
+        signed as a leader (a verifier node keeps it in its state file)."""
+        self.state_file: Path | None = None
+        """On a verifier node: the file :attr:`seen`, :attr:`headers` and
+        :attr:`statements` are kept in (see :mod:`flchain_flwr.pov.lockstate`)."""
         self._reference: tuple[str, NDArrays] | None = None
         """The reference update, by the parent model hash it was trained from."""
         self.reference_fn = reference_fn

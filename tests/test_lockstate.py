@@ -1,0 +1,200 @@
+"""A verifier node's locks (where it voted or led, what it signed) live in a
+file beside its key, not in the run's state: a new ``flwr run`` (a fresh
+Context) or a restarted SuperNode must not make it sign against them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+
+from flchain_flwr.ledger.keys import load_or_create_key
+from flchain_flwr.ledger.statements import view_change_statement
+from flchain_flwr.pov import (
+    Rule,
+    Threshold,
+    Verifier,
+    queries,
+    verifiernode,
+    voterequest,
+)
+from flchain_flwr.pov.views import lead_statement
+
+from .pov_replies import reply_candidate
+from .test_pov import CHAIN, context, model, toy_score
+from .test_pov_requests import PREV, _header
+
+RULE = Rule(Threshold(value=0.0))
+
+Node = Callable[[str, RecordDict], Message]
+"""One message to the node (kind, content): its reply, or its refusal raised."""
+
+
+def _node_config(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"role": "verifier", "verifier-key": str(tmp_path / "v.key"), **extra}
+
+
+def _node(node_config: dict[str, str], run_id: int) -> Node:
+    """A verifier node in run ``run_id``: one Context (fresh state) for the
+    run, a new Verifier per message, as a ClientApp process builds it."""
+    ctx = Context(run_id, 7, node_config, RecordDict(), {})
+
+    def ask(kind: str, content: RecordDict) -> Message:
+        metadata = Metadata(run_id, "m", 0, 7, "", "", 0.0, 60.0, kind)
+        verifier = verifiernode.verifier_from_node_config(
+            node_config, lambda key, _: Verifier(toy_score, key, rule=RULE)
+        )
+        return verifiernode.answer_in_run(
+            Message(content=content, metadata=metadata), ctx, verifier
+        )
+
+    return ask
+
+
+def _sign(data: bytes, kind: str | None = None) -> RecordDict:
+    cfg: dict[str, bytes | str] = {"message": data}
+    if kind is not None:
+        cfg["kind"] = kind
+    return RecordDict({"pov": ConfigRecord(cfg)})
+
+
+def _vote(height: int) -> RecordDict:
+    return voterequest.vote_request(
+        context(height, rule=RULE.digest), model(0.0), [reply_candidate(1, 0.5)], [1.0]
+    )
+
+
+def _me(tmp_path: Path) -> str:
+    return load_or_create_key(tmp_path / "v.key").verify_key.encode().hex()
+
+
+@pytest.mark.parametrize("later", ["another run", "a restarted node"])
+def test_a_leader_keeps_its_locks_across_runs_and_restarts(
+    tmp_path: Path, later: str
+) -> None:
+    """Run 1: it votes at height 5, leads it and signs its header. Later (a
+    new ``flwr run``, or the same run on a restarted SuperNode: a fresh
+    Context either way) a second header at 5, a lead statement or a vote
+    behind 5 are refused: before, each was signed."""
+    node_config = _node_config(tmp_path)
+    first = _node(node_config, run_id=1)
+    me = _me(tmp_path)
+    first(queries.VOTE, _vote(5))
+    first(queries.SIGN, _sign(lead_statement(context(5), me)))
+    first(queries.SIGN, _sign(_header(me)))
+    second = _node(node_config, run_id=2 if later == "another run" else 1)
+    with pytest.raises(ValueError, match="behind height 5"):
+        second(queries.SIGN, _sign(lead_statement(context(4), me)))
+    with pytest.raises(ValueError, match="behind height 5"):
+        second(queries.VOTE, _vote(4))
+    second(queries.VOTE, _vote(5))  # where it stands: asked again, it votes
+    second(queries.SIGN, _sign(lead_statement(context(5, view=1), me)))
+    with pytest.raises(ValueError, match="already signed another header at 5"):
+        second(queries.SIGN, _sign(_header(me, model_hash="ff" * 32)))
+    assert second(queries.SIGN, _sign(_header(me))).content  # the same header
+
+
+def test_a_member_keeps_what_it_signed_across_runs(tmp_path: Path) -> None:
+    """A view change signed at (5, 1) in run 1: in run 2 one behind it is
+    refused, the same one signed again."""
+    node_config = _node_config(tmp_path)
+    first = _node(node_config, run_id=1)
+    first(queries.VOTE, _vote(5))
+    statement = view_change_statement(CHAIN, 5, 1, PREV)
+    first(queries.SIGN, _sign(statement, "view-change"))
+    second = _node(node_config, run_id=2)
+    with pytest.raises(ValueError, match="is behind height 5 view 1"):
+        second(
+            queries.SIGN, _sign(view_change_statement(CHAIN, 5, 0, PREV), "view-change")
+        )
+    assert second(queries.SIGN, _sign(statement, "view-change")).content
+
+
+def test_the_state_file_is_written_before_the_reply_leaves(tmp_path: Path) -> None:
+    """Missing: a first use, started fresh. Written (canonical JSON) once the
+    node answers; ``verifier-state`` puts it elsewhere."""
+    beside = tmp_path / "v.key.state"
+    _node(_node_config(tmp_path), run_id=1)(queries.VOTE, _vote(5))
+    state = json.loads(beside.read_bytes())
+    assert state["public_key"] == _me(tmp_path)
+    assert state["seen"] == {
+        CHAIN: {"height": 5, "prev_hash": PREV, "parent_model": context(5).parent_model}
+    }
+    assert beside.read_bytes() == json.dumps(state, sort_keys=True, indent=1).encode()
+    elsewhere = tmp_path / "states" / "v.state"
+    elsewhere.parent.mkdir()
+    moved = _node(_node_config(tmp_path, **{"verifier-state": str(elsewhere)}), 2)
+    moved(queries.VOTE, _vote(3))  # a fresh file: height 3 is not behind there
+    assert json.loads(elsewhere.read_bytes())["seen"][CHAIN]["height"] == 3
+    for bad in (3, ""):
+        with pytest.raises(ValueError, match="verifier-state"):
+            verifiernode.verifier_from_node_config(
+                {**_node_config(tmp_path), "verifier-state": bad},
+                lambda key, _: Verifier(toy_score, key),
+            )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"format": "flchain-verifier-state/0"}',
+        b"<seen as a string>",
+        b"<height as a string>",
+        b"<another key>",
+    ],
+)
+def test_a_malformed_state_file_is_refused_naming_it(
+    tmp_path: Path, text: bytes
+) -> None:
+    """Starting fresh over a state it cannot read is the defect itself: the
+    node refuses every query, naming the file, and leaves it as it is."""
+    node_config = _node_config(tmp_path)
+    path = tmp_path / "v.key.state"
+    _node(node_config, run_id=1)(queries.VOTE, _vote(5))
+    state = json.loads(path.read_bytes())
+    if text == b"<seen as a string>":
+        state["seen"] = "everything"
+    elif text == b"<height as a string>":
+        state["seen"][CHAIN]["height"] = "5"
+    elif text == b"<another key>":
+        state["public_key"] = "00" * 32
+    if text.startswith(b"<"):
+        text = json.dumps(state).encode()
+    path.write_bytes(text)
+    with pytest.raises(ValueError, match=str(path)):
+        _node(node_config, run_id=2)(queries.VOTE, _vote(6))
+    assert path.read_bytes() == text
+
+
+def test_one_query_at_a_time_per_state_file(tmp_path: Path) -> None:
+    """Two runs' ClientApp processes on one SuperNode: the read-answer-write
+    is taken under an exclusive lock on ``<state>.lock``."""
+    node_config = _node_config(tmp_path)
+    ask = _node(node_config, run_id=1)
+    ask(queries.VOTE, _vote(5))  # creates the key and the state
+    done = threading.Event()
+
+    def answer() -> None:
+        ask(queries.VOTE, _vote(6))
+        done.set()
+
+    with open(tmp_path / "v.key.state.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        worker = threading.Thread(target=answer)
+        worker.start()
+        assert not done.wait(0.5), "answered while another held the lock"
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    worker.join(10)
+    assert done.is_set()
+    assert (
+        json.loads((tmp_path / "v.key.state").read_bytes())["seen"][CHAIN]["height"]
+        == 6
+    )
