@@ -17,8 +17,9 @@ a file of their own, named by node config ``verifier-state`` (default
 
 (``json.dumps(sort_keys=True, indent=1)``). Every query is answered under an
 exclusive ``flock`` on ``<state>.lock`` (a SuperNode may run ClientApp
-processes for two runs at once): the locks are read, the query answered, and
-the new locks written atomically and fsynced before the reply leaves the node.
+processes for two runs at once, whose queries then take turns): the locks are
+read, the query answered, and the new locks, if they changed, written
+atomically and fsynced before the reply leaves the node.
 A missing file is a first use (no locks); a file that cannot be read, is
 malformed or holds another key's locks is refused, never replaced: starting
 afresh is how a node would sign two blocks at one height. Whoever can delete
@@ -28,7 +29,9 @@ equivocate: it takes the key's own trust, so keep it with the key.
 A verifier without a state file (one an app builds without
 :func:`~.verifiernode.verifier_from_node_config`, as some tests do) keeps its
 locks in the node's run state instead (:func:`read_run_state`), as before:
-only as long as the run.
+only as long as the run. A verifier with one neither reads nor writes those
+run-state records: they never outlive a ``flwr run``, and new code comes with
+a new one, so an upgraded node has none to carry over.
 """
 
 from __future__ import annotations
