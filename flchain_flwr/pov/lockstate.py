@@ -26,6 +26,11 @@ afresh is how a node would sign two blocks at one height. Whoever can delete
 or roll back the file (write access to the key's folder) can make the node
 equivocate: it takes the key's own trust, so keep it with the key.
 
+The members of an in-process committee (simulation: the server process holds
+every key, in ``<ledger>.verifiers/``) keep their locks in that process's
+memory, so a restarted server forgets them; that process can sign anything
+with those keys anyway, and ``verify`` says so. Verifier nodes on the virtual
+grid are built from node config like deployed ones, with state files.
 A verifier without a state file (one an app builds without
 :func:`~.verifiernode.verifier_from_node_config`, as some tests do) keeps its
 locks in the node's run state instead (:func:`read_run_state`), as before:
