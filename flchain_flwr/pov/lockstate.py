@@ -2,20 +2,31 @@
 
 What a verifier must never go back on: the chain position it voted at or led
 (:attr:`~flchain_flwr.pov.Verifier.seen`), the last block header it signed as
-a leader (:attr:`~flchain_flwr.pov.Verifier.headers`) and the last statement it
-signed as a member (:attr:`~flchain_flwr.pov.Verifier.statements`), each by
-chain id. Flower keeps a node's run state only in the SuperNode's memory and
-only for one run series (a new ``flwr run``, as a resumed PoV run is, starts
-with an empty one, and so does a restarted SuperNode), so these locks live in
-a file of their own, named by node config ``verifier-state`` (default
-``<verifier-key>.state``), like Tendermint's priv-validator state file::
+a leader (:attr:`~flchain_flwr.pov.Verifier.headers`), the last statement it
+signed as a member (:attr:`~flchain_flwr.pov.Verifier.statements`) and the
+candidates it voted on at its last (height, previous hash, view)
+(:attr:`~flchain_flwr.pov.Verifier.voted`: it signs no header that judges one
+of them without its vote), each by chain id. Flower keeps a node's run state
+only in the SuperNode's memory and only for one run series (a new
+``flwr run``, as a resumed PoV run is, starts with an empty one, and so does
+a restarted SuperNode), so these locks live in a file of their own, named by
+node config ``verifier-state`` (default ``<verifier-key>.state``), like
+Tendermint's priv-validator state file::
 
     {"format": "flchain-verifier-state/1", "public_key": "<hex>",
      "seen": {"<chain id>": {"height": 5, "prev_hash": "…", "parent_model": "…"}},
      "headers": {"<chain id>": {"height": 5, "sha256": "…"}},
-     "statements": {"<chain id>": {"height": 5, "view": 0, "what": "…"}}}
+     "statements": {"<chain id>": {"height": 5, "view": 0, "what": "…"}},
+     "voted": {"<chain id>": {"height": 5, "prev_hash": "…", "view": 0,
+                              "digests": ["<sorted candidate digests>"]}}}
 
-(``json.dumps(sort_keys=True, indent=1)``). Every query is answered under an
+(``json.dumps(sort_keys=True, indent=1)``). ``voted`` holds one position's
+digests: a vote request asked again there (after a timeout, say) adds its
+candidates, one at another position replaces them. A verifier refuses a vote
+request that would take them past
+:attr:`~flchain_flwr.pov.Verifier.max_voted` (:data:`~.verifier.MAX_VOTED`,
+1024: a 73 KiB file) and votes on no new candidates there; it drops none it
+holds, so the file stays bounded and the check whole. Every query is answered under an
 exclusive ``flock`` on ``<state>.lock`` (a SuperNode may run ClientApp
 processes for two runs at once, whose queries then take turns): the locks are
 read, the query answered, and the new locks, if they changed, written
@@ -70,13 +81,24 @@ HEADER_COLUMNS: Final[Mapping[str, type]] = {"height": int, "sha256": str}
 STATEMENT_COLUMNS: Final[Mapping[str, type]] = {"height": int, "view": int, "what": str}
 """By chain: the last statement (block hash or "view-change") it signed as a
 member, at a height and view."""
+VOTED_COLUMNS: Final[Mapping[str, type]] = {
+    "height": int,
+    "prev_hash": str,
+    "view": int,
+    "digests": list,
+}
+"""By chain: the position it last voted at and the (sorted) digests of the
+candidates it voted on there."""
 _LOCKS: Final = {
     "seen": SEEN_COLUMNS,
     "headers": HEADER_COLUMNS,
     "statements": STATEMENT_COLUMNS,
+    "voted": VOTED_COLUMNS,
 }
 _RUN_STATE: Final = "pov-"
-"""Run-state record names: ``pov-seen``, ``pov-headers``, ``pov-statements``."""
+"""Run-state record names: ``pov-seen``, ``pov-headers``, ``pov-statements``,
+``pov-voted`` (whose digests are one space-separated string: a config record
+holds no list of lists)."""
 
 Locks = dict[str, dict[str, tuple[Any, ...]]]
 """Each lock's rows (a tuple by chain id), by lock name."""
@@ -87,6 +109,10 @@ def _locks(verifier: Verifier) -> Locks:
         "seen": dict(verifier.seen),
         "headers": dict(verifier.headers),
         "statements": dict(verifier.statements),
+        "voted": {
+            chain_id: (*where, tuple(sorted(digests)))
+            for chain_id, (*where, digests) in verifier.voted.items()
+        },
     }
 
 
@@ -94,6 +120,10 @@ def _take(verifier: Verifier, locks: Locks) -> None:
     verifier.seen = locks["seen"]
     verifier.headers = locks["headers"]
     verifier.statements = locks["statements"]
+    verifier.voted = {
+        chain_id: (height, prev_hash, view, set(digests))
+        for chain_id, (height, prev_hash, view, digests) in locks["voted"].items()
+    }
 
 
 def state_file_of(key_path: Path, node_config: Mapping[str, Any]) -> Path:
@@ -174,7 +204,12 @@ def _rows(
             cell = fields[column]
             if not isinstance(cell, kind) or isinstance(cell, bool):
                 raise ValueError(f"{where}[{column!r}] must be a {kind.__name__}")
-        rows[chain_id] = tuple(fields[column] for column in columns)
+            if isinstance(cell, list) and not all(isinstance(i, str) for i in cell):
+                raise ValueError(f"{where}[{column!r}] must be a list of strings")
+        rows[chain_id] = tuple(
+            tuple(sorted(cell)) if isinstance(cell, list) else cell
+            for cell in (fields[column] for column in columns)
+        )
     return rows
 
 
@@ -192,12 +227,20 @@ def _write_state(path: Path, public_key: str, locks: Locks) -> None:
         log(INFO, "Verifier state %s created (this key's first locks)", path)
 
 
+def _split(value: Any) -> tuple[str, ...]:
+    """A list column as kept in the run state: one space-separated string."""
+    return tuple(sorted(str(value).split()))
+
+
 def read_run_state(verifier: Verifier, records: Mapping[str, ConfigRecord]) -> None:
     """Give ``verifier`` the locks kept in a node's run state ``records``."""
     _take(
         verifier,
         {
-            name: read_columns(records.get(_RUN_STATE + name), columns)
+            name: read_columns(
+                records.get(_RUN_STATE + name),
+                {c: _split if kind is list else kind for c, kind in columns.items()},
+            )
             for name, columns in _LOCKS.items()
         },
     )
@@ -209,4 +252,13 @@ def write_run_state(
     """Keep ``verifier``'s locks in a node's run state ``records``."""
     for name, rows in _locks(verifier).items():
         if rows:
-            records[_RUN_STATE + name] = columns_record(rows, _LOCKS[name])
+            records[_RUN_STATE + name] = columns_record(
+                {
+                    chain_id: tuple(
+                        " ".join(cell) if isinstance(cell, tuple) else cell
+                        for cell in row
+                    )
+                    for chain_id, row in rows.items()
+                },
+                _LOCKS[name],
+            )

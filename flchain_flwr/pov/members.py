@@ -3,9 +3,9 @@
 The node is sent a pending block (header and body bytes) or a view-change
 statement in a ``query.pov_sign`` message (see :mod:`.verifiernode`); it
 checks them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
-what it holds: its chain position (where it voted), its own judging rule and
-the last statement it signed, which the node keeps in its state file (see
-:mod:`.lockstate`). Before it signs a header
+what it holds: its own judging rule and, kept in its state file (see
+:mod:`.lockstate`), its chain position (where it voted), the candidates it
+voted on there and the last statement it signed. Before it signs a header
 it replays the model from the payloads of its own vote requests
 (:mod:`.memberreplay`) and says whether it did (``replayed``).
 """

@@ -31,7 +31,8 @@ locally and answers three query messages:
   view-change statement (:func:`~.views.sign_view_change`), never a second
   header nor a view change where it signed a header at one (height, view).
 
-Where it voted or led and what it signed (its locks) are kept in the file
+Where it voted or led, what it signed and the candidates it voted on at
+its current position (its locks) are kept in the file
 ``verifier-state`` beside its key (:mod:`.lockstate`), written before the
 reply leaves, not in the node's run state: Flower starts that empty for every
 ``flwr run`` (a resumed PoV run is one) and on a SuperNode restart, after
