@@ -28,6 +28,7 @@ from flchain_flwr.pov import (
     voterequest,
 )
 from flchain_flwr.pov.members import header_request
+from flchain_flwr.pov.verifier import MAX_VOTED
 from flchain_flwr.pov.views import lead_statement
 
 from .pov_replies import reply_candidate
@@ -321,3 +322,13 @@ def test_a_vote_past_the_bound_on_votes_kept_is_refused(tmp_path: Path) -> None:
     voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
     assert voted[CHAIN]["digests"] == [_digest(1)]
     ask(queries.VOTE, _vote(6, node_id=2))  # a new position: room again
+
+
+def test_only_a_verifier_node_bounds_the_votes_it_keeps(tmp_path: Path) -> None:
+    """A node writes its votes to its state file, so it bounds them; an
+    in-process member keeps them in memory and votes on every candidate."""
+    node = verifiernode.verifier_from_node_config(
+        _node_config(tmp_path), lambda key, _: Verifier(toy_score, key, rule=RULE)
+    )
+    assert node is not None and node.max_voted == MAX_VOTED
+    assert Verifier(toy_score, rule=RULE).max_voted is None

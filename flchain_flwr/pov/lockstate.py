@@ -22,11 +22,12 @@ Tendermint's priv-validator state file::
 
 (``json.dumps(sort_keys=True, indent=1)``). ``voted`` holds one position's
 digests: a vote request asked again there (after a timeout, say) adds its
-candidates, one at another position replaces them. A verifier refuses a vote
+candidates, one at another position replaces them. A verifier node refuses a vote
 request that would take them past
 :attr:`~flchain_flwr.pov.Verifier.max_voted` (:data:`~.verifier.MAX_VOTED`,
 1024: a 73 KiB file) and votes on no new candidates there; it drops none it
-holds, so the file stays bounded and the check whole. Every query is answered under an
+holds, so the file stays bounded and the check whole (in-process members keep
+them in memory, unbounded). Every query is answered under an
 exclusive ``flock`` on ``<state>.lock`` (a SuperNode may run ClientApp
 processes for two runs at once, whose queries then take turns): the locks are
 read, the query answered, and the new locks, if they changed, written

@@ -30,8 +30,8 @@ from .memory import MemberMemory
 from .norms import norm_ratios
 
 MAX_VOTED: Final = 1024
-"""Default bound on the candidates a verifier keeps its votes on at one
-position (:attr:`Verifier.voted`; with 1024 a node's state file is 73 KiB,
+"""A verifier node's bound on the candidates it keeps its votes on at one
+position (:attr:`Verifier.voted`; with 1024 its state file is 73 KiB,
 measured): past it, it refuses to vote on new candidates there."""
 
 
@@ -103,9 +103,11 @@ class Verifier:
         the candidates it voted on there: a header that leaves one of those
         votes out is refused (see :mod:`flchain_flwr.pov.headers`; a verifier
         node keeps it in its state file)."""
-        self.max_voted = MAX_VOTED
-        """At most this many candidates in :attr:`voted` at one position: a
-        vote request that would take it past that is refused."""
+        self.max_voted: int | None = None
+        """At most this many candidates in :attr:`voted` at one position (a
+        vote request that would take it past that is refused); ``None``: no
+        bound, as in-process members hold it in memory. A verifier node, which
+        writes it to its state file, is bounded at :data:`MAX_VOTED`."""
         self.memory = MemberMemory()
         """On a verifier node: the chain's models it saw and the pending
         height's candidates (see :mod:`flchain_flwr.pov.memory`)."""
@@ -206,7 +208,7 @@ class Verifier:
         last = self.voted.get(context.chain_id)
         held = last[3] if last is not None and last[:3] == where else set()
         now = held | set(digests)
-        if len(now) > self.max_voted:
+        if self.max_voted is not None and len(now) > self.max_voted:
             raise RefusedRequest(
                 f"it would hold votes on more than {self.max_voted} candidates "
                 f"at height {context.height} view {context.view}; it votes on no "

@@ -76,7 +76,7 @@ from .queries import (
     bytes_field,
     config,
 )
-from .verifier import Verifier
+from .verifier import MAX_VOTED, Verifier
 from .views import LEAD_TAG, lead_statement
 from .voterequest import judge_request
 
@@ -259,4 +259,5 @@ def verifier_from_node_config(
     state_file = state_file_of(path, node_config)
     verifier = make(load_or_create_key(path), shard)
     verifier.state_file = state_file
+    verifier.max_voted = MAX_VOTED  # written to the state file at every vote
     return verifier
