@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from flwr.app import ConfigRecord, Message, RecordDict
 
 from flchain_flwr.cli import main as cli
 from flchain_flwr.ledger import Block, Ledger
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode, sha256_hex
+from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import (
     Committee,
     RefusedRequest,
     Rule,
     Threshold,
     Verifier,
+    queries,
 )
 from flchain_flwr.pov.headers import cosign_header
 from flchain_flwr.pov.remote import RemoteCommittee
@@ -245,3 +248,45 @@ def test_verifier_nodes_sign_the_locked_block_again_for_a_restarted_server(
         assert report.ok and report.pov, report
     code, text = _cli_verify(path)
     assert code == 0, text
+
+
+def test_restarted_verifier_nodes_still_hold_the_locked_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, but the verifier SuperNodes restart too (or the server is
+    started with a new ``flwr run``): fresh Contexts, the same key files.
+    Their locks are in the state file beside each key, so they sign block 2
+    again and nothing else at its height; kept in the run's state, they had
+    forgotten it and signed a second block at height 2 (equivocation by
+    honest members)."""
+    path = tmp_path / "remote.db"
+    locked = _dies_at_locked_height(monkeypatch, RemoteCommittee)
+    with pytest.raises(ServerDied):
+        _remote_run(_verifier_grid(tmp_path, [0, 1, 2, 3]), path)
+    monkeypatch.undo()
+    ((block, signatures),) = locked
+    assert len(signatures) == 4
+    restarted = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    view_change = view_change_statement(
+        block.header["chain_id"],
+        LOCKED_HEIGHT,
+        block.body.get("view", 0),
+        block.header["prev_hash"],
+    )
+    request = ConfigRecord({"kind": "view-change", "message": view_change})
+    replies = restarted.send_and_receive(
+        [
+            Message(RecordDict({"pov": request}), node, queries.SIGN, ttl=60)
+            for node in restarted.get_node_ids()[3:]
+        ],
+        timeout=60,
+    )
+    assert len(replies) == 4
+    for reply in replies:  # a view change where each signed block 2's header
+        assert reply.has_error() and "already signed header" in reply.error.reason
+    _remote_run(restarted, path)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 5
+        assert ledger.block(LOCKED_HEIGHT).hash == block.hash
+        report = ledger.verify()
+        assert report.ok and report.pov, report

@@ -87,12 +87,14 @@ def test_members_that_lost_their_run_state_do_not_wedge_the_height(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every member signed block 2, the server died, and so did every member
-    (verifier nodes keep their position and what they signed in memory only):
-    they come back with the same keys and no state. None is locked on block 2
-    any more, and none can sign it again (each holds no position at height 2:
-    it has not voted there). The resume falls back to a new block, which they
-    vote on and sign: the run is not wedged (an intermediate design that
-    stopped on a failed re-proposal, keeping the record, was)."""
+    (in-process members keep their position and what they signed in memory
+    only; verifier nodes keep them in their state file, which an operator
+    might still lose): they come back with the same keys and no state. None
+    is locked on block 2 any more, and none can sign it again (each holds no
+    position at height 2: it has not voted there). The resume falls back to
+    a new block, which they vote on and sign: the run is not wedged (an
+    intermediate design that stopped on a failed re-proposal, keeping the
+    record, was)."""
     path, _, _ = _locked_run(tmp_path, monkeypatch)
     for _ in range(2):  # a second restart does no better than the first
         try:

@@ -26,7 +26,7 @@ from flchain_flwr.pov import (
     verifiernode,
     voterequest,
 )
-from flchain_flwr.pov.members import STATEMENT_COLUMNS
+from flchain_flwr.pov.lockstate import STATEMENT_COLUMNS
 from flchain_flwr.pov.runstate import columns_record, read_columns
 from flchain_flwr.pov.verifier import RefusedRequest
 from flchain_flwr.pov.views import LEAD_TAG, lead_statement, take_statement

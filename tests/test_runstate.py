@@ -7,7 +7,7 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import Rule, Threshold, Verifier, queries, verifiernode
-from flchain_flwr.pov.members import STATEMENT_COLUMNS
+from flchain_flwr.pov.lockstate import STATEMENT_COLUMNS
 from flchain_flwr.pov.runstate import columns_record, read_columns
 from flchain_flwr.pov.verifier import RefusedRequest
 

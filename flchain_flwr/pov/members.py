@@ -3,9 +3,9 @@
 The node is sent a pending block (header and body bytes) or a view-change
 statement in a ``query.pov_sign`` message (see :mod:`.verifiernode`); it
 checks them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
-what it holds: its chain position (where it voted), its own judging rule and
-the last statement it signed, which the node keeps in its run state
-(:data:`STATEMENT_COLUMNS`, see :mod:`.runstate`). Before it signs a header
+what it holds: its own judging rule and, kept in its state file (see
+:mod:`.lockstate`), its chain position (where it voted), the candidates it
+voted on there and the last statement it signed. Before it signs a header
 it replays the model from the payloads of its own vote requests
 (:mod:`.memberreplay`) and says whether it did (``replayed``).
 """
@@ -21,12 +21,8 @@ from ..ledger.canonical import HEADER_TAG, LATEST_FORMAT, parse_canonical, sha25
 from ..ledger.statements import VIEW_CHANGE_TAG, view_change_statement
 from .headers import cosign_header
 from .memberreplay import member_replay
-from .runstate import Columns
 from .verifier import Verifier
 from .views import sign_view_change
-
-STATEMENT_COLUMNS: Columns = {"height": int, "view": int, "what": str}
-"""The run-state record of the last statement a member signed, by chain."""
 
 
 def _int(value: Any, name: str) -> int:

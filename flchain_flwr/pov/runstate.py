@@ -1,7 +1,8 @@
 """A verifier node's run state as column-oriented config records.
 
-What a verifier node keeps between messages (the chain positions it voted
-at, the headers and statements it signed) is a map from chain id to a tuple.
+What a verifier node without a state file keeps between messages (the chain
+positions it voted at and what it voted on there, the headers and statements
+it signed; see :mod:`.lockstate`) is a map from chain id to a tuple.
 Flower's :class:`~flwr.app.ConfigRecord` holds lists, so a map is stored as
 parallel lists: ``chain_id`` (sorted), then one list per tuple field.
 """

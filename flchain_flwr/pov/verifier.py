@@ -6,9 +6,10 @@ It judges each candidate on its own trusted data by a
 candidate bound to the block position
 (:class:`~flchain_flwr.ledger.VoteContext`), and refuses
 (:class:`RefusedRequest`) a request that contradicts what it knows: another
-rule, a global model that is not the parent named, or a position that goes
-back on one it has voted at. Byzantine :class:`Behaviour` values exist to test
-the committee.
+rule, a global model that is not the parent named, a position that goes
+back on one it has voted at, or one that would take the candidates it voted
+on at one position past :data:`MAX_VOTED`. Byzantine :class:`Behaviour`
+values exist to test the committee.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 
 from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
@@ -26,6 +28,11 @@ from ..ledger import VoteContext, model_hash, sign_vote
 from .judging import ReferenceFn, Rule, ScoreFn, cosine, signed_score
 from .memory import MemberMemory
 from .norms import norm_ratios
+
+MAX_VOTED: Final = 1024
+"""A verifier node's bound on the candidates it keeps its votes on at one
+position (:attr:`Verifier.voted`; with 1024 its state file is 73 KiB,
+measured): past it, it refuses to vote on new candidates there."""
 
 
 class RefusedRequest(ValueError):
@@ -87,20 +94,30 @@ class Verifier:
         self.rule = rule
         self.seen: dict[str, tuple[int, str, str]] = {}
         """By chain id, the last ``(height, previous hash, parent model
-        hash)`` it voted at or led (a verifier node keeps it in its run state)."""
+        hash)`` it voted at or led (a verifier node keeps it in its state file)."""
         self.statements: dict[str, tuple[int, int, str]] = {}
         """By chain id, the last (height, view, block hash or "view-change")
         it signed as a committee member (see :mod:`flchain_flwr.pov.views`)."""
         self.voted: dict[str, tuple[int, str, int, set[str]]] = {}
         """By chain id, the (height, previous hash, view) of its last votes and
         the candidates it voted on there: a header that leaves one of those
-        votes out is refused (see :mod:`flchain_flwr.pov.headers`)."""
+        votes out is refused (see :mod:`flchain_flwr.pov.headers`; a verifier
+        node keeps it in its state file)."""
+        self.max_voted: int | None = None
+        """At most this many candidates in :attr:`voted` at one position (a
+        vote request that would take it past that is refused); ``None``: no
+        bound, as in-process members hold it in memory. A verifier node, which
+        writes it to its state file, is bounded at :data:`MAX_VOTED`."""
         self.memory = MemberMemory()
         """On a verifier node: the chain's models it saw and the pending
         height's candidates (see :mod:`flchain_flwr.pov.memory`)."""
         self.headers: dict[str, tuple[int, str]] = {}
         """By chain id, the height and SHA-256 of the last block header it
-        signed as a leader (a verifier node keeps it in its run state)."""
+        signed as a leader (a verifier node keeps it in its state file)."""
+        self.state_file: Path | None = None
+        """On a verifier node: the file :attr:`seen`, :attr:`headers`,
+        :attr:`statements` and :attr:`voted` are kept in (see
+        :mod:`flchain_flwr.pov.lockstate`)."""
         self._reference: tuple[str, NDArrays] | None = None
         """The reference update, by the parent model hash it was trained from."""
         self.reference_fn = reference_fn
@@ -132,8 +149,11 @@ class Verifier:
         ``context.parent_model``, if ``context.rule`` is not this verifier's
         rule (its own, else ``rule``), or if the position goes back on what
         it has voted on in this chain: a lower height, or the same height
-        after another block or parent model. With ``max_norm_ratio`` each
-        candidate's norm is compared with the median norm of ``deltas``.
+        after another block or parent model, or if it would then hold votes
+        on more than :attr:`max_voted` candidates at this position (a request
+        asked again there adds its candidates to those voted on). With
+        ``max_norm_ratio`` each candidate's norm is compared with the median
+        norm of ``deltas``.
         The global model is scored once per call,
         each candidate once (not at all with metric none), and the reference
         update once per parent model. The signed score is the candidate's
@@ -144,6 +164,7 @@ class Verifier:
         judged = self._check_request(context, global_model, rule)
         if not len(weights) == len(deltas) == len(candidates):
             raise RefusedRequest("one weight and one delta per candidate needed")
+        voted = self._voted_with(context, [digest for digest, _ in candidates])
         threshold = judged.threshold
         direction: NDArrays | None = None
         if threshold.min_cosine is not None:
@@ -174,14 +195,26 @@ class Verifier:
             if self.behaviour is Behaviour.GARBAGE_SIGNATURE:
                 vote["signature"] = self._rng.randbytes(64).hex()
             votes.append(vote)
-        self._record_votes(context, [digest for digest, _ in candidates])
+        self.voted[context.chain_id] = voted
         return votes
 
-    def _record_votes(self, context: VoteContext, digests: Sequence[str]) -> None:
+    def _voted_with(
+        self, context: VoteContext, digests: Sequence[str]
+    ) -> tuple[int, str, int, set[str]]:
+        """:attr:`voted`'s entry once it votes on ``digests`` in ``context``:
+        added to its votes at this position, replacing those of another;
+        :class:`RefusedRequest` if that holds more than :attr:`max_voted`."""
         where = (context.height, str(context.prev_hash), context.view)
         last = self.voted.get(context.chain_id)
         held = last[3] if last is not None and last[:3] == where else set()
-        self.voted[context.chain_id] = (*where, held | set(digests))
+        now = held | set(digests)
+        if self.max_voted is not None and len(now) > self.max_voted:
+            raise RefusedRequest(
+                f"it would hold votes on more than {self.max_voted} candidates "
+                f"at height {context.height} view {context.view}; it votes on no "
+                "new ones there"
+            )
+        return (*where, now)
 
     def _reference_from(self, global_model: NDArrays, parent: str) -> NDArrays:
         """The reference update from ``global_model`` (hash ``parent``), trained

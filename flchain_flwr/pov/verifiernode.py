@@ -14,7 +14,7 @@ locally and answers three query messages:
   configured :class:`~flchain_flwr.pov.Rule` (never a threshold the server
   sends), refuses a request whose model does not hash to the parent named,
   whose rule is not its own, or that goes back on the chain positions it has
-  voted on (kept in the node's run state), and returns its signed votes;
+  voted on, and returns its signed votes;
 - ``query.pov_sign``: as a block's leader, the block header to sign, or
   before the votes the statement that it leads the block's view (see
   :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
@@ -28,9 +28,21 @@ locally and answers three query messages:
   and body and signs its header statement after the checks of
   :mod:`.headers` and a replay of the model (:mod:`.memberreplay`); as a
   member giving up a view (``kind="view-change"``) it signs the canonical
-  view-change statement (:func:`~.views.sign_view_change`). What it signed
-  as a member (:attr:`~flchain_flwr.pov.Verifier.statements`) is kept in the
-  node's run state, so a restarted node does not sign against it.
+  view-change statement (:func:`~.views.sign_view_change`), never a second
+  header nor a view change where it signed a header at one (height, view).
+
+Where it voted or led, what it signed and the candidates it voted on at
+its current position (its locks) are kept in the file
+``verifier-state`` beside its key (:mod:`.lockstate`), written before the
+reply leaves, not in the node's run state: Flower starts that empty for every
+``flwr run`` (a resumed PoV run is one) and on a SuperNode restart, after
+which the node would have signed against its own earlier signatures. So
+these guarantees hold across runs and restarts for as long as the file is
+kept; whoever can delete or roll it back can make the node equivocate (the
+key's own trust: keep the file with the key). The candidates it holds for
+the pending height (:mod:`.memory`, up to 1 GiB) stay in the run state: a node
+that lost them cannot replay that block (it signs ``replayed: false``), which
+contradicts nothing it signed.
 """
 
 from __future__ import annotations
@@ -48,7 +60,8 @@ from ..configvalues import integer_value, text_value
 from ..ledger import VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.keys import load_or_create_key
-from .members import STATEMENT_COLUMNS, member_header, member_view_change
+from .lockstate import locks_held, read_run_state, state_file_of, write_run_state
+from .members import member_header, member_view_change
 from .memory import load as load_memory
 from .memory import store as store_memory
 from .queries import (
@@ -63,19 +76,9 @@ from .queries import (
     bytes_field,
     config,
 )
-from .runstate import Columns, columns_record, read_columns
-from .verifier import Verifier
+from .verifier import MAX_VOTED, Verifier
 from .views import LEAD_TAG, lead_statement
 from .voterequest import judge_request
-
-_SEEN = "pov-seen"
-"""A verifier node's run state: the last chain position it voted at or led."""
-_SEEN_COLUMNS: Columns = {"height": int, "prev_hash": str, "parent_model": str}
-_HEADERS = "pov-headers"
-"""A verifier node's run state: the last block header it signed, by chain."""
-_HEADER_COLUMNS: Columns = {"height": int, "sha256": str}
-_STATEMENTS = "pov-statements"
-"""A verifier node's run state: the last statement it signed as a member."""
 
 
 def serve(app: ClientApp, verifier_of: Callable[[Context], Verifier | None]) -> None:
@@ -94,22 +97,21 @@ def answer_in_run(
     message: Message, context: Context, verifier: Verifier | None
 ) -> Message:
     """:func:`answer`, with what the verifier has voted on, led and signed
-    taken from the node's run state and kept there (only when it answered)."""
+    read from its state file (:mod:`.lockstate`; the run state if it has
+    none) and kept there before the reply leaves, and the candidates it
+    holds from the node's run state (:mod:`.memory`); each kept only when
+    it answered."""
     if verifier is None:
         return answer(message, None)
-    records = context.state.config_records
-    verifier.seen = read_columns(records.get(_SEEN), _SEEN_COLUMNS)
-    verifier.headers = read_columns(records.get(_HEADERS), _HEADER_COLUMNS)
-    verifier.statements = read_columns(records.get(_STATEMENTS), STATEMENT_COLUMNS)
     verifier.memory = load_memory(context.state)
-    reply = answer(message, verifier)
+    if verifier.state_file is not None:
+        with locks_held(verifier.state_file, verifier):
+            reply = answer(message, verifier)
+    else:
+        read_run_state(verifier, context.state.config_records)
+        reply = answer(message, verifier)
+        write_run_state(verifier, context.state.config_records)
     store_memory(verifier.memory, context.state)
-    if verifier.seen:
-        records[_SEEN] = columns_record(verifier.seen, _SEEN_COLUMNS)
-    if verifier.headers:
-        records[_HEADERS] = columns_record(verifier.headers, _HEADER_COLUMNS)
-    if verifier.statements:
-        records[_STATEMENTS] = columns_record(verifier.statements, STATEMENT_COLUMNS)
     return reply
 
 
@@ -239,18 +241,23 @@ def verifier_from_node_config(
 
     ``make(key, shard)`` builds the verifier from its signing key (read from the
     ``verifier-key`` file, created on first use) and its ``verifier-shard`` (an
-    integer >= 0, default 0), both read by the typed readers
-    (:mod:`flchain_flwr.configvalues`): a value of another type is refused
-    naming its key, never converted.
+    integer >= 0, default 0); its locks are kept in the ``verifier-state`` file
+    (default ``<verifier-key>.state``, see :mod:`.lockstate`). All are read by
+    the typed readers (:mod:`flchain_flwr.configvalues`): a value of another
+    type is refused naming its key, never converted.
     """
     if not is_verifier(node_config):
         return None
     if not node_config.get("verifier-key"):
         raise ValueError('a verifier node needs node config verifier-key="<path>"')
-    path = text_value(node_config, "verifier-key", source="node config")
+    path = Path(text_value(node_config, "verifier-key", source="node config"))
     shard = 0
     if "verifier-shard" in node_config:
         shard = integer_value(
             node_config, "verifier-shard", minimum=0, source="node config"
         )
-    return make(load_or_create_key(Path(path)), shard)
+    state_file = state_file_of(path, node_config)
+    verifier = make(load_or_create_key(path), shard)
+    verifier.state_file = state_file
+    verifier.max_voted = MAX_VOTED  # written to the state file at every vote
+    return verifier

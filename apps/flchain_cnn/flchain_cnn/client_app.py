@@ -8,7 +8,9 @@ Node config (``flower-supernode --node-config``, or the simulation's defaults):
   (the node sleeps for the difference);
 - ``role="verifier"`` with ``verifier-key="<path>"`` and ``verifier-shard=<i>``:
   the node trains nothing and serves as a PoV verifier with its own Ed25519 key
-  and trusted shard ``i`` (see :mod:`flchain_flwr.pov.verifiernode`);
+  and trusted shard ``i`` (see :mod:`flchain_flwr.pov.verifiernode`), keeping
+  what it signed in ``verifier-state`` (default ``<verifier-key>.state``, see
+  :mod:`flchain_flwr.pov.lockstate`);
 - ``role="witness"`` with ``witness-dir="<path>"`` (a folder made by ``flchain
   witness init``): the node trains nothing and answers checkpoint cosigning
   queries (see :mod:`flchain_flwr.witness_node`);

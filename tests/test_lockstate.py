@@ -1,0 +1,334 @@
+"""A verifier node's locks (where it voted or led, what it voted on there,
+what it signed) live in a file beside its key, not in the run's state: a new
+``flwr run`` (a fresh Context) or a restarted SuperNode must not make it sign
+against them."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+
+from flchain_flwr.ledger import Block
+from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
+from flchain_flwr.ledger.keys import load_or_create_key
+from flchain_flwr.ledger.merkle import merkle_root
+from flchain_flwr.ledger.statements import view_change_statement
+from flchain_flwr.pov import (
+    Rule,
+    Threshold,
+    Verifier,
+    queries,
+    verifiernode,
+    voterequest,
+)
+from flchain_flwr.pov.members import header_request
+from flchain_flwr.pov.verifier import MAX_VOTED
+from flchain_flwr.pov.views import lead_statement
+
+from .pov_replies import reply_candidate
+from .test_pov import CHAIN, context, model, toy_score
+from .test_pov_requests import PREV, _header
+
+RULE = Rule(Threshold(value=0.0))
+
+Node = Callable[[str, RecordDict], Message]
+"""One message to the node (kind, content): its reply, or its refusal raised."""
+
+
+def _node_config(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {"role": "verifier", "verifier-key": str(tmp_path / "v.key"), **extra}
+
+
+def _node(
+    node_config: dict[str, str],
+    run_id: int,
+    *,
+    state_file: bool = True,
+    max_voted: int | None = None,
+) -> Node:
+    """A verifier node in run ``run_id``: one Context (fresh state) for the
+    run, a new Verifier per message, as a ClientApp process builds it
+    (``state_file=False``: one an app builds without a state file)."""
+    ctx = Context(run_id, 7, node_config, RecordDict(), {})
+
+    def ask(kind: str, content: RecordDict) -> Message:
+        metadata = Metadata(run_id, "m", 0, 7, "", "", 0.0, 60.0, kind)
+        verifier = verifiernode.verifier_from_node_config(
+            node_config, lambda key, _: Verifier(toy_score, key, rule=RULE)
+        )
+        assert verifier is not None
+        if not state_file:
+            verifier.state_file = None
+        if max_voted is not None:
+            verifier.max_voted = max_voted
+        return verifiernode.answer_in_run(
+            Message(content=content, metadata=metadata), ctx, verifier
+        )
+
+    return ask
+
+
+def _sign(data: bytes, kind: str | None = None) -> RecordDict:
+    cfg: dict[str, bytes | str] = {"message": data}
+    if kind is not None:
+        cfg["kind"] = kind
+    return RecordDict({"pov": ConfigRecord(cfg)})
+
+
+def _vote(height: int, node_id: int = 1) -> RecordDict:
+    """A vote request at ``height`` on node ``node_id``'s reply."""
+    return voterequest.vote_request(
+        context(height, rule=RULE.digest),
+        model(0.0),
+        [reply_candidate(node_id, 0.5)],
+        [1.0],
+    )
+
+
+def _digest(node_id: int) -> str:
+    return reply_candidate(node_id, 0.5).digest
+
+
+def _rejecting(me: str, node_ids: list[int]) -> RecordDict:
+    """A member's header request for a block at height 5 (view 0, committee
+    ``[me]``, no votes) that rejects the replies of ``node_ids``: it judges
+    them and holds none of the member's votes on them."""
+    body = {
+        "view": 0,
+        "committee": [me],
+        "included": [],
+        "rejected": [
+            {"node_id": n, "digest": _digest(n), "trained_on": 4, "reason": "x"}
+            for n in node_ids
+        ],
+        "votes": [],
+        "deposits": [],
+    }
+    body_bytes = encode(2, body)
+    header = {
+        "format": "flchain-block/2",
+        "chain_id": CHAIN,
+        "height": 5,
+        "prev_hash": PREV,
+        "body_hash": sha256_hex(BODY_TAG, body_bytes),
+        "updates_root": merkle_root([]),
+        "model_hash": "00" * 32,
+        "leader": me,
+    }
+    header_bytes = encode(2, header)
+    block = Block(
+        5,
+        sha256_hex(HEADER_TAG, header_bytes),
+        header_bytes,
+        body_bytes,
+        "",
+        header,
+        body,
+    )
+    return RecordDict({"pov": header_request(block, 0)})
+
+
+def _me(tmp_path: Path) -> str:
+    return load_or_create_key(tmp_path / "v.key").verify_key.encode().hex()
+
+
+@pytest.mark.parametrize("later", ["another run", "a restarted node"])
+def test_a_leader_keeps_its_locks_across_runs_and_restarts(
+    tmp_path: Path, later: str
+) -> None:
+    """Run 1: it votes at height 5, leads it and signs its header. Later (a
+    new ``flwr run``, or the same run on a restarted SuperNode: a fresh
+    Context either way) a second header at 5, a lead statement or a vote
+    behind 5 are refused: before, each was signed."""
+    node_config = _node_config(tmp_path)
+    first = _node(node_config, run_id=1)
+    me = _me(tmp_path)
+    first(queries.VOTE, _vote(5))
+    first(queries.SIGN, _sign(lead_statement(context(5), me)))
+    first(queries.SIGN, _sign(_header(me)))
+    second = _node(node_config, run_id=2 if later == "another run" else 1)
+    with pytest.raises(ValueError, match="behind height 5"):
+        second(queries.SIGN, _sign(lead_statement(context(4), me)))
+    with pytest.raises(ValueError, match="behind height 5"):
+        second(queries.VOTE, _vote(4))
+    second(queries.VOTE, _vote(5))  # where it stands: asked again, it votes
+    second(queries.SIGN, _sign(lead_statement(context(5, view=1), me)))
+    with pytest.raises(ValueError, match="already signed another header at 5"):
+        second(queries.SIGN, _sign(_header(me, model_hash="ff" * 32)))
+    assert second(queries.SIGN, _sign(_header(me))).content  # the same header
+
+
+def test_a_member_keeps_what_it_signed_across_runs(tmp_path: Path) -> None:
+    """A view change signed at (5, 1) in run 1: in run 2 one behind it is
+    refused, the same one signed again."""
+    node_config = _node_config(tmp_path)
+    first = _node(node_config, run_id=1)
+    first(queries.VOTE, _vote(5))
+    statement = view_change_statement(CHAIN, 5, 1, PREV)
+    first(queries.SIGN, _sign(statement, "view-change"))
+    second = _node(node_config, run_id=2)
+    with pytest.raises(ValueError, match="is behind height 5 view 1"):
+        second(
+            queries.SIGN, _sign(view_change_statement(CHAIN, 5, 0, PREV), "view-change")
+        )
+    assert second(queries.SIGN, _sign(statement, "view-change")).content
+
+
+def test_the_state_file_is_written_before_the_reply_leaves(tmp_path: Path) -> None:
+    """Missing: a first use, started fresh. Written (canonical JSON) once the
+    node answers; ``verifier-state`` puts it elsewhere."""
+    beside = tmp_path / "v.key.state"
+    _node(_node_config(tmp_path), run_id=1)(queries.VOTE, _vote(5))
+    state = json.loads(beside.read_bytes())
+    assert state["public_key"] == _me(tmp_path)
+    assert state["seen"] == {
+        CHAIN: {"height": 5, "prev_hash": PREV, "parent_model": context(5).parent_model}
+    }
+    assert beside.read_bytes() == json.dumps(state, sort_keys=True, indent=1).encode()
+    elsewhere = tmp_path / "states" / "v.state"
+    elsewhere.parent.mkdir()
+    moved = _node(_node_config(tmp_path, **{"verifier-state": str(elsewhere)}), 2)
+    moved(queries.VOTE, _vote(3))  # a fresh file: height 3 is not behind there
+    assert json.loads(elsewhere.read_bytes())["seen"][CHAIN]["height"] == 3
+    for bad in (3, ""):
+        with pytest.raises(ValueError, match="verifier-state"):
+            verifiernode.verifier_from_node_config(
+                {**_node_config(tmp_path), "verifier-state": bad},
+                lambda key, _: Verifier(toy_score, key),
+            )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"",
+        b"{not json",
+        b"[]",
+        b'{"format": "flchain-verifier-state/0"}',
+        b"<seen as a string>",
+        b"<height as a string>",
+        b"<a digest as a number>",
+        b"<another key>",
+    ],
+)
+def test_a_malformed_state_file_is_refused_naming_it(
+    tmp_path: Path, text: bytes
+) -> None:
+    """Starting fresh over a state it cannot read is the defect itself: the
+    node refuses every query, naming the file, and leaves it as it is."""
+    node_config = _node_config(tmp_path)
+    path = tmp_path / "v.key.state"
+    _node(node_config, run_id=1)(queries.VOTE, _vote(5))
+    state = json.loads(path.read_bytes())
+    if text == b"<seen as a string>":
+        state["seen"] = "everything"
+    elif text == b"<height as a string>":
+        state["seen"][CHAIN]["height"] = "5"
+    elif text == b"<a digest as a number>":
+        state["voted"][CHAIN]["digests"] = [5]
+    elif text == b"<another key>":
+        state["public_key"] = "00" * 32
+    if text.startswith(b"<"):
+        text = json.dumps(state).encode()
+    path.write_bytes(text)
+    with pytest.raises(ValueError, match=str(path)):
+        _node(node_config, run_id=2)(queries.VOTE, _vote(6))
+    assert path.read_bytes() == text
+
+
+def test_one_query_at_a_time_per_state_file(tmp_path: Path) -> None:
+    """Two runs' ClientApp processes on one SuperNode: the read-answer-write
+    is taken under an exclusive lock on ``<state>.lock``."""
+    node_config = _node_config(tmp_path)
+    ask = _node(node_config, run_id=1)
+    ask(queries.VOTE, _vote(5))  # creates the key and the state
+    done = threading.Event()
+
+    def answer() -> None:
+        ask(queries.VOTE, _vote(6))
+        done.set()
+
+    with open(tmp_path / "v.key.state.lock", "a+b") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        worker = threading.Thread(target=answer)
+        worker.start()
+        assert not done.wait(0.5), "answered while another held the lock"
+        fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    worker.join(10)
+    assert done.is_set()
+    assert (
+        json.loads((tmp_path / "v.key.state").read_bytes())["seen"][CHAIN]["height"]
+        == 6
+    )
+
+
+@pytest.mark.parametrize("kept", ["state file", "run state"])
+def test_a_member_node_refuses_a_header_that_leaves_out_its_vote(
+    tmp_path: Path, kept: str
+) -> None:
+    """It votes at height 5 on node 1's reply, is asked again there (as after
+    a timeout) and votes on node 2's: a header judging either without its
+    vote is refused, naming the vote, in a later message, and with the state
+    file in a later run too. Before, a new Verifier per message had no votes
+    to miss, and it signed."""
+    node_config = _node_config(tmp_path)
+    ask = _node(node_config, run_id=1, state_file=kept == "state file")
+    me = _me(tmp_path)
+    ask(queries.VOTE, _vote(5, node_id=1))
+    ask(queries.VOTE, _vote(5, node_id=2))  # the same position: both are kept
+    later = ask
+    if kept == "state file":
+        later = _node(node_config, run_id=2)
+        voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
+        assert voted == {
+            CHAIN: {
+                "height": 5,
+                "prev_hash": PREV,
+                "view": 0,
+                "digests": sorted([_digest(1), _digest(2)]),
+            }
+        }
+    for left_out in (1, 2):
+        with pytest.raises(ValueError, match=f"vote on {_digest(left_out)[:16]}"):
+            later(queries.SIGN, _rejecting(me, [left_out]))
+    assert later(queries.SIGN, _rejecting(me, [])).content  # it judges neither
+
+
+def test_voting_at_a_new_position_replaces_the_votes_kept(tmp_path: Path) -> None:
+    """Only the votes of its current position are kept."""
+    node_config = _node_config(tmp_path)
+    ask = _node(node_config, run_id=1)
+    ask(queries.VOTE, _vote(5, node_id=1))
+    ask(queries.VOTE, _vote(6, node_id=2))
+    voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
+    assert voted[CHAIN]["height"] == 6 and voted[CHAIN]["digests"] == [_digest(2)]
+
+
+def test_a_vote_past_the_bound_on_votes_kept_is_refused(tmp_path: Path) -> None:
+    """Past ``max_voted`` digests at one position the node votes on nothing
+    new there (it drops none it holds): asked again on what it voted on, it
+    votes."""
+    ask = _node(_node_config(tmp_path), run_id=1, max_voted=1)
+    ask(queries.VOTE, _vote(5, node_id=1))
+    with pytest.raises(ValueError, match="more than 1 candidates"):
+        ask(queries.VOTE, _vote(5, node_id=2))
+    assert ask(queries.VOTE, _vote(5, node_id=1)).content
+    voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
+    assert voted[CHAIN]["digests"] == [_digest(1)]
+    ask(queries.VOTE, _vote(6, node_id=2))  # a new position: room again
+
+
+def test_only_a_verifier_node_bounds_the_votes_it_keeps(tmp_path: Path) -> None:
+    """A node writes its votes to its state file, so it bounds them; an
+    in-process member keeps them in memory and votes on every candidate."""
+    node = verifiernode.verifier_from_node_config(
+        _node_config(tmp_path), lambda key, _: Verifier(toy_score, key, rule=RULE)
+    )
+    assert node is not None and node.max_voted == MAX_VOTED
+    assert Verifier(toy_score, rule=RULE).max_voted is None
