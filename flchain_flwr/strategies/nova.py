@@ -38,9 +38,11 @@ their work, ``R = max tau / min tau`` at most (with BAFL at most its
 less, a node can buy that by delaying its replies: an update holding a share
 ``p`` of its buffer's effective examples gets a factor of up to
 ``R / (1 + (R - 1) p)`` (so at most ``R p / (1 + (R - 1) p)`` of the step,
-staleness weights aside). On the virtual grid of ``tests/test_nova.py`` one
-node of ten delaying each reply 5 s took 32.9 % of the weight against 10 % of
-the examples (docs/stragglers.md).
+staleness and fairness weights aside: fairness multiplies after it, and a
+node that delays participates less, so its fairness factor grows too). On
+the virtual grid of ``tests/test_nova.py`` one node of ten delaying each
+reply 5 s took 32.9 % of the weight against 10 % of the examples
+(docs/stragglers.md).
 
 ``fednova:<max>`` bounds that (:func:`capped_factors`): each factor ``f_i``,
 which is relative to the buffer (``tau_eff / tau_i``), is clipped to
