@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from flchain_flwr.ledger import Block
+from flchain_flwr.ledger import Block, VoteContext
 from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.ledger.merkle import merkle_root
@@ -27,6 +28,7 @@ from flchain_flwr.pov import (
     verifiernode,
     voterequest,
 )
+from flchain_flwr.pov.lockstate import MAX_CHAIN_ID_CHARS, MAX_CHAINS, state_file_of
 from flchain_flwr.pov.members import header_request
 from flchain_flwr.pov.verifier import MAX_VOTED
 from flchain_flwr.pov.views import lead_statement
@@ -83,8 +85,13 @@ def _sign(data: bytes, kind: str | None = None) -> RecordDict:
 
 def _vote(height: int, node_id: int = 1) -> RecordDict:
     """A vote request at ``height`` on node ``node_id``'s reply."""
+    return _vote_in_view(height, 0, node_id)
+
+
+def _vote_in_view(height: int, view: int, node_id: int = 1) -> RecordDict:
+    """A vote request at ``height`` in ``view`` on node ``node_id``'s reply."""
     return voterequest.vote_request(
-        context(height, rule=RULE.digest),
+        context(height, rule=RULE.digest, view=view),
         model(0.0),
         [reply_candidate(node_id, 0.5)],
         [1.0],
@@ -95,12 +102,12 @@ def _digest(node_id: int) -> str:
     return reply_candidate(node_id, 0.5).digest
 
 
-def _rejecting(me: str, node_ids: list[int]) -> RecordDict:
-    """A member's header request for a block at height 5 (view 0, committee
-    ``[me]``, no votes) that rejects the replies of ``node_ids``: it judges
-    them and holds none of the member's votes on them."""
+def _rejecting(me: str, node_ids: list[int], view: int = 0) -> RecordDict:
+    """A member's header request for a block at height 5 in ``view``
+    (committee ``[me]``, no votes) that rejects the replies of ``node_ids``:
+    it judges them and holds none of the member's votes on them."""
     body = {
-        "view": 0,
+        "view": view,
         "committee": [me],
         "included": [],
         "rejected": [
@@ -131,7 +138,7 @@ def _rejecting(me: str, node_ids: list[int]) -> RecordDict:
         header,
         body,
     )
-    return RecordDict({"pov": header_request(block, 0)})
+    return RecordDict({"pov": header_request(block, view)})
 
 
 def _me(tmp_path: Path) -> str:
@@ -214,6 +221,7 @@ def test_the_state_file_is_written_before_the_reply_leaves(tmp_path: Path) -> No
         b"<seen as a string>",
         b"<height as a string>",
         b"<a digest as a number>",
+        b"<a view not a number>",
         b"<another key>",
     ],
 )
@@ -231,7 +239,9 @@ def test_a_malformed_state_file_is_refused_naming_it(
     elif text == b"<height as a string>":
         state["seen"][CHAIN]["height"] = "5"
     elif text == b"<a digest as a number>":
-        state["voted"][CHAIN]["digests"] = [5]
+        state["voted"][CHAIN]["views"]["0"] = [5]
+    elif text == b"<a view not a number>":
+        state["voted"][CHAIN]["views"] = {"01": [_digest(1)]}
     elif text == b"<another key>":
         state["public_key"] = "00" * 32
     if text.startswith(b"<"):
@@ -290,8 +300,7 @@ def test_a_member_node_refuses_a_header_that_leaves_out_its_vote(
             CHAIN: {
                 "height": 5,
                 "prev_hash": PREV,
-                "view": 0,
-                "digests": sorted([_digest(1), _digest(2)]),
+                "views": {"0": sorted([_digest(1), _digest(2)])},
             }
         }
     for left_out in (1, 2):
@@ -307,7 +316,7 @@ def test_voting_at_a_new_position_replaces_the_votes_kept(tmp_path: Path) -> Non
     ask(queries.VOTE, _vote(5, node_id=1))
     ask(queries.VOTE, _vote(6, node_id=2))
     voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
-    assert voted[CHAIN]["height"] == 6 and voted[CHAIN]["digests"] == [_digest(2)]
+    assert voted[CHAIN]["height"] == 6 and voted[CHAIN]["views"] == {"0": [_digest(2)]}
 
 
 def test_a_vote_past_the_bound_on_votes_kept_is_refused(tmp_path: Path) -> None:
@@ -316,11 +325,13 @@ def test_a_vote_past_the_bound_on_votes_kept_is_refused(tmp_path: Path) -> None:
     votes."""
     ask = _node(_node_config(tmp_path), run_id=1, max_voted=1)
     ask(queries.VOTE, _vote(5, node_id=1))
-    with pytest.raises(ValueError, match="more than 1 candidates"):
+    with pytest.raises(ValueError, match="more than 1 votes at height 5"):
         ask(queries.VOTE, _vote(5, node_id=2))
+    with pytest.raises(ValueError, match="more than 1 votes at height 5"):
+        ask(queries.VOTE, _vote_in_view(5, 1, node_id=1))  # all views count
     assert ask(queries.VOTE, _vote(5, node_id=1)).content
     voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
-    assert voted[CHAIN]["digests"] == [_digest(1)]
+    assert voted[CHAIN]["views"] == {"0": [_digest(1)]}
     ask(queries.VOTE, _vote(6, node_id=2))  # a new position: room again
 
 
@@ -332,3 +343,108 @@ def test_only_a_verifier_node_bounds_the_votes_it_keeps(tmp_path: Path) -> None:
     )
     assert node is not None and node.max_voted == MAX_VOTED
     assert Verifier(toy_score, rule=RULE).max_voted is None
+
+
+@pytest.mark.parametrize("kept", ["state file", "run state"])
+@pytest.mark.parametrize("hop", [1, 7])
+def test_a_vote_in_another_view_does_not_free_a_header_that_leaves_out_its_vote(
+    tmp_path: Path, hop: int, kept: str
+) -> None:
+    """It votes at height 5 view 0 on node 1's reply, then (a request names
+    any view) at view ``hop`` on node 2's: a view-0 header that judges node
+    1's reply without its vote is still refused, and one in view ``hop``
+    that leaves out its vote on node 2's. Before, the later view's votes
+    replaced the earlier's and it signed. (Review h-review.)"""
+    ask = _node(_node_config(tmp_path), run_id=1, state_file=kept == "state file")
+    me = _me(tmp_path)
+    ask(queries.VOTE, _vote_in_view(5, 0, node_id=1))
+    with pytest.raises(ValueError, match="leaves out this verifier's vote"):
+        ask(queries.SIGN, _rejecting(me, [1]))
+    ask(queries.VOTE, _vote_in_view(5, hop, node_id=2))
+    with pytest.raises(ValueError, match=f"vote on {_digest(1)[:16]}"):
+        ask(queries.SIGN, _rejecting(me, [1]))
+    with pytest.raises(ValueError, match=f"vote on {_digest(2)[:16]}"):
+        ask(queries.SIGN, _rejecting(me, [2], view=hop))
+    assert ask(queries.SIGN, _rejecting(me, [2])).content  # not voted on in view 0
+    if kept == "state file":
+        voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
+        assert voted[CHAIN]["views"] == {"0": [_digest(1)], str(hop): [_digest(2)]}
+
+
+def test_a_state_file_reached_through_a_symlink_stays_the_file_written(
+    tmp_path: Path,
+) -> None:
+    """``verifier-state`` names a symlink into a kept volume: the file it
+    names is written (the link stays a link) and locked, under either
+    spelling of its path. Before, the first write replaced the link with a
+    regular file and the lock was taken beside the link. (Review h-review.)"""
+    kept = tmp_path / "volume" / "v.state"
+    kept.parent.mkdir()
+    link = tmp_path / "v.state.link"
+    link.symlink_to(kept)
+    via_link = _node_config(tmp_path, **{"verifier-state": str(link)})
+    ask = _node(via_link, run_id=1)
+    ask(queries.VOTE, _vote(5))
+    assert link.is_symlink(), "the link was replaced by a regular file"
+    assert json.loads(kept.read_bytes())["seen"][CHAIN]["height"] == 5
+    direct = _node_config(tmp_path, **{"verifier-state": str(kept)})
+    assert state_file_of(Path(), via_link) == state_file_of(Path(), direct)
+    done = threading.Event()
+
+    def answer() -> None:
+        ask(queries.VOTE, _vote(6))
+        done.set()
+
+    lock = os.open(f"{kept}.lock", os.O_RDWR)  # the target's lock, by its name
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        worker = threading.Thread(target=answer)
+        worker.start()
+        assert not done.wait(0.5), "answered while the target's lock was held"
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    finally:
+        os.close(lock)
+    worker.join(10)
+    assert done.is_set() and not Path(f"{link}.lock").exists()
+
+
+def _in_chain(chain_id: str) -> RecordDict:
+    base = context(5, rule=RULE.digest)
+    return voterequest.vote_request(
+        VoteContext(chain_id, 5, base.prev_hash, base.parent_model, RULE.digest, 0),
+        model(0.0),
+        [reply_candidate(1, 0.5)],
+        [1.0],
+    )
+
+
+@pytest.mark.parametrize("kept", ["state file", "run state"])
+def test_a_node_takes_locks_in_a_bounded_number_of_short_chain_ids(
+    tmp_path: Path, kept: str
+) -> None:
+    """The server names the chain id: one longer than MAX_CHAIN_ID_CHARS, or
+    a chain past MAX_CHAINS, is refused and the locks kept are left as they
+    were (none dropped: that would let it sign twice in that chain); chains
+    it holds still vote. Before, each was kept forever and one vote in a
+    chain with a 100 kB id made a 100 kB state file. (Review h-review.)"""
+    ask = _node(_node_config(tmp_path), run_id=1, state_file=kept == "state file")
+    path = tmp_path / "v.key.state"
+    with pytest.raises(ValueError, match="longer than 128"):
+        ask(queries.VOTE, _in_chain("c" * 100_000))
+    assert not path.exists()
+    ask(queries.VOTE, _in_chain("c" * MAX_CHAIN_ID_CHARS))
+    for n in range(1, MAX_CHAINS):
+        ask(queries.VOTE, _in_chain(f"chain-{n}"))
+    if kept == "state file":
+        before = path.read_bytes()
+        assert len(json.loads(before)["seen"]) == MAX_CHAINS
+    with pytest.raises(ValueError, match="another verifier-key and verifier-state"):
+        ask(queries.VOTE, _in_chain("one-too-many"))
+    with pytest.raises(ValueError, match="most it keeps is 64"):
+        ask(
+            queries.SIGN,
+            _sign(view_change_statement("other", 5, 1, PREV), "view-change"),
+        )
+    if kept == "state file":
+        assert path.read_bytes() == before
+    assert ask(queries.VOTE, _in_chain("chain-1")).content

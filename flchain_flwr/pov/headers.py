@@ -104,12 +104,9 @@ def _own_votes_problem(
     view) must hold its vote on it."""
     header, body = block.header, block.body
     held = verifier.voted.get(str(header.get("chain_id")))
-    if held is None or held[:3] != (
-        header.get("height"),
-        header.get("prev_hash"),
-        view,
-    ):
+    if held is None or held[:2] != (header.get("height"), header.get("prev_hash")):
         return None
+    mine = held[2].get(view, set())
     judged = {
         str(entry.get("digest"))
         for part in ("included", "rejected")
@@ -117,7 +114,7 @@ def _own_votes_problem(
         if isinstance(entry, dict)
     }
     left_out = sorted(
-        d for d in held[3] & judged if (verifier.public_key, d) not in voters
+        d for d in mine & judged if (verifier.public_key, d) not in voters
     )
     if left_out:
         return f"it leaves out this verifier's vote on {left_out[0][:16]}…"

@@ -5,7 +5,7 @@ statement in a ``query.pov_sign`` message (see :mod:`.verifiernode`); it
 checks them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
 what it holds: its own judging rule and, kept in its state file (see
 :mod:`.lockstate`), its chain position (where it voted), the candidates it
-voted on there and the last statement it signed. Before it signs a header
+voted on there in each view and the last statement it signed. Before it signs a header
 it replays the model from the payloads of its own vote requests
 (:mod:`.memberreplay`) and says whether it did (``replayed``).
 """

@@ -7,8 +7,8 @@ candidate bound to the block position
 (:class:`~flchain_flwr.ledger.VoteContext`), and refuses
 (:class:`RefusedRequest`) a request that contradicts what it knows: another
 rule, a global model that is not the parent named, a position that goes
-back on one it has voted at, or one that would take the candidates it voted
-on at one position past :data:`MAX_VOTED`. Byzantine :class:`Behaviour`
+back on one it has voted at, or one that would take the votes it keeps at
+one (height, previous hash) past :data:`MAX_VOTED`. Byzantine :class:`Behaviour`
 values exist to test the committee.
 """
 
@@ -30,9 +30,10 @@ from .memory import MemberMemory
 from .norms import norm_ratios
 
 MAX_VOTED: Final = 1024
-"""A verifier node's bound on the candidates it keeps its votes on at one
-position (:attr:`Verifier.voted`; with 1024 its state file is 73 KiB,
-measured): past it, it refuses to vote on new candidates there."""
+"""A verifier node's bound on the votes it keeps at one (height, previous
+hash) of a chain, all views together (:attr:`Verifier.voted`; with 1024 in
+one view its state file is 74 KiB, measured): past it, it refuses to vote on
+new candidates there."""
 
 
 class RefusedRequest(ValueError):
@@ -98,16 +99,19 @@ class Verifier:
         self.statements: dict[str, tuple[int, int, str]] = {}
         """By chain id, the last (height, view, block hash or "view-change")
         it signed as a committee member (see :mod:`flchain_flwr.pov.views`)."""
-        self.voted: dict[str, tuple[int, str, int, set[str]]] = {}
-        """By chain id, the (height, previous hash, view) of its last votes and
-        the candidates it voted on there: a header that leaves one of those
-        votes out is refused (see :mod:`flchain_flwr.pov.headers`; a verifier
-        node keeps it in its state file)."""
+        self.voted: dict[str, tuple[int, str, dict[int, set[str]]]] = {}
+        """By chain id, the (height, previous hash) of its last votes and, by
+        view, the candidates it voted on there: a header in a view that leaves
+        out one of its votes in that view is refused (see
+        :mod:`flchain_flwr.pov.headers`; a verifier node keeps it in its
+        state file). Every view's are kept, so a vote request at another view
+        frees no header of an earlier one."""
         self.max_voted: int | None = None
-        """At most this many candidates in :attr:`voted` at one position (a
-        vote request that would take it past that is refused); ``None``: no
-        bound, as in-process members hold it in memory. A verifier node, which
-        writes it to its state file, is bounded at :data:`MAX_VOTED`."""
+        """At most this many votes in :attr:`voted` at one (height, previous
+        hash), all views together (a vote request that would take it past
+        that is refused); ``None``: no bound, as in-process members hold it in
+        memory. A verifier node, which writes it to its state file, is bounded
+        at :data:`MAX_VOTED`."""
         self.memory = MemberMemory()
         """On a verifier node: the chain's models it saw and the pending
         height's candidates (see :mod:`flchain_flwr.pov.memory`)."""
@@ -149,9 +153,10 @@ class Verifier:
         ``context.parent_model``, if ``context.rule`` is not this verifier's
         rule (its own, else ``rule``), or if the position goes back on what
         it has voted on in this chain: a lower height, or the same height
-        after another block or parent model, or if it would then hold votes
-        on more than :attr:`max_voted` candidates at this position (a request
-        asked again there adds its candidates to those voted on). With
+        after another block or parent model, or if it would then keep more
+        than :attr:`max_voted` votes at this height and previous block (a
+        request asked again there, in any view, adds its candidates to that
+        view's). With
         ``max_norm_ratio`` each candidate's norm is compared with the median
         norm of ``deltas``.
         The global model is scored once per call,
@@ -200,21 +205,29 @@ class Verifier:
 
     def _voted_with(
         self, context: VoteContext, digests: Sequence[str]
-    ) -> tuple[int, str, int, set[str]]:
+    ) -> tuple[int, str, dict[int, set[str]]]:
         """:attr:`voted`'s entry once it votes on ``digests`` in ``context``:
-        added to its votes at this position, replacing those of another;
-        :class:`RefusedRequest` if that holds more than :attr:`max_voted`."""
-        where = (context.height, str(context.prev_hash), context.view)
+        added to its votes in this view at this (height, previous hash), the
+        other views' kept, replacing those of another (height, previous
+        hash); :class:`RefusedRequest` if that holds more than
+        :attr:`max_voted` votes."""
+        where = (context.height, str(context.prev_hash))
         last = self.voted.get(context.chain_id)
-        held = last[3] if last is not None and last[:3] == where else set()
-        now = held | set(digests)
-        if self.max_voted is not None and len(now) > self.max_voted:
+        views = (
+            {view: set(held) for view, held in last[2].items()}
+            if last is not None and last[:2] == where
+            else {}
+        )
+        if digests:
+            views[context.view] = views.get(context.view, set()) | set(digests)
+        if self.max_voted is not None and (
+            sum(map(len, views.values())) > self.max_voted
+        ):
             raise RefusedRequest(
-                f"it would hold votes on more than {self.max_voted} candidates "
-                f"at height {context.height} view {context.view}; it votes on no "
-                "new ones there"
+                f"it would hold more than {self.max_voted} votes at height "
+                f"{context.height} (all views); it votes on no new candidates there"
             )
-        return (*where, now)
+        return (*where, views)
 
     def _reference_from(self, global_model: NDArrays, parent: str) -> NDArrays:
         """The reference update from ``global_model`` (hash ``parent``), trained

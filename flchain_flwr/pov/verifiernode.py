@@ -31,9 +31,9 @@ locally and answers three query messages:
   view-change statement (:func:`~.views.sign_view_change`), never a second
   header nor a view change where it signed a header at one (height, view).
 
-Where it voted or led, what it signed and the candidates it voted on at
-its current position (its locks) are kept in the file
-``verifier-state`` beside its key (:mod:`.lockstate`), written before the
+Where it voted or led, what it signed and the candidates it voted on in each
+view at its current height and previous block (its locks) are kept in the
+file ``verifier-state`` beside its key (:mod:`.lockstate`), written before the
 reply leaves, not in the node's run state: Flower starts that empty for every
 ``flwr run`` (a resumed PoV run is one) and on a SuperNode restart, after
 which the node would have signed against its own earlier signatures. So
@@ -60,7 +60,7 @@ from ..configvalues import integer_value, text_value
 from ..ledger import VoteContext
 from ..ledger.canonical import HEADER_TAG
 from ..ledger.keys import load_or_create_key
-from .lockstate import locks_held, read_run_state, state_file_of, write_run_state
+from .lockstate import locks_held, run_state_held, state_file_of
 from .members import member_header, member_view_change
 from .memory import load as load_memory
 from .memory import store as store_memory
@@ -108,9 +108,8 @@ def answer_in_run(
         with locks_held(verifier.state_file, verifier):
             reply = answer(message, verifier)
     else:
-        read_run_state(verifier, context.state.config_records)
-        reply = answer(message, verifier)
-        write_run_state(verifier, context.state.config_records)
+        with run_state_held(context.state.config_records, verifier):
+            reply = answer(message, verifier)
     store_memory(verifier.memory, context.state)
     return reply
 
