@@ -27,6 +27,7 @@ from flchain_flwr.ledger import (
     update_digest,
 )
 from flchain_flwr.ledger.canonical import NotCanonical, canonical_json, parse_canonical
+from flchain_flwr.ledger.ledgerdb import MAX_CHAIN_ID_CHARS
 
 from .ledger_helpers import TRUSTED, build_ledger, checkpoint_at, digest_of
 
@@ -75,6 +76,19 @@ def test_opening_errors_are_clear(tmp_path: Path) -> None:
         Ledger(tmp_path / "c.db", chain_id="other")
     with pytest.raises(LedgerError, match="no block at height 9"):
         Ledger(tmp_path / "c.db").block(9)
+
+
+def test_a_new_ledger_refuses_a_chain_id_verifier_nodes_would_refuse(
+    tmp_path: Path,
+) -> None:
+    """Verifier nodes keep their locks by chain id, up to MAX_CHAIN_ID_CHARS
+    characters (pov/lockstate.py): a longer one is refused at creation, not
+    at the first remote vote."""
+    with pytest.raises(LedgerError, match="at most 128 characters"):
+        Ledger(tmp_path / "long.db", chain_id="c" * (MAX_CHAIN_ID_CHARS + 1))
+    ledger = Ledger(tmp_path / "long.db", chain_id="c" * MAX_CHAIN_ID_CHARS)
+    assert ledger.chain_id == "c" * MAX_CHAIN_ID_CHARS
+    ledger.close()
 
 
 class _Collect(logging.Handler):

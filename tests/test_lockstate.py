@@ -18,6 +18,7 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 from flchain_flwr.ledger import Block, VoteContext
 from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.keys import load_or_create_key
+from flchain_flwr.ledger.ledgerdb import MAX_CHAIN_ID_CHARS
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import (
@@ -28,7 +29,7 @@ from flchain_flwr.pov import (
     verifiernode,
     voterequest,
 )
-from flchain_flwr.pov.lockstate import MAX_CHAIN_ID_CHARS, MAX_CHAINS, state_file_of
+from flchain_flwr.pov.lockstate import MAX_CHAINS, state_file_of
 from flchain_flwr.pov.members import header_request
 from flchain_flwr.pov.verifier import MAX_VOTED
 from flchain_flwr.pov.views import lead_statement

@@ -80,6 +80,7 @@ from flwr.supercore import log
 
 from ..configvalues import text_value
 from ..ledger.atomicfile import write_file_atomically
+from ..ledger.ledgerdb import MAX_CHAIN_ID_CHARS
 from .runstate import columns_record, read_columns
 from .verifier import Verifier
 
@@ -87,9 +88,6 @@ STATE_FORMAT: Final = "flchain-verifier-state/1"
 MAX_CHAINS: Final = 64
 """The most chains a node holds locks in: it acts in no new chain past it
 (never dropping an old chain's locks, which would let it sign twice there)."""
-MAX_CHAIN_ID_CHARS: Final = 128
-"""The longest chain id a node takes locks in (a ledger's own is a 32-digit
-hex UUID; ``--chain-id`` names are short)."""
 SEEN_COLUMNS: Final[Mapping[str, type]] = {
     "height": int,
     "prev_hash": str,
