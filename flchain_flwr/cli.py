@@ -31,7 +31,10 @@ from .cli_mainchain import add_main_commands
 from .cli_model import add_model_commands
 from .cli_witness import add_witness_commands
 from .ledger import LedgerError
+from .quoting import clip
 
+MESSAGE_CHARS: Final = 400
+"""The most characters of argparse's message shown: it may quote an argument."""
 DEBUG_ENV: Final = "FLCHAIN_DEBUG"
 """Set (to anything but ``0`` or nothing) to see tracebacks of unforeseen errors."""
 
@@ -42,7 +45,8 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(
             EXIT_USAGE,
-            f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n",
+            f"{self.prog}: error: {clip(one_line(message), MESSAGE_CHARS)} "
+            f"(see {self.prog} --help)\n",
         )
 
 

@@ -14,7 +14,9 @@ refused, 2 bad input (one line on stderr).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any, Final, TextIO
@@ -22,7 +24,7 @@ from typing import Any, Final, TextIO
 from .cli_common import EXIT_FAILED, EXIT_OK, error, open_ledger
 from .cli_mainwit import add_witness_rule_options, witness_rule
 from .ledger.blocks import LedgerError
-from .ledger.inputfile import open_input, read_head
+from .ledger.inputfile import irregular_problem, open_input, read_head
 from .ledger.keys import load_or_create_key
 from .ledger.mainchain import MainChain
 from .ledger.maindb import AnchorRefused, MainChainError
@@ -86,8 +88,25 @@ def _model_hash(args: argparse.Namespace) -> str:
     return _file_hash(args.model)
 
 
+def _output_problem(args: argparse.Namespace) -> str | None:
+    """Why ``-o`` must not be written over: it is not a regular file (a FIFO, a
+    device, which the bundle's rename would replace), or it is the ledger or
+    the main chain the bundle is read from."""
+    problem = irregular_problem(args.output)
+    if problem is not None:
+        return f"-o {problem}"
+    for source in (args.ledger, args.main):
+        with contextlib.suppress(OSError):
+            if os.path.samefile(args.output, source):
+                return f"-o {args.output} is the chain {source} itself"
+    return None
+
+
 def cmd_prove(args: argparse.Namespace, out: TextIO) -> int:
     """Write the provenance bundle of a model."""
+    problem = _output_problem(args)
+    if problem is not None:
+        return error(problem)
     try:
         digest = _model_hash(args)
         main = MainChain(args.main, read_only=True)

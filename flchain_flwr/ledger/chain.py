@@ -53,7 +53,7 @@ from .canonical import LATEST_FORMAT
 from .checkpoint import CheckpointError, ledger_origin
 from .checkpointwriter import CheckpointWriter
 from .headcheck import HeadCheck
-from .inputfile import irregular_problem
+from .inputfile import irregular_problem, resolved
 from .keys import KeyFile, parse_trusted_key
 from .ledgerdb import make_folder_for, open_database
 from .ledgerreader import LedgerReader
@@ -115,7 +115,7 @@ class Ledger(LedgerReader):
         format_version: int = LATEST_FORMAT,
         read_only: bool = False,
     ) -> None:
-        self.path = Path(path).resolve()
+        self.path = resolved(path)
         self.read_only = read_only
         create = create and not read_only
         problem = irregular_problem(self.path)
@@ -139,9 +139,9 @@ class Ledger(LedgerReader):
             if key_path
             else KeyFile.beside(self.path, signing_key)
         )
-        self.checkpoint_path = Path(
+        self.checkpoint_path = resolved(
             checkpoint_path or self.path.with_name(self.path.name + ".checkpoint")
-        ).resolve()
+        )
         self.durable = durable
         self._checkpoints = CheckpointWriter(
             self.path, self.checkpoint_path, self._key, durable

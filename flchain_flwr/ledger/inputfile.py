@@ -58,8 +58,17 @@ def _not_regular(path: str | Path) -> str | None:
     regular file, or for nothing there (opening it then says so)."""
     try:
         return _kind(os.stat(path).st_mode)
-    except (OSError, ValueError):
+    except OSError as exc:
+        return "a loop of symbolic links" if exc.errno == errno.ELOOP else None
+    except ValueError:
         return None
+
+
+def resolved(path: str | Path) -> Path:
+    """``path`` made absolute, its symbolic links followed as far as they lead:
+    a loop of them is left for :func:`irregular_problem` to name, where
+    :meth:`Path.resolve` raises ``RuntimeError``."""
+    return Path(os.path.realpath(path))
 
 
 def irregular_problem(path: str | Path) -> str | None:

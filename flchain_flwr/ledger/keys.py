@@ -11,6 +11,7 @@ from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
 from .blocks import LedgerError
+from .inputfile import read_head
 from .notes import NoteError, VerifierKey, parse_verifier_key, write_file_atomically
 
 
@@ -26,8 +27,8 @@ def load_or_create_key(path: Path) -> SigningKey:
             return key
         except FileExistsError:  # another process created it first: use theirs
             pass
-    try:
-        key = SigningKey(path.read_bytes().strip(), encoder=HexEncoder)
+    try:  # a regular file only, and no more than a key's line could need
+        key = SigningKey(read_head(path, 4096).strip(), encoder=HexEncoder)
     except Exception as exc:
         raise LedgerError(
             f"{path} does not hold an Ed25519 signing key: {exc}"

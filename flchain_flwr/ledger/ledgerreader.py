@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..quoting import clip
 from .blobs import BlobStore
 from .blocks import Block, LedgerError
 from .ledgerdb import (
@@ -124,4 +125,4 @@ class LedgerReader:
             for index, update in enumerate(block.body["included"]):
                 if update["digest"] == digest:
                     return block, index
-        raise LedgerError(f"update digest {digest} is not in any block")
+        raise LedgerError(f"update digest {clip(digest, 80)} is not in any block")

@@ -35,7 +35,7 @@ from nacl.signing import SigningKey
 
 from .anchorblock import AnchorBlock, AnchorError, AnchorPolicy
 from .checkpoint import Checkpoint, LogFrontier, sign_checkpoint, write_checkpoint
-from .inputfile import irregular_problem
+from .inputfile import irregular_problem, resolved
 from .maindb import (
     AnchorRefused,
     MainChainError,
@@ -85,7 +85,7 @@ class MainChain:
         witnesses: Sequence[WitnessClient] = (),
         read_only: bool = False,
     ) -> None:
-        self.path = Path(path).resolve()
+        self.path = resolved(path)
         self.witnesses = list(witnesses)
         self.witness_refusals: list[str] = []
         self._sizes: dict[int, int] = {}

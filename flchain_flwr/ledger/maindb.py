@@ -171,11 +171,16 @@ def blocks_by_origin(
 ) -> list[AnchorBlock]:
     """The blocks whose record names ``origin`` (never selected by the
     unsigned origin column), in ``order`` (an SQL ``ORDER BY`` clause)."""
-    rows = db.execute(
-        f"{BLOCK_ROW} WHERE json_extract(CAST(record AS TEXT), '$.origin') = ? "
-        + order,
-        (origin,),
-    ).fetchall()
+    try:
+        rows = db.execute(
+            f"{BLOCK_ROW} WHERE json_extract(CAST(record AS TEXT), '$.origin') = ? "
+            + order,
+            (origin,),
+        ).fetchall()
+    except sqlite3.OperationalError as exc:  # a record that is not JSON, a lock
+        raise MainChainError(
+            f"cannot select the anchors of {origin} ({exc}); run `flchain main verify`"
+        ) from None
     return [parse_row(int(height), tuple(row)) for height, *row in rows]
 
 

@@ -19,6 +19,8 @@ import binascii
 from dataclasses import dataclass
 from typing import Final
 
+from ..quoting import clip
+
 KEY_ID_SIZE: Final = 4
 DASH: Final = "\u2014 "  # em dash and a space: how a signature line starts
 
@@ -43,8 +45,8 @@ def check_key_name(name: str) -> None:
     for char in name:
         if char.isspace() or char == "+" or ord(char) < 0x20:
             raise NoteError(
-                f"key name {name!r} contains {char!r}: spaces, '+' and control "
-                "characters are not allowed"
+                f"key name {clip(name, 80)!r} contains {char!r}: spaces, '+' and "
+                "control characters are not allowed"
             )
     _utf8(name, "key name")
 
@@ -138,7 +140,7 @@ def decode_b64(
 def note_b64decode(data: str, what: str, *, quote: bool) -> bytes:
     """:func:`decode_b64`, failing with a :class:`NoteError` that names ``what``
     (and quotes ``data`` if ``quote``)."""
-    shown = f" {data!r}" if quote else ""
+    shown = f" {clip(data, 80)!r}" if quote else ""
     return decode_b64(
         data,
         NoteError,

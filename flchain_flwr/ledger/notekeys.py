@@ -24,7 +24,9 @@ from typing import ClassVar, Final, Self
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
+from ..quoting import clip
 from .atomicfile import write_file_atomically
+from .inputfile import read_head
 from .noteformat import (
     KEY_ID_SIZE,
     NoteError,
@@ -39,6 +41,8 @@ ED25519: Final = 0x01
 PUBLIC_KEY_SIZE: Final = 32
 SIGNATURE_SIZE: Final = 64
 SIGNER_KEY_PREFIX: Final = "PRIVATE+KEY+"
+MAX_KEY_FILE_BYTES: Final = 1 << 16
+"""Largest key file read (a key is one line; its name may be long)."""
 
 _HEX: Final = frozenset("0123456789abcdef")
 
@@ -119,7 +123,9 @@ class PublicNoteKey:
         not match its name and key."""
         parts = vkey.split("+", 2)  # names have no '+'; base64 may have some
         if len(parts) != 3:
-            raise cls.ERROR(f"not a {cls.WHAT} (<name>+<key ID>+<key>): {vkey!r}")
+            raise cls.ERROR(
+                f"not a {cls.WHAT} (<name>+<key ID>+<key>): {clip(vkey, 80)!r}"
+            )
         name, hex_id, data = parts
         try:
             raw = _key_bytes(name, hex_id, data, cls.WHAT, quote=True, kind=cls)
@@ -238,23 +244,22 @@ def _key_bytes(
     """The 32 key bytes of a vkey's or skey's parts, checked for form (the
     type byte must be ``kind``'s)."""
     check_key_name(name)
+    what = f"{what} {clip(name, 80)}"
     if len(hex_id) != 2 * KEY_ID_SIZE or any(c not in _HEX for c in hex_id):
-        raise NoteError(f"{what} {name}: the key ID must be 8 lower-case hex digits")
-    raw = note_b64decode(data, f"{what} {name}", quote=quote)
+        raise NoteError(f"{what}: the key ID must be 8 lower-case hex digits")
+    raw = note_b64decode(data, what, quote=quote)
     if not raw or raw[0] != kind.ALGORITHM:
         found = f"0x{raw[0]:02x}" if raw else "missing"
-        raise NoteError(f"{what} {name}: signature type {found} is not {kind.KIND}")
+        raise NoteError(f"{what}: signature type {found} is not {kind.KIND}")
     if len(raw) != 1 + PUBLIC_KEY_SIZE:
-        raise NoteError(
-            f"{what} {name}: an Ed25519 key has 32 bytes, not {len(raw) - 1}"
-        )
+        raise NoteError(f"{what}: an Ed25519 key has 32 bytes, not {len(raw) - 1}")
     return raw[1:]
 
 
 def _check_key_id(actual: bytes, written: str, name: str, what: str) -> None:
     if actual.hex() != written:
         raise NoteError(
-            f"{what} {name}: key ID {written} does not match the key "
+            f"{what} {clip(name, 80)}: key ID {written} does not match the key "
             f"(expected {actual.hex()})"
         )
 
@@ -293,8 +298,11 @@ def read_verifier_key(path: str | Path) -> VerifierKey:
 
 
 def _read_key_text(path: str | Path) -> str:
+    data = read_head(path, MAX_KEY_FILE_BYTES)  # a regular file only
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise NoteError(f"{path} does not hold a key (over {MAX_KEY_FILE_BYTES} bytes)")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise NoteError(f"{path} does not hold a key (not UTF-8)") from None
     return text.removesuffix("\n")

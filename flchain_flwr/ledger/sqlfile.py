@@ -23,6 +23,8 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
+from .inputfile import resolved
+
 _READ_ONLY: Final = {
     "SQLITE_READONLY_ROLLBACK": "a -journal beside it holds a transaction a "
     "writer left unfinished, which only a writer may roll back; read-only, both "
@@ -58,7 +60,7 @@ def connect(
     ``file:`` URI, whatever characters it holds)."""
     if read_only:
         return sqlite3.connect(
-            f"{path.resolve().as_uri()}?mode=ro",
+            f"{resolved(path).as_uri()}?mode=ro",
             uri=True,
             isolation_level=None,
             timeout=timeout,

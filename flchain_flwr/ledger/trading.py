@@ -36,7 +36,7 @@ from .checkpoint import (
     write_checkpoint,
 )
 from .checkpointcheck import CheckpointMismatch, check_against_ledger
-from .inputfile import irregular_problem
+from .inputfile import irregular_problem, resolved
 from .keys import KeyFile
 from .merkle import consistency_proof
 from .notes import NoteError, SignerKey, VerifierKey, read_note_or_error
@@ -89,7 +89,7 @@ class TradingChain:
         create: bool = True,
         read_only: bool = False,
     ) -> None:
-        self.path = Path(path).resolve()
+        self.path = resolved(path)
         self.read_only = read_only
         problem = irregular_problem(self.path)
         if problem is not None:  # SQLite would wait forever on a FIFO

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ..quoting import clip
+from .blocks import is_hex
 from .checkpoint import (
     EMPTY_ROOT,
     Checkpoint,
@@ -49,6 +51,7 @@ from .checkpoint import (
     parse_checkpoint,
 )
 from .cosignature import CosignerKey, cosign, cosigner_of
+from .inputfile import read_head
 from .notes import (
     NoteError,
     NoteSignature,
@@ -75,6 +78,8 @@ KEY_FILE: Final = "witness.key"
 VKEY_FILE: Final = "witness.vkey"
 STATE_FILE: Final = "state.json"
 STATE_FORMAT: Final = "flchain-witness/1"
+MAX_STATE_BYTES: Final = 1 << 26
+"""Largest witness state read (64 MiB: some 100,000 logs)."""
 
 
 class WitnessError(Exception):
@@ -294,12 +299,17 @@ class Witness:
     def _state(self) -> dict[str, Any]:
         path = self.folder / STATE_FILE
         try:
-            state = json.loads(path.read_bytes())
-        except (OSError, ValueError) as exc:
+            data = read_head(path, MAX_STATE_BYTES)
+            if len(data) > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
+            state = json.loads(data)
+        except (OSError, ValueError, RecursionError) as exc:
             raise WitnessError(f"cannot read the witness state {path}: {exc}") from None
-        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-            raise WitnessError(f"{path} is not a {STATE_FORMAT} state")
-        return state
+        problem = _state_problem(state)
+        if problem is not None:
+            raise WitnessError(f"{path} is not a {STATE_FORMAT} state: {problem}")
+        checked: dict[str, Any] = state
+        return checked
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -309,6 +319,29 @@ class Witness:
                 yield
             finally:
                 fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _state_problem(state: Any) -> str | None:
+    """What is wrong with the shape of a parsed witness state, if anything:
+    the fields :meth:`Witness.init` writes, of the types it writes them."""
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        return "not an object of that format"
+    if not isinstance(state.get("trust_on_first_use"), bool):
+        return "trust_on_first_use is not true or false"
+    logs = state.get("logs")
+    if not isinstance(logs, dict):
+        return "logs is not an object"
+    for origin, entry in logs.items():
+        if not (
+            isinstance(entry, dict)
+            and all(isinstance(entry.get(k), str) for k in ("key", "learned", "root"))
+            and type(entry.get("size")) is int
+            and entry["size"] >= 0
+            and is_hex(entry["root"], 64)
+            and (entry.get("note") is None or isinstance(entry["note"], str))
+        ):
+            return f"the log {clip(origin, 80)!r} is malformed"
+    return None
 
 
 def _write_state(folder: Path, state: Mapping[str, Any]) -> None:
