@@ -27,9 +27,10 @@ from flchain_flwr.ledger import (
     update_digest,
 )
 from flchain_flwr.ledger.canonical import NotCanonical, canonical_json, parse_canonical
-from flchain_flwr.ledger.ledgerdb import MAX_CHAIN_ID_CHARS
+from flchain_flwr.ledger.checkpoint import MAX_CHAIN_ID_CHARS
+from flchain_flwr.ledger.trading import TradingChain
 
-from .ledger_helpers import TRUSTED, build_ledger, checkpoint_at, digest_of
+from .ledger_helpers import TRUSTED, build_ledger, checkpoint_at, digest_of, flchain
 
 
 @pytest.fixture
@@ -78,17 +79,34 @@ def test_opening_errors_are_clear(tmp_path: Path) -> None:
         Ledger(tmp_path / "c.db").block(9)
 
 
-def test_a_new_ledger_refuses_a_chain_id_verifier_nodes_would_refuse(
-    tmp_path: Path,
+def test_a_new_chain_refuses_a_chain_id_verifier_nodes_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Verifier nodes keep their locks by chain id, up to MAX_CHAIN_ID_CHARS
-    characters (pov/lockstate.py): a longer one is refused at creation, not
-    at the first remote vote."""
-    with pytest.raises(LedgerError, match="at most 128 characters"):
-        Ledger(tmp_path / "long.db", chain_id="c" * (MAX_CHAIN_ID_CHARS + 1))
+    characters (pov/lockstate.py): a longer one is refused when a ledger, a
+    main chain or a trading chain is made, not at the first remote vote; an
+    empty one too (the main chain's origin would be the bare prefix)."""
+    long = "c" * (MAX_CHAIN_ID_CHARS + 1)
+    with pytest.raises(LedgerError, match="1 to 128 characters long, not 129"):
+        Ledger(tmp_path / "long.db", chain_id=long)
+    assert not (tmp_path / "long.db").exists()
     ledger = Ledger(tmp_path / "long.db", chain_id="c" * MAX_CHAIN_ID_CHARS)
     assert ledger.chain_id == "c" * MAX_CHAIN_ID_CHARS
     ledger.close()
+    with pytest.raises(LedgerError, match="1 to 128 characters long, not 129"):
+        TradingChain(tmp_path / "trade.db", chain_id=long)
+    code, witness = flchain("witness", "init", str(tmp_path / "w"), "--name", "w.x")
+    assert code == 0
+    capsys.readouterr()
+    for bad, length in ((long, 129), ("", 0)):
+        code, _ = flchain(
+            "main", "init", str(tmp_path / "main.db"), "--chain-id", bad,
+            "--key", str(tmp_path / "main.key"), "--witness", witness.strip(),
+            "--quorum", "1",
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert code == 2 and f"1 to 128 characters long, not {length}" in err, err
+        assert not (tmp_path / "main.db").exists()
 
 
 class _Collect(logging.Handler):

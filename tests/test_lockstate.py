@@ -17,8 +17,8 @@ from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
 from flchain_flwr.ledger import Block, VoteContext
 from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
+from flchain_flwr.ledger.checkpoint import MAX_CHAIN_ID_CHARS
 from flchain_flwr.ledger.keys import load_or_create_key
-from flchain_flwr.ledger.ledgerdb import MAX_CHAIN_ID_CHARS
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import (

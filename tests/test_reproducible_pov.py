@@ -117,7 +117,7 @@ def test_a_bad_chain_id_is_refused_by_its_key_before_any_file_is_made(
     from flchain_flwr.strategies import fedbuff_from_run_config
 
     path = tmp_path / "runs" / "l.db"
-    for bad in ("two words", "a+b", "tab\t", 5):
+    for bad in ("two words", "a+b", "tab\t", 5, "c" * 129):
         keys = {"ledger-path": str(path), "ledger-chain-id": bad}
         with pytest.raises(ValueError, match="'ledger-chain-id'"):
             fedbuff_from_run_config(keys)

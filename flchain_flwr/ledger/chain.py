@@ -50,7 +50,7 @@ from .appending import append_aggregation, append_as_is
 from .blobs import BlobStore
 from .blocks import LEDGER_FORMATS, Block, BlockSigner, LedgerError, digest_of
 from .canonical import LATEST_FORMAT
-from .checkpoint import CheckpointError, ledger_origin
+from .checkpoint import CheckpointError, ledger_origin, new_chain_origin
 from .checkpointwriter import CheckpointWriter
 from .headcheck import HeadCheck
 from .inputfile import irregular_problem, resolved
@@ -78,7 +78,7 @@ class Ledger(LedgerReader):
         Identifies the chain; fixed at creation (a random id if not given). Opening
         an existing ledger with another id is an error. A new ledger's id must
         be usable in a checkpoint's origin (no spaces, '+' or control
-        characters).
+        characters) and 1 to 128 characters long.
     signing_key : nacl.signing.SigningKey, optional
         The leader's key for signing headers and checkpoints.
     key_path : str | Path, optional
@@ -126,7 +126,7 @@ class Ledger(LedgerReader):
         existed = self.path.exists()
         if not existed and chain_id is not None:  # before any folder is made
             try:
-                ledger_origin(chain_id)
+                new_chain_origin(chain_id)
             except CheckpointError as exc:
                 raise LedgerError(str(exc)) from None
         if not existed:

@@ -55,6 +55,10 @@ EMPTY_ROOT: Final = hashlib.sha256(b"").digest()
 MAX_TREE_SIZE: Final = 2**63 - 1
 ORIGIN_PREFIX: Final = "flchain-flwr/"
 """What :func:`ledger_origin` puts in front of a ledger's chain id."""
+MAX_CHAIN_ID_CHARS: Final = 128
+"""The longest chain id a new chain takes (a ledger's own default is a 32-digit
+hex UUID): verifier nodes keep their signing locks by chain id, and bound it
+(:mod:`flchain_flwr.pov.lockstate`)."""
 
 
 class CheckpointError(ValueError):
@@ -208,6 +212,24 @@ def ledger_origin(chain_id: str) -> str:
             f"chain id {chain_id!r} cannot be an origin: {exc}"
         ) from None
     return origin
+
+
+def new_chain_origin(chain_id: str) -> str:
+    """:func:`ledger_origin` of a new chain's id, which must also be 1 to
+    :data:`MAX_CHAIN_ID_CHARS` characters long (an existing chain's is read
+    as it is).
+
+    Raises
+    ------
+    CheckpointError
+        If the chain id is empty, too long, or cannot be an origin.
+    """
+    if not chain_id or len(chain_id) > MAX_CHAIN_ID_CHARS:
+        raise CheckpointError(
+            f"a new chain's id must be 1 to {MAX_CHAIN_ID_CHARS} characters long, "
+            f"not {len(chain_id)}"
+        )
+    return ledger_origin(chain_id)
 
 
 def ledger_checkpoint(

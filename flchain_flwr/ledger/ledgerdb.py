@@ -38,10 +38,6 @@ from .sqlschema import foreign_schema
 
 MAX_HEIGHT: Final = 2**63 - 1
 """SQLite's largest integer: no block can be higher."""
-MAX_CHAIN_ID_CHARS: Final = 128
-"""The longest chain id a new ledger takes (its own default is a 32-digit hex
-UUID): verifier nodes keep their signing locks by chain id, and bound it
-(:mod:`flchain_flwr.pov.lockstate`)."""
 BLOCK_ROW: Final = "SELECT height, hash, header, body, signature FROM blocks"
 """The query of whole ``blocks`` rows, in :func:`row_to_block`'s order."""
 _COLUMNS: Final = {
@@ -152,13 +148,7 @@ def _open_error(path: Path, existed: bool, exc: Exception) -> Exception:
 def _initialise(
     db: sqlite3.Connection, chain_id: str | None, format_version: int
 ) -> None:
-    """Write a new ledger's schema and identity, in WAL mode; ``LedgerError``
-    for a chain id longer than :data:`MAX_CHAIN_ID_CHARS`."""
-    if chain_id is not None and len(chain_id) > MAX_CHAIN_ID_CHARS:
-        raise LedgerError(
-            f"a chain id must be at most {MAX_CHAIN_ID_CHARS} characters (got "
-            f"{len(chain_id)}): verifier nodes take locks in no longer one"
-        )
+    """Write a new ledger's schema and identity, in WAL mode."""
     db.execute("PRAGMA journal_mode=WAL")  # persistent in the file
     db.execute("BEGIN IMMEDIATE")  # schema and identity: all or nothing
     try:

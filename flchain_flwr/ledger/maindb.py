@@ -28,7 +28,7 @@ from .anchorblock import (
     genesis_record,
     parse_block,
 )
-from .checkpoint import Checkpoint, ledger_origin
+from .checkpoint import Checkpoint, ledger_origin, new_chain_origin
 from .notes import SignedNote, VerifierKey
 from .sqlfile import connect, sqlite_message, unreadable
 from .sqlschema import foreign_schema
@@ -67,7 +67,7 @@ def create_main_db(
     if target.exists():
         raise MainChainError(f"{target} exists already")
     try:
-        ledger_origin(chain_id)
+        new_chain_origin(chain_id)
     except ValueError as exc:
         raise MainChainError(str(exc)) from None
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -30,6 +30,7 @@ from .checkpoint import (
     CheckpointError,
     LogFrontier,
     ledger_origin,
+    new_chain_origin,
     open_checkpoint,
     read_checkpoint,
     sign_checkpoint,
@@ -134,7 +135,7 @@ class TradingChain:
         if foreign is not None:
             raise LedgerError(f"{self.path} is not a trading chain: {foreign}")
         if not tables and chain_id is not None:
-            ledger_origin(chain_id)  # a usable origin, or CheckpointError
+            new_chain_origin(chain_id)  # a usable origin, or CheckpointError
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _SCHEMA:

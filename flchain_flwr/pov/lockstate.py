@@ -80,7 +80,7 @@ from flwr.supercore import log
 
 from ..configvalues import text_value
 from ..ledger.atomicfile import write_file_atomically
-from ..ledger.ledgerdb import MAX_CHAIN_ID_CHARS
+from ..ledger.checkpoint import MAX_CHAIN_ID_CHARS
 from .runstate import columns_record, read_columns
 from .verifier import Verifier
 

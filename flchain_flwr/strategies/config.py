@@ -16,7 +16,7 @@ from ..configvalues import (
     text_value,
 )
 from ..ledger import Ledger
-from ..ledger.checkpoint import ledger_origin
+from ..ledger.checkpoint import new_chain_origin
 from .adaptive import AdaptiveScheduling, ConfigAdjuster
 from .anchor import anchorer_from_run_config
 from .arguments import MaxStaleness
@@ -220,7 +220,7 @@ def ledger_chain_id(cfg: Mapping[str, ConfigValue]) -> str | None:
 
 def _origin_name(chain_id: str) -> str:
     if chain_id:
-        ledger_origin(chain_id)  # raises a ValueError for spaces, '+', ...
+        new_chain_origin(chain_id)  # a ValueError for spaces, '+', 129 chars...
     return chain_id
 
 
