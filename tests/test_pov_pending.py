@@ -1,5 +1,6 @@
 """A block whose header some members signed but that was never written is
-proposed again, exactly, after a restart; a forged pending record is not."""
+proposed again, exactly, after a restart; a forged pending record is not; a
+view the members gave up before the restart is passed over again."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 
 from flchain_flwr.cli import main as cli
-from flchain_flwr.ledger import Block, Ledger
+from flchain_flwr.ledger import Block, Ledger, VoteContext
 from flchain_flwr.ledger.canonical import HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.statements import view_change_statement
 from flchain_flwr.pov import (
@@ -27,10 +28,11 @@ from flchain_flwr.pov import (
 )
 from flchain_flwr.pov.headers import cosign_header
 from flchain_flwr.pov.remote import RemoteCommittee
+from flchain_flwr.pov.views import sign_view_change
 from flchain_flwr.sim import VirtualGrid, simulate
 
 from .test_pov import verifiers
-from .test_pov_chain import _remote_fedbuff, _verifier_grid, pov_run
+from .test_pov_chain import _lead_statement, _remote_fedbuff, _verifier_grid, pov_run
 from .toy import initial_arrays
 
 LOCKED_HEIGHT = 2
@@ -288,5 +290,119 @@ def test_restarted_verifier_nodes_still_hold_the_locked_block(
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == 5
         assert ledger.block(LOCKED_HEIGHT).hash == block.hash
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+
+
+def _refuses_to_lead_at_the_locked_height(
+    msg: Message, context_: Context, call_next: Any
+) -> Message:
+    """A node mod: the view-0 leader of ``LOCKED_HEIGHT`` refuses to lead."""
+    statement = _lead_statement(msg)
+    if statement and (statement["height"], statement["view"]) == (LOCKED_HEIGHT, 0):
+        raise ValueError("this leader refuses to sign")
+    reply: Message = call_next(msg, context_)
+    return reply
+
+
+def _dies_after_the_view_change(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Stop the server once members have signed the view change at
+    (``LOCKED_HEIGHT``, 0), before anything at view 1; how many signed."""
+    signed: list[int] = []
+    inner = RemoteCommittee.view_change_signatures
+
+    def view_change_signatures(
+        self: RemoteCommittee, members: Sequence[str], context: VoteContext
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        signatures, problems = inner(self, members, context)
+        if (context.height, context.view) == (LOCKED_HEIGHT, 0):
+            signed.append(len(signatures))
+            raise ServerDied(f"server died after {len(signatures)} view changes")
+        return signatures, problems
+
+    monkeypatch.setattr(
+        RemoteCommittee, "view_change_signatures", view_change_signatures
+    )
+    return signed
+
+
+def test_a_restarted_server_passes_over_a_view_its_members_gave_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Block 2's view-0 leader refuses; every member signs the view change
+    at (2, 0) (a certificate: more than 2/3); the server stops before
+    anything at view 1. Restarted, on the same verifier nodes' state files,
+    the view-0 leader answers again, but the members never sign a view-0
+    header now: the server must pass over view 0 again (its members re-sign
+    the same view change) and write block 2 at a later view."""
+    path = tmp_path / "remote.db"
+    signed = _dies_after_the_view_change(monkeypatch)
+    first = _verifier_grid(
+        tmp_path, [0, 1, 2, 3], mods=[_refuses_to_lead_at_the_locked_height]
+    )
+    with pytest.raises(ServerDied):
+        _remote_run(first, path)
+    monkeypatch.undo()
+    assert signed == [4]  # the refusing leader gave up its view too
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT
+    assert not _pending(path).exists()
+    _remote_run(_verifier_grid(tmp_path, [0, 1, 2, 3]), path)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 5
+        block = ledger.block(LOCKED_HEIGHT)
+        assert block.body.get("view", 0) >= 1
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    code, text = _cli_verify(path)
+    assert code == 0, text
+
+
+def test_members_locked_at_a_later_view_on_a_lost_block_stop_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Block 2's view-0 leader refuses, the members sign the view change and
+    then view 1's header; the server dies before the write, and its pending
+    record is lost. No view-0 header, no second view-1 header and no view
+    change the lost certificate needs can be signed now (each member keeps
+    only its last statement): the restarted server tries to pass over view 0,
+    is refused, and stops with the members' reasons; the chain verifies."""
+    path = tmp_path / "remote.db"
+    locked = _dies_at_locked_height(monkeypatch, RemoteCommittee)
+    first = _verifier_grid(
+        tmp_path, [0, 1, 2, 3], mods=[_refuses_to_lead_at_the_locked_height]
+    )
+    with pytest.raises(ServerDied):
+        _remote_run(first, path)
+    monkeypatch.undo()
+    ((block, signatures),) = locked
+    assert block.body["view"] == 1 and len(signatures) == 4
+    _pending(path).unlink()
+    for _ in range(2):  # every restart
+        with pytest.raises(RuntimeError, match="0 of 4 committee members") as err:
+            _remote_run(_verifier_grid(tmp_path, [0, 1, 2, 3]), path)
+        assert str(err.value).count("behind height 2 view 1") == 4
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT and ledger.verify().ok
+
+
+def test_in_process_members_that_gave_up_view_0_are_passed_over_too(
+    tmp_path: Path,
+) -> None:
+    """The same with in-process members: every member has signed the view
+    change at (2, 0) (a server that then stopped); the next run's view-0
+    leader is ready, but the members pass view 0 over again and block 2 is
+    written at view 1."""
+    pool = verifiers(4)
+    path = pov_run(tmp_path, pool, rounds=1)
+    with Ledger(path, create=False) as ledger:
+        head = ledger.head()
+        assert head is not None and head.height == LOCKED_HEIGHT - 1
+        gave_up = VoteContext(ledger.chain_id, LOCKED_HEIGHT, head.hash)
+    for verifier in pool:
+        sign_view_change(verifier, gave_up)
+    pov_run(tmp_path, pool, rounds=3)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.block(LOCKED_HEIGHT).body["view"] == 1
         report = ledger.verify()
         assert report.ok and report.pov, report

@@ -20,8 +20,12 @@ A decision is taken in the first view whose leader is ready
 (:meth:`~.views.Views.choose_view`); when it approves some candidates (a
 block will follow) that leader must confirm it still leads once the votes
 are in, or the members certify a view change and the decision is taken again
-in the next view. The tally is :mod:`.tally`'s; in-process members vote
-through :mod:`.localvotes` (a remote committee asks its nodes instead).
+in the next view; so it is when the votes say that too few members can
+still sign a header in that view (:func:`~.views.passed_over`: a restarted
+server starts each height at view 0, where its members may have signed view
+changes before), and they sign that view change again. The tally is
+:mod:`.tally`'s; in-process members vote through :mod:`.localvotes` (a remote
+committee asks its nodes instead).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from .filters import Prefilter
 from .judging import Rule
 from .localvotes import in_process_votes
 from .tally import decide_batch
-from .views import Views
+from .views import Views, passed_over
 
 
 class Deciding(Views):
@@ -93,7 +97,9 @@ class Deciding(Views):
 
         When some are approved (a block will follow) the view's leader must
         confirm it still leads (:meth:`leader_ready`) once the votes are in;
-        if it cannot, the decision is taken again in the next view.
+        if it cannot, or too few members can still sign a header in this
+        view (:func:`~.views.passed_over`: after a restart, members that
+        gave it up before), the decision is taken again in the next view.
         """
         if context.prev_hash is None:
             raise ValueError("a committee decides in a format-2 vote context")
@@ -107,7 +113,9 @@ class Deciding(Views):
             if not decision.committee or not any(o.accepted for o in decision.outcomes):
                 return decision
             assert decision.context is not None
-            problem = self.leader_ready(decision.committee[0], decision.context)
+            problem = passed_over(
+                decision.committee, decision.moved_past
+            ) or self.leader_ready(decision.committee[0], decision.context)
             if problem is None:
                 return decision
             certificate = self.give_up(

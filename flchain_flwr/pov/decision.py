@@ -53,6 +53,10 @@ class Cast(NamedTuple):
     unreachable: frozenset[str] = frozenset()
     """Members that gave no answer at all (no reply, node or message
     unavailable): unlike a refusal, this may pass."""
+    moved_past: frozenset[str] = frozenset()
+    """Members that voted but have moved past this view: they signed a view
+    change in it or something at a later view of this height
+    (:func:`~.views.moved_past`), so they sign no new header in it."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,9 @@ class CommitteeDecision:
     requests: int = 0
     """Vote requests sent to the members for this decision, one per pass (0:
     every candidate was ruled out before the vote, or there was no member)."""
+    moved_past: list[str] = field(default_factory=list)
+    """Members that said, voting here, that they have moved past this view
+    (see :class:`Cast`)."""
 
     def votes_on(self, digest: str) -> list[dict[str, Any]]:
         """The counted votes on one candidate."""

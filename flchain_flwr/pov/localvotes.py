@@ -20,6 +20,7 @@ from ..ledger import VoteContext
 from .decision import Candidate, Cast
 from .judging import Rule
 from .verifier import Verifier
+from .views import moved_past
 
 
 def in_process_votes(
@@ -45,6 +46,7 @@ def in_process_votes(
     ]
     votes: list[dict[str, Any]] = []
     problems: list[str] = []
+    moved: set[str] = set()
     for key in members:
         try:
             votes.extend(
@@ -59,4 +61,7 @@ def in_process_votes(
             )
         except Exception as exc:  # pylint: disable=broad-exception-caught
             problems.append(f"verifier {key[:12]}… failed: {exc!r}")
-    return Cast(votes, problems)
+            continue
+        if moved_past(verifiers[key], context.chain_id, context.height, context.view):
+            moved.add(key)
+    return Cast(votes, problems, moved_past=frozenset(moved))

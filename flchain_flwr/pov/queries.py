@@ -83,6 +83,21 @@ _APP_ERRORS = frozenset(
 """Error replies that the node's app gave (it ran and said no)."""
 
 
+MOVED_PAST = "moved-past"
+"""A vote reply's flag: the member has moved past the view it voted in
+(:func:`~.views.moved_past`)."""
+
+
+def said_moved_past(reply: Message | None) -> bool:
+    """Whether a verifier node's vote ``reply`` says it has moved past the
+    view it voted in (absent, or not ``True``: it has not)."""
+    if reply is None or reply.has_error():
+        return False
+    return CONFIG in reply.content.config_records and (
+        reply.content.config_records[CONFIG].get(MOVED_PAST) is True
+    )
+
+
 VOTE_CHARS = 1_024
 """The most characters of a reply's ``votes`` per vote asked for (a signed
 vote takes about 400): a longer reply is refused unread."""

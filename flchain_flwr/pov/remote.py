@@ -54,6 +54,7 @@ from .queries import (
     bytes_field,
     config,
     parse_votes,
+    said_moved_past,
     send,
 )
 from .voterequest import vote_request
@@ -233,6 +234,7 @@ class RemoteCommittee(Committee):
         votes: list[dict[str, Any]] = []
         problems: list[str] = []
         unreachable: set[str] = set()
+        moved: set[str] = set()
         for key, node in node_of.items():
             reply = replies.get(node)
             if not answered(reply):
@@ -243,9 +245,11 @@ class RemoteCommittee(Committee):
                 problems.append(member_problem(key, node, str(exc)))
                 continue
             votes.extend(read)
+            if said_moved_past(reply):
+                moved.add(key)
             if excess is not None:
                 problems.append(member_problem(key, node, excess))
-        return Cast(votes, problems, frozenset(unreachable))
+        return Cast(votes, problems, frozenset(unreachable), frozenset(moved))
 
 
 def member_problem(key: str, node: int, why: str | None) -> str:

@@ -66,6 +66,7 @@ def decide_batch(
     votes: list[dict[str, Any]] = []
     dropped: list[str] = []
     unreachable: list[str] = []
+    moved: set[str] = set()
     requests = 0
     while pending:  # each pass decides the rest at their shares among them
         batch = [candidates[i] for i in pending]
@@ -84,6 +85,7 @@ def decide_batch(
         dropped.extend(answers.problems + more)
         # the last request's: an earlier one had a quorum of approvals
         unreachable = [k for k in members if k in answers.unreachable]
+        moved |= answers.moved_past
         approved = []
         for index, c in zip(pending, batch, strict=True):
             approving = sum(
@@ -119,6 +121,7 @@ def decide_batch(
         certificates,
         unreachable,
         requests,
+        [k for k in members if k in moved],
     )
 
 

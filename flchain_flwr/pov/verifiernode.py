@@ -14,7 +14,9 @@ locally and answers three query messages:
   configured :class:`~flchain_flwr.pov.Rule` (never a threshold the server
   sends), refuses a request whose model does not hash to the parent named,
   whose rule is not its own, or that goes back on the chain positions it has
-  voted on, and returns its signed votes;
+  voted on, and returns its signed votes, saying (``moved-past``) whether it
+  has signed a view change in that view or anything at a later view of that
+  height (:func:`~.views.moved_past`: it will sign no new header there);
 - ``query.pov_sign``: as a block's leader, the block header to sign, or
   before the votes the statement that it leads the block's view (see
   :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
@@ -69,6 +71,7 @@ from .queries import (
     CONFIG,
     IDENTITY,
     IDENTITY_TAG,
+    MOVED_PAST,
     ROLE_KEY,
     SIGN,
     VERIFIER_ROLE,
@@ -77,7 +80,7 @@ from .queries import (
     config,
 )
 from .verifier import MAX_VOTED, Verifier
-from .views import LEAD_TAG, lead_statement
+from .views import LEAD_TAG, lead_statement, moved_past
 from .voterequest import judge_request
 
 
@@ -151,8 +154,11 @@ def _identity(content: RecordDict, verifier: Verifier | None) -> RecordDict:
 
 
 def _votes(content: RecordDict, verifier: Verifier) -> RecordDict:
-    votes = judge_request(content, verifier)
-    return RecordDict({CONFIG: ConfigRecord({"votes": json.dumps(votes)})})
+    votes, context = judge_request(content, verifier)
+    moved = moved_past(verifier, context.chain_id, context.height, context.view)
+    return RecordDict(
+        {CONFIG: ConfigRecord({"votes": json.dumps(votes), MOVED_PAST: moved})}
+    )
 
 
 def signature_reply(content: RecordDict, verifier: Verifier) -> RecordDict:

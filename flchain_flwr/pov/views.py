@@ -13,6 +13,14 @@ honest view to lead a height itself needs the signed help of more than 2/3 of
 the committee, and two blocks at one height need more than 1/3 of it to have
 signed contradicting statements (see :mod:`flchain_flwr.ledger.quorum`).
 
+A server keeps its view only for the run, members (verifier nodes, in their
+state files) for good: a restarted server starts a height at view 0 again,
+where its members may have signed view changes. They say so with their votes
+(:func:`moved_past`), and a view in which too few could still sign a header
+(:func:`passed_over`) is given up like a failed leader's: each signs the same
+view change again (:func:`take_statement` lets it), and the next view's
+leader takes over.
+
 What a member's view change attests: in-process, that the committee (one
 process) saw the leader refuse or fail; on a verifier node, that the server
 asked for it (the node cannot watch the leader itself, all traffic goes
@@ -22,7 +30,7 @@ signing both a header and a view change at one (height, view).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from logging import WARNING
 from typing import Any, Final
@@ -78,6 +86,35 @@ def take_statement(
                 f"{height} view {view}"
             )
     verifier.statements[chain_id] = (height, view, what)
+
+
+def moved_past(verifier: Verifier, chain_id: str, height: int, view: int) -> bool:
+    """Whether ``verifier`` signed a view change at (``height``, ``view``) or
+    anything at a later view of ``height``: it signs no new header there
+    (:func:`take_statement`). A verifier node says so with its votes, so that
+    a restarted server, which starts each height at view 0, passes over such
+    a view again (:func:`passed_over`)."""
+    last = verifier.statements.get(chain_id)
+    return (
+        last is not None
+        and last[0] == height
+        and (last[1] > view or (last[1] == view and last[2] == "view-change"))
+    )
+
+
+def passed_over(members: Sequence[str], moved: Collection[str]) -> str | None:
+    """Why a view must be given up like a failed leader's: so many of its
+    committee ``members`` have moved past it (``moved``, see
+    :func:`moved_past`) that fewer than a quorum can sign a header in it;
+    ``None`` if enough can."""
+    left = len(members) - len(set(moved) & set(members))
+    if left >= quorum(len(members)):
+        return None
+    return (
+        f"has lost its view ({len(members) - left} of {len(members)} members "
+        "signed a view change in it or something at a later view; "
+        f"{quorum(len(members))} must sign the header)"
+    )
 
 
 def _what(signed: str) -> str:

@@ -236,11 +236,13 @@ def config_list(cfg: ConfigRecord, key: str) -> list[Any]:
     return value
 
 
-def judge_request(content: RecordDict, verifier: Verifier) -> list[dict[str, Any]]:
-    """A verifier node's signed votes on a vote request: read and checked by
-    :func:`read_vote_request`, judged by the node's own rule
-    (:meth:`~.verifier.Verifier.vote`); the candidates are then kept for the
-    header's replay (:meth:`~.memory.MemberMemory.keep`)."""
+def judge_request(
+    content: RecordDict, verifier: Verifier
+) -> tuple[list[dict[str, Any]], VoteContext]:
+    """A verifier node's signed votes on a vote request, and the context they
+    sign: read and checked by :func:`read_vote_request`, judged by the node's
+    own rule (:meth:`~.verifier.Verifier.vote`); the candidates are then kept
+    for the header's replay (:meth:`~.memory.MemberMemory.keep`)."""
     rule = verifier.rule
     if rule is None:
         raise ValueError("this verifier node has no judging rule configured")
@@ -282,4 +284,4 @@ def judge_request(content: RecordDict, verifier: Verifier) -> list[dict[str, Any
         list(zip(judged.digests, judged.payloads, judged.bases, strict=True)),
         judged.base_models,
     )
-    return votes
+    return votes, context
