@@ -316,7 +316,7 @@ def test_a_format_1_ledger_whose_chain_id_is_no_origin(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with monkeypatch.context() as patch:  # such ids were legal before checkpoints
-        patch.setattr(chain_module, "ledger_origin", lambda chain_id: "x")
+        patch.setattr(chain_module, "new_chain_origin", lambda chain_id: "x")
         ledger = Ledger(
             tmp_path / "l.db",
             chain_id="old run",
