@@ -72,13 +72,13 @@ def take_statement(
     ``"view-change"``) at (``height``, ``view``); :class:`RefusedRequest` if
     it signed something else there, or has moved past that point. What it
     signs only moves forward, so the last statement per chain is enough
-    (a verifier node keeps it in its run state)."""
+    (a verifier node keeps it in its state file, :mod:`.lockstate`)."""
     last = verifier.statements.get(chain_id)
     if last is not None:
         if (height, view) < (last[0], last[1]):
             raise RefusedRequest(
                 f"height {height} view {view} is behind height {last[0]} view "
-                f"{last[1]}, where this verifier has signed"
+                f"{last[1]}, where this verifier has signed {_what(last[2])}"
             )
         if (height, view) == (last[0], last[1]) and what != last[2]:
             raise RefusedRequest(
