@@ -1,6 +1,7 @@
 """A block whose header some members signed but that was never written is
 proposed again, exactly, after a restart; a forged pending record is not; a
-view the members gave up before the restart is passed over again."""
+view the members gave up before the restart is passed over again, and several
+with the view-change certificates the server recorded."""
 
 from __future__ import annotations
 
@@ -358,15 +359,19 @@ def test_a_restarted_server_passes_over_a_view_its_members_gave_up(
     assert code == 0, text
 
 
+@pytest.mark.parametrize("views_lost", [False, True])
 def test_members_locked_at_a_later_view_on_a_lost_block_stop_the_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, views_lost: bool
 ) -> None:
     """Block 2's view-0 leader refuses, the members sign the view change and
     then view 1's header; the server dies before the write, and its pending
     record is lost. No view-0 header, no second view-1 header and no view
-    change the lost certificate needs can be signed now (each member keeps
-    only its last statement): the restarted server tries to pass over view 0,
-    is refused, and stops with the members' reasons; the chain verifies."""
+    change in view 1 can be signed now (each member keeps only its last
+    statement). With the view-change record the restarted server goes on at
+    view 1, whose leader will not sign another header and whose members will
+    not give it up: it stops with the leader's reason. Without that record
+    too it tries to pass over view 0, is refused, and stops with the
+    members' reasons. Either way the chain verifies."""
     path = tmp_path / "remote.db"
     locked = _dies_at_locked_height(monkeypatch, RemoteCommittee)
     first = _verifier_grid(
@@ -378,10 +383,16 @@ def test_members_locked_at_a_later_view_on_a_lost_block_stop_the_run(
     ((block, signatures),) = locked
     assert block.body["view"] == 1 and len(signatures) == 4
     _pending(path).unlink()
+    if views_lost:
+        _views(path).unlink()
     for _ in range(2):  # every restart
-        with pytest.raises(RuntimeError, match="0 of 4 committee members") as err:
+        with pytest.raises(RuntimeError) as err:
             _remote_run(_verifier_grid(tmp_path, [0, 1, 2, 3]), path)
-        assert str(err.value).count("behind height 2 view 1") == 4
+        if views_lost:
+            assert "0 of 4 committee members" in str(err.value)
+            assert str(err.value).count("behind height 2 view 1") == 4
+        else:
+            assert "already signed another header at 2" in str(err.value)
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == LOCKED_HEIGHT and ledger.verify().ok
 
@@ -406,3 +417,157 @@ def test_in_process_members_that_gave_up_view_0_are_passed_over_too(
         assert ledger.block(LOCKED_HEIGHT).body["view"] == 1
         report = ledger.verify()
         assert report.ok and report.pov, report
+
+
+def _views(path: Path) -> Path:
+    return path.with_name(path.name + ".viewchanges")
+
+
+def _gave_up_views_0_and_1(path: Path, pool: list[Verifier]) -> None:
+    """What a server that then stopped did at ``LOCKED_HEIGHT``: both
+    leaders failed, and every member signed the view changes at view 0, then
+    view 1 (the server recording each certificate as it completed it)."""
+    committee = Committee(pool, threshold=Threshold(value=0))
+    with Ledger(path, create=False) as ledger:
+        head = ledger.head()
+        assert head is not None and head.height == LOCKED_HEIGHT - 1
+        for view in (0, 1):
+            context = VoteContext(ledger.chain_id, LOCKED_HEIGHT, head.hash, view=view)
+            members = committee.state.committee(head.hash, view)
+            certificate = committee.give_up(context, members, "failed", ledger)
+            assert certificate is not None and len(certificate["signatures"]) == 4
+
+
+def test_in_process_members_that_gave_up_views_0_and_1_are_passed_over(
+    tmp_path: Path,
+) -> None:
+    """Every member signed the view changes at (2, 0) and then (2, 1), and
+    the server stopped before view 2's block. No member signs (2, 0)'s view
+    change again: the next run takes its certificate from the server's
+    view-change record, passes view 1 over (the members re-sign it) and
+    writes block 2 at view 2; the record goes with that block."""
+    pool = verifiers(4)
+    path = pov_run(tmp_path, pool, rounds=1)
+    _gave_up_views_0_and_1(path, pool)
+    assert _views(path).exists()
+    pov_run(tmp_path, pool, rounds=3)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.block(LOCKED_HEIGHT).body["view"] == 2
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    assert not _views(path).exists()
+
+
+def _tamper_signature(path: Path) -> None:
+    """Re-seal the record with the ledger's key after swapping two
+    signatures of view 0's certificate (each then signs for the other)."""
+    from flchain_flwr.ledger.sealedrecord import write_sealed
+    from flchain_flwr.ledger.viewchanges import SEAL_TAG, read_view_changes
+
+    with Ledger(path, create=False) as ledger:
+        head = ledger.head()
+        assert head is not None
+        certificates = read_view_changes(ledger, head.height + 1, head.hash)
+        signatures = certificates[0]["signatures"]
+        signatures[0]["signature"], signatures[1]["signature"] = (
+            signatures[1]["signature"],
+            signatures[0]["signature"],
+        )
+        record = {
+            "format": "flchain-view-changes/1",
+            "chain_id": ledger.chain_id,
+            "height": head.height + 1,
+            "prev_hash": head.hash,
+            "view_changes": certificates,
+        }
+        write_sealed(ledger, _views(path), SEAL_TAG, record)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [
+        (lambda path: _views(path).write_bytes(b"{}"), "must have the fields"),
+        (  # the right fields, sealed by another key
+            lambda path: _views(path).write_bytes(
+                _views(path).read_bytes().replace(b'"height":2', b'"height":3')
+            ),
+            "not sealed by this ledger's key",
+        ),
+        (_tamper_signature, "view-0 change signature 0 is invalid"),
+    ],
+)
+def test_a_view_change_record_that_fails_its_checks_is_ignored(
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    tamper: Callable[[Path], None],
+    reason: str,
+) -> None:
+    """A record that is not the server's, or whose certificates do not prove
+    what they claim (as ``verify`` checks them), is ignored for the reason
+    logged: the run cannot rebuild view 0's certificate and stops at
+    height 2, as without a record."""
+    pool = verifiers(4)
+    path = pov_run(tmp_path, pool, rounds=1)
+    _gave_up_views_0_and_1(path, pool)
+    tamper(path)
+    caplog.clear()
+    with pytest.raises(RuntimeError, match="0 of 4 committee members"):
+        pov_run(tmp_path, pool, rounds=3)
+    assert "ignoring the view-change record" in caplog.text
+    assert reason in caplog.text
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LOCKED_HEIGHT and ledger.verify().ok
+
+
+def _refuses_to_lead_views_0_and_1(
+    msg: Message, context_: Context, call_next: Any
+) -> Message:
+    """A node mod: the leaders of (``LOCKED_HEIGHT``, 0) and (.., 1) refuse."""
+    statement = _lead_statement(msg)
+    if statement and statement["height"] == LOCKED_HEIGHT and statement["view"] < 2:
+        raise ValueError("this leader refuses to sign")
+    reply: Message = call_next(msg, context_)
+    return reply
+
+
+def test_a_restarted_server_passes_over_two_views_its_members_gave_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verifier nodes: block 2's view-0 and view-1 leaders refuse; every
+    member signs both view changes; the server stops before anything at
+    view 2 (no pending record: no header was signed). Restarted on the same
+    state files with every leader willing, it takes view 0's certificate
+    from its record, has view 1's signed again, and writes block 2 at
+    view 2."""
+    path = tmp_path / "remote.db"
+    signed: list[int] = []
+    inner = RemoteCommittee.view_change_signatures
+
+    def view_change_signatures(
+        self: RemoteCommittee, members: Sequence[str], context: VoteContext
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        signatures, problems = inner(self, members, context)
+        if (context.height, context.view) == (LOCKED_HEIGHT, 1):
+            signed.append(len(signatures))
+            raise ServerDied(f"server died after {len(signatures)} view changes")
+        return signatures, problems
+
+    monkeypatch.setattr(
+        RemoteCommittee, "view_change_signatures", view_change_signatures
+    )
+    first = _verifier_grid(
+        tmp_path, [0, 1, 2, 3], mods=[_refuses_to_lead_views_0_and_1]
+    )
+    with pytest.raises(ServerDied):
+        _remote_run(first, path)
+    monkeypatch.undo()
+    assert signed == [4]
+    assert not _pending(path).exists() and _views(path).exists()
+    _remote_run(_verifier_grid(tmp_path, [0, 1, 2, 3]), path)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 5
+        assert ledger.block(LOCKED_HEIGHT).body["view"] == 2
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+    code, text = _cli_verify(path)
+    assert code == 0, text

@@ -21,12 +21,13 @@ from flchain_flwr.ledger.canonical import (
 )
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.pending import (
-    _sealed_bytes,
+    SEAL_TAG,
     clear_pending,
     pending_path,
     read_pending,
     record_pending,
 )
+from flchain_flwr.ledger.sealedrecord import sealed_bytes
 from flchain_flwr.ledger.statements import sign_statement
 from flchain_flwr.pov import Committee, Threshold, Verifier
 
@@ -44,7 +45,9 @@ def _record_without_the_ledger_key(ledger: Ledger, block: Block, view: int) -> N
     path = pending_path(ledger)
     record = parse_canonical(path.read_bytes(), LATEST_FORMAT)
     assert isinstance(record, dict)
-    record["sealed"] = sign_statement(SigningKey.generate(), _sealed_bytes(record))
+    record["sealed"] = sign_statement(
+        SigningKey.generate(), sealed_bytes(SEAL_TAG, record)
+    )
     path.write_bytes(encode(LATEST_FORMAT, record))
 
 

@@ -10,8 +10,9 @@ starts. The transaction (``BEGIN IMMEDIATE``: the one writer) reads the head,
 checks it and that the blocks still hold the last checkpoint the ledger's key
 signed, builds the block on it, has the committee sign its header when the
 signer gathers their signatures, and inserts it; any failure rolls it back.
-After the commit the pending-block record (:mod:`.pending`) is removed and the
-checkpoint written.
+After the commit the pending-block record (:mod:`.pending`) and the
+view-change record (:mod:`.viewchanges`) are removed and the checkpoint
+written.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from .newblock import BlockDraft, aggregation_body
 from .pending import clear_pending
 from .quorum import HeaderCosigner, store_signatures
 from .serverstate import ServerState
+from .viewchanges import clear_view_changes
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -161,7 +163,8 @@ def _commit(
 ) -> Block:
     """Commit the block ``make`` builds on the head, in one transaction,
     with its committee's signatures if ``key`` gathers them; then its
-    checkpoint. A pending block recorded for the committee is cleared."""
+    checkpoint. A pending block recorded for the committee, and the view-change
+    certificates recorded at its height, are cleared."""
     db = ledger.db
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -186,6 +189,7 @@ def _commit(
         db.execute("ROLLBACK")
         raise
     clear_pending(ledger)
+    clear_view_changes(ledger)
     if log_before is not None:
         checkpoints.write(block, log_before, ledger.origin)
     return block

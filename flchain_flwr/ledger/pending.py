@@ -13,16 +13,16 @@ the content-addressed store, written before the block. Every commit removes
 the record (:meth:`~flchain_flwr.ledger.Ledger.append` and
 :meth:`~flchain_flwr.ledger.Ledger.append_block`).
 
-The record is sealed with the ledger's own signing key (the server's, which
-signs its checkpoints; in deployment kept away from the ledger's folder, see
-docs/deployment.md), and a record without a valid seal is ignored: whoever
-can write only the ledger's folder cannot make the server propose a block of
-theirs. Beyond the seal, :func:`pending_problem` checks it against the head
-(chain, format, height, previous hash), its hash against its header, its body
-against the header's ``body_hash``, the leader's signature and every blob it
-names. The seal says only that this server recorded it: what makes the block
-valid are the committee members' own checks before they sign it again, and
-``verify`` afterwards.
+The record is sealed with the ledger's own signing key (:mod:`.sealedrecord`;
+the server's, which signs its checkpoints; in deployment kept away from the
+ledger's folder, see docs/deployment.md), and a record without a valid seal
+is ignored: whoever can write only the ledger's folder cannot make the server
+propose a block of theirs. Beyond the seal, :func:`pending_problem` checks it
+against the head (chain, format, height, previous hash), its hash against its
+header, its body against the header's ``body_hash``, the leader's signature
+and every blob it names. The seal says only that this server recorded it:
+what makes the block valid are the committee members' own checks before
+they sign it again, and ``verify`` afterwards.
 """
 
 from __future__ import annotations
@@ -34,17 +34,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from .blocks import Block, parse_block
-from .canonical import (
-    BODY_TAG,
-    HEADER_TAG,
-    LATEST_FORMAT,
-    encode,
-    parse_canonical,
-    sha256_hex,
-)
-from .notes import write_file_atomically
+from .canonical import BODY_TAG, HEADER_TAG, sha256_hex
+from .sealedrecord import read_sealed, write_sealed
 from .serverstate import state_blobs
-from .statements import sign_statement, signature_ok
+from .statements import signature_ok
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -99,14 +92,7 @@ def record_pending(ledger: Ledger, block: Block, view: int) -> None:
         "body": base64.b64encode(block.body_bytes).decode("ascii"),
         "signature": block.signature,
     }
-    record["sealed"] = sign_statement(ledger.signing_key, _sealed_bytes(record))
-    write_file_atomically(
-        pending_path(ledger),
-        encode(LATEST_FORMAT, record),
-        mode=0o644,
-        overwrite=True,
-        durable=ledger.durable,
-    )
+    write_sealed(ledger, pending_path(ledger), SEAL_TAG, record)
 
 
 def clear_pending(ledger: Ledger) -> None:
@@ -120,21 +106,9 @@ def read_pending(ledger: Ledger) -> PendingBlock | None:
     ledger's key, or its hash is not its header's. Nothing here says the
     block extends the head: see :func:`pending_problem`."""
     path = pending_path(ledger)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    record = read_sealed(ledger, path, SEAL_TAG, _FIELDS, PendingError)
+    if record is None:
         return None
-    except OSError as exc:
-        raise PendingError(f"cannot read {path}: {exc.strerror}") from None
-    try:
-        record = parse_canonical(data, LATEST_FORMAT)
-    except (ValueError, RecursionError) as exc:
-        raise PendingError(f"{path.name} is not canonical JSON ({exc})") from None
-    if not isinstance(record, dict) or set(record) != _FIELDS:
-        raise PendingError(f"{path.name} must have the fields {sorted(_FIELDS)}")
-    own = ledger.signing_key.verify_key.encode().hex()
-    if not signature_ok(own, _sealed_bytes(record), str(record["sealed"])):
-        raise PendingError(f"{path.name} is not sealed by this ledger's key")
     if record["format"] != PENDING_FORMAT:
         raise PendingError(f"{path.name} is not {PENDING_FORMAT}")
     view = record["view"]
@@ -216,12 +190,6 @@ def _blobs_problem(ledger: Ledger, body: dict[str, Any], model: str) -> str | No
         if problem is not None:
             return problem
     return None
-
-
-def _sealed_bytes(record: dict[str, Any]) -> bytes:
-    """What the ledger key's seal signs: the record without its seal."""
-    unsealed = {k: v for k, v in record.items() if k != "sealed"}
-    return SEAL_TAG + encode(LATEST_FORMAT, unsealed)
 
 
 def _base64(value: Any, what: str) -> bytes:

@@ -23,7 +23,9 @@ are in, or the members certify a view change and the decision is taken again
 in the next view; so it is when the votes say that too few members can
 still sign a header in that view (:func:`~.views.passed_over`: a restarted
 server starts each height at view 0, where its members may have signed view
-changes before), and they sign that view change again. The tally is
+changes before), and they sign that view change again. Each view change
+is recorded beside the ledger, and a restarted server goes on after the
+views recorded as given up at the height (:mod:`.viewrecord`). The tally is
 :mod:`.tally`'s; in-process members vote through :mod:`.localvotes` (a remote
 committee asks its nodes instead).
 """
@@ -35,12 +37,13 @@ from dataclasses import replace
 from typing import Any
 
 from ..arrays import NDArrays
-from ..ledger import PoVRules, VoteContext
+from ..ledger import Ledger, PoVRules, VoteContext
 from .decision import Candidate, Cast, CommitteeDecision
 from .filters import Prefilter
 from .judging import Rule
 from .localvotes import in_process_votes
 from .tally import decide_batch
+from .viewrecord import recorded_view_changes
 from .views import Views, passed_over
 
 
@@ -88,6 +91,7 @@ class Deciding(Views):
         candidates: Sequence[Candidate],
         round_: int,
         server_lr: float = 1.0,
+        ledger: Ledger | None = None,
     ) -> CommitteeDecision:
         """Filter, score and vote on ``candidates`` for the block in ``context``
         (from :meth:`~flchain_flwr.pov.Committee.position`; its view is where
@@ -100,13 +104,22 @@ class Deciding(Views):
         if it cannot, or too few members can still sign a header in this
         view (:func:`~.views.passed_over`: after a restart, members that
         gave it up before), the decision is taken again in the next view.
+        With the chain's ``ledger``, each view change is recorded beside it,
+        and views it records as given up at this height (by a server that
+        then stopped) are skipped with their certificates
+        (:mod:`.viewrecord`).
         """
         if context.prev_hash is None:
             raise ValueError("a committee decides in a format-2 vote context")
         certificates: list[dict[str, Any]] = []
+        if ledger is not None:
+            recorded = recorded_view_changes(ledger, self.state, context)
+            if len(recorded) > context.view:
+                certificates = recorded[context.view :]
+                context = replace(context, view=len(recorded))
         for _ in range(max(1, self.rules.committee_size)):
             decision = self._decide_in_view(
-                context, global_model, candidates, round_, server_lr
+                context, global_model, candidates, round_, server_lr, ledger
             )
             certificates += decision.view_changes
             decision.view_changes = list(certificates)
@@ -119,7 +132,10 @@ class Deciding(Views):
             if problem is None:
                 return decision
             certificate = self.give_up(
-                decision.context, decision.committee, f"{problem} after the votes"
+                decision.context,
+                decision.committee,
+                f"{problem} after the votes",
+                ledger,
             )
             if certificate is None:
                 return decision
@@ -136,12 +152,13 @@ class Deciding(Views):
         candidates: Sequence[Candidate],
         round_: int,
         server_lr: float,
+        ledger: Ledger | None,
     ) -> CommitteeDecision:
         """One decision: the first ready leader's view from ``context.view``."""
         members: list[str] = []
         certificates: list[dict[str, Any]] = []
         if self.state.pool:
-            context, members, certificates = self.choose_view(context)
+            context, members, certificates = self.choose_view(context, ledger)
 
         def ask(batch: Sequence[Candidate], weights: Sequence[float]) -> Cast:
             return self.cast_votes(

@@ -159,6 +159,7 @@ class PoVStrategy(DecompressReplies):
             global_model=sent,
             candidates=[c for _, c, _ in candidates],
             round_=version,
+            ledger=self.ledger,
         )
         self.decisions.append(decision)
         self._watch.observe(decision, sent=asked, now=self._clock.now())

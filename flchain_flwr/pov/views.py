@@ -19,7 +19,9 @@ where its members may have signed view changes. They say so with their votes
 (:func:`moved_past`), and a view in which too few could still sign a header
 (:func:`passed_over`) is given up like a failed leader's: each signs the same
 view change again (:func:`take_statement` lets it), and the next view's
-leader takes over.
+leader takes over. Only the last view a member gave up at a height can be
+re-signed so (it keeps only its last statement): the certificates of earlier
+ones survive a restart in the server's view-change record (:mod:`.viewrecord`).
 
 What a member's view change attests: in-process, that the committee (one
 process) saw the leader refuse or fail; on a verifier node, that the server
@@ -39,12 +41,13 @@ from flwr.supercore import log
 from nacl.encoding import HexEncoder
 from nacl.signing import VerifyKey
 
-from ..ledger import BlockSigner, PoVState, VoteContext
+from ..ledger import BlockSigner, Ledger, PoVState, VoteContext
 from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.consensus import quorum
 from ..ledger.statements import sign_statement, signature_ok, view_change_statement
 from .decision import CommitteeDecision
 from .verifier import Behaviour, RefusedRequest, Verifier
+from .viewrecord import keep_view_change
 
 LEAD_TAG: Final = b"flchain-pov-lead/1\n"
 """Prefix of the statement a leader signs to take a view (not a header)."""
@@ -199,11 +202,12 @@ class Views:
         return None
 
     def choose_view(
-        self, context: VoteContext
+        self, context: VoteContext, ledger: Ledger | None = None
     ) -> tuple[VoteContext, list[str], list[dict[str, Any]]]:
         """The first view, from ``context.view`` on, whose leader is ready, its
         committee (leader first) and the certificates that the views before
-        it failed (:meth:`certify_view_change`). The search stops at
+        it failed (:meth:`certify_view_change`; each recorded in ``ledger``'s
+        view-change record, see :meth:`give_up`). The search stops at
         a view whose leader is not ready but that too few members give up,
         or after one full rotation (that block will fail to be signed)."""
         assert context.prev_hash is not None
@@ -215,18 +219,27 @@ class Views:
             problem = self.leader_ready(members[0], ready)
             if problem is None:
                 return ready, members, certificates
-            certificate = self.give_up(ready, members, problem)
+            certificate = self.give_up(ready, members, problem, ledger)
             if certificate is None:
                 break
             certificates.append(certificate)
         return ready, members, certificates
 
     def give_up(
-        self, context: VoteContext, members: list[str], problem: str
+        self,
+        context: VoteContext,
+        members: list[str],
+        problem: str,
+        ledger: Ledger | None = None,
     ) -> dict[str, Any] | None:
         """The certificate that ``context``'s view failed, or ``None`` (then
-        the view stays), logging why."""
+        the view stays), logging why. With a ``ledger`` the certificate is
+        recorded beside it before anything happens in the next view
+        (:mod:`.viewrecord`): members do not sign it again once they have
+        signed anything at a later view."""
         certificate, refusals = self.certify_view_change(members, context)
+        if certificate is not None and ledger is not None:
+            keep_view_change(ledger, context, certificate)
         for refusal in refusals:
             log(WARNING, "PoV: view change: %s", refusal)
         log(

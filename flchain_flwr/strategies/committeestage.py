@@ -87,6 +87,7 @@ class CommitteeStage(BlockStage):
             ],
             round_=block.version - 1,
             server_lr=self.server_lr,
+            ledger=self.ledger.ledger if self.ledger else None,
         )
         advance = getattr(self.clock, "advance", None)
         if self.committee.consensus_delay > 0 and callable(advance):
