@@ -306,9 +306,12 @@ def _refuses_to_lead_at_the_locked_height(
     return reply
 
 
-def _dies_after_the_view_change(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _dies_after_the_view_change(
+    monkeypatch: pytest.MonkeyPatch, view: int = 0
+) -> list[int]:
     """Stop the server once members have signed the view change at
-    (``LOCKED_HEIGHT``, 0), before anything at view 1; how many signed."""
+    (``LOCKED_HEIGHT``, ``view``), before anything at the next view; how
+    many signed."""
     signed: list[int] = []
     inner = RemoteCommittee.view_change_signatures
 
@@ -316,7 +319,7 @@ def _dies_after_the_view_change(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         self: RemoteCommittee, members: Sequence[str], context: VoteContext
     ) -> tuple[list[dict[str, Any]], list[str]]:
         signatures, problems = inner(self, members, context)
-        if (context.height, context.view) == (LOCKED_HEIGHT, 0):
+        if (context.height, context.view) == (LOCKED_HEIGHT, view):
             signed.append(len(signatures))
             raise ServerDied(f"server died after {len(signatures)} view changes")
         return signatures, problems
@@ -540,21 +543,7 @@ def test_a_restarted_server_passes_over_two_views_its_members_gave_up(
     from its record, has view 1's signed again, and writes block 2 at
     view 2."""
     path = tmp_path / "remote.db"
-    signed: list[int] = []
-    inner = RemoteCommittee.view_change_signatures
-
-    def view_change_signatures(
-        self: RemoteCommittee, members: Sequence[str], context: VoteContext
-    ) -> tuple[list[dict[str, Any]], list[str]]:
-        signatures, problems = inner(self, members, context)
-        if (context.height, context.view) == (LOCKED_HEIGHT, 1):
-            signed.append(len(signatures))
-            raise ServerDied(f"server died after {len(signatures)} view changes")
-        return signatures, problems
-
-    monkeypatch.setattr(
-        RemoteCommittee, "view_change_signatures", view_change_signatures
-    )
+    signed = _dies_after_the_view_change(monkeypatch, view=1)
     first = _verifier_grid(
         tmp_path, [0, 1, 2, 3], mods=[_refuses_to_lead_views_0_and_1]
     )
