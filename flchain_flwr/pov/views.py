@@ -226,7 +226,8 @@ class Views:
         view-change record, see :meth:`give_up`). The search stops at
         a view whose leader is not ready but that too few members give up,
         or at the last view of one full rotation, which is not given up here:
-        its leader is asked again once the votes are in (:meth:`decide`).
+        its leader is asked again once the votes are in
+        (:meth:`~.deciding.Deciding.decide`).
         Either way the certificates are exactly those of the views before the
         one returned."""
         assert context.prev_hash is not None
