@@ -8,7 +8,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from nacl.signing import SigningKey
 
 from flchain_flwr.arrays import NDArrays
 from flchain_flwr.ledger import (
+    BlockSigner,
     Ledger,
     VoteContext,
     check_vote,
@@ -59,10 +60,16 @@ Edit = Callable[[int, dict[str, Any], NDArrays], tuple[dict[str, Any], NDArrays]
 _BODY_ARGS = ("included", "rejected", "votes", "contributions", "config")
 
 
-def pov_run(tmp_path: Path, pool: list[Verifier], rounds: int = 3) -> Path:
-    """A FedBuff run on the virtual grid with a PoV committee and a ledger; one
-    of five nodes sign-flips, so some candidates are rejected and the rest
-    judged again at their final shares."""
+def pov_run(
+    tmp_path: Path,
+    pool: list[Verifier],
+    rounds: int = 3,
+    committee: Committee | None = None,
+) -> Path:
+    """A FedBuff run on the virtual grid with a PoV committee (``pool``'s,
+    unless ``committee`` is given) and a ledger; one of five nodes
+    sign-flips, so some candidates are rejected and the rest judged again at
+    their final shares."""
     n = 5
     grid = VirtualGrid(
         toy_client_app({}, mods=[attack_mod()]),
@@ -80,7 +87,7 @@ def pov_run(tmp_path: Path, pool: list[Verifier], rounds: int = 3) -> Path:
         buffer_size=n,
         staleness_fn=Constant(),
         server_lr=0.5,
-        committee=Committee(pool, threshold=Threshold(value=0)),
+        committee=committee or Committee(pool, threshold=Threshold(value=0)),
         ledger=path,
         seed=0,
     )
@@ -557,6 +564,64 @@ def test_a_leader_that_refuses_hands_over_to_the_next_view(tmp_path: Path) -> No
         assert any(views), views
         for b in blocks:  # the leader is the draw for (previous hash, view)
             assert b.header["leader"] == b.body["committee"][0]
+
+
+@dataclass
+class _RefusesToLead:
+    """A leader's signing key that refuses the ``refused``-th lead statement
+    it is asked for at height 1 (1: before the votes, 2: after them) and
+    signs everything else, headers included."""
+
+    key: SigningKey
+    refused: int
+    asked: int = 0
+
+    @property
+    def verify_key(self) -> Any:
+        """The leader's public key."""
+        return self.key.verify_key
+
+    def sign(self, smessage: bytes) -> Any:
+        """Refuse the one lead statement; sign the rest."""
+        if (
+            smessage.startswith(LEAD_TAG)
+            and json.loads(smessage[len(LEAD_TAG) :])["height"] == 1
+        ):
+            self.asked += 1
+            if self.asked == self.refused:
+                raise RuntimeError("this leader refuses to sign, once")
+        return self.key.sign(smessage)
+
+
+class _FlakyLeaders(Committee):
+    """A committee whose every member refuses to lead once at height 1."""
+
+    def __init__(self, pool: list[Verifier], refused: int) -> None:
+        super().__init__(pool, threshold=Threshold(value=0))
+        self.keys = {v.public_key: _RefusesToLead(v.key, refused) for v in pool}
+
+    def signer(self, leader: str) -> BlockSigner:
+        signer: BlockSigner = self.keys[leader]
+        return signer
+
+
+@pytest.mark.parametrize("refused", [1, 2], ids=["before-votes", "after-votes"])
+def test_a_full_rotation_of_failed_leaders_writes_a_block_that_verifies(
+    tmp_path: Path, refused: int
+) -> None:
+    """Every leader of a committee of 4 refuses once at height 1, before or
+    after the votes, so views 0 to 3 all fail: the last is not given up, its
+    leader signs when asked again, and the block at height 1 carries exactly
+    one view-change certificate per view before its own (the chain verifies)."""
+    pool = verifiers(4)
+    committee = _FlakyLeaders(pool, refused)
+    path = pov_run(tmp_path, pool, rounds=2, committee=committee)
+    with Ledger(path, create=False) as ledger:
+        report = ledger.verify()
+        assert report.ok and report.pov and len(ledger) == 3, report
+        block = ledger.block(1)
+        assert block.body["view"] == 3, block.body
+        assert [c["view"] for c in block.body["view_changes"]] == [0, 1, 2]
 
 
 def _key_file(tmp_path: Path, index: int) -> None:

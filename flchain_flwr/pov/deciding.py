@@ -44,7 +44,7 @@ from .judging import Rule
 from .localvotes import in_process_votes
 from .tally import decide_batch
 from .viewrecord import recorded_view_changes
-from .views import Views, passed_over
+from .views import Views, passed_over, view_stays
 
 
 class Deciding(Views):
@@ -103,11 +103,13 @@ class Deciding(Views):
         confirm it still leads (:meth:`leader_ready`) once the votes are in;
         if it cannot, or too few members can still sign a header in this
         view (:func:`~.views.passed_over`: after a restart, members that
-        gave it up before), the decision is taken again in the next view.
-        With the chain's ``ledger``, each view change is recorded beside it,
-        and views it records as given up at this height (by a server that
-        then stopped) are skipped with their certificates
-        (:mod:`.viewrecord`).
+        gave it up before), the decision is taken again in the next view, at
+        most ``committee_size`` times: the last view tried is not given up
+        (:func:`~.views.view_stays`), so the certificates the decision carries
+        are exactly those of the views before its own. With the chain's
+        ``ledger``, each view change is recorded beside it, and views it
+        records as given up at this height (by a server that then stopped)
+        are skipped with their certificates (:mod:`.viewrecord`).
         """
         if context.prev_hash is None:
             raise ValueError("a committee decides in a format-2 vote context")
@@ -117,7 +119,8 @@ class Deciding(Views):
             if len(recorded) > context.view:
                 certificates = recorded[context.view :]
                 context = replace(context, view=len(recorded))
-        for _ in range(max(1, self.rules.committee_size)):
+        attempts = max(1, self.rules.committee_size)
+        for attempt in range(attempts):
             decision = self._decide_in_view(
                 context, global_model, candidates, round_, server_lr, ledger
             )
@@ -131,6 +134,11 @@ class Deciding(Views):
             ) or self.leader_ready(decision.committee[0], decision.context)
             if problem is None:
                 return decision
+            if attempt == attempts - 1:
+                view_stays(
+                    decision.context, decision.committee, f"{problem} after the votes"
+                )
+                return decision
             certificate = self.give_up(
                 decision.context,
                 decision.committee,
@@ -140,9 +148,8 @@ class Deciding(Views):
             if certificate is None:
                 return decision
             certificates.append(certificate)
-            decision.view_changes = list(certificates)
             context = replace(decision.context, view=decision.view + 1)
-        return decision
+        raise AssertionError("unreachable: the last attempt returns")
 
     # pylint: disable=too-many-arguments,too-many-locals
     def _decide_in_view(

@@ -120,6 +120,22 @@ def passed_over(members: Sequence[str], moved: Collection[str]) -> str | None:
     )
 
 
+def view_stays(context: VoteContext, members: Sequence[str], problem: str) -> None:
+    """Log that ``context``'s view stays although its leader failed: the last
+    view a search tries is not given up (a certificate that it failed does
+    not belong in a block at that view), so its block is signed only if that
+    leader recovers."""
+    log(
+        WARNING,
+        "PoV: leader %s… of height %d view %d %s; the last view tried "
+        "stays (its block is signed only if that leader recovers)",
+        members[0][:12],
+        context.height,
+        context.view,
+        problem,
+    )
+
+
 def _what(signed: str) -> str:
     return "a view change" if signed == "view-change" else f"header {signed[:16]}…"
 
@@ -209,16 +225,24 @@ class Views:
         it failed (:meth:`certify_view_change`; each recorded in ``ledger``'s
         view-change record, see :meth:`give_up`). The search stops at
         a view whose leader is not ready but that too few members give up,
-        or after one full rotation (that block will fail to be signed)."""
+        or at the last view of one full rotation, which is not given up here:
+        its leader is asked again once the votes are in
+        (:meth:`~.deciding.Deciding.decide`).
+        Either way the certificates are exactly those of the views before the
+        one returned."""
         assert context.prev_hash is not None
         certificates: list[dict[str, Any]] = []
         ready, members = context, self.state.committee(context.prev_hash, context.view)
-        for view in range(context.view, context.view + len(members)):
+        last = context.view + len(members) - 1
+        for view in range(context.view, last + 1):
             members = self.state.committee(context.prev_hash, view)
             ready = replace(context, view=view)
             problem = self.leader_ready(members[0], ready)
             if problem is None:
                 return ready, members, certificates
+            if view == last:
+                view_stays(ready, members, f"{problem}, as did every leader before")
+                break
             certificate = self.give_up(ready, members, problem, ledger)
             if certificate is None:
                 break
