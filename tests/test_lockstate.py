@@ -224,6 +224,7 @@ def test_the_state_file_is_written_before_the_reply_leaves(tmp_path: Path) -> No
         b"<a digest as a number>",
         b"<a view not a number>",
         b"<another key>",
+        b"[" * 100_000,
     ],
 )
 def test_a_malformed_state_file_is_refused_naming_it(
@@ -251,6 +252,15 @@ def test_a_malformed_state_file_is_refused_naming_it(
     with pytest.raises(ValueError, match=str(path)):
         _node(node_config, run_id=2)(queries.VOTE, _vote(6))
     assert path.read_bytes() == text
+
+
+def test_a_state_file_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    """A FIFO as the state file is refused naming it; reading it would wait
+    for a writer for ever."""
+    path = tmp_path / "v.key.state"
+    os.mkfifo(path)
+    with pytest.raises(ValueError, match=str(path)):
+        _node(_node_config(tmp_path), run_id=1)(queries.VOTE, _vote(5))
 
 
 def test_one_query_at_a_time_per_state_file(tmp_path: Path) -> None:

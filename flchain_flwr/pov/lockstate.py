@@ -45,8 +45,9 @@ while the node scores and replays: a SuperNode may run ClientApp processes for
 two runs at once, whose queries then take turns. The locks are read, the
 query answered, and the new locks, if they changed, written atomically and
 fsynced before the reply leaves the node.
-A missing file is a first use (no locks); a file that cannot be read, is
-malformed or holds another key's locks is refused, never replaced: starting
+A missing file is a first use (no locks); a file that cannot be read, is not
+a regular file (a FIFO would block the read), is malformed (JSON nested too
+deeply included) or holds another key's locks is refused, never replaced: starting
 afresh is how a node would sign two blocks at one height. Whoever can delete
 or roll back the file (write access to the key's folder) can make the node
 equivocate: it takes the key's own trust, so keep it with the key.
@@ -80,11 +81,15 @@ from flwr.supercore import log
 
 from ..configvalues import text_value
 from ..ledger.atomicfile import write_file_atomically
+from ..ledger.canonical import parse_json
 from ..ledger.checkpoint import MAX_CHAIN_ID_CHARS
+from ..ledger.inputfile import read_head
 from .runstate import columns_record, read_columns
 from .verifier import Verifier
 
 STATE_FORMAT: Final = "flchain-verifier-state/1"
+MAX_STATE_BYTES: Final = 1 << 24
+"""Largest state file read (16 MiB; the bounds below keep one under 4.6 MiB)."""
 MAX_CHAINS: Final = 64
 """The most chains a node holds locks in: it acts in no new chain past it
 (never dropping an old chain's locks, which would let it sign twice there)."""
@@ -218,13 +223,15 @@ def locks_held(path: Path, verifier: Verifier) -> Iterator[None]:
 def read_state(path: Path, public_key: str) -> Locks:
     """The locks in the state file ``path`` of the verifier ``public_key``
     (none if there is no file); ``ValueError`` naming ``path`` otherwise."""
-    try:
-        data = path.read_bytes()
+    try:  # a regular file only: a FIFO would wait for a writer for ever
+        data = read_head(path, MAX_STATE_BYTES)
     except FileNotFoundError:
         return {name: {} for name in _LOCKS}
     except OSError as exc:
         raise ValueError(f"cannot read the verifier state {path}: {exc}") from None
     try:
+        if len(data) > MAX_STATE_BYTES:
+            raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
         return _parse(data, public_key)
     except ValueError as exc:
         raise ValueError(
@@ -235,7 +242,7 @@ def read_state(path: Path, public_key: str) -> Locks:
 
 
 def _parse(data: bytes, public_key: str) -> Locks:
-    state = json.loads(data)
+    state = parse_json(data)  # NotCanonical (a ValueError) for JSON it cannot read
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise ValueError(f"not a {STATE_FORMAT} object")
     if state.get("public_key") != public_key:
