@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from flchain_flwr.ledger.canonical import (
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.pending import (
     SEAL_TAG,
+    PendingError,
     clear_pending,
     pending_path,
     read_pending,
@@ -29,6 +31,11 @@ from flchain_flwr.ledger.pending import (
 )
 from flchain_flwr.ledger.sealedrecord import sealed_bytes
 from flchain_flwr.ledger.statements import sign_statement
+from flchain_flwr.ledger.viewchanges import (
+    ViewChangesError,
+    read_view_changes,
+    view_changes_path,
+)
 from flchain_flwr.pov import Committee, Threshold, Verifier
 
 from .test_pov import verifiers
@@ -223,3 +230,18 @@ def _died_before_asking(
         pov_run(tmp_path, pool, rounds=3)
     monkeypatch.undo()
     return tmp_path / "chain.db", proposed[0]
+
+
+def test_a_server_record_that_is_not_a_regular_file_is_refused(
+    tmp_path: Path,
+) -> None:
+    """A FIFO in place of ``<ledger>.pending`` or ``<ledger>.viewchanges`` is
+    refused with a reason (and so ignored): reading it would wait for a
+    writer for ever, at every resume and every committee decision."""
+    with Ledger(tmp_path / "l.db") as ledger:
+        os.mkfifo(pending_path(ledger))
+        os.mkfifo(view_changes_path(ledger))
+        with pytest.raises(PendingError, match="not a regular file"):
+            read_pending(ledger)
+        with pytest.raises(ViewChangesError, match="not a regular file"):
+            read_view_changes(ledger, 1, "00" * 32)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .atomicfile import write_file_atomically
 from .canonical import LATEST_FORMAT, encode, parse_canonical
+from .inputfile import open_input
 from .statements import sign_statement, signature_ok
 
 if TYPE_CHECKING:
@@ -48,8 +49,9 @@ def read_sealed(
     """The record at ``path`` (``None``: there is none), which must have
     exactly ``fields`` (``sealed`` among them) and the ledger key's seal
     under ``tag``; ``error`` otherwise."""
-    try:
-        data = path.read_bytes()
+    try:  # a regular file only: a FIFO would wait for a writer for ever
+        with open_input(path) as file:
+            data = file.read()
     except FileNotFoundError:
         return None
     except OSError as exc:
