@@ -4,6 +4,7 @@ each tested by forging what someone holding some of the keys could write."""
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from nacl.signing import SignedMessage, SigningKey, VerifyKey
 
 from flchain_flwr.ledger import Block, Ledger, PoVState, VoteContext
-from flchain_flwr.ledger.canonical import model_hash
+from flchain_flwr.ledger.canonical import BODY_TAG, encode, model_hash, sha256_hex
 from flchain_flwr.ledger.evidence import (
     check_equivocation,
     equivocation,
@@ -44,6 +45,7 @@ from flchain_flwr.pov.views import sign_view_change, take_statement
 from .ledger_helpers import KeyQuorum
 from .test_pov import chain_vote, digest, model, pov_chain, verifiers
 from .test_pov_chain import pov_run, rebuild, unchanged
+from .test_pov_pending import _forge
 
 
 class LeaderOnly:
@@ -237,6 +239,42 @@ def test_a_run_whose_leader_refuses_carries_view_changes_and_verifies(
         certificates = b.body["view_changes"]
         assert [c["view"] for c in certificates] == list(range(b.body["view"]))
         assert all(len(c["signatures"]) >= 5 for c in certificates)
+
+
+@pytest.mark.parametrize("certificates", ["dropped", "two-signers"])
+def test_members_refuse_a_header_without_proof_its_earlier_views_failed(
+    tmp_path: Path, certificates: str
+) -> None:
+    """A member checks the block's view-change certificates before it signs,
+    as ``verify`` does: else a server holding only the ledger key gets a
+    quorum-signed block at a later view that fails ``verify`` (and members
+    may never sign another at that height and view)."""
+    pool = verifiers(7, {i: Behaviour.REFUSE_TO_LEAD for i in range(6)})
+    path = pov_run(tmp_path, pool, rounds=6)
+    with Ledger(path, create=False) as ledger:
+        block = next(b for b in ledger.blocks() if b.body.get("view", 0))
+        parent = ledger.block(block.height - 1)
+    view, changes = block.body["view"], block.body["view_changes"]
+    if certificates == "dropped":
+        body = {k: v for k, v in block.body.items() if k != "view_changes"}
+        expected = f"view {view} needs a view-change certificate for each of views"
+    else:
+        cut = {"view": 0, "signatures": changes[0]["signatures"][:2]}
+        body = {**block.body, "view_changes": [cut, *changes[1:]]}
+        expected = "view 0 gave way on 2 of "
+    body_bytes = encode(block.format_version, body)
+    forged = _forge(
+        replace(block, body=body, body_bytes=body_bytes),
+        pool,
+        body_hash=sha256_hex(BODY_TAG, body_bytes),
+    )
+    rule = Committee(pool, threshold=Threshold(value=0)).rule.digest
+    sign = {"view": view, "rule_digest": rule, "replayed": True}
+    for member in (v for v in pool if v.public_key in body["committee"]):
+        _back_at(member, block, parent)
+        with pytest.raises(RefusedRequest, match=re.escape(expected)):
+            cosign_header(member, forged, **sign)  # type: ignore[arg-type]
+        assert cosign_header(member, block, **sign)  # type: ignore[arg-type]
 
 
 def _back_at(member: Verifier, last: Block, parent: Block) -> None:

@@ -8,6 +8,9 @@ A member signs a pending block
   :meth:`~flchain_flwr.pov.Verifier.take_position`), in the chain it voted
   in; and at its (height, view) it has signed neither a view change nor
   another header, nor anything at a later view (:func:`~.views.take_statement`);
+  at a view after 0 the block carries a view-change certificate signed by
+  more than 2/3 of the committee for each earlier view, as ``verify`` checks
+  (:func:`~flchain_flwr.ledger.quorum.check_view_changes`);
 - **the block is the one voted on**: its hash, body hash and Merkle root
   match its contents, it names the member in its committee and the view it
   is signed in, its votes are valid signed votes of that committee in this
@@ -35,6 +38,7 @@ from ..ledger.consensus import contradictions
 from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
 from ..ledger.merkle import merkle_root
 from ..ledger.pending import record_pending
+from ..ledger.quorum import VIEW_CHANGES_FIELD, check_view_changes
 from ..ledger.statements import header_statement, sign_statement, signature_ok
 from .judging import Rule
 from .verifier import RefusedRequest, Verifier
@@ -70,6 +74,11 @@ def proposal_problem(
     committee = body.get("committee")
     if not isinstance(committee, list) or verifier.public_key not in committee:
         return "this verifier is not in the block's committee"
+    problem = check_view_changes(
+        chain_id, height, held[1], view, committee, body.get(VIEW_CHANGES_FIELD)
+    )
+    if problem is not None:
+        return problem
     included = [str(u.get("digest")) for u in body.get("included", [])]
     if header.get("updates_root") != merkle_root(included):
         return "the Merkle root is not the included updates'"
