@@ -43,6 +43,7 @@ from typing import Any, Final
 
 from ..quoting import clip
 from .blocks import is_hex
+from .canonical import parse_json
 from .checkpoint import (
     EMPTY_ROOT,
     Checkpoint,
@@ -302,8 +303,8 @@ class Witness:
             data = read_head(path, MAX_STATE_BYTES)
             if len(data) > MAX_STATE_BYTES:
                 raise ValueError(f"larger than {MAX_STATE_BYTES} bytes")
-            state = json.loads(data)
-        except (OSError, ValueError, RecursionError) as exc:
+            state = parse_json(data)
+        except (OSError, ValueError) as exc:
             raise WitnessError(f"cannot read the witness state {path}: {exc}") from None
         problem = _state_problem(state)
         if problem is not None:
