@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 from flwr.app import ConfigRecord, Message, RecordDict
 
-from flchain_flwr.ledger import Block, Ledger
+from flchain_flwr.ledger import Block, Ledger, VoteContext
 from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.pov import Committee, Threshold, discovery, queries
 from flchain_flwr.pov.members import header_request
 from flchain_flwr.pov.views import lead_statement
-from flchain_flwr.ledger import VoteContext
 from flchain_flwr.sim import VirtualGrid, simulate
 
 from .test_pov_chain import _remote_fedbuff, _verifier_grid
@@ -29,7 +28,9 @@ from .toy import initial_arrays
 HEIGHT = 2
 
 
-def _ask(grid: VirtualGrid, nodes: dict[str, int], cfg: dict[str, ConfigRecord]) -> dict[str, Message]:
+def _ask(
+    grid: VirtualGrid, nodes: dict[str, int], cfg: dict[str, ConfigRecord]
+) -> dict[str, Message]:
     """One ``query.pov_sign`` message per member (its own request); replies by key."""
     by_node = {node: key for key, node in nodes.items()}
     replies = grid.send_and_receive(
@@ -73,8 +74,13 @@ def _forged_block(ledger: Ledger, committee: list[str]) -> Block:
     }
     header_bytes = encode(2, header)
     return Block(
-        HEIGHT, sha256_hex(HEADER_TAG, header_bytes), header_bytes, body_bytes, "",
-        header, body,
+        HEIGHT,
+        sha256_hex(HEADER_TAG, header_bytes),
+        header_bytes,
+        body_bytes,
+        "",
+        header,
+        body,
     )
 
 
@@ -86,7 +92,9 @@ def _forge(tmp_path: Path, path: Path) -> tuple[Block, dict[str, Message], str |
     grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
     simulate(_remote_fedbuff(grid, path, None), grid, initial_arrays(), num_rounds=1)
     nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
-    check = Committee((), remote_members=tuple(sorted(nodes)), threshold=Threshold(value=0.0))
+    check = Committee(
+        (), remote_members=tuple(sorted(nodes)), threshold=Threshold(value=0.0)
+    )
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == HEIGHT
         check.resume(ledger, server_lr=0.3)  # _remote_fedbuff's

@@ -2,7 +2,8 @@
 entry names its verifier as a JSON list is not "ignored with the reason
 logged" (docs/deployment.md, pov/viewrecord.py): ``check_view_changes`` looks
 the list up in a set and the resume dies with a TypeError, on every restart.
-(A malformed sealed ``<ledger>.pending`` record is ignored: test_pov_pending_attacks.)"""
+(A malformed sealed ``<ledger>.pending`` record is ignored:
+test_pov_pending_attacks.)"""
 
 from __future__ import annotations
 
