@@ -10,21 +10,35 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
 
-from flchain_flwr.ledger import Block, VoteContext
-from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
+from flchain_flwr.ledger import Block, PoVRules, PoVState, VoteContext, VoteRules
+from flchain_flwr.ledger.canonical import (
+    BODY_TAG,
+    HEADER_TAG,
+    MAX_SAFE_INTEGER,
+    encode,
+    sha256_hex,
+)
 from flchain_flwr.ledger.checkpoint import MAX_CHAIN_ID_CHARS
 from flchain_flwr.ledger.keys import load_or_create_key
 from flchain_flwr.ledger.merkle import merkle_root
-from flchain_flwr.ledger.statements import view_change_statement
+from flchain_flwr.ledger.quorum import VIEW_CHANGES_FIELD
+from flchain_flwr.ledger.statements import (
+    VIEW_CHANGE_TAG,
+    sign_statement,
+    view_change_statement,
+)
 from flchain_flwr.pov import (
     Rule,
     Threshold,
     Verifier,
+    lockstate,
     queries,
     verifiernode,
     voterequest,
@@ -103,21 +117,48 @@ def _digest(node_id: int) -> str:
     return reply_candidate(node_id, 0.5).digest
 
 
-def _rejecting(me: str, node_ids: list[int], view: int = 0) -> RecordDict:
-    """A member's header request for a block at height 5 in ``view``
+def _rejecting(tmp_path: Path, node_ids: list[int], view: int = 0) -> RecordDict:
+    """The node's header request for a block at height 5 in ``view``
     (committee ``[me]``, no votes) that rejects the replies of ``node_ids``:
     it judges them and holds none of the member's votes on them."""
-    body = {
-        "view": view,
+    rejected = [
+        {"node_id": n, "digest": _digest(n), "trained_on": 4, "reason": "x"}
+        for n in node_ids
+    ]
+    return _member_request(tmp_path, {"view": view, "rejected": rejected}, view)
+
+
+def _member_request(tmp_path: Path, fields: dict[str, Any], view: int) -> RecordDict:
+    """The node's header request, in ``view``, for a block at height 5 after
+    ``PREV`` whose committee is the node alone (pool ``[me]``): no updates or
+    votes but for the body ``fields``, signed by the node's key as its leader,
+    with the view changes of the views before ``view`` signed by that key."""
+    key = load_or_create_key(tmp_path / "v.key")
+    me = key.verify_key.encode().hex()
+    body: dict[str, Any] = {
         "committee": [me],
         "included": [],
-        "rejected": [
-            {"node_id": n, "digest": _digest(n), "trained_on": 4, "reason": "x"}
-            for n in node_ids
-        ],
+        "rejected": [],
         "votes": [],
+        "contributions": [],
         "deposits": [],
+        **fields,
     }
+    if view:
+        body[VIEW_CHANGES_FIELD] = [
+            {
+                "view": earlier,
+                "signatures": [
+                    {
+                        "verifier": me,
+                        "signature": sign_statement(
+                            key, view_change_statement(CHAIN, 5, earlier, PREV)
+                        ),
+                    }
+                ],
+            }
+            for earlier in range(view)
+        ]
     body_bytes = encode(2, body)
     header = {
         "format": "flchain-block/2",
@@ -135,11 +176,12 @@ def _rejecting(me: str, node_ids: list[int], view: int = 0) -> RecordDict:
         sha256_hex(HEADER_TAG, header_bytes),
         header_bytes,
         body_bytes,
-        "",
+        key.sign(HEADER_TAG + header_bytes).signature.hex(),
         header,
         body,
     )
-    return RecordDict({"pov": header_request(block, view)})
+    state = PoVState(PoVRules((me,), 1), votes=VoteRules(RULE.to_json(), 1.0))
+    return RecordDict({"pov": header_request(block, view, state)})
 
 
 def _me(tmp_path: Path) -> str:
@@ -166,7 +208,8 @@ def test_a_leader_keeps_its_locks_across_runs_and_restarts(
     with pytest.raises(ValueError, match="behind height 5"):
         second(queries.VOTE, _vote(4))
     second(queries.VOTE, _vote(5))  # where it stands: asked again, it votes
-    second(queries.SIGN, _sign(lead_statement(context(5, view=1), me)))
+    with pytest.raises(ValueError, match="already signed a header at height 5"):
+        second(queries.SIGN, _sign(lead_statement(context(5, view=1), me)))
     with pytest.raises(ValueError, match="already signed another header at 5"):
         second(queries.SIGN, _sign(_header(me, model_hash="ff" * 32)))
     assert second(queries.SIGN, _sign(_header(me))).content  # the same header
@@ -300,7 +343,6 @@ def test_a_member_node_refuses_a_header_that_leaves_out_its_vote(
     to miss, and it signed."""
     node_config = _node_config(tmp_path)
     ask = _node(node_config, run_id=1, state_file=kept == "state file")
-    me = _me(tmp_path)
     ask(queries.VOTE, _vote(5, node_id=1))
     ask(queries.VOTE, _vote(5, node_id=2))  # the same position: both are kept
     later = ask
@@ -316,8 +358,8 @@ def test_a_member_node_refuses_a_header_that_leaves_out_its_vote(
         }
     for left_out in (1, 2):
         with pytest.raises(ValueError, match=f"vote on {_digest(left_out)[:16]}"):
-            later(queries.SIGN, _rejecting(me, [left_out]))
-    assert later(queries.SIGN, _rejecting(me, [])).content  # it judges neither
+            later(queries.SIGN, _rejecting(tmp_path, [left_out]))
+    assert later(queries.SIGN, _rejecting(tmp_path, [])).content  # it judges neither
 
 
 def test_voting_at_a_new_position_replaces_the_votes_kept(tmp_path: Path) -> None:
@@ -367,16 +409,17 @@ def test_a_vote_in_another_view_does_not_free_a_header_that_leaves_out_its_vote(
     that leaves out its vote on node 2's. Before, the later view's votes
     replaced the earlier's and it signed. (Review h-review.)"""
     ask = _node(_node_config(tmp_path), run_id=1, state_file=kept == "state file")
-    me = _me(tmp_path)
     ask(queries.VOTE, _vote_in_view(5, 0, node_id=1))
     with pytest.raises(ValueError, match="leaves out this verifier's vote"):
-        ask(queries.SIGN, _rejecting(me, [1]))
+        ask(queries.SIGN, _rejecting(tmp_path, [1]))
     ask(queries.VOTE, _vote_in_view(5, hop, node_id=2))
     with pytest.raises(ValueError, match=f"vote on {_digest(1)[:16]}"):
-        ask(queries.SIGN, _rejecting(me, [1]))
+        ask(queries.SIGN, _rejecting(tmp_path, [1]))
     with pytest.raises(ValueError, match=f"vote on {_digest(2)[:16]}"):
-        ask(queries.SIGN, _rejecting(me, [2], view=hop))
-    assert ask(queries.SIGN, _rejecting(me, [2])).content  # not voted on in view 0
+        ask(queries.SIGN, _rejecting(tmp_path, [2], view=hop))
+    assert ask(
+        queries.SIGN, _rejecting(tmp_path, [2])
+    ).content  # not voted on in view 0
     if kept == "state file":
         voted = json.loads((tmp_path / "v.key.state").read_bytes())["voted"]
         assert voted[CHAIN]["views"] == {"0": [_digest(1)], str(hop): [_digest(2)]}
@@ -459,3 +502,83 @@ def test_a_node_takes_locks_in_a_bounded_number_of_short_chain_ids(
     if kept == "state file":
         assert path.read_bytes() == before
     assert ask(queries.VOTE, _in_chain("chain-1")).content
+
+
+@pytest.mark.parametrize(
+    "view",
+    [-1, True, MAX_SAFE_INTEGER + 1, 10**5000],
+    ids=["negative", "bool", "past 2**53", "over 4300 digits"],
+)
+def test_a_vote_or_view_change_at_a_view_not_in_its_shape_is_refused(
+    tmp_path: Path, view: int
+) -> None:
+    """review12 #3: a vote request at view -1 was answered and its view
+    written as key ``"-1"``, which the node then refused to read: it
+    answered nothing more, in any chain. Now such a view (and a bool, or an
+    integer canonical JSON cannot hold) is refused before anything is
+    written, and the node goes on."""
+    ask = _node(_node_config(tmp_path), run_id=1)
+    with pytest.raises(ValueError, match="view"):
+        ask(queries.VOTE, _vote_in_view(5, view))
+    assert not (tmp_path / "v.key.state").exists()
+    assert ask(queries.VOTE, _vote(5)).has_content()
+    if view.bit_length() < 64:  # no JSON text of the others can be written
+        change = VIEW_CHANGE_TAG + json.dumps(
+            {"chain_id": CHAIN, "height": 5, "prev_hash": PREV, "view": view},
+            separators=(",", ":"),
+            sort_keys=True,
+        ).encode("utf-8")
+        with pytest.raises(ValueError, match="view"):
+            ask(queries.SIGN, _sign(change, "view-change"))
+    assert ask(queries.VOTE, _vote(6)).has_content()
+    state = json.loads((tmp_path / "v.key.state").read_bytes())
+    assert state["statements"] == {} and state["voted"][CHAIN]["views"].keys() == {"0"}
+
+
+def test_a_position_whose_hashes_are_not_sha256_is_refused(tmp_path: Path) -> None:
+    """review12 #4: a lead statement with an 18 MiB previous hash was taken
+    as the node's position and written: the state file passed the 16 MiB
+    the node reads, and it refused every later query. Now a position's
+    hashes must be 64 lower-case hex digits, refused before anything is
+    written."""
+    ask = _node(_node_config(tmp_path), run_id=1)
+    me = _me(tmp_path)
+    huge = VoteContext(CHAIN, 3, "ab" * (9 << 20), "cd" * 32, "", 0)
+    for bad in (huge, replace(huge, prev_hash="AB" * 32), replace(huge, prev_hash="")):
+        with pytest.raises(ValueError, match="not a SHA-256"):
+            ask(queries.SIGN, _sign(lead_statement(bad, me)))
+    upper = replace(huge, prev_hash=PREV, parent_model="CD" * 32)
+    with pytest.raises(ValueError, match="not a SHA-256"):
+        ask(queries.SIGN, _sign(lead_statement(upper, me)))
+    assert not (tmp_path / "v.key.state").exists()
+    assert ask(queries.VOTE, _vote(6)).has_content()
+
+
+def test_a_state_the_node_could_not_read_back_is_never_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """review12 #4: the writer had no bound, so a state past
+    ``MAX_STATE_BYTES`` was written and then refused at every query. Now the
+    request that would write it is refused and the file stays as it was."""
+    ask = _node(_node_config(tmp_path), run_id=1)
+    ask(queries.VOTE, _vote(5))
+    before = (tmp_path / "v.key.state").read_bytes()
+    monkeypatch.setattr(lockstate, "MAX_STATE_BYTES", len(before) + 10)
+    with pytest.raises(ValueError, match="not written"):
+        ask(queries.VOTE, _vote(5, node_id=2))  # one more digest kept
+    assert (tmp_path / "v.key.state").read_bytes() == before
+    assert ask(queries.VOTE, _vote(5)).has_content()  # what it holds: unchanged
+
+
+def test_a_member_refuses_a_header_whose_body_view_is_a_boolean(
+    tmp_path: Path,
+) -> None:
+    """review12 #2b: the member's check ``body.get("view", 0) != view`` took
+    ``True`` for 1, where ``verify`` refuses it ("view must be an integer
+    >= 0"): the member was then locked at (height, 1) on a block that can
+    never be written."""
+    ask = _node(_node_config(tmp_path), run_id=1)
+    ask(queries.VOTE, _vote(5))  # its position: height 5 after PREV
+    with pytest.raises(ValueError, match="the body says view True"):
+        ask(queries.SIGN, _member_request(tmp_path, {"view": True}, 1))
+    assert ask(queries.SIGN, _member_request(tmp_path, {"view": 1}, 1)).content

@@ -23,7 +23,10 @@ from flchain_flwr.arrays import NDArrays
 from flchain_flwr.ledger import (
     BlockSigner,
     Ledger,
+    PoVRules,
+    PoVState,
     VoteContext,
+    VoteRules,
     check_vote,
     model_hash,
     select_committee,
@@ -93,6 +96,16 @@ def pov_run(
     )
     simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
     return path
+
+
+def state_before(ledger: Ledger, height: int) -> PoVState:
+    """The PoV state of ``ledger``'s chain before block ``height`` (what its
+    committee members check that block on)."""
+    pov = ledger.block(0).body["pov"]
+    bodies = (ledger.block(h).body for h in range(height))
+    return PoVState.replayed(
+        PoVRules.from_json(pov), bodies, VoteRules.from_genesis(pov)
+    )
 
 
 def rebuild(source: Path, target: Path, pool: list[Verifier], edit: Edit) -> Ledger:

@@ -33,7 +33,13 @@ from flchain_flwr.pov.views import sign_view_change
 from flchain_flwr.sim import VirtualGrid, simulate
 
 from .test_pov import verifiers
-from .test_pov_chain import _lead_statement, _remote_fedbuff, _verifier_grid, pov_run
+from .test_pov_chain import (
+    _lead_statement,
+    _remote_fedbuff,
+    _verifier_grid,
+    pov_run,
+    state_before,
+)
 from .toy import initial_arrays
 
 LOCKED_HEIGHT = 2
@@ -136,11 +142,17 @@ def test_members_refuse_another_header_at_the_locked_height_and_view(
     path, pool, locked = _locked_run(tmp_path, monkeypatch)
     with Ledger(path, create=False) as ledger:
         other = _forge(locked, pool, model_hash=ledger.block(1).header["model_hash"])
-    rule = Rule(Threshold(value=0)).digest  # the committee's
+        state = state_before(ledger, locked.height)
+    sign = {
+        "view": 0,
+        "rule_digest": Rule(Threshold(value=0)).digest,  # the committee's
+        "replayed": True,
+        "state": state,
+    }
     for verifier in pool:
         with pytest.raises(RefusedRequest, match="already signed header"):
-            cosign_header(verifier, other, view=0, rule_digest=rule, replayed=True)
-        again = cosign_header(verifier, locked, view=0, rule_digest=rule, replayed=True)
+            cosign_header(verifier, other, **sign)  # type: ignore[arg-type]
+        again = cosign_header(verifier, locked, **sign)  # type: ignore[arg-type]
         assert again["verifier"] == verifier.public_key
 
 
@@ -169,7 +181,7 @@ def test_a_forged_pending_record_is_not_written_and_the_resume_goes_on(
         (lambda head: _forge(head, pool, height=head.height + 5), "not the next"),
         # the head's committee; 1 draw in 24 (the chain id is random) equals it,
         # and the members then refuse the block: either way it is not written
-        (moved, "not the draw for its prev_hash|was not written"),
+        (moved, "committee is not the one drawn|was not written"),
         (lambda head: replace(moved(head), hash=head.hash), "hash is not its"),
         (lambda head: head, "already written"),  # died before clearing it
     ]

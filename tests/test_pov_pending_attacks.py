@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from flchain_flwr.ledger import Block, Ledger
+from flchain_flwr.ledger import Block, Ledger, viewchanges
 from flchain_flwr.ledger.canonical import (
     BODY_TAG,
     LATEST_FORMAT,
@@ -29,7 +29,7 @@ from flchain_flwr.ledger.pending import (
     read_pending,
     record_pending,
 )
-from flchain_flwr.ledger.sealedrecord import sealed_bytes
+from flchain_flwr.ledger.sealedrecord import sealed_bytes, write_sealed
 from flchain_flwr.ledger.statements import sign_statement
 from flchain_flwr.ledger.viewchanges import (
     ViewChangesError,
@@ -245,3 +245,32 @@ def test_a_server_record_that_is_not_a_regular_file_is_refused(
             read_pending(ledger)
         with pytest.raises(ViewChangesError, match="not a regular file"):
             read_view_changes(ledger, 1, "00" * 32)
+
+
+def test_a_sealed_malformed_view_change_record_is_ignored(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """review12 #5: a view-change record sealed with the ledger key whose
+    signature entry names its verifier as a JSON list was not "ignored with
+    the reason logged": ``check_view_changes`` looked the list up in a set
+    and the resume died with a TypeError, on every restart."""
+    pool = verifiers(4)
+    path = pov_run(tmp_path, pool, rounds=1)
+    with Ledger(path, create=False) as ledger:  # the ledger key's holder
+        head = ledger.head()
+        assert head is not None
+        record = {
+            "format": "flchain-view-changes/1",
+            "chain_id": ledger.chain_id,
+            "height": head.height + 1,
+            "prev_hash": head.hash,
+            "view_changes": [
+                {"view": 0, "signatures": [{"verifier": ["x"], "signature": "00"}]}
+            ],
+        }
+        write_sealed(ledger, view_changes_path(ledger), viewchanges.SEAL_TAG, record)
+    pov_run(tmp_path, pool, rounds=3)
+    assert "ignoring the view-change record" in caplog.text
+    assert "verifier and signature must be text" in caplog.text
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 4 and ledger.verify().ok

@@ -86,6 +86,23 @@ def test_a_leader_node_signs_one_header_per_height_where_it_leads() -> None:
     assert leader.headers == {CHAIN: (5, hashlib.sha256(first).hexdigest())}
 
 
+def test_a_leader_node_that_signed_a_header_leads_no_view_of_that_height() -> None:
+    """review12 #1: it signed a header at height 5 (whose signature the server
+    may never have got) and signs no other there, yet it signed a lead
+    statement at 5 again, so a restarted server chose it and stopped when it
+    then refused the header. Now it refuses to lead any view of 5 (the server
+    passes it over as a leader that does not answer); at 6 it leads."""
+    leader = Verifier(toy_score, key(0))
+    me = leader.public_key
+    _sign(leader, lead_statement(context(5), me))
+    _sign(leader, _header(me))
+    for view in (0, 1):
+        with pytest.raises(ValueError, match="already signed a header at height 5"):
+            _sign(leader, lead_statement(context(5, view=view), me))
+    assert _sign(leader, _header(me))  # the header it signed: still the same
+    assert _sign(leader, lead_statement(context(6), me))
+
+
 def test_a_leader_node_signs_lead_statements_only_where_it_can_stand() -> None:
     leader = Verifier(toy_score, key(0))
     me = leader.public_key

@@ -24,6 +24,7 @@ from flchain_flwr.ledger.evidence import (
     ledgers_fork_evidence,
     view_change_signed,
 )
+from flchain_flwr.ledger.quorum import check_header_quorum, check_view_changes
 from flchain_flwr.ledger.replay import PendingReplay, replay
 from flchain_flwr.ledger.statements import (
     header_statement,
@@ -44,7 +45,7 @@ from flchain_flwr.pov.views import sign_view_change, take_statement
 
 from .ledger_helpers import KeyQuorum
 from .test_pov import chain_vote, digest, model, pov_chain, verifiers
-from .test_pov_chain import pov_run, rebuild, unchanged
+from .test_pov_chain import pov_run, rebuild, state_before, unchanged
 from .test_pov_pending import _forge
 
 
@@ -254,6 +255,7 @@ def test_members_refuse_a_header_without_proof_its_earlier_views_failed(
     with Ledger(path, create=False) as ledger:
         block = next(b for b in ledger.blocks() if b.body.get("view", 0))
         parent = ledger.block(block.height - 1)
+        state = state_before(ledger, block.height)
     view, changes = block.body["view"], block.body["view_changes"]
     if certificates == "dropped":
         body = {k: v for k, v in block.body.items() if k != "view_changes"}
@@ -269,7 +271,7 @@ def test_members_refuse_a_header_without_proof_its_earlier_views_failed(
         body_hash=sha256_hex(BODY_TAG, body_bytes),
     )
     rule = Committee(pool, threshold=Threshold(value=0)).rule.digest
-    sign = {"view": view, "rule_digest": rule, "replayed": True}
+    sign = {"view": view, "rule_digest": rule, "replayed": True, "state": state}
     for member in (v for v in pool if v.public_key in body["committee"]):
         _back_at(member, block, parent)
         with pytest.raises(RefusedRequest, match=re.escape(expected)):
@@ -343,10 +345,11 @@ def test_a_member_never_signs_two_headers_or_a_header_and_a_view_change(
         last = ledger.head()
         assert last is not None
         parent = ledger.block(last.height - 1)
+        state = state_before(ledger, last.height)
     member = next(v for v in pool if v.public_key in last.body["committee"])
     _back_at(member, last, parent)
     rule = Committee(pool, threshold=Threshold(value=0)).rule.digest
-    sign = {"view": 0, "rule_digest": rule, "replayed": False}
+    sign = {"view": 0, "rule_digest": rule, "replayed": False, "state": state}
     cosign_header(member, last, **sign)  # type: ignore[arg-type]
     cosign_header(member, last, **sign)  # type: ignore[arg-type]  # the same: fine
     with pytest.raises(RefusedRequest, match="already signed header"):
@@ -580,3 +583,99 @@ def test_two_ledgers_forked_at_one_height_yield_evidence_that_slashes(
     assert report.ok and len(report.equivocations) == 2, report
     state = PoVState.replayed(committee.rules, (b.body for b in one.blocks()))
     assert not set(members[1:3]) & set(state.pool)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"verifier": ["x"], "signature": "00"},
+        {"verifier": {"k": 1}, "signature": "00"},
+        {"verifier": None, "signature": "00"},
+        {"verifier": "PLACEHOLDER", "signature": ["00"]},
+    ],
+    ids=["list", "object", "null", "list signature"],
+)
+def test_certificates_and_header_signatures_of_any_shape_give_a_reason(
+    entry: dict[str, Any],
+) -> None:
+    """review12 #5: a signature entry naming its verifier as a JSON list
+    raised TypeError (``key not in members``, an unhashable key), which
+    crashed every resume of a ledger whose sealed view-change record held
+    one. Any JSON value now gives a reason."""
+    members = [v.public_key for v in verifiers(4)]
+    entry = {k: members[0] if v == "PLACEHOLDER" else v for k, v in entry.items()}
+    certificate = {"view": 0, "signatures": [entry]}
+    problem = check_view_changes("c", 3, "ab" * 32, 1, members, [certificate])
+    assert problem is not None and "view-0 change signature 0" in problem
+    signed = [{**entry, "replayed": True}]
+    problem = check_header_quorum("c", 3, 0, "cd" * 32, members, signed)
+    assert problem is not None and "header signature 0" in problem
+    wrong_view = {"view": [0] * 10_000, "signatures": []}
+    problem = check_view_changes("c", 3, "ab" * 32, 1, members, [wrong_view])
+    assert problem is not None and len(problem) < 100
+
+
+def _condemning_decision(
+    tmp_path: Path,
+) -> tuple[Ledger, Committee, Block, dict[str, np.ndarray], CommitteeDecision]:
+    """A chain, and its committee's decision on one update for the next
+    block in which the last member, inverting its verdict, is outvoted by
+    the other three (a quorum of 4): the block's votes condemn it."""
+    ledger, committee = pov_chain(tmp_path)
+    head = ledger.head()
+    assert head is not None
+    members = committee.state.committee(head.hash)
+    committee.verifiers[members[-1]].behaviour = Behaviour.INVERT
+    head, parent, decision = decide_zero_update(ledger, committee)
+    assert decision.outcomes[0].accepted and decision.committee == members
+    return ledger, committee, head, parent, decision
+
+
+def _block_fields(head: Block, parent: dict[str, np.ndarray]) -> dict[str, Any]:
+    return {
+        "model": parent,
+        "model_version": head.height + 1,
+        "base_version": head.height,
+        "config_digest": "",
+        "included": [
+            {"digest": digest(70), "node_id": 1, "weight": 1.0, "num_examples": 1}
+        ],
+    }
+
+
+def test_members_refuse_a_block_that_slashes_nobody_their_votes_condemn(
+    tmp_path: Path,
+) -> None:
+    """review12 #2: members accepted EMPTY deposits where the votes condemn
+    a member (``if slashed and slashed != expected``), which ``verify``
+    rejects. Now they run ``verify``'s own check and refuse it; the honest
+    deposits are signed and verify."""
+    ledger, committee, head, parent, decision = _condemning_decision(tmp_path)
+    fields, signer = committee.seal(decision.committee, decision.votes)
+    assert [e["verifier"] for e in fields["deposits"]] == decision.committee[-1:]
+    block = {**_block_fields(head, parent), "votes": decision.votes}
+    with pytest.raises(RuntimeError) as refused:
+        ledger.append(**block, extra={**fields, "deposits": []}, signer=signer)
+    assert str(refused.value).count("deposit changes do not follow") >= 3
+    assert ledger.head() == head  # nothing written
+    ledger.append(**block, extra=fields, signer=signer)
+    assert ledger.verify().ok
+
+
+def test_members_refuse_a_block_whose_committee_is_not_the_draw(
+    tmp_path: Path,
+) -> None:
+    """review12 #2: members checked only that they were in the body's
+    committee, so a view-0 block naming the view-1 draw (led and signed by
+    its first member) got its quorum, and ``verify`` then rejected it. Now
+    they check it as ``verify`` does."""
+    ledger, committee, head, parent, decision = _condemning_decision(tmp_path)
+    drawn = decision.committee
+    rotated = drawn[1:] + drawn[:1]  # the view-1 draw
+    fields, _ = committee.seal(drawn, decision.votes)
+    signer = HeaderSigner(committee, committee.signer(rotated[0]), rotated, 0)
+    block = {**_block_fields(head, parent), "votes": decision.votes}
+    with pytest.raises(RuntimeError) as refused:
+        ledger.append(**block, extra={**fields, "committee": rotated}, signer=signer)
+    assert str(refused.value).count("committee is not the one drawn") >= 3
+    assert ledger.head() == head

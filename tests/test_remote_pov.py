@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
-from flchain_flwr.ledger import Ledger
+from flchain_flwr.ledger import Block, Ledger, VoteContext
+from flchain_flwr.ledger.canonical import BODY_TAG, HEADER_TAG, encode, sha256_hex
 from flchain_flwr.ledger.keys import load_or_create_key
+from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.pov import (
     Behaviour,
+    Committee,
     Rule,
     Threshold,
     Verifier,
@@ -23,14 +27,17 @@ from flchain_flwr.pov import (
     verifiernode,
     voterequest,
 )
+from flchain_flwr.pov.members import header_request
 from flchain_flwr.pov.queries import RemoteVerifierError
 from flchain_flwr.pov.remote import RemoteCommittee
+from flchain_flwr.pov.views import lead_statement
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import Constant, FedBuff
 
 from .pov_replies import reply_candidate
 from .test_pov import CHAIN, context, model, toward_target, toy_score
+from .test_pov_chain import _remote_fedbuff, _verifier_grid
 from .toy import constant_work, initial_arrays, toy_client_app
 
 TRAINERS = 5
@@ -271,3 +278,137 @@ def test_trainer_nodes_answer_identity_but_refuse_votes(tmp_path: Path) -> None:
     msg = Message(content, trainer, queries.VOTE, ttl=60)
     (reply,) = grid.send_and_receive([msg], timeout=60)
     assert reply.has_error() and "not a PoV verifier" in reply.error.reason
+
+
+# ------------------------------------- a keyless server's forged block (review12)
+FORGED_HEIGHT = 2
+
+
+def _ask_each(
+    grid: VirtualGrid, nodes: dict[str, int], cfg: dict[str, ConfigRecord]
+) -> dict[str, Message]:
+    """One ``query.pov_sign`` message per member (its own request); replies by key."""
+    by_node = {node: key for key, node in nodes.items()}
+    replies = grid.send_and_receive(
+        [
+            Message(RecordDict({"pov": cfg[key]}), node, queries.SIGN, ttl=60)
+            for key, node in nodes.items()
+        ],
+        timeout=60,
+    )
+    return {by_node[r.metadata.src_node_id]: r for r in replies}
+
+
+def _forged_block(ledger: Ledger, committee: list[str]) -> Block:
+    """An empty view-0 block at ``FORGED_HEIGHT`` whose committee is
+    ``committee`` (the view-1 draw), not yet signed by its leader."""
+    head = ledger.head()
+    assert head is not None
+    body = {
+        "view": 0,
+        "committee": committee,
+        "included": [],
+        "rejected": [],
+        "votes": [],
+        "contributions": [],
+        "deposits": [],
+    }
+    body_bytes = encode(2, body)
+    header = {
+        "format": "flchain-block/2",
+        "chain_id": ledger.chain_id,
+        "height": FORGED_HEIGHT,
+        "prev_hash": head.hash,
+        "sim_time": 0.0,
+        "model_version": 2,
+        "base_version": 1,
+        "config_digest": head.header["config_digest"],
+        "model_hash": head.header["model_hash"],
+        "updates_root": merkle_root([]),
+        "body_hash": sha256_hex(BODY_TAG, body_bytes),
+        "leader": committee[0],
+    }
+    header_bytes = encode(2, header)
+    return Block(
+        FORGED_HEIGHT,
+        sha256_hex(HEADER_TAG, header_bytes),
+        header_bytes,
+        body_bytes,
+        "",
+        header,
+        body,
+    )
+
+
+def _forge(
+    tmp_path: Path, path: Path
+) -> tuple[dict[str, Message], dict[str, Message], str | None]:
+    """Height 1 written honestly; then a server holding no key asks each
+    verifier node to take the position at height 2 (a lead statement naming
+    itself) and to sign the header of a forged block (a view-1 draw at view
+    0): first without its leader's signature, then with it (the view-1
+    leader node signs any header at its position naming it). The members'
+    replies to each, and what ``verify``'s own PoV check says of the block."""
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    simulate(_remote_fedbuff(grid, path, None), grid, initial_arrays(), num_rounds=1)
+    nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
+    check = Committee(
+        (), remote_members=tuple(sorted(nodes)), threshold=Threshold(value=0.0)
+    )
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == FORGED_HEIGHT
+        check.resume(ledger, server_lr=0.3)  # _remote_fedbuff's
+        head = ledger.head()
+        assert head is not None
+        block = _forged_block(ledger, check.state.committee(head.hash, 1))
+        position = VoteContext(
+            ledger.chain_id, FORGED_HEIGHT, head.hash, head.header["model_hash"]
+        )
+    leads = {
+        key: ConfigRecord({"message": lead_statement(position, key)}) for key in nodes
+    }
+    assert all(not r.has_error() for r in _ask_each(grid, nodes, leads).values())
+    unsigned = _ask_each(
+        grid, nodes, {key: header_request(block, 0, check.state) for key in nodes}
+    )
+    leader = block.header["leader"]
+    asked = {leader: ConfigRecord({"message": HEADER_TAG + block.header_bytes})}
+    reply = _ask_each(grid, {leader: nodes[leader]}, asked)[leader]
+    signature = reply.content.config_records["pov"]["signature"]
+    assert isinstance(signature, bytes)
+    block = replace(block, signature=signature.hex())
+    signed = _ask_each(
+        grid, nodes, {key: header_request(block, 0, check.state) for key in nodes}
+    )
+    problem = check.state.check_block(str(head.hash), block.header, block.body)
+    return unsigned, signed, problem
+
+
+def _reasons(replies: dict[str, Message]) -> list[str]:
+    return [r.error.reason if r.has_error() else "signed" for r in replies.values()]
+
+
+def test_members_refuse_a_header_whose_committee_is_not_the_draw(
+    tmp_path: Path,
+) -> None:
+    """review12 #2: a server holding no key got honest verifier nodes to sign
+    the header of a block ``verify`` rejects (its committee is the view-1
+    draw at view 0, and its leader never signed it): members checked only
+    that they were in the body's committee, and once more than ``n -
+    quorum(n)`` had signed they were locked at that (height, view) for good.
+    Now they check the leader's signature and ``verify``'s own PoV check."""
+    unsigned, signed, problem = _forge(tmp_path, tmp_path / "remote.db")
+    assert problem is not None and "committee is not the one drawn" in problem
+    assert all("leader's signature" in r for r in _reasons(unsigned))
+    assert all("committee is not the one drawn" in r for r in _reasons(signed))
+
+
+def test_an_honest_restart_after_the_forged_header_goes_on(tmp_path: Path) -> None:
+    """review12 #2: the members refused the forged block, so an honest
+    server restarted with every record it has writes on past that height."""
+    path = tmp_path / "remote.db"
+    _forge(tmp_path, path)
+    grid = _verifier_grid(tmp_path, [0, 1, 2, 3])
+    simulate(_remote_fedbuff(grid, path, None), grid, initial_arrays(), num_rounds=4)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == 5 and ledger.verify().ok

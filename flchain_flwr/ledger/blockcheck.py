@@ -18,6 +18,7 @@ from .blocks import (
     header_problem,
     included_problem,
     is_hex,
+    leader_signed,
     parse_block,
 )
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, sha256_hex
@@ -29,7 +30,6 @@ from .povstate import PoVState
 from .quorum import check_signed_block, headers_declared
 from .rewards import contribution_problem
 from .serverstate import state_blobs
-from .statements import signature_ok
 from .votes import VoteContext, check_vote
 
 if TYPE_CHECKING:
@@ -137,9 +137,7 @@ def check_block(
     for ok, reason in checks:
         if not ok:
             return reason
-    if not is_hex(signature, 128) or not signature_ok(
-        str(header["leader"]), HEADER_TAG + header_raw, signature
-    ):
+    if not leader_signed(header, header_raw, signature):
         return "leader signature is invalid"
     problem = _check_entries(body)
     if problem is not None:

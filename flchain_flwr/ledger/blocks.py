@@ -25,7 +25,15 @@ import numpy as np
 from nacl.signing import VerifyKey
 
 from ..quoting import clip
-from .canonical import NotCanonical, encode, parse_canonical, parse_json, sha256_hex
+from .canonical import (
+    HEADER_TAG,
+    NotCanonical,
+    encode,
+    parse_canonical,
+    parse_json,
+    sha256_hex,
+)
+from .statements import signature_ok
 
 LEDGER_FORMATS: Final = {"flchain-ledger/1": 1, "flchain-ledger/2": 2}
 """The ledger file's ``format`` (in ``meta``) by encoding version."""
@@ -149,6 +157,17 @@ def is_hex(value: object, length: int) -> bool:
         isinstance(value, str)
         and len(value) == length
         and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def leader_signed(
+    header: Mapping[str, Any], header_bytes: bytes, signature: Any
+) -> bool:
+    """Whether ``signature`` (128 lower-case hex digits) is the header's
+    ``leader``'s Ed25519 signature over ``header_bytes``: ``verify``'s check
+    of every block, which committee members apply before they sign one."""
+    return is_hex(signature, 128) and signature_ok(
+        str(header.get("leader")), HEADER_TAG + header_bytes, signature
     )
 
 

@@ -43,7 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from .canonical import LATEST_FORMAT, encode, sha256_hex
+from .canonical import LATEST_FORMAT, MAX_SAFE_INTEGER, encode, sha256_hex
 
 COMMITTEE_TAG: Final = b"flchain-committee/1\n"
 VOTE_FORMAT: Final = "flchain-vote/2"
@@ -306,10 +306,16 @@ def quorum_problem(
     return None
 
 
+def natural(value: Any) -> int | None:
+    """``value`` if it is an integer (never a bool) from 0 to
+    :data:`~.canonical.MAX_SAFE_INTEGER` (what canonical JSON holds
+    exactly), else ``None``: what a view or a height must be."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 <= value <= MAX_SAFE_INTEGER else None
+
+
 def block_view(body: Mapping[str, Any]) -> int | None:
     """A block body's ``view`` (0 when absent); ``None`` if it is not an
-    integer >= 0."""
-    view = body.get("view", 0)
-    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
-        return None
-    return view
+    integer >= 0 (:func:`natural`)."""
+    return natural(body.get("view", 0))

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from nacl.encoding import HexEncoder
 
-from .blocks import Block, BlockSigner, LedgerError, is_hex
+from .blocks import Block, BlockSigner, LedgerError, leader_signed
 from .canonical import HEADER_TAG, sha256_hex
 from .consensus import PoVRules
 from .statements import signature_ok
@@ -49,9 +49,7 @@ class HeadCheck:
             problem = "its header belongs to another chain"
         elif header.get("format") != f"flchain-block/{ledger.format_version}":
             problem = f"its format is {str(header.get('format'))[:40]!r}"
-        elif not is_hex(head.signature, 128) or not signature_ok(
-            str(header.get("leader")), HEADER_TAG + head.header_bytes, head.signature
-        ):
+        elif not leader_signed(header, head.header_bytes, head.signature):
             problem = "its signature is invalid"
         else:
             pool = None if head.height == 0 else self.verifier_pool(ledger, own)

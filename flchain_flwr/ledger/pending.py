@@ -33,11 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from .blocks import Block, parse_block
+from ..quoting import clip
+from .blocks import Block, leader_signed, parse_block
 from .canonical import BODY_TAG, HEADER_TAG, sha256_hex
+from .consensus import block_view, natural
 from .sealedrecord import read_sealed, write_sealed
 from .serverstate import state_blobs
-from .statements import signature_ok
 
 if TYPE_CHECKING:
     from .chain import Ledger
@@ -111,8 +112,8 @@ def read_pending(ledger: Ledger) -> PendingBlock | None:
         return None
     if record["format"] != PENDING_FORMAT:
         raise PendingError(f"{path.name} is not {PENDING_FORMAT}")
-    view = record["view"]
-    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
+    view = natural(record["view"])
+    if view is None:
         raise PendingError(f"{path.name}: view must be an integer >= 0")
     header_bytes = _base64(record["header"], "header")
     body_bytes = _base64(record["body"], "body")
@@ -159,11 +160,10 @@ def pending_problem(ledger: Ledger, head: Block, pending: PendingBlock) -> str |
         )
     if header.get("body_hash") != sha256_hex(BODY_TAG, block.body_bytes):
         return "its body is not the one its header names"
-    if block.body.get("view", 0) != pending.view:
-        return f"its body says view {block.body.get('view', 0)!r}, not {pending.view}"
-    if not signature_ok(
-        str(header.get("leader")), HEADER_TAG + block.header_bytes, block.signature
-    ):
+    if block_view(block.body) != pending.view:
+        said = clip(repr(block.body.get("view", 0)), 24)
+        return f"its body says view {said}, not {pending.view}"
+    if not leader_signed(header, block.header_bytes, block.signature):
         return "its leader's signature is invalid"
     return _blobs_problem(ledger, block.body, str(header.get("model_hash")))
 

@@ -11,6 +11,7 @@ committee (:mod:`flchain_flwr.pov`) settles its blocks with it, and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,11 +149,40 @@ class PoVState:
             if "equivocation" in entry:
                 self.equivocated.add(str(entry["verifier"]))
 
+    def committee_problem(
+        self,
+        prev_hash: str,
+        view: int,
+        header: Mapping[str, Any],
+        body: Mapping[str, Any],
+    ) -> str | None:
+        """Why a block's committee is not the one drawn for ``prev_hash`` and
+        ``view`` (:meth:`committee`) or its header's leader not that
+        committee's first, or ``None``."""
+        committee = self.committee(prev_hash, view)
+        if not committee:
+            return "no verifier is left in the pool"
+        if body.get("committee") != committee:
+            return (
+                "committee is not the one drawn from the previous block's hash "
+                f"and view {view}"
+            )
+        if header.get("leader") != committee[0]:
+            return "signed by a leader other than the committee's"
+        return None
+
     def check_block(
-        self, prev_hash: str, header: Mapping[str, Any], body: Mapping[str, Any]
+        self,
+        prev_hash: str,
+        header: Mapping[str, Any],
+        body: Mapping[str, Any],
+        *,
+        apply: bool = True,
     ) -> str | None:
         """Problem with a PoV block (committee, leader, votes, quorum, deposits),
-        or ``None``; on ``None`` the block's deposit changes are applied.
+        or ``None``; on ``None`` the block's deposit changes are applied
+        (unless ``apply`` is false: a committee member checks a block it is
+        asked to sign, see :mod:`flchain_flwr.pov.headers`).
 
         Vote signatures are checked by the caller (they need the chain's
         context, :func:`~flchain_flwr.ledger.votes.check_vote`); here, what
@@ -163,16 +193,10 @@ class PoVState:
             return "view must be an integer >= 0"
         if view and self.votes is None:
             return "a chain of format-1 votes has no views"
+        problem = self.committee_problem(prev_hash, view, header, body)
+        if problem is not None:
+            return problem
         committee = self.committee(prev_hash, view)
-        if not committee:
-            return "no verifier is left in the pool"
-        if body.get("committee") != committee:
-            return (
-                "committee is not the one drawn from the previous block's hash "
-                f"and view {view}"
-            )
-        if header["leader"] != committee[0]:
-            return "signed by a leader other than the committee's"
         votes = body.get("votes", [])
         problem = votes_problem(votes, committee)
         if problem is None and self.votes is not None:
@@ -187,5 +211,35 @@ class PoVState:
         expected = self.settlement(committee, votes, evidence)
         if body.get("deposits", []) != expected:
             return "deposit changes do not follow from the votes"
-        self.apply(expected)
+        if apply:
+            self.apply(expected)
         return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The state as JSON (what a verifier node is sent with a header to
+        sign: it holds no chain, see :mod:`flchain_flwr.pov.members`)."""
+        return {
+            "rules": self.rules.to_json(),
+            "stakes": dict(self.stakes),
+            "equivocated": sorted(self.equivocated),
+            "server_lr": None if self.votes is None else self.votes.server_lr,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any, rule: Mapping[str, Any]) -> PoVState:
+        """A state from :meth:`to_json`'s form, its votes judged by ``rule``;
+        ``ValueError`` if it is not one (a stake for every pool member, each
+        a finite number, the slashed among the pool)."""
+        try:
+            rules = PoVRules.from_json(data["rules"])
+            stakes = {str(k): float(v) for k, v in dict(data["stakes"]).items()}
+            equivocated = {str(k) for k in data["equivocated"]}
+            lr = data["server_lr"]
+            votes = None if lr is None else VoteRules(dict(rule), float(lr))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a PoV state ({exc!r})"[:200]) from None
+        if set(stakes) != set(rules.pool) or not equivocated <= set(rules.pool):
+            raise ValueError("not a PoV state: its stakes are not its pool's")
+        if not all(map(math.isfinite, stakes.values())):
+            raise ValueError("not a PoV state: a stake is not finite")
+        return cls(rules, stakes, votes, True, equivocated)

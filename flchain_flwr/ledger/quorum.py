@@ -34,8 +34,9 @@ from nacl.encoding import HexEncoder
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from ..quoting import clip
 from .canonical import LATEST_FORMAT, encode, parse_canonical
-from .consensus import quorum
+from .consensus import block_view, quorum
 from .statements import header_statement, signature_ok, view_change_statement
 
 QUORUM_FORMAT: Final = "flchain-quorum/1"
@@ -66,7 +67,9 @@ class HeaderCosigner(Protocol):
 def _signers(
     entries: Any, fields: frozenset[str], committee: Sequence[str], what: str
 ) -> tuple[list[Mapping[str, Any]], str | None]:
-    """Entries well formed, from committee members, one per member."""
+    """Entries well formed (a member's key and a signature, each text), from
+    committee members, one per member; for any JSON value, the reason it is
+    not that, never an exception."""
     if not isinstance(entries, list):
         return [], f"{what} must be a list"
     members = set(committee)
@@ -74,12 +77,14 @@ def _signers(
     for index, entry in enumerate(entries):
         if not isinstance(entry, Mapping) or set(entry) != fields:
             return [], f"{what} {index} must have exactly the fields {sorted(fields)}"
-        key = entry["verifier"]
+        key, signature = entry["verifier"], entry["signature"]
+        if not isinstance(key, str) or not isinstance(signature, str):
+            return [], f"{what} {index}: its verifier and signature must be text"
         if key not in members:
-            return [], f"{what} {index} is by {str(key)[:16]}…, not a committee member"
+            return [], f"{what} {index} is by {clip(key, 16)}, not a committee member"
         if key in seen:
-            return [], f"{what} {index} is a second one by {str(key)[:16]}…"
-        seen.add(str(key))
+            return [], f"{what} {index} is a second one by {clip(key, 16)}"
+        seen.add(key)
     return list(entries), None
 
 
@@ -139,7 +144,7 @@ def check_view_changes(
         if not isinstance(cert, Mapping) or set(cert) != {"view", "signatures"}:
             return f"view change {earlier} must have exactly view and signatures"
         if cert["view"] != earlier or isinstance(cert["view"], bool):
-            return f"view change {earlier} names view {cert['view']!r}"
+            return f"view change {earlier} names view {clip(repr(cert['view']), 24)}"
         what = f"view-{earlier} change signature"
         entries, problem = _signers(cert["signatures"], _VC_FIELDS, committee, what)
         if problem is not None:
@@ -221,8 +226,8 @@ def check_signed_block(
     """A block of a quorum-signed chain: why its view-change certificates or
     header signatures fail (or ``None``), and whether a quorum of its signers
     say they replayed its model."""
-    view = body.get("view", 0)
-    if isinstance(view, bool) or not isinstance(view, int) or view < 0:
+    view = block_view(body)
+    if view is None:
         return "view must be an integer >= 0", False
     problem = check_view_changes(
         chain_id, height, prev_hash, view, committee, body.get(VIEW_CHANGES_FIELD)

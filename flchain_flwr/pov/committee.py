@@ -210,10 +210,13 @@ class Committee(Deciding, HeaderSigning):
         votes: Sequence[dict[str, Any]],
         view: int = 0,
         view_changes: Sequence[dict[str, Any]] = (),
+        ledger: Ledger | None = None,
     ) -> tuple[dict[str, Any], HeaderSigner]:
         """A block's PoV body fields (committee, deposits for its votes and
         the equivocation evidence reported since the last block) and what
-        signs it (its leader, then its committee). The stakes change, and
+        signs it (its leader, then its committee; a leader that does not
+        sign has its view given up, recorded beside ``ledger``, the block's).
+        The stakes change, and
         the evidence leaves the queue, only when the block has its quorum of
         header signatures (:meth:`_settle`, called by the signer): a block
         that is never signed changes nothing (:mod:`.settlement`)."""
@@ -227,6 +230,7 @@ class Committee(Deciding, HeaderSigning):
             committee,
             view,
             on_quorum=lambda: self._settle(deposits, evidence),
+            ledger=ledger,
         )
         return fields, signer
 

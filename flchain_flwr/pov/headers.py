@@ -17,6 +17,16 @@ A member signs a pending block
   very context (chain, height, view, previous hash, parent model, rule), and
   the updates it includes are exactly those with more than 2/3 approving
   votes among them, each once;
+- **what verify checks of it**: its leader signed its header, and by the
+  chain's PoV rules (``verify``'s own
+  :meth:`~flchain_flwr.ledger.PoVState.check_block`, on the chain's state
+  before the block) its committee is the one drawn for its previous hash and
+  view, leader first, and its votes, quorum, evidence and deposits are what
+  ``verify`` accepts. In-process members check it on the committee's state; a
+  verifier node, which holds no chain, on the state the header request
+  carries (the pool, stakes and deposit rules: the server's word, so there
+  what binds a server that holds no key is that the committee is in the
+  draw's order for its view and that its first member signed the header);
 - **the model**: in-process, its model hash, velocity and contributions are
   what :class:`~flchain_flwr.ledger.replay.PendingReplay` recomputes from the
   parent and the stored updates (the members are one process, so one replay
@@ -32,14 +42,23 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..ledger import Block, BlockSigner, Ledger, VoteContext, check_vote, quorum
-from ..ledger.canonical import BODY_TAG, HEADER_TAG, sha256_hex
-from ..ledger.consensus import contradictions
-from ..ledger.evidence import EVIDENCE_FIELD, evidence_id
+from ..ledger import (
+    Block,
+    BlockSigner,
+    Ledger,
+    PoVState,
+    VoteContext,
+    check_vote,
+    quorum,
+)
+from ..ledger.blocks import entries_problem, leader_signed
+from ..ledger.canonical import BODY_TAG, HEADER_TAG, parse_json, sha256_hex
+from ..ledger.consensus import block_view
 from ..ledger.merkle import merkle_root
 from ..ledger.pending import record_pending
 from ..ledger.quorum import VIEW_CHANGES_FIELD, check_view_changes
 from ..ledger.statements import header_statement, sign_statement, signature_ok
+from ..quoting import clip
 from .judging import Rule
 from .verifier import RefusedRequest, Verifier
 from .views import take_statement
@@ -50,10 +69,11 @@ if TYPE_CHECKING:
 
 
 def proposal_problem(
-    verifier: Verifier, block: Block, view: int, rule_digest: str
+    verifier: Verifier, block: Block, view: int, rule_digest: str, state: PoVState
 ) -> str | None:
     """Why ``verifier`` must not sign the pending ``block`` in ``view``
-    (everything but the model, see the module docstring), or ``None``."""
+    (everything but the model, see the module docstring), or ``None``;
+    ``state``: the chain's stakes and pool before the block."""
     header, body = block.header, block.body
     chain_id, height = str(header.get("chain_id")), header.get("height")
     if isinstance(height, bool) or not isinstance(height, int):
@@ -69,11 +89,17 @@ def proposal_problem(
         return "the block hash is not its header's"
     if header.get("body_hash") != sha256_hex(BODY_TAG, block.body_bytes):
         return "the body is not the one the header names"
-    if body.get("view", 0) != view:
-        return f"the body says view {body.get('view', 0)!r}, it is signed in {view}"
+    if block_view(body) != view:
+        said = clip(repr(body.get("view", 0)), 24)
+        return f"the body says view {said}, it is signed in view {view}"
     committee = body.get("committee")
     if not isinstance(committee, list) or verifier.public_key not in committee:
         return "this verifier is not in the block's committee"
+    if not leader_signed(header, block.header_bytes, block.signature):
+        return "its leader's signature over the header is missing or invalid"
+    problem = entries_problem(body)
+    if problem is not None:
+        return f"its body is malformed ({problem})"
     problem = check_view_changes(
         chain_id, height, held[1], view, committee, body.get(VIEW_CHANGES_FIELD)
     )
@@ -101,9 +127,24 @@ def proposal_problem(
             f"it includes {len(included)} updates; the votes approve "
             f"{len(approved)} (the included set must be the approved set)"
         )
-    return _own_votes_problem(verifier, block, view, voters) or _deposits_problem(
-        body, committee
+    return _own_votes_problem(verifier, block, view, voters) or _pov_problem(
+        state, held[1], header, body
     )
+
+
+def _pov_problem(
+    state: PoVState, prev_hash: str, header: dict[str, Any], body: dict[str, Any]
+) -> str | None:
+    """What ``verify`` says of the block by the chain's PoV rules
+    (:meth:`~flchain_flwr.ledger.PoVState.check_block`: its committee is the
+    draw for its previous hash and view, its leader that committee's first,
+    its votes, quorum, evidence and the deposits they imply), on ``state``
+    before the block, which it leaves as it is."""
+    try:
+        problem = state.check_block(prev_hash, header, body, apply=False)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"its body is malformed ({clip(repr(exc), 80)})"
+    return None if problem is None else f"verify would refuse it: {problem}"
 
 
 def _own_votes_problem(
@@ -130,35 +171,6 @@ def _own_votes_problem(
     return None
 
 
-def _deposits_problem(body: dict[str, Any], committee: list[str]) -> str | None:
-    """The deposits must slash exactly the members the block's votes condemn
-    (:func:`~flchain_flwr.ledger.consensus.contradictions`), each by its
-    count, and the accused of the block's evidence records; the amounts
-    and stakes follow from the chain's history, which ``verify`` checks."""
-    deposits = body.get("deposits", [])
-    if not isinstance(deposits, list) or not all(isinstance(e, dict) for e in deposits):
-        return "its deposits are not a list of entries"
-    slashed = {
-        str(e.get("verifier")): e.get("contradictions")
-        for e in deposits
-        if "equivocation" not in e
-    }
-    expected = contradictions(body.get("votes", []), committee)
-    if slashed and slashed != expected:
-        return "its deposits slash other members than its votes condemn"
-    accused = sorted(
-        (str(e.get("verifier")), str(e.get("equivocation")))
-        for e in deposits
-        if "equivocation" in e
-    )
-    records = body.get(EVIDENCE_FIELD, [])
-    if not isinstance(records, list) or accused != sorted(
-        (str(r.get("verifier")), evidence_id(r)) for r in records if isinstance(r, dict)
-    ):
-        return "its deposits do not settle exactly its equivocation evidence"
-    return None
-
-
 # pylint: disable=too-many-arguments
 def cosign_header(
     verifier: Verifier,
@@ -167,13 +179,15 @@ def cosign_header(
     view: int,
     rule_digest: str,
     replayed: bool,
+    state: PoVState,
     model_problem: str | None = None,
 ) -> dict[str, Any]:
     """``verifier``'s header signature on ``block``; :class:`RefusedRequest`
-    if a check fails (``model_problem``: why the model is not the replay's)."""
+    if a check fails (``model_problem``: why the model is not the replay's;
+    ``state``: the chain's PoV state before the block)."""
     if model_problem is not None:
         raise RefusedRequest(f"the model is not the replayed one: {model_problem}")
-    problem = proposal_problem(verifier, block, view, rule_digest)
+    problem = proposal_problem(verifier, block, view, rule_digest, state)
     if problem is not None:
         raise RefusedRequest(problem)
     chain_id, height = str(block.header["chain_id"]), int(block.header["height"])
@@ -192,7 +206,12 @@ class HeaderSigner:
     checks against the genesis pool keys).
 
     A :class:`~flchain_flwr.ledger.quorum.HeaderCosigner`: the ledger calls
-    :meth:`cosign` inside the block's transaction.
+    :meth:`sign` and then :meth:`cosign` inside the block's transaction. A
+    leader that refuses, fails or does not answer in time when asked for its
+    header signature has its view given up as a leader that cannot lead
+    (:meth:`~.views.Views.give_up`: the members sign a view change, recorded
+    beside ``ledger``) before :meth:`sign` raises: the run stops, and a
+    restart resumes the height at the next view, whose leader proposes.
     """
 
     attempts: int = 3
@@ -207,12 +226,15 @@ class HeaderSigner:
         view: int,
         *,
         on_quorum: Callable[[], None] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.committee = committee
         self.leader = leader
         self.members = list(members)
         self.view = view
         self.on_quorum = on_quorum
+        self.ledger = ledger
+        """Where a view given up for a leader that did not sign is recorded."""
 
     @property
     def verify_key(self) -> Any:
@@ -220,8 +242,33 @@ class HeaderSigner:
         return self.leader.verify_key
 
     def sign(self, smessage: bytes) -> Any:
-        """The leader's signature."""
-        return self.leader.sign(smessage)
+        """The leader's signature over the header ``smessage``; if it does
+        not come, the view is given up (see the class docstring) and
+        ``RuntimeError`` raised, saying so."""
+        try:
+            return self.leader.sign(smessage)
+        except Exception as exc:  # pylint: disable=broad-exception-caught
+            failed = f"did not sign the header ({clip(str(exc))})"
+            header = parse_json(smessage[len(HEADER_TAG) :])
+            context = VoteContext(
+                str(header["chain_id"]),
+                int(header["height"]),
+                str(header["prev_hash"]),
+                view=self.view,
+            )
+            given_up = self.committee.give_up(
+                context, self.members, failed, self.ledger
+            )
+            raise RuntimeError(
+                f"block {context.height}: leader {self.members[0][:12]}… of view "
+                f"{self.view} {failed}; "
+                + (
+                    f"the view is given up, and a restart resumes the height at "
+                    f"view {self.view + 1}"
+                    if given_up is not None and self.ledger is not None
+                    else "too few members signed a view change: the view stays"
+                )
+            ) from exc
 
     def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:
         """The members' header signatures (each checked), asking those that
@@ -275,6 +322,7 @@ class HeaderSigning:
 
     verifiers: dict[str, Verifier]
     rule: Rule
+    state: PoVState
     pending_replay: PendingReplay | None = None
     """The replay the in-process members share (made on first use)."""
 
@@ -299,6 +347,7 @@ class HeaderSigning:
                         view=view,
                         rule_digest=self.rule.digest,
                         replayed=replayed,
+                        state=self.state,
                         model_problem=problem,
                     )
                 )

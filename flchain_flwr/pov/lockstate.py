@@ -37,8 +37,14 @@ chains, each id at most :data:`MAX_CHAIN_ID_CHARS` (128) characters, and
 refuses a request that would take on another, saying what the operator can
 do (a new key and state file for new chains, or deleting, with the node
 stopped, the entries of chains that will never grow); it never drops a
-chain's locks, which would let it sign twice there. At those bounds the file
-is 4.6 MiB (measured), rewritten at every vote. Every query, an identity
+chain's locks, which would let it sign twice there. A request takes a
+position only in its exact shape (heights and views integers from 0 to
+2**53 - 1, hashes 64 lower-case hex digits:
+:func:`~.verifier.position_problem`), so at those bounds the file is at
+most 6.7 MiB (measured: 1024 votes each in a view of its own with 16-digit
+views, in each of 64 chains; 4.6 MiB with each chain's votes in one view),
+rewritten at every vote; a state the node could not read back (over
+:data:`MAX_STATE_BYTES`) is never written, its request refused. Every query, an identity
 challenge too, is answered under an exclusive ``flock`` on ``<state>.lock``
 (opened with ``O_CREAT``: the state file's folder must be writable), held
 while the node scores and replays: a SuperNode may run ClientApp processes for
@@ -89,7 +95,8 @@ from .verifier import Verifier
 
 STATE_FORMAT: Final = "flchain-verifier-state/1"
 MAX_STATE_BYTES: Final = 1 << 24
-"""Largest state file read (16 MiB; the bounds below keep one under 4.6 MiB)."""
+"""Largest state file read, and written (16 MiB; the bounds below keep one
+at most 6.7 MiB)."""
 MAX_CHAINS: Final = 64
 """The most chains a node holds locks in: it acts in no new chain past it
 (never dropping an old chain's locks, which would let it sign twice there)."""
@@ -303,6 +310,11 @@ def _write_state(path: Path, public_key: str, locks: Locks) -> None:
             for chain_id, row in locks[name].items()
         }
     data = json.dumps(state, sort_keys=True, indent=1).encode("utf-8")
+    if len(data) > MAX_STATE_BYTES:  # the node could not read it back
+        raise ValueError(
+            f"the verifier state {path} would be {len(data)} bytes, more than "
+            f"the {MAX_STATE_BYTES} it reads: not written, the request refused"
+        )
     first = not path.exists()
     write_file_atomically(path, data, mode=0o600, overwrite=True)
     if first:

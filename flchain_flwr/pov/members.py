@@ -5,7 +5,11 @@ statement in a ``query.pov_sign`` message (see :mod:`.verifiernode`); it
 checks them as an in-process member does (:mod:`.headers`, :mod:`.views`) with
 what it holds: its own judging rule and, kept in its state file (see
 :mod:`.lockstate`), its chain position (where it voted), the candidates it
-voted on there in each view and the last statement it signed. Before it signs a header
+voted on there in each view and the last statement it signed. A header
+request also carries the leader's signature over the header and the chain's
+PoV state before the block (:meth:`~flchain_flwr.ledger.PoVState.to_json`:
+the node holds no chain), on which it checks the block by ``verify``'s own
+rules (:mod:`.headers`). Before it signs a header
 it replays the model from the payloads of its own vote requests
 (:mod:`.memberreplay`) and says whether it did (``replayed``).
 """
@@ -16,8 +20,15 @@ from typing import Any
 
 from flwr.app import ConfigRecord, RecordDict
 
-from ..ledger import Block, VoteContext
-from ..ledger.canonical import HEADER_TAG, LATEST_FORMAT, parse_canonical, sha256_hex
+from ..ledger import Block, PoVState, VoteContext
+from ..ledger.canonical import (
+    HEADER_TAG,
+    LATEST_FORMAT,
+    encode,
+    parse_canonical,
+    sha256_hex,
+)
+from ..ledger.consensus import natural
 from ..ledger.statements import VIEW_CHANGE_TAG, view_change_statement
 from .headers import cosign_header
 from .memberreplay import member_replay
@@ -26,9 +37,11 @@ from .views import sign_view_change
 
 
 def _int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name!r} must be an integer")
-    return value
+    """A height or view the request names: an integer >= 0 (:func:`natural`)."""
+    checked = natural(value)
+    if checked is None:
+        raise ValueError(f"{name!r} must be an integer >= 0")
+    return checked
 
 
 def member_header(
@@ -44,6 +57,9 @@ def member_header(
     header_bytes, body_bytes = cfg.get("header"), cfg.get("body")
     if not isinstance(header_bytes, bytes) or not isinstance(body_bytes, bytes):
         raise ValueError("header and body must be bytes")
+    signature, state = cfg.get("signature"), cfg.get("pov-state")
+    if not isinstance(signature, str) or not isinstance(state, str):
+        raise ValueError("the leader's signature and pov-state must be text")
     header = parse_canonical(header_bytes, LATEST_FORMAT)
     body = parse_canonical(body_bytes, LATEST_FORMAT)
     if not isinstance(header, dict) or not isinstance(body, dict):
@@ -53,9 +69,13 @@ def member_header(
         sha256_hex(HEADER_TAG, header_bytes),
         header_bytes,
         body_bytes,
-        "",
+        signature,
         header,
         body,
+    )
+    chain = PoVState.from_json(
+        parse_canonical(state.encode("utf-8"), LATEST_FORMAT),
+        verifier.rule.to_json(),
     )
     view = _int(cfg.get("view"), "view")
     memory = verifier.memory
@@ -73,6 +93,7 @@ def member_header(
         view=view,
         rule_digest=verifier.rule.digest,
         replayed=replayed,
+        state=chain,
         model_problem=problem,
     )
     memory.signed(block)
@@ -106,14 +127,19 @@ def member_view_change(data: bytes, verifier: Verifier) -> bytes:
 
 
 # ---------------------------------------------------------------- server side
-def header_request(block: Block, view: int) -> ConfigRecord:
-    """What a member node is sent to sign a pending block's header."""
+def header_request(block: Block, view: int, state: PoVState) -> ConfigRecord:
+    """What a member node is sent to sign a pending block's header: the block,
+    its leader's signature, the view, and the chain's PoV ``state`` before
+    it (the node holds no chain; it checks the block by ``verify``'s rules
+    on that state, see :mod:`.headers`)."""
     return ConfigRecord(
         {
             "kind": "header",
             "header": block.header_bytes,
             "body": block.body_bytes,
+            "signature": block.signature,
             "view": view,
+            "pov-state": encode(LATEST_FORMAT, state.to_json()).decode("utf-8"),
         }
     )
 

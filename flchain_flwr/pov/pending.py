@@ -36,7 +36,6 @@ from nacl.signing import VerifyKey
 
 from ..ledger import Block, Ledger, LedgerError
 from ..ledger.pending import (
-    PendingBlock,
     PendingError,
     pending_path,
     pending_problem,
@@ -78,8 +77,10 @@ def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
         pending = read_pending(ledger)
         if pending is None:
             return None
-        problem = pending_problem(ledger, head, pending) or _committee_problem(
-            committee, pending
+        problem = pending_problem(
+            ledger, head, pending
+        ) or committee.state.committee_problem(
+            head.hash, pending.view, pending.block.header, pending.block.body
         )
     except PendingError as exc:
         problem = str(exc)
@@ -128,15 +129,3 @@ def repropose_pending(ledger: Ledger, committee: Committee) -> Block | None:
         return None
     log(INFO, "PoV: wrote the locked block %s… again", written.hash[:16])
     return written
-
-
-def _committee_problem(committee: Committee, pending: PendingBlock) -> str | None:
-    """Why the record's committee is not the one drawn for its previous hash
-    and view (leader first), or ``None``."""
-    block = pending.block
-    drawn = committee.state.committee(str(block.header["prev_hash"]), pending.view)
-    if block.body.get("committee") != drawn:
-        return f"its committee is not the draw for its prev_hash, view {pending.view}"
-    if block.header.get("leader") != drawn[0]:
-        return "its leader is not the first of its committee"
-    return None

@@ -167,7 +167,7 @@ class RemoteCommittee(Committee):
         :func:`~.members.member_header`), with what it needs to replay the
         block (:func:`~.memberreplay.replay_material`)."""
         fields, arrays = replay_material(ledger, block)
-        request = header_request(block, view)
+        request = header_request(block, view, self.state)
         for name, value in fields.items():
             request[name] = value
         return self._ask_members(members, request, header_entry, arrays)

@@ -187,7 +187,11 @@ class PoVStrategy(DecompressReplies):
         )
         if arrays is not None and accepted:  # a block: settle its votes, once
             extra, signer = self.committee.seal(
-                decision.committee, self._votes, self._view, self._view_changes
+                decision.committee,
+                self._votes,
+                self._view,
+                self._view_changes,
+                ledger=self.ledger,
             )
             if self.ledger is not None:
                 self.ledger.append(

@@ -25,6 +25,9 @@ from nacl.signing import SigningKey
 
 from ..arrays import NDArrays
 from ..ledger import VoteContext, model_hash, sign_vote
+from ..ledger.blocks import is_hex
+from ..ledger.consensus import natural
+from ..quoting import clip
 from .judging import ReferenceFn, Rule, ScoreFn, cosine, signed_score
 from .memory import MemberMemory
 from .norms import norm_ratios
@@ -38,6 +41,34 @@ new candidates there."""
 
 class RefusedRequest(ValueError):
     """A verifier will not vote on a request that contradicts what it knows."""
+
+
+def position_problem(height: Any, view: Any, *hashes: Any) -> str | None:
+    """Why a requested block position is not in its exact shape, or ``None``:
+    its height and view integers >= 0 (:func:`~flchain_flwr.ledger.consensus.natural`,
+    ``verify``'s rule for a block's view) and each of ``hashes`` (previous
+    block, parent model) a SHA-256 as 64 lower-case hex digits. A verifier
+    takes nothing else as its position or statement, so what it keeps (a
+    verifier node's state file, :mod:`.lockstate`) stays bounded."""
+    if natural(height) is None:
+        return f"height {_quoted(height)} is not an integer >= 0"
+    if natural(view) is None:
+        return f"view {_quoted(view)} is not an integer >= 0"
+    for value in hashes:
+        if not is_hex(value, 64):
+            return (
+                f"{_quoted(value)} is not a SHA-256 (64 lower-case hex "
+                "digits), as a block's or a model's hash is"
+            )
+    return None
+
+
+def _quoted(value: Any) -> str:
+    """``value`` quoted short (a huge integer by its size: Python refuses to
+    write one of more than 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() > 64:
+        return f"(an integer of {value.bit_length()} bits)"
+    return clip(repr(value), 24)
 
 
 class Behaviour(StrEnum):
@@ -257,19 +288,23 @@ class Verifier:
             raise RefusedRequest(
                 "the global model sent does not hash to the parent model named"
             )
-        assert context.prev_hash is not None
-        self.take_position(
-            context.chain_id, context.height, context.prev_hash, context.parent_model
-        )
+        self.take_position(context)
         return judged
 
-    def take_position(
-        self, chain_id: str, height: int, prev_hash: str, parent_model: str
-    ) -> None:
-        """Record that this verifier acts at ``height`` after block ``prev_hash``
-        on model ``parent_model`` in ``chain_id``; :class:`RefusedRequest` if
-        that goes back on what it has voted on or led there: a lower height,
-        or the same height after another block or parent model."""
+    def take_position(self, context: VoteContext) -> None:
+        """Record that this verifier acts at ``context``'s height after its
+        previous block on its parent model in its chain;
+        :class:`RefusedRequest` if the position (its view too) is not in its
+        exact shape (:func:`position_problem`), or goes back on what it has
+        voted on or led there: a lower height, or the same height after
+        another block or parent model."""
+        problem = position_problem(
+            context.height, context.view, context.prev_hash, context.parent_model
+        )
+        if problem is not None:
+            raise RefusedRequest(f"the request's position: {problem}")
+        chain_id, height = context.chain_id, context.height
+        prev_hash, parent_model = str(context.prev_hash), context.parent_model
         if chain_id in self.seen:
             seen_height, seen_prev, seen_parent = self.seen[chain_id]
             if height < seen_height:

@@ -21,8 +21,9 @@ locally and answers three query messages:
   before the votes the statement that it leads the block's view (see
   :meth:`~flchain_flwr.pov.Committee.leader_ready`; a leader node that refuses
   or does not answer in time hands over to the next view's). It signs a lead
-  statement only in its canonical form and at a position that does not go
-  back on what it has voted on or led (the position is then its own), and a
+  statement only in its canonical form, at a position that does not go
+  back on what it has voted on or led (the position is then its own) and at
+  a height where it has signed no header yet, and a
   header only at the chain, height and previous hash it holds, and only one
   header per height: so the server, which holds no verifier key, cannot get
   two different blocks at one height signed by one leader node. As a
@@ -188,8 +189,11 @@ def signature_reply(content: RecordDict, verifier: Verifier) -> RecordDict:
 
 
 def _check_lead(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:
-    """Refuse a lead statement that is not canonical or goes back on the
-    chain position this verifier holds; else take its position."""
+    """Refuse a lead statement that is not canonical, that goes back on the
+    chain position this verifier holds, or at a height where it already
+    signed a header (it signs one per height, so it could not sign the
+    block it would lead: refusing now lets the server pass it over, as a
+    leader that does not answer); else take its position."""
     context = VoteContext(
         chain_id=_field(fields, "chain_id", str),
         height=_field(fields, "height", int),
@@ -199,10 +203,14 @@ def _check_lead(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None
     )
     if data != lead_statement(context, verifier.public_key):
         raise ValueError("the lead statement is not in its canonical form")
-    assert context.prev_hash is not None
-    verifier.take_position(
-        context.chain_id, context.height, context.prev_hash, context.parent_model
-    )
+    signed = verifier.headers.get(context.chain_id)
+    if signed is not None and signed[0] == context.height:
+        raise ValueError(
+            f"this leader already signed a header at height {context.height} "
+            f"({signed[1][:12]}…) and signs no other there: it leads no view "
+            "of that height again"
+        )
+    verifier.take_position(context)
 
 
 def _check_header(data: bytes, fields: dict[str, Any], verifier: Verifier) -> None:

@@ -46,7 +46,7 @@ from ..ledger.canonical import LATEST_FORMAT, encode
 from ..ledger.consensus import quorum
 from ..ledger.statements import sign_statement, signature_ok, view_change_statement
 from .decision import CommitteeDecision
-from .verifier import Behaviour, RefusedRequest, Verifier
+from .verifier import Behaviour, RefusedRequest, Verifier, position_problem
 from .viewrecord import keep_view_change
 
 LEAD_TAG: Final = b"flchain-pov-lead/1\n"
@@ -75,7 +75,11 @@ def take_statement(
     ``"view-change"``) at (``height``, ``view``); :class:`RefusedRequest` if
     it signed something else there, or has moved past that point. What it
     signs only moves forward, so the last statement per chain is enough
-    (a verifier node keeps it in its state file, :mod:`.lockstate`)."""
+    (a verifier node keeps it in its state file, :mod:`.lockstate`), and
+    only at a height and view in their exact shape (:func:`position_problem`)."""
+    problem = position_problem(height, view)
+    if problem is not None:
+        raise RefusedRequest(f"the statement's position: {problem}")
     last = verifier.statements.get(chain_id)
     if last is not None:
         if (height, view) < (last[0], last[1]):
@@ -144,6 +148,9 @@ def sign_view_change(verifier: Verifier, context: VoteContext) -> dict[str, Any]
     """``verifier``'s signed view change for ``context``'s view: refused if
     it goes back on the position it holds (:meth:`Verifier.take_position`) or
     on a header it signed there."""
+    problem = position_problem(context.height, context.view, context.prev_hash)
+    if problem is not None:
+        raise RefusedRequest(f"the view change's position: {problem}")
     assert context.prev_hash is not None
     held = verifier.seen.get(context.chain_id)
     if held is not None and (

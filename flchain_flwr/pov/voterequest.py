@@ -31,6 +31,7 @@ from flwr.app import ConfigRecord, RecordDict
 
 from ..arrays import NDArrays, apply_step, to_arrayrecord, to_ndarrays
 from ..ledger import VoteContext, model_hash, sender_update_digest
+from ..ledger.consensus import natural
 from ..ledger.payload import decode_payload, payload_chunks
 from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.updates import UpdateRejected, parse_update, update_kind
@@ -221,10 +222,11 @@ def _base(
 
 
 def config_int(cfg: ConfigRecord, key: str) -> int:
-    """``cfg[key]``, which must be an integer (never a bool)."""
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{key!r} must be an integer")
+    """``cfg[key]``, a height or view: an integer >= 0, never a bool
+    (:func:`~flchain_flwr.ledger.consensus.natural`)."""
+    value = natural(cfg.get(key))
+    if value is None:
+        raise ValueError(f"{key!r} must be an integer >= 0")
     return value
 
 

@@ -134,7 +134,11 @@ class CommitteeStage(BlockStage):
         """Seal this block: its deposits settle once it has its header quorum
         (at once without a ledger); its leader and committee sign it."""
         sealed, signer = self.committee.seal(
-            self._committee, self._votes, self._view, self._view_changes
+            self._committee,
+            self._votes,
+            self._view,
+            self._view_changes,
+            ledger=self.ledger.ledger if self.ledger else None,
         )
         block.signer = signer
         if self.ledger is None and signer.on_quorum is not None:
