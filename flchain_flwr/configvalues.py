@@ -4,12 +4,16 @@ Every reader raises a ``ValueError`` that names the key and what it expected,
 so a bad ``[tool.flwr.app.config]`` entry is reported before anything is built.
 A leaf module: the app, the strategies and the client mods all read their keys
 here (a client mod importing it loads nothing else of the package). The number
-and text readers also read a node's config (``source="node config"``).
+and text readers also read a node's config (``source="node config"``). The
+policies' constructors check their arguments by the same rules
+(:func:`checked_number`, :func:`checked_integer`), so a value given in Python
+is refused where the same value in a run config is.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import TypeVar
 
@@ -18,11 +22,17 @@ T = TypeVar("T")
 
 
 def bad_value(
-    key: str, value: ConfigValue, expected: str, source: str = "run config"
+    key: str, value: object, expected: str, source: str = "run config"
 ) -> ValueError:
     """The error for ``key``'s ``value`` (of the ``source`` config), which is
     not ``expected``."""
-    return ValueError(f"{source} key {key!r}: expected {expected}, got {value!r}")
+    return refused(f"{source} key {key!r}", value, expected)
+
+
+def refused(name: str, value: object, expected: str) -> ValueError:
+    """The error for ``name`` (a config key or an argument) holding ``value``,
+    which is not ``expected``."""
+    return ValueError(f"{name}: expected {expected}, got {value!r}")
 
 
 def number_value(  # pylint: disable=too-many-arguments
@@ -38,16 +48,40 @@ def number_value(  # pylint: disable=too-many-arguments
 ) -> float:
     """``cfg[key]`` as a float in the given range (ints accepted); finite
     unless ``allow_inf`` (NaN never)."""
-    value = cfg[key]
+    return checked_number(
+        cfg[key],
+        f"{source} key {key!r}",
+        low=low,
+        high=high,
+        low_open=low_open,
+        high_open=high_open,
+        allow_inf=allow_inf,
+    )
+
+
+def checked_number(  # pylint: disable=too-many-arguments
+    value: object,
+    name: str,
+    *,
+    low: float = -math.inf,
+    high: float = math.inf,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_inf: bool = False,
+) -> float:
+    """``value`` (an int or a float, not a bool) as a float in the given range;
+    finite unless ``allow_inf`` (NaN never). The ValueError names ``name``."""
     kind = "a number" if allow_inf else "a finite number"
     expected = f"{kind}{_range(low, high, low_open, high_open)}"
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise bad_value(key, value, expected, source)
+        raise refused(name, value, expected)
+    if isinstance(value, int) and abs(value) > sys.float_info.max:
+        raise refused(name, value, expected)  # float() would overflow
     number = float(value)
     below = number <= low if low_open else number < low
     above = number >= high if high_open else number > high
     if math.isnan(number) or (math.isinf(number) and not allow_inf) or below or above:
-        raise bad_value(key, value, expected, source)
+        raise refused(name, value, expected)
     return number
 
 
@@ -82,7 +116,26 @@ def integer_value(
 ) -> int:
     """``cfg[key]`` as an int (a float only if integral), at least ``minimum``
     and at most ``maximum``."""
-    value = cfg[key]
+    return checked_integer(
+        cfg[key],
+        f"{source} key {key!r}",
+        minimum=minimum,
+        maximum=maximum,
+        integral_float=True,
+    )
+
+
+def checked_integer(
+    value: object,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    integral_float: bool = False,
+) -> int:
+    """``value``, an int (not a bool; an integral float too if
+    ``integral_float``), at least ``minimum`` and at most ``maximum``. The
+    ValueError names ``name``."""
     if minimum is not None and maximum is not None:
         expected = f"an integer in [{minimum}, {maximum}]"
     elif maximum is not None:
@@ -90,17 +143,17 @@ def integer_value(
     else:
         expected = "an integer" if minimum is None else f"an integer >= {minimum}"
     if isinstance(value, bool):
-        raise bad_value(key, value, expected, source)
+        raise refused(name, value, expected)
     if isinstance(value, int):
         number = value
-    elif isinstance(value, float) and value.is_integer():
+    elif integral_float and isinstance(value, float) and value.is_integer():
         number = int(value)
     else:
-        raise bad_value(key, value, expected, source)
+        raise refused(name, value, expected)
     if (minimum is not None and number < minimum) or (
         maximum is not None and number > maximum
     ):
-        raise bad_value(key, value, expected, source)
+        raise refused(name, value, expected)
     return number
 
 

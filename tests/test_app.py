@@ -211,6 +211,27 @@ def test_a_bad_run_config_value_names_its_key(
     assert repr(value) in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("personal-alpha", 1.5), ("dgc-momentum", 1.0), ("dgc-masking", "false")],
+)
+def test_the_app_refuses_a_bad_client_mod_key_before_the_run(
+    key: str, value: int | float | str | bool
+) -> None:
+    """The nodes' mods read these keys; the ServerApp did not, so a bad one
+    started the run, every node's mod raised on every message, and the run
+    ended only at its timeout ('no usable reply for 3600s')."""
+    from flchain_cnn.client_app import app as client_app
+    from flchain_cnn.server_app import app as server_app
+
+    config = app_run_config(
+        "apps/flchain_cnn",
+        {"num-server-rounds": 2, "dgc-density": 0.01, key: value},
+    )
+    with pytest.raises(ValueError, match=f"run config key {key!r}"):
+        run_federation(server_app, client_app, devices=tiered(4), run_config=config)
+
+
 def test_the_apps_config_exposes_the_new_keys_at_the_library_defaults() -> None:
     from flchain_flwr.strategies import FedBuff, fedbuff_from_run_config
 

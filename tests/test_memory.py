@@ -159,6 +159,15 @@ def test_the_run_config_key_and_its_errors() -> None:
             fedbuff_from_run_config({"update-memory": bad})
 
 
+@pytest.mark.parametrize("age", [float("nan"), 2.5, float("inf"), 3.0, True, 0])
+def test_the_python_api_refuses_what_the_spec_cannot_hold(age: object) -> None:
+    """``mifa:<max_age>`` reads an int >= 1; the constructor took NaN (which
+    never evicts: ``nan < 1`` is False), floats whose spec does not parse
+    back (``mifa:2.5``), and a bool (a max age of 1)."""
+    with pytest.raises(ValueError, match="max_age"):
+        UpdateMemory(age)  # type: ignore[arg-type]
+
+
 def test_a_runaway_remembered_update_cannot_stop_the_run() -> None:
     # node 0's first reply is finite but huge, then the node is gone: the
     # remembered update would overflow every later step with the fresh ones;

@@ -121,11 +121,11 @@ def test_a_capped_spec_builds_the_cap_and_records_it() -> None:
 @pytest.mark.parametrize(
     ("spec", "why"),
     [
-        ("fednova:0.5", "finite and >= 1, got 0.5"),
-        ("fednova:0", "finite and >= 1, got 0.0"),
-        ("fednova:-2", "finite and >= 1, got -2.0"),
-        ("fednova:inf", "finite and >= 1, got inf"),
-        ("fednova:nan", "finite and >= 1, got nan"),
+        ("fednova:0.5", "a finite number >= 1, got 0.5"),
+        ("fednova:0", "a finite number >= 1, got 0.0"),
+        ("fednova:-2", "a finite number >= 1, got -2.0"),
+        ("fednova:inf", "a finite number >= 1, got inf"),
+        ("fednova:nan", "a finite number >= 1, got nan"),
         ("fednova:two", "could not convert"),
         ("fednova:", "could not convert"),
     ],
@@ -137,8 +137,10 @@ def test_a_cap_that_is_not_a_finite_number_of_at_least_one_is_refused(
         work_normalisation(spec)
     with pytest.raises(ValueError, match="work-normalisation"):
         fedbuff_from_run_config({"work-normalisation": spec})
-    with pytest.raises(ValueError, match="finite and >= 1"):
+    with pytest.raises(ValueError, match="a finite number >= 1"):
         WorkNormalisation(math.inf)
+    with pytest.raises(ValueError, match="max_factor"):
+        WorkNormalisation(True)  # was taken as a cap of 1: every factor 1
 
 
 # ------------------------------------------------------------------- a cap
@@ -164,6 +166,23 @@ def test_a_cap_clips_each_factor_then_renormalises() -> None:
         for nova in (NOVA, *map(WorkNormalisation, (2, 3, 4)))
     ]
     assert firsts == pytest.approx([7.7419, 2.8054, 3.9323, 4.9206], abs=1e-4)
+
+
+def test_capped_factors_stay_within_max_squared_for_huge_example_counts() -> None:
+    """The capped path rescaled as ``c * total / weighted``, which overflowed
+    for effective examples near the float maximum (a node claiming ~1.5e308
+    with ``claimed`` weighting): a factor came out infinite. It now shares
+    the uncapped path's guard (:func:`~.renormalise.overflow_free`): the
+    same factors, computed relative to the largest."""
+    capped = WorkNormalisation(2.0)
+    # asked 12 steps beside an honest node asked 1: clipped to 1 and 2
+    factors = capped.factors([12.0, 1.0], [1.5e308, 10.0])
+    assert factors == pytest.approx([1.0, 2.0])
+    assert capped_factors([1.0, 4.0], [1.5e308, 10.0], 2.0) == pytest.approx(
+        capped_factors([1.0, 4.0], [1.5e8, 1e-299], 2.0)
+    )
+    # the uncapped factors, already guarded, are unchanged
+    assert work_factors([12.0, 1.0], [1.5e308, 10.0]) == pytest.approx([1.0, 12.0])
 
 
 def _share_bound(q: float, p: float) -> float:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord, Context, Message
 
+from flchain_flwr.configvalues import ConfigValue
 from flchain_flwr.data import parse_tier_classes, tier_partition
 from flchain_flwr.ledger import Ledger
 from flchain_flwr.ledger.replay import replay
@@ -25,15 +27,26 @@ from flchain_flwr.strategies import (
     RandomSample,
     ShuffleAll,
     StalenessTarget,
+    closing_ledger,
     fedbuff_from_run_config,
 )
-from flchain_flwr.strategies.bafl import bafl_local_work, local_work
+from flchain_flwr.strategies.bafl import MAX_WORK, bafl_local_work, local_work
 from flchain_flwr.strategies.fairness import fairness_weighting, inverse_participation
 from flchain_flwr.strategies.fedsa import fedsa_learning_rate, participation_lr
 from flchain_flwr.strategies.tuning import BufferTuner, buffer_tuning, next_buffer_size
 from flchain_flwr.training import train
 
 from .toy import constant_work, initial_arrays, toy_client_app
+
+TOY_CONFIG: dict[str, ConfigValue] = {
+    "lr": 0.1,
+    "local-steps": 4,
+    "buffer-size": 2,
+    "fraction-evaluate": 0.0,
+    "max-staleness": -1,
+    "seed": 0,
+}
+"""Run-config keys of :func:`toy_fedbuff`'s strategy, for :func:`run_toy`."""
 
 
 # ------------------------------------------------------------ node history
@@ -92,6 +105,25 @@ def test_fedsa_adjuster_for_a_scripted_history() -> None:
             FedSALearningRate(**bad)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("bad", "name"),
+    [
+        (dict(base_lr=math.inf), "base_lr"),  # every node was sent lr = inf
+        (dict(base_lr=math.nan), "base_lr"),
+        (dict(base_lr=True), "base_lr"),  # taken as lr 1
+        (dict(base_lr=1e308), r"base_lr \* high"),  # 2e308: lr = inf
+        (dict(base_lr=0.1, low=True), "low"),
+    ],
+)
+def test_fedsa_refuses_what_the_run_config_refuses(
+    bad: dict[str, object], name: str
+) -> None:
+    """The run config's ``lr`` is a finite number > 0 (no bool); the Python
+    API took inf and a bool, and a base whose bounded lr overflows."""
+    with pytest.raises(ValueError, match=name):
+        FedSALearningRate(**bad)  # type: ignore[arg-type]
+
+
 # --------------------------------------------------------------------- BAFL
 def test_local_work_evens_out_round_trips_within_bounds() -> None:
     assert local_work(10, 1.0, 1.0, 0.25, 4.0) == 10
@@ -112,6 +144,38 @@ def test_bafl_adjuster_for_a_scripted_history() -> None:
     for bad in (dict(base=0), dict(base=True), dict(base=10, low=0.0)):
         with pytest.raises(ValueError):
             AdaptiveLocalWork(**bad)  # type: ignore[arg-type]
+
+
+def test_a_bafl_bound_past_the_largest_work_is_refused() -> None:
+    """``floor(high * base)`` overflowed at dispatch for a finite ``high`` such
+    as 1e308, once a node was timed: the run died with an OverflowError. The
+    work is a train config's integer, so ``high * base`` is now held to
+    2**63 - 1, in Python and in the run config."""
+    with pytest.raises(ValueError, match=r"high \* base must be at most 2\*\*63 - 1"):
+        AdaptiveLocalWork(3, high=1e308)
+    with pytest.raises(ValueError, match="run config key 'adaptive-work'"):
+        fedbuff_from_run_config(
+            {**TOY_CONFIG, "adaptive-work": "bafl:0.25:1e308"}, min_available_nodes=6
+        )
+    # a bound at the limit is taken (2**62 with a base of 4; 2**63 is not),
+    # and a node timed as all but instant is asked exactly that much work
+    with pytest.raises(ValueError, match="high"):
+        AdaptiveLocalWork(4, high=2.0**61)
+    bafl = AdaptiveLocalWork(4, high=2.0**60)
+    history = NodeHistory()
+    for node, seconds in ((1, 1e-300), (2, 1e300)):
+        history.dispatched(node, 0.0, 1.0)
+        history.updated(node, seconds)
+    assert bafl.adjust(1, history, {}) == {"local-steps": 2**62}
+    assert MAX_WORK == 2**63 - 1
+
+
+def test_a_node_timed_as_almost_instant_gets_the_upper_bound() -> None:
+    """``round(base * typical / seconds)`` was round(inf), an OverflowError,
+    for a node whose time per unit of work is subnormal: the clip now comes
+    before the rounding."""
+    assert local_work(4, 5e-324, 1.0, 0.25, 4.0) == 16
+    assert local_work(4, 1.0, 1e308, 0.25, 4.0) == 16
 
 
 def test_adaptive_scheduling_learns_from_the_loops_hooks() -> None:
@@ -157,6 +221,20 @@ def test_inverse_participation_for_scripted_counts() -> None:
     assert bounded[1] == pytest.approx(501 * 2 / (501 / 1001 + 501))
     with pytest.raises(ValueError, match="max_factor"):
         InverseParticipation(0.5)
+    with pytest.raises(ValueError, match="max_factor"):
+        InverseParticipation(True)  # was taken as a bound of 1: every factor 1
+
+
+def test_fairness_still_favours_the_rare_node_for_huge_example_counts() -> None:
+    """``sum(n * raw)`` overflowed for finite effective counts near the float
+    maximum (a ``claimed`` weighting takes a node's word): the scale became 0
+    and every factor 1/max, the rare node's too. The factors do not depend on
+    the examples' scale, so they are those of the same counts scaled down."""
+    fair = InverseParticipation(4.0)
+    participation = {1: 0, 2: 100}
+    huge = fair.factors([1, 2], [1e308, 7e307], participation)
+    assert huge[0] > huge[1]
+    assert huge == pytest.approx(fair.factors([1, 2], [1e8, 7e7], participation))
 
 
 # ------------------------------------------------------------------- tuning
@@ -189,6 +267,92 @@ def test_buffer_tuner_for_a_scripted_sequence_of_versions() -> None:
     ):
         with pytest.raises(ValueError):
             StalenessTarget(**bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "name"),
+    [
+        (dict(target=4.0, min_k=1.5, max_k=10), "min_k"),  # spec did not parse back
+        (dict(target=4.0, min_k=1, max_k=math.inf), "max_k"),
+        (dict(target=4.0, min_k=1, max_k=2**63), "max_k"),  # past a run config's int
+        (dict(target=True), "target"),  # taken as a target of 1
+        (dict(target=4.0, min_k=True), "min_k"),
+        (dict(target=4.0, slack=True), "slack"),
+        (dict(target=4.0, smoothing=math.nan), "smoothing"),
+        (dict(target=4.0, smoothing=True), "smoothing"),
+    ],
+)
+def test_staleness_target_refuses_what_its_parser_refuses(
+    bad: dict[str, object], name: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        StalenessTarget(**bad)  # type: ignore[arg-type]
+
+
+def test_a_tiny_staleness_target_gives_the_upper_bound() -> None:
+    """``round(k * s / target)`` was round(inf), an OverflowError after the
+    first version, for a tiny target (1e-308) that the run config takes:
+    the clip now comes before the rounding."""
+    tuner = BufferTuner(StalenessTarget(1e-308, 1, 10), 5, None)
+    assert tuner.observe(1.0, [1, 2]) == (10, None)  # doubled, at most max_k
+    assert next_buffer_size(5, 1.5, 5e-324, 1, 100) == 10
+    strategy = fedbuff_from_run_config(
+        {**TOY_CONFIG, "buffer-tuning": "staleness:1e-308:1:6"}, min_available_nodes=6
+    )
+    result, _ = run_toy(strategy, versions=6)
+    sizes = [v.buffer_size for v in result.versions]
+    assert sizes[-1] == 6 and all(s is not None and 1 <= s <= 6 for s in sizes)
+
+
+def test_a_tau_past_the_float_range_is_no_limit(tmp_path: Path) -> None:
+    """``slack * K / rate`` overflowed to tau = inf for a finite slack (1e308);
+    with a ledger, the block recording it failed ("canonical JSON cannot
+    hold NaN or Inf") and the run died. A tau past any clock is no limit, as
+    the run config reads ``max-wait = inf``."""
+    tuner = BufferTuner(StalenessTarget(4.0, 1, 10, slack=1e308), 5, None)
+    assert tuner.observe(1.0, [1, 1]) == (3, None)  # 1e308 * 3 / (2 per s)
+    assert BufferTuner.resume(tuner.policy, tuner.record(), 2.0, [1]).max_wait is None
+    cfg: dict[str, ConfigValue] = {
+        **TOY_CONFIG,
+        "buffer-tuning": "staleness:4:1:10:1e308",
+        "ledger-path": str(tmp_path / "l.db"),
+    }
+    with closing_ledger(fedbuff_from_run_config(cfg, min_available_nodes=6)) as run:
+        result, _ = run_toy(run, versions=6)
+        assert isinstance(run.ledger, Ledger)
+        report = replay(run.ledger)
+    assert len(result.versions) == 6
+    assert all(v.max_wait is None or math.isfinite(v.max_wait) for v in result.versions)
+    assert report.complete and len(report.replayed) == 6, report
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        StalenessTarget(4.0, 1, 10, slack=2.0, smoothing=0.9),
+        StalenessTarget(4.0000001, 1, 10, slack=2.0),
+        StalenessTarget(4.0, 1, 10, slack=2.0000001),
+    ],
+)
+def test_the_config_digest_tells_tuning_policies_apart(other: StalenessTarget) -> None:
+    """The spec left the smoothing out and wrote target and slack with ``%g``:
+    the config digest did not tell these apart, so a resume with changed
+    tuning was neither refused nor recorded. Each spec parses back exactly."""
+    base = FedBuff(buffer_tuning=StalenessTarget(4.0, 1, 10, slack=2.0))
+    assert base.config_digest() != FedBuff(buffer_tuning=other).config_digest()
+    assert buffer_tuning(other.spec) == other
+
+
+def test_tuning_specs_without_the_new_fields_are_as_before() -> None:
+    """The specs, so the config digests, of the default smoothing and of short
+    numbers (the benchmark's, the docs') are unchanged."""
+    assert StalenessTarget(1.5).spec == "staleness:1.5:1:1000"
+    assert StalenessTarget(1.5, 5, 50, 2.0).spec == "staleness:1.5:5:50:2"
+    assert StalenessTarget(2.7, 1, 6, slack=1.5).spec == "staleness:2.7:1:6:1.5"
+    smooth = StalenessTarget(4.0, 1, 10, smoothing=0.25)
+    assert smooth.spec == "staleness:4:1:10:none:0.25"
+    assert buffer_tuning(smooth.spec) == smooth
+    assert buffer_tuning("staleness:4:1:10:none") == StalenessTarget(4.0, 1, 10)
 
 
 # ------------------------------------------------------------ config keys
@@ -259,6 +423,15 @@ def test_spec_parsers_round_trip() -> None:
     target = StalenessTarget(3.0, 1, 9, 2.0)
     assert buffer_tuning(target.spec) == target
     assert buffer_tuning("none") is None and fairness_weighting("none") is None
+
+
+def test_bafl_and_fedsa_bounds_read_back_exactly_from_their_specs() -> None:
+    """``%g`` wrote 0.123456789 as 0.123457: the spec did not parse back."""
+    bafl = AdaptiveLocalWork(3, "k", 0.123456789, 4.000001)
+    assert bafl_local_work(bafl.spec, 3, "k") == bafl
+    fedsa = FedSALearningRate(0.1, 0.123456789, 2.000001)
+    assert fedsa_learning_rate(fedsa.spec, 0.1) == fedsa
+    assert AdaptiveLocalWork(3).spec == "bafl:0.25:4"  # short where exact
 
 
 def test_a_fairness_bound_reads_back_exactly_from_its_spec() -> None:

@@ -198,3 +198,19 @@ def test_a_resumed_tuner_starts_from_the_choice_the_run_would_have_made(
 def ledger_weight_share_upto(tmp_path: Path, height: int) -> dict[int, float]:
     with Ledger(tmp_path / "split.db", create=False) as ledger:
         return ledger_weight_share(list(ledger.blocks())[: height + 1])
+
+
+def test_a_resume_with_changed_tuning_is_refused(tmp_path: Path) -> None:
+    """The tuning's spec left the smoothing out and wrote target and slack
+    with ``%g``: a resume whose tuning differed only there had the ledger's
+    config digest, so it was neither refused nor recorded."""
+    tuning = StalenessTarget(1.0, 3, 3, slack=4.0)
+    run(tmp_path / "l.db", tuning, 2)
+    for changed in (
+        StalenessTarget(1.0, 3, 3, slack=4.0, smoothing=0.9),
+        StalenessTarget(1.0, 3, 3, slack=4.0000001),
+    ):
+        with pytest.raises(ValueError, match="resume_with_changed_config"):
+            run(tmp_path / "l.db", changed, 4)
+    rest, _ = run(tmp_path / "l.db", tuning, 4)  # the same tuning resumes
+    assert [v.version for v in rest.versions] == [3, 4]

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from flwr.app import ConfigRecord
 
+from ..configvalues import checked_number
 from .history import NodeHistory
 from .nodes import NodePool
 from .scheduling import RandomSample, SchedulingPolicy
@@ -21,9 +22,9 @@ from .scheduling import RandomSample, SchedulingPolicy
 
 def check_bounds(low: float, high: float) -> None:
     """``ValueError`` unless ``0 < low <= 1 <= high < inf`` (a per-node
-    multiple of a base setting)."""
-    if not 0.0 < low <= 1.0 <= high < float("inf"):
-        raise ValueError(f"need 0 < low <= 1 <= high < inf, got low={low}, high={high}")
+    multiple of a base setting; numbers, not bools)."""
+    checked_number(low, "low", low=0.0, high=1.0, low_open=True)
+    checked_number(high, "high", low=1.0)
 
 
 class ConfigAdjuster(Protocol):

@@ -12,7 +12,11 @@ round trip, within bounds::
     work_i = clip(round(base * typical / seconds_per_work_i),
                   ceil(low * base), floor(high * base)),   at least 1
 
-A node not timed yet gets the base work.
+A node not timed yet gets the base work. The work is a train config's integer
+(int64, as the run config's ``local-steps``): ``high * base`` must not exceed
+:data:`MAX_WORK`, so the upper bound is always one a message can carry. The
+clip is taken before rounding, so a node timed as almost infinitely fast
+gets the upper bound, not an overflow.
 """
 
 from __future__ import annotations
@@ -20,8 +24,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..configvalues import checked_integer
 from .adaptive import check_bounds
 from .history import NodeHistory
+from .specnumber import number_text
+
+MAX_WORK = 2**63 - 1
+"""The most local work a node is asked: the largest integer of a run config
+(int64), as its ``local-steps`` or ``local-epochs``."""
 
 
 def local_work(
@@ -30,8 +40,9 @@ def local_work(
     """The local work that evens out a node's round trip, within bounds."""
     lo = max(1, math.ceil(low * base))
     hi = max(lo, math.floor(high * base))
-    wanted = round(base * typical / seconds_per_work)
-    return int(min(max(wanted, lo), hi))
+    # clipped as a float, then rounded: the wanted work may exceed any int
+    # (inf for a node timed as almost instant); rounding commutes with the clip
+    return round(min(max(base * typical / seconds_per_work, lo), hi))
 
 
 @dataclass(frozen=True)
@@ -45,7 +56,8 @@ class AdaptiveLocalWork:
     key : str (default: "local-steps")
         The train-config key the app reads.
     low, high : float (default: 0.25, 4.0)
-        Bounds on the work, as multiples of ``base`` (``0 < low <= 1 <= high``).
+        Bounds on the work, as multiples of ``base`` (``0 < low <= 1 <= high``,
+        ``high * base <= MAX_WORK``).
     """
 
     base: int
@@ -54,11 +66,13 @@ class AdaptiveLocalWork:
     high: float = 4.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.base, bool) or not isinstance(self.base, int):
-            raise ValueError(f"base must be an int, got {self.base!r}")
-        if self.base < 1:
-            raise ValueError(f"base must be >= 1, got {self.base}")
+        checked_integer(self.base, "base", minimum=1, maximum=MAX_WORK)
         check_bounds(self.low, self.high)
+        if self.high * self.base > MAX_WORK:  # exact: a float against an int
+            raise ValueError(
+                f"high * base must be at most 2**63 - 1 (the largest local work a "
+                f"train config holds), got high={self.high!r}, base={self.base}"
+            )
 
     def adjust(
         self, node_id: int, history: NodeHistory, config: dict[str, object]
@@ -73,7 +87,7 @@ class AdaptiveLocalWork:
     @property
     def spec(self) -> str:
         """``"bafl:<low>:<high>"``."""
-        return f"bafl:{self.low:g}:{self.high:g}"
+        return f"bafl:{number_text(self.low)}:{number_text(self.high)}"
 
 
 def bafl_local_work(spec: str, base: int, key: str) -> AdaptiveLocalWork | None:

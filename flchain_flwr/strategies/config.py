@@ -57,7 +57,7 @@ def fedbuff_from_run_config(
       local work it was asked for, with ``adaptive-work``; the factor clipped
       to ``[1/max, max]`` before renormalising), ``update-memory``
       (``"mifa[:<max_age>]"``), ``buffer-tuning``
-      (``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``);
+      (``"staleness:<target>[:<min_k>:<max_k>[:<slack>[:<smoothing>]]]"``);
     - ``state-rule`` (``"average"``, ``"delta"`` or ``"keep"``);
     - ``downlink`` (bool: sparse downlink deltas, with the client's
       ``downlink_mod``); ``downlink-from-initial`` (bool: first models as

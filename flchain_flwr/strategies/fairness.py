@@ -28,7 +28,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .maxfactor import check_max_factor, clip_factor, max_factor_text
+from .maxfactor import check_max_factor, clip_factor
+from .renormalise import overflow_free
+from .specnumber import number_text
 
 FAIRNESS_FIELD = "fairness"
 """The block body field holding :func:`~.candidates.candidates_record`."""
@@ -44,11 +46,15 @@ def inverse_participation(
 
     ``participation`` holds each node's aggregated updates before this buffer;
     nodes in the buffer but not in it count 0. ``examples`` are the buffer's
-    effective example counts (finite, total > 0).
+    effective example counts (finite, total > 0); near the float maximum the
+    raw factors are taken relative to the largest, which keeps the scale
+    (:func:`~.renormalise.overflow_free`).
     """
     seen = len(participation) + sum(1 for n in set(node_ids) if n not in participation)
     mean = sum(participation.values()) / seen if seen else 0.0
-    raw = [(mean + 1.0) / (participation.get(n, 0) + 1.0) for n in node_ids]
+    raw = overflow_free(
+        [(mean + 1.0) / (participation.get(n, 0) + 1.0) for n in node_ids], examples
+    )
     total = sum(examples)
     weighted = sum(n * r for n, r in zip(examples, raw, strict=True))
     scale = total / weighted if weighted > 0 else 1.0
@@ -82,7 +88,7 @@ class InverseParticipation:
     @property
     def spec(self) -> str:
         """``"inverse:<max_factor>"``."""
-        return f"inverse:{max_factor_text(self.max_factor)}"
+        return f"inverse:{number_text(self.max_factor)}"
 
 
 def fairness_weighting(spec: str) -> InverseParticipation | None:

@@ -13,10 +13,13 @@ plus one, so that a new node counts as average), and the factor is bounded::
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from ..configvalues import checked_number
 from .adaptive import check_bounds
 from .history import NodeHistory
+from .specnumber import number_text
 
 
 def participation_lr(
@@ -34,10 +37,11 @@ class FedSALearningRate:
     Parameters
     ----------
     base_lr : float
-        The run's learning rate (the app's ``lr``); a train config that
-        already holds ``lr`` is scaled from that instead.
+        The run's learning rate (the app's ``lr``: finite, > 0); a train
+        config that already holds ``lr`` is scaled from that instead.
     low, high : float (default: 0.5, 2.0)
-        Bounds on the factor, ``0 < low <= 1 <= high``.
+        Bounds on the factor, ``0 < low <= 1 <= high``, with ``base_lr *
+        high`` finite.
     """
 
     base_lr: float
@@ -46,9 +50,13 @@ class FedSALearningRate:
     key: str = "lr"
 
     def __post_init__(self) -> None:
-        if not self.base_lr > 0:
-            raise ValueError(f"base_lr must be > 0, got {self.base_lr}")
+        checked_number(self.base_lr, "base_lr", low=0.0, low_open=True)
         check_bounds(self.low, self.high)
+        if not math.isfinite(self.base_lr * self.high):
+            raise ValueError(
+                f"base_lr * high must be finite (a node's lr), got "
+                f"base_lr={self.base_lr!r}, high={self.high!r}"
+            )
 
     def adjust(
         self, node_id: int, history: NodeHistory, config: dict[str, object]
@@ -68,7 +76,7 @@ class FedSALearningRate:
     @property
     def spec(self) -> str:
         """``"fedsa:<low>:<high>"``."""
-        return f"fedsa:{self.low:g}:{self.high:g}"
+        return f"fedsa:{number_text(self.low)}:{number_text(self.high)}"
 
 
 def fedsa_learning_rate(spec: str, base_lr: float) -> FedSALearningRate | None:

@@ -42,6 +42,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..configvalues import checked_integer
 from .adaptive import AdaptiveScheduling
 from .bafl import AdaptiveLocalWork
 from .block import BufferedUpdate
@@ -50,13 +51,13 @@ from .fedsa import FedSALearningRate
 
 @dataclass(frozen=True)
 class UpdateMemory:
-    """The policy: remember each node's latest update for ``max_age`` versions."""
+    """The policy: remember each node's latest update for ``max_age`` versions
+    (an int >= 1, not a bool, as ``"mifa:<max_age>"`` reads it)."""
 
     max_age: int = 100
 
     def __post_init__(self) -> None:
-        if self.max_age < 1:
-            raise ValueError(f"max_age must be >= 1, got {self.max_age}")
+        checked_integer(self.max_age, "max_age", minimum=1)
 
     def start(self) -> RememberedUpdates:
         """An empty memory for one run."""

@@ -78,8 +78,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .maxfactor import check_max_factor, clip_factor, max_factor_text
+from .maxfactor import check_max_factor, clip_factor
+from .renormalise import overflow_free
 from .scheduling import SchedulingPolicy
+from .specnumber import number_text
 
 WORK_FIELD = "work"
 """The block body field holding :func:`~.candidates.candidates_record` with
@@ -93,20 +95,23 @@ def work_factors(work: Sequence[float], examples: Sequence[float]) -> list[float
     the buffer's effective example counts; all factors are 1 when the
     examples weigh nothing.
     """
-    factors = _factors([1.0 / w for w in work], examples)
-    if all(math.isfinite(f) for f in factors):
-        return factors
-    # 1/w overflowed (w tiny) or the sum did (w spread over ~300 decades): the
-    # same factors, relative to the least work, whose ratios all lie in (0, 1]
-    least = min(work)
-    return _factors([least / w for w in work], examples)
+    # where 1/w overflows (w tiny) or a product does (w spread over ~300
+    # decades, examples near the float maximum): relative to the least work
+    least = min(work, default=1.0)
+    raw = overflow_free(
+        [1.0 / w for w in work], examples, lambda: [least / w for w in work]
+    )
+    factors = _factors(raw, examples)
+    return [1.0] * len(raw) if factors is None else factors
 
 
-def _factors(raw: Sequence[float], examples: Sequence[float]) -> list[float]:
+def _factors(raw: Sequence[float], examples: Sequence[float]) -> list[float] | None:
+    """``raw`` scaled so that their example-weighted total is
+    ``sum(examples)``; ``None`` where the examples weigh nothing."""
     total = sum(examples)
     weighted = sum(n * r for n, r in zip(examples, raw, strict=True))
     if not weighted > 0:
-        return [1.0] * len(raw)
+        return None
     return [r * total / weighted for r in raw]
 
 
@@ -125,11 +130,8 @@ def capped_factors(
     clipped = [clip_factor(f, max_factor) for f in factors]
     if clipped == list(factors):  # the total is kept: rescaling adds only rounding
         return clipped
-    total = sum(examples)
-    weighted = sum(n * c for n, c in zip(examples, clipped, strict=True))
-    if not weighted > 0:
-        return clipped
-    return [c * total / weighted for c in clipped]
+    scaled = _factors(overflow_free(clipped, examples), examples)
+    return clipped if scaled is None else scaled
 
 
 def asked_work(config: Mapping[str, object] | None, key: str | None) -> float:
@@ -167,7 +169,7 @@ class WorkNormalisation:
         """``"fednova"``, or ``"fednova:<max_factor>"`` with a cap."""
         if self.max_factor is None:
             return "fednova"
-        return f"fednova:{max_factor_text(self.max_factor)}"
+        return f"fednova:{number_text(self.max_factor)}"
 
 
 def work_normalisation(spec: str) -> WorkNormalisation | None:

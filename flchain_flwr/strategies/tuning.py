@@ -13,6 +13,10 @@ where ``s`` is the smoothed mean staleness of the aggregated updates and
 ``rate`` the smoothed rate of aggregated updates per second: tau' is
 ``slack`` times the expected time to fill the next buffer, so a lull does not
 hold a part-full buffer for long. Each choice is recorded with its version.
+K's clip is taken before rounding, so a tiny target (``K * s / target``
+beyond the float range) gives the upper bound rather than an overflow; a tau'
+beyond the float range (a huge ``slack``, or a very slow rate) is no limit
+(``None``), as the run config reads ``max-wait = inf``.
 
 Each ledger block records, in its ``buffer`` field (:meth:`BufferTuner.record`),
 the tuner's state that chose the block's K and tau; with the block's time and
@@ -27,6 +31,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..configvalues import checked_integer, checked_number
+from .specnumber import number_text
+
 BUFFER_FIELD = "buffer"
 """The block body field holding :meth:`BufferTuner.record`."""
 
@@ -35,10 +42,18 @@ def next_buffer_size(
     k: int, mean_staleness: float, target: float, min_k: int, max_k: int
 ) -> int:
     """K moved towards the target staleness, at most halved or doubled."""
-    wanted = round(k * mean_staleness / target)
     low = max(min_k, math.ceil(k / 2))
-    high = min(max_k, 2 * k)
-    return int(min(max(wanted, low), max(low, high)))
+    high = max(low, min(max_k, 2 * k))
+    # clipped as a float, then rounded: k * s / target may exceed any int
+    # (inf for a tiny target), and rounding commutes with an integer clip
+    return round(min(max(k * mean_staleness / target, low), high))
+
+
+MAX_K = 2**63 - 1
+"""The largest K bound: a run config's integer (int64), as ``buffer-size``."""
+
+DEFAULT_SMOOTHING = 0.5
+""":attr:`StalenessTarget.smoothing` unless set; its spec leaves it out."""
 
 
 @dataclass(frozen=True)
@@ -48,41 +63,47 @@ class StalenessTarget:
     Parameters
     ----------
     target : float
-        Mean staleness to hold (> 0).
+        Mean staleness to hold (finite, > 0).
     min_k, max_k : int
-        Bounds on K (``1 <= min_k <= max_k``).
+        Bounds on K (ints, ``1 <= min_k <= max_k <= 2**63 - 1``).
     slack : float | None (default: None)
-        tau as a multiple of the expected time to fill the buffer (> 0);
-        ``None`` leaves tau as configured.
+        tau as a multiple of the expected time to fill the buffer (finite,
+        > 0); ``None`` leaves tau as configured.
     smoothing : float (default: 0.5)
         Weight of the newest version in the moving averages, in (0, 1].
+
+    Each is checked as the run-config parser checks it (a bool is no
+    number), so that :attr:`spec` parses back to an equal policy.
     """
 
     target: float
     min_k: int = 1
     max_k: int = 1000
     slack: float | None = None
-    smoothing: float = 0.5
+    smoothing: float = DEFAULT_SMOOTHING
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.target) and self.target > 0):
-            raise ValueError(f"target must be finite and > 0, got {self.target}")
-        if not 1 <= self.min_k <= self.max_k:
-            raise ValueError(
-                f"need 1 <= min_k <= max_k, got {self.min_k}, {self.max_k}"
-            )
-        if self.slack is not None and not (
-            math.isfinite(self.slack) and self.slack > 0
-        ):
-            raise ValueError(f"slack must be finite and > 0, got {self.slack}")
-        if not 0.0 < self.smoothing <= 1.0:
-            raise ValueError(f"smoothing must be in (0, 1], got {self.smoothing}")
+        checked_number(self.target, "target", low=0.0, low_open=True)
+        checked_integer(self.min_k, "min_k", minimum=1, maximum=MAX_K)
+        checked_integer(
+            self.max_k, "max_k (>= min_k)", minimum=self.min_k, maximum=MAX_K
+        )
+        if self.slack is not None:
+            checked_number(self.slack, "slack", low=0.0, low_open=True)
+        checked_number(self.smoothing, "smoothing", low=0.0, high=1.0, low_open=True)
 
     @property
     def spec(self) -> str:
-        """``"staleness:<target>:<min_k>:<max_k>[:<slack>]"``."""
-        tail = "" if self.slack is None else f":{self.slack:g}"
-        return f"staleness:{self.target:g}:{self.min_k}:{self.max_k}{tail}"
+        """``"staleness:<target>:<min_k>:<max_k>[:<slack>[:<smoothing>]]"``,
+        each number exact (:func:`~.specnumber.number_text`); the smoothing
+        only when it is not the default 0.5 (then a slack of ``None`` is
+        ``none``), so the spec, and the config digest, of a policy without it
+        are as before."""
+        spec = f"staleness:{number_text(self.target)}:{self.min_k}:{self.max_k}"
+        slack = "none" if self.slack is None else number_text(self.slack)
+        if self.smoothing != DEFAULT_SMOOTHING:
+            return f"{spec}:{slack}:{number_text(self.smoothing)}"
+        return spec if self.slack is None else f"{spec}:{slack}"
 
 
 class BufferTuner:
@@ -163,7 +184,8 @@ class BufferTuner:
                 self.buffer_size, self._staleness, p.target, p.min_k, p.max_k
             )
         if p.slack is not None and self._rate:
-            self.max_wait = p.slack * self.buffer_size / self._rate
+            tau = p.slack * self.buffer_size / self._rate
+            self.max_wait = tau if math.isfinite(tau) else None  # past any clock
         return self.buffer_size, self.max_wait
 
 
@@ -173,20 +195,26 @@ def _optional(record: Mapping[str, Any], key: str) -> float | None:
 
 
 def buffer_tuning(spec: str) -> StalenessTarget | None:
-    """``""``/``"none"``: off; ``"staleness:<target>[:<min_k>:<max_k>[:<slack>]]"``."""
+    """``""``/``"none"``: off;
+    ``"staleness:<target>[:<min_k>:<max_k>[:<slack>[:<smoothing>]]]"``, where
+    a slack of ``none`` leaves tau as configured."""
     name, *params = spec.strip().split(":")
     if name in ("", "none") and not params:
         return None
-    if name == "staleness" and len(params) in (1, 3, 4):
+    if name == "staleness" and len(params) in (1, 3, 4, 5):
         try:
             target = float(params[0])
             if len(params) == 1:
                 return StalenessTarget(target)
-            slack = float(params[3]) if len(params) == 4 else None
-            return StalenessTarget(target, int(params[1]), int(params[2]), slack)
+            slack = None
+            if len(params) >= 4 and params[3] != "none":
+                slack = float(params[3])
+            smoothing = float(params[4]) if len(params) == 5 else DEFAULT_SMOOTHING
+            bounds = int(params[1]), int(params[2])
+            return StalenessTarget(target, *bounds, slack, smoothing)
         except ValueError as exc:
             raise ValueError(f"bad buffer tuning {spec!r}: {exc}") from None
     raise ValueError(
         f"unknown buffer tuning {spec!r}; expected '', 'none' or "
-        "'staleness:<target>[:<min_k>:<max_k>[:<slack>]]'"
+        "'staleness:<target>[:<min_k>:<max_k>[:<slack>[:<smoothing>]]]'"
     )

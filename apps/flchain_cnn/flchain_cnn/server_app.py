@@ -29,6 +29,7 @@ from flchain_flwr.configvalues import (
     seconds_or_none,
 )
 from flchain_flwr.ledger.keys import load_or_create_key
+from flchain_flwr.mods import DGCConfig, PersonalConfig
 from flchain_flwr.pov import (
     Committee,
     IQRFilter,
@@ -95,6 +96,15 @@ def strategy_name(cfg: Mapping[str, ConfigValue]) -> str:
             "strategy = 'fedbuff'"
         )
     return str(name)
+
+
+def check_client_mod_keys(cfg: Mapping[str, ConfigValue]) -> None:
+    """Read the client mods' keys (``personal-alpha``, ``dgc-*``) as every
+    node's mod will: a bad value is one ValueError naming its key here, at
+    start, rather than a failure of every node's every message, which ends
+    the run only when no usable reply has come for its timeout."""
+    PersonalConfig.from_run_config(cfg)
+    DGCConfig.from_run_config(cfg)
 
 
 def central_evaluator(
@@ -204,6 +214,7 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     strategy_kind = strategy_name(cfg)  # before any discovery on the grid
     settings = app_settings(cfg)  # so are the app's other keys
+    check_client_mod_keys(cfg)  # and those the nodes' mods read
     committee = (
         remote_committee(grid, cfg)
         if settings.remote_verifiers > 0
