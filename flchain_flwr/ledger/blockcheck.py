@@ -30,6 +30,7 @@ from .quorum import check_signed_block, headers_declared
 from .rewards import contribution_problem
 from .serverstate import state_blobs
 from .statements import signature_ok
+from .trainers import TRAINER_FIELD, included_trainers_problem
 from .votes import VoteContext, check_vote
 
 if TYPE_CHECKING:
@@ -51,6 +52,12 @@ class ChainRules:
     """Quorum-signed blocks whose signers' quorum replayed the model."""
     evidence: list[str] = field(default_factory=list)
     """What the equivocation evidence in the chain says, by block."""
+    trainers: dict[int, str] = field(default_factory=dict)
+    """The trainer key each node id's included updates are pinned to."""
+    included: int = 0
+    """Included updates in the blocks checked."""
+    named: int = 0
+    """Of those, the ones whose entry names a trainer key."""
 
     def vote_context(
         self, chain_id: str, height: int, prev_hash: str, body: Mapping[str, Any]
@@ -141,9 +148,13 @@ def check_block(
         str(header["leader"]), HEADER_TAG + header_raw, signature
     ):
         return "leader signature is invalid"
-    problem = _check_entries(body)
+    problem = _check_entries(body) or included_trainers_problem(
+        chain.trainers, body["included"]
+    )
     if problem is not None:
         return problem
+    chain.included += len(body["included"])
+    chain.named += sum(TRAINER_FIELD in u for u in body["included"])
     context = chain.vote_context(ledger.chain_id, height, prev_hash, body)
     for index, vote in enumerate(body.get("votes", [])):
         problem = check_vote(context, vote)

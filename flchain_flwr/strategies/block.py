@@ -49,6 +49,9 @@ class BufferedUpdate:
     work: float = 1.0
     """The local work the server asked of it (1 when none was set; what
     work normalisation, :mod:`.nova`, divides by)."""
+    trainer: str | None = None
+    """The trainer key that signed its reply (hex; ``None``: unsigned, see
+    :mod:`.trainercheck`)."""
 
     @property
     def step_examples(self) -> float:

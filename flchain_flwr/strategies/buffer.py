@@ -30,6 +30,7 @@ from .pipeline import Pipeline
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
+from .trainercheck import TrainerCheck
 from .tuning import BUFFER_FIELD, BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, update_kind
 from .versions import VersionStore
@@ -82,6 +83,9 @@ class UpdateBuffer:
         from its ledger), which the fairness factors count on from.
     tuner : BufferTuner | None
         Chooses K and tau after each version (:mod:`.tuning`); ``None``: fixed.
+    trainers : TrainerCheck | None
+        The trainer signatures replies are held to (:mod:`.trainercheck`);
+        ``None``: checked when present, not required, no node pinned yet.
     """
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
@@ -106,6 +110,7 @@ class UpdateBuffer:
         fairness: InverseParticipation | None = None,
         participation: Mapping[int, int] | None = None,
         tuner: BufferTuner | None = None,
+        trainers: TrainerCheck | None = None,
     ) -> None:
         self.store = store
         self.num_versions = num_versions
@@ -127,6 +132,7 @@ class UpdateBuffer:
         """Aggregated updates per node, over the ledger's whole chain when resumed
         (as ``result.participation``, which the run fills from the chain too)."""
         self.tuner = tuner
+        self.trainers = trainers or TrainerCheck()
         if tuner is not None:
             self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
         self.model_record: ArrayRecord = to_arrayrecord(store.model)
@@ -194,6 +200,9 @@ class UpdateBuffer:
             self.reject(Rejection(node_id, trained_on, reason, digest))
             return False
         try:
+            trainer = self.trainers.check(
+                node_id, content, self.store.model_hash(trained_on), self.updates
+            )
             kind = update_kind(content)
             reference = self.store.get(trained_on)
             if kind == UPDATE_KIND_DELTA:
@@ -240,6 +249,7 @@ class UpdateBuffer:
                 self.pipeline.payload(content),
                 self.pipeline.base(kind, reference),
                 work=work,
+                trainer=trainer,
             )
         )
         return True
@@ -303,6 +313,7 @@ class UpdateBuffer:
         for u, share in zip(block.stepping, block.shares(1.0), strict=True):
             shares[u.node_id] = shares.get(u.node_id, 0.0) + share
         count_participation(self.participation, [u.node_id for u in updates])
+        self.trainers.included(updates)
         count_participation(self.result.participation, [u.node_id for u in updates])
         record = VersionRecord(
             version=self.version,

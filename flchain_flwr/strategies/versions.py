@@ -10,7 +10,10 @@ anyway). Non-trainable state (BatchNorm statistics, a few values per layer) is
 kept for every version in flight: averaging reported values needs each update's
 base. So at most ``max_staleness + 1`` full copies exist at once: with the
 default ``max_staleness`` of 20 and a 400 MB model, 8.4 GB in the worst case,
-and one copy (the current model) when every node sends deltas.
+and one copy (the current model) when every node sends deltas. Each version's model
+hash (one SHA-256 pass over the model when it is adopted) is kept as long as its
+non-trainable state: a signed reply names the model it trained on by it
+(:mod:`flchain_flwr.ledger.trainers`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..arrays import NDArrays
+from ..ledger.canonical import model_hash
 from ..protocol import UPDATE_KIND_DELTA
 
 
@@ -37,6 +41,7 @@ class VersionStore:
         self.max_staleness = max_staleness
         self.state_names = state_names
         self._state: dict[int, NDArrays] = {version: self._state_of(model)}
+        self._hashes: dict[int, str] = {version: model_hash(model)}
         self._full: dict[int, NDArrays] = {version: model}
         self._in_flight: Counter[int] = Counter()  # version -> train messages
         self._needs_full: Counter[int] = Counter()  # ... to full-weight senders
@@ -85,6 +90,11 @@ class VersionStore:
         """The non-trainable arrays of ``version`` (kept while it is in flight)."""
         return self._state[version]
 
+    def model_hash(self, version: int) -> str | None:
+        """The model hash of ``version`` (kept while it is in flight), or
+        ``None`` if it is no longer kept."""
+        return self._hashes.get(version)
+
     def get(self, version: int) -> NDArrays | None:
         """The full copy of ``version``, or ``None`` if it was not kept."""
         return self._full.get(version)
@@ -94,6 +104,7 @@ class VersionStore:
         self.version, self.model = version, model
         self._full[version] = model
         self._state[version] = self._state_of(model)
+        self._hashes[version] = model_hash(model)
         self._settled = True
         self.prune()
 
@@ -112,6 +123,7 @@ class VersionStore:
         for v in list(self._state):
             if v != self.version and self._in_flight[v] == 0:
                 del self._state[v]
+                self._hashes.pop(v, None)
 
 
 def _decrement(counter: Counter[int], key: int) -> None:
