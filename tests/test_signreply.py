@@ -519,3 +519,83 @@ def test_the_digits_app_signs_with_its_node_config_key(tmp_path: Path) -> None:
         f"trainers: {n} of {n} included updates in the replayed blocks signed by "
         "their trainers"
     ) in text
+
+
+def test_a_signed_run_with_a_pov_committee_replays_at_every_header(
+    tmp_path: Path,
+) -> None:
+    """The committee's members replay each pending block (signatures included)
+    before they sign its header."""
+    from flchain_flwr.pov import Committee, Threshold
+
+    from .test_pov import verifiers
+
+    committee = Committee(verifiers(4), threshold=Threshold(value=0))
+    signed_run(tmp_path, versions=4, committee=committee)
+    entries = included_entries(tmp_path / "l.db")
+    assert entries and all(TRAINER_FIELD in u for u in entries)
+    code, text = flchain("verify", str(tmp_path / "l.db"), "--replay")
+    assert code == 0, text
+    assert "in 4 of them a quorum of signers recomputed the model by replay" in text
+    n = len(entries)
+    assert f"trainers: {n} of {n} included updates in the replayed" in text
+
+
+def test_remote_members_replay_signed_payloads_and_sign_replayed(
+    tmp_path: Path,
+) -> None:
+    """Verifier nodes replay each pending block from the payloads they were
+    sent (trainer records included) and sign ``replayed: true``."""
+    from flchain_flwr.pov import Threshold, discovery
+    from flchain_flwr.pov.remote import RemoteCommittee
+    from flchain_flwr.sim import simulate
+    from flchain_flwr.strategies import Constant
+
+    from .test_remote_pov import TRAINERS, _app
+
+    configs: list[dict[str, int | float | str | bool]] = [
+        {
+            "partition-id": pid,
+            "num-partitions": TRAINERS,
+            TRAINER_KEY_CONFIG: str(tmp_path / f"t{pid}.key"),
+        }
+        for pid in range(TRAINERS)
+    ]
+    configs += [
+        {
+            "partition-id": 0,
+            "num-partitions": TRAINERS,
+            "role": "verifier",
+            "verifier-key": str(tmp_path / f"verifier-{i}.key"),
+            "verifier-shard": i,
+            "tolerance": 0.0,
+        }
+        for i in range(4)
+    ]
+    grid = VirtualGrid(
+        _app(toy_client_app({}, mods=[signreply_mod])),
+        [DeviceProfile() for _ in configs],
+        node_configs=configs,
+        work_fn=constant_work(1.0),
+    )
+    nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
+    strategy = FedBuff(
+        buffer_size=3,
+        staleness_fn=Constant(),
+        server_lr=0.3,
+        committee=RemoteCommittee(grid, nodes, threshold=Threshold(value=0)),
+        ledger=tmp_path / "chain.db",
+        seed=0,
+        require_signed_replies=True,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=3)
+    path = tmp_path / "chain.db"
+    with Ledger(path, create=False) as ledger:
+        for block in ledger.blocks():
+            if block.height:
+                signatures = ledger.header_signatures(block.height)
+                assert signatures and all(s["replayed"] is True for s in signatures)
+    entries = included_entries(path)
+    assert entries and all(TRAINER_FIELD in u for u in entries)
+    code, text = flchain("verify", str(path), "--replay")
+    assert code == 0, text
