@@ -98,10 +98,14 @@ def signed_run(
     signing: tuple[int, ...] = (0, 1, 2, 3),
     versions: int = 6,
     ledger: bool = True,
+    inner: tuple[Any, ...] = (),
+    outer: tuple[Any, ...] = (),
+    arrays: ArrayRecord | None = None,
     **settings: Any,
 ) -> AsyncResult:
-    """A FedBuff run of the toy app on the virtual grid, its nodes signing."""
-    mods: list[Any] = [signreply_mod]
+    """A FedBuff run of the toy app on the virtual grid, its nodes signing
+    (``inner``, ``outer``: more mods inside and outside the signer)."""
+    mods: list[Any] = [*outer, signreply_mod, *inner]
     if tamper is not None:
         mods.insert(0, on_path(tamper, partition, from_version))
     grid = VirtualGrid(
@@ -113,7 +117,8 @@ def signed_run(
     if ledger:
         settings["ledger"] = folder / "l.db"
     strategy = FedBuff(buffer_size=2, seed=0, **settings)
-    return strategy.start(grid, initial_arrays(), num_rounds=versions, timeout=60)
+    start = arrays or initial_arrays()
+    return strategy.start(grid, start, num_rounds=versions, timeout=60)
 
 
 def received_model(msg: Message) -> str:
@@ -599,3 +604,34 @@ def test_remote_members_replay_signed_payloads_and_sign_replayed(
     assert entries and all(TRAINER_FIELD in u for u in entries)
     code, text = flchain("verify", str(path), "--replay")
     assert code == 0, text
+
+
+def test_signed_dgc_replies_over_a_downlink_replay(tmp_path: Path) -> None:
+    """The signer outside the downlink and DGC mods: it signs the sparse reply
+    as sent, and names a downlink delta's model by the hash the delta names."""
+    from flchain_flwr.mods import DGCConfig, dgc_mod, downlink_mod
+
+    deltas_sent = []
+
+    def count(msg: Message, context: Context, call_next: Any) -> Message:
+        deltas_sent.append("flchain.downlink" in msg.content)  # as received
+        return call_next(msg, context)  # type: ignore[no-any-return]
+
+    result = signed_run(
+        tmp_path,
+        inner=(downlink_mod(), dgc_mod(DGCConfig(density=0.01, min_sparse_size=1))),
+        arrays=ArrayRecord({"w": Array(np.zeros(1000, np.float32))}),
+        downlink=True,
+        require_signed_replies=True,
+        outer=(count,),
+    )
+    assert not result.rejected
+    assert any(deltas_sent), "no downlink delta was sent"
+    entries = included_entries(tmp_path / "l.db")
+    with Ledger(tmp_path / "l.db", create=False) as ledger:
+        deltas = [ledger.blobs.load_update(u["payload"])[1] for u in entries]
+    assert any("flchain.downlink" in c for c in deltas)  # nodes held their base
+    code, text = flchain("verify", str(tmp_path / "l.db"), "--replay")
+    assert code == 0, text
+    n = len(entries)
+    assert f"trainers: {n} of {n} included updates in the replayed" in text
