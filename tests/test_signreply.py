@@ -635,3 +635,128 @@ def test_signed_dgc_replies_over_a_downlink_replay(tmp_path: Path) -> None:
     assert code == 0, text
     n = len(entries)
     assert f"trainers: {n} of {n} included updates in the replayed" in text
+
+
+# ------------------------------------------------- an update included twice
+def test_an_update_included_again_in_a_later_block_fails_verify(
+    tmp_path: Path,
+) -> None:
+    """The ledger key's holder puts a node's included signed update into a later
+    block again (its signature names no block) and signs the chain again:
+    plain verify fails at that block, naming where it was first included."""
+    path = tmp_path / "l.db"
+    signed_run(tmp_path, versions=6)
+    node, _ = node_of(path, 0, tmp_path)
+    with Ledger(path, create=False) as ledger:
+        heights = [
+            b.height
+            for b in ledger.blocks()
+            if any(int(u["node_id"]) == node for u in b.body["included"])
+        ]
+        first, later = heights[0], heights[1]
+        old = next(
+            u for u in ledger.block(first).body["included"] if int(u["node_id"]) == node
+        )
+        index = next(
+            i
+            for i, u in enumerate(ledger.block(later).body["included"])
+            if int(u["node_id"]) == node
+        )
+
+        def again(body: dict[str, Any]) -> None:
+            body["included"][index] = dict(
+                body["included"][index],
+                **{k: old[k] for k in ("digest", "payload", "trainer")},
+            )
+
+        rewrite(ledger, later, body=again)
+    code, text = flchain("verify", str(path))
+    assert code == 1, text
+    assert text.startswith(f"FAILED at block {later}: ")
+    assert f"update {old['digest']} was already included in block {first}" in text
+
+
+def resent(tamper_state: dict[str, RecordDict]) -> Tamper:
+    """A node sending its first reply again for every later train message."""
+
+    def tamper(_msg: Message, _context: Context, reply: Message) -> None:
+        first = tamper_state.setdefault("first", reply.content)
+        reply.content = first
+
+    return tamper
+
+
+def test_a_node_resending_a_signed_reply_on_a_later_base_is_rejected(
+    tmp_path: Path,
+) -> None:
+    """A node (holding its own trainer key) sends its first signed reply again
+    on later versions: its signature names the first model, so the server
+    rejects every copy and the chain verifies."""
+    path = tmp_path / "l.db"
+    result = signed_run(tmp_path, tamper=resent({}), partition=0, versions=6)
+    node, _ = node_of(path, 0, tmp_path)
+    assert {r.node_id for r in result.rejected} == {node}
+    why = reasons(result, node)
+    assert why and all("does not verify" in w for w in why), why
+    code, text = flchain("verify", str(path))
+    assert code == 0, text
+
+
+def unchanged(msg: Message, context: Context, call_next: Any) -> Message:
+    """A node whose training leaves the model as it came (inside the signer):
+    on an unchanged global model its signed reply is the same bytes again."""
+    reply: Message = call_next(msg, context)
+    if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
+        reply.content["arrays"] = msg.content["arrays"]
+    return reply
+
+
+def test_a_signed_reply_repeated_on_an_unchanged_model_is_included_once(
+    tmp_path: Path,
+) -> None:
+    """Every node returns the model unchanged, so the model never moves and
+    each node's signed reply is the same bytes, signed over the same model, on
+    every version: the server includes each once and rejects the repeats as
+    already included (which verify would fail), and the chain verifies."""
+    path = tmp_path / "l.db"
+    result = signed_run(tmp_path, inner=(unchanged,), versions=4)
+    digests = [u["digest"] for u in included_entries(path)]
+    assert digests and len(digests) == len(set(digests))
+    assert result.rejected
+    assert all("was already included in block" in r.reason for r in result.rejected)
+    code, text = flchain("verify", str(path))
+    assert code == 0, text
+
+
+def test_an_unsigned_reply_sent_again_on_a_later_base_is_another_update(
+    tmp_path: Path,
+) -> None:
+    """The same bytes of an unsigned full-weights reply on another base are
+    another update (another delta): included again, and the chain verifies
+    (only a signed update, whose signature names its base, is held to once
+    per chain)."""
+    path = tmp_path / "l.db"
+    result = signed_run(
+        tmp_path, tamper=resent({}), partition=0, signing=(), versions=6
+    )
+    assert not result.rejected
+    digests = [u["digest"] for u in included_entries(path)]
+    assert len(digests) > len(set(digests))
+    code, text = flchain("verify", str(path))
+    assert code == 0, text
+
+
+def test_a_resumed_run_rejects_a_signed_reply_its_chain_included(
+    tmp_path: Path,
+) -> None:
+    """The included signed updates survive a resume: after the restart, the
+    nodes' repeated signed replies on the unchanged model are rejected as
+    included by the first run."""
+    path = tmp_path / "l.db"
+    signed_run(tmp_path, inner=(unchanged,), versions=2)
+    result = signed_run(tmp_path, inner=(unchanged,), versions=4)
+    why = [r.reason for r in result.rejected]
+    assert why and all("was already included in block" in w for w in why), why
+    assert any(w.endswith(("in block 1", "in block 2")) for w in why), why
+    code, text = flchain("verify", str(path))
+    assert code == 0, text

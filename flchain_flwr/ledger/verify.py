@@ -105,7 +105,8 @@ def verify_ledger(
     Checks: canonical encodings, header hash, height sequence, chain id,
     previous-hash links, body hash, Merkle root of included updates, leader
     signature (against the genesis leader, or ``trusted_key``), every vote's
-    signature, that no update digest is included twice and contributions
+    signature, that no update digest is included twice in a block, nor a
+    signed update's in the chain (:mod:`.included`), and contributions
     credit only included nodes, that a recorded ``config`` hashes to the
     header's ``config_digest``, that a ``server_state`` record is well
     formed, and (``check_models``) that each model blob, each server-state

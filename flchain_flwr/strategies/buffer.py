@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
+from ..ledger.included import IncludedDigests
 from ..protocol import UPDATE_KIND_DELTA
 from .block import Block, BufferedUpdate, Rejection
 from .candidates import candidates_record
@@ -86,6 +87,12 @@ class UpdateBuffer:
     trainers : TrainerCheck | None
         The trainer signatures replies are held to (:mod:`.trainercheck`);
         ``None``: checked when present, not required, no node pinned yet.
+    included : IncludedDigests | None
+        The signed updates the run's chain included (a resumed run's, from its
+        ledger): a signed reply with one of those digests is rejected, since a
+        chain includes a signed update once
+        (:mod:`~flchain_flwr.ledger.included`); so is any reply with a
+        buffered update's digest (a block includes an update once).
     """
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
@@ -111,6 +118,7 @@ class UpdateBuffer:
         participation: Mapping[int, int] | None = None,
         tuner: BufferTuner | None = None,
         trainers: TrainerCheck | None = None,
+        included: IncludedDigests | None = None,
     ) -> None:
         self.store = store
         self.num_versions = num_versions
@@ -133,6 +141,7 @@ class UpdateBuffer:
         (as ``result.participation``, which the run fills from the chain too)."""
         self.tuner = tuner
         self.trainers = trainers or TrainerCheck()
+        self.included = included or IncludedDigests()
         if tuner is not None:
             self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
         self.model_record: ArrayRecord = to_arrayrecord(store.model)
@@ -203,6 +212,7 @@ class UpdateBuffer:
             trainer = self.trainers.check(
                 node_id, content, self.store.model_hash(trained_on), self.updates
             )
+            self._check_new(digest, trainer is not None)
             kind = update_kind(content)
             reference = self.store.get(trained_on)
             if kind == UPDATE_KIND_DELTA:
@@ -253,6 +263,17 @@ class UpdateBuffer:
             )
         )
         return True
+
+    def _check_new(self, digest: str, signed: bool) -> None:
+        """Reject a reply already buffered, or a signed one the chain included
+        (``digest`` "": no stage names updates, so nothing records them)."""
+        if not digest:
+            return
+        problem = self.included.problem(digest) if signed else None
+        if problem is None and any(u.digest == digest for u in self.updates):
+            problem = f"update {digest} is already waiting in the buffer"
+        if problem is not None:
+            raise UpdateRejected(problem)
 
     def trigger(self, at: float, drained: bool) -> str | None:
         """Why the buffer should be aggregated now, or ``None``."""
@@ -314,6 +335,9 @@ class UpdateBuffer:
             shares[u.node_id] = shares.get(u.node_id, 0.0) + share
         count_participation(self.participation, [u.node_id for u in updates])
         self.trainers.included(updates)
+        self.included.add(
+            block.version, (u.digest for u in updates if u.trainer and u.digest)
+        )
         count_participation(self.result.participation, [u.node_id for u in updates])
         record = VersionRecord(
             version=self.version,

@@ -19,6 +19,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays
 from ..ledger import Ledger, contributions
+from ..ledger.included import IncludedDigests
 from ..ledger.serverstate import ServerState
 from ..ledger.trainers import TRAINER_FIELD, chain_trainers
 from .block import Block, BufferedUpdate, Rejection
@@ -140,7 +141,10 @@ class LedgerStage(BlockStage):
 
         participation = ledger_participation(self.ledger.blocks())
         trainers = chain_trainers(self.ledger.blocks())
-        return Resumed(version, stored, velocity, claims, participation, trainers)
+        included = IncludedDigests.of_blocks(self.ledger.blocks())
+        return Resumed(
+            version, stored, velocity, claims, participation, trainers, included
+        )
 
     def rejected(self, rejection: Rejection) -> None:
         """Keep the rejection for the next block's body."""

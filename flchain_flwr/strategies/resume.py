@@ -21,6 +21,7 @@ from ..arrays import NDArrays
 from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode
+from ..ledger.included import IncludedDigests
 from .claims import ClaimHistory
 from .serverstep import ServerStep
 
@@ -40,6 +41,8 @@ class Resumed:
     trainers: dict[int, str] = field(default_factory=dict)
     """The trainer key each node id's included updates are pinned to
     (:func:`~flchain_flwr.ledger.trainers.chain_trainers`)."""
+    included: IncludedDigests = field(default_factory=IncludedDigests)
+    """The signed updates the chain included (none may be included again)."""
 
     def restore(self, server_step: ServerStep, claims: ClaimHistory) -> None:
         """Put the recorded velocity and claim history back in place."""

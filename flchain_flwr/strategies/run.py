@@ -168,6 +168,7 @@ class FedBuffRun:
                 s.require_signed_replies,
                 resumed.trainers if resumed is not None else None,
             ),
+            included=resumed.included if resumed is not None else None,
             tuner=resumed_tuner(
                 s.buffer_tuning,
                 ledger.ledger.head() if resumed is not None and ledger else None,
