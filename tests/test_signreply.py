@@ -760,3 +760,28 @@ def test_a_resumed_run_rejects_a_signed_reply_its_chain_included(
     assert any(w.endswith(("in block 1", "in block 2")) for w in why), why
     code, text = flchain("verify", str(path))
     assert code == 0, text
+
+
+# ---------------------------------------------------- the store's model hashes
+def test_the_version_store_hashes_a_model_only_when_a_signed_reply_needs_it() -> None:
+    """A version's hash is the ledger's when given, else hashed from its kept
+    copy when first asked for; nothing is hashed when a version is adopted, so
+    a version in flight whose full copy goes keeps a hash only once replies
+    are signed (``keep_hashes``)."""
+    from flchain_flwr.strategies.versions import VersionStore
+
+    models = [{"w": np.full(3, v, dtype=np.float32)} for v in range(4)]
+    given = "ab" * 32
+    store = VersionStore(0, models[0], lambda: 20, hashed=given)
+    assert store.model_hash(0) == given  # the ledger's, not hashed again
+    store.dispatched(5, 0)
+    store.settled(5, 0, "delta")  # node 5 sends deltas: needs no full copy
+    store.advance(1, models[1])
+    store.dispatched(5, 1)
+    store.advance(2, models[2])  # version 1's copy goes, unhashed
+    assert store.get(1) is None and store.model_hash(1) is None
+    store.keep_hashes = True
+    store.dispatched(5, 2)
+    store.advance(3, models[3])  # version 2 is hashed before its copy goes
+    assert store.get(2) is None and store.model_hash(2) == model_hash(models[2])
+    assert store.model_hash(3) == model_hash(models[3])  # from the current model

@@ -98,6 +98,8 @@ class Block:
     votes: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] | None = None
     signer: BlockSigner | None = None
+    model_hash: str | None = None
+    """The model's hash, when the ledger stage computed it (its blob's name)."""
     remembered: list[BufferedUpdate] = field(default_factory=list)
     """Earlier updates an update memory stepped on beside these (:mod:`.memory`)."""
 

@@ -20,7 +20,7 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
 from ..ledger.included import IncludedDigests
-from ..protocol import UPDATE_KIND_DELTA
+from ..protocol import TRAINER_RECORD, UPDATE_KIND_DELTA
 from .block import Block, BufferedUpdate, Rejection
 from .candidates import candidates_record
 from .claims import ClaimHistory
@@ -141,6 +141,7 @@ class UpdateBuffer:
         (as ``result.participation``, which the run fills from the chain too)."""
         self.tuner = tuner
         self.trainers = trainers or TrainerCheck()
+        store.keep_hashes = store.keep_hashes or self.trainers.require
         self.included = included or IncludedDigests()
         if tuner is not None:
             self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
@@ -208,6 +209,8 @@ class UpdateBuffer:
             self.store.settled(node_id, trained_on, None)
             self.reject(Rejection(node_id, trained_on, reason, digest))
             return False
+        if TRAINER_RECORD in content:
+            self.store.keep_hashes = True
         try:
             trainer = self.trainers.check(
                 node_id, content, self.store.model_hash(trained_on), self.updates
@@ -328,7 +331,7 @@ class UpdateBuffer:
         self.traffic = Traffic()  # a buffer that made no version keeps counting
         assert block.model is not None
         updates = block.updates
-        self.store.advance(block.version, block.model)
+        self.store.advance(block.version, block.model, block.model_hash)
         self.model_record = to_arrayrecord(block.model)
         shares = self.result.weight_share
         for u, share in zip(block.stepping, block.shares(1.0), strict=True):

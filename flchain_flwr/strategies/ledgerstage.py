@@ -161,7 +161,7 @@ class LedgerStage(BlockStage):
         """Append ``block``: updates, rejections, votes, rewards, server state."""
         assert block.model is not None and block.step is not None
         updates = block.updates
-        self.ledger.append(
+        written = self.ledger.append(
             model=block.model,
             model_version=block.version,
             base_version=block.version - 1,
@@ -182,6 +182,7 @@ class LedgerStage(BlockStage):
             server_state=self._state(),
             payloads=_payloads(updates),
         )
+        block.model_hash = str(written.header["model_hash"])
         self._rejected = []
         self._record_config = False
 

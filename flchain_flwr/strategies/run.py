@@ -143,7 +143,14 @@ class FedBuffRun:
         )
 
         rng = random.Random(s.seed)
-        self.store = VersionStore(version, model, self.max_staleness, names)
+        head = ledger.ledger.head() if ledger is not None else None
+        self.store = VersionStore(
+            version,
+            model,
+            self.max_staleness,
+            names,
+            str(head.header["model_hash"]) if head is not None else None,
+        )
         self.buffer = UpdateBuffer(
             store=self.store,
             num_versions=num_versions,
