@@ -80,8 +80,8 @@ class VerifyReport:
             line += (
                 f"\ntrainers: {self.trainers} of {self.included} included updates "
                 "name a trainer key, each node id keeping the first key included "
-                "under it; their signatures are in the stored payloads, which "
-                "only --replay checks"
+                "under it and no signed update included twice; their signatures "
+                "are in the stored payloads, which only --replay checks"
             )
         if not self.models:
             line += "\nmodel blobs: not checked (--no-models)"
