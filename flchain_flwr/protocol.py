@@ -27,6 +27,15 @@ TRAINED_ON_KEY: Final = "trained-on"
 """Inside ``UPDATE_INFO_KEY``, optional: the model version the client trained on;
 the server rejects a reply whose claim differs from what it sent."""
 
+# Optional ConfigRecord a client mod (signreply_mod) adds to a train reply.
+TRAINER_RECORD: Final = "flchain.trainer"
+"""Key of the ConfigRecord signing a train reply for its trainer: ``public-key``
+(hex Ed25519 key) and ``signature`` (hex), over the statement
+:func:`flchain_flwr.ledger.statements.trainer_statement` of the reply without
+this record (see :mod:`flchain_flwr.ledger.trainers`)."""
+TRAINER_PUBLIC_KEY: Final = "public-key"
+TRAINER_SIGNATURE: Final = "signature"
+
 # Capabilities a server announces in each train message's ConfigRecord, so that
 # client mods use a wire format only where the server can read it.
 SPARSE_REPLIES_KEY: Final = "flchain-sparse-replies"

@@ -112,6 +112,21 @@ def test_the_vectors_check_out_independently() -> None:
         json.loads(v["view_change"]["statement"].split("\n", 1)[1])["prev_hash"]
         == (block["prev_hash"])
     )
+    # A trainer's signature over a reply: tag + RFC 8785, node id as text.
+    tag = b"flchain-trainer-sig/1\n"
+    statement = v["trainer_signature"]["statement"].encode("utf-8")
+    assert statement.startswith(tag)
+    fields = json.loads(statement[len(tag) :])
+    assert rfc8785.dumps(fields) == statement[len(tag) :]
+    vote_payload = json.loads(payload[len(vote["tag"]) :])
+    assert fields == {
+        "model": vote_payload["parent_model"],  # the genesis model it trained on
+        "node_id": "12345678901234567890",
+        "update": "ab" * 32,
+    }
+    VerifyKey(bytes.fromhex(keys["trainer_public_hex"])).verify(
+        statement, bytes.fromhex(v["trainer_signature"]["signature_hex"])
+    )
 
 
 def test_the_published_page_shows_the_vectors() -> None:
@@ -126,10 +141,13 @@ def test_the_published_page_shows_the_vectors() -> None:
         v["vote"]["signature_hex"],
         v["checkpoint"]["note"],
         *v["checkpoint"]["block_hashes"],
-        *(v[k]["signature_hex"] for k in ("header_signature", "view_change")),
+        *(
+            v[k]["signature_hex"]
+            for k in ("header_signature", "view_change", "trainer_signature")
+        ),
         *(
             v[k]["statement"].split("\n", 1)[1]
-            for k in ("header_signature", "view_change")
+            for k in ("header_signature", "view_change", "trainer_signature")
         ),
     ]
     missing = [value for value in shown if value not in page]

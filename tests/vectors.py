@@ -1,4 +1,5 @@
-"""Test vectors of ledger format 2: a block, a format-2 vote on it, a checkpoint.
+"""Test vectors of ledger format 2: a block, a format-2 vote on it, a checkpoint,
+a committee member's statements and a trainer's signature over a reply.
 
 ``python -m tests.vectors`` (from the repository root) rewrites
 ``tests/data/test-vectors.json`` from the code; ``tests/test_vectors.py``
@@ -21,12 +22,17 @@ from flchain_flwr.ledger import Ledger, VoteContext, sign_vote
 from flchain_flwr.ledger.canonical import sha256_hex
 from flchain_flwr.ledger.consensus import rule_digest
 from flchain_flwr.ledger.notes import SignerKey
-from flchain_flwr.ledger.statements import header_statement, view_change_statement
+from flchain_flwr.ledger.statements import (
+    header_statement,
+    trainer_statement,
+    view_change_statement,
+)
 from flchain_flwr.ledger.votes import vote_payload
 
 VECTORS = Path(__file__).parent / "data" / "test-vectors.json"
 LEADER_SEED = bytes([1]) * 32
 VERIFIER_SEED = bytes([2]) * 32
+TRAINER_SEED = bytes([3]) * 32
 CHAIN_ID = "test-vectors"
 UPDATE = "ab" * 32
 RULE = {"metric": "accuracy", "mode": "absolute", "value": 0.5}
@@ -87,12 +93,18 @@ def make_vectors() -> dict[str, Any]:
     payload = vote_payload(context, UPDATE, True, 0.5, 0.25)
     header_sig = header_statement(CHAIN_ID, 1, 0, block.hash, True)
     view_change = view_change_statement(CHAIN_ID, 1, 0, genesis.hash)
+    trainer = SigningKey(TRAINER_SEED)
+    trained = trainer_statement(
+        12345678901234567890, UPDATE, str(genesis.header["model_hash"])
+    )
     return {
         "keys": {
             "leader_seed_hex": LEADER_SEED.hex(),
             "leader_public_hex": leader.verify_key.encode().hex(),
             "verifier_seed_hex": VERIFIER_SEED.hex(),
             "verifier_public_hex": verifier.verify_key.encode().hex(),
+            "trainer_seed_hex": TRAINER_SEED.hex(),
+            "trainer_public_hex": trainer.verify_key.encode().hex(),
             "checkpoint_vkey": SignerKey(origin, leader).verifier.encode(),
         },
         "block": {
@@ -126,6 +138,10 @@ def make_vectors() -> dict[str, Any]:
         "view_change": {
             "statement": view_change.decode("utf-8"),
             "signature_hex": verifier.sign(view_change).signature.hex(),
+        },
+        "trainer_signature": {
+            "statement": trained.decode("utf-8"),
+            "signature_hex": trainer.sign(trained).signature.hex(),
         },
     }
 

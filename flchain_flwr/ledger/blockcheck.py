@@ -24,12 +24,14 @@ from .blocks import (
 from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, sha256_hex
 from .consensus import PoVRules, VoteRules, block_view
 from .evidence import settled_evidence
+from .included import IncludedDigests
 from .merkle import merkle_root
 from .payload import PAYLOAD_FIELD
 from .povstate import PoVState
 from .quorum import check_signed_block, headers_declared
 from .rewards import contribution_problem
 from .serverstate import state_blobs
+from .trainers import TRAINER_FIELD, included_trainers_problem
 from .votes import VoteContext, check_vote
 
 if TYPE_CHECKING:
@@ -51,6 +53,14 @@ class ChainRules:
     """Quorum-signed blocks whose signers' quorum replayed the model."""
     evidence: list[str] = field(default_factory=list)
     """What the equivocation evidence in the chain says, by block."""
+    digests: IncludedDigests = field(default_factory=IncludedDigests)
+    """The signed updates the blocks checked included, and where."""
+    trainers: dict[int, str] = field(default_factory=dict)
+    """The trainer key each node id's included updates are pinned to."""
+    included: int = 0
+    """Included updates in the blocks checked."""
+    named: int = 0
+    """Of those, the ones whose entry names a trainer key."""
 
     def vote_context(
         self, chain_id: str, height: int, prev_hash: str, body: Mapping[str, Any]
@@ -139,9 +149,16 @@ def check_block(
             return reason
     if not leader_signed(header, header_raw, signature):
         return "leader signature is invalid"
-    problem = _check_entries(body)
+    problem = (
+        _check_entries(body)
+        or chain.digests.block_problem(body["included"])
+        or included_trainers_problem(chain.trainers, body["included"])
+    )
     if problem is not None:
         return problem
+    chain.digests.add_block(height, body["included"])
+    chain.included += len(body["included"])
+    chain.named += sum(TRAINER_FIELD in u for u in body["included"])
     context = chain.vote_context(ledger.chain_id, height, prev_hash, body)
     for index, vote in enumerate(body.get("votes", [])):
         problem = check_vote(context, vote)

@@ -88,9 +88,17 @@ as ok: blocks written before payloads were stored, blocks whose settings are
 not recorded, and blocks of other strategies (``PoVStrategy`` wraps a Flower
 strategy's own aggregation and records neither its settings nor payloads).
 
-What replay does not establish: that a node sent the update stored under its
-id (replies are not signed by their senders; on a PoV chain the committee's
-votes name the digest), an update's ``trained_on`` when the reply does not
+Trainer signatures (:mod:`.trainers`): a payload that carries one must verify
+over its content without the record, its node id and the model hash of the
+version it was trained on, and its entry's ``trainer`` must be that key (an
+entry without one, a payload without one); with ``require_signed_replies`` in
+the block's settings every included payload must carry one. (That a node id
+keeps one key along the chain is a rule of the blocks alone: ``verify``
+checks it.)
+
+What replay does not establish: that a node sent an update stored under its
+id when the reply is not signed by its trainer (on a PoV chain the
+committee's votes name the digest), an update's ``trained_on`` when the reply does not
 state it (the DGC mod's replies do), and claims of replies that were taken but
 not included (their payloads are not stored: the claim history only has to
 be consistent with the block's included and rejected senders).
@@ -146,6 +154,10 @@ class ReplayReport:
     not_replayable: tuple[tuple[int, str], ...] = ()
     bad_height: int | None = None
     reason: str = ""
+    checked: int = 0
+    """Included updates of the replayed blocks (each checked against its payload)."""
+    signed: int = 0
+    """Of those, the ones whose payload carries a valid trainer signature."""
 
     @property
     def complete(self) -> bool:
@@ -166,6 +178,13 @@ class ReplayReport:
             by_reason.setdefault(why, []).append(height)
         for why, heights in by_reason.items():
             lines.append(f"not replayable: {_ranges(heights)}: {why}")
+        if self.signed:  # chains without trainer signatures report as before
+            lines.append(
+                f"trainers: {self.signed} of {self.checked} included updates in "
+                "the replayed blocks signed by their trainers (each signature "
+                "checked over its stored payload, its node id and the model it "
+                "was trained on)"
+            )
         return "\n".join(lines)
 
 
@@ -230,7 +249,14 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
         return ReplayReport(
             False, count, tuple(replayed), tuple(skipped), failure[0], failure[1]
         )
-    return ReplayReport(True, count, tuple(replayed), tuple(skipped))
+    return ReplayReport(
+        True,
+        count,
+        tuple(replayed),
+        tuple(skipped),
+        checked=replayer.checked,
+        signed=replayer.signed,
+    )
 
 
 class PendingReplay:

@@ -37,6 +37,7 @@ from .replaytypes import Failed, NotReplayable, ReplaySource, StepFn
 from .replayweights import check_weights, weigh_examples
 from .rewards import contributions
 from .serverstate import ServerState
+from .trainers import TRAINER_FIELD, TrainerSignatureError, short_key, signed_by
 
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
@@ -58,6 +59,10 @@ class Replayer:
     rule_trust: bool | None = None
     """Whether the genesis block's judging rule weighs by trust (``None``:
     no PoV genesis seen)."""
+    checked: int = 0
+    """Included updates whose payload was checked (in blocks replayed)."""
+    signed: int = 0
+    """Of those, the ones whose payload carries a valid trainer signature."""
 
     def record(self, block: Block) -> None:
         """Learn the block's version and recorded settings."""
@@ -133,6 +138,7 @@ class Replayer:
             self._update(i, entry, parent, parent_version, names, settings)
             for i, entry in enumerate(included)
         ]
+        signed = sum(1 for u in updates if u.trainer is not None)
         weigh_examples(updates, included, body, state, before, settings)
         check_weights(updates, included, body, settings, self.participation)
         if settings.trust:
@@ -169,6 +175,8 @@ class Replayer:
             version, body["contributions"]
         ):
             raise Failed("the recorded contributions are not the replayed ones")
+        self.checked += len(updates)
+        self.signed += signed
 
     # pylint: disable=too-many-arguments
     def _update(
@@ -206,6 +214,7 @@ class Replayer:
             )
         weight = settings.staleness(staleness)  # checked once factors are known
         base = self.versions[trained_on]
+        trainer = _trainer(where, node_id, content, entry, base, settings)
         try:
             kind = update_kind(content)
             reference = parent if kind == UPDATE_KIND_DELTA else self.model(base)
@@ -229,6 +238,7 @@ class Replayer:
             metrics=RecordDict(),
             digest=str(entry["digest"]),
             state_base=state_base,
+            trainer=trainer,
         )
 
     # pylint: disable=too-many-arguments
@@ -302,3 +312,33 @@ class Replayer:
             "the previous velocity over its updates does not overflow, so the "
             "restart cannot be checked"
         )
+
+
+# pylint: disable=too-many-arguments
+def _trainer(
+    where: str,
+    node_id: int,
+    content: RecordDict,
+    entry: Mapping[str, Any],
+    model: str,
+    settings: Settings,
+) -> str | None:
+    """The trainer key that signed a stored payload, checked against the
+    model it was trained on (hash ``model``) and the entry's ``trainer``."""
+    try:
+        signer = signed_by(node_id, content, model)
+    except TrainerSignatureError as exc:
+        raise Failed(f"{where}: {exc}") from None
+    recorded = entry.get(TRAINER_FIELD)
+    if recorded != signer:
+        says = "no trainer" if recorded is None else short_key(str(recorded))
+        found = "no trainer signature" if signer is None else short_key(signer)
+        raise Failed(
+            f"{where}: records trainer {says}, its stored payload carries {found}"
+        )
+    if signer is None and settings.require_signed:
+        raise Failed(
+            f"{where}: its payload is not signed by its trainer, and the block's "
+            "settings require signed replies"
+        )
+    return signer

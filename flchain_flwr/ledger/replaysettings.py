@@ -46,6 +46,8 @@ class Settings:
     work_normalisation: WorkNormalisation | None
     trust: bool
     """Whether the committee's trust weighting applies (:mod:`..pov.trust`)."""
+    require_signed: bool = False
+    """Whether the server required every reply signed by its trainer."""
 
     @classmethod
     def of(cls, config: Mapping[str, Any]) -> Settings:
@@ -65,6 +67,7 @@ class Settings:
                     str(config.get("work_normalisation", ""))
                 ),
                 trust=_trust_setting(config.get("trust_weighting")),
+                require_signed=config.get("require_signed_replies") is True,
             )
         except KeyError as exc:
             raise NotReplayable(f"its recorded settings lack {exc}") from None

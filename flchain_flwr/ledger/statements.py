@@ -1,4 +1,5 @@
-"""The statements PoV committee members sign besides votes (see :mod:`.quorum`).
+"""The statements PoV committee members sign besides votes (see :mod:`.quorum`),
+and the one a trainer signs over its reply (see :mod:`.trainers`).
 
 Each is a tag line and an RFC 8785 object, signed with Ed25519; both are in
 ``docs/test-vectors.md``.
@@ -15,6 +16,7 @@ from .canonical import LATEST_FORMAT, encode
 
 HEADER_SIG_TAG: Final = b"flchain-header-sig/1\n"
 VIEW_CHANGE_TAG: Final = b"flchain-view-change/1\n"
+TRAINER_SIG_TAG: Final = b"flchain-trainer-sig/1\n"
 
 
 def header_statement(
@@ -40,6 +42,17 @@ def view_change_statement(
     return VIEW_CHANGE_TAG + encode(
         LATEST_FORMAT,
         {"chain_id": chain_id, "height": height, "view": view, "prev_hash": prev_hash},
+    )
+
+
+def trainer_statement(node_id: int, update: str, model: str) -> bytes:
+    """What node ``node_id``'s trainer key signs for a train reply: the
+    :func:`~.canonical.update_digest` ``update`` of the reply without its
+    signature record, and the :func:`~.canonical.model_hash` ``model`` of the
+    global model it trained on (the node id as decimal text: a 64-bit id has no
+    exact RFC 8785 number)."""
+    return TRAINER_SIG_TAG + encode(
+        LATEST_FORMAT, {"node_id": str(int(node_id)), "update": update, "model": model}
     )
 
 

@@ -46,6 +46,10 @@ class VerifyReport:
     """Equivocation evidence the chain's blocks carry (each settled)."""
     models: bool = True
     """Whether the model, server-state and update payload blobs were hashed."""
+    included: int = 0
+    """Included updates in the blocks verified."""
+    trainers: int = 0
+    """Of those, the ones whose entry names a trainer key."""
 
     def __str__(self) -> str:
         if not self.ok:
@@ -72,6 +76,13 @@ class VerifyReport:
             line += f"\nheaders: {self.headers}"
         for finding in self.equivocations:
             line += f"\nequivocation: {finding}"
+        if self.trainers:  # chains without trainer keys report as before
+            line += (
+                f"\ntrainers: {self.trainers} of {self.included} included updates "
+                "name a trainer key, each node id keeping the first key included "
+                "under it and no signed update included twice; their signatures "
+                "are in the stored payloads, which only --replay checks"
+            )
         if not self.models:
             line += "\nmodel blobs: not checked (--no-models)"
         head = f"head: block {self.blocks - 1}, hash {self.head}" if self.blocks else ""
@@ -94,13 +105,18 @@ def verify_ledger(
     Checks: canonical encodings, header hash, height sequence, chain id,
     previous-hash links, body hash, Merkle root of included updates, leader
     signature (against the genesis leader, or ``trusted_key``), every vote's
-    signature, that no update digest is included twice and contributions
+    signature, that no update digest is included twice in a block, nor a
+    signed update's in the chain (:mod:`.included`), and contributions
     credit only included nodes, that a recorded ``config`` hashes to the
     header's ``config_digest``, that a ``server_state`` record is well
     formed, and (``check_models``) that each model blob, each server-state
     blob and each stored update payload hashes to its name. Blocks without
-    the optional fields (older ledgers) are checked as before;
-    :func:`~flchain_flwr.ledger.replay.replay` recomputes the models.
+    the optional fields (older ledgers) are checked as before. An included
+    update's ``trainer`` must be a hex key, and a node id's included updates
+    keep the first trainer key included under it
+    (:func:`~.trainers.included_trainers_problem`); the signatures themselves
+    are in the payloads, which :func:`~flchain_flwr.ledger.replay.replay`
+    checks as it recomputes the models.
 
     Without ``trusted_key`` or ``checkpoint`` this proves only that the
     ledger is self-consistent. ``trusted_key`` (hex Ed25519 key or vkey, see
@@ -237,6 +253,8 @@ def verify_ledger(
         headers=_headers_line(chain, count),
         equivocations=tuple(chain.evidence),
         models=check_models,
+        included=chain.included,
+        trainers=chain.named,
     )
 
 

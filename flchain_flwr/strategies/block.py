@@ -49,6 +49,9 @@ class BufferedUpdate:
     work: float = 1.0
     """The local work the server asked of it (1 when none was set; what
     work normalisation, :mod:`.nova`, divides by)."""
+    trainer: str | None = None
+    """The trainer key that signed its reply (hex; ``None``: unsigned, see
+    :mod:`.trainercheck`)."""
 
     @property
     def step_examples(self) -> float:
@@ -95,6 +98,8 @@ class Block:
     votes: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] | None = None
     signer: BlockSigner | None = None
+    model_hash: str | None = None
+    """The model's hash, when the ledger stage computed it (its blob's name)."""
     remembered: list[BufferedUpdate] = field(default_factory=list)
     """Earlier updates an update memory stepped on beside these (:mod:`.memory`)."""
 

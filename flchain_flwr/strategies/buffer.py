@@ -19,7 +19,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.supercore import log
 
 from ..arrays import NDArrays, to_arrayrecord
-from ..protocol import UPDATE_KIND_DELTA
+from ..ledger.included import IncludedDigests
+from ..protocol import TRAINER_RECORD, UPDATE_KIND_DELTA
 from .block import Block, BufferedUpdate, Rejection
 from .candidates import candidates_record
 from .claims import ClaimHistory
@@ -30,6 +31,7 @@ from .pipeline import Pipeline
 from .result import AsyncResult, RejectedUpdate, VersionRecord
 from .staleness import StalenessFn
 from .traffic import Traffic
+from .trainercheck import TrainerCheck
 from .tuning import BUFFER_FIELD, BufferTuner
 from .updates import ParsedUpdate, UpdateRejected, update_kind
 from .versions import VersionStore
@@ -82,6 +84,15 @@ class UpdateBuffer:
         from its ledger), which the fairness factors count on from.
     tuner : BufferTuner | None
         Chooses K and tau after each version (:mod:`.tuning`); ``None``: fixed.
+    trainers : TrainerCheck | None
+        The trainer signatures replies are held to (:mod:`.trainercheck`);
+        ``None``: checked when present, not required, no node pinned yet.
+    included : IncludedDigests | None
+        The signed updates the run's chain included (a resumed run's, from its
+        ledger): a signed reply with one of those digests is rejected, since a
+        chain includes a signed update once
+        (:mod:`~flchain_flwr.ledger.included`); so is any reply with a
+        buffered update's digest (a block includes an update once).
     """
 
     # pylint: disable=too-many-arguments,too-many-instance-attributes
@@ -106,6 +117,8 @@ class UpdateBuffer:
         fairness: InverseParticipation | None = None,
         participation: Mapping[int, int] | None = None,
         tuner: BufferTuner | None = None,
+        trainers: TrainerCheck | None = None,
+        included: IncludedDigests | None = None,
     ) -> None:
         self.store = store
         self.num_versions = num_versions
@@ -127,6 +140,9 @@ class UpdateBuffer:
         """Aggregated updates per node, over the ledger's whole chain when resumed
         (as ``result.participation``, which the run fills from the chain too)."""
         self.tuner = tuner
+        self.trainers = trainers or TrainerCheck()
+        store.keep_hashes = store.keep_hashes or self.trainers.require
+        self.included = included or IncludedDigests()
         if tuner is not None:
             self.buffer_size, self.max_wait = tuner.buffer_size, tuner.max_wait
         self.model_record: ArrayRecord = to_arrayrecord(store.model)
@@ -193,7 +209,13 @@ class UpdateBuffer:
             self.store.settled(node_id, trained_on, None)
             self.reject(Rejection(node_id, trained_on, reason, digest))
             return False
+        if TRAINER_RECORD in content:
+            self.store.keep_hashes = True
         try:
+            trainer = self.trainers.check(
+                node_id, content, self.store.model_hash(trained_on), self.updates
+            )
+            self._check_new(digest, trainer is not None)
             kind = update_kind(content)
             reference = self.store.get(trained_on)
             if kind == UPDATE_KIND_DELTA:
@@ -240,9 +262,21 @@ class UpdateBuffer:
                 self.pipeline.payload(content),
                 self.pipeline.base(kind, reference),
                 work=work,
+                trainer=trainer,
             )
         )
         return True
+
+    def _check_new(self, digest: str, signed: bool) -> None:
+        """Reject a reply already buffered, or a signed one the chain included
+        (``digest`` "": no stage names updates, so nothing records them)."""
+        if not digest:
+            return
+        problem = self.included.problem(digest) if signed else None
+        if problem is None and any(u.digest == digest for u in self.updates):
+            problem = f"update {digest} is already waiting in the buffer"
+        if problem is not None:
+            raise UpdateRejected(problem)
 
     def trigger(self, at: float, drained: bool) -> str | None:
         """Why the buffer should be aggregated now, or ``None``."""
@@ -297,12 +331,16 @@ class UpdateBuffer:
         self.traffic = Traffic()  # a buffer that made no version keeps counting
         assert block.model is not None
         updates = block.updates
-        self.store.advance(block.version, block.model)
+        self.store.advance(block.version, block.model, block.model_hash)
         self.model_record = to_arrayrecord(block.model)
         shares = self.result.weight_share
         for u, share in zip(block.stepping, block.shares(1.0), strict=True):
             shares[u.node_id] = shares.get(u.node_id, 0.0) + share
         count_participation(self.participation, [u.node_id for u in updates])
+        self.trainers.included(updates)
+        self.included.add(
+            block.version, (u.digest for u in updates if u.trainer and u.digest)
+        )
         count_participation(self.result.participation, [u.node_id for u in updates])
         record = VersionRecord(
             version=self.version,

@@ -64,7 +64,9 @@ def fedbuff_from_run_config(
       deltas from the initial model, which the client's mod builds);
       ``queued-dispatch`` (true, false or ``"auto"``:
       one more train message queued per training node; ``"auto"`` only over
-      Flower's deployment grid);
+      Flower's deployment grid); ``require-signed-replies`` (bool: reject
+      train replies not signed by their trainers, see
+      :func:`~flchain_flwr.mods.signreply.signreply_mod`);
     - ``fraction-train`` (in (0, 1]); ``fraction-evaluate`` (in [0, 1], 0: no
       federated evaluation); ``concurrency`` (int, <= 0: none, i.e. from
       ``fraction-train``);
@@ -142,6 +144,8 @@ def fedbuff_from_run_config(
         if queued != "auto" and not isinstance(queued, bool):
             raise bad_value("queued-dispatch", queued, "true, false or 'auto'")
         kwargs["queued_dispatch"] = queued
+    if "require-signed-replies" in cfg:
+        kwargs["require_signed_replies"] = flag_value(cfg, "require-signed-replies")
     if "fraction-train" in cfg:
         kwargs["fraction_train"] = number_value(
             cfg, "fraction-train", low=0.0, high=1.0, low_open=True

@@ -199,6 +199,13 @@ class FedBuff(FedBuffSettings, Strategy):
         (a delta's base must be the node's last model, which a queue skips).
         ``"auto"``: on over Flower's deployment grid only, and not with
         ``downlink`` (see :func:`~.loop.queued_on`).
+    require_signed_replies : bool (default: False)
+        Reject every train reply that is not signed by its trainer (the client
+        mod :func:`~flchain_flwr.mods.signreply.signreply_mod`). Signed
+        replies are checked either way: a malformed or invalid signature, or a
+        key other than the one a node id's included updates were signed by, is
+        rejected with its reason (see :mod:`~.trainercheck`); the ledger
+        records each included signed update's ``trainer`` key.
     """
 
     @cached_property

@@ -19,7 +19,9 @@ from flwr.supercore import log
 
 from ..arrays import NDArrays
 from ..ledger import Ledger, contributions
+from ..ledger.included import IncludedDigests
 from ..ledger.serverstate import ServerState
+from ..ledger.trainers import TRAINER_FIELD, chain_trainers
 from .block import Block, BufferedUpdate, Rejection
 from .claims import ClaimHistory
 from .pipeline import BlockStage
@@ -138,7 +140,11 @@ class LedgerStage(BlockStage):
         from ..ledger.replayweights import ledger_participation  # it imports us
 
         participation = ledger_participation(self.ledger.blocks())
-        return Resumed(version, stored, velocity, claims, participation)
+        trainers = chain_trainers(self.ledger.blocks())
+        included = IncludedDigests.of_blocks(self.ledger.blocks())
+        return Resumed(
+            version, stored, velocity, claims, participation, trainers, included
+        )
 
     def rejected(self, rejection: Rejection) -> None:
         """Keep the rejection for the next block's body."""
@@ -155,22 +161,12 @@ class LedgerStage(BlockStage):
         """Append ``block``: updates, rejections, votes, rewards, server state."""
         assert block.model is not None and block.step is not None
         updates = block.updates
-        self.ledger.append(
+        written = self.ledger.append(
             model=block.model,
             model_version=block.version,
             base_version=block.version - 1,
             config_digest=self.config_digest,
-            included=[
-                {
-                    "node_id": u.node_id,
-                    "digest": u.digest,
-                    "trained_on": u.trained_on,
-                    "staleness": u.staleness,
-                    "weight": u.weight,
-                    "num_examples": u.examples,
-                }
-                for u in updates
-            ],
+            included=[_entry(u) for u in updates],
             rejected=self._rejected,
             votes=block.votes,
             contributions=contributions(
@@ -186,6 +182,7 @@ class LedgerStage(BlockStage):
             server_state=self._state(),
             payloads=_payloads(updates),
         )
+        block.model_hash = str(written.header["model_hash"])
         self._rejected = []
         self._record_config = False
 
@@ -203,6 +200,22 @@ class LedgerStage(BlockStage):
         """Close the ledger if this stage opened it."""
         if self._owned:
             self.ledger.close()
+
+
+def _entry(u: BufferedUpdate) -> dict[str, object]:
+    """An included update's ledger entry (``trainer`` only for a signed reply,
+    so that unsigned ones are recorded as they always were)."""
+    entry: dict[str, object] = {
+        "node_id": u.node_id,
+        "digest": u.digest,
+        "trained_on": u.trained_on,
+        "staleness": u.staleness,
+        "weight": u.weight,
+        "num_examples": u.examples,
+    }
+    if u.trainer is not None:
+        entry[TRAINER_FIELD] = u.trainer
+    return entry
 
 
 def _payloads(updates: list[BufferedUpdate]) -> list[RecordDict] | None:

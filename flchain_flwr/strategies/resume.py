@@ -12,7 +12,7 @@ the momentum's velocity and the example-weighting claim history). A
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from logging import WARNING
 
 from flwr.supercore import log
@@ -21,6 +21,7 @@ from ..arrays import NDArrays
 from ..ledger import Block as LedgerBlock
 from ..ledger import Ledger
 from ..ledger.canonical import LATEST_FORMAT, encode
+from ..ledger.included import IncludedDigests
 from .claims import ClaimHistory
 from .serverstep import ServerStep
 
@@ -37,6 +38,11 @@ class Resumed:
     """The example-weighting history, least recently heard node first."""
     participation: dict[int, int]
     """Each node's included updates over the chain (what fairness counts)."""
+    trainers: dict[int, str] = field(default_factory=dict)
+    """The trainer key each node id's included updates are pinned to
+    (:func:`~flchain_flwr.ledger.trainers.chain_trainers`)."""
+    included: IncludedDigests = field(default_factory=IncludedDigests)
+    """The signed updates the chain included (none may be included again)."""
 
     def restore(self, server_step: ServerStep, claims: ClaimHistory) -> None:
         """Put the recorded velocity and claim history back in place."""

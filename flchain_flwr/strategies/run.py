@@ -41,6 +41,7 @@ from .result import AsyncResult, VersionRecord
 from .runlog import log_downlink, log_finished, log_rounds, log_version
 from .runpipeline import block_pipeline, carry_over, open_ledger
 from .state import state_names
+from .trainercheck import TrainerCheck
 from .versions import VersionStore
 
 if TYPE_CHECKING:
@@ -142,7 +143,14 @@ class FedBuffRun:
         )
 
         rng = random.Random(s.seed)
-        self.store = VersionStore(version, model, self.max_staleness, names)
+        head = ledger.ledger.head() if ledger is not None else None
+        self.store = VersionStore(
+            version,
+            model,
+            self.max_staleness,
+            names,
+            str(head.header["model_hash"]) if head is not None else None,
+        )
         self.buffer = UpdateBuffer(
             store=self.store,
             num_versions=num_versions,
@@ -163,6 +171,11 @@ class FedBuffRun:
             work_normalisation=s.work_normalisation,
             fairness=s.fairness,
             participation=resumed.participation if resumed is not None else None,
+            trainers=TrainerCheck(
+                s.require_signed_replies,
+                resumed.trainers if resumed is not None else None,
+            ),
+            included=resumed.included if resumed is not None else None,
             tuner=resumed_tuner(
                 s.buffer_tuning,
                 ledger.ledger.head() if resumed is not None and ledger else None,

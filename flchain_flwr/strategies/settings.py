@@ -95,6 +95,7 @@ class FedBuffSettings:
         downlink_from_initial: bool = False,
         anchor: BlockAnchorer | None = None,
         queued_dispatch: QueuedDispatch = False,
+        require_signed_replies: bool = False,
     ) -> None:
         check_arguments(
             fraction_train=fraction_train,
@@ -158,6 +159,7 @@ class FedBuffSettings:
         require(anchor is None or ledger is not None, "anchor needs a ledger")
         self.anchor = anchor
         self.queued_dispatch: QueuedDispatch = queued_dispatch
+        self.require_signed_replies = bool(require_signed_replies)
         conflict = self.policy_conflict()
         require(conflict is None, conflict or "")
         self._sample_rng = random.Random(seed)  # configure_evaluate's sample
@@ -265,6 +267,8 @@ class FedBuffSettings:
         }
         if self.queued_dispatch:  # only when on, like the options above
             config["queued_dispatch"] = self.queued_dispatch
+        if self.require_signed_replies:  # only when on: a replay then holds
+            config["require_signed_replies"] = True  # every included update to it
         if self.committee is not None and self.committee.trust_weighting:
             config["trust_weighting"] = TRUST_WEIGHTING
         return config

@@ -10,7 +10,13 @@ anyway). Non-trainable state (BatchNorm statistics, a few values per layer) is
 kept for every version in flight: averaging reported values needs each update's
 base. So at most ``max_staleness + 1`` full copies exist at once: with the
 default ``max_staleness`` of 20 and a 400 MB model, 8.4 GB in the worst case,
-and one copy (the current model) when every node sends deltas.
+and one copy (the current model) when every node sends deltas. A signed reply
+names the model it trained on by its model hash
+(:mod:`flchain_flwr.ledger.trainers`): a version's hash is the ledger's when a
+ledger wrote it (given to :meth:`VersionStore.advance`), else hashed when a
+signed reply first names it, from its kept copy; once replies are signed
+(:attr:`VersionStore.keep_hashes`), a version still in flight is hashed before
+its full copy goes. A run nobody signs in hashes nothing here.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from ..arrays import NDArrays
+from ..ledger.canonical import model_hash
 from ..protocol import UPDATE_KIND_DELTA
 
 
@@ -31,12 +38,17 @@ class VersionStore:
         model: NDArrays,
         max_staleness: Callable[[], int | None],
         state_names: frozenset[str] = frozenset(),
+        hashed: str | None = None,
     ) -> None:
         self.version = version
         self.model = model
         self.max_staleness = max_staleness
         self.state_names = state_names
         self._state: dict[int, NDArrays] = {version: self._state_of(model)}
+        self._hashes: dict[int, str] = {} if hashed is None else {version: hashed}
+        self.keep_hashes = False
+        """Whether a version still in flight is hashed before its full copy
+        goes (set once a signed reply arrived, or when all must be signed)."""
         self._full: dict[int, NDArrays] = {version: model}
         self._in_flight: Counter[int] = Counter()  # version -> train messages
         self._needs_full: Counter[int] = Counter()  # ... to full-weight senders
@@ -85,15 +97,29 @@ class VersionStore:
         """The non-trainable arrays of ``version`` (kept while it is in flight)."""
         return self._state[version]
 
+    def model_hash(self, version: int) -> str | None:
+        """The model hash of ``version`` (kept while it is in flight; hashed
+        from its full copy when first asked for), or ``None`` if neither is
+        kept."""
+        known = self._hashes.get(version)
+        if known is None and version in self._state:
+            model = self._full.get(version)
+            if model is not None:
+                known = self._hashes[version] = model_hash(model)
+        return known
+
     def get(self, version: int) -> NDArrays | None:
         """The full copy of ``version``, or ``None`` if it was not kept."""
         return self._full.get(version)
 
-    def advance(self, version: int, model: NDArrays) -> None:
-        """Adopt a new current version."""
+    def advance(self, version: int, model: NDArrays, hashed: str | None = None) -> None:
+        """Adopt a new current version (``hashed``: its model hash, when the
+        ledger computed it)."""
         self.version, self.model = version, model
         self._full[version] = model
         self._state[version] = self._state_of(model)
+        if hashed is not None:
+            self._hashes[version] = hashed
         self._settled = True
         self.prune()
 
@@ -108,10 +134,13 @@ class VersionStore:
                 continue
             too_old = limit is not None and self.version - v > limit
             if too_old or self._needs_full[v] == 0:
+                if self.keep_hashes and not too_old and self._in_flight[v]:
+                    self.model_hash(v)  # a signed reply on it names it by hash
                 del self._full[v]
         for v in list(self._state):
             if v != self.version and self._in_flight[v] == 0:
                 del self._state[v]
+                self._hashes.pop(v, None)
 
 
 def _decrement(counter: Counter[int], key: int) -> None:

@@ -14,7 +14,13 @@ Node config (``flower-supernode --node-config``, or the simulation's defaults):
 - ``role="witness"`` with ``witness-dir="<path>"`` (a folder made by ``flchain
   witness init``): the node trains nothing and answers checkpoint cosigning
   queries (see :mod:`flchain_flwr.witness_node`);
-- ``attack=...``: robustness experiments only (see :mod:`flchain_flwr.sim.attacks`).
+- ``attack=...``: robustness experiments only (see :mod:`flchain_flwr.sim.attacks`);
+- ``trainer-key="<path>"``: sign every train reply with this node's Ed25519
+  trainer key (created 0600 if the file does not exist; see
+  :mod:`flchain_flwr.mods.signreply`), so that the server, or anything on the
+  path, cannot put an update of its own under this node's id that verifies
+  under its key; a server run with ``require-signed-replies = true`` rejects
+  unsigned replies.
 
 With ``personal-alpha > 0`` the personalisation mod
 (:mod:`flchain_flwr.mods.personal`) reports each node's mix of its local and the
@@ -54,14 +60,23 @@ from flchain_cnn.verifiers import app_verifier
 from flchain_flwr import witness_node
 from flchain_flwr.arrays import to_ndarrays
 from flchain_flwr.configvalues import integer_value, number_value
-from flchain_flwr.mods import PersonalConfig, dgc_mod, downlink_mod, personal_mod
+from flchain_flwr.mods import (
+    PersonalConfig,
+    dgc_mod,
+    downlink_mod,
+    personal_mod,
+    signreply_mod,
+)
 from flchain_flwr.pov import Verifier, verifiernode
 from flchain_flwr.sim.attacks import attack_mod, poisoned_labels
 
 NODE = "node config"
 """How errors name a node config key (``--node-config``)."""
 
-# The lossless sparse downlink's receiving half (inert unless the server runs
+# First, outside the rest, the trainer signature (inert unless the node config
+# names a trainer-key): it signs the reply exactly as sent, DGC-compressed and
+# with the downlink record, and names the model as received.
+# Then the lossless sparse downlink's receiving half (inert unless the server runs
 # with downlink = true; it builds the run's initial model itself for a server
 # run with downlink-from-initial = true), then DGC compression of train replies,
 # configured by the run config's dgc-* keys (dgc-density = 1.0, the default, sends dense
@@ -73,6 +88,7 @@ NODE = "node config"
 # (inert unless personal-alpha > 0).
 app = ClientApp(
     mods=[
+        signreply_mod,
         downlink_mod(initial_model=lambda c: to_ndarrays(initial_arrays(c.run_config))),
         dgc_mod(),
         attack_mod(),

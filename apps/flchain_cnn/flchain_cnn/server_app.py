@@ -68,6 +68,7 @@ FEDBUFF_ONLY = (
     "evaluate-every",
     "fraction-evaluate",
     "personal-alpha",  # acts on evaluate messages; the FedAvg path sends none
+    "require-signed-replies",
 )
 """Run-config keys, off by default, that only the FedBuff path reads: set
 beside ``strategy = "fedavg"`` they would be ignored, so they are refused.
