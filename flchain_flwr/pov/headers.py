@@ -200,6 +200,16 @@ def cosign_header(
     }
 
 
+class ViewGivenUp(RuntimeError):
+    """A block's leader did not sign its header, and its view was given up
+    and recorded beside the ledger (:mod:`.viewrecord`): deciding the block
+    again, as a restart would, goes on at the next view."""
+
+    def __init__(self, message: str, height: int, view: int) -> None:
+        super().__init__(message)
+        self.height, self.view = height, view
+
+
 class HeaderSigner:
     """Signs a PoV block: its leader's signature over the header (as before),
     then more than 2/3 of its committee's header signatures (what ``verify``
@@ -210,8 +220,10 @@ class HeaderSigner:
     leader that refuses, fails or does not answer in time when asked for its
     header signature has its view given up as a leader that cannot lead
     (:meth:`~.views.Views.give_up`: the members sign a view change, recorded
-    beside ``ledger``) before :meth:`sign` raises: the run stops, and a
-    restart resumes the height at the next view, whose leader proposes.
+    beside ``ledger``) before :meth:`sign` raises :class:`ViewGivenUp`:
+    FedBuff's committee stage then decides the block again at the next view
+    (:meth:`~flchain_flwr.strategies.committeestage.CommitteeStage.redo`),
+    and a run that stops there resumes the height at that view.
     """
 
     attempts: int = 3
@@ -244,7 +256,8 @@ class HeaderSigner:
     def sign(self, smessage: bytes) -> Any:
         """The leader's signature over the header ``smessage``; if it does
         not come, the view is given up (see the class docstring) and
-        ``RuntimeError`` raised, saying so."""
+        :class:`ViewGivenUp` raised, or ``RuntimeError`` if too few members
+        signed the view change or there is no ledger to record it beside."""
         try:
             return self.leader.sign(smessage)
         except Exception as exc:  # pylint: disable=broad-exception-caught
@@ -259,15 +272,17 @@ class HeaderSigner:
             given_up = self.committee.give_up(
                 context, self.members, failed, self.ledger
             )
-            raise RuntimeError(
-                f"block {context.height}: leader {self.members[0][:12]}… of view "
-                f"{self.view} {failed}; "
-                + (
-                    f"the view is given up, and a restart resumes the height at "
-                    f"view {self.view + 1}"
-                    if given_up is not None and self.ledger is not None
-                    else "too few members signed a view change: the view stays"
-                )
+            where = f"block {context.height}: leader {self.members[0][:12]}… of view"
+            if given_up is None or self.ledger is None:
+                raise RuntimeError(
+                    f"{where} {self.view} {failed}; too few members signed a "
+                    "view change: the view stays"
+                ) from exc
+            raise ViewGivenUp(
+                f"{where} {self.view} {failed}; the view is given up, and a "
+                f"restart resumes the height at view {self.view + 1}",
+                context.height,
+                self.view,
             ) from exc
 
     def cosign(self, ledger: Ledger, block: Block) -> list[dict[str, Any]]:

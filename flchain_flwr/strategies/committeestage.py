@@ -17,6 +17,7 @@ from flwr.supercore import log
 
 from ..pov.committee import Committee
 from ..pov.decision import Candidate, CommitteeDecision
+from ..pov.headers import ViewGivenUp
 from ..pov.trust import TrustError, weigh_by_trust
 from ..pov.views import carried_votes
 from ..pov.watch import CommitteeWatch
@@ -129,6 +130,26 @@ class CommitteeStage(BlockStage):
         block.updates = kept
         if not kept:
             log(INFO, "PoV rejected every candidate; no new version")
+
+    def redo(self, error: Exception, failures: int) -> bool:
+        """Decide the block again when its leader did not sign the header and
+        its view was given up (:class:`~flchain_flwr.pov.headers.ViewGivenUp`):
+        the next decision reads the recorded view changes, as a restart's
+        does, and goes on at the next view. At most one rotation of the
+        committee: after ``committee_size`` such failures the run stops (a
+        restart resumes at the next view)."""
+        if not isinstance(error, ViewGivenUp):
+            return False
+        if failures >= max(1, self.committee.rules.committee_size):
+            return False
+        log(
+            WARNING,
+            "PoV: block %d is decided again: view %d was given up (its leader "
+            "did not sign the header)",
+            error.height,
+            error.view,
+        )
+        return True
 
     def commit(self, block: Block) -> None:
         """Seal this block: its deposits settle once it has its header quorum

@@ -42,6 +42,13 @@ class BlockStage:
     def rejected(self, rejection: Rejection) -> None:
         """See every rejection, from any cause (the ledger records them)."""
 
+    def redo(self, error: Exception, failures: int) -> bool:
+        """Whether ``error``, raised by a commit stage, is one that deciding
+        the block again may get past (this stage readies itself for it);
+        ``failures``: how many times the block has failed so far."""
+        del error, failures
+        return False
+
     def close(self) -> None:
         """Release what the stage opened."""
 
@@ -83,11 +90,31 @@ class Pipeline:
             stage.rejected(rejection)
 
     def run(self, block: Block, reject: RejectFn) -> str | None:
-        """Take ``block`` through every stage; return why it made no version."""
+        """Take ``block`` through every stage; return why it made no version.
+
+        When a commit stage fails in a way a stage says deciding again may get
+        past (:meth:`BlockStage.redo`: a leader that did not sign the header,
+        whose view was given up), the updates the failed block would have
+        included go through every stage again, from the server state before
+        it; rejections made before the failure stand.
+        """
+        extra, failures = block.extra, 0
+        while True:
+            try:
+                return self._attempt(block, reject)
+            except Exception as exc:
+                failures += 1
+                if not any(stage.redo(exc, failures) for stage in self.stages):
+                    raise
+            block.extra = extra
+
+    def _attempt(self, block: Block, reject: RejectFn) -> str | None:
+        """One pass of ``block`` through the stages (see :meth:`run`)."""
         for stage in self.stages:
             stage.filter(block, reject)
             if not block.updates:
                 return "every candidate was rejected"
+        before = self.server_step.saved()
         if not self.server_step(block):
             for u in block.updates:
                 reject(
@@ -99,8 +126,12 @@ class Pipeline:
                     )
                 )
             return "the aggregate would overflow the model"
-        for stage in self.stages:
-            stage.commit(block)
+        try:
+            for stage in self.stages:
+                stage.commit(block)
+        except BaseException:
+            self.server_step.restore(before)
+            raise
         return None
 
     def close(self) -> None:

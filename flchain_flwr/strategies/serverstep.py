@@ -91,6 +91,15 @@ def server_step(
     return StepResult(step, model, velocity)
 
 
+@dataclass(frozen=True)
+class StepState:
+    """What a :class:`ServerStep` carries from one block to the next."""
+
+    velocity: NDArrays | None
+    velocity_from_zero: bool
+    remembered: dict[int, tuple[int, BufferedUpdate]] | None
+
+
 class ServerStep:
     """FedBuff's server update (:func:`server_step`) and its momentum state.
 
@@ -121,6 +130,19 @@ class ServerStep:
     def restore_velocity(self, velocity: NDArrays | None) -> None:
         """Continue from ``velocity`` (a resumed run's; ``None``: from zero)."""
         self.velocity = velocity
+
+    def saved(self) -> StepState:
+        """The state the next step starts from (see :meth:`restore`)."""
+        remembered = None if self.memory is None else dict(self.memory.latest)
+        return StepState(self.velocity, self.velocity_from_zero, remembered)
+
+    def restore(self, state: StepState) -> None:
+        """Undo the steps since ``state`` was :meth:`saved` (a step whose
+        block was not written must not carry into the next)."""
+        self.velocity = state.velocity
+        self.velocity_from_zero = state.velocity_from_zero
+        if self.memory is not None and state.remembered is not None:
+            self.memory.latest = dict(state.remembered)
 
     def _step(self, block: Block) -> StepResult | None:
         return server_step(
