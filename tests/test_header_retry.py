@@ -6,32 +6,52 @@ Forges the review's case: members time out on the header request, so the
 block is not written; before, ``seal`` had already applied its deposits.
 And review12's: a leader whose header signature came back late, or that
 leads but signs no header, stopped the run at that height on every restart;
-now its view is given up and the same run goes on at the next view.
+now its view is given up and the same run goes on at the next view. In
+process: what the failed attempt leaves (stakes, rejections, momentum, claim
+history) keeps the retried block and the next ones verifiable and
+replayable, and a server that dies during the retry resumes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flwr.app import Context, Message
+from nacl.signing import SigningKey
 
-from flchain_flwr.ledger import Block, Ledger
+from flchain_flwr.ledger import Block, BlockSigner, Ledger, PoVState
 from flchain_flwr.ledger.canonical import HEADER_TAG
 from flchain_flwr.ledger.quorum import VIEW_CHANGES_FIELD
 from flchain_flwr.ledger.replay import replay
-from flchain_flwr.pov import Committee, Threshold, discovery, queries
+from flchain_flwr.pov import (
+    Behaviour,
+    Committee,
+    Threshold,
+    Verifier,
+    discovery,
+    queries,
+)
 from flchain_flwr.pov.remote import RemoteCommittee
-from flchain_flwr.sim import simulate
-from flchain_flwr.strategies import Constant, FedBuff
+from flchain_flwr.pov.views import LEAD_TAG
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.sim.attacks import attack_mod
+from flchain_flwr.strategies import (
+    Constant,
+    FedBuff,
+    InverseParticipation,
+)
 
-from .test_pov import digest, pov_chain
+from .test_pov import digest, pov_chain, toward_target, verifiers
 from .test_pov_chain import _verifier_grid
 from .test_quorum import _outsider, _two_headers, decide_zero_update
-from .toy import initial_arrays
+from .test_trust import DIRECTION
+from .toy import constant_work, initial_arrays, toy_client_app
 
 
 class Flaky:
@@ -240,3 +260,189 @@ def test_a_height_whose_every_leader_fails_stops_and_a_restart_resumes_it(
     runs.append(2)
     _run(tmp_path, path, mods=[mod])
     _written_on_at_view(path, 4)
+
+
+# ------------------------- in-process: what the failed attempt leaves behind
+class _Crash(BaseException):
+    """The server dying (not an ``Exception``: nothing catches it)."""
+
+
+@dataclass
+class _NoHeader:
+    """A leader's key that signs no header at ``LEADER_HEIGHT`` (``refuse``)
+    and, with ``crash``, kills the server when asked for a lead statement
+    there past view 0 (after the give-up, before the new view's header)."""
+
+    key: SigningKey
+    faults: _Faults
+
+    @property
+    def verify_key(self) -> Any:
+        """The leader's public key."""
+        return self.key.verify_key
+
+    def sign(self, smessage: bytes) -> Any:
+        """Sign, unless a fault says otherwise."""
+        for tag in (HEADER_TAG, LEAD_TAG):
+            if smessage.startswith(tag):
+                statement = json.loads(smessage[len(tag) :])
+                if statement["height"] == LEADER_HEIGHT:
+                    self.faults.asked(tag, statement, self.key)
+        return self.key.sign(smessage)
+
+
+@dataclass
+class _Faults:
+    """Which leader refuses its header, and where the server dies after."""
+
+    crash: str | None = None
+    """``"lead"``: when view 1's leader is asked to lead; ``"cosign"``: when
+    its members are asked for their header signatures (the block pending)."""
+    refused: list[Any] = field(default_factory=list)
+    no_lead: bool = False
+    """Whether view 0's leader also refuses to lead (the view changes before
+    the votes, and the header fails at view 1)."""
+
+    def asked(self, tag: bytes, statement: dict[str, Any], key: SigningKey) -> None:
+        if tag == LEAD_TAG and self.no_lead and not statement.get("view", 0):
+            raise RuntimeError("this leader does not lead")
+        if tag == HEADER_TAG and (not self.refused or key in self.refused):
+            self.refused.append(key)
+            raise RuntimeError("this leader signs no header")
+        if tag == LEAD_TAG and self.crash == "lead" and statement.get("view", 0):
+            raise _Crash
+
+
+class _NoHeaderCommittee(Committee):
+    """An in-process committee whose first leader at ``LEADER_HEIGHT`` leads
+    but signs no header there."""
+
+    def __init__(self, pool: list[Verifier], faults: _Faults, **rules: Any) -> None:
+        rules.setdefault("threshold", Threshold(value=0))
+        super().__init__(pool, **rules)
+        self.faults = faults
+        self.keys = {v.public_key: _NoHeader(v.key, faults) for v in pool}
+
+    def signer(self, leader: str) -> BlockSigner:
+        signer: BlockSigner = self.keys[leader]
+        return signer
+
+    def header_signatures(
+        self, members: Sequence[str], ledger: Ledger, block: Block, view: int
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        if self.faults.crash == "cosign" and view:
+            raise _Crash
+        return super().header_signatures(members, ledger, block, view)
+
+
+def _in_process_run(
+    path: Path, committee: Committee, rounds: int, **settings: Any
+) -> None:
+    """FedBuff with ``committee``, momentum and the default example weighting
+    (median-capped claims) over five nodes, one sign-flipping (rejected)."""
+    n = 5
+    configs: list[dict[str, int | float | str | bool]] = []
+    for i in range(n):
+        configs.append({"partition-id": i, "num-partitions": n})
+        if i == 4:  # its updates are rejected
+            configs[-1]["attack"] = "sign-flip"
+    grid = VirtualGrid(
+        toy_client_app({}, mods=[attack_mod()]),
+        [DeviceProfile() for _ in range(n)],
+        node_configs=configs,
+        work_fn=constant_work(1.0),
+    )
+    strategy = FedBuff(
+        fraction_evaluate=0.0,
+        buffer_size=n,
+        staleness_fn=Constant(),
+        server_lr=0.5,
+        server_momentum=0.9,
+        committee=committee,
+        ledger=path,
+        seed=0,
+        **settings,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+
+
+def _verifies_and_replays(path: Path, length: int, view: int) -> dict[str, Any]:
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == length
+        body = ledger.block(LEADER_HEIGHT).body
+        assert body["view"] == view
+        assert [c["view"] for c in body[VIEW_CHANGES_FIELD]] == list(range(view))
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+        replayed = replay(ledger)
+        assert replayed.complete, replayed
+        return body
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "trust-fairness"])
+def test_a_retried_block_and_the_next_ones_verify_and_replay(
+    tmp_path: Path, weighted: bool
+) -> None:
+    """An inverting member is outvoted at view 0 (its deposit would be
+    slashed), the leader signs no header, and the block is decided again at
+    view 1; with momentum and median-capped claims (and trust weighting
+    and fairness), the retried block and the two after it
+    verify and replay, and the stakes are those the blocks' deposits give
+    (the failed attempt's were never applied). The update view 0 rejected
+    stays rejected, with no vote on it in the block (votes sign their view)."""
+    pool = verifiers(4, {3: Behaviour.INVERT})
+    rules: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
+    if weighted:
+        for v in pool:
+            v.reference_fn = toward_target
+        rules = {"threshold": DIRECTION, "trust_weighting": True}
+        settings = {"fairness": InverseParticipation()}
+    committee = _NoHeaderCommittee(pool, _Faults(), **rules)
+    path = tmp_path / "chain.db"
+    _in_process_run(path, committee, rounds=LEADER_HEIGHT + 2, **settings)
+    body = _verifies_and_replays(path, LEADER_HEIGHT + 3, view=1)
+    assert any(d["verifier"] == pool[3].public_key for d in body["deposits"])
+    assert {r["node_id"] for r in body["rejected"]}, body["rejected"]
+    assert not {r["digest"] for r in body["rejected"]} & {
+        v["candidate"] for v in body["votes"]
+    }
+    with Ledger(path, create=False) as ledger:
+        replayed = PoVState.replayed(
+            committee.rules, (b.body for b in ledger.blocks()), committee.state.votes
+        )
+    assert replayed.stakes == committee.state.stakes
+
+
+def test_a_view_changed_before_the_votes_and_a_failed_header_write_at_view_2(
+    tmp_path: Path,
+) -> None:
+    """View 0's leader does not lead (its certificate is made during the
+    decision), view 1's signs no header: the retry is at view 2 and its
+    block carries both certificates."""
+    pool = verifiers(4)
+    committee = _NoHeaderCommittee(pool, _Faults(no_lead=True))
+    path = tmp_path / "chain.db"
+    _in_process_run(path, committee, rounds=LEADER_HEIGHT + 2)
+    _verifies_and_replays(path, LEADER_HEIGHT + 3, view=2)
+
+
+@pytest.mark.parametrize("crash", ["lead", "cosign"])
+def test_a_server_that_dies_during_the_retry_resumes(
+    tmp_path: Path, crash: str
+) -> None:
+    """The server dies after view 0 is given up: when view 1's leader is
+    asked to lead, or once view 1's block is pending; a restart resumes the
+    height at view 1."""
+    pool = verifiers(4, {3: Behaviour.INVERT})
+    path = tmp_path / "chain.db"
+    with pytest.raises(_Crash):
+        _in_process_run(path, _NoHeaderCommittee(pool, _Faults(crash=crash)), 4)
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LEADER_HEIGHT
+    assert path.with_name(path.name + ".viewchanges").exists()
+    pending = path.with_name(path.name + ".pending")
+    assert pending.exists() == (crash == "cosign")
+    _in_process_run(path, Committee(pool, threshold=Threshold(value=0)), 4)
+    _verifies_and_replays(path, 5, view=1)
+    assert not pending.exists()
