@@ -23,6 +23,7 @@ from .ledger.inputfile import read_head
 from .ledger.maindb import MainChainError
 from .ledger.notes import NoteError, VerifierKey, parse_verifier_key
 from .ledger.witness import WitnessError
+from .numbertext import decimal_integer
 from .quoting import clip
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INCOMPLETE = 0, 1, 2, 3
@@ -88,9 +89,9 @@ def _shown(text: str) -> str:
 def height(text: str) -> int:
     """A height or block count: an integer from 0 to :data:`MAX_HEIGHT`."""
     try:
-        value = int(text)
+        value = decimal_integer(text)
     except ValueError:  # not an integer, or one too long for int() to convert
-        if not text.strip().lstrip("+-").isdigit():
+        if not text.lstrip("+-").isascii() or not text.lstrip("+-").isdigit():
             raise argparse.ArgumentTypeError(
                 f"not an integer: {_shown(text)}"
             ) from None
@@ -105,9 +106,9 @@ def height(text: str) -> int:
 def natural(text: str) -> int:
     """An integer from 0 to 2**63 - 1 (the anchoring commands' wording)."""
     try:
-        value = int(text)
+        value = decimal_integer(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+        raise argparse.ArgumentTypeError(f"not an integer: {_shown(text)}") from None
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"{value} is not between 0 and 2**63 - 1")
     return value

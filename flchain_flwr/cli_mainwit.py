@@ -22,6 +22,7 @@ from .ledger.mainingest import ingest_spool
 from .ledger.mainverify import WitnessRule
 from .ledger.mainwitness import main_witnessing
 from .ledger.witness import Witness
+from .numbertext import decimal_number
 
 
 def add_witness_rule_options(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +51,7 @@ def witness_rule(args: argparse.Namespace) -> WitnessRule | None:
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
+        value = decimal_number(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text[:40]!r}") from None
     if not 0 < value < float("inf"):

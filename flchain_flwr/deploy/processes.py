@@ -49,7 +49,7 @@ def _named_parent(argv: Sequence[str]) -> int | None:
             value = argv[index + 1]
         elif arg.startswith("--parent-pid="):
             value = arg.partition("=")[2]
-        if value is not None and value.isdigit():
+        if value is not None and value.isascii() and value.isdigit():
             return int(value)
     return None
 

@@ -101,7 +101,7 @@ def parse_request(data: bytes) -> AnchorRequest:
         raise ValueError(f"its format is not {REQUEST_FORMAT}")
     proofs = body["consistency"]
     if not isinstance(proofs, dict) or not all(
-        k.isdigit() and isinstance(v, dict) for k, v in proofs.items()
+        k.isascii() and k.isdigit() and isinstance(v, dict) for k, v in proofs.items()
     ):
         raise ValueError("consistency is an object of size -> proof")
     if not all(isinstance(body[k], str) for k in ("origin", "log_key", "checkpoint")):

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 from ..configvalues import checked_integer
+from ..numbertext import decimal_number
 from .adaptive import check_bounds
 from .history import NodeHistory
 from .specnumber import number_text
@@ -99,7 +100,9 @@ def bafl_local_work(spec: str, base: int, key: str) -> AdaptiveLocalWork | None:
         try:
             if not params:
                 return AdaptiveLocalWork(base, key)
-            return AdaptiveLocalWork(base, key, float(params[0]), float(params[1]))
+            return AdaptiveLocalWork(
+                base, key, decimal_number(params[0]), decimal_number(params[1])
+            )
         except ValueError as exc:
             raise ValueError(f"bad adaptive work {spec!r}: {exc}") from None
     raise ValueError(

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from ..numbertext import decimal_number
 from .maxfactor import check_max_factor, clip_factor
 from .renormalise import overflow_free
 from .specnumber import number_text
@@ -98,7 +99,7 @@ def fairness_weighting(spec: str) -> InverseParticipation | None:
         return None
     if name == "inverse" and len(params) <= 1:
         try:
-            return InverseParticipation(*(float(p) for p in params))
+            return InverseParticipation(*(decimal_number(p) for p in params))
         except ValueError as exc:
             raise ValueError(f"bad fairness weighting {spec!r}: {exc}") from None
     raise ValueError(

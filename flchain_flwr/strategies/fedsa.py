@@ -17,6 +17,7 @@ import math
 from dataclasses import dataclass
 
 from ..configvalues import checked_number
+from ..numbertext import decimal_number
 from .adaptive import check_bounds
 from .history import NodeHistory
 from .specnumber import number_text
@@ -88,7 +89,9 @@ def fedsa_learning_rate(spec: str, base_lr: float) -> FedSALearningRate | None:
         try:
             if not params:
                 return FedSALearningRate(base_lr)
-            return FedSALearningRate(base_lr, float(params[0]), float(params[1]))
+            return FedSALearningRate(
+                base_lr, decimal_number(params[0]), decimal_number(params[1])
+            )
         except ValueError as exc:
             raise ValueError(f"bad adaptive lr {spec!r}: {exc}") from None
     raise ValueError(

@@ -43,6 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..configvalues import checked_integer
+from ..numbertext import decimal_integer
 from .adaptive import AdaptiveScheduling
 from .bafl import AdaptiveLocalWork
 from .block import BufferedUpdate
@@ -155,7 +156,7 @@ def update_memory(spec: str) -> UpdateMemory | None:
         return None
     if name == "mifa" and len(params) <= 1:
         try:
-            return UpdateMemory(*(int(p) for p in params))
+            return UpdateMemory(*(decimal_integer(p) for p in params))
         except ValueError as exc:
             raise ValueError(f"bad update memory {spec!r}: {exc}") from None
     raise ValueError(

@@ -78,6 +78,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from ..numbertext import decimal_number
 from .maxfactor import check_max_factor, clip_factor
 from .renormalise import overflow_free
 from .scheduling import SchedulingPolicy
@@ -180,7 +181,7 @@ def work_normalisation(spec: str) -> WorkNormalisation | None:
         return None
     if name == "fednova" and len(params) <= 1:
         try:
-            return WorkNormalisation(*(float(p) for p in params))
+            return WorkNormalisation(*(decimal_number(p) for p in params))
         except ValueError as exc:
             raise ValueError(f"bad work normalisation {spec!r}: {exc}") from None
     raise ValueError(

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..numbertext import decimal_integer, decimal_number
+
 StalenessFn = Callable[[int], float]
 """Maps a staleness ``s >= 0`` to a weight in ``(0, 1]``."""
 
@@ -121,7 +123,7 @@ def staleness_from_repr(text: str) -> StalenessFn:
     params: dict[str, float | int] = {}
     for part in filter(None, match.group(2).split(", ")):
         name, _, value = part.partition("=")
-        params[name] = int(value) if name == "b" else float(value)
+        params[name] = decimal_integer(value) if name == "b" else decimal_number(value)
     fn: StalenessFn = cls(**params)
     if repr(fn) != text:
         raise ValueError(f"staleness function {text[:60]!r} cannot be rebuilt")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..configvalues import checked_integer, checked_number
+from ..numbertext import decimal_integer, decimal_number
 from .specnumber import number_text
 
 BUFFER_FIELD = "buffer"
@@ -203,14 +204,16 @@ def buffer_tuning(spec: str) -> StalenessTarget | None:
         return None
     if name == "staleness" and len(params) in (1, 3, 4, 5):
         try:
-            target = float(params[0])
+            target = decimal_number(params[0])
             if len(params) == 1:
                 return StalenessTarget(target)
             slack = None
             if len(params) >= 4 and params[3] != "none":
-                slack = float(params[3])
-            smoothing = float(params[4]) if len(params) == 5 else DEFAULT_SMOOTHING
-            bounds = int(params[1]), int(params[2])
+                slack = decimal_number(params[3])
+            smoothing = (
+                decimal_number(params[4]) if len(params) == 5 else DEFAULT_SMOOTHING
+            )
+            bounds = decimal_integer(params[1]), decimal_integer(params[2])
             return StalenessTarget(target, *bounds, slack, smoothing)
         except ValueError as exc:
             raise ValueError(f"bad buffer tuning {spec!r}: {exc}") from None

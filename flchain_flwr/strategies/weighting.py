@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from ..numbertext import decimal_integer, decimal_number
 from .claims import ClaimHistory, lower_median
 
 
@@ -186,10 +187,12 @@ def example_weighting(spec: str) -> ExampleWeighting:
         if name == "equal" and not params:
             return Equal()
         if name == "capped" and len(params) == 1:
-            return Capped(float(params[0]))
+            return Capped(decimal_number(params[0]))
         if name == "median" and len(params) <= 2:
-            multiple = float(params[0]) if params else MedianCapped.multiple
-            window = int(params[1]) if len(params) == 2 else MedianCapped.window
+            multiple = decimal_number(params[0]) if params else MedianCapped.multiple
+            window = (
+                decimal_integer(params[1]) if len(params) == 2 else MedianCapped.window
+            )
             return MedianCapped(multiple, window)
     except ValueError as exc:
         raise ValueError(f"bad example weighting {spec!r}: {exc}") from None
