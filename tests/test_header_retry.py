@@ -34,10 +34,8 @@ from flchain_flwr.pov import (
     Committee,
     Threshold,
     Verifier,
-    discovery,
     queries,
 )
-from flchain_flwr.pov.remote import RemoteCommittee
 from flchain_flwr.pov.views import LEAD_TAG
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
@@ -48,7 +46,7 @@ from flchain_flwr.strategies import (
 )
 
 from .test_pov import digest, pov_chain, toward_target, verifiers
-from .test_pov_chain import _verifier_grid
+from .test_pov_chain import _remote_fedbuff, _verifier_grid
 from .test_quorum import _outsider, _two_headers, decide_zero_update
 from .test_trust import DIRECTION
 from .toy import constant_work, initial_arrays, toy_client_app
@@ -169,19 +167,7 @@ def _refusing_headers() -> Any:
 
 def _run(tmp_path: Path, path: Path, momentum: float = 0.0, **faults: Any) -> None:
     grid = _verifier_grid(tmp_path, [0, 1, 2, 3], **faults)
-    nodes = discovery.discover_verifiers(grid, expected=4, timeout=30)
-    strategy = FedBuff(
-        fraction_evaluate=0.0,
-        buffer_size=3,
-        staleness_fn=Constant(),
-        server_lr=0.3,  # the toy model stays short of its target: all approved
-        server_momentum=momentum,
-        committee=RemoteCommittee(
-            grid, nodes, threshold=Threshold(value=0.0), timeout=5.0
-        ),
-        ledger=path,
-        seed=0,
-    )
+    strategy = _remote_fedbuff(grid, path, None, momentum, timeout=5.0)
     simulate(strategy, grid, initial_arrays(), num_rounds=4)
 
 

@@ -483,7 +483,11 @@ def _verifier_grid(  # pylint: disable=too-many-arguments
 
 
 def _remote_fedbuff(
-    grid: VirtualGrid, path: Path, pool: list[str] | None, **settings: Any
+    grid: VirtualGrid,
+    path: Path,
+    pool: list[str] | None,
+    momentum: float = 0.0,
+    **settings: Any,
 ) -> FedBuff:
     nodes = discovery.discover_verifiers(grid, expected=4, pool=pool, timeout=30)
     return FedBuff(
@@ -491,6 +495,7 @@ def _remote_fedbuff(
         buffer_size=3,
         staleness_fn=Constant(),
         server_lr=0.3,  # the toy model stays short of its target: all approved
+        server_momentum=momentum,
         committee=RemoteCommittee(
             grid, nodes, threshold=Threshold(value=0.0), **settings
         ),

@@ -391,6 +391,15 @@ def test_a_payload_swapped_and_re_signed_by_the_ledger_key_fails_replay(
     assert "does not verify" in text
 
 
+def _heights_including(ledger: Ledger, node: int) -> list[int]:
+    """The heights of the blocks that include an update of ``node``."""
+    return [
+        b.height
+        for b in ledger.blocks()
+        if any(int(u["node_id"]) == node for u in b.body["included"])
+    ]
+
+
 @pytest.mark.parametrize("forgery", ["own key", "stripped"])
 def test_a_pinned_node_re_signed_or_stripped_by_the_ledger_key_fails_verify(
     tmp_path: Path, forgery: str
@@ -401,11 +410,7 @@ def test_a_pinned_node_re_signed_or_stripped_by_the_ledger_key_fails_verify(
     signed_run(tmp_path, versions=6)
     node, _ = node_of(path, 0, tmp_path)
     with Ledger(path, create=False) as ledger:
-        heights = [
-            b.height
-            for b in ledger.blocks()
-            if any(int(u["node_id"]) == node for u in b.body["included"])
-        ]
+        heights = _heights_including(ledger, node)
         height = heights[1]  # its second block: the first pinned its key
         block = ledger.block(height)
         index = next(
@@ -648,11 +653,7 @@ def test_an_update_included_again_in_a_later_block_fails_verify(
     signed_run(tmp_path, versions=6)
     node, _ = node_of(path, 0, tmp_path)
     with Ledger(path, create=False) as ledger:
-        heights = [
-            b.height
-            for b in ledger.blocks()
-            if any(int(u["node_id"]) == node for u in b.body["included"])
-        ]
+        heights = _heights_including(ledger, node)
         first, later = heights[0], heights[1]
         old = next(
             u for u in ledger.block(first).body["included"] if int(u["node_id"]) == node
