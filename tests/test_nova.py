@@ -126,8 +126,8 @@ def test_a_capped_spec_builds_the_cap_and_records_it() -> None:
         ("fednova:-2", "a finite number >= 1, got -2.0"),
         ("fednova:inf", "a finite number >= 1, got inf"),
         ("fednova:nan", "a finite number >= 1, got nan"),
-        ("fednova:two", "could not convert"),
-        ("fednova:", "could not convert"),
+        ("fednova:two", "is not a number"),
+        ("fednova:", "is not a number"),
     ],
 )
 def test_a_cap_that_is_not_a_finite_number_of_at_least_one_is_refused(
