@@ -44,7 +44,7 @@ def _candidate(node_id: int, content: RecordDict) -> Candidate:
     )
 
 
-def _replies(model: NDArrays, seed: int) -> tuple[RecordDict, RecordDict]:
+def sample_replies(model: NDArrays, seed: int) -> tuple[RecordDict, RecordDict]:
     """A dense full-weights reply and the DGC mod's reply for one update."""
     rng = np.random.default_rng(seed)
     delta = {k: rng.normal(0, 1e-3, v.shape).astype(v.dtype) for k, v in model.items()}
@@ -78,7 +78,7 @@ def main() -> None:
     net = new_model("fashion-mnist", args.seed)
     model = {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
     context = VoteContext("bench", 1, "ab" * 32, model_hash(model), "cd" * 32, 0)
-    dense, sparse = _replies(model, args.seed)
+    dense, sparse = sample_replies(model, args.seed)
 
     def request(replies: list[RecordDict]) -> int:
         candidates = [_candidate(i + 1, r) for i, r in enumerate(replies)]
