@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from flwr.app import Context, Message
+from flwr.app import ArrayRecord, Context, Message
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
 from nacl.signing import SigningKey
 
 from flchain_flwr.ledger import Block, BlockSigner, Ledger, PoVState
@@ -32,6 +35,7 @@ from flchain_flwr.ledger.replay import replay
 from flchain_flwr.pov import (
     Behaviour,
     Committee,
+    PoVStrategy,
     Threshold,
     Verifier,
     queries,
@@ -288,11 +292,15 @@ class _Faults:
     no_lead: bool = False
     """Whether view 0's leader also refuses to lead (the view changes before
     the votes, and the header fails at view 1)."""
+    every: bool = False
+    """Whether every leader, not only the first, refuses its header."""
 
     def asked(self, tag: bytes, statement: dict[str, Any], key: SigningKey) -> None:
         if tag == LEAD_TAG and self.no_lead and not statement.get("view", 0):
             raise RuntimeError("this leader does not lead")
-        if tag == HEADER_TAG and (not self.refused or key in self.refused):
+        if tag == HEADER_TAG and (
+            self.every or not self.refused or key in self.refused
+        ):
             self.refused.append(key)
             raise RuntimeError("this leader signs no header")
         if tag == LEAD_TAG and self.crash == "lead" and statement.get("view", 0):
@@ -432,3 +440,156 @@ def test_a_server_that_dies_during_the_retry_resumes(
     _in_process_run(path, Committee(pool, threshold=Threshold(value=0)), 4)
     _verifies_and_replays(path, 5, view=1)
     assert not pending.exists()
+
+
+# ------------------------------ PoVStrategy: the synchronous wrapper goes on too
+def _sync_run(
+    path: Path, committee: Committee, inner: Strategy
+) -> tuple[PoVStrategy, ArrayRecord]:
+    """``inner`` in PoVStrategy with ``committee`` over four nodes, one
+    sign-flipping (rejected), for rounds up to one past ``LEADER_HEIGHT``;
+    the strategy and the final model."""
+    n = 4
+    configs: list[dict[str, int | float | str | bool]] = []
+    for i in range(n):
+        configs.append({"partition-id": i, "num-partitions": n})
+    configs[-1]["attack"] = "sign-flip"
+    grid = VirtualGrid(
+        toy_client_app({}, mods=[attack_mod()]),
+        [DeviceProfile() for _ in range(n)],
+        node_configs=configs,
+        work_fn=constant_work(1.0),
+    )
+    strategy = PoVStrategy(inner, committee, ledger=path)
+    run = simulate(strategy, grid, initial_arrays(), num_rounds=LEADER_HEIGHT + 1)
+    assert run.result is not None
+    return strategy, run.result.arrays
+
+
+def _fedavg(cls: type[FedAvg] = FedAvg, **settings: Any) -> Any:
+    return cls(
+        fraction_evaluate=0.0, min_available_nodes=4, min_train_nodes=4, **settings
+    )
+
+
+def test_pov_strategy_decides_a_block_again_when_its_leader_signs_no_header(
+    tmp_path: Path,
+) -> None:
+    """review12 / issue #12 item 5, synchronously: the first leader at
+    ``LEADER_HEIGHT`` leads and then signs no header. Before, PoVStrategy
+    stopped the run there (its wrapped strategy had aggregated the round).
+    Now the same run decides the round again at view 1: every candidate of
+    the round is voted on again there, so the round's rejection carries its
+    view-1 votes (and is recorded once), the block carries view 0's
+    certificate, verify accepts the chain (replay reports PoVStrategy's
+    blocks as not replayable, as ever) and the stakes are those the
+    blocks' deposits give (the failed attempt's never applied)."""
+    pool = verifiers(4, {3: Behaviour.INVERT})
+    committee = _NoHeaderCommittee(pool, _Faults())
+    path = tmp_path / "sync.db"
+    strategy, _ = _sync_run(path, committee, _fedavg())
+    assert [d.view for d in strategy.decisions] == [0, 0, 1, 0]
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LEADER_HEIGHT + 2
+        body = ledger.block(LEADER_HEIGHT).body
+        assert body["view"] == 1
+        assert [c["view"] for c in body[VIEW_CHANGES_FIELD]] == [0]
+        (rejected,) = body["rejected"]
+        votes = [v for v in body["votes"] if v["candidate"] == rejected["digest"]]
+        assert len(votes) == 4  # verify checks they sign view 1
+        assert any(d["verifier"] == pool[3].public_key for d in body["deposits"])
+        report = ledger.verify()
+        assert report.ok and report.pov, report
+        replayed = replay(ledger)
+        assert replayed.ok and not replayed.replayed, replayed
+        stakes = PoVState.replayed(
+            committee.rules, (b.body for b in ledger.blocks()), committee.state.votes
+        ).stakes
+    assert stakes == committee.state.stakes
+    per_round = [r.version for r in strategy.rejected]
+    assert per_round == list(range(LEADER_HEIGHT + 1)), strategy.rejected
+    assert not path.with_name(path.name + ".pending").exists()
+
+
+def _optimiser_state(inner: Any) -> dict[str, Any]:
+    """FedAvgM's momentum or FedAdam's moments (what the server step keeps)."""
+    if isinstance(inner, FedAvgM):
+        return {str(i): v for i, v in enumerate(inner.momentum_vector or [])}
+    return {
+        f"{name}.{k}": v
+        for name in ("m_t", "v_t")
+        for k, v in (getattr(inner, name) or {}).items()
+    }
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: _fedavg(FedAvgM, server_learning_rate=0.5, server_momentum=0.9),
+        lambda: _fedavg(FedAdam, eta=0.05),
+    ],
+    ids=["fedavgm", "fedadam"],
+)
+def test_pov_strategy_steps_a_stateful_strategy_once_per_round(
+    tmp_path: Path, make: Callable[[], Any]
+) -> None:
+    """The wrapped strategy aggregated the round before the header failed;
+    deciding again must start from its state before that: its server
+    optimiser state (FedAvgM's momentum, FedAdam's moments) and the final
+    model equal those of a run whose leader signed."""
+    pool = verifiers(4)
+    failed = make()
+    _, model = _sync_run(tmp_path / "a.db", _NoHeaderCommittee(pool, _Faults()), failed)
+    signed = make()
+    _, expected = _sync_run(
+        tmp_path / "b.db", Committee(pool, threshold=Threshold(value=0)), signed
+    )
+    with Ledger(tmp_path / "a.db", create=False) as ledger:
+        assert ledger.block(LEADER_HEIGHT).body["view"] == 1
+    state, signed_state = _optimiser_state(failed), _optimiser_state(signed)
+    assert state and state.keys() == signed_state.keys()
+    # up to float32 rounding (FedAvg sums the replies in their arrival
+    # order); stepping twice moved FedAdam's moments by about 30 %, the
+    # model by 10 %
+    for k, v in signed_state.items():
+        np.testing.assert_allclose(state[k], v, rtol=1e-6, atol=1e-12, err_msg=k)
+    for k, v in expected.items():
+        np.testing.assert_allclose(model[k].numpy(), v.numpy(), rtol=1e-6, err_msg=k)
+
+
+def test_pov_strategy_stops_after_every_leader_of_a_height_failed(
+    tmp_path: Path,
+) -> None:
+    """Bounded as FedBuff's retries are: when every leader of 4 refuses its
+    header at ``LEADER_HEIGHT``, the run stops once views 0..3 are given
+    up, with the ledger valid up to the block before."""
+    path = tmp_path / "sync.db"
+    committee = _NoHeaderCommittee(verifiers(4), _Faults(every=True))
+    stops = r"view 3 did not sign .*4 views of the height were given up"
+    with pytest.raises(RuntimeError, match=stops):
+        _sync_run(path, committee, _fedavg())
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LEADER_HEIGHT and ledger.verify().ok
+
+
+class _Locked(FedAvg):
+    """A strategy holding what cannot be deep-copied (a lock)."""
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
+        self.lock = threading.Lock()
+
+
+def test_pov_strategy_around_a_strategy_it_cannot_copy_stops_at_a_failed_header(
+    tmp_path: Path,
+) -> None:
+    """Deciding again needs the wrapped strategy's state before the round
+    (a deep copy); one that cannot be copied runs as before, and stops at
+    the first leader that signs no header."""
+    path = tmp_path / "sync.db"
+    committee = _NoHeaderCommittee(verifiers(4), _Faults())
+    stops = r"view 0 did not sign .*_Locked cannot be copied"
+    with pytest.raises(RuntimeError, match=stops):
+        _sync_run(path, committee, _fedavg(_Locked))
+    with Ledger(path, create=False) as ledger:
+        assert len(ledger) == LEADER_HEIGHT

@@ -40,12 +40,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
+from logging import WARNING
 from typing import TYPE_CHECKING, Any
+
+from flwr.supercore import log
 
 from ..ledger import (
     Block,
     BlockSigner,
     Ledger,
+    PoVRules,
     PoVState,
     VoteContext,
     check_vote,
@@ -221,9 +225,9 @@ class HeaderSigner:
     header signature has its view given up as a leader that cannot lead
     (:meth:`~.views.Views.give_up`: the members sign a view change, recorded
     beside ``ledger``) before :meth:`sign` raises :class:`ViewGivenUp`:
-    FedBuff's committee stage then decides the block again at the next view
-    (:meth:`~flchain_flwr.strategies.committeestage.CommitteeStage.redo`),
-    and a run that stops there resumes the height at that view.
+    FedBuff's committee stage and PoVStrategy then decide the block again at
+    the next view (:meth:`HeaderSigning.decides_again`), and a FedBuff run
+    that stops there resumes the height at that view.
     """
 
     attempts: int = 3
@@ -337,6 +341,7 @@ class HeaderSigning:
 
     verifiers: dict[str, Verifier]
     rule: Rule
+    rules: PoVRules
     state: PoVState
     pending_replay: PendingReplay | None = None
     """The replay the in-process members share (made on first use)."""
@@ -369,3 +374,23 @@ class HeaderSigning:
             except RefusedRequest as exc:
                 problems.append(f"verifier {key[:12]}… refused: {exc}")
         return signatures, problems
+
+    def decides_again(self, error: BaseException, failures: int) -> bool:
+        """Whether a block whose ``failures``-th attempt raised ``error`` is
+        decided again: when its leader did not sign the header and its view
+        was given up (:class:`ViewGivenUp`), the next decision reads the
+        recorded view changes, as a restart's does, and goes on at the next
+        view. At most one rotation of the committee: after
+        ``committee_size`` such failures the run stops."""
+        if not isinstance(error, ViewGivenUp):
+            return False
+        if failures >= max(1, self.rules.committee_size):
+            return False
+        log(
+            WARNING,
+            "PoV: block %d is decided again: view %d was given up (its leader "
+            "did not sign the header)",
+            error.height,
+            error.view,
+        )
+        return True

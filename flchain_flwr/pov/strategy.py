@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from ..ledger.canonical import (
 )
 from ..runtime import Clock, clock_of
 from ..strategies.decompress import DecompressReplies
+from ..strategies.snapshot import Snapshot
 from ..strategies.updates import ParsedUpdate
 from .committee import Committee
 from .decision import Candidate, CommitteeDecision
+from .headers import ViewGivenUp
 from .views import carried_votes
 from .watch import CommitteeWatch
 
@@ -51,6 +54,17 @@ class PoVStrategy(DecompressReplies):
     run's time but not its waste: past f < n/3 every remaining round would
     train every node and reject every update, and the run would end with the
     last approved model as if it had trained, with only warnings to tell.
+
+    A block whose leader confirmed its lead but then signs no header has its
+    view given up (:class:`~.headers.ViewGivenUp`), and the round is decided
+    again at the next view as FedBuff decides such a block again
+    (:meth:`~.committee.Committee.decides_again`: at most ``committee_size``
+    times per height, then the run stops): every candidate of the round is
+    voted on again, and the wrapped strategy aggregates the newly approved
+    replies from its state before the round (a deep copy of its attributes,
+    taken before each round's decision; a strategy that cannot be copied
+    stops the run there instead). The failed decision stays in
+    :attr:`decisions` and counts for the committee watch.
 
     Parameters
     ----------
@@ -128,14 +142,13 @@ class PoVStrategy(DecompressReplies):
             )
         return messages
 
-    # pylint: disable=too-many-locals
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Validate, let the committee vote, hand approved replies on."""
+        """Validate, let the committee vote, hand approved replies on; decide
+        the round again when its block's leader signs no header (see the
+        class docstring)."""
         errors, updates = self._decode(server_round, replies)
-        assert self._sent is not None
-        sent, version = self._sent, server_round - 1
         candidates = [
             (
                 reply,
@@ -151,6 +164,39 @@ class PoVStrategy(DecompressReplies):
             )
             for reply, u in updates
         ]
+        before = self._saved() if self.ledger is not None else None
+        failures = 0
+        while True:
+            try:
+                return self._decide(server_round, errors, candidates)
+            except ViewGivenUp as exc:
+                assert before is not None  # only a ledger's block is signed
+                failures += 1
+                stop = before.strategy.problem or (
+                    None
+                    if self.committee.decides_again(exc, failures)
+                    else f"{failures} views of the height were given up"
+                )
+                if stop is not None:
+                    raise RuntimeError(
+                        f"block {exc.height}: the leader of view {exc.view} did "
+                        f"not sign the header and the view was given up; the run "
+                        f"stops ({stop}), its ledger valid up to block "
+                        f"{exc.height - 1}"
+                    ) from exc
+                self._restore(before)
+
+    # pylint: disable=too-many-locals
+    def _decide(
+        self,
+        server_round: int,
+        errors: list[Message],
+        candidates: list[tuple[Message, Candidate, ParsedUpdate]],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """One decision on the round's ``candidates`` and what follows it:
+        the wrapped strategy's aggregation and, with a new model, the block."""
+        assert self._sent is not None
+        sent, version = self._sent, server_round - 1
         context = self.committee.position(self.ledger, sent, server_round, self._view)
         assert self._clock is not None
         asked = self._clock.now()
@@ -208,6 +254,28 @@ class PoVStrategy(DecompressReplies):
             self._votes = [v for v in self._votes if v["candidate"] in carried]
         return arrays, metrics
 
+    def _saved(self) -> _Before:
+        """What a decision and its block change, as it is now."""
+        return _Before(
+            list(self._votes),
+            self._view,
+            list(self._view_changes),
+            list(self._round_rejected),
+            len(self.rejected),
+            Snapshot.of(self.strategy),
+        )
+
+    def _restore(self, before: _Before) -> None:
+        """Undo a decision whose block was not written: its rejections (the
+        round is voted on again), its votes and view (the next decision
+        reads the view changes recorded since), and the wrapped strategy's
+        aggregation. The decision stays in :attr:`decisions`."""
+        self._votes, self._view = list(before.votes), before.view
+        self._view_changes = list(before.view_changes)
+        self._round_rejected = list(before.round_rejected)
+        del self.rejected[before.rejected :]
+        before.strategy.restore(self.strategy)
+
     def _block(
         self,
         server_round: int,
@@ -262,3 +330,16 @@ class PoVStrategy(DecompressReplies):
                 "reason": reason,
             }
         )
+
+
+@dataclass(frozen=True)
+class _Before:
+    """A :class:`PoVStrategy` before a round's decision (see ``_restore``)."""
+
+    votes: list[dict[str, Any]]
+    view: int
+    view_changes: list[dict[str, Any]]
+    round_rejected: list[dict[str, Any]]
+    rejected: int
+    """How many rejections :attr:`PoVStrategy.rejected` held."""
+    strategy: Snapshot

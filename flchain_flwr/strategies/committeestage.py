@@ -17,7 +17,6 @@ from flwr.supercore import log
 
 from ..pov.committee import Committee
 from ..pov.decision import Candidate, CommitteeDecision
-from ..pov.headers import ViewGivenUp
 from ..pov.trust import TrustError, weigh_by_trust
 from ..pov.views import carried_votes
 from ..pov.watch import CommitteeWatch
@@ -132,24 +131,11 @@ class CommitteeStage(BlockStage):
             log(INFO, "PoV rejected every candidate; no new version")
 
     def redo(self, error: Exception, failures: int) -> bool:
-        """Decide the block again when its leader did not sign the header and
-        its view was given up (:class:`~flchain_flwr.pov.headers.ViewGivenUp`):
-        the next decision reads the recorded view changes, as a restart's
-        does, and goes on at the next view. At most one rotation of the
-        committee: after ``committee_size`` such failures the run stops (a
-        restart resumes at the next view)."""
-        if not isinstance(error, ViewGivenUp):
-            return False
-        if failures >= max(1, self.committee.rules.committee_size):
-            return False
-        log(
-            WARNING,
-            "PoV: block %d is decided again: view %d was given up (its leader "
-            "did not sign the header)",
-            error.height,
-            error.view,
-        )
-        return True
+        """Decide the block again when its leader did not sign the header
+        and its view was given up, at most ``committee_size`` times
+        (:meth:`~flchain_flwr.pov.Committee.decides_again`; a run that stops
+        there resumes at the next view)."""
+        return self.committee.decides_again(error, failures)
 
     def commit(self, block: Block) -> None:
         """Seal this block: its deposits settle once it has its header quorum
