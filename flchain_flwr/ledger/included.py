@@ -17,13 +17,10 @@ node id is the ledger key holder's to write anyway.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .blocks import is_hex
 from .trainers import TRAINER_FIELD
-
-if TYPE_CHECKING:
-    from .blocks import Block
 
 
 class IncludedDigests:
@@ -63,14 +60,6 @@ class IncludedDigests:
     def add_block(self, height: int, included: Iterable[Mapping[str, Any]]) -> None:
         """Learn the signed updates among block ``height``'s included entries."""
         self.add(height, (str(u["digest"]) for u in included if TRAINER_FIELD in u))
-
-    @classmethod
-    def of_blocks(cls, blocks: Iterable[Block]) -> IncludedDigests:
-        """The signed updates a (verified) chain's ``blocks`` included."""
-        seen = cls()
-        for block in blocks:
-            seen.add_block(block.height, block.body.get("included", []))
-        return seen
 
 
 def _key(digest: str) -> bytes:

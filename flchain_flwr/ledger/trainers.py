@@ -30,7 +30,7 @@ from nacl.signing import SigningKey
 
 from ..protocol import TRAINER_PUBLIC_KEY, TRAINER_RECORD, TRAINER_SIGNATURE
 from ..quoting import clip
-from .blocks import Block, is_hex, node_key
+from .blocks import is_hex, node_key
 from .canonical import update_digest
 from .statements import sign_statement, signature_ok, trainer_statement
 
@@ -164,13 +164,11 @@ def included_trainers_problem(
     return None
 
 
-def chain_trainers(blocks: Iterable[Block]) -> dict[int, str]:
-    """The trainer key each node id is pinned to over ``blocks`` (a verified
-    chain: where entries conflict, the first key stays)."""
-    pins: dict[int, str] = {}
-    for block in blocks:
-        for entry in block.body.get("included", []):
-            node, key = node_key(entry.get("node_id")), entry.get(TRAINER_FIELD)
-            if node is not None and is_hex(key, 64):
-                pins.setdefault(node, str(key))
-    return pins
+def pin_included(pins: MutableMapping[int, str], included: Iterable[Any]) -> None:
+    """Learn into ``pins`` (node id -> key) the trainer keys a verified
+    block's ``included`` entries pin (where they conflict, the first key
+    stays): what a resumed server holds its replies to."""
+    for entry in included:
+        node, key = node_key(entry.get("node_id")), entry.get(TRAINER_FIELD)
+        if node is not None and is_hex(key, 64):
+            pins.setdefault(node, str(key))

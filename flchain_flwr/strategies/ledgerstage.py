@@ -21,9 +21,10 @@ from ..arrays import NDArrays
 from ..ledger import Ledger, contributions
 from ..ledger.included import IncludedDigests
 from ..ledger.serverstate import ServerState
-from ..ledger.trainers import TRAINER_FIELD, chain_trainers
+from ..ledger.trainers import TRAINER_FIELD, pin_included
 from .block import Block, BufferedUpdate, Rejection
 from .claims import ClaimHistory
+from .fairness import count_participation
 from .pipeline import BlockStage
 from .resume import Resumed, check_config, recorded_server_state
 from .serverstep import ServerStep
@@ -137,11 +138,16 @@ class LedgerStage(BlockStage):
             head.height,
             version,
         )
-        from ..ledger.replayweights import ledger_participation  # it imports us
+        from ..ledger.replayweights import included_nodes  # it imports us
 
-        participation = ledger_participation(self.ledger.blocks())
-        trainers = chain_trainers(self.ledger.blocks())
-        included = IncludedDigests.of_blocks(self.ledger.blocks())
+        participation: dict[int, int] = {}
+        trainers: dict[int, str] = {}
+        included = IncludedDigests()
+        for block in self.ledger.blocks():  # one pass: a long chain is read once
+            entries = block.body.get("included", [])
+            count_participation(participation, included_nodes(block))
+            pin_included(trainers, entries)
+            included.add_block(block.height, entries)
         return Resumed(
             version, stored, velocity, claims, participation, trainers, included
         )

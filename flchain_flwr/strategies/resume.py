@@ -40,7 +40,7 @@ class Resumed:
     """Each node's included updates over the chain (what fairness counts)."""
     trainers: dict[int, str] = field(default_factory=dict)
     """The trainer key each node id's included updates are pinned to
-    (:func:`~flchain_flwr.ledger.trainers.chain_trainers`)."""
+    (:func:`~flchain_flwr.ledger.trainers.pin_included`)."""
     included: IncludedDigests = field(default_factory=IncludedDigests)
     """The signed updates the chain included (none may be included again)."""
 
