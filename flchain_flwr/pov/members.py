@@ -28,20 +28,12 @@ from ..ledger.canonical import (
     parse_canonical,
     sha256_hex,
 )
-from ..ledger.consensus import natural
 from ..ledger.statements import VIEW_CHANGE_TAG, view_change_statement
 from .headers import cosign_header
 from .memberreplay import member_replay
 from .verifier import Verifier
 from .views import sign_view_change
-
-
-def _int(value: Any, name: str) -> int:
-    """A height or view the request names: an integer >= 0 (:func:`natural`)."""
-    checked = natural(value)
-    if checked is None:
-        raise ValueError(f"{name!r} must be an integer >= 0")
-    return checked
+from .voterequest import config_int
 
 
 def member_header(
@@ -65,7 +57,7 @@ def member_header(
     if not isinstance(header, dict) or not isinstance(body, dict):
         raise ValueError("header and body must be JSON objects")
     block = Block(
-        _int(header.get("height"), "height"),
+        config_int(header, "height"),
         sha256_hex(HEADER_TAG, header_bytes),
         header_bytes,
         body_bytes,
@@ -77,7 +69,7 @@ def member_header(
         parse_canonical(state.encode("utf-8"), LATEST_FORMAT),
         verifier.rule.to_json(),
     )
-    view = _int(cfg.get("view"), "view")
+    view = config_int(cfg, "view")
     memory = verifier.memory
     if memory.replay is None or memory.replay[0] != block.hash:
         memory.replay = (
@@ -115,9 +107,9 @@ def member_view_change(data: bytes, verifier: Verifier) -> bytes:
         raise ValueError("chain_id and prev_hash must be strings")
     context = VoteContext(
         chain_id=chain_id,
-        height=_int(fields.get("height"), "height"),
+        height=config_int(fields, "height"),
         prev_hash=prev_hash,
-        view=_int(fields.get("view"), "view"),
+        view=config_int(fields, "view"),
     )
     if data != view_change_statement(
         context.chain_id, context.height, context.view, prev_hash

@@ -23,7 +23,7 @@ model, and not at all for replies trained on the global model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -221,8 +221,9 @@ def _base(
     return model
 
 
-def config_int(cfg: ConfigRecord, key: str) -> int:
-    """``cfg[key]``, a height or view: an integer >= 0, never a bool
+def config_int(cfg: Mapping[str, Any], key: str) -> int:
+    """``cfg[key]`` (a request's ConfigRecord, or a statement's or header's
+    fields), a height or view: an integer >= 0, never a bool
     (:func:`~flchain_flwr.ledger.consensus.natural`)."""
     value = natural(cfg.get(key))
     if value is None:
