@@ -25,10 +25,9 @@ import math
 from dataclasses import dataclass
 
 from ..configvalues import checked_integer
-from ..numbertext import decimal_number
+from ..numbertext import decimal_number, number_text
 from .adaptive import check_bounds
 from .history import NodeHistory
-from .specnumber import number_text
 
 MAX_WORK = 2**63 - 1
 """The most local work a node is asked: the largest integer of a run config

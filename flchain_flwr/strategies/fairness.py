@@ -28,10 +28,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..numbertext import decimal_number
+from ..numbertext import decimal_number, number_text
 from .maxfactor import check_max_factor, clip_factor
 from .renormalise import overflow_free
-from .specnumber import number_text
 
 FAIRNESS_FIELD = "fairness"
 """The block body field holding :func:`~.candidates.candidates_record`."""

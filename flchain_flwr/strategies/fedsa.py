@@ -17,10 +17,9 @@ import math
 from dataclasses import dataclass
 
 from ..configvalues import checked_number
-from ..numbertext import decimal_number
+from ..numbertext import decimal_number, number_text
 from .adaptive import check_bounds
 from .history import NodeHistory
-from .specnumber import number_text
 
 
 def participation_lr(

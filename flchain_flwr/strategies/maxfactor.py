@@ -3,7 +3,7 @@
 Fairness weighting (``"inverse[:max]"``, :mod:`.fairness`) and capped work
 normalisation (``"fednova:max"``, :mod:`.nova`) clip each update's factor to
 ``[1/max, max]``. Both check the bound here, and write it into their spec
-exactly (:func:`~.specnumber.number_text`).
+exactly (:func:`~flchain_flwr.numbertext.number_text`).
 """
 
 from __future__ import annotations

@@ -78,11 +78,10 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ..numbertext import decimal_number
+from ..numbertext import decimal_number, number_text
 from .maxfactor import check_max_factor, clip_factor
 from .renormalise import overflow_free
 from .scheduling import SchedulingPolicy
-from .specnumber import number_text
 
 WORK_FIELD = "work"
 """The block body field holding :func:`~.candidates.candidates_record` with

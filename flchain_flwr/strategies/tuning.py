@@ -32,8 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..configvalues import checked_integer, checked_number
-from ..numbertext import decimal_integer, decimal_number
-from .specnumber import number_text
+from ..numbertext import decimal_integer, decimal_number, number_text
 
 BUFFER_FIELD = "buffer"
 """The block body field holding :meth:`BufferTuner.record`."""
@@ -96,7 +95,7 @@ class StalenessTarget:
     @property
     def spec(self) -> str:
         """``"staleness:<target>:<min_k>:<max_k>[:<slack>[:<smoothing>]]"``,
-        each number exact (:func:`~.specnumber.number_text`); the smoothing
+        each number exact (:func:`~flchain_flwr.numbertext.number_text`); the smoothing
         only when it is not the default 0.5 (then a slack of ``None`` is
         ``none``), so the spec, and the config digest, of a policy without it
         are as before."""
