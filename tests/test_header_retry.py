@@ -329,23 +329,28 @@ class _NoHeaderCommittee(Committee):
         return super().header_signatures(members, ledger, block, view)
 
 
+def _one_flipper_grid(n: int) -> VirtualGrid:
+    """``n`` toy nodes on the virtual grid, the last sign-flipping (its
+    updates are rejected)."""
+    configs: list[dict[str, int | float | str | bool]] = [
+        {"partition-id": i, "num-partitions": n} for i in range(n)
+    ]
+    configs[-1]["attack"] = "sign-flip"
+    return VirtualGrid(
+        toy_client_app({}, mods=[attack_mod()]),
+        [DeviceProfile() for _ in range(n)],
+        node_configs=configs,
+        work_fn=constant_work(1.0),
+    )
+
+
 def _in_process_run(
     path: Path, committee: Committee, rounds: int, **settings: Any
 ) -> None:
     """FedBuff with ``committee``, momentum and the default example weighting
     (median-capped claims) over five nodes, one sign-flipping (rejected)."""
     n = 5
-    configs: list[dict[str, int | float | str | bool]] = []
-    for i in range(n):
-        configs.append({"partition-id": i, "num-partitions": n})
-        if i == 4:  # its updates are rejected
-            configs[-1]["attack"] = "sign-flip"
-    grid = VirtualGrid(
-        toy_client_app({}, mods=[attack_mod()]),
-        [DeviceProfile() for _ in range(n)],
-        node_configs=configs,
-        work_fn=constant_work(1.0),
-    )
+    grid = _one_flipper_grid(n)
     strategy = FedBuff(
         fraction_evaluate=0.0,
         buffer_size=n,
@@ -449,17 +454,7 @@ def _sync_run(
     """``inner`` in PoVStrategy with ``committee`` over four nodes, one
     sign-flipping (rejected), for rounds up to one past ``LEADER_HEIGHT``;
     the strategy and the final model."""
-    n = 4
-    configs: list[dict[str, int | float | str | bool]] = []
-    for i in range(n):
-        configs.append({"partition-id": i, "num-partitions": n})
-    configs[-1]["attack"] = "sign-flip"
-    grid = VirtualGrid(
-        toy_client_app({}, mods=[attack_mod()]),
-        [DeviceProfile() for _ in range(n)],
-        node_configs=configs,
-        work_fn=constant_work(1.0),
-    )
+    grid = _one_flipper_grid(4)
     strategy = PoVStrategy(inner, committee, ledger=path)
     run = simulate(strategy, grid, initial_arrays(), num_rounds=LEADER_HEIGHT + 1)
     assert run.result is not None
