@@ -764,6 +764,25 @@ def test_a_resumed_run_rejects_a_signed_reply_its_chain_included(
 
 
 # ---------------------------------------------------- the store's model hashes
+def test_a_run_nobody_signs_in_hashes_no_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a ledger and with no reply signed, the server never hashes a
+    version (the hash only serves to check a trainer signature)."""
+    from flchain_flwr.strategies import versions
+
+    hashed: list[int] = []
+
+    def counted(model: Any) -> str:
+        hashed.append(1)
+        return model_hash(model)
+
+    monkeypatch.setattr(versions, "model_hash", counted)
+    result = signed_run(tmp_path, signing=(), ledger=False)
+    assert len(result.versions) == 6 and not result.rejected
+    assert not hashed
+
+
 def test_the_version_store_hashes_a_model_only_when_a_signed_reply_needs_it() -> None:
     """A version's hash is the ledger's when given, else hashed from its kept
     copy when first asked for; nothing is hashed when a version is adopted, so

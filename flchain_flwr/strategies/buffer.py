@@ -209,11 +209,15 @@ class UpdateBuffer:
             self.store.settled(node_id, trained_on, None)
             self.reject(Rejection(node_id, trained_on, reason, digest))
             return False
-        if TRAINER_RECORD in content:
+        signed = TRAINER_RECORD in content
+        if signed:  # only a signature needs the model's hash: unsigned, none
             self.store.keep_hashes = True
         try:
             trainer = self.trainers.check(
-                node_id, content, self.store.model_hash(trained_on), self.updates
+                node_id,
+                content,
+                self.store.model_hash(trained_on) if signed else None,
+                self.updates,
             )
             self._check_new(digest, trainer is not None)
             kind = update_kind(content)

@@ -50,8 +50,9 @@ class TrainerCheck:
         """The trainer key that signed the reply (``None``: unsigned).
 
         ``model`` is the hash of the model the server sent ``node_id``
-        (``None``: no longer known); ``buffered`` the updates waiting in the
-        buffer, whose keys pin their nodes as included ones do.
+        (``None``: no longer known, or not asked for an unsigned reply);
+        ``buffered`` the updates waiting in the buffer, whose keys pin their
+        nodes as included ones do.
 
         Raises
         ------
