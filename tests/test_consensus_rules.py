@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from typing import Any
+
+import pytest
 
 from flchain_flwr.ledger.consensus import (
+    PoVRules,
     judged_shares,
     quorum_problem,
     votes_problem,
     weights_problem,
 )
+from flchain_flwr.ledger.povstate import PoVState
 from flchain_flwr.pov.judging import Score, signed_score
 
 COMMITTEE = ["a" * 64, "b" * 64, "c" * 64, "d" * 64]
@@ -67,3 +72,53 @@ def test_the_signed_score_is_the_cosine_else_the_accuracy() -> None:
     assert signed_score(math.nan, score) == -1.0
     assert signed_score(None, Score(math.inf, 0.4)) == -1.0
     assert signed_score(None, None) == -1.0
+
+
+RULES = {
+    "pool": COMMITTEE,
+    "committee_size": 4,
+    "initial_stake": 100.0,
+    "slash": 1.0,
+    "floor": 50,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("pool", "a" * 64),  # a string, not a list: read as 64 one-letter keys
+        ("pool", [1, 2, 3]),
+        ("pool", {k: 1 for k in COMMITTEE}),
+        ("committee_size", 3.7),
+        ("committee_size", True),
+        ("committee_size", "4"),
+        ("initial_stake", "100"),
+        ("slash", True),
+        ("floor", None),
+    ],
+)
+def test_pov_rules_are_read_only_in_their_exact_shape(field: str, value: Any) -> None:
+    """Genesis rules a third party's reader would refuse are refused here too,
+    rather than read as some other rules (a float committee size cut down)."""
+    assert PoVRules.from_json(RULES) == PoVRules(tuple(COMMITTEE), 4, floor=50.0)
+    with pytest.raises((TypeError, ValueError)):
+        PoVRules.from_json({**RULES, field: value})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("stakes", {k: "100" for k in COMMITTEE}),
+        ("stakes", {k: True for k in COMMITTEE}),
+        ("equivocated", "a"),  # a string, not a list
+        ("server_lr", "1.0"),
+        ("server_lr", True),
+        ("server_lr", 0.0),
+    ],
+)
+def test_a_pov_state_is_read_only_in_its_exact_shape(field: str, value: Any) -> None:
+    rule = {"format": "x"}
+    good = PoVState(PoVRules(tuple(COMMITTEE), 4)).to_json() | {"server_lr": 1.0}
+    assert PoVState.from_json(good, rule).stakes == dict.fromkeys(COMMITTEE, 100.0)
+    with pytest.raises(ValueError, match="not a PoV state"):
+        PoVState.from_json({**good, field: value}, rule)

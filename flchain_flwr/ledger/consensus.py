@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ..configvalues import checked_number
 from .canonical import LATEST_FORMAT, MAX_SAFE_INTEGER, encode, sha256_hex
 
 COMMITTEE_TAG: Final = b"flchain-committee/1\n"
@@ -136,12 +137,16 @@ class VoteRules:
         votes = pov["votes"]
         if not isinstance(votes, Mapping) or votes.get("format") != VOTE_FORMAT:
             raise ValueError(f"pov.votes must declare format {VOTE_FORMAT!r}")
-        rule, lr = votes.get("rule"), votes.get("server_lr")
+        rule = votes.get("rule")
         if not isinstance(rule, Mapping) or rule.get("format") != RULE_FORMAT:
             raise ValueError(f"pov.votes.rule must be a {RULE_FORMAT!r} rule")
-        if isinstance(lr, bool) or not isinstance(lr, int | float) or lr <= 0:
-            raise ValueError("pov.votes.server_lr must be a number > 0")
-        return cls(dict(rule), float(lr))
+        return cls(dict(rule), server_lr_value(votes.get("server_lr")))
+
+
+def server_lr_value(value: Any) -> float:
+    """A declared ``server_lr``: a finite number > 0 (never a bool or a
+    string), else ``ValueError``."""
+    return checked_number(value, "pov.votes.server_lr", low=0.0, low_open=True)
 
 
 @dataclass(frozen=True)
@@ -179,13 +184,22 @@ class PoVRules:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> PoVRules:
-        """Rules from a genesis body's ``"pov"`` entry (raises on bad input)."""
+        """Rules from a genesis body's ``"pov"`` entry, taken only in its exact
+        shape (a list of key strings, an integer committee size, finite
+        numbers; never a bool or a number as a string): rules a stricter
+        reader would refuse are not read here as some other rules. Raises
+        ``ValueError`` (or ``KeyError`` for a missing field)."""
+        pool, size = data["pool"], natural(data["committee_size"])
+        if not isinstance(pool, list) or not all(isinstance(k, str) for k in pool):
+            raise ValueError("pov.pool must be a list of verifier keys")
+        if size is None:
+            raise ValueError("pov.committee_size must be an integer >= 1")
         return cls(
-            pool=tuple(str(k) for k in data["pool"]),
-            committee_size=int(data["committee_size"]),
-            initial_stake=float(data["initial_stake"]),
-            slash=float(data["slash"]),
-            floor=float(data["floor"]),
+            pool=tuple(pool),
+            committee_size=size,
+            initial_stake=checked_number(data["initial_stake"], "pov.initial_stake"),
+            slash=checked_number(data["slash"], "pov.slash"),
+            floor=checked_number(data["floor"], "pov.floor"),
         )
 
 

@@ -11,11 +11,11 @@ committee (:mod:`flchain_flwr.pov`) settles its blocks with it, and
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..configvalues import checked_number
 from .consensus import (
     PoVRules,
     VoteRules,
@@ -23,6 +23,7 @@ from .consensus import (
     contradictions,
     quorum_problem,
     select_committee,
+    server_lr_value,
     votes_problem,
     weights_problem,
 )
@@ -232,14 +233,16 @@ class PoVState:
         a finite number, the slashed among the pool)."""
         try:
             rules = PoVRules.from_json(data["rules"])
-            stakes = {str(k): float(v) for k, v in dict(data["stakes"]).items()}
+            stakes = {
+                str(k): checked_number(v, "stake") for k, v in data["stakes"].items()
+            }
+            if not isinstance(data["equivocated"], list):
+                raise ValueError("equivocated must be a list")
             equivocated = {str(k) for k in data["equivocated"]}
             lr = data["server_lr"]
-            votes = None if lr is None else VoteRules(dict(rule), float(lr))
+            votes = None if lr is None else VoteRules(dict(rule), server_lr_value(lr))
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ValueError(f"not a PoV state ({exc!r})"[:200]) from None
         if set(stakes) != set(rules.pool) or not equivocated <= set(rules.pool):
             raise ValueError("not a PoV state: its stakes are not its pool's")
-        if not all(map(math.isfinite, stakes.values())):
-            raise ValueError("not a PoV state: a stake is not finite")
         return cls(rules, stakes, votes, True, equivocated)
