@@ -254,7 +254,6 @@ def test_verify_with_the_trusted_key_and_its_checkpoint(tmp_path: Path) -> None:
     assert ledger.verify(trusted_key=vkey).ok  # the same key as a vkey
 
 
-@pytest.mark.xfail(strict=True, reason="verify ignores the name of a vkey trusted key")
 def test_a_vkey_named_for_another_chain_does_not_vouch_for_this_one(
     tmp_path: Path,
 ) -> None:
