@@ -6,6 +6,7 @@ Every malformed input to every command exits 2 with one line on stderr.
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -241,3 +242,24 @@ def test_malformed_inputs_exit_2_with_one_line(
         code, _, err = run(capsys, *argv)
         assert code == 2, (argv, err)
         assert err.count("\n") == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_a_main_chain_record_whose_type_is_an_object_fails_verify(
+    files: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Anyone who can write the main chain's file (no key) gives a record a
+    # type that is a JSON object: a failed check naming the block, not exit 2.
+    code, _, _ = run(
+        capsys, "anchor", files["sub"], "--main", files["main"], "--main-key-file",
+        files["key"], *(f"--witness={files['dir']}/w{i}" for i in range(3)),
+    )  # fmt: skip
+    assert code == 0
+    db = sqlite3.connect(files["main"])
+    (record,) = db.execute("SELECT record FROM blocks WHERE height = 1").fetchone()
+    edited = record.replace(b'"type":"anchor"', b'"type":{}')
+    db.execute("UPDATE blocks SET record = ? WHERE height = 1", (edited,))
+    db.commit()
+    db.close()
+    code, out, err = run(capsys, "main", "verify", files["main"])
+    assert (code, err) == (1, "")
+    assert "unknown main-chain block type '{}'" in out

@@ -254,6 +254,24 @@ def test_verify_with_the_trusted_key_and_its_checkpoint(tmp_path: Path) -> None:
     assert ledger.verify(trusted_key=vkey).ok  # the same key as a vkey
 
 
+def test_a_vkey_named_for_another_chain_does_not_vouch_for_this_one(
+    tmp_path: Path,
+) -> None:
+    # The signer runs two chains; a verifier holding the vkey of one (its name
+    # fixes the chain, as in check-proof) is handed the other one with its
+    # checkpoint removed. Nobody forged a signature, but verify must not say
+    # the key of 'other-chain' vouches for a ledger of 'test-chain'.
+    ledger = build_ledger(tmp_path / "l.db")
+    ledger.checkpoint_path.unlink()
+    other = VerifierKey("flchain-flwr/other-chain", bytes(LEADER_KEY.verify_key))
+    report = ledger.verify(trusted_key=other.encode())
+    assert not report.ok and report.bad_height is None
+    assert "'flchain-flwr/other-chain'" in report.reason
+    assert "'flchain-flwr/test-chain'" in report.reason
+    code, text = flchain("verify", str(ledger.path), "--trusted-key", other.encode())
+    assert code == 1 and text.startswith("FAILED at ledger: the trusted key")
+
+
 def test_verify_while_the_server_appends_checks_one_snapshot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

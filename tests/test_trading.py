@@ -389,3 +389,23 @@ def test_statements_do_not_replay_into_a_market_of_another_operator(
     )
     with pytest.raises(TradeRefused, match="entry 0: the offer is for market"):
         mallory.verify()
+
+
+def test_a_statement_whose_type_is_an_object_fails_market(tmp_path: Path) -> None:
+    # Anyone who can write the trading chain's file (no key) edits an entry,
+    # and its stored hash to match: a failed check naming it, not exit 2.
+    chain = market(tmp_path)
+    sale(chain)
+    chain.close()
+    db = sqlite3.connect(tmp_path / "trade.db")
+    (entry,) = db.execute("SELECT entry FROM entries WHERE idx = 0").fetchone()
+    edited = entry.replace(b'"type":"offer"', b'"type":{}')
+    db.execute(
+        "UPDATE entries SET entry = ?, hash = ? WHERE idx = 0",
+        (edited, entry_hash(edited)),
+    )
+    db.commit()
+    db.close()
+    out = io.StringIO()
+    assert flchain(["model", "market", str(tmp_path / "trade.db")], out=out) == 1
+    assert "unknown statement type '{}'" in out.getvalue()

@@ -212,7 +212,7 @@ def parse_block(record: bytes, height: int | None = None) -> AnchorBlock:
         raise AnchorError(f"a main-chain record must be a {MAIN_FORMAT} object")
     kind = fields.get("type")
     needed = {"genesis": {"policy"}, "anchor": {"origin", "log_key", "checkpoint"}}
-    if kind not in needed:
+    if not isinstance(kind, str) or kind not in needed:
         raise AnchorError(f"unknown main-chain block type {str(kind)[:40]!r}")
     missing = ({"chain_id", "height", "prev_hash"} | needed[kind]) - set(fields)
     if missing:

@@ -149,7 +149,7 @@ def check_form(statement: Any, signature: Any, market: str) -> str:
     if not isinstance(statement, Mapping):
         raise TradeRefused("a statement is a JSON object")
     kind = statement.get("type")
-    if kind not in FIELDS:
+    if not isinstance(kind, str) or kind not in FIELDS:
         raise TradeRefused(f"unknown statement type {str(kind)[:40]!r}")
     if set(statement) != FIELDS[kind]:
         raise TradeRefused(f"a {kind} has exactly the fields {sorted(FIELDS[kind])}")

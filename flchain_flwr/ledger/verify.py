@@ -143,6 +143,16 @@ def verify_ledger(
     anchor_key = None
     if trusted_key is not None:
         anchor_key = parse_trusted_key(trusted_key, origin or ORIGIN_PREFIX + "-")
+        # A vkey's name fixes its chain (as in check-proof); a hex key takes
+        # this ledger's origin. A format-1 ledger has no origin to compare.
+        if origin is not None and anchor_key.name != origin:
+            return VerifyReport(
+                False,
+                0,
+                None,
+                f"the trusted key is {anchor_key.name[:100]!r}'s, this ledger "
+                f"is {origin!r}'s",
+            )
     beside = False
     if checkpoint is None and anchor_key and ledger.checkpoint_path.is_file():
         checkpoint, beside = ledger.checkpoint_path, True
