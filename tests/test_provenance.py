@@ -36,6 +36,7 @@ from flchain_flwr.ledger.provenance import (
     Trust,
     verify_bundle,
 )
+from flchain_flwr.ledger.provenance_block import BlockCheckFailed, _header
 from flchain_flwr.ledger.provenance_build import build_bundle
 from flchain_flwr.ledger.trade_anchor import anchor_trading_chain
 from flchain_flwr.ledger.trade_records import make_offer, make_purchase, make_receipt
@@ -509,3 +510,12 @@ def test_two_runs_and_a_market_anchor_into_one_main_chain(tmp_path: Path) -> Non
         offer.statement["training_origin"] == verify_bundle(bundles[0][2], trust).origin
     )
     assert "4 blocks, 3 origins" in main.verify()
+
+
+def test_a_header_whose_format_is_an_object_is_refused() -> None:
+    """A JSON object as a header's format fails the check with a reason (was
+    a TypeError: an object cannot be looked up among the formats). Only the
+    publisher can sign such a header into a bundle's proofs, so the header
+    reader is called directly."""
+    with pytest.raises(BlockCheckFailed, match="not a block header"):
+        _header(encode(2, {"format": {}, "height": 1}), "block")

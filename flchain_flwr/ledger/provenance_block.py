@@ -98,7 +98,9 @@ def _header(data: bytes, what: str) -> tuple[dict[str, Any], int]:
         header = parse_canonical(data, version)
     except NotCanonical as exc:
         raise BlockCheckFailed(f"the {what}'s header is not canonical: {exc}") from None
-    if not isinstance(header, dict) or header.get("format") not in BLOCK_FORMATS:
+    if not isinstance(header, dict) or not isinstance(header.get("format"), str):
+        raise BlockCheckFailed(f"the {what}'s header is not a block header")
+    if header["format"] not in BLOCK_FORMATS:
         raise BlockCheckFailed(f"the {what}'s header is not a block header")
     return header, version
 
