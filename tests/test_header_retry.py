@@ -7,13 +7,15 @@ block is not written; before, ``seal`` had already applied its deposits.
 And review12's: a leader whose header signature came back late, or that
 leads but signs no header, stopped the run at that height on every restart;
 now its view is given up and the same run goes on at the next view. In
-process: what the failed attempt leaves (stakes, rejections, momentum, claim
-history) keeps the retried block and the next ones verifiable and
-replayable, and a server that dies during the retry resumes.
+process: the failed attempt leaves no trace but the view given up (no
+stakes, rejections, momentum or claim history of its own): every candidate
+is voted on again at the next view, the retried block and the next ones
+verify and replay, and a server that dies during the retry resumes.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -28,10 +30,12 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
 from nacl.signing import SigningKey
 
+from flchain_flwr import cli
 from flchain_flwr.ledger import Block, BlockSigner, Ledger, PoVState
 from flchain_flwr.ledger.canonical import HEADER_TAG
 from flchain_flwr.ledger.quorum import VIEW_CHANGES_FIELD
 from flchain_flwr.ledger.replay import replay
+from flchain_flwr.ledger.votes import VoteContext, sign_vote
 from flchain_flwr.pov import (
     Behaviour,
     Committee,
@@ -44,12 +48,13 @@ from flchain_flwr.pov.views import LEAD_TAG
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import (
+    AsyncResult,
     Constant,
     FedBuff,
     InverseParticipation,
 )
 
-from .test_pov import digest, pov_chain, toward_target, verifiers
+from .test_pov import digest, key, pov_chain, toward_target, toy_score, verifiers
 from .test_pov_chain import _remote_fedbuff, _verifier_grid
 from .test_quorum import _outsider, _two_headers, decide_zero_update
 from .test_trust import DIRECTION
@@ -346,9 +351,10 @@ def _one_flipper_grid(n: int) -> VirtualGrid:
 
 def _in_process_run(
     path: Path, committee: Committee, rounds: int, **settings: Any
-) -> None:
+) -> AsyncResult:
     """FedBuff with ``committee``, momentum and the default example weighting
-    (median-capped claims) over five nodes, one sign-flipping (rejected)."""
+    (median-capped claims) over five nodes, one sign-flipping (rejected);
+    the run's result."""
     n = 5
     grid = _one_flipper_grid(n)
     strategy = FedBuff(
@@ -362,7 +368,9 @@ def _in_process_run(
         seed=0,
         **settings,
     )
-    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+    run = simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+    assert isinstance(run.result, AsyncResult)
+    return run.result
 
 
 def _verifies_and_replays(path: Path, length: int, view: int) -> dict[str, Any]:
@@ -378,6 +386,49 @@ def _verifies_and_replays(path: Path, length: int, view: int) -> dict[str, Any]:
         return body
 
 
+def _votes_on(body: dict[str, Any], digest: str) -> list[dict[str, Any]]:
+    return [v for v in body["votes"] if v["candidate"] == digest]
+
+
+def _rejections_voted_at_the_blocks_view(
+    body: dict[str, Any], result: AsyncResult, members: int
+) -> None:
+    """Each rejection in ``body`` carries every member's vote at the block's
+    view (``verify`` checks the view they sign), and the run's result holds
+    it once, at the block's version, with those same votes."""
+    assert body["rejected"]
+    at_block = [r for r in result.rejected if r.version == LEADER_HEIGHT - 1]
+    assert len(at_block) == len(body["rejected"]), at_block
+    for rejection in body["rejected"]:
+        votes = _votes_on(body, rejection["digest"])
+        assert len(votes) == members, rejection
+        (recorded,) = [
+            r
+            for r in at_block
+            if {v["candidate"] for v in r.votes} == {rejection["digest"]}
+        ]
+        assert recorded.votes == votes
+
+
+def _slashed_per_contradiction(
+    committee: Committee, body: dict[str, Any], member: str, contradictions: int
+) -> None:
+    """``member``'s deposit in ``body``: ``slash`` per outvoted vote."""
+    (deposit,) = [d for d in body["deposits"] if d["verifier"] == member]
+    assert deposit["contradictions"] == contradictions, deposit
+    assert deposit["slashed"] == contradictions * committee.rules.slash
+
+
+def _stakes_as_the_chain_gives(path: Path, committee: Committee) -> None:
+    """The committee's stakes are those its chain's deposits give (a failed
+    attempt's never applied)."""
+    with Ledger(path, create=False) as ledger:
+        replayed = PoVState.replayed(
+            committee.rules, (b.body for b in ledger.blocks()), committee.state.votes
+        )
+    assert replayed.stakes == committee.state.stakes
+
+
 @pytest.mark.parametrize("weighted", [False, True], ids=["plain", "trust-fairness"])
 def test_a_retried_block_and_the_next_ones_verify_and_replay(
     tmp_path: Path, weighted: bool
@@ -387,8 +438,11 @@ def test_a_retried_block_and_the_next_ones_verify_and_replay(
     view 1; with momentum and median-capped claims (and trust weighting
     and fairness), the retried block and the two after it
     verify and replay, and the stakes are those the blocks' deposits give
-    (the failed attempt's were never applied). The update view 0 rejected
-    stays rejected, with no vote on it in the block (votes sign their view)."""
+    (the failed attempt's were never applied). Every candidate is voted on
+    again at view 1: the update view 0 rejected is rejected at view 1 with
+    its view-1 votes (before, its rejection stood from view 0 and reached
+    the chain without votes, votes signing their view), so the inverting
+    member is slashed for its vote on it too."""
     pool = verifiers(4, {3: Behaviour.INVERT})
     rules: dict[str, Any] = {}
     settings: dict[str, Any] = {}
@@ -399,18 +453,74 @@ def test_a_retried_block_and_the_next_ones_verify_and_replay(
         settings = {"fairness": InverseParticipation()}
     committee = _NoHeaderCommittee(pool, _Faults(), **rules)
     path = tmp_path / "chain.db"
-    _in_process_run(path, committee, rounds=LEADER_HEIGHT + 2, **settings)
+    result = _in_process_run(path, committee, rounds=LEADER_HEIGHT + 2, **settings)
     body = _verifies_and_replays(path, LEADER_HEIGHT + 3, view=1)
-    assert any(d["verifier"] == pool[3].public_key for d in body["deposits"])
-    assert {r["node_id"] for r in body["rejected"]}, body["rejected"]
-    assert not {r["digest"] for r in body["rejected"]} & {
-        v["candidate"] for v in body["votes"]
-    }
-    with Ledger(path, create=False) as ledger:
-        replayed = PoVState.replayed(
-            committee.rules, (b.body for b in ledger.blocks()), committee.state.votes
-        )
-    assert replayed.stakes == committee.state.stakes
+    _rejections_voted_at_the_blocks_view(body, result, members=4)
+    candidates = len(body["included"]) + len(body["rejected"])
+    _slashed_per_contradiction(committee, body, pool[3].public_key, candidates)
+    _stakes_as_the_chain_gives(path, committee)
+
+
+class _DoubtsAtViewZero(Verifier):
+    """An honest member that, at ``LEADER_HEIGHT``'s view 0 only, votes
+    against one candidate it would approve (a real signed vote): the one in
+    ``doubted``, shared by such members, else the first it sees, which it
+    puts there (a decision's later requests, at new shares, doubt no other)."""
+
+    def __init__(self, index: int, doubted: set[str]) -> None:
+        super().__init__(toy_score, key(index), seed=index)
+        self.doubted = doubted
+
+    def vote(self, *, context: VoteContext, **request: Any) -> list[dict[str, Any]]:
+        """Vote, doubting one candidate at ``LEADER_HEIGHT``'s view 0."""
+        votes = super().vote(context=context, **request)
+        if context.height != LEADER_HEIGHT or context.view:
+            return votes
+        for i, vote in enumerate(votes):
+            if vote["verdict"] and (
+                vote["candidate"] in self.doubted or not self.doubted
+            ):
+                self.doubted.add(vote["candidate"])
+                votes[i] = sign_vote(
+                    self.key,
+                    context,
+                    vote["candidate"],
+                    False,
+                    vote["score"],
+                    vote["weight"],
+                )
+                break
+        return votes
+
+
+def test_every_candidate_is_voted_again_at_the_next_view(tmp_path: Path) -> None:
+    """Issue #12's leftover: two members doubt an honest update at view 0
+    (rejected there, 1 of 4 approvals), the leader signs no header, and
+    view 1's committee approves it: it is in the block at view 1. Before,
+    view 1 voted only on the updates view 0 had approved, so view 0's
+    rejection stood and the update was lost. The inverting member is
+    outvoted at view 1 on every candidate (included and rejected) and
+    slashed for each; verify and replay accept the chain, and the stakes
+    are those its deposits give."""
+    doubted: set[str] = set()
+    pool = verifiers(4, {3: Behaviour.INVERT})
+    pool[:2] = [_DoubtsAtViewZero(i, doubted) for i in range(2)]
+    committee = _NoHeaderCommittee(pool, _Faults())
+    path = tmp_path / "chain.db"
+    result = _in_process_run(path, committee, rounds=LEADER_HEIGHT + 2)
+    assert len(doubted) == 1, doubted
+    body = _verifies_and_replays(path, LEADER_HEIGHT + 3, view=1)
+    assert doubted <= {u["digest"] for u in body["included"]}
+    assert len(_votes_on(body, next(iter(doubted)))) == 4
+    _rejections_voted_at_the_blocks_view(body, result, members=4)
+    assert not any(doubted & {v["candidate"] for v in r.votes} for r in result.rejected)
+    candidates = len(body["included"]) + len(body["rejected"])
+    assert candidates == 5  # the whole buffer, voted at view 1
+    _slashed_per_contradiction(committee, body, pool[3].public_key, candidates)
+    _stakes_as_the_chain_gives(path, committee)
+    out = io.StringIO()
+    assert cli.main(["ledger", "verify", str(path), "--replay"], out) == 0, out
+    assert "replay: 4 of 4 blocks after genesis recomputed exactly" in out.getvalue()
 
 
 def test_a_view_changed_before_the_votes_and_a_failed_header_write_at_view_2(

@@ -80,6 +80,9 @@ class Rejection:
     reason: str
     digest: str
     votes: list[dict[str, Any]] = field(default_factory=list)
+    time: float | None = None
+    """When it was made, in seconds since the run started (``None``: when
+    it is recorded)."""
 
 
 RejectFn = Callable[[Rejection], None]
@@ -102,6 +105,10 @@ class Block:
     """The model's hash, when the ledger stage computed it (its blob's name)."""
     remembered: list[BufferedUpdate] = field(default_factory=list)
     """Earlier updates an update memory stepped on beside these (:mod:`.memory`)."""
+    rejected: list[Rejection] = field(default_factory=list)
+    """The rejections of the pipeline's current attempt at this block, held
+    until it ends (a redo drops them, see :meth:`.Pipeline.run`); a committed
+    block's ledger records them in it."""
 
     @property
     def stepping(self) -> list[BufferedUpdate]:

@@ -169,6 +169,11 @@ class UpdateBuffer:
 
     def reject(self, rejection: Rejection) -> None:
         """Record a rejected update in the result and tell the pipeline."""
+        self.record(rejection)
+        self.pipeline.reject(rejection)
+
+    def record(self, rejection: Rejection) -> None:
+        """Log a rejected update and record it in the result (at its time)."""
         log(
             WARNING,
             "Rejected update from node %d: %s",
@@ -180,12 +185,11 @@ class UpdateBuffer:
                 rejection.node_id,
                 self.version,
                 rejection.trained_on,
-                self.now(),
+                self.now() if rejection.time is None else rejection.time,
                 rejection.reason,
                 rejection.votes,
             )
         )
-        self.pipeline.reject(rejection)
 
     # pylint: disable=too-many-arguments
     def take(
@@ -330,7 +334,7 @@ class UpdateBuffer:
         block = Block(
             self.version + 1, self.store.model, updates, self.now(), extra=extra
         )
-        if self.pipeline.run(block, self.reject) is not None:
+        if self.pipeline.run(block, self.record, self.now) is not None:
             return None
         self.traffic = Traffic()  # a buffer that made no version keeps counting
         assert block.model is not None

@@ -131,8 +131,9 @@ class CommitteeStage(BlockStage):
             log(INFO, "PoV rejected every candidate; no new version")
 
     def redo(self, error: Exception, failures: int) -> bool:
-        """Decide the block again when its leader did not sign the header
-        and its view was given up, at most ``committee_size`` times
+        """Decide the block again (every candidate voted on again, see
+        :meth:`~.pipeline.Pipeline.run`) when its leader did not sign the
+        header and its view was given up, at most ``committee_size`` times
         (:meth:`~flchain_flwr.pov.Committee.decides_again`; a run that stops
         there resumes at the next view)."""
         return self.committee.decides_again(error, failures)

@@ -154,17 +154,11 @@ class LedgerStage(BlockStage):
 
     def rejected(self, rejection: Rejection) -> None:
         """Keep the rejection for the next block's body."""
-        self._rejected.append(
-            {
-                "node_id": rejection.node_id,
-                "digest": rejection.digest,
-                "trained_on": rejection.trained_on,
-                "reason": rejection.reason,
-            }
-        )
+        self._rejected.append(_rejection(rejection))
 
     def commit(self, block: Block) -> None:
-        """Append ``block``: updates, rejections, votes, rewards, server state."""
+        """Append ``block``: updates, rejections (those kept since the last
+        block, then its own), votes, rewards, server state."""
         assert block.model is not None and block.step is not None
         updates = block.updates
         written = self.ledger.append(
@@ -173,7 +167,7 @@ class LedgerStage(BlockStage):
             base_version=block.version - 1,
             config_digest=self.config_digest,
             included=[_entry(u) for u in updates],
-            rejected=self._rejected,
+            rejected=[*self._rejected, *map(_rejection, block.rejected)],
             votes=block.votes,
             contributions=contributions(
                 [u.node_id for u in updates],
@@ -222,6 +216,16 @@ def _entry(u: BufferedUpdate) -> dict[str, object]:
     if u.trainer is not None:
         entry[TRAINER_FIELD] = u.trainer
     return entry
+
+
+def _rejection(rejection: Rejection) -> dict[str, object]:
+    """A rejection's ledger entry."""
+    return {
+        "node_id": rejection.node_id,
+        "digest": rejection.digest,
+        "trained_on": rejection.trained_on,
+        "reason": rejection.reason,
+    }
 
 
 def _payloads(updates: list[BufferedUpdate]) -> list[RecordDict] | None:

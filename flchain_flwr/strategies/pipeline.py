@@ -9,12 +9,15 @@ Updates are parsed and validated when their reply is taken (:mod:`.updates`);
 a triggered buffer becomes a :class:`~.block.Block`. Each :class:`BlockStage`
 may reject updates in :meth:`~BlockStage.filter` and records the new version in
 :meth:`~BlockStage.commit`. The strategy never asks whether a committee or a
-ledger is there: they are stages, and without them the list is empty.
+ledger is there: they are stages, and without them the list is empty. A pass
+through the stages holds its rejections until it ends; a pass that is done
+again (a PoV leader that signed no header) leaves none behind.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 from flwr.app import RecordDict
 
@@ -34,13 +37,16 @@ class BlockStage:
     """Whether updates keep their reply as received (a ledger stores it)."""
 
     def filter(self, block: Block, reject: RejectFn) -> None:
-        """Remove updates from ``block.updates``, reporting each via ``reject``."""
+        """Remove updates from ``block.updates``, reporting each via ``reject``
+        (held in ``block.rejected`` until the attempt ends)."""
 
     def commit(self, block: Block) -> None:
-        """Record ``block`` once its new model is accepted."""
+        """Record ``block`` once its new model is accepted (its own
+        rejections are ``block.rejected``)."""
 
     def rejected(self, rejection: Rejection) -> None:
-        """See every rejection, from any cause (the ledger records them)."""
+        """See a rejection that no committed block holds, from any cause (the
+        ledger records it in its next block)."""
 
     def redo(self, error: Exception, failures: int) -> bool:
         """Whether ``error``, raised by a commit stage, is one that deciding
@@ -82,49 +88,61 @@ class Pipeline:
         or when no stage stores payloads)."""
         return reference if self.needs_payload and kind != UPDATE_KIND_DELTA else None
 
-    def reject(self, rejection: Rejection) -> None:
-        """Tell every stage, and the update memory, about a rejection."""
+    def reject(self, rejection: Rejection, *, in_block: bool = False) -> None:
+        """Tell the update memory about a rejection, and every stage unless
+        ``in_block``: the block just committed holds it (``block.rejected``)."""
         if self.server_step.memory is not None:
             self.server_step.memory.forget(rejection.node_id)
-        for stage in self.stages:
-            stage.rejected(rejection)
+        if not in_block:
+            for stage in self.stages:
+                stage.rejected(rejection)
 
-    def run(self, block: Block, reject: RejectFn) -> str | None:
+    def run(
+        self, block: Block, record: RejectFn, now: Callable[[], float]
+    ) -> str | None:
         """Take ``block`` through every stage; return why it made no version.
 
-        When a commit stage fails in a way a stage says deciding again may get
+        An attempt's rejections are held in ``block.rejected``, each with
+        its time (``now``), and reported, to ``record`` (the loop's account
+        of them) and to :meth:`reject`, once the attempt ends without a
+        redo: a failed attempt leaves no trace but the view it gave up. When
+        a commit stage fails in a way a stage says deciding again may get
         past (:meth:`BlockStage.redo`: a leader that did not sign the header,
-        whose view was given up), the updates the failed block would have
-        included go through every stage again, from the server state before
-        it; rejections made before the failure stand.
+        whose view was given up), the block goes through every stage again
+        with the updates it started with (every candidate is voted on again,
+        at the next view), from the server state before the failed attempt.
         """
-        extra, failures = block.extra, 0
+        updates, extra, failures = list(block.updates), block.extra, 0
         while True:
+            block.rejected = []
             try:
-                return self._attempt(block, reject)
+                why = self._attempt(block, now)
             except Exception as exc:
                 failures += 1
-                if not any(stage.redo(exc, failures) for stage in self.stages):
-                    raise
-            block.extra = extra
+                if any(stage.redo(exc, failures) for stage in self.stages):
+                    block.updates, block.extra = list(updates), extra
+                    continue
+                self._report(block, record, in_block=False)
+                raise
+            self._report(block, record, in_block=why is None)
+            return why
 
-    def _attempt(self, block: Block, reject: RejectFn) -> str | None:
+    def _attempt(self, block: Block, now: Callable[[], float]) -> str | None:
         """One pass of ``block`` through the stages (see :meth:`run`)."""
+
+        def hold(rejection: Rejection) -> None:
+            block.rejected.append(replace(rejection, time=now()))
+
         for stage in self.stages:
-            stage.filter(block, reject)
+            stage.filter(block, hold)
             if not block.updates:
                 return "every candidate was rejected"
         before = self.server_step.saved()
+        # an update memory forgets held rejections only after this step; it
+        # runs without filter stages (memory_conflict), so there are none yet
         if not self.server_step(block):
             for u in block.updates:
-                reject(
-                    Rejection(
-                        u.node_id,
-                        u.trained_on,
-                        OVERFLOW_REASON,
-                        u.digest,
-                    )
-                )
+                hold(Rejection(u.node_id, u.trained_on, OVERFLOW_REASON, u.digest))
             return "the aggregate would overflow the model"
         try:
             for stage in self.stages:
@@ -133,6 +151,13 @@ class Pipeline:
             self.server_step.restore(before)
             raise
         return None
+
+    def _report(self, block: Block, record: RejectFn, *, in_block: bool) -> None:
+        """Report the rejections of the attempt that ended (see :meth:`run`);
+        ``in_block``: the block was committed with them."""
+        for rejection in block.rejected:
+            record(rejection)
+            self.reject(rejection, in_block=in_block)
 
     def close(self) -> None:
         """Close every stage."""
