@@ -19,13 +19,18 @@ from ..ledger import Ledger, contributions
 from ..ledger.canonical import (
     LATEST_FORMAT,
     encode,
+    model_hash,
     sender_update_digest,
     sha256_hex,
 )
+from ..ledger.included import IncludedDigests
+from ..ledger.trainers import TRAINER_FIELD
+from ..protocol import TRAINER_RECORD
 from ..runtime import Clock, clock_of
 from ..strategies.decompress import DecompressReplies
 from ..strategies.snapshot import Snapshot
-from ..strategies.updates import ParsedUpdate
+from ..strategies.trainercheck import TrainerCheck
+from ..strategies.updates import ParsedUpdate, UpdateRejected
 from .committee import Committee
 from .decision import Candidate, CommitteeDecision
 from .headers import ViewGivenUp
@@ -66,6 +71,17 @@ class PoVStrategy(DecompressReplies):
     stops the run there instead). The failed decision stays in
     :attr:`decisions` and counts for the committee watch.
 
+    Train replies signed by their trainers (the client mod
+    :func:`~flchain_flwr.mods.signreply_mod`) are held to FedBuff's rules
+    (:mod:`~flchain_flwr.strategies.trainercheck`) before the committee sees
+    them: a signature must verify over the sender's node id and the model the
+    round sent, a node id whose signed update was included must sign with
+    that key from then on, and a signed update is included once in the run;
+    a reply that breaks them is rejected with its reason. Each included
+    entry of a signed reply records its key as ``trainer``, which ``verify``
+    checks; the payloads holding the signatures are not stored, so
+    ``verify --replay`` cannot check the signatures themselves.
+
     Parameters
     ----------
     strategy : Strategy
@@ -78,6 +94,9 @@ class PoVStrategy(DecompressReplies):
         resumed from it).
     arrayrecord_key, weighted_by_key : str
         As in Flower's FedAvg.
+    require_signed_replies : bool (default: False)
+        Reject every train reply that is not signed by its trainer, as
+        FedBuff's option of that name does.
     """
 
     def __init__(
@@ -88,6 +107,7 @@ class PoVStrategy(DecompressReplies):
         ledger: Ledger | str | Path | None = None,
         arrayrecord_key: str = "arrays",
         weighted_by_key: str = "num-examples",
+        require_signed_replies: bool = False,
     ) -> None:
         if committee.trust_weighting:
             raise ValueError(
@@ -112,7 +132,18 @@ class PoVStrategy(DecompressReplies):
         """Votes since the last block (carried over rounds that write none)."""
         self._view = 0
         self._view_changes: list[dict[str, Any]] = []
-        settings = {"strategy": type(strategy).__name__, "committee": repr(committee)}
+        self.trainers = TrainerCheck(require_signed_replies)
+        """The trainer keys pinning node ids, and whether replies must be
+        signed."""
+        self._included = IncludedDigests()
+        self._height = 0
+        """The height of the last block (without a ledger, that it would have)."""
+        settings: dict[str, Any] = {
+            "strategy": type(strategy).__name__,
+            "committee": repr(committee),
+        }
+        if require_signed_replies:  # as FedBuff records it: only when on
+            settings["require_signed_replies"] = True
         self._config_digest = (
             self.ledger.config_digest(settings)
             if self.ledger is not None
@@ -149,21 +180,7 @@ class PoVStrategy(DecompressReplies):
         the round again when its block's leader signs no header (see the
         class docstring)."""
         errors, updates = self._decode(server_round, replies)
-        candidates = [
-            (
-                reply,
-                Candidate(
-                    sender_update_digest(reply.metadata.src_node_id, reply.content),
-                    reply.metadata.src_node_id,
-                    u.delta,
-                    1.0,
-                    float(u.num_examples),
-                    reply.content,
-                ),
-                u,
-            )
-            for reply, u in updates
-        ]
+        candidates = self._signed(server_round, updates)
         before = self._saved() if self.ledger is not None else None
         failures = 0
         while True:
@@ -186,12 +203,46 @@ class PoVStrategy(DecompressReplies):
                     ) from exc
                 self._restore(before)
 
+    def _signed(
+        self, server_round: int, updates: list[tuple[Message, ParsedUpdate]]
+    ) -> list[_Taken]:
+        """The round's valid updates as candidates, held to FedBuff's
+        intake rules: each reply's trainer signature checked
+        (:class:`~flchain_flwr.strategies.trainercheck.TrainerCheck`), a
+        signed update the run included refused; the others are rejected
+        with their reason. The sent model is hashed for a signed reply
+        only."""
+        assert self._sent is not None
+        taken: list[_Taken] = []
+        sent_hash: str | None = None  # hashed for the first signed reply only
+        for reply, u in updates:
+            node = reply.metadata.src_node_id
+            digest = sender_update_digest(node, reply.content)
+            signed = TRAINER_RECORD in reply.content
+            if signed and sent_hash is None:
+                sent_hash = model_hash(self._sent)
+            try:
+                trainer = self.trainers.check(
+                    node, reply.content, sent_hash if signed else None, taken
+                )
+                problem = self._included.problem(digest) if trainer else None
+                if problem is not None:
+                    raise UpdateRejected(problem)
+            except UpdateRejected as exc:
+                self._reject(reply, server_round - 1, exc.reason, digest=digest)
+                continue
+            candidate = Candidate(
+                digest, node, u.delta, 1.0, float(u.num_examples), reply.content
+            )
+            taken.append(_Taken(reply, candidate, u, trainer))
+        return taken
+
     # pylint: disable=too-many-locals
     def _decide(
         self,
         server_round: int,
         errors: list[Message],
-        candidates: list[tuple[Message, Candidate, ParsedUpdate]],
+        candidates: list[_Taken],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """One decision on the round's ``candidates`` and what follows it:
         the wrapped strategy's aggregation and, with a new model, the block."""
@@ -203,7 +254,7 @@ class PoVStrategy(DecompressReplies):
         decision = self.committee.decide(
             context=context,
             global_model=sent,
-            candidates=[c for _, c, _ in candidates],
+            candidates=[t.candidate for t in candidates],
             round_=version,
             ledger=self.ledger,
         )
@@ -213,23 +264,23 @@ class PoVStrategy(DecompressReplies):
         self._view = decision.view
         self._view_changes += decision.view_changes
         accepted = []
-        for (reply, cand, update), outcome in zip(
-            candidates, decision.outcomes, strict=True
-        ):
+        for taken, outcome in zip(candidates, decision.outcomes, strict=True):
             if outcome.accepted:
-                accepted.append((reply, cand, update))
+                accepted.append(taken)
             else:
+                digest = taken.candidate.digest
                 self._reject(
-                    reply,
+                    taken.reply,
                     version,
                     outcome.reason,
-                    decision.votes_on(cand.digest),
-                    cand.digest,
+                    decision.votes_on(digest),
+                    digest,
                 )
         if not accepted:
             log(WARNING, "PoV rejected every update of round %d", server_round)
         arrays, metrics = self.strategy.aggregate_train(
-            server_round, errors + [self._as_weights(r, u) for r, _, u in accepted]
+            server_round,
+            errors + [self._as_weights(t.reply, t.update) for t in accepted],
         )
         if arrays is not None and accepted:  # a block: settle its votes, once
             extra, signer = self.committee.seal(
@@ -247,6 +298,11 @@ class PoVStrategy(DecompressReplies):
                 )
             elif signer.on_quorum is not None:  # no ledger, no header to sign
                 signer.on_quorum()
+            self._height += 1  # the block is written: pin its trainers
+            self.trainers.included(accepted)
+            self._included.add(
+                self._height, (t.candidate.digest for t in accepted if t.trainer)
+            )
             self._votes, self._view, self._round_rejected = [], 0, []
             self._view_changes = []
         else:  # no block: the next one carries the rejections and their votes
@@ -279,7 +335,7 @@ class PoVStrategy(DecompressReplies):
     def _block(
         self,
         server_round: int,
-        accepted: list[tuple[Message, Candidate, ParsedUpdate]],
+        accepted: list[_Taken],
         new: NDArrays,
     ) -> dict[str, Any]:
         assert self._sent is not None
@@ -289,23 +345,13 @@ class PoVStrategy(DecompressReplies):
             "model_version": server_round,
             "base_version": server_round - 1,
             "config_digest": self._config_digest,
-            "included": [
-                {
-                    "node_id": c.node_id,
-                    "digest": c.digest,
-                    "trained_on": server_round - 1,
-                    "staleness": 0,
-                    "weight": 1.0,
-                    "num_examples": u.num_examples,
-                }
-                for _, c, u in accepted
-            ],
+            "included": [_entry(t, server_round - 1) for t in accepted],
             "rejected": self._round_rejected,
             "votes": self._votes,
             "contributions": contributions(
-                [c.node_id for _, c, _ in accepted],
-                [u.delta for _, _, u in accepted],
-                [u.num_examples for _, _, u in accepted],
+                [t.node_id for t in accepted],
+                [t.update.delta for t in accepted],
+                [t.update.num_examples for t in accepted],
                 step,
             ),
         }
@@ -330,6 +376,38 @@ class PoVStrategy(DecompressReplies):
                 "reason": reason,
             }
         )
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A reply put before the committee, with the trainer key that signed
+    it (``None``: unsigned)."""
+
+    reply: Message
+    candidate: Candidate
+    update: ParsedUpdate
+    trainer: str | None
+
+    @property
+    def node_id(self) -> int:
+        """The node that sent it."""
+        return self.candidate.node_id
+
+
+def _entry(taken: _Taken, trained_on: int) -> dict[str, Any]:
+    """An included update's ledger entry (``trainer`` only for a signed
+    reply, so that unsigned ones are recorded as they always were)."""
+    entry: dict[str, Any] = {
+        "node_id": taken.node_id,
+        "digest": taken.candidate.digest,
+        "trained_on": trained_on,
+        "staleness": 0,
+        "weight": 1.0,
+        "num_examples": taken.update.num_examples,
+    }
+    if taken.trainer is not None:
+        entry[TRAINER_FIELD] = taken.trainer
+    return entry
 
 
 @dataclass(frozen=True)

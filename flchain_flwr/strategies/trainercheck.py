@@ -7,21 +7,37 @@ that sent it and the model the server sent that node
 is rejected with its reason. A node id whose signed update was included
 (earlier in the run, in its ledger's chain, or waiting in the buffer) must sign
 with that key from then on (:func:`~flchain_flwr.ledger.trainers.pin_problem`);
-with ``require_signed_replies`` every reply must be signed.
+with ``require_signed_replies`` every reply must be signed. FedBuff's intake
+(:mod:`.buffer`) and :class:`~flchain_flwr.pov.PoVStrategy` both hold replies
+to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from flwr.app import RecordDict
 
 from ..ledger.trainers import TrainerSignatureError, pin_problem, signed_by
 from ..protocol import TRAINER_RECORD
-from .block import BufferedUpdate
 from .updates import UpdateRejected
 
 UNSIGNED_REASON = "reply is not signed by its trainer (require_signed_replies)"
+
+
+class Signed(Protocol):
+    """An update taken in: its node and the trainer key that signed it
+    (``None``: unsigned), as FedBuff's buffered updates and PoVStrategy's
+    replies hold them."""
+
+    @property
+    def node_id(self) -> int:
+        """The node that sent it."""
+
+    @property
+    def trainer(self) -> str | None:
+        """The key that signed it."""
 
 
 class TrainerCheck:
@@ -45,14 +61,15 @@ class TrainerCheck:
         node_id: int,
         content: RecordDict,
         model: str | None,
-        buffered: Iterable[BufferedUpdate] = (),
+        buffered: Iterable[Signed] = (),
     ) -> str | None:
         """The trainer key that signed the reply (``None``: unsigned).
 
         ``model`` is the hash of the model the server sent ``node_id``
         (``None``: no longer known, or not asked for an unsigned reply);
-        ``buffered`` the updates waiting in the buffer, whose keys pin their
-        nodes as included ones do.
+        ``buffered`` the updates taken in but not yet included (waiting in
+        FedBuff's buffer, or earlier in PoVStrategy's round), whose keys pin
+        their nodes as included ones do.
 
         Raises
         ------
@@ -80,7 +97,7 @@ class TrainerCheck:
                 raise UpdateRejected(problem)
         return key
 
-    def included(self, updates: Iterable[BufferedUpdate]) -> None:
+    def included(self, updates: Iterable[Signed]) -> None:
         """Pin the nodes of newly included signed updates to their keys."""
         for u in updates:
             if u.trainer is not None:

@@ -1,0 +1,236 @@
+"""Replies signed by their trainers under :class:`PoVStrategy`, the
+synchronous wrapper: held to FedBuff's rules (the server's intake,
+:mod:`flchain_flwr.strategies.trainercheck`), its blocks' ``trainer`` entries
+checked by ``verify``.
+
+Each tamper is a mod outside the signer: anything on the path (or the server)
+changing a reply after its node signed it. It leaves the update itself alone,
+so that the committee, which judges an update on its merits, would approve it:
+only the signature check can refuse it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flwr.app import ConfigRecord, Context, Message, MessageType
+from flwr.serverapp.strategy import FedAvg
+
+from flchain_flwr.ledger import Ledger, model_hash
+from flchain_flwr.ledger.trainers import TRAINER_FIELD, sign_reply
+from flchain_flwr.mods import signreply_mod
+from flchain_flwr.pov import Committee, PoVStrategy, Threshold
+from flchain_flwr.protocol import TRAINER_RECORD, TRAINER_SIGNATURE
+from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.strategies.trainercheck import UNSIGNED_REASON
+
+from .test_pov import verifiers
+from .test_replay import SPEEDS, flchain
+from .test_signreply import ATTACKER, Tamper, node_configs, on_path, received_model
+from .toy import constant_work, initial_arrays, toy_client_app
+
+N = len(SPEEDS)
+
+
+def pov_signed_run(
+    folder: Path,
+    *,
+    tamper: Tamper | None = None,
+    partition: int = 0,
+    from_version: int = 0,
+    signing: tuple[int, ...] = (0, 1, 2, 3),
+    rounds: int = 3,
+    ledger: bool = True,
+    inner: tuple[Any, ...] = (),
+    **settings: Any,
+) -> PoVStrategy:
+    """A PoVStrategy(FedAvg) run of the toy app on the virtual grid, its
+    nodes in ``signing`` signing (``tamper`` outside the signer of
+    ``partition``, from train messages on ``from_version``; ``inner``: mods
+    inside the signer)."""
+    mods: list[Any] = [signreply_mod, *inner]
+    if tamper is not None:
+        mods.insert(0, on_path(tamper, partition, from_version))
+    grid = VirtualGrid(
+        toy_client_app(mods=mods),
+        [DeviceProfile(speed=s) for s in SPEEDS],
+        node_configs=node_configs(folder, signing),
+        work_fn=constant_work(1.0),
+    )
+    strategy = PoVStrategy(
+        FedAvg(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N),
+        Committee(verifiers(4), threshold=Threshold(value=0)),
+        ledger=folder / "sync.db" if ledger else None,
+        **settings,
+    )
+    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+    return strategy
+
+
+def included(path: Path) -> list[dict[str, Any]]:
+    with Ledger(path, create=False) as ledger:
+        return [u for b in ledger.blocks() for u in b.body["included"]]
+
+
+def block_rejected(path: Path) -> list[dict[str, Any]]:
+    with Ledger(path, create=False) as ledger:
+        return [r for b in ledger.blocks() if b.height for r in b.body["rejected"]]
+
+
+def public_key(folder: Path, partition: int) -> str:
+    from nacl.encoding import HexEncoder
+    from nacl.signing import SigningKey
+
+    key = SigningKey(
+        (folder / f"trainer{partition}.key").read_bytes().strip(), encoder=HexEncoder
+    )
+    return key.verify_key.encode(HexEncoder).decode()
+
+
+def keyless(_msg: Message, _context: Context, reply: Message) -> None:
+    """Replace the signature record by one that holds no trainer key."""
+    record = reply.content[TRAINER_RECORD]
+    assert isinstance(record, ConfigRecord)
+    reply.content[TRAINER_RECORD] = ConfigRecord(
+        {TRAINER_SIGNATURE: record[TRAINER_SIGNATURE]}
+    )
+
+
+def other_model(msg: Message, context: Context, reply: Message) -> None:
+    """Sign the reply as trained on a model the node was not sent."""
+    reply.content[TRAINER_RECORD] = sign_reply(
+        ATTACKER, context.node_id, reply.content, "0" * 64
+    )
+
+
+def resigned_as_is(msg: Message, context: Context, reply: Message) -> None:
+    """Sign the unchanged reply with a key of one's own."""
+    reply.content[TRAINER_RECORD] = sign_reply(
+        ATTACKER, context.node_id, reply.content, received_model(msg)
+    )
+
+
+def test_an_honest_signed_run_records_and_verifies_its_trainers(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sync.db"
+    strategy = pov_signed_run(tmp_path, signing=(0, 1, 2))
+    assert not strategy.rejected
+    entries = included(path)
+    assert len(entries) == 3 * N
+    keys = {public_key(tmp_path, p) for p in (0, 1, 2)}
+    assert {u.get(TRAINER_FIELD) for u in entries} == keys | {None}
+    assert sum(TRAINER_FIELD in u for u in entries) == 3 * 3
+    code, text = flchain("verify", str(path))
+    assert code == 0, text
+    assert f"trainers: 9 of {3 * N} included updates name a trainer key" in text
+    # the payloads, which hold the signatures, are not stored: replay says so
+    code, text = flchain("verify", str(path), "--replay")
+    assert code == 3, text
+    assert "not replayable: blocks 1-3: written without stored update payloads" in (
+        text
+    )
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason"),
+    [(keyless, "expected exactly"), (other_model, "does not verify")],
+)
+def test_an_invalid_signature_is_rejected_before_the_committee(
+    tmp_path: Path, tamper: Tamper, reason: str
+) -> None:
+    path = tmp_path / "sync.db"
+    strategy = pov_signed_run(tmp_path, tamper=tamper, partition=0)
+    (victim,) = {r.node_id for r in strategy.rejected}
+    assert len(strategy.rejected) == 3
+    assert all(reason in r.reason and not r.votes for r in strategy.rejected)
+    assert all(int(u["node_id"]) != victim for u in included(path))
+    assert len(included(path)) == 3 * (N - 1)
+    recorded = [r for r in block_rejected(path) if int(r["node_id"]) == victim]
+    assert len(recorded) == 3 and all(reason in r["reason"] for r in recorded)
+    # the committee never saw them: no vote names their digests
+    assert all(len(d.outcomes) == N - 1 for d in strategy.decisions), (
+        "a forged reply reached the committee"
+    )
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+
+
+def test_another_keys_signature_for_a_pinned_node_id_is_rejected(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sync.db"
+    strategy = pov_signed_run(
+        tmp_path, tamper=resigned_as_is, partition=0, from_version=1
+    )
+    public = public_key(tmp_path, 0)
+    (node,) = {int(u["node_id"]) for u in included(path) if u[TRAINER_FIELD] == public}
+    rejected = [r.reason for r in strategy.rejected if r.node_id == node]
+    assert len(rejected) == 2 and len(strategy.rejected) == 2
+    assert all("were included signed by trainer key" in r for r in rejected)
+    assert public[:16] in rejected[0]
+    assert {u[TRAINER_FIELD] for u in included(path) if int(u["node_id"]) == node} == {
+        public
+    }
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+
+
+def test_unsigned_replies_are_rejected_when_signatures_are_required(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "sync.db"
+    strategy = pov_signed_run(tmp_path, signing=(0, 1, 2), require_signed_replies=True)
+    (unsigned,) = {r.node_id for r in strategy.rejected}
+    assert all(r.reason == UNSIGNED_REASON for r in strategy.rejected)
+    assert len(strategy.rejected) == 3
+    assert all(TRAINER_FIELD in u for u in included(path))
+    assert all(int(u["node_id"]) != unsigned for u in included(path))
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
+
+
+def test_only_a_round_with_a_signed_reply_hashes_its_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a ledger the hash only serves to check trainer signatures:
+    a round nobody signs in hashes nothing, one where all sign hashes once."""
+    from flchain_flwr.pov import strategy as module
+
+    hashed: list[int] = []
+
+    def counted(model: Any) -> str:
+        hashed.append(1)
+        return model_hash(model)
+
+    monkeypatch.setattr(module, "model_hash", counted, raising=False)
+    (tmp_path / "none").mkdir()
+    unsigned = pov_signed_run(tmp_path / "none", signing=(), ledger=False)
+    assert not unsigned.rejected and not hashed
+    signed = pov_signed_run(tmp_path, rounds=2, ledger=False)
+    assert not signed.rejected
+    assert len(hashed) == 2
+
+
+def idle(msg: Message, context: Context, call_next: Any) -> Message:
+    """Inside the signer: reply the model as received (an update that moves
+    nothing), so the next round sends the same model again."""
+    reply = call_next(msg, context)
+    if msg.metadata.message_type == MessageType.TRAIN and not reply.has_error():
+        reply.content["arrays"] = msg.content["arrays"]
+    return reply
+
+
+def test_a_signed_update_is_included_once_in_the_chain(tmp_path: Path) -> None:
+    """A round that leaves the model as it was is sent the same model again:
+    a node's signed reply, the same bytes, is then one the chain included
+    (replayed, or retrained deterministically), and the server rejects it as
+    FedBuff does, rather than write a chain that ``verify`` fails."""
+    path = tmp_path / "sync.db"
+    strategy = pov_signed_run(tmp_path, inner=(idle,), rounds=2)
+    assert len(included(path)) == N  # round 1's; round 2's were all rejected
+    assert len(strategy.rejected) == N
+    assert all("was already included in block 1" in r.reason for r in strategy.rejected)
+    with Ledger(path, create=False) as ledger:
+        assert ledger.verify().ok
