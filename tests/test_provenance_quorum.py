@@ -85,6 +85,8 @@ def _keys(run: Run) -> dict[str, SigningKey]:  # noqa: F811
         ("duplicate", "a second one by"),
         ("flag-flipped", "is invalid"),
         ("not-a-list", "must be a list"),
+        ("upper-case", "is invalid"),
+        ("spaced", "is invalid"),
     ],
 )
 def test_a_forged_header_quorum_fails(
@@ -109,6 +111,16 @@ def test_a_forged_header_quorum_fails(
         "duplicate": [signatures[0], signatures[0], *signatures[1:]],
         "flag-flipped": [{**signatures[0], "replayed": False}, *signatures[1:]],
         "not-a-list": {"0": signatures[0]},
+        # The same signatures respelled (no key needed; was accepted: found
+        # by the second forge audit).
+        "upper-case": [
+            {**signatures[0], "signature": signatures[0]["signature"].upper()},
+            *signatures[1:],
+        ],
+        "spaced": [
+            {**signatures[0], "signature": signatures[0]["signature"] + " "},
+            *signatures[1:],
+        ],
     }[forgery]
     with pytest.raises(ProvenanceError, match=expected):
         verify_bundle(_with(run, forged), run.trust())

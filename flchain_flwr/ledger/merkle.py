@@ -22,6 +22,7 @@ from pymerkle import (
 )
 
 ALGORITHM = "sha256"
+_INCLUSION_FIELDS: Final = frozenset({"type", "leaf", "index", "size", "root", "proof"})
 MAX_PROOF_DEPTH: Final = 16
 """How deeply a proof's JSON may nest (the proofs made here nest 4 deep)."""
 MAX_PROOF_BYTES: Final = 64 << 20
@@ -156,8 +157,10 @@ def proof_field(proof: Mapping[str, Any], name: str, expected: type) -> Any:
 def _digest_field(proof: Mapping[str, Any], name: str) -> str:
     """``proof[name]``, which must be a hex SHA-256 digest."""
     value: str = proof_field(proof, name, str)
-    if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
-        raise MalformedProof(f"{name!r} must be a 64-digit hex SHA-256 digest")
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise MalformedProof(
+            f"{name!r} must be a SHA-256 digest in 64 lower-case hex digits"
+        )
     return value
 
 
@@ -220,6 +223,10 @@ def verify_proof(proof: dict[str, Any], expected_type: str | None = None) -> Non
         raise MalformedProof(f"unknown proof type {kind[:40]!r}")
     if expected_type is not None and kind != expected_type:
         raise MalformedProof(f"expected an {expected_type} proof, got {kind!r}")
+    if kind == "inclusion" and set(proof) != _INCLUSION_FIELDS:
+        raise MalformedProof(
+            f"an inclusion proof has exactly the fields {sorted(_INCLUSION_FIELDS)}"
+        )
     body = proof_field(proof, "proof", dict)
     meta = proof_field(body, "metadata", dict)
     if meta.get("algorithm") != ALGORITHM or meta.get("security") is not True:
@@ -262,9 +269,28 @@ def verify_proof(proof: dict[str, Any], expected_type: str | None = None) -> Non
 
 def _deserialize(kind: type[Any], body: dict[str, Any]) -> Any:
     """pymerkle's proof object from its JSON form; ``MalformedProof`` if it is
-    not one (pymerkle says ``InvalidProof`` for both malformed and false)."""
+    not one (pymerkle says ``InvalidProof`` for both malformed and false), or
+    not spelled as pymerkle writes it: pymerkle reads hex in either case and
+    with spaces, a boolean as a bit, and ignores fields it does not know, so
+    one path would otherwise have many spellings no hash or signature covers."""
     try:
-        return kind.deserialize(body)
+        parsed = kind.deserialize(body)
     except InvalidProof as exc:
         cause = f": {exc.__cause__!r}" if exc.__cause__ is not None else ""
         raise MalformedProof(f"the Merkle path is malformed ({exc}{cause})") from None
+    written = json.dumps(parsed.serialize(), sort_keys=True)
+    # One boolean is pymerkle's (metadata.security); any other stands for a bit.
+    if written != json.dumps(body, sort_keys=True) or _booleans(body) != 1:
+        raise MalformedProof("the Merkle path is not in the form pymerkle writes")
+    return parsed
+
+
+def _booleans(value: object) -> int:
+    """How many JSON booleans ``value`` holds, at any depth."""
+    if isinstance(value, bool):
+        return 1
+    if isinstance(value, dict):
+        return sum(_booleans(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(_booleans(v) for v in value)
+    return 0

@@ -56,9 +56,17 @@ def trainer_statement(node_id: int, update: str, model: str) -> bytes:
     )
 
 
+_LOWER_HEX: Final = frozenset("0123456789abcdef")
+
+
 def signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
-    """Whether ``signature_hex`` is ``public_hex``'s Ed25519 signature."""
+    """Whether ``signature_hex`` is ``public_hex``'s Ed25519 signature, in
+    the one form :func:`sign_statement` writes (128 lower-case hex digits:
+    ``bytes.fromhex`` alone also reads upper case and spaces, so a stored
+    signature that no hash covers would have many spellings)."""
     try:
+        if len(signature_hex) != 128 or not set(signature_hex) <= _LOWER_HEX:
+            return False
         VerifyKey(public_hex.encode(), encoder=HexEncoder).verify(
             message, bytes.fromhex(signature_hex)
         )
