@@ -176,8 +176,7 @@ def cmd_market(args: argparse.Namespace, out: TextIO) -> int:
         return error(str(exc))
     with chain:
         try:
-            count, anchor = chain.verify(trusted)
-            book = chain.book()
+            count, anchor, book = chain.verify(trusted)
         except TradeRefused as exc:
             out.write(f"INVALID: {exc}\n")
             return EXIT_FAILED

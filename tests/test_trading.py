@@ -65,7 +65,7 @@ def test_an_offer_purchase_and_receipt_are_recorded_and_verify(tmp_path: Path) -
     chain = market(tmp_path)
     _, purchase = sale(chain)
     chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
-    count, anchor = chain.verify()
+    count, anchor, _ = chain.verify()
     assert count == 3
     assert "checkpoint of 3 entries" in anchor
     assert len(chain.book().receipts) == 1
@@ -89,9 +89,33 @@ def test_verify_while_the_operator_appends_checks_one_snapshot(
 
     monkeypatch.setattr(trading, "entry_problem", check_then_append)
     with TradingChain(chain.path, read_only=True) as reader:
-        count, anchor = reader.verify()
+        count, anchor, _ = reader.verify()
     assert len(chain) == 3
     assert count == 2 and "checkpoint of 2 entries" in anchor, anchor
+
+
+def test_cli_market_counts_the_records_it_checked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The offers, purchases and receipts `model market` reports are those of
+    the snapshot it checked, not of a second read after the operator appended
+    (a receipt appended meanwhile was counted though never checked)."""
+    chain = market(tmp_path)
+    _, purchase = sale(chain)
+
+    def check_then_append(
+        value: Any, entry: Any, origin: str, position: int, *rest: Any
+    ) -> Any:
+        problem = entry_problem(value, entry, origin, position, *rest)
+        if position == 1 and len(chain) == 2:
+            chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
+        return problem
+
+    monkeypatch.setattr(trading, "entry_problem", check_then_append)
+    out = io.StringIO()
+    assert flchain(["model", "market", str(chain.path)], out=out) == 0
+    assert len(chain) == 3
+    assert "2 records (1 offers, 1 purchases, 0 receipts)" in out.getvalue()
 
 
 def _refused(chain: TradingChain, statement: dict[str, object], signature: str) -> str:

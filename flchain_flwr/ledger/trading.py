@@ -19,7 +19,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from nacl.signing import SigningKey
 
@@ -57,6 +57,17 @@ _SCHEMA: Final = (
     "CREATE TABLE entries (idx INTEGER PRIMARY KEY, "
     "hash TEXT NOT NULL, record_id TEXT NOT NULL UNIQUE, entry BLOB NOT NULL)",
 )
+
+
+class MarketCheck(NamedTuple):
+    """What :meth:`TradingChain.verify` checked, from one read of the entries."""
+
+    entries: int
+    """How many entries were checked."""
+    anchored: str
+    """What the checkpoint on file anchored."""
+    book: TradeBook
+    """The offers, purchases and receipts those entries record."""
 
 
 class TradingChain:
@@ -303,7 +314,7 @@ class TradingChain:
         except ValueError as exc:
             raise LedgerError(str(exc)) from None
 
-    def verify(self, trusted: VerifierKey | None = None) -> tuple[int, str]:
+    def verify(self, trusted: VerifierKey | None = None) -> MarketCheck:
         """Check every entry again from scratch, and the checkpoint on file.
 
         Each entry must be canonical, in sequence, linked to the previous one,
@@ -318,8 +329,9 @@ class TradingChain:
 
         Returns
         -------
-        tuple[int, str]
-            The number of entries and what the checkpoint anchored.
+        MarketCheck
+            The number of entries, what the checkpoint anchored, and the
+            book those entries make (so a caller counts what was checked).
 
         Raises
         ------
@@ -355,7 +367,7 @@ class TradingChain:
             prev = entry.hash
             hashes.append(entry.hash)
         if not hashes or key is None:
-            return 0, "no entries, so no checkpoint"
+            return MarketCheck(0, "no entries, so no checkpoint", book)
         try:
             if isinstance(kept, Exception):
                 raise kept
@@ -363,4 +375,6 @@ class TradingChain:
             check_against_ledger(found, self.origin, hashes, unit="entries")
         except (OSError, NoteError, CheckpointError, CheckpointMismatch) as exc:
             raise TradeRefused(f"checkpoint {self.checkpoint_path}: {exc}") from None
-        return len(hashes), f"checkpoint of {found.size} entries signed by {key}"
+        return MarketCheck(
+            len(hashes), f"checkpoint of {found.size} entries signed by {key}", book
+        )
