@@ -29,6 +29,7 @@ from flchain_flwr.ledger.replay import PendingReplay, replay
 from flchain_flwr.ledger.statements import (
     header_statement,
     sign_statement,
+    signature_ok,
     view_change_statement,
 )
 from flchain_flwr.pov import (
@@ -679,3 +680,20 @@ def test_members_refuse_a_block_whose_committee_is_not_the_draw(
         ledger.append(**block, extra={**fields, "committee": rotated}, signer=signer)
     assert str(refused.value).count("committee is not the one drawn") >= 3
     assert ledger.head() == head
+
+
+def test_a_signature_is_good_only_in_the_one_spelling_writers_write() -> None:
+    """Statement signatures and keys are lower-case hex, one rule for every
+    chain (the trading chain's own copy refused an upper-case key that this
+    one took): another spelling of a valid signature or key is refused."""
+    key = SigningKey(b"\x05" * 32)
+    public = bytes(key.verify_key).hex()
+    signature = sign_statement(key, b"statement")
+    assert signature_ok(public, b"statement", signature)
+    for other_public, other_signature in (
+        (public.upper(), signature),
+        (public, signature.upper()),
+        (f" {public}", signature),
+        (public, f"{signature[:64]} {signature[64:]}"),
+    ):
+        assert not signature_ok(other_public, b"statement", other_signature)

@@ -17,11 +17,10 @@ from .blocks import (
     entries_problem,
     header_problem,
     included_problem,
-    is_hex,
     leader_signed,
     parse_block,
 )
-from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, sha256_hex
+from .canonical import BODY_TAG, HEADER_TAG, NotCanonical, is_hex, sha256_hex
 from .consensus import PoVRules, VoteRules, block_view
 from .evidence import settled_evidence
 from .included import IncludedDigests

@@ -164,6 +164,15 @@ def _check_finite(value: Any) -> None:
             _check_finite(item)
 
 
+def is_hex(value: object, length: int) -> bool:
+    """Lower-case hex of exactly ``length`` characters: the only stored form."""
+    return (
+        isinstance(value, str)
+        and len(value) == length
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
 def sha256_hex(*parts: bytes | memoryview) -> str:
     """Hex SHA-256 over the concatenation of ``parts``."""
     digest = hashlib.sha256()

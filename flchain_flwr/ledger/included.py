@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from .blocks import is_hex
+from .canonical import is_hex
 from .trainers import TRAINER_FIELD
 
 

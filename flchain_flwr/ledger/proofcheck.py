@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .blocks import is_hex, parse_block
-from .canonical import HEADER_TAG, sha256_hex
+from .blocks import parse_block
+from .canonical import HEADER_TAG, is_hex, sha256_hex
 from .checkpoint import (
     CheckpointError,
     ledger_origin,

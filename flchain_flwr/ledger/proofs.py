@@ -7,7 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .blocks import LedgerError, is_hex
+from .blocks import LedgerError
+from .canonical import is_hex
 from .checkpoint import parse_checkpoint
 from .merkle import consistency_proof, inclusion_proof
 from .notes import read_note

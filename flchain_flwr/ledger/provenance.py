@@ -34,8 +34,7 @@ from typing import Any, Final
 
 from .anchorblock import AnchorError
 from .anchorproof import check_anchor_proof
-from .blocks import is_hex
-from .canonical import NotCanonical, parse_canonical
+from .canonical import NotCanonical, is_hex, parse_canonical
 from .checkpoint import CheckpointError, ledger_origin
 from .mainverify import WitnessRule
 from .merkle import InvalidProof, MalformedProof

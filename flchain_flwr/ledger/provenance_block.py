@@ -43,7 +43,7 @@ from .consensus import (
     quorum,
     select_committee,
 )
-from .trade_records import signature_ok
+from .statements import signature_ok
 from .votes import VoteContext, check_vote
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .blocks import is_hex
+from .canonical import is_hex
 from .cosignature import CosignerKey, parse_cosigner_key
 from .notes import NoteError, VerifierKey, parse_verifier_key
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
-from .blocks import is_hex
+from .canonical import is_hex
 
 if TYPE_CHECKING:
     from .blobs import BlobStore

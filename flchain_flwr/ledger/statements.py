@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Final
 
-from nacl.encoding import HexEncoder
+from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey, VerifyKey
 
-from .canonical import LATEST_FORMAT, encode
+from .canonical import LATEST_FORMAT, encode, is_hex
 
 HEADER_SIG_TAG: Final = b"flchain-header-sig/1\n"
 VIEW_CHANGE_TAG: Final = b"flchain-view-change/1\n"
@@ -56,22 +56,20 @@ def trainer_statement(node_id: int, update: str, model: str) -> bytes:
     )
 
 
-_LOWER_HEX: Final = frozenset("0123456789abcdef")
-
-
 def signature_ok(public_hex: str, message: bytes, signature_hex: str) -> bool:
-    """Whether ``signature_hex`` is ``public_hex``'s Ed25519 signature, in
-    the one form :func:`sign_statement` writes (128 lower-case hex digits:
-    ``bytes.fromhex`` alone also reads upper case and spaces, so a stored
-    signature that no hash covers would have many spellings)."""
+    """Whether ``signature_hex`` is ``public_hex``'s Ed25519 signature, both
+    in the one form :func:`sign_statement` and the key writers write (lower-
+    case hex, :func:`~.canonical.is_hex`: ``bytes.fromhex`` alone also reads
+    upper case and spaces, so a stored signature or key that no hash covers
+    would have many spellings); ``False`` for anything malformed."""
+    if not is_hex(signature_hex, 128) or not is_hex(public_hex, 64):
+        return False
     try:
-        if len(signature_hex) != 128 or not set(signature_hex) <= _LOWER_HEX:
-            return False
-        VerifyKey(public_hex.encode(), encoder=HexEncoder).verify(
+        VerifyKey(bytes.fromhex(public_hex)).verify(
             message, bytes.fromhex(signature_hex)
         )
-    except Exception:  # pylint: disable=broad-exception-caught
-        return False  # bad hex, a malformed key (nacl's own errors), a forgery
+    except (CryptoError, ValueError):
+        return False  # a key that is no curve point, a forgery
     return True
 
 

@@ -34,12 +34,11 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from nacl.encoding import HexEncoder
-from nacl.exceptions import CryptoError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
-from .blocks import is_hex
-from .canonical import encode, sha256_hex
+from .canonical import encode, is_hex, sha256_hex
 from .notes import NoteError, check_key_name
+from .statements import signature_ok
 
 STATEMENT_TAG: Final = b"flchain-trade-statement/1\n"
 MAX_TERMS_BYTES: Final = 4096
@@ -123,18 +122,6 @@ def make_receipt(
         "model_hash": model_hash,
     }
     return statement, sign_statement(buyer, statement)
-
-
-def signature_ok(public: str, message: bytes, signature: str) -> bool:
-    """Whether ``signature`` (hex) is the Ed25519 signature of ``message`` by
-    the hex public key ``public`` (``False`` for anything malformed)."""
-    if not is_hex(signature, 128) or not is_hex(public, 64):
-        return False
-    try:
-        VerifyKey(bytes.fromhex(public)).verify(message, bytes.fromhex(signature))
-    except (CryptoError, ValueError):
-        return False
-    return True
 
 
 def check_form(statement: Any, signature: Any, market: str) -> str:

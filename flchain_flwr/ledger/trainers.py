@@ -30,8 +30,8 @@ from nacl.signing import SigningKey
 
 from ..protocol import TRAINER_PUBLIC_KEY, TRAINER_RECORD, TRAINER_SIGNATURE
 from ..quoting import clip
-from .blocks import is_hex, node_key
-from .canonical import update_digest
+from .blocks import node_key
+from .canonical import is_hex, update_digest
 from .statements import sign_statement, signature_ok, trainer_statement
 
 TRAINER_FIELD: Final = "trainer"

@@ -12,8 +12,7 @@ from typing import Any, Final
 from nacl.encoding import HexEncoder
 from nacl.signing import SigningKey
 
-from .blocks import is_hex
-from .canonical import VOTE_TAG, encode_round_trip
+from .canonical import VOTE_TAG, encode_round_trip, is_hex
 from .consensus import VOTE_FORMAT
 from .statements import signature_ok
 

@@ -42,8 +42,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..quoting import clip
-from .blocks import is_hex
-from .canonical import parse_json
+from .canonical import is_hex, parse_json
 from .checkpoint import (
     EMPTY_ROOT,
     Checkpoint,

@@ -25,7 +25,7 @@ from nacl.signing import SigningKey
 
 from ..arrays import NDArrays
 from ..ledger import VoteContext, model_hash, sign_vote
-from ..ledger.blocks import is_hex
+from ..ledger.canonical import is_hex
 from ..ledger.consensus import natural
 from ..quoting import clip
 from .judging import ReferenceFn, Rule, ScoreFn, cosine, signed_score
