@@ -71,23 +71,29 @@ def test_an_offer_purchase_and_receipt_are_recorded_and_verify(tmp_path: Path) -
     assert len(chain.book().receipts) == 1
 
 
-def test_verify_while_the_operator_appends_checks_one_snapshot(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # The operator commits an entry, then writes its checkpoint: a reader
-    # that read the entries before must check the checkpoint it read before.
-    chain = market(tmp_path)
+def receipt_while_reading(chain: TradingChain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record a sale in ``chain``; its operator then appends the receipt while
+    a reader checks the sale's second entry (it has read both entries)."""
     _, purchase = sale(chain)
 
     def check_then_append(
         value: Any, entry: Any, origin: str, position: int, *rest: Any
     ) -> Any:
         problem = entry_problem(value, entry, origin, position, *rest)
-        if position == 1 and len(chain) == 2:  # the reader has both: one more
+        if position == 1 and len(chain) == 2:
             chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
         return problem
 
     monkeypatch.setattr(trading, "entry_problem", check_then_append)
+
+
+def test_verify_while_the_operator_appends_checks_one_snapshot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The operator commits an entry, then writes its checkpoint: a reader
+    # that read the entries before must check the checkpoint it read before.
+    chain = market(tmp_path)
+    receipt_while_reading(chain, monkeypatch)
     with TradingChain(chain.path, read_only=True) as reader:
         count, anchor, _ = reader.verify()
     assert len(chain) == 3
@@ -101,17 +107,7 @@ def test_cli_market_counts_the_records_it_checked(
     the snapshot it checked, not of a second read after the operator appended
     (a receipt appended meanwhile was counted though never checked)."""
     chain = market(tmp_path)
-    _, purchase = sale(chain)
-
-    def check_then_append(
-        value: Any, entry: Any, origin: str, position: int, *rest: Any
-    ) -> Any:
-        problem = entry_problem(value, entry, origin, position, *rest)
-        if position == 1 and len(chain) == 2:
-            chain.append(*make_receipt(BUYER, chain.market, purchase, MODEL))
-        return problem
-
-    monkeypatch.setattr(trading, "entry_problem", check_then_append)
+    receipt_while_reading(chain, monkeypatch)
     out = io.StringIO()
     assert flchain(["model", "market", str(chain.path)], out=out) == 0
     assert len(chain) == 3
