@@ -27,7 +27,13 @@ from typing import Any
 import numpy as np
 import pytest
 from flwr.app import ArrayRecord, Context, Message
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    Strategy,
+)
 from nacl.signing import SigningKey
 
 from flchain_flwr import cli
@@ -44,7 +50,9 @@ from flchain_flwr.pov import (
     Verifier,
     queries,
 )
+from flchain_flwr.pov.verifier import RefusedRequest
 from flchain_flwr.pov.views import LEAD_TAG
+from flchain_flwr.pov.voterequest import read_vote_request, vote_request
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.sim.attacks import attack_mod
 from flchain_flwr.strategies import (
@@ -675,6 +683,51 @@ def test_pov_strategy_stops_after_every_leader_of_a_height_failed(
         _sync_run(path, committee, _fedavg())
     with Ledger(path, create=False) as ledger:
         assert len(ledger) == LEADER_HEIGHT and ledger.verify().ok
+
+
+class _ReadsPayloads(_NoHeaderCommittee):
+    """A :class:`_NoHeaderCommittee` that reads each decision's candidates
+    as a remote verifier node reads its vote request: each payload must
+    hash to the digest named (:func:`~flchain_flwr.pov.voterequest.
+    read_vote_request`); ``refused`` keeps why it did not."""
+
+    def __init__(self, pool: list[Verifier], faults: _Faults) -> None:
+        super().__init__(pool, faults)
+        self.refused: list[str] = []
+
+    def decide(self, **request: Any) -> Any:
+        candidates = request["candidates"]
+        content = vote_request(
+            request["context"],
+            request["global_model"],
+            candidates,
+            [1.0] * len(candidates),
+            self.parse_keys,
+        )
+        try:
+            read_vote_request(content, lambda _chain, _model: True)
+        except RefusedRequest as exc:
+            self.refused.append(str(exc))
+        return super().decide(**request)
+
+
+def test_pov_strategy_decides_again_on_the_replies_as_received(
+    tmp_path: Path,
+) -> None:
+    """A wrapped strategy may change the replies it aggregates (Flower's
+    server-side DP clipping replaces their arrays in place). Deciding the
+    round again must put the replies as received before the committee:
+    before, view 1's candidates carried the first attempt's clipped arrays,
+    which no longer hash to their digests, so every remote member refused
+    the vote request (and a signed reply's signature no longer verified)."""
+    pool = verifiers(4)
+    committee = _ReadsPayloads(pool, _Faults())
+    inner = DifferentialPrivacyServerSideFixedClipping(
+        _fedavg(), noise_multiplier=0.0, clipping_norm=1e-3, num_sampled_clients=4
+    )
+    strategy, _ = _sync_run(tmp_path / "sync.db", committee, inner)
+    assert [d.view for d in strategy.decisions] == [0, 0, 1, 0]
+    assert not committee.refused, committee.refused
 
 
 class _Locked(FedAvg):

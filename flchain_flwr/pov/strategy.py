@@ -65,8 +65,9 @@ class PoVStrategy(DecompressReplies):
     again at the next view as FedBuff decides such a block again
     (:meth:`~.committee.Committee.decides_again`: at most ``committee_size``
     times per height, then the run stops): every candidate of the round is
-    voted on again, and the wrapped strategy aggregates the newly approved
-    replies from its state before the round (a deep copy of its attributes,
+    voted on again, as received (the wrapped strategy is handed copies it may
+    change), and the wrapped strategy aggregates the newly approved replies
+    from its state before the round (a deep copy of its attributes,
     taken before each round's decision; a strategy that cannot be copied
     stops the run there instead). The failed decision stays in
     :attr:`decisions` and counts for the committee watch.
@@ -280,7 +281,11 @@ class PoVStrategy(DecompressReplies):
             log(WARNING, "PoV rejected every update of round %d", server_round)
         arrays, metrics = self.strategy.aggregate_train(
             server_round,
-            errors + [self._as_weights(t.reply, t.update) for t in accepted],
+            errors
+            + [
+                self._as_weights(t.reply, t.update, t.candidate.content)
+                for t in accepted
+            ],
         )
         if arrays is not None and accepted:  # a block: settle its votes, once
             extra, signer = self.committee.seal(

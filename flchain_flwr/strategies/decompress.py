@@ -109,21 +109,35 @@ class DecompressReplies(Strategy):
             updates.append((reply, update))
         return errors, updates
 
-    def _as_weights(self, reply: Message, update: ParsedUpdate) -> Message:
-        """The reply with a (sparse or dense) delta turned into full weights."""
+    def _as_weights(
+        self,
+        reply: Message,
+        update: ParsedUpdate,
+        received: RecordDict | None = None,
+    ) -> Message:
+        """The reply, handed to the wrapped strategy with full weights (a
+        sparse or dense delta turned into them) in a content of its own.
+
+        ``received`` (default: the reply's content) is the reply as received,
+        and stays so whatever the wrapped strategy does to the records it is
+        handed (Flower's server-side DP clipping replaces their arrays): a
+        decision taken again hands on the same replies.
+        """
         assert self._sent is not None
-        if update.kind == UPDATE_KIND_DELTA:
+        content = reply.content if received is None else received
+        delta = update.kind == UPDATE_KIND_DELTA
+        handed = RecordDict(
+            {
+                name: record
+                for name, record in content.items()
+                if not delta
+                or (name != UPDATE_INFO_KEY and name not in content.array_records)
+            }
+        )
+        if delta:
             weights = apply_step(self._sent, update.delta, 1.0)
-            content = RecordDict(
-                {
-                    name: record
-                    for name, record in reply.content.items()
-                    if name != UPDATE_INFO_KEY
-                    and name not in reply.content.array_records
-                }
-            )
-            content[self.arrayrecord_key] = to_arrayrecord(weights)
-            reply.content = content
+            handed[self.arrayrecord_key] = to_arrayrecord(weights)
+        reply.content = handed
         return reply
 
     # pylint: disable=too-many-arguments
