@@ -524,6 +524,11 @@ def test_every_candidate_is_voted_again_at_the_next_view(tmp_path: Path) -> None
     assert not any(doubted & {v["candidate"] for v in r.votes} for r in result.rejected)
     candidates = len(body["included"]) + len(body["rejected"])
     assert candidates == 5  # the whole buffer, voted at view 1
+    at_height = [d for d in result.committee_decisions if d["height"] == LEADER_HEIGHT]
+    assert [(d["view"], d["accepted"] + d["rejected"]) for d in at_height] == [
+        (0, 5),
+        (1, 5),
+    ]  # the result tells the given-up decision from the written one
     _slashed_per_contradiction(committee, body, pool[3].public_key, candidates)
     _stakes_as_the_chain_gives(path, committee)
     out = io.StringIO()

@@ -160,6 +160,7 @@ def decision_summary(decision: CommitteeDecision, time_: float) -> dict[str, obj
     """A committee decision as a JSON-friendly summary for the run's result."""
     return {
         "height": decision.height,
+        "view": decision.view,  # a view given up and the next share a height
         "time": time_,
         "committee": decision.committee,
         "needed": decision.needed,
