@@ -10,7 +10,9 @@ The groups' commands are in their own modules: ``ledger`` in
 Exit codes: 0 success, 1 a check failed (verify, check-proof), 2 bad input
 (missing file, not a ledger, a damaged ledger file, unknown block or digest, a
 malformed proof, bad arguments), 3 ``verify --replay`` found no fault but could
-not replay every block (it says which, and why). Errors are one line on stderr,
+not replay every block (it says which, and why; of ``PoVStrategy``'s blocks it
+checks the stored payloads and signatures, but does not recompute the model,
+which the wrapped strategy aggregated). Errors are one line on stderr,
 never a traceback; set ``FLCHAIN_DEBUG=1`` to see the traceback of an error
 nobody foresaw.
 """

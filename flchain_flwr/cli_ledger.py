@@ -226,7 +226,8 @@ def add_ledger_commands(
     verify.add_argument(
         "--replay",
         action="store_true",
-        help="recompute every model from its parent and stored updates",
+        help="recompute every model from its parent and stored updates "
+        "(PoVStrategy's: check the updates, not the model)",
     )
     verify.set_defaults(func=cmd_verify)
 

@@ -599,8 +599,9 @@ def test_pov_strategy_decides_a_block_again_when_its_leader_signs_no_header(
     Now the same run decides the round again at view 1: every candidate of
     the round is voted on again there, so the round's rejection carries its
     view-1 votes (and is recorded once), the block carries view 0's
-    certificate, verify accepts the chain (replay reports PoVStrategy's
-    blocks as not replayable, as ever) and the stakes are those the
+    certificate, verify accepts the chain (replay checks the payloads of
+    PoVStrategy's blocks, the re-decided one's included, but recomputes no
+    model) and the stakes are those the
     blocks' deposits give (the failed attempt's never applied)."""
     pool = verifiers(4, {3: Behaviour.INVERT})
     committee = _NoHeaderCommittee(pool, _Faults())
@@ -620,6 +621,9 @@ def test_pov_strategy_decides_a_block_again_when_its_leader_signs_no_header(
         assert report.ok and report.pov, report
         replayed = replay(ledger)
         assert replayed.ok and not replayed.replayed, replayed
+        assert [h for h, _ in replayed.payloads_only] == list(
+            range(1, LEADER_HEIGHT + 2)
+        ), replayed
         stakes = PoVState.replayed(
             committee.rules, (b.body for b in ledger.blocks()), committee.state.votes
         ).stakes

@@ -10,23 +10,37 @@ only the signature check can refuse it."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Message, MessageType
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Message,
+    MessageType,
+    RecordDict,
+)
 from flwr.serverapp.strategy import FedAvg
 
 from flchain_flwr.ledger import Ledger, model_hash
+from flchain_flwr.ledger.canonical import sender_update_digest
+from flchain_flwr.ledger.payload import PAYLOAD_FIELD
+from flchain_flwr.ledger.replay import replay
 from flchain_flwr.ledger.trainers import TRAINER_FIELD, sign_reply
 from flchain_flwr.mods import signreply_mod
 from flchain_flwr.pov import Committee, PoVStrategy, Threshold
-from flchain_flwr.protocol import TRAINER_RECORD, TRAINER_SIGNATURE
+from flchain_flwr.protocol import TRAINER_PUBLIC_KEY, TRAINER_RECORD, TRAINER_SIGNATURE
 from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
 from flchain_flwr.strategies.trainercheck import UNSIGNED_REASON
 
 from .test_pov import verifiers
-from .test_replay import SPEEDS, flchain
+from .test_replay import SPEEDS, flchain, rewrite
 from .test_signreply import ATTACKER, Tamper, node_configs, on_path, received_model
 from .toy import constant_work, initial_arrays, toy_client_app
 
@@ -43,6 +57,7 @@ def pov_signed_run(
     rounds: int = 3,
     ledger: bool = True,
     inner: tuple[Any, ...] = (),
+    arrays: ArrayRecord | None = None,
     **settings: Any,
 ) -> PoVStrategy:
     """A PoVStrategy(FedAvg) run of the toy app on the virtual grid, its
@@ -64,7 +79,7 @@ def pov_signed_run(
         ledger=folder / "sync.db" if ledger else None,
         **settings,
     )
-    simulate(strategy, grid, initial_arrays(), num_rounds=rounds)
+    simulate(strategy, grid, arrays or initial_arrays(), num_rounds=rounds)
     return strategy
 
 
@@ -125,12 +140,25 @@ def test_an_honest_signed_run_records_and_verifies_its_trainers(
     code, text = flchain("verify", str(path))
     assert code == 0, text
     assert f"trainers: 9 of {3 * N} included updates name a trainer key" in text
-    # the payloads, which hold the signatures, are not stored: replay says so
+    # each reply is stored as received: replay checks the payloads and their
+    # signatures, and says that the wrapped strategy's model is not recomputed
+    with Ledger(path, create=False) as ledger:
+        for entry in entries:
+            node_id, content = ledger.blobs.load_update(entry[PAYLOAD_FIELD])
+            assert sender_update_digest(node_id, content) == entry["digest"]
     code, text = flchain("verify", str(path), "--replay")
-    assert code == 3, text
-    assert "not replayable: blocks 1-3: written without stored update payloads" in (
-        text
-    )
+    assert code == 3, text  # not every model recomputed
+    assert "in 0 of them a quorum of signers recomputed the model" in text
+    assert "replay: 0 of 3 blocks after genesis recomputed exactly" in text
+    assert (
+        "payloads and signatures checked; model not recomputed: blocks 1-3: "
+        "aggregated by the wrapped strategy 'FedAvg'"
+    ) in text
+    assert (
+        f"trainers: 9 of {3 * N} included updates in the blocks whose payloads "
+        "were checked signed by their trainers"
+    ) in text
+    assert "not replayable" not in text
 
 
 @pytest.mark.parametrize(
@@ -234,3 +262,177 @@ def test_a_signed_update_is_included_once_in_the_chain(tmp_path: Path) -> None:
     assert all("was already included in block 1" in r.reason for r in strategy.rejected)
     with Ledger(path, create=False) as ledger:
         assert ledger.verify().ok
+
+
+# ------------------------------------------------- stored payloads, replayed
+OLD_POV_LEDGER = Path(__file__).parent / "data" / "pov-strategy-ledger"
+"""A PoVStrategy(FedAvg) ledger (2 rounds, 4 toy nodes, 3 of them signing
+their replies) recorded by the code before PoVStrategy stored payloads."""
+
+
+def test_a_pov_ledger_without_payloads_reads_as_before(tmp_path: Path) -> None:
+    shutil.copytree(OLD_POV_LEDGER, tmp_path / "l")
+    code, text = flchain("verify", str(tmp_path / "l" / "sync.db"), "--replay")
+    assert code == 3, text
+    assert "trainers: 6 of 8 included updates name a trainer key" in text
+    assert "replay: 0 of 2 blocks after genesis recomputed exactly" in text
+    assert "not replayable: blocks 1-2: written without stored update payloads" in (
+        text
+    )
+    assert "payloads and signatures checked" not in text
+
+
+def stored(ledger: Ledger, height: int, index: int) -> tuple[int, RecordDict]:
+    """The node id and reply stored for included update ``index`` of block
+    ``height``."""
+    entry = ledger.block(height).body["included"][index]
+    return ledger.blobs.load_update(entry[PAYLOAD_FIELD])
+
+
+def forge(
+    ledger: Ledger, height: int, index: int, content: RecordDict
+) -> dict[str, Any]:
+    """Included update ``index`` of block ``height`` with ``content`` stored
+    as its payload, under its digest."""
+    entry = ledger.block(height).body["included"][index]
+    node = int(entry["node_id"])
+    return dict(
+        entry,
+        payload=ledger.blobs.put_update(node, content),
+        digest=sender_update_digest(node, content),
+    )
+
+
+def other_nodes_payload(ledger: Ledger, signed: int, unsigned: int) -> dict[str, Any]:
+    """The entry naming another included update's stored payload."""
+    body = ledger.block(2).body["included"]
+    return dict(body[signed], payload=body[unsigned][PAYLOAD_FIELD])
+
+
+def forged_signature(ledger: Ledger, signed: int, _unsigned: int) -> dict[str, Any]:
+    """The trainer's key kept, its signature replaced by another key's over
+    the same statement."""
+    node, content = stored(ledger, 2, signed)
+    record = content[TRAINER_RECORD]
+    assert isinstance(record, ConfigRecord)
+    model = str(ledger.block(1).header["model_hash"])
+    other = sign_reply(ATTACKER, node, content, model)
+    content[TRAINER_RECORD] = ConfigRecord(
+        {
+            TRAINER_PUBLIC_KEY: record[TRAINER_PUBLIC_KEY],
+            TRAINER_SIGNATURE: other[TRAINER_SIGNATURE],
+        }
+    )
+    return forge(ledger, 2, signed, content)
+
+
+def misshapen(ledger: Ledger, _signed: int, unsigned: int) -> dict[str, Any]:
+    """An unsigned update whose arrays do not fit the parent model."""
+    _, content = stored(ledger, 2, unsigned)
+    content["arrays"] = ArrayRecord({"w": Array(np.zeros(5, dtype=np.float32))})
+    return forge(ledger, 2, unsigned, content)
+
+
+def on_an_older_model(ledger: Ledger, _signed: int, unsigned: int) -> dict[str, Any]:
+    """An update said to be trained on the model before its round's."""
+    entry = ledger.block(2).body["included"][unsigned]
+    return dict(entry, trained_on=0, staleness=1)
+
+
+@pytest.mark.parametrize(
+    ("forgery", "which", "reason"),
+    [
+        (other_nodes_payload, "signed", "its payload was sent by another node"),
+        (forged_signature, "signed", "does not verify over this reply"),
+        (misshapen, "unsigned", "is not a valid update"),
+        (on_an_older_model, "unsigned", "trained on 0, not the version its round"),
+    ],
+)
+def test_a_forged_payload_fails_replay_naming_its_block(
+    tmp_path: Path,
+    forgery: Callable[[Ledger, int, int], dict[str, Any]],
+    which: str,
+    reason: str,
+) -> None:
+    """What the holder of the ledger key (in-process, of every committee key
+    too) can write into a PoVStrategy block: replay names the block."""
+    path = tmp_path / "sync.db"
+    pov_signed_run(tmp_path, signing=(0, 1, 2))
+    with Ledger(path, create=False) as ledger:
+        entries = ledger.block(2).body["included"]
+        signed = next(i for i, u in enumerate(entries) if TRAINER_FIELD in u)
+        unsigned = next(i for i, u in enumerate(entries) if TRAINER_FIELD not in u)
+        index = signed if which == "signed" else unsigned
+        forged = forgery(ledger, signed, unsigned)
+
+        def swap(body: dict[str, Any]) -> None:
+            body["included"][index] = forged
+
+        rewrite(ledger, 2, body=swap)
+        report = replay(ledger)
+    assert not report.ok and report.bad_height == 2, str(report)
+    assert report.reason.startswith(f"included update {index}"), report.reason
+    assert reason in report.reason
+    assert str(report).startswith("replay FAILED at block 2: ")
+
+
+def test_a_swapped_payload_blob_fails_naming_its_block(tmp_path: Path) -> None:
+    path = tmp_path / "sync.db"
+    pov_signed_run(tmp_path, signing=(0, 1, 2))
+    with Ledger(path, create=False) as ledger:
+        entries = ledger.block(2).body["included"]
+        first, second = (str(u[PAYLOAD_FIELD]) for u in entries[:2])
+        ledger.blobs.path_of(first).write_bytes(ledger.blobs.get(second))
+        report = replay(ledger)
+    assert not report.ok and report.bad_height == 2, str(report)
+    assert "included update 0: update payload" in report.reason
+    assert "does not hash to its name" in report.reason
+    code, text = flchain("verify", str(path), "--replay")
+    assert code == 1 and "block 2" in text, text
+
+
+def test_dense_payloads_store_one_model_sized_blob_per_update(
+    tmp_path: Path,
+) -> None:
+    """What storing dense replies costs: per round, each included reply's
+    arrays and a header of a few hundred bytes."""
+    size = 10_000
+    arrays = ArrayRecord({"w": Array(np.zeros(size, dtype=np.float32))})
+    pov_signed_run(tmp_path, rounds=2, arrays=arrays)
+    with Ledger(tmp_path / "sync.db", create=False) as ledger:
+        for block in list(ledger.blocks())[1:]:
+            sizes = [
+                ledger.blobs.path_of(u[PAYLOAD_FIELD]).stat().st_size
+                for u in block.body["included"]
+            ]
+            assert len(sizes) == N
+            model = 4 * size
+            assert all(model < s < model + 1024 for s in sizes), sizes
+            print(f"block {block.height}: {sum(sizes)} payload bytes, {sizes}")
+
+
+def test_sparse_delta_replies_are_stored_as_sent(tmp_path: Path) -> None:
+    """The wrapped strategy is handed full weights; the ledger stores the
+    sparse delta each node signed and sent, and replay checks it."""
+    from flchain_flwr.compression import SPARSE_STYPE
+    from flchain_flwr.mods import DGCConfig, dgc_mod
+
+    path = tmp_path / "sync.db"
+    strategy = pov_signed_run(
+        tmp_path,
+        inner=(dgc_mod(DGCConfig(density=0.01, min_sparse_size=1)),),
+        arrays=ArrayRecord({"w": Array(np.zeros(1000, dtype=np.float32))}),
+    )
+    assert not strategy.rejected
+    with Ledger(path, create=False) as ledger:
+        contents = [
+            ledger.blobs.load_update(u[PAYLOAD_FIELD])[1] for u in included(path)
+        ]
+        report = replay(ledger)
+    assert all(
+        arr.stype == SPARSE_STYPE
+        for c in contents
+        for arr in c.array_records["arrays"].values()
+    )
+    assert report.ok and report.signed == report.checked == 3 * N, str(report)
+    assert [h for h, _ in report.payloads_only] == [1, 2, 3]

@@ -1,9 +1,9 @@
 """Replay: recompute every block's global model from its parent and its updates.
 
-A FedBuff ledger stores, for each included update, the reply exactly as
-received (:mod:`.payload`; the entry's ``payload`` names its blob). For each
-block :func:`replay` then checks, from stored data alone and with the server's
-own code (:func:`~flchain_flwr.strategies.updates.parse_update`,
+A FedBuff (or PoVStrategy) ledger stores, for each included update, the
+reply exactly as received (:mod:`.payload`; the entry's ``payload`` names its
+blob). For each block :func:`replay` then checks, from stored data alone
+and with the server's own code (:func:`~flchain_flwr.strategies.updates.parse_update`,
 :func:`~flchain_flwr.strategies.weighting.effective_examples`,
 :func:`~flchain_flwr.strategies.serverstep.server_step`, no second copy of the
 maths):
@@ -84,9 +84,17 @@ block's recorded config (``server_lr``, ``server_momentum``, ``staleness_fn``,
 ``example_weighting``, ``state_rule``, ``state_patterns``, the record keys).
 
 Blocks that cannot be replayed are reported as such, with the reason, never
-as ok: blocks written before payloads were stored, blocks whose settings are
-not recorded, and blocks of other strategies (``PoVStrategy`` wraps a Flower
-strategy's own aggregation and records neither its settings nor payloads).
+as ok: blocks written before payloads were stored (``PoVStrategy``'s were
+until it stored them), blocks whose settings are not recorded, and blocks of
+other strategies. ``PoVStrategy`` hands the committee's approved updates to a
+Flower strategy's own aggregation (FedAvg, Krum, ...), which replay does not
+recompute: of its blocks (recorded settings ``wrapper: PoVStrategy``) replay
+checks steps 1 and 2 (each payload against its entry, which must say it was
+trained on the parent version, with staleness 0, and the payload's example
+claim), each trainer signature as below, and the recorded contributions,
+recomputed from the payloads and the recorded model's step from its parent;
+they are reported apart ("payloads and signatures checked; model not
+recomputed"), and the replay is not complete.
 
 Trainer signatures (:mod:`.trainers`): a payload that carries one must verify
 over its content without the record, its node id and the model hash of the
@@ -124,7 +132,14 @@ from .chain import Ledger
 from .payload import PAYLOAD_FIELD
 from .replayer import Replayer
 from .replaysettings import REPLAYABLE_STRATEGY, rule_weighs_by_trust
-from .replaytypes import Failed, MissingData, NotReplayable, ReplaySource, StepFn
+from .replaytypes import (
+    Failed,
+    MissingData,
+    ModelNotRecomputed,
+    NotReplayable,
+    ReplaySource,
+    StepFn,
+)
 from .replayweights import included_nodes, ledger_participation
 
 __all__ = [  # what this module held before the split, still importable from it
@@ -142,6 +157,10 @@ __all__ = [  # what this module held before the split, still importable from it
 ]
 
 
+_PAYLOADS_ONLY = "payloads and signatures checked; model not recomputed"
+"""How the report lists :attr:`ReplayReport.payloads_only` blocks."""
+
+
 @dataclass(frozen=True)
 class ReplayReport:
     """Outcome of :func:`replay`: the first block that failed, or which
@@ -155,14 +174,18 @@ class ReplayReport:
     bad_height: int | None = None
     reason: str = ""
     checked: int = 0
-    """Included updates of the replayed blocks (each checked against its payload)."""
+    """Included updates of the replayed and payload-checked blocks (each
+    checked against its payload)."""
     signed: int = 0
     """Of those, the ones whose payload carries a valid trainer signature."""
+    payloads_only: tuple[tuple[int, str], ...] = ()
+    """Blocks whose payloads, signatures and contributions were checked but
+    whose model was not recomputed, with why."""
 
     @property
     def complete(self) -> bool:
         """Whether every block after the genesis block was replayed exactly."""
-        return self.ok and not self.not_replayable
+        return self.ok and not self.not_replayable and not self.payloads_only
 
     def __str__(self) -> str:
         if not self.ok:
@@ -173,17 +196,25 @@ class ReplayReport:
             f"replay: {len(self.replayed)} of {later} blocks after genesis "
             "recomputed exactly from their parent and included updates"
         ]
-        by_reason: dict[str, list[int]] = {}
-        for height, why in self.not_replayable:
-            by_reason.setdefault(why, []).append(height)
-        for why, heights in by_reason.items():
-            lines.append(f"not replayable: {_ranges(heights)}: {why}")
+        for what, blocks in (
+            (_PAYLOADS_ONLY, self.payloads_only),
+            ("not replayable", self.not_replayable),
+        ):
+            by_reason: dict[str, list[int]] = {}
+            for height, why in blocks:
+                by_reason.setdefault(why, []).append(height)
+            for why, heights in by_reason.items():
+                lines.append(f"{what}: {_ranges(heights)}: {why}")
         if self.signed:  # chains without trainer signatures report as before
+            which = (
+                "the blocks whose payloads were checked"
+                if self.payloads_only
+                else "the replayed blocks"
+            )
             lines.append(
                 f"trainers: {self.signed} of {self.checked} included updates in "
-                "the replayed blocks signed by their trainers (each signature "
-                "checked over its stored payload, its node id and the model it "
-                "was trained on)"
+                f"{which} signed by their trainers (each signature checked over "
+                "its stored payload, its node id and the model it was trained on)"
             )
         return "\n".join(lines)
 
@@ -224,6 +255,7 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
     count = 0
     replayed: list[int] = []
     skipped: list[tuple[int, str]] = []
+    payloads_only: list[tuple[int, str]] = []
     failure: tuple[int | None, str] | None = None
     try:
         for block in ledger.blocks():
@@ -233,6 +265,8 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
                 try:
                     replayer.block(prev, block)
                     replayed.append(block.height)
+                except ModelNotRecomputed as exc:
+                    payloads_only.append((block.height, str(exc)))
                 except NotReplayable as exc:
                     skipped.append((block.height, str(exc)))
                 except Failed as exc:
@@ -256,6 +290,7 @@ def replay(ledger: Ledger, *, step: StepFn = server_step) -> ReplayReport:
         tuple(skipped),
         checked=replayer.checked,
         signed=replayer.signed,
+        payloads_only=tuple(payloads_only),
     )
 
 

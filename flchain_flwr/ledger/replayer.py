@@ -9,7 +9,10 @@ staleness) and parsed as the server parsed it, the weighing
 momentum velocity it continues or restarts, and then the server's own step,
 whose model, velocity and contributions must equal the recorded ones. A
 block that does not raises :class:`~.replaytypes.Failed`; one that lacks
-what the replay needs, :class:`~.replaytypes.NotReplayable`.
+what the replay needs, :class:`~.replaytypes.NotReplayable`. A block whose
+model a wrapped Flower strategy aggregated (PoVStrategy's) has its payloads,
+their signatures and its contributions checked, and then raises
+:class:`~.replaytypes.ModelNotRecomputed`.
 :mod:`.replay` drives it over a ledger or a pending block.
 """
 
@@ -28,14 +31,30 @@ from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.block import BufferedUpdate
 from ..strategies.serverstep import OVERFLOW_REASON, StepResult
 from ..strategies.state import state_names
-from ..strategies.updates import UpdateRejected, parse_update, update_kind
+from ..strategies.updates import (
+    ParsedUpdate,
+    UpdateRejected,
+    parse_update,
+    update_kind,
+)
 from .blocks import CONFIG_FIELD, Block, ids_as_text, node_key
 from .canonical import encode, model_hash, sender_update_digest
 from .payload import PAYLOAD_FIELD
-from .replaysettings import REPLAYABLE_STRATEGY, Settings, rule_weighs_by_trust
-from .replaytypes import Failed, NotReplayable, ReplaySource, StepFn
+from .replaysettings import (
+    REPLAYABLE_STRATEGY,
+    Settings,
+    WrappedSettings,
+    rule_weighs_by_trust,
+)
+from .replaytypes import (
+    Failed,
+    ModelNotRecomputed,
+    NotReplayable,
+    ReplaySource,
+    StepFn,
+)
 from .replayweights import check_weights, weigh_examples
-from .rewards import contributions
+from .rewards import contributions, model_step
 from .serverstate import ServerState
 from .trainers import TRAINER_FIELD, TrainerSignatureError, short_key, signed_by
 
@@ -112,13 +131,16 @@ class Replayer:
         if any(PAYLOAD_FIELD not in u for u in included):
             raise NotReplayable(
                 "written without stored update payloads (before they were stored, "
-                "or by a strategy that does not store them, such as PoVStrategy)"
+                "or by PoVStrategy before it stored them)"
             )
         config = self.configs.get(str(header["config_digest"]))
         if config is None:
             raise NotReplayable(
                 "the settings behind its config_digest are not recorded"
             )
+        wrapped = WrappedSettings.of(config)
+        if wrapped is not None:
+            self._wrapped(prev, block, wrapped)
         if config.get("strategy") != REPLAYABLE_STRATEGY:
             raise NotReplayable(
                 f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
@@ -178,6 +200,58 @@ class Replayer:
         self.checked += len(updates)
         self.signed += signed
 
+    def _wrapped(self, prev: Block, block: Block, settings: WrappedSettings) -> None:
+        """Check a block whose model a wrapped Flower strategy aggregated
+        (:data:`~.wrapper.POV_WRAPPER`'s): each included payload as
+        :meth:`_payload` does, trained on the parent version (a synchronous
+        round), its entry's example count the payload's claim, and the
+        recorded contributions from the payloads and the recorded model.
+        The model itself is not recomputed: :class:`ModelNotRecomputed`."""
+        header, body = block.header, block.body
+        included: list[dict[str, Any]] = body["included"]
+        parent_version = int(prev.header["model_version"])
+        parent = self.model(str(prev.header["model_hash"]))
+        updates = []
+        for index, entry in enumerate(included):
+            where = f"included update {index}"
+            if entry["trained_on"] != parent_version:
+                raise Failed(
+                    f"{where}: trained on {str(entry['trained_on'])[:24]}, not the "
+                    f"version its round sent ({parent_version})"
+                )
+            update = self._payload(
+                where,
+                entry,
+                parent,
+                parent_version,
+                (settings.arrayrecord_key, settings.weighted_by_key),
+                settings.require_signed,
+            )
+            claimed, recorded = update.parsed.num_examples, entry["num_examples"]
+            if isinstance(recorded, bool) or recorded != claimed:
+                raise Failed(
+                    f"{where}: records num_examples {str(recorded)[:24]}, its "
+                    f"payload claims {claimed}"
+                )
+            updates.append(update)
+        shares = contributions(
+            [u.node_id for u in updates],
+            [u.parsed.delta for u in updates],
+            [u.parsed.num_examples for u in updates],
+            model_step(self.model(str(header["model_hash"])), parent),
+        )
+        version = block.format_version
+        if encode(version, ids_as_text(shares)) != encode(
+            version, body["contributions"]
+        ):
+            raise Failed("the recorded contributions are not the payloads'")
+        self.checked += len(updates)
+        self.signed += sum(1 for u in updates if u.trainer is not None)
+        raise ModelNotRecomputed(
+            f"aggregated by the wrapped strategy {settings.strategy[:40]!r}, "
+            "which replay does not recompute"
+        )
+
     # pylint: disable=too-many-arguments
     def _update(
         self,
@@ -189,7 +263,44 @@ class Replayer:
         settings: Settings,
     ) -> BufferedUpdate:
         """Check one included entry against its payload; the update to replay."""
-        where = f"included update {index}"
+        checked = self._payload(
+            f"included update {index}",
+            entry,
+            parent,
+            parent_version,
+            (settings.arrayrecord_key, settings.weighted_by_key),
+            settings.require_signed,
+        )
+        staleness = parent_version - checked.trained_on
+        base = self.versions[checked.trained_on]
+        state_base = {n: self.model(base)[n] for n in names} if names else {}
+        return BufferedUpdate(
+            node_id=checked.node_id,
+            trained_on=checked.trained_on,
+            staleness=staleness,
+            weight=settings.staleness(staleness),  # checked once factors are known
+            update=checked.parsed,
+            examples=checked.parsed.num_examples,  # the claim, until weighed
+            metrics=RecordDict(),
+            digest=str(entry["digest"]),
+            state_base=state_base,
+            trainer=checked.trainer,
+        )
+
+    # pylint: disable=too-many-arguments
+    def _payload(
+        self,
+        where: str,
+        entry: Mapping[str, Any],
+        parent: NDArrays,
+        parent_version: int,
+        keys: tuple[str, str],
+        require_signed: bool,
+    ) -> _Checked:
+        """One included entry checked against its stored payload: sender,
+        digest, ``trained_on`` and staleness, trainer signature, and the
+        update parsed as the server parsed it (``keys``: the array record's
+        and the example count's)."""
         try:
             node_id, content = self.ledger.blobs.load_update(str(entry[PAYLOAD_FIELD]))
         except ValueError as exc:
@@ -212,34 +323,21 @@ class Replayer:
                 f"{where}: records staleness {entry['staleness']!r}, "
                 f"the versions give {staleness}"
             )
-        weight = settings.staleness(staleness)  # checked once factors are known
         base = self.versions[trained_on]
-        trainer = _trainer(where, node_id, content, entry, base, settings)
+        trainer = _trainer(where, node_id, content, entry, base, require_signed)
         try:
             kind = update_kind(content)
             reference = parent if kind == UPDATE_KIND_DELTA else self.model(base)
             parsed = parse_update(
                 content,
                 reference,
-                arrayrecord_key=settings.arrayrecord_key,
-                weighted_by_key=settings.weighted_by_key,
+                arrayrecord_key=keys[0],
+                weighted_by_key=keys[1],
                 trained_on=trained_on,
             )
         except UpdateRejected as exc:
             raise Failed(f"{where} is not a valid update: {exc.reason}") from None
-        state_base = {n: self.model(base)[n] for n in names} if names else {}
-        return BufferedUpdate(
-            node_id=node_id,
-            trained_on=trained_on,
-            staleness=staleness,
-            weight=weight,
-            update=parsed,
-            examples=parsed.num_examples,  # the claim, until weighed
-            metrics=RecordDict(),
-            digest=str(entry["digest"]),
-            state_base=state_base,
-            trainer=trainer,
-        )
+        return _Checked(node_id, trained_on, trainer, parsed)
 
     # pylint: disable=too-many-arguments
     def _step(
@@ -314,6 +412,17 @@ class Replayer:
         )
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """An included entry checked against its stored payload
+    (:meth:`Replayer._payload`)."""
+
+    node_id: int
+    trained_on: int
+    trainer: str | None
+    parsed: ParsedUpdate
+
+
 # pylint: disable=too-many-arguments
 def _trainer(
     where: str,
@@ -321,10 +430,11 @@ def _trainer(
     content: RecordDict,
     entry: Mapping[str, Any],
     model: str,
-    settings: Settings,
+    require_signed: bool,
 ) -> str | None:
     """The trainer key that signed a stored payload, checked against the
-    model it was trained on (hash ``model``) and the entry's ``trainer``."""
+    model it was trained on (hash ``model``) and the entry's ``trainer``;
+    with ``require_signed`` (the block's settings), an unsigned one fails."""
     try:
         signer = signed_by(node_id, content, model)
     except TrainerSignatureError as exc:
@@ -336,7 +446,7 @@ def _trainer(
         raise Failed(
             f"{where}: records trainer {says}, its stored payload carries {found}"
         )
-    if signer is None and settings.require_signed:
+    if signer is None and require_signed:
         raise Failed(
             f"{where}: its payload is not signed by its trainer, and the block's "
             "settings require signed replies"

@@ -9,7 +9,8 @@ trust weighting), and a block whose settings are missing or unusable is not
 replayable. A PoV chain's genesis block also records the committee's judging
 rule: :func:`rule_weighs_by_trust` says whether it weighs updates by trust,
 which a block's settings must then agree with. Only blocks of
-:data:`REPLAYABLE_STRATEGY` are replayed.
+:data:`REPLAYABLE_STRATEGY` are replayed; of :data:`~.wrapper.POV_WRAPPER`'s,
+:class:`WrappedSettings` reads what checking their payloads needs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..strategies.state import StateRule, state_rule
 from ..strategies.weighting import ExampleWeighting, example_weighting
 from .consensus import TRUST_WEIGHTING
 from .replaytypes import NotReplayable
+from .wrapper import POV_WRAPPER, WRAPPER_FIELD
 
 REPLAYABLE_STRATEGY = "FedBuff"
 """The strategy whose blocks a replay recomputes."""
@@ -73,6 +75,34 @@ class Settings:
             raise NotReplayable(f"its recorded settings lack {exc}") from None
         except (TypeError, ValueError) as exc:
             raise NotReplayable(f"its recorded settings are unusable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WrappedSettings:
+    """What checking a :data:`~.wrapper.POV_WRAPPER` block's payloads needs
+    of its recorded settings."""
+
+    strategy: str
+    """The wrapped strategy's class name."""
+    arrayrecord_key: str
+    weighted_by_key: str
+    require_signed: bool = False
+
+    @classmethod
+    def of(cls, config: Mapping[str, Any]) -> WrappedSettings | None:
+        """Read them (``None``: not a :data:`~.wrapper.POV_WRAPPER` block's
+        settings); :class:`NotReplayable` if one is missing."""
+        if config.get(WRAPPER_FIELD) != POV_WRAPPER:
+            return None
+        try:
+            return cls(
+                strategy=str(config["strategy"]),
+                arrayrecord_key=str(config["arrayrecord_key"]),
+                weighted_by_key=str(config["weighted_by_key"]),
+                require_signed=config.get("require_signed_replies") is True,
+            )
+        except KeyError as exc:
+            raise NotReplayable(f"its recorded settings lack {exc}") from None
 
 
 def _trust_setting(value: object) -> bool:

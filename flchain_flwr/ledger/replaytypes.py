@@ -6,7 +6,9 @@ what a remote committee member was sent), :data:`StepFn` the server step it
 recomputes a block with. A block that does not replay to what it records
 raises :class:`Failed`; one that lacks what a replay needs (payloads,
 recorded settings, a blob) raises :class:`NotReplayable` (a missing blob is
-:class:`MissingData`). :mod:`.replay` turns both into its report.
+:class:`MissingData`; a block whose payloads were checked but whose model a
+wrapped strategy aggregated, :class:`ModelNotRecomputed`). :mod:`.replay`
+turns them into its report.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ class NotReplayable(Exception):
 
 class MissingData(NotReplayable):
     """A :class:`ReplaySource` does not hold a blob the replay needs."""
+
+
+class ModelNotRecomputed(NotReplayable):
+    """The block's payloads, their trainer signatures and its contributions
+    were checked, but its model cannot be recomputed (another strategy's
+    aggregation made it)."""
 
 
 class _Blobs(Protocol):

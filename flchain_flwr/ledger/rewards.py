@@ -53,6 +53,14 @@ def contributions(
     return out
 
 
+def model_step(
+    model: Mapping[str, np.ndarray], parent: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """The step ``model`` takes from ``parent``, in float64: what
+    :func:`contributions` measures a wrapped strategy's aggregation by."""
+    return {k: model[k].astype(np.float64) - v for k, v in parent.items()}
+
+
 CONTRIBUTION_FIELDS: Final = ("data_share", "relevance", "score")
 """A contribution's numbers: each in [0, 1] (a share, a clipped cosine, and
 their product)."""

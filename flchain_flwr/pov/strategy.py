@@ -8,7 +8,6 @@ from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
@@ -24,7 +23,9 @@ from ..ledger.canonical import (
     sha256_hex,
 )
 from ..ledger.included import IncludedDigests
+from ..ledger.rewards import model_step
 from ..ledger.trainers import TRAINER_FIELD
+from ..ledger.wrapper import POV_WRAPPER, WRAPPER_FIELD
 from ..protocol import TRAINER_RECORD
 from ..runtime import Clock, clock_of
 from ..strategies.decompress import DecompressReplies
@@ -80,8 +81,14 @@ class PoVStrategy(DecompressReplies):
     that key from then on, and a signed update is included once in the run;
     a reply that breaks them is rejected with its reason. Each included
     entry of a signed reply records its key as ``trainer``, which ``verify``
-    checks; the payloads holding the signatures are not stored, so
-    ``verify --replay`` cannot check the signatures themselves.
+    checks.
+
+    With a ``ledger``, each included reply is stored as received
+    (:mod:`~flchain_flwr.ledger.payload`, as FedBuff stores them) and the
+    settings are recorded in the genesis block, so ``verify --replay``
+    checks each payload against its entry, its trainer signature and the
+    block's contributions; the model, which the wrapped strategy
+    aggregated, is not recomputed (:mod:`~flchain_flwr.ledger.replay`).
 
     Parameters
     ----------
@@ -139,16 +146,19 @@ class PoVStrategy(DecompressReplies):
         self._included = IncludedDigests()
         self._height = 0
         """The height of the last block (without a ledger, that it would have)."""
-        settings: dict[str, Any] = {
+        self._settings: dict[str, Any] = {
             "strategy": type(strategy).__name__,
+            WRAPPER_FIELD: POV_WRAPPER,  # a replay checks payloads, not the model
             "committee": repr(committee),
+            "arrayrecord_key": arrayrecord_key,
+            "weighted_by_key": weighted_by_key,
         }
         if require_signed_replies:  # as FedBuff records it: only when on
-            settings["require_signed_replies"] = True
+            self._settings["require_signed_replies"] = True
         self._config_digest = (
-            self.ledger.config_digest(settings)
+            self.ledger.config_digest(self._settings)
             if self.ledger is not None
-            else sha256_hex(encode(LATEST_FORMAT, settings))
+            else sha256_hex(encode(LATEST_FORMAT, self._settings))
         )
 
     def summary(self) -> None:
@@ -170,6 +180,7 @@ class PoVStrategy(DecompressReplies):
                 model_version=0,
                 base_version=0,
                 config_digest=self._config_digest,
+                config=self._settings,
                 extra=self.committee.genesis_fields(1.0),
             )
         return messages
@@ -344,7 +355,6 @@ class PoVStrategy(DecompressReplies):
         new: NDArrays,
     ) -> dict[str, Any]:
         assert self._sent is not None
-        step = {k: new[k].astype(np.float64) - v for k, v in self._sent.items()}
         return {
             "model": new,
             "model_version": server_round,
@@ -357,8 +367,9 @@ class PoVStrategy(DecompressReplies):
                 [t.node_id for t in accepted],
                 [t.update.delta for t in accepted],
                 [t.update.num_examples for t in accepted],
-                step,
+                model_step(new, self._sent),
             ),
+            "payloads": [t.candidate.content for t in accepted],
         }
 
     # pylint: disable=too-many-arguments
