@@ -37,10 +37,11 @@ Defences:
   the true number of attackers f where they take it. Bulyan needs n >= 4f + 3
   and is reported as not applicable otherwise.
 
-The PoV defence takes the app's default claim policy (``example-weighting``,
-"median:4:1000") unless ``--example-weighting`` names another; Flower's
-strategies weight by the claim as they do. ``--trust-weighting`` turns on the
-committee's trust weighting (:mod:`flchain_flwr.pov.trust`).
+The PoV defences (``pov`` and ``pov-fedavg``) take the app's default claim
+policy (``example-weighting``, "median:4:1000") unless ``--example-weighting``
+names another; Flower's strategies weight by the claim as they do.
+``--trust-weighting`` turns on the committee's trust weighting
+(:mod:`flchain_flwr.pov.trust`).
 
 Reported: final accuracy on the test set (without the verifiers' examples) per
 (seed, defence, attack), the accuracy after every version, and their mean over
@@ -218,7 +219,11 @@ def strategy_for(
                 state_rule="delta",  # published results' rule (no state arrays)
             )
         case "pov-fedavg":
-            return PoVStrategy(FedAvg(**common), committee(args, seed))
+            return PoVStrategy(
+                FedAvg(**common),
+                committee(args, seed),
+                example_weighting=example_weighting(args.example_weighting),
+            )
         case "fedavg":
             return FedAvg(**common)
         case "krum":

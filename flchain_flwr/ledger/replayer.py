@@ -53,7 +53,7 @@ from .replaytypes import (
     ReplaySource,
     StepFn,
 )
-from .replayweights import check_weights, weigh_examples
+from .replayweights import check_weights, weighed_examples
 from .rewards import contributions, model_step
 from .serverstate import ServerState
 from .trainers import TRAINER_FIELD, TrainerSignatureError, short_key, signed_by
@@ -161,7 +161,16 @@ class Replayer:
             for i, entry in enumerate(included)
         ]
         signed = sum(1 for u in updates if u.trainer is not None)
-        weigh_examples(updates, included, body, state, before, settings)
+        counts = weighed_examples(
+            [(u.node_id, u.update.num_examples) for u in updates],
+            included,
+            body,
+            state,
+            before,
+            settings.weighting,
+        )
+        for u, count in zip(updates, counts, strict=True):
+            u.examples = count
         check_weights(updates, included, body, settings, self.participation)
         if settings.trust:
             try:
@@ -204,8 +213,9 @@ class Replayer:
         """Check a block whose model a wrapped Flower strategy aggregated
         (:data:`~.wrapper.POV_WRAPPER`'s): each included payload as
         :meth:`_payload` does, trained on the parent version (a synchronous
-        round), its entry's example count the payload's claim, and the
-        recorded contributions from the payloads and the recorded model.
+        round), its entry's example count the recorded weighting of the
+        payload's claim (as :meth:`block` checks it), and the recorded
+        contributions from the payloads and the recorded model.
         The model itself is not recomputed: :class:`ModelNotRecomputed`."""
         header, body = block.header, block.body
         included: list[dict[str, Any]] = body["included"]
@@ -227,17 +237,19 @@ class Replayer:
                 (settings.arrayrecord_key, settings.weighted_by_key),
                 settings.require_signed,
             )
-            claimed, recorded = update.parsed.num_examples, entry["num_examples"]
-            if isinstance(recorded, bool) or recorded != claimed:
-                raise Failed(
-                    f"{where}: records num_examples {str(recorded)[:24]}, its "
-                    f"payload claims {claimed}"
-                )
             updates.append(update)
+        counts = weighed_examples(
+            [(u.node_id, u.parsed.num_examples) for u in updates],
+            included,
+            body,
+            self.ledger.server_state(block),
+            self.ledger.server_state(prev),
+            settings.weighting,
+        )
         shares = contributions(
             [u.node_id for u in updates],
             [u.parsed.delta for u in updates],
-            [u.parsed.num_examples for u in updates],
+            counts,
             model_step(self.model(str(header["model_hash"])), parent),
         )
         version = block.format_version

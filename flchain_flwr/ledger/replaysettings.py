@@ -23,7 +23,7 @@ from ..strategies.fairness import InverseParticipation, fairness_weighting
 from ..strategies.nova import WorkNormalisation, work_normalisation
 from ..strategies.staleness import StalenessFn, staleness_from_repr
 from ..strategies.state import StateRule, state_rule
-from ..strategies.weighting import ExampleWeighting, example_weighting
+from ..strategies.weighting import Claimed, ExampleWeighting, example_weighting
 from .consensus import TRUST_WEIGHTING
 from .replaytypes import NotReplayable
 from .wrapper import POV_WRAPPER, WRAPPER_FIELD
@@ -86,6 +86,8 @@ class WrappedSettings:
     """The wrapped strategy's class name."""
     arrayrecord_key: str
     weighted_by_key: str
+    weighting: ExampleWeighting
+    """The example weighting (recorded unless it is :class:`Claimed`)."""
     require_signed: bool = False
 
     @classmethod
@@ -100,9 +102,14 @@ class WrappedSettings:
                 arrayrecord_key=str(config["arrayrecord_key"]),
                 weighted_by_key=str(config["weighted_by_key"]),
                 require_signed=config.get("require_signed_replies") is True,
+                weighting=example_weighting(
+                    str(config.get("example_weighting", Claimed().spec))
+                ),
             )
         except KeyError as exc:
             raise NotReplayable(f"its recorded settings lack {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise NotReplayable(f"its recorded settings are unusable: {exc}") from None
 
 
 def _trust_setting(value: object) -> bool:

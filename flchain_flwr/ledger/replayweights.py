@@ -3,7 +3,7 @@
 An included update's ``num_examples`` is the recorded example-weighting
 policy applied to its payload's claim, given the claim history the block
 records, which must follow from the previous block's
-(:func:`weigh_examples`). Its ``weight`` is the recorded staleness function
+(:func:`weighed_examples`). Its ``weight`` is the recorded staleness function
 of its staleness, times, with work normalisation, its work factor recomputed
 from the work the block records for its buffer, then, with fairness
 weighting, its node's factor, recomputed from each node's included updates
@@ -11,7 +11,7 @@ in the chain's earlier blocks (:func:`ledger_participation`) over the
 candidates the block records (:func:`check_weights`). Both checks raise
 :class:`~.replaytypes.Failed` where a recorded value (the claim history, an
 update's examples or weight, the fairness or work candidates) contradicts the
-recomputation; :func:`weigh_examples` raises
+recomputation; :func:`weighed_examples` raises
 :class:`~.replaytypes.NotReplayable` where the example weighting reads a claim
 history the block does not record. The work is the block's word: replay
 checks that each weight follows from it, not that the node was asked it.
@@ -29,7 +29,12 @@ from ..strategies.claims import ClaimHistory, claims_transition
 from ..strategies.fairness import FAIRNESS_FIELD, count_participation
 from ..strategies.nova import WORK_FIELD
 from ..strategies.updates import finite_float
-from ..strategies.weighting import MedianCapped, WeightingError, effective_examples
+from ..strategies.weighting import (
+    ExampleWeighting,
+    MedianCapped,
+    WeightingError,
+    effective_examples,
+)
 from .blocks import Block, node_key
 from .replaysettings import Settings
 from .replaytypes import Failed, NotReplayable
@@ -52,18 +57,20 @@ def ledger_participation(blocks: Iterable[Block]) -> dict[int, int]:
 
 
 # pylint: disable=too-many-arguments
-def weigh_examples(
-    updates: list[BufferedUpdate],
+def weighed_examples(
+    claims: Sequence[tuple[int, float]],
     included: Sequence[Mapping[str, Any]],
     body: Mapping[str, Any],
     state: ServerState | None,
     before: ServerState | None,
-    settings: Settings,
-) -> None:
-    """Recompute each update's effective examples; check the recorded ones."""
+    weighting: ExampleWeighting,
+) -> list[float]:
+    """Each included update's effective example count, recomputed from its
+    ``(node id, claim)`` in ``claims`` (from its payload) by ``weighting``
+    over the claim history the block records; the recorded ones checked."""
     entries = None if state is None else state.claims
     if entries is None:
-        if isinstance(settings.weighting, MedianCapped):
+        if isinstance(weighting, MedianCapped):
             raise NotReplayable(
                 "it records no claim history, which its example weighting reads"
             )
@@ -72,7 +79,7 @@ def weigh_examples(
         problem = claims_transition(
             list(before.claims or []) if before is not None else [],
             entries,
-            [(u.node_id, u.update.num_examples) for u in updates],
+            claims,
             {
                 key
                 for r in body["rejected"]
@@ -84,21 +91,20 @@ def weigh_examples(
     history = ClaimHistory()
     for node_id, claim in entries:
         history.observe(node_id, claim)
-    claims = [u.update.num_examples for u in updates]
     try:
-        counts = effective_examples(settings.weighting, claims, history)
+        counts = effective_examples(weighting, [c for _, c in claims], history)
     except WeightingError as exc:
         raise Failed(f"example weighting: {exc}") from None
-    for index, (u, count, entry) in enumerate(
-        zip(updates, counts, included, strict=True)
+    for index, ((_, claim), count, entry) in enumerate(
+        zip(claims, counts, included, strict=True)
     ):
-        if entry["num_examples"] != count:
+        if isinstance(entry["num_examples"], bool) or entry["num_examples"] != count:
             raise Failed(
-                f"included update {index} records {entry['num_examples']!r} "
-                f"examples; {settings.weighting.spec} weighting of its claim "
-                f"{u.update.num_examples!r} gives {count!r}"
+                f"included update {index} records "
+                f"{str(entry['num_examples'])[:24]} examples; {weighting.spec} "
+                f"weighting of its claim {claim!r} gives {count!r}"
             )
-        u.examples = count
+    return counts
 
 
 def check_weights(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from flwr.supercore import log
@@ -24,14 +24,23 @@ from ..ledger.canonical import (
 )
 from ..ledger.included import IncludedDigests
 from ..ledger.rewards import model_step
+from ..ledger.serverstate import ServerState
 from ..ledger.trainers import TRAINER_FIELD
 from ..ledger.wrapper import POV_WRAPPER, WRAPPER_FIELD
 from ..protocol import TRAINER_RECORD
 from ..runtime import Clock, clock_of
+from ..strategies.claims import ClaimHistory
 from ..strategies.decompress import DecompressReplies
 from ..strategies.snapshot import Snapshot
 from ..strategies.trainercheck import TrainerCheck
-from ..strategies.updates import ParsedUpdate, UpdateRejected
+from ..strategies.updates import ParsedUpdate, UpdateRejected, counted_metrics
+from ..strategies.weighting import (
+    DEFAULT_WEIGHTING,
+    Claimed,
+    ExampleWeighting,
+    WeightingError,
+    effective_examples,
+)
 from .committee import Committee
 from .decision import Candidate, CommitteeDecision
 from .headers import ViewGivenUp
@@ -90,6 +99,15 @@ class PoVStrategy(DecompressReplies):
     block's contributions; the model, which the wrapped strategy
     aggregated, is not recomputed (:mod:`~flchain_flwr.ledger.replay`).
 
+    A reply's ``weighted_by_key`` (its claimed example count) is bounded
+    as FedBuff bounds it, by ``example_weighting`` over the run's claim
+    history (:mod:`~flchain_flwr.strategies.weighting`), before the
+    committee votes: the votes sign each candidate's share at its
+    effective count, an approved reply reaches the wrapped strategy with
+    ``weighted_by_key`` set to that count, and a block's entries
+    (``num_examples``) and contributions use it; the block records the
+    claim history (``server_state``) and each bounded claim is logged.
+
     Parameters
     ----------
     strategy : Strategy
@@ -105,6 +123,12 @@ class PoVStrategy(DecompressReplies):
     require_signed_replies : bool (default: False)
         Reject every train reply that is not signed by its trainer, as
         FedBuff's option of that name does.
+    example_weighting : ExampleWeighting (default: capped at a multiple of the
+        median recent claim, ``MedianCapped(4.0, 1000)``)
+        How a reply's claimed example count becomes the count the committee
+        judges it at and the wrapped strategy weighs it by, as FedBuff's
+        option of that name; ``Claimed()`` hands claims on as sent (the
+        behaviour before it, and its config digest).
     """
 
     def __init__(
@@ -116,6 +140,7 @@ class PoVStrategy(DecompressReplies):
         arrayrecord_key: str = "arrays",
         weighted_by_key: str = "num-examples",
         require_signed_replies: bool = False,
+        example_weighting: ExampleWeighting | None = None,
     ) -> None:
         if committee.trust_weighting:
             raise ValueError(
@@ -144,6 +169,9 @@ class PoVStrategy(DecompressReplies):
         """The trainer keys pinning node ids, and whether replies must be
         signed."""
         self._included = IncludedDigests()
+        self.example_weighting = example_weighting or DEFAULT_WEIGHTING
+        self.claims = ClaimHistory()
+        """Each node's latest claimed example count (what the weighting reads)."""
         self._height = 0
         """The height of the last block (without a ledger, that it would have)."""
         self._settings: dict[str, Any] = {
@@ -155,6 +183,8 @@ class PoVStrategy(DecompressReplies):
         }
         if require_signed_replies:  # as FedBuff records it: only when on
             self._settings["require_signed_replies"] = True
+        if not isinstance(self.example_weighting, Claimed):  # Claimed: the old digest
+            self._settings["example_weighting"] = self.example_weighting.spec
         self._config_digest = (
             self.ledger.config_digest(self._settings)
             if self.ledger is not None
@@ -165,6 +195,7 @@ class PoVStrategy(DecompressReplies):
         """Log the committee and the wrapped strategy."""
         inner = type(self.strategy).__name__
         log(INFO, "\t├──> PoV %s around %s", self.committee, inner)
+        log(INFO, "\t├──> Example weighting: %s", self.example_weighting.spec)
         self.strategy.summary()
 
     def configure_train(
@@ -223,7 +254,8 @@ class PoVStrategy(DecompressReplies):
         (:class:`~flchain_flwr.strategies.trainercheck.TrainerCheck`), a
         signed update the run included refused; the others are rejected
         with their reason. The sent model is hashed for a signed reply
-        only."""
+        only. Each candidate's claim is observed and weighed
+        (:meth:`_weighed`)."""
         assert self._sent is not None
         taken: list[_Taken] = []
         sent_hash: str | None = None  # hashed for the first signed reply only
@@ -243,11 +275,46 @@ class PoVStrategy(DecompressReplies):
             except UpdateRejected as exc:
                 self._reject(reply, server_round - 1, exc.reason, digest=digest)
                 continue
+            self.claims.observe(node, u.num_examples)
             candidate = Candidate(
                 digest, node, u.delta, 1.0, float(u.num_examples), reply.content
             )
             taken.append(_Taken(reply, candidate, u, trainer))
-        return taken
+        return self._weighed(server_round, taken)
+
+    def _weighed(self, server_round: int, taken: list[_Taken]) -> list[_Taken]:
+        """``taken`` at their effective example counts, as FedBuff weighs a
+        buffer (:func:`~flchain_flwr.strategies.weighting.effective_examples`);
+        the bounded claims logged, every one rejected with the reason if the
+        counts cannot weigh a step."""
+        if not taken:
+            return taken
+        claims = [t.update.num_examples for t in taken]
+        try:
+            counts = effective_examples(self.example_weighting, claims, self.claims)
+        except WeightingError as exc:
+            for t in taken:
+                self._reject(
+                    t.reply, server_round - 1, str(exc), digest=t.candidate.digest
+                )
+            return []
+        bounded = [
+            f"node {t.node_id} claims {claim:.12g}, counted as {count:.12g}"
+            for t, claim, count in zip(taken, claims, counts, strict=True)
+            if count < claim
+        ]
+        if bounded:
+            log(
+                WARNING,
+                "Round %d, example weighting %s: %s",
+                server_round,
+                self.example_weighting.spec,
+                "; ".join(bounded),
+            )
+        return [
+            replace(t, candidate=replace(t.candidate, examples=count))
+            for t, count in zip(taken, counts, strict=True)
+        ]
 
     # pylint: disable=too-many-locals
     def _decide(
@@ -292,11 +359,7 @@ class PoVStrategy(DecompressReplies):
             log(WARNING, "PoV rejected every update of round %d", server_round)
         arrays, metrics = self.strategy.aggregate_train(
             server_round,
-            errors
-            + [
-                self._as_weights(t.reply, t.update, t.candidate.content)
-                for t in accepted
-            ],
+            errors + [self._counted(t) for t in accepted],
         )
         if arrays is not None and accepted:  # a block: settle its votes, once
             extra, signer = self.committee.seal(
@@ -326,8 +389,23 @@ class PoVStrategy(DecompressReplies):
             self._votes = [v for v in self._votes if v["candidate"] in carried]
         return arrays, metrics
 
+    def _counted(self, taken: _Taken) -> Message:
+        """An approved reply as the wrapped strategy takes it: full weights,
+        ``weighted_by_key`` its effective count (in a copy of the record: the
+        content as received, which was digested and voted on, is kept)."""
+        reply = self._as_weights(taken.reply, taken.update, taken.candidate.content)
+        holders = counted_metrics(reply.content, self.weighted_by_key)
+        ((name, metrics),) = holders.items()
+        counted = MetricRecord(dict(metrics))
+        counted[self.weighted_by_key] = taken.candidate.examples
+        reply.content = RecordDict(
+            {k: counted if k == name else v for k, v in reply.content.items()}
+        )
+        return reply
+
     def _saved(self) -> _Before:
-        """What a decision and its block change, as it is now."""
+        """What a decision and its block change, as it is now (not the claim
+        history: the round's claims were observed and weighed before)."""
         return _Before(
             list(self._votes),
             self._view,
@@ -366,10 +444,11 @@ class PoVStrategy(DecompressReplies):
             "contributions": contributions(
                 [t.node_id for t in accepted],
                 [t.update.delta for t in accepted],
-                [t.update.num_examples for t in accepted],
+                [t.candidate.examples for t in accepted],
                 model_step(new, self._sent),
             ),
             "payloads": [t.candidate.content for t in accepted],
+            "server_state": ServerState(self.claims.entries()),
         }
 
     # pylint: disable=too-many-arguments
@@ -419,7 +498,7 @@ def _entry(taken: _Taken, trained_on: int) -> dict[str, Any]:
         "trained_on": trained_on,
         "staleness": 0,
         "weight": 1.0,
-        "num_examples": taken.update.num_examples,
+        "num_examples": taken.candidate.examples,
     }
     if taken.trainer is not None:
         entry[TRAINER_FIELD] = taken.trainer

@@ -34,7 +34,10 @@ class DecompressReplies(Strategy):
     sparse or dense deltas become full weights (``sent + delta``), full weights
     pass as they are, and a malformed reply is dropped with its reason recorded
     in :attr:`rejected` instead of reaching the wrapped strategy. Everything else
-    is the wrapped strategy's own behaviour::
+    is the wrapped strategy's own behaviour, claims included: a reply's
+    ``weighted_by_key`` reaches it as sent, so under FedAvg one node claiming
+    1e12 examples takes the whole step (:class:`~flchain_flwr.pov.PoVStrategy`,
+    which extends this, and FedBuff bound claims by an example weighting)::
 
         strategy = DecompressReplies(FedAvg(fraction_evaluate=0.0))
 
