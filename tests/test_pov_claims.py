@@ -217,3 +217,45 @@ def test_a_given_up_view_leaves_no_trace_in_the_claims(tmp_path: Path) -> None:
     assert counts(tmp_path / "a.db") == counts(tmp_path / "b.db")
     for name, array in expected.items():
         np.testing.assert_allclose(model[name].numpy(), array.numpy(), rtol=1e-6)
+
+
+def _evaluation_liar(msg: Message, context: Context, call_next: Any) -> Message:
+    """Node ``LIAR`` reports a ``mean-w`` of 100 and claims ``CLAIM`` examples."""
+    reply: Message = call_next(msg, context)
+    if (
+        msg.metadata.message_type == MessageType.EVALUATE
+        and int(context.node_config["partition-id"]) == LIAR
+        and not reply.has_error()
+    ):
+        inflate_claims(reply, CLAIM)
+        reply.content["metrics"]["mean-w"] = 100.0
+    return reply
+
+
+def _evaluated(**settings: Any) -> float:
+    """The federated ``mean-w`` of round 1 (every node evaluates the same
+    model, 0.3 from zero; the liar reports 100)."""
+    grid = VirtualGrid(
+        toy_client_app(mods=[_evaluation_liar]),
+        [DeviceProfile() for _ in range(N)],
+        node_configs=[{"partition-id": i, "num-partitions": N} for i in range(N)],
+        work_fn=constant_work(1.0),
+    )
+    strategy = PoVStrategy(
+        FedAvg(min_available_nodes=N, min_train_nodes=N, min_evaluate_nodes=N),
+        Committee(verifiers(4), threshold=Threshold(value=0)),
+        **settings,
+    )
+    run = simulate(strategy, grid, initial_arrays(), num_rounds=1)
+    assert run.result is not None
+    return float(run.result.evaluate_metrics_clientapp[1]["mean-w"])  # type: ignore[arg-type]
+
+
+def test_an_inflated_evaluation_claim_is_bounded_as_a_training_one() -> None:
+    """Federated evaluation weighs each reply by its claim too: taken as
+    claimed, one node claiming 1e12 examples sets the reported metric
+    alone; bounded by the same policy, it gets 80 of 140."""
+    honest = 0.3  # every node evaluates the same model
+    bounded = (sum(HONEST) * honest + BOUND * 100.0) / (sum(HONEST) + BOUND)
+    assert _evaluated() == pytest.approx(bounded, rel=1e-6)
+    assert _evaluated(example_weighting=Claimed()) == pytest.approx(100.0, rel=1e-6)

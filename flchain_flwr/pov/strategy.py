@@ -31,6 +31,7 @@ from ..protocol import TRAINER_RECORD
 from ..runtime import Clock, clock_of
 from ..strategies.claims import ClaimHistory
 from ..strategies.decompress import DecompressReplies
+from ..strategies.metricweights import evaluation_counts, with_counts
 from ..strategies.snapshot import Snapshot
 from ..strategies.trainercheck import TrainerCheck
 from ..strategies.updates import ParsedUpdate, UpdateRejected, counted_metrics
@@ -388,6 +389,31 @@ class PoVStrategy(DecompressReplies):
             carried = {str(r["digest"]) for r in self._round_rejected}
             self._votes = [v for v in self._votes if v["candidate"] in carried]
         return arrays, metrics
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Drop malformed evaluate replies; hand the rest to the wrapped
+        strategy with each claimed count through ``example_weighting``, as
+        FedBuff weighs a federated evaluation
+        (:func:`~flchain_flwr.strategies.metricweights.evaluation_counts`);
+        counts that cannot weigh an average leave the round unevaluated."""
+        valid = self._valid_evaluations(replies)
+        answered = [r for r in valid if not r.has_error()]
+        if not answered:  # nothing to weigh: the wrapped strategy's answer
+            return self.strategy.aggregate_evaluate(server_round, valid)
+        contents = [r.content for r in answered]
+        try:
+            counts = evaluation_counts(
+                self.example_weighting, contents, self.weighted_by_key
+            )
+        except WeightingError as exc:
+            log(WARNING, "Federated evaluation not aggregated: %s", exc)
+            return None
+        weighed = with_counts(contents, counts, self.weighted_by_key)
+        for reply, content in zip(answered, weighed, strict=True):
+            reply.content = content
+        return self.strategy.aggregate_evaluate(server_round, valid)
 
     def _counted(self, taken: _Taken) -> Message:
         """An approved reply as the wrapped strategy takes it: full weights,

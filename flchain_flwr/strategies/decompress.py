@@ -170,6 +170,13 @@ class DecompressReplies(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
         """Drop malformed evaluate replies (as FedBuff does), delegate the rest."""
+        return self.strategy.aggregate_evaluate(
+            server_round, self._valid_evaluations(replies)
+        )
+
+    def _valid_evaluations(self, replies: Iterable[Message]) -> list[Message]:
+        """The evaluate replies that are errors or valid; each malformed one
+        logged and left out."""
         valid: list[Message] = []
         for reply in replies:
             if not reply.has_error():
@@ -180,4 +187,4 @@ class DecompressReplies(Strategy):
                     log(WARNING, "Rejected evaluate reply from node %d: %s", node, exc)
                     continue
             valid.append(reply)
-        return self.strategy.aggregate_evaluate(server_round, valid)
+        return valid
