@@ -36,13 +36,13 @@ from flchain_flwr.ledger.trainers import TRAINER_FIELD, sign_reply
 from flchain_flwr.mods import signreply_mod
 from flchain_flwr.pov import Committee, PoVStrategy, Threshold
 from flchain_flwr.protocol import TRAINER_PUBLIC_KEY, TRAINER_RECORD, TRAINER_SIGNATURE
-from flchain_flwr.sim import DeviceProfile, VirtualGrid, simulate
+from flchain_flwr.sim import simulate
 from flchain_flwr.strategies.trainercheck import UNSIGNED_REASON
 
 from .test_pov import verifiers
 from .test_replay import SPEEDS, flchain, rewrite
-from .test_signreply import ATTACKER, Tamper, node_configs, on_path, received_model
-from .toy import constant_work, initial_arrays, toy_client_app
+from .test_signreply import ATTACKER, Tamper, received_model, signing_grid
+from .toy import initial_arrays
 
 N = len(SPEEDS)
 
@@ -64,14 +64,8 @@ def pov_signed_run(
     nodes in ``signing`` signing (``tamper`` outside the signer of
     ``partition``, from train messages on ``from_version``; ``inner``: mods
     inside the signer)."""
-    mods: list[Any] = [signreply_mod, *inner]
-    if tamper is not None:
-        mods.insert(0, on_path(tamper, partition, from_version))
-    grid = VirtualGrid(
-        toy_client_app(mods=mods),
-        [DeviceProfile(speed=s) for s in SPEEDS],
-        node_configs=node_configs(folder, signing),
-        work_fn=constant_work(1.0),
+    grid = signing_grid(
+        folder, tamper, partition, from_version, signing, (signreply_mod, *inner)
     )
     strategy = PoVStrategy(
         FedAvg(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N),

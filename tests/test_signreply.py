@@ -89,6 +89,28 @@ def on_path(tamper: Tamper, partition: int, from_version: int = 0) -> Any:
     return mod
 
 
+# pylint: disable=too-many-arguments
+def signing_grid(
+    folder: Path,
+    tamper: Tamper | None,
+    partition: int,
+    from_version: int,
+    signing: tuple[int, ...],
+    mods: tuple[Any, ...],
+) -> VirtualGrid:
+    """The toy app's nodes on the virtual grid with ``mods``, those in
+    ``signing`` holding trainer keys under ``folder``; ``tamper`` outside
+    every mod of ``partition``, from train messages on ``from_version``."""
+    if tamper is not None:
+        mods = (on_path(tamper, partition, from_version), *mods)
+    return VirtualGrid(
+        toy_client_app(mods=list(mods)),
+        [DeviceProfile(speed=s) for s in SPEEDS],
+        node_configs=node_configs(folder, signing),
+        work_fn=constant_work(1.0),
+    )
+
+
 def signed_run(
     folder: Path,
     *,
@@ -105,14 +127,13 @@ def signed_run(
 ) -> AsyncResult:
     """A FedBuff run of the toy app on the virtual grid, its nodes signing
     (``inner``, ``outer``: more mods inside and outside the signer)."""
-    mods: list[Any] = [*outer, signreply_mod, *inner]
-    if tamper is not None:
-        mods.insert(0, on_path(tamper, partition, from_version))
-    grid = VirtualGrid(
-        toy_client_app(mods=mods),
-        [DeviceProfile(speed=s) for s in SPEEDS],
-        node_configs=node_configs(folder, signing),
-        work_fn=constant_work(1.0),
+    grid = signing_grid(
+        folder,
+        tamper,
+        partition,
+        from_version,
+        signing,
+        (*outer, signreply_mod, *inner),
     )
     if ledger:
         settings["ledger"] = folder / "l.db"
