@@ -430,3 +430,34 @@ def test_sparse_delta_replies_are_stored_as_sent(tmp_path: Path) -> None:
     )
     assert report.ok and report.signed == report.checked == 3 * N, str(report)
     assert [h for h, _ in report.payloads_only] == [1, 2, 3]
+
+
+def test_a_block_of_other_settings_in_a_pov_strategy_chain_fails(
+    tmp_path: Path,
+) -> None:
+    """PoVStrategy records its settings once, in the genesis block: a later
+    block naming others (here FedBuff's name, without the wrapper marker) is
+    not one of its blocks, whatever replay would make of it."""
+    from flchain_flwr.ledger.blocks import CONFIG_FIELD
+    from flchain_flwr.ledger.wrapper import WRAPPER_FIELD
+
+    from .test_replay import rewrite
+
+    path = tmp_path / "sync.db"
+    pov_signed_run(tmp_path)
+    with Ledger(path, create=False) as ledger:
+        config = ledger.recorded_config(ledger.block(2))
+        assert config is not None
+        other = {k: v for k, v in config.items() if k != WRAPPER_FIELD}
+        other["strategy"] = "FedBuff"
+
+        def record(body: dict[str, Any]) -> None:
+            body[CONFIG_FIELD] = other
+
+        def name(header: dict[str, Any]) -> None:
+            header["config_digest"] = ledger.config_digest(other)
+
+        rewrite(ledger, 2, body=record, header=name)
+        report = replay(ledger)
+    assert not report.ok and report.bad_height == 2, str(report)
+    assert "a chain does not mix its blocks" in report.reason

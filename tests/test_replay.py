@@ -820,3 +820,37 @@ def test_a_ledger_whose_replies_carry_an_extra_metricrecord_still_replays(
         assert ledger.verify().ok
         report = replay(ledger)
     assert report.ok and report.complete, str(report)
+
+
+def test_a_fedbuff_block_marked_as_a_wrappers_fails(tmp_path: Path) -> None:
+    """The ledger key holder records, for one block of a FedBuff chain, its
+    settings with PoVStrategy's wrapper marker: replay would check only its
+    payloads and read its model as a wrapped strategy's. PoVStrategy records
+    its settings once, in a fresh ledger's genesis block, so a chain does not
+    mix its blocks with FedBuff's: replay names the block."""
+    from flchain_flwr.ledger.blocks import CONFIG_FIELD
+    from flchain_flwr.ledger.wrapper import POV_WRAPPER, WRAPPER_FIELD
+
+    with fedbuff_ledger(tmp_path / "l.db", 4) as ledger:
+        height = next(
+            b.height
+            for b in ledger.blocks()
+            if b.height and all(u["staleness"] == 0 for u in b.body["included"])
+        )
+        config = ledger.recorded_config(ledger.block(height))
+        assert config is not None and config["strategy"] == "FedBuff"
+        marked = dict(config, **{WRAPPER_FIELD: POV_WRAPPER})
+
+        def record(body: dict[str, Any]) -> None:
+            body[CONFIG_FIELD] = marked
+
+        def name(header: dict[str, Any]) -> None:
+            header["config_digest"] = ledger.config_digest(marked)
+
+        rewrite(ledger, height, body=record, header=name)
+        assert ledger.verify().ok
+        report = replay(ledger)
+    assert not report.ok and report.bad_height == height, str(report)
+    assert "PoVStrategy" in report.reason and "genesis" in report.reason
+    code, text = flchain("verify", str(tmp_path / "l.db"), "--replay")
+    assert code == 1 and f"replay FAILED at block {height}" in text, text

@@ -94,7 +94,10 @@ trained on the parent version, with staleness 0, and the payload's example
 claim), each trainer signature as below, and the recorded contributions,
 recomputed from the payloads and the recorded model's step from its parent;
 they are reported apart ("payloads and signatures checked; model not
-recomputed"), and the replay is not complete.
+recomputed"), and the replay is not complete. It records its settings once,
+in a fresh ledger's genesis block: a block whose settings differ from its
+previous block's where either is the wrapper's fails (a FedBuff block marked
+as a wrapper's would otherwise go unrecomputed).
 
 Trainer signatures (:mod:`.trainers`): a payload that carries one must verify
 over its content without the record, its node id and the model hash of the

@@ -57,6 +57,7 @@ from .replayweights import check_weights, weighed_examples
 from .rewards import contributions, model_step
 from .serverstate import ServerState
 from .trainers import TRAINER_FIELD, TrainerSignatureError, short_key, signed_by
+from .wrapper import POV_WRAPPER, wraps
 
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
@@ -138,6 +139,7 @@ class Replayer:
             raise NotReplayable(
                 "the settings behind its config_digest are not recorded"
             )
+        self._unmixed(prev, block, config)
         wrapped = WrappedSettings.of(config)
         if wrapped is not None:
             self._wrapped(prev, block, wrapped)
@@ -208,6 +210,24 @@ class Replayer:
             raise Failed("the recorded contributions are not the replayed ones")
         self.checked += len(updates)
         self.signed += signed
+
+    def _unmixed(self, prev: Block, block: Block, config: Mapping[str, Any]) -> None:
+        """Fail a block whose settings differ from its previous block's where
+        either is :data:`~.wrapper.POV_WRAPPER`'s: that wrapper records its
+        settings once, in a fresh ledger's genesis block, so a block marked
+        as its in a chain begun by another strategy (whose model replay would
+        then not recompute) is a forgery, as is the converse."""
+        digest = str(prev.header["config_digest"])
+        before = self.configs.get(digest)
+        if block.header["config_digest"] != digest and (
+            wraps(config) or (before is not None and wraps(before))
+        ):
+            raise Failed(
+                f"its recorded settings are not its previous block's, and one of "
+                f"them is {POV_WRAPPER}'s, which records its settings once, in the "
+                "genesis block: a chain does not mix its blocks with another "
+                "strategy's"
+            )
 
     def _wrapped(self, prev: Block, block: Block, settings: WrappedSettings) -> None:
         """Check a block whose model a wrapped Flower strategy aggregated

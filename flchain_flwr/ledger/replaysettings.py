@@ -26,7 +26,7 @@ from ..strategies.state import StateRule, state_rule
 from ..strategies.weighting import Claimed, ExampleWeighting, example_weighting
 from .consensus import TRUST_WEIGHTING
 from .replaytypes import NotReplayable
-from .wrapper import POV_WRAPPER, WRAPPER_FIELD
+from .wrapper import wraps
 
 REPLAYABLE_STRATEGY = "FedBuff"
 """The strategy whose blocks a replay recomputes."""
@@ -94,7 +94,7 @@ class WrappedSettings:
     def of(cls, config: Mapping[str, Any]) -> WrappedSettings | None:
         """Read them (``None``: not a :data:`~.wrapper.POV_WRAPPER` block's
         settings); :class:`NotReplayable` if one is missing."""
-        if config.get(WRAPPER_FIELD) != POV_WRAPPER:
+        if not wraps(config):
             return None
         try:
             return cls(
