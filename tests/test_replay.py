@@ -35,7 +35,7 @@ from flchain_flwr.ledger.canonical import (
 )
 from flchain_flwr.ledger.merkle import merkle_root
 from flchain_flwr.ledger.payload import decode_payload, payload_chunks
-from flchain_flwr.ledger.replay import replay
+from flchain_flwr.ledger.replay import replay, replay_pending
 from flchain_flwr.ledger.rewards import contributions
 from flchain_flwr.mods import DGCConfig, dgc_mod
 from flchain_flwr.sim import DeviceProfile, VirtualGrid
@@ -850,7 +850,12 @@ def test_a_fedbuff_block_marked_as_a_wrappers_fails(tmp_path: Path) -> None:
         rewrite(ledger, height, body=record, header=name)
         assert ledger.verify().ok
         report = replay(ledger)
+        # a remote member's pre-signing replay, from the previous block alone
+        member = replay_pending(
+            ledger, [ledger.block(height - 1)], ledger.block(height), marked
+        )
     assert not report.ok and report.bad_height == height, str(report)
     assert "PoVStrategy" in report.reason and "genesis" in report.reason
+    assert member == (False, report.reason)
     code, text = flchain("verify", str(tmp_path / "l.db"), "--replay")
     assert code == 1 and f"replay FAILED at block {height}" in text, text
