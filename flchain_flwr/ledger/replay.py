@@ -116,10 +116,11 @@ be consistent with the block's included and rejected senders).
 
 This module holds the entry points (:func:`replay`, :class:`PendingReplay`,
 :func:`replay_pending`) and their report. The rest lives beside it: one
-block's replay in :mod:`.replayer`, each update's weighing in
-:mod:`.replayweights`, the recorded settings in :mod:`.replaysettings`, and
-what they share in :mod:`.replaytypes` (each public name is also importable
-from here).
+block's replay in :mod:`.replayer`, an included entry's payload check in
+:mod:`.replaypayload`, a wrapped strategy's block in :mod:`.replaywrapped`,
+each update's weighing in :mod:`.replayweights`, the recorded settings in
+:mod:`.replaysettings`, and what they share in :mod:`.replaytypes` (the names
+this module held before they moved are also importable from here).
 """
 
 from __future__ import annotations

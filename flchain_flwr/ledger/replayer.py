@@ -3,16 +3,15 @@
 :class:`Replayer` carries what a replay needs from block to block (each
 global version's model hash, the recorded settings by digest, each node's
 included updates, a few decoded models) and checks one block over its parent:
-each included payload against its entry (sender, digest, ``trained_on``,
-staleness) and parsed as the server parsed it, the weighing
-(:mod:`.replayweights`), trust weighting from the committee's votes, the
-momentum velocity it continues or restarts, and then the server's own step,
-whose model, velocity and contributions must equal the recorded ones. A
-block that does not raises :class:`~.replaytypes.Failed`; one that lacks
+each included payload against its entry (:mod:`.replaypayload`), the
+weighing (:mod:`.replayweights`), trust weighting from the committee's votes,
+the momentum velocity it continues or restarts, and then the server's own
+step, whose model, velocity and contributions must equal the recorded ones.
+A block that does not raises :class:`~.replaytypes.Failed`; one that lacks
 what the replay needs, :class:`~.replaytypes.NotReplayable`. A block whose
 model a wrapped Flower strategy aggregated (PoVStrategy's) has its payloads,
-their signatures and its contributions checked, and then raises
-:class:`~.replaytypes.ModelNotRecomputed`.
+their signatures and its contributions checked (:mod:`.replaywrapped`), and
+then raises :class:`~.replaytypes.ModelNotRecomputed`.
 :mod:`.replay` drives it over a ledger or a pending block.
 """
 
@@ -27,19 +26,13 @@ from flwr.app import RecordDict
 
 from ..arrays import NDArrays
 from ..pov.trust import TrustError, weigh_by_trust
-from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.block import BufferedUpdate
 from ..strategies.serverstep import OVERFLOW_REASON, StepResult
 from ..strategies.state import state_names
-from ..strategies.updates import (
-    ParsedUpdate,
-    UpdateRejected,
-    parse_update,
-    update_kind,
-)
-from .blocks import CONFIG_FIELD, Block, ids_as_text, node_key
-from .canonical import encode, model_hash, sender_update_digest
+from .blocks import CONFIG_FIELD, Block, ids_as_text
+from .canonical import encode, model_hash
 from .payload import PAYLOAD_FIELD
+from .replaypayload import Checked, check_payload
 from .replaysettings import (
     REPLAYABLE_STRATEGY,
     Settings,
@@ -54,10 +47,9 @@ from .replaytypes import (
     StepFn,
 )
 from .replayweights import check_weights, weighed_examples
-from .rewards import contributions, model_step
+from .replaywrapped import check_unmixed, check_wrapped
+from .rewards import contributions
 from .serverstate import ServerState
-from .trainers import TRAINER_FIELD, TrainerSignatureError, short_key, signed_by
-from .wrapper import POV_WRAPPER, wraps
 
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
@@ -139,10 +131,14 @@ class Replayer:
             raise NotReplayable(
                 "the settings behind its config_digest are not recorded"
             )
-        self._unmixed(prev, block, config)
+        check_unmixed(self.configs, prev, block, config)
         wrapped = WrappedSettings.of(config)
         if wrapped is not None:
-            self._wrapped(prev, block, wrapped)
+            self._count(check_wrapped(self, prev, block, wrapped))
+            raise ModelNotRecomputed(
+                f"aggregated by the wrapped strategy {wrapped.strategy[:40]!r}, "
+                "which replay does not recompute"
+            )
         if config.get("strategy") != REPLAYABLE_STRATEGY:
             raise NotReplayable(
                 f"written by {str(config.get('strategy'))[:40]!r}, not FedBuff"
@@ -162,7 +158,6 @@ class Replayer:
             self._update(i, entry, parent, parent_version, names, settings)
             for i, entry in enumerate(included)
         ]
-        signed = sum(1 for u in updates if u.trainer is not None)
         counts = weighed_examples(
             [(u.node_id, u.update.num_examples) for u in updates],
             included,
@@ -208,81 +203,12 @@ class Replayer:
             version, body["contributions"]
         ):
             raise Failed("the recorded contributions are not the replayed ones")
-        self.checked += len(updates)
-        self.signed += signed
+        self._count(updates)
 
-    def _unmixed(self, prev: Block, block: Block, config: Mapping[str, Any]) -> None:
-        """Fail a block whose settings differ from its previous block's where
-        either is :data:`~.wrapper.POV_WRAPPER`'s: that wrapper records its
-        settings once, in a fresh ledger's genesis block, so a block marked
-        as its in a chain begun by another strategy (whose model replay would
-        then not recompute) is a forgery, as is the converse."""
-        digest = str(prev.header["config_digest"])
-        before = self.configs.get(digest)
-        if block.header["config_digest"] != digest and (
-            wraps(config) or (before is not None and wraps(before))
-        ):
-            raise Failed(
-                f"its recorded settings are not its previous block's, and one of "
-                f"them is {POV_WRAPPER}'s, which records its settings once, in the "
-                "genesis block: a chain does not mix its blocks with another "
-                "strategy's"
-            )
-
-    def _wrapped(self, prev: Block, block: Block, settings: WrappedSettings) -> None:
-        """Check a block whose model a wrapped Flower strategy aggregated
-        (:data:`~.wrapper.POV_WRAPPER`'s): each included payload as
-        :meth:`_payload` does, trained on the parent version (a synchronous
-        round), its entry's example count the recorded weighting of the
-        payload's claim (as :meth:`block` checks it), and the recorded
-        contributions from the payloads and the recorded model.
-        The model itself is not recomputed: :class:`ModelNotRecomputed`."""
-        header, body = block.header, block.body
-        included: list[dict[str, Any]] = body["included"]
-        parent_version = int(prev.header["model_version"])
-        parent = self.model(str(prev.header["model_hash"]))
-        updates = []
-        for index, entry in enumerate(included):
-            where = f"included update {index}"
-            if entry["trained_on"] != parent_version:
-                raise Failed(
-                    f"{where}: trained on {str(entry['trained_on'])[:24]}, not the "
-                    f"version its round sent ({parent_version})"
-                )
-            update = self._payload(
-                where,
-                entry,
-                parent,
-                parent_version,
-                (settings.arrayrecord_key, settings.weighted_by_key),
-                settings.require_signed,
-            )
-            updates.append(update)
-        counts = weighed_examples(
-            [(u.node_id, u.parsed.num_examples) for u in updates],
-            included,
-            body,
-            self.ledger.server_state(block),
-            self.ledger.server_state(prev),
-            settings.weighting,
-        )
-        shares = contributions(
-            [u.node_id for u in updates],
-            [u.parsed.delta for u in updates],
-            counts,
-            model_step(self.model(str(header["model_hash"])), parent),
-        )
-        version = block.format_version
-        if encode(version, ids_as_text(shares)) != encode(
-            version, body["contributions"]
-        ):
-            raise Failed("the recorded contributions are not the payloads'")
+    def _count(self, updates: Sequence[BufferedUpdate | Checked]) -> None:
+        """Count a replayed block's checked payloads and their signed ones."""
         self.checked += len(updates)
         self.signed += sum(1 for u in updates if u.trainer is not None)
-        raise ModelNotRecomputed(
-            f"aggregated by the wrapped strategy {settings.strategy[:40]!r}, "
-            "which replay does not recompute"
-        )
 
     # pylint: disable=too-many-arguments
     def _update(
@@ -295,14 +221,8 @@ class Replayer:
         settings: Settings,
     ) -> BufferedUpdate:
         """Check one included entry against its payload; the update to replay."""
-        checked = self._payload(
-            f"included update {index}",
-            entry,
-            parent,
-            parent_version,
-            (settings.arrayrecord_key, settings.weighted_by_key),
-            settings.require_signed,
-        )
+        where = f"included update {index}"
+        checked = check_payload(self, where, entry, parent, parent_version, settings)
         staleness = parent_version - checked.trained_on
         base = self.versions[checked.trained_on]
         state_base = {n: self.model(base)[n] for n in names} if names else {}
@@ -318,58 +238,6 @@ class Replayer:
             state_base=state_base,
             trainer=checked.trainer,
         )
-
-    # pylint: disable=too-many-arguments
-    def _payload(
-        self,
-        where: str,
-        entry: Mapping[str, Any],
-        parent: NDArrays,
-        parent_version: int,
-        keys: tuple[str, str],
-        require_signed: bool,
-    ) -> _Checked:
-        """One included entry checked against its stored payload: sender,
-        digest, ``trained_on`` and staleness, trainer signature, and the
-        update parsed as the server parsed it (``keys``: the array record's
-        and the example count's)."""
-        try:
-            node_id, content = self.ledger.blobs.load_update(str(entry[PAYLOAD_FIELD]))
-        except ValueError as exc:
-            raise Failed(f"{where}: {exc}") from None
-        if node_id != node_key(entry["node_id"]):
-            raise Failed(f"{where}: its payload was sent by another node")
-        if sender_update_digest(node_id, content) != entry["digest"]:
-            raise Failed(f"{where}: its stored payload does not hash to its digest")
-        trained_on = entry["trained_on"]
-        if (
-            isinstance(trained_on, bool)
-            or not isinstance(trained_on, int)
-            or trained_on not in self.versions
-            or trained_on > parent_version
-        ):
-            raise Failed(f"{where}: trained on {trained_on!r}, not an earlier version")
-        staleness = parent_version - trained_on
-        if entry["staleness"] != staleness:
-            raise Failed(
-                f"{where}: records staleness {entry['staleness']!r}, "
-                f"the versions give {staleness}"
-            )
-        base = self.versions[trained_on]
-        trainer = _trainer(where, node_id, content, entry, base, require_signed)
-        try:
-            kind = update_kind(content)
-            reference = parent if kind == UPDATE_KIND_DELTA else self.model(base)
-            parsed = parse_update(
-                content,
-                reference,
-                arrayrecord_key=keys[0],
-                weighted_by_key=keys[1],
-                trained_on=trained_on,
-            )
-        except UpdateRejected as exc:
-            raise Failed(f"{where} is not a valid update: {exc.reason}") from None
-        return _Checked(node_id, trained_on, trainer, parsed)
 
     # pylint: disable=too-many-arguments
     def _step(
@@ -442,45 +310,3 @@ class Replayer:
             "the previous velocity over its updates does not overflow, so the "
             "restart cannot be checked"
         )
-
-
-@dataclass(frozen=True)
-class _Checked:
-    """An included entry checked against its stored payload
-    (:meth:`Replayer._payload`)."""
-
-    node_id: int
-    trained_on: int
-    trainer: str | None
-    parsed: ParsedUpdate
-
-
-# pylint: disable=too-many-arguments
-def _trainer(
-    where: str,
-    node_id: int,
-    content: RecordDict,
-    entry: Mapping[str, Any],
-    model: str,
-    require_signed: bool,
-) -> str | None:
-    """The trainer key that signed a stored payload, checked against the
-    model it was trained on (hash ``model``) and the entry's ``trainer``;
-    with ``require_signed`` (the block's settings), an unsigned one fails."""
-    try:
-        signer = signed_by(node_id, content, model)
-    except TrainerSignatureError as exc:
-        raise Failed(f"{where}: {exc}") from None
-    recorded = entry.get(TRAINER_FIELD)
-    if recorded != signer:
-        says = "no trainer" if recorded is None else short_key(str(recorded))
-        found = "no trainer signature" if signer is None else short_key(signer)
-        raise Failed(
-            f"{where}: records trainer {says}, its stored payload carries {found}"
-        )
-    if signer is None and require_signed:
-        raise Failed(
-            f"{where}: its payload is not signed by its trainer, and the block's "
-            "settings require signed replies"
-        )
-    return signer

@@ -1,8 +1,9 @@
-"""What the replay modules share: what a replay reads, the step it calls, and
-how a block falls short.
+"""What the replay modules share: what a replay reads and has learnt, the step
+it calls, and how a block falls short.
 
 :class:`ReplaySource` is what a replay reads besides the blocks (a ledger, or
-what a remote committee member was sent), :data:`StepFn` the server step it
+what a remote committee member was sent), :class:`ReplayContext` what one
+block's checks read of a replay under way, :data:`StepFn` the server step it
 recomputes a block with. A block that does not replay to what it records
 raises :class:`Failed`; one that lacks what a replay needs (payloads,
 recorded settings, a blob) raises :class:`NotReplayable` (a missing blob is
@@ -13,12 +14,13 @@ turns them into its report.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 import numpy as np
 from flwr.app import RecordDict
 
+from ..arrays import NDArrays
 from ..strategies.serverstep import StepResult
 from .blocks import Block
 from .serverstate import ServerState
@@ -62,3 +64,19 @@ class ReplaySource(Protocol):
 
     def server_state(self, block: Block) -> ServerState | None:
         """The server state ``block`` records."""
+
+
+class ReplayContext(Protocol):
+    """What a block's checks read of a replay under way (a
+    :class:`~.replayer.Replayer`)."""
+
+    @property
+    def ledger(self) -> ReplaySource:
+        """What the replay reads besides the blocks."""
+
+    @property
+    def versions(self) -> Mapping[int, str]:
+        """Model hash of each global version."""
+
+    def model(self, digest: str) -> NDArrays:
+        """A stored model, decoded."""

@@ -11,7 +11,7 @@ record included, so votes, Merkle roots and stored payloads mean what they
 meant.
 
 The live server (:mod:`flchain_flwr.strategies.trainercheck`), a replay
-(:mod:`.replayer`) and a committee member's replay check a reply with
+(:mod:`.replaypayload`) and a committee member's replay check a reply with
 :func:`signed_by`. An included entry of a signed reply records the key as
 ``trainer`` (:data:`TRAINER_FIELD`); the first key included under a node id
 pins it (trust on first use): from then on that node id's included updates
