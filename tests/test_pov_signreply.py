@@ -218,7 +218,7 @@ def test_only_a_round_with_a_signed_reply_hashes_its_model(
 ) -> None:
     """Without a ledger the hash only serves to check trainer signatures:
     a round nobody signs in hashes nothing, one where all sign hashes once."""
-    from flchain_flwr.pov import strategy as module
+    from flchain_flwr.pov import syncintake as module
 
     hashed: list[int] = []
 
