@@ -159,7 +159,7 @@ def test_a_member_refuses_a_header_whose_model_is_not_the_replayed_one(
         return replace(result, model=shifted)
 
     monkeypatch.setattr(serverstep, "server_step", lying_step)
-    with pytest.raises(Exception, match="not the replayed one"):
+    with pytest.raises(Exception, match="replay refuses the block: "):
         _run(tmp_path, rounds=1)
     with Ledger(tmp_path / "chain.db", create=False) as ledger:
         assert len(ledger) == 1  # the genesis block alone

@@ -140,7 +140,7 @@ def test_a_server_that_skips_the_trust_weights_gets_no_remote_signature(
     but takes FedBuff's plain step, or clips without the trusts: every
     member's replay gives another model."""
     monkeypatch.setattr(committeestage, "weigh_by_trust", weigh)
-    why = "the model is not the replayed one: the replayed model "
+    why = "replay refuses the block: the replayed model "
     _no_member_signs(tmp_path, TRUSTING, trust=True, why=why)
 
 

@@ -227,7 +227,7 @@ def test_a_server_that_skips_the_trust_weights_gets_no_block_signed(
     )
     with pytest.raises(RuntimeError, match="0 of 4 committee members signed") as err:
         trust_ledger(tmp_path / "l.db")
-    assert "the model is not the replayed one" in str(err.value)
+    assert "replay refuses the block: " in str(err.value)
     with Ledger(tmp_path / "l.db", create=False) as ledger:
         assert len(ledger) == 1  # the genesis block alone
 

@@ -195,7 +195,7 @@ def cosign_header(
     if a check fails (``model_problem``: why the model is not the replay's;
     ``state``: the chain's PoV state before the block)."""
     if model_problem is not None:
-        raise RefusedRequest(f"the model is not the replayed one: {model_problem}")
+        raise RefusedRequest(f"replay refuses the block: {model_problem}")
     problem = proposal_problem(verifier, block, view, rule_digest, state)
     if problem is not None:
         raise RefusedRequest(problem)
