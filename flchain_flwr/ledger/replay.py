@@ -97,11 +97,7 @@ they are reported apart ("payloads and signatures checked; model not
 recomputed"), and the replay is not complete. It records its settings once,
 in a fresh ledger's genesis block: a block whose settings differ from its
 previous block's where either is the wrapper's fails (a FedBuff block marked
-as a wrapper's would otherwise go unrecomputed). Committee members run the
-same checks before they sign such a block's header (:class:`PendingReplay`,
-:func:`replay_pending`; a remote member, which is not sent the new model,
-all but the contributions), refuse one that fails them and sign the others
-``replayed: false``: the model is not recomputed.
+as a wrapper's would otherwise go unrecomputed).
 
 Trainer signatures (:mod:`.trainers`): a payload that carries one must verify
 over its content without the record, its node id and the model hash of the
@@ -149,7 +145,6 @@ from .replaytypes import (
     StepFn,
 )
 from .replayweights import included_nodes, ledger_participation
-from .wrapper import wraps
 
 __all__ = [  # what this module held before the split, still importable from it
     "REPLAYABLE_STRATEGY",
@@ -322,12 +317,9 @@ class PendingReplay:
 
     def check(self, block: Block) -> tuple[bool, str | None]:
         """``(replayed, problem)`` for the pending ``block``: ``(True, None)``
-        if it replays exactly, ``(False, None)`` if it cannot be replayed (no
-        stored payloads, or a PoVStrategy block whose checks pass: its model
-        is not recomputed), ``(False, why)`` if its recorded model, velocity
-        or contributions are not the replay's, or a PoVStrategy block fails
-        :func:`~.replaywrapped.check_wrapped` or
-        :func:`~.replaywrapped.check_unmixed`."""
+        if it replays exactly, ``(False, None)`` if it cannot be replayed
+        (PoVStrategy's blocks, or no stored payloads), ``(False, why)`` if
+        its recorded model, velocity or contributions are not the replay's."""
         start = 0 if self._prev is None else self._prev.height + 1
         for height in range(start, block.height):
             stored = self.ledger.block(height)
@@ -365,11 +357,7 @@ def replay_pending(
     models, payloads and server state from ``source``, with ``config`` the
     settings behind ``block``'s ``config_digest`` (the caller checks that they
     hash to it). Fairness weighting counts every earlier block, so a block
-    written with it is not replayed here (``(False, None)``). A PoVStrategy
-    block has :func:`~.replaywrapped.check_wrapped` run on it as far as
-    ``source`` allows: without the block's new model (a remote member is not
-    sent it), its payloads and example counts but not its contributions;
-    ``(False, None)`` if they pass, ``(False, why)`` if not."""
+    written with it is not replayed here (``(False, None)``)."""
     replayer = Replayer(source, server_step)
     for stored in earlier:
         replayer.record(stored)
@@ -391,14 +379,13 @@ def replay_pending(
 
 
 def _replayable(block: Block, configs: Mapping[str, Mapping[str, Any]]) -> bool:
-    """Whether ``block`` holds what a replay or a wrapper block's checks need
-    (payloads, FedBuff's or PoVStrategy's recorded settings); one that does
-    not is not replayed at all."""
+    """Whether ``block`` holds what a replay needs (payloads, FedBuff's
+    recorded settings); one that does not is not replayed at all."""
     config = block.body.get(CONFIG_FIELD)
     if not isinstance(config, dict):
         config = configs.get(str(block.header["config_digest"]))
     return (
         isinstance(config, Mapping)
-        and (config.get("strategy") == REPLAYABLE_STRATEGY or wraps(config))
+        and config.get("strategy") == REPLAYABLE_STRATEGY
         and all(PAYLOAD_FIELD in u for u in block.body.get("included", []))
     )

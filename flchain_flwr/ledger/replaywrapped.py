@@ -58,11 +58,7 @@ def check_wrapped(
     """Check a block whose model a wrapped Flower strategy aggregated
     (:data:`~.wrapper.POV_WRAPPER`'s) over ``prev``; its payloads, checked.
 
-    The model itself is not recomputed: the caller reports that. The
-    block's new model is read last, for the contributions: a source that
-    does not hold it (a remote committee member, which is not sent it,
-    :mod:`flchain_flwr.pov.memberreplay`) has the payloads and example
-    counts checked before it raises :class:`~.replaytypes.MissingData`."""
+    The model itself is not recomputed: the caller reports that."""
     header, body = block.header, block.body
     included: list[dict[str, Any]] = body["included"]
     parent_version = int(prev.header["model_version"])
@@ -86,12 +82,11 @@ def check_wrapped(
         replay.ledger.server_state(prev),
         settings.weighting,
     )
-    new = replay.model(str(header["model_hash"]))  # last: see the docstring
     shares = contributions(
         [u.node_id for u in updates],
         [u.parsed.delta for u in updates],
         counts,
-        model_step(new, parent),
+        model_step(replay.model(str(header["model_hash"])), parent),
     )
     version = block.format_version
     if encode(version, ids_as_text(shares)) != encode(version, body["contributions"]):

@@ -30,15 +30,10 @@ A member signs a pending block
 - **the model**: in-process, its model hash, velocity and contributions are
   what :class:`~flchain_flwr.ledger.replay.PendingReplay` recomputes from the
   parent and the stored updates (the members are one process, so one replay
-  serves them all). Of a PoVStrategy block, whose model the wrapped strategy
-  aggregated, it checks what ``verify --replay`` checks (its payloads,
-  example counts and contributions,
-  :func:`~flchain_flwr.ledger.replaywrapped.check_wrapped`), and signs it
+  serves them all); a block that cannot be replayed (PoVStrategy's) is signed
   with ``replayed: false``. A verifier node replays from the payloads of its
   own vote requests and what the header request carries
-  (:mod:`.memberreplay`; of a PoVStrategy block, all those checks but the
-  contributions: it is not sent the new model), and signs ``replayed: false``
-  only where it cannot.
+  (:mod:`.memberreplay`), and signs ``replayed: false`` only where it cannot.
 """
 
 from __future__ import annotations

@@ -21,17 +21,6 @@ code in-process members and ``verify --replay`` run. A member that cannot
 replay (missing material, fairness weighting, another strategy's block) signs
 ``replayed: false``; one whose replay gives another model, or whose previous
 block's model is not the parent it voted on, refuses to sign.
-
-Of a :class:`~flchain_flwr.pov.PoVStrategy` block, whose model the wrapped
-strategy aggregated and no replay recomputes, the member runs
-:func:`~flchain_flwr.ledger.replaywrapped.check_unmixed` and
-:func:`~flchain_flwr.ledger.replaywrapped.check_wrapped` (``verify
---replay``'s checks) as far as what it holds allows: each payload against its
-entry (sender, digest, trained on the parent, trainer signature, parsed with
-the recorded keys) and each example count against the recorded weighting of
-its claim over the claim history (when the server sends the state blobs),
-but not the contributions, which need the new model, which is not sent. It
-refuses a block that fails them, and signs the others ``replayed: false``.
 """
 
 from __future__ import annotations
@@ -52,7 +41,6 @@ from ..ledger.replay import replay_pending
 from ..ledger.replaysettings import REPLAYABLE_STRATEGY
 from ..ledger.replaytypes import MissingData
 from ..ledger.serverstate import SERVER_STATE_FIELD, ServerState
-from ..ledger.wrapper import wraps
 from ..protocol import UPDATE_KIND_DELTA
 from ..strategies.updates import UpdateRejected, update_kind
 from .memory import Pending
@@ -147,8 +135,7 @@ def member_replay(
 ) -> tuple[bool, str | None]:
     """``(replayed, problem)`` for the pending ``block`` (see the module):
     ``(True, None)`` if it replays exactly, ``(False, None)`` if this member
-    cannot replay it (a PoVStrategy block that passes what it checks of it
-    among them), ``(False, why)`` if it must not sign it. ``trust``:
+    cannot replay it, ``(False, why)`` if it must not sign it. ``trust``:
     whether the member's own rule weighs by trust (the block's recorded
     settings must say the same)."""
     header = block.header
@@ -164,7 +151,7 @@ def member_replay(
         return False, "the recorded settings weigh updates otherwise than its rule"
     included = block.body.get("included", [])
     if (
-        (config.get("strategy") != REPLAYABLE_STRATEGY and not wraps(config))
+        config.get("strategy") != REPLAYABLE_STRATEGY
         or not isinstance(included, list)
         or not all(
             isinstance(u, dict) and u.get(PAYLOAD_FIELD) in pending.payloads
