@@ -32,6 +32,7 @@ from flchain_flwr.ledger import (
     select_committee,
 )
 from flchain_flwr.ledger.replay import replay
+from flchain_flwr.ledger.replaywrapped import round_problem
 from flchain_flwr.pov import (
     Behaviour,
     Committee,
@@ -398,6 +399,26 @@ def test_one_approve_all_verifier_and_a_round_without_a_block_still_verify(
         assert slashed["verifier"] == pool[0].public_key
         assert slashed["contradictions"] == n + 1
         assert slashed["stake"] == 100.0 - 1 - (n + 1)  # round 1's block took 1
+        # round 3 was sent the model of round 1's block (version 2, same model):
+        # replay checks its payloads against it; an honest chain never fails
+        replayed = replay(ledger)
+    assert replayed.ok, replayed
+    assert [h for h, _ in replayed.payloads_only] == [1, 2]
+
+
+def test_a_wrapper_blocks_versions_are_a_rounds_over_its_previous_block() -> None:
+    """Rounds that write no block leave gaps in a PoVStrategy chain's
+    versions; a block's round is never before its previous block's, and its
+    model_version is its round's."""
+    assert round_problem({"base_version": 1, "model_version": 2}, 1) is None
+    assert round_problem({"base_version": 2, "model_version": 3}, 1) is None
+    for header in (
+        {"base_version": 0, "model_version": 1},  # before the previous block
+        {"base_version": 2, "model_version": 4},  # not its round's version
+        {"base_version": True, "model_version": 2},
+        {"base_version": 2.0, "model_version": 3},
+    ):
+        assert round_problem(header, 1) is not None, header
 
 
 def test_resuming_a_pov_ledger_without_its_committee_is_refused(

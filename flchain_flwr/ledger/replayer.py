@@ -47,9 +47,10 @@ from .replaytypes import (
     StepFn,
 )
 from .replayweights import check_weights, weighed_examples
-from .replaywrapped import check_unmixed, check_wrapped
+from .replaywrapped import check_unmixed, check_wrapped, round_problem
 from .rewards import contributions
 from .serverstate import ServerState
+from .wrapper import wraps
 
 _MODEL_CACHE = 4
 """Decoded models kept: the parent, plus a few versions stale updates need."""
@@ -112,7 +113,14 @@ class Replayer:
         header, body = block.header, block.body
         included: list[dict[str, Any]] = body["included"]
         parent_version = int(prev.header["model_version"])
-        if header["base_version"] != parent_version:
+        config = self.configs.get(str(header["config_digest"]))
+        if config is not None and wraps(config):
+            problem = round_problem(header, parent_version)
+            if problem is not None:
+                raise Failed(problem)
+            # the round was sent the previous block's model: no block between
+            self.versions[int(header["base_version"])] = str(prev.header["model_hash"])
+        elif header["base_version"] != parent_version:
             raise Failed(
                 f"base_version {header['base_version']!r} is not the previous "
                 f"block's model_version {parent_version}"
@@ -126,7 +134,6 @@ class Replayer:
                 "written without stored update payloads (before they were stored, "
                 "or by PoVStrategy before it stored them)"
             )
-        config = self.configs.get(str(header["config_digest"]))
         if config is None:
             raise NotReplayable(
                 "the settings behind its config_digest are not recorded"

@@ -52,28 +52,45 @@ def check_unmixed(
         )
 
 
+def round_problem(header: Mapping[str, Any], parent_version: int) -> str | None:
+    """Why a wrapper block's versions are not a synchronous round's over its
+    previous block (``parent_version``), or ``None``: the round's number is
+    its ``model_version``, and the round was sent ``base_version``, one
+    before it, at or after the previous block's version (a round that wrote
+    no block keeps the model, and Flower's round numbers go on)."""
+    base, version = header["base_version"], header["model_version"]
+    if isinstance(base, bool) or not isinstance(base, int) or base < parent_version:
+        return (
+            f"base_version {str(base)[:24]} is before the previous block's "
+            f"model_version {parent_version}"
+        )
+    if version != base + 1:
+        return f"model_version {str(version)[:24]} is not its round's, {base + 1}"
+    return None
+
+
 def check_wrapped(
     replay: ReplayContext, prev: Block, block: Block, settings: WrappedSettings
 ) -> list[Checked]:
     """Check a block whose model a wrapped Flower strategy aggregated
-    (:data:`~.wrapper.POV_WRAPPER`'s) over ``prev``; its payloads, checked.
+    (:data:`~.wrapper.POV_WRAPPER`'s) over ``prev`` (its versions checked by
+    :func:`round_problem`, its round's version known to the replay as
+    ``prev``'s model); its payloads, checked.
 
     The model itself is not recomputed: the caller reports that."""
     header, body = block.header, block.body
     included: list[dict[str, Any]] = body["included"]
-    parent_version = int(prev.header["model_version"])
+    sent = int(header["base_version"])  # checked by round_problem
     parent = replay.model(str(prev.header["model_hash"]))
     updates = []
     for index, entry in enumerate(included):
         where = f"included update {index}"
-        if entry["trained_on"] != parent_version:
+        if entry["trained_on"] != sent:
             raise Failed(
                 f"{where}: trained on {str(entry['trained_on'])[:24]}, not the "
-                f"version its round sent ({parent_version})"
+                f"version its round sent ({sent})"
             )
-        updates.append(
-            check_payload(replay, where, entry, parent, parent_version, settings)
-        )
+        updates.append(check_payload(replay, where, entry, parent, sent, settings))
     counts = weighed_examples(
         [(u.node_id, u.parsed.num_examples) for u in updates],
         included,
