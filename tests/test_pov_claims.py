@@ -43,14 +43,29 @@ BOUND = 4 * 20.0
 BOUNDED_STEP = (1 + 4 + 9 + BOUND * 0.4) / (sum(HONEST) + BOUND)
 
 
+def _lies(kind: str, msg: Message, context: Context, reply: Message) -> bool:
+    """Whether ``reply`` is node ``LIAR``'s answer to a ``kind`` message."""
+    return (
+        msg.metadata.message_type == kind
+        and int(context.node_config["partition-id"]) == LIAR
+        and not reply.has_error()
+    )
+
+
+def _grid(mods: list[Any]) -> VirtualGrid:
+    """The four toy nodes with ``mods``."""
+    return VirtualGrid(
+        toy_client_app(mods=mods),
+        [DeviceProfile() for _ in range(N)],
+        node_configs=[{"partition-id": i, "num-partitions": N} for i in range(N)],
+        work_fn=constant_work(1.0),
+    )
+
+
 def _liar(msg: Message, context: Context, call_next: Any) -> Message:
     """Node ``LIAR`` claims ``CLAIM`` examples for an honest update."""
     reply: Message = call_next(msg, context)
-    if (
-        msg.metadata.message_type == MessageType.TRAIN
-        and int(context.node_config["partition-id"]) == LIAR
-        and not reply.has_error()
-    ):
+    if _lies(MessageType.TRAIN, msg, context, reply):
         inflate_claims(reply, CLAIM)
     return reply
 
@@ -65,12 +80,7 @@ def _run(
 ) -> tuple[PoVStrategy, ArrayRecord]:
     """PoVStrategy(FedAvg) over the four toy nodes; the strategy and the
     final model."""
-    grid = VirtualGrid(
-        toy_client_app(mods=[_liar] if inflate else []),
-        [DeviceProfile() for _ in range(N)],
-        node_configs=[{"partition-id": i, "num-partitions": N} for i in range(N)],
-        work_fn=constant_work(1.0),
-    )
+    grid = _grid([_liar] if inflate else [])
     strategy = PoVStrategy(
         FedAvg(fraction_evaluate=0.0, min_available_nodes=N, min_train_nodes=N),
         committee or Committee(verifiers(4), threshold=Threshold(value=0)),
@@ -222,11 +232,7 @@ def test_a_given_up_view_leaves_no_trace_in_the_claims(tmp_path: Path) -> None:
 def _evaluation_liar(msg: Message, context: Context, call_next: Any) -> Message:
     """Node ``LIAR`` reports a ``mean-w`` of 100 and claims ``CLAIM`` examples."""
     reply: Message = call_next(msg, context)
-    if (
-        msg.metadata.message_type == MessageType.EVALUATE
-        and int(context.node_config["partition-id"]) == LIAR
-        and not reply.has_error()
-    ):
+    if _lies(MessageType.EVALUATE, msg, context, reply):
         inflate_claims(reply, CLAIM)
         reply.content["metrics"]["mean-w"] = 100.0
     return reply
@@ -235,12 +241,7 @@ def _evaluation_liar(msg: Message, context: Context, call_next: Any) -> Message:
 def _evaluated(**settings: Any) -> float:
     """The federated ``mean-w`` of round 1 (every node evaluates the same
     model, 0.3 from zero; the liar reports 100)."""
-    grid = VirtualGrid(
-        toy_client_app(mods=[_evaluation_liar]),
-        [DeviceProfile() for _ in range(N)],
-        node_configs=[{"partition-id": i, "num-partitions": N} for i in range(N)],
-        work_fn=constant_work(1.0),
-    )
+    grid = _grid([_evaluation_liar])
     strategy = PoVStrategy(
         FedAvg(min_available_nodes=N, min_train_nodes=N, min_evaluate_nodes=N),
         Committee(verifiers(4), threshold=Threshold(value=0)),
